@@ -1,0 +1,16 @@
+# Warnings and sanitizers for fedge's own targets (not for third-party code).
+add_library(fedge_warnings INTERFACE)
+target_compile_options(fedge_warnings INTERFACE -Wall -Wextra -Wno-unused-parameter)
+
+if(FEDGE_SANITIZE)
+  add_compile_options(-fsanitize=${FEDGE_SANITIZE} -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=${FEDGE_SANITIZE})
+endif()
+
+# Version string baked into every binary's --version.
+execute_process(COMMAND git describe --always --dirty
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR} OUTPUT_VARIABLE FEDGE_GIT_REV
+  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(NOT FEDGE_GIT_REV)
+  set(FEDGE_GIT_REV unknown)
+endif()

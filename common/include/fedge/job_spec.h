@@ -1,0 +1,115 @@
+// FederatedTrainingJob (fedge.io/v1alpha1): the manifest the operator reconciles
+// and `fedge run` executes locally. This is the in-memory spec with defaults
+// applied; field names follow the CRD (camelCase in YAML).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "fedge/status.h"
+
+namespace fedge {
+
+struct ModelSpec {
+  std::string path;                  // Hugging Face directory on the node
+  std::string family = "bert";       // bert | llama
+  std::string task = "sequence-classification";
+  std::vector<std::string> labels;   // class names, index = label id
+  int maxSeqLen = 64;
+};
+
+struct AdapterSpec {
+  int rank = 8;
+  double alpha = 16;
+  double dropout = 0.0;
+  std::vector<std::string> targetModules = {"query", "value"};
+  std::string aggregation = "factors";  // factors | frozen-a | product
+};
+
+struct DataSpec {
+  std::string path;                  // node-local directory
+  std::string format = "jsonl";
+  std::string trainFile = "train.jsonl";
+  std::string evalFile = "test.jsonl";
+};
+
+struct AgentsSpec {
+  std::map<std::string, std::string> nodeSelector;
+  int minAgents = 1;
+  int maxAgents = 0;                 // 0: every matching node
+  int replicas = 0;                  // local runner: how many agents to start (0: minAgents)
+};
+
+struct RoundsSpec {
+  int total = 5;
+  int quorum = 0;                    // minimum updates to close a round; 0: every participant
+  double fraction = 1.0;             // fraction of joined agents invited per round
+  int timeoutSeconds = 600;          // round deadline
+  int localSteps = 20;
+  int batchSize = 16;
+  double learningRate = 1e-3;
+  double weightDecay = 0.01;
+  double maxGradNorm = 1.0;
+  uint64_t seed = 42;
+};
+
+struct StrategySpec {
+  std::string name = "fedavg";
+  double proximalMu = 0.0;
+};
+
+struct CompressionSpec {
+  std::string codec = "int8";        // fp32 | fp16 | bf16 | int8
+  int blockSize = 64;
+  bool zstd = true;
+};
+
+struct PrivacySpec {
+  bool tls = false;
+};
+
+struct RunPolicySpec {
+  int backoffLimit = 3;
+  int64_t activeDeadlineSeconds = 0;   // 0: none
+  int64_t ttlSecondsAfterFinished = -1;  // -1: keep
+  bool suspend = false;
+  std::string cleanPodPolicy = "Running";  // All | Running | None
+};
+
+struct ServingSpec {
+  bool enabled = true;
+  int port = 8080;
+};
+
+struct JobSpec {
+  std::string apiVersion;
+  std::string kind;
+  std::string name;
+  std::string namespace_ = "default";
+  ModelSpec model;
+  AdapterSpec adapter;
+  DataSpec data;
+  AgentsSpec agents;
+  RoundsSpec rounds;
+  StrategySpec strategy;
+  CompressionSpec compression;
+  PrivacySpec privacy;
+  RunPolicySpec runPolicy;
+  ServingSpec serving;
+
+  // "namespace/name".
+  std::string Key() const { return namespace_ + "/" + name; }
+};
+
+// Parses a FederatedTrainingJob manifest (YAML or JSON), applies defaults and
+// validates it. Errors name the field by its path, e.g.
+// "spec.rounds.total: must be >= 1, got -3".
+StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text);
+StatusOr<JobSpec> LoadJobSpec(const std::string& path);
+
+// Validation alone (ParseJobSpec calls it).
+Status ValidateJobSpec(const JobSpec& spec);
+
+}  // namespace fedge

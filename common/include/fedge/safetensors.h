@@ -1,0 +1,61 @@
+// Reader and writer for the safetensors format (Hugging Face):
+//   8 bytes little-endian u64 N | N bytes JSON header | tensor data
+// The header maps names to {"dtype", "shape", "data_offsets": [begin, end]}
+// (offsets relative to the data section) plus an optional "__metadata__"
+// string->string map. The reader validates the header against the format:
+// N <= 100 MB, JSON object, known dtype, shape product x dtype size ==
+// end - begin, ranges contiguous, non-overlapping, covering the data section
+// exactly and inside the file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fedge/status.h"
+#include "fedge/tensor_bundle.h"
+
+namespace fedge {
+
+enum class StDType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU8, kBool };
+
+std::string_view StDTypeName(StDType dtype);  // "F32", ...
+size_t StDTypeSize(StDType dtype);
+
+struct StTensorView {
+  std::string name;
+  StDType dtype;
+  std::vector<int64_t> shape;
+  std::string_view data;  // points into the owning SafetensorsFile's buffer
+};
+
+class SafetensorsFile {
+ public:
+  // Parses and validates a whole file held in memory; the file keeps the bytes.
+  static StatusOr<SafetensorsFile> Parse(std::string bytes);
+  static StatusOr<SafetensorsFile> Read(const std::string& path);
+
+  const std::vector<StTensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const StTensorView* Find(std::string_view name) const;
+
+  // Converts a F32/F16/BF16/F64 tensor to float32 values.
+  static StatusOr<std::vector<float>> ToFloat32(const StTensorView& tensor);
+
+ private:
+  std::string bytes_;
+  std::vector<StTensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Serializes `bundle` as F32 tensors (sorted by name, as the Python library does).
+StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
+                                           const std::map<std::string, std::string>& metadata = {});
+
+// Reads a safetensors file whose tensors are all floating point into a bundle.
+StatusOr<TensorBundle> ReadSafetensorsBundle(const std::string& path,
+                                             std::map<std::string, std::string>* metadata = nullptr);
+
+}  // namespace fedge
