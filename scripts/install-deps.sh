@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs fedge's build and runtime dependencies from Debian's packages.
+# Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git clang-format
+  libtorch-dev libopenblas0-openmp          # without OpenBLAS libtorch uses reference BLAS (30x slower)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libcpprest-dev prometheus-cpp-dev libssl-dev openssl
+  nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libcli11-dev libzstd-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  wordnet-base                              # the quickstart's data
+  python3 python3-pip unzip curl
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+fi
