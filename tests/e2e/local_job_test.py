@@ -1,0 +1,230 @@
+"""End-to-end tests of fedge on this machine: real binaries, the real
+all-MiniLM-L6-v2 weights, real WordNet data, real gRPC over loopback.
+
+Run by ctest (label e2e) with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+ROOT = os.environ.get("FEDGE_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
+BUILD = os.environ.get("FEDGE_BINARY_DIR", os.path.join(ROOT, "build"))
+FEDGE = os.path.join(BUILD, "cli", "fedge")
+AGGREGATOR = os.path.join(BUILD, "aggregator", "fedge-aggregator")
+AGENT = os.path.join(BUILD, "agent", "fedge-agent")
+MODEL = os.environ.get("FEDGE_MODEL_DIR", os.path.join(ROOT, ".fedge", "models", "all-MiniLM-L6-v2"))
+
+JOB_TEMPLATE = """\
+apiVersion: fedge.io/v1alpha1
+kind: FederatedTrainingJob
+metadata:
+  name: {name}
+spec:
+  model:
+    path: {model}
+    family: bert
+    task: sequence-classification
+    maxSeqLen: 32
+    labels: {labels}
+  adapter:
+    rank: 4
+    alpha: 8
+    targetModules: [query, value]
+  data:
+    path: {data}
+  agents:
+    minAgents: {agents}
+    replicas: {agents}
+  rounds:
+    total: {rounds}
+    quorum: 1
+    timeoutSeconds: 120
+    localSteps: {steps}
+    batchSize: 16
+    learningRate: 0.003
+    seed: 11
+  compression:
+    codec: int8
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(predicate, timeout, what, procs=()):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for name, p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{name} exited with {p.returncode} while waiting for {what}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status(port):
+    try:
+        code, body = http("GET", f"http://127.0.0.1:{port}/v1/status", timeout=5)
+    except (urllib.error.URLError, ConnectionError, socket.timeout):
+        return None
+    return json.loads(body) if code == 200 else None
+
+
+@unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")),
+                     f"model not found at {MODEL}: run scripts/fetch-model.sh")
+class LocalJobTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="fedge-e2e-")
+        cls.data = os.path.join(cls.tmp, "data")
+        out = subprocess.run([FEDGE, "data", "wordnet", "--agents", "2", "--alpha", "0.5", "--seed", "3",
+                              "--test-size", "300", "--max-train", "4000", "--out", cls.data],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        with open(os.path.join(cls.data, "meta.json")) as f:
+            cls.meta = json.load(f)
+        cls.labels = cls.meta["labels"]
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def write_job(self, name, rounds, steps, agents=2):
+        path = os.path.join(self.tmp, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(JOB_TEMPLATE.format(name=name, model=MODEL, data=self.data, agents=agents, rounds=rounds,
+                                        steps=steps, labels=json.dumps(self.labels)))
+        return path
+
+    def test_federated_job_learns_far_above_majority_baseline(self):
+        job = self.write_job("e2e-fedavg", rounds=3, steps=25)
+        summary_path = os.path.join(self.tmp, "summary.json")
+        run = subprocess.run([FEDGE, "run", "-f", job, "--work-dir", os.path.join(self.tmp, "run1"),
+                              "--summary", summary_path], capture_output=True, text=True, timeout=900)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        with open(summary_path) as f:
+            summary = json.load(f)
+        self.assertEqual([r["round"] for r in summary["rounds"]], [1, 2, 3])
+        for r in summary["rounds"]:
+            self.assertEqual(r["participants"], 2)
+            self.assertGreater(r["bytes_up"], 0)
+            self.assertGreater(r["bytes_down"], 0)
+            self.assertTrue(math.isfinite(r["loss"]))
+        self.assertAlmostEqual(summary["chance"], 1 / 25)
+        # Far above the majority class: the model learned the task, not the prior.
+        self.assertGreater(summary["final_accuracy"], summary["majority_baseline"] + 0.15, summary)
+
+    def test_bad_manifest_is_rejected_before_anything_starts(self):
+        job = self.write_job("e2e-bad", rounds=2, steps=5).replace(".yaml", "-bad.yaml")
+        with open(job, "w") as f:
+            f.write(JOB_TEMPLATE.format(name="e2e-bad", model=MODEL, data=self.data, agents=2, rounds=-3, steps=5,
+                                        labels=json.dumps(self.labels)))
+        run = subprocess.run([FEDGE, "run", "-f", job, "--work-dir", os.path.join(self.tmp, "bad")],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
+        self.assertIn("spec.rounds.total", run.stdout + run.stderr)
+
+    def test_aggregator_killed_mid_job_resumes_from_last_round_and_agents_serve(self):
+        job = self.write_job("e2e-restart", rounds=3, steps=10)
+        grpc_port, http_port = free_port(), free_port()
+        ckpt = os.path.join(self.tmp, "ckpt")
+        logs = os.path.join(self.tmp, "restart-logs")
+        os.makedirs(logs, exist_ok=True)
+
+        def start_aggregator(tag):
+            log = open(os.path.join(logs, f"aggregator-{tag}.log"), "w")
+            return subprocess.Popen([AGGREGATOR, "--config", job, "--listen", f"127.0.0.1:{grpc_port}",
+                                     "--http", f"127.0.0.1:{http_port}", "--checkpoint-dir", ckpt,
+                                     "--expected-agents", "2"], stdout=log, stderr=subprocess.STDOUT)
+
+        agg = start_aggregator("first")
+        agents, agent_ports = [], []
+        for i in range(2):
+            port = free_port()
+            agent_ports.append(port)
+            log = open(os.path.join(logs, f"agent-{i}.log"), "w")
+            agents.append(subprocess.Popen(
+                [AGENT, "--config", job, "--aggregator", f"127.0.0.1:{grpc_port}", "--agent-id", f"agent-{i}",
+                 "--node-name", f"node-{i}", "--data-dir", os.path.join(self.data, f"agent-{i}"),
+                 "--model-dir", MODEL, "--http", f"127.0.0.1:{port}",
+                 "--state-dir", os.path.join(self.tmp, f"state-{i}")], stdout=log, stderr=subprocess.STDOUT))
+        procs = [("aggregator", agg)] + [(f"agent-{i}", a) for i, a in enumerate(agents)]
+        try:
+            first = wait_for(lambda: (s := status(http_port)) and len(s.get("rounds", [])) >= 1 and s, 600,
+                             "round 1 to complete", procs)
+            agg.send_signal(signal.SIGKILL)
+            agg.wait()
+            round1 = first["rounds"][0]
+
+            agg = start_aggregator("second")
+            procs[0] = ("aggregator", agg)
+            done = wait_for(lambda: (s := status(http_port)) and s.get("state") == "Succeeded" and s, 900,
+                            "the resumed job to succeed", procs)
+            self.assertEqual([r["round"] for r in done["rounds"]], [1, 2, 3], done)
+            # Round 1 survived the crash exactly as it was recorded before it.
+            self.assertEqual(done["rounds"][0]["accuracy"], round1["accuracy"])
+            self.assertEqual(done["rounds"][0]["loss"], round1["loss"])
+            self.assertIsNotNone(done["final_accuracy"])
+
+            # The agents keep serving the final global model.
+            base = f"http://127.0.0.1:{agent_ports[0]}"
+            wait_for(lambda: http("GET", base + "/readyz")[0] == 200, 120, "agent readiness", procs[1:])
+            code, body = http("POST", base + "/v1/classify", {"input": ["dog: a domesticated canine", "oak: a tree"]})
+            self.assertEqual(code, 200, body)
+            result = json.loads(body)
+            self.assertEqual(len(result["data"]), 2)
+            for item in result["data"]:
+                self.assertIn(item["label"], self.labels)
+            code, body = http("POST", base + "/v1/embeddings", {"input": "a small domesticated feline",
+                                                                "model": "e2e-restart"})
+            self.assertEqual(code, 200, body)
+            emb = json.loads(body)["data"][0]["embedding"]
+            self.assertEqual(len(emb), 384)
+            self.assertAlmostEqual(math.sqrt(sum(x * x for x in emb)), 1.0, places=3)
+            code, body = http("POST", base + "/v1/classify", {"nope": 1})
+            self.assertEqual(code, 400, body)
+            self.assertIn("error", json.loads(body))
+            code, body = http("GET", base + "/metrics")
+            self.assertIn("fedge_agent_", body)
+            code, body = http("GET", f"http://127.0.0.1:{http_port}/metrics")
+            self.assertIn("fedge_aggregator_rounds_completed_total", body)
+        finally:
+            for _, p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for name, p in procs:
+                try:
+                    rc = p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    raise AssertionError(f"{name} did not exit within 30 s of SIGTERM")
+        for name, p in procs[1:]:
+            self.assertEqual(p.returncode, 0, f"{name} exit code on SIGTERM")
+
+
+if __name__ == "__main__":
+    unittest.main()
