@@ -18,6 +18,8 @@ struct ModelSpec {
   std::string task = "sequence-classification";
   std::vector<std::string> labels;   // class names, index = label id
   int maxSeqLen = 64;
+
+  bool operator==(const ModelSpec&) const = default;
 };
 
 struct AdapterSpec {
@@ -26,6 +28,8 @@ struct AdapterSpec {
   double dropout = 0.0;
   std::vector<std::string> targetModules = {"query", "value"};
   std::string aggregation = "factors";  // factors | frozen-a | product
+
+  bool operator==(const AdapterSpec&) const = default;
 };
 
 struct DataSpec {
@@ -33,6 +37,8 @@ struct DataSpec {
   std::string format = "jsonl";
   std::string trainFile = "train.jsonl";
   std::string evalFile = "test.jsonl";
+
+  bool operator==(const DataSpec&) const = default;
 };
 
 struct AgentsSpec {
@@ -40,6 +46,8 @@ struct AgentsSpec {
   int minAgents = 1;
   int maxAgents = 0;                 // 0: every matching node
   int replicas = 0;                  // local runner: how many agents to start (0: minAgents)
+
+  bool operator==(const AgentsSpec&) const = default;
 };
 
 struct RoundsSpec {
@@ -53,21 +61,29 @@ struct RoundsSpec {
   double weightDecay = 0.01;
   double maxGradNorm = 1.0;
   uint64_t seed = 42;
+
+  bool operator==(const RoundsSpec&) const = default;
 };
 
 struct StrategySpec {
   std::string name = "fedavg";
   double proximalMu = 0.0;
+
+  bool operator==(const StrategySpec&) const = default;
 };
 
 struct CompressionSpec {
   std::string codec = "int8";        // fp32 | fp16 | bf16 | int8
   int blockSize = 64;
   bool zstd = true;
+
+  bool operator==(const CompressionSpec&) const = default;
 };
 
 struct PrivacySpec {
   bool tls = false;
+
+  bool operator==(const PrivacySpec&) const = default;
 };
 
 struct RunPolicySpec {
@@ -76,11 +92,15 @@ struct RunPolicySpec {
   int64_t ttlSecondsAfterFinished = -1;  // -1: keep
   bool suspend = false;
   std::string cleanPodPolicy = "Running";  // All | Running | None
+
+  bool operator==(const RunPolicySpec&) const = default;
 };
 
 struct ServingSpec {
   bool enabled = true;
   int port = 8080;
+
+  bool operator==(const ServingSpec&) const = default;
 };
 
 struct JobSpec {
@@ -101,6 +121,8 @@ struct JobSpec {
 
   // "namespace/name".
   std::string Key() const { return namespace_ + "/" + name; }
+
+  bool operator==(const JobSpec&) const = default;
 };
 
 // Parses a FederatedTrainingJob manifest (YAML or JSON), applies defaults and
@@ -109,7 +131,13 @@ struct JobSpec {
 StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text);
 StatusOr<JobSpec> LoadJobSpec(const std::string& path);
 
-// Validation alone (ParseJobSpec calls it).
+// Validation alone (ParseJobSpec calls it). All problems are reported at once,
+// joined by "; ", each starting with the field path.
 Status ValidateJobSpec(const JobSpec& spec);
+
+// Renders `spec` as a complete manifest with every field explicit (defaults
+// included). ParseJobSpec(JobSpecToYaml(s)) reproduces s for any valid s; used
+// for the resolved manifest the local runner hands to its children.
+std::string JobSpecToYaml(const JobSpec& spec);
 
 }  // namespace fedge

@@ -1,0 +1,666 @@
+// FederatedTrainingJob parsing: YAML/JSON → JobSpec with defaults, strict
+// field checking (unknown fields under spec are errors, like
+// `kubectl --validate=strict`), type checks and semantic validation. Every
+// error names the field by its path, shows the bad value and says what is
+// allowed; all errors of a manifest are reported at once, joined by "; ".
+#include "fedge/job_spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+namespace fedge {
+namespace {
+
+constexpr const char* kApiVersion = "fedge.io/v1alpha1";
+constexpr const char* kKind = "FederatedTrainingJob";
+
+std::string Quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string Join(const std::vector<std::string>& items, const std::string& sep) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i) out += sep;
+    out += items[i];
+  }
+  return out;
+}
+
+// Shortest text that parses back to the same double ("0.002", not "0.0020000000000000000").
+std::string FormatDouble(double v) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string s(buf, res.ptr);
+  // Keep a float a float in YAML/JSON ("16" would read back as an integer, which
+  // we accept for doubles anyway, but "16.0" documents intent).
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+// A short description of a node for "got ..." in error messages.
+std::string Describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Scalar:
+      return node.Tag() == "!" ? "string " + Quote(node.Scalar()) : node.Scalar();
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "an object";
+    case YAML::NodeType::Null:
+      return "null";
+    default:
+      return "nothing";
+  }
+}
+
+// Walks a manifest collecting errors; never throws (yaml-cpp accessors used here
+// only on nodes whose type was checked).
+class Reader {
+ public:
+  std::vector<std::string> errors;
+
+  void Error(const std::string& path, const std::string& msg) { errors.push_back(path + ": " + msg); }
+
+  // Rejects keys of `node` (a map) not in `allowed`.
+  // Duplicate keys are errors too: yaml-cpp would silently keep the first.
+  void CheckKeys(const YAML::Node& node, const std::string& path, const std::vector<std::string>& allowed) {
+    std::set<std::string> seen;
+    for (const auto& kv : node) {
+      std::string key = kv.first.IsScalar() ? kv.first.Scalar() : Describe(kv.first);
+      if (!seen.insert(key).second) Error(Child(path, key), "duplicate field");
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        Error(Child(path, key), "unknown field (allowed: " + Join(allowed, ", ") + ")");
+      }
+    }
+  }
+
+  // Returns the child `key` of map `node` if present and not null.
+  static bool Get(const YAML::Node& node, const std::string& key, YAML::Node* out) {
+    if (!node.IsMap()) return false;
+    for (const auto& kv : node) {
+      if (kv.first.IsScalar() && kv.first.Scalar() == key) {
+        if (kv.second.IsNull() || !kv.second.IsDefined()) return false;
+        *out = kv.second;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  static std::string Child(const std::string& path, const std::string& key) {
+    return path.empty() ? key : path + "." + key;
+  }
+
+  // Opens sub-object `key`: false when absent; an error when not an object.
+  bool Object(const YAML::Node& node, const std::string& path, const std::string& key, YAML::Node* out) {
+    if (!Get(node, key, out)) return false;
+    if (!out->IsMap()) {
+      Error(Child(path, key), "must be an object, got " + Describe(*out));
+      return false;
+    }
+    return true;
+  }
+
+  void String(const YAML::Node& node, const std::string& path, const std::string& key, std::string* out) {
+    YAML::Node v;
+    if (!Get(node, key, &v)) return;
+    if (!v.IsScalar()) {
+      Error(Child(path, key), "must be a string, got " + Describe(v));
+      return;
+    }
+    *out = v.Scalar();
+  }
+
+  template <typename Int>
+  void Integer(const YAML::Node& node, const std::string& path, const std::string& key, Int* out) {
+    YAML::Node v;
+    if (!Get(node, key, &v)) return;
+    const std::string p = Child(path, key);
+    if (!v.IsScalar() || v.Tag() == "!") {
+      Error(p, "must be an integer, got " + Describe(v));
+      return;
+    }
+    const std::string& s = v.Scalar();
+    Int value{};
+    auto res = std::from_chars(s.data(), s.data() + s.size(), value);
+    if (res.ec == std::errc::result_out_of_range) {
+      Error(p, "must be an integer in [" + std::to_string(std::numeric_limits<Int>::min()) + ", " +
+                   std::to_string(std::numeric_limits<Int>::max()) + "], got " + s);
+      return;
+    }
+    if (res.ec != std::errc() || res.ptr != s.data() + s.size()) {
+      Error(p, "must be an integer, got " + Describe(v));
+      return;
+    }
+    *out = value;
+  }
+
+  void Double(const YAML::Node& node, const std::string& path, const std::string& key, double* out) {
+    YAML::Node v;
+    if (!Get(node, key, &v)) return;
+    const std::string p = Child(path, key);
+    if (!v.IsScalar() || v.Tag() == "!" || v.Scalar().empty()) {
+      Error(p, "must be a number, got " + Describe(v));
+      return;
+    }
+    const std::string& s = v.Scalar();
+    errno = 0;
+    char* end = nullptr;
+    double value = std::strtod(s.c_str(), &end);
+    if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(value)) {
+      Error(p, "must be a finite number, got " + Describe(v));
+      return;
+    }
+    *out = value;
+  }
+
+  void Bool(const YAML::Node& node, const std::string& path, const std::string& key, bool* out) {
+    YAML::Node v;
+    if (!Get(node, key, &v)) return;
+    if (v.IsScalar() && v.Tag() != "!") {
+      const std::string& s = v.Scalar();
+      if (s == "true" || s == "True" || s == "TRUE") {
+        *out = true;
+        return;
+      }
+      if (s == "false" || s == "False" || s == "FALSE") {
+        *out = false;
+        return;
+      }
+    }
+    Error(Child(path, key), "must be true or false, got " + Describe(v));
+  }
+
+  void StringList(const YAML::Node& node, const std::string& path, const std::string& key,
+                  std::vector<std::string>* out) {
+    YAML::Node v;
+    if (!Get(node, key, &v)) return;
+    const std::string p = Child(path, key);
+    if (!v.IsSequence()) {
+      Error(p, "must be a list of strings, got " + Describe(v));
+      return;
+    }
+    std::vector<std::string> items;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].IsScalar()) {
+        Error(p + "[" + std::to_string(i) + "]", "must be a string, got " + Describe(v[i]));
+        return;
+      }
+      items.push_back(v[i].Scalar());
+    }
+    *out = std::move(items);
+  }
+
+  void StringMap(const YAML::Node& node, const std::string& path, const std::string& key,
+                 std::map<std::string, std::string>* out) {
+    YAML::Node v;
+    if (!Get(node, key, &v)) return;
+    const std::string p = Child(path, key);
+    if (!v.IsMap()) {
+      Error(p, "must be an object of strings, got " + Describe(v));
+      return;
+    }
+    std::map<std::string, std::string> items;
+    for (const auto& kv : v) {
+      std::string k = kv.first.IsScalar() ? kv.first.Scalar() : Describe(kv.first);
+      if (!kv.second.IsScalar()) {
+        Error(Child(p, k), "must be a string, got " + Describe(kv.second));
+        return;
+      }
+      items[k] = kv.second.Scalar();
+    }
+    *out = std::move(items);
+  }
+};
+
+void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
+  const std::string s = "spec";
+  r.CheckKeys(spec, s,
+              {"model", "adapter", "data", "agents", "rounds", "strategy", "compression", "privacy",
+               "runPolicy", "serving"});
+  YAML::Node n;
+  if (r.Object(spec, s, "model", &n)) {
+    const std::string p = "spec.model";
+    r.CheckKeys(n, p, {"path", "family", "task", "labels", "maxSeqLen"});
+    r.String(n, p, "path", &job->model.path);
+    r.String(n, p, "family", &job->model.family);
+    r.String(n, p, "task", &job->model.task);
+    r.StringList(n, p, "labels", &job->model.labels);
+    r.Integer(n, p, "maxSeqLen", &job->model.maxSeqLen);
+  }
+  if (r.Object(spec, s, "adapter", &n)) {
+    const std::string p = "spec.adapter";
+    r.CheckKeys(n, p, {"rank", "alpha", "dropout", "targetModules", "aggregation"});
+    r.Integer(n, p, "rank", &job->adapter.rank);
+    r.Double(n, p, "alpha", &job->adapter.alpha);
+    r.Double(n, p, "dropout", &job->adapter.dropout);
+    r.StringList(n, p, "targetModules", &job->adapter.targetModules);
+    r.String(n, p, "aggregation", &job->adapter.aggregation);
+  }
+  if (r.Object(spec, s, "data", &n)) {
+    const std::string p = "spec.data";
+    r.CheckKeys(n, p, {"path", "format", "trainFile", "evalFile"});
+    r.String(n, p, "path", &job->data.path);
+    r.String(n, p, "format", &job->data.format);
+    r.String(n, p, "trainFile", &job->data.trainFile);
+    r.String(n, p, "evalFile", &job->data.evalFile);
+  }
+  if (r.Object(spec, s, "agents", &n)) {
+    const std::string p = "spec.agents";
+    r.CheckKeys(n, p, {"nodeSelector", "minAgents", "maxAgents", "replicas"});
+    r.StringMap(n, p, "nodeSelector", &job->agents.nodeSelector);
+    r.Integer(n, p, "minAgents", &job->agents.minAgents);
+    r.Integer(n, p, "maxAgents", &job->agents.maxAgents);
+    r.Integer(n, p, "replicas", &job->agents.replicas);
+  }
+  if (r.Object(spec, s, "rounds", &n)) {
+    const std::string p = "spec.rounds";
+    r.CheckKeys(n, p,
+                {"total", "quorum", "fraction", "timeoutSeconds", "localSteps", "batchSize", "learningRate",
+                 "weightDecay", "maxGradNorm", "seed"});
+    r.Integer(n, p, "total", &job->rounds.total);
+    r.Integer(n, p, "quorum", &job->rounds.quorum);
+    r.Double(n, p, "fraction", &job->rounds.fraction);
+    r.Integer(n, p, "timeoutSeconds", &job->rounds.timeoutSeconds);
+    r.Integer(n, p, "localSteps", &job->rounds.localSteps);
+    r.Integer(n, p, "batchSize", &job->rounds.batchSize);
+    r.Double(n, p, "learningRate", &job->rounds.learningRate);
+    r.Double(n, p, "weightDecay", &job->rounds.weightDecay);
+    r.Double(n, p, "maxGradNorm", &job->rounds.maxGradNorm);
+    r.Integer(n, p, "seed", &job->rounds.seed);
+  }
+  if (r.Object(spec, s, "strategy", &n)) {
+    const std::string p = "spec.strategy";
+    r.CheckKeys(n, p, {"name", "proximalMu"});
+    r.String(n, p, "name", &job->strategy.name);
+    r.Double(n, p, "proximalMu", &job->strategy.proximalMu);
+  }
+  if (r.Object(spec, s, "compression", &n)) {
+    const std::string p = "spec.compression";
+    r.CheckKeys(n, p, {"codec", "blockSize", "zstd"});
+    r.String(n, p, "codec", &job->compression.codec);
+    r.Integer(n, p, "blockSize", &job->compression.blockSize);
+    r.Bool(n, p, "zstd", &job->compression.zstd);
+  }
+  if (r.Object(spec, s, "privacy", &n)) {
+    const std::string p = "spec.privacy";
+    r.CheckKeys(n, p, {"tls"});
+    r.Bool(n, p, "tls", &job->privacy.tls);
+  }
+  if (r.Object(spec, s, "runPolicy", &n)) {
+    const std::string p = "spec.runPolicy";
+    r.CheckKeys(
+        n, p,
+        {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "suspend", "cleanPodPolicy"});
+    r.Integer(n, p, "backoffLimit", &job->runPolicy.backoffLimit);
+    r.Integer(n, p, "activeDeadlineSeconds", &job->runPolicy.activeDeadlineSeconds);
+    r.Integer(n, p, "ttlSecondsAfterFinished", &job->runPolicy.ttlSecondsAfterFinished);
+    r.Bool(n, p, "suspend", &job->runPolicy.suspend);
+    r.String(n, p, "cleanPodPolicy", &job->runPolicy.cleanPodPolicy);
+  }
+  if (r.Object(spec, s, "serving", &n)) {
+    const std::string p = "spec.serving";
+    r.CheckKeys(n, p, {"enabled", "port"});
+    r.Bool(n, p, "enabled", &job->serving.enabled);
+    r.Integer(n, p, "port", &job->serving.port);
+  }
+}
+
+// ---- validation ----
+
+class Validator {
+ public:
+  std::vector<std::string> errors;
+
+  template <typename T>
+  void AtLeast(const std::string& path, T value, T min) {
+    if (value < min) errors.push_back(path + ": must be >= " + Str(min) + ", got " + Str(value));
+  }
+  template <typename T>
+  void AtMost(const std::string& path, T value, T max) {
+    if (value > max) errors.push_back(path + ": must be <= " + Str(max) + ", got " + Str(value));
+  }
+  void Positive(const std::string& path, double value) {
+    if (!(value > 0)) errors.push_back(path + ": must be > 0, got " + Str(value));
+  }
+  void OneOf(const std::string& path, const std::string& value, const std::vector<std::string>& allowed) {
+    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
+      errors.push_back(path + ": must be one of " + Join(allowed, ", ") + "; got " + Quote(value));
+    }
+  }
+  void Required(const std::string& path, const std::string& value, const std::string& what) {
+    if (value.empty()) errors.push_back(path + ": required (" + what + ")");
+  }
+  void Add(const std::string& path, const std::string& msg) { errors.push_back(path + ": " + msg); }
+
+  template <typename T>
+  static std::string Str(T v) {
+    if constexpr (std::is_floating_point_v<T>) {
+      char buf[64];
+      auto res = std::to_chars(buf, buf + sizeof(buf), v);
+      return std::string(buf, res.ptr);
+    } else {
+      return std::to_string(v);
+    }
+  }
+};
+
+// DNS-1123 label: the name becomes part of Pod and Service names.
+bool IsDns1123Label(const std::string& s) {
+  if (s.empty() || s.size() > 63) return false;
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!alnum(s.front()) || !alnum(s.back())) return false;
+  return std::all_of(s.begin(), s.end(), [&](char c) { return alnum(c) || c == '-'; });
+}
+
+const std::vector<std::string> kFamilies = {"bert", "llama"};
+const std::vector<std::string> kBertTasks = {"sequence-classification", "token-classification", "embedding"};
+const std::vector<std::string> kLlamaTasks = {"causal-lm"};
+const std::vector<std::string> kAggregations = {"factors", "frozen-a", "product"};
+const std::vector<std::string> kStrategies = {"fedavg", "fedprox",      "fedadam", "fedyogi",   "fedadagrad",
+                                              "median", "trimmed-mean", "krum",    "multi-krum"};
+const std::vector<std::string> kImplementedStrategies = {"fedavg", "fedprox"};
+const std::vector<std::string> kCodecs = {"fp32", "fp16", "bf16", "int8"};
+const std::vector<std::string> kCleanPodPolicies = {"All", "Running", "None"};
+const std::vector<std::string> kDataFormats = {"jsonl"};
+
+}  // namespace
+
+Status ValidateJobSpec(const JobSpec& spec) {
+  Validator v;
+  if (spec.apiVersion != kApiVersion) {
+    v.Add("apiVersion", std::string("must be ") + kApiVersion + ", got " + Quote(spec.apiVersion));
+  }
+  if (spec.kind != kKind) v.Add("kind", std::string("must be ") + kKind + ", got " + Quote(spec.kind));
+  if (spec.name.empty()) {
+    v.Add("metadata.name", "required");
+  } else if (!IsDns1123Label(spec.name)) {
+    v.Add("metadata.name",
+          "must be a DNS-1123 label (at most 63 lower-case letters, digits or '-', starting and ending "
+          "with a letter or digit), got " +
+              Quote(spec.name));
+  }
+  if (!IsDns1123Label(spec.namespace_)) {
+    v.Add("metadata.namespace", "must be a DNS-1123 label, got " + Quote(spec.namespace_));
+  }
+
+  const ModelSpec& m = spec.model;
+  v.Required("spec.model.path", m.path, "a Hugging Face model directory");
+  v.OneOf("spec.model.family", m.family, kFamilies);
+  if (m.family == "bert") {
+    v.OneOf("spec.model.task", m.task, kBertTasks);
+  } else if (m.family == "llama") {
+    v.OneOf("spec.model.task", m.task, kLlamaTasks);
+  }
+  if (m.task == "sequence-classification" || m.task == "token-classification") {
+    std::set<std::string> unique(m.labels.begin(), m.labels.end());
+    if (unique.size() < 2) {
+      v.Add("spec.model.labels",
+            "task " + m.task + " needs at least 2 unique labels, got " + std::to_string(unique.size()));
+    } else if (unique.size() != m.labels.size()) {
+      v.Add("spec.model.labels", "labels must be unique");
+    }
+    if (unique.count("")) v.Add("spec.model.labels", "labels must not be empty strings");
+  }
+  v.AtLeast("spec.model.maxSeqLen", m.maxSeqLen, 2);
+  v.AtMost("spec.model.maxSeqLen", m.maxSeqLen, 32768);
+
+  const AdapterSpec& a = spec.adapter;
+  v.AtLeast("spec.adapter.rank", a.rank, 1);
+  v.Positive("spec.adapter.alpha", a.alpha);
+  if (a.dropout < 0 || a.dropout >= 1) {
+    v.Add("spec.adapter.dropout", "must be in [0, 1), got " + Validator::Str(a.dropout));
+  }
+  if (a.targetModules.empty()) v.Add("spec.adapter.targetModules", "must name at least one module");
+  v.OneOf("spec.adapter.aggregation", a.aggregation, kAggregations);
+
+  const DataSpec& d = spec.data;
+  v.Required("spec.data.path", d.path, "the node-local data directory");
+  v.OneOf("spec.data.format", d.format, kDataFormats);
+  v.Required("spec.data.trainFile", d.trainFile, "file name of the training set inside spec.data.path");
+
+  const AgentsSpec& ag = spec.agents;
+  v.AtLeast("spec.agents.minAgents", ag.minAgents, 1);
+  v.AtLeast("spec.agents.maxAgents", ag.maxAgents, 0);
+  v.AtLeast("spec.agents.replicas", ag.replicas, 0);
+  if (ag.maxAgents > 0 && ag.maxAgents < ag.minAgents) {
+    v.Add("spec.agents.maxAgents", "must be 0 (every matching node) or >= spec.agents.minAgents (" +
+                                       std::to_string(ag.minAgents) + "), got " +
+                                       std::to_string(ag.maxAgents));
+  }
+
+  const RoundsSpec& r = spec.rounds;
+  v.AtLeast("spec.rounds.total", r.total, 1);
+  v.AtLeast("spec.rounds.quorum", r.quorum, 0);
+  if (r.quorum > 0) {
+    const int most = std::max(ag.minAgents, ag.replicas);
+    if (r.quorum > most) {
+      v.Add("spec.rounds.quorum",
+            "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " + std::to_string(most) +
+                " (or 0: every participant), got " + std::to_string(r.quorum));
+    }
+  }
+  if (!(r.fraction > 0 && r.fraction <= 1)) {
+    v.Add("spec.rounds.fraction", "must be in (0, 1], got " + Validator::Str(r.fraction));
+  }
+  v.AtLeast("spec.rounds.timeoutSeconds", r.timeoutSeconds, 1);
+  v.AtLeast("spec.rounds.localSteps", r.localSteps, 1);
+  v.AtLeast("spec.rounds.batchSize", r.batchSize, 1);
+  v.Positive("spec.rounds.learningRate", r.learningRate);
+  v.AtLeast("spec.rounds.weightDecay", r.weightDecay, 0.0);
+  v.AtLeast("spec.rounds.maxGradNorm", r.maxGradNorm, 0.0);
+
+  const StrategySpec& st = spec.strategy;
+  v.OneOf("spec.strategy.name", st.name, kStrategies);
+  if (std::find(kStrategies.begin(), kStrategies.end(), st.name) != kStrategies.end() &&
+      std::find(kImplementedStrategies.begin(), kImplementedStrategies.end(), st.name) ==
+          kImplementedStrategies.end()) {
+    v.Add("spec.strategy.name", Quote(st.name) + " is not implemented yet (implemented: " +
+                                    Join(kImplementedStrategies, ", ") + ")");
+  }
+  v.AtLeast("spec.strategy.proximalMu", st.proximalMu, 0.0);
+  if (st.name == "fedprox" && !(st.proximalMu > 0)) {
+    v.Add("spec.strategy.proximalMu",
+          "must be > 0 for fedprox (0 is plain fedavg), got " + Validator::Str(st.proximalMu));
+  }
+
+  const CompressionSpec& c = spec.compression;
+  v.OneOf("spec.compression.codec", c.codec, kCodecs);
+  v.AtLeast("spec.compression.blockSize", c.blockSize, 1);
+  v.AtMost("spec.compression.blockSize", c.blockSize, 1 << 20);
+
+  const RunPolicySpec& rp = spec.runPolicy;
+  v.AtLeast("spec.runPolicy.backoffLimit", rp.backoffLimit, 0);
+  v.AtLeast("spec.runPolicy.activeDeadlineSeconds", rp.activeDeadlineSeconds, int64_t{0});
+  v.AtLeast("spec.runPolicy.ttlSecondsAfterFinished", rp.ttlSecondsAfterFinished, int64_t{-1});
+  v.OneOf("spec.runPolicy.cleanPodPolicy", rp.cleanPodPolicy, kCleanPodPolicies);
+
+  v.AtLeast("spec.serving.port", spec.serving.port, 1);
+  v.AtMost("spec.serving.port", spec.serving.port, 65535);
+
+  if (!v.errors.empty()) return InvalidArgumentError(Join(v.errors, "; "));
+  return OkStatus();
+}
+
+StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgumentError("manifest is not valid YAML or JSON: line " +
+                                std::to_string(e.mark.line + 1) + ", column " +
+                                std::to_string(e.mark.column + 1) + ": " + e.msg);
+  }
+  if (!root.IsMap()) {
+    return InvalidArgumentError("manifest must be an object with apiVersion, kind, metadata and spec, got " +
+                                Describe(root));
+  }
+  JobSpec job;
+  Reader r;
+  try {
+    // status is the controller's; tolerated so a manifest read back from the
+    // API server parses.
+    r.CheckKeys(root, "", {"apiVersion", "kind", "metadata", "spec", "status"});
+    r.String(root, "", "apiVersion", &job.apiVersion);
+    r.String(root, "", "kind", &job.kind);
+    // Check identity first: a manifest of another kind gets one clear error,
+    // not a list of unknown fields.
+    if (job.apiVersion != kApiVersion || job.kind != kKind) {
+      std::vector<std::string> errs;
+      if (job.apiVersion != kApiVersion) {
+        errs.push_back(std::string("apiVersion: must be ") + kApiVersion + ", got " + Quote(job.apiVersion));
+      }
+      if (job.kind != kKind)
+        errs.push_back(std::string("kind: must be ") + kKind + ", got " + Quote(job.kind));
+      return InvalidArgumentError(Join(errs, "; "));
+    }
+    YAML::Node meta;
+    // metadata carries many server-set fields (uid, labels, managedFields...):
+    // only name and namespace matter here, the rest is ignored.
+    if (r.Object(root, "", "metadata", &meta)) {
+      r.String(meta, "metadata", "name", &job.name);
+      r.String(meta, "metadata", "namespace", &job.namespace_);
+      if (job.namespace_.empty()) job.namespace_ = "default";
+    }
+    YAML::Node spec;
+    if (r.Object(root, "", "spec", &spec)) {
+      ReadSpec(r, spec, &job);
+    } else if (r.errors.empty()) {
+      r.Error("spec", "required");
+    }
+  } catch (const YAML::Exception& e) {
+    r.Error("manifest", e.what());
+  }
+  if (!r.errors.empty()) return InvalidArgumentError(Join(r.errors, "; "));
+  FEDGE_RETURN_IF_ERROR(ValidateJobSpec(job));
+  return job;
+}
+
+StatusOr<JobSpec> LoadJobSpec(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError("cannot read manifest " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto spec = ParseJobSpec(ss.str());
+  if (!spec.ok()) return spec.status().WithContext(path);
+  return spec;
+}
+
+std::string JobSpecToYaml(const JobSpec& spec) {
+  YAML::Emitter out;
+  auto dbl = [](double v) { return FormatDouble(v); };
+  auto strings = [&out](const std::vector<std::string>& items) {
+    out << YAML::Flow << YAML::BeginSeq;
+    for (const auto& s : items) out << YAML::DoubleQuoted << s;
+    out << YAML::EndSeq;
+  };
+  out << YAML::BeginMap;
+  out << YAML::Key << "apiVersion" << YAML::Value << spec.apiVersion;
+  out << YAML::Key << "kind" << YAML::Value << spec.kind;
+  out << YAML::Key << "metadata" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "name" << YAML::Value << spec.name;
+  out << YAML::Key << "namespace" << YAML::Value << spec.namespace_;
+  out << YAML::EndMap;
+  out << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
+
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "path" << YAML::Value << YAML::DoubleQuoted << spec.model.path;
+  out << YAML::Key << "family" << YAML::Value << spec.model.family;
+  out << YAML::Key << "task" << YAML::Value << spec.model.task;
+  out << YAML::Key << "labels" << YAML::Value;
+  strings(spec.model.labels);
+  out << YAML::Key << "maxSeqLen" << YAML::Value << spec.model.maxSeqLen;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "adapter" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "rank" << YAML::Value << spec.adapter.rank;
+  out << YAML::Key << "alpha" << YAML::Value << dbl(spec.adapter.alpha);
+  out << YAML::Key << "dropout" << YAML::Value << dbl(spec.adapter.dropout);
+  out << YAML::Key << "targetModules" << YAML::Value;
+  strings(spec.adapter.targetModules);
+  out << YAML::Key << "aggregation" << YAML::Value << spec.adapter.aggregation;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "path" << YAML::Value << YAML::DoubleQuoted << spec.data.path;
+  out << YAML::Key << "format" << YAML::Value << spec.data.format;
+  out << YAML::Key << "trainFile" << YAML::Value << YAML::DoubleQuoted << spec.data.trainFile;
+  out << YAML::Key << "evalFile" << YAML::Value << YAML::DoubleQuoted << spec.data.evalFile;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "agents" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "nodeSelector" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  for (const auto& [k, val] : spec.agents.nodeSelector) {
+    out << YAML::Key << YAML::DoubleQuoted << k << YAML::Value << YAML::DoubleQuoted << val;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "minAgents" << YAML::Value << spec.agents.minAgents;
+  out << YAML::Key << "maxAgents" << YAML::Value << spec.agents.maxAgents;
+  out << YAML::Key << "replicas" << YAML::Value << spec.agents.replicas;
+  out << YAML::EndMap;
+
+  const RoundsSpec& r = spec.rounds;
+  out << YAML::Key << "rounds" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "total" << YAML::Value << r.total;
+  out << YAML::Key << "quorum" << YAML::Value << r.quorum;
+  out << YAML::Key << "fraction" << YAML::Value << dbl(r.fraction);
+  out << YAML::Key << "timeoutSeconds" << YAML::Value << r.timeoutSeconds;
+  out << YAML::Key << "localSteps" << YAML::Value << r.localSteps;
+  out << YAML::Key << "batchSize" << YAML::Value << r.batchSize;
+  out << YAML::Key << "learningRate" << YAML::Value << dbl(r.learningRate);
+  out << YAML::Key << "weightDecay" << YAML::Value << dbl(r.weightDecay);
+  out << YAML::Key << "maxGradNorm" << YAML::Value << dbl(r.maxGradNorm);
+  out << YAML::Key << "seed" << YAML::Value << r.seed;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "strategy" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "name" << YAML::Value << spec.strategy.name;
+  out << YAML::Key << "proximalMu" << YAML::Value << dbl(spec.strategy.proximalMu);
+  out << YAML::EndMap;
+
+  out << YAML::Key << "compression" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "codec" << YAML::Value << spec.compression.codec;
+  out << YAML::Key << "blockSize" << YAML::Value << spec.compression.blockSize;
+  out << YAML::Key << "zstd" << YAML::Value << YAML::TrueFalseBool << spec.compression.zstd;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "tls" << YAML::Value << YAML::TrueFalseBool << spec.privacy.tls;
+  out << YAML::EndMap;
+
+  const RunPolicySpec& rp = spec.runPolicy;
+  out << YAML::Key << "runPolicy" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "backoffLimit" << YAML::Value << rp.backoffLimit;
+  out << YAML::Key << "activeDeadlineSeconds" << YAML::Value << rp.activeDeadlineSeconds;
+  out << YAML::Key << "ttlSecondsAfterFinished" << YAML::Value << rp.ttlSecondsAfterFinished;
+  out << YAML::Key << "suspend" << YAML::Value << YAML::TrueFalseBool << rp.suspend;
+  out << YAML::Key << "cleanPodPolicy" << YAML::Value << rp.cleanPodPolicy;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "serving" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << spec.serving.enabled;
+  out << YAML::Key << "port" << YAML::Value << spec.serving.port;
+  out << YAML::EndMap;
+
+  out << YAML::EndMap;  // spec
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace fedge
