@@ -1,0 +1,791 @@
+// Tensor bundle codecs and the self-describing wire format (docs/formats.md).
+//
+// Decoding is a single forward pass over a byte source (the stored body, or a
+// zstd stream over it) so that nothing is allocated from a declared size before
+// the bytes that justify it have arrived: a hostile header that claims 4 GiB
+// of tensors but carries 100 bytes costs 100 bytes, and a zip bomb is cut off
+// at the declared body size, itself capped by DecodeLimits.
+#include "fedge/tensor_bundle.h"
+
+#include <openssl/evp.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <unordered_set>
+
+namespace fedge {
+namespace {
+
+constexpr char kMagic[8] = {'F', 'E', 'D', 'G', 'E', 'B', 'N', '1'};
+constexpr uint16_t kFormatVersion = 1;
+constexpr size_t kHeaderBytes = 36;
+constexpr size_t kChecksumBytes = 32;
+constexpr uint8_t kFlagZstd = 0x01;
+constexpr uint8_t kDtypeFloat32 = 0;
+constexpr int kMaxBlockSize = 65536;
+// Elements decoded per step: bounds scratch memory and keeps allocation
+// proportional to bytes actually received.
+constexpr size_t kDecodeChunkElements = 1 << 16;
+
+Status BundleError(StatusCode code, std::string message) {
+  return Status(code, "tensor bundle: " + message);
+}
+Status Corrupt(std::string message) { return BundleError(StatusCode::kDataLoss, std::move(message)); }
+Status Invalid(std::string message) {
+  return BundleError(StatusCode::kInvalidArgument, std::move(message));
+}
+
+// ---- little-endian scalars ----
+
+template <typename T>
+void PutLe(std::string* out, T value) {
+  static_assert(std::is_integral_v<T>);
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    out->push_back(static_cast<char>((static_cast<std::make_unsigned_t<T>>(value) >> (8 * i)) & 0xFF));
+  }
+}
+
+template <typename T>
+T GetLe(const char* p) {
+  static_assert(std::is_integral_v<T>);
+  std::make_unsigned_t<T> v = 0;
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    v |= static_cast<std::make_unsigned_t<T>>(static_cast<uint8_t>(p[i])) << (8 * i);
+  }
+  return static_cast<T>(v);
+}
+
+void PutF32(std::string* out, float f) { PutLe<uint32_t>(out, std::bit_cast<uint32_t>(f)); }
+float GetF32(const char* p) { return std::bit_cast<float>(GetLe<uint32_t>(p)); }
+
+// ---- half precision conversions (round to nearest, ties to even) ----
+
+uint16_t FloatToHalf(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t abs = x & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
+  if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // >= 65520 -> Inf
+  if (abs < 0x38800000u) {  // below 2^-14: half subnormal or zero
+    if (abs <= 0x33000000u) return static_cast<uint16_t>(sign);  // <= 2^-25 ties to +-0
+    const uint32_t exp = abs >> 23;
+    const uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;
+    const uint32_t shift = 126 - exp;  // 14..24
+    uint32_t h = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1);
+    const uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = (abs >> 13) - (112u << 10);
+  const uint32_t rem = abs & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu;
+  const uint32_t mant = h & 0x3FFu;
+  if (exp == 0) {
+    const float v = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7F800000u | (mant << 13));
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t FloatToBf16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  const uint32_t rounded = x + 0x7FFFu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(rounded >> 16);
+}
+
+float Bf16ToFloat(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+// ---- shapes ----
+
+bool CheckedElements(const std::vector<int64_t>& shape, int64_t* out) {
+  int64_t n = 1;
+  bool zero = false;
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+    if (d == 0) zero = true;
+  }
+  if (zero) {
+    *out = 0;
+    return true;
+  }
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(n, d, &n)) return false;
+  }
+  *out = n;
+  return true;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+bool IsValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<uint8_t>(s[i]);
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<uint8_t>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    // Reject overlong forms, surrogates and code points past U+10FFFF.
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+// Why a name is unacceptable, or empty if it is fine.
+std::string NameProblem(std::string_view name, uint32_t max_bytes) {
+  if (name.empty()) return "empty tensor name";
+  if (name.size() > max_bytes) {
+    return "tensor name of " + std::to_string(name.size()) + " bytes exceeds the limit of " +
+           std::to_string(max_bytes);
+  }
+  if (name.find('\0') != std::string_view::npos) return "tensor name contains a NUL byte";
+  if (!IsValidUtf8(name)) return "tensor name is not valid UTF-8";
+  return {};
+}
+
+uint64_t CeilDiv(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+// Bytes of a tensor's data section for `n` elements.
+uint64_t DataBytes(Codec codec, uint32_t block_size, uint64_t n) {
+  switch (codec) {
+    case Codec::kFp32: return 4 * n;
+    case Codec::kFp16:
+    case Codec::kBf16: return 2 * n;
+    case Codec::kInt8: return n + 4 * CeilDiv(n, block_size);
+  }
+  return 0;
+}
+
+// ---- encoding ----
+
+Status EncodeValues(Codec codec, uint32_t block_size, const NamedTensor& t, std::string* out) {
+  const std::vector<float>& v = t.values;
+  switch (codec) {
+    case Codec::kFp32:
+      for (float f : v) PutF32(out, f);
+      return OkStatus();
+    case Codec::kFp16:
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (std::fabs(v[i]) >= 65520.0f) {
+          return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) + " = " +
+                         std::to_string(v[i]) + " is outside the fp16 range (|x| < 65520); use bf16 or fp32");
+        }
+        PutLe<uint16_t>(out, FloatToHalf(v[i]));
+      }
+      return OkStatus();
+    case Codec::kBf16:
+      for (size_t i = 0; i < v.size(); ++i) {
+        const uint16_t b = FloatToBf16(v[i]);
+        if ((b & 0x7F80u) == 0x7F80u) {
+          return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) +
+                         " rounds to infinity in bf16; use fp32");
+        }
+        PutLe<uint16_t>(out, b);
+      }
+      return OkStatus();
+    case Codec::kInt8: {
+      const size_t n = v.size();
+      const size_t blocks = CeilDiv(n, block_size);
+      std::vector<float> scales(blocks);
+      for (size_t b = 0; b < blocks; ++b) {
+        float amax = 0.0f;
+        const size_t end = std::min(n, (b + 1) * block_size);
+        for (size_t i = b * block_size; i < end; ++i) amax = std::max(amax, std::fabs(v[i]));
+        const float scale = amax / 127.0f;
+        if (!std::isfinite(scale * 127.0f)) {
+          return Invalid("tensor \"" + t.name + "\" has values too large for the int8 codec; use fp32");
+        }
+        scales[b] = scale;
+        PutF32(out, scale);
+      }
+      for (size_t b = 0; b < blocks; ++b) {
+        const float scale = scales[b];
+        const size_t end = std::min(n, (b + 1) * block_size);
+        for (size_t i = b * block_size; i < end; ++i) {
+          float q = 0.0f;
+          if (scale > 0.0f) q = std::clamp(std::nearbyint(v[i] / scale), -127.0f, 127.0f);
+          out->push_back(static_cast<char>(static_cast<int8_t>(q)));
+        }
+      }
+      return OkStatus();
+    }
+  }
+  return Invalid("unknown codec");
+}
+
+// ---- decoding sources ----
+
+// Yields the body's bytes in order; Read fails rather than return fewer bytes.
+class BodySource {
+ public:
+  virtual ~BodySource() = default;
+  virtual Status Read(size_t n, char* out) = 0;
+  // Called after the last expected byte: checks nothing is left over.
+  virtual Status Finish() = 0;
+};
+
+class PlainSource : public BodySource {
+ public:
+  explicit PlainSource(std::string_view data) : data_(data) {}
+  Status Read(size_t n, char* out) override {
+    if (n > data_.size() - pos_) {
+      return Corrupt("truncated body: needs " + std::to_string(n) + " more bytes at offset " +
+                     std::to_string(pos_) + " of " + std::to_string(data_.size()));
+    }
+    std::memcpy(out, data_.data() + pos_, n);
+    pos_ += n;
+    return OkStatus();
+  }
+  Status Finish() override {
+    if (pos_ != data_.size()) {
+      return Corrupt(std::to_string(data_.size() - pos_) + " trailing bytes after the last tensor");
+    }
+    return OkStatus();
+  }
+
+ private:
+  std::string_view data_;
+  size_t pos_ = 0;
+};
+
+class ZstdSource : public BodySource {
+ public:
+  ZstdSource(std::string_view frame, uint64_t body_size)
+      : dctx_(ZSTD_createDCtx(), &ZSTD_freeDCtx), input_{frame.data(), frame.size(), 0}, body_size_(body_size) {
+    // The default window limit (128 MiB) already bounds decoder memory; set it
+    // explicitly so a library default change cannot widen it.
+    ZSTD_DCtx_setParameter(dctx_.get(), ZSTD_d_windowLogMax, 27);
+  }
+
+  Status Read(size_t n, char* out) override {
+    if (n > body_size_ - produced_) {
+      return Corrupt("truncated body: needs " + std::to_string(n) + " more bytes at offset " +
+                     std::to_string(produced_) + " of the declared " + std::to_string(body_size_));
+    }
+    ZSTD_outBuffer output{out, n, 0};
+    while (output.pos < output.size) {
+      if (frame_done_) {
+        return Corrupt("decompressed size mismatch: zstd frame ended after " +
+                       std::to_string(produced_ + output.pos) + " bytes, header declares " +
+                       std::to_string(body_size_));
+      }
+      const size_t before_in = input_.pos, before_out = output.pos;
+      const size_t ret = ZSTD_decompressStream(dctx_.get(), &output, &input_);
+      if (ZSTD_isError(ret)) return Corrupt(std::string("zstd frame error: ") + ZSTD_getErrorName(ret));
+      if (ret == 0) {
+        frame_done_ = true;
+      } else if (input_.pos == before_in && output.pos == before_out) {
+        return Corrupt("zstd frame truncated after " + std::to_string(produced_ + output.pos) +
+                       " decompressed bytes");
+      }
+    }
+    produced_ += n;
+    return OkStatus();
+  }
+
+  Status Finish() override {
+    if (produced_ != body_size_) {
+      return Corrupt("decompressed size mismatch: tensors end at " + std::to_string(produced_) +
+                     " bytes, header declares " + std::to_string(body_size_));
+    }
+    // The frame must end exactly here: no output left, no input after it.
+    char extra;
+    while (!frame_done_) {
+      ZSTD_outBuffer output{&extra, 1, 0};
+      const size_t before_in = input_.pos;
+      const size_t ret = ZSTD_decompressStream(dctx_.get(), &output, &input_);
+      if (ZSTD_isError(ret)) return Corrupt(std::string("zstd frame error: ") + ZSTD_getErrorName(ret));
+      if (output.pos != 0) {
+        return Corrupt("decompressed size mismatch: zstd frame holds more than the declared " +
+                       std::to_string(body_size_) + " bytes");
+      }
+      if (ret == 0) {
+        frame_done_ = true;
+      } else if (input_.pos == before_in) {
+        return Corrupt("zstd frame truncated (no end of frame)");
+      }
+    }
+    if (input_.pos != input_.size) {
+      return Corrupt(std::to_string(input_.size - input_.pos) + " trailing bytes after the zstd frame");
+    }
+    return OkStatus();
+  }
+
+ private:
+  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx_;
+  ZSTD_inBuffer input_;
+  uint64_t body_size_;
+  uint64_t produced_ = 0;
+  bool frame_done_ = false;
+};
+
+std::array<unsigned char, 32> Sha256(std::string_view bytes) {
+  std::array<unsigned char, 32> digest{};
+  unsigned int len = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &len, EVP_sha256(), nullptr) != 1 ||
+      len != digest.size()) {
+    DieBecause("EVP_Digest(SHA-256) failed", InternalError("OpenSSL"));
+  }
+  return digest;
+}
+
+struct TableEntry {
+  std::string name;
+  std::vector<int64_t> shape;
+  uint64_t elements = 0;
+};
+
+Status DecodeTensorData(Codec codec, uint32_t block_size, const TableEntry& entry, BodySource* src,
+                        NamedTensor* out) {
+  const uint64_t n = entry.elements;
+  std::vector<float>& values = out->values;
+  std::string scratch;
+  auto check_finite = [&](float f, uint64_t i) -> Status {
+    if (!std::isfinite(f)) {
+      return Corrupt("tensor \"" + entry.name + "\" element " + std::to_string(i) + " is not finite");
+    }
+    return OkStatus();
+  };
+  if (codec == Codec::kInt8) {
+    // Scales for a tensor come first; they are few (n / block_size), but read
+    // them in chunks too so a lying header cannot force a large allocation.
+    const uint64_t blocks = CeilDiv(n, block_size);
+    std::vector<float> scales;
+    for (uint64_t done = 0; done < blocks;) {
+      const size_t k = static_cast<size_t>(std::min<uint64_t>(blocks - done, kDecodeChunkElements));
+      scratch.resize(4 * k);
+      FEDGE_RETURN_IF_ERROR(src->Read(scratch.size(), scratch.data()));
+      for (size_t i = 0; i < k; ++i) {
+        const float s = GetF32(scratch.data() + 4 * i);
+        if (!std::isfinite(s) || s < 0.0f) {
+          return Corrupt("tensor \"" + entry.name + "\" block " + std::to_string(done + i) +
+                         " has an invalid scale (" + (std::isfinite(s) ? "negative" : "non-finite") + ")");
+        }
+        scales.push_back(s);
+      }
+      done += k;
+    }
+    for (uint64_t done = 0; done < n;) {
+      const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
+      scratch.resize(k);
+      FEDGE_RETURN_IF_ERROR(src->Read(k, scratch.data()));
+      for (size_t i = 0; i < k; ++i) {
+        const auto q = static_cast<int8_t>(scratch[i]);
+        if (q == -128) {
+          return Corrupt("tensor \"" + entry.name + "\" element " + std::to_string(done + i) +
+                         " has the out-of-range int8 code -128");
+        }
+        const float f = static_cast<float>(q) * scales[(done + i) / block_size];
+        FEDGE_RETURN_IF_ERROR(check_finite(f, done + i));
+        values.push_back(f);
+      }
+      done += k;
+    }
+    return OkStatus();
+  }
+  const size_t width = codec == Codec::kFp32 ? 4 : 2;
+  for (uint64_t done = 0; done < n;) {
+    const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
+    scratch.resize(k * width);
+    FEDGE_RETURN_IF_ERROR(src->Read(scratch.size(), scratch.data()));
+    const char* p = scratch.data();
+    for (size_t i = 0; i < k; ++i, p += width) {
+      float f;
+      if (codec == Codec::kFp32) {
+        f = GetF32(p);
+      } else if (codec == Codec::kFp16) {
+        f = HalfToFloat(GetLe<uint16_t>(p));
+      } else {
+        f = Bf16ToFloat(GetLe<uint16_t>(p));
+      }
+      FEDGE_RETURN_IF_ERROR(check_finite(f, done + i));
+      values.push_back(f);
+    }
+    done += k;
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+int64_t NamedTensor::NumElements() const {
+  int64_t n;
+  return CheckedElements(shape, &n) ? n : -1;
+}
+
+const NamedTensor* TensorBundle::Find(std::string_view name) const {
+  for (const NamedTensor& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+NamedTensor* TensorBundle::Find(std::string_view name) {
+  for (NamedTensor& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+int64_t TensorBundle::NumElements() const {
+  int64_t total = 0;
+  for (const NamedTensor& t : tensors) total += static_cast<int64_t>(t.values.size());
+  return total;
+}
+
+uint64_t TensorBundle::Fp32Bytes() const { return 4 * static_cast<uint64_t>(NumElements()); }
+
+StatusOr<Codec> ParseCodec(std::string_view name) {
+  if (name == "fp32") return Codec::kFp32;
+  if (name == "fp16") return Codec::kFp16;
+  if (name == "bf16") return Codec::kBf16;
+  if (name == "int8") return Codec::kInt8;
+  return InvalidArgumentError("unknown codec \"" + std::string(name) +
+                              "\"; expected one of fp32, fp16, bf16, int8");
+}
+
+std::string_view CodecName(Codec codec) {
+  switch (codec) {
+    case Codec::kFp32: return "fp32";
+    case Codec::kFp16: return "fp16";
+    case Codec::kBf16: return "bf16";
+    case Codec::kInt8: return "int8";
+  }
+  return "unknown";
+}
+
+StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptions& options) {
+  const Codec codec = options.codec;
+  if (static_cast<uint8_t>(codec) > static_cast<uint8_t>(Codec::kInt8)) return Invalid("unknown codec");
+  uint32_t block_size = 0;
+  if (codec == Codec::kInt8) {
+    if (options.block_size < 1 || options.block_size > kMaxBlockSize) {
+      return Invalid("block_size " + std::to_string(options.block_size) + " is outside 1.." +
+                     std::to_string(kMaxBlockSize));
+    }
+    block_size = static_cast<uint32_t>(options.block_size);
+  }
+  const DecodeLimits defaults;
+  if (bundle.tensors.size() > defaults.max_tensors) {
+    return Invalid(std::to_string(bundle.tensors.size()) + " tensors exceed the limit of " +
+                   std::to_string(defaults.max_tensors));
+  }
+
+  std::string body;
+  std::unordered_set<std::string_view> seen;
+  uint64_t data_bytes = 0;
+  for (const NamedTensor& t : bundle.tensors) {
+    if (std::string problem = NameProblem(t.name, defaults.max_name_bytes); !problem.empty()) {
+      return Invalid(problem + (t.name.empty() ? "" : " (\"" + t.name.substr(0, 64) + "\")"));
+    }
+    if (!seen.insert(t.name).second) return Invalid("duplicate tensor name \"" + t.name + "\"");
+    if (t.shape.size() > defaults.max_rank) {
+      return Invalid("tensor \"" + t.name + "\" has rank " + std::to_string(t.shape.size()) +
+                     ", above the limit of " + std::to_string(defaults.max_rank));
+    }
+    int64_t n;
+    if (!CheckedElements(t.shape, &n)) {
+      return Invalid("tensor \"" + t.name + "\" has an invalid shape " + ShapeString(t.shape));
+    }
+    if (static_cast<uint64_t>(n) != t.values.size()) {
+      return Invalid("tensor \"" + t.name + "\" has " + std::to_string(t.values.size()) +
+                     " values but shape " + ShapeString(t.shape) + " needs " + std::to_string(n));
+    }
+    for (size_t i = 0; i < t.values.size(); ++i) {
+      if (!std::isfinite(t.values[i])) {
+        return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) + " is not finite");
+      }
+    }
+    PutLe<uint16_t>(&body, static_cast<uint16_t>(t.name.size()));
+    body += t.name;
+    body.push_back(static_cast<char>(kDtypeFloat32));
+    body.push_back(static_cast<char>(t.shape.size()));
+    for (int64_t d : t.shape) PutLe<uint64_t>(&body, static_cast<uint64_t>(d));
+    data_bytes += DataBytes(codec, block_size, static_cast<uint64_t>(n));
+  }
+  body.reserve(body.size() + data_bytes);
+  for (const NamedTensor& t : bundle.tensors) {
+    FEDGE_RETURN_IF_ERROR(EncodeValues(codec, block_size, t, &body));
+  }
+
+  std::string stored;
+  if (options.zstd) {
+    if (options.zstd_level < ZSTD_minCLevel() || options.zstd_level > ZSTD_maxCLevel()) {
+      return Invalid("zstd_level " + std::to_string(options.zstd_level) + " is outside " +
+                     std::to_string(ZSTD_minCLevel()) + ".." + std::to_string(ZSTD_maxCLevel()));
+    }
+    stored.resize(ZSTD_compressBound(body.size()));
+    // ZSTD_compress records the content size in the frame header, which the
+    // decoder cross-checks against the bundle header.
+    const size_t n = ZSTD_compress(stored.data(), stored.size(), body.data(), body.size(), options.zstd_level);
+    if (ZSTD_isError(n)) return InternalError(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
+    stored.resize(n);
+  }
+  const std::string& payload = options.zstd ? stored : body;
+
+  std::string out;
+  out.reserve(kHeaderBytes + payload.size() + kChecksumBytes);
+  out.append(kMagic, sizeof(kMagic));
+  PutLe<uint16_t>(&out, kFormatVersion);
+  out.push_back(static_cast<char>(codec));
+  out.push_back(static_cast<char>(options.zstd ? kFlagZstd : 0));
+  PutLe<uint32_t>(&out, block_size);
+  PutLe<uint32_t>(&out, static_cast<uint32_t>(bundle.tensors.size()));
+  PutLe<uint64_t>(&out, body.size());
+  PutLe<uint64_t>(&out, payload.size());
+  out += payload;
+  const auto digest = Sha256(out);
+  out.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return out;
+}
+
+StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& limits) {
+  if (bytes.size() > limits.max_encoded_bytes) {
+    return Invalid("encoded size " + std::to_string(bytes.size()) + " exceeds the limit of " +
+                   std::to_string(limits.max_encoded_bytes) + " bytes");
+  }
+  if (bytes.size() < sizeof(kMagic) || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return Invalid("bad magic: not a fedge tensor bundle (expected \"FEDGEBN1\")");
+  }
+  if (bytes.size() < kHeaderBytes) {
+    return Corrupt("truncated header: " + std::to_string(bytes.size()) + " of " +
+                   std::to_string(kHeaderBytes) + " bytes");
+  }
+  const char* h = bytes.data();
+  const auto version = GetLe<uint16_t>(h + 8);
+  if (version != kFormatVersion) {
+    return Invalid("unknown format version " + std::to_string(version) + " (this build reads version " +
+                   std::to_string(kFormatVersion) + ")");
+  }
+  const auto codec_byte = static_cast<uint8_t>(h[10]);
+  if (codec_byte > static_cast<uint8_t>(Codec::kInt8)) {
+    return Invalid("unknown codec id " + std::to_string(codec_byte));
+  }
+  const auto codec = static_cast<Codec>(codec_byte);
+  const auto flags = static_cast<uint8_t>(h[11]);
+  if (flags & ~kFlagZstd) return Invalid("unknown flag bits " + std::to_string(flags & ~kFlagZstd));
+  const bool zstd = flags & kFlagZstd;
+  const auto block_size = GetLe<uint32_t>(h + 12);
+  if (codec == Codec::kInt8 && (block_size < 1 || block_size > kMaxBlockSize)) {
+    return Invalid("int8 block size " + std::to_string(block_size) + " is outside 1.." +
+                   std::to_string(kMaxBlockSize));
+  }
+  if (codec != Codec::kInt8 && block_size != 0) {
+    return Invalid("block size must be 0 for the element-wise codec " + std::string(CodecName(codec)));
+  }
+  const auto count = GetLe<uint32_t>(h + 16);
+  if (count > limits.max_tensors) {
+    return Invalid("tensor count " + std::to_string(count) + " exceeds the limit of " +
+                   std::to_string(limits.max_tensors));
+  }
+  const auto body_size = GetLe<uint64_t>(h + 20);
+  const auto stored_size = GetLe<uint64_t>(h + 28);
+  const uint64_t available = bytes.size() - kHeaderBytes;
+  if (stored_size > available || available - stored_size < kChecksumBytes) {
+    return Corrupt("truncated payload: header declares " + std::to_string(stored_size) +
+                   " stored bytes plus a 32-byte checksum, " + std::to_string(available) + " present");
+  }
+  if (available - stored_size > kChecksumBytes) {
+    return Corrupt(std::to_string(available - stored_size - kChecksumBytes) +
+                   " trailing bytes after the checksum");
+  }
+  const std::string_view covered = bytes.substr(0, kHeaderBytes + stored_size);
+  const auto digest = Sha256(covered);
+  if (std::memcmp(digest.data(), bytes.data() + covered.size(), kChecksumBytes) != 0) {
+    return Corrupt("checksum mismatch: SHA-256 of header and payload does not match the trailer");
+  }
+
+  // Cap the body before decompressing: the largest body the limits permit
+  // (saturating, since limits may be set to the maximum).
+  auto sat_mul = [](uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? std::numeric_limits<uint64_t>::max() : r;
+  };
+  auto sat_add = [](uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<uint64_t>::max() : r;
+  };
+  const uint64_t per_entry = 2 + uint64_t{limits.max_name_bytes} + 2 + 8 * uint64_t{limits.max_rank};
+  const uint64_t max_table = sat_mul(count, per_entry);
+  const uint64_t elems = limits.max_total_elements;
+  uint64_t max_data = 0;
+  switch (codec) {
+    case Codec::kFp32: max_data = sat_mul(4, elems); break;
+    case Codec::kFp16:
+    case Codec::kBf16: max_data = sat_mul(2, elems); break;
+    case Codec::kInt8: max_data = sat_add(elems, sat_mul(4, sat_add(elems / block_size, count))); break;
+  }
+  const uint64_t max_body = sat_add(max_table, max_data);
+  if (body_size > max_body) {
+    return Invalid("declared body size " + std::to_string(body_size) + " exceeds what the limits allow (" +
+                   std::to_string(max_body) + " bytes)");
+  }
+  const std::string_view stored = bytes.substr(kHeaderBytes, stored_size);
+  std::unique_ptr<BodySource> src;
+  if (zstd) {
+    const unsigned long long frame_size = ZSTD_getFrameContentSize(stored.data(), stored.size());
+    if (frame_size == ZSTD_CONTENTSIZE_ERROR) return Corrupt("zstd frame error: payload is not a zstd frame");
+    if (frame_size != ZSTD_CONTENTSIZE_UNKNOWN && frame_size != body_size) {
+      return Corrupt("decompressed size mismatch: zstd frame declares " + std::to_string(frame_size) +
+                     " bytes, header declares " + std::to_string(body_size));
+    }
+    src = std::make_unique<ZstdSource>(stored, body_size);
+  } else {
+    if (body_size != stored_size) {
+      return Corrupt("body size " + std::to_string(body_size) + " != stored size " +
+                     std::to_string(stored_size) + " in an uncompressed bundle");
+    }
+    src = std::make_unique<PlainSource>(stored);
+  }
+
+  // Tensor table.
+  std::vector<TableEntry> table;
+  std::unordered_set<std::string> seen;
+  uint64_t table_bytes = 0, total_elements = 0, data_bytes = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::string where = "tensor #" + std::to_string(i);
+    char buf[8];
+    FEDGE_RETURN_IF_ERROR(src->Read(2, buf));
+    const auto name_len = GetLe<uint16_t>(buf);
+    if (name_len == 0) return Invalid(where + ": empty tensor name");
+    if (name_len > limits.max_name_bytes) {
+      return Invalid(where + ": tensor name of " + std::to_string(name_len) + " bytes exceeds the limit of " +
+                     std::to_string(limits.max_name_bytes));
+    }
+    TableEntry e;
+    e.name.resize(name_len);
+    FEDGE_RETURN_IF_ERROR(src->Read(name_len, e.name.data()));
+    if (std::string problem = NameProblem(e.name, limits.max_name_bytes); !problem.empty()) {
+      return Invalid(where + ": " + problem);
+    }
+    if (!seen.insert(e.name).second) return Invalid("duplicate tensor name \"" + e.name + "\"");
+    FEDGE_RETURN_IF_ERROR(src->Read(2, buf));
+    if (static_cast<uint8_t>(buf[0]) != kDtypeFloat32) {
+      return Invalid("tensor \"" + e.name + "\" has unknown dtype id " + std::to_string(static_cast<uint8_t>(buf[0])));
+    }
+    const auto rank = static_cast<uint8_t>(buf[1]);
+    if (rank > limits.max_rank) {
+      return Invalid("tensor \"" + e.name + "\" has rank " + std::to_string(rank) + ", above the limit of " +
+                     std::to_string(limits.max_rank));
+    }
+    for (uint8_t d = 0; d < rank; ++d) {
+      FEDGE_RETURN_IF_ERROR(src->Read(8, buf));
+      const auto dim = GetLe<uint64_t>(buf);
+      if (dim > limits.max_total_elements || dim > uint64_t{std::numeric_limits<int64_t>::max()}) {
+        return Invalid("tensor \"" + e.name + "\" dimension " + std::to_string(d) + " = " + std::to_string(dim) +
+                       " exceeds the element limit of " + std::to_string(limits.max_total_elements));
+      }
+      e.shape.push_back(static_cast<int64_t>(dim));
+    }
+    int64_t exact;
+    if (!CheckedElements(e.shape, &exact)) {
+      return Invalid("tensor \"" + e.name + "\" shape " + ShapeString(e.shape) + " overflows the element count");
+    }
+    const auto n = static_cast<uint64_t>(exact);
+    if (n > limits.max_total_elements - total_elements) {
+      return Invalid("total element count exceeds the limit of " + std::to_string(limits.max_total_elements) +
+                     " at tensor \"" + e.name + "\"");
+    }
+    total_elements += n;
+    e.elements = n;
+    table_bytes += 2 + name_len + 2 + 8 * uint64_t{rank};
+    data_bytes += DataBytes(codec, block_size, n);
+    table.push_back(std::move(e));
+  }
+  if (table_bytes + data_bytes != body_size) {
+    return Corrupt("body size mismatch: header declares " + std::to_string(body_size) +
+                   " bytes, the tensor table implies " + std::to_string(table_bytes + data_bytes));
+  }
+
+  TensorBundle bundle;
+  bundle.tensors.reserve(table.size());
+  for (TableEntry& e : table) {
+    NamedTensor t;
+    t.name = e.name;
+    t.shape = e.shape;
+    FEDGE_RETURN_IF_ERROR(DecodeTensorData(codec, block_size, e, src.get(), &t));
+    bundle.tensors.push_back(std::move(t));
+  }
+  FEDGE_RETURN_IF_ERROR(src->Finish());
+  return bundle;
+}
+
+std::string Sha256Hex(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  const auto digest = Sha256(bytes);
+  std::string out;
+  out.reserve(64);
+  for (unsigned char c : digest) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+Status CheckSameLayout(const TensorBundle& reference, const TensorBundle& other) {
+  for (const NamedTensor& r : reference.tensors) {
+    const NamedTensor* o = other.Find(r.name);
+    if (o == nullptr) return InvalidArgumentError("layout mismatch: missing tensor \"" + r.name + "\"");
+    if (o->shape != r.shape) {
+      return InvalidArgumentError("layout mismatch: tensor \"" + r.name + "\" has shape " + ShapeString(o->shape) +
+                                  ", expected " + ShapeString(r.shape));
+    }
+  }
+  for (const NamedTensor& o : other.tensors) {
+    if (reference.Find(o.name) == nullptr) {
+      return InvalidArgumentError("layout mismatch: unexpected tensor \"" + o.name + "\"");
+    }
+  }
+  if (other.tensors.size() != reference.tensors.size()) {
+    return InvalidArgumentError("layout mismatch: " + std::to_string(other.tensors.size()) + " tensors, expected " +
+                                std::to_string(reference.tensors.size()) + " (duplicate names?)");
+  }
+  return OkStatus();
+}
+
+}  // namespace fedge
