@@ -1,0 +1,617 @@
+// Byte-level BPE (see fedge/agent/llm/bpe_tokenizer.h for the pipeline).
+//
+// The pre-tokenizer regexes are implemented as scanners that reproduce the
+// leftmost-first alternation semantics of the patterns, alternative by alternative:
+//   GPT-2:   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//   Llama-3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+//            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//   Qwen2:   the Llama-3 pattern with \p{N} (one digit per piece).
+#include "fedge/agent/llm/bpe_tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "fedge/file_util.h"
+
+namespace fedge::agent::llm {
+namespace {
+
+enum UnicodeClass : uint8_t { kL, kN };
+struct UnicodeClassRange {
+  char32_t first;
+  char32_t last;
+  UnicodeClass cls;
+};
+#include "bpe_tokenizer_unicode.inc"
+
+enum class CharClass { kLetter, kNumber, kSpace, kOther };
+
+// Oniguruma's \s for Unicode text: the White_Space property.
+bool IsWhiteSpace(char32_t c) {
+  if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
+  return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+CharClass Classify(char32_t c) {
+  if (IsWhiteSpace(c)) return CharClass::kSpace;
+  if (c < 0x80) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return CharClass::kLetter;
+    if (c >= '0' && c <= '9') return CharClass::kNumber;
+    return CharClass::kOther;
+  }
+  const auto* end = std::end(kUnicodeClassRanges);
+  const auto* it = std::upper_bound(std::begin(kUnicodeClassRanges), end, c,
+                                    [](char32_t v, const UnicodeClassRange& r) { return v < r.first; });
+  if (it == std::begin(kUnicodeClassRanges)) return CharClass::kOther;
+  --it;
+  if (c > it->last) return CharClass::kOther;
+  return it->cls == kL ? CharClass::kLetter : CharClass::kNumber;
+}
+
+// Expected continuation count and the allowed range of the first continuation byte.
+bool LeadByte(uint8_t b, int* need, uint8_t* lo, uint8_t* hi) {
+  *lo = 0x80;
+  *hi = 0xBF;
+  if (b >= 0xC2 && b <= 0xDF) *need = 1;
+  else if (b == 0xE0) *need = 2, *lo = 0xA0;
+  else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) *need = 2;
+  else if (b == 0xED) *need = 2, *hi = 0x9F;
+  else if (b == 0xF0) *need = 3, *lo = 0x90;
+  else if (b >= 0xF1 && b <= 0xF3) *need = 3;
+  else if (b == 0xF4) *need = 3, *hi = 0x8F;
+  else return false;
+  return true;
+}
+
+// Number of bytes from i that form a valid character (>0), or minus the length of
+// the maximal invalid subpart (<0), or 0 if the bytes end inside a valid prefix.
+int ScanUtf8Char(std::string_view s, size_t i) {
+  auto b = static_cast<uint8_t>(s[i]);
+  if (b < 0x80) return 1;
+  int need;
+  uint8_t lo, hi;
+  if (!LeadByte(b, &need, &lo, &hi)) return -1;
+  for (int k = 1; k <= need; ++k) {
+    if (i + k >= s.size()) return 0;
+    auto c = static_cast<uint8_t>(s[i + k]);
+    if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) return -k;
+  }
+  return need + 1;
+}
+
+// One decoded code point and where its bytes are. Invalid UTF-8 bytes become
+// single-byte "other" characters so that every input byte is tokenized.
+struct CodePoint {
+  char32_t c;
+  uint32_t begin;
+  uint32_t end;
+  CharClass cls;
+};
+
+std::vector<CodePoint> DecodeCodePoints(std::string_view s) {
+  std::vector<CodePoint> out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    int r = ScanUtf8Char(s, i);
+    auto b = static_cast<uint8_t>(s[i]);
+    if (r <= 0) {  // invalid or truncated: this byte alone, tokenized as itself
+      out.push_back({0xFFFD, static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1), CharClass::kOther});
+      ++i;
+      continue;
+    }
+    char32_t c = r == 1 ? b : r == 2 ? (b & 0x1F) : r == 3 ? (b & 0x0F) : (b & 0x07);
+    for (int k = 1; k < r; ++k) c = (c << 6) | (static_cast<uint8_t>(s[i + k]) & 0x3F);
+    out.push_back({c, static_cast<uint32_t>(i), static_cast<uint32_t>(i + r), Classify(c)});
+    i += static_cast<size_t>(r);
+  }
+  return out;
+}
+
+bool IsCrLf(char32_t c) { return c == '\r' || c == '\n'; }
+
+char32_t AsciiLower(char32_t c) {
+  if (c >= 'A' && c <= 'Z') return c + 32;
+  if (c == 0x17F) return 's';  // LATIN SMALL LETTER LONG S case-folds to s
+  return c;
+}
+
+// Length (in code points) of a contraction 's 't 're 've 'm 'll 'd at i, or 0.
+size_t MatchContraction(const std::vector<CodePoint>& cp, size_t i, bool ignore_case) {
+  if (cp[i].c != '\'' || i + 1 >= cp.size()) return 0;
+  auto at = [&](size_t k) { return ignore_case ? AsciiLower(cp[k].c) : cp[k].c; };
+  char32_t c1 = at(i + 1);
+  if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+  if (i + 2 >= cp.size()) return 0;
+  char32_t c2 = at(i + 2);
+  if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+  return 0;
+}
+
+size_t RunOf(const std::vector<CodePoint>& cp, size_t i, CharClass cls, size_t max_len = SIZE_MAX) {
+  size_t j = i;
+  while (j < cp.size() && cp[j].cls == cls && j - i < max_len) ++j;
+  return j;
+}
+
+// \s+(?!\S)|\s+ starting at a whitespace character i: the whole run, except that a
+// run of two or more followed by a non-space leaves its last character behind.
+size_t WhitespaceTail(const std::vector<CodePoint>& cp, size_t i) {
+  size_t j = RunOf(cp, i, CharClass::kSpace);
+  if (j < cp.size() && j - i >= 2) return j - 1;
+  return j;
+}
+
+using Spans = std::vector<std::pair<size_t, size_t>>;  // code point index ranges
+
+Spans ScanGpt2(const std::vector<CodePoint>& cp) {
+  Spans out;
+  size_t i = 0, n = cp.size();
+  while (i < n) {
+    size_t end;
+    if (size_t k = MatchContraction(cp, i, /*ignore_case=*/false)) {
+      end = i + k;
+    } else if (cp[i].c == ' ' && i + 1 < n && cp[i + 1].cls != CharClass::kSpace) {
+      end = RunOf(cp, i + 1, cp[i + 1].cls);
+    } else if (cp[i].cls != CharClass::kSpace) {
+      end = RunOf(cp, i, cp[i].cls);
+    } else {
+      end = WhitespaceTail(cp, i);
+    }
+    out.emplace_back(i, end);
+    i = end;
+  }
+  return out;
+}
+
+Spans ScanLlama3(const std::vector<CodePoint>& cp, size_t max_digits) {
+  Spans out;
+  size_t i = 0, n = cp.size();
+  while (i < n) {
+    const CodePoint& c = cp[i];
+    size_t end = 0;
+    if (size_t k = MatchContraction(cp, i, /*ignore_case=*/true)) {
+      end = i + k;
+    } else if (c.cls == CharClass::kLetter) {
+      end = RunOf(cp, i, CharClass::kLetter);
+    } else if (c.cls != CharClass::kNumber && !IsCrLf(c.c) && i + 1 < n &&
+               cp[i + 1].cls == CharClass::kLetter) {
+      end = RunOf(cp, i + 1, CharClass::kLetter);  // [^\r\n\p{L}\p{N}]?\p{L}+
+    } else if (c.cls == CharClass::kNumber) {
+      end = RunOf(cp, i, CharClass::kNumber, max_digits);
+    } else if (c.cls == CharClass::kOther ||
+               (c.c == ' ' && i + 1 < n && cp[i + 1].cls == CharClass::kOther)) {
+      end = RunOf(cp, c.cls == CharClass::kOther ? i : i + 1, CharClass::kOther);
+      while (end < n && IsCrLf(cp[end].c)) ++end;  // [\r\n]*
+    } else {
+      // \s*[\r\n]+ : up to the last CR/LF of the whitespace run, if it has one.
+      size_t run_end = RunOf(cp, i, CharClass::kSpace);
+      size_t last_crlf = SIZE_MAX;
+      for (size_t k = i; k < run_end; ++k) {
+        if (IsCrLf(cp[k].c)) last_crlf = k;
+      }
+      end = last_crlf != SIZE_MAX ? last_crlf + 1 : WhitespaceTail(cp, i);
+    }
+    out.emplace_back(i, end);
+    i = end;
+  }
+  return out;
+}
+
+// GPT-2's bytes_to_unicode().
+std::array<char32_t, 256> MakeByteToUnicode() {
+  std::array<char32_t, 256> table{};
+  char32_t next = 256;
+  for (int b = 0; b < 256; ++b) {
+    bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    table[b] = printable ? static_cast<char32_t>(b) : next++;
+  }
+  return table;
+}
+
+const std::array<char32_t, 256>& ByteTable() {
+  static const std::array<char32_t, 256> table = MakeByteToUnicode();
+  return table;
+}
+
+void AppendUtf8(char32_t c, std::string* out) {
+  if (c < 0x80) {
+    out->push_back(static_cast<char>(c));
+  } else if (c < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (c >> 6)));
+    out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
+  } else if (c < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (c >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (c >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
+  }
+}
+
+// Splits valid UTF-8 into its characters' byte strings.
+std::vector<std::string> Utf8Chars(std::string_view s) {
+  std::vector<std::string> out;
+  for (const CodePoint& c : DecodeCodePoints(s)) out.emplace_back(s.substr(c.begin, c.end - c.begin));
+  return out;
+}
+
+const std::string kPatternGpt2 =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const std::string kPatternLlama3 =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+const std::string kPatternQwen2 =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+enum class SplitKind { kGpt2, kLlama3, kQwen2 };
+
+struct PreTokStep {
+  enum Type { kSplit, kDigits, kByteLevel } type;
+  SplitKind split = SplitKind::kGpt2;  // kSplit; kByteLevel with use_regex uses kGpt2
+  bool individual_digits = false;      // kDigits
+  bool use_regex = true;               // kByteLevel
+  bool add_prefix_space = false;       // kByteLevel
+};
+
+struct AddedToken {
+  std::string content;
+  int32_t id;
+  bool special;
+  bool lstrip;
+  bool rstrip;
+};
+
+std::vector<std::string> ApplyStep(const PreTokStep& step, const std::vector<std::string>& pieces) {
+  std::vector<std::string> out;
+  for (const std::string& piece_in : pieces) {
+    std::string piece = piece_in;
+    if (step.type == PreTokStep::kByteLevel && step.add_prefix_space &&
+        (piece.empty() || piece[0] != ' ')) {
+      piece.insert(piece.begin(), ' ');
+    }
+    if (step.type == PreTokStep::kDigits) {
+      size_t i = 0;
+      while (i < piece.size()) {
+        bool digit = piece[i] >= '0' && piece[i] <= '9';
+        size_t j = i + 1;
+        if (!digit || !step.individual_digits) {
+          while (j < piece.size() && (piece[j] >= '0' && piece[j] <= '9') == digit) ++j;
+        }
+        out.push_back(piece.substr(i, j - i));
+        i = j;
+      }
+      continue;
+    }
+    if (step.type == PreTokStep::kByteLevel && !step.use_regex) {
+      out.push_back(std::move(piece));
+      continue;
+    }
+    std::vector<CodePoint> cps = DecodeCodePoints(piece);
+    SplitKind kind = step.type == PreTokStep::kByteLevel ? SplitKind::kGpt2 : step.split;
+    Spans spans = kind == SplitKind::kGpt2     ? ScanGpt2(cps)
+                  : kind == SplitKind::kLlama3 ? ScanLlama3(cps, 3)
+                                               : ScanLlama3(cps, 1);
+    for (auto [a, b] : spans) out.push_back(piece.substr(cps[a].begin, cps[b - 1].end - cps[a].begin));
+  }
+  return out;
+}
+
+}  // namespace
+
+struct BpeTokenizer::Impl {
+  std::unordered_map<std::string, int32_t> vocab;
+  std::vector<std::string> id_to_token;           // vocab and added tokens
+  std::vector<uint8_t> special;                   // per id
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (a,b) -> (rank, merged id)
+  std::vector<AddedToken> added;
+  std::vector<PreTokStep> steps;
+  bool ignore_merges = false;
+  std::array<int32_t, 256> byte_id{};             // id of each single-byte token, -1 if absent
+  std::unordered_map<char32_t, uint8_t> unicode_to_byte;
+
+  static uint64_t PairKey(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
+
+  void EncodeWord(const std::string& bytes, std::vector<int32_t>* ids) const {
+    std::string mapped;
+    for (unsigned char b : bytes) AppendUtf8(ByteTable()[b], &mapped);
+    if (ignore_merges) {
+      if (auto it = vocab.find(mapped); it != vocab.end()) {
+        ids->push_back(it->second);
+        return;
+      }
+    }
+    std::vector<int32_t> syms;
+    syms.reserve(bytes.size());
+    for (unsigned char b : bytes) {
+      if (byte_id[b] >= 0) syms.push_back(byte_id[b]);  // absent bytes: no unk token, dropped
+    }
+    // Merge the lowest-ranked adjacent pair (leftmost on ties) until none applies: the
+    // same order as tokenizers' priority queue, since a merge's rank is always above
+    // the ranks of the merges that built its parts.
+    while (syms.size() > 1) {
+      int32_t best_rank = INT32_MAX, best_id = -1;
+      size_t best_pos = 0;
+      for (size_t k = 0; k + 1 < syms.size(); ++k) {
+        auto it = merges.find(PairKey(syms[k], syms[k + 1]));
+        if (it != merges.end() && it->second.first < best_rank) {
+          best_rank = it->second.first;
+          best_id = it->second.second;
+          best_pos = k;
+        }
+      }
+      if (best_id < 0) break;
+      syms[best_pos] = best_id;
+      syms.erase(syms.begin() + static_cast<std::ptrdiff_t>(best_pos) + 1);
+    }
+    ids->insert(ids->end(), syms.begin(), syms.end());
+  }
+
+  void EncodeSpan(std::string_view text, std::vector<int32_t>* ids) const {
+    if (text.empty()) return;
+    std::vector<std::string> pieces{std::string(text)};
+    for (const PreTokStep& step : steps) pieces = ApplyStep(step, pieces);
+    for (const std::string& piece : pieces) {
+      if (!piece.empty()) EncodeWord(piece, ids);
+    }
+  }
+};
+
+StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
+  using nlohmann::json;
+  auto impl = std::make_shared<Impl>();
+  try {
+    json j = json::parse(json_text);
+    const json& model = j.at("model");
+    if (model.value("type", std::string("BPE")) != "BPE") {
+      return UnimplementedError("tokenizer.json: model.type " + model.value("type", std::string()) +
+                                " is not supported (only byte-level BPE)");
+    }
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+      if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty()) {
+        return UnimplementedError(std::string("tokenizer.json: model.") + key + " is not supported");
+      }
+    }
+    if (model.value("byte_fallback", false)) {
+      return UnimplementedError("tokenizer.json: byte_fallback BPE (SentencePiece-style) is not supported");
+    }
+    impl->ignore_merges = model.value("ignore_merges", false);
+
+    int32_t max_id = -1;
+    for (const auto& [token, id] : model.at("vocab").items()) {
+      int32_t v = id.get<int32_t>();
+      if (v < 0) return InvalidArgumentError("tokenizer.json: negative id for token " + token);
+      impl->vocab[token] = v;
+      max_id = std::max(max_id, v);
+    }
+    std::vector<AddedToken> added;
+    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+      for (const json& t : j["added_tokens"]) {
+        AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(),
+                     t.value("special", false), t.value("lstrip", false), t.value("rstrip", false)};
+        if (a.content.empty()) continue;
+        max_id = std::max(max_id, a.id);
+        added.push_back(std::move(a));
+      }
+    }
+    impl->id_to_token.assign(static_cast<size_t>(max_id + 1), std::string());
+    impl->special.assign(static_cast<size_t>(max_id + 1), 0);
+    for (const auto& [token, id] : impl->vocab) impl->id_to_token[static_cast<size_t>(id)] = token;
+    for (const AddedToken& a : added) {
+      impl->id_to_token[static_cast<size_t>(a.id)] = a.content;
+      impl->special[static_cast<size_t>(a.id)] = a.special ? 1 : 0;
+    }
+    // Longest first, so the leftmost match found first is also the longest there.
+    std::stable_sort(added.begin(), added.end(),
+                     [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
+    impl->added = std::move(added);
+
+    const auto& table = ByteTable();
+    for (int b = 0; b < 256; ++b) {
+      impl->unicode_to_byte[table[b]] = static_cast<uint8_t>(b);
+      std::string s;
+      AppendUtf8(table[b], &s);
+      auto it = impl->vocab.find(s);
+      impl->byte_id[b] = it == impl->vocab.end() ? -1 : it->second;
+    }
+
+    int32_t rank = 0;
+    for (const json& m : model.at("merges")) {
+      std::string a, b;
+      if (m.is_string()) {
+        std::string s = m.get<std::string>();
+        size_t sp = s.find(' ');
+        if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
+          return InvalidArgumentError("tokenizer.json: merge \"" + s + "\" is not two tokens separated by a space");
+        }
+        a = s.substr(0, sp);
+        b = s.substr(sp + 1);
+      } else if (m.is_array() && m.size() == 2) {
+        a = m[0].get<std::string>();
+        b = m[1].get<std::string>();
+      } else {
+        return InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [a, b]: " + m.dump());
+      }
+      auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), im = impl->vocab.find(a + b);
+      if (ia == impl->vocab.end() || ib == impl->vocab.end() || im == impl->vocab.end()) {
+        return InvalidArgumentError("tokenizer.json: merge (" + a + ", " + b + ") uses a token missing from the vocab");
+      }
+      impl->merges.emplace(Impl::PairKey(ia->second, ib->second), std::make_pair(rank++, im->second));
+    }
+
+    if (j.contains("normalizer") && !j["normalizer"].is_null()) {
+      return UnimplementedError("tokenizer.json: normalizer " + j["normalizer"].value("type", std::string("?")) +
+                                " is not supported (only null)");
+    }
+    auto parse_step = [&](const json& p, std::vector<PreTokStep>* steps) -> Status {
+      std::string type = p.value("type", std::string());
+      PreTokStep step{};
+      if (type == "ByteLevel") {
+        step.type = PreTokStep::kByteLevel;
+        step.use_regex = p.value("use_regex", true);
+        step.add_prefix_space = p.value("add_prefix_space", false);
+      } else if (type == "Digits") {
+        step.type = PreTokStep::kDigits;
+        step.individual_digits = p.value("individual_digits", false);
+      } else if (type == "Split") {
+        step.type = PreTokStep::kSplit;
+        std::string behavior = p.value("behavior", std::string("Isolated"));
+        if (behavior != "Isolated" || p.value("invert", false)) {
+          return UnimplementedError("tokenizer.json: Split behavior " + behavior + " / invert is not supported");
+        }
+        const json& pat = p.at("pattern");
+        std::string regex = pat.contains("Regex") ? pat["Regex"].get<std::string>() : std::string();
+        if (regex == kPatternGpt2) step.split = SplitKind::kGpt2;
+        else if (regex == kPatternLlama3) step.split = SplitKind::kLlama3;
+        else if (regex == kPatternQwen2) step.split = SplitKind::kQwen2;
+        else return UnimplementedError("tokenizer.json: Split pattern " + pat.dump() +
+                                       " is not one of the GPT-2, Llama-3 or Qwen2 regexes");
+      } else {
+        return UnimplementedError("tokenizer.json: pre_tokenizer " + type + " is not supported");
+      }
+      steps->push_back(step);
+      return OkStatus();
+    };
+    const json& pre = j.value("pre_tokenizer", json());
+    if (pre.is_null()) {
+      return UnimplementedError("tokenizer.json: no pre_tokenizer; byte-level BPE needs a ByteLevel step");
+    }
+    if (pre.value("type", std::string()) == "Sequence") {
+      for (const json& p : pre.at("pretokenizers")) FEDGE_RETURN_IF_ERROR(parse_step(p, &impl->steps));
+    } else {
+      FEDGE_RETURN_IF_ERROR(parse_step(pre, &impl->steps));
+    }
+    if (impl->steps.empty() || impl->steps.back().type != PreTokStep::kByteLevel) {
+      return UnimplementedError("tokenizer.json: the pre_tokenizer must end with ByteLevel");
+    }
+    const json& dec = j.value("decoder", json());
+    if (!dec.is_null() && dec.value("type", std::string()) != "ByteLevel") {
+      return UnimplementedError("tokenizer.json: decoder " + dec.value("type", std::string()) + " is not supported");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgumentError(std::string("tokenizer.json: ") + e.what());
+  }
+  return BpeTokenizer(std::move(impl));
+}
+
+StatusOr<BpeTokenizer> BpeTokenizer::Load(const std::string& path) {
+  FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  auto tok = FromJson(text);
+  if (!tok.ok()) return tok.status().WithContext(path);
+  return tok;
+}
+
+std::vector<int32_t> BpeTokenizer::Encode(std::string_view text) const {
+  std::vector<int32_t> ids;
+  const Impl& m = *impl_;
+  size_t start = 0;  // beginning of the span not yet encoded
+  size_t i = 0;
+  while (i < text.size()) {
+    const AddedToken* hit = nullptr;
+    for (const AddedToken& a : m.added) {
+      if (text.compare(i, a.content.size(), a.content) == 0) {
+        hit = &a;
+        break;
+      }
+    }
+    if (hit == nullptr) {
+      ++i;
+      continue;
+    }
+    size_t span_end = i;
+    if (hit->lstrip) {
+      while (span_end > start && IsWhiteSpace(static_cast<unsigned char>(text[span_end - 1]))) --span_end;
+    }
+    m.EncodeSpan(text.substr(start, span_end - start), &ids);
+    ids.push_back(hit->id);
+    i += hit->content.size();
+    if (hit->rstrip) {
+      while (i < text.size() && IsWhiteSpace(static_cast<unsigned char>(text[i]))) ++i;
+    }
+    start = i;
+  }
+  m.EncodeSpan(text.substr(start), &ids);
+  return ids;
+}
+
+std::string BpeTokenizer::TokenBytes(int32_t id) const {
+  const Impl& m = *impl_;
+  if (id < 0 || static_cast<size_t>(id) >= m.id_to_token.size()) return {};
+  const std::string& token = m.id_to_token[static_cast<size_t>(id)];
+  // As tokenizers' ByteLevel decoder: a token whose characters are all byte stand-ins
+  // becomes those bytes; any other token (an added token like "<|im_end|>") its own text.
+  std::string bytes;
+  for (const CodePoint& c : DecodeCodePoints(token)) {
+    auto it = m.unicode_to_byte.find(c.c);
+    if (it == m.unicode_to_byte.end()) return token;
+    bytes.push_back(static_cast<char>(it->second));
+  }
+  return bytes;
+}
+
+std::string BpeTokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
+  std::string bytes;
+  for (int32_t id : ids) {
+    if (skip_special && IsSpecial(id)) continue;
+    bytes += TokenBytes(id);
+  }
+  std::string out;
+  AppendUtf8Lossy(bytes, &out);
+  return out;
+}
+
+std::optional<int32_t> BpeTokenizer::TokenToId(std::string_view token) const {
+  for (const AddedToken& a : impl_->added) {
+    if (a.content == token) return a.id;
+  }
+  auto it = impl_->vocab.find(std::string(token));
+  if (it == impl_->vocab.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string BpeTokenizer::IdToToken(int32_t id) const {
+  if (id < 0 || static_cast<size_t>(id) >= impl_->id_to_token.size()) return {};
+  return impl_->id_to_token[static_cast<size_t>(id)];
+}
+
+bool BpeTokenizer::IsSpecial(int32_t id) const {
+  return id >= 0 && static_cast<size_t>(id) < impl_->special.size() && impl_->special[static_cast<size_t>(id)];
+}
+
+int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_to_token.size()); }
+
+char32_t ByteToUnicode(uint8_t byte) { return ByteTable()[byte]; }
+
+void AppendUtf8Lossy(std::string_view bytes, std::string* out) {
+  size_t i = 0;
+  while (i < bytes.size()) {
+    int r = ScanUtf8Char(bytes, i);
+    if (r > 0) {
+      out->append(bytes.substr(i, static_cast<size_t>(r)));
+      i += static_cast<size_t>(r);
+    } else {
+      out->append("\xEF\xBF\xBD");
+      i += r < 0 ? static_cast<size_t>(-r) : bytes.size() - i;  // truncated tail: one U+FFFD
+    }
+  }
+}
+
+size_t Utf8CompletePrefix(std::string_view bytes) {
+  size_t i = 0;
+  while (i < bytes.size()) {
+    int r = ScanUtf8Char(bytes, i);
+    if (r == 0) return i;
+    i += static_cast<size_t>(r > 0 ? r : -r);
+  }
+  return i;
+}
+
+}  // namespace fedge::agent::llm

@@ -1,0 +1,64 @@
+// LoraLinear: a frozen Linear layer that can carry a LoRA adapter
+// (Hu et al. 2021):  y = x W^T + b + (alpha / r) * dropout(x) A^T B^T
+// with A [r, in] and B [out, r]. Without an adapter it is a plain Linear.
+//
+// Parameter names mirror Hugging Face/PEFT so checkpoints map one to one:
+// "weight", "bias" (frozen, loaded from the base model) and "lora_A",
+// "lora_B" (trainable). Initialisation follows PEFT: A ~ kaiming-uniform with
+// a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)), from a caller-seeded
+// generator; B = 0, so a fresh adapter leaves the output unchanged.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+
+namespace fedge::agent {
+
+struct LoraOptions {
+  int64_t rank = 8;
+  double alpha = 16;
+  double dropout = 0.0;
+};
+
+class LoraLinearImpl : public torch::nn::Module {
+ public:
+  LoraLinearImpl(int64_t in_features, int64_t out_features);
+
+  // Adds the adapter (A from `init`, B zero) and makes only it trainable.
+  void EnableLora(const LoraOptions& options, torch::Generator& init);
+  bool has_lora() const { return lora_A_.defined(); }
+  double scaling() const { return scaling_; }
+
+  // Folds the adapter into the weight for inference (one GEMM instead of three);
+  // Unmerge restores the exact original weight. While merged the adapter
+  // parameters must not change; training a merged layer is a bug.
+  void Merge();
+  void Unmerge();
+  bool merged() const { return merged_weight_backup_.defined(); }
+
+  // LoRA dropout draws from this generator, so training is reproducible per seed.
+  void SeedDropout(uint64_t seed);
+
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor& weight() { return weight_; }
+  torch::Tensor& bias() { return bias_; }
+  torch::Tensor& lora_A() { return lora_A_; }
+  torch::Tensor& lora_B() { return lora_B_; }
+
+ private:
+  int64_t in_features_;
+  int64_t out_features_;
+  torch::Tensor weight_;  // [out, in], frozen
+  torch::Tensor bias_;    // [out], frozen
+  torch::Tensor lora_A_;  // [r, in]
+  torch::Tensor lora_B_;  // [out, r]
+  double scaling_ = 0;
+  double dropout_ = 0;
+  torch::Generator dropout_generator_;
+  torch::Tensor merged_weight_backup_;
+};
+TORCH_MODULE(LoraLinear);
+
+}  // namespace fedge::agent

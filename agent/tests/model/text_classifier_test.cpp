@@ -1,0 +1,298 @@
+#include "fedge/agent/text_classifier.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+
+namespace fedge::agent {
+namespace {
+
+const std::vector<std::string> kLabels = {"noun.animal", "noun.artifact"};
+
+ClassifierOptions Options(const std::string& dir) {
+  ClassifierOptions o;
+  o.model_dir = dir;
+  o.labels = kLabels;
+  o.lora_rank = 4;
+  o.lora_alpha = 8;
+  o.max_seq_len = 32;
+  o.init_seed = 42;
+  return o;
+}
+
+// A tiny separable set: animal glosses vs artifact glosses.
+std::vector<Example> TinyData() {
+  return {
+      {"dog: a domesticated carnivorous mammal", 0},
+      {"cat: a small furry feline kept as a pet", 0},
+      {"horse: a large hoofed animal ridden by people", 0},
+      {"eagle: a large bird of prey with keen vision", 0},
+      {"salmon: a fish that swims upstream to spawn", 0},
+      {"wolf: a wild canine that hunts in packs", 0},
+      {"hammer: a hand tool for driving nails", 1},
+      {"car: a motor vehicle with four wheels", 1},
+      {"chair: a seat for one person with a back", 1},
+      {"knife: a blade with a handle used for cutting", 1},
+      {"bridge: a structure carrying a road over a river", 1},
+      {"computer: a machine that processes data", 1},
+  };
+}
+
+std::unique_ptr<TextClassifier> MustLoad(const ClassifierOptions& o) {
+  auto c = TextClassifier::Load(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+double MaxAbsDiff(const TensorBundle& a, const TensorBundle& b) {
+  double worst = 0;
+  for (const auto& t : a.tensors) {
+    const NamedTensor* o = b.Find(t.name);
+    if (o == nullptr) return INFINITY;
+    for (size_t i = 0; i < t.values.size(); ++i) worst = std::max(worst, std::abs(double(t.values[i]) - o->values[i]));
+  }
+  return worst;
+}
+
+TEST(TextClassifierTest, LoadReportsMissingDirectoryAndBadOptions) {
+  ClassifierOptions o = Options("/nonexistent/model");
+  EXPECT_EQ(TextClassifier::Load(o).status().code(), StatusCode::kNotFound);
+  o.labels = {};
+  EXPECT_EQ(TextClassifier::Load(o).status().code(), StatusCode::kInvalidArgument);
+  o = Options("/nonexistent/model");
+  o.max_seq_len = 1;
+  EXPECT_EQ(TextClassifier::Load(o).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(TextClassifierTest, LoadRejectsLoraTargetThatMatchesNothing) {
+  FEDGE_REQUIRE_MODEL(dir);
+  ClassifierOptions o = Options(dir);
+  o.lora_targets = {"query", "qkv"};
+  auto c = TextClassifier::Load(o);
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("qkv"), std::string::npos);
+}
+
+TEST(TextClassifierTest, ExportNamesAndShapesFollowTheContract) {
+  FEDGE_REQUIRE_MODEL(dir);
+  auto c = MustLoad(Options(dir));
+  ASSERT_NE(c, nullptr);
+  TensorBundle b = c->ExportTrainable();
+  // 6 layers x {query, value} x {A, B} + head weight + bias.
+  EXPECT_EQ(b.tensors.size(), 6u * 2 * 2 + 2);
+  const NamedTensor* a = b.Find("encoder.layer.0.attention.self.query.lora_A");
+  ASSERT_NE(a, nullptr);
+  EXPECT_THAT(a->shape, ::testing::ElementsAre(4, 384));
+  const NamedTensor* bb = b.Find("encoder.layer.5.attention.self.value.lora_B");
+  ASSERT_NE(bb, nullptr);
+  EXPECT_THAT(bb->shape, ::testing::ElementsAre(384, 4));
+  for (float v : bb->values) EXPECT_EQ(v, 0.0f);
+  ASSERT_NE(b.Find("classifier.weight"), nullptr);
+  EXPECT_THAT(b.Find("classifier.weight")->shape, ::testing::ElementsAre(2, 384));
+  EXPECT_THAT(b.Find("classifier.bias")->shape, ::testing::ElementsAre(2));
+  EXPECT_EQ(c->hidden_size(), 384);
+  EXPECT_EQ(c->labels(), kLabels);
+  // Same seed, same initialisation; another seed, another one.
+  auto same = MustLoad(Options(dir));
+  EXPECT_EQ(MaxAbsDiff(b, same->ExportTrainable()), 0.0);
+  ClassifierOptions other = Options(dir);
+  other.init_seed = 43;
+  EXPECT_GT(MaxAbsDiff(b, MustLoad(other)->ExportTrainable()), 0.0);
+}
+
+TEST(TextClassifierTest, ImportRoundTripsAndRejectsBadBundlesWithoutChange) {
+  FEDGE_REQUIRE_MODEL(dir);
+  auto c = MustLoad(Options(dir));
+  ASSERT_NE(c, nullptr);
+  TensorBundle b = c->ExportTrainable();
+  for (auto& t : b.tensors) {
+    for (size_t i = 0; i < t.values.size(); ++i) t.values[i] = 0.001f * static_cast<float>(i % 17);
+  }
+  ASSERT_TRUE(c->ImportTrainable(b).ok());
+  EXPECT_EQ(MaxAbsDiff(b, c->ExportTrainable()), 0.0);
+  auto before = c->Classify({"a dog barks"});
+  ASSERT_TRUE(before.ok());
+
+  TensorBundle wrong_name = b;
+  wrong_name.tensors[0].name = "encoder.layer.0.attention.self.key.lora_A";
+  TensorBundle wrong_shape = b;
+  wrong_shape.tensors.back().shape = {3};
+  wrong_shape.tensors.back().values = {0, 0, 0};
+  TensorBundle nan = b;
+  nan.tensors[3].values[5] = std::nanf("");
+  TensorBundle missing = b;
+  missing.tensors.pop_back();
+  TensorBundle garbage = b;
+  for (auto& t : garbage.tensors) std::fill(t.values.begin(), t.values.end(), 9.0f);
+  garbage.tensors[1].values.pop_back();  // values do not match the shape
+  for (TensorBundle* bad : {&wrong_name, &wrong_shape, &nan, &missing, &garbage}) {
+    Status st = c->ImportTrainable(*bad);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+    EXPECT_EQ(MaxAbsDiff(b, c->ExportTrainable()), 0.0) << st.ToString();
+  }
+  auto after = c->Classify({"a dog barks"});
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(before->at(0).probabilities, after->at(0).probabilities);
+}
+
+TEST(TextClassifierTest, TrainLowersLossAndIsDeterministicForASeed) {
+  FEDGE_REQUIRE_MODEL(dir);
+  auto c = MustLoad(Options(dir));
+  ASSERT_NE(c, nullptr);
+  std::vector<Example> data = TinyData();
+  auto before = c->Evaluate(data, 5);
+  ASSERT_TRUE(before.ok()) << before.status().ToString();
+  EXPECT_EQ(before->num_examples, 12);
+
+  TrainOptions t;
+  t.steps = 12;
+  t.batch_size = 6;
+  t.learning_rate = 5e-3;
+  t.seed = 7;
+  auto r = c->Train(data, t);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->steps, 12);
+  EXPECT_EQ(r->examples_seen, 72);
+  auto after = c->Evaluate(data, 5);
+  ASSERT_TRUE(after.ok());
+  EXPECT_LT(after->mean_loss, before->mean_loss * 0.7)
+      << "before " << before->mean_loss << " after " << after->mean_loss;
+  EXPECT_GE(after->accuracy, 0.9);
+  // LoRA B moved away from zero: the adapters, not only the head, trained.
+  TensorBundle trained = c->ExportTrainable();
+  double b_norm = 0;
+  for (float v : trained.Find("encoder.layer.2.attention.self.query.lora_B")->values) b_norm += v * v;
+  EXPECT_GT(b_norm, 0.0);
+
+  auto again = MustLoad(Options(dir));
+  auto r2 = again->Train(data, t);
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->mean_loss, r->mean_loss);
+  EXPECT_EQ(MaxAbsDiff(trained, again->ExportTrainable()), 0.0);
+
+  t.seed = 8;  // other batches, other result
+  auto third = MustLoad(Options(dir));
+  ASSERT_TRUE(third->Train(data, t).ok());
+  EXPECT_GT(MaxAbsDiff(trained, third->ExportTrainable()), 0.0);
+}
+
+TEST(TextClassifierTest, ProximalTermKeepsParametersNearTheRoundStart) {
+  FEDGE_REQUIRE_MODEL(dir);
+  TrainOptions t;
+  t.steps = 6;
+  t.batch_size = 6;
+  t.learning_rate = 5e-3;
+  t.max_grad_norm = 0;  // clipping would hide the proximal gradient's effect
+  auto plain = MustLoad(Options(dir));
+  const TensorBundle start = plain->ExportTrainable();
+  ASSERT_TRUE(plain->Train(TinyData(), t).ok());
+  auto prox = MustLoad(Options(dir));
+  t.proximal_mu = 1000.0;
+  ASSERT_TRUE(prox->Train(TinyData(), t).ok());
+  auto distance = [&](const TensorBundle& b) {
+    double d = 0;
+    for (const auto& x : b.tensors) {
+      const NamedTensor* s = start.Find(x.name);
+      for (size_t i = 0; i < x.values.size(); ++i) d += std::pow(double(x.values[i]) - s->values[i], 2);
+    }
+    return std::sqrt(d);
+  };
+  EXPECT_LT(distance(prox->ExportTrainable()), 0.5 * distance(plain->ExportTrainable()));
+}
+
+TEST(TextClassifierTest, TrainAndEvaluateRejectBadInput) {
+  FEDGE_REQUIRE_MODEL(dir);
+  auto c = MustLoad(Options(dir));
+  TrainOptions t;
+  EXPECT_EQ(c->Train({}, t).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->Train({{"unlabelled", -1}}, t).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->Train({{"bad label", 2}}, t).status().code(), StatusCode::kInvalidArgument);
+  t.steps = 0;
+  EXPECT_EQ(c->Train(TinyData(), t).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->Evaluate(TinyData(), 0).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(TextClassifierTest, ClassifyReturnsDistributionsAndHandlesLongAndEmptyTexts) {
+  FEDGE_REQUIRE_MODEL(dir);
+  auto c = MustLoad(Options(dir));
+  std::string long_text;
+  for (int i = 0; i < 200; ++i) long_text += "word ";
+  auto p = c->Classify({"a dog", "", long_text});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ASSERT_EQ(p->size(), 3u);
+  for (const Prediction& pred : *p) {
+    ASSERT_EQ(pred.probabilities.size(), 2u);
+    EXPECT_NEAR(pred.probabilities[0] + pred.probabilities[1], 1.0, 1e-5);
+    EXPECT_EQ(pred.label, pred.probabilities[1] > pred.probabilities[0] ? 1 : 0);
+  }
+  EXPECT_EQ(c->CountTokens(long_text), 202);
+  EXPECT_EQ(c->CountTokens(""), 2);
+  auto none = c->Classify({});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
+TEST(TextClassifierTest, EmbedMatchesSentenceTransformersRecipe) {
+  FEDGE_REQUIRE_MODEL(dir);
+  auto c = MustLoad(Options(dir));  // fresh LoRA (B = 0) leaves the encoder unchanged
+  nlohmann::json golden = testing::ReadGolden("minilm_hidden_states.json");
+  std::vector<std::string> texts;
+  for (const auto& s : golden["sentences"]) texts.push_back(s["text"]);
+  auto emb = c->Embed(texts);
+  ASSERT_TRUE(emb.ok()) << emb.status().ToString();
+  ASSERT_EQ(emb->size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto want = golden["sentences"][i]["embedding"].get<std::vector<float>>();
+    ASSERT_EQ((*emb)[i].size(), want.size());
+    double norm = 0, worst = 0;
+    for (size_t k = 0; k < want.size(); ++k) {
+      norm += (*emb)[i][k] * (*emb)[i][k];
+      worst = std::max(worst, std::abs(double((*emb)[i][k]) - want[k]));
+    }
+    EXPECT_NEAR(norm, 1.0, 1e-5);
+    EXPECT_LT(worst, 1e-4) << texts[i];
+  }
+}
+
+class LoadExamplesTest : public ::testing::Test {
+ protected:
+  std::string Write(const std::string& content) {
+    path_ = ::testing::TempDir() + "/examples_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".jsonl";
+    std::ofstream(path_) << content;
+    return path_;
+  }
+  void TearDown() override { std::filesystem::remove(path_); }
+  std::string path_;
+};
+
+TEST_F(LoadExamplesTest, ReadsStringAndIntegerLabelsAndSkipsBlankLines) {
+  auto ex = LoadExamples(Write("{\"text\": \"dog: a mammal\", \"label\": \"noun.animal\"}\n\n"
+                               "{\"text\": \"hammer\", \"label\": 1}\n{\"text\": \"unlabelled\"}\n"),
+                         kLabels);
+  ASSERT_TRUE(ex.ok()) << ex.status().ToString();
+  ASSERT_EQ(ex->size(), 3u);
+  EXPECT_EQ((*ex)[0].text, "dog: a mammal");
+  EXPECT_EQ((*ex)[0].label, 0);
+  EXPECT_EQ((*ex)[1].label, 1);
+  EXPECT_EQ((*ex)[2].label, -1);
+}
+
+TEST_F(LoadExamplesTest, ErrorsNameTheLine) {
+  for (const std::string& bad : {std::string("{\"text\": \"x\", \"label\": \"noun.plant\"}"),
+                                 std::string("{\"text\": \"x\", \"label\": 5}"), std::string("{not json"),
+                                 std::string("{\"label\": 0}"), std::string("{\"text\": \"x\", \"label\": 1.5}")}) {
+    auto ex = LoadExamples(Write("{\"text\": \"ok\", \"label\": 0}\n" + bad + "\n"), kLabels);
+    EXPECT_EQ(ex.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(ex.status().message().find(":2:"), std::string::npos) << ex.status().ToString();
+  }
+  EXPECT_EQ(LoadExamples("/nonexistent.jsonl", kLabels).status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace fedge::agent
