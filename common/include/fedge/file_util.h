@@ -8,14 +8,27 @@
 
 namespace fedge {
 
+// Reads the whole file. NOT_FOUND if it does not exist, FAILED_PRECONDITION for
+// a directory, other errno-derived codes otherwise; the message names the path.
 StatusOr<std::string> ReadFile(const std::string& path);
 
-// Writes `bytes` to `path` atomically: write `path`.tmp.<pid>, fsync it, rename
-// over `path`, fsync the directory. A crash at any point leaves either the old
-// file or the new one, never a mix.
+// Writes `bytes` to `path` atomically: write `path`.tmp.<pid>.<tid>, fsync it,
+// rename over `path`, fsync the directory. A crash at any point leaves either
+// the old file or the new one, never a mix (a stray temp file may remain; the
+// next write is unaffected). An existing target's permissions are kept, else
+// 0644 & ~umask. Thread-safe; concurrent writers of one path: last rename wins.
 Status WriteFileAtomic(const std::string& path, std::string_view bytes);
 
-// mkdir -p.
+// mkdir -p. OK if the directory already exists; FAILED_PRECONDITION if a
+// component exists and is not a directory.
 Status MakeDirs(const std::string& path);
+
+namespace internal {
+// Test-only fault injection: called after each step of WriteFileAtomic with its
+// name ("open", "write" once per 1 MiB chunk, "fsync", "close", "rename",
+// "fsync_dir"). nullptr clears it. Process-wide; set it only in tests.
+using FaultHook = void (*)(const char* step);
+void SetWriteFileAtomicFaultHook(FaultHook hook);
+}  // namespace internal
 
 }  // namespace fedge

@@ -1,0 +1,216 @@
+#include "fedge/file_util.h"
+
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fedge {
+namespace {
+
+std::string MakeTempDir() {
+  std::string tmpl = ::testing::TempDir() + "fedge_file_util_XXXXXX";
+  char* dir = ::mkdtemp(tmpl.data());
+  EXPECT_NE(dir, nullptr) << std::strerror(errno);
+  return tmpl;
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  ::closedir(d);
+  return names;
+}
+
+std::string Pattern(size_t size, char seed) {
+  std::string s(size, '\0');
+  for (size_t i = 0; i < size; ++i) s[i] = static_cast<char>(seed + i * 31 + (i >> 12));
+  return s;
+}
+
+TEST(FileUtilTest, ReadsBackWhatWasWritten) {
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/blob.bin";
+  const std::string data = std::string("a\0b\xff", 4) + Pattern(300000, 7);
+  ASSERT_TRUE(WriteFileAtomic(path, data).ok());
+  auto got = ReadFile(path);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, data);
+  ASSERT_TRUE(WriteFileAtomic(path, "").ok());
+  EXPECT_EQ(*ReadFile(path), "");
+  EXPECT_EQ(ListDir(dir), std::vector<std::string>{"blob.bin"});  // no temp file left behind
+}
+
+TEST(FileUtilTest, ReadFileReportsMissingAndDirectories) {
+  const std::string dir = MakeTempDir();
+  auto missing = ReadFile(dir + "/nope");
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find(dir + "/nope"), std::string::npos);
+  EXPECT_EQ(ReadFile(dir).status().code(), StatusCode::kFailedPrecondition);
+}
+
+TEST(FileUtilTest, WriteFileAtomicKeepsPermissionsAndFailsCleanly) {
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/secret";
+  ASSERT_TRUE(WriteFileAtomic(path, "v1").ok());
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  ASSERT_TRUE(WriteFileAtomic(path, "v2").ok());
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  Status s = WriteFileAtomic(dir + "/no/such/dir/file", "x");
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s.ToString();
+  EXPECT_FALSE(WriteFileAtomic("", "x").ok());
+}
+
+TEST(FileUtilTest, MakeDirsCreatesNestedAndToleratesExisting) {
+  const std::string dir = MakeTempDir();
+  ASSERT_TRUE(MakeDirs(dir + "/a/b/c").ok());
+  ASSERT_TRUE(MakeDirs(dir + "/a/b/c/").ok());
+  ASSERT_TRUE(MakeDirs(dir + "//a/./b").ok());
+  struct stat st;
+  ASSERT_EQ(::stat((dir + "/a/b/c").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  ASSERT_TRUE(WriteFileAtomic(dir + "/a/file", "x").ok());
+  Status s = MakeDirs(dir + "/a/file/d");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("not a directory"), std::string::npos) << s.ToString();
+  EXPECT_FALSE(MakeDirs("").ok());
+}
+
+TEST(FileUtilTest, ConcurrentWritersLeaveOneCompleteVersion) {
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/shared";
+  std::vector<std::string> versions;
+  for (char c = 'a'; c < 'e'; ++c) versions.push_back(Pattern(200000, c));
+  std::vector<std::thread> threads;
+  for (const std::string& v : versions) {
+    threads.emplace_back([&path, &v] {
+      for (int i = 0; i < 10; ++i) ASSERT_TRUE(WriteFileAtomic(path, v).ok());
+    });
+  }
+  for (auto& t : threads) t.join();
+  const std::string got = *ReadFile(path);
+  EXPECT_NE(std::find(versions.begin(), versions.end(), got), versions.end()) << "torn or mixed content";
+  EXPECT_EQ(ListDir(dir).size(), 1u);
+}
+
+// The child kills itself with SIGKILL at the n-th step of WriteFileAtomic:
+// no destructors, no cleanup, like a crash or an OOM kill.
+int g_kill_at_step = -1;
+int g_steps_seen = 0;
+void KillAtStep(const char* /*step*/) {
+  if (g_steps_seen++ == g_kill_at_step) ::raise(SIGKILL);
+}
+int g_notify_fd = -1;
+void NotifyStep(const char* /*step*/) {
+  const char c = 's';
+  (void)!::write(g_notify_fd, &c, 1);
+}
+
+TEST(FileUtilTest, InterruptedWriteAtAnyStepLeavesPreviousFileLoadable) {
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/checkpoint";
+  const std::string old_content = Pattern(3 << 20, 'o');
+  const std::string new_content = Pattern((3 << 20) + 12345, 'n');  // 4 write chunks
+  // Steps: open, write x4, fsync, close, rename, fsync_dir.
+  constexpr int kRenameStep = 7, kSteps = 9;
+  for (int kill_at = 0; kill_at < kSteps; ++kill_at) {
+    ASSERT_TRUE(WriteFileAtomic(path, old_content).ok());
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      g_kill_at_step = kill_at;
+      internal::SetWriteFileAtomicFaultHook(&KillAtStep);
+      (void)WriteFileAtomic(path, new_content);
+      ::_exit(3);  // reached only if the hook did not fire
+    }
+    int wstatus = 0;
+    ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) << "child was not killed at step " << kill_at;
+    auto got = ReadFile(path);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    if (kill_at < kRenameStep) {
+      EXPECT_TRUE(*got == old_content) << "killed at step " << kill_at << ": target is not the old file";
+    } else {
+      EXPECT_TRUE(*got == new_content) << "killed at step " << kill_at << ": target is not the new file";
+    }
+  }
+  // Stray temp files from the killed children must not break later writes.
+  EXPECT_GT(ListDir(dir).size(), 1u);
+  ASSERT_TRUE(WriteFileAtomic(path, "final").ok());
+  EXPECT_EQ(*ReadFile(path), "final");
+}
+
+TEST(FileUtilTest, StaleTempFileWithOurNameIsOverwritten) {
+  // A crashed process whose pid/tid are recycled (pid 1 in a container) left a
+  // partial temp file under exactly the name this writer will use.
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/state";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    g_kill_at_step = 2;  // after open and the first chunk
+    internal::SetWriteFileAtomicFaultHook(&KillAtStep);
+    (void)WriteFileAtomic(path, Pattern(3 << 20, 'x'));
+    ::_exit(3);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  std::vector<std::string> names = ListDir(dir);
+  ASSERT_EQ(names.size(), 1u);
+  // Rename the child's leftover to the name the parent (this thread) will use.
+  const std::string ours = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(::gettid());
+  ASSERT_EQ(::rename((dir + "/" + names[0]).c_str(), ours.c_str()), 0);
+  ASSERT_TRUE(WriteFileAtomic(path, "small").ok());
+  EXPECT_EQ(*ReadFile(path), "small");
+  EXPECT_EQ(ListDir(dir), std::vector<std::string>{"state"});
+}
+
+TEST(FileUtilTest, AsynchronousKillDuringRepeatedWritesNeverTearsTheFile) {
+  // A real, unsynchronised SIGKILL: the child rewrites the file in a loop and
+  // reports each step through a pipe; the parent kills it as soon as it has seen
+  // the k-th step, so the kill lands wherever the child has got to by then.
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/loop";
+  const std::string a = Pattern(2 << 20, 'a'), b = Pattern((2 << 20) + 1, 'b');
+  ASSERT_TRUE(WriteFileAtomic(path, a).ok());
+  for (int k = 1; k <= 40; k += 3) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      g_notify_fd = fds[1];
+      internal::SetWriteFileAtomicFaultHook(&NotifyStep);
+      for (int i = 0;; ++i) (void)WriteFileAtomic(path, i % 2 ? a : b);
+    }
+    ::close(fds[1]);
+    char c;
+    for (int seen = 0; seen < k; ++seen) ASSERT_EQ(::read(fds[0], &c, 1), 1);
+    ::kill(pid, SIGKILL);
+    int wstatus = 0;
+    ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+    ::close(fds[0]);
+    const std::string got = *ReadFile(path);
+    ASSERT_TRUE(got == a || got == b) << "torn file after kill at step " << k << " (size " << got.size() << ")";
+  }
+}
+
+}  // namespace
+}  // namespace fedge
