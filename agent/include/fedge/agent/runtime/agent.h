@@ -1,0 +1,98 @@
+// The fedge-agent process as a library: resolves flags against the job spec,
+// loads the data and the two model instances (one trains, one serves), starts
+// the HTTP API and runs the aggregator client. main() only parses flags and
+// forwards signals.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "fedge/agent/runtime/stop_signal.h"
+#include "fedge/agent/text_classifier.h"
+#include "fedge/job_spec.h"
+#include "fedge/status.h"
+
+namespace fedge {
+class HttpServer;
+}
+
+namespace fedge::agent {
+
+class AggregatorClient;
+class AgentMetrics;
+class InferenceApi;
+class ServingModel;
+class StateStore;
+
+// Command-line flags as given (empty: not given).
+struct AgentFlags {
+  std::string config;      // --config: FederatedTrainingJob manifest
+  std::string aggregator;  // --aggregator host:port
+  std::string agent_id;    // --agent-id (default: hostname)
+  std::string node_name;   // --node-name (default: $NODE_NAME, then hostname)
+  std::string token;       // --token
+  std::string token_file;  // --token-file
+  std::string data_dir;    // --data-dir (default: spec.data.path)
+  std::string model_dir;   // --model-dir (default: spec.model.path)
+  std::string http;        // --http host:port (default: 0.0.0.0:<spec.serving.port>)
+  std::string state_dir;   // --state-dir (default: ./.fedge-agent/<agent-id>)
+  int threads = 1;         // --threads: torch intra-op threads per model
+  bool exit_when_done = false;
+};
+
+// Everything resolved: absolute choices, no defaults left to apply.
+struct AgentSettings {
+  JobSpec spec;
+  std::string aggregator;
+  std::string agent_id;
+  std::string node_name;
+  std::string token;
+  std::string train_path;
+  std::string eval_path;
+  std::string model_dir;
+  std::string http;
+  std::string state_dir;
+  int threads = 1;
+  bool exit_when_done = false;
+};
+
+// Applies the defaults above. INVALID_ARGUMENT names the flag at fault;
+// `node_name_env` is $NODE_NAME (injected for tests).
+StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobSpec& spec,
+                                             const std::string& hostname, const std::string& node_name_env);
+
+class Agent {
+ public:
+  // Loads data and models, restores the persisted global, starts HTTP.
+  static StatusOr<std::unique_ptr<Agent>> Start(const AgentSettings& settings);
+  ~Agent();
+
+  // Runs the client loop. Returns OK after DONE with exit_when_done, after
+  // DONE followed by Stop() (the agent keeps serving until then), or after
+  // Stop(); a fatal client error otherwise. HTTP is stopped on return.
+  Status Run();
+
+  // Thread-safe; idempotent. Ends Run promptly.
+  void Stop();
+
+  int http_port() const;
+
+ private:
+  Agent() = default;
+
+  AgentSettings settings_;
+  std::vector<Example> train_;
+  std::vector<Example> eval_;
+  std::unique_ptr<TextClassifier> trainer_;
+  std::unique_ptr<AgentMetrics> metrics_;
+  std::unique_ptr<ServingModel> serving_;
+  std::unique_ptr<StateStore> store_;
+  std::unique_ptr<InferenceApi> api_;
+  std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<AggregatorClient> client_;
+  StopSignal stop_;
+};
+
+}  // namespace fedge::agent

@@ -1,0 +1,143 @@
+// The agent's side of protocol v1 (proto/fedge.proto): join the job, then ask
+// for tasks until the job is done or the agent is told to stop.
+//
+//   WAIT        sleep retry_after_ms (a Stop() ends the sleep at once)
+//   INITIALIZE  upload the fresh trainable state (full state, fp32, round 0)
+//   TRAIN       fetch the global, train locally, upload delta = trained - global
+//               encoded with the task's codec
+//   EVALUATE    fetch the global (unless held), evaluate on local held-out data,
+//               report accuracy and loss
+//   DONE        fetch the final global, install it for serving, return
+//
+// Every fetched global is installed into the ServingModel and persisted in the
+// StateStore. Failures: UNAVAILABLE / DEADLINE_EXCEEDED and other transient
+// errors back off exponentially with jitter and resume; UNAUTHENTICATED or
+// NOT_FOUND outside Join means the aggregator lost the session (restart) and
+// the agent rejoins; a refused Join (protocol, token, job) or a global model
+// whose layout does not match the local model is fatal.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "fedge.grpc.pb.h"
+#include "fedge/agent/runtime/chunks.h"
+#include "fedge/agent/runtime/stop_signal.h"
+#include "fedge/agent/runtime/state_store.h"
+#include "fedge/agent/text_classifier.h"
+#include "fedge/status.h"
+#include "fedge/tensor_bundle.h"
+
+namespace fedge::agent {
+
+class AgentMetrics;
+class ServingModel;
+
+inline constexpr uint32_t kProtocolVersion = 1;
+
+struct RpcDeadlines {
+  std::chrono::milliseconds join{10'000};
+  std::chrono::milliseconds get_task{30'000};
+  std::chrono::milliseconds fetch{300'000};
+  std::chrono::milliseconds submit{300'000};
+  std::chrono::milliseconds report{10'000};
+};
+
+struct ClientOptions {
+  std::string job;        // "namespace/name"
+  std::string agent_id;
+  std::string node_name;
+  std::string token;      // bearer token for Join; may be empty
+  std::string model_family = "bert";
+  bool zstd = true;       // zstd on top of the update codec
+  int eval_batch_size = 32;
+  RpcDeadlines deadlines;
+  std::chrono::milliseconds backoff_initial{100};
+  std::chrono::milliseconds backoff_max{10'000};
+  uint64_t jitter_seed = 0;  // 0: from std::random_device
+  size_t chunk_bytes = kSendChunkBytes;  // data per SubmitUpdate chunk
+};
+
+// What the client works with; all pointers must outlive the client. `store`
+// may be null (nothing persisted).
+struct ClientDeps {
+  TextClassifier* trainer = nullptr;  // used only by the client's thread
+  ServingModel* serving = nullptr;
+  StateStore* store = nullptr;
+  AgentMetrics* metrics = nullptr;
+  const std::vector<Example>* train_data = nullptr;
+  const std::vector<Example>* eval_data = nullptr;
+};
+
+enum class RunOutcome { kDone, kStopped };
+
+class AggregatorClient {
+ public:
+  AggregatorClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options, ClientDeps deps);
+  ~AggregatorClient();
+
+  // Makes `global` the held version (from the state dir), so an EVALUATE of
+  // that version needs no fetch. Call before Run.
+  void Restore(PersistedGlobal global);
+
+  // Runs the loop on the calling thread until DONE (kDone), Stop() (kStopped)
+  // or a fatal error (the error, with a reason an operator can act on).
+  StatusOr<RunOutcome> Run();
+
+  // Ends Run soon: wakes sleeps, cancels the RPC in flight. A training step in
+  // progress finishes and its update is dropped. Thread-safe; idempotent.
+  void Stop();
+
+  // Channel arguments the agent needs (receive limit above one 4 MiB chunk).
+  static std::shared_ptr<grpc::Channel> Dial(const std::string& address);
+
+ private:
+  struct Held {
+    int64_t version = 0;
+    std::string checksum;
+    TensorBundle bundle;
+  };
+
+  Status Join();
+  StatusOr<fedge::v1::Task> GetTask();
+  Status DoInitialize(const fedge::v1::Task& task);
+  Status DoTrain(const fedge::v1::Task& task);
+  Status DoEvaluate(const fedge::v1::Task& task);
+  Status DoDone(const fedge::v1::Task& task);
+
+  // Makes `version` the held global: fetches it unless already held, then
+  // installs it for serving and persists it.
+  Status EnsureGlobal(int64_t version, const std::string& checksum);
+  StatusOr<Held> Fetch(int64_t version, const std::string& checksum);
+  // Streams header + payload chunks; OK with *accepted set, or the RPC error.
+  Status Submit(const fedge::v1::UpdateHeader& header, const std::string& payload, bool* accepted);
+
+  fedge::v1::RequestHeader Header() const;
+  // Registers `ctx` as the RPC Stop() cancels; returns false if already stopped.
+  bool BeginCall(grpc::ClientContext* ctx);
+  void EndCall();
+  // Marks a non-retryable failure; Run returns it.
+  Status Fatal(Status status);
+
+  ClientOptions options_;
+  ClientDeps deps_;
+  std::unique_ptr<fedge::v1::Aggregator::Stub> stub_;
+  TensorBundle layout_;  // the trainer's fresh trainable state: names and shapes
+  StopSignal stop_;
+  Backoff backoff_;
+  std::string session_;  // empty: must (re)join
+  Held held_;
+  Status fatal_;
+
+  std::mutex call_mu_;
+  grpc::ClientContext* call_ = nullptr;  // guarded by call_mu_; the RPC in flight
+};
+
+// gRPC status -> fedge Status (the codes are numerically identical).
+Status FromGrpc(const grpc::Status& status, std::string_view what);
+
+}  // namespace fedge::agent

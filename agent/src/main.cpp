@@ -1,0 +1,128 @@
+// fedge-agent: joins a federated training job, trains on node-local data and
+// serves the job's global model over HTTP. Wiring only: flags, logging,
+// signals; the work is in fedge_agent_runtime (fedge/agent/runtime/agent.h).
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+#include "fedge/agent/runtime/agent.h"
+#include "fedge/job_spec.h"
+#include "fedge/log.h"
+
+namespace {
+
+std::string Hostname() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "";
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the signals before any thread exists (libtorch, gRPC and cpprest start
+  // their own), so only the sigwait thread below ever receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR2);  // internal: wakes the signal thread at exit
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  fedge::agent::AgentFlags flags;
+  std::string log_level = "info";
+  std::string log_format = "logfmt";
+  CLI::App app{"fedge-agent: federated fine-tuning and local inference on an edge node"};
+  app.add_option("--config", flags.config, "FederatedTrainingJob manifest (YAML or JSON)")->required();
+  app.add_option("--aggregator", flags.aggregator, "aggregator gRPC address HOST:PORT")->required();
+  app.add_option("--agent-id", flags.agent_id, "agent id (default: hostname)");
+  app.add_option("--node-name", flags.node_name, "node name (default: $NODE_NAME, then hostname)");
+  app.add_option("--token", flags.token, "bearer token for Join");
+  app.add_option("--token-file", flags.token_file, "file holding the bearer token");
+  app.add_option("--data-dir", flags.data_dir,
+                 "directory with spec.data.trainFile / evalFile (default: spec.data.path)");
+  app.add_option("--model-dir", flags.model_dir, "Hugging Face model directory (default: spec.model.path)");
+  app.add_option("--http", flags.http, "inference/metrics listen address HOST:PORT (default: 0.0.0.0:<spec.serving.port>)");
+  app.add_option("--state-dir", flags.state_dir,
+                 "persisted global model and feedback (default: ./.fedge-agent/<agent-id>)");
+  app.add_option("--threads", flags.threads, "torch intra-op threads per model (default 1)");
+  app.add_flag("--exit-when-done", flags.exit_when_done, "exit 0 once the job is done instead of serving on");
+  app.add_option("--log-level", log_level, "debug | info | warn | error");
+  app.add_option("--log-format", log_format, "logfmt | json");
+  app.set_version_flag("--version", std::string("fedge-agent ") + FEDGE_VERSION + " (" + FEDGE_GIT_REV + ")");
+  CLI11_PARSE(app, argc, argv);
+
+  fedge::log::Level level;
+  fedge::log::Format format;
+  if (!fedge::log::ParseLevel(log_level, &level)) {
+    std::cerr << "--log-level: expected debug|info|warn|error, got \"" << log_level << "\"\n";
+    return 2;
+  }
+  if (!fedge::log::ParseFormat(log_format, &format)) {
+    std::cerr << "--log-format: expected logfmt|json, got \"" << log_format << "\"\n";
+    return 2;
+  }
+  fedge::log::Init("agent", level, format);
+
+  auto spec = fedge::LoadJobSpec(flags.config);
+  if (!spec.ok()) {
+    fedge::log::Error("invalid job manifest", {{"path", flags.config}, {"error", spec.status().ToString()}});
+    return 2;
+  }
+  const char* node_env = std::getenv("NODE_NAME");
+  auto settings = fedge::agent::ResolveAgentSettings(flags, *spec, Hostname(), node_env ? node_env : "");
+  if (!settings.ok()) {
+    fedge::log::Error("invalid flags", {{"error", settings.status().ToString()}});
+    return 2;
+  }
+
+  // The signal thread: a first SIGTERM/SIGINT stops the agent; SIGUSR2 only
+  // wakes it when main is exiting anyway.
+  std::mutex agent_mu;
+  fedge::agent::Agent* running = nullptr;  // guarded by agent_mu
+  std::atomic<bool> stop_requested{false};
+  std::thread signal_thread([&] {
+    int sig = 0;
+    while (sigwait(&signals, &sig) == 0) {
+      if (sig == SIGUSR2) return;
+      fedge::log::Info("signal received; stopping", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+      stop_requested = true;
+      std::lock_guard<std::mutex> lock(agent_mu);
+      if (running != nullptr) running->Stop();
+    }
+  });
+  auto finish = [&](int code) {
+    pthread_kill(signal_thread.native_handle(), SIGUSR2);
+    signal_thread.join();
+    return code;
+  };
+
+  auto agent = fedge::agent::Agent::Start(*settings);
+  if (!agent.ok()) {
+    fedge::log::Error("agent failed to start", {{"error", agent.status().ToString()}});
+    return finish(1);
+  }
+  {
+    std::lock_guard<std::mutex> lock(agent_mu);
+    running = agent->get();
+    if (stop_requested) running->Stop();
+  }
+  fedge::Status st = (*agent)->Run();
+  {
+    std::lock_guard<std::mutex> lock(agent_mu);
+    running = nullptr;
+  }
+  if (!st.ok()) {
+    fedge::log::Error("agent failed", {{"error", st.ToString()}});
+    return finish(1);
+  }
+  fedge::log::Info("agent exiting");
+  return finish(0);
+}

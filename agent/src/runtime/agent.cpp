@@ -1,0 +1,182 @@
+#include "fedge/agent/runtime/agent.h"
+
+#include <filesystem>
+
+#include "fedge/agent/runtime/aggregator_client.h"
+#include "fedge/agent/runtime/inference_api.h"
+#include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/serving_model.h"
+#include "fedge/agent/runtime/state_store.h"
+#include "fedge/file_util.h"
+#include "fedge/http_server.h"
+#include "fedge/log.h"
+
+#include <prometheus/gauge.h>
+
+namespace fedge::agent {
+
+namespace {
+
+std::string JoinPath(const std::string& dir, const std::string& file) {
+  if (file.empty() || file.front() == '/' || dir.empty()) return file;
+  return (std::filesystem::path(dir) / file).string();
+}
+
+std::string Trim(std::string s) {
+  const char* ws = " \t\r\n";
+  s.erase(s.find_last_not_of(ws) + 1);
+  s.erase(0, s.find_first_not_of(ws) == std::string::npos ? s.size() : s.find_first_not_of(ws));
+  return s;
+}
+
+}  // namespace
+
+StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobSpec& spec,
+                                             const std::string& hostname, const std::string& node_name_env) {
+  AgentSettings s;
+  s.spec = spec;
+  if (flags.aggregator.empty()) return InvalidArgumentError("--aggregator HOST:PORT is required");
+  std::string host;
+  int port = 0;
+  Status addr = SplitHostPort(flags.aggregator, &host, &port);
+  if (!addr.ok() || port == 0) return InvalidArgumentError("--aggregator: \"" + flags.aggregator + "\" is not HOST:PORT");
+  s.aggregator = flags.aggregator;
+
+  s.agent_id = flags.agent_id.empty() ? hostname : flags.agent_id;
+  if (s.agent_id.empty()) return InvalidArgumentError("--agent-id is empty and the hostname is unknown");
+  s.node_name = !flags.node_name.empty() ? flags.node_name : !node_name_env.empty() ? node_name_env : hostname;
+
+  if (!flags.token.empty() && !flags.token_file.empty()) {
+    return InvalidArgumentError("give either --token or --token-file, not both");
+  }
+  s.token = flags.token;
+  if (!flags.token_file.empty()) {
+    auto token = ReadFile(flags.token_file);
+    if (!token.ok()) return InvalidArgumentError("--token-file: " + token.status().message());
+    s.token = Trim(*token);
+    if (s.token.empty()) return InvalidArgumentError("--token-file " + flags.token_file + " is empty");
+  }
+
+  std::string data_dir = flags.data_dir.empty() ? spec.data.path : flags.data_dir;
+  s.train_path = JoinPath(data_dir, spec.data.trainFile);
+  s.eval_path = JoinPath(data_dir, spec.data.evalFile);
+  s.model_dir = flags.model_dir.empty() ? spec.model.path : flags.model_dir;
+  if (s.model_dir.empty()) return InvalidArgumentError("--model-dir is not given and spec.model.path is empty");
+
+  s.http = flags.http.empty() ? "0.0.0.0:" + std::to_string(spec.serving.port) : flags.http;
+  Status http = SplitHostPort(s.http, &host, &port);
+  if (!http.ok()) return InvalidArgumentError("--http: " + http.message());
+
+  s.state_dir = flags.state_dir.empty() ? ".fedge-agent/" + s.agent_id : flags.state_dir;
+  if (flags.threads < 1) return InvalidArgumentError("--threads must be >= 1, got " + std::to_string(flags.threads));
+  s.threads = flags.threads;
+  s.exit_when_done = flags.exit_when_done;
+  return s;
+}
+
+StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
+  std::unique_ptr<Agent> a(new Agent());
+  a->settings_ = settings;
+  const JobSpec& spec = settings.spec;
+
+  std::error_code ec;
+  if (!std::filesystem::exists(settings.train_path, ec)) {
+    return NotFoundError("training data " + settings.train_path +
+                         " does not exist (--data-dir, spec.data.path, spec.data.trainFile)");
+  }
+  FEDGE_ASSIGN_OR_RETURN(a->train_, LoadExamples(settings.train_path, spec.model.labels));
+  if (std::filesystem::exists(settings.eval_path, ec)) {
+    FEDGE_ASSIGN_OR_RETURN(a->eval_, LoadExamples(settings.eval_path, spec.model.labels));
+  } else {
+    log::Warn("no evaluation data; EVALUATE tasks report 0 examples", {{"path", settings.eval_path}});
+  }
+
+  ClassifierOptions co;
+  co.model_dir = settings.model_dir;
+  co.labels = spec.model.labels;
+  co.lora_rank = spec.adapter.rank;
+  co.lora_alpha = spec.adapter.alpha;
+  co.lora_dropout = spec.adapter.dropout;
+  co.lora_targets = spec.adapter.targetModules;
+  co.max_seq_len = spec.model.maxSeqLen;
+  // Every agent starts from the same trainable state, whichever INITIALIZEs.
+  co.init_seed = spec.rounds.seed;
+  co.num_threads = settings.threads;
+  FEDGE_ASSIGN_OR_RETURN(a->trainer_, TextClassifier::Load(co));
+  FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<TextClassifier> server_model, TextClassifier::Load(co));
+
+  a->metrics_ = std::make_unique<AgentMetrics>();
+  a->serving_ = std::make_unique<ServingModel>(std::move(server_model), spec.Key());
+  a->store_ = std::make_unique<StateStore>(settings.state_dir, spec.Key());
+
+  ClientOptions opts;
+  opts.job = spec.Key();
+  opts.agent_id = settings.agent_id;
+  opts.node_name = settings.node_name;
+  opts.token = settings.token;
+  opts.model_family = spec.model.family;
+  opts.zstd = spec.compression.zstd;
+  ClientDeps deps;
+  deps.trainer = a->trainer_.get();
+  deps.serving = a->serving_.get();
+  deps.store = a->store_.get();
+  deps.metrics = a->metrics_.get();
+  deps.train_data = &a->train_;
+  deps.eval_data = &a->eval_;
+  a->client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator), opts, deps);
+
+  auto persisted = a->store_->LoadGlobal();
+  if (!persisted.ok()) {
+    log::Warn("ignoring the persisted global model", {{"error", persisted.status().ToString()}});
+  } else if (persisted->has_value()) {
+    PersistedGlobal& g = **persisted;
+    Status st = a->serving_->Install(g.bundle, g.version);
+    if (st.ok()) {
+      a->metrics_->global_version.Set(static_cast<double>(g.version));
+      log::Info("serving the persisted global model", {{"version", g.version}, {"path", a->store_->GlobalPath()}});
+      a->client_->Restore(std::move(g));
+    } else {
+      log::Warn("ignoring the persisted global model", {{"error", st.ToString()}});
+    }
+  }
+
+  a->api_ = std::make_unique<InferenceApi>(a->serving_.get(), a->store_.get(), a->metrics_.get());
+  a->http_ = std::make_unique<HttpServer>(settings.http);
+  a->api_->Register(*a->http_);
+  FEDGE_RETURN_IF_ERROR(a->http_->Start());
+  log::Info("agent started", {{"job", spec.Key()},
+                              {"agent_id", settings.agent_id},
+                              {"node", settings.node_name},
+                              {"aggregator", settings.aggregator},
+                              {"http", a->http_->address()},
+                              {"train_examples", a->train_.size()},
+                              {"eval_examples", a->eval_.size()},
+                              {"state_dir", settings.state_dir}});
+  return a;
+}
+
+Agent::~Agent() {
+  if (http_) http_->Stop();
+}
+
+int Agent::http_port() const { return http_ ? http_->port() : 0; }
+
+void Agent::Stop() {
+  stop_.Stop();
+  if (client_) client_->Stop();
+}
+
+Status Agent::Run() {
+  auto outcome = client_->Run();
+  Status result;
+  if (!outcome.ok()) {
+    result = outcome.status();
+  } else if (*outcome == RunOutcome::kDone && !settings_.exit_when_done) {
+    log::Info("job done; serving until stopped", {{"http", http_->address()}});
+    stop_.Wait();
+  }
+  http_->Stop();
+  return result;
+}
+
+}  // namespace fedge::agent

@@ -1,0 +1,500 @@
+#include "fedge/agent/runtime/aggregator_client.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/serving_model.h"
+#include "fedge/agent/runtime/update.h"
+#include "fedge/log.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+
+namespace fedge::agent {
+
+namespace {
+
+namespace v1 = fedge::v1;
+
+std::chrono::system_clock::time_point DeadlineIn(std::chrono::milliseconds d) {
+  return std::chrono::system_clock::now() + d;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string_view KindName(v1::TaskKind kind) {
+  switch (kind) {
+    case v1::TASK_KIND_WAIT: return "wait";
+    case v1::TASK_KIND_INITIALIZE: return "initialize";
+    case v1::TASK_KIND_TRAIN: return "train";
+    case v1::TASK_KIND_EVALUATE: return "evaluate";
+    case v1::TASK_KIND_DONE: return "done";
+    default: return "unspecified";
+  }
+}
+
+std::function<double()> MakeUniform(uint64_t seed) {
+  if (seed == 0) seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  auto rng = std::make_shared<std::mt19937_64>(seed);
+  return [rng] { return std::uniform_real_distribution<double>(0.0, 1.0)(*rng); };
+}
+
+int64_t MemoryBytes() {
+  long pages = ::sysconf(_SC_PHYS_PAGES);
+  long page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
+
+}  // namespace
+
+Status FromGrpc(const grpc::Status& status, std::string_view what) {
+  if (status.ok()) return OkStatus();
+  return Status(static_cast<StatusCode>(status.error_code()), std::string(what) + ": " + status.error_message());
+}
+
+std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address) {
+  grpc::ChannelArguments args;
+  // A GlobalChunk is 4 MiB of data plus framing: above gRPC's default limit.
+  args.SetMaxReceiveMessageSize(16 << 20);
+  // gRPC's own reconnect backoff (default up to 120 s) would otherwise keep the
+  // channel failing fast long after the aggregator is back.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10'000);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options, ClientDeps deps)
+    : options_(std::move(options)),
+      deps_(deps),
+      stub_(v1::Aggregator::NewStub(channel)),
+      backoff_(options_.backoff_initial, options_.backoff_max, MakeUniform(options_.jitter_seed)) {
+  if (deps_.trainer == nullptr || deps_.serving == nullptr || deps_.metrics == nullptr ||
+      deps_.train_data == nullptr || deps_.eval_data == nullptr) {
+    DieBecause("AggregatorClient needs trainer, serving, metrics, train_data and eval_data",
+               InvalidArgumentError("missing dependency"));
+  }
+  options_.chunk_bytes = std::clamp<size_t>(options_.chunk_bytes, 1, kMaxChunkBytes);
+  layout_ = deps_.trainer->ExportTrainable();
+}
+
+AggregatorClient::~AggregatorClient() = default;
+
+void AggregatorClient::Restore(PersistedGlobal global) {
+  held_.version = global.version;
+  held_.checksum = std::move(global.checksum);
+  held_.bundle = std::move(global.bundle);
+}
+
+void AggregatorClient::Stop() {
+  stop_.Stop();
+  std::lock_guard<std::mutex> lock(call_mu_);
+  if (call_ != nullptr) call_->TryCancel();
+}
+
+bool AggregatorClient::BeginCall(grpc::ClientContext* ctx) {
+  std::lock_guard<std::mutex> lock(call_mu_);
+  // Stop() sets the flag before taking call_mu_: either we see it here or it
+  // sees (and cancels) this call.
+  if (stop_.stopped()) return false;
+  call_ = ctx;
+  return true;
+}
+
+void AggregatorClient::EndCall() {
+  std::lock_guard<std::mutex> lock(call_mu_);
+  call_ = nullptr;
+}
+
+Status AggregatorClient::Fatal(Status status) {
+  fatal_ = status;
+  return status;
+}
+
+v1::RequestHeader AggregatorClient::Header() const {
+  v1::RequestHeader h;
+  h.set_protocol_version(kProtocolVersion);
+  h.set_job(options_.job);
+  h.set_agent_id(options_.agent_id);
+  h.set_session(session_);
+  return h;
+}
+
+StatusOr<RunOutcome> AggregatorClient::Run() {
+  log::Info("aggregator client started", {{"job", options_.job}, {"agent_id", options_.agent_id}});
+  while (!stop_.stopped()) {
+    Status st;
+    bool done = false;
+    if (session_.empty()) {
+      st = Join();
+    } else {
+      auto task = GetTask();
+      st = task.status();
+      if (st.ok()) {
+        switch (task->kind()) {
+          case v1::TASK_KIND_WAIT: {
+            int ms = task->retry_after_ms() > 0 ? task->retry_after_ms() : 1000;
+            ms = std::clamp(ms, 10, 60'000);
+            log::Debug("waiting", {{"retry_after_ms", ms}, {"message", task->message()}});
+            stop_.SleepFor(std::chrono::milliseconds(ms));
+            break;
+          }
+          case v1::TASK_KIND_INITIALIZE: st = DoInitialize(*task); break;
+          case v1::TASK_KIND_TRAIN: st = DoTrain(*task); break;
+          case v1::TASK_KIND_EVALUATE: st = DoEvaluate(*task); break;
+          case v1::TASK_KIND_DONE:
+            st = DoDone(*task);
+            done = st.ok();
+            break;
+          default:
+            log::Warn("unknown task kind; waiting", {{"kind", static_cast<int>(task->kind())}});
+            stop_.SleepFor(std::chrono::seconds(1));
+            break;
+        }
+      }
+    }
+    if (!fatal_.ok()) {
+      log::Error("aggregator client giving up", {{"error", fatal_.ToString()}});
+      return fatal_;
+    }
+    if (stop_.stopped()) break;
+    if (st.ok()) {
+      backoff_.Reset();
+      if (done) return RunOutcome::kDone;
+      continue;
+    }
+    auto delay = backoff_.Next();
+    switch (st.code()) {
+      case StatusCode::kUnauthenticated:
+      case StatusCode::kNotFound:
+        // The aggregator no longer knows our session: most likely it restarted.
+        if (!session_.empty()) {
+          log::Warn("session lost; rejoining", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
+          session_.clear();
+        } else {
+          log::Error("join refused; retrying", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
+        }
+        break;
+      case StatusCode::kFailedPrecondition:
+        log::Error("aggregator refused the request", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
+        break;
+      case StatusCode::kUnavailable:
+      case StatusCode::kDeadlineExceeded:
+        log::Warn("aggregator unreachable; backing off",
+                  {{"error", st.ToString()}, {"attempt", backoff_.attempt()}, {"retry_in_ms", delay.count()}});
+        break;
+      default:
+        log::Error("task failed; backing off", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
+        break;
+    }
+    if (!stop_.SleepFor(delay)) break;
+  }
+  log::Info("aggregator client stopped", {{"job", options_.job}});
+  return RunOutcome::kStopped;
+}
+
+Status AggregatorClient::Join() {
+  v1::JoinRequest req;
+  session_.clear();
+  *req.mutable_header() = Header();
+  req.set_node_name(options_.node_name);
+  req.set_token(options_.token);
+  auto* caps = req.mutable_capabilities();
+  for (const char* codec : {"fp32", "fp16", "bf16", "int8"}) caps->add_codecs(codec);
+  caps->set_num_train_examples(static_cast<int64_t>(deps_.train_data->size()));
+  caps->set_num_eval_examples(static_cast<int64_t>(deps_.eval_data->size()));
+  caps->set_model_family(options_.model_family);
+  caps->set_cpus(static_cast<int32_t>(std::thread::hardware_concurrency()));
+  caps->set_memory_bytes(MemoryBytes());
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.join));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  v1::JoinResponse resp;
+  grpc::Status gs = stub_->Join(&ctx, req, &resp);
+  EndCall();
+  if (!gs.ok()) {
+    Status st = FromGrpc(gs, "Join " + options_.job);
+    switch (st.code()) {
+      case StatusCode::kFailedPrecondition:
+        return Fatal(st.WithContext("protocol mismatch (this agent speaks v" + std::to_string(kProtocolVersion) + ")"));
+      case StatusCode::kUnauthenticated:
+      case StatusCode::kPermissionDenied:
+        return Fatal(st.WithContext("the aggregator refused this agent's token (--token/--token-file)"));
+      case StatusCode::kInvalidArgument:
+        return Fatal(st);
+      default:
+        return st;
+    }
+  }
+  if (resp.protocol_version() != kProtocolVersion) {
+    return Fatal(FailedPreconditionError("aggregator answered Join with protocol v" +
+                                         std::to_string(resp.protocol_version()) + "; this agent speaks v" +
+                                         std::to_string(kProtocolVersion)));
+  }
+  if (resp.session().empty()) return InternalError("aggregator answered Join without a session");
+  session_ = resp.session();
+  log::Info("joined", {{"job", options_.job},
+                       {"agent_id", options_.agent_id},
+                       {"global_version", resp.global_version()},
+                       {"total_rounds", resp.total_rounds()}});
+  return OkStatus();
+}
+
+StatusOr<v1::Task> AggregatorClient::GetTask() {
+  v1::TaskRequest req;
+  *req.mutable_header() = Header();
+  req.set_held_version(held_.version);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.get_task));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  v1::Task task;
+  grpc::Status gs = stub_->GetTask(&ctx, req, &task);
+  EndCall();
+  if (!gs.ok()) return FromGrpc(gs, "GetTask");
+  if (task.kind() != v1::TASK_KIND_WAIT) {
+    log::Info("task", {{"kind", KindName(task.kind())},
+                       {"round", task.round()},
+                       {"global_version", task.global_version()},
+                       {"codec", task.config().update_codec()}});
+  }
+  return task;
+}
+
+StatusOr<AggregatorClient::Held> AggregatorClient::Fetch(int64_t version, const std::string& checksum) {
+  v1::FetchGlobalRequest req;
+  *req.mutable_header() = Header();
+  req.set_version(version);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.fetch));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  auto reader = stub_->FetchGlobal(&ctx, req);
+  ChunkAssembler assembler(version, checksum);
+  Status bad;
+  v1::GlobalChunk chunk;
+  while (reader->Read(&chunk)) {
+    deps_.metrics->bytes_received_total.Increment(static_cast<double>(chunk.data().size()));
+    if (!bad.ok()) continue;
+    bad = assembler.Add(chunk.version(), chunk.total_bytes(), chunk.checksum(), chunk.offset(), chunk.data());
+    if (!bad.ok()) ctx.TryCancel();
+  }
+  grpc::Status gs = reader->Finish();
+  EndCall();
+  if (!bad.ok()) return bad;
+  if (!gs.ok()) return FromGrpc(gs, "FetchGlobal v" + std::to_string(version));
+  FEDGE_ASSIGN_OR_RETURN(std::string bytes, assembler.Finish());
+  auto bundle = DecodeBundle(bytes);
+  if (!bundle.ok()) return bundle.status().WithContext("decoding global v" + std::to_string(assembler.version()));
+  Status layout = CheckSameLayout(layout_, *bundle);
+  if (!layout.ok()) {
+    return Fatal(FailedPreconditionError(
+        "global v" + std::to_string(assembler.version()) +
+        " does not fit this agent's model (do the job's labels, LoRA rank and targets match?): " + layout.message()));
+  }
+  Held held;
+  held.version = assembler.version();
+  held.checksum = assembler.checksum();
+  held.bundle = std::move(bundle).value();
+  return held;
+}
+
+Status AggregatorClient::EnsureGlobal(int64_t version, const std::string& checksum) {
+  if (held_.version != 0 && version == held_.version && (checksum.empty() || checksum == held_.checksum)) {
+    return OkStatus();
+  }
+  auto start = std::chrono::steady_clock::now();
+  FEDGE_ASSIGN_OR_RETURN(Held fetched, Fetch(version, checksum));
+  held_ = std::move(fetched);
+  double fetch_seconds = SecondsSince(start);
+  Status st = deps_.serving->Install(held_.bundle, held_.version);
+  if (!st.ok()) return Fatal(st);
+  deps_.metrics->global_version.Set(static_cast<double>(held_.version));
+  if (deps_.store != nullptr) {
+    Status saved = deps_.store->SaveGlobal(held_.bundle, held_.version, held_.checksum);
+    if (!saved.ok()) log::Warn("cannot persist the global model", {{"error", saved.ToString()}});
+  }
+  log::Info("global installed", {{"version", held_.version}, {"fetch_seconds", fetch_seconds}});
+  return OkStatus();
+}
+
+Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::string& payload, bool* accepted) {
+  *accepted = false;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.submit));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  v1::SubmitUpdateResponse resp;
+  auto writer = stub_->SubmitUpdate(&ctx, &resp);
+  v1::UpdateChunk first;
+  *first.mutable_header() = header;
+  bool ok = writer->Write(first);
+  uint64_t sent = 0;
+  for (std::string_view part : SplitChunks(payload, options_.chunk_bytes)) {
+    if (!ok) break;
+    if (part.empty()) continue;
+    v1::UpdateChunk chunk;
+    chunk.set_data(part.data(), part.size());
+    ok = writer->Write(chunk);
+    if (ok) sent += part.size();
+  }
+  if (ok) writer->WritesDone();
+  grpc::Status gs = writer->Finish();
+  EndCall();
+  deps_.metrics->bytes_sent_total.Increment(static_cast<double>(sent));
+  if (!gs.ok()) return FromGrpc(gs, "SubmitUpdate round " + std::to_string(header.round()));
+  *accepted = resp.accepted();
+  if (!resp.accepted()) {
+    log::Warn("update rejected", {{"round", header.round()}, {"reason", resp.reason()}});
+  }
+  return OkStatus();
+}
+
+Status AggregatorClient::DoInitialize(const v1::Task& task) {
+  auto start = std::chrono::steady_clock::now();
+  TensorBundle state = deps_.trainer->ExportTrainable();
+  EncodeOptions eo;
+  eo.codec = Codec::kFp32;
+  eo.zstd = options_.zstd;
+  FEDGE_ASSIGN_OR_RETURN(std::string payload, EncodeBundle(state, eo));
+  v1::UpdateHeader h;
+  *h.mutable_header() = Header();
+  h.set_round(0);
+  h.set_base_version(0);
+  h.set_num_examples(static_cast<int64_t>(deps_.train_data->size()));
+  h.set_total_bytes(payload.size());
+  h.set_checksum(Sha256Hex(payload));
+  h.set_is_delta(false);
+  h.set_raw_bytes(state.Fp32Bytes());
+  bool accepted = false;
+  FEDGE_RETURN_IF_ERROR(Submit(h, payload, &accepted));
+  deps_.metrics->update_bytes.Set(static_cast<double>(payload.size()));
+  deps_.metrics->update_raw_bytes.Set(static_cast<double>(state.Fp32Bytes()));
+  log::Info("initial state submitted", {{"round", task.round()},
+                                        {"bytes", payload.size()},
+                                        {"raw_bytes", state.Fp32Bytes()},
+                                        {"accepted", accepted},
+                                        {"seconds", SecondsSince(start)}});
+  return OkStatus();
+}
+
+Status AggregatorClient::DoTrain(const v1::Task& task) {
+  auto start = std::chrono::steady_clock::now();
+  FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
+  const v1::TrainingConfig& c = task.config();
+  std::string codec_name = c.update_codec().empty() ? "fp32" : c.update_codec();
+  auto codec = ParseCodec(codec_name);
+  if (!codec.ok()) {
+    return FailedPreconditionError("round " + std::to_string(task.round()) + " asks for update codec \"" +
+                                   codec_name + "\", which this agent does not offer (fp32, fp16, bf16, int8)");
+  }
+  Status imported = deps_.trainer->ImportTrainable(held_.bundle);
+  if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
+
+  TrainOptions to;
+  if (c.local_steps() > 0) to.steps = c.local_steps();
+  if (c.batch_size() > 0) to.batch_size = c.batch_size();
+  if (c.learning_rate() > 0) to.learning_rate = c.learning_rate();
+  to.weight_decay = c.weight_decay();
+  to.max_grad_norm = c.max_grad_norm();
+  to.proximal_mu = c.proximal_mu();
+  to.seed = MixTrainingSeed(c.seed(), options_.agent_id, task.round());
+  auto train_start = std::chrono::steady_clock::now();
+  auto result = deps_.trainer->Train(*deps_.train_data, to);
+  if (!result.ok()) return result.status().WithContext("training round " + std::to_string(task.round()));
+  double train_seconds = SecondsSince(train_start);
+  if (stop_.stopped()) {
+    log::Info("stopping: dropping the update of this round", {{"round", task.round()}});
+    return OkStatus();
+  }
+
+  FEDGE_ASSIGN_OR_RETURN(TensorBundle delta, ComputeDelta(deps_.trainer->ExportTrainable(), held_.bundle));
+  EncodeOptions eo;
+  eo.codec = *codec;
+  eo.block_size = c.block_size() > 0 ? c.block_size() : 64;
+  eo.zstd = options_.zstd;
+  FEDGE_ASSIGN_OR_RETURN(std::string payload, EncodeBundle(delta, eo));
+
+  v1::UpdateHeader h;
+  *h.mutable_header() = Header();
+  h.set_round(task.round());
+  h.set_base_version(held_.version);
+  h.set_num_examples(static_cast<int64_t>(deps_.train_data->size()));
+  h.set_total_bytes(payload.size());
+  h.set_checksum(Sha256Hex(payload));
+  h.set_train_loss(result->mean_loss);
+  h.set_steps(result->steps);
+  h.set_is_delta(true);
+  h.set_raw_bytes(delta.Fp32Bytes());
+  bool accepted = false;
+  FEDGE_RETURN_IF_ERROR(Submit(h, payload, &accepted));
+
+  deps_.metrics->train_steps_total.Increment(result->steps);
+  deps_.metrics->train_loss.Set(result->mean_loss);
+  deps_.metrics->update_bytes.Set(static_cast<double>(payload.size()));
+  deps_.metrics->update_raw_bytes.Set(static_cast<double>(delta.Fp32Bytes()));
+  if (accepted) deps_.metrics->rounds_participated_total.Increment();
+  log::Info("round trained", {{"round", task.round()},
+                              {"base_version", held_.version},
+                              {"steps", result->steps},
+                              {"loss", result->mean_loss},
+                              {"codec", codec_name},
+                              {"bytes", payload.size()},
+                              {"raw_bytes", delta.Fp32Bytes()},
+                              {"accepted", accepted},
+                              {"train_seconds", train_seconds},
+                              {"seconds", SecondsSince(start)}});
+  return OkStatus();
+}
+
+Status AggregatorClient::DoEvaluate(const v1::Task& task) {
+  auto start = std::chrono::steady_clock::now();
+  FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
+  EvalResult eval;
+  if (!deps_.eval_data->empty()) {
+    Status imported = deps_.trainer->ImportTrainable(held_.bundle);
+    if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
+    auto result = deps_.trainer->Evaluate(*deps_.eval_data, options_.eval_batch_size);
+    if (!result.ok()) return result.status().WithContext("evaluating global v" + std::to_string(held_.version));
+    eval = *result;
+  }
+  v1::MetricsReport report;
+  *report.mutable_header() = Header();
+  report.set_round(task.round());
+  report.set_global_version(held_.version);
+  report.set_phase("evaluate");
+  report.set_num_examples(eval.num_examples);
+  (*report.mutable_values())["accuracy"] = eval.accuracy;
+  (*report.mutable_values())["loss"] = eval.mean_loss;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.report));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  v1::MetricsAck ack;
+  grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);
+  EndCall();
+  if (!gs.ok()) return FromGrpc(gs, "ReportMetrics round " + std::to_string(task.round()));
+  if (eval.num_examples > 0) deps_.metrics->eval_accuracy.Set(eval.accuracy);
+  log::Info("evaluated", {{"round", task.round()},
+                          {"global_version", held_.version},
+                          {"accuracy", eval.accuracy},
+                          {"loss", eval.mean_loss},
+                          {"examples", eval.num_examples},
+                          {"seconds", SecondsSince(start)}});
+  return OkStatus();
+}
+
+Status AggregatorClient::DoDone(const v1::Task& task) {
+  if (task.global_version() > 0) {
+    FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
+  }
+  log::Info("job done", {{"job", options_.job}, {"global_version", held_.version}});
+  return OkStatus();
+}
+
+}  // namespace fedge::agent

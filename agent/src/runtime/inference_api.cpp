@@ -1,0 +1,303 @@
+#include "fedge/agent/runtime/inference_api.h"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <numeric>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/serving_model.h"
+#include "fedge/agent/runtime/state_store.h"
+#include "fedge/agent/text_classifier.h"
+
+namespace fedge::agent {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+constexpr size_t kTopScores = 5;
+
+HttpResponse ApiError(int status, std::string_view message, std::string_view type, std::string_view param,
+                      std::string_view code) {
+  Json err = {{"message", message}, {"type", type}};
+  err["param"] = param.empty() ? Json(nullptr) : Json(param);
+  err["code"] = code.empty() ? Json(nullptr) : Json(code);
+  return HttpResponse::Json(status, Json{{"error", err}}.dump());
+}
+
+HttpResponse BadRequest(std::string_view message, std::string_view param, std::string_view code) {
+  return ApiError(400, message, "invalid_request_error", param, code);
+}
+
+HttpResponse FromModelStatus(const Status& st) {
+  if (st.code() == StatusCode::kUnavailable) {
+    return ApiError(503, st.message(), "unavailable", "", "model_not_ready");
+  }
+  if (st.code() == StatusCode::kInvalidArgument) return BadRequest(st.message(), "input", "invalid_input");
+  return ApiError(500, st.message(), "server_error", "", "");
+}
+
+// Parses the body as a JSON object; on failure fills *error.
+std::optional<Json> ParseObject(const HttpRequest& request, HttpResponse* error) {
+  Json body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    *error = BadRequest("request body is not valid JSON", "", "invalid_json");
+    return std::nullopt;
+  }
+  if (!body.is_object()) {
+    *error = BadRequest("request body must be a JSON object", "", "invalid_json");
+    return std::nullopt;
+  }
+  return body;
+}
+
+// Validates "input" (string or non-empty array of strings) and "model".
+std::optional<std::vector<std::string>> ParseInputs(const Json& body, const InferenceLimits& limits,
+                                                    HttpResponse* error) {
+  if (body.contains("model") && !body["model"].is_string() && !body["model"].is_null()) {
+    *error = BadRequest("'model' must be a string", "model", "invalid_type");
+    return std::nullopt;
+  }
+  if (!body.contains("input") || body["input"].is_null()) {
+    *error = BadRequest("'input' is required: a string or an array of strings", "input", "missing_input");
+    return std::nullopt;
+  }
+  const Json& input = body["input"];
+  std::vector<std::string> texts;
+  if (input.is_string()) {
+    texts.push_back(input.get<std::string>());
+  } else if (input.is_array()) {
+    if (input.empty()) {
+      *error = BadRequest("'input' must not be an empty array", "input", "empty_input");
+      return std::nullopt;
+    }
+    if (input.size() > limits.max_inputs) {
+      *error = BadRequest("'input' has " + std::to_string(input.size()) + " items; at most " +
+                              std::to_string(limits.max_inputs) + " per request",
+                          "input", "too_many_inputs");
+      return std::nullopt;
+    }
+    for (size_t i = 0; i < input.size(); ++i) {
+      if (!input[i].is_string()) {
+        *error = BadRequest("'input[" + std::to_string(i) + "]' must be a string", "input", "invalid_type");
+        return std::nullopt;
+      }
+      texts.push_back(input[i].get<std::string>());
+    }
+  } else {
+    *error = BadRequest("'input' must be a string or an array of strings", "input", "invalid_type");
+    return std::nullopt;
+  }
+  for (size_t i = 0; i < texts.size(); ++i) {
+    std::string where = input.is_array() ? "'input[" + std::to_string(i) + "]'" : "'input'";
+    if (texts[i].empty() ||
+        std::all_of(texts[i].begin(), texts[i].end(), [](unsigned char c) { return std::isspace(c); })) {
+      *error = BadRequest(where + " is empty", "input", "empty_input");
+      return std::nullopt;
+    }
+    if (texts[i].size() > limits.max_input_chars) {
+      *error = BadRequest(where + " has " + std::to_string(texts[i].size()) + " bytes; at most " +
+                              std::to_string(limits.max_input_chars),
+                          "input", "input_too_long");
+      return std::nullopt;
+    }
+  }
+  return texts;
+}
+
+// Counts tokens and refuses inputs above the limit (OpenAI's code for it).
+Status CheckTokens(const TextClassifier& model, const std::vector<std::string>& texts, int max_tokens,
+                   std::vector<int>* counts) {
+  counts->clear();
+  for (size_t i = 0; i < texts.size(); ++i) {
+    int n = model.CountTokens(texts[i]);
+    if (n > max_tokens) {
+      return OutOfRangeError("input " + std::to_string(i) + " has " + std::to_string(n) +
+                             " tokens; this model accepts at most " + std::to_string(max_tokens));
+    }
+    counts->push_back(n);
+  }
+  return OkStatus();
+}
+
+HttpResponse TokenError(const Status& st) {
+  if (st.code() == StatusCode::kOutOfRange) return BadRequest(st.message(), "input", "context_length_exceeded");
+  return FromModelStatus(st);
+}
+
+}  // namespace
+
+InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics, InferenceLimits limits)
+    : model_(model), store_(store), metrics_(metrics), limits_(limits) {}
+
+void InferenceApi::Register(HttpServer& server) {
+  auto timed = [this](std::string endpoint, HttpResponse (InferenceApi::*fn)(const HttpRequest&)) {
+    return [this, endpoint, fn](const HttpRequest& request) {
+      auto start = std::chrono::steady_clock::now();
+      HttpResponse response = (this->*fn)(request);
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (metrics_ != nullptr) metrics_->ObserveInference(endpoint, response.status, seconds);
+      return response;
+    };
+  };
+  server.Handle("POST", "/v1/classify", timed("/v1/classify", &InferenceApi::Classify));
+  server.Handle("POST", "/v1/embeddings", timed("/v1/embeddings", &InferenceApi::Embeddings));
+  server.Handle("POST", "/v1/feedback", timed("/v1/feedback", &InferenceApi::Feedback));
+  server.Handle("GET", "/healthz", [this](const HttpRequest& r) { return Healthz(r); });
+  server.Handle("GET", "/readyz", [this](const HttpRequest& r) { return Readyz(r); });
+  if (metrics_ != nullptr) server.HandleMetrics(metrics_->registry());
+}
+
+HttpResponse InferenceApi::Classify(const HttpRequest& request) {
+  HttpResponse error;
+  auto body = ParseObject(request, &error);
+  if (!body) return error;
+  auto texts = ParseInputs(*body, limits_, &error);
+  if (!texts) return error;
+
+  std::vector<Prediction> predictions;
+  int64_t version = 0;
+  std::vector<int> counts;
+  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+    version = v;
+    FEDGE_RETURN_IF_ERROR(CheckTokens(model, *texts, limits_.max_input_tokens, &counts));
+    FEDGE_ASSIGN_OR_RETURN(predictions, model.Classify(*texts));
+    return OkStatus();
+  });
+  if (!st.ok()) return TokenError(st);
+  if (predictions.size() != texts->size()) {
+    return ApiError(500, "model returned " + std::to_string(predictions.size()) + " predictions for " +
+                             std::to_string(texts->size()) + " inputs",
+                    "server_error", "", "");
+  }
+
+  const auto& labels = model_->labels();
+  Json data = Json::array();
+  for (size_t i = 0; i < predictions.size(); ++i) {
+    const auto& probs = predictions[i].probabilities;
+    std::vector<size_t> order(std::min(probs.size(), labels.size()));
+    std::iota(order.begin(), order.end(), 0);
+    size_t top = std::min(kTopScores, order.size());
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(top), order.end(),
+                      [&](size_t a, size_t b) { return probs[a] > probs[b]; });
+    Json scores = Json::object();
+    for (size_t k = 0; k < top; ++k) scores[labels[order[k]]] = probs[order[k]];
+    int label = predictions[i].label;
+    if (label < 0 || static_cast<size_t>(label) >= labels.size() || static_cast<size_t>(label) >= probs.size()) {
+      return ApiError(500, "model predicted label id " + std::to_string(label) + " outside the label set",
+                      "server_error", "", "");
+    }
+    data.push_back({{"object", "classification"},
+                    {"index", i},
+                    {"label", labels[static_cast<size_t>(label)]},
+                    {"score", probs[static_cast<size_t>(label)]},
+                    {"scores", scores}});
+  }
+  int total = std::accumulate(counts.begin(), counts.end(), 0);
+  Json out = {{"object", "list"},
+              {"model", model_->ModelName(version)},
+              {"data", data},
+              {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}};
+  return HttpResponse::Json(200, out.dump());
+}
+
+HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
+  HttpResponse error;
+  auto body = ParseObject(request, &error);
+  if (!body) return error;
+  if (body->contains("encoding_format") && !(*body)["encoding_format"].is_null()) {
+    const Json& format = (*body)["encoding_format"];
+    if (!format.is_string() || format.get<std::string>() != "float") {
+      return BadRequest("'encoding_format' must be \"float\" (base64 is not supported)", "encoding_format",
+                        "unsupported_encoding_format");
+    }
+  }
+  auto texts = ParseInputs(*body, limits_, &error);
+  if (!texts) return error;
+
+  std::vector<std::vector<float>> vectors;
+  std::vector<int> counts;
+  int64_t version = 0;
+  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+    version = v;
+    FEDGE_RETURN_IF_ERROR(CheckTokens(model, *texts, limits_.max_input_tokens, &counts));
+    FEDGE_ASSIGN_OR_RETURN(vectors, model.Embed(*texts));
+    return OkStatus();
+  });
+  if (!st.ok()) return TokenError(st);
+  if (vectors.size() != texts->size()) {
+    return ApiError(500, "model returned " + std::to_string(vectors.size()) + " embeddings for " +
+                             std::to_string(texts->size()) + " inputs",
+                    "server_error", "", "");
+  }
+  Json data = Json::array();
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", vectors[i]}});
+  }
+  int total = std::accumulate(counts.begin(), counts.end(), 0);
+  Json out = {{"object", "list"},
+              {"data", data},
+              {"model", model_->ModelName(version)},
+              {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}};
+  return HttpResponse::Json(200, out.dump());
+}
+
+HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
+  HttpResponse error;
+  auto body = ParseObject(request, &error);
+  if (!body) return error;
+  const Json& b = *body;
+  if (!b.contains("text") || !b["text"].is_string()) {
+    return BadRequest("'text' is required and must be a string", "text", "missing_text");
+  }
+  std::string text = b["text"].get<std::string>();
+  if (text.empty()) return BadRequest("'text' is empty", "text", "empty_input");
+  if (text.size() > limits_.max_feedback_chars) {
+    return BadRequest("'text' has " + std::to_string(text.size()) + " bytes; at most " +
+                          std::to_string(limits_.max_feedback_chars),
+                      "text", "input_too_long");
+  }
+  const auto& labels = model_->labels();
+  std::string label;
+  if (b.contains("label") && b["label"].is_string()) {
+    label = b["label"].get<std::string>();
+    if (std::find(labels.begin(), labels.end(), label) == labels.end()) {
+      return BadRequest("'label' \"" + label + "\" is not one of the job's " + std::to_string(labels.size()) +
+                            " labels",
+                        "label", "unknown_label");
+    }
+  } else if (b.contains("label") && b["label"].is_number_integer()) {
+    int64_t id = b["label"].get<int64_t>();
+    if (id < 0 || static_cast<size_t>(id) >= labels.size()) {
+      return BadRequest("'label' id " + std::to_string(id) + " is outside 0.." + std::to_string(labels.size() - 1),
+                        "label", "unknown_label");
+    }
+    label = labels[static_cast<size_t>(id)];
+  } else {
+    return BadRequest("'label' is required: one of the job's labels", "label", "missing_label");
+  }
+  if (store_ == nullptr) return ApiError(503, "no state directory configured for feedback", "unavailable", "", "");
+  int64_t ts_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  Status st = store_->AppendFeedback(text, label, ts_ms);
+  if (!st.ok()) return ApiError(500, st.message(), "server_error", "", "");
+  return HttpResponse::Json(200, Json{{"object", "feedback"}, {"stored", true}, {"label", label}}.dump());
+}
+
+HttpResponse InferenceApi::Healthz(const HttpRequest&) { return HttpResponse::Text(200, "ok\n"); }
+
+HttpResponse InferenceApi::Readyz(const HttpRequest&) {
+  int64_t version = model_->version();
+  if (version == 0) {
+    return HttpResponse::Json(503, Json{{"ready", false}, {"reason", "no global model installed yet"}}.dump());
+  }
+  return HttpResponse::Json(
+      200, Json{{"ready", true}, {"model", model_->ModelName(version)}, {"version", version}}.dump());
+}
+
+}  // namespace fedge::agent

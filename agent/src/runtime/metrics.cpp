@@ -1,0 +1,56 @@
+#include "fedge/agent/runtime/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace fedge::agent {
+
+namespace {
+
+prometheus::Counter& NewCounter(prometheus::Registry& r, const std::string& name, const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Gauge& NewGauge(prometheus::Registry& r, const std::string& name, const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+}  // namespace
+
+AgentMetrics::AgentMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      train_steps_total(NewCounter(*registry_, "fedge_agent_train_steps_total", "Local optimizer steps taken.")),
+      train_loss(NewGauge(*registry_, "fedge_agent_train_loss", "Mean training loss of the last local round.")),
+      rounds_participated_total(NewCounter(*registry_, "fedge_agent_rounds_participated_total",
+                                           "Rounds whose update the aggregator accepted.")),
+      bytes_sent_total(NewCounter(*registry_, "fedge_agent_bytes_sent_total",
+                                  "Encoded update bytes sent to the aggregator.")),
+      bytes_received_total(NewCounter(*registry_, "fedge_agent_bytes_received_total",
+                                      "Encoded global model bytes received from the aggregator.")),
+      update_bytes(NewGauge(*registry_, "fedge_agent_update_bytes", "Encoded size of the last update.")),
+      update_raw_bytes(NewGauge(*registry_, "fedge_agent_update_raw_bytes",
+                                "Size of the last update as fp32 (the compression baseline).")),
+      global_version(NewGauge(*registry_, "fedge_agent_global_version",
+                              "Version of the global model installed for serving (0: none).")),
+      eval_accuracy(NewGauge(*registry_, "fedge_agent_eval_accuracy",
+                             "Accuracy of the last evaluated global model on local held-out data.")),
+      requests_(prometheus::BuildCounter()
+                    .Name("fedge_agent_inference_requests_total")
+                    .Help("Inference HTTP requests by endpoint and status code.")
+                    .Register(*registry_)),
+      durations_(prometheus::BuildHistogram()
+                     .Name("fedge_agent_inference_duration_seconds")
+                     .Help("Inference request latency by endpoint.")
+                     .Register(*registry_)) {}
+
+void AgentMetrics::ObserveInference(const std::string& endpoint, int http_code, double seconds) {
+  requests_.Add({{"endpoint", endpoint}, {"code", std::to_string(http_code)}}).Increment();
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                                   0.1,   0.25,   0.5,   1.0,  2.5,   5.0};
+  durations_.Add({{"endpoint", endpoint}}, kBuckets).Observe(seconds);
+}
+
+}  // namespace fedge::agent
