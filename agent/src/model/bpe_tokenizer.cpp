@@ -236,13 +236,6 @@ void AppendUtf8(char32_t c, std::string* out) {
   }
 }
 
-// Splits valid UTF-8 into its characters' byte strings.
-std::vector<std::string> Utf8Chars(std::string_view s) {
-  std::vector<std::string> out;
-  for (const CodePoint& c : DecodeCodePoints(s)) out.emplace_back(s.substr(c.begin, c.end - c.begin));
-  return out;
-}
-
 const std::string kPatternGpt2 =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 const std::string kPatternLlama3 =

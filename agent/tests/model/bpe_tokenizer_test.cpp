@@ -86,7 +86,9 @@ TEST(BpeTokenizerTest, CharacterSplitAcrossTokensDecodesOnlyWhenComplete) {
   std::string bytes;
   for (size_t k = 0; k < ids.size(); ++k) {
     bytes += tok.TokenBytes(ids[k]);
-    if (k + 1 < ids.size()) EXPECT_EQ(Utf8CompletePrefix(bytes), 0u) << "after " << k + 1 << " bytes";
+    if (k + 1 < ids.size()) {
+      EXPECT_EQ(Utf8CompletePrefix(bytes), 0u) << "after " << k + 1 << " bytes";
+    }
   }
   EXPECT_EQ(Utf8CompletePrefix(bytes), 4u);
   EXPECT_EQ(tok.Decode({ids[0], ids[1]}), "\xEF\xBF\xBD");
