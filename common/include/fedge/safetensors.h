@@ -5,7 +5,9 @@
 // string->string map. The reader validates the header against the format:
 // N <= 100 MB, JSON object, known dtype, shape product x dtype size ==
 // end - begin, ranges contiguous, non-overlapping, covering the data section
-// exactly and inside the file.
+// exactly and inside the file. Header padding with trailing spaces is accepted;
+// unknown fields inside a tensor entry are ignored (as the reference library
+// does); duplicate keys are rejected. Wire layout: docs/formats.md.
 #pragma once
 
 #include <cstdint>
@@ -37,22 +39,44 @@ class SafetensorsFile {
   static StatusOr<SafetensorsFile> Parse(std::string bytes);
   static StatusOr<SafetensorsFile> Read(const std::string& path);
 
+  // Copies and moves re-point every tensor view at the new owner's bytes.
+  SafetensorsFile(const SafetensorsFile& other);
+  SafetensorsFile(SafetensorsFile&& other) noexcept;
+  SafetensorsFile& operator=(const SafetensorsFile& other);
+  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
+  ~SafetensorsFile() = default;
+
   const std::vector<StTensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const StTensorView* Find(std::string_view name) const;
 
-  // Converts a F32/F16/BF16/F64 tensor to float32 values.
+  // Converts a F32/F16/BF16/F64 tensor to float32 values. INVALID_ARGUMENT for
+  // other dtypes and for F64 values outside float32's range.
   static StatusOr<std::vector<float>> ToFloat32(const StTensorView& tensor);
 
  private:
+  SafetensorsFile() = default;
+  void AdoptViewsFrom(const SafetensorsFile& other);
+
   std::string bytes_;
   std::vector<StTensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };
 
-// Serializes `bundle` as F32 tensors (sorted by name, as the Python library does).
+// Serializes `bundle` as F32 tensors (sorted by name, as the Python library does;
+// header padded with spaces to a multiple of 8 bytes). INVALID_ARGUMENT for
+// empty, duplicate, "__metadata__" or non-UTF-8 names and value/shape mismatches.
 StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
                                            const std::map<std::string, std::string>& metadata = {});
+
+// SerializeSafetensors + WriteFileAtomic.
+Status WriteSafetensorsFile(const std::string& path, const TensorBundle& bundle,
+                            const std::map<std::string, std::string>& metadata = {});
+
+// Converts the tensors of `file` (in file order) to float32. Non-floating-point
+// tensors (e.g. BERT's I64 position_ids) are skipped if `skip_non_float`, an
+// INVALID_ARGUMENT error naming the tensor otherwise.
+StatusOr<TensorBundle> SafetensorsToBundle(const SafetensorsFile& file, bool skip_non_float = false);
 
 // Reads a safetensors file whose tensors are all floating point into a bundle.
 StatusOr<TensorBundle> ReadSafetensorsBundle(const std::string& path,
