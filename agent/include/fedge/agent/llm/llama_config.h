@@ -1,0 +1,48 @@
+// The hyper-parameters of a Llama-family decoder (LlamaForCausalLM,
+// Qwen2ForCausalLM), read from and written as a Hugging Face config.json.
+// Torch-free so the CLI and the runtime can inspect a model directory cheaply.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fedge/status.h"
+
+namespace fedge::agent::llm {
+
+struct LlamaConfig {
+  std::string model_type = "llama";  // "llama" | "qwen2"
+  int64_t vocab_size = 32000;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 11008;
+  int64_t num_hidden_layers = 32;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 32;  // < num_attention_heads: grouped-query attention
+  int64_t head_dim = 128;            // hidden_size / num_attention_heads unless given
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;       // q/k/v/o biases (Llama's attention_bias)
+  bool qkv_bias = false;             // q/k/v biases only (Qwen2)
+  bool mlp_bias = false;
+  int64_t bos_token_id = -1;         // -1: none
+  std::vector<int64_t> eos_token_ids;
+  double initializer_range = 0.02;
+
+  // Parses a Hugging Face config.json. Accepts rope_theta at the top level or in
+  // rope_parameters (transformers >= 5). INVALID_ARGUMENT for another architecture,
+  // an activation other than silu, rope scaling (not implemented), sliding-window
+  // attention, or sizes that do not divide.
+  static StatusOr<LlamaConfig> FromJson(std::string_view json_text);
+  static StatusOr<LlamaConfig> FromFile(const std::string& path);
+
+  // config.json that transformers loads as LlamaForCausalLM / Qwen2ForCausalLM.
+  std::string ToJson() const;
+
+  // Parameter count of the model this config describes (tied head counted once).
+  int64_t NumParameters() const;
+};
+
+}  // namespace fedge::agent::llm

@@ -1,0 +1,287 @@
+// Llama-family decoder; see llm_internal/llama.h for the shape of the network.
+#include "llm_internal/llama.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "fedge/file_util.h"
+#include "fedge/log.h"
+
+namespace fedge::agent::llm {
+
+using fedge::agent::LoraLinear;
+
+KvCache KvCache::Allocate(const LlamaConfig& config, int64_t batch, int64_t capacity) {
+  KvCache cache;
+  cache.capacity = capacity;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    cache.keys.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, config.head_dim}));
+    cache.values.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, config.head_dim}));
+  }
+  return cache;
+}
+
+// --- RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight ----------
+LlamaRmsNormImpl::LlamaRmsNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight_ = register_parameter("weight", torch::ones({dim}), /*requires_grad=*/false);
+}
+
+torch::Tensor LlamaRmsNormImpl::forward(const torch::Tensor& x) {
+  torch::Tensor variance = x.pow(2).mean(-1, /*keepdim=*/true);
+  return weight_ * (x * torch::rsqrt(variance + eps_));
+}
+
+// --- Rotary position embedding (Su et al. 2021), rotate-half form ------------------
+LlamaRotaryImpl::LlamaRotaryImpl(int64_t head_dim, double theta, int64_t max_positions) {
+  // inv_freq_i = theta^(-2i/d), computed in float32 as transformers does.
+  torch::Tensor exponent = torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(head_dim);
+  torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat), exponent);
+  torch::Tensor positions = torch::arange(max_positions, torch::kInt64).to(torch::kFloat);
+  torch::Tensor freqs = torch::outer(positions, inv_freq);
+  torch::Tensor emb = torch::cat({freqs, freqs}, -1);
+  cos_ = register_buffer("cos", emb.cos());
+  sin_ = register_buffer("sin", emb.sin());
+}
+
+std::pair<torch::Tensor, torch::Tensor> LlamaRotaryImpl::CosSin(int64_t start, int64_t length) {
+  TORCH_CHECK(start + length <= cos_.size(0), "position ", start + length, " beyond max_position_embeddings ",
+              cos_.size(0));
+  return {cos_.narrow(0, start, length), sin_.narrow(0, start, length)};
+}
+
+namespace {
+torch::Tensor RotateHalf(const torch::Tensor& x) {
+  int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  return x * cos + RotateHalf(x) * sin;
+}
+
+LoraLinear Projection(int64_t in, int64_t out) { return LoraLinear(in, out); }
+}  // namespace
+
+// --- Grouped-query causal self-attention (Ainslie et al. 2023) ---------------------
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
+    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
+  q_proj = register_module("q_proj", Projection(c.hidden_size, heads_ * head_dim_));
+  k_proj = register_module("k_proj", Projection(c.hidden_size, kv_heads_ * head_dim_));
+  v_proj = register_module("v_proj", Projection(c.hidden_size, kv_heads_ * head_dim_));
+  o_proj = register_module("o_proj", Projection(heads_ * head_dim_, c.hidden_size));
+}
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                          torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past) {
+  const int64_t b = x.size(0), t = x.size(1), rep = heads_ / kv_heads_;
+  torch::Tensor q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  q = ApplyRotary(q, cos, sin);
+  k = ApplyRotary(k, cos, sin);
+  if (cache_k != nullptr) {
+    cache_k->narrow(2, past, t).copy_(k);
+    cache_v->narrow(2, past, t).copy_(v);
+    k = cache_k->narrow(2, 0, past + t);
+    v = cache_v->narrow(2, 0, past + t);
+  }
+  const int64_t s = k.size(2);
+  // Query heads g*rep .. g*rep+rep-1 share key/value head g: fold them into the row
+  // dimension instead of copying keys and values rep times.
+  torch::Tensor qg = q.reshape({b, kv_heads_, rep * t, head_dim_});
+  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  if (t > 1) {
+    // Query i (absolute position past+i) sees keys 0..past+i.
+    torch::Tensor mask = torch::ones({t, s}, torch::kBool).triu(past + 1);
+    scores = scores.view({b, kv_heads_, rep, t, s})
+                 .masked_fill(mask, -std::numeric_limits<float>::infinity())
+                 .view({b, kv_heads_, rep * t, s});
+  }
+  torch::Tensor out = torch::matmul(torch::softmax(scores, -1), v);  // [B, G, rep*T, D]
+  out = out.view({b, heads_, t, head_dim_}).transpose(1, 2).reshape({b, t, heads_ * head_dim_});
+  return o_proj(out);
+}
+
+// --- SwiGLU feed-forward (Shazeer 2020) -------------------------------------------
+LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c) {
+  gate_proj = register_module("gate_proj", Projection(c.hidden_size, c.intermediate_size));
+  up_proj = register_module("up_proj", Projection(c.hidden_size, c.intermediate_size));
+  down_proj = register_module("down_proj", Projection(c.intermediate_size, c.hidden_size));
+}
+
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+// --- Pre-norm decoder layer --------------------------------------------------------
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
+  self_attn = register_module("self_attn", LlamaAttention(c));
+  mlp = register_module("mlp", LlamaMlp(c));
+  input_layernorm_ = register_module("input_layernorm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm_ =
+      register_module("post_attention_layernorm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                             const torch::Tensor& sin, torch::Tensor* cache_k,
+                                             torch::Tensor* cache_v, int64_t past) {
+  torch::Tensor h = x + self_attn(input_layernorm_(x), cos, sin, cache_k, cache_v, past);
+  return h + mlp(post_attention_layernorm_(h));
+}
+
+// --- Decoder stack -----------------------------------------------------------------
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers->push_back(LlamaDecoderLayer(c));
+  norm_ = register_module("norm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
+  rotary_ = register_module("rotary_emb", LlamaRotary(c.head_dim, c.rope_theta, c.max_position_embeddings));
+}
+
+torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) {
+  const int64_t past = cache != nullptr ? cache->length : 0;
+  const int64_t t = ids.size(1);
+  if (cache != nullptr) {
+    TORCH_CHECK(past + t <= cache->capacity, "KV cache full: ", past + t, " > ", cache->capacity);
+  }
+  auto [cos, sin] = rotary_->CosSin(past, t);
+  torch::Tensor h = embed_tokens(ids);
+  for (size_t l = 0; l < layers->size(); ++l) {
+    torch::Tensor* k = cache != nullptr ? &cache->keys[l] : nullptr;
+    torch::Tensor* v = cache != nullptr ? &cache->values[l] : nullptr;
+    h = layers->at<LlamaDecoderLayerImpl>(l).forward(h, cos, sin, k, v, past);
+  }
+  if (cache != nullptr) cache->length = past + t;
+  return norm_(h);
+}
+
+// --- Causal LM head ----------------------------------------------------------------
+LlamaForCausalLmImpl::LlamaForCausalLmImpl(const LlamaConfig& c) : config_(c) {
+  model = register_module("model", LlamaModel(c));
+  if (!c.tie_word_embeddings) lm_head_ = register_module("lm_head", LoraLinear(c.hidden_size, c.vocab_size));
+  // Base weights are frozen; EnableLora or a pretraining loop decides what trains.
+  for (auto& p : parameters()) p.set_requires_grad(false);
+}
+
+torch::Tensor LlamaForCausalLmImpl::forward(const torch::Tensor& ids, KvCache* cache, bool last_only) {
+  torch::Tensor h = model(ids, cache);
+  if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
+  if (lm_head_) return lm_head_(h);
+  return torch::matmul(h, model->embed_tokens->weight.t());
+}
+
+std::vector<std::string> LlamaForCausalLmImpl::CheckpointNames() const {
+  const LlamaConfig& c = config_;
+  std::vector<std::string> names = {"model.embed_tokens.weight"};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+      names.push_back(p + "self_attn." + proj + ".weight");
+      bool is_qkv = std::string_view(proj) != "o_proj";
+      if (c.attention_bias || (c.qkv_bias && is_qkv)) names.push_back(p + "self_attn." + proj + ".bias");
+    }
+    for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
+      names.push_back(p + "mlp." + proj + ".weight");
+      if (c.mlp_bias) names.push_back(p + "mlp." + proj + ".bias");
+    }
+    names.push_back(p + "input_layernorm.weight");
+    names.push_back(p + "post_attention_layernorm.weight");
+  }
+  names.push_back("model.norm.weight");
+  if (!c.tie_word_embeddings) names.push_back("lm_head.weight");
+  return names;
+}
+
+Status LlamaForCausalLmImpl::LoadWeights(const SafetensorsFile& file) {
+  auto params = named_parameters(/*recurse=*/true);
+  torch::NoGradGuard no_grad;
+  for (const std::string& name : CheckpointNames()) {
+    const StTensorView* view = file.Find(name);
+    if (view == nullptr) return DataLossError("model.safetensors lacks tensor '" + name + "'");
+    torch::Tensor* param = params.find(name);
+    if (param == nullptr) return InternalError("model has no parameter " + name);
+    if (std::vector<int64_t>(param->sizes().begin(), param->sizes().end()) != view->shape) {
+      return DataLossError("model.safetensors tensor '" + name + "' has shape " +
+                           c10::str(c10::IntArrayRef(view->shape)) + ", config.json implies " +
+                           c10::str(param->sizes()));
+    }
+    FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
+    param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
+  }
+  return OkStatus();
+}
+
+TensorBundle LlamaForCausalLmImpl::ExportWeights() {
+  auto params = named_parameters(/*recurse=*/true);
+  TensorBundle bundle;
+  for (const std::string& name : CheckpointNames()) {
+    torch::Tensor t = params[name].detach().contiguous().to(torch::kFloat);
+    NamedTensor nt;
+    nt.name = name;
+    nt.shape.assign(t.sizes().begin(), t.sizes().end());
+    nt.values.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+    bundle.tensors.push_back(std::move(nt));
+  }
+  return bundle;
+}
+
+std::vector<std::pair<std::string, LoraLinear>> LlamaForCausalLmImpl::Projections() {
+  std::vector<std::pair<std::string, LoraLinear>> out;
+  for (size_t l = 0; l < model->layers->size(); ++l) {
+    auto& layer = model->layers->at<LlamaDecoderLayerImpl>(l);
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    out.emplace_back(p + "self_attn.q_proj", layer.self_attn->q_proj);
+    out.emplace_back(p + "self_attn.k_proj", layer.self_attn->k_proj);
+    out.emplace_back(p + "self_attn.v_proj", layer.self_attn->v_proj);
+    out.emplace_back(p + "self_attn.o_proj", layer.self_attn->o_proj);
+    out.emplace_back(p + "mlp.gate_proj", layer.mlp->gate_proj);
+    out.emplace_back(p + "mlp.up_proj", layer.mlp->up_proj);
+    out.emplace_back(p + "mlp.down_proj", layer.mlp->down_proj);
+  }
+  return out;
+}
+
+void LlamaForCausalLmImpl::EnableLora(const std::vector<std::string>& targets,
+                                      const fedge::agent::LoraOptions& options, uint64_t seed) {
+  for (auto& p : parameters()) p.set_requires_grad(false);
+  torch::Generator gen = at::detail::createCPUGenerator(seed);
+  for (auto& [name, proj] : Projections()) {
+    std::string leaf = name.substr(name.rfind('.') + 1);
+    if (std::find(targets.begin(), targets.end(), leaf) != targets.end()) proj->EnableLora(options, gen);
+  }
+}
+
+torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const int64_t t = logits.size(1);
+  torch::Tensor shifted_logits = logits.narrow(1, 0, t - 1).reshape({-1, logits.size(2)});
+  torch::Tensor shifted_labels = labels.narrow(1, 1, t - 1).reshape({-1});
+  return torch::nn::functional::cross_entropy(
+      shifted_logits, shifted_labels,
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+}
+
+StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
+  FEDGE_ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfig::FromFile(dir + "/config.json"));
+  FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(dir + "/model.safetensors"));
+  try {
+    LlamaForCausalLm model(config);
+    Status st = model->LoadWeights(file);
+    if (!st.ok()) return st.WithContext(dir);
+    model->eval();
+    return model;
+  } catch (const c10::Error& e) {
+    return InternalError("building the Llama model from " + dir + ": " + e.what_without_backtrace());
+  }
+}
+
+Status SaveLlama(LlamaForCausalLm& model, const std::string& dir) {
+  FEDGE_RETURN_IF_ERROR(MakeDirs(dir));
+  FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", model->config().ToJson()));
+  FEDGE_ASSIGN_OR_RETURN(std::string bytes,
+                         SerializeSafetensors(model->ExportWeights(), {{"format", "pt"}}));
+  return WriteFileAtomic(dir + "/model.safetensors", bytes);
+}
+
+}  // namespace fedge::agent::llm

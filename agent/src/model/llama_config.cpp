@@ -1,0 +1,124 @@
+#include "fedge/agent/llm/llama_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "fedge/file_util.h"
+
+namespace fedge::agent::llm {
+
+StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
+  using nlohmann::json;
+  LlamaConfig c;
+  try {
+    json j = json::parse(json_text);
+    c.model_type = j.value("model_type", std::string());
+    if (c.model_type != "llama" && c.model_type != "qwen2") {
+      return InvalidArgumentError("config.json: model_type \"" + c.model_type +
+                                  "\" is not a supported decoder (llama, qwen2)");
+    }
+    std::string act = j.value("hidden_act", std::string("silu"));
+    if (act != "silu") return InvalidArgumentError("config.json: hidden_act " + act + " is not supported (silu)");
+    c.vocab_size = j.at("vocab_size").get<int64_t>();
+    c.hidden_size = j.at("hidden_size").get<int64_t>();
+    c.intermediate_size = j.at("intermediate_size").get<int64_t>();
+    c.num_hidden_layers = j.at("num_hidden_layers").get<int64_t>();
+    c.num_attention_heads = j.at("num_attention_heads").get<int64_t>();
+    c.num_key_value_heads = j.value("num_key_value_heads", c.num_attention_heads);
+    if (c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 || c.hidden_size <= 0 ||
+        c.num_attention_heads % c.num_key_value_heads != 0) {
+      return InvalidArgumentError("config.json: num_attention_heads must be a positive multiple of num_key_value_heads");
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+    if (j.contains("head_dim") && !j["head_dim"].is_null()) c.head_dim = j["head_dim"].get<int64_t>();
+    if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
+      return InvalidArgumentError("config.json: head_dim must be positive and even (rotary pairs)");
+    }
+    c.max_position_embeddings = j.value("max_position_embeddings", int64_t{2048});
+    c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
+    c.initializer_range = j.value("initializer_range", 0.02);
+    c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+    c.attention_bias = j.value("attention_bias", false);
+    c.mlp_bias = j.value("mlp_bias", false);
+    c.qkv_bias = c.model_type == "qwen2";
+
+    // rope: transformers < 5 writes rope_theta/rope_scaling, >= 5 rope_parameters.
+    const json* rope_scaling = nullptr;
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+      const json& rp = j["rope_parameters"];
+      c.rope_theta = rp.value("rope_theta", 10000.0);
+      if (rp.value("rope_type", std::string("default")) != "default") rope_scaling = &rp;
+    } else {
+      c.rope_theta = j.value("rope_theta", 10000.0);
+      if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) rope_scaling = &j["rope_scaling"];
+    }
+    if (rope_scaling != nullptr) {
+      return InvalidArgumentError("config.json: rope scaling " + rope_scaling->dump() +
+                                  " is not implemented; only the default rotary embedding is");
+    }
+    if (j.value("use_sliding_window", false)) {
+      return InvalidArgumentError("config.json: sliding-window attention is not implemented");
+    }
+    if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) c.bos_token_id = j["bos_token_id"];
+    if (j.contains("eos_token_id")) {
+      const json& e = j["eos_token_id"];
+      if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
+      if (e.is_array()) {
+        for (const json& x : e) c.eos_token_ids.push_back(x.get<int64_t>());
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgumentError(std::string("config.json: ") + e.what());
+  }
+  return c;
+}
+
+StatusOr<LlamaConfig> LlamaConfig::FromFile(const std::string& path) {
+  FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  auto config = FromJson(text);
+  if (!config.ok()) return config.status().WithContext(path);
+  return config;
+}
+
+std::string LlamaConfig::ToJson() const {
+  nlohmann::json j;
+  bool qwen = model_type == "qwen2";
+  j["architectures"] = {qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+  j["model_type"] = model_type;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  j["hidden_act"] = "silu";
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["initializer_range"] = initializer_range;
+  j["torch_dtype"] = "float32";
+  if (!qwen) {
+    j["attention_bias"] = attention_bias;
+    j["mlp_bias"] = mlp_bias;
+  } else {
+    j["use_sliding_window"] = false;
+  }
+  if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
+  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
+  if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
+  return j.dump(2);
+}
+
+int64_t LlamaConfig::NumParameters() const {
+  int64_t h = hidden_size, q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
+  int64_t attn = h * q + 2 * h * kv + q * h;
+  if (attention_bias) attn += q + 2 * kv + h;
+  else if (qkv_bias) attn += q + 2 * kv;
+  int64_t mlp = 3 * h * intermediate_size + (mlp_bias ? 2 * intermediate_size + h : 0);
+  int64_t layer = attn + mlp + 2 * h;
+  int64_t embed = vocab_size * h;
+  return embed + num_hidden_layers * layer + h + (tie_word_embeddings ? 0 : embed);
+}
+
+}  // namespace fedge::agent::llm

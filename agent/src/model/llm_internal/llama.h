@@ -1,0 +1,164 @@
+// Llama-family decoder (Touvron et al. 2023; Qwen2 is the same network with q/k/v
+// biases) in libtorch, computing what Hugging Face's LlamaForCausalLM does:
+//
+//   h = embed(ids)
+//   for each layer:  h += Attention(RMSNorm(h))      (RoPE, grouped-query, causal)
+//                    h += SwiGLU(RMSNorm(h))         (down(silu(gate(x)) * up(x)))
+//   logits = lm_head(RMSNorm(h))                    (lm_head = embed^T when tied)
+//
+// Module and parameter names follow Hugging Face ("model.layers.3.self_attn.q_proj.weight",
+// "model.norm.weight", "lm_head.weight"), so model.safetensors maps onto
+// named_parameters() one to one. Every projection is a LoraLinear (lora.h), so
+// adapters attach by name. Internal header: torch stays out of the public ones.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedge/agent/llm/llama_config.h"
+#include "fedge/safetensors.h"
+#include "fedge/status.h"
+#include "lora.h"
+
+namespace fedge::agent::llm {
+
+// Per-layer key/value cache for incremental decoding. Tensors are preallocated to
+// `capacity` positions: [batch, kv_heads, capacity, head_dim].
+struct KvCache {
+  std::vector<torch::Tensor> keys;
+  std::vector<torch::Tensor> values;
+  int64_t length = 0;  // positions filled
+  int64_t capacity = 0;
+
+  static KvCache Allocate(const LlamaConfig& config, int64_t batch, int64_t capacity);
+};
+
+class LlamaRmsNormImpl : public torch::nn::Module {
+ public:
+  LlamaRmsNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::Tensor weight_;
+  double eps_;
+};
+TORCH_MODULE(LlamaRmsNorm);
+
+// cos/sin tables of the rotary embedding, cat(freqs, freqs) layout (rotate-half).
+class LlamaRotaryImpl : public torch::nn::Module {
+ public:
+  LlamaRotaryImpl(int64_t head_dim, double theta, int64_t max_positions);
+  // [T, head_dim] tables for positions start .. start+T-1.
+  std::pair<torch::Tensor, torch::Tensor> CosSin(int64_t start, int64_t length);
+
+ private:
+  torch::Tensor cos_;
+  torch::Tensor sin_;
+};
+TORCH_MODULE(LlamaRotary);
+
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  explicit LlamaAttentionImpl(const LlamaConfig& config);
+  // x [B, T, H]; cos/sin [T, D]; with a cache, keys/values of these T positions are
+  // written at cache->length onwards and attention covers the whole prefix.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past);
+
+  fedge::agent::LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(LlamaAttention);
+
+class LlamaMlpImpl : public torch::nn::Module {
+ public:
+  explicit LlamaMlpImpl(const LlamaConfig& config);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  fedge::agent::LoraLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMlp);
+
+class LlamaDecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past);
+
+  LlamaAttention self_attn{nullptr};
+  LlamaMlp mlp{nullptr};
+
+ private:
+  LlamaRmsNorm input_layernorm_{nullptr};
+  LlamaRmsNorm post_attention_layernorm_{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+// The decoder stack ("model." in Hugging Face names).
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  explicit LlamaModelImpl(const LlamaConfig& config);
+  // ids [B, T] int64 -> final hidden states [B, T, H] (after the last RMSNorm).
+  torch::Tensor forward(const torch::Tensor& ids, KvCache* cache);
+
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+
+ private:
+  LlamaRmsNorm norm_{nullptr};
+  LlamaRotary rotary_{nullptr};
+};
+TORCH_MODULE(LlamaModel);
+
+class LlamaForCausalLmImpl : public torch::nn::Module {
+ public:
+  explicit LlamaForCausalLmImpl(const LlamaConfig& config);
+
+  // ids [B, T] -> logits [B, T, V]. With a cache, positions continue from
+  // cache->length and the cache advances by T. `last_only` computes the head for
+  // the last position only ([B, 1, V]): what decoding needs.
+  torch::Tensor forward(const torch::Tensor& ids, KvCache* cache = nullptr, bool last_only = false);
+
+  // Names of the tensors a Hugging Face checkpoint of this config holds.
+  std::vector<std::string> CheckpointNames() const;
+  // Copies the checkpoint's tensors into the parameters. DATA_LOSS names a missing
+  // tensor or a shape mismatch. Tensors the model does not use are ignored.
+  Status LoadWeights(const SafetensorsFile& file);
+  // The checkpoint tensors (fp32), for model.safetensors.
+  TensorBundle ExportWeights();
+
+  // Attaches LoRA to every projection whose name (q_proj, k_proj, v_proj, o_proj,
+  // gate_proj, up_proj, down_proj) is in `targets`, freezing everything else.
+  void EnableLora(const std::vector<std::string>& targets, const fedge::agent::LoraOptions& options,
+                  uint64_t seed);
+  // All projections in HF order, with their module path ("model.layers.0.self_attn.q_proj").
+  std::vector<std::pair<std::string, fedge::agent::LoraLinear>> Projections();
+
+  const LlamaConfig& config() const { return config_; }
+  LlamaModel model{nullptr};
+
+ private:
+  LlamaConfig config_;
+  fedge::agent::LoraLinear lm_head_{nullptr};  // absent when tied
+};
+TORCH_MODULE(LlamaForCausalLm);
+
+// Mean next-token cross entropy over positions whose label is not -100:
+// logits [B, T, V] predict labels shifted by one ([B, T], the input ids with prompt
+// and padding positions set to -100), as transformers' ForCausalLMLoss.
+torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& labels);
+
+constexpr int64_t kIgnoreIndex = -100;
+
+// Loads config.json + model.safetensors from a Hugging Face directory.
+StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir);
+
+// Writes config.json and model.safetensors (fp32) into `dir` (created if needed).
+Status SaveLlama(LlamaForCausalLm& model, const std::string& dir);
+
+}  // namespace fedge::agent::llm

@@ -1,0 +1,171 @@
+// Llama / Qwen2 decoder against transformers' LlamaForCausalLM / Qwen2ForCausalLM
+// (random-initialised tiny configs from tests/golden/make_llm_goldens.py).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "fedge/file_util.h"
+#include "llm_internal/llama.h"
+
+namespace fedge::agent::llm {
+namespace {
+
+const std::string kGolden = FEDGE_GOLDEN_DIR;
+
+nlohmann::json ModelGolden(const std::string& name) {
+  auto text = ReadFile(kGolden + "/llm/llm_goldens.json");
+  EXPECT_TRUE(text.ok()) << text.status().ToString();
+  return nlohmann::json::parse(*text)["models"][name];
+}
+
+torch::Tensor IdsTensor(const nlohmann::json& rows) {
+  std::vector<std::vector<int64_t>> v = rows;
+  torch::Tensor t = torch::empty({static_cast<int64_t>(v.size()), static_cast<int64_t>(v[0].size())}, torch::kLong);
+  for (size_t i = 0; i < v.size(); ++i) {
+    for (size_t j = 0; j < v[i].size(); ++j) t[i][j] = v[i][j];
+  }
+  return t;
+}
+
+// |got - want| <= 1e-4 * |want| + 1e-5 element-wise (fp32 "1e-4 relative" with a
+// floor for values near zero).
+void ExpectClose(const torch::Tensor& got, const std::vector<float>& want) {
+  torch::Tensor g = got.contiguous().view(-1);
+  ASSERT_EQ(g.numel(), static_cast<int64_t>(want.size()));
+  torch::Tensor w = torch::from_blob(const_cast<float*>(want.data()), {g.numel()}, torch::kFloat);
+  torch::Tensor err = (g - w).abs() - (1e-4 * w.abs() + 1e-5);
+  int64_t worst = err.argmax().item<int64_t>();
+  EXPECT_LE(err[worst].item<float>(), 0.0f)
+      << "element " << worst << ": got " << g[worst].item<float>() << ", want " << want[static_cast<size_t>(worst)];
+}
+
+class LlamaGoldenTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LlamaGoldenTest, LogitsAndMaskedLossMatchTransformers) {
+  nlohmann::json golden = ModelGolden(GetParam());
+  auto model = LoadLlama(kGolden + "/" + golden["dir"].get<std::string>());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode guard;
+  torch::Tensor ids = IdsTensor(golden["input_ids"]);
+  torch::Tensor logits = (*model)->forward(ids);
+  std::vector<int64_t> shape = golden["logits_shape"];
+  EXPECT_EQ(std::vector<int64_t>(logits.sizes().begin(), logits.sizes().end()), shape);
+  ExpectClose(logits, golden["logits"].get<std::vector<float>>());
+
+  torch::Tensor labels = IdsTensor(golden["labels"]);
+  double loss = CausalLmLoss(logits, labels).item<double>();
+  double want = golden["loss"];
+  EXPECT_NEAR(loss, want, 1e-4 * want);
+  // The mask matters: the unmasked loss is a different number.
+  EXPECT_GT(std::abs(CausalLmLoss(logits, ids).item<double>() - want), 1e-3);
+}
+
+TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
+  nlohmann::json golden = ModelGolden(GetParam());
+  auto model = LoadLlama(kGolden + "/" + golden["dir"].get<std::string>());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode guard;
+  torch::Tensor ids = IdsTensor(golden["input_ids"]);
+  torch::Tensor full = (*model)->forward(ids);
+  KvCache cache = KvCache::Allocate((*model)->config(), ids.size(0), 32);
+  // A 4-token prefill, then one token at a time.
+  torch::Tensor prefill = (*model)->forward(ids.narrow(1, 0, 4), &cache);
+  EXPECT_TRUE(torch::allclose(prefill, full.narrow(1, 0, 4), 1e-5, 1e-5));
+  for (int64_t t = 4; t < ids.size(1); ++t) {
+    torch::Tensor step = (*model)->forward(ids.narrow(1, t, 1), &cache, /*last_only=*/true);
+    EXPECT_TRUE(torch::allclose(step, full.narrow(1, t, 1), 1e-4, 1e-5)) << "position " << t;
+  }
+  EXPECT_EQ(cache.length, ids.size(1));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, LlamaGoldenTest, ::testing::Values("tiny_llama", "tiny_qwen2"));
+
+TEST(LlamaTest, ConfigReadsBothRopeLayoutsAndRejectsScaling) {
+  auto old_style = LlamaConfig::FromJson(R"({"model_type":"llama","vocab_size":10,"hidden_size":8,
+      "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0,
+      "eos_token_id":[3,4]})");
+  ASSERT_TRUE(old_style.ok()) << old_style.status().ToString();
+  EXPECT_EQ(old_style->rope_theta, 500000.0);
+  EXPECT_EQ(old_style->num_key_value_heads, 2);
+  EXPECT_EQ(old_style->head_dim, 4);
+  EXPECT_EQ(old_style->eos_token_ids, (std::vector<int64_t>{3, 4}));
+
+  auto scaled = LlamaConfig::FromJson(R"({"model_type":"llama","vocab_size":10,"hidden_size":8,
+      "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+      "rope_scaling":{"rope_type":"llama3","factor":8.0}})");
+  EXPECT_EQ(scaled.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(LlamaConfig::FromJson(R"({"model_type":"bert"})").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(LlamaTest, NumParametersCountsTheModel) {
+  for (const char* name : {"tiny_llama", "tiny_qwen2"}) {
+    auto model = LoadLlama(kGolden + "/llm/" + name);
+    ASSERT_TRUE(model.ok());
+    int64_t n = 0;
+    for (const std::string& tensor : (*model)->CheckpointNames()) {
+      n += (*model)->named_parameters()[tensor].numel();
+    }
+    EXPECT_EQ((*model)->config().NumParameters(), n) << name;
+  }
+}
+
+TEST(LlamaTest, SaveThenLoadRoundTripsExactly) {
+  auto model = LoadLlama(kGolden + "/llm/tiny_qwen2");
+  ASSERT_TRUE(model.ok());
+  std::string dir = ::testing::TempDir() + "/llama_roundtrip";
+  ASSERT_TRUE(SaveLlama(*model, dir).ok());
+  auto again = LoadLlama(dir);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  torch::Tensor ids = torch::tensor({{5, 9, 200, 17}}, torch::kLong);
+  torch::InferenceMode guard;
+  EXPECT_TRUE(torch::equal((*model)->forward(ids), (*again)->forward(ids)));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(LlamaTest, MissingTensorIsDataLossNamingIt) {
+  auto model = LoadLlama(kGolden + "/llm/tiny_llama");
+  ASSERT_TRUE(model.ok());
+  TensorBundle weights = (*model)->ExportWeights();
+  weights.tensors.erase(weights.tensors.begin() + 3);
+  std::string missing = (*model)->CheckpointNames()[3];
+  auto bytes = SerializeSafetensors(weights);
+  ASSERT_TRUE(bytes.ok());
+  auto file = SafetensorsFile::Parse(*bytes);
+  ASSERT_TRUE(file.ok());
+  Status st = (*model)->LoadWeights(*file);
+  EXPECT_EQ(st.code(), StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find(missing), std::string::npos) << st.ToString();
+}
+
+TEST(LlamaTest, LoraOnAllProjectionsStartsAsIdentityAndTrainsOnlyAdapters) {
+  auto model = LoadLlama(kGolden + "/llm/tiny_llama");
+  ASSERT_TRUE(model.ok());
+  torch::Tensor ids = torch::tensor({{5, 9, 200, 17, 3}}, torch::kLong);
+  torch::Tensor before;
+  {
+    torch::NoGradGuard g;
+    before = (*model)->forward(ids);
+  }
+  (*model)->EnableLora({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+                       {.rank = 4, .alpha = 8, .dropout = 0}, /*seed=*/7);
+  int64_t trainable = 0;
+  for (const auto& p : (*model)->named_parameters()) {
+    if (p.value().requires_grad()) {
+      ++trainable;
+      EXPECT_NE(p.key().find("lora_"), std::string::npos) << p.key();
+    }
+  }
+  EXPECT_EQ(trainable, 2 * 7 * 2);  // A and B, 7 projections, 2 layers
+  torch::Tensor after = (*model)->forward(ids);
+  EXPECT_TRUE(torch::allclose(before, after));  // B = 0
+  torch::Tensor labels = ids.clone();
+  labels.narrow(1, 0, 2).fill_(kIgnoreIndex);
+  CausalLmLoss(after, labels).backward();
+  auto params = (*model)->named_parameters();
+  EXPECT_GT(params["model.layers.1.mlp.down_proj.lora_B"].grad().abs().sum().item<float>(), 0.0f);
+  EXPECT_FALSE(params["model.layers.1.mlp.down_proj.weight"].grad().defined());
+}
+
+}  // namespace
+}  // namespace fedge::agent::llm
