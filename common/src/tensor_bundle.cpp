@@ -68,7 +68,6 @@ T GetLe(const char* p) {
   return static_cast<T>(v);
 }
 
-void PutF32(std::string* out, float f) { PutLe<uint32_t>(out, std::bit_cast<uint32_t>(f)); }
 float GetF32(const char* p) { return std::bit_cast<float>(GetLe<uint32_t>(p)); }
 
 // ---- shapes ----
@@ -164,53 +163,72 @@ uint64_t DataBytes(Codec codec, uint32_t block_size, uint64_t n) {
 
 // ---- encoding ----
 
-Status EncodeValues(Codec codec, uint32_t block_size, const NamedTensor& t, std::string* out) {
+void StoreLe16(char* p, uint16_t v) {
+  p[0] = static_cast<char>(v & 0xFF);
+  p[1] = static_cast<char>(v >> 8);
+}
+void StoreF32(char* p, float f) {
+  const uint32_t v = std::bit_cast<uint32_t>(f);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(p, &v, 4);
+  } else {
+    for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  }
+}
+
+// Writes t's data section (DataBytes(codec, block_size, n) bytes) at dst.
+// Values are already known to be finite.
+Status EncodeValues(Codec codec, uint32_t block_size, const NamedTensor& t, char* dst) {
   const std::vector<float>& v = t.values;
+  const size_t n = v.size();
   switch (codec) {
     case Codec::kFp32:
-      for (float f : v) PutF32(out, f);
+      if constexpr (std::endian::native == std::endian::little) {
+        if (n != 0) std::memcpy(dst, v.data(), 4 * n);
+      } else {
+        for (size_t i = 0; i < n; ++i) StoreF32(dst + 4 * i, v[i]);
+      }
       return OkStatus();
     case Codec::kFp16:
-      for (size_t i = 0; i < v.size(); ++i) {
+      for (size_t i = 0; i < n; ++i) {
         if (std::fabs(v[i]) >= 65520.0f) {
           return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) + " = " +
                          std::to_string(v[i]) + " is outside the fp16 range (|x| < 65520); use bf16 or fp32");
         }
-        PutLe<uint16_t>(out, FloatToHalf(v[i]));
+        StoreLe16(dst + 2 * i, FloatToHalf(v[i]));
       }
       return OkStatus();
     case Codec::kBf16:
-      for (size_t i = 0; i < v.size(); ++i) {
+      for (size_t i = 0; i < n; ++i) {
         const uint16_t b = FloatToBf16(v[i]);
         if ((b & 0x7F80u) == 0x7F80u) {
           return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) +
                          " rounds to infinity in bf16; use fp32");
         }
-        PutLe<uint16_t>(out, b);
+        StoreLe16(dst + 2 * i, b);
       }
       return OkStatus();
     case Codec::kInt8: {
-      const size_t n = v.size();
       const size_t blocks = CeilDiv(n, block_size);
-      std::vector<float> scales(blocks);
+      char* codes = dst + 4 * blocks;
       for (size_t b = 0; b < blocks; ++b) {
+        const size_t begin = b * block_size, end = std::min(n, begin + block_size);
         float amax = 0.0f;
-        const size_t end = std::min(n, (b + 1) * block_size);
-        for (size_t i = b * block_size; i < end; ++i) amax = std::max(amax, std::fabs(v[i]));
+        for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(v[i]));
         const float scale = amax / 127.0f;
         if (!std::isfinite(scale * 127.0f)) {
           return Invalid("tensor \"" + t.name + "\" has values too large for the int8 codec; use fp32");
         }
-        scales[b] = scale;
-        PutF32(out, scale);
-      }
-      for (size_t b = 0; b < blocks; ++b) {
-        const float scale = scales[b];
-        const size_t end = std::min(n, (b + 1) * block_size);
-        for (size_t i = b * block_size; i < end; ++i) {
-          float q = 0.0f;
-          if (scale > 0.0f) q = std::clamp(std::nearbyint(v[i] / scale), -127.0f, 127.0f);
-          out->push_back(static_cast<char>(static_cast<int8_t>(q)));
+        StoreF32(dst + 4 * b, scale);
+        if (scale == 0.0f) {
+          std::memset(codes + begin, 0, end - begin);
+          continue;
+        }
+        // Divide rather than multiply by a reciprocal: the rounding of x/scale is
+        // what the documented error bound (scale/2) is stated for.
+        for (size_t i = begin; i < end; ++i) {
+          const float q = std::clamp(std::nearbyint(v[i] / scale), -127.0f, 127.0f);
+          codes[i] = static_cast<char>(static_cast<int8_t>(q));
         }
       }
       return OkStatus();
@@ -375,15 +393,23 @@ Status DecodeTensorData(Codec codec, uint32_t block_size, const TableEntry& entr
       const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
       scratch.resize(k);
       FEDGE_RETURN_IF_ERROR(src->Read(k, scratch.data()));
+      values.resize(done + k);  // grows only as decoded bytes arrive
+      float* out = values.data() + done;
+      bool bad = false;
       for (size_t i = 0; i < k; ++i) {
         const auto q = static_cast<int8_t>(scratch[i]);
-        if (q == -128) {
-          return Corrupt("tensor \"" + entry.name + "\" element " + std::to_string(done + i) +
-                         " has the out-of-range int8 code -128");
+        bad |= q == -128;
+        out[i] = static_cast<float>(q) * scales[(done + i) / block_size];
+        bad |= !std::isfinite(out[i]);
+      }
+      if (bad) {
+        for (size_t i = 0; i < k; ++i) {
+          if (static_cast<int8_t>(scratch[i]) == -128) {
+            return Corrupt("tensor \"" + entry.name + "\" element " + std::to_string(done + i) +
+                           " has the out-of-range int8 code -128");
+          }
+          FEDGE_RETURN_IF_ERROR(check_finite(out[i], done + i));
         }
-        const float f = static_cast<float>(q) * scales[(done + i) / block_size];
-        FEDGE_RETURN_IF_ERROR(check_finite(f, done + i));
-        values.push_back(f);
       }
       done += k;
     }
@@ -394,18 +420,26 @@ Status DecodeTensorData(Codec codec, uint32_t block_size, const TableEntry& entr
     const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
     scratch.resize(k * width);
     FEDGE_RETURN_IF_ERROR(src->Read(scratch.size(), scratch.data()));
+    values.resize(done + k);  // grows only as decoded bytes arrive
+    float* out = values.data() + done;
     const char* p = scratch.data();
-    for (size_t i = 0; i < k; ++i, p += width) {
-      float f;
-      if (codec == Codec::kFp32) {
-        f = GetF32(p);
-      } else if (codec == Codec::kFp16) {
-        f = HalfToFloat(GetLe<uint16_t>(p));
+    if (codec == Codec::kFp32) {
+      if constexpr (std::endian::native == std::endian::little) {
+        std::memcpy(out, p, 4 * k);
       } else {
-        f = Bf16ToFloat(GetLe<uint16_t>(p));
+        for (size_t i = 0; i < k; ++i) out[i] = GetF32(p + 4 * i);
       }
-      FEDGE_RETURN_IF_ERROR(check_finite(f, done + i));
-      values.push_back(f);
+    } else if (codec == Codec::kFp16) {
+      for (size_t i = 0; i < k; ++i) out[i] = HalfToFloat(GetLe<uint16_t>(p + 2 * i));
+    } else {
+      for (size_t i = 0; i < k; ++i) out[i] = Bf16ToFloat(GetLe<uint16_t>(p + 2 * i));
+    }
+    uint32_t all_exp = 0;  // any element with an all-ones exponent is Inf/NaN
+    for (size_t i = 0; i < k; ++i) {
+      all_exp |= ((std::bit_cast<uint32_t>(out[i]) & 0x7F800000u) == 0x7F800000u);
+    }
+    if (all_exp) {
+      for (size_t i = 0; i < k; ++i) FEDGE_RETURN_IF_ERROR(check_finite(out[i], done + i));
     }
     done += k;
   }
@@ -509,9 +543,11 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
     for (int64_t d : t.shape) PutLe<uint64_t>(&body, static_cast<uint64_t>(d));
     data_bytes += DataBytes(codec, block_size, static_cast<uint64_t>(n));
   }
-  body.reserve(body.size() + data_bytes);
+  size_t offset = body.size();
+  body.resize(body.size() + data_bytes);
   for (const NamedTensor& t : bundle.tensors) {
-    FEDGE_RETURN_IF_ERROR(EncodeValues(codec, block_size, t, &body));
+    FEDGE_RETURN_IF_ERROR(EncodeValues(codec, block_size, t, body.data() + offset));
+    offset += DataBytes(codec, block_size, t.values.size());
   }
 
   std::string stored;
