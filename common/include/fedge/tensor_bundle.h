@@ -4,7 +4,8 @@
 // or deltas of them). On the wire a bundle is encoded with a codec:
 //   fp32, fp16, bf16         element-wise
 //   int8                     blockwise symmetric: per block of `block_size`
-//                            values one float32 scale, int8 codes
+//                            values one float32 scale, int8 codes; blocks
+//                            run per tensor (never span two tensors)
 // optionally zstd-compressed on top, with a SHA-256 checksum of the payload.
 // The encoded form is self-describing (magic, format version, codec, names,
 // dtypes, shapes); the decoder validates every field against its limits and
@@ -26,6 +27,8 @@ struct NamedTensor {
   std::vector<int64_t> shape;
   std::vector<float> values;  // row-major; size == product(shape)
 
+  // product(shape) (1 for a scalar, shape {}); -1 if a dim is negative or the
+  // product overflows int64.
   int64_t NumElements() const;
 };
 
@@ -61,13 +64,17 @@ struct DecodeLimits {
 };
 
 // Encodes `bundle`. Fails (INVALID_ARGUMENT) if a tensor's values do not match
-// its shape, a name is empty or repeated, or a value is NaN/Inf.
+// its shape, a name is empty, repeated, not UTF-8 or over 1024 bytes, the rank
+// is over 8, a value is NaN/Inf, or a value does not fit the codec (fp16:
+// |x| >= 65520; bf16: rounds to Inf). Per-element error bounds: fp32 exact,
+// fp16 2^-11 relative, bf16 2^-8 relative, int8 scale/2 (docs/formats.md).
 StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptions& options);
 
 // Decodes bytes produced by EncodeBundle. Every malformed input (bad magic,
 // unknown version or codec, truncation, trailing bytes, checksum mismatch,
 // shape/size overflow, oversized counts, non-finite values, zstd errors) is
-// rejected with DATA_LOSS or INVALID_ARGUMENT and a reason.
+// rejected with DATA_LOSS or INVALID_ARGUMENT and a reason. Memory use is
+// bounded by the bytes actually decoded, never by sizes the input declares.
 StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& limits = {});
 
 // Lowercase hex SHA-256 of `bytes`.
