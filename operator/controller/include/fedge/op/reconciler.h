@@ -1,0 +1,112 @@
+// JobReconciler: level-based reconciliation of one FederatedTrainingJob.
+//
+// Reconcile(key) reads the job and its children from the cache, computes the desired
+// children with the pure builders in desired.h, writes only what differs (server-side
+// apply with one field manager; pods are created once and replaced only when they
+// fail), and applies the operator-owned status fields (state, conditions,
+// observedGeneration, agents, restarts, start/completion time). The aggregator's
+// status reporter owns the progress fields (round, lastRound, globalModel...).
+//
+// Contract: not-found means done; transient API errors are returned (the controller
+// requeues with backoff); an invalid spec becomes a Failed condition with reason
+// InvalidSpec and is not retried until the spec changes.
+#pragma once
+
+#include <ctime>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedge/op/clock.h"
+#include "fedge/op/desired.h"
+#include "fedge/op/informer.h"
+#include "fedge/op/kube_client.h"
+
+namespace fedge::op {
+
+// Read access to current state. The controller backs it with informers; tests and
+// benchmarks may read through a client.
+class ObjectCache {
+ public:
+  virtual ~ObjectCache() = default;
+  virtual ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) = 0;
+  // Objects of `r` in `ns` ("" = all) whose label `label_key` equals `label_value`
+  // (every object when label_key is empty).
+  virtual std::vector<ObjectPtr> List(const Resource& r, const std::string& ns,
+                                      const std::string& label_key = "",
+                                      const std::string& label_value = "") = 0;
+};
+
+// Reads straight from the API on every call (no watch): for tests and the benchmark's
+// baseline.
+class ClientCache : public ObjectCache {
+ public:
+  explicit ClientCache(KubeClient* client) : client_(client) {}
+  ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override;
+  std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& label_key,
+                              const std::string& label_value) override;
+
+ private:
+  KubeClient* client_;
+};
+
+// Records core/v1 Events about an object (best effort: failures are logged).
+class EventRecorder {
+ public:
+  EventRecorder(KubeClient* client, Clock* clock) : client_(client), clock_(clock) {}
+  void Record(const Json& obj, const std::string& type, const std::string& reason,
+              const std::string& message);
+
+ private:
+  KubeClient* client_;
+  Clock* clock_;
+  std::atomic<uint64_t> seq_{0};
+};
+
+struct ReconcilerOptions {
+  Images images = DefaultImages();
+  // Wall-clock seconds since the epoch (deadlines and TTLs compare with API timestamps).
+  std::function<std::time_t()> now = [] { return std::time(nullptr); };
+};
+
+struct ReconcileResult {
+  std::optional<std::chrono::seconds> requeue_after;
+};
+
+class JobReconciler {
+ public:
+  JobReconciler(KubeClient* client, ObjectCache* cache, EventRecorder* events,
+                ReconcilerOptions opts = {});
+
+  // key is "namespace/name". Thread-safe for distinct keys (the work queue never runs
+  // one key on two workers).
+  StatusOr<ReconcileResult> Reconcile(const std::string& key);
+
+ private:
+  struct Run;  // state of one reconcile
+  Status Finalize(Run& run);
+  Status SyncChildren(Run& run);
+  Status SyncCredentials(Run& run, const std::vector<std::string>& nodes);
+  Status ApplyIfChanged(Run& run, const Resource& r, Json desired);
+  Status DeletePods(Run& run, bool only_active);
+  Status HandleFailedPod(Run& run, const Json& pod, bool aggregator);
+  Status WriteStatus(Run& run);
+
+  KubeClient* client_;
+  ObjectCache* cache_;
+  EventRecorder* events_;
+  ReconcilerOptions opts_;
+};
+
+// Sets or updates a metav1.Condition in `conditions` (a JSON array); keeps
+// lastTransitionTime when the status does not change.
+void SetCondition(Json& conditions, const std::string& type, const std::string& status,
+                  const std::string& reason, const std::string& message, int64_t generation,
+                  const std::string& now);
+const Json* FindCondition(const Json& conditions, const std::string& type);
+
+std::string FormatTime(std::time_t t);
+std::optional<std::time_t> ParseTime(const std::string& rfc3339);
+
+}  // namespace fedge::op

@@ -1,0 +1,561 @@
+#include "fedge/op/reconciler.h"
+
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <set>
+
+#include "fedge/job_spec.h"
+#include "fedge/log.h"
+#include "fedge/op/pki.h"
+
+namespace fedge::op {
+namespace {
+
+constexpr const char* kHashAnnotation = "fedge.io/applied-hash";
+
+std::string Sha(const std::string& s) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 12; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string PodPhase(const Json& pod) {
+  auto st = pod.find("status");
+  return st == pod.end() ? "Pending" : st->value("phase", "Pending");
+}
+
+bool PodReady(const Json& pod) {
+  auto st = pod.find("status");
+  if (st == pod.end()) return false;
+  for (const auto& c : st->value("conditions", Json::array())) {
+    if (c.value("type", "") == "Ready") return c.value("status", "") == "True";
+  }
+  return false;
+}
+
+// First non-zero exit code of a terminated container, or 0.
+int PodExitCode(const Json& pod) {
+  auto st = pod.find("status");
+  if (st == pod.end()) return 0;
+  for (const auto& cs : st->value("containerStatuses", Json::array())) {
+    auto term = cs.find("state");
+    if (term == cs.end() || !term->contains("terminated")) continue;
+    int code = (*term)["terminated"].value("exitCode", 0);
+    if (code != 0) return code;
+  }
+  return 0;
+}
+
+bool Terminating(const Json& obj) { return obj["metadata"].contains("deletionTimestamp"); }
+
+std::vector<std::string> Finalizers(const Json& obj) {
+  std::vector<std::string> out;
+  for (const auto& f : obj["metadata"].value("finalizers", Json::array())) out.push_back(f.get<std::string>());
+  return out;
+}
+
+std::string Join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+std::string FormatTime(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::optional<std::time_t> ParseTime(const std::string& s) {
+  std::tm tm{};
+  if (!strptime(s.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) return std::nullopt;
+  return timegm(&tm);
+}
+
+const Json* FindCondition(const Json& conditions, const std::string& type) {
+  if (!conditions.is_array()) return nullptr;
+  for (const auto& c : conditions) if (c.value("type", "") == type) return &c;
+  return nullptr;
+}
+
+void SetCondition(Json& conditions, const std::string& type, const std::string& status,
+                  const std::string& reason, const std::string& message, int64_t generation,
+                  const std::string& now) {
+  if (!conditions.is_array()) conditions = Json::array();
+  for (auto& c : conditions) {
+    if (c.value("type", "") != type) continue;
+    if (c.value("status", "") != status) c["lastTransitionTime"] = now;
+    c["status"] = status;
+    c["reason"] = reason;
+    c["message"] = message;
+    c["observedGeneration"] = generation;
+    return;
+  }
+  conditions.push_back({{"type", type}, {"status", status}, {"reason", reason}, {"message", message},
+                        {"observedGeneration", generation}, {"lastTransitionTime", now}});
+}
+
+// ---------------------------------------------------------------------------------------
+ObjectPtr ClientCache::Get(const Resource& r, const std::string& ns, const std::string& name) {
+  auto got = client_->Get(r, ns, name);
+  if (!got.ok()) return nullptr;
+  return std::make_shared<const Json>(std::move(*got));
+}
+
+std::vector<ObjectPtr> ClientCache::List(const Resource& r, const std::string& ns,
+                                         const std::string& label_key, const std::string& label_value) {
+  ListOptions lo;
+  if (!label_key.empty()) lo.label_selector = label_key + "=" + label_value;
+  auto got = ListAll(*client_, r, ns, lo);
+  std::vector<ObjectPtr> out;
+  if (!got.ok()) return out;
+  for (auto& item : got->items) out.push_back(std::make_shared<const Json>(std::move(item)));
+  return out;
+}
+
+void EventRecorder::Record(const Json& obj, const std::string& type, const std::string& reason,
+                           const std::string& message) {
+  const Json& meta = obj["metadata"];
+  std::string ns = meta.value("namespace", "default");
+  std::string now = clock_->NowRfc3339();
+  char suffix[32];
+  std::snprintf(suffix, sizeof(suffix), "%llx%04llx",
+                static_cast<unsigned long long>(std::time(nullptr)),
+                static_cast<unsigned long long>(seq_++ & 0xffff));
+  Json ev = {{"apiVersion", "v1"}, {"kind", "Event"},
+             {"metadata", {{"name", meta.value("name", "") + "." + suffix}, {"namespace", ns}}},
+             {"involvedObject", {{"apiVersion", obj.value("apiVersion", "")}, {"kind", obj.value("kind", "")},
+                                 {"name", meta.value("name", "")}, {"namespace", ns},
+                                 {"uid", meta.value("uid", "")},
+                                 {"resourceVersion", meta.value("resourceVersion", "")}}},
+             {"reason", reason}, {"message", message}, {"type", type},
+             {"source", {{"component", "fedge-operator"}}},
+             {"reportingComponent", "fedge.io/operator"},
+             {"firstTimestamp", now}, {"lastTimestamp", now}, {"count", 1}};
+  auto s = client_->Create(res::kEvents, ns, ev);
+  if (!s.ok()) log::Warn("event not recorded", {{"reason", reason}, {"error", s.status().ToString()}});
+}
+
+// ---------------------------------------------------------------------------------------
+struct JobReconciler::Run {
+  std::string ns, name;
+  Json job;
+  int64_t generation = 0;
+  std::time_t now = 0;
+  std::string now_str;
+  Json old_status;       // as read
+  Json status;           // operator-owned fields being computed
+  std::vector<ObjectPtr> pods;
+  std::optional<std::chrono::seconds> requeue_after;
+  std::optional<JobSpec> spec;  // parsed and defaulted
+  std::vector<std::pair<std::string, std::string>> pending_events;  // (type, reason|message)
+
+  void Event(const std::string& type, const std::string& reason, const std::string& message) {
+    pending_events.push_back({type, reason + "\n" + message});
+  }
+  void RequeueAfter(std::chrono::seconds d) {
+    if (d < std::chrono::seconds(1)) d = std::chrono::seconds(1);
+    if (!requeue_after || d < *requeue_after) requeue_after = d;
+  }
+  // Sets a condition; records an Event when its status changes.
+  void Condition(const std::string& type, const std::string& st, const std::string& reason,
+                 const std::string& message, const char* event_type = nullptr) {
+    const Json* before = FindCondition(status["conditions"], type);
+    bool changed = !before || before->value("status", "") != st || before->value("reason", "") != reason;
+    SetCondition(status["conditions"], type, st, reason, message, generation, now_str);
+    if (changed && event_type) Event(event_type, reason, message);
+  }
+};
+
+JobReconciler::JobReconciler(KubeClient* client, ObjectCache* cache, EventRecorder* events,
+                             ReconcilerOptions opts)
+    : client_(client), cache_(cache), events_(events), opts_(std::move(opts)) {}
+
+Status JobReconciler::ApplyIfChanged(Run& run, const Resource& r, Json desired) {
+  std::string name = desired["metadata"].value("name", "");
+  std::string hash = Sha(desired.dump());
+  ObjectPtr cur = cache_->Get(r, run.ns, name);
+  if (cur && (*cur)["metadata"].value("annotations", Json::object()).value(kHashAnnotation, "") == hash) {
+    return OkStatus();  // unchanged since we last applied it
+  }
+  desired["metadata"]["annotations"][kHashAnnotation] = hash;
+  auto applied = client_->Apply(r, run.ns, name, desired, {kFieldManager, /*force=*/true, ""});
+  return applied.status().WithContext("apply " + r.plural + "/" + name);
+}
+
+Status JobReconciler::DeletePods(Run& run, bool only_active) {
+  for (const auto& p : run.pods) {
+    if (Terminating(*p)) continue;
+    std::string phase = PodPhase(*p);
+    if (only_active && (phase == "Succeeded" || phase == "Failed")) continue;
+    Status s = client_->Delete(res::kPods, run.ns, (*p)["metadata"].value("name", ""), {});
+    if (!s.ok() && !IsNotFound(s)) return s;
+  }
+  return OkStatus();
+}
+
+Status JobReconciler::Finalize(Run& run) {
+  std::vector<std::string> fin = Finalizers(run.job);
+  if (std::find(fin.begin(), fin.end(), kFinalizer) == fin.end()) return OkStatus();
+  // Pods first: agents on edge nodes must stop training before the credentials go.
+  FEDGE_RETURN_IF_ERROR(DeletePods(run, /*only_active=*/false));
+  fin.erase(std::remove(fin.begin(), fin.end(), kFinalizer), fin.end());
+  Json patch = {{"metadata", {{"finalizers", fin},
+                              {"resourceVersion", run.job["metadata"].value("resourceVersion", "")}}}};
+  auto s = client_->MergePatch(res::kJobs, run.ns, run.name, patch);
+  if (!s.ok() && !IsNotFound(s.status())) return s.status();
+  log::Info("job finalized", {{"job", run.ns + "/" + run.name}});
+  return OkStatus();
+}
+
+Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& nodes) {
+  const Json& job = run.job;
+  ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, SecretName(job));
+  auto missing_tokens = [&](const Credentials& c) {
+    for (const auto& n : nodes) if (!c.tokens.count(n)) return true;
+    return false;
+  };
+  if (cached && !missing_tokens(CredentialsFromSecret(*cached))) return OkStatus();
+  // Read the live secret: a lagging cache must never make us mint a second CA or
+  // replace a token an agent already holds.
+  Credentials creds;
+  bool exists = false;
+  auto live = client_->Get(res::kSecrets, run.ns, SecretName(job));
+  if (live.ok()) {
+    creds = CredentialsFromSecret(*live);
+    exists = !creds.ca_crt.empty();
+  } else if (!IsNotFound(live.status())) {
+    return live.status();
+  }
+  if (!exists) {
+    FEDGE_ASSIGN_OR_RETURN(KeyPair ca, GenerateCa("fedge job " + run.ns + "/" + run.name));
+    std::string svc = AggregatorName(job);
+    FEDGE_ASSIGN_OR_RETURN(KeyPair tls, IssueServingCert(ca, svc, {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc",
+                                                                   svc + "." + run.ns + ".svc.cluster.local"}));
+    creds.ca_crt = ca.cert_pem;
+    creds.ca_key = ca.key_pem;
+    creds.tls_crt = tls.cert_pem;
+    creds.tls_key = tls.key_pem;
+  }
+  for (const auto& n : nodes) {
+    if (creds.tokens.count(n)) continue;
+    FEDGE_ASSIGN_OR_RETURN(creds.tokens[n], RandomToken());
+  }
+  Json desired = DesiredSecret(job, creds);
+  if (!exists) {
+    auto created = client_->Create(res::kSecrets, run.ns, desired);
+    if (IsAlreadyExists(created.status())) return AbortedError("Conflict: secret created concurrently; retrying");
+    return created.status().WithContext("create secret");
+  }
+  desired["metadata"]["resourceVersion"] = (*live)["metadata"].value("resourceVersion", "");
+  auto applied = client_->Apply(res::kSecrets, run.ns, SecretName(job), desired, {kFieldManager, true, ""});
+  return applied.status().WithContext("apply secret");
+}
+
+Status JobReconciler::HandleFailedPod(Run& run, const Json& pod, bool aggregator) {
+  std::string pod_name = pod["metadata"].value("name", "");
+  int backoff_limit = run.spec->runPolicy.backoffLimit;
+  int restarts = run.status.value("restarts", 0);
+  int code = PodExitCode(pod);
+  if (restarts < backoff_limit) {
+    DeleteOptions opts;
+    opts.precondition_uid = pod["metadata"].value("uid", "");
+    Status s = client_->Delete(res::kPods, run.ns, pod_name, opts);
+    if (IsNotFound(s) || IsConflict(s)) return OkStatus();  // already replaced
+    FEDGE_RETURN_IF_ERROR(s);
+    run.status["restarts"] = restarts + 1;
+    run.Event("Warning", "PodRestarted",
+              "pod " + pod_name + " failed (exit code " + std::to_string(code) + "); recreating it (restart " +
+                  std::to_string(restarts + 1) + " of backoffLimit " + std::to_string(backoff_limit) + ")");
+    return OkStatus();
+  }
+  std::string msg = "pod " + pod_name + " failed (exit code " + std::to_string(code) + ") after " +
+                    std::to_string(restarts) + " restarts; backoffLimit " + std::to_string(backoff_limit) +
+                    " reached";
+  if (aggregator) {
+    run.status["state"] = "Failed";
+    run.Condition("Failed", "True", "BackoffLimitExceeded", msg, "Warning");
+  } else {
+    run.Condition("Degraded", "True", "BackoffLimitExceeded", msg, "Warning");
+  }
+  return OkStatus();
+}
+
+Status JobReconciler::SyncChildren(Run& run) {
+  const Json& job = run.job;
+  const JobSpec& spec = *run.spec;
+  std::vector<std::string> nodes = SelectNodes(job, cache_->List(res::kNodes, ""));
+  std::set<std::string> wanted(nodes.begin(), nodes.end());
+
+  FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kServiceAccounts, DesiredServiceAccount(job)));
+  FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kRoles, DesiredRole(job)));
+  FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kRoleBindings, DesiredRoleBinding(job)));
+  FEDGE_RETURN_IF_ERROR(SyncCredentials(run, nodes));
+  FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(spec))));
+  FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kServices, DesiredAggregatorService(job)));
+  if (spec.serving.enabled) {
+    FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kServices, DesiredInferenceService(job)));
+  } else if (cache_->Get(res::kServices, run.ns, InferenceServiceName(job))) {
+    Status s = client_->Delete(res::kServices, run.ns, InferenceServiceName(job), {});
+    if (!s.ok() && !IsNotFound(s)) return s;
+  }
+
+  // Pods.
+  ObjectPtr aggregator;
+  std::map<std::string, ObjectPtr> agents;  // node -> pod
+  for (const auto& p : run.pods) {
+    const Json& meta = (*p)["metadata"];
+    std::string role = meta.value("labels", Json::object()).value(kLabelRole, "");
+    if (role == "aggregator") aggregator = p;
+    else if (role == "agent") agents[meta.value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
+  }
+  bool created_any = false;
+  const int min_agents = std::max(1, spec.agents.minAgents);
+  if (!aggregator) {
+    if (static_cast<int>(nodes.size()) >= min_agents) {
+      auto c = client_->Create(res::kPods, run.ns, DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts_.images));
+      if (!c.ok() && !IsAlreadyExists(c.status())) return c.status().WithContext("create aggregator pod");
+      created_any = created_any || c.ok();
+    }
+  } else if (!Terminating(*aggregator)) {
+    std::string phase = PodPhase(*aggregator);
+    if (phase == "Failed") FEDGE_RETURN_IF_ERROR(HandleFailedPod(run, *aggregator, /*aggregator=*/true));
+    if (phase == "Succeeded" && run.status.value("state", "") != "Failed") {
+      run.status["state"] = "Succeeded";
+      run.Condition("Succeeded", "True", "JobSucceeded",
+                    "the aggregator completed all " + std::to_string(spec.rounds.total) + " rounds", "Normal");
+      run.Condition("Running", "False", "JobSucceeded", "the job finished");
+    }
+  }
+  std::vector<std::string> exhausted;
+  for (const auto& node : nodes) {
+    auto it = agents.find(node);
+    if (it == agents.end()) {
+      auto c = client_->Create(res::kPods, run.ns, DesiredAgentPod(job, node, opts_.images));
+      if (!c.ok() && !IsAlreadyExists(c.status())) return c.status().WithContext("create agent pod");
+      created_any = created_any || c.ok();
+      continue;
+    }
+    if (!Terminating(*it->second) && PodPhase(*it->second) == "Failed" &&
+        run.status.value("state", "") != "Succeeded") {
+      FEDGE_RETURN_IF_ERROR(HandleFailedPod(run, *it->second, /*aggregator=*/false));
+    }
+  }
+  for (const auto& [node, pod] : agents) {
+    if (wanted.count(node) || Terminating(*pod)) continue;
+    // The node left the selector (or the cluster): its agent goes.
+    Status s = client_->Delete(res::kPods, run.ns, (*pod)["metadata"].value("name", ""), {});
+    if (!s.ok() && !IsNotFound(s)) return s;
+    run.Event("Normal", "AgentRemoved", "node " + node + " no longer matches spec.agents.nodeSelector");
+  }
+  if (created_any && !run.status.contains("startTime")) run.status["startTime"] = run.now_str;
+
+  // Agents and conditions.
+  int ready = 0;
+  for (const auto& node : nodes) {
+    auto it = agents.find(node);
+    if (it != agents.end() && PodPhase(*it->second) == "Running" && PodReady(*it->second)) ++ready;
+  }
+  run.status["agents"] = {{"desired", static_cast<int>(nodes.size())}, {"ready", ready},
+                          {"summary", std::to_string(ready) + "/" + std::to_string(nodes.size())}};
+
+  if (run.status.value("state", "") == "Succeeded" || run.status.value("state", "") == "Failed") return OkStatus();
+
+  run.Condition("Created", "True", "ChildrenCreated",
+                "credentials, configuration, services and pods are created", "Normal");
+  bool agg_running = aggregator && PodPhase(*aggregator) == "Running";
+  if (agg_running) {
+    run.status["state"] = "Running";
+    run.Condition("Running", "True", "AggregatorRunning", "the aggregator is running rounds", "Normal");
+  } else if (static_cast<int>(nodes.size()) < min_agents && !aggregator) {
+    run.status["state"] = "Pending";
+    run.Condition("Running", "False", "WaitingForAgents",
+                  std::to_string(nodes.size()) + " node(s) match spec.agents.nodeSelector, minAgents is " +
+                      std::to_string(min_agents));
+  } else {
+    run.status["state"] = "Created";
+    run.Condition("Running", "False", "AggregatorStarting", "waiting for the aggregator pod to run");
+  }
+
+  // Degraded: a selected node is offline, or an agent used up its restarts.
+  std::vector<std::string> not_ready;
+  for (const auto& n : cache_->List(res::kNodes, "")) {
+    std::string name = (*n)["metadata"].value("name", "");
+    if (wanted.count(name) && !NodeReady(*n)) not_ready.push_back(name);
+  }
+  const Json* degraded = FindCondition(run.status["conditions"], "Degraded");
+  bool exhausted_before = degraded && degraded->value("reason", "") == "BackoffLimitExceeded" &&
+                          degraded->value("status", "") == "True";
+  if (!not_ready.empty()) {
+    run.Condition("Degraded", "True", "NodeNotReady",
+                  "edge node(s) not ready: " + Join(not_ready, ", ") + "; their agents are kept for spec.agents.tolerationSeconds",
+                  "Warning");
+  } else if (!exhausted_before) {
+    if (agg_running && static_cast<int>(nodes.size()) < min_agents) {
+      run.Condition("Degraded", "True", "InsufficientAgents",
+                    std::to_string(nodes.size()) + " node(s) match, fewer than minAgents " + std::to_string(min_agents),
+                    "Warning");
+    } else {
+      run.Condition("Degraded", "False", "AsExpected", "all selected nodes are ready");
+    }
+  }
+  (void)exhausted;
+  return OkStatus();
+}
+
+Status JobReconciler::WriteStatus(Run& run) {
+  Json& st = run.status;
+  st["observedGeneration"] = run.generation;
+  // Compare only the operator-owned fields; the reporter's are not ours to write.
+  static const char* kOwned[] = {"observedGeneration", "state", "conditions", "agents", "restarts",
+                                 "startTime", "completionTime"};
+  Json owned = Json::object(), before = Json::object();
+  for (const char* f : kOwned) {
+    if (st.contains(f)) owned[f] = st[f];
+    if (run.old_status.contains(f)) before[f] = run.old_status[f];
+  }
+  if (owned != before) {
+    Json patch = {{"apiVersion", run.job.value("apiVersion", "fedge.io/v1alpha1")},
+                  {"kind", run.job.value("kind", "FederatedTrainingJob")},
+                  {"metadata", {{"name", run.name}, {"namespace", run.ns}}},
+                  {"status", owned}};
+    auto s = client_->Apply(res::kJobs, run.ns, run.name, patch, {kFieldManager, true, "status"});
+    if (!s.ok()) return s.status().WithContext("apply status");
+  }
+  for (const auto& [type, rm] : run.pending_events) {
+    auto nl = rm.find('\n');
+    events_->Record(run.job, type, rm.substr(0, nl), rm.substr(nl + 1));
+  }
+  return OkStatus();
+}
+
+StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
+  auto slash = key.find('/');
+  if (slash == std::string::npos) return InvalidArgumentError("key must be namespace/name: " + key);
+  Run run;
+  run.ns = key.substr(0, slash);
+  run.name = key.substr(slash + 1);
+  ObjectPtr cached = cache_->Get(res::kJobs, run.ns, run.name);
+  if (!cached) return ReconcileResult{};  // gone: owner references take the children along
+  run.job = *cached;
+  run.generation = run.job["metadata"].value("generation", static_cast<int64_t>(1));
+  run.now = opts_.now();
+  run.now_str = FormatTime(run.now);
+  run.old_status = run.job.value("status", Json::object());
+  if (!run.old_status.is_object()) run.old_status = Json::object();
+  run.status = run.old_status;
+  if (!run.status.contains("conditions")) run.status["conditions"] = Json::array();
+  run.pods = cache_->List(res::kPods, run.ns, kLabelJob, run.name);
+
+  if (Terminating(run.job)) {
+    FEDGE_RETURN_IF_ERROR(Finalize(run));
+    return ReconcileResult{};
+  }
+  std::vector<std::string> fin = Finalizers(run.job);
+  if (std::find(fin.begin(), fin.end(), kFinalizer) == fin.end()) {
+    Json patch = {{"apiVersion", run.job.value("apiVersion", "fedge.io/v1alpha1")},
+                  {"kind", run.job.value("kind", "FederatedTrainingJob")},
+                  {"metadata", {{"name", run.name}, {"namespace", run.ns}, {"finalizers", {kFinalizer}}}}};
+    auto s = client_->Apply(res::kJobs, run.ns, run.name, patch, {kFieldManager, true, ""});
+    if (!s.ok()) return s.status().WithContext("add finalizer");
+  }
+
+  // Validate with the same parser `fedge run` uses; an invalid spec is a condition.
+  auto parsed = ParseJobSpec(ManifestForParser(run.job).dump());
+  std::string state = run.status.value("state", "");
+  const Json* failed = FindCondition(run.status["conditions"], "Failed");
+  bool invalid_before = failed && failed->value("reason", "") == "InvalidSpec" && failed->value("status", "") == "True";
+  if (!parsed.ok()) {
+    run.status["state"] = "Failed";
+    run.Condition("Failed", "True", "InvalidSpec", parsed.status().message(), "Warning");
+    FEDGE_RETURN_IF_ERROR(WriteStatus(run));
+    return ReconcileResult{};  // wait for the spec to change, no retries
+  }
+  run.spec = *parsed;
+  if (invalid_before) {  // fixed by the user
+    run.status["state"] = "Pending";
+    run.Condition("Failed", "False", "SpecFixed", "the spec is valid again", "Normal");
+    state = "Pending";
+  }
+  const RunPolicySpec& rp = run.spec->runPolicy;
+
+  // Finished: clean pods per policy, then honour the TTL.
+  if (state == "Succeeded" || state == "Failed") {
+    if (!run.status.contains("completionTime")) run.status["completionTime"] = run.now_str;
+    if (rp.cleanPodPolicy == "All") FEDGE_RETURN_IF_ERROR(DeletePods(run, false));
+    else if (rp.cleanPodPolicy == "Running") FEDGE_RETURN_IF_ERROR(DeletePods(run, true));
+    FEDGE_RETURN_IF_ERROR(WriteStatus(run));
+    if (rp.ttlSecondsAfterFinished >= 0) {
+      auto done = ParseTime(run.status.value("completionTime", run.now_str)).value_or(run.now);
+      int64_t left = static_cast<int64_t>(done) + rp.ttlSecondsAfterFinished - static_cast<int64_t>(run.now);
+      if (left <= 0) {
+        Status s = client_->Delete(res::kJobs, run.ns, run.name, {"Foreground", run.job["metadata"].value("uid", ""), {}});
+        if (!s.ok() && !IsNotFound(s)) return s;
+        return ReconcileResult{};
+      }
+      return ReconcileResult{std::chrono::seconds(left)};
+    }
+    return ReconcileResult{};
+  }
+
+  // Suspend: no pods; resume creates them again (the aggregator resumes from its checkpoint
+  // when spec.aggregator.checkpoint names a PersistentVolumeClaim).
+  if (rp.suspend) {
+    FEDGE_RETURN_IF_ERROR(DeletePods(run, false));
+    run.status["state"] = "Suspended";
+    run.Condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; pods are deleted", "Normal");
+    run.Condition("Running", "False", "JobSuspended", "the job is suspended");
+    FEDGE_RETURN_IF_ERROR(WriteStatus(run));
+    return ReconcileResult{};
+  }
+  const Json* suspended = FindCondition(run.status["conditions"], "Suspended");
+  if (suspended && suspended->value("status", "") == "True") {
+    run.Condition("Suspended", "False", "JobResumed", "spec.runPolicy.suspend is false; pods are recreated", "Normal");
+  }
+
+  // Active deadline, counted from the first pod creation.
+  if (rp.activeDeadlineSeconds > 0 && run.status.contains("startTime")) {
+    auto start = ParseTime(run.status.value("startTime", "")).value_or(run.now);
+    int64_t left = static_cast<int64_t>(start) + rp.activeDeadlineSeconds - static_cast<int64_t>(run.now);
+    if (left <= 0) {
+      run.status["state"] = "Failed";
+      run.status["completionTime"] = run.now_str;
+      run.Condition("Failed", "True", "DeadlineExceeded",
+                    "the job ran longer than spec.runPolicy.activeDeadlineSeconds (" +
+                        std::to_string(rp.activeDeadlineSeconds) + " s)", "Warning");
+      run.Condition("Running", "False", "DeadlineExceeded", "the job was stopped");
+      FEDGE_RETURN_IF_ERROR(DeletePods(run, true));
+      FEDGE_RETURN_IF_ERROR(WriteStatus(run));
+      return ReconcileResult{rp.ttlSecondsAfterFinished >= 0
+                                 ? std::optional<std::chrono::seconds>(std::chrono::seconds(1)) : std::nullopt};
+    }
+    run.RequeueAfter(std::chrono::seconds(left));
+  }
+
+  FEDGE_RETURN_IF_ERROR(SyncChildren(run));
+  std::string new_state = run.status.value("state", "");
+  if ((new_state == "Succeeded" || new_state == "Failed") && !run.status.contains("completionTime")) {
+    run.status["completionTime"] = run.now_str;
+    // Apply cleanPodPolicy and the TTL on the next pass.
+    run.RequeueAfter(std::chrono::seconds(1));
+  }
+  if (rp.activeDeadlineSeconds > 0 && run.status.contains("startTime") && !run.requeue_after) {
+    run.RequeueAfter(std::chrono::seconds(rp.activeDeadlineSeconds));
+  }
+  FEDGE_RETURN_IF_ERROR(WriteStatus(run));
+  return ReconcileResult{run.requeue_after};
+}
+
+}  // namespace fedge::op

@@ -1,0 +1,50 @@
+// RestKubeClient: KubeClient over cpprestsdk's HTTP client. No cpprest type appears in
+// this header (its U() macro breaks GoogleTest), so tests can include it freely.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+#include "fedge/op/kube_client.h"
+#include "fedge/op/kube_config.h"
+
+namespace fedge::op {
+
+struct RestClientOptions {
+  std::chrono::milliseconds request_timeout{30000};  // every non-watch request
+  std::string user_agent = "fedge-operator";
+};
+
+class RestKubeClient : public KubeClient {
+ public:
+  RestKubeClient(KubeConfig config, RestClientOptions options = {});
+  ~RestKubeClient() override;
+
+  StatusOr<Json> Get(const Resource& r, const std::string& ns, const std::string& name,
+                     const std::string& subresource) override;
+  StatusOr<ListResult> List(const Resource& r, const std::string& ns,
+                            const ListOptions& opts) override;
+  Status Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
+               const std::function<void(const WatchEvent&)>& on_event,
+               WatchCancel* cancel) override;
+  StatusOr<Json> Create(const Resource& r, const std::string& ns, const Json& obj) override;
+  StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj,
+                        const std::string& subresource) override;
+  StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name,
+                       const Json& obj, const ApplyOptions& opts) override;
+  StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name,
+                            const Json& patch, const std::string& subresource) override;
+  Status Delete(const Resource& r, const std::string& ns, const std::string& name,
+                const DeleteOptions& opts) override;
+
+  // Requests sent so far (for benchmarks: API requests per reconcile).
+  int64_t requests() const { return requests_.load(); }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::atomic<int64_t> requests_{0};
+};
+
+}  // namespace fedge::op

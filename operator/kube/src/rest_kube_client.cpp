@@ -1,0 +1,292 @@
+// cpprestsdk adapter: every cpprest/boost exception is caught here and becomes a Status.
+#define _TURN_OFF_PLATFORM_STRING
+#include "fedge/op/rest_kube_client.h"
+
+#include <cpprest/http_client.h>
+#include <cpprest/containerstream.h>
+
+#include <boost/asio/ssl.hpp>
+
+#include <fstream>
+#include <sstream>
+
+#include "fedge/log.h"
+
+namespace fedge::op {
+namespace http = web::http;
+namespace client = web::http::client;
+
+namespace {
+
+std::string Enc(const std::string& s) { return web::uri::encode_data_string(s); }
+
+void AddQuery(std::string* q, const std::string& key, const std::string& value) {
+  if (value.empty()) return;
+  q->append(q->empty() ? "?" : "&");
+  q->append(key).append("=").append(Enc(value));
+}
+
+// Converts a non-2xx response body (a metav1.Status, usually) to a Status.
+Status ErrorFromBody(int code, const std::string& body) {
+  std::string reason, message = body;
+  try {
+    Json j = Json::parse(body);
+    if (j.is_object()) {
+      reason = j.value("reason", "");
+      message = j.value("message", body);
+      if (j.contains("code") && j["code"].is_number_integer()) code = j["code"].get<int>();
+    }
+  } catch (const std::exception&) {
+  }
+  if (reason.empty()) {
+    switch (code) {
+      case 400: reason = "BadRequest"; break;
+      case 401: reason = "Unauthorized"; break;
+      case 403: reason = "Forbidden"; break;
+      case 404: reason = "NotFound"; break;
+      case 405: reason = "MethodNotAllowed"; break;
+      case 409: reason = "Conflict"; break;
+      case 410: reason = "Gone"; break;
+      case 415: reason = "UnsupportedMediaType"; break;
+      case 422: reason = "Invalid"; break;
+      case 429: reason = "TooManyRequests"; break;
+      case 500: reason = "InternalError"; break;
+      case 503: reason = "ServiceUnavailable"; break;
+      case 504: reason = "Timeout"; break;
+      default: break;
+    }
+  }
+  return KubeError(reason, code, message);
+}
+
+}  // namespace
+
+struct RestKubeClient::Impl {
+  KubeConfig cfg;
+  RestClientOptions opts;
+  std::unique_ptr<client::http_client> http;  // pooled connections for ordinary requests
+
+  client::http_client_config MakeConfig(std::chrono::milliseconds timeout) const {
+    client::http_client_config c;
+    c.set_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
+    c.set_validate_certificates(!cfg.insecure_skip_verify);
+    KubeConfig k = cfg;
+    c.set_ssl_context_callback([k](boost::asio::ssl::context& ctx) {
+      // Runs inside cpprest's connect path: it must not throw past here.
+      try {
+        if (!k.ca_pem.empty()) ctx.add_certificate_authority(boost::asio::buffer(k.ca_pem));
+        if (!k.client_cert_pem.empty()) {
+          ctx.use_certificate_chain(boost::asio::buffer(k.client_cert_pem));
+          ctx.use_private_key(boost::asio::buffer(k.client_key_pem), boost::asio::ssl::context::pem);
+        }
+      } catch (const std::exception& e) {
+        log::Error("kube TLS setup failed", {{"error", e.what()}});
+      }
+    });
+    return c;
+  }
+
+  std::string Token() const {
+    if (!cfg.token_file.empty()) {
+      std::ifstream in(cfg.token_file);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      std::string t = ss.str();
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+      if (!t.empty()) return t;
+    }
+    return cfg.token;
+  }
+
+  http::http_request MakeRequest(const http::method& m, const std::string& path_query) const {
+    http::http_request req(m);
+    req.set_request_uri(path_query);
+    req.headers().add("Accept", "application/json");
+    req.headers().add("User-Agent", opts.user_agent);
+    std::string t = Token();
+    if (!t.empty()) req.headers().add("Authorization", "Bearer " + t);
+    return req;
+  }
+
+  // One request/response; returns the parsed body of a 2xx response.
+  StatusOr<Json> Do(const http::method& m, const std::string& path_query, const Json* body,
+                    const std::string& content_type) {
+    try {
+      auto req = MakeRequest(m, path_query);
+      if (body) req.set_body(body->dump(), content_type);
+      http::http_response resp = http->request(req).get();
+      std::string text = resp.extract_utf8string(true).get();
+      int code = resp.status_code();
+      if (code < 200 || code >= 300) return ErrorFromBody(code, text);
+      if (text.empty()) return Json::object();
+      return Json::parse(text);
+    } catch (const http::http_exception& e) {
+      std::string what = e.what();
+      if (what.find("timed out") != std::string::npos || e.error_code() == std::errc::timed_out) {
+        return DeadlineExceededError("Timeout: " + std::string(m) + " " + path_query + ": " + what);
+      }
+      return UnavailableError("ServiceUnavailable: " + std::string(m) + " " + path_query + ": " + what);
+    } catch (const Json::exception& e) {
+      return InternalError(std::string("InternalError: malformed JSON from the API server: ") + e.what());
+    } catch (const std::exception& e) {
+      return UnavailableError("ServiceUnavailable: " + std::string(m) + " " + path_query + ": " + e.what());
+    }
+  }
+};
+
+RestKubeClient::RestKubeClient(KubeConfig config, RestClientOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = std::move(config);
+  impl_->opts = std::move(options);
+  impl_->http = std::make_unique<client::http_client>(impl_->cfg.server,
+                                                      impl_->MakeConfig(impl_->opts.request_timeout));
+}
+
+RestKubeClient::~RestKubeClient() = default;
+
+StatusOr<Json> RestKubeClient::Get(const Resource& r, const std::string& ns,
+                                   const std::string& name, const std::string& subresource) {
+  ++requests_;
+  std::string path = r.ObjectPath(ns, name);
+  if (!subresource.empty()) path += "/" + subresource;
+  return impl_->Do(http::methods::GET, path, nullptr, "");
+}
+
+StatusOr<ListResult> RestKubeClient::List(const Resource& r, const std::string& ns,
+                                          const ListOptions& opts) {
+  ++requests_;
+  std::string q;
+  AddQuery(&q, "labelSelector", opts.label_selector);
+  AddQuery(&q, "fieldSelector", opts.field_selector);
+  if (opts.limit > 0) AddQuery(&q, "limit", std::to_string(opts.limit));
+  AddQuery(&q, "continue", opts.continue_token);
+  AddQuery(&q, "resourceVersion", opts.resource_version);
+  FEDGE_ASSIGN_OR_RETURN(Json j, impl_->Do(http::methods::GET, r.CollectionPath(ns) + q, nullptr, ""));
+  ListResult out;
+  if (j.contains("items") && j["items"].is_array()) {
+    for (auto& item : j["items"]) {
+      // List items omit apiVersion/kind; fill them so cached objects are self-describing.
+      if (!item.contains("apiVersion")) item["apiVersion"] = r.api_version;
+      if (!item.contains("kind")) item["kind"] = r.kind;
+      out.items.push_back(std::move(item));
+    }
+  }
+  if (j.contains("metadata")) {
+    out.resource_version = j["metadata"].value("resourceVersion", "");
+    out.continue_token = j["metadata"].value("continue", "");
+  }
+  return out;
+}
+
+Status RestKubeClient::Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
+                             const std::function<void(const WatchEvent&)>& on_event,
+                             WatchCancel* cancel) {
+  ++requests_;
+  std::string q = "?watch=1";
+  AddQuery(&q, "resourceVersion", opts.resource_version);
+  AddQuery(&q, "labelSelector", opts.label_selector);
+  AddQuery(&q, "fieldSelector", opts.field_selector);
+  if (opts.allow_bookmarks) q += "&allowWatchBookmarks=true";
+  q += "&timeoutSeconds=" + std::to_string(opts.timeout_seconds);
+  std::string path = r.CollectionPath(ns) + q;
+  if (cancel && cancel->cancelled()) return CancelledError("watch cancelled");
+  pplx::cancellation_token_source cts;
+  if (cancel) cancel->SetOnCancel([cts]() mutable { cts.cancel(); });
+  struct ResetCancel {
+    WatchCancel* c;
+    ~ResetCancel() { if (c) c->SetOnCancel(nullptr); }
+  } reset{cancel};
+  try {
+    // A dedicated client: the stream holds its connection for minutes. The timeout is a
+    // guard beyond the server's own timeoutSeconds, so a silent dead connection ends.
+    client::http_client watch_client(
+        impl_->cfg.server,
+        impl_->MakeConfig(std::chrono::seconds(opts.timeout_seconds + 30)));
+    auto req = impl_->MakeRequest(http::methods::GET, path);
+    http::http_response resp = watch_client.request(req, cts.get_token()).get();
+    int code = resp.status_code();
+    if (code < 200 || code >= 300) {
+      return ErrorFromBody(code, resp.extract_utf8string(true).get());
+    }
+    auto body = resp.body();
+    while (true) {
+      if (cancel && cancel->cancelled()) return CancelledError("watch cancelled");
+      concurrency::streams::container_buffer<std::string> line;
+      size_t n = body.read_line(line).get();
+      if (n == 0 && body.is_eof()) return OkStatus();  // server closed the stream
+      const std::string& text = line.collection();
+      if (text.empty()) continue;
+      Json ev = Json::parse(text);
+      std::string type = ev.value("type", "");
+      if (type == "ERROR") {
+        const Json& st = ev["object"];
+        return KubeError(st.value("reason", ""), st.value("code", 500), st.value("message", text));
+      }
+      WatchEvent we{WatchEventType::kAdded, std::move(ev["object"])};
+      if (type == "MODIFIED") we.type = WatchEventType::kModified;
+      else if (type == "DELETED") we.type = WatchEventType::kDeleted;
+      else if (type == "BOOKMARK") we.type = WatchEventType::kBookmark;
+      else if (type != "ADDED") continue;
+      if (we.type != WatchEventType::kBookmark) {
+        if (!we.object.contains("apiVersion")) we.object["apiVersion"] = r.api_version;
+        if (!we.object.contains("kind")) we.object["kind"] = r.kind;
+      }
+      on_event(we);
+    }
+  } catch (const pplx::task_canceled&) {
+    return CancelledError("watch cancelled");
+  } catch (const Json::exception& e) {
+    return InternalError(std::string("InternalError: malformed watch event: ") + e.what());
+  } catch (const std::exception& e) {
+    if (cancel && cancel->cancelled()) return CancelledError("watch cancelled");
+    return UnavailableError("ServiceUnavailable: watch " + path + ": " + e.what());
+  }
+}
+
+StatusOr<Json> RestKubeClient::Create(const Resource& r, const std::string& ns, const Json& obj) {
+  ++requests_;
+  return impl_->Do(http::methods::POST, r.CollectionPath(ns), &obj, "application/json");
+}
+
+StatusOr<Json> RestKubeClient::Update(const Resource& r, const std::string& ns, const Json& obj,
+                                      const std::string& subresource) {
+  ++requests_;
+  std::string name = obj.at("metadata").value("name", "");
+  std::string path = r.ObjectPath(ns, name);
+  if (!subresource.empty()) path += "/" + subresource;
+  return impl_->Do(http::methods::PUT, path, &obj, "application/json");
+}
+
+StatusOr<Json> RestKubeClient::Apply(const Resource& r, const std::string& ns,
+                                     const std::string& name, const Json& obj,
+                                     const ApplyOptions& opts) {
+  ++requests_;
+  std::string path = r.ObjectPath(ns, name);
+  if (!opts.subresource.empty()) path += "/" + opts.subresource;
+  std::string q;
+  AddQuery(&q, "fieldManager", opts.field_manager);
+  if (opts.force) q += "&force=true";
+  return impl_->Do(http::methods::PATCH, path + q, &obj, "application/apply-patch+yaml");
+}
+
+StatusOr<Json> RestKubeClient::MergePatch(const Resource& r, const std::string& ns,
+                                          const std::string& name, const Json& patch,
+                                          const std::string& subresource) {
+  ++requests_;
+  std::string path = r.ObjectPath(ns, name);
+  if (!subresource.empty()) path += "/" + subresource;
+  return impl_->Do(http::methods::PATCH, path, &patch, "application/merge-patch+json");
+}
+
+Status RestKubeClient::Delete(const Resource& r, const std::string& ns, const std::string& name,
+                              const DeleteOptions& opts) {
+  ++requests_;
+  Json body = {{"apiVersion", "v1"}, {"kind", "DeleteOptions"},
+               {"propagationPolicy", opts.propagation_policy}};
+  if (!opts.precondition_uid.empty()) body["preconditions"] = {{"uid", opts.precondition_uid}};
+  if (opts.grace_period_seconds) body["gracePeriodSeconds"] = *opts.grace_period_seconds;
+  auto s = impl_->Do(http::methods::DEL, r.ObjectPath(ns, name), &body, "application/json");
+  return s.status();
+}
+
+}  // namespace fedge::op

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on loopback for fedge's integration tests:
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler (binaries from
+# build-control-plane.sh), with a CA and serving/client certificates made by openssl.
+# There is no kubelet: tests/cluster's pod runner plays the edge nodes.
+#
+# Idempotent: if the control plane in $FEDGE_CP_DIR is already up, it only prints how to
+# use it. Writes $FEDGE_CP_DIR/kubeconfig (cluster-admin, user "admin" in system:masters).
+#
+# Environment:
+#   FEDGE_CP_DIR   state directory (default /tmp/fedge-control-plane)
+#   FEDGE_CP_BIN   directory with the binaries (default: what build-control-plane.sh prints;
+#                  it is NOT built here unless FEDGE_CP_BUILD=1, since that takes a while)
+#   FEDGE_CP_PORT  kube-apiserver port (default: a free port, remembered in the state dir)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+DIR="${FEDGE_CP_DIR:-/tmp/fedge-control-plane}"
+mkdir -p "$DIR"/{pki,logs,run,etcd}
+log() { echo "[start-control-plane] $*" >&2; }
+
+if [[ -z "${FEDGE_CP_BIN:-}" ]]; then
+  if [[ "${FEDGE_CP_BUILD:-0}" == 1 ]]; then
+    FEDGE_CP_BIN="$("$HERE/build-control-plane.sh")"
+  else
+    K8S_VERSION="${FEDGE_K8S_VERSION:-v1.36.3}"
+    for c in "${FEDGE_CP_CACHE:-}" /var/cache/fedge/control-plane "$HOME/.cache/fedge/control-plane"; do
+      [[ -n "$c" && -f "$c/$K8S_VERSION/.complete" ]] && { FEDGE_CP_BIN="$c/$K8S_VERSION/bin"; break; }
+    done
+  fi
+fi
+if [[ -z "${FEDGE_CP_BIN:-}" ]]; then
+  log "control-plane binaries not found; build them with scripts/cluster/build-control-plane.sh"
+  exit 2
+fi
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+  [[ -x "$FEDGE_CP_BIN/$b" ]] || { log "missing $FEDGE_CP_BIN/$b"; exit 2; }
+done
+KUBECTL="$FEDGE_CP_BIN/kubectl"
+[[ -x "$KUBECTL" ]] || KUBECTL="$(command -v kubectl || true)"
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+alive() { [[ -f "$DIR/run/$1.pid" ]] && kill -0 "$(cat "$DIR/run/$1.pid")" 2>/dev/null; }
+port_of() {  # remembered port for a component, picked once
+  local f="$DIR/run/$1.port"
+  [[ -f "$f" ]] || { if [[ "$1" == apiserver && -n "${FEDGE_CP_PORT:-}" ]]; then echo "$FEDGE_CP_PORT"; else free_port; fi > "$f"; }
+  cat "$f"
+}
+API_PORT=$(port_of apiserver)
+ETCD_PORT=$(port_of etcd)
+ETCD_PEER_PORT=$(port_of etcd-peer)
+KCM_PORT=$(port_of controller-manager)
+SCHED_PORT=$(port_of scheduler)
+SERVER="https://127.0.0.1:$API_PORT"
+PKI="$DIR/pki"
+
+ready() { curl -sk --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$SERVER/readyz" 2>/dev/null | grep -q '^ok$'; }
+
+usage() {
+  cat <<EOF
+control plane is up: $SERVER (state in $DIR, logs in $DIR/logs)
+  export KUBECONFIG=$DIR/kubeconfig
+  $KUBECTL get --raw /readyz
+stop it with: $HERE/stop-control-plane.sh
+EOF
+}
+
+if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive kube-scheduler && ready; then
+  usage
+  exit 0
+fi
+
+# --- certificates -------------------------------------------------------------------
+if [[ ! -f "$PKI/ca.crt" ]]; then
+  log "generating certificates in $PKI"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fedge-test-ca" \
+    -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+  sign() {  # name subject [san]
+    local name="$1" subj="$2" san="${3:-}" ext="$PKI/$1.ext"
+    openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$PKI/$name.key" -out "$PKI/$name.csr" 2>/dev/null
+    if [[ -n "$san" ]]; then
+      printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$san" > "$ext"
+    else
+      printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$ext"
+    fi
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+    rm -f "$PKI/$name.csr" "$ext"
+  }
+  sign apiserver "/CN=kube-apiserver" \
+    "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+  sign admin "/O=system:masters/CN=admin"
+  sign controller-manager "/CN=system:kube-controller-manager"
+  sign scheduler "/CN=system:kube-scheduler"
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+fi
+
+kubeconfig() {  # file user
+  cat > "$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fedge-test
+  cluster:
+    server: $SERVER
+    certificate-authority: $PKI/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $PKI/$2.crt
+    client-key: $PKI/$2.key
+contexts:
+- name: fedge-test
+  context: {cluster: fedge-test, user: $2, namespace: default}
+current-context: fedge-test
+EOF
+}
+kubeconfig "$DIR/kubeconfig" admin
+kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
+kubeconfig "$DIR/scheduler.kubeconfig" scheduler
+
+start() {  # name binary args...
+  local name="$1" bin="$2"; shift 2
+  if alive "$name"; then return; fi
+  log "starting $name"
+  # setsid: the component outlives this script and is stopped by its pid file.
+  setsid "$FEDGE_CP_BIN/$bin" "$@" > "$DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$DIR/run/$name.pid"
+}
+wait_for() {  # what seconds command...
+  local what="$1" secs="$2"; shift 2
+  local deadline=$(( $(date +%s) + secs ))
+  until "$@"; do
+    if (( $(date +%s) > deadline )); then log "$what not ready after ${secs}s; see $DIR/logs"; tail -20 "$DIR/logs/"*.log >&2; exit 1; fi
+    sleep 0.2
+  done
+}
+
+start etcd etcd --name fedge-test --data-dir "$DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "fedge-test=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --unsafe-no-fsync --quota-backend-bytes=2147483648 --log-level=warn
+wait_for etcd 30 curl -sf --max-time 1 "http://127.0.0.1:$ETCD_PORT/health" -o /dev/null
+
+start kube-apiserver kube-apiserver \
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+  --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+  --client-ca-file="$PKI/ca.crt" \
+  --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --authorization-mode=Node,RBAC --service-cluster-ip-range=10.0.0.0/24 \
+  --endpoint-reconciler-type=none --allow-privileged=true \
+  --watch-cache=true --v=1
+wait_for kube-apiserver 90 ready
+
+start kube-controller-manager kube-controller-manager \
+  --kubeconfig="$DIR/controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$DIR/controller-manager.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \
+  --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+  --use-service-account-credentials=false \
+  --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+  --node-monitor-grace-period=20s --node-monitor-period=2s \
+  --concurrent-gc-syncs=5 --v=1
+start kube-scheduler kube-scheduler \
+  --kubeconfig="$DIR/scheduler.kubeconfig" \
+  --authentication-kubeconfig="$DIR/scheduler.kubeconfig" \
+  --authorization-kubeconfig="$DIR/scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false --v=1
+
+# The default namespace and the service-account machinery come up with the
+# controller-manager; wait until the default namespace exists so tests can start at once.
+# Pods need the namespace's default ServiceAccount (ServiceAccount admission).
+ns_ready() { curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$SERVER/api/v1/namespaces/default/serviceaccounts/default" -o /dev/null; }
+wait_for "default namespace and service account" 60 ns_ready
+echo "$SERVER" > "$DIR/server"
+usage
