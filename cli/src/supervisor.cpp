@@ -124,13 +124,13 @@ std::optional<ChildExit> Supervisor::Wait(std::chrono::milliseconds timeout, int
     for (const Child& c : children_) fds.push_back({c.pidfd, POLLIN, 0});
     if (wake_fd >= 0) fds.push_back({wake_fd, POLLIN, 0});
     if (fds.empty()) return std::nullopt;
+    // Round up: poll's millisecond granularity must not end the wait early.
     const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     const int ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     const int n = ::poll(fds.data(), fds.size(), ms);
-    if (n < 0 && errno == EINTR) {
-      // A signal handler ran; its wake fd is checked on the next pass.
-      if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    if ((n < 0 && errno == EINTR) || (n == 0 && std::chrono::steady_clock::now() < deadline)) {
+      // A signal handler ran (its wake fd is checked on the next pass), or poll woke early.
       continue;
     }
     if (n <= 0) return std::nullopt;
