@@ -1,0 +1,61 @@
+// Prometheus metrics of the aggregator (prometheus-cpp core types, served by
+// fedge::HttpServer::HandleMetrics). All methods are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace fedge::aggregator {
+
+class AggregatorMetrics {
+ public:
+  AggregatorMetrics();
+  ~AggregatorMetrics();
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  void RoundCompleted(double seconds);
+  // An accepted update: encoded bytes on the wire and its fp32 size.
+  void UpdateAccepted(uint64_t encoded_bytes, uint64_t raw_bytes);
+  // A rejected update; `reason` is a short label ("stale_base", "layout", ...).
+  void UpdateRejected(std::string_view reason);
+  void BytesReceived(uint64_t bytes);
+  void BytesSent(uint64_t bytes);
+  void SetAgentsJoined(int64_t n);
+  void SetGlobalVersion(int64_t version);
+  void SetRoundEvaluation(double accuracy, double loss);
+
+  // Current values, for tests and status.
+  double updates_rejected(std::string_view reason) const;
+  double updates_received() const;
+  double rounds_completed() const;
+  double bytes_sent() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Counter* rounds_completed_;
+  prometheus::Histogram* round_duration_;
+  prometheus::Counter* updates_received_;
+  prometheus::Family<prometheus::Counter>* updates_rejected_;
+  prometheus::Counter* bytes_received_;
+  prometheus::Counter* bytes_sent_;
+  prometheus::Counter* update_raw_bytes_;
+  prometheus::Counter* update_encoded_bytes_;
+  prometheus::Gauge* agents_joined_;
+  prometheus::Gauge* global_version_;
+  prometheus::Gauge* round_accuracy_;
+  prometheus::Gauge* round_loss_;
+};
+
+}  // namespace fedge::aggregator

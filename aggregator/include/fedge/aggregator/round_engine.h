@@ -1,0 +1,279 @@
+// The round engine: the aggregator's state machine, free of sockets and
+// protobuf. The gRPC handlers decode and validate wire input, then call it.
+//
+//   WaitingForAgents  until `expected_agents` have joined
+//   Initializing      the first agent to ask gets INITIALIZE and uploads its
+//                     full trainable state (round 0) -> global version 1;
+//                     everyone else WAITs
+//   Running           for round r in 1..total:
+//     train     invite max(ceil(live x fraction), quorum) agents; each submits a
+//               delta against the current global version. Close rule:
+//                 - every invited agent answered        -> close
+//                 - deadline, accepted >= required      -> close
+//                   (required = quorum, or every invited agent when quorum = 0)
+//                 - deadline, fewer, extension unused   -> extend once by the
+//                   round timeout (logged)
+//                 - extended deadline, fewer: quorum = 0 and >= 1 update ->
+//                   close below quorum (logged); otherwise the job Fails
+//               -> strategy (FedAvg) -> new global version
+//     evaluate  every live agent evaluates the new version and reports; close
+//               when all reported or at the deadline
+//               -> round record, checkpoint, next round
+//   Succeeded         GetTask answers DONE
+//
+// Time comes from the injected Clock; nothing here sleeps. Every public method
+// first advances the state machine to "now" (Tick), so deadlines are honoured
+// whoever calls; the server also calls Tick periodically. Thread-safe: one
+// mutex (mu_) guards all state; checkpoints are written under it so the
+// state on disk never runs ahead of or behind memory.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fedge/aggregator/checkpoint.h"
+#include "fedge/aggregator/clock.h"
+#include "fedge/aggregator/metrics.h"
+#include "fedge/aggregator/round_record.h"
+#include "fedge/aggregator/strategy.h"
+#include "fedge/job_spec.h"
+#include "fedge/status.h"
+#include "fedge/tensor_bundle.h"
+
+namespace fedge::aggregator {
+
+enum class JobState { kWaitingForAgents, kInitializing, kRunning, kSucceeded, kFailed };
+enum class Phase { kIdle, kTrain, kEvaluate };
+std::string_view JobStateName(JobState state);  // "WaitingForAgents", ...
+std::string_view PhaseName(Phase phase);        // "idle" | "train" | "evaluate"
+
+// Hyper-parameters handed to agents with a TRAIN task (mirrors v1.TrainingConfig).
+struct TrainConfig {
+  int local_steps = 0;
+  int batch_size = 0;
+  float learning_rate = 0;
+  float weight_decay = 0;
+  uint64_t seed = 0;
+  std::string update_codec;
+  int max_seq_len = 0;
+  float max_grad_norm = 0;
+  float proximal_mu = 0;
+  int block_size = 0;
+};
+
+struct EngineOptions {
+  std::string job;                 // namespace/name
+  int total_rounds = 1;
+  int expected_agents = 1;
+  int quorum = 0;                  // 0: every invited agent
+  double fraction = 1.0;
+  int64_t round_timeout_ms = 600'000;
+  int max_deadline_extensions = 1;
+  // An agent not heard from for this long is left out of new rounds (it still
+  // counts as joined). 0: round_timeout_ms + 60 s.
+  int64_t agent_liveness_ms = 0;
+  int retry_after_ms = 200;
+  uint64_t seed = 42;              // participant selection
+  TrainConfig train;
+  StrategySpec strategy;
+  // How the global is encoded for FetchGlobal: lossless, so every agent trains
+  // from exactly the aggregator's global.
+  EncodeOptions global_encoding{Codec::kFp32, 64, /*zstd=*/true, 3};
+};
+
+// Derives engine options from a job spec; expected_agents <= 0 means
+// spec.agents.minAgents.
+EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents = 0);
+
+enum class TaskKind { kWait, kInitialize, kTrain, kEvaluate, kDone };
+
+struct TaskInfo {
+  TaskKind kind = TaskKind::kWait;
+  int64_t round = 0;
+  int64_t global_version = 0;
+  std::string global_checksum;
+  int64_t deadline_unix_ms = 0;
+  TrainConfig config;
+  int retry_after_ms = 0;
+  std::string message;
+};
+
+// One global model version, immutable once published; shared with in-flight
+// FetchGlobal streams so they never hold the engine lock.
+struct GlobalModel {
+  int64_t version = 0;
+  TensorBundle bundle;
+  std::string encoded;   // EncodeBundle(bundle, global_encoding)
+  std::string checksum;  // Sha256Hex(encoded)
+};
+
+struct UpdateMeta {
+  std::string agent_id;
+  int64_t round = 0;
+  int64_t base_version = 0;
+  int64_t num_examples = 0;
+  bool is_delta = true;
+  double train_loss = 0;
+  int steps = 0;
+  uint64_t encoded_bytes = 0;
+  uint64_t raw_bytes = 0;
+};
+
+struct UpdateVerdict {
+  bool accepted = false;
+  std::string reason;        // human-readable: what was wrong and what to do
+  std::string reason_label;  // metric label: "stale_base", "round_closed", ...
+  int64_t round = 0;
+};
+
+struct EvalReport {
+  std::string agent_id;
+  int64_t round = 0;
+  int64_t global_version = 0;
+  int64_t num_examples = 0;
+  std::optional<double> accuracy;
+  std::optional<double> loss;
+};
+
+struct EngineStatus {
+  std::string job;
+  JobState state = JobState::kWaitingForAgents;
+  int64_t round = 0;           // current (or last, once Succeeded)
+  int64_t total_rounds = 0;
+  Phase phase = Phase::kIdle;
+  int64_t global_version = 0;
+  std::string global_checksum;
+  int agents_joined = 0;
+  std::vector<RoundRecord> rounds;
+  std::optional<double> final_accuracy;
+  std::string message;         // why Failed / what the engine waits for
+};
+
+class RoundEngine {
+ public:
+  // `clock` must outlive the engine. `checkpoints` and `metrics` may be null
+  // (no checkpoints / no metrics) and must outlive it otherwise. Fails if the
+  // strategy cannot be built or options are out of range.
+  static StatusOr<std::unique_ptr<RoundEngine>> Create(EngineOptions options, Clock* clock,
+                                                        CheckpointStore* checkpoints,
+                                                        AggregatorMetrics* metrics);
+
+  // Continues from a checkpoint: the round after data.completed_round starts
+  // when enough agents have (re)joined. Call before serving. FAILED_PRECONDITION
+  // if the checkpoint belongs to another job.
+  Status Restore(CheckpointData data);
+
+  // Registers an agent (a re-join replaces its session) and returns a new
+  // session id. Job and token checks are the caller's.
+  std::string Join(const std::string& agent_id, const std::string& node_name,
+                   int64_t num_train_examples);
+
+  // OK if `session` is the current session of `agent_id`; otherwise
+  // UNAUTHENTICATED telling the agent to Join again (sessions do not survive
+  // an aggregator restart).
+  Status CheckSession(const std::string& agent_id, const std::string& session) const;
+
+  // What `agent_id` (already authenticated) should do now.
+  TaskInfo GetTask(const std::string& agent_id, int64_t held_version);
+
+  // Validates and folds in an update (or the INITIALIZE upload). A rejection
+  // leaves the global model and the round untouched.
+  UpdateVerdict SubmitUpdate(const UpdateMeta& meta, const TensorBundle& bundle);
+
+  // Records an evaluation report for the current evaluate phase.
+  // FAILED_PRECONDITION if no evaluation of that round/version is open or the
+  // agent was not asked; INVALID_ARGUMENT for nonsense values.
+  Status ReportEvaluation(const EvalReport& report);
+
+  // The current global (null before INITIALIZE). `version` 0 means current;
+  // NOT_FOUND if another version is asked for (only the current one is kept).
+  StatusOr<std::shared_ptr<const GlobalModel>> Global(int64_t version) const;
+
+  // Accounts global bytes streamed to agents in the current round.
+  void RecordBytesSent(uint64_t bytes);
+
+  // Advances deadlines to the clock's now.
+  void Tick();
+
+  EngineStatus GetStatus();
+
+  // True once the job Succeeded and every joined agent was handed DONE.
+  bool AllAgentsDone() const;
+  // Clock time the job reached Succeeded/Failed, if it did.
+  std::optional<int64_t> FinishedAtMs() const;
+
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  struct Agent {
+    std::string session;
+    std::string node_name;
+    int64_t num_train_examples = 0;
+    int64_t last_seen_ms = 0;
+    bool got_done = false;
+  };
+  struct TrainRound {
+    std::set<std::string> invited;
+    std::set<std::string> answered;
+    int64_t deadline_ms = 0;
+    int extensions = 0;
+    double train_loss_sum = 0;   // sum n_i * loss_i
+    double examples = 0;         // sum n_i
+  };
+  struct EvalRound {
+    std::set<std::string> asked;
+    std::set<std::string> reported;
+    int64_t deadline_ms = 0;
+    double correct = 0;          // sum accuracy_i * n_i
+    double loss_sum = 0;         // sum loss_i * n_i
+    int64_t acc_examples = 0;
+    int64_t loss_examples = 0;
+  };
+
+  RoundEngine(EngineOptions options, Clock* clock, CheckpointStore* checkpoints,
+              AggregatorMetrics* metrics, std::unique_ptr<AggregationStrategy> strategy);
+
+  void TickLocked(int64_t now);
+  void StartTrainLocked(int64_t now);
+  void CloseTrainLocked(int64_t now, const std::string& reason);
+  void CloseEvalLocked(int64_t now);
+  void FailLocked(const std::string& message);
+  Status PublishGlobalLocked(TensorBundle bundle, int64_t version);
+  void SaveCheckpointLocked(int64_t completed_round);
+  std::vector<std::string> LiveAgentsLocked(int64_t now) const;
+  UpdateVerdict SubmitInitialLocked(const UpdateMeta& meta, const TensorBundle& bundle, int64_t now);
+  TaskInfo WaitTask(std::string message) const;
+
+  const EngineOptions options_;
+  Clock* const clock_;
+  CheckpointStore* const checkpoints_;
+  AggregatorMetrics* const metrics_;
+
+  mutable std::mutex mu_;
+  std::unique_ptr<AggregationStrategy> strategy_;       // guarded by mu_
+  std::map<std::string, Agent> agents_;                 // guarded by mu_
+  std::mt19937_64 session_rng_;                         // guarded by mu_
+  JobState state_ = JobState::kWaitingForAgents;        // guarded by mu_
+  Phase phase_ = Phase::kIdle;                          // guarded by mu_
+  int64_t round_ = 1;                                   // guarded by mu_; next/current round
+  std::shared_ptr<const GlobalModel> global_;           // guarded by mu_
+  std::string initializer_;                             // guarded by mu_
+  int64_t initializer_deadline_ms_ = 0;                 // guarded by mu_
+  TrainRound train_;                                    // guarded by mu_
+  EvalRound eval_;                                      // guarded by mu_
+  RoundRecord current_;                                 // guarded by mu_; the open round
+  int64_t round_started_ms_ = 0;                        // guarded by mu_
+  std::vector<RoundRecord> history_;                    // guarded by mu_
+  std::optional<double> final_accuracy_;                // guarded by mu_
+  std::optional<int64_t> finished_at_ms_;               // guarded by mu_
+  std::string message_;                                 // guarded by mu_
+};
+
+}  // namespace fedge::aggregator

@@ -1,0 +1,89 @@
+// The aggregator process minus flag parsing: round engine + checkpoints +
+// protocol handler behind a gRPC server, and /healthz, /readyz, /metrics and
+// /v1/status behind fedge::HttpServer. main.cpp and the integration tests
+// construct this.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "fedge/aggregator/checkpoint.h"
+#include "fedge/aggregator/clock.h"
+#include "fedge/aggregator/metrics.h"
+#include "fedge/aggregator/protocol_handler.h"
+#include "fedge/aggregator/round_engine.h"
+#include "fedge/job_spec.h"
+#include "fedge/status.h"
+
+namespace grpc {
+class Server;
+}
+namespace fedge {
+class HttpServer;
+}
+
+namespace fedge::aggregator {
+
+struct ServerOptions {
+  std::string grpc_address = "0.0.0.0:7070";   // port 0: pick one (see grpc_port())
+  std::string http_address = "0.0.0.0:8081";   // "": no HTTP listener
+  std::string checkpoint_dir;                  // "": no checkpoints
+  int expected_agents = 0;                     // 0: spec.agents.minAgents
+  std::string tokens_file;                     // "": no token check
+  uint64_t max_update_bytes = 256ull << 20;
+  int64_t tick_interval_ms = 200;              // how often deadlines are checked
+  Clock* clock = nullptr;                      // null: SystemClock
+  // Overrides of the engine options derived from the spec (tests).
+  int64_t round_timeout_ms = 0;                // 0: spec.rounds.timeoutSeconds
+  int retry_after_ms = 0;                      // 0: the engine's default (200 ms)
+};
+
+// JSON for GET /v1/status (see README of the aggregator for the shape).
+std::string StatusJson(const EngineStatus& status);
+
+class AggregatorServer {
+ public:
+  // Builds the engine and, with a checkpoint dir, resumes from its newest
+  // usable checkpoint. Fails (with a message naming the problem) on a bad
+  // tokens file, an unusable checkpoint dir or an unsupported spec.
+  static StatusOr<std::unique_ptr<AggregatorServer>> Create(const JobSpec& spec, ServerOptions options);
+  ~AggregatorServer();  // Shutdown with a 2 s grace
+
+  // Binds and starts serving. UNAVAILABLE if an address cannot be bound.
+  Status Start();
+  // Stops accepting, lets in-flight RPCs finish until `grace` passes, then
+  // cancels them. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace);
+
+  int grpc_port() const { return grpc_port_; }
+  int http_port() const;
+  RoundEngine& engine() { return *engine_; }
+  AggregatorMetrics& metrics() { return *metrics_; }
+
+ private:
+  class Service;
+  AggregatorServer() = default;
+
+  ServerOptions options_;
+  std::unique_ptr<AggregatorMetrics> metrics_;
+  std::unique_ptr<CheckpointStore> checkpoints_;
+  std::unique_ptr<RoundEngine> engine_;
+  std::unique_ptr<ProtocolHandler> handler_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HttpServer> http_;
+  int grpc_port_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;       // guarded by mu_
+  bool shut_down_ = false;      // guarded by mu_
+  std::thread ticker_;
+};
+
+}  // namespace fedge::aggregator

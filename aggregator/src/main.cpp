@@ -1,0 +1,137 @@
+// fedge-aggregator: flags, signals, construct, run.
+#include <pthread.h>
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "fedge/aggregator/server.h"
+#include "fedge/job_spec.h"
+#include "fedge/log.h"
+
+namespace {
+
+std::mutex g_mu;
+std::condition_variable g_cv;
+bool g_stop = false;  // guarded by g_mu
+int g_signal = 0;     // guarded by g_mu
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace fedge;
+  using namespace std::chrono_literals;
+
+  std::string config_path, checkpoint_dir, tokens_file;
+  std::string listen = "0.0.0.0:7070", http = "0.0.0.0:8081";
+  std::string log_level = "info", log_format = "logfmt";
+  int expected_agents = 0;
+  uint64_t max_update_bytes = 256ull << 20;
+  bool exit_when_done = false, show_version = false;
+
+  CLI::App app{"fedge-aggregator: runs the rounds of one FederatedTrainingJob and serves protocol v1 to agents"};
+  app.add_option("--config", config_path, "FederatedTrainingJob manifest (YAML or JSON)");
+  app.add_option("--listen", listen, "gRPC address host:port for agents")->capture_default_str();
+  app.add_option("--http", http, "HTTP address host:port for /healthz, /readyz, /metrics, /v1/status")
+      ->capture_default_str();
+  app.add_option("--checkpoint-dir", checkpoint_dir,
+                 "directory for checkpoints; resumes from it if it holds one");
+  app.add_option("--expected-agents", expected_agents,
+                 "agents to wait for before the first round (0: spec.agents.minAgents)")
+      ->capture_default_str();
+  app.add_option("--tokens-file", tokens_file, "file of \"agent-id token\" lines; agents must present their token");
+  app.add_option("--max-update-bytes", max_update_bytes, "largest encoded update accepted")->capture_default_str();
+  app.add_flag("--exit-when-done", exit_when_done,
+               "exit once the job finished and every agent was told DONE (or after a grace period)");
+  app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
+  app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
+  app.add_flag("--version", show_version, "print the version and exit");
+  CLI11_PARSE(app, argc, argv);
+
+  if (show_version) {
+    std::printf("fedge-aggregator %s (%s)\n", FEDGE_VERSION, FEDGE_GIT_REV);
+    return 0;
+  }
+  log::Level level;
+  log::Format format;
+  if (!log::ParseLevel(log_level, &level) || !log::ParseFormat(log_format, &format)) {
+    std::fprintf(stderr, "fedge-aggregator: bad --log-level or --log-format\n");
+    return 2;
+  }
+  log::Init("aggregator", level, format);
+  if (config_path.empty()) {
+    log::Error("--config is required (the FederatedTrainingJob manifest)");
+    return 2;
+  }
+
+  // Block the signals in every thread; one thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_stop = true;
+    g_signal = sig;
+    g_cv.notify_all();
+  }).detach();
+
+  auto spec = LoadJobSpec(config_path);
+  if (!spec.ok()) {
+    log::Error("cannot load the job spec", {{"path", config_path}, {"error", spec.status().ToString()}});
+    return 2;
+  }
+
+  aggregator::ServerOptions options;
+  options.grpc_address = listen;
+  options.http_address = http;
+  options.checkpoint_dir = checkpoint_dir;
+  options.expected_agents = expected_agents;
+  options.tokens_file = tokens_file;
+  options.max_update_bytes = max_update_bytes;
+  auto server = aggregator::AggregatorServer::Create(*spec, options);
+  if (!server.ok()) {
+    log::Error("cannot start the aggregator", {{"error", server.status().ToString()}});
+    return 1;
+  }
+  if (Status s = (*server)->Start(); !s.ok()) {
+    log::Error("cannot start the aggregator", {{"error", s.ToString()}});
+    return 1;
+  }
+
+  // With --exit-when-done: leave once every joined agent was told DONE (plus a
+  // moment for its last RPC), or after a grace period for agents that never ask.
+  constexpr auto kAfterDone = 1s;
+  constexpr int64_t kGraceMs = 30'000;
+  int exit_code = 0;
+  aggregator::RoundEngine& engine = (*server)->engine();
+  std::unique_lock<std::mutex> lock(g_mu);
+  while (!g_stop) {
+    g_cv.wait_for(lock, 100ms);
+    if (g_stop || !exit_when_done) continue;
+    auto finished = engine.FinishedAtMs();
+    if (!finished) continue;
+    const bool failed = engine.GetStatus().state == aggregator::JobState::kFailed;
+    const int64_t since = aggregator::SystemClock::Get()->NowUnixMs() - *finished;
+    if (engine.AllAgentsDone() || since >= (failed ? 2'000 : kGraceMs)) {
+      lock.unlock();
+      if (!failed) std::this_thread::sleep_for(kAfterDone);
+      lock.lock();
+      exit_code = failed ? 1 : 0;
+      log::Info("job finished; exiting", {{"state", failed ? "Failed" : "Succeeded"}});
+      break;
+    }
+  }
+  if (g_signal != 0) log::Info("signal received; shutting down", {{"signal", g_signal}});
+  lock.unlock();
+  (*server)->Shutdown(5s);
+  return exit_code;
+}

@@ -1,0 +1,113 @@
+#include "fedge/aggregator/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace fedge::aggregator {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& r = *registry_;
+  rounds_completed_ = &BuildCounter()
+                           .Name("fedge_aggregator_rounds_completed_total")
+                           .Help("Training rounds completed (aggregated, evaluated, checkpointed)")
+                           .Register(r)
+                           .Add({});
+  round_duration_ = &BuildHistogram()
+                         .Name("fedge_aggregator_round_duration_seconds")
+                         .Help("Wall time of a round, from invitations to evaluation close")
+                         .Register(r)
+                         .Add({}, prometheus::Histogram::BucketBoundaries{0.5, 1, 2, 5, 10, 30, 60, 120,
+                                                                          300, 600, 1800, 3600});
+  updates_received_ = &BuildCounter()
+                           .Name("fedge_aggregator_updates_received_total")
+                           .Help("Updates accepted into a round")
+                           .Register(r)
+                           .Add({});
+  updates_rejected_ = &BuildCounter()
+                           .Name("fedge_aggregator_updates_rejected_total")
+                           .Help("Updates rejected, by reason")
+                           .Register(r);
+  bytes_received_ = &BuildCounter()
+                         .Name("fedge_aggregator_bytes_received_total")
+                         .Help("Update payload bytes received (accepted or not)")
+                         .Register(r)
+                         .Add({});
+  bytes_sent_ = &BuildCounter()
+                     .Name("fedge_aggregator_bytes_sent_total")
+                     .Help("Global model bytes streamed to agents")
+                     .Register(r)
+                     .Add({});
+  update_raw_bytes_ = &BuildCounter()
+                           .Name("fedge_aggregator_update_raw_bytes_total")
+                           .Help("Accepted updates' size as fp32 (agent-reported)")
+                           .Register(r)
+                           .Add({});
+  update_encoded_bytes_ = &BuildCounter()
+                               .Name("fedge_aggregator_update_encoded_bytes_total")
+                               .Help("Accepted updates' encoded size on the wire")
+                               .Register(r)
+                               .Add({});
+  agents_joined_ = &BuildGauge()
+                        .Name("fedge_aggregator_agents_joined")
+                        .Help("Agents currently joined")
+                        .Register(r)
+                        .Add({});
+  global_version_ = &BuildGauge()
+                         .Name("fedge_aggregator_global_version")
+                         .Help("Version of the current global model (0: none yet)")
+                         .Register(r)
+                         .Add({});
+  round_accuracy_ = &BuildGauge()
+                         .Name("fedge_aggregator_round_accuracy")
+                         .Help("Evaluation accuracy of the last completed round")
+                         .Register(r)
+                         .Add({});
+  round_loss_ = &BuildGauge()
+                     .Name("fedge_aggregator_round_loss")
+                     .Help("Evaluation loss of the last completed round")
+                     .Register(r)
+                     .Add({});
+}
+
+AggregatorMetrics::~AggregatorMetrics() = default;
+
+void AggregatorMetrics::RoundCompleted(double seconds) {
+  rounds_completed_->Increment();
+  round_duration_->Observe(seconds);
+}
+
+void AggregatorMetrics::UpdateAccepted(uint64_t encoded_bytes, uint64_t raw_bytes) {
+  updates_received_->Increment();
+  update_encoded_bytes_->Increment(static_cast<double>(encoded_bytes));
+  update_raw_bytes_->Increment(static_cast<double>(raw_bytes));
+}
+
+void AggregatorMetrics::UpdateRejected(std::string_view reason) {
+  updates_rejected_->Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void AggregatorMetrics::BytesReceived(uint64_t bytes) { bytes_received_->Increment(static_cast<double>(bytes)); }
+void AggregatorMetrics::BytesSent(uint64_t bytes) { bytes_sent_->Increment(static_cast<double>(bytes)); }
+void AggregatorMetrics::SetAgentsJoined(int64_t n) { agents_joined_->Set(static_cast<double>(n)); }
+void AggregatorMetrics::SetGlobalVersion(int64_t version) { global_version_->Set(static_cast<double>(version)); }
+
+void AggregatorMetrics::SetRoundEvaluation(double accuracy, double loss) {
+  round_accuracy_->Set(accuracy);
+  round_loss_->Set(loss);
+}
+
+double AggregatorMetrics::updates_rejected(std::string_view reason) const {
+  return updates_rejected_->Add({{"reason", std::string(reason)}}).Value();
+}
+double AggregatorMetrics::updates_received() const { return updates_received_->Value(); }
+double AggregatorMetrics::rounds_completed() const { return rounds_completed_->Value(); }
+double AggregatorMetrics::bytes_sent() const { return bytes_sent_->Value(); }
+
+}  // namespace fedge::aggregator

@@ -1,0 +1,202 @@
+#include "fedge/aggregator/protocol_handler.h"
+
+#include <algorithm>
+
+#include "fedge/log.h"
+
+namespace fedge::aggregator {
+
+ProtocolHandler::ProtocolHandler(RoundEngine* engine, AggregatorMetrics* metrics, ProtocolOptions options)
+    : engine_(engine), metrics_(metrics), options_(std::move(options)) {}
+
+Status ProtocolHandler::CheckVersionAndJob(const v1::RequestHeader& header) const {
+  if (header.protocol_version() != kProtocolVersion) {
+    return FailedPreconditionError("protocol version " + std::to_string(header.protocol_version()) +
+                                   " not supported; this aggregator speaks " + std::to_string(kProtocolVersion));
+  }
+  const std::string& job = engine_->options().job;
+  if (header.job() != job) {
+    return NotFoundError("job \"" + header.job() + "\" is not served here; this aggregator runs job \"" + job + "\"");
+  }
+  if (header.agent_id().empty()) return InvalidArgumentError("header.agent_id is empty");
+  return OkStatus();
+}
+
+Status ProtocolHandler::CheckHeader(const v1::RequestHeader& header) const {
+  FEDGE_RETURN_IF_ERROR(CheckVersionAndJob(header));
+  return engine_->CheckSession(header.agent_id(), header.session());
+}
+
+Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* response) {
+  FEDGE_RETURN_IF_ERROR(CheckVersionAndJob(request.header()));
+  const std::string& agent = request.header().agent_id();
+  if (!options_.tokens.empty()) {
+    auto it = options_.tokens.find(agent);
+    if (it == options_.tokens.end() || !TokenMatches(it->second, request.token())) {
+      log::Warn("join refused: bad token", {{"agent", agent}, {"node", request.node_name()}});
+      return UnauthenticatedError("agent \"" + agent + "\" presented no valid token for job \"" +
+                                  engine_->options().job + "\"; check the agent's token secret");
+    }
+  }
+  response->set_session(engine_->Join(agent, request.node_name(), request.capabilities().num_train_examples()));
+  response->set_protocol_version(kProtocolVersion);
+  auto global = engine_->Global(0);
+  response->set_global_version(global.ok() ? (*global)->version : 0);
+  response->set_total_rounds(engine_->options().total_rounds);
+  return OkStatus();
+}
+
+Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* response) {
+  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
+  TaskInfo task = engine_->GetTask(request.header().agent_id(), request.held_version());
+  switch (task.kind) {
+    case TaskKind::kWait: response->set_kind(v1::TASK_KIND_WAIT); break;
+    case TaskKind::kInitialize: response->set_kind(v1::TASK_KIND_INITIALIZE); break;
+    case TaskKind::kTrain: response->set_kind(v1::TASK_KIND_TRAIN); break;
+    case TaskKind::kEvaluate: response->set_kind(v1::TASK_KIND_EVALUATE); break;
+    case TaskKind::kDone: response->set_kind(v1::TASK_KIND_DONE); break;
+  }
+  response->set_round(task.round);
+  response->set_global_version(task.global_version);
+  response->set_global_checksum(task.global_checksum);
+  response->set_deadline_unix_ms(task.deadline_unix_ms);
+  response->set_retry_after_ms(task.retry_after_ms);
+  response->set_message(task.message);
+  if (task.kind == TaskKind::kTrain || task.kind == TaskKind::kInitialize || task.kind == TaskKind::kEvaluate) {
+    v1::TrainingConfig* c = response->mutable_config();
+    c->set_local_steps(task.config.local_steps);
+    c->set_batch_size(task.config.batch_size);
+    c->set_learning_rate(task.config.learning_rate);
+    c->set_weight_decay(task.config.weight_decay);
+    c->set_seed(task.config.seed);
+    c->set_update_codec(task.config.update_codec);
+    c->set_max_seq_len(task.config.max_seq_len);
+    c->set_max_grad_norm(task.config.max_grad_norm);
+    c->set_proximal_mu(task.config.proximal_mu);
+    c->set_block_size(task.config.block_size);
+  }
+  return OkStatus();
+}
+
+Status ProtocolHandler::FetchGlobal(const v1::FetchGlobalRequest& request,
+                                    const std::function<bool(const v1::GlobalChunk&)>& write) {
+  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
+  FEDGE_ASSIGN_OR_RETURN(std::shared_ptr<const GlobalModel> global, engine_->Global(request.version()));
+  const std::string& bytes = global->encoded;
+  const size_t chunk = std::clamp<size_t>(options_.chunk_bytes, 1, kMaxChunkBytes);
+  uint64_t sent = 0;
+  size_t offset = 0;
+  Status result;
+  // An empty bundle still gets one (metadata) chunk.
+  do {
+    const size_t n = std::min(chunk, bytes.size() - offset);
+    v1::GlobalChunk c;
+    c.set_version(global->version);
+    c.set_total_bytes(bytes.size());
+    c.set_checksum(global->checksum);
+    c.set_offset(offset);
+    c.set_data(bytes.data() + offset, n);
+    if (!write(c)) {
+      result = CancelledError("the agent closed the FetchGlobal stream at offset " + std::to_string(offset));
+      break;
+    }
+    offset += n;
+    sent += n;
+  } while (offset < bytes.size());
+  engine_->RecordBytesSent(sent);
+  return result;
+}
+
+v1::SubmitUpdateResponse ProtocolHandler::Reject(const v1::UpdateHeader& header, std::string_view label,
+                                                 std::string reason) {
+  if (metrics_) metrics_->UpdateRejected(label);
+  log::Warn("update rejected", {{"agent", header.header().agent_id()}, {"round", header.round()}, {"reason", reason}});
+  v1::SubmitUpdateResponse r;
+  r.set_accepted(false);
+  r.set_reason(std::move(reason));
+  r.set_round(header.round());
+  return r;
+}
+
+Status ProtocolHandler::BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUpdateResponse* rejection,
+                                    bool* rejected) {
+  *rejected = false;
+  FEDGE_RETURN_IF_ERROR(CheckHeader(header.header()));
+  if (header.total_bytes() > options_.max_update_bytes) {
+    *rejection = Reject(header, "too_large",
+                        "update of " + std::to_string(header.total_bytes()) + " bytes exceeds the limit of " +
+                            std::to_string(options_.max_update_bytes) + " bytes (--max-update-bytes)");
+    *rejected = true;
+  } else if (header.total_bytes() == 0) {
+    *rejection = Reject(header, "bad_request", "update header declares total_bytes = 0");
+    *rejected = true;
+  }
+  return OkStatus();
+}
+
+bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::string& chunk, std::string* buffer,
+                                  v1::SubmitUpdateResponse* rejection) {
+  if (metrics_) metrics_->BytesReceived(chunk.size());
+  if (chunk.size() > kMaxChunkBytes) {
+    *rejection = Reject(header, "bad_request",
+                        "chunk of " + std::to_string(chunk.size()) + " bytes exceeds the 4 MiB chunk limit");
+    return false;
+  }
+  if (buffer->size() + chunk.size() > header.total_bytes()) {
+    *rejection = Reject(header, "size_mismatch",
+                        "more data than the declared total_bytes " + std::to_string(header.total_bytes()));
+    return false;
+  }
+  if (buffer->empty()) buffer->reserve(header.total_bytes());
+  buffer->append(chunk);
+  return true;
+}
+
+v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& header, const std::string& data) {
+  if (data.size() != header.total_bytes()) {
+    return Reject(header, "size_mismatch",
+                  "received " + std::to_string(data.size()) + " bytes, header declared " +
+                      std::to_string(header.total_bytes()) + " (stream cut short?)");
+  }
+  if (Sha256Hex(data) != header.checksum()) {
+    return Reject(header, "checksum", "checksum mismatch: the update was corrupted in transit; submit it again");
+  }
+  DecodeLimits limits;
+  limits.max_encoded_bytes = options_.max_update_bytes;
+  auto bundle = DecodeBundle(data, limits);
+  if (!bundle.ok()) return Reject(header, "decode", "cannot decode the update: " + bundle.status().message());
+
+  UpdateMeta meta;
+  meta.agent_id = header.header().agent_id();
+  meta.round = header.round();
+  meta.base_version = header.base_version();
+  meta.num_examples = header.num_examples();
+  meta.is_delta = header.is_delta();
+  meta.train_loss = header.train_loss();
+  meta.steps = header.steps();
+  meta.encoded_bytes = data.size();
+  meta.raw_bytes = header.raw_bytes() > 0 ? header.raw_bytes() : bundle->Fp32Bytes();
+  UpdateVerdict verdict = engine_->SubmitUpdate(meta, *bundle);  // counts its own rejections
+  v1::SubmitUpdateResponse r;
+  r.set_accepted(verdict.accepted);
+  r.set_reason(verdict.reason);
+  r.set_round(verdict.round);
+  return r;
+}
+
+Status ProtocolHandler::ReportMetrics(const v1::MetricsReport& request) {
+  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
+  if (request.phase() != "evaluate") {
+    return InvalidArgumentError("phase \"" + request.phase() + "\" is not reported to the aggregator; use \"evaluate\"");
+  }
+  EvalReport report;
+  report.agent_id = request.header().agent_id();
+  report.round = request.round();
+  report.global_version = request.global_version();
+  report.num_examples = request.num_examples();
+  if (auto it = request.values().find("accuracy"); it != request.values().end()) report.accuracy = it->second;
+  if (auto it = request.values().find("loss"); it != request.values().end()) report.loss = it->second;
+  return engine_->ReportEvaluation(report);
+}
+
+}  // namespace fedge::aggregator

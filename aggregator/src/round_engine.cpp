@@ -1,0 +1,666 @@
+#include "fedge/aggregator/round_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "fedge/aggregator/fedavg.h"
+#include "fedge/log.h"
+
+namespace fedge::aggregator {
+
+std::string_view JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kWaitingForAgents: return "WaitingForAgents";
+    case JobState::kInitializing: return "Initializing";
+    case JobState::kRunning: return "Running";
+    case JobState::kSucceeded: return "Succeeded";
+    case JobState::kFailed: return "Failed";
+  }
+  return "Unknown";
+}
+
+std::string_view PhaseName(Phase phase) {
+  switch (phase) {
+    case Phase::kIdle: return "idle";
+    case Phase::kTrain: return "train";
+    case Phase::kEvaluate: return "evaluate";
+  }
+  return "idle";
+}
+
+EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
+  EngineOptions o;
+  o.job = spec.Key();
+  o.total_rounds = spec.rounds.total;
+  o.expected_agents = expected_agents > 0 ? expected_agents : std::max(1, spec.agents.minAgents);
+  o.quorum = spec.rounds.quorum;
+  o.fraction = spec.rounds.fraction;
+  o.round_timeout_ms = static_cast<int64_t>(spec.rounds.timeoutSeconds) * 1000;
+  o.seed = spec.rounds.seed;
+  o.train.local_steps = spec.rounds.localSteps;
+  o.train.batch_size = spec.rounds.batchSize;
+  o.train.learning_rate = static_cast<float>(spec.rounds.learningRate);
+  o.train.weight_decay = static_cast<float>(spec.rounds.weightDecay);
+  o.train.seed = spec.rounds.seed;
+  o.train.update_codec = spec.compression.codec;
+  o.train.max_seq_len = spec.model.maxSeqLen;
+  o.train.max_grad_norm = static_cast<float>(spec.rounds.maxGradNorm);
+  o.train.proximal_mu = static_cast<float>(spec.strategy.proximalMu);
+  o.train.block_size = spec.compression.blockSize;
+  o.strategy = spec.strategy;
+  return o;
+}
+
+StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options, Clock* clock,
+                                                           CheckpointStore* checkpoints,
+                                                           AggregatorMetrics* metrics) {
+  if (options.total_rounds < 1) return InvalidArgumentError("total rounds must be >= 1");
+  if (options.expected_agents < 1) return InvalidArgumentError("expected agents must be >= 1");
+  if (options.quorum < 0) return InvalidArgumentError("quorum must be >= 0");
+  if (!(options.fraction > 0 && options.fraction <= 1)) {
+    return InvalidArgumentError("fraction must be in (0, 1]");
+  }
+  if (options.round_timeout_ms <= 0) return InvalidArgumentError("round timeout must be > 0");
+  if (options.agent_liveness_ms <= 0) options.agent_liveness_ms = options.round_timeout_ms + 60'000;
+  FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy));
+  return std::unique_ptr<RoundEngine>(
+      new RoundEngine(std::move(options), clock, checkpoints, metrics, std::move(strategy)));
+}
+
+RoundEngine::RoundEngine(EngineOptions options, Clock* clock, CheckpointStore* checkpoints,
+                         AggregatorMetrics* metrics, std::unique_ptr<AggregationStrategy> strategy)
+    : options_(std::move(options)),
+      clock_(clock),
+      checkpoints_(checkpoints),
+      metrics_(metrics),
+      strategy_(std::move(strategy)),
+      session_rng_(std::random_device{}()) {}
+
+Status RoundEngine::Restore(CheckpointData data) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (data.job != options_.job) {
+    return FailedPreconditionError("checkpoint belongs to job \"" + data.job + "\", not \"" + options_.job +
+                                   "\": use another --checkpoint-dir");
+  }
+  if (data.total_rounds != options_.total_rounds) {
+    log::Warn("checkpoint was written for a different number of rounds; using the spec's",
+              {{"checkpoint_total", data.total_rounds}, {"spec_total", options_.total_rounds}});
+  }
+  FEDGE_RETURN_IF_ERROR(PublishGlobalLocked(std::move(data.global), data.global_version)
+                            .WithContext("restoring the checkpointed global"));
+  if (!data.global_checksum.empty() && data.global_checksum != global_->checksum) {
+    // The checksum covers the encoded bytes; a different zstd build may encode
+    // the same values differently. Agents get the new checksum with each task.
+    log::Info("re-encoded global has a new checksum", {{"old", data.global_checksum}, {"new", global_->checksum}});
+  }
+  history_ = std::move(data.history);
+  final_accuracy_ = data.final_accuracy;
+  round_ = data.completed_round + 1;
+  phase_ = Phase::kIdle;
+  const int64_t now = clock_->NowUnixMs();
+  if (round_ > options_.total_rounds) {
+    state_ = JobState::kSucceeded;
+    finished_at_ms_ = now;
+  } else {
+    state_ = JobState::kWaitingForAgents;
+  }
+  log::Info("resumed from checkpoint", {{"completed_round", data.completed_round},
+                                        {"next_round", round_},
+                                        {"global_version", global_->version},
+                                        {"state", JobStateName(state_)}});
+  return OkStatus();
+}
+
+std::string RoundEngine::Join(const std::string& agent_id, const std::string& node_name,
+                              int64_t num_train_examples) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixMs();
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(session_rng_()),
+                static_cast<unsigned long long>(session_rng_()));
+  bool rejoin = agents_.count(agent_id) > 0;
+  Agent& agent = agents_[agent_id];
+  agent.session = buf;
+  agent.node_name = node_name;
+  agent.num_train_examples = num_train_examples;
+  agent.last_seen_ms = now;
+  agent.got_done = false;
+  if (metrics_) metrics_->SetAgentsJoined(static_cast<int64_t>(agents_.size()));
+  log::Info(rejoin ? "agent rejoined" : "agent joined",
+            {{"agent", agent_id}, {"node", node_name}, {"agents_joined", agents_.size()}});
+  TickLocked(now);
+  return agent.session;
+}
+
+Status RoundEngine::CheckSession(const std::string& agent_id, const std::string& session) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = agents_.find(agent_id);
+  if (it == agents_.end() || session.empty() || it->second.session != session) {
+    return UnauthenticatedError("unknown session for agent \"" + agent_id +
+                                "\" (the aggregator restarted, or the agent joined again elsewhere): "
+                                "rejoin by calling Join");
+  }
+  return OkStatus();
+}
+
+TaskInfo RoundEngine::WaitTask(std::string message) const {
+  TaskInfo t;
+  t.kind = TaskKind::kWait;
+  t.retry_after_ms = options_.retry_after_ms;
+  t.message = std::move(message);
+  if (global_) {
+    t.global_version = global_->version;
+    t.global_checksum = global_->checksum;
+  }
+  return t;
+}
+
+TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixMs();
+  auto it = agents_.find(agent_id);
+  if (it == agents_.end()) return WaitTask("unknown agent: rejoin");
+  Agent& agent = it->second;
+  agent.last_seen_ms = now;
+  TickLocked(now);
+
+  switch (state_) {
+    case JobState::kSucceeded: {
+      agent.got_done = true;
+      TaskInfo t;
+      t.kind = TaskKind::kDone;
+      t.round = static_cast<int64_t>(history_.size());
+      t.global_version = global_->version;
+      t.global_checksum = global_->checksum;
+      t.message = "the job succeeded; serve global version " + std::to_string(global_->version);
+      return t;
+    }
+    case JobState::kFailed: {
+      TaskInfo t = WaitTask("the job failed: " + message_);
+      t.retry_after_ms = std::max(options_.retry_after_ms, 5000);
+      return t;
+    }
+    case JobState::kWaitingForAgents:
+      return WaitTask(message_);
+    case JobState::kInitializing: {
+      if (initializer_.empty()) {
+        initializer_ = agent_id;
+        initializer_deadline_ms_ = now + options_.round_timeout_ms;
+        log::Info("asked agent to initialize the global model", {{"agent", agent_id}});
+      }
+      if (initializer_ != agent_id) return WaitTask("agent " + initializer_ + " is uploading the initial model");
+      TaskInfo t;
+      t.kind = TaskKind::kInitialize;
+      t.round = 0;
+      t.deadline_unix_ms = initializer_deadline_ms_;
+      t.config = options_.train;
+      t.message = "upload your initial trainable state (round 0, is_delta=false)";
+      return t;
+    }
+    case JobState::kRunning:
+      break;
+  }
+
+  TaskInfo t;
+  t.round = round_;
+  t.global_version = global_->version;
+  t.global_checksum = global_->checksum;
+  t.config = options_.train;
+  if (phase_ == Phase::kTrain) {
+    if (!train_.invited.count(agent_id)) {
+      return WaitTask("not selected for round " + std::to_string(round_));
+    }
+    if (train_.answered.count(agent_id)) {
+      return WaitTask("update for round " + std::to_string(round_) + " received; waiting for " +
+                      std::to_string(train_.invited.size() - train_.answered.size()) + " more");
+    }
+    t.kind = TaskKind::kTrain;
+    t.deadline_unix_ms = train_.deadline_ms;
+    return t;
+  }
+  if (phase_ == Phase::kEvaluate) {
+    if (!eval_.asked.count(agent_id) || eval_.reported.count(agent_id)) {
+      return WaitTask("evaluation of round " + std::to_string(round_) + " in progress");
+    }
+    t.kind = TaskKind::kEvaluate;
+    t.deadline_unix_ms = eval_.deadline_ms;
+    return t;
+  }
+  (void)held_version;  // Delta downloads from the held version come with a later protocol revision.
+  return WaitTask(message_);
+}
+
+UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBundle& bundle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixMs();
+  if (auto it = agents_.find(meta.agent_id); it != agents_.end()) it->second.last_seen_ms = now;
+  TickLocked(now);
+
+  auto reject = [&](std::string_view label, std::string reason) {
+    if (metrics_) metrics_->UpdateRejected(label);
+    log::Warn("update rejected", {{"agent", meta.agent_id}, {"round", meta.round}, {"reason", reason}});
+    UpdateVerdict v;
+    v.accepted = false;
+    v.reason = std::move(reason);
+    v.reason_label = std::string(label);
+    v.round = meta.round;
+    return v;
+  };
+  const std::string r = std::to_string(meta.round);
+
+  if (state_ == JobState::kSucceeded || state_ == JobState::kFailed) {
+    return reject("round_closed", "round " + r + " is closed: the job has finished");
+  }
+  if (meta.round == 0 || !meta.is_delta) return SubmitInitialLocked(meta, bundle, now);
+  if (!global_) return reject("not_initialized", "the global model is not initialized yet; ask for a task");
+  if (meta.round < round_ || (meta.round == round_ && phase_ == Phase::kEvaluate)) {
+    return reject("round_closed", "round " + r + " is closed");
+  }
+  if (meta.round > round_ || phase_ != Phase::kTrain) {
+    return reject("round_not_open", "round " + r + " has not started (next round is " + std::to_string(round_) +
+                                        "); ask for a task");
+  }
+  if (!train_.invited.count(meta.agent_id)) {
+    return reject("not_participant", "agent " + meta.agent_id + " is not a participant of round " + r);
+  }
+  if (train_.answered.count(meta.agent_id)) {
+    return reject("duplicate", "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
+  }
+  if (meta.base_version != global_->version) {
+    return reject("stale_base", "stale base version " + std::to_string(meta.base_version) + ": round " + r +
+                                    " trains on global version " + std::to_string(global_->version) +
+                                    "; fetch it and train again");
+  }
+  if (meta.num_examples <= 0) {
+    return reject("bad_request", "num_examples must be > 0, got " + std::to_string(meta.num_examples));
+  }
+  if (Status s = CheckSameLayout(global_->bundle, bundle); !s.ok()) {
+    return reject("layout", "update layout differs from global version " + std::to_string(global_->version) +
+                                ": " + s.message());
+  }
+  if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
+  if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) return reject("invalid", s.message());
+
+  train_.answered.insert(meta.agent_id);
+  if (std::isfinite(meta.train_loss)) {
+    train_.train_loss_sum += static_cast<double>(meta.num_examples) * meta.train_loss;
+    train_.examples += static_cast<double>(meta.num_examples);
+  }
+  current_.bytes_up += meta.encoded_bytes;
+  current_.raw_bytes_up += meta.raw_bytes;
+  if (metrics_) metrics_->UpdateAccepted(meta.encoded_bytes, meta.raw_bytes);
+  log::Info("update accepted", {{"agent", meta.agent_id},
+                                {"round", meta.round},
+                                {"num_examples", meta.num_examples},
+                                {"bytes", meta.encoded_bytes},
+                                {"answered", train_.answered.size()},
+                                {"invited", train_.invited.size()}});
+  UpdateVerdict v;
+  v.accepted = true;
+  v.round = meta.round;
+  TickLocked(now);
+  return v;
+}
+
+UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const TensorBundle& bundle, int64_t now) {
+  auto reject = [&](std::string_view label, std::string reason) {
+    if (metrics_) metrics_->UpdateRejected(label);
+    log::Warn("initial upload rejected", {{"agent", meta.agent_id}, {"reason", reason}});
+    UpdateVerdict v;
+    v.reason = std::move(reason);
+    v.reason_label = std::string(label);
+    v.round = meta.round;
+    return v;
+  };
+  if (global_) {
+    return reject("already_initialized", "the global model is already initialized (version " +
+                                             std::to_string(global_->version) + "); ask for a task");
+  }
+  if (meta.round != 0 || meta.is_delta) {
+    return reject("bad_request", "an INITIALIZE upload is a full state with round 0 and is_delta=false");
+  }
+  if (state_ != JobState::kInitializing || initializer_ != meta.agent_id) {
+    return reject("not_initializer", "agent " + meta.agent_id + " was not asked to initialize; ask for a task");
+  }
+  if (bundle.tensors.empty()) return reject("bad_request", "the initial state has no tensors");
+  if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
+  if (Status s = PublishGlobalLocked(bundle, 1); !s.ok()) return reject("invalid", s.message());
+  if (metrics_) metrics_->UpdateAccepted(meta.encoded_bytes, meta.raw_bytes);
+  initializer_.clear();
+  state_ = JobState::kRunning;
+  phase_ = Phase::kIdle;
+  round_ = 1;
+  log::Info("global model initialized", {{"agent", meta.agent_id},
+                                         {"tensors", bundle.tensors.size()},
+                                         {"elements", bundle.NumElements()},
+                                         {"checksum", global_->checksum}});
+  SaveCheckpointLocked(/*completed_round=*/0);
+  TickLocked(now);
+  UpdateVerdict v;
+  v.accepted = true;
+  v.round = 0;
+  return v;
+}
+
+Status RoundEngine::ReportEvaluation(const EvalReport& report) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixMs();
+  if (auto it = agents_.find(report.agent_id); it != agents_.end()) it->second.last_seen_ms = now;
+  TickLocked(now);
+  if (state_ != JobState::kRunning || phase_ != Phase::kEvaluate || report.round != round_ ||
+      !global_ || report.global_version != global_->version) {
+    return FailedPreconditionError("no evaluation of round " + std::to_string(report.round) + " (version " +
+                                   std::to_string(report.global_version) + ") is open; the aggregator is at round " +
+                                   std::to_string(round_) + ", phase " + std::string(PhaseName(phase_)) +
+                                   ": ask for a task");
+  }
+  if (!eval_.asked.count(report.agent_id)) {
+    return FailedPreconditionError("agent " + report.agent_id + " was not asked to evaluate round " +
+                                   std::to_string(round_));
+  }
+  if (eval_.reported.count(report.agent_id)) {
+    return AlreadyExistsError("agent " + report.agent_id + " already reported round " + std::to_string(round_));
+  }
+  if (report.num_examples <= 0) {
+    return InvalidArgumentError("num_examples must be > 0, got " + std::to_string(report.num_examples));
+  }
+  if (report.accuracy && !(*report.accuracy >= 0 && *report.accuracy <= 1)) {
+    return InvalidArgumentError("accuracy must be in [0, 1], got " + std::to_string(*report.accuracy));
+  }
+  if (report.loss && !std::isfinite(*report.loss)) return InvalidArgumentError("loss must be finite");
+  const double n = static_cast<double>(report.num_examples);
+  if (report.accuracy) {
+    eval_.correct += *report.accuracy * n;
+    eval_.acc_examples += report.num_examples;
+  }
+  if (report.loss) {
+    eval_.loss_sum += *report.loss * n;
+    eval_.loss_examples += report.num_examples;
+  }
+  eval_.reported.insert(report.agent_id);
+  log::Info("evaluation reported", {{"agent", report.agent_id},
+                                    {"round", report.round},
+                                    {"num_examples", report.num_examples},
+                                    {"accuracy", report.accuracy.value_or(NAN)},
+                                    {"loss", report.loss.value_or(NAN)}});
+  TickLocked(now);
+  return OkStatus();
+}
+
+StatusOr<std::shared_ptr<const GlobalModel>> RoundEngine::Global(int64_t version) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!global_) return NotFoundError("no global model yet: the job is initializing; ask for a task");
+  if (version != 0 && version != global_->version) {
+    return NotFoundError("global version " + std::to_string(version) + " is not available; the current version is " +
+                         std::to_string(global_->version) + ": ask for a task");
+  }
+  return global_;
+}
+
+void RoundEngine::RecordBytesSent(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (metrics_) metrics_->BytesSent(bytes);
+  if (state_ == JobState::kRunning && phase_ != Phase::kIdle) current_.bytes_down += bytes;
+}
+
+void RoundEngine::Tick() {
+  std::lock_guard<std::mutex> lock(mu_);
+  TickLocked(clock_->NowUnixMs());
+}
+
+EngineStatus RoundEngine::GetStatus() {
+  std::lock_guard<std::mutex> lock(mu_);
+  TickLocked(clock_->NowUnixMs());
+  EngineStatus s;
+  s.job = options_.job;
+  s.state = state_;
+  s.round = std::min<int64_t>(round_, options_.total_rounds);
+  if (!global_) s.round = 0;
+  s.total_rounds = options_.total_rounds;
+  s.phase = phase_;
+  if (global_) {
+    s.global_version = global_->version;
+    s.global_checksum = global_->checksum;
+  }
+  s.agents_joined = static_cast<int>(agents_.size());
+  s.rounds = history_;
+  s.final_accuracy = final_accuracy_;
+  s.message = message_;
+  return s;
+}
+
+bool RoundEngine::AllAgentsDone() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (state_ != JobState::kSucceeded) return false;
+  for (const auto& [id, agent] : agents_) {
+    if (!agent.got_done) return false;
+  }
+  return true;
+}
+
+std::optional<int64_t> RoundEngine::FinishedAtMs() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return finished_at_ms_;
+}
+
+// --- state machine ---------------------------------------------------------
+
+std::vector<std::string> RoundEngine::LiveAgentsLocked(int64_t now) const {
+  std::vector<std::string> live;
+  for (const auto& [id, agent] : agents_) {
+    if (now - agent.last_seen_ms <= options_.agent_liveness_ms) live.push_back(id);
+  }
+  return live;  // sorted: agents_ is an ordered map
+}
+
+void RoundEngine::TickLocked(int64_t now) {
+  if (state_ == JobState::kSucceeded || state_ == JobState::kFailed) return;
+  const size_t joined = agents_.size();
+  const size_t expected = static_cast<size_t>(options_.expected_agents);
+
+  if (!global_) {
+    if (!initializer_.empty() && now >= initializer_deadline_ms_) {
+      log::Warn("initializing agent missed its deadline; asking another", {{"agent", initializer_}});
+      initializer_.clear();
+    }
+    if (joined < expected) {
+      state_ = JobState::kWaitingForAgents;
+      message_ = "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
+    } else {
+      state_ = JobState::kInitializing;
+      message_ = "waiting for the initial model upload";
+    }
+    return;
+  }
+
+  // Each pass makes at most one transition; loop until nothing changes (a
+  // round can close, evaluate with nobody live and start the next in one go).
+  for (int guard = 0; guard < 16; ++guard) {
+    if (state_ == JobState::kSucceeded || state_ == JobState::kFailed) return;
+    if (phase_ == Phase::kIdle) {
+      if (round_ > options_.total_rounds) {
+        state_ = JobState::kSucceeded;
+        finished_at_ms_ = now;
+        message_ = "all " + std::to_string(options_.total_rounds) + " rounds completed";
+        log::Info("job succeeded", {{"rounds", options_.total_rounds},
+                                    {"global_version", global_->version},
+                                    {"final_accuracy", final_accuracy_.value_or(NAN)}});
+        return;
+      }
+      if (joined < expected) {
+        state_ = JobState::kWaitingForAgents;
+        message_ = "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
+        return;
+      }
+      if (LiveAgentsLocked(now).empty()) {
+        state_ = JobState::kWaitingForAgents;
+        message_ = "waiting for agents: none has been heard from recently";
+        return;
+      }
+      StartTrainLocked(now);
+      continue;
+    }
+    if (phase_ == Phase::kTrain) {
+      const size_t invited = train_.invited.size(), answered = train_.answered.size();
+      if (answered == invited) {
+        CloseTrainLocked(now, "all_answered");
+        continue;
+      }
+      if (now < train_.deadline_ms) return;
+      const size_t required =
+          options_.quorum > 0 ? std::min(invited, static_cast<size_t>(options_.quorum)) : invited;
+      if (answered >= required) {
+        CloseTrainLocked(now, "quorum_at_deadline");
+        continue;
+      }
+      if (train_.extensions < options_.max_deadline_extensions) {
+        ++train_.extensions;
+        train_.deadline_ms = now + options_.round_timeout_ms;
+        log::Warn("round deadline extended: quorum not reached",
+                  {{"round", round_}, {"updates", answered}, {"required", required},
+                   {"extension", train_.extensions}, {"new_deadline_unix_ms", train_.deadline_ms}});
+        return;
+      }
+      if (options_.quorum == 0 && answered >= 1) {
+        log::Warn("closing round below quorum after the extended deadline",
+                  {{"round", round_}, {"updates", answered}, {"invited", invited}});
+        CloseTrainLocked(now, "below_quorum_after_extension");
+        continue;
+      }
+      FailLocked("round " + std::to_string(round_) + ": " + std::to_string(answered) + " of " +
+                 std::to_string(required) + " required updates arrived by the extended deadline");
+      return;
+    }
+    if (phase_ == Phase::kEvaluate) {
+      if (eval_.reported.size() == eval_.asked.size() || now >= eval_.deadline_ms) {
+        CloseEvalLocked(now);
+        continue;
+      }
+      return;
+    }
+  }
+}
+
+void RoundEngine::StartTrainLocked(int64_t now) {
+  std::vector<std::string> live = LiveAgentsLocked(now);
+  // Deterministic per (seed, round): a resumed job invites the same agents.
+  std::mt19937_64 rng(options_.seed ^ (static_cast<uint64_t>(round_) * 0x9E3779B97F4A7C15ull));
+  std::shuffle(live.begin(), live.end(), rng);
+  const size_t n = live.size();
+  size_t k = static_cast<size_t>(std::ceil(static_cast<double>(n) * options_.fraction - 1e-9));
+  k = std::max(k, std::min(n, static_cast<size_t>(options_.quorum)));
+  k = std::clamp<size_t>(k, 1, n);
+  train_ = TrainRound{};
+  train_.invited.insert(live.begin(), live.begin() + static_cast<std::ptrdiff_t>(k));
+  train_.deadline_ms = now + options_.round_timeout_ms;
+  strategy_->Begin(global_->bundle);
+  current_ = RoundRecord{};
+  current_.round = round_;
+  current_.invited = static_cast<int>(k);
+  round_started_ms_ = now;
+  state_ = JobState::kRunning;
+  phase_ = Phase::kTrain;
+  message_ = "round " + std::to_string(round_) + ": training";
+  log::Info("round started", {{"round", round_},
+                              {"invited", k},
+                              {"live_agents", n},
+                              {"global_version", global_->version},
+                              {"deadline_unix_ms", train_.deadline_ms}});
+}
+
+void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
+  auto next = strategy_->Finish(global_->bundle);
+  if (!next.ok()) {
+    FailLocked("round " + std::to_string(round_) + ": aggregation failed: " + next.status().message());
+    return;
+  }
+  if (Status s = PublishGlobalLocked(std::move(*next), global_->version + 1); !s.ok()) {
+    FailLocked("round " + std::to_string(round_) + ": cannot encode the new global: " + s.message());
+    return;
+  }
+  current_.participants = static_cast<int>(train_.answered.size());
+  if (train_.examples > 0) current_.train_loss = train_.train_loss_sum / train_.examples;
+  current_.close_reason = reason;
+  current_.global_version = global_->version;
+  std::vector<std::string> live = LiveAgentsLocked(now);
+  eval_ = EvalRound{};
+  eval_.asked.insert(live.begin(), live.end());
+  eval_.deadline_ms = now + options_.round_timeout_ms;
+  phase_ = Phase::kEvaluate;
+  message_ = "round " + std::to_string(round_) + ": evaluating";
+  log::Info("round aggregated", {{"round", round_},
+                                 {"participants", current_.participants},
+                                 {"reason", reason},
+                                 {"global_version", global_->version},
+                                 {"train_loss", current_.train_loss.value_or(NAN)},
+                                 {"evaluators", eval_.asked.size()}});
+}
+
+void RoundEngine::CloseEvalLocked(int64_t now) {
+  if (eval_.acc_examples > 0) current_.accuracy = eval_.correct / static_cast<double>(eval_.acc_examples);
+  if (eval_.loss_examples > 0) current_.loss = eval_.loss_sum / static_cast<double>(eval_.loss_examples);
+  current_.eval_examples = std::max(eval_.acc_examples, eval_.loss_examples);
+  current_.evaluators = static_cast<int>(eval_.reported.size());
+  current_.seconds = static_cast<double>(now - round_started_ms_) / 1000.0;
+  history_.push_back(current_);
+  if (round_ == options_.total_rounds) final_accuracy_ = current_.accuracy;
+  if (metrics_) {
+    metrics_->RoundCompleted(current_.seconds);
+    metrics_->SetRoundEvaluation(current_.accuracy.value_or(NAN), current_.loss.value_or(NAN));
+  }
+  log::Info("round closed", {{"round", round_},
+                             {"participants", current_.participants},
+                             {"loss", current_.loss.value_or(NAN)},
+                             {"accuracy", current_.accuracy.value_or(NAN)},
+                             {"eval_examples", current_.eval_examples},
+                             {"bytes_up", current_.bytes_up},
+                             {"bytes_down", current_.bytes_down},
+                             {"seconds", current_.seconds},
+                             {"global_version", current_.global_version}});
+  SaveCheckpointLocked(round_);
+  ++round_;
+  phase_ = Phase::kIdle;
+}
+
+void RoundEngine::FailLocked(const std::string& message) {
+  state_ = JobState::kFailed;
+  phase_ = Phase::kIdle;
+  message_ = message;
+  finished_at_ms_ = clock_->NowUnixMs();
+  log::Error("job failed", {{"reason", message}});
+}
+
+Status RoundEngine::PublishGlobalLocked(TensorBundle bundle, int64_t version) {
+  auto model = std::make_shared<GlobalModel>();
+  FEDGE_ASSIGN_OR_RETURN(model->encoded, EncodeBundle(bundle, options_.global_encoding));
+  model->checksum = Sha256Hex(model->encoded);
+  model->version = version;
+  model->bundle = std::move(bundle);
+  global_ = std::move(model);
+  if (metrics_) metrics_->SetGlobalVersion(version);
+  return OkStatus();
+}
+
+void RoundEngine::SaveCheckpointLocked(int64_t completed_round) {
+  if (!checkpoints_) return;
+  CheckpointData data;
+  data.job = options_.job;
+  data.completed_round = completed_round;
+  data.total_rounds = options_.total_rounds;
+  data.global_version = global_->version;
+  data.global_checksum = global_->checksum;
+  data.history = history_;
+  data.final_accuracy = final_accuracy_;
+  data.global = global_->bundle;
+  if (Status s = checkpoints_->Save(data); !s.ok()) {
+    // The job goes on: losing a checkpoint costs a round on restart, stopping costs the job.
+    log::Error("checkpoint failed", {{"round", completed_round}, {"error", s.ToString()}});
+    return;
+  }
+  log::Info("checkpoint written", {{"dir", checkpoints_->dir()},
+                                   {"completed_round", completed_round},
+                                   {"global_version", global_->version}});
+}
+
+}  // namespace fedge::aggregator

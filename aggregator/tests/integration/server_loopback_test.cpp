@@ -1,0 +1,410 @@
+// Real gRPC server on 127.0.0.1:0 driven by plain C++ gRPC clients that play
+// agents (small bundles, no libtorch), plus kill-and-restart on a checkpoint dir.
+#define _TURN_OFF_PLATFORM_STRING
+#include <cpprest/http_client.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include "fedge.grpc.pb.h"
+#include "fedge/aggregator/server.h"
+#include "../test_util.h"
+
+namespace fedge::aggregator {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr char kJob[] = "ns/loopback";
+constexpr auto kTestDeadline = 60s;
+
+JobSpec Spec(int rounds) {
+  JobSpec spec;
+  spec.name = "loopback";
+  spec.namespace_ = "ns";
+  spec.rounds.total = rounds;
+  spec.rounds.timeoutSeconds = 30;
+  spec.agents.minAgents = 3;
+  return spec;
+}
+
+TensorBundle Layout(float value) {
+  TensorBundle b;
+  b.tensors.push_back(NamedTensor{"lora_a", {3}, std::vector<float>(3, value)});
+  b.tensors.push_back(NamedTensor{"lora_b", {2, 2}, std::vector<float>(4, value)});
+  return b;
+}
+
+// A simulated agent: follows the protocol the way fedge-agent does, with
+// "training" that adds (index + 1) to every parameter.
+class SimAgent {
+ public:
+  SimAgent(std::string id, int index, int port)
+      : id_(std::move(id)),
+        index_(index),
+        stub_(v1::Aggregator::NewStub(
+            grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()))) {}
+
+  int64_t examples() const { return 10 * (index_ + 1); }
+  double accuracy() const { return 0.5 + 0.1 * index_; }
+  const std::string& session() const { return session_; }
+
+  // Runs until DONE (true) or, with stop_after_round > 0, until it reported
+  // the evaluation of that round; false on a protocol failure (see error()).
+  bool Run(int64_t stop_after_round = 0) {
+    auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+    if (!Join()) return false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      v1::TaskRequest req;
+      *req.mutable_header() = Header();
+      req.set_held_version(held_version_);
+      v1::Task task;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+      grpc::Status s = stub_->GetTask(&ctx, req, &task);
+      if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+        if (!Join()) return false;
+        continue;
+      }
+      if (!s.ok()) return Fail("GetTask: " + s.error_message());
+      switch (task.kind()) {
+        case v1::TASK_KIND_WAIT:
+          std::this_thread::sleep_for(std::chrono::milliseconds(task.retry_after_ms()));
+          break;
+        case v1::TASK_KIND_INITIALIZE:
+          if (!Submit(0, 0, Layout(0), /*is_delta=*/false)) return false;
+          break;
+        case v1::TASK_KIND_TRAIN: {
+          TensorBundle global;
+          if (!Fetch(task, &global)) return false;
+          if (!Submit(task.round(), task.global_version(), Layout(static_cast<float>(index_ + 1)), true)) {
+            return false;
+          }
+          ++trained_;
+          break;
+        }
+        case v1::TASK_KIND_EVALUATE: {
+          TensorBundle global;
+          if (!Fetch(task, &global)) return false;
+          if (!Report(task)) return false;
+          if (stop_after_round > 0 && task.round() >= stop_after_round) return true;
+          break;
+        }
+        case v1::TASK_KIND_DONE:
+          final_version_ = task.global_version();
+          return true;
+        default:
+          return Fail("unexpected task kind " + std::to_string(task.kind()));
+      }
+    }
+    return Fail("no DONE before the test deadline");
+  }
+
+  // Sends a header declaring `total_bytes`, then tries to stream that much.
+  v1::SubmitUpdateResponse SubmitRaw(uint64_t total_bytes, grpc::Status* status) {
+    v1::SubmitUpdateResponse response;
+    grpc::ClientContext ctx;
+    auto writer = stub_->SubmitUpdate(&ctx, &response);
+    v1::UpdateChunk chunk;
+    v1::UpdateHeader* h = chunk.mutable_header();
+    *h->mutable_header() = Header();
+    h->set_round(1);
+    h->set_base_version(1);
+    h->set_num_examples(1);
+    h->set_total_bytes(total_bytes);
+    h->set_is_delta(true);
+    writer->Write(chunk);
+    std::string block(1 << 20, 'x');
+    for (uint64_t sent = 0; sent < total_bytes; sent += block.size()) {
+      v1::UpdateChunk data;
+      data.set_data(block);
+      if (!writer->Write(data)) break;  // the server answered early
+    }
+    writer->WritesDone();
+    *status = writer->Finish();
+    return response;
+  }
+
+  grpc::Status GetTaskWithSession(const std::string& session, v1::Task* task) {
+    v1::TaskRequest req;
+    *req.mutable_header() = Header();
+    req.mutable_header()->set_session(session);
+    grpc::ClientContext ctx;
+    return stub_->GetTask(&ctx, req, task);
+  }
+
+  bool Join() {
+    v1::JoinRequest req;
+    *req.mutable_header() = Header();
+    req.set_node_name("node-" + id_);
+    req.mutable_capabilities()->set_num_train_examples(examples());
+    v1::JoinResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->Join(&ctx, req, &resp);
+    if (!s.ok()) return Fail("Join: " + s.error_message());
+    session_ = resp.session();
+    return true;
+  }
+
+  const std::string& error() const { return error_; }
+  int trained() const { return trained_; }
+  int64_t final_version() const { return final_version_; }
+
+ private:
+  v1::RequestHeader Header() const {
+    v1::RequestHeader h;
+    h.set_protocol_version(1);
+    h.set_job(kJob);
+    h.set_agent_id(id_);
+    h.set_session(session_);
+    return h;
+  }
+
+  bool Fail(std::string message) {
+    error_ = id_ + ": " + std::move(message);
+    return false;
+  }
+
+  bool Fetch(const v1::Task& task, TensorBundle* out) {
+    v1::FetchGlobalRequest req;
+    *req.mutable_header() = Header();
+    req.set_version(task.global_version());
+    grpc::ClientContext ctx;
+    auto reader = stub_->FetchGlobal(&ctx, req);
+    v1::GlobalChunk chunk;
+    std::string bytes;
+    while (reader->Read(&chunk)) {
+      if (chunk.offset() != bytes.size()) return Fail("gap in FetchGlobal stream");
+      if (chunk.version() != task.global_version()) return Fail("wrong version streamed");
+      bytes += chunk.data();
+    }
+    grpc::Status s = reader->Finish();
+    if (!s.ok()) return Fail("FetchGlobal: " + s.error_message());
+    if (Sha256Hex(bytes) != task.global_checksum()) return Fail("global checksum mismatch");
+    auto bundle = DecodeBundle(bytes);
+    if (!bundle.ok()) return Fail("decode global: " + bundle.status().ToString());
+    *out = std::move(*bundle);
+    held_version_ = task.global_version();
+    return true;
+  }
+
+  bool Submit(int64_t round, int64_t base, const TensorBundle& bundle, bool is_delta) {
+    auto encoded = EncodeBundle(bundle, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 3});
+    if (!encoded.ok()) return Fail("encode: " + encoded.status().ToString());
+    v1::SubmitUpdateResponse response;
+    grpc::ClientContext ctx;
+    auto writer = stub_->SubmitUpdate(&ctx, &response);
+    v1::UpdateChunk first;
+    v1::UpdateHeader* h = first.mutable_header();
+    *h->mutable_header() = Header();
+    h->set_round(round);
+    h->set_base_version(base);
+    h->set_num_examples(examples());
+    h->set_total_bytes(encoded->size());
+    h->set_checksum(Sha256Hex(*encoded));
+    h->set_train_loss(1.0);
+    h->set_is_delta(is_delta);
+    h->set_raw_bytes(bundle.Fp32Bytes());
+    writer->Write(first);
+    constexpr size_t kChunk = 16;  // several chunks even for a tiny bundle
+    for (size_t off = 0; off < encoded->size(); off += kChunk) {
+      v1::UpdateChunk c;
+      c.set_data(encoded->substr(off, kChunk));
+      if (!writer->Write(c)) break;
+    }
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    if (!s.ok()) return Fail("SubmitUpdate: " + s.error_message());
+    if (!response.accepted()) return Fail("update rejected: " + response.reason());
+    return true;
+  }
+
+  bool Report(const v1::Task& task) {
+    v1::MetricsReport req;
+    *req.mutable_header() = Header();
+    req.set_round(task.round());
+    req.set_global_version(task.global_version());
+    req.set_phase("evaluate");
+    req.set_num_examples(examples());
+    (*req.mutable_values())["accuracy"] = accuracy();
+    (*req.mutable_values())["loss"] = 1.0 - 0.1 * index_;
+    v1::MetricsAck ack;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->ReportMetrics(&ctx, req, &ack);
+    if (!s.ok()) return Fail("ReportMetrics: " + s.error_message());
+    return true;
+  }
+
+  std::string id_;
+  int index_;
+  std::unique_ptr<v1::Aggregator::Stub> stub_;
+  std::string session_;
+  int64_t held_version_ = 0;
+  int trained_ = 0;
+  int64_t final_version_ = 0;
+  std::string error_;
+};
+
+ServerOptions LoopbackOptions(const std::string& checkpoint_dir = "") {
+  ServerOptions o;
+  o.grpc_address = "127.0.0.1:0";
+  o.http_address = "127.0.0.1:0";
+  o.checkpoint_dir = checkpoint_dir;
+  o.retry_after_ms = 10;
+  o.tick_interval_ms = 20;
+  return o;
+}
+
+// Runs the three agents to completion on their own threads; EXPECTs success.
+void RunAgents(std::vector<std::unique_ptr<SimAgent>>& agents, int64_t stop_after_round = 0) {
+  std::vector<std::thread> threads;
+  std::vector<char> ok(agents.size(), 0);
+  for (size_t i = 0; i < agents.size(); ++i) {
+    threads.emplace_back([&, i] { ok[i] = agents[i]->Run(stop_after_round); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < agents.size(); ++i) EXPECT_TRUE(ok[i]) << agents[i]->error();
+}
+
+std::vector<std::unique_ptr<SimAgent>> MakeAgents(int port) {
+  std::vector<std::unique_ptr<SimAgent>> agents;
+  for (int i = 0; i < 3; ++i) agents.push_back(std::make_unique<SimAgent>("agent-" + std::to_string(i), i, port));
+  return agents;
+}
+
+std::string HttpGet(int port, const std::string& path, int* status) {
+  web::http::client::http_client client("http://127.0.0.1:" + std::to_string(port));
+  auto response = client.request(web::http::methods::GET, path).get();
+  *status = response.status_code();
+  return response.extract_string(true).get();
+}
+
+// Weighted by examples 10, 20, 30: deltas 1, 2, 3 -> 14/6 per round.
+constexpr double kRoundStep = (1 * 10 + 2 * 20 + 3 * 30) / 60.0;
+constexpr double kAccuracy = (0.5 * 10 + 0.6 * 20 + 0.7 * 30) / 60.0;
+
+TEST(ServerLoopbackTest, ThreeAgentsRunTwoRoundsOverGrpc) {
+  auto server = AggregatorServer::Create(Spec(2), LoopbackOptions());
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->Start().ok());
+  auto agents = MakeAgents((*server)->grpc_port());
+  RunAgents(agents);
+
+  EngineStatus s = (*server)->engine().GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  EXPECT_EQ(s.global_version, 3);
+  for (const auto& a : agents) {
+    EXPECT_EQ(a->trained(), 2);
+    EXPECT_EQ(a->final_version(), 3);
+  }
+  auto global = (*server)->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+  for (float v : (*global)->bundle.Find("lora_b")->values) EXPECT_NEAR(v, 2 * kRoundStep, 1e-5);
+  EXPECT_TRUE((*server)->engine().AllAgentsDone());
+
+  int code = 0;
+  std::string body = HttpGet((*server)->http_port(), "/v1/status", &code);
+  ASSERT_EQ(code, 200) << body;
+  auto j = nlohmann::json::parse(body);
+  EXPECT_EQ(j["job"], kJob);
+  EXPECT_EQ(j["state"], "Succeeded");
+  EXPECT_EQ(j["round"], 2);
+  EXPECT_EQ(j["total_rounds"], 2);
+  EXPECT_EQ(j["global_version"], 3);
+  EXPECT_EQ(j["agents_joined"], 3);
+  EXPECT_EQ(j["global_checksum"], s.global_checksum);
+  ASSERT_EQ(j["rounds"].size(), 2u);
+  for (int r = 0; r < 2; ++r) {
+    const auto& rec = j["rounds"][r];
+    EXPECT_EQ(rec["round"], r + 1);
+    EXPECT_EQ(rec["participants"], 3);
+    EXPECT_NEAR(rec["accuracy"].get<double>(), kAccuracy, 1e-9);
+    EXPECT_EQ(rec["eval_examples"], 60);
+    EXPECT_GT(rec["bytes_up"].get<uint64_t>(), 0u);
+    EXPECT_GT(rec["bytes_down"].get<uint64_t>(), 0u);
+    EXPECT_EQ(rec["global_version"], r + 2);
+    EXPECT_TRUE(rec.contains("loss") && rec.contains("seconds"));
+  }
+  EXPECT_NEAR(j["final_accuracy"].get<double>(), kAccuracy, 1e-9);
+
+  std::string metrics = HttpGet((*server)->http_port(), "/metrics", &code);
+  EXPECT_EQ(code, 200);
+  EXPECT_NE(metrics.find("fedge_aggregator_rounds_completed_total 2"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("fedge_aggregator_updates_received_total 7"), std::string::npos);  // 1 init + 6
+  EXPECT_NE(metrics.find("fedge_aggregator_global_version 3"), std::string::npos);
+  EXPECT_EQ(HttpGet((*server)->http_port(), "/healthz", &code), "ok\n");
+  HttpGet((*server)->http_port(), "/readyz", &code);
+  EXPECT_EQ(code, 200);
+}
+
+TEST(ServerLoopbackTest, OversizeUpdateIsAnsweredBeforeItsDataArrives) {
+  ServerOptions options = LoopbackOptions();
+  options.max_update_bytes = 1 << 20;
+  JobSpec spec = Spec(1);
+  spec.agents.minAgents = 1;
+  auto server = AggregatorServer::Create(spec, options);
+  ASSERT_TRUE(server.ok());
+  ASSERT_TRUE((*server)->Start().ok());
+  SimAgent agent("agent-0", 0, (*server)->grpc_port());
+  ASSERT_TRUE(agent.Join());
+  grpc::Status status;
+  v1::SubmitUpdateResponse r = agent.SubmitRaw(64ull << 20, &status);  // 64 MiB declared
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("exceeds the limit"), std::string::npos) << r.reason();
+  EXPECT_EQ((*server)->metrics().updates_rejected("too_large"), 1);
+}
+
+TEST(ServerLoopbackTest, KillAndRestartPreservesHistoryAndGlobal) {
+  testing::TempDir dir;
+  std::string old_session;
+  RoundRecord round1;
+  {
+    auto server = AggregatorServer::Create(Spec(2), LoopbackOptions(dir.path()));
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    ASSERT_TRUE((*server)->Start().ok());
+    auto agents = MakeAgents((*server)->grpc_port());
+    RunAgents(agents, /*stop_after_round=*/1);
+    EngineStatus s = (*server)->engine().GetStatus();
+    ASSERT_EQ(s.rounds.size(), 1u);
+    EXPECT_EQ(s.round, 2);
+    round1 = s.rounds[0];
+    old_session = agents[0]->session();
+    (*server)->Shutdown(1s);
+  }  // the first aggregator is gone
+
+  auto server = AggregatorServer::Create(Spec(2), LoopbackOptions(dir.path()));
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->Start().ok());
+  EngineStatus s = (*server)->engine().GetStatus();
+  EXPECT_EQ(s.state, JobState::kWaitingForAgents);
+  EXPECT_EQ(s.global_version, 2);
+  ASSERT_EQ(s.rounds.size(), 1u);
+
+  auto agents = MakeAgents((*server)->grpc_port());
+  v1::Task task;
+  grpc::Status stale = agents[0]->GetTaskWithSession(old_session, &task);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(stale.error_message().find("rejoin"), std::string::npos);
+
+  RunAgents(agents);
+  s = (*server)->engine().GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  EXPECT_EQ(s.global_version, 3);
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_EQ(s.rounds[0].round, 1);
+  EXPECT_EQ(s.rounds[0].accuracy, round1.accuracy);
+  EXPECT_EQ(s.rounds[0].bytes_up, round1.bytes_up);
+  EXPECT_EQ(s.rounds[1].round, 2);
+  for (const auto& a : agents) EXPECT_EQ(a->trained(), 1);  // only round 2 was left
+  auto global = (*server)->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+  for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_NEAR(v, 2 * kRoundStep, 1e-5);
+}
+
+}  // namespace
+}  // namespace fedge::aggregator

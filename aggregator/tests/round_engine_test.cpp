@@ -1,0 +1,451 @@
+#include "fedge/aggregator/round_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "test_util.h"
+
+namespace fedge::aggregator {
+namespace {
+
+using testing::SmallBundle;
+
+constexpr int64_t kTimeoutMs = 10'000;
+
+EngineOptions Options(int total_rounds, int expected, int quorum = 0) {
+  JobSpec spec;
+  spec.name = "demo";
+  spec.namespace_ = "ns";
+  spec.rounds.total = total_rounds;
+  spec.rounds.quorum = quorum;
+  spec.rounds.timeoutSeconds = kTimeoutMs / 1000;
+  spec.rounds.localSteps = 7;
+  spec.rounds.batchSize = 5;
+  spec.rounds.learningRate = 0.25;
+  spec.compression.codec = "int8";
+  spec.compression.blockSize = 32;
+  spec.strategy.proximalMu = 0.5;
+  spec.model.maxSeqLen = 48;
+  return EngineOptionsFromSpec(spec, expected);
+}
+
+class RoundEngineTest : public ::testing::Test {
+ protected:
+  void Make(EngineOptions options, CheckpointStore* store = nullptr) {
+    auto engine = RoundEngine::Create(std::move(options), &clock_, store, &metrics_);
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    engine_ = std::move(*engine);
+  }
+
+  void JoinAll(const std::vector<std::string>& ids) {
+    for (const auto& id : ids) sessions_[id] = engine_->Join(id, "node-" + id, 100);
+  }
+
+  // Drives INITIALIZE with the first agent; the global becomes `initial`.
+  void Initialize(const std::string& agent, const TensorBundle& initial) {
+    TaskInfo t = engine_->GetTask(agent, 0);
+    ASSERT_EQ(t.kind, TaskKind::kInitialize);
+    UpdateMeta meta;
+    meta.agent_id = agent;
+    meta.round = 0;
+    meta.is_delta = false;
+    UpdateVerdict v = engine_->SubmitUpdate(meta, initial);
+    ASSERT_TRUE(v.accepted) << v.reason;
+  }
+
+  UpdateVerdict Submit(const std::string& agent, int64_t round, int64_t base, const TensorBundle& delta,
+                       int64_t n = 10, double loss = 1.0) {
+    UpdateMeta meta;
+    meta.agent_id = agent;
+    meta.round = round;
+    meta.base_version = base;
+    meta.num_examples = n;
+    meta.train_loss = loss;
+    meta.encoded_bytes = 100;
+    meta.raw_bytes = 400;
+    return engine_->SubmitUpdate(meta, delta);
+  }
+
+  Status Evaluate(const std::string& agent, int64_t round, int64_t version, double accuracy, int64_t n,
+                  double loss = 0.5) {
+    EvalReport r;
+    r.agent_id = agent;
+    r.round = round;
+    r.global_version = version;
+    r.num_examples = n;
+    r.accuracy = accuracy;
+    r.loss = loss;
+    return engine_->ReportEvaluation(r);
+  }
+
+  std::vector<float> Values(const std::string& name) {
+    auto g = engine_->Global(0);
+    EXPECT_TRUE(g.ok());
+    return (*g)->bundle.Find(name)->values;
+  }
+
+  FakeClock clock_;
+  AggregatorMetrics metrics_;
+  std::unique_ptr<RoundEngine> engine_;
+  std::map<std::string, std::string> sessions_;
+};
+
+TEST_F(RoundEngineTest, WaitsForExpectedAgentsThenOneAgentInitializes) {
+  Make(Options(2, 2));
+  JoinAll({"a"});
+  EXPECT_EQ(engine_->GetTask("a", 0).kind, TaskKind::kWait);
+  EXPECT_EQ(engine_->GetStatus().state, JobState::kWaitingForAgents);
+  JoinAll({"b"});
+  EXPECT_EQ(engine_->GetStatus().state, JobState::kInitializing);
+  EXPECT_EQ(engine_->GetTask("b", 0).kind, TaskKind::kInitialize);
+  TaskInfo other = engine_->GetTask("a", 0);
+  EXPECT_EQ(other.kind, TaskKind::kWait);
+  EXPECT_GT(other.retry_after_ms, 0);
+  // Only the asked agent may upload the initial state.
+  UpdateMeta meta;
+  meta.agent_id = "a";
+  meta.is_delta = false;
+  EXPECT_FALSE(engine_->SubmitUpdate(meta, SmallBundle(1, 2, 3, 4)).accepted);
+  meta.agent_id = "b";
+  ASSERT_TRUE(engine_->SubmitUpdate(meta, SmallBundle(1, 2, 3, 4)).accepted);
+
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kRunning);
+  EXPECT_EQ(s.phase, Phase::kTrain);
+  EXPECT_EQ(s.global_version, 1);
+  TaskInfo t = engine_->GetTask("a", 1);
+  ASSERT_EQ(t.kind, TaskKind::kTrain);
+  EXPECT_EQ(t.round, 1);
+  EXPECT_EQ(t.global_version, 1);
+  EXPECT_EQ(t.global_checksum, s.global_checksum);
+  EXPECT_EQ(t.deadline_unix_ms, clock_.NowUnixMs() + kTimeoutMs);
+  EXPECT_EQ(t.config.local_steps, 7);
+  EXPECT_EQ(t.config.batch_size, 5);
+  EXPECT_FLOAT_EQ(t.config.learning_rate, 0.25f);
+  EXPECT_EQ(t.config.update_codec, "int8");
+  EXPECT_EQ(t.config.block_size, 32);
+  EXPECT_FLOAT_EQ(t.config.proximal_mu, 0.5f);
+  EXPECT_EQ(t.config.max_seq_len, 48);
+}
+
+TEST_F(RoundEngineTest, InitializerThatMissesItsDeadlineIsReplaced) {
+  Make(Options(1, 2));
+  JoinAll({"a", "b"});
+  ASSERT_EQ(engine_->GetTask("a", 0).kind, TaskKind::kInitialize);
+  EXPECT_EQ(engine_->GetTask("b", 0).kind, TaskKind::kWait);
+  clock_.AdvanceMs(kTimeoutMs);
+  EXPECT_EQ(engine_->GetTask("b", 0).kind, TaskKind::kInitialize);
+}
+
+TEST_F(RoundEngineTest, RoundAggregatesWithFedAvgAndWeightsEvaluation) {
+  Make(Options(2, 2));
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(1, 2, 0.5f, -1));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 0, 2, 4), /*n=*/1, /*loss=*/2.0).accepted);
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+  EXPECT_EQ(engine_->GetTask("a", 1).kind, TaskKind::kWait);  // answered, waiting for b
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(-1, 4, -1, 0), /*n=*/3, /*loss=*/1.0).accepted);
+
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.phase, Phase::kEvaluate);
+  EXPECT_EQ(s.global_version, 2);
+  EXPECT_EQ(Values("a"), (std::vector<float>{0.5f, 5.0f}));
+  EXPECT_EQ(Values("b"), (std::vector<float>{0.25f, 0.0f}));
+
+  TaskInfo t = engine_->GetTask("b", 2);
+  ASSERT_EQ(t.kind, TaskKind::kEvaluate);
+  EXPECT_EQ(t.global_version, 2);
+  EXPECT_EQ(t.round, 1);
+  ASSERT_TRUE(Evaluate("a", 1, 2, /*accuracy=*/0.5, /*n=*/10, /*loss=*/1.0).ok());
+  EXPECT_EQ(Evaluate("a", 1, 2, 0.5, 10).code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(Evaluate("b", 1, 1, 1.0, 30).code(), StatusCode::kFailedPrecondition);  // wrong version
+  ASSERT_TRUE(Evaluate("b", 1, 2, /*accuracy=*/1.0, /*n=*/30, /*loss=*/0.2).ok());
+
+  s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 1u);
+  const RoundRecord& r = s.rounds[0];
+  EXPECT_EQ(r.round, 1);
+  EXPECT_EQ(r.participants, 2);
+  EXPECT_DOUBLE_EQ(*r.accuracy, (0.5 * 10 + 1.0 * 30) / 40);  // 0.875
+  EXPECT_DOUBLE_EQ(*r.loss, (1.0 * 10 + 0.2 * 30) / 40);
+  EXPECT_EQ(r.eval_examples, 40);
+  EXPECT_DOUBLE_EQ(*r.train_loss, (2.0 * 1 + 1.0 * 3) / 4);
+  EXPECT_EQ(r.bytes_up, 200u);
+  EXPECT_EQ(r.global_version, 2);
+  EXPECT_EQ(r.close_reason, "all_answered");
+  // Round 2 started right away.
+  EXPECT_EQ(s.round, 2);
+  EXPECT_EQ(s.phase, Phase::kTrain);
+  EXPECT_EQ(engine_->GetTask("a", 2).round, 2);
+  EXPECT_EQ(metrics_.rounds_completed(), 1);
+  EXPECT_FALSE(s.final_accuracy.has_value());
+}
+
+TEST_F(RoundEngineTest, DeadlineClosesRoundWithQuorumWhenOneAgentIsDead) {
+  Make(Options(1, 3, /*quorum=*/2));
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(3, 3, 3, 3)).accepted);
+  // "c" died; quorum is met but not everyone answered: wait for the deadline.
+  clock_.AdvanceMs(kTimeoutMs - 1);
+  engine_->Tick();
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+  clock_.AdvanceMs(1);
+  engine_->Tick();
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.phase, Phase::kEvaluate);
+  EXPECT_EQ(s.global_version, 2);
+  EXPECT_EQ(Values("a"), (std::vector<float>{2, 2}));
+  // Evaluation also closes at its deadline without the dead agent.
+  ASSERT_TRUE(Evaluate("a", 1, 2, 1.0, 5).ok());
+  ASSERT_TRUE(Evaluate("b", 1, 2, 0.0, 5).ok());
+  clock_.AdvanceMs(kTimeoutMs);
+  s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_EQ(s.rounds[0].participants, 2);
+  EXPECT_EQ(s.rounds[0].close_reason, "quorum_at_deadline");
+  EXPECT_DOUBLE_EQ(*s.final_accuracy, 0.5);
+}
+
+TEST_F(RoundEngineTest, MissingQuorumExtendsDeadlineOnceThenFails) {
+  Make(Options(1, 3, /*quorum=*/2));
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  clock_.AdvanceMs(kTimeoutMs);
+  TaskInfo t = engine_->GetTask("b", 1);
+  ASSERT_EQ(t.kind, TaskKind::kTrain);  // still open: extended
+  EXPECT_EQ(t.deadline_unix_ms, clock_.NowUnixMs() + kTimeoutMs);
+  clock_.AdvanceMs(kTimeoutMs);
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kFailed);
+  EXPECT_NE(s.message.find("1 of 2 required updates"), std::string::npos) << s.message;
+  EXPECT_EQ(s.global_version, 1);
+}
+
+TEST_F(RoundEngineTest, QuorumReachedDuringExtensionClosesAtExtendedDeadline) {
+  Make(Options(1, 3, /*quorum=*/2));
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  clock_.AdvanceMs(kTimeoutMs);
+  engine_->Tick();
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);  // late for the first deadline: fine
+  clock_.AdvanceMs(kTimeoutMs);
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.phase, Phase::kEvaluate);
+  EXPECT_EQ(s.global_version, 2);
+}
+
+TEST_F(RoundEngineTest, QuorumZeroClosesBelowQuorumAfterExtension) {
+  Make(Options(1, 3, /*quorum=*/0));
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  clock_.AdvanceMs(kTimeoutMs);
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);  // extended once
+  clock_.AdvanceMs(kTimeoutMs);
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.phase, Phase::kEvaluate);
+  EXPECT_EQ(s.global_version, 2);
+  clock_.AdvanceMs(kTimeoutMs);
+  s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_EQ(s.rounds[0].close_reason, "below_quorum_after_extension");
+  EXPECT_FALSE(s.rounds[0].accuracy.has_value());  // nobody evaluated
+}
+
+TEST_F(RoundEngineTest, LateUpdateForClosedRoundIsRejected) {
+  Make(Options(2, 2, /*quorum=*/1));
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  clock_.AdvanceMs(kTimeoutMs);
+  engine_->Tick();
+  ASSERT_EQ(engine_->GetStatus().phase, Phase::kEvaluate);
+  std::vector<float> before = Values("a");
+  UpdateVerdict v = Submit("b", 1, 1, SmallBundle(9, 9, 9, 9));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(v.reason, "round 1 is closed");
+  EXPECT_EQ(Values("a"), before);
+  EXPECT_EQ(metrics_.updates_rejected("round_closed"), 1);
+}
+
+TEST_F(RoundEngineTest, StaleBaseVersionIsRejected) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  UpdateVerdict v = Submit("a", 1, /*base=*/0, SmallBundle(1, 1, 1, 1));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_NE(v.reason.find("stale base version 0"), std::string::npos) << v.reason;
+  EXPECT_EQ(v.reason_label, "stale_base");
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+  EXPECT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);  // a correct retry still counts
+}
+
+TEST_F(RoundEngineTest, WrongLayoutIsRejectedAndGlobalUnchanged) {
+  Make(Options(1, 2));
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(1, 2, 3, 4));
+  TensorBundle wrong = SmallBundle(1, 1, 1, 1);
+  wrong.tensors[1].shape = {2};
+  UpdateVerdict v = Submit("a", 1, 1, wrong);
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(v.reason_label, "layout");
+  EXPECT_NE(v.reason.find("layout"), std::string::npos);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(2, 2, 2, 2), 10).accepted);
+  // "a" may still answer properly; the rejected delta left no trace.
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(0, 0, 0, 0), 10).accepted);
+  EXPECT_EQ(Values("a"), (std::vector<float>{2, 3}));
+  EXPECT_EQ(metrics_.updates_rejected("layout"), 1);
+}
+
+TEST_F(RoundEngineTest, NonFiniteUpdateIsRejected) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(1, 2, 3, 4));
+  UpdateVerdict v = Submit("a", 1, 1, SmallBundle(1, NAN, 1, 1));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(v.reason_label, "non_finite");
+  v = Submit("a", 1, 1, SmallBundle(1, 1, INFINITY, 1));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(Values("a"), (std::vector<float>{1, 2}));
+  EXPECT_EQ(engine_->GetStatus().global_version, 1);
+}
+
+TEST_F(RoundEngineTest, NonParticipantAndDuplicateUpdatesAreRejected) {
+  EngineOptions o = Options(1, 2);
+  o.fraction = 0.5;  // one of two invited
+  Make(o);
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  std::string invited = engine_->GetTask("a", 1).kind == TaskKind::kTrain ? "a" : "b";
+  std::string other = invited == "a" ? "b" : "a";
+  EXPECT_EQ(engine_->GetTask(other, 1).kind, TaskKind::kWait);
+  UpdateVerdict v = Submit(other, 1, 1, SmallBundle(1, 1, 1, 1));
+  EXPECT_EQ(v.reason_label, "not_participant");
+  ASSERT_TRUE(Submit(invited, 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  // The round closed on its only participant; evaluation asks both.
+  EXPECT_EQ(engine_->GetTask(other, 2).kind, TaskKind::kEvaluate);
+}
+
+TEST_F(RoundEngineTest, UnknownSessionIsRejectedWithRejoinAdvice) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  EXPECT_TRUE(engine_->CheckSession("a", sessions_["a"]).ok());
+  Status s = engine_->CheckSession("a", "bogus");
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated);
+  EXPECT_NE(s.message().find("rejoin"), std::string::npos);
+  EXPECT_EQ(engine_->CheckSession("nobody", "").code(), StatusCode::kUnauthenticated);
+  // A re-join replaces the old session.
+  std::string old = sessions_["a"];
+  JoinAll({"a"});
+  EXPECT_NE(old, sessions_["a"]);
+  EXPECT_EQ(engine_->CheckSession("a", old).code(), StatusCode::kUnauthenticated);
+}
+
+TEST_F(RoundEngineTest, SucceededJobHandsOutDone) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Evaluate("a", 1, 2, 0.75, 4).ok());
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  EXPECT_DOUBLE_EQ(*s.final_accuracy, 0.75);
+  EXPECT_FALSE(engine_->AllAgentsDone());
+  TaskInfo t = engine_->GetTask("a", 2);
+  EXPECT_EQ(t.kind, TaskKind::kDone);
+  EXPECT_EQ(t.global_version, 2);
+  EXPECT_TRUE(engine_->AllAgentsDone());
+  EXPECT_FALSE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+}
+
+TEST_F(RoundEngineTest, DeadAgentsAreLeftOutOfLaterRounds) {
+  EngineOptions o = Options(2, 2, /*quorum=*/1);
+  o.agent_liveness_ms = kTimeoutMs + 5000;
+  Make(o);
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  // "b" never speaks again. Round 1 waits for it until the deadline.
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  clock_.AdvanceMs(kTimeoutMs);
+  ASSERT_TRUE(Evaluate("a", 1, 2, 1.0, 1).ok());
+  clock_.AdvanceMs(kTimeoutMs);
+  engine_->Tick();
+  // Round 2 (started 20 s in) invites only "a"; "b" was last heard 20 s ago.
+  ASSERT_EQ(engine_->GetTask("a", 2).kind, TaskKind::kTrain);
+  ASSERT_TRUE(Submit("a", 2, 2, SmallBundle(1, 1, 1, 1)).accepted);
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kEvaluate);
+}
+
+TEST_F(RoundEngineTest, CheckpointResumeContinuesFromLastCompletedRound) {
+  testing::TempDir dir;
+  CheckpointStore store(dir.path());
+  Make(Options(3, 2), &store);
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(3, 3, 3, 3)).accepted);
+  ASSERT_TRUE(Evaluate("a", 1, 2, 0.5, 10).ok());
+  ASSERT_TRUE(Evaluate("b", 1, 2, 0.7, 10).ok());
+  // Round 2 is in flight when the aggregator dies.
+  ASSERT_TRUE(Submit("a", 2, 2, SmallBundle(5, 5, 5, 5)).accepted);
+  std::string checksum = engine_->GetStatus().global_checksum;
+  engine_.reset();
+
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_TRUE(loaded->has_value());
+  EXPECT_EQ((*loaded)->completed_round, 1);
+  Make(Options(3, 2), &store);
+  ASSERT_TRUE(engine_->Restore(std::move(**loaded)).ok());
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kWaitingForAgents);
+  EXPECT_EQ(s.global_version, 2);
+  EXPECT_EQ(s.global_checksum, checksum);
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_DOUBLE_EQ(*s.rounds[0].accuracy, 0.6);
+  EXPECT_EQ(Values("a"), (std::vector<float>{2, 2}));
+  // Old sessions are gone: agents rejoin, then round 2 starts over from version 2.
+  EXPECT_EQ(engine_->CheckSession("a", sessions_["a"]).code(), StatusCode::kUnauthenticated);
+  JoinAll({"a", "b"});
+  TaskInfo t = engine_->GetTask("a", 2);
+  ASSERT_EQ(t.kind, TaskKind::kTrain);
+  EXPECT_EQ(t.round, 2);
+  EXPECT_EQ(t.global_version, 2);
+  ASSERT_TRUE(Submit("a", 2, 2, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 2, 2, SmallBundle(1, 1, 1, 1)).accepted);
+  EXPECT_EQ(engine_->GetStatus().global_version, 3);
+}
+
+TEST_F(RoundEngineTest, RestoreRefusesAnotherJobsCheckpoint) {
+  Make(Options(3, 2));
+  CheckpointData data;
+  data.job = "other/job";
+  data.global_version = 1;
+  data.global = SmallBundle(0, 0, 0, 0);
+  EXPECT_EQ(engine_->Restore(data).code(), StatusCode::kFailedPrecondition);
+}
+
+TEST_F(RoundEngineTest, RestoreOfFinishedJobIsSucceeded) {
+  Make(Options(2, 1));
+  CheckpointData data;
+  data.job = "ns/demo";
+  data.completed_round = 2;
+  data.total_rounds = 2;
+  data.global_version = 3;
+  data.global = SmallBundle(0, 0, 0, 0);
+  data.final_accuracy = 0.9;
+  ASSERT_TRUE(engine_->Restore(data).ok());
+  JoinAll({"a"});
+  EXPECT_EQ(engine_->GetTask("a", 0).kind, TaskKind::kDone);
+  EXPECT_EQ(engine_->GetStatus().state, JobState::kSucceeded);
+}
+
+}  // namespace
+}  // namespace fedge::aggregator

@@ -1,0 +1,38 @@
+// Helpers shared by the aggregator's tests.
+#pragma once
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <string>
+
+#include "fedge/tensor_bundle.h"
+
+namespace fedge::aggregator::testing {
+
+// A two-tensor bundle: "a" (shape [2]) and "b" (shape [1, 2]).
+inline TensorBundle SmallBundle(float a0, float a1, float b0, float b1) {
+  TensorBundle bundle;
+  bundle.tensors.push_back(NamedTensor{"a", {2}, {a0, a1}});
+  bundle.tensors.push_back(NamedTensor{"b", {1, 2}, {b0, b1}});
+  return bundle;
+}
+
+// A fresh directory under TMPDIR, removed by the destructor.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "fedge-agg-XXXXXX").string();
+    path_ = mkdtemp(pattern.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace fedge::aggregator::testing
