@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -236,6 +237,41 @@ TEST(SafetensorsTest, WritesAndReadsFiles) {
   auto bad = SafetensorsFile::Read(dir + "/bad.safetensors");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find(dir + "/bad.safetensors"), std::string::npos);
+}
+
+TEST(SafetensorsTest, SurvivesRandomMutations) {
+  TensorBundle b;
+  b.tensors.push_back({"layer.0.w", {3, 4}, std::vector<float>(12, 0.5f)});
+  b.tensors.push_back({"layer.0.b", {4}, {1, 2, 3, 4}});
+  const std::string good = *SerializeSafetensors(b, {{"format", "pt"}});
+  std::mt19937 rng(7);
+  int accepted = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string m = good;
+    const int flips = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < flips; ++k) {
+      // Half the time a JSON-significant character, to get past the parser.
+      const char c = rng() % 2 ? static_cast<char>(rng()) : "{}[],:\" 0123456789"[rng() % 16];
+      m[rng() % m.size()] = c;
+    }
+    if (iter % 5 == 0) m.resize(rng() % m.size());
+    auto st = SafetensorsFile::Parse(m);
+    if (!st.ok()) {
+      EXPECT_EQ(st.status().code(), StatusCode::kInvalidArgument);
+      continue;
+    }
+    ++accepted;
+    // Whatever parses must describe bytes inside the file, sized as declared.
+    for (const StTensorView& t : st->tensors()) {
+      int64_t n = 1;
+      for (int64_t d : t.shape) n *= d;
+      EXPECT_EQ(t.data.size(), static_cast<size_t>(n) * StDTypeSize(t.dtype));
+      if (t.dtype == StDType::kF32) {
+        EXPECT_TRUE(SafetensorsFile::ToFloat32(t).ok());
+      }
+    }
+  }
+  EXPECT_GT(accepted, 0);  // value-byte flips must still parse
 }
 
 std::string MiniLmPath() {
