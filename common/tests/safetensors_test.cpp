@@ -274,9 +274,15 @@ TEST(SafetensorsTest, SurvivesRandomMutations) {
   EXPECT_GT(accepted, 0);  // value-byte flips must still parse
 }
 
+// ctest sets FEDGE_SOURCE_DIR; when run by hand from a build dir, look upwards.
 std::string MiniLmPath() {
-  const char* src = std::getenv("FEDGE_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/.fedge/models/all-MiniLM-L6-v2/model.safetensors";
+  const std::string rel = "/.fedge/models/all-MiniLM-L6-v2/model.safetensors";
+  if (const char* src = std::getenv("FEDGE_SOURCE_DIR")) return src + rel;
+  std::string dir = ".";
+  for (int up = 0; up < 4; ++up, dir += "/..") {
+    if (::access((dir + rel).c_str(), R_OK) == 0) return dir + rel;
+  }
+  return "." + rel;
 }
 
 TEST(SafetensorsTest, LoadsRealMiniLm) {
