@@ -272,15 +272,19 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
                                     " trains on global version " + std::to_string(global_->version) +
                                     "; fetch it and train again");
   }
-  if (meta.num_examples <= 0) {
-    return reject("bad_request", "num_examples must be > 0, got " + std::to_string(meta.num_examples));
+  if (meta.num_examples < 0) {
+    return reject("bad_request", "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
   }
   if (Status s = CheckSameLayout(global_->bundle, bundle); !s.ok()) {
     return reject("layout", "update layout differs from global version " + std::to_string(global_->version) +
                                 ": " + s.message());
   }
   if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
-  if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) return reject("invalid", s.message());
+  // An agent without training data answers with weight 0: it counts as an
+  // answer (the round need not wait for it) but moves nothing.
+  if (meta.num_examples > 0) {
+    if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) return reject("invalid", s.message());
+  }
 
   train_.answered.insert(meta.agent_id);
   if (std::isfinite(meta.train_loss)) {
@@ -362,8 +366,9 @@ Status RoundEngine::ReportEvaluation(const EvalReport& report) {
   if (eval_.reported.count(report.agent_id)) {
     return AlreadyExistsError("agent " + report.agent_id + " already reported round " + std::to_string(round_));
   }
-  if (report.num_examples <= 0) {
-    return InvalidArgumentError("num_examples must be > 0, got " + std::to_string(report.num_examples));
+  // 0 examples: the agent has no held-out data; it answered, with no weight.
+  if (report.num_examples < 0) {
+    return InvalidArgumentError("num_examples must be >= 0, got " + std::to_string(report.num_examples));
   }
   if (report.accuracy && !(*report.accuracy >= 0 && *report.accuracy <= 1)) {
     return InvalidArgumentError("accuracy must be in [0, 1], got " + std::to_string(*report.accuracy));
@@ -570,7 +575,12 @@ void RoundEngine::StartTrainLocked(int64_t now) {
 }
 
 void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
-  auto next = strategy_->Finish(global_->bundle);
+  if (strategy_->count() == 0) {
+    // Only zero-weight answers: the model carries over under the next version
+    // so the round still completes like any other.
+    log::Warn("round had no weighted updates; global unchanged", {{"round", round_}});
+  }
+  auto next = strategy_->count() == 0 ? StatusOr<TensorBundle>(global_->bundle) : strategy_->Finish(global_->bundle);
   if (!next.ok()) {
     FailLocked("round " + std::to_string(round_) + ": aggregation failed: " + next.status().message());
     return;

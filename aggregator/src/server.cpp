@@ -158,6 +158,10 @@ Status AggregatorServer::Start() {
     }
   }
 
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    started_ = true;
+  }
   ticker_ = std::thread([this] {
     std::unique_lock<std::mutex> lock(mu_);
     while (!stopping_) {
@@ -177,11 +181,13 @@ Status AggregatorServer::Start() {
 }
 
 void AggregatorServer::Shutdown(std::chrono::milliseconds grace) {
+  bool started = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) return;
     shut_down_ = true;
     stopping_ = true;
+    started = started_;
   }
   cv_.notify_all();
   if (ticker_.joinable()) ticker_.join();
@@ -190,7 +196,7 @@ void AggregatorServer::Shutdown(std::chrono::milliseconds grace) {
     grpc_server_->Wait();
   }
   if (http_) http_->Stop();
-  log::Info("aggregator stopped", {{"job", engine_ ? engine_->options().job : std::string()}});
+  if (started) log::Info("aggregator stopped", {{"job", engine_->options().job}});
 }
 
 }  // namespace fedge::aggregator

@@ -365,6 +365,32 @@ TEST_F(RoundEngineTest, SucceededJobHandsOutDone) {
   EXPECT_FALSE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
 }
 
+TEST_F(RoundEngineTest, AgentsWithoutDataAnswerWithoutWeight) {
+  Make(Options(1, 2));
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(9, 9, 9, 9), /*n=*/0).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1), /*n=*/5).accepted);
+  EXPECT_EQ(Values("a"), (std::vector<float>{1, 1}));  // a's delta carried no weight
+  ASSERT_TRUE(Evaluate("a", 1, 2, 0.0, /*n=*/0).ok());
+  ASSERT_TRUE(Evaluate("b", 1, 2, 0.8, /*n=*/5).ok());
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);  // nobody had to wait for a deadline
+  EXPECT_DOUBLE_EQ(*s.final_accuracy, 0.8);
+  EXPECT_EQ(Evaluate("a", 1, 2, 0.0, -1).code(), StatusCode::kFailedPrecondition);  // closed by now
+}
+
+TEST_F(RoundEngineTest, RoundWithOnlyZeroWeightAnswersKeepsTheGlobal) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(1, 2, 3, 4));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(9, 9, 9, 9), /*n=*/0).accepted);
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.phase, Phase::kEvaluate);
+  EXPECT_EQ(s.global_version, 2);
+  EXPECT_EQ(Values("a"), (std::vector<float>{1, 2}));
+}
+
 TEST_F(RoundEngineTest, DeadAgentsAreLeftOutOfLaterRounds) {
   EngineOptions o = Options(2, 2, /*quorum=*/1);
   o.agent_liveness_ms = kTimeoutMs + 5000;

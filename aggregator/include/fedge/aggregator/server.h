@@ -83,6 +83,7 @@ class AggregatorServer {
   std::condition_variable cv_;
   bool stopping_ = false;       // guarded by mu_
   bool shut_down_ = false;      // guarded by mu_
+  bool started_ = false;        // guarded by mu_
   std::thread ticker_;
 };
 
