@@ -583,6 +583,13 @@ int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id
 
 char32_t ByteToUnicode(uint8_t byte) { return ByteTable()[byte]; }
 
+std::vector<std::string> SplitGpt2Pattern(std::string_view text) {
+  PreTokStep step{};
+  step.type = PreTokStep::kByteLevel;
+  step.use_regex = true;
+  return ApplyStep(step, {std::string(text)});
+}
+
 void AppendUtf8Lossy(std::string_view bytes, std::string* out) {
   size_t i = 0;
   while (i < bytes.size()) {

@@ -76,6 +76,10 @@ void AppendUtf8Lossy(std::string_view bytes, std::string* out);
 // now without risking a spurious U+FFFD.
 size_t Utf8CompletePrefix(std::string_view bytes);
 
+// Splits `text` with the GPT-2 pre-tokenizer regex (what ByteLevel(use_regex=true)
+// does before BPE); the pieces concatenate to `text`.
+std::vector<std::string> SplitGpt2Pattern(std::string_view text);
+
 // GPT-2's table: byte b -> the code point that stands for it inside BPE tokens
 // (printable Latin-1 bytes stand for themselves, the rest map to U+0100..).
 char32_t ByteToUnicode(uint8_t byte);

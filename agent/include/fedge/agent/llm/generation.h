@@ -1,0 +1,65 @@
+// Text generation options and results, and the token sampler (torch-free).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fedge::agent::llm {
+
+struct SamplingOptions {
+  double temperature = 1.0;  // <= 0: greedy (argmax; the lowest id on ties)
+  int top_k = 0;             // 0: off; else keep the k most likely tokens (ties at the k-th kept)
+  double top_p = 1.0;        // < 1: keep the smallest most-likely set with mass >= top_p
+  uint64_t seed = 0;         // same seed, same model, same prompt -> same tokens
+};
+
+// Chooses next tokens from logits. Applies temperature, then top-k, then top-p (the
+// order transformers' generate uses), then draws from the renormalised softmax with
+// a mt19937_64 seeded by `seed` (mt19937_64's output is fixed by the standard, and
+// the uniform draw is computed here, so results are identical across platforms).
+// Not thread-safe: one sampler per generation.
+class TokenSampler {
+ public:
+  explicit TokenSampler(const SamplingOptions& options);
+  // `logits` is one row over the vocabulary; it is used as scratch space.
+  int32_t Sample(std::vector<float>& logits);
+
+ private:
+  SamplingOptions options_;
+  std::mt19937_64 rng_;
+  std::vector<int32_t> order_;
+};
+
+enum class FinishReason { kStop, kLength };
+// "stop" | "length" (OpenAI's finish_reason values).
+std::string_view FinishReasonName(FinishReason reason);
+
+struct GenerationOptions {
+  int max_new_tokens = 128;
+  SamplingOptions sampling;
+  // Generation ends when the text contains one of these; the text is cut before it.
+  // Special tokens are not text: end on them through EOS ids instead.
+  std::vector<std::string> stop;
+  // End at the model's EOS token(s) (config.json / generation_config.json).
+  bool stop_at_eos = true;
+};
+
+struct GenerationResult {
+  std::string text;                 // generated text only, valid UTF-8, stop string removed,
+                                    // special tokens (e.g. <|im_end|>) left out
+
+  std::vector<int32_t> token_ids;   // generated ids (EOS excluded)
+  FinishReason finish_reason = FinishReason::kLength;
+  int64_t prompt_tokens = 0;
+};
+
+// Receives generated text as it becomes final: complete UTF-8 characters that can
+// no longer turn out to be part of a stop string. The concatenation of all deltas
+// equals GenerationResult::text.
+using TextCallback = std::function<void(std::string_view delta)>;
+
+}  // namespace fedge::agent::llm

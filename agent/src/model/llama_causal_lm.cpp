@@ -1,0 +1,214 @@
+// CausalLm (fedge/agent/llm/causal_lm.h) over the libtorch Llama.
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "fedge/agent/llm/causal_lm.h"
+#include "fedge/file_util.h"
+#include "llm_internal/generate.h"
+#include "llm_internal/llama.h"
+#include "llm_internal/llama_data.h"
+
+namespace fedge::agent::llm {
+namespace {
+
+// eos_token_id of generation_config.json, if the file exists and has one.
+StatusOr<std::vector<int64_t>> ReadGenerationEos(const std::string& dir) {
+  std::vector<int64_t> eos;
+  std::string path = dir + "/generation_config.json";
+  if (!std::filesystem::exists(path)) return eos;
+  FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  try {
+    nlohmann::json j = nlohmann::json::parse(text);
+    if (j.contains("eos_token_id")) {
+      const auto& e = j["eos_token_id"];
+      if (e.is_number_integer()) eos.push_back(e.get<int64_t>());
+      if (e.is_array()) {
+        for (const auto& x : e) eos.push_back(x.get<int64_t>());
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgumentError(path + ": " + e.what());
+  }
+  return eos;
+}
+
+class TorchCausalLm final : public CausalLm {
+ public:
+  TorchCausalLm(LlamaForCausalLm model, BpeTokenizer tokenizer, std::vector<int64_t> eos)
+      : model_(std::move(model)), tokenizer_(std::move(tokenizer)), eos_(std::move(eos)) {}
+
+  const LlamaConfig& config() const override { return model_->config(); }
+  const BpeTokenizer& tokenizer() const override { return tokenizer_; }
+  const std::vector<int64_t>& eos_token_ids() const override { return eos_; }
+
+  StatusOr<GenerationResult> Generate(std::string_view prompt, const GenerationOptions& options,
+                                      const TextCallback& on_text) override {
+    return GenerateFromIds(tokenizer_.Encode(prompt), options, on_text);
+  }
+
+  StatusOr<GenerationResult> GenerateFromIds(const std::vector<int32_t>& prompt_ids, const GenerationOptions& options,
+                                             const TextCallback& on_text) override {
+    SetMerged(true);  // one GEMM per projection while serving
+    return GenerateTokens(model_, tokenizer_, prompt_ids, eos_, options, on_text);
+  }
+
+  Status EnableLora(const CausalLmLoraOptions& options) override {
+    if (lora_enabled_) return FailedPreconditionError("LoRA is already enabled");
+    static const std::vector<std::string> kKnown = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                    "gate_proj", "up_proj", "down_proj"};
+    for (const std::string& t : options.targets) {
+      if (std::find(kKnown.begin(), kKnown.end(), t) == kKnown.end()) {
+        return InvalidArgumentError("LoRA target '" + t + "' is not a Llama projection (q_proj, k_proj, v_proj, "
+                                    "o_proj, gate_proj, up_proj, down_proj)");
+      }
+    }
+    if (options.rank <= 0) return InvalidArgumentError("LoRA rank must be positive");
+    try {
+      model_->EnableLora(options.targets, {.rank = options.rank, .alpha = options.alpha, .dropout = options.dropout},
+                         options.seed);
+    } catch (const c10::Error& e) {
+      return InternalError(std::string("enable LoRA: ") + e.what_without_backtrace());
+    }
+    lora_enabled_ = true;
+    return OkStatus();
+  }
+
+  TensorBundle ExportTrainable() const override {
+    TensorBundle bundle;
+    for (const auto& p : model_->named_parameters()) {
+      if (!p.value().requires_grad()) continue;
+      torch::Tensor t = p.value().detach().contiguous();
+      NamedTensor nt;
+      nt.name = p.key();
+      nt.shape.assign(t.sizes().begin(), t.sizes().end());
+      nt.values.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+      bundle.tensors.push_back(std::move(nt));
+    }
+    return bundle;
+  }
+
+  Status ImportTrainable(const TensorBundle& bundle) override {
+    FEDGE_RETURN_IF_ERROR(CheckSameLayout(ExportTrainable(), bundle));
+    for (const NamedTensor& t : bundle.tensors) {
+      for (float v : t.values) {
+        if (!std::isfinite(v)) return InvalidArgumentError("tensor " + t.name + " has a non-finite value");
+      }
+    }
+    SetMerged(false);
+    torch::NoGradGuard no_grad;
+    auto params = model_->named_parameters();
+    for (const NamedTensor& t : bundle.tensors) {
+      params[t.name].copy_(torch::from_blob(const_cast<float*>(t.values.data()), t.shape, torch::kFloat));
+    }
+    return OkStatus();
+  }
+
+  StatusOr<CausalLmTrainResult> Train(const std::vector<PromptCompletion>& data,
+                                      const CausalLmTrainOptions& options) override {
+    if (!lora_enabled_) return FailedPreconditionError("train: call EnableLora first");
+    if (data.empty()) return InvalidArgumentError("train: no examples");
+    if (options.batch_size <= 0 || options.steps < 0) return InvalidArgumentError("train: bad steps or batch size");
+    CausalLmTrainResult result;
+    try {
+      SetMerged(false);
+      std::vector<torch::Tensor> params, anchors;
+      for (auto& p : model_->parameters()) {
+        if (p.requires_grad()) {
+          params.push_back(p);
+          anchors.push_back(p.detach().clone());
+        }
+      }
+      torch::optim::AdamW optimizer(
+          params, torch::optim::AdamWOptions(options.learning_rate).weight_decay(options.weight_decay));
+      std::mt19937_64 rng(options.seed);
+      uint64_t dropout_seed = options.seed;
+      for (auto& [name, proj] : model_->Projections()) proj->SeedDropout(++dropout_seed);
+      std::uniform_int_distribution<size_t> pick(0, data.size() - 1);
+      const int64_t eos = eos_.empty() ? -1 : eos_[0];
+      model_->train();
+      double total = 0;
+      for (int step = 0; step < options.steps; ++step) {
+        std::vector<PromptCompletion> batch_examples;
+        for (int i = 0; i < options.batch_size; ++i) batch_examples.push_back(data[pick(rng)]);
+        CausalLmBatch batch = MakeCausalLmBatch(tokenizer_, batch_examples, options.max_len, eos);
+        torch::Tensor loss = CausalLmLoss(model_->forward(batch.input_ids), batch.labels);
+        torch::Tensor objective = loss;
+        if (options.proximal_mu > 0) {
+          torch::Tensor prox = torch::zeros({});
+          for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - anchors[i]).pow(2).sum();
+          objective = loss + 0.5 * options.proximal_mu * prox;
+        }
+        optimizer.zero_grad();
+        objective.backward();
+        if (options.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params, options.max_grad_norm);
+        optimizer.step();
+        total += loss.item<double>();
+        result.tokens_trained += (batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>();
+        ++result.steps;
+      }
+      model_->eval();
+      result.mean_loss = result.steps > 0 ? total / result.steps : 0;
+    } catch (const c10::Error& e) {
+      model_->eval();
+      return InternalError(std::string("train: ") + e.what_without_backtrace());
+    }
+    return result;
+  }
+
+  StatusOr<double> Loss(const std::vector<PromptCompletion>& examples, int max_len) override {
+    if (examples.empty()) return InvalidArgumentError("loss: no examples");
+    try {
+      torch::InferenceMode guard;
+      CausalLmBatch batch = MakeCausalLmBatch(tokenizer_, examples, max_len, eos_.empty() ? -1 : eos_[0]);
+      if ((batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>() == 0) {
+        return InvalidArgumentError("loss: no completion tokens within max_len");
+      }
+      return CausalLmLoss(model_->forward(batch.input_ids), batch.labels).item<double>();
+    } catch (const c10::Error& e) {
+      return InternalError(std::string("loss: ") + e.what_without_backtrace());
+    }
+  }
+
+ private:
+  // Merging folds B·A into the frozen weights for serving; training and imports
+  // work on the unmerged weights (Unmerge restores them exactly).
+  void SetMerged(bool merged) {
+    if (!lora_enabled_ || merged == merged_) return;
+    for (auto& [name, proj] : model_->Projections()) {
+      if (merged) {
+        proj->Merge();
+      } else {
+        proj->Unmerge();
+      }
+    }
+    merged_ = merged;
+  }
+
+  LlamaForCausalLm model_;
+  BpeTokenizer tokenizer_;
+  std::vector<int64_t> eos_;
+  bool lora_enabled_ = false;
+  bool merged_ = false;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& options) {
+  if (options.num_threads > 0) torch::set_num_threads(options.num_threads);
+  FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model, LoadLlama(options.model_dir));
+  FEDGE_ASSIGN_OR_RETURN(BpeTokenizer tokenizer, BpeTokenizer::Load(options.model_dir + "/tokenizer.json"));
+  if (tokenizer.vocab_size() > model->config().vocab_size) {
+    return InvalidArgumentError(options.model_dir + ": tokenizer.json has " + std::to_string(tokenizer.vocab_size()) +
+                                " tokens but config.json's vocab_size is " +
+                                std::to_string(model->config().vocab_size));
+  }
+  FEDGE_ASSIGN_OR_RETURN(std::vector<int64_t> eos, ReadGenerationEos(options.model_dir));
+  for (int64_t id : model->config().eos_token_ids) {
+    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
+  }
+  return std::unique_ptr<CausalLm>(std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos)));
+}
+
+}  // namespace fedge::agent::llm
