@@ -56,9 +56,12 @@ void InitWeights(LlamaForCausalLm& model, double std_dev, uint64_t seed) {
   }
 }
 
-double CosineLr(const PretrainOptions& o, int step) {
+// Cosine decay over whichever budget runs out first, steps or wall-clock time, so a
+// time-bounded run still ends at the low learning rate.
+double CosineLr(const PretrainOptions& o, int step, double time_fraction) {
   if (step < o.warmup_steps) return o.learning_rate * (step + 1) / o.warmup_steps;
   double progress = std::min(1.0, double(step - o.warmup_steps) / std::max(1, o.max_steps - o.warmup_steps));
+  progress = std::max(progress, std::min(1.0, time_fraction));
   double min_lr = o.learning_rate * o.min_lr_ratio;
   return min_lr + 0.5 * (o.learning_rate - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
@@ -208,7 +211,12 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<
       if (o.max_seconds > 0 && elapsed > o.max_seconds) break;
       if (o.should_stop && o.should_stop()) break;
       for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(CosineLr(o, step));
+        double train_budget = o.max_seconds - std::chrono::duration<double>(train_start - t0).count();
+        double time_fraction =
+            o.max_seconds > 0 && train_budget > 0
+                ? std::chrono::duration<double>(std::chrono::steady_clock::now() - train_start).count() / train_budget
+                : 0.0;
+        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(CosineLr(o, step, time_fraction));
       }
       torch::Tensor ids = Windows(stream, o.batch_size, o.seq_len, rng);
       torch::Tensor loss = CausalLmLoss(model->forward(ids), ids);
