@@ -100,6 +100,23 @@ Status CheckRunInputs(const RunPlan& plan) {
   if (!fs::is_directory(plan.data_dir, ec)) {
     return NotFoundError("data directory " + plan.data_dir + " does not exist: " + DataCommandHint(plan));
   }
+  // A label in the data the model does not know would fail every agent at
+  // load time; say so before starting anything.
+  if (auto labels_text = ReadWholeFile(plan.data_dir + "/labels.json"); labels_text.ok()) {
+    try {
+      const auto data_labels = nlohmann::json::parse(*labels_text).get<std::vector<std::string>>();
+      const auto& known = plan.spec.model.labels;
+      for (const auto& l : data_labels) {
+        if (std::find(known.begin(), known.end(), l) == known.end()) {
+          return InvalidArgumentError(
+              "label \"" + l + "\" of " + plan.data_dir +
+              "/labels.json is not in spec.model.labels; list the data's labels there");
+        }
+      }
+    } catch (const nlohmann::json::exception& e) {
+      return InvalidArgumentError(plan.data_dir + "/labels.json is not a JSON list of strings: " + e.what());
+    }
+  }
   const std::string& train = plan.spec.data.trainFile;
   if (plan.centralized) {
     if (!fs::is_regular_file(plan.data_dir + "/all/" + train, ec)) {

@@ -206,6 +206,16 @@ TEST(CheckRunInputsTest, NamesTheCommandThatCreatesWhatIsMissing) {
   fs::create_directories(t.path() + "/data/agent-2");
   ASSERT_TRUE(WriteWholeFile(t.path() + "/data/agent-2/train.jsonl", "").ok());
   EXPECT_TRUE(CheckRunInputs(*plan).ok());
+  ASSERT_TRUE(WriteWholeFile(t.path() + "/data/labels.json", R"(["a", "b"])").ok());
+  EXPECT_TRUE(CheckRunInputs(*plan).ok());
+  ASSERT_TRUE(WriteWholeFile(t.path() + "/data/labels.json", R"(["a", "noun.animal"])").ok());
+  s = CheckRunInputs(*plan);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(
+      s.message().find("\"noun.animal\" of " + t.path() + "/data/labels.json is not in spec.model.labels"),
+      std::string::npos)
+      << s.message();
+  ASSERT_TRUE(WriteWholeFile(t.path() + "/data/labels.json", R"(["a", "b"])").ok());
 
   o.centralized = true;
   auto central = PlanRun(Job(), o, "/");
