@@ -172,6 +172,7 @@ void Informer::Run() {
                               [&](const WatchEvent& ev) { got_event = true; Apply(ev); }, &cancel_);
     if (stop_.load()) break;
     ++watch_restarts_;
+    if (opts_.on_watch_restart) opts_.on_watch_restart();
     if (got_event) backoff = opts_.backoff_initial;
     if (s.ok()) {
       backoff = opts_.backoff_initial;

@@ -289,4 +289,22 @@ Status RestKubeClient::Delete(const Resource& r, const std::string& ns, const st
   return s.status();
 }
 
+StatusOr<Json> HttpGetJson(const std::string& url, std::chrono::milliseconds timeout) {
+  try {
+    client::http_client_config c;
+    c.set_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
+    client::http_client http(url, c);
+    http::http_response resp = http.request(http::methods::GET).get();
+    std::string body = resp.extract_utf8string(true).get();
+    if (resp.status_code() != 200) {
+      return UnavailableError("GET " + url + ": HTTP " + std::to_string(resp.status_code()) + ": " + body);
+    }
+    return Json::parse(body);
+  } catch (const Json::exception& e) {
+    return InternalError("GET " + url + ": malformed JSON: " + e.what());
+  } catch (const std::exception& e) {
+    return UnavailableError("GET " + url + ": " + e.what());
+  }
+}
+
 }  // namespace fedge::op

@@ -39,6 +39,7 @@ struct InformerOptions {
   std::chrono::milliseconds backoff_max{30000};
   int watch_timeout_seconds = 300;  // randomized up to 2x, like client-go
   uint64_t seed = 0;                // 0: random
+  std::function<void()> on_watch_restart;  // metrics hook; must not block
 };
 
 // "namespace/name", or "name" for cluster-scoped objects.

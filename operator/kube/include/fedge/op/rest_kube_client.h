@@ -47,4 +47,8 @@ class RestKubeClient : public KubeClient {
   std::atomic<int64_t> requests_{0};
 };
 
+// GET `url` (plain HTTP) and parse the JSON body; for talking to the aggregator on the
+// pod's loopback. Errors: UNAVAILABLE (connection), DEADLINE_EXCEEDED, or the HTTP status.
+StatusOr<Json> HttpGetJson(const std::string& url, std::chrono::milliseconds timeout);
+
 }  // namespace fedge::op

@@ -1,0 +1,32 @@
+// The aggregator pod's status reporter (`fedge-operator report-status`): reads the
+// aggregator's GET /v1/status on the pod's loopback and server-side-applies the progress
+// fields of the job's status (round, roundsCompleted, lastRound, participants,
+// globalModel, epsilonSpent) with its own field manager, "fedge-aggregator", through a
+// Role that may patch only this job's status. The operator never polls the aggregator.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <string>
+
+#include "fedge/op/kube_client.h"
+
+namespace fedge::op {
+
+// Maps the aggregator's /v1/status JSON to the status fields the reporter owns.
+// Bounded: only the last round is kept.
+Json ProgressFromAggregator(const Json& aggregator_status);
+
+struct ReporterOptions {
+  std::string ns, name;
+  std::string aggregator_http = "127.0.0.1:9090";
+  std::chrono::milliseconds interval{500};
+  // Exit after the aggregator has been unreachable this long, once it was reachable (the
+  // aggregator exited: the pod should complete).
+  std::chrono::milliseconds gone_after{10000};
+};
+
+// Runs until `stop` or the aggregator is gone; returns the last error, or OK.
+Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const std::atomic<bool>& stop);
+
+}  // namespace fedge::op

@@ -1,0 +1,166 @@
+#include "fedge/op/controller.h"
+
+#include "fedge/log.h"
+
+namespace fedge::op {
+
+ObjectPtr InformerCache::Get(const Resource& r, const std::string& ns, const std::string& name) {
+  auto it = informers_.find(r.plural);
+  if (it == informers_.end()) return nullptr;
+  return it->second->Get(r.namespaced && !ns.empty() ? ns + "/" + name : name);
+}
+
+std::vector<ObjectPtr> InformerCache::List(const Resource& r, const std::string& ns,
+                                           const std::string& label_key, const std::string& label_value) {
+  auto it = informers_.find(r.plural);
+  if (it == informers_.end()) return {};
+  std::vector<ObjectPtr> all = label_key.empty() ? it->second->List() : it->second->ListByLabel(label_key, label_value);
+  if (ns.empty() || !r.namespaced) return all;
+  std::vector<ObjectPtr> out;
+  for (auto& o : all) if ((*o)["metadata"].value("namespace", "") == ns) out.push_back(std::move(o));
+  return out;
+}
+
+JobController::JobController(KubeClient* client, ControllerOptions opts)
+    : client_(client), opts_(std::move(opts)), queue_(opts_.clock) {
+  if (opts_.registry) {
+    auto& reg = *opts_.registry;
+    m_reconcile_ = &prometheus::BuildCounter().Name("fedge_operator_reconcile_total")
+                        .Help("Reconciles run").Register(reg).Add({});
+    m_errors_ = &prometheus::BuildCounter().Name("fedge_operator_reconcile_errors_total")
+                     .Help("Reconciles that returned an error and were requeued with backoff").Register(reg).Add({});
+    m_duration_ = &prometheus::BuildHistogram().Name("fedge_operator_reconcile_duration_seconds")
+                       .Help("Time per reconcile").Register(reg)
+                       .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5});
+    m_depth_ = &prometheus::BuildGauge().Name("fedge_operator_workqueue_depth")
+                    .Help("Job keys waiting in the work queue").Register(reg).Add({});
+    m_watch_restarts_ = &prometheus::BuildCounter().Name("fedge_operator_watch_restarts_total")
+                             .Help("Watch streams re-established (end of stream, error or 410 Gone)").Register(reg).Add({});
+  }
+  events_ = std::make_unique<EventRecorder>(client_, opts_.clock);
+  reconciler_ = std::make_unique<JobReconciler>(client_, &cache_, events_.get(), opts_.reconciler);
+
+  const std::string managed = "app.kubernetes.io/managed-by=fedge-operator";
+  auto make = [&](const Resource& r, std::string ns, std::string selector) {
+    InformerOptions io;
+    io.ns = std::move(ns);
+    io.label_selector = std::move(selector);
+    if (m_watch_restarts_) io.on_watch_restart = [c = m_watch_restarts_] { c->Increment(); };
+    informers_.push_back(std::make_unique<Informer>(client_, r, io));
+    cache_.Add(informers_.back().get());
+    return informers_.back().get();
+  };
+  jobs_ = make(res::kJobs, opts_.ns, "");
+  Informer* pods = make(res::kPods, opts_.ns, managed);
+  Informer* nodes = make(res::kNodes, "", "");
+  std::vector<Informer*> children = {pods};
+  for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts,
+                            &res::kRoles, &res::kRoleBindings}) {
+    children.push_back(make(*r, opts_.ns, managed));
+  }
+
+  auto key_of = [this](const ObjectPtr& o) { queue_.Add(ObjectKey(*o)); UpdateDepth(); };
+  jobs_->AddHandlers({key_of,
+                      [this, key_of](const ObjectPtr& old_obj, const ObjectPtr& new_obj) {
+                        // Status-only writes (ours or the reporter's) need no reconcile
+                        // unless something else changed.
+                        Json a = *old_obj, b = *new_obj;
+                        a.erase("status"); b.erase("status");
+                        a["metadata"].erase("resourceVersion"); b["metadata"].erase("resourceVersion");
+                        a["metadata"].erase("managedFields"); b["metadata"].erase("managedFields");
+                        if (a != b) key_of(new_obj);
+                      },
+                      key_of});
+  for (Informer* inf : children) {
+    inf->AddHandlers({[this](const ObjectPtr& o) { EnqueueOwner(o); },
+                      [this](const ObjectPtr&, const ObjectPtr& n) { EnqueueOwner(n); },
+                      [this](const ObjectPtr& o) { EnqueueOwner(o); }});
+  }
+  auto node_changed = [this](const ObjectPtr& a, const ObjectPtr& b) {
+    // Only what selection and Degraded depend on: labels, readiness, schedulability.
+    if ((*a)["metadata"].value("labels", Json::object()) != (*b)["metadata"].value("labels", Json::object()) ||
+        NodeReady(*a) != NodeReady(*b) ||
+        (*a).value("spec", Json::object()).value("unschedulable", false) !=
+            (*b).value("spec", Json::object()).value("unschedulable", false) ||
+        (*a)["metadata"].contains("deletionTimestamp") != (*b)["metadata"].contains("deletionTimestamp")) {
+      EnqueueAllJobs();
+    }
+  };
+  nodes->AddHandlers({[this](const ObjectPtr&) { EnqueueAllJobs(); }, node_changed,
+                      [this](const ObjectPtr&) { EnqueueAllJobs(); }});
+}
+
+JobController::~JobController() { Stop(); }
+
+void JobController::UpdateDepth() {
+  if (m_depth_) m_depth_->Set(static_cast<double>(queue_.Len()));
+}
+
+void JobController::EnqueueOwner(const ObjectPtr& obj) {
+  const Json& meta = (*obj)["metadata"];
+  for (const auto& ref : meta.value("ownerReferences", Json::array())) {
+    if (ref.value("kind", "") == "FederatedTrainingJob" && ref.value("controller", false)) {
+      queue_.Add(meta.value("namespace", "") + "/" + ref.value("name", ""));
+      UpdateDepth();
+      return;
+    }
+  }
+}
+
+void JobController::EnqueueAllJobs() {
+  if (!jobs_) return;
+  for (const auto& j : jobs_->List()) queue_.Add(ObjectKey(*j));
+  UpdateDepth();
+}
+
+bool JobController::Synced() const {
+  for (const auto& i : informers_) if (!i->HasSynced()) return false;
+  return true;
+}
+
+Status JobController::Start(std::chrono::milliseconds sync_timeout) {
+  for (auto& i : informers_) i->Start();
+  auto deadline = std::chrono::steady_clock::now() + sync_timeout;
+  for (auto& i : informers_) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || !i->WaitForSync(left)) {
+      return UnavailableError("cache for " + i->resource().plural + " did not sync");
+    }
+  }
+  log::Info("caches synced", {{"jobs", static_cast<int64_t>(jobs_->Size())}});
+  for (int i = 0; i < opts_.workers; ++i) workers_.emplace_back([this] { Worker(); });
+  started_ = true;
+  return OkStatus();
+}
+
+void JobController::Stop() {
+  queue_.ShutDown();
+  for (auto& w : workers_) if (w.joinable()) w.join();  // in-flight reconciles finish
+  workers_.clear();
+  for (auto& i : informers_) i->Stop();
+}
+
+void JobController::Worker() {
+  while (auto key = queue_.Get()) {
+    UpdateDepth();
+    auto t0 = std::chrono::steady_clock::now();
+    auto result = reconciler_->Reconcile(*key);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++reconciles_;
+    if (m_reconcile_) m_reconcile_->Increment();
+    if (m_duration_) m_duration_->Observe(secs);
+    if (!result.ok()) {
+      if (m_errors_) m_errors_->Increment();
+      log::Warn("reconcile failed; requeued with backoff",
+                {{"job", *key}, {"error", result.status().ToString()}, {"requeues", queue_.NumRequeues(*key)}});
+      queue_.AddRateLimited(*key);
+    } else {
+      queue_.Forget(*key);
+      if (result->requeue_after) queue_.AddAfter(*key, *result->requeue_after);
+    }
+    queue_.Done(*key);
+    UpdateDepth();
+  }
+}
+
+}  // namespace fedge::op

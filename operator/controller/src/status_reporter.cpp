@@ -1,0 +1,73 @@
+#include "fedge/op/status_reporter.h"
+
+#include <thread>
+
+#include "fedge/log.h"
+#include "fedge/op/desired.h"
+#include "fedge/op/rest_kube_client.h"
+
+namespace fedge::op {
+
+Json ProgressFromAggregator(const Json& a) {
+  Json st = Json::object();
+  const Json rounds = a.value("rounds", Json::array());
+  int64_t completed = 0;
+  for (const auto& r : rounds) completed = std::max<int64_t>(completed, r.value("round", int64_t{0}));
+  st["roundsCompleted"] = completed;
+  st["round"] = std::max<int64_t>(a.value("round", int64_t{0}), completed);
+  if (!rounds.empty()) {
+    const Json& last = rounds.back();
+    Json lr = {{"bytesUp", last.value("bytes_up", int64_t{0})},
+               {"bytesDown", last.value("bytes_down", int64_t{0})},
+               {"durationSeconds", last.value("seconds", 0.0)}};
+    // Training loss when present, else evaluation loss.
+    const Json& loss = last.contains("train_loss") && last["train_loss"].is_number() ? last["train_loss"] : last.value("loss", Json());
+    if (loss.is_number()) lr["loss"] = loss;
+    if (last.contains("accuracy") && last["accuracy"].is_number()) lr["accuracy"] = last["accuracy"];
+    st["lastRound"] = lr;
+    st["participants"] = last.value("participants", 0);
+  }
+  if (a.contains("final_accuracy") && a["final_accuracy"].is_number()) {
+    st["lastRound"]["accuracy"] = a["final_accuracy"];
+  }
+  st["globalModel"] = {{"version", a.value("global_version", int64_t{0})},
+                       {"checksum", a.value("global_checksum", std::string())}};
+  st["epsilonSpent"] = 0.0;  // no differential privacy in this aggregator yet
+  return st;
+}
+
+Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const std::atomic<bool>& stop) {
+  Json last_applied;
+  bool seen = false;
+  auto last_ok = std::chrono::steady_clock::now();
+  Status last_error;
+  while (!stop.load()) {
+    auto got = HttpGetJson("http://" + opts.aggregator_http + "/v1/status", std::chrono::seconds(2));
+    auto now = std::chrono::steady_clock::now();
+    if (got.ok()) {
+      seen = true;
+      last_ok = now;
+      Json progress = ProgressFromAggregator(*got);
+      if (progress != last_applied) {
+        Json patch = {{"apiVersion", "fedge.io/v1alpha1"}, {"kind", "FederatedTrainingJob"},
+                      {"metadata", {{"name", opts.name}, {"namespace", opts.ns}}}, {"status", progress}};
+        auto s = client->Apply(res::kJobs, opts.ns, opts.name, patch, {kReporterFieldManager, true, "status"});
+        if (s.ok()) {
+          last_applied = progress;
+          log::Info("status reported", {{"round", progress.value("round", int64_t{0})},
+                                        {"state", got->value("state", std::string())}});
+        } else {
+          last_error = s.status();
+          log::Warn("status apply failed", {{"error", s.status().ToString()}});
+        }
+      }
+    } else if (seen && now - last_ok >= opts.gone_after) {
+      log::Info("aggregator gone; reporter exiting");
+      return last_error;
+    }
+    std::this_thread::sleep_for(opts.interval);
+  }
+  return last_error;
+}
+
+}  // namespace fedge::op

@@ -1,0 +1,192 @@
+// fedge-operator: reconciles FederatedTrainingJobs (default command), or runs inside the
+// aggregator pod as its status reporter (`report-status`). Wiring only: flags, signals,
+// construct, run.
+#include <signal.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <prometheus/registry.h>
+
+#include "fedge/http_server.h"
+#include "fedge/log.h"
+#include "fedge/op/controller.h"
+#include "fedge/op/kube_config.h"
+#include "fedge/op/leader_election.h"
+#include "fedge/op/rest_kube_client.h"
+#include "fedge/op/status_reporter.h"
+
+namespace {
+
+std::mutex g_mu;
+std::condition_variable g_cv;
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_exit_code{0};
+
+void RequestStop(int code) {
+  std::lock_guard<std::mutex> l(g_mu);
+  if (!g_stop.exchange(true)) g_exit_code = code;
+  g_cv.notify_all();
+}
+
+// Signals are blocked in every thread; this one waits for them synchronously.
+std::thread StartSignalThread() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return std::thread([set] {
+    int sig = 0;
+    while (sigwait(&set, &sig) == 0) {
+      fedge::log::Info("signal received; shutting down", {{"signal", sig}});
+      RequestStop(0);
+      return;
+    }
+  });
+}
+
+std::string Hostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace fedge;
+  std::string kubeconfig, ns, http_addr = "0.0.0.0:8081", log_level = "info", log_format = "logfmt";
+  std::string lease_ns, lease_name = "fedge-operator";
+  bool leader_elect = false, show_version = false;
+  int workers = 2;
+  op::Images images = op::DefaultImages();
+  std::string job_key, agg_http = "127.0.0.1:9090", sa_dir = op::kServiceAccountDir;
+
+  CLI::App app{"fedge-operator: reconciles FederatedTrainingJobs (fedge.io/v1alpha1) into a per-job\n"
+               "aggregator and one agent pod per matching edge node"};
+  app.add_option("--kubeconfig", kubeconfig, "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
+  app.add_option("--namespace", ns, "watch only this namespace (default: all)");
+  app.add_flag("--leader-elect", leader_elect, "elect one active replica through a coordination.k8s.io Lease");
+  app.add_option("--leader-election-namespace", lease_ns, "namespace of the Lease (default: the config's namespace)");
+  app.add_option("--leader-election-id", lease_name, "name of the Lease")->capture_default_str();
+  app.add_option("--http", http_addr, "address for /healthz, /readyz and /metrics")->capture_default_str();
+  app.add_option("--workers", workers, "concurrent reconciles (never two for one job)")->capture_default_str();
+  app.add_option("--aggregator-image", images.aggregator, "image of the aggregator container")->capture_default_str();
+  app.add_option("--agent-image", images.agent, "image of the agent containers")->capture_default_str();
+  app.add_option("--reporter-image", images.reporter, "image of the status-reporter container")->capture_default_str();
+  app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
+  app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
+  app.add_flag("--version", show_version, "print the version and exit");
+  CLI::App* report = app.add_subcommand("report-status",
+      "run beside the aggregator: apply its progress to the job's status (field manager fedge-aggregator)");
+  report->add_option("--job", job_key, "namespace/name of the job")->required();
+  report->add_option("--aggregator-http", agg_http, "the aggregator's HTTP address")->capture_default_str();
+  report->add_option("--service-account-dir", sa_dir, "service-account token, CA and namespace")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  if (show_version) {
+    std::cout << "fedge-operator " << FEDGE_VERSION << " (" << FEDGE_GIT_REV << ")\n";
+    return 0;
+  }
+  log::Level level;
+  log::Format format;
+  if (!log::ParseLevel(log_level, &level) || !log::ParseFormat(log_format, &format)) {
+    std::cerr << "--log-level must be debug|info|warn|error and --log-format logfmt|json\n";
+    return 2;
+  }
+  log::Init(report->parsed() ? "status-reporter" : "operator", level, format);
+  std::thread signals = StartSignalThread();
+  signals.detach();
+
+  StatusOr<op::KubeConfig> cfg = report->parsed() && kubeconfig.empty() && !std::getenv("KUBECONFIG")
+                                     ? op::LoadInClusterConfig(sa_dir)
+                                     : op::LoadDefaultConfig(kubeconfig);
+  if (!cfg.ok()) {
+    log::Error("no Kubernetes configuration", {{"error", cfg.status().ToString()}});
+    return 1;
+  }
+  op::RestKubeClient client(*cfg);
+
+  if (report->parsed()) {
+    auto slash = job_key.find('/');
+    if (slash == std::string::npos) {
+      std::cerr << "--job must be namespace/name\n";
+      return 2;
+    }
+    op::ReporterOptions ro;
+    ro.ns = job_key.substr(0, slash);
+    ro.name = job_key.substr(slash + 1);
+    ro.aggregator_http = agg_http;
+    Status s = op::RunStatusReporter(&client, ro, g_stop);
+    return s.ok() ? 0 : 1;
+  }
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  op::ControllerOptions co;
+  co.ns = ns;
+  co.workers = workers;
+  co.registry = registry;
+  co.reconciler.images = images;
+  op::JobController controller(&client, co);
+
+  std::atomic<bool> leading{!leader_elect};
+  HttpServer http(http_addr);
+  http.Handle("GET", "/healthz", [](const HttpRequest&) { return HttpResponse::Text(200, "ok\n"); });
+  http.Handle("GET", "/readyz", [&](const HttpRequest&) {
+    if (!leading.load()) return HttpResponse::Text(200, "standby\n");  // healthy, not leading
+    return controller.Synced() ? HttpResponse::Text(200, "ok\n") : HttpResponse::Text(503, "caches not synced\n");
+  });
+  http.HandleMetrics(registry);
+  if (Status s = http.Start(); !s.ok()) {
+    log::Error("http server failed", {{"error", s.ToString()}});
+    return 1;
+  }
+  log::Info("operator starting", {{"version", FEDGE_VERSION}, {"server", cfg->server},
+                                  {"namespace", ns.empty() ? "*" : ns}, {"http", http.address()},
+                                  {"leader_elect", leader_elect}});
+
+  std::unique_ptr<op::LeaderElector> elector;
+  std::thread election;
+  auto start_controller = [&] {
+    Status s = controller.Start();
+    if (!s.ok()) {
+      log::Error("controller failed to start", {{"error", s.ToString()}});
+      RequestStop(1);
+    }
+  };
+  if (leader_elect) {
+    op::LeaderElectionOptions lo;
+    lo.ns = lease_ns.empty() ? cfg->ns : lease_ns;
+    lo.name = lease_name;
+    lo.identity = Hostname() + "_" + std::to_string(getpid());
+    elector = std::make_unique<op::LeaderElector>(&client, lo);
+    election = std::thread([&] {
+      elector->Run([&] { leading = true; start_controller(); },
+                   [&] {
+                     leading = false;
+                     // Lost (not released on shutdown): exit so a fresh process re-elects
+                     // with empty caches, as controller-runtime does.
+                     if (!g_stop.load()) RequestStop(1);
+                   });
+    });
+  } else {
+    start_controller();
+  }
+
+  {
+    std::unique_lock<std::mutex> l(g_mu);
+    g_cv.wait(l, [] { return g_stop.load(); });
+  }
+  log::Info("stopping: finishing in-flight reconciles");
+  controller.Stop();
+  if (elector) elector->Stop();
+  if (election.joinable()) election.join();
+  http.Stop();
+  log::Info("stopped", {{"reconciles", controller.reconciles()}});
+  return g_exit_code.load();
+}
