@@ -30,10 +30,12 @@ using internal::FloatToHalf;
 using internal::HalfToFloat;
 
 constexpr char kMagic[8] = {'F', 'E', 'D', 'G', 'E', 'B', 'N', '1'};
-constexpr uint16_t kFormatVersion = 1;
+constexpr uint16_t kFormatVersion = 1;    // dense fp32, fp16, bf16, int8
+constexpr uint16_t kFormatVersionV2 = 2;  // adds int4 and top-k (sparse)
 constexpr size_t kHeaderBytes = 36;
 constexpr size_t kChecksumBytes = 32;
 constexpr uint8_t kFlagZstd = 0x01;
+constexpr uint8_t kFlagSparse = 0x02;  // version 2
 constexpr uint8_t kDtypeFloat32 = 0;
 constexpr int kMaxBlockSize = 65536;
 // Elements decoded per step: bounds scratch memory and keeps allocation
@@ -150,15 +152,39 @@ std::string NameProblem(std::string_view name, uint32_t max_bytes) {
 
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
-// Bytes of a tensor's data section for `n` elements.
+// Largest code magnitude of a blockwise codec: codes are in [-qmax, qmax].
+int CodeMax(Codec codec) { return codec == Codec::kInt4 ? 7 : 127; }
+
+// Bytes of a tensor's value data for `n` elements (dense data, or the kept
+// values of a sparse tensor).
 uint64_t DataBytes(Codec codec, uint32_t block_size, uint64_t n) {
   switch (codec) {
     case Codec::kFp32: return 4 * n;
     case Codec::kFp16:
     case Codec::kBf16: return 2 * n;
     case Codec::kInt8: return n + 4 * CeilDiv(n, block_size);
+    case Codec::kInt4: return CeilDiv(n, 2) + 4 * CeilDiv(n, block_size);
   }
   return 0;
+}
+
+// ---- varints (unsigned LEB128) ----
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintLen(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
 }
 
 // ---- encoding ----
@@ -176,15 +202,82 @@ void StoreF32(char* p, float f) {
   }
 }
 
-// Writes t's data section (DataBytes(codec, block_size, n) bytes) at dst.
-// Values are already known to be finite.
-Status EncodeValues(Codec codec, uint32_t block_size, const NamedTensor& t, char* dst) {
-  const std::vector<float>& v = t.values;
-  const size_t n = v.size();
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Stochastic rounding draws from a counter-based generator: element i of a
+// tensor gets a uniform that depends only on (seed, tensor position, i), so
+// the bytes do not depend on iteration order or threads.
+struct Rounding {
+  bool stochastic = false;
+  uint64_t stream = 0;  // SplitMix64 of seed and tensor position
+
+  // Uniform in [0, 1), 53 bits.
+  double Uniform(uint64_t i) const {
+    return static_cast<double>(SplitMix64(stream + i * 0xD1B54A32D192ED03ull) >> 11) * 0x1.0p-53;
+  }
+};
+
+// Blockwise symmetric quantization of v[0, n): per block of `block_size`
+// values one scale = max|x| / qmax, written as float32 at `scales`; codes in
+// [-qmax, qmax] are handed to put(i, code).
+template <typename Put>
+Status QuantizeBlocks(Codec codec, const std::string& name, const float* v, size_t n, uint32_t block_size,
+                      const Rounding& rounding, char* scales, Put&& put) {
+  const int qmax = CodeMax(codec);
+  const float fqmax = static_cast<float>(qmax);
+  const size_t blocks = CeilDiv(n, block_size);
+  for (size_t b = 0; b < blocks; ++b) {
+    const size_t begin = b * block_size, end = std::min(n, begin + block_size);
+    float amax = 0.0f;
+    for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(v[i]));
+    const float scale = amax / fqmax;
+    if (!std::isfinite(scale * fqmax)) {
+      return Invalid("tensor \"" + name + "\" has values too large for the " + std::string(CodecName(codec)) +
+                     " codec; use fp32");
+    }
+    StoreF32(scales + 4 * b, scale);
+    if (scale == 0.0f) {
+      for (size_t i = begin; i < end; ++i) put(i, 0);
+      continue;
+    }
+    if (!rounding.stochastic) {
+      // Divide rather than multiply by a reciprocal: the rounding of x/scale is
+      // what the documented error bound (scale/2) is stated for.
+      for (size_t i = begin; i < end; ++i) {
+        put(i, static_cast<int>(std::clamp(std::nearbyint(v[i] / scale), -fqmax, fqmax)));
+      }
+    } else {
+      // floor(y + u), u ~ U[0,1): rounds up with probability frac(y), so
+      // E[code] = y exactly while |y| <= qmax (which scale guarantees).
+      const double dscale = scale;
+      for (size_t i = begin; i < end; ++i) {
+        const double y = static_cast<double>(v[i]) / dscale;
+        const double q = std::clamp(std::floor(y + rounding.Uniform(i)), -static_cast<double>(qmax),
+                                    static_cast<double>(qmax));
+        put(i, static_cast<int>(q));
+      }
+    }
+  }
+  return OkStatus();
+}
+
+// Writes the value data of v[0, n) (DataBytes(codec, block_size, n) bytes) at
+// dst. Values are already known to be finite. `index_map` (may be null) maps
+// positions to the tensor's element indices for error messages (top-k).
+Status EncodeValues(Codec codec, uint32_t block_size, const std::string& name, const float* v, size_t n,
+                    const uint64_t* index_map, const Rounding& rounding, char* dst) {
+  auto element = [&](size_t i) {
+    return "tensor \"" + name + "\" element " + std::to_string(index_map ? index_map[i] : i);
+  };
   switch (codec) {
     case Codec::kFp32:
       if constexpr (std::endian::native == std::endian::little) {
-        if (n != 0) std::memcpy(dst, v.data(), 4 * n);
+        if (n != 0) std::memcpy(dst, v, 4 * n);
       } else {
         for (size_t i = 0; i < n; ++i) StoreF32(dst + 4 * i, v[i]);
       }
@@ -192,8 +285,8 @@ Status EncodeValues(Codec codec, uint32_t block_size, const NamedTensor& t, char
     case Codec::kFp16:
       for (size_t i = 0; i < n; ++i) {
         if (std::fabs(v[i]) >= 65520.0f) {
-          return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) + " = " +
-                         std::to_string(v[i]) + " is outside the fp16 range (|x| < 65520); use bf16 or fp32");
+          return Invalid(element(i) + " = " + std::to_string(v[i]) +
+                         " is outside the fp16 range (|x| < 65520); use bf16 or fp32");
         }
         StoreLe16(dst + 2 * i, FloatToHalf(v[i]));
       }
@@ -201,40 +294,48 @@ Status EncodeValues(Codec codec, uint32_t block_size, const NamedTensor& t, char
     case Codec::kBf16:
       for (size_t i = 0; i < n; ++i) {
         const uint16_t b = FloatToBf16(v[i]);
-        if ((b & 0x7F80u) == 0x7F80u) {
-          return Invalid("tensor \"" + t.name + "\" element " + std::to_string(i) +
-                         " rounds to infinity in bf16; use fp32");
-        }
+        if ((b & 0x7F80u) == 0x7F80u) return Invalid(element(i) + " rounds to infinity in bf16; use fp32");
         StoreLe16(dst + 2 * i, b);
       }
       return OkStatus();
     case Codec::kInt8: {
-      const size_t blocks = CeilDiv(n, block_size);
-      char* codes = dst + 4 * blocks;
-      for (size_t b = 0; b < blocks; ++b) {
-        const size_t begin = b * block_size, end = std::min(n, begin + block_size);
-        float amax = 0.0f;
-        for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(v[i]));
-        const float scale = amax / 127.0f;
-        if (!std::isfinite(scale * 127.0f)) {
-          return Invalid("tensor \"" + t.name + "\" has values too large for the int8 codec; use fp32");
-        }
-        StoreF32(dst + 4 * b, scale);
-        if (scale == 0.0f) {
-          std::memset(codes + begin, 0, end - begin);
-          continue;
-        }
-        // Divide rather than multiply by a reciprocal: the rounding of x/scale is
-        // what the documented error bound (scale/2) is stated for.
-        for (size_t i = begin; i < end; ++i) {
-          const float q = std::clamp(std::nearbyint(v[i] / scale), -127.0f, 127.0f);
-          codes[i] = static_cast<char>(static_cast<int8_t>(q));
-        }
-      }
-      return OkStatus();
+      char* codes = dst + 4 * CeilDiv(n, block_size);
+      return QuantizeBlocks(codec, name, v, n, block_size, rounding, dst,
+                            [codes](size_t i, int q) { codes[i] = static_cast<char>(static_cast<int8_t>(q)); });
+    }
+    case Codec::kInt4: {
+      // Two codes per byte, element 2j in the low nibble, 2j+1 in the high
+      // nibble, 4-bit two's complement; an odd count leaves a zero high nibble.
+      auto* codes = reinterpret_cast<unsigned char*>(dst + 4 * CeilDiv(n, block_size));
+      std::memset(codes, 0, CeilDiv(n, 2));
+      return QuantizeBlocks(codec, name, v, n, block_size, rounding, dst, [codes](size_t i, int q) {
+        codes[i >> 1] = static_cast<unsigned char>(codes[i >> 1] | ((static_cast<unsigned>(q) & 0xFu) << (4 * (i & 1))));
+      });
     }
   }
   return Invalid("unknown codec");
+}
+
+// Element indices (ascending) of the k = ceil(fraction * n) largest |v[i]|,
+// at least one for a non-empty tensor; ties go to the lower index so the
+// choice is deterministic.
+std::vector<uint64_t> TopKIndices(const std::vector<float>& v, double fraction) {
+  const size_t n = v.size();
+  if (n == 0) return {};
+  const auto want = static_cast<size_t>(std::ceil(fraction * static_cast<double>(n)));
+  const size_t k = std::clamp<size_t>(want, 1, n);
+  std::vector<uint64_t> idx(n);
+  for (size_t i = 0; i < n; ++i) idx[i] = i;
+  if (k < n) {
+    std::nth_element(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                     [&v](uint64_t a, uint64_t b) {
+                       const float fa = std::fabs(v[a]), fb = std::fabs(v[b]);
+                       return fa > fb || (fa == fb && a < b);
+                     });
+    idx.resize(k);
+    std::sort(idx.begin(), idx.end());
+  }
+  return idx;
 }
 
 // ---- decoding sources ----
@@ -357,20 +458,24 @@ struct TableEntry {
   std::string name;
   std::vector<int64_t> shape;
   uint64_t elements = 0;
+  // Top-k bundles: entries carried and bytes of their index section.
+  uint64_t kept = 0;
+  uint64_t index_bytes = 0;
 };
 
-Status DecodeTensorData(Codec codec, uint32_t block_size, const TableEntry& entry, BodySource* src,
-                        NamedTensor* out) {
-  const uint64_t n = entry.elements;
-  std::vector<float>& values = out->values;
+// Decodes `n` values of `codec` from src into *values (which it resizes).
+Status DecodeValues(Codec codec, uint32_t block_size, const std::string& what, uint64_t n, BodySource* src,
+                    std::vector<float>* values_out) {
+  std::vector<float>& values = *values_out;
+  values.clear();
   std::string scratch;
   auto check_finite = [&](float f, uint64_t i) -> Status {
     if (!std::isfinite(f)) {
-      return Corrupt("tensor \"" + entry.name + "\" element " + std::to_string(i) + " is not finite");
+      return Corrupt(what + " element " + std::to_string(i) + " is not finite");
     }
     return OkStatus();
   };
-  if (codec == Codec::kInt8) {
+  if (IsBlockwiseCodec(codec)) {
     // Scales for a tensor come first; they are few (n / block_size), but read
     // them in chunks too so a lying header cannot force a large allocation.
     const uint64_t blocks = CeilDiv(n, block_size);
@@ -382,36 +487,74 @@ Status DecodeTensorData(Codec codec, uint32_t block_size, const TableEntry& entr
       for (size_t i = 0; i < k; ++i) {
         const float s = GetF32(scratch.data() + 4 * i);
         if (!std::isfinite(s) || s < 0.0f) {
-          return Corrupt("tensor \"" + entry.name + "\" block " + std::to_string(done + i) +
-                         " has an invalid scale (" + (std::isfinite(s) ? "negative" : "non-finite") + ")");
+          return Corrupt(what + " block " + std::to_string(done + i) + " has an invalid scale (" +
+                         (std::isfinite(s) ? "negative" : "non-finite") + ")");
         }
         scales.push_back(s);
       }
       done += k;
     }
-    for (uint64_t done = 0; done < n;) {
-      const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
-      scratch.resize(k);
-      FEDGE_RETURN_IF_ERROR(src->Read(k, scratch.data()));
-      values.resize(done + k);  // grows only as decoded bytes arrive
-      float* out = values.data() + done;
+    if (codec == Codec::kInt8) {
+      for (uint64_t done = 0; done < n;) {
+        const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
+        scratch.resize(k);
+        FEDGE_RETURN_IF_ERROR(src->Read(k, scratch.data()));
+        values.resize(done + k);  // grows only as decoded bytes arrive
+        float* out = values.data() + done;
+        bool bad = false;
+        for (size_t i = 0; i < k; ++i) {
+          const auto q = static_cast<int8_t>(scratch[i]);
+          bad |= q == -128;
+          out[i] = static_cast<float>(q) * scales[(done + i) / block_size];
+          bad |= !std::isfinite(out[i]);
+        }
+        if (bad) {
+          for (size_t i = 0; i < k; ++i) {
+            if (static_cast<int8_t>(scratch[i]) == -128) {
+              return Corrupt(what + " element " + std::to_string(done + i) +
+                             " has the out-of-range int8 code -128");
+            }
+            FEDGE_RETURN_IF_ERROR(check_finite(out[i], done + i));
+          }
+        }
+        done += k;
+      }
+      return OkStatus();
+    }
+    // int4: two codes per byte, low nibble first.
+    const uint64_t code_bytes = CeilDiv(n, 2);
+    for (uint64_t done_bytes = 0; done_bytes < code_bytes;) {
+      const size_t kb = static_cast<size_t>(std::min<uint64_t>(code_bytes - done_bytes, kDecodeChunkElements));
+      scratch.resize(kb);
+      FEDGE_RETURN_IF_ERROR(src->Read(kb, scratch.data()));
+      const uint64_t first = 2 * done_bytes;
+      const size_t k = static_cast<size_t>(std::min<uint64_t>(n - first, 2 * uint64_t{kb}));
+      values.resize(first + k);
+      float* out = values.data() + first;
+      auto code = [&](size_t i) {
+        const unsigned nibble = (static_cast<uint8_t>(scratch[i >> 1]) >> (4 * (i & 1))) & 0xFu;
+        return static_cast<int>(nibble ^ 8u) - 8;  // sign-extend 4-bit two's complement
+      };
       bool bad = false;
       for (size_t i = 0; i < k; ++i) {
-        const auto q = static_cast<int8_t>(scratch[i]);
-        bad |= q == -128;
-        out[i] = static_cast<float>(q) * scales[(done + i) / block_size];
+        const int q = code(i);
+        bad |= q == -8;
+        out[i] = static_cast<float>(q) * scales[(first + i) / block_size];
         bad |= !std::isfinite(out[i]);
       }
       if (bad) {
         for (size_t i = 0; i < k; ++i) {
-          if (static_cast<int8_t>(scratch[i]) == -128) {
-            return Corrupt("tensor \"" + entry.name + "\" element " + std::to_string(done + i) +
-                           " has the out-of-range int8 code -128");
+          if (code(i) == -8) {
+            return Corrupt(what + " element " + std::to_string(first + i) +
+                           " has the out-of-range int4 code -8");
           }
-          FEDGE_RETURN_IF_ERROR(check_finite(out[i], done + i));
+          FEDGE_RETURN_IF_ERROR(check_finite(out[i], first + i));
         }
       }
-      done += k;
+      if (k % 2 == 1 && (static_cast<uint8_t>(scratch[kb - 1]) >> 4) != 0) {
+        return Corrupt(what + " has a non-zero padding nibble after its last int4 code");
+      }
+      done_bytes += kb;
     }
     return OkStatus();
   }
@@ -444,6 +587,134 @@ Status DecodeTensorData(Codec codec, uint32_t block_size, const TableEntry& entr
     done += k;
   }
   return OkStatus();
+}
+
+// A top-k tensor's data: `index_bytes` of varint index gaps, then `kept`
+// values in the codec. Expands to the dense tensor only after both parts have
+// arrived and validated; the table check n <= kept * max_sparse_expansion
+// bounds that expansion.
+Status DecodeSparseValues(Codec codec, uint32_t block_size, const TableEntry& e, BodySource* src,
+                          std::vector<float>* values) {
+  const std::string where = "tensor \"" + e.name + "\" ";
+  // No index of an n-element tensor (nor any gap) needs more bytes than n - 1.
+  const size_t max_len = VarintLen(e.elements == 0 ? 0 : e.elements - 1);
+  std::vector<uint64_t> indices;
+  std::string scratch;
+  uint64_t acc = 0, prev = 0;
+  size_t len = 0;
+  for (uint64_t done = 0; done < e.index_bytes;) {
+    const size_t kb = static_cast<size_t>(std::min<uint64_t>(e.index_bytes - done, kDecodeChunkElements));
+    scratch.resize(kb);
+    FEDGE_RETURN_IF_ERROR(src->Read(kb, scratch.data()));
+    for (size_t j = 0; j < kb; ++j) {
+      const auto c = static_cast<uint8_t>(scratch[j]);
+      acc |= uint64_t{c & 0x7Fu} << (7 * len);
+      ++len;
+      if (c & 0x80) {
+        if (len == max_len) {
+          return Corrupt(where + "index " + std::to_string(indices.size()) + " has a varint longer than the " +
+                         std::to_string(max_len) + " bytes " + std::to_string(e.elements) + " elements need");
+        }
+        continue;
+      }
+      if (len > 1 && c == 0) {
+        return Corrupt(where + "index " + std::to_string(indices.size()) + " is a non-canonical varint");
+      }
+      if (indices.size() == e.kept) {
+        return Corrupt(where + "index section holds more than the " + std::to_string(e.kept) +
+                       " indices the table declares");
+      }
+      uint64_t index = acc;
+      if (!indices.empty()) {
+        if (acc == 0) {
+          return Corrupt(where + "indices are not strictly increasing (index " + std::to_string(prev) +
+                         " repeated at position " + std::to_string(indices.size()) + ")");
+        }
+        index = prev + acc;  // prev < 2^63 and acc < 2^63: no overflow
+      }
+      if (index >= e.elements) {
+        return Corrupt(where + "index " + std::to_string(index) + " at position " + std::to_string(indices.size()) +
+                       " is out of range for " + std::to_string(e.elements) + " elements");
+      }
+      indices.push_back(index);
+      prev = index;
+      acc = 0;
+      len = 0;
+    }
+    done += kb;
+  }
+  if (len != 0) return Corrupt(where + "index section ends inside a varint");
+  if (indices.size() != e.kept) {
+    return Corrupt(where + "index section holds " + std::to_string(indices.size()) + " indices, the table declares " +
+                   std::to_string(e.kept));
+  }
+  std::vector<float> kept;
+  FEDGE_RETURN_IF_ERROR(DecodeValues(codec, block_size, where + "(kept values)", e.kept, src, &kept));
+  values->assign(static_cast<size_t>(e.elements), 0.0f);
+  for (size_t i = 0; i < indices.size(); ++i) (*values)[indices[i]] = kept[i];
+  return OkStatus();
+}
+
+// Reads one unsigned LEB128 varint of the tensor table; counts its bytes.
+Status ReadVarint(BodySource* src, const std::string& what, uint64_t* out, uint64_t* bytes_read) {
+  uint64_t v = 0;
+  for (int len = 0; len < 10; ++len) {
+    char c;
+    FEDGE_RETURN_IF_ERROR(src->Read(1, &c));
+    const auto b = static_cast<uint8_t>(c);
+    if (len == 9 && b > 1) return Corrupt(what + " overflows 64 bits");
+    v |= uint64_t{b & 0x7Fu} << (7 * len);
+    if (!(b & 0x80)) {
+      if (len > 0 && b == 0) return Corrupt(what + " is a non-canonical varint");
+      *out = v;
+      *bytes_read += static_cast<uint64_t>(len) + 1;
+      return OkStatus();
+    }
+  }
+  return Corrupt(what + " is a varint longer than 10 bytes");
+}
+
+StatusOr<BundleHeader> ParseHeader(std::string_view bytes) {
+  if (bytes.size() < sizeof(kMagic) || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return Invalid("bad magic: not a fedge tensor bundle (expected \"FEDGEBN1\")");
+  }
+  if (bytes.size() < kHeaderBytes) {
+    return Corrupt("truncated header: " + std::to_string(bytes.size()) + " of " + std::to_string(kHeaderBytes) +
+                   " bytes");
+  }
+  const char* h = bytes.data();
+  BundleHeader header;
+  header.version = GetLe<uint16_t>(h + 8);
+  if (header.version != kFormatVersion && header.version != kFormatVersionV2) {
+    return Invalid("unknown format version " + std::to_string(header.version) + " (this build reads versions " +
+                   std::to_string(kFormatVersion) + " and " + std::to_string(kFormatVersionV2) + ")");
+  }
+  const auto codec_byte = static_cast<uint8_t>(h[10]);
+  if (codec_byte > static_cast<uint8_t>(Codec::kInt4)) return Invalid("unknown codec id " + std::to_string(codec_byte));
+  header.codec = static_cast<Codec>(codec_byte);
+  if (header.codec == Codec::kInt4 && header.version < kFormatVersionV2) {
+    return Invalid("codec int4 needs format version 2, the header says " + std::to_string(header.version));
+  }
+  const auto flags = static_cast<uint8_t>(h[11]);
+  const uint8_t known = header.version >= kFormatVersionV2 ? (kFlagZstd | kFlagSparse) : kFlagZstd;
+  if (flags & ~known) {
+    return Invalid("unknown flag bits " + std::to_string(flags & ~known) + " for format version " +
+                   std::to_string(header.version));
+  }
+  header.zstd = flags & kFlagZstd;
+  header.sparse = flags & kFlagSparse;
+  header.block_size = GetLe<uint32_t>(h + 12);
+  if (IsBlockwiseCodec(header.codec) && (header.block_size < 1 || header.block_size > kMaxBlockSize)) {
+    return Invalid(std::string(CodecName(header.codec)) + " block size " + std::to_string(header.block_size) +
+                   " is outside 1.." + std::to_string(kMaxBlockSize));
+  }
+  if (!IsBlockwiseCodec(header.codec) && header.block_size != 0) {
+    return Invalid("block size must be 0 for the element-wise codec " + std::string(CodecName(header.codec)));
+  }
+  header.tensor_count = GetLe<uint32_t>(h + 16);
+  header.body_size = GetLe<uint64_t>(h + 20);
+  header.stored_size = GetLe<uint64_t>(h + 28);
+  return header;
 }
 
 }  // namespace
@@ -480,8 +751,9 @@ StatusOr<Codec> ParseCodec(std::string_view name) {
   if (name == "fp16") return Codec::kFp16;
   if (name == "bf16") return Codec::kBf16;
   if (name == "int8") return Codec::kInt8;
+  if (name == "int4") return Codec::kInt4;
   return InvalidArgumentError("unknown codec \"" + std::string(name) +
-                              "\"; expected one of fp32, fp16, bf16, int8");
+                              "\"; expected one of fp32, fp16, bf16, int8, int4");
 }
 
 std::string_view CodecName(Codec codec) {
@@ -490,31 +762,61 @@ std::string_view CodecName(Codec codec) {
     case Codec::kFp16: return "fp16";
     case Codec::kBf16: return "bf16";
     case Codec::kInt8: return "int8";
+    case Codec::kInt4: return "int4";
   }
   return "unknown";
 }
 
+bool IsBlockwiseCodec(Codec codec) { return codec == Codec::kInt8 || codec == Codec::kInt4; }
+
+double CompressionReport::Ratio() const {
+  return encoded_bytes == 0 ? 0.0 : static_cast<double>(raw_bytes) / static_cast<double>(encoded_bytes);
+}
+
 StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptions& options) {
+  return EncodeBundle(bundle, options, nullptr);
+}
+
+StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptions& options,
+                                   CompressionReport* report) {
   const Codec codec = options.codec;
-  if (static_cast<uint8_t>(codec) > static_cast<uint8_t>(Codec::kInt8)) return Invalid("unknown codec");
+  if (static_cast<uint8_t>(codec) > static_cast<uint8_t>(Codec::kInt4)) return Invalid("unknown codec");
   uint32_t block_size = 0;
-  if (codec == Codec::kInt8) {
+  if (IsBlockwiseCodec(codec)) {
     if (options.block_size < 1 || options.block_size > kMaxBlockSize) {
       return Invalid("block_size " + std::to_string(options.block_size) + " is outside 1.." +
                      std::to_string(kMaxBlockSize));
     }
     block_size = static_cast<uint32_t>(options.block_size);
   }
+  if (options.stochastic_rounding && !IsBlockwiseCodec(codec)) {
+    return Invalid("stochastic_rounding applies to the int8 and int4 codecs only, not " +
+                   std::string(CodecName(codec)));
+  }
+  const double fraction = options.topk_fraction;
+  if (!(fraction == 0.0 || (fraction >= kMinTopkFraction && fraction <= 1.0))) {
+    return Invalid("topk_fraction " + std::to_string(fraction) + " is outside [" + std::to_string(kMinTopkFraction) +
+                   ", 1]; 0 turns top-k off");
+  }
+  const bool sparse = fraction > 0.0;
   const DecodeLimits defaults;
   if (bundle.tensors.size() > defaults.max_tensors) {
     return Invalid(std::to_string(bundle.tensors.size()) + " tensors exceed the limit of " +
                    std::to_string(defaults.max_tensors));
   }
 
+  // Per tensor, what its data section carries: all values, or the top-k.
+  struct Plan {
+    std::vector<uint64_t> indices;  // top-k only
+    std::vector<float> kept;        // top-k only
+    std::string index_bytes;        // top-k only
+  };
+  std::vector<Plan> plans(sparse ? bundle.tensors.size() : 0);
   std::string body;
   std::unordered_set<std::string_view> seen;
-  uint64_t data_bytes = 0;
-  for (const NamedTensor& t : bundle.tensors) {
+  uint64_t data_bytes = 0, values_sent = 0;
+  for (size_t ti = 0; ti < bundle.tensors.size(); ++ti) {
+    const NamedTensor& t = bundle.tensors[ti];
     if (std::string problem = NameProblem(t.name, defaults.max_name_bytes); !problem.empty()) {
       return Invalid(problem + (t.name.empty() ? "" : " (\"" + t.name.substr(0, 64) + "\")"));
     }
@@ -541,13 +843,45 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
     body.push_back(static_cast<char>(kDtypeFloat32));
     body.push_back(static_cast<char>(t.shape.size()));
     for (int64_t d : t.shape) PutLe<uint64_t>(&body, static_cast<uint64_t>(d));
-    data_bytes += DataBytes(codec, block_size, static_cast<uint64_t>(n));
+    if (!sparse) {
+      data_bytes += DataBytes(codec, block_size, static_cast<uint64_t>(n));
+      values_sent += static_cast<uint64_t>(n);
+      continue;
+    }
+    Plan& plan = plans[ti];
+    plan.indices = TopKIndices(t.values, fraction);
+    plan.kept.reserve(plan.indices.size());
+    uint64_t prev = 0;
+    for (size_t j = 0; j < plan.indices.size(); ++j) {
+      const uint64_t index = plan.indices[j];
+      plan.kept.push_back(t.values[index]);
+      PutVarint(&plan.index_bytes, j == 0 ? index : index - prev);
+      prev = index;
+    }
+    PutVarint(&body, plan.kept.size());
+    PutVarint(&body, plan.index_bytes.size());
+    data_bytes += plan.index_bytes.size() + DataBytes(codec, block_size, plan.kept.size());
+    values_sent += plan.kept.size();
   }
   size_t offset = body.size();
   body.resize(body.size() + data_bytes);
-  for (const NamedTensor& t : bundle.tensors) {
-    FEDGE_RETURN_IF_ERROR(EncodeValues(codec, block_size, t, body.data() + offset));
-    offset += DataBytes(codec, block_size, t.values.size());
+  for (size_t ti = 0; ti < bundle.tensors.size(); ++ti) {
+    const NamedTensor& t = bundle.tensors[ti];
+    Rounding rounding;
+    rounding.stochastic = options.stochastic_rounding;
+    rounding.stream = SplitMix64(options.seed ^ SplitMix64(ti));
+    if (!sparse) {
+      FEDGE_RETURN_IF_ERROR(
+          EncodeValues(codec, block_size, t.name, t.values.data(), t.values.size(), nullptr, rounding, body.data() + offset));
+      offset += DataBytes(codec, block_size, t.values.size());
+      continue;
+    }
+    const Plan& plan = plans[ti];
+    std::memcpy(body.data() + offset, plan.index_bytes.data(), plan.index_bytes.size());
+    offset += plan.index_bytes.size();
+    FEDGE_RETURN_IF_ERROR(EncodeValues(codec, block_size, t.name, plan.kept.data(), plan.kept.size(),
+                                       plan.indices.data(), rounding, body.data() + offset));
+    offset += DataBytes(codec, block_size, plan.kept.size());
   }
 
   std::string stored;
@@ -565,12 +899,15 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
   }
   const std::string& payload = options.zstd ? stored : body;
 
+  // Version 1 whenever it can express the bundle, so version-1 readers and
+  // byte-exact fixtures keep working for the codecs they know.
+  const bool needs_v2 = sparse || codec == Codec::kInt4;
   std::string out;
   out.reserve(kHeaderBytes + payload.size() + kChecksumBytes);
   out.append(kMagic, sizeof(kMagic));
-  PutLe<uint16_t>(&out, kFormatVersion);
+  PutLe<uint16_t>(&out, needs_v2 ? kFormatVersionV2 : kFormatVersion);
   out.push_back(static_cast<char>(codec));
-  out.push_back(static_cast<char>(options.zstd ? kFlagZstd : 0));
+  out.push_back(static_cast<char>((options.zstd ? kFlagZstd : 0) | (sparse ? kFlagSparse : 0)));
   PutLe<uint32_t>(&out, block_size);
   PutLe<uint32_t>(&out, static_cast<uint32_t>(bundle.tensors.size()));
   PutLe<uint64_t>(&out, body.size());
@@ -578,50 +915,33 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
   out += payload;
   const auto digest = Sha256(out);
   out.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  if (report != nullptr) {
+    report->raw_bytes = bundle.Fp32Bytes();
+    report->encoded_bytes = out.size();
+    report->values_total = static_cast<uint64_t>(bundle.NumElements());
+    report->values_sent = values_sent;
+  }
   return out;
 }
+
+StatusOr<BundleHeader> InspectBundle(std::string_view bytes) { return ParseHeader(bytes); }
 
 StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& limits) {
   if (bytes.size() > limits.max_encoded_bytes) {
     return Invalid("encoded size " + std::to_string(bytes.size()) + " exceeds the limit of " +
                    std::to_string(limits.max_encoded_bytes) + " bytes");
   }
-  if (bytes.size() < sizeof(kMagic) || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
-    return Invalid("bad magic: not a fedge tensor bundle (expected \"FEDGEBN1\")");
-  }
-  if (bytes.size() < kHeaderBytes) {
-    return Corrupt("truncated header: " + std::to_string(bytes.size()) + " of " +
-                   std::to_string(kHeaderBytes) + " bytes");
-  }
-  const char* h = bytes.data();
-  const auto version = GetLe<uint16_t>(h + 8);
-  if (version != kFormatVersion) {
-    return Invalid("unknown format version " + std::to_string(version) + " (this build reads version " +
-                   std::to_string(kFormatVersion) + ")");
-  }
-  const auto codec_byte = static_cast<uint8_t>(h[10]);
-  if (codec_byte > static_cast<uint8_t>(Codec::kInt8)) {
-    return Invalid("unknown codec id " + std::to_string(codec_byte));
-  }
-  const auto codec = static_cast<Codec>(codec_byte);
-  const auto flags = static_cast<uint8_t>(h[11]);
-  if (flags & ~kFlagZstd) return Invalid("unknown flag bits " + std::to_string(flags & ~kFlagZstd));
-  const bool zstd = flags & kFlagZstd;
-  const auto block_size = GetLe<uint32_t>(h + 12);
-  if (codec == Codec::kInt8 && (block_size < 1 || block_size > kMaxBlockSize)) {
-    return Invalid("int8 block size " + std::to_string(block_size) + " is outside 1.." +
-                   std::to_string(kMaxBlockSize));
-  }
-  if (codec != Codec::kInt8 && block_size != 0) {
-    return Invalid("block size must be 0 for the element-wise codec " + std::string(CodecName(codec)));
-  }
-  const auto count = GetLe<uint32_t>(h + 16);
+  FEDGE_ASSIGN_OR_RETURN(const BundleHeader header, ParseHeader(bytes));
+  const Codec codec = header.codec;
+  const uint32_t block_size = header.block_size;
+  const uint32_t count = header.tensor_count;
+  const bool sparse = header.sparse;
   if (count > limits.max_tensors) {
     return Invalid("tensor count " + std::to_string(count) + " exceeds the limit of " +
                    std::to_string(limits.max_tensors));
   }
-  const auto body_size = GetLe<uint64_t>(h + 20);
-  const auto stored_size = GetLe<uint64_t>(h + 28);
+  const uint64_t body_size = header.body_size;
+  const uint64_t stored_size = header.stored_size;
   const uint64_t available = bytes.size() - kHeaderBytes;
   if (stored_size > available || available - stored_size < kChecksumBytes) {
     return Corrupt("truncated payload: header declares " + std::to_string(stored_size) +
@@ -647,7 +967,8 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     uint64_t r;
     return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<uint64_t>::max() : r;
   };
-  const uint64_t per_entry = 2 + uint64_t{limits.max_name_bytes} + 2 + 8 * uint64_t{limits.max_rank};
+  // A top-k entry adds two varints (<= 10 bytes each) to the table.
+  const uint64_t per_entry = 2 + uint64_t{limits.max_name_bytes} + 2 + 8 * uint64_t{limits.max_rank} + (sparse ? 20 : 0);
   const uint64_t max_table = sat_mul(count, per_entry);
   const uint64_t elems = limits.max_total_elements;
   uint64_t max_data = 0;
@@ -656,7 +977,11 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     case Codec::kFp16:
     case Codec::kBf16: max_data = sat_mul(2, elems); break;
     case Codec::kInt8: max_data = sat_add(elems, sat_mul(4, sat_add(elems / block_size, count))); break;
+    case Codec::kInt4:
+      max_data = sat_add(sat_add(elems / 2, count), sat_mul(4, sat_add(elems / block_size, count)));
+      break;
   }
+  if (sparse) max_data = sat_add(max_data, sat_mul(10, elems));  // index varints
   const uint64_t max_body = sat_add(max_table, max_data);
   if (body_size > max_body) {
     return Invalid("declared body size " + std::to_string(body_size) + " exceeds what the limits allow (" +
@@ -664,7 +989,7 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
   }
   const std::string_view stored = bytes.substr(kHeaderBytes, stored_size);
   std::unique_ptr<BodySource> src;
-  if (zstd) {
+  if (header.zstd) {
     const unsigned long long frame_size = ZSTD_getFrameContentSize(stored.data(), stored.size());
     if (frame_size == ZSTD_CONTENTSIZE_ERROR) return Corrupt("zstd frame error: payload is not a zstd frame");
     if (frame_size != ZSTD_CONTENTSIZE_UNKNOWN && frame_size != body_size) {
@@ -731,7 +1056,31 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     total_elements += n;
     e.elements = n;
     table_bytes += 2 + name_len + 2 + 8 * uint64_t{rank};
-    data_bytes += DataBytes(codec, block_size, n);
+    if (!sparse) {
+      data_bytes += DataBytes(codec, block_size, n);
+      table.push_back(std::move(e));
+      continue;
+    }
+    const std::string what = "tensor \"" + e.name + "\"";
+    FEDGE_RETURN_IF_ERROR(ReadVarint(src.get(), what + " kept count", &e.kept, &table_bytes));
+    FEDGE_RETURN_IF_ERROR(ReadVarint(src.get(), what + " index section size", &e.index_bytes, &table_bytes));
+    if (e.kept > n) {
+      return Corrupt(what + " keeps " + std::to_string(e.kept) + " entries but has only " + std::to_string(n) +
+                     " elements");
+    }
+    // n <= kept * expansion, written to avoid overflow (n < 2^63).
+    const uint64_t expansion = std::max<uint64_t>(limits.max_sparse_expansion, 1);
+    if (CeilDiv(n, expansion) > e.kept) {
+      return Invalid(what + " keeps " + std::to_string(e.kept) + " of " + std::to_string(n) +
+                     " entries, fewer than 1 in " + std::to_string(expansion) + " (max_sparse_expansion)");
+    }
+    // Each index varint takes 1..VarintLen(n - 1) bytes.
+    const uint64_t max_len = VarintLen(n == 0 ? 0 : n - 1);
+    if (e.index_bytes < e.kept || e.index_bytes > e.kept * max_len) {
+      return Corrupt(what + " index section of " + std::to_string(e.index_bytes) + " bytes cannot hold " +
+                     std::to_string(e.kept) + " indices below " + std::to_string(n));
+    }
+    data_bytes += e.index_bytes + DataBytes(codec, block_size, e.kept);
     table.push_back(std::move(e));
   }
   if (table_bytes + data_bytes != body_size) {
@@ -745,7 +1094,11 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     NamedTensor t;
     t.name = e.name;
     t.shape = e.shape;
-    FEDGE_RETURN_IF_ERROR(DecodeTensorData(codec, block_size, e, src.get(), &t));
+    if (sparse) {
+      FEDGE_RETURN_IF_ERROR(DecodeSparseValues(codec, block_size, e, src.get(), &t.values));
+    } else {
+      FEDGE_RETURN_IF_ERROR(DecodeValues(codec, block_size, "tensor \"" + e.name + "\"", e.elements, src.get(), &t.values));
+    }
     bundle.tensors.push_back(std::move(t));
   }
   FEDGE_RETURN_IF_ERROR(src->Finish());

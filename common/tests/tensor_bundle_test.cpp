@@ -115,14 +115,19 @@ std::string EncodeOk(const TensorBundle& b, Codec codec, bool zstd, int block_si
 }
 
 TEST(TensorBundleTest, ParsesAndNamesCodecs) {
-  for (const char* name : {"fp32", "fp16", "bf16", "int8"}) {
+  for (const char* name : {"fp32", "fp16", "bf16", "int8", "int4"}) {
     auto c = ParseCodec(name);
     ASSERT_TRUE(c.ok());
     EXPECT_EQ(CodecName(*c), name);
   }
-  auto bad = ParseCodec("int4");
+  // Wire ids are part of the format.
+  EXPECT_EQ(static_cast<int>(Codec::kInt8), 3);
+  EXPECT_EQ(static_cast<int>(Codec::kInt4), 4);
+  EXPECT_TRUE(IsBlockwiseCodec(Codec::kInt4));
+  EXPECT_FALSE(IsBlockwiseCodec(Codec::kBf16));
+  auto bad = ParseCodec("int2");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("int4"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("int2"), std::string::npos);
 }
 
 TEST(TensorBundleTest, CountsElementsAndBytes) {
@@ -163,12 +168,13 @@ TEST_P(CodecRoundTripTest, ReconstructsWithinTheCodecsBound) {
           ASSERT_LE(err, std::max(std::fabs(x) * std::ldexp(1.0f, -11), std::ldexp(1.0f, -25))) << x;
           break;
         case Codec::kBf16: ASSERT_LE(err, std::fabs(x) * std::ldexp(1.0f, -8)) << x; break;
-        case Codec::kInt8: {
+        case Codec::kInt8:
+        case Codec::kInt4: {
           // Blocks run per tensor: block k covers elements [16k, 16k+16).
           const size_t begin = i / 16 * 16, end = std::min(a.values.size(), begin + 16);
           float amax = 0;
           for (size_t j = begin; j < end; ++j) amax = std::max(amax, std::fabs(a.values[j]));
-          const float scale = amax / 127.0f;
+          const float scale = amax / (codec == Codec::kInt8 ? 127.0f : 7.0f);
           ASSERT_LE(err, scale / 2 * (1 + 1e-5f)) << "element " << i << " of " << a.name;
           break;
         }
@@ -178,7 +184,8 @@ TEST_P(CodecRoundTripTest, ReconstructsWithinTheCodecsBound) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecRoundTripTest,
-                         ::testing::Combine(::testing::Values(Codec::kFp32, Codec::kFp16, Codec::kBf16, Codec::kInt8),
+                         ::testing::Combine(::testing::Values(Codec::kFp32, Codec::kFp16, Codec::kBf16, Codec::kInt8,
+                                                              Codec::kInt4),
                                             ::testing::Bool()),
                          [](const auto& info) {
                            return std::string(CodecName(std::get<0>(info.param))) +
@@ -325,21 +332,33 @@ TEST(TensorBundleTest, RejectsBadMagic) {
 
 TEST(TensorBundleTest, RejectsUnknownVersionCodecAndFlags) {
   const std::string good = EncodeOk(RandomBundle(1), Codec::kFp32, false);
+  EXPECT_EQ(good[8], 1) << "dense fp32 is still written as format version 1";
   std::string v = good;
-  Set<uint16_t>(&v, 8, 2);
-  ExpectRejected(v, "unknown format version 2");
+  Set<uint16_t>(&v, 8, 3);
+  ExpectRejected(v, "unknown format version 3");
+  Set<uint16_t>(&v, 8, 0);
+  ExpectRejected(v, "unknown format version 0");
   std::string c = good;
   c[10] = 9;
   ExpectRejected(c, "unknown codec id 9");
   std::string f = good;
   f[11] = 0x04;
   ExpectRejected(f, "unknown flag bits 4");
+  // Version 1 knows neither int4 nor the sparse (top-k) flag.
+  std::string sparse_v1 = good;
+  sparse_v1[11] = 0x02;
+  ExpectRejected(sparse_v1, "unknown flag bits 2 for format version 1");
+  ExpectRejected(AssemblePlain(4, 64, 0, ""), "codec int4 needs format version 2");
 }
 
 TEST(TensorBundleTest, RejectsBadBlockSize) {
   ExpectRejected(AssemblePlain(3, 0, 0, ""), "int8 block size 0");
   ExpectRejected(AssemblePlain(3, 70000, 0, ""), "int8 block size 70000");
   ExpectRejected(AssemblePlain(0, 64, 0, ""), "block size must be 0");
+  std::string int4 = AssemblePlain(4, 0, 0, "");
+  Set<uint16_t>(&int4, 8, 2);
+  Reseal(&int4);
+  ExpectRejected(int4, "int4 block size 0");
 }
 
 TEST(TensorBundleTest, RejectsTruncationAtEveryLength) {
@@ -521,9 +540,25 @@ TEST(TensorBundleTest, HostileHeaderDoesNotAllocateFromDeclaredSizes) {
 TEST(TensorBundleTest, SurvivesRandomMutations) {
   std::mt19937 rng(20261128);
   const TensorBundle src = RandomBundle(5);
-  for (Codec codec : {Codec::kFp32, Codec::kFp16, Codec::kBf16, Codec::kInt8}) {
+  struct Variant {
+    Codec codec;
+    double topk;  // 0 = dense
+  };
+  const std::vector<Variant> variants = {{Codec::kFp32, 0}, {Codec::kFp16, 0},   {Codec::kBf16, 0},
+                                         {Codec::kInt8, 0}, {Codec::kInt4, 0},   {Codec::kFp32, 0.1},
+                                         {Codec::kFp16, 0.3}, {Codec::kInt8, 0.1}, {Codec::kInt4, 0.05}};
+  for (const Variant& variant : variants) {
     for (bool zstd : {false, true}) {
-      const std::string enc = EncodeOk(src, codec, zstd, 32);
+      SCOPED_TRACE(std::string(CodecName(variant.codec)) + " topk " + std::to_string(variant.topk) +
+                   (zstd ? " zstd" : ""));
+      EncodeOptions o;
+      o.codec = variant.codec;
+      o.zstd = zstd;
+      o.block_size = 32;
+      o.topk_fraction = variant.topk;
+      auto encoded = EncodeBundle(src, o);
+      ASSERT_TRUE(encoded.ok()) << encoded.status().ToString();
+      const std::string enc = *encoded;
       const TensorBundle want = Decode(enc);
       for (int iter = 0; iter < 150; ++iter) {
         std::string m = enc;
@@ -548,14 +583,12 @@ TEST(TensorBundleTest, SurvivesRandomMutations) {
           continue;
         }
         // Behind a valid checksum a value may change, but whatever decodes must be a
-        // valid bundle, and for the element-wise codecs the encoding is canonical.
-        EncodeOptions o;
-        o.codec = codec;
-        o.zstd = zstd;
-        o.block_size = 32;
+        // valid bundle of the declared shapes, and for the element-wise dense codecs
+        // the encoding is canonical.
+        for (const NamedTensor& t : d->tensors) ASSERT_EQ(static_cast<int64_t>(t.values.size()), t.NumElements());
         auto again = EncodeBundle(*d, o);
         ASSERT_TRUE(again.ok()) << again.status().ToString();
-        if (!zstd && codec != Codec::kInt8) {
+        if (!zstd && !IsBlockwiseCodec(variant.codec) && variant.topk == 0) {
           EXPECT_EQ(*again, m);
         }
       }

@@ -3,10 +3,15 @@
 // A bundle is an ordered list of named float32 tensors (LoRA factors, a head,
 // or deltas of them). On the wire a bundle is encoded with a codec:
 //   fp32, fp16, bf16         element-wise
-//   int8                     blockwise symmetric: per block of `block_size`
-//                            values one float32 scale, int8 codes; blocks
-//                            run per tensor (never span two tensors)
-// optionally zstd-compressed on top, with a SHA-256 checksum of the payload.
+//   int8, int4               blockwise symmetric: per block of `block_size`
+//                            values one float32 scale, int8 codes (or two
+//                            4-bit codes per byte); blocks run per tensor
+//                            (never span two tensors); optionally with
+//                            unbiased stochastic rounding
+// optionally top-k sparsified (per tensor the largest-magnitude entries, as
+// delta-coded indices plus values in the codec above; decoding yields dense
+// tensors with zeros elsewhere), optionally zstd-compressed on top, with a
+// SHA-256 checksum of the payload.
 // The encoded form is self-describing (magic, format version, codec, names,
 // dtypes, shapes); the decoder validates every field against its limits and
 // rejects malformed or hostile input with a status that says what was wrong.
@@ -42,17 +47,37 @@ struct TensorBundle {
   uint64_t Fp32Bytes() const;
 };
 
-enum class Codec : uint8_t { kFp32 = 0, kFp16 = 1, kBf16 = 2, kInt8 = 3 };
+// Values are the wire ids; new codecs are appended.
+enum class Codec : uint8_t { kFp32 = 0, kFp16 = 1, kBf16 = 2, kInt8 = 3, kInt4 = 4 };
 
-// "fp32" | "fp16" | "bf16" | "int8".
+// "fp32" | "fp16" | "bf16" | "int8" | "int4".
 StatusOr<Codec> ParseCodec(std::string_view name);
 std::string_view CodecName(Codec codec);
+// True for the blockwise codecs (int8, int4): they use block_size and scales.
+bool IsBlockwiseCodec(Codec codec);
+
+// Smallest non-zero EncodeOptions::topk_fraction. It bounds how far a sparse
+// tensor expands on decoding (DecodeLimits::max_sparse_expansion = 1/this).
+inline constexpr double kMinTopkFraction = 1e-4;
 
 struct EncodeOptions {
   Codec codec = Codec::kFp32;
   int block_size = 64;      // values per scale for blockwise codecs; 1..65536
   bool zstd = true;
   int zstd_level = 3;
+  // Top-k sparsification. 0 = off (dense). Otherwise in [kMinTopkFraction, 1]:
+  // per tensor of n elements keep the k = ceil(topk_fraction * n) entries of
+  // largest magnitude (ties: lower index first), sent as delta-coded indices
+  // plus k values in `codec`. Dropped entries decode as 0; pair it with
+  // fedge::ErrorFeedback so they are sent later instead of lost.
+  double topk_fraction = 0.0;
+  // int8/int4 only (INVALID_ARGUMENT for other codecs): round x/scale down or
+  // up at random, up with probability frac(x/scale), so E[decoded] = x
+  // (unbiased; per-element error < scale instead of <= scale/2). The random
+  // stream is a pure function of (seed, tensor position, element position):
+  // the same inputs and seed give the same bytes. Use a fresh seed per round.
+  bool stochastic_rounding = false;
+  uint64_t seed = 0;
 };
 
 struct DecodeLimits {
@@ -61,6 +86,32 @@ struct DecodeLimits {
   uint32_t max_tensors = 1u << 16;
   uint32_t max_name_bytes = 1024;
   uint32_t max_rank = 8;
+  // Top-k bundles only: a sparse tensor of n elements must carry at least
+  // n / max_sparse_expansion entries, so decoded memory stays within a fixed
+  // factor of the bytes received. Must be >= 1.
+  uint64_t max_sparse_expansion = 10000;  // = 1 / kMinTopkFraction
+};
+
+// What an encoding saved, for metrics and logs.
+struct CompressionReport {
+  uint64_t raw_bytes = 0;      // the bundle as dense float32 (TensorBundle::Fp32Bytes)
+  uint64_t encoded_bytes = 0;  // the whole encoding: header, body, checksum
+  uint64_t values_total = 0;   // dense element count
+  uint64_t values_sent = 0;    // elements carried: kept entries under top-k, else all
+  // raw_bytes / encoded_bytes; 0 when nothing was encoded.
+  double Ratio() const;
+};
+
+// The fixed header of an encoded bundle (docs/formats.md).
+struct BundleHeader {
+  uint16_t version = 0;
+  Codec codec = Codec::kFp32;
+  bool zstd = false;
+  bool sparse = false;  // top-k layout
+  uint32_t block_size = 0;
+  uint32_t tensor_count = 0;
+  uint64_t body_size = 0;
+  uint64_t stored_size = 0;
 };
 
 // Encodes `bundle`. Fails (INVALID_ARGUMENT) if a tensor's values do not match
@@ -68,14 +119,31 @@ struct DecodeLimits {
 // is over 8, a value is NaN/Inf, or a value does not fit the codec (fp16:
 // |x| >= 65520; bf16: rounds to Inf). Per-element error bounds: fp32 exact,
 // fp16 2^-11 relative, bf16 2^-8 relative, int8 scale/2 (docs/formats.md).
+// Also fails for an unknown codec, block_size outside 1..65536 (blockwise
+// codecs), topk_fraction outside {0} U [kMinTopkFraction, 1], or
+// stochastic_rounding with a non-blockwise codec. int4: per element
+// |x - x'| <= scale/2 with scale = block max/7 (< scale when stochastic).
+// Writes format version 1 when the options need nothing newer (dense fp32/
+// fp16/bf16/int8), version 2 for int4 or top-k.
 StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptions& options);
+// Same, and fills `*report` (when not null) on success.
+StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptions& options,
+                                   CompressionReport* report);
 
 // Decodes bytes produced by EncodeBundle. Every malformed input (bad magic,
 // unknown version or codec, truncation, trailing bytes, checksum mismatch,
 // shape/size overflow, oversized counts, non-finite values, zstd errors) is
 // rejected with DATA_LOSS or INVALID_ARGUMENT and a reason. Memory use is
-// bounded by the bytes actually decoded, never by sizes the input declares.
+// bounded by the bytes actually decoded, never by sizes the input declares
+// (top-k bundles decode to dense tensors: at most max_sparse_expansion
+// elements per kept entry). Reads format versions 1 and 2.
 StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& limits = {});
+
+// Parses and checks the 36-byte header only (magic, version, codec, flags,
+// block size; no checksum, no body): cheap, for metrics and for refusing a
+// codec other than the negotiated one before decoding. DecodeBundle still
+// performs every check.
+StatusOr<BundleHeader> InspectBundle(std::string_view bytes);
 
 // Lowercase hex SHA-256 of `bytes`.
 std::string Sha256Hex(std::string_view bytes);
