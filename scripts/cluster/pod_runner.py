@@ -201,6 +201,11 @@ class Runner:
         # Writable node state goes under the runner's root; real data paths are used as is.
         if path.startswith("/var/lib/fedge"):
             return os.path.join(self.root, "nodes", node, path.lstrip("/"))
+        # Every simulated node shares this filesystem: a per-node subdirectory
+        # <path>/<node> stands for that node's own copy of the path (its data shard).
+        per_node = os.path.join(path, node)
+        if os.path.isdir(per_node):
+            return per_node
         return path
 
     def materialize_volumes(self, pp):
@@ -318,8 +323,11 @@ class Runner:
                 if a == mp or a.startswith(mp + "/"):
                     a = mounts[m["name"]] + a[len(mp):]
                     break
-            if a.startswith("0.0.0.0:"):
-                a = pp.ip + a[len("0.0.0.0"):]
+            # A pod's own loopback and wildcard addresses are its pod IP here: containers of
+            # one pod share it, as they share a network namespace in a real pod.
+            for local in ("0.0.0.0:", "127.0.0.1:", "localhost:"):
+                if a.startswith(local):
+                    a = pp.ip + ":" + a[len(local):]
             m = svc_re.match(a)
             if m and not re.match(r"^\d+\.\d+\.\d+\.\d+$", m.group(1)) and m.group(1) not in ("localhost",):
                 r = self.resolve_service(pp.ns, m.group(1), m.group(4))

@@ -162,7 +162,7 @@ start kube-controller-manager kube-controller-manager \
   --authorization-kubeconfig="$DIR/controller-manager.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \
   --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
-  --use-service-account-credentials=false \
+  --use-service-account-credentials=true \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
   --node-monitor-grace-period=20s --node-monitor-period=2s \
   --concurrent-gc-syncs=5 --v=1
