@@ -1,0 +1,351 @@
+"""Integration tests of fedge-operator against a real Kubernetes control plane.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler run on loopback
+(scripts/cluster/start-control-plane.sh, binaries from build-control-plane.sh), the pod
+runner (scripts/cluster/pod_runner.py) plays three edge nodes, and fedge-operator runs as
+a process with a kubeconfig. Skips with a message when the control-plane binaries have
+not been built.
+
+Run by ctest (label integration) with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+ROOT = os.environ.get("FEDGE_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
+BUILD = os.environ.get("FEDGE_BINARY_DIR", os.path.join(ROOT, "build"))
+K8S_VERSION = os.environ.get("FEDGE_K8S_VERSION", "v1.36.3")
+OPERATOR = os.environ.get("FEDGE_OPERATOR_BIN", os.path.join(BUILD, "operator", "fedge-operator"))
+AGGREGATOR = os.environ.get("FEDGE_AGGREGATOR_BIN", os.path.join(BUILD, "aggregator", "fedge-aggregator"))
+AGENT = os.environ.get("FEDGE_AGENT_BIN", os.path.join(BUILD, "agent", "fedge-agent"))
+FEDGE = os.environ.get("FEDGE_CLI_BIN", os.path.join(BUILD, "cli", "fedge"))
+MODEL = os.environ.get("FEDGE_MODEL_DIR", os.path.join(ROOT, ".fedge", "models", "all-MiniLM-L6-v2"))
+SCRIPTS = os.path.join(ROOT, "scripts", "cluster")
+CRD = os.path.join(ROOT, "crds", "fedge.io_federatedtrainingjobs.yaml")
+NODES = ["edge-0", "edge-1", "edge-2"]
+
+
+def control_plane_bin():
+    if os.environ.get("FEDGE_CP_BIN"):
+        return os.environ["FEDGE_CP_BIN"]
+    for c in (os.environ.get("FEDGE_CP_CACHE"), "/var/cache/fedge/control-plane",
+              os.path.expanduser("~/.cache/fedge/control-plane")):
+        if c and os.path.exists(os.path.join(c, K8S_VERSION, ".complete")):
+            return os.path.join(c, K8S_VERSION, "bin")
+    return None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def job_manifest(name, spec_overrides=None, labels=None, model="/nonexistent/model", data="/nonexistent/data",
+                 **spec):
+    body = {"apiVersion": "fedge.io/v1alpha1", "kind": "FederatedTrainingJob",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"model": {"path": model, "labels": labels or ["a", "b"]},
+                     "data": {"path": data},
+                     "agents": {"nodeSelector": {"fedge.io/edge": "true"}},
+                     "rounds": {"total": 2}}}
+    for k, v in spec.items():
+        body["spec"][k] = v
+    for path, v in (spec_overrides or {}).items():
+        cur = body
+        keys = path.split(".")
+        for k in keys[:-1]:
+            cur = cur.setdefault(k, {})
+        if v is None:
+            cur.pop(keys[-1], None)
+        else:
+            cur[keys[-1]] = v
+    return body
+
+
+@unittest.skipUnless(control_plane_bin(), "SKIP: control-plane binaries not built; run "
+                     "scripts/cluster/build-control-plane.sh (about an hour on 2 cores, cached afterwards)")
+@unittest.skipUnless(os.path.exists(OPERATOR), f"SKIP: {OPERATOR} not built")
+class OperatorClusterTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="fedge-cluster-")
+        cls.env = dict(os.environ, FEDGE_CP_DIR=os.path.join(cls.tmp, "cp"), FEDGE_CP_BIN=control_plane_bin())
+        cls.env.pop("FEDGE_CP_PORT", None)
+        out = subprocess.run([os.path.join(SCRIPTS, "start-control-plane.sh")], env=cls.env,
+                             capture_output=True, text=True, timeout=240)
+        if out.returncode != 0:
+            raise AssertionError(f"control plane did not start:\n{out.stderr}\n{out.stdout}")
+        cls.kubeconfig = os.path.join(cls.tmp, "cp", "kubeconfig")
+        kubectl = os.path.join(control_plane_bin(), "kubectl")
+        cls.kubectl_bin = kubectl if os.access(kubectl, os.X_OK) else shutil.which("kubectl")
+        cls.kubectl("apply", "-f", CRD)
+        wait_for(lambda: cls.kubectl("get", "ftj", check=False).returncode == 0, 30, "the CRD to be served")
+        cls.runner_port_file = os.path.join(cls.tmp, "runner.port")
+        cls.runner = subprocess.Popen(
+            ["python3", os.path.join(SCRIPTS, "pod_runner.py"), "--kubeconfig", cls.kubeconfig,
+             "--nodes", str(len(NODES)), "--root", os.path.join(cls.tmp, "runner"),
+             "--bin-dir", os.path.dirname(AGGREGATOR), "--bin-dir", os.path.dirname(AGENT),
+             "--bin-dir", os.path.dirname(OPERATOR), "--port-file", cls.runner_port_file, "--heartbeat", "3"],
+            stdout=open(os.path.join(cls.tmp, "runner.log"), "w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: os.path.exists(cls.runner_port_file), 30, "the pod runner")
+        with open(cls.runner_port_file) as f:
+            cls.runner_port = int(f.read())
+        wait_for(lambda: cls.kubectl("get", "nodes", "-o", "name", check=False).stdout.count("node/") >= len(NODES),
+                 30, "edge nodes")
+        cls.operators = []
+        cls.operator = cls.start_operator()
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in getattr(cls, "operators", []):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if getattr(cls, "runner", None) and cls.runner.poll() is None:
+            cls.runner.send_signal(signal.SIGTERM)
+            try:
+                cls.runner.wait(20)
+            except subprocess.TimeoutExpired:
+                cls.runner.kill()
+        subprocess.run([os.path.join(SCRIPTS, "stop-control-plane.sh"), "--purge"], env=cls.env,
+                       capture_output=True, timeout=60)
+        if os.environ.get("FEDGE_KEEP_TMP"):
+            print(f"kept {cls.tmp}")
+        else:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    # ---- helpers -------------------------------------------------------------------------
+    @classmethod
+    def kubectl(cls, *args, stdin=None, check=True):
+        out = subprocess.run([cls.kubectl_bin, "--kubeconfig", cls.kubeconfig, *args], input=stdin,
+                             capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
+        return out
+
+    @classmethod
+    def start_operator(cls):
+        port = free_port()
+        log = open(os.path.join(cls.tmp, f"operator-{len(cls.operators)}.log"), "w")
+        p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
+                              "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}"],
+                             stdout=log, stderr=subprocess.STDOUT)
+        p.http_port = port
+        cls.operators.append(p)
+        wait_for(lambda: cls.http_get(port, "/healthz")[0] == 200, 30, "operator /healthz")
+        return p
+
+    @staticmethod
+    def http_get(port, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def apply(self, manifest):
+        return self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest), check=False)
+
+    def get_json(self, *args):
+        out = self.kubectl("get", *args, "-o", "json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def job(self, name):
+        return self.get_json("ftj", name) or {}
+
+    def condition(self, name, ctype):
+        for c in self.job(name).get("status", {}).get("conditions", []):
+            if c["type"] == ctype:
+                return c
+        return None
+
+    def children(self, name):
+        kinds = "pods,services,secrets,configmaps,serviceaccounts,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io"
+        got = self.get_json(kinds, "-l", f"fedge.io/job={name}")
+        return got["items"] if got else []
+
+    def delete_job(self, name):
+        self.kubectl("delete", "ftj", name, "--wait=false", check=False)
+        wait_for(lambda: self.kubectl("get", "ftj", name, check=False).returncode != 0, 60, f"job {name} deleted")
+
+    def runner_post(self, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.runner_port}{path}", method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def metric(self, port, name):
+        code, text = self.http_get(port, "/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.split()[-1])
+        return None
+
+    # ---- tests ---------------------------------------------------------------------------
+    def test_apply_creates_children_with_owner_references_and_delete_removes_them(self):
+        self.assertEqual(self.apply(job_manifest("owned")).returncode, 0)
+        # secret, configmap, 2 services, SA, role, binding, aggregator, 3 agents
+        kids = wait_for(lambda: (lambda k: k if len(k) >= 11 else None)(self.children("owned")), 60,
+                        "11 children of job owned")
+        uid = self.job("owned")["metadata"]["uid"]
+        for k in kids:
+            refs = k["metadata"].get("ownerReferences", [])
+            self.assertEqual([r["uid"] for r in refs], [uid], f"{k['kind']}/{k['metadata']['name']}")
+            self.assertTrue(refs[0]["controller"])
+        agents = {k["metadata"]["annotations"]["fedge.io/node"] for k in kids
+                  if k["kind"] == "Pod" and k["metadata"]["labels"]["fedge.io/role"] == "agent"}
+        self.assertEqual(agents, set(NODES))
+        svc = next(k for k in kids if k["kind"] == "Service" and k["metadata"]["name"] == "owned-inference")
+        self.assertEqual(svc["spec"]["internalTrafficPolicy"], "Local")
+        self.assertIn("fedge.io/cleanup", self.job("owned")["metadata"]["finalizers"])
+        self.delete_job("owned")
+        wait_for(lambda: not self.children("owned"), 60, "children of owned to be garbage-collected")
+
+    def test_invalid_manifests_are_rejected_by_schema_or_condition(self):
+        schema_cases = {
+            "missing-model": ({"spec.model": None}, "spec.model"),
+            "missing-data": ({"spec.data": None}, "spec.data"),
+            "negative-rounds": ({"spec.rounds.total": -3}, "spec.rounds.total"),
+            "quorum-above-max": ({"spec.rounds.quorum": 5, "spec.agents.maxAgents": 2}, "quorum"),
+            "unknown-strategy": ({"spec.strategy": {"name": "fedmagic"}}, "spec.strategy.name"),
+            "unknown-codec": ({"spec.compression": {"codec": "int3"}}, "spec.compression.codec"),
+            "min-above-max": ({"spec.agents.minAgents": 3, "spec.agents.maxAgents": 2}, "minAgents"),
+            "fraction-above-one": ({"spec.rounds": {"total": 2, "fraction": 1.5}}, "spec.rounds.fraction"),
+            "llama-classifier": ({"spec.model.family": "llama"}, "causal-lm"),
+            "bad-clean-policy": ({"spec.runPolicy": {"cleanPodPolicy": "Sometimes"}}, "cleanPodPolicy"),
+            "fedprox-without-mu": ({"spec.strategy": {"name": "fedprox"}}, "proximalMu"),
+            "zero-rank": ({"spec.adapter": {"rank": 0}}, "spec.adapter.rank"),
+            "bad-port": ({"spec.serving": {"port": 70000}}, "spec.serving.port"),
+            "x" * 41: ({}, "metadata.name"),
+        }
+        for name, (overrides, expect) in schema_cases.items():
+            with self.subTest(name=name):
+                out = self.apply(job_manifest(name, overrides))
+                self.assertNotEqual(out.returncode, 0, f"{name} was accepted")
+                self.assertIn(expect, out.stderr)
+        condition_cases = {
+            "not-implemented-strategy": ({"spec.strategy": {"name": "krum"}}, "spec.strategy.name"),
+            "one-label": ({"spec.model.labels": ["only"]}, "spec.model.labels"),
+            "quorum-above-min-agents": ({"spec.rounds.quorum": 3}, "spec.rounds.quorum"),
+        }
+        for name, (overrides, expect) in condition_cases.items():
+            with self.subTest(name=name):
+                self.assertEqual(self.apply(job_manifest(name, overrides)).returncode, 0)
+                c = wait_for(lambda: self.condition(name, "Failed"), 30, f"Failed condition on {name}")
+                self.assertEqual(c["reason"], "InvalidSpec")
+                self.assertIn(expect, c["message"])
+                self.assertEqual(self.job(name)["status"]["state"], "Failed")
+                self.assertEqual(self.children(name), [], "an invalid job must create nothing")
+                self.delete_job(name)
+
+    def test_restarted_operator_creates_no_duplicates_and_one_replica_leads(self):
+        self.assertEqual(self.apply(job_manifest("restart", runPolicy={"suspend": False})).returncode, 0)
+        before = wait_for(lambda: (lambda k: k if len(k) >= 11 else None)(self.children("restart")), 60,
+                          "children of restart")
+        uids = {(k["kind"], k["metadata"]["name"]): k["metadata"]["uid"] for k in before}
+        secret = self.get_json("secret", "restart-credentials")["data"]
+        # A standby replica does not reconcile while the first one leads.
+        standby = self.start_operator()
+        self.assertEqual(self.http_get(standby.http_port, "/readyz")[1].strip(), "standby")
+        # The leader stops gracefully: it releases the Lease, the standby takes over.
+        self.operator.send_signal(signal.SIGTERM)
+        self.assertEqual(self.operator.wait(30), 0)
+        wait_for(lambda: self.http_get(standby.http_port, "/readyz")[1].strip() == "ok", 60, "standby to lead")
+        lease = self.get_json("lease", "fedge-operator")
+        self.assertIn(str(standby.pid), lease["spec"]["holderIdentity"])
+        wait_for(lambda: (self.metric(standby.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 60,
+                 "the new leader to reconcile")
+        after = self.children("restart")
+        self.assertEqual({(k["kind"], k["metadata"]["name"]): k["metadata"]["uid"] for k in after
+                          if k["kind"] != "Pod"},
+                         {k: v for k, v in uids.items() if k[0] != "Pod"})
+        self.assertEqual(len([k for k in after if k["kind"] == "Pod"]), 4)
+        self.assertEqual(self.get_json("secret", "restart-credentials")["data"], secret)
+        self.__class__.operator = standby
+        self.delete_job("restart")
+
+    def test_node_not_ready_is_reported_in_conditions(self):
+        self.assertEqual(self.apply(job_manifest("nodes")).returncode, 0)
+        wait_for(lambda: self.condition("nodes", "Created"), 60, "job nodes created")
+        self.runner_post("/nodes/edge-2/notready")
+        try:
+            c = wait_for(lambda: (lambda c: c if c and c["status"] == "True" else None)(self.condition("nodes", "Degraded")),
+                         60, "Degraded condition")
+            self.assertEqual(c["reason"], "NodeNotReady")
+            self.assertIn("edge-2", c["message"])
+        finally:
+            self.runner_post("/nodes/edge-2/ready")
+        wait_for(lambda: (self.condition("nodes", "Degraded") or {}).get("status") == "False", 60,
+                 "Degraded to clear")
+        self.delete_job("nodes")
+
+    @unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")) and os.path.exists(AGGREGATOR)
+                         and os.path.exists(AGENT) and os.path.exists(FEDGE),
+                         "SKIP: needs fedge-aggregator, fedge-agent, fedge and the model (scripts/fetch-model.sh)")
+    def test_example_job_runs_to_succeeded_and_survives_a_killed_agent(self):
+        data = os.path.join(self.tmp, "data")
+        out = subprocess.run([FEDGE, "data", "wordnet", "--agents", str(len(NODES)), "--alpha", "0.5", "--seed", "3",
+                              "--test-size", "200", "--max-train", "3000", "--out", data],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for i, node in enumerate(NODES):
+            os.symlink(f"agent-{i}", os.path.join(data, node))  # each node's own shard
+        with open(os.path.join(data, "meta.json")) as f:
+            labels = json.load(f)["labels"]
+        manifest = job_manifest("example", labels=labels, model=MODEL, data=data,
+                                agents={"nodeSelector": {"fedge.io/edge": "true"}, "minAgents": len(NODES)},
+                                rounds={"total": 3, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
+                                        "batchSize": 16, "learningRate": 0.003, "seed": 11},
+                                runPolicy={"backoffLimit": 2, "cleanPodPolicy": "None"})
+        manifest["spec"]["model"]["maxSeqLen"] = 32
+        manifest["spec"]["adapter"] = {"rank": 4, "alpha": 8}
+        self.assertEqual(self.apply(manifest).returncode, 0)
+        wait_for(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
+                 "round 1 to complete")
+        # Kill one agent mid-job: the operator recreates it within backoffLimit.
+        old = self.get_json("pod", "example-agent-edge-1")["metadata"]["uid"]
+        self.assertEqual(self.runner_post("/pods/default/example-agent-edge-1/kill")["killed"], 1)
+        wait_for(lambda: self.job("example").get("status", {}).get("restarts", 0) >= 1, 60, "the restart count")
+        wait_for(lambda: (self.get_json("pod", "example-agent-edge-1") or {}).get("metadata", {}).get("uid")
+                 not in (None, old), 60, "a new agent pod")
+        done = wait_for(lambda: (lambda j: j if j.get("status", {}).get("state") in ("Succeeded", "Failed") else None)(
+            self.job("example")), 400, "the job to finish")
+        st = done["status"]
+        self.assertEqual(st["state"], "Succeeded", json.dumps(st, indent=1))
+        self.assertEqual(st["roundsCompleted"], 3)
+        self.assertGreater(st["lastRound"]["accuracy"], 0.0)
+        self.assertGreaterEqual(st["globalModel"]["version"], 3)
+        table = self.kubectl("get", "ftj", "example").stdout
+        self.assertIn("Succeeded", table)
+        self.assertIn(str(round(st["lastRound"]["accuracy"], 3))[:4], table)
+        full = json.loads(self.kubectl("get", "ftj", "example", "-o", "json", "--show-managed-fields").stdout)
+        managers = {m["manager"] for m in full["metadata"]["managedFields"]}
+        self.assertIn("fedge-aggregator", managers, "progress must come from the aggregator's reporter")
+        self.delete_job("example")
+
+
+if __name__ == "__main__":
+    unittest.main()
