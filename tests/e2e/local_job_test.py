@@ -155,8 +155,11 @@ class LocalJobTest(unittest.TestCase):
         logs = os.path.join(self.tmp, "restart-logs")
         os.makedirs(logs, exist_ok=True)
 
+        open_logs = []
+
         def start_aggregator(tag):
             log = open(os.path.join(logs, f"aggregator-{tag}.log"), "w")
+            open_logs.append(log)
             return subprocess.Popen([AGGREGATOR, "--config", job, "--listen", f"127.0.0.1:{grpc_port}",
                                      "--http", f"127.0.0.1:{http_port}", "--checkpoint-dir", ckpt,
                                      "--expected-agents", "2"], stdout=log, stderr=subprocess.STDOUT)
@@ -167,6 +170,7 @@ class LocalJobTest(unittest.TestCase):
             port = free_port()
             agent_ports.append(port)
             log = open(os.path.join(logs, f"agent-{i}.log"), "w")
+            open_logs.append(log)
             agents.append(subprocess.Popen(
                 [AGENT, "--config", job, "--aggregator", f"127.0.0.1:{grpc_port}", "--agent-id", f"agent-{i}",
                  "--node-name", f"node-{i}", "--data-dir", os.path.join(self.data, f"agent-{i}"),
@@ -222,6 +226,8 @@ class LocalJobTest(unittest.TestCase):
                 except subprocess.TimeoutExpired:
                     p.kill()
                     raise AssertionError(f"{name} did not exit within 30 s of SIGTERM")
+            for log in open_logs:
+                log.close()
         for name, p in procs[1:]:
             self.assertEqual(p.returncode, 0, f"{name} exit code on SIGTERM")
 
