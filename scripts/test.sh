@@ -19,7 +19,7 @@ scripts/fetch-model.sh
 
 if [[ -x scripts/cluster/build-control-plane.sh ]]; then
   step "test control plane (kube-apiserver, controller-manager, scheduler, etcd; cached)"
-  scripts/cluster/build-control-plane.sh
+  FEDGE_CP_JOBS="${FEDGE_CP_JOBS:-$JOBS}" scripts/cluster/build-control-plane.sh
 fi
 
 step "configure + build ($BUILD)"
