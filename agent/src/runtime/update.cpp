@@ -28,7 +28,7 @@ StatusOr<TensorBundle> ComputeDelta(const TensorBundle& after, const TensorBundl
 }
 
 uint64_t HashAgentId(std::string_view agent_id) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 14695981039346656037ull;  // FNV-1a 64-bit offset basis
   for (unsigned char c : agent_id) {
     h ^= c;
     h *= 1099511628211ull;

@@ -1,0 +1,516 @@
+// The client loop against a real gRPC server on loopback: a small scripted
+// implementation of the Aggregator service (WAIT -> INITIALIZE -> TRAIN ->
+// EVALUATE -> DONE) that records everything it receives.
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <future>
+#include <set>
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+
+#include "fake_classifier.h"
+#include "fedge/agent/runtime/aggregator_client.h"
+#include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/serving_model.h"
+#include "fedge/agent/runtime/state_store.h"
+#include "fedge/agent/runtime/update.h"
+#include "fedge/http_server.h"
+
+namespace fedge::agent {
+namespace {
+
+namespace v1 = fedge::v1;
+using testing::FakeClassifier;
+using testing::TestLabels;
+
+struct ReceivedUpdate {
+  v1::UpdateHeader header;
+  std::vector<size_t> chunk_sizes;
+  std::string payload;
+};
+
+// State of the scripted job; survives a server restart (like a checkpoint).
+struct World {
+  std::mutex mu;
+  std::condition_variable cv;
+  int waits_left = 2;  // WAITs before INITIALIZE
+  int phase = 0;       // 0 initialize, 1 train, 2 evaluate, 3 done
+  TensorBundle global;
+  int64_t version = 0;
+  std::string encoded;
+  std::string checksum;
+  std::vector<v1::JoinRequest> joins;
+  std::vector<ReceivedUpdate> updates;
+  std::vector<v1::MetricsReport> reports;
+  std::vector<int64_t> fetched_versions;
+  std::string codec = "fp32";
+  size_t send_chunk = 100;  // small, so the global arrives in many chunks
+  v1::TrainingConfig config;
+
+  void SetGlobal(TensorBundle bundle) {
+    global = std::move(bundle);
+    ++version;
+    EncodeOptions eo;
+    encoded = *EncodeBundle(global, eo);
+    checksum = Sha256Hex(encoded);
+  }
+};
+
+class FakeAggregator final : public v1::Aggregator::Service {
+ public:
+  explicit FakeAggregator(World* world, std::string session_prefix)
+      : w_(world), prefix_(std::move(session_prefix)) {}
+
+  grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* req, v1::JoinResponse* resp) override {
+    std::lock_guard<std::mutex> lock(w_->mu);
+    if (req->header().protocol_version() != 1) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this aggregator speaks protocol v1");
+    }
+    w_->joins.push_back(*req);
+    std::string session = prefix_ + std::to_string(w_->joins.size());
+    sessions_.insert(session);
+    resp->set_session(session);
+    resp->set_protocol_version(1);
+    resp->set_global_version(w_->version);
+    resp->set_total_rounds(1);
+    w_->cv.notify_all();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetTask(grpc::ServerContext*, const v1::TaskRequest* req, v1::Task* task) override {
+    std::lock_guard<std::mutex> lock(w_->mu);
+    if (!sessions_.count(req->header().session())) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
+    }
+    if (w_->waits_left > 0) {
+      --w_->waits_left;
+      task->set_kind(v1::TASK_KIND_WAIT);
+      task->set_retry_after_ms(5);
+      return grpc::Status::OK;
+    }
+    task->set_global_version(w_->version);
+    task->set_global_checksum(w_->checksum);
+    *task->mutable_config() = w_->config;
+    switch (w_->phase) {
+      case 0: task->set_kind(v1::TASK_KIND_INITIALIZE); break;
+      case 1: task->set_kind(v1::TASK_KIND_TRAIN); task->set_round(1); break;
+      case 2: task->set_kind(v1::TASK_KIND_EVALUATE); task->set_round(1); break;
+      default: task->set_kind(v1::TASK_KIND_DONE); task->set_round(1); break;
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status FetchGlobal(grpc::ServerContext*, const v1::FetchGlobalRequest* req,
+                           grpc::ServerWriter<v1::GlobalChunk>* writer) override {
+    std::string bytes, checksum;
+    int64_t version;
+    size_t chunk;
+    {
+      std::lock_guard<std::mutex> lock(w_->mu);
+      if (!sessions_.count(req->header().session())) {
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
+      }
+      if (req->version() != 0 && req->version() != w_->version) {
+        return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such version");
+      }
+      w_->fetched_versions.push_back(w_->version);
+      bytes = w_->encoded;
+      checksum = w_->checksum;
+      version = w_->version;
+      chunk = w_->send_chunk;
+    }
+    for (size_t off = 0; off < bytes.size(); off += chunk) {
+      v1::GlobalChunk c;
+      if (off == 0) {
+        c.set_version(version);
+        c.set_total_bytes(bytes.size());
+        c.set_checksum(checksum);
+      }
+      c.set_offset(off);
+      c.set_data(bytes.substr(off, chunk));
+      if (!writer->Write(c)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<v1::UpdateChunk>* reader,
+                            v1::SubmitUpdateResponse* resp) override {
+    ReceivedUpdate u;
+    v1::UpdateChunk chunk;
+    if (!reader->Read(&chunk) || !chunk.has_header()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the header must come first");
+    }
+    u.header = chunk.header();
+    while (reader->Read(&chunk)) {
+      if (chunk.has_header()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "second header");
+      u.chunk_sizes.push_back(chunk.data().size());
+      u.payload += chunk.data();
+    }
+    std::lock_guard<std::mutex> lock(w_->mu);
+    if (!sessions_.count(u.header.header().session())) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
+    }
+    w_->updates.push_back(u);
+    w_->cv.notify_all();
+    auto decoded = DecodeBundle(u.payload);
+    if (!decoded.ok() || Sha256Hex(u.payload) != u.header.checksum()) {
+      resp->set_accepted(false);
+      resp->set_reason("bad payload");
+      return grpc::Status::OK;
+    }
+    if (w_->phase == 0 && !u.header.is_delta()) {
+      w_->SetGlobal(*decoded);
+      w_->phase = 1;
+    } else if (w_->phase == 1 && u.header.is_delta() && u.header.base_version() == w_->version) {
+      TensorBundle next = w_->global;
+      for (auto& t : next.tensors) {
+        const auto& d = decoded->Find(t.name)->values;
+        for (size_t i = 0; i < t.values.size(); ++i) t.values[i] += d[i];
+      }
+      w_->SetGlobal(next);
+      w_->phase = 2;
+    } else {
+      resp->set_accepted(false);
+      resp->set_reason("unexpected update");
+      return grpc::Status::OK;
+    }
+    resp->set_accepted(true);
+    resp->set_round(u.header.round());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::MetricsReport* req, v1::MetricsAck*) override {
+    std::lock_guard<std::mutex> lock(w_->mu);
+    w_->reports.push_back(*req);
+    if (w_->phase == 2) w_->phase = 3;
+    return grpc::Status::OK;
+  }
+
+ private:
+  World* w_;
+  std::string prefix_;
+  std::set<std::string> sessions_;  // guarded by w_->mu; lost on restart
+};
+
+class Server {
+ public:
+  Server(World* world, std::string prefix, int port) : service_(world, std::move(prefix)) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(), &port_);
+    b.RegisterService(&service_);
+    server_ = b.BuildAndStart();
+  }
+  ~Server() { Shutdown(); }
+  void Shutdown() {
+    if (server_) {
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      server_->Wait();
+      server_.reset();
+    }
+  }
+  int port() const { return port_; }
+
+ private:
+  FakeAggregator service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+class AggregatorClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("fedge-client-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    for (int i = 0; i < 10; ++i) train_.push_back({"text " + std::to_string(i), i % 3});
+    for (int i = 0; i < 4; ++i) eval_.push_back({"eval " + std::to_string(i), i % 2 == 0 ? 2 : 1});
+    world_.config.set_local_steps(7);
+    world_.config.set_batch_size(4);
+    world_.config.set_learning_rate(0.25f);  // exact in binary: deltas compare exactly
+    world_.config.set_weight_decay(0.01f);
+    world_.config.set_seed(11);
+    world_.config.set_max_grad_norm(1.0f);
+    world_.config.set_block_size(4);
+    auto serving_model = std::make_unique<FakeClassifier>(TestLabels());
+    serving_fake_ = serving_model.get();
+    serving_ = std::make_unique<ServingModel>(std::move(serving_model), "default/job");
+    store_ = std::make_unique<StateStore>(dir_.string(), "default/job");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::unique_ptr<AggregatorClient> MakeClient(int port) {
+    ClientOptions o;
+    o.job = "default/job";
+    o.agent_id = "agent-7";
+    o.node_name = "node-7";
+    o.token = "secret";
+    o.backoff_initial = std::chrono::milliseconds(5);
+    o.backoff_max = std::chrono::milliseconds(50);
+    o.jitter_seed = 1;
+    o.chunk_bytes = 64;  // many chunks even for a tiny update
+    ClientDeps d;
+    d.trainer = &trainer_;
+    d.serving = serving_.get();
+    d.store = store_.get();
+    d.metrics = &metrics_;
+    d.train_data = &train_;
+    d.eval_data = &eval_;
+    return std::make_unique<AggregatorClient>(AggregatorClient::Dial("127.0.0.1:" + std::to_string(port)), o, d);
+  }
+
+  // Runs the client on a thread; fails the test (and stops it) after 30 s.
+  StatusOr<RunOutcome> RunWithDeadline(AggregatorClient& client) {
+    auto fut = std::async(std::launch::async, [&] { return client.Run(); });
+    if (fut.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+      ADD_FAILURE() << "client loop did not finish within 30 s";
+      client.Stop();
+    }
+    return fut.get();
+  }
+
+  std::filesystem::path dir_;
+  World world_;
+  FakeClassifier trainer_{TestLabels()};
+  FakeClassifier* serving_fake_ = nullptr;
+  std::unique_ptr<ServingModel> serving_;
+  std::unique_ptr<StateStore> store_;
+  AgentMetrics metrics_;
+  std::vector<Example> train_;
+  std::vector<Example> eval_;
+};
+
+TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlobal) {
+  world_.codec = "fp32";
+  world_.config.set_update_codec("fp32");
+  TensorBundle initial = trainer_.ExportTrainable();
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, RunOutcome::kDone);
+
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.joins.size(), 1u);
+  const v1::JoinRequest& join = world_.joins[0];
+  EXPECT_EQ(join.header().protocol_version(), 1u);
+  EXPECT_EQ(join.header().job(), "default/job");
+  EXPECT_EQ(join.header().agent_id(), "agent-7");
+  EXPECT_EQ(join.header().session(), "");
+  EXPECT_EQ(join.node_name(), "node-7");
+  EXPECT_EQ(join.token(), "secret");
+  EXPECT_EQ(join.capabilities().num_train_examples(), 10);
+  EXPECT_EQ(join.capabilities().num_eval_examples(), 4);
+  EXPECT_EQ(std::vector<std::string>(join.capabilities().codecs().begin(), join.capabilities().codecs().end()),
+            (std::vector<std::string>{"fp32", "fp16", "bf16", "int8"}));
+
+  ASSERT_EQ(world_.updates.size(), 2u);
+  // INITIALIZE: the fresh state, in full, fp32.
+  const ReceivedUpdate& init = world_.updates[0];
+  EXPECT_FALSE(init.header.is_delta());
+  EXPECT_EQ(init.header.round(), 0);
+  EXPECT_EQ(init.header.base_version(), 0);
+  EXPECT_EQ(init.header.num_examples(), 10);
+  EXPECT_EQ(init.header.total_bytes(), init.payload.size());
+  EXPECT_EQ(init.header.checksum(), Sha256Hex(init.payload));
+  EXPECT_EQ(init.header.raw_bytes(), initial.Fp32Bytes());
+  auto init_bundle = DecodeBundle(init.payload);
+  ASSERT_TRUE(init_bundle.ok());
+  for (const auto& t : initial.tensors) EXPECT_EQ(init_bundle->Find(t.name)->values, t.values) << t.name;
+
+  // TRAIN: a delta against v1 with the round's hyper-parameters.
+  const ReceivedUpdate& upd = world_.updates[1];
+  EXPECT_TRUE(upd.header.is_delta());
+  EXPECT_EQ(upd.header.header().session(), "s1");
+  EXPECT_EQ(upd.header.round(), 1);
+  EXPECT_EQ(upd.header.base_version(), 1);
+  EXPECT_EQ(upd.header.num_examples(), 10);
+  EXPECT_EQ(upd.header.steps(), 7);
+  EXPECT_DOUBLE_EQ(upd.header.train_loss(), 0.5 + 1.0 / 7);
+  EXPECT_EQ(upd.header.total_bytes(), upd.payload.size());
+  EXPECT_EQ(upd.header.checksum(), Sha256Hex(upd.payload));
+  EXPECT_EQ(upd.header.raw_bytes(), initial.Fp32Bytes());
+  ASSERT_GT(upd.chunk_sizes.size(), 1u);
+  for (size_t s : upd.chunk_sizes) {
+    EXPECT_LE(s, 64u);
+    EXPECT_LE(s, kMaxChunkBytes);
+  }
+  auto delta = DecodeBundle(upd.payload);
+  ASSERT_TRUE(delta.ok()) << delta.status().ToString();
+  const auto& dw = delta->Find("classifier.weight")->values;
+  const auto& db = delta->Find("classifier.bias")->values;
+  for (size_t i = 0; i < dw.size(); ++i) EXPECT_FLOAT_EQ(dw[i], 0.25f * float(i + 1)) << i;
+  for (float v : db) EXPECT_FLOAT_EQ(v, -0.25f);
+  EXPECT_EQ(trainer_.last_train.steps, 7);
+  EXPECT_EQ(trainer_.last_train.batch_size, 4);
+  EXPECT_DOUBLE_EQ(trainer_.last_train.learning_rate, 0.25);
+  EXPECT_EQ(trainer_.last_train.seed, MixTrainingSeed(11, "agent-7", 1));
+
+  // EVALUATE: the new v2, fetched once and reported on the local eval set.
+  ASSERT_EQ(world_.reports.size(), 1u);
+  const v1::MetricsReport& report = world_.reports[0];
+  EXPECT_EQ(report.phase(), "evaluate");
+  EXPECT_EQ(report.round(), 1);
+  EXPECT_EQ(report.global_version(), 2);
+  EXPECT_EQ(report.num_examples(), 4);
+  // After the update every bias is equal but index 2 (0.2 - 0.25): argmax is 2,
+  // and eval labels 2 are half of the set.
+  EXPECT_DOUBLE_EQ(report.values().at("accuracy"), 0.5);
+  EXPECT_DOUBLE_EQ(report.values().at("loss"), 1.25);
+  // v1 for TRAIN, v2 for EVALUATE; DONE at v2 needs no fetch.
+  EXPECT_EQ(world_.fetched_versions, (std::vector<int64_t>{1, 2}));
+
+  // Serving got the final global, the state dir holds it, metrics saw it.
+  EXPECT_TRUE(serving_->ready());
+  EXPECT_EQ(serving_->version(), 2);
+  TensorBundle served = serving_fake_->ExportTrainable();
+  for (const auto& t : world_.global.tensors) EXPECT_EQ(served.Find(t.name)->values, t.values) << t.name;
+  auto persisted = store_->LoadGlobal();
+  ASSERT_TRUE(persisted.ok()) << persisted.status().ToString();
+  ASSERT_TRUE(persisted->has_value());
+  EXPECT_EQ((*persisted)->version, 2);
+  EXPECT_EQ((*persisted)->checksum, world_.checksum);
+  EXPECT_EQ(metrics_.global_version.Value(), 2);
+  EXPECT_EQ(metrics_.train_steps_total.Value(), 7);
+  EXPECT_EQ(metrics_.rounds_participated_total.Value(), 1);
+  EXPECT_EQ(metrics_.update_bytes.Value(), double(upd.payload.size()));
+  EXPECT_EQ(metrics_.bytes_sent_total.Value(), double(init.payload.size() + upd.payload.size()));
+  EXPECT_GT(metrics_.bytes_received_total.Value(), 0);
+  EXPECT_DOUBLE_EQ(metrics_.eval_accuracy.Value(), 0.5);
+}
+
+TEST_F(AggregatorClientTest, Int8UpdatesDecodeToTheDeltaWithinTheCodecError) {
+  world_.config.set_update_codec("int8");
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  auto delta = DecodeBundle(world_.updates[1].payload);
+  ASSERT_TRUE(delta.ok());
+  const auto& dw = delta->Find("classifier.weight")->values;
+  // Blocks of 4: the largest |value| in a block is at most 0.25 * 14 = 3.5, so
+  // the int8 step is <= 3.5/127.
+  for (size_t i = 0; i < dw.size(); ++i) EXPECT_NEAR(dw[i], 0.25f * float(i + 1), 3.5 / 127) << i;
+  EXPECT_LT(world_.updates[1].payload.size(), world_.updates[0].payload.size());
+}
+
+TEST_F(AggregatorClientTest, RejoinsAndFinishesAfterTheAggregatorRestarts) {
+  world_.config.set_update_codec("fp32");
+  auto first = std::make_unique<Server>(&world_, "a", 0);
+  int port = first->port();
+  auto client = MakeClient(port);
+  auto fut = std::async(std::launch::async, [&] { return client->Run(); });
+  {
+    // Let the first incarnation take the initial state, then kill it.
+    std::unique_lock<std::mutex> lock(world_.mu);
+    ASSERT_TRUE(world_.cv.wait_for(lock, std::chrono::seconds(30), [&] { return world_.phase >= 1; }));
+  }
+  first->Shutdown();
+  // The restarted aggregator knows the job (its "checkpoint" is world_) but no sessions.
+  Server second(&world_, "b", port);
+  ASSERT_EQ(second.port(), port);
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto outcome = fut.get();
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, RunOutcome::kDone);
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.joins.size(), 2u);
+  EXPECT_EQ(world_.updates.back().header.header().session(), "b2");
+  EXPECT_EQ(serving_->version(), 2);
+}
+
+TEST_F(AggregatorClientTest, RetriesWhileTheAggregatorIsDownAndStopsPromptly) {
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok());
+  auto client = MakeClient(*port);  // nothing listens there
+  auto fut = std::async(std::launch::async, [&] { return client->Run(); });
+  EXPECT_EQ(fut.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  auto start = std::chrono::steady_clock::now();
+  client->Stop();
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  auto outcome = fut.get();
+  ASSERT_TRUE(outcome.ok());
+  EXPECT_EQ(*outcome, RunOutcome::kStopped);
+}
+
+TEST_F(AggregatorClientTest, StopEndsALongWaitAtOnce) {
+  Server server(&world_, "s", 0);
+  world_.waits_left = 1000;
+  auto client = MakeClient(server.port());
+  auto fut = std::async(std::launch::async, [&] { return client->Run(); });
+  {
+    std::unique_lock<std::mutex> lock(world_.mu);
+    ASSERT_TRUE(world_.cv.wait_for(lock, std::chrono::seconds(30), [&] { return !world_.joins.empty(); }));
+  }
+  client->Stop();
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(*fut.get(), RunOutcome::kStopped);
+}
+
+class RefusingAggregator final : public v1::Aggregator::Service {
+ public:
+  grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest*, v1::JoinResponse*) override {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this aggregator speaks protocol v2");
+  }
+};
+
+TEST_F(AggregatorClientTest, ProtocolRefusalAtJoinIsFatalWithTheReason) {
+  RefusingAggregator service;
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(&service);
+  auto server = b.BuildAndStart();
+  auto client = MakeClient(port);
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(outcome.status().message().find("protocol v2"), std::string::npos) << outcome.status().message();
+  server->Shutdown();
+}
+
+TEST_F(AggregatorClientTest, GlobalWithAnotherLayoutIsFatal) {
+  Server server(&world_, "s", 0);
+  {
+    std::lock_guard<std::mutex> lock(world_.mu);
+    TensorBundle other;
+    other.tensors.push_back({"classifier.weight", {3, 3}, std::vector<float>(9, 0.0f)});
+    world_.SetGlobal(other);
+    world_.phase = 1;
+    world_.waits_left = 0;
+  }
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(outcome.status().message().find("does not fit"), std::string::npos) << outcome.status().message();
+  EXPECT_FALSE(serving_->ready());
+}
+
+TEST_F(AggregatorClientTest, HeldVersionFromTheStateDirSkipsTheFetchForEvaluate) {
+  Server server(&world_, "s", 0);
+  {
+    std::lock_guard<std::mutex> lock(world_.mu);
+    world_.SetGlobal(trainer_.ExportTrainable());
+    world_.phase = 2;
+    world_.waits_left = 0;
+  }
+  auto client = MakeClient(server.port());
+  client->Restore(PersistedGlobal{world_.global, world_.version, world_.checksum});
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  EXPECT_TRUE(world_.fetched_versions.empty());
+  ASSERT_EQ(world_.reports.size(), 1u);
+  EXPECT_EQ(world_.reports[0].global_version(), 1);
+}
+
+}  // namespace
+}  // namespace fedge::agent
