@@ -9,8 +9,8 @@
 //    (baseline, same run): the ratio is what the gRPC transport adds.
 // Sizes: the quickstart update (83,353 values: LoRA r8 on query/value of
 // MiniLM-L6 + a 25-class head) and a full MiniLM-sized bundle (22.7M values).
-#include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -31,7 +31,9 @@ using namespace fedge;
 using namespace fedge::aggregator;
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 TensorBundle Random(int64_t elements, uint32_t seed, float stddev) {
   std::mt19937 rng(seed);
@@ -219,10 +221,13 @@ struct InProcessTransport : Transport {
     *req.mutable_header() = Header(session);
     req.set_version(version);
     std::string bytes;
-    if (!handler->FetchGlobal(req, [&](const v1::GlobalChunk& c) {
-          bytes += c.data();
-          return true;
-        }).ok()) {
+    if (!handler
+             ->FetchGlobal(req,
+                           [&](const v1::GlobalChunk& c) {
+                             bytes += c.data();
+                             return true;
+                           })
+             .ok()) {
       std::abort();
     }
     return bytes;
@@ -270,7 +275,8 @@ RoundTimes RunRounds(Transport& t, const TensorBundle& initial, const std::strin
     times.fetch += Seconds(start);
     times.global_bytes = global.size();
     start = Clock::now();
-    if (!t.Submit(MakeUpdateHeader(session, task.round(), task.global_version(), true, delta_bytes), delta_bytes)) {
+    if (!t.Submit(MakeUpdateHeader(session, task.round(), task.global_version(), true, delta_bytes),
+                  delta_bytes)) {
       std::abort();
     }
     times.submit += Seconds(start);
@@ -306,13 +312,14 @@ void BenchTransport(int64_t elements, int rounds) {
 
   std::printf("transport %9lld values: global %9zu B, int8 update %9zu B (mean of %d rounds)\n",
               static_cast<long long>(elements), over_grpc.global_bytes, over_grpc.update_bytes, rounds);
-  std::printf("  FetchGlobal   gRPC %8.2f ms (%7.1f MB/s)  in-process %8.2f ms  ratio %.2f\n", over_grpc.fetch * 1e3,
-              static_cast<double>(over_grpc.global_bytes) / over_grpc.fetch / 1e6, in_process.fetch * 1e3,
-              over_grpc.fetch / in_process.fetch);
-  std::printf("  SubmitUpdate  gRPC %8.2f ms (%7.1f MB/s)  in-process %8.2f ms  ratio %.2f"
-              "  (incl. decode, validate, FedAvg, re-encode global)\n",
-              over_grpc.submit * 1e3, static_cast<double>(over_grpc.update_bytes) / over_grpc.submit / 1e6,
-              in_process.submit * 1e3, over_grpc.submit / in_process.submit);
+  std::printf("  FetchGlobal   gRPC %8.2f ms (%7.1f MB/s)  in-process %8.2f ms  ratio %.2f\n",
+              over_grpc.fetch * 1e3, static_cast<double>(over_grpc.global_bytes) / over_grpc.fetch / 1e6,
+              in_process.fetch * 1e3, over_grpc.fetch / in_process.fetch);
+  std::printf(
+      "  SubmitUpdate  gRPC %8.2f ms (%7.1f MB/s)  in-process %8.2f ms  ratio %.2f"
+      "  (incl. decode, validate, FedAvg, re-encode global)\n",
+      over_grpc.submit * 1e3, static_cast<double>(over_grpc.update_bytes) / over_grpc.submit / 1e6,
+      in_process.submit * 1e3, over_grpc.submit / in_process.submit);
 }
 
 }  // namespace

@@ -37,9 +37,10 @@ CheckpointStore::CheckpointStore(std::string dir) : dir_(std::move(dir)) {}
 
 Status CheckpointStore::Save(const CheckpointData& data) {
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir_));
-  std::map<std::string, std::string> metadata = {{"fedge.job", data.job},
-                                                 {"fedge.global_version", std::to_string(data.global_version)},
-                                                 {"fedge.completed_round", std::to_string(data.completed_round)}};
+  std::map<std::string, std::string> metadata = {
+      {"fedge.job", data.job},
+      {"fedge.global_version", std::to_string(data.global_version)},
+      {"fedge.completed_round", std::to_string(data.completed_round)}};
   FEDGE_ASSIGN_OR_RETURN(std::string bundle_bytes, SerializeSafetensors(data.global, metadata));
   const std::string bundle_file = kBundlePrefix + std::to_string(data.global_version) + kBundleSuffix;
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(Join(dir_, bundle_file), bundle_bytes)
@@ -99,7 +100,8 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     int format = j.at("format").get<int>();
     if (format != kFormat) {
       return DataLossError(state_path + ": checkpoint format " + std::to_string(format) +
-                           " is not supported (this aggregator reads format " + std::to_string(kFormat) + ")");
+                           " is not supported (this aggregator reads format " + std::to_string(kFormat) +
+                           ")");
     }
     data.job = j.at("job").get<std::string>();
     data.completed_round = j.at("completed_round").get<int64_t>();
@@ -120,8 +122,8 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     return DataLossError(state_path + ": invalid global_file \"" + bundle_file + "\"");
   }
   if (data.completed_round < 0 || data.global_version < 1) {
-    return DataLossError(state_path + ": invalid round/version " + std::to_string(data.completed_round) + "/" +
-                         std::to_string(data.global_version));
+    return DataLossError(state_path + ": invalid round/version " + std::to_string(data.completed_round) +
+                         "/" + std::to_string(data.global_version));
   }
   const std::string bundle_path = Join(dir_, bundle_file);
   auto bytes = ReadFile(bundle_path);
@@ -133,7 +135,8 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
   if (!file.ok()) return DataLossError(bundle_path + ": " + file.status().message());
   for (const StTensorView& t : file->tensors()) {
     auto values = SafetensorsFile::ToFloat32(t);
-    if (!values.ok()) return DataLossError(bundle_path + ": tensor " + t.name + ": " + values.status().message());
+    if (!values.ok())
+      return DataLossError(bundle_path + ": tensor " + t.name + ": " + values.status().message());
     data.global.tensors.push_back(NamedTensor{t.name, t.shape, std::move(*values)});
   }
   return data;
@@ -147,9 +150,10 @@ StatusOr<std::optional<CheckpointData>> CheckpointStore::Load() const {
   if (!has_state && !has_prev) {
     for (const auto& entry : fs::directory_iterator(dir_, ec)) {
       if (entry.path().filename().string().rfind(kBundlePrefix, 0) == 0) {
-        log::Warn("checkpoint dir holds a global bundle but no state.json (a crash before the first "
-                  "checkpoint completed); starting from scratch",
-                  {{"dir", dir_}, {"file", entry.path().filename().string()}});
+        log::Warn(
+            "checkpoint dir holds a global bundle but no state.json (a crash before the first "
+            "checkpoint completed); starting from scratch",
+            {{"dir", dir_}, {"file", entry.path().filename().string()}});
         break;
       }
     }
@@ -167,8 +171,8 @@ StatusOr<std::optional<CheckpointData>> CheckpointStore::Load() const {
   if (has_prev) {
     auto loaded = LoadState(prev);
     if (loaded.ok()) {
-      log::Warn("resuming from the previous checkpoint", {{"path", prev},
-                                                          {"completed_round", loaded->completed_round}});
+      log::Warn("resuming from the previous checkpoint",
+                {{"path", prev}, {"completed_round", loaded->completed_round}});
       return std::optional<CheckpointData>(std::move(*loaded));
     }
     problems += "; " + loaded.status().message();

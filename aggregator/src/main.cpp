@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   uint64_t max_update_bytes = 256ull << 20;
   bool exit_when_done = false, show_version = false;
 
-  CLI::App app{"fedge-aggregator: runs the rounds of one FederatedTrainingJob and serves protocol v1 to agents"};
+  CLI::App app{
+      "fedge-aggregator: runs the rounds of one FederatedTrainingJob and serves protocol v1 to agents"};
   app.add_option("--config", config_path, "FederatedTrainingJob manifest (YAML or JSON)");
   app.add_option("--listen", listen, "gRPC address host:port for agents")->capture_default_str();
   app.add_option("--http", http, "HTTP address host:port for /healthz, /readyz, /metrics, /v1/status")
@@ -44,8 +45,10 @@ int main(int argc, char** argv) {
   app.add_option("--expected-agents", expected_agents,
                  "agents to wait for before the first round (0: spec.agents.minAgents)")
       ->capture_default_str();
-  app.add_option("--tokens-file", tokens_file, "file of \"agent-id token\" lines; agents must present their token");
-  app.add_option("--max-update-bytes", max_update_bytes, "largest encoded update accepted")->capture_default_str();
+  app.add_option("--tokens-file", tokens_file,
+                 "file of \"agent-id token\" lines; agents must present their token");
+  app.add_option("--max-update-bytes", max_update_bytes, "largest encoded update accepted")
+      ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();

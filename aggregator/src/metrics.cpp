@@ -23,8 +23,8 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                          .Name("fedge_aggregator_round_duration_seconds")
                          .Help("Wall time of a round, from invitations to evaluation close")
                          .Register(r)
-                         .Add({}, prometheus::Histogram::BucketBoundaries{0.5, 1, 2, 5, 10, 30, 60, 120,
-                                                                          300, 600, 1800, 3600});
+                         .Add({}, prometheus::Histogram::BucketBoundaries{0.5, 1, 2, 5, 10, 30, 60, 120, 300,
+                                                                          600, 1800, 3600});
   updates_received_ = &BuildCounter()
                            .Name("fedge_aggregator_updates_received_total")
                            .Help("Updates accepted into a round")
@@ -93,10 +93,14 @@ void AggregatorMetrics::UpdateRejected(std::string_view reason) {
   updates_rejected_->Add({{"reason", std::string(reason)}}).Increment();
 }
 
-void AggregatorMetrics::BytesReceived(uint64_t bytes) { bytes_received_->Increment(static_cast<double>(bytes)); }
+void AggregatorMetrics::BytesReceived(uint64_t bytes) {
+  bytes_received_->Increment(static_cast<double>(bytes));
+}
 void AggregatorMetrics::BytesSent(uint64_t bytes) { bytes_sent_->Increment(static_cast<double>(bytes)); }
 void AggregatorMetrics::SetAgentsJoined(int64_t n) { agents_joined_->Set(static_cast<double>(n)); }
-void AggregatorMetrics::SetGlobalVersion(int64_t version) { global_version_->Set(static_cast<double>(version)); }
+void AggregatorMetrics::SetGlobalVersion(int64_t version) {
+  global_version_->Set(static_cast<double>(version));
+}
 
 void AggregatorMetrics::SetRoundEvaluation(double accuracy, double loss) {
   round_accuracy_->Set(accuracy);

@@ -12,11 +12,13 @@ ProtocolHandler::ProtocolHandler(RoundEngine* engine, AggregatorMetrics* metrics
 Status ProtocolHandler::CheckVersionAndJob(const v1::RequestHeader& header) const {
   if (header.protocol_version() != kProtocolVersion) {
     return FailedPreconditionError("protocol version " + std::to_string(header.protocol_version()) +
-                                   " not supported; this aggregator speaks " + std::to_string(kProtocolVersion));
+                                   " not supported; this aggregator speaks " +
+                                   std::to_string(kProtocolVersion));
   }
   const std::string& job = engine_->options().job;
   if (header.job() != job) {
-    return NotFoundError("job \"" + header.job() + "\" is not served here; this aggregator runs job \"" + job + "\"");
+    return NotFoundError("job \"" + header.job() + "\" is not served here; this aggregator runs job \"" +
+                         job + "\"");
   }
   if (header.agent_id().empty()) return InvalidArgumentError("header.agent_id is empty");
   return OkStatus();
@@ -38,7 +40,8 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
                                   engine_->options().job + "\"; check the agent's token secret");
     }
   }
-  response->set_session(engine_->Join(agent, request.node_name(), request.capabilities().num_train_examples()));
+  response->set_session(
+      engine_->Join(agent, request.node_name(), request.capabilities().num_train_examples()));
   response->set_protocol_version(kProtocolVersion);
   auto global = engine_->Global(0);
   response->set_global_version(global.ok() ? (*global)->version : 0);
@@ -50,11 +53,21 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
   FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
   TaskInfo task = engine_->GetTask(request.header().agent_id(), request.held_version());
   switch (task.kind) {
-    case TaskKind::kWait: response->set_kind(v1::TASK_KIND_WAIT); break;
-    case TaskKind::kInitialize: response->set_kind(v1::TASK_KIND_INITIALIZE); break;
-    case TaskKind::kTrain: response->set_kind(v1::TASK_KIND_TRAIN); break;
-    case TaskKind::kEvaluate: response->set_kind(v1::TASK_KIND_EVALUATE); break;
-    case TaskKind::kDone: response->set_kind(v1::TASK_KIND_DONE); break;
+    case TaskKind::kWait:
+      response->set_kind(v1::TASK_KIND_WAIT);
+      break;
+    case TaskKind::kInitialize:
+      response->set_kind(v1::TASK_KIND_INITIALIZE);
+      break;
+    case TaskKind::kTrain:
+      response->set_kind(v1::TASK_KIND_TRAIN);
+      break;
+    case TaskKind::kEvaluate:
+      response->set_kind(v1::TASK_KIND_EVALUATE);
+      break;
+    case TaskKind::kDone:
+      response->set_kind(v1::TASK_KIND_DONE);
+      break;
   }
   response->set_round(task.round);
   response->set_global_version(task.global_version);
@@ -62,7 +75,8 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
   response->set_deadline_unix_ms(task.deadline_unix_ms);
   response->set_retry_after_ms(task.retry_after_ms);
   response->set_message(task.message);
-  if (task.kind == TaskKind::kTrain || task.kind == TaskKind::kInitialize || task.kind == TaskKind::kEvaluate) {
+  if (task.kind == TaskKind::kTrain || task.kind == TaskKind::kInitialize ||
+      task.kind == TaskKind::kEvaluate) {
     v1::TrainingConfig* c = response->mutable_config();
     c->set_local_steps(task.config.local_steps);
     c->set_batch_size(task.config.batch_size);
@@ -110,7 +124,8 @@ Status ProtocolHandler::FetchGlobal(const v1::FetchGlobalRequest& request,
 v1::SubmitUpdateResponse ProtocolHandler::Reject(const v1::UpdateHeader& header, std::string_view label,
                                                  std::string reason) {
   if (metrics_) metrics_->UpdateRejected(label);
-  log::Warn("update rejected", {{"agent", header.header().agent_id()}, {"round", header.round()}, {"reason", reason}});
+  log::Warn("update rejected",
+            {{"agent", header.header().agent_id()}, {"round", header.round()}, {"reason", reason}});
   v1::SubmitUpdateResponse r;
   r.set_accepted(false);
   r.set_reason(std::move(reason));
@@ -134,8 +149,8 @@ Status ProtocolHandler::BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUp
   return OkStatus();
 }
 
-bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::string& chunk, std::string* buffer,
-                                  v1::SubmitUpdateResponse* rejection) {
+bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::string& chunk,
+                                  std::string* buffer, v1::SubmitUpdateResponse* rejection) {
   if (metrics_) metrics_->BytesReceived(chunk.size());
   if (chunk.size() > kMaxChunkBytes) {
     *rejection = Reject(header, "bad_request",
@@ -152,14 +167,16 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
   return true;
 }
 
-v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& header, const std::string& data) {
+v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& header,
+                                                       const std::string& data) {
   if (data.size() != header.total_bytes()) {
     return Reject(header, "size_mismatch",
                   "received " + std::to_string(data.size()) + " bytes, header declared " +
                       std::to_string(header.total_bytes()) + " (stream cut short?)");
   }
   if (Sha256Hex(data) != header.checksum()) {
-    return Reject(header, "checksum", "checksum mismatch: the update was corrupted in transit; submit it again");
+    return Reject(header, "checksum",
+                  "checksum mismatch: the update was corrupted in transit; submit it again");
   }
   DecodeLimits limits;
   limits.max_encoded_bytes = options_.max_update_bytes;
@@ -187,7 +204,8 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
 Status ProtocolHandler::ReportMetrics(const v1::MetricsReport& request) {
   FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
   if (request.phase() != "evaluate") {
-    return InvalidArgumentError("phase \"" + request.phase() + "\" is not reported to the aggregator; use \"evaluate\"");
+    return InvalidArgumentError("phase \"" + request.phase() +
+                                "\" is not reported to the aggregator; use \"evaluate\"");
   }
   EvalReport report;
   report.agent_id = request.header().agent_id();

@@ -11,20 +11,28 @@ namespace fedge::aggregator {
 
 std::string_view JobStateName(JobState state) {
   switch (state) {
-    case JobState::kWaitingForAgents: return "WaitingForAgents";
-    case JobState::kInitializing: return "Initializing";
-    case JobState::kRunning: return "Running";
-    case JobState::kSucceeded: return "Succeeded";
-    case JobState::kFailed: return "Failed";
+    case JobState::kWaitingForAgents:
+      return "WaitingForAgents";
+    case JobState::kInitializing:
+      return "Initializing";
+    case JobState::kRunning:
+      return "Running";
+    case JobState::kSucceeded:
+      return "Succeeded";
+    case JobState::kFailed:
+      return "Failed";
   }
   return "Unknown";
 }
 
 std::string_view PhaseName(Phase phase) {
   switch (phase) {
-    case Phase::kIdle: return "idle";
-    case Phase::kTrain: return "train";
-    case Phase::kEvaluate: return "evaluate";
+    case Phase::kIdle:
+      return "idle";
+    case Phase::kTrain:
+      return "train";
+    case Phase::kEvaluate:
+      return "evaluate";
   }
   return "idle";
 }
@@ -92,7 +100,8 @@ Status RoundEngine::Restore(CheckpointData data) {
   if (!data.global_checksum.empty() && data.global_checksum != global_->checksum) {
     // The checksum covers the encoded bytes; a different zstd build may encode
     // the same values differently. Agents get the new checksum with each task.
-    log::Info("re-encoded global has a new checksum", {{"old", data.global_checksum}, {"new", global_->checksum}});
+    log::Info("re-encoded global has a new checksum",
+              {{"old", data.global_checksum}, {"new", global_->checksum}});
   }
   history_ = std::move(data.history);
   final_accuracy_ = data.final_accuracy;
@@ -189,7 +198,8 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
         initializer_deadline_ms_ = now + options_.round_timeout_ms;
         log::Info("asked agent to initialize the global model", {{"agent", agent_id}});
       }
-      if (initializer_ != agent_id) return WaitTask("agent " + initializer_ + " is uploading the initial model");
+      if (initializer_ != agent_id)
+        return WaitTask("agent " + initializer_ + " is uploading the initial model");
       TaskInfo t;
       t.kind = TaskKind::kInitialize;
       t.round = 0;
@@ -258,14 +268,15 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
     return reject("round_closed", "round " + r + " is closed");
   }
   if (meta.round > round_ || phase_ != Phase::kTrain) {
-    return reject("round_not_open", "round " + r + " has not started (next round is " + std::to_string(round_) +
-                                        "); ask for a task");
+    return reject("round_not_open", "round " + r + " has not started (next round is " +
+                                        std::to_string(round_) + "); ask for a task");
   }
   if (!train_.invited.count(meta.agent_id)) {
     return reject("not_participant", "agent " + meta.agent_id + " is not a participant of round " + r);
   }
   if (train_.answered.count(meta.agent_id)) {
-    return reject("duplicate", "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
+    return reject("duplicate",
+                  "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
   }
   if (meta.base_version != global_->version) {
     return reject("stale_base", "stale base version " + std::to_string(meta.base_version) + ": round " + r +
@@ -307,7 +318,8 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
   return v;
 }
 
-UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const TensorBundle& bundle, int64_t now) {
+UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const TensorBundle& bundle,
+                                               int64_t now) {
   auto reject = [&](std::string_view label, std::string reason) {
     if (metrics_) metrics_->UpdateRejected(label);
     log::Warn("initial upload rejected", {{"agent", meta.agent_id}, {"reason", reason}});
@@ -325,7 +337,8 @@ UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const Ten
     return reject("bad_request", "an INITIALIZE upload is a full state with round 0 and is_delta=false");
   }
   if (state_ != JobState::kInitializing || initializer_ != meta.agent_id) {
-    return reject("not_initializer", "agent " + meta.agent_id + " was not asked to initialize; ask for a task");
+    return reject("not_initializer",
+                  "agent " + meta.agent_id + " was not asked to initialize; ask for a task");
   }
   if (bundle.tensors.empty()) return reject("bad_request", "the initial state has no tensors");
   if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
@@ -352,19 +365,20 @@ Status RoundEngine::ReportEvaluation(const EvalReport& report) {
   const int64_t now = clock_->NowUnixMs();
   if (auto it = agents_.find(report.agent_id); it != agents_.end()) it->second.last_seen_ms = now;
   TickLocked(now);
-  if (state_ != JobState::kRunning || phase_ != Phase::kEvaluate || report.round != round_ ||
-      !global_ || report.global_version != global_->version) {
+  if (state_ != JobState::kRunning || phase_ != Phase::kEvaluate || report.round != round_ || !global_ ||
+      report.global_version != global_->version) {
     return FailedPreconditionError("no evaluation of round " + std::to_string(report.round) + " (version " +
-                                   std::to_string(report.global_version) + ") is open; the aggregator is at round " +
-                                   std::to_string(round_) + ", phase " + std::string(PhaseName(phase_)) +
-                                   ": ask for a task");
+                                   std::to_string(report.global_version) +
+                                   ") is open; the aggregator is at round " + std::to_string(round_) +
+                                   ", phase " + std::string(PhaseName(phase_)) + ": ask for a task");
   }
   if (!eval_.asked.count(report.agent_id)) {
     return FailedPreconditionError("agent " + report.agent_id + " was not asked to evaluate round " +
                                    std::to_string(round_));
   }
   if (eval_.reported.count(report.agent_id)) {
-    return AlreadyExistsError("agent " + report.agent_id + " already reported round " + std::to_string(round_));
+    return AlreadyExistsError("agent " + report.agent_id + " already reported round " +
+                              std::to_string(round_));
   }
   // 0 examples: the agent has no held-out data; it answered, with no weight.
   if (report.num_examples < 0) {
@@ -397,8 +411,9 @@ StatusOr<std::shared_ptr<const GlobalModel>> RoundEngine::Global(int64_t version
   std::lock_guard<std::mutex> lock(mu_);
   if (!global_) return NotFoundError("no global model yet: the job is initializing; ask for a task");
   if (version != 0 && version != global_->version) {
-    return NotFoundError("global version " + std::to_string(version) + " is not available; the current version is " +
-                         std::to_string(global_->version) + ": ask for a task");
+    return NotFoundError("global version " + std::to_string(version) +
+                         " is not available; the current version is " + std::to_string(global_->version) +
+                         ": ask for a task");
   }
   return global_;
 }
@@ -471,7 +486,8 @@ void RoundEngine::TickLocked(int64_t now) {
     }
     if (joined < expected) {
       state_ = JobState::kWaitingForAgents;
-      message_ = "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
+      message_ =
+          "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
     } else {
       state_ = JobState::kInitializing;
       message_ = "waiting for the initial model upload";
@@ -495,7 +511,8 @@ void RoundEngine::TickLocked(int64_t now) {
       }
       if (joined < expected) {
         state_ = JobState::kWaitingForAgents;
-        message_ = "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
+        message_ =
+            "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
         return;
       }
       if (LiveAgentsLocked(now).empty()) {
@@ -523,8 +540,11 @@ void RoundEngine::TickLocked(int64_t now) {
         ++train_.extensions;
         train_.deadline_ms = now + options_.round_timeout_ms;
         log::Warn("round deadline extended: quorum not reached",
-                  {{"round", round_}, {"updates", answered}, {"required", required},
-                   {"extension", train_.extensions}, {"new_deadline_unix_ms", train_.deadline_ms}});
+                  {{"round", round_},
+                   {"updates", answered},
+                   {"required", required},
+                   {"extension", train_.extensions},
+                   {"new_deadline_unix_ms", train_.deadline_ms}});
         return;
       }
       if (options_.quorum == 0 && answered >= 1) {
@@ -580,7 +600,8 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
     // so the round still completes like any other.
     log::Warn("round had no weighted updates; global unchanged", {{"round", round_}});
   }
-  auto next = strategy_->count() == 0 ? StatusOr<TensorBundle>(global_->bundle) : strategy_->Finish(global_->bundle);
+  auto next =
+      strategy_->count() == 0 ? StatusOr<TensorBundle>(global_->bundle) : strategy_->Finish(global_->bundle);
   if (!next.ok()) {
     FailLocked("round " + std::to_string(round_) + ": aggregation failed: " + next.status().message());
     return;

@@ -22,7 +22,8 @@ class AggregatorServer::Service final : public v1::Aggregator::Service {
  public:
   explicit Service(ProtocolHandler* handler) : handler_(handler) {}
 
-  grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* request, v1::JoinResponse* response) override {
+  grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* request,
+                    v1::JoinResponse* response) override {
     return ToGrpc(handler_->Join(*request, response));
   }
 
@@ -53,7 +54,8 @@ class AggregatorServer::Service final : public v1::Aggregator::Service {
     std::string data;
     while (reader->Read(&chunk)) {
       if (chunk.has_header()) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "SubmitUpdate: a second UpdateHeader in the stream");
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "SubmitUpdate: a second UpdateHeader in the stream");
       }
       if (!handler_->AppendChunk(header, chunk.data(), &data, response)) return grpc::Status::OK;
     }
@@ -61,7 +63,8 @@ class AggregatorServer::Service final : public v1::Aggregator::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::MetricsReport* request, v1::MetricsAck*) override {
+  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::MetricsReport* request,
+                             v1::MetricsAck*) override {
     return ToGrpc(handler_->ReportMetrics(*request));
   }
 
@@ -88,7 +91,8 @@ std::string StatusJson(const EngineStatus& s) {
   return j.dump();
 }
 
-StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSpec& spec, ServerOptions options) {
+StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSpec& spec,
+                                                                     ServerOptions options) {
   std::unique_ptr<AggregatorServer> server(new AggregatorServer());
   if (!options.clock) options.clock = SystemClock::Get();
   server->metrics_ = std::make_unique<AggregatorMetrics>();
@@ -98,7 +102,8 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   if (!options.tokens_file.empty()) {
     FEDGE_ASSIGN_OR_RETURN(protocol.tokens, LoadTokens(options.tokens_file));
     if (protocol.tokens.empty()) {
-      return InvalidArgumentError("tokens file " + options.tokens_file + " lists no agents: every Join would fail");
+      return InvalidArgumentError("tokens file " + options.tokens_file +
+                                  " lists no agents: every Join would fail");
     }
   }
 
@@ -111,11 +116,13 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
     server->checkpoints_ = std::make_unique<CheckpointStore>(options.checkpoint_dir);
     FEDGE_ASSIGN_OR_RETURN(resume, server->checkpoints_->Load());
   }
-  FEDGE_ASSIGN_OR_RETURN(server->engine_, RoundEngine::Create(engine_options, options.clock,
-                                                              server->checkpoints_.get(), server->metrics_.get()));
+  FEDGE_ASSIGN_OR_RETURN(
+      server->engine_,
+      RoundEngine::Create(engine_options, options.clock, server->checkpoints_.get(), server->metrics_.get()));
   if (resume) FEDGE_RETURN_IF_ERROR(server->engine_->Restore(std::move(*resume)));
 
-  server->handler_ = std::make_unique<ProtocolHandler>(server->engine_.get(), server->metrics_.get(), protocol);
+  server->handler_ =
+      std::make_unique<ProtocolHandler>(server->engine_.get(), server->metrics_.get(), protocol);
   server->service_ = std::make_unique<Service>(server->handler_.get());
   server->options_ = std::move(options);
   return server;
@@ -147,8 +154,9 @@ Status AggregatorServer::Start() {
       if (s.state == JobState::kFailed) return HttpResponse::Text(503, "job failed: " + s.message + "\n");
       return HttpResponse::Text(200, "ready: " + std::string(JobStateName(s.state)) + "\n");
     });
-    http_->Handle("GET", "/v1/status",
-                  [engine](const HttpRequest&) { return HttpResponse::Json(200, StatusJson(engine->GetStatus())); });
+    http_->Handle("GET", "/v1/status", [engine](const HttpRequest&) {
+      return HttpResponse::Json(200, StatusJson(engine->GetStatus()));
+    });
     http_->HandleMetrics(metrics_->registry());
     if (Status s = http_->Start(); !s.ok()) {
       grpc_server_->Shutdown();

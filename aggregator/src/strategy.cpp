@@ -35,8 +35,8 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& 
   if (spec.name == "fedavg" || spec.name == "fedprox") {
     return std::unique_ptr<AggregationStrategy>(std::make_unique<FedAvgStrategy>(spec.name));
   }
-  static const char* kPlanned[] = {"fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean",
-                                   "krum", "norm-bounding"};
+  static const char* kPlanned[] = {"fedadam",      "fedyogi", "fedadagrad",   "median",
+                                   "trimmed-mean", "krum",    "norm-bounding"};
   for (const char* planned : kPlanned) {
     if (spec.name == planned) {
       return UnimplementedError("spec.strategy.name: \"" + spec.name +

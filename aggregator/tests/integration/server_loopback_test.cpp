@@ -10,9 +10,9 @@
 #include <cmath>
 #include <thread>
 
+#include "../test_util.h"
 #include "fedge.grpc.pb.h"
 #include "fedge/aggregator/server.h"
-#include "../test_util.h"
 
 namespace fedge::aggregator {
 namespace {
@@ -272,7 +272,8 @@ void RunAgents(std::vector<std::unique_ptr<SimAgent>>& agents, int64_t stop_afte
 
 std::vector<std::unique_ptr<SimAgent>> MakeAgents(int port) {
   std::vector<std::unique_ptr<SimAgent>> agents;
-  for (int i = 0; i < 3; ++i) agents.push_back(std::make_unique<SimAgent>("agent-" + std::to_string(i), i, port));
+  for (int i = 0; i < 3; ++i)
+    agents.push_back(std::make_unique<SimAgent>("agent-" + std::to_string(i), i, port));
   return agents;
 }
 

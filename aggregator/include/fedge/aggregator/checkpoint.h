@@ -21,11 +21,11 @@
 namespace fedge::aggregator {
 
 struct CheckpointData {
-  std::string job;                     // namespace/name
-  int64_t completed_round = 0;         // 0: only the initial global exists
+  std::string job;              // namespace/name
+  int64_t completed_round = 0;  // 0: only the initial global exists
   int64_t total_rounds = 0;
   int64_t global_version = 0;
-  std::string global_checksum;         // sha256 of the encoded global (informational)
+  std::string global_checksum;  // sha256 of the encoded global (informational)
   std::vector<RoundRecord> history;
   std::optional<double> final_accuracy;
   TensorBundle global;

@@ -34,9 +34,9 @@ class WeightedDeltaSum {
   double total_weight() const { return total_weight_; }
 
  private:
-  TensorBundle layout_;                               // names and shapes only
-  std::unordered_map<std::string, size_t> index_;     // name -> position in sums_
-  std::vector<std::vector<double>> sums_;             // double: weights reach 1e6+
+  TensorBundle layout_;                            // names and shapes only
+  std::unordered_map<std::string, size_t> index_;  // name -> position in sums_
+  std::vector<std::vector<double>> sums_;          // double: weights reach 1e6+
   double total_weight_ = 0;
   int count_ = 0;
 };

@@ -24,7 +24,7 @@ struct ProtocolOptions {
   // Largest encoded update accepted; larger declared sizes are rejected before
   // any data is buffered.
   uint64_t max_update_bytes = 256ull << 20;
-  TokenMap tokens;               // empty: no token check
+  TokenMap tokens;  // empty: no token check
   size_t chunk_bytes = kMaxChunkBytes;
 };
 

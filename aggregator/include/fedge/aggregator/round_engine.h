@@ -69,10 +69,10 @@ struct TrainConfig {
 };
 
 struct EngineOptions {
-  std::string job;                 // namespace/name
+  std::string job;  // namespace/name
   int total_rounds = 1;
   int expected_agents = 1;
-  int quorum = 0;                  // 0: every invited agent
+  int quorum = 0;  // 0: every invited agent
   double fraction = 1.0;
   int64_t round_timeout_ms = 600'000;
   int max_deadline_extensions = 1;
@@ -80,7 +80,7 @@ struct EngineOptions {
   // counts as joined). 0: round_timeout_ms + 60 s.
   int64_t agent_liveness_ms = 0;
   int retry_after_ms = 200;
-  uint64_t seed = 42;              // participant selection
+  uint64_t seed = 42;  // participant selection
   TrainConfig train;
   StrategySpec strategy;
   // How the global is encoded for FetchGlobal: lossless, so every agent trains
@@ -145,7 +145,7 @@ struct EvalReport {
 struct EngineStatus {
   std::string job;
   JobState state = JobState::kWaitingForAgents;
-  int64_t round = 0;           // current (or last, once Succeeded)
+  int64_t round = 0;  // current (or last, once Succeeded)
   int64_t total_rounds = 0;
   Phase phase = Phase::kIdle;
   int64_t global_version = 0;
@@ -153,7 +153,7 @@ struct EngineStatus {
   int agents_joined = 0;
   std::vector<RoundRecord> rounds;
   std::optional<double> final_accuracy;
-  std::string message;         // why Failed / what the engine waits for
+  std::string message;  // why Failed / what the engine waits for
 };
 
 class RoundEngine {
@@ -162,8 +162,8 @@ class RoundEngine {
   // (no checkpoints / no metrics) and must outlive it otherwise. Fails if the
   // strategy cannot be built or options are out of range.
   static StatusOr<std::unique_ptr<RoundEngine>> Create(EngineOptions options, Clock* clock,
-                                                        CheckpointStore* checkpoints,
-                                                        AggregatorMetrics* metrics);
+                                                       CheckpointStore* checkpoints,
+                                                       AggregatorMetrics* metrics);
 
   // Continues from a checkpoint: the round after data.completed_round starts
   // when enough agents have (re)joined. Call before serving. FAILED_PRECONDITION
@@ -172,8 +172,7 @@ class RoundEngine {
 
   // Registers an agent (a re-join replaces its session) and returns a new
   // session id. Job and token checks are the caller's.
-  std::string Join(const std::string& agent_id, const std::string& node_name,
-                   int64_t num_train_examples);
+  std::string Join(const std::string& agent_id, const std::string& node_name, int64_t num_train_examples);
 
   // OK if `session` is the current session of `agent_id`; otherwise
   // UNAUTHENTICATED telling the agent to Join again (sessions do not survive
@@ -224,21 +223,21 @@ class RoundEngine {
     std::set<std::string> answered;
     int64_t deadline_ms = 0;
     int extensions = 0;
-    double train_loss_sum = 0;   // sum n_i * loss_i
-    double examples = 0;         // sum n_i
+    double train_loss_sum = 0;  // sum n_i * loss_i
+    double examples = 0;        // sum n_i
   };
   struct EvalRound {
     std::set<std::string> asked;
     std::set<std::string> reported;
     int64_t deadline_ms = 0;
-    double correct = 0;          // sum accuracy_i * n_i
-    double loss_sum = 0;         // sum loss_i * n_i
+    double correct = 0;   // sum accuracy_i * n_i
+    double loss_sum = 0;  // sum loss_i * n_i
     int64_t acc_examples = 0;
     int64_t loss_examples = 0;
   };
 
-  RoundEngine(EngineOptions options, Clock* clock, CheckpointStore* checkpoints,
-              AggregatorMetrics* metrics, std::unique_ptr<AggregationStrategy> strategy);
+  RoundEngine(EngineOptions options, Clock* clock, CheckpointStore* checkpoints, AggregatorMetrics* metrics,
+              std::unique_ptr<AggregationStrategy> strategy);
 
   void TickLocked(int64_t now);
   void StartTrainLocked(int64_t now);
@@ -257,23 +256,23 @@ class RoundEngine {
   AggregatorMetrics* const metrics_;
 
   mutable std::mutex mu_;
-  std::unique_ptr<AggregationStrategy> strategy_;       // guarded by mu_
-  std::map<std::string, Agent> agents_;                 // guarded by mu_
-  std::mt19937_64 session_rng_;                         // guarded by mu_
-  JobState state_ = JobState::kWaitingForAgents;        // guarded by mu_
-  Phase phase_ = Phase::kIdle;                          // guarded by mu_
-  int64_t round_ = 1;                                   // guarded by mu_; next/current round
-  std::shared_ptr<const GlobalModel> global_;           // guarded by mu_
-  std::string initializer_;                             // guarded by mu_
-  int64_t initializer_deadline_ms_ = 0;                 // guarded by mu_
-  TrainRound train_;                                    // guarded by mu_
-  EvalRound eval_;                                      // guarded by mu_
-  RoundRecord current_;                                 // guarded by mu_; the open round
-  int64_t round_started_ms_ = 0;                        // guarded by mu_
-  std::vector<RoundRecord> history_;                    // guarded by mu_
-  std::optional<double> final_accuracy_;                // guarded by mu_
-  std::optional<int64_t> finished_at_ms_;               // guarded by mu_
-  std::string message_;                                 // guarded by mu_
+  std::unique_ptr<AggregationStrategy> strategy_;  // guarded by mu_
+  std::map<std::string, Agent> agents_;            // guarded by mu_
+  std::mt19937_64 session_rng_;                    // guarded by mu_
+  JobState state_ = JobState::kWaitingForAgents;   // guarded by mu_
+  Phase phase_ = Phase::kIdle;                     // guarded by mu_
+  int64_t round_ = 1;                              // guarded by mu_; next/current round
+  std::shared_ptr<const GlobalModel> global_;      // guarded by mu_
+  std::string initializer_;                        // guarded by mu_
+  int64_t initializer_deadline_ms_ = 0;            // guarded by mu_
+  TrainRound train_;                               // guarded by mu_
+  EvalRound eval_;                                 // guarded by mu_
+  RoundRecord current_;                            // guarded by mu_; the open round
+  int64_t round_started_ms_ = 0;                   // guarded by mu_
+  std::vector<RoundRecord> history_;               // guarded by mu_
+  std::optional<double> final_accuracy_;           // guarded by mu_
+  std::optional<int64_t> finished_at_ms_;          // guarded by mu_
+  std::string message_;                            // guarded by mu_
 };
 
 }  // namespace fedge::aggregator

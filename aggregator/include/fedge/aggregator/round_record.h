@@ -12,19 +12,19 @@ namespace fedge::aggregator {
 
 struct RoundRecord {
   int64_t round = 0;
-  int participants = 0;                 // accepted updates aggregated
+  int participants = 0;  // accepted updates aggregated
   int invited = 0;
-  std::optional<double> loss;           // evaluation loss, example-weighted
-  std::optional<double> accuracy;       // sum(correct) / sum(examples)
+  std::optional<double> loss;      // evaluation loss, example-weighted
+  std::optional<double> accuracy;  // sum(correct) / sum(examples)
   int64_t eval_examples = 0;
-  int evaluators = 0;                   // agents that reported evaluation
-  std::optional<double> train_loss;     // mean local training loss, example-weighted
-  uint64_t bytes_up = 0;                // encoded update bytes received in the round
-  uint64_t bytes_down = 0;              // global bytes streamed in the round
-  uint64_t raw_bytes_up = 0;            // the same updates as fp32 (agent-reported)
-  double seconds = 0;                   // train start to evaluation close
-  int64_t global_version = 0;           // version produced by this round
-  std::string close_reason;             // "all_answered" | "quorum_at_deadline" | "below_quorum_after_extension"
+  int evaluators = 0;                // agents that reported evaluation
+  std::optional<double> train_loss;  // mean local training loss, example-weighted
+  uint64_t bytes_up = 0;             // encoded update bytes received in the round
+  uint64_t bytes_down = 0;           // global bytes streamed in the round
+  uint64_t raw_bytes_up = 0;         // the same updates as fp32 (agent-reported)
+  double seconds = 0;                // train start to evaluation close
+  int64_t global_version = 0;        // version produced by this round
+  std::string close_reason;          // "all_answered" | "quorum_at_deadline" | "below_quorum_after_extension"
 };
 
 // JSON object text for one record (keys as above; absent optionals are null).

@@ -30,17 +30,17 @@ class HttpServer;
 namespace fedge::aggregator {
 
 struct ServerOptions {
-  std::string grpc_address = "0.0.0.0:7070";   // port 0: pick one (see grpc_port())
-  std::string http_address = "0.0.0.0:8081";   // "": no HTTP listener
-  std::string checkpoint_dir;                  // "": no checkpoints
-  int expected_agents = 0;                     // 0: spec.agents.minAgents
-  std::string tokens_file;                     // "": no token check
+  std::string grpc_address = "0.0.0.0:7070";  // port 0: pick one (see grpc_port())
+  std::string http_address = "0.0.0.0:8081";  // "": no HTTP listener
+  std::string checkpoint_dir;                 // "": no checkpoints
+  int expected_agents = 0;                    // 0: spec.agents.minAgents
+  std::string tokens_file;                    // "": no token check
   uint64_t max_update_bytes = 256ull << 20;
-  int64_t tick_interval_ms = 200;              // how often deadlines are checked
-  Clock* clock = nullptr;                      // null: SystemClock
+  int64_t tick_interval_ms = 200;  // how often deadlines are checked
+  Clock* clock = nullptr;          // null: SystemClock
   // Overrides of the engine options derived from the spec (tests).
-  int64_t round_timeout_ms = 0;                // 0: spec.rounds.timeoutSeconds
-  int retry_after_ms = 0;                      // 0: the engine's default (200 ms)
+  int64_t round_timeout_ms = 0;  // 0: spec.rounds.timeoutSeconds
+  int retry_after_ms = 0;        // 0: the engine's default (200 ms)
 };
 
 // JSON for GET /v1/status (see README of the aggregator for the shape).
@@ -81,9 +81,9 @@ class AggregatorServer {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stopping_ = false;       // guarded by mu_
-  bool shut_down_ = false;      // guarded by mu_
-  bool started_ = false;        // guarded by mu_
+  bool stopping_ = false;   // guarded by mu_
+  bool shut_down_ = false;  // guarded by mu_
+  bool started_ = false;    // guarded by mu_
   std::thread ticker_;
 };
 
