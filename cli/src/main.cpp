@@ -101,9 +101,13 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--rounds", run.rounds, "number of rounds (default: spec.rounds.total)")
       ->check(CLI::PositiveNumber);
   run_cmd->add_flag("--quiet", run.quiet, "print rounds and the result only, no live status");
+  run_cmd->add_option("--prometheus-targets", run.prometheus_targets_path,
+                      "also write the Prometheus file_sd target list here (e.g. into the targets/ directory\n"
+                      "of deploy/prometheus/prometheus.yml); emptied when the run ends");
   run_cmd->footer(
       "Relative paths in the manifest are resolved against the current directory; the children get a\n"
-      "resolved copy in WORK/job.yaml. Logs: WORK/logs/<name>.log.\n"
+      "resolved copy in WORK/job.yaml. Logs: WORK/logs/<name>.log. Prometheus file_sd targets (job\n"
+      "fedge-local, labels component, fedge_job, agent): WORK/prometheus/targets.json.\n"
       "Exit codes:\n"
       "  0    the job succeeded\n"
       "  1    the job failed (a process exited unexpectedly, or the aggregator reported Failed)\n"

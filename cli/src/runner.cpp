@@ -40,6 +40,14 @@ bool IsExecutableFile(const std::string& path) {
   return fs::is_regular_file(path, ec) && ::access(path.c_str(), X_OK) == 0;
 }
 
+std::string AgentId(const RunPlan& plan, int i) {
+  return plan.centralized ? "central" : "agent-" + std::to_string(i);
+}
+
+int AgentHttpPort(const RunPlan& plan, int i) {
+  return i < static_cast<int>(plan.agent_http_ports.size()) ? plan.agent_http_ports[i] : 0;
+}
+
 std::string DataCommandHint(const RunPlan& plan) {
   return "create it with: fedge data wordnet --agents " + std::to_string(plan.federated_agents) +
          " --alpha 0.5 --seed 7 --out " + plan.data_dir;
@@ -177,9 +185,9 @@ std::vector<ChildSpec> BuildChildSpecs(const RunPlan& p) {
                   "--expected-agents", std::to_string(p.agents), "--exit-when-done"},
                  logs + "aggregator.log"});
   for (int i = 0; i < p.agents; ++i) {
-    const std::string id = p.centralized ? "central" : "agent-" + std::to_string(i);
+    const std::string id = AgentId(p, i);
     const std::string data = p.centralized ? p.data_dir + "/all" : p.data_dir + "/" + id;
-    const int http = i < static_cast<int>(p.agent_http_ports.size()) ? p.agent_http_ports[i] : 0;
+    const int http = AgentHttpPort(p, i);
     out.push_back(
         {id,
          {p.agent_bin, "--config", p.config_path, "--aggregator", grpc, "--agent-id", id, "--node-name",
@@ -188,6 +196,24 @@ std::vector<ChildSpec> BuildChildSpecs(const RunPlan& p) {
          logs + id + ".log"});
   }
   return out;
+}
+
+std::string PrometheusTargetsJson(const RunPlan& p) {
+  auto group = [&](int port, const char* component, const std::string& agent) {
+    nlohmann::ordered_json labels;
+    labels["job"] = kPrometheusLocalJob;
+    labels["component"] = component;
+    labels["fedge_job"] = p.spec.Key();
+    if (!agent.empty()) labels["agent"] = agent;
+    nlohmann::ordered_json g;
+    g["targets"] = nlohmann::ordered_json::array({p.host + ":" + std::to_string(port)});
+    g["labels"] = std::move(labels);
+    return g;
+  };
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  out.push_back(group(p.http_port, "aggregator", ""));
+  for (int i = 0; i < p.agents; ++i) out.push_back(group(AgentHttpPort(p, i), "agent", AgentId(p, i)));
+  return out.dump(2) + "\n";
 }
 
 // ---- status ----
@@ -449,6 +475,21 @@ Status PrepareWorkDir(const RunPlan& plan) {
   return WriteWholeFile(plan.config_path, JobSpecToYaml(plan.spec));
 }
 
+// Empties a file_sd target list when the run ends, so a Prometheus watching it
+// stops scraping ports whose processes are gone.
+class EmptyTargetsOnExit {
+ public:
+  explicit EmptyTargetsOnExit(std::string path) : path_(std::move(path)) {}
+  EmptyTargetsOnExit(const EmptyTargetsOnExit&) = delete;
+  EmptyTargetsOnExit& operator=(const EmptyTargetsOnExit&) = delete;
+  ~EmptyTargetsOnExit() {
+    if (!path_.empty()) (void)WriteWholeFile(path_, "[]\n");
+  }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace
 
 int RunJob(const RunOptions& o) {
@@ -492,6 +533,24 @@ int RunJob(const RunOptions& o) {
     return kExitJobFailed;
   }
 
+  // Written before the children start, so Prometheus sees them come up (and
+  // `up == 0` while a child is still loading is visible, not hidden).
+  const std::string targets_json = PrometheusTargetsJson(plan);
+  const std::string work_targets = plan.work_dir + "/prometheus/targets.json";
+  const std::string extra_targets =
+      o.prometheus_targets_path.empty() ? "" : AbsolutePath(o.prometheus_targets_path);
+  for (const std::string& path : {work_targets, extra_targets}) {
+    if (path.empty()) continue;
+    Status s = MakeDirectories(fs::path(path).parent_path().string());
+    if (s.ok()) s = WriteWholeFile(path, targets_json);
+    if (!s.ok()) {
+      std::cerr << "error: cannot write the Prometheus target list: " << s.message() << "\n";
+      return kExitJobFailed;
+    }
+  }
+  // The work copy stays as a record of where the children listened.
+  EmptyTargetsOnExit empty_extra_targets(extra_targets);
+
   const JobSpec& spec = plan.spec;
   std::cout << "job " << spec.Key() << (plan.centralized ? " (centralized baseline)" : "") << ": "
             << spec.rounds.total << " rounds, " << plan.agents << (plan.agents == 1 ? " agent" : " agents")
@@ -500,6 +559,7 @@ int RunJob(const RunOptions& o) {
             << "  model " << plan.model_dir << "\n  data  " << plan.data_dir << "\n  work  " << plan.work_dir
             << " (logs in " << plan.work_dir << "/logs)\n  aggregator status http://" << plan.host << ":"
             << plan.http_port << "/v1/status\n"
+            << "  prometheus targets " << (extra_targets.empty() ? work_targets : extra_targets) << "\n"
             << std::flush;
 
   SignalScope signals;

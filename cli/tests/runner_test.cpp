@@ -147,6 +147,49 @@ TEST(BuildChildSpecsTest, FollowsTheBinaryContracts) {
   EXPECT_EQ(children[0].argv[10], "1");
 }
 
+// The value following `flag` in a child's argv ("" if absent).
+std::string FlagValue(const ChildSpec& child, const std::string& flag) {
+  for (size_t i = 0; i + 1 < child.argv.size(); ++i) {
+    if (child.argv[i] == flag) return child.argv[i + 1];
+  }
+  return "";
+}
+
+TEST(PrometheusTargetsTest, ListsEveryChildAtItsHttpPortWithJobComponentAndAgentLabels) {
+  auto plan = PlanRun(Job(), RunOptions{}, "/cwd");
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  RunPlan p = *plan;
+  p.agents = 3;
+  p.grpc_port = 6000;
+  p.http_port = 6001;
+  p.agent_http_ports = {6002, 6003, 6004};
+  const auto j = nlohmann::json::parse(PrometheusTargetsJson(p));
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 4u) << j.dump();
+  EXPECT_EQ(j[0], nlohmann::json::parse(R"({"targets": ["127.0.0.1:6001"],
+      "labels": {"job": "fedge-local", "component": "aggregator", "fedge_job": "default/unit"}})"));
+  EXPECT_EQ(j[3], nlohmann::json::parse(R"({"targets": ["127.0.0.1:6004"],
+      "labels": {"job": "fedge-local", "component": "agent", "fedge_job": "default/unit", "agent": "agent-2"}})"));
+  // Each target is where that child serves HTTP, never the gRPC port.
+  const auto children = BuildChildSpecs(p);
+  ASSERT_EQ(children.size(), j.size());
+  for (size_t i = 0; i < children.size(); ++i) {
+    EXPECT_EQ(j[i]["targets"][0], FlagValue(children[i], "--http")) << children[i].name;
+    if (i > 0) {
+      EXPECT_EQ(j[i]["labels"]["agent"], children[i].name);
+    }
+    // file_sd accepts only string label values.
+    for (const auto& [name, value] : j[i]["labels"].items()) EXPECT_TRUE(value.is_string()) << name;
+  }
+
+  p.centralized = true;
+  p.agents = 1;
+  const auto central = nlohmann::json::parse(PrometheusTargetsJson(p));
+  ASSERT_EQ(central.size(), 2u);
+  EXPECT_EQ(central[1]["labels"]["agent"], "central");
+  EXPECT_EQ(central[1]["targets"][0], "127.0.0.1:6002");
+}
+
 TEST(FindBinaryTest, SearchesBinDirThenSiblingsThenBuildTreeThenPath) {
   TempDir t;
   const std::string root = t.path();
@@ -384,6 +427,8 @@ TEST_F(RunJobTest, DyingAgentFailsTheJobWithItsLogTail) {
 }
 
 TEST_F(RunJobTest, SigtermStopsEveryChildAndExits130) {
+  options_.prometheus_targets_path = root_ + "/prom/targets/unit.json";
+  nlohmann::json targets_while_running;
   WriteExecutable(root_ + "/bin/fedge-aggregator", "#!/bin/sh\necho started\nexec sleep 60\n");
   WriteExecutable(root_ + "/bin/fedge-agent", "#!/bin/sh\necho started\nexec sleep 60\n");
   // Signal once every child has written to its log, i.e. is running.
@@ -396,6 +441,9 @@ TEST_F(RunJobTest, SigtermStopsEveryChildAndExits130) {
            std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(10ms);
     }
+    if (auto t = ReadWholeFile(options_.prometheus_targets_path); t.ok()) {
+      targets_while_running = nlohmann::json::parse(*t, nullptr, /*allow_exceptions=*/false);
+    }
     ::kill(::getpid(), SIGTERM);
   });
   testing::internal::CaptureStderr();
@@ -406,6 +454,14 @@ TEST_F(RunJobTest, SigtermStopsEveryChildAndExits130) {
   EXPECT_EQ(rc, kExitInterrupted) << err;
   EXPECT_LT(std::chrono::steady_clock::now() - start, 15s);
   EXPECT_NE(err.find("stopping 3 process(es)"), std::string::npos) << err;
+  EXPECT_EQ(targets_while_running.size(), 3u) << targets_while_running.dump();
+  // The work copy stays; the external list no longer names the stopped children.
+  auto work_copy = ReadWholeFile(options_.work_dir + "/prometheus/targets.json");
+  ASSERT_TRUE(work_copy.ok());
+  EXPECT_EQ(nlohmann::json::parse(*work_copy), targets_while_running);
+  auto after = ReadWholeFile(options_.prometheus_targets_path);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(nlohmann::json::parse(*after), nlohmann::json::array());
 }
 
 // A stand-in aggregator serving /v1/status through a job's life cycle: two

@@ -37,6 +37,8 @@ struct RunOptions {
   bool quiet = false;        // no live status line, only rounds and the result
   std::string self_exe;      // path of the running fedge binary (for finding siblings)
   std::string path_env;      // $PATH, searched last
+  // Also write the Prometheus file_sd target list here ("" = only WORK/prometheus/targets.json).
+  std::string prometheus_targets_path;
 };
 
 // What `fedge run` will execute: the resolved manifest and where things are.
@@ -77,6 +79,17 @@ StatusOr<std::string> FindBinary(const std::string& name, const std::string& bin
 
 // The children's command lines; logs under work_dir/logs/<name>.log.
 std::vector<ChildSpec> BuildChildSpecs(const RunPlan& plan);
+
+// The label Prometheus's `job` gets for the local children (matches the
+// `fedge-local` scrape job of deploy/prometheus/prometheus.yml).
+inline constexpr const char* kPrometheusLocalJob = "fedge-local";
+
+// Prometheus file_sd target list for the children of `plan` (its ports must be
+// assigned): a JSON array with one group per child, in BuildChildSpecs order,
+// each {"targets": ["host:http_port"], "labels": {"job": "fedge-local",
+// "component": "aggregator"|"agent", "fedge_job": "<namespace>/<name>",
+// "agent": "<agent id>"}}; the aggregator's group has no "agent" label.
+std::string PrometheusTargetsJson(const RunPlan& plan);
 
 // The aggregator's GET /v1/status, the fields the runner uses.
 struct RoundStatus {
