@@ -11,6 +11,7 @@ PACKAGES=(
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libcli11-dev libzstd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   wordnet-base                              # the quickstart's data
+  prometheus                                # tests/e2e/prometheus_test.py scrapes real endpoints
   python3 python3-pip unzip curl
 )
 
