@@ -108,7 +108,7 @@ def dashboard_targets():
     return out
 
 
-def kube_pod_target(address, ns, job, role, port_name, node=None, pod=None, annotations=None):
+def kube_pod_target(address, ns, job, role, port_name, node=None, pod=None, annotations=None, labels_=None):
     """A static target labelled as kubernetes_sd (role: pod) labels one pod port."""
     labels = {"__meta_kubernetes_namespace": ns, "__meta_kubernetes_pod_name": pod or f"{job}-{role}",
               "__meta_kubernetes_pod_container_port_name": port_name}
@@ -121,6 +121,8 @@ def kube_pod_target(address, ns, job, role, port_name, node=None, pod=None, anno
         labels["__meta_kubernetes_pod_node_name"] = node
     for k, v in (annotations or {}).items():
         labels["__meta_kubernetes_pod_annotation_" + re.sub(r"[^a-zA-Z0-9_]", "_", k)] = v
+    for k, v in (labels_ or {}).items():
+        labels["__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k)] = v
     return {"targets": [address], "labels": labels}
 
 
@@ -208,12 +210,14 @@ class PrometheusScrapeTest(unittest.TestCase):
                 kube_pod_target("127.0.0.1:1", "default", None, None, "http", pod="unrelated")]
         kube += [kube_pod_target(f"127.0.0.1:{port}", "default", JOB_NAME, "agent", "http", node=a,
                                  pod=f"{JOB_NAME}-agent-{a}") for a, port in cls.agent_ports.items()]
-        # An annotated pod (as fedge-operator's own): its port comes from the
-        # annotation. Prometheus's own /metrics stands in for the operator.
+        # An annotated pod (as helm/fedge's operator pods): its port comes from
+        # the annotation. Prometheus's own /metrics stands in for the operator.
         cls.prom_port = free_port()
         kube.append(kube_pod_target("127.0.0.1:1", "fedge-system", None, None, "", pod="fedge-operator-0",
                                     annotations={"prometheus.io/scrape": "true",
-                                                 "prometheus.io/port": str(cls.prom_port)}))
+                                                 "prometheus.io/port": str(cls.prom_port)},
+                                    labels_={"app.kubernetes.io/name": "fedge",
+                                             "app.kubernetes.io/component": "operator"}))
         with open(PROM_CONFIG) as f:
             cls.shipped_config = f.read()
         cls.config = os.path.join(cls.prom_dir, "prometheus.yml")
@@ -299,7 +303,7 @@ class PrometheusScrapeTest(unittest.TestCase):
 
     def test_every_target_is_up_and_cluster_relabeling_yields_fedge_labels(self):
         expected = {("fedge-local", "aggregator", None), ("fedge-pods", "aggregator", None),
-                    ("fedge-annotated", None, None)}
+                    ("fedge-annotated", "operator", None)}
         expected |= {(job, "agent", a) for job in ("fedge-local", "fedge-pods") for a in self.agent_ports}
         self.wait_query("up == 1", lambda r: len(r) == len(expected), f"{len(expected)} targets up", timeout=300)
         seen = set()
