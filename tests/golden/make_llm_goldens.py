@@ -15,6 +15,7 @@ Outputs (tests/golden/llm/):
   tok_qwen2/tokenizer.json    Split(Qwen2 regex, \\p{N} one digit) + ByteLevel(use_regex
                               false), merges as [a, b] pairs
   tok_llama3/tokenizer.json   Split(Llama-3 regex, \\p{N}{1,3}) + ByteLevel, ignore_merges
+  tok_smollm2/tokenizer.json  Digits(individual) + ByteLevel(use_regex true), as SmolLM2
   bpe_ids.json                {"tokenizers": {name: {"cases": [{"text", "ids",
                               "decoded"}], "decode_cases": [{"ids", "text"}]}}}
                               decode_cases are random id sequences: their bytes are
@@ -66,7 +67,7 @@ HAND_CASES = [
     "blank\n\n\nlines", "  \n  indented", "x \n y", "end with newline\n\n",
     "I'm here, you're there, we'll see; they've gone, she'd know, it's Bob's.",
     "I'M SHOUTING, YOU'RE TOO, WE'LL, THEY'VE, SHE'D, IT'S, DON'T",
-    "'s 't 're 've 'm 'll 'd", "''s '''t", "rock'n'roll", "O'Neill's",
+    "'s 't 're 've 'm 'll 'd", "''s '''t", "rock'n'roll", "O'Neill's", "it'ſ long s",
     "12345", "1234567890", "3.14159", "1,234,567.89", "x1y22z333w4444", "2024-05-09",
     "phone: +1 (555) 010-9999", "٣٤٥ ١٢", "½ ² ³ Ⅻ ⅷ", "१२३ नमस्ते",
     "naïve café résumé", "Crème Brûlée à la mode", "Straße ŁÓDŹ Ærø",
@@ -96,6 +97,12 @@ def train_tokenizer(kind, corpus, vocab_size):
     tok = Tokenizer(model)
     if kind == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif kind == "smollm2":
+        # SmolLM2's layout: digits split one by one, then the GPT-2 ByteLevel regex.
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
     else:
         pattern = QWEN2_PATTERN if kind == "qwen2" else LLAMA3_PATTERN
         tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -116,7 +123,7 @@ def make_tokenizers(lines):
     cases = HAND_CASES + lines[30000:30060]
     result = {}
     rng = random.Random(1)
-    for kind in ["gpt2", "qwen2", "llama3"]:
+    for kind in ["gpt2", "qwen2", "llama3", "smollm2"]:
         tok = train_tokenizer(kind, corpus, 1000)
         d = os.path.join(OUT, f"tok_{kind}")
         os.makedirs(d, exist_ok=True)

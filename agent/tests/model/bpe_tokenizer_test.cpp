@@ -1,6 +1,7 @@
 // Byte-level BPE against goldens from Hugging Face `tokenizers`
-// (tests/golden/make_llm_goldens.py: three tokenizers trained on WordNet glosses with
-// the GPT-2 ByteLevel regex, the Qwen2 Split regex and the Llama-3 Split regex).
+// (tests/golden/make_llm_goldens.py: four tokenizers trained on WordNet glosses with
+// the GPT-2 ByteLevel regex, the Qwen2 Split regex, the Llama-3 Split regex, and
+// SmolLM2's Digits + ByteLevel).
 #include "fedge/agent/llm/bpe_tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -61,7 +62,7 @@ TEST_P(BpeGoldenTest, DecodesArbitraryIdsLossilyLikeTokenizers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, BpeGoldenTest, ::testing::Values("gpt2", "qwen2", "llama3"));
+INSTANTIATE_TEST_SUITE_P(Tokenizers, BpeGoldenTest, ::testing::Values("gpt2", "qwen2", "llama3", "smollm2"));
 
 TEST(BpeTokenizerTest, SpecialTokensMatchFirstAndDecodeVerbatim) {
   BpeTokenizer tok = LoadTokenizer("qwen2");
