@@ -163,7 +163,8 @@ TEST_F(ReconcilerTest, RestartedOperatorCreatesNoDuplicates) {
 
 TEST_F(ReconcilerTest, InvalidSpecBecomesConditionWithoutRetry) {
   Json job = Job();
-  job["spec"]["strategy"] = {{"name", "krum"}};  // known name the aggregator does not implement
+  // Valid for the schema, rejected by ParseJobSpec: quorum above the agents it may wait for.
+  job["spec"]["rounds"]["quorum"] = 3;
   CreateJob(job);
   auto r = reconciler_.Reconcile("ml/wn");
   ASSERT_TRUE(r.ok()) << "an invalid spec must not be an error (no retry storm)";
@@ -173,7 +174,7 @@ TEST_F(ReconcilerTest, InvalidSpecBecomesConditionWithoutRetry) {
   const Json* failed = Condition(got, "Failed");
   ASSERT_NE(failed, nullptr);
   EXPECT_EQ(failed->value("reason", ""), "InvalidSpec");
-  EXPECT_NE(failed->value("message", "").find("spec.strategy.name"), std::string::npos) << failed->dump();
+  EXPECT_NE(failed->value("message", "").find("spec.rounds.quorum"), std::string::npos) << failed->dump();
   EXPECT_TRUE(Pods().empty());
   EXPECT_EQ(client_.CountCalls("create", "events"), 1);
   client_.ClearCalls();
