@@ -243,7 +243,8 @@ class AggregatorClientTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  std::unique_ptr<AggregatorClient> MakeClient(int port) {
+  std::unique_ptr<AggregatorClient> MakeClient(int port, TextClassifier* trainer = nullptr,
+                                               ServingModel* serving = nullptr, size_t chunk_bytes = 64) {
     ClientOptions o;
     o.job = "default/job";
     o.agent_id = "agent-7";
@@ -252,10 +253,10 @@ class AggregatorClientTest : public ::testing::Test {
     o.backoff_initial = std::chrono::milliseconds(5);
     o.backoff_max = std::chrono::milliseconds(50);
     o.jitter_seed = 1;
-    o.chunk_bytes = 64;  // many chunks even for a tiny update
+    o.chunk_bytes = chunk_bytes;  // default 64: many chunks even for a tiny update
     ClientDeps d;
-    d.trainer = &trainer_;
-    d.serving = serving_.get();
+    d.trainer = trainer != nullptr ? trainer : &trainer_;
+    d.serving = serving != nullptr ? serving : serving_.get();
     d.store = store_.get();
     d.metrics = &metrics_;
     d.train_data = &train_;
@@ -452,6 +453,29 @@ TEST_F(AggregatorClientTest, StopEndsALongWaitAtOnce) {
   client->Stop();
   ASSERT_EQ(fut.wait_for(std::chrono::seconds(10)), std::future_status::ready);
   EXPECT_EQ(*fut.get(), RunOutcome::kStopped);
+}
+
+TEST_F(AggregatorClientTest, LargeStatesTravelInChunksWithinGrpcDefaultMessageLimits) {
+  // 1.5M incompressible floats: ~6 MB per full state, more than one chunk, and
+  // the server keeps gRPC's default 4 MiB receive limit; its global chunks are
+  // exactly 4 MiB of data (above the client's default limit, hence Dial's).
+  FakeClassifier big_trainer(TestLabels(), 1'500'000);
+  ServingModel big_serving(std::make_unique<FakeClassifier>(TestLabels(), 1'500'000), "default/job");
+  world_.send_chunk = kMaxChunkBytes;
+  world_.config.set_update_codec("fp32");
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port(), &big_trainer, &big_serving, kSendChunkBytes);
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, RunOutcome::kDone);
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  const ReceivedUpdate& init = world_.updates[0];
+  EXPECT_GT(init.payload.size(), kMaxChunkBytes);
+  ASSERT_GE(init.chunk_sizes.size(), 2u);
+  for (size_t s : init.chunk_sizes) EXPECT_LE(s, kMaxChunkBytes);
+  EXPECT_EQ(init.header.checksum(), Sha256Hex(init.payload));
+  EXPECT_EQ(big_serving.version(), 2);
 }
 
 class RefusingAggregator final : public v1::Aggregator::Service {

@@ -20,10 +20,21 @@ namespace fedge::agent::testing {
 
 class FakeClassifier : public TextClassifier {
  public:
-  explicit FakeClassifier(std::vector<std::string> labels) : labels_(std::move(labels)) {
+  // `padding` adds a tensor of that many incompressible values that training
+  // leaves alone: a way to make the state as large as a real adapter.
+  explicit FakeClassifier(std::vector<std::string> labels, int64_t padding = 0) : labels_(std::move(labels)) {
     int n = static_cast<int>(labels_.size());
     state_.tensors.push_back({"classifier.weight", {n, 2}, std::vector<float>(static_cast<size_t>(n) * 2)});
     state_.tensors.push_back({"classifier.bias", {n}, std::vector<float>(static_cast<size_t>(n))});
+    if (padding > 0) {
+      NamedTensor pad{"padding", {padding}, std::vector<float>(static_cast<size_t>(padding))};
+      uint32_t x = 12345;
+      for (auto& v : pad.values) {
+        x = x * 1664525u + 1013904223u;
+        v = static_cast<float>(x >> 8) / float(1u << 24);
+      }
+      state_.tensors.push_back(std::move(pad));
+    }
     for (size_t i = 0; i < state_.tensors[0].values.size(); ++i) state_.tensors[0].values[i] = 0.01f * float(i);
     for (size_t i = 0; i < state_.tensors[1].values.size(); ++i) state_.tensors[1].values[i] = 0.1f * float(i % 3);
   }
