@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", flags.data_dir,
                  "directory with spec.data.trainFile / evalFile (default: spec.data.path)");
   app.add_option("--model-dir", flags.model_dir, "Hugging Face model directory (default: spec.model.path)");
-  app.add_option("--http", flags.http, "inference/metrics listen address HOST:PORT (default: 0.0.0.0:<spec.serving.port>)");
+  app.add_option("--http", flags.http,
+                 "inference/metrics listen address HOST:PORT (default: 0.0.0.0:<spec.serving.port>)");
   app.add_option("--state-dir", flags.state_dir,
                  "persisted global model and feedback (default: ./.fedge-agent/<agent-id>)");
   app.add_option("--threads", flags.threads, "torch intra-op threads per model (default 1)");

@@ -39,12 +39,15 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
   std::string host;
   int port = 0;
   Status addr = SplitHostPort(flags.aggregator, &host, &port);
-  if (!addr.ok() || port == 0) return InvalidArgumentError("--aggregator: \"" + flags.aggregator + "\" is not HOST:PORT");
+  if (!addr.ok() || port == 0)
+    return InvalidArgumentError("--aggregator: \"" + flags.aggregator + "\" is not HOST:PORT");
   s.aggregator = flags.aggregator;
 
   s.agent_id = flags.agent_id.empty() ? hostname : flags.agent_id;
   if (s.agent_id.empty()) return InvalidArgumentError("--agent-id is empty and the hostname is unknown");
-  s.node_name = !flags.node_name.empty() ? flags.node_name : !node_name_env.empty() ? node_name_env : hostname;
+  s.node_name = !flags.node_name.empty() ? flags.node_name
+                : !node_name_env.empty() ? node_name_env
+                                         : hostname;
 
   if (!flags.token.empty() && !flags.token_file.empty()) {
     return InvalidArgumentError("give either --token or --token-file, not both");
@@ -61,14 +64,16 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
   s.train_path = JoinPath(data_dir, spec.data.trainFile);
   s.eval_path = JoinPath(data_dir, spec.data.evalFile);
   s.model_dir = flags.model_dir.empty() ? spec.model.path : flags.model_dir;
-  if (s.model_dir.empty()) return InvalidArgumentError("--model-dir is not given and spec.model.path is empty");
+  if (s.model_dir.empty())
+    return InvalidArgumentError("--model-dir is not given and spec.model.path is empty");
 
   s.http = flags.http.empty() ? "0.0.0.0:" + std::to_string(spec.serving.port) : flags.http;
   Status http = SplitHostPort(s.http, &host, &port);
   if (!http.ok()) return InvalidArgumentError("--http: " + http.message());
 
   s.state_dir = flags.state_dir.empty() ? ".fedge-agent/" + s.agent_id : flags.state_dir;
-  if (flags.threads < 1) return InvalidArgumentError("--threads must be >= 1, got " + std::to_string(flags.threads));
+  if (flags.threads < 1)
+    return InvalidArgumentError("--threads must be >= 1, got " + std::to_string(flags.threads));
   s.threads = flags.threads;
   s.exit_when_done = flags.exit_when_done;
   return s;
@@ -133,7 +138,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     Status st = a->serving_->Install(g.bundle, g.version);
     if (st.ok()) {
       a->metrics_->global_version.Set(static_cast<double>(g.version));
-      log::Info("serving the persisted global model", {{"version", g.version}, {"path", a->store_->GlobalPath()}});
+      log::Info("serving the persisted global model",
+                {{"version", g.version}, {"path", a->store_->GlobalPath()}});
       a->client_->Restore(std::move(g));
     } else {
       log::Warn("ignoring the persisted global model", {{"error", st.ToString()}});

@@ -32,12 +32,18 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 std::string_view KindName(v1::TaskKind kind) {
   switch (kind) {
-    case v1::TASK_KIND_WAIT: return "wait";
-    case v1::TASK_KIND_INITIALIZE: return "initialize";
-    case v1::TASK_KIND_TRAIN: return "train";
-    case v1::TASK_KIND_EVALUATE: return "evaluate";
-    case v1::TASK_KIND_DONE: return "done";
-    default: return "unspecified";
+    case v1::TASK_KIND_WAIT:
+      return "wait";
+    case v1::TASK_KIND_INITIALIZE:
+      return "initialize";
+    case v1::TASK_KIND_TRAIN:
+      return "train";
+    case v1::TASK_KIND_EVALUATE:
+      return "evaluate";
+    case v1::TASK_KIND_DONE:
+      return "done";
+    default:
+      return "unspecified";
   }
 }
 
@@ -57,7 +63,8 @@ int64_t MemoryBytes() {
 
 Status FromGrpc(const grpc::Status& status, std::string_view what) {
   if (status.ok()) return OkStatus();
-  return Status(static_cast<StatusCode>(status.error_code()), std::string(what) + ": " + status.error_message());
+  return Status(static_cast<StatusCode>(status.error_code()),
+                std::string(what) + ": " + status.error_message());
 }
 
 std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address) {
@@ -72,7 +79,8 @@ std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
 }
 
-AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options, ClientDeps deps)
+AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options,
+                                   ClientDeps deps)
     : options_(std::move(options)),
       deps_(deps),
       stub_(v1::Aggregator::NewStub(channel)),
@@ -147,9 +155,15 @@ StatusOr<RunOutcome> AggregatorClient::Run() {
             stop_.SleepFor(std::chrono::milliseconds(ms));
             break;
           }
-          case v1::TASK_KIND_INITIALIZE: st = DoInitialize(*task); break;
-          case v1::TASK_KIND_TRAIN: st = DoTrain(*task); break;
-          case v1::TASK_KIND_EVALUATE: st = DoEvaluate(*task); break;
+          case v1::TASK_KIND_INITIALIZE:
+            st = DoInitialize(*task);
+            break;
+          case v1::TASK_KIND_TRAIN:
+            st = DoTrain(*task);
+            break;
+          case v1::TASK_KIND_EVALUATE:
+            st = DoEvaluate(*task);
+            break;
           case v1::TASK_KIND_DONE:
             st = DoDone(*task);
             done = st.ok();
@@ -184,12 +198,14 @@ StatusOr<RunOutcome> AggregatorClient::Run() {
         }
         break;
       case StatusCode::kFailedPrecondition:
-        log::Error("aggregator refused the request", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
+        log::Error("aggregator refused the request",
+                   {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
         break;
       case StatusCode::kUnavailable:
       case StatusCode::kDeadlineExceeded:
-        log::Warn("aggregator unreachable; backing off",
-                  {{"error", st.ToString()}, {"attempt", backoff_.attempt()}, {"retry_in_ms", delay.count()}});
+        log::Warn(
+            "aggregator unreachable; backing off",
+            {{"error", st.ToString()}, {"attempt", backoff_.attempt()}, {"retry_in_ms", delay.count()}});
         break;
       default:
         log::Error("task failed; backing off", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
@@ -225,7 +241,8 @@ Status AggregatorClient::Join() {
     Status st = FromGrpc(gs, "Join " + options_.job);
     switch (st.code()) {
       case StatusCode::kFailedPrecondition:
-        return Fatal(st.WithContext("protocol mismatch (this agent speaks v" + std::to_string(kProtocolVersion) + ")"));
+        return Fatal(st.WithContext("protocol mismatch (this agent speaks v" +
+                                    std::to_string(kProtocolVersion) + ")"));
       case StatusCode::kUnauthenticated:
       case StatusCode::kPermissionDenied:
         return Fatal(st.WithContext("the aggregator refused this agent's token (--token/--token-file)"));
@@ -292,12 +309,14 @@ StatusOr<AggregatorClient::Held> AggregatorClient::Fetch(int64_t version, const 
   if (!gs.ok()) return FromGrpc(gs, "FetchGlobal v" + std::to_string(version));
   FEDGE_ASSIGN_OR_RETURN(std::string bytes, assembler.Finish());
   auto bundle = DecodeBundle(bytes);
-  if (!bundle.ok()) return bundle.status().WithContext("decoding global v" + std::to_string(assembler.version()));
+  if (!bundle.ok())
+    return bundle.status().WithContext("decoding global v" + std::to_string(assembler.version()));
   Status layout = CheckSameLayout(layout_, *bundle);
   if (!layout.ok()) {
     return Fatal(FailedPreconditionError(
         "global v" + std::to_string(assembler.version()) +
-        " does not fit this agent's model (do the job's labels, LoRA rank and targets match?): " + layout.message()));
+        " does not fit this agent's model (do the job's labels, LoRA rank and targets match?): " +
+        layout.message()));
   }
   Held held;
   held.version = assembler.version();
@@ -392,7 +411,8 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   auto codec = ParseCodec(codec_name);
   if (!codec.ok()) {
     return FailedPreconditionError("round " + std::to_string(task.round()) + " asks for update codec \"" +
-                                   codec_name + "\", which this agent does not offer (fp32, fp16, bf16, int8)");
+                                   codec_name +
+                                   "\", which this agent does not offer (fp32, fp16, bf16, int8)");
   }
   Status imported = deps_.trainer->ImportTrainable(held_.bundle);
   if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
@@ -459,9 +479,11 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   EvalResult eval;
   if (!deps_.eval_data->empty()) {
     Status imported = deps_.trainer->ImportTrainable(held_.bundle);
-    if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
+    if (!imported.ok())
+      return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
     auto result = deps_.trainer->Evaluate(*deps_.eval_data, options_.eval_batch_size);
-    if (!result.ok()) return result.status().WithContext("evaluating global v" + std::to_string(held_.version));
+    if (!result.ok())
+      return result.status().WithContext("evaluating global v" + std::to_string(held_.version));
     eval = *result;
   }
   v1::MetricsReport report;

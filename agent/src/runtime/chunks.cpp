@@ -20,7 +20,9 @@ std::vector<std::string_view> SplitChunks(std::string_view bytes, size_t max_chu
 }
 
 ChunkAssembler::ChunkAssembler(int64_t expected_version, std::string expected_checksum, ChunkLimits limits)
-    : expected_version_(expected_version), expected_checksum_(std::move(expected_checksum)), limits_(limits) {}
+    : expected_version_(expected_version),
+      expected_checksum_(std::move(expected_checksum)),
+      limits_(limits) {}
 
 Status ChunkAssembler::Add(int64_t version, uint64_t total_bytes, std::string_view checksum, uint64_t offset,
                            std::string_view data) {
@@ -37,7 +39,8 @@ Status ChunkAssembler::Add(int64_t version, uint64_t total_bytes, std::string_vi
     }
     if (checksum.empty()) return fail("first chunk carries no checksum");
     if (expected_version_ != 0 && version != expected_version_) {
-      return fail("got version " + std::to_string(version) + ", asked for " + std::to_string(expected_version_));
+      return fail("got version " + std::to_string(version) + ", asked for " +
+                  std::to_string(expected_version_));
     }
     if (!expected_checksum_.empty() && checksum != expected_checksum_) {
       return fail("checksum " + std::string(checksum) + " differs from the task's " + expected_checksum_);
@@ -51,12 +54,12 @@ Status ChunkAssembler::Add(int64_t version, uint64_t total_bytes, std::string_vi
     bytes_.reserve(std::min<uint64_t>(total_, 64u << 20));
   } else {
     if (version != 0 && version != version_) {
-      return fail("chunk at offset " + std::to_string(offset) + " switches version " + std::to_string(version_) +
-                  " -> " + std::to_string(version));
+      return fail("chunk at offset " + std::to_string(offset) + " switches version " +
+                  std::to_string(version_) + " -> " + std::to_string(version));
     }
     if (total_bytes != 0 && total_bytes != total_) {
-      return fail("chunk at offset " + std::to_string(offset) + " changes total_bytes " + std::to_string(total_) +
-                  " -> " + std::to_string(total_bytes));
+      return fail("chunk at offset " + std::to_string(offset) + " changes total_bytes " +
+                  std::to_string(total_) + " -> " + std::to_string(total_bytes));
     }
     if (!checksum.empty() && checksum != checksum_) {
       return fail("chunk at offset " + std::to_string(offset) + " changes the checksum");
@@ -67,12 +70,12 @@ Status ChunkAssembler::Add(int64_t version, uint64_t total_bytes, std::string_vi
                 std::to_string(limits_.max_chunk_bytes) + "-byte limit");
   }
   if (offset != bytes_.size()) {
-    return fail(std::string(offset > bytes_.size() ? "gap" : "overlap") + ": chunk offset " + std::to_string(offset) +
-                " but " + std::to_string(bytes_.size()) + " bytes received");
+    return fail(std::string(offset > bytes_.size() ? "gap" : "overlap") + ": chunk offset " +
+                std::to_string(offset) + " but " + std::to_string(bytes_.size()) + " bytes received");
   }
   if (data.size() > total_ - bytes_.size()) {
-    return fail("over-long: chunk at offset " + std::to_string(offset) + " of " + std::to_string(data.size()) +
-                " bytes runs past total_bytes " + std::to_string(total_));
+    return fail("over-long: chunk at offset " + std::to_string(offset) + " of " +
+                std::to_string(data.size()) + " bytes runs past total_bytes " + std::to_string(total_));
   }
   bytes_.append(data);
   return OkStatus();
@@ -87,7 +90,8 @@ StatusOr<std::string> ChunkAssembler::Finish() {
   }
   std::string actual = Sha256Hex(bytes_);
   if (actual != checksum_) {
-    return DataLossError("global model stream: checksum mismatch, announced " + checksum_ + ", computed " + actual);
+    return DataLossError("global model stream: checksum mismatch, announced " + checksum_ + ", computed " +
+                         actual);
   }
   return std::move(bytes_);
 }

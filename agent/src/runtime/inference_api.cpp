@@ -125,13 +125,15 @@ Status CheckTokens(const TextClassifier& model, const std::vector<std::string>& 
 }
 
 HttpResponse TokenError(const Status& st) {
-  if (st.code() == StatusCode::kOutOfRange) return BadRequest(st.message(), "input", "context_length_exceeded");
+  if (st.code() == StatusCode::kOutOfRange)
+    return BadRequest(st.message(), "input", "context_length_exceeded");
   return FromModelStatus(st);
 }
 
 }  // namespace
 
-InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics, InferenceLimits limits)
+InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
+                           InferenceLimits limits)
     : model_(model), store_(store), metrics_(metrics), limits_(limits) {}
 
 void InferenceApi::Register(HttpServer& server) {
@@ -170,8 +172,9 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
   });
   if (!st.ok()) return TokenError(st);
   if (predictions.size() != texts->size()) {
-    return ApiError(500, "model returned " + std::to_string(predictions.size()) + " predictions for " +
-                             std::to_string(texts->size()) + " inputs",
+    return ApiError(500,
+                    "model returned " + std::to_string(predictions.size()) + " predictions for " +
+                        std::to_string(texts->size()) + " inputs",
                     "server_error", "", "");
   }
 
@@ -187,7 +190,8 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
     Json scores = Json::object();
     for (size_t k = 0; k < top; ++k) scores[labels[order[k]]] = probs[order[k]];
     int label = predictions[i].label;
-    if (label < 0 || static_cast<size_t>(label) >= labels.size() || static_cast<size_t>(label) >= probs.size()) {
+    if (label < 0 || static_cast<size_t>(label) >= labels.size() ||
+        static_cast<size_t>(label) >= probs.size()) {
       return ApiError(500, "model predicted label id " + std::to_string(label) + " outside the label set",
                       "server_error", "", "");
     }
@@ -230,8 +234,9 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
   });
   if (!st.ok()) return TokenError(st);
   if (vectors.size() != texts->size()) {
-    return ApiError(500, "model returned " + std::to_string(vectors.size()) + " embeddings for " +
-                             std::to_string(texts->size()) + " inputs",
+    return ApiError(500,
+                    "model returned " + std::to_string(vectors.size()) + " embeddings for " +
+                        std::to_string(texts->size()) + " inputs",
                     "server_error", "", "");
   }
   Json data = Json::array();
@@ -266,21 +271,23 @@ HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
   if (b.contains("label") && b["label"].is_string()) {
     label = b["label"].get<std::string>();
     if (std::find(labels.begin(), labels.end(), label) == labels.end()) {
-      return BadRequest("'label' \"" + label + "\" is not one of the job's " + std::to_string(labels.size()) +
-                            " labels",
-                        "label", "unknown_label");
+      return BadRequest(
+          "'label' \"" + label + "\" is not one of the job's " + std::to_string(labels.size()) + " labels",
+          "label", "unknown_label");
     }
   } else if (b.contains("label") && b["label"].is_number_integer()) {
     int64_t id = b["label"].get<int64_t>();
     if (id < 0 || static_cast<size_t>(id) >= labels.size()) {
-      return BadRequest("'label' id " + std::to_string(id) + " is outside 0.." + std::to_string(labels.size() - 1),
-                        "label", "unknown_label");
+      return BadRequest(
+          "'label' id " + std::to_string(id) + " is outside 0.." + std::to_string(labels.size() - 1), "label",
+          "unknown_label");
     }
     label = labels[static_cast<size_t>(id)];
   } else {
     return BadRequest("'label' is required: one of the job's labels", "label", "missing_label");
   }
-  if (store_ == nullptr) return ApiError(503, "no state directory configured for feedback", "unavailable", "", "");
+  if (store_ == nullptr)
+    return ApiError(503, "no state directory configured for feedback", "unavailable", "", "");
   int64_t ts_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch())
                       .count();
@@ -294,7 +301,8 @@ HttpResponse InferenceApi::Healthz(const HttpRequest&) { return HttpResponse::Te
 HttpResponse InferenceApi::Readyz(const HttpRequest&) {
   int64_t version = model_->version();
   if (version == 0) {
-    return HttpResponse::Json(503, Json{{"ready", false}, {"reason", "no global model installed yet"}}.dump());
+    return HttpResponse::Json(503,
+                              Json{{"ready", false}, {"reason", "no global model installed yet"}}.dump());
   }
   return HttpResponse::Json(
       200, Json{{"ready", true}, {"model", model_->ModelName(version)}, {"version", version}}.dump());

@@ -22,8 +22,10 @@ prometheus::Gauge& NewGauge(prometheus::Registry& r, const std::string& name, co
 
 AgentMetrics::AgentMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      train_steps_total(NewCounter(*registry_, "fedge_agent_train_steps_total", "Local optimizer steps taken.")),
-      train_loss(NewGauge(*registry_, "fedge_agent_train_loss", "Mean training loss of the last local round.")),
+      train_steps_total(
+          NewCounter(*registry_, "fedge_agent_train_steps_total", "Local optimizer steps taken.")),
+      train_loss(
+          NewGauge(*registry_, "fedge_agent_train_loss", "Mean training loss of the last local round.")),
       rounds_participated_total(NewCounter(*registry_, "fedge_agent_rounds_participated_total",
                                            "Rounds whose update the aggregator accepted.")),
       bytes_sent_total(NewCounter(*registry_, "fedge_agent_bytes_sent_total",

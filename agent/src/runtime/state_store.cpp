@@ -22,8 +22,10 @@ std::string StateStore::FeedbackPath() const { return dir_ + "/feedback.jsonl"; 
 
 Status StateStore::SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum) {
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir_));
-  std::map<std::string, std::string> metadata = {
-      {"job", job_}, {"version", std::to_string(version)}, {"checksum", checksum}, {"format", "fedge-global"}};
+  std::map<std::string, std::string> metadata = {{"job", job_},
+                                                 {"version", std::to_string(version)},
+                                                 {"checksum", checksum},
+                                                 {"format", "fedge-global"}};
   FEDGE_ASSIGN_OR_RETURN(std::string bytes, SerializeSafetensors(bundle, metadata));
   return WriteFileAtomic(GlobalPath(), bytes);
 }

@@ -27,7 +27,8 @@ void StopSignal::Wait() {
   cv_.wait(lock, [this] { return stopped_; });
 }
 
-Backoff::Backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max, std::function<double()> uniform01)
+Backoff::Backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max,
+                 std::function<double()> uniform01)
     : initial_(std::max(initial, std::chrono::milliseconds(1))),
       max_(std::max(max, initial_)),
       uniform01_(std::move(uniform01)) {}

@@ -81,7 +81,8 @@ TEST(ResolveAgentSettingsTest, RejectsBadFlagsNamingThem) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find("--aggregator"), std::string::npos);
   f.aggregator = "no-port";
-  EXPECT_NE(ResolveAgentSettings(f, Spec(), "h", "").status().message().find("--aggregator"), std::string::npos);
+  EXPECT_NE(ResolveAgentSettings(f, Spec(), "h", "").status().message().find("--aggregator"),
+            std::string::npos);
   f.aggregator = "agg:1";
   f.threads = 0;
   EXPECT_NE(ResolveAgentSettings(f, Spec(), "h", "").status().message().find("--threads"), std::string::npos);

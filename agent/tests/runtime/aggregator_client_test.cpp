@@ -96,10 +96,21 @@ class FakeAggregator final : public v1::Aggregator::Service {
     task->set_global_checksum(w_->checksum);
     *task->mutable_config() = w_->config;
     switch (w_->phase) {
-      case 0: task->set_kind(v1::TASK_KIND_INITIALIZE); break;
-      case 1: task->set_kind(v1::TASK_KIND_TRAIN); task->set_round(1); break;
-      case 2: task->set_kind(v1::TASK_KIND_EVALUATE); task->set_round(1); break;
-      default: task->set_kind(v1::TASK_KIND_DONE); task->set_round(1); break;
+      case 0:
+        task->set_kind(v1::TASK_KIND_INITIALIZE);
+        break;
+      case 1:
+        task->set_kind(v1::TASK_KIND_TRAIN);
+        task->set_round(1);
+        break;
+      case 2:
+        task->set_kind(v1::TASK_KIND_EVALUATE);
+        task->set_round(1);
+        break;
+      default:
+        task->set_kind(v1::TASK_KIND_DONE);
+        task->set_round(1);
+        break;
     }
     return grpc::Status::OK;
   }
@@ -261,7 +272,8 @@ class AggregatorClientTest : public ::testing::Test {
     d.metrics = &metrics_;
     d.train_data = &train_;
     d.eval_data = &eval_;
-    return std::make_unique<AggregatorClient>(AggregatorClient::Dial("127.0.0.1:" + std::to_string(port)), o, d);
+    return std::make_unique<AggregatorClient>(AggregatorClient::Dial("127.0.0.1:" + std::to_string(port)), o,
+                                              d);
   }
 
   // Runs the client on a thread; fails the test (and stops it) after 30 s.
@@ -306,8 +318,9 @@ TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlo
   EXPECT_EQ(join.token(), "secret");
   EXPECT_EQ(join.capabilities().num_train_examples(), 10);
   EXPECT_EQ(join.capabilities().num_eval_examples(), 4);
-  EXPECT_EQ(std::vector<std::string>(join.capabilities().codecs().begin(), join.capabilities().codecs().end()),
-            (std::vector<std::string>{"fp32", "fp16", "bf16", "int8"}));
+  EXPECT_EQ(
+      std::vector<std::string>(join.capabilities().codecs().begin(), join.capabilities().codecs().end()),
+      (std::vector<std::string>{"fp32", "fp16", "bf16", "int8"}));
 
   ASSERT_EQ(world_.updates.size(), 2u);
   // INITIALIZE: the fresh state, in full, fp32.

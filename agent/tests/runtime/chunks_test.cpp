@@ -166,11 +166,11 @@ TEST(MixTrainingSeedTest, DiffersByAgentAndRoundAndIsStable) {
 TEST(BackoffTest, DoublesWithJitterUpToTheCapAndResets) {
   double u = 0.0;
   Backoff b(std::chrono::milliseconds(100), std::chrono::milliseconds(1000), [&u] { return u; });
-  EXPECT_EQ(b.Next().count(), 50);    // [50, 100]
-  EXPECT_EQ(b.Next().count(), 100);   // [100, 200]
+  EXPECT_EQ(b.Next().count(), 50);   // [50, 100]
+  EXPECT_EQ(b.Next().count(), 100);  // [100, 200]
   u = 0.999999;
-  EXPECT_EQ(b.Next().count(), 399);   // [200, 400]
-  EXPECT_EQ(b.Next().count(), 799);   // [400, 800]
+  EXPECT_EQ(b.Next().count(), 399);  // [200, 400]
+  EXPECT_EQ(b.Next().count(), 799);  // [400, 800]
   for (int i = 0; i < 100; ++i) EXPECT_LE(b.Next().count(), 1000);
   b.Reset();
   u = 0.0;

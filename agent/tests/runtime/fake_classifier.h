@@ -35,8 +35,10 @@ class FakeClassifier : public TextClassifier {
       }
       state_.tensors.push_back(std::move(pad));
     }
-    for (size_t i = 0; i < state_.tensors[0].values.size(); ++i) state_.tensors[0].values[i] = 0.01f * float(i);
-    for (size_t i = 0; i < state_.tensors[1].values.size(); ++i) state_.tensors[1].values[i] = 0.1f * float(i % 3);
+    for (size_t i = 0; i < state_.tensors[0].values.size(); ++i)
+      state_.tensors[0].values[i] = 0.01f * float(i);
+    for (size_t i = 0; i < state_.tensors[1].values.size(); ++i)
+      state_.tensors[1].values[i] = 0.1f * float(i % 3);
   }
 
   const std::vector<std::string>& labels() const override { return labels_; }
@@ -148,7 +150,8 @@ class FakeClassifier : public TextClassifier {
 };
 
 inline std::vector<std::string> TestLabels() {
-  return {"noun.animal", "noun.plant", "noun.artifact", "noun.person", "noun.food", "noun.location", "noun.act"};
+  return {"noun.animal", "noun.plant",    "noun.artifact", "noun.person",
+          "noun.food",   "noun.location", "noun.act"};
 }
 
 }  // namespace fedge::agent::testing

@@ -83,7 +83,8 @@ TEST_F(InferenceApiTest, ServesNothingBeforeAGlobalModelIsInstalled) {
 
 TEST_F(InferenceApiTest, ClassifyReturnsLabelScoreAndTopFiveScores) {
   MakeReady();
-  HttpResponse r = api_->Classify(Post("/v1/classify", R"({"input": ["a dog", "an old oak tree"], "model": "x"})"));
+  HttpResponse r =
+      api_->Classify(Post("/v1/classify", R"({"input": ["a dog", "an old oak tree"], "model": "x"})"));
   ASSERT_EQ(r.status, 200) << r.body;
   json b = Body(r);
   EXPECT_EQ(b["object"], "list");
@@ -95,7 +96,8 @@ TEST_F(InferenceApiTest, ClassifyReturnsLabelScoreAndTopFiveScores) {
     EXPECT_EQ(d["object"], "classification");
     EXPECT_EQ(d["index"], i);
     EXPECT_EQ(d["label"], TestLabels()[static_cast<size_t>(expected[i].label)]);
-    EXPECT_NEAR(d["score"].get<double>(), expected[i].probabilities[static_cast<size_t>(expected[i].label)], 1e-6);
+    EXPECT_NEAR(d["score"].get<double>(), expected[i].probabilities[static_cast<size_t>(expected[i].label)],
+                1e-6);
     ASSERT_EQ(d["scores"].size(), 5u) << "top 5 of 7 labels";
     // Re-parse preserving key order: the wire order is best first.
     nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(r.body)["data"][i]["scores"];
@@ -119,7 +121,8 @@ TEST_F(InferenceApiTest, ClassifyAcceptsASingleString) {
 TEST_F(InferenceApiTest, EmbeddingsHaveTheOpenAIShape) {
   MakeReady(5);
   HttpResponse r = api_->Embeddings(
-      Post("/v1/embeddings", R"({"input": ["a small cat", "dog"], "model": "anything", "encoding_format": "float"})"));
+      Post("/v1/embeddings",
+           R"({"input": ["a small cat", "dog"], "model": "anything", "encoding_format": "float"})"));
   ASSERT_EQ(r.status, 200) << r.body;
   json b = Body(r);
   EXPECT_EQ(b["object"], "list");
@@ -167,15 +170,18 @@ TEST_F(InferenceApiTest, RejectsBadInputWithOpenAIErrors) {
 }
 
 TEST_F(InferenceApiTest, FeedbackIsValidatedAndAppendedToTheStateDir) {
-  HttpResponse ok = api_->Feedback(Post("/v1/feedback", R"({"text": "a tabby cat", "label": "noun.animal"})"));
+  HttpResponse ok =
+      api_->Feedback(Post("/v1/feedback", R"({"text": "a tabby cat", "label": "noun.animal"})"));
   ASSERT_EQ(ok.status, 200) << ok.body;
   EXPECT_EQ(Body(ok)["stored"], true);
   ASSERT_EQ(api_->Feedback(Post("/v1/feedback", R"({"text": "oak", "label": 1})")).status, 200);
-  ExpectError(api_->Feedback(Post("/v1/feedback", R"({"text": "x", "label": "noun.dragon"})")), 400, "unknown_label");
+  ExpectError(api_->Feedback(Post("/v1/feedback", R"({"text": "x", "label": "noun.dragon"})")), 400,
+              "unknown_label");
   ExpectError(api_->Feedback(Post("/v1/feedback", R"({"text": "x", "label": 99})")), 400, "unknown_label");
   ExpectError(api_->Feedback(Post("/v1/feedback", R"({"text": "x"})")), 400, "missing_label");
   ExpectError(api_->Feedback(Post("/v1/feedback", R"({"label": "noun.act"})")), 400, "missing_text");
-  ExpectError(api_->Feedback(Post("/v1/feedback", R"({"text": "", "label": "noun.act"})")), 400, "empty_input");
+  ExpectError(api_->Feedback(Post("/v1/feedback", R"({"text": "", "label": "noun.act"})")), 400,
+              "empty_input");
   ExpectError(api_->Feedback(Post("/v1/feedback", "nope")), 400, "invalid_json");
 
   std::ifstream in(store_->FeedbackPath());

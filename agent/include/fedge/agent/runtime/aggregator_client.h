@@ -26,8 +26,8 @@
 
 #include "fedge.grpc.pb.h"
 #include "fedge/agent/runtime/chunks.h"
-#include "fedge/agent/runtime/stop_signal.h"
 #include "fedge/agent/runtime/state_store.h"
+#include "fedge/agent/runtime/stop_signal.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"
@@ -48,17 +48,17 @@ struct RpcDeadlines {
 };
 
 struct ClientOptions {
-  std::string job;        // "namespace/name"
+  std::string job;  // "namespace/name"
   std::string agent_id;
   std::string node_name;
-  std::string token;      // bearer token for Join; may be empty
+  std::string token;  // bearer token for Join; may be empty
   std::string model_family = "bert";
-  bool zstd = true;       // zstd on top of the update codec
+  bool zstd = true;  // zstd on top of the update codec
   int eval_batch_size = 32;
   RpcDeadlines deadlines;
   std::chrono::milliseconds backoff_initial{100};
   std::chrono::milliseconds backoff_max{10'000};
-  uint64_t jitter_seed = 0;  // 0: from std::random_device
+  uint64_t jitter_seed = 0;              // 0: from std::random_device
   size_t chunk_bytes = kSendChunkBytes;  // data per SubmitUpdate chunk
 };
 

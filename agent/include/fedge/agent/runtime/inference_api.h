@@ -36,8 +36,7 @@ struct InferenceLimits {
 // objects must outlive this one. `store` may be null (feedback then answers 503).
 class InferenceApi {
  public:
-  InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
-               InferenceLimits limits = {});
+  InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics, InferenceLimits limits = {});
 
   // Registers every route above plus GET /metrics on `server` (before Start).
   void Register(HttpServer& server);
