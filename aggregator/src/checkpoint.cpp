@@ -18,6 +18,7 @@ constexpr char kState[] = "state.json";
 constexpr char kPrevState[] = "state.prev.json";
 constexpr char kBundlePrefix[] = "global-v";
 constexpr char kBundleSuffix[] = ".safetensors";
+constexpr char kStrategyPrefix[] = "strategy-v";
 
 std::string Join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
@@ -29,6 +30,39 @@ std::string BundleFileOf(const std::string& state_text) {
   } catch (const std::exception&) {
     return "";
   }
+}
+
+// The strategy-state file a state JSON names, or "".
+std::string StrategyFileOf(const std::string& state_text) {
+  try {
+    auto j = nlohmann::json::parse(state_text);
+    return j.value("strategy_file", std::string());
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
+bool EndsWith(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), std::string::npos, suffix) == 0;
+}
+
+// Reads a safetensors file named by `state_path`, checking its SHA-256.
+StatusOr<TensorBundle> ReadCheckedBundle(const std::string& state_path, const std::string& path,
+                                         const std::string& sha) {
+  auto bytes = ReadFile(path);
+  if (!bytes.ok()) return DataLossError(state_path + ": " + path + ": " + bytes.status().message());
+  if (Sha256Hex(*bytes) != sha) {
+    return DataLossError(path + ": SHA-256 does not match " + state_path + " (truncated or corrupt)");
+  }
+  auto file = SafetensorsFile::Parse(std::move(*bytes));
+  if (!file.ok()) return DataLossError(path + ": " + file.status().message());
+  TensorBundle out;
+  for (const StTensorView& t : file->tensors()) {
+    auto values = SafetensorsFile::ToFloat32(t);
+    if (!values.ok()) return DataLossError(path + ": tensor " + t.name + ": " + values.status().message());
+    out.tensors.push_back(NamedTensor{t.name, t.shape, std::move(*values)});
+  }
+  return out;
 }
 
 }  // namespace
@@ -46,6 +80,15 @@ Status CheckpointStore::Save(const CheckpointData& data) {
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(Join(dir_, bundle_file), bundle_bytes)
                             .WithContext("checkpoint: writing " + bundle_file));
 
+  std::string strategy_file, strategy_sha;
+  if (!data.strategy_state.tensors.empty()) {
+    FEDGE_ASSIGN_OR_RETURN(std::string state_bytes, SerializeSafetensors(data.strategy_state, metadata));
+    strategy_file = kStrategyPrefix + std::to_string(data.global_version) + kBundleSuffix;
+    strategy_sha = Sha256Hex(state_bytes);
+    FEDGE_RETURN_IF_ERROR(WriteFileAtomic(Join(dir_, strategy_file), state_bytes)
+                              .WithContext("checkpoint: writing " + strategy_file));
+  }
+
   nlohmann::json history = nlohmann::json::array();
   for (const RoundRecord& r : data.history) history.push_back(nlohmann::json::parse(RoundRecordToJson(r)));
   nlohmann::json state = {
@@ -60,19 +103,27 @@ Status CheckpointStore::Save(const CheckpointData& data) {
       {"history", history},
       {"final_accuracy", OptionalToJson(data.final_accuracy)},
   };
+  if (!strategy_file.empty()) {
+    state["strategy_file"] = strategy_file;
+    state["strategy_file_sha256"] = strategy_sha;
+  }
 
   // Keep the current state as the fallback, but only if it is a state at all:
   // copying a corrupt state.json over a good state.prev.json would lose it.
-  std::string prev_bundle;
+  std::string prev_bundle, prev_strategy;
   if (auto current = ReadFile(Join(dir_, kState)); current.ok()) {
     prev_bundle = BundleFileOf(*current);
+    prev_strategy = StrategyFileOf(*current);
     if (!prev_bundle.empty()) {
       FEDGE_RETURN_IF_ERROR(WriteFileAtomic(Join(dir_, kPrevState), *current)
                                 .WithContext("checkpoint: writing state.prev.json"));
     }
   }
   if (prev_bundle.empty()) {
-    if (auto prev = ReadFile(Join(dir_, kPrevState)); prev.ok()) prev_bundle = BundleFileOf(*prev);
+    if (auto prev = ReadFile(Join(dir_, kPrevState)); prev.ok()) {
+      prev_bundle = BundleFileOf(*prev);
+      prev_strategy = StrategyFileOf(*prev);
+    }
   }
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(Join(dir_, kState), state.dump(2) + "\n")
                             .WithContext("checkpoint: writing state.json"));
@@ -81,11 +132,12 @@ Status CheckpointStore::Save(const CheckpointData& data) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir_, ec)) {
     std::string name = entry.path().filename().string();
-    if (name.rfind(kBundlePrefix, 0) != 0 || name == bundle_file || name == prev_bundle) continue;
-    if (name.size() < sizeof(kBundleSuffix) ||
-        name.compare(name.size() - (sizeof(kBundleSuffix) - 1), std::string::npos, kBundleSuffix) != 0) {
+    if (!EndsWith(name, kBundleSuffix)) continue;
+    const bool is_global = name.rfind(kBundlePrefix, 0) == 0;
+    const bool is_strategy = name.rfind(kStrategyPrefix, 0) == 0;
+    if (!is_global && !is_strategy) continue;
+    if (name == bundle_file || name == prev_bundle || name == strategy_file || name == prev_strategy)
       continue;
-    }
     fs::remove(entry.path(), ec);
   }
   return OkStatus();
@@ -94,7 +146,7 @@ Status CheckpointStore::Save(const CheckpointData& data) {
 StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_path) const {
   FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(state_path));
   CheckpointData data;
-  std::string bundle_file, bundle_sha;
+  std::string bundle_file, bundle_sha, strategy_file, strategy_sha;
   try {
     auto j = nlohmann::json::parse(text);
     int format = j.at("format").get<int>();
@@ -111,6 +163,8 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     bundle_file = j.at("global_file").get<std::string>();
     bundle_sha = j.at("global_file_sha256").get<std::string>();
     data.final_accuracy = OptionalFromJson(j.at("final_accuracy"));
+    strategy_file = j.value("strategy_file", std::string());
+    strategy_sha = j.value("strategy_file_sha256", std::string());
     for (const auto& r : j.at("history")) {
       FEDGE_ASSIGN_OR_RETURN(RoundRecord record, RoundRecordFromJson(r.dump()));
       data.history.push_back(std::move(record));
@@ -125,19 +179,13 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     return DataLossError(state_path + ": invalid round/version " + std::to_string(data.completed_round) +
                          "/" + std::to_string(data.global_version));
   }
-  const std::string bundle_path = Join(dir_, bundle_file);
-  auto bytes = ReadFile(bundle_path);
-  if (!bytes.ok()) return DataLossError(state_path + ": its global bundle: " + bytes.status().message());
-  if (Sha256Hex(*bytes) != bundle_sha) {
-    return DataLossError(bundle_path + ": SHA-256 does not match " + state_path + " (truncated or corrupt)");
+  if (strategy_file.find('/') != std::string::npos) {
+    return DataLossError(state_path + ": invalid strategy_file \"" + strategy_file + "\"");
   }
-  auto file = SafetensorsFile::Parse(std::move(*bytes));
-  if (!file.ok()) return DataLossError(bundle_path + ": " + file.status().message());
-  for (const StTensorView& t : file->tensors()) {
-    auto values = SafetensorsFile::ToFloat32(t);
-    if (!values.ok())
-      return DataLossError(bundle_path + ": tensor " + t.name + ": " + values.status().message());
-    data.global.tensors.push_back(NamedTensor{t.name, t.shape, std::move(*values)});
+  FEDGE_ASSIGN_OR_RETURN(data.global, ReadCheckedBundle(state_path, Join(dir_, bundle_file), bundle_sha));
+  if (!strategy_file.empty()) {
+    FEDGE_ASSIGN_OR_RETURN(data.strategy_state,
+                           ReadCheckedBundle(state_path, Join(dir_, strategy_file), strategy_sha));
   }
   return data;
 }

@@ -103,6 +103,9 @@ Status RoundEngine::Restore(CheckpointData data) {
     log::Info("re-encoded global has a new checksum",
               {{"old", data.global_checksum}, {"new", global_->checksum}});
   }
+  FEDGE_RETURN_IF_ERROR(
+      strategy_->RestoreState(data.strategy_state)
+          .WithContext("restoring the checkpointed " + std::string(strategy_->name()) + " state"));
   history_ = std::move(data.history);
   final_accuracy_ = data.final_accuracy;
   round_ = data.completed_round + 1;
@@ -293,7 +296,17 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
   if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
   // An agent without training data answers with weight 0: it counts as an
   // answer (the round need not wait for it) but moves nothing.
+  if (Status s = CheckNormBound(L2Norm(bundle), options_.strategy.maxUpdateNorm); !s.ok()) {
+    return reject("norm_bound", s.message());
+  }
   if (meta.num_examples > 0) {
+    if (strategy_->NeedsAllUpdates() && strategy_->MaxUpdates() > 0 &&
+        strategy_->count() >= strategy_->MaxUpdates()) {
+      return reject("capacity", "strategy " + std::string(strategy_->name()) +
+                                    " holds every update and already has " +
+                                    std::to_string(strategy_->count()) + " for round " + r +
+                                    " (spec.strategy.maxBufferedUpdates)");
+    }
     if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) return reject("invalid", s.message());
   }
 
@@ -684,6 +697,7 @@ void RoundEngine::SaveCheckpointLocked(int64_t completed_round) {
   data.history = history_;
   data.final_accuracy = final_accuracy_;
   data.global = global_->bundle;
+  data.strategy_state = strategy_->SaveState();
   if (Status s = checkpoints_->Save(data); !s.ok()) {
     // The job goes on: losing a checkpoint costs a round on restart, stopping costs the job.
     log::Error("checkpoint failed", {{"round", completed_round}, {"error", s.ToString()}});

@@ -287,9 +287,22 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   }
   if (r.Object(spec, s, "strategy", &n)) {
     const std::string p = "spec.strategy";
-    r.CheckKeys(n, p, {"name", "proximalMu"});
-    r.String(n, p, "name", &job->strategy.name);
-    r.Double(n, p, "proximalMu", &job->strategy.proximalMu);
+    r.CheckKeys(n, p,
+                {"name", "proximalMu", "serverLearningRate", "beta1", "beta2", "tau", "trimFraction",
+                 "byzantineClients", "multiKrumM", "maxBufferedUpdates", "clipNorm", "maxUpdateNorm"});
+    StrategySpec& st = job->strategy;
+    r.String(n, p, "name", &st.name);
+    r.Double(n, p, "proximalMu", &st.proximalMu);
+    r.Double(n, p, "serverLearningRate", &st.serverLearningRate);
+    r.Double(n, p, "beta1", &st.beta1);
+    r.Double(n, p, "beta2", &st.beta2);
+    r.Double(n, p, "tau", &st.tau);
+    r.Double(n, p, "trimFraction", &st.trimFraction);
+    r.Integer(n, p, "byzantineClients", &st.byzantineClients);
+    r.Integer(n, p, "multiKrumM", &st.multiKrumM);
+    r.Integer(n, p, "maxBufferedUpdates", &st.maxBufferedUpdates);
+    r.Double(n, p, "clipNorm", &st.clipNorm);
+    r.Double(n, p, "maxUpdateNorm", &st.maxUpdateNorm);
   }
   if (r.Object(spec, s, "compression", &n)) {
     const std::string p = "spec.compression";
@@ -375,7 +388,6 @@ const std::vector<std::string> kLlamaTasks = {"causal-lm"};
 const std::vector<std::string> kAggregations = {"factors", "frozen-a", "product"};
 const std::vector<std::string> kStrategies = {"fedavg", "fedprox",      "fedadam", "fedyogi",   "fedadagrad",
                                               "median", "trimmed-mean", "krum",    "multi-krum"};
-const std::vector<std::string> kImplementedStrategies = {"fedavg", "fedprox"};
 const std::vector<std::string> kCodecs = {"fp32", "fp16", "bf16", "int8"};
 const std::vector<std::string> kCleanPodPolicies = {"All", "Running", "None"};
 const std::vector<std::string> kDataFormats = {"jsonl"};
@@ -468,16 +480,48 @@ Status ValidateJobSpec(const JobSpec& spec) {
 
   const StrategySpec& st = spec.strategy;
   v.OneOf("spec.strategy.name", st.name, kStrategies);
-  if (std::find(kStrategies.begin(), kStrategies.end(), st.name) != kStrategies.end() &&
-      std::find(kImplementedStrategies.begin(), kImplementedStrategies.end(), st.name) ==
-          kImplementedStrategies.end()) {
-    v.Add("spec.strategy.name", Quote(st.name) + " is not implemented yet (implemented: " +
-                                    Join(kImplementedStrategies, ", ") + ")");
-  }
   v.AtLeast("spec.strategy.proximalMu", st.proximalMu, 0.0);
   if (st.name == "fedprox" && !(st.proximalMu > 0)) {
     v.Add("spec.strategy.proximalMu",
           "must be > 0 for fedprox (0 is plain fedavg), got " + Validator::Str(st.proximalMu));
+  }
+  // Optimizer and robust parameters are checked whatever the strategy, so a
+  // typo is caught before someone switches strategies.
+  v.Positive("spec.strategy.serverLearningRate", st.serverLearningRate);
+  if (!(st.beta1 >= 0 && st.beta1 < 1)) {
+    v.Add("spec.strategy.beta1", "must be in [0, 1), got " + Validator::Str(st.beta1));
+  }
+  if (!(st.beta2 >= 0 && st.beta2 < 1)) {
+    v.Add("spec.strategy.beta2", "must be in [0, 1), got " + Validator::Str(st.beta2));
+  }
+  v.Positive("spec.strategy.tau", st.tau);
+  if (!(st.trimFraction >= 0 && st.trimFraction < 0.5)) {
+    v.Add("spec.strategy.trimFraction", "must be in [0, 0.5), got " + Validator::Str(st.trimFraction));
+  }
+  v.AtLeast("spec.strategy.byzantineClients", st.byzantineClients, 0);
+  v.AtLeast("spec.strategy.multiKrumM", st.multiKrumM, 0);
+  v.AtLeast("spec.strategy.maxBufferedUpdates", st.maxBufferedUpdates, 1);
+  v.AtLeast("spec.strategy.clipNorm", st.clipNorm, 0.0);
+  v.AtLeast("spec.strategy.maxUpdateNorm", st.maxUpdateNorm, 0.0);
+  if (st.name == "krum" || st.name == "multi-krum") {
+    // Krum's guarantee needs n > 2f + 2 updates per round.
+    const int most = std::max(ag.minAgents, ag.replicas);
+    if (st.byzantineClients >= 0 && 2 * st.byzantineClients + 3 > most) {
+      v.Add("spec.strategy.byzantineClients",
+            "krum needs max(spec.agents.minAgents, spec.agents.replicas) >= 2f + 3 = " +
+                std::to_string(2 * st.byzantineClients + 3) + ", got " + std::to_string(most));
+    }
+    if (st.name == "multi-krum" && st.multiKrumM > most) {
+      v.Add("spec.strategy.multiKrumM",
+            "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " + std::to_string(most) +
+                " (or 0: n - f), got " + std::to_string(st.multiKrumM));
+    }
+  }
+  if ((st.name == "median" || st.name == "trimmed-mean" || st.name == "krum" || st.name == "multi-krum") &&
+      ag.maxAgents > st.maxBufferedUpdates) {
+    v.Add("spec.strategy.maxBufferedUpdates",
+          st.name + " buffers every update: must be >= spec.agents.maxAgents (" +
+              std::to_string(ag.maxAgents) + "), got " + std::to_string(st.maxBufferedUpdates));
   }
 
   const CompressionSpec& c = spec.compression;
@@ -632,6 +676,16 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "strategy" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "name" << YAML::Value << spec.strategy.name;
   out << YAML::Key << "proximalMu" << YAML::Value << dbl(spec.strategy.proximalMu);
+  out << YAML::Key << "serverLearningRate" << YAML::Value << dbl(spec.strategy.serverLearningRate);
+  out << YAML::Key << "beta1" << YAML::Value << dbl(spec.strategy.beta1);
+  out << YAML::Key << "beta2" << YAML::Value << dbl(spec.strategy.beta2);
+  out << YAML::Key << "tau" << YAML::Value << dbl(spec.strategy.tau);
+  out << YAML::Key << "trimFraction" << YAML::Value << dbl(spec.strategy.trimFraction);
+  out << YAML::Key << "byzantineClients" << YAML::Value << spec.strategy.byzantineClients;
+  out << YAML::Key << "multiKrumM" << YAML::Value << spec.strategy.multiKrumM;
+  out << YAML::Key << "maxBufferedUpdates" << YAML::Value << spec.strategy.maxBufferedUpdates;
+  out << YAML::Key << "clipNorm" << YAML::Value << dbl(spec.strategy.clipNorm);
+  out << YAML::Key << "maxUpdateNorm" << YAML::Value << dbl(spec.strategy.maxUpdateNorm);
   out << YAML::EndMap;
 
   out << YAML::Key << "compression" << YAML::Value << YAML::BeginMap;

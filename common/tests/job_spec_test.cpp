@@ -133,12 +133,43 @@ TEST(JobSpecTest, NullFieldKeepsDefault) {
   EXPECT_EQ(spec->rounds.total, 5);
 }
 
-TEST(JobSpecTest, StrategiesNotYetImplementedAreRejectedAtValidation) {
-  auto spec = ParseJobSpec(WithSpec("  strategy:\n    name: fedadam\n"));
-  ASSERT_FALSE(spec.ok());
-  EXPECT_NE(spec.status().message().find("spec.strategy.name: \"fedadam\" is not implemented yet"),
-            std::string::npos)
-      << spec.status().message();
+TEST(JobSpecTest, EveryStrategyIsAcceptedWithItsParameters) {
+  for (const char* name : {"fedavg", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed-mean"}) {
+    auto spec = ParseJobSpec(WithSpec(std::string("  strategy:\n    name: ") + name + "\n"));
+    ASSERT_TRUE(spec.ok()) << name << ": " << spec.status().ToString();
+    EXPECT_EQ(spec->strategy.name, name);
+  }
+  auto spec = ParseJobSpec(WithSpec(
+      "  agents: {minAgents: 7}\n"
+      "  strategy: {name: multi-krum, byzantineClients: 2, multiKrumM: 3, serverLearningRate: 0.5,\n"
+      "             beta1: 0.5, beta2: 0.75, tau: 0.01, trimFraction: 0.25, maxBufferedUpdates: 50,\n"
+      "             clipNorm: 2.5, maxUpdateNorm: 10}\n"));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->strategy.byzantineClients, 2);
+  EXPECT_EQ(spec->strategy.multiKrumM, 3);
+  EXPECT_DOUBLE_EQ(spec->strategy.serverLearningRate, 0.5);
+  EXPECT_DOUBLE_EQ(spec->strategy.beta1, 0.5);
+  EXPECT_DOUBLE_EQ(spec->strategy.beta2, 0.75);
+  EXPECT_DOUBLE_EQ(spec->strategy.tau, 0.01);
+  EXPECT_DOUBLE_EQ(spec->strategy.trimFraction, 0.25);
+  EXPECT_EQ(spec->strategy.maxBufferedUpdates, 50);
+  EXPECT_DOUBLE_EQ(spec->strategy.clipNorm, 2.5);
+  EXPECT_DOUBLE_EQ(spec->strategy.maxUpdateNorm, 10);
+  // The resolved manifest carries every strategy field.
+  auto again = ParseJobSpec(JobSpecToYaml(*spec));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->strategy, spec->strategy);
+}
+
+TEST(JobSpecTest, ServerOptimizerDefaultsFollowReddiEtAl) {
+  auto spec = ParseJobSpec(WithSpec("  strategy: {name: fedyogi}\n"));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_DOUBLE_EQ(spec->strategy.serverLearningRate, 1e-2);
+  EXPECT_DOUBLE_EQ(spec->strategy.beta1, 0.9);
+  EXPECT_DOUBLE_EQ(spec->strategy.beta2, 0.99);
+  EXPECT_DOUBLE_EQ(spec->strategy.tau, 1e-3);
+  EXPECT_DOUBLE_EQ(spec->strategy.clipNorm, 0);
+  EXPECT_DOUBLE_EQ(spec->strategy.maxUpdateNorm, 0);
 }
 
 TEST(JobSpecTest, ReportsEveryErrorAtOnce) {
@@ -241,6 +272,37 @@ INSTANTIATE_TEST_SUITE_P(
                     "spec.strategy.name: must be one of fedavg, fedprox, fedadam"},
         InvalidCase{"FedProxWithoutMu", WithSpec("  strategy: {name: fedprox}\n"),
                     "spec.strategy.proximalMu: must be > 0 for fedprox"},
+        InvalidCase{"ZeroServerLearningRate",
+                    WithSpec("  strategy: {name: fedadam, serverLearningRate: 0}\n"),
+                    "spec.strategy.serverLearningRate: must be > 0, got 0"},
+        InvalidCase{"BetaOne", WithSpec("  strategy: {name: fedadam, beta1: 1}\n"),
+                    "spec.strategy.beta1: must be in [0, 1), got 1"},
+        InvalidCase{"NegativeBeta2", WithSpec("  strategy: {name: fedyogi, beta2: -0.5}\n"),
+                    "spec.strategy.beta2: must be in [0, 1), got -0.5"},
+        InvalidCase{"ZeroTau", WithSpec("  strategy: {name: fedadagrad, tau: 0}\n"),
+                    "spec.strategy.tau: must be > 0, got 0"},
+        InvalidCase{"TrimHalf", WithSpec("  strategy: {name: trimmed-mean, trimFraction: 0.5}\n"),
+                    "spec.strategy.trimFraction: must be in [0, 0.5), got 0.5"},
+        InvalidCase{"KrumTooFewAgents",
+                    WithSpec("  agents: {minAgents: 4}\n  strategy: {name: krum, byzantineClients: 1}\n"),
+                    "spec.strategy.byzantineClients: krum needs max(spec.agents.minAgents, "
+                    "spec.agents.replicas) >= 2f + 3 = 5, got 4"},
+        InvalidCase{"NegativeByzantine", WithSpec("  strategy: {name: median, byzantineClients: -1}\n"),
+                    "spec.strategy.byzantineClients: must be >= 0, got -1"},
+        InvalidCase{
+            "MultiKrumMTooLarge",
+            WithSpec("  agents: {minAgents: 5}\n  strategy: {name: multi-krum, multiKrumM: 6}\n"),
+            "spec.strategy.multiKrumM: must be <= max(spec.agents.minAgents, spec.agents.replicas) = 5"},
+        InvalidCase{
+            "BufferBelowMaxAgents",
+            WithSpec("  agents: {maxAgents: 20}\n  strategy: {name: median, maxBufferedUpdates: 10}\n"),
+            "spec.strategy.maxBufferedUpdates: median buffers every update: must be >= "
+            "spec.agents.maxAgents (20), got 10"},
+        InvalidCase{"NegativeClipNorm", WithSpec("  strategy: {clipNorm: -1}\n"),
+                    "spec.strategy.clipNorm: must be >= 0, got -1"},
+        InvalidCase{"NegativeMaxUpdateNorm", WithSpec("  strategy: {maxUpdateNorm: -2}\n"),
+                    "spec.strategy.maxUpdateNorm: must be >= 0, got -2"},
+        InvalidCase{"UnknownStrategyKey", WithSpec("  strategy: {name: krum, f: 1}\n"), "spec.strategy.f"},
         InvalidCase{"BadCodec", WithSpec("  compression: {codec: int4}\n"),
                     "spec.compression.codec: must be one of fp32, fp16, bf16, int8; got \"int4\""},
         InvalidCase{"ZstdNotBool", WithSpec("  compression: {zstd: yes}\n"),

@@ -66,8 +66,22 @@ struct RoundsSpec {
 };
 
 struct StrategySpec {
-  std::string name = "fedavg";
+  std::string name = "fedavg";  // fedavg | fedprox | fedadam | fedyogi | fedadagrad | median |
+                                // trimmed-mean | krum | multi-krum
   double proximalMu = 0.0;
+  // Server optimizers (fedadam, fedyogi, fedadagrad; Reddi et al. 2021).
+  double serverLearningRate = 1e-2;  // eta
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double tau = 1e-3;
+  // Robust strategies.
+  double trimFraction = 0.1;      // trimmed-mean: trims floor(beta * n) from each end
+  int byzantineClients = 0;       // krum, multi-krum: f
+  int multiKrumM = 0;             // multi-krum: updates averaged; 0: n - f
+  int maxBufferedUpdates = 1000;  // median, trimmed-mean, krum: updates held per round
+  // Norm bounding, with any strategy (0: off).
+  double clipNorm = 0.0;       // scale each update to L2 norm <= clipNorm
+  double maxUpdateNorm = 0.0;  // reject updates whose L2 norm exceeds it
 
   bool operator==(const StrategySpec&) const = default;
 };

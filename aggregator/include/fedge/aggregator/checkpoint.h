@@ -1,10 +1,12 @@
 // Checkpoints: after every completed round the aggregator writes
 //   <dir>/global-v<version>.safetensors   the global bundle (F32)
+//   <dir>/strategy-v<version>.safetensors the strategy's cross-round state
+//                                         (server-optimizer m, v, step), if any
 //   <dir>/state.json                      round, version, checksums, history
 // in that order, each atomically (temp + fsync + rename). state.json names the
-// bundle file and its SHA-256, so the pair is consistent: a crash between the
-// two writes leaves the previous state.json pointing at the previous bundle,
-// which is kept until the new state.json is in place. The previous state is
+// bundle files and their SHA-256, so the set is consistent: a crash between
+// the writes leaves the previous state.json pointing at the previous files,
+// which are kept until the new state.json is in place. The previous state is
 // also kept as state.prev.json, the fallback when state.json or its bundle is
 // corrupt.
 #pragma once
@@ -29,6 +31,7 @@ struct CheckpointData {
   std::vector<RoundRecord> history;
   std::optional<double> final_accuracy;
   TensorBundle global;
+  TensorBundle strategy_state;  // AggregationStrategy::SaveState(); empty if stateless
 };
 
 // Not thread-safe: one writer (the round engine, under its lock).

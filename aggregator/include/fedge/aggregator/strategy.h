@@ -1,7 +1,9 @@
 // Aggregation strategies: how a round's validated updates become the next
 // global model. The round engine feeds updates one at a time as they arrive
-// (Begin -> Add* -> Finish), so streaming strategies keep O(model) memory and
-// strategies that need every update (median, Krum) can buffer them inside.
+// (Begin -> Add* -> Finish), so streaming strategies (the FedAvg family and the
+// server optimizers) keep O(model) memory; strategies that need every update
+// (median, trimmed mean, Krum) buffer them and say so (NeedsAllUpdates), and
+// accept at most MaxUpdates() per round.
 #pragma once
 
 #include <cstdint>
@@ -18,19 +20,44 @@ class AggregationStrategy {
  public:
   virtual ~AggregationStrategy() = default;
   virtual std::string_view name() const = 0;
-  // Starts a round whose updates are deltas against `global`; drops prior state.
+  // Starts a round whose updates are deltas against `global`; drops the
+  // previous round's updates (state carried across rounds, such as optimizer
+  // moments, is kept).
   virtual void Begin(const TensorBundle& global) = 0;
   // Folds in one update already validated by the engine (layout, finite).
-  // On error the strategy's state is unchanged.
+  // On error the strategy's state is unchanged. A buffering strategy answers
+  // RESOURCE_EXHAUSTED past MaxUpdates().
   virtual Status Add(const TensorBundle& delta, int64_t num_examples) = 0;
   // Number of updates folded in since Begin.
   virtual int count() const = 0;
-  // The next global model. FAILED_PRECONDITION if no update was added.
+  // The next global model. FAILED_PRECONDITION if no update was added (or,
+  // for Krum, too few for its neighbour count). On error, state carried
+  // across rounds is unchanged.
   virtual StatusOr<TensorBundle> Finish(const TensorBundle& global) = 0;
+
+  // True if the strategy keeps every update of a round in memory.
+  virtual bool NeedsAllUpdates() const { return false; }
+  // Most updates accepted per round; 0: unbounded.
+  virtual int MaxUpdates() const { return 0; }
+
+  // State that survives rounds (server-optimizer m, v, step), as tensors so
+  // it is checkpointed exactly; empty for stateless strategies.
+  virtual TensorBundle SaveState() const { return {}; }
+  // Restores SaveState()'s output. INVALID_ARGUMENT if it does not belong to
+  // this strategy (a stateless strategy accepts only an empty bundle).
+  virtual Status RestoreState(const TensorBundle& state);
 };
 
-// Builds the strategy named by spec.strategy.name. UNIMPLEMENTED for a known
-// name not implemented yet, INVALID_ARGUMENT for an unknown one.
+// Builds the strategy named by spec.strategy.name, wrapped with norm clipping
+// when spec.clipNorm > 0 and norm rejection when spec.maxUpdateNorm > 0.
+// INVALID_ARGUMENT for an unknown name or out-of-range parameters.
 StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec);
+
+// L2 norm of every value of `bundle` taken together.
+double L2Norm(const TensorBundle& bundle);
+
+// OK if `bound` is 0 (off) or norm <= bound; otherwise INVALID_ARGUMENT
+// "norm N exceeds bound B".
+Status CheckNormBound(double norm, double bound);
 
 }  // namespace fedge::aggregator
