@@ -139,5 +139,42 @@ TEST(CheckpointTest, CrashBetweenBundleAndStateKeepsTheConsistentPair) {
   EXPECT_EQ((*loaded)->global_version, 2);
 }
 
+TEST(CheckpointTest, StrategyStateRoundTripsFallsBackWhenCorruptAndIsCollected) {
+  TempDir dir;
+  CheckpointStore store(dir.path());
+  auto flat = [](const TensorBundle& b) {
+    std::vector<std::pair<std::string, std::vector<float>>> out;
+    for (const NamedTensor& t : b.tensors) out.emplace_back(t.name, t.values);
+    return out;
+  };
+  auto with_state = [](int64_t round, float v) {
+    CheckpointData d = Data(round, v);
+    d.strategy_state.tensors.push_back(NamedTensor{"m/a", {2}, {v * 0.1f, -v}});
+    d.strategy_state.tensors.push_back(NamedTensor{"step", {1}, {static_cast<float>(round)}});
+    return d;
+  };
+  for (int64_t r = 1; r <= 3; ++r) ASSERT_TRUE(store.Save(with_state(r, static_cast<float>(r) + 0.3f)).ok());
+  // Only the files named by state.json (v4) and state.prev.json (v3) remain.
+  EXPECT_FALSE(fs::exists(fs::path(dir.path()) / "strategy-v2.safetensors"));
+  EXPECT_TRUE(fs::exists(fs::path(dir.path()) / "strategy-v3.safetensors"));
+  EXPECT_TRUE(fs::exists(fs::path(dir.path()) / "strategy-v4.safetensors"));
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ(flat((*loaded)->strategy_state), flat(with_state(3, 3.3f).strategy_state));
+
+  // A truncated strategy file makes state.json unusable: the previous round is used.
+  Truncate((fs::path(dir.path()) / "strategy-v4.safetensors").string(), 20);
+  loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status().ToString();
+  EXPECT_EQ((*loaded)->completed_round, 2);
+  EXPECT_EQ(flat((*loaded)->strategy_state), flat(with_state(2, 2.3f).strategy_state));
+
+  // A stateless checkpoint names no strategy file and loads an empty state.
+  ASSERT_TRUE(store.Save(Data(4, 9)).ok());
+  loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_TRUE((*loaded)->strategy_state.tensors.empty());
+}
+
 }  // namespace
 }  // namespace fedge::aggregator
