@@ -619,6 +619,12 @@ int RunJob(const RunOptions& o) {
       std::cerr << "interrupted; logs in " << plan.work_dir << "/logs\n";
       return kExitInterrupted;
     }
+    if (exited && exited->name != "aggregator" && exited->Succeeded()) {
+      // An agent run with --exit-when-done exits 0 as soon as it has been told DONE,
+      // which can be just before the next poll shows the job Succeeded. Not a failure:
+      // keep polling the aggregator, which decides how the job ended.
+      continue;
+    }
     if (exited) {
       // The aggregator with --exit-when-done lingers ~1 s after the job ends;
       // if it left between two polls, a complete round history still counts.
