@@ -37,6 +37,7 @@
 
 #include "fedge/error_feedback.h"
 #include "fedge/tensor_bundle.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -155,7 +156,7 @@ bool Simulate(uint32_t seed, int rounds, const fedge::EncodeOptions& base, bool 
 
 int main(int argc, char** argv) {
   CLI::App app{"fedge_bench_codec: size, speed and error of tensor-bundle codecs on a LoRA update"};
-  app.set_version_flag("--version", std::string(FEDGE_VERSION) + " (" + FEDGE_GIT_REV + ")");
+  app.set_version_flag("--version", std::string(fedge::Version()) + " (" + fedge::GitRev() + ")");
   uint32_t seed = 42;
   double min_seconds = 0.3;
   int block_size = 64;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "llm_internal/llama.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -102,7 +103,7 @@ void Report(const std::string& name, LlamaForCausalLm& model, double bandwidth, 
 
 int main(int argc, char** argv) {
   CLI::App app{"decode_bench: batch-1 decode tokens/s vs the memory-bandwidth bound"};
-  app.set_version_flag("--version", std::string("decode_bench ") + FEDGE_VERSION);
+  app.set_version_flag("--version", std::string("decode_bench ") + fedge::Version());
   std::string model_dir = ".fedge/models/fedge-wordnet-llama";
   int tokens = 128;
   int64_t hidden = 512, layers = 8, intermediate = 1408, vocab = 8192;

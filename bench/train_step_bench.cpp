@@ -26,6 +26,7 @@
 
 #include "bert.h"
 #include "fedge/safetensors.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -76,7 +77,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (arg == "--version") {
-      std::printf("fedge_bench_train_step %s (%s)\n", FEDGE_VERSION, FEDGE_GIT_REV);
+      std::printf("fedge_bench_train_step %s (%s)\n", fedge::Version(), fedge::GitRev());
       return 0;
     }
     if (arg == "--model-dir" && i + 1 < argc) {

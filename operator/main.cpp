@@ -19,6 +19,7 @@
 #include "fedge/op/leader_election.h"
 #include "fedge/op/rest_kube_client.h"
 #include "fedge/op/status_reporter.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -90,7 +91,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (show_version) {
-    std::cout << "fedge-operator " << FEDGE_VERSION << " (" << FEDGE_GIT_REV << ")\n";
+    std::cout << "fedge-operator " << fedge::Version() << " (" << fedge::GitRev() << ")\n";
     return 0;
   }
   log::Level level;
@@ -146,7 +147,7 @@ int main(int argc, char** argv) {
     log::Error("http server failed", {{"error", s.ToString()}});
     return 1;
   }
-  log::Info("operator starting", {{"version", FEDGE_VERSION}, {"server", cfg->server},
+  log::Info("operator starting", {{"version", fedge::Version()}, {"server", cfg->server},
                                   {"namespace", ns.empty() ? "*" : ns}, {"http", http.address()},
                                   {"leader_elect", leader_elect}});
 

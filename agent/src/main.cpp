@@ -15,6 +15,7 @@
 #include "fedge/agent/runtime/agent.h"
 #include "fedge/job_spec.h"
 #include "fedge/log.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
   app.add_flag("--exit-when-done", flags.exit_when_done, "exit 0 once the job is done instead of serving on");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
-  app.set_version_flag("--version", std::string("fedge-agent ") + FEDGE_VERSION + " (" + FEDGE_GIT_REV + ")");
+  app.set_version_flag("--version", std::string("fedge-agent ") + fedge::Version() + " (" + fedge::GitRev() + ")");
   CLI11_PARSE(app, argc, argv);
 
   fedge::log::Level level;

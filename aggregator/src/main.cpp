@@ -13,6 +13,7 @@
 #include "fedge/aggregator/server.h"
 #include "fedge/job_spec.h"
 #include "fedge/log.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (show_version) {
-    std::printf("fedge-aggregator %s (%s)\n", FEDGE_VERSION, FEDGE_GIT_REV);
+    std::printf("fedge-aggregator %s (%s)\n", fedge::Version(), fedge::GitRev());
     return 0;
   }
   log::Level level;

@@ -9,6 +9,7 @@
 
 #include "fedge/cli/runner.h"
 #include "fedge/cli/wordnet_data.h"
+#include "fedge/version.h"
 
 namespace {
 
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
       "The same FederatedTrainingJob manifest runs on Kubernetes (fedge-operator) or on this machine\n"
       "(fedge run).",
       "fedge"};
-  app.set_version_flag("--version", std::string("fedge ") + FEDGE_VERSION + " (" + FEDGE_GIT_REV + ")");
+  app.set_version_flag("--version", std::string("fedge ") + fedge::Version() + " (" + fedge::GitRev() + ")");
   app.require_subcommand(1);
   app.footer(
       "Quickstart:\n"

@@ -7,6 +7,7 @@
 
 #include "fedge/agent/llm/pretrain.h"
 #include "fedge/log.h"
+#include "fedge/version.h"
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -18,7 +19,7 @@ int main(int argc, char** argv) {
   PretrainOptions o;
   CLI::App app{"fedge-pretrain: train a small Llama-architecture model and byte-level BPE tokenizer on "
                "WordNet glosses; writes a Hugging Face directory"};
-  app.set_version_flag("--version", std::string("fedge-pretrain ") + FEDGE_VERSION + " (" + FEDGE_GIT_REV + ")");
+  app.set_version_flag("--version", std::string("fedge-pretrain ") + fedge::Version() + " (" + fedge::GitRev() + ")");
   app.add_option("--out", o.out_dir, "output directory (HF layout)")->required();
   app.add_option("--wordnet-dir", o.wordnet_dir, "WordNet data directory")->capture_default_str();
   app.add_option("--vocab-size", o.vocab_size, "BPE vocabulary size")->capture_default_str();

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "fedge/op/fake_kube_client.h"
+#include "fedge/version.h"
 
 namespace fedge::op {
 namespace {
@@ -67,7 +68,7 @@ Json Resources(const Json& spec_part) {
 }  // namespace
 
 Images DefaultImages() {
-  std::string v = FEDGE_VERSION;
+  std::string v = fedge::Version();
   return {"fedge/aggregator:" + v, "fedge/agent:" + v, "fedge/operator:" + v};
 }
 

@@ -31,7 +31,7 @@ struct Images {
   std::string agent;       // runs fedge-agent
   std::string reporter;    // runs `fedge-operator report-status`
 };
-Images DefaultImages();  // fedge/<component>:<FEDGE_VERSION>
+Images DefaultImages();  // fedge/<component>:<fedge::Version()>
 
 // Child names (deterministic: a restarted operator finds what it created).
 std::string SecretName(const Json& job);       // <job>-credentials
