@@ -6,10 +6,12 @@ Reference implementations: Hugging Face `tokenizers` (WordPiece ids) and
 tests read only the committed JSON; nothing here runs in CI.
 
   python3 -m venv /tmp/golden-venv
-  /tmp/golden-venv/bin/pip install torch transformers tokenizers safetensors numpy
+  /tmp/golden-venv/bin/pip install torch transformers tokenizers safetensors numpy peft
   /tmp/golden-venv/bin/python tests/golden/make_goldens.py [--model-dir DIR]
 
 Outputs (tests/golden/):
+  tiny_bert/               see make_tiny_bert_goldens.py (token classification,
+                           a PEFT adapter made by peft, LoRA gradients)
   wordpiece_ids.json       {"tokenizer": ..., "cases": [{"text", "ids"}]}
                            ids include [CLS]/[SEP], no truncation, no padding.
   minilm_hidden_states.json {"model": ..., "sentences": [{"text", "ids",
@@ -122,7 +124,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default=os.environ.get(
         "FEDGE_MODEL_DIR", os.path.join(ROOT, ".fedge/models/all-MiniLM-L6-v2")))
+    ap.add_argument("--only", choices=["all", "minilm", "tiny"], default="all",
+                    help="minilm: tokenizer ids + MiniLM states; tiny: the tiny token "
+                         "classifier, its PEFT adapter and gradients (no download needed)")
     args = ap.parse_args()
+    if args.only in ("all", "tiny"):
+        from make_tiny_bert_goldens import make_tiny_bert_goldens
+        make_tiny_bert_goldens(os.path.join(HERE, "tiny_bert"))
+    if args.only == "tiny":
+        return
 
     import tokenizers
     tok = tokenizers.Tokenizer.from_file(os.path.join(args.model_dir, "tokenizer.json"))
