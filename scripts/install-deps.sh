@@ -10,6 +10,7 @@ PACKAGES=(
   libcpprest-dev prometheus-cpp-dev libssl-dev openssl
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libcli11-dev libzstd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libeigen3-dev                             # aggregator: SVD for LoRA product aggregation
   wordnet-base                              # the quickstart's data
   prometheus                                # tests/e2e/prometheus_test.py scrapes real endpoints
   python3 python3-pip unzip curl

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "fedge/aggregator/fedavg.h"
+#include "fedge/aggregator/lora_aggregation.h"
 #include "fedge/log.h"
 
 namespace fedge::aggregator {
@@ -57,6 +58,7 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.train.proximal_mu = static_cast<float>(spec.strategy.proximalMu);
   o.train.block_size = spec.compression.blockSize;
   o.strategy = spec.strategy;
+  o.adapter = spec.adapter;
   return o;
 }
 
@@ -71,7 +73,7 @@ StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options
   }
   if (options.round_timeout_ms <= 0) return InvalidArgumentError("round timeout must be > 0");
   if (options.agent_liveness_ms <= 0) options.agent_liveness_ms = options.round_timeout_ms + 60'000;
-  FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy));
+  FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy, options.adapter));
   return std::unique_ptr<RoundEngine>(
       new RoundEngine(std::move(options), clock, checkpoints, metrics, std::move(strategy)));
 }
@@ -355,6 +357,7 @@ UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const Ten
   }
   if (bundle.tensors.empty()) return reject("bad_request", "the initial state has no tensors");
   if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
+  if (Status s = CheckLoraLayout(bundle, options_.adapter); !s.ok()) return reject("layout", s.message());
   if (Status s = PublishGlobalLocked(bundle, 1); !s.ok()) return reject("invalid", s.message());
   if (metrics_) metrics_->UpdateAccepted(meta.encoded_bytes, meta.raw_bytes);
   initializer_.clear();

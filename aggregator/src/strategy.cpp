@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fedge/aggregator/fedavg.h"
+#include "fedge/aggregator/lora_aggregation.h"
 
 namespace fedge::aggregator {
 
@@ -429,7 +430,12 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeInner(const StrategySpec& spe
 }  // namespace
 
 StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec) {
+  return MakeStrategy(spec, AdapterSpec{});
+}
+
+StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec, const AdapterSpec& adapter) {
   FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<AggregationStrategy> inner, MakeInner(spec));
+  FEDGE_ASSIGN_OR_RETURN(inner, WrapForLora(std::move(inner), spec, adapter));
   if (spec.clipNorm < 0 || spec.maxUpdateNorm < 0) {
     return InvalidArgumentError("spec.strategy: clipNorm and maxUpdateNorm must be >= 0");
   }

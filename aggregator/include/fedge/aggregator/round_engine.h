@@ -83,6 +83,7 @@ struct EngineOptions {
   uint64_t seed = 42;  // participant selection
   TrainConfig train;
   StrategySpec strategy;
+  AdapterSpec adapter;  // LoRA aggregation mode and rank (lora_aggregation.h)
   // How the global is encoded for FetchGlobal: lossless, so every agent trains
   // from exactly the aggregator's global.
   EncodeOptions global_encoding{Codec::kFp32, 64, /*zstd=*/true, 3};
