@@ -237,19 +237,26 @@ void ApplyPeftConfig(const PeftLoraConfig& config, const std::vector<std::string
   if (!labels.empty()) options->labels = labels;
 }
 
-Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& options, const std::string& dir) {
+PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable, std::vector<std::string> labels) {
   PeftAdapter adapter;
-  adapter.config.r = options.lora_rank;
-  adapter.config.lora_alpha = options.lora_alpha;
-  adapter.config.lora_dropout = options.lora_dropout;
-  adapter.config.target_modules = options.lora_targets;
-  adapter.config.base_model_name_or_path = options.model_dir;
-  adapter.config.task_type = "FEATURE_EXTRACTION";
-  adapter.labels = model.labels();
-  for (NamedTensor& t : model.ExportTrainable().tensors) {
+  adapter.config = config;
+  adapter.labels = std::move(labels);
+  for (NamedTensor& t : trainable.tensors) {
     const bool lora = EndsWith(t.name, ".lora_A") || EndsWith(t.name, ".lora_B");
     (lora ? adapter.tensors : adapter.head).tensors.push_back(std::move(t));
   }
+  return adapter;
+}
+
+Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& options, const std::string& dir) {
+  PeftLoraConfig config;
+  config.r = options.lora_rank;
+  config.lora_alpha = options.lora_alpha;
+  config.lora_dropout = options.lora_dropout;
+  config.target_modules = options.lora_targets;
+  config.base_model_name_or_path = options.model_dir;
+  config.task_type = "FEATURE_EXTRACTION";
+  PeftAdapter adapter = MakePeftAdapter(config, model.ExportTrainable(), model.labels());
   if (adapter.tensors.tensors.empty()) {
     return FailedPreconditionError("the model has no LoRA factors (lora_rank 0); there is no adapter to export");
   }

@@ -280,7 +280,9 @@ TEST_F(TinyBertGoldenTest, LoraGradientsMatchPeft) {
   }
   // Only the adapter and the head learn.
   for (const auto& p : model_->bert()->named_parameters()) {
-    if (p.key().find("lora_") == std::string::npos) EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    if (p.key().find("lora_") == std::string::npos) {
+      EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    }
   }
 }
 
@@ -322,7 +324,7 @@ TEST(PeftMiniLmTest, CommittedExportReproducesFedgeOutputs) {
 }
 
 // Regenerates the fixture (not run by default):
-//   FEDGE_PEFT_FIXTURE_DIR=tests/golden/peft_minilm \
+//   FEDGE_PEFT_FIXTURE_DIR=tests/golden/peft_minilm
 //     build/agent/fedge_agent_model_test --gtest_also_run_disabled_tests \
 //     --gtest_filter=PeftMiniLmTest.DISABLED_WriteFixture
 TEST(PeftMiniLmTest, DISABLED_WriteFixture) {
