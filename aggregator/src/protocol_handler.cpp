@@ -88,6 +88,9 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
     c->set_max_grad_norm(task.config.max_grad_norm);
     c->set_proximal_mu(task.config.proximal_mu);
     c->set_block_size(task.config.block_size);
+    c->set_topk_fraction(task.config.topk_fraction);
+    c->set_error_feedback(task.config.error_feedback);
+    c->set_stochastic_rounding(task.config.stochastic_rounding);
   }
   return OkStatus();
 }

@@ -57,6 +57,9 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.train.max_grad_norm = static_cast<float>(spec.rounds.maxGradNorm);
   o.train.proximal_mu = static_cast<float>(spec.strategy.proximalMu);
   o.train.block_size = spec.compression.blockSize;
+  o.train.topk_fraction = spec.compression.topKFraction;
+  o.train.error_feedback = spec.compression.errorFeedback;
+  o.train.stochastic_rounding = spec.compression.stochasticRounding;
   o.strategy = spec.strategy;
   o.adapter = spec.adapter;
   return o;

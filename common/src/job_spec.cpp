@@ -18,6 +18,8 @@
 #include <set>
 #include <sstream>
 
+#include "fedge/tensor_bundle.h"  // kMinTopkFraction
+
 namespace fedge {
 namespace {
 
@@ -306,10 +308,13 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   }
   if (r.Object(spec, s, "compression", &n)) {
     const std::string p = "spec.compression";
-    r.CheckKeys(n, p, {"codec", "blockSize", "zstd"});
+    r.CheckKeys(n, p, {"codec", "blockSize", "zstd", "topKFraction", "errorFeedback", "stochasticRounding"});
     r.String(n, p, "codec", &job->compression.codec);
     r.Integer(n, p, "blockSize", &job->compression.blockSize);
     r.Bool(n, p, "zstd", &job->compression.zstd);
+    r.Double(n, p, "topKFraction", &job->compression.topKFraction);
+    r.Bool(n, p, "errorFeedback", &job->compression.errorFeedback);
+    r.Bool(n, p, "stochasticRounding", &job->compression.stochasticRounding);
   }
   if (r.Object(spec, s, "privacy", &n)) {
     const std::string p = "spec.privacy";
@@ -388,7 +393,7 @@ const std::vector<std::string> kLlamaTasks = {"causal-lm"};
 const std::vector<std::string> kAggregations = {"factors", "frozen-a", "product"};
 const std::vector<std::string> kStrategies = {"fedavg", "fedprox",      "fedadam", "fedyogi",   "fedadagrad",
                                               "median", "trimmed-mean", "krum",    "multi-krum"};
-const std::vector<std::string> kCodecs = {"fp32", "fp16", "bf16", "int8"};
+const std::vector<std::string> kCodecs = {"fp32", "fp16", "bf16", "int8", "int4"};
 const std::vector<std::string> kCleanPodPolicies = {"All", "Running", "None"};
 const std::vector<std::string> kDataFormats = {"jsonl"};
 
@@ -527,7 +532,19 @@ Status ValidateJobSpec(const JobSpec& spec) {
   const CompressionSpec& c = spec.compression;
   v.OneOf("spec.compression.codec", c.codec, kCodecs);
   v.AtLeast("spec.compression.blockSize", c.blockSize, 1);
-  v.AtMost("spec.compression.blockSize", c.blockSize, 1 << 20);
+  // The codec library's own limit (EncodeOptions::block_size): a larger value
+  // would pass here and fail every upload.
+  v.AtMost("spec.compression.blockSize", c.blockSize, 65536);
+  if (!(c.topKFraction == 0 || (c.topKFraction >= kMinTopkFraction && c.topKFraction <= 1))) {
+    // kMinTopkFraction spelled as people write it (to_chars would say 1e-04).
+    static_assert(kMinTopkFraction == 1e-4);
+    v.Add("spec.compression.topKFraction",
+          "must be 0 (off) or in [0.0001, 1], got " + Validator::Str(c.topKFraction));
+  }
+  if (c.stochasticRounding && c.codec != "int8" && c.codec != "int4") {
+    v.Add("spec.compression.stochasticRounding",
+          "needs a blockwise codec (int8, int4), got codec " + Quote(c.codec));
+  }
 
   const RunPolicySpec& rp = spec.runPolicy;
   v.AtLeast("spec.runPolicy.backoffLimit", rp.backoffLimit, 0);
@@ -692,6 +709,10 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "codec" << YAML::Value << spec.compression.codec;
   out << YAML::Key << "blockSize" << YAML::Value << spec.compression.blockSize;
   out << YAML::Key << "zstd" << YAML::Value << YAML::TrueFalseBool << spec.compression.zstd;
+  out << YAML::Key << "topKFraction" << YAML::Value << dbl(spec.compression.topKFraction);
+  out << YAML::Key << "errorFeedback" << YAML::Value << YAML::TrueFalseBool << spec.compression.errorFeedback;
+  out << YAML::Key << "stochasticRounding" << YAML::Value << YAML::TrueFalseBool
+      << spec.compression.stochasticRounding;
   out << YAML::EndMap;
 
   out << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;

@@ -161,6 +161,35 @@ TEST(JobSpecTest, EveryStrategyIsAcceptedWithItsParameters) {
   EXPECT_EQ(again->strategy, spec->strategy);
 }
 
+TEST(JobSpecTest, CompressionDefaultsAreDenseInt8WithErrorFeedback) {
+  auto spec = ParseJobSpec(kMinimal);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_DOUBLE_EQ(spec->compression.topKFraction, 0);
+  EXPECT_TRUE(spec->compression.errorFeedback);
+  EXPECT_FALSE(spec->compression.stochasticRounding);
+}
+
+TEST(JobSpecTest, CompressionFieldsParseAndRoundTrip) {
+  auto spec = ParseJobSpec(
+      WithSpec("  compression: {codec: int4, blockSize: 32, topKFraction: 0.01, errorFeedback: false,\n"
+               "                stochasticRounding: true}\n"));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->compression.codec, "int4");
+  EXPECT_EQ(spec->compression.blockSize, 32);
+  EXPECT_DOUBLE_EQ(spec->compression.topKFraction, 0.01);
+  EXPECT_FALSE(spec->compression.errorFeedback);
+  EXPECT_TRUE(spec->compression.stochasticRounding);
+  auto again = ParseJobSpec(JobSpecToYaml(*spec));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->compression, spec->compression);
+
+  // The bounds themselves are valid: the smallest fraction the codec takes, and 1.
+  for (const char* f : {"0.0001", "1", "0"}) {
+    auto edge = ParseJobSpec(WithSpec(std::string("  compression: {topKFraction: ") + f + "}\n"));
+    EXPECT_TRUE(edge.ok()) << f << ": " << edge.status().ToString();
+  }
+}
+
 TEST(JobSpecTest, ServerOptimizerDefaultsFollowReddiEtAl) {
   auto spec = ParseJobSpec(WithSpec("  strategy: {name: fedyogi}\n"));
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
@@ -303,8 +332,26 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{"NegativeMaxUpdateNorm", WithSpec("  strategy: {maxUpdateNorm: -2}\n"),
                     "spec.strategy.maxUpdateNorm: must be >= 0, got -2"},
         InvalidCase{"UnknownStrategyKey", WithSpec("  strategy: {name: krum, f: 1}\n"), "spec.strategy.f"},
-        InvalidCase{"BadCodec", WithSpec("  compression: {codec: int4}\n"),
-                    "spec.compression.codec: must be one of fp32, fp16, bf16, int8; got \"int4\""},
+        InvalidCase{"BadCodec", WithSpec("  compression: {codec: int2}\n"),
+                    "spec.compression.codec: must be one of fp32, fp16, bf16, int8, int4; got \"int2\""},
+        InvalidCase{"BlockSizeAboveCodecLimit", WithSpec("  compression: {blockSize: 65537}\n"),
+                    "spec.compression.blockSize: must be <= 65536, got 65537"},
+        InvalidCase{"TopKBelowMinimum", WithSpec("  compression: {topKFraction: 0.00001}\n"),
+                    "spec.compression.topKFraction: must be 0 (off) or in [0.0001, 1], got 1e-05"},
+        InvalidCase{"TopKAboveOne", WithSpec("  compression: {topKFraction: 1.5}\n"),
+                    "spec.compression.topKFraction: must be 0 (off) or in [0.0001, 1], got 1.5"},
+        InvalidCase{"TopKNegative", WithSpec("  compression: {topKFraction: -0.1}\n"),
+                    "spec.compression.topKFraction: must be 0 (off) or in [0.0001, 1], got -0.1"},
+        InvalidCase{"TopKNotNumber", WithSpec("  compression: {topKFraction: ten}\n"),
+                    "spec.compression.topKFraction: must be a finite number, got ten"},
+        InvalidCase{"ErrorFeedbackNotBool", WithSpec("  compression: {errorFeedback: 1}\n"),
+                    "spec.compression.errorFeedback: must be true or false, got 1"},
+        InvalidCase{"StochasticRoundingNotBool", WithSpec("  compression: {stochasticRounding: on}\n"),
+                    "spec.compression.stochasticRounding: must be true or false, got on"},
+        InvalidCase{"StochasticRoundingNeedsBlockwise",
+                    WithSpec("  compression: {codec: fp16, stochasticRounding: true}\n"),
+                    "spec.compression.stochasticRounding: needs a blockwise codec (int8, int4), got codec "
+                    "\"fp16\""},
         InvalidCase{"ZstdNotBool", WithSpec("  compression: {zstd: yes}\n"),
                     "spec.compression.zstd: must be true or false, got yes"},
         InvalidCase{"BadCleanPodPolicy", WithSpec("  runPolicy: {cleanPodPolicy: all}\n"),

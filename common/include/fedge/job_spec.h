@@ -86,10 +86,21 @@ struct StrategySpec {
   bool operator==(const StrategySpec&) const = default;
 };
 
+// How agents encode their updates (fedge/tensor_bundle.h, docs/formats.md).
 struct CompressionSpec {
-  std::string codec = "int8";        // fp32 | fp16 | bf16 | int8
+  std::string codec = "int8";        // fp32 | fp16 | bf16 | int8 | int4
   int blockSize = 64;
   bool zstd = true;
+  // Top-k sparsification: 0 = off (dense), else in [kMinTopkFraction = 1e-4, 1]:
+  // per tensor the ceil(f * n) largest-magnitude entries travel.
+  double topKFraction = 0.0;
+  // Error feedback (fedge/error_feedback.h): each agent keeps what the
+  // encoding dropped as a residual in its state dir and adds it to its next
+  // update. Default on; it only acts when the encoding is lossy (codec other
+  // than fp32, or topKFraction > 0) and costs no wire bytes.
+  bool errorFeedback = true;
+  // Unbiased stochastic rounding for the blockwise codecs (int8, int4 only).
+  bool stochasticRounding = false;
 
   bool operator==(const CompressionSpec&) const = default;
 };

@@ -66,6 +66,9 @@ struct TrainConfig {
   float max_grad_norm = 0;
   float proximal_mu = 0;
   int block_size = 0;
+  double topk_fraction = 0;
+  bool error_feedback = false;
+  bool stochastic_rounding = false;
 };
 
 struct EngineOptions {
