@@ -139,7 +139,14 @@ v1::SubmitUpdateResponse ProtocolHandler::Reject(const v1::UpdateHeader& header,
 Status ProtocolHandler::BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUpdateResponse* rejection,
                                     bool* rejected) {
   *rejected = false;
-  FEDGE_RETURN_IF_ERROR(CheckHeader(header.header()));
+  if (Status s = CheckHeader(header.header()); !s.ok()) {
+    // Counted like content rejections: a flood of uploads from strangers shows.
+    if (s.code() == StatusCode::kUnauthenticated && metrics_) {
+      metrics_->UpdateRejected(engine_->IsJoined(header.header().agent_id()) ? "unknown_session"
+                                                                              : "unknown_agent");
+    }
+    return s;
+  }
   if (header.total_bytes() > options_.max_update_bytes) {
     *rejection = Reject(header, "too_large",
                         "update of " + std::to_string(header.total_bytes()) + " bytes exceeds the limit of " +
@@ -202,6 +209,227 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
   r.set_reason(verdict.reason);
   r.set_round(verdict.round);
   return r;
+}
+
+namespace {
+
+// Fields that identify the bytes of an upload: a resume must repeat them.
+bool SameUpload(const v1::UpdateHeader& a, const v1::UpdateHeader& b) {
+  return a.round() == b.round() && a.base_version() == b.base_version() && a.total_bytes() == b.total_bytes() &&
+         a.checksum() == b.checksum() && a.is_delta() == b.is_delta();
+}
+
+}  // namespace
+
+void ProtocolHandler::EraseUploadLocked(const std::string& key) {
+  auto it = uploads_.find(key);
+  if (it == uploads_.end()) return;
+  upload_bytes_ -= it->second->header.total_bytes();
+  uploads_.erase(it);
+}
+
+void ProtocolHandler::DropClosedUploadsLocked() {
+  for (auto it = uploads_.begin(); it != uploads_.end();) {
+    const PartialUpload& p = *it->second;
+    if (!p.in_use && !engine_->AcceptsUpdatesFor(p.header.round())) {
+      log::Info("partial upload dropped: its round closed",
+                {{"agent", p.header.header().agent_id()},
+                 {"upload_id", p.header.upload_id()},
+                 {"round", p.header.round()},
+                 {"received_bytes", p.received.load()}});
+      upload_bytes_ -= p.header.total_bytes();
+      it = uploads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ProtocolHandler::DropClosedUploads() {
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  DropClosedUploadsLocked();
+}
+
+size_t ProtocolHandler::partial_uploads() const {
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  return uploads_.size();
+}
+
+uint64_t ProtocolHandler::partial_bytes() const {
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  return upload_bytes_;
+}
+
+Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream* stream,
+                                   v1::SubmitUpdateResponse* rejection, bool* rejected) {
+  FEDGE_RETURN_IF_ERROR(BeginUpdate(header, rejection, rejected));
+  if (*rejected) return OkStatus();
+  stream->header = header;
+  stream->resumable = false;
+  const uint64_t total = header.total_bytes();
+  if (header.upload_id().empty()) {
+    if (header.offset() != 0) {
+      *rejection = Reject(header, "bad_request", "offset " + std::to_string(header.offset()) +
+                                                     " without an upload_id: only named uploads resume");
+      *rejected = true;
+      return OkStatus();
+    }
+    stream->partial = std::make_shared<PartialUpload>();
+    stream->partial->header = header;
+    return OkStatus();
+  }
+
+  const std::string key = header.header().agent_id() + "\n" + header.upload_id();
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  DropClosedUploadsLocked();
+  auto it = uploads_.find(key);
+  if (it != uploads_.end() && !it->second->in_use && !SameUpload(it->second->header, header)) {
+    // Same name, other bytes: the agent started over with a new update.
+    EraseUploadLocked(key);
+    it = uploads_.end();
+  }
+  if (it != uploads_.end()) {
+    PartialUpload& p = *it->second;
+    const uint64_t held = p.received.load();
+    if (p.in_use) {
+      *rejection = Reject(header, "upload_busy",
+                          "upload \"" + header.upload_id() +
+                              "\" is still being received on another stream; retry after it ends");
+      rejection->set_resume_offset(held);
+      *rejected = true;
+      return OkStatus();
+    }
+    if (header.offset() != held) {
+      *rejection = Reject(header, "bad_offset",
+                          "upload \"" + header.upload_id() + "\" holds " + std::to_string(held) +
+                              " bytes; resume with offset " + std::to_string(held) + ", not " +
+                              std::to_string(header.offset()));
+      rejection->set_resume_offset(held);
+      *rejected = true;
+      return OkStatus();
+    }
+    p.in_use = true;
+    p.last_used = ++upload_clock_;
+    stream->partial = it->second;
+    stream->resumable = true;
+    log::Info("upload resumed", {{"agent", header.header().agent_id()},
+                                 {"upload_id", header.upload_id()},
+                                 {"offset", held},
+                                 {"total_bytes", total}});
+    return OkStatus();
+  }
+  if (header.offset() != 0) {
+    *rejection = Reject(header, "unknown_upload",
+                        "no partial upload \"" + header.upload_id() +
+                            "\" is held (its round closed, it was evicted or the aggregator restarted); "
+                            "send it again from offset 0");
+    *rejected = true;
+    return OkStatus();
+  }
+  stream->partial = std::make_shared<PartialUpload>();
+  stream->partial->key = key;
+  stream->partial->header = header;
+  if (!engine_->AcceptsUpdatesFor(header.round())) return OkStatus();  // the engine will say why
+  // One partial per agent: a new upload supersedes the agent's older ones.
+  const std::string prefix = header.header().agent_id() + "\n";
+  for (auto j = uploads_.lower_bound(prefix); j != uploads_.end() && j->first.compare(0, prefix.size(), prefix) == 0;) {
+    if (j->second->in_use) {
+      ++j;
+      continue;
+    }
+    upload_bytes_ -= j->second->header.total_bytes();
+    j = uploads_.erase(j);
+  }
+  while (upload_bytes_ + total > options_.max_partial_bytes) {
+    auto victim = uploads_.end();
+    for (auto j = uploads_.begin(); j != uploads_.end(); ++j) {
+      if (!j->second->in_use && (victim == uploads_.end() || j->second->last_used < victim->second->last_used)) {
+        victim = j;
+      }
+    }
+    if (victim == uploads_.end()) break;
+    log::Warn("partial upload evicted: partial-upload budget full",
+              {{"agent", victim->second->header.header().agent_id()},
+               {"upload_id", victim->second->header.upload_id()},
+               {"budget_bytes", options_.max_partial_bytes}});
+    EraseUploadLocked(victim->first);
+  }
+  if (upload_bytes_ + total > options_.max_partial_bytes) {
+    log::Warn("upload received without resumption: partial-upload budget full",
+              {{"agent", header.header().agent_id()}, {"total_bytes", total}});
+    return OkStatus();
+  }
+  stream->partial->in_use = true;
+  stream->partial->last_used = ++upload_clock_;
+  uploads_[key] = stream->partial;
+  upload_bytes_ += total;
+  stream->resumable = true;
+  return OkStatus();
+}
+
+bool ProtocolHandler::AppendUpload(UploadStream* stream, const std::string& chunk,
+                                   v1::SubmitUpdateResponse* rejection) {
+  PartialUpload& p = *stream->partial;
+  if (!AppendChunk(stream->header, chunk, &p.data, rejection)) {
+    if (stream->resumable) {
+      std::lock_guard<std::mutex> lock(uploads_mu_);
+      EraseUploadLocked(p.key);
+      stream->resumable = false;
+    }
+    return false;
+  }
+  p.received.store(p.data.size());
+  return true;
+}
+
+v1::SubmitUpdateResponse ProtocolHandler::CloseUpload(UploadStream* stream) {
+  PartialUpload& p = *stream->partial;
+  const uint64_t total = stream->header.total_bytes();
+  if (stream->resumable && p.data.size() < total) {
+    {
+      std::lock_guard<std::mutex> lock(uploads_mu_);
+      p.in_use = false;
+      p.last_used = ++upload_clock_;
+    }
+    const uint64_t held = p.data.size();
+    v1::SubmitUpdateResponse r =
+        Reject(stream->header, "incomplete",
+               "upload \"" + stream->header.upload_id() + "\" incomplete: " + std::to_string(held) + " of " +
+                   std::to_string(total) + " bytes received; resume with offset " + std::to_string(held));
+    r.set_resume_offset(held);
+    return r;
+  }
+  if (stream->resumable) {
+    std::lock_guard<std::mutex> lock(uploads_mu_);
+    EraseUploadLocked(p.key);
+    stream->resumable = false;
+  }
+  return FinishUpdate(stream->header, p.data);
+}
+
+void ProtocolHandler::ReleaseUpload(UploadStream* stream) {
+  if (!stream->partial || !stream->resumable) return;
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  stream->partial->in_use = false;
+}
+
+Status ProtocolHandler::GetUploadStatus(const v1::UploadStatusRequest& request, v1::UploadStatus* response) {
+  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  DropClosedUploadsLocked();
+  auto it = uploads_.find(request.header().agent_id() + "\n" + request.upload_id());
+  if (it == uploads_.end()) {
+    response->set_found(false);
+    response->set_message("no partial upload \"" + request.upload_id() + "\" is held; send it from offset 0");
+    return OkStatus();
+  }
+  const PartialUpload& p = *it->second;
+  response->set_found(true);
+  response->set_received_bytes(p.received.load());
+  response->set_total_bytes(p.header.total_bytes());
+  response->set_round(p.header.round());
+  response->set_message(p.in_use ? "still receiving on another stream" : "resume from received_bytes");
+  return OkStatus();
 }
 
 Status ProtocolHandler::ReportMetrics(const v1::MetricsReport& request) {

@@ -62,6 +62,11 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.train.stochastic_rounding = spec.compression.stochasticRounding;
   o.strategy = spec.strategy;
   o.adapter = spec.adapter;
+  o.over_selection = spec.rounds.overSelection;
+  o.async = spec.rounds.mode == "async";
+  o.async_buffer_size = spec.rounds.asyncBufferSize;
+  o.staleness_exponent = spec.rounds.stalenessExponent;
+  o.max_staleness = spec.rounds.maxStaleness;
   return o;
 }
 
@@ -75,6 +80,10 @@ StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options
     return InvalidArgumentError("fraction must be in (0, 1]");
   }
   if (options.round_timeout_ms <= 0) return InvalidArgumentError("round timeout must be > 0");
+  if (!(options.over_selection >= 1)) return InvalidArgumentError("over-selection must be >= 1");
+  if (options.async_buffer_size < 1) return InvalidArgumentError("async buffer size must be >= 1");
+  if (!(options.staleness_exponent >= 0)) return InvalidArgumentError("staleness exponent must be >= 0");
+  if (options.max_staleness < 0) return InvalidArgumentError("max staleness must be >= 0");
   if (options.agent_liveness_ms <= 0) options.agent_liveness_ms = options.round_timeout_ms + 60'000;
   FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy, options.adapter));
   return std::unique_ptr<RoundEngine>(
@@ -161,6 +170,17 @@ Status RoundEngine::CheckSession(const std::string& agent_id, const std::string&
   return OkStatus();
 }
 
+bool RoundEngine::IsJoined(const std::string& agent_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return agents_.count(agent_id) > 0;
+}
+
+bool RoundEngine::AcceptsUpdatesFor(int64_t round) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (state_ != JobState::kRunning || phase_ != Phase::kTrain) return false;
+  return options_.async ? round <= round_ : round == round_;
+}
+
 TaskInfo RoundEngine::WaitTask(std::string message) const {
   TaskInfo t;
   t.kind = TaskKind::kWait;
@@ -225,13 +245,24 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   t.global_version = global_->version;
   t.global_checksum = global_->checksum;
   t.config = options_.train;
+  if (phase_ == Phase::kTrain && options_.async) {
+    if (agent.last_base_version >= global_->version) {
+      return WaitTask("your update on global version " + std::to_string(global_->version) +
+                      " is buffered (" + std::to_string(train_.answered.size()) + " of " +
+                      std::to_string(options_.async_buffer_size) + "); wait for the next version");
+    }
+    t.kind = TaskKind::kTrain;
+    t.deadline_unix_ms = now + options_.round_timeout_ms;
+    return t;
+  }
   if (phase_ == Phase::kTrain) {
     if (!train_.invited.count(agent_id)) {
       return WaitTask("not selected for round " + std::to_string(round_));
     }
     if (train_.answered.count(agent_id)) {
       return WaitTask("update for round " + std::to_string(round_) + " received; waiting for " +
-                      std::to_string(train_.invited.size() - train_.answered.size()) + " more");
+                      std::to_string(train_.target - std::min(train_.target, train_.answered.size())) +
+                      " more");
     }
     t.kind = TaskKind::kTrain;
     t.deadline_unix_ms = train_.deadline_ms;
@@ -249,72 +280,49 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   return WaitTask(message_);
 }
 
-UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBundle& bundle) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const int64_t now = clock_->NowUnixMs();
-  if (auto it = agents_.find(meta.agent_id); it != agents_.end()) it->second.last_seen_ms = now;
-  TickLocked(now);
+UpdateVerdict RoundEngine::RejectLocked(const UpdateMeta& meta, std::string_view label, std::string reason) {
+  if (metrics_) metrics_->UpdateRejected(label);
+  log::Warn("update rejected", {{"agent", meta.agent_id}, {"round", meta.round}, {"reason", reason}});
+  UpdateVerdict v;
+  v.accepted = false;
+  v.reason = std::move(reason);
+  v.reason_label = std::string(label);
+  v.round = meta.round;
+  return v;
+}
 
-  auto reject = [&](std::string_view label, std::string reason) {
-    if (metrics_) metrics_->UpdateRejected(label);
-    log::Warn("update rejected", {{"agent", meta.agent_id}, {"round", meta.round}, {"reason", reason}});
-    UpdateVerdict v;
-    v.accepted = false;
-    v.reason = std::move(reason);
-    v.reason_label = std::string(label);
-    v.round = meta.round;
-    return v;
-  };
-  const std::string r = std::to_string(meta.round);
-
-  if (state_ == JobState::kSucceeded || state_ == JobState::kFailed) {
-    return reject("round_closed", "round " + r + " is closed: the job has finished");
-  }
-  if (meta.round == 0 || !meta.is_delta) return SubmitInitialLocked(meta, bundle, now);
-  if (!global_) return reject("not_initialized", "the global model is not initialized yet; ask for a task");
-  if (meta.round < round_ || (meta.round == round_ && phase_ == Phase::kEvaluate)) {
-    return reject("round_closed", "round " + r + " is closed");
-  }
-  if (meta.round > round_ || phase_ != Phase::kTrain) {
-    return reject("round_not_open", "round " + r + " has not started (next round is " +
-                                        std::to_string(round_) + "); ask for a task");
-  }
-  if (!train_.invited.count(meta.agent_id)) {
-    return reject("not_participant", "agent " + meta.agent_id + " is not a participant of round " + r);
-  }
-  if (train_.answered.count(meta.agent_id)) {
-    return reject("duplicate",
-                  "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
-  }
-  if (meta.base_version != global_->version) {
-    return reject("stale_base", "stale base version " + std::to_string(meta.base_version) + ": round " + r +
-                                    " trains on global version " + std::to_string(global_->version) +
-                                    "; fetch it and train again");
-  }
+UpdateVerdict RoundEngine::ValidateLocked(const UpdateMeta& meta, const TensorBundle& bundle) {
   if (meta.num_examples < 0) {
-    return reject("bad_request", "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
+    return RejectLocked(meta, "bad_request",
+                        "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
   }
   if (Status s = CheckSameLayout(global_->bundle, bundle); !s.ok()) {
-    return reject("layout", "update layout differs from global version " + std::to_string(global_->version) +
-                                ": " + s.message());
+    return RejectLocked(meta, "layout",
+                        "update layout differs from global version " + std::to_string(global_->version) +
+                            ": " + s.message());
   }
-  if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
+  if (Status s = CheckFinite(bundle); !s.ok()) return RejectLocked(meta, "non_finite", s.message());
+  if (Status s = CheckNormBound(L2Norm(bundle), options_.strategy.maxUpdateNorm); !s.ok()) {
+    return RejectLocked(meta, "norm_bound", s.message());
+  }
+  return UpdateVerdict{};
+}
+
+UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle& bundle) {
   // An agent without training data answers with weight 0: it counts as an
   // answer (the round need not wait for it) but moves nothing.
-  if (Status s = CheckNormBound(L2Norm(bundle), options_.strategy.maxUpdateNorm); !s.ok()) {
-    return reject("norm_bound", s.message());
-  }
   if (meta.num_examples > 0) {
     if (strategy_->NeedsAllUpdates() && strategy_->MaxUpdates() > 0 &&
         strategy_->count() >= strategy_->MaxUpdates()) {
-      return reject("capacity", "strategy " + std::string(strategy_->name()) +
-                                    " holds every update and already has " +
-                                    std::to_string(strategy_->count()) + " for round " + r +
-                                    " (spec.strategy.maxBufferedUpdates)");
+      return RejectLocked(meta, "capacity",
+                          "strategy " + std::string(strategy_->name()) + " holds every update and already has " +
+                              std::to_string(strategy_->count()) + " for round " + std::to_string(round_) +
+                              " (spec.strategy.maxBufferedUpdates)");
     }
-    if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) return reject("invalid", s.message());
+    if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) {
+      return RejectLocked(meta, "invalid", s.message());
+    }
   }
-
   train_.answered.insert(meta.agent_id);
   if (std::isfinite(meta.train_loss)) {
     train_.train_loss_sum += static_cast<double>(meta.num_examples) * meta.train_loss;
@@ -323,15 +331,144 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
   current_.bytes_up += meta.encoded_bytes;
   current_.raw_bytes_up += meta.raw_bytes;
   if (metrics_) metrics_->UpdateAccepted(meta.encoded_bytes, meta.raw_bytes);
+  UpdateVerdict v;
+  v.accepted = true;
+  v.round = meta.round;
+  return v;
+}
+
+std::string RoundEngine::CloseDetailLocked(int64_t round) const {
+  const RoundRecord* record = nullptr;
+  if (current_.round == round && !current_.close_reason.empty()) record = &current_;
+  for (const RoundRecord& r : history_) {
+    if (r.round == round) record = &r;
+  }
+  if (!record) return "";
+  return " (" + record->close_reason + ", " + std::to_string(record->participants) + " updates)";
+}
+
+UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBundle& bundle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixMs();
+  auto agent_it = agents_.find(meta.agent_id);
+  if (agent_it != agents_.end()) agent_it->second.last_seen_ms = now;
+  TickLocked(now);
+  const std::string r = std::to_string(meta.round);
+
+  if (agent_it == agents_.end()) {
+    return RejectLocked(meta, "unknown_agent",
+                        "agent \"" + meta.agent_id + "\" has not joined this job: call Join first");
+  }
+  Agent& agent = agent_it->second;
+  if (state_ == JobState::kSucceeded || state_ == JobState::kFailed) {
+    return RejectLocked(meta, "round_closed", "round " + r + " is closed: the job has finished");
+  }
+  if (meta.round == 0 || !meta.is_delta) return SubmitInitialLocked(meta, bundle, now);
+  if (!global_) {
+    return RejectLocked(meta, "not_initialized", "the global model is not initialized yet; ask for a task");
+  }
+  if (options_.async) return SubmitAsyncLocked(meta, bundle, agent, now);
+  if (meta.round < round_ || (meta.round == round_ && phase_ == Phase::kEvaluate)) {
+    if (agent.last_accepted_round >= meta.round) {
+      return RejectLocked(meta, "replay",
+                          "round " + r + " already counted an update from agent " + meta.agent_id +
+                              " (a replay or resend of an old round); ask for a task");
+    }
+    return RejectLocked(meta, "round_closed",
+                        "round " + r + " is closed" + CloseDetailLocked(meta.round) +
+                            ": this update arrived late; ask for a task");
+  }
+  if (meta.round > round_ || phase_ != Phase::kTrain) {
+    return RejectLocked(meta, "round_not_open",
+                        "round " + r + " has not started (next round is " + std::to_string(round_) +
+                            "); ask for a task");
+  }
+  if (!train_.invited.count(meta.agent_id)) {
+    return RejectLocked(meta, "not_participant",
+                        "agent " + meta.agent_id + " is not a participant of round " + r);
+  }
+  if (train_.answered.count(meta.agent_id)) {
+    return RejectLocked(meta, "duplicate",
+                        "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
+  }
+  if (meta.base_version != global_->version) {
+    return RejectLocked(meta, "stale_base",
+                        "stale base version " + std::to_string(meta.base_version) + ": round " + r +
+                            " trains on global version " + std::to_string(global_->version) +
+                            "; fetch it and train again");
+  }
+  if (UpdateVerdict v = ValidateLocked(meta, bundle); !v.reason_label.empty()) return v;
+  UpdateVerdict v = AddLocked(meta, bundle);
+  if (!v.accepted) return v;
+  agent.last_accepted_round = meta.round;
   log::Info("update accepted", {{"agent", meta.agent_id},
                                 {"round", meta.round},
                                 {"num_examples", meta.num_examples},
                                 {"bytes", meta.encoded_bytes},
                                 {"answered", train_.answered.size()},
+                                {"target", train_.target},
                                 {"invited", train_.invited.size()}});
+  TickLocked(now);
+  return v;
+}
+
+UpdateVerdict RoundEngine::SubmitAsyncLocked(const UpdateMeta& meta, const TensorBundle& bundle, Agent& agent,
+                                             int64_t now) {
+  const std::string r = std::to_string(meta.round);
+  if (phase_ != Phase::kTrain) {
+    return RejectLocked(meta, "round_closed",
+                        "the last asynchronous round has closed (evaluating global version " +
+                            std::to_string(global_->version) + "); ask for a task");
+  }
+  if (meta.round > round_) {
+    return RejectLocked(meta, "round_not_open",
+                        "round " + r + " has not started (the open round is " + std::to_string(round_) +
+                            "); ask for a task");
+  }
+  if (meta.base_version < 1 || meta.base_version > global_->version) {
+    return RejectLocked(meta, "stale_base",
+                        "base version " + std::to_string(meta.base_version) +
+                            " was never published (current version " + std::to_string(global_->version) +
+                            "); fetch the global and train again");
+  }
+  if (meta.base_version <= agent.last_base_version) {
+    return RejectLocked(meta, "replay",
+                        "agent " + meta.agent_id + " already contributed an update trained on version " +
+                            std::to_string(agent.last_base_version) +
+                            " (a replay or resend); fetch the current global and train again");
+  }
+  const int64_t staleness = global_->version - meta.base_version;
+  if (options_.max_staleness > 0 && staleness > options_.max_staleness) {
+    return RejectLocked(meta, "too_stale",
+                        "update trained on version " + std::to_string(meta.base_version) + " is " +
+                            std::to_string(staleness) + " versions stale (spec.rounds.maxStaleness " +
+                            std::to_string(options_.max_staleness) + "); fetch the current global");
+  }
+  if (UpdateVerdict v = ValidateLocked(meta, bundle); !v.reason_label.empty()) return v;
+  // FedBuff: a stale delta was computed against an older model; it still
+  // points somewhere useful, but with less authority.
+  const double weight = std::pow(1.0 + static_cast<double>(staleness), -options_.staleness_exponent);
   UpdateVerdict v;
-  v.accepted = true;
-  v.round = meta.round;
+  if (staleness > 0 && weight != 1.0) {
+    TensorBundle scaled = bundle;
+    for (NamedTensor& t : scaled.tensors) {
+      for (float& x : t.values) x = static_cast<float>(static_cast<double>(x) * weight);
+    }
+    v = AddLocked(meta, scaled);
+  } else {
+    v = AddLocked(meta, bundle);
+  }
+  if (!v.accepted) return v;
+  agent.last_base_version = meta.base_version;
+  train_.staleness_sum += static_cast<double>(staleness);
+  log::Info("async update buffered", {{"agent", meta.agent_id},
+                                      {"round", round_},
+                                      {"base_version", meta.base_version},
+                                      {"staleness", staleness},
+                                      {"weight", weight},
+                                      {"buffered", train_.answered.size()},
+                                      {"buffer_size", options_.async_buffer_size}});
+  v.round = round_;
   TickLocked(now);
   return v;
 }
@@ -542,15 +679,36 @@ void RoundEngine::TickLocked(int64_t now) {
       StartTrainLocked(now);
       continue;
     }
+    if (phase_ == Phase::kTrain && options_.async) {
+      const size_t buffered = train_.answered.size();
+      if (buffered >= static_cast<size_t>(options_.async_buffer_size)) {
+        CloseTrainLocked(now, "buffer_full");
+        continue;
+      }
+      if (now < train_.deadline_ms) return;
+      if (buffered > 0) {
+        // Agents left: a partial buffer beats a job that never moves again.
+        log::Warn("async buffer not filled by the round timeout; aggregating what it holds",
+                  {{"round", round_}, {"buffered", buffered}, {"buffer_size", options_.async_buffer_size}});
+        CloseTrainLocked(now, "buffer_timeout");
+        continue;
+      }
+      train_.deadline_ms = now + options_.round_timeout_ms;
+      return;
+    }
     if (phase_ == Phase::kTrain) {
       const size_t invited = train_.invited.size(), answered = train_.answered.size();
       if (answered == invited) {
         CloseTrainLocked(now, "all_answered");
         continue;
       }
+      if (answered >= train_.target) {
+        CloseTrainLocked(now, "target_reached");
+        continue;
+      }
       if (now < train_.deadline_ms) return;
       const size_t required =
-          options_.quorum > 0 ? std::min(invited, static_cast<size_t>(options_.quorum)) : invited;
+          options_.quorum > 0 ? std::min(invited, static_cast<size_t>(options_.quorum)) : train_.target;
       if (answered >= required) {
         CloseTrainLocked(now, "quorum_at_deadline");
         continue;
@@ -586,7 +744,28 @@ void RoundEngine::TickLocked(int64_t now) {
   }
 }
 
+void RoundEngine::StartAsyncLocked(int64_t now) {
+  train_ = TrainRound{};
+  train_.target = static_cast<size_t>(options_.async_buffer_size);
+  train_.deadline_ms = now + options_.round_timeout_ms;
+  strategy_->Begin(global_->bundle);
+  current_ = RoundRecord{};
+  current_.round = round_;
+  round_started_ms_ = now;
+  state_ = JobState::kRunning;
+  phase_ = Phase::kTrain;
+  message_ = "round " + std::to_string(round_) + " (async): buffering " +
+             std::to_string(options_.async_buffer_size) + " updates";
+  log::Info("async round started", {{"round", round_},
+                                    {"global_version", global_->version},
+                                    {"buffer_size", options_.async_buffer_size}});
+}
+
 void RoundEngine::StartTrainLocked(int64_t now) {
+  if (options_.async) {
+    StartAsyncLocked(now);
+    return;
+  }
   std::vector<std::string> live = LiveAgentsLocked(now);
   // Deterministic per (seed, round): a resumed job invites the same agents.
   std::mt19937_64 rng(options_.seed ^ (static_cast<uint64_t>(round_) * 0x9E3779B97F4A7C15ull));
@@ -595,19 +774,24 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   size_t k = static_cast<size_t>(std::ceil(static_cast<double>(n) * options_.fraction - 1e-9));
   k = std::max(k, std::min(n, static_cast<size_t>(options_.quorum)));
   k = std::clamp<size_t>(k, 1, n);
+  // Over-selection: stragglers and dropouts cost nothing once `k` answered.
+  size_t invite = static_cast<size_t>(std::ceil(static_cast<double>(k) * options_.over_selection - 1e-9));
+  invite = std::clamp<size_t>(invite, k, n);
   train_ = TrainRound{};
-  train_.invited.insert(live.begin(), live.begin() + static_cast<std::ptrdiff_t>(k));
+  train_.target = k;
+  train_.invited.insert(live.begin(), live.begin() + static_cast<std::ptrdiff_t>(invite));
   train_.deadline_ms = now + options_.round_timeout_ms;
   strategy_->Begin(global_->bundle);
   current_ = RoundRecord{};
   current_.round = round_;
-  current_.invited = static_cast<int>(k);
+  current_.invited = static_cast<int>(invite);
   round_started_ms_ = now;
   state_ = JobState::kRunning;
   phase_ = Phase::kTrain;
   message_ = "round " + std::to_string(round_) + ": training";
   log::Info("round started", {{"round", round_},
-                              {"invited", k},
+                              {"invited", invite},
+                              {"target", k},
                               {"live_agents", n},
                               {"global_version", global_->version},
                               {"deadline_unix_ms", train_.deadline_ms}});
@@ -633,6 +817,22 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
   if (train_.examples > 0) current_.train_loss = train_.train_loss_sum / train_.examples;
   current_.close_reason = reason;
   current_.global_version = global_->version;
+  if (options_.async) {
+    current_.invited = current_.participants;
+    log::Info("async round aggregated",
+              {{"round", round_},
+               {"updates", current_.participants},
+               {"reason", reason},
+               {"mean_staleness", current_.participants > 0 ? train_.staleness_sum / current_.participants : 0.0},
+               {"global_version", global_->version}});
+    if (round_ < options_.total_rounds) {
+      // Only the final version is evaluated: a blocking evaluation per
+      // version would make the asynchronous mode synchronous again.
+      CompleteRoundLocked(now);
+      StartAsyncLocked(now);
+      return;
+    }
+  }
   std::vector<std::string> live = LiveAgentsLocked(now);
   eval_ = EvalRound{};
   eval_.asked.insert(live.begin(), live.end());
@@ -652,6 +852,10 @@ void RoundEngine::CloseEvalLocked(int64_t now) {
   if (eval_.loss_examples > 0) current_.loss = eval_.loss_sum / static_cast<double>(eval_.loss_examples);
   current_.eval_examples = std::max(eval_.acc_examples, eval_.loss_examples);
   current_.evaluators = static_cast<int>(eval_.reported.size());
+  CompleteRoundLocked(now);
+}
+
+void RoundEngine::CompleteRoundLocked(int64_t now) {
   current_.seconds = static_cast<double>(now - round_started_ms_) / 1000.0;
   history_.push_back(current_);
   if (round_ == options_.total_rounds) final_accuracy_ = current_.accuracy;

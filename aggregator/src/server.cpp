@@ -47,20 +47,28 @@ class AggregatorServer::Service final : public v1::Aggregator::Service {
     }
     const v1::UpdateHeader header = chunk.header();
     bool rejected = false;
-    if (Status s = handler_->BeginUpdate(header, response, &rejected); !s.ok()) return ToGrpc(s);
+    UploadStream upload;
+    if (Status s = handler_->OpenUpload(header, &upload, response, &rejected); !s.ok()) return ToGrpc(s);
     // Answering early ends the call; the agent's remaining writes fail and its
     // Finish() returns this response, so oversize data is never buffered.
     if (rejected) return grpc::Status::OK;
-    std::string data;
+    // Read() is false at the agent's WritesDone and when the stream breaks; a
+    // named upload then keeps what arrived for the agent to resume.
     while (reader->Read(&chunk)) {
       if (chunk.has_header()) {
+        handler_->ReleaseUpload(&upload);
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "SubmitUpdate: a second UpdateHeader in the stream");
       }
-      if (!handler_->AppendChunk(header, chunk.data(), &data, response)) return grpc::Status::OK;
+      if (!handler_->AppendUpload(&upload, chunk.data(), response)) return grpc::Status::OK;
     }
-    *response = handler_->FinishUpdate(header, data);
+    *response = handler_->CloseUpload(&upload);
     return grpc::Status::OK;
+  }
+
+  grpc::Status GetUploadStatus(grpc::ServerContext*, const v1::UploadStatusRequest* request,
+                               v1::UploadStatus* response) override {
+    return ToGrpc(handler_->GetUploadStatus(*request, response));
   }
 
   grpc::Status ReportMetrics(grpc::ServerContext*, const v1::MetricsReport* request,
@@ -177,6 +185,7 @@ Status AggregatorServer::Start() {
       if (stopping_) break;
       lock.unlock();
       engine_->Tick();
+      handler_->DropClosedUploads();
       lock.lock();
     }
   });

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "test_util.h"
 
 namespace fedge::aggregator {
@@ -13,11 +15,12 @@ class ProtocolHandlerTest : public ::testing::Test {
  protected:
   void SetUp() override { Make(ProtocolOptions{}); }
 
-  void Make(ProtocolOptions options) {
+  void Make(ProtocolOptions options, const std::function<void(JobSpec&)>& edit = nullptr) {
     JobSpec spec;
     spec.name = "demo";
     spec.namespace_ = "ns";
     spec.rounds.total = 1;
+    if (edit) edit(spec);
     auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
     ASSERT_TRUE(engine.ok());
     engine_ = std::move(*engine);
@@ -63,6 +66,33 @@ class ProtocolHandlerTest : public ::testing::Test {
       if (!handler_->AppendChunk(header, data.substr(off, chunk), &buffer, &response)) return response;
     }
     return handler_->FinishUpdate(header, buffer);
+  }
+
+  // One SubmitUpdate stream the way the service runs it, sending only
+  // data[0, send) (a stream cut short when send < data.size()).
+  v1::SubmitUpdateResponse SubmitStream(const v1::UpdateHeader& header, const std::string& data, size_t send,
+                                        Status* status = nullptr) {
+    v1::SubmitUpdateResponse response;
+    bool rejected = false;
+    UploadStream stream;
+    Status s = handler_->OpenUpload(header, &stream, &response, &rejected);
+    if (status) *status = s;
+    if (!s.ok() || rejected) return response;
+    for (size_t off = 0; off < send; off += 7) {
+      if (!handler_->AppendUpload(&stream, data.substr(off, std::min<size_t>(7, send - off)), &response)) {
+        return response;
+      }
+    }
+    return handler_->CloseUpload(&stream);
+  }
+
+  v1::UploadStatus UploadStatusOf(const std::string& agent, const std::string& upload_id) {
+    v1::UploadStatusRequest req;
+    *req.mutable_header() = Header(agent);
+    req.set_upload_id(upload_id);
+    v1::UploadStatus status;
+    EXPECT_TRUE(handler_->GetUploadStatus(req, &status).ok());
+    return status;
   }
 
   v1::UpdateHeader UpdateHeaderFor(const std::string& agent, const std::string& data, int64_t round,
@@ -263,6 +293,266 @@ TEST_F(ProtocolHandlerTest, ReportMetricsFeedsEvaluation) {
   EXPECT_EQ(s.state, JobState::kSucceeded);
   EXPECT_DOUBLE_EQ(*s.final_accuracy, (0.25 * 4 + 0.75 * 12) / 16);
   EXPECT_EQ(GetTask("b").kind(), v1::TASK_KIND_DONE);
+}
+
+// --- resumable uploads -------------------------------------------------------
+
+TEST_F(ProtocolHandlerTest, InterruptedNamedUploadResumesFromItsOffset) {
+  JoinAndInitialize();
+  std::string data = Encode(SmallBundle(2, 2, 2, 2));
+  v1::UpdateHeader h = UpdateHeaderFor("a", data, 1, 1, true);
+  h.set_upload_id("r1-abc");
+  auto r = SubmitStream(h, data, 10);  // the link drops after 10 bytes
+  EXPECT_FALSE(r.accepted());
+  EXPECT_EQ(r.resume_offset(), 10u);
+  EXPECT_NE(r.reason().find("resume with offset 10"), std::string::npos) << r.reason();
+  EXPECT_EQ(metrics_.updates_rejected("incomplete"), 1);
+  v1::UploadStatus st = UploadStatusOf("a", "r1-abc");
+  EXPECT_TRUE(st.found());
+  EXPECT_EQ(st.received_bytes(), 10u);
+  EXPECT_EQ(st.total_bytes(), data.size());
+  EXPECT_EQ(handler_->partial_uploads(), 1u);
+  EXPECT_EQ(handler_->partial_bytes(), data.size());
+
+  // A reconnect that gets the offset wrong is told the right one.
+  h.set_offset(4);
+  r = SubmitStream(h, data.substr(4), data.size() - 4);
+  EXPECT_EQ(r.resume_offset(), 10u);
+  EXPECT_EQ(metrics_.updates_rejected("bad_offset"), 1);
+
+  h.set_offset(10);
+  r = SubmitStream(h, data.substr(10), data.size() - 10);
+  EXPECT_TRUE(r.accepted()) << r.reason();
+  EXPECT_EQ(handler_->partial_uploads(), 0u);
+  EXPECT_EQ(handler_->partial_bytes(), 0u);
+  EXPECT_FALSE(UploadStatusOf("a", "r1-abc").found());
+  // The resumed bytes are exactly the update: b's answer closes the round on the FedAvg of both.
+  std::string zero = Encode(SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit(UpdateHeaderFor("b", zero, 1, 1, true), zero).accepted());
+  auto g = engine_->Global(0);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->bundle.Find("a")->values, (std::vector<float>{2, 3}));  // 1 + (2 + 0) / 2, 2 + 1
+}
+
+TEST_F(ProtocolHandlerTest, ResumeOfAnUploadNobodyHoldsStartsOver) {
+  JoinAndInitialize();
+  std::string data = Encode(SmallBundle(2, 2, 2, 2));
+  v1::UpdateHeader h = UpdateHeaderFor("a", data, 1, 1, true);
+  h.set_upload_id("never-sent");
+  h.set_offset(10);
+  auto r = SubmitStream(h, data.substr(10), data.size() - 10);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("from offset 0"), std::string::npos) << r.reason();
+  EXPECT_EQ(metrics_.updates_rejected("unknown_upload"), 1);
+  // An offset without an upload id is meaningless.
+  h.clear_upload_id();
+  EXPECT_FALSE(SubmitStream(h, data.substr(10), data.size() - 10).accepted());
+  EXPECT_EQ(metrics_.updates_rejected("bad_request"), 1);
+  // Other agents cannot see (or resume) a's uploads.
+  h.set_upload_id("mine");
+  h.set_offset(0);
+  SubmitStream(h, data, 5);
+  EXPECT_TRUE(UploadStatusOf("a", "mine").found());
+  EXPECT_FALSE(UploadStatusOf("b", "mine").found());
+}
+
+TEST_F(ProtocolHandlerTest, PartialUploadsAreDroppedWhenTheRoundCloses) {
+  Make(ProtocolOptions{}, [](JobSpec& spec) {
+    spec.rounds.quorum = 1;
+    spec.rounds.timeoutSeconds = 10;
+  });
+  JoinAndInitialize();
+  std::string data = Encode(SmallBundle(2, 2, 2, 2));
+  v1::UpdateHeader h = UpdateHeaderFor("a", data, 1, 1, true);
+  h.set_upload_id("u");
+  SubmitStream(h, data, 12);
+  ASSERT_EQ(handler_->partial_uploads(), 1u);
+  std::string other = Encode(SmallBundle(1, 1, 1, 1));
+  ASSERT_TRUE(Submit(UpdateHeaderFor("b", other, 1, 1, true), other).accepted());
+  clock_.AdvanceMs(10'000);  // deadline with quorum 1 met: round 1 closes
+  engine_->Tick();
+  ASSERT_EQ(engine_->GetStatus().phase, Phase::kEvaluate);
+  handler_->DropClosedUploads();
+  EXPECT_EQ(handler_->partial_uploads(), 0u);
+  EXPECT_EQ(handler_->partial_bytes(), 0u);
+  h.set_offset(12);
+  auto r = SubmitStream(h, data.substr(12), data.size() - 12);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_EQ(metrics_.updates_rejected("unknown_upload"), 1);
+}
+
+TEST_F(ProtocolHandlerTest, PartialUploadsStayWithinTheirByteBudget) {
+  std::string data = Encode(SmallBundle(2, 2, 2, 2));
+  ProtocolOptions options;
+  options.max_partial_bytes = data.size() + data.size() / 2;  // room for one
+  Make(options);
+  JoinAndInitialize();
+  v1::UpdateHeader ha = UpdateHeaderFor("a", data, 1, 1, true);
+  ha.set_upload_id("ua");
+  SubmitStream(ha, data, 9);
+  v1::UpdateHeader hb = UpdateHeaderFor("b", data, 1, 1, true);
+  hb.set_upload_id("ub");
+  SubmitStream(hb, data, 9);
+  // b's upload evicted a's (least recently used); the budget holds.
+  EXPECT_EQ(handler_->partial_uploads(), 1u);
+  EXPECT_LE(handler_->partial_bytes(), options.max_partial_bytes);
+  EXPECT_FALSE(UploadStatusOf("a", "ua").found());
+  EXPECT_EQ(UploadStatusOf("b", "ub").received_bytes(), 9u);
+  // An agent's new upload replaces its older partial one.
+  hb.set_upload_id("ub2");
+  SubmitStream(hb, data, 3);
+  EXPECT_EQ(handler_->partial_uploads(), 1u);
+  EXPECT_FALSE(UploadStatusOf("b", "ub").found());
+  EXPECT_EQ(UploadStatusOf("b", "ub2").received_bytes(), 3u);
+}
+
+// --- hostile updates: each is rejected with a reason, counted, and leaves the
+// global model untouched. Round 2 is open on version 2 when each case runs.
+
+struct HostileCase {
+  std::string name;
+  std::string label;       // fedge_aggregator_updates_rejected_total{reason=...}
+  std::string reason_has;  // in the response's reason (or the Status message)
+  // Builds the attempt from a well-formed update of agent "a" for round 2.
+  std::function<void(v1::UpdateHeader&, std::string& data, size_t& send)> mutate;
+  StatusCode code = StatusCode::kOk;  // non-OK: the stream is refused with this status
+};
+
+std::string EncodeFp32(const TensorBundle& b) {
+  auto e = EncodeBundle(b, EncodeOptions{Codec::kFp32, 64, /*zstd=*/false, 3});
+  return e.ok() ? *e : std::string();
+}
+
+// What a hostile agent sends instead of EncodeBundle's output (which refuses
+// NaN/Inf): a well-formed fp32 bundle with `from` overwritten by `to` and a
+// valid SHA-256 trailer (docs/formats.md), so only the value check can catch it.
+std::string PatchValue(std::string enc, float from, float to) {
+  char f[4], t[4];
+  std::memcpy(f, &from, 4);
+  std::memcpy(t, &to, 4);
+  const size_t at = enc.find(std::string(f, 4), 36);
+  if (at == std::string::npos || at + 4 > enc.size() - 32) return "";
+  std::memcpy(enc.data() + at, t, 4);
+  const std::string hex = Sha256Hex(std::string_view(enc).substr(0, enc.size() - 32));
+  for (size_t i = 0; i < 32; ++i) enc[enc.size() - 32 + i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  return enc;
+}
+
+void SetData(v1::UpdateHeader& h, std::string& data, size_t& send, std::string bytes) {
+  data = std::move(bytes);
+  send = data.size();
+  h.set_total_bytes(data.size());
+  h.set_checksum(Sha256Hex(data));
+}
+
+void Reencode(v1::UpdateHeader& h, std::string& data, size_t& send, const TensorBundle& b) {
+  data = EncodeFp32(b);
+  send = data.size();
+  h.set_total_bytes(data.size());
+  h.set_checksum(Sha256Hex(data));
+}
+
+TEST_F(ProtocolHandlerTest, HostileUpdatesAreRejectedCountedAndLeaveTheGlobalUnchanged) {
+  Make(ProtocolOptions{}, [](JobSpec& spec) {
+    spec.rounds.total = 3;
+    spec.strategy.maxUpdateNorm = 10;
+  });
+  JoinAndInitialize();
+  std::string round1 = Encode(SmallBundle(1, 1, 1, 1));
+  const v1::UpdateHeader replayed = UpdateHeaderFor("a", round1, 1, 1, true);
+  ASSERT_TRUE(Submit(replayed, round1).accepted());
+  ASSERT_TRUE(Submit(UpdateHeaderFor("b", round1, 1, 1, true), round1).accepted());
+  for (const std::string agent : {"a", "b"}) {
+    v1::MetricsReport report;
+    *report.mutable_header() = Header(agent);
+    report.set_round(1);
+    report.set_global_version(2);
+    report.set_phase("evaluate");
+    ASSERT_TRUE(handler_->ReportMetrics(report).ok());
+  }
+  ASSERT_EQ(engine_->GetStatus().round, 2);
+  ASSERT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+
+  const std::vector<HostileCase> cases = {
+      {"wrong tensor name", "layout", "layout",
+       [](auto& h, auto& d, auto& n) {
+         Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}, NamedTensor{"evil", {1, 2}, {1, 1}}}});
+       }},
+      {"wrong shape", "layout", "layout",
+       [](auto& h, auto& d, auto& n) {
+         Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}, NamedTensor{"b", {2, 1}, {1, 1}}}});
+       }},
+      {"missing tensor", "layout", "layout",
+       [](auto& h, auto& d, auto& n) { Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}}}); }},
+      // The decoder refuses non-finite values before the engine sees them.
+      {"NaN", "decode", "not finite",
+       [](auto& h, auto& d, auto& n) { SetData(h, d, n, PatchValue(EncodeFp32(SmallBundle(1, 7.5f, 1, 1)), 7.5f, NAN)); }},
+      {"Inf", "decode", "not finite",
+       [](auto& h, auto& d, auto& n) {
+         SetData(h, d, n, PatchValue(EncodeFp32(SmallBundle(1, 1, 7.5f, 1)), 7.5f, -INFINITY));
+       }},
+      {"norm beyond the bound", "norm_bound", "exceeds bound",
+       [](auto& h, auto& d, auto& n) { Reencode(h, d, n, SmallBundle(100, 0, 0, 0)); }},
+      {"truncated stream", "size_mismatch", "cut short", [](auto&, auto& d, auto& n) { n = d.size() / 2; }},
+      {"corrupted in transit", "checksum", "checksum", [](auto&, auto& d, auto&) { d[d.size() / 2] ^= 0x20; }},
+      {"not a bundle", "decode", "decode",
+       [](auto& h, auto& d, auto& n) {
+         d = std::string(64, '\x01');
+         n = d.size();
+         h.set_total_bytes(d.size());
+         h.set_checksum(Sha256Hex(d));
+       }},
+      {"stale base version", "stale_base", "stale base", [](auto& h, auto&, auto&) { h.set_base_version(1); }},
+      {"future round", "round_not_open", "has not started", [](auto& h, auto&, auto&) { h.set_round(3); }},
+      {"replay of an old round", "replay", "replay",
+       [&](auto& h, auto& d, auto& n) {
+         h = replayed;  // the very bytes and header a sent for round 1
+         d = round1;
+         n = d.size();
+       }},
+      {"unknown agent", "unknown_agent", "rejoin",
+       [](auto& h, auto&, auto&) {
+         h.mutable_header()->set_agent_id("mallory");
+         h.mutable_header()->set_session("0123456789abcdef");
+       },
+       StatusCode::kUnauthenticated},
+      {"unknown session", "unknown_session", "rejoin",
+       [](auto& h, auto&, auto&) { h.mutable_header()->set_session("forged"); }, StatusCode::kUnauthenticated},
+  };
+
+  auto global_before = engine_->Global(0);
+  ASSERT_TRUE(global_before.ok());
+  const std::string checksum_before = (*global_before)->checksum;
+  const std::vector<float> a_before = (*global_before)->bundle.Find("a")->values;
+  for (const HostileCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::string data = Encode(SmallBundle(1, 2, 1, 2));
+    v1::UpdateHeader h = UpdateHeaderFor("a", data, 2, 2, true);
+    size_t send = data.size();
+    c.mutate(h, data, send);
+    const double counted = metrics_.updates_rejected(c.label);
+    Status status;
+    v1::SubmitUpdateResponse r = SubmitStream(h, data, send, &status);
+    if (c.code != StatusCode::kOk) {
+      EXPECT_EQ(status.code(), c.code) << status.ToString();
+      EXPECT_NE(status.message().find(c.reason_has), std::string::npos) << status.message();
+    } else {
+      ASSERT_TRUE(status.ok()) << status.ToString();
+      EXPECT_FALSE(r.accepted());
+      EXPECT_FALSE(r.reason().empty());
+      EXPECT_NE(r.reason().find(c.reason_has), std::string::npos) << r.reason();
+    }
+    EXPECT_EQ(metrics_.updates_rejected(c.label), counted + 1);
+    auto g = engine_->Global(0);
+    ASSERT_TRUE(g.ok());
+    EXPECT_EQ((*g)->version, 2);
+    EXPECT_EQ((*g)->checksum, checksum_before);
+    EXPECT_EQ((*g)->bundle.Find("a")->values, a_before);
+    EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);  // the round is still open
+  }
+  // None of it cost "a" its turn: its honest update still counts.
+  std::string honest = Encode(SmallBundle(1, 1, 1, 1));
+  EXPECT_TRUE(Submit(UpdateHeaderFor("a", honest, 2, 2, true), honest).accepted());
 }
 
 }  // namespace

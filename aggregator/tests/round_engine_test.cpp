@@ -270,7 +270,8 @@ TEST_F(RoundEngineTest, LateUpdateForClosedRoundIsRejected) {
   std::vector<float> before = Values("a");
   UpdateVerdict v = Submit("b", 1, 1, SmallBundle(9, 9, 9, 9));
   EXPECT_FALSE(v.accepted);
-  EXPECT_EQ(v.reason, "round 1 is closed");
+  EXPECT_EQ(v.reason,
+            "round 1 is closed (quorum_at_deadline, 1 updates): this update arrived late; ask for a task");
   EXPECT_EQ(Values("a"), before);
   EXPECT_EQ(metrics_.updates_rejected("round_closed"), 1);
 }
@@ -471,6 +472,214 @@ TEST_F(RoundEngineTest, RestoreOfFinishedJobIsSucceeded) {
   JoinAll({"a"});
   EXPECT_EQ(engine_->GetTask("a", 0).kind, TaskKind::kDone);
   EXPECT_EQ(engine_->GetStatus().state, JobState::kSucceeded);
+}
+
+TEST_F(RoundEngineTest, OverSelectionClosesAtTargetAndLaterUploadsAreLate) {
+  EngineOptions o = Options(1, 5);
+  o.fraction = 0.4;         // target = ceil(5 x 0.4) = 2
+  o.over_selection = 2.0;  // invite 4
+  Make(o);
+  JoinAll({"a", "b", "c", "d", "e"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  std::vector<std::string> invited;
+  for (const std::string id : {"a", "b", "c", "d", "e"}) {
+    if (engine_->GetTask(id, 1).kind == TaskKind::kTrain) invited.push_back(id);
+  }
+  ASSERT_EQ(invited.size(), 4u);
+  ASSERT_TRUE(Submit(invited[0], 1, 1, SmallBundle(1, 1, 1, 1), 1).accepted);
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+  ASSERT_TRUE(Submit(invited[1], 1, 1, SmallBundle(3, 3, 3, 3), 3).accepted);
+  // Closed at the target without waiting for the other two (or the deadline).
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.phase, Phase::kEvaluate);
+  EXPECT_EQ(Values("a"), (std::vector<float>{2.5f, 2.5f}));  // (1*1 + 3*3) / 4
+  UpdateVerdict late = Submit(invited[2], 1, 1, SmallBundle(9, 9, 9, 9));
+  EXPECT_FALSE(late.accepted);
+  EXPECT_EQ(late.reason_label, "round_closed");
+  EXPECT_NE(late.reason.find("target_reached, 2 updates"), std::string::npos) << late.reason;
+  EXPECT_NE(late.reason.find("late"), std::string::npos) << late.reason;
+  EXPECT_EQ(metrics_.updates_rejected("round_closed"), 1);
+  EXPECT_EQ(Values("a"), (std::vector<float>{2.5f, 2.5f}));
+  for (const std::string id : {"a", "b", "c", "d", "e"}) ASSERT_TRUE(Evaluate(id, 1, 2, 0.5, 1).ok());
+  s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_EQ(s.rounds[0].invited, 4);
+  EXPECT_EQ(s.rounds[0].participants, 2);
+  EXPECT_EQ(s.rounds[0].close_reason, "target_reached");
+}
+
+TEST_F(RoundEngineTest, OverSelectionDeadlineNeedsOnlyTheTarget) {
+  EngineOptions o = Options(1, 4);
+  o.fraction = 0.5;  // target 2
+  o.over_selection = 1.5;  // invite 3
+  Make(o);
+  JoinAll({"a", "b", "c", "d"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  std::vector<std::string> invited;
+  for (const std::string id : {"a", "b", "c", "d"}) {
+    if (engine_->GetTask(id, 1).kind == TaskKind::kTrain) invited.push_back(id);
+  }
+  ASSERT_EQ(invited.size(), 3u);
+  ASSERT_TRUE(Submit(invited[0], 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  clock_.AdvanceMs(kTimeoutMs);
+  engine_->Tick();
+  // One of the target two: extended, not closed.
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+  ASSERT_TRUE(Submit(invited[1], 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  EXPECT_EQ(engine_->GetStatus().phase, Phase::kEvaluate);
+}
+
+TEST_F(RoundEngineTest, ReplayOfAnOldRoundIsRejectedAsReplay) {
+  Make(Options(2, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Evaluate("a", 1, 2, 0.5, 1).ok());
+  ASSERT_EQ(engine_->GetStatus().round, 2);
+  std::vector<float> before = Values("a");
+  UpdateVerdict v = Submit("a", 1, 1, SmallBundle(1, 1, 1, 1));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(v.reason_label, "replay");
+  EXPECT_NE(v.reason.find("replay"), std::string::npos) << v.reason;
+  EXPECT_EQ(metrics_.updates_rejected("replay"), 1);
+  // A rejoin does not reset the replay defence.
+  JoinAll({"a"});
+  EXPECT_EQ(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).reason_label, "replay");
+  EXPECT_EQ(Values("a"), before);
+  EXPECT_EQ(engine_->GetStatus().global_version, 2);
+}
+
+TEST_F(RoundEngineTest, UpdateFromAnAgentThatNeverJoinedIsRejected) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  UpdateVerdict v = Submit("mallory", 1, 1, SmallBundle(5, 5, 5, 5));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(v.reason_label, "unknown_agent");
+  EXPECT_EQ(metrics_.updates_rejected("unknown_agent"), 1);
+  EXPECT_EQ(Values("a"), (std::vector<float>{0, 0}));
+  EXPECT_FALSE(engine_->IsJoined("mallory"));
+  EXPECT_TRUE(engine_->IsJoined("a"));
+}
+
+TEST_F(RoundEngineTest, AcceptsUpdatesForFollowsTheOpenTrainRound) {
+  Make(Options(1, 1));
+  JoinAll({"a"});
+  EXPECT_FALSE(engine_->AcceptsUpdatesFor(1));
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  EXPECT_TRUE(engine_->AcceptsUpdatesFor(1));
+  EXPECT_FALSE(engine_->AcceptsUpdatesFor(2));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  EXPECT_FALSE(engine_->AcceptsUpdatesFor(1));  // evaluating
+}
+
+// --- asynchronous (FedBuff) mode -------------------------------------------
+
+EngineOptions AsyncOptions(int total_rounds, int expected, int buffer) {
+  EngineOptions o = Options(total_rounds, expected);
+  o.async = true;
+  o.async_buffer_size = buffer;
+  o.staleness_exponent = 0.5;  // weight 1/sqrt(1 + staleness)
+  return o;
+}
+
+TEST_F(RoundEngineTest, AsyncAggregatesEveryKUpdatesAndWeightsStaleOnesDown) {
+  Make(AsyncOptions(/*rounds=*/2, /*agents=*/3, /*K=*/2));
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  // Everybody may train on version 1 at once; nobody is "not selected".
+  for (const std::string id : {"a", "b", "c"}) {
+    TaskInfo t = engine_->GetTask(id, 1);
+    ASSERT_EQ(t.kind, TaskKind::kTrain) << id;
+    EXPECT_EQ(t.global_version, 1);
+    EXPECT_EQ(t.round, 1);
+  }
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), 1).accepted);
+  EXPECT_EQ(engine_->GetTask("a", 1).kind, TaskKind::kWait);  // buffered; waits for version 2
+  ASSERT_TRUE(Submit("c", 1, 1, SmallBundle(3, 3, 3, 3), 1).accepted);
+  // K = 2 reached: version 2 = 0 + (1 + 3) / 2, no evaluation in between.
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.global_version, 2);
+  EXPECT_EQ(s.phase, Phase::kTrain);
+  EXPECT_EQ(s.round, 2);
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_EQ(s.rounds[0].close_reason, "buffer_full");
+  EXPECT_EQ(s.rounds[0].participants, 2);
+  EXPECT_EQ(Values("a"), (std::vector<float>{2, 2}));
+  EXPECT_EQ(engine_->GetTask("a", 2).kind, TaskKind::kTrain);
+
+  // b trained on version 1 (1 version stale): weight 1/sqrt(2). a is fresh.
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(4, 4, 4, 4), 1).accepted);
+  ASSERT_TRUE(Submit("a", 2, 2, SmallBundle(2, 2, 2, 2), 1).accepted);
+  // version 3 = 2 + (4/sqrt(2) + 2) / 2 = 3 + sqrt(2)
+  s = engine_->GetStatus();
+  EXPECT_EQ(s.global_version, 3);
+  EXPECT_EQ(s.phase, Phase::kEvaluate);  // the last round's version is evaluated
+  for (float x : Values("a")) EXPECT_NEAR(x, 3 + std::sqrt(2.0), 1e-6);
+  for (const std::string id : {"a", "b", "c"}) ASSERT_TRUE(Evaluate(id, 2, 3, 0.75, 10).ok());
+  s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_DOUBLE_EQ(*s.final_accuracy, 0.75);
+  EXPECT_FALSE(s.rounds[0].accuracy.has_value());
+}
+
+TEST_F(RoundEngineTest, AsyncRejectsReplaysTooStaleAndFutureUpdates) {
+  EngineOptions o = AsyncOptions(5, 3, 1);
+  o.max_staleness = 1;
+  Make(o);
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), 1).accepted);  // -> v2
+  EXPECT_EQ(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), 1).reason_label, "replay");
+  ASSERT_TRUE(Submit("b", 2, 2, SmallBundle(1, 1, 1, 1), 1).accepted);  // -> v3
+  ASSERT_EQ(engine_->GetStatus().global_version, 3);
+  UpdateVerdict v = Submit("c", 1, 1, SmallBundle(1, 1, 1, 1), 1);  // 2 versions stale
+  EXPECT_EQ(v.reason_label, "too_stale");
+  EXPECT_NE(v.reason.find("2 versions stale"), std::string::npos) << v.reason;
+  EXPECT_EQ(Submit("c", 3, 7, SmallBundle(1, 1, 1, 1), 1).reason_label, "stale_base");  // never published
+  EXPECT_EQ(Submit("c", 9, 3, SmallBundle(1, 1, 1, 1), 1).reason_label, "round_not_open");
+  EXPECT_EQ(Values("a"), (std::vector<float>{2, 2}));
+  EXPECT_EQ(engine_->GetStatus().global_version, 3);
+  ASSERT_TRUE(Submit("c", 2, 2, SmallBundle(2, 2, 2, 2), 1).accepted);  // 1 stale: 2/sqrt(2)
+  for (float x : Values("a")) EXPECT_NEAR(x, 2 + std::sqrt(2.0), 1e-6);
+}
+
+TEST_F(RoundEngineTest, AsyncPartialBufferIsAggregatedAtTheTimeout) {
+  Make(AsyncOptions(3, 2, 2));
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(2, 2, 2, 2), 1).accepted);
+  clock_.AdvanceMs(kTimeoutMs - 1);
+  engine_->Tick();
+  EXPECT_EQ(engine_->GetStatus().global_version, 1);
+  clock_.AdvanceMs(1);
+  engine_->Tick();
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.global_version, 2);
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_EQ(s.rounds[0].close_reason, "buffer_timeout");
+  // An empty buffer just keeps waiting.
+  clock_.AdvanceMs(3 * kTimeoutMs);
+  engine_->Tick();
+  EXPECT_EQ(engine_->GetStatus().global_version, 2);
+  EXPECT_EQ(engine_->GetStatus().state, JobState::kRunning);
+}
+
+TEST(EngineOptionsTest, SpecRoundFieldsReachTheEngine) {
+  JobSpec spec;
+  spec.rounds.overSelection = 1.5;
+  spec.rounds.mode = "async";
+  spec.rounds.asyncBufferSize = 7;
+  spec.rounds.stalenessExponent = 1.0;
+  spec.rounds.maxStaleness = 4;
+  EngineOptions o = EngineOptionsFromSpec(spec, 1);
+  EXPECT_DOUBLE_EQ(o.over_selection, 1.5);
+  EXPECT_TRUE(o.async);
+  EXPECT_EQ(o.async_buffer_size, 7);
+  EXPECT_DOUBLE_EQ(o.staleness_exponent, 1.0);
+  EXPECT_EQ(o.max_staleness, 4);
+  EXPECT_FALSE(EngineOptionsFromSpec(JobSpec{}, 1).async);
 }
 
 }  // namespace

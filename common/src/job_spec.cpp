@@ -275,7 +275,8 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     const std::string p = "spec.rounds";
     r.CheckKeys(n, p,
                 {"total", "quorum", "fraction", "timeoutSeconds", "localSteps", "batchSize", "learningRate",
-                 "weightDecay", "maxGradNorm", "seed"});
+                 "weightDecay", "maxGradNorm", "seed", "overSelection", "mode", "asyncBufferSize",
+                 "stalenessExponent", "maxStaleness"});
     r.Integer(n, p, "total", &job->rounds.total);
     r.Integer(n, p, "quorum", &job->rounds.quorum);
     r.Double(n, p, "fraction", &job->rounds.fraction);
@@ -286,6 +287,11 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     r.Double(n, p, "weightDecay", &job->rounds.weightDecay);
     r.Double(n, p, "maxGradNorm", &job->rounds.maxGradNorm);
     r.Integer(n, p, "seed", &job->rounds.seed);
+    r.Double(n, p, "overSelection", &job->rounds.overSelection);
+    r.String(n, p, "mode", &job->rounds.mode);
+    r.Integer(n, p, "asyncBufferSize", &job->rounds.asyncBufferSize);
+    r.Double(n, p, "stalenessExponent", &job->rounds.stalenessExponent);
+    r.Integer(n, p, "maxStaleness", &job->rounds.maxStaleness);
   }
   if (r.Object(spec, s, "strategy", &n)) {
     const std::string p = "spec.strategy";
@@ -482,6 +488,20 @@ Status ValidateJobSpec(const JobSpec& spec) {
   v.Positive("spec.rounds.learningRate", r.learningRate);
   v.AtLeast("spec.rounds.weightDecay", r.weightDecay, 0.0);
   v.AtLeast("spec.rounds.maxGradNorm", r.maxGradNorm, 0.0);
+  if (!(r.overSelection >= 1 && r.overSelection <= 10)) {
+    v.Add("spec.rounds.overSelection", "must be in [1, 10], got " + Validator::Str(r.overSelection));
+  }
+  v.OneOf("spec.rounds.mode", r.mode, {"sync", "async"});
+  v.AtLeast("spec.rounds.asyncBufferSize", r.asyncBufferSize, 1);
+  if (r.mode == "async" && r.asyncBufferSize > std::max(ag.minAgents, ag.replicas)) {
+    // Each agent contributes at most one update per global version.
+    v.Add("spec.rounds.asyncBufferSize",
+          "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " +
+              std::to_string(std::max(ag.minAgents, ag.replicas)) + " in async mode, got " +
+              std::to_string(r.asyncBufferSize));
+  }
+  v.AtLeast("spec.rounds.stalenessExponent", r.stalenessExponent, 0.0);
+  v.AtLeast("spec.rounds.maxStaleness", r.maxStaleness, 0);
 
   const StrategySpec& st = spec.strategy;
   v.OneOf("spec.strategy.name", st.name, kStrategies);
@@ -688,6 +708,11 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "weightDecay" << YAML::Value << dbl(r.weightDecay);
   out << YAML::Key << "maxGradNorm" << YAML::Value << dbl(r.maxGradNorm);
   out << YAML::Key << "seed" << YAML::Value << r.seed;
+  out << YAML::Key << "overSelection" << YAML::Value << dbl(r.overSelection);
+  out << YAML::Key << "mode" << YAML::Value << r.mode;
+  out << YAML::Key << "asyncBufferSize" << YAML::Value << r.asyncBufferSize;
+  out << YAML::Key << "stalenessExponent" << YAML::Value << dbl(r.stalenessExponent);
+  out << YAML::Key << "maxStaleness" << YAML::Value << r.maxStaleness;
   out << YAML::EndMap;
 
   out << YAML::Key << "strategy" << YAML::Value << YAML::BeginMap;

@@ -61,6 +61,17 @@ struct RoundsSpec {
   double weightDecay = 0.01;
   double maxGradNorm = 1.0;
   uint64_t seed = 42;
+  // Over-selection: invite ceil(target x overSelection) agents (target =
+  // max(ceil(live x fraction), quorum)) and close as soon as `target` updates
+  // arrived; the others' uploads are then late. 1: no over-selection.
+  double overSelection = 1.0;
+  // "sync": rounds as above. "async" (FedBuff): agents train whenever they
+  // ask, every asyncBufferSize updates make a new global version (one
+  // "round"), an update s versions stale is scaled by (1 + s)^-stalenessExponent.
+  std::string mode = "sync";
+  int asyncBufferSize = 10;
+  double stalenessExponent = 0.5;
+  int maxStaleness = 0;  // async: updates more than this many versions stale are rejected; 0: no bound
 
   bool operator==(const RoundsSpec&) const = default;
 };

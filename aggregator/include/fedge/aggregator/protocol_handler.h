@@ -5,8 +5,12 @@
 // rule here is unit-tested by calling the methods directly. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "fedge.pb.h"
@@ -26,6 +30,27 @@ struct ProtocolOptions {
   uint64_t max_update_bytes = 256ull << 20;
   TokenMap tokens;  // empty: no token check
   size_t chunk_bytes = kMaxChunkBytes;
+  // Resumable uploads held at once, counted by their declared total_bytes
+  // (memory is reserved up front). Past it the least recently used idle one
+  // is dropped; an upload that still does not fit is received unresumable.
+  uint64_t max_partial_bytes = 256ull << 20;
+};
+
+// The bytes of one named upload received so far (see UpdateHeader.upload_id).
+struct PartialUpload {
+  std::string key;          // agent id + '\n' + upload id
+  v1::UpdateHeader header;  // the header that started it
+  std::string data;         // written only by the stream that holds it (in_use)
+  std::atomic<uint64_t> received{0};
+  bool in_use = false;      // guarded by ProtocolHandler::uploads_mu_
+  uint64_t last_used = 0;   // guarded by uploads_mu_; LRU order
+};
+
+// One SubmitUpdate stream between OpenUpload and CloseUpload/ReleaseUpload.
+struct UploadStream {
+  v1::UpdateHeader header;
+  std::shared_ptr<PartialUpload> partial;  // always set after a successful OpenUpload
+  bool resumable = false;                  // partial is registered under its key
 };
 
 class ProtocolHandler {
@@ -59,6 +84,34 @@ class ProtocolHandler {
                    v1::SubmitUpdateResponse* rejection);
   v1::SubmitUpdateResponse FinishUpdate(const v1::UpdateHeader& header, const std::string& data);
 
+  // The resumable form of BeginUpdate/AppendChunk/FinishUpdate the service
+  // uses. OpenUpload: header checks as BeginUpdate (errors as Status,
+  // content rejections in *rejection with *rejected = true). A header with an
+  // upload_id registers the upload (offset 0) or resumes it (offset = bytes
+  // held; otherwise rejected "bad_offset"/"unknown_upload", or "upload_busy"
+  // while another stream still holds it). The caller then appends chunks
+  // (AppendUpload; false + *rejection ends the call and drops the upload) and
+  // ends with CloseUpload: a complete upload is decoded and submitted (the
+  // partial is dropped whatever the verdict); an incomplete registered one is
+  // kept and answered accepted=false with resume_offset; an incomplete
+  // unregistered one is rejected (size_mismatch). ReleaseUpload gives a held
+  // upload back without a verdict (stream errors).
+  Status OpenUpload(const v1::UpdateHeader& header, UploadStream* stream, v1::SubmitUpdateResponse* rejection,
+                    bool* rejected);
+  bool AppendUpload(UploadStream* stream, const std::string& chunk, v1::SubmitUpdateResponse* rejection);
+  v1::SubmitUpdateResponse CloseUpload(UploadStream* stream);
+  void ReleaseUpload(UploadStream* stream);
+
+  // How much of `upload_id` is held. Errors as CheckHeader.
+  Status GetUploadStatus(const v1::UploadStatusRequest& request, v1::UploadStatus* response);
+
+  // Drops idle partial uploads whose round no longer accepts updates
+  // (RoundEngine::AcceptsUpdatesFor). The server calls it on every tick.
+  void DropClosedUploads();
+  // Partial uploads held and the bytes reserved for them.
+  size_t partial_uploads() const;
+  uint64_t partial_bytes() const;
+
   Status ReportMetrics(const v1::MetricsReport& request);
 
   // Version, job and session of a non-Join request.
@@ -69,10 +122,17 @@ class ProtocolHandler {
  private:
   Status CheckVersionAndJob(const v1::RequestHeader& header) const;
   v1::SubmitUpdateResponse Reject(const v1::UpdateHeader& header, std::string_view label, std::string reason);
+  void EraseUploadLocked(const std::string& key);
+  void DropClosedUploadsLocked();
 
   RoundEngine* const engine_;
   AggregatorMetrics* const metrics_;
   const ProtocolOptions options_;
+
+  mutable std::mutex uploads_mu_;
+  std::map<std::string, std::shared_ptr<PartialUpload>> uploads_;  // guarded by uploads_mu_
+  uint64_t upload_bytes_ = 0;                                     // guarded by uploads_mu_
+  uint64_t upload_clock_ = 0;                                     // guarded by uploads_mu_
 };
 
 }  // namespace fedge::aggregator

@@ -6,9 +6,12 @@
 //                     full trainable state (round 0) -> global version 1;
 //                     everyone else WAITs
 //   Running           for round r in 1..total:
-//     train     invite max(ceil(live x fraction), quorum) agents; each submits a
-//               delta against the current global version. Close rule:
+//     train     target = max(ceil(live x fraction), quorum); invite
+//               ceil(target x over_selection) agents; each submits a delta
+//               against the current global version. Close rule:
 //                 - every invited agent answered        -> close
+//                 - `target` updates arrived (over-selection) -> close; the
+//                   stragglers' uploads are rejected as late (round_closed)
 //                 - deadline, accepted >= required      -> close
 //                   (required = quorum, or every invited agent when quorum = 0)
 //                 - deadline, fewer, extension unused   -> extend once by the
@@ -20,6 +23,13 @@
 //               when all reported or at the deadline
 //               -> round record, checkpoint, next round
 //   Succeeded         GetTask answers DONE
+//
+// Async mode (FedBuff, Nguyen et al. 2022): after INITIALIZE every agent that
+// asks gets TRAIN on the current version (once per version); an update s
+// versions stale is scaled by (1 + s)^-staleness_exponent and buffered; every
+// async_buffer_size updates (or, with at least one buffered, a round timeout
+// without reaching it) the strategy makes the next version: one "round".
+// After the last round every live agent evaluates the final version.
 //
 // Time comes from the injected Clock; nothing here sleeps. Every public method
 // first advances the state machine to "now" (Tick), so deadlines are honoured
@@ -84,6 +94,13 @@ struct EngineOptions {
   int64_t agent_liveness_ms = 0;
   int retry_after_ms = 200;
   uint64_t seed = 42;  // participant selection
+  // Invite ceil(target x over_selection) agents, close at `target` updates.
+  double over_selection = 1.0;
+  // FedBuff-style asynchronous rounds (see the file comment).
+  bool async = false;
+  int async_buffer_size = 10;
+  double staleness_exponent = 0.5;
+  int max_staleness = 0;  // 0: any staleness accepted
   TrainConfig train;
   StrategySpec strategy;
   AdapterSpec adapter;  // LoRA aggregation mode and rank (lora_aggregation.h)
@@ -183,6 +200,14 @@ class RoundEngine {
   // an aggregator restart).
   Status CheckSession(const std::string& agent_id, const std::string& session) const;
 
+  // True if `agent_id` has joined (whatever its session).
+  bool IsJoined(const std::string& agent_id) const;
+
+  // True while an update for `round` could still be accepted (sync: that
+  // round's train phase is open; async: the job is running and training).
+  // Partial uploads for which this is false are dropped.
+  bool AcceptsUpdatesFor(int64_t round) const;
+
   // What `agent_id` (already authenticated) should do now.
   TaskInfo GetTask(const std::string& agent_id, int64_t held_version);
 
@@ -221,12 +246,17 @@ class RoundEngine {
     int64_t num_train_examples = 0;
     int64_t last_seen_ms = 0;
     bool got_done = false;
+    // Replay defence; kept across re-joins.
+    int64_t last_accepted_round = 0;   // sync: newest round with an accepted update
+    int64_t last_base_version = 0;     // async: newest base version with an accepted update
   };
   struct TrainRound {
     std::set<std::string> invited;
     std::set<std::string> answered;
     int64_t deadline_ms = 0;
     int extensions = 0;
+    size_t target = 0;          // updates that close the round (<= invited.size())
+    double staleness_sum = 0;   // async: sum of accepted updates' staleness
     double train_loss_sum = 0;  // sum n_i * loss_i
     double examples = 0;        // sum n_i
   };
@@ -247,6 +277,19 @@ class RoundEngine {
   void StartTrainLocked(int64_t now);
   void CloseTrainLocked(int64_t now, const std::string& reason);
   void CloseEvalLocked(int64_t now);
+  // Round record into history, metrics, checkpoint, round_ + 1, phase idle.
+  void CompleteRoundLocked(int64_t now);
+  void StartAsyncLocked(int64_t now);
+  UpdateVerdict RejectLocked(const UpdateMeta& meta, std::string_view label, std::string reason);
+  // Layout, finiteness, norm bound and num_examples of an update; empty
+  // verdict.reason_label when it passes.
+  UpdateVerdict ValidateLocked(const UpdateMeta& meta, const TensorBundle& bundle);
+  // Folds a validated update into the strategy (capacity check included).
+  UpdateVerdict AddLocked(const UpdateMeta& meta, const TensorBundle& bundle);
+  UpdateVerdict SubmitAsyncLocked(const UpdateMeta& meta, const TensorBundle& bundle, Agent& agent,
+                                  int64_t now);
+  // "(target_reached, 3 updates)" for a closed round, "" if unknown.
+  std::string CloseDetailLocked(int64_t round) const;
   void FailLocked(const std::string& message);
   Status PublishGlobalLocked(TensorBundle bundle, int64_t version);
   void SaveCheckpointLocked(int64_t completed_round);

@@ -1,0 +1,529 @@
+// fedge_bench_scale: one real fedge-aggregator process driven by many
+// simulated agents over loopback gRPC (issue 4, items 4 and 6).
+//
+// Each simulated agent follows protocol v1 the way fedge-agent does (Join,
+// GetTask loop honouring retry_after_ms, FetchGlobal when its version is old,
+// SubmitUpdate, ReportMetrics) but "trains" by sending one of a few
+// pre-encoded int8+zstd deltas of the quickstart's size (83,353 values, about
+// 85 KB on the wire). The agents are multiplexed over a small pool of worker
+// threads by a due-time queue (no thread per agent) and a few channels.
+//
+// For every agent count (default 200 then 1000) a fresh aggregator runs
+// `--rounds` synchronous rounds. Reported per run: rounds per minute (from the
+// first TRAIN to the last DONE), aggregator CPU seconds per accepted update
+// (utime + stime from /proc/<pid>/stat over the same span, so it includes the
+// FetchGlobal and evaluation traffic of the round), and the aggregator's
+// resident memory: VmRSS once the global exists (baseline, same run) and
+// VmHWM at the end. Streaming FedAvg keeps the peak independent of the agent
+// count; the last line compares the runs' peak growth with the model's size.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fedge.grpc.pb.h"
+#include "fedge/job_spec.h"
+#include "fedge/tensor_bundle.h"
+
+namespace {
+
+using namespace fedge;
+using SteadyClock = std::chrono::steady_clock;
+constexpr char kJob[] = "bench/scale";
+
+TensorBundle Random(int64_t elements, uint32_t seed, float stddev) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, stddev);
+  TensorBundle b;
+  const int64_t kTensor = 8192;  // LoRA-factor-sized tensors
+  for (int64_t done = 0, i = 0; done < elements; ++i) {
+    const int64_t n = std::min(kTensor, elements - done);
+    NamedTensor t{"t" + std::to_string(i), {n}, std::vector<float>(static_cast<size_t>(n))};
+    for (float& v : t.values) v = normal(rng);
+    b.tensors.push_back(std::move(t));
+    done += n;
+  }
+  return b;
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct ProcStats {
+  double cpu_seconds = 0;  // utime + stime
+  long rss_kib = 0;        // VmRSS
+  long hwm_kib = 0;        // VmHWM
+};
+
+ProcStats ReadProc(pid_t pid) {
+  ProcStats s;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+  size_t close_paren = text.rfind(')');
+  if (close_paren != std::string::npos) {
+    std::istringstream rest(text.substr(close_paren + 2));
+    std::string field;
+    std::vector<std::string> f;
+    while (rest >> field) f.push_back(field);
+    if (f.size() > 13) {
+      s.cpu_seconds =
+          static_cast<double>(std::stoull(f[11]) + std::stoull(f[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    }
+  }
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) s.rss_kib = std::stol(line.substr(6));
+    if (line.rfind("VmHWM:", 0) == 0) s.hwm_kib = std::stol(line.substr(6));
+  }
+  return s;
+}
+
+// One pre-encoded update the simulated agents send.
+struct Payload {
+  std::string bytes;
+  std::string checksum;
+  uint64_t raw_bytes = 0;
+};
+
+struct SimAgent {
+  std::string id;
+  std::string session;
+  int64_t held_version = 0;
+  int channel = 0;
+  bool done = false;
+};
+
+struct RunResult {
+  int agents = 0;
+  int rounds = 0;
+  double seconds = 0;  // first TRAIN handed out -> last DONE
+  double cpu_seconds = 0;
+  long baseline_rss_kib = 0;
+  long peak_kib = 0;
+  uint64_t updates = 0;
+  uint64_t rejected = 0;
+  uint64_t rpc_errors = 0;
+  bool ok = false;
+  std::string error;
+};
+
+class Bench {
+ public:
+  Bench(std::string aggregator, int rounds, int threads, int channels, int64_t values)
+      : aggregator_(std::move(aggregator)), rounds_(rounds), threads_(threads), channels_(channels) {
+    initial_ = Random(values, 1, 0.02f);
+    auto init = EncodeBundle(initial_, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 3});
+    if (!init.ok()) std::abort();
+    initial_payload_.bytes = *init;
+    initial_payload_.checksum = Sha256Hex(*init);
+    initial_payload_.raw_bytes = initial_.Fp32Bytes();
+    // Blockwise int8 + zstd, the quickstart's codec.
+    for (uint32_t i = 0; i < 8; ++i) {
+      TensorBundle delta = Random(values, 100 + i, 0.001f);
+      auto enc = EncodeBundle(delta, EncodeOptions{Codec::kInt8, 64, /*zstd=*/true, 3});
+      if (!enc.ok()) std::abort();
+      deltas_.push_back(Payload{*enc, Sha256Hex(*enc), delta.Fp32Bytes()});
+    }
+  }
+
+  size_t update_bytes() const { return deltas_[0].bytes.size(); }
+  uint64_t model_bytes() const { return initial_.Fp32Bytes(); }
+
+  RunResult Run(int agents) {
+    RunResult result;
+    result.agents = agents;
+    result.rounds = rounds_;
+    const std::string dir = (std::filesystem::temp_directory_path() /
+                             ("fedge-scale-" + std::to_string(getpid()) + "-" + std::to_string(agents)))
+                                .string();
+    std::filesystem::create_directories(dir);
+    JobSpec spec;
+    spec.apiVersion = "fedge.io/v1alpha1";
+    spec.kind = "FederatedTrainingJob";
+    spec.name = "scale";
+    spec.namespace_ = "bench";
+    spec.model.path = "/models/bench";
+    spec.model.labels = {"negative", "positive"};
+    spec.data.path = "/data";
+    spec.data.trainFile = "train.jsonl";
+    spec.agents.minAgents = agents;
+    spec.rounds.total = rounds_;
+    spec.rounds.timeoutSeconds = 600;
+    spec.strategy.maxBufferedUpdates = std::max(agents, 1000);
+    if (auto parsed = ParseJobSpec(JobSpecToYaml(spec)); !parsed.ok()) {
+      result.error = "bench job spec is invalid: " + parsed.status().ToString();
+      return result;
+    }
+    std::ofstream(dir + "/job.yaml") << JobSpecToYaml(spec);
+    const int port = FreePort(), http = FreePort();
+    pid_t pid = fork();
+    if (pid == 0) {
+      std::string listen = "127.0.0.1:" + std::to_string(port), http_addr = "127.0.0.1:" + std::to_string(http);
+      std::string n = std::to_string(agents), config = dir + "/job.yaml";
+      execl(aggregator_.c_str(), aggregator_.c_str(), "--config", config.c_str(), "--listen", listen.c_str(),
+            "--http", http_addr.c_str(), "--expected-agents", n.c_str(), "--log-level", "warn",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+
+    std::vector<std::shared_ptr<grpc::Channel>> channels;
+    std::vector<std::unique_ptr<v1::Aggregator::Stub>> stubs;
+    for (int c = 0; c < channels_; ++c) {
+      grpc::ChannelArguments args;
+      args.SetInt("fedge.bench.channel", c);  // distinct args: a TCP connection each
+      args.SetMaxReceiveMessageSize(8 << 20);
+      auto ch = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
+                                          args);
+      if (!ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(20))) {
+        result.error = "aggregator did not listen on port " + std::to_string(port);
+        kill(pid, SIGTERM);
+        waitpid(pid, nullptr, 0);
+        return result;
+      }
+      stubs.push_back(v1::Aggregator::NewStub(ch));
+      channels.push_back(ch);
+    }
+
+    agents_.assign(static_cast<size_t>(agents), SimAgent{});
+    for (int i = 0; i < agents; ++i) {
+      agents_[static_cast<size_t>(i)].id = "agent-" + std::to_string(i);
+      agents_[static_cast<size_t>(i)].channel = i % channels_;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_ = {};
+      auto now = SteadyClock::now();
+      for (int i = 0; i < agents; ++i) queue_.push({now, i});
+      remaining_ = agents;
+      first_train_.reset();
+      failed_ = false;
+    }
+    updates_ = rejected_ = rpc_errors_ = 0;
+    baseline_ = ProcStats{};
+    pid_ = pid;
+
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads_; ++t) workers.emplace_back([&] { Work(stubs); });
+    for (auto& w : workers) w.join();
+    const auto end = SteadyClock::now();
+    ProcStats final_stats = ReadProc(pid);
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    std::filesystem::remove_all(dir);
+
+    result.updates = updates_;
+    result.rejected = rejected_;
+    result.rpc_errors = rpc_errors_;
+    result.baseline_rss_kib = baseline_.rss_kib;
+    result.peak_kib = final_stats.hwm_kib;
+    result.cpu_seconds = final_stats.cpu_seconds - baseline_.cpu_seconds;
+    if (first_train_) result.seconds = std::chrono::duration<double>(end - *first_train_).count();
+    result.ok = !failed_ && remaining_ == 0;
+    if (!result.ok && result.error.empty()) result.error = error_;
+    return result;
+  }
+
+ private:
+  using Due = std::pair<SteadyClock::time_point, int>;
+  struct Later {
+    bool operator()(const Due& a, const Due& b) const { return a.first > b.first; }
+  };
+
+  void Fail(const std::string& message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failed_) error_ = message;
+    failed_ = true;
+    cv_.notify_all();
+  }
+
+  void Work(std::vector<std::unique_ptr<v1::Aggregator::Stub>>& stubs) {
+    const auto give_up = SteadyClock::now() + std::chrono::minutes(15);
+    while (true) {
+      int index = -1;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        while (true) {
+          if (failed_ || remaining_ == 0) return;
+          if (SteadyClock::now() > give_up) {
+            error_ = "gave up after 15 minutes";
+            failed_ = true;
+            cv_.notify_all();
+            return;
+          }
+          if (!queue_.empty() && queue_.top().first <= SteadyClock::now()) {
+            index = queue_.top().second;
+            queue_.pop();
+            break;
+          }
+          if (queue_.empty()) {
+            cv_.wait_for(lock, std::chrono::milliseconds(100));
+          } else {
+            cv_.wait_until(lock, queue_.top().first);
+          }
+        }
+      }
+      SimAgent& agent = agents_[static_cast<size_t>(index)];
+      int delay_ms = Step(agent, index, *stubs[static_cast<size_t>(agent.channel)]);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (agent.done) {
+        --remaining_;
+        cv_.notify_all();
+      } else if (delay_ms >= 0) {
+        queue_.push({SteadyClock::now() + std::chrono::milliseconds(delay_ms), index});
+        cv_.notify_one();
+      }
+    }
+  }
+
+  v1::RequestHeader Header(const SimAgent& agent) const {
+    v1::RequestHeader h;
+    h.set_protocol_version(1);
+    h.set_job(kJob);
+    h.set_agent_id(agent.id);
+    h.set_session(agent.session);
+    return h;
+  }
+
+  bool Submit(SimAgent& agent, v1::Aggregator::Stub& stub, const Payload& p, int64_t round, int64_t base,
+              bool is_delta) {
+    grpc::ClientContext ctx;
+    v1::SubmitUpdateResponse response;
+    auto writer = stub.SubmitUpdate(&ctx, &response);
+    v1::UpdateChunk chunk;
+    v1::UpdateHeader* h = chunk.mutable_header();
+    *h->mutable_header() = Header(agent);
+    h->set_round(round);
+    h->set_base_version(base);
+    h->set_num_examples(100);
+    h->set_total_bytes(p.bytes.size());
+    h->set_checksum(p.checksum);
+    h->set_train_loss(1.0);
+    h->set_steps(20);
+    h->set_is_delta(is_delta);
+    h->set_raw_bytes(p.raw_bytes);
+    writer->Write(chunk);
+    constexpr size_t kChunk = 4u << 20;
+    for (size_t off = 0; off < p.bytes.size(); off += kChunk) {
+      v1::UpdateChunk data;
+      data.set_data(p.bytes.substr(off, kChunk));
+      if (!writer->Write(data)) break;
+    }
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    if (!s.ok()) {
+      ++rpc_errors_;
+      return false;
+    }
+    if (!response.accepted()) {
+      ++rejected_;
+      return false;
+    }
+    if (is_delta) ++updates_;
+    return true;
+  }
+
+  bool Fetch(SimAgent& agent, v1::Aggregator::Stub& stub, int64_t version) {
+    grpc::ClientContext ctx;
+    v1::FetchGlobalRequest req;
+    *req.mutable_header() = Header(agent);
+    req.set_version(version);
+    auto reader = stub.FetchGlobal(&ctx, req);
+    v1::GlobalChunk chunk;
+    uint64_t got = 0, total = 0;
+    while (reader->Read(&chunk)) {
+      got += chunk.data().size();
+      total = chunk.total_bytes();
+    }
+    if (!reader->Finish().ok() || got != total) {
+      ++rpc_errors_;
+      return false;
+    }
+    agent.held_version = version;
+    return true;
+  }
+
+  // One protocol step; returns the delay before the agent's next step.
+  int Step(SimAgent& agent, int index, v1::Aggregator::Stub& stub) {
+    if (agent.session.empty()) {
+      grpc::ClientContext ctx;
+      v1::JoinRequest req;
+      *req.mutable_header() = Header(agent);
+      req.set_node_name("sim-node-" + std::to_string(index));
+      req.mutable_capabilities()->set_num_train_examples(100);
+      v1::JoinResponse resp;
+      grpc::Status s = stub.Join(&ctx, req, &resp);
+      if (!s.ok()) {
+        ++rpc_errors_;
+        return 500;
+      }
+      agent.session = resp.session();
+      return 0;
+    }
+    grpc::ClientContext ctx;
+    v1::TaskRequest req;
+    *req.mutable_header() = Header(agent);
+    req.set_held_version(agent.held_version);
+    v1::Task task;
+    grpc::Status s = stub.GetTask(&ctx, req, &task);
+    if (!s.ok()) {
+      ++rpc_errors_;
+      if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) agent.session.clear();
+      return 500;
+    }
+    switch (task.kind()) {
+      case v1::TASK_KIND_WAIT:
+        return std::max(task.retry_after_ms(), 50);
+      case v1::TASK_KIND_INITIALIZE:
+        Submit(agent, stub, initial_payload_, 0, 0, /*is_delta=*/false);
+        baseline_ = ReadProc(pid_);  // the global exists; nothing round-related has happened yet
+        return 0;
+      case v1::TASK_KIND_TRAIN: {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (!first_train_) {
+            first_train_ = SteadyClock::now();
+            baseline_ = ReadProc(pid_);
+          }
+        }
+        if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version())) return 200;
+        Submit(agent, stub, deltas_[static_cast<size_t>(index) % deltas_.size()], task.round(),
+               task.global_version(), true);
+        return 0;
+      }
+      case v1::TASK_KIND_EVALUATE: {
+        if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version())) return 200;
+        grpc::ClientContext mctx;
+        v1::MetricsReport report;
+        *report.mutable_header() = Header(agent);
+        report.set_round(task.round());
+        report.set_global_version(task.global_version());
+        report.set_phase("evaluate");
+        report.set_num_examples(20);
+        (*report.mutable_values())["accuracy"] = 0.5;
+        (*report.mutable_values())["loss"] = 1.0;
+        v1::MetricsAck ack;
+        if (!stub.ReportMetrics(&mctx, report, &ack).ok()) ++rpc_errors_;
+        return 0;
+      }
+      case v1::TASK_KIND_DONE:
+        agent.done = true;
+        return -1;
+      default:
+        Fail("unexpected task kind " + std::to_string(task.kind()));
+        return -1;
+    }
+  }
+
+  const std::string aggregator_;
+  const int rounds_, threads_, channels_;
+  TensorBundle initial_;
+  Payload initial_payload_;
+  std::vector<Payload> deltas_;
+
+  std::vector<SimAgent> agents_;
+  pid_t pid_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::priority_queue<Due, std::vector<Due>, Later> queue_;  // guarded by mu_
+  int remaining_ = 0;                                         // guarded by mu_
+  std::optional<SteadyClock::time_point> first_train_;        // guarded by mu_
+  bool failed_ = false;                                       // guarded by mu_
+  std::string error_;                                         // guarded by mu_
+  ProcStats baseline_;
+  std::atomic<uint64_t> updates_{0}, rejected_{0}, rpc_errors_{0};
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fedge_bench_scale: simulated agents against one fedge-aggregator process"};
+  std::string aggregator;
+  std::vector<int> agent_counts = {200, 1000};
+  int rounds = 3, threads = 16, channels = 4;
+  int64_t values = 83'353;  // the quickstart update: LoRA r8 on query/value of MiniLM-L6 + head
+  app.add_option("--aggregator", aggregator, "path to fedge-aggregator (default: next to this build)");
+  app.add_option("--agents", agent_counts, "agent counts, one aggregator run each (e.g. 200,1000)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--rounds", rounds, "rounds per run")->capture_default_str();
+  app.add_option("--threads", threads, "worker threads multiplexing the agents")->capture_default_str();
+  app.add_option("--channels", channels, "gRPC channels (TCP connections) shared by the agents")
+      ->capture_default_str();
+  app.add_option("--values", values, "trainable values per update")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (aggregator.empty()) {
+    std::filesystem::path self = std::filesystem::canonical("/proc/self/exe");
+    aggregator = (self.parent_path().parent_path() / "aggregator" / "fedge-aggregator").string();
+  }
+  if (!std::filesystem::exists(aggregator)) {
+    std::fprintf(stderr, "no aggregator binary at %s (build fedge-aggregator or pass --aggregator)\n",
+                 aggregator.c_str());
+    return 2;
+  }
+
+  Bench bench(aggregator, rounds, threads, channels, values);
+  std::printf("model: %lld values, %.1f KB fp32; update: int8+zstd %.1f KB on the wire\n",
+              static_cast<long long>(values), static_cast<double>(bench.model_bytes()) / 1024.0,
+              static_cast<double>(bench.update_bytes()) / 1024.0);
+  std::printf("load generator: %d worker threads, %d channels, %u cores on this machine\n", threads, channels,
+              std::thread::hardware_concurrency());
+  std::vector<RunResult> results;
+  for (int n : agent_counts) {
+    RunResult r = bench.Run(n);
+    if (!r.ok) {
+      std::fprintf(stderr, "run with %d agents failed: %s\n", n, r.error.c_str());
+      return 1;
+    }
+    const double rpm = r.seconds > 0 ? 60.0 * r.rounds / r.seconds : 0;
+    std::printf(
+        "agents %5d: %d rounds in %.1f s = %.2f rounds/min; %llu updates accepted, %llu rejected, %llu rpc "
+        "errors; aggregator CPU %.2f s = %.2f ms per update; RSS after init %.1f MiB, peak (VmHWM) %.1f MiB, "
+        "growth %.1f MiB = %.1fx the fp32 model\n",
+        n, r.rounds, r.seconds, rpm, static_cast<unsigned long long>(r.updates),
+        static_cast<unsigned long long>(r.rejected), static_cast<unsigned long long>(r.rpc_errors), r.cpu_seconds,
+        r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0, r.baseline_rss_kib / 1024.0,
+        r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
+        (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()));
+    results.push_back(r);
+  }
+  if (results.size() >= 2) {
+    const RunResult& a = results.front();
+    const RunResult& b = results.back();
+    std::printf("peak RSS %d -> %d agents (%.1fx the agents): %.1f -> %.1f MiB (ratio %.2f); model %.1f KB\n",
+                a.agents, b.agents, static_cast<double>(b.agents) / a.agents, a.peak_kib / 1024.0,
+                b.peak_kib / 1024.0, static_cast<double>(b.peak_kib) / static_cast<double>(a.peak_kib),
+                static_cast<double>(bench.model_bytes()) / 1024.0);
+  }
+  return 0;
+}
