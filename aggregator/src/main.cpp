@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 #include "fedge/aggregator/server.h"
+#include "fedge/file_util.h"
 #include "fedge/job_spec.h"
 #include "fedge/log.h"
 #include "fedge/version.h"
@@ -28,7 +30,7 @@ int main(int argc, char** argv) {
   using namespace fedge;
   using namespace std::chrono_literals;
 
-  std::string config_path, checkpoint_dir, tokens_file;
+  std::string config_path, checkpoint_dir, tokens_file, tls_cert, tls_key, tls_client_ca;
   std::string listen = "0.0.0.0:7070", http = "0.0.0.0:8081";
   std::string log_level = "info", log_format = "logfmt";
   int expected_agents = 0;
@@ -47,7 +49,12 @@ int main(int argc, char** argv) {
                  "agents to wait for before the first round (0: spec.agents.minAgents)")
       ->capture_default_str();
   app.add_option("--tokens-file", tokens_file,
-                 "file of \"agent-id token\" lines; agents must present their token");
+                 "file of \"agent-id token\" lines; agents must present their token (re-read when "
+                 "the file changes, e.g. a mounted Secret gaining a new node's token)");
+  app.add_option("--tls-cert", tls_cert, "PEM serving certificate (chain): serve agents over TLS");
+  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", tls_client_ca,
+                 "PEM CA bundle: require agents to present a client certificate it signed (mutual TLS)");
   app.add_option("--max-update-bytes", max_update_bytes, "largest encoded update accepted")
       ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,
@@ -95,6 +102,17 @@ int main(int argc, char** argv) {
   }
 
   aggregator::ServerOptions options;
+  for (auto [flag, path, pem] : {std::tuple{"--tls-cert", &tls_cert, &options.tls_cert_pem},
+                                 std::tuple{"--tls-key", &tls_key, &options.tls_key_pem},
+                                 std::tuple{"--tls-client-ca", &tls_client_ca, &options.tls_client_ca_pem}}) {
+    if (path->empty()) continue;
+    auto text = ReadFile(*path);
+    if (!text.ok()) {
+      log::Error("cannot read a TLS file", {{"flag", flag}, {"error", text.status().ToString()}});
+      return 2;
+    }
+    *pem = std::move(*text);
+  }
   options.grpc_address = listen;
   options.http_address = http;
   options.checkpoint_dir = checkpoint_dir;

@@ -32,7 +32,13 @@ Status ProtocolHandler::CheckHeader(const v1::RequestHeader& header) const {
 Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* response) {
   FEDGE_RETURN_IF_ERROR(CheckVersionAndJob(request.header()));
   const std::string& agent = request.header().agent_id();
-  if (!options_.tokens.empty()) {
+  if (options_.token_file) {
+    if (Status s = options_.token_file->Check(agent, request.token()); !s.ok()) {
+      log::Warn("join refused", {{"agent", agent}, {"node", request.node_name()}, {"error", s.message()}});
+      return Status(s.code(), s.message() + " for job \"" + engine_->options().job +
+                                  "\"; check the agent's token secret");
+    }
+  } else if (!options_.tokens.empty()) {
     auto it = options_.tokens.find(agent);
     if (it == options_.tokens.end() || !TokenMatches(it->second, request.token())) {
       log::Warn("join refused: bad token", {{"agent", agent}, {"node", request.node_name()}});

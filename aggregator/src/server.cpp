@@ -108,11 +108,14 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   ProtocolOptions protocol;
   protocol.max_update_bytes = options.max_update_bytes;
   if (!options.tokens_file.empty()) {
-    FEDGE_ASSIGN_OR_RETURN(protocol.tokens, LoadTokens(options.tokens_file));
-    if (protocol.tokens.empty()) {
-      return InvalidArgumentError("tokens file " + options.tokens_file +
-                                  " lists no agents: every Join would fail");
-    }
+    // Re-read when it changes: agents of nodes that join later get their tokens then.
+    FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));
+  }
+  if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
+    return InvalidArgumentError("TLS needs both a certificate and its private key");
+  }
+  if (!options.tls_client_ca_pem.empty() && options.tls_cert_pem.empty()) {
+    return InvalidArgumentError("a client CA (mutual TLS) needs a serving certificate and key too");
   }
 
   EngineOptions engine_options = EngineOptionsFromSpec(spec, options.expected_agents);
@@ -136,13 +139,23 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   return server;
 }
 
+std::shared_ptr<grpc::ServerCredentials> AggregatorServer::ServerCredentials() const {
+  if (options_.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl(options_.tls_client_ca_pem.empty()
+                                            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = options_.tls_client_ca_pem;
+  ssl.pem_key_cert_pairs.push_back({options_.tls_key_pem, options_.tls_cert_pem});
+  return grpc::SslServerCredentials(ssl);
+}
+
 AggregatorServer::~AggregatorServer() { Shutdown(std::chrono::seconds(2)); }
 
 int AggregatorServer::http_port() const { return http_ ? http_->port() : 0; }
 
 Status AggregatorServer::Start() {
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.grpc_address, grpc::InsecureServerCredentials(), &grpc_port_);
+  builder.AddListeningPort(options_.grpc_address, ServerCredentials(), &grpc_port_);
   // Chunks are <= 4 MiB; leave room for the message framing around them.
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
   builder.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
@@ -191,6 +204,8 @@ Status AggregatorServer::Start() {
   });
   log::Info("aggregator serving", {{"job", engine_->options().job},
                                    {"grpc_port", grpc_port_},
+                                   {"tls", options_.tls_cert_pem.empty() ? "off"
+                                           : options_.tls_client_ca_pem.empty() ? "server" : "mutual"},
                                    {"http_port", http_port()},
                                    {"expected_agents", engine_->options().expected_agents},
                                    {"rounds", engine_->options().total_rounds}});

@@ -1,8 +1,13 @@
 #include "fedge/aggregator/tokens.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <sstream>
 
 #include "fedge/file_util.h"
+#include "fedge/log.h"
 
 namespace fedge::aggregator {
 
@@ -38,6 +43,92 @@ bool TokenMatches(const std::string& expected, const std::string& presented) {
     diff |= static_cast<unsigned char>(expected[i] ^ presented[i]);
   }
   return diff == 0;
+}
+
+StatusOr<TokenFile::FileId> TokenFile::Stat(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return UnavailableError("cannot stat tokens file " + path + ": " + std::strerror(errno));
+  }
+  FileId id;
+  id.dev = st.st_dev;
+  id.ino = st.st_ino;
+  id.size = st.st_size;
+  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  return id;
+}
+
+StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(std::string path, const Clock* clock,
+                                                     int64_t min_recheck_ms) {
+  std::unique_ptr<TokenFile> f(new TokenFile(std::move(path), clock, min_recheck_ms));
+  // Stat before reading: a swap between the two then shows up as a change later.
+  auto id = Stat(f->path_);
+  if (!id.ok()) return NotFoundError(id.status().message());
+  FEDGE_ASSIGN_OR_RETURN(f->tokens_, LoadTokens(f->path_));
+  if (f->tokens_.empty()) {
+    return InvalidArgumentError("tokens file " + f->path_ + " lists no agents: every Join would fail");
+  }
+  f->id_ = *id;
+  f->last_check_ms_ = clock->NowUnixMs();
+  return f;
+}
+
+bool TokenFile::RefreshLocked() {
+  last_check_ms_ = clock_->NowUnixMs();
+  auto id = Stat(path_);
+  if (!id.ok() || *id == id_) return false;
+  auto tokens = LoadTokens(path_);
+  if (!tokens.ok() || tokens->empty()) {
+    // A half-written file (not the kubelet's way, but a hand-edited one) must not
+    // lock out agents that already hold valid tokens; look again next time.
+    log::Warn("ignoring the changed tokens file; keeping the previous tokens",
+              {{"path", path_},
+               {"error", tokens.ok() ? std::string("it lists no agents") : tokens.status().ToString()}});
+    return false;
+  }
+  id_ = *id;
+  const size_t before = tokens_.size();
+  tokens_ = std::move(*tokens);
+  ++reloads_;
+  log::Info("tokens file reloaded", {{"path", path_},
+                                     {"agents", static_cast<int64_t>(tokens_.size())},
+                                     {"before", static_cast<int64_t>(before)}});
+  return true;
+}
+
+bool TokenFile::Refresh() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return RefreshLocked();
+}
+
+Status TokenFile::Check(const std::string& agent, const std::string& presented) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = tokens_.find(agent);
+  const bool known_and_matches = it != tokens_.end() && TokenMatches(it->second, presented);
+  if (!known_and_matches && clock_->NowUnixMs() - last_check_ms_ >= min_recheck_ms_) {
+    // The rate limit bounds the stat()s a stream of bad Joins can cause.
+    RefreshLocked();
+    it = tokens_.find(agent);
+  }
+  if (it == tokens_.end()) {
+    return UnavailableError("agent \"" + agent +
+                            "\" is not listed in the tokens file (yet); a new node's token reaches the "
+                            "aggregator when its Secret volume is updated - retry");
+  }
+  if (!TokenMatches(it->second, presented)) {
+    return UnauthenticatedError("agent \"" + agent + "\" presented a wrong token");
+  }
+  return OkStatus();
+}
+
+size_t TokenFile::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tokens_.size();
+}
+
+int64_t TokenFile::reloads() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return reloads_;
 }
 
 }  // namespace fedge::aggregator

@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+
 namespace fedge::aggregator {
 namespace {
 
@@ -23,6 +28,114 @@ TEST(TokensTest, MatchesOnlyTheExactToken) {
   EXPECT_FALSE(TokenMatches("abc", "abd"));
   EXPECT_FALSE(TokenMatches("abc", "ab"));
   EXPECT_FALSE(TokenMatches("abc", ""));
+}
+
+}  // namespace
+}  // namespace fedge::aggregator
+
+namespace fedge::aggregator {
+namespace {
+
+// The kubelet's layout for a mounted Secret: <dir>/tokens -> ..data/tokens,
+// ..data -> ..<version>, updated by an atomic rename of a new ..data symlink.
+class MountedSecret {
+ public:
+  explicit MountedSecret(const std::string& dir) : dir_(dir) {
+    std::filesystem::create_symlink("..data/tokens", dir_ + "/tokens");
+  }
+  void Publish(const std::string& text) {
+    const std::string version = "..v" + std::to_string(++version_);
+    std::filesystem::create_directory(dir_ + "/" + version);
+    std::ofstream(dir_ + "/" + version + "/tokens") << text;
+    std::filesystem::create_symlink(version, dir_ + "/..data_tmp");
+    std::filesystem::rename(dir_ + "/..data_tmp", dir_ + "/..data");
+  }
+  std::string path() const { return dir_ + "/tokens"; }
+
+ private:
+  std::string dir_;
+  int version_ = 0;
+};
+
+TEST(TokenFileTest, AdmitsAnAgentAddedBySymlinkSwapAfterTheRateLimit) {
+  testing::TempDir dir;
+  MountedSecret secret(dir.path());
+  secret.Publish("edge-0 t0\n");
+  FakeClock clock;
+  auto file = TokenFile::Open(secret.path(), &clock, 1000);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
+  // A new node's agent may ask before its token reached the mount: retryable.
+  Status early = (*file)->Check("edge-1", "t1");
+  EXPECT_EQ(early.code(), StatusCode::kUnavailable) << early.ToString();
+  EXPECT_NE(early.message().find("retry"), std::string::npos);
+
+  secret.Publish("edge-0 t0\nedge-1 t1\n");
+  // Within the rate limit the file is not looked at again.
+  EXPECT_EQ((*file)->Check("edge-1", "t1").code(), StatusCode::kUnavailable);
+  EXPECT_EQ((*file)->reloads(), 0);
+  clock.AdvanceMs(1000);
+  EXPECT_TRUE((*file)->Check("edge-1", "t1").ok());
+  EXPECT_EQ((*file)->reloads(), 1);
+  EXPECT_EQ((*file)->size(), 2u);
+  EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
+}
+
+TEST(TokenFileTest, WrongTokenOfAListedAgentIsUnauthenticated) {
+  testing::TempDir dir;
+  MountedSecret secret(dir.path());
+  secret.Publish("edge-0 t0\n");
+  FakeClock clock;
+  auto file = TokenFile::Open(secret.path(), &clock, 1000);
+  ASSERT_TRUE(file.ok());
+  clock.AdvanceMs(5000);
+  Status s = (*file)->Check("edge-0", "t1");
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_EQ((*file)->reloads(), 0);  // looked, unchanged: nothing re-read
+}
+
+TEST(TokenFileTest, ValidJoinsNeverTouchTheFile) {
+  testing::TempDir dir;
+  MountedSecret secret(dir.path());
+  secret.Publish("edge-0 t0\n");
+  FakeClock clock;
+  auto file = TokenFile::Open(secret.path(), &clock, 1000);
+  ASSERT_TRUE(file.ok());
+  secret.Publish("edge-0 t0\nedge-1 t1\n");
+  clock.AdvanceMs(5000);
+  EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
+  EXPECT_EQ((*file)->reloads(), 0);
+  EXPECT_TRUE((*file)->Refresh());  // the change was there to be seen
+  EXPECT_FALSE((*file)->Refresh());
+  EXPECT_EQ((*file)->size(), 2u);
+}
+
+TEST(TokenFileTest, KeepsThePreviousTokensWhenTheChangedFileIsBad) {
+  testing::TempDir dir;
+  MountedSecret secret(dir.path());
+  secret.Publish("edge-0 t0\n");
+  FakeClock clock;
+  auto file = TokenFile::Open(secret.path(), &clock, 1000);
+  ASSERT_TRUE(file.ok());
+  secret.Publish("edge-0\n");  // malformed
+  EXPECT_FALSE((*file)->Refresh());
+  secret.Publish("");  // no agents
+  EXPECT_FALSE((*file)->Refresh());
+  EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
+  // A later good version is still picked up.
+  secret.Publish("edge-0 t0\nedge-2 t2\n");
+  clock.AdvanceMs(1000);
+  EXPECT_TRUE((*file)->Check("edge-2", "t2").ok());
+}
+
+TEST(TokenFileTest, OpenFailsOnAMissingOrEmptyFile) {
+  testing::TempDir dir;
+  FakeClock clock;
+  EXPECT_EQ(TokenFile::Open(dir.path() + "/absent", &clock).status().code(), StatusCode::kNotFound);
+  std::ofstream(dir.path() + "/empty") << "# nobody\n";
+  auto empty = TokenFile::Open(dir.path() + "/empty", &clock);
+  EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(empty.status().message().find("lists no agents"), std::string::npos);
 }
 
 }  // namespace

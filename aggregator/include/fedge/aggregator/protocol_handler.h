@@ -29,6 +29,9 @@ struct ProtocolOptions {
   // any data is buffered.
   uint64_t max_update_bytes = 256ull << 20;
   TokenMap tokens;  // empty: no token check
+  // Set: Join checks tokens here instead (re-read when the file changes, for
+  // agents of nodes that join after the aggregator started); `tokens` is unused.
+  std::shared_ptr<TokenFile> token_file;
   size_t chunk_bytes = kMaxChunkBytes;
   // Resumable uploads held at once, counted by their declared total_bytes
   // (memory is reserved up front). Past it the least recently used idle one

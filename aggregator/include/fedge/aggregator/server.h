@@ -22,6 +22,7 @@
 
 namespace grpc {
 class Server;
+class ServerCredentials;
 }
 namespace fedge {
 class HttpServer;
@@ -34,7 +35,13 @@ struct ServerOptions {
   std::string http_address = "0.0.0.0:8081";  // "": no HTTP listener
   std::string checkpoint_dir;                 // "": no checkpoints
   int expected_agents = 0;                    // 0: spec.agents.minAgents
-  std::string tokens_file;                    // "": no token check
+  std::string tokens_file;                    // "": no token check; re-read when it changes
+  // TLS for the gRPC listener (PEM contents, not paths). Cert and key set: agents
+  // must connect over TLS; plaintext connections fail their handshake. Client CA
+  // set too: agents must also present a certificate signed by it (mutual TLS).
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string tls_client_ca_pem;
   uint64_t max_update_bytes = 256ull << 20;
   int64_t tick_interval_ms = 200;  // how often deadlines are checked
   Clock* clock = nullptr;          // null: SystemClock
@@ -68,6 +75,7 @@ class AggregatorServer {
  private:
   class Service;
   AggregatorServer() = default;
+  std::shared_ptr<grpc::ServerCredentials> ServerCredentials() const;
 
   ServerOptions options_;
   std::unique_ptr<AggregatorMetrics> metrics_;
