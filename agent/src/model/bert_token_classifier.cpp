@@ -35,7 +35,8 @@ StatusOr<int64_t> NumLabels(const std::string& config_text) {
   if (j.contains("id2label") && j["id2label"].is_object() && !j["id2label"].empty()) {
     return static_cast<int64_t>(j["id2label"].size());
   }
-  return InvalidArgumentError("config.json has neither num_labels nor id2label; how many labels does the head have?");
+  return InvalidArgumentError(
+      "config.json has neither num_labels nor id2label; how many labels does the head have?");
 }
 
 }  // namespace
@@ -67,7 +68,8 @@ StatusOr<std::shared_ptr<BertTokenClassifierImpl>> BertTokenClassifierImpl::Load
       const std::string name = "classifier." + item.key();
       const StTensorView* view = weights.Find(name);
       if (view == nullptr) {
-        return DataLossError(weights_path + " lacks '" + name + "'; is it a BertForTokenClassification checkpoint?");
+        return DataLossError(weights_path + " lacks '" + name +
+                             "'; is it a BertForTokenClassification checkpoint?");
       }
       if (view->shape != item.value().sizes().vec()) {
         return DataLossError(weights_path + ": '" + name + "' has shape " + ShapeString(view->shape) +
@@ -81,14 +83,16 @@ StatusOr<std::shared_ptr<BertTokenClassifierImpl>> BertTokenClassifierImpl::Load
   });
 }
 
-torch::Tensor BertTokenClassifierImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
+torch::Tensor BertTokenClassifierImpl::forward(const torch::Tensor& input_ids,
+                                               const torch::Tensor& attention_mask) {
   return classifier_(bert_(input_ids, attention_mask));
 }
 
-Status BertTokenClassifierImpl::EnableLora(const LoraOptions& options, const std::vector<std::string>& targets,
-                                           torch::Generator& init) {
+Status BertTokenClassifierImpl::EnableLora(const LoraOptions& options,
+                                           const std::vector<std::string>& targets, torch::Generator& init) {
   if (lora_enabled_) return InvalidArgumentError("LoRA is already enabled");
-  if (options.rank <= 0 || !(options.alpha > 0)) return InvalidArgumentError("LoRA rank and alpha must be positive");
+  if (options.rank <= 0 || !(options.alpha > 0))
+    return InvalidArgumentError("LoRA rank and alpha must be positive");
   // Resolve every target before changing anything, so an error leaves no half-adapted model.
   std::vector<std::pair<std::string, LoraLinear>> selected;
   std::unordered_set<std::string> seen;
@@ -121,23 +125,24 @@ TensorBundle BertTokenClassifierImpl::ExportTrainable() const {
   TensorBundle bundle;
   for (const auto& [name, tensor] : trainable_) {
     torch::Tensor t = tensor.detach().contiguous();
-    bundle.tensors.push_back(
-        NamedTensor{name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
+    bundle.tensors.push_back(NamedTensor{
+        name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
   }
   return bundle;
 }
 
 Status BertTokenClassifierImpl::ImportTrainable(const TensorBundle& bundle) {
   if (bundle.tensors.size() != trainable_.size()) {
-    return InvalidArgumentError("bundle has " + std::to_string(bundle.tensors.size()) + " tensors, the model " +
-                                std::to_string(trainable_.size()) + " trainable ones");
+    return InvalidArgumentError("bundle has " + std::to_string(bundle.tensors.size()) +
+                                " tensors, the model " + std::to_string(trainable_.size()) +
+                                " trainable ones");
   }
   for (const auto& [name, tensor] : trainable_) {
     const NamedTensor* src = bundle.Find(name);
     if (src == nullptr) return InvalidArgumentError("bundle lacks '" + name + "'");
     if (src->shape != tensor.sizes().vec() || static_cast<int64_t>(src->values.size()) != tensor.numel()) {
-      return InvalidArgumentError("'" + name + "' has shape " + ShapeString(src->shape) + ", the model's is " +
-                                  ShapeString(tensor.sizes().vec()));
+      return InvalidArgumentError("'" + name + "' has shape " + ShapeString(src->shape) +
+                                  ", the model's is " + ShapeString(tensor.sizes().vec()));
     }
     for (float v : src->values) {
       if (!std::isfinite(v)) return InvalidArgumentError("'" + name + "' has a non-finite value");
@@ -167,7 +172,8 @@ Status BertTokenClassifierImpl::ApplyPeftAdapter(const PeftAdapter& adapter) {
   }
   for (const NamedTensor& t : adapter.tensors.tensors) {
     NamedTensor* dst = merged.Find(t.name);
-    if (dst == nullptr) return InvalidArgumentError("adapter tensor '" + t.name + "' matches no trainable parameter");
+    if (dst == nullptr)
+      return InvalidArgumentError("adapter tensor '" + t.name + "' matches no trainable parameter");
     if (dst->shape != t.shape) {
       return InvalidArgumentError("adapter tensor '" + t.name + "' has shape " + ShapeString(t.shape) +
                                   ", the model's is " + ShapeString(dst->shape));

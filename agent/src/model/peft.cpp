@@ -97,7 +97,8 @@ nlohmann::json ConfigJson(const PeftLoraConfig& c) {
       {"alpha_pattern", nlohmann::json::object()},
       {"revision", nullptr},
   };
-  j["modules_to_save"] = c.modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.modules_to_save);
+  j["modules_to_save"] =
+      c.modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.modules_to_save);
   return j;
 }
 
@@ -107,14 +108,17 @@ StatusOr<PeftLoraConfig> ParseConfig(const std::string& text) {
   PeftLoraConfig c;
   try {
     const std::string type = j.value("peft_type", "");
-    if (type != "LORA") return InvalidArgumentError("peft_type is '" + type + "'; fedge loads LORA adapters only");
+    if (type != "LORA")
+      return InvalidArgumentError("peft_type is '" + type + "'; fedge loads LORA adapters only");
     auto flag = [&](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
     for (const char* key : {"use_rslora", "use_dora", "fan_in_fan_out"}) {
-      if (flag(key)) return InvalidArgumentError(std::string(key) + " = true is not supported by fedge's LoRA");
+      if (flag(key))
+        return InvalidArgumentError(std::string(key) + " = true is not supported by fedge's LoRA");
     }
     for (const char* key : {"rank_pattern", "alpha_pattern"}) {
       if (j.contains(key) && !j[key].is_null() && !j[key].empty()) {
-        return InvalidArgumentError(std::string(key) + " is set; fedge uses one rank and alpha for all modules");
+        return InvalidArgumentError(std::string(key) +
+                                    " is set; fedge uses one rank and alpha for all modules");
       }
     }
     for (const char* key : {"layers_to_transform", "layer_replication", "target_parameters"}) {
@@ -130,14 +134,16 @@ StatusOr<PeftLoraConfig> ParseConfig(const std::string& text) {
     c.lora_dropout = j.value("lora_dropout", 0.0);
     const auto& targets = j.at("target_modules");
     if (!targets.is_array()) {
-      return InvalidArgumentError("target_modules is " + targets.dump() +
-                                  "; fedge needs a list of module names (regexes and 'all-linear' are not supported)");
+      return InvalidArgumentError(
+          "target_modules is " + targets.dump() +
+          "; fedge needs a list of module names (regexes and 'all-linear' are not supported)");
     }
     c.target_modules = targets.get<std::vector<std::string>>();
     if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string()) {
       c.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
     }
-    c.task_type = j.contains("task_type") && j["task_type"].is_string() ? j["task_type"].get<std::string>() : "";
+    c.task_type =
+        j.contains("task_type") && j["task_type"].is_string() ? j["task_type"].get<std::string>() : "";
     if (j.contains("modules_to_save") && j["modules_to_save"].is_array()) {
       c.modules_to_save = j["modules_to_save"].get<std::vector<std::string>>();
     }
@@ -163,7 +169,8 @@ Status WritePeftAdapter(const std::string& dir, const PeftAdapter& adapter) {
   }
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir));
   const std::filesystem::path d(dir);
-  FEDGE_RETURN_IF_ERROR(WriteFileAtomic((d / kConfigFile).string(), ConfigJson(adapter.config).dump(2) + "\n"));
+  FEDGE_RETURN_IF_ERROR(
+      WriteFileAtomic((d / kConfigFile).string(), ConfigJson(adapter.config).dump(2) + "\n"));
   // {"format": "pt"} is what peft (via safetensors.torch) writes; transformers checks it.
   FEDGE_RETURN_IF_ERROR(WriteSafetensorsFile((d / kWeightsFile).string(), weights, {{"format", "pt"}}));
   std::error_code ec;
@@ -171,8 +178,9 @@ Status WritePeftAdapter(const std::string& dir, const PeftAdapter& adapter) {
     std::filesystem::remove(d / kHeadFile, ec);  // a stale head from an earlier export would be read back
     return OkStatus();
   }
-  return WriteSafetensorsFile((d / kHeadFile).string(), adapter.head,
-                              {{"format", "pt"}, {"pooling", "mean"}, {"labels", nlohmann::json(adapter.labels).dump()}});
+  return WriteSafetensorsFile(
+      (d / kHeadFile).string(), adapter.head,
+      {{"format", "pt"}, {"pooling", "mean"}, {"labels", nlohmann::json(adapter.labels).dump()}});
 }
 
 StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& dir) {
@@ -189,14 +197,16 @@ StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& dir) {
 
   const std::string weights_path = (d / kWeightsFile).string();
   if (!std::filesystem::exists(weights_path)) {
-    return NotFoundError(weights_path + " does not exist (fedge does not read adapter_model.bin; "
-                                        "save with safe_serialization=True)");
+    return NotFoundError(weights_path +
+                         " does not exist (fedge does not read adapter_model.bin; "
+                         "save with safe_serialization=True)");
   }
   FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(weights_path));
   for (const StTensorView& view : file.tensors()) {
     std::string name = view.name;
     if (name.compare(0, kPrefix.size(), kPrefix) != 0) {
-      return DataLossError(weights_path + ": tensor '" + name + "' lacks peft's '" + std::string(kPrefix) + "' prefix");
+      return DataLossError(weights_path + ": tensor '" + name + "' lacks peft's '" + std::string(kPrefix) +
+                           "' prefix");
     }
     name.erase(0, kPrefix.size());
     for (const char* factor : {".lora_A", ".lora_B"}) {
@@ -204,7 +214,8 @@ StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& dir) {
       if (EndsWith(name, suffix)) name.erase(name.size() - 7);
     }
     auto values = SafetensorsFile::ToFloat32(view);
-    if (!values.ok()) return DataLossError(weights_path + ": tensor '" + view.name + "': " + values.status().message());
+    if (!values.ok())
+      return DataLossError(weights_path + ": tensor '" + view.name + "': " + values.status().message());
     adapter.tensors.tensors.push_back(NamedTensor{name, view.shape, std::move(*values)});
   }
   Status st = ValidateLoraTensors(adapter);
@@ -215,11 +226,13 @@ StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& dir) {
     std::map<std::string, std::string> metadata;
     FEDGE_ASSIGN_OR_RETURN(adapter.head, ReadSafetensorsBundle(head_path, &metadata));
     if (metadata.count("pooling") && metadata["pooling"] != "mean") {
-      return InvalidArgumentError(head_path + ": pooling '" + metadata["pooling"] + "' is not supported (mean)");
+      return InvalidArgumentError(head_path + ": pooling '" + metadata["pooling"] +
+                                  "' is not supported (mean)");
     }
     if (metadata.count("labels")) {
       nlohmann::json labels = nlohmann::json::parse(metadata["labels"], nullptr, /*allow_exceptions=*/false);
-      if (!labels.is_array() || !std::all_of(labels.begin(), labels.end(), [](const auto& l) { return l.is_string(); })) {
+      if (!labels.is_array() ||
+          !std::all_of(labels.begin(), labels.end(), [](const auto& l) { return l.is_string(); })) {
         return DataLossError(head_path + ": metadata 'labels' is not a JSON array of strings");
       }
       adapter.labels = labels.get<std::vector<std::string>>();
@@ -237,7 +250,8 @@ void ApplyPeftConfig(const PeftLoraConfig& config, const std::vector<std::string
   if (!labels.empty()) options->labels = labels;
 }
 
-PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable, std::vector<std::string> labels) {
+PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable,
+                            std::vector<std::string> labels) {
   PeftAdapter adapter;
   adapter.config = config;
   adapter.labels = std::move(labels);
@@ -248,7 +262,8 @@ PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable
   return adapter;
 }
 
-Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& options, const std::string& dir) {
+Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& options,
+                         const std::string& dir) {
   PeftLoraConfig config;
   config.r = options.lora_rank;
   config.lora_alpha = options.lora_alpha;
@@ -258,7 +273,8 @@ Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& o
   config.task_type = "FEATURE_EXTRACTION";
   PeftAdapter adapter = MakePeftAdapter(config, model.ExportTrainable(), model.labels());
   if (adapter.tensors.tensors.empty()) {
-    return FailedPreconditionError("the model has no LoRA factors (lora_rank 0); there is no adapter to export");
+    return FailedPreconditionError(
+        "the model has no LoRA factors (lora_rank 0); there is no adapter to export");
   }
   return WritePeftAdapter(dir, adapter);
 }
@@ -268,10 +284,10 @@ Status ImportPeftAdapter(const std::string& dir, const ClassifierOptions& option
   const PeftLoraConfig& c = adapter.config;
   // Same rank and alpha/r: the factors mean the same update only under the same scaling.
   if (c.r != options.lora_rank || c.lora_alpha * options.lora_rank != options.lora_alpha * c.r) {
-    return InvalidArgumentError(dir + ": adapter has r=" + std::to_string(c.r) + ", lora_alpha=" +
-                                std::to_string(c.lora_alpha) + " but the model was loaded with rank " +
-                                std::to_string(options.lora_rank) + ", alpha " + std::to_string(options.lora_alpha) +
-                                " (ApplyPeftConfig sets them)");
+    return InvalidArgumentError(
+        dir + ": adapter has r=" + std::to_string(c.r) + ", lora_alpha=" + std::to_string(c.lora_alpha) +
+        " but the model was loaded with rank " + std::to_string(options.lora_rank) + ", alpha " +
+        std::to_string(options.lora_alpha) + " (ApplyPeftConfig sets them)");
   }
   if (!adapter.labels.empty() && adapter.labels != model.labels()) {
     return InvalidArgumentError(dir + ": adapter head's labels differ from the model's");
@@ -291,18 +307,20 @@ Status ImportPeftAdapter(const std::string& dir, const ClassifierOptions& option
     ++adapter_lora;
   }
   if (adapter_lora != current_lora) {
-    return InvalidArgumentError(dir + ": adapter has " + std::to_string(adapter_lora) + " LoRA factors, the model " +
-                                std::to_string(current_lora) + " (target_modules differ?)");
+    return InvalidArgumentError(dir + ": adapter has " + std::to_string(adapter_lora) +
+                                " LoRA factors, the model " + std::to_string(current_lora) +
+                                " (target_modules differ?)");
   }
   for (const TensorBundle* src : {&adapter.tensors, &adapter.head}) {
     for (const NamedTensor& t : src->tensors) {
       NamedTensor* dst = current.Find(t.name);
       if (dst == nullptr) {
-        return InvalidArgumentError(dir + ": adapter tensor '" + t.name + "' matches no parameter of the model");
+        return InvalidArgumentError(dir + ": adapter tensor '" + t.name +
+                                    "' matches no parameter of the model");
       }
       if (dst->shape != t.shape) {
-        return InvalidArgumentError(dir + ": adapter tensor '" + t.name + "' has shape " + ShapeString(t.shape) +
-                                    ", the model's is " + ShapeString(dst->shape));
+        return InvalidArgumentError(dir + ": adapter tensor '" + t.name + "' has shape " +
+                                    ShapeString(t.shape) + ", the model's is " + ShapeString(dst->shape));
       }
       dst->values = t.values;
     }

@@ -14,11 +14,13 @@
 
 int main(int argc, char** argv) {
   std::string config_path, state, out;
-  CLI::App app{"fedge-export-adapter: export a fedge adapter (an agent's global.safetensors) in PEFT's layout "
-               "(adapter_config.json + adapter_model.safetensors [+ fedge_head.safetensors])"};
-  app.set_version_flag("--version",
-                       std::string("fedge-export-adapter ") + fedge::Version() + " (" + fedge::GitRev() + ")");
-  app.add_option("--config", config_path, "the job's FederatedTrainingJob manifest (YAML or JSON)")->required();
+  CLI::App app{
+      "fedge-export-adapter: export a fedge adapter (an agent's global.safetensors) in PEFT's layout "
+      "(adapter_config.json + adapter_model.safetensors [+ fedge_head.safetensors])"};
+  app.set_version_flag(
+      "--version", std::string("fedge-export-adapter ") + fedge::Version() + " (" + fedge::GitRev() + ")");
+  app.add_option("--config", config_path, "the job's FederatedTrainingJob manifest (YAML or JSON)")
+      ->required();
   app.add_option("--state", state, "an agent's --state-dir, or a global.safetensors file")->required();
   app.add_option("--out", out, "output directory (created; files replaced)")->required();
   CLI11_PARSE(app, argc, argv);
@@ -28,8 +30,9 @@ int main(int argc, char** argv) {
     std::cerr << "fedge-export-adapter: " << spec.status().ToString() << "\n";
     return 2;
   }
-  const std::string state_file =
-      std::filesystem::is_directory(state) ? (std::filesystem::path(state) / "global.safetensors").string() : state;
+  const std::string state_file = std::filesystem::is_directory(state)
+                                     ? (std::filesystem::path(state) / "global.safetensors").string()
+                                     : state;
   auto bundle = fedge::ReadSafetensorsBundle(state_file);
   if (!bundle.ok()) {
     std::cerr << "fedge-export-adapter: " << bundle.status().ToString() << "\n";
@@ -42,9 +45,9 @@ int main(int argc, char** argv) {
   config.target_modules = spec->adapter.targetModules;
   config.base_model_name_or_path = spec->model.path;
   config.task_type = spec->model.family == "llama" ? "CAUSAL_LM" : "FEATURE_EXTRACTION";
-  auto adapter = fedge::agent::MakePeftAdapter(config, std::move(*bundle),
-                                               spec->model.family == "llama" ? std::vector<std::string>{}
-                                                                             : spec->model.labels);
+  auto adapter = fedge::agent::MakePeftAdapter(
+      config, std::move(*bundle),
+      spec->model.family == "llama" ? std::vector<std::string>{} : spec->model.labels);
   if (spec->model.family == "llama" && !adapter.head.tensors.empty()) {
     std::cerr << "fedge-export-adapter: " << state_file << " holds '" << adapter.head.tensors[0].name
               << "', which is not a LoRA factor; a causal-LM adapter has none\n";
@@ -58,7 +61,7 @@ int main(int argc, char** argv) {
   std::cout << "wrote PEFT adapter to " << out << " (" << adapter.tensors.tensors.size() << " LoRA tensors"
             << (adapter.head.tensors.empty() ? "" : ", head in fedge_head.safetensors") << ")\n"
             << "load it in Python: peft.PeftModel.from_pretrained(transformers.AutoModel"
-            << (spec->model.family == "llama" ? "ForCausalLM" : "")
-            << ".from_pretrained(\"" << spec->model.path << "\"), \"" << out << "\")\n";
+            << (spec->model.family == "llama" ? "ForCausalLM" : "") << ".from_pretrained(\""
+            << spec->model.path << "\"), \"" << out << "\")\n";
   return 0;
 }

@@ -49,7 +49,8 @@ std::vector<float> Flat(const torch::Tensor& t) {
 
 torch::Tensor LongTensor(const nlohmann::json& rows) {
   std::vector<std::vector<int64_t>> v = rows.get<std::vector<std::vector<int64_t>>>();
-  torch::Tensor t = torch::empty({static_cast<int64_t>(v.size()), static_cast<int64_t>(v[0].size())}, torch::kLong);
+  torch::Tensor t =
+      torch::empty({static_cast<int64_t>(v.size()), static_cast<int64_t>(v[0].size())}, torch::kLong);
   for (size_t i = 0; i < v.size(); ++i) {
     for (size_t j = 0; j < v[i].size(); ++j) t[static_cast<int64_t>(i)][static_cast<int64_t>(j)] = v[i][j];
   }
@@ -67,7 +68,8 @@ PeftAdapter SyntheticAdapter() {
   a.config.modules_to_save = {"classifier"};
   float x = 0.1f;
   auto next = [&] { return x = std::nextafter(x * 1.37f, 2.0f) - (x > 1 ? 1.0f : 0.0f); };
-  for (const char* m : {"bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value"}) {
+  for (const char* m :
+       {"bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value"}) {
     NamedTensor a_t{std::string(m) + ".lora_A", {2, 3}, {}};
     NamedTensor b_t{std::string(m) + ".lora_B", {4, 2}, {}};
     for (int i = 0; i < 6; ++i) a_t.values.push_back(next());
@@ -139,9 +141,10 @@ TEST(PeftAdapterTest, RejectsWhatFedgeCannotReproduce) {
   const std::string dir = FreshDir("edited");
   ASSERT_TRUE(WritePeftAdapter(dir, a).ok());
   const std::string good = *ReadFile(dir + "/adapter_config.json");
-  for (const char* edit : {R"({"use_dora": true})", R"({"use_rslora": true})", R"({"target_modules": ".*query"})",
-                           R"({"rank_pattern": {"query": 4}})", R"({"bias": "all"})", R"({"peft_type": "IA3"})",
-                           R"({"layers_to_transform": [0]})"}) {
+  for (const char* edit :
+       {R"({"use_dora": true})", R"({"use_rslora": true})", R"({"target_modules": ".*query"})",
+        R"({"rank_pattern": {"query": 4}})", R"({"bias": "all"})", R"({"peft_type": "IA3"})",
+        R"({"layers_to_transform": [0]})"}) {
     nlohmann::json j = nlohmann::json::parse(good);
     j.update(nlohmann::json::parse(edit));
     ASSERT_TRUE(WriteFileAtomic(dir + "/adapter_config.json", j.dump()).ok());
@@ -169,7 +172,8 @@ TEST(PeftAdapterTest, TextClassifierExportImportRoundTripsExactly) {
   ASSERT_TRUE(src.ok()) << src.status().ToString();
   TensorBundle trained = (*src)->ExportTrainable();
   for (auto& t : trained.tensors) {
-    for (size_t i = 0; i < t.values.size(); ++i) t.values[i] = std::sin(0.7f * static_cast<float>(i + t.name.size()));
+    for (size_t i = 0; i < t.values.size(); ++i)
+      t.values[i] = std::sin(0.7f * static_cast<float>(i + t.name.size()));
   }
   ASSERT_TRUE((*src)->ImportTrainable(trained).ok());
   const std::string dir = FreshDir("classifier");
@@ -206,7 +210,8 @@ TEST(PeftAdapterTest, TextClassifierExportImportRoundTripsExactly) {
   EXPECT_EQ(ImportPeftAdapter(dir, other, **mismatched).code(), StatusCode::kInvalidArgument);
   ExpectSameBundle((*mismatched)->ExportTrainable(), before);
   // A token-classification adapter from peft is a different model.
-  EXPECT_EQ(ImportPeftAdapter(Golden("tiny_bert/peft_adapter"), o2, **dst).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ImportPeftAdapter(Golden("tiny_bert/peft_adapter"), o2, **dst).code(),
+            StatusCode::kInvalidArgument);
 }
 
 class TinyBertGoldenTest : public ::testing::Test {
@@ -269,7 +274,8 @@ TEST_F(TinyBertGoldenTest, LoraGradientsMatchPeft) {
   torch::Tensor loss = torch::nn::functional::cross_entropy(
       logits.reshape({-1, model_->num_labels()}), labels.reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
-  EXPECT_NEAR(loss.item<double>(), golden_["loss"].get<double>(), kAtol + kRtol * golden_["loss"].get<double>());
+  EXPECT_NEAR(loss.item<double>(), golden_["loss"].get<double>(),
+              kAtol + kRtol * golden_["loss"].get<double>());
   loss.backward();
   const auto& grads = golden_["grads"];
   ASSERT_EQ(grads.size(), model_->trainable().size());
@@ -318,7 +324,8 @@ TEST(PeftMiniLmTest, CommittedExportReproducesFedgeOutputs) {
   auto emb = (*c)->Embed(texts);
   ASSERT_TRUE(probs.ok() && emb.ok());
   for (size_t i = 0; i < texts.size(); ++i) {
-    ExpectClose(probs->at(i).probabilities, want["probabilities"][i].get<std::vector<double>>(), "probabilities");
+    ExpectClose(probs->at(i).probabilities, want["probabilities"][i].get<std::vector<double>>(),
+                "probabilities");
     ExpectClose(emb->at(i), want["embeddings"][i].get<std::vector<double>>(), "embeddings");
   }
 }
@@ -346,8 +353,13 @@ TEST(PeftMiniLmTest, DISABLED_WriteFixture) {
   }
   ASSERT_TRUE((*c)->ImportTrainable(b).ok());
   PeftAdapter adapter;
-  adapter.config = {o.lora_rank, o.lora_alpha, o.lora_dropout, o.lora_targets,
-                    "sentence-transformers/all-MiniLM-L6-v2", "FEATURE_EXTRACTION", {}};
+  adapter.config = {o.lora_rank,
+                    o.lora_alpha,
+                    o.lora_dropout,
+                    o.lora_targets,
+                    "sentence-transformers/all-MiniLM-L6-v2",
+                    "FEATURE_EXTRACTION",
+                    {}};
   adapter.labels = o.labels;
   for (const auto& t : b.tensors) {
     (t.name.starts_with("classifier.") ? adapter.head : adapter.tensors).tensors.push_back(t);
@@ -361,7 +373,8 @@ TEST(PeftMiniLmTest, DISABLED_WriteFixture) {
   auto emb = (*c)->Embed(texts);
   ASSERT_TRUE(probs.ok() && emb.ok());
   nlohmann::json j;
-  j["generator"] = "fedge TextClassifier (agent/tests/model/peft_test.cpp, PeftMiniLmTest.DISABLED_WriteFixture)";
+  j["generator"] =
+      "fedge TextClassifier (agent/tests/model/peft_test.cpp, PeftMiniLmTest.DISABLED_WriteFixture)";
   j["texts"] = texts;
   for (size_t i = 0; i < texts.size(); ++i) {
     j["probabilities"].push_back(probs->at(i).probabilities);

@@ -70,7 +70,8 @@ StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& dir);
 // An adapter from a trainable bundle (TextClassifier's or CausalLm's
 // ExportTrainable names): "*.lora_A" / "*.lora_B" go to tensors, everything else
 // (a TextClassifier's head) to head.
-PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable, std::vector<std::string> labels);
+PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable,
+                            std::vector<std::string> labels);
 
 // Sets rank, alpha, dropout and targets of `options` (and labels, when the
 // adapter carries them) so TextClassifier::Load builds a model the adapter fits.
