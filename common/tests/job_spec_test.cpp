@@ -190,6 +190,41 @@ TEST(JobSpecTest, CompressionFieldsParseAndRoundTrip) {
   }
 }
 
+TEST(JobSpecTest, RoundModesParseValidateAndRoundTrip) {
+  auto spec = ParseJobSpec(kMinimal);
+  ASSERT_TRUE(spec.ok());
+  EXPECT_EQ(spec->rounds.mode, "sync");
+  EXPECT_DOUBLE_EQ(spec->rounds.overSelection, 1.0);
+  spec = ParseJobSpec(
+      WithSpec("  agents: {minAgents: 8}\n"
+               "  rounds: {overSelection: 1.5, mode: async, asyncBufferSize: 4, stalenessExponent: 1,\n"
+               "           maxStaleness: 3}\n"));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_DOUBLE_EQ(spec->rounds.overSelection, 1.5);
+  EXPECT_EQ(spec->rounds.mode, "async");
+  EXPECT_EQ(spec->rounds.asyncBufferSize, 4);
+  EXPECT_DOUBLE_EQ(spec->rounds.stalenessExponent, 1.0);
+  EXPECT_EQ(spec->rounds.maxStaleness, 3);
+  auto again = ParseJobSpec(JobSpecToYaml(*spec));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->rounds, spec->rounds);
+
+  for (const auto& [extra, message] : std::vector<std::pair<std::string, std::string>>{
+           {"  rounds: {overSelection: 0.5}\n", "spec.rounds.overSelection: must be in [1, 10], got 0.5"},
+           {"  rounds: {mode: eventually}\n", "spec.rounds.mode"},
+           {"  rounds: {asyncBufferSize: 0}\n", "spec.rounds.asyncBufferSize: must be >= 1"},
+           // Each agent gives at most one update per version: K > agents never fills.
+           {"  agents: {minAgents: 2}\n  rounds: {mode: async, asyncBufferSize: 3}\n",
+            "spec.rounds.asyncBufferSize: must be <= max(spec.agents.minAgents, spec.agents.replicas) = 2"},
+           {"  rounds: {stalenessExponent: -1}\n", "spec.rounds.stalenessExponent"},
+           {"  rounds: {maxStaleness: -2}\n", "spec.rounds.maxStaleness"},
+       }) {
+    auto bad = ParseJobSpec(WithSpec(extra));
+    ASSERT_FALSE(bad.ok()) << extra;
+    EXPECT_NE(bad.status().message().find(message), std::string::npos) << bad.status().message();
+  }
+}
+
 TEST(JobSpecTest, ServerOptimizerDefaultsFollowReddiEtAl) {
   auto spec = ParseJobSpec(WithSpec("  strategy: {name: fedyogi}\n"));
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
