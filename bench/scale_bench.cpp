@@ -16,6 +16,15 @@
 // resident memory: VmRSS once the global exists (baseline, same run) and
 // VmHWM at the end. Streaming FedAvg keeps the peak independent of the agent
 // count; the last line compares the runs' peak growth with the model's size.
+//
+// Before that, the streaming-memory check (issue 4, item 4): in a forked child
+// (a clean VmHWM), 200 agents' int8 updates of a larger model (default 4M
+// values, 16 MB fp32) go through the ProtocolHandler exactly as the gRPC
+// service feeds it (chunks -> decode -> validate -> FedAvg accumulator) and
+// the round closes. Peak growth over the baseline (global + encoded global +
+// the pre-encoded updates already resident) is reported in model sizes, next
+// to the same run with 20 agents: streaming keeps it a small constant, where
+// buffering every update would need 200 model sizes.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -40,7 +49,10 @@
 #include <vector>
 
 #include "fedge.grpc.pb.h"
+#include "fedge/aggregator/protocol_handler.h"
+#include "fedge/aggregator/round_engine.h"
 #include "fedge/job_spec.h"
+#include "fedge/log.h"
 #include "fedge/tensor_bundle.h"
 
 namespace {
@@ -106,6 +118,107 @@ ProcStats ReadProc(pid_t pid) {
     if (line.rfind("VmHWM:", 0) == 0) s.hwm_kib = std::stol(line.substr(6));
   }
   return s;
+}
+
+struct MemoryCheck {
+  int agents = 0;
+  long baseline_kib = 0;
+  long peak_kib = 0;
+  double seconds = 0;
+  bool ok = false;
+};
+
+// Runs in the child: one synchronous round of `agents` updates through the
+// handler. Writes "baseline peak seconds ok" to `fd`.
+void MemoryCheckChild(int agents, int64_t values, int fd) {
+  using namespace fedge::aggregator;
+  JobSpec spec;
+  spec.name = "memory";
+  spec.namespace_ = "bench";
+  spec.rounds.total = 1;
+  spec.rounds.timeoutSeconds = 3600;
+  EngineOptions eo = EngineOptionsFromSpec(spec, agents);
+  AggregatorMetrics metrics;
+  auto engine = RoundEngine::Create(eo, SystemClock::Get(), nullptr, &metrics);
+  if (!engine.ok()) _exit(3);
+  ProtocolHandler handler(engine->get(), &metrics, ProtocolOptions{});
+  auto header_for = [&](const std::string& agent, const std::string& session) {
+    v1::RequestHeader h;
+    h.set_protocol_version(1);
+    h.set_job("bench/memory");
+    h.set_agent_id(agent);
+    h.set_session(session);
+    return h;
+  };
+  std::vector<std::string> sessions;
+  for (int i = 0; i < agents; ++i) sessions.push_back((*engine)->Join("a" + std::to_string(i), "", 100));
+  std::vector<std::string> deltas;
+  {
+    TensorBundle initial = Random(values, 1, 0.02f);
+    (void)(*engine)->GetTask("a0", 0);
+    UpdateMeta meta;
+    meta.agent_id = "a0";
+    meta.is_delta = false;
+    if (!(*engine)->SubmitUpdate(meta, initial).accepted) _exit(4);
+    for (uint32_t i = 0; i < 4; ++i) {
+      auto enc = EncodeBundle(Random(values, 100 + i, 0.001f), EncodeOptions{Codec::kInt8, 64, true, 3});
+      if (!enc.ok()) _exit(5);
+      deltas.push_back(*enc);
+    }
+  }
+  const long baseline = ReadProc(getpid()).rss_kib;
+  auto start = SteadyClock::now();
+  bool ok = true;
+  for (int i = 0; i < agents; ++i) {
+    const std::string& data = deltas[static_cast<size_t>(i) % deltas.size()];
+    v1::UpdateHeader h;
+    *h.mutable_header() = header_for("a" + std::to_string(i), sessions[static_cast<size_t>(i)]);
+    h.set_round(1);
+    h.set_base_version(1);
+    h.set_num_examples(100);
+    h.set_total_bytes(data.size());
+    h.set_checksum(Sha256Hex(data));
+    h.set_is_delta(true);
+    v1::SubmitUpdateResponse response;
+    bool rejected = false;
+    UploadStream stream;
+    if (!handler.OpenUpload(h, &stream, &response, &rejected).ok() || rejected) {
+      ok = false;
+      break;
+    }
+    for (size_t off = 0; off < data.size(); off += kMaxChunkBytes) {
+      handler.AppendUpload(&stream, data.substr(off, kMaxChunkBytes), &response);
+    }
+    if (!handler.CloseUpload(&stream).accepted()) ok = false;
+  }
+  ok = ok && (*engine)->GetStatus().global_version == 2;
+  const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+  std::string line = std::to_string(baseline) + " " + std::to_string(ReadProc(getpid()).hwm_kib) + " " +
+                     std::to_string(seconds) + " " + (ok ? "1" : "0") + "\n";
+  if (write(fd, line.data(), line.size()) < 0) _exit(6);
+  _exit(0);
+}
+
+MemoryCheck RunMemoryCheck(int agents, int64_t values) {
+  MemoryCheck m;
+  m.agents = agents;
+  int fds[2];
+  if (pipe(fds) != 0) return m;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    MemoryCheckChild(agents, values, fds[1]);
+  }
+  close(fds[1]);
+  char buf[256] = {0};
+  ssize_t n = read(fds[0], buf, sizeof(buf) - 1);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (n <= 0) return m;
+  int ok = 0;
+  if (std::sscanf(buf, "%ld %ld %lf %d", &m.baseline_kib, &m.peak_kib, &m.seconds, &ok) == 4) m.ok = ok == 1;
+  return m;
 }
 
 // One pre-encoded update the simulated agents send.
@@ -481,7 +594,41 @@ int main(int argc, char** argv) {
   app.add_option("--channels", channels, "gRPC channels (TCP connections) shared by the agents")
       ->capture_default_str();
   app.add_option("--values", values, "trainable values per update")->capture_default_str();
+  int memory_agents = 200;
+  int64_t memory_values = 4'000'000;
+  app.add_option("--memory-agents", memory_agents, "agents of the in-process streaming-memory check (0: skip)")
+      ->capture_default_str();
+  app.add_option("--memory-values", memory_values, "model values of the streaming-memory check")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  log::Init("scale-bench", log::Level::kWarn);
+
+  // First, while this process has no gRPC threads (it forks).
+  if (memory_agents > 0) {
+    const double model_kib = static_cast<double>(memory_values) * 4 / 1024.0;
+    std::printf("streaming-memory check: %lld values = %.1f MiB fp32 model, int8 updates, in-process handler\n",
+                static_cast<long long>(memory_values), model_kib / 1024.0);
+    std::vector<MemoryCheck> checks;
+    for (int n : {std::max(1, memory_agents / 10), memory_agents}) {
+      MemoryCheck m = RunMemoryCheck(n, memory_values);
+      if (!m.ok) {
+        std::fprintf(stderr, "streaming-memory check with %d agents failed\n", n);
+        return 1;
+      }
+      std::printf(
+          "  %4d agents: %.1f s; RSS before the round %.1f MiB, peak %.1f MiB, growth %.1f MiB = %.2f model "
+          "sizes (buffering every update: %d)\n",
+          n, m.seconds, m.baseline_kib / 1024.0, m.peak_kib / 1024.0, (m.peak_kib - m.baseline_kib) / 1024.0,
+          static_cast<double>(m.peak_kib - m.baseline_kib) / model_kib, n);
+      checks.push_back(m);
+    }
+    const double growth = static_cast<double>(checks.back().peak_kib - checks.back().baseline_kib) / model_kib;
+    constexpr double kBoundModels = 3.0;
+    std::printf("  bound: peak growth <= %.0f model sizes whatever the agent count: %s\n", kBoundModels,
+                growth <= kBoundModels ? "holds" : "VIOLATED");
+    if (growth > kBoundModels) return 1;
+  }
+
   if (aggregator.empty()) {
     std::filesystem::path self = std::filesystem::canonical("/proc/self/exe");
     aggregator = (self.parent_path().parent_path() / "aggregator" / "fedge-aggregator").string();
