@@ -1,6 +1,7 @@
 // fedge-operator: reconciles FederatedTrainingJobs (default command), or runs inside the
 // aggregator pod as its status reporter (`report-status`). Wiring only: flags, signals,
 // construct, run.
+#include <chrono>
 #include <signal.h>
 #include <unistd.h>
 
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   std::string lease_ns, lease_name = "fedge-operator";
   bool leader_elect = false, show_version = false;
   int workers = 2;
+  double lease_duration_s = 15, renew_deadline_s = 10, retry_period_s = 2;
   op::Images images = op::DefaultImages();
   std::string job_key, agg_http = "127.0.0.1:9090", sa_dir = op::kServiceAccountDir;
 
@@ -75,6 +77,14 @@ int main(int argc, char** argv) {
   app.add_flag("--leader-elect", leader_elect, "elect one active replica through a coordination.k8s.io Lease");
   app.add_option("--leader-election-namespace", lease_ns, "namespace of the Lease (default: the config's namespace)");
   app.add_option("--leader-election-id", lease_name, "name of the Lease")->capture_default_str();
+  app.add_option("--leader-elect-lease-duration", lease_duration_s,
+                 "seconds a standby waits after the Lease last changed before taking over")
+      ->capture_default_str();
+  app.add_option("--leader-elect-renew-deadline", renew_deadline_s,
+                 "seconds the leader keeps trying to renew before it gives up leading (and exits)")
+      ->capture_default_str();
+  app.add_option("--leader-elect-retry-period", retry_period_s, "seconds between acquire/renew attempts")
+      ->capture_default_str();
   app.add_option("--http", http_addr, "address for /healthz, /readyz and /metrics")->capture_default_str();
   app.add_option("--workers", workers, "concurrent reconciles (never two for one job)")->capture_default_str();
   app.add_option("--aggregator-image", images.aggregator, "image of the aggregator container")->capture_default_str();
@@ -89,6 +99,11 @@ int main(int argc, char** argv) {
   report->add_option("--aggregator-http", agg_http, "the aggregator's HTTP address")->capture_default_str();
   report->add_option("--service-account-dir", sa_dir, "service-account token, CA and namespace")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (!(retry_period_s > 0 && retry_period_s < renew_deadline_s && renew_deadline_s < lease_duration_s)) {
+    // The rule client-go enforces: otherwise a slow leader could still act after a standby took over.
+    std::cerr << "fedge-operator: leader election needs 0 < retry period < renew deadline < lease duration\n";
+    return 2;
+  }
 
   if (show_version) {
     std::cout << "fedge-operator " << fedge::Version() << " (" << fedge::GitRev() << ")\n";
@@ -165,6 +180,11 @@ int main(int argc, char** argv) {
     lo.ns = lease_ns.empty() ? cfg->ns : lease_ns;
     lo.name = lease_name;
     lo.identity = Hostname() + "_" + std::to_string(getpid());
+    auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+    lo.lease_duration = ms(lease_duration_s);
+    lo.renew_deadline = ms(renew_deadline_s);
+    lo.retry_period = ms(retry_period_s);
+
     elector = std::make_unique<op::LeaderElector>(&client, lo);
     election = std::thread([&] {
       elector->Run([&] { leading = true; start_controller(); },

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -259,9 +261,98 @@ TEST_F(ReconcilerTest, RunningAggregatorAndSuccessAreReflectedAndPodsCleaned) {
   SetPodPhase("wn-aggregator", "Succeeded", 0);
   Reconcile();
   EXPECT_EQ(GetJob()["status"]["state"], "Succeeded");
-  Reconcile();  // cleanPodPolicy Running: the still-running agents go, the finished pod stays
+  // cleanPodPolicy Running after success: the agents serve inference with the final
+  // global, so they stay (until the job goes); the finished aggregator pod stays too.
+  Reconcile();
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-aggregator").ok());
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-a").ok());
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-b").ok());
+}
+
+TEST_F(ReconcilerTest, RunningPolicyDeletesAgentsOfAJobThatDoesNotServe) {
+  Json job = Job();
+  job["spec"]["serving"] = {{"enabled", false}};
+  CreateJob(job);
+  Reconcile();
+  SetPodPhase("wn-agent-edge-a", "Running", 0, true);
+  SetPodPhase("wn-aggregator", "Succeeded", 0);
+  Reconcile();
+  Reconcile();
+  EXPECT_EQ(GetJob()["status"]["state"], "Succeeded");
   EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-aggregator").ok());
   EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
+}
+
+TEST_F(ReconcilerTest, AllPolicyDeletesServingAgentsToo) {
+  Json job = Job();
+  job["spec"]["runPolicy"]["cleanPodPolicy"] = "All";
+  CreateJob(job);
+  Reconcile();
+  SetPodPhase("wn-agent-edge-a", "Running", 0, true);
+  SetPodPhase("wn-aggregator", "Succeeded", 0);
+  Reconcile();
+  Reconcile();
+  EXPECT_TRUE(Pods().empty());
+}
+
+TEST_F(ReconcilerTest, FailedJobRunningPolicyDeletesAgents) {
+  CreateJob();
+  Reconcile();
+  SetPodPhase("wn-agent-edge-a", "Running", 0, true);
+  Json j = GetJob();
+  j["status"]["state"] = "Failed";
+  ASSERT_TRUE(client_.MergePatch(res::kJobs, "ml", "wn", {{"status", j["status"]}}, "status").ok());
+  Reconcile();
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
+}
+
+std::vector<std::string> Command(const Json& pod, size_t container = 0) {
+  return pod["spec"]["containers"][container]["command"].get<std::vector<std::string>>();
+}
+
+bool HasArg(const std::vector<std::string>& cmd, const std::string& flag, const std::string& value = "") {
+  for (size_t i = 0; i < cmd.size(); ++i) {
+    if (cmd[i] == flag && (value.empty() || (i + 1 < cmd.size() && cmd[i + 1] == value))) return true;
+  }
+  return false;
+}
+
+TEST(DesiredTest, AgentsKeepServingAfterTheJobUnlessServingIsOff) {
+  Json job = Job();
+  EXPECT_FALSE(HasArg(Command(DesiredAgentPod(job, "edge-a", DefaultImages())), "--exit-when-done"));
+  job["spec"]["serving"] = {{"enabled", false}};
+  EXPECT_TRUE(HasArg(Command(DesiredAgentPod(job, "edge-a", DefaultImages())), "--exit-when-done"));
+  // The aggregator still leaves once every agent was told DONE, so the job completes.
+  EXPECT_TRUE(HasArg(Command(DesiredAggregatorPod(job, 2, DefaultImages())), "--exit-when-done"));
+}
+
+TEST(DesiredTest, TlsPassesTheSecretsCertificatesToBothSides) {
+  Json job = Job();
+  auto agg = Command(DesiredAggregatorPod(job, 2, DefaultImages()));
+  auto agent = Command(DesiredAgentPod(job, "edge-a", DefaultImages()));
+  EXPECT_FALSE(HasArg(agg, "--tls-cert"));
+  EXPECT_FALSE(HasArg(agent, "--tls-ca"));
+  job["spec"]["privacy"] = {{"tls", true}};
+  Json agg_pod = DesiredAggregatorPod(job, 2, DefaultImages());
+  Json agent_pod = DesiredAgentPod(job, "edge-a", DefaultImages());
+  agg = Command(agg_pod);
+  agent = Command(agent_pod);
+  EXPECT_TRUE(HasArg(agg, "--tls-cert", std::string(kSecretMountPath) + "/tls.crt"));
+  EXPECT_TRUE(HasArg(agg, "--tls-key", std::string(kSecretMountPath) + "/tls.key"));
+  EXPECT_TRUE(HasArg(agent, "--tls-ca", std::string(kSecretMountPath) + "/ca.crt"));
+  EXPECT_TRUE(HasArg(agent, "--tls-server-name", "wn-aggregator.ml.svc"));
+  // The files the flags name are projected from the Secret into each pod.
+  auto items = [](const Json& pod) {
+    std::set<std::string> keys;
+    for (const auto& v : pod["spec"]["volumes"]) {
+      if (v.contains("secret")) for (const auto& it : v["secret"]["items"]) keys.insert(it["path"]);
+    }
+    return keys;
+  };
+  auto agg_items = items(agg_pod);
+  EXPECT_TRUE(agg_items.count("tls.crt") && agg_items.count("tls.key"));
+  EXPECT_TRUE(items(agent_pod).count("ca.crt"));
+  EXPECT_FALSE(items(agent_pod).count("tls.key"));  // agents never get the serving key
 }
 
 TEST_F(ReconcilerTest, SuspendDeletesPodsAndResumeRecreatesThem) {

@@ -60,6 +60,8 @@ std::string Sanitize(std::string s) {
   return s;
 }
 
+bool TlsEnabled(const Json& job) { return Sub(Spec(job), "privacy").value("tls", false); }
+
 Json Resources(const Json& spec_part) {
   auto it = spec_part.find("resources");
   return (it == spec_part.end() || !it->is_object()) ? Json::object() : *it;
@@ -259,6 +261,12 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& im
       {"volumeMounts", Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
                                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
                                     {{"name", "checkpoints"}, {"mountPath", kCheckpointMountPath}}})}};
+  if (TlsEnabled(job)) {
+    // The serving certificate the operator issued for the Service's names, from the Secret.
+    for (const char* arg : {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key"}) {
+      aggregator["command"].push_back(arg[0] == '/' ? std::string(kSecretMountPath) + arg : std::string(arg));
+    }
+  }
   // The reporter applies the aggregator-owned status fields with its own field manager
   // through a Role limited to this job: progress reaches status without operator polling.
   Json reporter = {
@@ -309,8 +317,7 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const Images& ima
                    "--data-dir", data_path,
                    "--model-dir", model_path,
                    "--http", "0.0.0.0:" + std::to_string(port),
-                   "--state-dir", kStateMountPath,
-                   "--exit-when-done"}},
+                   "--state-dir", kStateMountPath}},
       {"ports", Json::array({{{"name", "http"}, {"containerPort", port}, {"protocol", "TCP"}}})},
       {"resources", Resources(agents)},
       {"volumeMounts", Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
@@ -318,6 +325,17 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const Images& ima
                                     {{"name", "data"}, {"mountPath", data_path}, {"readOnly", true}},
                                     {{"name", "model"}, {"mountPath", model_path}, {"readOnly", true}},
                                     {{"name", "state"}, {"mountPath", kStateMountPath}}})}};
+  // Agents keep serving local inference with the final global after the job
+  // (the job's purpose on the edge); only without serving do they exit when done.
+  if (!serving.value("enabled", true)) container["command"].push_back("--exit-when-done");
+  if (TlsEnabled(job)) {
+    container["command"].push_back("--tls-ca");
+    container["command"].push_back(std::string(kSecretMountPath) + "/ca.crt");
+    // The certificate names the Service; verify that name even where the address
+    // was resolved to an IP.
+    container["command"].push_back("--tls-server-name");
+    container["command"].push_back(AggregatorName(job) + "." + Ns(job) + ".svc");
+  }
   Json toleration_list = Json::array();
   for (const char* taint : {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}) {
     // Edge nodes drop off the network for minutes; do not evict their agent at once.

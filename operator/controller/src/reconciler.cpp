@@ -195,11 +195,12 @@ Status JobReconciler::ApplyIfChanged(Run& run, const Resource& r, Json desired) 
   return applied.status().WithContext("apply " + r.plural + "/" + name);
 }
 
-Status JobReconciler::DeletePods(Run& run, bool only_active) {
+Status JobReconciler::DeletePods(Run& run, bool only_active, bool keep_agents) {
   for (const auto& p : run.pods) {
     if (Terminating(*p)) continue;
     std::string phase = PodPhase(*p);
     if (only_active && (phase == "Succeeded" || phase == "Failed")) continue;
+    if (keep_agents && (*p)["metadata"].value("labels", Json::object()).value(kLabelRole, "") == "agent") continue;
     Status s = client_->Delete(res::kPods, run.ns, (*p)["metadata"].value("name", ""), {});
     if (!s.ok() && !IsNotFound(s)) return s;
   }
@@ -494,8 +495,11 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
   // Finished: clean pods per policy, then honour the TTL.
   if (state == "Succeeded" || state == "Failed") {
     if (!run.status.contains("completionTime")) run.status["completionTime"] = run.now_str;
+    // After success the agents are the job's inference service: Running spares them
+    // (they go with the job, or with cleanPodPolicy All); after failure they go too.
+    const bool serving = state == "Succeeded" && run.spec->serving.enabled;
     if (rp.cleanPodPolicy == "All") FEDGE_RETURN_IF_ERROR(DeletePods(run, false));
-    else if (rp.cleanPodPolicy == "Running") FEDGE_RETURN_IF_ERROR(DeletePods(run, true));
+    else if (rp.cleanPodPolicy == "Running") FEDGE_RETURN_IF_ERROR(DeletePods(run, true, serving));
     FEDGE_RETURN_IF_ERROR(WriteStatus(run));
     if (rp.ttlSecondsAfterFinished >= 0) {
       auto done = ParseTime(run.status.value("completionTime", run.now_str)).value_or(run.now);

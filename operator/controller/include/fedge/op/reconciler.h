@@ -89,7 +89,8 @@ class JobReconciler {
   Status SyncChildren(Run& run);
   Status SyncCredentials(Run& run, const std::vector<std::string>& nodes);
   Status ApplyIfChanged(Run& run, const Resource& r, Json desired);
-  Status DeletePods(Run& run, bool only_active);
+  // only_active: spare finished pods; keep_agents: spare agent pods (serving).
+  Status DeletePods(Run& run, bool only_active, bool keep_agents = false);
   Status HandleFailedPod(Run& run, const Json& pod, bool aggregator);
   Status WriteStatus(Run& run);
 
