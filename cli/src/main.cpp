@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--rounds", run.rounds, "number of rounds (default: spec.rounds.total)")
       ->check(CLI::PositiveNumber);
   run_cmd->add_flag("--quiet", run.quiet, "print rounds and the result only, no live status");
+  run_cmd->add_flag("--serve", run.serve,
+                    "after the job succeeds, keep the agents serving inference with the final global\n"
+                    "(and the aggregator's status) until Ctrl-C; exit 0 when stopped");
   run_cmd->add_option("--prometheus-targets", run.prometheus_targets_path,
                       "also write the Prometheus file_sd target list here (e.g. into the targets/ directory\n"
                       "of deploy/prometheus/prometheus.yml); emptied when the run ends");
@@ -110,10 +113,11 @@ int main(int argc, char** argv) {
       "resolved copy in WORK/job.yaml. Logs: WORK/logs/<name>.log. Prometheus file_sd targets (job\n"
       "fedge-local, labels component, fedge_job, agent): WORK/prometheus/targets.json.\n"
       "Exit codes:\n"
-      "  0    the job succeeded\n"
-      "  1    the job failed (a process exited unexpectedly, or the aggregator reported Failed)\n"
+      "  0    the job succeeded (with --serve: and serving was stopped by SIGINT/SIGTERM)\n"
+      "  1    the job failed (a process exited unexpectedly, or the aggregator reported Failed),\n"
+      "       or with --serve a process exited while serving\n"
       "  2    usage error, invalid manifest, or missing model/data/binaries (nothing was started)\n"
-      "  130  interrupted (SIGINT/SIGTERM): every child was stopped");
+      "  130  interrupted (SIGINT/SIGTERM) before the job ended: every child was stopped");
 
   try {
     app.parse(argc, argv);

@@ -60,6 +60,7 @@ StatusOr<RunPlan> PlanRun(JobSpec spec, const RunOptions& o, const std::string& 
   if (o.rounds < 0) return InvalidArgumentError("--rounds must be >= 1, got " + std::to_string(o.rounds));
   RunPlan plan;
   plan.centralized = o.centralized;
+  plan.serve = o.serve;
   int n = spec.agents.replicas > 0 ? spec.agents.replicas : spec.agents.minAgents;
   if (o.agents > 0) {
     n = o.agents;
@@ -182,8 +183,9 @@ std::vector<ChildSpec> BuildChildSpecs(const RunPlan& p) {
   out.push_back({"aggregator",
                  {p.aggregator_bin, "--config", p.config_path, "--listen", grpc, "--http",
                   p.host + ":" + std::to_string(p.http_port), "--checkpoint-dir", p.work_dir + "/aggregator",
-                  "--expected-agents", std::to_string(p.agents), "--exit-when-done"},
+                  "--expected-agents", std::to_string(p.agents)},
                  logs + "aggregator.log"});
+  if (!p.serve) out.back().argv.push_back("--exit-when-done");
   for (int i = 0; i < p.agents; ++i) {
     const std::string id = AgentId(p, i);
     const std::string data = p.centralized ? p.data_dir + "/all" : p.data_dir + "/" + id;
@@ -192,8 +194,9 @@ std::vector<ChildSpec> BuildChildSpecs(const RunPlan& p) {
         {id,
          {p.agent_bin, "--config", p.config_path, "--aggregator", grpc, "--agent-id", id, "--node-name",
           "local-" + std::to_string(i), "--data-dir", data, "--model-dir", p.model_dir, "--http",
-          p.host + ":" + std::to_string(http), "--state-dir", p.work_dir + "/" + id, "--exit-when-done"},
+          p.host + ":" + std::to_string(http), "--state-dir", p.work_dir + "/" + id},
          logs + id + ".log"});
+    if (!p.serve) out.back().argv.push_back("--exit-when-done");
   }
   return out;
 }
@@ -490,6 +493,33 @@ class EmptyTargetsOnExit {
   std::string path_;
 };
 
+// --serve: the job has succeeded; the agents serve inference with the final
+// global until the user stops them. A child that exits meanwhile is reported and
+// fails the run (exit 1): whoever relied on its endpoint needs to know.
+int ServeUntilSignalled(const RunPlan& plan, Supervisor& sup, SignalScope& signals) {
+  std::cout << "\nserving the final global model until Ctrl-C (SIGINT/SIGTERM):\n";
+  for (int i = 0; i < plan.agents; ++i) {
+    std::cout << "  " << AgentId(plan, i) << "  http://" << plan.host << ":" << AgentHttpPort(plan, i)
+              << "  (POST /v1/classify, POST /v1/embeddings, GET /metrics)\n";
+  }
+  std::cout << "  aggregator  http://" << plan.host << ":" << plan.http_port << "/v1/status\n" << std::flush;
+  for (;;) {
+    std::optional<ChildExit> exited = sup.Wait(std::chrono::seconds(1), signals.wake_fd());
+    if (const int sig = g_signal.load(); sig != 0) {
+      std::cerr << ::strsignal(sig) << ": stopping " << sup.running() << " process(es)\n";
+      for (const ChildExit& e : sup.TerminateAll(std::chrono::seconds(5))) {
+        if (e.signal == SIGKILL) std::cerr << "  " << e.name << " did not stop within 5 s: killed\n";
+      }
+      return kExitOk;
+    }
+    if (exited) {
+      std::cerr << "error: " << DescribeChildFailure(*exited) << "stopping the others\n";
+      sup.TerminateAll(std::chrono::seconds(5));
+      return kExitJobFailed;
+    }
+  }
+}
+
 }  // namespace
 
 int RunJob(const RunOptions& o) {
@@ -619,7 +649,7 @@ int RunJob(const RunOptions& o) {
       std::cerr << "interrupted; logs in " << plan.work_dir << "/logs\n";
       return kExitInterrupted;
     }
-    if (exited && exited->name != "aggregator" && exited->Succeeded()) {
+    if (exited && exited->name != "aggregator" && exited->Succeeded() && !plan.serve) {
       // An agent run with --exit-when-done exits 0 as soon as it has been told DONE,
       // which can be just before the next poll shows the job Succeeded. Not a failure:
       // keep polling the aggregator, which decides how the job ended.
@@ -678,10 +708,12 @@ int RunJob(const RunOptions& o) {
   clear_status();
 
   // Let everyone leave on their own (--exit-when-done), then stop stragglers.
-  for (const ChildExit& e : sup.WaitAll(std::chrono::seconds(45))) {
-    if (!e.Succeeded()) std::cerr << "warning: " << DescribeChildFailure(e, 5);
+  if (!plan.serve) {
+    for (const ChildExit& e : sup.WaitAll(std::chrono::seconds(45))) {
+      if (!e.Succeeded()) std::cerr << "warning: " << DescribeChildFailure(e, 5);
+    }
   }
-  if (sup.running() > 0) {
+  if (!plan.serve && sup.running() > 0) {
     std::cerr << "warning: still running after the job succeeded, stopping: ";
     for (const auto& n : sup.RunningNames()) std::cerr << n << " ";
     std::cerr << "\n";
@@ -715,7 +747,8 @@ int RunJob(const RunOptions& o) {
     std::cout << "  summary            " << path << "\n";
   }
   std::cout << std::flush;
-  return kExitOk;
+  if (!plan.serve) return kExitOk;
+  return ServeUntilSignalled(plan, sup, signals);
 }
 
 }  // namespace fedge::cli

@@ -1,5 +1,6 @@
 #include "fedge/cli/runner.h"
 
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -136,6 +137,15 @@ TEST(BuildChildSpecsTest, FollowsTheBinaryContracts) {
                                       "--data-dir", "/d/agent-1", "--model-dir", "/m", "--http",
                                       "127.0.0.1:5003", "--state-dir", "/w/agent-1", "--exit-when-done"}));
   EXPECT_EQ(children[2].log_path, "/w/logs/agent-1.log");
+
+  // --serve: nobody leaves when the job is done; the agents keep serving.
+  p.serve = true;
+  children = BuildChildSpecs(p);
+  ASSERT_EQ(children.size(), 3u);
+  for (const ChildSpec& c : children) {
+    EXPECT_EQ(std::count(c.argv.begin(), c.argv.end(), "--exit-when-done"), 0) << c.name;
+  }
+  p.serve = false;
 
   p.centralized = true;
   p.agents = 1;

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -166,7 +167,7 @@ class PrometheusScrapeTest(unittest.TestCase):
             cls.labels = json.load(f)
         cls.job = os.path.join(cls.tmp, "job.yaml")
         with open(cls.job, "w") as f:
-            f.write(JOB_TEMPLATE.format(name=JOB_NAME, model=MODEL, data=cls.data, agents=AGENTS, rounds=ROUNDS,
+            f.write(JOB_TEMPLATE.format(compression="{codec: int8}", name=JOB_NAME, model=MODEL, data=cls.data, agents=AGENTS, rounds=ROUNDS,
                                         steps=STEPS, labels=json.dumps(cls.labels)))
         logs = os.path.join(cls.tmp, "logs")
         os.makedirs(logs)
@@ -417,33 +418,53 @@ class PrometheusScrapeTest(unittest.TestCase):
         name = "e2e-prom-run"
         job = os.path.join(self.tmp, f"{name}.yaml")
         with open(job, "w") as f:
-            f.write(JOB_TEMPLATE.format(name=name, model=MODEL, data=self.data, agents=AGENTS, rounds=1, steps=2,
+            f.write(JOB_TEMPLATE.format(compression="{codec: int8}", name=name, model=MODEL, data=self.data, agents=AGENTS, rounds=1, steps=2,
                                         labels=json.dumps(self.labels)))
         published = os.path.join(self.prom_dir, "targets", f"{name}.json")
         work = os.path.join(self.tmp, "run")
         bin_dir = ["--bin-dir", os.environ["FEDGE_BIN_DIR"]] if os.environ.get("FEDGE_BIN_DIR") else []
-        run = subprocess.Popen([FEDGE, "run", "-f", job, "--work-dir", work, "--quiet",
+        # --serve keeps every process up after the job until SIGTERM: a job this small
+        # can finish between two scrapes, and a user who ran it can still query it.
+        run = subprocess.Popen([FEDGE, "run", "-f", job, "--work-dir", work, "--quiet", "--serve",
                                 "--prometheus-targets", published] + bin_dir,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)
+        reader.start()
         try:
             up = f'up{{job="fedge-local",fedge_job="default/{name}"}} == 1'
             seen = {}
 
             def all_up():
                 if run.poll() is not None:
+                    reader.join(10)
                     raise AssertionError(f"fedge run ended (exit {run.returncode}) before Prometheus saw all "
-                                         f"{1 + AGENTS} of its processes up: {seen}\n{run.stdout.read()}")
+                                         f"{1 + AGENTS} of its processes up: {seen}\n{''.join(lines)}")
                 r = query(self.prom_port, up)
                 seen.update({s["metric"].get("agent", s["metric"]["component"]): s["metric"] for s in r})
                 return len(seen) == 1 + AGENTS
             wait_for(all_up, 600, "Prometheus to scrape every process of `fedge run`")
             self.assertEqual(set(seen), {"aggregator"} | set(self.agent_ports))
-            out, _ = run.communicate(timeout=900)
+            with open(os.path.join(work, "prometheus", "targets.json")) as f:
+                record = json.load(f)
+            # `fedge run` itself must have seen the job succeed before it is stopped (else exit 130).
+            wait_for(lambda: "serving the final global model" in "".join(lines), 600,
+                     "fedge run --serve to report the job succeeded and serving")
+            # After the job, the agents still answer inference requests with the final global.
+            agent = next(g for g in record if g["labels"]["component"] == "agent")["targets"][0]
+            wait_for(lambda: http("GET", f"http://{agent}/readyz")[0] == 200, 120, "agent readiness")
+            code, body = http("POST", f"http://{agent}/v1/classify", {"input": ["oak: a deciduous tree"]})
+            self.assertEqual(code, 200, body)
+            self.assertIn(json.loads(body)["data"][0]["label"], self.labels)
+            self.assertIsNone(run.poll(), "fedge run --serve left before it was told to")
+            run.send_signal(signal.SIGTERM)
+            run.wait(timeout=120)
         finally:
             if run.poll() is None:
                 run.send_signal(signal.SIGTERM)
-                run.communicate(timeout=60)
-        self.assertEqual(run.returncode, 0, out)
+                run.wait(timeout=60)
+            reader.join(30)
+        self.assertEqual(run.returncode, 0, "".join(lines))
         with open(published) as f:
             self.assertEqual(json.load(f), [], "the published list is emptied when the run ends")
         with open(os.path.join(work, "prometheus", "targets.json")) as f:

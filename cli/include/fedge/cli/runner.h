@@ -35,6 +35,9 @@ struct RunOptions {
   int agents = 0;            // overrides the agent count (0: from the spec)
   int rounds = 0;            // overrides spec.rounds.total (0: from the spec)
   bool quiet = false;        // no live status line, only rounds and the result
+  // After the job succeeds, keep the aggregator and the agents running (agents
+  // serve inference with the final global) until SIGINT/SIGTERM.
+  bool serve = false;
   std::string self_exe;      // path of the running fedge binary (for finding siblings)
   std::string path_env;      // $PATH, searched last
   // Also write the Prometheus file_sd target list here ("" = only WORK/prometheus/targets.json).
@@ -47,6 +50,7 @@ struct RunPlan {
   int agents = 1;            // processes to start (1 when centralized)
   int federated_agents = 1;  // the federated agent count (localSteps multiplier)
   bool centralized = false;
+  bool serve = false;       // children keep serving after the job (no --exit-when-done)
   std::string work_dir;     // absolute
   std::string data_dir;     // absolute; root with agent-<i>/ and all/
   std::string model_dir;    // absolute
