@@ -342,6 +342,34 @@ TEST(ServerLoopbackTest, ThreeAgentsRunTwoRoundsOverGrpc) {
   EXPECT_EQ(code, 200);
 }
 
+TEST(ServerLoopbackTest, AsyncModeRunsBufferedRoundsOverGrpc) {
+  JobSpec spec = Spec(3);
+  spec.rounds.mode = "async";
+  spec.rounds.asyncBufferSize = 3;  // each agent gives one update per version: every version takes all three
+  auto server = AggregatorServer::Create(spec, LoopbackOptions());
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->Start().ok());
+  auto agents = MakeAgents((*server)->grpc_port());
+  RunAgents(agents);
+
+  EngineStatus s = (*server)->engine().GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  EXPECT_EQ(s.global_version, 4);
+  ASSERT_EQ(s.rounds.size(), 3u);
+  for (const RoundRecord& r : s.rounds) {
+    EXPECT_EQ(r.participants, 3);
+    EXPECT_EQ(r.close_reason, "buffer_full");
+  }
+  // Only the final version is evaluated.
+  EXPECT_FALSE(s.rounds[0].accuracy.has_value());
+  EXPECT_NEAR(*s.final_accuracy, kAccuracy, 1e-9);
+  for (const auto& a : agents) EXPECT_EQ(a->trained(), 3);
+  auto global = (*server)->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+  // Nobody is ever stale here (the buffer needs all three on the same version).
+  for (float v : (*global)->bundle.Find("lora_b")->values) EXPECT_NEAR(v, 3 * kRoundStep, 1e-5);
+}
+
 TEST(ServerLoopbackTest, OversizeUpdateIsAnsweredBeforeItsDataArrives) {
   ServerOptions options = LoopbackOptions();
   options.max_update_bytes = 1 << 20;
