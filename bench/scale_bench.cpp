@@ -89,6 +89,14 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+// The 1-minute load average, so a run on a contended machine is recognisable.
+double LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
+
 struct ProcStats {
   double cpu_seconds = 0;  // utime + stime
   long rss_kib = 0;        // VmRSS
@@ -643,8 +651,8 @@ int main(int argc, char** argv) {
   std::printf("model: %lld values, %.1f KB fp32; update: int8+zstd %.1f KB on the wire\n",
               static_cast<long long>(values), static_cast<double>(bench.model_bytes()) / 1024.0,
               static_cast<double>(bench.update_bytes()) / 1024.0);
-  std::printf("load generator: %d worker threads, %d channels, %u cores on this machine\n", threads, channels,
-              std::thread::hardware_concurrency());
+  std::printf("load generator: %d worker threads, %d channels, %u cores on this machine, load average %.1f\n",
+              threads, channels, std::thread::hardware_concurrency(), LoadAverage());
   std::vector<RunResult> results;
   for (int n : agent_counts) {
     RunResult r = bench.Run(n);
@@ -664,6 +672,7 @@ int main(int argc, char** argv) {
         (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()));
     results.push_back(r);
   }
+  std::printf("load average at the end: %.1f (aggregator and load generator share the machine)\n", LoadAverage());
   if (results.size() >= 2) {
     const RunResult& a = results.front();
     const RunResult& b = results.back();
