@@ -28,6 +28,30 @@ void LoraLinearImpl::EnableLora(const LoraOptions& options, torch::Generator& in
   dropout_ = options.dropout;
 }
 
+void LoraLinearImpl::FreezeA(const torch::Tensor& a) {
+  TORCH_CHECK(has_lora(), "FreezeA before EnableLora");
+  TORCH_CHECK(a.sizes() == lora_A_.sizes(), "FreezeA: A has shape ", a.sizes(), ", expected ", lora_A_.sizes());
+  torch::NoGradGuard no_grad;
+  lora_A_.copy_(a);
+  lora_A_.set_requires_grad(false);
+}
+
+torch::Tensor FrozenLoraA(uint64_t seed, std::string_view layer, int64_t rank, int64_t in_features) {
+  uint64_t h = 14695981039346656037ull;  // FNV-1a 64
+  for (unsigned char c : layer) h = (h ^ c) * 1099511628211ull;
+  // splitmix64 finaliser over seed and hash: nearby seeds give unrelated streams.
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (h | 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  torch::Generator gen = at::detail::createCPUGenerator(z);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+  torch::NoGradGuard no_grad;
+  torch::Tensor a = torch::empty({rank, in_features});
+  a.uniform_(-bound, bound, gen);
+  return a;
+}
+
 void LoraLinearImpl::Merge() {
   if (!has_lora() || merged()) return;
   torch::NoGradGuard no_grad;

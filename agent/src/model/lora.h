@@ -11,7 +11,9 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <optional>
+#include <string_view>
 
 namespace fedge::agent {
 
@@ -28,6 +30,12 @@ class LoraLinearImpl : public torch::nn::Module {
   // Adds the adapter (A from `init`, B zero) and makes only it trainable.
   void EnableLora(const LoraOptions& options, torch::Generator& init);
   bool has_lora() const { return lora_A_.defined(); }
+
+  // Frozen-A mode (spec.adapter.aggregation = frozen-a): copies `a` ([r, in],
+  // usually FrozenLoraA's) into lora_A and stops its gradient, so only B
+  // trains. Requires EnableLora first; a shape mismatch is a bug (TORCH_CHECK).
+  void FreezeA(const torch::Tensor& a);
+  bool a_frozen() const { return has_lora() && !lora_A_.requires_grad(); }
   double scaling() const { return scaling_; }
 
   // Folds the adapter into the weight for inference (one GEMM instead of three);
@@ -60,5 +68,12 @@ class LoraLinearImpl : public torch::nn::Module {
   torch::Tensor merged_weight_backup_;
 };
 TORCH_MODULE(LoraLinear);
+
+// The frozen A of layer `layer` ([rank, in_features], PEFT's distribution
+// U(-1/sqrt(in), 1/sqrt(in))) drawn from a generator seeded by `seed` and a
+// stable hash of the layer name (FNV-1a, not std::hash, whose values are
+// implementation-defined). Every agent of a job computes the same A without
+// exchanging it, and different layers get independent draws.
+torch::Tensor FrozenLoraA(uint64_t seed, std::string_view layer, int64_t rank, int64_t in_features);
 
 }  // namespace fedge::agent

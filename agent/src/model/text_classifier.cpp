@@ -81,7 +81,12 @@ class BertTextClassifier final : public TextClassifier {
       auto linear = std::dynamic_pointer_cast<LoraLinearImpl>(item.value());
       if (!linear || !linear->has_lora()) continue;
       lora_modules_.push_back(LoraLinear(linear));
-      trainable_.push_back({item.key() + ".lora_A", linear->lora_A()});
+      if (options_.lora_frozen_a) {
+        linear->FreezeA(FrozenLoraA(options_.init_seed, item.key(), linear->lora_A().size(0),
+                                    linear->lora_A().size(1)));
+      } else {
+        trainable_.push_back({item.key() + ".lora_A", linear->lora_A()});
+      }
       trainable_.push_back({item.key() + ".lora_B", linear->lora_B()});
     }
     trainable_.push_back({"classifier.weight", head_weight_});

@@ -103,6 +103,7 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   co.lora_alpha = spec.adapter.alpha;
   co.lora_dropout = spec.adapter.dropout;
   co.lora_targets = spec.adapter.targetModules;
+  co.lora_frozen_a = spec.adapter.aggregation == "frozen-a";
   co.max_seq_len = spec.model.maxSeqLen;
   // Every agent starts from the same trainable state, whichever INITIALIZEs.
   co.init_seed = spec.rounds.seed;

@@ -31,6 +31,10 @@ struct ClassifierOptions {
   double lora_alpha = 16;
   double lora_dropout = 0.0;
   std::vector<std::string> lora_targets = {"query", "value"};
+  // Frozen-A (spec.adapter.aggregation = frozen-a): each lora_A is generated
+  // from init_seed and the layer name, identical on every agent, never trained
+  // and left out of ExportTrainable/ImportTrainable (the bundle carries B + head).
+  bool lora_frozen_a = false;
   int max_seq_len = 64;
   uint64_t init_seed = 42;               // LoRA A and head initialisation
   int num_threads = 1;                   // torch intra-op threads
