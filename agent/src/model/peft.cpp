@@ -272,6 +272,8 @@ Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& o
   config.base_model_name_or_path = options.model_dir;
   config.task_type = "FEATURE_EXTRACTION";
   PeftAdapter adapter = MakePeftAdapter(config, model.ExportTrainable(), model.labels());
+  if (options.lora_frozen_a)
+    FEDGE_RETURN_IF_ERROR(AddFrozenLoraA(options.model_dir, options.init_seed, &adapter));
   if (adapter.tensors.tensors.empty()) {
     return FailedPreconditionError(
         "the model has no LoRA factors (lora_rank 0); there is no adapter to export");
@@ -281,6 +283,10 @@ Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& o
 
 Status ImportPeftAdapter(const std::string& dir, const ClassifierOptions& options, TextClassifier& model) {
   FEDGE_ASSIGN_OR_RETURN(PeftAdapter adapter, ReadPeftAdapter(dir));
+  if (options.lora_frozen_a) {
+    Status st = RemoveFrozenLoraA(options.model_dir, options.init_seed, &adapter);
+    if (!st.ok()) return st.WithContext(dir);
+  }
   const PeftLoraConfig& c = adapter.config;
   // Same rank and alpha/r: the factors mean the same update only under the same scaling.
   if (c.r != options.lora_rank || c.lora_alpha * options.lora_rank != options.lora_alpha * c.r) {

@@ -13,7 +13,7 @@
 #include "fedge/version.h"
 
 int main(int argc, char** argv) {
-  std::string config_path, state, out;
+  std::string config_path, state, out, model_dir;
   CLI::App app{
       "fedge-export-adapter: export a fedge adapter (an agent's global.safetensors) in PEFT's layout "
       "(adapter_config.json + adapter_model.safetensors [+ fedge_head.safetensors])"};
@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--state", state, "an agent's --state-dir, or a global.safetensors file")->required();
   app.add_option("--out", out, "output directory (created; files replaced)")->required();
+  app.add_option("--model-dir", model_dir,
+                 "the base model directory (default: spec.model.path); frozen-A jobs read its config.json");
   CLI11_PARSE(app, argc, argv);
 
   auto spec = fedge::LoadJobSpec(config_path);
@@ -48,6 +50,15 @@ int main(int argc, char** argv) {
   auto adapter = fedge::agent::MakePeftAdapter(
       config, std::move(*bundle),
       spec->model.family == "llama" ? std::vector<std::string>{} : spec->model.labels);
+  if (model_dir.empty()) model_dir = spec->model.path;
+  if (spec->adapter.aggregation == "frozen-a") {
+    // The state holds B only; A is the job's, derived from spec.rounds.seed as the agents do.
+    fedge::Status st = fedge::agent::AddFrozenLoraA(model_dir, spec->rounds.seed, &adapter);
+    if (!st.ok()) {
+      std::cerr << "fedge-export-adapter: frozen-a: " << st.ToString() << "\n";
+      return 1;
+    }
+  }
   if (spec->model.family == "llama" && !adapter.head.tensors.empty()) {
     std::cerr << "fedge-export-adapter: " << state_file << " holds '" << adapter.head.tensors[0].name
               << "', which is not a LoRA factor; a causal-LM adapter has none\n";

@@ -214,6 +214,53 @@ TEST(PeftAdapterTest, TextClassifierExportImportRoundTripsExactly) {
             StatusCode::kInvalidArgument);
 }
 
+TEST(PeftAdapterTest, FrozenAExportCarriesTheJobsAAndImportChecksIt) {
+  ClassifierOptions o = TinyClassifierOptions();
+  o.lora_frozen_a = true;
+  o.lora_targets = {"query", "value", "output.dense"};  // hidden- and intermediate-sized inputs
+  auto src = TextClassifier::Load(o);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  TensorBundle trained = (*src)->ExportTrainable();
+  ASSERT_EQ(trained.Find("encoder.layer.0.attention.self.query.lora_A"), nullptr);  // B + head only
+  for (auto& t : trained.tensors) {
+    for (size_t i = 0; i < t.values.size(); ++i) t.values[i] = std::cos(0.3f * static_cast<float>(i));
+  }
+  ASSERT_TRUE((*src)->ImportTrainable(trained).ok());
+  const std::string dir = FreshDir("frozen");
+  ASSERT_TRUE(ExportPeftAdapter(**src, o, dir).ok());
+  auto adapter = ReadPeftAdapter(dir);
+  ASSERT_TRUE(adapter.ok()) << adapter.status().ToString();
+  const NamedTensor* a = adapter->tensors.Find("encoder.layer.1.output.dense.lora_A");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{4, 32}));  // intermediate_size inputs
+
+  // The same outputs from a frozen-A model of the same seed and from an ordinary one.
+  const std::vector<std::string> texts = {"the dog barks", "a green oak leaf"};
+  auto want = (*src)->Classify(texts);
+  ASSERT_TRUE(want.ok());
+  ClassifierOptions plain = o;
+  plain.lora_frozen_a = false;
+  plain.init_seed = 99;
+  for (const ClassifierOptions& dst_options : {o, plain}) {
+    auto dst = TextClassifier::Load(dst_options);
+    ASSERT_TRUE(dst.ok());
+    ASSERT_TRUE(ImportPeftAdapter(dir, dst_options, **dst).ok()) << dst_options.lora_frozen_a;
+    auto got = (*dst)->Classify(texts);
+    ASSERT_TRUE(got.ok());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      EXPECT_EQ(got->at(i).probabilities, want->at(i).probabilities) << dst_options.lora_frozen_a;
+    }
+  }
+  // Another job's seed means another A: refused, model unchanged.
+  ClassifierOptions other_seed = o;
+  other_seed.init_seed = 43;
+  auto other = TextClassifier::Load(other_seed);
+  ASSERT_TRUE(other.ok());
+  TensorBundle before = (*other)->ExportTrainable();
+  EXPECT_EQ(ImportPeftAdapter(dir, other_seed, **other).code(), StatusCode::kInvalidArgument);
+  ExpectSameBundle((*other)->ExportTrainable(), before);
+}
+
 class TinyBertGoldenTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -332,7 +379,7 @@ TEST(PeftMiniLmTest, CommittedExportReproducesFedgeOutputs) {
 
 // Regenerates the fixture (not run by default):
 //   FEDGE_PEFT_FIXTURE_DIR=tests/golden/peft_minilm
-//     build/agent/fedge_agent_model_test --gtest_also_run_disabled_tests \
+//     build/agent/fedge_agent_model_test --gtest_also_run_disabled_tests
 //     --gtest_filter=PeftMiniLmTest.DISABLED_WriteFixture
 TEST(PeftMiniLmTest, DISABLED_WriteFixture) {
   FEDGE_REQUIRE_MODEL(model_dir);

@@ -73,6 +73,15 @@ StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& dir);
 PeftAdapter MakePeftAdapter(const PeftLoraConfig& config, TensorBundle trainable,
                             std::vector<std::string> labels);
 
+// Frozen-A adapters (spec.adapter.aggregation = frozen-a) exchange B only;
+// every agent derives A from the job's seed and the layer name (FrozenLoraA).
+// AddFrozenLoraA adds each missing "<module>.lora_A" of a BERT adapter as that
+// A (in_features from model_dir/config.json), so peft gets a complete adapter.
+// RemoveFrozenLoraA drops the adapter's A's after checking each is the job's
+// (INVALID_ARGUMENT otherwise: a frozen-A model cannot hold another A).
+Status AddFrozenLoraA(const std::string& model_dir, uint64_t seed, PeftAdapter* adapter);
+Status RemoveFrozenLoraA(const std::string& model_dir, uint64_t seed, PeftAdapter* adapter);
+
 // Sets rank, alpha, dropout and targets of `options` (and labels, when the
 // adapter carries them) so TextClassifier::Load builds a model the adapter fits.
 void ApplyPeftConfig(const PeftLoraConfig& config, const std::vector<std::string>& labels,
@@ -81,14 +90,17 @@ void ApplyPeftConfig(const PeftLoraConfig& config, const std::vector<std::string
 // A TextClassifier's trainable state as a PEFT adapter for peft's
 // FEATURE_EXTRACTION task over the base BertModel (AutoModel), with the head in
 // fedge_head.safetensors. `options` are the ones the model was loaded with;
-// base_model_name_or_path is options.model_dir.
+// base_model_name_or_path is options.model_dir. A frozen-A model's A's are
+// regenerated (AddFrozenLoraA), since its trainable state holds B only.
 Status ExportPeftAdapter(const TextClassifier& model, const ClassifierOptions& options,
                          const std::string& dir);
 
 // Loads an adapter into `model`: its LoRA factors replace the model's (the
 // adapter must cover exactly the model's adapted modules with the same rank and
 // alpha/r); its head, if it has one, replaces the model's, else the model keeps
-// its head. INVALID_ARGUMENT (model unchanged) for any mismatch, naming it.
+// its head. A frozen-A model (options.lora_frozen_a) takes only an adapter whose
+// A's are the job's (exported from a frozen-A model of the same seed).
+// INVALID_ARGUMENT (model unchanged) for any mismatch, naming it.
 Status ImportPeftAdapter(const std::string& dir, const ClassifierOptions& options, TextClassifier& model);
 
 }  // namespace fedge::agent
