@@ -1,0 +1,192 @@
+// Updates encoded with the v2 bundle codecs (int4, top-k) travel through the
+// protocol handler like v1 ones: the job's compression settings reach the
+// agents in TrainingConfig, the aggregator decodes the updates, aggregates the
+// decoded values, and its round record and metrics count the encoded bytes.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "fedge/aggregator/clock.h"
+#include "fedge/aggregator/metrics.h"
+#include "fedge/aggregator/protocol_handler.h"
+#include "fedge/aggregator/round_engine.h"
+#include "fedge/tensor_bundle.h"
+
+namespace fedge::aggregator {
+namespace {
+
+TensorBundle Ramp(float scale) {
+  TensorBundle b;
+  NamedTensor t{"w", {4, 64}, {}};
+  for (int i = 0; i < 256; ++i) t.values.push_back(scale * static_cast<float>((i * 37) % 101 - 50));
+  b.tensors.push_back(std::move(t));
+  return b;
+}
+
+class CompressedUpdateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    JobSpec spec;
+    spec.name = "demo";
+    spec.namespace_ = "ns";
+    spec.rounds.total = 1;
+    spec.compression.codec = "int4";
+    spec.compression.topKFraction = 0.1;
+    spec.compression.errorFeedback = true;
+    spec.compression.stochasticRounding = true;
+    auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    engine_ = std::move(*engine);
+    handler_ = std::make_unique<ProtocolHandler>(engine_.get(), &metrics_, ProtocolOptions{});
+  }
+
+  v1::RequestHeader Header(const std::string& agent) {
+    v1::RequestHeader h;
+    h.set_protocol_version(1);
+    h.set_job("ns/demo");
+    h.set_agent_id(agent);
+    h.set_session(sessions_[agent]);
+    return h;
+  }
+
+  void Join(const std::string& agent) {
+    v1::JoinRequest req;
+    *req.mutable_header() = Header(agent);
+    v1::JoinResponse resp;
+    ASSERT_TRUE(handler_->Join(req, &resp).ok());
+    sessions_[agent] = resp.session();
+  }
+
+  v1::Task GetTask(const std::string& agent) {
+    v1::TaskRequest req;
+    *req.mutable_header() = Header(agent);
+    v1::Task task;
+    EXPECT_TRUE(handler_->GetTask(req, &task).ok());
+    return task;
+  }
+
+  v1::SubmitUpdateResponse Submit(const std::string& agent, const std::string& data, int64_t round,
+                                  uint64_t raw_bytes) {
+    v1::UpdateHeader h;
+    *h.mutable_header() = Header(agent);
+    h.set_round(round);
+    h.set_base_version(round);
+    h.set_num_examples(10);
+    h.set_total_bytes(data.size());
+    h.set_checksum(Sha256Hex(data));
+    h.set_is_delta(round > 0);
+    h.set_raw_bytes(raw_bytes);
+    v1::SubmitUpdateResponse response;
+    bool rejected = false;
+    EXPECT_TRUE(handler_->BeginUpdate(h, &response, &rejected).ok());
+    if (rejected) return response;
+    std::string buffer;
+    if (!handler_->AppendChunk(h, data, &buffer, &response)) return response;
+    return handler_->FinishUpdate(h, buffer);
+  }
+
+  FakeClock clock_;
+  AggregatorMetrics metrics_;
+  std::unique_ptr<RoundEngine> engine_;
+  std::unique_ptr<ProtocolHandler> handler_;
+  std::map<std::string, std::string> sessions_;
+};
+
+TEST_F(CompressedUpdateTest, TopKInt4UpdatesAreDecodedAggregatedAndCountedEncoded) {
+  Join("a");
+  Join("b");
+  ASSERT_EQ(GetTask("a").kind(), v1::TASK_KIND_INITIALIZE);
+  auto init = EncodeBundle(Ramp(0), EncodeOptions{});
+  ASSERT_TRUE(init.ok());
+  ASSERT_TRUE(Submit("a", *init, 0, 1024).accepted());
+
+  v1::Task task = GetTask("b");
+  ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+  EXPECT_EQ(task.config().update_codec(), "int4");
+  EXPECT_DOUBLE_EQ(task.config().topk_fraction(), 0.1);
+  EXPECT_TRUE(task.config().error_feedback());
+  EXPECT_TRUE(task.config().stochastic_rounding());
+
+  EncodeOptions eo;
+  eo.codec = Codec::kInt4;
+  eo.topk_fraction = 0.1;
+  eo.stochastic_rounding = true;
+  std::map<std::string, std::string> sent;
+  uint64_t encoded_total = 0;
+  for (const auto& [agent, seed] : {std::pair{"a", 1}, std::pair{"b", 2}}) {
+    eo.seed = seed;
+    auto data = EncodeBundle(Ramp(agent == std::string("a") ? 0.01f : -0.03f), eo);
+    ASSERT_TRUE(data.ok()) << data.status().ToString();
+    auto header = InspectBundle(*data);
+    ASSERT_TRUE(header.ok());
+    ASSERT_EQ(header->version, 2);  // the new format, not v1
+    ASSERT_TRUE(header->sparse);
+    sent[agent] = *data;
+    encoded_total += data->size();
+    auto r = Submit(agent, *data, 1, 1024);
+    ASSERT_TRUE(r.accepted()) << r.reason();
+  }
+
+  // The new global is the initial one plus the mean of what was decoded.
+  auto global = engine_->Global(0);
+  ASSERT_TRUE(global.ok());
+  ASSERT_EQ((*global)->version, 2);
+  auto got = DecodeBundle((*global)->encoded);
+  auto da = DecodeBundle(sent["a"]);
+  auto db = DecodeBundle(sent["b"]);
+  ASSERT_TRUE(got.ok() && da.ok() && db.ok());
+  const auto& g = got->Find("w")->values;
+  int nonzero = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const float want = 0.5f * (da->Find("w")->values[i] + db->Find("w")->values[i]);
+    EXPECT_NEAR(g[i], want, 1e-2f * (1.0f + std::abs(want))) << i;  // the global's own codec rounds
+    nonzero += want != 0;
+  }
+  EXPECT_GT(nonzero, 0);
+  EXPECT_LE(nonzero, 2 * 26);  // ceil(0.1 * 256) kept per update
+
+  for (const std::string agent : {"a", "b"}) {
+    v1::MetricsReport report;
+    *report.mutable_header() = Header(agent);
+    report.set_round(1);
+    report.set_global_version(2);
+    report.set_phase("evaluate");
+    report.set_num_examples(4);
+    (*report.mutable_values())["accuracy"] = 0.5;
+    ASSERT_TRUE(handler_->ReportMetrics(report).ok());
+  }
+  EngineStatus s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_EQ(s.rounds[0].bytes_up, encoded_total);
+  EXPECT_EQ(s.rounds[0].raw_bytes_up, 2048u);
+  EXPECT_LT(s.rounds[0].bytes_up * 4, s.rounds[0].raw_bytes_up);
+}
+
+TEST_F(CompressedUpdateTest, CorruptV2UpdateIsRejectedAndTheGlobalUnchanged) {
+  Join("a");
+  Join("b");
+  ASSERT_EQ(GetTask("a").kind(), v1::TASK_KIND_INITIALIZE);
+  auto init = EncodeBundle(Ramp(1), EncodeOptions{});
+  ASSERT_TRUE(init.ok());
+  ASSERT_TRUE(Submit("a", *init, 0, 1024).accepted());
+  auto before = engine_->Global(0);
+  ASSERT_TRUE(before.ok());
+
+  EncodeOptions eo;
+  eo.codec = Codec::kInt4;
+  eo.topk_fraction = 0.1;
+  eo.zstd = false;
+  auto data = EncodeBundle(Ramp(0.5f), eo);
+  ASSERT_TRUE(data.ok());
+  std::string truncated = data->substr(0, data->size() - 40);
+  auto r = Submit("b", truncated, 1, 1024);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("cannot decode the update"), std::string::npos) << r.reason();
+  EXPECT_EQ(metrics_.updates_rejected("decode"), 1);
+  auto after = engine_->Global(0);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ((*after)->checksum, (*before)->checksum);
+}
+
+}  // namespace
+}  // namespace fedge::aggregator
