@@ -59,6 +59,11 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                         .Help("Agents currently joined")
                         .Register(r)
                         .Add({});
+  partial_upload_bytes_ = &BuildGauge()
+                               .Name("fedge_aggregator_partial_upload_bytes")
+                               .Help("Bytes reserved for partial (resumable) uploads held")
+                               .Register(r)
+                               .Add({});
   global_version_ = &BuildGauge()
                          .Name("fedge_aggregator_global_version")
                          .Help("Version of the current global model (0: none yet)")
@@ -98,6 +103,9 @@ void AggregatorMetrics::BytesReceived(uint64_t bytes) {
 }
 void AggregatorMetrics::BytesSent(uint64_t bytes) { bytes_sent_->Increment(static_cast<double>(bytes)); }
 void AggregatorMetrics::SetAgentsJoined(int64_t n) { agents_joined_->Set(static_cast<double>(n)); }
+void AggregatorMetrics::SetPartialUploadBytes(uint64_t bytes) {
+  partial_upload_bytes_->Set(static_cast<double>(bytes));
+}
 void AggregatorMetrics::SetGlobalVersion(int64_t version) {
   global_version_->Set(static_cast<double>(version));
 }
@@ -112,6 +120,8 @@ double AggregatorMetrics::updates_rejected(std::string_view reason) const {
 }
 double AggregatorMetrics::updates_received() const { return updates_received_->Value(); }
 double AggregatorMetrics::rounds_completed() const { return rounds_completed_->Value(); }
+double AggregatorMetrics::partial_upload_bytes() const { return partial_upload_bytes_->Value(); }
+
 double AggregatorMetrics::bytes_sent() const { return bytes_sent_->Value(); }
 
 }  // namespace fedge::aggregator

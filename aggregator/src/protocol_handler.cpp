@@ -232,6 +232,7 @@ void ProtocolHandler::EraseUploadLocked(const std::string& key) {
   if (it == uploads_.end()) return;
   upload_bytes_ -= it->second->header.total_bytes();
   uploads_.erase(it);
+  if (metrics_) metrics_->SetPartialUploadBytes(upload_bytes_);
 }
 
 void ProtocolHandler::DropClosedUploadsLocked() {
@@ -249,6 +250,7 @@ void ProtocolHandler::DropClosedUploadsLocked() {
       ++it;
     }
   }
+  if (metrics_) metrics_->SetPartialUploadBytes(upload_bytes_);
 }
 
 void ProtocolHandler::DropClosedUploads() {
@@ -346,6 +348,7 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
     upload_bytes_ -= j->second->header.total_bytes();
     j = uploads_.erase(j);
   }
+  if (metrics_) metrics_->SetPartialUploadBytes(upload_bytes_);
   while (upload_bytes_ + total > options_.max_partial_bytes) {
     auto victim = uploads_.end();
     for (auto j = uploads_.begin(); j != uploads_.end(); ++j) {
@@ -369,6 +372,7 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
   stream->partial->last_used = ++upload_clock_;
   uploads_[key] = stream->partial;
   upload_bytes_ += total;
+  if (metrics_) metrics_->SetPartialUploadBytes(upload_bytes_);
   stream->resumable = true;
   return OkStatus();
 }

@@ -313,6 +313,7 @@ TEST_F(ProtocolHandlerTest, InterruptedNamedUploadResumesFromItsOffset) {
   EXPECT_EQ(st.total_bytes(), data.size());
   EXPECT_EQ(handler_->partial_uploads(), 1u);
   EXPECT_EQ(handler_->partial_bytes(), data.size());
+  EXPECT_EQ(metrics_.partial_upload_bytes(), static_cast<double>(data.size()));
 
   // A reconnect that gets the offset wrong is told the right one.
   h.set_offset(4);
@@ -325,6 +326,7 @@ TEST_F(ProtocolHandlerTest, InterruptedNamedUploadResumesFromItsOffset) {
   EXPECT_TRUE(r.accepted()) << r.reason();
   EXPECT_EQ(handler_->partial_uploads(), 0u);
   EXPECT_EQ(handler_->partial_bytes(), 0u);
+  EXPECT_EQ(metrics_.partial_upload_bytes(), 0);
   EXPECT_FALSE(UploadStatusOf("a", "r1-abc").found());
   // The resumed bytes are exactly the update: b's answer closes the round on the FedAvg of both.
   std::string zero = Encode(SmallBundle(0, 0, 0, 0));

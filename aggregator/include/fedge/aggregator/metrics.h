@@ -33,6 +33,8 @@ class AggregatorMetrics {
   void BytesReceived(uint64_t bytes);
   void BytesSent(uint64_t bytes);
   void SetAgentsJoined(int64_t n);
+  // Bytes reserved for resumable uploads held (ProtocolHandler).
+  void SetPartialUploadBytes(uint64_t bytes);
   void SetGlobalVersion(int64_t version);
   void SetRoundEvaluation(double accuracy, double loss);
 
@@ -41,6 +43,7 @@ class AggregatorMetrics {
   double updates_received() const;
   double rounds_completed() const;
   double bytes_sent() const;
+  double partial_upload_bytes() const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -53,6 +56,7 @@ class AggregatorMetrics {
   prometheus::Counter* update_raw_bytes_;
   prometheus::Counter* update_encoded_bytes_;
   prometheus::Gauge* agents_joined_;
+  prometheus::Gauge* partial_upload_bytes_;
   prometheus::Gauge* global_version_;
   prometheus::Gauge* round_accuracy_;
   prometheus::Gauge* round_loss_;
