@@ -4,8 +4,8 @@
 //   serve   one TextClassifier, Classify batches of 32 texts x 64 tokens
 //           (what /v1/classify does)
 //   train   one TextClassifier, LoRA Train steps at batch 32 x 64 tokens
-//   agent   two TextClassifiers as the agent runtime keeps them (one trains,
-//           one serves): train on one, then serve from the other
+//   agent   two TextClassifiers as the agent runtime keeps them: one trains
+//           while the other serves (a second thread), as during a round
 // Baselines from the same run: the idle process, and the model's weight bytes
 // (model.safetensors), so "over idle / weights" says how many copies of the
 // weights plus activations a phase holds.
@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <torch/torch.h>
@@ -107,21 +108,28 @@ int RunPhase(const std::string& phase, const std::string& model_dir, int steps, 
       if (!s.ok()) return Fail(s.status());
       second = std::move(*s);
     }
+    auto serve = [&](TextClassifier& server) -> fedge::Status {
+      for (int i = 0; i < steps; ++i) {
+        auto p = server.Classify(
+            std::vector<std::string>(texts.begin() + (i % 4) * kBatch, texts.begin() + (i % 4 + 1) * kBatch));
+        if (!p.ok()) return p.status();
+      }
+      return fedge::OkStatus();
+    };
+    fedge::Status served = fedge::OkStatus();
+    // The agent serves from its second model while the first trains.
+    std::thread server;
+    if (phase == "agent") server = std::thread([&] { served = serve(*second); });
     if (phase == "train" || phase == "agent") {
       fedge::agent::TrainOptions to;
       to.steps = steps;
       to.batch_size = kBatch;
       auto r = (*first)->Train(data, to);
+      if (server.joinable()) server.join();
       if (!r.ok()) return Fail(r.status());
     }
-    if (phase == "serve" || phase == "agent") {
-      TextClassifier& server = second ? *second : **first;
-      for (int i = 0; i < steps; ++i) {
-        auto p = server.Classify(
-            std::vector<std::string>(texts.begin() + (i % 4) * kBatch, texts.begin() + (i % 4 + 1) * kBatch));
-        if (!p.ok()) return Fail(p.status());
-      }
-    }
+    if (phase == "serve") served = serve(**first);
+    if (!served.ok()) return Fail(served);
   }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("%ld %ld %.3f\n", StatusKb("VmHWM"), StatusKb("VmRSS"), s);
