@@ -415,10 +415,13 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
 UpdateVerdict RoundEngine::SubmitAsyncLocked(const UpdateMeta& meta, const TensorBundle& bundle, Agent& agent,
                                              int64_t now) {
   const std::string r = std::to_string(meta.round);
-  if (phase_ != Phase::kTrain) {
+  if (phase_ == Phase::kEvaluate) {
     return RejectLocked(meta, "round_closed",
                         "the last asynchronous round has closed (evaluating global version " +
                             std::to_string(global_->version) + "); ask for a task");
+  }
+  if (phase_ != Phase::kTrain) {
+    return RejectLocked(meta, "round_not_open", "no round is open (" + message_ + "); ask for a task");
   }
   if (meta.round > round_) {
     return RejectLocked(meta, "round_not_open",
