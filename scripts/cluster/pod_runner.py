@@ -11,6 +11,8 @@ No kubelet or container runtime can run here, so this harness:
     to the IP and target port of the pod behind the Service;
   * materializes volumes (configMap, secret, emptyDir, hostPath, projected service-account
     token, persistentVolumeClaim) into directories and rewrites mount paths in arguments;
+    configMap and secret volumes use the kubelet's symlink layout and are refreshed while
+    the pod runs (--volume-sync), like a kubelet's periodic sync;
   * reports phase, readiness (httpGet readiness probes), pod IP and exit codes, and kills
     the processes of deleted pods;
   * on request (HTTP control endpoint), makes a node NotReady/Ready or kills a pod.
@@ -119,6 +121,7 @@ class PodProc:
         self.killed = False
         self.deleting = False
         self.done = False
+        self.synced_volumes = {}  # volume name -> (volume spec, directory, files written)
 
 
 class Runner:
@@ -226,17 +229,13 @@ class Runner:
                 out[name] = d
                 continue
             os.makedirs(d, exist_ok=True)
-            if "configMap" in v:
-                code, cm = self.api.get(f"/api/v1/namespaces/{pp.ns}/configmaps/{v['configMap']['name']}")
-                if code != 200:
-                    raise RuntimeError(f"configmap {v['configMap']['name']}: {code}")
-                self.write_items(d, {k: val.encode() for k, val in cm.get("data", {}).items()}, v["configMap"].get("items"))
-            elif "secret" in v:
-                code, s = self.api.get(f"/api/v1/namespaces/{pp.ns}/secrets/{v['secret']['secretName']}")
-                if code != 200:
-                    raise RuntimeError(f"secret {v['secret']['secretName']}: {code}")
-                data = {k: base64.b64decode(val) for k, val in s.get("data", {}).items()}
-                self.write_items(d, data, v["secret"].get("items"))
+            if "configMap" in v or "secret" in v:
+                files = self.fetch_volume_files(pp, v)
+                if files is None:
+                    kind = "configmap" if "configMap" in v else "secret"
+                    raise RuntimeError(f"{kind} of volume {name} is not readable yet")
+                self.atomic_write(d, files)
+                pp.synced_volumes[name] = (v, d, files)
             elif "projected" in v:
                 for src in v["projected"].get("sources", []):
                     if "serviceAccountToken" in src:
@@ -264,6 +263,64 @@ class Runner:
             # emptyDir: the directory is enough
             out[name] = d
         return out
+
+    def fetch_volume_files(self, pp, v):
+        """The files (relative path -> bytes) a configMap or secret volume projects, or None."""
+        if "configMap" in v:
+            code, cm = self.api.get(f"/api/v1/namespaces/{pp.ns}/configmaps/{v['configMap']['name']}")
+            if code != 200:
+                return None
+            data, items = {k: val.encode() for k, val in cm.get("data", {}).items()}, v["configMap"].get("items")
+        else:
+            code, sec = self.api.get(f"/api/v1/namespaces/{pp.ns}/secrets/{v['secret']['secretName']}")
+            if code != 200:
+                return None
+            data, items = {k: base64.b64decode(val) for k, val in sec.get("data", {}).items()}, v["secret"].get("items")
+        if items:
+            return {it["path"]: data[it["key"]] for it in items if it["key"] in data}
+        return dict(data)
+
+    @staticmethod
+    def atomic_write(d, files):
+        """The kubelet's AtomicWriter layout: d/<name> -> ..data/<name>, ..data -> ..<version>.
+
+        An update writes a new version directory and renames a new ..data symlink over the
+        old one, so a reader sees the old or the new set of files, never a mix, and a
+        file's inode changes when its content does (what the aggregator watches for).
+        """
+        version = f"..{datetime.datetime.now(datetime.timezone.utc).strftime('%Y_%m_%d_%H_%M_%S.%f')}"
+        vdir = os.path.join(d, version)
+        for rel, data in files.items():
+            Runner.write_file(vdir, rel, data)
+        old = os.readlink(os.path.join(d, "..data")) if os.path.islink(os.path.join(d, "..data")) else None
+        tmp = os.path.join(d, "..data_tmp")
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(version, tmp)
+        os.replace(tmp, os.path.join(d, "..data"))
+        for top in {rel.split("/")[0] for rel in files}:
+            link = os.path.join(d, top)
+            if not os.path.lexists(link):
+                os.symlink(os.path.join("..data", top), link)
+        if old and old != version:
+            shutil.rmtree(os.path.join(d, old), ignore_errors=True)
+
+    def volume_sync_loop(self):
+        """Refreshes running pods' configMap/secret volumes, as the kubelet does periodically."""
+        while not self.stop.wait(self.args.volume_sync):
+            with self.lock:
+                pods = [pp for pp in self.pods.values() if pp.procs and not pp.done and not pp.deleting]
+            for pp in pods:
+                for name, (v, d, files) in list(pp.synced_volumes.items()):
+                    try:
+                        new = self.fetch_volume_files(pp, v)
+                    except Exception as e:  # the API server may be restarting
+                        log("volume sync failed", pod=pp.name, volume=name, error=str(e))
+                        continue
+                    if new is not None and new != files:
+                        self.atomic_write(d, new)
+                        pp.synced_volumes[name] = (v, d, new)
+                        log("volume updated", pod=f"{pp.ns}/{pp.name}", volume=name)
 
     @staticmethod
     def write_file(d, rel, data):
@@ -612,6 +669,7 @@ class Runner:
         srv = self.serve_control()
         threading.Thread(target=self.heartbeat_loop, daemon=True).start()
         threading.Thread(target=self.watch_pods, daemon=True).start()
+        threading.Thread(target=self.volume_sync_loop, daemon=True).start()
         port = srv.server_address[1]
         if self.args.port_file:
             with open(self.args.port_file + ".tmp", "w") as f:
@@ -645,6 +703,8 @@ def main():
     ap.add_argument("--control-port", type=int, default=0)
     ap.add_argument("--port-file", help="write the control port here once ready")
     ap.add_argument("--heartbeat", type=float, default=5.0, help="seconds between node heartbeats")
+    ap.add_argument("--volume-sync", type=float, default=2.0,
+                    help="seconds between refreshes of running pods' configMap/secret volumes")
     ap.add_argument("--start-timeout", type=float, default=120.0,
                     help="seconds a pod may wait for the services it names to get a backend")
     Runner(ap.parse_args()).run()

@@ -40,7 +40,15 @@ KUBECTL="$FEDGE_CP_BIN/kubectl"
 [[ -x "$KUBECTL" ]] || KUBECTL="$(command -v kubectl || true)"
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-alive() { [[ -f "$DIR/run/$1.pid" ]] && kill -0 "$(cat "$DIR/run/$1.pid")" 2>/dev/null; }
+# A killed component stays a zombie until its (re)parent reaps it: that is not alive.
+alive() {
+  [[ -f "$DIR/run/$1.pid" ]] || return 1
+  local pid state
+  pid="$(cat "$DIR/run/$1.pid")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
+  [[ -n "$state" && "$state" != Z ]]
+}
 port_of() {  # remembered port for a component, picked once
   local f="$DIR/run/$1.port"
   [[ -f "$f" ]] || { if [[ "$1" == apiserver && -n "${FEDGE_CP_PORT:-}" ]]; then echo "$FEDGE_CP_PORT"; else free_port; fi > "$f"; }
@@ -132,7 +140,7 @@ wait_for() {  # what seconds command...
   local what="$1" secs="$2"; shift 2
   local deadline=$(( $(date +%s) + secs ))
   until "$@"; do
-    if (( $(date +%s) > deadline )); then log "$what not ready after ${secs}s; see $DIR/logs"; tail -20 "$DIR/logs/"*.log >&2; exit 1; fi
+    if (( $(date +%s) > deadline )); then log "$what not ready after ${secs}s; see $DIR/logs"; tail -n 20 "$DIR/logs/"*.log >&2; exit 1; fi
     sleep 0.2
   done
 }

@@ -146,11 +146,11 @@ class OperatorClusterTest(unittest.TestCase):
         return out
 
     @classmethod
-    def start_operator(cls):
+    def start_operator(cls, *extra):
         port = free_port()
         log = open(os.path.join(cls.tmp, f"operator-{len(cls.operators)}.log"), "w")
         p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
-                              "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}"],
+                              "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}", *extra],
                              stdout=log, stderr=subprocess.STDOUT)
         p.http_port = port
         cls.operators.append(p)
@@ -204,7 +204,114 @@ class OperatorClusterTest(unittest.TestCase):
                 return float(line.split()[-1])
         return None
 
+    def readyz(self, p):
+        return self.http_get(p.http_port, "/readyz")[1].strip()
+
+    def replace_operator(self, *extra):
+        """Stops the leading operator gracefully (it releases the Lease) and starts another."""
+        old = self.__class__.operator
+        old.send_signal(signal.SIGTERM)
+        self.assertEqual(old.wait(30), 0)
+        new = self.start_operator(*extra)
+        wait_for(lambda: self.readyz(new) == "ok", 60, "the new operator to lead")
+        self.__class__.operator = new
+        return new
+
+    def uids(self, name):
+        return {(k["kind"], k["metadata"]["name"]): k["metadata"]["uid"] for k in self.children(name)}
+
+    def wait_children(self, name, n, timeout=60):
+        return wait_for(lambda: (lambda k: k if len(k) >= n else None)(self.children(name)), timeout,
+                        f"{n} children of job {name}")
+
+    @staticmethod
+    def pid_alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    # A job whose selector matches no node: credentials, configuration, services and RBAC
+    # (7 children) but no pods, so nothing churns while the control plane is disturbed.
+    PODLESS = {"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "none"}}
+
     # ---- tests ---------------------------------------------------------------------------
+    def test_api_server_restart_keeps_the_operator_watching_and_reconciling(self):
+        # Long enough leader-election deadlines to ride out the restart: with the default
+        # 10 s renew deadline an outage longer than that makes the leader exit by design.
+        op = self.replace_operator("--leader-elect-lease-duration", "90", "--leader-elect-renew-deadline", "75")
+        self.assertEqual(self.apply(job_manifest("before", agents=self.PODLESS)).returncode, 0)
+        self.wait_children("before", 7)
+        before = self.uids("before")
+        restarts0 = self.metric(op.http_port, "fedge_operator_watch_restarts_total") or 0
+
+        pidfile = os.path.join(self.tmp, "cp", "run", "kube-apiserver.pid")
+        with open(pidfile) as f:
+            pid = int(f.read())
+        # SIGKILL: a crash (SIGTERM makes the API server drain its requests for a minute).
+        os.kill(pid, signal.SIGKILL)
+        try:
+            wait_for(lambda: not self.pid_alive(pid), 30, "kube-apiserver to exit")
+            self.assertNotEqual(self.kubectl("get", "ftj", check=False).returncode, 0, "the API server is down")
+        finally:  # the other tests need it back whatever happened
+            out = subprocess.run([os.path.join(SCRIPTS, "start-control-plane.sh")], env=self.env,
+                                 capture_output=True, text=True, timeout=240)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        up = time.time()
+        self.assertIsNone(op.poll(), "the operator must survive an API server restart")
+
+        # New objects after the restart are seen: the job watch reconnected...
+        self.assertEqual(self.apply(job_manifest("after", agents=self.PODLESS)).returncode, 0)
+        self.wait_children("after", 7, timeout=90)
+        print(f"\n[apiserver restart] new job's children exist {time.time() - up:.1f}s after the API server was back",
+              flush=True)
+        # ... and so did the children's watch: a deleted child comes back.
+        self.kubectl("delete", "configmap", "before-config")
+        wait_for(lambda: self.uids("before").get(("ConfigMap", "before-config")) not in
+                 (None, before[("ConfigMap", "before-config")]), 60, "before-config to be recreated")
+        self.assertEqual({k: v for k, v in self.uids("before").items() if k[0] != "ConfigMap"},
+                         {k: v for k, v in before.items() if k[0] != "ConfigMap"})
+        self.assertGreater(self.metric(op.http_port, "fedge_operator_watch_restarts_total") or 0, restarts0)
+        self.assertIsNone(op.poll())
+        self.delete_job("before")
+        self.delete_job("after")
+        self.replace_operator()  # default deadlines for the other tests
+
+    def test_two_replicas_only_the_lease_holder_reconciles_and_a_killed_leader_is_replaced(self):
+        leader = self.operator
+        standby = self.start_operator()
+        self.assertEqual(self.readyz(standby), "standby")
+        self.assertEqual(self.apply(job_manifest("pair", agents=self.PODLESS)).returncode, 0)
+        self.wait_children("pair", 7)
+        wait_for(lambda: (self.metric(leader.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 30,
+                 "the leader to reconcile")
+        # Both replicas run, watch the same jobs, and only the Lease holder reconciles.
+        self.kubectl("delete", "configmap", "pair-config")
+        self.wait_children("pair", 7)
+        self.assertEqual(self.readyz(standby), "standby")
+        self.assertEqual(self.metric(standby.http_port, "fedge_operator_reconcile_total") or 0, 0)
+        uids = self.uids("pair")
+        secret = self.get_json("secret", "pair-credentials")["data"]
+
+        # SIGKILL: no release; the standby takes over once the Lease expires on its clock.
+        leader.kill()
+        leader.wait(10)
+        killed = time.time()
+        wait_for(lambda: self.readyz(standby) == "ok", 60, "the standby to take over")
+        print(f"\n[failover] standby leads {time.time() - killed:.1f}s after the leader was SIGKILLed", flush=True)
+        lease = self.get_json("lease", "fedge-operator")
+        self.assertIn(f"_{standby.pid}", lease["spec"]["holderIdentity"])
+        wait_for(lambda: (self.metric(standby.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 60,
+                 "the new leader to reconcile")
+        self.assertEqual(self.uids("pair"), uids, "no duplicate or replaced children")
+        self.assertEqual(self.get_json("secret", "pair-credentials")["data"], secret, "no second CA or tokens")
+        self.__class__.operator = standby
+        self.kubectl("delete", "configmap", "pair-config")
+        wait_for(lambda: self.uids("pair").get(("ConfigMap", "pair-config")) not in
+                 (None, uids[("ConfigMap", "pair-config")]), 60, "the new leader to recreate pair-config")
+        self.delete_job("pair")
+
     def test_apply_creates_children_with_owner_references_and_delete_removes_them(self):
         self.assertEqual(self.apply(job_manifest("owned")).returncode, 0)
         # secret, configmap, 2 services, SA, role, binding, aggregator, 3 agents
@@ -318,14 +425,34 @@ class OperatorClusterTest(unittest.TestCase):
             os.symlink(f"agent-{i}", os.path.join(data, node))  # each node's own shard
         with open(os.path.join(data, "meta.json")) as f:
             labels = json.load(f)["labels"]
+        # Two nodes match at first; the third joins the selector once the aggregator runs.
+        self.kubectl("label", "node", NODES[0], NODES[1], "fedge.io/pool=example", "--overwrite")
         manifest = job_manifest("example", labels=labels, model=MODEL, data=data,
-                                agents={"nodeSelector": {"fedge.io/edge": "true"}, "minAgents": len(NODES)},
+                                agents={"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "example"},
+                                        "minAgents": 2},
                                 rounds={"total": 3, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
                                         "batchSize": 16, "learningRate": 0.003, "seed": 11},
-                                runPolicy={"backoffLimit": 2, "cleanPodPolicy": "None"})
+                                runPolicy={"backoffLimit": 2},  # cleanPodPolicy Running (the default)
+                                privacy={"tls": True})
         manifest["spec"]["model"]["maxSeqLen"] = 32
         manifest["spec"]["adapter"] = {"rank": 4, "alpha": 8}
         self.assertEqual(self.apply(manifest).returncode, 0)
+        agg = wait_for(lambda: (lambda p: p if p and p.get("status", {}).get("phase") == "Running" else None)(
+            self.get_json("pod", "example-aggregator")), 120, "the aggregator to run")
+        self.assertIn("--tls-cert", agg["spec"]["containers"][0]["command"])
+        agg_status = f"http://{agg['status']['podIP']}:9090/v1/status"
+
+        def joined():
+            try:
+                with urllib.request.urlopen(agg_status, timeout=5) as r:
+                    return json.loads(r.read())["agents_joined"]
+            except OSError:
+                return None
+        # Late joiner: its token reaches the running aggregator's mounted tokens file.
+        self.kubectl("label", "node", NODES[2], "fedge.io/pool=example", "--overwrite")
+        late = wait_for(lambda: self.get_json("pod", f"example-agent-{NODES[2]}"), 60, "the late node's agent pod")
+        late_uid = late["metadata"]["uid"]
+        wait_for(lambda: (joined() or 0) >= 3, 180, "the late node's agent to join (over TLS)")
         wait_for(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
                  "round 1 to complete")
         # Kill one agent mid-job: the operator recreates it within backoffLimit.
@@ -347,7 +474,22 @@ class OperatorClusterTest(unittest.TestCase):
         full = json.loads(self.kubectl("get", "ftj", "example", "-o", "json", "--show-managed-fields").stdout)
         managers = {m["manager"] for m in full["metadata"]["managedFields"]}
         self.assertIn("fedge-aggregator", managers, "progress must come from the aggregator's reporter")
+        # The late joiner was admitted without being refused and restarted.
+        self.assertEqual(self.get_json("pod", f"example-agent-{NODES[2]}")["metadata"]["uid"], late_uid)
+        # After success the agents keep serving the final global (cleanPodPolicy Running spares them).
+        agent = self.get_json("pod", f"example-agent-{NODES[0]}")
+        self.assertEqual(agent["status"]["phase"], "Running")
+        req = urllib.request.Request(f"http://{agent['status']['podIP']}:8080/v1/classify", method="POST",
+                                     data=json.dumps({"input": ["a large dog", "an oak tree"]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got = json.loads(r.read())
+        self.assertEqual(len(got["data"]), 2)
+        self.assertIn(got["data"][0]["label"], labels)
         self.delete_job("example")
+        wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 60,
+                 "the serving agents to go with the job")
+        self.kubectl("label", "node", *NODES, "fedge.io/pool-", check=False)
 
 
 if __name__ == "__main__":
