@@ -56,6 +56,11 @@ int main(int argc, char** argv) {
                  "persisted global model and feedback (default: ./.fedge-agent/<agent-id>)");
   app.add_option("--threads", flags.threads, "torch intra-op threads per model (default 1)");
   app.add_flag("--exit-when-done", flags.exit_when_done, "exit 0 once the job is done instead of serving on");
+  app.add_option("--tls-ca", flags.tls_ca, "PEM CA of the aggregator's certificate: connect over TLS");
+  app.add_option("--tls-server-name", flags.tls_server_name,
+                 "name the aggregator's certificate must carry (default: the --aggregator host)");
+  app.add_option("--tls-cert", flags.tls_cert, "PEM client certificate for mutual TLS (with --tls-key)");
+  app.add_option("--tls-key", flags.tls_key, "PEM private key of --tls-cert");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
   app.set_version_flag("--version", std::string("fedge-agent ") + fedge::Version() + " (" + fedge::GitRev() + ")");

@@ -1,6 +1,7 @@
 #include "fedge/agent/runtime/agent.h"
 
 #include <filesystem>
+#include <tuple>
 
 #include "fedge/agent/runtime/aggregator_client.h"
 #include "fedge/agent/runtime/inference_api.h"
@@ -76,6 +77,22 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
     return InvalidArgumentError("--threads must be >= 1, got " + std::to_string(flags.threads));
   s.threads = flags.threads;
   s.exit_when_done = flags.exit_when_done;
+
+  if (flags.tls_ca.empty() && (!flags.tls_server_name.empty() || !flags.tls_cert.empty() || !flags.tls_key.empty())) {
+    return InvalidArgumentError("--tls-server-name, --tls-cert and --tls-key need --tls-ca");
+  }
+  if (flags.tls_cert.empty() != flags.tls_key.empty()) {
+    return InvalidArgumentError("give --tls-cert and --tls-key together");
+  }
+  for (auto [flag, path, pem] : {std::tuple{"--tls-ca", &flags.tls_ca, &s.tls.root_ca_pem},
+                                 std::tuple{"--tls-cert", &flags.tls_cert, &s.tls.cert_pem},
+                                 std::tuple{"--tls-key", &flags.tls_key, &s.tls.key_pem}}) {
+    if (path->empty()) continue;
+    auto pem_text = ReadFile(*path);
+    if (!pem_text.ok()) return InvalidArgumentError(std::string(flag) + ": " + pem_text.status().message());
+    *pem = std::move(*pem_text);
+  }
+  s.tls.server_name = flags.tls_server_name;
   return s;
 }
 
@@ -129,7 +146,7 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   deps.metrics = a->metrics_.get();
   deps.train_data = &a->train_;
   deps.eval_data = &a->eval_;
-  a->client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator), opts, deps);
+  a->client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator, settings.tls), opts, deps);
 
   auto persisted = a->store_->LoadGlobal();
   if (!persisted.ok()) {

@@ -67,7 +67,7 @@ Status FromGrpc(const grpc::Status& status, std::string_view what) {
                 std::string(what) + ": " + status.error_message());
 }
 
-std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address) {
+std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address, const ChannelTls& tls) {
   grpc::ChannelArguments args;
   // A GlobalChunk is 4 MiB of data plus framing: above gRPC's default limit.
   args.SetMaxReceiveMessageSize(16 << 20);
@@ -76,7 +76,17 @@ std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10'000);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (tls.root_ca_pem.empty()) {
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  // An address rewritten to an IP (pod runner, port-forward) still verifies the
+  // certificate against the Service name it was issued for.
+  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = tls.root_ca_pem;
+  ssl.pem_cert_chain = tls.cert_pem;
+  ssl.pem_private_key = tls.key_pem;
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
 }
 
 AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options,

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "fedge/agent/runtime/aggregator_client.h"
 #include "fedge/agent/runtime/stop_signal.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/job_spec.h"
@@ -40,6 +41,10 @@ struct AgentFlags {
   std::string state_dir;   // --state-dir (default: ./.fedge-agent/<agent-id>)
   int threads = 1;         // --threads: torch intra-op threads per model
   bool exit_when_done = false;
+  std::string tls_ca;           // --tls-ca: PEM CA of the aggregator's certificate (TLS on)
+  std::string tls_server_name;  // --tls-server-name: name to verify (default: --aggregator's host)
+  std::string tls_cert;         // --tls-cert / --tls-key: client certificate (mutual TLS)
+  std::string tls_key;
 };
 
 // Everything resolved: absolute choices, no defaults left to apply.
@@ -56,6 +61,7 @@ struct AgentSettings {
   std::string state_dir;
   int threads = 1;
   bool exit_when_done = false;
+  ChannelTls tls;  // PEM contents read from the --tls-* files; empty CA: plaintext
 };
 
 // Applies the defaults above. INVALID_ARGUMENT names the flag at fault;

@@ -75,6 +75,15 @@ struct ClientDeps {
 
 enum class RunOutcome { kDone, kStopped };
 
+// How the agent's channel to the aggregator is secured. Empty root_ca_pem:
+// plaintext (the aggregator must not have TLS enabled).
+struct ChannelTls {
+  std::string root_ca_pem;  // PEM CA that signed the aggregator's certificate
+  std::string server_name;  // name to verify in its certificate ("": the address's host)
+  std::string cert_pem;     // client certificate for mutual TLS (optional, with key_pem)
+  std::string key_pem;
+};
+
 class AggregatorClient {
  public:
   AggregatorClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options, ClientDeps deps);
@@ -93,7 +102,7 @@ class AggregatorClient {
   void Stop();
 
   // Channel arguments the agent needs (receive limit above one 4 MiB chunk).
-  static std::shared_ptr<grpc::Channel> Dial(const std::string& address);
+  static std::shared_ptr<grpc::Channel> Dial(const std::string& address, const ChannelTls& tls = {});
 
  private:
   struct Held {
