@@ -94,7 +94,8 @@ AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, Clien
     : options_(std::move(options)),
       deps_(deps),
       stub_(v1::Aggregator::NewStub(channel)),
-      backoff_(options_.backoff_initial, options_.backoff_max, MakeUniform(options_.jitter_seed)) {
+      backoff_(options_.backoff_initial, options_.backoff_max, MakeUniform(options_.jitter_seed)),
+      encoder_(deps_.store != nullptr ? deps_.store->ResidualPath() : "", options_.job) {
   if (deps_.trainer == nullptr || deps_.serving == nullptr || deps_.metrics == nullptr ||
       deps_.train_data == nullptr || deps_.eval_data == nullptr) {
     DieBecause("AggregatorClient needs trainer, serving, metrics, train_data and eval_data",
@@ -234,7 +235,7 @@ Status AggregatorClient::Join() {
   req.set_node_name(options_.node_name);
   req.set_token(options_.token);
   auto* caps = req.mutable_capabilities();
-  for (const char* codec : {"fp32", "fp16", "bf16", "int8"}) caps->add_codecs(codec);
+  for (const char* codec : {"fp32", "fp16", "bf16", "int8", "int4"}) caps->add_codecs(codec);
   caps->set_num_train_examples(static_cast<int64_t>(deps_.train_data->size()));
   caps->set_num_eval_examples(static_cast<int64_t>(deps_.eval_data->size()));
   caps->set_model_family(options_.model_family);
@@ -422,7 +423,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   if (!codec.ok()) {
     return FailedPreconditionError("round " + std::to_string(task.round()) + " asks for update codec \"" +
                                    codec_name +
-                                   "\", which this agent does not offer (fp32, fp16, bf16, int8)");
+                                   "\", which this agent does not offer (fp32, fp16, bf16, int8, int4)");
   }
   Status imported = deps_.trainer->ImportTrainable(held_.bundle);
   if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
@@ -445,11 +446,18 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   }
 
   FEDGE_ASSIGN_OR_RETURN(TensorBundle delta, ComputeDelta(deps_.trainer->ExportTrainable(), held_.bundle));
-  EncodeOptions eo;
-  eo.codec = *codec;
-  eo.block_size = c.block_size() > 0 ? c.block_size() : 64;
-  eo.zstd = options_.zstd;
-  FEDGE_ASSIGN_OR_RETURN(std::string payload, EncodeBundle(delta, eo));
+  UpdateCodecConfig cc;
+  cc.codec = *codec;
+  cc.block_size = c.block_size() > 0 ? c.block_size() : 64;
+  cc.zstd = options_.zstd;
+  cc.topk_fraction = c.topk_fraction();
+  cc.error_feedback = c.error_feedback();
+  cc.stochastic_rounding = c.stochastic_rounding();
+  auto encoded = encoder_.Encode(delta, cc, task.round(),
+                                 MixTrainingSeed(c.seed(), options_.agent_id + "/rounding", task.round()));
+  if (!encoded.ok()) return encoded.status().WithContext("encoding the update of round " +
+                                                         std::to_string(task.round()));
+  const std::string& payload = encoded->payload;
 
   v1::UpdateHeader h;
   *h.mutable_header() = Header();
@@ -463,8 +471,13 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   h.set_is_delta(true);
   h.set_raw_bytes(delta.Fp32Bytes());
   bool accepted = false;
-  FEDGE_RETURN_IF_ERROR(Submit(h, payload, &accepted));
+  Status submitted = Submit(h, payload, &accepted);
+  encoder_.Finish(accepted);  // keeps (and persists) the residual only if the update counted
+  FEDGE_RETURN_IF_ERROR(submitted);
 
+  deps_.metrics->update_raw_bytes_total.Increment(static_cast<double>(delta.Fp32Bytes()));
+  deps_.metrics->update_encoded_bytes_total.Increment(static_cast<double>(payload.size()));
+  deps_.metrics->error_feedback_residual_norm.Set(encoder_.ResidualNorm());
   deps_.metrics->train_steps_total.Increment(result->steps);
   deps_.metrics->train_loss.Set(result->mean_loss);
   deps_.metrics->update_bytes.Set(static_cast<double>(payload.size()));
@@ -475,6 +488,9 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
                               {"steps", result->steps},
                               {"loss", result->mean_loss},
                               {"codec", codec_name},
+                              {"topk_fraction", cc.topk_fraction},
+                              {"error_feedback", cc.error_feedback && cc.Lossy()},
+                              {"residual_applied", encoded->feedback_applied},
                               {"bytes", payload.size()},
                               {"raw_bytes", delta.Fp32Bytes()},
                               {"accepted", accepted},

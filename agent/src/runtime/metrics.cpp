@@ -35,6 +35,13 @@ AgentMetrics::AgentMetrics()
       update_bytes(NewGauge(*registry_, "fedge_agent_update_bytes", "Encoded size of the last update.")),
       update_raw_bytes(NewGauge(*registry_, "fedge_agent_update_raw_bytes",
                                 "Size of the last update as fp32 (the compression baseline).")),
+      update_raw_bytes_total(NewCounter(*registry_, "fedge_agent_update_raw_bytes_total",
+                                        "Submitted updates' size as dense fp32 (before encoding).")),
+      update_encoded_bytes_total(NewCounter(*registry_, "fedge_agent_update_encoded_bytes_total",
+                                            "Submitted updates' size as encoded (codec, top-k, zstd).")),
+      error_feedback_residual_norm(
+          NewGauge(*registry_, "fedge_agent_error_feedback_residual_norm",
+                   "L2 norm of the error-feedback residual carried to the next update (0: none).")),
       global_version(NewGauge(*registry_, "fedge_agent_global_version",
                               "Version of the global model installed for serving (0: none).")),
       eval_accuracy(NewGauge(*registry_, "fedge_agent_eval_accuracy",

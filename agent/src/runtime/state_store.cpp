@@ -19,6 +19,7 @@ StateStore::StateStore(std::string dir, std::string job) : dir_(std::move(dir)),
 
 std::string StateStore::GlobalPath() const { return dir_ + "/global.safetensors"; }
 std::string StateStore::FeedbackPath() const { return dir_ + "/feedback.jsonl"; }
+std::string StateStore::ResidualPath() const { return dir_ + "/error-feedback.safetensors"; }
 
 Status StateStore::SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum) {
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir_));

@@ -1,6 +1,12 @@
 #include "fedge/agent/runtime/update.h"
 
+#include <filesystem>
 #include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "fedge/file_util.h"
+#include "fedge/log.h"
 
 namespace fedge::agent {
 
@@ -50,6 +56,99 @@ uint64_t MixTrainingSeed(uint64_t job_seed, std::string_view agent_id, int64_t r
   s = SplitMix64(s ^ HashAgentId(agent_id));
   s = SplitMix64(s ^ static_cast<uint64_t>(round));
   return s;
+}
+
+UpdateEncoder::UpdateEncoder(std::string residual_path, std::string job)
+    : residual_path_(std::move(residual_path)), job_(std::move(job)) {}
+
+StatusOr<UpdateEncoder::Encoded> UpdateEncoder::Encode(const TensorBundle& delta,
+                                                       const UpdateCodecConfig& config, int64_t round,
+                                                       uint64_t seed) {
+  EncodeOptions eo;
+  eo.codec = config.codec;
+  eo.block_size = config.block_size;
+  eo.zstd = config.zstd;
+  eo.topk_fraction = config.topk_fraction;
+  eo.stochastic_rounding = config.stochastic_rounding;
+  eo.seed = seed;
+  Encoded out;
+  if (!config.error_feedback || !config.Lossy()) {
+    FEDGE_ASSIGN_OR_RETURN(out.payload, EncodeBundle(delta, eo, &out.report));
+    return out;
+  }
+  LoadOnce(round);
+  const bool had_residual = feedback_.has_residual();
+  Status residual_status;
+  FEDGE_ASSIGN_OR_RETURN(out.payload, feedback_.Encode(delta, eo, &out.report, &residual_status));
+  out.feedback_applied = had_residual && residual_status.ok();
+  pending_ = true;
+  pending_round_ = round;
+  return out;
+}
+
+void UpdateEncoder::Finish(bool accepted) {
+  if (!pending_) return;
+  pending_ = false;
+  if (!accepted) {
+    feedback_.Rollback();
+    return;
+  }
+  Persist();
+}
+
+void UpdateEncoder::Persist() {
+  if (residual_path_.empty()) return;
+  const std::string dir = std::filesystem::path(residual_path_).parent_path().string();
+  Status st = dir.empty() ? OkStatus() : MakeDirs(dir);
+  if (st.ok()) st = feedback_.Save(residual_path_);
+  // The marker goes second: after a crash between the two writes it names an
+  // older round, which still lets the (newer) residual be used next round.
+  if (st.ok()) {
+    st = WriteFileAtomic(residual_path_ + ".json",
+                         nlohmann::json{{"job", job_}, {"round", pending_round_}}.dump() + "\n");
+  }
+  if (!st.ok()) {
+    log::Warn("cannot persist the error-feedback residual; it is kept in memory only",
+              {{"path", residual_path_}, {"error", st.ToString()}});
+  }
+}
+
+void UpdateEncoder::LoadOnce(int64_t round) {
+  if (loaded_) return;
+  loaded_ = true;
+  if (residual_path_.empty()) return;
+  Status st = feedback_.Load(residual_path_);
+  if (st.code() == StatusCode::kNotFound) return;  // a fresh agent
+  if (!st.ok()) {
+    log::Warn("discarding an unreadable error-feedback residual",
+              {{"path", residual_path_}, {"error", st.ToString()}});
+    return;  // Load cleared it
+  }
+  // The residual is only valid for the run that left it.
+  std::string why;
+  auto marker = ReadFile(residual_path_ + ".json");
+  if (!marker.ok()) {
+    why = "no readable round marker: " + marker.status().ToString();
+  } else {
+    nlohmann::json j = nlohmann::json::parse(*marker, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("job") || !j["job"].is_string() || !j.contains("round") ||
+        !j["round"].is_number_integer()) {
+      why = "malformed round marker";
+    } else if (j["job"].get<std::string>() != job_) {
+      why = "left by job " + j["job"].get<std::string>();
+    } else if (j["round"].get<int64_t>() >= round) {
+      why = "left by round " + std::to_string(j["round"].get<int64_t>()) +
+            ", not before this round (a new run of the job)";
+    }
+  }
+  if (!why.empty()) {
+    log::Warn("discarding a stale error-feedback residual",
+              {{"path", residual_path_}, {"round", round}, {"reason", why}});
+    feedback_.Reset();
+    return;
+  }
+  log::Info("error-feedback residual restored",
+            {{"path", residual_path_}, {"round", round}, {"norm", feedback_.ResidualNorm()}});
 }
 
 }  // namespace fedge::agent

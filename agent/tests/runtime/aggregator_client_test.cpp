@@ -320,7 +320,7 @@ TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlo
   EXPECT_EQ(join.capabilities().num_eval_examples(), 4);
   EXPECT_EQ(
       std::vector<std::string>(join.capabilities().codecs().begin(), join.capabilities().codecs().end()),
-      (std::vector<std::string>{"fp32", "fp16", "bf16", "int8"}));
+      (std::vector<std::string>{"fp32", "fp16", "bf16", "int8", "int4"}));
 
   ASSERT_EQ(world_.updates.size(), 2u);
   // INITIALIZE: the fresh state, in full, fp32.
@@ -412,6 +412,31 @@ TEST_F(AggregatorClientTest, Int8UpdatesDecodeToTheDeltaWithinTheCodecError) {
   // the int8 step is <= 3.5/127.
   for (size_t i = 0; i < dw.size(); ++i) EXPECT_NEAR(dw[i], 0.25f * float(i + 1), 3.5 / 127) << i;
   EXPECT_LT(world_.updates[1].payload.size(), world_.updates[0].payload.size());
+}
+
+TEST_F(AggregatorClientTest, TopKInt4WithErrorFeedbackUploadsV2AndKeepsTheResidualInTheStateDir) {
+  world_.config.set_update_codec("int4");
+  world_.config.set_topk_fraction(0.25);
+  world_.config.set_error_feedback(true);
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  const ReceivedUpdate& upd = world_.updates[1];
+  auto header = InspectBundle(upd.payload);
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(header->version, 2);
+  EXPECT_EQ(header->codec, Codec::kInt4);
+  EXPECT_TRUE(header->sparse);
+  auto sent = DecodeBundle(upd.payload);
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  // What top-k dropped is the residual, persisted for the next round.
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "error-feedback.safetensors"));
+  EXPECT_GT(metrics_.error_feedback_residual_norm.Value(), 0);
+  EXPECT_EQ(metrics_.update_raw_bytes_total.Value(), double(upd.header.raw_bytes()));
+  EXPECT_EQ(metrics_.update_encoded_bytes_total.Value(), double(upd.payload.size()));  // framing > 21 floats
 }
 
 TEST_F(AggregatorClientTest, RejoinsAndFinishesAfterTheAggregatorRestarts) {

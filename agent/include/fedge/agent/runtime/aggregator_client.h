@@ -28,6 +28,7 @@
 #include "fedge/agent/runtime/chunks.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/runtime/stop_signal.h"
+#include "fedge/agent/runtime/update.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"
@@ -140,6 +141,7 @@ class AggregatorClient {
   Backoff backoff_;
   std::string session_;  // empty: must (re)join
   Held held_;
+  UpdateEncoder encoder_;  // codec, top-k, error-feedback residual (in the state dir)
   Status fatal_;
 
   std::mutex call_mu_;

@@ -2,6 +2,9 @@
 // restarted agent serves at once, and the feedback log later rounds train on.
 //   global.safetensors   F32 tensors; metadata job, version, checksum
 //   feedback.jsonl       {"text": ..., "label": ..., "ts_ms": ...} per line
+//   error-feedback.safetensors (+ .json)
+//                        the update encoder's residual and the job/round that
+//                        left it (UpdateEncoder in update.h owns both files)
 #pragma once
 
 #include <cstdint>
@@ -37,6 +40,7 @@ class StateStore {
   const std::string& dir() const { return dir_; }
   std::string GlobalPath() const;
   std::string FeedbackPath() const;
+  std::string ResidualPath() const;
 
  private:
   const std::string dir_;

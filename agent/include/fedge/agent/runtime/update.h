@@ -1,10 +1,13 @@
 // Plain functions behind a training round: the delta an agent submits and the
-// seed it trains with.
+// seed it trains with; and the UpdateEncoder that turns a delta into the bytes
+// uploaded with the job's codec, top-k and error feedback.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
+#include "fedge/error_feedback.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"
 
@@ -21,5 +24,72 @@ uint64_t HashAgentId(std::string_view agent_id);
 // the round (splitmix64), so agents sample different batches, every round
 // differs, and a rerun of the same agent and round is reproducible.
 uint64_t MixTrainingSeed(uint64_t job_seed, std::string_view agent_id, int64_t round);
+
+// The update encoding a TRAIN task asks for (v1.TrainingConfig's codec fields,
+// spec.compression in the job).
+struct UpdateCodecConfig {
+  Codec codec = Codec::kFp32;
+  int block_size = 64;
+  bool zstd = true;
+  double topk_fraction = 0;  // 0: dense
+  bool error_feedback = false;
+  bool stochastic_rounding = false;
+
+  // True when the encoding can change values (any codec but fp32, or top-k):
+  // the only case in which error feedback does anything.
+  bool Lossy() const { return codec != Codec::kFp32 || topk_fraction > 0; }
+};
+
+// Encodes one agent's round updates. With error feedback on and a lossy
+// encoding, what the encoding dropped is carried to the next round as a
+// residual (fedge::ErrorFeedback), kept at `residual_path` so it survives an
+// agent restart:
+//   residual_path          the residual (safetensors, checksummed)
+//   residual_path + ".json" {"job": ..., "round": r}: the round it was left by
+// A residual is used only by the same job at a later round: a file of another
+// job, or of a round >= the current one (a new run of the same job restarts at
+// round 1), is discarded. A missing file is a fresh agent; an unreadable or
+// corrupt one is discarded with a warning — never an error for the round.
+// Not thread-safe: one instance, used by the agent's training loop.
+class UpdateEncoder {
+ public:
+  struct Encoded {
+    std::string payload;       // the bytes to upload
+    CompressionReport report;  // raw (fp32) and encoded sizes
+    bool feedback_applied = false;  // a residual was added to this delta
+  };
+
+  // `residual_path` empty: the residual lives in memory only (no state dir).
+  UpdateEncoder(std::string residual_path, std::string job);
+
+  // Encodes `delta` for `round`. `seed` drives stochastic rounding (use a
+  // fresh one per round). INVALID_ARGUMENT if the codec options are invalid or
+  // a value cannot be encoded; then nothing changes.
+  StatusOr<Encoded> Encode(const TensorBundle& delta, const UpdateCodecConfig& config, int64_t round,
+                           uint64_t seed);
+
+  // Ends the round of the last Encode: accepted keeps the new residual and
+  // persists it (a failed write is logged: the residual is still used in
+  // memory); otherwise the residual goes back to what it was before Encode,
+  // since the aggregator did not take this round's update.
+  void Finish(bool accepted);
+
+  bool has_residual() const { return feedback_.has_residual(); }
+  double ResidualNorm() const { return feedback_.ResidualNorm(); }
+  const TensorBundle& residual() const { return feedback_.residual(); }
+  const std::string& residual_path() const { return residual_path_; }
+
+ private:
+  // Loads the persisted residual once, on the first Encode that uses it.
+  void LoadOnce(int64_t round);
+  void Persist();
+
+  const std::string residual_path_;
+  const std::string job_;
+  ErrorFeedback feedback_;
+  bool loaded_ = false;
+  bool pending_ = false;  // an Encode changed the residual; Finish decides
+  int64_t pending_round_ = 0;
+};
 
 }  // namespace fedge::agent
