@@ -31,9 +31,9 @@ JobSpec Spec() {
 }
 
 struct Client {
-  std::string root_ca;         // empty: plaintext
+  std::string root_ca;  // empty: plaintext
   std::string server_name = kServiceName;
-  std::string cert, key;       // client certificate (mutual TLS)
+  std::string cert, key;  // client certificate (mutual TLS)
 };
 
 // Join as `agent`; the gRPC status of the call.
@@ -48,7 +48,8 @@ grpc::Status Join(int port, const Client& c, const std::string& agent, const std
     ssl.pem_private_key = c.key;
     creds = grpc::SslCredentials(ssl);
   }
-  auto stub = v1::Aggregator::NewStub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), creds, args));
+  auto stub =
+      v1::Aggregator::NewStub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), creds, args));
   v1::JoinRequest req;
   req.mutable_header()->set_protocol_version(1);
   req.mutable_header()->set_job("ml/wn");
@@ -70,9 +71,9 @@ class TlsWireTest : public ::testing::Test {
     ASSERT_TRUE(ca.ok());
     ca_ = *ca;
     // Exactly the names the reconciler issues the serving certificate for.
-    auto tls = IssueServingCert(ca_, "wn-aggregator",
-                                {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc",
-                                 "wn-aggregator.ml.svc.cluster.local"});
+    auto tls = IssueServingCert(
+        ca_, "wn-aggregator",
+        {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc", "wn-aggregator.ml.svc.cluster.local"});
     ASSERT_TRUE(tls.ok());
     serving_ = *tls;
     auto other = GenerateCa("another-job-ca");

@@ -73,10 +73,10 @@ class TokenFile {
   const Clock* const clock_;
   const int64_t min_recheck_ms_;
   mutable std::mutex mu_;
-  TokenMap tokens_;             // guarded by mu_
-  FileId id_;                   // guarded by mu_
-  int64_t last_check_ms_ = 0;   // guarded by mu_
-  int64_t reloads_ = 0;         // guarded by mu_
+  TokenMap tokens_;            // guarded by mu_
+  FileId id_;                  // guarded by mu_
+  int64_t last_check_ms_ = 0;  // guarded by mu_
+  int64_t reloads_ = 0;        // guarded by mu_
 };
 
 }  // namespace fedge::aggregator
