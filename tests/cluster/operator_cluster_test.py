@@ -287,8 +287,10 @@ class OperatorClusterTest(unittest.TestCase):
         wait_for(lambda: (self.metric(leader.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 30,
                  "the leader to reconcile")
         # Both replicas run, watch the same jobs, and only the Lease holder reconciles.
+        first = self.uids("pair")[("ConfigMap", "pair-config")]
         self.kubectl("delete", "configmap", "pair-config")
-        self.wait_children("pair", 7)
+        wait_for(lambda: self.uids("pair").get(("ConfigMap", "pair-config")) not in (None, first), 60,
+                 "the leader to recreate pair-config")
         self.assertEqual(self.readyz(standby), "standby")
         self.assertEqual(self.metric(standby.http_port, "fedge_operator_reconcile_total") or 0, 0)
         uids = self.uids("pair")
