@@ -6,6 +6,7 @@ Run by ctest (label e2e) with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,8 +53,7 @@ spec:
     batchSize: 16
     learningRate: 0.003
     seed: 11
-  compression:
-    codec: int8
+  compression: {compression}
 """
 
 
@@ -113,11 +113,11 @@ class LocalJobTest(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def write_job(self, name, rounds, steps, agents=2):
+    def write_job(self, name, rounds, steps, agents=2, compression="{codec: int8}"):
         path = os.path.join(self.tmp, f"{name}.yaml")
         with open(path, "w") as f:
             f.write(JOB_TEMPLATE.format(name=name, model=MODEL, data=self.data, agents=agents, rounds=rounds,
-                                        steps=steps, labels=json.dumps(self.labels)))
+                                        steps=steps, labels=json.dumps(self.labels), compression=compression))
         return path
 
     def test_federated_job_learns_far_above_majority_baseline(self):
@@ -142,14 +142,17 @@ class LocalJobTest(unittest.TestCase):
         job = self.write_job("e2e-bad", rounds=2, steps=5).replace(".yaml", "-bad.yaml")
         with open(job, "w") as f:
             f.write(JOB_TEMPLATE.format(name="e2e-bad", model=MODEL, data=self.data, agents=2, rounds=-3, steps=5,
-                                        labels=json.dumps(self.labels)))
+                                        labels=json.dumps(self.labels), compression="{codec: int8}"))
         run = subprocess.run([FEDGE, "run", "-f", job, "--work-dir", os.path.join(self.tmp, "bad")],
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
         self.assertIn("spec.rounds.total", run.stdout + run.stderr)
 
     def test_aggregator_killed_mid_job_resumes_from_last_round_and_agents_serve(self):
-        job = self.write_job("e2e-restart", rounds=3, steps=10)
+        # Top-k + int4 with error feedback (format v2, residual in the agents' state dirs) across the
+        # aggregator restart.
+        job = self.write_job("e2e-restart", rounds=3, steps=10,
+                             compression="{codec: int4, topKFraction: 0.1, errorFeedback: true}")
         grpc_port, http_port = free_port(), free_port()
         ckpt = os.path.join(self.tmp, "ckpt")
         logs = os.path.join(self.tmp, "restart-logs")
@@ -214,6 +217,14 @@ class LocalJobTest(unittest.TestCase):
             self.assertIn("error", json.loads(body))
             code, body = http("GET", base + "/metrics")
             self.assertIn("fedge_agent_", body)
+            sent = {m: float(v) for m, v in re.findall(
+                r"^(fedge_agent_update_(?:raw|encoded)_bytes_total) (\S+)$", body, re.M)}
+            self.assertEqual(len(sent), 2, body)
+            # Top-10% of int4 values: far fewer bytes than the fp32 deltas.
+            self.assertGreater(sent["fedge_agent_update_encoded_bytes_total"], 0, body)
+            self.assertGreater(sent["fedge_agent_update_raw_bytes_total"],
+                               8 * sent["fedge_agent_update_encoded_bytes_total"], body)
+            self.assertTrue(os.path.exists(os.path.join(self.tmp, "state-0", "error-feedback.safetensors")))
             code, body = http("GET", f"http://127.0.0.1:{http_port}/metrics")
             self.assertIn("fedge_aggregator_rounds_completed_total", body)
         finally:
