@@ -39,9 +39,9 @@ Eigen::Map<const RowMajorF> MapF(const float* data, int64_t rows, int64_t cols) 
 // core asks for that many orthonormal columns of V (the extra ones complete
 // the basis in the orthogonal complement of Acᵀ's range, with σ = 0).
 struct Svd {
-  Matrix u;          // [out, p]
-  Eigen::VectorXd s; // [p], descending
-  Matrix v;          // [in, max(min(in, k), min(in, v_cols))], orthonormal columns
+  Matrix u;           // [out, p]
+  Eigen::VectorXd s;  // [p], descending
+  Matrix v;           // [in, max(min(in, k), min(in, v_cols))], orthonormal columns
 };
 
 Svd FactoredSvd(const Matrix& bc, const Matrix& ac, int64_t v_cols) {
@@ -81,7 +81,8 @@ void Split(const Svd& svd, int64_t rank, double a_floor, int64_t out, int64_t in
     }
     if (j < p && d > 0) {
       const double scale = sigma / d;
-      for (int64_t row = 0; row < out; ++row) r->b[row * rank + j] = static_cast<float>(scale * svd.u(row, j));
+      for (int64_t row = 0; row < out; ++row)
+        r->b[row * rank + j] = static_cast<float>(scale * svd.u(row, j));
     }
   }
   r->singular_values.assign(svd.s.data(), svd.s.data() + p);
@@ -170,8 +171,10 @@ class ProductLoraStrategy : public AggregationStrategy {
       const NamedTensor* gb = global_.Find(l.b_name);
       const NamedTensor* ga = global_.Find(l.a_name);
       // The agent's own factors: the global it trained from plus its delta.
-      Matrix b = (MapF(gb->values.data(), l.out, l.rank) + MapF(db->values.data(), l.out, l.rank)).cast<double>();
-      Matrix a = (MapF(ga->values.data(), l.rank, l.in) + MapF(da->values.data(), l.rank, l.in)).cast<double>();
+      Matrix b =
+          (MapF(gb->values.data(), l.out, l.rank) + MapF(db->values.data(), l.out, l.rank)).cast<double>();
+      Matrix a =
+          (MapF(ga->values.data(), l.rank, l.in) + MapF(da->values.data(), l.rank, l.in)).cast<double>();
       terms.emplace_back(w * b, std::move(a));
     }
     FEDGE_RETURN_IF_ERROR(inner_->Add(delta, num_examples));
@@ -272,7 +275,8 @@ Status CheckLoraLayout(const TensorBundle& state, const AdapterSpec& adapter) {
     bool any_b = false;
     for (const LoraLayer& l : layers) {
       if (!l.a_name.empty()) {
-        return InvalidArgumentError("spec.adapter.aggregation is frozen-a, but the state carries \"" + l.a_name +
+        return InvalidArgumentError("spec.adapter.aggregation is frozen-a, but the state carries \"" +
+                                    l.a_name +
                                     "\": A is generated from rounds.seed on every agent and must not be sent "
                                     "(agent and aggregator run different job specs?)");
       }
@@ -305,7 +309,8 @@ StatusOr<RefactorResult> RefactorLoraProduct(const std::vector<FactorTerm>& term
   if (out <= 0 || in <= 0 || rank <= 0) {
     return InvalidArgumentError("re-factoring needs positive out, in and rank");
   }
-  if (!(a_floor >= 0) || !std::isfinite(a_floor)) return InvalidArgumentError("a_floor must be finite and >= 0");
+  if (!(a_floor >= 0) || !std::isfinite(a_floor))
+    return InvalidArgumentError("a_floor must be finite and >= 0");
   int64_t k = 0;
   for (const FactorTerm& t : terms) {
     if (t.b == nullptr || t.a == nullptr || t.rank <= 0) {
@@ -337,11 +342,13 @@ StatusOr<std::unique_ptr<AggregationStrategy>> WrapForLora(std::unique_ptr<Aggre
                                 "\" (known: factors, frozen-a, product)");
   }
   if (strategy.name != "fedavg" && strategy.name != "fedprox") {
-    return InvalidArgumentError("spec.adapter.aggregation: product works with strategy fedavg or fedprox, not \"" +
-                                strategy.name + "\" (use factors or frozen-a with " + strategy.name + ")");
+    return InvalidArgumentError(
+        "spec.adapter.aggregation: product works with strategy fedavg or fedprox, not \"" + strategy.name +
+        "\" (use factors or frozen-a with " + strategy.name + ")");
   }
   if (adapter.rank < 1) return InvalidArgumentError("spec.adapter.rank: must be >= 1");
-  return std::unique_ptr<AggregationStrategy>(std::make_unique<ProductLoraStrategy>(std::move(inner), adapter.rank));
+  return std::unique_ptr<AggregationStrategy>(
+      std::make_unique<ProductLoraStrategy>(std::move(inner), adapter.rank));
 }
 
 }  // namespace fedge::aggregator

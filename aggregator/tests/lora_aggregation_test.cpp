@@ -163,8 +163,8 @@ TEST(LoraAggregationTest, ProductIsTheBestRankRApproximation) {
   // Reference: dense SVD of the exact average, truncated to rank r.
   Eigen::JacobiSVD<Matrix> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
   const Eigen::VectorXd s = svd.singularValues();
-  const Matrix best = svd.matrixU().leftCols(kRank) * s.head(kRank).asDiagonal() *
-                      svd.matrixV().leftCols(kRank).transpose();
+  const Matrix best =
+      svd.matrixU().leftCols(kRank) * s.head(kRank).asDiagonal() * svd.matrixV().leftCols(kRank).transpose();
   double discarded = 0;
   for (int64_t i = kRank; i < s.size(); ++i) discarded += s(i) * s(i);
   ASSERT_GT(discarded, 1e-2 * m.squaredNorm()) << "the average must have rank > r for this test";
@@ -252,7 +252,8 @@ TEST(LoraAggregationTest, ProductStaysExactWithManyAgents) {
   std::vector<Client> clients;
   for (int i = 0; i < 20; ++i) {
     clients.push_back(Client{Random(out, kRank, rng).cast<float>().cast<double>(),
-                             Random(kRank, in, rng).cast<float>().cast<double>(), static_cast<double>(1 + i % 4)});
+                             Random(kRank, in, rng).cast<float>().cast<double>(),
+                             static_cast<double>(1 + i % 4)});
   }
   auto strategy = MakeStrategy(StrategySpec{}, Adapter("product", /*rank=*/5));
   ASSERT_TRUE(strategy.ok());
@@ -272,12 +273,13 @@ TEST(LoraAggregationTest, ProductStaysExactWithManyAgents) {
   }
   auto result = (*strategy)->Finish(global);
   ASSERT_TRUE(result.ok()) << result.status().ToString();
-  const Matrix ba = Unflat(result->Find("lora_B")->values, out, 5) * Unflat(result->Find("lora_A")->values, 5, in);
+  const Matrix ba =
+      Unflat(result->Find("lora_B")->values, out, 5) * Unflat(result->Find("lora_A")->values, 5, in);
   // rank 5 = min(out, in): the average is representable exactly.
   const Matrix m = ExactAverage(clients);
   Eigen::JacobiSVD<Matrix> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const Matrix best =
-      svd.matrixU().leftCols(5) * svd.singularValues().head(5).asDiagonal() * svd.matrixV().leftCols(5).transpose();
+  const Matrix best = svd.matrixU().leftCols(5) * svd.singularValues().head(5).asDiagonal() *
+                      svd.matrixV().leftCols(5).transpose();
   EXPECT_LE(RelError(ba, best), 1e-5);
 }
 

@@ -30,7 +30,8 @@ void LoraLinearImpl::EnableLora(const LoraOptions& options, torch::Generator& in
 
 void LoraLinearImpl::FreezeA(const torch::Tensor& a) {
   TORCH_CHECK(has_lora(), "FreezeA before EnableLora");
-  TORCH_CHECK(a.sizes() == lora_A_.sizes(), "FreezeA: A has shape ", a.sizes(), ", expected ", lora_A_.sizes());
+  TORCH_CHECK(a.sizes() == lora_A_.sizes(), "FreezeA: A has shape ", a.sizes(), ", expected ",
+              lora_A_.sizes());
   torch::NoGradGuard no_grad;
   lora_A_.copy_(a);
   lora_A_.set_requires_grad(false);
@@ -66,9 +67,7 @@ void LoraLinearImpl::Unmerge() {
   merged_weight_backup_ = torch::Tensor();
 }
 
-void LoraLinearImpl::SeedDropout(uint64_t seed) {
-  dropout_generator_ = at::detail::createCPUGenerator(seed);
-}
+void LoraLinearImpl::SeedDropout(uint64_t seed) { dropout_generator_ = at::detail::createCPUGenerator(seed); }
 
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = torch::linear(x, weight_, bias_);

@@ -96,8 +96,9 @@ TEST(LoraFrozenATest, AgentsAgreeOnAAndUploadOnlyBAndHead) {
   const int64_t frozen_bytes = static_cast<int64_t>(upload.Fp32Bytes());
   const int64_t factors_bytes = static_cast<int64_t>(factors->ExportTrainable().Fp32Bytes());
   EXPECT_EQ(2 * (frozen_bytes - head_bytes), factors_bytes - head_bytes);
-  std::printf("upload bytes (fp32): frozen-a %lld, factors %lld (ratio %.3f)\n", static_cast<long long>(frozen_bytes),
-              static_cast<long long>(factors_bytes), static_cast<double>(frozen_bytes) / factors_bytes);
+  std::printf("upload bytes (fp32): frozen-a %lld, factors %lld (ratio %.3f)\n",
+              static_cast<long long>(frozen_bytes), static_cast<long long>(factors_bytes),
+              static_cast<double>(frozen_bytes) / factors_bytes);
 
   // The same B + head gives the same outputs on both agents (same A) and
   // different ones under another seed (another A).

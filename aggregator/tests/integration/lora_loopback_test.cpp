@@ -216,7 +216,8 @@ float Wiggle(int agent, size_t i, int salt) {
 
 TensorBundle State(bool with_a, float fill) {
   TensorBundle s;
-  if (with_a) s.tensors.push_back(NamedTensor{"q.lora_A", {kRank, kIn}, std::vector<float>(kRank * kIn, fill)});
+  if (with_a)
+    s.tensors.push_back(NamedTensor{"q.lora_A", {kRank, kIn}, std::vector<float>(kRank * kIn, fill)});
   s.tensors.push_back(NamedTensor{"q.lora_B", {kOut, kRank}, std::vector<float>(kOut * kRank, 0.0f)});
   s.tensors.push_back(NamedTensor{"classifier.bias", {2}, {0.0f, 0.0f}});
   return s;
@@ -320,8 +321,10 @@ TEST(LoraLoopbackTest, ProductJobPublishesTheExactAverageOfProducts) {
   std::vector<float> mean_b(kOut * kRank, 0.0f), mean_a(kRank * kIn, 0.0f);
   for (int a = 0; a < 3; ++a) {
     const TensorBundle trained = Train(agents[a]->last_base(), a);
-    for (size_t i = 0; i < mean_b.size(); ++i) mean_b[i] += (a + 1) * trained.Find("q.lora_B")->values[i] / 6.0f;
-    for (size_t i = 0; i < mean_a.size(); ++i) mean_a[i] += (a + 1) * trained.Find("q.lora_A")->values[i] / 6.0f;
+    for (size_t i = 0; i < mean_b.size(); ++i)
+      mean_b[i] += (a + 1) * trained.Find("q.lora_B")->values[i] / 6.0f;
+    for (size_t i = 0; i < mean_a.size(); ++i)
+      mean_a[i] += (a + 1) * trained.Find("q.lora_A")->values[i] / 6.0f;
   }
   const std::vector<double> naive = Product(mean_b, mean_a);
   double naive_err = 0;
