@@ -71,6 +71,12 @@ int main(int argc, char** argv) {
   wordnet->add_option("--test-size", wn.test_size, "held-out test examples")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  wordnet
+      ->add_option("--task", wn.task,
+                   "classification: {\"text\",\"label\"} lines; gloss: {\"prompt\": \"lemma:\", "
+                   "\"completion\": \" definition\"} lines for causal-LM jobs (deploy/examples/generative.yaml)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"classification", "gloss"}));
   wordnet->add_option("--max-train", wn.max_train, "cap on training examples (0: all)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);

@@ -49,7 +49,8 @@ int AgentHttpPort(const RunPlan& plan, int i) {
 }
 
 std::string DataCommandHint(const RunPlan& plan) {
-  return "create it with: fedge data wordnet --agents " + std::to_string(plan.federated_agents) +
+  const std::string task = plan.spec.model.family == "llama" ? " --task gloss" : "";
+  return "create it with: fedge data wordnet" + task + " --agents " + std::to_string(plan.federated_agents) +
          " --alpha 0.5 --seed 7 --out " + plan.data_dir;
 }
 
@@ -111,7 +112,9 @@ Status CheckRunInputs(const RunPlan& plan) {
   }
   // A label in the data the model does not know would fail every agent at
   // load time; say so before starting anything.
-  if (auto labels_text = ReadWholeFile(plan.data_dir + "/labels.json"); labels_text.ok()) {
+  // (Causal-LM jobs have no labels.)
+  if (auto labels_text = ReadWholeFile(plan.data_dir + "/labels.json");
+      labels_text.ok() && plan.spec.model.family != "llama") {
     try {
       const auto data_labels = nlohmann::json::parse(*labels_text).get<std::vector<std::string>>();
       const auto& known = plan.spec.model.labels;
@@ -316,8 +319,14 @@ std::string Fixed(std::optional<double> v, const char* fmt) {
 std::string FormatRoundLine(const RoundStatus& r, int64_t total_rounds) {
   std::ostringstream out;
   out << "round " << r.round << "/" << total_rounds << "  participants " << r.participants << "  loss "
-      << Fixed(r.loss, "%.3f") << "  accuracy " << Fixed(r.accuracy, "%.3f") << "  up "
-      << FormatBytes(r.BytesUpPerAgent()) << "/agent  down " << FormatBytes(r.BytesDownPerAgent())
+      << Fixed(r.loss, "%.3f");
+  // A causal-LM job reports its held-out loss only; perplexity is its readable form.
+  if (!r.accuracy && r.loss) {
+    out << "  perplexity " << Fixed(std::exp(*r.loss), "%.2f");
+  } else {
+    out << "  accuracy " << Fixed(r.accuracy, "%.3f");
+  }
+  out << "  up " << FormatBytes(r.BytesUpPerAgent()) << "/agent  down " << FormatBytes(r.BytesDownPerAgent())
       << "/agent  " << Fixed(r.seconds, "%.1f") << " s";
   return out.str();
 }
@@ -500,7 +509,8 @@ int ServeUntilSignalled(const RunPlan& plan, Supervisor& sup, SignalScope& signa
   std::cout << "\nserving the final global model until Ctrl-C (SIGINT/SIGTERM):\n";
   for (int i = 0; i < plan.agents; ++i) {
     std::cout << "  " << AgentId(plan, i) << "  http://" << plan.host << ":" << AgentHttpPort(plan, i)
-              << "  (POST /v1/classify, POST /v1/embeddings, GET /metrics)\n";
+              << (plan.spec.model.family == "llama" ? "  (POST /v1/completions, POST /v1/chat/completions, GET /metrics)\n"
+                                                    : "  (POST /v1/classify, POST /v1/embeddings, GET /metrics)\n");
   }
   std::cout << "  aggregator  http://" << plan.host << ":" << plan.http_port << "/v1/status\n" << std::flush;
   for (;;) {
@@ -733,9 +743,17 @@ int RunJob(const RunOptions& o) {
   std::snprintf(line, sizeof(line), "\njob %s succeeded in %.1f s\n", spec.Key().c_str(),
                 summary.wall_seconds);
   std::cout << line;
-  std::cout << "  final accuracy     " << Fixed(summary.final_accuracy, "%.4f") << "\n"
-            << "  majority baseline  " << Fixed(summary.baselines.majority_baseline, "%.4f") << "\n"
-            << "  chance             " << Fixed(summary.baselines.chance, "%.4f") << "\n";
+  const std::optional<double> final_loss =
+      summary.rounds.empty() ? std::nullopt : summary.rounds.back().loss;
+  if (!summary.final_accuracy && final_loss) {
+    // Causal-LM job: no accuracy to compare with baselines.
+    std::cout << "  final held-out loss " << Fixed(final_loss, "%.4f") << "\n"
+              << "  final perplexity    " << Fixed(std::exp(*final_loss), "%.2f") << "\n";
+  } else {
+    std::cout << "  final accuracy     " << Fixed(summary.final_accuracy, "%.4f") << "\n"
+              << "  majority baseline  " << Fixed(summary.baselines.majority_baseline, "%.4f") << "\n"
+              << "  chance             " << Fixed(summary.baselines.chance, "%.4f") << "\n";
+  }
   if (!o.summary_path.empty()) {
     const std::string path = AbsolutePath(o.summary_path);
     std::error_code mk;

@@ -259,12 +259,25 @@ std::string ExampleJsonLine(const TextExample& example, const std::vector<std::s
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
+std::string GlossJsonLine(const TextExample& example) {
+  size_t colon = example.text.find(": ");
+  nlohmann::ordered_json j;
+  if (colon == std::string::npos) {
+    j["prompt"] = example.text + ":";
+    j["completion"] = " ";
+  } else {
+    j["prompt"] = example.text.substr(0, colon + 1);
+    j["completion"] = example.text.substr(colon + 1);
+  }
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
 namespace {
 
 Status WriteJsonl(const std::string& path, const std::vector<TextExample>& examples,
-                  const std::vector<std::string>& labels) {
+                  const std::vector<std::string>& labels, bool gloss) {
   std::string text;
-  for (const auto& e : examples) text += ExampleJsonLine(e, labels);
+  for (const auto& e : examples) text += gloss ? GlossJsonLine(e) : ExampleJsonLine(e, labels);
   return WriteWholeFile(path, text);
 }
 
@@ -272,6 +285,9 @@ Status WriteJsonl(const std::string& path, const std::vector<TextExample>& examp
 
 StatusOr<WordnetDatasetInfo> BuildWordnetDataset(const WordnetOptions& o) {
   if (o.out_dir.empty()) return InvalidArgumentError("--out is required");
+  if (o.task != "classification" && o.task != "gloss")
+    return InvalidArgumentError("--task must be classification or gloss, got \"" + o.task + "\"");
+  const bool gloss = o.task == "gloss";
   if (o.agents < 1) return InvalidArgumentError("--agents must be >= 1, got " + std::to_string(o.agents));
   if (o.max_train < 0)
     return InvalidArgumentError("--max-train must be >= 0, got " + std::to_string(o.max_train));
@@ -304,8 +320,8 @@ StatusOr<WordnetDatasetInfo> BuildWordnetDataset(const WordnetOptions& o) {
     // Contiguous slices of the (already shuffled) test set: IID, sizes differ by <= 1.
     const size_t begin = t * i / o.agents, end = t * (i + 1) / o.agents;
     std::vector<TextExample> test_slice(split.test.begin() + begin, split.test.begin() + end);
-    FEDGE_RETURN_IF_ERROR(WriteJsonl(dir + "/train.jsonl", shards[i], labels));
-    FEDGE_RETURN_IF_ERROR(WriteJsonl(dir + "/test.jsonl", test_slice, labels));
+    FEDGE_RETURN_IF_ERROR(WriteJsonl(dir + "/train.jsonl", shards[i], labels, gloss));
+    FEDGE_RETURN_IF_ERROR(WriteJsonl(dir + "/test.jsonl", test_slice, labels, gloss));
     info.agent_train_histograms.push_back(LabelHistogram(shards[i], k));
     info.agent_test_sizes.push_back(static_cast<int64_t>(test_slice.size()));
     nlohmann::ordered_json a;
@@ -315,9 +331,9 @@ StatusOr<WordnetDatasetInfo> BuildWordnetDataset(const WordnetOptions& o) {
     a["histogram"] = info.agent_train_histograms.back();  // counts in `labels` order
     per_agent.push_back(a);
   }
-  FEDGE_RETURN_IF_ERROR(WriteJsonl(o.out_dir + "/test.jsonl", split.test, labels));
-  FEDGE_RETURN_IF_ERROR(WriteJsonl(o.out_dir + "/all/test.jsonl", split.test, labels));
-  FEDGE_RETURN_IF_ERROR(WriteJsonl(o.out_dir + "/all/train.jsonl", split.train, labels));
+  FEDGE_RETURN_IF_ERROR(WriteJsonl(o.out_dir + "/test.jsonl", split.test, labels, gloss));
+  FEDGE_RETURN_IF_ERROR(WriteJsonl(o.out_dir + "/all/test.jsonl", split.test, labels, gloss));
+  FEDGE_RETURN_IF_ERROR(WriteJsonl(o.out_dir + "/all/train.jsonl", split.train, labels, gloss));
   FEDGE_RETURN_IF_ERROR(
       WriteWholeFile(o.out_dir + "/labels.json", nlohmann::ordered_json(labels).dump(2) + "\n"));
 

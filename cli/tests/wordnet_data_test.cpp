@@ -289,6 +289,40 @@ TEST_F(WordnetDatasetTest, MissingWordnetNamesThePackage) {
   EXPECT_NE(info.status().message().find("wordnet-base"), std::string::npos);
 }
 
+TEST(WordnetDataTest, GlossLineSplitsLemmaPromptFromDefinitionCompletion) {
+  TextExample e{"hot dog: a frankfurter served on a bun", 9};
+  auto j = nlohmann::json::parse(GlossJsonLine(e));
+  EXPECT_EQ(j.at("prompt"), "hot dog:");
+  EXPECT_EQ(j.at("completion"), " a frankfurter served on a bun");
+  EXPECT_EQ(j.size(), 2u);
+}
+
+TEST_F(WordnetDatasetTest, GlossTaskWritesPromptCompletionWithTheSamePartition) {
+  TempDir gloss_out;
+  ASSERT_TRUE(BuildWordnetDataset(Options(out_.path())).ok());
+  WordnetOptions o = Options(gloss_out.path());
+  o.task = "gloss";
+  ASSERT_TRUE(BuildWordnetDataset(o).ok());
+  for (const std::string f : {"agent-0/train.jsonl", "agent-2/train.jsonl", "test.jsonl"}) {
+    auto cls = Lines(Read(out_.path() + "/" + f));
+    auto gen = Lines(Read(gloss_out.path() + "/" + f));
+    ASSERT_EQ(cls.size(), gen.size()) << f;
+    ASSERT_FALSE(gen.empty()) << f;
+    for (size_t i = 0; i < gen.size(); ++i) {
+      auto c = nlohmann::json::parse(cls[i]);
+      auto g = nlohmann::json::parse(gen[i]);
+      ASSERT_TRUE(g.contains("prompt") && g.contains("completion")) << gen[i];
+      EXPECT_FALSE(g.contains("label"));
+      EXPECT_EQ(g["prompt"].get<std::string>() + g["completion"].get<std::string>(),
+                c["text"].get<std::string>());
+      EXPECT_EQ(g["prompt"].get<std::string>().back(), ':');
+    }
+  }
+  WordnetOptions bad = Options(gloss_out.path());
+  bad.task = "poetry";
+  EXPECT_EQ(BuildWordnetDataset(bad).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(WordnetRealDataTest, DebianWordnetHasAllTwentyFiveClasses) {
   if (!fs::exists("/usr/share/wordnet/data.noun")) GTEST_SKIP() << "wordnet-base not installed";
   auto all = LoadDataNoun("/usr/share/wordnet/data.noun");

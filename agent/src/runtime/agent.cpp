@@ -5,6 +5,7 @@
 
 #include "fedge/agent/runtime/aggregator_client.h"
 #include "fedge/agent/runtime/inference_api.h"
+#include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
@@ -106,27 +107,50 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     return NotFoundError("training data " + settings.train_path +
                          " does not exist (--data-dir, spec.data.path, spec.data.trainFile)");
   }
-  FEDGE_ASSIGN_OR_RETURN(a->train_, LoadExamples(settings.train_path, spec.model.labels));
+  const bool causal_lm = spec.model.family == "llama";
+  auto load = [&](const std::string& path) {
+    return causal_lm ? LoadPromptCompletions(path) : LoadExamples(path, spec.model.labels);
+  };
+  FEDGE_ASSIGN_OR_RETURN(a->train_, load(settings.train_path));
   if (std::filesystem::exists(settings.eval_path, ec)) {
-    FEDGE_ASSIGN_OR_RETURN(a->eval_, LoadExamples(settings.eval_path, spec.model.labels));
+    FEDGE_ASSIGN_OR_RETURN(a->eval_, load(settings.eval_path));
   } else {
     log::Warn("no evaluation data; EVALUATE tasks report 0 examples", {{"path", settings.eval_path}});
   }
 
-  ClassifierOptions co;
-  co.model_dir = settings.model_dir;
-  co.labels = spec.model.labels;
-  co.lora_rank = spec.adapter.rank;
-  co.lora_alpha = spec.adapter.alpha;
-  co.lora_dropout = spec.adapter.dropout;
-  co.lora_targets = spec.adapter.targetModules;
-  co.lora_frozen_a = spec.adapter.aggregation == "frozen-a";
-  co.max_seq_len = spec.model.maxSeqLen;
-  // Every agent starts from the same trainable state, whichever INITIALIZEs.
-  co.init_seed = spec.rounds.seed;
-  co.num_threads = settings.threads;
-  FEDGE_ASSIGN_OR_RETURN(a->trainer_, TextClassifier::Load(co));
-  FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<TextClassifier> server_model, TextClassifier::Load(co));
+  std::unique_ptr<TextClassifier> server_model;
+  if (causal_lm && spec.adapter.aggregation == "frozen-a") {
+    return InvalidArgumentError("spec.adapter.aggregation: frozen-a is not supported for llama jobs yet");
+  }
+  if (causal_lm) {
+    LlmModelOptions lo;
+    lo.model_dir = settings.model_dir;
+    lo.lora.rank = spec.adapter.rank;
+    lo.lora.alpha = spec.adapter.alpha;
+    lo.lora.dropout = spec.adapter.dropout;
+    lo.lora.targets = spec.adapter.targetModules;
+    // Every agent starts from the same adapters, whichever INITIALIZEs.
+    lo.lora.seed = spec.rounds.seed;
+    lo.max_seq_len = spec.model.maxSeqLen;
+    lo.num_threads = settings.threads;
+    FEDGE_ASSIGN_OR_RETURN(a->trainer_, LlmModel::Load(lo));
+    FEDGE_ASSIGN_OR_RETURN(server_model, LlmModel::Load(lo));
+  } else {
+    ClassifierOptions co;
+    co.model_dir = settings.model_dir;
+    co.labels = spec.model.labels;
+    co.lora_rank = spec.adapter.rank;
+    co.lora_alpha = spec.adapter.alpha;
+    co.lora_dropout = spec.adapter.dropout;
+    co.lora_targets = spec.adapter.targetModules;
+    co.lora_frozen_a = spec.adapter.aggregation == "frozen-a";
+    co.max_seq_len = spec.model.maxSeqLen;
+    // Every agent starts from the same trainable state, whichever INITIALIZEs.
+    co.init_seed = spec.rounds.seed;
+    co.num_threads = settings.threads;
+    FEDGE_ASSIGN_OR_RETURN(a->trainer_, TextClassifier::Load(co));
+    FEDGE_ASSIGN_OR_RETURN(server_model, TextClassifier::Load(co));
+  }
 
   a->metrics_ = std::make_unique<AgentMetrics>();
   a->serving_ = std::make_unique<ServingModel>(std::move(server_model), spec.Key());

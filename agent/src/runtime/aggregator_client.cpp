@@ -518,7 +518,9 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   report.set_global_version(held_.version);
   report.set_phase("evaluate");
   report.set_num_examples(eval.num_examples);
-  (*report.mutable_values())["accuracy"] = eval.accuracy;
+  // A causal LM has no accuracy; its held-out loss is the figure.
+  const bool has_accuracy = options_.model_family != "llama";
+  if (has_accuracy) (*report.mutable_values())["accuracy"] = eval.accuracy;
   (*report.mutable_values())["loss"] = eval.mean_loss;
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.report));
@@ -527,7 +529,7 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);
   EndCall();
   if (!gs.ok()) return FromGrpc(gs, "ReportMetrics round " + std::to_string(task.round()));
-  if (eval.num_examples > 0) deps_.metrics->eval_accuracy.Set(eval.accuracy);
+  if (eval.num_examples > 0 && has_accuracy) deps_.metrics->eval_accuracy.Set(eval.accuracy);
   log::Info("evaluated", {{"round", task.round()},
                           {"global_version", held_.version},
                           {"accuracy", eval.accuracy},

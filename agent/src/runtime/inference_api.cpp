@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fedge/agent/llm/chat_template.h"
+#include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
@@ -38,6 +40,8 @@ HttpResponse FromModelStatus(const Status& st) {
     return ApiError(503, st.message(), "unavailable", "", "model_not_ready");
   }
   if (st.code() == StatusCode::kInvalidArgument) return BadRequest(st.message(), "input", "invalid_input");
+  // The endpoint does not fit the job's model (e.g. /v1/classify on a causal-lm job).
+  if (st.code() == StatusCode::kUnimplemented) return BadRequest(st.message(), "", "unsupported_for_model");
   return ApiError(500, st.message(), "server_error", "", "");
 }
 
@@ -130,6 +134,94 @@ HttpResponse TokenError(const Status& st) {
   return FromModelStatus(st);
 }
 
+// Reads the OpenAI sampling fields shared by /v1/completions and
+// /v1/chat/completions into *options; on a bad value fills *error.
+bool ParseGeneration(const Json& body, llm::GenerationOptions* options, HttpResponse* error) {
+  if (body.contains("model") && !body["model"].is_string() && !body["model"].is_null()) {
+    *error = BadRequest("'model' must be a string", "model", "invalid_type");
+    return false;
+  }
+  options->max_new_tokens = 16;  // OpenAI's default for completions
+  options->sampling.temperature = 1.0;
+  if (body.contains("max_tokens") && !body["max_tokens"].is_null()) {
+    const Json& v = body["max_tokens"];
+    if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 4096) {
+      *error = BadRequest("'max_tokens' must be an integer in [1, 4096]", "max_tokens", "invalid_value");
+      return false;
+    }
+    options->max_new_tokens = static_cast<int>(v.get<int64_t>());
+  }
+  if (body.contains("temperature") && !body["temperature"].is_null()) {
+    const Json& v = body["temperature"];
+    if (!v.is_number() || v.get<double>() < 0 || v.get<double>() > 2) {
+      *error = BadRequest("'temperature' must be a number in [0, 2]", "temperature", "invalid_value");
+      return false;
+    }
+    options->sampling.temperature = v.get<double>();
+  }
+  if (body.contains("top_p") && !body["top_p"].is_null()) {
+    const Json& v = body["top_p"];
+    if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 1) {
+      *error = BadRequest("'top_p' must be a number in (0, 1]", "top_p", "invalid_value");
+      return false;
+    }
+    options->sampling.top_p = v.get<double>();
+  }
+  if (body.contains("seed") && !body["seed"].is_null()) {
+    const Json& v = body["seed"];
+    if (!v.is_number_integer()) {
+      *error = BadRequest("'seed' must be an integer", "seed", "invalid_type");
+      return false;
+    }
+    options->sampling.seed = static_cast<uint64_t>(v.get<int64_t>());
+  }
+  if (body.contains("n") && !body["n"].is_null() && !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
+    *error = BadRequest("only 'n': 1 is supported", "n", "unsupported_value");
+    return false;
+  }
+  if (body.contains("stream") && body["stream"].is_boolean() && body["stream"].get<bool>()) {
+    *error = BadRequest("'stream': true is not supported", "stream", "unsupported_value");
+    return false;
+  }
+  if (body.contains("stop") && !body["stop"].is_null()) {
+    const Json& v = body["stop"];
+    std::vector<std::string> stops;
+    if (v.is_string()) {
+      stops.push_back(v.get<std::string>());
+    } else if (v.is_array() && v.size() <= 4 && std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_string(); })) {
+      for (const Json& x : v) stops.push_back(x.get<std::string>());
+    } else {
+      *error = BadRequest("'stop' must be a string or an array of at most 4 strings", "stop", "invalid_type");
+      return false;
+    }
+    for (const auto& stop : stops) {
+      if (stop.empty()) {
+        *error = BadRequest("'stop' strings must not be empty", "stop", "invalid_value");
+        return false;
+      }
+      options->stop.push_back(stop);
+    }
+  }
+  return true;
+}
+
+Status NotCausalLm() {
+  return UnimplementedError("this job's model is not a causal language model (spec.model.family: bert); "
+                            "use /v1/classify or /v1/embeddings");
+}
+
+Json Usage(const llm::GenerationResult& r) {
+  int64_t completion = static_cast<int64_t>(r.token_ids.size());
+  return {{"prompt_tokens", r.prompt_tokens},
+          {"completion_tokens", completion},
+          {"total_tokens", r.prompt_tokens + completion}};
+}
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
@@ -148,6 +240,8 @@ void InferenceApi::Register(HttpServer& server) {
   };
   server.Handle("POST", "/v1/classify", timed("/v1/classify", &InferenceApi::Classify));
   server.Handle("POST", "/v1/embeddings", timed("/v1/embeddings", &InferenceApi::Embeddings));
+  server.Handle("POST", "/v1/completions", timed("/v1/completions", &InferenceApi::Completions));
+  server.Handle("POST", "/v1/chat/completions", timed("/v1/chat/completions", &InferenceApi::ChatCompletions));
   server.Handle("POST", "/v1/feedback", timed("/v1/feedback", &InferenceApi::Feedback));
   server.Handle("GET", "/healthz", [this](const HttpRequest& r) { return Healthz(r); });
   server.Handle("GET", "/readyz", [this](const HttpRequest& r) { return Readyz(r); });
@@ -248,6 +342,108 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
               {"data", data},
               {"model", model_->ModelName(version)},
               {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}};
+  return HttpResponse::Json(200, out.dump());
+}
+
+HttpResponse InferenceApi::Completions(const HttpRequest& request) {
+  HttpResponse error;
+  auto body = ParseObject(request, &error);
+  if (!body) return error;
+  if (!body->contains("prompt") || !(*body)["prompt"].is_string()) {
+    return BadRequest("'prompt' is required and must be a string", "prompt", "missing_prompt");
+  }
+  std::string prompt = (*body)["prompt"].get<std::string>();
+  if (prompt.empty()) return BadRequest("'prompt' is empty", "prompt", "empty_input");
+  if (prompt.size() > limits_.max_input_chars) {
+    return BadRequest("'prompt' has " + std::to_string(prompt.size()) + " bytes; at most " +
+                          std::to_string(limits_.max_input_chars),
+                      "prompt", "input_too_long");
+  }
+  llm::GenerationOptions options;
+  if (!ParseGeneration(*body, &options, &error)) return error;
+
+  llm::GenerationResult result;
+  int64_t version = 0;
+  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+    auto* lm = dynamic_cast<LlmModel*>(&model);
+    if (lm == nullptr) return NotCausalLm();
+    version = v;
+    FEDGE_ASSIGN_OR_RETURN(result, lm->lm().Generate(prompt, options));
+    return OkStatus();
+  });
+  if (!st.ok()) return FromModelStatus(st);
+  Json choice = {{"index", 0},
+                 {"text", result.text},
+                 {"logprobs", nullptr},
+                 {"finish_reason", std::string(llm::FinishReasonName(result.finish_reason))}};
+  Json out = {{"id", "cmpl-" + std::to_string(NowSeconds()) + "-" + std::to_string(version)},
+              {"object", "text_completion"},
+              {"created", NowSeconds()},
+              {"model", model_->ModelName(version)},
+              {"choices", Json::array({choice})},
+              {"usage", Usage(result)}};
+  return HttpResponse::Json(200, out.dump());
+}
+
+HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
+  HttpResponse error;
+  auto body = ParseObject(request, &error);
+  if (!body) return error;
+  const Json& b = *body;
+  if (!b.contains("messages") || !b["messages"].is_array() || b["messages"].empty()) {
+    return BadRequest("'messages' is required: a non-empty array of {\"role\", \"content\"}", "messages",
+                      "missing_messages");
+  }
+  std::vector<llm::ChatMessage> messages;
+  size_t chars = 0;
+  for (size_t i = 0; i < b["messages"].size(); ++i) {
+    const Json& m = b["messages"][i];
+    std::string where = "'messages[" + std::to_string(i) + "]'";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || m["role"].get<std::string>().empty() ||
+        !m.contains("content") || !m["content"].is_string()) {
+      return BadRequest(where + " must be an object with string 'role' and 'content'", "messages",
+                        "invalid_message");
+    }
+    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    chars += messages.back().content.size();
+  }
+  if (chars > limits_.max_input_chars) {
+    return BadRequest("'messages' have " + std::to_string(chars) + " bytes of content; at most " +
+                          std::to_string(limits_.max_input_chars),
+                      "messages", "input_too_long");
+  }
+  llm::GenerationOptions options;
+  if (!ParseGeneration(b, &options, &error)) return error;
+
+  llm::GenerationResult result;
+  int64_t version = 0;
+  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+    auto* lm = dynamic_cast<LlmModel*>(&model);
+    if (lm == nullptr) return NotCausalLm();
+    version = v;
+    auto format = llm::DetectChatFormat(lm->lm().tokenizer());
+    if (!format) {
+      return UnimplementedError(
+          "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
+          "/v1/completions");
+    }
+    FEDGE_ASSIGN_OR_RETURN(std::string prompt, llm::ApplyChatTemplate(*format, messages));
+    llm::GenerationOptions chat = options;
+    chat.stop.emplace_back(llm::ChatEndOfTurn(*format));
+    FEDGE_ASSIGN_OR_RETURN(result, lm->lm().Generate(prompt, chat));
+    return OkStatus();
+  });
+  if (!st.ok()) return FromModelStatus(st);
+  Json choice = {{"index", 0},
+                 {"message", {{"role", "assistant"}, {"content", result.text}}},
+                 {"logprobs", nullptr},
+                 {"finish_reason", std::string(llm::FinishReasonName(result.finish_reason))}};
+  Json out = {{"id", "chatcmpl-" + std::to_string(NowSeconds()) + "-" + std::to_string(version)},
+              {"object", "chat.completion"},
+              {"created", NowSeconds()},
+              {"model", model_->ModelName(version)},
+              {"choices", Json::array({choice})},
+              {"usage", Usage(result)}};
   return HttpResponse::Json(200, out.dump());
 }
 

@@ -43,6 +43,8 @@ struct ClassifierOptions {
 struct Example {
   std::string text;
   int label = -1;                        // index into labels; -1 when unknown
+  // Causal-LM jobs only: `text` is the prompt and this the target continuation.
+  std::string completion;
 };
 
 struct TrainOptions {

@@ -89,7 +89,15 @@ std::vector<int64_t> LabelHistogram(const std::vector<TextExample>& examples, in
 // One JSONL line (with trailing '\n'): {"text":"...","label":"noun.animal"}.
 std::string ExampleJsonLine(const TextExample& example, const std::vector<std::string>& labels);
 
+// One causal-LM JSONL line for the gloss task: the text "lemma: definition"
+// becomes {"prompt":"lemma:","completion":" definition"}.
+std::string GlossJsonLine(const TextExample& example);
+
 struct WordnetOptions {
+  // "classification": {"text","label"} lines (default); "gloss": {"prompt",
+  // "completion"} lines for causal-LM jobs. Same split and partition (keyed on
+  // the supersense) either way.
+  std::string task = "classification";
   int agents = 4;
   double alpha = 0.5;
   uint64_t seed = 7;

@@ -9,6 +9,13 @@
 //         "embedding": [...]}], "usage": {"prompt_tokens": N, "total_tokens": N}}
 //   POST /v1/feedback    {"text": string, "label": one of the job's labels}
 //     -> {"object": "feedback", "stored": true}
+//   POST /v1/completions {"prompt": string, "max_tokens"?, "temperature"?, "top_p"?,
+//                         "seed"?, "stop"?: string | [string]}        (causal-lm jobs)
+//     -> {"object": "text_completion", "model", "choices": [{"index": 0, "text",
+//         "finish_reason": "stop" | "length"}], "usage": {prompt/completion/total_tokens}}
+//   POST /v1/chat/completions {"messages": [{"role", "content"}], same sampling fields}
+//     -> {"object": "chat.completion", "choices": [{"message": {"role": "assistant",
+//         "content"}, "finish_reason"}], "usage"}  (needs a tokenizer with chat markers)
 //   GET /healthz (alive), GET /readyz (200 once a global model serves)
 // Errors: {"error": {"message", "type", "param", "code"}} with 400 for bad
 // input, 503 before a global model is installed. Handlers never throw.
@@ -43,6 +50,9 @@ class InferenceApi {
 
   HttpResponse Classify(const HttpRequest& request);
   HttpResponse Embeddings(const HttpRequest& request);
+  // Causal-LM jobs only (400 on a BERT job, as /v1/classify is on a causal-LM job).
+  HttpResponse Completions(const HttpRequest& request);
+  HttpResponse ChatCompletions(const HttpRequest& request);
   HttpResponse Feedback(const HttpRequest& request);
   HttpResponse Healthz(const HttpRequest& request);
   HttpResponse Readyz(const HttpRequest& request);

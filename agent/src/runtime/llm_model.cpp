@@ -1,0 +1,95 @@
+#include "fedge/agent/runtime/llm_model.h"
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace fedge::agent {
+
+namespace {
+
+std::vector<llm::PromptCompletion> ToPairs(const std::vector<Example>& data) {
+  std::vector<llm::PromptCompletion> pairs;
+  pairs.reserve(data.size());
+  for (const Example& e : data) pairs.push_back({e.text, e.completion});
+  return pairs;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<LlmModel>> LlmModel::Load(const LlmModelOptions& options) {
+  llm::CausalLmOptions lo;
+  lo.model_dir = options.model_dir;
+  lo.num_threads = options.num_threads;
+  FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<llm::CausalLm> lm, llm::CausalLm::Load(lo));
+  Status st = lm->EnableLora(options.lora);
+  if (!st.ok()) return st.WithContext("spec.adapter");
+  return std::unique_ptr<LlmModel>(new LlmModel(std::move(lm), options.max_seq_len));
+}
+
+StatusOr<TrainResult> LlmModel::Train(const std::vector<Example>& data, const TrainOptions& options) {
+  if (data.empty()) return FailedPreconditionError("no training examples");
+  llm::CausalLmTrainOptions to;
+  to.steps = options.steps;
+  to.batch_size = options.batch_size;
+  to.max_len = max_seq_len_;
+  to.learning_rate = options.learning_rate;
+  to.weight_decay = options.weight_decay;
+  to.max_grad_norm = options.max_grad_norm;
+  to.proximal_mu = options.proximal_mu;
+  to.seed = options.seed;
+  FEDGE_ASSIGN_OR_RETURN(llm::CausalLmTrainResult r, lm_->Train(ToPairs(data), to));
+  TrainResult out;
+  out.mean_loss = r.mean_loss;
+  out.steps = r.steps;
+  out.examples_seen = static_cast<int64_t>(r.steps) * options.batch_size;
+  return out;
+}
+
+StatusOr<EvalResult> LlmModel::Evaluate(const std::vector<Example>& data, int /*batch_size*/) {
+  EvalResult out;
+  if (data.empty()) return out;
+  FEDGE_ASSIGN_OR_RETURN(out.mean_loss, lm_->Loss(ToPairs(data), max_seq_len_));
+  out.num_examples = static_cast<int64_t>(data.size());
+  return out;
+}
+
+StatusOr<std::vector<Prediction>> LlmModel::Classify(const std::vector<std::string>&) {
+  return UnimplementedError("this is a causal-lm job: classification is not available; use /v1/completions");
+}
+
+StatusOr<std::vector<std::vector<float>>> LlmModel::Embed(const std::vector<std::string>&) {
+  return UnimplementedError("this is a causal-lm job: embeddings are not available; use /v1/completions");
+}
+
+int LlmModel::CountTokens(const std::string& text) const {
+  return static_cast<int>(lm_->tokenizer().Encode(text).size());
+}
+
+StatusOr<std::vector<Example>> LoadPromptCompletions(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFoundError("cannot open " + path);
+  std::vector<Example> out;
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    std::string where = path + ":" + std::to_string(n);
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) return InvalidArgumentError(where + ": not a JSON object");
+    auto prompt = j.find("prompt");
+    auto completion = j.find("completion");
+    if (prompt == j.end() || !prompt->is_string())
+      return InvalidArgumentError(where + ": \"prompt\" must be a string");
+    if (completion == j.end() || !completion->is_string() || completion->get<std::string>().empty())
+      return InvalidArgumentError(where + ": \"completion\" must be a non-empty string");
+    Example e;
+    e.text = prompt->get<std::string>();
+    e.completion = completion->get<std::string>();
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace fedge::agent

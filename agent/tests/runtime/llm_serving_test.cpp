@@ -1,0 +1,188 @@
+// The causal-LM path of the runtime: LlmModel over the tiny Llama golden
+// (tests/golden/llm/tiny_llama, random weights) behind ServingModel and the
+// OpenAI-shaped /v1/completions and /v1/chat/completions handlers.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "fake_classifier.h"
+#include "fedge/agent/runtime/inference_api.h"
+#include "fedge/agent/runtime/llm_model.h"
+#include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/serving_model.h"
+
+namespace fedge::agent {
+namespace {
+
+using nlohmann::json;
+
+const std::string kTinyLlama =
+    (std::filesystem::path(__FILE__).parent_path() / "../../../tests/golden/llm/tiny_llama").string();
+
+HttpRequest Post(const std::string& path, const std::string& body) {
+  HttpRequest r;
+  r.method = "POST";
+  r.path = path;
+  r.body = body;
+  return r;
+}
+
+LlmModelOptions TinyOptions() {
+  LlmModelOptions o;
+  o.model_dir = kTinyLlama;
+  o.lora.rank = 2;
+  o.lora.targets = {"q_proj", "v_proj"};
+  o.lora.seed = 3;
+  o.max_seq_len = 32;
+  o.num_threads = 1;
+  return o;
+}
+
+class LlmServingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = LlmModel::Load(TinyOptions());
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    global_ = (*model)->ExportTrainable();
+    serving_ = std::make_unique<ServingModel>(std::move(*model), "ns/gen");
+    api_ = std::make_unique<InferenceApi>(serving_.get(), nullptr, &metrics_);
+  }
+  void MakeReady() { ASSERT_TRUE(serving_->Install(global_, 2).ok()); }
+
+  TensorBundle global_;
+  std::unique_ptr<ServingModel> serving_;
+  AgentMetrics metrics_;
+  std::unique_ptr<InferenceApi> api_;
+};
+
+TEST_F(LlmServingTest, CompletionHasOpenAiShapeAndHonoursMaxTokens) {
+  EXPECT_EQ(api_->Completions(Post("/v1/completions", R"({"prompt": "hello"})")).status, 503);
+  MakeReady();
+  HttpResponse r = api_->Completions(
+      Post("/v1/completions", R"({"prompt": "hello world", "max_tokens": 5, "temperature": 0})"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  json b = json::parse(r.body);
+  EXPECT_EQ(b["object"], "text_completion");
+  EXPECT_EQ(b["model"], "ns/gen@v2");
+  ASSERT_EQ(b["choices"].size(), 1u);
+  const json& c = b["choices"][0];
+  EXPECT_TRUE(c["text"].is_string());
+  std::string reason = c["finish_reason"];
+  EXPECT_TRUE(reason == "stop" || reason == "length") << reason;
+  EXPECT_GT(b["usage"]["prompt_tokens"].get<int>(), 0);
+  EXPECT_LE(b["usage"]["completion_tokens"].get<int>(), 5);
+  EXPECT_EQ(b["usage"]["total_tokens"].get<int>(),
+            b["usage"]["prompt_tokens"].get<int>() + b["usage"]["completion_tokens"].get<int>());
+  if (reason == "length") EXPECT_EQ(b["usage"]["completion_tokens"].get<int>(), 5);
+
+  // Greedy decoding is deterministic; a seeded sample is reproducible.
+  HttpResponse again = api_->Completions(
+      Post("/v1/completions", R"({"prompt": "hello world", "max_tokens": 5, "temperature": 0})"));
+  EXPECT_EQ(json::parse(again.body)["choices"][0]["text"], c["text"]);
+  const char* sampled =
+      R"({"prompt": "hello", "max_tokens": 6, "temperature": 1.0, "top_p": 0.9, "seed": 9})";
+  EXPECT_EQ(json::parse(api_->Completions(Post("/v1/completions", sampled)).body)["choices"][0]["text"],
+            json::parse(api_->Completions(Post("/v1/completions", sampled)).body)["choices"][0]["text"]);
+}
+
+TEST_F(LlmServingTest, BadCompletionRequestsAreClear400s) {
+  MakeReady();
+  for (const char* body :
+       {R"({})", R"({"prompt": 3})", R"({"prompt": ""})", R"({"prompt": "a", "max_tokens": 0})",
+        R"({"prompt": "a", "temperature": -1})", R"({"prompt": "a", "top_p": 0})",
+        R"({"prompt": "a", "stop": [1]})", R"({"prompt": "a", "stop": ""})", R"({"prompt": "a", "n": 3})",
+        R"({"prompt": "a", "stream": true})", R"([1])", "not json"}) {
+    HttpResponse r = api_->Completions(Post("/v1/completions", body));
+    EXPECT_EQ(r.status, 400) << body << " -> " << r.body;
+    json b = json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(b.is_object() && b.contains("error")) << r.body;
+    EXPECT_FALSE(b["error"]["message"].get<std::string>().empty());
+  }
+  for (const char* body : {R"({})", R"({"messages": []})", R"({"messages": [{"role": "user"}]})",
+                           R"({"messages": [{"role": "", "content": "x"}]})"}) {
+    EXPECT_EQ(api_->ChatCompletions(Post("/v1/chat/completions", body)).status, 400) << body;
+  }
+}
+
+TEST_F(LlmServingTest, ClassifyAndEmbeddingsOnACausalLmJobAre400) {
+  MakeReady();
+  HttpResponse r = api_->Classify(Post("/v1/classify", R"({"input": "dog"})"));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("causal-lm"), std::string::npos) << r.body;
+  EXPECT_EQ(api_->Embeddings(Post("/v1/embeddings", R"({"input": "dog"})")).status, 400);
+}
+
+TEST(LlmServingBertTest, CompletionsOnAClassificationJobAre400) {
+  auto serving = std::make_unique<ServingModel>(
+      std::make_unique<testing::FakeClassifier>(testing::TestLabels()), "ns/cls");
+  testing::FakeClassifier probe(testing::TestLabels());
+  ASSERT_TRUE(serving->Install(probe.ExportTrainable(), 1).ok());
+  InferenceApi api(serving.get(), nullptr, nullptr);
+  HttpResponse r = api.Completions(Post("/v1/completions", R"({"prompt": "dog:"})"));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("/v1/classify"), std::string::npos) << r.body;
+  EXPECT_EQ(api.ChatCompletions(
+                   Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})"))
+                .status,
+            400);
+}
+
+TEST(LlmModelTest, TrainingLowersHeldOutLossAndRoundTripsTheAdapter) {
+  auto model = LlmModel::Load(TinyOptions());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  std::vector<Example> data;
+  for (int i = 0; i < 8; ++i) {
+    Example e;
+    e.text = "word" + std::to_string(i) + ":";
+    e.completion = " the same gloss every time";
+    data.push_back(e);
+  }
+  auto before = (*model)->Evaluate(data, 8);
+  ASSERT_TRUE(before.ok()) << before.status().ToString();
+  EXPECT_EQ(before->num_examples, 8);
+  TensorBundle fresh = (*model)->ExportTrainable();
+  TrainOptions to;
+  to.steps = 15;
+  to.batch_size = 4;
+  to.learning_rate = 2e-2;
+  auto trained = (*model)->Train(data, to);
+  ASSERT_TRUE(trained.ok()) << trained.status().ToString();
+  EXPECT_EQ(trained->steps, 15);
+  auto after = (*model)->Evaluate(data, 8);
+  ASSERT_TRUE(after.ok());
+  EXPECT_LT(after->mean_loss, before->mean_loss);
+  // Importing the fresh adapter restores the starting loss exactly.
+  ASSERT_TRUE((*model)->ImportTrainable(fresh).ok());
+  EXPECT_DOUBLE_EQ((*(*model)->Evaluate(data, 8)).mean_loss, before->mean_loss);
+}
+
+TEST(LlmModelTest, LoadPromptCompletionsNamesTheBadLine) {
+  auto path = std::filesystem::temp_directory_path() / ("fedge-llm-jsonl-" + std::to_string(::getpid()));
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "dog:", "completion": " a canine"})"
+      << "\n\n"
+      << R"({"prompt": "cat:"})"
+      << "\n";
+  }
+  auto loaded = LoadPromptCompletions(path.string());
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_NE(loaded.status().message().find(":3"), std::string::npos) << loaded.status().ToString();
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "dog:", "completion": " a canine"})"
+      << "\n";
+  }
+  loaded = LoadPromptCompletions(path.string());
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_EQ(loaded->size(), 1u);
+  EXPECT_EQ((*loaded)[0].text, "dog:");
+  EXPECT_EQ((*loaded)[0].completion, " a canine");
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace fedge::agent
