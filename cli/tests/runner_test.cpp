@@ -382,6 +382,18 @@ TEST(QuickstartManifestTest, ParsesWithTheWordnetLabels) {
   EXPECT_EQ(spec->rounds.quorum, 3);
 }
 
+TEST(GenerativeManifestTest, ParsesAsALlamaCausalLmJob) {
+  const char* src = std::getenv("FEDGE_SOURCE_DIR");
+  const std::string root = src ? src : FEDGE_CLI_TEST_SOURCE_DIR;
+  auto spec = LoadJobSpec(root + "/deploy/examples/generative.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->model.family, "llama");
+  EXPECT_EQ(spec->model.task, "causal-lm");
+  EXPECT_EQ(spec->model.path, ".fedge/models/fedge-wordnet-llama");
+  EXPECT_EQ(spec->data.path, ".fedge/data/glosses");
+  EXPECT_TRUE(spec->model.labels.empty());
+}
+
 // ---- RunJob with stand-in binaries ----
 
 class RunJobTest : public ::testing::Test {
