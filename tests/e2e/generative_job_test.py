@@ -73,7 +73,10 @@ class GenerativeJobTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="fedge-e2e-gen-")
         cls.model = os.path.join(cls.tmp, "model")
-        out = subprocess.run([PRETRAIN, "--out", cls.model, "--max-seconds", "45", "--hidden", "64", "--layers", "2",
+        # A fixed step count (not a time budget) and fixed seeds make the base model, and so the
+        # whole job, the same on every run: the loss comparison below cannot flip with machine load.
+        out = subprocess.run([PRETRAIN, "--out", cls.model, "--steps", "150", "--max-seconds", "0", "--seed", "1",
+                              "--hidden", "64", "--layers", "2",
                               "--heads", "2", "--kv-heads", "1", "--intermediate", "128", "--vocab-size", "512",
                               "--max-lines", "5000", "--threads", "1"],
                              capture_output=True, text=True, timeout=300)
