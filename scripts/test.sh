@@ -55,7 +55,7 @@ fi
 
 step "format check (clang-format; FEDGE_STRICT_FORMAT=1 makes it fatal)"
 if ! scripts/check-format.sh > "$BUILD/format.log" 2>&1; then
-  echo "clang-format: $(grep -c 'warning:' "$BUILD/format.log" || true) lines differ; fix with scripts/check-format.sh --fix"
+  echo "clang-format: $(grep -c 'code should be clang-formatted' "$BUILD/format.log" || true) places differ; fix with scripts/check-format.sh --fix"
   [[ "${FEDGE_STRICT_FORMAT:-0}" == 1 ]] && exit 1
 fi
 
