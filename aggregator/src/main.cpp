@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info", log_format = "logfmt";
   int expected_agents = 0;
   uint64_t max_update_bytes = 256ull << 20;
+  uint64_t max_partial_upload_bytes = 256ull << 20;
   bool exit_when_done = false, show_version = false;
 
   CLI::App app{
@@ -56,6 +57,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", tls_client_ca,
                  "PEM CA bundle: require agents to present a client certificate it signed (mutual TLS)");
   app.add_option("--max-update-bytes", max_update_bytes, "largest encoded update accepted")
+      ->capture_default_str();
+  app.add_option("--max-partial-upload-bytes", max_partial_upload_bytes,
+                 "memory reserved for interrupted uploads agents may resume (least recently used "
+                 "evicted first; 0: uploads are not resumable)")
       ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
@@ -118,6 +123,7 @@ int main(int argc, char** argv) {
   options.checkpoint_dir = checkpoint_dir;
   options.expected_agents = expected_agents;
   options.tokens_file = tokens_file;
+  options.max_partial_upload_bytes = max_partial_upload_bytes;
   options.max_update_bytes = max_update_bytes;
   auto server = aggregator::AggregatorServer::Create(*spec, options);
   if (!server.ok()) {

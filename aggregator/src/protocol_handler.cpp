@@ -138,6 +138,7 @@ v1::SubmitUpdateResponse ProtocolHandler::Reject(const v1::UpdateHeader& header,
   v1::SubmitUpdateResponse r;
   r.set_accepted(false);
   r.set_reason(std::move(reason));
+  r.set_reason_code(std::string(label));
   r.set_round(header.round());
   return r;
 }
@@ -213,6 +214,7 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
   v1::SubmitUpdateResponse r;
   r.set_accepted(verdict.accepted);
   r.set_reason(verdict.reason);
+  r.set_reason_code(verdict.reason_label);
   r.set_round(verdict.round);
   return r;
 }
@@ -266,6 +268,13 @@ size_t ProtocolHandler::partial_uploads() const {
 uint64_t ProtocolHandler::partial_bytes() const {
   std::lock_guard<std::mutex> lock(uploads_mu_);
   return upload_bytes_;
+}
+
+uint64_t ProtocolHandler::partial_received_bytes() const {
+  std::lock_guard<std::mutex> lock(uploads_mu_);
+  uint64_t n = 0;
+  for (const auto& [key, p] : uploads_) n += p->received.load();
+  return n;
 }
 
 Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream* stream,
@@ -338,6 +347,7 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
   stream->partial->key = key;
   stream->partial->header = header;
   if (!engine_->AcceptsUpdatesFor(header.round())) return OkStatus();  // the engine will say why
+  if (options_.max_partial_bytes == 0) return OkStatus();  // resumption disabled
   // One partial per agent: a new upload supersedes the agent's older ones.
   const std::string prefix = header.header().agent_id() + "\n";
   for (auto j = uploads_.lower_bound(prefix); j != uploads_.end() && j->first.compare(0, prefix.size(), prefix) == 0;) {

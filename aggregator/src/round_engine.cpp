@@ -177,6 +177,8 @@ bool RoundEngine::IsJoined(const std::string& agent_id) const {
 
 bool RoundEngine::AcceptsUpdatesFor(int64_t round) const {
   std::lock_guard<std::mutex> lock(mu_);
+  // Round 0 is the initial state one agent uploads while the job initializes.
+  if (state_ == JobState::kInitializing) return round == 0;
   if (state_ != JobState::kRunning || phase_ != Phase::kTrain) return false;
   return options_.async ? round <= round_ : round == round_;
 }

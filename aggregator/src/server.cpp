@@ -107,6 +107,7 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
 
   ProtocolOptions protocol;
   protocol.max_update_bytes = options.max_update_bytes;
+  protocol.max_partial_bytes = options.max_partial_upload_bytes;
   if (!options.tokens_file.empty()) {
     // Re-read when it changes: agents of nodes that join later get their tokens then.
     FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));

@@ -306,6 +306,7 @@ TEST_F(ProtocolHandlerTest, InterruptedNamedUploadResumesFromItsOffset) {
   EXPECT_FALSE(r.accepted());
   EXPECT_EQ(r.resume_offset(), 10u);
   EXPECT_NE(r.reason().find("resume with offset 10"), std::string::npos) << r.reason();
+  EXPECT_EQ(r.reason_code(), "incomplete");
   EXPECT_EQ(metrics_.updates_rejected("incomplete"), 1);
   v1::UploadStatus st = UploadStatusOf("a", "r1-abc");
   EXPECT_TRUE(st.found());
@@ -319,6 +320,7 @@ TEST_F(ProtocolHandlerTest, InterruptedNamedUploadResumesFromItsOffset) {
   h.set_offset(4);
   r = SubmitStream(h, data.substr(4), data.size() - 4);
   EXPECT_EQ(r.resume_offset(), 10u);
+  EXPECT_EQ(r.reason_code(), "bad_offset");
   EXPECT_EQ(metrics_.updates_rejected("bad_offset"), 1);
 
   h.set_offset(10);
@@ -336,6 +338,42 @@ TEST_F(ProtocolHandlerTest, InterruptedNamedUploadResumesFromItsOffset) {
   EXPECT_EQ((*g)->bundle.Find("a")->values, (std::vector<float>{2, 3}));  // 1 + (2 + 0) / 2, 2 + 1
 }
 
+TEST_F(ProtocolHandlerTest, InterruptedInitialUploadResumes) {
+  ASSERT_TRUE(Join("a").ok());
+  ASSERT_TRUE(Join("b").ok());
+  ASSERT_EQ(GetTask("a").kind(), v1::TASK_KIND_INITIALIZE);
+  std::string init = Encode(SmallBundle(1, 2, 3, 4));
+  v1::UpdateHeader h = UpdateHeaderFor("a", init, 0, 0, false);
+  h.set_upload_id("init-1");
+  auto r = SubmitStream(h, init, 12);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_EQ(r.resume_offset(), 12u);
+  EXPECT_EQ(UploadStatusOf("a", "init-1").received_bytes(), 12u);
+  h.set_offset(12);
+  r = SubmitStream(h, init.substr(12), init.size() - 12);
+  ASSERT_TRUE(r.accepted()) << r.reason();
+  EXPECT_TRUE(r.reason_code().empty());
+  auto g = engine_->Global(0);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->bundle.Find("a")->values, (std::vector<float>{1, 2}));
+  EXPECT_EQ(handler_->partial_uploads(), 0u);
+}
+
+TEST_F(ProtocolHandlerTest, ZeroPartialBudgetMakesUploadsNonResumable) {
+  ProtocolOptions options;
+  options.max_partial_bytes = 0;
+  Make(std::move(options));
+  JoinAndInitialize();
+  std::string data = Encode(SmallBundle(2, 2, 2, 2));
+  v1::UpdateHeader h = UpdateHeaderFor("a", data, 1, 1, true);
+  h.set_upload_id("r1");
+  auto r = SubmitStream(h, data, 10);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_EQ(r.resume_offset(), 0u);
+  EXPECT_FALSE(UploadStatusOf("a", "r1").found());
+  EXPECT_EQ(handler_->partial_bytes(), 0u);
+}
+
 TEST_F(ProtocolHandlerTest, ResumeOfAnUploadNobodyHoldsStartsOver) {
   JoinAndInitialize();
   std::string data = Encode(SmallBundle(2, 2, 2, 2));
@@ -345,6 +383,7 @@ TEST_F(ProtocolHandlerTest, ResumeOfAnUploadNobodyHoldsStartsOver) {
   auto r = SubmitStream(h, data.substr(10), data.size() - 10);
   EXPECT_FALSE(r.accepted());
   EXPECT_NE(r.reason().find("from offset 0"), std::string::npos) << r.reason();
+  EXPECT_EQ(r.reason_code(), "unknown_upload");
   EXPECT_EQ(metrics_.updates_rejected("unknown_upload"), 1);
   // An offset without an upload id is meaningless.
   h.clear_upload_id();

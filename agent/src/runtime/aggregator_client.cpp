@@ -355,18 +355,36 @@ Status AggregatorClient::EnsureGlobal(int64_t version, const std::string& checks
   return OkStatus();
 }
 
-Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::string& payload, bool* accepted) {
-  *accepted = false;
+namespace {
+
+// Transport failures after which the aggregator may hold part of the upload.
+bool Resumable(StatusCode code) {
+  return code == StatusCode::kUnavailable || code == StatusCode::kDeadlineExceeded ||
+         code == StatusCode::kInternal || code == StatusCode::kUnknown || code == StatusCode::kAborted ||
+         code == StatusCode::kResourceExhausted;
+}
+
+// Unique per agent and update: a retrain of the same round is another upload.
+std::string UploadId(const v1::UpdateHeader& h) {
+  return (h.round() == 0 ? std::string("init") : "round-" + std::to_string(h.round())) + "-" +
+         h.checksum().substr(0, 16);
+}
+
+}  // namespace
+
+Status AggregatorClient::SendFrom(const v1::UpdateHeader& header, const std::string& payload, uint64_t offset,
+                                  v1::SubmitUpdateResponse* resp) {
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.submit));
   if (!BeginCall(&ctx)) return CancelledError("stopping");
-  v1::SubmitUpdateResponse resp;
-  auto writer = stub_->SubmitUpdate(&ctx, &resp);
+  auto writer = stub_->SubmitUpdate(&ctx, resp);
   v1::UpdateChunk first;
   *first.mutable_header() = header;
+  first.mutable_header()->set_offset(offset);
   bool ok = writer->Write(first);
   uint64_t sent = 0;
-  for (std::string_view part : SplitChunks(payload, options_.chunk_bytes)) {
+  const std::string_view rest = std::string_view(payload).substr(std::min<uint64_t>(offset, payload.size()));
+  for (std::string_view part : SplitChunks(rest, options_.chunk_bytes)) {
     if (!ok) break;
     if (part.empty()) continue;
     v1::UpdateChunk chunk;
@@ -378,12 +396,79 @@ Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::strin
   grpc::Status gs = writer->Finish();
   EndCall();
   deps_.metrics->bytes_sent_total.Increment(static_cast<double>(sent));
-  if (!gs.ok()) return FromGrpc(gs, "SubmitUpdate round " + std::to_string(header.round()));
-  *accepted = resp.accepted();
-  if (!resp.accepted()) {
-    log::Warn("update rejected", {{"round", header.round()}, {"reason", resp.reason()}});
+  return FromGrpc(gs, "SubmitUpdate round " + std::to_string(header.round()) + " from byte " +
+                          std::to_string(offset));
+}
+
+StatusOr<uint64_t> AggregatorClient::HeldBytes(const std::string& upload_id, uint64_t total_bytes) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.report));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  v1::UploadStatusRequest req;
+  *req.mutable_header() = Header();
+  req.set_upload_id(upload_id);
+  v1::UploadStatus status;
+  grpc::Status gs = stub_->GetUploadStatus(&ctx, req, &status);
+  EndCall();
+  if (!gs.ok()) return FromGrpc(gs, "GetUploadStatus " + upload_id);
+  if (!status.found() || status.total_bytes() != total_bytes || status.received_bytes() > total_bytes) return 0;
+  return status.received_bytes();
+}
+
+Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::string& payload, bool* accepted) {
+  *accepted = false;
+  v1::UpdateHeader h = header;
+  h.set_upload_id(UploadId(header));
+  Backoff backoff(options_.backoff_initial, options_.backoff_max, MakeUniform(options_.jitter_seed));
+  const int attempts = std::max(1, options_.upload_attempts);
+  uint64_t offset = 0;
+  for (int attempt = 1;; ++attempt) {
+    v1::SubmitUpdateResponse resp;
+    Status st = SendFrom(h, payload, offset, &resp);
+    if (st.ok() && resp.accepted()) {
+      *accepted = true;
+      return OkStatus();
+    }
+    if (st.ok()) {
+      // The aggregator answered. Only an upload it holds part of is worth another stream.
+      const std::string& code = resp.reason_code();
+      const bool resume = code == "incomplete" || code == "bad_offset" || code == "upload_busy";
+      const bool restart = code == "unknown_upload" && offset > 0;
+      if ((resume || restart) && attempt < attempts && !stop_.stopped()) {
+        log::Warn("upload interrupted; resuming",
+                  {{"round", h.round()}, {"upload_id", h.upload_id()}, {"reason", resp.reason()},
+                   {"offset", restart ? 0 : resp.resume_offset()}, {"attempt", attempt}});
+        if (code == "upload_busy" && !stop_.SleepFor(backoff.Next())) return CancelledError("stopping");
+        offset = restart ? 0 : std::min<uint64_t>(resp.resume_offset(), payload.size());
+        if (offset > 0) deps_.metrics->upload_resumes_total.Increment();
+        continue;
+      }
+      log::Warn("update rejected",
+                {{"round", h.round()}, {"reason", resp.reason()}, {"reason_code", resp.reason_code()}});
+      return OkStatus();
+    }
+    if (!Resumable(st.code()) || attempt >= attempts || stop_.stopped()) return st;
+    // The stream broke. Ask the aggregator what it kept (retrying while it is
+    // unreachable) and send the rest.
+    for (;;) {
+      auto delay = backoff.Next();
+      log::Warn("upload broken; will resume",
+                {{"round", h.round()}, {"upload_id", h.upload_id()}, {"error", st.ToString()},
+                 {"attempt", attempt}, {"retry_in_ms", delay.count()}});
+      if (!stop_.SleepFor(delay)) return CancelledError("stopping");
+      auto held = HeldBytes(h.upload_id(), payload.size());
+      if (held.ok()) {
+        offset = *held;
+        if (offset > 0) deps_.metrics->upload_resumes_total.Increment();
+        log::Info("upload resuming", {{"upload_id", h.upload_id()},
+                                      {"offset", offset},
+                                      {"total_bytes", payload.size()}});
+        break;
+      }
+      st = held.status();
+      if (!Resumable(st.code()) || ++attempt >= attempts) return st;
+    }
   }
-  return OkStatus();
 }
 
 Status AggregatorClient::DoInitialize(const v1::Task& task) {

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <set>
 
 #include <grpcpp/grpcpp.h>
@@ -49,6 +50,16 @@ struct World {
   std::vector<int64_t> fetched_versions;
   std::string codec = "fp32";
   size_t send_chunk = 100;  // small, so the global arrives in many chunks
+  // Resumable uploads: a stream carrying an upload_id breaks (UNAVAILABLE) once
+  // cut_upload_after bytes of it arrived, cuts_left times; what arrived is kept
+  // in `partials` (unless forget_partials) for GetUploadStatus and a resume.
+  size_t cut_upload_after = 0;
+  int cuts_left = 0;
+  bool forget_partials = false;
+  std::map<std::string, std::string> partials;  // upload_id -> bytes held
+  std::map<std::string, uint64_t> partial_totals;  // upload_id -> declared total_bytes
+  std::vector<uint64_t> stream_offsets;          // UpdateHeader.offset of every stream
+  int status_queries = 0;
   v1::TrainingConfig config;
 
   void SetGlobal(TensorBundle bundle) {
@@ -156,12 +167,40 @@ class FakeAggregator final : public v1::Aggregator::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the header must come first");
     }
     u.header = chunk.header();
+    const std::string& id = u.header.upload_id();
+    size_t cut_after = 0;
+    {
+      std::lock_guard<std::mutex> lock(w_->mu);
+      w_->stream_offsets.push_back(u.header.offset());
+      if (u.header.offset() > 0) {
+        auto it = w_->partials.find(id);
+        if (it == w_->partials.end() || it->second.size() != u.header.offset()) {
+          resp->set_accepted(false);
+          resp->set_reason("no partial upload of that size is held");
+          resp->set_reason_code(it == w_->partials.end() ? "unknown_upload" : "bad_offset");
+          if (it != w_->partials.end()) resp->set_resume_offset(it->second.size());
+          return grpc::Status::OK;
+        }
+        u.payload = it->second;
+      }
+      if (!id.empty() && w_->cuts_left > 0 && u.header.offset() == 0) cut_after = w_->cut_upload_after;
+    }
     while (reader->Read(&chunk)) {
       if (chunk.has_header()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "second header");
       u.chunk_sizes.push_back(chunk.data().size());
       u.payload += chunk.data();
+      if (cut_after > 0 && u.payload.size() >= cut_after && u.payload.size() < u.header.total_bytes()) {
+        std::lock_guard<std::mutex> lock(w_->mu);
+        --w_->cuts_left;
+        if (!w_->forget_partials) {
+          w_->partials[id] = u.payload;
+          w_->partial_totals[id] = u.header.total_bytes();
+        }
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset by peer (test)");
+      }
     }
     std::lock_guard<std::mutex> lock(w_->mu);
+    w_->partials.erase(id);
     if (!sessions_.count(u.header.header().session())) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
     }
@@ -191,6 +230,19 @@ class FakeAggregator final : public v1::Aggregator::Service {
     }
     resp->set_accepted(true);
     resp->set_round(u.header.round());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetUploadStatus(grpc::ServerContext*, const v1::UploadStatusRequest* req,
+                               v1::UploadStatus* resp) override {
+    std::lock_guard<std::mutex> lock(w_->mu);
+    ++w_->status_queries;
+    auto it = w_->partials.find(req->upload_id());
+    resp->set_found(it != w_->partials.end());
+    if (it != w_->partials.end()) {
+      resp->set_received_bytes(it->second.size());
+      resp->set_total_bytes(w_->partial_totals[req->upload_id()]);
+    }
     return grpc::Status::OK;
   }
 
@@ -395,6 +447,55 @@ TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlo
   EXPECT_EQ(metrics_.bytes_sent_total.Value(), double(init.payload.size() + upd.payload.size()));
   EXPECT_GT(metrics_.bytes_received_total.Value(), 0);
   EXPECT_DOUBLE_EQ(metrics_.eval_accuracy.Value(), 0.5);
+}
+
+TEST_F(AggregatorClientTest, BrokenUploadsResumeFromTheBytesTheAggregatorHeld) {
+  world_.cut_upload_after = 32;
+  world_.cuts_left = 2;  // the INITIALIZE upload and the round-1 update each break once
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port(), nullptr, nullptr, /*chunk_bytes=*/16);
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, RunOutcome::kDone);
+  std::lock_guard<std::mutex> lock(world_.mu);
+  EXPECT_EQ(world_.cuts_left, 0);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  for (const ReceivedUpdate& u : world_.updates) {
+    ASSERT_GT(u.header.total_bytes(), 32u);  // large enough to be cut
+    EXPECT_FALSE(u.header.upload_id().empty());
+    // Held prefix + resumed rest = the whole update, byte for byte.
+    EXPECT_EQ(u.payload.size(), u.header.total_bytes());
+    EXPECT_EQ(Sha256Hex(u.payload), u.header.checksum());
+    // The resumed stream carried only the rest.
+    EXPECT_GE(u.header.offset(), 32u);
+    size_t rest = 0;
+    for (size_t n : u.chunk_sizes) rest += n;
+    EXPECT_EQ(rest, u.header.total_bytes() - u.header.offset());
+  }
+  EXPECT_NE(world_.updates[0].header.upload_id(), world_.updates[1].header.upload_id());
+  EXPECT_EQ(world_.status_queries, 2);
+  EXPECT_TRUE(world_.partials.empty());
+  EXPECT_EQ(metrics_.upload_resumes_total.Value(), 2);
+  EXPECT_EQ(metrics_.rounds_participated_total.Value(), 1);
+  EXPECT_EQ(world_.phase, 3);  // the job went on to evaluate and finish
+}
+
+TEST_F(AggregatorClientTest, BrokenUploadStartsOverWhenTheAggregatorHoldsNothing) {
+  world_.cut_upload_after = 32;
+  world_.cuts_left = 1;
+  world_.forget_partials = true;  // e.g. the aggregator restarted or evicted it
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port(), nullptr, nullptr, /*chunk_bytes=*/16);
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  EXPECT_EQ(world_.updates[0].header.offset(), 0u);
+  EXPECT_EQ(Sha256Hex(world_.updates[0].payload), world_.updates[0].header.checksum());
+  EXPECT_EQ(world_.status_queries, 1);
+  // Three streams: the broken one, its restart from byte 0, the round-1 update.
+  EXPECT_EQ(world_.stream_offsets, (std::vector<uint64_t>{0, 0, 0}));
+  EXPECT_EQ(metrics_.upload_resumes_total.Value(), 0);
 }
 
 TEST_F(AggregatorClientTest, Int8UpdatesDecodeToTheDeltaWithinTheCodecError) {

@@ -114,6 +114,9 @@ class ProtocolHandler {
   // Partial uploads held and the bytes reserved for them.
   size_t partial_uploads() const;
   uint64_t partial_bytes() const;
+  // Bytes actually received into the partial uploads held (partial_bytes() is
+  // what they reserve: their declared totals).
+  uint64_t partial_received_bytes() const;
 
   Status ReportMetrics(const v1::MetricsReport& request);
 

@@ -204,8 +204,9 @@ class RoundEngine {
   bool IsJoined(const std::string& agent_id) const;
 
   // True while an update for `round` could still be accepted (sync: that
-  // round's train phase is open; async: the job is running and training).
-  // Partial uploads for which this is false are dropped.
+  // round's train phase is open; async: the job is running and training;
+  // round 0 while the job initializes). Partial uploads for which this is
+  // false are dropped.
   bool AcceptsUpdatesFor(int64_t round) const;
 
   // What `agent_id` (already authenticated) should do now.

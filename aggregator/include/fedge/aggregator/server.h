@@ -43,6 +43,7 @@ struct ServerOptions {
   std::string tls_key_pem;
   std::string tls_client_ca_pem;
   uint64_t max_update_bytes = 256ull << 20;
+  uint64_t max_partial_upload_bytes = 256ull << 20;  // interrupted uploads held for resumption
   int64_t tick_interval_ms = 200;  // how often deadlines are checked
   Clock* clock = nullptr;          // null: SystemClock
   // Overrides of the engine options derived from the spec (tests).
@@ -71,6 +72,7 @@ class AggregatorServer {
   int http_port() const;
   RoundEngine& engine() { return *engine_; }
   AggregatorMetrics& metrics() { return *metrics_; }
+  const ProtocolHandler& protocol() const { return *handler_; }
 
  private:
   class Service;

@@ -61,6 +61,10 @@ struct ClientOptions {
   std::chrono::milliseconds backoff_max{10'000};
   uint64_t jitter_seed = 0;              // 0: from std::random_device
   size_t chunk_bytes = kSendChunkBytes;  // data per SubmitUpdate chunk
+  // Attempts to deliver one update whose stream breaks (UNAVAILABLE, deadline):
+  // each retry asks the aggregator how many bytes it holds (GetUploadStatus)
+  // and sends only the rest. After the last, the task fails and the loop backs off.
+  int upload_attempts = 6;
 };
 
 // What the client works with; all pointers must outlive the client. `store`
@@ -123,8 +127,15 @@ class AggregatorClient {
   // installs it for serving and persists it.
   Status EnsureGlobal(int64_t version, const std::string& checksum);
   StatusOr<Held> Fetch(int64_t version, const std::string& checksum);
-  // Streams header + payload chunks; OK with *accepted set, or the RPC error.
+  // Delivers header + payload as a named (resumable) upload: OK with *accepted
+  // set, or the RPC error once upload_attempts are spent. A broken stream is
+  // resumed from the offset the aggregator reports.
   Status Submit(const fedge::v1::UpdateHeader& header, const std::string& payload, bool* accepted);
+  // One SubmitUpdate stream carrying payload[offset:].
+  Status SendFrom(const fedge::v1::UpdateHeader& header, const std::string& payload, uint64_t offset,
+                  fedge::v1::SubmitUpdateResponse* response);
+  // Bytes of `upload_id` the aggregator holds (0: none, start over).
+  StatusOr<uint64_t> HeldBytes(const std::string& upload_id, uint64_t total_bytes);
 
   fedge::v1::RequestHeader Header() const;
   // Registers `ctx` as the RPC Stop() cancels; returns false if already stopped.

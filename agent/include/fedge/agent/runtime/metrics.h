@@ -35,6 +35,7 @@ class AgentMetrics {
   prometheus::Counter& rounds_participated_total;
   prometheus::Counter& bytes_sent_total;
   prometheus::Counter& bytes_received_total;
+  prometheus::Counter& upload_resumes_total;  // interrupted uploads continued from an offset
   prometheus::Gauge& update_bytes;      // last encoded update
   prometheus::Gauge& update_raw_bytes;  // the same update as fp32
   prometheus::Counter& update_raw_bytes_total;      // every submitted update as fp32
