@@ -130,7 +130,8 @@ bool Simulate(uint32_t seed, int rounds, const fedge::EncodeOptions& base, bool 
   fedge::ErrorFeedback ef;
   double bytes = 0;
   for (int r = 1; r <= rounds && !g_stop; ++r) {
-    const fedge::TensorBundle u = Mix(0.5f, drift, 0.5f, QuickstartUpdate(seed + 1000 + static_cast<uint32_t>(r)));
+    const fedge::TensorBundle u =
+        Mix(0.5f, drift, 0.5f, QuickstartUpdate(seed + 1000 + static_cast<uint32_t>(r)));
     fedge::EncodeOptions o = base;
     o.seed = static_cast<uint64_t>(r);  // fresh stochastic-rounding stream per round
     auto payload = feedback ? ef.Encode(u, o) : fedge::EncodeBundle(u, o);
@@ -166,7 +167,9 @@ int main(int argc, char** argv) {
   app.add_option("--min-time", min_seconds, "seconds to time each encode/decode")->capture_default_str();
   app.add_option("--block-size", block_size, "int8/int4 values per scale")->capture_default_str();
   app.add_option("--zstd-level", zstd_level, "zstd level")->capture_default_str();
-  app.add_option("--rounds", rounds, "rounds of the error-feedback simulation")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("--rounds", rounds, "rounds of the error-feedback simulation")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   CLI11_PARSE(app, argc, argv);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
@@ -202,8 +205,8 @@ int main(int argc, char** argv) {
     if (o.stochastic_rounding) l += "/sr";
     return l + (o.zstd ? "+zstd" : "");
   };
-  for (fedge::Codec codec : {fedge::Codec::kFp32, fedge::Codec::kFp16, fedge::Codec::kBf16, fedge::Codec::kInt8,
-                             fedge::Codec::kInt4}) {
+  for (fedge::Codec codec : {fedge::Codec::kFp32, fedge::Codec::kFp16, fedge::Codec::kBf16,
+                             fedge::Codec::kInt8, fedge::Codec::kInt4}) {
     for (bool zstd : {false, true}) rows.push_back({"", options(codec, zstd)});
   }
   rows.push_back({"", options(fedge::Codec::kInt8, true, 0, /*stochastic=*/true)});
@@ -216,7 +219,8 @@ int main(int argc, char** argv) {
   for (Row& row : rows) row.label = label(row.options);
 
   std::printf("update: %zu tensors, %lld values, %.0f bytes as fp32, value RMS %.4g (seed %u)\n",
-              update.tensors.size(), static_cast<long long>(update.NumElements()), fp32_bytes, value_rms, seed);
+              update.tensors.size(), static_cast<long long>(update.NumElements()), fp32_bytes, value_rms,
+              seed);
   std::printf("%-22s %10s %8s %8s %10s %10s %11s %11s %9s\n", "codec", "bytes", "ratio", "sent", "enc MB/s",
               "dec MB/s", "max err", "rms err", "rel rms");
   double baseline_encode = 0, baseline_decode = 0;
@@ -252,18 +256,21 @@ int main(int argc, char** argv) {
       baseline_decode = dec_mbs;
     }
     std::printf("%-22s %10zu %7.2fx %7.1f%% %10.1f %10.1f %11.3g %11.3g %9.2g\n", row.label.c_str(),
-                encoded->size(), report.Ratio(), 100.0 * static_cast<double>(report.values_sent) /
-                                                     static_cast<double>(report.values_total),
+                encoded->size(), report.Ratio(),
+                100.0 * static_cast<double>(report.values_sent) / static_cast<double>(report.values_total),
                 enc_mbs, dec_mbs, max_err, rms_err, rms_err / value_rms);
   }
-  std::printf("ratio = fp32 bytes / encoded bytes (incl. 68-byte header+checksum and names); "
-              "MB/s = fp32 MB processed per CPU second (1 thread); baseline fp32 encode %.1f MB/s, decode %.1f MB/s\n",
-              baseline_encode, baseline_decode);
+  std::printf(
+      "ratio = fp32 bytes / encoded bytes (incl. 68-byte header+checksum and names); "
+      "MB/s = fp32 MB processed per CPU second (1 thread); baseline fp32 encode %.1f MB/s, decode %.1f "
+      "MB/s\n",
+      baseline_encode, baseline_decode);
 
   // ---- error feedback ----
-  std::printf("\nerror feedback over %d rounds: u_t = 0.5 D + 0.5 N_t; relative error of the accumulated update "
-              "|sum sent - sum u| / |sum u| after round r\n",
-              rounds);
+  std::printf(
+      "\nerror feedback over %d rounds: u_t = 0.5 D + 0.5 N_t; relative error of the accumulated update "
+      "|sum sent - sum u| / |sum u| after round r\n",
+      rounds);
   std::vector<int> shown;
   for (int r : {1, 2, 5, 10, 15, 20, 50, 100, 200, 500, 1000}) {
     if (r <= rounds) shown.push_back(r);
@@ -273,9 +280,9 @@ int main(int argc, char** argv) {
   for (int r : shown) std::printf(" %8s", ("r" + std::to_string(r)).c_str());
   std::printf("\n");
   const std::vector<fedge::EncodeOptions> lossy = {
-      options(fedge::Codec::kInt8, true),        options(fedge::Codec::kInt4, true),
+      options(fedge::Codec::kInt8, true),          options(fedge::Codec::kInt4, true),
       options(fedge::Codec::kInt4, true, 0, true), options(fedge::Codec::kInt8, true, 0.1),
-      options(fedge::Codec::kInt8, true, 0.01),  options(fedge::Codec::kInt4, true, 0.01)};
+      options(fedge::Codec::kInt8, true, 0.01),    options(fedge::Codec::kInt4, true, 0.01)};
   for (const fedge::EncodeOptions& o : lossy) {
     for (bool feedback : {false, true}) {
       if (g_stop) break;

@@ -23,8 +23,8 @@
 #include <iostream>
 #include <vector>
 
-#include "llm_internal/llama.h"
 #include "fedge/version.h"
+#include "llm_internal/llama.h"
 
 namespace {
 
@@ -33,7 +33,9 @@ using fedge::agent::llm::KvCache;
 using fedge::agent::llm::LlamaConfig;
 using fedge::agent::llm::LlamaForCausalLm;
 
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 double ProcessCpuSeconds() {
   timespec ts{};
@@ -55,7 +57,8 @@ double CopyBandwidth(size_t bytes, int reps) {
     std::memcpy(dst.data(), src.data(), bytes);
     auto t1 = Clock::now();
     best = std::max(best, static_cast<double>(bytes) / Seconds(t0, t1));
-    src[static_cast<size_t>(r) % bytes] = dst[(static_cast<size_t>(r) * 7919) % bytes];  // keep the copies live
+    src[static_cast<size_t>(r) % bytes] =
+        dst[(static_cast<size_t>(r) * 7919) % bytes];  // keep the copies live
   }
   return best;
 }
@@ -82,8 +85,10 @@ void Report(const std::string& name, LlamaForCausalLm& model, double bandwidth, 
   int64_t params = model->config().NumParameters();
   double bytes = 4.0 * static_cast<double>(params);
   double bound = bandwidth / bytes;
-  std::cout << "\n" << name << ": " << params / 1e6 << " M params, " << bytes / (1 << 20) << " MiB fp32"
-            << (bytes < 32.0 * (1 << 20) ? "  (fits in L3: decode reads weights from cache, not DRAM)" : "") << "\n";
+  std::cout << "\n"
+            << name << ": " << params / 1e6 << " M params, " << bytes / (1 << 20) << " MiB fp32"
+            << (bytes < 32.0 * (1 << 20) ? "  (fits in L3: decode reads weights from cache, not DRAM)" : "")
+            << "\n";
   std::cout << "  bandwidth bound: " << bound << " tokens/s\n";
   double best = 0;
   int best_threads = 1;

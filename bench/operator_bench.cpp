@@ -37,10 +37,13 @@ Json Node(int i) {
 }
 
 Json Job() {
-  return {{"apiVersion", "fedge.io/v1alpha1"}, {"kind", "FederatedTrainingJob"},
+  return {{"apiVersion", "fedge.io/v1alpha1"},
+          {"kind", "FederatedTrainingJob"},
           {"metadata", {{"name", "bench"}, {"namespace", "ml"}}},
-          {"spec", {{"model", {{"path", "/m"}, {"labels", {"a", "b"}}}}, {"data", {{"path", "/d"}}},
-                    {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}}}}}};
+          {"spec",
+           {{"model", {{"path", "/m"}, {"labels", {"a", "b"}}}},
+            {"data", {{"path", "/d"}}},
+            {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}}}}}};
 }
 
 int Reads(const FakeKubeClient& c) { return c.CountCalls("get") + c.CountCalls("list"); }
@@ -68,7 +71,8 @@ class CountingClient : public KubeClient {
     (r.plural == "events" ? events : writes)++;
     return inner_->Create(r, ns, obj);
   }
-  StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj, const std::string& sub) override {
+  StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj,
+                        const std::string& sub) override {
     ++writes;
     return inner_->Update(r, ns, obj, sub);
   }
@@ -77,12 +81,13 @@ class CountingClient : public KubeClient {
     ++writes;
     return inner_->Apply(r, ns, name, obj, o);
   }
-  StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name, const Json& patch,
-                            const std::string& sub) override {
+  StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name,
+                            const Json& patch, const std::string& sub) override {
     (r.plural == "events" ? events : writes)++;
     return inner_->MergePatch(r, ns, name, patch, sub);
   }
-  Status Delete(const Resource& r, const std::string& ns, const std::string& name, const DeleteOptions& o) override {
+  Status Delete(const Resource& r, const std::string& ns, const std::string& name,
+                const DeleteOptions& o) override {
     ++writes;
     return inner_->Delete(r, ns, name, o);
   }
@@ -114,8 +119,10 @@ int RealControlPlane(const std::string& kubeconfig) {
   for (int n : {1, 10, 100}) {
     const std::string tag = "bench-" + std::to_string(n);
     for (int i = 0; i < n; ++i) {
-      Json node = {{"apiVersion", "v1"}, {"kind", "Node"},
-                   {"metadata", {{"name", tag + "-node-" + std::to_string(i)}, {"labels", {{"fedge.io/bench", tag}}}}}};
+      Json node = {{"apiVersion", "v1"},
+                   {"kind", "Node"},
+                   {"metadata",
+                    {{"name", tag + "-node-" + std::to_string(i)}, {"labels", {{"fedge.io/bench", tag}}}}}};
       auto c = api.Create(res::kNodes, "", node);
       if (!c.ok() && !IsAlreadyExists(c.status())) {
         std::fprintf(stderr, "create node: %s\n", c.status().ToString().c_str());
@@ -140,7 +147,10 @@ int RealControlPlane(const std::string& kubeconfig) {
       return 1;
     }
     while (CountPods(api, tag) < static_cast<size_t>(n + 1)) {
-      if (Steady::now() - t0 > std::chrono::seconds(120)) { std::printf("timeout\n"); return 1; }
+      if (Steady::now() - t0 > std::chrono::seconds(120)) {
+        std::printf("timeout\n");
+        return 1;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     double ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
@@ -178,9 +188,10 @@ int RealControlPlane(const std::string& kubeconfig) {
       }
     }
   }
-  std::printf("\nto_pods_ms: job created -> the API server lists the aggregator and every agent pod;\n"
-              "reads/writes: requests the controller made until then (Events excluded); steady_req: requests\n"
-              "of one more reconcile with nothing changed (informer cache, applied-hash: expect 0).\n");
+  std::printf(
+      "\nto_pods_ms: job created -> the API server lists the aggregator and every agent pod;\n"
+      "reads/writes: requests the controller made until then (Events excluded); steady_req: requests\n"
+      "of one more reconcile with nothing changed (informer cache, applied-hash: expect 0).\n");
   return 0;
 }
 
@@ -192,8 +203,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--kubeconfig") == 0) return RealControlPlane(argv[i + 1]);
   }
   if (argc > 1) {
-    std::printf("usage: fedge_bench_operator [--kubeconfig PATH]\n"
-                "  (no flag: in-process fake API server; with it: a real API server with the CRD)\n");
+    std::printf(
+        "usage: fedge_bench_operator [--kubeconfig PATH]\n"
+        "  (no flag: in-process fake API server; with it: a real API server with the CRD)\n");
     return argc == 2 && std::strcmp(argv[1], "--help") == 0 ? 0 : 2;
   }
   std::printf("%-6s %12s %10s %14s %14s %16s %16s\n", "nodes", "to_pods_ms", "reconciles", "writes",
@@ -209,7 +221,10 @@ int main(int argc, char** argv) {
     auto t0 = Steady::now();
     client.Create(res::kJobs, "ml", Job()).ok();
     while (static_cast<int>(client.Objects(res::kPods).size()) < n + 1) {
-      if (Steady::now() - t0 > std::chrono::seconds(60)) { std::printf("timeout\n"); return 1; }
+      if (Steady::now() - t0 > std::chrono::seconds(60)) {
+        std::printf("timeout\n");
+        return 1;
+      }
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     double ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
@@ -236,12 +251,14 @@ int main(int argc, char** argv) {
     client.ClearCalls();
     direct.Reconcile("ml/bench").ok();
     int steady_api = client.CountWrites() + Reads(client);
-    std::printf("%-6d %12.1f %10lld %14d %14.1f %16d %16d\n", n, ms, static_cast<long long>(reconciles), writes,
-                reconciles ? static_cast<double>(requests) / reconciles : 0.0, steady_informer, steady_api);
+    std::printf("%-6d %12.1f %10lld %14d %14.1f %16d %16d\n", n, ms, static_cast<long long>(reconciles),
+                writes, reconciles ? static_cast<double>(requests) / reconciles : 0.0, steady_informer,
+                steady_api);
   }
-  std::printf("\nwrites: creates/applies/deletes until every pod exists (events excluded);\n"
-              "steady_req: API requests of one reconcile when nothing changed - informer cache vs reading\n"
-              "the API on every reconcile (the baseline). Fake API server in-process: latency is the\n"
-              "controller's own cost, not network or etcd.\n");
+  std::printf(
+      "\nwrites: creates/applies/deletes until every pod exists (events excluded);\n"
+      "steady_req: API requests of one reconcile when nothing changed - informer cache vs reading\n"
+      "the API on every reconcile (the baseline). Fake API server in-process: latency is the\n"
+      "controller's own cost, not network or etcd.\n");
   return 0;
 }

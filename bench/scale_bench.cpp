@@ -26,10 +26,10 @@
 // to the same run with 20 agents: streaming keeps it a small constant, where
 // buffering every update would need 200 model sizes.
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -115,8 +115,8 @@ ProcStats ReadProc(pid_t pid) {
     std::vector<std::string> f;
     while (rest >> field) f.push_back(field);
     if (f.size() > 13) {
-      s.cpu_seconds =
-          static_cast<double>(std::stoull(f[11]) + std::stoull(f[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+      s.cpu_seconds = static_cast<double>(std::stoull(f[11]) + std::stoull(f[12])) /
+                      static_cast<double>(sysconf(_SC_CLK_TCK));
     }
   }
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
@@ -309,7 +309,8 @@ class Bench {
     const int port = FreePort(), http = FreePort();
     pid_t pid = fork();
     if (pid == 0) {
-      std::string listen = "127.0.0.1:" + std::to_string(port), http_addr = "127.0.0.1:" + std::to_string(http);
+      std::string listen = "127.0.0.1:" + std::to_string(port),
+                  http_addr = "127.0.0.1:" + std::to_string(http);
       std::string n = std::to_string(agents), config = dir + "/job.yaml";
       execl(aggregator_.c_str(), aggregator_.c_str(), "--config", config.c_str(), "--listen", listen.c_str(),
             "--http", http_addr.c_str(), "--expected-agents", n.c_str(), "--log-level", "warn",
@@ -323,8 +324,8 @@ class Bench {
       grpc::ChannelArguments args;
       args.SetInt("fedge.bench.channel", c);  // distinct args: a TCP connection each
       args.SetMaxReceiveMessageSize(8 << 20);
-      auto ch = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
-                                          args);
+      auto ch = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                          grpc::InsecureChannelCredentials(), args);
       if (!ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(20))) {
         result.error = "aggregator did not listen on port " + std::to_string(port);
         kill(pid, SIGTERM);
@@ -537,13 +538,15 @@ class Bench {
             baseline_ = ReadProc(pid_);
           }
         }
-        if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version())) return 200;
+        if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version()))
+          return 200;
         Submit(agent, stub, deltas_[static_cast<size_t>(index) % deltas_.size()], task.round(),
                task.global_version(), true);
         return 0;
       }
       case v1::TASK_KIND_EVALUATE: {
-        if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version())) return 200;
+        if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version()))
+          return 200;
         grpc::ClientContext mctx;
         v1::MetricsReport report;
         *report.mutable_header() = Header(agent);
@@ -577,10 +580,10 @@ class Bench {
   std::mutex mu_;
   std::condition_variable cv_;
   std::priority_queue<Due, std::vector<Due>, Later> queue_;  // guarded by mu_
-  int remaining_ = 0;                                         // guarded by mu_
-  std::optional<SteadyClock::time_point> first_train_;        // guarded by mu_
-  bool failed_ = false;                                       // guarded by mu_
-  std::string error_;                                         // guarded by mu_
+  int remaining_ = 0;                                        // guarded by mu_
+  std::optional<SteadyClock::time_point> first_train_;       // guarded by mu_
+  bool failed_ = false;                                      // guarded by mu_
+  std::string error_;                                        // guarded by mu_
   ProcStats baseline_;
   std::atomic<uint64_t> updates_{0}, rejected_{0}, rpc_errors_{0};
 };
@@ -604,7 +607,8 @@ int main(int argc, char** argv) {
   app.add_option("--values", values, "trainable values per update")->capture_default_str();
   int memory_agents = 200;
   int64_t memory_values = 4'000'000;
-  app.add_option("--memory-agents", memory_agents, "agents of the in-process streaming-memory check (0: skip)")
+  app.add_option("--memory-agents", memory_agents,
+                 "agents of the in-process streaming-memory check (0: skip)")
       ->capture_default_str();
   app.add_option("--memory-values", memory_values, "model values of the streaming-memory check")
       ->capture_default_str();
@@ -614,8 +618,9 @@ int main(int argc, char** argv) {
   // First, while this process has no gRPC threads (it forks).
   if (memory_agents > 0) {
     const double model_kib = static_cast<double>(memory_values) * 4 / 1024.0;
-    std::printf("streaming-memory check: %lld values = %.1f MiB fp32 model, int8 updates, in-process handler\n",
-                static_cast<long long>(memory_values), model_kib / 1024.0);
+    std::printf(
+        "streaming-memory check: %lld values = %.1f MiB fp32 model, int8 updates, in-process handler\n",
+        static_cast<long long>(memory_values), model_kib / 1024.0);
     std::vector<MemoryCheck> checks;
     for (int n : {std::max(1, memory_agents / 10), memory_agents}) {
       MemoryCheck m = RunMemoryCheck(n, memory_values);
@@ -630,7 +635,8 @@ int main(int argc, char** argv) {
           static_cast<double>(m.peak_kib - m.baseline_kib) / model_kib, n);
       checks.push_back(m);
     }
-    const double growth = static_cast<double>(checks.back().peak_kib - checks.back().baseline_kib) / model_kib;
+    const double growth =
+        static_cast<double>(checks.back().peak_kib - checks.back().baseline_kib) / model_kib;
     constexpr double kBoundModels = 3.0;
     std::printf("  bound: peak growth <= %.0f model sizes whatever the agent count: %s\n", kBoundModels,
                 growth <= kBoundModels ? "holds" : "VIOLATED");
@@ -666,13 +672,14 @@ int main(int argc, char** argv) {
         "errors; aggregator CPU %.2f s = %.2f ms per update; RSS after init %.1f MiB, peak (VmHWM) %.1f MiB, "
         "growth %.1f MiB = %.1fx the fp32 model\n",
         n, r.rounds, r.seconds, rpm, static_cast<unsigned long long>(r.updates),
-        static_cast<unsigned long long>(r.rejected), static_cast<unsigned long long>(r.rpc_errors), r.cpu_seconds,
-        r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0, r.baseline_rss_kib / 1024.0,
-        r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
+        static_cast<unsigned long long>(r.rejected), static_cast<unsigned long long>(r.rpc_errors),
+        r.cpu_seconds, r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0,
+        r.baseline_rss_kib / 1024.0, r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
         (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()));
     results.push_back(r);
   }
-  std::printf("load average at the end: %.1f (aggregator and load generator share the machine)\n", LoadAverage());
+  std::printf("load average at the end: %.1f (aggregator and load generator share the machine)\n",
+              LoadAverage());
   if (results.size() >= 2) {
     const RunResult& a = results.front();
     const RunResult& b = results.back();

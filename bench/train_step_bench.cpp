@@ -70,10 +70,12 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
-      std::printf("usage: %s [--model-dir DIR] [--iters N]\n"
-                  "LoRA training-step and forward time of MiniLM vs this machine's GEMM rate.\n"
-                  "DIR defaults to $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2; without it\n"
-                  "the MiniLM shape is benchmarked with random weights (same cost).\n", argv[0]);
+      std::printf(
+          "usage: %s [--model-dir DIR] [--iters N]\n"
+          "LoRA training-step and forward time of MiniLM vs this machine's GEMM rate.\n"
+          "DIR defaults to $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2; without it\n"
+          "the MiniLM shape is benchmarked with random weights (same cost).\n",
+          argv[0]);
       return 0;
     }
     if (arg == "--version") {
@@ -123,15 +125,17 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t num_labels = 25;
-  torch::Tensor head_w = (torch::randn({num_labels, options.hidden_size}, gen) * 0.02).set_requires_grad(true);
+  torch::Tensor head_w =
+      (torch::randn({num_labels, options.hidden_size}, gen) * 0.02).set_requires_grad(true);
   torch::Tensor head_b = torch::zeros({num_labels}).set_requires_grad(true);
   params.push_back(head_w);
   params.push_back(head_b);
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(1e-3).weight_decay(0.01));
 
-  std::printf("fedge_bench_train_step: %s, L=%lld H=%lld, LoRA r=8 on query+value, %d timed iterations (median)\n",
-              have_model ? model_dir.c_str() : "random weights (model not found)",
-              static_cast<long long>(options.num_hidden_layers), static_cast<long long>(options.hidden_size), iters);
+  std::printf(
+      "fedge_bench_train_step: %s, L=%lld H=%lld, LoRA r=8 on query+value, %d timed iterations (median)\n",
+      have_model ? model_dir.c_str() : "random weights (model not found)",
+      static_cast<long long>(options.num_hidden_layers), static_cast<long long>(options.hidden_size), iters);
   std::printf("%-7s %-7s %10s %12s %10s %12s %12s %10s\n", "threads", "batch", "gemm_GF/s", "forward_ms",
               "fwd_GF/s", "train_ms", "train_GF/s", "train/gemm");
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{16, 32}, {32, 64}};
@@ -160,12 +164,14 @@ int main(int argc, char** argv) {
       const double fwd_flops = ForwardFlops(options, batch, seq);
       const double train_gflops = 2 * fwd_flops / train_s / 1e9;
       char shape[32];
-      std::snprintf(shape, sizeof(shape), "%lldx%lld", static_cast<long long>(batch), static_cast<long long>(seq));
+      std::snprintf(shape, sizeof(shape), "%lldx%lld", static_cast<long long>(batch),
+                    static_cast<long long>(seq));
       std::printf("%-7d %-7s %10.1f %12.1f %10.1f %12.1f %12.1f %10.2f\n", threads, shape, gemm, fwd_s * 1e3,
                   fwd_flops / fwd_s / 1e9, train_s * 1e3, train_gflops, train_gflops / gemm);
     }
     if (gemm < 20) {
-      std::printf("warning: %.1f GFLOP/s GEMM looks like reference BLAS; install libopenblas0-openmp\n", gemm);
+      std::printf("warning: %.1f GFLOP/s GEMM looks like reference BLAS; install libopenblas0-openmp\n",
+                  gemm);
     }
   }
   return 0;

@@ -1,17 +1,17 @@
 // fedge-operator: reconciles FederatedTrainingJobs (default command), or runs inside the
 // aggregator pod as its status reporter (`report-status`). Wiring only: flags, signals,
 // construct, run.
-#include <chrono>
 #include <signal.h>
 #include <unistd.h>
+#include <chrono>
 
 #include <condition_variable>
 #include <iostream>
 #include <mutex>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <prometheus/registry.h>
+#include <CLI/CLI.hpp>
 
 #include "fedge/http_server.h"
 #include "fedge/log.h"
@@ -70,12 +70,16 @@ int main(int argc, char** argv) {
   op::Images images = op::DefaultImages();
   std::string job_key, agg_http = "127.0.0.1:9090", sa_dir = op::kServiceAccountDir;
 
-  CLI::App app{"fedge-operator: reconciles FederatedTrainingJobs (fedge.io/v1alpha1) into a per-job\n"
-               "aggregator and one agent pod per matching edge node"};
-  app.add_option("--kubeconfig", kubeconfig, "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
+  CLI::App app{
+      "fedge-operator: reconciles FederatedTrainingJobs (fedge.io/v1alpha1) into a per-job\n"
+      "aggregator and one agent pod per matching edge node"};
+  app.add_option("--kubeconfig", kubeconfig,
+                 "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
   app.add_option("--namespace", ns, "watch only this namespace (default: all)");
-  app.add_flag("--leader-elect", leader_elect, "elect one active replica through a coordination.k8s.io Lease");
-  app.add_option("--leader-election-namespace", lease_ns, "namespace of the Lease (default: the config's namespace)");
+  app.add_flag("--leader-elect", leader_elect,
+               "elect one active replica through a coordination.k8s.io Lease");
+  app.add_option("--leader-election-namespace", lease_ns,
+                 "namespace of the Lease (default: the config's namespace)");
   app.add_option("--leader-election-id", lease_name, "name of the Lease")->capture_default_str();
   app.add_option("--leader-elect-lease-duration", lease_duration_s,
                  "seconds a standby waits after the Lease last changed before taking over")
@@ -86,18 +90,23 @@ int main(int argc, char** argv) {
   app.add_option("--leader-elect-retry-period", retry_period_s, "seconds between acquire/renew attempts")
       ->capture_default_str();
   app.add_option("--http", http_addr, "address for /healthz, /readyz and /metrics")->capture_default_str();
-  app.add_option("--workers", workers, "concurrent reconciles (never two for one job)")->capture_default_str();
-  app.add_option("--aggregator-image", images.aggregator, "image of the aggregator container")->capture_default_str();
+  app.add_option("--workers", workers, "concurrent reconciles (never two for one job)")
+      ->capture_default_str();
+  app.add_option("--aggregator-image", images.aggregator, "image of the aggregator container")
+      ->capture_default_str();
   app.add_option("--agent-image", images.agent, "image of the agent containers")->capture_default_str();
-  app.add_option("--reporter-image", images.reporter, "image of the status-reporter container")->capture_default_str();
+  app.add_option("--reporter-image", images.reporter, "image of the status-reporter container")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
   app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
   app.add_flag("--version", show_version, "print the version and exit");
-  CLI::App* report = app.add_subcommand("report-status",
+  CLI::App* report = app.add_subcommand(
+      "report-status",
       "run beside the aggregator: apply its progress to the job's status (field manager fedge-aggregator)");
   report->add_option("--job", job_key, "namespace/name of the job")->required();
   report->add_option("--aggregator-http", agg_http, "the aggregator's HTTP address")->capture_default_str();
-  report->add_option("--service-account-dir", sa_dir, "service-account token, CA and namespace")->capture_default_str();
+  report->add_option("--service-account-dir", sa_dir, "service-account token, CA and namespace")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (!(retry_period_s > 0 && retry_period_s < renew_deadline_s && renew_deadline_s < lease_duration_s)) {
     // The rule client-go enforces: otherwise a slow leader could still act after a standby took over.
@@ -155,15 +164,18 @@ int main(int argc, char** argv) {
   http.Handle("GET", "/healthz", [](const HttpRequest&) { return HttpResponse::Text(200, "ok\n"); });
   http.Handle("GET", "/readyz", [&](const HttpRequest&) {
     if (!leading.load()) return HttpResponse::Text(200, "standby\n");  // healthy, not leading
-    return controller.Synced() ? HttpResponse::Text(200, "ok\n") : HttpResponse::Text(503, "caches not synced\n");
+    return controller.Synced() ? HttpResponse::Text(200, "ok\n")
+                               : HttpResponse::Text(503, "caches not synced\n");
   });
   http.HandleMetrics(registry);
   if (Status s = http.Start(); !s.ok()) {
     log::Error("http server failed", {{"error", s.ToString()}});
     return 1;
   }
-  log::Info("operator starting", {{"version", fedge::Version()}, {"server", cfg->server},
-                                  {"namespace", ns.empty() ? "*" : ns}, {"http", http.address()},
+  log::Info("operator starting", {{"version", fedge::Version()},
+                                  {"server", cfg->server},
+                                  {"namespace", ns.empty() ? "*" : ns},
+                                  {"http", http.address()},
                                   {"leader_elect", leader_elect}});
 
   std::unique_ptr<op::LeaderElector> elector;
@@ -187,13 +199,17 @@ int main(int argc, char** argv) {
 
     elector = std::make_unique<op::LeaderElector>(&client, lo);
     election = std::thread([&] {
-      elector->Run([&] { leading = true; start_controller(); },
-                   [&] {
-                     leading = false;
-                     // Lost (not released on shutdown): exit so a fresh process re-elects
-                     // with empty caches, as controller-runtime does.
-                     if (!g_stop.load()) RequestStop(1);
-                   });
+      elector->Run(
+          [&] {
+            leading = true;
+            start_controller();
+          },
+          [&] {
+            leading = false;
+            // Lost (not released on shutdown): exit so a fresh process re-elects
+            // with empty caches, as controller-runtime does.
+            if (!g_stop.load()) RequestStop(1);
+          });
     });
   } else {
     start_controller();

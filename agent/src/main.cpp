@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", flags.tls_key, "PEM private key of --tls-cert");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
-  app.set_version_flag("--version", std::string("fedge-agent ") + fedge::Version() + " (" + fedge::GitRev() + ")");
+  app.set_version_flag("--version",
+                       std::string("fedge-agent ") + fedge::Version() + " (" + fedge::GitRev() + ")");
   CLI11_PARSE(app, argc, argv);
 
   fedge::log::Level level;

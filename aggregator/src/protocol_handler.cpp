@@ -150,7 +150,7 @@ Status ProtocolHandler::BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUp
     // Counted like content rejections: a flood of uploads from strangers shows.
     if (s.code() == StatusCode::kUnauthenticated && metrics_) {
       metrics_->UpdateRejected(engine_->IsJoined(header.header().agent_id()) ? "unknown_session"
-                                                                              : "unknown_agent");
+                                                                             : "unknown_agent");
     }
     return s;
   }
@@ -223,8 +223,8 @@ namespace {
 
 // Fields that identify the bytes of an upload: a resume must repeat them.
 bool SameUpload(const v1::UpdateHeader& a, const v1::UpdateHeader& b) {
-  return a.round() == b.round() && a.base_version() == b.base_version() && a.total_bytes() == b.total_bytes() &&
-         a.checksum() == b.checksum() && a.is_delta() == b.is_delta();
+  return a.round() == b.round() && a.base_version() == b.base_version() &&
+         a.total_bytes() == b.total_bytes() && a.checksum() == b.checksum() && a.is_delta() == b.is_delta();
 }
 
 }  // namespace
@@ -241,11 +241,10 @@ void ProtocolHandler::DropClosedUploadsLocked() {
   for (auto it = uploads_.begin(); it != uploads_.end();) {
     const PartialUpload& p = *it->second;
     if (!p.in_use && !engine_->AcceptsUpdatesFor(p.header.round())) {
-      log::Info("partial upload dropped: its round closed",
-                {{"agent", p.header.header().agent_id()},
-                 {"upload_id", p.header.upload_id()},
-                 {"round", p.header.round()},
-                 {"received_bytes", p.received.load()}});
+      log::Info("partial upload dropped: its round closed", {{"agent", p.header.header().agent_id()},
+                                                             {"upload_id", p.header.upload_id()},
+                                                             {"round", p.header.round()},
+                                                             {"received_bytes", p.received.load()}});
       upload_bytes_ -= p.header.total_bytes();
       it = uploads_.erase(it);
     } else {
@@ -286,8 +285,9 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
   const uint64_t total = header.total_bytes();
   if (header.upload_id().empty()) {
     if (header.offset() != 0) {
-      *rejection = Reject(header, "bad_request", "offset " + std::to_string(header.offset()) +
-                                                     " without an upload_id: only named uploads resume");
+      *rejection = Reject(
+          header, "bad_request",
+          "offset " + std::to_string(header.offset()) + " without an upload_id: only named uploads resume");
       *rejected = true;
       return OkStatus();
     }
@@ -347,10 +347,11 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
   stream->partial->key = key;
   stream->partial->header = header;
   if (!engine_->AcceptsUpdatesFor(header.round())) return OkStatus();  // the engine will say why
-  if (options_.max_partial_bytes == 0) return OkStatus();  // resumption disabled
+  if (options_.max_partial_bytes == 0) return OkStatus();              // resumption disabled
   // One partial per agent: a new upload supersedes the agent's older ones.
   const std::string prefix = header.header().agent_id() + "\n";
-  for (auto j = uploads_.lower_bound(prefix); j != uploads_.end() && j->first.compare(0, prefix.size(), prefix) == 0;) {
+  for (auto j = uploads_.lower_bound(prefix);
+       j != uploads_.end() && j->first.compare(0, prefix.size(), prefix) == 0;) {
     if (j->second->in_use) {
       ++j;
       continue;
@@ -362,7 +363,8 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
   while (upload_bytes_ + total > options_.max_partial_bytes) {
     auto victim = uploads_.end();
     for (auto j = uploads_.begin(); j != uploads_.end(); ++j) {
-      if (!j->second->in_use && (victim == uploads_.end() || j->second->last_used < victim->second->last_used)) {
+      if (!j->second->in_use &&
+          (victim == uploads_.end() || j->second->last_used < victim->second->last_used)) {
         victim = j;
       }
     }

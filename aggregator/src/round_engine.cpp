@@ -249,8 +249,8 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   t.config = options_.train;
   if (phase_ == Phase::kTrain && options_.async) {
     if (agent.last_base_version >= global_->version) {
-      return WaitTask("your update on global version " + std::to_string(global_->version) +
-                      " is buffered (" + std::to_string(train_.answered.size()) + " of " +
+      return WaitTask("your update on global version " + std::to_string(global_->version) + " is buffered (" +
+                      std::to_string(train_.answered.size()) + " of " +
                       std::to_string(options_.async_buffer_size) + "); wait for the next version");
     }
     t.kind = TaskKind::kTrain;
@@ -299,9 +299,9 @@ UpdateVerdict RoundEngine::ValidateLocked(const UpdateMeta& meta, const TensorBu
                         "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
   }
   if (Status s = CheckSameLayout(global_->bundle, bundle); !s.ok()) {
-    return RejectLocked(meta, "layout",
-                        "update layout differs from global version " + std::to_string(global_->version) +
-                            ": " + s.message());
+    return RejectLocked(
+        meta, "layout",
+        "update layout differs from global version " + std::to_string(global_->version) + ": " + s.message());
   }
   if (Status s = CheckFinite(bundle); !s.ok()) return RejectLocked(meta, "non_finite", s.message());
   if (Status s = CheckNormBound(L2Norm(bundle), options_.strategy.maxUpdateNorm); !s.ok()) {
@@ -317,9 +317,9 @@ UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle&
     if (strategy_->NeedsAllUpdates() && strategy_->MaxUpdates() > 0 &&
         strategy_->count() >= strategy_->MaxUpdates()) {
       return RejectLocked(meta, "capacity",
-                          "strategy " + std::string(strategy_->name()) + " holds every update and already has " +
-                              std::to_string(strategy_->count()) + " for round " + std::to_string(round_) +
-                              " (spec.strategy.maxBufferedUpdates)");
+                          "strategy " + std::string(strategy_->name()) +
+                              " holds every update and already has " + std::to_string(strategy_->count()) +
+                              " for round " + std::to_string(round_) + " (spec.strategy.maxBufferedUpdates)");
     }
     if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) {
       return RejectLocked(meta, "invalid", s.message());
@@ -381,17 +381,18 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
                             ": this update arrived late; ask for a task");
   }
   if (meta.round > round_ || phase_ != Phase::kTrain) {
-    return RejectLocked(meta, "round_not_open",
-                        "round " + r + " has not started (next round is " + std::to_string(round_) +
-                            "); ask for a task");
+    return RejectLocked(
+        meta, "round_not_open",
+        "round " + r + " has not started (next round is " + std::to_string(round_) + "); ask for a task");
   }
   if (!train_.invited.count(meta.agent_id)) {
     return RejectLocked(meta, "not_participant",
                         "agent " + meta.agent_id + " is not a participant of round " + r);
   }
   if (train_.answered.count(meta.agent_id)) {
-    return RejectLocked(meta, "duplicate",
-                        "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
+    return RejectLocked(
+        meta, "duplicate",
+        "an update from agent " + meta.agent_id + " for round " + r + " was already accepted");
   }
   if (meta.base_version != global_->version) {
     return RejectLocked(meta, "stale_base",
@@ -426,9 +427,9 @@ UpdateVerdict RoundEngine::SubmitAsyncLocked(const UpdateMeta& meta, const Tenso
     return RejectLocked(meta, "round_not_open", "no round is open (" + message_ + "); ask for a task");
   }
   if (meta.round > round_) {
-    return RejectLocked(meta, "round_not_open",
-                        "round " + r + " has not started (the open round is " + std::to_string(round_) +
-                            "); ask for a task");
+    return RejectLocked(
+        meta, "round_not_open",
+        "round " + r + " has not started (the open round is " + std::to_string(round_) + "); ask for a task");
   }
   if (meta.base_version < 1 || meta.base_version > global_->version) {
     return RejectLocked(meta, "stale_base",
@@ -761,9 +762,9 @@ void RoundEngine::StartAsyncLocked(int64_t now) {
   phase_ = Phase::kTrain;
   message_ = "round " + std::to_string(round_) + " (async): buffering " +
              std::to_string(options_.async_buffer_size) + " updates";
-  log::Info("async round started", {{"round", round_},
-                                    {"global_version", global_->version},
-                                    {"buffer_size", options_.async_buffer_size}});
+  log::Info(
+      "async round started",
+      {{"round", round_}, {"global_version", global_->version}, {"buffer_size", options_.async_buffer_size}});
 }
 
 void RoundEngine::StartTrainLocked(int64_t now) {
@@ -824,12 +825,13 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
   current_.global_version = global_->version;
   if (options_.async) {
     current_.invited = current_.participants;
-    log::Info("async round aggregated",
-              {{"round", round_},
-               {"updates", current_.participants},
-               {"reason", reason},
-               {"mean_staleness", current_.participants > 0 ? train_.staleness_sum / current_.participants : 0.0},
-               {"global_version", global_->version}});
+    log::Info(
+        "async round aggregated",
+        {{"round", round_},
+         {"updates", current_.participants},
+         {"reason", reason},
+         {"mean_staleness", current_.participants > 0 ? train_.staleness_sum / current_.participants : 0.0},
+         {"global_version", global_->version}});
     if (round_ < options_.total_rounds) {
       // Only the final version is evaluated: a blocking evaluation per
       // version would make the asynchronous mode synchronous again.

@@ -205,8 +205,9 @@ Status AggregatorServer::Start() {
   });
   log::Info("aggregator serving", {{"job", engine_->options().job},
                                    {"grpc_port", grpc_port_},
-                                   {"tls", options_.tls_cert_pem.empty() ? "off"
-                                           : options_.tls_client_ca_pem.empty() ? "server" : "mutual"},
+                                   {"tls", options_.tls_cert_pem.empty()        ? "off"
+                                           : options_.tls_client_ca_pem.empty() ? "server"
+                                                                                : "mutual"},
                                    {"http_port", http_port()},
                                    {"expected_agents", engine_->options().expected_agents},
                                    {"rounds", engine_->options().total_rounds}});

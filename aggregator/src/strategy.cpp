@@ -433,7 +433,8 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& 
   return MakeStrategy(spec, AdapterSpec{});
 }
 
-StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec, const AdapterSpec& adapter) {
+StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec,
+                                                            const AdapterSpec& adapter) {
   FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<AggregationStrategy> inner, MakeInner(spec));
   FEDGE_ASSIGN_OR_RETURN(inner, WrapForLora(std::move(inner), spec, adapter));
   if (spec.clipNorm < 0 || spec.maxUpdateNorm < 0) {

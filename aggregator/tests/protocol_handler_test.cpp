@@ -475,7 +475,8 @@ std::string PatchValue(std::string enc, float from, float to) {
   if (at == std::string::npos || at + 4 > enc.size() - 32) return "";
   std::memcpy(enc.data() + at, t, 4);
   const std::string hex = Sha256Hex(std::string_view(enc).substr(0, enc.size() - 32));
-  for (size_t i = 0; i < 32; ++i) enc[enc.size() - 32 + i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  for (size_t i = 0; i < 32; ++i)
+    enc[enc.size() - 32 + i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
   return enc;
 }
 
@@ -517,17 +518,22 @@ TEST_F(ProtocolHandlerTest, HostileUpdatesAreRejectedCountedAndLeaveTheGlobalUnc
   const std::vector<HostileCase> cases = {
       {"wrong tensor name", "layout", "layout",
        [](auto& h, auto& d, auto& n) {
-         Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}, NamedTensor{"evil", {1, 2}, {1, 1}}}});
+         Reencode(h, d, n,
+                  TensorBundle{{NamedTensor{"a", {2}, {1, 1}}, NamedTensor{"evil", {1, 2}, {1, 1}}}});
        }},
       {"wrong shape", "layout", "layout",
        [](auto& h, auto& d, auto& n) {
          Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}, NamedTensor{"b", {2, 1}, {1, 1}}}});
        }},
       {"missing tensor", "layout", "layout",
-       [](auto& h, auto& d, auto& n) { Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}}}); }},
+       [](auto& h, auto& d, auto& n) {
+         Reencode(h, d, n, TensorBundle{{NamedTensor{"a", {2}, {1, 1}}}});
+       }},
       // The decoder refuses non-finite values before the engine sees them.
       {"NaN", "decode", "not finite",
-       [](auto& h, auto& d, auto& n) { SetData(h, d, n, PatchValue(EncodeFp32(SmallBundle(1, 7.5f, 1, 1)), 7.5f, NAN)); }},
+       [](auto& h, auto& d, auto& n) {
+         SetData(h, d, n, PatchValue(EncodeFp32(SmallBundle(1, 7.5f, 1, 1)), 7.5f, NAN));
+       }},
       {"Inf", "decode", "not finite",
        [](auto& h, auto& d, auto& n) {
          SetData(h, d, n, PatchValue(EncodeFp32(SmallBundle(1, 1, 7.5f, 1)), 7.5f, -INFINITY));
@@ -535,7 +541,8 @@ TEST_F(ProtocolHandlerTest, HostileUpdatesAreRejectedCountedAndLeaveTheGlobalUnc
       {"norm beyond the bound", "norm_bound", "exceeds bound",
        [](auto& h, auto& d, auto& n) { Reencode(h, d, n, SmallBundle(100, 0, 0, 0)); }},
       {"truncated stream", "size_mismatch", "cut short", [](auto&, auto& d, auto& n) { n = d.size() / 2; }},
-      {"corrupted in transit", "checksum", "checksum", [](auto&, auto& d, auto&) { d[d.size() / 2] ^= 0x20; }},
+      {"corrupted in transit", "checksum", "checksum",
+       [](auto&, auto& d, auto&) { d[d.size() / 2] ^= 0x20; }},
       {"not a bundle", "decode", "decode",
        [](auto& h, auto& d, auto& n) {
          d = std::string(64, '\x01');
@@ -543,7 +550,8 @@ TEST_F(ProtocolHandlerTest, HostileUpdatesAreRejectedCountedAndLeaveTheGlobalUnc
          h.set_total_bytes(d.size());
          h.set_checksum(Sha256Hex(d));
        }},
-      {"stale base version", "stale_base", "stale base", [](auto& h, auto&, auto&) { h.set_base_version(1); }},
+      {"stale base version", "stale_base", "stale base",
+       [](auto& h, auto&, auto&) { h.set_base_version(1); }},
       {"future round", "round_not_open", "has not started", [](auto& h, auto&, auto&) { h.set_round(3); }},
       {"replay of an old round", "replay", "replay",
        [&](auto& h, auto& d, auto& n) {
@@ -558,7 +566,8 @@ TEST_F(ProtocolHandlerTest, HostileUpdatesAreRejectedCountedAndLeaveTheGlobalUnc
        },
        StatusCode::kUnauthenticated},
       {"unknown session", "unknown_session", "rejoin",
-       [](auto& h, auto&, auto&) { h.mutable_header()->set_session("forged"); }, StatusCode::kUnauthenticated},
+       [](auto& h, auto&, auto&) { h.mutable_header()->set_session("forged"); },
+       StatusCode::kUnauthenticated},
   };
 
   auto global_before = engine_->Global(0);

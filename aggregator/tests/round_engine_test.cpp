@@ -476,7 +476,7 @@ TEST_F(RoundEngineTest, RestoreOfFinishedJobIsSucceeded) {
 
 TEST_F(RoundEngineTest, OverSelectionClosesAtTargetAndLaterUploadsAreLate) {
   EngineOptions o = Options(1, 5);
-  o.fraction = 0.4;         // target = ceil(5 x 0.4) = 2
+  o.fraction = 0.4;        // target = ceil(5 x 0.4) = 2
   o.over_selection = 2.0;  // invite 4
   Make(o);
   JoinAll({"a", "b", "c", "d", "e"});
@@ -510,7 +510,7 @@ TEST_F(RoundEngineTest, OverSelectionClosesAtTargetAndLaterUploadsAreLate) {
 
 TEST_F(RoundEngineTest, OverSelectionDeadlineNeedsOnlyTheTarget) {
   EngineOptions o = Options(1, 4);
-  o.fraction = 0.5;  // target 2
+  o.fraction = 0.5;        // target 2
   o.over_selection = 1.5;  // invite 3
   Make(o);
   JoinAll({"a", "b", "c", "d"});

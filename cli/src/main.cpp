@@ -72,9 +72,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   wordnet
-      ->add_option("--task", wn.task,
-                   "classification: {\"text\",\"label\"} lines; gloss: {\"prompt\": \"lemma:\", "
-                   "\"completion\": \" definition\"} lines for causal-LM jobs (deploy/examples/generative.yaml)")
+      ->add_option(
+          "--task", wn.task,
+          "classification: {\"text\",\"label\"} lines; gloss: {\"prompt\": \"lemma:\", "
+          "\"completion\": \" definition\"} lines for causal-LM jobs (deploy/examples/generative.yaml)")
       ->capture_default_str()
       ->check(CLI::IsMember({"classification", "gloss"}));
   wordnet->add_option("--max-train", wn.max_train, "cap on training examples (0: all)")

@@ -509,8 +509,9 @@ int ServeUntilSignalled(const RunPlan& plan, Supervisor& sup, SignalScope& signa
   std::cout << "\nserving the final global model until Ctrl-C (SIGINT/SIGTERM):\n";
   for (int i = 0; i < plan.agents; ++i) {
     std::cout << "  " << AgentId(plan, i) << "  http://" << plan.host << ":" << AgentHttpPort(plan, i)
-              << (plan.spec.model.family == "llama" ? "  (POST /v1/completions, POST /v1/chat/completions, GET /metrics)\n"
-                                                    : "  (POST /v1/classify, POST /v1/embeddings, GET /metrics)\n");
+              << (plan.spec.model.family == "llama"
+                      ? "  (POST /v1/completions, POST /v1/chat/completions, GET /metrics)\n"
+                      : "  (POST /v1/classify, POST /v1/embeddings, GET /metrics)\n");
   }
   std::cout << "  aggregator  http://" << plan.host << ":" << plan.http_port << "/v1/status\n" << std::flush;
   for (;;) {
@@ -743,8 +744,7 @@ int RunJob(const RunOptions& o) {
   std::snprintf(line, sizeof(line), "\njob %s succeeded in %.1f s\n", spec.Key().c_str(),
                 summary.wall_seconds);
   std::cout << line;
-  const std::optional<double> final_loss =
-      summary.rounds.empty() ? std::nullopt : summary.rounds.back().loss;
+  const std::optional<double> final_loss = summary.rounds.empty() ? std::nullopt : summary.rounds.back().loss;
   if (!summary.final_accuracy && final_loss) {
     // Causal-LM job: no accuracy to compare with baselines.
     std::cout << "  final held-out loss " << Fixed(final_loss, "%.4f") << "\n"

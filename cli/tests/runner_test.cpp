@@ -1,11 +1,11 @@
 #include "fedge/cli/runner.h"
 
-#include <algorithm>
 #include <gtest/gtest.h>
+#include <algorithm>
 
-#include <cmath>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <cmath>
 
 #include <csignal>
 #include <cstdlib>
@@ -315,8 +315,9 @@ TEST(JobStatusTest, FormatsRoundLinePerAgent) {
             "round 2/5  participants 3  loss -  accuracy -  up 100 B/agent  down 200 B/agent  1.0 s");
   RoundStatus lm = s->rounds[1];  // a causal-LM round: loss, no accuracy
   lm.loss = std::log(20.0);
-  EXPECT_EQ(FormatRoundLine(lm, 5),
-            "round 2/5  participants 3  loss 2.996  perplexity 20.00  up 100 B/agent  down 200 B/agent  1.0 s");
+  EXPECT_EQ(
+      FormatRoundLine(lm, 5),
+      "round 2/5  participants 3  loss 2.996  perplexity 20.00  up 100 B/agent  down 200 B/agent  1.0 s");
   EXPECT_EQ(FormatStatusLine(*s, 42.0), "[  42.0 s] Running: round 3/5, train; 4 agents joined");
   JobStatus waiting;
   waiting.state = "WaitingForAgents";

@@ -51,8 +51,8 @@ ErrorFeedback::Compensated ErrorFeedback::Compensate(const TensorBundle& delta) 
   Compensated out{delta, OkStatus()};
   if (!has_residual()) return out;
   if (Status s = SameLayout(residual_, delta); !s.ok()) {
-    out.residual_status = FailedPreconditionError("error feedback: residual discarded, it does not fit the update: " +
-                                                  std::string(s.message()));
+    out.residual_status = FailedPreconditionError(
+        "error feedback: residual discarded, it does not fit the update: " + std::string(s.message()));
     log::Warn("error feedback residual discarded", {{"reason", s.message()}});
     Reset();
     return out;
@@ -100,7 +100,8 @@ StatusOr<std::string> ErrorFeedback::Encode(const TensorBundle& delta, const Enc
   DecodeLimits limits;
   limits.max_total_elements = std::max<uint64_t>(limits.max_total_elements, c.bundle.NumElements());
   auto sent = DecodeBundle(*payload, limits);
-  if (!sent.ok()) return InternalError("error feedback: own payload does not decode: " + sent.status().ToString());
+  if (!sent.ok())
+    return InternalError("error feedback: own payload does not decode: " + sent.status().ToString());
   FEDGE_RETURN_IF_ERROR(Update(*sent, c.bundle));  // remembers the (kept) residual for Rollback
   return payload;
 }
@@ -122,7 +123,8 @@ double ErrorFeedback::ResidualNorm() const {
 
 Status ErrorFeedback::Save(const std::string& path) const {
   FEDGE_ASSIGN_OR_RETURN(std::string digest, Digest(residual_));
-  const std::map<std::string, std::string> metadata = {{"format", kFormat}, {"version", kVersion}, {"sha256", digest}};
+  const std::map<std::string, std::string> metadata = {
+      {"format", kFormat}, {"version", kVersion}, {"sha256", digest}};
   Status s = WriteSafetensorsFile(path, residual_, metadata);
   return s.ok() ? s : s.WithContext("error feedback: saving the residual");
 }
@@ -145,12 +147,14 @@ Status ErrorFeedback::Load(const std::string& path) {
   if (field("format") != kFormat) {
     return Corrupted(path, "not an error-feedback residual (metadata format is \"" + field("format") + "\")");
   }
-  if (field("version") != kVersion) return Corrupted(path, "unknown residual version \"" + field("version") + "\"");
+  if (field("version") != kVersion)
+    return Corrupted(path, "unknown residual version \"" + field("version") + "\"");
   auto bundle = SafetensorsToBundle(*file);
   if (!bundle.ok()) return Corrupted(path, std::string(bundle.status().message()));
   auto digest = Digest(*bundle);
   if (!digest.ok()) return Corrupted(path, std::string(digest.status().message()));
-  if (*digest != field("sha256")) return Corrupted(path, "checksum mismatch (the tensors were modified or damaged)");
+  if (*digest != field("sha256"))
+    return Corrupted(path, "checksum mismatch (the tensors were modified or damaged)");
   for (const NamedTensor& t : bundle->tensors) {
     for (size_t i = 0; i < t.values.size(); ++i) {
       if (!std::isfinite(t.values[i])) {

@@ -25,13 +25,17 @@ void Step(const char* step) {
 Status ErrnoError(const std::string& what, const std::string& path, int err) {
   std::string msg = what + " " + path + ": " + std::strerror(err);
   switch (err) {
-    case ENOENT: return NotFoundError(std::move(msg));
+    case ENOENT:
+      return NotFoundError(std::move(msg));
     case EACCES:
     case EPERM:
-    case EROFS: return PermissionDeniedError(std::move(msg));
+    case EROFS:
+      return PermissionDeniedError(std::move(msg));
     case ENOSPC:
-    case EDQUOT: return ResourceExhaustedError(std::move(msg));
-    default: return InternalError(std::move(msg));
+    case EDQUOT:
+      return ResourceExhaustedError(std::move(msg));
+    default:
+      return InternalError(std::move(msg));
   }
 }
 
@@ -91,7 +95,8 @@ StatusOr<std::string> ReadFile(const std::string& path) {
 }
 
 Status WriteFileAtomic(const std::string& path, std::string_view bytes) {
-  if (path.empty() || path.back() == '/') return InvalidArgumentError("WriteFileAtomic: bad path \"" + path + "\"");
+  if (path.empty() || path.back() == '/')
+    return InvalidArgumentError("WriteFileAtomic: bad path \"" + path + "\"");
   // pid and thread id keep concurrent writers apart; O_TRUNC (not O_EXCL) lets
   // a later process with a recycled pid reuse a temp file a crash left behind.
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." +
@@ -107,7 +112,8 @@ Status WriteFileAtomic(const std::string& path, std::string_view bytes) {
     ::unlink(tmp.c_str());
     return ErrnoError(what, tmp, err);
   };
-  if (::fchmod(fd.get(), mode) != 0) return fail("cannot chmod", errno);  // umask must not narrow an existing mode
+  if (::fchmod(fd.get(), mode) != 0)
+    return fail("cannot chmod", errno);  // umask must not narrow an existing mode
   constexpr size_t kChunk = 1 << 20;
   size_t done = 0;
   while (done < bytes.size()) {
@@ -148,10 +154,13 @@ Status MakeDirs(const std::string& path) {
       if (slash == std::string::npos) break;
       continue;
     }
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) return ErrnoError("cannot create directory", prefix, errno);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST)
+      return ErrnoError("cannot create directory", prefix, errno);
     struct stat st;
     if (::stat(prefix.c_str(), &st) != 0) return ErrnoError("cannot stat", prefix, errno);
-    if (!S_ISDIR(st.st_mode)) return FailedPreconditionError("cannot create directory " + path + ": " + prefix + " is not a directory");
+    if (!S_ISDIR(st.st_mode))
+      return FailedPreconditionError("cannot create directory " + path + ": " + prefix +
+                                     " is not a directory");
     if (slash == std::string::npos) break;
   }
   return OkStatus();

@@ -12,9 +12,9 @@ inline uint16_t FloatToHalf(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7FFFFFFFu;
-  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
+  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);   // NaN
   if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // >= 65520 -> Inf
-  if (abs < 0x38800000u) {  // below 2^-14: half subnormal or zero
+  if (abs < 0x38800000u) {                                       // below 2^-14: half subnormal or zero
     if (abs <= 0x33000000u) return static_cast<uint16_t>(sign);  // <= 2^-25 ties to +-0
     const uint32_t exp = abs >> 23;
     const uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;

@@ -7,9 +7,9 @@
 #include <unistd.h>
 
 #include <cpprest/http_listener.h>
-#include <nlohmann/json.hpp>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <nlohmann/json.hpp>
 
 #include <cstring>
 
@@ -49,17 +49,41 @@ HttpResponse HttpResponse::FromStatus(const Status& status) {
   int code = 500;
   std::string type = "server_error";
   switch (status.code()) {
-    case StatusCode::kOk: code = 200; break;
+    case StatusCode::kOk:
+      code = 200;
+      break;
     case StatusCode::kInvalidArgument:
-    case StatusCode::kOutOfRange: code = 400; type = "invalid_request_error"; break;
-    case StatusCode::kNotFound: code = 404; type = "not_found_error"; break;
-    case StatusCode::kUnauthenticated: code = 401; type = "authentication_error"; break;
-    case StatusCode::kPermissionDenied: code = 403; type = "permission_error"; break;
-    case StatusCode::kResourceExhausted: code = 429; type = "rate_limit_error"; break;
+    case StatusCode::kOutOfRange:
+      code = 400;
+      type = "invalid_request_error";
+      break;
+    case StatusCode::kNotFound:
+      code = 404;
+      type = "not_found_error";
+      break;
+    case StatusCode::kUnauthenticated:
+      code = 401;
+      type = "authentication_error";
+      break;
+    case StatusCode::kPermissionDenied:
+      code = 403;
+      type = "permission_error";
+      break;
+    case StatusCode::kResourceExhausted:
+      code = 429;
+      type = "rate_limit_error";
+      break;
     case StatusCode::kFailedPrecondition:
-    case StatusCode::kUnavailable: code = 503; type = "unavailable"; break;
-    case StatusCode::kDeadlineExceeded: code = 504; type = "timeout"; break;
-    default: break;
+    case StatusCode::kUnavailable:
+      code = 503;
+      type = "unavailable";
+      break;
+    case StatusCode::kDeadlineExceeded:
+      code = 504;
+      type = "timeout";
+      break;
+    default:
+      break;
   }
   return Error(code, status.message(), type);
 }
@@ -132,8 +156,9 @@ Status HttpServer::Start() {
           } else {
             in.body = req.extract_string(/*ignore_content_type=*/true).get();
             if (in.body.size() > max_body) {
-              out = HttpResponse::Error(413, "request body exceeds the limit of " + std::to_string(max_body) + " bytes",
-                                        "invalid_request_error");
+              out = HttpResponse::Error(
+                  413, "request body exceeds the limit of " + std::to_string(max_body) + " bytes",
+                  "invalid_request_error");
             } else {
               out = it->second(in);
             }

@@ -495,10 +495,9 @@ Status ValidateJobSpec(const JobSpec& spec) {
   v.AtLeast("spec.rounds.asyncBufferSize", r.asyncBufferSize, 1);
   if (r.mode == "async" && r.asyncBufferSize > std::max(ag.minAgents, ag.replicas)) {
     // Each agent contributes at most one update per global version.
-    v.Add("spec.rounds.asyncBufferSize",
-          "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " +
-              std::to_string(std::max(ag.minAgents, ag.replicas)) + " in async mode, got " +
-              std::to_string(r.asyncBufferSize));
+    v.Add("spec.rounds.asyncBufferSize", "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " +
+                                             std::to_string(std::max(ag.minAgents, ag.replicas)) +
+                                             " in async mode, got " + std::to_string(r.asyncBufferSize));
   }
   v.AtLeast("spec.rounds.stalenessExponent", r.stalenessExponent, 0.0);
   v.AtLeast("spec.rounds.maxStaleness", r.maxStaleness, 0);

@@ -32,9 +32,10 @@ struct DTypeInfo {
   size_t size;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {StDType::kF64, "F64", 8}, {StDType::kF32, "F32", 4}, {StDType::kF16, "F16", 2}, {StDType::kBF16, "BF16", 2},
-    {StDType::kI64, "I64", 8}, {StDType::kI32, "I32", 4}, {StDType::kI16, "I16", 2}, {StDType::kI8, "I8", 1},
-    {StDType::kU8, "U8", 1},   {StDType::kBool, "BOOL", 1},
+    {StDType::kF64, "F64", 8},   {StDType::kF32, "F32", 4}, {StDType::kF16, "F16", 2},
+    {StDType::kBF16, "BF16", 2}, {StDType::kI64, "I64", 8}, {StDType::kI32, "I32", 4},
+    {StDType::kI16, "I16", 2},   {StDType::kI8, "I8", 1},   {StDType::kU8, "U8", 1},
+    {StDType::kBool, "BOOL", 1},
 };
 
 bool ParseDType(std::string_view name, StDType* out) {
@@ -97,7 +98,8 @@ void SafetensorsFile::AdoptViewsFrom(const SafetensorsFile& other) {
   }
 }
 
-SafetensorsFile::SafetensorsFile(const SafetensorsFile& other) : bytes_(other.bytes_), metadata_(other.metadata_) {
+SafetensorsFile::SafetensorsFile(const SafetensorsFile& other)
+    : bytes_(other.bytes_), metadata_(other.metadata_) {
   AdoptViewsFrom(other);
 }
 
@@ -116,7 +118,8 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
   if (this == &other) return *this;
   std::vector<size_t> offsets;
   offsets.reserve(other.tensors_.size());
-  for (const StTensorView& t : other.tensors_) offsets.push_back(static_cast<size_t>(t.data.data() - other.bytes_.data()));
+  for (const StTensorView& t : other.tensors_)
+    offsets.push_back(static_cast<size_t>(t.data.data() - other.bytes_.data()));
   bytes_ = std::move(other.bytes_);
   metadata_ = std::move(other.metadata_);
   tensors_ = std::move(other.tensors_);
@@ -131,7 +134,8 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
 
 StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
   if (bytes.size() < 8) {
-    return StError("file of " + std::to_string(bytes.size()) + " bytes is shorter than the 8-byte header size");
+    return StError("file of " + std::to_string(bytes.size()) +
+                   " bytes is shorter than the 8-byte header size");
   }
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i])) << (8 * i);
@@ -139,18 +143,21 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
     return StError("header size " + std::to_string(n) + " exceeds the 100 MB limit");
   }
   if (n > bytes.size() - 8) {
-    return StError("header size " + std::to_string(n) + " runs past the end of the " + std::to_string(bytes.size()) +
-                   "-byte file (truncated?)");
+    return StError("header size " + std::to_string(n) + " runs past the end of the " +
+                   std::to_string(bytes.size()) + "-byte file (truncated?)");
   }
   const std::string_view header(bytes.data() + 8, n);
-  if (header.empty() || header[0] != '{') return StError("header does not start with '{' (not a JSON object)");
+  if (header.empty() || header[0] != '{')
+    return StError("header does not start with '{' (not a JSON object)");
 
   // Track keys per open object to catch duplicates, which the parser would merge.
   std::vector<std::unordered_set<std::string>> open_objects;
   std::string duplicate;
   json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     switch (event) {
-      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
+      case json::parse_event_t::object_start:
+        open_objects.emplace_back();
+        break;
       case json::parse_event_t::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
         break;
@@ -160,7 +167,8 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
           duplicate = parsed.get<std::string>();
         }
         break;
-      default: break;
+      default:
+        break;
     }
     return true;
   };
@@ -183,7 +191,8 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
     if (name == "__metadata__") {
       if (!v.is_object()) return StError("__metadata__ must be an object of strings");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) return StError("__metadata__ value for " + Quote(m.key()) + " is not a string");
+        if (!m.value().is_string())
+          return StError("__metadata__ value for " + Quote(m.key()) + " is not a string");
         file.metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -218,10 +227,11 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
     }
     e.begin = offsets[0];
     e.end = offsets[1];
-    if (e.begin > e.end) return StError(where + " data_offsets " + v["data_offsets"].dump() + " has begin > end");
+    if (e.begin > e.end)
+      return StError(where + " data_offsets " + v["data_offsets"].dump() + " has begin > end");
     if (e.end > data_size) {
-      return StError(where + " data_offsets " + v["data_offsets"].dump() + " reach past the data section of " +
-                     std::to_string(data_size) + " bytes");
+      return StError(where + " data_offsets " + v["data_offsets"].dump() +
+                     " reach past the data section of " + std::to_string(data_size) + " bytes");
     }
     uint64_t nbytes;
     if (__builtin_mul_overflow(elements, StDTypeSize(e.view.dtype), &nbytes)) {
@@ -245,8 +255,8 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
                      std::to_string(e.end) + "] overlap " + previous);
     }
     if (e.begin > cursor) {
-      return StError("gap of " + std::to_string(e.begin - cursor) + " bytes before tensor " + Quote(e.view.name) +
-                     " (offsets must be contiguous)");
+      return StError("gap of " + std::to_string(e.begin - cursor) + " bytes before tensor " +
+                     Quote(e.view.name) + " (offsets must be contiguous)");
     }
     cursor = e.end;
     previous = "tensor " + Quote(e.view.name);
@@ -317,7 +327,8 @@ StatusOr<std::vector<float>> SafetensorsFile::ToFloat32(const StTensorView& tens
         out[i] = static_cast<float>(d);
       }
       break;
-    default: break;
+    default:
+      break;
   }
   return out;
 }
@@ -326,7 +337,8 @@ StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
                                            const std::map<std::string, std::string>& metadata) {
   std::vector<const NamedTensor*> sorted;
   for (const NamedTensor& t : bundle.tensors) sorted.push_back(&t);
-  std::sort(sorted.begin(), sorted.end(), [](const NamedTensor* a, const NamedTensor* b) { return a->name < b->name; });
+  std::sort(sorted.begin(), sorted.end(),
+            [](const NamedTensor* a, const NamedTensor* b) { return a->name < b->name; });
   std::string header = "{";
   uint64_t offset = 0;
   try {
@@ -347,8 +359,8 @@ StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
       json shape = json::array();
       for (int64_t d : t.shape) shape.push_back(d);
       const uint64_t end = offset + 4 * t.values.size();
-      header += json(t.name).dump() + ":{\"dtype\":\"F32\",\"shape\":" + shape.dump() + ",\"data_offsets\":[" +
-                std::to_string(offset) + "," + std::to_string(end) + "]}";
+      header += json(t.name).dump() + ":{\"dtype\":\"F32\",\"shape\":" + shape.dump() +
+                ",\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
       offset = end;
     }
   } catch (const json::exception& e) {
@@ -359,7 +371,8 @@ StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
   header.append((8 - header.size() % 8) % 8, ' ');
   std::string out;
   out.reserve(8 + header.size() + offset);
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((static_cast<uint64_t>(header.size()) >> (8 * i)) & 0xFF));
+  for (int i = 0; i < 8; ++i)
+    out.push_back(static_cast<char>((static_cast<uint64_t>(header.size()) >> (8 * i)) & 0xFF));
   out += header;
   for (const NamedTensor* t : sorted) {
     for (float f : t->values) {
@@ -390,7 +403,8 @@ StatusOr<TensorBundle> SafetensorsToBundle(const SafetensorsFile& file, bool ski
   return bundle;
 }
 
-StatusOr<TensorBundle> ReadSafetensorsBundle(const std::string& path, std::map<std::string, std::string>* metadata) {
+StatusOr<TensorBundle> ReadSafetensorsBundle(const std::string& path,
+                                             std::map<std::string, std::string>* metadata) {
   FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(path));
   auto bundle = SafetensorsToBundle(file);
   if (!bundle.ok()) return bundle.status().WithContext(path);

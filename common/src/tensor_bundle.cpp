@@ -42,13 +42,9 @@ constexpr int kMaxBlockSize = 65536;
 // proportional to bytes actually received.
 constexpr size_t kDecodeChunkElements = 1 << 16;
 
-Status BundleError(StatusCode code, std::string message) {
-  return Status(code, "tensor bundle: " + message);
-}
+Status BundleError(StatusCode code, std::string message) { return Status(code, "tensor bundle: " + message); }
 Status Corrupt(std::string message) { return BundleError(StatusCode::kDataLoss, std::move(message)); }
-Status Invalid(std::string message) {
-  return BundleError(StatusCode::kInvalidArgument, std::move(message));
-}
+Status Invalid(std::string message) { return BundleError(StatusCode::kInvalidArgument, std::move(message)); }
 
 // ---- little-endian scalars ----
 
@@ -159,11 +155,15 @@ int CodeMax(Codec codec) { return codec == Codec::kInt4 ? 7 : 127; }
 // values of a sparse tensor).
 uint64_t DataBytes(Codec codec, uint32_t block_size, uint64_t n) {
   switch (codec) {
-    case Codec::kFp32: return 4 * n;
+    case Codec::kFp32:
+      return 4 * n;
     case Codec::kFp16:
-    case Codec::kBf16: return 2 * n;
-    case Codec::kInt8: return n + 4 * CeilDiv(n, block_size);
-    case Codec::kInt4: return CeilDiv(n, 2) + 4 * CeilDiv(n, block_size);
+    case Codec::kBf16:
+      return 2 * n;
+    case Codec::kInt8:
+      return n + 4 * CeilDiv(n, block_size);
+    case Codec::kInt4:
+      return CeilDiv(n, 2) + 4 * CeilDiv(n, block_size);
   }
   return 0;
 }
@@ -300,8 +300,9 @@ Status EncodeValues(Codec codec, uint32_t block_size, const std::string& name, c
       return OkStatus();
     case Codec::kInt8: {
       char* codes = dst + 4 * CeilDiv(n, block_size);
-      return QuantizeBlocks(codec, name, v, n, block_size, rounding, dst,
-                            [codes](size_t i, int q) { codes[i] = static_cast<char>(static_cast<int8_t>(q)); });
+      return QuantizeBlocks(codec, name, v, n, block_size, rounding, dst, [codes](size_t i, int q) {
+        codes[i] = static_cast<char>(static_cast<int8_t>(q));
+      });
     }
     case Codec::kInt4: {
       // Two codes per byte, element 2j in the low nibble, 2j+1 in the high
@@ -309,7 +310,8 @@ Status EncodeValues(Codec codec, uint32_t block_size, const std::string& name, c
       auto* codes = reinterpret_cast<unsigned char*>(dst + 4 * CeilDiv(n, block_size));
       std::memset(codes, 0, CeilDiv(n, 2));
       return QuantizeBlocks(codec, name, v, n, block_size, rounding, dst, [codes](size_t i, int q) {
-        codes[i >> 1] = static_cast<unsigned char>(codes[i >> 1] | ((static_cast<unsigned>(q) & 0xFu) << (4 * (i & 1))));
+        codes[i >> 1] =
+            static_cast<unsigned char>(codes[i >> 1] | ((static_cast<unsigned>(q) & 0xFu) << (4 * (i & 1))));
       });
     }
   }
@@ -376,7 +378,9 @@ class PlainSource : public BodySource {
 class ZstdSource : public BodySource {
  public:
   ZstdSource(std::string_view frame, uint64_t body_size)
-      : dctx_(ZSTD_createDCtx(), &ZSTD_freeDCtx), input_{frame.data(), frame.size(), 0}, body_size_(body_size) {
+      : dctx_(ZSTD_createDCtx(), &ZSTD_freeDCtx),
+        input_{frame.data(), frame.size(), 0},
+        body_size_(body_size) {
     // The default window limit (128 MiB) already bounds decoder memory; set it
     // explicitly so a library default change cannot widen it.
     ZSTD_DCtx_setParameter(dctx_.get(), ZSTD_d_windowLogMax, 27);
@@ -524,7 +528,8 @@ Status DecodeValues(Codec codec, uint32_t block_size, const std::string& what, u
     // int4: two codes per byte, low nibble first.
     const uint64_t code_bytes = CeilDiv(n, 2);
     for (uint64_t done_bytes = 0; done_bytes < code_bytes;) {
-      const size_t kb = static_cast<size_t>(std::min<uint64_t>(code_bytes - done_bytes, kDecodeChunkElements));
+      const size_t kb =
+          static_cast<size_t>(std::min<uint64_t>(code_bytes - done_bytes, kDecodeChunkElements));
       scratch.resize(kb);
       FEDGE_RETURN_IF_ERROR(src->Read(kb, scratch.data()));
       const uint64_t first = 2 * done_bytes;
@@ -612,8 +617,9 @@ Status DecodeSparseValues(Codec codec, uint32_t block_size, const TableEntry& e,
       ++len;
       if (c & 0x80) {
         if (len == max_len) {
-          return Corrupt(where + "index " + std::to_string(indices.size()) + " has a varint longer than the " +
-                         std::to_string(max_len) + " bytes " + std::to_string(e.elements) + " elements need");
+          return Corrupt(where + "index " + std::to_string(indices.size()) +
+                         " has a varint longer than the " + std::to_string(max_len) + " bytes " +
+                         std::to_string(e.elements) + " elements need");
         }
         continue;
       }
@@ -633,8 +639,9 @@ Status DecodeSparseValues(Codec codec, uint32_t block_size, const TableEntry& e,
         index = prev + acc;  // prev < 2^63 and acc < 2^63: no overflow
       }
       if (index >= e.elements) {
-        return Corrupt(where + "index " + std::to_string(index) + " at position " + std::to_string(indices.size()) +
-                       " is out of range for " + std::to_string(e.elements) + " elements");
+        return Corrupt(where + "index " + std::to_string(index) + " at position " +
+                       std::to_string(indices.size()) + " is out of range for " + std::to_string(e.elements) +
+                       " elements");
       }
       indices.push_back(index);
       prev = index;
@@ -645,8 +652,8 @@ Status DecodeSparseValues(Codec codec, uint32_t block_size, const TableEntry& e,
   }
   if (len != 0) return Corrupt(where + "index section ends inside a varint");
   if (indices.size() != e.kept) {
-    return Corrupt(where + "index section holds " + std::to_string(indices.size()) + " indices, the table declares " +
-                   std::to_string(e.kept));
+    return Corrupt(where + "index section holds " + std::to_string(indices.size()) +
+                   " indices, the table declares " + std::to_string(e.kept));
   }
   std::vector<float> kept;
   FEDGE_RETURN_IF_ERROR(DecodeValues(codec, block_size, where + "(kept values)", e.kept, src, &kept));
@@ -679,18 +686,20 @@ StatusOr<BundleHeader> ParseHeader(std::string_view bytes) {
     return Invalid("bad magic: not a fedge tensor bundle (expected \"FEDGEBN1\")");
   }
   if (bytes.size() < kHeaderBytes) {
-    return Corrupt("truncated header: " + std::to_string(bytes.size()) + " of " + std::to_string(kHeaderBytes) +
-                   " bytes");
+    return Corrupt("truncated header: " + std::to_string(bytes.size()) + " of " +
+                   std::to_string(kHeaderBytes) + " bytes");
   }
   const char* h = bytes.data();
   BundleHeader header;
   header.version = GetLe<uint16_t>(h + 8);
   if (header.version != kFormatVersion && header.version != kFormatVersionV2) {
-    return Invalid("unknown format version " + std::to_string(header.version) + " (this build reads versions " +
-                   std::to_string(kFormatVersion) + " and " + std::to_string(kFormatVersionV2) + ")");
+    return Invalid("unknown format version " + std::to_string(header.version) +
+                   " (this build reads versions " + std::to_string(kFormatVersion) + " and " +
+                   std::to_string(kFormatVersionV2) + ")");
   }
   const auto codec_byte = static_cast<uint8_t>(h[10]);
-  if (codec_byte > static_cast<uint8_t>(Codec::kInt4)) return Invalid("unknown codec id " + std::to_string(codec_byte));
+  if (codec_byte > static_cast<uint8_t>(Codec::kInt4))
+    return Invalid("unknown codec id " + std::to_string(codec_byte));
   header.codec = static_cast<Codec>(codec_byte);
   if (header.codec == Codec::kInt4 && header.version < kFormatVersionV2) {
     return Invalid("codec int4 needs format version 2, the header says " + std::to_string(header.version));
@@ -758,11 +767,16 @@ StatusOr<Codec> ParseCodec(std::string_view name) {
 
 std::string_view CodecName(Codec codec) {
   switch (codec) {
-    case Codec::kFp32: return "fp32";
-    case Codec::kFp16: return "fp16";
-    case Codec::kBf16: return "bf16";
-    case Codec::kInt8: return "int8";
-    case Codec::kInt4: return "int4";
+    case Codec::kFp32:
+      return "fp32";
+    case Codec::kFp16:
+      return "fp16";
+    case Codec::kBf16:
+      return "bf16";
+    case Codec::kInt8:
+      return "int8";
+    case Codec::kInt4:
+      return "int4";
   }
   return "unknown";
 }
@@ -795,8 +809,8 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
   }
   const double fraction = options.topk_fraction;
   if (!(fraction == 0.0 || (fraction >= kMinTopkFraction && fraction <= 1.0))) {
-    return Invalid("topk_fraction " + std::to_string(fraction) + " is outside [" + std::to_string(kMinTopkFraction) +
-                   ", 1]; 0 turns top-k off");
+    return Invalid("topk_fraction " + std::to_string(fraction) + " is outside [" +
+                   std::to_string(kMinTopkFraction) + ", 1]; 0 turns top-k off");
   }
   const bool sparse = fraction > 0.0;
   const DecodeLimits defaults;
@@ -871,8 +885,8 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
     rounding.stochastic = options.stochastic_rounding;
     rounding.stream = SplitMix64(options.seed ^ SplitMix64(ti));
     if (!sparse) {
-      FEDGE_RETURN_IF_ERROR(
-          EncodeValues(codec, block_size, t.name, t.values.data(), t.values.size(), nullptr, rounding, body.data() + offset));
+      FEDGE_RETURN_IF_ERROR(EncodeValues(codec, block_size, t.name, t.values.data(), t.values.size(), nullptr,
+                                         rounding, body.data() + offset));
       offset += DataBytes(codec, block_size, t.values.size());
       continue;
     }
@@ -893,8 +907,10 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
     stored.resize(ZSTD_compressBound(body.size()));
     // ZSTD_compress records the content size in the frame header, which the
     // decoder cross-checks against the bundle header.
-    const size_t n = ZSTD_compress(stored.data(), stored.size(), body.data(), body.size(), options.zstd_level);
-    if (ZSTD_isError(n)) return InternalError(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
+    const size_t n =
+        ZSTD_compress(stored.data(), stored.size(), body.data(), body.size(), options.zstd_level);
+    if (ZSTD_isError(n))
+      return InternalError(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
     stored.resize(n);
   }
   const std::string& payload = options.zstd ? stored : body;
@@ -968,15 +984,22 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<uint64_t>::max() : r;
   };
   // A top-k entry adds two varints (<= 10 bytes each) to the table.
-  const uint64_t per_entry = 2 + uint64_t{limits.max_name_bytes} + 2 + 8 * uint64_t{limits.max_rank} + (sparse ? 20 : 0);
+  const uint64_t per_entry =
+      2 + uint64_t{limits.max_name_bytes} + 2 + 8 * uint64_t{limits.max_rank} + (sparse ? 20 : 0);
   const uint64_t max_table = sat_mul(count, per_entry);
   const uint64_t elems = limits.max_total_elements;
   uint64_t max_data = 0;
   switch (codec) {
-    case Codec::kFp32: max_data = sat_mul(4, elems); break;
+    case Codec::kFp32:
+      max_data = sat_mul(4, elems);
+      break;
     case Codec::kFp16:
-    case Codec::kBf16: max_data = sat_mul(2, elems); break;
-    case Codec::kInt8: max_data = sat_add(elems, sat_mul(4, sat_add(elems / block_size, count))); break;
+    case Codec::kBf16:
+      max_data = sat_mul(2, elems);
+      break;
+    case Codec::kInt8:
+      max_data = sat_add(elems, sat_mul(4, sat_add(elems / block_size, count)));
+      break;
     case Codec::kInt4:
       max_data = sat_add(sat_add(elems / 2, count), sat_mul(4, sat_add(elems / block_size, count)));
       break;
@@ -1028,7 +1051,8 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     if (!seen.insert(e.name).second) return Invalid("duplicate tensor name \"" + e.name + "\"");
     FEDGE_RETURN_IF_ERROR(src->Read(2, buf));
     if (static_cast<uint8_t>(buf[0]) != kDtypeFloat32) {
-      return Invalid("tensor \"" + e.name + "\" has unknown dtype id " + std::to_string(static_cast<uint8_t>(buf[0])));
+      return Invalid("tensor \"" + e.name + "\" has unknown dtype id " +
+                     std::to_string(static_cast<uint8_t>(buf[0])));
     }
     const auto rank = static_cast<uint8_t>(buf[1]);
     if (rank > limits.max_rank) {
@@ -1039,14 +1063,16 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
       FEDGE_RETURN_IF_ERROR(src->Read(8, buf));
       const auto dim = GetLe<uint64_t>(buf);
       if (dim > limits.max_total_elements || dim > uint64_t{std::numeric_limits<int64_t>::max()}) {
-        return Invalid("tensor \"" + e.name + "\" dimension " + std::to_string(d) + " = " + std::to_string(dim) +
-                       " exceeds the element limit of " + std::to_string(limits.max_total_elements));
+        return Invalid("tensor \"" + e.name + "\" dimension " + std::to_string(d) + " = " +
+                       std::to_string(dim) + " exceeds the element limit of " +
+                       std::to_string(limits.max_total_elements));
       }
       e.shape.push_back(static_cast<int64_t>(dim));
     }
     int64_t exact;
     if (!CheckedElements(e.shape, &exact)) {
-      return Invalid("tensor \"" + e.name + "\" shape " + ShapeString(e.shape) + " overflows the element count");
+      return Invalid("tensor \"" + e.name + "\" shape " + ShapeString(e.shape) +
+                     " overflows the element count");
     }
     const auto n = static_cast<uint64_t>(exact);
     if (n > limits.max_total_elements - total_elements) {
@@ -1065,8 +1091,8 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     FEDGE_RETURN_IF_ERROR(ReadVarint(src.get(), what + " kept count", &e.kept, &table_bytes));
     FEDGE_RETURN_IF_ERROR(ReadVarint(src.get(), what + " index section size", &e.index_bytes, &table_bytes));
     if (e.kept > n) {
-      return Corrupt(what + " keeps " + std::to_string(e.kept) + " entries but has only " + std::to_string(n) +
-                     " elements");
+      return Corrupt(what + " keeps " + std::to_string(e.kept) + " entries but has only " +
+                     std::to_string(n) + " elements");
     }
     // n <= kept * expansion, written to avoid overflow (n < 2^63).
     const uint64_t expansion = std::max<uint64_t>(limits.max_sparse_expansion, 1);
@@ -1097,7 +1123,8 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     if (sparse) {
       FEDGE_RETURN_IF_ERROR(DecodeSparseValues(codec, block_size, e, src.get(), &t.values));
     } else {
-      FEDGE_RETURN_IF_ERROR(DecodeValues(codec, block_size, "tensor \"" + e.name + "\"", e.elements, src.get(), &t.values));
+      FEDGE_RETURN_IF_ERROR(
+          DecodeValues(codec, block_size, "tensor \"" + e.name + "\"", e.elements, src.get(), &t.values));
     }
     bundle.tensors.push_back(std::move(t));
   }
@@ -1122,8 +1149,8 @@ Status CheckSameLayout(const TensorBundle& reference, const TensorBundle& other)
     const NamedTensor* o = other.Find(r.name);
     if (o == nullptr) return InvalidArgumentError("layout mismatch: missing tensor \"" + r.name + "\"");
     if (o->shape != r.shape) {
-      return InvalidArgumentError("layout mismatch: tensor \"" + r.name + "\" has shape " + ShapeString(o->shape) +
-                                  ", expected " + ShapeString(r.shape));
+      return InvalidArgumentError("layout mismatch: tensor \"" + r.name + "\" has shape " +
+                                  ShapeString(o->shape) + ", expected " + ShapeString(r.shape));
     }
   }
   for (const NamedTensor& o : other.tensors) {
@@ -1132,8 +1159,9 @@ Status CheckSameLayout(const TensorBundle& reference, const TensorBundle& other)
     }
   }
   if (other.tensors.size() != reference.tensors.size()) {
-    return InvalidArgumentError("layout mismatch: " + std::to_string(other.tensors.size()) + " tensors, expected " +
-                                std::to_string(reference.tensors.size()) + " (duplicate names?)");
+    return InvalidArgumentError("layout mismatch: " + std::to_string(other.tensors.size()) +
+                                " tensors, expected " + std::to_string(reference.tensors.size()) +
+                                " (duplicate names?)");
   }
   return OkStatus();
 }

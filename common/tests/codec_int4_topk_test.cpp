@@ -21,7 +21,8 @@ constexpr size_t kTrailer = 32;
 
 template <typename T>
 void Put(std::string* s, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i) s->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
+  for (size_t i = 0; i < sizeof(T); ++i)
+    s->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
 }
 void PutF32(std::string* s, float f) { Put<uint32_t>(s, std::bit_cast<uint32_t>(f)); }
 void PutVarint(std::string* s, uint64_t v) {
@@ -34,7 +35,8 @@ void PutVarint(std::string* s, uint64_t v) {
 
 std::string Unhex(const std::string& hex) {
   std::string out;
-  for (size_t i = 0; i < hex.size(); i += 2) out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  for (size_t i = 0; i < hex.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
   return out;
 }
 
@@ -44,7 +46,8 @@ void Reseal(std::string* enc) {
 }
 
 // A sealed, uncompressed version-2 encoding.
-std::string AssembleV2(uint8_t codec, uint8_t flags, uint32_t block_size, uint32_t count, const std::string& body) {
+std::string AssembleV2(uint8_t codec, uint8_t flags, uint32_t block_size, uint32_t count,
+                       const std::string& body) {
   std::string out = "FEDGEBN1";
   Put<uint16_t>(&out, 2);
   out.push_back(static_cast<char>(codec));
@@ -234,7 +237,8 @@ TEST_P(StochasticRoundingTest, IsUnbiased) {
   EXPECT_GT(nearest_detected, fractional * 9 / 10) << "tolerance too loose to detect bias";
 }
 
-INSTANTIATE_TEST_SUITE_P(BlockwiseCodecs, StochasticRoundingTest, ::testing::Values(Codec::kInt8, Codec::kInt4),
+INSTANTIATE_TEST_SUITE_P(BlockwiseCodecs, StochasticRoundingTest,
+                         ::testing::Values(Codec::kInt8, Codec::kInt4),
                          [](const auto& info) { return std::string(CodecName(info.param)); });
 
 TEST(StochasticRoundingTest, IsReproducibleForASeedAndDiffersAcrossSeeds) {
@@ -318,12 +322,22 @@ TEST(TopKTest, KeptValuesUseTheValueCodec) {
       }
       const float err = std::fabs(x[i] - y[i]);
       switch (codec) {
-        case Codec::kFp32: ASSERT_EQ(err, 0.0f); break;
-        case Codec::kFp16: ASSERT_LE(err, mags[i] * std::ldexp(1.0f, -11)); break;
-        case Codec::kBf16: ASSERT_LE(err, mags[i] * std::ldexp(1.0f, -8)); break;
+        case Codec::kFp32:
+          ASSERT_EQ(err, 0.0f);
+          break;
+        case Codec::kFp16:
+          ASSERT_LE(err, mags[i] * std::ldexp(1.0f, -11));
+          break;
+        case Codec::kBf16:
+          ASSERT_LE(err, mags[i] * std::ldexp(1.0f, -8));
+          break;
         // Blocks run over kept values: the block max is at most the tensor max.
-        case Codec::kInt8: ASSERT_LE(err, kept_max / 127 / 2 * 1.0001f); break;
-        case Codec::kInt4: ASSERT_LE(err, kept_max / 7 / 2 * 1.0001f); break;
+        case Codec::kInt8:
+          ASSERT_LE(err, kept_max / 127 / 2 * 1.0001f);
+          break;
+        case Codec::kInt4:
+          ASSERT_LE(err, kept_max / 7 / 2 * 1.0001f);
+          break;
       }
     }
   }
@@ -347,8 +361,8 @@ TEST(TopKTest, OnePercentWithInt8AndZstdIsOver30TimesSmallerThanFp32) {
 }
 
 TEST(TopKTest, EncoderRejectsBadFractions) {
-  for (double f : {-0.1, 1.5, 1e-5, std::numeric_limits<double>::quiet_NaN(),
-                   std::numeric_limits<double>::infinity()}) {
+  for (double f :
+       {-0.1, 1.5, 1e-5, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
     auto e = EncodeBundle(OneTensor({1.0f}), Options(Codec::kFp32, false, f));
     ASSERT_FALSE(e.ok()) << f;
     EXPECT_NE(e.status().message().find("topk_fraction"), std::string::npos) << e.status().message();
@@ -376,14 +390,16 @@ TEST(TopKTest, InspectBundleReadsTheHeaderOnly) {
 
 // ---- hostile sparse inputs ----
 
-std::string SparseFp32(const std::string& entry, const std::string& indices, const std::vector<float>& values) {
+std::string SparseFp32(const std::string& entry, const std::string& indices,
+                       const std::vector<float>& values) {
   std::string body = entry + indices;
   for (float f : values) PutF32(&body, f);
   return AssembleV2(0, kSparse, 0, 1, body);
 }
 
 TEST(TopKDecoderTest, AcceptsAHandBuiltBundle) {
-  const TensorBundle ok = Decode(SparseFp32(SparseEntry("w", {300}, 2, 3), std::string("\x05\xa0\x01", 3), {1, 2}));
+  const TensorBundle ok =
+      Decode(SparseFp32(SparseEntry("w", {300}, 2, 3), std::string("\x05\xa0\x01", 3), {1, 2}));
   ASSERT_EQ(ok.tensors[0].values.size(), 300u);
   EXPECT_EQ(ok.tensors[0].values[5], 1.0f);
   EXPECT_EQ(ok.tensors[0].values[165], 2.0f);  // 5 + 160
@@ -396,8 +412,10 @@ TEST(TopKDecoderTest, RejectsIndicesThatAreNotStrictlyIncreasing) {
 }
 
 TEST(TopKDecoderTest, RejectsIndicesOutOfRange) {
-  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 1, 1), "\x0a", {1}), "index 10 at position 0 is out of range for 10");
-  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 2, 2), "\x05\x05", {1, 2}), "index 10 at position 1 is out of range");
+  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 1, 1), "\x0a", {1}),
+                 "index 10 at position 0 is out of range for 10");
+  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 2, 2), "\x05\x05", {1, 2}),
+                 "index 10 at position 1 is out of range");
 }
 
 TEST(TopKDecoderTest, RejectsCountsAboveTheElementCount) {
@@ -408,7 +426,8 @@ TEST(TopKDecoderTest, RejectsCountsAboveTheElementCount) {
 TEST(TopKDecoderTest, RejectsInconsistentIndexSections) {
   // Section size outside [k, k * varint length of n-1].
   ExpectRejected(SparseFp32(SparseEntry("w", {10}, 2, 1), "\x01", {1, 2}), "cannot hold 2 indices");
-  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 1, 2), std::string("\x81\x00", 2), {1}), "cannot hold 1 indices");
+  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 1, 2), std::string("\x81\x00", 2), {1}),
+                 "cannot hold 1 indices");
   // Right size, wrong content: a continuation byte runs past the varint length n needs.
   ExpectRejected(SparseFp32(SparseEntry("w", {300}, 1, 2), std::string("\x81\x81", 2), {1}),
                  "varint longer than the 2 bytes 300 elements need");
@@ -417,12 +436,14 @@ TEST(TopKDecoderTest, RejectsInconsistentIndexSections) {
   ExpectRejected(SparseFp32(SparseEntry("w", {300}, 2, 4), std::string("\x81\x80\x80\x01", 4), {1, 2}),
                  "varint longer than the 2 bytes");
   // Non-canonical: 0x81 0x00 encodes 1 in two bytes.
-  ExpectRejected(SparseFp32(SparseEntry("w", {300}, 2, 3), std::string("\x81\x00\x01", 3), {1, 2}), "non-canonical");
+  ExpectRejected(SparseFp32(SparseEntry("w", {300}, 2, 3), std::string("\x81\x00\x01", 3), {1, 2}),
+                 "non-canonical");
   // Three varints in a section declared for two.
   ExpectRejected(SparseFp32(SparseEntry("w", {300}, 2, 3), std::string("\x01\x01\x01", 3), {1, 2}),
                  "holds more than the 2 indices");
   // Two one-byte varints where the table declares one index.
-  ExpectRejected(SparseFp32(SparseEntry("w", {300}, 1, 2), std::string("\x01\x01", 2), {1}), "holds more than the 1");
+  ExpectRejected(SparseFp32(SparseEntry("w", {300}, 1, 2), std::string("\x01\x01", 2), {1}),
+                 "holds more than the 1");
   ExpectRejected(SparseFp32(SparseEntry("w", {300}, 2, 3), std::string("\x81\x01\x80", 3), {1, 2}),
                  "index section ends inside a varint");
 }
@@ -440,13 +461,18 @@ TEST(TopKDecoderTest, RejectsBadTableVarints) {
 
 TEST(TopKDecoderTest, BoundsTheDenseExpansion) {
   // One kept entry may stand for at most max_sparse_expansion elements.
-  ExpectRejected(SparseFp32(SparseEntry("w", {10001}, 1, 1), std::string(1, '\0'), {1}), "fewer than 1 in 10000");
-  EXPECT_EQ(Decode(SparseFp32(SparseEntry("w", {10000}, 1, 1), std::string(1, '\0'), {1})).tensors[0].values.size(), 10000u);
+  ExpectRejected(SparseFp32(SparseEntry("w", {10001}, 1, 1), std::string(1, '\0'), {1}),
+                 "fewer than 1 in 10000");
+  EXPECT_EQ(
+      Decode(SparseFp32(SparseEntry("w", {10000}, 1, 1), std::string(1, '\0'), {1})).tensors[0].values.size(),
+      10000u);
   DecodeLimits strict;
   strict.max_sparse_expansion = 4;
-  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 2, 2), std::string("\x00\x01", 2), {1, 2}), "fewer than 1 in 4", strict);
+  ExpectRejected(SparseFp32(SparseEntry("w", {10}, 2, 2), std::string("\x00\x01", 2), {1, 2}),
+                 "fewer than 1 in 4", strict);
   // A huge declared tensor with one entry is refused before any allocation.
-  ExpectRejected(SparseFp32(SparseEntry("w", {1ull << 30}, 1, 1), std::string(1, '\0'), {1}), "max_sparse_expansion");
+  ExpectRejected(SparseFp32(SparseEntry("w", {1ull << 30}, 1, 1), std::string(1, '\0'), {1}),
+                 "max_sparse_expansion");
   // An empty sparse tensor needs no entries.
   EXPECT_TRUE(Decode(SparseFp32(SparseEntry("w", {0}, 0, 0), "", {})).tensors[0].values.empty());
 }

@@ -117,7 +117,8 @@ TEST(ErrorFeedbackTest, SumOfSentUpdatesTracksSumOfTrueUpdates) {
     // Telescoping: sum sent = sum true - residual, up to float rounding.
     ASSERT_NEAR(err_ef.back(), ef.ResidualNorm(), 1e-3 * (1 + ef.ResidualNorm())) << "round " << round;
   }
-  const double single_round = DistanceL2(drift, Layout()) + 0.02 * std::sqrt(4096 + 25);  // ~norm of one update
+  const double single_round =
+      DistanceL2(drift, Layout()) + 0.02 * std::sqrt(4096 + 25);  // ~norm of one update
   // With feedback the error stays bounded (about one round's update) and does not grow.
   EXPECT_LT(err_ef.back(), 1.5 * single_round);
   EXPECT_LT(err_ef.back(), 1.5 * err_ef[19]);
@@ -138,7 +139,8 @@ TEST(ErrorFeedbackTest, DiscardsAResidualOfAnotherLayoutWithAWarningStatus) {
   reshaped.tensors[0].values.assign(16 * 128, 0.5f);
   const ErrorFeedback::Compensated c = ef.Compensate(reshaped);
   EXPECT_EQ(c.residual_status.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(c.residual_status.message().find("\"lora_A\" has shape [16,128], expected [8,256]"), std::string::npos)
+  EXPECT_NE(c.residual_status.message().find("\"lora_A\" has shape [16,128], expected [8,256]"),
+            std::string::npos)
       << c.residual_status.message();
   EXPECT_EQ(c.bundle.tensors[0].values, reshaped.tensors[0].values) << "residual must not be applied";
   EXPECT_FALSE(ef.has_residual());
@@ -158,7 +160,8 @@ TEST(ErrorFeedbackTest, DiscardsAResidualOfAnotherLayoutWithAWarningStatus) {
 TEST(ErrorFeedbackTest, UpdateRejectsMismatchedBundlesAndRollbackRestores) {
   ErrorFeedback ef;
   TensorBundle a = Layout();
-  for (size_t i = 0; i < a.tensors[1].values.size(); ++i) a.tensors[1].values[i] = 0.001f * static_cast<float>(i % 97);
+  for (size_t i = 0; i < a.tensors[1].values.size(); ++i)
+    a.tensors[1].values[i] = 0.001f * static_cast<float>(i % 97);
   ASSERT_TRUE(ef.Encode(a, TopK(0.001, Codec::kFp32)).ok());
   const TensorBundle kept = ef.residual();
   ASSERT_GT(ef.ResidualNorm(), 0.0);
@@ -204,7 +207,8 @@ TEST(ErrorFeedbackTest, SavesAndLoadsTheResidualAcrossRestarts) {
   std::mt19937 rng(5);
   TensorBundle drift = Layout();
   ErrorFeedback before;
-  for (int round = 0; round < 3; ++round) ASSERT_TRUE(before.Encode(TrueUpdate(&rng, drift), TopK(0.05)).ok());
+  for (int round = 0; round < 3; ++round)
+    ASSERT_TRUE(before.Encode(TrueUpdate(&rng, drift), TopK(0.05)).ok());
   ASSERT_TRUE(before.Save(path).ok());
 
   ErrorFeedback after;  // a restarted agent

@@ -141,7 +141,8 @@ TEST(FileUtilTest, InterruptedWriteAtAnyStepLeavesPreviousFileLoadable) {
     }
     int wstatus = 0;
     ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
-    ASSERT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) << "child was not killed at step " << kill_at;
+    ASSERT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL)
+        << "child was not killed at step " << kill_at;
     auto got = ReadFile(path);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
     if (kill_at < kRenameStep) {
@@ -208,7 +209,8 @@ TEST(FileUtilTest, AsynchronousKillDuringRepeatedWritesNeverTearsTheFile) {
     ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
     ::close(fds[0]);
     const std::string got = *ReadFile(path);
-    ASSERT_TRUE(got == a || got == b) << "torn file after kill at step " << k << " (size " << got.size() << ")";
+    ASSERT_TRUE(got == a || got == b)
+        << "torn file after kill at step " << k << " (size " << got.size() << ")";
   }
 }
 

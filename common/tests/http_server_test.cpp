@@ -30,14 +30,14 @@ class HttpServerTest : public ::testing::Test {
     server_ = std::make_unique<HttpServer>("127.0.0.1:0", HttpServerOptions{.max_body_bytes = 64});
     server_->Handle("GET", "/healthz", [](const HttpRequest&) { return HttpResponse::Text(200, "ok"); });
     server_->Handle("POST", "/echo", [](const HttpRequest& r) {
-      return HttpResponse::Json(200, "{\"got\":\"" + r.body + "\",\"q\":\"" +
-                                         (r.query.count("x") ? r.query.at("x") : "") + "\"}");
+      return HttpResponse::Json(
+          200, "{\"got\":\"" + r.body + "\",\"q\":\"" + (r.query.count("x") ? r.query.at("x") : "") + "\"}");
     });
-    server_->Handle("GET", "/boom", [](const HttpRequest&) -> HttpResponse {
-      throw std::runtime_error("handler exploded");
-    });
+    server_->Handle("GET", "/boom",
+                    [](const HttpRequest&) -> HttpResponse { throw std::runtime_error("handler exploded"); });
     registry_ = std::make_shared<prometheus::Registry>();
-    auto& family = prometheus::BuildCounter().Name("fedge_test_requests_total").Help("test").Register(*registry_);
+    auto& family =
+        prometheus::BuildCounter().Name("fedge_test_requests_total").Help("test").Register(*registry_);
     family.Add({{"code", "200"}}).Increment(3);
     server_->HandleMetrics(registry_);
     ASSERT_TRUE(server_->Start().ok());

@@ -45,7 +45,8 @@ void ExpectRejected(const std::string& file, const std::string& reason) {
 
 const std::string kTwoTensors =
     R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[1,2],"data_offsets":[8,12]}})";
-const std::string kTwoTensorsData = F32Bytes({1.5f, -2.0f}) + std::string("\x00\x3c\x00\xc0", 4);  // f16 1.0, -2.0
+const std::string kTwoTensorsData =
+    F32Bytes({1.5f, -2.0f}) + std::string("\x00\x3c\x00\xc0", 4);  // f16 1.0, -2.0
 
 TEST(SafetensorsTest, ParsesValidFile) {
   auto st = SafetensorsFile::Parse(MakeFile(kTwoTensors, kTwoTensorsData));
@@ -111,20 +112,23 @@ TEST(SafetensorsTest, RejectsEachSpecViolation) {
                  "shape must be an array of non-negative integers");
   ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", d8),
                  "shape must be an array of non-negative integers");
-  ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", d8), "data_offsets must be");
+  ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", d8),
+                 "data_offsets must be");
   ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", d8), "begin > end");
   ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "1234"),
                  "reach past the data section");
   ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", d8),
                  "needs 12 bytes but data_offsets span 8");
-  ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", d8),
-                 "overflows the element count");
+  ExpectRejected(
+      MakeFile(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", d8),
+      "overflows the element count");
   ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                           R"("u":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                           std::string(12, '\0')),
                  "overlap tensor \"t\"");
-  ExpectRejected(MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(12, '\0')),
-                 "gap of 4 bytes before tensor \"t\"");
+  ExpectRejected(
+      MakeFile(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(12, '\0')),
+      "gap of 4 bytes before tensor \"t\"");
   ExpectRejected(MakeFile("{" + t + "}", d8 + "xx"), "trailing bytes");
 }
 
@@ -134,9 +138,9 @@ TEST(SafetensorsTest, ConvertsFloatDtypesAndRefusesOthers) {
     const uint64_t b = std::bit_cast<uint64_t>(v);
     for (int i = 0; i < 8; ++i) f64.push_back(static_cast<char>((b >> (8 * i)) & 0xFF));
   }
-  auto st = SafetensorsFile::Parse(
-      MakeFile(R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},"i":{"dtype":"I32","shape":[1],"data_offsets":[16,20]}})",
-               f64 + std::string(4, '\1')));
+  auto st = SafetensorsFile::Parse(MakeFile(
+      R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},"i":{"dtype":"I32","shape":[1],"data_offsets":[16,20]}})",
+      f64 + std::string(4, '\1')));
   ASSERT_TRUE(st.ok()) << st.status().ToString();
   EXPECT_EQ(*SafetensorsFile::ToFloat32(*st->Find("d")), (std::vector<float>{0.25f, -3.0f}));
   auto i = SafetensorsFile::ToFloat32(*st->Find("i"));
@@ -153,7 +157,8 @@ TEST(SafetensorsTest, ConvertsFloatDtypesAndRefusesOthers) {
   std::string big;
   const uint64_t b = std::bit_cast<uint64_t>(1e300);
   for (int k = 0; k < 8; ++k) big.push_back(static_cast<char>((b >> (8 * k)) & 0xFF));
-  auto huge = SafetensorsFile::Parse(MakeFile(R"({"d":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})", big));
+  auto huge =
+      SafetensorsFile::Parse(MakeFile(R"({"d":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})", big));
   ASSERT_TRUE(huge.ok());
   EXPECT_NE(SafetensorsFile::ToFloat32(huge->tensors()[0]).status().message().find("outside float32"),
             std::string::npos);
@@ -206,13 +211,13 @@ TEST(SafetensorsTest, CopiesAndMovesKeepViewsValid) {
   {
     auto st = SafetensorsFile::Parse(MakeFile(kTwoTensors, kTwoTensorsData));
     ASSERT_TRUE(st.ok());
-    SafetensorsFile copy = *st;          // copy
-    files.push_back(std::move(copy));    // move
+    SafetensorsFile copy = *st;        // copy
+    files.push_back(std::move(copy));  // move
     files.push_back(*st);
     SafetensorsFile assigned = files[0];
-    assigned = files[1];                 // copy-assign
+    assigned = files[1];  // copy-assign
     files.push_back(std::move(assigned));
-  }  // the originals are gone
+  }                                                        // the originals are gone
   for (int i = 0; i < 50; ++i) files.push_back(files[0]);  // force vector reallocation (moves)
   for (const SafetensorsFile& f : files) {
     EXPECT_EQ(*SafetensorsFile::ToFloat32(*f.Find("a")), (std::vector<float>{1.5f, -2.0f}));

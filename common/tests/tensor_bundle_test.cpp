@@ -20,17 +20,20 @@ constexpr size_t kTrailer = 32;
 
 template <typename T>
 void Put(std::string* s, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i) s->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
+  for (size_t i = 0; i < sizeof(T); ++i)
+    s->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
 }
 template <typename T>
 void Set(std::string* s, size_t off, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i) (*s)[off + i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF);
+  for (size_t i = 0; i < sizeof(T); ++i)
+    (*s)[off + i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF);
 }
 void PutF32(std::string* s, float f) { Put<uint32_t>(s, std::bit_cast<uint32_t>(f)); }
 
 std::string Unhex(const std::string& hex) {
   std::string out;
-  for (size_t i = 0; i < hex.size(); i += 2) out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  for (size_t i = 0; i < hex.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
   return out;
 }
 
@@ -41,8 +44,8 @@ void Reseal(std::string* enc) {
 }
 
 // Builds a sealed encoding from a header description and an uncompressed/stored body.
-std::string Assemble(uint8_t codec, uint8_t flags, uint32_t block_size, uint32_t count, const std::string& stored,
-                     uint64_t body_size) {
+std::string Assemble(uint8_t codec, uint8_t flags, uint32_t block_size, uint32_t count,
+                     const std::string& stored, uint64_t body_size) {
   std::string out = "FEDGEBN1";
   Put<uint16_t>(&out, 1);
   out.push_back(static_cast<char>(codec));
@@ -75,9 +78,12 @@ TensorBundle RandomBundle(uint32_t seed, float stddev = 0.02f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, stddev);
   TensorBundle b;
-  const std::vector<std::pair<std::string, std::vector<int64_t>>> layout = {
-      {"layer.0.query.lora_A", {8, 48}}, {"layer.0.query.lora_B", {48, 8}}, {"classifier.bias", {25}},
-      {"scalar", {}}, {"odd", {3, 37}}, {"empty", {4, 0}}};
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> layout = {{"layer.0.query.lora_A", {8, 48}},
+                                                                            {"layer.0.query.lora_B", {48, 8}},
+                                                                            {"classifier.bias", {25}},
+                                                                            {"scalar", {}},
+                                                                            {"odd", {3, 37}},
+                                                                            {"empty", {4, 0}}};
   for (const auto& [name, shape] : layout) {
     NamedTensor t;
     t.name = name;
@@ -162,12 +168,16 @@ TEST_P(CodecRoundTripTest, ReconstructsWithinTheCodecsBound) {
     for (size_t i = 0; i < a.values.size(); ++i) {
       const float x = a.values[i], y = b.values[i], err = std::fabs(x - y);
       switch (codec) {
-        case Codec::kFp32: ASSERT_EQ(std::bit_cast<uint32_t>(x), std::bit_cast<uint32_t>(y)); break;
+        case Codec::kFp32:
+          ASSERT_EQ(std::bit_cast<uint32_t>(x), std::bit_cast<uint32_t>(y));
+          break;
         case Codec::kFp16:
           // Half an ulp: 2^-11 relative for normals, 2^-25 absolute for subnormals.
           ASSERT_LE(err, std::max(std::fabs(x) * std::ldexp(1.0f, -11), std::ldexp(1.0f, -25))) << x;
           break;
-        case Codec::kBf16: ASSERT_LE(err, std::fabs(x) * std::ldexp(1.0f, -8)) << x; break;
+        case Codec::kBf16:
+          ASSERT_LE(err, std::fabs(x) * std::ldexp(1.0f, -8)) << x;
+          break;
         case Codec::kInt8:
         case Codec::kInt4: {
           // Blocks run per tensor: block k covers elements [16k, 16k+16).
@@ -184,8 +194,8 @@ TEST_P(CodecRoundTripTest, ReconstructsWithinTheCodecsBound) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecRoundTripTest,
-                         ::testing::Combine(::testing::Values(Codec::kFp32, Codec::kFp16, Codec::kBf16, Codec::kInt8,
-                                                              Codec::kInt4),
+                         ::testing::Combine(::testing::Values(Codec::kFp32, Codec::kFp16, Codec::kBf16,
+                                                              Codec::kInt8, Codec::kInt4),
                                             ::testing::Bool()),
                          [](const auto& info) {
                            return std::string(CodecName(std::get<0>(info.param))) +
@@ -277,7 +287,8 @@ TEST(TensorBundleTest, Int8BlocksRunPerTensor) {
   const auto out = Decode(EncodeOk(b, Codec::kInt8, false, /*block_size=*/64));
   EXPECT_NEAR(out.tensors[1].values[1], -0.002f, 0.002f / 254);
   // 6 values + one scale per tensor.
-  EXPECT_EQ(EncodeOk(b, Codec::kInt8, false).size(), kHeader + kTrailer + (2 + 3 + 2 + 8) + (2 + 5 + 2 + 8) + 2 * (3 + 4));
+  EXPECT_EQ(EncodeOk(b, Codec::kInt8, false).size(),
+            kHeader + kTrailer + (2 + 3 + 2 + 8) + (2 + 5 + 2 + 8) + 2 * (3 + 4));
   for (int block : {1, 5, 64, 65536}) {
     const TensorBundle in = RandomBundle(11);
     const auto rt = Decode(EncodeOk(in, Codec::kInt8, true, block));
@@ -403,7 +414,8 @@ TEST(TensorBundleTest, RejectsChecksumMismatch) {
 TEST(TensorBundleTest, RejectsOversizedCounts) {
   DecodeLimits small;
   small.max_tensors = 2;
-  ExpectRejected(EncodeOk(RandomBundle(1), Codec::kFp32, false), "tensor count 6 exceeds the limit of 2", small);
+  ExpectRejected(EncodeOk(RandomBundle(1), Codec::kFp32, false), "tensor count 6 exceeds the limit of 2",
+                 small);
   small = {};
   small.max_encoded_bytes = 100;
   ExpectRejected(EncodeOk(RandomBundle(1), Codec::kFp32, false), "encoded size", small);
@@ -416,7 +428,8 @@ TEST(TensorBundleTest, RejectsElementCountOverflowAndLimits) {
   DecodeLimits wide;
   wide.max_total_elements = std::numeric_limits<uint64_t>::max();
   // 2^32 * 2^32 overflows 64 bits.
-  ExpectRejected(AssemblePlain(0, 0, 1, Entry("a", {1ull << 32, 1ull << 32})), "overflows the element count", wide);
+  ExpectRejected(AssemblePlain(0, 0, 1, Entry("a", {1ull << 32, 1ull << 32})), "overflows the element count",
+                 wide);
   // A single dimension beyond int64.
   ExpectRejected(AssemblePlain(0, 0, 1, Entry("a", {1ull << 63})), "exceeds the element limit", wide);
   // Default limit: one dimension past 2^30 elements, even when another dimension is zero.
@@ -424,7 +437,8 @@ TEST(TensorBundleTest, RejectsElementCountOverflowAndLimits) {
   // Two tensors that each fit but together do not.
   DecodeLimits small;
   small.max_total_elements = 10;
-  ExpectRejected(AssemblePlain(0, 0, 2, Entry("a", {6}) + Entry("b", {6})), "total element count exceeds", small);
+  ExpectRejected(AssemblePlain(0, 0, 2, Entry("a", {6}) + Entry("b", {6})), "total element count exceeds",
+                 small);
   // A body claim larger than the limits allow is refused before decompression.
   ExpectRejected(Assemble(0, 1, 0, 1, "junk", 1ull << 40), "exceeds what the limits allow");
 }
@@ -501,7 +515,8 @@ TEST(TensorBundleTest, RejectsZstdFrameErrors) {
   for (size_t i = 6; i < garbled.size(); ++i) garbled[i] = static_cast<char>(garbled[i] ^ 0x5A);
   ExpectRejected(Assemble(0, 1, 0, 1, garbled, body.size()), "zstd");
   // Junk after the frame.
-  ExpectRejected(Assemble(0, 1, 0, 1, Compress(body, false) + "zz", body.size()), "trailing bytes after the zstd frame");
+  ExpectRejected(Assemble(0, 1, 0, 1, Compress(body, false) + "zz", body.size()),
+                 "trailing bytes after the zstd frame");
 }
 
 TEST(TensorBundleTest, RejectsDecompressedSizeMismatch) {
@@ -544,8 +559,8 @@ TEST(TensorBundleTest, SurvivesRandomMutations) {
     Codec codec;
     double topk;  // 0 = dense
   };
-  const std::vector<Variant> variants = {{Codec::kFp32, 0}, {Codec::kFp16, 0},   {Codec::kBf16, 0},
-                                         {Codec::kInt8, 0}, {Codec::kInt4, 0},   {Codec::kFp32, 0.1},
+  const std::vector<Variant> variants = {{Codec::kFp32, 0},   {Codec::kFp16, 0},   {Codec::kBf16, 0},
+                                         {Codec::kInt8, 0},   {Codec::kInt4, 0},   {Codec::kFp32, 0.1},
                                          {Codec::kFp16, 0.3}, {Codec::kInt8, 0.1}, {Codec::kInt4, 0.05}};
   for (const Variant& variant : variants) {
     for (bool zstd : {false, true}) {
@@ -575,7 +590,8 @@ TEST(TensorBundleTest, SurvivesRandomMutations) {
         }
         if (m == enc) {  // the mutation rewrote bytes with their own values
           ASSERT_EQ(d->tensors.size(), want.tensors.size());
-          for (size_t t = 0; t < want.tensors.size(); ++t) EXPECT_EQ(d->tensors[t].values, want.tensors[t].values);
+          for (size_t t = 0; t < want.tensors.size(); ++t)
+            EXPECT_EQ(d->tensors[t].values, want.tensors[t].values);
           continue;
         }
         if (!reseal) {
@@ -585,7 +601,8 @@ TEST(TensorBundleTest, SurvivesRandomMutations) {
         // Behind a valid checksum a value may change, but whatever decodes must be a
         // valid bundle of the declared shapes, and for the element-wise dense codecs
         // the encoding is canonical.
-        for (const NamedTensor& t : d->tensors) ASSERT_EQ(static_cast<int64_t>(t.values.size()), t.NumElements());
+        for (const NamedTensor& t : d->tensors)
+          ASSERT_EQ(static_cast<int64_t>(t.values.size()), t.NumElements());
         auto again = EncodeBundle(*d, o);
         ASSERT_TRUE(again.ok()) << again.status().ToString();
         if (!zstd && !IsBlockwiseCodec(variant.codec) && variant.topk == 0) {
@@ -607,7 +624,8 @@ TEST(TensorBundleTest, CheckSameLayoutNamesTheFirstMismatch) {
   EXPECT_NE(s.message().find("\"odd\" has shape [37,3], expected [3,37]"), std::string::npos) << s.message();
   TensorBundle missing = a;
   missing.tensors.erase(missing.tensors.begin());
-  EXPECT_NE(CheckSameLayout(a, missing).message().find("missing tensor \"layer.0.query.lora_A\""), std::string::npos);
+  EXPECT_NE(CheckSameLayout(a, missing).message().find("missing tensor \"layer.0.query.lora_A\""),
+            std::string::npos);
   TensorBundle extra = a;
   extra.tensors.push_back({"new", {1}, {0.0f}});
   EXPECT_NE(CheckSameLayout(a, extra).message().find("unexpected tensor \"new\""), std::string::npos);

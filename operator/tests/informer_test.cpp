@@ -30,7 +30,8 @@ struct Recorder {
   }
   bool WaitFor(const std::string& e, milliseconds timeout = milliseconds(5000)) {
     std::unique_lock<std::mutex> l(mu);
-    return cv.wait_for(l, timeout, [&] { return std::find(events.begin(), events.end(), e) != events.end(); });
+    return cv.wait_for(l, timeout,
+                       [&] { return std::find(events.begin(), events.end(), e) != events.end(); });
   }
   InformerHandlers Handlers() {
     return {[this](const ObjectPtr& o) { Push("add " + ObjectKey(*o)); },
@@ -117,7 +118,7 @@ TEST(LeaderElectionTest, ExactlyOneCandidateLeadsAndTakeoverWaitsForExpiry) {
   clock.Advance(seconds(14));
   EXPECT_FALSE(eb.TryAcquireOrRenew());  // 14 s < 15 s lease
   clock.Advance(seconds(2));
-  EXPECT_TRUE(eb.TryAcquireOrRenew());   // a stopped renewing: b takes over
+  EXPECT_TRUE(eb.TryAcquireOrRenew());  // a stopped renewing: b takes over
   auto lease = client.Get(res::kLeases, "ops", "op");
   ASSERT_TRUE(lease.ok());
   EXPECT_EQ((*lease)["spec"]["holderIdentity"], "b");

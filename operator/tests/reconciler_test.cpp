@@ -17,19 +17,23 @@ namespace {
 Json Node(const std::string& name, bool edge, bool ready = true) {
   Json labels = Json::object();
   if (edge) labels["fedge.io/edge"] = "true";
-  return {{"apiVersion", "v1"}, {"kind", "Node"},
-          {"metadata", {{"name", name}, {"labels", labels}}},
-          {"status", {{"conditions", Json::array({{{"type", "Ready"}, {"status", ready ? "True" : "False"}}})}}}};
+  return {
+      {"apiVersion", "v1"},
+      {"kind", "Node"},
+      {"metadata", {{"name", name}, {"labels", labels}}},
+      {"status", {{"conditions", Json::array({{{"type", "Ready"}, {"status", ready ? "True" : "False"}}})}}}};
 }
 
 Json Job(const std::string& name = "wn") {
-  return {{"apiVersion", "fedge.io/v1alpha1"}, {"kind", "FederatedTrainingJob"},
+  return {{"apiVersion", "fedge.io/v1alpha1"},
+          {"kind", "FederatedTrainingJob"},
           {"metadata", {{"name", name}, {"namespace", "ml"}}},
-          {"spec", {{"model", {{"path", "/models/minilm"}, {"labels", {"noun.animal", "noun.plant"}}}},
-                    {"data", {{"path", "/data/wordnet"}}},
-                    {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}, {"tolerationSeconds", 600}}},
-                    {"rounds", {{"total", 3}}},
-                    {"runPolicy", {{"backoffLimit", 1}}}}}};
+          {"spec",
+           {{"model", {{"path", "/models/minilm"}, {"labels", {"noun.animal", "noun.plant"}}}},
+            {"data", {{"path", "/data/wordnet"}}},
+            {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}, {"tolerationSeconds", 600}}},
+            {"rounds", {{"total", 3}}},
+            {"runPolicy", {{"backoffLimit", 1}}}}}};
 }
 
 class ReconcilerTest : public ::testing::Test {
@@ -55,7 +59,8 @@ class ReconcilerTest : public ::testing::Test {
     Json st = {{"phase", phase},
                {"conditions", Json::array({{{"type", "Ready"}, {"status", ready ? "True" : "False"}}})}};
     if (phase == "Failed" || phase == "Succeeded") {
-      st["containerStatuses"] = Json::array({{{"name", "c"}, {"state", {{"terminated", {{"exitCode", exit_code}}}}}}});
+      st["containerStatuses"] =
+          Json::array({{{"name", "c"}, {"state", {{"terminated", {{"exitCode", exit_code}}}}}}});
     }
     ASSERT_TRUE(client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
   }
@@ -68,7 +73,8 @@ class ReconcilerTest : public ::testing::Test {
   FakeClock clock_;
   EventRecorder events_{&client_, &clock_};
   std::time_t now_ = 1'800'000'000;
-  JobReconciler reconciler_{&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), [this] { return now_; }}};
+  JobReconciler reconciler_{&client_, &cache_, &events_,
+                            ReconcilerOptions{DefaultImages(), [this] { return now_; }}};
 };
 
 TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
@@ -90,7 +96,8 @@ TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
   EXPECT_EQ(children, 10);
   std::set<std::string> nodes;
   for (const auto& p : Pods()) {
-    if (p["metadata"]["labels"][kLabelRole] == "agent") nodes.insert(p["metadata"]["annotations"][kAnnotationNode]);
+    if (p["metadata"]["labels"][kLabelRole] == "agent")
+      nodes.insert(p["metadata"]["annotations"][kAnnotationNode]);
   }
   EXPECT_EQ(nodes, (std::set<std::string>{"edge-a", "edge-b"}));
   Json got = GetJob();
@@ -114,7 +121,8 @@ TEST_F(ReconcilerTest, AgentPodToleratesOfflineNodeAndIsPinned) {
     unreachable |= t["key"] == "node.kubernetes.io/unreachable";
   }
   EXPECT_TRUE(not_ready && unreachable);
-  auto terms = (*pod)["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+  auto terms = (*pod)["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                     ["nodeSelectorTerms"];
   EXPECT_EQ(terms[0]["matchFields"][0]["values"][0], "edge-a");
   auto svc = client_.Get(res::kServices, "ml", "wn-inference");
   ASSERT_TRUE(svc.ok());
@@ -138,7 +146,10 @@ TEST_F(ReconcilerTest, SecretHoldsCaSignedServingCertAndOneTokenPerAgent) {
   EVP_PKEY* ca_pub = X509_get_pubkey(ca);
   EXPECT_EQ(X509_verify(tls, ca_pub), 1);
   EVP_PKEY_free(ca_pub);
-  X509_free(ca); X509_free(tls); BIO_free(cb); BIO_free(tb);
+  X509_free(ca);
+  X509_free(tls);
+  BIO_free(cb);
+  BIO_free(tb);
 }
 
 TEST_F(ReconcilerTest, SteadyStateReconcileWritesNothing) {
@@ -156,7 +167,8 @@ TEST_F(ReconcilerTest, RestartedOperatorCreatesNoDuplicates) {
   Reconcile();
   auto secret_before = *client_.Get(res::kSecrets, "ml", "wn-credentials");
   // A fresh reconciler (a restarted operator) over the same cluster.
-  JobReconciler again(&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), [this] { return now_; }});
+  JobReconciler again(&client_, &cache_, &events_,
+                      ReconcilerOptions{DefaultImages(), [this] { return now_; }});
   ASSERT_TRUE(again.Reconcile("ml/wn").ok());
   EXPECT_EQ(Pods().size(), 3u);
   EXPECT_EQ(client_.Objects(res::kSecrets).size(), 1u);
@@ -345,7 +357,8 @@ TEST(DesiredTest, TlsPassesTheSecretsCertificatesToBothSides) {
   auto items = [](const Json& pod) {
     std::set<std::string> keys;
     for (const auto& v : pod["spec"]["volumes"]) {
-      if (v.contains("secret")) for (const auto& it : v["secret"]["items"]) keys.insert(it["path"]);
+      if (v.contains("secret"))
+        for (const auto& it : v["secret"]["items"]) keys.insert(it["path"]);
     }
     return keys;
   };

@@ -48,7 +48,8 @@ TEST(WorkQueueTest, NeverRunsOneKeyOnTwoWorkers) {
     while (auto key = q.Get()) {
       int now = ++in_flight;
       int prev = max_in_flight.load();
-      while (now > prev && !max_in_flight.compare_exchange_weak(prev, now)) {}
+      while (now > prev && !max_in_flight.compare_exchange_weak(prev, now)) {
+      }
       std::this_thread::yield();
       q.Add(*key);  // an event arrives mid-reconcile
       --in_flight;
@@ -58,7 +59,9 @@ TEST(WorkQueueTest, NeverRunsOneKeyOnTwoWorkers) {
   };
   q.Add("ns/only");
   std::thread a(worker), b(worker), c(worker);
-  a.join(); b.join(); c.join();
+  a.join();
+  b.join();
+  c.join();
   EXPECT_GE(processed.load(), 200);
   EXPECT_EQ(max_in_flight.load(), 1);
 }

@@ -49,9 +49,9 @@ StatusOr<BertOptions> BertOptions::FromConfigJson(const std::string& json_text) 
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError(std::string("config.json: ") + e.what());
   }
-  if (o.vocab_size <= 0 || o.hidden_size <= 0 || o.num_hidden_layers <= 0 ||
-      o.num_attention_heads <= 0 || o.intermediate_size <= 0 || o.max_position_embeddings < 2 ||
-      o.type_vocab_size <= 0 || !(o.layer_norm_eps > 0)) {
+  if (o.vocab_size <= 0 || o.hidden_size <= 0 || o.num_hidden_layers <= 0 || o.num_attention_heads <= 0 ||
+      o.intermediate_size <= 0 || o.max_position_embeddings < 2 || o.type_vocab_size <= 0 ||
+      !(o.layer_norm_eps > 0)) {
     return InvalidArgumentError("config.json has a non-positive size or layer_norm_eps");
   }
   if (o.hidden_size % o.num_attention_heads != 0) {
@@ -71,10 +71,10 @@ StatusOr<BertOptions> BertOptions::FromConfigFile(const std::string& path) {
 
 BertEmbeddingsImpl::BertEmbeddingsImpl(const BertOptions& o) {
   word_embeddings_ = register_module("word_embeddings", torch::nn::Embedding(o.vocab_size, o.hidden_size));
-  position_embeddings_ = register_module(
-      "position_embeddings", torch::nn::Embedding(o.max_position_embeddings, o.hidden_size));
-  token_type_embeddings_ = register_module(
-      "token_type_embeddings", torch::nn::Embedding(o.type_vocab_size, o.hidden_size));
+  position_embeddings_ =
+      register_module("position_embeddings", torch::nn::Embedding(o.max_position_embeddings, o.hidden_size));
+  token_type_embeddings_ =
+      register_module("token_type_embeddings", torch::nn::Embedding(o.type_vocab_size, o.hidden_size));
   layer_norm_ = register_module(
       "LayerNorm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden_size}).eps(o.layer_norm_eps)));
 }
@@ -83,8 +83,8 @@ torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids) {
   const int64_t seq_len = input_ids.size(1);
   torch::Tensor positions = torch::arange(seq_len, torch::kLong).unsqueeze(0);
   // Single-segment input: token type 0 everywhere, i.e. row 0 broadcast.
-  torch::Tensor x = word_embeddings_(input_ids) + position_embeddings_(positions) +
-                    token_type_embeddings_->weight[0];
+  torch::Tensor x =
+      word_embeddings_(input_ids) + position_embeddings_(positions) + token_type_embeddings_->weight[0];
   return layer_norm_(x);
 }
 
@@ -192,8 +192,7 @@ Status BertModelImpl::LoadWeights(const SafetensorsFile& file) {
     }
     auto values = SafetensorsFile::ToFloat32(*view);
     if (!values.ok()) {
-      return DataLossError("model.safetensors tensor '" + view->name +
-                           "': " + values.status().message());
+      return DataLossError("model.safetensors tensor '" + view->name + "': " + values.status().message());
     }
     param.copy_(torch::from_blob(values->data(), param.sizes(), torch::kFloat));
   }
@@ -206,9 +205,8 @@ std::vector<std::pair<std::string, LoraLinear>> BertModelImpl::FindLinears(const
     auto linear = std::dynamic_pointer_cast<LoraLinearImpl>(item.value());
     if (!linear) continue;
     const std::string& name = item.key();
-    bool match = name == target ||
-                 (name.size() > target.size() && name.ends_with(target) &&
-                  name[name.size() - target.size() - 1] == '.');
+    bool match = name == target || (name.size() > target.size() && name.ends_with(target) &&
+                                    name[name.size() - target.size() - 1] == '.');
     if (match) found.emplace_back(name, LoraLinear(linear));
   }
   return found;

@@ -32,8 +32,8 @@ enum class CharClass { kLetter, kNumber, kSpace, kOther };
 // Oniguruma's \s for Unicode text: the White_Space property.
 bool IsWhiteSpace(char32_t c) {
   if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
-  return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+  return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
+         c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 CharClass Classify(char32_t c) {
@@ -56,14 +56,22 @@ CharClass Classify(char32_t c) {
 bool LeadByte(uint8_t b, int* need, uint8_t* lo, uint8_t* hi) {
   *lo = 0x80;
   *hi = 0xBF;
-  if (b >= 0xC2 && b <= 0xDF) *need = 1;
-  else if (b == 0xE0) *need = 2, *lo = 0xA0;
-  else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) *need = 2;
-  else if (b == 0xED) *need = 2, *hi = 0x9F;
-  else if (b == 0xF0) *need = 3, *lo = 0x90;
-  else if (b >= 0xF1 && b <= 0xF3) *need = 3;
-  else if (b == 0xF4) *need = 3, *hi = 0x8F;
-  else return false;
+  if (b >= 0xC2 && b <= 0xDF)
+    *need = 1;
+  else if (b == 0xE0)
+    *need = 2, *lo = 0xA0;
+  else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
+    *need = 2;
+  else if (b == 0xED)
+    *need = 2, *hi = 0x9F;
+  else if (b == 0xF0)
+    *need = 3, *lo = 0x90;
+  else if (b >= 0xF1 && b <= 0xF3)
+    *need = 3;
+  else if (b == 0xF4)
+    *need = 3, *hi = 0x8F;
+  else
+    return false;
   return true;
 }
 
@@ -265,8 +273,7 @@ std::vector<std::string> ApplyStep(const PreTokStep& step, const std::vector<std
   std::vector<std::string> out;
   for (const std::string& piece_in : pieces) {
     std::string piece = piece_in;
-    if (step.type == PreTokStep::kByteLevel && step.add_prefix_space &&
-        (piece.empty() || piece[0] != ' ')) {
+    if (step.type == PreTokStep::kByteLevel && step.add_prefix_space && (piece.empty() || piece[0] != ' ')) {
       piece.insert(piece.begin(), ' ');
     }
     if (step.type == PreTokStep::kDigits) {
@@ -300,13 +307,13 @@ std::vector<std::string> ApplyStep(const PreTokStep& step, const std::vector<std
 
 struct BpeTokenizer::Impl {
   std::unordered_map<std::string, int32_t> vocab;
-  std::vector<std::string> id_to_token;           // vocab and added tokens
-  std::vector<uint8_t> special;                   // per id
+  std::vector<std::string> id_to_token;                              // vocab and added tokens
+  std::vector<uint8_t> special;                                      // per id
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (a,b) -> (rank, merged id)
   std::vector<AddedToken> added;
   std::vector<PreTokStep> steps;
   bool ignore_merges = false;
-  std::array<int32_t, 256> byte_id{};             // id of each single-byte token, -1 if absent
+  std::array<int32_t, 256> byte_id{};  // id of each single-byte token, -1 if absent
   std::unordered_map<char32_t, uint8_t> unicode_to_byte;
 
   static uint64_t PairKey(int32_t a, int32_t b) {
@@ -388,8 +395,8 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
     std::vector<AddedToken> added;
     if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
       for (const json& t : j["added_tokens"]) {
-        AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(),
-                     t.value("special", false), t.value("lstrip", false), t.value("rstrip", false)};
+        AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(), t.value("special", false),
+                     t.value("lstrip", false), t.value("rstrip", false)};
         if (a.content.empty()) continue;
         max_id = std::max(max_id, a.id);
         added.push_back(std::move(a));
@@ -403,8 +410,9 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       impl->special[static_cast<size_t>(a.id)] = a.special ? 1 : 0;
     }
     // Longest first, so the leftmost match found first is also the longest there.
-    std::stable_sort(added.begin(), added.end(),
-                     [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
+    std::stable_sort(added.begin(), added.end(), [](const AddedToken& x, const AddedToken& y) {
+      return x.content.size() > y.content.size();
+    });
     impl->added = std::move(added);
 
     const auto& table = ByteTable();
@@ -423,7 +431,8 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
         std::string s = m.get<std::string>();
         size_t sp = s.find(' ');
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-          return InvalidArgumentError("tokenizer.json: merge \"" + s + "\" is not two tokens separated by a space");
+          return InvalidArgumentError("tokenizer.json: merge \"" + s +
+                                      "\" is not two tokens separated by a space");
         }
         a = s.substr(0, sp);
         b = s.substr(sp + 1);
@@ -435,13 +444,15 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       }
       auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), im = impl->vocab.find(a + b);
       if (ia == impl->vocab.end() || ib == impl->vocab.end() || im == impl->vocab.end()) {
-        return InvalidArgumentError("tokenizer.json: merge (" + a + ", " + b + ") uses a token missing from the vocab");
+        return InvalidArgumentError("tokenizer.json: merge (" + a + ", " + b +
+                                    ") uses a token missing from the vocab");
       }
       impl->merges.emplace(Impl::PairKey(ia->second, ib->second), std::make_pair(rank++, im->second));
     }
 
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-      return UnimplementedError("tokenizer.json: normalizer " + j["normalizer"].value("type", std::string("?")) +
+      return UnimplementedError("tokenizer.json: normalizer " +
+                                j["normalizer"].value("type", std::string("?")) +
                                 " is not supported (only null)");
     }
     auto parse_step = [&](const json& p, std::vector<PreTokStep>* steps) -> Status {
@@ -458,15 +469,20 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
         step.type = PreTokStep::kSplit;
         std::string behavior = p.value("behavior", std::string("Isolated"));
         if (behavior != "Isolated" || p.value("invert", false)) {
-          return UnimplementedError("tokenizer.json: Split behavior " + behavior + " / invert is not supported");
+          return UnimplementedError("tokenizer.json: Split behavior " + behavior +
+                                    " / invert is not supported");
         }
         const json& pat = p.at("pattern");
         std::string regex = pat.contains("Regex") ? pat["Regex"].get<std::string>() : std::string();
-        if (regex == kPatternGpt2) step.split = SplitKind::kGpt2;
-        else if (regex == kPatternLlama3) step.split = SplitKind::kLlama3;
-        else if (regex == kPatternQwen2) step.split = SplitKind::kQwen2;
-        else return UnimplementedError("tokenizer.json: Split pattern " + pat.dump() +
-                                       " is not one of the GPT-2, Llama-3 or Qwen2 regexes");
+        if (regex == kPatternGpt2)
+          step.split = SplitKind::kGpt2;
+        else if (regex == kPatternLlama3)
+          step.split = SplitKind::kLlama3;
+        else if (regex == kPatternQwen2)
+          step.split = SplitKind::kQwen2;
+        else
+          return UnimplementedError("tokenizer.json: Split pattern " + pat.dump() +
+                                    " is not one of the GPT-2, Llama-3 or Qwen2 regexes");
       } else {
         return UnimplementedError("tokenizer.json: pre_tokenizer " + type + " is not supported");
       }
@@ -487,7 +503,8 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
     }
     const json& dec = j.value("decoder", json());
     if (!dec.is_null() && dec.value("type", std::string()) != "ByteLevel") {
-      return UnimplementedError("tokenizer.json: decoder " + dec.value("type", std::string()) + " is not supported");
+      return UnimplementedError("tokenizer.json: decoder " + dec.value("type", std::string()) +
+                                " is not supported");
     }
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError(std::string("tokenizer.json: ") + e.what());
@@ -576,7 +593,8 @@ std::string BpeTokenizer::IdToToken(int32_t id) const {
 }
 
 bool BpeTokenizer::IsSpecial(int32_t id) const {
-  return id >= 0 && static_cast<size_t>(id) < impl_->special.size() && impl_->special[static_cast<size_t>(id)];
+  return id >= 0 && static_cast<size_t>(id) < impl_->special.size() &&
+         impl_->special[static_cast<size_t>(id)];
 }
 
 int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_to_token.size()); }

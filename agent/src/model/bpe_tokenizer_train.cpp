@@ -27,16 +27,19 @@ std::string Mapped(std::string_view bytes) {
 
 using Pair = std::pair<int32_t, int32_t>;
 struct PairHash {
-  size_t operator()(const Pair& p) const { return std::hash<uint64_t>()((uint64_t(uint32_t(p.first)) << 32) | uint32_t(p.second)); }
+  size_t operator()(const Pair& p) const {
+    return std::hash<uint64_t>()((uint64_t(uint32_t(p.first)) << 32) | uint32_t(p.second));
+  }
 };
 
 }  // namespace
 
-StatusOr<std::string> TrainBpeTokenizer(const std::vector<std::string>& corpus, const BpeTrainOptions& options) {
+StatusOr<std::string> TrainBpeTokenizer(const std::vector<std::string>& corpus,
+                                        const BpeTrainOptions& options) {
   const int base = static_cast<int>(options.special_tokens.size()) + 256;
   if (options.vocab_size < base) {
-    return InvalidArgumentError("bpe train: vocab_size " + std::to_string(options.vocab_size) + " is below the " +
-                                std::to_string(base) + " special and byte tokens");
+    return InvalidArgumentError("bpe train: vocab_size " + std::to_string(options.vocab_size) +
+                                " is below the " + std::to_string(base) + " special and byte tokens");
   }
   std::vector<std::string> tokens = options.special_tokens;  // id -> mapped token text
   for (int b = 0; b < 256; ++b) tokens.push_back(Mapped(std::string(1, static_cast<char>(b))));
@@ -122,11 +125,16 @@ StatusOr<std::string> TrainBpeTokenizer(const std::vector<std::string>& corpus, 
   for (const Pair& p : merges) merge_list.push_back({tokens[p.first], tokens[p.second]});
   nlohmann::json added = nlohmann::json::array();
   for (size_t id = 0; id < options.special_tokens.size(); ++id) {
-    added.push_back({{"id", id}, {"content", options.special_tokens[id]}, {"single_word", false},
-                     {"lstrip", false}, {"rstrip", false}, {"normalized", false}, {"special", true}});
+    added.push_back({{"id", id},
+                     {"content", options.special_tokens[id]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
   }
-  nlohmann::json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
-                               {"use_regex", true}};
+  nlohmann::json byte_level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   nlohmann::json j = {
       {"version", "1.0"},
       {"truncation", nullptr},
@@ -137,9 +145,16 @@ StatusOr<std::string> TrainBpeTokenizer(const std::vector<std::string>& corpus, 
       {"post_processor", nullptr},
       {"decoder", byte_level},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-        {"vocab", vocab}, {"merges", merge_list}}},
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merge_list}}},
   };
   return j.dump(1);
 }

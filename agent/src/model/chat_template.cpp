@@ -4,7 +4,8 @@ namespace fedge::agent::llm {
 
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer) {
   if (tokenizer.TokenToId("<|im_start|>") && tokenizer.TokenToId("<|im_end|>")) return ChatFormat::kChatMl;
-  if (tokenizer.TokenToId("<|start_header_id|>") && tokenizer.TokenToId("<|eot_id|>")) return ChatFormat::kLlama3;
+  if (tokenizer.TokenToId("<|start_header_id|>") && tokenizer.TokenToId("<|eot_id|>"))
+    return ChatFormat::kLlama3;
   return std::nullopt;
 }
 
@@ -29,7 +30,8 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
     }
   }
   if (add_generation_prompt) {
-    out += format == ChatFormat::kChatMl ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    out += format == ChatFormat::kChatMl ? "<|im_start|>assistant\n"
+                                         : "<|start_header_id|>assistant<|end_header_id|>\n\n";
   }
   return out;
 }

@@ -6,8 +6,7 @@
 
 namespace fedge::agent {
 
-StatusOr<std::vector<Example>> LoadExamples(const std::string& path,
-                                            const std::vector<std::string>& labels) {
+StatusOr<std::vector<Example>> LoadExamples(const std::string& path, const std::vector<std::string>& labels) {
   FEDGE_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
   std::vector<Example> examples;
   size_t pos = 0;

@@ -40,7 +40,8 @@ int32_t TokenSampler::Sample(std::vector<float>& logits) {
   const float max_logit = logits[order_[0]];
   std::vector<double> probs(static_cast<size_t>(keep));
   double total = 0;
-  for (int32_t i = 0; i < keep; ++i) total += probs[i] = std::exp(static_cast<double>(logits[order_[i]] - max_logit));
+  for (int32_t i = 0; i < keep; ++i)
+    total += probs[i] = std::exp(static_cast<double>(logits[order_[i]] - max_logit));
   if (options_.top_p < 1.0) {
     // Smallest prefix (most likely first) whose mass reaches top_p; at least one.
     double mass = 0;
@@ -129,13 +130,14 @@ class StopScanner {
 
 StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeTokenizer& tokenizer,
                                           const std::vector<int32_t>& prompt_ids,
-                                          const std::vector<int64_t>& eos_ids, const GenerationOptions& options,
-                                          const TextCallback& on_text) {
+                                          const std::vector<int64_t>& eos_ids,
+                                          const GenerationOptions& options, const TextCallback& on_text) {
   const LlamaConfig& config = model->config();
   if (prompt_ids.empty()) return InvalidArgumentError("generate: the prompt has no tokens");
   for (int32_t id : prompt_ids) {
     if (id < 0 || id >= config.vocab_size) {
-      return InvalidArgumentError("generate: prompt token id " + std::to_string(id) + " is outside the vocabulary");
+      return InvalidArgumentError("generate: prompt token id " + std::to_string(id) +
+                                  " is outside the vocabulary");
     }
   }
   const auto prompt_len = static_cast<int64_t>(prompt_ids.size());
@@ -148,7 +150,8 @@ StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeToke
 
   GenerationResult result;
   result.prompt_tokens = prompt_len;
-  const int64_t capacity = std::min<int64_t>(prompt_len + options.max_new_tokens, config.max_position_embeddings);
+  const int64_t capacity =
+      std::min<int64_t>(prompt_len + options.max_new_tokens, config.max_position_embeddings);
   TokenSampler sampler(options.sampling);
   StopScanner scanner(options.stop);
   size_t emitted = 0;
@@ -161,7 +164,8 @@ StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeToke
     torch::InferenceMode guard;
     KvCache cache = KvCache::Allocate(config, 1, std::max<int64_t>(capacity, prompt_len));
     std::vector<int64_t> ids64(prompt_ids.begin(), prompt_ids.end());
-    torch::Tensor logits = model->forward(torch::tensor(ids64, torch::kLong).view({1, prompt_len}), &cache, true);
+    torch::Tensor logits =
+        model->forward(torch::tensor(ids64, torch::kLong).view({1, prompt_len}), &cache, true);
     std::vector<float> row(static_cast<size_t>(config.vocab_size));
     result.finish_reason = FinishReason::kLength;
     for (int step = 0; step < options.max_new_tokens; ++step) {
@@ -183,7 +187,8 @@ StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeToke
       // The sequence may not outgrow the context: "length".
       if (prompt_len + static_cast<int64_t>(result.token_ids.size()) >= config.max_position_embeddings) break;
       if (step + 1 == options.max_new_tokens) break;
-      logits = model->forward(torch::tensor({static_cast<int64_t>(id)}, torch::kLong).view({1, 1}), &cache, true);
+      logits =
+          model->forward(torch::tensor({static_cast<int64_t>(id)}, torch::kLong).view({1, 1}), &cache, true);
     }
   } catch (const c10::Error& e) {
     return InternalError(std::string("generate: ") + e.what_without_backtrace());

@@ -36,7 +36,8 @@ torch::Tensor LlamaRmsNormImpl::forward(const torch::Tensor& x) {
 // --- Rotary position embedding (Su et al. 2021), rotate-half form ------------------
 LlamaRotaryImpl::LlamaRotaryImpl(int64_t head_dim, double theta, int64_t max_positions) {
   // inv_freq_i = theta^(-2i/d), computed in float32 as transformers does.
-  torch::Tensor exponent = torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(head_dim);
+  torch::Tensor exponent =
+      torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(head_dim);
   torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat), exponent);
   torch::Tensor positions = torch::arange(max_positions, torch::kInt64).to(torch::kFloat);
   torch::Tensor freqs = torch::outer(positions, inv_freq);
@@ -73,8 +74,9 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
   o_proj = register_module("o_proj", Projection(heads_ * head_dim_, c.hidden_size));
 }
 
-torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                          torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past) {
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                          const torch::Tensor& sin, torch::Tensor* cache_k,
+                                          torch::Tensor* cache_v, int64_t past) {
   const int64_t b = x.size(0), t = x.size(1), rep = heads_ / kv_heads_;
   torch::Tensor q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);
   torch::Tensor k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
@@ -91,7 +93,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // Query heads g*rep .. g*rep+rep-1 share key/value head g: fold them into the row
   // dimension instead of copying keys and values rep times.
   torch::Tensor qg = q.reshape({b, kv_heads_, rep * t, head_dim_});
-  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  torch::Tensor scores =
+      torch::matmul(qg, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
   if (t > 1) {
     // Query i (absolute position past+i) sees keys 0..past+i.
     torch::Tensor mask = torch::ones({t, s}, torch::kBool).triu(past + 1);
@@ -279,8 +282,7 @@ StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
 Status SaveLlama(LlamaForCausalLm& model, const std::string& dir) {
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir));
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", model->config().ToJson()));
-  FEDGE_ASSIGN_OR_RETURN(std::string bytes,
-                         SerializeSafetensors(model->ExportWeights(), {{"format", "pt"}}));
+  FEDGE_ASSIGN_OR_RETURN(std::string bytes, SerializeSafetensors(model->ExportWeights(), {{"format", "pt"}}));
   return WriteFileAtomic(dir + "/model.safetensors", bytes);
 }
 

@@ -48,7 +48,8 @@ class TorchCausalLm final : public CausalLm {
     return GenerateFromIds(tokenizer_.Encode(prompt), options, on_text);
   }
 
-  StatusOr<GenerationResult> GenerateFromIds(const std::vector<int32_t>& prompt_ids, const GenerationOptions& options,
+  StatusOr<GenerationResult> GenerateFromIds(const std::vector<int32_t>& prompt_ids,
+                                             const GenerationOptions& options,
                                              const TextCallback& on_text) override {
     SetMerged(true);  // one GEMM per projection while serving
     return GenerateTokens(model_, tokenizer_, prompt_ids, eos_, options, on_text);
@@ -56,17 +57,19 @@ class TorchCausalLm final : public CausalLm {
 
   Status EnableLora(const CausalLmLoraOptions& options) override {
     if (lora_enabled_) return FailedPreconditionError("LoRA is already enabled");
-    static const std::vector<std::string> kKnown = {"q_proj", "k_proj", "v_proj", "o_proj",
+    static const std::vector<std::string> kKnown = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                     "gate_proj", "up_proj", "down_proj"};
     for (const std::string& t : options.targets) {
       if (std::find(kKnown.begin(), kKnown.end(), t) == kKnown.end()) {
-        return InvalidArgumentError("LoRA target '" + t + "' is not a Llama projection (q_proj, k_proj, v_proj, "
+        return InvalidArgumentError("LoRA target '" + t +
+                                    "' is not a Llama projection (q_proj, k_proj, v_proj, "
                                     "o_proj, gate_proj, up_proj, down_proj)");
       }
     }
     if (options.rank <= 0) return InvalidArgumentError("LoRA rank must be positive");
     try {
-      model_->EnableLora(options.targets, {.rank = options.rank, .alpha = options.alpha, .dropout = options.dropout},
+      model_->EnableLora(options.targets,
+                         {.rank = options.rank, .alpha = options.alpha, .dropout = options.dropout},
                          options.seed);
     } catch (const c10::Error& e) {
       return InternalError(std::string("enable LoRA: ") + e.what_without_backtrace());
@@ -109,7 +112,8 @@ class TorchCausalLm final : public CausalLm {
                                       const CausalLmTrainOptions& options) override {
     if (!lora_enabled_) return FailedPreconditionError("train: call EnableLora first");
     if (data.empty()) return InvalidArgumentError("train: no examples");
-    if (options.batch_size <= 0 || options.steps < 0) return InvalidArgumentError("train: bad steps or batch size");
+    if (options.batch_size <= 0 || options.steps < 0)
+      return InvalidArgumentError("train: bad steps or batch size");
     CausalLmTrainResult result;
     try {
       SetMerged(false);
@@ -145,7 +149,8 @@ class TorchCausalLm final : public CausalLm {
         if (options.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params, options.max_grad_norm);
         optimizer.step();
         total += loss.item<double>();
-        result.tokens_trained += (batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>();
+        result.tokens_trained +=
+            (batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>();
         ++result.steps;
       }
       model_->eval();
@@ -200,15 +205,16 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
   FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model, LoadLlama(options.model_dir));
   FEDGE_ASSIGN_OR_RETURN(BpeTokenizer tokenizer, BpeTokenizer::Load(options.model_dir + "/tokenizer.json"));
   if (tokenizer.vocab_size() > model->config().vocab_size) {
-    return InvalidArgumentError(options.model_dir + ": tokenizer.json has " + std::to_string(tokenizer.vocab_size()) +
-                                " tokens but config.json's vocab_size is " +
-                                std::to_string(model->config().vocab_size));
+    return InvalidArgumentError(
+        options.model_dir + ": tokenizer.json has " + std::to_string(tokenizer.vocab_size()) +
+        " tokens but config.json's vocab_size is " + std::to_string(model->config().vocab_size));
   }
   FEDGE_ASSIGN_OR_RETURN(std::vector<int64_t> eos, ReadGenerationEos(options.model_dir));
   for (int64_t id : model->config().eos_token_ids) {
     if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
   }
-  return std::unique_ptr<CausalLm>(std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos)));
+  return std::unique_ptr<CausalLm>(
+      std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos)));
 }
 
 }  // namespace fedge::agent::llm

@@ -17,7 +17,8 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
                                   "\" is not a supported decoder (llama, qwen2)");
     }
     std::string act = j.value("hidden_act", std::string("silu"));
-    if (act != "silu") return InvalidArgumentError("config.json: hidden_act " + act + " is not supported (silu)");
+    if (act != "silu")
+      return InvalidArgumentError("config.json: hidden_act " + act + " is not supported (silu)");
     c.vocab_size = j.at("vocab_size").get<int64_t>();
     c.hidden_size = j.at("hidden_size").get<int64_t>();
     c.intermediate_size = j.at("intermediate_size").get<int64_t>();
@@ -26,7 +27,8 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     c.num_key_value_heads = j.value("num_key_value_heads", c.num_attention_heads);
     if (c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 || c.hidden_size <= 0 ||
         c.num_attention_heads % c.num_key_value_heads != 0) {
-      return InvalidArgumentError("config.json: num_attention_heads must be a positive multiple of num_key_value_heads");
+      return InvalidArgumentError(
+          "config.json: num_attention_heads must be a positive multiple of num_key_value_heads");
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
     if (j.contains("head_dim") && !j["head_dim"].is_null()) c.head_dim = j["head_dim"].get<int64_t>();
@@ -58,7 +60,8 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     if (j.value("use_sliding_window", false)) {
       return InvalidArgumentError("config.json: sliding-window attention is not implemented");
     }
-    if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) c.bos_token_id = j["bos_token_id"];
+    if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
+      c.bos_token_id = j["bos_token_id"];
     if (j.contains("eos_token_id")) {
       const json& e = j["eos_token_id"];
       if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
@@ -113,8 +116,10 @@ std::string LlamaConfig::ToJson() const {
 int64_t LlamaConfig::NumParameters() const {
   int64_t h = hidden_size, q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
   int64_t attn = h * q + 2 * h * kv + q * h;
-  if (attention_bias) attn += q + 2 * kv + h;
-  else if (qkv_bias) attn += q + 2 * kv;
+  if (attention_bias)
+    attn += q + 2 * kv + h;
+  else if (qkv_bias)
+    attn += q + 2 * kv;
   int64_t mlp = 3 * h * intermediate_size + (mlp_bias ? 2 * intermediate_size + h : 0);
   int64_t layer = attn + mlp + 2 * h;
   int64_t embed = vocab_size * h;

@@ -24,7 +24,8 @@ constexpr const char* kEos = "<|endoftext|>";
 // apply_chat_template works on the saved directory.
 constexpr const char* kChatMlJinja =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "
+    "endif %}";
 
 std::string CleanLemma(std::string lemma) {
   for (char& c : lemma) {
@@ -50,7 +51,8 @@ void InitWeights(LlamaForCausalLm& model, double std_dev, uint64_t seed) {
     } else {
       // Residual-branch outputs scaled by 1/sqrt(2L) (GPT-2) so depth does not
       // inflate the residual stream at initialisation.
-      bool residual_out = name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
+      bool residual_out =
+          name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
       p.normal_(0.0, residual_out ? std_dev / std::sqrt(2.0 * layers) : std_dev);
     }
   }
@@ -67,7 +69,8 @@ double CosineLr(const PretrainOptions& o, int step, double time_fraction) {
 }
 
 // Token stream of lines, each preceded by EOS (the document separator).
-std::vector<int64_t> EncodeLines(const BpeTokenizer& tok, const std::vector<std::string>& lines, int32_t eos) {
+std::vector<int64_t> EncodeLines(const BpeTokenizer& tok, const std::vector<std::string>& lines,
+                                 int32_t eos) {
   std::vector<int64_t> stream;
   for (const std::string& line : lines) {
     stream.push_back(eos);
@@ -88,10 +91,12 @@ torch::Tensor Windows(const std::vector<int64_t>& stream, int64_t batch, int64_t
   return ids;
 }
 
-Status WriteSidecars(const std::string& dir, const std::string& tokenizer_json, int32_t eos, const PretrainOptions& o) {
+Status WriteSidecars(const std::string& dir, const std::string& tokenizer_json, int32_t eos,
+                     const PretrainOptions& o) {
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/tokenizer.json", tokenizer_json));
   nlohmann::json gen = {{"bos_token_id", eos}, {"eos_token_id", eos}, {"pad_token_id", eos},
-                        {"do_sample", true}, {"temperature", 0.7}, {"top_p", 0.9}, {"max_new_tokens", 64}};
+                        {"do_sample", true},   {"temperature", 0.7},  {"top_p", 0.9},
+                        {"max_new_tokens", 64}};
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/generation_config.json", gen.dump(2)));
   nlohmann::json tok = {{"tokenizer_class", "PreTrainedTokenizerFast"},
                         {"bos_token", kEos},
@@ -128,11 +133,14 @@ StatusOr<std::vector<std::string>> ReadWordNetGlosses(const std::string& wordnet
       lines.push_back(CleanLemma(line.substr(p + 1, e - p - 1)) + ": " + gloss);
     }
   }
-  if (!any) return NotFoundError("no WordNet data files (data.noun, ...) in " + wordnet_dir + "; install wordnet-base");
+  if (!any)
+    return NotFoundError("no WordNet data files (data.noun, ...) in " + wordnet_dir +
+                         "; install wordnet-base");
   return lines;
 }
 
-StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<void(int, double)>& progress) {
+StatusOr<PretrainReport> Pretrain(const PretrainOptions& o,
+                                  const std::function<void(int, double)>& progress) {
   if (o.out_dir.empty()) return InvalidArgumentError("pretrain: out_dir is required");
   if (o.num_heads % o.num_kv_heads != 0 || o.hidden_size % o.num_heads != 0) {
     return InvalidArgumentError("pretrain: hidden_size must divide by num_heads, num_heads by num_kv_heads");
@@ -145,7 +153,8 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<
   FEDGE_ASSIGN_OR_RETURN(std::vector<std::string> lines, ReadWordNetGlosses(o.wordnet_dir));
   std::mt19937_64 rng(o.seed);
   std::shuffle(lines.begin(), lines.end(), rng);
-  if (o.max_lines > 0 && static_cast<int64_t>(lines.size()) > o.max_lines) lines.resize(static_cast<size_t>(o.max_lines));
+  if (o.max_lines > 0 && static_cast<int64_t>(lines.size()) > o.max_lines)
+    lines.resize(static_cast<size_t>(o.max_lines));
   const size_t heldout_n = std::max<size_t>(1, lines.size() / 100);
   std::vector<std::string> heldout(lines.end() - static_cast<std::ptrdiff_t>(heldout_n), lines.end());
   lines.resize(lines.size() - heldout_n);
@@ -159,8 +168,8 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<
   const std::vector<int64_t> stream = EncodeLines(tok, lines, eos);
   const std::vector<int64_t> heldout_stream = EncodeLines(tok, heldout, eos);
   report.corpus_tokens = static_cast<int64_t>(stream.size());
-  log::Info("pretrain corpus", {{"lines", report.corpus_lines}, {"tokens", report.corpus_tokens},
-                                {"vocab", tok.vocab_size()}});
+  log::Info("pretrain corpus",
+            {{"lines", report.corpus_lines}, {"tokens", report.corpus_tokens}, {"vocab", tok.vocab_size()}});
   if (static_cast<int64_t>(stream.size()) <= o.seq_len + 1 ||
       static_cast<int64_t>(heldout_stream.size()) <= o.seq_len + 1) {
     return InvalidArgumentError("pretrain: corpus too small for seq_len");
@@ -195,10 +204,13 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<
       (p.dim() >= 2 ? decay : no_decay).push_back(p);
     }
     std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                   torch::optim::AdamWOptions(o.learning_rate).betas({0.9, 0.95}).weight_decay(o.weight_decay)));
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                      torch::optim::AdamWOptions(o.learning_rate).betas({0.9, 0.95}).weight_decay(0.0)));
+    groups.emplace_back(
+        decay,
+        std::make_unique<torch::optim::AdamWOptions>(
+            torch::optim::AdamWOptions(o.learning_rate).betas({0.9, 0.95}).weight_decay(o.weight_decay)));
+    groups.emplace_back(
+        no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                      torch::optim::AdamWOptions(o.learning_rate).betas({0.9, 0.95}).weight_decay(0.0)));
     torch::optim::AdamW optimizer(std::move(groups));
     std::vector<torch::Tensor> all = decay;
     all.insert(all.end(), no_decay.begin(), no_decay.end());
@@ -214,7 +226,8 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<
         double train_budget = o.max_seconds - std::chrono::duration<double>(train_start - t0).count();
         double time_fraction =
             o.max_seconds > 0 && train_budget > 0
-                ? std::chrono::duration<double>(std::chrono::steady_clock::now() - train_start).count() / train_budget
+                ? std::chrono::duration<double>(std::chrono::steady_clock::now() - train_start).count() /
+                      train_budget
                 : 0.0;
         static_cast<torch::optim::AdamWOptions&>(group.options()).lr(CosineLr(o, step, time_fraction));
       }
@@ -228,7 +241,8 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o, const std::function<
       report.steps = step + 1;
       if (progress && (step + 1) % 10 == 0) progress(step + 1, losses.back());
     }
-    const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - train_start).count();
+    const double train_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - train_start).count();
     report.tokens_per_second = report.steps * o.batch_size * o.seq_len / std::max(1e-9, train_seconds);
     auto mean = [](auto b, auto e) { return e == b ? 0.0 : std::accumulate(b, e, 0.0) / double(e - b); };
     size_t k = std::min<size_t>(10, losses.size());

@@ -82,8 +82,8 @@ class BertTextClassifier final : public TextClassifier {
       if (!linear || !linear->has_lora()) continue;
       lora_modules_.push_back(LoraLinear(linear));
       if (options_.lora_frozen_a) {
-        linear->FreezeA(FrozenLoraA(options_.init_seed, item.key(), linear->lora_A().size(0),
-                                    linear->lora_A().size(1)));
+        linear->FreezeA(
+            FrozenLoraA(options_.init_seed, item.key(), linear->lora_A().size(0), linear->lora_A().size(1)));
       } else {
         trainable_.push_back({item.key() + ".lora_A", linear->lora_A()});
       }
@@ -132,7 +132,8 @@ class BertTextClassifier final : public TextClassifier {
                                     ShapeString(src->shape));
       }
       for (float v : src->values) {
-        if (!std::isfinite(v)) return InvalidArgumentError("trainable tensor '" + name + "' has a non-finite value");
+        if (!std::isfinite(v))
+          return InvalidArgumentError("trainable tensor '" + name + "' has a non-finite value");
       }
       sources.push_back(src);
     }
@@ -140,7 +141,8 @@ class BertTextClassifier final : public TextClassifier {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < trainable_.size(); ++i) {
         torch::Tensor& dst = trainable_[i].second;
-        dst.copy_(torch::from_blob(const_cast<float*>(sources[i]->values.data()), dst.sizes(), torch::kFloat));
+        dst.copy_(
+            torch::from_blob(const_cast<float*>(sources[i]->values.data()), dst.sizes(), torch::kFloat));
       }
       return OkStatus();
     });
@@ -152,8 +154,9 @@ class BertTextClassifier final : public TextClassifier {
       return InvalidArgumentError("Train: steps and batch_size must be positive");
     }
     if (!(opt.learning_rate > 0) || opt.weight_decay < 0 || opt.max_grad_norm < 0 || opt.proximal_mu < 0) {
-      return InvalidArgumentError("Train: learning_rate must be > 0; weight_decay, max_grad_norm, "
-                                  "proximal_mu must be >= 0");
+      return InvalidArgumentError(
+          "Train: learning_rate must be > 0; weight_decay, max_grad_norm, "
+          "proximal_mu must be >= 0");
     }
     FEDGE_RETURN_IF_ERROR(CheckLabels(data, "Train"));
     return CatchAll("Train", [&]() -> StatusOr<TrainResult> { return TrainImpl(data, opt); });
@@ -177,10 +180,10 @@ class BertTextClassifier final : public TextClassifier {
         }
         torch::Tensor target = torch::tensor(labels, torch::kLong);
         torch::Tensor logits = Logits(texts);
-        loss_sum += torch::nn::functional::cross_entropy(
-                        logits, target,
-                        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                        .item<double>();
+        loss_sum +=
+            torch::nn::functional::cross_entropy(
+                logits, target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                .item<double>();
         r.num_correct += (logits.argmax(1) == target).sum().item<int64_t>();
         r.num_examples += static_cast<int64_t>(end - begin);
       }
@@ -259,7 +262,8 @@ class BertTextClassifier final : public TextClassifier {
   // Mean-pooled last hidden state [B, H], padded to the batch's longest text.
   torch::Tensor Pooled(const std::vector<std::string>& texts) {
     EncodedBatch enc = tokenizer_.EncodeBatch(texts, options_.max_seq_len);
-    torch::Tensor ids = torch::from_blob(enc.input_ids.data(), {enc.batch_size, enc.seq_len}, torch::kLong).clone();
+    torch::Tensor ids =
+        torch::from_blob(enc.input_ids.data(), {enc.batch_size, enc.seq_len}, torch::kLong).clone();
     torch::Tensor mask =
         torch::from_blob(enc.attention_mask.data(), {enc.batch_size, enc.seq_len}, torch::kLong).clone();
     return MeanPool(bert_(ids, mask), mask);
@@ -359,7 +363,8 @@ Status ValidateOptions(const ClassifierOptions& o) {
   if (o.lora_rank < 0) return InvalidArgumentError("lora_rank must be >= 0 (0 trains the head only)");
   if (o.lora_rank > 0 && o.lora_targets.empty()) return InvalidArgumentError("lora_targets is empty");
   if (!(o.lora_alpha > 0)) return InvalidArgumentError("lora_alpha must be positive");
-  if (!(o.lora_dropout >= 0 && o.lora_dropout < 1)) return InvalidArgumentError("lora_dropout must be in [0, 1)");
+  if (!(o.lora_dropout >= 0 && o.lora_dropout < 1))
+    return InvalidArgumentError("lora_dropout must be in [0, 1)");
   if (o.max_seq_len < 2) return InvalidArgumentError("max_seq_len must be >= 2 ([CLS] and [SEP])");
   if (o.num_threads < 1) return InvalidArgumentError("num_threads must be >= 1");
   return OkStatus();
@@ -375,7 +380,8 @@ StatusOr<std::unique_ptr<TextClassifier>> TextClassifier::Load(const ClassifierO
     return NotFoundError("model directory '" + options.model_dir +
                          "' does not exist (fetch it with scripts/fetch-model.sh)");
   }
-  FEDGE_ASSIGN_OR_RETURN(BertOptions bert_options, BertOptions::FromConfigFile((dir / "config.json").string()));
+  FEDGE_ASSIGN_OR_RETURN(BertOptions bert_options,
+                         BertOptions::FromConfigFile((dir / "config.json").string()));
   if (options.max_seq_len > bert_options.max_position_embeddings) {
     return InvalidArgumentError("max_seq_len " + std::to_string(options.max_seq_len) +
                                 " exceeds the model's max_position_embeddings " +
@@ -384,9 +390,9 @@ StatusOr<std::unique_ptr<TextClassifier>> TextClassifier::Load(const ClassifierO
   FEDGE_ASSIGN_OR_RETURN(WordPieceTokenizer tokenizer,
                          WordPieceTokenizer::FromVocabFile((dir / "vocab.txt").string()));
   if (tokenizer.vocab_size() != bert_options.vocab_size) {
-    return InvalidArgumentError((dir / "vocab.txt").string() + " has " + std::to_string(tokenizer.vocab_size()) +
-                                " tokens but config.json says vocab_size " +
-                                std::to_string(bert_options.vocab_size));
+    return InvalidArgumentError(
+        (dir / "vocab.txt").string() + " has " + std::to_string(tokenizer.vocab_size()) +
+        " tokens but config.json says vocab_size " + std::to_string(bert_options.vocab_size));
   }
   const std::string weights_path = (dir / "model.safetensors").string();
   FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Read(weights_path));

@@ -79,7 +79,8 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
   s.threads = flags.threads;
   s.exit_when_done = flags.exit_when_done;
 
-  if (flags.tls_ca.empty() && (!flags.tls_server_name.empty() || !flags.tls_cert.empty() || !flags.tls_key.empty())) {
+  if (flags.tls_ca.empty() &&
+      (!flags.tls_server_name.empty() || !flags.tls_cert.empty() || !flags.tls_key.empty())) {
     return InvalidArgumentError("--tls-server-name, --tls-cert and --tls-key need --tls-ca");
   }
   if (flags.tls_cert.empty() != flags.tls_key.empty()) {
@@ -170,7 +171,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   deps.metrics = a->metrics_.get();
   deps.train_data = &a->train_;
   deps.eval_data = &a->eval_;
-  a->client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator, settings.tls), opts, deps);
+  a->client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator, settings.tls),
+                                                  opts, deps);
 
   auto persisted = a->store_->LoadGlobal();
   if (!persisted.ok()) {

@@ -396,8 +396,8 @@ Status AggregatorClient::SendFrom(const v1::UpdateHeader& header, const std::str
   grpc::Status gs = writer->Finish();
   EndCall();
   deps_.metrics->bytes_sent_total.Increment(static_cast<double>(sent));
-  return FromGrpc(gs, "SubmitUpdate round " + std::to_string(header.round()) + " from byte " +
-                          std::to_string(offset));
+  return FromGrpc(
+      gs, "SubmitUpdate round " + std::to_string(header.round()) + " from byte " + std::to_string(offset));
 }
 
 StatusOr<uint64_t> AggregatorClient::HeldBytes(const std::string& upload_id, uint64_t total_bytes) {
@@ -411,7 +411,8 @@ StatusOr<uint64_t> AggregatorClient::HeldBytes(const std::string& upload_id, uin
   grpc::Status gs = stub_->GetUploadStatus(&ctx, req, &status);
   EndCall();
   if (!gs.ok()) return FromGrpc(gs, "GetUploadStatus " + upload_id);
-  if (!status.found() || status.total_bytes() != total_bytes || status.received_bytes() > total_bytes) return 0;
+  if (!status.found() || status.total_bytes() != total_bytes || status.received_bytes() > total_bytes)
+    return 0;
   return status.received_bytes();
 }
 
@@ -435,9 +436,11 @@ Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::strin
       const bool resume = code == "incomplete" || code == "bad_offset" || code == "upload_busy";
       const bool restart = code == "unknown_upload" && offset > 0;
       if ((resume || restart) && attempt < attempts && !stop_.stopped()) {
-        log::Warn("upload interrupted; resuming",
-                  {{"round", h.round()}, {"upload_id", h.upload_id()}, {"reason", resp.reason()},
-                   {"offset", restart ? 0 : resp.resume_offset()}, {"attempt", attempt}});
+        log::Warn("upload interrupted; resuming", {{"round", h.round()},
+                                                   {"upload_id", h.upload_id()},
+                                                   {"reason", resp.reason()},
+                                                   {"offset", restart ? 0 : resp.resume_offset()},
+                                                   {"attempt", attempt}});
         if (code == "upload_busy" && !stop_.SleepFor(backoff.Next())) return CancelledError("stopping");
         offset = restart ? 0 : std::min<uint64_t>(resp.resume_offset(), payload.size());
         if (offset > 0) deps_.metrics->upload_resumes_total.Increment();
@@ -452,17 +455,18 @@ Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::strin
     // unreachable) and send the rest.
     for (;;) {
       auto delay = backoff.Next();
-      log::Warn("upload broken; will resume",
-                {{"round", h.round()}, {"upload_id", h.upload_id()}, {"error", st.ToString()},
-                 {"attempt", attempt}, {"retry_in_ms", delay.count()}});
+      log::Warn("upload broken; will resume", {{"round", h.round()},
+                                               {"upload_id", h.upload_id()},
+                                               {"error", st.ToString()},
+                                               {"attempt", attempt},
+                                               {"retry_in_ms", delay.count()}});
       if (!stop_.SleepFor(delay)) return CancelledError("stopping");
       auto held = HeldBytes(h.upload_id(), payload.size());
       if (held.ok()) {
         offset = *held;
         if (offset > 0) deps_.metrics->upload_resumes_total.Increment();
-        log::Info("upload resuming", {{"upload_id", h.upload_id()},
-                                      {"offset", offset},
-                                      {"total_bytes", payload.size()}});
+        log::Info("upload resuming",
+                  {{"upload_id", h.upload_id()}, {"offset", offset}, {"total_bytes", payload.size()}});
         break;
       }
       st = held.status();
@@ -540,8 +544,8 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   cc.stochastic_rounding = c.stochastic_rounding();
   auto encoded = encoder_.Encode(delta, cc, task.round(),
                                  MixTrainingSeed(c.seed(), options_.agent_id + "/rounding", task.round()));
-  if (!encoded.ok()) return encoded.status().WithContext("encoding the update of round " +
-                                                         std::to_string(task.round()));
+  if (!encoded.ok())
+    return encoded.status().WithContext("encoding the update of round " + std::to_string(task.round()));
   const std::string& payload = encoded->payload;
 
   v1::UpdateHeader h;

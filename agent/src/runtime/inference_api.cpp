@@ -175,7 +175,8 @@ bool ParseGeneration(const Json& body, llm::GenerationOptions* options, HttpResp
     }
     options->sampling.seed = static_cast<uint64_t>(v.get<int64_t>());
   }
-  if (body.contains("n") && !body["n"].is_null() && !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
+  if (body.contains("n") && !body["n"].is_null() &&
+      !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
     *error = BadRequest("only 'n': 1 is supported", "n", "unsupported_value");
     return false;
   }
@@ -188,7 +189,8 @@ bool ParseGeneration(const Json& body, llm::GenerationOptions* options, HttpResp
     std::vector<std::string> stops;
     if (v.is_string()) {
       stops.push_back(v.get<std::string>());
-    } else if (v.is_array() && v.size() <= 4 && std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_string(); })) {
+    } else if (v.is_array() && v.size() <= 4 &&
+               std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_string(); })) {
       for (const Json& x : v) stops.push_back(x.get<std::string>());
     } else {
       *error = BadRequest("'stop' must be a string or an array of at most 4 strings", "stop", "invalid_type");
@@ -206,8 +208,9 @@ bool ParseGeneration(const Json& body, llm::GenerationOptions* options, HttpResp
 }
 
 Status NotCausalLm() {
-  return UnimplementedError("this job's model is not a causal language model (spec.model.family: bert); "
-                            "use /v1/classify or /v1/embeddings");
+  return UnimplementedError(
+      "this job's model is not a causal language model (spec.model.family: bert); "
+      "use /v1/classify or /v1/embeddings");
 }
 
 Json Usage(const llm::GenerationResult& r) {
@@ -241,7 +244,8 @@ void InferenceApi::Register(HttpServer& server) {
   server.Handle("POST", "/v1/classify", timed("/v1/classify", &InferenceApi::Classify));
   server.Handle("POST", "/v1/embeddings", timed("/v1/embeddings", &InferenceApi::Embeddings));
   server.Handle("POST", "/v1/completions", timed("/v1/completions", &InferenceApi::Completions));
-  server.Handle("POST", "/v1/chat/completions", timed("/v1/chat/completions", &InferenceApi::ChatCompletions));
+  server.Handle("POST", "/v1/chat/completions",
+                timed("/v1/chat/completions", &InferenceApi::ChatCompletions));
   server.Handle("POST", "/v1/feedback", timed("/v1/feedback", &InferenceApi::Feedback));
   server.Handle("GET", "/healthz", [this](const HttpRequest& r) { return Healthz(r); });
   server.Handle("GET", "/readyz", [this](const HttpRequest& r) { return Readyz(r); });
@@ -399,8 +403,8 @@ HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
   for (size_t i = 0; i < b["messages"].size(); ++i) {
     const Json& m = b["messages"][i];
     std::string where = "'messages[" + std::to_string(i) + "]'";
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || m["role"].get<std::string>().empty() ||
-        !m.contains("content") || !m["content"].is_string()) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
+        m["role"].get<std::string>().empty() || !m.contains("content") || !m["content"].is_string()) {
       return BadRequest(where + " must be an object with string 'role' and 'content'", "messages",
                         "invalid_message");
     }

@@ -32,8 +32,9 @@ AgentMetrics::AgentMetrics()
                                   "Encoded update bytes sent to the aggregator.")),
       bytes_received_total(NewCounter(*registry_, "fedge_agent_bytes_received_total",
                                       "Encoded global model bytes received from the aggregator.")),
-      upload_resumes_total(NewCounter(*registry_, "fedge_agent_upload_resumes_total",
-                                      "Interrupted update uploads continued from the bytes the aggregator held.")),
+      upload_resumes_total(
+          NewCounter(*registry_, "fedge_agent_upload_resumes_total",
+                     "Interrupted update uploads continued from the bytes the aggregator held.")),
       update_bytes(NewGauge(*registry_, "fedge_agent_update_bytes", "Encoded size of the last update.")),
       update_raw_bytes(NewGauge(*registry_, "fedge_agent_update_raw_bytes",
                                 "Size of the last update as fp32 (the compression baseline).")),

@@ -17,9 +17,11 @@ void OnSignal(int) { g_stop.store(true); }
 int main(int argc, char** argv) {
   using fedge::agent::llm::PretrainOptions;
   PretrainOptions o;
-  CLI::App app{"fedge-pretrain: train a small Llama-architecture model and byte-level BPE tokenizer on "
-               "WordNet glosses; writes a Hugging Face directory"};
-  app.set_version_flag("--version", std::string("fedge-pretrain ") + fedge::Version() + " (" + fedge::GitRev() + ")");
+  CLI::App app{
+      "fedge-pretrain: train a small Llama-architecture model and byte-level BPE tokenizer on "
+      "WordNet glosses; writes a Hugging Face directory"};
+  app.set_version_flag("--version",
+                       std::string("fedge-pretrain ") + fedge::Version() + " (" + fedge::GitRev() + ")");
   app.add_option("--out", o.out_dir, "output directory (HF layout)")->required();
   app.add_option("--wordnet-dir", o.wordnet_dir, "WordNet data directory")->capture_default_str();
   app.add_option("--vocab-size", o.vocab_size, "BPE vocabulary size")->capture_default_str();
@@ -33,7 +35,8 @@ int main(int argc, char** argv) {
   app.add_option("--lr", o.learning_rate, "peak learning rate")->capture_default_str();
   app.add_option("--steps", o.max_steps, "schedule length in steps")->capture_default_str();
   app.add_option("--max-seconds", o.max_seconds, "wall-clock budget (0: none)")->capture_default_str();
-  app.add_option("--max-lines", o.max_lines, "use only this many corpus lines (0: all)")->capture_default_str();
+  app.add_option("--max-lines", o.max_lines, "use only this many corpus lines (0: all)")
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "seed for data order, init and samples")->capture_default_str();
   app.add_option("--threads", o.num_threads, "torch intra-op threads")->capture_default_str();
   app.add_option("--sample", o.sample_lemmas, "lemmas to prompt after training")->capture_default_str();
@@ -58,11 +61,16 @@ int main(int argc, char** argv) {
     fedge::log::Error("pretrain failed", {{"error", report.status().ToString()}});
     return 1;
   }
-  fedge::log::Info("pretrain done", {{"out", o.out_dir}, {"parameters", report->parameters},
-                                     {"corpus_tokens", report->corpus_tokens}, {"steps", report->steps},
-                                     {"seconds", report->seconds}, {"tokens_per_second", report->tokens_per_second},
-                                     {"first_loss", report->first_loss}, {"final_loss", report->final_loss},
-                                     {"heldout_loss", report->heldout_loss}, {"stopped_by_signal", g_stop.load()}});
+  fedge::log::Info("pretrain done", {{"out", o.out_dir},
+                                     {"parameters", report->parameters},
+                                     {"corpus_tokens", report->corpus_tokens},
+                                     {"steps", report->steps},
+                                     {"seconds", report->seconds},
+                                     {"tokens_per_second", report->tokens_per_second},
+                                     {"first_loss", report->first_loss},
+                                     {"final_loss", report->final_loss},
+                                     {"heldout_loss", report->heldout_loss},
+                                     {"stopped_by_signal", g_stop.load()}});
   for (const auto& [prompt, text] : report->samples) std::cout << prompt << text << "\n";
   return 0;
 }

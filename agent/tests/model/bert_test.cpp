@@ -42,7 +42,8 @@ TEST(BertOptionsTest, ParsesConfigAndRejectsUnsupportedModels) {
   ASSERT_TRUE(o.ok()) << o.status().ToString();
   EXPECT_EQ(o->hidden_size, 32);
   EXPECT_DOUBLE_EQ(o->layer_norm_eps, 1e-5);
-  EXPECT_EQ(BertOptions::FromConfigJson(R"({"model_type":"llama"})").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(BertOptions::FromConfigJson(R"({"model_type":"llama"})").status().code(),
+            StatusCode::kInvalidArgument);
   EXPECT_EQ(BertOptions::FromConfigJson(
                 R"({"hidden_act":"relu","vocab_size":1,"hidden_size":4,"num_hidden_layers":1,
                     "num_attention_heads":1,"intermediate_size":4})")
@@ -61,11 +62,11 @@ TEST(BertOptionsTest, ParsesConfigAndRejectsUnsupportedModels) {
 TEST(BertModelTest, ParameterNamesFollowHuggingFace) {
   BertModel bert(TinyOptions());
   auto params = bert->named_parameters();
-  for (const char* name : {"embeddings.word_embeddings.weight", "embeddings.LayerNorm.bias",
-                           "encoder.layer.1.attention.self.query.weight",
-                           "encoder.layer.0.attention.output.dense.bias",
-                           "encoder.layer.0.attention.output.LayerNorm.weight",
-                           "encoder.layer.0.intermediate.dense.weight", "encoder.layer.1.output.LayerNorm.bias"}) {
+  for (const char* name :
+       {"embeddings.word_embeddings.weight", "embeddings.LayerNorm.bias",
+        "encoder.layer.1.attention.self.query.weight", "encoder.layer.0.attention.output.dense.bias",
+        "encoder.layer.0.attention.output.LayerNorm.weight", "encoder.layer.0.intermediate.dense.weight",
+        "encoder.layer.1.output.LayerNorm.bias"}) {
     EXPECT_NE(params.find(name), nullptr) << name;
   }
   for (const auto& p : params) EXPECT_FALSE(p.value().requires_grad()) << p.key();

@@ -103,17 +103,21 @@ TEST(BpeTokenizerTest, LossyUtf8FollowsTheMaximalSubpartRule) {
     return out;
   };
   const std::string r = "\xEF\xBF\xBD";
-  EXPECT_EQ(lossy("a\x80" "b"), "a" + r + "b");
-  EXPECT_EQ(lossy("\xE2\x82"), r);                 // truncated 3-byte char: one U+FFFD
-  EXPECT_EQ(lossy("\xE2\x82" "A"), r + "A");
-  EXPECT_EQ(lossy("\xC0\xAF"), r + r);             // overlong lead byte: each byte
-  EXPECT_EQ(lossy("\xED\xA0\x80"), r + r + r);     // surrogate: invalid second byte
+  EXPECT_EQ(lossy("a\x80"
+                  "b"),
+            "a" + r + "b");
+  EXPECT_EQ(lossy("\xE2\x82"), r);  // truncated 3-byte char: one U+FFFD
+  EXPECT_EQ(lossy("\xE2\x82"
+                  "A"),
+            r + "A");
+  EXPECT_EQ(lossy("\xC0\xAF"), r + r);          // overlong lead byte: each byte
+  EXPECT_EQ(lossy("\xED\xA0\x80"), r + r + r);  // surrogate: invalid second byte
   EXPECT_EQ(lossy("\xF0\x9F\x98"), r);
   EXPECT_EQ(lossy("caf\xC3\xA9"), "caf\xC3\xA9");
 }
 
 TEST(BpeTokenizerTest, ByteToUnicodeIsGpt2Table) {
-  EXPECT_EQ(ByteToUnicode(' '), U'\u0120');  // "Ġ"
+  EXPECT_EQ(ByteToUnicode(' '), U'\u0120');   // "Ġ"
   EXPECT_EQ(ByteToUnicode('\n'), U'\u010A');  // "Ċ"
   EXPECT_EQ(ByteToUnicode('A'), U'A');
   EXPECT_EQ(ByteToUnicode(0xAD), U'\u0143');

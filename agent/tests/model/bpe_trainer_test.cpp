@@ -9,13 +9,18 @@
 namespace fedge::agent::llm {
 namespace {
 
-const std::vector<std::string> kCorpus = {
-    "dog: a member of the genus Canis", "cat: feline mammal usually having thick soft fur",
-    "the dog barked all night", "the cat sat on the mat", "dogs and cats and dogs",
-    "naïve café: a small restaurant", "emoji 🐶 dog face", "numbers 12 345 6789"};
+const std::vector<std::string> kCorpus = {"dog: a member of the genus Canis",
+                                          "cat: feline mammal usually having thick soft fur",
+                                          "the dog barked all night",
+                                          "the cat sat on the mat",
+                                          "dogs and cats and dogs",
+                                          "naïve café: a small restaurant",
+                                          "emoji 🐶 dog face",
+                                          "numbers 12 345 6789"};
 
 TEST(BpeTrainerTest, TrainedTokenizerRoundTripsAndCompresses) {
-  auto json = TrainBpeTokenizer(kCorpus, {.vocab_size = 300, .special_tokens = {"<|endoftext|>"}, .min_frequency = 2});
+  auto json = TrainBpeTokenizer(kCorpus,
+                                {.vocab_size = 300, .special_tokens = {"<|endoftext|>"}, .min_frequency = 2});
   ASSERT_TRUE(json.ok()) << json.status().ToString();
   auto tok = BpeTokenizer::FromJson(*json);
   ASSERT_TRUE(tok.ok()) << tok.status().ToString();

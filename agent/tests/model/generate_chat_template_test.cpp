@@ -35,7 +35,8 @@ TEST(ChatTemplateTest, Llama3MatchesItsTemplate) {
 }
 
 TEST(ChatTemplateTest, RejectsMessageWithoutRole) {
-  EXPECT_EQ(ApplyChatTemplate(ChatFormat::kChatMl, {{"", "x"}}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyChatTemplate(ChatFormat::kChatMl, {{"", "x"}}).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST(ChatTemplateTest, DetectsFormatFromSpecialTokens) {

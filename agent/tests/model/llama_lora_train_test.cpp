@@ -39,7 +39,7 @@ TEST(LlamaLoraTrainTest, ServingMergeUnmergesExactly) {
   GenerationOptions g;
   g.max_new_tokens = 4;
   g.sampling.temperature = 0;
-  ASSERT_TRUE(lm->Generate("dog:", g).ok());  // merges the adapters into the weights
+  ASSERT_TRUE(lm->Generate("dog:", g).ok());                     // merges the adapters into the weights
   ASSERT_TRUE(lm->ImportTrainable(lm->ExportTrainable()).ok());  // unmerges
   auto l2 = lm->Loss(kData);
   ASSERT_TRUE(l1.ok() && l2.ok());
@@ -54,7 +54,8 @@ TEST(LlamaLoraTrainTest, SameSeedsSameAdapters) {
   ASSERT_TRUE(b->Train(kData, o).ok());
   TensorBundle ea = a->ExportTrainable(), eb = b->ExportTrainable();
   ASSERT_EQ(ea.tensors.size(), eb.tensors.size());
-  for (size_t i = 0; i < ea.tensors.size(); ++i) EXPECT_EQ(ea.tensors[i].values, eb.tensors[i].values) << ea.tensors[i].name;
+  for (size_t i = 0; i < ea.tensors.size(); ++i)
+    EXPECT_EQ(ea.tensors[i].values, eb.tensors[i].values) << ea.tensors[i].name;
 }
 
 TEST(LlamaLoraTrainTest, RejectsMisuse) {

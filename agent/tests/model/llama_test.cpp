@@ -21,7 +21,8 @@ nlohmann::json ModelGolden(const std::string& name) {
 
 torch::Tensor IdsTensor(const nlohmann::json& rows) {
   std::vector<std::vector<int64_t>> v = rows;
-  torch::Tensor t = torch::empty({static_cast<int64_t>(v.size()), static_cast<int64_t>(v[0].size())}, torch::kLong);
+  torch::Tensor t =
+      torch::empty({static_cast<int64_t>(v.size()), static_cast<int64_t>(v[0].size())}, torch::kLong);
   for (size_t i = 0; i < v.size(); ++i) {
     for (size_t j = 0; j < v[i].size(); ++j) t[i][j] = v[i][j];
   }
@@ -36,8 +37,8 @@ void ExpectClose(const torch::Tensor& got, const std::vector<float>& want) {
   torch::Tensor w = torch::from_blob(const_cast<float*>(want.data()), {g.numel()}, torch::kFloat);
   torch::Tensor err = (g - w).abs() - (1e-4 * w.abs() + 1e-5);
   int64_t worst = err.argmax().item<int64_t>();
-  EXPECT_LE(err[worst].item<float>(), 0.0f)
-      << "element " << worst << ": got " << g[worst].item<float>() << ", want " << want[static_cast<size_t>(worst)];
+  EXPECT_LE(err[worst].item<float>(), 0.0f) << "element " << worst << ": got " << g[worst].item<float>()
+                                            << ", want " << want[static_cast<size_t>(worst)];
 }
 
 class LlamaGoldenTest : public ::testing::TestWithParam<std::string> {};

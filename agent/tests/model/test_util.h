@@ -29,8 +29,8 @@ inline constexpr const char* kNoModelMessage =
     "all-MiniLM-L6-v2 not found: set FEDGE_MODEL_DIR or run scripts/fetch-model.sh "
     "(it goes to .fedge/models/all-MiniLM-L6-v2)";
 
-#define FEDGE_REQUIRE_MODEL(dir_var)                                   \
-  const std::string dir_var = ::fedge::agent::testing::ModelDir();    \
+#define FEDGE_REQUIRE_MODEL(dir_var)                               \
+  const std::string dir_var = ::fedge::agent::testing::ModelDir(); \
   if (dir_var.empty()) GTEST_SKIP() << ::fedge::agent::testing::kNoModelMessage
 
 inline nlohmann::json ReadGolden(const std::string& name) {

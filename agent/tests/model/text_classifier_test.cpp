@@ -54,7 +54,8 @@ double MaxAbsDiff(const TensorBundle& a, const TensorBundle& b) {
   for (const auto& t : a.tensors) {
     const NamedTensor* o = b.Find(t.name);
     if (o == nullptr) return INFINITY;
-    for (size_t i = 0; i < t.values.size(); ++i) worst = std::max(worst, std::abs(double(t.values[i]) - o->values[i]));
+    for (size_t i = 0; i < t.values.size(); ++i)
+      worst = std::max(worst, std::abs(double(t.values[i]) - o->values[i]));
   }
   return worst;
 }
@@ -284,9 +285,10 @@ TEST_F(LoadExamplesTest, ReadsStringAndIntegerLabelsAndSkipsBlankLines) {
 }
 
 TEST_F(LoadExamplesTest, ErrorsNameTheLine) {
-  for (const std::string& bad : {std::string("{\"text\": \"x\", \"label\": \"noun.plant\"}"),
-                                 std::string("{\"text\": \"x\", \"label\": 5}"), std::string("{not json"),
-                                 std::string("{\"label\": 0}"), std::string("{\"text\": \"x\", \"label\": 1.5}")}) {
+  for (const std::string& bad :
+       {std::string("{\"text\": \"x\", \"label\": \"noun.plant\"}"),
+        std::string("{\"text\": \"x\", \"label\": 5}"), std::string("{not json"),
+        std::string("{\"label\": 0}"), std::string("{\"text\": \"x\", \"label\": 1.5}")}) {
     auto ex = LoadExamples(Write("{\"text\": \"ok\", \"label\": 0}\n" + bad + "\n"), kLabels);
     EXPECT_EQ(ex.status().code(), StatusCode::kInvalidArgument) << bad;
     EXPECT_NE(ex.status().message().find(":2:"), std::string::npos) << ex.status().ToString();

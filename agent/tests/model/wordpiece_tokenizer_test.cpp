@@ -11,9 +11,9 @@ namespace {
 using ::testing::ElementsAre;
 
 WordPieceTokenizer TinyTokenizer() {
-  auto t = WordPieceTokenizer::FromTokens({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able",
-                                           "hello", "world", "!", ",", "cafe", "中", "文", "a", "##a",
-                                           "strasse", "##s"});
+  auto t =
+      WordPieceTokenizer::FromTokens({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "hello",
+                                      "world", "!", ",", "cafe", "中", "文", "a", "##a", "strasse", "##s"});
   EXPECT_TRUE(t.ok()) << t.status().ToString();
   return *std::move(t);
 }
@@ -35,17 +35,18 @@ TEST(WordPieceTokenizerTest, CjkIdeographsBecomeSeparateWords) {
 
 TEST(WordPieceTokenizerTest, DropsControlAndFormatCharacters) {
   WordPieceTokenizer t = TinyTokenizer();
-  EXPECT_THAT(t.BasicTokenize("hel\x07lo\xE2\x80\x8Bworld\tx"),
-              ElementsAre("helloworld", "x"));
+  EXPECT_THAT(t.BasicTokenize("hel\x07lo\xE2\x80\x8Bworld\tx"), ElementsAre("helloworld", "x"));
   EXPECT_THAT(t.BasicTokenize(std::string("a\0b", 3)), ElementsAre("ab"));
-  EXPECT_THAT(t.BasicTokenize("bad\xFF" "byte"), ElementsAre("badbyte"));
+  EXPECT_THAT(t.BasicTokenize("bad\xFF"
+                              "byte"),
+              ElementsAre("badbyte"));
 }
 
 TEST(WordPieceTokenizerTest, GreedyLongestMatchWithContinuations) {
   WordPieceTokenizer t = TinyTokenizer();
   EXPECT_THAT(t.Tokenize("unaffable"), ElementsAre(4, 5, 6));
   EXPECT_THAT(t.Tokenize("unaffablex hello"), ElementsAre(1, 7));  // unmatched piece: whole word [UNK]
-  EXPECT_THAT(t.Tokenize("Straßes"), ElementsAre(1));  // ß is not decomposed: "straßes" unknown
+  EXPECT_THAT(t.Tokenize("Straßes"), ElementsAre(1));              // ß is not decomposed: "straßes" unknown
 }
 
 TEST(WordPieceTokenizerTest, WordsLongerThanHundredCharsAreUnknown) {

@@ -56,9 +56,9 @@ struct World {
   size_t cut_upload_after = 0;
   int cuts_left = 0;
   bool forget_partials = false;
-  std::map<std::string, std::string> partials;  // upload_id -> bytes held
+  std::map<std::string, std::string> partials;     // upload_id -> bytes held
   std::map<std::string, uint64_t> partial_totals;  // upload_id -> declared total_bytes
-  std::vector<uint64_t> stream_offsets;          // UpdateHeader.offset of every stream
+  std::vector<uint64_t> stream_offsets;            // UpdateHeader.offset of every stream
   int status_queries = 0;
   v1::TrainingConfig config;
 

@@ -13,10 +13,10 @@
 namespace fedge {
 
 struct ModelSpec {
-  std::string path;                  // Hugging Face directory on the node
-  std::string family = "bert";       // bert | llama
+  std::string path;             // Hugging Face directory on the node
+  std::string family = "bert";  // bert | llama
   std::string task = "sequence-classification";
-  std::vector<std::string> labels;   // class names, index = label id
+  std::vector<std::string> labels;  // class names, index = label id
   int maxSeqLen = 64;
 
   bool operator==(const ModelSpec&) const = default;
@@ -33,7 +33,7 @@ struct AdapterSpec {
 };
 
 struct DataSpec {
-  std::string path;                  // node-local directory
+  std::string path;  // node-local directory
   std::string format = "jsonl";
   std::string trainFile = "train.jsonl";
   std::string evalFile = "test.jsonl";
@@ -44,17 +44,17 @@ struct DataSpec {
 struct AgentsSpec {
   std::map<std::string, std::string> nodeSelector;
   int minAgents = 1;
-  int maxAgents = 0;                 // 0: every matching node
-  int replicas = 0;                  // local runner: how many agents to start (0: minAgents)
+  int maxAgents = 0;  // 0: every matching node
+  int replicas = 0;   // local runner: how many agents to start (0: minAgents)
 
   bool operator==(const AgentsSpec&) const = default;
 };
 
 struct RoundsSpec {
   int total = 5;
-  int quorum = 0;                    // minimum updates to close a round; 0: every participant
-  double fraction = 1.0;             // fraction of joined agents invited per round
-  int timeoutSeconds = 600;          // round deadline
+  int quorum = 0;            // minimum updates to close a round; 0: every participant
+  double fraction = 1.0;     // fraction of joined agents invited per round
+  int timeoutSeconds = 600;  // round deadline
   int localSteps = 20;
   int batchSize = 16;
   double learningRate = 1e-3;
@@ -99,7 +99,7 @@ struct StrategySpec {
 
 // How agents encode their updates (fedge/tensor_bundle.h, docs/formats.md).
 struct CompressionSpec {
-  std::string codec = "int8";        // fp32 | fp16 | bf16 | int8 | int4
+  std::string codec = "int8";  // fp32 | fp16 | bf16 | int8 | int4
   int blockSize = 64;
   bool zstd = true;
   // Top-k sparsification: 0 = off (dense), else in [kMinTopkFraction = 1e-4, 1]:
@@ -124,7 +124,7 @@ struct PrivacySpec {
 
 struct RunPolicySpec {
   int backoffLimit = 3;
-  int64_t activeDeadlineSeconds = 0;   // 0: none
+  int64_t activeDeadlineSeconds = 0;     // 0: none
   int64_t ttlSecondsAfterFinished = -1;  // -1: keep
   bool suspend = false;
   std::string cleanPodPolicy = "Running";  // All | Running | None

@@ -80,17 +80,26 @@ Status UnauthenticatedError(std::string message);
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(const Status& status) : v_(status) { CheckNotOk(); }  // NOLINT(implicit)
+  StatusOr(const Status& status) : v_(status) { CheckNotOk(); }        // NOLINT(implicit)
   StatusOr(Status&& status) : v_(std::move(status)) { CheckNotOk(); }  // NOLINT(implicit)
-  StatusOr(const T& value) : v_(value) {}  // NOLINT(implicit)
-  StatusOr(T&& value) : v_(std::move(value)) {}  // NOLINT(implicit)
+  StatusOr(const T& value) : v_(value) {}                              // NOLINT(implicit)
+  StatusOr(T&& value) : v_(std::move(value)) {}                        // NOLINT(implicit)
 
   bool ok() const { return std::holds_alternative<T>(v_); }
   Status status() const { return ok() ? Status() : std::get<Status>(v_); }
 
-  const T& value() const& { CheckOk(); return std::get<T>(v_); }
-  T& value() & { CheckOk(); return std::get<T>(v_); }
-  T&& value() && { CheckOk(); return std::get<T>(std::move(v_)); }
+  const T& value() const& {
+    CheckOk();
+    return std::get<T>(v_);
+  }
+  T& value() & {
+    CheckOk();
+    return std::get<T>(v_);
+  }
+  T&& value() && {
+    CheckOk();
+    return std::get<T>(std::move(v_));
+  }
   const T& operator*() const& { return value(); }
   T& operator*() & { return value(); }
   T&& operator*() && { return std::move(*this).value(); }
@@ -120,10 +129,10 @@ void StatusOr<T>::CheckOk() const {
 #define FEDGE_CONCAT_(a, b) FEDGE_CONCAT_INNER_(a, b)
 
 // Returns the Status of `expr` from the enclosing function if it is not OK.
-#define FEDGE_RETURN_IF_ERROR(expr)                 \
-  do {                                              \
-    ::fedge::Status fedge_status_ = (expr);         \
-    if (!fedge_status_.ok()) return fedge_status_;  \
+#define FEDGE_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::fedge::Status fedge_status_ = (expr);        \
+    if (!fedge_status_.ok()) return fedge_status_; \
   } while (0)
 
 // `FEDGE_ASSIGN_OR_RETURN(auto x, F());` declares x from F()'s value or returns its error.

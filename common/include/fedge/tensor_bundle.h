@@ -62,7 +62,7 @@ inline constexpr double kMinTopkFraction = 1e-4;
 
 struct EncodeOptions {
   Codec codec = Codec::kFp32;
-  int block_size = 64;      // values per scale for blockwise codecs; 1..65536
+  int block_size = 64;  // values per scale for blockwise codecs; 1..65536
   bool zstd = true;
   int zstd_level = 3;
   // Top-k sparsification. 0 = off (dense). Otherwise in [kMinTopkFraction, 1]:
@@ -81,8 +81,8 @@ struct EncodeOptions {
 };
 
 struct DecodeLimits {
-  uint64_t max_encoded_bytes = 1ull << 31;     // 2 GiB
-  uint64_t max_total_elements = 1ull << 30;    // 4 GiB as float32
+  uint64_t max_encoded_bytes = 1ull << 31;   // 2 GiB
+  uint64_t max_total_elements = 1ull << 30;  // 4 GiB as float32
   uint32_t max_tensors = 1u << 16;
   uint32_t max_name_bytes = 1024;
   uint32_t max_rank = 8;

@@ -14,10 +14,12 @@ std::vector<ObjectPtr> InformerCache::List(const Resource& r, const std::string&
                                            const std::string& label_key, const std::string& label_value) {
   auto it = informers_.find(r.plural);
   if (it == informers_.end()) return {};
-  std::vector<ObjectPtr> all = label_key.empty() ? it->second->List() : it->second->ListByLabel(label_key, label_value);
+  std::vector<ObjectPtr> all =
+      label_key.empty() ? it->second->List() : it->second->ListByLabel(label_key, label_value);
   if (ns.empty() || !r.namespaced) return all;
   std::vector<ObjectPtr> out;
-  for (auto& o : all) if ((*o)["metadata"].value("namespace", "") == ns) out.push_back(std::move(o));
+  for (auto& o : all)
+    if ((*o)["metadata"].value("namespace", "") == ns) out.push_back(std::move(o));
   return out;
 }
 
@@ -25,17 +27,32 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
     : client_(client), opts_(std::move(opts)), queue_(opts_.clock) {
   if (opts_.registry) {
     auto& reg = *opts_.registry;
-    m_reconcile_ = &prometheus::BuildCounter().Name("fedge_operator_reconcile_total")
-                        .Help("Reconciles run").Register(reg).Add({});
-    m_errors_ = &prometheus::BuildCounter().Name("fedge_operator_reconcile_errors_total")
-                     .Help("Reconciles that returned an error and were requeued with backoff").Register(reg).Add({});
-    m_duration_ = &prometheus::BuildHistogram().Name("fedge_operator_reconcile_duration_seconds")
-                       .Help("Time per reconcile").Register(reg)
-                       .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5});
-    m_depth_ = &prometheus::BuildGauge().Name("fedge_operator_workqueue_depth")
-                    .Help("Job keys waiting in the work queue").Register(reg).Add({});
-    m_watch_restarts_ = &prometheus::BuildCounter().Name("fedge_operator_watch_restarts_total")
-                             .Help("Watch streams re-established (end of stream, error or 410 Gone)").Register(reg).Add({});
+    m_reconcile_ = &prometheus::BuildCounter()
+                        .Name("fedge_operator_reconcile_total")
+                        .Help("Reconciles run")
+                        .Register(reg)
+                        .Add({});
+    m_errors_ = &prometheus::BuildCounter()
+                     .Name("fedge_operator_reconcile_errors_total")
+                     .Help("Reconciles that returned an error and were requeued with backoff")
+                     .Register(reg)
+                     .Add({});
+    m_duration_ =
+        &prometheus::BuildHistogram()
+             .Name("fedge_operator_reconcile_duration_seconds")
+             .Help("Time per reconcile")
+             .Register(reg)
+             .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5});
+    m_depth_ = &prometheus::BuildGauge()
+                    .Name("fedge_operator_workqueue_depth")
+                    .Help("Job keys waiting in the work queue")
+                    .Register(reg)
+                    .Add({});
+    m_watch_restarts_ = &prometheus::BuildCounter()
+                             .Name("fedge_operator_watch_restarts_total")
+                             .Help("Watch streams re-established (end of stream, error or 410 Gone)")
+                             .Register(reg)
+                             .Add({});
   }
   events_ = std::make_unique<EventRecorder>(client_, opts_.clock);
   reconciler_ = std::make_unique<JobReconciler>(client_, &cache_, events_.get(), opts_.reconciler);
@@ -59,15 +76,21 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
     children.push_back(make(*r, opts_.ns, managed));
   }
 
-  auto key_of = [this](const ObjectPtr& o) { queue_.Add(ObjectKey(*o)); UpdateDepth(); };
+  auto key_of = [this](const ObjectPtr& o) {
+    queue_.Add(ObjectKey(*o));
+    UpdateDepth();
+  };
   jobs_->AddHandlers({key_of,
                       [this, key_of](const ObjectPtr& old_obj, const ObjectPtr& new_obj) {
                         // Status-only writes (ours or the reporter's) need no reconcile
                         // unless something else changed.
                         Json a = *old_obj, b = *new_obj;
-                        a.erase("status"); b.erase("status");
-                        a["metadata"].erase("resourceVersion"); b["metadata"].erase("resourceVersion");
-                        a["metadata"].erase("managedFields"); b["metadata"].erase("managedFields");
+                        a.erase("status");
+                        b.erase("status");
+                        a["metadata"].erase("resourceVersion");
+                        b["metadata"].erase("resourceVersion");
+                        a["metadata"].erase("managedFields");
+                        b["metadata"].erase("managedFields");
                         if (a != b) key_of(new_obj);
                       },
                       key_of});
@@ -78,7 +101,8 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
   }
   auto node_changed = [this](const ObjectPtr& a, const ObjectPtr& b) {
     // Only what selection and Degraded depend on: labels, readiness, schedulability.
-    if ((*a)["metadata"].value("labels", Json::object()) != (*b)["metadata"].value("labels", Json::object()) ||
+    if ((*a)["metadata"].value("labels", Json::object()) !=
+            (*b)["metadata"].value("labels", Json::object()) ||
         NodeReady(*a) != NodeReady(*b) ||
         (*a).value("spec", Json::object()).value("unschedulable", false) !=
             (*b).value("spec", Json::object()).value("unschedulable", false) ||
@@ -114,7 +138,8 @@ void JobController::EnqueueAllJobs() {
 }
 
 bool JobController::Synced() const {
-  for (const auto& i : informers_) if (!i->HasSynced()) return false;
+  for (const auto& i : informers_)
+    if (!i->HasSynced()) return false;
   return true;
 }
 
@@ -122,7 +147,8 @@ Status JobController::Start(std::chrono::milliseconds sync_timeout) {
   for (auto& i : informers_) i->Start();
   auto deadline = std::chrono::steady_clock::now() + sync_timeout;
   for (auto& i : informers_) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0 || !i->WaitForSync(left)) {
       return UnavailableError("cache for " + i->resource().plural + " did not sync");
     }
@@ -135,7 +161,8 @@ Status JobController::Start(std::chrono::milliseconds sync_timeout) {
 
 void JobController::Stop() {
   queue_.ShutDown();
-  for (auto& w : workers_) if (w.joinable()) w.join();  // in-flight reconciles finish
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();  // in-flight reconciles finish
   workers_.clear();
   for (auto& i : informers_) i->Stop();
 }
@@ -151,8 +178,9 @@ void JobController::Worker() {
     if (m_duration_) m_duration_->Observe(secs);
     if (!result.ok()) {
       if (m_errors_) m_errors_->Increment();
-      log::Warn("reconcile failed; requeued with backoff",
-                {{"job", *key}, {"error", result.status().ToString()}, {"requeues", queue_.NumRequeues(*key)}});
+      log::Warn(
+          "reconcile failed; requeued with backoff",
+          {{"job", *key}, {"error", result.status().ToString()}, {"requeues", queue_.NumRequeues(*key)}});
       queue_.AddRateLimited(*key);
     } else {
       queue_.Forget(*key);

@@ -24,7 +24,9 @@ Json Labels(const Json& job, const std::string& role) {
 }
 
 Json Meta(const Json& job, const std::string& name, const std::string& role) {
-  return {{"name", name}, {"namespace", Ns(job)}, {"labels", Labels(job, role)},
+  return {{"name", name},
+          {"namespace", Ns(job)},
+          {"labels", Labels(job, role)},
           {"ownerReferences", Json::array({OwnerReference(job)})}};
 }
 
@@ -118,7 +120,10 @@ std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPt
     Json labels = meta.value("labels", Json::object());
     bool match = true;
     for (auto it = selector.begin(); it != selector.end(); ++it) {
-      if (!labels.contains(it.key()) || labels[it.key()] != it.value()) { match = false; break; }
+      if (!labels.contains(it.key()) || labels[it.key()] != it.value()) {
+        match = false;
+        break;
+      }
     }
     // Unschedulable (cordoned) nodes get no new agent, like a DaemonSet with a taint.
     if (match && !Sub(*n, "spec").value("unschedulable", false)) out.push_back(meta.value("name", ""));
@@ -170,8 +175,10 @@ Credentials CredentialsFromSecret(const Json& secret) {
 }
 
 Json DesiredSecret(const Json& job, const Credentials& creds) {
-  Json data = {{"ca.crt", Base64Encode(creds.ca_crt)}, {"ca.key", Base64Encode(creds.ca_key)},
-               {"tls.crt", Base64Encode(creds.tls_crt)}, {"tls.key", Base64Encode(creds.tls_key)}};
+  Json data = {{"ca.crt", Base64Encode(creds.ca_crt)},
+               {"ca.key", Base64Encode(creds.ca_key)},
+               {"tls.crt", Base64Encode(creds.tls_crt)},
+               {"tls.key", Base64Encode(creds.tls_key)}};
   // The aggregator's --tokens-file format: one "agent-id token" line per agent.
   std::string tokens;
   for (const auto& [id, tok] : creds.tokens) {
@@ -179,22 +186,29 @@ Json DesiredSecret(const Json& job, const Credentials& creds) {
     data[TokenKey(id)] = Base64Encode(tok);
   }
   data["tokens"] = Base64Encode(tokens);
-  return {{"apiVersion", "v1"}, {"kind", "Secret"}, {"metadata", Meta(job, SecretName(job), "credentials")},
-          {"type", "Opaque"}, {"data", data}};
+  return {{"apiVersion", "v1"},
+          {"kind", "Secret"},
+          {"metadata", Meta(job, SecretName(job), "credentials")},
+          {"type", "Opaque"},
+          {"data", data}};
 }
 
 Json DesiredConfigMap(const Json& job, const std::string& manifest_yaml) {
-  return {{"apiVersion", "v1"}, {"kind", "ConfigMap"}, {"metadata", Meta(job, ConfigMapName(job), "config")},
+  return {{"apiVersion", "v1"},
+          {"kind", "ConfigMap"},
+          {"metadata", Meta(job, ConfigMapName(job), "config")},
           {"data", {{"job.yaml", manifest_yaml}}}};
 }
 
 Json DesiredServiceAccount(const Json& job) {
-  return {{"apiVersion", "v1"}, {"kind", "ServiceAccount"},
+  return {{"apiVersion", "v1"},
+          {"kind", "ServiceAccount"},
           {"metadata", Meta(job, AggregatorName(job), "aggregator")}};
 }
 
 Json DesiredRole(const Json& job) {
-  return {{"apiVersion", "rbac.authorization.k8s.io/v1"}, {"kind", "Role"},
+  return {{"apiVersion", "rbac.authorization.k8s.io/v1"},
+          {"kind", "Role"},
           {"metadata", Meta(job, AggregatorName(job), "aggregator")},
           {"rules", Json::array({
                         {{"apiGroups", {"fedge.io"}},
@@ -209,29 +223,42 @@ Json DesiredRole(const Json& job) {
 }
 
 Json DesiredRoleBinding(const Json& job) {
-  return {{"apiVersion", "rbac.authorization.k8s.io/v1"}, {"kind", "RoleBinding"},
-          {"metadata", Meta(job, AggregatorName(job), "aggregator")},
-          {"roleRef", {{"apiGroup", "rbac.authorization.k8s.io"}, {"kind", "Role"}, {"name", AggregatorName(job)}}},
-          {"subjects", Json::array({{{"kind", "ServiceAccount"}, {"name", AggregatorName(job)},
-                                     {"namespace", Ns(job)}}})}};
+  return {
+      {"apiVersion", "rbac.authorization.k8s.io/v1"},
+      {"kind", "RoleBinding"},
+      {"metadata", Meta(job, AggregatorName(job), "aggregator")},
+      {"roleRef",
+       {{"apiGroup", "rbac.authorization.k8s.io"}, {"kind", "Role"}, {"name", AggregatorName(job)}}},
+      {"subjects",
+       Json::array({{{"kind", "ServiceAccount"}, {"name", AggregatorName(job)}, {"namespace", Ns(job)}}})}};
 }
 
 Json DesiredAggregatorService(const Json& job) {
-  return {{"apiVersion", "v1"}, {"kind", "Service"}, {"metadata", Meta(job, AggregatorName(job), "aggregator")},
-          {"spec", {{"selector", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}},
-                    {"ports", Json::array({
-                                  {{"name", "grpc"}, {"port", kAggregatorGrpcPort}, {"targetPort", "grpc"}, {"protocol", "TCP"}},
-                                  {{"name", "http"}, {"port", kAggregatorHttpPort}, {"targetPort", "http"}, {"protocol", "TCP"}},
-                              })}}}};
+  return {
+      {"apiVersion", "v1"},
+      {"kind", "Service"},
+      {"metadata", Meta(job, AggregatorName(job), "aggregator")},
+      {"spec",
+       {{"selector", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}},
+        {"ports",
+         Json::array({
+             {{"name", "grpc"}, {"port", kAggregatorGrpcPort}, {"targetPort", "grpc"}, {"protocol", "TCP"}},
+             {{"name", "http"}, {"port", kAggregatorHttpPort}, {"targetPort", "http"}, {"protocol", "TCP"}},
+         })}}}};
 }
 
 Json DesiredInferenceService(const Json& job) {
   int port = Sub(Spec(job), "serving").value("port", 8080);
-  return {{"apiVersion", "v1"}, {"kind", "Service"}, {"metadata", Meta(job, InferenceServiceName(job), "inference")},
-          {"spec", {{"selector", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}},
-                    // Applications on a node reach their own node's agent: inference stays local.
-                    {"internalTrafficPolicy", "Local"},
-                    {"ports", Json::array({{{"name", "http"}, {"port", port}, {"targetPort", "http"}, {"protocol", "TCP"}}})}}}};
+  return {
+      {"apiVersion", "v1"},
+      {"kind", "Service"},
+      {"metadata", Meta(job, InferenceServiceName(job), "inference")},
+      {"spec",
+       {{"selector", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}},
+        // Applications on a node reach their own node's agent: inference stays local.
+        {"internalTrafficPolicy", "Local"},
+        {"ports",
+         Json::array({{{"name", "http"}, {"port", port}, {"targetPort", "http"}, {"protocol", "TCP"}}})}}}};
 }
 
 Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& images) {
@@ -240,27 +267,28 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& im
   Json ckpt = Sub(agg, "checkpoint");
   Json ckpt_volume = {{"name", "checkpoints"}, {"emptyDir", Json::object()}};
   if (ckpt.value("enabled", false) && !ckpt.value("claimName", "").empty()) {
-    ckpt_volume = {{"name", "checkpoints"}, {"persistentVolumeClaim", {{"claimName", ckpt.value("claimName", "")}}}};
+    ckpt_volume = {{"name", "checkpoints"},
+                   {"persistentVolumeClaim", {{"claimName", ckpt.value("claimName", "")}}}};
   }
   std::string key = Ns(job) + "/" + Name(job);
   Json aggregator = {
       {"name", "aggregator"},
       {"image", images.aggregator},
-      {"command", {"fedge-aggregator",
-                   "--config", std::string(kConfigMountPath) + "/job.yaml",
-                   "--listen", "0.0.0.0:" + std::to_string(kAggregatorGrpcPort),
-                   "--http", "0.0.0.0:" + std::to_string(kAggregatorHttpPort),
-                   "--checkpoint-dir", kCheckpointMountPath,
-                   "--expected-agents", std::to_string(expected_agents),
-                   "--tokens-file", std::string(kSecretMountPath) + "/tokens",
-                   "--exit-when-done"}},
-      {"ports", Json::array({{{"name", "grpc"}, {"containerPort", kAggregatorGrpcPort}, {"protocol", "TCP"}},
-                             {{"name", "http"}, {"containerPort", kAggregatorHttpPort}, {"protocol", "TCP"}}})},
+      {"command",
+       {"fedge-aggregator", "--config", std::string(kConfigMountPath) + "/job.yaml", "--listen",
+        "0.0.0.0:" + std::to_string(kAggregatorGrpcPort), "--http",
+        "0.0.0.0:" + std::to_string(kAggregatorHttpPort), "--checkpoint-dir", kCheckpointMountPath,
+        "--expected-agents", std::to_string(expected_agents), "--tokens-file",
+        std::string(kSecretMountPath) + "/tokens", "--exit-when-done"}},
+      {"ports",
+       Json::array({{{"name", "grpc"}, {"containerPort", kAggregatorGrpcPort}, {"protocol", "TCP"}},
+                    {{"name", "http"}, {"containerPort", kAggregatorHttpPort}, {"protocol", "TCP"}}})},
       {"readinessProbe", {{"httpGet", {{"path", "/readyz"}, {"port", "http"}}}, {"periodSeconds", 5}}},
       {"resources", Resources(agg)},
-      {"volumeMounts", Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
-                                    {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
-                                    {{"name", "checkpoints"}, {"mountPath", kCheckpointMountPath}}})}};
+      {"volumeMounts",
+       Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
+                    {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
+                    {{"name", "checkpoints"}, {"mountPath", kCheckpointMountPath}}})}};
   if (TlsEnabled(job)) {
     // The serving certificate the operator issued for the Service's names, from the Secret.
     for (const char* arg : {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key"}) {
@@ -272,25 +300,27 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& im
   Json reporter = {
       {"name", "status-reporter"},
       {"image", images.reporter},
-      {"command", {"fedge-operator", "report-status",
-                   "--job", key,
-                   "--aggregator-http", "127.0.0.1:" + std::to_string(kAggregatorHttpPort),
-                   "--service-account-dir", kServiceAccountDir}},
+      {"command",
+       {"fedge-operator", "report-status", "--job", key, "--aggregator-http",
+        "127.0.0.1:" + std::to_string(kAggregatorHttpPort), "--service-account-dir", kServiceAccountDir}},
       {"resources", {{"requests", {{"cpu", "10m"}, {"memory", "16Mi"}}}}}};
-  return {{"apiVersion", "v1"}, {"kind", "Pod"},
-          {"metadata", Meta(job, AggregatorName(job), "aggregator")},
-          {"spec", {{"restartPolicy", "Never"},
-                    {"serviceAccountName", AggregatorName(job)},
-                    {"containers", Json::array({aggregator, reporter})},
-                    {"volumes", Json::array({
-                                    {{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-                                    {{"name", "credentials"}, {"secret", {{"secretName", SecretName(job)},
-                                                                          {"items", Json::array({
-                                                                              {{"key", "tokens"}, {"path", "tokens"}},
-                                                                              {{"key", "ca.crt"}, {"path", "ca.crt"}},
-                                                                              {{"key", "tls.crt"}, {"path", "tls.crt"}},
-                                                                              {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
-                                    ckpt_volume})}}}};
+  return {
+      {"apiVersion", "v1"},
+      {"kind", "Pod"},
+      {"metadata", Meta(job, AggregatorName(job), "aggregator")},
+      {"spec",
+       {{"restartPolicy", "Never"},
+        {"serviceAccountName", AggregatorName(job)},
+        {"containers", Json::array({aggregator, reporter})},
+        {"volumes", Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
+                                 {{"name", "credentials"},
+                                  {"secret",
+                                   {{"secretName", SecretName(job)},
+                                    {"items", Json::array({{{"key", "tokens"}, {"path", "tokens"}},
+                                                           {{"key", "ca.crt"}, {"path", "ca.crt"}},
+                                                           {{"key", "tls.crt"}, {"path", "tls.crt"}},
+                                                           {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
+                                 ckpt_volume})}}}};
 }
 
 Json DesiredAgentPod(const Json& job, const std::string& node, const Images& images) {
@@ -308,23 +338,20 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const Images& ima
   Json container = {
       {"name", "agent"},
       {"image", images.agent},
-      {"command", {"fedge-agent",
-                   "--config", std::string(kConfigMountPath) + "/job.yaml",
-                   "--aggregator", AggregatorName(job) + "." + Ns(job) + ".svc:" + std::to_string(kAggregatorGrpcPort),
-                   "--agent-id", node,
-                   "--node-name", node,
-                   "--token-file", std::string(kSecretMountPath) + "/token",
-                   "--data-dir", data_path,
-                   "--model-dir", model_path,
-                   "--http", "0.0.0.0:" + std::to_string(port),
-                   "--state-dir", kStateMountPath}},
+      {"command",
+       {"fedge-agent", "--config", std::string(kConfigMountPath) + "/job.yaml", "--aggregator",
+        AggregatorName(job) + "." + Ns(job) + ".svc:" + std::to_string(kAggregatorGrpcPort), "--agent-id",
+        node, "--node-name", node, "--token-file", std::string(kSecretMountPath) + "/token", "--data-dir",
+        data_path, "--model-dir", model_path, "--http", "0.0.0.0:" + std::to_string(port), "--state-dir",
+        kStateMountPath}},
       {"ports", Json::array({{{"name", "http"}, {"containerPort", port}, {"protocol", "TCP"}}})},
       {"resources", Resources(agents)},
-      {"volumeMounts", Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
-                                    {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
-                                    {{"name", "data"}, {"mountPath", data_path}, {"readOnly", true}},
-                                    {{"name", "model"}, {"mountPath", model_path}, {"readOnly", true}},
-                                    {{"name", "state"}, {"mountPath", kStateMountPath}}})}};
+      {"volumeMounts",
+       Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
+                    {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
+                    {{"name", "data"}, {"mountPath", data_path}, {"readOnly", true}},
+                    {{"name", "model"}, {"mountPath", model_path}, {"readOnly", true}},
+                    {{"name", "state"}, {"mountPath", kStateMountPath}}})}};
   // Agents keep serving local inference with the final global after the job
   // (the job's purpose on the edge); only without serving do they exit when done.
   if (!serving.value("enabled", true)) container["command"].push_back("--exit-when-done");
@@ -339,31 +366,43 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const Images& ima
   Json toleration_list = Json::array();
   for (const char* taint : {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}) {
     // Edge nodes drop off the network for minutes; do not evict their agent at once.
-    toleration_list.push_back({{"key", taint}, {"operator", "Exists"}, {"effect", "NoExecute"},
-                               {"tolerationSeconds", toleration}});
+    toleration_list.push_back(
+        {{"key", taint}, {"operator", "Exists"}, {"effect", "NoExecute"}, {"tolerationSeconds", toleration}});
   }
-  return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta},
-          {"spec", {{"restartPolicy", "Never"},
-                    {"automountServiceAccountToken", false},
-                    // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
-                    {"affinity", {{"nodeAffinity", {{"requiredDuringSchedulingIgnoredDuringExecution",
-                        {{"nodeSelectorTerms", Json::array({{{"matchFields", Json::array({
-                            {{"key", "metadata.name"}, {"operator", "In"}, {"values", {node}}}})}}})}}}}}}},
-                    {"tolerations", toleration_list},
-                    {"containers", Json::array({container})},
-                    {"volumes", Json::array({
-                        {{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-                        {{"name", "credentials"}, {"secret", {{"secretName", SecretName(job)},
-                            {"items", Json::array({{{"key", TokenKey(node)}, {"path", "token"}},
-                                                   {{"key", "ca.crt"}, {"path", "ca.crt"}}})}}}},
-                        {{"name", "data"}, {"hostPath", {{"path", data_path}, {"type", "Directory"}}}},
-                        {{"name", "model"}, {"hostPath", {{"path", model_path}, {"type", "Directory"}}}},
-                        {{"name", "state"}, {"hostPath", {{"path", "/var/lib/fedge/jobs/" + Ns(job) + "/" + Name(job)},
-                                                           {"type", "DirectoryOrCreate"}}}}})}}}};
+  return {{"apiVersion", "v1"},
+          {"kind", "Pod"},
+          {"metadata", meta},
+          {"spec",
+           {{"restartPolicy", "Never"},
+            {"automountServiceAccountToken", false},
+            // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
+            {"affinity",
+             {{"nodeAffinity",
+               {{"requiredDuringSchedulingIgnoredDuringExecution",
+                 {{"nodeSelectorTerms",
+                   Json::array({{{"matchFields", Json::array({{{"key", "metadata.name"},
+                                                               {"operator", "In"},
+                                                               {"values", {node}}}})}}})}}}}}}},
+            {"tolerations", toleration_list},
+            {"containers", Json::array({container})},
+            {"volumes",
+             Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
+                          {{"name", "credentials"},
+                           {"secret",
+                            {{"secretName", SecretName(job)},
+                             {"items", Json::array({{{"key", TokenKey(node)}, {"path", "token"}},
+                                                    {{"key", "ca.crt"}, {"path", "ca.crt"}}})}}}},
+                          {{"name", "data"}, {"hostPath", {{"path", data_path}, {"type", "Directory"}}}},
+                          {{"name", "model"}, {"hostPath", {{"path", model_path}, {"type", "Directory"}}}},
+                          {{"name", "state"},
+                           {"hostPath",
+                            {{"path", "/var/lib/fedge/jobs/" + Ns(job) + "/" + Name(job)},
+                             {"type", "DirectoryOrCreate"}}}}})}}}};
 }
 
 Json ManifestForParser(const Json& job) {
-  Json m = {{"apiVersion", job.value("apiVersion", "")}, {"kind", job.value("kind", "")},
+  Json m = {{"apiVersion", job.value("apiVersion", "")},
+            {"kind", job.value("kind", "")},
             {"metadata", {{"name", Name(job)}, {"namespace", Ns(job)}}},
             {"spec", Spec(job)}};
   m["spec"].erase("aggregator");

@@ -21,9 +21,7 @@ using PKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
 using Cert = std::unique_ptr<X509, Deleter<X509, X509_free>>;
 using Bio = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
 
-PKey NewEcKey() {
-  return PKey(EVP_EC_gen("P-256"));
-}
+PKey NewEcKey() { return PKey(EVP_EC_gen("P-256")); }
 
 std::string BioString(BIO* bio) {
   char* data = nullptr;
@@ -69,8 +67,8 @@ Cert NewCert(EVP_PKEY* key, const std::string& cn, long days) {
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), days * 24 * 3600);
   X509_set_pubkey(cert.get(), key);
   X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1,
+                             -1, 0);
   return cert;
 }
 

@@ -57,7 +57,8 @@ bool Terminating(const Json& obj) { return obj["metadata"].contains("deletionTim
 
 std::vector<std::string> Finalizers(const Json& obj) {
   std::vector<std::string> out;
-  for (const auto& f : obj["metadata"].value("finalizers", Json::array())) out.push_back(f.get<std::string>());
+  for (const auto& f : obj["metadata"].value("finalizers", Json::array()))
+    out.push_back(f.get<std::string>());
   return out;
 }
 
@@ -86,7 +87,8 @@ std::optional<std::time_t> ParseTime(const std::string& s) {
 
 const Json* FindCondition(const Json& conditions, const std::string& type) {
   if (!conditions.is_array()) return nullptr;
-  for (const auto& c : conditions) if (c.value("type", "") == type) return &c;
+  for (const auto& c : conditions)
+    if (c.value("type", "") == type) return &c;
   return nullptr;
 }
 
@@ -103,8 +105,12 @@ void SetCondition(Json& conditions, const std::string& type, const std::string& 
     c["observedGeneration"] = generation;
     return;
   }
-  conditions.push_back({{"type", type}, {"status", status}, {"reason", reason}, {"message", message},
-                        {"observedGeneration", generation}, {"lastTransitionTime", now}});
+  conditions.push_back({{"type", type},
+                        {"status", status},
+                        {"reason", reason},
+                        {"message", message},
+                        {"observedGeneration", generation},
+                        {"lastTransitionTime", now}});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -131,19 +137,26 @@ void EventRecorder::Record(const Json& obj, const std::string& type, const std::
   std::string ns = meta.value("namespace", "default");
   std::string now = clock_->NowRfc3339();
   char suffix[32];
-  std::snprintf(suffix, sizeof(suffix), "%llx%04llx",
-                static_cast<unsigned long long>(std::time(nullptr)),
+  std::snprintf(suffix, sizeof(suffix), "%llx%04llx", static_cast<unsigned long long>(std::time(nullptr)),
                 static_cast<unsigned long long>(seq_++ & 0xffff));
-  Json ev = {{"apiVersion", "v1"}, {"kind", "Event"},
+  Json ev = {{"apiVersion", "v1"},
+             {"kind", "Event"},
              {"metadata", {{"name", meta.value("name", "") + "." + suffix}, {"namespace", ns}}},
-             {"involvedObject", {{"apiVersion", obj.value("apiVersion", "")}, {"kind", obj.value("kind", "")},
-                                 {"name", meta.value("name", "")}, {"namespace", ns},
-                                 {"uid", meta.value("uid", "")},
-                                 {"resourceVersion", meta.value("resourceVersion", "")}}},
-             {"reason", reason}, {"message", message}, {"type", type},
+             {"involvedObject",
+              {{"apiVersion", obj.value("apiVersion", "")},
+               {"kind", obj.value("kind", "")},
+               {"name", meta.value("name", "")},
+               {"namespace", ns},
+               {"uid", meta.value("uid", "")},
+               {"resourceVersion", meta.value("resourceVersion", "")}}},
+             {"reason", reason},
+             {"message", message},
+             {"type", type},
              {"source", {{"component", "fedge-operator"}}},
              {"reportingComponent", "fedge.io/operator"},
-             {"firstTimestamp", now}, {"lastTimestamp", now}, {"count", 1}};
+             {"firstTimestamp", now},
+             {"lastTimestamp", now},
+             {"count", 1}};
   auto s = client_->Create(res::kEvents, ns, ev);
   if (!s.ok()) log::Warn("event not recorded", {{"reason", reason}, {"error", s.status().ToString()}});
 }
@@ -155,11 +168,11 @@ struct JobReconciler::Run {
   int64_t generation = 0;
   std::time_t now = 0;
   std::string now_str;
-  Json old_status;       // as read
-  Json status;           // operator-owned fields being computed
+  Json old_status;  // as read
+  Json status;      // operator-owned fields being computed
   std::vector<ObjectPtr> pods;
   std::optional<std::chrono::seconds> requeue_after;
-  std::optional<JobSpec> spec;  // parsed and defaulted
+  std::optional<JobSpec> spec;                                      // parsed and defaulted
   std::vector<std::pair<std::string, std::string>> pending_events;  // (type, reason|message)
 
   void Event(const std::string& type, const std::string& reason, const std::string& message) {
@@ -200,7 +213,8 @@ Status JobReconciler::DeletePods(Run& run, bool only_active, bool keep_agents) {
     if (Terminating(*p)) continue;
     std::string phase = PodPhase(*p);
     if (only_active && (phase == "Succeeded" || phase == "Failed")) continue;
-    if (keep_agents && (*p)["metadata"].value("labels", Json::object()).value(kLabelRole, "") == "agent") continue;
+    if (keep_agents && (*p)["metadata"].value("labels", Json::object()).value(kLabelRole, "") == "agent")
+      continue;
     Status s = client_->Delete(res::kPods, run.ns, (*p)["metadata"].value("name", ""), {});
     if (!s.ok() && !IsNotFound(s)) return s;
   }
@@ -213,8 +227,9 @@ Status JobReconciler::Finalize(Run& run) {
   // Pods first: agents on edge nodes must stop training before the credentials go.
   FEDGE_RETURN_IF_ERROR(DeletePods(run, /*only_active=*/false));
   fin.erase(std::remove(fin.begin(), fin.end(), kFinalizer), fin.end());
-  Json patch = {{"metadata", {{"finalizers", fin},
-                              {"resourceVersion", run.job["metadata"].value("resourceVersion", "")}}}};
+  Json patch = {
+      {"metadata",
+       {{"finalizers", fin}, {"resourceVersion", run.job["metadata"].value("resourceVersion", "")}}}};
   auto s = client_->MergePatch(res::kJobs, run.ns, run.name, patch);
   if (!s.ok() && !IsNotFound(s.status())) return s.status();
   log::Info("job finalized", {{"job", run.ns + "/" + run.name}});
@@ -225,7 +240,8 @@ Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& 
   const Json& job = run.job;
   ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, SecretName(job));
   auto missing_tokens = [&](const Credentials& c) {
-    for (const auto& n : nodes) if (!c.tokens.count(n)) return true;
+    for (const auto& n : nodes)
+      if (!c.tokens.count(n)) return true;
     return false;
   };
   if (cached && !missing_tokens(CredentialsFromSecret(*cached))) return OkStatus();
@@ -243,8 +259,10 @@ Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& 
   if (!exists) {
     FEDGE_ASSIGN_OR_RETURN(KeyPair ca, GenerateCa("fedge job " + run.ns + "/" + run.name));
     std::string svc = AggregatorName(job);
-    FEDGE_ASSIGN_OR_RETURN(KeyPair tls, IssueServingCert(ca, svc, {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc",
-                                                                   svc + "." + run.ns + ".svc.cluster.local"}));
+    FEDGE_ASSIGN_OR_RETURN(KeyPair tls,
+                           IssueServingCert(ca, svc,
+                                            {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc",
+                                             svc + "." + run.ns + ".svc.cluster.local"}));
     creds.ca_crt = ca.cert_pem;
     creds.ca_key = ca.key_pem;
     creds.tls_crt = tls.cert_pem;
@@ -257,7 +275,8 @@ Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& 
   Json desired = DesiredSecret(job, creds);
   if (!exists) {
     auto created = client_->Create(res::kSecrets, run.ns, desired);
-    if (IsAlreadyExists(created.status())) return AbortedError("Conflict: secret created concurrently; retrying");
+    if (IsAlreadyExists(created.status()))
+      return AbortedError("Conflict: secret created concurrently; retrying");
     return created.status().WithContext("create secret");
   }
   desired["metadata"]["resourceVersion"] = (*live)["metadata"].value("resourceVersion", "");
@@ -278,8 +297,9 @@ Status JobReconciler::HandleFailedPod(Run& run, const Json& pod, bool aggregator
     FEDGE_RETURN_IF_ERROR(s);
     run.status["restarts"] = restarts + 1;
     run.Event("Warning", "PodRestarted",
-              "pod " + pod_name + " failed (exit code " + std::to_string(code) + "); recreating it (restart " +
-                  std::to_string(restarts + 1) + " of backoffLimit " + std::to_string(backoff_limit) + ")");
+              "pod " + pod_name + " failed (exit code " + std::to_string(code) +
+                  "); recreating it (restart " + std::to_string(restarts + 1) + " of backoffLimit " +
+                  std::to_string(backoff_limit) + ")");
     return OkStatus();
   }
   std::string msg = "pod " + pod_name + " failed (exit code " + std::to_string(code) + ") after " +
@@ -319,14 +339,17 @@ Status JobReconciler::SyncChildren(Run& run) {
   for (const auto& p : run.pods) {
     const Json& meta = (*p)["metadata"];
     std::string role = meta.value("labels", Json::object()).value(kLabelRole, "");
-    if (role == "aggregator") aggregator = p;
-    else if (role == "agent") agents[meta.value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
+    if (role == "aggregator")
+      aggregator = p;
+    else if (role == "agent")
+      agents[meta.value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
   }
   bool created_any = false;
   const int min_agents = std::max(1, spec.agents.minAgents);
   if (!aggregator) {
     if (static_cast<int>(nodes.size()) >= min_agents) {
-      auto c = client_->Create(res::kPods, run.ns, DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts_.images));
+      auto c = client_->Create(res::kPods, run.ns,
+                               DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts_.images));
       if (!c.ok() && !IsAlreadyExists(c.status())) return c.status().WithContext("create aggregator pod");
       created_any = created_any || c.ok();
     }
@@ -336,7 +359,8 @@ Status JobReconciler::SyncChildren(Run& run) {
     if (phase == "Succeeded" && run.status.value("state", "") != "Failed") {
       run.status["state"] = "Succeeded";
       run.Condition("Succeeded", "True", "JobSucceeded",
-                    "the aggregator completed all " + std::to_string(spec.rounds.total) + " rounds", "Normal");
+                    "the aggregator completed all " + std::to_string(spec.rounds.total) + " rounds",
+                    "Normal");
       run.Condition("Running", "False", "JobSucceeded", "the job finished");
     }
   }
@@ -369,10 +393,12 @@ Status JobReconciler::SyncChildren(Run& run) {
     auto it = agents.find(node);
     if (it != agents.end() && PodPhase(*it->second) == "Running" && PodReady(*it->second)) ++ready;
   }
-  run.status["agents"] = {{"desired", static_cast<int>(nodes.size())}, {"ready", ready},
+  run.status["agents"] = {{"desired", static_cast<int>(nodes.size())},
+                          {"ready", ready},
                           {"summary", std::to_string(ready) + "/" + std::to_string(nodes.size())}};
 
-  if (run.status.value("state", "") == "Succeeded" || run.status.value("state", "") == "Failed") return OkStatus();
+  if (run.status.value("state", "") == "Succeeded" || run.status.value("state", "") == "Failed")
+    return OkStatus();
 
   run.Condition("Created", "True", "ChildrenCreated",
                 "credentials, configuration, services and pods are created", "Normal");
@@ -401,13 +427,15 @@ Status JobReconciler::SyncChildren(Run& run) {
                           degraded->value("status", "") == "True";
   if (!not_ready.empty()) {
     run.Condition("Degraded", "True", "NodeNotReady",
-                  "edge node(s) not ready: " + Join(not_ready, ", ") + "; their agents are kept for spec.agents.tolerationSeconds",
+                  "edge node(s) not ready: " + Join(not_ready, ", ") +
+                      "; their agents are kept for spec.agents.tolerationSeconds",
                   "Warning");
   } else if (!exhausted_before) {
     if (agg_running && static_cast<int>(nodes.size()) < min_agents) {
-      run.Condition("Degraded", "True", "InsufficientAgents",
-                    std::to_string(nodes.size()) + " node(s) match, fewer than minAgents " + std::to_string(min_agents),
-                    "Warning");
+      run.Condition(
+          "Degraded", "True", "InsufficientAgents",
+          std::to_string(nodes.size()) + " node(s) match, fewer than minAgents " + std::to_string(min_agents),
+          "Warning");
     } else {
       run.Condition("Degraded", "False", "AsExpected", "all selected nodes are ready");
     }
@@ -420,8 +448,8 @@ Status JobReconciler::WriteStatus(Run& run) {
   Json& st = run.status;
   st["observedGeneration"] = run.generation;
   // Compare only the operator-owned fields; the reporter's are not ours to write.
-  static const char* kOwned[] = {"observedGeneration", "state", "conditions", "agents", "restarts",
-                                 "startTime", "completionTime"};
+  static const char* kOwned[] = {"observedGeneration", "state",     "conditions",    "agents",
+                                 "restarts",           "startTime", "completionTime"};
   Json owned = Json::object(), before = Json::object();
   for (const char* f : kOwned) {
     if (st.contains(f)) owned[f] = st[f];
@@ -477,7 +505,8 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
   auto parsed = ParseJobSpec(ManifestForParser(run.job).dump());
   std::string state = run.status.value("state", "");
   const Json* failed = FindCondition(run.status["conditions"], "Failed");
-  bool invalid_before = failed && failed->value("reason", "") == "InvalidSpec" && failed->value("status", "") == "True";
+  bool invalid_before =
+      failed && failed->value("reason", "") == "InvalidSpec" && failed->value("status", "") == "True";
   if (!parsed.ok()) {
     run.status["state"] = "Failed";
     run.Condition("Failed", "True", "InvalidSpec", parsed.status().message(), "Warning");
@@ -498,14 +527,17 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
     // After success the agents are the job's inference service: Running spares them
     // (they go with the job, or with cleanPodPolicy All); after failure they go too.
     const bool serving = state == "Succeeded" && run.spec->serving.enabled;
-    if (rp.cleanPodPolicy == "All") FEDGE_RETURN_IF_ERROR(DeletePods(run, false));
-    else if (rp.cleanPodPolicy == "Running") FEDGE_RETURN_IF_ERROR(DeletePods(run, true, serving));
+    if (rp.cleanPodPolicy == "All")
+      FEDGE_RETURN_IF_ERROR(DeletePods(run, false));
+    else if (rp.cleanPodPolicy == "Running")
+      FEDGE_RETURN_IF_ERROR(DeletePods(run, true, serving));
     FEDGE_RETURN_IF_ERROR(WriteStatus(run));
     if (rp.ttlSecondsAfterFinished >= 0) {
       auto done = ParseTime(run.status.value("completionTime", run.now_str)).value_or(run.now);
       int64_t left = static_cast<int64_t>(done) + rp.ttlSecondsAfterFinished - static_cast<int64_t>(run.now);
       if (left <= 0) {
-        Status s = client_->Delete(res::kJobs, run.ns, run.name, {"Foreground", run.job["metadata"].value("uid", ""), {}});
+        Status s = client_->Delete(res::kJobs, run.ns, run.name,
+                                   {"Foreground", run.job["metadata"].value("uid", ""), {}});
         if (!s.ok() && !IsNotFound(s)) return s;
         return ReconcileResult{};
       }
@@ -519,14 +551,16 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
   if (rp.suspend) {
     FEDGE_RETURN_IF_ERROR(DeletePods(run, false));
     run.status["state"] = "Suspended";
-    run.Condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; pods are deleted", "Normal");
+    run.Condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; pods are deleted",
+                  "Normal");
     run.Condition("Running", "False", "JobSuspended", "the job is suspended");
     FEDGE_RETURN_IF_ERROR(WriteStatus(run));
     return ReconcileResult{};
   }
   const Json* suspended = FindCondition(run.status["conditions"], "Suspended");
   if (suspended && suspended->value("status", "") == "True") {
-    run.Condition("Suspended", "False", "JobResumed", "spec.runPolicy.suspend is false; pods are recreated", "Normal");
+    run.Condition("Suspended", "False", "JobResumed", "spec.runPolicy.suspend is false; pods are recreated",
+                  "Normal");
   }
 
   // Active deadline, counted from the first pod creation.
@@ -538,12 +572,14 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
       run.status["completionTime"] = run.now_str;
       run.Condition("Failed", "True", "DeadlineExceeded",
                     "the job ran longer than spec.runPolicy.activeDeadlineSeconds (" +
-                        std::to_string(rp.activeDeadlineSeconds) + " s)", "Warning");
+                        std::to_string(rp.activeDeadlineSeconds) + " s)",
+                    "Warning");
       run.Condition("Running", "False", "DeadlineExceeded", "the job was stopped");
       FEDGE_RETURN_IF_ERROR(DeletePods(run, true));
       FEDGE_RETURN_IF_ERROR(WriteStatus(run));
       return ReconcileResult{rp.ttlSecondsAfterFinished >= 0
-                                 ? std::optional<std::chrono::seconds>(std::chrono::seconds(1)) : std::nullopt};
+                                 ? std::optional<std::chrono::seconds>(std::chrono::seconds(1))
+                                 : std::nullopt};
     }
     run.RequeueAfter(std::chrono::seconds(left));
   }

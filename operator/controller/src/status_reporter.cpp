@@ -21,7 +21,9 @@ Json ProgressFromAggregator(const Json& a) {
                {"bytesDown", last.value("bytes_down", int64_t{0})},
                {"durationSeconds", last.value("seconds", 0.0)}};
     // Training loss when present, else evaluation loss.
-    const Json& loss = last.contains("train_loss") && last["train_loss"].is_number() ? last["train_loss"] : last.value("loss", Json());
+    const Json& loss = last.contains("train_loss") && last["train_loss"].is_number()
+                           ? last["train_loss"]
+                           : last.value("loss", Json());
     if (loss.is_number()) lr["loss"] = loss;
     if (last.contains("accuracy") && last["accuracy"].is_number()) lr["accuracy"] = last["accuracy"];
     st["lastRound"] = lr;
@@ -49,9 +51,12 @@ Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const 
       last_ok = now;
       Json progress = ProgressFromAggregator(*got);
       if (progress != last_applied) {
-        Json patch = {{"apiVersion", "fedge.io/v1alpha1"}, {"kind", "FederatedTrainingJob"},
-                      {"metadata", {{"name", opts.name}, {"namespace", opts.ns}}}, {"status", progress}};
-        auto s = client->Apply(res::kJobs, opts.ns, opts.name, patch, {kReporterFieldManager, true, "status"});
+        Json patch = {{"apiVersion", "fedge.io/v1alpha1"},
+                      {"kind", "FederatedTrainingJob"},
+                      {"metadata", {{"name", opts.name}, {"namespace", opts.ns}}},
+                      {"status", progress}};
+        auto s =
+            client->Apply(res::kJobs, opts.ns, opts.name, patch, {kReporterFieldManager, true, "status"});
         if (s.ok()) {
           last_applied = progress;
           log::Info("status reported", {{"round", progress.value("round", int64_t{0})},

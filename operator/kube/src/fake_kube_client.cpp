@@ -10,7 +10,8 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   std::vector<std::string> out;
   std::stringstream ss(s);
   std::string part;
-  while (std::getline(ss, part, sep)) if (!part.empty()) out.push_back(part);
+  while (std::getline(ss, part, sep))
+    if (!part.empty()) out.push_back(part);
   return out;
 }
 
@@ -24,7 +25,10 @@ bool MatchesFieldSelector(const Json& obj, const std::string& selector) {
     if (!want.empty() && want[0] == '=') want = want.substr(1);
     const Json* cur = &obj;
     for (const auto& part : Split(path, '.')) {
-      if (!cur->is_object() || !cur->contains(part)) { cur = nullptr; break; }
+      if (!cur->is_object() || !cur->contains(part)) {
+        cur = nullptr;
+        break;
+      }
       cur = &(*cur)[part];
     }
     std::string got = (cur && cur->is_string()) ? cur->get<std::string>() : "";
@@ -56,11 +60,16 @@ bool MatchesLabelSelector(const Json& labels, const std::string& selector) {
 }
 
 void MergeInto(Json& target, const Json& patch) {
-  if (!patch.is_object()) { target = patch; return; }
+  if (!patch.is_object()) {
+    target = patch;
+    return;
+  }
   if (!target.is_object()) target = Json::object();
   for (auto it = patch.begin(); it != patch.end(); ++it) {
-    if (it.value().is_null()) target.erase(it.key());
-    else MergeInto(target[it.key()], it.value());
+    if (it.value().is_null())
+      target.erase(it.key());
+    else
+      MergeInto(target[it.key()], it.value());
   }
 }
 
@@ -84,14 +93,13 @@ Json FakeKubeClient::Stamp(const Resource& r, Json obj) {
   return obj;
 }
 
-void FakeKubeClient::Emit(const Resource& r, const std::string& ns, WatchEventType t,
-                          const Json& obj) {
+void FakeKubeClient::Emit(const Resource& r, const std::string& ns, WatchEventType t, const Json& obj) {
   events_.push_back({rv_, r.plural, r.namespaced ? ns : "", {t, obj}});
   cv_.notify_all();
 }
 
-StatusOr<Json> FakeKubeClient::Get(const Resource& r, const std::string& ns,
-                                   const std::string& name, const std::string& sub) {
+StatusOr<Json> FakeKubeClient::Get(const Resource& r, const std::string& ns, const std::string& name,
+                                   const std::string& sub) {
   std::lock_guard<std::mutex> l(mu_);
   FEDGE_RETURN_IF_ERROR(Record("get", r, ns, name, sub, nullptr));
   auto it = objects_.find({r.plural, r.namespaced ? ns : "", name});
@@ -99,8 +107,7 @@ StatusOr<Json> FakeKubeClient::Get(const Resource& r, const std::string& ns,
   return it->second;
 }
 
-StatusOr<ListResult> FakeKubeClient::List(const Resource& r, const std::string& ns,
-                                          const ListOptions& opts) {
+StatusOr<ListResult> FakeKubeClient::List(const Resource& r, const std::string& ns, const ListOptions& opts) {
   std::lock_guard<std::mutex> l(mu_);
   FEDGE_RETURN_IF_ERROR(Record("list", r, ns, "", "", nullptr));
   ListResult out;
@@ -111,7 +118,8 @@ StatusOr<ListResult> FakeKubeClient::List(const Resource& r, const std::string& 
     if (std::get<0>(k) != r.plural) continue;
     if (r.namespaced && !ns.empty() && std::get<1>(k) != ns) continue;
     if (!opts.label_selector.empty() &&
-        !MatchesLabelSelector(obj["metadata"].value("labels", Json::object()), opts.label_selector)) continue;
+        !MatchesLabelSelector(obj["metadata"].value("labels", Json::object()), opts.label_selector))
+      continue;
     if (!opts.field_selector.empty() && !MatchesFieldSelector(obj, opts.field_selector)) continue;
     if (seen++ < skip) continue;
     if (opts.limit > 0 && static_cast<int64_t>(out.items.size()) == opts.limit) {
@@ -124,19 +132,28 @@ StatusOr<ListResult> FakeKubeClient::List(const Resource& r, const std::string& 
 }
 
 Status FakeKubeClient::Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
-                             const std::function<void(const WatchEvent&)>& on_event,
-                             WatchCancel* cancel) {
+                             const std::function<void(const WatchEvent&)>& on_event, WatchCancel* cancel) {
   std::unique_lock<std::mutex> l(mu_);
   FEDGE_RETURN_IF_ERROR(Record("watch", r, ns, "", "", nullptr));
   int64_t from = opts.resource_version.empty() ? rv_ : std::stoll(opts.resource_version);
   if (from < compacted_rv_) {
     return KubeError("Expired", 410, "too old resource version: " + opts.resource_version);
   }
-  if (cancel) cancel->SetOnCancel([this] { std::lock_guard<std::mutex> g(mu_); cv_.notify_all(); });
+  if (cancel)
+    cancel->SetOnCancel([this] {
+      std::lock_guard<std::mutex> g(mu_);
+      cv_.notify_all();
+    });
   int64_t epoch = watch_epoch_;
   while (true) {
-    if (cancel && cancel->cancelled()) { cancel->SetOnCancel(nullptr); return CancelledError("watch cancelled"); }
-    if (watch_epoch_ != epoch) { if (cancel) cancel->SetOnCancel(nullptr); return OkStatus(); }
+    if (cancel && cancel->cancelled()) {
+      cancel->SetOnCancel(nullptr);
+      return CancelledError("watch cancelled");
+    }
+    if (watch_epoch_ != epoch) {
+      if (cancel) cancel->SetOnCancel(nullptr);
+      return OkStatus();
+    }
     std::vector<WatchEvent> batch;
     auto it = std::lower_bound(events_.begin(), events_.end(), from + 1,
                                [](const Event& e, int64_t rv) { return e.rv < rv; });
@@ -166,7 +183,8 @@ StatusOr<Json> FakeKubeClient::Create(const Resource& r, const std::string& ns, 
   FEDGE_RETURN_IF_ERROR(Record("create", r, ns, name, "", obj));
   if (name.empty()) return KubeError("Invalid", 422, "metadata.name: Required value");
   Key k{r.plural, r.namespaced ? ns : "", name};
-  if (objects_.count(k)) return KubeError("AlreadyExists", 409, r.plural + " \"" + name + "\" already exists");
+  if (objects_.count(k))
+    return KubeError("AlreadyExists", 409, r.plural + " \"" + name + "\" already exists");
   Json o = obj;
   o["metadata"]["uid"] = "uid-" + std::to_string(++uid_);
   o["metadata"]["generation"] = 1;
@@ -188,7 +206,9 @@ StatusOr<Json> FakeKubeClient::Update(const Resource& r, const std::string& ns, 
   if (it == objects_.end()) return KubeError("NotFound", 404, r.plural + " \"" + name + "\" not found");
   std::string want_rv = obj["metadata"].value("resourceVersion", "");
   if (!want_rv.empty() && want_rv != it->second["metadata"].value("resourceVersion", "")) {
-    return KubeError("Conflict", 409, "the object has been modified; please apply your changes to the latest version and try again");
+    return KubeError(
+        "Conflict", 409,
+        "the object has been modified; please apply your changes to the latest version and try again");
   }
   Json o = it->second;
   if (sub == "status") {
@@ -215,15 +235,15 @@ StatusOr<Json> FakeKubeClient::Update(const Resource& r, const std::string& ns, 
   return o;
 }
 
-StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns,
-                                     const std::string& name, const Json& obj,
-                                     const ApplyOptions& opts) {
+StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, const std::string& name,
+                                     const Json& obj, const ApplyOptions& opts) {
   std::unique_lock<std::mutex> l(mu_);
   FEDGE_RETURN_IF_ERROR(Record("apply", r, ns, name, opts.subresource, obj));
   Key k{r.plural, r.namespaced ? ns : "", name};
   auto it = objects_.find(k);
   if (it == objects_.end()) {
-    if (opts.subresource == "status") return KubeError("NotFound", 404, r.plural + " \"" + name + "\" not found");
+    if (opts.subresource == "status")
+      return KubeError("NotFound", 404, r.plural + " \"" + name + "\" not found");
     Json o = obj;
     o.erase("status");
     o["metadata"]["name"] = name;
@@ -261,9 +281,8 @@ StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns,
   return o;
 }
 
-StatusOr<Json> FakeKubeClient::MergePatch(const Resource& r, const std::string& ns,
-                                          const std::string& name, const Json& patch,
-                                          const std::string& sub) {
+StatusOr<Json> FakeKubeClient::MergePatch(const Resource& r, const std::string& ns, const std::string& name,
+                                          const Json& patch, const std::string& sub) {
   std::lock_guard<std::mutex> l(mu_);
   FEDGE_RETURN_IF_ERROR(Record("patch", r, ns, name, sub, patch));
   Key k{r.plural, r.namespaced ? ns : "", name};
@@ -311,8 +330,8 @@ void FakeKubeClient::RemoveLocked(const Resource& r, const Key& k) {
   }
 }
 
-Status FakeKubeClient::DeleteLocked(const Resource& r, const std::string& ns,
-                                    const std::string& name, const DeleteOptions& opts) {
+Status FakeKubeClient::DeleteLocked(const Resource& r, const std::string& ns, const std::string& name,
+                                    const DeleteOptions& opts) {
   Key k{r.plural, r.namespaced ? ns : "", name};
   auto it = objects_.find(k);
   if (it == objects_.end()) return KubeError("NotFound", 404, r.plural + " \"" + name + "\" not found");
@@ -386,7 +405,8 @@ void FakeKubeClient::CloseWatches() {
 std::vector<Json> FakeKubeClient::Objects(const Resource& r) const {
   std::lock_guard<std::mutex> l(mu_);
   std::vector<Json> out;
-  for (const auto& [k, o] : objects_) if (std::get<0>(k) == r.plural) out.push_back(o);
+  for (const auto& [k, o] : objects_)
+    if (std::get<0>(k) == r.plural) out.push_back(o);
   return out;
 }
 

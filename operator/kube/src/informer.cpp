@@ -14,7 +14,9 @@ std::string ObjectKey(const Json& obj) {
 }
 
 Informer::Informer(KubeClient* client, Resource resource, InformerOptions opts)
-    : client_(client), resource_(std::move(resource)), opts_(std::move(opts)),
+    : client_(client),
+      resource_(std::move(resource)),
+      opts_(std::move(opts)),
       rng_(opts_.seed ? opts_.seed : std::random_device{}()) {}
 
 Informer::~Informer() { Stop(); }
@@ -98,10 +100,13 @@ Status Informer::ListAndReplace() {
   last_rv_ = list.resource_version;
   // Handlers run outside the lock.
   for (const auto& h : handlers_) {
-    for (const auto& d : deletes) if (h.on_delete) h.on_delete(d);
+    for (const auto& d : deletes)
+      if (h.on_delete) h.on_delete(d);
     for (const auto& [o, n] : updates) {
-      if (!o) { if (h.on_add) h.on_add(n); }
-      else if (h.on_update) h.on_update(o, n);
+      if (!o) {
+        if (h.on_add) h.on_add(n);
+      } else if (h.on_update)
+        h.on_update(o, n);
     }
   }
   if (!synced_.exchange(true)) {
@@ -112,8 +117,7 @@ Status Informer::ListAndReplace() {
 }
 
 void Informer::Apply(const WatchEvent& ev) {
-  std::string rv = ev.object.contains("metadata")
-                       ? ev.object["metadata"].value("resourceVersion", "") : "";
+  std::string rv = ev.object.contains("metadata") ? ev.object["metadata"].value("resourceVersion", "") : "";
   if (!rv.empty()) last_rv_ = rv;
   if (ev.type == WatchEventType::kBookmark) return;
   auto obj = std::make_shared<const Json>(ev.object);
@@ -123,8 +127,10 @@ void Informer::Apply(const WatchEvent& ev) {
     std::lock_guard<std::mutex> l(mu_);
     auto it = store_.find(key);
     if (it != store_.end()) old = it->second;
-    if (ev.type == WatchEventType::kDeleted) store_.erase(key);
-    else store_[key] = obj;
+    if (ev.type == WatchEventType::kDeleted)
+      store_.erase(key);
+    else
+      store_[key] = obj;
   }
   for (const auto& h : handlers_) {
     if (ev.type == WatchEventType::kDeleted) {
@@ -168,8 +174,13 @@ void Informer::Run() {
     std::uniform_int_distribution<int> t(opts_.watch_timeout_seconds, 2 * opts_.watch_timeout_seconds);
     wo.timeout_seconds = t(rng_);
     bool got_event = false;
-    Status s = client_->Watch(resource_, opts_.ns, wo,
-                              [&](const WatchEvent& ev) { got_event = true; Apply(ev); }, &cancel_);
+    Status s = client_->Watch(
+        resource_, opts_.ns, wo,
+        [&](const WatchEvent& ev) {
+          got_event = true;
+          Apply(ev);
+        },
+        &cancel_);
     if (stop_.load()) break;
     ++watch_restarts_;
     if (opts_.on_watch_restart) opts_.on_watch_restart();
@@ -184,9 +195,9 @@ void Informer::Run() {
       need_list = true;
       continue;
     }
-    log::Warn("watch failed, reconnecting",
-              {{"resource", resource_.plural}, {"error", s.ToString()},
-               {"backoff_ms", static_cast<int64_t>(backoff.count())}});
+    log::Warn("watch failed, reconnecting", {{"resource", resource_.plural},
+                                             {"error", s.ToString()},
+                                             {"backoff_ms", static_cast<int64_t>(backoff.count())}});
     SleepBackoff(jittered(backoff));
     backoff = std::min(backoff * 2, opts_.backoff_max);
   }

@@ -3,8 +3,7 @@
 namespace fedge::op {
 
 std::string Resource::BasePath() const {
-  return api_version.find('/') == std::string::npos ? "/api/" + api_version
-                                                     : "/apis/" + api_version;
+  return api_version.find('/') == std::string::npos ? "/api/" + api_version : "/apis/" + api_version;
 }
 
 std::string Resource::CollectionPath(const std::string& ns) const {
@@ -30,8 +29,7 @@ const Resource kLeases{"coordination.k8s.io/v1", "leases", "Lease", true};
 const Resource kJobs{"fedge.io/v1alpha1", "federatedtrainingjobs", "FederatedTrainingJob", true};
 }  // namespace res
 
-StatusOr<ListResult> ListAll(KubeClient& client, const Resource& r, const std::string& ns,
-                             ListOptions opts) {
+StatusOr<ListResult> ListAll(KubeClient& client, const Resource& r, const std::string& ns, ListOptions opts) {
   ListResult all;
   opts.continue_token.clear();
   while (true) {
@@ -48,23 +46,38 @@ StatusOr<ListResult> ListAll(KubeClient& client, const Resource& r, const std::s
 
 Status KubeError(const std::string& reason, int http_code, const std::string& message) {
   StatusCode code = StatusCode::kUnknown;
-  if (reason == "NotFound") code = StatusCode::kNotFound;
-  else if (reason == "AlreadyExists") code = StatusCode::kAlreadyExists;
-  else if (reason == "Conflict") code = StatusCode::kAborted;
-  else if (reason == "Invalid" || reason == "BadRequest") code = StatusCode::kInvalidArgument;
-  else if (reason == "Gone" || reason == "Expired") code = StatusCode::kOutOfRange;
-  else if (reason == "Forbidden") code = StatusCode::kPermissionDenied;
-  else if (reason == "Unauthorized") code = StatusCode::kUnauthenticated;
-  else if (reason == "MethodNotAllowed" || reason == "NotAcceptable" ||
-           reason == "UnsupportedMediaType") code = StatusCode::kUnimplemented;
-  else if (reason == "Timeout" || reason == "ServerTimeout") code = StatusCode::kDeadlineExceeded;
-  else if (reason == "TooManyRequests" || reason == "ServiceUnavailable") code = StatusCode::kUnavailable;
-  else if (reason == "InternalError") code = StatusCode::kInternal;
-  else if (http_code == 404) code = StatusCode::kNotFound;
-  else if (http_code == 409) code = StatusCode::kAborted;
-  else if (http_code == 410) code = StatusCode::kOutOfRange;
-  else if (http_code == 422) code = StatusCode::kInvalidArgument;
-  else if (http_code >= 500) code = StatusCode::kUnavailable;
+  if (reason == "NotFound")
+    code = StatusCode::kNotFound;
+  else if (reason == "AlreadyExists")
+    code = StatusCode::kAlreadyExists;
+  else if (reason == "Conflict")
+    code = StatusCode::kAborted;
+  else if (reason == "Invalid" || reason == "BadRequest")
+    code = StatusCode::kInvalidArgument;
+  else if (reason == "Gone" || reason == "Expired")
+    code = StatusCode::kOutOfRange;
+  else if (reason == "Forbidden")
+    code = StatusCode::kPermissionDenied;
+  else if (reason == "Unauthorized")
+    code = StatusCode::kUnauthenticated;
+  else if (reason == "MethodNotAllowed" || reason == "NotAcceptable" || reason == "UnsupportedMediaType")
+    code = StatusCode::kUnimplemented;
+  else if (reason == "Timeout" || reason == "ServerTimeout")
+    code = StatusCode::kDeadlineExceeded;
+  else if (reason == "TooManyRequests" || reason == "ServiceUnavailable")
+    code = StatusCode::kUnavailable;
+  else if (reason == "InternalError")
+    code = StatusCode::kInternal;
+  else if (http_code == 404)
+    code = StatusCode::kNotFound;
+  else if (http_code == 409)
+    code = StatusCode::kAborted;
+  else if (http_code == 410)
+    code = StatusCode::kOutOfRange;
+  else if (http_code == 422)
+    code = StatusCode::kInvalidArgument;
+  else if (http_code >= 500)
+    code = StatusCode::kUnavailable;
   std::string r = reason.empty() ? ("HTTP" + std::to_string(http_code)) : reason;
   return Status(code, r + ": " + message);
 }
@@ -75,7 +88,8 @@ std::string KubeReason(const Status& s) {
   size_t colon = m.find(':');
   if (colon == std::string::npos) return "";
   std::string r = m.substr(0, colon);
-  for (char c : r) if (!std::isalnum(static_cast<unsigned char>(c))) return "";
+  for (char c : r)
+    if (!std::isalnum(static_cast<unsigned char>(c))) return "";
   return r;
 }
 

@@ -22,12 +22,13 @@ StatusOr<std::string> ReadFile(const std::string& path) {
 
 StatusOr<std::string> Base64Decode(const std::string& in) {
   std::string clean;
-  for (char c : in) if (!std::isspace(static_cast<unsigned char>(c))) clean.push_back(c);
+  for (char c : in)
+    if (!std::isspace(static_cast<unsigned char>(c))) clean.push_back(c);
   if (clean.size() % 4 != 0) return InvalidArgumentError("base64 length is not a multiple of 4");
   std::string out(clean.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(clean.data()),
-                          static_cast<int>(clean.size()));
+  int n =
+      EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                      reinterpret_cast<const unsigned char*>(clean.data()), static_cast<int>(clean.size()));
   if (n < 0) return InvalidArgumentError("invalid base64");
   size_t pad = 0;
   if (!clean.empty() && clean.back() == '=') ++pad;
@@ -82,7 +83,8 @@ StatusOr<KubeConfig> LoadKubeConfig(const std::string& path, const std::string& 
     KubeConfig cfg;
     cfg.server = cluster["server"].as<std::string>();
     if (ctx["namespace"]) cfg.ns = ctx["namespace"].as<std::string>();
-    if (cluster["insecure-skip-tls-verify"]) cfg.insecure_skip_verify = cluster["insecure-skip-tls-verify"].as<bool>();
+    if (cluster["insecure-skip-tls-verify"])
+      cfg.insecure_skip_verify = cluster["insecure-skip-tls-verify"].as<bool>();
     FEDGE_ASSIGN_OR_RETURN(cfg.ca_pem, DataOrFile(cluster, "certificate-authority", dir));
     YAML::Node user = Named(root["users"], user_name, "user");
     if (user) {

@@ -27,8 +27,8 @@ LeaderElector::LeaderElector(KubeClient* client, LeaderElectionOptions opts, Clo
     : client_(client), opts_(std::move(opts)), clock_(clock) {}
 
 bool LeaderElector::TryAcquireOrRenew() {
-  const int duration_s = static_cast<int>(
-      std::chrono::duration_cast<std::chrono::seconds>(opts_.lease_duration).count());
+  const int duration_s =
+      static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(opts_.lease_duration).count());
   auto got = client_->Get(res::kLeases, opts_.ns, opts_.name);
   std::string now = MicroTimeNow();
   if (!got.ok()) {
@@ -36,12 +36,15 @@ bool LeaderElector::TryAcquireOrRenew() {
       log::Warn("lease read failed", {{"error", got.status().ToString()}});
       return false;
     }
-    Json lease = {{"apiVersion", "coordination.k8s.io/v1"}, {"kind", "Lease"},
+    Json lease = {{"apiVersion", "coordination.k8s.io/v1"},
+                  {"kind", "Lease"},
                   {"metadata", {{"name", opts_.name}, {"namespace", opts_.ns}}},
-                  {"spec", {{"holderIdentity", opts_.identity},
-                            {"leaseDurationSeconds", duration_s},
-                            {"acquireTime", now}, {"renewTime", now},
-                            {"leaseTransitions", 0}}}};
+                  {"spec",
+                   {{"holderIdentity", opts_.identity},
+                    {"leaseDurationSeconds", duration_s},
+                    {"acquireTime", now},
+                    {"renewTime", now},
+                    {"leaseTransitions", 0}}}};
     auto created = client_->Create(res::kLeases, opts_.ns, lease);
     if (!created.ok()) return false;  // someone else created it first
     observed_rv_ = (*created)["metadata"].value("resourceVersion", "");
@@ -83,13 +86,13 @@ bool LeaderElector::TryAcquireOrRenew() {
   observed_rv_ = (*updated)["metadata"].value("resourceVersion", "");
   observed_holder_ = opts_.identity;
   observed_at_ = clock_->Now();
-  if (!ours) log::Info("acquired leadership", {{"lease", opts_.ns + "/" + opts_.name}, {"identity", opts_.identity}});
+  if (!ours)
+    log::Info("acquired leadership", {{"lease", opts_.ns + "/" + opts_.name}, {"identity", opts_.identity}});
   leader_.store(true);
   return true;
 }
 
-void LeaderElector::Run(const std::function<void()>& on_started,
-                        const std::function<void()>& on_stopped) {
+void LeaderElector::Run(const std::function<void()>& on_started, const std::function<void()>& on_stopped) {
   // Acquire.
   while (!stop_.load()) {
     if (TryAcquireOrRenew()) break;

@@ -2,8 +2,8 @@
 #define _TURN_OFF_PLATFORM_STRING
 #include "fedge/op/rest_kube_client.h"
 
-#include <cpprest/http_client.h>
 #include <cpprest/containerstream.h>
+#include <cpprest/http_client.h>
 
 #include <boost/asio/ssl.hpp>
 
@@ -40,20 +40,47 @@ Status ErrorFromBody(int code, const std::string& body) {
   }
   if (reason.empty()) {
     switch (code) {
-      case 400: reason = "BadRequest"; break;
-      case 401: reason = "Unauthorized"; break;
-      case 403: reason = "Forbidden"; break;
-      case 404: reason = "NotFound"; break;
-      case 405: reason = "MethodNotAllowed"; break;
-      case 409: reason = "Conflict"; break;
-      case 410: reason = "Gone"; break;
-      case 415: reason = "UnsupportedMediaType"; break;
-      case 422: reason = "Invalid"; break;
-      case 429: reason = "TooManyRequests"; break;
-      case 500: reason = "InternalError"; break;
-      case 503: reason = "ServiceUnavailable"; break;
-      case 504: reason = "Timeout"; break;
-      default: break;
+      case 400:
+        reason = "BadRequest";
+        break;
+      case 401:
+        reason = "Unauthorized";
+        break;
+      case 403:
+        reason = "Forbidden";
+        break;
+      case 404:
+        reason = "NotFound";
+        break;
+      case 405:
+        reason = "MethodNotAllowed";
+        break;
+      case 409:
+        reason = "Conflict";
+        break;
+      case 410:
+        reason = "Gone";
+        break;
+      case 415:
+        reason = "UnsupportedMediaType";
+        break;
+      case 422:
+        reason = "Invalid";
+        break;
+      case 429:
+        reason = "TooManyRequests";
+        break;
+      case 500:
+        reason = "InternalError";
+        break;
+      case 503:
+        reason = "ServiceUnavailable";
+        break;
+      case 504:
+        reason = "Timeout";
+        break;
+      default:
+        break;
     }
   }
   return KubeError(reason, code, message);
@@ -144,16 +171,15 @@ RestKubeClient::RestKubeClient(KubeConfig config, RestClientOptions options)
 
 RestKubeClient::~RestKubeClient() = default;
 
-StatusOr<Json> RestKubeClient::Get(const Resource& r, const std::string& ns,
-                                   const std::string& name, const std::string& subresource) {
+StatusOr<Json> RestKubeClient::Get(const Resource& r, const std::string& ns, const std::string& name,
+                                   const std::string& subresource) {
   ++requests_;
   std::string path = r.ObjectPath(ns, name);
   if (!subresource.empty()) path += "/" + subresource;
   return impl_->Do(http::methods::GET, path, nullptr, "");
 }
 
-StatusOr<ListResult> RestKubeClient::List(const Resource& r, const std::string& ns,
-                                          const ListOptions& opts) {
+StatusOr<ListResult> RestKubeClient::List(const Resource& r, const std::string& ns, const ListOptions& opts) {
   ++requests_;
   std::string q;
   AddQuery(&q, "labelSelector", opts.label_selector);
@@ -179,8 +205,7 @@ StatusOr<ListResult> RestKubeClient::List(const Resource& r, const std::string& 
 }
 
 Status RestKubeClient::Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
-                             const std::function<void(const WatchEvent&)>& on_event,
-                             WatchCancel* cancel) {
+                             const std::function<void(const WatchEvent&)>& on_event, WatchCancel* cancel) {
   ++requests_;
   std::string q = "?watch=1";
   AddQuery(&q, "resourceVersion", opts.resource_version);
@@ -194,14 +219,15 @@ Status RestKubeClient::Watch(const Resource& r, const std::string& ns, const Wat
   if (cancel) cancel->SetOnCancel([cts]() mutable { cts.cancel(); });
   struct ResetCancel {
     WatchCancel* c;
-    ~ResetCancel() { if (c) c->SetOnCancel(nullptr); }
+    ~ResetCancel() {
+      if (c) c->SetOnCancel(nullptr);
+    }
   } reset{cancel};
   try {
     // A dedicated client: the stream holds its connection for minutes. The timeout is a
     // guard beyond the server's own timeoutSeconds, so a silent dead connection ends.
-    client::http_client watch_client(
-        impl_->cfg.server,
-        impl_->MakeConfig(std::chrono::seconds(opts.timeout_seconds + 30)));
+    client::http_client watch_client(impl_->cfg.server,
+                                     impl_->MakeConfig(std::chrono::seconds(opts.timeout_seconds + 30)));
     auto req = impl_->MakeRequest(http::methods::GET, path);
     http::http_response resp = watch_client.request(req, cts.get_token()).get();
     int code = resp.status_code();
@@ -223,10 +249,14 @@ Status RestKubeClient::Watch(const Resource& r, const std::string& ns, const Wat
         return KubeError(st.value("reason", ""), st.value("code", 500), st.value("message", text));
       }
       WatchEvent we{WatchEventType::kAdded, std::move(ev["object"])};
-      if (type == "MODIFIED") we.type = WatchEventType::kModified;
-      else if (type == "DELETED") we.type = WatchEventType::kDeleted;
-      else if (type == "BOOKMARK") we.type = WatchEventType::kBookmark;
-      else if (type != "ADDED") continue;
+      if (type == "MODIFIED")
+        we.type = WatchEventType::kModified;
+      else if (type == "DELETED")
+        we.type = WatchEventType::kDeleted;
+      else if (type == "BOOKMARK")
+        we.type = WatchEventType::kBookmark;
+      else if (type != "ADDED")
+        continue;
       if (we.type != WatchEventType::kBookmark) {
         if (!we.object.contains("apiVersion")) we.object["apiVersion"] = r.api_version;
         if (!we.object.contains("kind")) we.object["kind"] = r.kind;
@@ -257,9 +287,8 @@ StatusOr<Json> RestKubeClient::Update(const Resource& r, const std::string& ns, 
   return impl_->Do(http::methods::PUT, path, &obj, "application/json");
 }
 
-StatusOr<Json> RestKubeClient::Apply(const Resource& r, const std::string& ns,
-                                     const std::string& name, const Json& obj,
-                                     const ApplyOptions& opts) {
+StatusOr<Json> RestKubeClient::Apply(const Resource& r, const std::string& ns, const std::string& name,
+                                     const Json& obj, const ApplyOptions& opts) {
   ++requests_;
   std::string path = r.ObjectPath(ns, name);
   if (!opts.subresource.empty()) path += "/" + opts.subresource;
@@ -269,9 +298,8 @@ StatusOr<Json> RestKubeClient::Apply(const Resource& r, const std::string& ns,
   return impl_->Do(http::methods::PATCH, path + q, &obj, "application/apply-patch+yaml");
 }
 
-StatusOr<Json> RestKubeClient::MergePatch(const Resource& r, const std::string& ns,
-                                          const std::string& name, const Json& patch,
-                                          const std::string& subresource) {
+StatusOr<Json> RestKubeClient::MergePatch(const Resource& r, const std::string& ns, const std::string& name,
+                                          const Json& patch, const std::string& subresource) {
   ++requests_;
   std::string path = r.ObjectPath(ns, name);
   if (!subresource.empty()) path += "/" + subresource;
@@ -281,8 +309,8 @@ StatusOr<Json> RestKubeClient::MergePatch(const Resource& r, const std::string& 
 Status RestKubeClient::Delete(const Resource& r, const std::string& ns, const std::string& name,
                               const DeleteOptions& opts) {
   ++requests_;
-  Json body = {{"apiVersion", "v1"}, {"kind", "DeleteOptions"},
-               {"propagationPolicy", opts.propagation_policy}};
+  Json body = {
+      {"apiVersion", "v1"}, {"kind", "DeleteOptions"}, {"propagationPolicy", opts.propagation_policy}};
   if (!opts.precondition_uid.empty()) body["preconditions"] = {{"uid", opts.precondition_uid}};
   if (opts.grace_period_seconds) body["gracePeriodSeconds"] = *opts.grace_period_seconds;
   auto s = impl_->Do(http::methods::DEL, r.ObjectPath(ns, name), &body, "application/json");

@@ -25,8 +25,8 @@
 namespace fedge::agent {
 
 struct ClassifierOptions {
-  std::string model_dir;                 // HF directory
-  std::vector<std::string> labels;       // class names; index = label id
+  std::string model_dir;            // HF directory
+  std::vector<std::string> labels;  // class names; index = label id
   int lora_rank = 8;
   double lora_alpha = 16;
   double lora_dropout = 0.0;
@@ -36,13 +36,13 @@ struct ClassifierOptions {
   // and left out of ExportTrainable/ImportTrainable (the bundle carries B + head).
   bool lora_frozen_a = false;
   int max_seq_len = 64;
-  uint64_t init_seed = 42;               // LoRA A and head initialisation
-  int num_threads = 1;                   // torch intra-op threads
+  uint64_t init_seed = 42;  // LoRA A and head initialisation
+  int num_threads = 1;      // torch intra-op threads
 };
 
 struct Example {
   std::string text;
-  int label = -1;                        // index into labels; -1 when unknown
+  int label = -1;  // index into labels; -1 when unknown
   // Causal-LM jobs only: `text` is the prompt and this the target continuation.
   std::string completion;
 };
@@ -52,9 +52,9 @@ struct TrainOptions {
   int batch_size = 16;
   double learning_rate = 1e-3;
   double weight_decay = 0.01;
-  double max_grad_norm = 1.0;            // 0: no clipping
-  double proximal_mu = 0.0;              // FedProx: mu/2 * ||w - w_global||^2
-  uint64_t seed = 0;                     // batch sampling and dropout
+  double max_grad_norm = 1.0;  // 0: no clipping
+  double proximal_mu = 0.0;    // FedProx: mu/2 * ||w - w_global||^2
+  uint64_t seed = 0;           // batch sampling and dropout
 };
 
 struct TrainResult {
@@ -72,7 +72,7 @@ struct EvalResult {
 
 struct Prediction {
   int label = 0;
-  std::vector<float> probabilities;      // softmax over labels
+  std::vector<float> probabilities;  // softmax over labels
 };
 
 class TextClassifier {
@@ -107,7 +107,6 @@ class TextClassifier {
 
 // Reads JSONL lines {"text": "...", "label": "noun.animal"} (label may also be an
 // integer id). Unknown labels and malformed lines are errors naming the line.
-StatusOr<std::vector<Example>> LoadExamples(const std::string& path,
-                                            const std::vector<std::string>& labels);
+StatusOr<std::vector<Example>> LoadExamples(const std::string& path, const std::vector<std::string>& labels);
 
 }  // namespace fedge::agent

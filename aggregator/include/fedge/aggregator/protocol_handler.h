@@ -45,8 +45,8 @@ struct PartialUpload {
   v1::UpdateHeader header;  // the header that started it
   std::string data;         // written only by the stream that holds it (in_use)
   std::atomic<uint64_t> received{0};
-  bool in_use = false;      // guarded by ProtocolHandler::uploads_mu_
-  uint64_t last_used = 0;   // guarded by uploads_mu_; LRU order
+  bool in_use = false;     // guarded by ProtocolHandler::uploads_mu_
+  uint64_t last_used = 0;  // guarded by uploads_mu_; LRU order
 };
 
 // One SubmitUpdate stream between OpenUpload and CloseUpload/ReleaseUpload.
@@ -137,8 +137,8 @@ class ProtocolHandler {
 
   mutable std::mutex uploads_mu_;
   std::map<std::string, std::shared_ptr<PartialUpload>> uploads_;  // guarded by uploads_mu_
-  uint64_t upload_bytes_ = 0;                                     // guarded by uploads_mu_
-  uint64_t upload_clock_ = 0;                                     // guarded by uploads_mu_
+  uint64_t upload_bytes_ = 0;                                      // guarded by uploads_mu_
+  uint64_t upload_clock_ = 0;                                      // guarded by uploads_mu_
 };
 
 }  // namespace fedge::aggregator

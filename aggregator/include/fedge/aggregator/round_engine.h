@@ -248,8 +248,8 @@ class RoundEngine {
     int64_t last_seen_ms = 0;
     bool got_done = false;
     // Replay defence; kept across re-joins.
-    int64_t last_accepted_round = 0;   // sync: newest round with an accepted update
-    int64_t last_base_version = 0;     // async: newest base version with an accepted update
+    int64_t last_accepted_round = 0;  // sync: newest round with an accepted update
+    int64_t last_base_version = 0;    // async: newest base version with an accepted update
   };
   struct TrainRound {
     std::set<std::string> invited;

@@ -23,7 +23,7 @@
 namespace grpc {
 class Server;
 class ServerCredentials;
-}
+}  // namespace grpc
 namespace fedge {
 class HttpServer;
 }
@@ -44,8 +44,8 @@ struct ServerOptions {
   std::string tls_client_ca_pem;
   uint64_t max_update_bytes = 256ull << 20;
   uint64_t max_partial_upload_bytes = 256ull << 20;  // interrupted uploads held for resumption
-  int64_t tick_interval_ms = 200;  // how often deadlines are checked
-  Clock* clock = nullptr;          // null: SystemClock
+  int64_t tick_interval_ms = 200;                    // how often deadlines are checked
+  Clock* clock = nullptr;                            // null: SystemClock
   // Overrides of the engine options derived from the spec (tests).
   int64_t round_timeout_ms = 0;  // 0: spec.rounds.timeoutSeconds
   int retry_after_ms = 0;        // 0: the engine's default (200 ms)

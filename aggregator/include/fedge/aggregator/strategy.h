@@ -57,7 +57,8 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& 
 // aggregation "product" the LoRA factors are re-factored from the exact
 // average of B·A (inside the norm bounding, so clipped updates are what is
 // multiplied). INVALID_ARGUMENT also for an unsupported combination.
-StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec, const AdapterSpec& adapter);
+StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec,
+                                                            const AdapterSpec& adapter);
 
 // L2 norm of every value of `bundle` taken together.
 double L2Norm(const TensorBundle& bundle);

@@ -38,8 +38,8 @@ struct RunOptions {
   // After the job succeeds, keep the aggregator and the agents running (agents
   // serve inference with the final global) until SIGINT/SIGTERM.
   bool serve = false;
-  std::string self_exe;      // path of the running fedge binary (for finding siblings)
-  std::string path_env;      // $PATH, searched last
+  std::string self_exe;  // path of the running fedge binary (for finding siblings)
+  std::string path_env;  // $PATH, searched last
   // Also write the Prometheus file_sd target list here ("" = only WORK/prometheus/targets.json).
   std::string prometheus_targets_path;
 };

@@ -11,9 +11,9 @@
 namespace fedge::agent::llm {
 
 struct BpeTrainOptions {
-  int vocab_size = 4096;                 // specials + 256 bytes + merges
+  int vocab_size = 4096;  // specials + 256 bytes + merges
   std::vector<std::string> special_tokens = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-  int min_frequency = 2;                 // a pair seen fewer times is never merged
+  int min_frequency = 2;  // a pair seen fewer times is never merged
 };
 
 // Learns merges from `corpus` (each string pre-tokenized with the GPT-2 regex) until
@@ -22,6 +22,7 @@ struct BpeTrainOptions {
 // Ties between equally frequent pairs go to the lexicographically smallest pair, so
 // the result is deterministic. INVALID_ARGUMENT if vocab_size cannot hold the
 // specials and the byte alphabet. Returns tokenizer.json text.
-StatusOr<std::string> TrainBpeTokenizer(const std::vector<std::string>& corpus, const BpeTrainOptions& options);
+StatusOr<std::string> TrainBpeTokenizer(const std::vector<std::string>& corpus,
+                                        const BpeTrainOptions& options);
 
 }  // namespace fedge::agent::llm

@@ -41,25 +41,26 @@ struct CausalLmLoraOptions {
   int rank = 8;
   double alpha = 16;
   double dropout = 0.0;
-  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  std::vector<std::string> targets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                      "gate_proj", "up_proj", "down_proj"};
   uint64_t seed = 42;  // LoRA A initialisation
 };
 
 struct CausalLmTrainOptions {
   int steps = 20;
   int batch_size = 8;
-  int max_len = 128;                 // tokens per example (prompt + completion + EOS)
+  int max_len = 128;  // tokens per example (prompt + completion + EOS)
   double learning_rate = 1e-3;
   double weight_decay = 0.0;
-  double max_grad_norm = 1.0;        // 0: no clipping
-  double proximal_mu = 0.0;          // FedProx: mu/2 * ||w - w_at_call_start||^2
-  uint64_t seed = 0;                 // batch sampling and LoRA dropout
+  double max_grad_norm = 1.0;  // 0: no clipping
+  double proximal_mu = 0.0;    // FedProx: mu/2 * ||w - w_at_call_start||^2
+  uint64_t seed = 0;           // batch sampling and LoRA dropout
 };
 
 struct CausalLmTrainResult {
   double mean_loss = 0;
   int steps = 0;
-  int64_t tokens_trained = 0;        // completion tokens that carried loss
+  int64_t tokens_trained = 0;  // completion tokens that carried loss
 };
 
 class CausalLm {

@@ -35,7 +35,8 @@ std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer);
 // first message when the conversation has no system message and it is non-empty.
 // INVALID_ARGUMENT for an empty role.
 StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
-                                        bool add_generation_prompt = true, std::string_view default_system = "");
+                                        bool add_generation_prompt = true,
+                                        std::string_view default_system = "");
 
 // The text that ends an assistant turn in `format` (a stop string for generation).
 std::string_view ChatEndOfTurn(ChatFormat format);

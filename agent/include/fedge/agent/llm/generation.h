@@ -49,10 +49,10 @@ struct GenerationOptions {
 };
 
 struct GenerationResult {
-  std::string text;                 // generated text only, valid UTF-8, stop string removed,
-                                    // special tokens (e.g. <|im_end|>) left out
+  std::string text;  // generated text only, valid UTF-8, stop string removed,
+                     // special tokens (e.g. <|im_end|>) left out
 
-  std::vector<int32_t> token_ids;   // generated ids (EOS excluded)
+  std::vector<int32_t> token_ids;  // generated ids (EOS excluded)
   FinishReason finish_reason = FinishReason::kLength;
   int64_t prompt_tokens = 0;
 };

@@ -24,10 +24,10 @@ struct LlamaConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;       // q/k/v/o biases (Llama's attention_bias)
-  bool qkv_bias = false;             // q/k/v biases only (Qwen2)
+  bool attention_bias = false;  // q/k/v/o biases (Llama's attention_bias)
+  bool qkv_bias = false;        // q/k/v biases only (Qwen2)
   bool mlp_bias = false;
-  int64_t bos_token_id = -1;         // -1: none
+  int64_t bos_token_id = -1;  // -1: none
   std::vector<int64_t> eos_token_ids;
   double initializer_range = 0.02;
 

@@ -22,8 +22,8 @@ StatusOr<std::vector<std::string>> ReadWordNetGlosses(const std::string& wordnet
 
 struct PretrainOptions {
   std::string wordnet_dir = "/usr/share/wordnet";
-  std::string out_dir;                 // required
-  int64_t max_lines = 0;               // 0: the whole corpus (tests use a few hundred)
+  std::string out_dir;    // required
+  int64_t max_lines = 0;  // 0: the whole corpus (tests use a few hundred)
   // Tokenizer
   int vocab_size = 2048;
   // Model (Llama: RMSNorm, RoPE, GQA, SwiGLU, tied embeddings)
@@ -32,16 +32,16 @@ struct PretrainOptions {
   int64_t num_heads = 6;
   int64_t num_kv_heads = 2;
   int64_t intermediate_size = 512;
-  int64_t context = 256;               // max_position_embeddings
+  int64_t context = 256;  // max_position_embeddings
   // Training
   int64_t seq_len = 96;
   int64_t batch_size = 32;
   double learning_rate = 3e-3;
-  double min_lr_ratio = 0.1;           // cosine decay to lr * this
+  double min_lr_ratio = 0.1;  // cosine decay to lr * this
   double weight_decay = 0.1;
   int warmup_steps = 30;
-  int max_steps = 400;                 // the schedule's length
-  double max_seconds = 300;            // stop early when time runs out (0: no limit)
+  int max_steps = 400;       // the schedule's length
+  double max_seconds = 300;  // stop early when time runs out (0: no limit)
   uint64_t seed = 0;
   int num_threads = 2;
   std::vector<std::string> sample_lemmas = {"dog", "river", "happy"};
@@ -58,9 +58,9 @@ struct PretrainReport {
   int steps = 0;
   double seconds = 0;
   double tokens_per_second = 0;
-  double first_loss = 0;               // mean of the first 10 steps
-  double final_loss = 0;               // mean of the last 10 steps
-  double heldout_loss = 0;             // on 1% of lines never trained on
+  double first_loss = 0;                                     // mean of the first 10 steps
+  double final_loss = 0;                                     // mean of the last 10 steps
+  double heldout_loss = 0;                                   // on 1% of lines never trained on
   std::vector<std::pair<std::string, std::string>> samples;  // prompt, sampled continuation (seeded)
 };
 

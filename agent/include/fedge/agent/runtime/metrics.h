@@ -35,13 +35,13 @@ class AgentMetrics {
   prometheus::Counter& rounds_participated_total;
   prometheus::Counter& bytes_sent_total;
   prometheus::Counter& bytes_received_total;
-  prometheus::Counter& upload_resumes_total;  // interrupted uploads continued from an offset
-  prometheus::Gauge& update_bytes;      // last encoded update
-  prometheus::Gauge& update_raw_bytes;  // the same update as fp32
+  prometheus::Counter& upload_resumes_total;        // interrupted uploads continued from an offset
+  prometheus::Gauge& update_bytes;                  // last encoded update
+  prometheus::Gauge& update_raw_bytes;              // the same update as fp32
   prometheus::Counter& update_raw_bytes_total;      // every submitted update as fp32
   prometheus::Counter& update_encoded_bytes_total;  // the same updates as encoded
   prometheus::Gauge& error_feedback_residual_norm;  // L2 norm of the carried residual
-  prometheus::Gauge& global_version;    // installed for serving
+  prometheus::Gauge& global_version;                // installed for serving
   prometheus::Gauge& eval_accuracy;
 
  private:

@@ -54,8 +54,8 @@ struct UpdateCodecConfig {
 class UpdateEncoder {
  public:
   struct Encoded {
-    std::string payload;       // the bytes to upload
-    CompressionReport report;  // raw (fp32) and encoded sizes
+    std::string payload;            // the bytes to upload
+    CompressionReport report;       // raw (fp32) and encoded sizes
     bool feedback_applied = false;  // a residual was added to this delta
   };
 

@@ -34,9 +34,9 @@ struct Images {
 Images DefaultImages();  // fedge/<component>:<fedge::Version()>
 
 // Child names (deterministic: a restarted operator finds what it created).
-std::string SecretName(const Json& job);       // <job>-credentials
-std::string ConfigMapName(const Json& job);    // <job>-config
-std::string AggregatorName(const Json& job);   // <job>-aggregator (pod, service, SA, role)
+std::string SecretName(const Json& job);            // <job>-credentials
+std::string ConfigMapName(const Json& job);         // <job>-config
+std::string AggregatorName(const Json& job);        // <job>-aggregator (pod, service, SA, role)
 std::string InferenceServiceName(const Json& job);  // <job>-inference
 std::string AgentPodName(const Json& job, const std::string& node);
 // Secret data key holding the agent's token.

@@ -76,8 +76,7 @@ struct ReconcileResult {
 
 class JobReconciler {
  public:
-  JobReconciler(KubeClient* client, ObjectCache* cache, EventRecorder* events,
-                ReconcilerOptions opts = {});
+  JobReconciler(KubeClient* client, ObjectCache* cache, EventRecorder* events, ReconcilerOptions opts = {});
 
   // key is "namespace/name". Thread-safe for distinct keys (the work queue never runs
   // one key on two workers).

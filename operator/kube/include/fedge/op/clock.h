@@ -46,7 +46,7 @@ class FakeClock : public Clock {
 
  private:
   mutable std::mutex mu_;
-  TimePoint now_{std::chrono::hours(1000)};       // guarded by mu_
+  TimePoint now_{std::chrono::hours(1000)};                             // guarded by mu_
   std::set<std::pair<std::condition_variable*, std::mutex*>> waiters_;  // guarded by mu_
 };
 

@@ -28,16 +28,14 @@ class FakeKubeClient : public KubeClient {
  public:
   StatusOr<Json> Get(const Resource& r, const std::string& ns, const std::string& name,
                      const std::string& subresource = "") override;
-  StatusOr<ListResult> List(const Resource& r, const std::string& ns,
-                            const ListOptions& opts) override;
+  StatusOr<ListResult> List(const Resource& r, const std::string& ns, const ListOptions& opts) override;
   Status Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
-               const std::function<void(const WatchEvent&)>& on_event,
-               WatchCancel* cancel) override;
+               const std::function<void(const WatchEvent&)>& on_event, WatchCancel* cancel) override;
   StatusOr<Json> Create(const Resource& r, const std::string& ns, const Json& obj) override;
   StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj,
                         const std::string& subresource = "") override;
-  StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name,
-                       const Json& obj, const ApplyOptions& opts) override;
+  StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name, const Json& obj,
+                       const ApplyOptions& opts) override;
   StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name,
                             const Json& patch, const std::string& subresource = "") override;
   Status Delete(const Resource& r, const std::string& ns, const std::string& name,
@@ -66,8 +64,8 @@ class FakeKubeClient : public KubeClient {
     std::string plural, ns;
     WatchEvent ev;
   };
-  Status Record(const std::string& verb, const Resource& r, const std::string& ns,
-                const std::string& name, const std::string& sub, const Json& body);
+  Status Record(const std::string& verb, const Resource& r, const std::string& ns, const std::string& name,
+                const std::string& sub, const Json& body);
   Json Stamp(const Resource& r, Json obj);  // new rv; caller holds mu_
   void Emit(const Resource& r, const std::string& ns, WatchEventType t, const Json& obj);
   void RemoveLocked(const Resource& r, const Key& k);
@@ -76,14 +74,14 @@ class FakeKubeClient : public KubeClient {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<Key, Json> objects_;              // guarded by mu_
-  std::map<std::string, Resource> kinds_;    // plural -> resource seen, guarded by mu_
-  std::vector<Event> events_;                // guarded by mu_
-  int64_t rv_ = 100;                         // guarded by mu_
-  int64_t compacted_rv_ = 0;                 // guarded by mu_
-  int64_t watch_epoch_ = 0;                  // bumped by CloseWatches, guarded by mu_
-  int64_t uid_ = 0;                          // guarded by mu_
-  std::vector<FakeCall> calls_;              // guarded by mu_
+  std::map<Key, Json> objects_;                                     // guarded by mu_
+  std::map<std::string, Resource> kinds_;                           // plural -> resource seen, guarded by mu_
+  std::vector<Event> events_;                                       // guarded by mu_
+  int64_t rv_ = 100;                                                // guarded by mu_
+  int64_t compacted_rv_ = 0;                                        // guarded by mu_
+  int64_t watch_epoch_ = 0;                                         // bumped by CloseWatches, guarded by mu_
+  int64_t uid_ = 0;                                                 // guarded by mu_
+  std::vector<FakeCall> calls_;                                     // guarded by mu_
   std::map<std::pair<std::string, std::string>, Status> failures_;  // guarded by mu_
 };
 

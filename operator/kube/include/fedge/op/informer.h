@@ -32,13 +32,13 @@ struct InformerHandlers {
 };
 
 struct InformerOptions {
-  std::string ns;                  // "" = all namespaces (or cluster-scoped)
+  std::string ns;  // "" = all namespaces (or cluster-scoped)
   std::string label_selector;
   int64_t page_size = 500;
   std::chrono::milliseconds backoff_initial{200};
   std::chrono::milliseconds backoff_max{30000};
-  int watch_timeout_seconds = 300;  // randomized up to 2x, like client-go
-  uint64_t seed = 0;                // 0: random
+  int watch_timeout_seconds = 300;         // randomized up to 2x, like client-go
+  uint64_t seed = 0;                       // 0: random
   std::function<void()> on_watch_restart;  // metrics hook; must not block
 };
 
@@ -78,11 +78,11 @@ class Informer {
   KubeClient* client_;
   Resource resource_;
   InformerOptions opts_;
-  std::vector<InformerHandlers> handlers_;   // immutable after Start
+  std::vector<InformerHandlers> handlers_;  // immutable after Start
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::string, ObjectPtr> store_;   // guarded by mu_
-  std::string last_rv_;                      // watch thread only
+  std::map<std::string, ObjectPtr> store_;  // guarded by mu_
+  std::string last_rv_;                     // watch thread only
   std::atomic<bool> synced_{false};
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> watch_restarts_{0};

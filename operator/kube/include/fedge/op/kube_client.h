@@ -59,9 +59,9 @@ extern const Resource kJobs;  // fedge.io/v1alpha1 federatedtrainingjobs
 struct ListOptions {
   std::string label_selector;
   std::string field_selector;
-  int64_t limit = 0;            // page size; 0 = server default (everything)
-  std::string continue_token;   // from the previous page
-  std::string resource_version; // "" = most recent (quorum read)
+  int64_t limit = 0;             // page size; 0 = server default (everything)
+  std::string continue_token;    // from the previous page
+  std::string resource_version;  // "" = most recent (quorum read)
 };
 
 struct ListResult {
@@ -82,13 +82,13 @@ struct WatchOptions {
   std::string label_selector;
   std::string field_selector;
   bool allow_bookmarks = true;
-  int timeout_seconds = 300;     // server closes the stream after this long
+  int timeout_seconds = 300;  // server closes the stream after this long
 };
 
 struct ApplyOptions {
   std::string field_manager = "fedge-operator";
-  bool force = true;            // take ownership of conflicting fields we own by design
-  std::string subresource;      // "" or "status"
+  bool force = true;        // take ownership of conflicting fields we own by design
+  std::string subresource;  // "" or "status"
 };
 
 struct DeleteOptions {
@@ -100,7 +100,10 @@ struct DeleteOptions {
 // Cancels a blocking Watch from another thread.
 class WatchCancel {
  public:
-  void Cancel() { cancelled_.store(true); if (on_cancel_) on_cancel_(); }
+  void Cancel() {
+    cancelled_.store(true);
+    if (on_cancel_) on_cancel_();
+  }
   bool cancelled() const { return cancelled_.load(); }
   // Set by the client while a watch is open (not thread-safe against Cancel racing a
   // second SetOnCancel; a WatchCancel serves one watch at a time).
@@ -119,14 +122,12 @@ class KubeClient {
   virtual StatusOr<Json> Get(const Resource& r, const std::string& ns, const std::string& name,
                              const std::string& subresource = "") = 0;
   // One page. See ListAll for every page.
-  virtual StatusOr<ListResult> List(const Resource& r, const std::string& ns,
-                                    const ListOptions& opts) = 0;
+  virtual StatusOr<ListResult> List(const Resource& r, const std::string& ns, const ListOptions& opts) = 0;
   // Streams events to `on_event` until the server ends the stream (returns OK), the
   // watch is cancelled (CANCELLED), the resource version is too old (Gone: relist), or
   // the connection fails. `on_event` runs on the calling thread and must not block long.
   virtual Status Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
-                       const std::function<void(const WatchEvent&)>& on_event,
-                       WatchCancel* cancel) = 0;
+                       const std::function<void(const WatchEvent&)>& on_event, WatchCancel* cancel) = 0;
   virtual StatusOr<Json> Create(const Resource& r, const std::string& ns, const Json& obj) = 0;
   // PUT; obj.metadata.resourceVersion makes it a compare-and-swap (Conflict if stale).
   virtual StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj,
@@ -135,16 +136,14 @@ class KubeClient {
   virtual StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name,
                                const Json& obj, const ApplyOptions& opts) = 0;
   // JSON merge patch (RFC 7386).
-  virtual StatusOr<Json> MergePatch(const Resource& r, const std::string& ns,
-                                    const std::string& name, const Json& patch,
-                                    const std::string& subresource = "") = 0;
+  virtual StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name,
+                                    const Json& patch, const std::string& subresource = "") = 0;
   virtual Status Delete(const Resource& r, const std::string& ns, const std::string& name,
                         const DeleteOptions& opts = {}) = 0;
 };
 
 // Every page of a list; stops at the first error.
-StatusOr<ListResult> ListAll(KubeClient& client, const Resource& r, const std::string& ns,
-                             ListOptions opts);
+StatusOr<ListResult> ListAll(KubeClient& client, const Resource& r, const std::string& ns, ListOptions opts);
 
 // The API reason carried in a KubeClient status ("NotFound", "Conflict", ...), or "".
 std::string KubeReason(const Status& s);

@@ -9,14 +9,14 @@
 namespace fedge::op {
 
 struct KubeConfig {
-  std::string server;           // "https://host:port"
-  std::string ca_pem;           // PEM of the cluster CA; empty: system trust
+  std::string server;  // "https://host:port"
+  std::string ca_pem;  // PEM of the cluster CA; empty: system trust
   bool insecure_skip_verify = false;
   std::string client_cert_pem;  // client certificate authentication
   std::string client_key_pem;
-  std::string token;            // bearer token authentication
-  std::string token_file;       // re-read on each request (bound tokens rotate)
-  std::string ns = "default";   // the context's namespace
+  std::string token;           // bearer token authentication
+  std::string token_file;      // re-read on each request (bound tokens rotate)
+  std::string ns = "default";  // the context's namespace
 };
 
 // Loads `path` (YAML). Resolves the current context (or `context` when non-empty);

@@ -23,16 +23,14 @@ class RestKubeClient : public KubeClient {
 
   StatusOr<Json> Get(const Resource& r, const std::string& ns, const std::string& name,
                      const std::string& subresource) override;
-  StatusOr<ListResult> List(const Resource& r, const std::string& ns,
-                            const ListOptions& opts) override;
+  StatusOr<ListResult> List(const Resource& r, const std::string& ns, const ListOptions& opts) override;
   Status Watch(const Resource& r, const std::string& ns, const WatchOptions& opts,
-               const std::function<void(const WatchEvent&)>& on_event,
-               WatchCancel* cancel) override;
+               const std::function<void(const WatchEvent&)>& on_event, WatchCancel* cancel) override;
   StatusOr<Json> Create(const Resource& r, const std::string& ns, const Json& obj) override;
   StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj,
                         const std::string& subresource) override;
-  StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name,
-                       const Json& obj, const ApplyOptions& opts) override;
+  StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name, const Json& obj,
+                       const ApplyOptions& opts) override;
   StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name,
                             const Json& patch, const std::string& subresource) override;
   Status Delete(const Resource& r, const std::string& ns, const std::string& name,

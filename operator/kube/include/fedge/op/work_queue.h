@@ -26,7 +26,7 @@ namespace fedge::op {
 struct RateLimitOptions {
   std::chrono::nanoseconds base_delay = std::chrono::milliseconds(5);
   std::chrono::nanoseconds max_delay = std::chrono::seconds(1000);
-  double qps = 10;   // overall bucket, shared by all keys
+  double qps = 10;  // overall bucket, shared by all keys
   int burst = 100;
 };
 
@@ -62,14 +62,14 @@ class WorkQueue {
   RateLimitOptions opts_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::string> queue_;                        // guarded by mu_
-  std::set<std::string> dirty_;                          // guarded by mu_
-  std::set<std::string> processing_;                     // guarded by mu_
-  std::multimap<Clock::TimePoint, std::string> delayed_; // guarded by mu_
-  std::map<std::string, int> failures_;                  // guarded by mu_
-  double tokens_;                                        // guarded by mu_
-  Clock::TimePoint last_refill_;                         // guarded by mu_
-  bool shutdown_ = false;                                // guarded by mu_
+  std::deque<std::string> queue_;                         // guarded by mu_
+  std::set<std::string> dirty_;                           // guarded by mu_
+  std::set<std::string> processing_;                      // guarded by mu_
+  std::multimap<Clock::TimePoint, std::string> delayed_;  // guarded by mu_
+  std::map<std::string, int> failures_;                   // guarded by mu_
+  double tokens_;                                         // guarded by mu_
+  Clock::TimePoint last_refill_;                          // guarded by mu_
+  bool shutdown_ = false;                                 // guarded by mu_
 };
 
 }  // namespace fedge::op
