@@ -5,6 +5,7 @@
 #include <chrono>
 #include <numeric>
 #include <optional>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -225,6 +226,16 @@ int64_t NowSeconds() {
       .count();
 }
 
+// OpenAI-style response id: prefix + 24 random hex digits, unique per response.
+std::string ResponseId(const char* prefix) {
+  thread_local std::mt19937_64 rng{(static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                                   std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id(prefix);
+  for (int i = 0; i < 24; ++i) id += kHex[rng() & 15];
+  return id;
+}
+
 }  // namespace
 
 InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
@@ -380,12 +391,9 @@ HttpResponse InferenceApi::Completions(const HttpRequest& request) {
                  {"text", result.text},
                  {"logprobs", nullptr},
                  {"finish_reason", std::string(llm::FinishReasonName(result.finish_reason))}};
-  Json out = {{"id", "cmpl-" + std::to_string(NowSeconds()) + "-" + std::to_string(version)},
-              {"object", "text_completion"},
-              {"created", NowSeconds()},
-              {"model", model_->ModelName(version)},
-              {"choices", Json::array({choice})},
-              {"usage", Usage(result)}};
+  Json out = {{"id", ResponseId("cmpl-")},        {"object", "text_completion"},
+              {"created", NowSeconds()},          {"model", model_->ModelName(version)},
+              {"choices", Json::array({choice})}, {"usage", Usage(result)}};
   return HttpResponse::Json(200, out.dump());
 }
 
@@ -442,12 +450,9 @@ HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
                  {"message", {{"role", "assistant"}, {"content", result.text}}},
                  {"logprobs", nullptr},
                  {"finish_reason", std::string(llm::FinishReasonName(result.finish_reason))}};
-  Json out = {{"id", "chatcmpl-" + std::to_string(NowSeconds()) + "-" + std::to_string(version)},
-              {"object", "chat.completion"},
-              {"created", NowSeconds()},
-              {"model", model_->ModelName(version)},
-              {"choices", Json::array({choice})},
-              {"usage", Usage(result)}};
+  Json out = {{"id", ResponseId("chatcmpl-")},    {"object", "chat.completion"},
+              {"created", NowSeconds()},          {"model", model_->ModelName(version)},
+              {"choices", Json::array({choice})}, {"usage", Usage(result)}};
   return HttpResponse::Json(200, out.dump());
 }
 

@@ -82,6 +82,11 @@ TEST_F(LlmServingTest, CompletionHasOpenAiShapeAndHonoursMaxTokens) {
   HttpResponse again = api_->Completions(
       Post("/v1/completions", R"({"prompt": "hello world", "max_tokens": 5, "temperature": 0})"));
   EXPECT_EQ(json::parse(again.body)["choices"][0]["text"], c["text"]);
+  // Every response has its own id, even for the same request in the same second.
+  const std::string id = b["id"], id_again = json::parse(again.body)["id"];
+  EXPECT_EQ(id.rfind("cmpl-", 0), 0u) << id;
+  EXPECT_EQ(id.size(), 5u + 24u) << id;
+  EXPECT_NE(id, id_again);
   const char* sampled =
       R"({"prompt": "hello", "max_tokens": 6, "temperature": 1.0, "top_p": 0.9, "seed": 9})";
   EXPECT_EQ(json::parse(api_->Completions(Post("/v1/completions", sampled)).body)["choices"][0]["text"],
