@@ -214,7 +214,6 @@ Status RestKubeClient::Watch(const Resource& r, const std::string& ns, const Wat
   if (opts.allow_bookmarks) q += "&allowWatchBookmarks=true";
   q += "&timeoutSeconds=" + std::to_string(opts.timeout_seconds);
   std::string path = r.CollectionPath(ns) + q;
-  if (cancel && cancel->cancelled()) return CancelledError("watch cancelled");
   pplx::cancellation_token_source cts;
   if (cancel) cancel->SetOnCancel([cts]() mutable { cts.cancel(); });
   struct ResetCancel {
@@ -223,6 +222,8 @@ Status RestKubeClient::Watch(const Resource& r, const std::string& ns, const Wat
       if (c) c->SetOnCancel(nullptr);
     }
   } reset{cancel};
+  // After the hook is in place: a Cancel() before it is seen here, one after runs it.
+  if (cancel && cancel->cancelled()) return CancelledError("watch cancelled");
   try {
     // A dedicated client: the stream holds its connection for minutes. The timeout is a
     // guard beyond the server's own timeoutSeconds, so a silent dead connection ends.

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -100,18 +101,30 @@ struct DeleteOptions {
 // Cancels a blocking Watch from another thread.
 class WatchCancel {
  public:
+  // Thread-safe against the watch thread installing or clearing its hook at the
+  // same moment: the hook is copied under the lock and run outside it (a hook
+  // may take the client's own locks).
   void Cancel() {
     cancelled_.store(true);
-    if (on_cancel_) on_cancel_();
+    std::function<void()> hook;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      hook = on_cancel_;
+    }
+    if (hook) hook();
   }
   bool cancelled() const { return cancelled_.load(); }
-  // Set by the client while a watch is open (not thread-safe against Cancel racing a
-  // second SetOnCancel; a WatchCancel serves one watch at a time).
-  void SetOnCancel(std::function<void()> f) { on_cancel_ = std::move(f); }
+  // Set by the client while a watch is open, cleared when it ends. Clients check
+  // cancelled() after setting it, so a Cancel() just before is not lost.
+  void SetOnCancel(std::function<void()> f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_cancel_ = std::move(f);
+  }
 
  private:
   std::atomic<bool> cancelled_{false};
-  std::function<void()> on_cancel_;
+  std::mutex mu_;
+  std::function<void()> on_cancel_;  // guarded by mu_
 };
 
 // Thread safety: implementations are safe for concurrent calls.
