@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Verifies fedge's OCI image archives the way a K3s node uses them, without a Docker
+# daemon: starts a private containerd (its own root, state and socket under a temp
+# directory; the system's containerd, if any, is untouched), imports each archive with
+# `ctr -n k8s.io images import`, checks the name, labels and user containerd recorded,
+# and runs each image with runc as uid 65532 on a read-only root filesystem (only /tmp
+# writable, a tmpfs as a pod's emptyDir would be): `<binary> --version` and `--help`.
+# The agent's run also shows which BLAS the loader picked (OPENBLAS_VERBOSE, LD_DEBUG).
+# With --job it then runs a real one-round federated job: an aggregator container and
+# an agent container (host network) training the real MiniLM model on WordNet data.
+#
+#   images/verify.sh [--dir DIR] [--images operator,aggregator,agent] [--build BUILD_DIR]
+#                    [--job] [--keep]
+#
+#   --dir      where the archives are (default build/images)
+#   --build    first build the archives from BUILD_DIR's binaries (scripts/images.sh)
+#   --job      also run the one-round job (needs the agent and aggregator images, the
+#              model in $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2, wordnet-base)
+#   --keep     keep the containerd directory and log (for debugging)
+#
+# Exit status: 0 verified; 1 a check failed (the message says which); 77 (ctest's
+# SKIP_RETURN_CODE) when this machine cannot run containers (not root, containerd or
+# runc not installed, or containerd does not start) - never 0 without verifying.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DIR=""
+IMAGES=operator,aggregator,agent
+BUILD=""
+JOB=0
+KEEP=0
+while (($#)); do
+  case $1 in
+    --dir) DIR=$2; shift 2 ;;
+    --images) IMAGES=$2; shift 2 ;;
+    --build) BUILD=$2; shift 2 ;;
+    --job) JOB=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "verify.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+DIR=${DIR:-${BUILD:-$ROOT/build}/images}
+
+skip() { echo "verify.sh: SKIPPED: $*" >&2; exit 77; }
+fail() { echo "verify.sh: FAILED: $*" >&2; exit 1; }
+log() { echo "verify.sh: $*"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { local ms=$(($(now_ms) - $1)); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
+
+# --- can this machine run containers at all? (skip, never pass, when not) ---------
+[[ $(id -u) -eq 0 ]] || skip "needs root to run containerd and runc"
+for tool in containerd ctr runc containerd-shim-runc-v2; do
+  command -v "$tool" >/dev/null || skip "$tool not installed (apt-get install containerd runc)"
+done
+
+if [[ -n $BUILD ]]; then
+  "$ROOT/scripts/images.sh" --build-dir "$BUILD" --out "$DIR" --images "$IMAGES"
+fi
+[[ -f $DIR/images.json ]] || fail "no $DIR/images.json: build the archives first (scripts/images.sh)"
+
+# --- a private containerd ------------------------------------------------------------
+W=$(mktemp -d /tmp/fedge-ctr.XXXXXX)
+SOCK=$W/containerd.sock
+CTR=(ctr --address "$SOCK" -n k8s.io)
+CONTAINERD_PID=""
+cleanup() {
+  set +e
+  if [[ -n $CONTAINERD_PID ]]; then
+    for c in $("${CTR[@]}" containers ls -q 2>/dev/null); do
+      "${CTR[@]}" tasks kill -s SIGKILL "$c" >/dev/null 2>&1
+      "${CTR[@]}" tasks delete -f "$c" >/dev/null 2>&1
+      "${CTR[@]}" containers delete "$c" >/dev/null 2>&1
+    done
+    kill "$CONTAINERD_PID" 2>/dev/null
+    wait "$CONTAINERD_PID" 2>/dev/null
+  fi
+  # Snapshot mounts containerd left behind (it was killed mid-way): innermost first.
+  grep -o " $W[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
+  if ((KEEP)); then echo "verify.sh: kept $W (containerd.log)"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+cat >"$W/config.toml" <<EOF
+version = 2
+root = "$W/root"
+state = "$W/state"
+# Only what ctr import + run need: no CRI server, no extra snapshotters, no /opt.
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.opt",
+  "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+t0=$(now_ms)
+containerd --config "$W/config.toml" >"$W/containerd.log" 2>&1 &
+CONTAINERD_PID=$!
+deadline=$(($(now_ms) + 30000))
+until "${CTR[@]}" version >/dev/null 2>&1; do
+  kill -0 "$CONTAINERD_PID" 2>/dev/null || { tail -5 "$W/containerd.log" >&2; CONTAINERD_PID=""; skip "containerd exited at start"; }
+  (($(now_ms) < deadline)) || { tail -5 "$W/containerd.log" >&2; skip "containerd did not answer within 30 s"; }
+  sleep 0.1
+done
+log "private containerd $(containerd --version | awk '{print $3}') up in $(secs "$t0") ($W)"
+
+# --- per image -------------------------------------------------------------------------
+json() { python3 -c "import json,sys; d=json.load(open('$DIR/images.json')); $1"; }
+field() { json "print([r for r in d if r['image']=='$1'][0]['$2'])"; }
+RUN_OPTS=(--read-only --mount "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777")
+
+IFS=, read -r -a names <<<"$IMAGES"
+for name in "${names[@]}"; do
+  archive=$(field "$name" archive)
+  ref=docker.io/$(field "$name" ref)
+  manifest=$(field "$name" manifest)
+  [[ -f $archive ]] || fail "$archive missing"
+  t=$(now_ms)
+  "${CTR[@]}" images import "$archive" >"$W/import-$name.log" 2>&1 || { cat "$W/import-$name.log" >&2; fail "$name: ctr images import"; }
+  log "$name: imported $(basename "$archive") ($(du -m "$archive" | cut -f1) MB) in $(secs "$t")"
+  "${CTR[@]}" images ls -q | grep -qx "$ref" || fail "$name: import did not name the image $ref (got: $("${CTR[@]}" images ls -q | tr '\n' ' '))"
+  # What containerd stored: the image's manifest digest, and in its config the user,
+  # volume and labels.
+  [[ $("${CTR[@]}" images ls | awk -v r="$ref" '$1 == r {print $3}') == "$manifest" ]] || fail "$name: manifest digest differs from images.json"
+  cfg=$("${CTR[@]}" content get "$manifest" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"])')
+  "${CTR[@]}" content get "$cfg" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)["config"]
+want = {"org.opencontainers.image." + k for k in ("version", "revision", "source", "title", "created")}
+missing = sorted(want - set(c.get("Labels", {})))
+assert not missing, "labels missing: %s" % missing
+assert c["User"] == "65532:65532", "User is %r" % c["User"]
+assert "/tmp" in c.get("Volumes", {}), "no /tmp volume"
+assert c["Labels"]["org.opencontainers.image.version"] == sys.argv[1], "version label %r" % c["Labels"]["org.opencontainers.image.version"]
+' "$(json "print(d[0]['ref'].split(':')[-1])")" || fail "$name: image config"
+
+  exe=$(basename "$(json "import sys; r=[r for r in d if r['image']=='$name'][0]; print(r['version_line'].split()[0])")")
+  id=fedge-verify-$name
+  # --version, keeping the container to read the runtime spec containerd gave runc.
+  env_opts=()
+  [[ $name == agent ]] && env_opts=(--env OPENBLAS_VERBOSE=2 --env LD_DEBUG=files)
+  t=$(now_ms)
+  "${CTR[@]}" run "${RUN_OPTS[@]}" "${env_opts[@]}" "$ref" "$id" "$exe" --version >"$W/$id.out" 2>"$W/$id.err" \
+    || { cat "$W/$id.err" >&2; fail "$name: $exe --version exited non-zero in the container"; }
+  grep -q "^$exe $(json "print(d[0]['ref'].split(':')[-1])")" "$W/$id.out" || fail "$name: --version printed '$(cat "$W/$id.out")'"
+  "${CTR[@]}" containers info "$id" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["Spec"]
+u = s["process"]["user"]
+assert (u["uid"], u["gid"]) == (65532, 65532), "runs as %r" % u
+assert s["root"].get("readonly"), "root filesystem is writable"
+' || fail "$name: runtime spec (user/read-only)"
+  "${CTR[@]}" containers delete "$id" >/dev/null
+  log "$name: '$(cat "$W/$id.out")' as uid 65532, read-only root, in $(secs "$t")"
+  if [[ $name == agent ]]; then
+    # LD_DEBUG=files: every object the loader mapped; OpenBLAS prints its kernel core.
+    grep -q 'file=libopenblas.so.0 .*needed by /usr/lib/x86_64-linux-gnu/libblas.so.3' "$W/$id.err" \
+      || fail "agent: libblas.so.3 did not load OpenBLAS (libopenblas.so.0) in the image"
+    core=$(grep -m1 '^Core:' "$W/$id.err" || true)
+    [[ -n $core ]] || fail "agent: OpenBLAS did not initialise (no 'Core:' line with OPENBLAS_VERBOSE=2)"
+    nobj=$(grep -c 'generating link map' "$W/$id.err")
+    log "agent: loader mapped $nobj objects; BLAS is OpenBLAS ($core)"
+  fi
+  "${CTR[@]}" run --rm "${RUN_OPTS[@]}" "$ref" "$id-help" "$exe" --help >"$W/$id-help.out" 2>&1 \
+    || { cat "$W/$id-help.out" >&2; fail "$name: $exe --help exited non-zero"; }
+  grep -qi usage "$W/$id-help.out" || fail "$name: --help printed no usage"
+  log "$name: --help ok ($(wc -l <"$W/$id-help.out") lines)"
+done
+
+if ((JOB)); then
+  [[ -x $ROOT/images/verify-job.sh ]] || fail "--job: images/verify-job.sh missing"
+  "$ROOT/images/verify-job.sh" --address "$SOCK" --dir "$DIR" --work "$W"
+fi
+log "all checks passed for: $IMAGES"
