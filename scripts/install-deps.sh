@@ -11,8 +11,14 @@ PACKAGES=(
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libcli11-dev libzstd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libeigen3-dev                             # aggregator: SVD for LoRA product aggregation
+  libboost-dev                              # common: Boost.Beast/Asio HTTP server (header-only)
+  ccache                                    # compiler cache: rebuilds and CI reruns
+  libcpp-httplib-dev                        # bench/http_server_bench.cpp only: the candidate server it compares
   wordnet-base                              # the quickstart's data
   prometheus                                # tests/e2e/prometheus_test.py scrapes real endpoints
+  containerd runc containernetworking-plugins  # scripts/cluster/start-cluster.sh: the real nodes' runtime and CNI
+  iptables conntrack                        # kube-proxy (iptables mode) in each node's network namespace
+  busybox-static                            # the test cluster's test/helper image (scripts/cluster/build-nodes.sh)
   python3 python3-pip unzip curl
 )
 
