@@ -29,8 +29,10 @@ scripts/fetch-model.sh
 mkdir -p "$BUILD"
 CP_PID=""
 if [[ -x scripts/cluster/build-control-plane.sh ]]; then
-  step "test control plane: building in the background (log: $BUILD/control-plane-build.log)"
-  setsid bash -c 'FEDGE_CP_JOBS=1 nice -n 5 scripts/cluster/build-control-plane.sh' \
+  step "test control plane and helm: building in the background (log: $BUILD/control-plane-build.log)"
+  # helm first (~5 min; tests/helm), then the control plane (tests/cluster); both cached.
+  setsid bash -c 'nice -n 5 scripts/cluster/build-helm.sh;
+                  FEDGE_CP_JOBS=1 nice -n 5 scripts/cluster/build-control-plane.sh' \
     > "$BUILD/control-plane-build.log" 2>&1 &
   CP_PID=$!
 fi

@@ -1,5 +1,5 @@
 // The CRD is the user's documentation (`kubectl explain`) and the chart ships a copy:
-// every field must be described, and the copies must not drift.
+// every field must be described, and the copies (CRD, Grafana dashboard) must not drift.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -49,6 +49,15 @@ TEST(CrdTest, HelmChartShipsTheSameCrd) {
   EXPECT_EQ(Read(Source() + "/crds/fedge.io_federatedtrainingjobs.yaml"),
             Read(Source() + "/helm/fedge/crds/fedge.io_federatedtrainingjobs.yaml"))
       << "copy crds/fedge.io_federatedtrainingjobs.yaml to helm/fedge/crds/";
+}
+
+// The chart's Grafana dashboard ConfigMap reads helm/fedge/files/ (a chart cannot read
+// outside its directory, and a symlink would not survive `helm package`).
+TEST(CrdTest, HelmChartShipsTheSameDashboard) {
+  std::string repo = Read(Source() + "/deploy/grafana/fedge-dashboard.json");
+  ASSERT_FALSE(repo.empty());
+  EXPECT_EQ(repo, Read(Source() + "/helm/fedge/files/fedge-dashboard.json"))
+      << "copy deploy/grafana/fedge-dashboard.json to helm/fedge/files/";
 }
 
 }  // namespace

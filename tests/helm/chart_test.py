@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Checks the fedge Helm chart with a real helm v4 binary.
+
+helm lint --strict and helm template, with default values and with watchNamespace set,
+then the rendered objects: every pod template passes the `restricted` Pod Security level
+(checked as the admission plugin does, plus readOnlyRootFilesystem), standard labels on
+every object, a Role instead of the ClusterRole's job rules when watchNamespace is set,
+the Lease Role in the release namespace only, PodDisruptionBudget and anti-affinity for
+the replicas, images defaulting to appVersion, the Grafana dashboard ConfigMap identical
+to deploy/grafana/fedge-dashboard.json, monitors off by default, and values.schema.json
+refusing bad values.
+
+helm: $FEDGE_HELM_BIN, else the cache scripts/cluster/build-helm.sh fills. Without it
+the script prints why and exits 77, which ctest reports as skipped (SKIP_RETURN_CODE).
+"""
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+import yaml
+
+ROOT = os.environ.get("FEDGE_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
+CHART = os.path.join(ROOT, "helm", "fedge")
+HELM_VERSION = os.environ.get("FEDGE_HELM_VERSION", "v4.3.2")
+SKIP = 77
+
+
+def helm_bin():
+    if os.environ.get("FEDGE_HELM_BIN"):
+        return os.environ["FEDGE_HELM_BIN"]
+    for c in (os.environ.get("FEDGE_HELM_CACHE"), "/var/cache/fedge/helm", os.path.expanduser("~/.cache/fedge/helm")):
+        if c and os.path.exists(os.path.join(c, HELM_VERSION, ".complete")):
+            return os.path.join(c, HELM_VERSION, "bin", "helm")
+    return None
+
+
+HELM = helm_bin()
+RELEASE, NAMESPACE = "rel", "fedge-system"
+STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                   "app.kubernetes.io/component", "app.kubernetes.io/managed-by", "helm.sh/chart")
+# Volume types the restricted level allows (k8s.io/pod-security-admission, restrictedVolumes).
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                   "projected", "secret"}
+
+
+def helm(*args, check=True):
+    out = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
+    if check and out.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stderr}\n{out.stdout}")
+    return out
+
+
+def render(*sets):
+    args = ["template", RELEASE, CHART, "--namespace", NAMESPACE]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def restricted_violations(pod_spec, where):
+    """What the restricted Pod Security level (latest) would refuse, plus a writable root."""
+    bad = []
+    psc = pod_spec.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(key):
+            bad.append(f"{where}: {key}")
+    for v in pod_spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            bad.append(f"{where}: volume {v['name']} of type {sorted(kinds)}")
+    containers = pod_spec.get("containers", []) + pod_spec.get("initContainers", [])
+    if not containers:
+        bad.append(f"{where}: no containers")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        cw = f"{where}/{c['name']}"
+        if sc.get("privileged"):
+            bad.append(f"{cw}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{cw}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{cw}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{cw}: adds capabilities {caps['add']}")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            bad.append(f"{cw}: runAsNonRoot")
+        uid = sc.get("runAsUser", psc.get("runAsUser"))
+        if not isinstance(uid, int) or uid == 0:
+            bad.append(f"{cw}: numeric non-zero runAsUser (got {uid!r})")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{cw}: seccompProfile {seccomp!r}")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            bad.append(f"{cw}: readOnlyRootFilesystem")
+        for p in c.get("ports", []):
+            if p.get("hostPort"):
+                bad.append(f"{cw}: hostPort")
+    return bad
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def rules_cover(rules, resource):
+    return any(resource in r.get("resources", []) for r in rules)
+
+
+class ChartTest(unittest.TestCase):
+    def test_lint_strict_is_clean_with_default_and_namespaced_values(self):
+        for sets in ([], ["watchNamespace=ml"], ["serviceMonitor.enabled=true", "podMonitor.enabled=true"]):
+            with self.subTest(sets=sets):
+                args = ["lint", "--strict", CHART]
+                for s in sets:
+                    args += ["--set", s]
+                out = helm(*args)
+                self.assertIn("0 chart(s) failed", out.stdout)
+                self.assertNotIn("[WARNING]", out.stdout)
+                self.assertNotIn("[ERROR]", out.stdout)
+
+    def test_every_pod_template_is_restricted(self):
+        for sets in ([], ["watchNamespace=ml", "podAntiAffinity=hard", "imagePullSecrets[0].name=regcred"]):
+            docs = render(*sets)
+            pods = [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in docs
+                    if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+            self.assertTrue(pods)
+            for where, spec in pods:
+                self.assertEqual(restricted_violations(spec, where), [])
+
+    def test_the_checker_catches_what_restricted_forbids(self):
+        # A checker that cannot fail proves nothing: feed it the old chart's pod shape.
+        spec = {"containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "d", "hostPath": {"path": "/"}}]}
+        got = restricted_violations(spec, "old")
+        for what in ("hostPath", "allowPrivilegeEscalation", "ALL", "runAsNonRoot", "runAsUser", "seccomp",
+                     "readOnlyRootFilesystem"):
+            self.assertTrue(any(what in g for g in got), f"{what} not reported: {got}")
+
+    def test_every_object_carries_the_standard_labels(self):
+        for d in render("serviceMonitor.enabled=true", "podMonitor.enabled=true"):
+            labels = d["metadata"].get("labels", {})
+            for key in STANDARD_LABELS:
+                self.assertIn(key, labels, f"{d['kind']}/{d['metadata']['name']}")
+            self.assertEqual(labels["app.kubernetes.io/instance"], RELEASE)
+            self.assertEqual(labels["app.kubernetes.io/managed-by"], "Helm")
+        dep = by_kind(render(), "Deployment")[0]
+        tmpl = dep["spec"]["template"]["metadata"]["labels"]
+        for key in STANDARD_LABELS:
+            self.assertIn(key, tmpl)
+        for k, v in dep["spec"]["selector"]["matchLabels"].items():
+            self.assertEqual(tmpl[k], v)
+
+    def test_cluster_wide_rbac_by_default(self):
+        docs = render()
+        crole = by_kind(docs, "ClusterRole")
+        self.assertEqual(len(crole), 1)
+        for res in ("pods", "secrets", "roles", "networkpolicies", "persistentvolumeclaims", "nodes",
+                    "persistentvolumes", "federatedtrainingjobs"):
+            self.assertTrue(rules_cover(crole[0]["rules"], res), res)
+        self.assertFalse(rules_cover(crole[0]["rules"], "leases"), "the Lease is granted in one namespace only")
+        roles = by_kind(docs, "Role")
+        self.assertEqual([(r["metadata"]["namespace"], [x for rule in r["rules"] for x in rule["resources"]])
+                          for r in roles], [(NAMESPACE, ["leases"])])
+        self.assertEqual(by_kind(docs, "RoleBinding")[0]["roleRef"]["name"], roles[0]["metadata"]["name"])
+
+    def test_watch_namespace_grants_job_resources_through_a_role_there(self):
+        docs = render("watchNamespace=ml")
+        roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role")}
+        self.assertEqual(set(roles), {"ml", NAMESPACE})
+        for res in ("pods", "secrets", "roles", "rolebindings", "networkpolicies", "federatedtrainingjobs"):
+            self.assertTrue(rules_cover(roles["ml"]["rules"], res), res)
+        self.assertEqual([x for rule in roles[NAMESPACE]["rules"] for x in rule["resources"]], ["leases"])
+        crole = by_kind(docs, "ClusterRole")[0]
+        granted = sorted(x for rule in crole["rules"] for x in rule["resources"])
+        self.assertEqual(granted, ["nodes", "persistentvolumes"], "only cluster-scoped objects cluster-wide")
+        binding = next(b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "ml")
+        self.assertEqual(binding["subjects"][0]["namespace"], NAMESPACE)
+        args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+        self.assertIn("--namespace=ml", args)
+        self.assertIn(f"--leader-election-namespace={NAMESPACE}", args)
+
+    def test_replicas_are_spread_and_protected(self):
+        docs = render()
+        dep = by_kind(docs, "Deployment")[0]
+        self.assertEqual(dep["spec"]["replicas"], 2)
+        anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+        self.assertEqual(term["topologyKey"], "kubernetes.io/hostname")
+        self.assertEqual(term["labelSelector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"])
+        pdb = by_kind(docs, "PodDisruptionBudget")[0]
+        self.assertEqual(pdb["spec"]["minAvailable"], 1)
+        self.assertEqual(pdb["spec"]["selector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"])
+        hard = by_kind(render("podAntiAffinity=hard"), "Deployment")[0]["spec"]["template"]["spec"]["affinity"]
+        self.assertIn("requiredDuringSchedulingIgnoredDuringExecution", hard["podAntiAffinity"])
+        self.assertEqual(by_kind(render("replicas=1"), "PodDisruptionBudget"), [])
+
+    def test_images_default_to_app_version_and_values_reach_the_operator(self):
+        with open(os.path.join(CHART, "Chart.yaml")) as f:
+            app = str(yaml.safe_load(f)["appVersion"])
+        pod = by_kind(render(), "Deployment")[0]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        self.assertEqual(c["image"], f"fedge/operator:{app}")
+        self.assertEqual(c["imagePullPolicy"], "IfNotPresent")
+        for arg in (f"--aggregator-image=fedge/aggregator:{app}", f"--agent-image=fedge/agent:{app}",
+                    f"--reporter-image=fedge/operator:{app}", "--allowed-host-path-prefix=/var/lib/fedge",
+                    "--image-pull-policy=IfNotPresent", "--monitoring-namespace=monitoring",
+                    "--node-state-dir=/var/lib/fedge/state"):
+            self.assertIn(arg, c["command"])
+        pod = by_kind(render("image.agent.tag=dev", "image.pullPolicy=Never", "imagePullSecrets[0].name=regcred",
+                             "allowedHostPathPrefixes={/srv/models,/srv/data}", "nodeSelector.role=core",
+                             "tolerations[0].key=edge", "tolerations[0].operator=Exists",
+                             "networkPolicy.enabled=false"), "Deployment")[0]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        self.assertIn("--agent-image=fedge/agent:dev", c["command"])
+        self.assertIn("--image-pull-policy=Never", c["command"])
+        self.assertIn("--image-pull-secret=regcred", c["command"])
+        self.assertIn("--no-network-policy", c["command"])
+        self.assertEqual([a for a in c["command"] if a.startswith("--allowed-host-path-prefix")],
+                         ["--allowed-host-path-prefix=/srv/models", "--allowed-host-path-prefix=/srv/data"])
+        self.assertEqual(c["imagePullPolicy"], "Never")
+        self.assertEqual(pod["imagePullSecrets"], [{"name": "regcred"}])
+        self.assertEqual(pod["nodeSelector"], {"role": "core"})
+        self.assertEqual(pod["tolerations"][0]["key"], "edge")
+
+    def test_grafana_dashboard_configmap_matches_the_repository_dashboard(self):
+        cms = [d for d in by_kind(render(), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+        self.assertEqual(len(cms), 1)
+        self.assertEqual(cms[0]["metadata"]["labels"]["grafana_dashboard"], "1")
+        with open(os.path.join(ROOT, "deploy", "grafana", "fedge-dashboard.json")) as f:
+            want = json.load(f)
+        self.assertEqual(json.loads(cms[0]["data"]["fedge-dashboard.json"]), want)
+
+    def test_monitors_are_off_by_default_and_render_when_enabled(self):
+        kinds = {d["kind"] for d in render()}
+        self.assertNotIn("ServiceMonitor", kinds)
+        self.assertNotIn("PodMonitor", kinds)
+        docs = render("serviceMonitor.enabled=true", "podMonitor.enabled=true")
+        pm = by_kind(docs, "PodMonitor")[0]
+        labels = {r["targetLabel"] for r in pm["spec"]["podMetricsEndpoints"][0]["relabelings"]}
+        self.assertTrue({"fedge_job", "component", "agent"} <= labels, "the dashboard's labels")
+        self.assertEqual(by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"], "http")
+
+    def test_schema_refuses_bad_values(self):
+        for bad in ("image.pullPolicy=Sometimes", "bogusKey=1", "allowedHostPathPrefixes={relative/dir}",
+                    "allowedHostPathPrefixes={/var/lib/../../etc}", "replicas=0", "podAntiAffinity=maybe"):
+            with self.subTest(value=bad):
+                out = helm("template", RELEASE, CHART, "--set", bad, check=False)
+                self.assertNotEqual(out.returncode, 0, f"{bad} was accepted")
+                self.assertIn("schema", out.stderr.lower())
+
+    def test_notes_tell_what_to_do_next(self):
+        out = helm("install", RELEASE, CHART, "--namespace", NAMESPACE, "--dry-run=client")
+        notes = out.stdout.split("NOTES:", 1)[-1]
+        for want in ("/var/lib/fedge", "kubectl apply -f", "kubectl get ftj", "fedge.io/edge=true",
+                     "pod-security.kubernetes.io/enforce=restricted"):
+            self.assertIn(want, notes)
+
+
+if __name__ == "__main__":
+    if not HELM or not os.access(HELM, os.X_OK):
+        print(f"SKIPPED: helm {HELM_VERSION} not built; run scripts/cluster/build-helm.sh "
+              "(about 10 minutes on 2 cores, cached afterwards) or set FEDGE_HELM_BIN")
+        sys.exit(SKIP)
+    unittest.main(verbosity=2)
