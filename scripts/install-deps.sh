@@ -20,6 +20,7 @@ PACKAGES=(
   iptables conntrack                        # kube-proxy (iptables mode) in each node's network namespace
   busybox-static                            # the test cluster's test/helper image (scripts/cluster/build-nodes.sh)
   python3 python3-pip unzip curl
+  python3-yaml                              # tests/helm: parses helm template output
 )
 
 missing=()
