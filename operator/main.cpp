@@ -67,7 +67,9 @@ int main(int argc, char** argv) {
   bool leader_elect = false, show_version = false;
   int workers = 2;
   double lease_duration_s = 15, renew_deadline_s = 10, retry_period_s = 2;
-  op::Images images = op::DefaultImages();
+  op::DesiredOptions desired;
+  op::Images& images = desired.images;
+  bool no_network_policy = false;
   std::string job_key, agg_http = "127.0.0.1:9090", sa_dir = op::kServiceAccountDir;
 
   CLI::App app{
@@ -97,6 +99,22 @@ int main(int argc, char** argv) {
   app.add_option("--agent-image", images.agent, "image of the agent containers")->capture_default_str();
   app.add_option("--reporter-image", images.reporter, "image of the status-reporter container")
       ->capture_default_str();
+  app.add_option("--image-pull-policy", desired.image_pull_policy, "imagePullPolicy of the job pods")
+      ->check(CLI::IsMember({"IfNotPresent", "Always", "Never"}))
+      ->capture_default_str();
+  app.add_option("--image-pull-secret", desired.image_pull_secrets,
+                 "imagePullSecrets of the job pods (repeat; the Secret must exist in each job's namespace)");
+  app.add_option("--allowed-host-path-prefix", desired.allowed_host_path_prefixes,
+                 "node directory jobs may use for spec.model.path and spec.data.path (repeat; a job outside "
+                 "every prefix fails with HostPathNotAllowed and gets no pods)")
+      ->capture_default_str();
+  app.add_option("--node-state-dir", desired.node_state_dir,
+                 "each edge node's agent state directory (under an allowed prefix, writable by uid 65532)")
+      ->capture_default_str();
+  app.add_option("--monitoring-namespace", desired.monitoring_namespaces,
+                 "namespace whose pods may scrape the job pods' HTTP ports through the job's NetworkPolicies "
+                 "(repeat)");
+  app.add_flag("--no-network-policy", no_network_policy, "create no per-job NetworkPolicies");
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
   app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
   app.add_flag("--version", show_version, "print the version and exit");
@@ -111,6 +129,20 @@ int main(int argc, char** argv) {
   if (!(retry_period_s > 0 && retry_period_s < renew_deadline_s && renew_deadline_s < lease_duration_s)) {
     // The rule client-go enforces: otherwise a slow leader could still act after a standby took over.
     std::cerr << "fedge-operator: leader election needs 0 < retry period < renew deadline < lease duration\n";
+    return 2;
+  }
+
+  desired.network_policies = !no_network_policy;
+  for (const auto& p : desired.allowed_host_path_prefixes) {
+    if (Status s = op::CheckHostPath("--allowed-host-path-prefix", p, {"/"}); !s.ok()) {
+      std::cerr << "fedge-operator: " << s.message() << "\n";
+      return 2;
+    }
+  }
+  if (Status s =
+          op::CheckHostPath("--node-state-dir", desired.node_state_dir, desired.allowed_host_path_prefixes);
+      !s.ok()) {
+    std::cerr << "fedge-operator: " << s.message() << "\n";
     return 2;
   }
 
@@ -156,7 +188,7 @@ int main(int argc, char** argv) {
   co.ns = ns;
   co.workers = workers;
   co.registry = registry;
-  co.reconciler.images = images;
+  co.reconciler.desired = desired;
   op::JobController controller(&client, co);
 
   std::atomic<bool> leading{!leader_elect};

@@ -29,8 +29,8 @@ Json Job(const std::string& name = "wn") {
           {"kind", "FederatedTrainingJob"},
           {"metadata", {{"name", name}, {"namespace", "ml"}}},
           {"spec",
-           {{"model", {{"path", "/models/minilm"}, {"labels", {"noun.animal", "noun.plant"}}}},
-            {"data", {{"path", "/data/wordnet"}}},
+           {{"model", {{"path", "/var/lib/fedge/models/minilm"}, {"labels", {"noun.animal", "noun.plant"}}}},
+            {"data", {{"path", "/var/lib/fedge/data/wordnet"}}},
             {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}, {"tolerationSeconds", 600}}},
             {"rounds", {{"total", 3}}},
             {"runPolicy", {{"backoffLimit", 1}}}}}};
@@ -82,8 +82,9 @@ TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
   Reconcile();
   std::string uid = job["metadata"]["uid"];
   int children = 0;
-  for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kPods,
-                            &res::kServiceAccounts, &res::kRoles, &res::kRoleBindings}) {
+  for (const Resource* r :
+       {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kPods, &res::kServiceAccounts, &res::kRoles,
+        &res::kRoleBindings, &res::kPersistentVolumeClaims, &res::kNetworkPolicies}) {
     for (const auto& o : client_.Objects(*r)) {
       ++children;
       auto refs = o["metadata"]["ownerReferences"];
@@ -92,8 +93,10 @@ TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
       EXPECT_TRUE(refs[0]["controller"].get<bool>());
     }
   }
-  // secret, configmap, 2 services, aggregator + 2 agents, SA, role, binding
-  EXPECT_EQ(children, 10);
+  // 2 secrets (credentials, inference token), configmap, 2 services, aggregator + 2
+  // agents, SA, role, binding, checkpoint claim + 3 node-volume claims per agent, 2
+  // network policies
+  EXPECT_EQ(children, 20);
   std::set<std::string> nodes;
   for (const auto& p : Pods()) {
     if (p["metadata"]["labels"][kLabelRole] == "agent")
@@ -171,7 +174,7 @@ TEST_F(ReconcilerTest, RestartedOperatorCreatesNoDuplicates) {
                       ReconcilerOptions{DefaultImages(), [this] { return now_; }});
   ASSERT_TRUE(again.Reconcile("ml/wn").ok());
   EXPECT_EQ(Pods().size(), 3u);
-  EXPECT_EQ(client_.Objects(res::kSecrets).size(), 1u);
+  EXPECT_EQ(client_.Objects(res::kSecrets).size(), 2u);  // credentials + inference token
   EXPECT_EQ((*client_.Get(res::kSecrets, "ml", "wn-credentials"))["data"], secret_before["data"]);
 }
 

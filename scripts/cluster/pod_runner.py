@@ -10,7 +10,9 @@ No kubelet or container runtime can run here, so this harness:
     "0.0.0.0:" listen addresses to it, and resolves the job's Service names in arguments
     to the IP and target port of the pod behind the Service;
   * materializes volumes (configMap, secret, emptyDir, hostPath, projected service-account
-    token, persistentVolumeClaim) into directories and rewrites mount paths in arguments;
+    token, persistentVolumeClaim: the directory of its bound local/hostPath
+    PersistentVolume, else one of its own) into directories and rewrites mount paths in
+    arguments;
     configMap and secret volumes use the kubelet's symlink layout and are refreshed while
     the pod runs (--volume-sync), like a kubelet's periodic sync;
   * reports phase, readiness (httpGet readiness probes), pod IP and exit codes, and kills
@@ -211,6 +213,19 @@ class Runner:
             return per_node
         return path
 
+    def claim_path(self, pp, claim):
+        """A claim bound to a local or hostPath PersistentVolume is that node directory (as
+        the kubelet mounts it); any other claim is a directory of its own under the root."""
+        code, pvc = self.api.get(f"/api/v1/namespaces/{pp.ns}/persistentvolumeclaims/{claim}")
+        volume = pvc.get("spec", {}).get("volumeName") if code == 200 else None
+        if volume:
+            code, pv = self.api.get(f"/api/v1/persistentvolumes/{volume}")
+            src = pv.get("spec", {}) if code == 200 else {}
+            path = (src.get("local") or src.get("hostPath") or {}).get("path")
+            if path:
+                return self.host_path(pp.node, path)
+        return os.path.join(self.root, "pvc", pp.ns, claim)
+
     def materialize_volumes(self, pp):
         base = os.path.join(self.root, "pods", pp.uid, "volumes")
         out = {}
@@ -224,7 +239,7 @@ class Runner:
                 out[name] = d
                 continue
             if "persistentVolumeClaim" in v:
-                d = os.path.join(self.root, "pvc", pp.ns, v["persistentVolumeClaim"]["claimName"])
+                d = self.claim_path(pp, v["persistentVolumeClaim"]["claimName"])
                 os.makedirs(d, exist_ok=True)
                 out[name] = d
                 continue

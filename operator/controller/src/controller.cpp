@@ -71,10 +71,24 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
   Informer* pods = make(res::kPods, opts_.ns, managed);
   Informer* nodes = make(res::kNodes, "", "");
   std::vector<Informer*> children = {pods};
-  for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts,
-                            &res::kRoles, &res::kRoleBindings}) {
+  for (const Resource* r :
+       {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts, &res::kRoles,
+        &res::kRoleBindings, &res::kPersistentVolumeClaims, &res::kNetworkPolicies}) {
     children.push_back(make(*r, opts_.ns, managed));
   }
+  // The node volumes' PersistentVolumes: cluster-scoped, so no owner reference; their
+  // labels name the job.
+  Informer* volumes = make(res::kPersistentVolumes, "", managed);
+  auto enqueue_volume_job = [this](const ObjectPtr& o) {
+    Json labels = (*o)["metadata"].value("labels", Json::object());
+    std::string ns = labels.value(kLabelJobNamespace, ""), job = labels.value(kLabelJob, "");
+    if (ns.empty() || job.empty() || (!opts_.ns.empty() && ns != opts_.ns)) return;
+    queue_.Add(ns + "/" + job);
+    UpdateDepth();
+  };
+  volumes->AddHandlers({enqueue_volume_job,
+                        [enqueue_volume_job](const ObjectPtr&, const ObjectPtr& n) { enqueue_volume_job(n); },
+                        enqueue_volume_job});
 
   auto key_of = [this](const ObjectPtr& o) {
     queue_.Add(ObjectKey(*o));
@@ -85,6 +99,13 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
                         // Status-only writes (ours or the reporter's) need no reconcile
                         // unless something else changed.
                         Json a = *old_obj, b = *new_obj;
+                        // ...except the reporter's checkpoint health, which the operator
+                        // turns into the CheckpointFailing condition.
+                        if (a.value("status", Json::object()).value("checkpoint", Json()) !=
+                            b.value("status", Json::object()).value("checkpoint", Json())) {
+                          key_of(new_obj);
+                          return;
+                        }
                         a.erase("status");
                         b.erase("status");
                         a["metadata"].erase("resourceVersion");

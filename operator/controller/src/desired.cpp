@@ -69,6 +69,64 @@ Json Resources(const Json& spec_part) {
   return (it == spec_part.end() || !it->is_object()) ? Json::object() : *it;
 }
 
+// The restricted Pod Security level, pod part. fsGroup makes emptyDir, secret and local
+// volumes group-accessible to kRunAsId.
+Json PodSecurityContext() {
+  return {{"runAsNonRoot", true},
+          {"runAsUser", kRunAsId},
+          {"runAsGroup", kRunAsId},
+          {"fsGroup", kRunAsId},
+          {"fsGroupChangePolicy", "OnRootMismatch"},
+          {"seccompProfile", {{"type", "RuntimeDefault"}}}};
+}
+
+// The restricted Pod Security level, container part, plus a read-only root filesystem.
+Json ContainerSecurityContext() {
+  return {{"allowPrivilegeEscalation", false},
+          {"readOnlyRootFilesystem", true},
+          {"runAsNonRoot", true},
+          {"runAsUser", kRunAsId},
+          {"runAsGroup", kRunAsId},
+          {"capabilities", {{"drop", {"ALL"}}}},
+          {"seccompProfile", {{"type", "RuntimeDefault"}}}};
+}
+
+// Every container: the restricted securityContext, the pull policy and a writable /tmp.
+void Harden(Json& container, const DesiredOptions& opts) {
+  container["securityContext"] = ContainerSecurityContext();
+  container["imagePullPolicy"] = opts.image_pull_policy;
+  container["volumeMounts"].push_back({{"name", "tmp"}, {"mountPath", kTmpMountPath}});
+}
+
+Json TmpVolume() { return {{"name", "tmp"}, {"emptyDir", {{"sizeLimit", "256Mi"}}}}; }
+
+void AddPullSecrets(Json& pod_spec, const DesiredOptions& opts) {
+  if (opts.image_pull_secrets.empty()) return;
+  Json list = Json::array();
+  for (const auto& s : opts.image_pull_secrets) list.push_back({{"name", s}});
+  pod_spec["imagePullSecrets"] = list;
+}
+
+// Strips trailing slashes ("/" stays "/").
+std::string TrimSlash(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+std::string JoinPrefixes(const std::vector<std::string>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
+  return out.empty() ? "(none)" : out;
+}
+
+// DNS-1123 subdomain of at most `max` characters, unique through a hash of `key`.
+std::string UniqueName(const std::string& readable, const std::string& key, size_t max = 200) {
+  std::string n = Sanitize(readable);
+  if (n.size() > max - 9) n = n.substr(0, max - 9);
+  while (!n.empty() && (n.back() == '-' || n.back() == '.')) n.pop_back();
+  return n + "-" + ShortHash(key);
+}
+
 }  // namespace
 
 Images DefaultImages() {
@@ -261,19 +319,17 @@ Json DesiredInferenceService(const Json& job) {
          Json::array({{{"name", "http"}, {"port", port}, {"targetPort", "http"}, {"protocol", "TCP"}}})}}}};
 }
 
-Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& images) {
+Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOptions& opts) {
   const Json& spec = Spec(job);
   Json agg = Sub(spec, "aggregator");
-  Json ckpt = Sub(agg, "checkpoint");
+  std::string claim = CheckpointClaimName(job);
   Json ckpt_volume = {{"name", "checkpoints"}, {"emptyDir", Json::object()}};
-  if (ckpt.value("enabled", false) && !ckpt.value("claimName", "").empty()) {
-    ckpt_volume = {{"name", "checkpoints"},
-                   {"persistentVolumeClaim", {{"claimName", ckpt.value("claimName", "")}}}};
-  }
+  if (!claim.empty())
+    ckpt_volume = {{"name", "checkpoints"}, {"persistentVolumeClaim", {{"claimName", claim}}}};
   std::string key = Ns(job) + "/" + Name(job);
   Json aggregator = {
       {"name", "aggregator"},
-      {"image", images.aggregator},
+      {"image", opts.images.aggregator},
       {"command",
        {"fedge-aggregator", "--config", std::string(kConfigMountPath) + "/job.yaml", "--listen",
         "0.0.0.0:" + std::to_string(kAggregatorGrpcPort), "--http",
@@ -295,60 +351,85 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& im
       aggregator["command"].push_back(arg[0] == '/' ? std::string(kSecretMountPath) + arg : std::string(arg));
     }
   }
+  Harden(aggregator, opts);
   // The reporter applies the aggregator-owned status fields with its own field manager
   // through a Role limited to this job: progress reaches status without operator polling.
   Json reporter = {
       {"name", "status-reporter"},
-      {"image", images.reporter},
+      {"image", opts.images.reporter},
       {"command",
        {"fedge-operator", "report-status", "--job", key, "--aggregator-http",
         "127.0.0.1:" + std::to_string(kAggregatorHttpPort), "--service-account-dir", kServiceAccountDir}},
-      {"resources", {{"requests", {{"cpu", "10m"}, {"memory", "16Mi"}}}}}};
-  return {
-      {"apiVersion", "v1"},
-      {"kind", "Pod"},
-      {"metadata", Meta(job, AggregatorName(job), "aggregator")},
-      {"spec",
-       {{"restartPolicy", "Never"},
-        {"serviceAccountName", AggregatorName(job)},
-        {"containers", Json::array({aggregator, reporter})},
-        {"volumes", Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-                                 {{"name", "credentials"},
-                                  {"secret",
-                                   {{"secretName", SecretName(job)},
-                                    {"items", Json::array({{{"key", "tokens"}, {"path", "tokens"}},
-                                                           {{"key", "ca.crt"}, {"path", "ca.crt"}},
-                                                           {{"key", "tls.crt"}, {"path", "tls.crt"}},
-                                                           {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
-                                 ckpt_volume})}}}};
+      {"resources", {{"requests", {{"cpu", "10m"}, {"memory", "16Mi"}}}}},
+      {"volumeMounts", Json::array()}};
+  Harden(reporter, opts);
+  Json pod_spec = {
+      {"restartPolicy", "Never"},
+      {"serviceAccountName", AggregatorName(job)},
+      {"securityContext", PodSecurityContext()},
+      {"containers", Json::array({aggregator, reporter})},
+      {"volumes", Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
+                               {{"name", "credentials"},
+                                {"secret",
+                                 {{"secretName", SecretName(job)},
+                                  {"defaultMode", 0440},
+                                  {"items", Json::array({{{"key", "tokens"}, {"path", "tokens"}},
+                                                         {{"key", "ca.crt"}, {"path", "ca.crt"}},
+                                                         {{"key", "tls.crt"}, {"path", "tls.crt"}},
+                                                         {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
+                               ckpt_volume,
+                               TmpVolume()})}};
+  AddPullSecrets(pod_spec, opts);
+  return {{"apiVersion", "v1"},
+          {"kind", "Pod"},
+          {"metadata", Meta(job, AggregatorName(job), "aggregator")},
+          {"spec", pod_spec}};
 }
 
-Json DesiredAgentPod(const Json& job, const std::string& node, const Images& images) {
+Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts) {
   const Json& spec = Spec(job);
   Json agents = Sub(spec, "agents");
-  Json data = Sub(spec, "data");
-  Json model = Sub(spec, "model");
   Json serving = Sub(spec, "serving");
   int port = serving.value("port", 8080);
   int64_t toleration = agents.value("tolerationSeconds", static_cast<int64_t>(3600));
-  std::string data_path = data.value("path", "");
-  std::string model_path = model.value("path", "");
+  std::vector<NodeVolume> node_volumes = AgentNodeVolumes(job, opts);
+  const std::string& model_path = node_volumes[0].path;
+  const std::string& data_path = node_volumes[1].path;
   Json meta = Meta(job, AgentPodName(job, node), "agent");
   meta["annotations"] = {{kAnnotationNode, node}};
   Json container = {
       {"name", "agent"},
-      {"image", images.agent},
+      {"image", opts.images.agent},
       {"command",
-       {"fedge-agent", "--config", std::string(kConfigMountPath) + "/job.yaml", "--aggregator",
-        AggregatorName(job) + "." + Ns(job) + ".svc:" + std::to_string(kAggregatorGrpcPort), "--agent-id",
-        node, "--node-name", node, "--token-file", std::string(kSecretMountPath) + "/token", "--data-dir",
-        data_path, "--model-dir", model_path, "--http", "0.0.0.0:" + std::to_string(port), "--state-dir",
-        kStateMountPath}},
+       {"fedge-agent",
+        "--config",
+        std::string(kConfigMountPath) + "/job.yaml",
+        "--aggregator",
+        AggregatorName(job) + "." + Ns(job) + ".svc:" + std::to_string(kAggregatorGrpcPort),
+        "--agent-id",
+        node,
+        "--node-name",
+        node,
+        "--token-file",
+        std::string(kSecretMountPath) + "/token",
+        "--data-dir",
+        data_path,
+        "--model-dir",
+        model_path,
+        "--http",
+        "0.0.0.0:" + std::to_string(port),
+        "--state-dir",
+        std::string(kStateMountPath) + "/" + Ns(job) + "/" + Name(job),
+        "--api-token-file",
+        std::string(kApiTokenMountPath) + "/token"}},
+      // libraries that look for a home directory find a writable one
+      {"env", Json::array({{{"name", "HOME"}, {"value", kTmpMountPath}}})},
       {"ports", Json::array({{{"name", "http"}, {"containerPort", port}, {"protocol", "TCP"}}})},
       {"resources", Resources(agents)},
       {"volumeMounts",
        Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
+                    {{"name", "api-token"}, {"mountPath", kApiTokenMountPath}, {"readOnly", true}},
                     {{"name", "data"}, {"mountPath", data_path}, {"readOnly", true}},
                     {{"name", "model"}, {"mountPath", model_path}, {"readOnly", true}},
                     {{"name", "state"}, {"mountPath", kStateMountPath}}})}};
@@ -363,41 +444,222 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const Images& ima
     container["command"].push_back("--tls-server-name");
     container["command"].push_back(AggregatorName(job) + "." + Ns(job) + ".svc");
   }
+  Harden(container, opts);
   Json toleration_list = Json::array();
   for (const char* taint : {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}) {
     // Edge nodes drop off the network for minutes; do not evict their agent at once.
     toleration_list.push_back(
         {{"key", taint}, {"operator", "Exists"}, {"effect", "NoExecute"}, {"tolerationSeconds", toleration}});
   }
+  Json volumes = Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
+                              {{"name", "credentials"},
+                               {"secret",
+                                {{"secretName", SecretName(job)},
+                                 {"defaultMode", 0440},
+                                 {"items", Json::array({{{"key", TokenKey(node)}, {"path", "token"}},
+                                                        {{"key", "ca.crt"}, {"path", "ca.crt"}}})}}}},
+                              {{"name", "api-token"},
+                               {"secret",
+                                {{"secretName", ApiTokenSecretName(job)},
+                                 {"defaultMode", 0440},
+                                 {"items", Json::array({{{"key", "token"}, {"path", "token"}}})}}}},
+                              TmpVolume()});
+  for (const auto& v : node_volumes) {
+    volumes.push_back({{"name", v.kind},
+                       {"persistentVolumeClaim",
+                        {{"claimName", NodeVolumeClaimName(job, node, v)}, {"readOnly", v.read_only}}}});
+  }
+  Json pod_spec = {{"restartPolicy", "Never"},
+                   {"automountServiceAccountToken", false},
+                   {"securityContext", PodSecurityContext()},
+                   // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
+                   {"affinity",
+                    {{"nodeAffinity",
+                      {{"requiredDuringSchedulingIgnoredDuringExecution",
+                        {{"nodeSelectorTerms",
+                          Json::array({{{"matchFields", Json::array({{{"key", "metadata.name"},
+                                                                      {"operator", "In"},
+                                                                      {"values", {node}}}})}}})}}}}}}},
+                   {"tolerations", toleration_list},
+                   {"containers", Json::array({container})},
+                   {"volumes", volumes}};
+  AddPullSecrets(pod_spec, opts);
+  return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta}, {"spec", pod_spec}};
+}
+
+std::vector<NodeVolume> AgentNodeVolumes(const Json& job, const DesiredOptions& opts) {
+  const Json& spec = Spec(job);
+  return {{"model", Sub(spec, "model").value("path", ""), true},
+          {"data", Sub(spec, "data").value("path", ""), true},
+          {"state", TrimSlash(opts.node_state_dir), false}};
+}
+
+Status CheckHostPath(const std::string& field, const std::string& path,
+                     const std::vector<std::string>& prefixes) {
+  auto fail = [&](const std::string& why) {
+    return InvalidArgumentError(field + " \"" + path + "\" " + why +
+                                "; allowed node directories (the operator's " +
+                                "--allowed-host-path-prefix): " + JoinPrefixes(prefixes) +
+                                ". Place the files under one of them and change " + field);
+  };
+  if (path.empty() || path[0] != '/') return fail("is not an absolute path");
+  // Every component must be a name: no "", "." or ".." that could step outside a prefix.
+  std::string p = TrimSlash(path);
+  size_t pos = 1;
+  while (p.size() > 1 && pos <= p.size()) {
+    size_t next = p.find('/', pos);
+    if (next == std::string::npos) next = p.size();
+    std::string part = p.substr(pos, next - pos);
+    if (part.empty() || part == "." || part == "..")
+      return fail("is not a normalized path (remove \"" + part + "\")");
+    pos = next + 1;
+  }
+  for (const auto& raw : prefixes) {
+    std::string prefix = TrimSlash(raw);
+    if (prefix == "/" || p == prefix ||
+        (p.size() > prefix.size() && p.compare(0, prefix.size(), prefix) == 0 && p[prefix.size()] == '/')) {
+      return OkStatus();
+    }
+  }
+  return fail("is outside the allowed node directories");
+}
+
+Status CheckNodePaths(const Json& job, const DesiredOptions& opts) {
+  for (const auto& v : AgentNodeVolumes(job, opts)) {
+    if (v.kind == "state") continue;  // the operator's own setting, checked at startup
+    FEDGE_RETURN_IF_ERROR(CheckHostPath("spec." + v.kind + ".path", v.path, opts.allowed_host_path_prefixes));
+  }
+  return OkStatus();
+}
+
+std::string NodeVolumeClaimName(const Json& job, const std::string& node, const NodeVolume& v) {
+  return UniqueName(Name(job) + "-" + v.kind + "-" + node, node + "\n" + v.kind + "\n" + v.path);
+}
+
+std::string NodePersistentVolumeName(const Json& job, const std::string& node, const NodeVolume& v) {
+  return UniqueName("fedge-" + Ns(job) + "-" + Name(job) + "-" + v.kind + "-" + node,
+                    Ns(job) + "\n" + Name(job) + "\n" + node + "\n" + v.kind + "\n" + v.path);
+}
+
+std::string NodePersistentVolumeSelector(const Json& job) {
+  return std::string(kLabelJob) + "=" + Name(job) + "," + kLabelJobNamespace + "=" + Ns(job);
+}
+
+Json DesiredNodePersistentVolume(const Json& job, const std::string& node, const std::string& hostname,
+                                 const NodeVolume& v) {
+  Json labels = Labels(job, "node-volume");
+  labels[kLabelJobNamespace] = Ns(job);
   return {{"apiVersion", "v1"},
-          {"kind", "Pod"},
+          {"kind", "PersistentVolume"},
+          {"metadata",
+           {{"name", NodePersistentVolumeName(job, node, v)},
+            {"labels", labels},
+            {"annotations", {{kAnnotationNode, node}, {"fedge.io/path", v.path}}}}},
+          {"spec",
+           {{"capacity", {{"storage", "1Gi"}}},  // nominal: a local volume is the directory
+            {"accessModes", {"ReadWriteOnce"}},
+            {"persistentVolumeReclaimPolicy", "Retain"},
+            {"storageClassName", ""},
+            {"volumeMode", "Filesystem"},
+            {"local", {{"path", v.path}}},
+            // Pre-bound: no other claim can take it.
+            {"claimRef", {{"namespace", Ns(job)}, {"name", NodeVolumeClaimName(job, node, v)}}},
+            {"nodeAffinity",
+             {{"required",
+               {{"nodeSelectorTerms",
+                 Json::array({{{"matchExpressions", Json::array({{{"key", "kubernetes.io/hostname"},
+                                                                  {"operator", "In"},
+                                                                  {"values", {hostname}}}})}}})}}}}}}}};
+}
+
+Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const NodeVolume& v) {
+  Json meta = Meta(job, NodeVolumeClaimName(job, node, v), "node-volume");
+  meta["annotations"] = {{kAnnotationNode, node}, {"fedge.io/path", v.path}};
+  return {{"apiVersion", "v1"},
+          {"kind", "PersistentVolumeClaim"},
           {"metadata", meta},
           {"spec",
-           {{"restartPolicy", "Never"},
-            {"automountServiceAccountToken", false},
-            // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
-            {"affinity",
-             {{"nodeAffinity",
-               {{"requiredDuringSchedulingIgnoredDuringExecution",
-                 {{"nodeSelectorTerms",
-                   Json::array({{{"matchFields", Json::array({{{"key", "metadata.name"},
-                                                               {"operator", "In"},
-                                                               {"values", {node}}}})}}})}}}}}}},
-            {"tolerations", toleration_list},
-            {"containers", Json::array({container})},
-            {"volumes",
-             Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-                          {{"name", "credentials"},
-                           {"secret",
-                            {{"secretName", SecretName(job)},
-                             {"items", Json::array({{{"key", TokenKey(node)}, {"path", "token"}},
-                                                    {{"key", "ca.crt"}, {"path", "ca.crt"}}})}}}},
-                          {{"name", "data"}, {"hostPath", {{"path", data_path}, {"type", "Directory"}}}},
-                          {{"name", "model"}, {"hostPath", {{"path", model_path}, {"type", "Directory"}}}},
-                          {{"name", "state"},
-                           {"hostPath",
-                            {{"path", "/var/lib/fedge/jobs/" + Ns(job) + "/" + Name(job)},
-                             {"type", "DirectoryOrCreate"}}}}})}}}};
+           {{"accessModes", {"ReadWriteOnce"}},
+            {"storageClassName", ""},  // never the default class: this claim binds one volume
+            {"volumeName", NodePersistentVolumeName(job, node, v)},
+            {"resources", {{"requests", {{"storage", "1Gi"}}}}}}}};
+}
+
+std::string CheckpointClaimName(const Json& job) {
+  Json ckpt = Sub(Sub(Spec(job), "aggregator"), "checkpoint");
+  if (!ckpt.value("enabled", true)) return "";
+  std::string claim = ckpt.value("claimName", "");
+  return claim.empty() ? Name(job) + "-checkpoints" : claim;
+}
+
+Json DesiredCheckpointClaim(const Json& job) {
+  Json ckpt = Sub(Sub(Spec(job), "aggregator"), "checkpoint");
+  if (!ckpt.value("enabled", true) || !ckpt.value("claimName", "").empty()) return nullptr;
+  Json spec = {{"accessModes", {"ReadWriteOnce"}},
+               {"resources", {{"requests", {{"storage", ckpt.value("size", std::string("1Gi"))}}}}}};
+  // Absent: the DefaultStorageClass admission plugin fills in the cluster's default.
+  std::string sc = ckpt.value("storageClassName", "");
+  if (!sc.empty()) spec["storageClassName"] = sc;
+  return {{"apiVersion", "v1"},
+          {"kind", "PersistentVolumeClaim"},
+          {"metadata", Meta(job, Name(job) + "-checkpoints", "checkpoints")},
+          {"spec", spec}};
+}
+
+std::string ApiTokenSecretName(const Json& job) { return Name(job) + "-inference-token"; }
+
+Json DesiredApiTokenSecret(const Json& job, const std::string& token) {
+  return {{"apiVersion", "v1"},
+          {"kind", "Secret"},
+          {"metadata", Meta(job, ApiTokenSecretName(job), "inference-token")},
+          {"type", "Opaque"},
+          {"data", {{"token", Base64Encode(token)}}}};
+}
+
+std::string AgentNetworkPolicyName(const Json& job) { return Name(job) + "-agents"; }
+
+namespace {
+Json Port(int port) { return {{"port", port}, {"protocol", "TCP"}}; }
+// Peers in the monitoring namespaces (by the kubernetes.io/metadata.name label every
+// namespace carries).
+void AddMonitoringPeers(Json& from, const DesiredOptions& opts) {
+  for (const auto& ns : opts.monitoring_namespaces) {
+    from.push_back({{"namespaceSelector", {{"matchLabels", {{"kubernetes.io/metadata.name", ns}}}}}});
+  }
+}
+}  // namespace
+
+Json DesiredAgentNetworkPolicy(const Json& job, const DesiredOptions& opts) {
+  int port = Sub(Spec(job), "serving").value("port", 8080);
+  Json from = Json::array({
+      {{"podSelector", Json::object()}},  // the job's own namespace
+      {{"namespaceSelector", Json::object()},
+       {"podSelector", {{"matchLabels", {{kLabelInferenceClient, "true"}}}}}},
+  });
+  AddMonitoringPeers(from, opts);
+  return {{"apiVersion", "networking.k8s.io/v1"},
+          {"kind", "NetworkPolicy"},
+          {"metadata", Meta(job, AgentNetworkPolicyName(job), "agent")},
+          {"spec",
+           {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}}}},
+            {"policyTypes", {"Ingress"}},
+            {"ingress", Json::array({{{"from", from}, {"ports", Json::array({Port(port)})}}})}}}};
+}
+
+Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts) {
+  Json agents = {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}}}}};
+  Json http_from = Json::array({{{"podSelector", Json::object()}}});
+  AddMonitoringPeers(http_from, opts);
+  return {
+      {"apiVersion", "networking.k8s.io/v1"},
+      {"kind", "NetworkPolicy"},
+      {"metadata", Meta(job, AggregatorName(job), "aggregator")},
+      {"spec",
+       {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}}}},
+        {"policyTypes", {"Ingress"}},
+        {"ingress",
+         Json::array({{{"from", Json::array({agents})}, {"ports", Json::array({Port(kAggregatorGrpcPort)})}},
+                      {{"from", http_from}, {"ports", Json::array({Port(kAggregatorHttpPort)})}}})}}}};
 }
 
 Json ManifestForParser(const Json& job) {

@@ -226,6 +226,10 @@ Status JobReconciler::Finalize(Run& run) {
   if (std::find(fin.begin(), fin.end(), kFinalizer) == fin.end()) return OkStatus();
   // Pods first: agents on edge nodes must stop training before the credentials go.
   FEDGE_RETURN_IF_ERROR(DeletePods(run, /*only_active=*/false));
+  // The node volumes' PersistentVolumes have no owner (cluster-scoped); their claims go
+  // with the job through owner references, and the volume objects leave once released.
+  // Only the API objects: Retain keeps the node's files.
+  FEDGE_RETURN_IF_ERROR(DeleteNodePersistentVolumes(run));
   fin.erase(std::remove(fin.begin(), fin.end(), kFinalizer), fin.end());
   Json patch = {
       {"metadata",
@@ -314,6 +318,74 @@ Status JobReconciler::HandleFailedPod(Run& run, const Json& pod, bool aggregator
   return OkStatus();
 }
 
+Status JobReconciler::CreateIfAbsent(Run& run, const Resource& r, const Json& desired) {
+  std::string name = desired["metadata"].value("name", "");
+  if (cache_->Get(r, r.namespaced ? run.ns : "", name)) return OkStatus();
+  auto c = client_->Create(r, run.ns, desired);
+  if (IsAlreadyExists(c.status())) return OkStatus();
+  return c.status().WithContext("create " + r.plural + "/" + name);
+}
+
+Status JobReconciler::SyncApiToken(Run& run) {
+  std::string name = ApiTokenSecretName(run.job);
+  if (cache_->Get(res::kSecrets, run.ns, name)) return OkStatus();
+  // As with the credentials: never replace a token clients may already hold because the
+  // cache lags; read the live object first.
+  auto live = client_->Get(res::kSecrets, run.ns, name);
+  if (live.ok()) return OkStatus();
+  if (!IsNotFound(live.status())) return live.status();
+  FEDGE_ASSIGN_OR_RETURN(std::string token, RandomToken());
+  auto c = client_->Create(res::kSecrets, run.ns, DesiredApiTokenSecret(run.job, token));
+  if (IsAlreadyExists(c.status())) return OkStatus();
+  return c.status().WithContext("create secret " + name);
+}
+
+Status JobReconciler::SyncNodeVolumes(Run& run, const std::string& node) {
+  std::string hostname = node;
+  if (ObjectPtr n = cache_->Get(res::kNodes, "", node)) {
+    hostname = (*n)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
+  }
+  for (const auto& v : AgentNodeVolumes(run.job, opts_.desired)) {
+    FEDGE_RETURN_IF_ERROR(CreateIfAbsent(run, res::kPersistentVolumes,
+                                         DesiredNodePersistentVolume(run.job, node, hostname, v)));
+    FEDGE_RETURN_IF_ERROR(
+        CreateIfAbsent(run, res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(run.job, node, v)));
+  }
+  return OkStatus();
+}
+
+Status JobReconciler::DeleteNodePersistentVolumes(Run& run) {
+  for (const auto& pv : cache_->List(res::kPersistentVolumes, "", kLabelJob, run.name)) {
+    const Json& meta = (*pv)["metadata"];
+    if (meta.value("labels", Json::object()).value(kLabelJobNamespace, "") != run.ns) continue;
+    if (Terminating(*pv)) continue;
+    Status s = client_->Delete(res::kPersistentVolumes, "", meta.value("name", ""), {});
+    if (!s.ok() && !IsNotFound(s)) return s;
+  }
+  return OkStatus();
+}
+
+void JobReconciler::CheckpointCondition(Run& run) {
+  // status.checkpoint is applied by the aggregator pod's reporter from the aggregator's
+  // /v1/status (status_reporter.h); the operator turns it into a condition.
+  auto it = run.old_status.find("checkpoint");
+  if (it == run.old_status.end() || !it->is_object()) return;
+  const Json& ck = *it;
+  int64_t failures = ck.value("consecutiveFailures", int64_t{0});
+  if (failures > 0) {
+    run.Condition("CheckpointFailing", "True", "CheckpointWriteFailed",
+                  std::to_string(failures) + " checkpoint write(s) in a row failed (" +
+                      ck.value("lastError", std::string("no detail")) +
+                      "); a replaced aggregator would resume from an older round. Check the checkpoint "
+                      "volume (claim " +
+                      CheckpointClaimName(run.job) + ")",
+                  "Warning");
+  } else if (FindCondition(run.status["conditions"], "CheckpointFailing")) {
+    run.Condition("CheckpointFailing", "False", "CheckpointWritten", "the last checkpoint write succeeded",
+                  "Normal");
+  }
+}
+
 Status JobReconciler::SyncChildren(Run& run) {
   const Json& job = run.job;
   const JobSpec& spec = *run.spec;
@@ -324,7 +396,17 @@ Status JobReconciler::SyncChildren(Run& run) {
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kRoles, DesiredRole(job)));
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kRoleBindings, DesiredRoleBinding(job)));
   FEDGE_RETURN_IF_ERROR(SyncCredentials(run, nodes));
+  FEDGE_RETURN_IF_ERROR(SyncApiToken(run));
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(spec))));
+  if (opts_.desired.network_policies) {
+    FEDGE_RETURN_IF_ERROR(
+        ApplyIfChanged(run, res::kNetworkPolicies, DesiredAgentNetworkPolicy(job, opts_.desired)));
+    FEDGE_RETURN_IF_ERROR(
+        ApplyIfChanged(run, res::kNetworkPolicies, DesiredAggregatorNetworkPolicy(job, opts_.desired)));
+  }
+  if (Json claim = DesiredCheckpointClaim(job); !claim.is_null()) {
+    FEDGE_RETURN_IF_ERROR(CreateIfAbsent(run, res::kPersistentVolumeClaims, claim));
+  }
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kServices, DesiredAggregatorService(job)));
   if (spec.serving.enabled) {
     FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kServices, DesiredInferenceService(job)));
@@ -349,7 +431,7 @@ Status JobReconciler::SyncChildren(Run& run) {
   if (!aggregator) {
     if (static_cast<int>(nodes.size()) >= min_agents) {
       auto c = client_->Create(res::kPods, run.ns,
-                               DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts_.images));
+                               DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts_.desired));
       if (!c.ok() && !IsAlreadyExists(c.status())) return c.status().WithContext("create aggregator pod");
       created_any = created_any || c.ok();
     }
@@ -368,7 +450,8 @@ Status JobReconciler::SyncChildren(Run& run) {
   for (const auto& node : nodes) {
     auto it = agents.find(node);
     if (it == agents.end()) {
-      auto c = client_->Create(res::kPods, run.ns, DesiredAgentPod(job, node, opts_.images));
+      FEDGE_RETURN_IF_ERROR(SyncNodeVolumes(run, node));
+      auto c = client_->Create(res::kPods, run.ns, DesiredAgentPod(job, node, opts_.desired));
       if (!c.ok() && !IsAlreadyExists(c.status())) return c.status().WithContext("create agent pod");
       created_any = created_any || c.ok();
       continue;
@@ -413,7 +496,24 @@ Status JobReconciler::SyncChildren(Run& run) {
                       std::to_string(min_agents));
   } else {
     run.status["state"] = "Created";
-    run.Condition("Running", "False", "AggregatorStarting", "waiting for the aggregator pod to run");
+    std::string claim = CheckpointClaimName(job);
+    ObjectPtr pvc = claim.empty() ? nullptr : cache_->Get(res::kPersistentVolumeClaims, run.ns, claim);
+    bool no_class = pvc && (*pvc).value("status", Json::object()).value("phase", "") == "Pending" &&
+                    (*pvc)["spec"].value("storageClassName", "").empty() &&
+                    (*pvc)["spec"].value("volumeName", "").empty();
+    if (no_class) {
+      // The aggregator pod cannot be scheduled until its checkpoint claim binds.
+      run.Condition(
+          "Running", "False", "CheckpointClaimUnbound",
+          "checkpoint claim " + claim +
+              " has no storage class and no volume: the cluster has no default StorageClass. Set "
+              "spec.aggregator.checkpoint.storageClassName (or claimName), create a PersistentVolume "
+              "for it, or set spec.aggregator.checkpoint.enabled: false (an emptyDir: a failed "
+              "aggregator pod then restarts the job from round 0)",
+          "Warning");
+    } else {
+      run.Condition("Running", "False", "AggregatorStarting", "waiting for the aggregator pod to run");
+    }
   }
 
   // Degraded: a selected node is offline, or an agent used up its restarts.
@@ -440,6 +540,7 @@ Status JobReconciler::SyncChildren(Run& run) {
       run.Condition("Degraded", "False", "AsExpected", "all selected nodes are ready");
     }
   }
+  CheckpointCondition(run);
   (void)exhausted;
   return OkStatus();
 }
@@ -506,12 +607,21 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
   std::string state = run.status.value("state", "");
   const Json* failed = FindCondition(run.status["conditions"], "Failed");
   bool invalid_before =
-      failed && failed->value("reason", "") == "InvalidSpec" && failed->value("status", "") == "True";
+      failed && failed->value("status", "") == "True" &&
+      (failed->value("reason", "") == "InvalidSpec" || failed->value("reason", "") == "HostPathNotAllowed");
   if (!parsed.ok()) {
     run.status["state"] = "Failed";
     run.Condition("Failed", "True", "InvalidSpec", parsed.status().message(), "Warning");
     FEDGE_RETURN_IF_ERROR(WriteStatus(run));
     return ReconcileResult{};  // wait for the spec to change, no retries
+  }
+  // Node directories: only under the operator's allowed prefixes (they become local
+  // PersistentVolumes, which Pod Security does not check).
+  if (Status paths = CheckNodePaths(run.job, opts_.desired); !paths.ok()) {
+    run.status["state"] = "Failed";
+    run.Condition("Failed", "True", "HostPathNotAllowed", paths.message(), "Warning");
+    FEDGE_RETURN_IF_ERROR(WriteStatus(run));
+    return ReconcileResult{};  // wait for the spec (or the operator's flags) to change
   }
   run.spec = *parsed;
   if (invalid_before) {  // fixed by the user

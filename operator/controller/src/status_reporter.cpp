@@ -35,6 +35,18 @@ Json ProgressFromAggregator(const Json& a) {
   st["globalModel"] = {{"version", a.value("global_version", int64_t{0})},
                        {"checksum", a.value("global_checksum", std::string())}};
   st["epsilonSpent"] = 0.0;  // no differential privacy in this aggregator yet
+  // Checkpoint health, when the aggregator reports it: the operator turns it into the
+  // CheckpointFailing condition.
+  auto ck = a.find("checkpoint");
+  if (ck != a.end() && ck->is_object()) {
+    Json out = {{"consecutiveFailures", ck->value("consecutive_failures", int64_t{0})},
+                {"failuresTotal", ck->value("failures_total", int64_t{0})}};
+    std::string err = ck->value("last_error", std::string());
+    if (!err.empty()) out["lastError"] = err.substr(0, 512);  // bounded status
+    if (ck->contains("last_saved_round") && (*ck)["last_saved_round"].is_number_integer())
+      out["lastSavedRound"] = (*ck)["last_saved_round"];
+    st["checkpoint"] = out;
+  }
   return st;
 }
 

@@ -26,6 +26,9 @@ const Resource kServiceAccounts{"v1", "serviceaccounts", "ServiceAccount", true}
 const Resource kRoles{"rbac.authorization.k8s.io/v1", "roles", "Role", true};
 const Resource kRoleBindings{"rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", true};
 const Resource kLeases{"coordination.k8s.io/v1", "leases", "Lease", true};
+const Resource kPersistentVolumes{"v1", "persistentvolumes", "PersistentVolume", false};
+const Resource kPersistentVolumeClaims{"v1", "persistentvolumeclaims", "PersistentVolumeClaim", true};
+const Resource kNetworkPolicies{"networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", true};
 const Resource kJobs{"fedge.io/v1alpha1", "federatedtrainingjobs", "FederatedTrainingJob", true};
 }  // namespace res
 

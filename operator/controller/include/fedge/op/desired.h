@@ -9,6 +9,7 @@
 
 #include "fedge/op/informer.h"
 #include "fedge/op/kube_client.h"
+#include "fedge/status.h"
 
 namespace fedge::op {
 
@@ -26,12 +27,39 @@ inline constexpr const char* kCheckpointMountPath = "/var/lib/fedge/checkpoints"
 inline constexpr const char* kStateMountPath = "/var/lib/fedge/state";
 inline constexpr const char* kServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+inline constexpr const char* kApiTokenMountPath = "/etc/fedge/api";
+inline constexpr const char* kTmpMountPath = "/tmp";
+inline constexpr const char* kLabelJobNamespace = "fedge.io/job-namespace";  // on cluster-scoped PVs
+inline constexpr const char* kLabelInferenceClient = "fedge.io/inference-client";
+// uid/gid of every container the operator creates ("nonroot" in distroless images).
+inline constexpr int64_t kRunAsId = 65532;
+
 struct Images {
   std::string aggregator;  // runs fedge-aggregator
   std::string agent;       // runs fedge-agent
   std::string reporter;    // runs `fedge-operator report-status`
 };
 Images DefaultImages();  // fedge/<component>:<fedge::Version()>
+
+// Operator-wide settings of the children (flags of fedge-operator). Implicitly made from
+// Images so callers that only choose images stay short.
+struct DesiredOptions {
+  DesiredOptions() = default;
+  DesiredOptions(Images i) : images(std::move(i)) {}  // NOLINT(google-explicit-constructor)
+
+  Images images = DefaultImages();
+  std::string image_pull_policy = "IfNotPresent";  // IfNotPresent | Always | Never
+  std::vector<std::string> image_pull_secrets;     // must exist in each job's namespace
+  // Node directories a job may name in spec.model.path / spec.data.path (normalized,
+  // absolute). Checked by CheckNodePaths before anything is created.
+  std::vector<std::string> allowed_host_path_prefixes = {"/var/lib/fedge"};
+  // Each node's agent state root (under a prefix, writable by kRunAsId); an agent keeps
+  // its state in <root>/<namespace>/<job>.
+  std::string node_state_dir = "/var/lib/fedge/state";
+  bool network_policies = true;
+  // Namespaces whose pods may reach the job pods' HTTP ports (Prometheus).
+  std::vector<std::string> monitoring_namespaces;
+};
 
 // Child names (deterministic: a restarted operator finds what it created).
 std::string SecretName(const Json& job);            // <job>-credentials
@@ -66,8 +94,69 @@ Json DesiredRole(const Json& job);
 Json DesiredRoleBinding(const Json& job);
 Json DesiredAggregatorService(const Json& job);
 Json DesiredInferenceService(const Json& job);
-Json DesiredAggregatorPod(const Json& job, int expected_agents, const Images& images);
-Json DesiredAgentPod(const Json& job, const std::string& node, const Images& images);
+// The aggregator and agent pods pass the `restricted` Pod Security level: non-root
+// (kRunAsId), read-only root filesystem with an emptyDir at /tmp, all capabilities
+// dropped, seccomp RuntimeDefault, no privilege escalation, no hostPath volumes.
+Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOptions& opts);
+Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts);
+
+// --- Node directories (model, data, agent state) without hostPath volumes -------------
+// Pods at the restricted level may not mount hostPath. Each agent instead mounts one
+// PersistentVolumeClaim per node directory, pre-bound to a `local` PersistentVolume the
+// operator makes for exactly that (job, node, path), pinned to the node by node affinity
+// on kubernetes.io/hostname, reclaim policy Retain (node data is never deleted).
+// PersistentVolumes are cluster-scoped and outside Pod Security, so the operator is the
+// gate: it makes them only for paths under DesiredOptions::allowed_host_path_prefixes.
+struct NodeVolume {
+  std::string kind;  // "model", "data" or "state" (also the pod volume's name)
+  std::string path;  // on the node
+  bool read_only = true;
+};
+// The agent's node volumes for `job` (model, data, state), in that order.
+std::vector<NodeVolume> AgentNodeVolumes(const Json& job, const DesiredOptions& opts);
+// OK when `path` is absolute, has no empty, "." or ".." component, and is equal to or
+// below one of `prefixes`. Otherwise INVALID_ARGUMENT naming `field`, the path and the
+// prefixes (what to change).
+Status CheckHostPath(const std::string& field, const std::string& path,
+                     const std::vector<std::string>& prefixes);
+// CheckHostPath for spec.model.path and spec.data.path.
+Status CheckNodePaths(const Json& job, const DesiredOptions& opts);
+// Deterministic names, unique per (namespace, job, node, kind, path): a changed path makes
+// new objects instead of an immutable-field update.
+std::string NodeVolumeClaimName(const Json& job, const std::string& node, const NodeVolume& v);
+std::string NodePersistentVolumeName(const Json& job, const std::string& node, const NodeVolume& v);
+// `hostname` is the node's kubernetes.io/hostname label (the node name when absent).
+Json DesiredNodePersistentVolume(const Json& job, const std::string& node, const std::string& hostname,
+                                 const NodeVolume& v);
+Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const NodeVolume& v);
+// Label selector of every PersistentVolume made for a job (they carry no owner reference:
+// a cluster-scoped object cannot be owned by a namespaced one; the finalizer deletes them).
+std::string NodePersistentVolumeSelector(const Json& job);
+
+// --- Aggregator checkpoints ----------------------------------------------------------
+// spec.aggregator.checkpoint: enabled (default true) keeps checkpoints on a
+// PersistentVolumeClaim so a replaced aggregator pod resumes: claimName names an existing
+// claim, else the operator makes <job>-checkpoints (storageClassName, default: the
+// cluster's default StorageClass; size, default 1Gi). enabled: false uses an emptyDir
+// (a failed aggregator pod then restarts the job from round 0).
+// The claim the aggregator mounts, or "" for an emptyDir.
+std::string CheckpointClaimName(const Json& job);
+// The claim the operator makes, or null when the user names one or checkpoints are off.
+Json DesiredCheckpointClaim(const Json& job);
+
+// --- Inference API and network policies ------------------------------------------------
+// <job>-inference-token: one random bearer token for the agents' inference API, mounted
+// read-only into every agent pod (--api-token-file). Kept apart from the credentials so a
+// client may be granted this Secret alone.
+std::string ApiTokenSecretName(const Json& job);
+Json DesiredApiTokenSecret(const Json& job, const std::string& token);
+// <job>-agents: the serving port admits pods of the job's namespace, pods labelled
+// fedge.io/inference-client=true in any namespace, and the monitoring namespaces.
+// <job>-aggregator: the gRPC port admits only this job's agents; the HTTP port
+// (/metrics, /v1/status) the job's namespace and the monitoring namespaces.
+Json DesiredAgentNetworkPolicy(const Json& job, const DesiredOptions& opts);
+Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts);
+std::string AgentNetworkPolicyName(const Json& job);
 
 // Removes the operator-only fields (spec.aggregator, agents.tolerationSeconds,
 // agents.resources) so the rest parses with fedge::ParseJobSpec, which is strict.

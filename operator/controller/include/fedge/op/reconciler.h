@@ -9,7 +9,8 @@
 //
 // Contract: not-found means done; transient API errors are returned (the controller
 // requeues with backoff); an invalid spec becomes a Failed condition with reason
-// InvalidSpec and is not retried until the spec changes.
+// InvalidSpec (HostPathNotAllowed for a model or data path outside the operator's allowed
+// node directories) and is not retried until the spec changes.
 #pragma once
 
 #include <ctime>
@@ -65,7 +66,8 @@ class EventRecorder {
 };
 
 struct ReconcilerOptions {
-  Images images = DefaultImages();
+  // Images, pull policy, allowed node directories, network policies (desired.h).
+  DesiredOptions desired;
   // Wall-clock seconds since the epoch (deadlines and TTLs compare with API timestamps).
   std::function<std::time_t()> now = [] { return std::time(nullptr); };
 };
@@ -87,6 +89,15 @@ class JobReconciler {
   Status Finalize(Run& run);
   Status SyncChildren(Run& run);
   Status SyncCredentials(Run& run, const std::vector<std::string>& nodes);
+  Status SyncApiToken(Run& run);
+  // The node's local PersistentVolumes and their claims, created when missing (both are
+  // immutable once bound; names change with the path).
+  Status SyncNodeVolumes(Run& run, const std::string& node);
+  // Creates `desired` when the cache has no object of that name (AlreadyExists is fine).
+  Status CreateIfAbsent(Run& run, const Resource& r, const Json& desired);
+  Status DeleteNodePersistentVolumes(Run& run);
+  // CheckpointFailing from the reporter-owned status.checkpoint.
+  void CheckpointCondition(Run& run);
   Status ApplyIfChanged(Run& run, const Resource& r, Json desired);
   // only_active: spare finished pods; keep_agents: spare agent pods (serving).
   Status DeletePods(Run& run, bool only_active, bool keep_agents = false);

@@ -1,7 +1,7 @@
 // The aggregator pod's status reporter (`fedge-operator report-status`): reads the
 // aggregator's GET /v1/status on the pod's loopback and server-side-applies the progress
 // fields of the job's status (round, roundsCompleted, lastRound, participants,
-// globalModel, epsilonSpent) with its own field manager, "fedge-aggregator", through a
+// globalModel, epsilonSpent, checkpoint) with its own field manager, "fedge-aggregator", through a
 // Role that may patch only this job's status. The operator never polls the aggregator.
 #pragma once
 
@@ -14,7 +14,10 @@
 namespace fedge::op {
 
 // Maps the aggregator's /v1/status JSON to the status fields the reporter owns.
-// Bounded: only the last round is kept.
+// Bounded: only the last round is kept. The aggregator's optional
+// "checkpoint": {"consecutive_failures", "failures_total", "last_error",
+// "last_saved_round"} becomes status.checkpoint {consecutiveFailures, failuresTotal,
+// lastError, lastSavedRound}.
 Json ProgressFromAggregator(const Json& aggregator_status);
 
 struct ReporterOptions {

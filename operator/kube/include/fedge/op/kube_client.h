@@ -54,6 +54,9 @@ extern const Resource kServiceAccounts;
 extern const Resource kRoles;
 extern const Resource kRoleBindings;
 extern const Resource kLeases;
+extern const Resource kPersistentVolumes;  // cluster-scoped
+extern const Resource kPersistentVolumeClaims;
+extern const Resource kNetworkPolicies;
 extern const Resource kJobs;  // fedge.io/v1alpha1 federatedtrainingjobs
 }  // namespace res
 

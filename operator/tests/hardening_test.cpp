@@ -1,0 +1,515 @@
+// Issue 10 (hardening), the operator's part, against the fake API server: every pod the
+// operator creates passes the `restricted` Pod Security level; node directories reach
+// agents only through operator-made local PersistentVolumes under the allowed prefixes;
+// the inference API token and the NetworkPolicies; durable checkpoints by default and the
+// CheckpointFailing condition.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "fedge/op/fake_kube_client.h"
+#include "fedge/op/reconciler.h"
+#include "fedge/op/status_reporter.h"
+
+namespace fedge::op {
+namespace {
+
+Json Node(const std::string& name, const std::string& hostname = "") {
+  Json labels = {{"fedge.io/edge", "true"}};
+  if (!hostname.empty()) labels["kubernetes.io/hostname"] = hostname;
+  return {{"apiVersion", "v1"},
+          {"kind", "Node"},
+          {"metadata", {{"name", name}, {"labels", labels}}},
+          {"status", {{"conditions", Json::array({{{"type", "Ready"}, {"status", "True"}}})}}}};
+}
+
+Json Job(const std::string& model = "/var/lib/fedge/models/minilm",
+         const std::string& data = "/var/lib/fedge/data/wordnet") {
+  return {{"apiVersion", "fedge.io/v1alpha1"},
+          {"kind", "FederatedTrainingJob"},
+          {"metadata", {{"name", "wn"}, {"namespace", "ml"}, {"uid", "uid-1"}}},
+          {"spec",
+           {{"model", {{"path", model}, {"labels", {"noun.animal", "noun.plant"}}}},
+            {"data", {{"path", data}}},
+            {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}}},
+            {"rounds", {{"total", 3}}},
+            {"runPolicy", {{"backoffLimit", 2}}}}}};
+}
+
+// What the restricted Pod Security level (k8s.io/pod-security-admission, "latest") would
+// refuse in a pod spec, plus a writable root filesystem. Empty = admitted.
+std::vector<std::string> RestrictedViolations(const Json& pod) {
+  static const std::set<std::string> kAllowedVolumes = {"configMap", "csi",       "downwardAPI",
+                                                        "emptyDir",  "ephemeral", "persistentVolumeClaim",
+                                                        "projected", "secret"};
+  std::vector<std::string> bad;
+  const Json& spec = pod["spec"];
+  Json psc = spec.value("securityContext", Json::object());
+  for (const char* k : {"hostNetwork", "hostPID", "hostIPC"})
+    if (spec.value(k, false)) bad.push_back(k);
+  for (const auto& v : spec.value("volumes", Json::array())) {
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (it.key() != "name" && !kAllowedVolumes.count(it.key()))
+        bad.push_back("volume " + v.value("name", "") + ": " + it.key());
+    }
+  }
+  for (const auto& c : spec.value("containers", Json::array())) {
+    Json sc = c.value("securityContext", Json::object());
+    std::string n = c.value("name", "");
+    if (sc.value("privileged", false)) bad.push_back(n + ": privileged");
+    if (!sc.contains("allowPrivilegeEscalation") || sc["allowPrivilegeEscalation"] != false)
+      bad.push_back(n + ": allowPrivilegeEscalation");
+    Json drop = sc.value("capabilities", Json::object()).value("drop", Json::array());
+    if (std::find(drop.begin(), drop.end(), "ALL") == drop.end())
+      bad.push_back(n + ": capabilities drop ALL");
+    for (const auto& add : sc.value("capabilities", Json::object()).value("add", Json::array()))
+      if (add != "NET_BIND_SERVICE") bad.push_back(n + ": adds " + add.get<std::string>());
+    Json non_root = sc.contains("runAsNonRoot") ? sc["runAsNonRoot"] : psc.value("runAsNonRoot", Json());
+    if (non_root != true) bad.push_back(n + ": runAsNonRoot");
+    Json uid = sc.contains("runAsUser") ? sc["runAsUser"] : psc.value("runAsUser", Json());
+    if (!uid.is_number_integer() || uid.get<int64_t>() == 0)
+      bad.push_back(n + ": numeric non-root runAsUser");
+    Json seccomp = sc.contains("seccompProfile") ? sc["seccompProfile"] : psc.value("seccompProfile", Json());
+    if (!seccomp.is_object() ||
+        (seccomp.value("type", "") != "RuntimeDefault" && seccomp.value("type", "") != "Localhost"))
+      bad.push_back(n + ": seccompProfile");
+    if (sc.value("readOnlyRootFilesystem", false) != true) bad.push_back(n + ": readOnlyRootFilesystem");
+    for (const auto& p : c.value("ports", Json::array()))
+      if (p.contains("hostPort")) bad.push_back(n + ": hostPort");
+  }
+  return bad;
+}
+
+std::vector<std::string> Command(const Json& pod) {
+  return pod["spec"]["containers"][0]["command"].get<std::vector<std::string>>();
+}
+
+std::string ArgAfter(const std::vector<std::string>& cmd, const std::string& flag) {
+  for (size_t i = 0; i + 1 < cmd.size(); ++i)
+    if (cmd[i] == flag) return cmd[i + 1];
+  return "";
+}
+
+const Json* Volume(const Json& pod, const std::string& name) {
+  for (const auto& v : pod["spec"]["volumes"])
+    if (v["name"] == name) return &v;
+  return nullptr;
+}
+
+class HardeningTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(client_.Create(res::kNodes, "", Node("edge-a", "host-a")).ok());
+    ASSERT_TRUE(client_.Create(res::kNodes, "", Node("edge-b")).ok());
+  }
+  JobReconciler Reconciler(DesiredOptions desired = {}) {
+    ReconcilerOptions o;
+    o.desired = std::move(desired);
+    o.now = [] { return std::time_t{1'800'000'000}; };
+    return JobReconciler(&client_, &cache_, &events_, o);
+  }
+  void Reconcile(DesiredOptions desired = {}) {
+    auto r = Reconciler(std::move(desired)).Reconcile("ml/wn");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  Json Get(const Resource& r, const std::string& name, const std::string& ns = "ml") {
+    auto got = client_.Get(r, ns, name);
+    EXPECT_TRUE(got.ok()) << r.plural << "/" << name << ": " << got.status().ToString();
+    return got.ok() ? *got : Json::object();
+  }
+  const Json* Condition(const std::string& type) {
+    job_ = Get(res::kJobs, "wn");
+    return FindCondition(job_["status"]["conditions"], type);
+  }
+  void SetPhase(const std::string& pod, const std::string& phase, int exit_code) {
+    Json st = {{"phase", phase},
+               {"containerStatuses",
+                Json::array({{{"name", "c"}, {"state", {{"terminated", {{"exitCode", exit_code}}}}}}})}};
+    ASSERT_TRUE(client_.MergePatch(res::kPods, "ml", pod, {{"status", st}}, "status").ok());
+  }
+
+  FakeKubeClient client_;
+  ClientCache cache_{&client_};
+  FakeClock clock_;
+  EventRecorder events_{&client_, &clock_};
+  Json job_;
+};
+
+// ---- restricted Pod Security -------------------------------------------------------------
+TEST(RestrictedPodTest, CheckerRefusesTheOldHostPathAgentPod) {
+  // The shape agents had before: hostPath volumes and no securityContext. The checker
+  // must report it, or the tests below prove nothing.
+  Json old_pod = {{"spec",
+                   {{"containers", Json::array({{{"name", "agent"}, {"image", "x"}}})},
+                    {"volumes", Json::array({{{"name", "data"}, {"hostPath", {{"path", "/data"}}}}})}}}};
+  auto bad = RestrictedViolations(old_pod);
+  for (const char* want : {"hostPath", "allowPrivilegeEscalation", "drop ALL", "runAsNonRoot", "runAsUser",
+                           "seccompProfile", "readOnlyRootFilesystem"}) {
+    EXPECT_TRUE(std::any_of(bad.begin(), bad.end(), [&](const std::string& b) {
+      return b.find(want) != std::string::npos;
+    })) << want;
+  }
+}
+
+TEST(RestrictedPodTest, EveryPodTheOperatorCreatesIsRestricted) {
+  for (bool tls : {false, true}) {
+    for (bool serving : {true, false}) {
+      for (bool checkpoint : {true, false}) {
+        Json job = Job();
+        job["spec"]["privacy"] = {{"tls", tls}};
+        job["spec"]["serving"] = {{"enabled", serving}};
+        job["spec"]["aggregator"] = {{"checkpoint", {{"enabled", checkpoint}}}};
+        DesiredOptions opts;
+        opts.image_pull_secrets = {"regcred"};
+        for (const Json& pod : {DesiredAggregatorPod(job, 2, opts), DesiredAgentPod(job, "edge-a", opts)}) {
+          auto bad = RestrictedViolations(pod);
+          EXPECT_TRUE(bad.empty()) << pod["metadata"]["name"] << " tls=" << tls << ": " << bad.front();
+          EXPECT_EQ(pod["spec"]["securityContext"]["runAsUser"], kRunAsId);
+          EXPECT_EQ(pod["spec"]["securityContext"]["runAsGroup"], kRunAsId);
+          EXPECT_EQ(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+          // The read-only root filesystem leaves /tmp writable for every container.
+          for (const auto& c : pod["spec"]["containers"]) {
+            bool tmp = false;
+            for (const auto& m : c["volumeMounts"]) tmp |= m["mountPath"] == "/tmp";
+            EXPECT_TRUE(tmp) << c["name"];
+            EXPECT_EQ(c["imagePullPolicy"], "IfNotPresent");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(HardeningTest, ReconciledPodsAndVolumesUseNoHostPath) {
+  client_.Create(res::kJobs, "ml", Job());
+  Reconcile();
+  auto pods = client_.Objects(res::kPods);
+  ASSERT_EQ(pods.size(), 3u);
+  for (const auto& p : pods) EXPECT_TRUE(RestrictedViolations(p).empty()) << p["metadata"]["name"];
+  // No object the operator wrote anywhere carries a hostPath.
+  for (const auto& call : client_.Calls()) {
+    EXPECT_EQ(call.body.dump().find("hostPath"), std::string::npos) << call.verb << " " << call.resource;
+  }
+}
+
+// ---- node directories --------------------------------------------------------------------
+TEST(HostPathTest, OnlyNormalizedPathsUnderAnAllowedPrefixPass) {
+  std::vector<std::string> prefixes = {"/var/lib/fedge", "/srv/models/"};
+  for (const char* ok : {"/var/lib/fedge", "/var/lib/fedge/", "/var/lib/fedge/data/wordnet", "/srv/models",
+                         "/srv/models/minilm"}) {
+    EXPECT_TRUE(CheckHostPath("spec.data.path", ok, prefixes).ok()) << ok;
+  }
+  for (const char* bad :
+       {"/", "/etc", "/var/lib/fedgeX", "/var/lib/fedge-other/x", "/var/lib/fedge/../../etc",
+        "/var/lib/fedge/./x", "/var/lib/fedge//x", "var/lib/fedge/x", "", "/srv", "/var/lib"}) {
+    Status s = CheckHostPath("spec.data.path", bad, prefixes);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("spec.data.path"), std::string::npos);
+    EXPECT_NE(s.message().find("/var/lib/fedge, /srv/models/"), std::string::npos) << s.message();
+  }
+  EXPECT_TRUE(CheckHostPath("f", "/anything", {"/"}).ok());
+  EXPECT_FALSE(CheckHostPath("f", "/anything", {}).ok());
+}
+
+// Regression (issue 10 item 9): spec.data.path became a hostPath mount of any node
+// directory, e.g. "/" or "/etc", for any job author.
+TEST_F(HardeningTest, JobOutsideTheAllowedPrefixesFailsWithoutChildren) {
+  for (const auto& [model, data] : std::vector<std::pair<std::string, std::string>>{
+           {"/var/lib/fedge/models/minilm", "/etc"},
+           {"/", "/var/lib/fedge/data"},
+           {"/var/lib/fedge/../../root", "/var/lib/fedge/data"}}) {
+    FakeKubeClient fresh;
+    ClientCache cache{&fresh};
+    ASSERT_TRUE(fresh.Create(res::kNodes, "", Node("edge-a")).ok());
+    ASSERT_TRUE(fresh.Create(res::kJobs, "ml", Job(model, data)).ok());
+    ReconcilerOptions o;
+    o.now = [] { return std::time_t{1'800'000'000}; };
+    JobReconciler r(&fresh, &cache, &events_, o);
+    auto got = r.Reconcile("ml/wn");
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_FALSE(got->requeue_after.has_value()) << "no retry loop";
+    Json job = *fresh.Get(res::kJobs, "ml", "wn");
+    EXPECT_EQ(job["status"]["state"], "Failed");
+    const Json* failed = FindCondition(job["status"]["conditions"], "Failed");
+    ASSERT_NE(failed, nullptr);
+    EXPECT_EQ(failed->value("reason", ""), "HostPathNotAllowed");
+    EXPECT_NE(failed->value("message", "").find("/var/lib/fedge"), std::string::npos) << failed->dump();
+    for (const Resource* res : {&res::kPods, &res::kPersistentVolumes, &res::kPersistentVolumeClaims,
+                                &res::kSecrets, &res::kConfigMaps}) {
+      EXPECT_TRUE(fresh.Objects(*res).empty()) << res->plural << " for model=" << model << " data=" << data;
+    }
+  }
+}
+
+TEST_F(HardeningTest, MovingThePathUnderAPrefixOrAllowingItResumesTheJob) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job("/srv/models/minilm", "/var/lib/fedge/data")).ok());
+  Reconcile();
+  EXPECT_EQ(Condition("Failed")->value("reason", ""), "HostPathNotAllowed");
+  // The administrator allows /srv/models: the next reconcile (an operator restart lists
+  // every job) proceeds.
+  DesiredOptions wider;
+  wider.allowed_host_path_prefixes = {"/var/lib/fedge", "/srv/models"};
+  Reconcile(wider);
+  EXPECT_EQ(Condition("Failed")->value("status", ""), "False");
+  EXPECT_EQ(client_.Objects(res::kPods).size(), 3u);
+}
+
+TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  Json pod = Get(res::kPods, "wn-agent-edge-a");
+  auto cmd = Command(pod);
+  EXPECT_EQ(ArgAfter(cmd, "--model-dir"), "/var/lib/fedge/models/minilm");
+  EXPECT_EQ(ArgAfter(cmd, "--data-dir"), "/var/lib/fedge/data/wordnet");
+  EXPECT_EQ(ArgAfter(cmd, "--state-dir"), std::string(kStateMountPath) + "/ml/wn");
+  std::map<std::string, std::string> want = {{"model", "/var/lib/fedge/models/minilm"},
+                                             {"data", "/var/lib/fedge/data/wordnet"},
+                                             {"state", "/var/lib/fedge/state"}};
+  for (const auto& [kind, path] : want) {
+    const Json* v = Volume(pod, kind);
+    ASSERT_NE(v, nullptr) << kind;
+    std::string claim = (*v)["persistentVolumeClaim"]["claimName"];
+    EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], kind != "state");
+    Json pvc = Get(res::kPersistentVolumeClaims, claim);
+    EXPECT_EQ(pvc["spec"]["storageClassName"], "") << "never the default StorageClass";
+    Json pv = Get(res::kPersistentVolumes, pvc["spec"]["volumeName"], "");
+    EXPECT_EQ(pv["spec"]["local"]["path"], path);
+    EXPECT_EQ(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain") << "node files are never deleted";
+    EXPECT_EQ(pv["spec"]["claimRef"]["name"], claim);
+    EXPECT_EQ(pv["spec"]["claimRef"]["namespace"], "ml");
+    auto expr = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+    EXPECT_EQ(expr["key"], "kubernetes.io/hostname");
+    EXPECT_EQ(expr["values"][0], "host-a") << "the node's hostname label, not its name";
+    EXPECT_FALSE(pv["metadata"].contains("ownerReferences"));
+    EXPECT_EQ(pv["metadata"]["labels"][kLabelJobNamespace], "ml");
+    EXPECT_EQ(pvc["metadata"]["ownerReferences"][0]["name"], "wn");
+  }
+  // edge-b has no hostname label: its name is used.
+  Json pod_b = Get(res::kPods, "wn-agent-edge-b");
+  Json pvc_b =
+      Get(res::kPersistentVolumeClaims, (*Volume(pod_b, "data"))["persistentVolumeClaim"]["claimName"]);
+  Json pv_b = Get(res::kPersistentVolumes, pvc_b["spec"]["volumeName"], "");
+  EXPECT_EQ(
+      pv_b["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
+      "edge-b");
+  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 6u);
+}
+
+TEST_F(HardeningTest, VolumeNamesChangeWithThePathAndStayUniqueAcrossNamespaces) {
+  Json a = Job(), b = Job();
+  b["metadata"]["namespace"] = "other";
+  NodeVolume v{"data", "/var/lib/fedge/data", true};
+  NodeVolume w{"data", "/var/lib/fedge/data2", true};
+  EXPECT_NE(NodePersistentVolumeName(a, "edge-a", v), NodePersistentVolumeName(b, "edge-a", v));
+  EXPECT_NE(NodePersistentVolumeName(a, "edge-a", v), NodePersistentVolumeName(a, "edge-a", w));
+  EXPECT_NE(NodeVolumeClaimName(a, "edge-a", v), NodeVolumeClaimName(a, "edge-a", w));
+  EXPECT_LE(NodePersistentVolumeName(a, std::string(250, 'n'), v).size(), 253u);
+}
+
+TEST_F(HardeningTest, DeletingTheJobDeletesItsPersistentVolumeObjects) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  // Another job's volume in another namespace with the same job name is not touched.
+  Json other = DesiredNodePersistentVolume(Job(), "edge-a", "edge-a", {"data", "/var/lib/fedge/x", true});
+  other["metadata"]["name"] = "someone-elses";
+  other["metadata"]["labels"][kLabelJobNamespace] = "other";
+  ASSERT_TRUE(client_.Create(res::kPersistentVolumes, "", other).ok());
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  Reconcile();
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kJobs, "ml", "wn").status()));
+  auto left = client_.Objects(res::kPersistentVolumes);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0]["metadata"]["name"], "someone-elses");
+  EXPECT_TRUE(client_.Objects(res::kPersistentVolumeClaims).empty());
+}
+
+// ---- inference API token and network policies ----------------------------------------------
+TEST_F(HardeningTest, AgentsGetTheJobsInferenceTokenReadOnly) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  Json secret = Get(res::kSecrets, "wn-inference-token");
+  std::string token = Base64Decode(secret["data"]["token"]);
+  EXPECT_EQ(token.size(), 64u);
+  EXPECT_EQ(token.find_first_not_of("0123456789abcdef"), std::string::npos);
+  for (const char* name : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+    Json pod = Get(res::kPods, name);
+    EXPECT_EQ(ArgAfter(Command(pod), "--api-token-file"), std::string(kApiTokenMountPath) + "/token");
+    const Json* v = Volume(pod, "api-token");
+    ASSERT_NE(v, nullptr);
+    EXPECT_EQ((*v)["secret"]["secretName"], "wn-inference-token");
+    EXPECT_EQ((*v)["secret"]["defaultMode"], 0440);
+    bool mounted_ro = false;
+    for (const auto& m : pod["spec"]["containers"][0]["volumeMounts"])
+      if (m["name"] == "api-token")
+        mounted_ro = m["mountPath"] == kApiTokenMountPath && m["readOnly"] == true;
+    EXPECT_TRUE(mounted_ro);
+  }
+  // The aggregator never sees it.
+  EXPECT_EQ(Get(res::kPods, "wn-aggregator").dump().find("inference-token"), std::string::npos);
+  // A restarted operator whose cache has not seen the Secret reads the live one and
+  // never mints a second token that clients do not hold.
+  struct EmptySecrets : ObjectCache {
+    explicit EmptySecrets(ObjectCache* c) : inner(c) {}
+    ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override {
+      return r.plural == "secrets" ? nullptr : inner->Get(r, ns, name);
+    }
+    std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& k,
+                                const std::string& v) override {
+      return inner->List(r, ns, k, v);
+    }
+    ObjectCache* inner;
+  } lagging(&cache_);
+  ReconcilerOptions o;
+  o.now = [] { return std::time_t{1'800'000'000}; };
+  JobReconciler again(&client_, &lagging, &events_, o);
+  ASSERT_TRUE(again.Reconcile("ml/wn").ok());
+  EXPECT_EQ(Base64Decode(Get(res::kSecrets, "wn-inference-token")["data"]["token"]), token);
+}
+
+TEST_F(HardeningTest, NetworkPoliciesAdmitOnlyTheJobsPeers) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  DesiredOptions opts;
+  opts.monitoring_namespaces = {"monitoring"};
+  Reconcile(opts);
+  Json agents = Get(res::kNetworkPolicies, "wn-agents");
+  EXPECT_EQ(agents["spec"]["podSelector"]["matchLabels"][kLabelRole], "agent");
+  EXPECT_EQ(agents["spec"]["podSelector"]["matchLabels"][kLabelJob], "wn");
+  EXPECT_EQ(agents["spec"]["policyTypes"], Json::array({"Ingress"}));
+  ASSERT_EQ(agents["spec"]["ingress"].size(), 1u);
+  Json rule = agents["spec"]["ingress"][0];
+  EXPECT_EQ(rule["ports"], Json::array({{{"port", 8080}, {"protocol", "TCP"}}}));
+  Json from = rule["from"];
+  ASSERT_EQ(from.size(), 3u);
+  EXPECT_EQ(from[0], Json({{"podSelector", Json::object()}})) << "the job's namespace";
+  EXPECT_EQ(from[1]["podSelector"]["matchLabels"][kLabelInferenceClient], "true");
+  EXPECT_EQ(from[1]["namespaceSelector"], Json::object()) << "labelled clients in any namespace";
+  EXPECT_EQ(from[2]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring");
+
+  Json agg = Get(res::kNetworkPolicies, "wn-aggregator");
+  EXPECT_EQ(agg["spec"]["podSelector"]["matchLabels"][kLabelRole], "aggregator");
+  ASSERT_EQ(agg["spec"]["ingress"].size(), 2u);
+  Json grpc = agg["spec"]["ingress"][0];
+  EXPECT_EQ(grpc["ports"][0]["port"], kAggregatorGrpcPort);
+  ASSERT_EQ(grpc["from"].size(), 1u) << "only the job's agents reach gRPC";
+  EXPECT_EQ(grpc["from"][0]["podSelector"]["matchLabels"], Json({{kLabelJob, "wn"}, {kLabelRole, "agent"}}));
+  EXPECT_FALSE(grpc["from"][0].contains("namespaceSelector")) << "same namespace only";
+  Json http = agg["spec"]["ingress"][1];
+  EXPECT_EQ(http["ports"][0]["port"], kAggregatorHttpPort);
+  EXPECT_EQ(http["from"].size(), 2u);
+}
+
+TEST_F(HardeningTest, NetworkPoliciesCanBeTurnedOff) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  DesiredOptions opts;
+  opts.network_policies = false;
+  Reconcile(opts);
+  EXPECT_TRUE(client_.Objects(res::kNetworkPolicies).empty());
+  EXPECT_EQ(client_.Objects(res::kPods).size(), 3u);
+}
+
+// ---- checkpoints -------------------------------------------------------------------------
+TEST(CheckpointTest, DurableByDefaultEmptyDirOnlyWhenDisabled) {
+  Json job = Job();
+  // Default (the CRD defaults enabled to true; absent means the same).
+  Json claim = DesiredCheckpointClaim(job);
+  ASSERT_TRUE(claim.is_object());
+  EXPECT_EQ(claim["metadata"]["name"], "wn-checkpoints");
+  EXPECT_FALSE(claim["spec"].contains("storageClassName")) << "absent: the cluster's default StorageClass";
+  EXPECT_EQ(claim["spec"]["resources"]["requests"]["storage"], "1Gi");
+  Json pod = DesiredAggregatorPod(job, 2, DesiredOptions{});
+  EXPECT_EQ((*Volume(pod, "checkpoints"))["persistentVolumeClaim"]["claimName"], "wn-checkpoints");
+
+  job["spec"]["aggregator"] = {{"checkpoint", {{"storageClassName", "local-path"}, {"size", "5Gi"}}}};
+  claim = DesiredCheckpointClaim(job);
+  EXPECT_EQ(claim["spec"]["storageClassName"], "local-path");
+  EXPECT_EQ(claim["spec"]["resources"]["requests"]["storage"], "5Gi");
+
+  job["spec"]["aggregator"] = {{"checkpoint", {{"enabled", true}, {"claimName", "mine"}}}};
+  EXPECT_TRUE(DesiredCheckpointClaim(job).is_null()) << "the user's claim: none made";
+  EXPECT_EQ((*Volume(DesiredAggregatorPod(job, 2, DesiredOptions{}),
+                     "checkpoints"))["persistentVolumeClaim"]["claimName"],
+            "mine");
+
+  job["spec"]["aggregator"] = {{"checkpoint", {{"enabled", false}}}};
+  EXPECT_TRUE(DesiredCheckpointClaim(job).is_null());
+  EXPECT_TRUE((*Volume(DesiredAggregatorPod(job, 2, DesiredOptions{}), "checkpoints")).contains("emptyDir"));
+}
+
+// Regression (issue 10 item 11): checkpoints went to an emptyDir of a restartPolicy: Never
+// pod, so a failed aggregator pod was replaced by one that started from round 0.
+TEST_F(HardeningTest, FailedAggregatorIsReplacedOnTheSameCheckpointClaim) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  Json first = Get(res::kPods, "wn-aggregator");
+  EXPECT_EQ((*Volume(first, "checkpoints"))["persistentVolumeClaim"]["claimName"], "wn-checkpoints");
+  Json pvc = Get(res::kPersistentVolumeClaims, "wn-checkpoints");
+  EXPECT_EQ(pvc["metadata"]["ownerReferences"][0]["name"], "wn");
+  SetPhase("wn-aggregator", "Failed", 137);
+  Reconcile();  // deleted within backoffLimit
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-aggregator").status()));
+  Reconcile();  // recreated
+  Json second = Get(res::kPods, "wn-aggregator");
+  EXPECT_NE(second["metadata"]["uid"], first["metadata"]["uid"]);
+  EXPECT_EQ((*Volume(second, "checkpoints"))["persistentVolumeClaim"]["claimName"], "wn-checkpoints");
+  EXPECT_EQ(ArgAfter(Command(second), "--checkpoint-dir"), kCheckpointMountPath);
+  EXPECT_EQ(Get(res::kPersistentVolumeClaims, "wn-checkpoints")["metadata"]["uid"], pvc["metadata"]["uid"])
+      << "the same claim, so the same checkpoint";
+  EXPECT_EQ(Get(res::kJobs, "wn")["status"]["restarts"], 1);
+}
+
+TEST_F(HardeningTest, UnboundCheckpointClaimWithoutStorageClassSaysWhatToDo) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  ASSERT_TRUE(client_
+                  .MergePatch(res::kPersistentVolumeClaims, "ml", "wn-checkpoints",
+                              {{"status", {{"phase", "Pending"}}}}, "status")
+                  .ok());
+  Reconcile();
+  const Json* running = Condition("Running");
+  ASSERT_NE(running, nullptr);
+  EXPECT_EQ(running->value("reason", ""), "CheckpointClaimUnbound");
+  EXPECT_NE(running->value("message", "").find("storageClassName"), std::string::npos);
+}
+
+TEST_F(HardeningTest, ReportedCheckpointFailuresBecomeACondition) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  auto report = [&](int64_t consecutive) {
+    Json patch = {{"status",
+                   {{"checkpoint",
+                     {{"consecutiveFailures", consecutive},
+                      {"failuresTotal", 3},
+                      {"lastError", "write state.json: No space left on device"}}}}}};
+    ASSERT_TRUE(client_.MergePatch(res::kJobs, "ml", "wn", patch, "status").ok());
+  };
+  report(2);
+  Reconcile();
+  const Json* c = Condition("CheckpointFailing");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->value("status", ""), "True");
+  EXPECT_NE(c->value("message", "").find("No space left"), std::string::npos);
+  EXPECT_NE(c->value("message", "").find("wn-checkpoints"), std::string::npos);
+  report(0);
+  Reconcile();
+  c = Condition("CheckpointFailing");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->value("status", ""), "False");
+}
+
+TEST(StatusReporterTest, CarriesTheAggregatorsCheckpointHealth) {
+  Json agg = Json::parse(R"({"state":"Running","round":2,"global_version":2,"rounds":[],
+    "checkpoint":{"consecutive_failures":1,"failures_total":4,"last_error":"EIO","last_saved_round":1}})");
+  Json st = ProgressFromAggregator(agg);
+  EXPECT_EQ(st["checkpoint"]["consecutiveFailures"], 1);
+  EXPECT_EQ(st["checkpoint"]["failuresTotal"], 4);
+  EXPECT_EQ(st["checkpoint"]["lastError"], "EIO");
+  EXPECT_EQ(st["checkpoint"]["lastSavedRound"], 1);
+  agg["checkpoint"]["last_error"] = std::string(5000, 'x');
+  EXPECT_EQ(ProgressFromAggregator(agg)["checkpoint"]["lastError"].get<std::string>().size(), 512u);
+  agg.erase("checkpoint");
+  EXPECT_FALSE(ProgressFromAggregator(agg).contains("checkpoint")) << "older aggregators report none";
+}
+
+}  // namespace
+}  // namespace fedge::op
