@@ -61,6 +61,15 @@ int main(int argc, char** argv) {
                  "name the aggregator's certificate must carry (default: the --aggregator host)");
   app.add_option("--tls-cert", flags.tls_cert, "PEM client certificate for mutual TLS (with --tls-key)");
   app.add_option("--tls-key", flags.tls_key, "PEM private key of --tls-cert");
+  app.add_option(
+         "--api-token-file", flags.api_token_file,
+         "bearer tokens (one per line) that every /v1/* request must present as 'Authorization: Bearer "
+         "<token>'; re-read when it changes. /healthz, /readyz and /metrics stay open")
+      ->envname("FEDGE_API_TOKEN_FILE");
+  app.add_option("--feedback-max-bytes", flags.feedback_max_bytes,
+                 "cap of the feedback log in --state-dir; beyond it POST /v1/feedback answers 507 "
+                 "(default 64MiB; units b, kb, mb, gb = powers of 1024)")
+      ->transform(CLI::AsSizeValue(false));
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
   app.set_version_flag("--version",

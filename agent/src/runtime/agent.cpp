@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "fedge/agent/runtime/aggregator_client.h"
+#include "fedge/agent/runtime/api_token.h"
 #include "fedge/agent/runtime/inference_api.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
@@ -95,6 +96,11 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
     *pem = std::move(*pem_text);
   }
   s.tls.server_name = flags.tls_server_name;
+  s.api_token_file = flags.api_token_file;
+  if (flags.feedback_max_bytes == 0) {
+    return InvalidArgumentError("--feedback-max-bytes must be > 0 (the default is 64MiB)");
+  }
+  s.feedback_max_bytes = flags.feedback_max_bytes;
   return s;
 }
 
@@ -155,7 +161,14 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
 
   a->metrics_ = std::make_unique<AgentMetrics>();
   a->serving_ = std::make_unique<ServingModel>(std::move(server_model), spec.Key());
-  a->store_ = std::make_unique<StateStore>(settings.state_dir, spec.Key());
+  StateStoreOptions store_options;
+  store_options.feedback_max_bytes = settings.feedback_max_bytes;
+  a->store_ = std::make_unique<StateStore>(settings.state_dir, spec.Key(), store_options);
+  if (!settings.api_token_file.empty()) {
+    auto tokens = ApiTokenFile::Open(settings.api_token_file);
+    if (!tokens.ok()) return tokens.status().WithContext("--api-token-file");
+    a->api_tokens_ = std::move(tokens).value();
+  }
 
   ClientOptions opts;
   opts.job = spec.Key();
@@ -190,7 +203,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     }
   }
 
-  a->api_ = std::make_unique<InferenceApi>(a->serving_.get(), a->store_.get(), a->metrics_.get());
+  a->api_ = std::make_unique<InferenceApi>(a->serving_.get(), a->store_.get(), a->metrics_.get(),
+                                           InferenceLimits{}, a->api_tokens_.get());
   a->http_ = std::make_unique<HttpServer>(settings.http);
   a->api_->Register(*a->http_);
   FEDGE_RETURN_IF_ERROR(a->http_->Start());
@@ -201,7 +215,19 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
                               {"http", a->http_->address()},
                               {"train_examples", a->train_.size()},
                               {"eval_examples", a->eval_.size()},
-                              {"state_dir", settings.state_dir}});
+                              {"state_dir", settings.state_dir},
+                              {"api_auth", a->api_tokens_ ? "bearer" : "none"}});
+  if (!a->api_tokens_) {
+    std::string host;
+    int port = 0;
+    if (SplitHostPort(settings.http, &host, &port).ok() && host != "127.0.0.1" && host != "localhost" &&
+        host != "::1") {
+      log::Warn(
+          "the inference API needs no token: anyone who can reach it can run inference and write "
+          "feedback; set --api-token-file (or FEDGE_API_TOKEN_FILE)",
+          {{"http", a->http_->address()}});
+    }
+  }
   return a;
 }
 

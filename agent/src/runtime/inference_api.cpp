@@ -7,14 +7,18 @@
 #include <optional>
 #include <random>
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <nlohmann/json.hpp>
 
 #include "fedge/agent/llm/chat_template.h"
+#include "fedge/agent/runtime/api_token.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/text_classifier.h"
+#include "fedge/log.h"
 
 namespace fedge::agent {
 
@@ -24,12 +28,17 @@ using Json = nlohmann::ordered_json;
 
 constexpr size_t kTopScores = 5;
 
+// Serialises a response. Strings that are not valid UTF-8 (a generated
+// completion cut inside a multi-byte character, a model's error text) get
+// U+FFFD instead of making dump() throw: handlers never throw.
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
 HttpResponse ApiError(int status, std::string_view message, std::string_view type, std::string_view param,
                       std::string_view code) {
   Json err = {{"message", message}, {"type", type}};
   err["param"] = param.empty() ? Json(nullptr) : Json(param);
   err["code"] = code.empty() ? Json(nullptr) : Json(code);
-  return HttpResponse::Json(status, Json{{"error", err}}.dump());
+  return HttpResponse::Json(status, Dump(Json{{"error", err}}));
 }
 
 HttpResponse BadRequest(std::string_view message, std::string_view param, std::string_view code) {
@@ -239,14 +248,40 @@ std::string ResponseId(const char* prefix) {
 }  // namespace
 
 InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
-                           InferenceLimits limits)
-    : model_(model), store_(store), metrics_(metrics), limits_(limits) {}
+                           InferenceLimits limits, ApiTokenFile* tokens)
+    : model_(model), store_(store), metrics_(metrics), limits_(limits), tokens_(tokens) {}
+
+std::optional<HttpResponse> InferenceApi::Authenticate(const HttpRequest& request) const {
+  if (tokens_ == nullptr) return std::nullopt;
+  auto header = request.headers.find("authorization");
+  if (header == request.headers.end()) {
+    return ApiError(401,
+                    "this agent's API needs a token: send the header 'Authorization: Bearer <token>' with a "
+                    "token from the agent's --api-token-file (the job's API token Secret)",
+                    "authentication_error", "", "missing_api_key");
+  }
+  std::string token = BearerToken(header->second);
+  if (token.empty()) {
+    return ApiError(401,
+                    "the Authorization header is not of the form 'Bearer <token>': send 'Authorization: "
+                    "Bearer <token>' with a token from the agent's --api-token-file",
+                    "authentication_error", "", "invalid_authorization_header");
+  }
+  if (!tokens_->Matches(token)) {
+    return ApiError(401,
+                    "the bearer token is not valid for this agent: send 'Authorization: Bearer <token>' with "
+                    "the current token from the agent's --api-token-file (it may have been rotated)",
+                    "authentication_error", "", "invalid_api_key");
+  }
+  return std::nullopt;
+}
 
 void InferenceApi::Register(HttpServer& server) {
   auto timed = [this](std::string endpoint, HttpResponse (InferenceApi::*fn)(const HttpRequest&)) {
     return [this, endpoint, fn](const HttpRequest& request) {
       auto start = std::chrono::steady_clock::now();
-      HttpResponse response = (this->*fn)(request);
+      std::optional<HttpResponse> denied = Authenticate(request);
+      HttpResponse response = denied ? std::move(*denied) : (this->*fn)(request);
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (metrics_ != nullptr) metrics_->ObserveInference(endpoint, response.status, seconds);
       return response;
@@ -315,7 +350,7 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
               {"model", model_->ModelName(version)},
               {"data", data},
               {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}};
-  return HttpResponse::Json(200, out.dump());
+  return HttpResponse::Json(200, Dump(out));
 }
 
 HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
@@ -357,7 +392,7 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
               {"data", data},
               {"model", model_->ModelName(version)},
               {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}};
-  return HttpResponse::Json(200, out.dump());
+  return HttpResponse::Json(200, Dump(out));
 }
 
 HttpResponse InferenceApi::Completions(const HttpRequest& request) {
@@ -394,7 +429,7 @@ HttpResponse InferenceApi::Completions(const HttpRequest& request) {
   Json out = {{"id", ResponseId("cmpl-")},        {"object", "text_completion"},
               {"created", NowSeconds()},          {"model", model_->ModelName(version)},
               {"choices", Json::array({choice})}, {"usage", Usage(result)}};
-  return HttpResponse::Json(200, out.dump());
+  return HttpResponse::Json(200, Dump(out));
 }
 
 HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
@@ -453,7 +488,7 @@ HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
   Json out = {{"id", ResponseId("chatcmpl-")},    {"object", "chat.completion"},
               {"created", NowSeconds()},          {"model", model_->ModelName(version)},
               {"choices", Json::array({choice})}, {"usage", Usage(result)}};
-  return HttpResponse::Json(200, out.dump());
+  return HttpResponse::Json(200, Dump(out));
 }
 
 HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
@@ -476,9 +511,9 @@ HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
   if (b.contains("label") && b["label"].is_string()) {
     label = b["label"].get<std::string>();
     if (std::find(labels.begin(), labels.end(), label) == labels.end()) {
-      return BadRequest(
-          "'label' \"" + label + "\" is not one of the job's " + std::to_string(labels.size()) + " labels",
-          "label", "unknown_label");
+      return BadRequest("'label' \"" + (label.size() > 64 ? label.substr(0, 64) + "..." : label) +
+                            "\" is not one of the job's " + std::to_string(labels.size()) + " labels",
+                        "label", "unknown_label");
     }
   } else if (b.contains("label") && b["label"].is_number_integer()) {
     int64_t id = b["label"].get<int64_t>();
@@ -488,6 +523,9 @@ HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
           "unknown_label");
     }
     label = labels[static_cast<size_t>(id)];
+  } else if (b.contains("label") && !b["label"].is_null()) {
+    return BadRequest("'label' must be one of the job's labels (a string) or its index (an integer)", "label",
+                      "invalid_type");
   } else {
     return BadRequest("'label' is required: one of the job's labels", "label", "missing_label");
   }
@@ -496,9 +534,32 @@ HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
   int64_t ts_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch())
                       .count();
-  Status st = store_->AppendFeedback(text, label, ts_ms);
-  if (!st.ok()) return ApiError(500, st.message(), "server_error", "", "");
-  return HttpResponse::Json(200, Json{{"object", "feedback"}, {"stored", true}, {"label", label}}.dump());
+  auto stored = store_->AppendFeedback(text, label, ts_ms);
+  if (stored.status().code() == StatusCode::kResourceExhausted) {
+    if (metrics_ != nullptr) metrics_->feedback_log_full_total.Increment();
+    // One line when the log fills up, not one per refused request (a flood of
+    // them would fill the node's log instead); the counter has them all.
+    if (!feedback_full_logged_.exchange(true))
+      log::Warn("feedback refused: the log is full",
+                {{"path", store_->FeedbackPath()},
+                 {"max_bytes", static_cast<int64_t>(store_->feedback_max_bytes())},
+                 {"error", stored.status().message()}});
+    return ApiError(507,
+                    "feedback was not stored: " + stored.status().message() +
+                        ". Earlier feedback is kept; the node's operator must collect the log and move it "
+                        "away, or raise --feedback-max-bytes, before more is accepted",
+                    "insufficient_storage", "", "feedback_log_full");
+  }
+  if (!stored.ok()) {
+    // The detail (paths, errno) goes to the log, not to the client.
+    log::Error("feedback could not be stored", {{"error", stored.status().ToString()}});
+    return ApiError(
+        503, "feedback could not be stored on this node (a disk error; see the agent's log); retry later",
+        "unavailable", "", "feedback_store_error");
+  }
+  feedback_full_logged_ = false;
+  if (metrics_ != nullptr) metrics_->feedback_log_bytes.Set(static_cast<double>(*stored));
+  return HttpResponse::Json(200, Dump(Json{{"object", "feedback"}, {"stored", true}, {"label", label}}));
 }
 
 HttpResponse InferenceApi::Healthz(const HttpRequest&) { return HttpResponse::Text(200, "ok\n"); }
@@ -506,11 +567,10 @@ HttpResponse InferenceApi::Healthz(const HttpRequest&) { return HttpResponse::Te
 HttpResponse InferenceApi::Readyz(const HttpRequest&) {
   int64_t version = model_->version();
   if (version == 0) {
-    return HttpResponse::Json(503,
-                              Json{{"ready", false}, {"reason", "no global model installed yet"}}.dump());
+    return HttpResponse::Json(503, Dump(Json{{"ready", false}, {"reason", "no global model installed yet"}}));
   }
   return HttpResponse::Json(
-      200, Json{{"ready", true}, {"model", model_->ModelName(version)}, {"version", version}}.dump());
+      200, Dump(Json{{"ready", true}, {"model", model_->ModelName(version)}, {"version", version}}));
 }
 
 }  // namespace fedge::agent

@@ -49,6 +49,11 @@ AgentMetrics::AgentMetrics()
                               "Version of the global model installed for serving (0: none).")),
       eval_accuracy(NewGauge(*registry_, "fedge_agent_eval_accuracy",
                              "Accuracy of the last evaluated global model on local held-out data.")),
+      feedback_log_bytes(NewGauge(*registry_, "fedge_agent_feedback_log_bytes",
+                                  "Size of the feedback log (feedback.jsonl) after the last stored entry.")),
+      feedback_log_full_total(
+          NewCounter(*registry_, "fedge_agent_feedback_log_full_total",
+                     "Feedback entries refused because the log reached --feedback-max-bytes.")),
       requests_(prometheus::BuildCounter()
                     .Name("fedge_agent_inference_requests_total")
                     .Help("Inference HTTP requests by endpoint and status code.")

@@ -1,6 +1,7 @@
 #include "fedge/agent/runtime/state_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,7 +16,8 @@
 
 namespace fedge::agent {
 
-StateStore::StateStore(std::string dir, std::string job) : dir_(std::move(dir)), job_(std::move(job)) {}
+StateStore::StateStore(std::string dir, std::string job, StateStoreOptions options)
+    : dir_(std::move(dir)), job_(std::move(job)), options_(options) {}
 
 std::string StateStore::GlobalPath() const { return dir_ + "/global.safetensors"; }
 std::string StateStore::FeedbackPath() const { return dir_ + "/feedback.jsonl"; }
@@ -50,28 +52,77 @@ StatusOr<std::optional<PersistedGlobal>> StateStore::LoadGlobal() const {
   return std::optional<PersistedGlobal>(std::move(g));
 }
 
-Status StateStore::AppendFeedback(const std::string& text, const std::string& label, int64_t ts_ms) {
+namespace {
+
+std::string Errno(const std::string& what, const std::string& path) {
+  return what + " " + path + ": " + std::strerror(errno);
+}
+
+// Closes the descriptor on every return path.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+StatusOr<uint64_t> StateStore::AppendFeedback(const std::string& text, const std::string& label,
+                                              int64_t ts_ms) {
   std::lock_guard<std::mutex> lock(feedback_mu_);
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir_));
-  std::string line = nlohmann::json{{"text", text}, {"label", label}, {"ts_ms", ts_ms}}.dump() + "\n";
-  int fd = ::open(FeedbackPath().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return UnavailableError("open " + FeedbackPath() + ": " + std::strerror(errno));
+  const std::string path = FeedbackPath();
+  std::string line = nlohmann::json{{"text", text}, {"label", label}, {"ts_ms", ts_ms}}.dump(
+                         -1, ' ', false, nlohmann::json::error_handler_t::replace) +
+                     "\n";
+  // O_EXCL tells whether this append creates the file.
+  bool created = true;
+  Fd f;
+  f.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (f.fd < 0 && errno == EEXIST) {
+    created = false;
+    f.fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+  }
+  if (f.fd < 0) return UnavailableError(Errno("open", path));
+  if (created) {
+    // The new name must reach the disk as well, or a crash loses the whole
+    // file even after its data was synced.
+    Fd d;
+    d.fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (d.fd < 0 || ::fsync(d.fd) != 0) return UnavailableError(Errno("fsync directory", dir_));
+  }
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return UnavailableError(Errno("fstat", path));
+  if (!S_ISREG(st.st_mode)) return FailedPreconditionError(path + " is not a regular file");
+  // Feedback is user text: readable by the agent's user only, also when an
+  // older agent created the file 0644 or the umask was loose.
+  if ((st.st_mode & 07777) != 0600 && ::fchmod(f.fd, 0600) != 0) {
+    return UnavailableError(Errno("chmod 0600", path));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size + line.size() > options_.feedback_max_bytes) {
+    return ResourceExhaustedError("the feedback log holds " + std::to_string(size) + " bytes; this entry (" +
+                                  std::to_string(line.size()) + " bytes) would pass its cap of " +
+                                  std::to_string(options_.feedback_max_bytes) +
+                                  " bytes (--feedback-max-bytes)");
+  }
   size_t done = 0;
   while (done < line.size()) {
-    ssize_t n = ::write(fd, line.data() + done, line.size() - done);
+    ssize_t n = ::write(f.fd, line.data() + done, line.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      std::string err = std::strerror(errno);
-      ::close(fd);
-      return UnavailableError("write " + FeedbackPath() + ": " + err);
+      std::string err = Errno("write", path);
+      // A torn line would break every later reader of the log: cut it off.
+      if (done > 0 && ::ftruncate(f.fd, st.st_size) != 0)
+        err += " (and the partial line could not be removed)";
+      return UnavailableError(err);
     }
     done += static_cast<size_t>(n);
   }
   // Feedback is user data: it must survive a crash right after the 200.
-  int sync_rc = ::fdatasync(fd);
-  ::close(fd);
-  if (sync_rc != 0) return UnavailableError("fdatasync " + FeedbackPath() + ": " + std::strerror(errno));
-  return OkStatus();
+  if (::fdatasync(f.fd) != 0) return UnavailableError(Errno("fdatasync", path));
+  return size + line.size();
 }
 
 }  // namespace fedge::agent

@@ -89,6 +89,25 @@ TEST(ResolveAgentSettingsTest, RejectsBadFlagsNamingThem) {
   f.threads = 1;
   f.http = "nonsense";
   EXPECT_NE(ResolveAgentSettings(f, Spec(), "h", "").status().message().find("--http"), std::string::npos);
+  f.http.clear();
+  f.feedback_max_bytes = 0;
+  EXPECT_NE(ResolveAgentSettings(f, Spec(), "h", "").status().message().find("--feedback-max-bytes"),
+            std::string::npos);
+}
+
+TEST(ResolveAgentSettingsTest, CarriesTheApiTokenFileAndTheFeedbackCap) {
+  AgentFlags f;
+  f.aggregator = "agg:7000";
+  auto defaults = ResolveAgentSettings(f, Spec(), "h", "");
+  ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
+  EXPECT_EQ(defaults->api_token_file, "");
+  EXPECT_EQ(defaults->feedback_max_bytes, 64u << 20);
+  f.api_token_file = "/var/run/secrets/fedge-api/token";
+  f.feedback_max_bytes = 4096;
+  auto s = ResolveAgentSettings(f, Spec(), "h", "");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->api_token_file, "/var/run/secrets/fedge-api/token");
+  EXPECT_EQ(s->feedback_max_bytes, 4096u);
 }
 
 }  // namespace

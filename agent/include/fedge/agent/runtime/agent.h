@@ -4,12 +4,14 @@
 // forwards signals.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "fedge/agent/runtime/aggregator_client.h"
+#include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/runtime/stop_signal.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/job_spec.h"
@@ -23,9 +25,9 @@ namespace fedge::agent {
 
 class AggregatorClient;
 class AgentMetrics;
+class ApiTokenFile;
 class InferenceApi;
 class ServingModel;
-class StateStore;
 
 // Command-line flags as given (empty: not given).
 struct AgentFlags {
@@ -45,6 +47,8 @@ struct AgentFlags {
   std::string tls_server_name;  // --tls-server-name: name to verify (default: --aggregator's host)
   std::string tls_cert;         // --tls-cert / --tls-key: client certificate (mutual TLS)
   std::string tls_key;
+  std::string api_token_file;  // --api-token-file / $FEDGE_API_TOKEN_FILE: bearer tokens for /v1/*
+  uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;  // --feedback-max-bytes, > 0
 };
 
 // Everything resolved: absolute choices, no defaults left to apply.
@@ -61,7 +65,9 @@ struct AgentSettings {
   std::string state_dir;
   int threads = 1;
   bool exit_when_done = false;
-  ChannelTls tls;  // PEM contents read from the --tls-* files; empty CA: plaintext
+  ChannelTls tls;              // PEM contents read from the --tls-* files; empty CA: plaintext
+  std::string api_token_file;  // empty: the inference API needs no token
+  uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;
 };
 
 // Applies the defaults above. INVALID_ARGUMENT names the flag at fault;
@@ -95,6 +101,7 @@ class Agent {
   std::unique_ptr<AgentMetrics> metrics_;
   std::unique_ptr<ServingModel> serving_;
   std::unique_ptr<StateStore> store_;
+  std::unique_ptr<ApiTokenFile> api_tokens_;
   std::unique_ptr<InferenceApi> api_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<AggregatorClient> client_;

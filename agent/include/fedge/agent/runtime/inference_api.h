@@ -16,18 +16,28 @@
 //   POST /v1/chat/completions {"messages": [{"role", "content"}], same sampling fields}
 //     -> {"object": "chat.completion", "choices": [{"message": {"role": "assistant",
 //         "content"}, "finish_reason"}], "usage"}  (needs a tokenizer with chat markers)
-//   GET /healthz (alive), GET /readyz (200 once a global model serves)
+//   GET /healthz (alive), GET /readyz (200 once a global model serves; never
+//   waits for inference), GET /metrics
 // Errors: {"error": {"message", "type", "param", "code"}} with 400 for bad
-// input, 503 before a global model is installed. Handlers never throw.
+// input, 401 (type authentication_error) for a missing or wrong API token, 503
+// before a global model is installed, 507 (code feedback_log_full) when the
+// feedback log reached its cap. Handlers never throw.
+//
+// Authentication: with an ApiTokenFile every /v1/* request needs
+// "Authorization: Bearer <token>"; /healthz, /readyz and /metrics stay open for
+// kubelet probes and Prometheus. Without one the API is open (loopback/dev).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <optional>
 #include <string>
 
 #include "fedge/http_server.h"
 
 namespace fedge::agent {
 
+class ApiTokenFile;
 class ServingModel;
 class StateStore;
 class AgentMetrics;
@@ -40,13 +50,20 @@ struct InferenceLimits {
 };
 
 // Handlers over plain HttpRequest/HttpResponse; all thread-safe. The pointed-to
-// objects must outlive this one. `store` may be null (feedback then answers 503).
+// objects must outlive this one. `store` may be null (feedback then answers 503);
+// `tokens` may be null (no authentication).
 class InferenceApi {
  public:
-  InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics, InferenceLimits limits = {});
+  InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics, InferenceLimits limits = {},
+               ApiTokenFile* tokens = nullptr);
 
-  // Registers every route above plus GET /metrics on `server` (before Start).
+  // Registers every route above plus GET /metrics on `server` (before Start);
+  // the /v1/* routes check Authenticate first.
   void Register(HttpServer& server);
+
+  // nullopt when the request may proceed (no token file, or a matching bearer
+  // token); otherwise the 401 to answer, which says what header to send.
+  std::optional<HttpResponse> Authenticate(const HttpRequest& request) const;
 
   HttpResponse Classify(const HttpRequest& request);
   HttpResponse Embeddings(const HttpRequest& request);
@@ -62,6 +79,8 @@ class InferenceApi {
   StateStore* store_;
   AgentMetrics* metrics_;
   InferenceLimits limits_;
+  ApiTokenFile* tokens_;
+  std::atomic<bool> feedback_full_logged_{false};  // the "log is full" warning was written
 };
 
 }  // namespace fedge::agent

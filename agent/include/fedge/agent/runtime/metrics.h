@@ -43,6 +43,8 @@ class AgentMetrics {
   prometheus::Gauge& error_feedback_residual_norm;  // L2 norm of the carried residual
   prometheus::Gauge& global_version;                // installed for serving
   prometheus::Gauge& eval_accuracy;
+  prometheus::Gauge& feedback_log_bytes;         // size of feedback.jsonl after the last append
+  prometheus::Counter& feedback_log_full_total;  // entries refused: the log reached its cap
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

@@ -1,7 +1,8 @@
 // The agent's state directory (--state-dir): the latest global adapter, so a
 // restarted agent serves at once, and the feedback log later rounds train on.
 //   global.safetensors   F32 tensors; metadata job, version, checksum
-//   feedback.jsonl       {"text": ..., "label": ..., "ts_ms": ...} per line
+//   feedback.jsonl       {"text": ..., "label": ..., "ts_ms": ...} per line; mode
+//                        0600 (user data), at most feedback_max_bytes long
 //   error-feedback.safetensors (+ .json)
 //                        the update encoder's residual and the job/round that
 //                        left it (UpdateEncoder in update.h owns both files)
@@ -23,10 +24,19 @@ struct PersistedGlobal {
   std::string checksum;  // sha256 of the encoded bundle as the aggregator sent it
 };
 
+struct StateStoreOptions {
+  static constexpr uint64_t kDefaultFeedbackMaxBytes = 64ull << 20;  // 64 MiB
+  // feedback.jsonl never grows beyond this; an entry that would cross it is
+  // refused (RESOURCE_EXHAUSTED) and nothing of it is written. Nothing in the
+  // agent consumes the log yet, so once full it stays full until the node's
+  // operator collects it and moves it away or raises the cap.
+  uint64_t feedback_max_bytes = kDefaultFeedbackMaxBytes;
+};
+
 class StateStore {
  public:
   // `dir` is created on first write. Thread-safe.
-  StateStore(std::string dir, std::string job);
+  StateStore(std::string dir, std::string job, StateStoreOptions options = {});
 
   // Writes global.safetensors atomically (WriteFileAtomic).
   Status SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum);
@@ -34,10 +44,16 @@ class StateStore {
   // exists but cannot be read.
   StatusOr<std::optional<PersistedGlobal>> LoadGlobal() const;
 
-  // Appends one feedback line and flushes it to disk.
-  Status AppendFeedback(const std::string& text, const std::string& label, int64_t ts_ms);
+  // Appends one feedback line and flushes it to disk (fdatasync; on the append
+  // that creates the file, also the directory, so the file's name survives a
+  // crash too). The file is made mode 0600 whatever it had before. Returns the
+  // log's size after the append. RESOURCE_EXHAUSTED (nothing written) when the
+  // line would take the log beyond feedback_max_bytes; UNAVAILABLE for I/O
+  // errors, after cutting a partly written line back off the file.
+  StatusOr<uint64_t> AppendFeedback(const std::string& text, const std::string& label, int64_t ts_ms);
 
   const std::string& dir() const { return dir_; }
+  uint64_t feedback_max_bytes() const { return options_.feedback_max_bytes; }
   std::string GlobalPath() const;
   std::string FeedbackPath() const;
   std::string ResidualPath() const;
@@ -45,6 +61,7 @@ class StateStore {
  private:
   const std::string dir_;
   const std::string job_;
+  const StateStoreOptions options_;
   std::mutex feedback_mu_;  // serialises appends to feedback.jsonl
 };
 
