@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 
 #include "fedge/aggregator/fedavg.h"
 #include "fedge/aggregator/lora_aggregation.h"
+#include "fedge/aggregator/tokens.h"
 #include "fedge/log.h"
 
 namespace fedge::aggregator {
@@ -96,8 +96,7 @@ RoundEngine::RoundEngine(EngineOptions options, Clock* clock, CheckpointStore* c
       clock_(clock),
       checkpoints_(checkpoints),
       metrics_(metrics),
-      strategy_(std::move(strategy)),
-      session_rng_(std::random_device{}()) {}
+      strategy_(std::move(strategy)) {}
 
 Status RoundEngine::Restore(CheckpointData data) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -142,12 +141,9 @@ std::string RoundEngine::Join(const std::string& agent_id, const std::string& no
                               int64_t num_train_examples) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixMs();
-  char buf[33];
-  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(session_rng_()),
-                static_cast<unsigned long long>(session_rng_()));
   bool rejoin = agents_.count(agent_id) > 0;
   Agent& agent = agents_[agent_id];
-  agent.session = buf;
+  agent.session = NewSessionId();
   agent.node_name = node_name;
   agent.num_train_examples = num_train_examples;
   agent.last_seen_ms = now;
@@ -162,7 +158,7 @@ std::string RoundEngine::Join(const std::string& agent_id, const std::string& no
 Status RoundEngine::CheckSession(const std::string& agent_id, const std::string& session) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = agents_.find(agent_id);
-  if (it == agents_.end() || session.empty() || it->second.session != session) {
+  if (it == agents_.end() || session.empty() || !TokenMatches(it->second.session, session)) {
     return UnauthenticatedError("unknown session for agent \"" + agent_id +
                                 "\" (the aggregator restarted, or the agent joined again elsewhere): "
                                 "rejoin by calling Join");

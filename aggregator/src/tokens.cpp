@@ -1,8 +1,10 @@
 #include "fedge/aggregator/tokens.h"
 
+#include <openssl/rand.h>
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -43,6 +45,23 @@ bool TokenMatches(const std::string& expected, const std::string& presented) {
     diff |= static_cast<unsigned char>(expected[i] ^ presented[i]);
   }
   return diff == 0;
+}
+
+std::string NewSessionId() {
+  unsigned char bytes[kSessionIdBits / 8];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
+    // Without a working CSPRNG every session would be guessable: stop.
+    log::Error("RAND_bytes failed: cannot make a session id; aborting");
+    std::abort();
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id;
+  id.reserve(2 * sizeof(bytes));
+  for (unsigned char b : bytes) {
+    id.push_back(kHex[b >> 4]);
+    id.push_back(kHex[b & 15]);
+  }
+  return id;
 }
 
 StatusOr<TokenFile::FileId> TokenFile::Stat(const std::string& path) {

@@ -192,7 +192,8 @@ class RoundEngine {
   Status Restore(CheckpointData data);
 
   // Registers an agent (a re-join replaces its session) and returns a new
-  // session id. Job and token checks are the caller's.
+  // session id (NewSessionId: 128 bits from the CSPRNG). Job and token checks
+  // are the caller's.
   std::string Join(const std::string& agent_id, const std::string& node_name, int64_t num_train_examples);
 
   // OK if `session` is the current session of `agent_id`; otherwise
@@ -306,7 +307,6 @@ class RoundEngine {
   mutable std::mutex mu_;
   std::unique_ptr<AggregationStrategy> strategy_;  // guarded by mu_
   std::map<std::string, Agent> agents_;            // guarded by mu_
-  std::mt19937_64 session_rng_;                    // guarded by mu_
   JobState state_ = JobState::kWaitingForAgents;   // guarded by mu_
   Phase phase_ = Phase::kIdle;                     // guarded by mu_
   int64_t round_ = 1;                              // guarded by mu_; next/current round

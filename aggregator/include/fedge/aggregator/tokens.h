@@ -24,6 +24,16 @@ StatusOr<TokenMap> LoadTokens(const std::string& path);
 // Constant-time comparison of a presented token with the expected one.
 bool TokenMatches(const std::string& expected, const std::string& presented);
 
+// Bits of a session id (see NewSessionId).
+inline constexpr int kSessionIdBits = 128;
+
+// A new session id: kSessionIdBits from OpenSSL's CSPRNG (RAND_bytes) as
+// kSessionIdBits / 4 lowercase hex digits. Knowing any number of earlier ids
+// tells nothing about the next one (the ids of the old mt19937_64 generator,
+// seeded with 32 bits, gave its state away after 156 Joins). Thread-safe.
+// Aborts the process if the CSPRNG fails: there is no weaker fallback.
+std::string NewSessionId();
+
 // A tokens file that may change while the aggregator runs. The operator adds a
 // token to the job's Secret when a node joins the selector, and the kubelet
 // updates the mounted file by an atomic symlink swap some time later, so an
