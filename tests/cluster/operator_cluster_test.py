@@ -6,8 +6,15 @@ runner (scripts/cluster/pod_runner.py) plays three edge nodes, and fedge-operato
 a process with a kubeconfig. Skips with a message when the control-plane binaries have
 not been built.
 
+The namespace the jobs run in enforces the `restricted` Pod Security level
+(pod-security.kubernetes.io/enforce=restricted), so the API server's own admission
+plugin refuses any pod the operator makes that is not restricted-compliant. A default
+StorageClass (no provisioner, WaitForFirstConsumer) with a pool of pre-made volumes
+serves the aggregators' checkpoint claims, as static local volumes do on a real cluster.
+
 Run by ctest (label integration) with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
 """
+import base64
 import json
 import os
 import shutil
@@ -42,6 +49,17 @@ def control_plane_bin():
     return None
 
 
+def chart_helm():
+    """helm from scripts/cluster/build-helm.sh's cache (or $FEDGE_HELM_BIN), or None."""
+    if os.environ.get("FEDGE_HELM_BIN"):
+        return os.environ["FEDGE_HELM_BIN"]
+    version = os.environ.get("FEDGE_HELM_VERSION", "v4.3.2")
+    for c in (os.environ.get("FEDGE_HELM_CACHE"), "/var/cache/fedge/helm", os.path.expanduser("~/.cache/fedge/helm")):
+        if c and os.path.exists(os.path.join(c, version, ".complete")):
+            return os.path.join(c, version, "bin", "helm")
+    return None
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,8 +77,14 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def job_manifest(name, spec_overrides=None, labels=None, model="/nonexistent/model", data="/nonexistent/data",
-                 **spec):
+# Under the operator's default allowed prefix; nothing is there, so agents fail to load
+# the model (the tests that need running agents use the real model and data).
+NO_MODEL, NO_DATA = "/var/lib/fedge/test/model", "/var/lib/fedge/test/data"
+CHECKPOINT_CLASS = "fedge-test-local"
+CHECKPOINT_VOLUMES = 16
+
+
+def job_manifest(name, spec_overrides=None, labels=None, model=NO_MODEL, data=NO_DATA, **spec):
     body = {"apiVersion": "fedge.io/v1alpha1", "kind": "FederatedTrainingJob",
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"model": {"path": model, "labels": labels or ["a", "b"]},
@@ -99,6 +123,24 @@ class OperatorClusterTest(unittest.TestCase):
         cls.kubectl_bin = kubectl if os.access(kubectl, os.X_OK) else shutil.which("kubectl")
         cls.kubectl("apply", "-f", CRD)
         wait_for(lambda: cls.kubectl("get", "ftj", check=False).returncode == 0, 30, "the CRD to be served")
+        # Every pod in the jobs' namespace must pass the restricted level (issue 10 item 9).
+        cls.kubectl("label", "namespace", "default", "--overwrite", "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+        # Checkpoint claims name no class: the default one. Static volumes bound on first use.
+        volumes = [{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                    "metadata": {"name": CHECKPOINT_CLASS,
+                                 "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+                    "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
+                    "reclaimPolicy": "Retain"}]
+        for i in range(CHECKPOINT_VOLUMES):
+            path = os.path.join(cls.tmp, "checkpoint-volumes", str(i))
+            os.makedirs(path)
+            volumes.append({"apiVersion": "v1", "kind": "PersistentVolume",
+                            "metadata": {"name": f"checkpoints-{i}", "labels": {"fedge-test": "checkpoints"}},
+                            "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"],
+                                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": CHECKPOINT_CLASS,
+                                     "hostPath": {"path": path}}})
+        cls.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes}))
         cls.runner_port_file = os.path.join(cls.tmp, "runner.port")
         cls.runner = subprocess.Popen(
             ["python3", os.path.join(SCRIPTS, "pod_runner.py"), "--kubeconfig", cls.kubeconfig,
@@ -149,8 +191,11 @@ class OperatorClusterTest(unittest.TestCase):
     def start_operator(cls, *extra):
         port = free_port()
         log = open(os.path.join(cls.tmp, f"operator-{len(cls.operators)}.log"), "w")
+        prefixes = ["/var/lib/fedge", cls.tmp, os.path.dirname(os.path.abspath(MODEL))]
         p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
-                              "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}", *extra],
+                              "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}",
+                              *[a for prefix in prefixes for a in ("--allowed-host-path-prefix", prefix)],
+                              "--monitoring-namespace", "monitoring", *extra],
                              stdout=log, stderr=subprocess.STDOUT)
         p.http_port = port
         cls.operators.append(p)
@@ -184,7 +229,8 @@ class OperatorClusterTest(unittest.TestCase):
         return None
 
     def children(self, name):
-        kinds = "pods,services,secrets,configmaps,serviceaccounts,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io"
+        kinds = ("pods,services,secrets,configmaps,serviceaccounts,roles.rbac.authorization.k8s.io,"
+                 "rolebindings.rbac.authorization.k8s.io,persistentvolumeclaims,networkpolicies.networking.k8s.io")
         got = self.get_json(kinds, "-l", f"fedge.io/job={name}")
         return got["items"] if got else []
 
@@ -232,9 +278,17 @@ class OperatorClusterTest(unittest.TestCase):
         except OSError:
             return False
 
-    # A job whose selector matches no node: credentials, configuration, services and RBAC
-    # (7 children) but no pods, so nothing churns while the control plane is disturbed.
+    def node_volumes(self, name):
+        got = self.get_json("pv", "-l", f"fedge.io/job={name},fedge.io/job-namespace=default")
+        return got["items"] if got else []
+
+    # A job whose selector matches no node: credentials + inference token, configuration,
+    # services, RBAC, network policies and the checkpoint claim (11 children) but no pods,
+    # so nothing churns while the control plane is disturbed.
     PODLESS = {"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "none"}}
+    PODLESS_CHILDREN = 11
+    # ... and with 3 nodes: + aggregator and 3 agents, + 3 node-volume claims per agent.
+    FULL_CHILDREN = 24
 
     # ---- tests ---------------------------------------------------------------------------
     def test_api_server_restart_keeps_the_operator_watching_and_reconciling(self):
@@ -242,7 +296,7 @@ class OperatorClusterTest(unittest.TestCase):
         # 10 s renew deadline an outage longer than that makes the leader exit by design.
         op = self.replace_operator("--leader-elect-lease-duration", "90", "--leader-elect-renew-deadline", "75")
         self.assertEqual(self.apply(job_manifest("before", agents=self.PODLESS)).returncode, 0)
-        self.wait_children("before", 7)
+        self.wait_children("before", self.PODLESS_CHILDREN)
         before = self.uids("before")
         restarts0 = self.metric(op.http_port, "fedge_operator_watch_restarts_total") or 0
 
@@ -263,7 +317,7 @@ class OperatorClusterTest(unittest.TestCase):
 
         # New objects after the restart are seen: the job watch reconnected...
         self.assertEqual(self.apply(job_manifest("after", agents=self.PODLESS)).returncode, 0)
-        self.wait_children("after", 7, timeout=90)
+        self.wait_children("after", self.PODLESS_CHILDREN, timeout=90)
         print(f"\n[apiserver restart] new job's children exist {time.time() - up:.1f}s after the API server was back",
               flush=True)
         # ... and so did the children's watch: a deleted child comes back.
@@ -283,7 +337,7 @@ class OperatorClusterTest(unittest.TestCase):
         standby = self.start_operator()
         self.assertEqual(self.readyz(standby), "standby")
         self.assertEqual(self.apply(job_manifest("pair", agents=self.PODLESS)).returncode, 0)
-        self.wait_children("pair", 7)
+        self.wait_children("pair", self.PODLESS_CHILDREN)
         wait_for(lambda: (self.metric(leader.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 30,
                  "the leader to reconcile")
         # Both replicas run, watch the same jobs, and only the Lease holder reconciles.
@@ -316,9 +370,8 @@ class OperatorClusterTest(unittest.TestCase):
 
     def test_apply_creates_children_with_owner_references_and_delete_removes_them(self):
         self.assertEqual(self.apply(job_manifest("owned")).returncode, 0)
-        # secret, configmap, 2 services, SA, role, binding, aggregator, 3 agents
-        kids = wait_for(lambda: (lambda k: k if len(k) >= 11 else None)(self.children("owned")), 60,
-                        "11 children of job owned")
+        kids = wait_for(lambda: (lambda k: k if len(k) >= self.FULL_CHILDREN else None)(self.children("owned")), 60,
+                        f"{self.FULL_CHILDREN} children of job owned")
         uid = self.job("owned")["metadata"]["uid"]
         for k in kids:
             refs = k["metadata"].get("ownerReferences", [])
@@ -330,8 +383,21 @@ class OperatorClusterTest(unittest.TestCase):
         svc = next(k for k in kids if k["kind"] == "Service" and k["metadata"]["name"] == "owned-inference")
         self.assertEqual(svc["spec"]["internalTrafficPolicy"], "Local")
         self.assertIn("fedge.io/cleanup", self.job("owned")["metadata"]["finalizers"])
+        # The admission plugin admitted them in a restricted namespace: all 4 pods exist.
+        self.assertEqual(len([k for k in kids if k["kind"] == "Pod"]), 4)
+        # Node directories: 3 local volumes per agent, each bound by the real PV controller to
+        # its pre-bound claim.
+        pvs = self.node_volumes("owned")
+        self.assertEqual(len(pvs), 9)
+        for pv in pvs:
+            self.assertIn(pv["spec"]["local"]["path"], (NO_MODEL, NO_DATA, "/var/lib/fedge/state"))
+            self.assertEqual(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain")
+        wait_for(lambda: all(c.get("status", {}).get("phase") == "Bound"
+                             for c in self.children("owned") if c["kind"] == "PersistentVolumeClaim"
+                             and c["metadata"]["name"] != "owned-checkpoints"), 60, "node-volume claims bound")
         self.delete_job("owned")
         wait_for(lambda: not self.children("owned"), 60, "children of owned to be garbage-collected")
+        wait_for(lambda: not self.node_volumes("owned"), 60, "the job's PersistentVolume objects deleted")
 
     def test_invalid_manifests_are_rejected_by_schema_or_condition(self):
         schema_cases = {
@@ -372,8 +438,8 @@ class OperatorClusterTest(unittest.TestCase):
 
     def test_restarted_operator_creates_no_duplicates_and_one_replica_leads(self):
         self.assertEqual(self.apply(job_manifest("restart", runPolicy={"suspend": False})).returncode, 0)
-        before = wait_for(lambda: (lambda k: k if len(k) >= 11 else None)(self.children("restart")), 60,
-                          "children of restart")
+        before = wait_for(lambda: (lambda k: k if len(k) >= self.FULL_CHILDREN else None)(self.children("restart")),
+                          60, "children of restart")
         uids = {(k["kind"], k["metadata"]["name"]): k["metadata"]["uid"] for k in before}
         secret = self.get_json("secret", "restart-credentials")["data"]
         # A standby replica does not reconcile while the first one leads.
@@ -413,6 +479,143 @@ class OperatorClusterTest(unittest.TestCase):
         wait_for(lambda: (self.condition("nodes", "Degraded") or {}).get("status") == "False", 60,
                  "Degraded to clear")
         self.delete_job("nodes")
+
+    # ---- issue 10: pods, node directories, RBAC, token, network policies, checkpoints ----
+    def test_restricted_namespace_refuses_a_host_path_pod(self):
+        # The admission plugin is live: the pods the other tests see were checked by it.
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape", "namespace": "default"},
+               "spec": {"containers": [{"name": "c", "image": "fedge/agent:0"}],
+                        "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}
+        out = self.apply(pod)
+        self.assertNotEqual(out.returncode, 0, "a hostPath pod was admitted")
+        self.assertIn('violates PodSecurity "restricted:latest"', out.stderr)
+        self.assertIn("hostPath", out.stderr)
+
+    def test_job_outside_the_allowed_prefixes_gets_a_condition_and_no_children(self):
+        for name, overrides in {"etc-data": {"spec.data.path": "/etc"},
+                                "dotdot-model": {"spec.model.path": "/var/lib/fedge/../../root"}}.items():
+            with self.subTest(name=name):
+                self.assertEqual(self.apply(job_manifest(name, overrides)).returncode, 0)
+                c = wait_for(lambda: self.condition(name, "Failed"), 30, f"Failed condition on {name}")
+                self.assertEqual(c["reason"], "HostPathNotAllowed")
+                self.assertIn("--allowed-host-path-prefix", c["message"])
+                self.assertEqual(self.children(name), [])
+                self.assertEqual(self.node_volumes(name), [])
+                self.delete_job(name)
+
+    def test_inference_token_and_network_policies_are_accepted_by_the_api_server(self):
+        self.assertEqual(self.apply(job_manifest("netpol", agents=self.PODLESS)).returncode, 0)
+        self.wait_children("netpol", self.PODLESS_CHILDREN)
+        token = self.get_json("secret", "netpol-inference-token")
+        self.assertRegex(base64.b64decode(token["data"]["token"]).decode(), r"^[0-9a-f]{64}$")
+        agents = self.get_json("networkpolicy", "netpol-agents")
+        self.assertEqual(agents["spec"]["podSelector"]["matchLabels"],
+                         {"fedge.io/job": "netpol", "fedge.io/role": "agent"})
+        peers = agents["spec"]["ingress"][0]["from"]
+        self.assertIn({"podSelector": {}}, peers)
+        self.assertIn({"namespaceSelector": {}, "podSelector": {"matchLabels": {"fedge.io/inference-client": "true"}}},
+                      peers)
+        self.assertIn({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}, peers)
+        agg = self.get_json("networkpolicy", "netpol-aggregator")
+        grpc = agg["spec"]["ingress"][0]
+        self.assertEqual(grpc["ports"], [{"port": 7070, "protocol": "TCP"}])
+        self.assertEqual(grpc["from"], [{"podSelector": {"matchLabels": {"fedge.io/job": "netpol",
+                                                                         "fedge.io/role": "agent"}}}])
+        self.delete_job("netpol")
+
+    def test_failed_aggregator_is_replaced_on_its_checkpoint_claim(self):
+        # Agents fail here (no model on the node); a high backoffLimit keeps the job going.
+        self.assertEqual(self.apply(job_manifest("durable", runPolicy={"backoffLimit": 1000})).returncode, 0)
+        first = wait_for(lambda: (lambda p: p if p and p.get("status", {}).get("phase") == "Running" else None)(
+            self.get_json("pod", "durable-aggregator")), 90, "the aggregator to run")
+        vol = next(v for v in first["spec"]["volumes"] if v["name"] == "checkpoints")
+        self.assertEqual(vol["persistentVolumeClaim"]["claimName"], "durable-checkpoints")
+        pvc = wait_for(lambda: (lambda c: c if c and c.get("status", {}).get("phase") == "Bound" else None)(
+            self.get_json("pvc", "durable-checkpoints")), 60, "the checkpoint claim to bind")
+        self.assertEqual(pvc["spec"]["storageClassName"], CHECKPOINT_CLASS, "the cluster's default class")
+        self.assertEqual(self.runner_post("/pods/default/durable-aggregator/kill")["killed"], 1)
+        second = wait_for(lambda: (lambda p: p if p and p["metadata"]["uid"] != first["metadata"]["uid"]
+                                   and p.get("status", {}).get("phase") == "Running" else None)(
+            self.get_json("pod", "durable-aggregator")), 90, "a replacement aggregator pod")
+        vol = next(v for v in second["spec"]["volumes"] if v["name"] == "checkpoints")
+        self.assertEqual(vol["persistentVolumeClaim"]["claimName"], "durable-checkpoints")
+        after = self.get_json("pvc", "durable-checkpoints")
+        self.assertEqual(after["metadata"]["uid"], pvc["metadata"]["uid"])
+        self.assertEqual(after["spec"]["volumeName"], pvc["spec"]["volumeName"], "the same volume: the same checkpoint")
+        self.assertGreaterEqual(self.job("durable")["status"].get("restarts", 0), 1)
+        self.delete_job("durable")
+
+    def test_operator_runs_with_the_charts_namespaced_rbac(self):
+        """The chart's RBAC with watchNamespace set is enough for a whole job, and no more."""
+        helm = chart_helm()
+        if not helm:
+            self.skipTest("SKIP: helm not built (scripts/cluster/build-helm.sh)")
+        out = subprocess.run([helm, "template", "rel", os.path.join(ROOT, "helm", "fedge"), "--namespace",
+                              "fedge-system", "--set", "watchNamespace=fedge-jobs"],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        import yaml  # python3-yaml (scripts/install-deps.sh)
+        rbac = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] in
+                ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+        for ns in ("fedge-system", "fedge-jobs"):
+            self.kubectl("create", "namespace", ns, check=False)
+        self.kubectl("label", "namespace", "fedge-jobs", "--overwrite", "pod-security.kubernetes.io/enforce=restricted")
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+        sa = "system:serviceaccount:fedge-system:rel-fedge-operator"
+        can = lambda *a: self.kubectl("auth", "can-i", *a, "--as", sa, check=False).stdout.strip()  # noqa: E731
+        self.assertEqual(can("create", "secrets", "-n", "fedge-jobs"), "yes")
+        self.assertEqual(can("get", "secrets", "-n", "default"), "no", "no cluster-wide secrets")
+        self.assertEqual(can("create", "roles", "-n", "default"), "no", "no cluster-wide roles")
+        self.assertEqual(can("update", "leases", "-n", "fedge-system"), "yes")
+        self.assertEqual(can("update", "leases", "-n", "fedge-jobs"), "no", "the Lease in the release namespace only")
+        token = self.kubectl("create", "token", "rel-fedge-operator", "-n", "fedge-system").stdout.strip()
+        with open(self.kubeconfig) as f:
+            admin = yaml.safe_load(f)
+        cluster = admin["clusters"][0]["cluster"]
+        kc = os.path.join(self.tmp, "operator-sa.kubeconfig")
+        with open(kc, "w") as f:
+            json.dump({"apiVersion": "v1", "kind": "Config", "current-context": "sa",
+                       "clusters": [{"name": "c", "cluster": cluster}],
+                       "users": [{"name": "sa", "user": {"token": token}}],
+                       "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": "fedge-jobs"}}]},
+                      f)
+        # Only this operator may reconcile fedge-jobs meanwhile: stop the cluster-wide one.
+        self.operator.send_signal(signal.SIGTERM)
+        self.assertEqual(self.operator.wait(30), 0)
+        port = free_port()
+        log = open(os.path.join(self.tmp, "operator-rbac.log"), "w")
+        p = subprocess.Popen([OPERATOR, "--kubeconfig", kc, "--namespace", "fedge-jobs", "--leader-elect",
+                              "--leader-election-namespace", "fedge-system", "--http", f"127.0.0.1:{port}",
+                              "--allowed-host-path-prefix", "/var/lib/fedge"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: self.http_get(port, "/readyz")[1].strip() == "ok", 60, "the namespaced operator to lead")
+            manifest = job_manifest("scoped", runPolicy={"backoffLimit": 1000})
+            manifest["metadata"]["namespace"] = "fedge-jobs"
+            self.assertEqual(self.apply(manifest).returncode, 0)
+
+            def kids():
+                got = self.get_json("pods,secrets,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io,"
+                                    "persistentvolumeclaims,networkpolicies.networking.k8s.io", "-n", "fedge-jobs",
+                                    "-l", "fedge.io/job=scoped")
+                return got["items"] if got else []
+            # 4 pods (admitted at restricted), 2 secrets, role + binding, 10 claims, 2 policies
+            wait_for(lambda: len(kids()) >= 20, 90, "the job's children made with the namespaced RBAC")
+            self.assertEqual(len(self.get_json("pv", "-l", "fedge.io/job=scoped")["items"]), 9)
+            self.assertEqual((self.metric(port, "fedge_operator_reconcile_errors_total") or 0), 0,
+                             open(os.path.join(self.tmp, "operator-rbac.log")).read()[-3000:])
+            self.kubectl("delete", "ftj", "scoped", "-n", "fedge-jobs", "--wait=false")
+            wait_for(lambda: self.kubectl("get", "ftj", "scoped", "-n", "fedge-jobs", check=False).returncode != 0, 60,
+                     "the job's finalizer to run under the namespaced RBAC")
+            wait_for(lambda: not self.get_json("pv", "-l", "fedge.io/job=scoped")["items"], 60,
+                     "its PersistentVolume objects deleted")
+        finally:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            self.__class__.operator = self.start_operator()
+            wait_for(lambda: self.readyz(self.operator) == "ok", 60, "the cluster-wide operator to lead again")
 
     @unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")) and os.path.exists(AGGREGATOR)
                          and os.path.exists(AGENT) and os.path.exists(FEDGE),
@@ -481,9 +684,12 @@ class OperatorClusterTest(unittest.TestCase):
         # After success the agents keep serving the final global (cleanPodPolicy Running spares them).
         agent = self.get_json("pod", f"example-agent-{NODES[0]}")
         self.assertEqual(agent["status"]["phase"], "Running")
+        # The inference API wants the job's token (Secret <job>-inference-token).
+        token = base64.b64decode(self.get_json("secret", "example-inference-token")["data"]["token"]).decode()
+        self.assertIn("--api-token-file", agent["spec"]["containers"][0]["command"])
         req = urllib.request.Request(f"http://{agent['status']['podIP']}:8080/v1/classify", method="POST",
                                      data=json.dumps({"input": ["a large dog", "an oak tree"]}).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             got = json.loads(r.read())
         self.assertEqual(len(got["data"]), 2)
