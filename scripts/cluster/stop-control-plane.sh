@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Stops the control plane started by start-control-plane.sh (by its pid files) and, with
-# --purge, deletes its state directory (certificates, etcd data, logs).
+# --purge, deletes its state directory (certificates, etcd or kine data, logs).
 set -euo pipefail
 DIR="${FEDGE_CP_DIR:-/tmp/fedge-control-plane}"
-for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for name in kube-scheduler kube-controller-manager kube-apiserver etcd kine; do
   f="$DIR/run/$name.pid"
   [[ -f "$f" ]] || continue
   pid="$(cat "$f")"
