@@ -210,7 +210,7 @@ class ChartTest(unittest.TestCase):
                     "--node-state-dir=/var/lib/fedge/state"):
             self.assertIn(arg, c["command"])
         pod = by_kind(render("image.agent.tag=dev", "image.pullPolicy=Never", "imagePullSecrets[0].name=regcred",
-                             "allowedHostPathPrefixes={/srv/models,/srv/data}", "nodeSelector.role=core",
+                             "allowedHostPathPrefixes={/srv/models,/var/lib/fedge}", "nodeSelector.role=core",
                              "tolerations[0].key=edge", "tolerations[0].operator=Exists",
                              "networkPolicy.enabled=false"), "Deployment")[0]["spec"]["template"]["spec"]
         c = pod["containers"][0]
@@ -219,7 +219,7 @@ class ChartTest(unittest.TestCase):
         self.assertIn("--image-pull-secret=regcred", c["command"])
         self.assertIn("--no-network-policy", c["command"])
         self.assertEqual([a for a in c["command"] if a.startswith("--allowed-host-path-prefix")],
-                         ["--allowed-host-path-prefix=/srv/models", "--allowed-host-path-prefix=/srv/data"])
+                         ["--allowed-host-path-prefix=/srv/models", "--allowed-host-path-prefix=/var/lib/fedge"])
         self.assertEqual(c["imagePullPolicy"], "Never")
         self.assertEqual(pod["imagePullSecrets"], [{"name": "regcred"}])
         self.assertEqual(pod["nodeSelector"], {"role": "core"})
@@ -250,6 +250,14 @@ class ChartTest(unittest.TestCase):
                 out = helm("template", RELEASE, CHART, "--set", bad, check=False)
                 self.assertNotEqual(out.returncode, 0, f"{bad} was accepted")
                 self.assertIn("schema", out.stderr.lower())
+
+    def test_state_dir_outside_the_prefixes_fails_at_render_time(self):
+        # The operator would exit at start (--node-state-dir outside every prefix).
+        out = helm("template", RELEASE, CHART, "--set", "allowedHostPathPrefixes={/srv/fedge}", check=False)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("nodeStateDir /var/lib/fedge/state must lie under one of allowedHostPathPrefixes", out.stderr)
+        helm("template", RELEASE, CHART, "--set", "allowedHostPathPrefixes={/srv/fedge}",
+             "--set", "nodeStateDir=/srv/fedge/state")
 
     def test_notes_tell_what_to_do_next(self):
         out = helm("install", RELEASE, CHART, "--namespace", NAMESPACE, "--dry-run=client")
