@@ -693,6 +693,11 @@ class OperatorClusterTest(unittest.TestCase):
         with urllib.request.urlopen(req, timeout=30) as r:
             got = json.loads(r.read())
         self.assertEqual(len(got["data"]), 2)
+        # ... and refuses a request without it.
+        req.remove_header("Authorization")
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        self.assertEqual(refused.exception.code, 401)
         self.assertIn(got["data"][0]["label"], labels)
         self.delete_job("example")
         wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 60,
