@@ -79,6 +79,17 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                      .Help("Evaluation loss of the last completed round")
                      .Register(r)
                      .Add({});
+  weights_clamped_ = &BuildCounter()
+                          .Name("fedge_aggregator_weights_clamped_total")
+                          .Help(
+                              "Update and evaluation weights bounded below the agent's claim, by kind "
+                              "(update|evaluation) and reason (above_join|above_cap)")
+                          .Register(r);
+  updates_clipped_ = &BuildCounter()
+                          .Name("fedge_aggregator_updates_clipped_total")
+                          .Help("Updates scaled down to the default norm bound")
+                          .Register(r)
+                          .Add({});
 }
 
 AggregatorMetrics::~AggregatorMetrics() = default;
@@ -114,6 +125,16 @@ void AggregatorMetrics::SetRoundEvaluation(double accuracy, double loss) {
   round_accuracy_->Set(accuracy);
   round_loss_->Set(loss);
 }
+
+void AggregatorMetrics::WeightClamped(std::string_view kind, std::string_view reason) {
+  weights_clamped_->Add({{"kind", std::string(kind)}, {"reason", std::string(reason)}}).Increment();
+}
+void AggregatorMetrics::UpdateClipped() { updates_clipped_->Increment(); }
+
+double AggregatorMetrics::weights_clamped(std::string_view kind, std::string_view reason) const {
+  return weights_clamped_->Add({{"kind", std::string(kind)}, {"reason", std::string(reason)}}).Value();
+}
+double AggregatorMetrics::updates_clipped() const { return updates_clipped_->Value(); }
 
 double AggregatorMetrics::updates_rejected(std::string_view reason) const {
   return updates_rejected_->Add({{"reason", std::string(reason)}}).Value();

@@ -46,8 +46,11 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
                                   engine_->options().job + "\"; check the agent's token secret");
     }
   }
-  response->set_session(
-      engine_->Join(agent, request.node_name(), request.capabilities().num_train_examples()));
+  AgentInfo info;
+  info.node_name = request.node_name();
+  info.num_train_examples = request.capabilities().num_train_examples();
+  info.num_eval_examples = request.capabilities().num_eval_examples();
+  response->set_session(engine_->Join(agent, info));
   response->set_protocol_version(kProtocolVersion);
   auto global = engine_->Global(0);
   response->set_global_version(global.ok() ? (*global)->version : 0);

@@ -61,6 +61,8 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.train.error_feedback = spec.compression.errorFeedback;
   o.train.stochastic_rounding = spec.compression.stochasticRounding;
   o.strategy = spec.strategy;
+  o.max_weight = static_cast<int64_t>(spec.rounds.localSteps) * spec.rounds.batchSize;
+  if (spec.strategy.clipNorm == 0 && spec.strategy.maxUpdateNorm == 0) o.auto_clip_margin = kAutoClipMargin;
   o.adapter = spec.adapter;
   o.over_selection = spec.rounds.overSelection;
   o.async = spec.rounds.mode == "async";
@@ -68,6 +70,13 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.staleness_exponent = spec.rounds.stalenessExponent;
   o.max_staleness = spec.rounds.maxStaleness;
   return o;
+}
+
+double AutoClipNorm(const EngineOptions& options, int64_t elements) {
+  if (!(options.auto_clip_margin > 0) || elements <= 0) return 0;
+  return options.auto_clip_margin * static_cast<double>(options.train.learning_rate) *
+         static_cast<double>(std::max(1, options.train.local_steps)) *
+         std::sqrt(static_cast<double>(elements));
 }
 
 StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options, Clock* clock,
@@ -84,6 +93,8 @@ StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options
   if (options.async_buffer_size < 1) return InvalidArgumentError("async buffer size must be >= 1");
   if (!(options.staleness_exponent >= 0)) return InvalidArgumentError("staleness exponent must be >= 0");
   if (options.max_staleness < 0) return InvalidArgumentError("max staleness must be >= 0");
+  if (options.max_weight < 0) return InvalidArgumentError("max weight must be >= 0");
+  if (!(options.auto_clip_margin >= 0)) return InvalidArgumentError("auto clip margin must be >= 0");
   if (options.agent_liveness_ms <= 0) options.agent_liveness_ms = options.round_timeout_ms + 60'000;
   FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy, options.adapter));
   return std::unique_ptr<RoundEngine>(
@@ -137,20 +148,23 @@ Status RoundEngine::Restore(CheckpointData data) {
   return OkStatus();
 }
 
-std::string RoundEngine::Join(const std::string& agent_id, const std::string& node_name,
-                              int64_t num_train_examples) {
+std::string RoundEngine::Join(const std::string& agent_id, const AgentInfo& info) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixMs();
   bool rejoin = agents_.count(agent_id) > 0;
   Agent& agent = agents_[agent_id];
   agent.session = NewSessionId();
-  agent.node_name = node_name;
-  agent.num_train_examples = num_train_examples;
+  agent.node_name = info.node_name;
+  agent.num_train_examples = std::max<int64_t>(0, info.num_train_examples);
+  agent.num_eval_examples = std::max<int64_t>(0, info.num_eval_examples);
   agent.last_seen_ms = now;
   agent.got_done = false;
   if (metrics_) metrics_->SetAgentsJoined(static_cast<int64_t>(agents_.size()));
-  log::Info(rejoin ? "agent rejoined" : "agent joined",
-            {{"agent", agent_id}, {"node", node_name}, {"agents_joined", agents_.size()}});
+  log::Info(rejoin ? "agent rejoined" : "agent joined", {{"agent", agent_id},
+                                                         {"node", info.node_name},
+                                                         {"num_train_examples", agent.num_train_examples},
+                                                         {"num_eval_examples", agent.num_eval_examples},
+                                                         {"agents_joined", agents_.size()}});
   TickLocked(now);
   return agent.session;
 }
@@ -306,10 +320,34 @@ UpdateVerdict RoundEngine::ValidateLocked(const UpdateMeta& meta, const TensorBu
   return UpdateVerdict{};
 }
 
+int64_t RoundEngine::BoundedWeightLocked(const std::string& agent_id, std::string_view kind, int64_t claimed,
+                                         int64_t declared) {
+  int64_t weight = std::min(claimed, declared);
+  if (options_.max_weight > 0) weight = std::min(weight, options_.max_weight);
+  if (weight == claimed) return weight;
+  // Above the Join declaration is suspicious; above the cap is what a large
+  // honest dataset looks like.
+  const bool above_join = claimed > declared;
+  if (metrics_) metrics_->WeightClamped(kind, above_join ? "above_join" : "above_cap");
+  const log::Fields fields = {{"agent", agent_id},          {"kind", kind},
+                              {"claimed", claimed},         {"declared_at_join", declared},
+                              {"cap", options_.max_weight}, {"weight", weight}};
+  if (above_join) {
+    log::Warn("weight clamped: the agent claims more examples than it declared at Join", fields);
+  } else {
+    log::Debug("weight clamped to the per-round cap (localSteps x batchSize)", fields);
+  }
+  return weight;
+}
+
 UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle& bundle) {
+  auto agent = agents_.find(meta.agent_id);
+  const int64_t declared = agent == agents_.end() ? 0 : agent->second.num_train_examples;
+  // A self-reported count is never taken at its word (issue 10, item 4).
+  const int64_t weight = BoundedWeightLocked(meta.agent_id, "update", meta.num_examples, declared);
   // An agent without training data answers with weight 0: it counts as an
   // answer (the round need not wait for it) but moves nothing.
-  if (meta.num_examples > 0) {
+  if (weight > 0) {
     if (strategy_->NeedsAllUpdates() && strategy_->MaxUpdates() > 0 &&
         strategy_->count() >= strategy_->MaxUpdates()) {
       return RejectLocked(meta, "capacity",
@@ -317,14 +355,28 @@ UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle&
                               " holds every update and already has " + std::to_string(strategy_->count()) +
                               " for round " + std::to_string(round_) + " (spec.strategy.maxBufferedUpdates)");
     }
-    if (Status s = strategy_->Add(bundle, meta.num_examples); !s.ok()) {
-      return RejectLocked(meta, "invalid", s.message());
+    const double bound = AutoClipNorm(options_, global_->bundle.NumElements());
+    const double norm = bound > 0 ? L2Norm(bundle) : 0;
+    Status added;
+    if (bound > 0 && norm > bound) {
+      TensorBundle clipped = bundle;
+      const double scale = bound / norm;
+      for (NamedTensor& t : clipped.tensors) {
+        for (float& x : t.values) x = static_cast<float>(static_cast<double>(x) * scale);
+      }
+      if (metrics_) metrics_->UpdateClipped();
+      log::Info("update clipped to the default norm bound",
+                {{"agent", meta.agent_id}, {"round", meta.round}, {"norm", norm}, {"bound", bound}});
+      added = strategy_->Add(clipped, weight);
+    } else {
+      added = strategy_->Add(bundle, weight);
     }
+    if (!added.ok()) return RejectLocked(meta, "invalid", added.message());
   }
   train_.answered.insert(meta.agent_id);
   if (std::isfinite(meta.train_loss)) {
-    train_.train_loss_sum += static_cast<double>(meta.num_examples) * meta.train_loss;
-    train_.examples += static_cast<double>(meta.num_examples);
+    train_.train_loss_sum += static_cast<double>(weight) * meta.train_loss;
+    train_.examples += static_cast<double>(weight);
   }
   current_.bytes_up += meta.encoded_bytes;
   current_.raw_bytes_up += meta.raw_bytes;
@@ -403,6 +455,7 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
   log::Info("update accepted", {{"agent", meta.agent_id},
                                 {"round", meta.round},
                                 {"num_examples", meta.num_examples},
+                                {"norm", L2Norm(bundle)},
                                 {"bytes", meta.encoded_bytes},
                                 {"answered", train_.answered.size()},
                                 {"target", train_.target},
@@ -546,19 +599,25 @@ Status RoundEngine::ReportEvaluation(const EvalReport& report) {
     return InvalidArgumentError("accuracy must be in [0, 1], got " + std::to_string(*report.accuracy));
   }
   if (report.loss && !std::isfinite(*report.loss)) return InvalidArgumentError("loss must be finite");
-  const double n = static_cast<double>(report.num_examples);
+  // The same bound as update weights: one agent cannot outvote the others'
+  // held-out sets by claiming a huge one.
+  auto agent = agents_.find(report.agent_id);
+  const int64_t weight = BoundedWeightLocked(report.agent_id, "evaluation", report.num_examples,
+                                             agent == agents_.end() ? 0 : agent->second.num_eval_examples);
+  const double n = static_cast<double>(weight);
   if (report.accuracy) {
     eval_.correct += *report.accuracy * n;
-    eval_.acc_examples += report.num_examples;
+    eval_.acc_examples += weight;
   }
   if (report.loss) {
     eval_.loss_sum += *report.loss * n;
-    eval_.loss_examples += report.num_examples;
+    eval_.loss_examples += weight;
   }
   eval_.reported.insert(report.agent_id);
   log::Info("evaluation reported", {{"agent", report.agent_id},
                                     {"round", report.round},
                                     {"num_examples", report.num_examples},
+                                    {"weight", weight},
                                     {"accuracy", report.accuracy.value_or(NAN)},
                                     {"loss", report.loss.value_or(NAN)}});
   TickLocked(now);
@@ -796,6 +855,8 @@ void RoundEngine::StartTrainLocked(int64_t now) {
                               {"target", k},
                               {"live_agents", n},
                               {"global_version", global_->version},
+                              {"max_weight", options_.max_weight},
+                              {"norm_bound", AutoClipNorm(options_, global_->bundle.NumElements())},
                               {"deadline_unix_ms", train_.deadline_ms}});
 }
 

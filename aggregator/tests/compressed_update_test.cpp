@@ -30,6 +30,9 @@ class CompressedUpdateTest : public ::testing::Test {
     spec.name = "demo";
     spec.namespace_ = "ns";
     spec.rounds.total = 1;
+    // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
+    // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+    spec.rounds.learningRate = 1.0;
     spec.compression.codec = "int4";
     spec.compression.topKFraction = 0.1;
     spec.compression.errorFeedback = true;
@@ -52,6 +55,8 @@ class CompressedUpdateTest : public ::testing::Test {
   void Join(const std::string& agent) {
     v1::JoinRequest req;
     *req.mutable_header() = Header(agent);
+    req.mutable_capabilities()->set_num_train_examples(100);
+    req.mutable_capabilities()->set_num_eval_examples(100);
     v1::JoinResponse resp;
     ASSERT_TRUE(handler_->Join(req, &resp).ok());
     sessions_[agent] = resp.session();

@@ -20,6 +20,9 @@ class ProtocolHandlerTest : public ::testing::Test {
     spec.name = "demo";
     spec.namespace_ = "ns";
     spec.rounds.total = 1;
+    // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
+    // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+    spec.rounds.learningRate = 1.0;
     if (edit) edit(spec);
     auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
     ASSERT_TRUE(engine.ok());
@@ -40,6 +43,8 @@ class ProtocolHandlerTest : public ::testing::Test {
     v1::JoinRequest req;
     *req.mutable_header() = Header(agent);
     req.set_token(token);
+    req.mutable_capabilities()->set_num_train_examples(100);
+    req.mutable_capabilities()->set_num_eval_examples(100);
     v1::JoinResponse resp;
     Status s = handler_->Join(req, &resp);
     if (s.ok()) sessions_[agent] = resp.session();

@@ -39,7 +39,7 @@ class RoundEngineTest : public ::testing::Test {
   }
 
   void JoinAll(const std::vector<std::string>& ids) {
-    for (const auto& id : ids) sessions_[id] = engine_->Join(id, "node-" + id, 100);
+    for (const auto& id : ids) sessions_[id] = engine_->Join(id, AgentInfo{"node-" + id, 100, 100});
   }
 
   // Drives INITIALIZE with the first agent; the global becomes `initial`.
@@ -680,6 +680,51 @@ TEST(EngineOptionsTest, SpecRoundFieldsReachTheEngine) {
   EXPECT_DOUBLE_EQ(o.staleness_exponent, 1.0);
   EXPECT_EQ(o.max_staleness, 4);
   EXPECT_FALSE(EngineOptionsFromSpec(JobSpec{}, 1).async);
+}
+
+TEST_F(RoundEngineTest, UpdateAndEvaluationWeightsAreBoundedByTheJoinDeclarationAndTheCap) {
+  Make(Options(1, 3));  // cap: localSteps 7 x batchSize 5 = 35
+  sessions_["a"] = engine_->Join("a", AgentInfo{"node-a", 100, 100});
+  sessions_["b"] = engine_->Join("b", AgentInfo{"node-b", 4, 2});
+  sessions_["c"] = engine_->Join("c", AgentInfo{"node-c", 10, 10});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), /*n=*/100).accepted);   // capped: 35
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(2, 2, 2, 2), /*n=*/1000).accepted);  // its Join: 4
+  ASSERT_TRUE(Submit("c", 1, 1, SmallBundle(4, 4, 4, 4), /*n=*/10).accepted);    // as claimed
+  EXPECT_EQ(metrics_.weights_clamped("update", "above_cap"), 1);
+  EXPECT_EQ(metrics_.weights_clamped("update", "above_join"), 1);
+  const float x = (35 * 1 + 4 * 2 + 10 * 4) / 49.0f;
+  EXPECT_EQ(Values("a"), (std::vector<float>{x, x}));
+  ASSERT_TRUE(Evaluate("a", 1, 2, /*accuracy=*/1.0, /*n=*/100).ok());  // 35
+  ASSERT_TRUE(Evaluate("b", 1, 2, /*accuracy=*/0.0, /*n=*/500).ok());  // 2
+  ASSERT_TRUE(Evaluate("c", 1, 2, /*accuracy=*/0.5, /*n=*/10).ok());
+  EngineStatus s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_DOUBLE_EQ(*s.rounds[0].accuracy, (35 * 1.0 + 2 * 0.0 + 10 * 0.5) / 47);
+  EXPECT_EQ(s.rounds[0].eval_examples, 47);
+}
+
+TEST_F(RoundEngineTest, UpdatesBeyondTheDefaultNormBoundAreScaledDownToIt) {
+  Make(Options(1, 2));  // bound: 3 x lr 0.25 x 7 steps x sqrt(4) = 10.5
+  JoinAll({"a", "b"});
+  Initialize("a", SmallBundle(0, 0, 0, 0));
+  ASSERT_DOUBLE_EQ(AutoClipNorm(engine_->options(), 4), 10.5);
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(100, 0, 0, 0)).accepted);  // norm 100 -> 10.5
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(0, 1, 0, 0)).accepted);    // within
+  EXPECT_EQ(metrics_.updates_clipped(), 1);
+  EXPECT_EQ(Values("a"), (std::vector<float>{10.5f / 2, 0.5f}));
+}
+
+TEST(EngineOptionsTest, SpecNormSettingsReplaceTheDefaultBound) {
+  JobSpec spec;
+  EXPECT_EQ(EngineOptionsFromSpec(spec).auto_clip_margin, kAutoClipMargin);
+  EXPECT_EQ(EngineOptionsFromSpec(spec).max_weight, 20 * 16);
+  spec.strategy.maxUpdateNorm = 5;
+  EXPECT_EQ(EngineOptionsFromSpec(spec).auto_clip_margin, 0);
+  EXPECT_EQ(AutoClipNorm(EngineOptionsFromSpec(spec), 100), 0);
+  spec.strategy.maxUpdateNorm = 0;
+  spec.strategy.clipNorm = 5;
+  EXPECT_EQ(EngineOptionsFromSpec(spec).auto_clip_margin, 0);
 }
 
 }  // namespace

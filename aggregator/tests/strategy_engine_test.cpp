@@ -31,8 +31,8 @@ class StrategyEngineTest : public ::testing::Test {
   }
 
   static void JoinAll(RoundEngine& e) {
-    e.Join("a", "node-a", 100);
-    e.Join("b", "node-b", 100);
+    e.Join("a", AgentInfo{"node-a", 100, 100});
+    e.Join("b", AgentInfo{"node-b", 100, 100});
   }
 
   static void Initialize(RoundEngine& e, const TensorBundle& initial) {

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <set>
@@ -211,6 +212,73 @@ TEST(HostileLoopbackTest, SessionIdsAreUniqueHexOf128Bits) {
     EXPECT_GT(ones[bit], kIds / 2 - 256) << "bit " << bit;
     EXPECT_LT(ones[bit], kIds / 2 + 256) << "bit " << bit;
   }
+}
+
+// --- 4: one agent steers the global ------------------------------------------
+
+// Runs the agents to completion on their own threads; EXPECTs success.
+void RunAll(const std::vector<SimAgent*>& agents) {
+  std::vector<std::thread> threads;
+  std::vector<char> ok(agents.size(), 0);
+  for (size_t i = 0; i < agents.size(); ++i) threads.emplace_back([&, i] { ok[i] = agents[i]->Run(); });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < agents.size(); ++i) EXPECT_TRUE(ok[i]) << agents[i]->error();
+}
+
+// Regression (issue 10, item 4): FedAvg weighted each update by the agent's
+// self-reported num_examples, so one agent claiming n = 1e15 made the global
+// exactly its own delta, and the same claim in ReportMetrics set the round's
+// accuracy. Now a weight is min(claim, Join declaration, localSteps x
+// batchSize) and every update is clipped to the default norm bound, so the
+// attacker moves the global at most as one honest agent at the cap with an
+// update at the bound would.
+TEST(HostileLoopbackTest, AgentClaimingHugeExampleCountsMovesTheGlobalAtMostAsOneHonestAgent) {
+  JobSpec spec = Spec(1, /*agents=*/3);
+  spec.rounds.learningRate = 1.0;
+  spec.rounds.localSteps = 2;
+  spec.rounds.batchSize = 10;  // weight cap 20
+  auto server = StartServer(spec);
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  SimAgent a("agent-a", 0, port), b("agent-b", 1, port), mallory("mallory", 2, port);
+  // a: 10 examples, delta +1, accuracy 0.5; b: 20, +2, 0.6 (SimAgent defaults).
+  constexpr int64_t kClaim = 1'000'000'000'000'000;
+  mallory.set_claimed_examples(kClaim, kClaim, kClaim);
+  mallory.set_delta(Layout(-1000));
+  mallory.set_accuracy(0.0);
+  RunAll({&a, &b, &mallory});
+
+  EngineStatus s = server->engine().GetStatus();
+  ASSERT_EQ(s.state, JobState::kSucceeded) << s.message;
+  ASSERT_EQ(s.rounds.size(), 1u);
+  auto global = server->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+
+  // Default norm bound: 3 x lr 1 x 2 steps x sqrt(7 values) = 6 per value of
+  // a uniform delta; weights 10, 20 and min(1e15, 1e15, 20) = 20.
+  const double bound = AutoClipNorm(server->engine().options(), 7);
+  ASSERT_NEAR(bound, 6 * std::sqrt(7.0), 1e-9);
+  const double honest_part = (10 * 1 + 20 * 2) / 50.0;
+  const double expected = honest_part + 20 * -6 / 50.0;  // -1.4; the old aggregator: -1000
+  double moved_by_mallory_sq = 0;
+  for (const NamedTensor& t : (*global)->bundle.tensors) {
+    for (float v : t.values) {
+      EXPECT_NEAR(v, expected, 1e-5) << t.name;
+      moved_by_mallory_sq += (v - honest_part) * (v - honest_part);
+    }
+  }
+  // One honest agent at the weight cap with an update at the bound moves the
+  // global by cap x bound / total weight: Mallory moved it no further.
+  EXPECT_LE(std::sqrt(moved_by_mallory_sq), 20 * bound / 50 + 1e-4);
+  EXPECT_EQ(server->metrics().updates_clipped(), 1);
+  EXPECT_EQ(server->metrics().weights_clamped("update", "above_cap"), 1);
+
+  // The evaluation claim is bounded the same way: (10 x 0.5 + 20 x 0.6 +
+  // 20 x 0) / 50, not Mallory's 0.0.
+  ASSERT_TRUE(s.rounds[0].accuracy.has_value());
+  EXPECT_NEAR(*s.rounds[0].accuracy, 0.34, 1e-9);
+  EXPECT_EQ(s.rounds[0].eval_examples, 50);
+  EXPECT_EQ(server->metrics().weights_clamped("evaluation", "above_cap"), 1);
 }
 
 }  // namespace

@@ -107,6 +107,7 @@ class LoraAgent {
     *req.mutable_header() = Header();
     req.set_node_name("node-" + id_);
     req.mutable_capabilities()->set_num_train_examples(examples());
+    req.mutable_capabilities()->set_num_eval_examples(examples());
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = stub_->Join(&ctx, req, &resp);
@@ -192,6 +193,9 @@ JobSpec Spec(const std::string& aggregation) {
   spec.name = "lora";
   spec.namespace_ = "ns";
   spec.rounds.total = 2;
+  // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
+  // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+  spec.rounds.learningRate = 1.0;
   spec.rounds.timeoutSeconds = 30;
   spec.agents.minAgents = 3;
   spec.adapter.rank = kRank;

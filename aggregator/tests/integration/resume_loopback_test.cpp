@@ -39,6 +39,8 @@ class ResumeClient {
   grpc::Status Join() {
     v1::JoinRequest req;
     *req.mutable_header() = Header();
+    req.mutable_capabilities()->set_num_train_examples(100);
+    req.mutable_capabilities()->set_num_eval_examples(100);
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = stub_->Join(&ctx, req, &resp);
@@ -112,6 +114,9 @@ TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
   spec.name = "resume";
   spec.namespace_ = "ns";
   spec.rounds.total = 1;
+  // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
+  // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+  spec.rounds.learningRate = 1.0;
   spec.rounds.timeoutSeconds = 30;
   spec.agents.minAgents = 1;
   ServerOptions options;

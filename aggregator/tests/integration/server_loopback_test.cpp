@@ -29,6 +29,9 @@ JobSpec Spec(int rounds) {
   spec.name = "loopback";
   spec.namespace_ = "ns";
   spec.rounds.total = rounds;
+  // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
+  // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+  spec.rounds.learningRate = 1.0;
   spec.rounds.timeoutSeconds = 30;
   spec.agents.minAgents = 3;
   return spec;

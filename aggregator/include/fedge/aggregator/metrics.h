@@ -37,6 +37,12 @@ class AggregatorMetrics {
   void SetPartialUploadBytes(uint64_t bytes);
   void SetGlobalVersion(int64_t version);
   void SetRoundEvaluation(double accuracy, double loss);
+  // A weight (kind "update" | "evaluation") bounded below what the agent
+  // claimed; reason "above_join" (more than it declared at Join) |
+  // "above_cap" (more than localSteps x batchSize).
+  void WeightClamped(std::string_view kind, std::string_view reason);
+  // An update scaled down to the default norm bound.
+  void UpdateClipped();
 
   // Current values, for tests and status.
   double updates_rejected(std::string_view reason) const;
@@ -44,6 +50,8 @@ class AggregatorMetrics {
   double rounds_completed() const;
   double bytes_sent() const;
   double partial_upload_bytes() const;
+  double weights_clamped(std::string_view kind, std::string_view reason) const;
+  double updates_clipped() const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -60,6 +68,8 @@ class AggregatorMetrics {
   prometheus::Gauge* global_version_;
   prometheus::Gauge* round_accuracy_;
   prometheus::Gauge* round_loss_;
+  prometheus::Family<prometheus::Counter>* weights_clamped_;
+  prometheus::Counter* updates_clipped_;
 };
 
 }  // namespace fedge::aggregator

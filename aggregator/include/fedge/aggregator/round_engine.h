@@ -102,6 +102,17 @@ struct EngineOptions {
   double staleness_exponent = 0.5;
   int max_staleness = 0;  // 0: any staleness accepted
   TrainConfig train;
+  // Weight bound (issue 10, item 4): an update counts in FedAvg with
+  // min(num_examples it reports, num_train_examples its agent declared at
+  // Join, max_weight), an evaluation report likewise with the Join's
+  // num_eval_examples. EngineOptionsFromSpec: localSteps x batchSize, the
+  // most examples one round of local training can use. 0: no cap.
+  int64_t max_weight = 0;
+  // Default norm bound: > 0 scales every update down to an L2 norm of at
+  // most auto_clip_margin x learning_rate x local_steps x sqrt(elements of
+  // the global) (AutoClipNorm). EngineOptionsFromSpec sets kAutoClipMargin
+  // unless the spec sets strategy.clipNorm or strategy.maxUpdateNorm.
+  double auto_clip_margin = 0;
   StrategySpec strategy;
   AdapterSpec adapter;  // LoRA aggregation mode and rank (lora_aggregation.h)
   // How the global is encoded for FetchGlobal: lossless, so every agent trains
@@ -112,6 +123,25 @@ struct EngineOptions {
 // Derives engine options from a job spec; expected_agents <= 0 means
 // spec.agents.minAgents.
 EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents = 0);
+
+// Margin of the default norm bound over lr x steps x sqrt(n). AdamW moves a
+// parameter by lr x |m/sqrt(v)| per step, and |m/sqrt(v)| <= 1 whenever the
+// gradient keeps its sign (it can exceed 1 briefly when a large gradient
+// follows small ones); the margin leaves room for that and for the residual
+// error feedback adds to a lossy update. Measured honest updates:
+// aggregator/README.md, "Weights and the norm bound".
+inline constexpr double kAutoClipMargin = 3.0;
+
+// The default norm bound for `options` and a global of `elements` values
+// (see EngineOptions::auto_clip_margin); 0 when it is off.
+double AutoClipNorm(const EngineOptions& options, int64_t elements);
+
+// What an agent declares when it joins (JoinRequest.capabilities).
+struct AgentInfo {
+  std::string node_name;
+  int64_t num_train_examples = 0;  // bounds the weight of its updates
+  int64_t num_eval_examples = 0;   // bounds the weight of its evaluation reports
+};
 
 enum class TaskKind { kWait, kInitialize, kTrain, kEvaluate, kDone };
 
@@ -191,10 +221,10 @@ class RoundEngine {
   // if the checkpoint belongs to another job.
   Status Restore(CheckpointData data);
 
-  // Registers an agent (a re-join replaces its session) and returns a new
-  // session id (NewSessionId: 128 bits from the CSPRNG). Job and token checks
-  // are the caller's.
-  std::string Join(const std::string& agent_id, const std::string& node_name, int64_t num_train_examples);
+  // Registers an agent (a re-join replaces its session and what it
+  // declared) and returns a new session id (NewSessionId: 128 bits from the
+  // CSPRNG). Job and token checks are the caller's.
+  std::string Join(const std::string& agent_id, const AgentInfo& info);
 
   // OK if `session` is the current session of `agent_id`; otherwise
   // UNAUTHENTICATED telling the agent to Join again (sessions do not survive
@@ -245,7 +275,8 @@ class RoundEngine {
   struct Agent {
     std::string session;
     std::string node_name;
-    int64_t num_train_examples = 0;
+    int64_t num_train_examples = 0;  // declared at Join
+    int64_t num_eval_examples = 0;   // declared at Join
     int64_t last_seen_ms = 0;
     bool got_done = false;
     // Replay defence; kept across re-joins.
@@ -286,8 +317,13 @@ class RoundEngine {
   // Layout, finiteness, norm bound and num_examples of an update; empty
   // verdict.reason_label when it passes.
   UpdateVerdict ValidateLocked(const UpdateMeta& meta, const TensorBundle& bundle);
-  // Folds a validated update into the strategy (capacity check included).
+  // Folds a validated update into the strategy (capacity check included)
+  // with its bounded weight, scaled down to the default norm bound.
   UpdateVerdict AddLocked(const UpdateMeta& meta, const TensorBundle& bundle);
+  // min(claimed, declared, options_.max_weight) (no cap when max_weight is
+  // 0); counts and logs a clamp. `kind`: "update" | "evaluation".
+  int64_t BoundedWeightLocked(const std::string& agent_id, std::string_view kind, int64_t claimed,
+                              int64_t declared);
   UpdateVerdict SubmitAsyncLocked(const UpdateMeta& meta, const TensorBundle& bundle, Agent& agent,
                                   int64_t now);
   // "(target_reached, 3 updates)" for a closed round, "" if unknown.
