@@ -52,7 +52,7 @@ die() { echo "[start-cluster] $*" >&2; exit "${2:-1}"; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, cgroups, mounts)"
 [[ "$NODES" =~ ^[1-9]$ ]] || die "FEDGE_CLUSTER_NODES=$NODES: expected 1..9"
-for tool in containerd containerd-shim-runc-v2 runc ctr iptables ip nsenter unshare findmnt openssl curl python3; do
+for tool in containerd containerd-shim-runc-v2 runc ctr iptables ip nsenter unshare findmnt openssl curl python3 busybox; do
   command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-deps.sh" 2
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
@@ -196,6 +196,10 @@ in_node() {  # i command... : run in node i's network and mount namespaces
 # --- control plane ----------------------------------------------------------------------
 setup_node_net_all() { local i; for i in $(seq 1 "$NODES"); do setup_node_net "$i"; setup_node_mounts "$i"; done; }
 setup_node_net_all
+# Service IPs from the host go through the first node, whose kube-proxy translates them
+# (and masquerades: the host is outside the cluster CIDR), as on a K3s server that is also
+# a node. Without this route they would leave the machine through its default route.
+ip route replace "$SERVICE_CIDR" via "$(node_ip 1)" dev "$BRIDGE"
 
 log "control plane ($DATASTORE)"
 FEDGE_CP_DIR="$CP_DIR" FEDGE_CP_BIN="$BIN" FEDGE_CP_DATASTORE="$DATASTORE" FEDGE_KINE_BIN="$KINE_BIN" \
@@ -382,6 +386,7 @@ EOF
       --node-labels "fedge.io/edge=true,node.kubernetes.io/instance-type=k3s,beta.kubernetes.io/instance-type=k3s" \
       --v=1 >> "$N/logs/kubelet.log" 2>&1 < /dev/null &
     echo $! > "$N/run/kubelet.pid"
+    date +%s > "$N/run/kubelet.started"
   fi
 
   write_file "$N/kube-proxy.yaml" <<EOF
@@ -427,11 +432,31 @@ for i in $(seq 1 "$NODES"); do
       -p "{\"spec\":{\"podCIDR\":\"$(node_cidr "$i")\",\"podCIDRs\":[\"$(node_cidr "$i")\"]}}" >/dev/null
   fi
 done
+# Ready as reported by the kubelet running NOW: the Node object of a cluster that was
+# stopped still says Ready (and CoreDNS still counts a ready replica) until the node
+# controller notices, so a status older than the kubelet's start proves nothing. A node
+# that was NotReady meanwhile also carries unreachable/not-ready taints for a moment after
+# it is back; K3s agents carry none, so wait for them to go.
 all_ready() {
-  local n
+  local since=""
   for n in $(seq 1 "$NODES"); do
-    [[ "$(kc get node "$(node_name "$n")" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]] || return 1
+    since+=" $(node_name "$n")=$(cat "$DIR/nodes/$(node_name "$n")/run/kubelet.started" 2>/dev/null || echo 0)"
   done
+  kc get nodes -o json 2>/dev/null | python3 -c '
+import calendar, json, sys, time
+started = dict(kv.split("=") for kv in sys.argv[1].split())
+nodes = {n["metadata"]["name"]: n for n in json.load(sys.stdin)["items"]}
+for name, t in started.items():
+    node = nodes.get(name)
+    if node is None or node["spec"].get("taints"):
+        sys.exit(1)
+    ready = [c for c in node["status"].get("conditions", []) if c["type"] == "Ready"]
+    if not ready or ready[0]["status"] != "True":
+        sys.exit(1)
+    beat = calendar.timegm(time.strptime(ready[0]["lastHeartbeatTime"], "%Y-%m-%dT%H:%M:%SZ"))
+    if beat < int(t):
+        sys.exit(1)
+' "$since"
 }
 wait_for "nodes Ready" 120 all_ready
 log "$NODES nodes Ready"
@@ -454,7 +479,12 @@ fi
 sed -e "s#@DNS_IP@#$DNS_IP#g" -e "s#@COREDNS_IMAGE@#fedge.local/coredns:${COREDNS_VERSION#v}#g" \
   "$HERE/manifests/coredns.yaml" | write_file "$DIR/coredns.yaml"
 kc apply -f "$HERE/manifests/local-path.yaml" -f "$DIR/coredns.yaml" > "$DIR/logs/addons.log"
-dns_ready() { [[ "$(kc -n kube-system get deploy coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" -ge 1 ]]; }
+# CoreDNS answers through the kube-dns Service (kube-proxy's rules on a node): checked
+# end to end, since a stopped cluster's Deployment status still counts a ready replica.
+dns_ready() {
+  in_node 1 busybox timeout 2 nslookup kubernetes.default.svc.cluster.local "$DNS_IP" 2>/dev/null |
+    grep -q "Address: $SERVICE_IP"
+}
 wait_for "CoreDNS" 120 dns_ready
 
 echo "$(date -u +%FT%TZ) nodes=$NODES datastore=$DATASTORE" > "$DIR/run/started"

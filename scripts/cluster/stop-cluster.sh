@@ -27,14 +27,20 @@ esac
 [[ $(id -u) == 0 ]] || { echo "[stop-cluster] must run as root" >&2; exit 1; }
 log() { echo "[stop-cluster] $*" >&2; }
 
+# A process that has exited but waits for its (re)parent to reap it is a zombie: gone.
+running() {  # pid
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)"
+  [[ -n "$state" && "$state" != Z ]]
+}
 stop_pid() {  # pidfile what: TERM, up to 10 s, then KILL
   local f="$1" pid
   [[ -f "$f" ]] || return 0
   pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pid"; then
     kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null && log "killed $2 ($pid)" || log "stopped $2 ($pid)"
+    for _ in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then kill -KILL "$pid" 2>/dev/null; log "killed $2 ($pid)"; else log "stopped $2 ($pid)"; fi
   fi
   rm -f "$f"
 }
@@ -86,8 +92,9 @@ done
 
 FEDGE_CP_DIR="$DIR/control-plane" "$HERE/stop-control-plane.sh"
 
-# Host network: pod CIDR routes via the bridge, the bridge, the tagged firewall rules.
-ip route show | awk -v b="$BRIDGE" '$0 ~ ("dev " b) && $1 ~ /^10\.42\./ {print $1}' |
+# Host network: pod and Service CIDR routes via the bridge, the bridge, the tagged
+# firewall rules.
+ip route show | awk -v b="$BRIDGE" '$0 ~ ("dev " b) && $1 ~ /^10\.4[23]\./ {print $1}' |
   while read -r r; do ip route del "$r" 2>/dev/null; done
 if ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link del "$BRIDGE" && log "removed bridge $BRIDGE"

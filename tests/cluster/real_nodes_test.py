@@ -4,8 +4,8 @@ Brings the cluster up (or uses one that is already running, and then leaves it r
 and checks what fedge's end-to-end tests rely on, the way a user would see it with kubectl:
   - two edge nodes Ready with K3s agent labels, fedge.io/edge=true and their pod CIDRs;
   - pods of the imported images (pause, busybox) run in containers on each node;
-  - a ClusterIP Service answers across nodes, by IP and by DNS name (CoreDNS), and from
-    the node of its own endpoint (hairpin);
+  - a ClusterIP Service answers across nodes, by IP and by DNS name (CoreDNS), from the
+    node of its own endpoint (hairpin) and from the host;
   - a pod reaches the API server through the `kubernetes` Service over TLS with its
     ServiceAccount token (and is refused without it);
   - each node has its own disk: a file placed in one node's disk is seen there only;
@@ -234,6 +234,18 @@ class RealNodesTest(unittest.TestCase):
         self.assertEqual(wait_for(lambda: fetch("web-1", f"http://{fqdn}/"), 60, "Service by DNS name", errors),
                          "hello from fedge-edge-2")
         self.assertEqual(fetch("web-2", "http://web-1/"), "hello from fedge-edge-1")  # search path, other way
+        # From the host, through the first node's kube-proxy (start-cluster.sh routes the
+        # Service CIDR there), to the endpoint on the second node.
+        def fetch_from_host(url):
+            r = subprocess.run(["busybox", "timeout", "5", "wget", "-q", "-O", "-", url], capture_output=True,
+                               text=True, timeout=30)
+            if r.returncode != 0:
+                errors.append(f"host -> {url}: {r.stderr.strip()}")
+                return None
+            return r.stdout.strip()
+
+        self.assertEqual(wait_for(lambda: fetch_from_host(f"http://{ip2}/"), 30, "ClusterIP from the host", errors),
+                         "hello from fedge-edge-2")
         # hairpin (FQDN: the bare pod name resolves to the pod itself through /etc/hosts)
         self.assertEqual(fetch("web-1", f"http://web-1.{self.ns}.svc.cluster.local/"), "hello from fedge-edge-1")
         lookup = self.exec_in("web-2", "nslookup", f"web-1.{self.ns}.svc.cluster.local").stdout
