@@ -184,7 +184,7 @@ if [[ "$DATASTORE" == kine ]]; then
   mkdir -p "$DIR/kine"
   FEDGE_CP_BIN="$FEDGE_KINE_BIN" start kine kine \
     --endpoint "sqlite://$DIR/kine/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate" \
-    --listen-address "127.0.0.1:$ETCD_PORT"
+    --listen-address "127.0.0.1:$ETCD_PORT" --metrics-bind-address 0  # else it listens on *:8080
   kine_up() { (exec 3<>"/dev/tcp/127.0.0.1/$ETCD_PORT") 2>/dev/null; }
   wait_for kine 30 kine_up
 else
