@@ -124,7 +124,8 @@ for name in "${names[@]}"; do
   t=$(now_ms)
   "${CTR[@]}" images import "$archive" >"$W/import-$name.log" 2>&1 || { cat "$W/import-$name.log" >&2; fail "$name: ctr images import"; }
   log "$name: imported $(basename "$archive") ($(du -m "$archive" | cut -f1) MB) in $(secs "$t")"
-  "${CTR[@]}" images ls -q | grep -qx "$ref" || fail "$name: import did not name the image $ref (got: $("${CTR[@]}" images ls -q | tr '\n' ' '))"
+  names=$("${CTR[@]}" images ls -q)
+  grep -qx "$ref" <<<"$names" || fail "$name: import did not name the image $ref (got: $(tr '\n' ' ' <<<"$names"))"
   # What containerd stored: the image's manifest digest, and in its config the user,
   # volume and labels.
   [[ $("${CTR[@]}" images ls | awk -v r="$ref" '$1 == r {print $3}') == "$manifest" ]] || fail "$name: manifest digest differs from images.json"
@@ -160,7 +161,7 @@ assert s["root"].get("readonly"), "root filesystem is writable"
   log "$name: '$(cat "$W/$id.out")' as uid 65532, read-only root, in $(secs "$t")"
   if [[ $name == agent ]]; then
     # LD_DEBUG=files: every object the loader mapped; OpenBLAS prints its kernel core.
-    grep -q 'file=libopenblas.so.0 .*needed by /usr/lib/x86_64-linux-gnu/libblas.so.3' "$W/$id.err" \
+    grep -Eq 'file=libopenblas.so.0 .*needed by /(usr/)?lib/x86_64-linux-gnu/libblas.so.3' "$W/$id.err" \
       || fail "agent: libblas.so.3 did not load OpenBLAS (libopenblas.so.0) in the image"
     core=$(grep -m1 '^Core:' "$W/$id.err" || true)
     [[ -n $core ]] || fail "agent: OpenBLAS did not initialise (no 'Core:' line with OPENBLAS_VERBOSE=2)"
@@ -173,8 +174,78 @@ assert s["root"].get("readonly"), "root filesystem is writable"
   log "$name: --help ok ($(wc -l <"$W/$id-help.out") lines)"
 done
 
+# --- a real job in containers: aggregator + agent, one round ---------------------------
 if ((JOB)); then
-  [[ -x $ROOT/images/verify-job.sh ]] || fail "--job: images/verify-job.sh missing"
-  "$ROOT/images/verify-job.sh" --address "$SOCK" --dir "$DIR" --work "$W"
+  BUILD_DIR=${BUILD:-$ROOT/build}
+  MODEL=${FEDGE_MODEL_DIR:-$ROOT/.fedge/models/all-MiniLM-L6-v2}
+  FEDGE_CLI=$(find "$BUILD_DIR" -maxdepth 3 -type f -perm -u+x -name fedge | head -1)
+  [[ -f $MODEL/config.json ]] || fail "--job: no model at $MODEL (scripts/fetch-model.sh)"
+  [[ -n $FEDGE_CLI ]] || fail "--job: no fedge CLI under $BUILD_DIR (it writes the data)"
+  agg_ref=docker.io/$(field aggregator ref)
+  agent_ref=docker.io/$(field agent ref)
+  mkdir -p "$W/job"
+  "$FEDGE_CLI" data wordnet --agents 1 --alpha 0.5 --seed 7 --test-size 64 --max-train 256 --out "$W/job/data" \
+    >"$W/job/data.log" 2>&1 || { cat "$W/job/data.log" >&2; fail "--job: fedge data wordnet (needs wordnet-base)"; }
+  # The quickstart's model and data settings; one agent, one short round.
+  python3 - "$ROOT/deploy/examples/quickstart.yaml" "$W/job/job.yaml" <<'PY'
+import re, sys
+y = open(sys.argv[1]).read()
+y = re.sub(r"(?m)^  name: quickstart$", "  name: image-check", y)
+y = re.sub(r"(?m)^    path: \.fedge/models/.*$", "    path: /model", y)
+y = re.sub(r"(?m)^    path: \.fedge/data/.*$", "    path: /data", y)
+y = re.sub(r"(?m)^    minAgents: \d+$", "    minAgents: 1", y)
+y = re.sub(r"(?m)^    replicas: \d+$", "    replicas: 1", y)
+y = re.sub(r"(?m)^    total: \d+$", "    total: 1", y)
+y = re.sub(r"(?m)^    quorum: \d+$", "    quorum: 1", y)
+y = re.sub(r"(?m)^    localSteps: \d+$", "    localSteps: 3", y)
+y = re.sub(r"(?m)^    batchSize: \d+$", "    batchSize: 8", y)
+for want in ("path: /model", "path: /data", "minAgents: 1", "total: 1", "localSteps: 3"):
+    assert want in y, "quickstart.yaml changed shape: cannot set " + want
+open(sys.argv[2], "w").write(y)
+PY
+  read -r GRPC HTTP AGENT_HTTP < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+  ro() { echo "type=bind,src=$1,dst=$2,options=rbind:ro"; }
+  t=$(now_ms)
+  # Bounded: `timeout` signals ctr, which forwards the signal to the container's process.
+  timeout -k 20 600 "${CTR[@]}" run --rm --net-host "${RUN_OPTS[@]}" --mount "$(ro "$W/job" /job)" "$agg_ref" fedge-job-aggregator \
+    fedge-aggregator --config /job/job.yaml --listen "127.0.0.1:$GRPC" --http "127.0.0.1:$HTTP" \
+    --checkpoint-dir /tmp/checkpoints --expected-agents 1 --exit-when-done >"$W/job/aggregator.log" 2>&1 &
+  agg_pid=$!
+  timeout -k 20 600 "${CTR[@]}" run --rm --net-host "${RUN_OPTS[@]}" --env OPENBLAS_VERBOSE=2 --mount "$(ro "$W/job" /job)" \
+    --mount "$(ro "$MODEL" /model)" --mount "$(ro "$W/job/data/agent-0" /data)" "$agent_ref" fedge-job-agent \
+    fedge-agent --config /job/job.yaml --aggregator "127.0.0.1:$GRPC" --agent-id agent-0 --node-name image-check \
+    --data-dir /data --model-dir /model --http "127.0.0.1:$AGENT_HTTP" --state-dir /tmp/state --exit-when-done \
+    >"$W/job/agent.log" 2>&1 &
+  agent_pid=$!
+  # While both run: the processes runc started are uid 65532 (read from the host's /proc).
+  deadline=$(($(now_ms) + 30000))
+  checked=""
+  while [[ $checked != "aggregator agent" ]] && (($(now_ms) < deadline)); do
+    checked=""
+    for c in aggregator agent; do
+      pid=$("${CTR[@]}" tasks ls 2>/dev/null | awk -v id="fedge-job-$c" '$1 == id {print $2}')
+      [[ -n $pid && -r /proc/$pid/status ]] || continue
+      uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+      [[ $uid == 65532 ]] || fail "job: $c process $pid runs as uid $uid"
+      checked="$checked${checked:+ }$c"
+    done
+    sleep 0.2
+  done
+  [[ $checked == "aggregator agent" ]] || fail "job: could not see both tasks running (saw: '$checked'); logs in $W/job"
+  agent_rc=0; wait "$agent_pid" || agent_rc=$?
+  agg_rc=0; wait "$agg_pid" || agg_rc=$?
+  if ((agent_rc != 0 || agg_rc != 0)); then
+    tail -20 "$W/job/aggregator.log" "$W/job/agent.log" >&2
+    fail "job: aggregator exited $agg_rc, agent exited $agent_rc"
+  fi
+  grep -q 'job finished; exiting.*Succeeded' "$W/job/aggregator.log" || { tail -20 "$W/job/aggregator.log" >&2; fail "job: aggregator did not report Succeeded"; }
+  core=$(grep -m1 '^Core:' "$W/job/agent.log" || true)
+  [[ -n $core ]] || fail "job: the agent's OpenBLAS did not initialise"
+  log "job: 1 round, aggregator + agent containers (uid 65532, read-only roots, model/data mounted read-only) succeeded in $(secs "$t"); agent BLAS: OpenBLAS $core"
+  grep -E 'round (closed|completed)|accuracy' "$W/job/aggregator.log" | tail -2 | sed 's/^/verify.sh:   /'
 fi
 log "all checks passed for: $IMAGES"

@@ -55,13 +55,27 @@ fi
 CREATED=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}
 SOURCE=${FEDGE_IMAGE_SOURCE:-$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)}
 
-# The binaries, wherever the build put them (build/<component>/fedge-*).
+# A snapshot of the binaries, wherever the build put them (build/<component>/fedge-*),
+# copied while holding the build lock when there is one (a shared work tree serializes
+# ninja on it), so a relink cannot change a binary half-way through packing.
 BIN=$(mktemp -d /tmp/fedge-images-bin.XXXXXX)
 trap 'rm -rf "$BIN"' EXIT
-for exe in fedge-operator fedge-aggregator fedge-agent; do
-  found=$(find "$BUILD" -maxdepth 3 -type f -perm -u+x -name "$exe" | head -1)
-  [[ -n $found ]] && ln -s "$found" "$BIN/$exe"
-done
+LOCK=${FEDGE_BUILD_LOCK:-/tmp/fedge-ninja.lock}
+copy_binaries() {
+  local exe found
+  for exe in fedge-operator fedge-aggregator fedge-agent; do
+    found=$(find "$BUILD" -maxdepth 3 -type f -perm -u+x -name "$exe" | head -1)
+    if [[ -n $found ]]; then cp "$found" "$BIN/$exe"; fi
+  done
+}
+if [[ -e $LOCK ]] && command -v flock >/dev/null; then
+  exec 9<"$LOCK"
+  flock 9
+  copy_binaries
+  flock -u 9
+else
+  copy_binaries
+fi
 
 start=$(date +%s%N)
 python3 "$ROOT/images/build_images.py" --bin-dir "$BIN" --out "$OUT" --version "$VERSION" \
