@@ -78,6 +78,6 @@ case "$cmd" in
     for g in "${!kib[@]}"; do printf '%-32s %6d MiB\n' "$g" $(( kib[$g] / 1024 )); done | sort
     printf '%-32s %6d MiB\n' total $(( total / 1024 )) ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     [[ -z "$cmd" ]] && exit 0 || exit 2 ;;
 esac

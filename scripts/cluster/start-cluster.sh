@@ -173,7 +173,9 @@ setup_node_net() {  # i
   done
   ip route replace "$(node_cidr "$i")" via "$ip" dev "$BRIDGE"
   # Per-namespace: route pod traffic; let bridged pod traffic see kube-proxy's iptables.
-  ip netns exec "$name" sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+  ip netns exec "$name" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$name" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null ||
+    log "$name: no br_netfilter in this kernel: Services whose endpoint is on the client's own node may not answer"
 }
 
 setup_node_mounts() {  # i: a persistent mount namespace whose /var/lib/fedge is the node's disk
