@@ -126,6 +126,9 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   }
 
   std::unique_ptr<TextClassifier> server_model;
+  // Builds spare serving instances, so installing a global never waits for
+  // inference (ServingModel); runs on the client thread, not on requests.
+  ServingModel::Factory serving_factory;
   if (causal_lm && spec.adapter.aggregation == "frozen-a") {
     return InvalidArgumentError("spec.adapter.aggregation: frozen-a is not supported for llama jobs yet");
   }
@@ -142,6 +145,10 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     lo.num_threads = settings.threads;
     FEDGE_ASSIGN_OR_RETURN(a->trainer_, LlmModel::Load(lo));
     FEDGE_ASSIGN_OR_RETURN(server_model, LlmModel::Load(lo));
+    serving_factory = [lo]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+      FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<LlmModel> m, LlmModel::Load(lo));
+      return std::unique_ptr<TextClassifier>(std::move(m));
+    };
   } else {
     ClassifierOptions co;
     co.model_dir = settings.model_dir;
@@ -157,10 +164,11 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     co.num_threads = settings.threads;
     FEDGE_ASSIGN_OR_RETURN(a->trainer_, TextClassifier::Load(co));
     FEDGE_ASSIGN_OR_RETURN(server_model, TextClassifier::Load(co));
+    serving_factory = [co]() { return TextClassifier::Load(co); };
   }
 
   a->metrics_ = std::make_unique<AgentMetrics>();
-  a->serving_ = std::make_unique<ServingModel>(std::move(server_model), spec.Key());
+  a->serving_ = std::make_unique<ServingModel>(std::move(server_model), spec.Key(), serving_factory);
   StateStoreOptions store_options;
   store_options.feedback_max_bytes = settings.feedback_max_bytes;
   a->store_ = std::make_unique<StateStore>(settings.state_dir, spec.Key(), store_options);

@@ -251,27 +251,42 @@ InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics*
                            InferenceLimits limits, ApiTokenFile* tokens)
     : model_(model), store_(store), metrics_(metrics), limits_(limits), tokens_(tokens) {}
 
+namespace {
+
+// 401 with RFC 6750's challenge; `bearer_error` is its error attribute ("" for
+// a request that sent no credentials at all).
+HttpResponse Unauthorized(const std::string& message, std::string_view code, std::string_view bearer_error) {
+  HttpResponse r = ApiError(401, message, "authentication_error", "", code);
+  std::string challenge = "Bearer realm=\"fedge-agent\"";
+  if (!bearer_error.empty()) challenge += ", error=\"" + std::string(bearer_error) + "\"";
+  r.headers.emplace_back("WWW-Authenticate", challenge);
+  return r;
+}
+
+}  // namespace
+
 std::optional<HttpResponse> InferenceApi::Authenticate(const HttpRequest& request) const {
   if (tokens_ == nullptr) return std::nullopt;
   auto header = request.headers.find("authorization");
   if (header == request.headers.end()) {
-    return ApiError(401,
-                    "this agent's API needs a token: send the header 'Authorization: Bearer <token>' with a "
-                    "token from the agent's --api-token-file (the job's API token Secret)",
-                    "authentication_error", "", "missing_api_key");
+    return Unauthorized(
+        "this agent's API needs a token: send the header 'Authorization: Bearer <token>' with a token from "
+        "the "
+        "agent's --api-token-file (the job's API token Secret)",
+        "missing_api_key", "");
   }
   std::string token = BearerToken(header->second);
   if (token.empty()) {
-    return ApiError(401,
-                    "the Authorization header is not of the form 'Bearer <token>': send 'Authorization: "
-                    "Bearer <token>' with a token from the agent's --api-token-file",
-                    "authentication_error", "", "invalid_authorization_header");
+    return Unauthorized(
+        "the Authorization header is not of the form 'Bearer <token>': send 'Authorization: Bearer <token>' "
+        "with a token from the agent's --api-token-file",
+        "invalid_authorization_header", "invalid_request");
   }
   if (!tokens_->Matches(token)) {
-    return ApiError(401,
-                    "the bearer token is not valid for this agent: send 'Authorization: Bearer <token>' with "
-                    "the current token from the agent's --api-token-file (it may have been rotated)",
-                    "authentication_error", "", "invalid_api_key");
+    return Unauthorized(
+        "the bearer token is not valid for this agent: send 'Authorization: Bearer <token>' with the current "
+        "token from the agent's --api-token-file (it may have been rotated)",
+        "invalid_api_key", "invalid_token");
   }
   return std::nullopt;
 }

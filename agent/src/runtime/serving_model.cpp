@@ -1,34 +1,84 @@
 #include "fedge/agent/runtime/serving_model.h"
 
+#include "fedge/log.h"
+
 namespace fedge::agent {
 
-ServingModel::ServingModel(std::unique_ptr<TextClassifier> model, std::string job)
-    : job_(std::move(job)), labels_(model->labels()), model_(std::move(model)) {}
+ServingModel::ServingModel(std::unique_ptr<TextClassifier> model, std::string job, Factory factory)
+    : job_(std::move(job)), labels_(model->labels()), factory_(std::move(factory)) {
+  spare_ = std::make_shared<Instance>();
+  spare_->model = std::move(model);
+}
+
+std::shared_ptr<ServingModel::Instance> ServingModel::Published() const {
+  std::lock_guard<std::mutex> lock(published_mu_);
+  return published_;
+}
 
 Status ServingModel::Install(const TensorBundle& bundle, int64_t version) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Status st = model_->ImportTrainable(bundle);
-  if (!st.ok()) return st.WithContext("installing global v" + std::to_string(version) + " for serving");
-  version_ = version;
+  std::lock_guard<std::mutex> install(install_mu_);
+  auto context = [&](const Status& st) {
+    return st.WithContext("installing global v" + std::to_string(version) + " for serving");
+  };
+  // Requests copy only published_, so once the spare is not published its use
+  // count can only fall; 1 means this object is its last holder.
+  std::shared_ptr<Instance> target;
+  if (spare_ != nullptr && spare_.use_count() == 1) {
+    target = spare_;
+  } else if (factory_) {
+    auto built = factory_();
+    if (built.ok()) {
+      ++instances_built_;
+      target = std::make_shared<Instance>();
+      target->model = std::move(built).value();
+    } else {
+      // Not worth failing the install (the client would stop): fall back.
+      log::Warn("cannot build a spare serving instance; installing between requests instead",
+                {{"version", version}, {"error", built.status().ToString()}});
+    }
+  }
+  if (target == nullptr) {
+    // No idle spare and none built: import into the published instance
+    // between requests (the request in progress finishes first).
+    std::shared_ptr<Instance> live = Published();
+    std::lock_guard<std::mutex> use(live->mu);
+    Status st = live->model->ImportTrainable(bundle);
+    if (!st.ok()) return context(st);
+    live->version = version;
+    version_.store(version, std::memory_order_release);
+    return OkStatus();
+  }
+  {
+    // Uncontended: no request can reach `target`. Taking the lock orders this
+    // import after the last use by a request that ran on it while published.
+    std::lock_guard<std::mutex> use(target->mu);
+    Status st = target->model->ImportTrainable(bundle);
+    if (!st.ok()) {
+      spare_ = target;  // an instance with a half-refused import is still a fine spare
+      return context(st);
+    }
+    target->version = version;
+  }
+  std::shared_ptr<Instance> retired;
+  {
+    std::lock_guard<std::mutex> lock(published_mu_);
+    retired = std::move(published_);
+    published_ = target;
+    version_.store(version, std::memory_order_release);
+  }
+  // The retired instance becomes the next spare; requests still running on it
+  // keep it alive and busy until they end.
+  spare_ = std::move(retired);
   return OkStatus();
 }
 
 Status ServingModel::Use(const std::function<Status(TextClassifier&, int64_t)>& fn) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (version_ == 0) {
+  std::shared_ptr<Instance> instance = Published();
+  if (instance == nullptr) {
     return UnavailableError("no global model installed yet; the agent serves once it has fetched one");
   }
-  return fn(*model_, version_);
-}
-
-bool ServingModel::ready() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return version_ != 0;
-}
-
-int64_t ServingModel::version() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return version_;
+  std::lock_guard<std::mutex> lock(instance->mu);
+  return fn(*instance->model, instance->version);
 }
 
 std::string ServingModel::ModelName(int64_t version) const { return job_ + "@v" + std::to_string(version); }

@@ -76,6 +76,9 @@ void ExpectUnauthorized(const HttpReply& r, const std::string& code) {
   EXPECT_EQ(b["error"]["code"], code) << r.body;
   EXPECT_NE(b["error"]["message"].get<std::string>().find("Authorization: Bearer <token>"), std::string::npos)
       << r.body;
+  // RFC 6750: a 401 names the scheme the client must use.
+  ASSERT_TRUE(r.headers.count("www-authenticate")) << r.body;
+  EXPECT_EQ(r.headers.at("www-authenticate").rfind("Bearer realm=\"fedge-agent\"", 0), 0u);
 }
 
 class ApiAuthTest : public ::testing::Test {

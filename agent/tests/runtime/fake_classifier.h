@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -85,6 +86,7 @@ class FakeClassifier : public TextClassifier {
   }
   StatusOr<std::vector<Prediction>> Classify(const std::vector<std::string>& texts) override {
     Guard g(this);
+    if (on_classify) on_classify();
     if (slow_classify) std::this_thread::sleep_for(std::chrono::microseconds(200));
     std::vector<Prediction> out;
     const auto& w = state_.tensors[0].values;
@@ -132,6 +134,9 @@ class FakeClassifier : public TextClassifier {
   int trains = 0;
   int imports = 0;
   bool slow_classify = false;
+  // Runs inside Classify while the model is in use (set before serving): lets a
+  // test hold a request in the model, e.g. until a latch opens.
+  std::function<void()> on_classify;
   std::atomic<bool> concurrent_use{false};
 
  private:

@@ -1,11 +1,26 @@
-// The serving side of the agent: one TextClassifier that HTTP requests use and
-// that the aggregator client swaps new global adapters into.
+// The serving side of the agent: the TextClassifier that HTTP requests use and
+// that the aggregator client installs each new global adapter into.
 //
-// Requests hold the lock only while they run; Install takes it between
-// requests, so a swap never fails or drops a request — a request sees either
-// the old adapter or the new one, never a mix.
+// A TextClassifier is not thread-safe, so requests take turns on an instance.
+// Installing a new global must not wait behind them (an inference queue held
+// installs and /readyz for 11 s): requests run on a snapshot (shared_ptr) of
+// the published instance; Install imports the new adapter into a spare
+// instance that no request can reach, then publishes it with a pointer swap.
+// A request sees either the old adapter or the new one, never a mix, and a
+// request running on the old instance finishes there.
+//
+// Instances: the first Install uses the one given to the constructor. Later
+// ones reuse the previously published instance once no request holds it any
+// more; while one still does, a fresh instance comes from the factory (the
+// busy one is dropped when its last request ends). Without a factory, or when
+// it fails, Install falls back to importing into the published instance
+// between requests (waiting for the request in progress, as fedge did before).
+// Memory: with a factory the agent keeps two serving instances (one published,
+// one spare) once a second global arrived, three while a request outlives two
+// installs.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -21,31 +36,51 @@ namespace fedge::agent {
 
 class ServingModel {
  public:
-  // `job` is the job key ("namespace/name"); it names the served model.
-  ServingModel(std::unique_ptr<TextClassifier> model, std::string job);
+  // Builds another instance like the constructor's (same base model, labels
+  // and adapter layout); called by Install, never on a request's path.
+  using Factory = std::function<StatusOr<std::unique_ptr<TextClassifier>>()>;
 
-  // Imports `bundle` as global `version`. On error the previous adapter (and
-  // readiness) stays. Thread-safe; waits for the request in progress.
+  // `job` is the job key ("namespace/name"); it names the served model.
+  ServingModel(std::unique_ptr<TextClassifier> model, std::string job, Factory factory = nullptr);
+
+  // Imports `bundle` as global `version` and publishes it. On error the
+  // previous adapter (and readiness) stays. Thread-safe; installs are
+  // serialised with each other. With a factory it never waits for a request.
   Status Install(const TensorBundle& bundle, int64_t version);
 
-  // Runs `fn` with exclusive use of the model. UNAVAILABLE before the first
-  // Install (the HTTP layer turns that into 503). Thread-safe.
+  // Runs `fn` with exclusive use of the published instance (requests take
+  // turns on it). UNAVAILABLE before the first Install (the HTTP layer turns
+  // that into 503). Thread-safe.
   Status Use(const std::function<Status(TextClassifier& model, int64_t version)>& fn);
 
-  bool ready() const;
-  int64_t version() const;
+  // Lock-free: never waits for a request or an Install (for /readyz).
+  bool ready() const { return version_.load(std::memory_order_acquire) != 0; }
+  int64_t version() const { return version_.load(std::memory_order_acquire); }
   const std::string& job() const { return job_; }
   // "<job>@v<version>", the "model" field of responses.
   std::string ModelName(int64_t version) const;
   // Immutable after construction; safe without the lock.
   const std::vector<std::string>& labels() const { return labels_; }
+  // Instances the factory built so far (tests, metrics).
+  int64_t instances_built() const { return instances_built_.load(); }
 
  private:
+  struct Instance {
+    std::mutex mu;  // held by the one request (or fallback Install) using `model`
+    std::unique_ptr<TextClassifier> model;
+    int64_t version = 0;  // fixed once published, except by the no-factory fallback (under mu)
+  };
+  std::shared_ptr<Instance> Published() const;
+
   const std::string job_;
   const std::vector<std::string> labels_;
-  mutable std::mutex mu_;
-  std::unique_ptr<TextClassifier> model_;  // guarded by mu_
-  int64_t version_ = 0;                    // guarded by mu_; 0: nothing installed
+  const Factory factory_;
+  std::mutex install_mu_;            // serialises Install; never taken by requests
+  std::shared_ptr<Instance> spare_;  // guarded by install_mu_; unreachable by requests
+  mutable std::mutex published_mu_;  // guards published_ only; held just to copy or swap it
+  std::shared_ptr<Instance> published_;
+  std::atomic<int64_t> version_{0};  // published_->version; 0: nothing installed
+  std::atomic<int64_t> instances_built_{0};
 };
 
 }  // namespace fedge::agent

@@ -1,0 +1,277 @@
+// Serving under inference load (issue 12): the serving mutex let inference
+// delay /readyz and the install of a new global (11 s measured). A request is
+// held inside the model on a gate (no sleeps) while the probe and Install run;
+// requests go over the real HttpServer on a loopback port.
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <future>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "fake_classifier.h"
+#include "fedge/agent/runtime/inference_api.h"
+#include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/serving_model.h"
+#include "http_test_client.h"
+
+namespace fedge::agent {
+namespace {
+
+using nlohmann::json;
+using testing::FakeClassifier;
+using testing::HttpCall;
+using testing::HttpReply;
+using testing::TestLabels;
+
+// Holds whoever calls Enter() until Open(); WaitEntered() lets the test know a
+// request is inside.
+class Gate {
+ public:
+  void Enter() {
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
+  bool WaitEntered(std::chrono::seconds deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, deadline, [&] { return entered_; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool open_ = false;
+};
+
+// A /v1/classify request running on its own thread; on scope exit the gate
+// opens and the thread is joined, whatever the test asserted meanwhile.
+class HeldRequest {
+ public:
+  HeldRequest(Gate* gate, int port) : gate_(gate) {
+    thread_ = std::thread([this, port] {
+      reply_ = HttpCall(port, "POST", "/v1/classify", R"({"input": "a dog"})", {}, std::chrono::seconds(60));
+    });
+  }
+  ~HeldRequest() { Finish(); }
+  const HttpReply& Finish() {
+    gate_->Open();
+    if (thread_.joinable()) thread_.join();
+    return reply_;
+  }
+
+ private:
+  Gate* gate_;
+  std::thread thread_;
+  HttpReply reply_;
+};
+
+// The label v2's adapter makes every input land on: v1 never predicts it.
+constexpr int kV2Label = 4;
+
+TensorBundle WithBias(TensorBundle bundle, int label, float bias) {
+  bundle.tensors[1].values[static_cast<size_t>(label)] = bias;
+  return bundle;
+}
+
+class ServingUnderLoadTest : public ::testing::Test {
+ protected:
+  // `with_factory`: the agent's configuration (spare instances); without it the
+  // ServingModel behaves as before the fix.
+  void Start(bool with_factory) {
+    auto model = std::make_unique<FakeClassifier>(TestLabels());
+    first_ = model.get();
+    global_ = first_->ExportTrainable();
+    ServingModel::Factory factory;
+    if (with_factory) {
+      factory = [this]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+        auto m = std::make_unique<FakeClassifier>(TestLabels());
+        built_.push_back(m.get());
+        return std::unique_ptr<TextClassifier>(std::move(m));
+      };
+    }
+    serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job", factory);
+    ASSERT_TRUE(serving_->Install(global_, 1).ok());
+    api_ = std::make_unique<InferenceApi>(serving_.get(), nullptr, &metrics_);
+    server_ = std::make_unique<HttpServer>("127.0.0.1:0");
+    api_->Register(*server_);
+    ASSERT_TRUE(server_->Start().ok());
+    port_ = server_->port();
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+  }
+
+  TensorBundle global_;
+  FakeClassifier* first_ = nullptr;
+  std::vector<FakeClassifier*> built_;  // by the factory, in order
+  std::unique_ptr<ServingModel> serving_;
+  AgentMetrics metrics_;
+  std::unique_ptr<InferenceApi> api_;
+  std::unique_ptr<HttpServer> server_;
+  int port_ = 0;
+};
+
+// Regression (issue 12): /readyz took the serving mutex, so one slow inference
+// request (or a queue of them) failed the kubelet's readiness probe.
+TEST_F(ServingUnderLoadTest, ReadyzAnswersWhileARequestHoldsTheModel) {
+  Start(/*with_factory=*/false);
+  Gate gate;
+  first_->on_classify = [&] { gate.Enter(); };
+  HeldRequest held(&gate, port_);
+  ASSERT_TRUE(gate.WaitEntered(std::chrono::seconds(30))) << "the request never reached the model";
+
+  // The kubelet's default probe timeout is 1 s; allow 2 on a loaded machine.
+  HttpReply ready = HttpCall(port_, "GET", "/readyz", "", {}, std::chrono::seconds(2));
+  EXPECT_EQ(ready.status, 200) << ready.error;
+  if (ready.status == 200) EXPECT_EQ(json::parse(ready.body)["version"], 1);
+  EXPECT_EQ(HttpCall(port_, "GET", "/healthz", "", {}, std::chrono::seconds(2)).status, 200);
+  EXPECT_TRUE(serving_->ready());
+
+  EXPECT_EQ(held.Finish().status, 200);
+}
+
+// Regression (issue 12): Install waited for the request in the model and for
+// every request queued behind it.
+TEST_F(ServingUnderLoadTest, InstallDoesNotWaitForARequestRunningOnTheModel) {
+  Start(/*with_factory=*/true);
+  TensorBundle v2 = WithBias(global_, kV2Label, 10.0f);
+  // Declared before the held request: if Install does wait, the request is
+  // released (HeldRequest's destructor) before the future's destructor joins.
+  std::future<Status> install;
+  Gate gate;
+  first_->on_classify = [&] { gate.Enter(); };
+  HeldRequest held(&gate, port_);
+  ASSERT_TRUE(gate.WaitEntered(std::chrono::seconds(30))) << "the request never reached the model";
+
+  install = std::async(std::launch::async, [&] { return serving_->Install(v2, 2); });
+  ASSERT_EQ(install.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+      << "Install waited for the request held in the model";
+  ASSERT_TRUE(install.get().ok());
+
+  // New requests are served by v2 while the held one is still inside v1.
+  HttpReply fresh =
+      HttpCall(port_, "POST", "/v1/classify", R"({"input": "a dog"})", {}, std::chrono::seconds(5));
+  ASSERT_EQ(fresh.status, 200) << fresh.error << fresh.body;
+  EXPECT_EQ(json::parse(fresh.body)["model"], "ns/job@v2");
+  EXPECT_EQ(json::parse(fresh.body)["data"][0]["label"], TestLabels()[kV2Label]);
+  HttpReply ready = HttpCall(port_, "GET", "/readyz", "", {}, std::chrono::seconds(2));
+  ASSERT_EQ(ready.status, 200) << ready.error;
+  EXPECT_EQ(json::parse(ready.body)["version"], 2);
+
+  // The held request finishes on the adapter it started with: all of v1.
+  const HttpReply& slow = held.Finish();
+  ASSERT_EQ(slow.status, 200) << slow.error << slow.body;
+  EXPECT_EQ(json::parse(slow.body)["model"], "ns/job@v1");
+  EXPECT_NE(json::parse(slow.body)["data"][0]["label"], TestLabels()[kV2Label]);
+
+  // Once idle, the retired instance takes the next global: no third instance.
+  ASSERT_EQ(built_.size(), 1u);
+  first_->on_classify = nullptr;
+  ASSERT_TRUE(serving_->Install(global_, 3).ok());
+  EXPECT_EQ(built_.size(), 1u) << "an idle retired instance is reused";
+  EXPECT_EQ(first_->imports, 2);
+  HttpReply v3 = HttpCall(port_, "POST", "/v1/classify", R"({"input": "a dog"})");
+  ASSERT_EQ(v3.status, 200) << v3.body;
+  EXPECT_EQ(json::parse(v3.body)["model"], "ns/job@v3");
+  EXPECT_NE(json::parse(v3.body)["data"][0]["label"], TestLabels()[kV2Label]);
+  EXPECT_FALSE(first_->concurrent_use);
+  EXPECT_FALSE(built_[0]->concurrent_use);
+}
+
+TEST_F(ServingUnderLoadTest, SwapsUnderLoadNeverOverlapFailOrGoBackwards) {
+  Start(/*with_factory=*/true);
+  first_->slow_classify = true;
+  std::atomic<bool> done{false};
+  std::atomic<int> failures{0}, backwards{0}, served{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&] {
+      int64_t last = 0;
+      while (!done) {
+        HttpRequest r;
+        r.method = "POST";
+        r.path = "/v1/classify";
+        r.body = R"({"input": ["a dog", "a cat"]})";
+        HttpResponse resp = api_->Classify(r);
+        if (resp.status != 200) {
+          ++failures;
+        } else {
+          std::string model = json::parse(resp.body)["model"];
+          int64_t v = std::stoll(model.substr(model.find("@v") + 2));
+          if (v < last) ++backwards;
+          last = v;
+        }
+        ++served;
+      }
+    });
+  }
+  TensorBundle next = global_;
+  for (int v = 2; v <= 200; ++v) {
+    next.tensors[1].values[0] = float(v) * 0.01f;
+    ASSERT_TRUE(serving_->Install(next, v).ok());
+  }
+  int target = served + 50;
+  while (served < target) std::this_thread::yield();
+  done = true;
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(backwards, 0) << "a client saw an older global after a newer one";
+  EXPECT_EQ(serving_->version(), 200);
+  EXPECT_FALSE(first_->concurrent_use);
+  for (auto* f : built_) EXPECT_FALSE(f->concurrent_use) << "a request and an import overlapped";
+}
+
+TEST_F(ServingUnderLoadTest, AFailedInstallKeepsServingThePreviousGlobal) {
+  Start(/*with_factory=*/true);
+  TensorBundle wrong;
+  wrong.tensors.push_back({"classifier.weight", {1}, {0.0f}});
+  EXPECT_EQ(serving_->Install(wrong, 2).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(serving_->version(), 1);
+  HttpReply r = HttpCall(port_, "POST", "/v1/classify", R"({"input": "a dog"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["model"], "ns/job@v1");
+  // The instance built for the refused install serves the next one.
+  ASSERT_TRUE(serving_->Install(global_, 3).ok());
+  EXPECT_EQ(built_.size(), 1u);
+}
+
+TEST(ServingModelTest, AFailingFactoryFallsBackToInstallingBetweenRequests) {
+  auto model = std::make_unique<FakeClassifier>(TestLabels());
+  FakeClassifier* fake = model.get();
+  TensorBundle global = model->ExportTrainable();
+  int asked = 0;
+  ServingModel serving(std::move(model), "ns/job", [&]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+    ++asked;
+    return ResourceExhaustedError("out of memory");
+  });
+  ASSERT_TRUE(serving.Install(global, 1).ok());
+  EXPECT_EQ(asked, 0) << "the first install uses the constructor's instance";
+  // The published instance has no spare: the factory is asked, fails, and the
+  // install still happens (into the published instance, between requests).
+  ASSERT_TRUE(serving.Install(WithBias(global, kV2Label, 10.0f), 2).ok());
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(serving.version(), 2);
+  EXPECT_EQ(fake->imports, 2);
+  std::string label;
+  ASSERT_TRUE(serving
+                  .Use([&](TextClassifier& m, int64_t v) -> Status {
+                    EXPECT_EQ(v, 2);
+                    FEDGE_ASSIGN_OR_RETURN(auto p, m.Classify({"a dog"}));
+                    label = TestLabels()[static_cast<size_t>(p[0].label)];
+                    return OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(label, TestLabels()[kV2Label]);
+}
+
+}  // namespace
+}  // namespace fedge::agent
