@@ -11,6 +11,7 @@ and checks what fedge's end-to-end tests rely on, the way a user would see it wi
   - each node has its own disk: a file placed in one node's disk is seen there only;
   - a claim of the default StorageClass binds on the pod's node, the pod writes to it,
     and deleting the claim deletes the volume and its directory;
+  - re-running start-cluster.sh leaves the running cluster alone;
 then stops the cluster if it started it.
 
 Exit status 77 (ctest SKIP_RETURN_CODE) with the reason when the cluster cannot be run
@@ -314,6 +315,35 @@ class RealNodesTest(unittest.TestCase):
         kubectl("-n", self.ns, "delete", "pvc", "data", "--wait=true", timeout=120)
         wait_for(lambda: kubectl("get", "pv", pv_name, check=False).returncode != 0, 60, f"{pv_name} deleted")
         self.assertFalse(os.path.exists(host_dir), f"{host_dir} left behind")
+
+    def test_5_rerun_of_start_cluster_leaves_the_running_cluster_alone(self):
+        # Regression: start-cluster.sh rewrote kube-proxy's config file on every run, and
+        # kube-proxy exits when its config file is written (even with the same content),
+        # so re-running the "idempotent" script killed every node's kube-proxy.
+        def state():
+            pids, mtimes = {}, {}
+            for node in NODES:
+                d = os.path.join(CLUSTER_DIR, "nodes", node)
+                for comp in ("containerd", "kubelet", "kube-proxy"):
+                    with open(os.path.join(d, "run", f"{comp}.pid")) as f:
+                        pids[f"{node}/{comp}"] = f.read().strip()
+                for cfg in ("kube-proxy.yaml", "kubelet-config.yaml", "containerd/config.toml",
+                            "cni/net.d/10-fedge.conflist"):
+                    mtimes[f"{node}/{cfg}"] = os.stat(os.path.join(d, cfg)).st_mtime_ns
+            with open(os.path.join(CLUSTER_DIR, "control-plane", "run", "kube-apiserver.pid")) as f:
+                pids["kube-apiserver"] = f.read().strip()
+            return pids, mtimes
+
+        before = state()
+        r = subprocess.run([os.path.join(SCRIPTS, "start-cluster.sh")], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("cluster up in", r.stdout)
+        after = state()
+        self.assertEqual(after[1], before[1], "start-cluster.sh rewrote an unchanged config file")
+        self.assertEqual(after[0], before[0], "start-cluster.sh restarted a running component")
+        for name, pid in after[0].items():
+            with open(f"/proc/{pid}/stat") as f:
+                self.assertNotEqual(f.read().split()[2], "Z", f"{name} ({pid}) has exited")
 
 
 if __name__ == "__main__":
