@@ -9,6 +9,8 @@ Debian machine, so a new dependency cannot silently break the Docker/Podman buil
 DIR holds (or has below it, up to 3 levels) the built fedge-<image> binaries. The
 runtime stage is the last FROM; its packages are the `apt-get install` arguments.
 Packages every bookworm-slim has (libc6, libgcc-s1, libstdc++6) need not be listed.
+The runtime stage must also run as USER 65532 and set the OCI labels version,
+revision, source, title and created.
 The agent's stage must also install libopenblas0-openmp: libtorch1.13 otherwise gets
 reference BLAS (libblas3), ~30x slower. Exit 0 when all match, 1 listing what is
 missing (and the package to add).
@@ -43,22 +45,30 @@ def needed_packages(binary):
         m = re.match(r"\s*(\S+) => (/\S+)", line)
         if m:
             resolved[m.group(1)] = m.group(2)
-    out = {}
+    paths = {}
     for soname in needed:
         path = resolved.get(soname)
         if path is None:
             raise SystemExit(f"{binary}: {soname} not resolved by ldd")
+        paths[soname] = path
+    # dpkg knows a file by the path its package shipped (merged /usr: /lib or /usr/lib):
+    # ask once for every candidate path.
+    candidates = {}
+    for soname, path in paths.items():
         real = os.path.realpath(path)
-        # dpkg knows a file by the path its package shipped (merged /usr: /lib or /usr/lib).
-        pkg = None
-        for candidate in (real, real.replace("/usr/lib/", "/lib/", 1), path):
-            p = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
-            if p.returncode == 0:
-                pkg = p.stdout.split(":")[0].strip()
-                break
-        if pkg is None:
-            raise SystemExit(f"{binary}: no Debian package owns {real} ({soname})")
-        out.setdefault(pkg, []).append(soname)
+        for c in (real, real.replace("/usr/lib/", "/lib/", 1), path):
+            candidates.setdefault(c, set()).add(soname)
+    p = subprocess.run(["dpkg", "-S"] + sorted(candidates), capture_output=True, text=True)
+    owner = {}
+    for line in p.stdout.splitlines():
+        pkg, _, file = line.partition(": ")
+        for soname in candidates.get(file.strip(), ()):
+            owner.setdefault(soname, pkg.split(":")[0].strip())
+    out = {}
+    for soname in needed:
+        if soname not in owner:
+            raise SystemExit(f"{binary}: no Debian package owns {os.path.realpath(paths[soname])} ({soname})")
+        out.setdefault(owner[soname], []).append(soname)
     return out
 
 
@@ -80,7 +90,14 @@ def main():
         if binary is None:
             problems.append(f"{image}: {exe} not found under {args.bin_dir} (build it first)")
             continue
-        listed = runtime_packages(os.path.join(HERE, f"Containerfile.{image}"))
+        containerfile = os.path.join(HERE, f"Containerfile.{image}")
+        listed = runtime_packages(containerfile)
+        stage = re.split(r"(?m)^FROM\s", open(containerfile).read())[-1]
+        if not re.search(r"(?m)^USER 65532(:65532)?$", stage):
+            problems.append(f"{image}: Containerfile.{image} runtime stage does not run as USER 65532")
+        for label in ("version", "revision", "source", "title", "created"):
+            if f"org.opencontainers.image.{label}=" not in stage:
+                problems.append(f"{image}: Containerfile.{image} lacks the org.opencontainers.image.{label} label")
         need = needed_packages(binary)
         for pkg, sonames in sorted(need.items()):
             if pkg not in listed and pkg not in IN_SLIM:
