@@ -106,12 +106,12 @@ for chain in FORWARD INPUT; do
   done < <(iptables -S "$chain" | grep -- "--comment $RULE_COMMENT")
 done
 # Pod network namespaces' files: containerd bind-mounted them inside the node's mount
-# namespace only, so here they are empty files. Remove them when no containerd runs.
-if ! pgrep -x containerd >/dev/null; then
-  for f in /run/netns/cni-*; do
-    findmnt -n "$f" >/dev/null 2>&1 || rm -f "$f"
-  done
-fi
+# namespace only, so once the node is gone they are empty files. Remove those that no
+# process's mount namespace has mounted (another containerd on this host keeps its own).
+mounted="$(awk '$5 ~ /\/netns\/cni-/ {print $5}' /proc/[0-9]*/mountinfo 2>/dev/null | sed 's#^/var/run/#/run/#' | sort -u)"
+for f in /run/netns/cni-*; do
+  grep -qxF "$f" <<< "$mounted" || rm -f "$f"
+done
 
 if [[ -f "$DIR/host-sysctls.saved" ]]; then
   while IFS='=' read -r k v; do
