@@ -17,6 +17,7 @@
 #include <limits>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "fedge/tensor_bundle.h"  // kMinTopkFraction
 
@@ -53,6 +54,42 @@ std::string FormatDouble(double v) {
   // we accept for doubles anyway, but "16.0" documents intent).
   if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
   return s;
+}
+
+// Offset of the first byte of `s` that is not valid UTF-8 (overlong forms, surrogates
+// and code points above U+10FFFF count as invalid), or npos. Manifests are UTF-8: a
+// string with other bytes would not survive JobSpecToYaml (the YAML writer replaces
+// them with U+FFFD), so the local runner's children would read another path or label.
+size_t FirstInvalidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char b = static_cast<unsigned char>(s[i]);
+    size_t len = 1;
+    char32_t c = b;
+    if (b >= 0x80) {
+      if (b >= 0xC2 && b <= 0xDF) {
+        len = 2, c = b & 0x1F;
+      } else if (b >= 0xE0 && b <= 0xEF) {
+        len = 3, c = b & 0x0F;
+      } else if (b >= 0xF0 && b <= 0xF4) {
+        len = 4, c = b & 0x07;
+      } else {
+        return i;
+      }
+      if (i + len > s.size()) return i;
+      for (size_t k = 1; k < len; ++k) {
+        const unsigned char cb = static_cast<unsigned char>(s[i + k]);
+        if ((cb & 0xC0) != 0x80) return i;
+        c = (c << 6) | (cb & 0x3F);
+      }
+      if ((len == 3 && c < 0x800) || (len == 4 && (c < 0x10000 || c > 0x10FFFF)) ||
+          (c >= 0xD800 && c <= 0xDFFF)) {
+        return i;
+      }
+    }
+    i += len;
+  }
+  return std::string_view::npos;
 }
 
 // A short description of a node for "got ..." in error messages.
@@ -126,7 +163,16 @@ class Reader {
       Error(Child(path, key), "must be a string, got " + Describe(v));
       return;
     }
+    if (!Utf8(Child(path, key), v.Scalar())) return;
     *out = v.Scalar();
+  }
+
+  // False (and an error) when `s` is not valid UTF-8.
+  bool Utf8(const std::string& path, const std::string& s) {
+    const size_t bad = FirstInvalidUtf8(s);
+    if (bad == std::string_view::npos) return true;
+    Error(path, "is not valid UTF-8 (byte " + std::to_string(bad) + "); write the manifest in UTF-8");
+    return false;
   }
 
   template <typename Int>
@@ -204,6 +250,7 @@ class Reader {
         Error(p + "[" + std::to_string(i) + "]", "must be a string, got " + Describe(v[i]));
         return;
       }
+      if (!Utf8(p + "[" + std::to_string(i) + "]", v[i].Scalar())) return;
       items.push_back(v[i].Scalar());
     }
     *out = std::move(items);
@@ -225,6 +272,7 @@ class Reader {
         Error(Child(p, k), "must be a string, got " + Describe(kv.second));
         return;
       }
+      if (!Utf8(p + " key", k) || !Utf8(Child(p, k), kv.second.Scalar())) return;
       items[k] = kv.second.Scalar();
     }
     *out = std::move(items);

@@ -306,7 +306,8 @@ StatusOr<std::vector<float>> SafetensorsFile::ToFloat32(const StTensorView& tens
   switch (tensor.dtype) {
     case StDType::kF32:
       if constexpr (std::endian::native == std::endian::little) {
-        std::memcpy(out.data(), p, n * 4);
+        // An empty tensor's out.data() may be null: memcpy(nullptr, p, 0) is undefined.
+        if (n > 0) std::memcpy(out.data(), p, n * 4);
       } else {
         for (size_t i = 0; i < n; ++i) out[i] = std::bit_cast<float>(static_cast<uint32_t>(le(i)));
       }

@@ -21,6 +21,8 @@ spec:
 )";
 
 std::string WithSpec(const std::string& extra) { return std::string(kMinimal) + extra; }
+// Replaces the first `from` (which must occur) with `to`; defined below.
+std::string Replace(std::string s, const std::string& from, const std::string& to);
 
 TEST(JobSpecTest, MinimalManifestGetsDefaults) {
   auto spec = ParseJobSpec(kMinimal);
@@ -109,6 +111,45 @@ TEST(JobSpecTest, DefaultsRoundTripThroughYaml) {
   ASSERT_TRUE(spec.ok());
   spec->rounds.learningRate = 0.1;  // not exactly representable: must survive anyway
   spec->model.path = "/path with spaces/and: colon";
+  auto again = ParseJobSpec(JobSpecToYaml(*spec));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(*again, *spec);
+}
+
+// Regression (bench/fuzz/fuzz_job_spec; reproducer in bench/fuzz/crashes/job_spec/):
+// strings with bytes that are not UTF-8 were accepted, and JobSpecToYaml (yaml-cpp's
+// writer) replaced them with U+FFFD, so the resolved manifest `fedge run` hands its
+// children named another model/data path or label than the one the user wrote.
+TEST(JobSpecTest, RejectsNonUtf8StringsThatYamlWouldRewrite) {
+  struct Case {
+    std::string manifest;
+    const char* path;
+  };
+  const Case cases[] = {
+      {Replace(kMinimal, "/models/minilm", "/models/mini\xcclm"), "spec.model.path"},
+      {Replace(kMinimal, "[neg, pos]", "[neg, \"p\xffos\"]"), "spec.model.labels[1]"},
+      {Replace(kMinimal, "/data/demo", "/data/\xed\xa0\x80"), "spec.data.path"},  // a UTF-16 surrogate
+      {WithSpec("  adapter: {targetModules: [query, \"val\xc0\xafue\"]}\n"),      // overlong '/'
+       "spec.adapter.targetModules[1]"},
+      {WithSpec("  agents: {nodeSelector: {zone: \"e\xf5\"}}\n"), "spec.agents.nodeSelector.zone"},
+      {WithSpec("  agents: {nodeSelector: {\"z\x80\": a}}\n"), "spec.agents.nodeSelector key"},
+  };
+  for (const Case& c : cases) {
+    auto spec = ParseJobSpec(c.manifest);
+    ASSERT_FALSE(spec.ok()) << c.path << " accepted";
+    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(spec.status().message().find(std::string(c.path) + ": is not valid UTF-8"), std::string::npos)
+        << spec.status().message();
+  }
+  // Valid UTF-8 beyond ASCII is kept and survives the round trip byte for byte.
+  auto spec = ParseJobSpec(Replace(Replace(kMinimal, "/data/demo",
+                                           "/donn\xc3\xa9"
+                                           "es/caf\xc3\xa9"),
+                                   "[neg, pos]", "[\xe6\x9d\xb1\xe4\xba\xac, \"\xf0\x9f\x99\x82\"]"));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->data.path,
+            "/donn\xc3\xa9"
+            "es/caf\xc3\xa9");
   auto again = ParseJobSpec(JobSpecToYaml(*spec));
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(*again, *spec);

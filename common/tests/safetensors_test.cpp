@@ -164,6 +164,26 @@ TEST(SafetensorsTest, ConvertsFloatDtypesAndRefusesOthers) {
             std::string::npos);
 }
 
+// Regression (bench/fuzz, fuzz_safetensors_parse): ToFloat32 of an empty F32 tensor
+// called memcpy(out.data(), p, 0) with out.data() == nullptr, which is undefined
+// behaviour; a FEDGE_SANITIZE=undefined build stopped here. Replay:
+// bench/fuzz/crashes/safetensors_parse/.
+TEST(SafetensorsTest, ConvertsEmptyF32TensorWithoutNullMemcpy) {
+  auto st = SafetensorsFile::Parse(MakeFile(
+      R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})",
+      F32Bytes({2.5f})));
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  auto empty = SafetensorsFile::ToFloat32(*st->Find("e"));
+  ASSERT_TRUE(empty.ok()) << empty.status().ToString();
+  EXPECT_TRUE(empty->empty());
+  auto bundle = SafetensorsToBundle(*st);
+  ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+  ASSERT_NE(bundle->Find("e"), nullptr);
+  EXPECT_EQ(bundle->Find("e")->shape, (std::vector<int64_t>{0, 3}));
+  EXPECT_TRUE(bundle->Find("e")->values.empty());
+  EXPECT_EQ(bundle->Find("s")->values, std::vector<float>{2.5f});
+}
+
 TEST(SafetensorsTest, WriterMatchesPythonLayoutAndRoundTrips) {
   TensorBundle b;
   b.tensors.push_back({"z.weight", {2, 2}, {1, 2, 3, 4}});
