@@ -344,14 +344,18 @@ Status AggregatorClient::EnsureGlobal(int64_t version, const std::string& checks
   FEDGE_ASSIGN_OR_RETURN(Held fetched, Fetch(version, checksum));
   held_ = std::move(fetched);
   double fetch_seconds = SecondsSince(start);
+  auto install_start = std::chrono::steady_clock::now();
   Status st = deps_.serving->Install(held_.bundle, held_.version);
   if (!st.ok()) return Fatal(st);
+  double install_seconds = SecondsSince(install_start);
   deps_.metrics->global_version.Set(static_cast<double>(held_.version));
   if (deps_.store != nullptr) {
     Status saved = deps_.store->SaveGlobal(held_.bundle, held_.version, held_.checksum);
     if (!saved.ok()) log::Warn("cannot persist the global model", {{"error", saved.ToString()}});
   }
-  log::Info("global installed", {{"version", held_.version}, {"fetch_seconds", fetch_seconds}});
+  log::Info(
+      "global installed",
+      {{"version", held_.version}, {"fetch_seconds", fetch_seconds}, {"install_seconds", install_seconds}});
   return OkStatus();
 }
 
