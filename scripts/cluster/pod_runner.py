@@ -6,7 +6,8 @@ No kubelet or container runtime can run here, so this harness:
     heartbeats and kube-node-lease Leases);
   * watches pods bound to its nodes and runs each container's command as a local process
     (the image name maps to a local binary: fedge/aggregator -> fedge-aggregator, ...);
-  * gives each pod its own loopback address (127.1.x.y) as its pod IP, rewrites
+  * gives each pod its own loopback address (127.B.x.y, B random per runner so that two
+    runners on one machine do not hand out the same addresses) as its pod IP, rewrites
     "0.0.0.0:" listen addresses to it, and resolves the job's Service names in arguments
     to the IP and target port of the pod behind the Service;
   * materializes volumes (configMap, secret, emptyDir, hostPath, projected service-account
@@ -137,6 +138,9 @@ class Runner:
         self.lock = threading.Lock()
         self.pods = {}  # uid -> PodProc
         self.next_ip = 10
+        # Another runner on this machine (a concurrent test run) must not hand out the same
+        # pod IPs: their listeners would collide (EADDRINUSE). 127.0.x.x is left alone.
+        self.ip_block = int.from_bytes(os.urandom(1), "big") % 250 + 2
         self.stop = threading.Event()
         self.api_port = urllib.parse.urlparse(self.api.server).port
 
@@ -429,7 +433,7 @@ class Runner:
         with self.lock:
             n = self.next_ip
             self.next_ip += 1
-        return f"127.1.{n // 250}.{n % 250 + 1}"
+        return f"127.{self.ip_block}.{n // 250}.{n % 250 + 1}"
 
     def start_pod(self, pod):
         pp = PodProc(pod)

@@ -12,7 +12,8 @@ plugin refuses any pod the operator makes that is not restricted-compliant. A de
 StorageClass (no provisioner, WaitForFirstConsumer) with a pool of pre-made volumes
 serves the aggregators' checkpoint claims, as static local volumes do on a real cluster.
 
-Run by ctest (label integration) with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
+Run by ctest (label integration; `python3 operator_cluster_test.py`, exit 77 = skipped)
+with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
 """
 import base64
 import json
@@ -277,6 +278,28 @@ class OperatorClusterTest(unittest.TestCase):
                 return f.read().split(") ")[-1].split()[0] != "Z"
         except OSError:
             return False
+
+    def pod_logs(self, *names, lines=15):
+        """The last lines of each container log the pod runner kept for these pods."""
+        out = []
+        for name in names:
+            pod = self.get_json("pod", name)
+            uid = pod["metadata"]["uid"] if pod else None
+            d = os.path.join(self.tmp, "runner", "pods", uid or "-")
+            for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+                if f.endswith(".log"):
+                    with open(os.path.join(d, f), errors="replace") as fh:
+                        out.append(f"--- {name}/{f}\n" + "".join(fh.readlines()[-lines:]))
+            if pod:
+                out.append(f"--- {name} phase={pod.get('status', {}).get('phase')} ip={pod.get('status', {}).get('podIP')}")
+        return "\n".join(out)
+
+    def wait_or_explain(self, predicate, timeout, what, *pods):
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\njob status: {json.dumps(self.job('example').get('status', {}))}\n"
+                                 f"{self.pod_logs(*pods)}") from None
 
     def node_volumes(self, name):
         got = self.get_json("pv", "-l", f"fedge.io/job={name},fedge.io/job-namespace=default")
@@ -657,9 +680,10 @@ class OperatorClusterTest(unittest.TestCase):
         self.kubectl("label", "node", NODES[2], "fedge.io/pool=example", "--overwrite")
         late = wait_for(lambda: self.get_json("pod", f"example-agent-{NODES[2]}"), 60, "the late node's agent pod")
         late_uid = late["metadata"]["uid"]
-        wait_for(lambda: (joined() or 0) >= 3, 180, "the late node's agent to join (over TLS)")
-        wait_for(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
-                 "round 1 to complete")
+        self.wait_or_explain(lambda: (joined() or 0) >= 3, 180, "the late node's agent to join (over TLS)",
+                             "example-aggregator", *[f"example-agent-{n}" for n in NODES])
+        self.wait_or_explain(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
+                             "round 1 to complete", "example-aggregator", *[f"example-agent-{n}" for n in NODES])
         # Kill one agent mid-job: the operator recreates it within backoffLimit.
         old = self.get_json("pod", "example-agent-edge-1")["metadata"]["uid"]
         self.assertEqual(self.runner_post("/pods/default/example-agent-edge-1/kill")["killed"], 1)
@@ -706,4 +730,10 @@ class OperatorClusterTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    # ctest runs this file: a missing control plane or operator is SKIPPED (exit 77,
+    # SKIP_RETURN_CODE), never a pass.
+    if not control_plane_bin() or not os.path.exists(OPERATOR):
+        print("SKIPPED: " + ("control-plane binaries not built; run scripts/cluster/build-control-plane.sh"
+                             if not control_plane_bin() else f"{OPERATOR} not built"))
+        raise SystemExit(77)
+    unittest.main(verbosity=2)
