@@ -144,5 +144,6 @@ double AggregatorMetrics::rounds_completed() const { return rounds_completed_->V
 double AggregatorMetrics::partial_upload_bytes() const { return partial_upload_bytes_->Value(); }
 
 double AggregatorMetrics::bytes_sent() const { return bytes_sent_->Value(); }
+double AggregatorMetrics::bytes_received() const { return bytes_received_->Value(); }
 
 }  // namespace fedge::aggregator

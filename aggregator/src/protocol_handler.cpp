@@ -6,6 +6,35 @@
 
 namespace fedge::aggregator {
 
+namespace {
+
+// The fixed header of an encoded bundle (docs/formats.md).
+constexpr size_t kBundleHeaderBytes = 36;
+
+UpdateMeta MetaFromHeader(const v1::UpdateHeader& header) {
+  UpdateMeta meta;
+  meta.agent_id = header.header().agent_id();
+  meta.round = header.round();
+  meta.base_version = header.base_version();
+  meta.num_examples = header.num_examples();
+  meta.is_delta = header.is_delta();
+  meta.train_loss = header.train_loss();
+  meta.steps = header.steps();
+  meta.encoded_bytes = header.total_bytes();
+  return meta;
+}
+
+v1::SubmitUpdateResponse ToResponse(const UpdateVerdict& verdict) {
+  v1::SubmitUpdateResponse r;
+  r.set_accepted(verdict.accepted);
+  r.set_reason(verdict.reason);
+  r.set_reason_code(verdict.reason_label);
+  r.set_round(verdict.round);
+  return r;
+}
+
+}  // namespace
+
 ProtocolHandler::ProtocolHandler(RoundEngine* engine, AggregatorMetrics* metrics, ProtocolOptions options)
     : engine_(engine), metrics_(metrics), options_(std::move(options)) {}
 
@@ -162,9 +191,33 @@ Status ProtocolHandler::BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUp
                         "update of " + std::to_string(header.total_bytes()) + " bytes exceeds the limit of " +
                             std::to_string(options_.max_update_bytes) + " bytes (--max-update-bytes)");
     *rejected = true;
-  } else if (header.total_bytes() == 0) {
+    return OkStatus();
+  }
+  if (header.total_bytes() == 0) {
     *rejection = Reject(header, "bad_request", "update header declares total_bytes = 0");
     *rejected = true;
+    return OkStatus();
+  }
+  // Everything the header alone decides is decided before any data arrives
+  // (issue 10, item 3): a closed or future round, a non-participant, a
+  // replay, a stale base or an upload larger than any encoding of the
+  // global's layout costs the aggregator nothing.
+  const UpdateMeta meta = MetaFromHeader(header);
+  UpdateVerdict verdict = engine_->CheckUpdateHeader(meta);  // counts its own rejections
+  if (!verdict.reason_label.empty()) {
+    *rejection = ToResponse(verdict);
+    *rejected = true;
+    return OkStatus();
+  }
+  if (auto layout = engine_->ExpectedLayout(meta); layout != nullptr) {
+    const uint64_t most = MaxEncodedBytes(*layout);
+    if (header.total_bytes() > most) {
+      *rejection = Reject(header, "too_large",
+                          "update of " + std::to_string(header.total_bytes()) +
+                              " bytes is larger than any encoding of the global model's layout (" +
+                              std::to_string(most) + " bytes at most): it cannot be an update of this job");
+      *rejected = true;
+    }
   }
   return OkStatus();
 }
@@ -183,7 +236,26 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
     return false;
   }
   if (buffer->empty()) buffer->reserve(header.total_bytes());
+  const bool had_header = buffer->size() >= kBundleHeaderBytes;
   buffer->append(chunk);
+  if (!had_header && buffer->size() >= kBundleHeaderBytes) {
+    // The bundle's own header says how many tensors follow: a count other
+    // than the global's is refused before the rest of the body arrives.
+    if (auto layout = engine_->ExpectedLayout(MetaFromHeader(header)); layout != nullptr) {
+      auto bh = InspectBundle(std::string_view(*buffer).substr(0, kBundleHeaderBytes));
+      if (!bh.ok()) {
+        *rejection = Reject(header, "decode", "cannot decode the update: " + bh.status().message());
+        return false;
+      }
+      if (bh->tensor_count != layout->tensors.size()) {
+        *rejection =
+            Reject(header, "layout",
+                   "update layout differs from the global model: " + std::to_string(bh->tensor_count) +
+                       " tensors, expected " + std::to_string(layout->tensors.size()));
+        return false;
+      }
+    }
+  }
   return true;
 }
 
@@ -198,28 +270,33 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
     return Reject(header, "checksum",
                   "checksum mismatch: the update was corrupted in transit; submit it again");
   }
+  UpdateMeta meta = MetaFromHeader(header);
+  // Decode limits from the global's actual layout (issue 10, item 3): a
+  // compressed bundle that would expand past the global's size, or has other
+  // tensors, is refused from its table, before any value is decoded.
+  std::shared_ptr<const TensorBundle> layout = engine_->ExpectedLayout(meta);
   DecodeLimits limits;
   limits.max_encoded_bytes = options_.max_update_bytes;
+  if (layout != nullptr) {
+    limits.expected_layout = layout.get();
+    limits.max_tensors = static_cast<uint32_t>(layout->tensors.size());
+    limits.max_total_elements = static_cast<uint64_t>(std::max<int64_t>(layout->NumElements(), 1));
+  } else {
+    // The initial state, before anyone knows the layout: at most
+    // --max-update-bytes as float32.
+    limits.max_total_elements = std::max<uint64_t>(options_.max_update_bytes / 4, 1);
+  }
   auto bundle = DecodeBundle(data, limits);
-  if (!bundle.ok()) return Reject(header, "decode", "cannot decode the update: " + bundle.status().message());
-
-  UpdateMeta meta;
-  meta.agent_id = header.header().agent_id();
-  meta.round = header.round();
-  meta.base_version = header.base_version();
-  meta.num_examples = header.num_examples();
-  meta.is_delta = header.is_delta();
-  meta.train_loss = header.train_loss();
-  meta.steps = header.steps();
+  if (!bundle.ok()) {
+    if (bundle.status().code() == StatusCode::kFailedPrecondition) {
+      return Reject(header, "layout",
+                    "update layout differs from the global model: " + bundle.status().message());
+    }
+    return Reject(header, "decode", "cannot decode the update: " + bundle.status().message());
+  }
   meta.encoded_bytes = data.size();
   meta.raw_bytes = header.raw_bytes() > 0 ? header.raw_bytes() : bundle->Fp32Bytes();
-  UpdateVerdict verdict = engine_->SubmitUpdate(meta, *bundle);  // counts its own rejections
-  v1::SubmitUpdateResponse r;
-  r.set_accepted(verdict.accepted);
-  r.set_reason(verdict.reason);
-  r.set_reason_code(verdict.reason_label);
-  r.set_round(verdict.round);
-  return r;
+  return ToResponse(engine_->SubmitUpdate(meta, *bundle));  // counts its own rejections
 }
 
 namespace {

@@ -304,10 +304,6 @@ UpdateVerdict RoundEngine::RejectLocked(const UpdateMeta& meta, std::string_view
 }
 
 UpdateVerdict RoundEngine::ValidateLocked(const UpdateMeta& meta, const TensorBundle& bundle) {
-  if (meta.num_examples < 0) {
-    return RejectLocked(meta, "bad_request",
-                        "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
-  }
   if (Status s = CheckSameLayout(global_->bundle, bundle); !s.ok()) {
     return RejectLocked(
         meta, "layout",
@@ -397,27 +393,90 @@ std::string RoundEngine::CloseDetailLocked(int64_t round) const {
   return " (" + record->close_reason + ", " + std::to_string(record->participants) + " updates)";
 }
 
-UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBundle& bundle) {
+UpdateVerdict RoundEngine::CheckUpdateHeader(const UpdateMeta& meta) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixMs();
-  auto agent_it = agents_.find(meta.agent_id);
-  if (agent_it != agents_.end()) agent_it->second.last_seen_ms = now;
   TickLocked(now);
-  const std::string r = std::to_string(meta.round);
+  return PrecheckLocked(meta);
+}
 
+std::shared_ptr<const TensorBundle> RoundEngine::ExpectedLayout(const UpdateMeta& meta) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (meta.round == 0 || !meta.is_delta) return nullptr;  // the initial state: no global yet
+  if (!global_) return nullptr;
+  // Aliases the published model: it stays alive as long as the caller holds this.
+  return std::shared_ptr<const TensorBundle>(global_, &global_->bundle);
+}
+
+UpdateVerdict RoundEngine::PrecheckLocked(const UpdateMeta& meta) {
+  const std::string r = std::to_string(meta.round);
+  auto agent_it = agents_.find(meta.agent_id);
   if (agent_it == agents_.end()) {
     return RejectLocked(meta, "unknown_agent",
                         "agent \"" + meta.agent_id + "\" has not joined this job: call Join first");
   }
-  Agent& agent = agent_it->second;
+  const Agent& agent = agent_it->second;
   if (state_ == JobState::kSucceeded || state_ == JobState::kFailed) {
     return RejectLocked(meta, "round_closed", "round " + r + " is closed: the job has finished");
   }
-  if (meta.round == 0 || !meta.is_delta) return SubmitInitialLocked(meta, bundle, now);
+  if (meta.round == 0 || !meta.is_delta) {
+    if (global_) {
+      return RejectLocked(meta, "already_initialized",
+                          "the global model is already initialized (version " +
+                              std::to_string(global_->version) + "); ask for a task");
+    }
+    if (meta.round != 0 || meta.is_delta) {
+      return RejectLocked(meta, "bad_request",
+                          "an INITIALIZE upload is a full state with round 0 and is_delta=false");
+    }
+    if (state_ != JobState::kInitializing || initializer_ != meta.agent_id) {
+      return RejectLocked(meta, "not_initializer",
+                          "agent " + meta.agent_id + " was not asked to initialize; ask for a task");
+    }
+    return UpdateVerdict{};
+  }
   if (!global_) {
     return RejectLocked(meta, "not_initialized", "the global model is not initialized yet; ask for a task");
   }
-  if (options_.async) return SubmitAsyncLocked(meta, bundle, agent, now);
+  if (meta.num_examples < 0) {
+    return RejectLocked(meta, "bad_request",
+                        "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
+  }
+  if (options_.async) {
+    if (phase_ == Phase::kEvaluate) {
+      return RejectLocked(meta, "round_closed",
+                          "the last asynchronous round has closed (evaluating global version " +
+                              std::to_string(global_->version) + "); ask for a task");
+    }
+    if (phase_ != Phase::kTrain) {
+      return RejectLocked(meta, "round_not_open", "no round is open (" + message_ + "); ask for a task");
+    }
+    if (meta.round > round_) {
+      return RejectLocked(meta, "round_not_open",
+                          "round " + r + " has not started (the open round is " + std::to_string(round_) +
+                              "); ask for a task");
+    }
+    if (meta.base_version < 1 || meta.base_version > global_->version) {
+      return RejectLocked(meta, "stale_base",
+                          "base version " + std::to_string(meta.base_version) +
+                              " was never published (current version " + std::to_string(global_->version) +
+                              "); fetch the global and train again");
+    }
+    if (meta.base_version <= agent.last_base_version) {
+      return RejectLocked(meta, "replay",
+                          "agent " + meta.agent_id + " already contributed an update trained on version " +
+                              std::to_string(agent.last_base_version) +
+                              " (a replay or resend); fetch the current global and train again");
+    }
+    const int64_t staleness = global_->version - meta.base_version;
+    if (options_.max_staleness > 0 && staleness > options_.max_staleness) {
+      return RejectLocked(meta, "too_stale",
+                          "update trained on version " + std::to_string(meta.base_version) + " is " +
+                              std::to_string(staleness) + " versions stale (spec.rounds.maxStaleness " +
+                              std::to_string(options_.max_staleness) + "); fetch the current global");
+    }
+    return UpdateVerdict{};
+  }
   if (meta.round < round_ || (meta.round == round_ && phase_ == Phase::kEvaluate)) {
     if (agent.last_accepted_round >= meta.round) {
       return RejectLocked(meta, "replay",
@@ -448,6 +507,20 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
                             " trains on global version " + std::to_string(global_->version) +
                             "; fetch it and train again");
   }
+  return UpdateVerdict{};
+}
+
+UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBundle& bundle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowUnixMs();
+  auto agent_it = agents_.find(meta.agent_id);
+  if (agent_it != agents_.end()) agent_it->second.last_seen_ms = now;
+  TickLocked(now);
+  // The header checks again: the state may have moved while the body arrived.
+  if (UpdateVerdict v = PrecheckLocked(meta); !v.reason_label.empty()) return v;
+  Agent& agent = agent_it->second;
+  if (meta.round == 0 || !meta.is_delta) return SubmitInitialLocked(meta, bundle, now);
+  if (options_.async) return SubmitAsyncLocked(meta, bundle, agent, now);
   if (UpdateVerdict v = ValidateLocked(meta, bundle); !v.reason_label.empty()) return v;
   UpdateVerdict v = AddLocked(meta, bundle);
   if (!v.accepted) return v;
@@ -466,39 +539,8 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
 
 UpdateVerdict RoundEngine::SubmitAsyncLocked(const UpdateMeta& meta, const TensorBundle& bundle, Agent& agent,
                                              int64_t now) {
-  const std::string r = std::to_string(meta.round);
-  if (phase_ == Phase::kEvaluate) {
-    return RejectLocked(meta, "round_closed",
-                        "the last asynchronous round has closed (evaluating global version " +
-                            std::to_string(global_->version) + "); ask for a task");
-  }
-  if (phase_ != Phase::kTrain) {
-    return RejectLocked(meta, "round_not_open", "no round is open (" + message_ + "); ask for a task");
-  }
-  if (meta.round > round_) {
-    return RejectLocked(
-        meta, "round_not_open",
-        "round " + r + " has not started (the open round is " + std::to_string(round_) + "); ask for a task");
-  }
-  if (meta.base_version < 1 || meta.base_version > global_->version) {
-    return RejectLocked(meta, "stale_base",
-                        "base version " + std::to_string(meta.base_version) +
-                            " was never published (current version " + std::to_string(global_->version) +
-                            "); fetch the global and train again");
-  }
-  if (meta.base_version <= agent.last_base_version) {
-    return RejectLocked(meta, "replay",
-                        "agent " + meta.agent_id + " already contributed an update trained on version " +
-                            std::to_string(agent.last_base_version) +
-                            " (a replay or resend); fetch the current global and train again");
-  }
+  // PrecheckLocked has checked phase, round, base version, replay and staleness.
   const int64_t staleness = global_->version - meta.base_version;
-  if (options_.max_staleness > 0 && staleness > options_.max_staleness) {
-    return RejectLocked(meta, "too_stale",
-                        "update trained on version " + std::to_string(meta.base_version) + " is " +
-                            std::to_string(staleness) + " versions stale (spec.rounds.maxStaleness " +
-                            std::to_string(options_.max_staleness) + "); fetch the current global");
-  }
   if (UpdateVerdict v = ValidateLocked(meta, bundle); !v.reason_label.empty()) return v;
   // FedBuff: a stale delta was computed against an older model; it still
   // points somewhere useful, but with less authority.
@@ -539,17 +581,7 @@ UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const Ten
     v.round = meta.round;
     return v;
   };
-  if (global_) {
-    return reject("already_initialized", "the global model is already initialized (version " +
-                                             std::to_string(global_->version) + "); ask for a task");
-  }
-  if (meta.round != 0 || meta.is_delta) {
-    return reject("bad_request", "an INITIALIZE upload is a full state with round 0 and is_delta=false");
-  }
-  if (state_ != JobState::kInitializing || initializer_ != meta.agent_id) {
-    return reject("not_initializer",
-                  "agent " + meta.agent_id + " was not asked to initialize; ask for a task");
-  }
+  // PrecheckLocked has checked the state, the round and the initializer.
   if (bundle.tensors.empty()) return reject("bad_request", "the initial state has no tensors");
   if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
   if (Status s = CheckLoraLayout(bundle, options_.adapter); !s.ok()) return reject("layout", s.message());

@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <random>
+#include <utility>
+#include <vector>
 
 #include "fedge/aggregator/clock.h"
 #include "fedge/aggregator/metrics.h"
@@ -31,7 +34,7 @@ class CompressedUpdateTest : public ::testing::Test {
     spec.namespace_ = "ns";
     spec.rounds.total = 1;
     // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
-    // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+    // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
     spec.rounds.learningRate = 1.0;
     spec.compression.codec = "int4";
     spec.compression.topKFraction = 0.1;
@@ -191,6 +194,73 @@ TEST_F(CompressedUpdateTest, CorruptV2UpdateIsRejectedAndTheGlobalUnchanged) {
   auto after = engine_->Global(0);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ((*after)->checksum, (*before)->checksum);
+}
+
+}  // namespace
+}  // namespace fedge::aggregator
+
+namespace fedge::aggregator {
+namespace {
+
+// The aggregator refuses an upload whose declared size exceeds
+// MaxEncodedBytes(global layout) before reading it: no honest encoding may be
+// larger. Random values (incompressible for zstd), every codec, dense and
+// top-k (all entries kept: the most index bytes), block size 1 (a scale per
+// value) and 64.
+TEST(MaxEncodedBytesTest, NoEncodingOfTheLayoutIsLarger) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0, 1);
+  TensorBundle b;
+  for (auto [name, shape] : {std::pair<std::string, std::vector<int64_t>>{"layer.0.lora_A", {8, 384}},
+                             {"layer.0.lora_B", {384, 8}},
+                             {"classifier.weight", {25, 384}},
+                             {"classifier.bias", {25}},
+                             {"scalar", {}}}) {
+    NamedTensor t{name, shape, {}};
+    for (int64_t i = 0; i < t.NumElements(); ++i) t.values.push_back(normal(rng));
+    b.tensors.push_back(std::move(t));
+  }
+  const uint64_t most = MaxEncodedBytes(b);
+  for (Codec codec : {Codec::kFp32, Codec::kFp16, Codec::kBf16, Codec::kInt8, Codec::kInt4}) {
+    for (int block : {1, 64}) {
+      for (double topk : {0.0, 1.0, 0.5}) {
+        for (bool zstd : {false, true}) {
+          EncodeOptions o{codec, block, zstd, 3};
+          o.topk_fraction = topk;
+          auto e = EncodeBundle(b, o);
+          ASSERT_TRUE(e.ok()) << e.status().ToString();
+          EXPECT_LE(e->size(), most) << CodecName(codec) << " block " << block << " topk " << topk;
+        }
+      }
+    }
+  }
+  // ... and the bound is not absurdly loose: within 16 bytes per value.
+  EXPECT_LT(most, 16 * static_cast<uint64_t>(b.NumElements()) + (256 << 10));
+}
+
+TEST(MaxEncodedBytesTest, DecoderRefusesAnotherLayoutFromTheTable) {
+  TensorBundle global{{NamedTensor{"a", {2}, {0, 0}}, NamedTensor{"b", {1, 2}, {0, 0}}}};
+  DecodeLimits limits;
+  limits.expected_layout = &global;
+  auto encode = [](const TensorBundle& t) {
+    auto e = EncodeBundle(t, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 3});
+    return e.ok() ? *e : std::string();
+  };
+  // Same tensors in another order: fine.
+  auto ok = DecodeBundle(
+      encode(TensorBundle{{NamedTensor{"b", {1, 2}, {3, 4}}, NamedTensor{"a", {2}, {1, 2}}}}), limits);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->Find("b")->values, (std::vector<float>{3, 4}));
+  for (const auto& [what, bundle] : std::vector<std::pair<std::string, TensorBundle>>{
+           {"unexpected tensor \"c\"", {{NamedTensor{"a", {2}, {1, 2}}, NamedTensor{"c", {1, 2}, {1, 2}}}}},
+           {"tensor \"b\" has shape [2,1], expected [1,2]",
+            {{NamedTensor{"a", {2}, {1, 2}}, NamedTensor{"b", {2, 1}, {1, 2}}}}},
+           {"1 tensors, expected 2", {{NamedTensor{"a", {2}, {1, 2}}}}}}) {
+    auto r = DecodeBundle(encode(bundle), limits);
+    EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << what;
+    EXPECT_NE(r.status().message().find("layout mismatch: " + what), std::string::npos)
+        << r.status().message();
+  }
 }
 
 }  // namespace

@@ -21,7 +21,7 @@ class ProtocolHandlerTest : public ::testing::Test {
     spec.namespace_ = "ns";
     spec.rounds.total = 1;
     // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
-    // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+    // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
     spec.rounds.learningRate = 1.0;
     if (edit) edit(spec);
     auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
@@ -421,10 +421,13 @@ TEST_F(ProtocolHandlerTest, PartialUploadsAreDroppedWhenTheRoundCloses) {
   handler_->DropClosedUploads();
   EXPECT_EQ(handler_->partial_uploads(), 0u);
   EXPECT_EQ(handler_->partial_bytes(), 0u);
+  // The resume is refused from its header: the round it answers has closed
+  // (sending it from offset 0 would be refused the same way).
   h.set_offset(12);
   auto r = SubmitStream(h, data.substr(12), data.size() - 12);
   EXPECT_FALSE(r.accepted());
-  EXPECT_EQ(metrics_.updates_rejected("unknown_upload"), 1);
+  EXPECT_EQ(r.reason_code(), "round_closed");
+  EXPECT_EQ(metrics_.updates_rejected("round_closed"), 1);
 }
 
 TEST_F(ProtocolHandlerTest, PartialUploadsStayWithinTheirByteBudget) {

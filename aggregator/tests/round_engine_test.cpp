@@ -690,10 +690,10 @@ TEST_F(RoundEngineTest, UpdateAndEvaluationWeightsAreBoundedByTheJoinDeclaration
   Initialize("a", SmallBundle(0, 0, 0, 0));
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), /*n=*/100).accepted);   // capped: 35
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(2, 2, 2, 2), /*n=*/1000).accepted);  // its Join: 4
-  ASSERT_TRUE(Submit("c", 1, 1, SmallBundle(4, 4, 4, 4), /*n=*/10).accepted);    // as claimed
+  ASSERT_TRUE(Submit("c", 1, 1, SmallBundle(3, 3, 3, 3), /*n=*/10).accepted);    // as claimed
   EXPECT_EQ(metrics_.weights_clamped("update", "above_cap"), 1);
   EXPECT_EQ(metrics_.weights_clamped("update", "above_join"), 1);
-  const float x = (35 * 1 + 4 * 2 + 10 * 4) / 49.0f;
+  const float x = (35 * 1 + 4 * 2 + 10 * 3) / 49.0f;
   EXPECT_EQ(Values("a"), (std::vector<float>{x, x}));
   ASSERT_TRUE(Evaluate("a", 1, 2, /*accuracy=*/1.0, /*n=*/100).ok());  // 35
   ASSERT_TRUE(Evaluate("b", 1, 2, /*accuracy=*/0.0, /*n=*/500).ok());  // 2
@@ -705,14 +705,14 @@ TEST_F(RoundEngineTest, UpdateAndEvaluationWeightsAreBoundedByTheJoinDeclaration
 }
 
 TEST_F(RoundEngineTest, UpdatesBeyondTheDefaultNormBoundAreScaledDownToIt) {
-  Make(Options(1, 2));  // bound: 3 x lr 0.25 x 7 steps x sqrt(4) = 10.5
+  Make(Options(1, 2));  // bound: 2 x lr 0.25 x 7 steps x sqrt(4) = 7
   JoinAll({"a", "b"});
   Initialize("a", SmallBundle(0, 0, 0, 0));
-  ASSERT_DOUBLE_EQ(AutoClipNorm(engine_->options(), 4), 10.5);
-  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(100, 0, 0, 0)).accepted);  // norm 100 -> 10.5
+  ASSERT_DOUBLE_EQ(AutoClipNorm(engine_->options(), 4), 7);
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(100, 0, 0, 0)).accepted);  // norm 100 -> 7
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(0, 1, 0, 0)).accepted);    // within
   EXPECT_EQ(metrics_.updates_clipped(), 1);
-  EXPECT_EQ(Values("a"), (std::vector<float>{10.5f / 2, 0.5f}));
+  EXPECT_EQ(Values("a"), (std::vector<float>{3.5f, 0.5f}));
 }
 
 TEST(EngineOptionsTest, SpecNormSettingsReplaceTheDefaultBound) {

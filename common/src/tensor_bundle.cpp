@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "float16.h"
@@ -45,6 +46,9 @@ constexpr size_t kDecodeChunkElements = 1 << 16;
 Status BundleError(StatusCode code, std::string message) { return Status(code, "tensor bundle: " + message); }
 Status Corrupt(std::string message) { return BundleError(StatusCode::kDataLoss, std::move(message)); }
 Status Invalid(std::string message) { return BundleError(StatusCode::kInvalidArgument, std::move(message)); }
+Status Mismatch(std::string message) {
+  return BundleError(StatusCode::kFailedPrecondition, "layout mismatch: " + std::move(message));
+}
 
 // ---- little-endian scalars ----
 
@@ -942,6 +946,30 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
 
 StatusOr<BundleHeader> InspectBundle(std::string_view bytes) { return ParseHeader(bytes); }
 
+uint64_t MaxEncodedBytes(const TensorBundle& layout) {
+  auto sat_add = [](uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<uint64_t>::max() : r;
+  };
+  auto sat_mul = [](uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? std::numeric_limits<uint64_t>::max() : r;
+  };
+  uint64_t body = 0;
+  for (const NamedTensor& t : layout.tensors) {
+    int64_t n = 0;
+    if (!CheckedElements(t.shape, &n)) return std::numeric_limits<uint64_t>::max();
+    const uint64_t elems = static_cast<uint64_t>(n);
+    // Table entry, plus the two varints of a top-k entry.
+    body = sat_add(body, 2 + t.name.size() + 2 + 8 * t.shape.size() + 20);
+    // Per value at worst: int8 code + a 4-byte scale (block size 1) + an index varint.
+    body = sat_add(body, sat_mul(elems, 5 + VarintLen(elems == 0 ? 0 : elems - 1)));
+  }
+  // zstd's worst case (ZSTD_COMPRESSBOUND) for an incompressible body.
+  const uint64_t stored = sat_add(sat_add(body, body / 256), 128 << 10);
+  return sat_add(stored, kHeaderBytes + kChecksumBytes);
+}
+
 StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& limits) {
   if (bytes.size() > limits.max_encoded_bytes) {
     return Invalid("encoded size " + std::to_string(bytes.size()) + " exceeds the limit of " +
@@ -955,6 +983,14 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
   if (count > limits.max_tensors) {
     return Invalid("tensor count " + std::to_string(count) + " exceeds the limit of " +
                    std::to_string(limits.max_tensors));
+  }
+  std::unordered_map<std::string_view, const NamedTensor*> expected;
+  if (limits.expected_layout != nullptr) {
+    if (count != limits.expected_layout->tensors.size()) {
+      return Mismatch(std::to_string(count) + " tensors, expected " +
+                      std::to_string(limits.expected_layout->tensors.size()));
+    }
+    for (const NamedTensor& t : limits.expected_layout->tensors) expected.emplace(t.name, &t);
   }
   const uint64_t body_size = header.body_size;
   const uint64_t stored_size = header.stored_size;
@@ -1049,6 +1085,12 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
       return Invalid(where + ": " + problem);
     }
     if (!seen.insert(e.name).second) return Invalid("duplicate tensor name \"" + e.name + "\"");
+    const NamedTensor* want = nullptr;
+    if (limits.expected_layout != nullptr) {
+      auto it = expected.find(e.name);
+      if (it == expected.end()) return Mismatch("unexpected tensor \"" + e.name + "\"");
+      want = it->second;
+    }
     FEDGE_RETURN_IF_ERROR(src->Read(2, buf));
     if (static_cast<uint8_t>(buf[0]) != kDtypeFloat32) {
       return Invalid("tensor \"" + e.name + "\" has unknown dtype id " +
@@ -1068,6 +1110,10 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
                        std::to_string(limits.max_total_elements));
       }
       e.shape.push_back(static_cast<int64_t>(dim));
+    }
+    if (want != nullptr && e.shape != want->shape) {
+      return Mismatch("tensor \"" + e.name + "\" has shape " + ShapeString(e.shape) + ", expected " +
+                      ShapeString(want->shape));
     }
     int64_t exact;
     if (!CheckedElements(e.shape, &exact)) {

@@ -30,7 +30,7 @@ JobSpec Spec(int rounds) {
   spec.namespace_ = "ns";
   spec.rounds.total = rounds;
   // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
-  // so the default norm bound (lr x steps x sqrt(n) x 3) leaves them alone.
+  // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
   spec.rounds.learningRate = 1.0;
   spec.rounds.timeoutSeconds = 30;
   spec.agents.minAgents = 3;

@@ -90,6 +90,12 @@ struct DecodeLimits {
   // n / max_sparse_expansion entries, so decoded memory stays within a fixed
   // factor of the bytes received. Must be >= 1.
   uint64_t max_sparse_expansion = 10000;  // = 1 / kMinTopkFraction
+  // Optional: the tensors the bundle must hold (names and shapes, any order;
+  // values are ignored), e.g. the global model an update is a delta of. Not
+  // owned; must outlive the call. Checked in the tensor table, before any
+  // value is decoded, so a bundle of another layout costs at most its
+  // table; it is FAILED_PRECONDITION "layout mismatch: ...".
+  const TensorBundle* expected_layout = nullptr;
 };
 
 // What an encoding saved, for metrics and logs.
@@ -138,6 +144,12 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
 // (top-k bundles decode to dense tensors: at most max_sparse_expansion
 // elements per kept entry). Reads format versions 1 and 2.
 StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& limits = {});
+
+// The largest encoding EncodeBundle can produce for a bundle with the names
+// and shapes of `layout`, whatever the codec and options (sparse int8 with
+// block size 1 is the worst case, then zstd's worst-case expansion): an
+// upload declaring more bytes than this cannot be such a bundle.
+uint64_t MaxEncodedBytes(const TensorBundle& layout);
 
 // Parses and checks the 36-byte header only (magic, version, codec, flags,
 // block size; no checksum, no body): cheap, for metrics and for refusing a

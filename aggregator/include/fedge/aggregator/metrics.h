@@ -49,6 +49,7 @@ class AggregatorMetrics {
   double updates_received() const;
   double rounds_completed() const;
   double bytes_sent() const;
+  double bytes_received() const;
   double partial_upload_bytes() const;
   double weights_clamped(std::string_view kind, std::string_view reason) const;
   double updates_clipped() const;
