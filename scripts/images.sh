@@ -70,7 +70,7 @@ copy_binaries() {
 }
 if [[ -e $LOCK ]] && command -v flock >/dev/null; then
   exec 9<"$LOCK"
-  flock 9
+  flock -n 9 || { echo "images.sh: a build holds $LOCK; waiting for it to finish"; flock 9; }
   copy_binaries
   flock -u 9
 else
