@@ -289,8 +289,10 @@ def canonical_json(obj):
 
 def write_archive(path, index, blobs, blobdir, mtime):
     """The OCI image layout (oci-layout, index.json, blobs/sha256/*) as one tar."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    # A temp name of our own, then rename: a reader (or a concurrent run) sees a whole
+    # archive or the previous one, never a mix.
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
 
         def add(name, data=None, src=None, mode=0o644, is_dir=False):
             ti = tarfile.TarInfo(name)
@@ -312,6 +314,7 @@ def write_archive(path, index, blobs, blobdir, mtime):
         add("blobs/sha256", is_dir=True, mode=0o755)
         for digest in sorted(set(blobs)):
             add("blobs/sha256/" + digest.split(":")[1], src=os.path.join(blobdir, digest.split(":")[1]))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -591,8 +594,11 @@ def main():
                     by_reason.setdefault(reason, []).append(s)
                 for reason, sonames in by_reason.items():
                     print(f"    {reason}: {' '.join(sonames)}")
-        with open(os.path.join(args.out, "images.json"), "w") as f:
+        fd, tmp = tempfile.mkstemp(prefix="images.json.", dir=args.out)
+        with os.fdopen(fd, "w") as f:
             json.dump([{k: v for k, v in r.items() if k != "files"} for r in results], f, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(args.out, "images.json"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

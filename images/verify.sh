@@ -54,8 +54,15 @@ for tool in containerd ctr runc containerd-shim-runc-v2; do
   command -v "$tool" >/dev/null || skip "$tool not installed (apt-get install containerd runc)"
 done
 
+# The archives must not change while we read them: hold $DIR/.lock (scripts/images.sh
+# takes it exclusively to write) - exclusively across build + verify with --build.
+mkdir -p "$DIR"
+exec 8>"$DIR/.lock"
 if [[ -n $BUILD ]]; then
-  "$ROOT/scripts/images.sh" --build-dir "$BUILD" --out "$DIR" --images "$IMAGES"
+  flock -n 8 || { log "another run is using $DIR; waiting for it"; flock 8; }
+  FEDGE_IMAGES_LOCK_HELD=1 "$ROOT/scripts/images.sh" --build-dir "$BUILD" --out "$DIR" --images "$IMAGES"
+else
+  flock -s -n 8 || { log "$DIR is being written; waiting for it"; flock -s 8; }
 fi
 [[ -f $DIR/images.json ]] || fail "no $DIR/images.json: build the archives first (scripts/images.sh)"
 
@@ -100,7 +107,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   address = ""
 EOF
 t0=$(now_ms)
-containerd --config "$W/config.toml" >"$W/containerd.log" 2>&1 &
+containerd --config "$W/config.toml" >"$W/containerd.log" 2>&1 8>&- &
 CONTAINERD_PID=$!
 deadline=$(($(now_ms) + 30000))
 until "${CTR[@]}" version >/dev/null 2>&1; do

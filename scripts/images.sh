@@ -8,7 +8,8 @@
 # Output: <out>/fedge-<image>-<version>.oci.tar (default out: <build-dir>/images),
 # each naming itself docker.io/fedge/<image>:<version>; load one with
 #   ctr -n k8s.io images import <out>/fedge-agent-0.1.0.oci.tar
-# or copy the archives into K3s's /var/lib/rancher/k3s/agent/images/.
+# or copy the archives into K3s's /var/lib/rancher/k3s/agent/images/ (podman load reads
+# them too).
 # Prints each image's compressed and uncompressed size and what fills the agent.
 # --verify then runs images/verify.sh (a private containerd runs each image).
 # Environment: SOURCE_DATE_EPOCH (created label and file mtimes; default: the
@@ -75,6 +76,14 @@ if [[ -e $LOCK ]] && command -v flock >/dev/null; then
   flock -u 9
 else
   copy_binaries
+fi
+
+# One writer per output directory at a time (archives and images.json belong together);
+# images/verify.sh --build holds this lock itself and says so in FEDGE_IMAGES_LOCK_HELD.
+mkdir -p "$OUT"
+if [[ -z ${FEDGE_IMAGES_LOCK_HELD:-} ]]; then
+  exec 8>"$OUT/.lock"
+  flock -n 8 || { echo "images.sh: another run is writing $OUT; waiting for it"; flock 8; }
 fi
 
 start=$(date +%s%N)
