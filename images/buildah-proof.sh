@@ -23,7 +23,7 @@ while (($#)); do
     --image) IMAGE=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "buildah-proof.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done

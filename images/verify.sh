@@ -36,7 +36,7 @@ while (($#)); do
     --build) BUILD=$2; shift 2 ;;
     --job) JOB=1; shift ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "verify.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -32,7 +32,7 @@ while (($#)); do
     --no-trim) TRIM=--no-trim; shift ;;
     --gzip-level) LEVEL=$2; shift 2 ;;
     --verify) VERIFY=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,5 +94,6 @@ ms=$((($(date +%s%N) - start) / 1000000))
 printf 'images.sh: done in %d.%01d s (version %s, revision %s)\n' $((ms / 1000)) $((ms % 1000 / 100)) "$VERSION" "$REVISION"
 
 if ((VERIFY)); then
+  [[ -n ${FEDGE_IMAGES_LOCK_HELD:-} ]] || flock -u 8  # verify.sh takes it (shared) itself
   "$ROOT/images/verify.sh" --dir "$OUT" --images "$IMAGES"
 fi
