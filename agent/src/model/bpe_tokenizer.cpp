@@ -385,18 +385,39 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
     }
     impl->ignore_merges = model.value("ignore_merges", false);
 
+    // Ids index a table holding one string per id (32 bytes each), so an id must be an
+    // integer in [0, max(2^20, size of the JSON)]: a real vocabulary is dense, its largest
+    // id below its entry count and so below the file's size. Without the bound a few
+    // bytes ("a": 1e8) allocated gigabytes, a negative added-token id wrote outside the
+    // table, and a float or an id past int32 was undefined behaviour (found by
+    // bench/fuzz/fuzz_bpe_json).
+    const int64_t id_limit = std::min<int64_t>(
+        std::max<int64_t>(int64_t{1} << 20, static_cast<int64_t>(json_text.size())), INT32_MAX - 1);
+    auto read_id = [id_limit](const json& v, const std::string& token, int32_t* out) -> Status {
+      const bool ok = v.is_number_unsigned()  ? v.get<uint64_t>() <= static_cast<uint64_t>(id_limit)
+                      : v.is_number_integer() ? v.get<int64_t>() >= 0 && v.get<int64_t>() <= id_limit
+                                              : false;
+      if (!ok) {
+        return InvalidArgumentError("tokenizer.json: id " + v.dump() + " of token \"" + token +
+                                    "\" is not an integer in [0, " + std::to_string(id_limit) + "]");
+      }
+      *out = static_cast<int32_t>(v.get<int64_t>());
+      return OkStatus();
+    };
+
     int32_t max_id = -1;
     for (const auto& [token, id] : model.at("vocab").items()) {
-      int32_t v = id.get<int32_t>();
-      if (v < 0) return InvalidArgumentError("tokenizer.json: negative id for token " + token);
+      int32_t v = 0;
+      FEDGE_RETURN_IF_ERROR(read_id(id, token, &v));
       impl->vocab[token] = v;
       max_id = std::max(max_id, v);
     }
     std::vector<AddedToken> added;
     if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
       for (const json& t : j["added_tokens"]) {
-        AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(), t.value("special", false),
+        AddedToken a{t.at("content").get<std::string>(), 0, t.value("special", false),
                      t.value("lstrip", false), t.value("rstrip", false)};
+        FEDGE_RETURN_IF_ERROR(read_id(t.at("id"), a.content, &a.id));
         if (a.content.empty()) continue;
         max_id = std::max(max_id, a.id);
         added.push_back(std::move(a));

@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "fedge/file_util.h"
 
@@ -139,6 +142,44 @@ TEST(BpeTokenizerTest, RejectsUnsupportedComponentsByName) {
   EXPECT_EQ(bad_merge.status().code(), StatusCode::kInvalidArgument);
 
   EXPECT_EQ(BpeTokenizer::Load("/nonexistent/tokenizer.json").status().code(), StatusCode::kNotFound);
+}
+
+// Regression (bench/fuzz/fuzz_bpe_json; reproducers in bench/fuzz/crashes/bpe_json/):
+// ids were read with get<int32_t>() and used as table indices unchecked. A negative
+// added-token id wrote outside the id table, {"a": 100000000} allocated 3.2 GB from an
+// 80-byte file, INT32_MAX overflowed max_id + 1 (then std::length_error escaped), and
+// 2.5 or 4294967297 were silently truncated to another token's id.
+TEST(BpeTokenizerTest, RejectsIdsOutsideTheIdTableInsteadOfWritingOrAllocatingThere) {
+  auto tokenizer = [](const std::string& vocab_id, const std::string& added_id) {
+    return "{\"model\":{\"vocab\":{\"a\":0,\"b\":" + vocab_id +
+           "},\"merges\":[]},\"added_tokens\":" + "[{\"content\":\"<s>\",\"id\":" + added_id +
+           ",\"special\":true}]," + "\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}";
+  };
+  auto ok = BpeTokenizer::FromJson(tokenizer("1", "2"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->vocab_size(), 3);
+  // Sparse ids stay allowed up to the bound (2^20 for small files).
+  auto sparse = BpeTokenizer::FromJson(tokenizer("1", "100000"));
+  ASSERT_TRUE(sparse.ok()) << sparse.status().ToString();
+  EXPECT_EQ(sparse->vocab_size(), 100001);
+  EXPECT_EQ(sparse->TokenToId("<s>"), 100000);
+
+  for (const auto& [vocab_id, added_id] :
+       std::vector<std::pair<std::string, std::string>>{{"1", "-7"},
+                                                        {"-1", "2"},
+                                                        {"100000000", "2"},
+                                                        {"1", "2147483647"},
+                                                        {"2147483647", "2"},
+                                                        {"2.5", "3"},
+                                                        {"1", "1e30"},
+                                                        {"4294967297", "2"},
+                                                        {"1", "\"2\""}}) {
+    auto bad = BpeTokenizer::FromJson(tokenizer(vocab_id, added_id));
+    ASSERT_FALSE(bad.ok()) << "vocab id " << vocab_id << ", added id " << added_id;
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << bad.status().ToString();
+    EXPECT_NE(bad.status().message().find("is not an integer in [0, 1048576]"), std::string::npos)
+        << bad.status().message();
+  }
 }
 
 }  // namespace
