@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -156,7 +157,27 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   return 0;
 }
 
+// FEDGE_FUZZ_SKIP_KNOWN=1: skip inputs that would only re-find a known, reported and
+// not yet fixed bug, so a run explores the rest of the server (README.md, "Findings"):
+// a request target whose decoded path is not UTF-8 makes HttpResponse::Error's JSON
+// dump throw on the I/O thread and std::terminate the process. Skipped: any byte >= 0x80
+// or percent escape >= %80 anywhere in the input.
+bool SkipKnown(std::string_view in) {
+  static const bool skip = fedge::fuzz::EnvOr("FEDGE_FUZZ_SKIP_KNOWN", "0") == "1";
+  if (!skip) return false;
+  auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (static_cast<unsigned char>(in[i]) >= 0x80) return true;
+    if (in[i] == '%' && i + 2 < in.size() && hex(in[i + 1]) && hex(in[i + 2]) &&
+        std::strchr("89abcdefABCDEF", in[i + 1]) != nullptr) {
+      return true;
+    }
+  }
+  return false;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (SkipKnown(std::string_view(reinterpret_cast<const char*>(data), size))) return -1;
   const int port = Server().port();
   const Exchange ex = Send(port, std::string_view(reinterpret_cast<const char*>(data), size));
   if (!ex.closed) {
