@@ -179,6 +179,13 @@ assert s["root"].get("readonly"), "root filesystem is writable"
     || { cat "$W/$id-help.out" >&2; fail "$name: $exe --help exited non-zero"; }
   grep -qi usage "$W/$id-help.out" || fail "$name: --help printed no usage"
   log "$name: --help ok ($(wc -l <"$W/$id-help.out") lines)"
+  if [[ $name == operator ]]; then
+    # The same image runs each aggregator pod's status-reporter sidecar.
+    "${CTR[@]}" run --rm "${RUN_OPTS[@]}" "$ref" "$id-reporter" "$exe" report-status --help >"$W/$id-reporter.out" 2>&1 \
+      || { cat "$W/$id-reporter.out" >&2; fail "operator: $exe report-status --help exited non-zero"; }
+    grep -q -- '--aggregator-http' "$W/$id-reporter.out" || fail "operator: report-status --help lacks --aggregator-http"
+    log "operator: report-status --help ok (the status-reporter sidecar)"
+  fi
 done
 
 # --- a real job in containers: aggregator + agent, one round ---------------------------
