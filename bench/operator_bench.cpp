@@ -41,8 +41,8 @@ Json Job() {
           {"kind", "FederatedTrainingJob"},
           {"metadata", {{"name", "bench"}, {"namespace", "ml"}}},
           {"spec",
-           {{"model", {{"path", "/m"}, {"labels", {"a", "b"}}}},
-            {"data", {{"path", "/d"}}},
+           {{"model", {{"path", "/var/lib/fedge/m"}, {"labels", {"a", "b"}}}},
+            {"data", {{"path", "/var/lib/fedge/d"}}},
             {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}}}}}};
 }
 

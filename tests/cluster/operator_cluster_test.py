@@ -472,6 +472,7 @@ class OperatorClusterTest(unittest.TestCase):
         self.operator.send_signal(signal.SIGTERM)
         self.assertEqual(self.operator.wait(30), 0)
         wait_for(lambda: self.http_get(standby.http_port, "/readyz")[1].strip() == "ok", 60, "standby to lead")
+        self.__class__.operator = standby  # the leader now, whatever the assertions below say
         lease = self.get_json("lease", "fedge-operator")
         self.assertIn(str(standby.pid), lease["spec"]["holderIdentity"])
         wait_for(lambda: (self.metric(standby.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 60,
@@ -480,9 +481,12 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual({(k["kind"], k["metadata"]["name"]): k["metadata"]["uid"] for k in after
                           if k["kind"] != "Pod"},
                          {k: v for k, v in uids.items() if k[0] != "Pod"})
-        self.assertEqual(len([k for k in after if k["kind"] == "Pod"]), 4)
+        # Agents fail and are recreated here (no model on the node), so a pod may be between
+        # its deletion and its replacement at any moment: never more than 4, and 4 again.
+        pods = lambda: {k["metadata"]["name"] for k in self.children("restart") if k["kind"] == "Pod"}  # noqa: E731
+        self.assertLessEqual(len(pods()), 4)
+        wait_for(lambda: len(pods()) == 4, 60, "the aggregator and 3 agent pods")
         self.assertEqual(self.get_json("secret", "restart-credentials")["data"], secret)
-        self.__class__.operator = standby
         self.delete_job("restart")
 
     def test_node_not_ready_is_reported_in_conditions(self):

@@ -77,18 +77,18 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
     children.push_back(make(*r, opts_.ns, managed));
   }
   // The node volumes' PersistentVolumes: cluster-scoped, so no owner reference; their
-  // labels name the job.
+  // labels name the job. Only a deletion matters (the job recreates a missing volume);
+  // adds and binding updates are the operator's own doing and would only requeue no-ops.
   Informer* volumes = make(res::kPersistentVolumes, "", managed);
-  auto enqueue_volume_job = [this](const ObjectPtr& o) {
-    Json labels = (*o)["metadata"].value("labels", Json::object());
-    std::string ns = labels.value(kLabelJobNamespace, ""), job = labels.value(kLabelJob, "");
-    if (ns.empty() || job.empty() || (!opts_.ns.empty() && ns != opts_.ns)) return;
-    queue_.Add(ns + "/" + job);
-    UpdateDepth();
-  };
-  volumes->AddHandlers({enqueue_volume_job,
-                        [enqueue_volume_job](const ObjectPtr&, const ObjectPtr& n) { enqueue_volume_job(n); },
-                        enqueue_volume_job});
+  volumes->AddHandlers({[](const ObjectPtr&) {}, [](const ObjectPtr&, const ObjectPtr&) {},
+                        [this](const ObjectPtr& o) {
+                          Json labels = (*o)["metadata"].value("labels", Json::object());
+                          std::string ns = labels.value(kLabelJobNamespace, ""),
+                                      job = labels.value(kLabelJob, "");
+                          if (ns.empty() || job.empty() || (!opts_.ns.empty() && ns != opts_.ns)) return;
+                          queue_.Add(ns + "/" + job);
+                          UpdateDepth();
+                        }});
 
   auto key_of = [this](const ObjectPtr& o) {
     queue_.Add(ObjectKey(*o));
