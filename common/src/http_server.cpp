@@ -68,7 +68,11 @@ HttpResponse HttpResponse::Error(int status, std::string_view message, std::stri
   nlohmann::ordered_json err = {{"message", message}, {"type", type}};
   err["param"] = nullptr;
   err["code"] = code.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(code);
-  return Json(status, nlohmann::ordered_json{{"error", err}}.dump());
+  // Messages quote client input (paths, field names) that need not be UTF-8: replace
+  // invalid bytes rather than let dump() throw (found by bench/fuzz/fuzz_http_request:
+  // GET /%FF terminated the process from the I/O thread).
+  return Json(status, nlohmann::ordered_json{{"error", err}}.dump(
+                          -1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
 }
 
 HttpResponse HttpResponse::EventStream(std::function<void(HttpStreamWriter&)> producer) {

@@ -277,6 +277,13 @@ TEST_F(HostileClientTest, BadPercentEscapesAre400InTheApiErrorShape) {
     EXPECT_NE(r.find("\"type\":\"invalid_request_error\""), std::string::npos) << r;
     EXPECT_NE(r.find("\"param\":null"), std::string::npos) << r;
   }
+  // Regression (bench/fuzz/fuzz_http_request): a path that decodes to invalid UTF-8 made
+  // the 404's JSON dump throw on the I/O thread and terminated the process.
+  for (const char* bad_utf8 : {"/%FF", "/v1/%C3%28", "/v1/echo%FE%FF"}) {
+    std::string r = Get(port_, bad_utf8);
+    EXPECT_EQ(StatusOf(r), 404) << bad_utf8 << "\n" << r;
+  }
+  EXPECT_EQ(StatusOf(Get(port_, "/healthz")), 200) << "the server died on a non-UTF-8 path";
   std::string garbage;
   {
     RawClient c(port_);
