@@ -19,12 +19,14 @@ containerd stores a shared layer once):
 
 Trimming (agent): Debian's libtorch_cpu.so.1.13 has NEEDED entries for OpenCV, FFmpeg,
 LMDB, LevelDB and ZeroMQ (Caffe2's image/video/DB operators) but imports not one
-symbol from them (checked here, every build); behind them hang ~300 MB of libraries
-(Qt, GDAL, codecs, ICU data). With --trim (the default) each such library is
-replaced by an empty shared library with the same soname, which satisfies the
-loader and defines nothing. A library on the STUB_PATTERNS list from which any
-shipped object imports a symbol is shipped for real instead (and said so), so
-trimming never changes what code runs. --no-trim ships the real closure.
+symbol from them; behind them hang ~220 more libraries (Qt, GDAL, codecs, ICU data).
+With --trim (the default) each library on STUB_PATTERNS is replaced by an empty shared
+library with the same soname, which satisfies the loader and defines nothing. Checked
+on every build: no library left out (the stubbed ones and every one behind them)
+defines a symbol that any shipped object references with a matching version, so no
+binding changes; where one does, the stubbed library that brings it is shipped for real
+(and said so). What is lost is only the left-out libraries' own initializers. --no-trim
+ships the real closure.
 
 Exit status: 0 on success; 1 with a message saying what is missing otherwise.
 Python standard library only (plus readelf, ldd, strip/objcopy and, for --trim,
@@ -99,24 +101,26 @@ def elf_needed(path):
 
 @functools.lru_cache(maxsize=None)
 def elf_dynsyms(path):
-    """(defined, undefined) dynamic symbols; defined maps name -> (type, size)."""
+    """(defined, undefined) dynamic symbols of an ELF object. defined maps name ->
+    (type, size, versions): versions holds the version names it is defined with (None:
+    unversioned). undefined is a set of (name, version or None) references."""
     defined, undefined = {}, set()
     out = run(["readelf", "--dyn-syms", "-W", path])
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) < 8 or not parts[0].endswith(":"):
+        if len(parts) < 8 or not parts[0].endswith(":") or not parts[0][:-1].isdigit():
             continue
-        _, _, size, typ, bind, _, ndx, name = parts[:8]
-        name = name.split("@")[0]
+        _, _, size, typ, bind, _, ndx, full = parts[:8]
+        name, _, version = full.partition("@")
+        version = version.lstrip("@") or None
         if not name or bind == "LOCAL":
             continue
         if ndx == "UND":
-            undefined.add(name)
-        elif typ in ("FUNC", "OBJECT", "TLS", "IFUNC", "GNU_IFUNC"):
-            size = int(size, 0) if size.startswith("0x") else int(size)
-            defined[name] = (typ, size)
-        else:
-            defined.setdefault(name, (typ, 0))
+            undefined.add((name, version))
+            continue
+        size = int(size, 0) if size.startswith("0x") else int(size)
+        old = defined.get(name)
+        defined[name] = (typ, size, (old[2] if old else frozenset()) | {version})
     return defined, undefined
 
 
@@ -171,21 +175,40 @@ def closure(binary, stub_ok):
 # ----------------------------------------------------------------------------- stubs
 
 
-def imported_from(real_path, kept_objects):
-    """Symbols that `kept_objects` import and only the library at `real_path` defines."""
-    wanted, provided = _imports_of(tuple(kept_objects))
-    real_defs, _ = elf_dynsyms(real_path)
-    return sorted((wanted - provided) & {k for k, (t, _) in real_defs.items() if t != "NOTYPE"})
+def bindable_imports(lib_path, kept_objects):
+    """References of `kept_objects` that a definition in the library at `lib_path` could
+    satisfy, as the loader matches them: same name, and the reference is unversioned, or
+    the definition carries the reference's version, or the library is unversioned. If a
+    library we leave out has none, leaving it out cannot change any binding."""
+    imports = _imports_of(tuple(kept_objects))
+    defs, _ = elf_dynsyms(lib_path)
+    hits = []
+    for name, version in imports:
+        d = defs.get(name)
+        if d is None or d[0] == "NOTYPE":
+            continue
+        if version is None or version in d[2] or d[2] == {None}:
+            hits.append(name + (f"@{version}" if version else ""))
+    return sorted(hits)
 
 
 @functools.lru_cache(maxsize=None)
 def _imports_of(objects):
-    wanted, provided = set(), set()
+    imports = set()
     for obj in objects:
-        d, u = elf_dynsyms(obj)
-        wanted |= u
-        provided |= set(d)
-    return wanted, provided
+        imports |= elf_dynsyms(obj)[1]
+    return frozenset(imports)
+
+
+def needed_below(path, resolved):
+    """Sonames reachable from the object at `path` through NEEDED (resolved: soname -> path)."""
+    seen, todo = set(), [path]
+    while todo:
+        for soname in elf_needed(todo.pop()):
+            if soname not in seen and soname in resolved:
+                seen.add(soname)
+                todo.append(resolved[soname])
+    return seen
 
 
 def make_stub(soname, workdir):
@@ -399,20 +422,30 @@ def main():
                         return reason
                 return None
 
+            untrimmed, _, _ = closure(binary, lambda soname: None)
             while True:
                 libs, stubs, interp = closure(binary, stub_ok)
                 kept = [binary] + [os.path.realpath(p) for p in libs.values()]
-                used = {s: imported_from(os.path.realpath(p), kept) for s, (p, _) in stubs.items()}
-                used = {s: syms for s, syms in used.items() if syms}
-                if not used:
+                # Every library left out (the stubbed ones and all behind them) must be
+                # unable to bind any reference of what stays.
+                risky = {}
+                for s, p in untrimmed.items():
+                    if s not in libs:
+                        hits = bindable_imports(os.path.realpath(p), kept)
+                        if hits:
+                            risky[s] = hits
+                if not risky:
                     break
-                for s, syms in used.items():
-                    print(f"images: {n}: shipping {s}: {len(syms)} symbols imported from it (e.g. {syms[0]})")
-                keep_real |= set(used)
-            full = None
-            if stubs:
-                untrimmed, _, _ = closure(binary, lambda soname: None)
-                full = sum(os.path.getsize(os.path.realpath(p)) for p in untrimmed.values())
+                before = len(keep_real)
+                for r, hits in sorted(risky.items()):
+                    for s, (p, _) in stubs.items():
+                        if r == s or r in needed_below(p, untrimmed):
+                            print(f"images: {n}: shipping {s}: {r} (behind it) could bind "
+                                  f"{len(hits)} references, e.g. {hits[0]}")
+                            keep_real.add(s)
+                if len(keep_real) == before:
+                    die(f"{n}: cannot decide which stubbed library brings {sorted(risky)}")
+            full = sum(os.path.getsize(os.path.realpath(p)) for p in untrimmed.values()) if stubs else None
             plans[n] = (binary, libs, stubs, interp, full)
         common = set.intersection(*(set(p[1]) for p in plans.values()))
         for s in common:
