@@ -1,0 +1,461 @@
+"""fedge end to end, the way a user meets it (issue 9 item 4): real edge nodes (kubelet +
+containerd + kube-proxy, scripts/cluster/start-cluster.sh), real images (scripts/images.sh
+archives imported into each node's containerd, the K3s air-gap way), `helm install`,
+`kubectl apply -f deploy/examples/cluster-quickstart.yaml`, `kubectl wait`, inference
+through the node-local Service, Prometheus with in-cluster discovery, `helm uninstall`.
+
+  1. cluster up, images built and imported into both nodes, the model and one WordNet
+     shard per node placed on the nodes' disks (as the manifest's header says);
+  2. `helm install` into a namespace enforcing the restricted Pod Security level: both
+     operator replicas Running and Ready, exactly one holds the Lease;
+  3. `kubectl apply -f deploy/examples/cluster-quickstart.yaml` in another restricted
+     namespace: the aggregator and one agent per node run as containers in the nodes'
+     containerd (uid 65532, seen in /proc); `kubectl wait --for=condition=Succeeded`;
+     `kubectl get ftj` shows the rounds and the accuracy;
+  4. a busybox client pod (restricted, labelled fedge.io/inference-client=true) on each
+     node calls `<job>-inference:8080/v1/classify` with the job's token: a label comes
+     back, from the agent of the client's own node (internalTrafficPolicy: Local: only
+     that agent's request counter moves); without the token: 401;
+  5. Prometheus (upstream, scripts/cluster/build-prometheus.sh: Debian's is built without
+     Kubernetes discovery) runs on the host with deploy/prometheus/prometheus.yml, its
+     kubernetes_sd_configs pointed at the API server with a ServiceAccount token: it
+     discovers and scrapes the operator, aggregator and agent pods, and every query of
+     deploy/grafana/fedge-dashboard.json returns data;
+  6. `kubectl delete ftj` + `helm uninstall` leave no fedge object, pod or volume.
+Timings are printed at the end (cluster start, images, helm install -> ready, apply ->
+Succeeded, total).
+
+Exit status 77 (ctest SKIP_RETURN_CODE) with the reason when it cannot run here: not
+root, the cluster/helm/Prometheus builds missing (scripts/cluster/build-cluster.sh,
+build-helm.sh, build-prometheus.sh), the fedge binaries or the model missing.
+Run: ctest -R integration_real_e2e --output-on-failure, or python3 real_e2e_test.py -v
+(FEDGE_KEEP_E2E=1 keeps the job, the release and Prometheus for a look afterwards).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import unittest
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import real_cluster as rc  # noqa: E402
+from real_cluster import kubectl, kubectl_json, log, run, wait_for  # noqa: E402
+
+sys.path.insert(0, os.path.join(rc.ROOT, "tests", "e2e"))
+from prometheus_test import dashboard_targets, metric_names  # noqa: E402
+
+JOB = "quickstart"  # metadata.name in deploy/examples/cluster-quickstart.yaml
+JOB_NS = "fedge-e2e"
+MONITORING_NS = "monitoring"  # the chart's default networkPolicy.monitoringNamespaces
+PROM_PORT = 19091
+TIMINGS = {}
+
+
+class RealEndToEndTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.work = rc.new_workdir("fedge-real-e2e-")
+        cls.prom = None
+        cls.started_here = False
+        t_total = time.time()
+        cls.t_total = t_total
+        cls.started_here, TIMINGS["cluster start"] = rc.start_cluster()
+        rc.check_no_other_operator()
+        images = rc.build_and_import_images(os.path.join(cls.work, "images"))
+        TIMINGS["images.sh (incl. waiting for the build lock)"] = images["images.sh"]
+        if images["pack"] is not None:
+            TIMINGS["images.sh packing"] = images["pack"]
+        TIMINGS["image import into 2 nodes"] = images["import"]
+        cls.image_sizes = images["sizes"]
+        cls.labels = rc.place_model_and_data(cls.work)
+        # Monitoring comes first, as on a real cluster: Prometheus sees every pod from its start.
+        cls._start_prometheus()
+
+    @classmethod
+    def _start_prometheus(cls):
+        """A ServiceAccount allowed to list and watch pods (what a Prometheus outside the
+        cluster gets), its token, and the shipped config with each kubernetes_sd block
+        pointed at the API server with it."""
+        rc.ensure_namespace(MONITORING_NS)
+        rbac = f"""
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: prometheus, namespace: {MONITORING_NS}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: e2e-prometheus-pods}}
+rules:
+  - {{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: e2e-prometheus-pods}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-prometheus-pods}}
+subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}}]
+"""
+        kubectl("apply", "-f", "-", input=rbac)
+        token = kubectl("-n", MONITORING_NS, "create", "token", "prometheus", "--duration=3h", quiet=True).stdout
+        prom_dir = os.path.join(cls.work, "prometheus")
+        os.makedirs(prom_dir)
+        token_file = os.path.join(prom_dir, "token")
+        with open(token_file, "w") as f:
+            f.write(token.strip())
+        os.chmod(token_file, 0o600)
+        with open(os.path.join(rc.ROOT, "deploy", "prometheus", "prometheus.yml")) as f:
+            text = f.read()
+        block = re.compile(r"^( *)kubernetes_sd_configs:\n\1  - role: pod\n", re.M)
+
+        def in_cluster(m):
+            i = m.group(1)
+            return (f"{i}kubernetes_sd_configs:\n{i}  - role: pod\n"
+                    f"{i}    api_server: {rc.Api().server}\n"
+                    f"{i}    tls_config: {{ca_file: {rc.Api().ca}}}\n"
+                    f"{i}    authorization: {{credentials_file: {token_file}}}\n")
+        text, n = block.subn(in_cluster, text)
+        assert n == 2, "expected the two kubernetes_sd blocks (fedge-pods, fedge-annotated) in prometheus.yml"
+        text, n = re.subn(r"^(  scrape_interval:) \S+$", r"\1 2s", text, flags=re.M)
+        assert n == 1
+        cls.prom_config = os.path.join(prom_dir, "prometheus.yml")
+        with open(cls.prom_config, "w") as f:
+            f.write(text)
+        log("Prometheus config: deploy/prometheus/prometheus.yml with, in each kubernetes_sd_configs block:")
+        print("    " + "\n    ".join(l for l in text.splitlines() if "api_server" in l or "tls_config" in l
+                                      or "credentials_file" in l or "scrape_interval" in l))
+        promtool = os.path.join(os.path.dirname(rc.prometheus_bin()), "promtool")
+        run([promtool, "check", "config", cls.prom_config], max_lines=5)
+        log(f"$ prometheus --config.file {cls.prom_config} --web.listen-address 127.0.0.1:{PROM_PORT} ...")
+        cls.prom_log = open(os.path.join(prom_dir, "prometheus.log"), "w")
+        cls.prom = subprocess.Popen([rc.prometheus_bin(), "--config.file", cls.prom_config,
+                                     "--web.listen-address", f"127.0.0.1:{PROM_PORT}",
+                                     "--storage.tsdb.path", os.path.join(prom_dir, "tsdb")],
+                                    stdout=cls.prom_log, stderr=subprocess.STDOUT)
+        wait_for(lambda: rc.http_json(f"http://127.0.0.1:{PROM_PORT}/api/v1/status/buildinfo"), 60,
+                 "Prometheus to answer")
+        print("    " + json.dumps(rc.http_json(f"http://127.0.0.1:{PROM_PORT}/api/v1/status/buildinfo")["data"]))
+
+    @classmethod
+    def tearDownClass(cls):
+        keep = os.environ.get("FEDGE_KEEP_E2E") == "1"
+        try:
+            if cls.prom and not keep:
+                cls.prom.send_signal(signal.SIGTERM)
+                try:
+                    cls.prom.wait(30)
+                except subprocess.TimeoutExpired:
+                    cls.prom.kill()
+                    cls.prom.wait()
+            if keep:
+                log(f"kept the job, the release, Prometheus (pid {cls.prom.pid if cls.prom else None}) and {cls.work}")
+                return
+            # Whatever a failed test left (the last test removes it all when it passes).
+            if kubectl("get", "crd", "federatedtrainingjobs.fedge.io", check=False, quiet=True).returncode == 0:
+                kubectl("-n", JOB_NS, "delete", "ftj", "--all", "--wait=true", "--timeout=120s", check=False,
+                        timeout=180, quiet=True)
+            rc.helm("uninstall", rc.RELEASE, "-n", rc.RELEASE_NS, "--wait", check=False, quiet=True, timeout=300)
+            for ns in (JOB_NS, MONITORING_NS, rc.RELEASE_NS):
+                kubectl("delete", "namespace", ns, "--wait=true", "--timeout=180s", check=False, timeout=240,
+                        quiet=True)
+            kubectl("delete", "clusterrolebinding,clusterrole", "e2e-prometheus-pods", check=False, quiet=True)
+            kubectl("delete", "crd", "federatedtrainingjobs.fedge.io", check=False, quiet=True)
+            shutil.rmtree(cls.work, ignore_errors=True)
+        finally:
+            if cls.started_here and not keep:
+                rc.stop_cluster()
+            TIMINGS["total"] = time.time() - cls.t_total
+            log("timings:")
+            for k, v in TIMINGS.items():
+                print(f"    {k:48s} {v:7.1f} s")
+            if getattr(cls, "image_sizes", None):
+                log("image sizes (compressed / uncompressed, from images.sh):")
+                for k, (c, u) in cls.image_sizes.items():
+                    print(f"    {k:12s} {c / 1e6:7.1f} MB / {u / 1e6:7.1f} MB")
+            sys.stdout.flush()
+
+    # ------------------------------------------------------------------------------------
+    def test_1_helm_install_runs_two_operator_replicas_and_one_leads(self):
+        ready, pods, leader = rc.helm_install()
+        TIMINGS["helm install -> both replicas Ready"] = ready
+        kubectl("-n", rc.RELEASE_NS, "get", "pods", "-o", "wide")
+        kubectl("-n", rc.RELEASE_NS, "get", "lease", "fedge-operator")
+        names = sorted(p["metadata"]["name"] for p in pods)
+        self.assertEqual(len(names), 2, names)
+        for p in pods:
+            self.assertEqual(p["status"]["phase"], "Running", p["metadata"]["name"])
+            self.assertEqual(p["spec"]["securityContext"].get("runAsNonRoot"), True)
+        self.assertIn(leader, names, "the Lease holder is not one of the release's pods")
+        # Exactly one leads: only the Lease holder started its controller ("caches
+        # synced"); the other waits for the Lease (test_2 checks that only it reconciles).
+        # (The first leader, which creates the Lease, logs no "acquired leadership".)
+        started = [p for p in names if "caches synced" in kubectl("-n", rc.RELEASE_NS, "logs", p).stdout]
+        self.assertEqual(started, [leader], "exactly the Lease holder must run the controller")
+        type(self).leader = leader
+        # Both replicas' containers run in the nodes' containerd as uid 65532.
+        for p in pods:
+            for node, name, cid, pid, status, uid in rc.container_on_node(p):
+                log(f"{p['metadata']['name']}/{name}: container {cid} pid {pid} {status} on {node}, uid {uid}")
+                self.assertEqual(status, "RUNNING")
+                self.assertEqual(int(uid), rc.POD_UID)
+
+    def test_2_apply_the_quickstart_and_wait_for_succeeded(self):
+        rc.ensure_namespace(JOB_NS)
+        t = time.time()
+        kubectl("-n", JOB_NS, "apply", "-f", rc.QUICKSTART)
+        # The aggregator and one agent per node, running as containers on the nodes.
+        def running():
+            pods = kubectl_json("-n", JOB_NS, "get", "pods", "-l", f"fedge.io/job={JOB}")["items"]
+            up = [p for p in pods if p["status"].get("phase") == "Running"
+                  and all(c.get("ready") for c in p["status"].get("containerStatuses", []))]
+            return up if len(up) == 1 + len(rc.NODES) else None
+        pods = wait_for(running, 300, "the aggregator and both agents Running and Ready", interval=1)
+        TIMINGS["apply -> pods Running"] = time.time() - t
+        kubectl("-n", JOB_NS, "get", "pods", "-o", "wide")
+        agent_nodes = sorted(p["spec"]["nodeName"] for p in pods if p["metadata"]["labels"]["fedge.io/role"] == "agent")
+        self.assertEqual(agent_nodes, rc.NODES)
+        for p in pods:
+            for node, name, cid, pid, status, uid in rc.container_on_node(p):
+                log(f"{p['metadata']['name']}/{name}: containerd task {cid} pid {pid} {status} on {node}, uid {uid}")
+                self.assertEqual(int(uid), rc.POD_UID)
+        rc.node_sh("ctr", rc.NODES[0], "tasks", "ls")
+        kubectl("-n", JOB_NS, "get", "ftj")
+        kubectl("-n", JOB_NS, "wait", "--for=condition=Succeeded", f"ftj/{JOB}", "--timeout=900s", timeout=960)
+        TIMINGS["apply -> Succeeded"] = time.time() - t
+        table = kubectl("-n", JOB_NS, "get", "ftj", JOB).stdout
+        kubectl("-n", JOB_NS, "get", "ftj", JOB, "-o", "wide")
+        job = kubectl_json("-n", JOB_NS, "get", "ftj", JOB)
+        st = job["status"]
+        total = job["spec"]["rounds"]["total"]
+        self.assertEqual(st["state"], "Succeeded")
+        self.assertEqual(st["roundsCompleted"], total)
+        acc = st["lastRound"]["accuracy"]
+        # 25 classes; the split's majority baseline is 0.205 (fedge data wordnet prints it).
+        self.assertGreater(acc, 0.3, "the federated model did not learn")
+        header, row = table.splitlines()[0].split(), table.splitlines()[1].split()
+        self.assertEqual(header[:6], ["NAME", "STATE", "ROUND", "TOTAL", "AGENTS", "ACCURACY"])
+        self.assertEqual(row[1:4], ["Succeeded", str(total), str(total)])
+        self.assertAlmostEqual(float(row[5]), acc, places=3)
+        kubectl("-n", JOB_NS, "describe", "ftj", JOB, max_lines=25)
+        # Only the leader reconciled the job.
+        reconciles = {}
+        for p in rc.operator_pods():
+            text = rc.metrics_text(f"http://{p['status']['podIP']}:8081/metrics")
+            reconciles[p["metadata"]["name"]] = rc.metric_value(text, "fedge_operator_reconcile_total")
+        log(f"fedge_operator_reconcile_total per replica: {reconciles} (leader {self.leader})")
+        self.assertGreater(reconciles.pop(self.leader), 0)
+        self.assertEqual(list(reconciles.values()), [0.0], "the standby replica reconciled")
+        type(self).succeeded_at = time.time()
+
+    def test_3_client_pod_on_each_node_classifies_through_the_inference_service(self):
+        agents = {p["spec"]["nodeName"]: p for p in kubectl_json("-n", JOB_NS, "get", "pods", "-l",
+                                                                    f"fedge.io/job={JOB},fedge.io/role=agent")["items"]}
+        self.assertEqual(sorted(agents), rc.NODES)
+        svc = kubectl_json("-n", JOB_NS, "get", "svc", f"{JOB}-inference")
+        self.assertEqual(svc["spec"].get("internalTrafficPolicy"), "Local")
+        kubectl("-n", JOB_NS, "get", "svc,endpointslices", "-o", "wide")
+
+        def counters():
+            out = {}
+            for node, p in agents.items():
+                text = rc.metrics_text(f"http://{p['status']['podIP']}:8080/metrics")
+                out[node] = {code: rc.metric_value(text, "fedge_agent_inference_requests_total",
+                                                   {"endpoint": "/v1/classify", "code": code})
+                             for code in ("200", "401")}
+            return out
+
+        texts = ["oak: a deciduous tree of the genus Quercus", "violin: a bowed stringed instrument"]
+        body = json.dumps({"input": texts})
+        script = ("timeout 30 wget -q -O - --header 'Content-Type: application/json' "
+                  "--header \"Authorization: Bearer $(cat /token/token)\" "
+                  f"--post-data '{body}' http://{JOB}-inference:8080/v1/classify; echo; "
+                  # and once without the token: refused
+                  f"timeout 30 wget -q -O - --post-data '{body}' http://{JOB}-inference:8080/v1/classify "
+                  "2>&1 | tail -1; true")
+        for i, node in enumerate(rc.NODES, start=1):
+            before = counters()
+            name = f"inference-client-{i}"
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "labels": {"fedge.io/inference-client": "true"}},
+                   "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "restartPolicy": "Never",
+                            "automountServiceAccountToken": False,
+                            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                                "fsGroup": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+                            "containers": [{"name": "client", "image": rc.BUSYBOX, "imagePullPolicy": "Never",
+                                            "command": ["sh", "-c", script],
+                                            "securityContext": {"allowPrivilegeEscalation": False,
+                                                                "readOnlyRootFilesystem": True,
+                                                                "capabilities": {"drop": ["ALL"]}},
+                                            "volumeMounts": [{"name": "token", "mountPath": "/token",
+                                                              "readOnly": True}]}],
+                            "volumes": [{"name": "token", "secret": {"secretName": f"{JOB}-inference-token",
+                                                                     "defaultMode": 0o440}}]}}
+            kubectl("-n", JOB_NS, "apply", "-f", "-", input=json.dumps(pod))
+            phase = wait_for(lambda: kubectl("-n", JOB_NS, "get", "pod", name, "-o", "jsonpath={.status.phase}",
+                                             quiet=True).stdout in ("Succeeded", "Failed") and True, 120,
+                             f"{name} to finish", interval=1)
+            self.assertTrue(phase)
+            out = kubectl("-n", JOB_NS, "logs", name).stdout.strip().splitlines()
+            got = json.loads(out[0])
+            self.assertEqual(len(got["data"]), 2)
+            labels = [d["label"] for d in got["data"]]
+            for label in labels:
+                self.assertIn(label, self.labels)
+            log(f"client on {node}: {texts[0]!r} -> {labels[0]} ({got['data'][0]['score']:.2f}), "
+                f"{texts[1]!r} -> {labels[1]} ({got['data'][1]['score']:.2f}), model {got['model']}")
+            self.assertIn("401", out[-1], "a request without the token was not refused")
+            self.assertEqual(kubectl_json("-n", JOB_NS, "get", "pod", name)["spec"]["nodeName"], node)
+            # internalTrafficPolicy: Local - the client's own node's agent answered, only it.
+            after = wait_for(lambda: (lambda c: c if c[node]["200"] == before[node]["200"] + 1 else None)(counters()),
+                             30, f"{node}'s agent to count the request")
+            log(f"requests counted by the agents (200, 401): before {before}, after {after}")
+            for other in rc.NODES:
+                if other != node:
+                    self.assertEqual(after[other], before[other], f"{other}'s agent answered a client on {node}")
+            self.assertEqual(after[node]["401"], before[node]["401"] + 1)
+            kubectl("-n", JOB_NS, "delete", "pod", name, "--wait=true")
+        type(self).inference_done_at = time.time()
+
+    def test_4_prometheus_discovers_the_pods_and_answers_every_dashboard_query(self):
+        base = f"http://127.0.0.1:{PROM_PORT}/api/v1"
+
+        def api(path, **params):
+            url = f"{base}/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+            r = rc.http_json(url, timeout=10)
+            self.assertIsNotNone(r, url)
+            return r
+
+        # Wait for a scrape after the inference requests (scrape_interval 2 s).
+        wait_for(lambda: api("query", query='sum(fedge_agent_inference_requests_total{code="200"})')["data"]["result"],
+                 60, "the inference requests in Prometheus")
+        targets = api("targets")["data"]["activeTargets"]
+        log("Prometheus targets (kubernetes_sd_configs, role pod):")
+        for t in targets:
+            d = t["discoveredLabels"]
+            print(f"    {t['labels'].get('job'):16s} {t['labels'].get('component', ''):10s} "
+                  f"{d.get('__meta_kubernetes_namespace', '')}/{d.get('__meta_kubernetes_pod_name', '')} "
+                  f"{t['scrapeUrl']} {t['health']}")
+        by_pod = {t["discoveredLabels"].get("__meta_kubernetes_pod_name"): t for t in targets}
+        for p in rc.operator_pods():
+            self.assertIn(p["metadata"]["name"], by_pod, "operator pod not discovered")
+            self.assertEqual(by_pod[p["metadata"]["name"]]["health"], "up")
+        for node in rc.NODES:
+            self.assertEqual(by_pod[f"{JOB}-agent-{node}"]["health"], "up")
+            self.assertEqual(by_pod[f"{JOB}-agent-{node}"]["labels"].get("fedge_job"), f"{JOB_NS}/{JOB}")
+        self.assertIn(f"{JOB}-aggregator", by_pod)
+        # The aggregator exits when the job is done (--exit-when-done): its series are
+        # stale now. The dashboard shows them over the job's time range; evaluate the
+        # queries at the last moment Prometheus scraped it up, and at "now" (after the
+        # inference requests) for the agents' request panels.
+        up = api("query_range", query=f'up{{job="fedge-pods",component="aggregator",fedge_job="{JOB_NS}/{JOB}"}}',
+                 start=self.succeeded_at - 900, end=time.time(), step="1")["data"]["result"]
+        up_times = [float(ts) for s in up for ts, v in s["values"] if v == "1"]
+        self.assertTrue(up_times, "Prometheus never scraped the aggregator while it ran")
+        t_run = max(up_times)
+        log(f"aggregator scraped up {len(up_times)} times, last at t={t_run:.0f} "
+            f"({self.succeeded_at - t_run:.1f} s before Succeeded was seen)")
+        stored = set(api("label/__name__/values")["data"])
+        targets_ = dashboard_targets()
+        self.assertGreater(len(targets_), 10)
+        empty = []
+        log(f"the {len(targets_)} queries of deploy/grafana/fedge-dashboard.json:")
+        for title, t in targets_:
+            expr = t["expr"]
+            results = {}
+            for when, ts in (("while the job ran", t_run), ("now", time.time())):
+                r = api("query", query=expr, time=f"{ts:.3f}")
+                self.assertEqual(r.get("status"), "success", f"{expr}: {r}")
+                results[when] = r["data"]["result"]
+            answered = [w for w, res in results.items() if res]
+            sample = next((res for res in results.values() if res), [])
+            shown = ", ".join(f"{s['metric'].get('fedge_job') or s['metric'].get('instance') or s['metric'].get('reason') or s['metric'].get('component', '')}"
+                              f"={s['value'][1][:8]}" for s in sample[:3])
+            print(f"    [{'data' if answered else 'NO DATA':7s}] {title}: {expr}\n"
+                  f"              {len(results['while the job ran'])} series while the job ran, "
+                  f"{len(results['now'])} now; {shown}")
+            if not answered:
+                empty.append((title, expr))
+        # A healthy job rejects no update, and the aggregator creates the reason-labelled
+        # series only at the first rejection: that panel can only be empty here. Prove it
+        # is empty for that reason (no series ever stored, no rejection in the log) and
+        # nothing else is.
+        rejected = [(ti, e) for ti, e in empty if metric_names(e) == {"fedge_aggregator_updates_rejected_total"}]
+        self.assertEqual([x for x in empty if x not in rejected], [], "dashboard queries without data")
+        if rejected:
+            self.assertNotIn("fedge_aggregator_updates_rejected_total", stored)
+            agg_log = kubectl("-n", JOB_NS, "logs", f"{JOB}-aggregator", "-c", "aggregator", quiet=True).stdout
+            self.assertNotIn("update rejected", agg_log)
+            log("NO DATA for 'Rejected updates by reason' is the truth: the aggregator rejected no update "
+                "(no 'update rejected' in its log) and exposes the counter only after a first rejection")
+
+    def test_5_delete_the_job_and_uninstall_leave_nothing_behind(self):
+        storage_before = {n: set(os.listdir(os.path.join(rc.node_disk(n), "storage"))) for n in rc.NODES}
+        ckpt_pv = kubectl_json("-n", JOB_NS, "get", "pvc", f"{JOB}-checkpoints")["spec"]["volumeName"]
+        # The finalizer needs the operator: delete the job before uninstalling it.
+        kubectl("-n", JOB_NS, "delete", "ftj", JOB, "--wait=true", "--timeout=180s", timeout=240)
+        rc.helm("uninstall", rc.RELEASE, "-n", rc.RELEASE_NS, "--wait", "--timeout", "3m", timeout=240)
+        kinds = "ftj,pods,services,endpointslices,deployments,replicasets,secrets,configmaps,serviceaccounts," \
+                "roles,rolebindings,networkpolicies,poddisruptionbudgets,persistentvolumeclaims,leases"
+
+        def leftovers():
+            out = []
+            for ns in (JOB_NS, rc.RELEASE_NS):
+                for o in kubectl_json("-n", ns, "get", kinds)["items"]:
+                    name = o["metadata"]["name"]
+                    if (o["kind"], name) in (("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")):
+                        continue  # every namespace has them
+                    out.append(f"{o['kind']} {ns}/{name}")
+            for o in kubectl_json("get", "persistentvolumes,clusterroles,clusterrolebindings")["items"]:
+                name = o["metadata"]["name"]
+                if o["kind"] == "PersistentVolume" and (name == ckpt_pv or (o["spec"].get("claimRef") or {}).get(
+                        "namespace") == JOB_NS):
+                    out.append(f"PersistentVolume {name}")
+                elif o["kind"] != "PersistentVolume" and (name.startswith(rc.RELEASE + "-") or
+                                                          "fedge-operator" in name):
+                    out.append(f"{o['kind']} {name}")
+            return out
+
+        left = []
+
+        def settled():
+            left[:] = leftovers()
+            # Pods and claims go away asynchronously after the deletes returned.
+            return not [x for x in left if not x.startswith("Lease ")]
+        try:
+            wait_for(settled, 120, "the job's and the release's objects to go", interval=2)
+        finally:
+            kubectl("get", "ftj,pods,pvc,leases", "-n", JOB_NS, check=False)
+            kubectl("get", "all,secrets,configmaps,leases,pdb", "-n", rc.RELEASE_NS, check=False)
+            kubectl("get", "pv", check=False)
+        self.assertEqual(kubectl_json("get", "ftj", "-A")["items"], [])
+        for n in rc.NODES:
+            now = set(os.listdir(os.path.join(rc.node_disk(n), "storage")))
+            self.assertFalse(now - storage_before[n], f"{n}: new volume directories left: {now - storage_before[n]}")
+            self.assertNotIn(ckpt_pv, now, f"{n}: the checkpoint volume's directory is left")
+        log(f"left behind: {left or 'nothing'} (the CRD stays: Helm never deletes crds/; "
+            "`kubectl delete crd federatedtrainingjobs.fedge.io` removes it)")
+        type(self).leftover_lease = [x for x in left if x.startswith("Lease ")]
+
+    @unittest.expectedFailure
+    def test_6_uninstall_leaves_no_lease(self):
+        """Known gap (reported, not the test's to fix): the operator's leader-election Lease
+        `fedge-operator` is made by the operator, not by the chart, so `helm uninstall` does
+        not delete it; and it is not even released (holderIdentity stays), because the
+        release's RBAC goes at the same time as the pods (LeaderElector::Release fails and
+        its status is dropped). Delete the release namespace, or the Lease, by hand. When
+        this passes (unexpected success fails the run), remove the decorator."""
+        if getattr(self, "leftover_lease", None) is None:
+            self.skipTest("test_5 did not get to the leftovers")
+        self.assertEqual(self.leftover_lease, [],
+                         f"left after helm uninstall: {getattr(self, 'leftover_lease', None)}")
+
+
+if __name__ == "__main__":
+    reason = rc.missing_prerequisites()
+    if reason:
+        print(f"SKIPPED: {reason}")
+        sys.exit(77)
+    unittest.main()
