@@ -159,7 +159,8 @@ void MemoryCheckChild(int agents, int64_t values, int fd) {
     return h;
   };
   std::vector<std::string> sessions;
-  for (int i = 0; i < agents; ++i) sessions.push_back((*engine)->Join("a" + std::to_string(i), "", 100));
+  for (int i = 0; i < agents; ++i)
+    sessions.push_back((*engine)->Join("a" + std::to_string(i), AgentInfo{"", 100, 100}));
   std::vector<std::string> deltas;
   {
     TensorBundle initial = Random(values, 1, 0.02f);

@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
   int expected_agents = 0;
   uint64_t max_update_bytes = 256ull << 20;
   uint64_t max_partial_upload_bytes = 256ull << 20;
+  uint64_t max_upload_buffer_bytes = 512ull << 20;
+  int64_t stream_idle_timeout_s = 120;
+  int max_open_streams = 1024;
   bool exit_when_done = false, show_version = false;
 
   CLI::App app{
@@ -61,6 +64,18 @@ int main(int argc, char** argv) {
   app.add_option("--max-partial-upload-bytes", max_partial_upload_bytes,
                  "memory reserved for interrupted uploads agents may resume (least recently used "
                  "evicted first; 0: uploads are not resumable)")
+      ->capture_default_str();
+  app.add_option(
+         "--max-upload-buffer-bytes", max_upload_buffer_bytes,
+         "memory for every incomplete upload (streams still arriving and partial uploads), counted as "
+         "bytes arrive; a chunk beyond it ends its stream with RESOURCE_EXHAUSTED (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--stream-idle-timeout-seconds", stream_idle_timeout_s,
+                 "cancel an upload or download stream that moves no message for this long (0: never)")
+      ->capture_default_str();
+  app.add_option("--max-open-streams", max_open_streams,
+                 "SubmitUpdate + FetchGlobal streams open at once; more are refused with RESOURCE_EXHAUSTED "
+                 "(0: no limit)")
       ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
@@ -125,6 +140,9 @@ int main(int argc, char** argv) {
   options.tokens_file = tokens_file;
   options.max_partial_upload_bytes = max_partial_upload_bytes;
   options.max_update_bytes = max_update_bytes;
+  options.max_upload_buffer_bytes = max_upload_buffer_bytes;
+  options.stream_idle_timeout_ms = stream_idle_timeout_s * 1000;
+  options.max_open_streams = max_open_streams;
   auto server = aggregator::AggregatorServer::Create(*spec, options);
   if (!server.ok()) {
     log::Error("cannot start the aggregator", {{"error", server.status().ToString()}});

@@ -90,6 +90,21 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                           .Help("Updates scaled down to the default norm bound")
                           .Register(r)
                           .Add({});
+  upload_buffer_bytes_ =
+      &BuildGauge()
+           .Name("fedge_aggregator_upload_buffer_bytes")
+           .Help("Bytes of incomplete uploads in memory (streams in progress and partial uploads)")
+           .Register(r)
+           .Add({});
+  open_streams_ = &BuildGauge()
+                       .Name("fedge_aggregator_open_streams")
+                       .Help("Open SubmitUpdate and FetchGlobal streams")
+                       .Register(r)
+                       .Add({});
+  streams_refused_ = &BuildCounter()
+                          .Name("fedge_aggregator_streams_refused_total")
+                          .Help("Streams refused or cancelled by the in-flight limits, by reason")
+                          .Register(r);
 }
 
 AggregatorMetrics::~AggregatorMetrics() = default;
@@ -130,6 +145,17 @@ void AggregatorMetrics::WeightClamped(std::string_view kind, std::string_view re
   weights_clamped_->Add({{"kind", std::string(kind)}, {"reason", std::string(reason)}}).Increment();
 }
 void AggregatorMetrics::UpdateClipped() { updates_clipped_->Increment(); }
+void AggregatorMetrics::SetUploadBufferBytes(uint64_t bytes) {
+  upload_buffer_bytes_->Set(static_cast<double>(bytes));
+}
+void AggregatorMetrics::SetOpenStreams(int64_t n) { open_streams_->Set(static_cast<double>(n)); }
+void AggregatorMetrics::StreamRefused(std::string_view reason) {
+  streams_refused_->Add({{"reason", std::string(reason)}}).Increment();
+}
+double AggregatorMetrics::upload_buffer_bytes() const { return upload_buffer_bytes_->Value(); }
+double AggregatorMetrics::streams_refused(std::string_view reason) const {
+  return streams_refused_->Add({{"reason", std::string(reason)}}).Value();
+}
 
 double AggregatorMetrics::weights_clamped(std::string_view kind, std::string_view reason) const {
   return weights_clamped_->Add({{"kind", std::string(kind)}, {"reason", std::string(reason)}}).Value();

@@ -35,6 +35,10 @@ v1::SubmitUpdateResponse ToResponse(const UpdateVerdict& verdict) {
 
 }  // namespace
 
+PartialUpload::~PartialUpload() {
+  if (buffered) buffered->fetch_sub(data.size());
+}
+
 ProtocolHandler::ProtocolHandler(RoundEngine* engine, AggregatorMetrics* metrics, ProtocolOptions options)
     : engine_(engine), metrics_(metrics), options_(std::move(options)) {}
 
@@ -133,32 +137,47 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
   return OkStatus();
 }
 
+Status ProtocolHandler::OpenFetch(const v1::FetchGlobalRequest& request, GlobalStream* stream) {
+  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
+  FEDGE_ASSIGN_OR_RETURN(stream->global, engine_->Global(request.version()));
+  stream->chunk_bytes = std::clamp<size_t>(options_.chunk_bytes, 1, kMaxChunkBytes);
+  stream->sent = 0;
+  return OkStatus();
+}
+
+bool ProtocolHandler::NextChunk(GlobalStream* stream, v1::GlobalChunk* chunk) const {
+  const std::string& bytes = stream->global->encoded;
+  // An empty bundle still gets one (metadata) chunk.
+  if (stream->started && stream->sent >= bytes.size()) return false;
+  stream->started = true;
+  const size_t offset = static_cast<size_t>(stream->sent);
+  const size_t n = std::min(stream->chunk_bytes, bytes.size() - offset);
+  chunk->set_version(stream->global->version);
+  chunk->set_total_bytes(bytes.size());
+  chunk->set_checksum(stream->global->checksum);
+  chunk->set_offset(offset);
+  chunk->set_data(bytes.data() + offset, n);
+  stream->sent += n;
+  return true;
+}
+
+void ProtocolHandler::CloseFetch(const GlobalStream& stream) { engine_->RecordBytesSent(stream.sent); }
+
 Status ProtocolHandler::FetchGlobal(const v1::FetchGlobalRequest& request,
                                     const std::function<bool(const v1::GlobalChunk&)>& write) {
-  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
-  FEDGE_ASSIGN_OR_RETURN(std::shared_ptr<const GlobalModel> global, engine_->Global(request.version()));
-  const std::string& bytes = global->encoded;
-  const size_t chunk = std::clamp<size_t>(options_.chunk_bytes, 1, kMaxChunkBytes);
-  uint64_t sent = 0;
-  size_t offset = 0;
+  GlobalStream stream;
+  FEDGE_RETURN_IF_ERROR(OpenFetch(request, &stream));
   Status result;
-  // An empty bundle still gets one (metadata) chunk.
-  do {
-    const size_t n = std::min(chunk, bytes.size() - offset);
-    v1::GlobalChunk c;
-    c.set_version(global->version);
-    c.set_total_bytes(bytes.size());
-    c.set_checksum(global->checksum);
-    c.set_offset(offset);
-    c.set_data(bytes.data() + offset, n);
+  v1::GlobalChunk c;
+  while (NextChunk(&stream, &c)) {
     if (!write(c)) {
-      result = CancelledError("the agent closed the FetchGlobal stream at offset " + std::to_string(offset));
+      result =
+          CancelledError("the agent closed the FetchGlobal stream at offset " + std::to_string(c.offset()));
+      stream.sent = c.offset();
       break;
     }
-    offset += n;
-    sent += n;
-  } while (offset < bytes.size());
-  engine_->RecordBytesSent(sent);
+  }
+  CloseFetch(stream);
   return result;
 }
 
@@ -236,7 +255,8 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
     return false;
   }
   if (buffer->empty()) buffer->reserve(header.total_bytes());
-  const bool had_header = buffer->size() >= kBundleHeaderBytes;
+  const size_t before = buffer->size();
+  const bool had_header = before >= kBundleHeaderBytes;
   buffer->append(chunk);
   if (!had_header && buffer->size() >= kBundleHeaderBytes) {
     // The bundle's own header says how many tensors follow: a count other
@@ -245,6 +265,7 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
       auto bh = InspectBundle(std::string_view(*buffer).substr(0, kBundleHeaderBytes));
       if (!bh.ok()) {
         *rejection = Reject(header, "decode", "cannot decode the update: " + bh.status().message());
+        buffer->resize(before);  // a refused chunk leaves the buffer as it was
         return false;
       }
       if (bh->tensor_count != layout->tensors.size()) {
@@ -252,6 +273,7 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
             Reject(header, "layout",
                    "update layout differs from the global model: " + std::to_string(bh->tensor_count) +
                        " tensors, expected " + std::to_string(layout->tensors.size()));
+        buffer->resize(before);
         return false;
       }
     }
@@ -337,6 +359,7 @@ void ProtocolHandler::DropClosedUploadsLocked() {
 void ProtocolHandler::DropClosedUploads() {
   std::lock_guard<std::mutex> lock(uploads_mu_);
   DropClosedUploadsLocked();
+  if (metrics_) metrics_->SetUploadBufferBytes(buffered_->load());
 }
 
 size_t ProtocolHandler::partial_uploads() const {
@@ -373,6 +396,7 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
     }
     stream->partial = std::make_shared<PartialUpload>();
     stream->partial->header = header;
+    stream->partial->buffered = buffered_;
     return OkStatus();
   }
 
@@ -426,6 +450,7 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
   stream->partial = std::make_shared<PartialUpload>();
   stream->partial->key = key;
   stream->partial->header = header;
+  stream->partial->buffered = buffered_;
   if (!engine_->AcceptsUpdatesFor(header.round())) return OkStatus();  // the engine will say why
   if (options_.max_partial_bytes == 0) return OkStatus();              // resumption disabled
   // One partial per agent: a new upload supersedes the agent's older ones.
@@ -470,9 +495,53 @@ Status ProtocolHandler::OpenUpload(const v1::UpdateHeader& header, UploadStream*
 }
 
 bool ProtocolHandler::AppendUpload(UploadStream* stream, const std::string& chunk,
-                                   v1::SubmitUpdateResponse* rejection) {
+                                   v1::SubmitUpdateResponse* rejection, Status* error) {
   PartialUpload& p = *stream->partial;
+  // Counted as the bytes arrive (issue 10, item 7): many slow or unfinished
+  // uploads cannot together hold more than the budget.
+  const uint64_t n = chunk.size();
+  uint64_t buffered = buffered_->fetch_add(n) + n;
+  if (options_.max_upload_buffer_bytes > 0 && buffered > options_.max_upload_buffer_bytes) {
+    // Uploads still arriving come before idle partial ones: drop those (least
+    // recently used first) until this chunk fits.
+    std::lock_guard<std::mutex> lock(uploads_mu_);
+    while (buffered_->load() > options_.max_upload_buffer_bytes) {
+      auto victim = uploads_.end();
+      for (auto j = uploads_.begin(); j != uploads_.end(); ++j) {
+        if (!j->second->in_use &&
+            (victim == uploads_.end() || j->second->last_used < victim->second->last_used))
+          victim = j;
+      }
+      if (victim == uploads_.end()) break;
+      log::Warn("partial upload evicted: the upload buffer is full",
+                {{"agent", victim->second->header.header().agent_id()},
+                 {"upload_id", victim->second->header.upload_id()},
+                 {"held_bytes", victim->second->received.load()},
+                 {"buffer_bytes", options_.max_upload_buffer_bytes}});
+      EraseUploadLocked(victim->first);  // its bytes go back when nobody holds it
+    }
+    buffered = buffered_->load();
+  }
+  if (metrics_) metrics_->SetUploadBufferBytes(buffered);
+  if (options_.max_upload_buffer_bytes > 0 && buffered > options_.max_upload_buffer_bytes) {
+    buffered_->fetch_sub(n);
+    const std::string why = "the aggregator holds " + std::to_string(buffered - n) +
+                            " bytes of incomplete uploads, its limit is " +
+                            std::to_string(options_.max_upload_buffer_bytes) +
+                            " (--max-upload-buffer-bytes); retry later";
+    *rejection = Reject(stream->header, "buffer_full", why);
+    if (error) *error = ResourceExhaustedError(why);
+    if (stream->resumable) {
+      // A named upload keeps what it holds: the agent resumes it later.
+      std::lock_guard<std::mutex> lock(uploads_mu_);
+      p.in_use = false;
+      p.last_used = ++upload_clock_;
+      stream->resumable = false;
+    }
+    return false;
+  }
   if (!AppendChunk(stream->header, chunk, &p.data, rejection)) {
+    buffered_->fetch_sub(n);
     if (stream->resumable) {
       std::lock_guard<std::mutex> lock(uploads_mu_);
       EraseUploadLocked(p.key);

@@ -1,6 +1,11 @@
 #include "fedge/aggregator/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
+
+#include <atomic>
+#include <map>
+#include <set>
 
 #include "fedge.grpc.pb.h"
 #include "fedge/http_server.h"
@@ -18,67 +23,366 @@ grpc::Status ToGrpc(const Status& s) {
 }  // namespace
 
 // The gRPC adapter: moves messages between streams and the ProtocolHandler.
-class AggregatorServer::Service final : public v1::Aggregator::Service {
+// Every method uses gRPC's callback API, so a stream holds no thread while it
+// waits for its peer (issue 10, item 7: 200 half-open streams made 200
+// threads with the synchronous API). The in-flight limits live here:
+//   - at most max_open_streams SubmitUpdate + FetchGlobal streams at once;
+//   - per agent (after its session is checked) one SubmitUpdate and
+//     kFetchesPerAgent FetchGlobal streams;
+//   - a SubmitUpdate stream must send its header within
+//     stream_header_timeout_ms, and any stream that moves no message for
+//     stream_idle_timeout_ms is cancelled (CancelStalled, from the ticker);
+//   - upload bytes are counted as they arrive (ProtocolHandler,
+//     max_upload_buffer_bytes).
+class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
  public:
-  explicit Service(ProtocolHandler* handler) : handler_(handler) {}
+  static constexpr int kUploadsPerAgent = 1;
+  static constexpr int kFetchesPerAgent = 2;
 
-  grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* request,
-                    v1::JoinResponse* response) override {
-    return ToGrpc(handler_->Join(*request, response));
+  Service(ProtocolHandler* handler, AggregatorMetrics* metrics, const ServerOptions& options)
+      : handler_(handler), metrics_(metrics), options_(options) {}
+
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* request,
+                                 v1::JoinResponse* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpc(handler_->Join(*request, response)));
+    return reactor;
   }
 
-  grpc::Status GetTask(grpc::ServerContext*, const v1::TaskRequest* request, v1::Task* response) override {
-    return ToGrpc(handler_->GetTask(*request, response));
+  grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* ctx, const v1::TaskRequest* request,
+                                    v1::Task* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpc(handler_->GetTask(*request, response)));
+    return reactor;
   }
 
-  grpc::Status FetchGlobal(grpc::ServerContext* context, const v1::FetchGlobalRequest* request,
-                           grpc::ServerWriter<v1::GlobalChunk>* writer) override {
-    return ToGrpc(handler_->FetchGlobal(*request, [&](const v1::GlobalChunk& chunk) {
-      return !context->IsCancelled() && writer->Write(chunk);
-    }));
+  grpc::ServerUnaryReactor* GetUploadStatus(grpc::CallbackServerContext* ctx,
+                                            const v1::UploadStatusRequest* request,
+                                            v1::UploadStatus* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpc(handler_->GetUploadStatus(*request, response)));
+    return reactor;
   }
 
-  grpc::Status SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<v1::UpdateChunk>* reader,
-                            v1::SubmitUpdateResponse* response) override {
-    v1::UpdateChunk chunk;
-    if (!reader->Read(&chunk) || !chunk.has_header()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "SubmitUpdate: the first message must carry the UpdateHeader");
+  grpc::ServerUnaryReactor* ReportMetrics(grpc::CallbackServerContext* ctx, const v1::MetricsReport* request,
+                                          v1::MetricsAck*) override {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpc(handler_->ReportMetrics(*request)));
+    return reactor;
+  }
+
+  grpc::ServerWriteReactor<v1::GlobalChunk>* FetchGlobal(grpc::CallbackServerContext* ctx,
+                                                         const v1::FetchGlobalRequest* request) override;
+  grpc::ServerReadReactor<v1::UpdateChunk>* SubmitUpdate(grpc::CallbackServerContext* ctx,
+                                                         v1::SubmitUpdateResponse* response) override;
+
+  // Cancels streams past their header or idle timeout. Called by the ticker.
+  void CancelStalled();
+  size_t open_streams() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return streams_.size();
+  }
+
+  class Stream;
+  class FetchReactor;
+  class UploadReactor;
+
+ private:
+  static int64_t NowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  // False (and counted) when max_open_streams are open already.
+  bool Register(Stream* stream);
+  void Unregister(Stream* stream);
+  // Takes one of `agent`'s `kind` slots; false when it has `limit` already.
+  bool Acquire(const std::string& agent, bool upload);
+  void Release(const std::string& agent, bool upload);
+  void Refused(std::string_view reason) {
+    if (metrics_) metrics_->StreamRefused(reason);
+  }
+
+  ProtocolHandler* const handler_;
+  AggregatorMetrics* const metrics_;
+  const ServerOptions& options_;
+
+  mutable std::mutex mu_;
+  std::set<Stream*> streams_;                     // guarded by mu_
+  std::map<std::string, int> uploads_, fetches_;  // guarded by mu_; open streams per agent
+};
+
+// What the stall watchdog needs of a stream.
+class AggregatorServer::Service::Stream {
+ public:
+  Stream(Service* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) { Touch(); }
+  virtual ~Stream() = default;
+  void Touch() { last_ms_.store(NowMs()); }
+  // Called under Service::mu_.
+  void CancelIfStalled(int64_t now) {
+    if (cancelled_) return;
+    const bool waiting_for_header = !started_.load();
+    const int64_t limit = waiting_for_header ? service_->options_.stream_header_timeout_ms
+                                             : service_->options_.stream_idle_timeout_ms;
+    if (limit <= 0 || now - last_ms_.load() < limit) return;
+    cancelled_ = true;
+    service_->Refused(waiting_for_header ? "header_timeout" : "idle_timeout");
+    log::Warn("stream cancelled: no progress", {{"peer", ctx_->peer()},
+                                                {"agent", agent_},
+                                                {"waited_ms", now - last_ms_.load()},
+                                                {"limit_ms", limit},
+                                                {"phase", waiting_for_header ? "header" : "data"}});
+    ctx_->TryCancel();
+  }
+
+ protected:
+  Service* const service_;
+  grpc::CallbackServerContext* const ctx_;
+  std::atomic<bool> started_{false};  // the header (upload) or the first write (fetch) happened
+  std::string agent_;                 // set once the session is checked; guarded by Service::mu_ for reads
+  bool registered_ = false;
+  bool holds_slot_ = false;
+
+ private:
+  std::atomic<int64_t> last_ms_{0};
+  bool cancelled_ = false;  // guarded by Service::mu_
+};
+
+class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteReactor<v1::GlobalChunk>,
+                                                      public Stream {
+ public:
+  FetchReactor(Service* service, grpc::CallbackServerContext* ctx, const v1::FetchGlobalRequest& request)
+      : Stream(service, ctx) {
+    registered_ = service_->Register(this);
+    if (!registered_) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "the aggregator has too many open streams; retry later"));
+      return;
     }
-    const v1::UpdateHeader header = chunk.header();
-    bool rejected = false;
-    UploadStream upload;
-    if (Status s = handler_->OpenUpload(header, &upload, response, &rejected); !s.ok()) return ToGrpc(s);
-    // Answering early ends the call; the agent's remaining writes fail and its
-    // Finish() returns this response, so oversize data is never buffered.
-    if (rejected) return grpc::Status::OK;
-    // Read() is false at the agent's WritesDone and when the stream breaks; a
-    // named upload then keeps what arrived for the agent to resume.
-    while (reader->Read(&chunk)) {
-      if (chunk.has_header()) {
-        handler_->ReleaseUpload(&upload);
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "SubmitUpdate: a second UpdateHeader in the stream");
-      }
-      if (!handler_->AppendUpload(&upload, chunk.data(), response)) return grpc::Status::OK;
+    if (Status s = service_->handler_->OpenFetch(request, &stream_); !s.ok()) {
+      Finish(ToGrpc(s));
+      return;
     }
-    *response = handler_->CloseUpload(&upload);
-    return grpc::Status::OK;
+    opened_ = true;
+    const std::string& agent = request.header().agent_id();
+    if (!service_->Acquire(agent, /*upload=*/false)) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "agent \"" + agent + "\" already has " + std::to_string(kFetchesPerAgent) +
+                              " FetchGlobal streams open; finish them first"));
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(service_->mu_);
+      agent_ = agent;
+    }
+    holds_slot_ = true;
+    started_ = true;
+    NextWrite();
   }
 
-  grpc::Status GetUploadStatus(grpc::ServerContext*, const v1::UploadStatusRequest* request,
-                               v1::UploadStatus* response) override {
-    return ToGrpc(handler_->GetUploadStatus(*request, response));
+  void OnWriteDone(bool ok) override {
+    Touch();
+    if (!ok) {
+      stream_.sent = chunk_.offset();  // the last chunk did not go out
+      ReleaseSlot();
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the agent closed the FetchGlobal stream"));
+      return;
+    }
+    NextWrite();
   }
 
-  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::MetricsReport* request,
-                             v1::MetricsAck*) override {
-    return ToGrpc(handler_->ReportMetrics(*request));
+  void OnDone() override {
+    if (opened_) service_->handler_->CloseFetch(stream_);
+    ReleaseSlot();
+    if (registered_) service_->Unregister(this);
+    delete this;
   }
 
  private:
-  ProtocolHandler* const handler_;
+  void ReleaseSlot() {
+    if (!holds_slot_) return;
+    holds_slot_ = false;
+    service_->Release(agent_, /*upload=*/false);
+  }
+
+  void NextWrite() {
+    if (service_->handler_->NextChunk(&stream_, &chunk_)) {
+      StartWrite(&chunk_);
+    } else {
+      ReleaseSlot();  // before the agent can see the end of the stream
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  GlobalStream stream_;
+  v1::GlobalChunk chunk_;
+  bool opened_ = false;
 };
+
+class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadReactor<v1::UpdateChunk>,
+                                                       public Stream {
+ public:
+  UploadReactor(Service* service, grpc::CallbackServerContext* ctx, v1::SubmitUpdateResponse* response)
+      : Stream(service, ctx), response_(response) {
+    registered_ = service_->Register(this);
+    if (!registered_) {
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "the aggregator has too many open streams; retry later"));
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    Touch();
+    if (!started_) {
+      OnHeader(ok);
+      return;
+    }
+    if (!ok) {
+      // WritesDone, or the stream broke: a named upload keeps what arrived.
+      *response_ = service_->handler_->CloseUpload(&upload_);
+      closed_ = true;
+      End(grpc::Status::OK);
+      return;
+    }
+    if (chunk_.has_header()) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "SubmitUpdate: a second UpdateHeader in the stream"));
+      return;
+    }
+    Status error;
+    if (!service_->handler_->AppendUpload(&upload_, chunk_.data(), response_, &error)) {
+      closed_ = true;
+      // Answering early ends the call; the agent's remaining writes fail.
+      End(error.ok() ? grpc::Status::OK : ToGrpc(error));
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnDone() override {
+    if (opened_ && !closed_) service_->handler_->ReleaseUpload(&upload_);
+    ReleaseSlot();
+    if (registered_) service_->Unregister(this);
+    delete this;
+  }
+
+ private:
+  // Gives the agent's upload slot back before the answer goes out: the agent
+  // may start its next upload as soon as it has the answer, before OnDone.
+  void End(const grpc::Status& status) {
+    ReleaseSlot();
+    Finish(status);
+  }
+  void ReleaseSlot() {
+    if (!holds_slot_) return;
+    holds_slot_ = false;
+    service_->Release(agent_, /*upload=*/true);
+  }
+
+  void OnHeader(bool ok) {
+    if (!ok || !chunk_.has_header()) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "SubmitUpdate: the first message must carry the UpdateHeader"));
+      return;
+    }
+    started_ = true;
+    const v1::UpdateHeader& header = chunk_.header();
+    // The session first: a stranger must not take an agent's upload slot.
+    if (Status s = service_->handler_->CheckHeader(header.header()); !s.ok()) {
+      bool rejected = false;
+      service_->handler_->BeginUpdate(header, response_, &rejected);  // counts unknown_agent/session
+      End(ToGrpc(s));
+      return;
+    }
+    const std::string& agent = header.header().agent_id();
+    if (!service_->Acquire(agent, /*upload=*/true)) {
+      // Like a resume while the first stream still holds the upload.
+      response_->set_accepted(false);
+      response_->set_round(header.round());
+      response_->set_reason_code("upload_busy");
+      response_->set_reason("agent \"" + agent +
+                            "\" already has an upload stream open; one at a time - retry after it ends");
+      service_->Refused("agent_busy");
+      End(grpc::Status::OK);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(service_->mu_);
+      agent_ = agent;
+    }
+    holds_slot_ = true;
+    bool rejected = false;
+    if (Status s = service_->handler_->OpenUpload(header, &upload_, response_, &rejected); !s.ok()) {
+      End(ToGrpc(s));
+      return;
+    }
+    if (rejected) {
+      End(grpc::Status::OK);  // answered from the header; the data is never read
+      return;
+    }
+    opened_ = true;
+    StartRead(&chunk_);
+  }
+
+  v1::SubmitUpdateResponse* const response_;
+  v1::UpdateChunk chunk_;
+  UploadStream upload_;
+  bool opened_ = false;  // OpenUpload succeeded
+  bool closed_ = false;  // CloseUpload ran or AppendUpload ended it
+};
+
+grpc::ServerWriteReactor<v1::GlobalChunk>* AggregatorServer::Service::FetchGlobal(
+    grpc::CallbackServerContext* ctx, const v1::FetchGlobalRequest* request) {
+  return new FetchReactor(this, ctx, *request);
+}
+
+grpc::ServerReadReactor<v1::UpdateChunk>* AggregatorServer::Service::SubmitUpdate(
+    grpc::CallbackServerContext* ctx, v1::SubmitUpdateResponse* response) {
+  return new UploadReactor(this, ctx, response);
+}
+
+bool AggregatorServer::Service::Register(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (options_.max_open_streams > 0 && streams_.size() >= static_cast<size_t>(options_.max_open_streams)) {
+    Refused("too_many_streams");
+    return false;
+  }
+  streams_.insert(stream);
+  if (metrics_) metrics_->SetOpenStreams(static_cast<int64_t>(streams_.size()));
+  return true;
+}
+
+void AggregatorServer::Service::Unregister(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.erase(stream);
+  if (metrics_) metrics_->SetOpenStreams(static_cast<int64_t>(streams_.size()));
+}
+
+bool AggregatorServer::Service::Acquire(const std::string& agent, bool upload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int& n = (upload ? uploads_ : fetches_)[agent];
+  if (n >= (upload ? kUploadsPerAgent : kFetchesPerAgent)) {
+    if (!upload) Refused("agent_busy");
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void AggregatorServer::Service::Release(const std::string& agent, bool upload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& slots = upload ? uploads_ : fetches_;
+  auto it = slots.find(agent);
+  if (it != slots.end() && --it->second <= 0) slots.erase(it);
+}
+
+void AggregatorServer::Service::CancelStalled() {
+  const int64_t now = NowMs();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Stream* s : streams_) s->CancelIfStalled(now);
+}
 
 std::string StatusJson(const EngineStatus& s) {
   nlohmann::json rounds = nlohmann::json::array();
@@ -108,6 +412,7 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   ProtocolOptions protocol;
   protocol.max_update_bytes = options.max_update_bytes;
   protocol.max_partial_bytes = options.max_partial_upload_bytes;
+  protocol.max_upload_buffer_bytes = options.max_upload_buffer_bytes;
   if (!options.tokens_file.empty()) {
     // Re-read when it changes: agents of nodes that join later get their tokens then.
     FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));
@@ -135,8 +440,9 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
 
   server->handler_ =
       std::make_unique<ProtocolHandler>(server->engine_.get(), server->metrics_.get(), protocol);
-  server->service_ = std::make_unique<Service>(server->handler_.get());
   server->options_ = std::move(options);
+  server->service_ =
+      std::make_unique<Service>(server->handler_.get(), server->metrics_.get(), server->options_);
   return server;
 }
 
@@ -154,12 +460,28 @@ AggregatorServer::~AggregatorServer() { Shutdown(std::chrono::seconds(2)); }
 
 int AggregatorServer::http_port() const { return http_ ? http_->port() : 0; }
 
+size_t AggregatorServer::open_streams() const { return service_->open_streams(); }
+
 Status AggregatorServer::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.grpc_address, ServerCredentials(), &grpc_port_);
   // Chunks are <= 4 MiB; leave room for the message framing around them.
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
   builder.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
+  // In-flight limits (issue 10, item 7): gRPC's own buffers and threads are
+  // bounded by a quota, a connection carries at most a few streams at once,
+  // and dead or idle peers are found and dropped.
+  grpc::ResourceQuota quota("fedge-aggregator");
+  if (options_.grpc_memory_bytes > 0) quota.Resize(options_.grpc_memory_bytes);
+  if (options_.grpc_max_threads > 0) quota.SetMaxThreads(options_.grpc_max_threads);
+  builder.SetResourceQuota(quota);
+  if (options_.max_streams_per_connection > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options_.max_streams_per_connection);
+  }
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 300'000);
   builder.RegisterService(service_.get());
   grpc_server_ = builder.BuildAndStart();
   if (!grpc_server_ || grpc_port_ == 0) {
@@ -200,6 +522,7 @@ Status AggregatorServer::Start() {
       lock.unlock();
       engine_->Tick();
       handler_->DropClosedUploads();
+      service_->CancelStalled();
       lock.lock();
     }
   });

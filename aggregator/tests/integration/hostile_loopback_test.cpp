@@ -2,6 +2,8 @@
 // each test replays an attack that worked on an earlier aggregator and checks
 // that it fails now, and that the global model and the completed rounds are
 // what they would have been without it.
+#define _TURN_OFF_PLATFORM_STRING
+#include <cpprest/http_client.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <zstd.h>
@@ -11,7 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <set>
 #include <string>
@@ -38,6 +42,9 @@ JobSpec Spec(int rounds, int agents) {
   spec.name = "loopback";
   spec.namespace_ = "ns";
   spec.rounds.total = rounds;
+  // Learning rate 1: the tests' deltas (whole units) are moves AdamW could
+  // make, so the default norm bound leaves them alone.
+  spec.rounds.learningRate = 1.0;
   spec.rounds.timeoutSeconds = 30;
   spec.agents.minAgents = agents;
   return spec;
@@ -364,6 +371,20 @@ std::string ZstdBomb(const std::string& name, uint64_t elements) {
   return bundle + HexToBytes(Sha256Hex(bundle));
 }
 
+// The 36-byte header of an uncompressed fp32 bundle of one tensor that is
+// `total` bytes long (docs/formats.md).
+std::string BundleHeaderOf(uint64_t total) {
+  std::string h = "FEDGEBN1";
+  PutLe<uint16_t>(&h, 1);
+  h.push_back(0);  // fp32
+  h.push_back(0);  // no flags
+  PutLe<uint32_t>(&h, 0);
+  PutLe<uint32_t>(&h, 1);
+  PutLe<uint64_t>(&h, total - 36 - 32);
+  PutLe<uint64_t>(&h, total - 36 - 32);
+  return h;
+}
+
 TensorBundle BigLayout(float value) {
   return TensorBundle{{NamedTensor{"w", {kBigElements}, std::vector<float>(kBigElements, value)}}};
 }
@@ -489,6 +510,204 @@ TEST(HostileLoopbackTest, UploadsTheHeaderDisqualifiesAreRefusedBeforeTheirBody)
   EXPECT_EQ(r.reason_code(), "too_large") << r.reason();
   EXPECT_NE(r.reason().find("layout"), std::string::npos) << r.reason();
   EXPECT_EQ(server->engine().GetStatus().global_version, 1);
+}
+
+// --- 7: gRPC in-flight limits ------------------------------------------------
+
+size_t ThreadCount() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// Waits (polling the condition, with a deadline) until `done` holds.
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  for (auto deadline = std::chrono::steady_clock::now() + limit;
+       std::chrono::steady_clock::now() < deadline;) {
+    if (done()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return done();
+}
+
+int HttpStatus(int port, const std::string& path) {
+  web::http::client::http_client_config config;
+  config.set_timeout(std::chrono::seconds(1));
+  web::http::client::http_client client("http://127.0.0.1:" + std::to_string(port), config);
+  try {
+    return client.request(web::http::methods::GET, path).get().status_code();
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+// A channel with its own TCP connection (gRPC would otherwise share one).
+std::shared_ptr<grpc::Channel> OwnChannel(int port) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+// Regression (issue 10, item 7): with the synchronous gRPC API every open
+// stream held a server thread: 200 half-open SubmitUpdate streams (opened,
+// never a header) made 200 threads. Now streams are callback reactors, and a
+// stream that sends no header in time is cancelled.
+TEST(HostileLoopbackTest, HalfOpenStreamsHoldNoThreadsAndHonestAgentsStillFinish) {
+  ServerOptions options = LoopbackOptions();
+  options.stream_header_timeout_ms = 1500;
+  auto server = StartServer(Spec(1, /*agents=*/2), options);
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  const size_t threads_before = ThreadCount();
+
+  struct HalfOpen {
+    grpc::ClientContext ctx;
+    v1::SubmitUpdateResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer;
+  };
+  constexpr int kConnections = 20, kStreamsEach = 10;  // 10 < 16 streams per connection
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::vector<std::unique_ptr<v1::Aggregator::Stub>> stubs;
+  std::vector<std::unique_ptr<HalfOpen>> streams;
+  for (int c = 0; c < kConnections; ++c) {
+    channels.push_back(OwnChannel(port));
+    stubs.push_back(v1::Aggregator::NewStub(channels.back()));
+    for (int i = 0; i < kStreamsEach; ++i) {
+      auto h = std::make_unique<HalfOpen>();
+      h->writer = stubs.back()->SubmitUpdate(&h->ctx, &h->response);  // headers sent, then nothing
+      streams.push_back(std::move(h));
+    }
+  }
+  ASSERT_TRUE(WaitFor([&] { return server->open_streams() >= streams.size(); }, 10s))
+      << server->open_streams() << " of " << streams.size() << " streams reached the server";
+  const size_t threads_during = ThreadCount();
+  std::printf("threads: %zu before, %zu with %zu half-open streams\n", threads_before, threads_during,
+              streams.size());
+  EXPECT_LT(threads_during, threads_before + 32) << "streams must not hold threads";
+
+  // Health answers and honest agents run the job to the end meanwhile.
+  EXPECT_EQ(HttpStatus(server->http_port(), "/healthz"), 200);
+  SimAgent a("agent-a", 0, port), b("agent-b", 1, port);
+  RunAll({&a, &b});
+  EXPECT_EQ(server->engine().GetStatus().state, JobState::kSucceeded);
+
+  // The header timeout ends every half-open stream.
+  EXPECT_TRUE(WaitFor([&] { return server->open_streams() == 0; }, 10s)) << server->open_streams();
+  EXPECT_EQ(server->metrics().streams_refused("header_timeout"), static_cast<double>(streams.size()));
+  for (auto& h : streams) {
+    h->writer->WritesDone();
+    EXPECT_FALSE(h->writer->Finish().ok());
+  }
+}
+
+// Regression (issue 10, item 7): six unfinished 40 MiB uploads held +324 MB
+// although partial uploads had a 16 MiB budget: bytes of uploads still
+// arriving were not counted. Now every byte of every incomplete upload counts
+// as it arrives, an agent has one upload stream at a time, stalled streams are
+// cut, and uploads still arriving push idle partial ones out.
+TEST(HostileLoopbackTest, UnfinishedUploadsStayWithinTheUploadBuffer) {
+  JobSpec spec = Spec(1, /*agents=*/8);
+  spec.rounds.timeoutSeconds = 8;  // the attackers never evaluate: the evaluation closes at its deadline
+  spec.rounds.fraction = 0.25;     // target 2 updates...
+  spec.rounds.overSelection = 4;   // ...of 8 invited: the honest two close the round
+  ServerOptions options = LoopbackOptions();
+  constexpr uint64_t kBuffer = 24ull << 20;
+  options.max_upload_buffer_bytes = kBuffer;
+  options.stream_idle_timeout_ms = 3000;
+  auto server = StartServer(spec, options);
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  constexpr int64_t kElements = int64_t{1} << 21;  // an 8 MiB global
+  const TensorBundle zero{{NamedTensor{"w", {kElements}, std::vector<float>(kElements, 0)}}};
+  SimAgent a("agent-a", 0, port), b("agent-b", 1, port);
+  for (SimAgent* s : {&a, &b}) {
+    s->set_initial(zero);
+    s->set_declared_layout(zero);
+  }
+  a.set_delta(TensorBundle{{NamedTensor{"w", {kElements}, std::vector<float>(kElements, 1)}}});
+  b.set_delta(TensorBundle{{NamedTensor{"w", {kElements}, std::vector<float>(kElements, 3)}}});
+  std::vector<std::unique_ptr<SimAgent>> attackers;
+  for (int i = 0; i < 6; ++i) {
+    attackers.push_back(std::make_unique<SimAgent>("mallory-" + std::to_string(i), 2 + i, port));
+    attackers.back()->set_declared_layout(zero);
+    ASSERT_TRUE(attackers.back()->Join());
+  }
+  ASSERT_TRUE(a.Join());
+  ASSERT_TRUE(b.Join());
+  v1::Task task;
+  ASSERT_TRUE(a.GetTask(&task).ok());
+  ASSERT_EQ(task.kind(), v1::TASK_KIND_INITIALIZE);
+  auto init = EncodeBundle(zero, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 1});
+  ASSERT_TRUE(init.ok());
+  v1::UpdateHeader ih;
+  ih.set_round(0);
+  ih.set_is_delta(false);
+  grpc::Status status;
+  ASSERT_TRUE(a.SubmitBytes(ih, *init, &status).accepted());
+  ASSERT_EQ(server->engine().GetStatus().phase, Phase::kTrain);
+
+  // Each attacker starts a named 15 MiB upload, sends 12 MiB and stalls;
+  // mallory-0 tries five more streams at once.
+  struct Stalled {
+    grpc::ClientContext ctx;
+    v1::SubmitUpdateResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer;
+    bool writes_ok = true;
+  };
+  const std::string mib(1 << 20, '\x5a');
+  std::vector<std::unique_ptr<Stalled>> stalled;
+  ASSERT_TRUE(ResetPeakRss());
+  const int64_t rss_kib = ProcStatusKiB("VmRSS");
+  auto start_upload = [&](SimAgent& who, int n) {
+    auto st = std::make_unique<Stalled>();
+    st->writer = who.stub()->SubmitUpdate(&st->ctx, &st->response);
+    v1::UpdateChunk first;
+    v1::UpdateHeader* h = first.mutable_header();
+    *h->mutable_header() = who.Header();
+    h->set_round(1);
+    h->set_base_version(1);
+    h->set_is_delta(true);
+    h->set_num_examples(10);
+    h->set_total_bytes(15 << 20);
+    h->set_checksum(std::string(64, '0'));
+    h->set_upload_id("stall-" + std::to_string(n));
+    st->writes_ok = st->writer->Write(first);
+    for (int m = 0; m < 12 && st->writes_ok; ++m) {
+      v1::UpdateChunk c;
+      // A plausible start (a bundle header of the global's one tensor), then filler.
+      c.set_data(m == 0 ? BundleHeaderOf(15 << 20) + mib.substr(36) : mib);
+      st->writes_ok = st->writer->Write(c);
+    }
+    stalled.push_back(std::move(st));
+  };
+  for (int i = 0; i < 6; ++i) start_upload(*attackers[i], i);
+  for (int i = 0; i < 5; ++i) start_upload(*attackers[0], 10 + i);
+  ASSERT_TRUE(WaitFor([&] { return server->protocol().upload_buffer_bytes() > 0; }, 10s));
+  const uint64_t held = server->protocol().upload_buffer_bytes();
+  std::printf("upload buffer: %.1f MiB held of %.1f MiB\n", held / 1048576.0, kBuffer / 1048576.0);
+  EXPECT_LE(held, kBuffer);
+  EXPECT_GE(
+      server->metrics().streams_refused("agent_busy") + server->metrics().updates_rejected("buffer_full"), 5);
+
+  const int64_t peak_kib = ProcStatusKiB("VmHWM");
+  const double growth_mib = static_cast<double>(peak_kib - rss_kib) / 1024;
+  std::printf("peak RSS growth during the attack: %.1f MiB (buffer %.1f MiB; 6 x 12 MiB were sent)\n",
+              growth_mib, kBuffer / 1048576.0);
+  // The buffer, plus the transient copies of 1 MiB messages in gRPC and in
+  // the attacking clients, which run in this process too (measured: 33-48
+  // MiB in all; the old aggregator held 6 x 12 MiB of upload bytes alone).
+  EXPECT_LT(growth_mib, kBuffer / 1048576.0 + 32);
+
+  // The honest agents finish the round: the stalled streams are cut after
+  // the idle timeout and their partial uploads give way to arriving ones.
+  RunAll({&a, &b});
+  EngineStatus s = server->engine().GetStatus();
+  ASSERT_EQ(s.state, JobState::kSucceeded) << s.message;
+  auto global = server->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+  EXPECT_FLOAT_EQ((*global)->bundle.Find("w")->values[0], (10 * 1 + 20 * 3) / 30.0f);
+  for (auto& st : stalled) st->ctx.TryCancel();
 }
 
 }  // namespace

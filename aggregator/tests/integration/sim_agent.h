@@ -227,7 +227,19 @@ class SimAgent {
     return false;
   }
 
+  // Like fedge-agent, tries again (after a pause) when the aggregator is
+  // out of upload capacity or still holds an earlier stream of this agent.
   bool Submit(int64_t round, int64_t base, const TensorBundle& bundle, bool is_delta) {
+    for (int attempt = 1;; ++attempt) {
+      bool retry = false;
+      if (SubmitOnce(round, base, bundle, is_delta, &retry)) return true;
+      if (!retry || attempt >= 100) return false;
+      error_.clear();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+
+  bool SubmitOnce(int64_t round, int64_t base, const TensorBundle& bundle, bool is_delta, bool* retry) {
     auto encoded = EncodeBundle(bundle, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 3});
     if (!encoded.ok()) return Fail("encode: " + encoded.status().ToString());
     v1::SubmitUpdateResponse response;
@@ -253,6 +265,8 @@ class SimAgent {
     }
     writer->WritesDone();
     grpc::Status s = writer->Finish();
+    *retry = s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+             (s.ok() && response.reason_code() == "upload_busy");
     if (!s.ok()) return Fail("SubmitUpdate: " + s.error_message());
     if (!response.accepted()) return Fail("update rejected: " + response.reason());
     return true;

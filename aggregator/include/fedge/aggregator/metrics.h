@@ -35,6 +35,12 @@ class AggregatorMetrics {
   void SetAgentsJoined(int64_t n);
   // Bytes reserved for resumable uploads held (ProtocolHandler).
   void SetPartialUploadBytes(uint64_t bytes);
+  // Bytes of incomplete uploads in memory, streams in progress included.
+  void SetUploadBufferBytes(uint64_t bytes);
+  // Open gRPC streams (SubmitUpdate + FetchGlobal) and streams refused or
+  // cancelled by the in-flight limits, by reason.
+  void SetOpenStreams(int64_t n);
+  void StreamRefused(std::string_view reason);
   void SetGlobalVersion(int64_t version);
   void SetRoundEvaluation(double accuracy, double loss);
   // A weight (kind "update" | "evaluation") bounded below what the agent
@@ -53,6 +59,8 @@ class AggregatorMetrics {
   double partial_upload_bytes() const;
   double weights_clamped(std::string_view kind, std::string_view reason) const;
   double updates_clipped() const;
+  double upload_buffer_bytes() const;
+  double streams_refused(std::string_view reason) const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -71,6 +79,9 @@ class AggregatorMetrics {
   prometheus::Gauge* round_loss_;
   prometheus::Family<prometheus::Counter>* weights_clamped_;
   prometheus::Counter* updates_clipped_;
+  prometheus::Gauge* upload_buffer_bytes_;
+  prometheus::Gauge* open_streams_;
+  prometheus::Family<prometheus::Counter>* streams_refused_;
 };
 
 }  // namespace fedge::aggregator

@@ -37,16 +37,35 @@ struct ProtocolOptions {
   // (memory is reserved up front). Past it the least recently used idle one
   // is dropped; an upload that still does not fit is received unresumable.
   uint64_t max_partial_bytes = 256ull << 20;
+  // Every byte of every incomplete upload held in memory (streams still
+  // arriving and partial uploads kept for resumption), counted as it
+  // arrives. A chunk that would pass it ends its stream with
+  // RESOURCE_EXHAUSTED (the agent backs off and resumes). 0: no limit.
+  uint64_t max_upload_buffer_bytes = 512ull << 20;
 };
 
-// The bytes of one named upload received so far (see UpdateHeader.upload_id).
+// The bytes of one upload received so far (named ones can be resumed, see
+// UpdateHeader.upload_id).
 struct PartialUpload {
+  ~PartialUpload();  // gives its bytes back to the upload buffer budget
+
   std::string key;          // agent id + '\n' + upload id
   v1::UpdateHeader header;  // the header that started it
   std::string data;         // written only by the stream that holds it (in_use)
   std::atomic<uint64_t> received{0};
   bool in_use = false;     // guarded by ProtocolHandler::uploads_mu_
   uint64_t last_used = 0;  // guarded by uploads_mu_; LRU order
+  // The handler's count of buffered upload bytes; data.size() of it is this
+  // upload's.
+  std::shared_ptr<std::atomic<uint64_t>> buffered;
+};
+
+// A FetchGlobal stream: the version being sent (kept alive while it is).
+struct GlobalStream {
+  std::shared_ptr<const GlobalModel> global;
+  size_t chunk_bytes = kMaxChunkBytes;
+  uint64_t sent = 0;
+  bool started = false;  // a first chunk was made
 };
 
 // One SubmitUpdate stream between OpenUpload and CloseUpload/ReleaseUpload.
@@ -75,14 +94,23 @@ class ProtocolHandler {
   Status FetchGlobal(const v1::FetchGlobalRequest& request,
                      const std::function<bool(const v1::GlobalChunk&)>& write);
 
+  // FetchGlobal in steps for a transport that writes asynchronously:
+  // OpenFetch checks the request (errors as FetchGlobal); NextChunk gives the
+  // chunk at stream->sent and advances it, false once everything was sent
+  // (an empty bundle still gets one chunk); CloseFetch accounts the bytes.
+  Status OpenFetch(const v1::FetchGlobalRequest& request, GlobalStream* stream);
+  bool NextChunk(GlobalStream* stream, v1::GlobalChunk* chunk) const;
+  void CloseFetch(const GlobalStream& stream);
+
   // SubmitUpdate in two steps so that the service never buffers data it would
   // reject: BeginUpdate checks the header (protocol errors are returned as a
   // Status; an oversize declaration is a rejection in `*rejection` with
   // accepted=false). Then the caller appends chunks, keeping the total at or
   // under header.total_bytes (AppendChunk), and calls FinishUpdate.
   Status BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUpdateResponse* rejection, bool* rejected);
-  // Appends one chunk; false (with `*rejection` filled) if the data exceeds
-  // the declared total or the chunk limit.
+  // Appends one chunk; false (with `*rejection` filled, `*buffer` unchanged)
+  // if the data exceeds the declared total or the chunk limit, or the
+  // bundle header it completes is not a bundle of the global's tensor count.
   bool AppendChunk(const v1::UpdateHeader& header, const std::string& chunk, std::string* buffer,
                    v1::SubmitUpdateResponse* rejection);
   v1::SubmitUpdateResponse FinishUpdate(const v1::UpdateHeader& header, const std::string& data);
@@ -101,7 +129,11 @@ class ProtocolHandler {
   // upload back without a verdict (stream errors).
   Status OpenUpload(const v1::UpdateHeader& header, UploadStream* stream, v1::SubmitUpdateResponse* rejection,
                     bool* rejected);
-  bool AppendUpload(UploadStream* stream, const std::string& chunk, v1::SubmitUpdateResponse* rejection);
+  // `error` (optional): set to RESOURCE_EXHAUSTED when the chunk does not
+  // fit max_upload_buffer_bytes; then the stream should end with that status
+  // rather than *rejection (a named upload keeps what it held).
+  bool AppendUpload(UploadStream* stream, const std::string& chunk, v1::SubmitUpdateResponse* rejection,
+                    Status* error = nullptr);
   v1::SubmitUpdateResponse CloseUpload(UploadStream* stream);
   void ReleaseUpload(UploadStream* stream);
 
@@ -117,6 +149,9 @@ class ProtocolHandler {
   // Bytes actually received into the partial uploads held (partial_bytes() is
   // what they reserve: their declared totals).
   uint64_t partial_received_bytes() const;
+  // Bytes of incomplete uploads in memory, open streams included (bounded by
+  // max_upload_buffer_bytes).
+  uint64_t upload_buffer_bytes() const { return buffered_->load(); }
 
   Status ReportMetrics(const v1::MetricsReport& request);
 
@@ -134,6 +169,9 @@ class ProtocolHandler {
   RoundEngine* const engine_;
   AggregatorMetrics* const metrics_;
   const ProtocolOptions options_;
+
+  // Shared with every PartialUpload, which may outlive a stream.
+  const std::shared_ptr<std::atomic<uint64_t>> buffered_ = std::make_shared<std::atomic<uint64_t>>(0);
 
   mutable std::mutex uploads_mu_;
   std::map<std::string, std::shared_ptr<PartialUpload>> uploads_;  // guarded by uploads_mu_

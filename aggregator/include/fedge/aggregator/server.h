@@ -44,8 +44,17 @@ struct ServerOptions {
   std::string tls_client_ca_pem;
   uint64_t max_update_bytes = 256ull << 20;
   uint64_t max_partial_upload_bytes = 256ull << 20;  // interrupted uploads held for resumption
-  int64_t tick_interval_ms = 200;                    // how often deadlines are checked
-  Clock* clock = nullptr;                            // null: SystemClock
+  // In-flight limits (issue 10, item 7); 0 disables each.
+  // Every byte of every incomplete upload in memory, counted as it arrives.
+  uint64_t max_upload_buffer_bytes = 512ull << 20;
+  int max_open_streams = 1024;                // SubmitUpdate + FetchGlobal streams at once
+  int max_streams_per_connection = 16;        // HTTP/2 MAX_CONCURRENT_STREAMS
+  int64_t stream_header_timeout_ms = 10'000;  // a SubmitUpdate stream must send its header within
+  int64_t stream_idle_timeout_ms = 120'000;   // a stream that moves no message this long is cancelled
+  uint64_t grpc_memory_bytes = 1ull << 30;    // grpc::ResourceQuota: gRPC's own buffers
+  int grpc_max_threads = 64;                  // grpc::ResourceQuota
+  int64_t tick_interval_ms = 200;             // how often deadlines are checked
+  Clock* clock = nullptr;                     // null: SystemClock
   // Overrides of the engine options derived from the spec (tests).
   int64_t round_timeout_ms = 0;  // 0: spec.rounds.timeoutSeconds
   int retry_after_ms = 0;        // 0: the engine's default (200 ms)
@@ -73,6 +82,8 @@ class AggregatorServer {
   RoundEngine& engine() { return *engine_; }
   AggregatorMetrics& metrics() { return *metrics_; }
   const ProtocolHandler& protocol() const { return *handler_; }
+  // Open SubmitUpdate + FetchGlobal streams.
+  size_t open_streams() const;
 
  private:
   class Service;
