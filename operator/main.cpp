@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -115,6 +116,15 @@ int main(int argc, char** argv) {
                  "namespace whose pods may scrape the job pods' HTTP ports through the job's NetworkPolicies "
                  "(repeat)");
   app.add_flag("--no-network-policy", no_network_policy, "create no per-job NetworkPolicies");
+  int64_t agent_cert_lifetime_s = 24 * 3600;
+  app.add_option("--agent-cert-lifetime", agent_cert_lifetime_s,
+                 "lifetime of each agent's client certificate (mutual TLS), e.g. 24h, 90m, 3600s; renewed "
+                 "when a third remains")
+      ->transform(CLI::AsNumberWithUnit(
+          std::map<std::string, int64_t>{{"s", 1}, {"m", 60}, {"h", 3600}, {"d", 86400}},
+          CLI::AsNumberWithUnit::DEFAULT, "SECONDS"))
+      ->check(CLI::Range(int64_t{60}, int64_t{366} * 86400))
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
   app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
   app.add_flag("--version", show_version, "print the version and exit");
@@ -189,6 +199,7 @@ int main(int argc, char** argv) {
   co.workers = workers;
   co.registry = registry;
   co.reconciler.desired = desired;
+  co.reconciler.agent_cert_lifetime_seconds = static_cast<std::time_t>(agent_cert_lifetime_s);
   op::JobController controller(&client, co);
 
   std::atomic<bool> leading{!leader_elect};

@@ -2,11 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "fedge/job_spec.h"
 #include "fedge/op/fake_kube_client.h"
 #include "fedge/op/pki.h"
 #include "fedge/op/status_reporter.h"
@@ -93,10 +95,10 @@ TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
       EXPECT_TRUE(refs[0]["controller"].get<bool>());
     }
   }
-  // 2 secrets (credentials, inference token), configmap, 2 services, aggregator + 2
-  // agents, SA, role, binding, checkpoint claim + 3 node-volume claims per agent, 2
-  // network policies
-  EXPECT_EQ(children, 20);
+  // 4 secrets (credentials, inference token, one per agent), configmap, 2 services,
+  // aggregator + 2 agents, SA, role, binding, checkpoint claim + 3 node-volume claims per
+  // agent, 2 network policies
+  EXPECT_EQ(children, 22);
   std::set<std::string> nodes;
   for (const auto& p : Pods()) {
     if (p["metadata"]["labels"][kLabelRole] == "agent")
@@ -174,7 +176,7 @@ TEST_F(ReconcilerTest, RestartedOperatorCreatesNoDuplicates) {
                       ReconcilerOptions{DefaultImages(), [this] { return now_; }});
   ASSERT_TRUE(again.Reconcile("ml/wn").ok());
   EXPECT_EQ(Pods().size(), 3u);
-  EXPECT_EQ(client_.Objects(res::kSecrets).size(), 2u);  // credentials + inference token
+  EXPECT_EQ(client_.Objects(res::kSecrets).size(), 4u);  // credentials, inference token, 2 agents
   EXPECT_EQ((*client_.Get(res::kSecrets, "ml", "wn-credentials"))["data"], secret_before["data"]);
 }
 
@@ -341,34 +343,212 @@ TEST(DesiredTest, AgentsKeepServingAfterTheJobUnlessServingIsOff) {
   EXPECT_TRUE(HasArg(Command(DesiredAggregatorPod(job, 2, DefaultImages())), "--exit-when-done"));
 }
 
-TEST(DesiredTest, TlsPassesTheSecretsCertificatesToBothSides) {
-  Json job = Job();
-  auto agg = Command(DesiredAggregatorPod(job, 2, DefaultImages()));
-  auto agent = Command(DesiredAgentPod(job, "edge-a", DefaultImages()));
-  EXPECT_FALSE(HasArg(agg, "--tls-cert"));
-  EXPECT_FALSE(HasArg(agent, "--tls-ca"));
-  job["spec"]["privacy"] = {{"tls", true}};
+TEST(DesiredTest, MutualTlsByDefaultWithTheSecretsCertificatesOnBothSides) {
+  Json job = Job();  // no spec.privacy: the CRD's default, TLS on
   Json agg_pod = DesiredAggregatorPod(job, 2, DefaultImages());
   Json agent_pod = DesiredAgentPod(job, "edge-a", DefaultImages());
-  agg = Command(agg_pod);
-  agent = Command(agent_pod);
+  auto agg = Command(agg_pod);
+  auto agent = Command(agent_pod);
   EXPECT_TRUE(HasArg(agg, "--tls-cert", std::string(kSecretMountPath) + "/tls.crt"));
   EXPECT_TRUE(HasArg(agg, "--tls-key", std::string(kSecretMountPath) + "/tls.key"));
+  // Client certificates from the job CA are required (mutual TLS).
+  EXPECT_TRUE(HasArg(agg, "--tls-client-ca", std::string(kSecretMountPath) + "/ca.crt"));
   EXPECT_TRUE(HasArg(agent, "--tls-ca", std::string(kSecretMountPath) + "/ca.crt"));
   EXPECT_TRUE(HasArg(agent, "--tls-server-name", "wn-aggregator.ml.svc"));
-  // The files the flags name are projected from the Secret into each pod.
+  EXPECT_TRUE(HasArg(agent, "--tls-cert", std::string(kSecretMountPath) + "/tls.crt"));
+  EXPECT_TRUE(HasArg(agent, "--tls-key", std::string(kSecretMountPath) + "/tls.key"));
+  // The files the flags name are projected from the Secrets into each pod.
   auto items = [](const Json& pod) {
-    std::set<std::string> keys;
+    std::map<std::string, std::set<std::string>> keys;  // secret -> paths
     for (const auto& v : pod["spec"]["volumes"]) {
       if (v.contains("secret"))
-        for (const auto& it : v["secret"]["items"]) keys.insert(it["path"]);
+        for (const auto& it : v["secret"]["items"]) keys[v["secret"]["secretName"]].insert(it["path"]);
     }
     return keys;
   };
   auto agg_items = items(agg_pod);
-  EXPECT_TRUE(agg_items.count("tls.crt") && agg_items.count("tls.key"));
-  EXPECT_TRUE(items(agent_pod).count("ca.crt"));
-  EXPECT_FALSE(items(agent_pod).count("tls.key"));  // agents never get the serving key
+  EXPECT_EQ(agg_items["wn-credentials"], (std::set<std::string>{"tokens", "ca.crt", "tls.crt", "tls.key"}));
+  // The agent's own Secret only: its token, the CA and its client certificate and key.
+  auto agent_items = items(agent_pod);
+  EXPECT_EQ(agent_items.count("wn-credentials"), 0u) << "agents never reference the job's Secret (CA key)";
+  EXPECT_EQ(agent_items["wn-agent-edge-a-credentials"],
+            (std::set<std::string>{"token", "ca.crt", "tls.crt", "tls.key"}));
+
+  // privacy.tls: false opts out: plaintext, the agent's Secret holds only its token.
+  job["spec"]["privacy"] = {{"tls", false}};
+  agg = Command(DesiredAggregatorPod(job, 2, DefaultImages()));
+  agent_pod = DesiredAgentPod(job, "edge-a", DefaultImages());
+  agent = Command(agent_pod);
+  for (const char* flag : {"--tls-cert", "--tls-key", "--tls-client-ca"})
+    EXPECT_FALSE(HasArg(agg, flag)) << flag;
+  for (const char* flag : {"--tls-ca", "--tls-cert", "--tls-key"}) EXPECT_FALSE(HasArg(agent, flag)) << flag;
+  EXPECT_EQ(items(agent_pod)["wn-agent-edge-a-credentials"], (std::set<std::string>{"token"}));
+}
+
+TEST(DesiredTest, TheConfigMapStatesTheTlsDefault) {
+  Json job = Job();
+  EXPECT_TRUE(ManifestForParser(job)["spec"]["privacy"]["tls"].get<bool>());
+  job["spec"]["privacy"] = {{"tls", false}};
+  EXPECT_FALSE(ManifestForParser(job)["spec"]["privacy"]["tls"].get<bool>());
+  // ParseJobSpec's own default is false (`fedge run`): the operator's must not depend on it.
+  auto parsed = ParseJobSpec(ManifestForParser(Job()).dump());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_TRUE(parsed->privacy.tls);
+}
+
+// ---- agent client certificates: issue, renew, revoke ---------------------------------------
+class AgentCredentialsTest : public ReconcilerTest {
+ protected:
+  Json AgentSecret(const std::string& node) {
+    auto s = client_.Get(res::kSecrets, "ml", "wn-agent-" + node + "-credentials");
+    return s.ok() ? *s : Json();
+  }
+  Credentials JobCredentials() {
+    return CredentialsFromSecret(*client_.Get(res::kSecrets, "ml", "wn-credentials"));
+  }
+  CertInfo Cert(const std::string& node) {
+    auto info = ReadCert(AgentCredentialsFromSecret(AgentSecret(node)).tls_crt);
+    EXPECT_TRUE(info.ok()) << info.status().ToString();
+    return info.ok() ? *info : CertInfo{};
+  }
+};
+
+TEST_F(AgentCredentialsTest, EachAgentGetsItsOwnTokenAndAClientCertificateForItsNode) {
+  CreateJob();
+  auto r = Reconcile();
+  Credentials job = JobCredentials();
+  for (const std::string node : {"edge-a", "edge-b"}) {
+    Json secret = AgentSecret(node);
+    ASSERT_FALSE(secret.is_null()) << node;
+    EXPECT_EQ(secret["metadata"]["annotations"][kAnnotationNode], node);
+    EXPECT_EQ(secret["metadata"]["ownerReferences"][0]["kind"], "FederatedTrainingJob");
+    AgentCredentials c = AgentCredentialsFromSecret(secret);
+    EXPECT_EQ(c.token, job.tokens.at(node));
+    EXPECT_EQ(c.ca_crt, job.ca_crt);
+    EXPECT_TRUE(SignedBy(c.tls_crt, job.ca_crt));
+    EXPECT_TRUE(KeyMatchesCert(c.tls_crt, c.tls_key));
+    CertInfo info = Cert(node);
+    EXPECT_EQ(info.agent_id, node);
+    EXPECT_EQ(info.common_name, node);
+    EXPECT_EQ(info.not_after, now_ + 24 * 3600);
+    // Nothing of the job's Secret but the CA certificate: no CA key, no other token.
+    EXPECT_EQ(secret["data"].size(), 4u);
+    EXPECT_EQ(secret.dump().find(Base64Encode(job.ca_key)), std::string::npos);
+  }
+  EXPECT_NE(AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key,
+            AgentCredentialsFromSecret(AgentSecret("edge-b")).tls_key);
+  // Requeued for the renewal: when a third of the (backdated) lifetime remains.
+  ASSERT_TRUE(r.requeue_after.has_value());
+  EXPECT_EQ(r.requeue_after->count(), RenewalTime(Cert("edge-a")) - now_);
+  EXPECT_EQ(r.requeue_after->count(), 24 * 3600 - (24 * 3600 + kCertBackdateSeconds) / 3);
+}
+
+TEST_F(AgentCredentialsTest, CertificatesAreRenewedOnceAThirdOfTheirLifetimeRemains) {
+  CreateJob();
+  Reconcile();
+  CertInfo first = Cert("edge-a");
+  std::string first_key = AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key;
+  now_ = RenewalTime(first) - 1;
+  client_.ClearCalls();
+  auto r = Reconcile();
+  EXPECT_EQ(client_.CountCalls("patch", "secrets") + client_.CountCalls("create", "secrets"), 0)
+      << "not due yet: no write";
+  ASSERT_TRUE(r.requeue_after.has_value());
+  EXPECT_EQ(r.requeue_after->count(), 1);
+  now_ = RenewalTime(first);
+  r = Reconcile();
+  CertInfo second = Cert("edge-a");
+  EXPECT_NE(second.serial, first.serial);
+  EXPECT_EQ(second.not_after, now_ + 24 * 3600);
+  EXPECT_GT(second.not_after, first.not_after);
+  EXPECT_NE(AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key, first_key) << "a new key each time";
+  // Still the same token and CA: only the certificate rotates.
+  EXPECT_EQ(AgentCredentialsFromSecret(AgentSecret("edge-a")).token, JobCredentials().tokens.at("edge-a"));
+  ASSERT_TRUE(r.requeue_after.has_value());
+  EXPECT_EQ(r.requeue_after->count(), RenewalTime(second) - now_);
+  // And steady again.
+  client_.ClearCalls();
+  Reconcile();
+  EXPECT_EQ(client_.CountWrites(), 0);
+}
+
+TEST_F(AgentCredentialsTest, ACertificateFromAnotherCaOrForAnotherNodeIsReplaced) {
+  CreateJob();
+  Reconcile();
+  auto other_ca = GenerateCa("someone else");
+  ASSERT_TRUE(other_ca.ok());
+  auto foreign = IssueClientCert(*other_ca, "edge-a", now_, 3600);
+  ASSERT_TRUE(foreign.ok());
+  auto swapped = IssueClientCert({JobCredentials().ca_crt, JobCredentials().ca_key}, "edge-b", now_, 3600);
+  ASSERT_TRUE(swapped.ok());
+  for (const KeyPair& bad : {*foreign, *swapped}) {
+    AgentCredentials c = AgentCredentialsFromSecret(AgentSecret("edge-a"));
+    c.tls_crt = bad.cert_pem;
+    c.tls_key = bad.key_pem;
+    Json s = DesiredAgentSecret(GetJob(), "edge-a", c);
+    ASSERT_TRUE(client_.Apply(res::kSecrets, "ml", s["metadata"]["name"], s, {"someone", true, ""}).ok());
+    Reconcile();
+    c = AgentCredentialsFromSecret(AgentSecret("edge-a"));
+    EXPECT_TRUE(SignedBy(c.tls_crt, JobCredentials().ca_crt));
+    EXPECT_EQ(Cert("edge-a").agent_id, "edge-a");
+  }
+}
+
+TEST_F(AgentCredentialsTest, NodeLeavingTheSelectorLosesItsTokenAndCertificate) {
+  CreateJob();
+  Reconcile();
+  std::string old_token = JobCredentials().tokens.at("edge-a");
+  Json a = *client_.Get(res::kNodes, "", "edge-a");
+  a["metadata"]["labels"].erase("fedge.io/edge");
+  ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
+  Reconcile();
+  // Revoked: no Secret to mount, and the aggregator's tokens file no longer lists it.
+  EXPECT_TRUE(AgentSecret("edge-a").is_null());
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
+  Credentials job = JobCredentials();
+  EXPECT_EQ(job.tokens.count("edge-a"), 0u);
+  EXPECT_EQ(job.tokens.count("edge-b"), 1u);
+  std::string tokens_file =
+      Base64Decode((*client_.Get(res::kSecrets, "ml", "wn-credentials"))["data"]["tokens"]);
+  EXPECT_EQ(tokens_file.find("edge-a"), std::string::npos) << tokens_file;
+  EXPECT_EQ(tokens_file.find(old_token), std::string::npos);
+  EXPECT_FALSE(AgentSecret("edge-b").is_null());
+  bool event = false;
+  for (const auto& e : client_.Objects(res::kEvents)) event |= e["reason"] == "AgentTokenRevoked";
+  EXPECT_TRUE(event);
+  // Back in the selector: a new token and a new certificate, not the revoked ones.
+  a = *client_.Get(res::kNodes, "", "edge-a");
+  a["metadata"]["labels"]["fedge.io/edge"] = "true";
+  ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
+  Reconcile();
+  EXPECT_NE(JobCredentials().tokens.at("edge-a"), old_token);
+  EXPECT_EQ(AgentCredentialsFromSecret(AgentSecret("edge-a")).token, JobCredentials().tokens.at("edge-a"));
+}
+
+TEST_F(AgentCredentialsTest, WithoutTlsTheAgentSecretHoldsOnlyTheToken) {
+  Json job = Job();
+  job["spec"]["privacy"] = {{"tls", false}};
+  CreateJob(job);
+  auto r = Reconcile();
+  Json secret = AgentSecret("edge-a");
+  ASSERT_FALSE(secret.is_null());
+  EXPECT_EQ(secret["data"].size(), 1u);
+  EXPECT_EQ(AgentCredentialsFromSecret(secret).token, JobCredentials().tokens.at("edge-a"));
+  EXPECT_FALSE(r.requeue_after.has_value()) << "nothing to renew";
+}
+
+TEST_F(AgentCredentialsTest, LifetimeComesFromTheOperatorsOption) {
+  ReconcilerOptions o{DefaultImages(), [this] { return now_; }};
+  o.agent_cert_lifetime_seconds = 90;
+  JobReconciler short_lived(&client_, &cache_, &events_, o);
+  CreateJob();
+  auto r = short_lived.Reconcile("ml/wn");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(Cert("edge-a").not_after, now_ + 90);
+  ASSERT_TRUE(r->requeue_after.has_value());
+  // Backdated by a tenth of it (9 s), not the full 300 s: renewal still comes after issuance.
+  EXPECT_EQ(Cert("edge-a").not_before, now_ - 9);
+  EXPECT_EQ(r->requeue_after->count(), 90 - (90 + 9) / 3);
 }
 
 TEST_F(ReconcilerTest, SuspendDeletesPodsAndResumeRecreatesThem) {

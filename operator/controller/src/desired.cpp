@@ -62,8 +62,6 @@ std::string Sanitize(std::string s) {
   return s;
 }
 
-bool TlsEnabled(const Json& job) { return Sub(Spec(job), "privacy").value("tls", false); }
-
 Json Resources(const Json& spec_part) {
   auto it = spec_part.find("resources");
   return (it == spec_part.end() || !it->is_object()) ? Json::object() : *it;
@@ -147,7 +145,16 @@ std::string AgentPodName(const Json& job, const std::string& node) {
   return n;
 }
 
-std::string TokenKey(const std::string& agent_id) { return "token-" + Sanitize(agent_id); }
+std::string AgentSecretName(const Json& job, const std::string& node) {
+  return AgentPodName(job, node) + "-credentials";
+}
+
+bool TlsEnabled(const Json& job) {
+  auto it = Spec(job).find("privacy");
+  if (it == Spec(job).end() || !it->is_object()) return true;
+  auto tls = it->find("tls");
+  return tls == it->end() || !tls->is_boolean() || tls->get<bool>();
+}
 
 Json OwnerReference(const Json& job) {
   return {{"apiVersion", job.value("apiVersion", "fedge.io/v1alpha1")},
@@ -239,16 +246,38 @@ Json DesiredSecret(const Json& job, const Credentials& creds) {
                {"tls.key", Base64Encode(creds.tls_key)}};
   // The aggregator's --tokens-file format: one "agent-id token" line per agent.
   std::string tokens;
-  for (const auto& [id, tok] : creds.tokens) {
-    tokens += id + " " + tok + "\n";
-    data[TokenKey(id)] = Base64Encode(tok);
-  }
+  for (const auto& [id, tok] : creds.tokens) tokens += id + " " + tok + "\n";
   data["tokens"] = Base64Encode(tokens);
   return {{"apiVersion", "v1"},
           {"kind", "Secret"},
           {"metadata", Meta(job, SecretName(job), "credentials")},
           {"type", "Opaque"},
           {"data", data}};
+}
+
+AgentCredentials AgentCredentialsFromSecret(const Json& secret) {
+  AgentCredentials c;
+  Json data = Sub(secret, "data");
+  auto get = [&](const char* k) {
+    return data.contains(k) && data[k].is_string() ? Base64Decode(data[k].get<std::string>()) : "";
+  };
+  c.token = get("token");
+  c.ca_crt = get("ca.crt");
+  c.tls_crt = get("tls.crt");
+  c.tls_key = get("tls.key");
+  return c;
+}
+
+Json DesiredAgentSecret(const Json& job, const std::string& node, const AgentCredentials& creds) {
+  Json data = {{"token", Base64Encode(creds.token)}};
+  if (!creds.tls_crt.empty()) {
+    data["ca.crt"] = Base64Encode(creds.ca_crt);
+    data["tls.crt"] = Base64Encode(creds.tls_crt);
+    data["tls.key"] = Base64Encode(creds.tls_key);
+  }
+  Json meta = Meta(job, AgentSecretName(job, node), "agent-credentials");
+  meta["annotations"] = {{kAnnotationNode, node}};
+  return {{"apiVersion", "v1"}, {"kind", "Secret"}, {"metadata", meta}, {"type", "Opaque"}, {"data", data}};
 }
 
 Json DesiredConfigMap(const Json& job, const std::string& manifest_yaml) {
@@ -346,8 +375,11 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOpt
                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
                     {{"name", "checkpoints"}, {"mountPath", kCheckpointMountPath}}})}};
   if (TlsEnabled(job)) {
-    // The serving certificate the operator issued for the Service's names, from the Secret.
-    for (const char* arg : {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key"}) {
+    // The serving certificate the operator issued for the Service's names, from the
+    // Secret; agents must present a client certificate from the job CA (mutual TLS),
+    // whose identity fedge-aggregator binds to the agent id they join as.
+    for (const char* arg :
+         {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key", "--tls-client-ca", "/ca.crt"}) {
       aggregator["command"].push_back(arg[0] == '/' ? std::string(kSecretMountPath) + arg : std::string(arg));
     }
   }
@@ -436,6 +468,7 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
   // Agents keep serving local inference with the final global after the job
   // (the job's purpose on the edge); only without serving do they exit when done.
   if (!serving.value("enabled", true)) container["command"].push_back("--exit-when-done");
+  Json credential_items = Json::array({{{"key", "token"}, {"path", "token"}}});
   if (TlsEnabled(job)) {
     container["command"].push_back("--tls-ca");
     container["command"].push_back(std::string(kSecretMountPath) + "/ca.crt");
@@ -443,6 +476,13 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
     // was resolved to an IP.
     container["command"].push_back("--tls-server-name");
     container["command"].push_back(AggregatorName(job) + "." + Ns(job) + ".svc");
+    // This agent's own client certificate; the agent re-reads both files when the
+    // kubelet swaps in a rotated Secret.
+    for (const char* arg : {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key"}) {
+      container["command"].push_back(arg[0] == '/' ? std::string(kSecretMountPath) + arg : std::string(arg));
+    }
+    for (const char* key : {"ca.crt", "tls.crt", "tls.key"})
+      credential_items.push_back({{"key", key}, {"path", key}});
   }
   Harden(container, opts);
   Json toleration_list = Json::array();
@@ -451,19 +491,17 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
     toleration_list.push_back(
         {{"key", taint}, {"operator", "Exists"}, {"effect", "NoExecute"}, {"tolerationSeconds", toleration}});
   }
-  Json volumes = Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-                              {{"name", "credentials"},
-                               {"secret",
-                                {{"secretName", SecretName(job)},
-                                 {"defaultMode", 0440},
-                                 {"items", Json::array({{{"key", TokenKey(node)}, {"path", "token"}},
-                                                        {{"key", "ca.crt"}, {"path", "ca.crt"}}})}}}},
-                              {{"name", "api-token"},
-                               {"secret",
-                                {{"secretName", ApiTokenSecretName(job)},
-                                 {"defaultMode", 0440},
-                                 {"items", Json::array({{{"key", "token"}, {"path", "token"}}})}}}},
-                              TmpVolume()});
+  Json volumes = Json::array(
+      {{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
+       {{"name", "credentials"},
+        {"secret",
+         {{"secretName", AgentSecretName(job, node)}, {"defaultMode", 0440}, {"items", credential_items}}}},
+       {{"name", "api-token"},
+        {"secret",
+         {{"secretName", ApiTokenSecretName(job)},
+          {"defaultMode", 0440},
+          {"items", Json::array({{{"key", "token"}, {"path", "token"}}})}}}},
+       TmpVolume()});
   for (const auto& v : node_volumes) {
     volumes.push_back({{"name", v.kind},
                        {"persistentVolumeClaim",
@@ -668,6 +706,9 @@ Json ManifestForParser(const Json& job) {
             {"metadata", {{"name", Name(job)}, {"namespace", Ns(job)}}},
             {"spec", Spec(job)}};
   m["spec"].erase("aggregator");
+  // The cluster's default (TlsEnabled), so the job's ConfigMap says what the pods do.
+  if (!m["spec"].contains("privacy") || m["spec"]["privacy"].is_object())
+    m["spec"]["privacy"]["tls"] = TlsEnabled(job);
   if (m["spec"].contains("agents") && m["spec"]["agents"].is_object()) {
     m["spec"]["agents"].erase("tolerationSeconds");
     m["spec"]["agents"].erase("resources");

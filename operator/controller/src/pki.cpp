@@ -5,10 +5,15 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstring>
 #include <memory>
+#include <optional>
 
 namespace fedge::op {
 namespace {
@@ -54,67 +59,230 @@ bool AddExt(X509* cert, X509* issuer, int nid, const std::string& value) {
   return ok;
 }
 
-Cert NewCert(EVP_PKEY* key, const std::string& cn, long days) {
+// CN must fit X.509's 64 characters: callers pass CommonName(...). A failure to set
+// any field is an error (the old code ignored X509_NAME_add_entry_by_txt's refusal of a
+// long name and issued a certificate with an empty subject).
+StatusOr<Cert> NewCert(EVP_PKEY* key, const std::string& cn, std::time_t now, std::time_t not_before_offset,
+                       std::time_t not_after_offset) {
+  if (cn.empty() || cn.size() > kMaxCommonNameLength) {
+    return InvalidArgumentError("certificate common name \"" + cn + "\" has " + std::to_string(cn.size()) +
+                                " characters; X.509 allows 1 to 64 (pass it through CommonName)");
+  }
   Cert cert(X509_new());
-  X509_set_version(cert.get(), 2);
+  if (!cert || X509_set_version(cert.get(), 2) != 1) return InternalError("X509_new failed");
   unsigned char serial[16];
-  RAND_bytes(serial, sizeof(serial));
+  if (RAND_bytes(serial, sizeof(serial)) != 1) return InternalError("RAND_bytes failed");
   serial[0] &= 0x7f;
   BIGNUM* bn = BN_bin2bn(serial, sizeof(serial), nullptr);
-  BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
+  bool serial_ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
   BN_free(bn);
-  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -300);
-  X509_gmtime_adj(X509_getm_notAfter(cert.get()), days * 24 * 3600);
-  X509_set_pubkey(cert.get(), key);
+  if (!serial_ok) return InternalError("setting the serial number failed");
+  if (!X509_time_adj_ex(X509_getm_notBefore(cert.get()), 0, static_cast<long>(not_before_offset), &now) ||
+      !X509_time_adj_ex(X509_getm_notAfter(cert.get()), 0, static_cast<long>(not_after_offset), &now) ||
+      X509_set_pubkey(cert.get(), key) != 1) {
+    return InternalError("setting the validity or public key failed");
+  }
   X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1,
-                             -1, 0);
+  if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
+                                 reinterpret_cast<const unsigned char*>(cn.c_str()),
+                                 static_cast<int>(cn.size()), -1, 0) != 1) {
+    return InvalidArgumentError("OpenSSL refused the common name \"" + cn + "\"");
+  }
   return cert;
+}
+
+StatusOr<KeyPair> Finish(X509* cert, EVP_PKEY* signer, EVP_PKEY* key) {
+  if (!X509_sign(cert, signer, EVP_sha256())) return InternalError("signing the certificate failed");
+  KeyPair out;
+  FEDGE_ASSIGN_OR_RETURN(out.cert_pem, CertPem(cert));
+  FEDGE_ASSIGN_OR_RETURN(out.key_pem, KeyPem(key));
+  return out;
+}
+
+struct Ca {
+  Cert cert;
+  PKey key;
+};
+
+StatusOr<Ca> LoadCa(const KeyPair& ca) {
+  Bio cbio(BIO_new_mem_buf(ca.cert_pem.data(), static_cast<int>(ca.cert_pem.size())));
+  Bio kbio(BIO_new_mem_buf(ca.key_pem.data(), static_cast<int>(ca.key_pem.size())));
+  Ca out{Cert(PEM_read_bio_X509(cbio.get(), nullptr, nullptr, nullptr)),
+         PKey(PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr))};
+  if (!out.cert || !out.key) return InvalidArgumentError("unreadable CA certificate or key");
+  return out;
+}
+
+Cert ParseCert(const std::string& pem) {
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  return Cert(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+}
+
+std::string Hex(const unsigned char* p, size_t n) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(kHex[p[i] >> 4]);
+    out.push_back(kHex[p[i] & 15]);
+  }
+  return out;
+}
+
+std::optional<std::time_t> ToTime(const ASN1_TIME* t) {
+  std::tm tm{};
+  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return std::nullopt;
+  return timegm(&tm);
+}
+
+std::string PercentDecode(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
 }
 
 }  // namespace
 
+std::string CommonName(const std::string& name) {
+  if (name.size() <= kMaxCommonNameLength) return name;
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(name.data()), name.size(), md);
+  return name.substr(0, kMaxCommonNameLength - 17) + "~" + Hex(md, 8);
+}
+
+std::string AgentUri(const std::string& agent_id) {
+  std::string out = kAgentUriPrefix;
+  static const char* kHex = "0123456789ABCDEF";
+  for (unsigned char c : agent_id) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
 StatusOr<KeyPair> GenerateCa(const std::string& common_name) {
   PKey key = NewEcKey();
   if (!key) return InternalError("EC key generation failed");
-  Cert cert = NewCert(key.get(), common_name, 3650);
+  FEDGE_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), CommonName(common_name), std::time(nullptr),
+                                            -kCertBackdateSeconds, 3650L * 24 * 3600));
   X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
   if (!AddExt(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE") ||
       !AddExt(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign") ||
       !AddExt(cert.get(), cert.get(), NID_subject_key_identifier, "hash")) {
     return InternalError("adding CA extensions failed");
   }
-  if (!X509_sign(cert.get(), key.get(), EVP_sha256())) return InternalError("signing CA failed");
-  KeyPair out;
-  FEDGE_ASSIGN_OR_RETURN(out.cert_pem, CertPem(cert.get()));
-  FEDGE_ASSIGN_OR_RETURN(out.key_pem, KeyPem(key.get()));
-  return out;
+  return Finish(cert.get(), key.get(), key.get());
 }
 
 StatusOr<KeyPair> IssueServingCert(const KeyPair& ca, const std::string& common_name,
                                    const std::vector<std::string>& dns_names) {
-  Bio cbio(BIO_new_mem_buf(ca.cert_pem.data(), static_cast<int>(ca.cert_pem.size())));
-  Cert ca_cert(PEM_read_bio_X509(cbio.get(), nullptr, nullptr, nullptr));
-  Bio kbio(BIO_new_mem_buf(ca.key_pem.data(), static_cast<int>(ca.key_pem.size())));
-  PKey ca_key(PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr));
-  if (!ca_cert || !ca_key) return InvalidArgumentError("unreadable CA certificate or key");
+  FEDGE_ASSIGN_OR_RETURN(Ca signer, LoadCa(ca));
   PKey key = NewEcKey();
   if (!key) return InternalError("EC key generation failed");
-  Cert cert = NewCert(key.get(), common_name, 365);
-  X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_cert.get()));
+  FEDGE_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), CommonName(common_name), std::time(nullptr),
+                                            -kCertBackdateSeconds, 365L * 24 * 3600));
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(signer.cert.get()));
   std::string san;
   for (const auto& d : dns_names) san += (san.empty() ? "" : ",") + std::string("DNS:") + d;
-  if (!AddExt(cert.get(), ca_cert.get(), NID_basic_constraints, "critical,CA:FALSE") ||
-      !AddExt(cert.get(), ca_cert.get(), NID_key_usage, "critical,digitalSignature,keyEncipherment") ||
-      !AddExt(cert.get(), ca_cert.get(), NID_ext_key_usage, "serverAuth") ||
-      (!san.empty() && !AddExt(cert.get(), ca_cert.get(), NID_subject_alt_name, san))) {
+  if (!AddExt(cert.get(), signer.cert.get(), NID_basic_constraints, "critical,CA:FALSE") ||
+      !AddExt(cert.get(), signer.cert.get(), NID_key_usage, "critical,digitalSignature,keyEncipherment") ||
+      !AddExt(cert.get(), signer.cert.get(), NID_ext_key_usage, "serverAuth") ||
+      (!san.empty() && !AddExt(cert.get(), signer.cert.get(), NID_subject_alt_name, san))) {
     return InternalError("adding serving-certificate extensions failed");
   }
-  if (!X509_sign(cert.get(), ca_key.get(), EVP_sha256())) return InternalError("signing failed");
-  KeyPair out;
-  FEDGE_ASSIGN_OR_RETURN(out.cert_pem, CertPem(cert.get()));
-  FEDGE_ASSIGN_OR_RETURN(out.key_pem, KeyPem(key.get()));
-  return out;
+  return Finish(cert.get(), signer.key.get(), key.get());
+}
+
+StatusOr<KeyPair> IssueClientCert(const KeyPair& ca, const std::string& agent_id, std::time_t now,
+                                  std::time_t lifetime_seconds) {
+  if (agent_id.empty()) return InvalidArgumentError("a client certificate needs an agent id");
+  if (lifetime_seconds < 60) {
+    return InvalidArgumentError("client certificate lifetime " + std::to_string(lifetime_seconds) +
+                                " s is under the minimum of 60 s");
+  }
+  FEDGE_ASSIGN_OR_RETURN(Ca signer, LoadCa(ca));
+  PKey key = NewEcKey();
+  if (!key) return InternalError("EC key generation failed");
+  FEDGE_ASSIGN_OR_RETURN(Cert cert,
+                         NewCert(key.get(), CommonName(agent_id), now,
+                                 -std::min(kCertBackdateSeconds, lifetime_seconds / 10), lifetime_seconds));
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(signer.cert.get()));
+  if (!AddExt(cert.get(), signer.cert.get(), NID_basic_constraints, "critical,CA:FALSE") ||
+      !AddExt(cert.get(), signer.cert.get(), NID_key_usage, "critical,digitalSignature") ||
+      !AddExt(cert.get(), signer.cert.get(), NID_ext_key_usage, "clientAuth") ||
+      !AddExt(cert.get(), signer.cert.get(), NID_subject_alt_name, "URI:" + AgentUri(agent_id))) {
+    return InternalError("adding client-certificate extensions failed");
+  }
+  return Finish(cert.get(), signer.key.get(), key.get());
+}
+
+StatusOr<CertInfo> ReadCert(const std::string& cert_pem) {
+  Cert cert = ParseCert(cert_pem);
+  if (!cert) return InvalidArgumentError("not a PEM certificate");
+  CertInfo info;
+  auto nb = ToTime(X509_get0_notBefore(cert.get()));
+  auto na = ToTime(X509_get0_notAfter(cert.get()));
+  if (!nb || !na) return InvalidArgumentError("certificate has an unreadable validity period");
+  info.not_before = *nb;
+  info.not_after = *na;
+  X509_NAME* subject = X509_get_subject_name(cert.get());
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx >= 0) {
+    unsigned char* utf8 = nullptr;
+    int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+    if (n >= 0) info.common_name.assign(reinterpret_cast<char*>(utf8), static_cast<size_t>(n));
+    OPENSSL_free(utf8);
+  }
+  auto* names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert.get(), NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* gn = sk_GENERAL_NAME_value(names, i);
+    if (gn->type != GEN_URI) continue;
+    std::string uri(reinterpret_cast<const char*>(ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier)),
+                    static_cast<size_t>(ASN1_STRING_length(gn->d.uniformResourceIdentifier)));
+    if (uri.rfind(kAgentUriPrefix, 0) == 0)
+      info.agent_id = PercentDecode(uri.substr(strlen(kAgentUriPrefix)));
+  }
+  GENERAL_NAMES_free(names);
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert.get()), nullptr);
+  if (bn) {
+    char* hex = BN_bn2hex(bn);
+    if (hex) info.serial = hex;
+    OPENSSL_free(hex);
+    BN_free(bn);
+  }
+  return info;
+}
+
+bool SignedBy(const std::string& cert_pem, const std::string& ca_cert_pem) {
+  Cert cert = ParseCert(cert_pem);
+  Cert ca = ParseCert(ca_cert_pem);
+  if (!cert || !ca) return false;
+  EVP_PKEY* pub = X509_get0_pubkey(ca.get());
+  return pub && X509_verify(cert.get(), pub) == 1;
+}
+
+bool KeyMatchesCert(const std::string& cert_pem, const std::string& key_pem) {
+  Cert cert = ParseCert(cert_pem);
+  Bio kbio(BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())));
+  PKey key(kbio ? PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr) : nullptr);
+  return cert && key && X509_check_private_key(cert.get(), key.get()) == 1;
+}
+
+std::time_t RenewalTime(const CertInfo& cert) {
+  return cert.not_after - (cert.not_after - cert.not_before) / 3;
 }
 
 StatusOr<std::string> RandomToken() {

@@ -173,6 +173,7 @@ struct JobReconciler::Run {
   std::vector<ObjectPtr> pods;
   std::optional<std::chrono::seconds> requeue_after;
   std::optional<JobSpec> spec;                                      // parsed and defaulted
+  Credentials creds;                                                // SyncCredentials' result
   std::vector<std::pair<std::string, std::string>> pending_events;  // (type, reason|message)
 
   void Event(const std::string& type, const std::string& reason, const std::string& message) {
@@ -242,13 +243,19 @@ Status JobReconciler::Finalize(Run& run) {
 
 Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& nodes) {
   const Json& job = run.job;
-  ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, SecretName(job));
-  auto missing_tokens = [&](const Credentials& c) {
-    for (const auto& n : nodes)
-      if (!c.tokens.count(n)) return true;
-    return false;
+  const std::set<std::string> wanted(nodes.begin(), nodes.end());
+  // Exactly the selected nodes hold tokens: a missing one is minted, a stale one revoked.
+  auto current = [&](const Credentials& c) {
+    if (c.tokens.size() != wanted.size()) return false;
+    for (const auto& [id, tok] : c.tokens)
+      if (!wanted.count(id)) return false;
+    return true;
   };
-  if (cached && !missing_tokens(CredentialsFromSecret(*cached))) return OkStatus();
+  ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, SecretName(job));
+  if (cached) {
+    run.creds = CredentialsFromSecret(*cached);
+    if (!run.creds.ca_crt.empty() && current(run.creds)) return OkStatus();
+  }
   // Read the live secret: a lagging cache must never make us mint a second CA or
   // replace a token an agent already holds.
   Credentials creds;
@@ -272,10 +279,20 @@ Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& 
     creds.tls_crt = tls.cert_pem;
     creds.tls_key = tls.key_pem;
   }
+  std::vector<std::string> revoked;
+  for (auto it = creds.tokens.begin(); it != creds.tokens.end();) {
+    if (wanted.count(it->first)) {
+      ++it;
+      continue;
+    }
+    revoked.push_back(it->first);
+    it = creds.tokens.erase(it);
+  }
   for (const auto& n : nodes) {
     if (creds.tokens.count(n)) continue;
     FEDGE_ASSIGN_OR_RETURN(creds.tokens[n], RandomToken());
   }
+  run.creds = creds;
   Json desired = DesiredSecret(job, creds);
   if (!exists) {
     auto created = client_->Create(res::kSecrets, run.ns, desired);
@@ -285,7 +302,87 @@ Status JobReconciler::SyncCredentials(Run& run, const std::vector<std::string>& 
   }
   desired["metadata"]["resourceVersion"] = (*live)["metadata"].value("resourceVersion", "");
   auto applied = client_->Apply(res::kSecrets, run.ns, SecretName(job), desired, {kFieldManager, true, ""});
-  return applied.status().WithContext("apply secret");
+  if (!applied.ok()) return applied.status().WithContext("apply secret");
+  for (const auto& id : revoked) {
+    run.Event("Normal", "AgentTokenRevoked",
+              "agent " + id +
+                  " left spec.agents.nodeSelector: its token was removed from the aggregator's "
+                  "tokens file, so its credentials can no longer join");
+  }
+  return OkStatus();
+}
+
+Status JobReconciler::SyncAgentCredentials(Run& run, const std::string& node) {
+  const Json& job = run.job;
+  const bool tls = TlsEnabled(job);
+  const std::string name = AgentSecretName(job, node);
+  const std::string& token = run.creds.tokens.at(node);  // SyncCredentials minted it
+  ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, name);
+  AgentCredentials cur = cached ? AgentCredentialsFromSecret(*cached) : AgentCredentials{};
+  // Why the Secret is (re)written, for the log; "" when it is current.
+  std::string why;
+  std::time_t renew_at = 0;
+  if (!cached) {
+    why = "missing";
+  } else if (cur.token != token) {
+    why = "token changed";
+  } else if (!tls) {
+    if (!cur.tls_crt.empty()) why = "TLS turned off";
+  } else if (cur.ca_crt != run.creds.ca_crt || !SignedBy(cur.tls_crt, run.creds.ca_crt)) {
+    why = "not from the job CA";
+  } else if (!KeyMatchesCert(cur.tls_crt, cur.tls_key)) {
+    why = "key does not match the certificate";
+  } else {
+    auto info = ReadCert(cur.tls_crt);
+    if (!info.ok() || info->agent_id != node) {
+      why = "certificate names another agent";
+    } else if (run.now >= RenewalTime(*info)) {
+      why = "due for renewal";
+    } else {
+      renew_at = RenewalTime(*info);
+    }
+  }
+  if (why.empty()) {
+    if (tls) run.RequeueAfter(std::chrono::seconds(renew_at - run.now));
+    return OkStatus();
+  }
+  AgentCredentials want{token, "", "", ""};
+  if (tls) {
+    FEDGE_ASSIGN_OR_RETURN(KeyPair cert, IssueClientCert({run.creds.ca_crt, run.creds.ca_key}, node, run.now,
+                                                         opts_.agent_cert_lifetime_seconds));
+    FEDGE_ASSIGN_OR_RETURN(CertInfo info, ReadCert(cert.cert_pem));
+    want.ca_crt = run.creds.ca_crt;
+    want.tls_crt = cert.cert_pem;
+    want.tls_key = cert.key_pem;
+    run.RequeueAfter(std::chrono::seconds(RenewalTime(info) - run.now));
+  }
+  Json desired = DesiredAgentSecret(job, node, want);
+  if (!cached) {
+    // Created once; if it exists already the cache lags behind our own write, and the
+    // watch event that updates the cache brings the job back here.
+    auto c = client_->Create(res::kSecrets, run.ns, desired);
+    if (IsAlreadyExists(c.status())) return OkStatus();
+    if (!c.ok()) return c.status().WithContext("create secret " + name);
+  } else {
+    auto a = client_->Apply(res::kSecrets, run.ns, name, desired, {kFieldManager, true, ""});
+    if (!a.ok()) return a.status().WithContext("apply secret " + name);
+  }
+  log::Info("agent credentials written",
+            {{"job", run.ns + "/" + run.name}, {"node", node}, {"reason", why}, {"tls", tls}});
+  return OkStatus();
+}
+
+Status JobReconciler::DeleteStaleAgentCredentials(Run& run, const std::set<std::string>& wanted) {
+  for (const auto& s : cache_->List(res::kSecrets, run.ns, kLabelJob, run.name)) {
+    const Json& meta = (*s)["metadata"];
+    if (meta.value("labels", Json::object()).value(kLabelRole, "") != "agent-credentials") continue;
+    std::string node = meta.value("annotations", Json::object()).value(kAnnotationNode, "");
+    if (wanted.count(node) || Terminating(*s)) continue;
+    Status st = client_->Delete(res::kSecrets, run.ns, meta.value("name", ""), {});
+    if (!st.ok() && !IsNotFound(st)) return st.WithContext("delete secret " + meta.value("name", ""));
+    log::Info("agent credentials deleted", {{"job", run.ns + "/" + run.name}, {"node", node}});
+  }
+  return OkStatus();
 }
 
 Status JobReconciler::HandleFailedPod(Run& run, const Json& pod, bool aggregator) {
@@ -396,6 +493,8 @@ Status JobReconciler::SyncChildren(Run& run) {
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kRoles, DesiredRole(job)));
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kRoleBindings, DesiredRoleBinding(job)));
   FEDGE_RETURN_IF_ERROR(SyncCredentials(run, nodes));
+  for (const auto& node : nodes) FEDGE_RETURN_IF_ERROR(SyncAgentCredentials(run, node));
+  FEDGE_RETURN_IF_ERROR(DeleteStaleAgentCredentials(run, wanted));
   FEDGE_RETURN_IF_ERROR(SyncApiToken(run));
   FEDGE_RETURN_IF_ERROR(ApplyIfChanged(run, res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(spec))));
   if (opts_.desired.network_policies) {
@@ -701,7 +800,8 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
     // Apply cleanPodPolicy and the TTL on the next pass.
     run.RequeueAfter(std::chrono::seconds(1));
   }
-  if (rp.activeDeadlineSeconds > 0 && run.status.contains("startTime") && !run.requeue_after) {
+  // (RequeueAfter keeps the earliest: a certificate renewal must not postpone the deadline.)
+  if (rp.activeDeadlineSeconds > 0 && run.status.contains("startTime")) {
     run.RequeueAfter(std::chrono::seconds(rp.activeDeadlineSeconds));
   }
   FEDGE_RETURN_IF_ERROR(WriteStatus(run));

@@ -67,8 +67,13 @@ std::string ConfigMapName(const Json& job);         // <job>-config
 std::string AggregatorName(const Json& job);        // <job>-aggregator (pod, service, SA, role)
 std::string InferenceServiceName(const Json& job);  // <job>-inference
 std::string AgentPodName(const Json& job, const std::string& node);
-// Secret data key holding the agent's token.
-std::string TokenKey(const std::string& agent_id);
+// <agent pod name>-credentials: the one agent's token and client certificate.
+std::string AgentSecretName(const Json& job, const std::string& node);
+
+// spec.privacy.tls. Absent counts as true, the CRD's default: in a cluster agents and
+// the aggregator speak mutual TLS unless the job opts out. (`fedge run` parses the same
+// field with default false: plaintext on loopback unless asked; see docs/operator.md.)
+bool TlsEnabled(const Json& job);
 
 // ownerReference to the job with controller=true, blockOwnerDeletion=true.
 Json OwnerReference(const Json& job);
@@ -78,7 +83,9 @@ std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPt
 // True when the node's Ready condition is True.
 bool NodeReady(const Json& node);
 
-// The secret's contents before encoding.
+// The job's credentials Secret (<job>-credentials) before encoding: the per-job CA,
+// the aggregator's serving certificate, and every current agent's token (the
+// aggregator's --tokens-file). Mounted into the aggregator pod only.
 struct Credentials {
   std::string ca_crt, ca_key, tls_crt, tls_key;
   std::map<std::string, std::string> tokens;  // agent id -> token
@@ -87,6 +94,20 @@ struct Credentials {
 Credentials CredentialsFromSecret(const Json& secret);
 
 Json DesiredSecret(const Json& job, const Credentials& creds);
+
+// One agent's Secret (AgentSecretName), mounted into that agent's pod only: with the
+// kubelet's node authorizer a node can read the Secrets its pods reference, so no agent
+// pod references a Secret holding another agent's token or key, or the CA key.
+// tls_crt/tls_key/ca_crt are empty when TlsEnabled(job) is false.
+struct AgentCredentials {
+  std::string token;
+  std::string ca_crt;   // the job CA (verifies the aggregator)
+  std::string tls_crt;  // client certificate for the agent id (pki.h IssueClientCert)
+  std::string tls_key;
+};
+AgentCredentials AgentCredentialsFromSecret(const Json& secret);
+// Labelled role agent-credentials, annotated fedge.io/node, owned by the job.
+Json DesiredAgentSecret(const Json& job, const std::string& node, const AgentCredentials& creds);
 Json DesiredConfigMap(const Json& job, const std::string& manifest_yaml);
 Json DesiredServiceAccount(const Json& job);
 // May get and patch only its own job's status (resourceNames).
@@ -94,6 +115,8 @@ Json DesiredRole(const Json& job);
 Json DesiredRoleBinding(const Json& job);
 Json DesiredAggregatorService(const Json& job);
 Json DesiredInferenceService(const Json& job);
+// With TLS the aggregator serves tls.crt and requires client certificates signed by the
+// job CA (--tls-client-ca); each agent presents its own (--tls-cert/--tls-key).
 // The aggregator and agent pods pass the `restricted` Pod Security level: non-root
 // (kRunAsId), read-only root filesystem with an emptyDir at /tmp, all capabilities
 // dropped, seccomp RuntimeDefault, no privilege escalation, no hostPath volumes.
@@ -159,7 +182,8 @@ Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts)
 std::string AgentNetworkPolicyName(const Json& job);
 
 // Removes the operator-only fields (spec.aggregator, agents.tolerationSeconds,
-// agents.resources) so the rest parses with fedge::ParseJobSpec, which is strict.
+// agents.resources) so the rest parses with fedge::ParseJobSpec, which is strict, and
+// states privacy.tls as TlsEnabled decides it (the parser's own default is false).
 Json ManifestForParser(const Json& job);
 
 std::string Base64Encode(const std::string& in);

@@ -16,6 +16,7 @@
 #include <ctime>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -68,8 +69,13 @@ class EventRecorder {
 struct ReconcilerOptions {
   // Images, pull policy, allowed node directories, network policies (desired.h).
   DesiredOptions desired;
-  // Wall-clock seconds since the epoch (deadlines and TTLs compare with API timestamps).
+  // Wall-clock seconds since the epoch (deadlines and TTLs compare with API timestamps,
+  // certificates are issued and renewed by it).
   std::function<std::time_t()> now = [] { return std::time(nullptr); };
+  // Lifetime of each agent's client certificate (fedge-operator --agent-cert-lifetime).
+  // A certificate is renewed once less than a third of it remains (pki.h RenewalTime):
+  // the reconcile that issues it requeues for that moment.
+  std::time_t agent_cert_lifetime_seconds = 24 * 3600;
 };
 
 struct ReconcileResult {
@@ -88,7 +94,16 @@ class JobReconciler {
   struct Run;  // state of one reconcile
   Status Finalize(Run& run);
   Status SyncChildren(Run& run);
+  // <job>-credentials: CA and serving certificate (made once), and exactly one token
+  // per selected node (a node that left the selector loses its token: the aggregator
+  // re-reads the tokens file, so that agent can no longer Join). Leaves them in run.creds.
   Status SyncCredentials(Run& run, const std::vector<std::string>& nodes);
+  // The node's agent Secret: its token and, with TLS, a client certificate for the node
+  // name from the job CA, issued when missing, not matching the CA, token or key, or due
+  // for renewal; requeues the job for the renewal time.
+  Status SyncAgentCredentials(Run& run, const std::string& node);
+  // Deletes the agent Secrets of nodes outside `wanted` (revocation, with the token).
+  Status DeleteStaleAgentCredentials(Run& run, const std::set<std::string>& wanted);
   Status SyncApiToken(Run& run);
   // The node's local PersistentVolumes and their claims, created when missing (both are
   // immutable once bound; names change with the path).

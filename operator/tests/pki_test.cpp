@@ -1,0 +1,128 @@
+// The per-job PKI (pki.h): agent client certificates, their identity, lifetime and
+// renewal time, and common names over X.509's 64-character limit (issue 10 item 12:
+// such a name used to be dropped silently, leaving a certificate with an empty subject).
+#include "fedge/op/pki.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+namespace fedge::op {
+namespace {
+
+constexpr std::time_t kNow = 1'800'000'000;
+
+KeyPair Ca() {
+  auto ca = GenerateCa("wn-ca");
+  EXPECT_TRUE(ca.ok()) << ca.status().ToString();
+  return ca.ok() ? *ca : KeyPair{};
+}
+
+// Extended key usage flags (XKU_*) of a PEM certificate.
+uint32_t ExtendedKeyUsage(const std::string& pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  uint32_t xku = cert ? X509_get_extended_key_usage(cert) : 0;
+  X509_free(cert);
+  BIO_free(bio);
+  return xku;
+}
+
+TEST(PkiTest, ClientCertificateNamesTheAgentAndLastsItsLifetime) {
+  KeyPair ca = Ca();
+  auto cert = IssueClientCert(ca, "edge-a", kNow, 24 * 3600);
+  ASSERT_TRUE(cert.ok()) << cert.status().ToString();
+  auto info = ReadCert(cert->cert_pem);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->agent_id, "edge-a");
+  EXPECT_EQ(info->common_name, "edge-a");
+  EXPECT_EQ(info->not_before, kNow - kCertBackdateSeconds);
+  EXPECT_EQ(info->not_after, kNow + 24 * 3600);
+  EXPECT_TRUE(SignedBy(cert->cert_pem, ca.cert_pem));
+  EXPECT_TRUE(KeyMatchesCert(cert->cert_pem, cert->key_pem));
+  EXPECT_EQ(ExtendedKeyUsage(cert->cert_pem), static_cast<uint32_t>(XKU_SSL_CLIENT)) << "client auth only";
+  // Another CA did not sign it; another key does not match it.
+  EXPECT_FALSE(SignedBy(cert->cert_pem, Ca().cert_pem));
+  auto other = IssueClientCert(ca, "edge-a", kNow, 3600);
+  ASSERT_TRUE(other.ok());
+  EXPECT_FALSE(KeyMatchesCert(cert->cert_pem, other->key_pem));
+  EXPECT_NE(ReadCert(other->cert_pem)->serial, info->serial);
+}
+
+// Regression (issue 10 item 12): X509_NAME_add_entry_by_txt refuses a common name over
+// 64 characters and the refusal was ignored. Node names reach 253 characters.
+TEST(PkiTest, LongAgentIdGoesInTheUriNameWithAHashedCommonName) {
+  KeyPair ca = Ca();
+  std::string prefix(60, 'n');  // two ids that share their first 60 characters
+  std::string long_a = prefix + ".rack-1.site-a.example.com", long_b = prefix + ".rack-2.site-a.example.com";
+  std::string node253 = std::string(249, 'x') + ".com";
+  for (const std::string& id : {long_a, long_b, node253, std::string(64, 'y')}) {
+    auto cert = IssueClientCert(ca, id, kNow, 3600);
+    ASSERT_TRUE(cert.ok()) << id.size() << ": " << cert.status().ToString();
+    auto info = ReadCert(cert->cert_pem);
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->agent_id, id) << "the full id travels in the URI name";
+    EXPECT_FALSE(info->common_name.empty()) << "never an empty subject";
+    EXPECT_LE(info->common_name.size(), kMaxCommonNameLength);
+    EXPECT_EQ(info->common_name, CommonName(id));
+  }
+  EXPECT_EQ(CommonName(std::string(64, 'y')), std::string(64, 'y'));  // 64 fits as is
+  EXPECT_EQ(CommonName(long_a).size(), 64u);
+  EXPECT_EQ(CommonName(long_a).substr(0, 47), long_a.substr(0, 47));
+  EXPECT_NE(CommonName(long_a), CommonName(long_b));
+  // The CA's and the serving certificate's names follow the same rule.
+  std::string long_job = "fedge job " + std::string(63, 'n') + "/" + std::string(40, 'j');
+  auto big_ca = GenerateCa(long_job);
+  ASSERT_TRUE(big_ca.ok()) << big_ca.status().ToString();
+  EXPECT_EQ(ReadCert(big_ca->cert_pem)->common_name, CommonName(long_job));
+  auto serving = IssueServingCert(*big_ca, std::string(80, 's'), {"svc.ns.svc"});
+  ASSERT_TRUE(serving.ok()) << serving.status().ToString();
+  EXPECT_EQ(ReadCert(serving->cert_pem)->common_name.size(), 64u);
+}
+
+TEST(PkiTest, AgentIdsWithAnyCharacterRoundTripThroughTheUri) {
+  EXPECT_EQ(AgentUri("edge-a.site_1~x"), "urn:fedge:agent:edge-a.site_1~x");
+  EXPECT_EQ(AgentUri("a b,c/%"), "urn:fedge:agent:a%20b%2Cc%2F%25");
+  KeyPair ca = Ca();
+  for (const std::string id : {"a b,c/%", "DNS:evil.example.com", "x,URI:urn:fedge:agent:admin"}) {
+    auto cert = IssueClientCert(ca, id, kNow, 3600);
+    ASSERT_TRUE(cert.ok()) << id;
+    EXPECT_EQ(ReadCert(cert->cert_pem)->agent_id, id) << "one name, never split at a comma";
+  }
+}
+
+TEST(PkiTest, BadRequestsAreRefusedWithAReason) {
+  KeyPair ca = Ca();
+  auto empty = IssueClientCert(ca, "", kNow, 3600);
+  EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
+  auto brief = IssueClientCert(ca, "edge-a", kNow, 59);
+  EXPECT_EQ(brief.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(brief.status().message().find("60 s"), std::string::npos) << brief.status().message();
+  auto no_ca = IssueClientCert({"not a pem", "nor this"}, "edge-a", kNow, 3600);
+  EXPECT_EQ(no_ca.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadCert("garbage").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(SignedBy("garbage", ca.cert_pem));
+  EXPECT_FALSE(KeyMatchesCert("garbage", ca.key_pem));
+}
+
+TEST(PkiTest, RenewalComesWhenAThirdOfTheLifetimeRemains) {
+  CertInfo day{kNow, kNow + 24 * 3600, "", "", ""};
+  EXPECT_EQ(RenewalTime(day), kNow + 16 * 3600);
+  CertInfo odd{100, 400, "", "", ""};
+  EXPECT_EQ(RenewalTime(odd), 300);
+  // Short lifetimes are backdated by a tenth, so renewal still falls after issuance.
+  KeyPair ca = Ca();
+  auto cert = IssueClientCert(ca, "edge-a", kNow, 60);
+  ASSERT_TRUE(cert.ok());
+  auto info = ReadCert(cert->cert_pem);
+  EXPECT_EQ(info->not_before, kNow - 6);
+  EXPECT_GT(RenewalTime(*info), kNow);
+  EXPECT_LT(RenewalTime(*info), info->not_after);
+}
+
+}  // namespace
+}  // namespace fedge::op
