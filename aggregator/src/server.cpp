@@ -8,6 +8,7 @@
 #include <set>
 
 #include "fedge.grpc.pb.h"
+#include "fedge/aggregator/peer_identity.h"
 #include "fedge/http_server.h"
 #include "fedge/log.h"
 #include "json_util.h"
@@ -39,20 +40,23 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
   static constexpr int kUploadsPerAgent = 1;
   static constexpr int kFetchesPerAgent = 2;
 
-  Service(ProtocolHandler* handler, AggregatorMetrics* metrics, const ServerOptions& options)
-      : handler_(handler), metrics_(metrics), options_(options) {}
+  Service(ProtocolHandler* handler, AggregatorMetrics* metrics, const ServerOptions& options,
+          std::shared_ptr<TokenFile> tokens)
+      : handler_(handler), metrics_(metrics), options_(options), tokens_(std::move(tokens)) {}
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* request,
                                  v1::JoinResponse* response) override {
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(ToGrpc(handler_->Join(*request, response)));
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->Join(*request, response) : peer));
     return reactor;
   }
 
   grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* ctx, const v1::TaskRequest* request,
                                     v1::Task* response) override {
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(ToGrpc(handler_->GetTask(*request, response)));
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->GetTask(*request, response) : peer));
     return reactor;
   }
 
@@ -60,14 +64,16 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
                                             const v1::UploadStatusRequest* request,
                                             v1::UploadStatus* response) override {
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(ToGrpc(handler_->GetUploadStatus(*request, response)));
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->GetUploadStatus(*request, response) : peer));
     return reactor;
   }
 
   grpc::ServerUnaryReactor* ReportMetrics(grpc::CallbackServerContext* ctx, const v1::MetricsReport* request,
                                           v1::MetricsAck*) override {
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(ToGrpc(handler_->ReportMetrics(*request)));
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->ReportMetrics(*request) : peer));
     return reactor;
   }
 
@@ -103,9 +109,23 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
     if (metrics_) metrics_->StreamRefused(reason);
   }
 
+  // Before any handler (issue 10 item 8): with mutual TLS, the connection's
+  // certificate must name the agent the request claims to be (peer_identity.h);
+  // with a tokens file, a session request must come from an agent still listed
+  // (the operator removes a token to revoke the agent; Join checks it itself).
+  Status Peer(const grpc::ServerContextBase& ctx, const v1::RequestHeader& header) const {
+    if (!options_.tls_client_ca_pem.empty()) FEDGE_RETURN_IF_ERROR(CheckPeerIdentity(ctx, header.agent_id()));
+    if (tokens_ && !header.session().empty() && !tokens_->Listed(header.agent_id())) {
+      return UnauthenticatedError("agent \"" + header.agent_id() +
+                                  "\" was revoked: its token is no longer in the tokens file");
+    }
+    return OkStatus();
+  }
+
   ProtocolHandler* const handler_;
   AggregatorMetrics* const metrics_;
   const ServerOptions& options_;
+  const std::shared_ptr<TokenFile> tokens_;  // null without --tokens-file
 
   mutable std::mutex mu_;
   std::set<Stream*> streams_;                     // guarded by mu_
@@ -157,6 +177,10 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
     if (!registered_) {
       Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                           "the aggregator has too many open streams; retry later"));
+      return;
+    }
+    if (Status s = service_->Peer(*ctx, request.header()); !s.ok()) {
+      Finish(ToGrpc(s));
       return;
     }
     if (Status s = service_->handler_->OpenFetch(request, &stream_); !s.ok()) {
@@ -289,6 +313,10 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
     }
     started_ = true;
     const v1::UpdateHeader& header = chunk_.header();
+    if (Status s = service_->Peer(*ctx_, header.header()); !s.ok()) {
+      End(ToGrpc(s));
+      return;
+    }
     // The session first: a stranger must not take an agent's upload slot.
     if (Status s = service_->handler_->CheckHeader(header.header()); !s.ok()) {
       bool rejected = false;
@@ -441,8 +469,8 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   server->handler_ =
       std::make_unique<ProtocolHandler>(server->engine_.get(), server->metrics_.get(), protocol);
   server->options_ = std::move(options);
-  server->service_ =
-      std::make_unique<Service>(server->handler_.get(), server->metrics_.get(), server->options_);
+  server->service_ = std::make_unique<Service>(server->handler_.get(), server->metrics_.get(),
+                                               server->options_, protocol.token_file);
   return server;
 }
 

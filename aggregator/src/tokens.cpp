@@ -120,15 +120,22 @@ bool TokenFile::Refresh() {
   return RefreshLocked();
 }
 
+void TokenFile::MaybeRefreshLocked() {
+  // The rate limit bounds the stat()s a stream of requests can cause.
+  if (clock_->NowUnixMs() - last_check_ms_ >= min_recheck_ms_) RefreshLocked();
+}
+
+bool TokenFile::Listed(const std::string& agent) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MaybeRefreshLocked();
+  return tokens_.count(agent) > 0;
+}
+
 Status TokenFile::Check(const std::string& agent, const std::string& presented) {
   std::lock_guard<std::mutex> lock(mu_);
+  // Also for agents we know: their token may have been removed (revoked).
+  MaybeRefreshLocked();
   auto it = tokens_.find(agent);
-  const bool known_and_matches = it != tokens_.end() && TokenMatches(it->second, presented);
-  if (!known_and_matches && clock_->NowUnixMs() - last_check_ms_ >= min_recheck_ms_) {
-    // The rate limit bounds the stat()s a stream of bad Joins can cause.
-    RefreshLocked();
-    it = tokens_.find(agent);
-  }
   if (it == tokens_.end()) {
     return UnavailableError("agent \"" + agent +
                             "\" is not listed in the tokens file (yet); a new node's token reaches the "

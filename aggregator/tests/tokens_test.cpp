@@ -94,7 +94,7 @@ TEST(TokenFileTest, WrongTokenOfAListedAgentIsUnauthenticated) {
   EXPECT_EQ((*file)->reloads(), 0);  // looked, unchanged: nothing re-read
 }
 
-TEST(TokenFileTest, ValidJoinsNeverTouchTheFile) {
+TEST(TokenFileTest, ValidJoinsLookAtTheFileAtMostOncePerInterval) {
   testing::TempDir dir;
   MountedSecret secret(dir.path());
   secret.Publish("edge-0 t0\n");
@@ -102,12 +102,34 @@ TEST(TokenFileTest, ValidJoinsNeverTouchTheFile) {
   auto file = TokenFile::Open(secret.path(), &clock, 1000);
   ASSERT_TRUE(file.ok());
   secret.Publish("edge-0 t0\nedge-1 t1\n");
-  clock.AdvanceMs(5000);
   EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
-  EXPECT_EQ((*file)->reloads(), 0);
-  EXPECT_TRUE((*file)->Refresh());  // the change was there to be seen
-  EXPECT_FALSE((*file)->Refresh());
+  EXPECT_EQ((*file)->reloads(), 0) << "within the interval: from memory";
+  clock.AdvanceMs(1000);
+  EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
+  EXPECT_EQ((*file)->reloads(), 1);
   EXPECT_EQ((*file)->size(), 2u);
+  EXPECT_FALSE((*file)->Refresh()) << "unchanged since";
+}
+
+// Regression (issue 10 item 8): Check() re-read the file only for agents it did not
+// know, so an agent whose token the operator removed (its node left the selector)
+// kept joining with it from memory for as long as the aggregator ran.
+TEST(TokenFileTest, RemovedTokenIsRefusedOnceTheFileChanges) {
+  testing::TempDir dir;
+  MountedSecret secret(dir.path());
+  secret.Publish("edge-0 t0\nedge-1 t1\n");
+  FakeClock clock;
+  auto file = TokenFile::Open(secret.path(), &clock, 1000);
+  ASSERT_TRUE(file.ok());
+  EXPECT_TRUE((*file)->Check("edge-1", "t1").ok());
+  EXPECT_TRUE((*file)->Listed("edge-1"));
+  secret.Publish("edge-0 t0\n");
+  clock.AdvanceMs(1000);
+  Status s = (*file)->Check("edge-1", "t1");
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_FALSE((*file)->Listed("edge-1"));
+  EXPECT_TRUE((*file)->Listed("edge-0"));
+  EXPECT_TRUE((*file)->Check("edge-0", "t0").ok());
 }
 
 TEST(TokenFileTest, KeepsThePreviousTokensWhenTheChangedFileIsBad) {

@@ -1,16 +1,19 @@
-// The certificates the operator issues into a job's Secret, used on the wire: a
-// real fedge aggregator gRPC server with the serving certificate, and gRPC
-// clients configured the way fedge-agent configures its channel (--tls-ca,
-// --tls-server-name). Loopback only, port 0.
+// The certificates the operator issues into a job's Secrets, used on the wire: a
+// real fedge aggregator gRPC server with the serving certificate (and, for mutual
+// TLS, the job CA as --tls-client-ca), and gRPC clients configured the way
+// fedge-agent configures its channel (--tls-ca, --tls-server-name, --tls-cert,
+// --tls-key) with the operator's per-agent client certificates. Loopback only, port 0.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 
 #include <unistd.h>
 
 #include "fedge.grpc.pb.h"
+#include "fedge/aggregator/peer_identity.h"
 #include "fedge/aggregator/server.h"
 #include "fedge/op/pki.h"
 
@@ -33,11 +36,11 @@ JobSpec Spec() {
 struct Client {
   std::string root_ca;  // empty: plaintext
   std::string server_name = kServiceName;
-  std::string cert, key;  // client certificate (mutual TLS)
+  std::string cert{}, key{};  // client certificate (mutual TLS)
 };
 
-// Join as `agent`; the gRPC status of the call.
-grpc::Status Join(int port, const Client& c, const std::string& agent, const std::string& token = "") {
+// A stub on its own channel (own connection, own client certificate).
+std::unique_ptr<v1::Aggregator::Stub> Dial(int port, const Client& c) {
   grpc::ChannelArguments args;
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!c.root_ca.empty()) {
@@ -48,20 +51,37 @@ grpc::Status Join(int port, const Client& c, const std::string& agent, const std
     ssl.pem_private_key = c.key;
     creds = grpc::SslCredentials(ssl);
   }
-  auto stub =
-      v1::Aggregator::NewStub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), creds, args));
+  return v1::Aggregator::NewStub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), creds, args));
+}
+
+v1::RequestHeader Header(const std::string& agent, const std::string& session = "") {
+  v1::RequestHeader h;
+  h.set_protocol_version(1);
+  h.set_job("ml/wn");
+  h.set_agent_id(agent);
+  h.set_session(session);
+  return h;
+}
+
+// Join as `agent` over `stub`; the gRPC status, and the session in *session.
+grpc::Status JoinOn(v1::Aggregator::Stub& stub, const std::string& agent, const std::string& token = "",
+                    std::string* session = nullptr) {
   v1::JoinRequest req;
-  req.mutable_header()->set_protocol_version(1);
-  req.mutable_header()->set_job("ml/wn");
-  req.mutable_header()->set_agent_id(agent);
+  *req.mutable_header() = Header(agent);
   req.set_node_name(agent);
   req.set_token(token);
   v1::JoinResponse resp;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 5s);
-  grpc::Status s = stub->Join(&ctx, req, &resp);
+  grpc::Status s = stub.Join(&ctx, req, &resp);
   if (s.ok() && resp.session().empty()) return grpc::Status(grpc::StatusCode::INTERNAL, "no session");
+  if (session) *session = resp.session();
   return s;
+}
+
+// Join as `agent` on a new connection; the gRPC status of the call.
+grpc::Status Join(int port, const Client& c, const std::string& agent, const std::string& token = "") {
+  return JoinOn(*Dial(port, c), agent, token);
 }
 
 class TlsWireTest : public ::testing::Test {
@@ -196,6 +216,185 @@ TEST_F(TlsWireTest, NodeJoiningLaterIsAdmittedOnceItsTokenReachesTheFile) {
   EXPECT_EQ(server->engine().GetStatus().agents_joined, 2);
   server.reset();
   fs::remove_all(dir);
+}
+
+// ---- mutual TLS with the operator's per-agent client certificates (issue 10 item 8) ----
+class MutualTlsTest : public TlsWireTest {
+ protected:
+  aggregator::ServerOptions Mtls() const {
+    aggregator::ServerOptions o = Tls();
+    o.tls_client_ca_pem = ca_.cert_pem;  // what the operator passes: --tls-client-ca <job CA>
+    return o;
+  }
+  // An agent's client configuration with its own certificate from the job CA.
+  Client AgentClient(const std::string& agent_id, std::time_t lifetime = 24 * 3600) {
+    auto cert = IssueClientCert(ca_, agent_id, std::time(nullptr), lifetime);
+    EXPECT_TRUE(cert.ok()) << cert.status().ToString();
+    return {ca_.cert_pem, kServiceName, cert.ok() ? cert->cert_pem : "", cert.ok() ? cert->key_pem : ""};
+  }
+};
+
+TEST_F(MutualTlsTest, TheOperatorsCertificateIdentifiesTheAgentToTheAggregator) {
+  // The contract between pki.h (writer) and peer_identity.h (reader).
+  for (const std::string& id : std::vector<std::string>{"edge-a", std::string(253, 'n'), "a b,c/%"}) {
+    auto cert = IssueClientCert(ca_, id, std::time(nullptr), 3600);
+    ASSERT_TRUE(cert.ok());
+    auto got = aggregator::AgentIdFromCertificate(cert->cert_pem);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, id);
+  }
+  EXPECT_EQ(std::string(aggregator::kAgentUriPrefix), kAgentUriPrefix);
+  // A certificate made elsewhere, without the URI name: its common name.
+  auto plain = IssueServingCert(ca_, "edge-x", {"edge-x"});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(*aggregator::AgentIdFromCertificate(plain->cert_pem), "edge-x");
+  EXPECT_FALSE(aggregator::AgentIdFromCertificate("not a certificate").ok());
+}
+
+TEST_F(MutualTlsTest, AgentJoinsAsTheIdItsCertificateNamesAndNoOther) {
+  auto server = Start(Mtls());
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  Client a = AgentClient("edge-a");
+  grpc::Status own = Join(port, a, "edge-a");
+  EXPECT_TRUE(own.ok()) << own.error_message();
+  // The attack: edge-a's key (a compromised node) joining as edge-b.
+  grpc::Status as_b = Join(port, a, "edge-b");
+  EXPECT_EQ(as_b.error_code(), grpc::StatusCode::PERMISSION_DENIED) << as_b.error_message();
+  EXPECT_NE(as_b.error_message().find("\"edge-b\""), std::string::npos) << as_b.error_message();
+  EXPECT_NE(as_b.error_message().find("\"edge-a\""), std::string::npos) << as_b.error_message();
+  EXPECT_EQ(server->engine().GetStatus().agents_joined, 1);
+  // A 253-character node name is carried whole (URI name) and joins.
+  std::string long_id(253, 'n');
+  EXPECT_TRUE(Join(port, AgentClient(long_id), long_id).ok());
+  EXPECT_EQ(Join(port, AgentClient(long_id), long_id.substr(0, 64)).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED)
+      << "the hashed common name is not an identity";
+}
+
+TEST_F(MutualTlsTest, ASessionIsUsableOnlyOverItsAgentsCertificate) {
+  auto server = Start(Mtls());
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  auto as_a = Dial(port, AgentClient("edge-a"));
+  auto as_b = Dial(port, AgentClient("edge-b"));
+  std::string session_a, session_b;
+  ASSERT_TRUE(JoinOn(*as_a, "edge-a", "", &session_a).ok());
+  ASSERT_TRUE(JoinOn(*as_b, "edge-b", "", &session_b).ok());
+  auto get_task = [](v1::Aggregator::Stub& stub, const v1::RequestHeader& h) {
+    v1::TaskRequest req;
+    *req.mutable_header() = h;
+    v1::Task task;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    return stub.GetTask(&ctx, req, &task);
+  };
+  EXPECT_TRUE(get_task(*as_a, Header("edge-a", session_a)).ok());
+  // edge-b's connection with edge-a's session (learned somehow): refused both ways.
+  grpc::Status claim_a = get_task(*as_b, Header("edge-a", session_a));
+  EXPECT_EQ(claim_a.error_code(), grpc::StatusCode::PERMISSION_DENIED) << claim_a.error_message();
+  grpc::Status own_id = get_task(*as_b, Header("edge-b", session_a));
+  EXPECT_EQ(own_id.error_code(), grpc::StatusCode::UNAUTHENTICATED) << own_id.error_message();
+  // Every other RPC on edge-a's session from edge-b's connection.
+  {
+    v1::MetricsReport req;
+    *req.mutable_header() = Header("edge-a", session_a);
+    v1::MetricsAck ack;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(as_b->ReportMetrics(&ctx, req, &ack).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    v1::UploadStatusRequest req;
+    *req.mutable_header() = Header("edge-a", session_a);
+    req.set_upload_id("u");
+    v1::UploadStatus st;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(as_b->GetUploadStatus(&ctx, req, &st).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    v1::FetchGlobalRequest req;
+    *req.mutable_header() = Header("edge-a", session_a);
+    grpc::ClientContext ctx;
+    auto reader = as_b->FetchGlobal(&ctx, req);
+    v1::GlobalChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    v1::SubmitUpdateResponse resp;
+    grpc::ClientContext ctx;
+    auto writer = as_b->SubmitUpdate(&ctx, &resp);
+    v1::UpdateChunk chunk;
+    *chunk.mutable_header()->mutable_header() = Header("edge-a", session_a);
+    chunk.mutable_header()->set_total_bytes(4);
+    writer->Write(chunk);
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  }
+  // edge-a itself is unaffected.
+  EXPECT_TRUE(get_task(*as_a, Header("edge-a", session_a)).ok());
+}
+
+TEST_F(MutualTlsTest, RevokedAgentCannotJoinWithItsLeftoverCertificate) {
+  namespace fs = std::filesystem;
+  std::string dir = (fs::temp_directory_path() / ("fedge-mtls-" + std::to_string(::getpid()))).string();
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/..v1");
+  std::ofstream(dir + "/..v1/tokens") << "edge-a ta\nedge-b tb\n";
+  fs::create_symlink("..v1", dir + "/..data");
+  fs::create_symlink("..data/tokens", dir + "/tokens");
+  aggregator::ServerOptions o = Mtls();
+  o.tokens_file = dir + "/tokens";
+  aggregator::FakeClock clock;
+  o.clock = &clock;
+  auto server = Start(o);
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  Client a = AgentClient("edge-a");
+  auto stub = Dial(port, a);
+  std::string session;
+  ASSERT_TRUE(JoinOn(*stub, "edge-a", "ta", &session).ok());
+  auto get_task = [&] {
+    v1::TaskRequest req;
+    *req.mutable_header() = Header("edge-a", session);
+    v1::Task task;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    return stub->GetTask(&ctx, req, &task);
+  };
+  EXPECT_TRUE(get_task().ok());
+  // The node leaves the selector: the operator removes its token (the kubelet swaps the file).
+  fs::create_directory(dir + "/..v2");
+  std::ofstream(dir + "/..v2/tokens") << "edge-b tb\n";
+  fs::create_symlink("..v2", dir + "/..tmp");
+  fs::rename(dir + "/..tmp", dir + "/..data");
+  clock.AdvanceMs(1000);
+  // Its live session ends (a node that ignores its pod's deletion keeps no say) ...
+  grpc::Status in_session = get_task();
+  EXPECT_EQ(in_session.error_code(), grpc::StatusCode::UNAUTHENTICATED) << in_session.error_message();
+  EXPECT_NE(in_session.error_message().find("revoked"), std::string::npos) << in_session.error_message();
+  // ... and its still valid certificate cannot Join again.
+  grpc::Status leftover = Join(port, a, "edge-a", "ta");
+  EXPECT_FALSE(leftover.ok()) << "a valid certificate alone must not admit a revoked agent";
+  EXPECT_EQ(leftover.error_code(), grpc::StatusCode::UNAVAILABLE) << leftover.error_message();
+  EXPECT_TRUE(Join(port, AgentClient("edge-b"), "edge-b", "tb").ok());
+  server.reset();
+  fs::remove_all(dir);
+}
+
+TEST_F(MutualTlsTest, ExpiredCertificateFailsTheHandshake) {
+  auto server = Start(Mtls());
+  ASSERT_NE(server, nullptr);
+  // Issued two hours ago for one hour: what a leftover certificate becomes.
+  auto old = IssueClientCert(ca_, "edge-a", std::time(nullptr) - 2 * 3600, 3600);
+  ASSERT_TRUE(old.ok());
+  grpc::Status s =
+      Join(server->grpc_port(), {ca_.cert_pem, kServiceName, old->cert_pem, old->key_pem}, "edge-a");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_EQ(server->engine().GetStatus().agents_joined, 0);
+  EXPECT_TRUE(Join(server->grpc_port(), AgentClient("edge-a"), "edge-a").ok());
 }
 
 }  // namespace

@@ -39,11 +39,15 @@ std::string NewSessionId();
 // updates the mounted file by an atomic symlink swap some time later, so an
 // agent of a new node may present its token before the file has it.
 //
-// Check() answers from the tokens in memory. An agent it does not know makes it
-// stat the file (device, inode, size, mtime, following symlinks) at most once
-// per `min_recheck_ms` of the injected clock and re-read it when any of those
-// changed. A changed file that does not parse or lists no agents is logged and
-// ignored: the previous tokens stay in force. Thread-safe.
+// The operator also removes a node's token when the node leaves the job's
+// selector (revocation, issue 10 item 8), so Check() and Listed() stat the file
+// (device, inode, size, mtime, following symlinks) at most once per
+// `min_recheck_ms` of the injected clock, whoever asks, and re-read it when any
+// of those changed: a removed token stops working within that interval plus the
+// kubelet's volume update. (It used to look only for unknown agents, so a
+// removed agent was admitted from memory forever.) A changed file that does not
+// parse or lists no agents is logged and ignored: the previous tokens stay in
+// force. Thread-safe.
 class TokenFile {
  public:
   // Reads the file once. INVALID_ARGUMENT for a malformed or empty file,
@@ -57,6 +61,11 @@ class TokenFile {
   // again: the Secret may not have reached this pod yet, so the agent should
   // retry with backoff rather than give up.
   Status Check(const std::string& agent, const std::string& presented);
+
+  // True when `agent` is listed (its token has not been removed). Looks at the
+  // file as Check does. The server asks this on every request of a session, so
+  // a revoked agent's session ends with its token.
+  bool Listed(const std::string& agent);
 
   // Looks at the file now (ignoring the rate limit) and re-reads it if it
   // changed. Returns whether new tokens were installed.
@@ -78,6 +87,8 @@ class TokenFile {
       : path_(std::move(path)), clock_(clock), min_recheck_ms_(min_recheck_ms) {}
   static StatusOr<FileId> Stat(const std::string& path);
   bool RefreshLocked();  // requires mu_
+  // RefreshLocked when min_recheck_ms passed since the last look.
+  void MaybeRefreshLocked();  // requires mu_
 
   const std::string path_;
   const Clock* const clock_;
