@@ -683,7 +683,20 @@ Status HttpServer::Start() {
   impl_->retry_timer = std::make_unique<asio::steady_timer>(ioc);
   impl_->Accept();
   for (int i = 0; i < std::max(1, options_.io_threads); ++i) {
-    impl_->io_threads.emplace_back([state = impl_->state] { state->ioc.run(); });
+    impl_->io_threads.emplace_back([state = impl_->state] {
+      // A handler that throws on the I/O thread loses its connection, not the process:
+      // Asio lets run() be called again after an exception escaped it.
+      for (;;) {
+        try {
+          state->ioc.run();
+          return;
+        } catch (const std::exception& e) {
+          log::Error("http I/O handler threw; connection dropped", {{"error", e.what()}});
+        } catch (...) {
+          log::Error("http I/O handler threw; connection dropped", {});
+        }
+      }
+    });
   }
   return OkStatus();
 }
