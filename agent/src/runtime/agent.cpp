@@ -96,6 +96,7 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
     *pem = std::move(*pem_text);
   }
   s.tls.server_name = flags.tls_server_name;
+  s.tls_files = {flags.tls_ca, flags.tls_cert, flags.tls_key, flags.tls_server_name};
   s.api_token_file = flags.api_token_file;
   if (flags.feedback_max_bytes == 0) {
     return InvalidArgumentError("--feedback-max-bytes must be > 0 (the default is 64MiB)");
@@ -192,8 +193,17 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   deps.metrics = a->metrics_.get();
   deps.train_data = &a->train_;
   deps.eval_data = &a->eval_;
-  a->client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator, settings.tls),
-                                                  opts, deps);
+  ChannelTls tls = settings.tls;
+  std::shared_ptr<TlsFiles> tls_files;
+  if (!settings.tls_files.ca.empty()) {
+    // The operator renews the client certificate in the mounted Secret; re-dial when
+    // the files change (looked at no more than every kTlsReloadInterval).
+    FEDGE_ASSIGN_OR_RETURN(tls_files, TlsFiles::Open(settings.tls_files, kTlsReloadInterval));
+    tls = tls_files->Current();
+  }
+  a->client_ =
+      std::make_unique<AggregatorClient>(AggregatorClient::Dial(settings.aggregator, tls), opts, deps);
+  if (tls_files) a->client_->SetRedialer(RedialOnTlsChange(settings.aggregator, tls_files));
 
   auto persisted = a->store_->LoadGlobal();
   if (!persisted.ok()) {

@@ -150,6 +150,9 @@ v1::RequestHeader AggregatorClient::Header() const {
 StatusOr<RunOutcome> AggregatorClient::Run() {
   log::Info("aggregator client started", {{"job", options_.job}, {"agent_id", options_.agent_id}});
   while (!stop_.stopped()) {
+    if (redial_) {
+      if (std::shared_ptr<grpc::Channel> channel = redial_()) stub_ = v1::Aggregator::NewStub(channel);
+    }
     Status st;
     bool done = false;
     if (session_.empty()) {
@@ -255,8 +258,10 @@ Status AggregatorClient::Join() {
         return Fatal(st.WithContext("protocol mismatch (this agent speaks v" +
                                     std::to_string(kProtocolVersion) + ")"));
       case StatusCode::kUnauthenticated:
-      case StatusCode::kPermissionDenied:
         return Fatal(st.WithContext("the aggregator refused this agent's token (--token/--token-file)"));
+      case StatusCode::kPermissionDenied:
+        // Mutual TLS: the client certificate names another agent than --agent-id.
+        return Fatal(st.WithContext("the aggregator refused this agent (--agent-id, --tls-cert)"));
       case StatusCode::kInvalidArgument:
         return Fatal(st);
       default:

@@ -3,12 +3,14 @@
 // EVALUATE -> DONE) that records everything it receives.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <filesystem>
 #include <future>
 #include <map>
 #include <set>
 
+#include <grpc/grpc_security_constants.h>
 #include <grpcpp/grpcpp.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -18,8 +20,11 @@
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
+#include "fedge/agent/runtime/tls_files.h"
 #include "fedge/agent/runtime/update.h"
 #include "fedge/http_server.h"
+#include "mounted_secret.h"
+#include "test_pki.h"
 
 namespace fedge::agent {
 namespace {
@@ -48,6 +53,7 @@ struct World {
   std::vector<ReceivedUpdate> updates;
   std::vector<v1::MetricsReport> reports;
   std::vector<int64_t> fetched_versions;
+  std::vector<std::string> peer_certs;  // the client certificate of each Join/GetTask ("" none)
   std::string codec = "fp32";
   size_t send_chunk = 100;  // small, so the global arrives in many chunks
   // Resumable uploads: a stream carrying an upload_id breaks (UNAVAILABLE) once
@@ -76,8 +82,9 @@ class FakeAggregator final : public v1::Aggregator::Service {
   explicit FakeAggregator(World* world, std::string session_prefix)
       : w_(world), prefix_(std::move(session_prefix)) {}
 
-  grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* req, v1::JoinResponse* resp) override {
+  grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest* req, v1::JoinResponse* resp) override {
     std::lock_guard<std::mutex> lock(w_->mu);
+    RecordPeer(ctx);
     if (req->header().protocol_version() != 1) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this aggregator speaks protocol v1");
     }
@@ -92,8 +99,9 @@ class FakeAggregator final : public v1::Aggregator::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetTask(grpc::ServerContext*, const v1::TaskRequest* req, v1::Task* task) override {
+  grpc::Status GetTask(grpc::ServerContext* ctx, const v1::TaskRequest* req, v1::Task* task) override {
     std::lock_guard<std::mutex> lock(w_->mu);
+    RecordPeer(ctx);
     if (!sessions_.count(req->header().session())) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
     }
@@ -254,6 +262,13 @@ class FakeAggregator final : public v1::Aggregator::Service {
   }
 
  private:
+  // Requires w_->mu.
+  void RecordPeer(grpc::ServerContext* ctx) {
+    auto certs = ctx->auth_context()->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+    w_->peer_certs.push_back(certs.empty() ? "" : std::string(certs.front().data(), certs.front().size()));
+    w_->cv.notify_all();
+  }
+
   World* w_;
   std::string prefix_;
   std::set<std::string> sessions_;  // guarded by w_->mu; lost on restart
@@ -261,9 +276,11 @@ class FakeAggregator final : public v1::Aggregator::Service {
 
 class Server {
  public:
-  Server(World* world, std::string prefix, int port) : service_(world, std::move(prefix)) {
+  Server(World* world, std::string prefix, int port,
+         std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials())
+      : service_(world, std::move(prefix)) {
     grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(), &port_);
+    b.AddListeningPort("127.0.0.1:" + std::to_string(port), creds, &port_);
     b.RegisterService(&service_);
     server_ = b.BuildAndStart();
   }
@@ -307,7 +324,8 @@ class AggregatorClientTest : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
   std::unique_ptr<AggregatorClient> MakeClient(int port, TextClassifier* trainer = nullptr,
-                                               ServingModel* serving = nullptr, size_t chunk_bytes = 64) {
+                                               ServingModel* serving = nullptr, size_t chunk_bytes = 64,
+                                               const ChannelTls& tls = {}) {
     ClientOptions o;
     o.job = "default/job";
     o.agent_id = "agent-7";
@@ -324,8 +342,8 @@ class AggregatorClientTest : public ::testing::Test {
     d.metrics = &metrics_;
     d.train_data = &train_;
     d.eval_data = &eval_;
-    return std::make_unique<AggregatorClient>(AggregatorClient::Dial("127.0.0.1:" + std::to_string(port)), o,
-                                              d);
+    return std::make_unique<AggregatorClient>(
+        AggregatorClient::Dial("127.0.0.1:" + std::to_string(port), tls), o, d);
   }
 
   // Runs the client on a thread; fails the test (and stops it) after 30 s.
@@ -673,6 +691,107 @@ TEST_F(AggregatorClientTest, HeldVersionFromTheStateDirSkipsTheFetchForEvaluate)
   EXPECT_TRUE(world_.fetched_versions.empty());
   ASSERT_EQ(world_.reports.size(), 1u);
   EXPECT_EQ(world_.reports[0].global_version(), 1);
+}
+
+// ---- client certificate rotation (issue 10 item 8) --------------------------------------
+// The aggregator requires a client certificate from its CA (mutual TLS), as
+// fedge-aggregator --tls-client-ca does; the agent's files are a mounted Secret the
+// operator renews.
+class ClientTlsTest : public AggregatorClientTest {
+ protected:
+  void SetUp() override {
+    AggregatorClientTest::SetUp();
+    ca_ = testing::MakeCert("job-ca", nullptr);
+    serving_ = testing::MakeCert("aggregator", &ca_, "DNS:aggregator.ns.svc");
+  }
+  std::shared_ptr<grpc::ServerCredentials> Mtls() const {
+    grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = ca_.cert_pem;
+    ssl.pem_key_cert_pairs.push_back({serving_.key_pem, serving_.cert_pem});
+    return grpc::SslServerCredentials(ssl);
+  }
+  void Publish(testing::MountedSecret& secret, const testing::TestCert& client) {
+    secret.Publish({{"ca.crt", ca_.cert_pem}, {"tls.crt", client.cert_pem}, {"tls.key", client.key_pem}});
+  }
+  // A client reading its credentials from `secret`, re-dialing when they change
+  // (interval 0: every loop step looks), as fedge-agent is wired.
+  std::unique_ptr<AggregatorClient> MakeTlsClient(int port, const testing::MountedSecret& secret) {
+    auto files = TlsFiles::Open(
+        {secret.path("ca.crt"), secret.path("tls.crt"), secret.path("tls.key"), "aggregator.ns.svc"},
+        std::chrono::milliseconds(0));
+    EXPECT_TRUE(files.ok()) << files.status().ToString();
+    std::shared_ptr<TlsFiles> shared = std::move(files).value();
+    auto client = MakeClient(port, nullptr, nullptr, 64, shared->Current());
+    // Counts the loop's steps (each asks the redialer first).
+    client->SetRedialer([this, redial = RedialOnTlsChange("127.0.0.1:" + std::to_string(port), shared)] {
+      {
+        std::lock_guard<std::mutex> lock(world_.mu);
+        ++steps_;
+        world_.cv.notify_all();
+      }
+      return redial();
+    });
+    return client;
+  }
+  // Waits until `pred` holds on the world (under its lock), up to 20 s.
+  bool WaitFor(const std::function<bool()>& pred) {
+    std::unique_lock<std::mutex> lock(world_.mu);
+    return world_.cv.wait_for(lock, std::chrono::seconds(20), pred);
+  }
+
+  testing::TestCert ca_, serving_;
+  int steps_ = 0;  // guarded by world_.mu
+};
+
+TEST_F(ClientTlsTest, RenewedCertificateIsPresentedOnTheNextConnectionWithoutRejoining) {
+  world_.waits_left = 1'000'000;  // keep the agent asking (WAIT every 5 ms)
+  testing::TestCert first = testing::MakeCert("agent-7", &ca_), renewed = testing::MakeCert("agent-7", &ca_);
+  testing::MountedSecret secret("client-tls-renew");
+  Publish(secret, first);
+  Server server(&world_, "s", 0, Mtls());
+  auto client = MakeTlsClient(server.port(), secret);
+  auto run = std::async(std::launch::async, [&] { return client->Run(); });
+  auto count = [&](const std::string& pem) {
+    return std::count(world_.peer_certs.begin(), world_.peer_certs.end(), pem);
+  };
+  EXPECT_TRUE(WaitFor([&] { return count(first.cert_pem) >= 3; })) << "the first certificate in use";
+  Publish(secret, renewed);  // the operator renewed it; the kubelet swapped the files
+  bool switched = WaitFor([&] { return count(renewed.cert_pem) >= 3; });
+  client->Stop();
+  ASSERT_TRUE(run.get().ok());
+  EXPECT_TRUE(switched) << "the renewed certificate was never presented";
+  std::lock_guard<std::mutex> lock(world_.mu);
+  auto first_new = std::find(world_.peer_certs.begin(), world_.peer_certs.end(), renewed.cert_pem);
+  EXPECT_EQ(std::count(first_new, world_.peer_certs.end(), first.cert_pem), 0)
+      << "the old channel is dropped";
+  EXPECT_EQ(world_.joins.size(), 1u) << "the session survives the new connection";
+}
+
+// What an agent that never re-read its files meets once its certificate expires: every
+// handshake fails. Here the first certificate is from a CA the aggregator does not
+// trust; the operator's replacement lets the same process join and finish.
+TEST_F(ClientTlsTest, RefusedCertificateIsReplacedWithoutARestart) {
+  testing::TestCert other_ca = testing::MakeCert("other-ca", nullptr);
+  testing::MountedSecret secret("client-tls-replace");
+  Publish(secret, testing::MakeCert("agent-7", &other_ca));
+  Server server(&world_, "s", 0, Mtls());
+  auto client = MakeTlsClient(server.port(), secret);
+  auto run = std::async(std::launch::async, [&] { return client->Run(); });
+  // Three Joins refused at the handshake: the aggregator never sees a request.
+  EXPECT_TRUE(WaitFor([&] { return steps_ >= 4; }));
+  {
+    std::lock_guard<std::mutex> lock(world_.mu);
+    EXPECT_TRUE(world_.joins.empty());
+  }
+  Publish(secret, testing::MakeCert("agent-7", &ca_));
+  if (run.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "the agent did not finish with the replaced certificate";
+    client->Stop();
+  }
+  auto outcome = run.get();
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, RunOutcome::kDone);
+  EXPECT_EQ(world_.joins.size(), 1u);
 }
 
 }  // namespace

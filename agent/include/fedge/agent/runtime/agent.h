@@ -13,6 +13,7 @@
 #include "fedge/agent/runtime/aggregator_client.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/runtime/stop_signal.h"
+#include "fedge/agent/runtime/tls_files.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/job_spec.h"
 #include "fedge/status.h"
@@ -66,6 +67,7 @@ struct AgentSettings {
   int threads = 1;
   bool exit_when_done = false;
   ChannelTls tls;              // PEM contents read from the --tls-* files; empty CA: plaintext
+  TlsFilePaths tls_files;      // the --tls-* paths: re-read when they change (certificate rotation)
   std::string api_token_file;  // empty: the inference API needs no token
   uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;
 };

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -109,6 +110,13 @@ class AggregatorClient {
   // Channel arguments the agent needs (receive limit above one 4 MiB chunk).
   static std::shared_ptr<grpc::Channel> Dial(const std::string& address, const ChannelTls& tls = {});
 
+  // Asked before each step of Run, on Run's thread: a new channel to use from then
+  // on, or null to keep the current one. fedge-agent re-dials with rotated TLS files
+  // this way (tls_files.h RedialOnTlsChange); the session survives (it belongs to
+  // the agent id, not the connection). Call before Run.
+  using Redialer = std::function<std::shared_ptr<grpc::Channel>()>;
+  void SetRedialer(Redialer redialer) { redial_ = std::move(redialer); }
+
  private:
   struct Held {
     int64_t version = 0;
@@ -146,7 +154,8 @@ class AggregatorClient {
 
   ClientOptions options_;
   ClientDeps deps_;
-  std::unique_ptr<fedge::v1::Aggregator::Stub> stub_;
+  std::unique_ptr<fedge::v1::Aggregator::Stub> stub_;  // replaced only on Run's thread
+  Redialer redial_;
   TensorBundle layout_;  // the trainer's fresh trainable state: names and shapes
   StopSignal stop_;
   Backoff backoff_;
