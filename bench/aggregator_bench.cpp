@@ -125,10 +125,21 @@ v1::UpdateHeader MakeUpdateHeader(const std::string& session, int64_t round, int
   return h;
 }
 
+// What fedge-agent declares at Join: example counts and its trainable layout.
+void Declare(const TensorBundle& layout, v1::Capabilities* caps) {
+  caps->set_num_train_examples(100);
+  caps->set_num_eval_examples(100);
+  for (const NamedTensor& t : layout.tensors) {
+    v1::TensorShape* shape = caps->add_trainable_layout();
+    shape->set_name(t.name);
+    for (int64_t d : t.shape) shape->add_dims(d);
+  }
+}
+
 // The two ways of talking to the aggregator the benchmark compares.
 struct Transport {
   virtual ~Transport() = default;
-  virtual std::string Join() = 0;
+  virtual std::string Join(const TensorBundle& layout) = 0;
   virtual v1::Task GetTask(const std::string& session) = 0;
   virtual std::string Fetch(const std::string& session, int64_t version) = 0;
   virtual bool Submit(const v1::UpdateHeader& header, const std::string& bytes) = 0;
@@ -142,9 +153,10 @@ struct GrpcTransport : Transport {
     stub = v1::Aggregator::NewStub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
                                                              grpc::InsecureChannelCredentials(), args));
   }
-  std::string Join() override {
+  std::string Join(const TensorBundle& layout) override {
     v1::JoinRequest req;
     *req.mutable_header() = Header("");
+    Declare(layout, req.mutable_capabilities());
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
     if (!stub->Join(&ctx, req, &resp).ok()) std::abort();
@@ -202,9 +214,10 @@ struct GrpcTransport : Transport {
 
 struct InProcessTransport : Transport {
   explicit InProcessTransport(ProtocolHandler* h) : handler(h) {}
-  std::string Join() override {
+  std::string Join(const TensorBundle& layout) override {
     v1::JoinRequest req;
     *req.mutable_header() = Header("");
+    Declare(layout, req.mutable_capabilities());
     v1::JoinResponse resp;
     if (!handler->Join(req, &resp).ok()) std::abort();
     return resp.session();
@@ -261,7 +274,7 @@ struct RoundTimes {
 };
 
 RoundTimes RunRounds(Transport& t, const TensorBundle& initial, const std::string& delta_bytes, int rounds) {
-  std::string session = t.Join();
+  std::string session = t.Join(initial);
   v1::Task task = t.GetTask(session);
   if (task.kind() != v1::TASK_KIND_INITIALIZE) std::abort();
   auto init = EncodeBundle(initial, EncodeOptions{Codec::kFp32, 64, false, 3});

@@ -158,12 +158,14 @@ void MemoryCheckChild(int agents, int64_t values, int fd) {
     h.set_session(session);
     return h;
   };
+  TensorBundle initial = Random(values, 1, 0.02f);
+  TensorBundle layout;  // what each agent declares at Join: names and shapes
+  for (const NamedTensor& t : initial.tensors) layout.tensors.push_back(NamedTensor{t.name, t.shape, {}});
   std::vector<std::string> sessions;
   for (int i = 0; i < agents; ++i)
-    sessions.push_back((*engine)->Join("a" + std::to_string(i), AgentInfo{"", 100, 100}));
+    sessions.push_back((*engine)->Join("a" + std::to_string(i), AgentInfo{"", 100, 100, layout}));
   std::vector<std::string> deltas;
   {
-    TensorBundle initial = Random(values, 1, 0.02f);
     (void)(*engine)->GetTask("a0", 0);
     UpdateMeta meta;
     meta.agent_id = "a0";
@@ -174,6 +176,7 @@ void MemoryCheckChild(int agents, int64_t values, int fd) {
       if (!enc.ok()) _exit(5);
       deltas.push_back(*enc);
     }
+    initial = TensorBundle();  // only the engine's copy stays, as before
   }
   const long baseline = ReadProc(getpid()).rss_kib;
   auto start = SteadyClock::now();
@@ -504,6 +507,12 @@ class Bench {
       *req.mutable_header() = Header(agent);
       req.set_node_name("sim-node-" + std::to_string(index));
       req.mutable_capabilities()->set_num_train_examples(100);
+      req.mutable_capabilities()->set_num_eval_examples(100);
+      for (const NamedTensor& t : initial_.tensors) {
+        v1::TensorShape* shape = req.mutable_capabilities()->add_trainable_layout();
+        shape->set_name(t.name);
+        for (int64_t d : t.shape) shape->add_dims(d);
+      }
       v1::JoinResponse resp;
       grpc::Status s = stub.Join(&ctx, req, &resp);
       if (!s.ok()) {

@@ -1,6 +1,7 @@
 #include "fedge/aggregator/protocol_handler.h"
 
 #include <algorithm>
+#include <set>
 
 #include "fedge/log.h"
 
@@ -22,6 +23,50 @@ UpdateMeta MetaFromHeader(const v1::UpdateHeader& header) {
   meta.steps = header.steps();
   meta.encoded_bytes = header.total_bytes();
   return meta;
+}
+
+// Elements of `layout` by its shapes (a declared layout has no values).
+uint64_t ShapeElements(const TensorBundle& layout) {
+  uint64_t n = 0;
+  for (const NamedTensor& t : layout.tensors)
+    n += static_cast<uint64_t>(std::max<int64_t>(t.NumElements(), 0));
+  return n;
+}
+
+// Capabilities.trainable_layout as a bundle without values, within the
+// limits the decoder applies to any bundle.
+StatusOr<TensorBundle> LayoutFromJoin(const v1::Capabilities& caps) {
+  const DecodeLimits limits;
+  TensorBundle layout;
+  if (static_cast<uint64_t>(caps.trainable_layout_size()) > limits.max_tensors) {
+    return InvalidArgumentError("capabilities.trainable_layout lists " +
+                                std::to_string(caps.trainable_layout_size()) + " tensors, more than " +
+                                std::to_string(limits.max_tensors));
+  }
+  std::set<std::string> names;
+  uint64_t total = 0;
+  for (const v1::TensorShape& t : caps.trainable_layout()) {
+    const std::string what = "capabilities.trainable_layout \"" + t.name().substr(0, 64) + "\"";
+    if (t.name().empty() || t.name().size() > limits.max_name_bytes) {
+      return InvalidArgumentError(what + ": a tensor name must have 1.." +
+                                  std::to_string(limits.max_name_bytes) + " bytes");
+    }
+    if (!names.insert(t.name()).second) return InvalidArgumentError(what + ": listed twice");
+    if (static_cast<uint64_t>(t.dims_size()) > limits.max_rank) {
+      return InvalidArgumentError(what + ": rank above " + std::to_string(limits.max_rank));
+    }
+    NamedTensor nt;
+    nt.name = t.name();
+    nt.shape.assign(t.dims().begin(), t.dims().end());
+    const int64_t n = nt.NumElements();
+    if (n < 0 || static_cast<uint64_t>(n) > limits.max_total_elements - total) {
+      return InvalidArgumentError(what + ": negative dimension or more than " +
+                                  std::to_string(limits.max_total_elements) + " elements in all");
+    }
+    total += static_cast<uint64_t>(n);
+    layout.tensors.push_back(std::move(nt));
+  }
+  return layout;
 }
 
 v1::SubmitUpdateResponse ToResponse(const UpdateVerdict& verdict) {
@@ -83,6 +128,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
   info.node_name = request.node_name();
   info.num_train_examples = request.capabilities().num_train_examples();
   info.num_eval_examples = request.capabilities().num_eval_examples();
+  FEDGE_ASSIGN_OR_RETURN(info.layout, LayoutFromJoin(request.capabilities()));
   response->set_session(engine_->Join(agent, info));
   response->set_protocol_version(kProtocolVersion);
   auto global = engine_->Global(0);
@@ -241,6 +287,19 @@ Status ProtocolHandler::BeginUpdate(const v1::UpdateHeader& header, v1::SubmitUp
   return OkStatus();
 }
 
+v1::SubmitUpdateResponse ProtocolHandler::RejectLayout(const v1::UpdateHeader& header,
+                                                       const std::string& what) {
+  if (header.round() == 0 || !header.is_delta()) {
+    // An initializer that sends another layout is not asked again.
+    engine_->InitializerFailed(header.header().agent_id(), what);
+    return Reject(header, "layout",
+                  "the initial state does not have the trainable layout the majority of agents declared at "
+                  "Join: " +
+                      what);
+  }
+  return Reject(header, "layout", "update layout differs from the global model: " + what);
+}
+
 bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::string& chunk,
                                   std::string* buffer, v1::SubmitUpdateResponse* rejection) {
   if (metrics_) metrics_->BytesReceived(chunk.size());
@@ -269,10 +328,8 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
         return false;
       }
       if (bh->tensor_count != layout->tensors.size()) {
-        *rejection =
-            Reject(header, "layout",
-                   "update layout differs from the global model: " + std::to_string(bh->tensor_count) +
-                       " tensors, expected " + std::to_string(layout->tensors.size()));
+        *rejection = RejectLayout(header, std::to_string(bh->tensor_count) + " tensors, expected " +
+                                              std::to_string(layout->tensors.size()));
         buffer->resize(before);
         return false;
       }
@@ -302,7 +359,7 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
   if (layout != nullptr) {
     limits.expected_layout = layout.get();
     limits.max_tensors = static_cast<uint32_t>(layout->tensors.size());
-    limits.max_total_elements = static_cast<uint64_t>(std::max<int64_t>(layout->NumElements(), 1));
+    limits.max_total_elements = std::max<uint64_t>(ShapeElements(*layout), 1);
   } else {
     // The initial state, before anyone knows the layout: at most
     // --max-update-bytes as float32.
@@ -311,8 +368,7 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
   auto bundle = DecodeBundle(data, limits);
   if (!bundle.ok()) {
     if (bundle.status().code() == StatusCode::kFailedPrecondition) {
-      return Reject(header, "layout",
-                    "update layout differs from the global model: " + bundle.status().message());
+      return RejectLayout(header, bundle.status().message());
     }
     return Reject(header, "decode", "cannot decode the update: " + bundle.status().message());
   }

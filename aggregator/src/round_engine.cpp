@@ -72,6 +72,31 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   return o;
 }
 
+namespace {
+
+// Elements of `layout` by its shapes (a declared layout has no values).
+int64_t ShapeElements(const TensorBundle& layout) {
+  int64_t n = 0;
+  for (const NamedTensor& t : layout.tensors) n += std::max<int64_t>(t.NumElements(), 0);
+  return n;
+}
+
+}  // namespace
+
+std::string LayoutKey(const TensorBundle& layout) {
+  std::vector<std::string> entries;
+  entries.reserve(layout.tensors.size());
+  for (const NamedTensor& t : layout.tensors) {
+    std::string e = t.name + ":";
+    for (size_t i = 0; i < t.shape.size(); ++i) e += (i ? "x" : "") + std::to_string(t.shape[i]);
+    entries.push_back(std::move(e));
+  }
+  std::sort(entries.begin(), entries.end());
+  std::string key;
+  for (const std::string& e : entries) key += e + "\n";
+  return key;
+}
+
 double AutoClipNorm(const EngineOptions& options, int64_t elements) {
   if (!(options.auto_clip_margin > 0) || elements <= 0) return 0;
   return options.auto_clip_margin * static_cast<double>(options.train.learning_rate) *
@@ -157,6 +182,16 @@ std::string RoundEngine::Join(const std::string& agent_id, const AgentInfo& info
   agent.node_name = info.node_name;
   agent.num_train_examples = std::max<int64_t>(0, info.num_train_examples);
   agent.num_eval_examples = std::max<int64_t>(0, info.num_eval_examples);
+  if (info.layout.tensors.empty()) {
+    agent.layout.reset();
+    agent.layout_key.clear();
+  } else {
+    auto layout = std::make_shared<TensorBundle>();
+    for (const NamedTensor& t : info.layout.tensors)
+      layout->tensors.push_back(NamedTensor{t.name, t.shape, {}});
+    agent.layout_key = LayoutKey(*layout);
+    agent.layout = std::move(layout);
+  }
   agent.last_seen_ms = now;
   agent.got_done = false;
   if (metrics_) metrics_->SetAgentsJoined(static_cast<int64_t>(agents_.size()));
@@ -234,6 +269,16 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
       return WaitTask(message_);
     case JobState::kInitializing: {
       if (initializer_.empty()) {
+        // Only an agent that declared the agreed layout, and has not already
+        // uploaded something else, may provide the initial state.
+        if (agent.layout_key != expected_layout_key_) {
+          return WaitTask(
+              "your trainable layout (Join capabilities.trainable_layout) differs from the one " +
+              std::string("the majority of agents declared; another agent initializes the model"));
+        }
+        if (failed_initializers_.count(agent_id)) {
+          return WaitTask("your initial state did not have the declared layout; another agent initializes");
+        }
         initializer_ = agent_id;
         initializer_deadline_ms_ = now + options_.round_timeout_ms;
         log::Info("asked agent to initialize the global model", {{"agent", agent_id}});
@@ -402,7 +447,7 @@ UpdateVerdict RoundEngine::CheckUpdateHeader(const UpdateMeta& meta) {
 
 std::shared_ptr<const TensorBundle> RoundEngine::ExpectedLayout(const UpdateMeta& meta) const {
   std::lock_guard<std::mutex> lock(mu_);
-  if (meta.round == 0 || !meta.is_delta) return nullptr;  // the initial state: no global yet
+  if (meta.round == 0 || !meta.is_delta) return global_ ? nullptr : expected_layout_;
   if (!global_) return nullptr;
   // Aliases the published model: it stays alive as long as the caller holds this.
   return std::shared_ptr<const TensorBundle>(global_, &global_->bundle);
@@ -583,6 +628,15 @@ UpdateVerdict RoundEngine::SubmitInitialLocked(const UpdateMeta& meta, const Ten
   };
   // PrecheckLocked has checked the state, the round and the initializer.
   if (bundle.tensors.empty()) return reject("bad_request", "the initial state has no tensors");
+  if (!expected_layout_)
+    return reject("layout", "no trainable layout has been agreed on yet; ask for a task");
+  if (Status s = CheckSameLayout(*expected_layout_, bundle); !s.ok()) {
+    InitializerFailedLocked(meta.agent_id, s.message());
+    return reject("layout",
+                  "the initial state does not have the trainable layout the majority of agents "
+                  "declared at Join: " +
+                      s.message());
+  }
   if (Status s = CheckFinite(bundle); !s.ok()) return reject("non_finite", s.message());
   if (Status s = CheckLoraLayout(bundle, options_.adapter); !s.ok()) return reject("layout", s.message());
   if (Status s = PublishGlobalLocked(bundle, 1); !s.ok()) return reject("invalid", s.message());
@@ -737,9 +791,11 @@ void RoundEngine::TickLocked(int64_t now) {
       state_ = JobState::kWaitingForAgents;
       message_ =
           "waiting for agents: " + std::to_string(joined) + " of " + std::to_string(expected) + " joined";
-    } else {
+    } else if (ChooseLayoutLocked()) {
       state_ = JobState::kInitializing;
       message_ = "waiting for the initial model upload";
+    } else {
+      state_ = JobState::kWaitingForAgents;
     }
     return;
   }
@@ -835,6 +891,57 @@ void RoundEngine::TickLocked(int64_t now) {
       return;
     }
   }
+}
+
+void RoundEngine::InitializerFailed(const std::string& agent_id, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  InitializerFailedLocked(agent_id, why);
+}
+
+void RoundEngine::InitializerFailedLocked(const std::string& agent_id, const std::string& why) {
+  if (global_) return;
+  // Refused for good: ask someone else (issue 10, item 6).
+  failed_initializers_.insert(agent_id);
+  if (initializer_ == agent_id) initializer_.clear();
+  log::Warn("initial state refused: not the layout the agents declared; asking another agent",
+            {{"agent", agent_id}, {"error", why}});
+}
+
+bool RoundEngine::ChooseLayoutLocked() {
+  if (expected_layout_) return true;
+  // A majority of the expected agents, so one agent (or a minority) cannot
+  // choose what everybody trains (issue 10, item 6).
+  const size_t needed = static_cast<size_t>(options_.expected_agents) / 2 + 1;
+  std::map<std::string, std::pair<size_t, const Agent*>> votes;
+  size_t declared = 0;
+  for (const auto& [id, agent] : agents_) {
+    if (agent.layout_key.empty()) continue;
+    ++declared;
+    auto& v = votes[agent.layout_key];
+    ++v.first;
+    v.second = &agent;
+  }
+  size_t best = 0;
+  for (const auto& [key, v] : votes) {
+    if (v.first >= needed) {
+      expected_layout_ = v.second->layout;
+      expected_layout_key_ = key;
+      log::Info("trainable layout agreed", {{"agents", v.first},
+                                            {"needed", needed},
+                                            {"tensors", expected_layout_->tensors.size()},
+                                            {"elements", ShapeElements(*expected_layout_)}});
+      return true;
+    }
+    best = std::max(best, v.first);
+  }
+  message_ = "waiting for " + std::to_string(needed) +
+             " agents to declare the same trainable layout at Join (capabilities.trainable_layout): " +
+             std::to_string(declared) + " of " + std::to_string(agents_.size()) +
+             " joined agents declared one";
+  if (declared > 0) message_ += ", at most " + std::to_string(best) + " agree";
+  if (declared < agents_.size())
+    message_ += "; agents that declare none are older than this aggregator: upgrade them";
+  return false;
 }
 
 void RoundEngine::StartAsyncLocked(int64_t now) {

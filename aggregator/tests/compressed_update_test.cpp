@@ -14,6 +14,7 @@
 #include "fedge/aggregator/protocol_handler.h"
 #include "fedge/aggregator/round_engine.h"
 #include "fedge/tensor_bundle.h"
+#include "test_util.h"
 
 namespace fedge::aggregator {
 namespace {
@@ -60,6 +61,7 @@ class CompressedUpdateTest : public ::testing::Test {
     *req.mutable_header() = Header(agent);
     req.mutable_capabilities()->set_num_train_examples(100);
     req.mutable_capabilities()->set_num_eval_examples(100);
+    testing::DeclareLayout(Ramp(0), req.mutable_capabilities());
     v1::JoinResponse resp;
     ASSERT_TRUE(handler_->Join(req, &resp).ok());
     sessions_[agent] = resp.session();

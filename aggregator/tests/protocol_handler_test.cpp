@@ -45,6 +45,7 @@ class ProtocolHandlerTest : public ::testing::Test {
     req.set_token(token);
     req.mutable_capabilities()->set_num_train_examples(100);
     req.mutable_capabilities()->set_num_eval_examples(100);
+    testing::DeclareLayout(SmallBundle(0, 0, 0, 0), req.mutable_capabilities());
     v1::JoinResponse resp;
     Status s = handler_->Join(req, &resp);
     if (s.ok()) sessions_[agent] = resp.session();
@@ -167,6 +168,32 @@ TEST_F(ProtocolHandlerTest, TokensAreCheckedWhenConfigured) {
   EXPECT_EQ(Join("a", "").code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(Join("stranger", "good-token").code(), StatusCode::kUnauthenticated);
   EXPECT_TRUE(Join("a", "good-token").ok());
+}
+
+TEST_F(ProtocolHandlerTest, JoinRefusesMalformedTrainableLayouts) {
+  auto join = [&](const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors) {
+    v1::JoinRequest req;
+    *req.mutable_header() = Header("a");
+    for (const auto& [name, dims] : tensors) {
+      v1::TensorShape* t = req.mutable_capabilities()->add_trainable_layout();
+      t->set_name(name);
+      for (int64_t d : dims) t->add_dims(d);
+    }
+    v1::JoinResponse resp;
+    return handler_->Join(req, &resp);
+  };
+  EXPECT_TRUE(join({{"a", {2}}, {"b", {1, 2}}}).ok());
+  EXPECT_TRUE(join({}).ok());  // an older agent declares none
+  for (const auto& bad : std::vector<std::vector<std::pair<std::string, std::vector<int64_t>>>>{
+           {{"", {2}}},
+           {{"a", {2}}, {"a", {3}}},
+           {{"a", {-1}}},
+           {{"a", {1, 1, 1, 1, 1, 1, 1, 1, 1}}},
+           {{"a", {1 << 20, 1 << 20}}}}) {
+    Status s = join(bad);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+    EXPECT_NE(s.message().find("capabilities.trainable_layout"), std::string::npos) << s.message();
+  }
 }
 
 TEST_F(ProtocolHandlerTest, UnknownSessionMustRejoin) {

@@ -13,6 +13,11 @@ using testing::SmallBundle;
 
 constexpr int64_t kTimeoutMs = 10'000;
 
+// What a test agent declares at Join: the SmallBundle layout.
+AgentInfo Info(const std::string& id, int64_t train, int64_t eval) {
+  return AgentInfo{"node-" + id, train, eval, SmallBundle(0, 0, 0, 0)};
+}
+
 EngineOptions Options(int total_rounds, int expected, int quorum = 0) {
   JobSpec spec;
   spec.name = "demo";
@@ -39,7 +44,7 @@ class RoundEngineTest : public ::testing::Test {
   }
 
   void JoinAll(const std::vector<std::string>& ids) {
-    for (const auto& id : ids) sessions_[id] = engine_->Join(id, AgentInfo{"node-" + id, 100, 100});
+    for (const auto& id : ids) sessions_[id] = engine_->Join(id, Info(id, 100, 100));
   }
 
   // Drives INITIALIZE with the first agent; the global becomes `initial`.
@@ -684,9 +689,9 @@ TEST(EngineOptionsTest, SpecRoundFieldsReachTheEngine) {
 
 TEST_F(RoundEngineTest, UpdateAndEvaluationWeightsAreBoundedByTheJoinDeclarationAndTheCap) {
   Make(Options(1, 3));  // cap: localSteps 7 x batchSize 5 = 35
-  sessions_["a"] = engine_->Join("a", AgentInfo{"node-a", 100, 100});
-  sessions_["b"] = engine_->Join("b", AgentInfo{"node-b", 4, 2});
-  sessions_["c"] = engine_->Join("c", AgentInfo{"node-c", 10, 10});
+  sessions_["a"] = engine_->Join("a", Info("a", 100, 100));
+  sessions_["b"] = engine_->Join("b", Info("b", 4, 2));
+  sessions_["c"] = engine_->Join("c", Info("c", 10, 10));
   Initialize("a", SmallBundle(0, 0, 0, 0));
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), /*n=*/100).accepted);   // capped: 35
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(2, 2, 2, 2), /*n=*/1000).accepted);  // its Join: 4

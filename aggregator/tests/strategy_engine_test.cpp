@@ -31,8 +31,8 @@ class StrategyEngineTest : public ::testing::Test {
   }
 
   static void JoinAll(RoundEngine& e) {
-    e.Join("a", AgentInfo{"node-a", 100, 100});
-    e.Join("b", AgentInfo{"node-b", 100, 100});
+    e.Join("a", AgentInfo{"node-a", 100, 100, SmallBundle(0, 0, 0, 0)});
+    e.Join("b", AgentInfo{"node-b", 100, 100, SmallBundle(0, 0, 0, 0)});
   }
 
   static void Initialize(RoundEngine& e, const TensorBundle& initial) {

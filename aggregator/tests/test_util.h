@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "fedge.pb.h"
 #include "fedge/tensor_bundle.h"
 
 namespace fedge::aggregator::testing {
@@ -16,6 +17,15 @@ inline TensorBundle SmallBundle(float a0, float a1, float b0, float b1) {
   bundle.tensors.push_back(NamedTensor{"a", {2}, {a0, a1}});
   bundle.tensors.push_back(NamedTensor{"b", {1, 2}, {b0, b1}});
   return bundle;
+}
+
+// Names and shapes of `bundle` as Join declares them (Capabilities.trainable_layout).
+inline void DeclareLayout(const TensorBundle& bundle, v1::Capabilities* caps) {
+  for (const NamedTensor& t : bundle.tensors) {
+    v1::TensorShape* shape = caps->add_trainable_layout();
+    shape->set_name(t.name);
+    for (int64_t d : t.shape) shape->add_dims(d);
+  }
 }
 
 // A fresh directory under TMPDIR, removed by the destructor.

@@ -244,6 +244,12 @@ Status AggregatorClient::Join() {
   caps->set_model_family(options_.model_family);
   caps->set_cpus(static_cast<int32_t>(std::thread::hardware_concurrency()));
   caps->set_memory_bytes(MemoryBytes());
+  // The aggregator takes the initial state only with the layout most agents declare.
+  for (const NamedTensor& t : layout_.tensors) {
+    v1::TensorShape* shape = caps->add_trainable_layout();
+    shape->set_name(t.name);
+    for (int64_t d : t.shape) shape->add_dims(d);
+  }
 
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.join));

@@ -398,6 +398,8 @@ TEST(HostileLoopbackTest, CompressedBombIsRefusedWithoutExpandingIt) {
   ASSERT_NE(server, nullptr);
   const int port = server->grpc_port();
   SimAgent a("agent-a", 0, port), mallory("mallory", 1, port);
+  a.set_declared_layout(BigLayout(0));
+  mallory.set_declared_layout(BigLayout(0));
   ASSERT_TRUE(a.Join());
   ASSERT_TRUE(mallory.Join());
   v1::Task task;
@@ -510,6 +512,82 @@ TEST(HostileLoopbackTest, UploadsTheHeaderDisqualifiesAreRefusedBeforeTheirBody)
   EXPECT_EQ(r.reason_code(), "too_large") << r.reason();
   EXPECT_NE(r.reason().find("layout"), std::string::npos) << r.reason();
   EXPECT_EQ(server->engine().GetStatus().global_version, 1);
+}
+
+// --- 6: anyone can initialize the job ----------------------------------------
+
+// Regression (issue 10, item 6): the first agent to ask uploaded the initial
+// state, checked against nothing in `factors` mode; a bogus {"x": [1]} was
+// accepted and every honest agent then exited on the layout mismatch. Now the
+// aggregator takes the layout a majority declared at Join, asks only an
+// agent that declared it, and refuses any other initial state.
+TEST(HostileLoopbackTest, BogusInitialStateIsRefusedAndAnHonestAgentInitializes) {
+  const TensorBundle bogus{{NamedTensor{"x", {1}, {1}}}};
+  for (bool lies_at_join : {true, false}) {
+    SCOPED_TRACE(lies_at_join ? "mallory declares the honest layout" : "mallory declares its own layout");
+    auto server = StartServer(Spec(1, /*agents=*/3));
+    ASSERT_NE(server, nullptr);
+    const int port = server->grpc_port();
+    SimAgent mallory("mallory", 2, port), a("agent-a", 0, port), b("agent-b", 1, port);
+    mallory.set_initial(bogus);
+    if (!lies_at_join) mallory.set_declared_layout(bogus);
+    ASSERT_TRUE(mallory.Join());
+    ASSERT_TRUE(a.Join());
+    ASSERT_TRUE(b.Join());
+    // Mallory asks first.
+    v1::Task task;
+    ASSERT_TRUE(mallory.GetTask(&task).ok());
+    auto encoded = EncodeBundle(bogus, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 1});
+    ASSERT_TRUE(encoded.ok());
+    v1::UpdateHeader h;
+    h.set_round(0);
+    h.set_is_delta(false);
+    grpc::Status status;
+    v1::SubmitUpdateResponse r = mallory.SubmitBytes(h, *encoded, &status);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_FALSE(r.accepted());
+    if (lies_at_join) {
+      EXPECT_EQ(task.kind(), v1::TASK_KIND_INITIALIZE);  // picked, then caught by the layout check
+      EXPECT_EQ(r.reason_code(), "layout") << r.reason();
+      EXPECT_NE(r.reason().find("does not have the trainable layout"), std::string::npos) << r.reason();
+    } else {
+      EXPECT_EQ(task.kind(), v1::TASK_KIND_WAIT) << task.message();  // never asked
+      EXPECT_NE(task.message().find("layout"), std::string::npos) << task.message();
+      EXPECT_EQ(r.reason_code(), "not_initializer") << r.reason();
+    }
+    EXPECT_EQ(server->engine().GetStatus().global_version, 0);
+
+    // The honest agents initialize and the job runs to the end, Mallory too.
+    RunAll({&mallory, &a, &b});
+    EngineStatus st = server->engine().GetStatus();
+    EXPECT_EQ(st.state, JobState::kSucceeded) << st.message;
+    auto global = server->engine().Global(0);
+    ASSERT_TRUE(global.ok());
+    EXPECT_TRUE(CheckSameLayout(Layout(0), (*global)->bundle).ok());
+    EXPECT_EQ(mallory.initialized(), 0);
+    EXPECT_EQ(a.initialized() + b.initialized(), 1);
+  }
+}
+
+TEST(HostileLoopbackTest, NoInitializationWithoutAMajorityLayout) {
+  // Two expected agents, one of them hostile: no majority, no global - the
+  // job waits (and says why) rather than train on a layout one agent chose.
+  auto server = StartServer(Spec(1, /*agents=*/2));
+  ASSERT_NE(server, nullptr);
+  SimAgent mallory("mallory", 1, server->grpc_port()), a("agent-a", 0, server->grpc_port());
+  mallory.set_declared_layout(TensorBundle{{NamedTensor{"x", {1}, {1}}}});
+  ASSERT_TRUE(mallory.Join());
+  ASSERT_TRUE(a.Join());
+  v1::Task task;
+  for (SimAgent* s : {&mallory, &a}) {
+    ASSERT_TRUE(s->GetTask(&task).ok());
+    EXPECT_EQ(task.kind(), v1::TASK_KIND_WAIT);
+  }
+  EngineStatus st = server->engine().GetStatus();
+  EXPECT_EQ(st.state, JobState::kWaitingForAgents);
+  EXPECT_NE(st.message.find("waiting for 2 agents to declare the same trainable layout"), std::string::npos)
+      << st.message;
+  EXPECT_EQ(st.global_version, 0);
 }
 
 // --- 7: gRPC in-flight limits ------------------------------------------------

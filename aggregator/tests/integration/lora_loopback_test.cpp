@@ -108,6 +108,7 @@ class LoraAgent {
     req.set_node_name("node-" + id_);
     req.mutable_capabilities()->set_num_train_examples(examples());
     req.mutable_capabilities()->set_num_eval_examples(examples());
+    testing::DeclareLayout(initial_, req.mutable_capabilities());
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = stub_->Join(&ctx, req, &resp);

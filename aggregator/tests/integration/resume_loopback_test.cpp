@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "../test_util.h"
 #include "fedge.grpc.pb.h"
 #include "fedge/aggregator/server.h"
 
@@ -41,6 +42,7 @@ class ResumeClient {
     *req.mutable_header() = Header();
     req.mutable_capabilities()->set_num_train_examples(100);
     req.mutable_capabilities()->set_num_eval_examples(100);
+    testing::DeclareLayout(Layout(0), req.mutable_capabilities());
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = stub_->Join(&ctx, req, &resp);

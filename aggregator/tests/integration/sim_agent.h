@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "../test_util.h"
 #include "fedge.grpc.pb.h"
 #include "fedge/tensor_bundle.h"
 
@@ -175,6 +176,7 @@ class SimAgent {
     v1::Capabilities* caps = req.mutable_capabilities();
     caps->set_num_train_examples(claimed_join_.value_or(examples()));
     caps->set_num_eval_examples(claimed_eval_.value_or(examples()));
+    DeclareLayout(declared_layout_, caps);
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = stub_->Join(&ctx, req, &resp);

@@ -163,6 +163,8 @@ class ProtocolHandler {
  private:
   Status CheckVersionAndJob(const v1::RequestHeader& header) const;
   v1::SubmitUpdateResponse Reject(const v1::UpdateHeader& header, std::string_view label, std::string reason);
+  // A "layout" rejection; for an INITIALIZE upload the engine also asks another agent.
+  v1::SubmitUpdateResponse RejectLayout(const v1::UpdateHeader& header, const std::string& what);
   void EraseUploadLocked(const std::string& key);
   void DropClosedUploadsLocked();
 

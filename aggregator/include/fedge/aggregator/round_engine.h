@@ -1,10 +1,14 @@
 // The round engine: the aggregator's state machine, free of sockets and
 // protobuf. The gRPC handlers decode and validate wire input, then call it.
 //
-//   WaitingForAgents  until `expected_agents` have joined
-//   Initializing      the first agent to ask gets INITIALIZE and uploads its
-//                     full trainable state (round 0) -> global version 1;
-//                     everyone else WAITs
+//   WaitingForAgents  until `expected_agents` have joined and a majority of
+//                     them (expected / 2 + 1) declared the same trainable
+//                     layout at Join (names and shapes: AgentInfo.layout)
+//   Initializing      the first agent to ask that declared that layout gets
+//                     INITIALIZE and uploads its full trainable state
+//                     (round 0) -> global version 1, accepted only with that
+//                     layout (otherwise rejected, and the next such agent is
+//                     asked); everyone else WAITs
 //   Running           for round r in 1..total:
 //     train     target = max(ceil(live x fraction), quorum); invite
 //               ceil(target x over_selection) agents; each submits a delta
@@ -141,7 +145,14 @@ struct AgentInfo {
   std::string node_name;
   int64_t num_train_examples = 0;  // bounds the weight of its updates
   int64_t num_eval_examples = 0;   // bounds the weight of its evaluation reports
+  // Names and shapes of its trainable state (values unused); empty: not
+  // declared (an agent older than this aggregator).
+  TensorBundle layout;
 };
+
+// A canonical text of the names and shapes of `layout` (order-free), for
+// comparing declarations.
+std::string LayoutKey(const TensorBundle& layout);
 
 enum class TaskKind { kWait, kInitialize, kTrain, kEvaluate, kDone };
 
@@ -252,9 +263,14 @@ class RoundEngine {
   UpdateVerdict CheckUpdateHeader(const UpdateMeta& meta);
 
   // The names and shapes an upload described by `meta` must have: the
-  // current global's for a delta; null for an INITIALIZE upload or before
-  // the global exists. The pointer keeps that global alive.
+  // current global's for a delta, the layout the majority declared for an
+  // INITIALIZE upload; null when not known yet. The pointer keeps it alive.
   std::shared_ptr<const TensorBundle> ExpectedLayout(const UpdateMeta& meta) const;
+
+  // The INITIALIZE upload of `agent_id` turned out (while it was received or
+  // decoded) not to have the agreed layout: that agent is not asked again,
+  // and the next agent that declared the layout is.
+  void InitializerFailed(const std::string& agent_id, const std::string& why);
 
   // Validates and folds in an update (or the INITIALIZE upload). A rejection
   // leaves the global model and the round untouched.
@@ -288,8 +304,10 @@ class RoundEngine {
   struct Agent {
     std::string session;
     std::string node_name;
-    int64_t num_train_examples = 0;  // declared at Join
-    int64_t num_eval_examples = 0;   // declared at Join
+    int64_t num_train_examples = 0;              // declared at Join
+    int64_t num_eval_examples = 0;               // declared at Join
+    std::string layout_key;                      // LayoutKey of the declared layout; "" if none
+    std::shared_ptr<const TensorBundle> layout;  // declared at Join; null if none
     int64_t last_seen_ms = 0;
     bool got_done = false;
     // Replay defence; kept across re-joins.
@@ -348,6 +366,9 @@ class RoundEngine {
   void SaveCheckpointLocked(int64_t completed_round);
   std::vector<std::string> LiveAgentsLocked(int64_t now) const;
   UpdateVerdict SubmitInitialLocked(const UpdateMeta& meta, const TensorBundle& bundle, int64_t now);
+  // Picks expected_layout_ once a majority agrees; false (message_ set) while none does.
+  bool ChooseLayoutLocked();
+  void InitializerFailedLocked(const std::string& agent_id, const std::string& why);
   TaskInfo WaitTask(std::string message) const;
 
   const EngineOptions options_;
@@ -363,15 +384,20 @@ class RoundEngine {
   int64_t round_ = 1;                              // guarded by mu_; next/current round
   std::shared_ptr<const GlobalModel> global_;      // guarded by mu_
   std::string initializer_;                        // guarded by mu_
-  int64_t initializer_deadline_ms_ = 0;            // guarded by mu_
-  TrainRound train_;                               // guarded by mu_
-  EvalRound eval_;                                 // guarded by mu_
-  RoundRecord current_;                            // guarded by mu_; the open round
-  int64_t round_started_ms_ = 0;                   // guarded by mu_
-  std::vector<RoundRecord> history_;               // guarded by mu_
-  std::optional<double> final_accuracy_;           // guarded by mu_
-  std::optional<int64_t> finished_at_ms_;          // guarded by mu_
-  std::string message_;                            // guarded by mu_
+  // The layout a majority of the expected agents declared (null until they
+  // do); the INITIALIZE upload must have it. Fixed once chosen.
+  std::shared_ptr<const TensorBundle> expected_layout_;  // guarded by mu_
+  std::string expected_layout_key_;                      // guarded by mu_
+  std::set<std::string> failed_initializers_;            // guarded by mu_; uploaded another layout
+  int64_t initializer_deadline_ms_ = 0;                  // guarded by mu_
+  TrainRound train_;                                     // guarded by mu_
+  EvalRound eval_;                                       // guarded by mu_
+  RoundRecord current_;                                  // guarded by mu_; the open round
+  int64_t round_started_ms_ = 0;                         // guarded by mu_
+  std::vector<RoundRecord> history_;                     // guarded by mu_
+  std::optional<double> final_accuracy_;                 // guarded by mu_
+  std::optional<int64_t> finished_at_ms_;                // guarded by mu_
+  std::string message_;                                  // guarded by mu_
 };
 
 }  // namespace fedge::aggregator
