@@ -119,7 +119,8 @@ int main(int argc, char** argv) {
   int64_t agent_cert_lifetime_s = 24 * 3600;
   app.add_option("--agent-cert-lifetime", agent_cert_lifetime_s,
                  "lifetime of each agent's client certificate (mutual TLS), e.g. 24h, 90m, 3600s; renewed "
-                 "when a third remains")
+                 "when a third remains, which must exceed the kubelet's Secret propagation (1-2 min) plus "
+                 "the agent's 10 s check")
       ->transform(CLI::AsNumberWithUnit(
           std::map<std::string, int64_t>{{"s", 1}, {"m", 60}, {"h", 3600}, {"d", 86400}},
           CLI::AsNumberWithUnit::DEFAULT, "SECONDS"))

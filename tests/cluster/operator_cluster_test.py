@@ -8,7 +8,11 @@ not been built.
 
 The namespace the jobs run in enforces the `restricted` Pod Security level
 (pod-security.kubernetes.io/enforce=restricted), so the API server's own admission
-plugin refuses any pod the operator makes that is not restricted-compliant. A default
+plugin refuses any pod the operator makes that is not restricted-compliant. Jobs run
+over mutual TLS (the CRD's default): the pod runner runs the real binaries, so the
+example job's agents hand their operator-issued client certificates to a real
+fedge-aggregator that requires them, and the operator renews them every ~40 s
+(--agent-cert-lifetime 60s) while the job runs. A default
 StorageClass (no provisioner, WaitForFirstConsumer) with a pool of pre-made volumes
 serves the aggregators' checkpoint claims, as static local volumes do on a real cluster.
 
@@ -17,6 +21,7 @@ with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
 """
 import base64
 import json
+import ssl
 import os
 import shutil
 import signal
@@ -38,6 +43,9 @@ MODEL = os.environ.get("FEDGE_MODEL_DIR", os.path.join(ROOT, ".fedge", "models",
 SCRIPTS = os.path.join(ROOT, "scripts", "cluster")
 CRD = os.path.join(ROOT, "crds", "fedge.io_federatedtrainingjobs.yaml")
 NODES = ["edge-0", "edge-1", "edge-2"]
+# The shortest lifetime the operator allows: certificates are renewed ~38 s after they
+# are issued, and the example job runs long enough for its agents to load the renewal.
+AGENT_CERT_LIFETIME = "60s"
 
 
 def control_plane_bin():
@@ -196,7 +204,8 @@ class OperatorClusterTest(unittest.TestCase):
         p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
                               "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}",
                               *[a for prefix in prefixes for a in ("--allowed-host-path-prefix", prefix)],
-                              "--monitoring-namespace", "monitoring", *extra],
+                              "--monitoring-namespace", "monitoring", "--agent-cert-lifetime", AGENT_CERT_LIFETIME,
+                              *extra],
                              stdout=log, stderr=subprocess.STDOUT)
         p.http_port = port
         cls.operators.append(p)
@@ -301,6 +310,24 @@ class OperatorClusterTest(unittest.TestCase):
             raise AssertionError(f"{e}\njob status: {json.dumps(self.job('example').get('status', {}))}\n"
                                  f"{self.pod_logs(*pods)}") from None
 
+    def secret_data(self, name):
+        got = self.get_json("secret", name)
+        return {k: base64.b64decode(v) for k, v in got["data"].items()} if got else None
+
+    def agent_cert(self, job, node):
+        """The decoded client certificate in an agent's Secret (CPython's decoder), or None."""
+        data = self.secret_data(f"{job}-agent-{node}-credentials")
+        if not data or "tls.crt" not in data:
+            return None
+        path = os.path.join(self.tmp, f"cert-{job}-{node}.pem")
+        with open(path, "wb") as f:
+            f.write(data["tls.crt"])
+        return ssl._ssl._test_decode_cert(path)
+
+    def tokens(self, job):
+        data = self.secret_data(f"{job}-credentials") or {}
+        return dict(line.split(" ", 1) for line in data.get("tokens", b"").decode().splitlines() if line)
+
     def node_volumes(self, name):
         got = self.get_json("pv", "-l", f"fedge.io/job={name},fedge.io/job-namespace=default")
         return got["items"] if got else []
@@ -310,8 +337,9 @@ class OperatorClusterTest(unittest.TestCase):
     # so nothing churns while the control plane is disturbed.
     PODLESS = {"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "none"}}
     PODLESS_CHILDREN = 11
-    # ... and with 3 nodes: + aggregator and 3 agents, + 3 node-volume claims per agent.
-    FULL_CHILDREN = 24
+    # ... and with 3 nodes: + aggregator and 3 agents, + per agent its credentials Secret
+    # and 3 node-volume claims.
+    FULL_CHILDREN = 27
 
     # ---- tests ---------------------------------------------------------------------------
     def test_api_server_restart_keeps_the_operator_watching_and_reconciling(self):
@@ -625,8 +653,8 @@ class OperatorClusterTest(unittest.TestCase):
                                     "persistentvolumeclaims,networkpolicies.networking.k8s.io", "-n", "fedge-jobs",
                                     "-l", "fedge.io/job=scoped")
                 return got["items"] if got else []
-            # 4 pods (admitted at restricted), 2 secrets, role + binding, 10 claims, 2 policies
-            wait_for(lambda: len(kids()) >= 20, 90, "the job's children made with the namespaced RBAC")
+            # 4 pods (admitted at restricted), 5 secrets, role + binding, 10 claims, 2 policies
+            wait_for(lambda: len(kids()) >= 23, 90, "the job's children made with the namespaced RBAC")
             self.assertEqual(len(self.get_json("pv", "-l", "fedge.io/job=scoped")["items"]), 9)
             self.assertEqual((self.metric(port, "fedge_operator_reconcile_errors_total") or 0), 0,
                              open(os.path.join(self.tmp, "operator-rbac.log")).read()[-3000:])
@@ -643,6 +671,39 @@ class OperatorClusterTest(unittest.TestCase):
                 p.kill()
             self.__class__.operator = self.start_operator()
             wait_for(lambda: self.readyz(self.operator) == "ok", 60, "the cluster-wide operator to lead again")
+
+    def test_node_leaving_the_selector_loses_its_token_and_certificate(self):
+        """Revocation (issue 10 item 8): the agent's Secret is deleted and its token leaves the
+        aggregator's tokens file, so its leftover certificate (short-lived) cannot join."""
+        self.kubectl("label", "node", NODES[0], NODES[1], "fedge.io/pool=revoke", "--overwrite")
+        try:
+            self.assertEqual(self.apply(job_manifest("revoke", runPolicy={"backoffLimit": 1000},
+                                                     agents={"nodeSelector": {"fedge.io/edge": "true",
+                                                                              "fedge.io/pool": "revoke"}})).returncode, 0)
+            self.assertTrue(self.job("revoke")["spec"]["privacy"]["tls"], "the CRD defaults privacy.tls to true")
+            certs = wait_for(lambda: (lambda c: c if all(c) else None)(
+                [self.agent_cert("revoke", n) for n in NODES[:2]]), 60, "both agents' certificates")
+            for node, cert in zip(NODES[:2], certs):
+                self.assertEqual(cert["subjectAltName"], (("URI", f"urn:fedge:agent:{node}"),))
+                self.assertEqual(dict(x[0] for x in cert["subject"])["commonName"], node)
+            self.assertEqual(set(self.tokens("revoke")), set(NODES[:2]))
+            pod = wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[0]}"), 60, "an agent pod")
+            secrets = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+            self.assertEqual(secrets, {f"revoke-agent-{NODES[0]}-credentials", "revoke-inference-token"},
+                             "an agent pod mounts its own credentials only")
+            old_token = self.tokens("revoke")[NODES[1]]
+            self.kubectl("label", "node", NODES[1], "fedge.io/pool-")
+            wait_for(lambda: self.get_json("secret", f"revoke-agent-{NODES[1]}-credentials") is None, 60,
+                     "the leaving node's credentials Secret deleted")
+            wait_for(lambda: NODES[1] not in self.tokens("revoke"), 60, "its token removed from the tokens file")
+            self.assertNotIn(old_token, (self.secret_data("revoke-credentials") or {}).get("tokens", b"").decode())
+            wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[1]}") is None, 60, "its agent pod deleted")
+            self.assertIsNotNone(self.agent_cert("revoke", NODES[0]), "the other agent keeps its own")
+            events = self.get_json("events", "--field-selector", "involvedObject.name=revoke")
+            self.assertIn("AgentTokenRevoked", {e["reason"] for e in events["items"]})
+        finally:
+            self.kubectl("label", "node", *NODES, "fedge.io/pool-", check=False)
+        self.delete_job("revoke")
 
     @unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")) and os.path.exists(AGGREGATOR)
                          and os.path.exists(AGENT) and os.path.exists(FEDGE),
@@ -662,16 +723,26 @@ class OperatorClusterTest(unittest.TestCase):
         manifest = job_manifest("example", labels=labels, model=MODEL, data=data,
                                 agents={"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "example"},
                                         "minAgents": 2},
-                                rounds={"total": 3, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
+                                rounds={"total": 7, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
                                         "batchSize": 16, "learningRate": 0.003, "seed": 11},
-                                runPolicy={"backoffLimit": 2},  # cleanPodPolicy Running (the default)
-                                privacy={"tls": True})
+                                runPolicy={"backoffLimit": 2})  # cleanPodPolicy Running (the default)
+        # No spec.privacy: the CRD's default, mutual TLS.
         manifest["spec"]["model"]["maxSeqLen"] = 32
         manifest["spec"]["adapter"] = {"rank": 4, "alpha": 8}
         self.assertEqual(self.apply(manifest).returncode, 0)
         agg = wait_for(lambda: (lambda p: p if p and p.get("status", {}).get("phase") == "Running" else None)(
             self.get_json("pod", "example-aggregator")), 120, "the aggregator to run")
-        self.assertIn("--tls-cert", agg["spec"]["containers"][0]["command"])
+        # Mutual TLS: the aggregator requires client certificates from the job CA, each
+        # agent presents its own (the pod runner runs the real binaries: real handshakes).
+        agg_cmd = agg["spec"]["containers"][0]["command"]
+        for flag in ("--tls-cert", "--tls-key", "--tls-client-ca"):
+            self.assertIn(flag, agg_cmd)
+        for node in NODES[:2]:
+            cmd = wait_for(lambda: self.get_json("pod", f"example-agent-{node}"), 60, "agent pod")["spec"][
+                "containers"][0]["command"]
+            for flag in ("--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name"):
+                self.assertIn(flag, cmd)
+        first_serials = {n: self.agent_cert("example", n)["serialNumber"] for n in NODES[:2]}
         agg_status = f"http://{agg['status']['podIP']}:9090/v1/status"
 
         def joined():
@@ -688,6 +759,15 @@ class OperatorClusterTest(unittest.TestCase):
                              "example-aggregator", *[f"example-agent-{n}" for n in NODES])
         self.wait_or_explain(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
                              "round 1 to complete", "example-aggregator", *[f"example-agent-{n}" for n in NODES])
+        # Renewal while the job runs: new certificates in the Secrets (a third of the 60 s
+        # lifetime before expiry), picked up by the running agents (they look every 10 s),
+        # which carry on over mutual TLS with them.
+        wait_for(lambda: all(self.agent_cert("example", n)["serialNumber"] != first_serials[n]
+                             for n in NODES[:2]), 60, "the operator to renew the agents' certificates")
+        self.wait_or_explain(lambda: all("TLS credentials changed" in self.pod_logs(f"example-agent-{n}", lines=1000)
+                                         for n in NODES[:2]),
+                             60, "the running agents to load their renewed certificates",
+                             *[f"example-agent-{n}" for n in NODES[:2]])
         # Kill one agent mid-job: the operator recreates it within backoffLimit.
         old = self.get_json("pod", "example-agent-edge-1")["metadata"]["uid"]
         self.assertEqual(self.runner_post("/pods/default/example-agent-edge-1/kill")["killed"], 1)
@@ -698,9 +778,9 @@ class OperatorClusterTest(unittest.TestCase):
             self.job("example")), 400, "the job to finish")
         st = done["status"]
         self.assertEqual(st["state"], "Succeeded", json.dumps(st, indent=1))
-        self.assertEqual(st["roundsCompleted"], 3)
+        self.assertEqual(st["roundsCompleted"], 7)
         self.assertGreater(st["lastRound"]["accuracy"], 0.0)
-        self.assertGreaterEqual(st["globalModel"]["version"], 3)
+        self.assertGreaterEqual(st["globalModel"]["version"], 7)
         table = self.kubectl("get", "ftj", "example").stdout
         self.assertIn("Succeeded", table)
         self.assertIn(str(round(st["lastRound"]["accuracy"], 3))[:4], table)

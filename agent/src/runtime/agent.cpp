@@ -197,7 +197,7 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   std::shared_ptr<TlsFiles> tls_files;
   if (!settings.tls_files.ca.empty()) {
     // The operator renews the client certificate in the mounted Secret; re-dial when
-    // the files change (looked at no more than every kTlsReloadInterval).
+    // the files change (looked at no more than every kTlsReloadInterval, 10 s).
     FEDGE_ASSIGN_OR_RETURN(tls_files, TlsFiles::Open(settings.tls_files, kTlsReloadInterval));
     tls = tls_files->Current();
   }
