@@ -22,10 +22,11 @@
 
 namespace fedge::agent {
 
-// How often fedge-agent looks at its TLS files: three small reads. The operator
-// renews a certificate a third of its lifetime before expiry (8 h of the default
-// 24 h); this interval plus the kubelet's Secret propagation (up to a minute or
-// two) must stay below that third, which holds for lifetimes from about 6 minutes.
+// How often fedge-agent looks at its TLS files (three small reads), between the
+// tasks of its client loop. The operator renews a certificate a third of its
+// lifetime before expiry (8 h of the default 24 h); the kubelet's Secret
+// propagation (up to a minute or two), this interval and one training task must
+// fit in that third.
 inline constexpr std::chrono::milliseconds kTlsReloadInterval{10'000};
 
 struct TlsFilePaths {
