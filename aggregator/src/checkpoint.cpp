@@ -107,6 +107,11 @@ Status CheckpointStore::Save(const CheckpointData& data) {
     state["strategy_file"] = strategy_file;
     state["strategy_file_sha256"] = strategy_sha;
   }
+  // safetensors stores tensors sorted by name; the global's own order is part
+  // of its encoding (and so of its checksum), so it is kept here.
+  nlohmann::json order = nlohmann::json::array();
+  for (const NamedTensor& t : data.global.tensors) order.push_back(t.name);
+  state["global_tensor_order"] = order;
 
   // Keep the current state as the fallback, but only if it is a state at all:
   // copying a corrupt state.json over a good state.prev.json would lose it.
@@ -147,6 +152,7 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
   FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(state_path));
   CheckpointData data;
   std::string bundle_file, bundle_sha, strategy_file, strategy_sha;
+  std::vector<std::string> order;  // empty in checkpoints written before it was kept
   try {
     auto j = nlohmann::json::parse(text);
     int format = j.at("format").get<int>();
@@ -165,6 +171,8 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     data.final_accuracy = OptionalFromJson(j.at("final_accuracy"));
     strategy_file = j.value("strategy_file", std::string());
     strategy_sha = j.value("strategy_file_sha256", std::string());
+    if (j.contains("global_tensor_order"))
+      order = j.at("global_tensor_order").get<std::vector<std::string>>();
     for (const auto& r : j.at("history")) {
       FEDGE_ASSIGN_OR_RETURN(RoundRecord record, RoundRecordFromJson(r.dump()));
       data.history.push_back(std::move(record));
@@ -183,6 +191,25 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     return DataLossError(state_path + ": invalid strategy_file \"" + strategy_file + "\"");
   }
   FEDGE_ASSIGN_OR_RETURN(data.global, ReadCheckedBundle(state_path, Join(dir_, bundle_file), bundle_sha));
+  if (!order.empty()) {
+    // Back into the order the global had, so it re-encodes to the same bytes.
+    if (order.size() != data.global.tensors.size()) {
+      return DataLossError(state_path + ": global_tensor_order names " + std::to_string(order.size()) +
+                           " tensors, " + bundle_file + " holds " +
+                           std::to_string(data.global.tensors.size()));
+    }
+    TensorBundle ordered;
+    for (const std::string& name : order) {
+      NamedTensor* t = data.global.Find(name);
+      if (t == nullptr) {
+        return DataLossError(state_path + ": global_tensor_order names \"" + name + "\", which " +
+                             bundle_file + " does not hold");
+      }
+      ordered.tensors.push_back(std::move(*t));
+      t->name.clear();  // moved out; a repeated name finds nothing the second time
+    }
+    data.global = std::move(ordered);
+  }
   if (!strategy_file.empty()) {
     FEDGE_ASSIGN_OR_RETURN(data.strategy_state,
                            ReadCheckedBundle(state_path, Join(dir_, strategy_file), strategy_sha));

@@ -105,6 +105,16 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                           .Name("fedge_aggregator_streams_refused_total")
                           .Help("Streams refused or cancelled by the in-flight limits, by reason")
                           .Register(r);
+  checkpoint_failures_ = &BuildCounter()
+                              .Name("fedge_aggregator_checkpoint_failures_total")
+                              .Help("Checkpoint writes that failed (the job goes on without them)")
+                              .Register(r)
+                              .Add({});
+  checkpoint_last_success_ = &BuildGauge()
+                                  .Name("fedge_aggregator_checkpoint_last_success_timestamp_seconds")
+                                  .Help("Unix time of the last checkpoint written (0: none yet)")
+                                  .Register(r)
+                                  .Add({});
 }
 
 AggregatorMetrics::~AggregatorMetrics() = default;
@@ -149,6 +159,9 @@ void AggregatorMetrics::SetUploadBufferBytes(uint64_t bytes) {
   upload_buffer_bytes_->Set(static_cast<double>(bytes));
 }
 void AggregatorMetrics::SetOpenStreams(int64_t n) { open_streams_->Set(static_cast<double>(n)); }
+void AggregatorMetrics::CheckpointFailed() { checkpoint_failures_->Increment(); }
+void AggregatorMetrics::CheckpointSaved(double unix_seconds) { checkpoint_last_success_->Set(unix_seconds); }
+double AggregatorMetrics::checkpoint_failures() const { return checkpoint_failures_->Value(); }
 void AggregatorMetrics::StreamRefused(std::string_view reason) {
   streams_refused_->Add({{"reason", std::string(reason)}}).Increment();
 }

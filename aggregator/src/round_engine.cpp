@@ -158,6 +158,8 @@ Status RoundEngine::Restore(CheckpointData data) {
   history_ = std::move(data.history);
   final_accuracy_ = data.final_accuracy;
   round_ = data.completed_round + 1;
+  checkpoint_.saved_round = data.completed_round;
+  checkpoint_.saved_version = data.global_version;
   phase_ = Phase::kIdle;
   const int64_t now = clock_->NowUnixMs();
   if (round_ > options_.total_rounds) {
@@ -750,6 +752,8 @@ EngineStatus RoundEngine::GetStatus() {
   s.rounds = history_;
   s.final_accuracy = final_accuracy_;
   s.message = message_;
+  s.checkpoint = checkpoint_;
+  s.checkpoint.enabled = checkpoints_ != nullptr;
   return s;
 }
 
@@ -1036,6 +1040,14 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
       return;
     }
   }
+  // The new global goes to disk now, not after the evaluation: an aggregator
+  // that dies while agents evaluate resumes with this round's model (its
+  // record then lacks the evaluation).
+  {
+    RoundRecord pending = current_;
+    pending.seconds = static_cast<double>(now - round_started_ms_) / 1000.0;
+    SaveCheckpointLocked(round_, &pending);
+  }
   std::vector<std::string> live = LiveAgentsLocked(now);
   eval_ = EvalRound{};
   eval_.asked.insert(live.begin(), live.end());
@@ -1099,7 +1111,7 @@ Status RoundEngine::PublishGlobalLocked(TensorBundle bundle, int64_t version) {
   return OkStatus();
 }
 
-void RoundEngine::SaveCheckpointLocked(int64_t completed_round) {
+void RoundEngine::SaveCheckpointLocked(int64_t completed_round, const RoundRecord* pending) {
   if (!checkpoints_) return;
   CheckpointData data;
   data.job = options_.job;
@@ -1108,17 +1120,32 @@ void RoundEngine::SaveCheckpointLocked(int64_t completed_round) {
   data.global_version = global_->version;
   data.global_checksum = global_->checksum;
   data.history = history_;
+  if (pending) data.history.push_back(*pending);
   data.final_accuracy = final_accuracy_;
   data.global = global_->bundle;
   data.strategy_state = strategy_->SaveState();
   if (Status s = checkpoints_->Save(data); !s.ok()) {
-    // The job goes on: losing a checkpoint costs a round on restart, stopping costs the job.
-    log::Error("checkpoint failed", {{"round", completed_round}, {"error", s.ToString()}});
+    // The job goes on: losing a checkpoint costs a round on restart, stopping
+    // costs the job. Counted and shown in /v1/status for the operator.
+    ++checkpoint_.failures;
+    checkpoint_.last_error = s.ToString();
+    checkpoint_.ok = false;
+    if (metrics_) metrics_->CheckpointFailed();
+    log::Error("checkpoint failed", {{"round", completed_round},
+                                     {"global_version", global_->version},
+                                     {"failures", checkpoint_.failures},
+                                     {"error", s.ToString()}});
     return;
   }
+  checkpoint_.ok = true;
+  checkpoint_.saved_round = completed_round;
+  checkpoint_.saved_version = global_->version;
+  checkpoint_.saved_unix_ms = clock_->NowUnixMs();
+  if (metrics_) metrics_->CheckpointSaved(checkpoint_.saved_unix_ms / 1000.0);
   log::Info("checkpoint written", {{"dir", checkpoints_->dir()},
                                    {"completed_round", completed_round},
-                                   {"global_version", global_->version}});
+                                   {"global_version", global_->version},
+                                   {"evaluated", pending == nullptr}});
 }
 
 }  // namespace fedge::aggregator

@@ -428,6 +428,16 @@ std::string StatusJson(const EngineStatus& s) {
       {"final_accuracy", OptionalToJson(s.final_accuracy)},
       {"message", s.message},
   };
+  if (s.checkpoint.enabled) {
+    j["checkpoint"] = {
+        {"ok", s.checkpoint.ok},
+        {"failures", s.checkpoint.failures},
+        {"last_error", s.checkpoint.last_error},
+        {"round", s.checkpoint.saved_round},
+        {"global_version", s.checkpoint.saved_version},
+        {"saved_unix_ms", s.checkpoint.saved_unix_ms},
+    };
+  }
   return j.dump();
 }
 

@@ -178,3 +178,39 @@ TEST(CheckpointTest, StrategyStateRoundTripsFallsBackWhenCorruptAndIsCollected) 
 
 }  // namespace
 }  // namespace fedge::aggregator
+
+namespace fedge::aggregator {
+namespace {
+
+// Regression (issue 10, item 11): safetensors sorts tensors by name, so a
+// global whose tensors were not in name order came back reordered and
+// re-encoded to another checksum after a restart.
+TEST(CheckpointOrderTest, RestoredGlobalKeepsItsTensorOrderAndEncoding) {
+  testing::TempDir dir;
+  CheckpointStore store(dir.path());
+  CheckpointData d;
+  d.job = "ns/demo";
+  d.completed_round = 1;
+  d.total_rounds = 2;
+  d.global_version = 2;
+  d.global = TensorBundle{{NamedTensor{"layer.0.lora_A", {2}, {1, 2}},
+                           NamedTensor{"classifier.bias", {1}, {3}}, NamedTensor{"b", {1, 2}, {4, 5}}}};
+  const EncodeOptions enc{Codec::kFp32, 64, /*zstd=*/true, 3};
+  auto before = EncodeBundle(d.global, enc);
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(store.Save(d).ok());
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_TRUE(loaded->has_value());
+  const TensorBundle& g = (*loaded)->global;
+  ASSERT_EQ(g.tensors.size(), 3u);
+  EXPECT_EQ(g.tensors[0].name, "layer.0.lora_A");
+  EXPECT_EQ(g.tensors[1].name, "classifier.bias");
+  EXPECT_EQ(g.tensors[2].name, "b");
+  auto after = EncodeBundle(g, enc);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(Sha256Hex(*after), Sha256Hex(*before));
+}
+
+}  // namespace
+}  // namespace fedge::aggregator

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <thread>
 
 #include "../test_util.h"
@@ -221,6 +222,111 @@ TEST(ServerLoopbackTest, KillAndRestartPreservesHistoryAndGlobal) {
   auto global = (*server)->engine().Global(0);
   ASSERT_TRUE(global.ok());
   for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_NEAR(v, 2 * kRoundStep, 1e-5);
+}
+
+// Drives a job by hand up to the end of round 1's training: two agents,
+// tensors deliberately not in name order.
+struct HandDriven {
+  TensorBundle Unsorted(float v) {
+    return TensorBundle{{NamedTensor{"z.lora_B", {2, 2}, std::vector<float>(4, v)},
+                         NamedTensor{"a.lora_A", {3}, std::vector<float>(3, v)}}};
+  }
+  void Run(int port) {
+    a = std::make_unique<SimAgent>("agent-0", 0, port);
+    b = std::make_unique<SimAgent>("agent-1", 1, port);
+    for (SimAgent* s : {a.get(), b.get()}) {
+      s->set_declared_layout(Unsorted(0));
+      ASSERT_TRUE(s->Join());
+    }
+    v1::Task task;
+    ASSERT_TRUE(a->GetTask(&task).ok());
+    ASSERT_EQ(task.kind(), v1::TASK_KIND_INITIALIZE);
+    grpc::Status status;
+    v1::UpdateHeader init;
+    init.set_round(0);
+    init.set_is_delta(false);
+    auto enc = EncodeBundle(Unsorted(1), EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 3});
+    ASSERT_TRUE(a->SubmitBytes(init, *enc, &status).accepted());
+    for (SimAgent* s : {a.get(), b.get()}) {
+      ASSERT_TRUE(s->GetTask(&task).ok());
+      ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+      TensorBundle global;
+      ASSERT_TRUE(s->Fetch(task, &global)) << s->error();
+      v1::UpdateHeader h;
+      h.set_round(1);
+      h.set_base_version(task.global_version());
+      h.set_is_delta(true);
+      h.set_num_examples(10);
+      auto delta = EncodeBundle(Unsorted(s == a.get() ? 1 : 3), EncodeOptions{Codec::kFp32, 64, true, 3});
+      ASSERT_TRUE(s->SubmitBytes(h, *delta, &status).accepted());
+    }
+  }
+  std::unique_ptr<SimAgent> a, b;
+};
+
+// Regression (issue 10, item 11): a round's new global was checkpointed only
+// after its evaluation, so an aggregator that died while agents evaluated
+// restarted from the previous round; and the restored global re-encoded to a
+// new checksum when its tensors were not in name order.
+TEST(ServerLoopbackTest, AggregatorKilledDuringEvaluationResumesWithTheRoundsGlobalAndChecksum) {
+  testing::TempDir dir;
+  JobSpec spec = Spec(2);
+  spec.agents.minAgents = 2;
+  std::string checksum;
+  std::vector<float> values;
+  {
+    auto server = AggregatorServer::Create(spec, LoopbackOptions(dir.path()));
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    ASSERT_TRUE((*server)->Start().ok());
+    HandDriven job;
+    job.Run((*server)->grpc_port());
+    EngineStatus s = (*server)->engine().GetStatus();
+    ASSERT_EQ(s.phase, Phase::kEvaluate);  // nobody has evaluated yet
+    ASSERT_EQ(s.global_version, 2);
+    EXPECT_EQ(s.checkpoint.saved_version, 2);
+    checksum = s.global_checksum;
+    values = (*(*server)->engine().Global(0))->bundle.tensors[0].values;
+    (*server)->Shutdown(1s);
+  }  // killed while the agents evaluate
+
+  auto server = AggregatorServer::Create(spec, LoopbackOptions(dir.path()));
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  EngineStatus s = (*server)->engine().GetStatus();
+  EXPECT_EQ(s.global_version, 2);          // the old aggregator: 1, round 1 lost
+  EXPECT_EQ(s.global_checksum, checksum);  // the old aggregator: re-sorted tensors, another checksum
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_FALSE(s.rounds[0].accuracy.has_value());  // the evaluation never happened
+  EXPECT_EQ(s.round, 2);
+  auto global = (*server)->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+  EXPECT_EQ((*global)->bundle.tensors[0].name, "z.lora_B");
+  EXPECT_EQ((*global)->bundle.tensors[0].values, values);
+}
+
+// Issue 10, item 11: a checkpoint that cannot be written is counted and shown
+// in /v1/status (the operator turns it into a condition); the job goes on.
+TEST(ServerLoopbackTest, CheckpointFailuresAreCountedAndShownInStatus) {
+  testing::TempDir dir;
+  const std::string blocked = dir.path() + "/checkpoints";
+  auto server = AggregatorServer::Create(Spec(1), LoopbackOptions(blocked));
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->Start().ok());
+  std::ofstream(blocked) << "a file where the checkpoint directory should be\n";
+  auto agents = MakeAgents((*server)->grpc_port());
+  RunAgents(agents);
+  EXPECT_EQ((*server)->engine().GetStatus().state, JobState::kSucceeded);
+  // Initial state, after aggregation, after evaluation: three attempts.
+  EXPECT_EQ((*server)->metrics().checkpoint_failures(), 3);
+  int code = 0;
+  auto j = nlohmann::json::parse(HttpGet((*server)->http_port(), "/v1/status", &code));
+  ASSERT_EQ(code, 200);
+  ASSERT_TRUE(j.contains("checkpoint")) << j.dump();
+  EXPECT_EQ(j["checkpoint"]["ok"], false);
+  EXPECT_EQ(j["checkpoint"]["failures"], 3);
+  EXPECT_NE(j["checkpoint"]["last_error"].get<std::string>().find("checkpoints"), std::string::npos)
+      << j["checkpoint"].dump();
+  std::string metrics = HttpGet((*server)->http_port(), "/metrics", &code);
+  EXPECT_NE(metrics.find("fedge_aggregator_checkpoint_failures_total 3"), std::string::npos) << metrics;
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
-// Checkpoints: after every completed round the aggregator writes
+// Checkpoints: after the initial state, after each round's aggregation and
+// after its evaluation the aggregator writes
 //   <dir>/global-v<version>.safetensors   the global bundle (F32)
 //   <dir>/strategy-v<version>.safetensors the strategy's cross-round state
 //                                         (server-optimizer m, v, step), if any
-//   <dir>/state.json                      round, version, checksums, history
+//   <dir>/state.json                      round, version, checksums, history,
+//                                         the global's tensor order
 // in that order, each atomically (temp + fsync + rename). state.json names the
 // bundle files and their SHA-256, so the set is consistent: a crash between
 // the writes leaves the previous state.json pointing at the previous files,

@@ -41,6 +41,9 @@ class AggregatorMetrics {
   // cancelled by the in-flight limits, by reason.
   void SetOpenStreams(int64_t n);
   void StreamRefused(std::string_view reason);
+  // A checkpoint write failed / succeeded (at `unix_seconds`).
+  void CheckpointFailed();
+  void CheckpointSaved(double unix_seconds);
   void SetGlobalVersion(int64_t version);
   void SetRoundEvaluation(double accuracy, double loss);
   // A weight (kind "update" | "evaluation") bounded below what the agent
@@ -61,6 +64,7 @@ class AggregatorMetrics {
   double updates_clipped() const;
   double upload_buffer_bytes() const;
   double streams_refused(std::string_view reason) const;
+  double checkpoint_failures() const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -82,6 +86,8 @@ class AggregatorMetrics {
   prometheus::Gauge* upload_buffer_bytes_;
   prometheus::Gauge* open_streams_;
   prometheus::Family<prometheus::Counter>* streams_refused_;
+  prometheus::Counter* checkpoint_failures_;
+  prometheus::Gauge* checkpoint_last_success_;
 };
 
 }  // namespace fedge::aggregator

@@ -23,9 +23,10 @@
 //                 - extended deadline, fewer: quorum = 0 and >= 1 update ->
 //                   close below quorum (logged); otherwise the job Fails
 //               -> strategy (FedAvg) -> new global version
+//               -> checkpoint (the new global, before evaluation)
 //     evaluate  every live agent evaluates the new version and reports; close
 //               when all reported or at the deadline
-//               -> round record, checkpoint, next round
+//               -> round record, checkpoint (with the evaluation), next round
 //   Succeeded         GetTask answers DONE
 //
 // Async mode (FedBuff, Nguyen et al. 2022): after INITIALIZE every agent that
@@ -204,6 +205,17 @@ struct EvalReport {
   std::optional<double> loss;
 };
 
+// How the checkpoints fare (for /v1/status and the operator's condition).
+struct CheckpointHealth {
+  bool enabled = false;       // a checkpoint dir is configured
+  bool ok = true;             // the last attempt succeeded (or none was made)
+  int64_t failures = 0;       // attempts that failed since start
+  std::string last_error;     // of the last failure
+  int64_t saved_round = -1;   // completed round of the newest checkpoint written or restored
+  int64_t saved_version = 0;  // its global version
+  int64_t saved_unix_ms = 0;  // when it was written (0: restored or none)
+};
+
 struct EngineStatus {
   std::string job;
   JobState state = JobState::kWaitingForAgents;
@@ -216,6 +228,7 @@ struct EngineStatus {
   std::vector<RoundRecord> rounds;
   std::optional<double> final_accuracy;
   std::string message;  // why Failed / what the engine waits for
+  CheckpointHealth checkpoint;
 };
 
 class RoundEngine {
@@ -363,7 +376,10 @@ class RoundEngine {
   std::string CloseDetailLocked(int64_t round) const;
   void FailLocked(const std::string& message);
   Status PublishGlobalLocked(TensorBundle bundle, int64_t version);
-  void SaveCheckpointLocked(int64_t completed_round);
+  // Writes the current global as the checkpoint of `completed_round`, with
+  // `pending` (a round aggregated but not yet evaluated) appended to the
+  // history when set. Failures are counted, never fatal.
+  void SaveCheckpointLocked(int64_t completed_round, const RoundRecord* pending = nullptr);
   std::vector<std::string> LiveAgentsLocked(int64_t now) const;
   UpdateVerdict SubmitInitialLocked(const UpdateMeta& meta, const TensorBundle& bundle, int64_t now);
   // Picks expected_layout_ once a majority agrees; false (message_ set) while none does.
@@ -398,6 +414,7 @@ class RoundEngine {
   std::optional<double> final_accuracy_;                 // guarded by mu_
   std::optional<int64_t> finished_at_ms_;                // guarded by mu_
   std::string message_;                                  // guarded by mu_
+  CheckpointHealth checkpoint_;                          // guarded by mu_
 };
 
 }  // namespace fedge::aggregator
