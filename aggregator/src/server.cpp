@@ -436,6 +436,12 @@ std::string StatusJson(const EngineStatus& s) {
         {"round", s.checkpoint.saved_round},
         {"global_version", s.checkpoint.saved_version},
         {"saved_unix_ms", s.checkpoint.saved_unix_ms},
+        // The names the operator's status reporter reads (status.checkpoint and the
+        // CheckpointFailing condition; operator/controller/src/status_reporter.cpp).
+        // Only whether the last attempt failed is tracked, so "consecutive" is 0 or 1.
+        {"consecutive_failures", s.checkpoint.ok ? 0 : 1},
+        {"failures_total", s.checkpoint.failures},
+        {"last_saved_round", s.checkpoint.saved_round},
     };
   }
   return j.dump();

@@ -323,6 +323,9 @@ TEST(ServerLoopbackTest, CheckpointFailuresAreCountedAndShownInStatus) {
   ASSERT_TRUE(j.contains("checkpoint")) << j.dump();
   EXPECT_EQ(j["checkpoint"]["ok"], false);
   EXPECT_EQ(j["checkpoint"]["failures"], 3);
+  // The names the operator's status reporter turns into the CheckpointFailing condition.
+  EXPECT_EQ(j["checkpoint"]["consecutive_failures"], 1);
+  EXPECT_EQ(j["checkpoint"]["failures_total"], 3);
   EXPECT_NE(j["checkpoint"]["last_error"].get<std::string>().find("checkpoints"), std::string::npos)
       << j["checkpoint"].dump();
   std::string metrics = HttpGet((*server)->http_port(), "/metrics", &code);
