@@ -8,14 +8,12 @@ aggregator's /v1/status.
 Everything a user would type is run through `run()`, which prints the command and its
 output, so the test log reads as the session a user would have had.
 """
-import base64
 import json
 import os
 import re
 import shutil
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -319,6 +317,12 @@ def place_model_and_data(work):
     return labels
 
 
+# FEDGE_REAL_TLS=0 runs the jobs with spec.privacy.tls: false (plaintext gRPC between
+# agents and aggregator) to tell transport faults from the rest; unset, the manifest's
+# own setting (the CRD default: mutual TLS) is used. Printed whenever it applies.
+TLS_OVERRIDE = os.environ.get("FEDGE_REAL_TLS")
+
+
 def job_manifest(name, **rounds):
     """deploy/examples/cluster-quickstart.yaml with another name and rounds settings, as a
     user would copy and edit it."""
@@ -326,7 +330,35 @@ def job_manifest(name, **rounds):
         job = yaml.safe_load(f)
     job["metadata"]["name"] = name
     job["spec"]["rounds"].update(rounds)
+    if TLS_OVERRIDE is not None:
+        job["spec"].setdefault("privacy", {})["tls"] = TLS_OVERRIDE == "1"
+        log(f"FEDGE_REAL_TLS={TLS_OVERRIDE}: {name} runs with spec.privacy.tls: {TLS_OVERRIDE == '1'}")
     return yaml.safe_dump(job, sort_keys=False)
+
+
+def quickstart_manifest(work):
+    """The path to apply: the shipped file itself, unless FEDGE_REAL_TLS asks for a copy
+    (written into the directory `work`)."""
+    if TLS_OVERRIDE is None:
+        return QUICKSTART
+    path = os.path.join(work, "cluster-quickstart.yaml")
+    with open(QUICKSTART) as f:
+        job = yaml.safe_load(f)
+    with open(path, "w") as f:
+        f.write(job_manifest(job["metadata"]["name"]))
+    return path
+
+
+def clear_agent_state(ns, job):
+    """Removes <disk>/state/<ns>/<job> on every node. The agents' state outlives its job
+    (the operator never touches node files), and a new job of the same name would start
+    from it (the agent serves the old job's persisted global model until round 1): the
+    tests reuse job names, so each starts clean."""
+    for node in NODES:
+        d = os.path.join(node_disk(node), "state", ns, job)
+        if os.path.isdir(d):
+            log(f"{node}: removing the agent state an earlier job {ns}/{job} left in /var/lib/fedge/state/{ns}/{job}")
+            shutil.rmtree(d)
 
 
 def ensure_namespace(ns, restricted=True):
@@ -405,28 +437,74 @@ def container_on_node(pod):
     return out
 
 
+def wait_agents_joined(ns, job, n, timeout=120):
+    """Waits until the job's aggregator counts n joined agents; returns the seconds it
+    took from the aggregator's "aggregator serving" log line. On timeout prints, for each
+    agent, its last log lines and its TCP connections to the aggregator's gRPC port as
+    seen in its pod's network namespace (Recv-Q: bytes the agent has not read), then fails."""
+    api = Api()
+
+    def joined():
+        p = api.get(f"/api/v1/namespaces/{ns}/pods/{job}-aggregator")
+        ip = p and p["status"].get("podIP")
+        st = http_json(f"http://{ip}:9090/v1/status") if ip else None
+        return st if st and st.get("agents_joined", 0) >= n else None
+    try:
+        wait_for(joined, timeout, f"{n} agents to join {ns}/{job}'s aggregator", interval=1)
+    except AssertionError:
+        for p in kubectl_json("-n", ns, "get", "pods", "-l", f"fedge.io/job={job},fedge.io/role=agent")["items"]:
+            name = p["metadata"]["name"]
+            kubectl("-n", ns, "logs", name, "--tail=3", check=False, max_lines=3)
+            for node, _, _, pid, _, _ in container_on_node(p):
+                run(["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-tn", "dport", "=", ":7070"], check=False)
+        kubectl("-n", ns, "logs", f"{job}-aggregator", "-c", "aggregator", "--tail=5", check=False)
+        raise
+    text = kubectl("-n", ns, "logs", f"{job}-aggregator", "-c", "aggregator", quiet=True).stdout
+    stamps = re.findall(r'ts=(\S+) .*msg="(aggregator serving|agent joined)"', text)
+    serving = next((t for t, m in stamps if m == "aggregator serving"), None)
+    joins = [t for t, m in stamps if m == "agent joined"]
+    if not serving or len(joins) < n:
+        return None
+
+    def secs(ts):
+        return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + ts[19:-1])
+    return secs(joins[n - 1]) - secs(serving)
+
+
 # --- a job's progress, sampled -----------------------------------------------------------
+
+def _pod_summary(p):
+    """<name>@<uid[:5]> <phase> and each container that is not running: name=reason(exit)."""
+    out = f"{p['metadata']['name']}@{p['metadata']['uid'][:5]} {p['status'].get('phase')}"
+    if p["metadata"].get("deletionTimestamp"):
+        out += " deleting"
+    for c in p["status"].get("containerStatuses", []):
+        term = c.get("state", {}).get("terminated")
+        if term:
+            out += f" {c['name']}={term.get('reason')}({term.get('exitCode')})"
+    return out
+
 
 class JobMonitor(threading.Thread):
     """Samples once a second, until stop(): the job's status from the API server
     (roundsCompleted, state, conditions; None while the API server is away) and the
     aggregator's /v1/status at its pod IP (the completed rounds it reports, its phase; the
     last known IP is kept while the API server is away). Each sample is a dict with t
-    (time.time()), api_rounds, state, degraded, agg_rounds, agg_round_numbers, agg_uid,
-    agg_phase."""
+    (time.time()), api_rounds, state, degraded, restarts (status), agg_rounds,
+    agg_round_numbers, agg_uid, agg_phase, pods (a summary of each of the job's pods)."""
 
     def __init__(self, ns, job):
         super().__init__(daemon=True)
         self.ns, self.job = ns, job
         self.api = Api()
         self.samples = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._agg = (None, None)  # (uid, ip)
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             s = {"t": time.time(), "api_rounds": None, "state": None, "degraded": None, "agg_rounds": None,
-                 "agg_round_numbers": None, "agg_uid": None, "agg_phase": None}
+                 "agg_round_numbers": None, "agg_uid": None, "agg_phase": None, "pods": None, "restarts": None}
             try:
                 j = self.api.get(f"/apis/fedge.io/v1alpha1/namespaces/{self.ns}/federatedtrainingjobs/{self.job}")
                 if j:
@@ -435,8 +513,11 @@ class JobMonitor(threading.Thread):
                     s["state"] = st.get("state")
                     deg = [c for c in st.get("conditions", []) if c["type"] == "Degraded"]
                     s["degraded"] = (deg[0]["status"] + "/" + deg[0]["reason"]) if deg else None
-                p = self.api.get(f"/api/v1/namespaces/{self.ns}/pods/{self.job}-aggregator")
+                    s["restarts"] = st.get("restarts", 0)
+                pods = self.api.get(f"/api/v1/namespaces/{self.ns}/pods?labelSelector=fedge.io%2Fjob%3D{self.job}")
+                p = next((x for x in pods["items"] if x["metadata"]["name"] == f"{self.job}-aggregator"), None)
                 self._agg = (p["metadata"]["uid"], p["status"].get("podIP")) if p else (None, None)
+                s["pods"] = sorted(_pod_summary(x) for x in pods["items"])
             except OSError:
                 pass  # API server away: keep the aggregator we knew
             uid, ip = self._agg
@@ -448,10 +529,10 @@ class JobMonitor(threading.Thread):
                     s["agg_uid"] = uid
                     s["agg_phase"] = f"{st.get('state')}/{st.get('phase')}/round {st.get('round')}"
             self.samples.append(s)
-            self._stop.wait(1.0)
+            self._halt.wait(1.0)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     def completed(self, s):
@@ -487,10 +568,6 @@ class JobMonitor(threading.Thread):
         never_decreased() instead."""
         vals = [s["agg_rounds"] for s in self.samples if s["t"] >= t and s["agg_rounds"] is not None]
         return min(vals) if vals else None
-
-
-def b64(s):
-    return base64.b64decode(s).decode()
 
 
 def new_workdir(prefix):

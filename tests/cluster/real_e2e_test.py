@@ -177,6 +177,20 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                     print(f"    {k:12s} {c / 1e6:7.1f} MB / {u / 1e6:7.1f} MB")
             sys.stdout.flush()
 
+    # Each step needs the one before it: after a failure the rest report SKIPPED (with the
+    # step that failed) instead of failing again for the same reason.
+    done_steps = 0
+
+    def setUp(self):
+        step = int(re.match(r"test_(\d+)_", self._testMethodName).group(1))
+        if step in (5, 6) and self.done_steps >= 2:
+            return  # uninstall and the leftover check run once the job ran, whatever came between
+        if self.done_steps < step - 1:
+            self.skipTest(f"step {self.done_steps + 1} did not pass")
+
+    def step_done(self):
+        type(self).done_steps = int(re.match(r"test_(\d+)_", self._testMethodName).group(1))
+
     # ------------------------------------------------------------------------------------
     def test_1_helm_install_runs_two_operator_replicas_and_one_leads(self):
         ready, pods, leader = rc.helm_install()
@@ -201,11 +215,13 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 log(f"{p['metadata']['name']}/{name}: container {cid} pid {pid} {status} on {node}, uid {uid}")
                 self.assertEqual(status, "RUNNING")
                 self.assertEqual(int(uid), rc.POD_UID)
+        self.step_done()
 
     def test_2_apply_the_quickstart_and_wait_for_succeeded(self):
         rc.ensure_namespace(JOB_NS)
+        rc.clear_agent_state(JOB_NS, JOB)
         t = time.time()
-        kubectl("-n", JOB_NS, "apply", "-f", rc.QUICKSTART)
+        kubectl("-n", JOB_NS, "apply", "-f", rc.quickstart_manifest(self.work))
         # The aggregator and one agent per node, running as containers on the nodes.
         def running():
             pods = kubectl_json("-n", JOB_NS, "get", "pods", "-l", f"fedge.io/job={JOB}")["items"]
@@ -222,6 +238,10 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 log(f"{p['metadata']['name']}/{name}: containerd task {cid} pid {pid} {status} on {node}, uid {uid}")
                 self.assertEqual(int(uid), rc.POD_UID)
         rc.node_sh("ctr", rc.NODES[0], "tasks", "ls")
+        # Agents start with the aggregator and retry until it listens: both must be in
+        # within a minute or two (a stuck agent holds round 1 back for ever).
+        took = rc.wait_agents_joined(JOB_NS, JOB, len(rc.NODES), timeout=120)
+        log(f"both agents joined {took:.1f} s after the aggregator started serving")
         kubectl("-n", JOB_NS, "get", "ftj")
         kubectl("-n", JOB_NS, "wait", "--for=condition=Succeeded", f"ftj/{JOB}", "--timeout=900s", timeout=960)
         TIMINGS["apply -> Succeeded"] = time.time() - t
@@ -249,6 +269,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         self.assertGreater(reconciles.pop(self.leader), 0)
         self.assertEqual(list(reconciles.values()), [0.0], "the standby replica reconciled")
         type(self).succeeded_at = time.time()
+        self.step_done()
 
     def test_3_client_pod_on_each_node_classifies_through_the_inference_service(self):
         agents = {p["spec"]["nodeName"]: p for p in kubectl_json("-n", JOB_NS, "get", "pods", "-l",
@@ -294,6 +315,8 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                             "volumes": [{"name": "token", "secret": {"secretName": f"{JOB}-inference-token",
                                                                      "defaultMode": 0o440}}]}}
             kubectl("-n", JOB_NS, "apply", "-f", "-", input=json.dumps(pod))
+            self.addCleanup(kubectl, "-n", JOB_NS, "delete", "pod", name, "--ignore-not-found", "--wait=true",
+                            check=False, quiet=True)
             phase = wait_for(lambda: kubectl("-n", JOB_NS, "get", "pod", name, "-o", "jsonpath={.status.phase}",
                                              quiet=True).stdout in ("Succeeded", "Failed") and True, 120,
                              f"{name} to finish", interval=1)
@@ -316,8 +339,8 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 if other != node:
                     self.assertEqual(after[other], before[other], f"{other}'s agent answered a client on {node}")
             self.assertEqual(after[node]["401"], before[node]["401"] + 1)
-            kubectl("-n", JOB_NS, "delete", "pod", name, "--wait=true")
         type(self).inference_done_at = time.time()
+        self.step_done()
 
     def test_4_prometheus_discovers_the_pods_and_answers_every_dashboard_query(self):
         base = f"http://127.0.0.1:{PROM_PORT}/api/v1"
@@ -390,6 +413,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
             self.assertNotIn("update rejected", agg_log)
             log("NO DATA for 'Rejected updates by reason' is the truth: the aggregator rejected no update "
                 "(no 'update rejected' in its log) and exposes the counter only after a first rejection")
+        self.step_done()
 
     def test_5_delete_the_job_and_uninstall_leave_nothing_behind(self):
         storage_before = {n: set(os.listdir(os.path.join(rc.node_disk(n), "storage"))) for n in rc.NODES}
