@@ -6,7 +6,8 @@
 //  - DecodeBundle respects its DecodeLimits (small here: 1 Mi elements);
 //  - a bundle DecodeBundle accepts is one EncodeBundle can write: re-encoding it as fp32
 //    succeeds and decodes back to the same names, shapes and bits;
-//  - InspectBundle agrees with DecodeBundle (accepts what it accepts; same count/codec).
+//  - InspectBundle agrees with DecodeBundle (accepts what it accepts; same count/codec);
+//  - decoding with DecodeLimits::expected_layout agrees with CheckSameLayout.
 // A violated property prints what differed and aborts (libFuzzer saves the input).
 //
 // The SHA-256 trailer would stop almost every mutation at the checksum check, so each
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <openssl/evp.h>
@@ -34,6 +36,27 @@ using fedge::fuzz::Fail;
 bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() &&
          (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+// Names and shapes of make_seeds.cpp's sample bundle (most seeds), values ignored.
+const fedge::TensorBundle& SeedLayout() {
+  static const fedge::TensorBundle layout = [] {
+    fedge::TensorBundle b;
+    for (auto [name, shape] : std::vector<std::pair<const char*, std::vector<int64_t>>>{
+             {"encoder.layer.0.attention.self.query.lora_A", {4, 24}},
+             {"encoder.layer.0.attention.self.query.lora_B", {24, 4}},
+             {"classifier.bias", {5}},
+             {"scale", {}},
+             {"empty", {0, 3}}}) {
+      fedge::NamedTensor t;
+      t.name = name;
+      t.shape = shape;
+      t.values.resize(static_cast<size_t>(t.NumElements()));
+      b.tensors.push_back(std::move(t));
+    }
+    return b;
+  }();
+  return layout;
 }
 
 constexpr size_t kHeaderBytes = 36;
@@ -96,6 +119,21 @@ void Check(std::string_view bytes) {
     const auto& b = again->tensors[i];
     if (a.name != b.name || a.shape != b.shape || !SameBits(a.values, b.values)) {
       Fail("fp32 round trip changed a tensor", a.name);
+    }
+  }
+
+  // DecodeLimits::expected_layout (the aggregator decodes an update against the global's
+  // layout) accepts exactly the bundles CheckSameLayout accepts: the bundle's own layout
+  // and, for the seeds' layout, only a bundle of those names and shapes.
+  const fedge::TensorBundle* layouts[] = {&*decoded, &SeedLayout()};
+  for (const fedge::TensorBundle* layout : layouts) {
+    fedge::DecodeLimits with_layout = limits;
+    with_layout.expected_layout = layout;
+    auto checked = fedge::DecodeBundle(bytes, with_layout);
+    const fedge::Status same = fedge::CheckSameLayout(*layout, *decoded);
+    if (checked.ok() != same.ok()) {
+      Fail("expected_layout disagrees with CheckSameLayout",
+           checked.status().ToString() + " vs " + same.ToString());
     }
   }
 }

@@ -117,7 +117,8 @@ fuzz() {
     -o -name 'oom-*' \) | wc -l)
   printf '%-20s %6.1f %12d %8d %7s %6s %8d\n' "$name" "$(awk -v s="$secs" 'BEGIN {print s / 60}')" "$execs" \
     "$((execs / (secs > 0 ? secs : 1)))" "${corp:-?}" "${cov:-?}" "$crashes" | tee -a "$WORK/summary.txt"
-  grep -E '^SUMMARY: |PROPERTY VIOLATED|^==[0-9]+== ?ERROR: libFuzzer' "$dir/fuzz.log" | sort | uniq -c |
+  grep -E '^SUMMARY: |PROPERTY VIOLATED|^==[0-9]+== ?ERROR: libFuzzer' "$dir/fuzz.log" | sed -E 's/^==[0-9]+==/==/' |
+    sort | uniq -c |
     sed 's/^/    /' | tee -a "$WORK/summary.txt" || true
 }
 
