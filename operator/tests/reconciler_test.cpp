@@ -232,6 +232,65 @@ TEST_F(ReconcilerTest, NodesJoiningAndLeavingTheSelectorGainAndLoseAgents) {
   EXPECT_EQ(GetJob()["status"]["agents"]["desired"], 2);
 }
 
+// A cache that serves the job as it was when frozen (an informer behind the API server);
+// everything else is read through.
+class StaleJobCache : public ObjectCache {
+ public:
+  explicit StaleJobCache(KubeClient* client) : through_(client) {}
+  void Freeze(Json job) { job_ = std::make_shared<const Json>(std::move(job)); }
+  ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override {
+    if (job_ && r.plural == res::kJobs.plural) return job_;
+    return through_.Get(r, ns, name);
+  }
+  std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& key,
+                              const std::string& value) override {
+    return through_.List(r, ns, key, value);
+  }
+
+ private:
+  ClientCache through_;
+  ObjectPtr job_;
+};
+
+TEST_F(ReconcilerTest, StatusFromAStaleCacheDoesNotTakeBackTheRestartCount) {
+  // Seen on the real API server: the pass that deleted a failed aggregator wrote restarts 1;
+  // the next pass, still reading the job from before that write, recreated the pod and applied
+  // its own status without restarts, and the count was gone.
+  Json job = Job();
+  job["spec"]["runPolicy"]["backoffLimit"] = 10;
+  CreateJob(job);
+  Reconcile();
+  StaleJobCache stale(&client_);
+  JobReconciler behind(&client_, &stale, &events_,
+                       ReconcilerOptions{DefaultImages(), [this] { return now_; }});
+  Json before = GetJob();  // the job before the failure, from before its last status write too
+  before["status"]["conditions"] = Json::array();
+  stale.Freeze(before);
+  SetPodPhase("wn-aggregator", "Failed", 137);
+  Reconcile();  // deletes the pod, counts restart 1
+  EXPECT_EQ(GetJob()["status"]["restarts"], 1);
+  auto r = behind.Reconcile("ml/wn");  // recreates the pod from the stale job
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(IsConflict(r.status())) << r.status().ToString();
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-aggregator").ok());
+  EXPECT_EQ(GetJob()["status"]["restarts"], 1);
+
+  // A stale pass that itself counts a restart adds it to the live count.
+  stale.Freeze(GetJob());
+  SetPodPhase("wn-agent-edge-a", "Failed", 1);
+  Reconcile();  // an up-to-date pass (say the previous leader) writes something first
+  EXPECT_EQ(GetJob()["status"]["restarts"], 2);
+  SetPodPhase("wn-agent-edge-b", "Failed", 1);
+  Json live = GetJob();
+  live["status"]["conditions"] = Json::array();  // moves the resourceVersion on
+  ASSERT_TRUE(client_.Update(res::kJobs, "ml", live, "status").ok());
+  r = behind.Reconcile("ml/wn");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(IsConflict(r.status()));
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-b").status()));
+  EXPECT_EQ(GetJob()["status"]["restarts"], 3);
+}
+
 TEST_F(ReconcilerTest, FailedAgentIsRecreatedWithinBackoffLimitThenDegrades) {
   CreateJob();
   Reconcile();

@@ -93,6 +93,7 @@ AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, Clien
                                    ClientDeps deps)
     : options_(std::move(options)),
       deps_(deps),
+      channel_(channel),
       stub_(v1::Aggregator::NewStub(channel)),
       backoff_(options_.backoff_initial, options_.backoff_max, MakeUniform(options_.jitter_seed)),
       encoder_(deps_.store != nullptr ? deps_.store->ResidualPath() : "", options_.job) {
@@ -151,7 +152,10 @@ StatusOr<RunOutcome> AggregatorClient::Run() {
   log::Info("aggregator client started", {{"job", options_.job}, {"agent_id", options_.agent_id}});
   while (!stop_.stopped()) {
     if (redial_) {
-      if (std::shared_ptr<grpc::Channel> channel = redial_()) stub_ = v1::Aggregator::NewStub(channel);
+      if (std::shared_ptr<grpc::Channel> channel = redial_()) {
+        channel_ = std::move(channel);
+        stub_ = v1::Aggregator::NewStub(channel_);
+      }
     }
     Status st;
     bool done = false;
@@ -225,10 +229,28 @@ StatusOr<RunOutcome> AggregatorClient::Run() {
         log::Error("task failed; backing off", {{"error", st.ToString()}, {"retry_in_ms", delay.count()}});
         break;
     }
-    if (!stop_.SleepFor(delay)) break;
+    const bool unreachable =
+        st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded;
+    if (!WaitPolling(delay, unreachable)) break;
   }
   log::Info("aggregator client stopped", {{"job", options_.job}});
   return RunOutcome::kStopped;
+}
+
+bool AggregatorClient::WaitPolling(std::chrono::milliseconds delay, bool until_connected) {
+  if (channel_ == nullptr) return stop_.SleepFor(delay);
+  const auto until = std::chrono::steady_clock::now() + delay;
+  channel_->GetState(/*try_to_connect=*/true);
+  while (!stop_.stopped()) {
+    auto left = until - std::chrono::steady_clock::now();
+    if (left <= std::chrono::steady_clock::duration::zero()) return true;
+    // Short slices: Stop() must end the wait promptly (it cannot wake WaitForConnected).
+    auto slice = std::min<std::chrono::steady_clock::duration>(left, std::chrono::milliseconds(200));
+    bool ready = channel_->WaitForConnected(std::chrono::system_clock::now() + slice);
+    if (ready && until_connected) return true;
+    if (ready) stop_.SleepFor(std::chrono::duration_cast<std::chrono::milliseconds>(slice));
+  }
+  return false;
 }
 
 Status AggregatorClient::Join() {
@@ -475,7 +497,7 @@ Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::strin
                                                {"error", st.ToString()},
                                                {"attempt", attempt},
                                                {"retry_in_ms", delay.count()}});
-      if (!stop_.SleepFor(delay)) return CancelledError("stopping");
+      if (!WaitPolling(delay, /*until_connected=*/true)) return CancelledError("stopping");
       auto held = HeldBytes(h.upload_id(), payload.size());
       if (held.ok()) {
         offset = *held;

@@ -197,7 +197,11 @@ void JobController::Worker() {
     ++reconciles_;
     if (m_reconcile_) m_reconcile_->Increment();
     if (m_duration_) m_duration_->Observe(secs);
-    if (!result.ok()) {
+    if (!result.ok() && IsConflict(result.status())) {
+      // The cache was behind a write; the watch event that brings it up to date is on its way.
+      log::Debug("reconcile raced a newer version; requeued", {{"job", *key}});
+      queue_.AddRateLimited(*key);
+    } else if (!result.ok()) {
       if (m_errors_) m_errors_->Increment();
       log::Warn(
           "reconcile failed; requeued with backoff",

@@ -644,30 +644,78 @@ Status JobReconciler::SyncChildren(Run& run) {
   return OkStatus();
 }
 
+// The status fields the operator writes; the rest (rounds, accuracy, checkpoint) belong to
+// the aggregator's status reporter.
+constexpr const char* kOwnedStatusFields[] = {"observedGeneration", "state",     "conditions",    "agents",
+                                              "restarts",           "startTime", "completionTime"};
+
 Status JobReconciler::WriteStatus(Run& run) {
   Json& st = run.status;
   st["observedGeneration"] = run.generation;
   // Compare only the operator-owned fields; the reporter's are not ours to write.
-  static const char* kOwned[] = {"observedGeneration", "state",     "conditions",    "agents",
-                                 "restarts",           "startTime", "completionTime"};
   Json owned = Json::object(), before = Json::object();
-  for (const char* f : kOwned) {
+  for (const char* f : kOwnedStatusFields) {
     if (st.contains(f)) owned[f] = st[f];
     if (run.old_status.contains(f)) before[f] = run.old_status[f];
   }
+  Status written = OkStatus();
   if (owned != before) {
+    // The write carries the resourceVersion this pass read. An apply replaces every field
+    // the operator owns, so a pass working from a cache that has not yet seen the previous
+    // pass's write would otherwise take back what that pass wrote (restarts went back to 0
+    // when the pass after a deleted pod recreated it from a stale job).
     Json patch = {{"apiVersion", run.job.value("apiVersion", "fedge.io/v1alpha1")},
                   {"kind", run.job.value("kind", "FederatedTrainingJob")},
-                  {"metadata", {{"name", run.name}, {"namespace", run.ns}}},
+                  {"metadata",
+                   {{"name", run.name},
+                    {"namespace", run.ns},
+                    {"resourceVersion", run.job["metadata"].value("resourceVersion", "")}}},
                   {"status", owned}};
     auto s = client_->Apply(res::kJobs, run.ns, run.name, patch, {kFieldManager, true, "status"});
-    if (!s.ok()) return s.status().WithContext("apply status");
+    if (!s.ok() && IsConflict(s.status())) {
+      written = KeepRestartCount(run);
+      if (written.ok()) written = s.status();  // a bare Conflict: the controller requeues quietly
+    } else if (!s.ok()) {
+      return s.status().WithContext("apply status");
+    }
   }
+  // Events describe what this pass did (pods deleted, certificates written): recorded even
+  // when its status was refused, since the next pass will not do it again.
   for (const auto& [type, rm] : run.pending_events) {
     auto nl = rm.find('\n');
     events_->Record(run.job, type, rm.substr(0, nl), rm.substr(nl + 1));
   }
-  return OkStatus();
+  return written;
+}
+
+Status JobReconciler::KeepRestartCount(Run& run) {
+  // The restart counter is the one status field a pass cannot recompute from the world: the
+  // failed pod it counted is gone. Add this pass's restarts to the live count; everything
+  // else is recomputed by the next pass, which the write that beat us has already queued.
+  const int added = run.status.value("restarts", 0) - run.old_status.value("restarts", 0);
+  if (added <= 0) return OkStatus();
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    auto live = client_->Get(res::kJobs, run.ns, run.name, {});
+    if (!live.ok()) return IsNotFound(live.status()) ? OkStatus() : live.status().WithContext("get job");
+    Json st = live->value("status", Json::object());
+    if (!st.is_object()) st = Json::object();
+    Json owned = Json::object();
+    for (const char* f : kOwnedStatusFields) {
+      if (st.contains(f)) owned[f] = st[f];
+    }
+    owned["restarts"] = st.value("restarts", 0) + added;
+    Json patch = {{"apiVersion", run.job.value("apiVersion", "fedge.io/v1alpha1")},
+                  {"kind", run.job.value("kind", "FederatedTrainingJob")},
+                  {"metadata",
+                   {{"name", run.name},
+                    {"namespace", run.ns},
+                    {"resourceVersion", (*live)["metadata"].value("resourceVersion", "")}}},
+                  {"status", owned}};
+    auto s = client_->Apply(res::kJobs, run.ns, run.name, patch, {kFieldManager, true, "status"});
+    if (s.ok()) return OkStatus();
+    if (!IsConflict(s.status())) return s.status().WithContext("apply restart count");
+  }
+  return AbortedError("status of " + run.ns + "/" + run.name + " kept changing; restart count not written");
 }
 
 StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
@@ -699,6 +747,8 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
                   {"metadata", {{"name", run.name}, {"namespace", run.ns}, {"finalizers", {kFinalizer}}}}};
     auto s = client_->Apply(res::kJobs, run.ns, run.name, patch, {kFieldManager, true, ""});
     if (!s.ok()) return s.status().WithContext("add finalizer");
+    // Our own write: the status write of this pass is guarded by the version it made.
+    run.job["metadata"]["resourceVersion"] = (*s)["metadata"].value("resourceVersion", "");
   }
 
   // Validate with the same parser `fedge run` uses; an invalid spec is a condition.

@@ -257,6 +257,15 @@ StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, c
     return o;
   }
   Json before = it->second;
+  // As the API server: a resourceVersion in an applied object is a precondition.
+  std::string want_rv = obj.value("metadata", Json::object()).value("resourceVersion", "");
+  if (!want_rv.empty() && want_rv != before["metadata"].value("resourceVersion", "")) {
+    return KubeError(
+        "Conflict", 409,
+        "Operation cannot be fulfilled on " + r.plural + " \"" + name +
+            "\": the object has been modified; please apply your changes to the latest version and "
+            "try again");
+  }
   Json o = before;
   if (opts.subresource == "status") {
     if (obj.contains("status")) MergeInto(o["status"], obj["status"]);

@@ -151,10 +151,17 @@ class AggregatorClient {
   void EndCall();
   // Marks a non-retryable failure; Run returns it.
   Status Fatal(Status status);
+  // Waits `delay` (false once stopped) while driving the channel's connection attempt.
+  // RPCs are fail-fast, and between them nothing else in this process polls the channel:
+  // a TLS handshake started in the background then stalled with the server's reply unread
+  // until it timed out, attempt after attempt. With `until_connected`, returns as soon as
+  // the channel is ready (the aggregator is back: no need to sleep out the backoff).
+  bool WaitPolling(std::chrono::milliseconds delay, bool until_connected);
 
   ClientOptions options_;
   ClientDeps deps_;
-  std::unique_ptr<fedge::v1::Aggregator::Stub> stub_;  // replaced only on Run's thread
+  std::shared_ptr<grpc::Channel> channel_;             // replaced only on Run's thread
+  std::unique_ptr<fedge::v1::Aggregator::Stub> stub_;  // on channel_
   Redialer redial_;
   TensorBundle layout_;  // the trainer's fresh trainable state: names and shapes
   StopSignal stop_;

@@ -117,7 +117,11 @@ class JobReconciler {
   // only_active: spare finished pods; keep_agents: spare agent pods (serving).
   Status DeletePods(Run& run, bool only_active, bool keep_agents = false);
   Status HandleFailedPod(Run& run, const Json& pod, bool aggregator);
+  // Writes the operator's status fields guarded by the resourceVersion the pass read; on a
+  // conflict (the cache was behind) it keeps the pass's restart count and returns the conflict
+  // so the controller requeues.
   Status WriteStatus(Run& run);
+  Status KeepRestartCount(Run& run);
 
   KubeClient* client_;
   ObjectCache* cache_;
