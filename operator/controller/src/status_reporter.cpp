@@ -52,9 +52,27 @@ Json ProgressFromAggregator(const Json& a) {
 
 Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const std::atomic<bool>& stop) {
   Json last_applied;
+  Json pending;  // progress read but not yet written (the API server refused or was away)
   bool seen = false;
   auto last_ok = std::chrono::steady_clock::now();
-  Status last_error;
+  Status last_error;  // of the latest apply; cleared by the next one that succeeds
+  auto apply = [&](const Json& progress) {
+    Json patch = {{"apiVersion", "fedge.io/v1alpha1"},
+                  {"kind", "FederatedTrainingJob"},
+                  {"metadata", {{"name", opts.name}, {"namespace", opts.ns}}},
+                  {"status", progress}};
+    auto s = client->Apply(res::kJobs, opts.ns, opts.name, patch, {kReporterFieldManager, true, "status"});
+    if (!s.ok()) {
+      last_error = s.status();
+      log::Warn("status apply failed", {{"error", s.status().ToString()}});
+      return false;
+    }
+    last_error = OkStatus();
+    last_applied = progress;
+    pending = Json();
+    log::Info("status reported", {{"round", progress.value("round", int64_t{0})}});
+    return true;
+  };
   while (!stop.load()) {
     auto got = HttpGetJson("http://" + opts.aggregator_http + "/v1/status", std::chrono::seconds(2));
     auto now = std::chrono::steady_clock::now();
@@ -63,28 +81,24 @@ Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const 
       last_ok = now;
       Json progress = ProgressFromAggregator(*got);
       if (progress != last_applied) {
-        Json patch = {{"apiVersion", "fedge.io/v1alpha1"},
-                      {"kind", "FederatedTrainingJob"},
-                      {"metadata", {{"name", opts.name}, {"namespace", opts.ns}}},
-                      {"status", progress}};
-        auto s =
-            client->Apply(res::kJobs, opts.ns, opts.name, patch, {kReporterFieldManager, true, "status"});
-        if (s.ok()) {
-          last_applied = progress;
-          log::Info("status reported", {{"round", progress.value("round", int64_t{0})},
-                                        {"state", got->value("state", std::string())}});
-        } else {
-          last_error = s.status();
-          log::Warn("status apply failed", {{"error", s.status().ToString()}});
-        }
+        pending = progress;
+        apply(progress);
       }
     } else if (seen && now - last_ok >= opts.gone_after) {
-      log::Info("aggregator gone; reporter exiting");
-      return last_error;
+      // The aggregator finished. Its last progress must still reach the job: an API server
+      // that is away now may be back in a moment, and exiting with an error would make the
+      // pod Failed and the operator recreate a finished aggregator.
+      auto give_up = now + opts.final_write_for;
+      while (!pending.is_null() && !stop.load() && std::chrono::steady_clock::now() < give_up) {
+        if (apply(pending)) break;
+        std::this_thread::sleep_for(opts.interval);
+      }
+      log::Info("aggregator gone; reporter exiting", {{"unwritten", !pending.is_null()}});
+      return pending.is_null() ? OkStatus() : last_error;
     }
     std::this_thread::sleep_for(opts.interval);
   }
-  return last_error;
+  return pending.is_null() ? OkStatus() : last_error;
 }
 
 }  // namespace fedge::op

@@ -27,9 +27,13 @@ struct ReporterOptions {
   // Exit after the aggregator has been unreachable this long, once it was reachable (the
   // aggregator exited: the pod should complete).
   std::chrono::milliseconds gone_after{10000};
+  // Once the aggregator is gone, how long to keep retrying a status write that failed.
+  std::chrono::milliseconds final_write_for{120000};
 };
 
-// Runs until `stop` or the aggregator is gone; returns the last error, or OK.
+// Runs until `stop` or the aggregator is gone. OK when the aggregator's last progress
+// reached the job's status; else the error of the last failed write (earlier failures
+// followed by a successful write do not count).
 Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const std::atomic<bool>& stop);
 
 }  // namespace fedge::op
