@@ -615,7 +615,7 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         import yaml  # python3-yaml (scripts/install-deps.sh)
         rbac = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] in
-                ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+                ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Lease")]
         for ns in ("fedge-system", "fedge-jobs"):
             self.kubectl("create", "namespace", ns, check=False)
         self.kubectl("label", "namespace", "fedge-jobs", "--overwrite", "pod-security.kubernetes.io/enforce=restricted")
@@ -625,8 +625,9 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual(can("create", "secrets", "-n", "fedge-jobs"), "yes")
         self.assertEqual(can("get", "secrets", "-n", "default"), "no", "no cluster-wide secrets")
         self.assertEqual(can("create", "roles", "-n", "default"), "no", "no cluster-wide roles")
-        self.assertEqual(can("update", "leases", "-n", "fedge-system"), "yes")
+        self.assertEqual(can("update", "leases/rel-fedge-operator", "-n", "fedge-system"), "yes")
         self.assertEqual(can("update", "leases", "-n", "fedge-jobs"), "no", "the Lease in the release namespace only")
+        self.assertEqual(can("create", "leases", "-n", "fedge-system"), "no", "the chart makes the Lease")
         token = self.kubectl("create", "token", "rel-fedge-operator", "-n", "fedge-system").stdout.strip()
         with open(self.kubeconfig) as f:
             admin = yaml.safe_load(f)
@@ -644,7 +645,8 @@ class OperatorClusterTest(unittest.TestCase):
         port = free_port()
         log = open(os.path.join(self.tmp, "operator-rbac.log"), "w")
         p = subprocess.Popen([OPERATOR, "--kubeconfig", kc, "--namespace", "fedge-jobs", "--leader-elect",
-                              "--leader-election-namespace", "fedge-system", "--http", f"127.0.0.1:{port}",
+                              "--leader-election-namespace", "fedge-system", "--leader-election-id",
+                              "rel-fedge-operator", "--http", f"127.0.0.1:{port}",
                               "--allowed-host-path-prefix", "/var/lib/fedge"], stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: self.http_get(port, "/readyz")[1].strip() == "ok", 60, "the namespaced operator to lead")

@@ -390,6 +390,9 @@ def check_no_other_operator():
         # Helm installs crds/ only when the CRD is absent: take a leftover one away so the
         # chart's current CRD is the one under test.
         kubectl("delete", "crd", "federatedtrainingjobs.fedge.io", "--wait=true", timeout=120)
+    # A Lease an operator made itself (charts before lease.yaml) would stop `helm install`:
+    # Helm refuses to adopt an object it did not make.
+    kubectl("-n", RELEASE_NS, "delete", "lease", "fedge-operator", "--ignore-not-found", check=False, quiet=True)
 
 
 def helm_install(extra=()):

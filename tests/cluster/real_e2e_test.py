@@ -463,14 +463,10 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
             "`kubectl delete crd federatedtrainingjobs.fedge.io` removes it)")
         type(self).leftover_lease = [x for x in left if x.startswith("Lease ")]
 
-    @unittest.expectedFailure
     def test_6_uninstall_leaves_no_lease(self):
-        """Known gap (reported, not the test's to fix): the operator's leader-election Lease
-        `fedge-operator` is made by the operator, not by the chart, so `helm uninstall` does
-        not delete it; and it is not even released (holderIdentity stays), because the
-        release's RBAC goes at the same time as the pods (LeaderElector::Release fails and
-        its status is dropped). Delete the release namespace, or the Lease, by hand. When
-        this passes (unexpected success fails the run), remove the decorator."""
+        """Regression (fixed): the operator made its leader-election Lease itself, so
+        `helm uninstall` left it behind, still naming a holder that was gone. The chart now
+        makes the Lease (templates/lease.yaml) and the operator may only get and update it."""
         if getattr(self, "leftover_lease", None) is None:
             self.skipTest("test_5 did not get to the leftovers")
         self.assertEqual(self.leftover_lease, [],

@@ -166,6 +166,21 @@ class ChartTest(unittest.TestCase):
                           for r in roles], [(NAMESPACE, ["leases"])])
         self.assertEqual(by_kind(docs, "RoleBinding")[0]["roleRef"]["name"], roles[0]["metadata"]["name"])
 
+    def test_the_chart_owns_the_lease_and_the_operator_may_only_update_it(self):
+        # helm uninstall left the operator-made Lease behind (real_e2e_test test_6).
+        docs = render()
+        leases = by_kind(docs, "Lease")
+        self.assertEqual(len(leases), 1)
+        lease = leases[0]
+        self.assertEqual(lease["metadata"]["namespace"], NAMESPACE)
+        self.assertNotIn("spec", lease, "the operator's fields: helm upgrade must not reset them")
+        args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+        self.assertIn(f"--leader-election-id={lease['metadata']['name']}", args)
+        rules = [r for role in by_kind(docs, "Role") for r in role["rules"] if "leases" in r["resources"]]
+        self.assertEqual(len(rules), 1)
+        self.assertEqual(rules[0]["resourceNames"], [lease["metadata"]["name"]])
+        self.assertEqual(sorted(rules[0]["verbs"]), ["get", "update"], "no create: it cannot outlive the release")
+
     def test_watch_namespace_grants_job_resources_through_a_role_there(self):
         docs = render("watchNamespace=ml")
         roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role")}
@@ -243,9 +258,15 @@ class ChartTest(unittest.TestCase):
         self.assertTrue({"fedge_job", "component", "agent"} <= labels, "the dashboard's labels")
         self.assertEqual(by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"], "http")
 
+    def test_agent_certificate_lifetime_reaches_the_operator(self):
+        args = lambda d: by_kind(d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]  # noqa
+        self.assertIn("--agent-cert-lifetime=24h", args(render()))
+        self.assertIn("--agent-cert-lifetime=90m", args(render("agentCertificateLifetime=90m")))
+
     def test_schema_refuses_bad_values(self):
         for bad in ("image.pullPolicy=Sometimes", "bogusKey=1", "allowedHostPathPrefixes={relative/dir}",
-                    "allowedHostPathPrefixes={/var/lib/../../etc}", "replicas=0", "podAntiAffinity=maybe"):
+                    "allowedHostPathPrefixes={/var/lib/../../etc}", "replicas=0", "podAntiAffinity=maybe",
+                    "agentCertificateLifetime=1 day", "agentCertificateLifetime=0h"):
             with self.subTest(value=bad):
                 out = helm("template", RELEASE, CHART, "--set", bad, check=False)
                 self.assertNotEqual(out.returncode, 0, f"{bad} was accepted")
