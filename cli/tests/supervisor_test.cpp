@@ -68,11 +68,15 @@ TEST_F(SupervisorTest, WaitTimesOutWhileChildrenRun) {
 TEST_F(SupervisorTest, TerminateSendsSigtermThenKillsWhatIgnoresIt) {
   Supervisor sup;
   // Exits 0 on SIGTERM (like our binaries do).
-  ASSERT_TRUE(sup.Start(Shell("polite", "trap 'exit 0' TERM; while :; do sleep 0.05; done")).ok());
+  ASSERT_TRUE(
+      sup.Start(Shell("polite", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done")).ok());
   // Ignores SIGTERM: must be SIGKILLed after the grace period.
   ASSERT_TRUE(sup.Start(Shell("stubborn", "trap '' TERM; echo ready; while :; do sleep 0.05; done")).ok());
-  // Give the shells a moment to install their traps: wait for the log line.
-  for (int i = 0; i < 200 && TailFile(dir_ + "/stubborn.log", 1).empty(); ++i) {
+  // Both shells must have installed their traps (each logs "ready" after its trap): under
+  // load the polite one was sometimes still starting, died of the SIGTERM and failed the test.
+  for (int i = 0;
+       i < 1000 && (TailFile(dir_ + "/stubborn.log", 1).empty() || TailFile(dir_ + "/polite.log", 1).empty());
+       ++i) {
     EXPECT_FALSE(sup.Wait(10ms).has_value());
   }
   const auto start = std::chrono::steady_clock::now();
