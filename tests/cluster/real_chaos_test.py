@@ -321,16 +321,12 @@ class RealChaosTest(unittest.TestCase):
         log(f"leader's fedge_operator_watch_restarts_total: {self.watch_restarts_before} -> {after}")
         self.assertGreater(after, self.watch_restarts_before, "the operator's watches never reconnected")
 
-    @unittest.expectedFailure
     def test_6_api_server_restart_recreates_no_pod(self):
-        """Known product bug (reported): the aggregator pod's status reporter keeps the
-        error of a status apply that failed while the API server was away and exits 1 with
-        it when the aggregator finishes (RunStatusReporter, operator/controller/src/
-        status_reporter.cpp: last_error is never cleared by a later successful apply). The
-        pod then ends Failed, so the operator counts a restart and recreates the finished
-        aggregator, which resumes from its checkpoint and exits again: the job still
-        succeeds with all rounds, later and with status.restarts 1. When this passes
-        (an unexpected success fails the run), remove the decorator."""
+        """Regression (fixed): the aggregator pod's status reporter kept the error of a
+        status apply that failed while the API server was away and exited 1 with it when the
+        aggregator finished, so the pod ended Failed and the operator recreated the finished
+        aggregator (status.restarts 1). The reporter now forgets an error a later write
+        overcame and retries its last write before exiting."""
         if not hasattr(self, "apiserver_restarts"):
             self.skipTest("test_5 did not finish")
         restarts, failed = self.apiserver_restarts
