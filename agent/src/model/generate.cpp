@@ -8,7 +8,15 @@
 namespace fedge::agent::llm {
 
 std::string_view FinishReasonName(FinishReason reason) {
-  return reason == FinishReason::kStop ? "stop" : "length";
+  switch (reason) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "length";
 }
 
 TokenSampler::TokenSampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
@@ -169,6 +177,10 @@ StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeToke
     std::vector<float> row(static_cast<size_t>(config.vocab_size));
     result.finish_reason = FinishReason::kLength;
     for (int step = 0; step < options.max_new_tokens; ++step) {
+      if (options.cancelled && options.cancelled()) {
+        result.finish_reason = FinishReason::kCancelled;
+        break;
+      }
       torch::Tensor last = logits.reshape({-1}).contiguous();
       std::copy(last.data_ptr<float>(), last.data_ptr<float>() + config.vocab_size, row.begin());
       const int32_t id = sampler.Sample(row);

@@ -69,58 +69,37 @@ std::optional<Json> ParseObject(const HttpRequest& request, HttpResponse* error)
   return body;
 }
 
-// Validates "input" (string or non-empty array of strings) and "model".
-std::optional<std::vector<std::string>> ParseInputs(const Json& body, const InferenceLimits& limits,
-                                                    HttpResponse* error) {
-  if (body.contains("model") && !body["model"].is_string() && !body["model"].is_null()) {
-    *error = BadRequest("'model' must be a string", "model", "invalid_type");
-    return std::nullopt;
-  }
-  if (!body.contains("input") || body["input"].is_null()) {
-    *error = BadRequest("'input' is required: a string or an array of strings", "input", "missing_input");
-    return std::nullopt;
-  }
-  const Json& input = body["input"];
-  std::vector<std::string> texts;
-  if (input.is_string()) {
-    texts.push_back(input.get<std::string>());
-  } else if (input.is_array()) {
-    if (input.empty()) {
-      *error = BadRequest("'input' must not be an empty array", "input", "empty_input");
-      return std::nullopt;
-    }
-    if (input.size() > limits.max_inputs) {
-      *error = BadRequest("'input' has " + std::to_string(input.size()) + " items; at most " +
-                              std::to_string(limits.max_inputs) + " per request",
-                          "input", "too_many_inputs");
-      return std::nullopt;
-    }
-    for (size_t i = 0; i < input.size(); ++i) {
-      if (!input[i].is_string()) {
-        *error = BadRequest("'input[" + std::to_string(i) + "]' must be a string", "input", "invalid_type");
-        return std::nullopt;
-      }
-      texts.push_back(input[i].get<std::string>());
-    }
+HttpResponse ErrorResponse(const ApiErrorInfo& e) {
+  return ApiError(e.status, e.message, e.type, e.param, e.code);
+}
+
+Json ErrorJson(const ApiErrorInfo& e) {
+  Json err = {{"message", e.message}, {"type", e.type}};
+  err["param"] = e.param.empty() ? Json(nullptr) : Json(e.param);
+  err["code"] = e.code.empty() ? Json(nullptr) : Json(e.code);
+  return Json{{"error", err}};
+}
+
+// The ApiErrorInfo FromModelStatus would answer (for errors inside a stream).
+ApiErrorInfo ErrorInfo(const Status& st) {
+  ApiErrorInfo e;
+  e.message = st.message();
+  if (st.code() == StatusCode::kUnavailable) {
+    e.status = 503;
+    e.type = "unavailable";
+    e.code = "model_not_ready";
+  } else if (st.code() == StatusCode::kInvalidArgument) {
+    e.param = "input";
+    e.code = "invalid_input";
+  } else if (st.code() == StatusCode::kOutOfRange) {
+    e.code = "context_length_exceeded";
+  } else if (st.code() == StatusCode::kUnimplemented) {
+    e.code = "unsupported_for_model";
   } else {
-    *error = BadRequest("'input' must be a string or an array of strings", "input", "invalid_type");
-    return std::nullopt;
+    e.status = 500;
+    e.type = "server_error";
   }
-  for (size_t i = 0; i < texts.size(); ++i) {
-    std::string where = input.is_array() ? "'input[" + std::to_string(i) + "]'" : "'input'";
-    if (texts[i].empty() ||
-        std::all_of(texts[i].begin(), texts[i].end(), [](unsigned char c) { return std::isspace(c); })) {
-      *error = BadRequest(where + " is empty", "input", "empty_input");
-      return std::nullopt;
-    }
-    if (texts[i].size() > limits.max_input_chars) {
-      *error = BadRequest(where + " has " + std::to_string(texts[i].size()) + " bytes; at most " +
-                              std::to_string(limits.max_input_chars),
-                          "input", "input_too_long");
-      return std::nullopt;
-    }
-  }
-  return texts;
+  return e;
 }
 
 // Counts tokens and refuses inputs above the limit (OpenAI's code for it).
@@ -142,79 +121,6 @@ HttpResponse TokenError(const Status& st) {
   if (st.code() == StatusCode::kOutOfRange)
     return BadRequest(st.message(), "input", "context_length_exceeded");
   return FromModelStatus(st);
-}
-
-// Reads the OpenAI sampling fields shared by /v1/completions and
-// /v1/chat/completions into *options; on a bad value fills *error.
-bool ParseGeneration(const Json& body, llm::GenerationOptions* options, HttpResponse* error) {
-  if (body.contains("model") && !body["model"].is_string() && !body["model"].is_null()) {
-    *error = BadRequest("'model' must be a string", "model", "invalid_type");
-    return false;
-  }
-  options->max_new_tokens = 16;  // OpenAI's default for completions
-  options->sampling.temperature = 1.0;
-  if (body.contains("max_tokens") && !body["max_tokens"].is_null()) {
-    const Json& v = body["max_tokens"];
-    if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 4096) {
-      *error = BadRequest("'max_tokens' must be an integer in [1, 4096]", "max_tokens", "invalid_value");
-      return false;
-    }
-    options->max_new_tokens = static_cast<int>(v.get<int64_t>());
-  }
-  if (body.contains("temperature") && !body["temperature"].is_null()) {
-    const Json& v = body["temperature"];
-    if (!v.is_number() || v.get<double>() < 0 || v.get<double>() > 2) {
-      *error = BadRequest("'temperature' must be a number in [0, 2]", "temperature", "invalid_value");
-      return false;
-    }
-    options->sampling.temperature = v.get<double>();
-  }
-  if (body.contains("top_p") && !body["top_p"].is_null()) {
-    const Json& v = body["top_p"];
-    if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 1) {
-      *error = BadRequest("'top_p' must be a number in (0, 1]", "top_p", "invalid_value");
-      return false;
-    }
-    options->sampling.top_p = v.get<double>();
-  }
-  if (body.contains("seed") && !body["seed"].is_null()) {
-    const Json& v = body["seed"];
-    if (!v.is_number_integer()) {
-      *error = BadRequest("'seed' must be an integer", "seed", "invalid_type");
-      return false;
-    }
-    options->sampling.seed = static_cast<uint64_t>(v.get<int64_t>());
-  }
-  if (body.contains("n") && !body["n"].is_null() &&
-      !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
-    *error = BadRequest("only 'n': 1 is supported", "n", "unsupported_value");
-    return false;
-  }
-  if (body.contains("stream") && body["stream"].is_boolean() && body["stream"].get<bool>()) {
-    *error = BadRequest("'stream': true is not supported", "stream", "unsupported_value");
-    return false;
-  }
-  if (body.contains("stop") && !body["stop"].is_null()) {
-    const Json& v = body["stop"];
-    std::vector<std::string> stops;
-    if (v.is_string()) {
-      stops.push_back(v.get<std::string>());
-    } else if (v.is_array() && v.size() <= 4 &&
-               std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_string(); })) {
-      for (const Json& x : v) stops.push_back(x.get<std::string>());
-    } else {
-      *error = BadRequest("'stop' must be a string or an array of at most 4 strings", "stop", "invalid_type");
-      return false;
-    }
-    for (const auto& stop : stops) {
-      if (stop.empty()) {
-        *error = BadRequest("'stop' strings must not be empty", "stop", "invalid_value");
-        return false;
-      }
-      options->stop.push_back(stop);
-    }
-  }
-  return true;
 }
 
 Status NotCausalLm() {
@@ -249,7 +155,12 @@ std::string ResponseId(const char* prefix) {
 
 InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
                            InferenceLimits limits, ApiTokenFile* tokens)
-    : model_(model), store_(store), metrics_(metrics), limits_(limits), tokens_(tokens) {}
+    : model_(model),
+      store_(store),
+      metrics_(metrics),
+      limits_(limits),
+      tokens_(tokens),
+      created_(NowSeconds()) {}
 
 namespace {
 
@@ -297,11 +208,26 @@ void InferenceApi::Register(HttpServer& server) {
       auto start = std::chrono::steady_clock::now();
       std::optional<HttpResponse> denied = Authenticate(request);
       HttpResponse response = denied ? std::move(*denied) : (this->*fn)(request);
-      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (metrics_ != nullptr) metrics_->ObserveInference(endpoint, response.status, seconds);
+      auto observe = [this, endpoint, start](int status) {
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (metrics_ != nullptr) metrics_->ObserveInference(endpoint, status, seconds);
+      };
+      if (!response.stream) {
+        observe(response.status);
+      } else {
+        // A stream's duration is its whole generation: observed when the producer ends.
+        response.stream = [observe, status = response.status,
+                           producer = std::move(response.stream)](HttpStreamWriter& writer) {
+          producer(writer);
+          observe(status);
+        };
+      }
       return response;
     };
   };
+  server.Handle("GET", "/v1/models", timed("/v1/models", &InferenceApi::Models));
+  // Exact routes only (the HTTP server has no patterns): the one model this agent serves.
+  server.Handle("GET", "/v1/models/" + model_->job(), timed("/v1/models/{id}", &InferenceApi::Model));
   server.Handle("POST", "/v1/classify", timed("/v1/classify", &InferenceApi::Classify));
   server.Handle("POST", "/v1/embeddings", timed("/v1/embeddings", &InferenceApi::Embeddings));
   server.Handle("POST", "/v1/completions", timed("/v1/completions", &InferenceApi::Completions));
@@ -313,12 +239,32 @@ void InferenceApi::Register(HttpServer& server) {
   if (metrics_ != nullptr) server.HandleMetrics(metrics_->registry());
 }
 
+std::string InferenceApi::JsonModel(int64_t version) const {
+  Json m = {{"id", model_->job()},  {"object", "model"},         {"created", created_},
+            {"owned_by", "fedge"},  {"global_version", version}, {"served_as", model_->ModelName(version)},
+            {"ready", version != 0}};
+  return Dump(m);
+}
+
+HttpResponse InferenceApi::Models(const HttpRequest&) {
+  // Lock-free (never waits behind inference): the version is an atomic.
+  return HttpResponse::Json(200, R"({"object":"list","data":[)" + JsonModel(model_->version()) + "]}");
+}
+
+HttpResponse InferenceApi::Model(const HttpRequest& request) {
+  const std::string prefix = "/v1/models/";
+  if (request.path.rfind(prefix, 0) != 0 || request.path.substr(prefix.size()) != model_->job()) {
+    std::string id = request.path.rfind(prefix, 0) == 0 ? request.path.substr(prefix.size()) : request.path;
+    return ApiError(404, "the model '" + id + "' does not exist; this agent serves '" + model_->job() + "'",
+                    "invalid_request_error", "model", "model_not_found");
+  }
+  return HttpResponse::Json(200, JsonModel(model_->version()));
+}
+
 HttpResponse InferenceApi::Classify(const HttpRequest& request) {
-  HttpResponse error;
-  auto body = ParseObject(request, &error);
-  if (!body) return error;
-  auto texts = ParseInputs(*body, limits_, &error);
-  if (!texts) return error;
+  ApiErrorInfo error;
+  auto texts = ParseClassifyRequest(request.body, limits_, &error);
+  if (!texts) return ErrorResponse(error);
 
   std::vector<Prediction> predictions;
   int64_t version = 0;
@@ -369,38 +315,44 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
 }
 
 HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
-  HttpResponse error;
-  auto body = ParseObject(request, &error);
-  if (!body) return error;
-  if (body->contains("encoding_format") && !(*body)["encoding_format"].is_null()) {
-    const Json& format = (*body)["encoding_format"];
-    if (!format.is_string() || format.get<std::string>() != "float") {
-      return BadRequest("'encoding_format' must be \"float\" (base64 is not supported)", "encoding_format",
-                        "unsupported_encoding_format");
-    }
-  }
-  auto texts = ParseInputs(*body, limits_, &error);
-  if (!texts) return error;
+  ApiErrorInfo error;
+  auto req = ParseEmbeddingRequest(request.body, limits_, &error);
+  if (!req) return ErrorResponse(error);
+  const std::vector<std::string>& texts = req->inputs;
 
   std::vector<std::vector<float>> vectors;
   std::vector<int> counts;
   int64_t version = 0;
+  int64_t dims = 0;
   Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
     version = v;
-    FEDGE_RETURN_IF_ERROR(CheckTokens(model, *texts, limits_.max_input_tokens, &counts));
-    FEDGE_ASSIGN_OR_RETURN(vectors, model.Embed(*texts));
+    if (dynamic_cast<LlmModel*>(&model) == nullptr) {
+      dims = model.hidden_size();
+      if (req->dimensions && *req->dimensions != dims) return OkStatus();  // refused below, nothing computed
+    }
+    FEDGE_RETURN_IF_ERROR(CheckTokens(model, texts, limits_.max_input_tokens, &counts));
+    FEDGE_ASSIGN_OR_RETURN(vectors, model.Embed(texts));
     return OkStatus();
   });
   if (!st.ok()) return TokenError(st);
-  if (vectors.size() != texts->size()) {
+  if (req->dimensions && *req->dimensions != dims) {
+    return BadRequest("'dimensions' " + std::to_string(*req->dimensions) +
+                          " is not supported: this model's " + "embeddings have " + std::to_string(dims) +
+                          " dimensions and are not shortened; omit 'dimensions' or send " +
+                          std::to_string(dims),
+                      "dimensions", "unsupported_value");
+  }
+  if (vectors.size() != texts.size()) {
     return ApiError(500,
                     "model returned " + std::to_string(vectors.size()) + " embeddings for " +
-                        std::to_string(texts->size()) + " inputs",
+                        std::to_string(texts.size()) + " inputs",
                     "server_error", "", "");
   }
   Json data = Json::array();
   for (size_t i = 0; i < vectors.size(); ++i) {
-    data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", vectors[i]}});
+    Json embedding = req->encoding == EmbeddingEncoding::kBase64 ? Json(EncodeFloat32Base64(vectors[i]))
+                                                                 : Json(vectors[i]);
+    data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", std::move(embedding)}});
   }
   int total = std::accumulate(counts.begin(), counts.end(), 0);
   Json out = {{"object", "list"},
@@ -411,99 +363,147 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
 }
 
 HttpResponse InferenceApi::Completions(const HttpRequest& request) {
-  HttpResponse error;
-  auto body = ParseObject(request, &error);
-  if (!body) return error;
-  if (!body->contains("prompt") || !(*body)["prompt"].is_string()) {
-    return BadRequest("'prompt' is required and must be a string", "prompt", "missing_prompt");
-  }
-  std::string prompt = (*body)["prompt"].get<std::string>();
-  if (prompt.empty()) return BadRequest("'prompt' is empty", "prompt", "empty_input");
-  if (prompt.size() > limits_.max_input_chars) {
-    return BadRequest("'prompt' has " + std::to_string(prompt.size()) + " bytes; at most " +
-                          std::to_string(limits_.max_input_chars),
-                      "prompt", "input_too_long");
-  }
-  llm::GenerationOptions options;
-  if (!ParseGeneration(*body, &options, &error)) return error;
-
-  llm::GenerationResult result;
-  int64_t version = 0;
-  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
-    auto* lm = dynamic_cast<LlmModel*>(&model);
-    if (lm == nullptr) return NotCausalLm();
-    version = v;
-    FEDGE_ASSIGN_OR_RETURN(result, lm->lm().Generate(prompt, options));
-    return OkStatus();
-  });
-  if (!st.ok()) return FromModelStatus(st);
-  Json choice = {{"index", 0},
-                 {"text", result.text},
-                 {"logprobs", nullptr},
-                 {"finish_reason", std::string(llm::FinishReasonName(result.finish_reason))}};
-  Json out = {{"id", ResponseId("cmpl-")},        {"object", "text_completion"},
-              {"created", NowSeconds()},          {"model", model_->ModelName(version)},
-              {"choices", Json::array({choice})}, {"usage", Usage(result)}};
-  return HttpResponse::Json(200, Dump(out));
+  return Generate(request, GenerationEndpoint::kCompletions);
 }
 
 HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
-  HttpResponse error;
-  auto body = ParseObject(request, &error);
-  if (!body) return error;
-  const Json& b = *body;
-  if (!b.contains("messages") || !b["messages"].is_array() || b["messages"].empty()) {
-    return BadRequest("'messages' is required: a non-empty array of {\"role\", \"content\"}", "messages",
-                      "missing_messages");
-  }
-  std::vector<llm::ChatMessage> messages;
-  size_t chars = 0;
-  for (size_t i = 0; i < b["messages"].size(); ++i) {
-    const Json& m = b["messages"][i];
-    std::string where = "'messages[" + std::to_string(i) + "]'";
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
-        m["role"].get<std::string>().empty() || !m.contains("content") || !m["content"].is_string()) {
-      return BadRequest(where + " must be an object with string 'role' and 'content'", "messages",
-                        "invalid_message");
-    }
-    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-    chars += messages.back().content.size();
-  }
-  if (chars > limits_.max_input_chars) {
-    return BadRequest("'messages' have " + std::to_string(chars) + " bytes of content; at most " +
-                          std::to_string(limits_.max_input_chars),
-                      "messages", "input_too_long");
-  }
-  llm::GenerationOptions options;
-  if (!ParseGeneration(b, &options, &error)) return error;
+  return Generate(request, GenerationEndpoint::kChatCompletions);
+}
 
-  llm::GenerationResult result;
-  int64_t version = 0;
-  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
+                                   const llm::TextCallback& on_text, llm::GenerationResult* result,
+                                   int64_t* version) {
+  return model_->Use([&](TextClassifier& model, int64_t v) -> Status {
     auto* lm = dynamic_cast<LlmModel*>(&model);
     if (lm == nullptr) return NotCausalLm();
-    version = v;
-    auto format = llm::DetectChatFormat(lm->lm().tokenizer());
-    if (!format) {
-      return UnimplementedError(
-          "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
-          "/v1/completions");
+    *version = v;
+    llm::GenerationOptions options = req.options;
+    std::string prompt = req.prompt;
+    if (req.endpoint == GenerationEndpoint::kChatCompletions) {
+      auto format = llm::DetectChatFormat(lm->lm().tokenizer());
+      if (!format) {
+        return UnimplementedError(
+            "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
+            "/v1/completions");
+      }
+      FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
+      options.stop.emplace_back(llm::ChatEndOfTurn(*format));
     }
-    FEDGE_ASSIGN_OR_RETURN(std::string prompt, llm::ApplyChatTemplate(*format, messages));
-    llm::GenerationOptions chat = options;
-    chat.stop.emplace_back(llm::ChatEndOfTurn(*format));
-    FEDGE_ASSIGN_OR_RETURN(result, lm->lm().Generate(prompt, chat));
+    std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt);
+    const int64_t context = lm->lm().config().max_position_embeddings;
+    if (static_cast<int64_t>(ids.size()) >= context) {
+      return OutOfRangeError("the prompt has " + std::to_string(ids.size()) +
+                             " tokens; this model's context is " + std::to_string(context) +
+                             " tokens, including the completion: shorten it");
+    }
+    if (ids.empty()) return InvalidArgumentError("the prompt has no tokens");
+    if (dry_run) return OkStatus();
+    FEDGE_ASSIGN_OR_RETURN(*result, lm->lm().GenerateFromIds(ids, options, on_text));
     return OkStatus();
   });
-  if (!st.ok()) return FromModelStatus(st);
-  Json choice = {{"index", 0},
-                 {"message", {{"role", "assistant"}, {"content", result.text}}},
-                 {"logprobs", nullptr},
-                 {"finish_reason", std::string(llm::FinishReasonName(result.finish_reason))}};
-  Json out = {{"id", ResponseId("chatcmpl-")},    {"object", "chat.completion"},
-              {"created", NowSeconds()},          {"model", model_->ModelName(version)},
-              {"choices", Json::array({choice})}, {"usage", Usage(result)}};
+}
+
+HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoint endpoint) {
+  ApiErrorInfo error;
+  auto req = ParseGenerationRequest(request.body, endpoint, limits_, &error);
+  if (!req) return ErrorResponse(error);
+  llm::GenerationResult result;
+  int64_t version = 0;
+  // A stream's checks run before its 200 goes out, so a bad request still gets its status.
+  Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version);
+  if (!st.ok()) return ErrorResponse(ErrorInfo(st));
+  if (req->stream) {
+    return HttpResponse::EventStream(
+        [this, req = std::move(*req)](HttpStreamWriter& writer) { StreamGeneration(req, writer); });
+  }
+  const bool chat = endpoint == GenerationEndpoint::kChatCompletions;
+  Json choice = {{"index", 0}};
+  if (chat) {
+    choice["message"] = {{"role", "assistant"}, {"content", result.text}, {"refusal", nullptr}};
+  } else {
+    choice["text"] = result.text;
+  }
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = std::string(llm::FinishReasonName(result.finish_reason));
+  Json out = {{"id", ResponseId(chat ? "chatcmpl-" : "cmpl-")},
+              {"object", chat ? "chat.completion" : "text_completion"},
+              {"created", NowSeconds()},
+              {"model", model_->ModelName(version)},
+              {"system_fingerprint", model_->ModelName(version)},
+              {"choices", Json::array({choice})},
+              {"usage", Usage(result)}};
   return HttpResponse::Json(200, Dump(out));
+}
+
+void InferenceApi::StreamGeneration(const GenerationRequest& req, HttpStreamWriter& writer) {
+  const bool chat = req.endpoint == GenerationEndpoint::kChatCompletions;
+  const std::string id = ResponseId(chat ? "chatcmpl-" : "cmpl-");
+  const int64_t created = NowSeconds();
+  std::string model_name;
+  bool open = true;  // false once a write failed: nothing more is sent
+  auto send = [&](const std::string& payload) {
+    if (open) open = writer.Write("data: " + payload + "\n\n");
+  };
+  // One chunk in OpenAI's shape with a single choice (or none, for the usage chunk).
+  auto chunk = [&](std::optional<Json> choice, std::optional<Json> usage) {
+    Json c = {{"id", id},
+              {"object", chat ? "chat.completion.chunk" : "text_completion"},
+              {"created", created},
+              {"model", model_name},
+              {"system_fingerprint", model_name},
+              {"choices", choice ? Json::array({*choice}) : Json::array()}};
+    if (req.include_usage) c["usage"] = usage ? *usage : Json(nullptr);
+    send(Dump(c));
+  };
+  auto text_choice = [&](std::string_view text, const Json& finish_reason) {
+    Json choice = {{"index", 0}};
+    if (chat) {
+      choice["delta"] = text.empty() ? Json::object() : Json{{"content", text}};
+    } else {
+      choice["text"] = text;
+    }
+    choice["logprobs"] = nullptr;
+    choice["finish_reason"] = finish_reason;
+    return choice;
+  };
+
+  GenerationRequest run = req;
+  // Polled before every decode step: a client gone mid-stream ends the generation.
+  run.options.cancelled = [&] { return !open || writer.Closed(); };
+  bool started = false;
+  auto start = [&](int64_t version) {
+    if (started) return;
+    started = true;
+    model_name = model_->ModelName(version);
+    if (chat) {
+      Json choice = {{"index", 0},
+                     {"delta", {{"role", "assistant"}, {"content", ""}}},
+                     {"logprobs", nullptr},
+                     {"finish_reason", nullptr}};
+      chunk(choice, std::nullopt);
+    }
+  };
+  int64_t version = 0;
+  llm::GenerationResult result;
+  // RunGeneration sets `version` before generating, so every chunk names the global
+  // that produced it.
+  Status st = RunGeneration(
+      run, /*dry_run=*/false,
+      [&](std::string_view delta) {
+        start(version);
+        chunk(text_choice(delta, nullptr), std::nullopt);
+      },
+      &result, &version);
+  if (!st.ok()) {
+    // The 200 and perhaps some text went out already: the error is one event.
+    send(Dump(ErrorJson(ErrorInfo(st))));
+    return;
+  }
+  if (result.finish_reason == llm::FinishReason::kCancelled || !open) return;  // nobody is reading
+  start(version);
+  chunk(text_choice("", std::string(llm::FinishReasonName(result.finish_reason))), std::nullopt);
+  if (req.include_usage) chunk(std::nullopt, Usage(result));
+  send("[DONE]");
 }
 
 HttpResponse InferenceApi::Feedback(const HttpRequest& request) {

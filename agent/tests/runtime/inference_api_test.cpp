@@ -162,8 +162,13 @@ TEST_F(InferenceApiTest, RejectsBadInputWithOpenAIErrors) {
     for (int i = 0; i < 600; ++i) words += "w ";
     ExpectError(call(json{{"input", words}}.dump()), 400, "context_length_exceeded");
   }
-  ExpectError(api_->Embeddings(Post("/v1/embeddings", R"({"input": "x", "encoding_format": "base64"})")), 400,
-              "unsupported_encoding_format");
+  ExpectError(api_->Embeddings(Post("/v1/embeddings", R"({"input": "x", "encoding_format": "int8"})")), 400,
+              "invalid_value");
+  ExpectError(api_->Embeddings(Post("/v1/embeddings", R"({"input": "x", "dimensions": 2})")), 400,
+              "unsupported_value");
+  ExpectError(api_->Embeddings(Post("/v1/embeddings", R"({"input": [1, 2, 3]})")), 400, "unsupported_input");
+  ExpectError(api_->Embeddings(Post("/v1/embeddings", R"({"input": "x", "truncate": true})")), 400,
+              "unknown_parameter");
   // 64 inputs is the limit, not above it.
   json max = {{"input", std::vector<std::string>(64, "word")}};
   EXPECT_EQ(api_->Classify(Post("/v1/classify", max.dump())).status, 200);

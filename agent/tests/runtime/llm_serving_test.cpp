@@ -99,7 +99,7 @@ TEST_F(LlmServingTest, BadCompletionRequestsAreClear400s) {
        {R"({})", R"({"prompt": 3})", R"({"prompt": ""})", R"({"prompt": "a", "max_tokens": 0})",
         R"({"prompt": "a", "temperature": -1})", R"({"prompt": "a", "top_p": 0})",
         R"({"prompt": "a", "stop": [1]})", R"({"prompt": "a", "stop": ""})", R"({"prompt": "a", "n": 3})",
-        R"({"prompt": "a", "stream": true})", R"([1])", "not json"}) {
+        R"({"prompt": "a", "stream": "yes"})", R"([1])", "not json"}) {
     HttpResponse r = api_->Completions(Post("/v1/completions", body));
     EXPECT_EQ(r.status, 400) << body << " -> " << r.body;
     json b = json::parse(r.body, nullptr, false);

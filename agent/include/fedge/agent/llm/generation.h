@@ -34,8 +34,9 @@ class TokenSampler {
   std::vector<int32_t> order_;
 };
 
-enum class FinishReason { kStop, kLength };
-// "stop" | "length" (OpenAI's finish_reason values).
+enum class FinishReason { kStop, kLength, kCancelled };
+// "stop" | "length" (OpenAI's finish_reason values) | "cancelled" (ended by
+// GenerationOptions::cancelled; nobody is left to read it).
 std::string_view FinishReasonName(FinishReason reason);
 
 struct GenerationOptions {
@@ -46,6 +47,10 @@ struct GenerationOptions {
   std::vector<std::string> stop;
   // End at the model's EOS token(s) (config.json / generation_config.json).
   bool stop_at_eos = true;
+  // Optional. Polled before each decode step; once it returns true generation ends
+  // there with FinishReason::kCancelled (e.g. the client of a stream went away).
+  // Called on the generating thread.
+  std::function<bool()> cancelled;
 };
 
 struct GenerationResult {

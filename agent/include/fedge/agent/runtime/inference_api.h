@@ -1,25 +1,35 @@
-// Local inference over HTTP, OpenAI-shaped where a shape exists:
+// Local inference over HTTP, OpenAI-compatible where OpenAI has the call (the
+// unmodified `openai` Python client is the test: tests/e2e/openai_client_test.py;
+// docs/inference.md lists what is supported and what is refused):
+//   GET  /v1/models, /v1/models/<job>
+//     -> {"object": "list", "data": [{"id": "<job>", "object": "model", "created",
+//         "owned_by": "fedge", "global_version": N, "served_as": "<job>@v<N>", "ready"}]}
+//        The id is the job key ("namespace/name"), stable across rounds; the global
+//        version is metadata. Other ids get 404 (the HTTP server's exact routes).
 //   POST /v1/classify    {"input": "text" | ["a", ...], "model"?: string}
 //     -> {"object": "list", "model": "<job>@v<version>",
 //         "data": [{"object": "classification", "index": 0, "label": "noun.animal",
 //                   "score": 0.93, "scores": {<top 5 labels>: prob}}]}
-//   POST /v1/embeddings  {"input": string | [string], "model"?: string,
-//                         "encoding_format"?: "float"}
+//   POST /v1/embeddings  {"input": string | [string], "model"?, "encoding_format"?:
+//                         "float" | "base64", "dimensions"?: the model's size}
 //     -> {"object": "list", "model": ..., "data": [{"object": "embedding", "index": 0,
-//         "embedding": [...]}], "usage": {"prompt_tokens": N, "total_tokens": N}}
+//         "embedding": [...] | "<base64 of little-endian float32>"}],
+//         "usage": {"prompt_tokens": N, "total_tokens": N}}
 //   POST /v1/feedback    {"text": string, "label": one of the job's labels}
 //     -> {"object": "feedback", "stored": true}
-//   POST /v1/completions {"prompt": string, "max_tokens"?, "temperature"?, "top_p"?,
-//                         "seed"?, "stop"?: string | [string]}        (causal-lm jobs)
-//     -> {"object": "text_completion", "model", "choices": [{"index": 0, "text",
-//         "finish_reason": "stop" | "length"}], "usage": {prompt/completion/total_tokens}}
-//   POST /v1/chat/completions {"messages": [{"role", "content"}], same sampling fields}
-//     -> {"object": "chat.completion", "choices": [{"message": {"role": "assistant",
-//         "content"}, "finish_reason"}], "usage"}  (needs a tokenizer with chat markers)
+//   POST /v1/completions, /v1/chat/completions (causal-LM jobs; fields in
+//     openai_request.h): OpenAI's text_completion / chat.completion objects, or with
+//     "stream": true server-sent events "data: <chunk>\n\n" (text_completion /
+//     chat.completion.chunk objects, one per piece of final text as the model
+//     produces it), an optional usage chunk (stream_options.include_usage) and
+//     "data: [DONE]". A client that disconnects mid-stream ends its generation at the
+//     next token. Errors found after the stream started arrive as one
+//     "data: {\"error\": {...}}" event.
 //   GET /healthz (alive), GET /readyz (200 once a global model serves; never
 //   waits for inference), GET /metrics
-// Errors: {"error": {"message", "type", "param", "code"}} with 400 for bad
-// input, 401 (type authentication_error) for a missing or wrong API token, 503
+// Errors: {"error": {"message", "type", "param", "code"}} with 400 for bad or
+// unsupported input (code unsupported_parameter / unknown_parameter name the
+// field), 401 (type authentication_error) for a missing or wrong API token, 503
 // before a global model is installed, 507 (code feedback_log_full) when the
 // feedback log reached its cap. Handlers never throw.
 //
@@ -33,6 +43,7 @@
 #include <optional>
 #include <string>
 
+#include "fedge/agent/runtime/openai_request.h"
 #include "fedge/http_server.h"
 
 namespace fedge::agent {
@@ -41,13 +52,6 @@ class ApiTokenFile;
 class ServingModel;
 class StateStore;
 class AgentMetrics;
-
-struct InferenceLimits {
-  size_t max_inputs = 64;          // strings per request
-  size_t max_input_chars = 16384;  // bytes per string, checked before tokenising
-  int max_input_tokens = 512;      // BERT's position limit; longer inputs are refused
-  size_t max_feedback_chars = 16384;
-};
 
 // Handlers over plain HttpRequest/HttpResponse; all thread-safe. The pointed-to
 // objects must outlive this one. `store` may be null (feedback then answers 503);
@@ -65,9 +69,13 @@ class InferenceApi {
   // token); otherwise the 401 to answer, which says what header to send.
   std::optional<HttpResponse> Authenticate(const HttpRequest& request) const;
 
+  HttpResponse Models(const HttpRequest& request);
+  HttpResponse Model(const HttpRequest& request);
   HttpResponse Classify(const HttpRequest& request);
   HttpResponse Embeddings(const HttpRequest& request);
   // Causal-LM jobs only (400 on a BERT job, as /v1/classify is on a causal-LM job).
+  // With "stream": true the response's `stream` producer generates on the calling
+  // worker thread while it writes; otherwise the body is complete on return.
   HttpResponse Completions(const HttpRequest& request);
   HttpResponse ChatCompletions(const HttpRequest& request);
   HttpResponse Feedback(const HttpRequest& request);
@@ -75,11 +83,23 @@ class InferenceApi {
   HttpResponse Readyz(const HttpRequest& request);
 
  private:
+  HttpResponse Generate(const HttpRequest& request, GenerationEndpoint endpoint);
+  // Runs `req` on the served causal LM (prompt rendered, prompt tokens checked
+  // against the context). With `dry_run` it stops after those checks (a stream's
+  // checks before its 200 goes out). `on_text` gets final text as it is produced;
+  // `*version` the global that answered.
+  Status RunGeneration(const GenerationRequest& req, bool dry_run, const llm::TextCallback& on_text,
+                       llm::GenerationResult* result, int64_t* version);
+  // The SSE producer for a streamed generation.
+  void StreamGeneration(const GenerationRequest& req, HttpStreamWriter& writer);
+  std::string JsonModel(int64_t version) const;
+
   ServingModel* model_;
   StateStore* store_;
   AgentMetrics* metrics_;
   InferenceLimits limits_;
   ApiTokenFile* tokens_;
+  int64_t created_;                                // unix seconds this API was built: the models' "created"
   std::atomic<bool> feedback_full_logged_{false};  // the "log is full" warning was written
 };
 

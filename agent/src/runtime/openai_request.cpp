@@ -1,0 +1,527 @@
+#include "fedge/agent/runtime/openai_request.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+namespace fedge::agent {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// Fills *error with a 400 and returns nullopt-compatible false.
+bool Fail(ApiErrorInfo* error, std::string message, std::string param, std::string code) {
+  *error = ApiErrorInfo{};
+  error->message = std::move(message);
+  error->param = std::move(param);
+  error->code = std::move(code);
+  return false;
+}
+
+bool ParseObject(std::string_view text, Json* body, ApiErrorInfo* error) {
+  *body = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (body->is_discarded()) return Fail(error, "request body is not valid JSON", "", "invalid_json");
+  if (!body->is_object()) return Fail(error, "request body must be a JSON object", "", "invalid_json");
+  return true;
+}
+
+// True when `body` has `key` with a non-null value.
+bool Has(const Json& body, const char* key) { return body.contains(key) && !body[key].is_null(); }
+
+bool CheckModel(const Json& body, ApiErrorInfo* error) {
+  if (Has(body, "model") && !body["model"].is_string())
+    return Fail(error, "'model' must be a string", "model", "invalid_type");
+  return true;
+}
+
+// Refuses fields outside `known` the way OpenAI does.
+bool CheckKnownFields(const Json& body, const std::set<std::string>& known, ApiErrorInfo* error) {
+  for (const auto& [key, value] : body.items()) {
+    if (known.count(key) == 0) {
+      return Fail(error,
+                  "unrecognized request argument supplied: '" +
+                      (key.size() > 64 ? key.substr(0, 64) + "..." : key) +
+                      "' (see docs/inference.md for the fields this server supports)",
+                  key, "unknown_parameter");
+    }
+  }
+  return true;
+}
+
+bool IsBlank(const std::string& s) {
+  return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
+}
+
+// "input": a string or a non-empty array of strings, each non-blank and within
+// the limits. Token arrays get their own message (OpenAI accepts them).
+bool ParseTexts(const Json& body, const InferenceLimits& limits, std::vector<std::string>* texts,
+                ApiErrorInfo* error) {
+  if (!Has(body, "input"))
+    return Fail(error, "'input' is required: a string or an array of strings", "input", "missing_input");
+  const Json& input = body["input"];
+  texts->clear();
+  if (input.is_string()) {
+    texts->push_back(input.get<std::string>());
+  } else if (input.is_array()) {
+    if (input.empty()) return Fail(error, "'input' must not be an empty array", "input", "empty_input");
+    if (input.size() > limits.max_inputs) {
+      return Fail(error,
+                  "'input' has " + std::to_string(input.size()) + " items; at most " +
+                      std::to_string(limits.max_inputs) + " per request",
+                  "input", "too_many_inputs");
+    }
+    if (input[0].is_number_integer() || input[0].is_array()) {
+      return Fail(error,
+                  "'input' as token ids is not supported by this server: send the text (a string or an "
+                  "array of strings)",
+                  "input", "unsupported_input");
+    }
+    for (size_t i = 0; i < input.size(); ++i) {
+      if (!input[i].is_string())
+        return Fail(error, "'input[" + std::to_string(i) + "]' must be a string", "input", "invalid_type");
+      texts->push_back(input[i].get<std::string>());
+    }
+  } else {
+    return Fail(error, "'input' must be a string or an array of strings", "input", "invalid_type");
+  }
+  for (size_t i = 0; i < texts->size(); ++i) {
+    std::string where = input.is_array() ? "'input[" + std::to_string(i) + "]'" : "'input'";
+    if (IsBlank((*texts)[i])) return Fail(error, where + " is empty", "input", "empty_input");
+    if ((*texts)[i].size() > limits.max_input_chars) {
+      return Fail(error,
+                  where + " has " + std::to_string((*texts)[i].size()) + " bytes; at most " +
+                      std::to_string(limits.max_input_chars),
+                  "input", "input_too_long");
+    }
+  }
+  return true;
+}
+
+// A field that must be absent, null or one of the values meaning "off".
+bool RefuseUnlessOff(const Json& body, const char* key, const std::function<bool(const Json&)>& off,
+                     const std::string& message, ApiErrorInfo* error) {
+  if (!Has(body, key) || off(body[key])) return true;
+  return Fail(error, message, key, "unsupported_parameter");
+}
+
+bool IsFalse(const Json& v) { return v.is_boolean() && !v.get<bool>(); }
+bool IsZero(const Json& v) { return v.is_number() && v.get<double>() == 0; }
+bool IsEmpty(const Json& v) { return (v.is_array() || v.is_object()) && v.empty(); }
+
+bool ParseMaxTokens(const Json& body, const char* key, const InferenceLimits& limits, std::optional<int>* out,
+                    ApiErrorInfo* error) {
+  if (!Has(body, key)) return true;
+  const Json& v = body[key];
+  if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > limits.max_generation_tokens) {
+    return Fail(error,
+                std::string("'") + key + "' must be an integer in [1, " +
+                    std::to_string(limits.max_generation_tokens) + "]",
+                key, "invalid_value");
+  }
+  *out = static_cast<int>(v.get<int64_t>());
+  return true;
+}
+
+bool ParseSampling(const Json& body, GenerationRequest* req, ApiErrorInfo* error) {
+  llm::SamplingOptions& s = req->options.sampling;
+  s.temperature = 1.0;  // OpenAI's default
+  if (Has(body, "temperature")) {
+    const Json& v = body["temperature"];
+    if (!v.is_number() || v.get<double>() < 0 || v.get<double>() > 2)
+      return Fail(error, "'temperature' must be a number in [0, 2]", "temperature", "invalid_value");
+    s.temperature = v.get<double>();
+  }
+  if (Has(body, "top_p")) {
+    const Json& v = body["top_p"];
+    if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 1)
+      return Fail(error, "'top_p' must be a number in (0, 1]", "top_p", "invalid_value");
+    s.top_p = v.get<double>();
+  }
+  if (Has(body, "top_k")) {
+    const Json& v = body["top_k"];
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 1'000'000)
+      return Fail(error, "'top_k' must be a non-negative integer (0: off)", "top_k", "invalid_value");
+    s.top_k = static_cast<int>(v.get<int64_t>());
+  }
+  if (Has(body, "seed")) {
+    const Json& v = body["seed"];
+    if (!v.is_number_integer()) return Fail(error, "'seed' must be an integer", "seed", "invalid_type");
+    s.seed = v.is_number_unsigned() ? v.get<uint64_t>() : static_cast<uint64_t>(v.get<int64_t>());
+    req->seed_given = true;
+  } else {
+    // Without a seed every request samples differently, as OpenAI's do.
+    thread_local std::mt19937_64 rng{(static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                                     std::random_device{}()};
+    s.seed = rng();
+  }
+  return true;
+}
+
+bool ParseStop(const Json& body, std::vector<std::string>* stops, ApiErrorInfo* error) {
+  if (!Has(body, "stop")) return true;
+  const Json& v = body["stop"];
+  if (v.is_string()) {
+    stops->push_back(v.get<std::string>());
+  } else if (v.is_array() && v.size() <= 4 &&
+             std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_string(); })) {
+    for (const Json& x : v) stops->push_back(x.get<std::string>());
+  } else {
+    return Fail(error, "'stop' must be a string or an array of at most 4 strings", "stop", "invalid_type");
+  }
+  for (const auto& stop : *stops) {
+    if (stop.empty()) return Fail(error, "'stop' strings must not be empty", "stop", "invalid_value");
+  }
+  return true;
+}
+
+bool ParseStreaming(const Json& body, GenerationRequest* req, ApiErrorInfo* error) {
+  if (Has(body, "stream")) {
+    if (!body["stream"].is_boolean())
+      return Fail(error, "'stream' must be a boolean", "stream", "invalid_type");
+    req->stream = body["stream"].get<bool>();
+  }
+  if (!Has(body, "stream_options")) return true;
+  const Json& so = body["stream_options"];
+  if (!req->stream) {
+    return Fail(error, "'stream_options' is only allowed when 'stream' is true", "stream_options",
+                "invalid_value");
+  }
+  if (!so.is_object())
+    return Fail(error, "'stream_options' must be an object", "stream_options", "invalid_type");
+  for (const auto& [key, value] : so.items()) {
+    if (key == "include_usage") {
+      if (!value.is_null() && !value.is_boolean()) {
+        return Fail(error, "'stream_options.include_usage' must be a boolean", "stream_options.include_usage",
+                    "invalid_type");
+      }
+      req->include_usage = value.is_boolean() && value.get<bool>();
+    } else if (key != "include_obfuscation") {  // padding against side channels; nothing to pad here
+      return Fail(error, "unrecognized 'stream_options." + key + "'", "stream_options", "unknown_parameter");
+    }
+  }
+  return true;
+}
+
+// The feature fields neither endpoint implements: refused unless off.
+bool RefuseUnsupported(const Json& body, GenerationEndpoint endpoint, ApiErrorInfo* error) {
+  auto n_is_one = [](const Json& v) { return v.is_number_integer() && v.get<int64_t>() == 1; };
+  if (!RefuseUnlessOff(body, "n", n_is_one,
+                       "only 'n': 1 is supported (one choice per request); send n requests with different "
+                       "seeds for more",
+                       error))
+    return false;
+  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
+    if (!RefuseUnlessOff(body, key, IsZero,
+                         std::string("'") + key + "' is not supported by this server (only 0)", error))
+      return false;
+  }
+  if (!RefuseUnlessOff(body, "logit_bias", IsEmpty, "'logit_bias' is not supported by this server", error))
+    return false;
+  if (endpoint == GenerationEndpoint::kCompletions) {
+    if (!RefuseUnlessOff(
+            body, "logprobs", [](const Json&) { return false; }, "'logprobs' is not supported by this server",
+            error))
+      return false;
+    if (!RefuseUnlessOff(body, "echo", IsFalse, "'echo': true is not supported by this server", error))
+      return false;
+    if (!RefuseUnlessOff(
+            body, "suffix", [](const Json& v) { return v.is_string() && v.get<std::string>().empty(); },
+            "'suffix' (insertion) is not supported by this server", error))
+      return false;
+    if (!RefuseUnlessOff(body, "best_of", n_is_one, "only 'best_of': 1 is supported", error)) return false;
+    return true;
+  }
+  if (!RefuseUnlessOff(body, "logprobs", IsFalse, "'logprobs': true is not supported by this server", error))
+    return false;
+  if (!RefuseUnlessOff(body, "top_logprobs", IsZero, "'top_logprobs' is not supported by this server", error))
+    return false;
+  const char* no_tools =
+      "tool and function calling is not supported by this server (the model has no tool-call format); "
+      "remove '%s'";
+  auto tools_message = [&](const char* key) {
+    std::string m(no_tools);
+    return m.replace(m.find("%s"), 2, key);
+  };
+  for (const char* key : {"tools", "functions"}) {
+    if (!RefuseUnlessOff(body, key, IsEmpty, tools_message(key), error)) return false;
+  }
+  auto is_none = [](const Json& v) { return v.is_string() && v.get<std::string>() == "none"; };
+  for (const char* key : {"tool_choice", "function_call"}) {
+    if (!RefuseUnlessOff(body, key, is_none, tools_message(key), error)) return false;
+  }
+  if (Has(body, "response_format")) {
+    const Json& rf = body["response_format"];
+    std::string type = rf.is_object() && rf.contains("type") && rf["type"].is_string()
+                           ? rf["type"].get<std::string>()
+                           : std::string();
+    if (type != "text") {
+      return Fail(error,
+                  "'response_format' " +
+                      (type.empty() ? std::string("must be an object with a 'type'") : "'" + type + "'") +
+                      " is not supported by this server: only {\"type\": \"text\"} (structured output is not "
+                      "implemented)",
+                  "response_format", "unsupported_parameter");
+    }
+  }
+  if (!RefuseUnlessOff(
+          body, "modalities", [](const Json& v) { return v.is_array() && v.size() == 1 && v[0] == "text"; },
+          "only 'modalities': [\"text\"] is supported", error))
+    return false;
+  for (const char* key : {"audio", "prediction", "web_search_options", "reasoning_effort", "verbosity"}) {
+    if (!RefuseUnlessOff(
+            body, key, [](const Json&) { return false; },
+            std::string("'") + key + "' is not supported by this server", error))
+      return false;
+  }
+  return true;
+}
+
+bool ParseMessages(const Json& body, const InferenceLimits& limits, std::vector<llm::ChatMessage>* out,
+                   ApiErrorInfo* error) {
+  if (!Has(body, "messages") || !body["messages"].is_array() || body["messages"].empty()) {
+    return Fail(error, "'messages' is required: a non-empty array of {\"role\", \"content\"}", "messages",
+                "missing_messages");
+  }
+  size_t chars = 0;
+  const Json& messages = body["messages"];
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Json& m = messages[i];
+    std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+      return Fail(error, "'" + where + "' must be an object with a string 'role' and 'content'", "messages",
+                  "invalid_message");
+    }
+    std::string role = m["role"].get<std::string>();
+    if (role == "tool" || role == "function") {
+      return Fail(error,
+                  "'" + where + "' has role '" + role + "': tool and function calling is not supported",
+                  "messages", "unsupported_parameter");
+    }
+    if (role == "developer") role = "system";  // OpenAI's newer name for the system prompt
+    if (role != "system" && role != "user" && role != "assistant") {
+      return Fail(error,
+                  "'" + where + ".role' must be one of system, developer, user, assistant (got '" +
+                      (role.size() > 32 ? role.substr(0, 32) + "..." : role) + "')",
+                  "messages", "invalid_message");
+    }
+    if (Has(m, "tool_calls") || Has(m, "function_call")) {
+      return Fail(error, "'" + where + "' carries tool calls: tool and function calling is not supported",
+                  "messages", "unsupported_parameter");
+    }
+    if (!Has(m, "content")) {
+      return Fail(error, "'" + where + ".content' is required: a string or an array of text parts",
+                  "messages", "invalid_message");
+    }
+    const Json& content = m["content"];
+    std::string text;
+    if (content.is_string()) {
+      text = content.get<std::string>();
+    } else if (content.is_array()) {
+      for (size_t k = 0; k < content.size(); ++k) {
+        const Json& part = content[k];
+        std::string pwhere = where + ".content[" + std::to_string(k) + "]";
+        if (!part.is_object() || !part.contains("type") || !part["type"].is_string()) {
+          return Fail(error, "'" + pwhere + "' must be an object with a 'type'", "messages",
+                      "invalid_message");
+        }
+        std::string type = part["type"].get<std::string>();
+        if (type != "text") {
+          return Fail(error,
+                      "'" + pwhere + "' has type '" + (type.size() > 32 ? type.substr(0, 32) + "..." : type) +
+                          "': only text parts are supported (the model reads text only)",
+                      "messages", "unsupported_content");
+        }
+        if (!part.contains("text") || !part["text"].is_string())
+          return Fail(error, "'" + pwhere + ".text' must be a string", "messages", "invalid_message");
+        if (k > 0) text += "\n";
+        text += part["text"].get<std::string>();
+      }
+    } else {
+      return Fail(error, "'" + where + ".content' must be a string or an array of text parts", "messages",
+                  "invalid_message");
+    }
+    chars += text.size();
+    out->push_back({role, std::move(text)});
+  }
+  if (chars > limits.max_input_chars) {
+    return Fail(error,
+                "'messages' have " + std::to_string(chars) + " bytes of content; at most " +
+                    std::to_string(limits.max_input_chars),
+                "messages", "input_too_long");
+  }
+  return true;
+}
+
+bool ParsePrompt(const Json& body, const InferenceLimits& limits, std::string* prompt, ApiErrorInfo* error) {
+  if (!Has(body, "prompt"))
+    return Fail(error, "'prompt' is required and must be a string", "prompt", "missing_prompt");
+  const Json& p = body["prompt"];
+  if (p.is_array()) {
+    if (!p.empty() && (p[0].is_number_integer() || p[0].is_array())) {
+      return Fail(error, "'prompt' as token ids is not supported by this server: send the text", "prompt",
+                  "unsupported_input");
+    }
+    if (p.size() != 1 || !p[0].is_string()) {
+      return Fail(error,
+                  "'prompt' must be a string or an array of exactly one string (batched prompts are not "
+                  "supported; send one request per prompt)",
+                  "prompt", "unsupported_input");
+    }
+    *prompt = p[0].get<std::string>();
+  } else if (p.is_string()) {
+    *prompt = p.get<std::string>();
+  } else {
+    return Fail(error, "'prompt' is required and must be a string", "prompt", "missing_prompt");
+  }
+  if (prompt->empty()) return Fail(error, "'prompt' is empty", "prompt", "empty_input");
+  if (prompt->size() > limits.max_input_chars) {
+    return Fail(error,
+                "'prompt' has " + std::to_string(prompt->size()) + " bytes; at most " +
+                    std::to_string(limits.max_input_chars),
+                "prompt", "input_too_long");
+  }
+  return true;
+}
+
+}  // namespace
+
+std::optional<std::vector<std::string>> ParseClassifyRequest(std::string_view text,
+                                                             const InferenceLimits& limits,
+                                                             ApiErrorInfo* error) {
+  Json body;
+  std::vector<std::string> texts;
+  if (!ParseObject(text, &body, error) || !CheckModel(body, error) ||
+      !ParseTexts(body, limits, &texts, error))
+    return std::nullopt;
+  return texts;
+}
+
+std::optional<EmbeddingRequest> ParseEmbeddingRequest(std::string_view text, const InferenceLimits& limits,
+                                                      ApiErrorInfo* error) {
+  Json body;
+  EmbeddingRequest req;
+  if (!ParseObject(text, &body, error) || !CheckModel(body, error) ||
+      !ParseTexts(body, limits, &req.inputs, error) ||
+      !CheckKnownFields(body, {"input", "model", "encoding_format", "dimensions", "user"}, error))
+    return std::nullopt;
+  if (Has(body, "encoding_format")) {
+    const Json& f = body["encoding_format"];
+    if (f == "float") {
+      req.encoding = EmbeddingEncoding::kFloat;
+    } else if (f == "base64") {
+      req.encoding = EmbeddingEncoding::kBase64;
+    } else {
+      Fail(error, "'encoding_format' must be \"float\" or \"base64\"", "encoding_format", "invalid_value");
+      return std::nullopt;
+    }
+  }
+  if (Has(body, "dimensions")) {
+    const Json& d = body["dimensions"];
+    if (!d.is_number_integer() || d.get<int64_t>() < 1) {
+      Fail(error, "'dimensions' must be a positive integer", "dimensions", "invalid_value");
+      return std::nullopt;
+    }
+    req.dimensions = d.get<int64_t>();
+  }
+  return req;
+}
+
+std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, GenerationEndpoint endpoint,
+                                                        const InferenceLimits& limits, ApiErrorInfo* error) {
+  static const std::set<std::string> kCommon = {"model",
+                                                "max_tokens",
+                                                "temperature",
+                                                "top_p",
+                                                "top_k",
+                                                "n",
+                                                "stream",
+                                                "stream_options",
+                                                "stop",
+                                                "seed",
+                                                "presence_penalty",
+                                                "frequency_penalty",
+                                                "logit_bias",
+                                                "logprobs",
+                                                "user",
+                                                "metadata",
+                                                "store",
+                                                "service_tier",
+                                                "safety_identifier",
+                                                "prompt_cache_key"};
+  static const std::set<std::string> kCompletions = [] {
+    std::set<std::string> s = kCommon;
+    s.insert({"prompt", "suffix", "echo", "best_of"});
+    return s;
+  }();
+  static const std::set<std::string> kChat = [] {
+    std::set<std::string> s = kCommon;
+    s.insert({"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
+              "parallel_tool_calls", "functions", "function_call", "response_format", "modalities", "audio",
+              "prediction", "web_search_options", "reasoning_effort", "verbosity"});
+    return s;
+  }();
+  const bool chat = endpoint == GenerationEndpoint::kChatCompletions;
+  Json body;
+  if (!ParseObject(text, &body, error) || !CheckModel(body, error) ||
+      !CheckKnownFields(body, chat ? kChat : kCompletions, error))
+    return std::nullopt;
+  GenerationRequest req;
+  req.endpoint = endpoint;
+  if (chat ? !ParseMessages(body, limits, &req.messages, error)
+           : !ParsePrompt(body, limits, &req.prompt, error))
+    return std::nullopt;
+  if (!RefuseUnsupported(body, endpoint, error)) return std::nullopt;
+  std::optional<int> max_tokens, max_completion_tokens;
+  if (!ParseMaxTokens(body, "max_tokens", limits, &max_tokens, error)) return std::nullopt;
+  if (chat && !ParseMaxTokens(body, "max_completion_tokens", limits, &max_completion_tokens, error))
+    return std::nullopt;
+  // Completions: OpenAI's default of 16. Chat: until the model ends its turn or the
+  // context is full (generation stops at the context's end by itself).
+  req.options.max_new_tokens =
+      max_completion_tokens.value_or(max_tokens.value_or(chat ? limits.max_generation_tokens : 16));
+  if (!ParseSampling(body, &req, error) || !ParseStop(body, &req.options.stop, error) ||
+      !ParseStreaming(body, &req, error))
+    return std::nullopt;
+  return req;
+}
+
+std::string EncodeFloat32Base64(const std::vector<float>& values) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string bytes;
+  bytes.reserve(values.size() * 4);
+  for (float f : values) {
+    uint32_t bits;
+    static_assert(sizeof(bits) == sizeof(f));
+    std::memcpy(&bits, &f, sizeof(bits));
+    for (int k = 0; k < 4; ++k)
+      bytes.push_back(static_cast<char>((bits >> (8 * k)) & 0xff));  // little-endian
+  }
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    uint32_t n = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8) |
+                 static_cast<uint8_t>(bytes[i + 2]);
+    out += kAlphabet[(n >> 18) & 63];
+    out += kAlphabet[(n >> 12) & 63];
+    out += kAlphabet[(n >> 6) & 63];
+    out += kAlphabet[n & 63];
+  }
+  if (size_t rest = bytes.size() - i; rest > 0) {
+    uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
+    if (rest == 2) n |= static_cast<uint8_t>(bytes[i + 1]) << 8;
+    out += kAlphabet[(n >> 18) & 63];
+    out += kAlphabet[(n >> 12) & 63];
+    out += rest == 2 ? kAlphabet[(n >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+}  // namespace fedge::agent

@@ -1,0 +1,207 @@
+// The OpenAI request parsers (openai_request.h): what the unmodified `openai`
+// client sends is accepted and means what it means at OpenAI; what this server
+// does not implement is a 400 naming the field, never silently ignored.
+#include "fedge/agent/runtime/openai_request.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+namespace fedge::agent {
+namespace {
+
+std::optional<GenerationRequest> Chat(const std::string& body, ApiErrorInfo* error) {
+  return ParseGenerationRequest(body, GenerationEndpoint::kChatCompletions, InferenceLimits{}, error);
+}
+std::optional<GenerationRequest> Completion(const std::string& body, ApiErrorInfo* error) {
+  return ParseGenerationRequest(body, GenerationEndpoint::kCompletions, InferenceLimits{}, error);
+}
+
+constexpr const char* kHi = R"("messages": [{"role": "user", "content": "hi"}])";
+
+TEST(OpenAiRequestTest, ChatMaxCompletionTokensIsHonouredAndWinsOverMaxTokens) {
+  // Regression: max_completion_tokens (what the current client sends) was ignored,
+  // so chat replies stopped at 16 tokens.
+  ApiErrorInfo e;
+  auto r = Chat(std::string("{") + kHi + R"(, "max_completion_tokens": 40})", &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->options.max_new_tokens, 40);
+  r = Chat(std::string("{") + kHi + R"(, "max_tokens": 7, "max_completion_tokens": 40})", &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->options.max_new_tokens, 40);
+  r = Chat(std::string("{") + kHi + R"(, "max_tokens": 7})", &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->options.max_new_tokens, 7);
+  // Chat without a limit runs to the end of the turn (or the context), not 16.
+  r = Chat(std::string("{") + kHi + "}", &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->options.max_new_tokens, InferenceLimits{}.max_generation_tokens);
+  // Completions keep OpenAI's default of 16; max_completion_tokens is chat's field.
+  auto c = Completion(R"({"prompt": "x"})", &e);
+  ASSERT_TRUE(c) << e.message;
+  EXPECT_EQ(c->options.max_new_tokens, 16);
+  EXPECT_FALSE(Completion(R"({"prompt": "x", "max_completion_tokens": 5})", &e));
+  EXPECT_EQ(e.code, "unknown_parameter");
+  EXPECT_FALSE(Chat(std::string("{") + kHi + R"(, "max_completion_tokens": 0})", &e));
+  EXPECT_EQ(e.param, "max_completion_tokens");
+}
+
+TEST(OpenAiRequestTest, ContentAsTextPartsIsJoinedAndDeveloperIsSystem) {
+  ApiErrorInfo e;
+  auto r = Chat(R"({"messages": [{"role": "developer", "content": "be brief"},
+                  {"role": "user", "content": [{"type": "text", "text": "dog"}, {"type": "text", "text": "cat"}]},
+                  {"role": "assistant", "content": "ok", "name": "bot"}]})",
+                &e);
+  ASSERT_TRUE(r) << e.message;
+  ASSERT_EQ(r->messages.size(), 3u);
+  EXPECT_EQ(r->messages[0].role, "system");
+  EXPECT_EQ(r->messages[1].content, "dog\ncat");
+  EXPECT_EQ(r->messages[2].role, "assistant");
+  // Other part types are refused, naming the part.
+  EXPECT_FALSE(Chat(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                   {"type": "image_url", "image_url": {"url": "http://x"}}]}]})",
+                    &e));
+  EXPECT_EQ(e.code, "unsupported_content");
+  EXPECT_NE(e.message.find("messages[0].content[1]"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("image_url"), std::string::npos) << e.message;
+  for (const char* bad : {R"({"messages": [{"role": "tool", "content": "42", "tool_call_id": "t"}]})",
+                          R"({"messages": [{"role": "assistant", "content": null,
+                               "tool_calls": [{"id": "t", "type": "function"}]}]})",
+                          R"({"messages": [{"role": "wizard", "content": "x"}]})",
+                          R"({"messages": [{"role": "user", "content": null}]})",
+                          R"({"messages": [{"role": "user", "content": [{"type": "text"}]}]})"}) {
+    EXPECT_FALSE(Chat(bad, &e)) << bad;
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "messages") << bad;
+  }
+}
+
+TEST(OpenAiRequestTest, UnsupportedFeaturesAreRefusedNamingTheField) {
+  const std::pair<const char*, const char*> chat_cases[] = {
+      {R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tools"},
+      {R"("tool_choice": "auto")", "tool_choice"},
+      {R"("functions": [{"name": "f"}])", "functions"},
+      {R"("function_call": "auto")", "function_call"},
+      {R"("response_format": {"type": "json_object"})", "response_format"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "x"}})", "response_format"},
+      {R"("logprobs": true)", "logprobs"},
+      {R"("top_logprobs": 3)", "top_logprobs"},
+      {R"("n": 2)", "n"},
+      {R"("presence_penalty": 0.5)", "presence_penalty"},
+      {R"("frequency_penalty": -1)", "frequency_penalty"},
+      {R"("logit_bias": {"50256": -100})", "logit_bias"},
+      {R"("modalities": ["text", "audio"])", "modalities"},
+      {R"("audio": {"voice": "alloy"})", "audio"},
+      {R"("reasoning_effort": "low")", "reasoning_effort"},
+  };
+  for (const auto& [field, param] : chat_cases) {
+    ApiErrorInfo e;
+    std::string body = std::string("{") + kHi + ", " + field + "}";
+    EXPECT_FALSE(Chat(body, &e)) << body;
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.type, "invalid_request_error");
+    EXPECT_EQ(e.param, param) << body;
+    EXPECT_EQ(e.code, "unsupported_parameter") << body;
+  }
+  const std::pair<const char*, const char*> completion_cases[] = {
+      {R"("logprobs": 0)", "logprobs"}, {R"("echo": true)", "echo"}, {R"("suffix": "end")", "suffix"},
+      {R"("best_of": 3)", "best_of"},   {R"("n": 4)", "n"},
+  };
+  for (const auto& [field, param] : completion_cases) {
+    ApiErrorInfo e;
+    std::string body = std::string(R"({"prompt": "x", )") + field + "}";
+    EXPECT_FALSE(Completion(body, &e)) << body;
+    EXPECT_EQ(e.param, param) << body;
+    EXPECT_EQ(e.code, "unsupported_parameter") << body;
+  }
+  // Unknown fields are refused as OpenAI refuses them.
+  ApiErrorInfo e;
+  EXPECT_FALSE(Chat(std::string("{") + kHi + R"(, "mirostat": 2})", &e));
+  EXPECT_EQ(e.param, "mirostat");
+  EXPECT_EQ(e.code, "unknown_parameter");
+}
+
+TEST(OpenAiRequestTest, OffValuesOfUnsupportedFeaturesAreAccepted) {
+  ApiErrorInfo e;
+  auto r = Chat(std::string("{") + kHi +
+                    R"(, "tools": [], "tool_choice": "none", "parallel_tool_calls": false, "logprobs": false,
+                    "top_logprobs": null, "n": 1, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
+                    "response_format": {"type": "text"}, "modalities": ["text"], "user": "u1",
+                    "metadata": {"k": "v"}, "store": false, "model": "anything"})",
+                &e);
+  ASSERT_TRUE(r) << e.message;
+  auto c = Completion(
+      R"({"prompt": ["one prompt"], "echo": false, "best_of": 1, "logprobs": null, "suffix": ""})", &e);
+  ASSERT_TRUE(c) << e.message;
+  EXPECT_EQ(c->prompt, "one prompt");
+}
+
+TEST(OpenAiRequestTest, StopSeedSamplingAndStreamingOptions) {
+  ApiErrorInfo e;
+  auto r = Completion(R"({"prompt": "x", "stop": "\n", "seed": 7, "temperature": 0, "top_p": 0.5, "top_k": 3,
+                          "stream": true, "stream_options": {"include_usage": true}})",
+                      &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->options.stop, std::vector<std::string>{"\n"});
+  EXPECT_TRUE(r->seed_given);
+  EXPECT_EQ(r->options.sampling.seed, 7u);
+  EXPECT_EQ(r->options.sampling.temperature, 0.0);
+  EXPECT_EQ(r->options.sampling.top_p, 0.5);
+  EXPECT_EQ(r->options.sampling.top_k, 3);
+  EXPECT_TRUE(r->stream);
+  EXPECT_TRUE(r->include_usage);
+  r = Completion(R"({"prompt": "x", "stop": ["a", "b", "c", "d"]})", &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->options.stop.size(), 4u);
+  EXPECT_FALSE(r->stream);
+  EXPECT_FALSE(r->seed_given);
+  // Without a seed, two requests sample with different seeds (as OpenAI's do).
+  auto again = Completion(R"({"prompt": "x"})", &e);
+  ASSERT_TRUE(again);
+  EXPECT_NE(r->options.sampling.seed, again->options.sampling.seed);
+
+  for (const char* bad : {R"({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})",
+                          R"({"prompt": "x", "stream_options": {"include_usage": true}})",
+                          R"({"prompt": "x", "stream": true, "stream_options": {"include_usage": 1}})",
+                          R"({"prompt": "x", "stream": true, "stream_options": {"chunk_size": 4}})",
+                          R"({"prompt": "x", "stream": 1})", R"({"prompt": [1, 2, 3]})",
+                          R"({"prompt": ["a", "b"]})", R"({"prompt": "x", "top_k": -1})"}) {
+    EXPECT_FALSE(Completion(bad, &e)) << bad;
+    EXPECT_EQ(e.status, 400) << bad;
+    EXPECT_FALSE(e.message.empty());
+  }
+}
+
+TEST(OpenAiRequestTest, EmbeddingEncodingsDimensionsAndTokenArrays) {
+  ApiErrorInfo e;
+  auto r = ParseEmbeddingRequest(R"({"input": "x", "model": "m"})", {}, &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->encoding, EmbeddingEncoding::kFloat);
+  EXPECT_FALSE(r->dimensions);
+  r = ParseEmbeddingRequest(R"({"input": ["x", "y"], "encoding_format": "base64", "dimensions": 384})", {},
+                            &e);
+  ASSERT_TRUE(r) << e.message;
+  EXPECT_EQ(r->encoding, EmbeddingEncoding::kBase64);
+  EXPECT_EQ(r->inputs.size(), 2u);
+  EXPECT_EQ(r->dimensions, 384);
+  for (const char* bad : {R"({"input": [1, 2]})", R"({"input": [[1, 2], [3]]})"}) {
+    EXPECT_FALSE(ParseEmbeddingRequest(bad, {}, &e)) << bad;
+    EXPECT_EQ(e.code, "unsupported_input") << bad;
+    EXPECT_NE(e.message.find("token ids"), std::string::npos) << e.message;
+  }
+  EXPECT_FALSE(ParseEmbeddingRequest(R"({"input": "x", "dimensions": 0})", {}, &e));
+  EXPECT_EQ(e.param, "dimensions");
+  EXPECT_FALSE(ParseEmbeddingRequest(R"({"input": "x", "encoding_format": "binary"})", {}, &e));
+  EXPECT_EQ(e.param, "encoding_format");
+}
+
+TEST(OpenAiRequestTest, Base64IsLittleEndianFloat32) {
+  // 1.0f = 0x3f800000 -> bytes 00 00 80 3f; -2.0f = 0xc0000000 -> 00 00 00 c0.
+  EXPECT_EQ(EncodeFloat32Base64({1.0f}), "AACAPw==");
+  EXPECT_EQ(EncodeFloat32Base64({1.0f, -2.0f}), "AACAPwAAAMA=");
+  EXPECT_EQ(EncodeFloat32Base64({1.0f, -2.0f, 0.5f}), "AACAPwAAAMAAAAA/");
+  EXPECT_EQ(EncodeFloat32Base64({}), "");
+}
+
+}  // namespace
+}  // namespace fedge::agent
