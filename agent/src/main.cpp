@@ -70,6 +70,10 @@ int main(int argc, char** argv) {
                  "cap of the feedback log in --state-dir; beyond it POST /v1/feedback answers 507 "
                  "(default 64MiB; units b, kb, mb, gb = powers of 1024)")
       ->transform(CLI::AsSizeValue(false));
+  app.add_option("--job-uid", flags.job_uid,
+                 "the FederatedTrainingJob's metadata.uid (the operator sets it): state in --state-dir left "
+                 "by another uid (a deleted job of the same name) is discarded at start")
+      ->envname("FEDGE_JOB_UID");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
   app.set_version_flag("--version",

@@ -102,6 +102,15 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
     return InvalidArgumentError("--feedback-max-bytes must be > 0 (the default is 64MiB)");
   }
   s.feedback_max_bytes = flags.feedback_max_bytes;
+  // A Kubernetes uid is a UUID; anything else in it would end up in a file.
+  if (flags.job_uid.size() > 128 ||
+      flags.job_uid.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
+          std::string::npos) {
+    return InvalidArgumentError("--job-uid: \"" + flags.job_uid.substr(0, 128) +
+                                "\" is not a job uid (the FederatedTrainingJob's metadata.uid: at most 128 "
+                                "letters, digits, '-', '_', '.')");
+  }
+  s.job_uid = flags.job_uid;
   return s;
 }
 
@@ -173,6 +182,22 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   StateStoreOptions store_options;
   store_options.feedback_max_bytes = settings.feedback_max_bytes;
   a->store_ = std::make_unique<StateStore>(settings.state_dir, spec.Key(), store_options);
+  if (!settings.job_uid.empty()) {
+    // Before anything reads the directory: a job re-created under the same name
+    // must not serve or train on the deleted job's global model and feedback.
+    auto bound = a->store_->BindJobUid(settings.job_uid);
+    if (!bound.ok()) return bound.status().WithContext("--state-dir " + settings.state_dir);
+    if (!bound->discarded.empty()) {
+      std::string discarded;
+      for (const std::string& path : bound->discarded) discarded += (discarded.empty() ? "" : ",") + path;
+      log::Warn(
+          "discarded the state of another run of this job (deleted and re-created under the same name)",
+          {{"state_dir", settings.state_dir},
+           {"old_uid", bound->previous_uid.empty() ? std::string("(none recorded)") : bound->previous_uid},
+           {"new_uid", settings.job_uid},
+           {"discarded", discarded}});
+    }
+  }
   if (!settings.api_token_file.empty()) {
     auto tokens = ApiTokenFile::Open(settings.api_token_file);
     if (!tokens.ok()) return tokens.status().WithContext("--api-token-file");

@@ -22,6 +22,7 @@ StateStore::StateStore(std::string dir, std::string job, StateStoreOptions optio
 std::string StateStore::GlobalPath() const { return dir_ + "/global.safetensors"; }
 std::string StateStore::FeedbackPath() const { return dir_ + "/feedback.jsonl"; }
 std::string StateStore::ResidualPath() const { return dir_ + "/error-feedback.safetensors"; }
+std::string StateStore::JobUidPath() const { return dir_ + "/job-uid.json"; }
 
 Status StateStore::SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum) {
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir_));
@@ -66,7 +67,61 @@ struct Fd {
   }
 };
 
+// The uid recorded in `path`; empty when there is none or it cannot be read
+// as one (not a regular file, e.g. a symlink; malformed): either way the
+// state beside it cannot be shown to be this run's.
+std::string ReadRecordedUid(const std::string& path) {
+  Fd f;
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (f.fd < 0) return "";
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > 4096) return "";
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::read(f.fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return "";
+    done += static_cast<size_t>(n);
+  }
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("uid") || !j["uid"].is_string()) return "";
+  return j["uid"].get<std::string>();
+}
+
 }  // namespace
+
+StatusOr<JobUidBinding> StateStore::BindJobUid(const std::string& job_uid) {
+  if (job_uid.empty()) return InvalidArgumentError("the job uid is empty");
+  for (unsigned char c : job_uid) {
+    if (c < 0x20 || c == 0x7f) return InvalidArgumentError("the job uid contains a control character");
+  }
+  JobUidBinding binding;
+  binding.previous_uid = ReadRecordedUid(JobUidPath());
+  if (binding.previous_uid == job_uid) return binding;
+  // Another run's (or an unattributable) state: remove it before anything
+  // reads it. unlink(2) removes a symlink itself, never its target.
+  for (const std::string& path : {GlobalPath(), FeedbackPath(), ResidualPath(), ResidualPath() + ".json"}) {
+    if (::unlink(path.c_str()) == 0) {
+      binding.discarded.push_back(path);
+    } else if (errno != ENOENT) {
+      return UnavailableError(Errno("cannot remove the previous run's", path) +
+                              "; fix the state directory's permissions or remove the file by hand");
+    }
+  }
+  if (!binding.discarded.empty()) {
+    // The removals reach the disk before the new uid does: a crash in between
+    // must not leave old files under the new uid.
+    Fd d;
+    d.fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (d.fd < 0 || ::fsync(d.fd) != 0) return UnavailableError(Errno("fsync directory", dir_));
+  }
+  Status st = MakeDirs(dir_);
+  if (st.ok())
+    st = WriteFileAtomic(JobUidPath(), nlohmann::json{{"job", job_}, {"uid", job_uid}}.dump() + "\n");
+  if (!st.ok()) return UnavailableError("cannot record the job uid: " + st.ToString());
+  return binding;
+}
 
 StatusOr<uint64_t> StateStore::AppendFeedback(const std::string& text, const std::string& label,
                                               int64_t ts_ms) {

@@ -50,6 +50,7 @@ struct AgentFlags {
   std::string tls_key;
   std::string api_token_file;  // --api-token-file / $FEDGE_API_TOKEN_FILE: bearer tokens for /v1/*
   uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;  // --feedback-max-bytes, > 0
+  std::string job_uid;  // --job-uid / $FEDGE_JOB_UID: the job's metadata.uid (StateStore::BindJobUid)
 };
 
 // Everything resolved: absolute choices, no defaults left to apply.
@@ -70,6 +71,7 @@ struct AgentSettings {
   TlsFilePaths tls_files;      // the --tls-* paths: re-read when they change (certificate rotation)
   std::string api_token_file;  // empty: the inference API needs no token
   uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;
+  std::string job_uid;  // empty: the state directory is used whatever run left it
 };
 
 // Applies the defaults above. INVALID_ARGUMENT names the flag at fault;
