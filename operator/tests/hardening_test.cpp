@@ -324,6 +324,46 @@ TEST_F(HardeningTest, DeletingTheJobDeletesItsPersistentVolumeObjects) {
   EXPECT_TRUE(client_.Objects(res::kPersistentVolumeClaims).empty());
 }
 
+// Regression: the state directory is named after the job (<ns>/<name>), so a job deleted
+// and applied again under the same name handed its agents the deleted job's global model
+// and feedback log. Each agent now learns the job's uid and discards state of another.
+TEST_F(HardeningTest, AgentsGetTheJobUidSoASameNamedNewJobDoesNotReuseTheirState) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  const std::string first_uid = Get(res::kJobs, "wn")["metadata"]["uid"];
+  ASSERT_FALSE(first_uid.empty());
+  for (const char* name : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+    auto cmd = Command(Get(res::kPods, name));
+    EXPECT_EQ(ArgAfter(cmd, "--job-uid"), first_uid) << name;
+    EXPECT_EQ(ArgAfter(cmd, "--state-dir"), std::string(kStateMountPath) + "/ml/wn") << name;
+  }
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  Reconcile();  // finalized: pods gone, job gone
+  ASSERT_TRUE(IsNotFound(client_.Get(res::kJobs, "ml", "wn").status()));
+  ASSERT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
+
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  const std::string second_uid = Get(res::kJobs, "wn")["metadata"]["uid"];
+  ASSERT_NE(second_uid, first_uid);
+  for (const char* name : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+    auto cmd = Command(Get(res::kPods, name));
+    EXPECT_EQ(ArgAfter(cmd, "--state-dir"), std::string(kStateMountPath) + "/ml/wn")
+        << "the same directory as the deleted job's";
+    EXPECT_EQ(ArgAfter(cmd, "--job-uid"), second_uid) << name << ": the new job's uid, not the deleted one's";
+  }
+}
+
+// A job object without a uid (built by hand, never stored by an API server) gets no flag
+// rather than an empty one, which the agent would refuse.
+TEST(DesiredAgentPodTest, JobWithoutUidGetsNoJobUidFlag) {
+  Json job = Job();
+  job["metadata"].erase("uid");
+  auto cmd = Command(DesiredAgentPod(job, "edge-a", DesiredOptions{}));
+  EXPECT_EQ(std::count(cmd.begin(), cmd.end(), "--job-uid"), 0);
+  EXPECT_EQ(ArgAfter(Command(DesiredAgentPod(Job(), "edge-a", DesiredOptions{})), "--job-uid"), "uid-1");
+}
+
 // ---- inference API token and network policies ----------------------------------------------
 TEST_F(HardeningTest, AgentsGetTheJobsInferenceTokenReadOnly) {
   ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());

@@ -465,6 +465,15 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
                     {{"name", "data"}, {"mountPath", data_path}, {"readOnly", true}},
                     {{"name", "model"}, {"mountPath", model_path}, {"readOnly", true}},
                     {{"name", "state"}, {"mountPath", kStateMountPath}}})}};
+  // The state directory is named after the job, so a job deleted and re-created
+  // under the same name gets the same one: the uid tells the agent whether the
+  // state in it is this job's (StateStore::BindJobUid). The API server always
+  // sets it; a job without one (tests) leaves the directory unchecked.
+  const std::string uid = job["metadata"].value("uid", "");
+  if (!uid.empty()) {
+    container["command"].push_back("--job-uid");
+    container["command"].push_back(uid);
+  }
   // Agents keep serving local inference with the final global after the job
   // (the job's purpose on the edge); only without serving do they exit when done.
   if (!serving.value("enabled", true)) container["command"].push_back("--exit-when-done");
