@@ -291,6 +291,28 @@ TEST_F(ReconcilerTest, StatusFromAStaleCacheDoesNotTakeBackTheRestartCount) {
   EXPECT_EQ(GetJob()["status"]["restarts"], 3);
 }
 
+TEST_F(ReconcilerTest, ARestartIsCountedWhenALaterStepOfThePassFails) {
+  // Issue 11 part 3: HandleFailedPod deleted the failed aggregator and raised restarts in
+  // memory; creating a missing agent pod then failed, Reconcile returned before WriteStatus
+  // and the restart was never counted (backoffLimit could be overrun).
+  Json job = Job();
+  job["spec"]["runPolicy"]["backoffLimit"] = 5;
+  CreateJob(job);
+  Reconcile();
+  SetPodPhase("wn-aggregator", "Failed", 137);
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
+  client_.FailNext("create", "pods", UnavailableError("the API server is away"));
+  auto r = reconciler_.Reconcile("ml/wn");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-aggregator").status()))
+      << "the failed pod was deleted";
+  EXPECT_EQ(GetJob()["status"]["restarts"], 1) << "and its restart counted";
+  Reconcile();  // the next pass recreates both pods and counts nothing more
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-aggregator").ok());
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-b").ok());
+  EXPECT_EQ(GetJob()["status"]["restarts"], 1);
+}
+
 TEST_F(ReconcilerTest, FailedAgentIsRecreatedWithinBackoffLimitThenDegrades) {
   CreateJob();
   Reconcile();

@@ -843,7 +843,15 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
     run.RequeueAfter(std::chrono::seconds(left));
   }
 
-  FEDGE_RETURN_IF_ERROR(SyncChildren(run));
+  if (Status synced = SyncChildren(run); !synced.ok()) {
+    // What the pass did before the failure stays done: a failed pod it deleted is gone, and
+    // its restart, counted only in run.status, would be lost (backoffLimit overrun).
+    if (Status written = WriteStatus(run); !written.ok() && !IsConflict(written)) {
+      log::Warn("status write after a failed pass failed",
+                {{"job", run.ns + "/" + run.name}, {"error", written.ToString()}});
+    }
+    return synced;
+  }
   std::string new_state = run.status.value("state", "");
   if ((new_state == "Succeeded" || new_state == "Failed") && !run.status.contains("completionTime")) {
     run.status["completionTime"] = run.now_str;
