@@ -47,7 +47,7 @@ bool CheckKnownFields(const Json& body, const std::set<std::string>& known, ApiE
       return Fail(error,
                   "unrecognized request argument supplied: '" +
                       (key.size() > 64 ? key.substr(0, 64) + "..." : key) +
-                      "' (see docs/inference.md for the fields this server supports)",
+                      "' (see docs/inference-api.md for the fields this server supports)",
                   key, "unknown_parameter");
     }
   }

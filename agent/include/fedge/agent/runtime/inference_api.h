@@ -1,6 +1,6 @@
 // Local inference over HTTP, OpenAI-compatible where OpenAI has the call (the
 // unmodified `openai` Python client is the test: tests/e2e/openai_client_test.py;
-// docs/inference.md lists what is supported and what is refused):
+// docs/inference-api.md lists what is supported and what is refused):
 //   GET  /v1/models, /v1/models/<job>
 //     -> {"object": "list", "data": [{"id": "<job>", "object": "model", "created",
 //         "owned_by": "fedge", "global_version": N, "served_as": "<job>@v<N>", "ready"}]}
