@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "fedge/cli/runner.h"
+#include "fedge/cli/validate.h"
 #include "fedge/cli/wordnet_data.h"
 #include "fedge/version.h"
 
@@ -126,6 +127,16 @@ int main(int argc, char** argv) {
       "  2    usage error, invalid manifest, or missing model/data/binaries (nothing was started)\n"
       "  130  interrupted (SIGINT/SIGTERM) before the job ended: every child was stopped");
 
+  // ---- fedge validate ----
+  std::string validate_file;
+  CLI::App* validate_cmd = app.add_subcommand(
+      "validate",
+      "Check a FederatedTrainingJob manifest with the rules fedge run and the cluster apply (the CRD\n"
+      "accepts the same manifests). Exit codes: 0 valid, 1 invalid (every problem on stderr), 2 the\n"
+      "file cannot be read or usage error.");
+  validate_cmd->add_option("-f,--file", validate_file, "manifest (YAML or JSON; - reads standard input)")
+      ->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -133,6 +144,8 @@ int main(int argc, char** argv) {
   }
 
   if (wordnet->parsed()) return DataWordnet(wn);
+  if (validate_cmd->parsed())
+    return fedge::cli::ValidateManifest(validate_file, std::cin, std::cout, std::cerr);
   if (run_cmd->parsed()) {
     run.self_exe = SelfExe(argv[0]);
     const char* path = std::getenv("PATH");

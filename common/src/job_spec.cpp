@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string_view>
@@ -92,6 +93,29 @@ size_t FirstInvalidUtf8(std::string_view s) {
   return std::string_view::npos;
 }
 
+// Number of Unicode code points in valid UTF-8 `s`: the unit of the CRD's maxLength
+// and of CEL's size(), so a bound means the same here and at the API server.
+size_t CodePoints(std::string_view s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// True for a plain (unquoted) scalar that YAML's core schema and JSON read as a
+// number or a boolean: the API server refuses it where the CRD wants a string
+// (`labels: [0, 1]`, `nodeSelector: {edge: true}`), so the parser does too.
+bool IsPlainNonString(const YAML::Node& node) {
+  if (node.Tag() == "!") return false;  // quoted
+  const std::string& s = node.Scalar();
+  if (s == "true" || s == "True" || s == "TRUE" || s == "false" || s == "False" || s == "FALSE") return true;
+  if (s.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  std::strtod(s.c_str(), &end);
+  // strtod also reads "inf", "nan" and hex floats: YAML spells those ".inf", ".nan", 0x...
+  const bool numeric_chars = s.find_first_not_of("0123456789+-.eE") == std::string::npos;
+  return numeric_chars && end == s.c_str() + s.size();
+}
+
 // A short description of a node for "got ..." in error messages.
 std::string Describe(const YAML::Node& node) {
   switch (node.Type()) {
@@ -159,12 +183,29 @@ class Reader {
   void String(const YAML::Node& node, const std::string& path, const std::string& key, std::string* out) {
     YAML::Node v;
     if (!Get(node, key, &v)) return;
-    if (!v.IsScalar()) {
-      Error(Child(path, key), "must be a string, got " + Describe(v));
-      return;
-    }
-    if (!Utf8(Child(path, key), v.Scalar())) return;
+    if (!IsString(Child(path, key), v)) return;
     *out = v.Scalar();
+  }
+
+  // False (and an error) unless `v` is a string scalar in valid UTF-8.
+  bool IsString(const std::string& path, const YAML::Node& v) {
+    if (!v.IsScalar()) {
+      Error(path, "must be a string, got " + Describe(v));
+      return false;
+    }
+    if (IsPlainNonString(v)) {
+      Error(path, "must be a string, got " + v.Scalar() + " (write \"" + v.Scalar() + "\" in quotes)");
+      return false;
+    }
+    return Utf8(path, v.Scalar());
+  }
+
+  // An error when `s` has more than `max` code points (the CRD's maxLength).
+  void MaxChars(const std::string& path, const std::string& s, size_t max) {
+    if (CodePoints(s) > max) {
+      Error(path,
+            "must be at most " + std::to_string(max) + " characters, got " + std::to_string(CodePoints(s)));
+    }
   }
 
   // False (and an error) when `s` is not valid UTF-8.
@@ -193,10 +234,32 @@ class Reader {
       return;
     }
     if (res.ec != std::errc() || res.ptr != s.data() + s.size()) {
-      Error(p, "must be an integer, got " + Describe(v));
-      return;
+      // The API server takes a number with an integral value (5.0, 1e3) for an
+      // integer field (kubectl sends it as 5); so does this parser, up to 2^53,
+      // where every integer is exact as a double.
+      if (!IntegralDecimal(s, &value)) {
+        Error(p, "must be an integer, got " + Describe(v));
+        return;
+      }
     }
     *out = value;
+  }
+
+  template <typename Int>
+  static bool IntegralDecimal(const std::string& s, Int* out) {
+    if (s.empty() || s.find_first_not_of("0123456789+-.eE") != std::string::npos) return false;
+    errno = 0;
+    char* end = nullptr;
+    const double d = std::strtod(s.c_str(), &end);
+    constexpr double kExact = 9007199254740992.0;  // 2^53
+    if (end != s.c_str() + s.size() || errno == ERANGE || d != std::floor(d) || std::fabs(d) > kExact)
+      return false;
+    if (d < static_cast<double>(std::numeric_limits<Int>::min()) ||
+        d > static_cast<double>(std::numeric_limits<Int>::max())) {
+      return false;
+    }
+    *out = static_cast<Int>(d);
+    return true;
   }
 
   void Double(const YAML::Node& node, const std::string& path, const std::string& key, double* out) {
@@ -246,11 +309,7 @@ class Reader {
     }
     std::vector<std::string> items;
     for (size_t i = 0; i < v.size(); ++i) {
-      if (!v[i].IsScalar()) {
-        Error(p + "[" + std::to_string(i) + "]", "must be a string, got " + Describe(v[i]));
-        return;
-      }
-      if (!Utf8(p + "[" + std::to_string(i) + "]", v[i].Scalar())) return;
+      if (!IsString(p + "[" + std::to_string(i) + "]", v[i])) return;
       items.push_back(v[i].Scalar());
     }
     *out = std::move(items);
@@ -268,22 +327,50 @@ class Reader {
     std::map<std::string, std::string> items;
     for (const auto& kv : v) {
       std::string k = kv.first.IsScalar() ? kv.first.Scalar() : Describe(kv.first);
-      if (!kv.second.IsScalar()) {
-        Error(Child(p, k), "must be a string, got " + Describe(kv.second));
-        return;
-      }
-      if (!Utf8(p + " key", k) || !Utf8(Child(p, k), kv.second.Scalar())) return;
+      if (!Utf8(p + " key", k) || !IsString(Child(p, k), kv.second)) return;
       items[k] = kv.second.Scalar();
     }
     *out = std::move(items);
   }
 };
 
+constexpr int64_t kMaxTolerationSeconds = 30 * 24 * 3600;
+
+// spec.aggregator and spec.agents.{tolerationSeconds,resources} are read only by
+// fedge-operator (from the object, operator/controller/src/desired.cpp); `fedge run`
+// ignores them and JobSpec does not carry them. They are checked here against the
+// CRD's bounds so that a manifest the cluster accepts parses, and one it refuses
+// does not.
+void ReadOperatorOnly(Reader& r, const YAML::Node& aggregator) {
+  const std::string p = "spec.aggregator";
+  r.CheckKeys(aggregator, p, {"checkpoint", "resources"});
+  YAML::Node cp;
+  if (r.Object(aggregator, p, "checkpoint", &cp)) {
+    const std::string pc = p + ".checkpoint";
+    r.CheckKeys(cp, pc, {"enabled", "claimName", "storageClassName", "size"});
+    bool enabled = true;
+    r.Bool(cp, pc, "enabled", &enabled);
+    for (const char* key : {"claimName", "storageClassName"}) {
+      std::string name;
+      r.String(cp, pc, key, &name);
+      r.MaxChars(pc + "." + key, name, 253);
+    }
+    std::string size = "1Gi";
+    r.String(cp, pc, "size", &size);
+    static const std::regex kQuantity("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$");
+    if (!std::regex_match(size, kQuantity)) {
+      r.Error(pc + ".size", "must be a size like 1Gi, 500Mi or 2G, got " + Quote(size));
+    }
+  }
+  YAML::Node resources;
+  r.Object(aggregator, p, "resources", &resources);  // a container's requests and limits, as in a Pod
+}
+
 void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   const std::string s = "spec";
   r.CheckKeys(spec, s,
               {"model", "adapter", "data", "agents", "rounds", "strategy", "compression", "privacy",
-               "runPolicy", "serving"});
+               "runPolicy", "serving", "aggregator"});
   YAML::Node n;
   if (r.Object(spec, s, "model", &n)) {
     const std::string p = "spec.model";
@@ -313,11 +400,21 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   }
   if (r.Object(spec, s, "agents", &n)) {
     const std::string p = "spec.agents";
-    r.CheckKeys(n, p, {"nodeSelector", "minAgents", "maxAgents", "replicas"});
+    r.CheckKeys(n, p,
+                {"nodeSelector", "minAgents", "maxAgents", "replicas", "tolerationSeconds", "resources"});
     r.StringMap(n, p, "nodeSelector", &job->agents.nodeSelector);
     r.Integer(n, p, "minAgents", &job->agents.minAgents);
     r.Integer(n, p, "maxAgents", &job->agents.maxAgents);
     r.Integer(n, p, "replicas", &job->agents.replicas);
+    // Operator-only (see ReadOperatorOnly).
+    int64_t toleration = 0;
+    r.Integer(n, p, "tolerationSeconds", &toleration);
+    if (toleration < 0 || toleration > kMaxTolerationSeconds) {
+      r.Error(p + ".tolerationSeconds", "must be in [0, " + std::to_string(kMaxTolerationSeconds) +
+                                            "] (30 days), got " + std::to_string(toleration));
+    }
+    YAML::Node resources;
+    r.Object(n, p, "resources", &resources);  // a container's requests and limits, as in a Pod
   }
   if (r.Object(spec, s, "rounds", &n)) {
     const std::string p = "spec.rounds";
@@ -392,6 +489,7 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     r.Bool(n, p, "enabled", &job->serving.enabled);
     r.Integer(n, p, "port", &job->serving.port);
   }
+  if (r.Object(spec, s, "aggregator", &n)) ReadOperatorOnly(r, n);
 }
 
 // ---- validation ----
@@ -420,6 +518,21 @@ class Validator {
     if (value.empty()) errors.push_back(path + ": required (" + what + ")");
   }
   void Add(const std::string& path, const std::string& msg) { errors.push_back(path + ": " + msg); }
+  template <typename T>
+  void Between(const std::string& path, T value, T min, T max) {
+    AtLeast(path, value, min);
+    AtMost(path, value, max);
+  }
+  // The CRD's minLength/maxLength, in code points (strings are valid UTF-8 here).
+  void Length(const std::string& path, const std::string& value, size_t min, size_t max) {
+    const size_t n = CodePoints(value);
+    if (n < min && min == 1) {
+      errors.push_back(path + ": must not be empty");
+    } else if (n < min || n > max) {
+      errors.push_back(path + ": must be " + std::to_string(min) + " to " + std::to_string(max) +
+                       " characters long, got " + std::to_string(n));
+    }
+  }
 
   template <typename T>
   static std::string Str(T v) {
@@ -441,6 +554,12 @@ bool IsDns1123Label(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [&](char c) { return alnum(c) || c == '-'; });
 }
 
+// Bounds the CRD states too (crds/fedge.io_federatedtrainingjobs.yaml; the table in
+// tests/cluster/spec_boundaries.json keeps both sides equal).
+constexpr size_t kMaxJobNameLength = 40;
+constexpr size_t kMaxPathLength = 4096;
+constexpr size_t kMaxLabels = 4096;
+
 const std::vector<std::string> kFamilies = {"bert", "llama"};
 const std::vector<std::string> kBertTasks = {"sequence-classification", "token-classification", "embedding"};
 const std::vector<std::string> kLlamaTasks = {"causal-lm"};
@@ -461,11 +580,13 @@ Status ValidateJobSpec(const JobSpec& spec) {
   if (spec.kind != kKind) v.Add("kind", std::string("must be ") + kKind + ", got " + Quote(spec.kind));
   if (spec.name.empty()) {
     v.Add("metadata.name", "required");
-  } else if (!IsDns1123Label(spec.name)) {
-    v.Add("metadata.name",
-          "must be a DNS-1123 label (at most 63 lower-case letters, digits or '-', starting and ending "
-          "with a letter or digit), got " +
-              Quote(spec.name));
+  } else if (!IsDns1123Label(spec.name) || spec.name.size() > kMaxJobNameLength) {
+    v.Add(
+        "metadata.name",
+        "must be a DNS-1123 label of at most 40 characters (lower-case letters, digits or '-', starting "
+        "and ending with a letter or digit; child Services are named <job>-aggregator and <job>-inference), "
+        "got " +
+            Quote(spec.name));
   }
   if (!IsDns1123Label(spec.namespace_)) {
     v.Add("metadata.namespace", "must be a DNS-1123 label, got " + Quote(spec.namespace_));
@@ -473,43 +594,82 @@ Status ValidateJobSpec(const JobSpec& spec) {
 
   const ModelSpec& m = spec.model;
   v.Required("spec.model.path", m.path, "a Hugging Face model directory");
+  v.Length("spec.model.path", m.path, 0, kMaxPathLength);
   v.OneOf("spec.model.family", m.family, kFamilies);
   if (m.family == "bert") {
     v.OneOf("spec.model.task", m.task, kBertTasks);
   } else if (m.family == "llama") {
     v.OneOf("spec.model.task", m.task, kLlamaTasks);
   }
-  if (m.task == "sequence-classification" || m.task == "token-classification") {
-    std::set<std::string> unique(m.labels.begin(), m.labels.end());
-    if (unique.size() < 2) {
-      v.Add("spec.model.labels",
-            "task " + m.task + " needs at least 2 unique labels, got " + std::to_string(unique.size()));
-    } else if (unique.size() != m.labels.size()) {
-      v.Add("spec.model.labels", "labels must be unique");
-    }
-    if (unique.count("")) v.Add("spec.model.labels", "labels must not be empty strings");
+  // Labels are class names whatever the task: unique (the CRD's list-type set) and
+  // non-empty.
+  const std::set<std::string> unique(m.labels.begin(), m.labels.end());
+  if ((m.task == "sequence-classification" || m.task == "token-classification") && unique.size() < 2) {
+    v.Add("spec.model.labels",
+          "task " + m.task + " needs at least 2 unique labels, got " + std::to_string(unique.size()));
+  } else if (unique.size() != m.labels.size()) {
+    v.Add("spec.model.labels", "labels must be unique");
   }
-  v.AtLeast("spec.model.maxSeqLen", m.maxSeqLen, 2);
-  v.AtMost("spec.model.maxSeqLen", m.maxSeqLen, 32768);
+  if (m.labels.size() > kMaxLabels) {
+    v.Add("spec.model.labels", "must have at most " + std::to_string(kMaxLabels) + " labels, got " +
+                                   std::to_string(m.labels.size()));
+  }
+  for (size_t i = 0; i < m.labels.size(); ++i) {
+    v.Length("spec.model.labels[" + std::to_string(i) + "]", m.labels[i], 1, 256);
+  }
+  // 2: [CLS] and [SEP] (the agents' own lower limit). The model's
+  // max_position_embeddings, checked when an agent loads it, is the real upper
+  // limit; 32768 covers the long-context Llama-family models.
+  v.Between("spec.model.maxSeqLen", m.maxSeqLen, 2, 32768);
 
   const AdapterSpec& a = spec.adapter;
-  v.AtLeast("spec.adapter.rank", a.rank, 1);
+  v.Between("spec.adapter.rank", a.rank, 1, 256);
   v.Positive("spec.adapter.alpha", a.alpha);
   if (a.dropout < 0 || a.dropout >= 1) {
     v.Add("spec.adapter.dropout", "must be in [0, 1), got " + Validator::Str(a.dropout));
   }
   if (a.targetModules.empty()) v.Add("spec.adapter.targetModules", "must name at least one module");
+  if (a.targetModules.size() > 64) {
+    v.Add("spec.adapter.targetModules",
+          "must name at most 64 modules, got " + std::to_string(a.targetModules.size()));
+  }
+  for (size_t i = 0; i < a.targetModules.size(); ++i) {
+    v.Length("spec.adapter.targetModules[" + std::to_string(i) + "]", a.targetModules[i], 1, 128);
+  }
   v.OneOf("spec.adapter.aggregation", a.aggregation, kAggregations);
+  // Agent-only until now (agent/src/runtime/agent.cpp): refused here so that
+  // `fedge run` and the operator refuse the job before any pod exists.
+  if (m.family == "llama" && a.aggregation == "frozen-a") {
+    v.Add("spec.adapter.aggregation",
+          "frozen-a is not supported for llama models yet; use factors or product");
+  }
+  // Aggregator-only until now (WrapForLora): product re-factors the FedAvg mean of B·A.
+  if (a.aggregation == "product" && spec.strategy.name != "fedavg" && spec.strategy.name != "fedprox") {
+    v.Add("spec.adapter.aggregation", "product works with strategy fedavg or fedprox, not " +
+                                          Quote(spec.strategy.name) + "; use factors or frozen-a with it");
+  }
 
   const DataSpec& d = spec.data;
   v.Required("spec.data.path", d.path, "the node-local data directory");
+  v.Length("spec.data.path", d.path, 0, kMaxPathLength);
   v.OneOf("spec.data.format", d.format, kDataFormats);
   v.Required("spec.data.trainFile", d.trainFile, "file name of the training set inside spec.data.path");
+  v.Length("spec.data.trainFile", d.trainFile, 0, 1024);
+  // Empty would name spec.data.path itself, which no agent can read as a file.
+  v.Required("spec.data.evalFile", d.evalFile, "file name of the evaluation set inside spec.data.path");
+  v.Length("spec.data.evalFile", d.evalFile, 0, 1024);
 
   const AgentsSpec& ag = spec.agents;
-  v.AtLeast("spec.agents.minAgents", ag.minAgents, 1);
-  v.AtLeast("spec.agents.maxAgents", ag.maxAgents, 0);
-  v.AtLeast("spec.agents.replicas", ag.replicas, 0);
+  v.Between("spec.agents.minAgents", ag.minAgents, 1, 10000);
+  v.Between("spec.agents.maxAgents", ag.maxAgents, 0, 10000);
+  v.Between("spec.agents.replicas", ag.replicas, 0, 1000);
+  if (ag.nodeSelector.size() > 32) {
+    v.Add("spec.agents.nodeSelector",
+          "must have at most 32 labels, got " + std::to_string(ag.nodeSelector.size()));
+  }
+  for (const auto& [key, value] : ag.nodeSelector) {
+    v.Length("spec.agents.nodeSelector." + key, value, 0, 63);  // a label value
+  }
   if (ag.maxAgents > 0 && ag.maxAgents < ag.minAgents) {
     v.Add("spec.agents.maxAgents", "must be 0 (every matching node) or >= spec.agents.minAgents (" +
                                        std::to_string(ag.minAgents) + "), got " +
@@ -517,9 +677,13 @@ Status ValidateJobSpec(const JobSpec& spec) {
   }
 
   const RoundsSpec& r = spec.rounds;
-  v.AtLeast("spec.rounds.total", r.total, 1);
-  v.AtLeast("spec.rounds.quorum", r.quorum, 0);
-  if (r.quorum > 0) {
+  v.Between("spec.rounds.total", r.total, 1, 100000);
+  v.Between("spec.rounds.quorum", r.quorum, 0, 10000);
+  if (r.quorum > 0 && ag.maxAgents > 0 && r.quorum > ag.maxAgents) {
+    v.Add("spec.rounds.quorum", "must be <= spec.agents.maxAgents (" + std::to_string(ag.maxAgents) +
+                                    "): a round never gets more updates than there are agents, got " +
+                                    std::to_string(r.quorum));
+  } else if (r.quorum > 0) {
     const int most = std::max(ag.minAgents, ag.replicas);
     if (r.quorum > most) {
       v.Add("spec.rounds.quorum",
@@ -530,24 +694,27 @@ Status ValidateJobSpec(const JobSpec& spec) {
   if (!(r.fraction > 0 && r.fraction <= 1)) {
     v.Add("spec.rounds.fraction", "must be in (0, 1], got " + Validator::Str(r.fraction));
   }
-  v.AtLeast("spec.rounds.timeoutSeconds", r.timeoutSeconds, 1);
-  v.AtLeast("spec.rounds.localSteps", r.localSteps, 1);
-  v.AtLeast("spec.rounds.batchSize", r.batchSize, 1);
+  v.Between("spec.rounds.timeoutSeconds", r.timeoutSeconds, 1, 86400);
+  v.Between("spec.rounds.localSteps", r.localSteps, 1, 1000000);
+  v.Between("spec.rounds.batchSize", r.batchSize, 1, 65536);
   v.Positive("spec.rounds.learningRate", r.learningRate);
-  v.AtLeast("spec.rounds.weightDecay", r.weightDecay, 0.0);
+  v.AtMost("spec.rounds.learningRate", r.learningRate, 10.0);
+  v.Between("spec.rounds.weightDecay", r.weightDecay, 0.0, 1.0);
   v.AtLeast("spec.rounds.maxGradNorm", r.maxGradNorm, 0.0);
+  // The CRD's int64 (the API server refuses larger integers).
+  v.AtMost("spec.rounds.seed", r.seed, uint64_t{std::numeric_limits<int64_t>::max()});
   if (!(r.overSelection >= 1 && r.overSelection <= 10)) {
     v.Add("spec.rounds.overSelection", "must be in [1, 10], got " + Validator::Str(r.overSelection));
   }
   v.OneOf("spec.rounds.mode", r.mode, {"sync", "async"});
-  v.AtLeast("spec.rounds.asyncBufferSize", r.asyncBufferSize, 1);
+  v.Between("spec.rounds.asyncBufferSize", r.asyncBufferSize, 1, 100000);
   if (r.mode == "async" && r.asyncBufferSize > std::max(ag.minAgents, ag.replicas)) {
     // Each agent contributes at most one update per global version.
     v.Add("spec.rounds.asyncBufferSize", "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " +
                                              std::to_string(std::max(ag.minAgents, ag.replicas)) +
                                              " in async mode, got " + std::to_string(r.asyncBufferSize));
   }
-  v.AtLeast("spec.rounds.stalenessExponent", r.stalenessExponent, 0.0);
+  v.Between("spec.rounds.stalenessExponent", r.stalenessExponent, 0.0, 10.0);
   v.AtLeast("spec.rounds.maxStaleness", r.maxStaleness, 0);
 
   const StrategySpec& st = spec.strategy;
@@ -614,7 +781,7 @@ Status ValidateJobSpec(const JobSpec& spec) {
   }
 
   const RunPolicySpec& rp = spec.runPolicy;
-  v.AtLeast("spec.runPolicy.backoffLimit", rp.backoffLimit, 0);
+  v.Between("spec.runPolicy.backoffLimit", rp.backoffLimit, 0, 1000);
   v.AtLeast("spec.runPolicy.activeDeadlineSeconds", rp.activeDeadlineSeconds, int64_t{0});
   v.AtLeast("spec.runPolicy.ttlSecondsAfterFinished", rp.ttlSecondsAfterFinished, int64_t{-1});
   v.OneOf("spec.runPolicy.cleanPodPolicy", rp.cleanPodPolicy, kCleanPodPolicies);

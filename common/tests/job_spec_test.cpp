@@ -65,7 +65,7 @@ spec:
   data: {path: /d, format: jsonl, trainFile: tr.jsonl, evalFile: ev.jsonl}
   agents: {nodeSelector: {fedge.io/edge: "true"}, minAgents: 3, maxAgents: 6, replicas: 4}
   rounds: {total: 7, quorum: 3, fraction: 0.5, timeoutSeconds: 30, localSteps: 11, batchSize: 8,
-           learningRate: 2e-3, weightDecay: 0, maxGradNorm: 0.5, seed: 18446744073709551615}
+           learningRate: 2e-3, weightDecay: 0, maxGradNorm: 0.5, seed: 9223372036854775807}
   strategy: {name: fedprox, proximalMu: 0.01}
   compression: {codec: fp16, blockSize: 128, zstd: false}
   privacy: {tls: true}
@@ -89,7 +89,7 @@ spec:
   EXPECT_DOUBLE_EQ(spec->rounds.fraction, 0.5);
   EXPECT_DOUBLE_EQ(spec->rounds.learningRate, 2e-3);
   EXPECT_DOUBLE_EQ(spec->rounds.weightDecay, 0);
-  EXPECT_EQ(spec->rounds.seed, 18446744073709551615ull);
+  EXPECT_EQ(spec->rounds.seed, 9223372036854775807ull);
   EXPECT_EQ(spec->strategy.name, "fedprox");
   EXPECT_EQ(spec->compression.codec, "fp16");
   EXPECT_FALSE(spec->compression.zstd);
