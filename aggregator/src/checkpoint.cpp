@@ -103,6 +103,9 @@ Status CheckpointStore::Save(const CheckpointData& data) {
       {"history", history},
       {"final_accuracy", OptionalToJson(data.final_accuracy)},
   };
+  if (!data.privacy_rdp.empty()) {
+    state["privacy"] = {{"rdp", data.privacy_rdp}, {"rounds", data.privacy_rounds}};
+  }
   if (!strategy_file.empty()) {
     state["strategy_file"] = strategy_file;
     state["strategy_file_sha256"] = strategy_sha;
@@ -169,6 +172,10 @@ StatusOr<CheckpointData> CheckpointStore::LoadState(const std::string& state_pat
     bundle_file = j.at("global_file").get<std::string>();
     bundle_sha = j.at("global_file_sha256").get<std::string>();
     data.final_accuracy = OptionalFromJson(j.at("final_accuracy"));
+    if (j.contains("privacy")) {
+      data.privacy_rdp = j.at("privacy").at("rdp").get<std::vector<double>>();
+      data.privacy_rounds = j.at("privacy").at("rounds").get<int64_t>();
+    }
     strategy_file = j.value("strategy_file", std::string());
     strategy_sha = j.value("strategy_file_sha256", std::string());
     if (j.contains("global_tensor_order"))

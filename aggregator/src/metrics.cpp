@@ -69,6 +69,12 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                          .Help("Version of the current global model (0: none yet)")
                          .Register(r)
                          .Add({});
+  privacy_epsilon_ =
+      &BuildGauge()
+           .Name("fedge_aggregator_privacy_epsilon")
+           .Help("Differential privacy spent so far: epsilon at the job's delta (RDP accountant)")
+           .Register(r)
+           .Add({});
   round_accuracy_ = &BuildGauge()
                          .Name("fedge_aggregator_round_accuracy")
                          .Help("Evaluation accuracy of the last completed round")
@@ -145,6 +151,8 @@ void AggregatorMetrics::SetPartialUploadBytes(uint64_t bytes) {
 void AggregatorMetrics::SetGlobalVersion(int64_t version) {
   global_version_->Set(static_cast<double>(version));
 }
+
+void AggregatorMetrics::SetPrivacyEpsilon(double epsilon) { privacy_epsilon_->Set(epsilon); }
 
 void AggregatorMetrics::SetRoundEvaluation(double accuracy, double loss) {
   round_accuracy_->Set(accuracy);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <openssl/rand.h>
+
 #include "fedge/aggregator/fedavg.h"
 #include "fedge/aggregator/lora_aggregation.h"
 #include "fedge/aggregator/tokens.h"
@@ -121,6 +123,28 @@ StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options
   if (options.max_weight < 0) return InvalidArgumentError("max weight must be >= 0");
   if (!(options.auto_clip_margin >= 0)) return InvalidArgumentError("auto clip margin must be >= 0");
   if (options.agent_liveness_ms <= 0) options.agent_liveness_ms = options.round_timeout_ms + 60'000;
+  if (const DpOptions& dp = options.dp; dp.enabled) {
+    const std::string p = "spec.privacy.differentialPrivacy";
+    if (!(dp.clip_norm > 0) || !std::isfinite(dp.clip_norm))
+      return InvalidArgumentError(p + ".clipNorm must be > 0");
+    if (!(dp.noise_multiplier > 0) || !std::isfinite(dp.noise_multiplier))
+      return InvalidArgumentError(p + ".noiseMultiplier must be > 0");
+    if (!(dp.delta > 0 && dp.delta < 1)) return InvalidArgumentError(p + ".delta must be in (0, 1)");
+    if (!(dp.target_epsilon >= 0)) return InvalidArgumentError(p + ".targetEpsilon must be >= 0");
+    // The noise calibration holds for a sum of the clipped updates only.
+    if (options.strategy.name != "fedavg" && options.strategy.name != "fedprox") {
+      return InvalidArgumentError(p +
+                                  " needs spec.strategy.name fedavg or fedprox (a linear mean of the "
+                                  "updates); got " +
+                                  options.strategy.name);
+    }
+    if (options.adapter.aggregation == "product") {
+      return InvalidArgumentError(p +
+                                  " needs spec.adapter.aggregation factors or frozen-a: product "
+                                  "re-factors the updates (not a sum)");
+    }
+    if (options.async) return InvalidArgumentError(p + " needs synchronous rounds (spec.rounds.mode: sync)");
+  }
   FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy, options.adapter));
   return std::unique_ptr<RoundEngine>(
       new RoundEngine(std::move(options), clock, checkpoints, metrics, std::move(strategy)));
@@ -132,7 +156,15 @@ RoundEngine::RoundEngine(EngineOptions options, Clock* clock, CheckpointStore* c
       clock_(clock),
       checkpoints_(checkpoints),
       metrics_(metrics),
-      strategy_(std::move(strategy)) {}
+      strategy_(std::move(strategy)) {
+  uint64_t seed = options_.dp.noise_seed;
+  if (options_.dp.enabled && seed == 0 &&
+      RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof(seed)) != 1) {
+    log::Error("RAND_bytes failed: cannot seed the privacy noise; aborting");
+    std::abort();
+  }
+  noise_rng_.seed(seed);
+}
 
 Status RoundEngine::Restore(CheckpointData data) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -155,6 +187,18 @@ Status RoundEngine::Restore(CheckpointData data) {
   FEDGE_RETURN_IF_ERROR(
       strategy_->RestoreState(data.strategy_state)
           .WithContext("restoring the checkpointed " + std::string(strategy_->name()) + " state"));
+  if (options_.dp.enabled) {
+    if (data.privacy_rdp.empty() && data.completed_round > 0) {
+      return FailedPreconditionError(
+          "the checkpoint has no privacy ledger but differential privacy is on: the " +
+          std::to_string(data.completed_round) +
+          " completed rounds cannot be accounted for; start the job with a new --checkpoint-dir");
+    }
+    if (!data.privacy_rdp.empty()) {
+      FEDGE_RETURN_IF_ERROR(privacy_.Restore(data.privacy_rdp).WithContext("restoring the privacy ledger"));
+    }
+    privacy_rounds_ = data.privacy_rounds;
+  }
   history_ = std::move(data.history);
   final_accuracy_ = data.final_accuracy;
   round_ = data.completed_round + 1;
@@ -398,8 +442,11 @@ UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle&
                               " holds every update and already has " + std::to_string(strategy_->count()) +
                               " for round " + std::to_string(round_) + " (spec.strategy.maxBufferedUpdates)");
     }
-    const double bound = AutoClipNorm(options_, global_->bundle.NumElements());
+    const double bound =
+        options_.dp.enabled ? options_.dp.clip_norm : AutoClipNorm(options_, global_->bundle.NumElements());
     const double norm = bound > 0 ? L2Norm(bundle) : 0;
+    // DP: every update counts once, however many examples it saw (the sum's sensitivity).
+    const int64_t counted = options_.dp.enabled ? 1 : weight;
     Status added;
     if (bound > 0 && norm > bound) {
       TensorBundle clipped = bundle;
@@ -408,11 +455,12 @@ UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle&
         for (float& x : t.values) x = static_cast<float>(static_cast<double>(x) * scale);
       }
       if (metrics_) metrics_->UpdateClipped();
-      log::Info("update clipped to the default norm bound",
+      log::Info(options_.dp.enabled ? "update clipped to the privacy clip norm"
+                                    : "update clipped to the default norm bound",
                 {{"agent", meta.agent_id}, {"round", meta.round}, {"norm", norm}, {"bound", bound}});
-      added = strategy_->Add(clipped, weight);
+      added = strategy_->Add(clipped, counted);
     } else {
-      added = strategy_->Add(bundle, weight);
+      added = strategy_->Add(bundle, counted);
     }
     if (!added.ok()) return RejectLocked(meta, "invalid", added.message());
   }
@@ -754,6 +802,17 @@ EngineStatus RoundEngine::GetStatus() {
   s.message = message_;
   s.checkpoint = checkpoint_;
   s.checkpoint.enabled = checkpoints_ != nullptr;
+  if (options_.dp.enabled) {
+    PrivacyStatus p;
+    p.epsilon = privacy_.Epsilon(options_.dp.delta);
+    p.delta = options_.dp.delta;
+    p.target_epsilon = options_.dp.target_epsilon;
+    p.noise_multiplier = options_.dp.noise_multiplier;
+    p.clip_norm = options_.dp.clip_norm;
+    p.rounds_accounted = privacy_rounds_;
+    p.budget_exhausted = privacy_exhausted_;
+    s.privacy = p;
+  }
   return s;
 }
 
@@ -981,8 +1040,11 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   // Over-selection: stragglers and dropouts cost nothing once `k` answered.
   size_t invite = static_cast<size_t>(std::ceil(static_cast<double>(k) * options_.over_selection - 1e-9));
   invite = std::clamp<size_t>(invite, k, n);
+  const double sampling_rate = static_cast<double>(invite) / static_cast<double>(n);
+  if (PrivacyBudgetStopsLocked(sampling_rate, now)) return;
   train_ = TrainRound{};
   train_.target = k;
+  train_.sampling_rate = sampling_rate;
   train_.invited.insert(live.begin(), live.begin() + static_cast<std::ptrdiff_t>(invite));
   train_.deadline_ms = now + options_.round_timeout_ms;
   strategy_->Begin(global_->bundle);
@@ -1015,6 +1077,7 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
     FailLocked("round " + std::to_string(round_) + ": aggregation failed: " + next.status().message());
     return;
   }
+  if (options_.dp.enabled) AddPrivacyNoiseLocked(global_->bundle, &*next, strategy_->count());
   if (Status s = PublishGlobalLocked(std::move(*next), global_->version + 1); !s.ok()) {
     FailLocked("round " + std::to_string(round_) + ": cannot encode the new global: " + s.message());
     return;
@@ -1092,6 +1155,58 @@ void RoundEngine::CompleteRoundLocked(int64_t now) {
   phase_ = Phase::kIdle;
 }
 
+void RoundEngine::AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle* next, int updates) {
+  // The strategy gave global + S / updates (S: the sum of the clipped updates, weight 1
+  // each). Publish global + (S + Z) / target with Z ~ N(0, (sigma C)^2 I).
+  const double target = static_cast<double>(std::max<size_t>(train_.target, 1));
+  const double rescale = static_cast<double>(updates) / target;
+  std::normal_distribution<double> noise(0.0, options_.dp.noise_multiplier * options_.dp.clip_norm / target);
+  for (NamedTensor& t : next->tensors) {
+    const NamedTensor* g = global.Find(t.name);
+    for (size_t i = 0; i < t.values.size(); ++i) {
+      const double base = g != nullptr ? static_cast<double>(g->values[i]) : 0.0;
+      const double mean_delta = static_cast<double>(t.values[i]) - base;
+      t.values[i] = static_cast<float>(base + mean_delta * rescale + noise(noise_rng_));
+    }
+  }
+  if (Status s = privacy_.Compose(options_.dp.noise_multiplier, train_.sampling_rate); !s.ok()) {
+    FailLocked("round " + std::to_string(round_) + ": privacy accounting failed: " + s.message());
+    return;
+  }
+  ++privacy_rounds_;
+  const double eps = privacy_.Epsilon(options_.dp.delta);
+  if (metrics_) metrics_->SetPrivacyEpsilon(eps);
+  log::Info("privacy noise added",
+            {{"round", round_},
+             {"updates", updates},
+             {"target", train_.target},
+             {"sampling_rate", train_.sampling_rate},
+             {"noise_stddev", options_.dp.noise_multiplier * options_.dp.clip_norm / target},
+             {"epsilon", eps},
+             {"delta", options_.dp.delta}});
+}
+
+bool RoundEngine::PrivacyBudgetStopsLocked(double sampling_rate, int64_t now) {
+  if (!options_.dp.enabled || !(options_.dp.target_epsilon > 0)) return false;
+  const double after = privacy_.EpsilonAfter(options_.dp.noise_multiplier, sampling_rate, options_.dp.delta);
+  if (after <= options_.dp.target_epsilon) return false;
+  privacy_exhausted_ = true;
+  if (!history_.empty()) final_accuracy_ = history_.back().accuracy;
+  state_ = JobState::kSucceeded;
+  phase_ = Phase::kIdle;
+  finished_at_ms_ = now;
+  message_ = "privacy budget exhausted: round " + std::to_string(round_) + " would take epsilon to " +
+             std::to_string(after) + " > targetEpsilon " + std::to_string(options_.dp.target_epsilon) +
+             " (delta " + std::to_string(options_.dp.delta) + "); the job ends after " +
+             std::to_string(round_ - 1) + " of " + std::to_string(options_.total_rounds) + " rounds";
+  log::Warn("privacy budget exhausted; job ends early", {{"completed_rounds", round_ - 1},
+                                                         {"epsilon", privacy_.Epsilon(options_.dp.delta)},
+                                                         {"epsilon_after_next_round", after},
+                                                         {"target_epsilon", options_.dp.target_epsilon},
+                                                         {"global_version", global_->version}});
+  return true;
+}
+
 void RoundEngine::FailLocked(const std::string& message) {
   state_ = JobState::kFailed;
   phase_ = Phase::kIdle;
@@ -1124,6 +1239,10 @@ void RoundEngine::SaveCheckpointLocked(int64_t completed_round, const RoundRecor
   data.final_accuracy = final_accuracy_;
   data.global = global_->bundle;
   data.strategy_state = strategy_->SaveState();
+  if (options_.dp.enabled) {
+    data.privacy_rdp = privacy_.rdp();
+    data.privacy_rounds = privacy_rounds_;
+  }
   if (Status s = checkpoints_->Save(data); !s.ok()) {
     // The job goes on: losing a checkpoint costs a round on restart, stopping
     // costs the job. Counted and shown in /v1/status for the operator.

@@ -4,6 +4,7 @@
 #include <grpcpp/resource_quota.h>
 
 #include <atomic>
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -442,6 +443,20 @@ std::string StatusJson(const EngineStatus& s) {
         {"consecutive_failures", s.checkpoint.ok ? 0 : 1},
         {"failures_total", s.checkpoint.failures},
         {"last_saved_round", s.checkpoint.saved_round},
+    };
+  }
+  if (s.privacy) {
+    // Read by the operator's status reporter: status.epsilonSpent and the
+    // PrivacyBudgetExhausted condition.
+    j["privacy"] = {
+        {"epsilon",
+         std::isfinite(s.privacy->epsilon) ? nlohmann::json(s.privacy->epsilon) : nlohmann::json()},
+        {"delta", s.privacy->delta},
+        {"target_epsilon", s.privacy->target_epsilon},
+        {"noise_multiplier", s.privacy->noise_multiplier},
+        {"clip_norm", s.privacy->clip_norm},
+        {"rounds_accounted", s.privacy->rounds_accounted},
+        {"budget_exhausted", s.privacy->budget_exhausted},
     };
   }
   return j.dump();

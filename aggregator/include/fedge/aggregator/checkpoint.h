@@ -34,6 +34,10 @@ struct CheckpointData {
   std::optional<double> final_accuracy;
   TensorBundle global;
   TensorBundle strategy_state;  // AggregationStrategy::SaveState(); empty if stateless
+  // Differential privacy ledger (RdpAccountant::rdp() per order, rounds composed); empty
+  // when differential privacy is off.
+  std::vector<double> privacy_rdp;
+  int64_t privacy_rounds = 0;
 };
 
 // Not thread-safe: one writer (the round engine, under its lock).

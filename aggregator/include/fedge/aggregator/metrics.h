@@ -45,6 +45,8 @@ class AggregatorMetrics {
   void CheckpointFailed();
   void CheckpointSaved(double unix_seconds);
   void SetGlobalVersion(int64_t version);
+  // Differential privacy: epsilon spent so far (at the job's delta).
+  void SetPrivacyEpsilon(double epsilon);
   void SetRoundEvaluation(double accuracy, double loss);
   // A weight (kind "update" | "evaluation") bounded below what the agent
   // claimed; reason "above_join" (more than it declared at Join) |
@@ -79,6 +81,7 @@ class AggregatorMetrics {
   prometheus::Gauge* agents_joined_;
   prometheus::Gauge* partial_upload_bytes_;
   prometheus::Gauge* global_version_;
+  prometheus::Gauge* privacy_epsilon_;
   prometheus::Gauge* round_accuracy_;
   prometheus::Gauge* round_loss_;
   prometheus::Family<prometheus::Counter>* weights_clamped_;

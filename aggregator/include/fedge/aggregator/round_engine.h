@@ -56,6 +56,7 @@
 #include "fedge/aggregator/checkpoint.h"
 #include "fedge/aggregator/clock.h"
 #include "fedge/aggregator/metrics.h"
+#include "fedge/aggregator/privacy_accountant.h"
 #include "fedge/aggregator/round_record.h"
 #include "fedge/aggregator/strategy.h"
 #include "fedge/job_spec.h"
@@ -84,6 +85,34 @@ struct TrainConfig {
   double topk_fraction = 0;
   bool error_feedback = false;
   bool stochastic_rounding = false;
+};
+
+// Client-level differential privacy, central mode (issue 12; DP-FedAvg of McMahan et al.
+// 2018): every update is scaled to an L2 norm of at most clip_norm and counts with weight
+// 1; the round's new global is global + (sum of the updates + N(0, (noise_multiplier x
+// clip_norm)^2 I)) / target, target being the updates the round was planned to close on
+// (a fixed denominator: the sum's sensitivity is clip_norm whoever answers). Each round is
+// accounted as the subsampled Gaussian mechanism with rate invited / live agents
+// (privacy_accountant.h). Needs a linear aggregation: fedavg or fedprox, adapter
+// aggregation factors or frozen-a, synchronous rounds.
+struct DpOptions {
+  bool enabled = false;
+  double clip_norm = 0;         // C > 0
+  double noise_multiplier = 0;  // sigma > 0
+  double target_epsilon = 0;    // the job ends before a round would exceed it; 0: no limit
+  double delta = 1e-5;          // in (0, 1)
+  uint64_t noise_seed = 0;      // 0: seeded from the CSPRNG (tests fix it)
+};
+
+// What /v1/status reports of the privacy spent so far.
+struct PrivacyStatus {
+  double epsilon = 0;
+  double delta = 0;
+  double target_epsilon = 0;
+  double noise_multiplier = 0;
+  double clip_norm = 0;
+  int64_t rounds_accounted = 0;
+  bool budget_exhausted = false;
 };
 
 struct EngineOptions {
@@ -123,6 +152,7 @@ struct EngineOptions {
   // How the global is encoded for FetchGlobal: lossless, so every agent trains
   // from exactly the aggregator's global.
   EncodeOptions global_encoding{Codec::kFp32, 64, /*zstd=*/true, 3};
+  DpOptions dp;
 };
 
 // Derives engine options from a job spec; expected_agents <= 0 means
@@ -229,6 +259,7 @@ struct EngineStatus {
   std::optional<double> final_accuracy;
   std::string message;  // why Failed / what the engine waits for
   CheckpointHealth checkpoint;
+  std::optional<PrivacyStatus> privacy;  // set when differential privacy is on
 };
 
 class RoundEngine {
@@ -336,6 +367,7 @@ class RoundEngine {
     double staleness_sum = 0;   // async: sum of accepted updates' staleness
     double train_loss_sum = 0;  // sum n_i * loss_i
     double examples = 0;        // sum n_i
+    double sampling_rate = 0;   // invited / live agents (the privacy accountant's q)
   };
   struct EvalRound {
     std::set<std::string> asked;
@@ -375,6 +407,11 @@ class RoundEngine {
   // "(target_reached, 3 updates)" for a closed round, "" if unknown.
   std::string CloseDetailLocked(int64_t round) const;
   void FailLocked(const std::string& message);
+  // DP: (sum + noise) / target in place of the strategy's mean; see DpOptions.
+  void AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle* next, int updates);
+  // DP: true (and the job ended) when the next round, at `sampling_rate`, would take
+  // epsilon above options_.dp.target_epsilon.
+  bool PrivacyBudgetStopsLocked(double sampling_rate, int64_t now);
   Status PublishGlobalLocked(TensorBundle bundle, int64_t version);
   // Writes the current global as the checkpoint of `completed_round`, with
   // `pending` (a round aggregated but not yet evaluated) appended to the
@@ -415,6 +452,10 @@ class RoundEngine {
   std::optional<int64_t> finished_at_ms_;                // guarded by mu_
   std::string message_;                                  // guarded by mu_
   CheckpointHealth checkpoint_;                          // guarded by mu_
+  RdpAccountant privacy_;                                // guarded by mu_; options_.dp.enabled
+  int64_t privacy_rounds_ = 0;                           // guarded by mu_; rounds composed
+  bool privacy_exhausted_ = false;                       // guarded by mu_
+  std::mt19937_64 noise_rng_;                            // guarded by mu_; DP noise
 };
 
 }  // namespace fedge::aggregator
