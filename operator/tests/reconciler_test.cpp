@@ -313,6 +313,26 @@ TEST_F(ReconcilerTest, ARestartIsCountedWhenALaterStepOfThePassFails) {
   EXPECT_EQ(GetJob()["status"]["restarts"], 1);
 }
 
+TEST_F(ReconcilerTest, AJobEndedByItsPrivacyBudgetSaysSo) {
+  CreateJob();
+  Reconcile();
+  Json live = GetJob();
+  live["status"]["roundsCompleted"] = 2;
+  live["status"]["epsilonSpent"] = 3.9;
+  live["status"]["privacy"] = {{"budgetExhausted", true}, {"targetEpsilon", 4.0}};
+  ASSERT_TRUE(client_.Update(res::kJobs, "ml", live, "status").ok());
+  SetPodPhase("wn-aggregator", "Succeeded", 0);
+  Reconcile();
+  Json got = GetJob();
+  EXPECT_EQ(got["status"]["state"], "Succeeded");
+  const Json* exhausted = Condition(got, "PrivacyBudgetExhausted");
+  ASSERT_NE(exhausted, nullptr);
+  EXPECT_EQ(exhausted->value("status", ""), "True");
+  EXPECT_NE(exhausted->value("message", "").find("after 2 of 3 rounds"), std::string::npos)
+      << exhausted->dump();
+  EXPECT_EQ(Condition(got, "Succeeded")->value("reason", ""), "PrivacyBudgetExhausted");
+}
+
 TEST_F(ReconcilerTest, FailedAgentIsRecreatedWithinBackoffLimitThenDegrades) {
   CreateJob();
   Reconcile();

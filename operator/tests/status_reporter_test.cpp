@@ -122,5 +122,22 @@ TEST_F(StatusReporterRunTest, AWriteThatNeverSucceedsIsTheExitError) {
   EXPECT_EQ(st.code(), StatusCode::kNotFound) << st.ToString();
 }
 
+TEST(StatusReporterPrivacyTest, EpsilonSpentAndTheBudgetComeFromTheAggregator) {
+  Json agg = Json::parse(R"({"state":"Succeeded","round":2,"global_version":3,"rounds":[{"round":2}],
+    "privacy":{"epsilon":3.25,"delta":1e-5,"target_epsilon":4,"noise_multiplier":1.1,"clip_norm":0.5,
+               "rounds_accounted":2,"budget_exhausted":true}})");
+  Json st = ProgressFromAggregator(agg);
+  EXPECT_DOUBLE_EQ(st["epsilonSpent"].get<double>(), 3.25);
+  EXPECT_EQ(st["privacy"]["roundsAccounted"], 2);
+  EXPECT_EQ(st["privacy"]["budgetExhausted"], true);
+  EXPECT_DOUBLE_EQ(st["privacy"]["targetEpsilon"].get<double>(), 4.0);
+  agg["privacy"]["epsilon"] = nullptr;  // no finite bound
+  EXPECT_GT(ProgressFromAggregator(agg)["epsilonSpent"].get<double>(), 1e300);
+  agg.erase("privacy");
+  Json off = ProgressFromAggregator(agg);
+  EXPECT_EQ(off["epsilonSpent"], 0.0);
+  EXPECT_FALSE(off.contains("privacy"));
+}
+
 }  // namespace
 }  // namespace fedge::op

@@ -539,9 +539,26 @@ Status JobReconciler::SyncChildren(Run& run) {
     if (phase == "Failed") FEDGE_RETURN_IF_ERROR(HandleFailedPod(run, *aggregator, /*aggregator=*/true));
     if (phase == "Succeeded" && run.status.value("state", "") != "Failed") {
       run.status["state"] = "Succeeded";
-      run.Condition("Succeeded", "True", "JobSucceeded",
-                    "the aggregator completed all " + std::to_string(spec.rounds.total) + " rounds",
-                    "Normal");
+      // status.privacy is the reporter's (differential privacy): the aggregator may end the
+      // job before its last round rather than exceed targetEpsilon.
+      const Json privacy = run.old_status.value("privacy", Json::object());
+      if (privacy.is_object() && privacy.value("budgetExhausted", false)) {
+        const std::string done = std::to_string(run.old_status.value("roundsCompleted", int64_t{0}));
+        run.Condition(
+            "PrivacyBudgetExhausted", "True", "TargetEpsilonReached",
+            "another round would take epsilon above spec.privacy.differentialPrivacy.targetEpsilon; "
+            "the aggregator stopped after " +
+                done + " of " + std::to_string(spec.rounds.total) + " rounds (status.epsilonSpent)",
+            "Warning");
+        run.Condition("Succeeded", "True", "PrivacyBudgetExhausted",
+                      "the aggregator completed " + done + " of " + std::to_string(spec.rounds.total) +
+                          " rounds within the privacy budget",
+                      "Normal");
+      } else {
+        run.Condition("Succeeded", "True", "JobSucceeded",
+                      "the aggregator completed all " + std::to_string(spec.rounds.total) + " rounds",
+                      "Normal");
+      }
       run.Condition("Running", "False", "JobSucceeded", "the job finished");
     }
   }

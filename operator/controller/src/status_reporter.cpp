@@ -34,7 +34,18 @@ Json ProgressFromAggregator(const Json& a) {
   }
   st["globalModel"] = {{"version", a.value("global_version", int64_t{0})},
                        {"checksum", a.value("global_checksum", std::string())}};
-  st["epsilonSpent"] = 0.0;  // no differential privacy in this aggregator yet
+  // Differential privacy (the aggregator's RDP accountant): 0 when it is off.
+  st["epsilonSpent"] = 0.0;
+  auto dp = a.find("privacy");
+  if (dp != a.end() && dp->is_object()) {
+    const Json& eps = (*dp)["epsilon"];
+    // null: no finite bound (no noise); reported as a large number the CRD can hold.
+    st["epsilonSpent"] = eps.is_number() ? eps.get<double>() : 1e308;
+    st["privacy"] = {{"delta", dp->value("delta", 0.0)},
+                     {"targetEpsilon", dp->value("target_epsilon", 0.0)},
+                     {"roundsAccounted", dp->value("rounds_accounted", int64_t{0})},
+                     {"budgetExhausted", dp->value("budget_exhausted", false)}};
+  }
   // Checkpoint health, when the aggregator reports it: the operator turns it into the
   // CheckpointFailing condition.
   auto ck = a.find("checkpoint");
