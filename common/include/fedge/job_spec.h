@@ -60,7 +60,7 @@ struct RoundsSpec {
   double learningRate = 1e-3;
   double weightDecay = 0.01;
   double maxGradNorm = 1.0;
-  uint64_t seed = 42;
+  uint64_t seed = 42;  // at most INT64_MAX (the CRD's int64)
   // Over-selection: invite ceil(target x overSelection) agents (target =
   // max(ceil(live x fraction), quorum)) and close as soon as `target` updates
   // arrived; the others' uploads are then late. 1: no over-selection.
@@ -163,7 +163,11 @@ struct JobSpec {
 
 // Parses a FederatedTrainingJob manifest (YAML or JSON), applies defaults and
 // validates it. Errors name the field by its path, e.g.
-// "spec.rounds.total: must be >= 1, got -3".
+// "spec.rounds.total: must be >= 1, got -3". Applies the same bounds and
+// cross-field rules as the CRD (crds/, schema + CEL); tests/cluster/
+// spec_boundaries.json is checked against both (docs/job-spec.md). The
+// operator-only fields (spec.aggregator, spec.agents.tolerationSeconds,
+// spec.agents.resources) are checked, not stored.
 StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text);
 StatusOr<JobSpec> LoadJobSpec(const std::string& path);
 
