@@ -71,6 +71,13 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.async_buffer_size = spec.rounds.asyncBufferSize;
   o.staleness_exponent = spec.rounds.stalenessExponent;
   o.max_staleness = spec.rounds.maxStaleness;
+  if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
+    o.dp.enabled = true;
+    o.dp.clip_norm = dp.clipNorm;
+    o.dp.noise_multiplier = dp.noiseMultiplier;
+    o.dp.target_epsilon = dp.targetEpsilon;
+    o.dp.delta = dp.delta;
+  }
   return o;
 }
 

@@ -469,8 +469,20 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   }
   if (r.Object(spec, s, "privacy", &n)) {
     const std::string p = "spec.privacy";
-    r.CheckKeys(n, p, {"tls"});
+    r.CheckKeys(n, p, {"tls", "differentialPrivacy"});
     r.Bool(n, p, "tls", &job->privacy.tls);
+    YAML::Node d;
+    if (r.Object(n, p, "differentialPrivacy", &d)) {
+      const std::string dp = p + ".differentialPrivacy";
+      DifferentialPrivacySpec& out = job->privacy.differentialPrivacy;
+      out.enabled = true;
+      r.CheckKeys(d, dp, {"mode", "clipNorm", "noiseMultiplier", "targetEpsilon", "delta"});
+      r.String(d, dp, "mode", &out.mode);
+      r.Double(d, dp, "clipNorm", &out.clipNorm);
+      r.Double(d, dp, "noiseMultiplier", &out.noiseMultiplier);
+      r.Double(d, dp, "targetEpsilon", &out.targetEpsilon);
+      r.Double(d, dp, "delta", &out.delta);
+    }
   }
   if (r.Object(spec, s, "runPolicy", &n)) {
     const std::string p = "spec.runPolicy";
@@ -742,6 +754,28 @@ Status ValidateJobSpec(const JobSpec& spec) {
   v.AtLeast("spec.strategy.maxBufferedUpdates", st.maxBufferedUpdates, 1);
   v.AtLeast("spec.strategy.clipNorm", st.clipNorm, 0.0);
   v.AtLeast("spec.strategy.maxUpdateNorm", st.maxUpdateNorm, 0.0);
+  if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
+    const std::string p = "spec.privacy.differentialPrivacy";
+    v.OneOf(p + ".mode", dp.mode, {"central", "distributed"});
+    if (dp.mode == "distributed") {
+      v.Add(p + ".mode",
+            "distributed differential privacy needs secure aggregation, which fedge does not have yet; use "
+            "central (the aggregator adds the noise)");
+    }
+    v.Positive(p + ".clipNorm", dp.clipNorm);
+    v.Positive(p + ".noiseMultiplier", dp.noiseMultiplier);
+    v.AtLeast(p + ".targetEpsilon", dp.targetEpsilon, 0.0);
+    if (!(dp.delta > 0 && dp.delta < 1))
+      v.Add(p + ".delta", "must be in (0, 1), got " + Validator::Str(dp.delta));
+    // The noise is calibrated to a sum of the clipped updates.
+    if (st.name != "fedavg" && st.name != "fedprox") {
+      v.Add(p, "needs spec.strategy.name fedavg or fedprox (a mean of the updates), got " + Quote(st.name));
+    }
+    if (spec.adapter.aggregation == "product") {
+      v.Add(p, "needs spec.adapter.aggregation factors or frozen-a (product re-factors the updates)");
+    }
+    if (spec.rounds.mode == "async") v.Add(p, "needs spec.rounds.mode sync");
+  }
   if (st.name == "krum" || st.name == "multi-krum") {
     // Krum's guarantee needs n > 2f + 2 updates per round.
     const int most = std::max(ag.minAgents, ag.replicas);
@@ -956,6 +990,15 @@ std::string JobSpecToYaml(const JobSpec& spec) {
 
   out << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "tls" << YAML::Value << YAML::TrueFalseBool << spec.privacy.tls;
+  if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
+    out << YAML::Key << "differentialPrivacy" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "mode" << YAML::Value << dp.mode;
+    out << YAML::Key << "clipNorm" << YAML::Value << dbl(dp.clipNorm);
+    out << YAML::Key << "noiseMultiplier" << YAML::Value << dbl(dp.noiseMultiplier);
+    out << YAML::Key << "targetEpsilon" << YAML::Value << dbl(dp.targetEpsilon);
+    out << YAML::Key << "delta" << YAML::Value << dbl(dp.delta);
+    out << YAML::EndMap;
+  }
   out << YAML::EndMap;
 
   const RunPolicySpec& rp = spec.runPolicy;

@@ -116,8 +116,24 @@ struct CompressionSpec {
   bool operator==(const CompressionSpec&) const = default;
 };
 
+// Client-level differential privacy (DP-FedAvg): present means on. Central mode only: the
+// aggregator clips each update to clipNorm, counts it once and adds Gaussian noise of
+// standard deviation noiseMultiplier x clipNorm to the round's sum; its RDP accountant
+// reports epsilon at delta and ends the job before a round would exceed targetEpsilon.
+struct DifferentialPrivacySpec {
+  bool enabled = false;
+  std::string mode = "central";  // central (distributed needs secure aggregation: refused)
+  double clipNorm = 0.0;         // > 0
+  double noiseMultiplier = 0.0;  // > 0
+  double targetEpsilon = 0.0;    // >= 0; 0: no limit
+  double delta = 1e-5;           // in (0, 1)
+
+  bool operator==(const DifferentialPrivacySpec&) const = default;
+};
+
 struct PrivacySpec {
   bool tls = false;
+  DifferentialPrivacySpec differentialPrivacy;
 
   bool operator==(const PrivacySpec&) const = default;
 };
