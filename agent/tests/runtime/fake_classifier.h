@@ -52,6 +52,7 @@ class FakeClassifier : public TextClassifier {
   Status ImportTrainable(const TensorBundle& bundle) override {
     Guard g(this);
     FEDGE_RETURN_IF_ERROR(CheckSameLayout(state_, bundle));
+    if (on_import) on_import();
     TensorBundle next = state_;
     for (auto& t : next.tensors) t.values = bundle.Find(t.name)->values;
     state_ = std::move(next);
@@ -137,6 +138,9 @@ class FakeClassifier : public TextClassifier {
   // Runs inside Classify while the model is in use (set before serving): lets a
   // test hold a request in the model, e.g. until a latch opens.
   std::function<void()> on_classify;
+  // Runs inside ImportTrainable, after the layout check: lets a test hold an
+  // install in the middle of importing a global.
+  std::function<void()> on_import;
   std::atomic<bool> concurrent_use{false};
 
  private:
