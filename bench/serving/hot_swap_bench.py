@@ -51,8 +51,10 @@ def parse_ts(ts):
 
 
 def read_installs(log_path):
-    """[(version, start, end)] from the agent's JSON log, wall-clock seconds."""
-    installs = []
+    """([(version, start, end, fetch_seconds)], [load times]) from the agent's
+    JSON log, wall-clock seconds. A "text classifier loaded" line after start-up
+    is a spare serving instance the ServingModel's factory built for an install."""
+    installs, loads = [], []
     with open(log_path, errors="replace") as f:
         for line in f:
             line = line.strip()
@@ -62,12 +64,14 @@ def read_installs(log_path):
                 j = json.loads(line)
             except ValueError:
                 continue
+            if j.get("msg") == "text classifier loaded":
+                loads.append(parse_ts(j["ts"]))
             if j.get("msg") != "global installed":
                 continue
             end = parse_ts(j["ts"])
             installs.append((int(j["version"]), end - float(j["install_seconds"]), end,
                              float(j.get("fetch_seconds", 0))))
-    return installs
+    return installs, loads
 
 
 class Client(threading.Thread):
@@ -236,7 +240,9 @@ def main():
         for log in logs:
             log.close()
 
-    installs = [x for x in read_installs(os.path.join(tmp, "agent-0.log")) if x[2] >= load_start]
+    installs, loads = read_installs(os.path.join(tmp, "agent-0.log"))
+    installs = [x for x in installs if x[2] >= load_start]
+    built = len([t for t in loads if t >= load_start])
     W = args.window
     windows = [(s - W, e + W) for _, s, e, _ in installs]
     measured = [r for r in records if r["start"] >= load_start + args.warmup]
@@ -245,11 +251,17 @@ def main():
     ok = [r for r in measured if r["status"] == 200]
     for r in ok:
         r["install"] = any(r["start"] <= hi and r["end"] >= lo for lo, hi in windows)
-        # Running while the new global was imported and published (no margin).
-        r["swap"] = any(r["start"] <= e and r["end"] >= s for _, s, e, _ in installs)
+        # Running while the new global was imported and published (no margin):
+        # answered by the global it replaced ("old") or by the new one.
+        r["swap"] = None
+        for v, s, e, _ in installs:
+            if r["start"] <= e and r["end"] >= s:
+                r["swap"] = "new" if r["version"] >= v else "old"
     steady = [r["latency"] for r in ok if not r["install"]]
     during = [r["latency"] for r in ok if r["install"]]
     swap = [r["latency"] for r in ok if r["swap"]]
+    swap_old = [r["latency"] for r in ok if r["swap"] == "old"]
+    swap_new = [r["latency"] for r in ok if r["swap"] == "new"]
     versions = sorted({r["version"] for r in ok})
     # Each client's requests are sequential: the version it sees must never go back.
     backwards, last = 0, {}
@@ -261,7 +273,7 @@ def main():
         "clients": args.clients, "agents": args.agents, "rounds": args.rounds, "threads": args.threads,
         "window_s": W, "duration_s": round(max((r["end"] for r in measured), default=load_start) - load_start, 1),
         "requests": len(measured), "failures": len(failed), "stalled": len(stalled),
-        "installs_seen": len(installs), "versions_answered": versions, "version_went_back": backwards,
+        "installs_seen": len(installs), "spare_instances_built": built, "versions_answered": versions, "version_went_back": backwards,
         "install_seconds": [round(e - s, 4) for _, s, e, _ in installs],
         "fetch_seconds": [round(f, 4) for *_, f in installs],
         "steady_requests": len(steady), "install_requests": len(during),
@@ -274,6 +286,10 @@ def main():
     if swap:
         summary.update({"swap_requests": len(swap), "swap_p99_ms": 1e3 * percentile(swap, 99),
                         "swap_max_ms": 1e3 * max(swap)})
+        for name, xs in (("old", swap_old), ("new", swap_new)):
+            if xs:
+                summary[f"swap_{name}_requests"] = len(xs)
+                summary[f"swap_{name}_p99_ms"] = 1e3 * percentile(xs, 99)
     if steady and during:
         summary["ratio_p99_install_over_steady"] = summary["install_p99_ms"] / summary["steady_p99_ms"]
     summary["max_latency_ms"] = 1e3 * max((r["latency"] for r in measured), default=0)
@@ -292,7 +308,8 @@ def main():
           f"..{versions[-1] if versions else '-'}, {len(versions)} distinct)")
     if installs:
         ins = [e - s for _, s, e, _ in installs]
-        print(f"  install_seconds     median {1e3 * percentile(ins, 50):.1f} ms, max {1e3 * max(ins):.1f} ms")
+        print(f"  install_seconds     median {1e3 * percentile(ins, 50):.1f} ms, max {1e3 * max(ins):.1f} ms; "
+              f"spare instances built under load: {built}")
     if steady:
         print(f"  steady   p50/p99    {summary['steady_p50_ms']:.1f} / {summary['steady_p99_ms']:.1f} ms")
     if during:
@@ -300,6 +317,10 @@ def main():
     if swap:
         print(f"  in flight at a swap {len(swap)} requests, p99 {summary['swap_p99_ms']:.1f} ms, "
               f"max {summary['swap_max_ms']:.1f} ms (no margin)")
+        for name in ("old", "new"):
+            if f"swap_{name}_requests" in summary:
+                print(f"    answered by the {name} global: {summary[f'swap_{name}_requests']}, "
+                      f"p99 {summary[f'swap_{name}_p99_ms']:.1f} ms")
     if "ratio_p99_install_over_steady" in summary:
         print(f"  ratio p99 install/steady  {summary['ratio_p99_install_over_steady']:.2f}")
     print(f"  max latency         {summary['max_latency_ms']:.1f} ms")

@@ -6,8 +6,21 @@ namespace fedge::agent {
 
 ServingModel::ServingModel(std::unique_ptr<TextClassifier> model, std::string job, Factory factory)
     : job_(std::move(job)), labels_(model->labels()), factory_(std::move(factory)) {
-  spare_ = std::make_shared<Instance>();
-  spare_->model = std::move(model);
+  spares_.push_back(std::make_shared<Instance>());
+  spares_.back()->model = std::move(model);
+  if (factory_) {
+    // Now, while nothing is served yet, rather than at the second install,
+    // where the load competes with the requests for the CPU.
+    auto built = factory_();
+    if (built.ok()) {
+      ++instances_built_;
+      spares_.push_back(std::make_shared<Instance>());
+      spares_.back()->model = std::move(built).value();
+    } else {
+      log::Warn("cannot build a spare serving instance at start; the second install will try again",
+                {{"error", built.status().ToString()}});
+    }
+  }
 }
 
 std::shared_ptr<ServingModel::Instance> ServingModel::Published() const {
@@ -20,12 +33,17 @@ Status ServingModel::Install(const TensorBundle& bundle, int64_t version) {
   auto context = [&](const Status& st) {
     return st.WithContext("installing global v" + std::to_string(version) + " for serving");
   };
-  // Requests copy only published_, so once the spare is not published its use
+  // Requests copy only published_, so once a spare is not published its use
   // count can only fall; 1 means this object is its last holder.
   std::shared_ptr<Instance> target;
-  if (spare_ != nullptr && spare_.use_count() == 1) {
-    target = spare_;
-  } else if (factory_) {
+  for (auto it = spares_.begin(); it != spares_.end(); ++it) {
+    if (it->use_count() == 1) {
+      target = std::move(*it);
+      spares_.erase(it);
+      break;
+    }
+  }
+  if (target == nullptr && factory_) {
     auto built = factory_();
     if (built.ok()) {
       ++instances_built_;
@@ -54,7 +72,8 @@ Status ServingModel::Install(const TensorBundle& bundle, int64_t version) {
     std::lock_guard<std::mutex> use(target->mu);
     Status st = target->model->ImportTrainable(bundle);
     if (!st.ok()) {
-      spare_ = target;  // an instance with a half-refused import is still a fine spare
+      // An instance with a half-refused import is still a fine spare.
+      spares_.insert(spares_.begin(), std::move(target));
       return context(st);
     }
     target->version = version;
@@ -66,9 +85,14 @@ Status ServingModel::Install(const TensorBundle& bundle, int64_t version) {
     published_ = target;
     version_.store(version, std::memory_order_release);
   }
-  // The retired instance becomes the next spare; requests still running on it
-  // keep it alive and busy until they end.
-  spare_ = std::move(retired);
+  // The retired instance becomes the one spare; requests still running on it
+  // keep it alive and busy until they end. Other spares are dropped (a busy
+  // one is freed by its last request), except, at the first install (nothing
+  // retired), the prebuilt one.
+  if (retired != nullptr) {
+    spares_.clear();
+    spares_.push_back(std::move(retired));
+  }
   return OkStatus();
 }
 
