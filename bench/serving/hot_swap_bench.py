@@ -290,6 +290,15 @@ def main():
             if xs:
                 summary[f"swap_{name}_requests"] = len(xs)
                 summary[f"swap_{name}_p99_ms"] = 1e3 * percentile(xs, 99)
+    # Each install's own window: one slow install (say, one that loads a model)
+    # shows here even when the pooled p99 hides it.
+    per_install = []
+    for (v, s, e, _), (lo, hi) in zip(installs, windows):
+        xs = [r["latency"] for r in ok if r["start"] <= hi and r["end"] >= lo]
+        if xs:
+            per_install.append((v, len(xs), 1e3 * percentile(xs, 50), 1e3 * max(xs)))
+    summary["per_install_window"] = [{"version": v, "requests": n, "p50_ms": p50, "max_ms": mx}
+                                     for v, n, p50, mx in per_install]
     if steady and during:
         summary["ratio_p99_install_over_steady"] = summary["install_p99_ms"] / summary["steady_p99_ms"]
     summary["max_latency_ms"] = 1e3 * max((r["latency"] for r in measured), default=0)
@@ -321,6 +330,9 @@ def main():
             if f"swap_{name}_requests" in summary:
                 print(f"    answered by the {name} global: {summary[f'swap_{name}_requests']}, "
                       f"p99 {summary[f'swap_{name}_p99_ms']:.1f} ms")
+    if per_install:
+        print("  per install window  " + " ".join(f"v{v}:{p50:.0f}/{mx:.0f}" for v, _, p50, mx in per_install)
+              + " (p50/max ms)")
     if "ratio_p99_install_over_steady" in summary:
         print(f"  ratio p99 install/steady  {summary['ratio_p99_install_over_steady']:.2f}")
     print(f"  max latency         {summary['max_latency_ms']:.1f} ms")
