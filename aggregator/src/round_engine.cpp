@@ -1182,6 +1182,7 @@ void RoundEngine::AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle
   }
   ++privacy_rounds_;
   const double eps = privacy_.Epsilon(options_.dp.delta);
+  current_.epsilon = eps;
   if (metrics_) metrics_->SetPrivacyEpsilon(eps);
   log::Info("privacy noise added",
             {{"round", round_},

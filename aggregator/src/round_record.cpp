@@ -21,6 +21,7 @@ std::string RoundRecordToJson(const RoundRecord& r) {
       {"global_version", r.global_version},
       {"close_reason", r.close_reason},
   };
+  if (r.epsilon) j["epsilon"] = OptionalToJson(r.epsilon);
   return j.dump();
 }
 
@@ -45,6 +46,8 @@ StatusOr<RoundRecord> RoundRecordFromJson(const std::string& json_text) {
     r.evaluators = j.value(key, 0);
     key = "train_loss";
     r.train_loss = j.contains(key) ? OptionalFromJson(j.at(key)) : std::nullopt;
+    key = "epsilon";
+    r.epsilon = j.contains(key) ? OptionalFromJson(j.at(key)) : std::nullopt;
     key = "bytes_up";
     r.bytes_up = j.at(key).get<uint64_t>();
     key = "bytes_down";

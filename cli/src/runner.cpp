@@ -284,6 +284,7 @@ StatusOr<JobStatus> ParseJobStatus(const std::string& text) {
         rs.bytes_down = Number<uint64_t>(r, "bytes_down");
         rs.seconds = Number<double>(r, "seconds");
         rs.global_version = Number<int64_t>(r, "global_version");
+        rs.epsilon = OptionalNumber(r, "epsilon");
         s.rounds.push_back(rs);
       }
     }
@@ -328,6 +329,7 @@ std::string FormatRoundLine(const RoundStatus& r, int64_t total_rounds) {
   }
   out << "  up " << FormatBytes(r.BytesUpPerAgent()) << "/agent  down " << FormatBytes(r.BytesDownPerAgent())
       << "/agent  " << Fixed(r.seconds, "%.1f") << " s";
+  if (r.epsilon) out << "  epsilon " << Fixed(r.epsilon, "%.3f");
   return out.str();
 }
 
@@ -372,6 +374,7 @@ std::string RunSummaryJson(const RunSummary& s) {
     j["bytes_up"] = static_cast<uint64_t>(std::llround(r.BytesUpPerAgent()));
     j["bytes_down"] = static_cast<uint64_t>(std::llround(r.BytesDownPerAgent()));
     j["seconds"] = r.seconds;
+    if (r.epsilon) j["epsilon"] = *r.epsilon;
     rounds.push_back(j);
   }
   nlohmann::ordered_json j;

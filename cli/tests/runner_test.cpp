@@ -318,6 +318,11 @@ TEST(JobStatusTest, FormatsRoundLinePerAgent) {
   EXPECT_EQ(
       FormatRoundLine(lm, 5),
       "round 2/5  participants 3  loss 2.996  perplexity 20.00  up 100 B/agent  down 200 B/agent  1.0 s");
+  RoundStatus dp = s->rounds[1];  // a round of a differentially private job
+  dp.epsilon = 2.16801;
+  EXPECT_EQ(FormatRoundLine(dp, 5),
+            "round 2/5  participants 3  loss -  accuracy -  up 100 B/agent  down 200 B/agent  1.0 s  epsilon "
+            "2.168");
   EXPECT_EQ(FormatStatusLine(*s, 42.0), "[  42.0 s] Running: round 3/5, train; 4 agents joined");
   JobStatus waiting;
   waiting.state = "WaitingForAgents";

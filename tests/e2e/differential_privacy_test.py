@@ -128,6 +128,8 @@ class DifferentialPrivacyJobTest(unittest.TestCase):
         self.assertAlmostEqual(float(m.group(1)), p["epsilon"], places=6)
         for i, a in enumerate(agents):
             self.assertEqual(a.wait(timeout=120), 0, self.tail(f"agent-{i}"))
+        # Each round record carries the epsilon spent after it (what `fedge run` prints).
+        self.assertEqual([round(r["epsilon"], 9) for r in st["rounds"]], [round(epsilon(1), 9), round(epsilon(2), 9)])
         text = open(os.path.join(self.tmp, "aggregator.log")).read()
         self.assertIn("privacy noise added", text)
         self.assertIn("privacy budget exhausted", text)

@@ -25,6 +25,7 @@ struct RoundRecord {
   double seconds = 0;                // train start to evaluation close
   int64_t global_version = 0;        // version produced by this round
   std::string close_reason;          // "all_answered" | "quorum_at_deadline" | "below_quorum_after_extension"
+  std::optional<double> epsilon;     // differential privacy spent after this round (absent: DP off)
 };
 
 // JSON object text for one record (keys as above; absent optionals are null).

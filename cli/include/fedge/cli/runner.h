@@ -107,6 +107,7 @@ struct RoundStatus {
   uint64_t bytes_down = 0;  // all agents together
   double seconds = 0;
   int64_t global_version = 0;
+  std::optional<double> epsilon;  // differential privacy spent after the round (DP jobs)
 
   // Per-agent traffic: uploads over participants, downloads over the agents
   // that received the model (max of invited and participants).
