@@ -66,6 +66,68 @@ class FedAvgStrategy : public AggregationStrategy {
   std::optional<WeightedDeltaSum> sum_;
 };
 
+// FedAvgM (Hsu, Qi, Brown 2019, "Measuring the Effects of Non-Identical Data Distribution
+// for Federated Visual Classification"): server momentum on the example-weighted mean
+// delta D, with server learning rate 1:
+//   v = beta v + D,   x = x + v
+// beta = 0 is FedAvg. v is kept as float32 exactly as checkpointed, so a restored
+// aggregator continues bit-for-bit.
+class FedAvgMStrategy : public AggregationStrategy {
+ public:
+  FedAvgMStrategy(std::string_view name, double beta) : name_(name), beta_(beta) {}
+  std::string_view name() const override { return name_; }
+  void Begin(const TensorBundle& global) override {
+    sum_.emplace(global);
+    zeros_ = Zeros(global);
+  }
+  Status Add(const TensorBundle& delta, int64_t num_examples) override {
+    if (!sum_) return FailedPreconditionError("strategy: Add before Begin");
+    return sum_->Add(delta, static_cast<double>(num_examples));
+  }
+  int count() const override { return sum_ ? sum_->count() : 0; }
+  StatusOr<TensorBundle> Finish(const TensorBundle& global) override {
+    if (!sum_) return FailedPreconditionError("strategy: Finish before Begin");
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean, sum_->ApplyMean(zeros_));
+    TensorBundle v = v_.tensors.empty() ? Zeros(global) : v_;
+    FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, v).WithContext("momentum state"));
+    TensorBundle out = global;
+    for (NamedTensor& x : out.tensors) {
+      const std::vector<float>& d = mean.Find(x.name)->values;
+      std::vector<float>& vt = v.Find(x.name)->values;
+      for (size_t i = 0; i < x.values.size(); ++i) {
+        vt[i] = static_cast<float>(beta_ * static_cast<double>(vt[i]) + static_cast<double>(d[i]));
+        x.values[i] = static_cast<float>(static_cast<double>(x.values[i]) + static_cast<double>(vt[i]));
+      }
+    }
+    v_ = std::move(v);
+    return out;
+  }
+  TensorBundle SaveState() const override {
+    TensorBundle state;
+    for (const NamedTensor& t : v_.tensors)
+      state.tensors.push_back(NamedTensor{"v/" + t.name, t.shape, t.values});
+    return state;
+  }
+  Status RestoreState(const TensorBundle& state) override {
+    TensorBundle v;
+    for (const NamedTensor& t : state.tensors) {
+      if (t.name.rfind("v/", 0) != 0) {
+        return InvalidArgumentError("momentum state: unexpected tensor \"" + t.name + "\"");
+      }
+      v.tensors.push_back(NamedTensor{t.name.substr(2), t.shape, t.values});
+    }
+    v_ = std::move(v);
+    return OkStatus();
+  }
+
+ private:
+  std::string name_;
+  double beta_;
+  std::optional<WeightedDeltaSum> sum_;
+  TensorBundle zeros_;
+  TensorBundle v_;  // empty until the first round
+};
+
 // Server optimizers of Reddi et al. 2021 ("Adaptive Federated Optimization",
 // Algorithm 2). The pseudo-gradient is the example-weighted mean delta D:
 //   m = b1 m + (1 - b1) D
@@ -394,6 +456,12 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeInner(const StrategySpec& spe
   using Ptr = std::unique_ptr<AggregationStrategy>;
   const std::string& n = spec.name;
   if (n == "fedavg" || n == "fedprox") return Ptr(std::make_unique<FedAvgStrategy>(n));
+  if (n == "fedavgm") {
+    if (!(spec.serverMomentum >= 0 && spec.serverMomentum < 1)) {
+      return InvalidArgumentError("spec.strategy.serverMomentum: must be in [0, 1)");
+    }
+    return Ptr(std::make_unique<FedAvgMStrategy>(n, spec.serverMomentum));
+  }
   if (n == "fedadam" || n == "fedyogi" || n == "fedadagrad") {
     if (!(spec.serverLearningRate > 0) || !(spec.beta1 >= 0 && spec.beta1 < 1) ||
         !(spec.beta2 >= 0 && spec.beta2 < 1) || !(spec.tau > 0)) {
@@ -423,7 +491,7 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeInner(const StrategySpec& spe
                                               n == "krum" ? 1 : spec.multiKrumM));
   }
   return InvalidArgumentError("spec.strategy.name: unknown strategy \"" + n +
-                              "\" (known: fedavg, fedprox, fedadam, fedyogi, fedadagrad, median, "
+                              "\" (known: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, median, "
                               "trimmed-mean, krum, multi-krum)");
 }
 

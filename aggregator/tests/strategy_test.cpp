@@ -285,3 +285,46 @@ TEST(MakeStrategyTest, UnknownNameAndBadParametersAreRejected) {
 
 }  // namespace
 }  // namespace fedge::aggregator
+
+namespace fedge::aggregator {
+namespace {
+
+// FedAvgM, beta = 0.5, x0 = (1, 1), v0 = 0. Deltas by hand:
+// Round 1: (2, 0) n = 1 and (4, -4) n = 3 -> D = ((2 + 12) / 4, -12 / 4) = (3.5, -3)
+//          v1 = (3.5, -3), x1 = (4.5, -2)
+// Round 2: (1, 1) n = 2                   -> D = (1, 1)
+//          v2 = 0.5 v1 + D = (2.75, -0.5), x2 = (7.25, -2.5)
+// beta = 0 is FedAvg: x1 = (4.5, -2), x2 = (5.5, -1).
+TEST(FedAvgMTest, ServerMomentumByHand) {
+  StrategySpec spec = Spec("fedavgm");
+  spec.serverMomentum = 0.5;
+  auto s = Make(spec);
+  ASSERT_NE(s, nullptr);
+  TensorBundle x1 = Round(*s, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
+  EXPECT_EQ(Vals(x1, "w"), (std::vector<float>{4.5f, -2.0f}));
+  TensorBundle x2 = Round(*s, x1, {{W(1, 1), 2}});
+  EXPECT_EQ(Vals(x2, "w"), (std::vector<float>{7.25f, -2.5f}));
+
+  spec.serverMomentum = 0.0;
+  auto plain = Make(spec);
+  TensorBundle y1 = Round(*plain, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
+  EXPECT_EQ(Vals(Round(*plain, y1, {{W(1, 1), 2}}), "w"), (std::vector<float>{5.5f, -1.0f}));
+}
+
+TEST(FedAvgMTest, MomentumSurvivesACheckpointAndForeignStateIsRefused) {
+  StrategySpec spec = Spec("fedavgm");
+  spec.serverMomentum = 0.5;
+  auto a = Make(spec);
+  TensorBundle x1 = Round(*a, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
+  auto b = Make(spec);
+  ASSERT_TRUE(b->RestoreState(a->SaveState()).ok());
+  EXPECT_EQ(Vals(Round(*b, x1, {{W(1, 1), 2}}), "w"), (std::vector<float>{7.25f, -2.5f}));
+  TensorBundle foreign;
+  foreign.tensors.push_back(NamedTensor{"m/w", {2}, {0, 0}});
+  EXPECT_FALSE(Make(spec)->RestoreState(foreign).ok());
+  spec.serverMomentum = 1.0;
+  EXPECT_FALSE(MakeStrategy(spec).ok()) << "beta 1 never forgets: refused";
+}
+
+}  // namespace
+}  // namespace fedge::aggregator

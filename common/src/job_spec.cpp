@@ -441,8 +441,9 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   if (r.Object(spec, s, "strategy", &n)) {
     const std::string p = "spec.strategy";
     r.CheckKeys(n, p,
-                {"name", "proximalMu", "serverLearningRate", "beta1", "beta2", "tau", "trimFraction",
-                 "byzantineClients", "multiKrumM", "maxBufferedUpdates", "clipNorm", "maxUpdateNorm"});
+                {"name", "proximalMu", "serverLearningRate", "beta1", "beta2", "tau", "serverMomentum",
+                 "trimFraction", "byzantineClients", "multiKrumM", "maxBufferedUpdates", "clipNorm",
+                 "maxUpdateNorm"});
     StrategySpec& st = job->strategy;
     r.String(n, p, "name", &st.name);
     r.Double(n, p, "proximalMu", &st.proximalMu);
@@ -450,6 +451,7 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     r.Double(n, p, "beta1", &st.beta1);
     r.Double(n, p, "beta2", &st.beta2);
     r.Double(n, p, "tau", &st.tau);
+    r.Double(n, p, "serverMomentum", &st.serverMomentum);
     r.Double(n, p, "trimFraction", &st.trimFraction);
     r.Integer(n, p, "byzantineClients", &st.byzantineClients);
     r.Integer(n, p, "multiKrumM", &st.multiKrumM);
@@ -576,8 +578,9 @@ const std::vector<std::string> kFamilies = {"bert", "llama"};
 const std::vector<std::string> kBertTasks = {"sequence-classification", "token-classification", "embedding"};
 const std::vector<std::string> kLlamaTasks = {"causal-lm"};
 const std::vector<std::string> kAggregations = {"factors", "frozen-a", "product"};
-const std::vector<std::string> kStrategies = {"fedavg", "fedprox",      "fedadam", "fedyogi",   "fedadagrad",
-                                              "median", "trimmed-mean", "krum",    "multi-krum"};
+const std::vector<std::string> kStrategies = {"fedavg",  "fedprox",    "fedavgm", "fedadam",
+                                              "fedyogi", "fedadagrad", "median",  "trimmed-mean",
+                                              "krum",    "multi-krum"};
 const std::vector<std::string> kCodecs = {"fp32", "fp16", "bf16", "int8", "int4"};
 const std::vector<std::string> kCleanPodPolicies = {"All", "Running", "None"};
 const std::vector<std::string> kDataFormats = {"jsonl"};
@@ -739,6 +742,9 @@ Status ValidateJobSpec(const JobSpec& spec) {
   // Optimizer and robust parameters are checked whatever the strategy, so a
   // typo is caught before someone switches strategies.
   v.Positive("spec.strategy.serverLearningRate", st.serverLearningRate);
+  if (!(st.serverMomentum >= 0 && st.serverMomentum < 1)) {
+    v.Add("spec.strategy.serverMomentum", "must be in [0, 1), got " + Validator::Str(st.serverMomentum));
+  }
   if (!(st.beta1 >= 0 && st.beta1 < 1)) {
     v.Add("spec.strategy.beta1", "must be in [0, 1), got " + Validator::Str(st.beta1));
   }
@@ -970,6 +976,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "beta1" << YAML::Value << dbl(spec.strategy.beta1);
   out << YAML::Key << "beta2" << YAML::Value << dbl(spec.strategy.beta2);
   out << YAML::Key << "tau" << YAML::Value << dbl(spec.strategy.tau);
+  out << YAML::Key << "serverMomentum" << YAML::Value << dbl(spec.strategy.serverMomentum);
   out << YAML::Key << "trimFraction" << YAML::Value << dbl(spec.strategy.trimFraction);
   out << YAML::Key << "byzantineClients" << YAML::Value << spec.strategy.byzantineClients;
   out << YAML::Key << "multiKrumM" << YAML::Value << spec.strategy.multiKrumM;

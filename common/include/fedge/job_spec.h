@@ -77,14 +77,16 @@ struct RoundsSpec {
 };
 
 struct StrategySpec {
-  std::string name = "fedavg";  // fedavg | fedprox | fedadam | fedyogi | fedadagrad | median |
-                                // trimmed-mean | krum | multi-krum
+  std::string name = "fedavg";  // fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad |
+                                // median | trimmed-mean | krum | multi-krum
   double proximalMu = 0.0;
   // Server optimizers (fedadam, fedyogi, fedadagrad; Reddi et al. 2021).
   double serverLearningRate = 1e-2;  // eta
   double beta1 = 0.9;
   double beta2 = 0.99;
   double tau = 1e-3;
+  // FedAvgM (Hsu et al. 2019): server momentum beta; v = beta v + mean delta, x += v.
+  double serverMomentum = 0.9;
   // Robust strategies.
   double trimFraction = 0.1;      // trimmed-mean: trims floor(beta * n) from each end
   int byzantineClients = 0;       // krum, multi-krum: f
