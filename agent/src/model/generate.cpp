@@ -189,6 +189,7 @@ StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeToke
         break;
       }
       result.token_ids.push_back(id);
+      if (options.on_token) options.on_token(id);
       // Special tokens (<|im_end|>, ...) are control, not text: skipped as
       // tokenizers' decode(skip_special_tokens=True) and transformers pipelines do.
       if (!tokenizer.IsSpecial(id) && scanner.Add(tokenizer.TokenBytes(id))) {

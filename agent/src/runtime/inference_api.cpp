@@ -136,6 +136,23 @@ Json Usage(const llm::GenerationResult& r) {
           {"total_tokens", r.prompt_tokens + completion}};
 }
 
+// The route a generation request came in on: the metrics' endpoint label.
+const std::string& GenerationRoute(GenerationEndpoint endpoint) {
+  static const std::string kCompletions = "/v1/completions";
+  static const std::string kChat = "/v1/chat/completions";
+  return endpoint == GenerationEndpoint::kChatCompletions ? kChat : kCompletions;
+}
+
+double Milliseconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+// n per second over `ms`; 0 when nothing was measured (no tokens, or a span of
+// zero length: a single generated token has no generation span).
+double PerSecond(int64_t n, double ms) {
+  return n > 0 && ms > 0 ? static_cast<double>(n) / ms * 1000.0 : 0.0;
+}
+
 int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -151,7 +168,32 @@ std::string ResponseId(const char* prefix) {
   return id;
 }
 
+Json TimingsJson(const GenerationTimes& times) {
+  GenerationTimings t = ComputeTimings(times);
+  return {{"prompt_n", t.prompt_n},
+          {"prompt_ms", t.prompt_ms},
+          {"prompt_per_token_ms", t.prompt_per_token_ms},
+          {"prompt_per_second", t.prompt_per_second},
+          {"predicted_n", t.predicted_n},
+          {"predicted_ms", t.predicted_ms},
+          {"predicted_per_token_ms", t.predicted_per_token_ms},
+          {"predicted_per_second", t.predicted_per_second}};
+}
+
 }  // namespace
+
+GenerationTimings ComputeTimings(const GenerationTimes& times) {
+  GenerationTimings t;
+  t.prompt_n = times.prompt_tokens;
+  t.prompt_ms = Milliseconds((times.tokens > 0 ? times.first : times.ended) - times.started);
+  t.prompt_per_token_ms = t.prompt_n > 0 ? t.prompt_ms / static_cast<double>(t.prompt_n) : 0.0;
+  t.prompt_per_second = PerSecond(t.prompt_n, t.prompt_ms);
+  t.predicted_n = times.tokens;
+  t.predicted_ms = times.tokens > 0 ? Milliseconds(times.last - times.first) : 0.0;
+  t.predicted_per_token_ms = t.predicted_n > 0 ? t.predicted_ms / static_cast<double>(t.predicted_n) : 0.0;
+  t.predicted_per_second = PerSecond(t.predicted_n, t.predicted_ms);
+  return t;
+}
 
 InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
                            InferenceLimits limits, ApiTokenFile* tokens)
@@ -204,13 +246,16 @@ std::optional<HttpResponse> InferenceApi::Authenticate(const HttpRequest& reques
 
 void InferenceApi::Register(HttpServer& server) {
   auto timed = [this](std::string endpoint, HttpResponse (InferenceApi::*fn)(const HttpRequest&)) {
-    return [this, endpoint, fn](const HttpRequest& request) {
+    prometheus::Gauge* in_flight = metrics_ != nullptr ? &metrics_->RequestsInFlight(endpoint) : nullptr;
+    return [this, endpoint, fn, in_flight](const HttpRequest& request) {
       auto start = std::chrono::steady_clock::now();
+      if (in_flight != nullptr) in_flight->Increment();
       std::optional<HttpResponse> denied = Authenticate(request);
       HttpResponse response = denied ? std::move(*denied) : (this->*fn)(request);
-      auto observe = [this, endpoint, start](int status) {
+      auto observe = [this, endpoint, start, in_flight](int status) {
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         if (metrics_ != nullptr) metrics_->ObserveInference(endpoint, status, seconds);
+        if (in_flight != nullptr) in_flight->Decrement();
       };
       if (!response.stream) {
         observe(response.status);
@@ -269,7 +314,7 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
   std::vector<Prediction> predictions;
   int64_t version = 0;
   std::vector<int> counts;
-  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+  Status st = UseModel([&](TextClassifier& model, int64_t v) -> Status {
     version = v;
     FEDGE_RETURN_IF_ERROR(CheckTokens(model, *texts, limits_.max_input_tokens, &counts));
     FEDGE_ASSIGN_OR_RETURN(predictions, model.Classify(*texts));
@@ -307,6 +352,7 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
                     {"scores", scores}});
   }
   int total = std::accumulate(counts.begin(), counts.end(), 0);
+  if (metrics_ != nullptr) metrics_->CountTokens("/v1/classify", total, 0);
   Json out = {{"object", "list"},
               {"model", model_->ModelName(version)},
               {"data", data},
@@ -324,7 +370,7 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
   std::vector<int> counts;
   int64_t version = 0;
   int64_t dims = 0;
-  Status st = model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+  Status st = UseModel([&](TextClassifier& model, int64_t v) -> Status {
     version = v;
     if (dynamic_cast<LlmModel*>(&model) == nullptr) {
       dims = model.hidden_size();
@@ -355,6 +401,7 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
     data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", std::move(embedding)}});
   }
   int total = std::accumulate(counts.begin(), counts.end(), 0);
+  if (metrics_ != nullptr) metrics_->CountTokens("/v1/embeddings", total, 0);
   Json out = {{"object", "list"},
               {"data", data},
               {"model", model_->ModelName(version)},
@@ -370,10 +417,28 @@ HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
   return Generate(request, GenerationEndpoint::kChatCompletions);
 }
 
+Status InferenceApi::UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn) {
+  if (metrics_ == nullptr) return model_->Use(fn);
+  prometheus::Gauge& waiting = metrics_->inference_requests_waiting;
+  waiting.Increment();
+  bool counted = true;
+  auto stop_waiting = [&] {
+    if (counted) waiting.Decrement();
+    counted = false;
+  };
+  Status st = model_->Use([&](TextClassifier& model, int64_t version) {
+    stop_waiting();
+    return fn(model, version);
+  });
+  stop_waiting();  // Use refused without running fn (nothing installed yet)
+  return st;
+}
+
 Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    const llm::TextCallback& on_text, llm::GenerationResult* result,
-                                   int64_t* version) {
-  return model_->Use([&](TextClassifier& model, int64_t v) -> Status {
+                                   int64_t* version, GenerationTimes* times) {
+  const std::string& route = GenerationRoute(req.endpoint);
+  Status st = UseModel([&](TextClassifier& model, int64_t v) -> Status {
     auto* lm = dynamic_cast<LlmModel*>(&model);
     if (lm == nullptr) return NotCausalLm();
     *version = v;
@@ -398,23 +463,52 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
     }
     if (ids.empty()) return InvalidArgumentError("the prompt has no tokens");
     if (dry_run) return OkStatus();
-    FEDGE_ASSIGN_OR_RETURN(*result, lm->lm().GenerateFromIds(ids, options, on_text));
+    // Timestamps per token; the histograms are observed as tokens come, so a
+    // long stream shows in /metrics while it runs.
+    options.on_token = [this, times, &route](int32_t) {
+      auto now = std::chrono::steady_clock::now();
+      if (times->tokens == 0) {
+        times->first = now;
+        if (metrics_ != nullptr)
+          metrics_->ObserveTimeToFirstToken(route,
+                                            std::chrono::duration<double>(now - times->arrived).count());
+      } else if (metrics_ != nullptr) {
+        metrics_->ObserveInterTokenLatency(route, std::chrono::duration<double>(now - times->last).count());
+      }
+      times->last = now;
+      ++times->tokens;
+    };
+    times->prompt_tokens = static_cast<int64_t>(ids.size());
+    times->ran = true;
+    times->started = std::chrono::steady_clock::now();
+    auto generated = lm->lm().GenerateFromIds(ids, options, on_text);
+    times->ended = std::chrono::steady_clock::now();
+    if (!generated.ok()) return generated.status();
+    *result = std::move(generated).value();
     return OkStatus();
   });
+  // Tokens of a generation that was cancelled or failed midway were computed too.
+  if (!dry_run && times->ran && metrics_ != nullptr)
+    metrics_->CountTokens(route, times->prompt_tokens, times->tokens);
+  return st;
 }
 
 HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoint endpoint) {
+  const auto arrived = std::chrono::steady_clock::now();
   ApiErrorInfo error;
   auto req = ParseGenerationRequest(request.body, endpoint, limits_, &error);
   if (!req) return ErrorResponse(error);
   llm::GenerationResult result;
   int64_t version = 0;
+  GenerationTimes times;
+  times.arrived = arrived;
   // A stream's checks run before its 200 goes out, so a bad request still gets its status.
-  Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version);
+  Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times);
   if (!st.ok()) return ErrorResponse(ErrorInfo(st));
   if (req->stream) {
-    return HttpResponse::EventStream(
-        [this, req = std::move(*req)](HttpStreamWriter& writer) { StreamGeneration(req, writer); });
+    return HttpResponse::EventStream([this, arrived, req = std::move(*req)](HttpStreamWriter& writer) {
+      StreamGeneration(req, arrived, writer);
+    });
   }
   const bool chat = endpoint == GenerationEndpoint::kChatCompletions;
   Json choice = {{"index", 0}};
@@ -431,11 +525,13 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
               {"model", model_->ModelName(version)},
               {"system_fingerprint", model_->ModelName(version)},
               {"choices", Json::array({choice})},
-              {"usage", Usage(result)}};
+              {"usage", Usage(result)},
+              {"timings", TimingsJson(times)}};
   return HttpResponse::Json(200, Dump(out));
 }
 
-void InferenceApi::StreamGeneration(const GenerationRequest& req, HttpStreamWriter& writer) {
+void InferenceApi::StreamGeneration(const GenerationRequest& req,
+                                    std::chrono::steady_clock::time_point arrived, HttpStreamWriter& writer) {
   const bool chat = req.endpoint == GenerationEndpoint::kChatCompletions;
   const std::string id = ResponseId(chat ? "chatcmpl-" : "cmpl-");
   const int64_t created = NowSeconds();
@@ -445,7 +541,7 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req, HttpStreamWrit
     if (open) open = writer.Write("data: " + payload + "\n\n");
   };
   // One chunk in OpenAI's shape with a single choice (or none, for the usage chunk).
-  auto chunk = [&](std::optional<Json> choice, std::optional<Json> usage) {
+  auto chunk = [&](std::optional<Json> choice, std::optional<Json> usage, std::optional<Json> timings) {
     Json c = {{"id", id},
               {"object", chat ? "chat.completion.chunk" : "text_completion"},
               {"created", created},
@@ -453,6 +549,7 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req, HttpStreamWrit
               {"system_fingerprint", model_name},
               {"choices", choice ? Json::array({*choice}) : Json::array()}};
     if (req.include_usage) c["usage"] = usage ? *usage : Json(nullptr);
+    if (timings) c["timings"] = *timings;
     send(Dump(c));
   };
   auto text_choice = [&](std::string_view text, const Json& finish_reason) {
@@ -480,20 +577,22 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req, HttpStreamWrit
                      {"delta", {{"role", "assistant"}, {"content", ""}}},
                      {"logprobs", nullptr},
                      {"finish_reason", nullptr}};
-      chunk(choice, std::nullopt);
+      chunk(choice, std::nullopt, std::nullopt);
     }
   };
   int64_t version = 0;
   llm::GenerationResult result;
+  GenerationTimes times;
+  times.arrived = arrived;
   // RunGeneration sets `version` before generating, so every chunk names the global
   // that produced it.
   Status st = RunGeneration(
       run, /*dry_run=*/false,
       [&](std::string_view delta) {
         start(version);
-        chunk(text_choice(delta, nullptr), std::nullopt);
+        chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);
       },
-      &result, &version);
+      &result, &version, &times);
   if (!st.ok()) {
     // The 200 and perhaps some text went out already: the error is one event.
     send(Dump(ErrorJson(ErrorInfo(st))));
@@ -501,8 +600,9 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req, HttpStreamWrit
   }
   if (result.finish_reason == llm::FinishReason::kCancelled || !open) return;  // nobody is reading
   start(version);
-  chunk(text_choice("", std::string(llm::FinishReasonName(result.finish_reason))), std::nullopt);
-  if (req.include_usage) chunk(std::nullopt, Usage(result));
+  const Json timings = TimingsJson(times);
+  chunk(text_choice("", std::string(llm::FinishReasonName(result.finish_reason))), std::nullopt, timings);
+  if (req.include_usage) chunk(std::nullopt, Usage(result), timings);
   send("[DONE]");
 }
 

@@ -54,6 +54,9 @@ AgentMetrics::AgentMetrics()
       feedback_log_full_total(
           NewCounter(*registry_, "fedge_agent_feedback_log_full_total",
                      "Feedback entries refused because the log reached --feedback-max-bytes.")),
+      inference_requests_waiting(
+          NewGauge(*registry_, "fedge_agent_inference_requests_waiting",
+                   "Inference requests waiting for the serving model (the queue in front of it).")),
       requests_(prometheus::BuildCounter()
                     .Name("fedge_agent_inference_requests_total")
                     .Help("Inference HTTP requests by endpoint and status code.")
@@ -61,6 +64,28 @@ AgentMetrics::AgentMetrics()
       durations_(prometheus::BuildHistogram()
                      .Name("fedge_agent_inference_duration_seconds")
                      .Help("Inference request latency by endpoint.")
+                     .Register(*registry_)),
+      time_to_first_token_(
+          prometheus::BuildHistogram()
+              .Name("fedge_agent_time_to_first_token_seconds")
+              .Help("Time from a generation request's arrival (queueing included) to its first token.")
+              .Register(*registry_)),
+      inter_token_latency_(prometheus::BuildHistogram()
+                               .Name("fedge_agent_inter_token_latency_seconds")
+                               .Help("Time between consecutive generated tokens of one request.")
+                               .Register(*registry_)),
+      prompt_tokens_(prometheus::BuildCounter()
+                         .Name("fedge_agent_prompt_tokens_total")
+                         .Help("Prompt (input) tokens of answered inference requests, by endpoint.")
+                         .Register(*registry_)),
+      generated_tokens_(prometheus::BuildCounter()
+                            .Name("fedge_agent_generated_tokens_total")
+                            .Help("Tokens generated, by endpoint (rate() of it is tokens/s).")
+                            .Register(*registry_)),
+      in_flight_(prometheus::BuildGauge()
+                     .Name("fedge_agent_inference_requests_in_flight")
+                     .Help("Inference requests being handled (waiting for the model, using it, or "
+                           "streaming), by endpoint.")
                      .Register(*registry_)) {}
 
 void AgentMetrics::ObserveInference(const std::string& endpoint, int http_code, double seconds) {
@@ -68,6 +93,46 @@ void AgentMetrics::ObserveInference(const std::string& endpoint, int http_code, 
   static const prometheus::Histogram::BucketBoundaries kBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                                    0.1,   0.25,   0.5,   1.0,  2.5,   5.0};
   durations_.Add({{"endpoint", endpoint}}, kBuckets).Observe(seconds);
+}
+
+namespace {
+
+// Buckets for a 2-core edge CPU. The first token needs a prompt pass and
+// perhaps a wait behind other requests: milliseconds for a tiny model, seconds
+// for a long prompt or a queue, so up to a minute.
+const prometheus::Histogram::BucketBoundaries& FirstTokenBuckets() {
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0};
+  return kBuckets;
+}
+
+// One decode step: ~1 ms for a test-sized model, 10-100 ms for a 100M-1B model
+// on two cores (10-100 tokens/s), more when other requests share the CPU.
+const prometheus::Histogram::BucketBoundaries& InterTokenBuckets() {
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5};
+  return kBuckets;
+}
+
+}  // namespace
+
+void AgentMetrics::ObserveTimeToFirstToken(const std::string& endpoint, double seconds) {
+  time_to_first_token_.Add({{"endpoint", endpoint}}, FirstTokenBuckets()).Observe(seconds);
+}
+
+void AgentMetrics::ObserveInterTokenLatency(const std::string& endpoint, double seconds) {
+  inter_token_latency_.Add({{"endpoint", endpoint}}, InterTokenBuckets()).Observe(seconds);
+}
+
+void AgentMetrics::CountTokens(const std::string& endpoint, int64_t prompt_tokens, int64_t generated_tokens) {
+  if (prompt_tokens > 0)
+    prompt_tokens_.Add({{"endpoint", endpoint}}).Increment(static_cast<double>(prompt_tokens));
+  if (generated_tokens > 0)
+    generated_tokens_.Add({{"endpoint", endpoint}}).Increment(static_cast<double>(generated_tokens));
+}
+
+prometheus::Gauge& AgentMetrics::RequestsInFlight(const std::string& endpoint) {
+  return in_flight_.Add({{"endpoint", endpoint}});
 }
 
 }  // namespace fedge::agent

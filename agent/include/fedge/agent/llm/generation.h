@@ -51,6 +51,11 @@ struct GenerationOptions {
   // there with FinishReason::kCancelled (e.g. the client of a stream went away).
   // Called on the generating thread.
   std::function<bool()> cancelled;
+  // Optional. Called on the generating thread once per generated token, in order,
+  // right after it is sampled and before its text is emitted (EOS is not a
+  // generated token: not reported). For timings (time to first token, inter-token
+  // latency); it must not throw.
+  std::function<void(int32_t id)> on_token;
 };
 
 struct GenerationResult {

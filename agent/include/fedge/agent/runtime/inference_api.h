@@ -25,6 +25,10 @@
 //     "data: [DONE]". A client that disconnects mid-stream ends its generation at the
 //     next token. Errors found after the stream started arrive as one
 //     "data: {\"error\": {...}}" event.
+//   Generation responses carry a llama.cpp-style "timings" object (prompt_n,
+//     prompt_ms, prompt_per_token_ms, prompt_per_second, predicted_n,
+//     predicted_ms, predicted_per_token_ms, predicted_per_second): in the body,
+//     or in a stream's last chunk (the one with finish_reason) and its usage chunk.
 //   GET /healthz (alive), GET /readyz (200 once a global model serves; never
 //   waits for inference), GET /metrics
 // Errors: {"error": {"message", "type", "param", "code"}} with 400 for bad or
@@ -39,7 +43,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -52,6 +59,38 @@ class ApiTokenFile;
 class ServingModel;
 class StateStore;
 class AgentMetrics;
+class TextClassifier;
+
+// Steady-clock timestamps of one generation, taken on its thread: the source of
+// a response's "timings" and of the per-token metrics.
+struct GenerationTimes {
+  std::chrono::steady_clock::time_point arrived;  // the handler began (before queueing for the model)
+  std::chrono::steady_clock::time_point started;  // model held, prompt tokenized: the prompt pass begins
+  std::chrono::steady_clock::time_point first;    // first generated token (valid if tokens > 0)
+  std::chrono::steady_clock::time_point last;     // latest generated token (valid if tokens > 0)
+  std::chrono::steady_clock::time_point ended;    // generation returned
+  int64_t prompt_tokens = 0;                      // set when the prompt pass begins
+  int64_t tokens = 0;                             // generated so far
+  bool ran = false;                               // the prompt pass began
+};
+
+// llama.cpp's server "timings", with its meaning: prompt_ms runs from the
+// prompt pass's start to the first generated token (its sampling included; to
+// the generation's end when none was generated), predicted_ms from the first
+// generated token to the last, predicted_n counts every generated token (the
+// first too). per_token_ms = ms / n; per_second = n / ms * 1000, 0 when ms or n
+// is 0 (one generated token spans no time).
+struct GenerationTimings {
+  int64_t prompt_n = 0;
+  double prompt_ms = 0;
+  double prompt_per_token_ms = 0;
+  double prompt_per_second = 0;
+  int64_t predicted_n = 0;
+  double predicted_ms = 0;
+  double predicted_per_token_ms = 0;
+  double predicted_per_second = 0;
+};
+GenerationTimings ComputeTimings(const GenerationTimes& times);
 
 // Handlers over plain HttpRequest/HttpResponse; all thread-safe. The pointed-to
 // objects must outlive this one. `store` may be null (feedback then answers 503);
@@ -87,11 +126,15 @@ class InferenceApi {
   // Runs `req` on the served causal LM (prompt rendered, prompt tokens checked
   // against the context). With `dry_run` it stops after those checks (a stream's
   // checks before its 200 goes out). `on_text` gets final text as it is produced;
-  // `*version` the global that answered.
+  // `*version` the global that answered. Unless `dry_run`, fills `*times` (whose
+  // `arrived` the caller set) and records the per-token metrics as tokens come.
   Status RunGeneration(const GenerationRequest& req, bool dry_run, const llm::TextCallback& on_text,
-                       llm::GenerationResult* result, int64_t* version);
-  // The SSE producer for a streamed generation.
-  void StreamGeneration(const GenerationRequest& req, HttpStreamWriter& writer);
+                       llm::GenerationResult* result, int64_t* version, GenerationTimes* times);
+  // The SSE producer for a streamed generation that arrived at `arrived`.
+  void StreamGeneration(const GenerationRequest& req, std::chrono::steady_clock::time_point arrived,
+                        HttpStreamWriter& writer);
+  // model_->Use, counted in the metrics' waiting gauge until `fn` starts.
+  Status UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn);
   std::string JsonModel(int64_t version) const;
 
   ServingModel* model_;
