@@ -309,6 +309,27 @@ class OpenAiGenerativeTest(unittest.TestCase):
         self.assertEqual("".join(c.choices[0].text for c in streamed), text[:text.index(cut)])
         self.assertEqual(streamed[-1].choices[0].finish_reason, "stop")
 
+    def test_timings_in_replies_and_token_metrics_on_the_agent(self):
+        # llama.cpp's "timings" object: an extra field the client keeps (model_dump has it).
+        r = self.chat(max_completion_tokens=12)
+        t = r.model_dump()["timings"]
+        self.assertEqual(t["prompt_n"], r.usage.prompt_tokens)
+        self.assertEqual(t["predicted_n"], r.usage.completion_tokens)
+        self.assertGreater(t["prompt_ms"], 0)
+        chunks = list(self.chat(max_completion_tokens=12, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(chunks[-1].model_dump()["timings"]["predicted_n"], chunks[-1].usage.completion_tokens)
+        self.assertEqual(chunks[-2].model_dump()["timings"], chunks[-1].model_dump()["timings"])
+        # The agent's /metrics has the per-request series for the chat endpoint.
+        code, body = http("GET", f"http://127.0.0.1:{self.job.port}/metrics")
+        self.assertEqual(code, 200)
+        label = '{endpoint="/v1/chat/completions"}'
+        for series in ("fedge_agent_time_to_first_token_seconds_count", "fedge_agent_inter_token_latency_seconds_count",
+                       "fedge_agent_prompt_tokens_total", "fedge_agent_generated_tokens_total"):
+            line = next((l for l in body.splitlines() if l.startswith(series + label)), None)
+            self.assertIsNotNone(line, f"{series}{label} not in /metrics")
+            self.assertGreater(float(line.split()[-1]), 0, line)
+        self.assertIn("fedge_agent_inference_requests_waiting 0", body)
+
     def test_a_client_leaving_mid_stream_leaves_the_agent_serving(self):
         stream = self.client.completions.create(model=self.model_id, prompt="tree:", max_tokens=4000,
                                                 temperature=1.0, seed=3, stream=True)
