@@ -51,6 +51,11 @@ NOT_EXPOSED_HERE = {
     "fedge_operator_": ("operator", "fedge-operator needs a Kubernetes API server; not run here"),
     "fedge_aggregator_updates_rejected_total": (
         "aggregator", "labelled by reason: no series until an update is rejected, none is in a healthy job"),
+    # Labelled by endpoint: no series until a generation; the job here is a MiniLM classifier.
+    "fedge_agent_time_to_first_token_seconds_": (
+        "agent", "generation only (labelled by endpoint); this job's MiniLM classifier generates nothing"),
+    "fedge_agent_generated_tokens_total": (
+        "agent", "generation only (labelled by endpoint); this job's MiniLM classifier generates nothing"),
 }
 
 
