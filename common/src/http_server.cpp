@@ -269,6 +269,13 @@ std::string Lower(std::string_view s) {
   return out;
 }
 
+// "/v1/models/*" matches "/v1/models/x" and "/v1/models/a/b", not "/v1/models/".
+bool MatchesPrefixRoute(const std::string& route, const std::string& path) {
+  if (route.size() < 2 || route.compare(route.size() - 2, 2, "/*") != 0) return false;
+  const size_t n = route.size() - 1;  // keep the '/'
+  return path.size() > n && path.compare(0, n, route, 0, n) == 0;
+}
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, std::shared_ptr<ServerState> state)
@@ -429,9 +436,23 @@ class Session : public std::enable_shared_from_this<Session> {
 
     auto it = state_->routes->find(request_.method + " " + request_.path);
     if (it == state_->routes->end()) {
+      // The longest prefix route of this method that covers the path.
+      size_t best = 0;
+      for (auto r = state_->routes->begin(); r != state_->routes->end(); ++r) {
+        const size_t sp = r->first.find(' ');
+        if (r->first.compare(0, sp, request_.method) != 0 || sp != request_.method.size()) continue;
+        const std::string route = r->first.substr(sp + 1);
+        if (MatchesPrefixRoute(route, request_.path) && route.size() > best) {
+          best = route.size();
+          it = r;
+        }
+      }
+    }
+    if (it == state_->routes->end()) {
       bool path_known = false;
       for (const auto& [key, _] : *state_->routes) {
-        if (key.substr(key.find(' ') + 1) == request_.path) path_known = true;
+        const std::string route = key.substr(key.find(' ') + 1);
+        if (route == request_.path || MatchesPrefixRoute(route, request_.path)) path_known = true;
       }
       HttpResponse err =
           path_known

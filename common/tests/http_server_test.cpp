@@ -33,6 +33,12 @@ class HttpServerTest : public ::testing::Test {
       return HttpResponse::Json(
           200, "{\"got\":\"" + r.body + "\",\"q\":\"" + (r.query.count("x") ? r.query.at("x") : "") + "\"}");
     });
+    server_->Handle("GET", "/items/*",
+                    [](const HttpRequest& r) { return HttpResponse::Text(200, "any " + r.path); });
+    server_->Handle("GET", "/items/a/*",
+                    [](const HttpRequest& r) { return HttpResponse::Text(200, "a " + r.path); });
+    server_->Handle("GET", "/items/fixed",
+                    [](const HttpRequest&) { return HttpResponse::Text(200, "fixed"); });
     server_->Handle("GET", "/boom",
                     [](const HttpRequest&) -> HttpResponse { throw std::runtime_error("handler exploded"); });
     registry_ = std::make_shared<prometheus::Registry>();
@@ -56,6 +62,17 @@ TEST_F(HttpServerTest, RoutesByMethodAndPath) {
   Reply wrong_method = Send(base_, "GET", "/echo");
   EXPECT_EQ(wrong_method.status, 405);
   EXPECT_NE(wrong_method.body.find("not allowed"), std::string::npos);
+}
+
+TEST_F(HttpServerTest, PrefixRoutesServeEveryPathBelowThemLongestFirst) {
+  // OpenAI's /v1/models/{id}, where an id may hold a '/' (namespace/job).
+  EXPECT_EQ(Send(base_, "GET", "/items/x").body, "any /items/x");
+  EXPECT_EQ(Send(base_, "GET", "/items/ns/job").body, "any /items/ns/job");
+  EXPECT_EQ(Send(base_, "GET", "/items/a/b").body, "a /items/a/b");
+  EXPECT_EQ(Send(base_, "GET", "/items/fixed").body, "fixed") << "an exact route wins";
+  EXPECT_EQ(Send(base_, "GET", "/items/").status, 404) << "the prefix itself is not below it";
+  EXPECT_EQ(Send(base_, "GET", "/itemsx").status, 404);
+  EXPECT_EQ(Send(base_, "POST", "/items/x").status, 405);
 }
 
 TEST_F(HttpServerTest, RejectsOversizedBodiesWith413) {

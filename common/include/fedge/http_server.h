@@ -107,7 +107,9 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Registers a handler for an exact method and path. Call before Start().
+  // Registers a handler for an exact method and path; a path ending in "/*" is a prefix
+  // route that serves every path below it ("/v1/models/*" serves "/v1/models/a/b", not
+  // "/v1/models/") when no exact route matches (the longest prefix wins). Call before Start().
   // Handlers run concurrently on the worker pool (or the I/O thread for inline paths)
   // and must be thread-safe; an exception escaping a handler becomes a 500 with its
   // message.
