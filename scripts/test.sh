@@ -75,6 +75,8 @@ skip_args=()
 if [[ "${CI:-}" == true ]]; then
   skip_args=(--fail-except integration_real_nodes integration_real_e2e integration_real_chaos)
 fi
-python3 "$ROOT/scripts/report-skips.py" "$BUILD" "${skip_args[@]}" || { ((rc == 0)) && rc=1; }
-((rc == 0)) || exit "$rc"
+if ! python3 "$ROOT/scripts/report-skips.py" "$BUILD" "${skip_args[@]}"; then
+  if ((rc == 0)); then rc=1; fi
+fi
+if ((rc != 0)); then exit "$rc"; fi
 step "done"
