@@ -202,6 +202,7 @@ TEST_F(GenerationMetricsTest, StreamWithoutUsageStillEndsWithTimings) {
   ASSERT_FALSE(last["choices"][0]["finish_reason"].is_null());
   ASSERT_TRUE(last.contains("timings")) << events[events.size() - 2];
   EXPECT_FALSE(last.contains("usage"));
+  EXPECT_GE(last["timings"]["predicted_n"].get<int64_t>(), 1);
   EXPECT_EQ(last["timings"]["predicted_n"].get<double>(),
             Count(metrics_, "fedge_agent_generated_tokens_total", kCompletions));
 }
