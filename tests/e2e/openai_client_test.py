@@ -231,12 +231,14 @@ class OpenAiGenerativeTest(unittest.TestCase):
         self.assertEqual(extra["served_as"], f"{m.id}@v{extra['global_version']}")
         # The id has a "/": the client percent-encodes it and the agent decodes it.
         self.assertEqual(self.client.models.retrieve(m.id).model_dump(), extra)
-        # Other ids: 404 in OpenAI's error shape (from the HTTP server's exact routing).
-        with self.assertRaises(openai.NotFoundError) as ctx:
-            self.client.models.retrieve("gpt-4o")
-        self.assertEqual(ctx.exception.status_code, 404)
-        self.assertEqual(set(ctx.exception.body), {"message", "type", "param", "code"})
-        self.assertIn("gpt-4o", ctx.exception.message)
+        # Other ids: OpenAI's 404 model_not_found naming the id and the one this agent serves.
+        for other in ("gpt-4o", "default/other-job"):
+            with self.assertRaises(openai.NotFoundError) as ctx:
+                self.client.models.retrieve(other)
+            self.assertEqual(ctx.exception.status_code, 404)
+            self.assertEqual(set(ctx.exception.body), {"message", "type", "param", "code"})
+            self.assertEqual(ctx.exception.body["code"], "model_not_found")
+            self.assertIn(other, ctx.exception.message)
 
     def test_chat_max_completion_tokens_is_honoured(self):
         # Regression: max_completion_tokens was ignored and replies stopped at 16 tokens.

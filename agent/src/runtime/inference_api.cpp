@@ -272,7 +272,8 @@ void InferenceApi::Register(HttpServer& server) {
   };
   server.Handle("GET", "/v1/models", timed("/v1/models", &InferenceApi::Models));
   // Exact routes only (the HTTP server has no patterns): the one model this agent serves.
-  server.Handle("GET", "/v1/models/" + model_->job(), timed("/v1/models/{id}", &InferenceApi::Model));
+  // Every id: the job's gets the model, any other OpenAI's model_not_found (a prefix route).
+  server.Handle("GET", "/v1/models/*", timed("/v1/models/{id}", &InferenceApi::Model));
   server.Handle("POST", "/v1/classify", timed("/v1/classify", &InferenceApi::Classify));
   server.Handle("POST", "/v1/embeddings", timed("/v1/embeddings", &InferenceApi::Embeddings));
   server.Handle("POST", "/v1/completions", timed("/v1/completions", &InferenceApi::Completions));
