@@ -49,7 +49,7 @@ CONFIGS = [
      {"strategy": {"name": "fedprox", "proximalMu": 0.01}, "compression": {"codec": "int8"}}),
     ("fedavgm", "FedAvgM (server momentum 0.9, server lr 1), int8 + EF",
      {"strategy": {"name": "fedavgm", "serverMomentum": 0.9}, "compression": {"codec": "int8"}}),
-    ("fedavgm-b0.5", "FedAvgM (server momentum 0.5, server lr 1), int8 + EF",
+    ("fedavgm-b05", "FedAvgM (server momentum 0.5, server lr 1), int8 + EF",
      {"strategy": {"name": "fedavgm", "serverMomentum": 0.5}, "compression": {"codec": "int8"}}),
     ("fedadam", "FedAdam (server lr 1e-2, b1 0.9, b2 0.99, tau 1e-3), int8 + EF",
      {"strategy": {"name": "fedadam"}, "compression": {"codec": "int8"}}),
