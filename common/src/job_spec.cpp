@@ -370,7 +370,7 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   const std::string s = "spec";
   r.CheckKeys(spec, s,
               {"model", "adapter", "data", "agents", "rounds", "strategy", "compression", "privacy",
-               "runPolicy", "serving", "aggregator"});
+               "runPolicy", "serving", "feedback", "aggregator"});
   YAML::Node n;
   if (r.Object(spec, s, "model", &n)) {
     const std::string p = "spec.model";
@@ -502,6 +502,13 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     r.CheckKeys(n, p, {"enabled", "port"});
     r.Bool(n, p, "enabled", &job->serving.enabled);
     r.Integer(n, p, "port", &job->serving.port);
+  }
+  if (r.Object(spec, s, "feedback", &n)) {
+    const std::string p = "spec.feedback";
+    r.CheckKeys(n, p, {"enabled", "maxExamples", "weight"});
+    r.Bool(n, p, "enabled", &job->feedback.enabled);
+    r.Integer(n, p, "maxExamples", &job->feedback.maxExamples);
+    r.Double(n, p, "weight", &job->feedback.weight);
   }
   if (r.Object(spec, s, "aggregator", &n)) ReadOperatorOnly(r, n);
 }
@@ -829,6 +836,9 @@ Status ValidateJobSpec(const JobSpec& spec) {
   v.AtLeast("spec.serving.port", spec.serving.port, 1);
   v.AtMost("spec.serving.port", spec.serving.port, 65535);
 
+  v.Between("spec.feedback.maxExamples", spec.feedback.maxExamples, 1, 100000);
+  v.Between("spec.feedback.weight", spec.feedback.weight, 0.01, 0.9);
+
   if (!v.errors.empty()) return InvalidArgumentError(Join(v.errors, "; "));
   return OkStatus();
 }
@@ -1020,6 +1030,12 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "serving" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << spec.serving.enabled;
   out << YAML::Key << "port" << YAML::Value << spec.serving.port;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "feedback" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << spec.feedback.enabled;
+  out << YAML::Key << "maxExamples" << YAML::Value << spec.feedback.maxExamples;
+  out << YAML::Key << "weight" << YAML::Value << dbl(spec.feedback.weight);
   out << YAML::EndMap;
 
   out << YAML::EndMap;  // spec

@@ -157,6 +157,18 @@ struct ServingSpec {
   bool operator==(const ServingSpec&) const = default;
 };
 
+// Feedback posted to an agent's /v1/feedback (docs/inference-api.md): stored on
+// the node only, deduplicated, and mixed into that node's local training set.
+struct FeedbackSpec {
+  bool enabled = true;
+  int maxExamples = 1000;  // kept per node; the oldest is dropped first beyond it
+  // Sampling fraction: the share of the examples a local round samples that are
+  // feedback (when the node holds any), whatever the shard's size.
+  double weight = 0.2;
+
+  bool operator==(const FeedbackSpec&) const = default;
+};
+
 struct JobSpec {
   std::string apiVersion;
   std::string kind;
@@ -172,6 +184,7 @@ struct JobSpec {
   PrivacySpec privacy;
   RunPolicySpec runPolicy;
   ServingSpec serving;
+  FeedbackSpec feedback;
 
   // "namespace/name".
   std::string Key() const { return namespace_ + "/" + name; }
