@@ -52,6 +52,7 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.train.local_steps = spec.rounds.localSteps;
   o.train.batch_size = spec.rounds.batchSize;
   o.train.learning_rate = static_cast<float>(spec.rounds.learningRate);
+  o.learning_rate_schedule = spec.rounds.learningRateSchedule;
   o.train.weight_decay = static_cast<float>(spec.rounds.weightDecay);
   o.train.seed = spec.rounds.seed;
   o.train.update_codec = spec.compression.codec;
@@ -355,6 +356,8 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   t.global_version = global_->version;
   t.global_checksum = global_->checksum;
   t.config = options_.train;
+  t.config.learning_rate = static_cast<float>(ScheduledLearningRate(
+      options_.train.learning_rate, options_.learning_rate_schedule, round_, options_.total_rounds));
   if (phase_ == Phase::kTrain && options_.async) {
     if (agent.last_base_version >= global_->version) {
       return WaitTask("your update on global version " + std::to_string(global_->version) + " is buffered (" +

@@ -34,6 +34,16 @@ Status CheckNormBound(double norm, double bound) {
   return InvalidArgumentError(msg.str());
 }
 
+double ScheduledLearningRate(double base, std::string_view schedule, int64_t round, int64_t total_rounds) {
+  if (total_rounds < 1) return base;
+  const double r = static_cast<double>(std::clamp<int64_t>(round, 1, total_rounds));
+  const double progress = (r - 1) / static_cast<double>(total_rounds);  // in [0, 1)
+  if (schedule == "linear") return base * (1 - progress);
+  constexpr double kPi = 3.14159265358979323846;
+  if (schedule == "cosine") return base * (1 + std::cos(kPi * progress)) / 2;
+  return base;
+}
+
 namespace {
 
 // Zeros shaped like `layout`.

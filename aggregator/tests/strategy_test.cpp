@@ -326,5 +326,76 @@ TEST(FedAvgMTest, MomentumSurvivesACheckpointAndForeignStateIsRefused) {
   EXPECT_FALSE(MakeStrategy(spec).ok()) << "beta 1 never forgets: refused";
 }
 
+// Local learning-rate schedules, base 0.01, R = 5, by hand:
+//   linear: 0.01 * (1 - (r - 1) / 5) = 0.01, 0.008, 0.006, 0.004, 0.002
+//   cosine: 0.01 * (1 + cos(pi (r - 1) / 5)) / 2 = 0.01, 0.0090451, 0.0065451, 0.0034549, 0.0009549
+TEST(LearningRateScheduleTest, LinearAndCosineByHand) {
+  const double linear[5] = {0.01, 0.008, 0.006, 0.004, 0.002};
+  const double cosine[5] = {0.01, 0.0090451, 0.0065451, 0.0034549, 0.0009549};
+  for (int r = 1; r <= 5; ++r) {
+    EXPECT_DOUBLE_EQ(ScheduledLearningRate(0.01, "constant", r, 5), 0.01);
+    EXPECT_NEAR(ScheduledLearningRate(0.01, "linear", r, 5), linear[r - 1], 1e-12) << "round " << r;
+    EXPECT_NEAR(ScheduledLearningRate(0.01, "cosine", r, 5), cosine[r - 1], 1e-7) << "round " << r;
+  }
+  // Rounds outside [1, R] are clamped (async versions past the end, round 0 = initialize).
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(0.01, "linear", 0, 5), 0.01);
+  EXPECT_NEAR(ScheduledLearningRate(0.01, "linear", 9, 5), 0.002, 1e-12);
+  EXPECT_DOUBLE_EQ(ScheduledLearningRate(0.01, "cosine", 3, 0), 0.01) << "no rounds: the base rate";
+}
+
+// With tau far above sqrt(v) (here sqrt(v) = sqrt(1 - b2) |D| <= 0.37, tau = 1000) a server
+// optimizer's step is eta m / tau: FedAdam with b1 = 0 is FedAvg with server learning rate
+// eta / tau, and with b1 = beta and eta = tau / (1 - beta) it is FedAvgM (m / (1 - beta)
+// follows v = beta v + D). bench/experiment relies on both for its server-learning-rate
+// configurations. Same rounds as ServerMomentumByHand: x0 = (1, 1), D1 = (3.5, -3), D2 = (1, 1).
+// By hand (b2 = 0.99): b1 = 0, eta = 2000:
+//   x1 = 1 + 2000 * 3.5 / (sqrt(0.01 * 12.25) + 1000) = 7.9975509, 1 - 6000 / 1000.3 = -4.9982005
+//   x2 = x1 + 2000 / (sqrt(0.99 * 0.1225 + 0.01) + 1000) = 9.9968265; -2.9988299
+// FedAvg at server lr 2: x1 = (8, -5), x2 = (10, -3); the gap is the factor 1 / (1 + sqrt(v) / tau).
+TEST(ServerOptimizerTest, LargeTauWithoutMomentumIsFedAvgWithAServerLearningRate) {
+  StrategySpec spec = Spec("fedadam");
+  spec.beta1 = 0;
+  spec.beta2 = 0.99;
+  spec.tau = 1000;
+  spec.serverLearningRate = 2000;
+  auto s = Make(spec);
+  ASSERT_NE(s, nullptr);
+  TensorBundle x1 = Round(*s, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
+  EXPECT_NEAR(Vals(x1, "w")[0], 7.9975509, 1e-5);
+  EXPECT_NEAR(Vals(x1, "w")[1], -4.9982005, 1e-5);
+  TensorBundle x2 = Round(*s, x1, {{W(1, 1), 2}});
+  EXPECT_NEAR(Vals(x2, "w")[0], 9.9968265, 1e-5);
+  EXPECT_NEAR(Vals(x2, "w")[1], -2.9988299, 1e-5);
+  EXPECT_NEAR(Vals(x2, "w")[0], 10.0, 4e-3);
+  EXPECT_NEAR(Vals(x2, "w")[1], -3.0, 4e-3);
+}
+
+// b1 = 0.5, eta = tau / (1 - 0.5) = 2000, other settings as above. By hand:
+//   m1 = 0.5 D1 = (1.75, -1.5): x1 = 1 + 2000 * 1.75 / 1000.35 = 4.4987754; -1.9991003
+//   m2 = 0.5 m1 + 0.5 D2 = (1.375, -0.25): x2 = 7.2477794; -2.4989429
+// FedAvgM beta 0.5 on the same rounds (ServerMomentumByHand): (4.5, -2), (7.25, -2.5).
+TEST(ServerOptimizerTest, LargeTauWithMomentumIsFedAvgM) {
+  StrategySpec spec = Spec("fedadam");
+  spec.beta1 = 0.5;
+  spec.beta2 = 0.99;
+  spec.tau = 1000;
+  spec.serverLearningRate = 2000;
+  auto adam = Make(spec);
+  StrategySpec m = Spec("fedavgm");
+  m.serverMomentum = 0.5;
+  auto avgm = Make(m);
+  ASSERT_NE(adam, nullptr);
+  ASSERT_NE(avgm, nullptr);
+  TensorBundle a1 = Round(*adam, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
+  TensorBundle m1 = Round(*avgm, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
+  EXPECT_NEAR(Vals(a1, "w")[0], 4.4987754, 1e-5);
+  EXPECT_NEAR(Vals(a1, "w")[1], -1.9991003, 1e-5);
+  TensorBundle a2 = Round(*adam, a1, {{W(1, 1), 2}});
+  TensorBundle m2 = Round(*avgm, m1, {{W(1, 1), 2}});
+  EXPECT_NEAR(Vals(a2, "w")[0], 7.2477794, 1e-5);
+  EXPECT_NEAR(Vals(a2, "w")[1], -2.4989429, 1e-5);
+  for (int i = 0; i < 2; ++i) EXPECT_NEAR(Vals(a2, "w")[i], Vals(m2, "w")[i], 4e-3);
+}
+
 }  // namespace
 }  // namespace fedge::aggregator

@@ -420,8 +420,8 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     const std::string p = "spec.rounds";
     r.CheckKeys(n, p,
                 {"total", "quorum", "fraction", "timeoutSeconds", "localSteps", "batchSize", "learningRate",
-                 "weightDecay", "maxGradNorm", "seed", "overSelection", "mode", "asyncBufferSize",
-                 "stalenessExponent", "maxStaleness"});
+                 "learningRateSchedule", "weightDecay", "maxGradNorm", "seed", "overSelection", "mode",
+                 "asyncBufferSize", "stalenessExponent", "maxStaleness"});
     r.Integer(n, p, "total", &job->rounds.total);
     r.Integer(n, p, "quorum", &job->rounds.quorum);
     r.Double(n, p, "fraction", &job->rounds.fraction);
@@ -429,6 +429,7 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
     r.Integer(n, p, "localSteps", &job->rounds.localSteps);
     r.Integer(n, p, "batchSize", &job->rounds.batchSize);
     r.Double(n, p, "learningRate", &job->rounds.learningRate);
+    r.String(n, p, "learningRateSchedule", &job->rounds.learningRateSchedule);
     r.Double(n, p, "weightDecay", &job->rounds.weightDecay);
     r.Double(n, p, "maxGradNorm", &job->rounds.maxGradNorm);
     r.Integer(n, p, "seed", &job->rounds.seed);
@@ -721,6 +722,7 @@ Status ValidateJobSpec(const JobSpec& spec) {
   v.Between("spec.rounds.batchSize", r.batchSize, 1, 65536);
   v.Positive("spec.rounds.learningRate", r.learningRate);
   v.AtMost("spec.rounds.learningRate", r.learningRate, 10.0);
+  v.OneOf("spec.rounds.learningRateSchedule", r.learningRateSchedule, {"constant", "linear", "cosine"});
   v.Between("spec.rounds.weightDecay", r.weightDecay, 0.0, 1.0);
   v.AtLeast("spec.rounds.maxGradNorm", r.maxGradNorm, 0.0);
   // The CRD's int64 (the API server refuses larger integers).
@@ -969,6 +971,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "localSteps" << YAML::Value << r.localSteps;
   out << YAML::Key << "batchSize" << YAML::Value << r.batchSize;
   out << YAML::Key << "learningRate" << YAML::Value << dbl(r.learningRate);
+  out << YAML::Key << "learningRateSchedule" << YAML::Value << r.learningRateSchedule;
   out << YAML::Key << "weightDecay" << YAML::Value << dbl(r.weightDecay);
   out << YAML::Key << "maxGradNorm" << YAML::Value << dbl(r.maxGradNorm);
   out << YAML::Key << "seed" << YAML::Value << r.seed;

@@ -58,6 +58,10 @@ struct RoundsSpec {
   int localSteps = 20;
   int batchSize = 16;
   double learningRate = 1e-3;
+  // Local learning rate across rounds (round r of R, r from 1): "constant" keeps
+  // learningRate; "linear" uses learningRate * (1 - (r - 1) / R); "cosine"
+  // learningRate * (1 + cos(pi (r - 1) / R)) / 2. Round 1 trains at learningRate in each.
+  std::string learningRateSchedule = "constant";
   double weightDecay = 0.01;
   double maxGradNorm = 1.0;
   uint64_t seed = 42;  // at most INT64_MAX (the CRD's int64)

@@ -136,6 +136,9 @@ struct EngineOptions {
   double staleness_exponent = 0.5;
   int max_staleness = 0;  // 0: any staleness accepted
   TrainConfig train;
+  // spec.rounds.learningRateSchedule: TRAIN tasks of round r carry
+  // ScheduledLearningRate(train.learning_rate, schedule, r, total_rounds) (strategy.h).
+  std::string learning_rate_schedule = "constant";
   // Weight bound (issue 10, item 4): an update counts in FedAvg with
   // min(num_examples it reports, num_train_examples its agent declared at
   // Join, max_weight), an evaluation report likewise with the Join's

@@ -60,6 +60,14 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& 
 StatusOr<std::unique_ptr<AggregationStrategy>> MakeStrategy(const StrategySpec& spec,
                                                             const AdapterSpec& adapter);
 
+// Local learning rate for round `round` (1-based) of `total_rounds` under
+// spec.rounds.learningRateSchedule: "linear" base * (1 - (r - 1) / R), "cosine"
+// base * (1 + cos(pi (r - 1) / R)) / 2, anything else (the validator admits only
+// "constant") base. Round 1 gets base; round is clamped to [1, R]. A pure function of
+// the round number, which the checkpoint holds, so a restarted aggregator hands out
+// the same rate.
+double ScheduledLearningRate(double base, std::string_view schedule, int64_t round, int64_t total_rounds);
+
 // L2 norm of every value of `bundle` taken together.
 double L2Norm(const TensorBundle& bundle);
 
