@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "fedge/quant_kernels.h"
+
 namespace fedge::aggregator {
 
 WeightedDeltaSum::WeightedDeltaSum(const TensorBundle& layout) {
@@ -56,10 +58,13 @@ Status WeightedDeltaSum::Add(const TensorBundle& delta, double weight) {
     return InvalidArgumentError("weight must be a positive finite number, got " + std::to_string(weight));
   }
   FEDGE_RETURN_IF_ERROR(CheckLayout(layout_, index_, sums_, delta));
-  FEDGE_RETURN_IF_ERROR(CheckFinite(delta));
+  // Vectorised checks and sums (quant_kernels.h); the slow CheckFinite runs
+  // only to name the offending value.
   for (const NamedTensor& t : delta.tensors) {
-    std::vector<double>& sum = sums_[index_.at(t.name)];
-    for (size_t i = 0; i < t.values.size(); ++i) sum[i] += weight * static_cast<double>(t.values[i]);
+    if (!AllFinite(t.values.data(), t.values.size())) return CheckFinite(delta);
+  }
+  for (const NamedTensor& t : delta.tensors) {
+    AccumulateWeighted(t.values.data(), t.values.size(), weight, sums_[index_.at(t.name)].data());
   }
   total_weight_ += weight;
   ++count_;

@@ -345,7 +345,10 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
                   "received " + std::to_string(data.size()) + " bytes, header declared " +
                       std::to_string(header.total_bytes()) + " (stream cut short?)");
   }
-  if (Sha256Hex(data) != header.checksum()) {
+  // One SHA-256 pass for the declared checksum and the bundle's own trailer
+  // (DecodeBundle takes the trailer verdict from it below).
+  const BundleChecksums checksums = ChecksumBundle(data);
+  if (checksums.sha256_hex != header.checksum()) {
     return Reject(header, "checksum",
                   "checksum mismatch: the update was corrupted in transit; submit it again");
   }
@@ -356,6 +359,7 @@ v1::SubmitUpdateResponse ProtocolHandler::FinishUpdate(const v1::UpdateHeader& h
   std::shared_ptr<const TensorBundle> layout = engine_->ExpectedLayout(meta);
   DecodeLimits limits;
   limits.max_encoded_bytes = options_.max_update_bytes;
+  limits.checksums = &checksums;
   if (layout != nullptr) {
     limits.expected_layout = layout.get();
     limits.max_tensors = static_cast<uint32_t>(layout->tensors.size());

@@ -50,14 +50,35 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
     auto* reactor = ctx->DefaultReactor();
     Status peer = Peer(*ctx, request->header());
     reactor->Finish(ToGrpc(peer.ok() ? handler_->Join(*request, response) : peer));
+    WakeParked();
     return reactor;
   }
 
+  // A WAIT answer to a request with wait_ms > 0 is held (parked) until the
+  // engine's TaskEpoch moves or the wait ends (issue 14, item 2: 10,000
+  // agents polling every retry_after_ms were 50,000 calls a second).
   grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* ctx, const v1::TaskRequest* request,
                                     v1::Task* response) override {
     auto* reactor = ctx->DefaultReactor();
     Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->GetTask(*request, response) : peer));
+    if (!peer.ok()) {
+      reactor->Finish(ToGrpc(peer));
+      return reactor;
+    }
+    const int64_t wait_ms = std::min<int64_t>(request->wait_ms(), kMaxTaskWaitMs);
+    const int64_t deadline_ms = NowMs() + wait_ms;
+    while (true) {
+      const uint64_t epoch = handler_->engine()->TaskEpoch();
+      response->Clear();
+      Status s = handler_->GetTask(*request, response);
+      if (!s.ok() || response->kind() != v1::TASK_KIND_WAIT || wait_ms <= 0) {
+        reactor->Finish(ToGrpc(s));
+        break;
+      }
+      if (Park(ParkedTask{reactor, request, response, deadline_ms, epoch})) break;
+      // The epoch moved while this call was asking: ask again.
+    }
+    WakeParked();  // the call may have moved the engine (a deadline tick)
     return reactor;
   }
 
@@ -75,7 +96,18 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
     auto* reactor = ctx->DefaultReactor();
     Status peer = Peer(*ctx, request->header());
     reactor->Finish(ToGrpc(peer.ok() ? handler_->ReportMetrics(*request) : peer));
+    WakeParked();
     return reactor;
+  }
+
+  // Answers the parked GetTask calls whose task may have changed (the
+  // engine's TaskEpoch moved) or whose wait ended; `all`: every one (at
+  // shutdown). Cheap when nothing moved: one engine lock. Called after every
+  // call that can move the engine and by the ticker.
+  void WakeParked(bool all = false);
+  size_t parked_tasks() const {
+    std::lock_guard<std::mutex> lock(park_mu_);
+    return parked_.size();
   }
 
   grpc::ServerWriteReactor<v1::GlobalChunk>* FetchGlobal(grpc::CallbackServerContext* ctx,
@@ -95,6 +127,19 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
   class UploadReactor;
 
  private:
+  static constexpr int64_t kMaxTaskWaitMs = 20'000;  // below agent_liveness_ms (>= 60 s)
+
+  struct ParkedTask {
+    grpc::ServerUnaryReactor* reactor;
+    const v1::TaskRequest* request;  // owned by gRPC until Finish
+    v1::Task* response;
+    int64_t deadline_ms;
+    uint64_t epoch;  // TaskEpoch when the WAIT answer was made
+  };
+  // Holds `task` unless the epoch moved since it was answered (then false:
+  // ask again) or the server is stopping (then it is answered now).
+  bool Park(ParkedTask task);
+
   static int64_t NowMs() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::steady_clock::now().time_since_epoch())
@@ -131,7 +176,78 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
   mutable std::mutex mu_;
   std::set<Stream*> streams_;                     // guarded by mu_
   std::map<std::string, int> uploads_, fetches_;  // guarded by mu_; open streams per agent
+
+  // Lock order: park_mu_ before the engine's (TaskEpoch is read under it).
+  mutable std::mutex park_mu_;
+  std::vector<ParkedTask> parked_;  // guarded by park_mu_
+  uint64_t woken_epoch_ = 0;        // guarded by park_mu_; epoch of the last full pass
+  int64_t next_deadline_ms_ = 0;    // guarded by park_mu_; earliest parked deadline
+  bool stopping_ = false;           // guarded by park_mu_; answer, never park
 };
+
+bool AggregatorServer::Service::Park(ParkedTask task) {
+  std::lock_guard<std::mutex> lock(park_mu_);
+  if (stopping_) {
+    task.reactor->Finish(grpc::Status::OK);  // the WAIT answer already made
+    return true;
+  }
+  // Under park_mu_: a WakeParked that starts after this sees the entry, and
+  // an epoch change before it is caught here.
+  if (handler_->engine()->TaskEpoch() != task.epoch) return false;
+  if (parked_.empty() || task.deadline_ms < next_deadline_ms_) next_deadline_ms_ = task.deadline_ms;
+  parked_.push_back(task);
+  return true;
+}
+
+void AggregatorServer::Service::WakeParked(bool all) {
+  std::vector<ParkedTask> batch;
+  uint64_t epoch = 0;
+  const int64_t now = NowMs();
+  {
+    std::lock_guard<std::mutex> lock(park_mu_);
+    if (all) stopping_ = true;
+    if (parked_.empty()) return;
+    epoch = handler_->engine()->TaskEpoch();
+    if (!all && epoch == woken_epoch_ && now < next_deadline_ms_) return;
+    woken_epoch_ = epoch;
+    batch.swap(parked_);
+    next_deadline_ms_ = 0;
+  }
+  std::vector<ParkedTask> keep;
+  for (ParkedTask& t : batch) {
+    if (!all && t.epoch == epoch && now < t.deadline_ms) {
+      keep.push_back(t);
+      continue;
+    }
+    if (!all) {
+      // Ask again; still WAIT and time left: stay parked.
+      const uint64_t asked_at = handler_->engine()->TaskEpoch();
+      t.response->Clear();
+      Status s = handler_->GetTask(*t.request, t.response);
+      if (s.ok() && t.response->kind() == v1::TASK_KIND_WAIT && now < t.deadline_ms) {
+        t.epoch = asked_at;
+        keep.push_back(t);
+        continue;
+      }
+      if (!s.ok()) {
+        t.reactor->Finish(ToGrpc(s));
+        continue;
+      }
+    }
+    t.reactor->Finish(grpc::Status::OK);
+  }
+  if (keep.empty()) return;
+  bool again = false;
+  {
+    std::lock_guard<std::mutex> lock(park_mu_);
+    for (const ParkedTask& t : keep) {
+      if (parked_.empty() || t.deadline_ms < next_deadline_ms_) next_deadline_ms_ = t.deadline_ms;
+      parked_.push_back(t);
+      again |= t.epoch != woken_epoch_;
+    }
+  }
+  if (again) WakeParked();  // the epoch moved during this pass
+}
 
 // What the stall watchdog needs of a stream.
 class AggregatorServer::Service::Stream {
@@ -268,7 +384,9 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
       // WritesDone, or the stream broke: a named upload keeps what arrived.
       *response_ = service_->handler_->CloseUpload(&upload_);
       closed_ = true;
+      Service* const service = service_;  // `this` may be gone once End returns
       End(grpc::Status::OK);
+      service->WakeParked();  // the update may have closed the round
       return;
     }
     if (chunk_.has_header()) {
@@ -582,6 +700,7 @@ Status AggregatorServer::Start() {
       engine_->Tick();
       handler_->DropClosedUploads();
       service_->CancelStalled();
+      service_->WakeParked();
       lock.lock();
     }
   });
@@ -607,6 +726,7 @@ void AggregatorServer::Shutdown(std::chrono::milliseconds grace) {
   }
   cv_.notify_all();
   if (ticker_.joinable()) ticker_.join();
+  if (service_) service_->WakeParked(/*all=*/true);  // no call is left waiting on the engine
   if (grpc_server_) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() + grace);
     grpc_server_->Wait();

@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "fedge/quant_kernels.h"
 #include "float16.h"
 
 namespace fedge {
@@ -382,12 +383,11 @@ class PlainSource : public BodySource {
 class ZstdSource : public BodySource {
  public:
   ZstdSource(std::string_view frame, uint64_t body_size)
-      : dctx_(ZSTD_createDCtx(), &ZSTD_freeDCtx),
-        input_{frame.data(), frame.size(), 0},
-        body_size_(body_size) {
+      : dctx_(ThreadDCtx()), input_{frame.data(), frame.size(), 0}, body_size_(body_size) {
+    ZSTD_DCtx_reset(dctx_, ZSTD_reset_session_and_parameters);
     // The default window limit (128 MiB) already bounds decoder memory; set it
     // explicitly so a library default change cannot widen it.
-    ZSTD_DCtx_setParameter(dctx_.get(), ZSTD_d_windowLogMax, 27);
+    ZSTD_DCtx_setParameter(dctx_, ZSTD_d_windowLogMax, 27);
   }
 
   Status Read(size_t n, char* out) override {
@@ -403,7 +403,7 @@ class ZstdSource : public BodySource {
                        std::to_string(body_size_));
       }
       const size_t before_in = input_.pos, before_out = output.pos;
-      const size_t ret = ZSTD_decompressStream(dctx_.get(), &output, &input_);
+      const size_t ret = ZSTD_decompressStream(dctx_, &output, &input_);
       if (ZSTD_isError(ret)) return Corrupt(std::string("zstd frame error: ") + ZSTD_getErrorName(ret));
       if (ret == 0) {
         frame_done_ = true;
@@ -426,7 +426,7 @@ class ZstdSource : public BodySource {
     while (!frame_done_) {
       ZSTD_outBuffer output{&extra, 1, 0};
       const size_t before_in = input_.pos;
-      const size_t ret = ZSTD_decompressStream(dctx_.get(), &output, &input_);
+      const size_t ret = ZSTD_decompressStream(dctx_, &output, &input_);
       if (ZSTD_isError(ret)) return Corrupt(std::string("zstd frame error: ") + ZSTD_getErrorName(ret));
       if (output.pos != 0) {
         return Corrupt("decompressed size mismatch: zstd frame holds more than the declared " +
@@ -445,21 +445,83 @@ class ZstdSource : public BodySource {
   }
 
  private:
-  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx_;
+  // One decompression context per thread, reset for every bundle: creating
+  // one per decode (and zeroing its workspace) cost more than decompressing
+  // an 83 KB update (issue 14, item 2). A thread decodes one bundle at a time.
+  static ZSTD_DCtx* ThreadDCtx() {
+    thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> ctx(ZSTD_createDCtx(), &ZSTD_freeDCtx);
+    if (ctx == nullptr) DieBecause("ZSTD_createDCtx failed", InternalError("out of memory"));
+    return ctx.get();
+  }
+
+  ZSTD_DCtx* const dctx_;
   ZSTD_inBuffer input_;
   uint64_t body_size_;
   uint64_t produced_ = 0;
   bool frame_done_ = false;
 };
 
-std::array<unsigned char, 32> Sha256(std::string_view bytes) {
-  std::array<unsigned char, 32> digest{};
-  unsigned int len = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &len, EVP_sha256(), nullptr) != 1 ||
-      len != digest.size()) {
-    DieBecause("EVP_Digest(SHA-256) failed", InternalError("OpenSSL"));
+// SHA-256 through one EVP context per thread and a digest fetched once
+// (EVP_Digest with EVP_sha256() allocates a context and looks the
+// implementation up on every call).
+class Sha256Context {
+ public:
+  static Sha256Context& ForThread() {
+    thread_local Sha256Context ctx;
+    return ctx;
   }
-  return digest;
+  void Init() { Check(EVP_DigestInit_ex(ctx_.get(), Md(), nullptr), "EVP_DigestInit_ex"); }
+  void Update(std::string_view bytes) {
+    Check(EVP_DigestUpdate(ctx_.get(), bytes.data(), bytes.size()), "EVP_DigestUpdate");
+  }
+  // The digest of what was hashed so far; the context may go on hashing.
+  std::array<unsigned char, 32> Peek() {
+    Check(EVP_MD_CTX_copy_ex(fork_.get(), ctx_.get()), "EVP_MD_CTX_copy_ex");
+    return Final(fork_.get());
+  }
+  std::array<unsigned char, 32> Final() { return Final(ctx_.get()); }
+
+ private:
+  Sha256Context() : ctx_(EVP_MD_CTX_new(), &EVP_MD_CTX_free), fork_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+    if (!ctx_ || !fork_) DieBecause("EVP_MD_CTX_new failed", InternalError("OpenSSL"));
+  }
+  static const EVP_MD* Md() {
+    static const EVP_MD* md = [] {
+      const EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+      return fetched != nullptr ? fetched : EVP_sha256();
+    }();
+    return md;
+  }
+  static void Check(int ok, const char* what) {
+    if (ok != 1) DieBecause(what, InternalError("OpenSSL SHA-256"));
+  }
+  static std::array<unsigned char, 32> Final(EVP_MD_CTX* ctx) {
+    std::array<unsigned char, 32> digest{};
+    unsigned int len = 0;
+    Check(EVP_DigestFinal_ex(ctx, digest.data(), &len), "EVP_DigestFinal_ex");
+    if (len != digest.size()) DieBecause("SHA-256 digest length", InternalError("OpenSSL"));
+    return digest;
+  }
+
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_, fork_;
+};
+
+std::array<unsigned char, 32> Sha256(std::string_view bytes) {
+  Sha256Context& ctx = Sha256Context::ForThread();
+  ctx.Init();
+  ctx.Update(bytes);
+  return ctx.Final();
+}
+
+std::string HexDigest(const std::array<unsigned char, 32>& digest) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(64);
+  for (unsigned char c : digest) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
 }
 
 struct TableEntry {
@@ -503,19 +565,20 @@ Status DecodeValues(Codec codec, uint32_t block_size, const std::string& what, u
       done += k;
     }
     if (codec == Codec::kInt8) {
+      // Steps of whole blocks (block_size <= kDecodeChunkElements), so each
+      // step is one call of the vectorised kernel over its own scales.
+      const uint64_t step = std::max<uint64_t>(kDecodeChunkElements / block_size, 1) * block_size;
       for (uint64_t done = 0; done < n;) {
-        const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kDecodeChunkElements));
+        const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, step));
         scratch.resize(k);
         FEDGE_RETURN_IF_ERROR(src->Read(k, scratch.data()));
         values.resize(done + k);  // grows only as decoded bytes arrive
         float* out = values.data() + done;
-        bool bad = false;
-        for (size_t i = 0; i < k; ++i) {
-          const auto q = static_cast<int8_t>(scratch[i]);
-          bad |= q == -128;
-          out[i] = static_cast<float>(q) * scales[(done + i) / block_size];
-          bad |= !std::isfinite(out[i]);
-        }
+        const auto* codes = reinterpret_cast<const int8_t*>(scratch.data());
+        DequantizeInt8(codes, scales.data() + done / block_size, k, block_size, out);
+        // A code of -128 is malformed; a finite scale times a code can still
+        // overflow. Both are rare: find the element only when one happened.
+        const bool bad = MinCode(codes, k) == -128 || !AllFinite(out, k);
         if (bad) {
           for (size_t i = 0; i < k; ++i) {
             if (static_cast<int8_t>(scratch[i]) == -128) {
@@ -1003,9 +1066,17 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
     return Corrupt(std::to_string(available - stored_size - kChecksumBytes) +
                    " trailing bytes after the checksum");
   }
+  // Here the layout is exact: header, stored_size bytes, a 32-byte trailer.
   const std::string_view covered = bytes.substr(0, kHeaderBytes + stored_size);
-  const auto digest = Sha256(covered);
-  if (std::memcmp(digest.data(), bytes.data() + covered.size(), kChecksumBytes) != 0) {
+  bool trailer_matches;
+  if (limits.checksums != nullptr && limits.checksums->data == bytes.data() &&
+      limits.checksums->size == bytes.size()) {
+    trailer_matches = limits.checksums->trailer_matches;  // hashed in the caller's pass
+  } else {
+    const auto digest = Sha256(covered);
+    trailer_matches = std::memcmp(digest.data(), bytes.data() + covered.size(), kChecksumBytes) == 0;
+  }
+  if (!trailer_matches) {
     return Corrupt("checksum mismatch: SHA-256 of header and payload does not match the trailer");
   }
 
@@ -1178,15 +1249,25 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
   return bundle;
 }
 
-std::string Sha256Hex(std::string_view bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  const auto digest = Sha256(bytes);
-  std::string out;
-  out.reserve(64);
-  for (unsigned char c : digest) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
+std::string Sha256Hex(std::string_view bytes) { return HexDigest(Sha256(bytes)); }
+
+BundleChecksums ChecksumBundle(std::string_view bytes) {
+  BundleChecksums out;
+  out.size = bytes.size();
+  out.data = bytes.data();
+  Sha256Context& ctx = Sha256Context::ForThread();
+  ctx.Init();
+  if (bytes.size() < kHeaderBytes + kChecksumBytes) {
+    ctx.Update(bytes);
+    out.sha256_hex = HexDigest(ctx.Final());
+    return out;
   }
+  const size_t covered = bytes.size() - kChecksumBytes;
+  ctx.Update(bytes.substr(0, covered));
+  const auto trailer = ctx.Peek();
+  out.trailer_matches = std::memcmp(trailer.data(), bytes.data() + covered, kChecksumBytes) == 0;
+  ctx.Update(bytes.substr(covered));
+  out.sha256_hex = HexDigest(ctx.Final());
   return out;
 }
 

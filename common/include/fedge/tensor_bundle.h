@@ -80,6 +80,8 @@ struct EncodeOptions {
   uint64_t seed = 0;
 };
 
+struct BundleChecksums;
+
 struct DecodeLimits {
   uint64_t max_encoded_bytes = 1ull << 31;   // 2 GiB
   uint64_t max_total_elements = 1ull << 30;  // 4 GiB as float32
@@ -96,7 +98,30 @@ struct DecodeLimits {
   // value is decoded, so a bundle of another layout costs at most its
   // table; it is FAILED_PRECONDITION "layout mismatch: ...".
   const TensorBundle* expected_layout = nullptr;
+  // Optional: ChecksumBundle's result for the very bytes being decoded (same
+  // pointer and size, else it is ignored). DecodeBundle then takes the
+  // trailer verdict from it instead of hashing the bundle a second time. Not
+  // owned; must outlive the call.
+  const BundleChecksums* checksums = nullptr;
 };
+
+// Both checksums an upload carries, from one SHA-256 pass over its bytes.
+struct BundleChecksums {
+  // Lowercase hex SHA-256 of all the bytes: Sha256Hex(bytes), what
+  // UpdateHeader.checksum declares.
+  std::string sha256_hex;
+  // The bundle's own trailer (the last 32 bytes) is the SHA-256 of the bytes
+  // before it. Only meaningful for a well-formed layout; DecodeBundle checks
+  // the layout before it uses this.
+  bool trailer_matches = false;
+  // The bytes hashed (identity only, never dereferenced).
+  const char* data = nullptr;
+  size_t size = 0;
+};
+
+// Computes BundleChecksums for `bytes` in one pass (the transport checksum
+// and the trailer used to cost two SHA-256 passes per update). Thread-safe.
+BundleChecksums ChecksumBundle(std::string_view bytes);
 
 // What an encoding saved, for metrics and logs.
 struct CompressionReport {

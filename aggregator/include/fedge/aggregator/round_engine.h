@@ -301,6 +301,12 @@ class RoundEngine {
   // What `agent_id` (already authenticated) should do now.
   TaskInfo GetTask(const std::string& agent_id, int64_t held_version);
 
+  // Changes whenever a WAIT answer of GetTask may stop being one: the job
+  // state, phase, round, global version or initializing agent changed (an
+  // agent's own answers and uploads aside). GetTask long-polls (server.cpp)
+  // re-ask only when it moved. Monotonic; cheap (one lock, no copy).
+  uint64_t TaskEpoch() const;
+
   // The checks SubmitUpdate makes from an update's header alone (agent, job
   // state, round, participation, duplicate, replay, base version,
   // staleness; for an INITIALIZE upload the initializer), for the service to
@@ -397,10 +403,12 @@ class RoundEngine {
   UpdateVerdict PrecheckLocked(const UpdateMeta& meta);
   // Layout, finiteness and norm bound of an update; empty
   // verdict.reason_label when it passes.
-  UpdateVerdict ValidateLocked(const UpdateMeta& meta, const TensorBundle& bundle);
+  // Sets *norm to the update's L2 norm when it passes.
+  UpdateVerdict ValidateLocked(const UpdateMeta& meta, const TensorBundle& bundle, double* norm);
   // Folds a validated update into the strategy (capacity check included)
   // with its bounded weight, scaled down to the default norm bound.
-  UpdateVerdict AddLocked(const UpdateMeta& meta, const TensorBundle& bundle);
+  // `norm`: the bundle's L2 norm (from ValidateLocked).
+  UpdateVerdict AddLocked(const UpdateMeta& meta, const TensorBundle& bundle, double norm);
   // min(claimed, declared, options_.max_weight) (no cap when max_weight is
   // 0); counts and logs a clamp. `kind`: "update" | "evaluation".
   int64_t BoundedWeightLocked(const std::string& agent_id, std::string_view kind, int64_t claimed,
@@ -433,6 +441,9 @@ class RoundEngine {
   AggregatorMetrics* const metrics_;
 
   mutable std::mutex mu_;
+  // TaskEpoch(): bumped when the tuple it summarises changes.
+  mutable uint64_t task_epoch_ = 0;                // guarded by mu_
+  mutable std::string task_epoch_key_;             // guarded by mu_
   std::unique_ptr<AggregationStrategy> strategy_;  // guarded by mu_
   std::map<std::string, Agent> agents_;            // guarded by mu_
   JobState state_ = JobState::kWaitingForAgents;   // guarded by mu_
