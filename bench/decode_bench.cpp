@@ -13,6 +13,18 @@
 // On a shared machine the wall-clock rate depends on what else runs; the bench also
 // prints tokens per CPU-second of this process (for one thread: the rate it would have
 // on an idle core) and the load average, so a contended figure is recognisable.
+//
+// --compare is the fedge side of bench/decode/compare_llama_cpp.sh: it times a
+// --prompt-tokens prefill and then --tokens single-token decode steps fed
+// pseudo-random ids (as llama-bench's pp/tg tests do), per decode kernel
+// (--kernels torch,f32,int8), and prints one CSV row per measurement:
+//   engine,weights,threads,prefill_tps,decode_tps
+//
+// --perplexity scores held-out WordNet lines (the 1% fedge-pretrain --seed S never
+// trained on: same reader, same shuffle) token by token through the decode step of
+// each kernel, and prints each kernel's perplexity and its difference to f32's.
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -21,10 +33,14 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <random>
 #include <vector>
 
+#include "fedge/agent/llm/bpe_tokenizer.h"
+#include "fedge/agent/llm/pretrain.h"
 #include "fedge/version.h"
 #include "llm_internal/llama.h"
+#include "llm_internal/llama_decode.h"
 
 namespace {
 
@@ -81,6 +97,132 @@ DecodeRate DecodeTokensPerSecond(LlamaForCausalLm& model, int tokens) {
   return {n / Seconds(t0, Clock::now()), n / (ProcessCpuSeconds() - cpu0)};
 }
 
+struct PrefillDecode {
+  double prefill = 0;  // prompt tokens per second
+  double decode = 0;   // generated tokens per second
+};
+
+// llama-bench's pp + tg@depth: a `prompt`-token prefill from an empty cache, then
+// `tokens` decode steps on top of it, each fed a pseudo-random id (no sampling).
+PrefillDecode TimePrefillDecode(LlamaForCausalLm& model, int prompt, int tokens, uint64_t seed) {
+  torch::InferenceMode guard;
+  const LlamaConfig& c = model->config();
+  KvCache cache = KvCache::Allocate(c, 1, prompt + tokens);
+  torch::Tensor ids = torch::randint(0, c.vocab_size, {1, prompt + tokens},
+                                     at::detail::createCPUGenerator(seed), torch::kLong);
+  auto t0 = Clock::now();
+  torch::Tensor logits = model->forward(ids.narrow(1, 0, prompt), &cache, /*last_only=*/true);
+  auto t1 = Clock::now();
+  for (int i = 0; i < tokens; ++i) logits = model->forward(ids.narrow(1, prompt + i, 1), &cache, true);
+  auto t2 = Clock::now();
+  return {prompt / Seconds(t0, t1), tokens / Seconds(t1, t2)};
+}
+
+fedge::StatusOr<fedge::agent::llm::DecodeKernel> ParseKernel(const std::string& name) {
+  for (auto k : {fedge::agent::llm::DecodeKernel::kTorch, fedge::agent::llm::DecodeKernel::kF32,
+                 fedge::agent::llm::DecodeKernel::kInt8}) {
+    if (fedge::agent::llm::DecodeKernelName(k) == name) return k;
+  }
+  return fedge::InvalidArgumentError("unknown kernel '" + name + "' (torch, f32, int8)");
+}
+
+int Compare(const std::string& dir, int prompt, int tokens, int threads,
+            const std::vector<std::string>& kernels, int runs) {
+  auto model = fedge::agent::llm::LoadLlama(dir);
+  if (!model.ok()) {
+    std::cerr << "loading " << dir << ": " << model.status().ToString() << "\n";
+    return 1;
+  }
+  torch::set_num_threads(threads);
+  std::cerr << "fedge: " << dir << ", " << threads << " thread(s), kernels isa "
+            << fedge::agent::llm::decode::KernelIsa() << "\n";
+  for (int run = 0; run < runs; ++run) {
+    for (const std::string& name : kernels) {
+      auto kernel = ParseKernel(name);
+      if (!kernel.ok()) {
+        std::cerr << kernel.status().ToString() << "\n";
+        return 2;
+      }
+      (*model)->set_decode_kernel(*kernel);
+      TimePrefillDecode(*model, 16, 4, 1);  // warm-up (llama-bench runs one too); builds int8 copies
+      PrefillDecode r = TimePrefillDecode(*model, prompt, tokens, 1000 + static_cast<uint64_t>(run));
+      std::cout << "fedge," << name << "," << threads << "," << r.prefill << "," << r.decode << std::endl;
+    }
+  }
+  return 0;
+}
+
+// exp(mean next-token NLL) over `lines`, each scored as <eos> line <eos> with
+// one decode step per token.
+double Perplexity(LlamaForCausalLm& model, const fedge::agent::llm::BpeTokenizer& tok, int32_t eos,
+                  const std::vector<std::string>& lines, int64_t* tokens) {
+  torch::InferenceMode guard;
+  double nll = 0;
+  int64_t n = 0;
+  for (const std::string& line : lines) {
+    std::vector<int64_t> ids = {eos};
+    for (int32_t id : tok.Encode(line)) ids.push_back(id);
+    ids.push_back(eos);
+    const auto len =
+        std::min<int64_t>(static_cast<int64_t>(ids.size()), model->config().max_position_embeddings);
+    KvCache cache = KvCache::Allocate(model->config(), 1, len);
+    for (int64_t t = 0; t + 1 < len; ++t) {
+      torch::Tensor logits =
+          model->forward(torch::full({1, 1}, ids[static_cast<size_t>(t)], torch::kLong), &cache,
+                         /*last_only=*/true);
+      torch::Tensor logp = torch::log_softmax(logits.view({-1}).to(torch::kDouble), 0);
+      nll -= logp[ids[static_cast<size_t>(t + 1)]].item<double>();
+      ++n;
+    }
+  }
+  *tokens = n;
+  return std::exp(nll / static_cast<double>(n));
+}
+
+int PerplexityReport(const std::string& dir, uint64_t seed, int max_lines,
+                     const std::vector<std::string>& kernels) {
+  auto model = fedge::agent::llm::LoadLlama(dir);
+  auto tok = fedge::agent::llm::BpeTokenizer::Load(dir + "/tokenizer.json");
+  auto lines = fedge::agent::llm::ReadWordNetGlosses("/usr/share/wordnet");
+  if (!model.ok() || !tok.ok() || !lines.ok()) {
+    std::cerr << "perplexity: "
+              << (!model.ok() ? model.status()
+                  : !tok.ok() ? tok.status()
+                              : lines.status())
+                     .ToString()
+              << "\n";
+    return 1;
+  }
+  auto eos = tok->TokenToId("<|endoftext|>");
+  if (!eos) {
+    std::cerr << "perplexity: tokenizer has no <|endoftext|>\n";
+    return 1;
+  }
+  // fedge-pretrain's split: shuffle with mt19937_64(seed), the last 1% is held out.
+  std::mt19937_64 rng(seed);
+  std::shuffle(lines->begin(), lines->end(), rng);
+  const size_t heldout_n = std::max<size_t>(1, lines->size() / 100);
+  std::vector<std::string> heldout(lines->end() - static_cast<std::ptrdiff_t>(heldout_n), lines->end());
+  if (max_lines > 0 && heldout.size() > static_cast<size_t>(max_lines))
+    heldout.resize(static_cast<size_t>(max_lines));
+  std::cout << std::setprecision(4);
+  double base = 0;
+  for (const std::string& name : kernels) {
+    auto kernel = ParseKernel(name);
+    if (!kernel.ok()) {
+      std::cerr << kernel.status().ToString() << "\n";
+      return 2;
+    }
+    (*model)->set_decode_kernel(*kernel);
+    int64_t n = 0;
+    const double ppl = Perplexity(*model, *tok, *eos, heldout, &n);
+    if (base == 0) base = ppl;
+    std::cout << "perplexity " << name << ": " << ppl << " over " << n << " tokens of " << heldout.size()
+              << " held-out lines; vs " << kernels[0] << ": " << 100.0 * (ppl / base - 1.0) << "%\n";
+  }
+  return 0;
+}
+
 void Report(const std::string& name, LlamaForCausalLm& model, double bandwidth, int tokens) {
   int64_t params = model->config().NumParameters();
   double bytes = 4.0 * static_cast<double>(params);
@@ -118,8 +260,29 @@ int main(int argc, char** argv) {
   app.add_option("--layers", layers, "random model: layers")->capture_default_str();
   app.add_option("--intermediate", intermediate, "random model: SwiGLU width")->capture_default_str();
   app.add_option("--vocab", vocab, "random model: vocabulary")->capture_default_str();
+  bool compare = false, perplexity = false;
+  uint64_t split_seed = 3;
+  int max_lines = 0;
+  app.add_flag("--perplexity", perplexity,
+               "held-out WordNet perplexity of --model per kernel (first = baseline)");
+  app.add_option("--split-seed", split_seed, "--perplexity: fedge-pretrain's --seed (its held-out split)")
+      ->capture_default_str();
+  app.add_option("--max-lines", max_lines, "--perplexity: score at most this many held-out lines (0: all)")
+      ->capture_default_str();
+  int prompt_tokens = 128, threads = 1, runs = 1;
+  std::vector<std::string> kernels = {"f32", "int8"};
+  app.add_flag("--compare", compare,
+               "time prefill + decode of --model per kernel; CSV rows (see top of file)");
+  app.add_option("--prompt-tokens", prompt_tokens, "--compare: prefill length")->capture_default_str();
+  app.add_option("--threads", threads, "--compare: torch intra-op threads")->capture_default_str();
+  app.add_option("--kernels", kernels, "--compare: decode kernels (torch, f32, int8)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--runs", runs, "--compare: measurements per kernel, interleaved")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   std::cout << std::fixed << std::setprecision(1);
+  if (perplexity) return PerplexityReport(model_dir, split_seed, max_lines, kernels);
+  if (compare) return Compare(model_dir, prompt_tokens, tokens, threads, kernels, runs);
 
   const size_t copy_bytes = size_t{256} << 20;
   double bandwidth = CopyBandwidth(copy_bytes, 6);

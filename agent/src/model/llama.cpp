@@ -169,6 +169,9 @@ LlamaForCausalLmImpl::LlamaForCausalLmImpl(const LlamaConfig& c) : config_(c) {
 }
 
 torch::Tensor LlamaForCausalLmImpl::forward(const torch::Tensor& ids, KvCache* cache, bool last_only) {
+  if (decode_kernel_ != DecodeKernel::kTorch && CanDecodeFast(ids, cache)) {
+    return DecodeStep(ids.item<int64_t>(), cache);
+  }
   torch::Tensor h = model(ids, cache);
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   if (lm_head_) return lm_head_(h);

@@ -1,5 +1,6 @@
 // CausalLm (fedge/agent/llm/causal_lm.h) over the libtorch Llama.
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -201,8 +202,19 @@ class TorchCausalLm final : public CausalLm {
 }  // namespace
 
 StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& options) {
+  std::string weights = options.decode_weights;
+  if (weights.empty()) {
+    const char* env = std::getenv("FEDGE_DECODE_WEIGHTS");
+    weights = env != nullptr && *env != '\0' ? env : "f32";
+  }
+  if (weights != "f32" && weights != "int8") {
+    return InvalidArgumentError("decode weights '" + weights +
+                                "' are not supported: use f32 or int8 (option decode_weights or "
+                                "FEDGE_DECODE_WEIGHTS)");
+  }
   if (options.num_threads > 0) torch::set_num_threads(options.num_threads);
   FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model, LoadLlama(options.model_dir));
+  model->set_decode_kernel(weights == "int8" ? DecodeKernel::kInt8 : DecodeKernel::kF32);
   FEDGE_ASSIGN_OR_RETURN(BpeTokenizer tokenizer, BpeTokenizer::Load(options.model_dir + "/tokenizer.json"));
   if (tokenizer.vocab_size() > model->config().vocab_size) {
     return InvalidArgumentError(

@@ -14,8 +14,10 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fedge/agent/llm/llama_config.h"
@@ -40,6 +42,8 @@ class LlamaRmsNormImpl : public torch::nn::Module {
  public:
   LlamaRmsNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);
+  const torch::Tensor& weight() const { return weight_; }
+  double eps() const { return eps_; }
 
  private:
   torch::Tensor weight_;
@@ -53,6 +57,7 @@ class LlamaRotaryImpl : public torch::nn::Module {
   LlamaRotaryImpl(int64_t head_dim, double theta, int64_t max_positions);
   // [T, head_dim] tables for positions start .. start+T-1.
   std::pair<torch::Tensor, torch::Tensor> CosSin(int64_t start, int64_t length);
+  int64_t max_positions() const { return cos_.size(0); }
 
  private:
   torch::Tensor cos_;
@@ -92,6 +97,8 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
 
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};
+  LlamaRmsNormImpl& input_layernorm() { return *input_layernorm_; }
+  LlamaRmsNormImpl& post_attention_layernorm() { return *post_attention_layernorm_; }
 
  private:
   LlamaRmsNorm input_layernorm_{nullptr};
@@ -108,6 +115,8 @@ class LlamaModelImpl : public torch::nn::Module {
 
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
+  LlamaRmsNormImpl& norm() { return *norm_; }
+  LlamaRotaryImpl& rotary() { return *rotary_; }
 
  private:
   LlamaRmsNorm norm_{nullptr};
@@ -115,14 +124,34 @@ class LlamaModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaModel);
 
+// How the single-token decode step runs (batch 1, one new position, a KV cache,
+// gradients off — what generation does after the prefill). Prefill, training and
+// every other shape always take the batched libtorch path.
+enum class DecodeKernel {
+  kTorch,  // the same libtorch ops as prefill (the reference; ~200 ops per layer-token)
+  kF32,    // llama_decode.cpp: fused fp32 matrix-vector kernels, no per-op tensors (default)
+  kInt8,   // as kF32 but every projection and the LM head read weight-only int8 copies
+           // (one scale per output channel), requantized from the fp32 weights
+           // whenever those change (a LoRA merge on install, LoadWeights)
+};
+std::string_view DecodeKernelName(DecodeKernel kernel);
+struct LlamaDecodeState;  // llama_decode.cpp: scratch buffers and int8 copies
+
 class LlamaForCausalLmImpl : public torch::nn::Module {
  public:
   explicit LlamaForCausalLmImpl(const LlamaConfig& config);
 
   // ids [B, T] -> logits [B, T, V]. With a cache, positions continue from
   // cache->length and the cache advances by T. `last_only` computes the head for
-  // the last position only ([B, 1, V]): what decoding needs.
+  // the last position only ([B, 1, V]): what decoding needs. The decode step
+  // (B = T = 1 with a cache, no grad, eval mode) runs decode_kernel().
   torch::Tensor forward(const torch::Tensor& ids, KvCache* cache = nullptr, bool last_only = false);
+
+  // Selects the decode-step kernel (default kF32). Not thread-safe: the decode
+  // state (scratch, int8 copies) belongs to this model, like the KV cache a caller
+  // passes; one generation at a time per model, as before.
+  void set_decode_kernel(DecodeKernel kernel) { decode_kernel_ = kernel; }
+  DecodeKernel decode_kernel() const { return decode_kernel_; }
 
   // Names of the tensors a Hugging Face checkpoint of this config holds.
   std::vector<std::string> CheckpointNames() const;
@@ -143,8 +172,14 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   LlamaModel model{nullptr};
 
  private:
+  // llama_decode.cpp: logits [1, 1, V] for `token` at position cache->length.
+  torch::Tensor DecodeStep(int64_t token, KvCache* cache);
+  bool CanDecodeFast(const torch::Tensor& ids, const KvCache* cache) const;
+
   LlamaConfig config_;
   fedge::agent::LoraLinear lm_head_{nullptr};  // absent when tied
+  DecodeKernel decode_kernel_ = DecodeKernel::kF32;
+  std::shared_ptr<LlamaDecodeState> decode_;  // built on the first fast decode step
 };
 TORCH_MODULE(LlamaForCausalLm);
 

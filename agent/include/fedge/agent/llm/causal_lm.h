@@ -26,6 +26,12 @@ namespace fedge::agent::llm {
 struct CausalLmOptions {
   std::string model_dir;
   int num_threads = 0;  // torch intra-op threads; 0 leaves torch's setting alone
+  // Weights the single-token decode step reads while generating: "f32", or "int8"
+  // (weight-only int8 copies of every projection and the LM head, one scale per
+  // output channel, rebuilt after each LoRA merge; prefill and training stay fp32;
+  // docs/models.md has speed and perplexity). "" takes the environment variable
+  // FEDGE_DECODE_WEIGHTS, else "f32". Load fails with INVALID_ARGUMENT for another value.
+  std::string decode_weights;
 };
 
 // One prompt/completion pair for the causal-LM loss: only completion tokens are

@@ -1,0 +1,57 @@
+// Matrix-vector kernels of the single-token decode step (llama_decode.cpp).
+//
+// Decoding one token reads every weight once and does two flops per weight, so
+// its speed is the rate at which the weights stream from memory. These kernels
+// read each matrix row once with wide loads (AVX-512 or AVX2+FMA, chosen at run
+// time; plain C++ otherwise) and split rows across torch's intra-op threads,
+// instead of libtorch's generic one-row GEMM path. Internal header.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace fedge::agent::llm::decode {
+
+// Weight-only int8 copy of an fp32 [rows, cols] matrix, one scale per output
+// channel (row): w[r][c] ~= scale[r] * q[r][c], scale[r] = max_c |w[r][c]| / 127,
+// round to nearest. A zero row has scale 0.
+struct Int8Matrix {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+
+  static Int8Matrix Quantize(const float* w, int64_t rows, int64_t cols);
+};
+
+// One y = W x of a batch of products that share a thread split. Exactly one of
+// `w` (fp32, row-major, rows x cols) and `q` (int8) is set. `y` has `rows` floats;
+// `x` has `cols`. Neither may alias `y`.
+struct Matvec {
+  const float* w = nullptr;
+  const Int8Matrix* q = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const float* x = nullptr;
+  float* y = nullptr;
+};
+
+// Runs every product, rows split across torch's intra-op threads (at::parallel_for).
+void RunMatvecs(const Matvec* products, int count);
+
+// Single-threaded y[r] = dot(W[r], x) for rows [r0, r1): what RunMatvecs runs per chunk.
+void MatvecRowsF32(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+void MatvecRowsInt8(const Int8Matrix& q, const float* x, float* y, int64_t r0, int64_t r1);
+
+// y[d] += a * x[d] for d < n.
+void Axpy(float a, const float* x, float* y, int64_t n);
+
+// "avx512", "avx2" or "scalar": the kernels this CPU runs.
+std::string_view KernelIsa();
+// Makes every later call run the kernels of `isa` (one of the names above) for
+// tests and benchmarks; false (and no change) if unknown or this CPU lacks it.
+// Not thread-safe: call before decoding.
+bool ForceKernelIsa(std::string_view isa);
+
+}  // namespace fedge::agent::llm::decode
