@@ -79,7 +79,11 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
     o.dp.noise_multiplier = dp.noiseMultiplier;
     o.dp.target_epsilon = dp.targetEpsilon;
     o.dp.delta = dp.delta;
+    o.dp.distributed = dp.mode == "distributed";
   }
+  o.secagg.enabled = spec.privacy.secureAggregation.enabled;
+  o.secagg.threshold = spec.privacy.secureAggregation.threshold;
+  o.secagg.neighbours = spec.privacy.secureAggregation.neighbours;
   return o;
 }
 
@@ -162,6 +166,7 @@ StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options
     }
     if (options.async) return InvalidArgumentError(p + " needs synchronous rounds (spec.rounds.mode: sync)");
   }
+  FEDGE_RETURN_IF_ERROR(CheckSecAggOptions(options));
   FEDGE_ASSIGN_OR_RETURN(auto strategy, MakeStrategy(options.strategy, options.adapter));
   return std::unique_ptr<RoundEngine>(
       new RoundEngine(std::move(options), clock, checkpoints, metrics, std::move(strategy)));
@@ -379,6 +384,11 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   t.config = options_.train;
   t.config.learning_rate = static_cast<float>(ScheduledLearningRate(
       options_.train.learning_rate, options_.learning_rate_schedule, round_, options_.total_rounds));
+  if (options_.secagg.enabled) {
+    t.config.secure_aggregation = true;
+    t.config.secagg_clip_norm = SecAggClipNormLocked();
+    t.config.secagg_max_weight = options_.dp.enabled ? 0 : options_.max_weight;  // DP: every weight 1
+  }
   if (phase_ == Phase::kTrain && options_.async) {
     if (agent.last_base_version >= global_->version) {
       return WaitTask("your update on global version " + std::to_string(global_->version) + " is buffered (" +
@@ -392,6 +402,9 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   if (phase_ == Phase::kTrain) {
     if (!train_.invited.count(agent_id)) {
       return WaitTask("not selected for round " + std::to_string(round_));
+    }
+    if (secagg_ && secagg_->Advertised(agent_id)) {
+      return WaitTask("secure aggregation of round " + std::to_string(round_) + " is in progress");
     }
     if (train_.answered.count(agent_id)) {
       return WaitTask("update for round " + std::to_string(round_) + " received; waiting for " +
@@ -575,6 +588,12 @@ UpdateVerdict RoundEngine::PrecheckLocked(const UpdateMeta& meta) {
                         "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
   }
   if (options_.async) {
+  if (options_.secagg.enabled) {
+    return RejectLocked(
+        meta, "secure_aggregation",
+        "this job uses secure aggregation: updates go masked through SecAggSubmitMasked, never "
+        "in clear (spec.privacy.secureAggregation; update the agent)");
+  }
     if (phase_ == Phase::kEvaluate) {
       return RejectLocked(meta, "round_closed",
                           "the last asynchronous round has closed (evaluating global version " +
@@ -952,6 +971,10 @@ void RoundEngine::TickLocked(int64_t now) {
       if (answered == invited) {
         CloseTrainLocked(now, "all_answered");
         continue;
+    if (phase_ == Phase::kTrain && secagg_) {
+      if (TickSecAggLocked(now)) continue;
+      return;
+    }
       }
       if (answered >= train_.target) {
         CloseTrainLocked(now, "target_reached");
@@ -1095,6 +1118,7 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   phase_ = Phase::kTrain;
   message_ = "round " + std::to_string(round_) + ": training";
   log::Info("round started", {{"round", round_},
+  if (options_.secagg.enabled) StartSecAggLocked(now);
                               {"invited", invite},
                               {"target", k},
                               {"live_agents", n},
@@ -1116,7 +1140,10 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
     FailLocked("round " + std::to_string(round_) + ": aggregation failed: " + next.status().message());
     return;
   }
-  if (options_.dp.enabled) AddPrivacyNoiseLocked(global_->bundle, &*next, strategy_->count());
+  if (options_.dp.enabled) {
+    AddPrivacyNoiseLocked(global_->bundle, &*next,
+                          options_.secagg.enabled ? secagg_survivors_ : strategy_->count());
+  }
   if (Status s = PublishGlobalLocked(std::move(*next), global_->version + 1); !s.ok()) {
     FailLocked("round " + std::to_string(round_) + ": cannot encode the new global: " + s.message());
     return;
@@ -1204,11 +1231,18 @@ void RoundEngine::AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle
     const NamedTensor* g = global.Find(t.name);
     for (size_t i = 0; i < t.values.size(); ++i) {
       const double base = g != nullptr ? static_cast<double>(g->values[i]) : 0.0;
+  // Distributed: the agents' noise shares are in the sum already; the survivors' shares
+  // add up to sigma * sqrt(survivors / advertisers), which is what this round gets.
+  const double sigma = options_.dp.distributed && secagg_advertised_ > 0
+                           ? options_.dp.noise_multiplier * std::sqrt(static_cast<double>(secagg_survivors_) /
+                                                                      static_cast<double>(secagg_advertised_))
+                           : options_.dp.noise_multiplier;
       const double mean_delta = static_cast<double>(t.values[i]) - base;
-      t.values[i] = static_cast<float>(base + mean_delta * rescale + noise(noise_rng_));
+      t.values[i] = static_cast<float>(base + mean_delta * rescale +
+                                       (options_.dp.distributed ? 0.0 : noise(noise_rng_)));
     }
   }
-  if (Status s = privacy_.Compose(options_.dp.noise_multiplier, train_.sampling_rate); !s.ok()) {
+  if (Status s = privacy_.Compose(sigma, train_.sampling_rate); !s.ok()) {
     FailLocked("round " + std::to_string(round_) + ": privacy accounting failed: " + s.message());
     return;
   }
@@ -1216,14 +1250,15 @@ void RoundEngine::AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle
   const double eps = privacy_.Epsilon(options_.dp.delta);
   current_.epsilon = eps;
   if (metrics_) metrics_->SetPrivacyEpsilon(eps);
-  log::Info("privacy noise added",
-            {{"round", round_},
-             {"updates", updates},
-             {"target", train_.target},
-             {"sampling_rate", train_.sampling_rate},
-             {"noise_stddev", options_.dp.noise_multiplier * options_.dp.clip_norm / target},
-             {"epsilon", eps},
-             {"delta", options_.dp.delta}});
+  log::Info("privacy noise added", {{"round", round_},
+                                    {"updates", updates},
+                                    {"target", train_.target},
+                                    {"sampling_rate", train_.sampling_rate},
+                                    {"noise_stddev", sigma * options_.dp.clip_norm / target},
+                                    {"distributed", options_.dp.distributed},
+                                    {"effective_noise_multiplier", sigma},
+                                    {"epsilon", eps},
+                                    {"delta", options_.dp.delta}});
 }
 
 bool RoundEngine::PrivacyBudgetStopsLocked(double sampling_rate, int64_t now) {

@@ -91,6 +91,40 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
     return reactor;
   }
 
+  // Secure aggregation (secagg_handler.cpp): unary calls the agent repeats while a phase collects.
+  grpc::ServerUnaryReactor* SecAggAdvertise(grpc::CallbackServerContext* ctx,
+                                            const v1::SecAggAdvertiseRequest* request,
+                                            v1::SecAggRoster* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggAdvertise(*request, response) : peer));
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* SecAggShareKeys(grpc::CallbackServerContext* ctx,
+                                            const v1::SecAggShareKeysRequest* request,
+                                            v1::SecAggInbox* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggShareKeys(*request, response) : peer));
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* SecAggSubmitMasked(grpc::CallbackServerContext* ctx,
+                                               const v1::SecAggMaskedInput* request,
+                                               v1::SecAggMaskedAck* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggSubmitMasked(*request, response) : peer));
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* SecAggUnmask(grpc::CallbackServerContext* ctx,
+                                         const v1::SecAggUnmaskRequest* request,
+                                         v1::SecAggUnmaskResponse* response) override {
+    auto* reactor = ctx->DefaultReactor();
+    Status peer = Peer(*ctx, request->header());
+    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggUnmask(*request, response) : peer));
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* ReportMetrics(grpc::CallbackServerContext* ctx, const v1::MetricsReport* request,
                                           v1::MetricsAck*) override {
     auto* reactor = ctx->DefaultReactor();
@@ -604,6 +638,9 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   EngineOptions engine_options = EngineOptionsFromSpec(spec, options.expected_agents);
   if (options.round_timeout_ms > 0) engine_options.round_timeout_ms = options.round_timeout_ms;
   if (options.retry_after_ms > 0) engine_options.retry_after_ms = options.retry_after_ms;
+  if (options.secagg_phase_timeout_ms > 0)
+    engine_options.secagg.phase_timeout_ms = options.secagg_phase_timeout_ms;
+  engine_options.secagg.on_masked_input = options.secagg_on_masked_input;
 
   std::optional<CheckpointData> resume;
   if (!options.checkpoint_dir.empty()) {

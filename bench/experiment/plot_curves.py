@@ -72,6 +72,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="results.json written by run_experiment.py")
     p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--configs", default="", help="comma-separated configuration names to draw (default: all)")
     args = p.parse_args()
     gnuplot = shutil.which("gnuplot")
     if not gnuplot:
@@ -79,7 +80,11 @@ def main():
               "no PNG written", file=sys.stderr)
         return 3
     with open(args.results) as f:
-        table = curves(json.load(f))
+        results = json.load(f)
+    if args.configs:
+        keep = [c for c in args.configs.split(",") if c]
+        results = sorted((r for r in results if r["name"] in keep), key=lambda r: keep.index(r["name"]))
+    table = curves(results)
     if not table:
         print("plot_curves.py: no finished run with round records in %s" % args.results, file=sys.stderr)
         return 1

@@ -56,6 +56,9 @@ CONFIGS = [
     ("fedavgm-b05-lr4e-3", "FedAvgM (server momentum 0.5, server lr 1), local lr 4e-3, int8 + EF",
      {"strategy": {"name": "fedavgm", "serverMomentum": 0.5}, "rounds": {"learningRate": 0.004},
       "compression": {"codec": "int8"}}),
+    ("fedavgm-b05-cosine", "FedAvgM (server momentum 0.5, server lr 1), cosine local lr schedule, int8 + EF",
+     {"strategy": {"name": "fedavgm", "serverMomentum": 0.5}, "rounds": {"learningRateSchedule": "cosine"},
+      "compression": {"codec": "int8"}}),
     ("fedavgm-b03", "FedAvgM (server momentum 0.3, server lr 1), int8 + EF",
      {"strategy": {"name": "fedavgm", "serverMomentum": 0.3}, "compression": {"codec": "int8"}}),
     # FedAdam with b1 = 0 and tau = 1 (>> sqrt(v) ~ 0.1 |mean delta| ~ 1e-3 here) is FedAvg
@@ -341,6 +344,8 @@ def gap_groups(results, alphas):
                     g["seeds"].append(r["seed"])
                 else:
                     g["missing"].append("seed %s: %s" % (r["seed"], r.get("skipped") or r.get("failed") or "not run"))
+                    if r.get("skipped") == "not run":
+                        g.setdefault("unrun_seeds", []).append(r["seed"])
             groups.append(g)
     return groups
 
@@ -360,8 +365,13 @@ def gap_table(args, results):
     notes, verdict = [], []
     unrun = {}
     for g in groups:
+        if args.render_only and g.get("unrun_seeds"):
+            # --render-only: seeds without a summary are listed once per alpha, not as failures.
+            unrun.setdefault(g["alpha"], []).append("%s (%s)" % (
+                g["name"], "no seed" if not g["finals"] else
+                "seed" + ("s " if len(g["unrun_seeds"]) > 1 else " ") + ", ".join(str(x) for x in g["unrun_seeds"])))
+            g["missing"] = [m for m in g["missing"] if not m.endswith(": not run")]
         if not g["finals"] and args.render_only:
-            unrun.setdefault(g["alpha"], []).append(g["name"])
             continue
         if not g["finals"]:
             lines.append("| %s | %s | — | — | — | — | — | — |" % (g["alpha"], g["desc"]))
@@ -398,7 +408,7 @@ def gap_table(args, results):
                                         "" if len(best["finals"]) == 1 else "s", cm, 100 * (m - cm),
                                         round(goal * 100), "met" if m >= cm - goal else "not met"))
     for alpha, names in unrun.items():
-        notes.append("- α=%s, not run: %s." % (alpha, ", ".join(names)))
+        notes.append("- α=%s, no run made: %s." % (alpha, ", ".join(names)))
     if any(g["shared"] and g["finals"] for g in groups):
         notes.append("- ‡ the centralized run depends on the data seed only (the train/test split; the union "
                      "of the shards is the same at every α), so it ran once per seed and is shown at each α.")
@@ -407,10 +417,13 @@ def gap_table(args, results):
 
 def write_gap_doc(args, results, started):
     lines, notes, verdict = gap_table(args, results)
-    argv = " ".join(sys.argv[1:])
+    # A table rendered from earlier runs names the command that makes (or, with --resume, reuses) them.
+    argv = " ".join(a for a in sys.argv[1:] if a != "--render-only")
+    if args.render_only and "--resume" not in argv.split():
+        argv += " --resume"
     body = [GAP_BEGIN, "",
             "### Federated vs centralized at the quickstart budget (measured)", "",
-            "Produced by `bench/experiment/run_experiment.sh %s` (started %s UTC, %s; fedge %s). "
+            "Produced by `bench/experiment/run_experiment.sh %s` (%s %s UTC, %s; fedge %s). "
             "Configuration: %d agents, Dirichlet α in {%s}, data seeds {%s} (the seed draws the "
             "train/test split and the shards), %d rounds × %d local steps of batch 16, every agent in every "
             "round (quorum 0), LoRA r=8 on query/value + classifier head, all-MiniLM-L6-v2, training seed 7. "
@@ -420,7 +433,8 @@ def write_gap_doc(args, results, started):
             "one agent on the union of the shards, localSteps × agents steps per round). \"First round "
             "within 1 point\": the first round whose seed-mean accuracy is at least the centralized final "
             "mean − 0.01." % (
-                argv, started, os.uname().nodename, args.version, args.agents,
+                argv, "table written from the runs' summaries" if args.render_only else "started", started,
+                os.uname().nodename, args.version, args.agents,
                 ", ".join(str(a) for a in args.alphas), ", ".join(str(x) for x in args.data_seeds),
                 args.rounds, args.local_steps),
             ""] + lines + [""]
@@ -450,8 +464,10 @@ def write_gap_doc(args, results, started):
         json.dump(results, f, indent=2)
     if args.curve:
         plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot_curves.py")
-        rc = subprocess.run([sys.executable, plot, os.path.join(args.work_dir, "results.json"),
-                             "--out", args.curve]).returncode
+        cmd = [sys.executable, plot, os.path.join(args.work_dir, "results.json"), "--out", args.curve]
+        if args.curve_configs:
+            cmd += ["--configs", args.curve_configs]
+        rc = subprocess.run(cmd).returncode
         if rc != 0:
             log("curve not drawn (plot_curves.py exit %d); the table is written" % rc)
 
@@ -478,6 +494,7 @@ def main():
                    "its own block in --doc); the centralized run then happens once per seed")
     p.add_argument("--curve", default="", help="--report gap: also draw accuracy after every round to "
                    "this PNG (plot_curves.py; needs gnuplot)")
+    p.add_argument("--curve-configs", default="", help="comma-separated configurations to draw (default: all)")
     p.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
                    help="comma-separated subset of: " + ", ".join(c[0] for c in CONFIGS))
     p.add_argument("--resume", action="store_true", help="reuse summaries already in --work-dir")
@@ -509,9 +526,8 @@ def main():
         [(s, a) for a in args.alphas for s in args.data_seeds]
     for seed, alpha in order:
         data_dir = ensure_data(args, alpha, seed)
-        for name, desc, overrides in CONFIGS:
-            if name not in wanted:
-                continue
+        for name, desc, overrides in sorted((c for c in CONFIGS if c[0] in wanted),
+                                            key=lambda c: wanted.index(c[0])):
             first = next((r for r in results if r["name"] == name and r["seed"] == seed), None)
             if gap and name == "centralized" and first is not None:
                 # The union of the shards and the test set depend on the seed, not on alpha.
@@ -522,7 +538,8 @@ def main():
             # invocation cut short leaves a true table.
             pending = [{"name": n, "desc": d, "alpha": a, "seed": s, "overrides": o,
                         "skipped": "not run: the invocation ended before it"}
-                       for s, a in order for n, d, o in CONFIGS
+                       for s, a in order for n, d, o in sorted(CONFIGS, key=lambda c: wanted.index(c[0])
+                                                               if c[0] in wanted else len(wanted))
                        if n in wanted and not any(r["name"] == n and r["alpha"] == a and r["seed"] == s
                                                   for r in results)]
             (write_gap_doc if gap else write_doc)(args, results + pending, started)

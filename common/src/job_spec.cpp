@@ -472,7 +472,7 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
   }
   if (r.Object(spec, s, "privacy", &n)) {
     const std::string p = "spec.privacy";
-    r.CheckKeys(n, p, {"tls", "differentialPrivacy"});
+    r.CheckKeys(n, p, {"tls", "differentialPrivacy", "secureAggregation"});
     r.Bool(n, p, "tls", &job->privacy.tls);
     YAML::Node d;
     if (r.Object(n, p, "differentialPrivacy", &d)) {
@@ -485,6 +485,15 @@ void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
       r.Double(d, dp, "noiseMultiplier", &out.noiseMultiplier);
       r.Double(d, dp, "targetEpsilon", &out.targetEpsilon);
       r.Double(d, dp, "delta", &out.delta);
+    }
+    YAML::Node sa;
+    if (r.Object(n, p, "secureAggregation", &sa)) {
+      const std::string sp = p + ".secureAggregation";
+      SecureAggregationSpec& out = job->privacy.secureAggregation;
+      r.CheckKeys(sa, sp, {"enabled", "threshold", "neighbours"});
+      r.Bool(sa, sp, "enabled", &out.enabled);
+      r.Integer(sa, sp, "threshold", &out.threshold);
+      r.Integer(sa, sp, "neighbours", &out.neighbours);
     }
   }
   if (r.Object(spec, s, "runPolicy", &n)) {
@@ -772,10 +781,10 @@ Status ValidateJobSpec(const JobSpec& spec) {
   if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
     const std::string p = "spec.privacy.differentialPrivacy";
     v.OneOf(p + ".mode", dp.mode, {"central", "distributed"});
-    if (dp.mode == "distributed") {
+    if (dp.mode == "distributed" && !spec.privacy.secureAggregation.enabled) {
       v.Add(p + ".mode",
-            "distributed differential privacy needs secure aggregation, which fedge does not have yet; use "
-            "central (the aggregator adds the noise)");
+            "distributed needs spec.privacy.secureAggregation.enabled: the agents' noise shares are "
+            "complete and hidden only in a masked sum; or use central (the aggregator adds the noise)");
     }
     v.Positive(p + ".clipNorm", dp.clipNorm);
     v.Positive(p + ".noiseMultiplier", dp.noiseMultiplier);
@@ -788,6 +797,37 @@ Status ValidateJobSpec(const JobSpec& spec) {
     }
     if (spec.adapter.aggregation == "product") {
       v.Add(p, "needs spec.adapter.aggregation factors or frozen-a (product re-factors the updates)");
+    }
+    if (spec.rounds.mode == "async") v.Add(p, "needs spec.rounds.mode sync");
+  }
+  {
+    // Field rules hold whether or not it is enabled (as in the CRD).
+    const SecureAggregationSpec& sa = spec.privacy.secureAggregation;
+    const std::string p = "spec.privacy.secureAggregation";
+    v.AtLeast(p + ".threshold", sa.threshold, 0);
+    v.AtLeast(p + ".neighbours", sa.neighbours, 0);
+    if (sa.threshold == 1)
+      v.Add(p + ".threshold", "must be 0 (default) or >= 2: one share must not reveal a secret");
+    if (sa.neighbours > 0 && sa.threshold > sa.neighbours) {
+      v.Add(p + ".threshold", "must be at most neighbours (" + std::to_string(sa.neighbours) + ")");
+    }
+    if (sa.neighbours > 0 && sa.threshold > 0 && 2 * sa.threshold <= sa.neighbours) {
+      v.Add(p + ".threshold",
+            "must be above neighbours / 2, so that a lying aggregator cannot collect both "
+            "secrets of an agent");
+    }
+  }
+  if (const SecureAggregationSpec& sa = spec.privacy.secureAggregation; sa.enabled) {
+    const std::string p = "spec.privacy.secureAggregation";
+    static const std::vector<std::string> kLinear = {"fedavg",  "fedprox", "fedavgm",
+                                                     "fedadam", "fedyogi", "fedadagrad"};
+    if (std::find(kLinear.begin(), kLinear.end(), st.name) == kLinear.end()) {
+      v.Add(p,
+            "gives the aggregator only the sum of the updates; spec.strategy.name " + Quote(st.name) +
+                " needs each agent's update (use fedavg, fedprox, fedavgm, fedadam, fedyogi or fedadagrad)");
+    }
+    if (spec.adapter.aggregation == "product") {
+      v.Add(p, "needs spec.adapter.aggregation factors or frozen-a (product re-factors each agent's update)");
     }
     if (spec.rounds.mode == "async") v.Add(p, "needs spec.rounds.mode sync");
   }
@@ -1017,6 +1057,13 @@ std::string JobSpecToYaml(const JobSpec& spec) {
     out << YAML::Key << "noiseMultiplier" << YAML::Value << dbl(dp.noiseMultiplier);
     out << YAML::Key << "targetEpsilon" << YAML::Value << dbl(dp.targetEpsilon);
     out << YAML::Key << "delta" << YAML::Value << dbl(dp.delta);
+    out << YAML::EndMap;
+  }
+  if (const SecureAggregationSpec& sa = spec.privacy.secureAggregation; sa.enabled) {
+    out << YAML::Key << "secureAggregation" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << true;
+    out << YAML::Key << "threshold" << YAML::Value << sa.threshold;
+    out << YAML::Key << "neighbours" << YAML::Value << sa.neighbours;
     out << YAML::EndMap;
   }
   out << YAML::EndMap;

@@ -128,7 +128,7 @@ struct CompressionSpec {
 // reports epsilon at delta and ends the job before a round would exceed targetEpsilon.
 struct DifferentialPrivacySpec {
   bool enabled = false;
-  std::string mode = "central";  // central (distributed needs secure aggregation: refused)
+  std::string mode = "central";  // central | distributed (needs secureAggregation.enabled)
   double clipNorm = 0.0;         // > 0
   double noiseMultiplier = 0.0;  // > 0
   double targetEpsilon = 0.0;    // >= 0; 0: no limit
@@ -137,9 +137,20 @@ struct DifferentialPrivacySpec {
   bool operator==(const DifferentialPrivacySpec&) const = default;
 };
 
+// Secure aggregation (issue 12, SecAgg+ style): the aggregator learns only the sum of
+// each round's surviving updates. Present in the manifest with enabled: true turns it on.
+struct SecureAggregationSpec {
+  bool enabled = false;
+  int threshold = 0;   // shares that rebuild an agent's secret; 0: floor(k / 2) + 1 per round
+  int neighbours = 0;  // k agents each shares with; 0: every other agent (plain SecAgg)
+
+  bool operator==(const SecureAggregationSpec&) const = default;
+};
+
 struct PrivacySpec {
   bool tls = false;
   DifferentialPrivacySpec differentialPrivacy;
+  SecureAggregationSpec secureAggregation;
 
   bool operator==(const PrivacySpec&) const = default;
 };

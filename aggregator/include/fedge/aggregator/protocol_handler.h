@@ -155,6 +155,13 @@ class ProtocolHandler {
 
   Status ReportMetrics(const v1::MetricsReport& request);
 
+  // Secure aggregation (RoundEngine::SecAgg*; definitions in secagg_handler.cpp).
+  // Errors as CheckHeader, then the engine's.
+  Status SecAggAdvertise(const v1::SecAggAdvertiseRequest& request, v1::SecAggRoster* response);
+  Status SecAggShareKeys(const v1::SecAggShareKeysRequest& request, v1::SecAggInbox* response);
+  Status SecAggSubmitMasked(const v1::SecAggMaskedInput& request, v1::SecAggMaskedAck* response);
+  Status SecAggUnmask(const v1::SecAggUnmaskRequest& request, v1::SecAggUnmaskResponse* response);
+
   // Version, job and session of a non-Join request.
   Status CheckHeader(const v1::RequestHeader& header) const;
 

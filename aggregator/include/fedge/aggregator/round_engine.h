@@ -44,6 +44,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,7 @@
 #include "fedge/aggregator/round_record.h"
 #include "fedge/aggregator/strategy.h"
 #include "fedge/job_spec.h"
+#include "fedge/secagg/protocol.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"
 
@@ -85,6 +87,32 @@ struct TrainConfig {
   double topk_fraction = 0;
   bool error_feedback = false;
   bool stochastic_rounding = false;
+  // Secure aggregation (SecAggOptions): the agent clips weight x delta to
+  // secagg_clip_norm, weight = min(examples / secagg_max_weight, 1) (1 when 0).
+  bool secure_aggregation = false;
+  double secagg_clip_norm = 0;
+  int64_t secagg_max_weight = 0;
+};
+
+// Secure aggregation (issue 12; secagg/include/fedge/secagg/protocol.h): the
+// aggregator learns only the sum of a round's surviving updates. The train phase
+// runs the SecAgg+ protocol (advertise, share, masked, unmask) after the agents
+// trained; the engine folds the unmasked mean into the strategy as one update.
+// Needs a linear strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi,
+// fedadagrad), synchronous rounds and adapter aggregation factors or frozen-a.
+// Example weights are summed under the mask (weight x delta, and the weight as
+// one more value); with differential privacy every weight is 1.
+struct SecAggOptions {
+  bool enabled = false;
+  int threshold = 0;   // 0: floor(neighbours / 2) + 1
+  int neighbours = 0;  // 0: every other agent (plain SecAgg)
+  // Each phase after the key advertisement closes at the latest this long after
+  // the previous one; 0: the round timeout.
+  int64_t phase_timeout_ms = 0;
+  // Sees each masked input as the aggregator holds it (audits, tests); may be empty.
+  std::function<void(const std::string& agent_id, const std::vector<uint32_t>& input,
+                     const secagg::RoundParams& params)>
+      on_masked_input;
 };
 
 // Client-level differential privacy, central mode (issue 12; DP-FedAvg of McMahan et al.
@@ -102,6 +130,11 @@ struct DpOptions {
   double target_epsilon = 0;    // the job ends before a round would exceed it; 0: no limit
   double delta = 1e-5;          // in (0, 1)
   uint64_t noise_seed = 0;      // 0: seeded from the CSPRNG (tests fix it)
+  // Distributed mode (needs SecAggOptions::enabled): no noise at the aggregator; each
+  // agent of the round's key advertisement (m of them) adds N(0, sigma^2 C^2 / m) to its
+  // masked update. With s of them surviving the sum carries sigma * sqrt(s / m) x C of
+  // noise, and that (not sigma) is what the round is accounted at.
+  bool distributed = false;
 };
 
 // What /v1/status reports of the privacy spent so far.
@@ -156,6 +189,7 @@ struct EngineOptions {
   // from exactly the aggregator's global.
   EncodeOptions global_encoding{Codec::kFp32, 64, /*zstd=*/true, 3};
   DpOptions dp;
+  SecAggOptions secagg;
 };
 
 // Derives engine options from a job spec; expected_agents <= 0 means
@@ -345,6 +379,22 @@ class RoundEngine {
   void Tick();
 
   EngineStatus GetStatus();
+  // Secure aggregation RPCs of `agent_id` (authenticated) for `round`; see
+  // SecAggOptions and secagg/protocol.h. nullopt: the phase is still collecting,
+  // ask again. FAILED_PRECONDITION when the round is not running secure
+  // aggregation or the agent is not (or no longer) part of it.
+  StatusOr<std::optional<secagg::Roster>> SecAggAdvertise(const std::string& agent_id, int64_t round,
+                                                          const secagg::Bytes& enc_public_key,
+                                                          const secagg::Bytes& mask_public_key);
+  StatusOr<std::optional<std::vector<secagg::EncryptedShare>>> SecAggShareKeys(
+      const std::string& agent_id, int64_t round, std::vector<secagg::EncryptedShare> shares);
+  Status SecAggSubmitMasked(const std::string& agent_id, int64_t round, uint64_t offset,
+                            const std::string& data, uint64_t* received);
+  // With `answer`, records the agent's revealed shares (once); otherwise asks who survived.
+  StatusOr<std::optional<secagg::UnmaskAsk>> SecAggUnmask(const std::string& agent_id, int64_t round,
+                                                          bool answer,
+                                                          const std::vector<secagg::RevealedShare>& shares);
+
 
   // True once the job Succeeded and every joined agent was handed DONE.
   bool AllAgentsDone() const;
@@ -435,6 +485,15 @@ class RoundEngine {
   void InitializerFailedLocked(const std::string& agent_id, const std::string& why);
   TaskInfo WaitTask(std::string message) const;
 
+  // Secure aggregation (secagg_engine.cpp).
+  static Status CheckSecAggOptions(const EngineOptions& options);
+  // The L2 bound agents clip to before masking.
+  double SecAggClipNormLocked() const;
+  void StartSecAggLocked(int64_t now);
+  // Drives secagg_; true when the round closed or the job failed (state changed).
+  bool TickSecAggLocked(int64_t now);
+  // Common checks of the SecAgg RPCs; the agent's liveness is refreshed.
+  Status SecAggCallLocked(const std::string& agent_id, int64_t round, int64_t now);
   const EngineOptions options_;
   Clock* const clock_;
   CheckpointStore* const checkpoints_;
@@ -471,5 +530,8 @@ class RoundEngine {
   bool privacy_exhausted_ = false;                       // guarded by mu_
   std::mt19937_64 noise_rng_;                            // guarded by mu_; DP noise
 };
+  std::unique_ptr<secagg::SecAggServer> secagg_;         // guarded by mu_; the open round's
+  int secagg_survivors_ = 0;                             // guarded by mu_; of the round aggregated last
+  int secagg_advertised_ = 0;                            // guarded by mu_; its key advertisers (m)
 
 }  // namespace fedge::aggregator

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -56,8 +57,13 @@ struct ServerOptions {
   int64_t tick_interval_ms = 200;             // how often deadlines are checked
   Clock* clock = nullptr;                     // null: SystemClock
   // Overrides of the engine options derived from the spec (tests).
-  int64_t round_timeout_ms = 0;  // 0: spec.rounds.timeoutSeconds
-  int retry_after_ms = 0;        // 0: the engine's default (200 ms)
+  int64_t round_timeout_ms = 0;         // 0: spec.rounds.timeoutSeconds
+  int retry_after_ms = 0;               // 0: the engine's default (200 ms)
+  int64_t secagg_phase_timeout_ms = 0;  // 0: the round timeout (SecAggOptions::phase_timeout_ms)
+  // Sees each masked input as the aggregator holds it (SecAggOptions::on_masked_input).
+  std::function<void(const std::string& agent_id, const std::vector<uint32_t>& input,
+                     const secagg::RoundParams& params)>
+      secagg_on_masked_input;
 };
 
 // JSON for GET /v1/status (see README of the aggregator for the shape).

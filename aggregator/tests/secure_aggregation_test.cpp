@@ -1,0 +1,161 @@
+// Secure aggregation in the round engine (issue 12, item 1): what it refuses, what
+// TRAIN tasks tell agents, a full round driven by in-process secagg clients on a
+// fake clock, and what happens when too few agents take part. The gRPC run is
+// agent/tests/runtime/secagg_loopback_test.cpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "fedge/aggregator/round_engine.h"
+#include "fedge/secagg/protocol.h"
+#include "test_util.h"
+
+namespace fedge::aggregator {
+namespace {
+
+using testing::SmallBundle;
+
+EngineOptions SecAggOptionsFor(int agents, const std::string& strategy = "fedavg") {
+  JobSpec spec;
+  spec.name = "sa";
+  spec.namespace_ = "ns";
+  spec.rounds.total = 1;
+  spec.rounds.timeoutSeconds = 10;
+  spec.rounds.localSteps = 2;
+  spec.rounds.batchSize = 5;
+  spec.strategy.name = strategy;
+  spec.strategy.maxUpdateNorm = 10;
+  spec.privacy.secureAggregation.enabled = true;
+  return EngineOptionsFromSpec(spec, agents);
+}
+
+TEST(SecureAggregationEngineTest, StrategiesThatNeedEachUpdateAreRefused) {
+  FakeClock clock;
+  for (const char* name : {"median", "trimmed-mean", "krum"}) {
+    auto engine = RoundEngine::Create(SecAggOptionsFor(5, name), &clock, nullptr, nullptr);
+    ASSERT_FALSE(engine.ok()) << name;
+    EXPECT_NE(engine.status().message().find("needs each agent's update"), std::string::npos)
+        << engine.status().message();
+  }
+  EngineOptions async = SecAggOptionsFor(3);
+  async.async = true;
+  EXPECT_FALSE(RoundEngine::Create(async, &clock, nullptr, nullptr).ok());
+  EngineOptions product = SecAggOptionsFor(3);
+  product.adapter.aggregation = "product";
+  EXPECT_FALSE(RoundEngine::Create(product, &clock, nullptr, nullptr).ok());
+  EngineOptions one = SecAggOptionsFor(3);
+  one.secagg.threshold = 1;
+  EXPECT_FALSE(RoundEngine::Create(one, &clock, nullptr, nullptr).ok());
+  for (const char* name : {"fedavg", "fedprox", "fedadam"}) {
+    EXPECT_TRUE(RoundEngine::Create(SecAggOptionsFor(3, name), &clock, nullptr, nullptr).ok()) << name;
+  }
+}
+
+class SecureAggregationRoundTest : public ::testing::Test {
+ protected:
+  void Start(int n, EngineOptions options) {
+    auto engine = RoundEngine::Create(std::move(options), &clock_, nullptr, &metrics_);
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    engine_ = std::move(*engine);
+    for (int i = 0; i < n; ++i) {
+      ids_.push_back("a" + std::to_string(i));
+      // 5, 10, 15, ... examples; the cap is localSteps x batchSize = 10.
+      engine_->Join(ids_.back(), AgentInfo{"node", 5L * (i + 1), 10, SmallBundle(0, 0, 0, 0)});
+    }
+    ASSERT_EQ(engine_->GetTask(ids_[0], 0).kind, TaskKind::kInitialize);
+    UpdateMeta meta;
+    meta.agent_id = ids_[0];
+    meta.is_delta = false;
+    ASSERT_TRUE(engine_->SubmitUpdate(meta, SmallBundle(1, 1, 1, 1)).accepted);
+  }
+
+  FakeClock clock_;
+  AggregatorMetrics metrics_;
+  std::unique_ptr<RoundEngine> engine_;
+  std::vector<std::string> ids_;
+};
+
+TEST_F(SecureAggregationRoundTest, TrainTasksAskForMaskingAndPlainUpdatesAreRefused) {
+  Start(3, SecAggOptionsFor(3));
+  TaskInfo t = engine_->GetTask(ids_[1], 1);
+  ASSERT_EQ(t.kind, TaskKind::kTrain);
+  EXPECT_TRUE(t.config.secure_aggregation);
+  EXPECT_DOUBLE_EQ(t.config.secagg_clip_norm, 10);  // spec.strategy.maxUpdateNorm
+  EXPECT_EQ(t.config.secagg_max_weight, 10);
+  UpdateMeta meta;
+  meta.agent_id = ids_[1];
+  meta.round = 1;
+  meta.base_version = 1;
+  meta.num_examples = 10;
+  UpdateVerdict v = engine_->SubmitUpdate(meta, SmallBundle(0.1f, 0.1f, 0.1f, 0.1f));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_EQ(v.reason_label, "secure_aggregation");
+}
+
+TEST_F(SecureAggregationRoundTest, OneRoundOfMaskedUpdatesMovesTheGlobalByTheirWeightedMean) {
+  Start(3, SecAggOptionsFor(3));
+  std::vector<secagg::SecAggClient> clients;
+  for (const std::string& id : ids_) {
+    ASSERT_EQ(engine_->GetTask(id, 1).kind, TaskKind::kTrain);
+    clients.push_back(*secagg::SecAggClient::Create());
+  }
+  std::vector<std::optional<secagg::Roster>> rosters(3);
+  for (int i = 0; i < 3; ++i) {
+    auto r = engine_->SecAggAdvertise(ids_[i], 1, clients[i].enc_public_key(), clients[i].mask_public_key());
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    rosters[i] = *r;
+  }
+  EXPECT_FALSE(rosters[0].has_value());  // still collecting when the first advertised
+  ASSERT_TRUE(rosters[2].has_value());
+  // An agent in the protocol is told to wait, not to train again.
+  EXPECT_EQ(engine_->GetTask(ids_[0], 1).kind, TaskKind::kWait);
+  std::vector<std::vector<secagg::EncryptedShare>> shares(3);
+  for (int i = 0; i < 3; ++i) {
+    auto roster =
+        *engine_->SecAggAdvertise(ids_[i], 1, clients[i].enc_public_key(), clients[i].mask_public_key());
+    ASSERT_TRUE(roster.has_value());
+    shares[i] = *clients[i].ShareKeys(*roster);
+  }
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(engine_->SecAggShareKeys(ids_[i], 1, shares[i]).ok());
+  // Deltas: a0 +0.1, a1 +0.2, a2 +0.3 on every value; weights 0.5, 1, 1.
+  const double weights[] = {0.5, 1, 1};
+  for (int i = 0; i < 3; ++i) {
+    auto inbox = *engine_->SecAggShareKeys(ids_[i], 1, shares[i]);
+    ASSERT_TRUE(inbox.has_value());
+    ASSERT_TRUE(clients[i].ReceiveShares(*inbox).ok());
+    auto masked = clients[i].MaskInput(std::vector<double>(4, 0.1 * (i + 1)), weights[i]);
+    ASSERT_TRUE(masked.ok());
+    uint64_t received = 0;
+    ASSERT_TRUE(engine_->SecAggSubmitMasked(ids_[i], 1, 0, *masked, &received).ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto ask = engine_->SecAggUnmask(ids_[i], 1, false, {});
+    ASSERT_TRUE(ask.ok() && ask->has_value());
+    ASSERT_TRUE(engine_->SecAggUnmask(ids_[i], 1, true, *clients[i].Unmask(**ask)).ok());
+  }
+  EngineStatus st = engine_->GetStatus();
+  ASSERT_EQ(st.phase, Phase::kEvaluate) << st.message;
+  EXPECT_EQ(st.global_version, 2);
+  // (0.5 * 0.1 + 0.2 + 0.3) / 2.5 = 0.22
+  for (float v : (*engine_->Global(0))->bundle.Find("a")->values) EXPECT_NEAR(v, 1.22, 2e-3);
+}
+
+TEST_F(SecureAggregationRoundTest, TooFewAdvertisersRestartTheRoundOnceThenFailTheJob) {
+  Start(3, SecAggOptionsFor(3));
+  auto c = *secagg::SecAggClient::Create();
+  ASSERT_EQ(engine_->GetTask(ids_[0], 1).kind, TaskKind::kTrain);
+  ASSERT_TRUE(engine_->SecAggAdvertise(ids_[0], 1, c.enc_public_key(), c.mask_public_key()).ok());
+  clock_.AdvanceMs(10'001);  // the round's deadline: one agent advertised
+  engine_->Tick();
+  EngineStatus st = engine_->GetStatus();
+  EXPECT_EQ(JobStateName(st.state), "Running");
+  EXPECT_EQ(st.phase, Phase::kTrain);  // started over
+  clock_.AdvanceMs(10'001);
+  engine_->Tick();
+  st = engine_->GetStatus();
+  EXPECT_EQ(JobStateName(st.state), "Failed");
+  EXPECT_NE(st.message.find("advertised keys"), std::string::npos) << st.message;
+}
+
+}  // namespace
+}  // namespace fedge::aggregator
