@@ -179,12 +179,12 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
     c->set_topk_fraction(task.config.topk_fraction);
     c->set_error_feedback(task.config.error_feedback);
     c->set_stochastic_rounding(task.config.stochastic_rounding);
-  }
     if (task.config.secure_aggregation) {
       c->mutable_secure_aggregation()->set_enabled(true);
       c->mutable_secure_aggregation()->set_clip_norm(task.config.secagg_clip_norm);
       c->mutable_secure_aggregation()->set_max_weight(task.config.secagg_max_weight);
     }
+  }
   return OkStatus();
 }
 

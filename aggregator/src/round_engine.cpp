@@ -583,17 +583,17 @@ UpdateVerdict RoundEngine::PrecheckLocked(const UpdateMeta& meta) {
   if (!global_) {
     return RejectLocked(meta, "not_initialized", "the global model is not initialized yet; ask for a task");
   }
-  if (meta.num_examples < 0) {
-    return RejectLocked(meta, "bad_request",
-                        "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
-  }
-  if (options_.async) {
   if (options_.secagg.enabled) {
     return RejectLocked(
         meta, "secure_aggregation",
         "this job uses secure aggregation: updates go masked through SecAggSubmitMasked, never "
         "in clear (spec.privacy.secureAggregation; update the agent)");
   }
+  if (meta.num_examples < 0) {
+    return RejectLocked(meta, "bad_request",
+                        "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
+  }
+  if (options_.async) {
     if (phase_ == Phase::kEvaluate) {
       return RejectLocked(meta, "round_closed",
                           "the last asynchronous round has closed (evaluating global version " +
@@ -966,15 +966,15 @@ void RoundEngine::TickLocked(int64_t now) {
       train_.deadline_ms = now + options_.round_timeout_ms;
       return;
     }
+    if (phase_ == Phase::kTrain && secagg_) {
+      if (TickSecAggLocked(now)) continue;
+      return;
+    }
     if (phase_ == Phase::kTrain) {
       const size_t invited = train_.invited.size(), answered = train_.answered.size();
       if (answered == invited) {
         CloseTrainLocked(now, "all_answered");
         continue;
-    if (phase_ == Phase::kTrain && secagg_) {
-      if (TickSecAggLocked(now)) continue;
-      return;
-    }
       }
       if (answered >= train_.target) {
         CloseTrainLocked(now, "target_reached");
@@ -1113,12 +1113,12 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   current_ = RoundRecord{};
   current_.round = round_;
   current_.invited = static_cast<int>(invite);
+  if (options_.secagg.enabled) StartSecAggLocked(now);
   round_started_ms_ = now;
   state_ = JobState::kRunning;
   phase_ = Phase::kTrain;
   message_ = "round " + std::to_string(round_) + ": training";
   log::Info("round started", {{"round", round_},
-  if (options_.secagg.enabled) StartSecAggLocked(now);
                               {"invited", invite},
                               {"target", k},
                               {"live_agents", n},
@@ -1226,17 +1226,17 @@ void RoundEngine::AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle
   // each). Publish global + (S + Z) / target with Z ~ N(0, (sigma C)^2 I).
   const double target = static_cast<double>(std::max<size_t>(train_.target, 1));
   const double rescale = static_cast<double>(updates) / target;
-  std::normal_distribution<double> noise(0.0, options_.dp.noise_multiplier * options_.dp.clip_norm / target);
-  for (NamedTensor& t : next->tensors) {
-    const NamedTensor* g = global.Find(t.name);
-    for (size_t i = 0; i < t.values.size(); ++i) {
-      const double base = g != nullptr ? static_cast<double>(g->values[i]) : 0.0;
   // Distributed: the agents' noise shares are in the sum already; the survivors' shares
   // add up to sigma * sqrt(survivors / advertisers), which is what this round gets.
   const double sigma = options_.dp.distributed && secagg_advertised_ > 0
                            ? options_.dp.noise_multiplier * std::sqrt(static_cast<double>(secagg_survivors_) /
                                                                       static_cast<double>(secagg_advertised_))
                            : options_.dp.noise_multiplier;
+  std::normal_distribution<double> noise(0.0, options_.dp.noise_multiplier * options_.dp.clip_norm / target);
+  for (NamedTensor& t : next->tensors) {
+    const NamedTensor* g = global.Find(t.name);
+    for (size_t i = 0; i < t.values.size(); ++i) {
+      const double base = g != nullptr ? static_cast<double>(g->values[i]) : 0.0;
       const double mean_delta = static_cast<double>(t.values[i]) - base;
       t.values[i] = static_cast<float>(base + mean_delta * rescale +
                                        (options_.dp.distributed ? 0.0 : noise(noise_rng_)));

@@ -378,7 +378,6 @@ class RoundEngine {
   // Advances deadlines to the clock's now.
   void Tick();
 
-  EngineStatus GetStatus();
   // Secure aggregation RPCs of `agent_id` (authenticated) for `round`; see
   // SecAggOptions and secagg/protocol.h. nullopt: the phase is still collecting,
   // ask again. FAILED_PRECONDITION when the round is not running secure
@@ -395,6 +394,7 @@ class RoundEngine {
                                                           bool answer,
                                                           const std::vector<secagg::RevealedShare>& shares);
 
+  EngineStatus GetStatus();
 
   // True once the job Succeeded and every joined agent was handed DONE.
   bool AllAgentsDone() const;
@@ -484,7 +484,6 @@ class RoundEngine {
   bool ChooseLayoutLocked();
   void InitializerFailedLocked(const std::string& agent_id, const std::string& why);
   TaskInfo WaitTask(std::string message) const;
-
   // Secure aggregation (secagg_engine.cpp).
   static Status CheckSecAggOptions(const EngineOptions& options);
   // The L2 bound agents clip to before masking.
@@ -494,6 +493,7 @@ class RoundEngine {
   bool TickSecAggLocked(int64_t now);
   // Common checks of the SecAgg RPCs; the agent's liveness is refreshed.
   Status SecAggCallLocked(const std::string& agent_id, int64_t round, int64_t now);
+
   const EngineOptions options_;
   Clock* const clock_;
   CheckpointStore* const checkpoints_;
@@ -529,9 +529,9 @@ class RoundEngine {
   int64_t privacy_rounds_ = 0;                           // guarded by mu_; rounds composed
   bool privacy_exhausted_ = false;                       // guarded by mu_
   std::mt19937_64 noise_rng_;                            // guarded by mu_; DP noise
-};
   std::unique_ptr<secagg::SecAggServer> secagg_;         // guarded by mu_; the open round's
   int secagg_survivors_ = 0;                             // guarded by mu_; of the round aggregated last
   int secagg_advertised_ = 0;                            // guarded by mu_; its key advertisers (m)
+};
 
 }  // namespace fedge::aggregator
