@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/secagg_client.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/update.h"
 #include "fedge/log.h"
@@ -572,6 +573,9 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   }
 
   FEDGE_ASSIGN_OR_RETURN(TensorBundle delta, ComputeDelta(deps_.trainer->ExportTrainable(), held_.bundle));
+  if (c.secure_aggregation().enabled()) {
+    return SubmitSecurely(task, delta, deps_.train_data->size(), result->steps, result->mean_loss);
+  }
   UpdateCodecConfig cc;
   cc.codec = *codec;
   cc.block_size = c.block_size() > 0 ? c.block_size() : 64;
@@ -622,6 +626,40 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
                               {"accepted", accepted},
                               {"train_seconds", train_seconds},
                               {"seconds", SecondsSince(start)}});
+  return OkStatus();
+}
+
+Status AggregatorClient::SubmitSecurely(const v1::Task& task, const TensorBundle& delta, int64_t num_examples,
+                                        int steps, double loss) {
+  SecAggHooks hooks;
+  hooks.header = [this] { return Header(); };
+  hooks.sleep = [this](std::chrono::milliseconds d) { return stop_.SleepFor(d); };
+  hooks.begin_call = [this](grpc::ClientContext* ctx) { return BeginCall(ctx); };
+  hooks.end_call = [this] { EndCall(); };
+  hooks.before_phase = options_.secagg_before_phase;
+  hooks.chunk_bytes = options_.chunk_bytes;
+  FEDGE_ASSIGN_OR_RETURN(SecAggReport report,
+                         RunSecureAggregation(stub_.get(), task.round(), task.config().secure_aggregation(),
+                                              delta, num_examples, hooks));
+  deps_.metrics->update_raw_bytes_total.Increment(static_cast<double>(delta.Fp32Bytes()));
+  deps_.metrics->update_encoded_bytes_total.Increment(static_cast<double>(report.masked_bytes));
+  deps_.metrics->update_bytes.Set(static_cast<double>(report.masked_bytes));
+  deps_.metrics->update_raw_bytes.Set(static_cast<double>(delta.Fp32Bytes()));
+  deps_.metrics->train_steps_total.Increment(steps);
+  deps_.metrics->train_loss.Set(loss);
+  if (report.unmasked) deps_.metrics->rounds_participated_total.Increment();
+  log::Info("round trained (secure aggregation)", {{"round", task.round()},
+                                                   {"steps", steps},
+                                                   {"loss", loss},
+                                                   {"masked_bytes", report.masked_bytes},
+                                                   {"bytes_sent", report.bytes_sent},
+                                                   {"raw_bytes", delta.Fp32Bytes()},
+                                                   {"ring_bits", report.ring_bits},
+                                                   {"clipped_values", report.clipped},
+                                                   {"unmasked", report.unmasked},
+                                                   {"left_at", report.left_at},
+                                                   {"mask_seconds", report.mask_seconds},
+                                                   {"protocol_seconds", report.protocol_seconds}});
   return OkStatus();
 }
 

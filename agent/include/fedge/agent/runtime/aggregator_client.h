@@ -66,6 +66,10 @@ struct ClientOptions {
   // each retry asks the aggregator how many bytes it holds (GetUploadStatus)
   // and sends only the rest. After the last, the task fails and the loop backs off.
   int upload_attempts = 6;
+  // Secure aggregation: asked before each phase after the key advertisement;
+  // false makes the agent drop out of the round there (fault injection for
+  // tests, secagg_client.h). Unset: never.
+  std::function<bool(std::string_view phase)> secagg_before_phase;
 };
 
 // What the client works with; all pointers must outlive the client. `store`
@@ -129,6 +133,9 @@ class AggregatorClient {
   Status DoInitialize(const fedge::v1::Task& task);
   Status DoTrain(const fedge::v1::Task& task);
   Status DoEvaluate(const fedge::v1::Task& task);
+  // TRAIN under secure aggregation: masks and submits `delta` (secagg_client.h).
+  Status SubmitSecurely(const fedge::v1::Task& task, const TensorBundle& delta, int64_t num_examples,
+                        int steps, double loss);
   Status DoDone(const fedge::v1::Task& task);
 
   // Makes `version` the held global: fetches it unless already held, then
