@@ -1,5 +1,5 @@
 // Operator benchmark: time from creating a FederatedTrainingJob to every pod existing
-// (aggregator + one agent per edge node) for 1, 10 and 100 nodes, and API requests per
+// (aggregator + one agent per edge node) for each size in --nodes, and API requests per
 // reconcile, with the controller running for real (informers, work queue, workers)
 // over the in-memory FakeKubeClient. Baseline in the same run: the same reconciler
 // reading through the API instead of the informer cache.
@@ -9,14 +9,27 @@
 // With --kubeconfig PATH it runs against a real API server instead (the CRD must be
 // installed, e.g. scripts/cluster/start-control-plane.sh + kubectl apply -f crds/): it
 // registers N Node objects per size, creates a job selecting them, and times the same
-// controller until the API server lists every pod, counting the requests it makes
-// through the client. Nodes, jobs and pods it created are deleted afterwards.
+// controller until a watch on the API server has seen every pod, --runs times per size
+// (p50 printed), counting the requests the controller makes through the client, and the
+// writes of one more reconcile once nothing changes (must be 0). Nodes, jobs and pods it
+// created are deleted afterwards.
+//
+//   build/bench/fedge_bench_operator --kubeconfig /tmp/fedge-control-plane/kubeconfig \
+//       --nodes 1,10,100,1000 --runs 5
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "fedge/log.h"
 #include "fedge/op/controller.h"
@@ -99,122 +112,258 @@ class CountingClient : public KubeClient {
   KubeClient* inner_;
 };
 
-size_t CountPods(KubeClient& c, const std::string& job) {
-  ListOptions o;
-  o.label_selector = std::string(kLabelJob) + "=" + job;
-  auto l = c.List(res::kPods, "default", o);
-  return l.ok() ? l->items.size() : 0;
+// Runs fn(0..n-1) on up to `threads` threads (the bench's own setup and cleanup).
+void ParallelFor(int n, int threads, const std::function<void(int)>& fn) {
+  std::atomic<int> next{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < std::min(n, threads); ++t) {
+    pool.emplace_back([&] {
+      for (int i = next++; i < n; i = next++) fn(i);
+    });
+  }
+  for (auto& t : pool) t.join();
 }
 
-int RealControlPlane(const std::string& kubeconfig) {
+// Counts the distinct pods of one job the API server has, from a watch (a list of 1,000
+// pods every few milliseconds would load the API server it measures).
+class PodWatch {
+ public:
+  PodWatch(KubeClient* api, const std::string& job) : api_(api) {
+    ListOptions lo;
+    lo.label_selector = std::string(kLabelJob) + "=" + job;
+    auto l = api_->List(res::kPods, "default", lo);
+    WatchOptions wo;
+    wo.label_selector = lo.label_selector;
+    wo.resource_version = l.ok() ? l->resource_version : "";
+    if (l.ok()) {
+      for (const auto& p : l->items) names_.insert(p["metadata"].value("name", ""));
+    }
+    thread_ = std::thread([this, wo] {
+      api_->Watch(
+              res::kPods, "default", wo,
+              [this](const WatchEvent& ev) {
+                if (ev.type != WatchEventType::kAdded) return;
+                std::lock_guard<std::mutex> l(mu_);
+                names_.insert(ev.object["metadata"].value("name", ""));
+                cv_.notify_all();
+              },
+              &cancel_)
+          .ok();
+    });
+  }
+  ~PodWatch() {
+    cancel_.Cancel();
+    thread_.join();
+  }
+  bool WaitFor(size_t n, std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, timeout, [&] { return names_.size() >= n; });
+  }
+
+ private:
+  KubeClient* api_;
+  WatchCancel cancel_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::set<std::string> names_;  // guarded by mu_
+  std::thread thread_;
+};
+
+// Waits until the controller has run no reconcile for `quiet` and its queue is empty.
+void Settle(JobController& ctl, std::chrono::milliseconds quiet) {
+  int64_t last = -1;
+  while (last != ctl.reconciles() || ctl.queue().Len() > 0) {
+    last = ctl.reconciles();
+    std::this_thread::sleep_for(quiet);
+  }
+}
+
+struct RunResult {
+  double ms = 0;
+  int64_t reconciles = 0, writing = 0;
+  int reads = 0, writes = 0, steady_reads = 0, steady_writes = 0;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& sizes, int runs,
+                     int concurrency) {
   auto cfg = LoadKubeConfig(kubeconfig);
   if (!cfg.ok()) {
     std::fprintf(stderr, "kubeconfig: %s\n", cfg.status().ToString().c_str());
     return 2;
   }
   RestKubeClient api(*cfg);
-  std::printf("real API server %s\n", cfg->server.c_str());
-  std::printf("%-6s %12s %10s %8s %8s %14s %12s\n", "nodes", "to_pods_ms", "reconciles", "reads", "writes",
-              "req/reconcile", "steady_req");
-  for (int n : {1, 10, 100}) {
+  std::printf("real API server %s, %d run(s) per size, apply concurrency %d\n", cfg->server.c_str(), runs,
+              concurrency);
+  std::printf("%-6s %10s %10s %10s %10s %11s %9s %9s %13s %13s\n", "nodes", "p50_ms", "min_ms", "max_ms",
+              "reconciles", "creating", "reads", "writes", "req/creating", "steady_writes");
+  std::fflush(stdout);
+  for (int n : sizes) {
     const std::string tag = "bench-" + std::to_string(n);
-    for (int i = 0; i < n; ++i) {
-      Json node = {{"apiVersion", "v1"},
-                   {"kind", "Node"},
-                   {"metadata",
-                    {{"name", tag + "-node-" + std::to_string(i)}, {"labels", {{"fedge.io/bench", tag}}}}}};
+    std::atomic<int> node_errors{0};
+    ParallelFor(n, 16, [&](int i) {
+      Json node = {
+          {"apiVersion", "v1"},
+          {"kind", "Node"},
+          {"metadata",
+           {{"name", tag + "-node-" + std::to_string(i)},
+            {"labels",
+             {{"fedge.io/bench", tag}, {"kubernetes.io/hostname", tag + "-node-" + std::to_string(i)}}}}}};
       auto c = api.Create(res::kNodes, "", node);
       if (!c.ok() && !IsAlreadyExists(c.status())) {
-        std::fprintf(stderr, "create node: %s\n", c.status().ToString().c_str());
+        if (node_errors++ == 0) std::fprintf(stderr, "create node: %s\n", c.status().ToString().c_str());
+      }
+    });
+    if (node_errors > 0) return 1;
+    std::vector<RunResult> results;
+    for (int run = 0; run < runs; ++run) {
+      const std::string job_name = tag + "-r" + std::to_string(run);
+      CountingClient client(&api);
+      ControllerOptions opts;
+      opts.workers = 2;
+      opts.reconciler.apply_concurrency = concurrency;
+      JobController ctl(&client, opts);
+      if (Status s = ctl.Start(); !s.ok()) {
+        std::fprintf(stderr, "controller: %s\n", s.ToString().c_str());
         return 1;
       }
-    }
-    CountingClient client(&api);
-    ControllerOptions opts;
-    opts.workers = 2;
-    JobController ctl(&client, opts);
-    if (Status s = ctl.Start(); !s.ok()) {
-      std::fprintf(stderr, "controller: %s\n", s.ToString().c_str());
-      return 1;
-    }
-    client.Clear();
-    Json job = Job();
-    job["metadata"] = {{"name", tag}, {"namespace", "default"}};
-    job["spec"]["agents"]["nodeSelector"] = {{"fedge.io/bench", tag}};
-    auto t0 = Steady::now();
-    if (auto c = api.Create(res::kJobs, "default", job); !c.ok()) {
-      std::fprintf(stderr, "create job: %s\n", c.status().ToString().c_str());
-      return 1;
-    }
-    while (CountPods(api, tag) < static_cast<size_t>(n + 1)) {
-      if (Steady::now() - t0 > std::chrono::seconds(120)) {
-        std::printf("timeout\n");
+      Settle(ctl, std::chrono::milliseconds(200));  // jobs left over from an earlier run
+      RunResult r;
+      int64_t reconciles0 = ctl.reconciles(), writing0 = ctl.writing_reconciles();
+      PodWatch pods(&api, job_name);
+      client.Clear();
+      Json job = Job();
+      job["metadata"] = {{"name", job_name}, {"namespace", "default"}};
+      job["spec"]["agents"]["nodeSelector"] = {{"fedge.io/bench", tag}};
+      auto t0 = Steady::now();
+      if (auto c = api.Create(res::kJobs, "default", job); !c.ok()) {
+        std::fprintf(stderr, "create job: %s\n", c.status().ToString().c_str());
         return 1;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (!pods.WaitFor(static_cast<size_t>(n + 1), std::chrono::seconds(300))) {
+        std::printf("timeout: not every pod exists after 300 s\n");
+        return 1;
+      }
+      r.ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
+      r.reads = client.reads;
+      r.writes = client.writes;
+      Settle(ctl, std::chrono::milliseconds(500));
+      r.reconciles = ctl.reconciles() - reconciles0;
+      r.writing = ctl.writing_reconciles() - writing0;
+      // Steady state: one more reconcile with nothing changed.
+      client.Clear();
+      int64_t before = ctl.reconciles();
+      ctl.queue().Add("default/" + job_name);
+      while (ctl.reconciles() == before) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      Settle(ctl, std::chrono::milliseconds(100));
+      r.steady_reads = client.reads;
+      r.steady_writes = client.writes;
+      results.push_back(r);
+      // Clean up while the controller still runs (it removes its finalizer).
+      api.Delete(res::kJobs, "default", job_name, {}).ok();
+      auto d0 = Steady::now();
+      while (api.Get(res::kJobs, "default", job_name, "").ok() &&
+             Steady::now() - d0 < std::chrono::seconds(120)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      ctl.Stop();
+      // Pods bound to no kubelet: delete them now rather than wait for garbage collection.
+      ListOptions o;
+      o.label_selector = std::string(kLabelJob) + "=" + job_name;
+      if (auto listed = api.List(res::kPods, "default", o); listed.ok()) {
+        ParallelFor(static_cast<int>(listed->items.size()), 16, [&](int i) {
+          DeleteOptions d;
+          d.grace_period_seconds = 0;
+          api.Delete(res::kPods, "default", listed->items[i]["metadata"].value("name", ""), d).ok();
+        });
+      }
     }
-    double ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
-    int64_t last = -1;
-    while (last != ctl.reconciles() || ctl.queue().Len() > 0) {
-      last = ctl.reconciles();
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-    int64_t reconciles = ctl.reconciles();
-    int reads = client.reads, writes = client.writes;
-    client.Clear();
-    ctl.queue().Add("default/" + tag);
-    while (ctl.reconciles() == reconciles) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    while (ctl.queue().Len() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    int steady = client.reads + client.writes;
-    std::printf("%-6d %12.1f %10lld %8d %8d %14.1f %12d\n", n, ms, static_cast<long long>(reconciles), reads,
-                writes, reconciles ? static_cast<double>(reads + writes) / reconciles : 0.0, steady);
+    ParallelFor(n, 16,
+                [&](int i) { api.Delete(res::kNodes, "", tag + "-node-" + std::to_string(i), {}).ok(); });
+    std::vector<double> ms;
+    for (const auto& r : results) ms.push_back(r.ms);
+    // Counts from the median run.
+    const RunResult& mid =
+        *std::min_element(results.begin(), results.end(), [&](const auto& a, const auto& b) {
+          return std::abs(a.ms - Median(ms)) < std::abs(b.ms - Median(ms));
+        });
+    std::printf("%-6d %10.1f %10.1f %10.1f %10lld %11lld %9d %9d %13.1f %13d\n", n, Median(ms),
+                *std::min_element(ms.begin(), ms.end()), *std::max_element(ms.begin(), ms.end()),
+                static_cast<long long>(mid.reconciles), static_cast<long long>(mid.writing), mid.reads,
+                mid.writes, mid.writing ? static_cast<double>(mid.reads + mid.writes) / mid.writing : 0.0,
+                mid.steady_writes);
     std::fflush(stdout);
-    // Clean up while the controller still runs (it removes its finalizer).
-    api.Delete(res::kJobs, "default", tag, {}).ok();
-    auto d0 = Steady::now();
-    while (api.Get(res::kJobs, "default", tag, "").ok() && Steady::now() - d0 < std::chrono::seconds(60)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ctl.Stop();
-    for (int i = 0; i < n; ++i) api.Delete(res::kNodes, "", tag + "-node-" + std::to_string(i), {}).ok();
-    // Pods bound to no kubelet: delete them now rather than wait for garbage collection.
-    ListOptions o;
-    o.label_selector = std::string(kLabelJob) + "=" + tag;
-    if (auto pods = api.List(res::kPods, "default", o); pods.ok()) {
-      for (const auto& p : pods->items) {
-        DeleteOptions d;
-        d.grace_period_seconds = 0;
-        api.Delete(res::kPods, "default", p["metadata"].value("name", ""), d).ok();
-      }
-    }
   }
   std::printf(
-      "\nto_pods_ms: job created -> the API server lists the aggregator and every agent pod;\n"
-      "reads/writes: requests the controller made until then (Events excluded); steady_req: requests\n"
-      "of one more reconcile with nothing changed (informer cache, applied-hash: expect 0).\n");
+      "\np50/min/max_ms: job created -> a watch on the API server has seen the aggregator and every agent\n"
+      "pod (N Node objects, no kubelets: pods need not run), over the runs; the other columns are the\n"
+      "median run's. reconciles: passes until the controller went quiet; creating: passes that wrote\n"
+      "something; reads/writes: the controller's requests until every pod existed (Events excluded;\n"
+      "watches not counted); req/creating: (reads+writes)/creating; steady_writes: writes of one more\n"
+      "pass with nothing changed (must be 0).\n");
   return 0;
+}
+
+std::vector<int> ParseSizes(const std::string& s) {
+  std::vector<int> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    int v = std::atoi(item.c_str());
+    if (v <= 0) return {};
+    out.push_back(v);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   fedge::log::Init("bench", fedge::log::Level::kError);
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], "--kubeconfig") == 0) return RealControlPlane(argv[i + 1]);
+  std::string kubeconfig;
+  std::vector<int> sizes = {1, 10, 100};
+  int runs = 3, concurrency = ReconcilerOptions{}.apply_concurrency;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : "";
+    if (a == "--kubeconfig" && *v) {
+      kubeconfig = argv[++i];
+    } else if (a == "--nodes" && *v) {
+      sizes = ParseSizes(argv[++i]);
+    } else if (a == "--runs" && *v) {
+      runs = std::atoi(argv[++i]);
+    } else if (a == "--concurrency" && *v) {
+      concurrency = std::atoi(argv[++i]);
+    } else {
+      std::printf(
+          "usage: fedge_bench_operator [--kubeconfig PATH] [--nodes 1,10,100] [--runs 3] [--concurrency %d]\n"
+          "  no --kubeconfig: in-process fake API server; with it: a real API server with the CRD.\n"
+          "  --nodes: sizes; --runs: runs per size (p50 printed; real API server only);\n"
+          "  --concurrency: requests a reconcile wave may have in flight (1 = one after another)\n",
+          ReconcilerOptions{}.apply_concurrency);
+      return a == "--help" ? 0 : 2;
+    }
   }
-  if (argc > 1) {
-    std::printf(
-        "usage: fedge_bench_operator [--kubeconfig PATH]\n"
-        "  (no flag: in-process fake API server; with it: a real API server with the CRD)\n");
-    return argc == 2 && std::strcmp(argv[1], "--help") == 0 ? 0 : 2;
+  if (sizes.empty() || runs < 1 || concurrency < 1) {
+    std::fprintf(stderr, "--nodes takes positive sizes separated by commas; --runs and --concurrency >= 1\n");
+    return 2;
   }
+  if (!kubeconfig.empty()) return RealControlPlane(kubeconfig, sizes, runs, concurrency);
   std::printf("%-6s %12s %10s %14s %14s %16s %16s\n", "nodes", "to_pods_ms", "reconciles", "writes",
               "req/reconcile", "steady_req(inf)", "steady_req(api)");
-  for (int n : {1, 10, 100}) {
+  for (int n : sizes) {
     FakeKubeClient client;
     for (int i = 0; i < n; ++i) client.Create(res::kNodes, "", Node(i)).ok();
     ControllerOptions opts;
     opts.workers = 2;
+    opts.reconciler.apply_concurrency = concurrency;
     JobController ctl(&client, opts);
     if (!ctl.Start().ok()) return 1;
     client.ClearCalls();

@@ -188,11 +188,26 @@ void JobController::Stop() {
   for (auto& i : informers_) i->Stop();
 }
 
+StatusOr<ReconcileResult> JobController::GuardedReconcile(const std::string& key) {
+  // Reconcile reports errors as a Status; an exception escaping it is a bug (a JSON field of
+  // an unexpected type, say). It must not end the worker thread or the process: the key is
+  // requeued with backoff like any failure, and the log says what was thrown.
+  try {
+    return reconciler_->Reconcile(key);
+  } catch (const std::exception& e) {
+    log::Error("reconcile threw; requeued with backoff", {{"job", key}, {"exception", e.what()}});
+    return InternalError(std::string("reconcile threw: ") + e.what());
+  } catch (...) {
+    log::Error("reconcile threw a non-standard exception; requeued with backoff", {{"job", key}});
+    return InternalError("reconcile threw a non-standard exception");
+  }
+}
+
 void JobController::Worker() {
   while (auto key = queue_.Get()) {
     UpdateDepth();
     auto t0 = std::chrono::steady_clock::now();
-    auto result = reconciler_->Reconcile(*key);
+    StatusOr<ReconcileResult> result = GuardedReconcile(*key);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++reconciles_;
     if (m_reconcile_) m_reconcile_->Increment();
@@ -208,6 +223,7 @@ void JobController::Worker() {
           {{"job", *key}, {"error", result.status().ToString()}, {"requeues", queue_.NumRequeues(*key)}});
       queue_.AddRateLimited(*key);
     } else {
+      if (result->actions > 0) ++writing_reconciles_;
       queue_.Forget(*key);
       if (result->requeue_after) queue_.AddAfter(*key, *result->requeue_after);
     }

@@ -52,10 +52,14 @@ class JobController {
   bool Synced() const;
 
   int64_t reconciles() const { return reconciles_.load(); }
+  // Reconciles that succeeded and wrote something (ReconcileResult::actions > 0).
+  int64_t writing_reconciles() const { return writing_reconciles_.load(); }
   WorkQueue& queue() { return queue_; }
 
  private:
   void Worker();
+  // Reconcile with a catch-all: an exception becomes an INTERNAL status (and a requeue).
+  StatusOr<ReconcileResult> GuardedReconcile(const std::string& key);
   void EnqueueOwner(const ObjectPtr& obj);
   void EnqueueAllJobs();
   void UpdateDepth();
@@ -70,6 +74,7 @@ class JobController {
   std::unique_ptr<JobReconciler> reconciler_;
   std::vector<std::thread> workers_;
   std::atomic<int64_t> reconciles_{0};
+  std::atomic<int64_t> writing_reconciles_{0};
   std::atomic<bool> started_{false};
 
   prometheus::Counter* m_reconcile_ = nullptr;

@@ -1,7 +1,9 @@
 // JobReconciler: level-based reconciliation of one FederatedTrainingJob.
 //
-// Reconcile(key) reads the job and its children from the cache, computes the desired
-// children with the pure builders in desired.h, writes only what differs (server-side
+// Reconcile(key) = Observe -> Plan -> Apply (plan.h): it reads the job and its children
+// from the cache, PlanReconcile decides (purely) the writes and the status, using the
+// builders in desired.h, and Apply executes them wave by wave with bounded concurrency.
+// It writes only what differs (server-side
 // apply with one field manager; pods are created once and replaced only when they
 // fail), and applies the operator-owned status fields (state, conditions,
 // observedGeneration, agents, restarts, start/completion time). The aggregator's
@@ -24,6 +26,7 @@
 #include "fedge/op/desired.h"
 #include "fedge/op/informer.h"
 #include "fedge/op/kube_client.h"
+#include "fedge/op/plan.h"
 
 namespace fedge::op {
 
@@ -76,10 +79,14 @@ struct ReconcilerOptions {
   // A certificate is renewed once less than a third of it remains (pki.h RenewalTime):
   // the reconcile that issues it requeues for that moment.
   std::time_t agent_cert_lifetime_seconds = 24 * 3600;
+  // Requests one wave of a pass may have in flight at once (plan.h: the writes of a wave
+  // are independent). 1 runs them one after another. fedge-operator --apply-concurrency.
+  int apply_concurrency = 16;
 };
 
 struct ReconcileResult {
   std::optional<std::chrono::seconds> requeue_after;
+  int actions = 0;  // writes the pass planned and ran (0 in a steady state)
 };
 
 class JobReconciler {
@@ -91,37 +98,33 @@ class JobReconciler {
   StatusOr<ReconcileResult> Reconcile(const std::string& key);
 
  private:
-  struct Run;  // state of one reconcile
-  Status Finalize(Run& run);
-  Status SyncChildren(Run& run);
+  struct Run;      // state of one Apply
+  struct Outcome;  // what one action did
+  // Observe: the job and its children from the cache; nullopt when the job is gone.
+  std::optional<Observed> Observe(const std::string& ns, const std::string& name);
+  // Apply: runs the plan's waves (plan.h), settles restarts and startTime from what the
+  // actions did, writes the status (also when an action failed) and records events.
+  StatusOr<ReconcileResult> Apply(const Observed& observed, Plan plan);
+  // Runs one wave's actions on up to opts_.apply_concurrency threads; out[i] is actions[i]'s.
+  void RunWave(Run& run, const std::vector<const Action*>& actions, std::vector<Outcome>& out);
+  // One action; never throws (a bug becomes the action's INTERNAL status). Thread-safe.
+  Outcome Execute(const Run& run, const Action& a);
   // <job>-credentials: CA and serving certificate (made once), and exactly one token
   // per selected node (a node that left the selector loses its token: the aggregator
-  // re-reads the tokens file, so that agent can no longer Join). Leaves them in run.creds.
-  Status SyncCredentials(Run& run, const std::vector<std::string>& nodes);
+  // re-reads the tokens file, so that agent can no longer Join). Reads the live Secret
+  // first; leaves the credentials written in out->creds.
+  Status SyncCredentials(const Run& run, const std::vector<std::string>& nodes, Outcome* out);
   // The node's agent Secret: its token and, with TLS, a client certificate for the node
   // name from the job CA, issued when missing, not matching the CA, token or key, or due
-  // for renewal; requeues the job for the renewal time.
-  Status SyncAgentCredentials(Run& run, const std::string& node);
-  // Deletes the agent Secrets of nodes outside `wanted` (revocation, with the token).
-  Status DeleteStaleAgentCredentials(Run& run, const std::set<std::string>& wanted);
-  Status SyncApiToken(Run& run);
-  // The node's local PersistentVolumes and their claims, created when missing (both are
-  // immutable once bound; names change with the path).
-  Status SyncNodeVolumes(Run& run, const std::string& node);
-  // Creates `desired` when the cache has no object of that name (AlreadyExists is fine).
-  Status CreateIfAbsent(Run& run, const Resource& r, const Json& desired);
-  Status DeleteNodePersistentVolumes(Run& run);
-  // CheckpointFailing from the reporter-owned status.checkpoint.
-  void CheckpointCondition(Run& run);
-  Status ApplyIfChanged(Run& run, const Resource& r, Json desired);
-  // only_active: spare finished pods; keep_agents: spare agent pods (serving).
-  Status DeletePods(Run& run, bool only_active, bool keep_agents = false);
-  Status HandleFailedPod(Run& run, const Json& pod, bool aggregator);
+  // for renewal; asks for a requeue at the renewal time.
+  Status SyncAgentCredentials(const Run& run, const std::string& node, Outcome* out);
+  Status SyncApiToken(const Run& run);
   // Writes the operator's status fields guarded by the resourceVersion the pass read; on a
   // conflict (the cache was behind) it keeps the pass's restart count and returns the conflict
-  // so the controller requeues.
+  // so the controller requeues. Records the pass's events.
   Status WriteStatus(Run& run);
   Status KeepRestartCount(Run& run);
+  void RecordEvents(const Run& run);
 
   KubeClient* client_;
   ObjectCache* cache_;

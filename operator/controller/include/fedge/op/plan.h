@@ -1,0 +1,128 @@
+// Reconcile = Observe -> Plan -> Apply.
+//
+// Observe (JobReconciler) copies what one pass needs out of the cache into an Observed
+// snapshot. PlanReconcile is a pure function of that snapshot: it decides every write
+// (Actions) and the operator-owned status the job should have once they are done, and
+// touches no client, clock or randomness. Apply (JobReconciler) executes the actions wave
+// by wave -- the actions of one wave in parallel, with bounded concurrency -- and writes
+// the status even when an action failed, so a decision that was carried out (a failed pod
+// deleted) is never forgotten by an early return.
+//
+// The plan's status assumes every action succeeds. Two fields depend on what Apply
+// actually did, and Apply settles them from the action results: `restarts` counts only
+// the failed-pod deletions that happened (Action::counts_restart), and a first
+// `startTime` stays only when a pod creation succeeded (Action::starts_job).
+//
+// Actions whose content needs randomness, key generation or a live read (the job's
+// credentials, an agent's certificate, the inference token) are planned by kind and node;
+// Apply computes their objects (see reconciler.h).
+#pragma once
+
+#include <chrono>
+#include <ctime>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fedge/op/desired.h"
+#include "fedge/op/kube_client.h"
+
+namespace fedge::op {
+
+// status.state of a FederatedTrainingJob ("" before the first pass).
+enum class JobState { kNone, kPending, kCreated, kRunning, kSucceeded, kFailed, kSuspended };
+std::string_view JobStateName(JobState s);   // "" for kNone, else the CRD's spelling
+JobState ParseJobState(std::string_view s);  // unknown text -> kNone
+inline bool Finished(JobState s) { return s == JobState::kSucceeded || s == JobState::kFailed; }
+
+// status.phase of a Pod (absent = Pending; text outside the API's set = Unknown).
+enum class PodPhase { kPending, kRunning, kSucceeded, kFailed, kUnknown };
+PodPhase PodPhaseOf(const Json& pod);
+bool PodReady(const Json& pod);
+
+// What one pass sees: the job and its children, copied (by pointer) out of the cache.
+struct Observed {
+  std::string ns, name;
+  Json job;
+  std::time_t now = 0;
+  std::vector<ObjectPtr> nodes;  // every Node
+  std::vector<ObjectPtr> pods;   // the job's pods (label fedge.io/job)
+  // The job's other children by (plural, name): objects in its namespace labelled with the
+  // job, its node PersistentVolumes, and a checkpoint claim named by the spec.
+  std::map<std::pair<std::string, std::string>, ObjectPtr> children;
+
+  ObjectPtr Find(const Resource& r, const std::string& name) const;
+};
+
+struct PlanOptions {
+  DesiredOptions desired;
+};
+
+enum class ActionKind {
+  kApply,       // server-side apply of `object` (field manager fedge-operator, force)
+  kCreate,      // create `object`; AlreadyExists counts as done
+  kDelete,      // delete resource/name with `del`; NotFound counts as done
+  kMergePatch,  // JSON merge patch `object` on resource/name; NotFound counts as done
+  // Computed by Apply:
+  kSyncCredentials,       // <job>-credentials: CA, serving cert, one token per node in `nodes`
+  kSyncAgentCredentials,  // <job>-agent-<node>: token and client certificate for `node`
+  kSyncApiToken,          // <job>-inference-token, made once
+};
+
+// Waves run in this order; the actions of one wave run in parallel. A wave with a failed
+// action stops the pass before the next wave; the status is written after kPods in any
+// case, and kAfterStatus runs only when every earlier wave succeeded.
+enum class Wave { kJob = 0, kShared = 1, kPerNode = 2, kPods = 3, kAfterStatus = 4 };
+
+struct PlannedEvent {
+  std::string type, reason, message;
+};
+
+struct Action {
+  ActionKind kind = ActionKind::kApply;
+  Wave wave = Wave::kShared;
+  const Resource* resource = nullptr;
+  std::string ns, name;
+  Json object;
+  DeleteOptions del;
+  std::string node;                // kSyncAgentCredentials
+  std::vector<std::string> nodes;  // kSyncCredentials
+  bool counts_restart = false;     // deleting a failed pod: one restart when it happens
+  bool starts_job = false;         // creating a pod: startTime when it happens
+  bool takes_job_version = false;  // the job's own write: later writes use its resourceVersion
+  std::vector<PlannedEvent> on_success;
+
+  // "create pods/wn-aggregator", "sync-agent-credentials edge-a": for logs and test tables.
+  std::string Describe() const;
+};
+
+struct Plan {
+  std::vector<Action> actions;
+  Json status;                       // operator-owned status after the actions (see the top comment)
+  bool write_status = true;          // false while the job is being deleted
+  std::vector<PlannedEvent> events;  // condition transitions, recorded after the status write
+  std::optional<std::chrono::seconds> requeue_after;
+};
+
+// Pure: the same Observed and options give the same Plan.
+Plan PlanReconcile(const Observed& observed, const PlanOptions& options);
+
+// On an agent Secret the operator wrote: the renewal time of its certificate (seconds
+// since the epoch) and a digest binding it to the Secret's node, token, CA, certificate and
+// key. A Secret whose digest matches skips the certificate checks (AgentCredentialsStale).
+inline constexpr const char* kAnnotationRenewAt = "fedge.io/renew-at";
+inline constexpr const char* kAnnotationCredentialsDigest = "fedge.io/credentials-digest";
+std::string AgentCredentialsDigest(const std::string& node, const AgentCredentials& c,
+                                   const std::string& renew_at);
+
+// Why an agent Secret must be (re)written for `node` given the job's CA and the node's
+// token, or "" when it is current (then *renew_at is its certificate's renewal time, 0
+// without TLS). Pure: certificates are parsed and checked unless the Secret's digest
+// annotation vouches for them.
+std::string AgentCredentialsStale(const Json* secret, const std::string& node, const std::string& token,
+                                  const std::string& ca_crt, bool tls, std::time_t now,
+                                  std::time_t* renew_at);
+
+}  // namespace fedge::op

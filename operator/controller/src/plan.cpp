@@ -1,0 +1,682 @@
+// PlanReconcile: every decision of a reconcile pass, as a pure function of what the pass
+// observed (plan.h). The writes it decides are executed by JobReconciler::Apply.
+#include "fedge/op/plan.h"
+
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+
+#include "fedge/job_spec.h"
+#include "fedge/op/pki.h"
+#include "fedge/op/reconciler.h"
+
+namespace fedge::op {
+namespace {
+
+constexpr const char* kHashAnnotation = "fedge.io/applied-hash";
+
+std::string Sha(const std::string& s) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 12; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+// First non-zero exit code of a terminated container, or 0.
+int PodExitCode(const Json& pod) {
+  auto st = pod.find("status");
+  if (st == pod.end()) return 0;
+  for (const auto& cs : st->value("containerStatuses", Json::array())) {
+    auto term = cs.find("state");
+    if (term == cs.end() || !term->contains("terminated")) continue;
+    int code = (*term)["terminated"].value("exitCode", 0);
+    if (code != 0) return code;
+  }
+  return 0;
+}
+
+bool Terminating(const Json& obj) { return obj["metadata"].contains("deletionTimestamp"); }
+
+std::vector<std::string> Finalizers(const Json& obj) {
+  std::vector<std::string> out;
+  for (const auto& f : obj["metadata"].value("finalizers", Json::array()))
+    out.push_back(f.get<std::string>());
+  return out;
+}
+
+std::string Join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
+  return out;
+}
+
+std::string Role(const Json& obj) {
+  return obj["metadata"].value("labels", Json::object()).value(kLabelRole, "");
+}
+
+// State of one planning pass.
+struct Planner {
+  const Observed& o;
+  const PlanOptions& opts;
+  Plan plan;
+  int64_t generation = 0;
+  std::string now_str;
+  Json old_status;
+  std::optional<JobSpec> spec;
+
+  Planner(const Observed& observed, const PlanOptions& options) : o(observed), opts(options) {}
+
+  JobState State() const { return ParseJobState(plan.status.value("state", "")); }
+  void SetState(JobState s) { plan.status["state"] = std::string(JobStateName(s)); }
+  void RequeueAfter(std::chrono::seconds d) {
+    if (d < std::chrono::seconds(1)) d = std::chrono::seconds(1);
+    if (!plan.requeue_after || d < *plan.requeue_after) plan.requeue_after = d;
+  }
+  // Sets a condition; records an Event when its status or reason changes.
+  void Condition(const std::string& type, const std::string& st, const std::string& reason,
+                 const std::string& message, const char* event_type = nullptr) {
+    const Json* before = FindCondition(plan.status["conditions"], type);
+    bool changed = !before || before->value("status", "") != st || before->value("reason", "") != reason;
+    SetCondition(plan.status["conditions"], type, st, reason, message, generation, now_str);
+    if (changed && event_type) plan.events.push_back({event_type, reason, message});
+  }
+
+  Action& Add(ActionKind kind, Wave wave, const Resource& r, const std::string& name) {
+    Action a;
+    a.kind = kind;
+    a.wave = wave;
+    a.resource = &r;
+    a.ns = r.namespaced ? o.ns : "";
+    a.name = name;
+    plan.actions.push_back(std::move(a));
+    return plan.actions.back();
+  }
+  void ApplyIfChanged(const Resource& r, Json desired) {
+    std::string name = desired["metadata"].value("name", "");
+    std::string hash = Sha(desired.dump());
+    ObjectPtr cur = o.Find(r, name);
+    if (cur && (*cur)["metadata"].value("annotations", Json::object()).value(kHashAnnotation, "") == hash) {
+      return;  // unchanged since we last applied it
+    }
+    desired["metadata"]["annotations"][kHashAnnotation] = hash;
+    Add(ActionKind::kApply, Wave::kShared, r, name).object = std::move(desired);
+  }
+  void CreateIfAbsent(const Resource& r, Json desired, Wave wave) {
+    std::string name = desired["metadata"].value("name", "");
+    if (o.Find(r, name)) return;
+    Add(ActionKind::kCreate, wave, r, name).object = std::move(desired);
+  }
+  // only_active: spare finished pods; keep_agents: spare agent pods (serving).
+  void DeletePods(bool only_active, bool keep_agents = false) {
+    for (const auto& p : o.pods) {
+      if (Terminating(*p)) continue;
+      PodPhase phase = PodPhaseOf(*p);
+      if (only_active && (phase == PodPhase::kSucceeded || phase == PodPhase::kFailed)) continue;
+      if (keep_agents && Role(*p) == "agent") continue;
+      Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*p)["metadata"].value("name", ""));
+    }
+  }
+
+  void Run();
+  void Finalize();
+  void Children();
+  void HandleFailedPod(const Json& pod, bool aggregator);
+  void CheckpointCondition();
+};
+
+void Planner::Run() {
+  const Json& job = o.job;
+  generation = job["metadata"].value("generation", static_cast<int64_t>(1));
+  now_str = FormatTime(o.now);
+  old_status = job.value("status", Json::object());
+  if (!old_status.is_object()) old_status = Json::object();
+  plan.status = old_status;
+  if (!plan.status.contains("conditions")) plan.status["conditions"] = Json::array();
+
+  if (Terminating(job)) {
+    Finalize();
+    return;
+  }
+  std::vector<std::string> fin = Finalizers(job);
+  if (std::find(fin.begin(), fin.end(), kFinalizer) == fin.end()) {
+    Action& a = Add(ActionKind::kApply, Wave::kJob, res::kJobs, o.name);
+    a.object = {{"apiVersion", job.value("apiVersion", "fedge.io/v1alpha1")},
+                {"kind", job.value("kind", "FederatedTrainingJob")},
+                {"metadata", {{"name", o.name}, {"namespace", o.ns}, {"finalizers", {kFinalizer}}}}};
+    // Our own write: the status write of this pass is guarded by the version it made.
+    a.takes_job_version = true;
+  }
+
+  // Validate with the same parser `fedge run` uses; an invalid spec is a condition.
+  auto parsed = ParseJobSpec(ManifestForParser(job).dump());
+  JobState state = State();
+  const Json* failed = FindCondition(plan.status["conditions"], "Failed");
+  bool invalid_before =
+      failed && failed->value("status", "") == "True" &&
+      (failed->value("reason", "") == "InvalidSpec" || failed->value("reason", "") == "HostPathNotAllowed");
+  if (!parsed.ok()) {
+    SetState(JobState::kFailed);
+    Condition("Failed", "True", "InvalidSpec", parsed.status().message(), "Warning");
+    return;  // wait for the spec to change, no retries
+  }
+  // Node directories: only under the operator's allowed prefixes (they become local
+  // PersistentVolumes, which Pod Security does not check).
+  if (Status paths = CheckNodePaths(job, opts.desired); !paths.ok()) {
+    SetState(JobState::kFailed);
+    Condition("Failed", "True", "HostPathNotAllowed", paths.message(), "Warning");
+    return;  // wait for the spec (or the operator's flags) to change
+  }
+  spec = *parsed;
+  if (invalid_before) {  // fixed by the user
+    SetState(JobState::kPending);
+    Condition("Failed", "False", "SpecFixed", "the spec is valid again", "Normal");
+    state = JobState::kPending;
+  }
+  const RunPolicySpec& rp = spec->runPolicy;
+
+  // Finished: clean pods per policy, then honour the TTL.
+  if (Finished(state)) {
+    if (!plan.status.contains("completionTime")) plan.status["completionTime"] = now_str;
+    // After success the agents are the job's inference service: Running spares them
+    // (they go with the job, or with cleanPodPolicy All); after failure they go too.
+    const bool serving = state == JobState::kSucceeded && spec->serving.enabled;
+    if (rp.cleanPodPolicy == "All")
+      DeletePods(false);
+    else if (rp.cleanPodPolicy == "Running")
+      DeletePods(true, serving);
+    if (rp.ttlSecondsAfterFinished >= 0) {
+      auto done = ParseTime(plan.status.value("completionTime", now_str)).value_or(o.now);
+      int64_t left = static_cast<int64_t>(done) + rp.ttlSecondsAfterFinished - static_cast<int64_t>(o.now);
+      if (left <= 0) {
+        Action& a = Add(ActionKind::kDelete, Wave::kAfterStatus, res::kJobs, o.name);
+        a.del = {"Foreground", job["metadata"].value("uid", ""), {}};
+        return;
+      }
+      plan.requeue_after = std::chrono::seconds(left);
+    }
+    return;
+  }
+
+  // Suspend: no pods; resume creates them again (the aggregator resumes from its checkpoint
+  // when spec.aggregator.checkpoint names a PersistentVolumeClaim).
+  if (rp.suspend) {
+    DeletePods(false);
+    SetState(JobState::kSuspended);
+    Condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; pods are deleted",
+              "Normal");
+    Condition("Running", "False", "JobSuspended", "the job is suspended");
+    return;
+  }
+  const Json* suspended = FindCondition(plan.status["conditions"], "Suspended");
+  if (suspended && suspended->value("status", "") == "True") {
+    Condition("Suspended", "False", "JobResumed", "spec.runPolicy.suspend is false; pods are recreated",
+              "Normal");
+  }
+
+  // Active deadline, counted from the first pod creation.
+  if (rp.activeDeadlineSeconds > 0 && plan.status.contains("startTime")) {
+    auto start = ParseTime(plan.status.value("startTime", "")).value_or(o.now);
+    int64_t left = static_cast<int64_t>(start) + rp.activeDeadlineSeconds - static_cast<int64_t>(o.now);
+    if (left <= 0) {
+      SetState(JobState::kFailed);
+      plan.status["completionTime"] = now_str;
+      Condition("Failed", "True", "DeadlineExceeded",
+                "the job ran longer than spec.runPolicy.activeDeadlineSeconds (" +
+                    std::to_string(rp.activeDeadlineSeconds) + " s)",
+                "Warning");
+      Condition("Running", "False", "DeadlineExceeded", "the job was stopped");
+      DeletePods(true);
+      plan.requeue_after = rp.ttlSecondsAfterFinished >= 0
+                               ? std::optional<std::chrono::seconds>(std::chrono::seconds(1))
+                               : std::nullopt;
+      return;
+    }
+    RequeueAfter(std::chrono::seconds(left));
+  }
+
+  Children();
+
+  if (Finished(State()) && !plan.status.contains("completionTime")) {
+    plan.status["completionTime"] = now_str;
+    // Apply cleanPodPolicy and the TTL on the next pass.
+    RequeueAfter(std::chrono::seconds(1));
+  }
+  // (RequeueAfter keeps the earliest: a certificate renewal must not postpone the deadline.)
+  if (rp.activeDeadlineSeconds > 0 && plan.status.contains("startTime")) {
+    RequeueAfter(std::chrono::seconds(rp.activeDeadlineSeconds));
+  }
+}
+
+void Planner::Finalize() {
+  plan.write_status = false;
+  std::vector<std::string> fin = Finalizers(o.job);
+  if (std::find(fin.begin(), fin.end(), kFinalizer) == fin.end()) return;
+  // Pods first: agents on edge nodes must stop training before the credentials go.
+  DeletePods(/*only_active=*/false);
+  // The node volumes' PersistentVolumes have no owner (cluster-scoped); their claims go
+  // with the job through owner references, and the volume objects leave once released.
+  // Only the API objects: Retain keeps the node's files.
+  for (const auto& [key, pv] : o.children) {
+    if (key.first != res::kPersistentVolumes.plural) continue;
+    const Json& meta = (*pv)["metadata"];
+    if (meta.value("labels", Json::object()).value(kLabelJobNamespace, "") != o.ns) continue;
+    if (Terminating(*pv)) continue;
+    Add(ActionKind::kDelete, Wave::kPods, res::kPersistentVolumes, meta.value("name", ""));
+  }
+  fin.erase(std::remove(fin.begin(), fin.end(), kFinalizer), fin.end());
+  Action& a = Add(ActionKind::kMergePatch, Wave::kAfterStatus, res::kJobs, o.name);
+  a.object = {{"metadata",
+               {{"finalizers", fin}, {"resourceVersion", o.job["metadata"].value("resourceVersion", "")}}}};
+}
+
+void Planner::HandleFailedPod(const Json& pod, bool aggregator) {
+  std::string pod_name = pod["metadata"].value("name", "");
+  int backoff_limit = spec->runPolicy.backoffLimit;
+  int restarts = plan.status.value("restarts", 0);
+  int code = PodExitCode(pod);
+  if (restarts < backoff_limit) {
+    Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, pod_name);
+    a.del.precondition_uid = pod["metadata"].value("uid", "");
+    a.counts_restart = true;
+    a.on_success.push_back({"Warning", "PodRestarted",
+                            "pod " + pod_name + " failed (exit code " + std::to_string(code) +
+                                "); recreating it (restart " + std::to_string(restarts + 1) +
+                                " of backoffLimit " + std::to_string(backoff_limit) + ")"});
+    plan.status["restarts"] = restarts + 1;
+    return;
+  }
+  std::string msg = "pod " + pod_name + " failed (exit code " + std::to_string(code) + ") after " +
+                    std::to_string(restarts) + " restarts; backoffLimit " + std::to_string(backoff_limit) +
+                    " reached";
+  if (aggregator) {
+    SetState(JobState::kFailed);
+    Condition("Failed", "True", "BackoffLimitExceeded", msg, "Warning");
+  } else {
+    Condition("Degraded", "True", "BackoffLimitExceeded", msg, "Warning");
+  }
+}
+
+void Planner::CheckpointCondition() {
+  // status.checkpoint is applied by the aggregator pod's reporter from the aggregator's
+  // /v1/status (status_reporter.h); the operator turns it into a condition.
+  auto it = old_status.find("checkpoint");
+  if (it == old_status.end() || !it->is_object()) return;
+  const Json& ck = *it;
+  int64_t failures = ck.value("consecutiveFailures", int64_t{0});
+  if (failures > 0) {
+    Condition("CheckpointFailing", "True", "CheckpointWriteFailed",
+              std::to_string(failures) + " checkpoint write(s) in a row failed (" +
+                  ck.value("lastError", std::string("no detail")) +
+                  "); a replaced aggregator would resume from an older round. Check the checkpoint "
+                  "volume (claim " +
+                  CheckpointClaimName(o.job) + ")",
+              "Warning");
+  } else if (FindCondition(plan.status["conditions"], "CheckpointFailing")) {
+    Condition("CheckpointFailing", "False", "CheckpointWritten", "the last checkpoint write succeeded",
+              "Normal");
+  }
+}
+
+void Planner::Children() {
+  const Json& job = o.job;
+  const bool tls = TlsEnabled(job);
+  std::vector<std::string> nodes = SelectNodes(job, o.nodes);
+  std::set<std::string> wanted(nodes.begin(), nodes.end());
+  std::map<std::string, ObjectPtr> node_objects;
+  for (const auto& n : o.nodes) node_objects[(*n)["metadata"].value("name", "")] = n;
+
+  ApplyIfChanged(res::kServiceAccounts, DesiredServiceAccount(job));
+  ApplyIfChanged(res::kRoles, DesiredRole(job));
+  ApplyIfChanged(res::kRoleBindings, DesiredRoleBinding(job));
+
+  // Credentials. The job's Secret holds exactly one token per selected node; when the
+  // cached copy does not, Apply syncs it (reading the live object first) and then checks
+  // every agent Secret against it. Otherwise only the agent Secrets that are stale.
+  Credentials creds;
+  bool creds_current = false;
+  if (ObjectPtr cached = o.Find(res::kSecrets, SecretName(job))) {
+    creds = CredentialsFromSecret(*cached);
+    creds_current = !creds.ca_crt.empty() && creds.tokens.size() == wanted.size() &&
+                    std::all_of(creds.tokens.begin(), creds.tokens.end(),
+                                [&](const auto& t) { return wanted.count(t.first) > 0; });
+  }
+  if (!creds_current) {
+    Action& a = Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
+    a.nodes = nodes;
+  }
+  for (const auto& node : nodes) {
+    std::time_t renew_at = 0;
+    if (creds_current) {
+      ObjectPtr s = o.Find(res::kSecrets, AgentSecretName(job, node));
+      std::string why =
+          AgentCredentialsStale(s.get(), node, creds.tokens.at(node), creds.ca_crt, tls, o.now, &renew_at);
+      if (why.empty()) {
+        if (tls) RequeueAfter(std::chrono::seconds(renew_at - o.now));
+        continue;
+      }
+    }
+    Add(ActionKind::kSyncAgentCredentials, Wave::kPerNode, res::kSecrets, AgentSecretName(job, node)).node =
+        node;
+  }
+  // Agent Secrets of nodes that left the selector go (revocation, with the token).
+  for (const auto& [key, s] : o.children) {
+    if (key.first != res::kSecrets.plural) continue;
+    const Json& meta = (*s)["metadata"];
+    if (Role(*s) != "agent-credentials") continue;
+    std::string node = meta.value("annotations", Json::object()).value(kAnnotationNode, "");
+    if (wanted.count(node) || Terminating(*s)) continue;
+    Add(ActionKind::kDelete, Wave::kShared, res::kSecrets, meta.value("name", ""));
+  }
+  if (!o.Find(res::kSecrets, ApiTokenSecretName(job))) {
+    Add(ActionKind::kSyncApiToken, Wave::kShared, res::kSecrets, ApiTokenSecretName(job));
+  }
+  ApplyIfChanged(res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(*spec)));
+  if (opts.desired.network_policies) {
+    ApplyIfChanged(res::kNetworkPolicies, DesiredAgentNetworkPolicy(job, opts.desired));
+    ApplyIfChanged(res::kNetworkPolicies, DesiredAggregatorNetworkPolicy(job, opts.desired));
+  }
+  if (Json claim = DesiredCheckpointClaim(job); !claim.is_null()) {
+    CreateIfAbsent(res::kPersistentVolumeClaims, std::move(claim), Wave::kShared);
+  }
+  ApplyIfChanged(res::kServices, DesiredAggregatorService(job));
+  if (spec->serving.enabled) {
+    ApplyIfChanged(res::kServices, DesiredInferenceService(job));
+  } else if (o.Find(res::kServices, InferenceServiceName(job))) {
+    Add(ActionKind::kDelete, Wave::kShared, res::kServices, InferenceServiceName(job));
+  }
+
+  // Pods.
+  ObjectPtr aggregator;
+  std::map<std::string, ObjectPtr> agents;  // node -> pod
+  for (const auto& p : o.pods) {
+    const Json& meta = (*p)["metadata"];
+    std::string role = Role(*p);
+    if (role == "aggregator")
+      aggregator = p;
+    else if (role == "agent")
+      agents[meta.value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
+  }
+  const int min_agents = std::max(1, spec->agents.minAgents);
+  if (!aggregator) {
+    if (static_cast<int>(nodes.size()) >= min_agents) {
+      Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AggregatorName(job));
+      a.object = DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts.desired);
+      a.name = a.object["metadata"].value("name", a.name);
+      a.starts_job = true;
+    }
+  } else if (!Terminating(*aggregator)) {
+    PodPhase phase = PodPhaseOf(*aggregator);
+    if (phase == PodPhase::kFailed) HandleFailedPod(*aggregator, /*aggregator=*/true);
+    if (phase == PodPhase::kSucceeded && State() != JobState::kFailed) {
+      SetState(JobState::kSucceeded);
+      // status.privacy is the reporter's (differential privacy): the aggregator may end the
+      // job before its last round rather than exceed targetEpsilon.
+      const Json privacy = old_status.value("privacy", Json::object());
+      if (privacy.is_object() && privacy.value("budgetExhausted", false)) {
+        const std::string done = std::to_string(old_status.value("roundsCompleted", int64_t{0}));
+        Condition("PrivacyBudgetExhausted", "True", "TargetEpsilonReached",
+                  "another round would take epsilon above spec.privacy.differentialPrivacy.targetEpsilon; "
+                  "the aggregator stopped after " +
+                      done + " of " + std::to_string(spec->rounds.total) + " rounds (status.epsilonSpent)",
+                  "Warning");
+        Condition("Succeeded", "True", "PrivacyBudgetExhausted",
+                  "the aggregator completed " + done + " of " + std::to_string(spec->rounds.total) +
+                      " rounds within the privacy budget",
+                  "Normal");
+      } else {
+        Condition("Succeeded", "True", "JobSucceeded",
+                  "the aggregator completed all " + std::to_string(spec->rounds.total) + " rounds", "Normal");
+      }
+      Condition("Running", "False", "JobSucceeded", "the job finished");
+    }
+  }
+  for (const auto& node : nodes) {
+    auto it = agents.find(node);
+    if (it == agents.end()) {
+      // The node's local volumes first (a pod is created once its claims exist).
+      std::string hostname = node;
+      if (auto n = node_objects.find(node); n != node_objects.end()) {
+        hostname =
+            (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
+      }
+      for (const auto& v : AgentNodeVolumes(job, opts.desired)) {
+        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, v),
+                       Wave::kPerNode);
+        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, v), Wave::kPerNode);
+      }
+      Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AgentPodName(job, node));
+      a.object = DesiredAgentPod(job, node, opts.desired);
+      a.starts_job = true;
+      continue;
+    }
+    if (!Terminating(*it->second) && PodPhaseOf(*it->second) == PodPhase::kFailed &&
+        State() != JobState::kSucceeded) {
+      HandleFailedPod(*it->second, /*aggregator=*/false);
+    }
+  }
+  for (const auto& [node, pod] : agents) {
+    if (wanted.count(node) || Terminating(*pod)) continue;
+    // The node left the selector (or the cluster): its agent goes.
+    Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*pod)["metadata"].value("name", ""));
+    a.on_success.push_back(
+        {"Normal", "AgentRemoved", "node " + node + " no longer matches spec.agents.nodeSelector"});
+  }
+
+  // Counted from the first pod creation (Apply takes it back when no creation happens).
+  if (!plan.status.contains("startTime") &&
+      std::any_of(plan.actions.begin(), plan.actions.end(), [](const Action& a) { return a.starts_job; })) {
+    plan.status["startTime"] = now_str;
+  }
+
+  // Agents and conditions.
+  int ready = 0;
+  for (const auto& node : nodes) {
+    auto it = agents.find(node);
+    if (it != agents.end() && PodPhaseOf(*it->second) == PodPhase::kRunning && PodReady(*it->second)) ++ready;
+  }
+  plan.status["agents"] = {{"desired", static_cast<int>(nodes.size())},
+                           {"ready", ready},
+                           {"summary", std::to_string(ready) + "/" + std::to_string(nodes.size())}};
+
+  if (Finished(State())) return;
+
+  Condition("Created", "True", "ChildrenCreated", "credentials, configuration, services and pods are created",
+            "Normal");
+  bool agg_running = aggregator && PodPhaseOf(*aggregator) == PodPhase::kRunning;
+  if (agg_running) {
+    SetState(JobState::kRunning);
+    Condition("Running", "True", "AggregatorRunning", "the aggregator is running rounds", "Normal");
+  } else if (static_cast<int>(nodes.size()) < min_agents && !aggregator) {
+    SetState(JobState::kPending);
+    Condition("Running", "False", "WaitingForAgents",
+              std::to_string(nodes.size()) + " node(s) match spec.agents.nodeSelector, minAgents is " +
+                  std::to_string(min_agents));
+  } else {
+    SetState(JobState::kCreated);
+    std::string claim = CheckpointClaimName(job);
+    ObjectPtr pvc = claim.empty() ? nullptr : o.Find(res::kPersistentVolumeClaims, claim);
+    bool no_class = pvc && (*pvc).value("status", Json::object()).value("phase", "") == "Pending" &&
+                    (*pvc)["spec"].value("storageClassName", "").empty() &&
+                    (*pvc)["spec"].value("volumeName", "").empty();
+    if (no_class) {
+      // The aggregator pod cannot be scheduled until its checkpoint claim binds.
+      Condition("Running", "False", "CheckpointClaimUnbound",
+                "checkpoint claim " + claim +
+                    " has no storage class and no volume: the cluster has no default StorageClass. Set "
+                    "spec.aggregator.checkpoint.storageClassName (or claimName), create a PersistentVolume "
+                    "for it, or set spec.aggregator.checkpoint.enabled: false (an emptyDir: a failed "
+                    "aggregator pod then restarts the job from round 0)",
+                "Warning");
+    } else {
+      Condition("Running", "False", "AggregatorStarting", "waiting for the aggregator pod to run");
+    }
+  }
+
+  // Degraded: a selected node is offline, or an agent used up its restarts.
+  std::vector<std::string> not_ready;
+  for (const auto& n : o.nodes) {
+    std::string name = (*n)["metadata"].value("name", "");
+    if (wanted.count(name) && !NodeReady(*n)) not_ready.push_back(name);
+  }
+  std::sort(not_ready.begin(), not_ready.end());
+  const Json* degraded = FindCondition(plan.status["conditions"], "Degraded");
+  bool exhausted_before = degraded && degraded->value("reason", "") == "BackoffLimitExceeded" &&
+                          degraded->value("status", "") == "True";
+  if (!not_ready.empty()) {
+    Condition("Degraded", "True", "NodeNotReady",
+              "edge node(s) not ready: " + Join(not_ready, ", ") +
+                  "; their agents are kept for spec.agents.tolerationSeconds",
+              "Warning");
+  } else if (!exhausted_before) {
+    if (agg_running && static_cast<int>(nodes.size()) < min_agents) {
+      Condition(
+          "Degraded", "True", "InsufficientAgents",
+          std::to_string(nodes.size()) + " node(s) match, fewer than minAgents " + std::to_string(min_agents),
+          "Warning");
+    } else {
+      Condition("Degraded", "False", "AsExpected", "all selected nodes are ready");
+    }
+  }
+  CheckpointCondition();
+}
+
+}  // namespace
+
+std::string_view JobStateName(JobState s) {
+  switch (s) {
+    case JobState::kNone:
+      return "";
+    case JobState::kPending:
+      return "Pending";
+    case JobState::kCreated:
+      return "Created";
+    case JobState::kRunning:
+      return "Running";
+    case JobState::kSucceeded:
+      return "Succeeded";
+    case JobState::kFailed:
+      return "Failed";
+    case JobState::kSuspended:
+      return "Suspended";
+  }
+  return "";
+}
+
+JobState ParseJobState(std::string_view s) {
+  for (JobState st : {JobState::kPending, JobState::kCreated, JobState::kRunning, JobState::kSucceeded,
+                      JobState::kFailed, JobState::kSuspended}) {
+    if (JobStateName(st) == s) return st;
+  }
+  return JobState::kNone;
+}
+
+PodPhase PodPhaseOf(const Json& pod) {
+  auto st = pod.find("status");
+  std::string phase = st == pod.end() || !st->is_object() ? "Pending" : st->value("phase", "Pending");
+  if (phase == "Pending") return PodPhase::kPending;
+  if (phase == "Running") return PodPhase::kRunning;
+  if (phase == "Succeeded") return PodPhase::kSucceeded;
+  if (phase == "Failed") return PodPhase::kFailed;
+  return PodPhase::kUnknown;
+}
+
+bool PodReady(const Json& pod) {
+  auto st = pod.find("status");
+  if (st == pod.end() || !st->is_object()) return false;
+  for (const auto& c : st->value("conditions", Json::array())) {
+    if (c.value("type", "") == "Ready") return c.value("status", "") == "True";
+  }
+  return false;
+}
+
+ObjectPtr Observed::Find(const Resource& r, const std::string& obj_name) const {
+  auto it = children.find({r.plural, obj_name});
+  return it == children.end() ? nullptr : it->second;
+}
+
+std::string Action::Describe() const {
+  std::string what;
+  switch (kind) {
+    case ActionKind::kApply:
+      what = "apply";
+      break;
+    case ActionKind::kCreate:
+      what = "create";
+      break;
+    case ActionKind::kDelete:
+      what = "delete";
+      break;
+    case ActionKind::kMergePatch:
+      what = "patch";
+      break;
+    case ActionKind::kSyncCredentials:
+      return "sync-credentials " + name;
+    case ActionKind::kSyncAgentCredentials:
+      return "sync-agent-credentials " + node;
+    case ActionKind::kSyncApiToken:
+      return "sync-api-token " + name;
+  }
+  return what + " " + (resource ? resource->plural : std::string("?")) + "/" + name;
+}
+
+std::string AgentCredentialsStale(const Json* secret, const std::string& node, const std::string& token,
+                                  const std::string& ca_crt, bool tls, std::time_t now,
+                                  std::time_t* renew_at) {
+  *renew_at = 0;
+  if (!secret) return "missing";
+  AgentCredentials cur = AgentCredentialsFromSecret(*secret);
+  if (cur.token != token) return "token changed";
+  if (!tls) return cur.tls_crt.empty() ? "" : "TLS turned off";
+  // Fast path: the digest the operator wrote beside credentials it had just issued still
+  // matches them, so the certificate checks below passed for exactly these bytes; only the
+  // clock can have changed. (Parsing a private key costs ~1 ms in OpenSSL 3: at 1,000
+  // nodes every no-op pass spent a second on it.)
+  const Json annotations = (*secret)["metadata"].value("annotations", Json::object());
+  if (cur.ca_crt == ca_crt &&
+      annotations.value(kAnnotationCredentialsDigest, "") ==
+          AgentCredentialsDigest(node, cur, annotations.value(kAnnotationRenewAt, ""))) {
+    std::time_t at = std::atoll(annotations.value(kAnnotationRenewAt, "0").c_str());
+    if (at > 0) {
+      if (now >= at) return "due for renewal";
+      *renew_at = at;
+      return "";
+    }
+  }
+  if (cur.ca_crt != ca_crt || !SignedBy(cur.tls_crt, ca_crt)) return "not from the job CA";
+  if (!KeyMatchesCert(cur.tls_crt, cur.tls_key)) return "key does not match the certificate";
+  auto info = ReadCert(cur.tls_crt);
+  if (!info.ok() || info->agent_id != node) return "certificate names another agent";
+  if (now >= RenewalTime(*info)) return "due for renewal";
+  *renew_at = RenewalTime(*info);
+  return "";
+}
+
+std::string AgentCredentialsDigest(const std::string& node, const AgentCredentials& c,
+                                   const std::string& renew_at) {
+  std::string all =
+      node + "\n" + c.token + "\n" + c.ca_crt + "\n" + c.tls_crt + "\n" + c.tls_key + "\n" + renew_at;
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(all.data()), all.size(), md);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : md) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return out;
+}
+
+Plan PlanReconcile(const Observed& observed, const PlanOptions& options) {
+  Planner p(observed, options);
+  p.Run();
+  return std::move(p.plan);
+}
+
+}  // namespace fedge::op

@@ -1,0 +1,405 @@
+// PlanReconcile (plan.h) as a table: each row builds a world, observes it, plans, and
+// checks the actions and the status the plan decides -- no client is called by Plan.
+// Plus Apply's bounded parallelism and the controller's guard around Reconcile.
+#include "fedge/op/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "fedge/op/controller.h"
+#include "fedge/op/fake_kube_client.h"
+#include "fedge/op/reconciler.h"
+
+namespace fedge::op {
+namespace {
+
+constexpr std::time_t kNow = 1'800'000'000;
+
+Json Node(const std::string& name, bool edge) {
+  Json labels = Json::object();
+  if (edge) labels["fedge.io/edge"] = "true";
+  return {{"apiVersion", "v1"},
+          {"kind", "Node"},
+          {"metadata", {{"name", name}, {"labels", labels}}},
+          {"status", {{"conditions", Json::array({{{"type", "Ready"}, {"status", "True"}}})}}}};
+}
+
+Json Job() {
+  return {{"apiVersion", "fedge.io/v1alpha1"},
+          {"kind", "FederatedTrainingJob"},
+          {"metadata", {{"name", "wn"}, {"namespace", "ml"}}},
+          {"spec",
+           {{"model", {{"path", "/var/lib/fedge/models/minilm"}, {"labels", {"a", "b"}}}},
+            {"data", {{"path", "/var/lib/fedge/data/wordnet"}}},
+            {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}}},
+            {"rounds", {{"total", 3}}},
+            {"runPolicy", {{"backoffLimit", 1}}}}}};
+}
+
+// A world in the fake API server; Observe() snapshots it the way the reconciler does.
+class World {
+ public:
+  World() {
+    for (const auto& n : {Node("edge-a", true), Node("edge-b", true), Node("core-1", false)})
+      EXPECT_TRUE(client_.Create(res::kNodes, "", n).ok());
+  }
+  void CreateJob(Json job = Job()) { ASSERT_TRUE(client_.Create(res::kJobs, "ml", job).ok()); }
+  // One real pass: the children exist afterwards.
+  void Reconcile() {
+    auto r = reconciler_.Reconcile("ml/wn");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  void SetPodPhase(const std::string& name, const std::string& phase) {
+    Json st = {{"phase", phase}};
+    if (phase == "Failed")
+      st["containerStatuses"] =
+          Json::array({{{"name", "c"}, {"state", {{"terminated", {{"exitCode", 1}}}}}}});
+    ASSERT_TRUE(client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
+  }
+  Observed Observe() {
+    Observed o;
+    o.ns = "ml";
+    o.name = "wn";
+    o.job = *client_.Get(res::kJobs, "ml", "wn");
+    o.now = kNow;
+    o.nodes = cache_.List(res::kNodes, "", "", "");
+    o.pods = cache_.List(res::kPods, "ml", kLabelJob, "wn");
+    for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts,
+                              &res::kRoles, &res::kRoleBindings, &res::kPersistentVolumeClaims,
+                              &res::kNetworkPolicies, &res::kPersistentVolumes}) {
+      for (auto& obj : cache_.List(*r, r->namespaced ? "ml" : "", kLabelJob, "wn"))
+        o.children[{r->plural, (*obj)["metadata"].value("name", "")}] = obj;
+    }
+    return o;
+  }
+
+  FakeKubeClient client_;
+  ClientCache cache_{&client_};
+  FakeClock clock_;
+  EventRecorder events_{&client_, &clock_};
+  JobReconciler reconciler_{&client_, &cache_, &events_,
+                            ReconcilerOptions{DefaultImages(), [] { return kNow; }}};
+};
+
+std::vector<std::string> Describe(const Plan& p) {
+  std::vector<std::string> out;
+  for (const auto& a : p.actions) out.push_back(a.Describe());
+  return out;
+}
+
+bool Has(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+const Action* Find(const Plan& p, const std::string& what) {
+  for (const auto& a : p.actions)
+    if (a.Describe() == what) return &a;
+  return nullptr;
+}
+
+struct Row {
+  std::string name;
+  std::function<void(World&)> setup;     // after CreateJob
+  std::function<void(Observed&)> tweak;  // edits to the snapshot (deletionTimestamp...)
+  std::vector<std::string> want;         // actions that must be planned
+  std::vector<std::string> not_want;     // actions that must not be
+  int want_count = -1;                   // exact number of actions (-1: any)
+  std::string state;                     // status.state planned
+  int restarts = -1;                     // status.restarts planned (-1: absent)
+  std::function<void(const Plan&)> more;
+};
+
+TEST(PlanTest, Table) {
+  const std::vector<Row> rows = {
+      {"a new job: every child, pods last; startTime with the first pods",
+       nullptr,
+       nullptr,
+       {"apply federatedtrainingjobs/wn", "sync-credentials wn-credentials", "sync-agent-credentials edge-a",
+        "sync-agent-credentials edge-b", "sync-api-token wn-inference-token", "create pods/wn-aggregator",
+        "create pods/wn-agent-edge-a", "create pods/wn-agent-edge-b"},
+       {"create pods/wn-agent-core-1"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_TRUE(p.status.contains("startTime"));
+         for (const auto& a : p.actions) {
+           if (a.resource == &res::kPods) EXPECT_EQ(a.wave, Wave::kPods) << a.Describe();
+           if (a.resource == &res::kPersistentVolumes) EXPECT_EQ(a.wave, Wave::kPerNode) << a.Describe();
+         }
+         EXPECT_EQ(Find(p, "apply federatedtrainingjobs/wn")->wave, Wave::kJob);
+         EXPECT_TRUE(Find(p, "apply federatedtrainingjobs/wn")->takes_job_version);
+       }},
+      {"steady state: nothing to write",
+       [](World& w) { w.Reconcile(); },
+       nullptr,
+       {},
+       {},
+       0,
+       "Created",
+       -1,
+       nullptr},
+      {"failed aggregator within backoffLimit: delete it, count the restart, do not recreate yet",
+       [](World& w) {
+         w.Reconcile();
+         w.SetPodPhase("wn-aggregator", "Failed");
+       },
+       nullptr,
+       {"delete pods/wn-aggregator"},
+       {"create pods/wn-aggregator"},
+       1,
+       "Created",
+       1,
+       [](const Plan& p) {
+         const Action* del = Find(p, "delete pods/wn-aggregator");
+         EXPECT_TRUE(del->counts_restart);
+         EXPECT_FALSE(del->del.precondition_uid.empty()) << "only that incarnation";
+         ASSERT_EQ(del->on_success.size(), 1u);
+         EXPECT_EQ(del->on_success[0].reason, "PodRestarted");
+       }},
+      {"lost restart: a failed agent and a missing one -> delete + create, restart counted in the plan",
+       [](World& w) {
+         w.Reconcile();
+         w.SetPodPhase("wn-agent-edge-a", "Failed");
+         ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-b"},
+       {},
+       2,
+       "Created",
+       1,
+       [](const Plan& p) {
+         EXPECT_TRUE(Find(p, "delete pods/wn-agent-edge-a")->counts_restart);
+         EXPECT_TRUE(Find(p, "create pods/wn-agent-edge-b")->starts_job);
+       }},
+      {"failed aggregator at backoffLimit: kept, the job fails",
+       [](World& w) {
+         w.Reconcile();
+         Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+         job["status"]["restarts"] = 1;
+         ASSERT_TRUE(w.client_.Update(res::kJobs, "ml", job, "status").ok());
+         w.SetPodPhase("wn-aggregator", "Failed");
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-aggregator"},
+       0,
+       "Failed",
+       1,
+       [](const Plan& p) {
+         const Json* failed = FindCondition(p.status["conditions"], "Failed");
+         ASSERT_NE(failed, nullptr);
+         EXPECT_EQ(failed->value("reason", ""), "BackoffLimitExceeded");
+         EXPECT_TRUE(p.status.contains("completionTime"));
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), 1) << "cleanPodPolicy and TTL on the next pass";
+       }},
+      {"suspended: every pod goes, nothing is created",
+       [](World& w) {
+         w.Reconcile();
+         Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+         job["spec"]["runPolicy"]["suspend"] = true;
+         ASSERT_TRUE(w.client_.Update(res::kJobs, "ml", job).ok());
+       },
+       nullptr,
+       {"delete pods/wn-aggregator", "delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       {},
+       3,
+       "Suspended",
+       -1,
+       nullptr},
+      {"invalid spec: a condition, no children",
+       [](World& w) {
+         Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+         job["spec"]["rounds"]["quorum"] = 3;  // above the agents it may wait for
+         ASSERT_TRUE(w.client_.Update(res::kJobs, "ml", job).ok());
+       },
+       nullptr,
+       {"apply federatedtrainingjobs/wn"},
+       {},
+       1,
+       "Failed",
+       -1,
+       [](const Plan& p) {
+         EXPECT_EQ(FindCondition(p.status["conditions"], "Failed")->value("reason", ""), "InvalidSpec");
+         ASSERT_FALSE(p.events.empty());
+         EXPECT_EQ(p.events[0].reason, "InvalidSpec");
+       }},
+      {"a node leaves the selector: its agent, token and Secret go",
+       [](World& w) {
+         w.Reconcile();
+         Json node = *w.client_.Get(res::kNodes, "", "edge-b");
+         node["metadata"]["labels"].erase("fedge.io/edge");
+         ASSERT_TRUE(w.client_.Update(res::kNodes, "", node).ok());
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-b", "delete secrets/wn-agent-edge-b-credentials",
+        "sync-credentials wn-credentials"},
+       {"create pods/wn-agent-edge-a"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Action* del = Find(p, "delete pods/wn-agent-edge-b");
+         ASSERT_EQ(del->on_success.size(), 1u);
+         EXPECT_EQ(del->on_success[0].reason, "AgentRemoved");
+       }},
+      {"job being deleted: pods and node volumes go, then the finalizer, no status write",
+       [](World& w) { w.Reconcile(); },
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = "2027-01-15T08:00:00Z"; },
+       {"delete pods/wn-aggregator", "patch federatedtrainingjobs/wn"},
+       {"create pods/wn-aggregator"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_FALSE(p.write_status);
+         EXPECT_EQ(Find(p, "patch federatedtrainingjobs/wn")->wave, Wave::kAfterStatus);
+         int pvs = 0;
+         for (const auto& a : p.actions) pvs += a.resource == &res::kPersistentVolumes;
+         EXPECT_EQ(pvs, 6) << "3 node directories x 2 nodes";
+       }},
+      {"aggregator succeeded: the job succeeds and requeues for cleanup",
+       [](World& w) {
+         w.Reconcile();
+         w.SetPodPhase("wn-aggregator", "Succeeded");
+       },
+       nullptr,
+       {},
+       {},
+       0,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         EXPECT_TRUE(p.status.contains("completionTime"));
+         EXPECT_EQ(FindCondition(p.status["conditions"], "Succeeded")->value("reason", ""), "JobSucceeded");
+       }},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    World w;
+    w.CreateJob();
+    if (row.setup) row.setup(w);
+    Observed o = w.Observe();
+    if (row.tweak) row.tweak(o);
+    const auto calls_before = w.client_.Calls().size();
+    Plan p = PlanReconcile(o, PlanOptions{});
+    EXPECT_EQ(w.client_.Calls().size(), calls_before) << "Plan called the API";
+    auto got = Describe(p);
+    std::string all;
+    for (const auto& g : got) all += "\n  " + g;
+    for (const auto& want : row.want)
+      EXPECT_TRUE(Has(got, want)) << "missing " << want << "; planned:" << all;
+    for (const auto& nw : row.not_want)
+      EXPECT_FALSE(Has(got, nw)) << "unexpected " << nw << "; planned:" << all;
+    if (row.want_count >= 0) EXPECT_EQ(static_cast<int>(got.size()), row.want_count) << "planned:" << all;
+    EXPECT_EQ(p.status.value("state", ""), row.state);
+    if (row.restarts < 0)
+      EXPECT_FALSE(p.status.contains("restarts"));
+    else
+      EXPECT_EQ(p.status.value("restarts", -1), row.restarts);
+    if (row.more) row.more(p);
+    // Pure: the same snapshot plans the same actions and status.
+    Plan again = PlanReconcile(o, PlanOptions{});
+    EXPECT_EQ(Describe(again), got);
+    EXPECT_EQ(again.status, p.status);
+  }
+}
+
+TEST(PlanTest, JobStatesAndPodPhasesRoundTrip) {
+  for (JobState s : {JobState::kPending, JobState::kCreated, JobState::kRunning, JobState::kSucceeded,
+                     JobState::kFailed, JobState::kSuspended}) {
+    EXPECT_EQ(ParseJobState(JobStateName(s)), s);
+  }
+  EXPECT_EQ(ParseJobState("Bogus"), JobState::kNone);
+  EXPECT_EQ(PodPhaseOf(Json::object()), PodPhase::kPending);
+  EXPECT_EQ(PodPhaseOf({{"status", {{"phase", "Failed"}}}}), PodPhase::kFailed);
+  EXPECT_EQ(PodPhaseOf({{"status", {{"phase", "Weird"}}}}), PodPhase::kUnknown);
+}
+
+// A client whose pod creations wait until `want` of them are in flight together (or a
+// deadline passes): proves Apply runs one wave's creations in parallel, and no more than
+// its concurrency at once.
+class ConcurrentCreates : public FakeKubeClient {
+ public:
+  explicit ConcurrentCreates(int want) : want_(want) {}
+  StatusOr<Json> Create(const Resource& r, const std::string& ns, const Json& obj) override {
+    if (r.plural != res::kPods.plural) return FakeKubeClient::Create(r, ns, obj);
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      ++in_flight_;
+      max_in_flight_ = std::max(max_in_flight_, in_flight_);
+      cv_.notify_all();
+      cv_.wait_for(l, std::chrono::seconds(5), [&] { return max_in_flight_ >= want_; });
+    }
+    auto out = FakeKubeClient::Create(r, ns, obj);
+    std::lock_guard<std::mutex> l(mu_);
+    --in_flight_;
+    return out;
+  }
+  int max_in_flight() {
+    std::lock_guard<std::mutex> l(mu_);
+    return max_in_flight_;
+  }
+
+ private:
+  const int want_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int in_flight_ = 0;      // guarded by mu_
+  int max_in_flight_ = 0;  // guarded by mu_
+};
+
+TEST(ApplyTest, OneWavesCreationsRunInParallelUpToTheConcurrency) {
+  ConcurrentCreates client(/*want=*/4);
+  for (int i = 0; i < 12; ++i)
+    ASSERT_TRUE(client.Create(res::kNodes, "", Node("edge-" + std::to_string(i), true)).ok());
+  ASSERT_TRUE(client.Create(res::kJobs, "ml", Job()).ok());
+  ClientCache cache(&client);
+  FakeClock clock;
+  EventRecorder events(&client, &clock);
+  ReconcilerOptions opts{DefaultImages(), [] { return kNow; }};
+  opts.apply_concurrency = 4;
+  JobReconciler reconciler(&client, &cache, &events, opts);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = reconciler.Reconcile("ml/wn");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(client.max_in_flight(), 4) << "13 pod creations, at most 4 at once";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5))
+      << "creations waited out the deadline";
+  EXPECT_EQ(client.Objects(res::kPods).size(), 13u);
+  EXPECT_GT(r->actions, 13);
+}
+
+TEST(ControllerTest, AReconcileThatThrowsIsRequeuedAndTheWorkerLives) {
+  // Without the guard an exception escaping Reconcile (here: a finalizer that is not a
+  // string, which json's get<std::string> refuses) ended the worker thread and the process.
+  FakeKubeClient client;
+  ASSERT_TRUE(client.Create(res::kNodes, "", Node("edge-a", true)).ok());
+  Json bad = Job();
+  bad["metadata"]["name"] = "bad";
+  bad["metadata"]["finalizers"] = {42};
+  ASSERT_TRUE(client.Create(res::kJobs, "ml", bad).ok());
+  ControllerOptions opts;
+  opts.workers = 1;
+  JobController ctl(&client, opts);
+  ASSERT_TRUE(ctl.Start().ok());
+  ASSERT_TRUE(client.Create(res::kJobs, "ml", Job()).ok());
+  // The good job is reconciled by the same (only) worker after the bad one threw.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!client.Get(res::kPods, "ml", "wn-aggregator").ok() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(client.Get(res::kPods, "ml", "wn-aggregator").ok());
+  EXPECT_GE(ctl.queue().NumRequeues("ml/bad"), 1) << "the throwing key is requeued with backoff";
+  ctl.Stop();
+}
+
+}  // namespace
+}  // namespace fedge::op
