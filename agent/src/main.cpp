@@ -74,6 +74,16 @@ int main(int argc, char** argv) {
                  "the FederatedTrainingJob's metadata.uid (the operator sets it): state in --state-dir left "
                  "by another uid (a deleted job of the same name) is discarded at start")
       ->envname("FEDGE_JOB_UID");
+  app.add_option("--max-batch-size", flags.max_batch_size,
+                 "inputs per batched forward pass of /v1/classify and /v1/embeddings requests that wait "
+                 "together (default 16; 1 turns batching off)");
+  app.add_option("--max-batch-tokens", flags.max_batch_tokens,
+                 "padded tokens (inputs x the longest) per batched forward pass (default 4096)");
+  app.add_option("--max-queued-requests", flags.max_queued_requests,
+                 "inference requests that may wait for the model; more get 429 with Retry-After (default 64)");
+  app.add_option("--batch-gather-window-us", flags.batch_gather_window_us,
+                 "microseconds the scheduler waits for more requests before a pass when clients were "
+                 "concurrent (default 2000; never when one client is alone)");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
   app.set_version_flag("--version",

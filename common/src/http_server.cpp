@@ -511,9 +511,14 @@ class Session : public std::enable_shared_from_this<Session> {
       return WriteResponse(std::move(out));
     }
     auto self = shared_from_this();
-    bool queued = state_->workers.TryPush([self] {
+    auto watch = std::make_shared<ClientWatch>();
+    watch_ = watch;
+    request_.client_gone = [watch] { return watch->gone.load(); };
+    WatchForClose(watch);
+    bool queued = state_->workers.TryPush([self, watch] {
       HttpResponse out = RunHandler(*self->handler_, self->request_);
       if (out.stream) return self->Stream(std::move(out));
+      watch->done = true;
       asio::post(self->stream_.get_executor(),
                  [self, out = std::move(out)]() mutable { self->WriteResponse(std::move(out)); });
     });
@@ -523,6 +528,33 @@ class Session : public std::enable_shared_from_this<Session> {
       busy.headers.emplace_back("Retry-After", "1");
       WriteResponse(std::move(busy));
     }
+  }
+
+  // While a request is handled nothing reads the socket; a read-readiness wait
+  // tells a client that closed (EOF or reset: gone) from one that sent more
+  // (pipelined bytes: left unread, watching ends). A wait that outlives its
+  // request (done) ends at its next wake-up without re-arming, so at most one
+  // stale wait is pending per connection.
+  struct ClientWatch {
+    std::atomic<bool> gone{false};
+    std::atomic<bool> done{false};  // the response is complete: stop watching
+  };
+  void WatchForClose(std::shared_ptr<ClientWatch> watch) {
+    stream_.socket().async_wait(
+        tcp::socket::wait_read, [self = shared_from_this(), watch](beast::error_code ec) {
+          if (ec == asio::error::operation_aborted || watch->done) return;
+          if (ec) {
+            watch->gone = true;
+            return;
+          }
+          char byte;
+          ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+          if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            watch->gone = true;
+          } else if (n < 0) {
+            self->WatchForClose(watch);  // nothing to read after all: keep watching
+          }
+        });
   }
 
   static HttpResponse RunHandler(const HttpHandler& handler, const HttpRequest& request) {
@@ -548,7 +580,10 @@ class Session : public std::enable_shared_from_this<Session> {
         if (!session->WriteChunkBlocking(std::string(data), /*last=*/false)) failed = true;
         return !failed;
       }
-      bool Closed() const override { return failed || session->closed() || session->state_->stopping; }
+      bool Closed() const override {
+        return failed || session->closed() || session->state_->stopping ||
+               (session->watch_ && session->watch_->gone.load());
+      }
       Session* session;
       bool failed = false;
     } writer(this);
@@ -606,6 +641,7 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t id_ = 0;
   std::string remote_;
   std::atomic<bool> closed_{false};
+  std::shared_ptr<ClientWatch> watch_;  // the current worker-pool request's (set before it is queued)
 };
 
 }  // namespace

@@ -102,6 +102,15 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
     return InvalidArgumentError("--feedback-max-bytes must be > 0 (the default is 64MiB)");
   }
   s.feedback_max_bytes = flags.feedback_max_bytes;
+  if (flags.max_queued_requests < 1) {
+    return InvalidArgumentError("--max-queued-requests must be at least 1, got " +
+                                std::to_string(flags.max_queued_requests));
+  }
+  s.scheduling.max_batch_size = flags.max_batch_size;
+  s.scheduling.max_batch_tokens = flags.max_batch_tokens;
+  s.scheduling.max_queued_requests = static_cast<size_t>(flags.max_queued_requests);
+  s.scheduling.gather_window = std::chrono::microseconds(flags.batch_gather_window_us);
+  FEDGE_RETURN_IF_ERROR(ValidateSchedulerOptions(s.scheduling));
   // A Kubernetes uid is a UUID; anything else in it would end up in a file.
   if (flags.job_uid.size() > 128 ||
       flags.job_uid.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
@@ -247,8 +256,13 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   }
 
   a->api_ = std::make_unique<InferenceApi>(a->serving_.get(), a->store_.get(), a->metrics_.get(),
-                                           InferenceLimits{}, a->api_tokens_.get());
-  a->http_ = std::make_unique<HttpServer>(settings.http);
+                                           InferenceLimits{}, a->api_tokens_.get(), settings.scheduling);
+  // Handlers block while their request waits in the scheduler's queue, so the
+  // worker pool holds every queued request, a full batch and a few cheap routes.
+  HttpServerOptions http_options;
+  http_options.worker_threads = static_cast<int>(settings.scheduling.max_queued_requests) +
+                                settings.scheduling.max_batch_size + 8;
+  a->http_ = std::make_unique<HttpServer>(settings.http, http_options);
   a->api_->Register(*a->http_);
   FEDGE_RETURN_IF_ERROR(a->http_->Start());
   log::Info("agent started", {{"job", spec.Key()},

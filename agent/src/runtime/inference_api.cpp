@@ -95,26 +95,15 @@ ApiErrorInfo ErrorInfo(const Status& st) {
     e.code = "context_length_exceeded";
   } else if (st.code() == StatusCode::kUnimplemented) {
     e.code = "unsupported_for_model";
+  } else if (st.code() == StatusCode::kResourceExhausted) {
+    e.status = 429;
+    e.type = "requests";
+    e.code = "rate_limit_exceeded";
   } else {
     e.status = 500;
     e.type = "server_error";
   }
   return e;
-}
-
-// Counts tokens and refuses inputs above the limit (OpenAI's code for it).
-Status CheckTokens(const TextClassifier& model, const std::vector<std::string>& texts, int max_tokens,
-                   std::vector<int>* counts) {
-  counts->clear();
-  for (size_t i = 0; i < texts.size(); ++i) {
-    int n = model.CountTokens(texts[i]);
-    if (n > max_tokens) {
-      return OutOfRangeError("input " + std::to_string(i) + " has " + std::to_string(n) +
-                             " tokens; this model accepts at most " + std::to_string(max_tokens));
-    }
-    counts->push_back(n);
-  }
-  return OkStatus();
 }
 
 HttpResponse TokenError(const Status& st) {
@@ -196,13 +185,32 @@ GenerationTimings ComputeTimings(const GenerationTimes& times) {
 }
 
 InferenceApi::InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics,
-                           InferenceLimits limits, ApiTokenFile* tokens)
+                           InferenceLimits limits, ApiTokenFile* tokens, SchedulerOptions scheduling)
     : model_(model),
       store_(store),
       metrics_(metrics),
       limits_(limits),
       tokens_(tokens),
-      created_(NowSeconds()) {}
+      created_(NowSeconds()) {
+  scheduling.max_input_tokens = limits_.max_input_tokens;
+  scheduler_ = std::make_unique<RequestScheduler>(model_, scheduling, metrics_);
+}
+
+InferenceApi::~InferenceApi() { scheduler_->Stop(); }
+
+HttpResponse InferenceApi::SchedulerError(const Status& st) const {
+  if (st.code() == StatusCode::kResourceExhausted) {
+    // OpenAI's shape for its own rate limits; clients (openai's included) retry after Retry-After.
+    HttpResponse r = ApiError(429, st.message(), "requests", "", "rate_limit_exceeded");
+    r.headers.emplace_back("Retry-After", std::to_string(scheduler_->retry_after_seconds()));
+    return r;
+  }
+  if (st.code() == StatusCode::kCancelled) {
+    // Nobody reads it; nginx's "client closed request", for the metrics.
+    return ApiError(499, st.message(), "client_closed_request", "", "client_closed_request");
+  }
+  return TokenError(st);
+}
 
 namespace {
 
@@ -312,16 +320,11 @@ HttpResponse InferenceApi::Classify(const HttpRequest& request) {
   auto texts = ParseClassifyRequest(request.body, limits_, &error);
   if (!texts) return ErrorResponse(error);
 
-  std::vector<Prediction> predictions;
-  int64_t version = 0;
-  std::vector<int> counts;
-  Status st = UseModel([&](TextClassifier& model, int64_t v) -> Status {
-    version = v;
-    FEDGE_RETURN_IF_ERROR(CheckTokens(model, *texts, limits_.max_input_tokens, &counts));
-    FEDGE_ASSIGN_OR_RETURN(predictions, model.Classify(*texts));
-    return OkStatus();
-  });
-  if (!st.ok()) return TokenError(st);
+  auto batched = scheduler_->Encode(EncodeTask::kClassify, *texts, request.client_gone);
+  if (!batched.ok()) return SchedulerError(batched.status());
+  const std::vector<Prediction>& predictions = batched->predictions;
+  const std::vector<int>& counts = batched->token_counts;
+  const int64_t version = batched->version;
   if (predictions.size() != texts->size()) {
     return ApiError(500,
                     "model returned " + std::to_string(predictions.size()) + " predictions for " +
@@ -367,28 +370,31 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
   if (!req) return ErrorResponse(error);
   const std::vector<std::string>& texts = req->inputs;
 
-  std::vector<std::vector<float>> vectors;
-  std::vector<int> counts;
-  int64_t version = 0;
+  // Runs in the scheduler with the model held, before the request joins a batch:
+  // a "dimensions" other than the model's is refused without computing anything.
   int64_t dims = 0;
-  Status st = UseModel([&](TextClassifier& model, int64_t v) -> Status {
-    version = v;
-    if (dynamic_cast<LlmModel*>(&model) == nullptr) {
-      dims = model.hidden_size();
-      if (req->dimensions && *req->dimensions != dims) return OkStatus();  // refused below, nothing computed
+  bool dims_refused = false;
+  auto precheck = [&](TextClassifier& model) -> Status {
+    if (dynamic_cast<LlmModel*>(&model) != nullptr) return OkStatus();  // Embed answers UNIMPLEMENTED
+    dims = model.hidden_size();
+    if (req->dimensions && *req->dimensions != dims) {
+      dims_refused = true;
+      return InvalidArgumentError("dimensions");
     }
-    FEDGE_RETURN_IF_ERROR(CheckTokens(model, texts, limits_.max_input_tokens, &counts));
-    FEDGE_ASSIGN_OR_RETURN(vectors, model.Embed(texts));
     return OkStatus();
-  });
-  if (!st.ok()) return TokenError(st);
-  if (req->dimensions && *req->dimensions != dims) {
+  };
+  auto batched = scheduler_->Encode(EncodeTask::kEmbed, texts, request.client_gone, precheck);
+  if (dims_refused) {
     return BadRequest("'dimensions' " + std::to_string(*req->dimensions) +
                           " is not supported: this model's " + "embeddings have " + std::to_string(dims) +
                           " dimensions and are not shortened; omit 'dimensions' or send " +
                           std::to_string(dims),
                       "dimensions", "unsupported_value");
   }
+  if (!batched.ok()) return SchedulerError(batched.status());
+  const std::vector<std::vector<float>>& vectors = batched->embeddings;
+  const std::vector<int>& counts = batched->token_counts;
+  const int64_t version = batched->version;
   if (vectors.size() != texts.size()) {
     return ApiError(500,
                     "model returned " + std::to_string(vectors.size()) + " embeddings for " +
@@ -418,76 +424,68 @@ HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
   return Generate(request, GenerationEndpoint::kChatCompletions);
 }
 
-Status InferenceApi::UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn) {
-  if (metrics_ == nullptr) return model_->Use(fn);
-  prometheus::Gauge& waiting = metrics_->inference_requests_waiting;
-  waiting.Increment();
-  bool counted = true;
-  auto stop_waiting = [&] {
-    if (counted) waiting.Decrement();
-    counted = false;
-  };
-  Status st = model_->Use([&](TextClassifier& model, int64_t version) {
-    stop_waiting();
-    return fn(model, version);
-  });
-  stop_waiting();  // Use refused without running fn (nothing installed yet)
-  return st;
+Status InferenceApi::UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn,
+                              const RequestScheduler::GoneFn& gone) {
+  return scheduler_->RunExclusive(fn, gone);
 }
 
 Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    const llm::TextCallback& on_text, llm::GenerationResult* result,
-                                   int64_t* version, GenerationTimes* times) {
+                                   int64_t* version, GenerationTimes* times,
+                                   const RequestScheduler::GoneFn& gone) {
   const std::string& route = GenerationRoute(req.endpoint);
-  Status st = UseModel([&](TextClassifier& model, int64_t v) -> Status {
-    auto* lm = dynamic_cast<LlmModel*>(&model);
-    if (lm == nullptr) return NotCausalLm();
-    *version = v;
-    llm::GenerationOptions options = req.options;
-    std::string prompt = req.prompt;
-    if (req.endpoint == GenerationEndpoint::kChatCompletions) {
-      auto format = llm::DetectChatFormat(lm->lm().tokenizer());
-      if (!format) {
-        return UnimplementedError(
-            "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
-            "/v1/completions");
-      }
-      FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
-      options.stop.emplace_back(llm::ChatEndOfTurn(*format));
-    }
-    std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt);
-    const int64_t context = lm->lm().config().max_position_embeddings;
-    if (static_cast<int64_t>(ids.size()) >= context) {
-      return OutOfRangeError("the prompt has " + std::to_string(ids.size()) +
-                             " tokens; this model's context is " + std::to_string(context) +
-                             " tokens, including the completion: shorten it");
-    }
-    if (ids.empty()) return InvalidArgumentError("the prompt has no tokens");
-    if (dry_run) return OkStatus();
-    // Timestamps per token; the histograms are observed as tokens come, so a
-    // long stream shows in /metrics while it runs.
-    options.on_token = [this, times, &route](int32_t) {
-      auto now = std::chrono::steady_clock::now();
-      if (times->tokens == 0) {
-        times->first = now;
-        if (metrics_ != nullptr)
-          metrics_->ObserveTimeToFirstToken(route,
-                                            std::chrono::duration<double>(now - times->arrived).count());
-      } else if (metrics_ != nullptr) {
-        metrics_->ObserveInterTokenLatency(route, std::chrono::duration<double>(now - times->last).count());
-      }
-      times->last = now;
-      ++times->tokens;
-    };
-    times->prompt_tokens = static_cast<int64_t>(ids.size());
-    times->ran = true;
-    times->started = std::chrono::steady_clock::now();
-    auto generated = lm->lm().GenerateFromIds(ids, options, on_text);
-    times->ended = std::chrono::steady_clock::now();
-    if (!generated.ok()) return generated.status();
-    *result = std::move(generated).value();
-    return OkStatus();
-  });
+  Status st = UseModel(
+      [&](TextClassifier& model, int64_t v) -> Status {
+        auto* lm = dynamic_cast<LlmModel*>(&model);
+        if (lm == nullptr) return NotCausalLm();
+        *version = v;
+        llm::GenerationOptions options = req.options;
+        std::string prompt = req.prompt;
+        if (req.endpoint == GenerationEndpoint::kChatCompletions) {
+          auto format = llm::DetectChatFormat(lm->lm().tokenizer());
+          if (!format) {
+            return UnimplementedError(
+                "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
+                "/v1/completions");
+          }
+          FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
+          options.stop.emplace_back(llm::ChatEndOfTurn(*format));
+        }
+        std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt);
+        const int64_t context = lm->lm().config().max_position_embeddings;
+        if (static_cast<int64_t>(ids.size()) >= context) {
+          return OutOfRangeError("the prompt has " + std::to_string(ids.size()) +
+                                 " tokens; this model's context is " + std::to_string(context) +
+                                 " tokens, including the completion: shorten it");
+        }
+        if (ids.empty()) return InvalidArgumentError("the prompt has no tokens");
+        if (dry_run) return OkStatus();
+        // Timestamps per token; the histograms are observed as tokens come, so a
+        // long stream shows in /metrics while it runs.
+        options.on_token = [this, times, &route](int32_t) {
+          auto now = std::chrono::steady_clock::now();
+          if (times->tokens == 0) {
+            times->first = now;
+            if (metrics_ != nullptr)
+              metrics_->ObserveTimeToFirstToken(route,
+                                                std::chrono::duration<double>(now - times->arrived).count());
+          } else if (metrics_ != nullptr) {
+            metrics_->ObserveInterTokenLatency(route,
+                                               std::chrono::duration<double>(now - times->last).count());
+          }
+          times->last = now;
+          ++times->tokens;
+        };
+        times->prompt_tokens = static_cast<int64_t>(ids.size());
+        times->ran = true;
+        times->started = std::chrono::steady_clock::now();
+        auto generated = lm->lm().GenerateFromIds(ids, options, on_text);
+        times->ended = std::chrono::steady_clock::now();
+        if (!generated.ok()) return generated.status();
+        *result = std::move(generated).value();
+        return OkStatus();
+      },
+      gone);
   // Tokens of a generation that was cancelled or failed midway were computed too.
   if (!dry_run && times->ran && metrics_ != nullptr)
     metrics_->CountTokens(route, times->prompt_tokens, times->tokens);
@@ -504,12 +502,16 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   GenerationTimes times;
   times.arrived = arrived;
   // A stream's checks run before its 200 goes out, so a bad request still gets its status.
-  Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times);
+  Status st =
+      RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times, request.client_gone);
+  if (st.code() == StatusCode::kResourceExhausted || st.code() == StatusCode::kCancelled)
+    return SchedulerError(st);
   if (!st.ok()) return ErrorResponse(ErrorInfo(st));
   if (req->stream) {
-    return HttpResponse::EventStream([this, arrived, req = std::move(*req)](HttpStreamWriter& writer) {
-      StreamGeneration(req, arrived, writer);
-    });
+    return HttpResponse::EventStream(
+        [this, arrived, gone = request.client_gone, req = std::move(*req)](HttpStreamWriter& writer) {
+          StreamGeneration(req, arrived, gone, writer);
+        });
   }
   const bool chat = endpoint == GenerationEndpoint::kChatCompletions;
   Json choice = {{"index", 0}};
@@ -532,7 +534,8 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
 }
 
 void InferenceApi::StreamGeneration(const GenerationRequest& req,
-                                    std::chrono::steady_clock::time_point arrived, HttpStreamWriter& writer) {
+                                    std::chrono::steady_clock::time_point arrived,
+                                    const RequestScheduler::GoneFn& gone, HttpStreamWriter& writer) {
   const bool chat = req.endpoint == GenerationEndpoint::kChatCompletions;
   const std::string id = ResponseId(chat ? "chatcmpl-" : "cmpl-");
   const int64_t created = NowSeconds();
@@ -593,7 +596,8 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
         start(version);
         chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);
       },
-      &result, &version, &times);
+      &result, &version, &times, gone);
+  if (st.code() == StatusCode::kCancelled) return;  // left while queued: nobody is reading
   if (!st.ok()) {
     // The 200 and perhaps some text went out already: the error is one event.
     send(Dump(ErrorJson(ErrorInfo(st))));

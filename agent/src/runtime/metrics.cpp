@@ -56,7 +56,8 @@ AgentMetrics::AgentMetrics()
                      "Feedback entries refused because the log reached --feedback-max-bytes.")),
       inference_requests_waiting(
           NewGauge(*registry_, "fedge_agent_inference_requests_waiting",
-                   "Inference requests waiting for the serving model (the queue in front of it).")),
+                   "Inference requests waiting in the queue for the serving model (bounded by "
+                   "--max-queued-requests; the running batch not counted).")),
       requests_(prometheus::BuildCounter()
                     .Name("fedge_agent_inference_requests_total")
                     .Help("Inference HTTP requests by endpoint and status code.")
@@ -86,7 +87,17 @@ AgentMetrics::AgentMetrics()
                      .Name("fedge_agent_inference_requests_in_flight")
                      .Help("Inference requests being handled (waiting for the model, using it, or "
                            "streaming), by endpoint.")
-                     .Register(*registry_)) {}
+                     .Register(*registry_)),
+      batch_requests_(prometheus::BuildHistogram()
+                          .Name("fedge_agent_inference_batch_requests")
+                          .Help("Requests served by one batched forward pass (classify, embeddings).")
+                          .Register(*registry_)
+                          .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64})),
+      batch_inputs_(prometheus::BuildHistogram()
+                        .Name("fedge_agent_inference_batch_inputs")
+                        .Help("Inputs (texts) in one batched forward pass (classify, embeddings).")
+                        .Register(*registry_)
+                        .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128})) {}
 
 void AgentMetrics::ObserveInference(const std::string& endpoint, int http_code, double seconds) {
   requests_.Add({{"endpoint", endpoint}, {"code", std::to_string(http_code)}}).Increment();
@@ -129,6 +140,11 @@ void AgentMetrics::CountTokens(const std::string& endpoint, int64_t prompt_token
     prompt_tokens_.Add({{"endpoint", endpoint}}).Increment(static_cast<double>(prompt_tokens));
   if (generated_tokens > 0)
     generated_tokens_.Add({{"endpoint", endpoint}}).Increment(static_cast<double>(generated_tokens));
+}
+
+void AgentMetrics::ObserveBatch(int requests, int inputs) {
+  batch_requests_.Observe(requests);
+  batch_inputs_.Observe(inputs);
 }
 
 prometheus::Gauge& AgentMetrics::RequestsInFlight(const std::string& endpoint) {

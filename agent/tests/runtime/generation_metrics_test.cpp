@@ -217,7 +217,8 @@ TEST_F(GenerationMetricsTest, RequestWaitingForTheModelIsCountedUntilItRuns) {
   std::promise<void> holding, release;
   std::future<void> released = release.get_future();
   std::thread holder([&] {
-    Status st = serving_->Use([&](TextClassifier&, int64_t) {
+    // Holds the model through the scheduler, so the request below waits in its queue.
+    Status st = api_->scheduler().RunExclusive([&](TextClassifier&, int64_t) {
       holding.set_value();
       released.wait();
       return OkStatus();

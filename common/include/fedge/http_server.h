@@ -46,6 +46,12 @@ struct HttpRequest {
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;
   std::string remote_address;  // "ip:port" of the peer
+  // Set by the server for handlers on the worker pool: true once the client has
+  // closed its connection (end of stream or reset seen on the socket while the
+  // request is handled), so a handler that waits (e.g. in a queue for a model)
+  // can give up. A client that half-closes after sending counts as gone. Null
+  // for inline routes and requests built by hand (tests). Thread-safe.
+  std::function<bool()> client_gone;
 };
 
 // Writes the body of a streamed response, one chunk at a time.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fedge/agent/runtime/aggregator_client.h"
+#include "fedge/agent/runtime/scheduler.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/runtime/stop_signal.h"
 #include "fedge/agent/runtime/tls_files.h"
@@ -51,6 +52,12 @@ struct AgentFlags {
   std::string api_token_file;  // --api-token-file / $FEDGE_API_TOKEN_FILE: bearer tokens for /v1/*
   uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;  // --feedback-max-bytes, > 0
   std::string job_uid;  // --job-uid / $FEDGE_JOB_UID: the job's metadata.uid (StateStore::BindJobUid)
+  // Serving scheduler (scheduler.h): --max-batch-size, --max-batch-tokens,
+  // --max-queued-requests, --batch-gather-window-us.
+  int max_batch_size = SchedulerOptions{}.max_batch_size;
+  int max_batch_tokens = SchedulerOptions{}.max_batch_tokens;
+  int64_t max_queued_requests = static_cast<int64_t>(SchedulerOptions{}.max_queued_requests);
+  int64_t batch_gather_window_us = SchedulerOptions{}.gather_window.count();
 };
 
 // Everything resolved: absolute choices, no defaults left to apply.
@@ -72,6 +79,7 @@ struct AgentSettings {
   std::string api_token_file;  // empty: the inference API needs no token
   uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;
   std::string job_uid;  // empty: the state directory is used whatever run left it
+  SchedulerOptions scheduling;  // validated
 };
 
 // Applies the defaults above. INVALID_ARGUMENT names the flag at fault;

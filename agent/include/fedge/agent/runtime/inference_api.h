@@ -35,7 +35,15 @@
 // unsupported input (code unsupported_parameter / unknown_parameter name the
 // field), 401 (type authentication_error) for a missing or wrong API token, 503
 // before a global model is installed, 507 (code feedback_log_full) when the
-// feedback log reached its cap. Handlers never throw.
+// feedback log reached its cap, 429 (type "requests", code
+// rate_limit_exceeded, with Retry-After) when the scheduler's queue is full.
+// Handlers never throw.
+//
+// Scheduling: every request that needs the model goes through one
+// RequestScheduler (scheduler.h): classify and embeddings requests that wait
+// together run as one padded batch; generation runs one request at a time in
+// the same queue. A client that disconnects while its request waits is
+// dropped without running (the request is counted with code 499).
 //
 // Authentication: with an ApiTokenFile every /v1/* request needs
 // "Authorization: Bearer <token>"; /healthz, /readyz and /metrics stay open for
@@ -47,10 +55,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "fedge/agent/runtime/openai_request.h"
+#include "fedge/agent/runtime/scheduler.h"
 #include "fedge/http_server.h"
 
 namespace fedge::agent {
@@ -97,8 +107,10 @@ GenerationTimings ComputeTimings(const GenerationTimes& times);
 // `tokens` may be null (no authentication).
 class InferenceApi {
  public:
+  // `scheduling.max_input_tokens` is replaced by `limits.max_input_tokens`.
   InferenceApi(ServingModel* model, StateStore* store, AgentMetrics* metrics, InferenceLimits limits = {},
-               ApiTokenFile* tokens = nullptr);
+               ApiTokenFile* tokens = nullptr, SchedulerOptions scheduling = {});
+  ~InferenceApi();
 
   // Registers every route above plus GET /metrics on `server` (before Start);
   // the /v1/* routes check Authenticate first.
@@ -121,6 +133,9 @@ class InferenceApi {
   HttpResponse Healthz(const HttpRequest& request);
   HttpResponse Readyz(const HttpRequest& request);
 
+  // The queue in front of the model (tests, benchmarks).
+  RequestScheduler& scheduler() { return *scheduler_; }
+
  private:
   HttpResponse Generate(const HttpRequest& request, GenerationEndpoint endpoint);
   // Runs `req` on the served causal LM (prompt rendered, prompt tokens checked
@@ -128,13 +143,18 @@ class InferenceApi {
   // checks before its 200 goes out). `on_text` gets final text as it is produced;
   // `*version` the global that answered. Unless `dry_run`, fills `*times` (whose
   // `arrived` the caller set) and records the per-token metrics as tokens come.
+  // `gone` (may be null) drops the request from the queue if its client leaves.
   Status RunGeneration(const GenerationRequest& req, bool dry_run, const llm::TextCallback& on_text,
-                       llm::GenerationResult* result, int64_t* version, GenerationTimes* times);
+                       llm::GenerationResult* result, int64_t* version, GenerationTimes* times,
+                       const RequestScheduler::GoneFn& gone);
   // The SSE producer for a streamed generation that arrived at `arrived`.
   void StreamGeneration(const GenerationRequest& req, std::chrono::steady_clock::time_point arrived,
-                        HttpStreamWriter& writer);
-  // model_->Use, counted in the metrics' waiting gauge until `fn` starts.
-  Status UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn);
+                        const RequestScheduler::GoneFn& gone, HttpStreamWriter& writer);
+  // Runs `fn` alone on the model through the scheduler's queue.
+  Status UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn,
+                  const RequestScheduler::GoneFn& gone);
+  // The HTTP answer to a scheduler or model error (429 with Retry-After, 499, ...).
+  HttpResponse SchedulerError(const Status& st) const;
   std::string JsonModel(int64_t version) const;
 
   ServingModel* model_;
@@ -144,6 +164,7 @@ class InferenceApi {
   ApiTokenFile* tokens_;
   int64_t created_;                                // unix seconds this API was built: the models' "created"
   std::atomic<bool> feedback_full_logged_{false};  // the "log is full" warning was written
+  std::unique_ptr<RequestScheduler> scheduler_;    // last: stopped first when this is destroyed
 };
 
 }  // namespace fedge::agent

@@ -61,9 +61,13 @@ class AgentMetrics {
   prometheus::Gauge& eval_accuracy;
   prometheus::Gauge& feedback_log_bytes;         // size of feedback.jsonl after the last append
   prometheus::Counter& feedback_log_full_total;  // entries refused: the log reached its cap
-  // Requests waiting for the serving model (ServingModel::Use runs one request
-  // at a time per instance): the length of the queue in front of the model.
+  // Requests waiting in the RequestScheduler's queue for the serving model
+  // (not those in the running pass): the queue length, bounded by
+  // --max-queued-requests.
   prometheus::Gauge& inference_requests_waiting;
+  // One batched forward pass of the scheduler: how many requests and inputs
+  // it served (histograms fedge_agent_inference_batch_requests / _inputs).
+  void ObserveBatch(int requests, int inputs);
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -73,6 +77,8 @@ class AgentMetrics {
   prometheus::Family<prometheus::Counter>& prompt_tokens_;
   prometheus::Family<prometheus::Counter>& generated_tokens_;
   prometheus::Family<prometheus::Gauge>& in_flight_;
+  prometheus::Histogram& batch_requests_;
+  prometheus::Histogram& batch_inputs_;
 };
 
 }  // namespace fedge::agent
