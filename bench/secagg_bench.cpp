@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
       agents, drop, static_cast<long long>(values),
       neighbours > 0 ? std::to_string(neighbours).c_str() : "all", rounds);
   std::printf("\nbytes per parameter (upload)\n");
-  std::printf("  fedge masked input (Z_2^16 + 1 weight value): %.4f  (%.0f bytes per agent per round)\n",
+  std::printf("  fedge masked input (Z_2^16 + 1 weight value): %.5f  (%.0f bytes per agent per round)\n",
               per_input / n, per_input);
   std::printf("  fedge whole protocol (keys, shares, masked):  %.4f\n", protocol_per_agent / n);
   std::printf("  fp32 update:                                  4.0000  (%.0f bytes)\n", 4 * n);

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "fedge/aggregator/privacy_accountant.h"
 #include "fedge/aggregator/round_engine.h"
 #include "fedge/secagg/protocol.h"
 #include "test_util.h"
@@ -155,6 +156,79 @@ TEST_F(SecureAggregationRoundTest, TooFewAdvertisersRestartTheRoundOnceThenFailT
   st = engine_->GetStatus();
   EXPECT_EQ(JobStateName(st.state), "Failed");
   EXPECT_NE(st.message.find("advertised keys"), std::string::npos) << st.message;
+}
+
+// Distributed DP (issue 12 item 2): the agents add the noise; with one of four
+// advertisers dropping before its masked input, the round carries sigma * sqrt(3/4) of
+// noise and is accounted at exactly that.
+TEST_F(SecureAggregationRoundTest, DistributedNoiseIsAccountedAtWhatTheSurvivorsAdded) {
+  EngineOptions o = SecAggOptionsFor(4);
+  o.dp.enabled = true;
+  o.dp.distributed = true;
+  o.dp.clip_norm = 1;
+  o.dp.noise_multiplier = 0.8;
+  o.dp.delta = 1e-5;
+  o.secagg.phase_timeout_ms = 1000;
+  Start(4, o);
+  std::vector<secagg::SecAggClient> clients;
+  for (const std::string& id : ids_) {
+    TaskInfo t = engine_->GetTask(id, 1);
+    ASSERT_EQ(t.kind, TaskKind::kTrain);
+    EXPECT_EQ(t.config.secagg_max_weight, 0);        // DP: every weight 1
+    EXPECT_DOUBLE_EQ(t.config.secagg_clip_norm, 1);  // the DP clip norm
+    clients.push_back(*secagg::SecAggClient::Create());
+  }
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(
+        engine_->SecAggAdvertise(ids_[i], 1, clients[i].enc_public_key(), clients[i].mask_public_key()).ok());
+  }
+  std::vector<std::vector<secagg::EncryptedShare>> shares(4);
+  for (int i = 0; i < 4; ++i) {
+    auto roster =
+        *engine_->SecAggAdvertise(ids_[i], 1, clients[i].enc_public_key(), clients[i].mask_public_key());
+    ASSERT_TRUE(roster.has_value());
+    // sigma C / sqrt(m) per agent, m = 4 advertisers.
+    EXPECT_NEAR(roster->params.noise_stddev, 0.8 / std::sqrt(4.0), 1e-12);
+    shares[i] = *clients[i].ShareKeys(*roster);
+  }
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(engine_->SecAggShareKeys(ids_[i], 1, shares[i]).ok());
+  for (int i = 0; i < 3; ++i) {  // a3 drops before masking
+    auto inbox = *engine_->SecAggShareKeys(ids_[i], 1, shares[i]);
+    ASSERT_TRUE(clients[i].ReceiveShares(*inbox).ok());
+    uint64_t received = 0;
+    ASSERT_TRUE(engine_
+                    ->SecAggSubmitMasked(ids_[i], 1, 0,
+                                         *clients[i].MaskInput(std::vector<double>(4, 0.1), 1.0), &received)
+                    .ok());
+  }
+  clock_.AdvanceMs(1001);  // the masked phase's timeout
+  for (int i = 0; i < 3; ++i) {
+    auto ask = engine_->SecAggUnmask(ids_[i], 1, false, {});
+    ASSERT_TRUE(ask.ok() && ask->has_value()) << ask.status().ToString();
+    ASSERT_TRUE(engine_->SecAggUnmask(ids_[i], 1, true, *clients[i].Unmask(**ask)).ok());
+  }
+  EngineStatus st = engine_->GetStatus();
+  ASSERT_EQ(st.phase, Phase::kEvaluate) << st.message;
+  ASSERT_TRUE(st.privacy.has_value());
+  RdpAccountant expected;
+  ASSERT_TRUE(expected.Compose(0.8 * std::sqrt(3.0 / 4.0), 1.0).ok());
+  EXPECT_DOUBLE_EQ(st.privacy->epsilon, expected.Epsilon(1e-5));
+  RdpAccountant nominal;
+  ASSERT_TRUE(nominal.Compose(0.8, 1.0).ok());
+  EXPECT_GT(st.privacy->epsilon, nominal.Epsilon(1e-5));  // the shortfall costs privacy
+}
+
+TEST(SecureAggregationEngineTest, DistributedNoiseNeedsSecureAggregation) {
+  FakeClock clock;
+  EngineOptions o = SecAggOptionsFor(3);
+  o.secagg.enabled = false;
+  o.dp.enabled = true;
+  o.dp.distributed = true;
+  o.dp.clip_norm = 1;
+  o.dp.noise_multiplier = 1;
+  auto engine = RoundEngine::Create(o, &clock, nullptr, nullptr);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_NE(engine.status().message().find("secureAggregation"), std::string::npos);
 }
 
 }  // namespace
