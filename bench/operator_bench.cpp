@@ -172,7 +172,7 @@ class PodWatch {
 // Waits until the controller has run no reconcile for `quiet` and its queue is empty.
 void Settle(JobController& ctl, std::chrono::milliseconds quiet) {
   int64_t last = -1;
-  while (last != ctl.reconciles() || ctl.queue().Len() > 0) {
+  while (last != ctl.reconciles() || ctl.queue().Len() > 0 || ctl.queue().ProcessingLen() > 0) {
     last = ctl.reconciles();
     std::this_thread::sleep_for(quiet);
   }

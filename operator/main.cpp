@@ -126,6 +126,12 @@ int main(int argc, char** argv) {
           CLI::AsNumberWithUnit::DEFAULT, "SECONDS"))
       ->check(CLI::Range(int64_t{60}, int64_t{366} * 86400))
       ->capture_default_str();
+  int apply_concurrency = op::ReconcilerOptions{}.apply_concurrency;
+  app.add_option("--apply-concurrency", apply_concurrency,
+                 "API requests one reconcile may have in flight at once (its independent writes: node "
+                 "volumes, agent Secrets, pods); 1 sends them one after another")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
   app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
   app.add_flag("--version", show_version, "print the version and exit");
@@ -201,6 +207,7 @@ int main(int argc, char** argv) {
   co.registry = registry;
   co.reconciler.desired = desired;
   co.reconciler.agent_cert_lifetime_seconds = static_cast<std::time_t>(agent_cert_lifetime_s);
+  co.reconciler.apply_concurrency = apply_concurrency;
   op::JobController controller(&client, co);
 
   std::atomic<bool> leading{!leader_elect};

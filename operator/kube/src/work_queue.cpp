@@ -125,6 +125,11 @@ size_t WorkQueue::Len() const {
   return queue_.size();
 }
 
+size_t WorkQueue::ProcessingLen() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return processing_.size();
+}
+
 size_t WorkQueue::DelayedLen() const {
   std::lock_guard<std::mutex> l(mu_);
   return delayed_.size();

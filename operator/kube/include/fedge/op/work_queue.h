@@ -53,6 +53,8 @@ class WorkQueue {
   size_t Len() const;
   // Keys waiting for a delayed add.
   size_t DelayedLen() const;
+  // Keys a worker is processing (between Get() and Done()).
+  size_t ProcessingLen() const;
 
  private:
   void AddLocked(const std::string& key);
