@@ -5,6 +5,7 @@
 
 #include "fedge/agent/runtime/aggregator_client.h"
 #include "fedge/agent/runtime/api_token.h"
+#include "fedge/agent/runtime/feedback_mix.h"
 #include "fedge/agent/runtime/inference_api.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
@@ -190,6 +191,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   a->serving_ = std::make_unique<ServingModel>(std::move(server_model), spec.Key(), serving_factory);
   StateStoreOptions store_options;
   store_options.feedback_max_bytes = settings.feedback_max_bytes;
+  store_options.feedback_max_examples = static_cast<size_t>(spec.feedback.maxExamples);
+  store_options.feedback_enabled = spec.feedback.enabled;
   a->store_ = std::make_unique<StateStore>(settings.state_dir, spec.Key(), store_options);
   if (!settings.job_uid.empty()) {
     // Before anything reads the directory: a job re-created under the same name
@@ -227,6 +230,27 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   deps.metrics = a->metrics_.get();
   deps.train_data = &a->train_;
   deps.eval_data = &a->eval_;
+  if (spec.feedback.enabled) {
+    // Each round trains on the shard plus the node's feedback so far, a share
+    // spec.feedback.weight of the examples sampled (feedback_mix.h). Feedback
+    // never leaves the node: only the trained delta does.
+    deps.training_set = [store = a->store_.get(), labels = spec.model.labels, weight = spec.feedback.weight,
+                         causal_lm](const std::vector<Example>& local, uint64_t seed) {
+      auto entries = store->Feedback();
+      if (!entries.ok()) {
+        log::Warn("training without feedback this round: the feedback log cannot be read",
+                  {{"error", entries.status().ToString()}});
+        return MixFeedback(local, {}, weight, seed);
+      }
+      size_t skipped = 0;
+      std::vector<Example> feedback =
+          FeedbackExamples(*entries, causal_lm ? std::vector<std::string>{} : labels, &skipped);
+      if (skipped > 0)
+        log::Warn("feedback entries of another kind or label left out of training",
+                  {{"skipped", static_cast<int64_t>(skipped)}});
+      return MixFeedback(local, feedback, weight, seed);
+    };
+  }
   ChannelTls tls = settings.tls;
   std::shared_ptr<TlsFiles> tls_files;
   if (!settings.tls_files.ca.empty()) {

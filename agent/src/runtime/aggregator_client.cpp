@@ -564,7 +564,10 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   to.proximal_mu = c.proximal_mu();
   to.seed = MixTrainingSeed(c.seed(), options_.agent_id, task.round());
   auto train_start = std::chrono::steady_clock::now();
-  auto result = deps_.trainer->Train(*deps_.train_data, to);
+  MixedTrainingSet mixed;
+  if (deps_.training_set) mixed = deps_.training_set(*deps_.train_data, to.seed);
+  const std::vector<Example>& train_set = deps_.training_set ? mixed.examples : *deps_.train_data;
+  auto result = deps_.trainer->Train(train_set, to);
   if (!result.ok()) return result.status().WithContext("training round " + std::to_string(task.round()));
   double train_seconds = SecondsSince(train_start);
   if (stop_.stopped()) {
@@ -600,6 +603,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   h.set_steps(result->steps);
   h.set_is_delta(true);
   h.set_raw_bytes(delta.Fp32Bytes());
+  h.set_feedback_examples(mixed.feedback_used);
   bool accepted = false;
   Status submitted = Submit(h, payload, &accepted);
   encoder_.Finish(accepted);  // keeps (and persists) the residual only if the update counted
@@ -617,6 +621,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
                               {"base_version", held_.version},
                               {"steps", result->steps},
                               {"loss", result->mean_loss},
+                              {"feedback_examples", mixed.feedback_used},
                               {"codec", codec_name},
                               {"topk_fraction", cc.topk_fraction},
                               {"error_feedback", cc.error_feedback && cc.Lossy()},

@@ -616,45 +616,82 @@ HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
   auto body = ParseObject(request, &error);
   if (!body) return error;
   const Json& b = *body;
-  if (!b.contains("text") || !b["text"].is_string()) {
-    return BadRequest("'text' is required and must be a string", "text", "missing_text");
-  }
-  std::string text = b["text"].get<std::string>();
-  if (text.empty()) return BadRequest("'text' is empty", "text", "empty_input");
-  if (text.size() > limits_.max_feedback_chars) {
-    return BadRequest("'text' has " + std::to_string(text.size()) + " bytes; at most " +
-                          std::to_string(limits_.max_feedback_chars),
-                      "text", "input_too_long");
-  }
+  // A causal-LM job's model has no labels: its feedback is a prompt and the
+  // preferred completion; a classifier's is a text and one of its labels.
   const auto& labels = model_->labels();
-  std::string label;
-  if (b.contains("label") && b["label"].is_string()) {
-    label = b["label"].get<std::string>();
-    if (std::find(labels.begin(), labels.end(), label) == labels.end()) {
-      return BadRequest("'label' \"" + (label.size() > 64 ? label.substr(0, 64) + "..." : label) +
-                            "\" is not one of the job's " + std::to_string(labels.size()) + " labels",
-                        "label", "unknown_label");
+  const bool generative = labels.empty();
+  auto bounded_string = [&](const char* key, const char* missing_hint, std::string* out,
+                            std::optional<HttpResponse>* err) {
+    if (!b.contains(key) || !b[key].is_string()) {
+      *err = BadRequest("'" + std::string(key) + "' is required and must be a string" + missing_hint, key,
+                        "missing_" + std::string(key));
+      return;
     }
-  } else if (b.contains("label") && b["label"].is_number_integer()) {
-    int64_t id = b["label"].get<int64_t>();
-    if (id < 0 || static_cast<size_t>(id) >= labels.size()) {
+    *out = b[key].get<std::string>();
+    if (out->empty()) {
+      *err = BadRequest("'" + std::string(key) + "' is empty", key, "empty_input");
+    } else if (out->size() > limits_.max_feedback_chars) {
+      *err = BadRequest("'" + std::string(key) + "' has " + std::to_string(out->size()) + " bytes; at most " +
+                            std::to_string(limits_.max_feedback_chars),
+                        key, "input_too_long");
+    }
+  };
+  FeedbackEntry entry;
+  std::optional<HttpResponse> bad;
+  if (generative) {
+    if (b.contains("label") || b.contains("text")) {
       return BadRequest(
-          "'label' id " + std::to_string(id) + " is outside 0.." + std::to_string(labels.size() - 1), "label",
-          "unknown_label");
+          "this job generates text (a causal-LM job): feedback is {\"prompt\": ..., \"completion\": the "
+          "preferred completion}, not text and label",
+          b.contains("label") ? "label" : "text", "invalid_request");
     }
-    label = labels[static_cast<size_t>(id)];
-  } else if (b.contains("label") && !b["label"].is_null()) {
-    return BadRequest("'label' must be one of the job's labels (a string) or its index (an integer)", "label",
-                      "invalid_type");
+    bounded_string("prompt", "", &entry.text, &bad);
+    if (!bad) bounded_string("completion", " (the preferred completion)", &entry.completion, &bad);
+    if (bad) return *bad;
   } else {
-    return BadRequest("'label' is required: one of the job's labels", "label", "missing_label");
+    if (b.contains("prompt") || b.contains("completion")) {
+      return BadRequest(
+          "this job classifies text: feedback is {\"text\": ..., \"label\": one of the job's "
+          "labels}, not prompt and completion",
+          b.contains("prompt") ? "prompt" : "completion", "invalid_request");
+    }
+    bounded_string("text", "", &entry.text, &bad);
+    if (bad) return *bad;
+    std::string& label = entry.label;
+    if (b.contains("label") && b["label"].is_string()) {
+      label = b["label"].get<std::string>();
+      if (std::find(labels.begin(), labels.end(), label) == labels.end()) {
+        return BadRequest("'label' \"" + (label.size() > 64 ? label.substr(0, 64) + "..." : label) +
+                              "\" is not one of the job's " + std::to_string(labels.size()) +
+                              " labels (GET /v1/models lists them)",
+                          "label", "unknown_label");
+      }
+    } else if (b.contains("label") && b["label"].is_number_integer()) {
+      int64_t id = b["label"].get<int64_t>();
+      if (id < 0 || static_cast<size_t>(id) >= labels.size()) {
+        return BadRequest(
+            "'label' id " + std::to_string(id) + " is outside 0.." + std::to_string(labels.size() - 1),
+            "label", "unknown_label");
+      }
+      label = labels[static_cast<size_t>(id)];
+    } else if (b.contains("label") && !b["label"].is_null()) {
+      return BadRequest("'label' must be one of the job's labels (a string) or its index (an integer)",
+                        "label", "invalid_type");
+    } else {
+      return BadRequest("'label' is required: one of the job's labels", "label", "missing_label");
+    }
   }
   if (store_ == nullptr)
     return ApiError(503, "no state directory configured for feedback", "unavailable", "", "");
-  int64_t ts_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
-  auto stored = store_->AppendFeedback(text, label, ts_ms);
+  if (!store_->feedback_enabled()) {
+    return ApiError(403,
+                    "feedback is disabled for this job (spec.feedback.enabled: false); nothing was stored",
+                    "permission_error", "", "feedback_disabled");
+  }
+  entry.ts_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  auto stored = store_->AddFeedback(entry);
   if (stored.status().code() == StatusCode::kResourceExhausted) {
     if (metrics_ != nullptr) metrics_->feedback_log_full_total.Increment();
     // One line when the log fills up, not one per refused request (a flood of
@@ -678,8 +715,14 @@ HttpResponse InferenceApi::Feedback(const HttpRequest& request) {
         "unavailable", "", "feedback_store_error");
   }
   feedback_full_logged_ = false;
-  if (metrics_ != nullptr) metrics_->feedback_log_bytes.Set(static_cast<double>(*stored));
-  return HttpResponse::Json(200, Dump(Json{{"object", "feedback"}, {"stored", true}, {"label", label}}));
+  if (metrics_ != nullptr) metrics_->feedback_log_bytes.Set(static_cast<double>(stored->log_bytes));
+  Json reply{{"object", "feedback"},
+             {"stored", !stored->duplicate},
+             {"duplicate", stored->duplicate},
+             {"examples", stored->examples},
+             {"dropped", stored->dropped}};
+  if (!generative) reply["label"] = entry.label;
+  return HttpResponse::Json(200, Dump(reply));
 }
 
 HttpResponse InferenceApi::Healthz(const HttpRequest&) { return HttpResponse::Text(200, "ok\n"); }

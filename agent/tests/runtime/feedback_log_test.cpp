@@ -49,12 +49,13 @@ std::vector<json> ReadLines(const std::string& path) {
 
 class FeedbackLogTest : public ::testing::Test {
  protected:
-  void Start(uint64_t max_bytes) {
+  void Start(uint64_t max_bytes, bool enabled = true) {
     dir_ = TestDir();
     auto model = std::make_unique<FakeClassifier>(TestLabels());
     serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job");
     StateStoreOptions options;
     options.feedback_max_bytes = max_bytes;
+    options.feedback_enabled = enabled;
     store_ = std::make_unique<StateStore>(dir_.string(), "ns/job", options);
     api_ = std::make_unique<InferenceApi>(serving_.get(), store_.get(), &metrics_);
     server_ = std::make_unique<HttpServer>("127.0.0.1:0");
@@ -175,6 +176,42 @@ TEST_F(FeedbackLogTest, SymlinkAtTheLogsNameIsNotFollowed) {
   std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(content, "precious\n");
   EXPECT_EQ(ModeOf(target.string()), 0644u);
+}
+
+// Issue 13 item 5: the same text and label count once; the reply says so.
+TEST_F(FeedbackLogTest, RepostedFeedbackIsADuplicateAndWritesNothing) {
+  Start(/*max_bytes=*/1 << 20);
+  HttpReply first = Post("a tabby cat");
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(json::parse(first.body)["stored"], true);
+  const uint64_t size = fs::file_size(store_->FeedbackPath());
+  HttpReply again = Post("a tabby cat");
+  ASSERT_EQ(again.status, 200) << again.body;
+  json reply = json::parse(again.body);
+  EXPECT_EQ(reply["stored"], false);
+  EXPECT_EQ(reply["duplicate"], true);
+  EXPECT_EQ(reply["examples"], 1);
+  EXPECT_EQ(fs::file_size(store_->FeedbackPath()), size);
+}
+
+TEST_F(FeedbackLogTest, DisabledFeedbackIsA403AndStoresNothing) {
+  Start(/*max_bytes=*/1 << 20, /*enabled=*/false);
+  HttpReply r = Post("a tabby cat");
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_EQ(json::parse(r.body)["error"]["code"], "feedback_disabled");
+  EXPECT_NE(json::parse(r.body)["error"]["message"].get<std::string>().find("spec.feedback.enabled"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(store_->FeedbackPath()));
+}
+
+TEST_F(FeedbackLogTest, GenerativeFieldsOnAClassifierJobAreA400) {
+  Start(/*max_bytes=*/1 << 20);
+  HttpReply r = HttpCall(server_->port(), "POST", "/v1/feedback",
+                         json{{"prompt", "hi"}, {"completion", "hello"}}.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(json::parse(r.body)["error"]["message"].get<std::string>().find("\"label\""), std::string::npos)
+      << r.body;
+  EXPECT_FALSE(fs::exists(store_->FeedbackPath()));
 }
 
 }  // namespace

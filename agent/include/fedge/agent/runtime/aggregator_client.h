@@ -27,6 +27,7 @@
 
 #include "fedge.grpc.pb.h"
 #include "fedge/agent/runtime/chunks.h"
+#include "fedge/agent/runtime/feedback_mix.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/runtime/stop_signal.h"
 #include "fedge/agent/runtime/update.h"
@@ -81,6 +82,11 @@ struct ClientDeps {
   AgentMetrics* metrics = nullptr;
   const std::vector<Example>* train_data = nullptr;
   const std::vector<Example>* eval_data = nullptr;
+  // Optional: the training set of a TRAIN task, given the local shard and the
+  // round's seed (the agent mixes the node's feedback in, feedback_mix.h); its
+  // feedback_used goes to UpdateHeader.feedback_examples. Called on the
+  // client's thread. Unset: the shard alone.
+  std::function<MixedTrainingSet(const std::vector<Example>& local, uint64_t seed)> training_set;
 };
 
 enum class RunOutcome { kDone, kStopped };

@@ -1,8 +1,15 @@
 // The agent's state directory (--state-dir): the latest global adapter, so a
 // restarted agent serves at once, and the feedback log later rounds train on.
 //   global.safetensors   F32 tensors; metadata job, version, checksum
-//   feedback.jsonl       {"text": ..., "label": ..., "ts_ms": ...} per line; mode
-//                        0600 (user data), at most feedback_max_bytes long
+//   feedback.jsonl       one feedback example per line, oldest first:
+//                        {"text", "label", "ts_ms"} (classification) or
+//                        {"prompt", "completion", "ts_ms"} (causal-LM jobs);
+//                        mode 0600 (user data), at most feedback_max_bytes
+//                        long. Appended (fdatasync) per new example; rewritten
+//                        atomically (temp 0600, fdatasync, rename, fsync dir)
+//                        to drop duplicates and examples beyond the cap. Read
+//                        back on start, so feedback survives a restart. Never
+//                        sent anywhere: training on the node reads it.
 //   error-feedback.safetensors (+ .json)
 //                        the update encoder's residual and the job/round that
 //                        left it (UpdateEncoder in update.h owns both files)
@@ -12,9 +19,11 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "fedge/status.h"
@@ -28,13 +37,37 @@ struct PersistedGlobal {
   std::string checksum;  // sha256 of the encoded bundle as the aggregator sent it
 };
 
+// One feedback example posted to /v1/feedback.
+struct FeedbackEntry {
+  std::string text;        // classification: the text; causal-LM: the prompt
+  std::string label;       // classification: one of the job's labels; else empty
+  std::string completion;  // causal-LM: the preferred completion; else empty
+  int64_t ts_ms = 0;       // when it was first stored (unix ms)
+
+  bool generative() const { return !completion.empty(); }
+};
+
+// What StateStore::AddFeedback did.
+struct FeedbackAdded {
+  bool duplicate = false;  // the same example is held already; nothing written
+  uint64_t log_bytes = 0;  // feedback.jsonl's size afterwards
+  size_t examples = 0;     // distinct examples held afterwards
+  size_t dropped = 0;      // oldest examples dropped by this add (the cap)
+};
+
 struct StateStoreOptions {
   static constexpr uint64_t kDefaultFeedbackMaxBytes = 64ull << 20;  // 64 MiB
-  // feedback.jsonl never grows beyond this; an entry that would cross it is
-  // refused (RESOURCE_EXHAUSTED) and nothing of it is written. Nothing in the
-  // agent consumes the log yet, so once full it stays full until the node's
-  // operator collects it and moves it away or raises the cap.
+  // feedback.jsonl never grows beyond this; an entry that would cross it even
+  // after the file is rewritten without dropped and duplicate lines is refused
+  // (RESOURCE_EXHAUSTED) and nothing of it is written. It guards the node's
+  // disk; feedback_max_examples is the job's cap.
   uint64_t feedback_max_bytes = kDefaultFeedbackMaxBytes;
+  // spec.feedback.maxExamples: distinct examples kept; beyond it the oldest is
+  // dropped first (in memory at once; from the file at the next rewrite, which
+  // happens once it holds twice as many lines, and on load).
+  size_t feedback_max_examples = 1000;
+  // spec.feedback.enabled: false makes AddFeedback FAILED_PRECONDITION.
+  bool feedback_enabled = true;
 };
 
 // What StateStore::BindJobUid found in the directory and did about it.
@@ -80,10 +113,30 @@ class StateStore {
   // log's size after the append. RESOURCE_EXHAUSTED (nothing written) when the
   // line would take the log beyond feedback_max_bytes; UNAVAILABLE for I/O
   // errors, after cutting a partly written line back off the file.
+  // (Kept for callers of the classification-only API: AddFeedback with
+  // {text, label, ts_ms}, returning the log's size.)
   StatusOr<uint64_t> AppendFeedback(const std::string& text, const std::string& label, int64_t ts_ms);
+
+  // Stores one feedback example durably before it returns OK: an example
+  // already held (same text and label, or same prompt and completion) is a
+  // duplicate and writes nothing; a new one is appended as AppendFeedback
+  // does, and if that takes the store beyond feedback_max_examples the oldest
+  // example is dropped. The caller validates the entry (sizes, label) first.
+  // FAILED_PRECONDITION when feedback is disabled; RESOURCE_EXHAUSTED when it
+  // would take the file beyond feedback_max_bytes; UNAVAILABLE for I/O errors
+  // (also when the existing file cannot be read, e.g. it is a symlink). On any
+  // error the store and the file are as before. Thread-safe.
+  StatusOr<FeedbackAdded> AddFeedback(const FeedbackEntry& entry);
+
+  // The distinct feedback examples held, oldest first, at most
+  // feedback_max_examples (read from feedback.jsonl on first use; malformed
+  // lines, e.g. a torn last line after a crash, are skipped). UNAVAILABLE when
+  // the file cannot be read. Thread-safe.
+  StatusOr<std::vector<FeedbackEntry>> Feedback();
 
   const std::string& dir() const { return dir_; }
   uint64_t feedback_max_bytes() const { return options_.feedback_max_bytes; }
+  bool feedback_enabled() const { return options_.feedback_enabled; }
   std::string GlobalPath() const;
   std::string FeedbackPath() const;
   std::string ResidualPath() const;
@@ -93,7 +146,22 @@ class StateStore {
   const std::string dir_;
   const std::string job_;
   const StateStoreOptions options_;
-  std::mutex feedback_mu_;  // serialises appends to feedback.jsonl
+  // Reads feedback.jsonl into feedback_ (once); the caller holds feedback_mu_.
+  Status LoadFeedbackLocked();
+  // Appends `line` and syncs it; returns the file's size after.
+  StatusOr<uint64_t> AppendFeedbackLineLocked(const std::string& line);
+  // Replaces the file by feedback_'s lines (atomic, 0600); returns its size.
+  StatusOr<uint64_t> RewriteFeedbackLocked();
+
+  std::mutex feedback_mu_;  // guards the members below and feedback.jsonl
+  bool feedback_loaded_ = false;
+  std::deque<FeedbackEntry> feedback_;             // oldest first
+  std::unordered_set<std::string> feedback_keys_;  // FeedbackKey of each in feedback_
+  size_t feedback_lines_ = 0;                      // lines in the file (>= feedback_.size())
 };
+
+// Serialises an entry to one JSONL line (with '\n'); its dedup key.
+std::string FeedbackLine(const FeedbackEntry& entry);
+std::string FeedbackKey(const FeedbackEntry& entry);
 
 }  // namespace fedge::agent
