@@ -35,13 +35,26 @@ if [[ ! -f "$src/CMakeLists.txt" ]]; then
   mkdir -p "$cache/src"
   tar -xzf "$sdist" -C "$cache/src"
 fi
-if [[ ! -x "$build/bin/llama-bench" || ! -x "$build/bin/llama-quantize" ]]; then
+# The CPU's own ISA flags rather than GGML_NATIVE: a native build on a CPU with
+# AMX compiles ggml's AMX matmul, which segfaults in prompt processing of Q8_0
+# models on this (virtualised) machine (ggml_backend_amx_mul_mat, 2026-12-03).
+flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+isa=(-DGGML_NATIVE=OFF)
+for pair in avx:GGML_AVX avx2:GGML_AVX2 fma:GGML_FMA f16c:GGML_F16C bmi2:GGML_BMI2 \
+    avx512f:GGML_AVX512 avx512_vnni:GGML_AVX512_VNNI avx512vbmi:GGML_AVX512_VBMI \
+    avx512_bf16:GGML_AVX512_BF16 avx_vnni:GGML_AVX_VNNI; do
+  if [[ " $flags " == *" ${pair%%:*} "* ]]; then isa+=("-D${pair##*:}=ON"); else isa+=("-D${pair##*:}=OFF"); fi
+done
+config="${isa[*]}"
+if [[ ! -x "$build/bin/llama-bench" || ! -x "$build/bin/llama-quantize" ||
+      "$(cat "$build/.fedge-config" 2>/dev/null)" != "$config" ]]; then
   # CPU only, static, no network code; -j2 under nice: the machine is shared.
   nice -n 10 cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON \
-    -DGGML_NATIVE=ON >&2
+    "${isa[@]}" >&2
   nice -n 10 cmake --build "$build" -j2 --target llama-bench llama-quantize >&2
+  echo "$config" >"$build/.fedge-config"
 fi
 echo "LLAMA_CPP_BUILD=$build"
 echo "LLAMA_CPP_SRC=$src"

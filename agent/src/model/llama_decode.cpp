@@ -34,10 +34,16 @@ using fedge::agent::LoraLinearImpl;
 namespace decode {
 namespace {
 
-enum class Isa { kScalar, kAvx2, kAvx512 };
+// kAvx512Vnni: the AVX-512 fp32 kernels, and int8 products as int8 x int8 dot
+// products (vpdpbusd) against the activation quantized per 32-element block.
+enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Vnni };
 
 Isa DetectIsa() {
   __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vnni")) {
+    return Isa::kAvx512Vnni;
+  }
   if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
   return Isa::kScalar;
@@ -245,6 +251,89 @@ __attribute__((target("avx512f"))) void AxpyAvx512(float a, const float* x, floa
   for (; d < n; ++d) y[d] += a * x[d];
 }
 
+// --- AVX-512 VNNI: int8 weights x int8 activations ---------------------------------
+// x is quantized like llama.cpp's Q8_0 activations: blocks of 32, scale max|x|/127.
+// vpdpbusd multiplies unsigned by signed bytes, so the weights enter as q + 128
+// (an XOR with 0x80) and the excess 128 * sum(xq) of each 4-byte lane, which does
+// not depend on the row, is subtracted once per product:
+//   y_r = s_r * (sum_c  lane_scale_c . float(dpbusd(q_c + 128, xq_c))  -  k)
+// Needs cols % 64 == 0 (one 64-byte load = two blocks).
+struct QuantizedX {
+  std::vector<int8_t> q;
+  std::vector<float> lane_scale;  // 16 per 64 columns: lanes 0-7 block 2c, 8-15 block 2c+1
+  float k = 0;                    // sum over lanes of lane_scale * 128 * (sum of its 4 xq)
+};
+
+void QuantizeX(const float* x, int64_t cols, QuantizedX* out) {
+  out->q.resize(static_cast<size_t>(cols));
+  out->lane_scale.resize(static_cast<size_t>(cols / 4));
+  double k = 0;
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    float amax = 0;
+    for (int64_t j = 0; j < 32; ++j) amax = std::max(amax, std::abs(x[b * 32 + j]));
+    const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    for (int64_t lane = 0; lane < 8; ++lane) {
+      int32_t sum = 0;
+      for (int64_t j = 0; j < 4; ++j) {
+        const int64_t c = b * 32 + lane * 4 + j;
+        const auto v = static_cast<int8_t>(std::clamp(std::nearbyint(x[c] * inv), -127.0f, 127.0f));
+        out->q[static_cast<size_t>(c)] = v;
+        sum += v;
+      }
+      out->lane_scale[static_cast<size_t>(b * 8 + lane)] = scale;
+      k += static_cast<double>(scale) * 128.0 * sum;
+    }
+  }
+  out->k = static_cast<float>(k);
+}
+
+// 64 int8 weights as q + 128 (unsigned), vpdpbusd's first operand.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m512i LoadU8(const int8_t* p, __m512i bias) {
+  return _mm512_xor_si512(_mm512_loadu_si512(reinterpret_cast<const void*>(p)), bias);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RowsInt8Vnni(const Int8Matrix& m,
+                                                                         const QuantizedX& qx, float* y,
+                                                                         int64_t r0, int64_t r1) {
+  const int64_t cols = m.cols;
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int8_t* xq = qx.q.data();
+  const float* ls = qx.lane_scale.data();
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const int8_t* q0 = m.q.data() + r * cols;
+    const int8_t* q1 = q0 + cols;
+    const int8_t* q2 = q1 + cols;
+    const int8_t* q3 = q2 + cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+           a3 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 64) {
+      const __m512i xv = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + c));
+      const __m512 sv = _mm512_loadu_ps(ls + c / 4);
+      const __m512i zero = _mm512_setzero_si512();
+      a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q0 + c, bias), xv)), sv, a0);
+      a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q1 + c, bias), xv)), sv, a1);
+      a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q2 + c, bias), xv)), sv, a2);
+      a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q3 + c, bias), xv)), sv, a3);
+    }
+    y[r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(a0) - qx.k);
+    y[r + 1] = m.scale[static_cast<size_t>(r + 1)] * (_mm512_reduce_add_ps(a1) - qx.k);
+    y[r + 2] = m.scale[static_cast<size_t>(r + 2)] * (_mm512_reduce_add_ps(a2) - qx.k);
+    y[r + 3] = m.scale[static_cast<size_t>(r + 3)] * (_mm512_reduce_add_ps(a3) - qx.k);
+  }
+  for (; r < r1; ++r) {
+    const int8_t* q0 = m.q.data() + r * cols;
+    __m512 a0 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 64) {
+      const __m512i xv = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + c));
+      a0 = _mm512_fmadd_ps(
+          _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), LoadU8(q0 + c, bias), xv)),
+          _mm512_loadu_ps(ls + c / 4), a0);
+    }
+    y[r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(a0) - qx.k);
+  }
+}
+
 constexpr int64_t kRowBlock = 16;  // rows per unit of the thread split
 
 }  // namespace
@@ -274,6 +363,7 @@ Int8Matrix Int8Matrix::Quantize(const float* w, int64_t rows, int64_t cols) {
 
 void MatvecRowsF32(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
   switch (ActiveIsa()) {
+    case Isa::kAvx512Vnni:
     case Isa::kAvx512:
       return RowsF32Avx512(w, cols, x, y, r0, r1);
     case Isa::kAvx2:
@@ -285,6 +375,7 @@ void MatvecRowsF32(const float* w, int64_t cols, const float* x, float* y, int64
 
 void MatvecRowsInt8(const Int8Matrix& q, const float* x, float* y, int64_t r0, int64_t r1) {
   switch (ActiveIsa()) {
+    case Isa::kAvx512Vnni:  // RunMatvecs takes the int8 x int8 path where it applies
     case Isa::kAvx512:
       return RowsInt8Avx512(q, x, y, r0, r1);
     case Isa::kAvx2:
@@ -296,6 +387,7 @@ void MatvecRowsInt8(const Int8Matrix& q, const float* x, float* y, int64_t r0, i
 
 void Axpy(float a, const float* x, float* y, int64_t n) {
   switch (ActiveIsa()) {
+    case Isa::kAvx512Vnni:
     case Isa::kAvx512:
       return AxpyAvx512(a, x, y, n);
     case Isa::kAvx2:
@@ -307,6 +399,8 @@ void Axpy(float a, const float* x, float* y, int64_t n) {
 
 std::string_view KernelIsa() {
   switch (ActiveIsa()) {
+    case Isa::kAvx512Vnni:
+      return "avx512vnni";
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:
@@ -320,7 +414,9 @@ std::string_view KernelIsa() {
 bool ForceKernelIsa(std::string_view name) {
   Isa best = DetectIsa();
   Isa want;
-  if (name == "avx512") {
+  if (name == "avx512vnni") {
+    want = Isa::kAvx512Vnni;
+  } else if (name == "avx512") {
     want = Isa::kAvx512;
   } else if (name == "avx2") {
     want = Isa::kAvx2;
@@ -343,6 +439,22 @@ void RunMatvecs(const Matvec* products, int count) {
     total += blocks[i];
     weights += products[i].rows * products[i].cols;
   }
+  // int8 x int8 products: each distinct x quantized once, before the threads start.
+  const QuantizedX* qx[8] = {};
+  static thread_local QuantizedX quantized[8];
+  if (ActiveIsa() == Isa::kAvx512Vnni) {
+    for (int i = 0; i < count; ++i) {
+      const Matvec& p = products[i];
+      if (p.q == nullptr || p.cols % 64 != 0) continue;
+      for (int j = 0; j < i && qx[i] == nullptr; ++j) {
+        if (qx[j] != nullptr && products[j].x == p.x && products[j].cols == p.cols) qx[i] = qx[j];
+      }
+      if (qx[i] == nullptr) {
+        QuantizeX(p.x, p.cols, &quantized[i]);
+        qx[i] = &quantized[i];
+      }
+    }
+  }
   // Small products (a LoRA rank-r factor) are not worth waking a second thread.
   const int64_t grain = weights < (int64_t{1} << 16) ? total : 1;
   at::parallel_for(0, total, grain, [&](int64_t b0, int64_t b1) {
@@ -352,7 +464,9 @@ void RunMatvecs(const Matvec* products, int count) {
       if (lo < hi) {
         const Matvec& p = products[i];
         const int64_t r0 = (lo - base) * kRowBlock, r1 = std::min(p.rows, (hi - base) * kRowBlock);
-        if (p.q != nullptr) {
+        if (qx[i] != nullptr) {
+          RowsInt8Vnni(*p.q, *qx[i], p.y, r0, r1);
+        } else if (p.q != nullptr) {
           MatvecRowsInt8(*p.q, p.x, p.y, r0, r1);
         } else {
           MatvecRowsF32(p.w, p.cols, p.x, p.y, r0, r1);

@@ -37,7 +37,11 @@ struct Matvec {
   float* y = nullptr;
 };
 
-// Runs every product, rows split across torch's intra-op threads (at::parallel_for).
+// Runs every product (1..8), rows split across torch's intra-op threads
+// (at::parallel_for). On "avx512vnni", an int8 product with cols % 64 == 0 also
+// quantizes its x to int8 (blocks of 32, scale max|x|/127, as llama.cpp's Q8_0
+// activations) and runs int8 x int8 dot products; elsewhere int8 weights are
+// dequantized against the fp32 x (MatvecRowsInt8).
 void RunMatvecs(const Matvec* products, int count);
 
 // Single-threaded y[r] = dot(W[r], x) for rows [r0, r1): what RunMatvecs runs per chunk.
@@ -47,7 +51,7 @@ void MatvecRowsInt8(const Int8Matrix& q, const float* x, float* y, int64_t r0, i
 // y[d] += a * x[d] for d < n.
 void Axpy(float a, const float* x, float* y, int64_t n);
 
-// "avx512", "avx2" or "scalar": the kernels this CPU runs.
+// "avx512vnni", "avx512", "avx2" or "scalar": the kernels this CPU runs.
 std::string_view KernelIsa();
 // Makes every later call run the kernels of `isa` (one of the names above) for
 // tests and benchmarks; false (and no change) if unknown or this CPU lacks it.
