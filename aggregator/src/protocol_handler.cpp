@@ -22,6 +22,7 @@ UpdateMeta MetaFromHeader(const v1::UpdateHeader& header) {
   meta.train_loss = header.train_loss();
   meta.steps = header.steps();
   meta.encoded_bytes = header.total_bytes();
+  meta.feedback_examples = header.feedback_examples();
   return meta;
 }
 

@@ -521,6 +521,11 @@ UpdateVerdict RoundEngine::AddLocked(const UpdateMeta& meta, const TensorBundle&
   }
   current_.bytes_up += meta.encoded_bytes;
   current_.raw_bytes_up += meta.raw_bytes;
+  if (meta.feedback_examples > 0) {
+    // Informational only; bounded so a lying agent cannot bloat the record.
+    current_.feedback_examples[meta.agent_id] =
+        std::min(meta.feedback_examples, kMaxReportedFeedbackExamples);
+  }
   if (metrics_) metrics_->UpdateAccepted(meta.encoded_bytes, meta.raw_bytes);
   UpdateVerdict v;
   v.accepted = true;

@@ -22,6 +22,7 @@ std::string RoundRecordToJson(const RoundRecord& r) {
       {"close_reason", r.close_reason},
   };
   if (r.epsilon) j["epsilon"] = OptionalToJson(r.epsilon);
+  if (!r.feedback_examples.empty()) j["feedback_examples"] = r.feedback_examples;
   return j.dump();
 }
 
@@ -60,6 +61,8 @@ StatusOr<RoundRecord> RoundRecordFromJson(const std::string& json_text) {
     r.global_version = j.at(key).get<int64_t>();
     key = "close_reason";
     r.close_reason = j.value(key, std::string());
+    key = "feedback_examples";
+    if (j.contains(key)) r.feedback_examples = j.at(key).get<std::map<std::string, int64_t>>();
   } catch (const std::exception& e) {
     return InvalidArgumentError(std::string("round record: key \"") + key + "\": " + e.what());
   }

@@ -732,5 +732,31 @@ TEST(EngineOptionsTest, SpecNormSettingsReplaceTheDefaultBound) {
   EXPECT_EQ(EngineOptionsFromSpec(spec).auto_clip_margin, 0);
 }
 
+// Issue 13 item 5: the feedback examples each agent says it trained on are in
+// the round record, by agent, clamped (a self-reported number), and in its JSON.
+TEST_F(RoundEngineTest, RoundRecordCountsFeedbackExamplesPerAgentClamped) {
+  Make(Options(1, 3));
+  JoinAll({"a", "b", "c"});
+  Initialize("a", SmallBundle(1, 2, 0.5f, -1));
+  const std::map<std::string, int64_t> reported = {{"a", 7}, {"b", 0}, {"c", int64_t{1} << 40}};
+  for (const auto& [agent, n] : reported) {
+    UpdateMeta meta;
+    meta.agent_id = agent;
+    meta.round = 1;
+    meta.base_version = 1;
+    meta.num_examples = 10;
+    meta.feedback_examples = n;
+    ASSERT_TRUE(engine_->SubmitUpdate(meta, SmallBundle(0, 0, 0, 0)).accepted);
+  }
+  for (const std::string& agent : {"a", "b", "c"}) ASSERT_TRUE(Evaluate(agent, 1, 2, 0.5, 10).ok());
+  ASSERT_EQ(engine_->GetStatus().rounds.size(), 1u);
+  const RoundRecord r = engine_->GetStatus().rounds[0];
+  EXPECT_EQ(r.feedback_examples,
+            (std::map<std::string, int64_t>{{"a", 7}, {"c", kMaxReportedFeedbackExamples}}));
+  auto back = RoundRecordFromJson(RoundRecordToJson(r));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->feedback_examples, r.feedback_examples);
+}
+
 }  // namespace
 }  // namespace fedge::aggregator

@@ -254,6 +254,7 @@ struct UpdateMeta {
   int steps = 0;
   uint64_t encoded_bytes = 0;
   uint64_t raw_bytes = 0;
+  int64_t feedback_examples = 0;  // agent-reported; informational (RoundRecord.feedback_examples)
 };
 
 struct UpdateVerdict {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,7 +27,15 @@ struct RoundRecord {
   int64_t global_version = 0;        // version produced by this round
   std::string close_reason;          // "all_answered" | "quorum_at_deadline" | "below_quorum_after_extension"
   std::optional<double> epsilon;     // differential privacy spent after this round (absent: DP off)
+  // Feedback examples (the nodes' /v1/feedback) each accepted update says it
+  // trained on, by agent id; agents that reported none are absent. Self-reported
+  // and informational only: clamped to [0, kMaxReportedFeedbackExamples], never
+  // a weight. At most one entry per participant.
+  std::map<std::string, int64_t> feedback_examples;
 };
+
+// spec.feedback.maxExamples' upper bound: no agent holds more.
+inline constexpr int64_t kMaxReportedFeedbackExamples = 100000;
 
 // JSON object text for one record (keys as above; absent optionals are null).
 std::string RoundRecordToJson(const RoundRecord& record);
