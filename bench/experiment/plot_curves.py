@@ -17,6 +17,9 @@ import subprocess
 import sys
 import tempfile
 
+# Legend names for configurations whose name says too little.
+LABELS = {"int8": "fedavg (int8)"}
+
 
 def curves(results):
     """alpha -> [(name, desc, [(round, mean, min, max)...])] in first-appearance order."""
@@ -61,7 +64,7 @@ def gnuplot_script(table, data_path, out_png):
         for name, _, nseeds, _ in rows:
             style = "dashtype 2 lw 2 lc rgb 'black'" if name == "centralized" else "lw 2"
             plots.append("'%s' index %d using 1:2:3:4 with yerrorlines %s title '%s (%d seed%s)'" % (
-                data_path, index, style, name, nseeds, "" if nseeds == 1 else "s"))
+                data_path, index, style, LABELS.get(name, name), nseeds, "" if nseeds == 1 else "s"))
             index += 1
         lines.append("plot " + ", \\\n     ".join(plots))
     lines.append("unset multiplot")

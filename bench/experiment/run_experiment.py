@@ -445,7 +445,8 @@ def write_gap_doc(args, results, started):
             "round (quorum 0), LoRA r=8 on query/value + classifier head, all-MiniLM-L6-v2, training seed 7. "
             "Accuracy is the example-weighted held-out accuracy of the global over every agent's test slice "
             "(2,000 examples) after each round (round records); mean and min–max over the seeds. Δ is "
-            "against the mean of the centralized reference over the same seeds (`fedge run --centralized`: "
+            "against the mean of the centralized reference over the seeds it ran at (its row lists them; "
+            "`fedge run --centralized`: "
             "one agent on the union of the shards, localSteps × agents steps per round). \"First round "
             "within 1 point\": the first round whose seed-mean accuracy is at least the centralized final "
             "mean − 0.01." % (
