@@ -285,6 +285,11 @@ StatusOr<JobStatus> ParseJobStatus(const std::string& text) {
         rs.seconds = Number<double>(r, "seconds");
         rs.global_version = Number<int64_t>(r, "global_version");
         rs.epsilon = OptionalNumber(r, "epsilon");
+        if (auto fb = r.find("feedback_examples"); fb != r.end() && fb->is_object()) {
+          for (const auto& [agent, n] : fb->items()) {
+            if (n.is_number_integer()) rs.feedback_examples[agent] = n.get<int64_t>();
+          }
+        }
         s.rounds.push_back(rs);
       }
     }
@@ -330,6 +335,11 @@ std::string FormatRoundLine(const RoundStatus& r, int64_t total_rounds) {
   out << "  up " << FormatBytes(r.BytesUpPerAgent()) << "/agent  down " << FormatBytes(r.BytesDownPerAgent())
       << "/agent  " << Fixed(r.seconds, "%.1f") << " s";
   if (r.epsilon) out << "  epsilon " << Fixed(r.epsilon, "%.3f");
+  if (!r.feedback_examples.empty()) {
+    int64_t total = 0;
+    for (const auto& [agent, n] : r.feedback_examples) total += n;
+    out << "  feedback " << total << " examples/" << r.feedback_examples.size() << " agents";
+  }
   return out.str();
 }
 
@@ -375,6 +385,7 @@ std::string RunSummaryJson(const RunSummary& s) {
     j["bytes_down"] = static_cast<uint64_t>(std::llround(r.BytesDownPerAgent()));
     j["seconds"] = r.seconds;
     if (r.epsilon) j["epsilon"] = *r.epsilon;
+    if (!r.feedback_examples.empty()) j["feedback_examples"] = r.feedback_examples;
     rounds.push_back(j);
   }
   nlohmann::ordered_json j;

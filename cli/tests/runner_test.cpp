@@ -323,6 +323,12 @@ TEST(JobStatusTest, FormatsRoundLinePerAgent) {
   EXPECT_EQ(FormatRoundLine(dp, 5),
             "round 2/5  participants 3  loss -  accuracy -  up 100 B/agent  down 200 B/agent  1.0 s  epsilon "
             "2.168");
+  RoundStatus fb = s->rounds[1];  // agents trained on their nodes' feedback
+  fb.feedback_examples = {{"agent-0", 5}, {"agent-2", 12}};
+  EXPECT_EQ(
+      FormatRoundLine(fb, 5),
+      "round 2/5  participants 3  loss -  accuracy -  up 100 B/agent  down 200 B/agent  1.0 s  feedback 17 "
+      "examples/2 agents");
   EXPECT_EQ(FormatStatusLine(*s, 42.0), "[  42.0 s] Running: round 3/5, train; 4 agents joined");
   JobStatus waiting;
   waiting.state = "WaitingForAgents";

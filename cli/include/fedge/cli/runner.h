@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -108,6 +109,9 @@ struct RoundStatus {
   double seconds = 0;
   int64_t global_version = 0;
   std::optional<double> epsilon;  // differential privacy spent after the round (DP jobs)
+  // Feedback examples each agent trained on in the round (agent-reported; only
+  // agents that reported some).
+  std::map<std::string, int64_t> feedback_examples;
 
   // Per-agent traffic: uploads over participants, downloads over the agents
   // that received the model (max of invited and participants).
