@@ -189,7 +189,7 @@ def main():
         ports[mode] = port
         aggregators[mode] = agg_http
 
-    results = {}
+    results, probe = {}, {1: float("nan"), 8: float("nan")}
     answers = {"batched": [], "unbatched": []}  # (text, model, label, scores) of every answer under load
     bad = []
     try:
@@ -222,6 +222,23 @@ def main():
                 d = reply["data"][0]
                 reference[mode][text] = (d["label"], d["scores"])
                 versions.setdefault(mode, set()).add(reply["model"])
+        # The model alone: one client, one request at a time, k texts per request (one
+        # Classify call of k texts) on the unbatched agent: texts/s at k = 1 vs 8 is what
+        # batching can gain inside the model on this CPU, without HTTP or scheduling.
+        probe = {}
+        for k in (1, 8, 1, 8):
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < args.seconds / 2:
+                chunk = [texts[(n * k + j) % len(texts)] for j in range(k)]
+                code, body = http("POST", f"http://127.0.0.1:{ports['unbatched']}/v1/classify", {"input": chunk},
+                                  timeout=60)
+                if code != 200:
+                    sys.exit(f"probe: {code} {body[:200]}")
+                n += 1
+            probe.setdefault(k, []).append(n * k / (time.perf_counter() - t0))
+        probe = {k: max(v) for k, v in probe.items()}
+        print(f"  model probe (one client, k texts per request): k=1 {probe[1]:.1f} texts/s, k=8 {probe[8]:.1f} "
+              f"texts/s: x{probe[8] / probe[1]:.2f}", flush=True)
         for rep in range(args.repeats):
             for n in counts:
                 for mode in ("unbatched", "batched") if rep % 2 == 0 else ("batched", "unbatched"):
@@ -289,12 +306,15 @@ def main():
     print("req/s per round (unbatched / batched): " + "; ".join(
         f"{p['clients']} clients {p['unbatched']['rps_runs']} / {p['batched']['rps_runs']}" for p in summary))
     print(f"answers under load compared with the same agent's answer alone: {compared}")
+    print(f"model probe: one request of 8 texts vs 8 requests of 1, one client: texts/s x{probe[8] / probe[1]:.2f} "
+          f"({probe[1]:.1f} -> {probe[8]:.1f})")
     if args.json:
         with open(args.json, "w") as f:
             for p in summary:
                 for mode in ("unbatched", "batched"):
                     p[mode].pop("latencies", None)
             json.dump({"threads": args.threads, "seconds": args.seconds, "repeats": args.repeats, "points": summary,
+                       "probe_texts_per_s": probe,
                        "compared": compared, "problems": bad}, f, indent=2)
     if args.keep:
         print(f"work dir kept: {tmp}")
