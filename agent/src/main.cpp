@@ -79,8 +79,9 @@ int main(int argc, char** argv) {
                  "together (default 16; 1 turns batching off)");
   app.add_option("--max-batch-tokens", flags.max_batch_tokens,
                  "padded tokens (inputs x the longest) per batched forward pass (default 4096)");
-  app.add_option("--max-queued-requests", flags.max_queued_requests,
-                 "inference requests that may wait for the model; more get 429 with Retry-After (default 64)");
+  app.add_option(
+      "--max-queued-requests", flags.max_queued_requests,
+      "inference requests that may wait for the model; more get 429 with Retry-After (default 64)");
   app.add_option("--batch-gather-window-us", flags.batch_gather_window_us,
                  "microseconds the scheduler waits for more requests before a pass when clients were "
                  "concurrent (default 2000; never when one client is alone)");

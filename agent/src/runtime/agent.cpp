@@ -284,8 +284,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   // Handlers block while their request waits in the scheduler's queue, so the
   // worker pool holds every queued request, a full batch and a few cheap routes.
   HttpServerOptions http_options;
-  http_options.worker_threads = static_cast<int>(settings.scheduling.max_queued_requests) +
-                                settings.scheduling.max_batch_size + 8;
+  http_options.worker_threads =
+      static_cast<int>(settings.scheduling.max_queued_requests) + settings.scheduling.max_batch_size + 8;
   a->http_ = std::make_unique<HttpServer>(settings.http, http_options);
   a->api_->Register(*a->http_);
   FEDGE_RETURN_IF_ERROR(a->http_->Start());

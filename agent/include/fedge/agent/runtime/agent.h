@@ -78,7 +78,7 @@ struct AgentSettings {
   TlsFilePaths tls_files;      // the --tls-* paths: re-read when they change (certificate rotation)
   std::string api_token_file;  // empty: the inference API needs no token
   uint64_t feedback_max_bytes = StateStoreOptions::kDefaultFeedbackMaxBytes;
-  std::string job_uid;  // empty: the state directory is used whatever run left it
+  std::string job_uid;          // empty: the state directory is used whatever run left it
   SchedulerOptions scheduling;  // validated
 };
 
