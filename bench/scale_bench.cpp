@@ -545,7 +545,7 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
   // Bandwidth: the fused kernel against memcpy in this process, at the
   // update's size (cache-resident sums) and at a 4M-value model (DRAM).
   std::printf("decode+accumulate kernel vs memcpy bandwidth (bytes read + written per second):\n");
-  for (size_t values : {n, size_t{4'000'000}}) {
+  for (size_t values : {n, size_t{32'000'000}}) {
     const KernelRate k = FusedKernelRate(values, block);
     const size_t moved = values + 4 * ((values + block - 1) / block) + 16 * values;
     const double mc_same = MemcpyBandwidth(moved / 2);
@@ -587,6 +587,7 @@ struct RunResult {
   uint64_t rejected = 0;
   uint64_t rpc_errors = 0;
   uint64_t get_tasks = 0;  // GetTask calls of the whole run (join to done)
+  int channels = 0;        // gRPC channels (TCP connections) the agents used
   bool ok = false;
   std::string error;
 };
@@ -661,9 +662,16 @@ class Bench {
       _exit(127);
     }
 
+    // A long-polled GetTask holds an HTTP/2 stream, and the aggregator allows
+    // 16 per connection (ServerOptions::max_streams_per_connection): a real
+    // agent has its own connection, here at most kAgentsPerChannel share one.
+    constexpr int kAgentsPerChannel = 12;
+    const int channel_count =
+        wait_ms_ > 0 ? std::max(channels_, (agents + kAgentsPerChannel - 1) / kAgentsPerChannel) : channels_;
+    result.channels = channel_count;
     std::vector<std::shared_ptr<grpc::Channel>> channels;
     std::vector<std::unique_ptr<v1::Aggregator::Stub>> stubs;
-    for (int c = 0; c < channels_; ++c) {
+    for (int c = 0; c < channel_count; ++c) {
       grpc::ChannelArguments args;
       args.SetInt("fedge.bench.channel", c);  // distinct args: a TCP connection each
       args.SetMaxReceiveMessageSize(8 << 20);
@@ -682,7 +690,7 @@ class Bench {
     agents_.assign(static_cast<size_t>(agents), SimAgent{});
     for (int i = 0; i < agents; ++i) {
       agents_[static_cast<size_t>(i)].id = "agent-" + std::to_string(i);
-      agents_[static_cast<size_t>(i)].channel = i % channels_;
+      agents_[static_cast<size_t>(i)].channel = i % channel_count;
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -938,7 +946,10 @@ class Bench {
       SimAgent& a = agents_[static_cast<size_t>(index)];
       int delay_ms = 0;
       if (!s.ok()) {
-        ++rpc_errors_;
+        if (++rpc_errors_ <= 3) {
+          std::fprintf(stderr, "GetTask of %s failed: %d %s\n", a.id.c_str(),
+                       static_cast<int>(s.error_code()), s.error_message().c_str());
+        }
         if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) a.session.clear();
         delay_ms = 500;
       } else if (call->task.kind() == v1::TASK_KIND_WAIT) {
@@ -1071,12 +1082,13 @@ int main(int argc, char** argv) {
     const double rpm = r.seconds > 0 ? 60.0 * r.rounds / r.seconds : 0;
     std::printf(
         "agents %5d: %d rounds in %.1f s = %.2f rounds/min; %llu updates accepted, %llu rejected, %llu rpc "
-        "errors; %.1f GetTask calls per agent per round; aggregator CPU %.2f s = %.3f ms per update; RSS "
+        "errors; %d connections, %.1f GetTask calls per agent per round; aggregator CPU %.2f s = %.3f ms per "
+        "update; RSS "
         "after "
         "init %.1f MiB, peak (VmHWM) %.1f MiB, growth %.1f MiB = %.1fx the fp32 model\n",
         n, r.rounds, r.seconds, rpm, static_cast<unsigned long long>(r.updates),
         static_cast<unsigned long long>(r.rejected), static_cast<unsigned long long>(r.rpc_errors),
-        static_cast<double>(r.get_tasks) / n / r.rounds, r.cpu_seconds,
+        r.channels, static_cast<double>(r.get_tasks) / n / r.rounds, r.cpu_seconds,
         r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0,
         r.baseline_rss_kib / 1024.0, r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
         (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()));

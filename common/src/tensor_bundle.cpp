@@ -448,12 +448,27 @@ class ZstdSource : public BodySource {
   // One decompression context per thread, reset for every bundle: creating
   // one per decode (and zeroing its workspace) cost more than decompressing
   // an 83 KB update (issue 14, item 2). A thread decodes one bundle at a time.
+  // A context that grew a large window (a large bundle) is freed after its
+  // decode rather than kept for the thread's lifetime.
+  static constexpr size_t kKeepDCtxBytes = 4u << 20;
+  using DCtxPtr = std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)>;
+  static DCtxPtr& ThreadSlot() {
+    thread_local DCtxPtr ctx(nullptr, &ZSTD_freeDCtx);
+    return ctx;
+  }
   static ZSTD_DCtx* ThreadDCtx() {
-    thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> ctx(ZSTD_createDCtx(), &ZSTD_freeDCtx);
+    DCtxPtr& ctx = ThreadSlot();
+    if (ctx == nullptr) ctx.reset(ZSTD_createDCtx());
     if (ctx == nullptr) DieBecause("ZSTD_createDCtx failed", InternalError("out of memory"));
     return ctx.get();
   }
 
+ public:
+  ~ZstdSource() override {
+    if (ZSTD_sizeof_DCtx(dctx_) > kKeepDCtxBytes) ThreadSlot().reset();
+  }
+
+ private:
   ZSTD_DCtx* const dctx_;
   ZSTD_inBuffer input_;
   uint64_t body_size_;
