@@ -140,6 +140,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="fedge-agent --threads (torch intra-op)")
     ap.add_argument("--max-batch-size", type=int, default=16, help="the batched agent's --max-batch-size")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds over every point")
+    ap.add_argument("--gather-window-us", type=int, help="the batched agent's --batch-gather-window-us "
+                    "(default: the agent's)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
@@ -185,7 +187,9 @@ def main():
                                 f"agent-{mode}", "--node-name", "node-0", "--data-dir", os.path.join(data, "agent-0"),
                                 "--model-dir", MODEL, "--http", f"127.0.0.1:{port}", "--threads", str(args.threads),
                                 "--state-dir", os.path.join(tmp, f"state-{mode}"), "--log-format", "json",
-                                "--max-batch-size", str(batch)])
+                                "--max-batch-size", str(batch)] +
+              (["--batch-gather-window-us", str(args.gather_window_us)]
+               if args.gather_window_us is not None and mode == "batched" else []))
         ports[mode] = port
         aggregators[mode] = agg_http
 
