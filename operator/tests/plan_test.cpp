@@ -133,6 +133,12 @@ TEST(PlanTest, Table) {
            if (a.resource == &res::kPersistentVolumes) EXPECT_EQ(a.wave, Wave::kPerNode) << a.Describe();
          }
          EXPECT_EQ(Find(p, "apply federatedtrainingjobs/wn")->wave, Wave::kJob);
+         // Regression (the chart's namespaced RBAC on the real API server): a binding applied
+         // beside its Role failed the escalation check with NotFound.
+         EXPECT_LT(static_cast<int>(Find(p, "apply roles/wn-aggregator")->wave),
+                   static_cast<int>(Find(p, "apply rolebindings/wn-aggregator")->wave));
+         EXPECT_LT(static_cast<int>(Find(p, "sync-credentials wn-credentials")->wave),
+                   static_cast<int>(Find(p, "sync-agent-credentials edge-a")->wave));
          EXPECT_TRUE(Find(p, "apply federatedtrainingjobs/wn")->takes_job_version);
        }},
       {"steady state: nothing to write",

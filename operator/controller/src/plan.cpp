@@ -98,7 +98,7 @@ struct Planner {
     plan.actions.push_back(std::move(a));
     return plan.actions.back();
   }
-  void ApplyIfChanged(const Resource& r, Json desired) {
+  void ApplyIfChanged(const Resource& r, Json desired, Wave wave = Wave::kShared) {
     std::string name = desired["metadata"].value("name", "");
     std::string hash = Sha(desired.dump());
     ObjectPtr cur = o.Find(r, name);
@@ -106,7 +106,7 @@ struct Planner {
       return;  // unchanged since we last applied it
     }
     desired["metadata"]["annotations"][kHashAnnotation] = hash;
-    Add(ActionKind::kApply, Wave::kShared, r, name).object = std::move(desired);
+    Add(ActionKind::kApply, wave, r, name).object = std::move(desired);
   }
   void CreateIfAbsent(const Resource& r, Json desired, Wave wave) {
     std::string name = desired["metadata"].value("name", "");
@@ -334,7 +334,10 @@ void Planner::Children() {
 
   ApplyIfChanged(res::kServiceAccounts, DesiredServiceAccount(job));
   ApplyIfChanged(res::kRoles, DesiredRole(job));
-  ApplyIfChanged(res::kRoleBindings, DesiredRoleBinding(job));
+  // After its Role: the API server's RBAC escalation check evaluates the Role a binding
+  // names, so a binding written beside it fails with NotFound for an operator that holds
+  // only namespaced rights (the chart's watchNamespace RBAC).
+  ApplyIfChanged(res::kRoleBindings, DesiredRoleBinding(job), Wave::kPerNode);
 
   // Credentials. The job's Secret holds exactly one token per selected node; when the
   // cached copy does not, Apply syncs it (reading the live object first) and then checks

@@ -71,9 +71,11 @@ enum class ActionKind {
   kSyncApiToken,          // <job>-inference-token, made once
 };
 
-// Waves run in this order; the actions of one wave run in parallel. A wave with a failed
-// action stops the pass before the next wave; the status is written after kPods in any
-// case, and kAfterStatus runs only when every earlier wave succeeded.
+// Waves run in this order; the actions of one wave run in parallel, so an object that
+// refers to another child goes in a later wave than it (agent Secrets after the job's
+// credentials, a RoleBinding after its Role, pods after their Secrets and claims). A wave
+// with a failed action stops the pass before the next wave; the status is written after
+// kPods in any case, and kAfterStatus runs only when every earlier wave succeeded.
 enum class Wave { kJob = 0, kShared = 1, kPerNode = 2, kPods = 3, kAfterStatus = 4 };
 
 struct PlannedEvent {
