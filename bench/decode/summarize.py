@@ -8,7 +8,7 @@ import sys
 LABELS = {
     ("fedge", "torch"): "fedge fp32, op-by-op libtorch step (before)",
     ("fedge", "f32"): "fedge fp32",
-    ("fedge", "int8"): "fedge int8 (weight-only, per channel)",
+    ("fedge", "int8"): "fedge int8 (weight-only)",
     ("llama.cpp", "f32"): "llama.cpp F32",
     ("llama.cpp", "f16"): "llama.cpp F16",
     ("llama.cpp", "q8_0"): "llama.cpp Q8_0",
