@@ -49,9 +49,11 @@ std::vector<json> ReadLines(const std::string& path) {
 
 class FeedbackLogTest : public ::testing::Test {
  protected:
-  void Start(uint64_t max_bytes, bool enabled = true) {
+  // `labels` empty: a causal-LM job's model (no labels), whose feedback is a
+  // prompt and a preferred completion.
+  void Start(uint64_t max_bytes, bool enabled = true, std::vector<std::string> labels = TestLabels()) {
     dir_ = TestDir();
-    auto model = std::make_unique<FakeClassifier>(TestLabels());
+    auto model = std::make_unique<FakeClassifier>(std::move(labels));
     serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job");
     StateStoreOptions options;
     options.feedback_max_bytes = max_bytes;
@@ -212,6 +214,31 @@ TEST_F(FeedbackLogTest, GenerativeFieldsOnAClassifierJobAreA400) {
   EXPECT_NE(json::parse(r.body)["error"]["message"].get<std::string>().find("\"label\""), std::string::npos)
       << r.body;
   EXPECT_FALSE(fs::exists(store_->FeedbackPath()));
+}
+
+TEST_F(FeedbackLogTest, GenerativeJobStoresPromptAndPreferredCompletion) {
+  Start(/*max_bytes=*/1 << 20, /*enabled=*/true, /*labels=*/{});
+  auto post = [&](const json& body) {
+    return HttpCall(server_->port(), "POST", "/v1/feedback", body.dump());
+  };
+  HttpReply ok = post({{"prompt", "violin:"}, {"completion", " a bowed string instrument"}});
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_FALSE(json::parse(ok.body).contains("label"));
+  HttpReply text_label = post({{"text", "violin"}, {"label", "noun.artifact"}});
+  EXPECT_EQ(text_label.status, 400) << text_label.body;
+  EXPECT_NE(json::parse(text_label.body)["error"]["message"].get<std::string>().find("\"completion\""),
+            std::string::npos);
+  HttpReply no_completion = post({{"prompt", "violin:"}});
+  EXPECT_EQ(no_completion.status, 400);
+  EXPECT_EQ(json::parse(no_completion.body)["error"]["code"], "missing_completion");
+  HttpReply too_long = post({{"prompt", "violin:"}, {"completion", std::string(16385, 'x')}});
+  EXPECT_EQ(too_long.status, 400);
+  EXPECT_EQ(json::parse(too_long.body)["error"]["code"], "input_too_long");
+  auto held = store_->Feedback();
+  ASSERT_TRUE(held.ok());
+  ASSERT_EQ(held->size(), 1u);
+  EXPECT_EQ((*held)[0].text, "violin:");
+  EXPECT_EQ((*held)[0].completion, " a bowed string instrument");
 }
 
 }  // namespace

@@ -15,8 +15,11 @@
 //     -> {"object": "list", "model": ..., "data": [{"object": "embedding", "index": 0,
 //         "embedding": [...] | "<base64 of little-endian float32>"}],
 //         "usage": {"prompt_tokens": N, "total_tokens": N}}
-//   POST /v1/feedback    {"text": string, "label": one of the job's labels}
-//     -> {"object": "feedback", "stored": true}
+//   POST /v1/feedback    {"text": string, "label": one of the job's labels}, or on a
+//     causal-LM job {"prompt": string, "completion": the preferred completion}
+//     -> {"object": "feedback", "stored", "duplicate", "examples", "dropped"}
+//     (StateStore::AddFeedback; 403 feedback_disabled when spec.feedback.enabled
+//     is false)
 //   POST /v1/completions, /v1/chat/completions (causal-LM jobs; fields in
 //     openai_request.h): OpenAI's text_completion / chat.completion objects, or with
 //     "stream": true server-sent events "data: <chunk>\n\n" (text_completion /
