@@ -353,6 +353,7 @@ StatusOr<std::optional<Roster>> SecAggServer::RosterFor(const std::string& agent
 Status SecAggServer::ShareKeys(const std::string& agent_id, std::vector<EncryptedShare> shares, int64_t now) {
   Member* m = Find(agent_id);
   if (m == nullptr) return FailedPreconditionError("agent " + agent_id + " is not in this round's roster");
+  if (m->shared && shares.empty()) return OkStatus();  // a poll after sharing
   if (phase_ != SecAggPhase::kShare) {
     if (m->shared) return OkStatus();  // a retried call
     return FailedPreconditionError("secure aggregation of round " + std::to_string(options_.round) +

@@ -191,6 +191,11 @@ RoundResult RunRound(int n, int neighbours, const std::set<int>& drop_before_mas
     auto shares = clients[i].ShareKeys(**roster);
     EXPECT_TRUE(shares.ok()) << shares.status().ToString();
     EXPECT_TRUE(server.ShareKeys(so.invited[i], *shares, now).ok());
+    if (i == 0) {
+      // A poll without shares once they are in; an empty first call is refused.
+      EXPECT_TRUE(server.ShareKeys(so.invited[0], {}, now).ok());
+      EXPECT_FALSE(server.ShareKeys(so.invited[1], {}, now).ok());
+    }
   }
   EXPECT_EQ(server.phase(), SecAggPhase::kMasked);
   std::mt19937_64 rng(7);

@@ -125,6 +125,7 @@ StatusOr<SecAggReport> RunSecureAggregation(v1::Aggregator::Stub* stub, int64_t 
     if (st.code() == StatusCode::kFailedPrecondition) return left("share", st);
     FEDGE_RETURN_IF_ERROR(st);
     if (inbox.ready()) break;
+    share_req.clear_shares();  // they are in: poll without resending them
     if (!hooks.sleep(std::chrono::milliseconds(std::clamp(inbox.retry_after_ms(), 10, 5000)))) {
       return CancelledError("stopping");
     }

@@ -197,6 +197,7 @@ class SecAggServer {
   // nullopt while keys are still being collected.
   StatusOr<std::optional<Roster>> RosterFor(const std::string& agent_id) const;
 
+  // Once an agent's shares are in, a call with no shares is a poll (OK).
   Status ShareKeys(const std::string& agent_id, std::vector<EncryptedShare> shares, int64_t now);
   StatusOr<std::optional<std::vector<EncryptedShare>>> InboxFor(const std::string& agent_id) const;
 
