@@ -5,6 +5,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdlib>
+
+#include "fedge/agent/llm/causal_lm.h"
 #include "fedge/file_util.h"
 #include "llm_internal/llama.h"
 #include "llm_internal/llama_decode.h"
@@ -284,6 +287,39 @@ TEST(LlamaDecodeTest, FullCacheIsAnErrorNotAnOverrun) {
   KvCache fresh = KvCache::Allocate(model->config(), 1, 3);
   EXPECT_THROW(model->forward(torch::full({1, 1}, 301, torch::kLong), &fresh, true), c10::Error);
   EXPECT_EQ(fresh.length, 0);
+}
+
+}  // namespace
+}  // namespace fedge::agent::llm
+
+namespace fedge::agent::llm {
+namespace {
+
+// The serving option: CausalLmOptions::decode_weights, else FEDGE_DECODE_WEIGHTS.
+TEST(LlamaDecodeTest, CausalLmDecodeWeightsOptionIsCheckedAndServes) {
+  const std::string dir = std::string(FEDGE_GOLDEN_DIR) + "/llm/tiny_llama";
+  GenerationOptions greedy;
+  greedy.max_new_tokens = 6;
+  greedy.stop_at_eos = false;
+  greedy.sampling.temperature = 0;
+  auto int8 = CausalLm::Load({.model_dir = dir, .decode_weights = "int8"});
+  ASSERT_TRUE(int8.ok()) << int8.status().ToString();
+  auto out = (*int8)->GenerateFromIds({1, 2, 3}, greedy);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->token_ids.size(), 6u);
+
+  auto bad = CausalLm::Load({.model_dir = dir, .decode_weights = "int4"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("f32 or int8"), std::string::npos) << bad.status().ToString();
+
+  ::setenv("FEDGE_DECODE_WEIGHTS", "fp8", 1);
+  auto env_bad = CausalLm::Load({.model_dir = dir});
+  ::setenv("FEDGE_DECODE_WEIGHTS", "int8", 1);
+  auto env_int8 = CausalLm::Load({.model_dir = dir});
+  ::unsetenv("FEDGE_DECODE_WEIGHTS");
+  EXPECT_FALSE(env_bad.ok());
+  EXPECT_TRUE(env_int8.ok()) << env_int8.status().ToString();
 }
 
 }  // namespace
