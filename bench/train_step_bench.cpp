@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "bert.h"
+#include "bert/bert.h"
 #include "fedge/safetensors.h"
 #include "fedge/version.h"
 

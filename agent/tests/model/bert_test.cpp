@@ -1,12 +1,12 @@
 // BERT encoder and LoRA layer tests. The golden comparisons run the real
 // all-MiniLM-L6-v2 against transformers' outputs (tests/golden/make_goldens.py).
-#include "bert.h"
+#include "bert/bert.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include "fedge/agent/wordpiece_tokenizer.h"
-#include "lora.h"
+#include "peft/lora.h"
 #include "test_util.h"
 
 namespace fedge::agent {

@@ -8,7 +8,7 @@
 #include <cstdio>
 
 #include "fedge/agent/text_classifier.h"
-#include "lora.h"
+#include "peft/lora.h"
 #include "test_util.h"
 
 namespace fedge::agent {

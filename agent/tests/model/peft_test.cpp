@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "bert_token_classifier.h"
+#include "bert/bert_token_classifier.h"
 #include "fedge/agent/peft_adapter.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/file_util.h"

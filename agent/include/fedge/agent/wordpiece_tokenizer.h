@@ -14,7 +14,7 @@
 // unmatchable piece becomes [UNK].
 //
 // Unicode data (categories, decompositions, lower-case) is generated from
-// Python's unicodedata 14.0 (agent/src/model/gen_unicode_tables.py); Hangul
+// Python's unicodedata 14.0 (agent/src/model/tokenizer/gen_unicode_tables.py); Hangul
 // syllables are decomposed algorithmically. Known limits: unassigned code
 // points (Cn) are kept, where the Rust implementation drops them; special
 // tokens written literally in the input ("[CLS]") are tokenized as text, not

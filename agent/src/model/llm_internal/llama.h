@@ -23,7 +23,7 @@
 #include "fedge/agent/llm/llama_config.h"
 #include "fedge/safetensors.h"
 #include "fedge/status.h"
-#include "lora.h"
+#include "peft/lora.h"
 
 namespace fedge::agent::llm {
 

@@ -15,7 +15,7 @@
 
 #include "fedge/safetensors.h"
 #include "fedge/status.h"
-#include "lora.h"
+#include "peft/lora.h"
 
 namespace fedge::agent {
 

@@ -9,7 +9,7 @@
 #include "fedge/file_util.h"
 #include "llm_internal/generate.h"
 #include "llm_internal/llama.h"
-#include "llm_internal/llama_data.h"
+#include "llama/llama_data.h"
 
 namespace fedge::agent::llm {
 namespace {

@@ -1,4 +1,4 @@
-#include "llm_internal/llama_data.h"
+#include "llama/llama_data.h"
 
 #include "llm_internal/llama.h"
 

@@ -13,12 +13,12 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "bert.h"
+#include "bert/bert.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/agent/wordpiece_tokenizer.h"
 #include "fedge/log.h"
 #include "fedge/safetensors.h"
-#include "lora.h"
+#include "peft/lora.h"
 
 namespace fedge::agent {
 namespace {

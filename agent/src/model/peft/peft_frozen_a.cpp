@@ -3,9 +3,9 @@
 // regenerates it and import checks an adapter's A is the job's.
 #include <filesystem>
 
-#include "bert.h"
+#include "bert/bert.h"
 #include "fedge/agent/peft_adapter.h"
-#include "lora.h"
+#include "peft/lora.h"
 
 namespace fedge::agent {
 namespace {

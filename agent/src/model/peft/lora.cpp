@@ -1,4 +1,4 @@
-#include "lora.h"
+#include "peft/lora.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 

@@ -2,7 +2,7 @@
 """Generates bpe_tokenizer_unicode.inc: the Unicode classes the byte-level BPE
 pre-tokenizer regexes use (\\p{L} letters, \\p{N} numbers), as one sorted range table.
 
-Run: python3 agent/src/model/bpe_tokenizer_gen_unicode.py > agent/src/model/bpe_tokenizer_unicode.inc
+Run: python3 agent/src/model/tokenizer/bpe_tokenizer_gen_unicode.py > agent/src/model/tokenizer/bpe_tokenizer_unicode.inc
 
 Hugging Face `tokenizers` evaluates these regexes with Oniguruma 6.9.8 (Unicode 14);
 Python 3.11's unicodedata is Unicode 14 as well, so the classes agree.

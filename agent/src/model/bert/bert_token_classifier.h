@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "bert.h"
+#include "bert/bert.h"
 #include "fedge/agent/peft_adapter.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"

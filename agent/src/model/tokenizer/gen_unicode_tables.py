@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates unicode_tables.inc for the WordPiece tokenizer's BERT normalizer.
 
-Run: python3 agent/src/model/gen_unicode_tables.py > agent/src/model/unicode_tables.inc
+Run: python3 agent/src/model/tokenizer/gen_unicode_tables.py > agent/src/model/tokenizer/unicode_tables.inc
 
 The tables come from Python's unicodedata (its Unicode version is recorded in the
 output). They cover what BERT's normalizer needs:

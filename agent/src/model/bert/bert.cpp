@@ -1,4 +1,4 @@
-#include "bert.h"
+#include "bert/bert.h"
 
 #include <cmath>
 #include <cstring>

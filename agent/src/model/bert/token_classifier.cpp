@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "bert_token_classifier.h"
+#include "bert/bert_token_classifier.h"
 #include "fedge/agent/peft_adapter.h"
 #include "fedge/agent/wordpiece_tokenizer.h"
 #include "fedge/file_util.h"

@@ -1,4 +1,4 @@
-#include "bert_token_classifier.h"
+#include "bert/bert_token_classifier.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
