@@ -113,6 +113,14 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--serve", run.serve,
                     "after the job succeeds, keep the agents serving inference with the final global\n"
                     "(and the aggregator's status) until Ctrl-C; exit 0 when stopped");
+  run_cmd->add_flag(
+      "--allow-agent-failures", run.allow_agent_failures,
+      "an agent that dies while the job runs is reported (log tail, summary's failed_agents)\n"
+      "and the job goes on without it, as in a cluster once its pod used up backoffLimit: the\n"
+      "aggregator decides whether it can (quorum, round deadlines, secure aggregation's\n"
+      "threshold; it waits for a dead agent until its round deadline and forgets it after\n"
+      "timeoutSeconds + 60 s). Dead agents are not restarted; the run fails when none is left.\n"
+      "Not with --serve. Default: any unexpected exit fails the run");
   run_cmd->add_option("--prometheus-targets", run.prometheus_targets_path,
                       "also write the Prometheus file_sd target list here (e.g. into the targets/ directory\n"
                       "of deploy/prometheus/prometheus.yml); emptied when the run ends");

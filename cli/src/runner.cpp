@@ -396,6 +396,14 @@ std::string RunSummaryJson(const RunSummary& s) {
   j["chance"] = opt(s.baselines.chance);
   j["centralized"] = s.centralized;
   j["wall_seconds"] = s.wall_seconds;
+  if (!s.failed_agents.empty()) {
+    nlohmann::ordered_json failed = nlohmann::ordered_json::array();
+    for (const FailedAgent& f : s.failed_agents) {
+      failed.push_back(
+          {{"name", f.name}, {"how", f.how}, {"at_seconds", f.at_seconds}, {"during_round", f.during_round}});
+    }
+    j["failed_agents"] = failed;
+  }
   return j.dump(2) + "\n";
 }
 
@@ -549,6 +557,12 @@ int ServeUntilSignalled(const RunPlan& plan, Supervisor& sup, SignalScope& signa
 
 int RunJob(const RunOptions& o) {
   const auto start = std::chrono::steady_clock::now();
+  if (o.allow_agent_failures && o.serve) {
+    std::cerr
+        << "error: --allow-agent-failures and --serve do not go together: serving needs every agent up; "
+           "drop one of them\n";
+    return kExitUsage;
+  }
   auto loaded = LoadJobSpec(o.manifest);
   if (!loaded.ok()) {
     std::cerr << "error: invalid manifest: " << loaded.status().message() << "\n";
@@ -647,6 +661,7 @@ int RunJob(const RunOptions& o) {
   };
 
   std::optional<JobStatus> last;
+  std::vector<FailedAgent> failed_agents;  // --allow-agent-failures
   size_t rounds_printed = 0;
   std::string last_status_key;
   auto last_poll = std::chrono::steady_clock::now() - std::chrono::seconds(1);
@@ -678,6 +693,21 @@ int RunJob(const RunOptions& o) {
       // An agent run with --exit-when-done exits 0 as soon as it has been told DONE,
       // which can be just before the next poll shows the job Succeeded. Not a failure:
       // keep polling the aggregator, which decides how the job ended.
+      continue;
+    }
+    if (exited && exited->name != "aggregator" && o.allow_agent_failures && !plan.serve) {
+      FailedAgent f{exited->name, exited->Describe(), Since(start), last ? last->round : 0};
+      failed_agents.push_back(f);
+      int agents_left = 0;
+      for (const std::string& name : sup.RunningNames()) agents_left += name != "aggregator" ? 1 : 0;
+      clear_status();
+      std::cerr << "warning: " << DescribeChildFailure(*exited, 5);
+      if (agents_left == 0) {
+        return fail("every agent has ended; the job cannot go on (logs in " + plan.work_dir + "/logs)");
+      }
+      std::cerr << "  --allow-agent-failures: the job goes on with " << agents_left << " of " << plan.agents
+                << " agents; the aggregator decides whether it can\n"
+                << std::flush;
       continue;
     }
     if (exited) {
@@ -753,6 +783,7 @@ int RunJob(const RunOptions& o) {
   summary.baselines = ReadDataBaselines(plan.data_dir);
   summary.centralized = plan.centralized;
   summary.wall_seconds = Since(start);
+  summary.failed_agents = failed_agents;
 
   char line[256];
   std::snprintf(line, sizeof(line), "\njob %s succeeded in %.1f s\n", spec.Key().c_str(),

@@ -578,5 +578,57 @@ TEST_F(RunJobTest, SucceedsAndWritesSummary) {
   EXPECT_EQ(argv[10], "2");
 }
 
+// --allow-agent-failures: an agent that dies mid-job is reported and the job goes
+// on; the aggregator (here a stand-in that finishes two rounds) decides the outcome.
+TEST_F(RunJobTest, AllowAgentFailuresGoesOnWithoutADeadAgent) {
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 not installed";
+  WriteExecutable(root_ + "/bin/fedge-aggregator", kFakeAggregator);
+  WriteExecutable(root_ + "/bin/fedge-agent",
+                  "#!/bin/sh\ncase \"$6\" in agent-1) echo \"out of memory\"; exit 7;; esac\n"
+                  "state=${16}\nwhile [ ! -f \"$(dirname \"$state\")/aggregator/done\" ]; do sleep 0.05; "
+                  "done\nexit 0\n");
+  options_.rounds = 2;
+  options_.allow_agent_failures = true;
+  testing::internal::CaptureStderr();
+  testing::internal::CaptureStdout();
+  const int rc = RunJob(options_);
+  const std::string out = testing::internal::GetCapturedStdout();
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_EQ(rc, kExitOk) << err << out;
+  EXPECT_NE(err.find("agent-1"), std::string::npos) << err;
+  EXPECT_NE(err.find("exit code 7"), std::string::npos) << err;
+  EXPECT_NE(err.find("| out of memory"), std::string::npos) << err;
+  EXPECT_NE(err.find("goes on with 1 of 2 agents"), std::string::npos) << err;
+  EXPECT_NE(out.find("round 2/2"), std::string::npos) << out;
+  auto j = nlohmann::json::parse(*ReadWholeFile(options_.summary_path));
+  ASSERT_EQ(j["failed_agents"].size(), 1u) << j.dump();
+  EXPECT_EQ(j["failed_agents"][0]["name"], "agent-1");
+  EXPECT_EQ(j["failed_agents"][0]["how"], "exit code 7");
+  EXPECT_EQ(j["rounds"].size(), 2u);
+}
+
+TEST_F(RunJobTest, AllowAgentFailuresStillFailsWhenNoAgentIsLeft) {
+  WriteExecutable(root_ + "/bin/fedge-aggregator", "#!/bin/sh\nexec sleep 60\n");
+  WriteExecutable(root_ + "/bin/fedge-agent", "#!/bin/sh\necho \"cannot load model\"\nexit 7\n");
+  options_.allow_agent_failures = true;
+  testing::internal::CaptureStderr();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(RunJob(options_), kExitJobFailed);
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s) << "the aggregator was stopped promptly";
+  EXPECT_NE(err.find("every agent has ended"), std::string::npos) << err;
+  EXPECT_NE(err.find("stopping 1 remaining process(es)"), std::string::npos) << err;
+}
+
+TEST_F(RunJobTest, AllowAgentFailuresWithServeIsAUsageError) {
+  options_.allow_agent_failures = true;
+  options_.serve = true;
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(RunJob(options_), kExitUsage);
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("--allow-agent-failures and --serve"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(options_.work_dir));
+}
+
 }  // namespace
 }  // namespace fedge::cli

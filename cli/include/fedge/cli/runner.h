@@ -43,6 +43,13 @@ struct RunOptions {
   std::string path_env;  // $PATH, searched last
   // Also write the Prometheus file_sd target list here ("" = only WORK/prometheus/targets.json).
   std::string prometheus_targets_path;
+  // An agent that ends unexpectedly while the job runs is reported (with its log tail
+  // and in the summary's "failed_agents") and the job goes on without it: the aggregator
+  // decides whether it can (quorum, round deadlines, secure aggregation's threshold),
+  // as it does in a cluster once an agent pod has used up runPolicy.backoffLimit. The
+  // run still fails when the aggregator ends or reports Failed, or when no agent is left.
+  // Dead agents are not restarted. Off: any unexpected exit fails the run at once.
+  bool allow_agent_failures = false;
 };
 
 // What `fedge run` will execute: the resolved manifest and where things are.
@@ -149,6 +156,14 @@ struct DataBaselines {
 };
 DataBaselines ReadDataBaselines(const std::string& data_dir);
 
+// An agent that ended while the job ran (--allow-agent-failures).
+struct FailedAgent {
+  std::string name;
+  std::string how;           // ChildExit::Describe(): "signal 9 (Killed)", "exit code 7"
+  double at_seconds = 0;     // since the run started
+  int64_t during_round = 0;  // the aggregator's round when it was noticed (0: not yet running)
+};
+
 struct RunSummary {
   std::string job;
   std::vector<RoundStatus> rounds;
@@ -156,10 +171,12 @@ struct RunSummary {
   DataBaselines baselines;
   bool centralized = false;
   double wall_seconds = 0;
+  std::vector<FailedAgent> failed_agents;
 };
 // {"job","rounds":[{"round","participants","loss","accuracy","bytes_up","bytes_down","seconds"}],
 //  "final_accuracy","majority_baseline","chance","centralized","wall_seconds"}; bytes per agent,
-// absent values as null.
+// absent values as null; "failed_agents": [{"name","how","at_seconds","during_round"}] only
+// when an agent ended during the job.
 std::string RunSummaryJson(const RunSummary& summary);
 
 // The last lines printed about a failed child: name, how it ended, log tail.
