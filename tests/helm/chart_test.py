@@ -263,10 +263,16 @@ class ChartTest(unittest.TestCase):
         self.assertIn("--agent-cert-lifetime=24h", args(render()))
         self.assertIn("--agent-cert-lifetime=90m", args(render("agentCertificateLifetime=90m")))
 
+    def test_apply_concurrency_reaches_the_operator(self):
+        args = lambda d: by_kind(d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]  # noqa
+        self.assertIn("--apply-concurrency=16", args(render()))
+        self.assertIn("--apply-concurrency=4", args(render("applyConcurrency=4")))
+
     def test_schema_refuses_bad_values(self):
         for bad in ("image.pullPolicy=Sometimes", "bogusKey=1", "allowedHostPathPrefixes={relative/dir}",
                     "allowedHostPathPrefixes={/var/lib/../../etc}", "replicas=0", "podAntiAffinity=maybe",
-                    "agentCertificateLifetime=1 day", "agentCertificateLifetime=0h"):
+                    "agentCertificateLifetime=1 day", "agentCertificateLifetime=0h",
+                    "applyConcurrency=0", "applyConcurrency=257"):
             with self.subTest(value=bad):
                 out = helm("template", RELEASE, CHART, "--set", bad, check=False)
                 self.assertNotEqual(out.returncode, 0, f"{bad} was accepted")
