@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "fedge/job_spec_fields.h"
 #include "fedge/log.h"
 
 namespace fedge::aggregator {
@@ -125,6 +126,18 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
                                   engine_->options().job + "\"; check the agent's token secret");
     }
   }
+  // An agent that declares its codecs must offer the job's: it could never
+  // upload an update the round would take. (Declaring none is allowed; every
+  // upload is still checked against the job's codec.)
+  const auto& codecs = request.capabilities().codecs();
+  const std::string& job_codec = engine_->options().train.compression.codec;
+  if (!codecs.empty() && std::find(codecs.begin(), codecs.end(), job_codec) == codecs.end()) {
+    std::string offered;
+    for (const std::string& c : codecs) offered += (offered.empty() ? "" : ", ") + c;
+    return FailedPreconditionError("agent \"" + agent + "\" offers the update codecs " + offered +
+                                   " but job \"" + engine_->options().job + "\" uses " + job_codec +
+                                   " (spec.compression.codec); run an agent that supports it");
+  }
   AgentInfo info;
   info.node_name = request.node_name();
   info.num_train_examples = request.capabilities().num_train_examples();
@@ -172,14 +185,10 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
     c->set_learning_rate(task.config.learning_rate);
     c->set_weight_decay(task.config.weight_decay);
     c->set_seed(task.config.seed);
-    c->set_update_codec(task.config.update_codec);
     c->set_max_seq_len(task.config.max_seq_len);
     c->set_max_grad_norm(task.config.max_grad_norm);
     c->set_proximal_mu(task.config.proximal_mu);
-    c->set_block_size(task.config.block_size);
-    c->set_topk_fraction(task.config.topk_fraction);
-    c->set_error_feedback(task.config.error_feedback);
-    c->set_stochastic_rounding(task.config.stochastic_rounding);
+    FEDGE_RETURN_IF_ERROR(CompressionToWire(task.config.compression, c));
     if (task.config.secure_aggregation) {
       c->mutable_secure_aggregation()->set_enabled(true);
       c->mutable_secure_aggregation()->set_clip_norm(task.config.secagg_clip_norm);
@@ -324,15 +333,25 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
   const bool had_header = before >= kBundleHeaderBytes;
   buffer->append(chunk);
   if (!had_header && buffer->size() >= kBundleHeaderBytes) {
-    // The bundle's own header says how many tensors follow: a count other
-    // than the global's is refused before the rest of the body arrives.
-    if (auto layout = engine_->ExpectedLayout(MetaFromHeader(header)); layout != nullptr) {
-      auto bh = InspectBundle(std::string_view(*buffer).substr(0, kBundleHeaderBytes));
-      if (!bh.ok()) {
-        *rejection = Reject(header, "decode", "cannot decode the update: " + bh.status().message());
-        buffer->resize(before);  // a refused chunk leaves the buffer as it was
+    // The bundle's own header says how it is encoded and how many tensors
+    // follow: a delta in another encoding than the job's (an agent uploading
+    // fp32 in an int8 job, ignoring the task's config), or a tensor count other
+    // than the global's, is refused before the rest of the body arrives. The
+    // initial state (round 0, full state) is fp32 by contract.
+    auto bh = InspectBundle(std::string_view(*buffer).substr(0, kBundleHeaderBytes));
+    if (!bh.ok()) {
+      *rejection = Reject(header, "decode", "cannot decode the update: " + bh.status().message());
+      buffer->resize(before);  // a refused chunk leaves the buffer as it was
+      return false;
+    }
+    if (header.is_delta() && header.round() > 0) {
+      if (Status st = CheckBundleMatches(engine_->options().train.compression, *bh); !st.ok()) {
+        *rejection = Reject(header, "codec", st.message());
+        buffer->resize(before);
         return false;
       }
+    }
+    if (auto layout = engine_->ExpectedLayout(MetaFromHeader(header)); layout != nullptr) {
       if (bh->tensor_count != layout->tensors.size()) {
         *rejection = RejectLayout(header, std::to_string(bh->tensor_count) + " tensors, expected " +
                                               std::to_string(layout->tensors.size()));

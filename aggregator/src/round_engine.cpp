@@ -56,14 +56,10 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.learning_rate_schedule = spec.rounds.learningRateSchedule;
   o.train.weight_decay = static_cast<float>(spec.rounds.weightDecay);
   o.train.seed = spec.rounds.seed;
-  o.train.update_codec = spec.compression.codec;
+  o.train.compression = spec.compression;
   o.train.max_seq_len = spec.model.maxSeqLen;
   o.train.max_grad_norm = static_cast<float>(spec.rounds.maxGradNorm);
   o.train.proximal_mu = static_cast<float>(spec.strategy.proximalMu);
-  o.train.block_size = spec.compression.blockSize;
-  o.train.topk_fraction = spec.compression.topKFraction;
-  o.train.error_feedback = spec.compression.errorFeedback;
-  o.train.stochastic_rounding = spec.compression.stochasticRounding;
   o.strategy = spec.strategy;
   o.max_weight = static_cast<int64_t>(spec.rounds.localSteps) * spec.rounds.batchSize;
   if (spec.strategy.clipNorm == 0 && spec.strategy.maxUpdateNorm == 0) o.auto_clip_margin = kAutoClipMargin;

@@ -23,6 +23,10 @@ class ProtocolHandlerTest : public ::testing::Test {
     // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
     // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
     spec.rounds.learningRate = 1.0;
+    // The test's deltas are compared exactly: the job says fp32 (uncompressed), which
+    // is what Encode() uploads; an upload in another codec is refused.
+    spec.compression.codec = "fp32";
+    spec.compression.zstd = false;
     if (edit) edit(spec);
     auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
     ASSERT_TRUE(engine.ok());
@@ -196,6 +200,64 @@ TEST_F(ProtocolHandlerTest, JoinRefusesMalformedTrainableLayouts) {
   }
 }
 
+// Issue 11: the aggregator never compared an upload's codec with the job's
+// (InspectBundle read only the tensor count). An agent uploading fp32 in an
+// int8 job sent 4x the bytes and bypassed the job's quantization; now the
+// bundle header is checked before the body is taken.
+TEST_F(ProtocolHandlerTest, DeltaInAnotherCodecThanTheJobsIsRefused) {
+  Make(ProtocolOptions{}, [](JobSpec& spec) { spec.compression.codec = "int8"; });
+  JoinAndInitialize();  // the initial state is fp32 by contract, whatever the job's codec
+  v1::Task task = GetTask("a");
+  ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+  ASSERT_EQ(task.config().update_codec(), "int8");
+  const TensorBundle delta = SmallBundle(1, 1, 1, 1);
+
+  const std::string fp32 = Encode(delta);
+  auto r = Submit(UpdateHeaderFor("a", fp32, 1, 1, true), fp32);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_EQ(r.reason_code(), "codec");
+  EXPECT_NE(r.reason().find("update codec fp32 differs from the job's spec.compression.codec int8"),
+            std::string::npos)
+      << r.reason();
+
+  // Right codec, wrong block size (the task says 64).
+  auto int8_bs32 = EncodeBundle(delta, EncodeOptions{Codec::kInt8, 32, /*zstd=*/true, 3});
+  ASSERT_TRUE(int8_bs32.ok());
+  r = Submit(UpdateHeaderFor("a", *int8_bs32, 1, 1, true), *int8_bs32);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("block size 32"), std::string::npos) << r.reason();
+
+  // Top-k sparse in a dense job.
+  EncodeOptions sparse{Codec::kInt8, 64, /*zstd=*/true, 3};
+  sparse.topk_fraction = 0.5;
+  auto topk = EncodeBundle(delta, sparse);
+  ASSERT_TRUE(topk.ok());
+  r = Submit(UpdateHeaderFor("a", *topk, 1, 1, true), *topk);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("top-k"), std::string::npos) << r.reason();
+
+  // What the task asks for is taken.
+  auto int8 = EncodeBundle(delta, EncodeOptions{Codec::kInt8, 64, /*zstd=*/true, 3});
+  ASSERT_TRUE(int8.ok());
+  r = Submit(UpdateHeaderFor("a", *int8, 1, 1, true), *int8);
+  EXPECT_TRUE(r.accepted()) << r.reason();
+}
+
+TEST_F(ProtocolHandlerTest, JoinRefusesAnAgentThatDoesNotOfferTheJobsCodec) {
+  Make(ProtocolOptions{}, [](JobSpec& spec) { spec.compression.codec = "int4"; });
+  v1::JoinRequest req;
+  *req.mutable_header() = Header("a");
+  for (const char* codec : {"fp32", "int8"}) req.mutable_capabilities()->add_codecs(codec);
+  v1::JoinResponse resp;
+  Status s = handler_->Join(req, &resp);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("offers the update codecs fp32, int8 but job \"ns/demo\" uses int4"),
+            std::string::npos)
+      << s.message();
+  req.mutable_capabilities()->add_codecs("int4");
+  EXPECT_TRUE(handler_->Join(req, &resp).ok());
+}
+
 TEST_F(ProtocolHandlerTest, UnknownSessionMustRejoin) {
   ASSERT_TRUE(Join("a").ok());
   v1::TaskRequest req;
@@ -215,7 +277,7 @@ TEST_F(ProtocolHandlerTest, FetchGlobalStreamsChunksWithOffsetsAndChecksum) {
   v1::Task task = GetTask("b");
   ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
   EXPECT_EQ(task.global_version(), 1);
-  EXPECT_EQ(task.config().update_codec(), "int8");
+  EXPECT_EQ(task.config().update_codec(), "fp32");
 
   v1::FetchGlobalRequest req;
   *req.mutable_header() = Header("b");

@@ -128,8 +128,8 @@ TEST_F(RoundEngineTest, WaitsForExpectedAgentsThenOneAgentInitializes) {
   EXPECT_EQ(t.config.local_steps, 7);
   EXPECT_EQ(t.config.batch_size, 5);
   EXPECT_FLOAT_EQ(t.config.learning_rate, 0.25f);
-  EXPECT_EQ(t.config.update_codec, "int8");
-  EXPECT_EQ(t.config.block_size, 32);
+  EXPECT_EQ(t.config.compression.codec, "int8");
+  EXPECT_EQ(t.config.compression.blockSize, 32);
   EXPECT_FLOAT_EQ(t.config.proximal_mu, 0.5f);
   EXPECT_EQ(t.config.max_seq_len, 48);
 }

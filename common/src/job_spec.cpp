@@ -3,6 +3,9 @@
 // `kubectl --validate=strict`), type checks and semantic validation. Every
 // error names the field by its path, shows the bad value and says what is
 // allowed; all errors of a manifest are reported at once, joined by "; ".
+// Which fields exist, their per-field bounds and the order they are written in
+// come from the field table (fedge/job_spec_fields.h); the cross-field rules
+// are in ValidateJobSpec.
 #include "fedge/job_spec.h"
 
 #include <yaml-cpp/yaml.h>
@@ -15,11 +18,16 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string_view>
+#include <type_traits>
+#include <variant>
 
+#include "fedge/job_spec_fields.h"
 #include "fedge/tensor_bundle.h"  // kMinTopkFraction
 
 namespace fedge {
@@ -334,195 +342,6 @@ class Reader {
   }
 };
 
-constexpr int64_t kMaxTolerationSeconds = 30 * 24 * 3600;
-
-// spec.aggregator and spec.agents.{tolerationSeconds,resources} are read only by
-// fedge-operator (from the object, operator/controller/src/desired.cpp); `fedge run`
-// ignores them and JobSpec does not carry them. They are checked here against the
-// CRD's bounds so that a manifest the cluster accepts parses, and one it refuses
-// does not.
-void ReadOperatorOnly(Reader& r, const YAML::Node& aggregator) {
-  const std::string p = "spec.aggregator";
-  r.CheckKeys(aggregator, p, {"checkpoint", "resources"});
-  YAML::Node cp;
-  if (r.Object(aggregator, p, "checkpoint", &cp)) {
-    const std::string pc = p + ".checkpoint";
-    r.CheckKeys(cp, pc, {"enabled", "claimName", "storageClassName", "size"});
-    bool enabled = true;
-    r.Bool(cp, pc, "enabled", &enabled);
-    for (const char* key : {"claimName", "storageClassName"}) {
-      std::string name;
-      r.String(cp, pc, key, &name);
-      r.MaxChars(pc + "." + key, name, 253);
-    }
-    std::string size = "1Gi";
-    r.String(cp, pc, "size", &size);
-    static const std::regex kQuantity("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$");
-    if (!std::regex_match(size, kQuantity)) {
-      r.Error(pc + ".size", "must be a size like 1Gi, 500Mi or 2G, got " + Quote(size));
-    }
-  }
-  YAML::Node resources;
-  r.Object(aggregator, p, "resources", &resources);  // a container's requests and limits, as in a Pod
-}
-
-void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) {
-  const std::string s = "spec";
-  r.CheckKeys(spec, s,
-              {"model", "adapter", "data", "agents", "rounds", "strategy", "compression", "privacy",
-               "runPolicy", "serving", "feedback", "aggregator"});
-  YAML::Node n;
-  if (r.Object(spec, s, "model", &n)) {
-    const std::string p = "spec.model";
-    r.CheckKeys(n, p, {"path", "family", "task", "labels", "maxSeqLen"});
-    r.String(n, p, "path", &job->model.path);
-    r.String(n, p, "family", &job->model.family);
-    r.String(n, p, "task", &job->model.task);
-    r.StringList(n, p, "labels", &job->model.labels);
-    r.Integer(n, p, "maxSeqLen", &job->model.maxSeqLen);
-  }
-  if (r.Object(spec, s, "adapter", &n)) {
-    const std::string p = "spec.adapter";
-    r.CheckKeys(n, p, {"rank", "alpha", "dropout", "targetModules", "aggregation"});
-    r.Integer(n, p, "rank", &job->adapter.rank);
-    r.Double(n, p, "alpha", &job->adapter.alpha);
-    r.Double(n, p, "dropout", &job->adapter.dropout);
-    r.StringList(n, p, "targetModules", &job->adapter.targetModules);
-    r.String(n, p, "aggregation", &job->adapter.aggregation);
-  }
-  if (r.Object(spec, s, "data", &n)) {
-    const std::string p = "spec.data";
-    r.CheckKeys(n, p, {"path", "format", "trainFile", "evalFile"});
-    r.String(n, p, "path", &job->data.path);
-    r.String(n, p, "format", &job->data.format);
-    r.String(n, p, "trainFile", &job->data.trainFile);
-    r.String(n, p, "evalFile", &job->data.evalFile);
-  }
-  if (r.Object(spec, s, "agents", &n)) {
-    const std::string p = "spec.agents";
-    r.CheckKeys(n, p,
-                {"nodeSelector", "minAgents", "maxAgents", "replicas", "tolerationSeconds", "resources"});
-    r.StringMap(n, p, "nodeSelector", &job->agents.nodeSelector);
-    r.Integer(n, p, "minAgents", &job->agents.minAgents);
-    r.Integer(n, p, "maxAgents", &job->agents.maxAgents);
-    r.Integer(n, p, "replicas", &job->agents.replicas);
-    // Operator-only (see ReadOperatorOnly).
-    int64_t toleration = 0;
-    r.Integer(n, p, "tolerationSeconds", &toleration);
-    if (toleration < 0 || toleration > kMaxTolerationSeconds) {
-      r.Error(p + ".tolerationSeconds", "must be in [0, " + std::to_string(kMaxTolerationSeconds) +
-                                            "] (30 days), got " + std::to_string(toleration));
-    }
-    YAML::Node resources;
-    r.Object(n, p, "resources", &resources);  // a container's requests and limits, as in a Pod
-  }
-  if (r.Object(spec, s, "rounds", &n)) {
-    const std::string p = "spec.rounds";
-    r.CheckKeys(n, p,
-                {"total", "quorum", "fraction", "timeoutSeconds", "localSteps", "batchSize", "learningRate",
-                 "learningRateSchedule", "weightDecay", "maxGradNorm", "seed", "overSelection", "mode",
-                 "asyncBufferSize", "stalenessExponent", "maxStaleness"});
-    r.Integer(n, p, "total", &job->rounds.total);
-    r.Integer(n, p, "quorum", &job->rounds.quorum);
-    r.Double(n, p, "fraction", &job->rounds.fraction);
-    r.Integer(n, p, "timeoutSeconds", &job->rounds.timeoutSeconds);
-    r.Integer(n, p, "localSteps", &job->rounds.localSteps);
-    r.Integer(n, p, "batchSize", &job->rounds.batchSize);
-    r.Double(n, p, "learningRate", &job->rounds.learningRate);
-    r.String(n, p, "learningRateSchedule", &job->rounds.learningRateSchedule);
-    r.Double(n, p, "weightDecay", &job->rounds.weightDecay);
-    r.Double(n, p, "maxGradNorm", &job->rounds.maxGradNorm);
-    r.Integer(n, p, "seed", &job->rounds.seed);
-    r.Double(n, p, "overSelection", &job->rounds.overSelection);
-    r.String(n, p, "mode", &job->rounds.mode);
-    r.Integer(n, p, "asyncBufferSize", &job->rounds.asyncBufferSize);
-    r.Double(n, p, "stalenessExponent", &job->rounds.stalenessExponent);
-    r.Integer(n, p, "maxStaleness", &job->rounds.maxStaleness);
-  }
-  if (r.Object(spec, s, "strategy", &n)) {
-    const std::string p = "spec.strategy";
-    r.CheckKeys(n, p,
-                {"name", "proximalMu", "serverLearningRate", "beta1", "beta2", "tau", "serverMomentum",
-                 "trimFraction", "byzantineClients", "multiKrumM", "maxBufferedUpdates", "clipNorm",
-                 "maxUpdateNorm"});
-    StrategySpec& st = job->strategy;
-    r.String(n, p, "name", &st.name);
-    r.Double(n, p, "proximalMu", &st.proximalMu);
-    r.Double(n, p, "serverLearningRate", &st.serverLearningRate);
-    r.Double(n, p, "beta1", &st.beta1);
-    r.Double(n, p, "beta2", &st.beta2);
-    r.Double(n, p, "tau", &st.tau);
-    r.Double(n, p, "serverMomentum", &st.serverMomentum);
-    r.Double(n, p, "trimFraction", &st.trimFraction);
-    r.Integer(n, p, "byzantineClients", &st.byzantineClients);
-    r.Integer(n, p, "multiKrumM", &st.multiKrumM);
-    r.Integer(n, p, "maxBufferedUpdates", &st.maxBufferedUpdates);
-    r.Double(n, p, "clipNorm", &st.clipNorm);
-    r.Double(n, p, "maxUpdateNorm", &st.maxUpdateNorm);
-  }
-  if (r.Object(spec, s, "compression", &n)) {
-    const std::string p = "spec.compression";
-    r.CheckKeys(n, p, {"codec", "blockSize", "zstd", "topKFraction", "errorFeedback", "stochasticRounding"});
-    r.String(n, p, "codec", &job->compression.codec);
-    r.Integer(n, p, "blockSize", &job->compression.blockSize);
-    r.Bool(n, p, "zstd", &job->compression.zstd);
-    r.Double(n, p, "topKFraction", &job->compression.topKFraction);
-    r.Bool(n, p, "errorFeedback", &job->compression.errorFeedback);
-    r.Bool(n, p, "stochasticRounding", &job->compression.stochasticRounding);
-  }
-  if (r.Object(spec, s, "privacy", &n)) {
-    const std::string p = "spec.privacy";
-    r.CheckKeys(n, p, {"tls", "differentialPrivacy", "secureAggregation"});
-    r.Bool(n, p, "tls", &job->privacy.tls);
-    YAML::Node d;
-    if (r.Object(n, p, "differentialPrivacy", &d)) {
-      const std::string dp = p + ".differentialPrivacy";
-      DifferentialPrivacySpec& out = job->privacy.differentialPrivacy;
-      out.enabled = true;
-      r.CheckKeys(d, dp, {"mode", "clipNorm", "noiseMultiplier", "targetEpsilon", "delta"});
-      r.String(d, dp, "mode", &out.mode);
-      r.Double(d, dp, "clipNorm", &out.clipNorm);
-      r.Double(d, dp, "noiseMultiplier", &out.noiseMultiplier);
-      r.Double(d, dp, "targetEpsilon", &out.targetEpsilon);
-      r.Double(d, dp, "delta", &out.delta);
-    }
-    YAML::Node sa;
-    if (r.Object(n, p, "secureAggregation", &sa)) {
-      const std::string sp = p + ".secureAggregation";
-      SecureAggregationSpec& out = job->privacy.secureAggregation;
-      r.CheckKeys(sa, sp, {"enabled", "threshold", "neighbours"});
-      r.Bool(sa, sp, "enabled", &out.enabled);
-      r.Integer(sa, sp, "threshold", &out.threshold);
-      r.Integer(sa, sp, "neighbours", &out.neighbours);
-    }
-  }
-  if (r.Object(spec, s, "runPolicy", &n)) {
-    const std::string p = "spec.runPolicy";
-    r.CheckKeys(
-        n, p,
-        {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "suspend", "cleanPodPolicy"});
-    r.Integer(n, p, "backoffLimit", &job->runPolicy.backoffLimit);
-    r.Integer(n, p, "activeDeadlineSeconds", &job->runPolicy.activeDeadlineSeconds);
-    r.Integer(n, p, "ttlSecondsAfterFinished", &job->runPolicy.ttlSecondsAfterFinished);
-    r.Bool(n, p, "suspend", &job->runPolicy.suspend);
-    r.String(n, p, "cleanPodPolicy", &job->runPolicy.cleanPodPolicy);
-  }
-  if (r.Object(spec, s, "serving", &n)) {
-    const std::string p = "spec.serving";
-    r.CheckKeys(n, p, {"enabled", "port"});
-    r.Bool(n, p, "enabled", &job->serving.enabled);
-    r.Integer(n, p, "port", &job->serving.port);
-  }
-  if (r.Object(spec, s, "feedback", &n)) {
-    const std::string p = "spec.feedback";
-    r.CheckKeys(n, p, {"enabled", "maxExamples", "weight"});
-    r.Bool(n, p, "enabled", &job->feedback.enabled);
-    r.Integer(n, p, "maxExamples", &job->feedback.maxExamples);
-    r.Double(n, p, "weight", &job->feedback.weight);
-  }
-  if (r.Object(spec, s, "aggregator", &n)) ReadOperatorOnly(r, n);
-}
-
 // ---- validation ----
 
 class Validator {
@@ -530,40 +349,10 @@ class Validator {
   std::vector<std::string> errors;
 
   template <typename T>
-  void AtLeast(const std::string& path, T value, T min) {
-    if (value < min) errors.push_back(path + ": must be >= " + Str(min) + ", got " + Str(value));
-  }
-  template <typename T>
   void AtMost(const std::string& path, T value, T max) {
     if (value > max) errors.push_back(path + ": must be <= " + Str(max) + ", got " + Str(value));
   }
-  void Positive(const std::string& path, double value) {
-    if (!(value > 0)) errors.push_back(path + ": must be > 0, got " + Str(value));
-  }
-  void OneOf(const std::string& path, const std::string& value, const std::vector<std::string>& allowed) {
-    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
-      errors.push_back(path + ": must be one of " + Join(allowed, ", ") + "; got " + Quote(value));
-    }
-  }
-  void Required(const std::string& path, const std::string& value, const std::string& what) {
-    if (value.empty()) errors.push_back(path + ": required (" + what + ")");
-  }
   void Add(const std::string& path, const std::string& msg) { errors.push_back(path + ": " + msg); }
-  template <typename T>
-  void Between(const std::string& path, T value, T min, T max) {
-    AtLeast(path, value, min);
-    AtMost(path, value, max);
-  }
-  // The CRD's minLength/maxLength, in code points (strings are valid UTF-8 here).
-  void Length(const std::string& path, const std::string& value, size_t min, size_t max) {
-    const size_t n = CodePoints(value);
-    if (n < min && min == 1) {
-      errors.push_back(path + ": must not be empty");
-    } else if (n < min || n > max) {
-      errors.push_back(path + ": must be " + std::to_string(min) + " to " + std::to_string(max) +
-                       " characters long, got " + std::to_string(n));
-    }
-  }
 
   template <typename T>
   static std::string Str(T v) {
@@ -585,22 +374,208 @@ bool IsDns1123Label(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [&](char c) { return alnum(c) || c == '-'; });
 }
 
-// Bounds the CRD states too (crds/fedge.io_federatedtrainingjobs.yaml; the table in
-// tests/cluster/spec_boundaries.json keeps both sides equal).
+// The CRD's CEL rule on metadata.name (spec fields: the table, job_spec_fields.cpp).
 constexpr size_t kMaxJobNameLength = 40;
-constexpr size_t kMaxPathLength = 4096;
-constexpr size_t kMaxLabels = 4096;
 
-const std::vector<std::string> kFamilies = {"bert", "llama"};
-const std::vector<std::string> kBertTasks = {"sequence-classification", "token-classification", "embedding"};
-const std::vector<std::string> kLlamaTasks = {"causal-lm"};
-const std::vector<std::string> kAggregations = {"factors", "frozen-a", "product"};
-const std::vector<std::string> kStrategies = {"fedavg",  "fedprox",    "fedavgm", "fedadam",
-                                              "fedyogi", "fedadagrad", "median",  "trimmed-mean",
-                                              "krum",    "multi-krum"};
-const std::vector<std::string> kCodecs = {"fp32", "fp16", "bf16", "int8", "int4"};
-const std::vector<std::string> kCleanPodPolicies = {"All", "Running", "None"};
-const std::vector<std::string> kDataFormats = {"jsonl"};
+// ---- the field table: generic checks and reading ----
+
+// A bound as the manifest would write it: integers without ".0".
+std::string BoundText(const JobSpecField& f, double bound) {
+  if (f.kind == FieldKind::kDouble) {
+    char buf[64];
+    auto res = std::to_chars(buf, buf + sizeof(buf), bound);
+    return std::string(buf, res.ptr);
+  }
+  return std::to_string(static_cast<long long>(bound));
+}
+
+// The length bounds of a string (the CRD's minLength/maxLength, in code points).
+void CheckLength(const JobSpecField& f, const std::string& path, const std::string& value,
+                 std::optional<double> min, std::optional<double> max, std::vector<std::string>* errors) {
+  const size_t n = CodePoints(value);
+  const size_t lo = min ? static_cast<size_t>(*min) : 0;
+  if (n == 0 && lo >= 1) {
+    errors->push_back(path + (f.required_hint.empty() ? ": must not be empty"
+                                                      : ": required (" + std::string(f.required_hint) + ")"));
+  } else if (max && n > static_cast<size_t>(*max)) {
+    errors->push_back(path + ": must be at most " + BoundText(f, *max) + " characters, got " +
+                      std::to_string(n));
+  } else if (n < lo) {
+    errors->push_back(path + ": must be at least " + BoundText(f, *min) + " characters, got " +
+                      std::to_string(n));
+  }
+}
+
+void CheckCount(const JobSpecField& f, const std::string& path, size_t n, std::vector<std::string>* errors) {
+  if (f.min && n < static_cast<size_t>(*f.min)) {
+    errors->push_back(path + ": must have at least " + BoundText(f, *f.min) + " entries, got " +
+                      std::to_string(n));
+  } else if (f.max && n > static_cast<size_t>(*f.max)) {
+    errors->push_back(path + ": must have at most " + BoundText(f, *f.max) + " entries, got " +
+                      std::to_string(n));
+  }
+}
+
+// The row's own rules (bounds, enum, lengths) for the value `ref` points to.
+void CheckField(const JobSpecField& f, const FieldRef& ref, std::vector<std::string>* errors) {
+  const std::string path(f.path);
+  std::visit(
+      [&](auto* p) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        const T& v = *p;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (!f.one_of.empty() && std::find(f.one_of.begin(), f.one_of.end(), v) == f.one_of.end()) {
+            std::string allowed;
+            for (std::string_view a : f.one_of) allowed += (allowed.empty() ? "" : ", ") + std::string(a);
+            errors->push_back(path + ": must be one of " + allowed + "; got " + Quote(v));
+          }
+          if (f.min || f.max) CheckLength(f, path, v, f.min, f.max, errors);
+        } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+          CheckCount(f, path, v.size(), errors);
+          for (size_t i = 0; i < v.size(); ++i) {
+            CheckLength(f, path + "[" + std::to_string(i) + "]", v[i], f.item_min, f.item_max, errors);
+          }
+        } else if constexpr (std::is_same_v<T, std::map<std::string, std::string>>) {
+          CheckCount(f, path, v.size(), errors);
+          for (const auto& [key, value] : v)
+            CheckLength(f, path + "." + key, value, f.item_min, f.item_max, errors);
+        } else if constexpr (std::is_same_v<T, bool>) {
+          // no bounds
+        } else {
+          const double x = static_cast<double>(v);
+          const bool low = f.min && (f.exclusive_min ? !(x > *f.min) : !(x >= *f.min));
+          const bool high = f.max && (f.exclusive_max ? !(x < *f.max) : !(x <= *f.max));
+          if (!low && !high) return;
+          if (!f.allowed.empty()) {
+            errors->push_back(path + ": must be " + std::string(f.allowed) + ", got " + Validator::Str(v));
+          } else if (f.min && f.max && (f.exclusive_min || f.exclusive_max)) {
+            errors->push_back(path + ": must be in " + (f.exclusive_min ? "(" : "[") + BoundText(f, *f.min) +
+                              ", " + BoundText(f, *f.max) + (f.exclusive_max ? ")" : "]") + ", got " +
+                              Validator::Str(v));
+          } else if (low) {
+            errors->push_back(path + ": must be " + (f.exclusive_min ? "> " : ">= ") + BoundText(f, *f.min) +
+                              ", got " + Validator::Str(v));
+          } else {
+            errors->push_back(path + ": must be " + (f.exclusive_max ? "< " : "<= ") + BoundText(f, *f.max) +
+                              ", got " + Validator::Str(v));
+          }
+        }
+      },
+      ref);
+}
+
+// Whether a row's value is checked for `spec` and written by JobSpecToYaml:
+// differentialPrivacy only when present (its presence enables it); every
+// other row always (secureAggregation's rules hold whether or not it is
+// enabled, as in the CRD).
+bool IsChecked(const JobSpec& spec, std::string_view path) {
+  return path.rfind("spec.privacy.differentialPrivacy.", 0) != 0 || spec.privacy.differentialPrivacy.enabled;
+}
+
+// Every object path of the table (each proper prefix of a row's path, "spec"
+// first) with its keys in table order.
+const std::map<std::string, std::vector<std::string>>& ObjectKeys() {
+  static const auto* keys = [] {
+    auto* m = new std::map<std::string, std::vector<std::string>>();
+    for (const JobSpecField& f : JobSpecFields()) {
+      const std::string path(f.path);
+      for (size_t dot = path.find('.'); dot != std::string::npos;) {
+        const size_t next = path.find('.', dot + 1);
+        std::vector<std::string>& v = (*m)[path.substr(0, dot)];
+        const std::string key =
+            path.substr(dot + 1, next == std::string::npos ? std::string::npos : next - dot - 1);
+        if (std::find(v.begin(), v.end(), key) == v.end()) v.push_back(key);
+        dot = next;
+      }
+    }
+    return m;
+  }();
+  return *keys;
+}
+
+void ReadValue(Reader& r, const YAML::Node& node, const std::string& parent, const std::string& key,
+               const FieldRef& ref) {
+  std::visit(
+      [&](auto* p) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          r.String(node, parent, key, p);
+        } else if constexpr (std::is_same_v<T, bool>) {
+          r.Bool(node, parent, key, p);
+        } else if constexpr (std::is_same_v<T, double>) {
+          r.Double(node, parent, key, p);
+        } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+          r.StringList(node, parent, key, p);
+        } else if constexpr (std::is_same_v<T, std::map<std::string, std::string>>) {
+          r.StringMap(node, parent, key, p);
+        } else {
+          r.Integer(node, parent, key, p);
+        }
+      },
+      ref);
+}
+
+// An operator-only row (no JobSpec member): read into a scratch value and
+// checked at once, so that a manifest the cluster refuses does not parse.
+void ReadOperatorOnly(Reader& r, const YAML::Node& node, const std::string& parent, const std::string& key,
+                      const JobSpecField& f) {
+  const std::string path = Reader::Child(parent, key);
+  YAML::Node present;
+  if (!Reader::Get(node, key, &present)) return;
+  std::string s;
+  int64_t i = 0;
+  bool b = false;
+  switch (f.kind) {
+    case FieldKind::kString:
+      r.String(node, parent, key, &s);
+      CheckField(f, &s, &r.errors);
+      if (path == "spec.aggregator.checkpoint.size") {
+        static const std::regex kQuantity("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$");
+        if (!std::regex_match(s, kQuantity))
+          r.Error(path, "must be a size like 1Gi, 500Mi or 2G, got " + Quote(s));
+      }
+      return;
+    case FieldKind::kInt64: {
+      const size_t before = r.errors.size();
+      r.Integer(node, parent, key, &i);
+      if (r.errors.size() == before) CheckField(f, &i, &r.errors);
+      return;
+    }
+    case FieldKind::kBool:
+      r.Bool(node, parent, key, &b);
+      return;
+    case FieldKind::kObject: {
+      YAML::Node obj;
+      r.Object(node, parent, key, &obj);  // e.g. a container's requests and limits, as in a Pod
+      return;
+    }
+    default:
+      r.Error(path, "internal error: no reader for this operator-only field");
+  }
+}
+
+// Reads the object `node` at `path` ("spec", "spec.model", ...) by the table.
+void ReadObject(Reader& r, const YAML::Node& node, const std::string& path, JobSpec* job) {
+  const std::vector<std::string>& keys = ObjectKeys().at(path);
+  r.CheckKeys(node, path, keys);
+  for (const std::string& key : keys) {
+    const std::string child = path + "." + key;
+    if (const JobSpecField* f = FindJobSpecField(child)) {
+      if (f->ref == nullptr) {
+        ReadOperatorOnly(r, node, path, key, *f);
+      } else {
+        ReadValue(r, node, path, key, f->ref(*job));
+      }
+      continue;
+    }
+    YAML::Node sub;
+    if (!r.Object(node, path, key, &sub)) continue;
+    if (child == "spec.privacy.differentialPrivacy") job->privacy.differentialPrivacy.enabled = true;
+    ReadObject(r, sub, child, job);
+  }
+}
+
+void ReadSpec(Reader& r, const YAML::Node& spec, JobSpec* job) { ReadObject(r, spec, "spec", job); }
 
 }  // namespace
 
@@ -624,17 +599,22 @@ Status ValidateJobSpec(const JobSpec& spec) {
     v.Add("metadata.namespace", "must be a DNS-1123 label, got " + Quote(spec.namespace_));
   }
 
-  const ModelSpec& m = spec.model;
-  v.Required("spec.model.path", m.path, "a Hugging Face model directory");
-  v.Length("spec.model.path", m.path, 0, kMaxPathLength);
-  v.OneOf("spec.model.family", m.family, kFamilies);
-  if (m.family == "bert") {
-    v.OneOf("spec.model.task", m.task, kBertTasks);
-  } else if (m.family == "llama") {
-    v.OneOf("spec.model.task", m.task, kLlamaTasks);
+  // Every field's own bounds, enum and lengths: the table (job_spec_fields.cpp),
+  // which the CRD's schema matches field by field. The rules below relate fields.
+  JobSpec& fields = const_cast<JobSpec&>(spec);  // FieldRef is read here, never written
+  for (const JobSpecField& f : JobSpecFields()) {
+    if (f.ref != nullptr && IsChecked(spec, f.path)) CheckField(f, f.ref(fields), &v.errors);
   }
-  // Labels are class names whatever the task: unique (the CRD's list-type set) and
-  // non-empty.
+
+  const ModelSpec& m = spec.model;
+  // The tasks of each family (the table allows the union, as the CRD's enum does).
+  if (m.family == "bert" && m.task == "causal-lm") {
+    v.Add("spec.model.task", "bert does sequence-classification, token-classification or embedding; got " +
+                                 Quote(m.task) + " (causal-lm needs family llama)");
+  } else if (m.family == "llama" && m.task != "causal-lm") {
+    v.Add("spec.model.task", "llama does causal-lm only; got " + Quote(m.task));
+  }
+  // Labels are class names whatever the task: unique (the CRD's list-type set).
   const std::set<std::string> unique(m.labels.begin(), m.labels.end());
   if ((m.task == "sequence-classification" || m.task == "token-classification") && unique.size() < 2) {
     v.Add("spec.model.labels",
@@ -642,66 +622,28 @@ Status ValidateJobSpec(const JobSpec& spec) {
   } else if (unique.size() != m.labels.size()) {
     v.Add("spec.model.labels", "labels must be unique");
   }
-  if (m.labels.size() > kMaxLabels) {
-    v.Add("spec.model.labels", "must have at most " + std::to_string(kMaxLabels) + " labels, got " +
-                                   std::to_string(m.labels.size()));
-  }
-  for (size_t i = 0; i < m.labels.size(); ++i) {
-    v.Length("spec.model.labels[" + std::to_string(i) + "]", m.labels[i], 1, 256);
-  }
-  // 2: [CLS] and [SEP] (the agents' own lower limit). The model's
-  // max_position_embeddings, checked when an agent loads it, is the real upper
-  // limit; 32768 covers the long-context Llama-family models.
-  v.Between("spec.model.maxSeqLen", m.maxSeqLen, 2, 32768);
 
   const AdapterSpec& a = spec.adapter;
-  v.Between("spec.adapter.rank", a.rank, 1, 256);
-  v.Positive("spec.adapter.alpha", a.alpha);
-  if (a.dropout < 0 || a.dropout >= 1) {
-    v.Add("spec.adapter.dropout", "must be in [0, 1), got " + Validator::Str(a.dropout));
-  }
-  if (a.targetModules.empty()) v.Add("spec.adapter.targetModules", "must name at least one module");
-  if (a.targetModules.size() > 64) {
-    v.Add("spec.adapter.targetModules",
-          "must name at most 64 modules, got " + std::to_string(a.targetModules.size()));
-  }
-  for (size_t i = 0; i < a.targetModules.size(); ++i) {
-    v.Length("spec.adapter.targetModules[" + std::to_string(i) + "]", a.targetModules[i], 1, 128);
-  }
-  v.OneOf("spec.adapter.aggregation", a.aggregation, kAggregations);
-  // Agent-only until now (agent/src/runtime/agent.cpp): refused here so that
-  // `fedge run` and the operator refuse the job before any pod exists.
+  // Agent-only until issue 11 (agent/src/runtime/agent.cpp): refused here (and by
+  // the CRD's CEL) so that `fedge run` and the operator refuse the job before any
+  // pod exists.
   if (m.family == "llama" && a.aggregation == "frozen-a") {
     v.Add("spec.adapter.aggregation",
           "frozen-a is not supported for llama models yet; use factors or product");
   }
-  // Aggregator-only until now (WrapForLora): product re-factors the FedAvg mean of B·A.
+  // Aggregator-only until issue 11 (WrapForLora): product re-factors the FedAvg mean of B·A.
   if (a.aggregation == "product" && spec.strategy.name != "fedavg" && spec.strategy.name != "fedprox") {
     v.Add("spec.adapter.aggregation", "product works with strategy fedavg or fedprox, not " +
                                           Quote(spec.strategy.name) + "; use factors or frozen-a with it");
   }
 
-  const DataSpec& d = spec.data;
-  v.Required("spec.data.path", d.path, "the node-local data directory");
-  v.Length("spec.data.path", d.path, 0, kMaxPathLength);
-  v.OneOf("spec.data.format", d.format, kDataFormats);
-  v.Required("spec.data.trainFile", d.trainFile, "file name of the training set inside spec.data.path");
-  v.Length("spec.data.trainFile", d.trainFile, 0, 1024);
-  // Empty would name spec.data.path itself, which no agent can read as a file.
-  v.Required("spec.data.evalFile", d.evalFile, "file name of the evaluation set inside spec.data.path");
-  v.Length("spec.data.evalFile", d.evalFile, 0, 1024);
+  if (spec.serving.decodeWeights != "float32" && m.family != "llama") {
+    v.Add("spec.serving.decodeWeights", Quote(spec.serving.decodeWeights) +
+                                            " applies to generative (llama) models only; bert models serve "
+                                            "float32");
+  }
 
   const AgentsSpec& ag = spec.agents;
-  v.Between("spec.agents.minAgents", ag.minAgents, 1, 10000);
-  v.Between("spec.agents.maxAgents", ag.maxAgents, 0, 10000);
-  v.Between("spec.agents.replicas", ag.replicas, 0, 1000);
-  if (ag.nodeSelector.size() > 32) {
-    v.Add("spec.agents.nodeSelector",
-          "must have at most 32 labels, got " + std::to_string(ag.nodeSelector.size()));
-  }
-  for (const auto& [key, value] : ag.nodeSelector) {
-    v.Length("spec.agents.nodeSelector." + key, value, 0, 63);  // a label value
-  }
   if (ag.maxAgents > 0 && ag.maxAgents < ag.minAgents) {
     v.Add("spec.agents.maxAgents", "must be 0 (every matching node) or >= spec.agents.minAgents (" +
                                        std::to_string(ag.minAgents) + "), got " +
@@ -709,8 +651,6 @@ Status ValidateJobSpec(const JobSpec& spec) {
   }
 
   const RoundsSpec& r = spec.rounds;
-  v.Between("spec.rounds.total", r.total, 1, 100000);
-  v.Between("spec.rounds.quorum", r.quorum, 0, 10000);
   if (r.quorum > 0 && ag.maxAgents > 0 && r.quorum > ag.maxAgents) {
     v.Add("spec.rounds.quorum", "must be <= spec.agents.maxAgents (" + std::to_string(ag.maxAgents) +
                                     "): a round never gets more updates than there are agents, got " +
@@ -723,74 +663,27 @@ Status ValidateJobSpec(const JobSpec& spec) {
                 " (or 0: every participant), got " + std::to_string(r.quorum));
     }
   }
-  if (!(r.fraction > 0 && r.fraction <= 1)) {
-    v.Add("spec.rounds.fraction", "must be in (0, 1], got " + Validator::Str(r.fraction));
-  }
-  v.Between("spec.rounds.timeoutSeconds", r.timeoutSeconds, 1, 86400);
-  v.Between("spec.rounds.localSteps", r.localSteps, 1, 1000000);
-  v.Between("spec.rounds.batchSize", r.batchSize, 1, 65536);
-  v.Positive("spec.rounds.learningRate", r.learningRate);
-  v.AtMost("spec.rounds.learningRate", r.learningRate, 10.0);
-  v.OneOf("spec.rounds.learningRateSchedule", r.learningRateSchedule, {"constant", "linear", "cosine"});
-  v.Between("spec.rounds.weightDecay", r.weightDecay, 0.0, 1.0);
-  v.AtLeast("spec.rounds.maxGradNorm", r.maxGradNorm, 0.0);
   // The CRD's int64 (the API server refuses larger integers).
   v.AtMost("spec.rounds.seed", r.seed, uint64_t{std::numeric_limits<int64_t>::max()});
-  if (!(r.overSelection >= 1 && r.overSelection <= 10)) {
-    v.Add("spec.rounds.overSelection", "must be in [1, 10], got " + Validator::Str(r.overSelection));
-  }
-  v.OneOf("spec.rounds.mode", r.mode, {"sync", "async"});
-  v.Between("spec.rounds.asyncBufferSize", r.asyncBufferSize, 1, 100000);
   if (r.mode == "async" && r.asyncBufferSize > std::max(ag.minAgents, ag.replicas)) {
     // Each agent contributes at most one update per global version.
     v.Add("spec.rounds.asyncBufferSize", "must be <= max(spec.agents.minAgents, spec.agents.replicas) = " +
                                              std::to_string(std::max(ag.minAgents, ag.replicas)) +
                                              " in async mode, got " + std::to_string(r.asyncBufferSize));
   }
-  v.Between("spec.rounds.stalenessExponent", r.stalenessExponent, 0.0, 10.0);
-  v.AtLeast("spec.rounds.maxStaleness", r.maxStaleness, 0);
 
   const StrategySpec& st = spec.strategy;
-  v.OneOf("spec.strategy.name", st.name, kStrategies);
-  v.AtLeast("spec.strategy.proximalMu", st.proximalMu, 0.0);
   if (st.name == "fedprox" && !(st.proximalMu > 0)) {
     v.Add("spec.strategy.proximalMu",
           "must be > 0 for fedprox (0 is plain fedavg), got " + Validator::Str(st.proximalMu));
   }
-  // Optimizer and robust parameters are checked whatever the strategy, so a
-  // typo is caught before someone switches strategies.
-  v.Positive("spec.strategy.serverLearningRate", st.serverLearningRate);
-  if (!(st.serverMomentum >= 0 && st.serverMomentum < 1)) {
-    v.Add("spec.strategy.serverMomentum", "must be in [0, 1), got " + Validator::Str(st.serverMomentum));
-  }
-  if (!(st.beta1 >= 0 && st.beta1 < 1)) {
-    v.Add("spec.strategy.beta1", "must be in [0, 1), got " + Validator::Str(st.beta1));
-  }
-  if (!(st.beta2 >= 0 && st.beta2 < 1)) {
-    v.Add("spec.strategy.beta2", "must be in [0, 1), got " + Validator::Str(st.beta2));
-  }
-  v.Positive("spec.strategy.tau", st.tau);
-  if (!(st.trimFraction >= 0 && st.trimFraction < 0.5)) {
-    v.Add("spec.strategy.trimFraction", "must be in [0, 0.5), got " + Validator::Str(st.trimFraction));
-  }
-  v.AtLeast("spec.strategy.byzantineClients", st.byzantineClients, 0);
-  v.AtLeast("spec.strategy.multiKrumM", st.multiKrumM, 0);
-  v.AtLeast("spec.strategy.maxBufferedUpdates", st.maxBufferedUpdates, 1);
-  v.AtLeast("spec.strategy.clipNorm", st.clipNorm, 0.0);
-  v.AtLeast("spec.strategy.maxUpdateNorm", st.maxUpdateNorm, 0.0);
   if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
     const std::string p = "spec.privacy.differentialPrivacy";
-    v.OneOf(p + ".mode", dp.mode, {"central", "distributed"});
     if (dp.mode == "distributed" && !spec.privacy.secureAggregation.enabled) {
       v.Add(p + ".mode",
             "distributed needs spec.privacy.secureAggregation.enabled: the agents' noise shares are "
             "complete and hidden only in a masked sum; or use central (the aggregator adds the noise)");
     }
-    v.Positive(p + ".clipNorm", dp.clipNorm);
-    v.Positive(p + ".noiseMultiplier", dp.noiseMultiplier);
-    v.AtLeast(p + ".targetEpsilon", dp.targetEpsilon, 0.0);
-    if (!(dp.delta > 0 && dp.delta < 1))
-      v.Add(p + ".delta", "must be in (0, 1), got " + Validator::Str(dp.delta));
     // The noise is calibrated to a sum of the clipped updates.
     if (st.name != "fedavg" && st.name != "fedprox") {
       v.Add(p, "needs spec.strategy.name fedavg or fedprox (a mean of the updates), got " + Quote(st.name));
@@ -804,8 +697,6 @@ Status ValidateJobSpec(const JobSpec& spec) {
     // Field rules hold whether or not it is enabled (as in the CRD).
     const SecureAggregationSpec& sa = spec.privacy.secureAggregation;
     const std::string p = "spec.privacy.secureAggregation";
-    v.AtLeast(p + ".threshold", sa.threshold, 0);
-    v.AtLeast(p + ".neighbours", sa.neighbours, 0);
     if (sa.threshold == 1)
       v.Add(p + ".threshold", "must be 0 (default) or >= 2: one share must not reveal a secret");
     if (sa.neighbours > 0 && sa.threshold > sa.neighbours) {
@@ -853,12 +744,7 @@ Status ValidateJobSpec(const JobSpec& spec) {
   }
 
   const CompressionSpec& c = spec.compression;
-  v.OneOf("spec.compression.codec", c.codec, kCodecs);
-  v.AtLeast("spec.compression.blockSize", c.blockSize, 1);
-  // The codec library's own limit (EncodeOptions::block_size): a larger value
-  // would pass here and fail every upload.
-  v.AtMost("spec.compression.blockSize", c.blockSize, 65536);
-  if (!(c.topKFraction == 0 || (c.topKFraction >= kMinTopkFraction && c.topKFraction <= 1))) {
+  if (c.topKFraction > 0 && c.topKFraction < kMinTopkFraction) {
     // kMinTopkFraction spelled as people write it (to_chars would say 1e-04).
     static_assert(kMinTopkFraction == 1e-4);
     v.Add("spec.compression.topKFraction",
@@ -868,18 +754,6 @@ Status ValidateJobSpec(const JobSpec& spec) {
     v.Add("spec.compression.stochasticRounding",
           "needs a blockwise codec (int8, int4), got codec " + Quote(c.codec));
   }
-
-  const RunPolicySpec& rp = spec.runPolicy;
-  v.Between("spec.runPolicy.backoffLimit", rp.backoffLimit, 0, 1000);
-  v.AtLeast("spec.runPolicy.activeDeadlineSeconds", rp.activeDeadlineSeconds, int64_t{0});
-  v.AtLeast("spec.runPolicy.ttlSecondsAfterFinished", rp.ttlSecondsAfterFinished, int64_t{-1});
-  v.OneOf("spec.runPolicy.cleanPodPolicy", rp.cleanPodPolicy, kCleanPodPolicies);
-
-  v.AtLeast("spec.serving.port", spec.serving.port, 1);
-  v.AtMost("spec.serving.port", spec.serving.port, 65535);
-
-  v.Between("spec.feedback.maxExamples", spec.feedback.maxExamples, 1, 100000);
-  v.Between("spec.feedback.weight", spec.feedback.weight, 0.01, 0.9);
 
   if (!v.errors.empty()) return InvalidArgumentError(Join(v.errors, "; "));
   return OkStatus();
@@ -951,12 +825,6 @@ StatusOr<JobSpec> LoadJobSpec(const std::string& path) {
 
 std::string JobSpecToYaml(const JobSpec& spec) {
   YAML::Emitter out;
-  auto dbl = [](double v) { return FormatDouble(v); };
-  auto strings = [&out](const std::vector<std::string>& items) {
-    out << YAML::Flow << YAML::BeginSeq;
-    for (const auto& s : items) out << YAML::DoubleQuoted << s;
-    out << YAML::EndSeq;
-  };
   out << YAML::BeginMap;
   out << YAML::Key << "apiVersion" << YAML::Value << spec.apiVersion;
   out << YAML::Key << "kind" << YAML::Value << spec.kind;
@@ -966,129 +834,49 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::EndMap;
   out << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
 
-  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "path" << YAML::Value << YAML::DoubleQuoted << spec.model.path;
-  out << YAML::Key << "family" << YAML::Value << spec.model.family;
-  out << YAML::Key << "task" << YAML::Value << spec.model.task;
-  out << YAML::Key << "labels" << YAML::Value;
-  strings(spec.model.labels);
-  out << YAML::Key << "maxSeqLen" << YAML::Value << spec.model.maxSeqLen;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "adapter" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "rank" << YAML::Value << spec.adapter.rank;
-  out << YAML::Key << "alpha" << YAML::Value << dbl(spec.adapter.alpha);
-  out << YAML::Key << "dropout" << YAML::Value << dbl(spec.adapter.dropout);
-  out << YAML::Key << "targetModules" << YAML::Value;
-  strings(spec.adapter.targetModules);
-  out << YAML::Key << "aggregation" << YAML::Value << spec.adapter.aggregation;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "path" << YAML::Value << YAML::DoubleQuoted << spec.data.path;
-  out << YAML::Key << "format" << YAML::Value << spec.data.format;
-  out << YAML::Key << "trainFile" << YAML::Value << YAML::DoubleQuoted << spec.data.trainFile;
-  out << YAML::Key << "evalFile" << YAML::Value << YAML::DoubleQuoted << spec.data.evalFile;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "agents" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "nodeSelector" << YAML::Value << YAML::Flow << YAML::BeginMap;
-  for (const auto& [k, val] : spec.agents.nodeSelector) {
-    out << YAML::Key << YAML::DoubleQuoted << k << YAML::Value << YAML::DoubleQuoted << val;
+  // Every stored row in table order; objects open and close as the paths change.
+  JobSpec& fields = const_cast<JobSpec&>(spec);  // FieldRef is read here, never written
+  std::vector<std::string> open = {"spec"};      // the objects entered, outermost first
+  for (const JobSpecField& f : JobSpecFields()) {
+    if (f.ref == nullptr || !IsChecked(spec, f.path)) continue;
+    std::vector<std::string> parts;
+    std::stringstream ss{std::string(f.path)};
+    for (std::string part; std::getline(ss, part, '.');) parts.push_back(part);
+    const std::string key = parts.back();
+    parts.pop_back();
+    size_t common = 0;
+    while (common < open.size() && common < parts.size() && open[common] == parts[common]) ++common;
+    for (; open.size() > common; open.pop_back()) out << YAML::EndMap;
+    for (size_t i = common; i < parts.size(); ++i) {
+      out << YAML::Key << parts[i] << YAML::Value << YAML::BeginMap;
+      open.push_back(parts[i]);
+    }
+    out << YAML::Key << key << YAML::Value;
+    std::visit(
+        [&out](auto* p) {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            out << YAML::DoubleQuoted << *p;
+          } else if constexpr (std::is_same_v<T, bool>) {
+            out << YAML::TrueFalseBool << *p;
+          } else if constexpr (std::is_same_v<T, double>) {
+            out << FormatDouble(*p);
+          } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            out << YAML::Flow << YAML::BeginSeq;
+            for (const auto& s : *p) out << YAML::DoubleQuoted << s;
+            out << YAML::EndSeq;
+          } else if constexpr (std::is_same_v<T, std::map<std::string, std::string>>) {
+            out << YAML::Flow << YAML::BeginMap;
+            for (const auto& [k, v] : *p)
+              out << YAML::Key << YAML::DoubleQuoted << k << YAML::Value << YAML::DoubleQuoted << v;
+            out << YAML::EndMap;
+          } else {
+            out << *p;
+          }
+        },
+        f.ref(fields));
   }
-  out << YAML::EndMap;
-  out << YAML::Key << "minAgents" << YAML::Value << spec.agents.minAgents;
-  out << YAML::Key << "maxAgents" << YAML::Value << spec.agents.maxAgents;
-  out << YAML::Key << "replicas" << YAML::Value << spec.agents.replicas;
-  out << YAML::EndMap;
-
-  const RoundsSpec& r = spec.rounds;
-  out << YAML::Key << "rounds" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "total" << YAML::Value << r.total;
-  out << YAML::Key << "quorum" << YAML::Value << r.quorum;
-  out << YAML::Key << "fraction" << YAML::Value << dbl(r.fraction);
-  out << YAML::Key << "timeoutSeconds" << YAML::Value << r.timeoutSeconds;
-  out << YAML::Key << "localSteps" << YAML::Value << r.localSteps;
-  out << YAML::Key << "batchSize" << YAML::Value << r.batchSize;
-  out << YAML::Key << "learningRate" << YAML::Value << dbl(r.learningRate);
-  out << YAML::Key << "learningRateSchedule" << YAML::Value << r.learningRateSchedule;
-  out << YAML::Key << "weightDecay" << YAML::Value << dbl(r.weightDecay);
-  out << YAML::Key << "maxGradNorm" << YAML::Value << dbl(r.maxGradNorm);
-  out << YAML::Key << "seed" << YAML::Value << r.seed;
-  out << YAML::Key << "overSelection" << YAML::Value << dbl(r.overSelection);
-  out << YAML::Key << "mode" << YAML::Value << r.mode;
-  out << YAML::Key << "asyncBufferSize" << YAML::Value << r.asyncBufferSize;
-  out << YAML::Key << "stalenessExponent" << YAML::Value << dbl(r.stalenessExponent);
-  out << YAML::Key << "maxStaleness" << YAML::Value << r.maxStaleness;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "strategy" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "name" << YAML::Value << spec.strategy.name;
-  out << YAML::Key << "proximalMu" << YAML::Value << dbl(spec.strategy.proximalMu);
-  out << YAML::Key << "serverLearningRate" << YAML::Value << dbl(spec.strategy.serverLearningRate);
-  out << YAML::Key << "beta1" << YAML::Value << dbl(spec.strategy.beta1);
-  out << YAML::Key << "beta2" << YAML::Value << dbl(spec.strategy.beta2);
-  out << YAML::Key << "tau" << YAML::Value << dbl(spec.strategy.tau);
-  out << YAML::Key << "serverMomentum" << YAML::Value << dbl(spec.strategy.serverMomentum);
-  out << YAML::Key << "trimFraction" << YAML::Value << dbl(spec.strategy.trimFraction);
-  out << YAML::Key << "byzantineClients" << YAML::Value << spec.strategy.byzantineClients;
-  out << YAML::Key << "multiKrumM" << YAML::Value << spec.strategy.multiKrumM;
-  out << YAML::Key << "maxBufferedUpdates" << YAML::Value << spec.strategy.maxBufferedUpdates;
-  out << YAML::Key << "clipNorm" << YAML::Value << dbl(spec.strategy.clipNorm);
-  out << YAML::Key << "maxUpdateNorm" << YAML::Value << dbl(spec.strategy.maxUpdateNorm);
-  out << YAML::EndMap;
-
-  out << YAML::Key << "compression" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "codec" << YAML::Value << spec.compression.codec;
-  out << YAML::Key << "blockSize" << YAML::Value << spec.compression.blockSize;
-  out << YAML::Key << "zstd" << YAML::Value << YAML::TrueFalseBool << spec.compression.zstd;
-  out << YAML::Key << "topKFraction" << YAML::Value << dbl(spec.compression.topKFraction);
-  out << YAML::Key << "errorFeedback" << YAML::Value << YAML::TrueFalseBool << spec.compression.errorFeedback;
-  out << YAML::Key << "stochasticRounding" << YAML::Value << YAML::TrueFalseBool
-      << spec.compression.stochasticRounding;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "privacy" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "tls" << YAML::Value << YAML::TrueFalseBool << spec.privacy.tls;
-  if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
-    out << YAML::Key << "differentialPrivacy" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "mode" << YAML::Value << dp.mode;
-    out << YAML::Key << "clipNorm" << YAML::Value << dbl(dp.clipNorm);
-    out << YAML::Key << "noiseMultiplier" << YAML::Value << dbl(dp.noiseMultiplier);
-    out << YAML::Key << "targetEpsilon" << YAML::Value << dbl(dp.targetEpsilon);
-    out << YAML::Key << "delta" << YAML::Value << dbl(dp.delta);
-    out << YAML::EndMap;
-  }
-  if (const SecureAggregationSpec& sa = spec.privacy.secureAggregation; sa.enabled) {
-    out << YAML::Key << "secureAggregation" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << true;
-    out << YAML::Key << "threshold" << YAML::Value << sa.threshold;
-    out << YAML::Key << "neighbours" << YAML::Value << sa.neighbours;
-    out << YAML::EndMap;
-  }
-  out << YAML::EndMap;
-
-  const RunPolicySpec& rp = spec.runPolicy;
-  out << YAML::Key << "runPolicy" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "backoffLimit" << YAML::Value << rp.backoffLimit;
-  out << YAML::Key << "activeDeadlineSeconds" << YAML::Value << rp.activeDeadlineSeconds;
-  out << YAML::Key << "ttlSecondsAfterFinished" << YAML::Value << rp.ttlSecondsAfterFinished;
-  out << YAML::Key << "suspend" << YAML::Value << YAML::TrueFalseBool << rp.suspend;
-  out << YAML::Key << "cleanPodPolicy" << YAML::Value << rp.cleanPodPolicy;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "serving" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << spec.serving.enabled;
-  out << YAML::Key << "port" << YAML::Value << spec.serving.port;
-  out << YAML::EndMap;
-
-  out << YAML::Key << "feedback" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "enabled" << YAML::Value << YAML::TrueFalseBool << spec.feedback.enabled;
-  out << YAML::Key << "maxExamples" << YAML::Value << spec.feedback.maxExamples;
-  out << YAML::Key << "weight" << YAML::Value << dbl(spec.feedback.weight);
-  out << YAML::EndMap;
-
-  out << YAML::EndMap;  // spec
+  for (; !open.empty(); open.pop_back()) out << YAML::EndMap;  // ... spec
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

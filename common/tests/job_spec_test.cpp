@@ -251,7 +251,7 @@ TEST(JobSpecTest, RoundModesParseValidateAndRoundTrip) {
   EXPECT_EQ(again->rounds, spec->rounds);
 
   for (const auto& [extra, message] : std::vector<std::pair<std::string, std::string>>{
-           {"  rounds: {overSelection: 0.5}\n", "spec.rounds.overSelection: must be in [1, 10], got 0.5"},
+           {"  rounds: {overSelection: 0.5}\n", "spec.rounds.overSelection: must be >= 1, got 0.5"},
            {"  rounds: {mode: eventually}\n", "spec.rounds.mode"},
            {"  rounds: {asyncBufferSize: 0}\n", "spec.rounds.asyncBufferSize: must be >= 1"},
            // Each agent gives at most one update per version: K > agents never fills.
@@ -370,7 +370,7 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{"ZeroBatch", WithSpec("  rounds: {batchSize: 0}\n"),
                     "spec.rounds.batchSize: must be >= 1, got 0"},
         InvalidCase{"NegativeLearningRate", WithSpec("  rounds: {learningRate: -0.1}\n"),
-                    "spec.rounds.learningRate: must be > 0, got -0.1"},
+                    "spec.rounds.learningRate: must be in (0, 10], got -0.1"},
         InvalidCase{"LearningRateText", WithSpec("  rounds: {learningRate: fast}\n"),
                     "spec.rounds.learningRate: must be a finite number, got fast"},
         InvalidCase{"UnknownStrategy", WithSpec("  strategy: {name: sgd}\n"),

@@ -149,9 +149,6 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   // Builds spare serving instances, so installing a global never waits for
   // inference (ServingModel); runs on the client thread, not on requests.
   ServingModel::Factory serving_factory;
-  if (causal_lm && spec.adapter.aggregation == "frozen-a") {
-    return InvalidArgumentError("spec.adapter.aggregation: frozen-a is not supported for llama jobs yet");
-  }
   if (causal_lm) {
     LlmModelOptions lo;
     lo.model_dir = settings.model_dir;
@@ -164,6 +161,9 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     lo.max_seq_len = spec.model.maxSeqLen;
     lo.num_threads = settings.threads;
     FEDGE_ASSIGN_OR_RETURN(a->trainer_, LlmModel::Load(lo));
+    // Serving only decodes: the spec decides its weights (default float32), not
+    // FEDGE_DECODE_WEIGHTS.
+    lo.decode_weights = spec.serving.decodeWeights == "int8" ? "int8" : "f32";
     FEDGE_ASSIGN_OR_RETURN(server_model, LlmModel::Load(lo));
     serving_factory = [lo]() -> StatusOr<std::unique_ptr<TextClassifier>> {
       FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<LlmModel> m, LlmModel::Load(lo));
@@ -222,7 +222,6 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   opts.node_name = settings.node_name;
   opts.token = settings.token;
   opts.model_family = spec.model.family;
-  opts.zstd = spec.compression.zstd;
   ClientDeps deps;
   deps.trainer = a->trainer_.get();
   deps.serving = a->serving_.get();

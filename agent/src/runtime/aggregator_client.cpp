@@ -12,6 +12,7 @@
 #include "fedge/agent/runtime/secagg_client.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/update.h"
+#include "fedge/job_spec_fields.h"
 #include "fedge/log.h"
 
 #include <prometheus/counter.h>
@@ -261,7 +262,7 @@ Status AggregatorClient::Join() {
   req.set_node_name(options_.node_name);
   req.set_token(options_.token);
   auto* caps = req.mutable_capabilities();
-  for (const char* codec : {"fp32", "fp16", "bf16", "int8", "int4"}) caps->add_codecs(codec);
+  for (const std::string& codec : CompressionCodecNames()) caps->add_codecs(codec);
   caps->set_num_train_examples(static_cast<int64_t>(deps_.train_data->size()));
   caps->set_num_eval_examples(static_cast<int64_t>(deps_.eval_data->size()));
   caps->set_model_family(options_.model_family);
@@ -516,9 +517,12 @@ Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::strin
 Status AggregatorClient::DoInitialize(const v1::Task& task) {
   auto start = std::chrono::steady_clock::now();
   TensorBundle state = deps_.trainer->ExportTrainable();
+  // The full state travels in fp32 whatever the job's codec (the aggregator
+  // checks deltas only), zstd as the job says.
+  FEDGE_ASSIGN_OR_RETURN(CompressionSpec compression, CompressionFromWire(task.config()));
   EncodeOptions eo;
   eo.codec = Codec::kFp32;
-  eo.zstd = options_.zstd;
+  eo.zstd = compression.zstd;
   FEDGE_ASSIGN_OR_RETURN(std::string payload, EncodeBundle(state, eo));
   v1::UpdateHeader h;
   *h.mutable_header() = Header();
@@ -545,13 +549,13 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   auto start = std::chrono::steady_clock::now();
   FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
   const v1::TrainingConfig& c = task.config();
-  std::string codec_name = c.update_codec().empty() ? "fp32" : c.update_codec();
-  auto codec = ParseCodec(codec_name);
-  if (!codec.ok()) {
-    return FailedPreconditionError("round " + std::to_string(task.round()) + " asks for update codec \"" +
-                                   codec_name +
-                                   "\", which this agent does not offer (fp32, fp16, bf16, int8, int4)");
+  FEDGE_ASSIGN_OR_RETURN(CompressionSpec compression, CompressionFromWire(c));
+  auto encode = EncodeOptionsFor(compression);
+  if (!encode.ok()) {
+    return FailedPreconditionError("round " + std::to_string(task.round()) + ": " +
+                                   encode.status().message() + ", which this agent does not offer");
   }
+  const std::string& codec_name = compression.codec;
   Status imported = deps_.trainer->ImportTrainable(held_.bundle);
   if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
 
@@ -580,12 +584,8 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
     return SubmitSecurely(task, delta, deps_.train_data->size(), result->steps, result->mean_loss);
   }
   UpdateCodecConfig cc;
-  cc.codec = *codec;
-  cc.block_size = c.block_size() > 0 ? c.block_size() : 64;
-  cc.zstd = options_.zstd;
-  cc.topk_fraction = c.topk_fraction();
-  cc.error_feedback = c.error_feedback();
-  cc.stochastic_rounding = c.stochastic_rounding();
+  cc.encode = *encode;
+  cc.error_feedback = compression.errorFeedback;
   auto encoded = encoder_.Encode(delta, cc, task.round(),
                                  MixTrainingSeed(c.seed(), options_.agent_id + "/rounding", task.round()));
   if (!encoded.ok())
@@ -623,7 +623,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
                               {"loss", result->mean_loss},
                               {"feedback_examples", mixed.feedback_used},
                               {"codec", codec_name},
-                              {"topk_fraction", cc.topk_fraction},
+                              {"topk_fraction", cc.encode.topk_fraction},
                               {"error_feedback", cc.error_feedback && cc.Lossy()},
                               {"residual_applied", encoded->feedback_applied},
                               {"bytes", payload.size()},

@@ -21,6 +21,7 @@ StatusOr<std::unique_ptr<LlmModel>> LlmModel::Load(const LlmModelOptions& option
   llm::CausalLmOptions lo;
   lo.model_dir = options.model_dir;
   lo.num_threads = options.num_threads;
+  lo.decode_weights = options.decode_weights;
   FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<llm::CausalLm> lm, llm::CausalLm::Load(lo));
   Status st = lm->EnableLora(options.lora);
   if (!st.ok()) return st.WithContext("spec.adapter");

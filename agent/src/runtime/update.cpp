@@ -64,12 +64,7 @@ UpdateEncoder::UpdateEncoder(std::string residual_path, std::string job)
 StatusOr<UpdateEncoder::Encoded> UpdateEncoder::Encode(const TensorBundle& delta,
                                                        const UpdateCodecConfig& config, int64_t round,
                                                        uint64_t seed) {
-  EncodeOptions eo;
-  eo.codec = config.codec;
-  eo.block_size = config.block_size;
-  eo.zstd = config.zstd;
-  eo.topk_fraction = config.topk_fraction;
-  eo.stochastic_rounding = config.stochastic_rounding;
+  EncodeOptions eo = config.encode;
   eo.seed = seed;
   Encoded out;
   if (!config.error_feedback || !config.Lossy()) {

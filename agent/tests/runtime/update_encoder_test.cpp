@@ -31,8 +31,8 @@ TensorBundle Delta(uint64_t seed) {
 
 UpdateCodecConfig TopK(double fraction) {
   UpdateCodecConfig c;
-  c.codec = Codec::kInt8;
-  c.topk_fraction = fraction;
+  c.encode.codec = Codec::kInt8;
+  c.encode.topk_fraction = fraction;
   c.error_feedback = true;
   return c;
 }
@@ -217,8 +217,8 @@ TEST_F(UpdateEncoderTest, LosslessOrDisabledFeedbackKeepsNoResidual) {
     EXPECT_FALSE(enc.has_residual());
     EXPECT_FALSE(std::filesystem::exists(path_));
     EncodeOptions eo;
-    eo.codec = cfg.codec;
-    eo.topk_fraction = cfg.topk_fraction;
+    eo.codec = cfg.encode.codec;
+    eo.topk_fraction = cfg.encode.topk_fraction;
     auto plain = EncodeBundle(Delta(1), eo);
     ASSERT_TRUE(plain.ok());
     EXPECT_EQ(r->payload, *plain);
@@ -227,8 +227,8 @@ TEST_F(UpdateEncoderTest, LosslessOrDisabledFeedbackKeepsNoResidual) {
 
 TEST_F(UpdateEncoderTest, Int4WithStochasticRoundingIsReproducibleBySeed) {
   UpdateCodecConfig cfg;
-  cfg.codec = Codec::kInt4;
-  cfg.stochastic_rounding = true;
+  cfg.encode.codec = Codec::kInt4;
+  cfg.encode.stochastic_rounding = true;
   cfg.error_feedback = true;
   UpdateEncoder a("", kJob), b("", kJob), c("", kJob);
   auto ra = a.Encode(Delta(1), cfg, 1, 5);
@@ -242,7 +242,7 @@ TEST_F(UpdateEncoderTest, Int4WithStochasticRoundingIsReproducibleBySeed) {
   EXPECT_EQ(header->codec, Codec::kInt4);
   EXPECT_EQ(header->version, 2);
   // Bad options are an error and leave nothing pending.
-  cfg.codec = Codec::kFp16;
+  cfg.encode.codec = Codec::kFp16;
   EXPECT_EQ(a.Encode(Delta(2), cfg, 2, 5).status().code(), StatusCode::kInvalidArgument);
 }
 

@@ -168,6 +168,9 @@ struct RunPolicySpec {
 struct ServingSpec {
   bool enabled = true;
   int port = 8080;
+  // Weights the decode step reads (llama only: CausalLmOptions::decode_weights):
+  // "float32" | "int8".
+  std::string decodeWeights = "float32";
 
   bool operator==(const ServingSpec&) const = default;
 };

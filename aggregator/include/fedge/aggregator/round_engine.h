@@ -79,14 +79,12 @@ struct TrainConfig {
   float learning_rate = 0;
   float weight_decay = 0;
   uint64_t seed = 0;
-  std::string update_codec;
   int max_seq_len = 0;
   float max_grad_norm = 0;
   float proximal_mu = 0;
-  int block_size = 0;
-  double topk_fraction = 0;
-  bool error_feedback = false;
-  bool stochastic_rounding = false;
+  // spec.compression: on the wire through CompressionToWire (fedge/job_spec_fields.h);
+  // every delta upload must use its codec (ProtocolHandler::AppendChunk).
+  CompressionSpec compression;
   // Secure aggregation (SecAggOptions): the agent clips weight x delta to
   // secagg_clip_norm, weight = min(examples / secagg_max_weight, 1) (1 when 0).
   bool secure_aggregation = false;

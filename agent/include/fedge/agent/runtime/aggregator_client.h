@@ -56,7 +56,6 @@ struct ClientOptions {
   std::string node_name;
   std::string token;  // bearer token for Join; may be empty
   std::string model_family = "bert";
-  bool zstd = true;  // zstd on top of the update codec
   int eval_batch_size = 32;
   RpcDeadlines deadlines;
   std::chrono::milliseconds backoff_initial{100};

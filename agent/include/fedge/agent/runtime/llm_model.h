@@ -22,6 +22,9 @@ struct LlmModelOptions {
   llm::CausalLmLoraOptions lora;
   int max_seq_len = 128;  // tokens per training/eval example
   int num_threads = 1;
+  // Weights of the decode step: "f32" | "int8" (llm::CausalLmOptions::decode_weights;
+  // spec.serving.decodeWeights). Empty: FEDGE_DECODE_WEIGHTS, else f32.
+  std::string decode_weights;
 };
 
 class LlmModel : public TextClassifier {

@@ -25,19 +25,16 @@ uint64_t HashAgentId(std::string_view agent_id);
 // differs, and a rerun of the same agent and round is reproducible.
 uint64_t MixTrainingSeed(uint64_t job_seed, std::string_view agent_id, int64_t round);
 
-// The update encoding a TRAIN task asks for (v1.TrainingConfig's codec fields,
-// spec.compression in the job).
+// The update encoding a TRAIN task asks for: spec.compression of the job, read
+// from v1.TrainingConfig by CompressionFromWire and mapped by EncodeOptionsFor
+// (fedge/job_spec_fields.h).
 struct UpdateCodecConfig {
-  Codec codec = Codec::kFp32;
-  int block_size = 64;
-  bool zstd = true;
-  double topk_fraction = 0;  // 0: dense
+  EncodeOptions encode;  // the seed is set per round by UpdateEncoder::Encode
   bool error_feedback = false;
-  bool stochastic_rounding = false;
 
   // True when the encoding can change values (any codec but fp32, or top-k):
   // the only case in which error feedback does anything.
-  bool Lossy() const { return codec != Codec::kFp32 || topk_fraction > 0; }
+  bool Lossy() const { return encode.codec != Codec::kFp32 || encode.topk_fraction > 0; }
 };
 
 // Encodes one agent's round updates. With error feedback on and a lossy
