@@ -145,7 +145,7 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     log::Warn("no evaluation data; EVALUATE tasks report 0 examples", {{"path", settings.eval_path}});
   }
 
-  std::unique_ptr<TextClassifier> server_model;
+  std::unique_ptr<TrainableModel> server_model;
   // Builds spare serving instances, so installing a global never waits for
   // inference (ServingModel); runs on the client thread, not on requests.
   ServingModel::Factory serving_factory;
@@ -165,9 +165,9 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     // FEDGE_DECODE_WEIGHTS.
     lo.decode_weights = spec.serving.decodeWeights == "int8" ? "int8" : "f32";
     FEDGE_ASSIGN_OR_RETURN(server_model, LlmModel::Load(lo));
-    serving_factory = [lo]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+    serving_factory = [lo]() -> StatusOr<std::unique_ptr<TrainableModel>> {
       FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<LlmModel> m, LlmModel::Load(lo));
-      return std::unique_ptr<TextClassifier>(std::move(m));
+      return std::unique_ptr<TrainableModel>(std::move(m));
     };
   } else {
     ClassifierOptions co;
@@ -184,7 +184,10 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     co.num_threads = settings.threads;
     FEDGE_ASSIGN_OR_RETURN(a->trainer_, TextClassifier::Load(co));
     FEDGE_ASSIGN_OR_RETURN(server_model, TextClassifier::Load(co));
-    serving_factory = [co]() { return TextClassifier::Load(co); };
+    serving_factory = [co]() -> StatusOr<std::unique_ptr<TrainableModel>> {
+      FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<TextClassifier> m, TextClassifier::Load(co));
+      return std::unique_ptr<TrainableModel>(std::move(m));
+    };
   }
 
   a->metrics_ = std::make_unique<AgentMetrics>();

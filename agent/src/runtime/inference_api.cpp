@@ -374,9 +374,10 @@ HttpResponse InferenceApi::Embeddings(const HttpRequest& request) {
   // a "dimensions" other than the model's is refused without computing anything.
   int64_t dims = 0;
   bool dims_refused = false;
-  auto precheck = [&](TextClassifier& model) -> Status {
-    if (dynamic_cast<LlmModel*>(&model) != nullptr) return OkStatus();  // Embed answers UNIMPLEMENTED
-    dims = model.hidden_size();
+  auto precheck = [&](TrainableModel& model) -> Status {
+    Embedder* embedder = model.AsEmbedder();
+    if (embedder == nullptr) return MissingCapability(model, "embeddings");
+    dims = embedder->dimensions();
     if (req->dimensions && *req->dimensions != dims) {
       dims_refused = true;
       return InvalidArgumentError("dimensions");
@@ -424,7 +425,7 @@ HttpResponse InferenceApi::ChatCompletions(const HttpRequest& request) {
   return Generate(request, GenerationEndpoint::kChatCompletions);
 }
 
-Status InferenceApi::UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn,
+Status InferenceApi::UseModel(const std::function<Status(TrainableModel& model, int64_t version)>& fn,
                               const RequestScheduler::GoneFn& gone) {
   return scheduler_->RunExclusive(fn, gone);
 }
@@ -435,8 +436,8 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    const RequestScheduler::GoneFn& gone) {
   const std::string& route = GenerationRoute(req.endpoint);
   Status st = UseModel(
-      [&](TextClassifier& model, int64_t v) -> Status {
-        auto* lm = dynamic_cast<LlmModel*>(&model);
+      [&](TrainableModel& model, int64_t v) -> Status {
+        Generator* lm = model.AsGenerator();
         if (lm == nullptr) return NotCausalLm();
         *version = v;
         llm::GenerationOptions options = req.options;

@@ -30,6 +30,11 @@ StatusOr<std::unique_ptr<LlmModel>> LlmModel::Load(const LlmModelOptions& option
 
 StatusOr<TrainResult> LlmModel::Train(const std::vector<Example>& data, const TrainOptions& options) {
   if (data.empty()) return FailedPreconditionError("no training examples");
+  if (options.step_correction) {
+    return InvalidArgumentError(
+        "the causal LM has no SCAFFOLD step correction (spec.strategy.name scaffold is for bert "
+        "sequence-classification); use another strategy");
+  }
   llm::CausalLmTrainOptions to;
   to.steps = options.steps;
   to.batch_size = options.batch_size;
@@ -53,14 +58,6 @@ StatusOr<EvalResult> LlmModel::Evaluate(const std::vector<Example>& data, int /*
   FEDGE_ASSIGN_OR_RETURN(out.mean_loss, lm_->Loss(ToPairs(data), max_seq_len_));
   out.num_examples = static_cast<int64_t>(data.size());
   return out;
-}
-
-StatusOr<std::vector<Prediction>> LlmModel::Classify(const std::vector<std::string>&) {
-  return UnimplementedError("this is a causal-lm job: classification is not available; use /v1/completions");
-}
-
-StatusOr<std::vector<std::vector<float>>> LlmModel::Embed(const std::vector<std::string>&) {
-  return UnimplementedError("this is a causal-lm job: embeddings are not available; use /v1/completions");
 }
 
 int LlmModel::CountTokens(const std::string& text) const {

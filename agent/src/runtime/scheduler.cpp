@@ -301,7 +301,7 @@ void RequestScheduler::RunBatch(const std::vector<std::shared_ptr<Item>>& batch)
   bool entered = false;
   int inputs = 0;
   const EncodeTask task = batch.front()->task;
-  Status st = model_->Use([&](TextClassifier& model, int64_t version) -> Status {
+  Status st = model_->Use([&](TrainableModel& model, int64_t version) -> Status {
     entered = true;
     int longest = 0;
     for (auto& item : batch) {
@@ -356,7 +356,7 @@ void RequestScheduler::RunBatch(const std::vector<std::shared_ptr<Item>>& batch)
     for (const auto& item : running) texts.insert(texts.end(), item->texts->begin(), item->texts->end());
     size_t produced = 0;
     if (task == EncodeTask::kClassify) {
-      FEDGE_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, model.Classify(texts));
+      FEDGE_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, ClassifyWith(model, texts));
       produced = predictions.size();
       if (produced == texts.size()) {
         size_t at = 0;
@@ -369,7 +369,7 @@ void RequestScheduler::RunBatch(const std::vector<std::shared_ptr<Item>>& batch)
         }
       }
     } else {
-      FEDGE_ASSIGN_OR_RETURN(std::vector<std::vector<float>> vectors, model.Embed(texts));
+      FEDGE_ASSIGN_OR_RETURN(std::vector<std::vector<float>> vectors, EmbedWith(model, texts));
       produced = vectors.size();
       if (produced == texts.size()) {
         size_t at = 0;

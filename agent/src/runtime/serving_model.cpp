@@ -3,9 +3,17 @@
 #include "fedge/log.h"
 
 namespace fedge::agent {
+namespace {
 
-ServingModel::ServingModel(std::unique_ptr<TextClassifier> model, std::string job, Factory factory)
-    : job_(std::move(job)), labels_(model->labels()), factory_(std::move(factory)) {
+std::vector<std::string> LabelsOf(TrainableModel& model) {
+  Classifier* classifier = model.AsClassifier();
+  return classifier != nullptr ? classifier->labels() : std::vector<std::string>{};
+}
+
+}  // namespace
+
+ServingModel::ServingModel(std::unique_ptr<TrainableModel> model, std::string job, Factory factory)
+    : job_(std::move(job)), labels_(LabelsOf(*model)), factory_(std::move(factory)) {
   spares_.push_back(std::make_shared<Instance>());
   spares_.back()->model = std::move(model);
   if (factory_) {
@@ -96,7 +104,7 @@ Status ServingModel::Install(const TensorBundle& bundle, int64_t version) {
   return OkStatus();
 }
 
-Status ServingModel::Use(const std::function<Status(TextClassifier&, int64_t)>& fn) {
+Status ServingModel::Use(const std::function<Status(TrainableModel&, int64_t)>& fn) {
   std::shared_ptr<Instance> instance = Published();
   if (instance == nullptr) {
     return UnavailableError("no global model installed yet; the agent serves once it has fetched one");

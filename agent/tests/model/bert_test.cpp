@@ -158,6 +158,26 @@ TEST(BertModelTest, FindLinearsUsesPeftSuffixRule) {
   EXPECT_TRUE(bert->FindLinears("ery").empty());
 }
 
+// The rule peft/lora_targets.h shares with the Llama family (lora_targets_test.cpp).
+TEST(BertModelTest, SelectLoraTargetsUsesTheSharedPeftRule) {
+  BertModel bert(TinyOptions());
+  auto value = bert->SelectLoraTargets({"attention.self.value"});
+  ASSERT_TRUE(value.ok()) << value.status().ToString();
+  ASSERT_EQ(value->size(), 2u);
+  EXPECT_EQ((*value)[0].first, "encoder.layer.0.attention.self.value");
+  EXPECT_EQ((*value)[1].first, "encoder.layer.1.attention.self.value");
+  // Target by target, each module once: "value" adds nothing after the long form.
+  auto both = bert->SelectLoraTargets({"query", "attention.self.value", "value"});
+  ASSERT_TRUE(both.ok());
+  ASSERT_EQ(both->size(), 4u);
+  EXPECT_EQ((*both)[0].first, "encoder.layer.0.attention.self.query");
+  EXPECT_EQ((*both)[2].first, "encoder.layer.0.attention.self.value");
+  auto dense = bert->SelectLoraTargets({"attention.output.dense"});
+  ASSERT_TRUE(dense.ok());
+  EXPECT_EQ(dense->size(), 2u);
+  EXPECT_EQ(bert->SelectLoraTargets({"self_attn.q_proj"}).status().code(), StatusCode::kInvalidArgument);
+}
+
 struct RealBert {
   BertModel bert{nullptr};
   std::optional<WordPieceTokenizer> tokenizer;

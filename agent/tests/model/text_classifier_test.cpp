@@ -96,7 +96,7 @@ TEST(TextClassifierTest, ExportNamesAndShapesFollowTheContract) {
   ASSERT_NE(b.Find("classifier.weight"), nullptr);
   EXPECT_THAT(b.Find("classifier.weight")->shape, ::testing::ElementsAre(2, 384));
   EXPECT_THAT(b.Find("classifier.bias")->shape, ::testing::ElementsAre(2));
-  EXPECT_EQ(c->hidden_size(), 384);
+  EXPECT_EQ(c->dimensions(), 384);
   EXPECT_EQ(c->labels(), kLabels);
   // Same seed, same initialisation; another seed, another one.
   auto same = MustLoad(Options(dir));

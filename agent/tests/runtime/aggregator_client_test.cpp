@@ -323,7 +323,7 @@ class AggregatorClientTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  std::unique_ptr<AggregatorClient> MakeClient(int port, TextClassifier* trainer = nullptr,
+  std::unique_ptr<AggregatorClient> MakeClient(int port, TrainableModel* trainer = nullptr,
                                                ServingModel* serving = nullptr, size_t chunk_bytes = 64,
                                                const ChannelTls& tls = {}) {
     ClientOptions o;

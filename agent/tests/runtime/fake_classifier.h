@@ -1,7 +1,8 @@
 // A deterministic stand-in for the MiniLM classifier: a tiny trainable state
 // ("classifier.weight" [labels, 2], "classifier.bias" [labels]) and simple
 // arithmetic, so runtime tests can predict every number the agent sends.
-//   Train:    weight[i] += lr * (i + 1); bias[j] -= lr   (exact deltas to check)
+//   Train:    weight[i] += lr * (i + 1); bias[j] -= lr   (exact deltas to check);
+//             with a step_correction, each value also -= lr * steps * correction
 //   Classify: softmax(bias + weight[:, 0] * words); label = argmax
 //   Embed:    L2-normalised [chars, words, 1, bias[0]]
 // It also detects concurrent use, which the runtime must never allow.
@@ -43,7 +44,7 @@ class FakeClassifier : public TextClassifier {
   }
 
   const std::vector<std::string>& labels() const override { return labels_; }
-  int hidden_size() const override { return 4; }
+  int dimensions() const override { return 4; }
 
   TensorBundle ExportTrainable() const override {
     Guard g(this);
@@ -67,6 +68,16 @@ class FakeClassifier : public TextClassifier {
     auto& b = state_.tensors[1].values;
     for (size_t i = 0; i < w.size(); ++i) w[i] += static_cast<float>(options.learning_rate) * float(i + 1);
     for (auto& v : b) v -= static_cast<float>(options.learning_rate);
+    // SCAFFOLD: options.steps steps of -lr x correction each.
+    if (options.step_correction) {
+      for (NamedTensor& t : state_.tensors) {
+        const NamedTensor* c = options.step_correction->Find(t.name);
+        if (c == nullptr || c->values.size() != t.values.size())
+          return InvalidArgumentError("fake: step_correction lacks " + t.name);
+        for (size_t i = 0; i < t.values.size(); ++i)
+          t.values[i] -= static_cast<float>(options.learning_rate * options.steps * c->values[i]);
+      }
+    }
     TrainResult r;
     r.steps = options.steps;
     r.mean_loss = 0.5 + 1.0 / options.steps;

@@ -218,7 +218,7 @@ TEST_F(GenerationMetricsTest, RequestWaitingForTheModelIsCountedUntilItRuns) {
   std::future<void> released = release.get_future();
   std::thread holder([&] {
     // Holds the model through the scheduler, so the request below waits in its queue.
-    Status st = api_->scheduler().RunExclusive([&](TextClassifier&, int64_t) {
+    Status st = api_->scheduler().RunExclusive([&](TrainableModel&, int64_t) {
       holding.set_value();
       released.wait();
       return OkStatus();

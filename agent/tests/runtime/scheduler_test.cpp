@@ -288,7 +288,7 @@ TEST_F(SchedulerTest, RefusesRequestsBeyondMaxQueuedRequestsAtOnce) {
   EXPECT_NE(refused.status().message().find("--max-queued-requests 2"), std::string::npos)
       << refused.status().message();
   EXPECT_GE(scheduler_->retry_after_seconds(), 1);
-  EXPECT_EQ(scheduler_->RunExclusive([](TextClassifier&, int64_t) { return OkStatus(); }).code(),
+  EXPECT_EQ(scheduler_->RunExclusive([](TrainableModel&, int64_t) { return OkStatus(); }).code(),
             StatusCode::kResourceExhausted);
   model_->Release();
   ASSERT_TRUE(occupier.get().ok());
@@ -354,10 +354,10 @@ TEST_F(SchedulerTest, ExclusiveWorkRunsAloneOnTheModel) {
   auto fb = Submit(&before);
   ASSERT_TRUE(QueuedReaches(1));
   auto fx = std::async(std::launch::async, [&] {
-    return scheduler_->RunExclusive([&](TextClassifier& model, int64_t version) {
+    return scheduler_->RunExclusive([&](TrainableModel& model, int64_t version) {
       calls_when_exclusive_ran = model_->calls().size();
       // The exclusive function owns the model: it may call it directly.
-      auto own = model.Classify({"exclusive"});
+      auto own = ClassifyWith(model, {"exclusive"});
       if (!own.ok()) return own.status();
       return version == 7 ? OkStatus() : InternalError("wrong version " + std::to_string(version));
     });
@@ -416,7 +416,7 @@ TEST_F(SchedulerTest, UnavailableBeforeAGlobalIsInstalledAndAfterStop) {
   RequestScheduler scheduler(&serving, {});
   const std::vector<std::string> t = {"t"};
   EXPECT_EQ(scheduler.Encode(EncodeTask::kClassify, t).status().code(), StatusCode::kUnavailable);
-  EXPECT_EQ(scheduler.RunExclusive([](TextClassifier&, int64_t) { return OkStatus(); }).code(),
+  EXPECT_EQ(scheduler.RunExclusive([](TrainableModel&, int64_t) { return OkStatus(); }).code(),
             StatusCode::kUnavailable);
   scheduler.Stop();
   EXPECT_EQ(scheduler.Encode(EncodeTask::kClassify, t).status().code(), StatusCode::kUnavailable);

@@ -99,11 +99,11 @@ class ServingUnderLoadTest : public ::testing::Test {
     global_ = first_->ExportTrainable();
     ServingModel::Factory factory;
     if (with_factory) {
-      factory = [this]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+      factory = [this]() -> StatusOr<std::unique_ptr<TrainableModel>> {
         if (on_build_) on_build_();
         auto m = std::make_unique<FakeClassifier>(TestLabels());
         built_.push_back(m.get());
-        return std::unique_ptr<TextClassifier>(std::move(m));
+        return std::unique_ptr<TrainableModel>(std::move(m));
       };
     }
     serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job", factory);
@@ -357,7 +357,7 @@ TEST(ServingModelTest, AFailingFactoryFallsBackToInstallingBetweenRequests) {
   FakeClassifier* fake = model.get();
   TensorBundle global = model->ExportTrainable();
   int asked = 0;
-  ServingModel serving(std::move(model), "ns/job", [&]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+  ServingModel serving(std::move(model), "ns/job", [&]() -> StatusOr<std::unique_ptr<TrainableModel>> {
     ++asked;
     return ResourceExhaustedError("out of memory");
   });
@@ -372,9 +372,9 @@ TEST(ServingModelTest, AFailingFactoryFallsBackToInstallingBetweenRequests) {
   EXPECT_EQ(fake->imports, 2);
   std::string label;
   ASSERT_TRUE(serving
-                  .Use([&](TextClassifier& m, int64_t v) -> Status {
+                  .Use([&](TrainableModel& m, int64_t v) -> Status {
                     EXPECT_EQ(v, 2);
-                    FEDGE_ASSIGN_OR_RETURN(auto p, m.Classify({"a dog"}));
+                    FEDGE_ASSIGN_OR_RETURN(auto p, ClassifyWith(m, {"a dog"}));
                     label = TestLabels()[static_cast<size_t>(p[0].label)];
                     return OkStatus();
                   })

@@ -1,5 +1,6 @@
-// TextClassifier: the agent's model, behind a torch-free interface so the
-// agent's runtime (client, HTTP serving, main) compiles without libtorch headers.
+// TextClassifier: the agent's model for BERT-family jobs, behind the torch-free
+// contracts of fedge/agent/model.h (a TrainableModel that is a Classifier and an
+// Embedder), so the agent's runtime compiles without libtorch headers.
 //
 // A BERT-family encoder loaded from a Hugging Face directory (config.json,
 // model.safetensors, vocab.txt), LoRA on selected attention projections, and a
@@ -10,8 +11,7 @@
 //   "encoder.layer.0.attention.self.query.lora_B" [out, r]
 //   "classifier.weight" [labels, hidden], "classifier.bias" [labels]
 //
-// Thread safety: a TextClassifier is not thread-safe; the runtime keeps one for
-// training and one for serving and guards each with its own mutex.
+// Thread safety: a TextClassifier is not thread-safe (see model.h).
 #pragma once
 
 #include <cstdint>
@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "fedge/agent/model.h"
 #include "fedge/status.h"
-#include "fedge/tensor_bundle.h"
 
 namespace fedge::agent {
 
@@ -40,69 +40,17 @@ struct ClassifierOptions {
   int num_threads = 1;      // torch intra-op threads
 };
 
-struct Example {
-  std::string text;
-  int label = -1;  // index into labels; -1 when unknown
-  // Causal-LM jobs only: `text` is the prompt and this the target continuation.
-  std::string completion;
-};
-
-struct TrainOptions {
-  int steps = 20;
-  int batch_size = 16;
-  double learning_rate = 1e-3;
-  double weight_decay = 0.01;
-  double max_grad_norm = 1.0;  // 0: no clipping
-  double proximal_mu = 0.0;    // FedProx: mu/2 * ||w - w_global||^2
-  uint64_t seed = 0;           // batch sampling and dropout
-};
-
-struct TrainResult {
-  double mean_loss = 0;
-  int steps = 0;
-  int64_t examples_seen = 0;
-};
-
-struct EvalResult {
-  double accuracy = 0;
-  double mean_loss = 0;
-  int64_t num_examples = 0;
-  int64_t num_correct = 0;
-};
-
-struct Prediction {
-  int label = 0;
-  std::vector<float> probabilities;  // softmax over labels
-};
-
-class TextClassifier {
+class TextClassifier : public TrainableModel, public Classifier, public Embedder {
  public:
-  virtual ~TextClassifier() = default;
-
   // Loads the base model and builds fresh LoRA/head parameters from init_seed.
   // NOT_FOUND / INVALID_ARGUMENT / DATA_LOSS name the file and the problem.
   static StatusOr<std::unique_ptr<TextClassifier>> Load(const ClassifierOptions& options);
 
-  virtual const std::vector<std::string>& labels() const = 0;
-  virtual int hidden_size() const = 0;
-
-  // The trainable parameters (LoRA factors + head), fp32.
-  virtual TensorBundle ExportTrainable() const = 0;
-  // Replaces the trainable parameters; INVALID_ARGUMENT (and no change) if names
-  // or shapes differ from ExportTrainable()'s or a value is not finite.
-  virtual Status ImportTrainable(const TensorBundle& bundle) = 0;
-
-  // Runs `options.steps` AdamW steps on batches sampled (seeded) from `data`.
-  // The optimizer state is fresh for each call (one call = one local round).
-  virtual StatusOr<TrainResult> Train(const std::vector<Example>& data, const TrainOptions& options) = 0;
-
-  virtual StatusOr<EvalResult> Evaluate(const std::vector<Example>& data, int batch_size) = 0;
-  virtual StatusOr<std::vector<Prediction>> Classify(const std::vector<std::string>& texts) = 0;
-  // Sentence embeddings: mean pooling over tokens + L2 normalisation
-  // (sentence-transformers' recipe), from the encoder with the current LoRA.
-  virtual StatusOr<std::vector<std::vector<float>>> Embed(const std::vector<std::string>& texts) = 0;
-  // Number of WordPiece tokens (with [CLS]/[SEP]) the text encodes to, untruncated.
-  virtual int CountTokens(const std::string& text) const = 0;
+  // Embed: mean pooling over tokens + L2 normalisation (sentence-transformers'
+  // recipe) from the encoder with the current LoRA; dimensions() = hidden size.
+  // CountTokens: WordPiece tokens with [CLS]/[SEP].
+  Classifier* AsClassifier() final { return this; }
+  Embedder* AsEmbedder() final { return this; }
 };
 
 // Reads JSONL lines {"text": "...", "label": "noun.animal"} (label may also be an

@@ -6,17 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
+#include "peft/lora_targets.h"
+#include "shape_string.h"
 
 namespace fedge::agent {
-namespace {
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-}  // namespace
 
 StatusOr<BertOptions> BertOptions::FromConfigJson(const std::string& json_text) {
   nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
@@ -199,17 +192,34 @@ Status BertModelImpl::LoadWeights(const SafetensorsFile& file) {
   return OkStatus();
 }
 
+std::vector<std::pair<std::string, LoraLinear>> BertModelImpl::Linears() {
+  std::vector<std::pair<std::string, LoraLinear>> out;
+  for (auto& item : named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    if (item.value()->as<LoraLinearImpl>() == nullptr) continue;
+    out.emplace_back(item.key(), LoraLinear(std::static_pointer_cast<LoraLinearImpl>(item.value())));
+  }
+  return out;
+}
+
 std::vector<std::pair<std::string, LoraLinear>> BertModelImpl::FindLinears(const std::string& target) {
   std::vector<std::pair<std::string, LoraLinear>> found;
-  for (auto& item : named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
-    auto linear = std::dynamic_pointer_cast<LoraLinearImpl>(item.value());
-    if (!linear) continue;
-    const std::string& name = item.key();
-    bool match = name == target || (name.size() > target.size() && name.ends_with(target) &&
-                                    name[name.size() - target.size() - 1] == '.');
-    if (match) found.emplace_back(name, LoraLinear(linear));
+  for (auto& [name, linear] : Linears()) {
+    if (LoraTargetMatches(name, target)) found.emplace_back(name, linear);
   }
   return found;
+}
+
+StatusOr<std::vector<std::pair<std::string, LoraLinear>>> BertModelImpl::SelectLoraTargets(
+    const std::vector<std::string>& targets) {
+  std::vector<std::pair<std::string, LoraLinear>> all = Linears();
+  std::vector<std::string> names;
+  for (const auto& [name, linear] : all) names.push_back(name);
+  FEDGE_ASSIGN_OR_RETURN(
+      std::vector<size_t> picked,
+      MatchLoraTargets(names, targets, "try query, key, value, dense, attention.output.dense"));
+  std::vector<std::pair<std::string, LoraLinear>> out;
+  for (size_t i : picked) out.push_back(all[i]);
+  return out;
 }
 
 torch::Tensor MeanPool(const torch::Tensor& hidden, const torch::Tensor& mask) {

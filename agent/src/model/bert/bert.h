@@ -128,6 +128,12 @@ class BertModelImpl : public torch::nn::Module {
   // "." + target (PEFT's rule: "value" matches every "...attention.self.value",
   // "dense" matches attention.output.dense, intermediate.dense and output.dense).
   std::vector<std::pair<std::string, LoraLinear>> FindLinears(const std::string& target);
+  // Every LoraLinear with its qualified name, in module order.
+  std::vector<std::pair<std::string, LoraLinear>> Linears();
+  // The modules `targets` adapt (MatchLoraTargets, peft/lora_targets.h: target
+  // by target, each once); INVALID_ARGUMENT names a target matching nothing.
+  StatusOr<std::vector<std::pair<std::string, LoraLinear>>> SelectLoraTargets(
+      const std::vector<std::string>& targets);
 
  private:
   BertOptions options_;

@@ -9,24 +9,11 @@
 
 #include "fedge/file_util.h"
 #include "fedge/safetensors.h"
+#include "shape_string.h"
+#include "torch_call.h"
 
 namespace fedge::agent {
 namespace {
-
-template <typename Fn>
-auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return InternalError(std::string(what) + ": libtorch: " + e.what_without_backtrace());
-  }
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 StatusOr<int64_t> NumLabels(const std::string& config_text) {
   nlohmann::json j = nlohmann::json::parse(config_text, nullptr, /*allow_exceptions=*/false);
@@ -59,7 +46,7 @@ StatusOr<std::shared_ptr<BertTokenClassifierImpl>> BertTokenClassifierImpl::Load
   if (*num_labels <= 0) return InvalidArgumentError(config_path + ": num_labels must be positive");
   const std::string weights_path = (fs::path(dir) / "model.safetensors").string();
   FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Read(weights_path));
-  return CatchTorch("BertTokenClassifier::Load", [&]() -> StatusOr<std::shared_ptr<BertTokenClassifierImpl>> {
+  return TorchCall("BertTokenClassifier::Load", [&]() -> StatusOr<std::shared_ptr<BertTokenClassifierImpl>> {
     auto model = std::make_shared<BertTokenClassifierImpl>(*options, *num_labels);
     Status st = model->bert_->LoadWeights(weights);
     if (!st.ok()) return st.WithContext(weights_path);
@@ -94,23 +81,14 @@ Status BertTokenClassifierImpl::EnableLora(const LoraOptions& options,
   if (options.rank <= 0 || !(options.alpha > 0))
     return InvalidArgumentError("LoRA rank and alpha must be positive");
   // Resolve every target before changing anything, so an error leaves no half-adapted model.
-  std::vector<std::pair<std::string, LoraLinear>> selected;
-  std::unordered_set<std::string> seen;
-  for (const std::string& target : targets) {
-    auto found = bert_->FindLinears(target);
-    if (found.empty()) return InvalidArgumentError("LoRA target '" + target + "' matches no linear layer");
-    for (auto& item : found) {
-      if (seen.insert(item.first).second) selected.push_back(item);
-    }
-  }
-  return CatchTorch("EnableLora", [&]() -> Status {
+  FEDGE_ASSIGN_OR_RETURN(auto selected, bert_->SelectLoraTargets(targets));
+  return TorchCall("EnableLora", [&]() -> Status {
     for (auto& [name, linear] : selected) linear->EnableLora(options, init);
     trainable_.clear();
-    for (auto& item : bert_->named_modules("", /*include_self=*/false)) {
-      auto linear = std::dynamic_pointer_cast<LoraLinearImpl>(item.value());
-      if (!linear || !linear->has_lora()) continue;
-      trainable_.emplace_back("bert." + item.key() + ".lora_A", linear->lora_A());
-      trainable_.emplace_back("bert." + item.key() + ".lora_B", linear->lora_B());
+    for (auto& [name, linear] : bert_->Linears()) {
+      if (!linear->has_lora()) continue;
+      trainable_.emplace_back("bert." + name + ".lora_A", linear->lora_A());
+      trainable_.emplace_back("bert." + name + ".lora_B", linear->lora_B());
     }
     for (auto& item : classifier_->named_parameters()) {
       item.value().set_requires_grad(true);
@@ -148,7 +126,7 @@ Status BertTokenClassifierImpl::ImportTrainable(const TensorBundle& bundle) {
       if (!std::isfinite(v)) return InvalidArgumentError("'" + name + "' has a non-finite value");
     }
   }
-  return CatchTorch("ImportTrainable", [&]() -> Status {
+  return TorchCall("ImportTrainable", [&]() -> Status {
     torch::NoGradGuard no_grad;
     for (auto& [name, tensor] : trainable_) {
       const NamedTensor* src = bundle.Find(name);

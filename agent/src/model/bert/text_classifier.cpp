@@ -19,29 +19,14 @@
 #include "fedge/log.h"
 #include "fedge/safetensors.h"
 #include "peft/lora.h"
+#include "shape_string.h"
+#include "torch_call.h"
+#include "train/local_step.h"
 
 namespace fedge::agent {
 namespace {
 
 constexpr int kInferenceBatch = 32;
-
-// Runs `fn`, turning the exceptions libtorch (c10::Error) and others throw into a Status.
-template <typename Fn>
-auto CatchAll(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return InternalError(std::string(what) + ": libtorch: " + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return InternalError(std::string(what) + ": " + e.what());
-  }
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 class BertTextClassifier final : public TextClassifier {
  public:
@@ -51,20 +36,10 @@ class BertTextClassifier final : public TextClassifier {
   // Attaches LoRA to the targets and creates the head, all from init_seed.
   Status Init() {
     torch::Generator gen = at::detail::createCPUGenerator(options_.init_seed);
-    std::unordered_set<std::string> adapted;
     if (options_.lora_rank > 0) {
       LoraOptions lora{options_.lora_rank, options_.lora_alpha, options_.lora_dropout};
-      for (const std::string& target : options_.lora_targets) {
-        auto found = bert_->FindLinears(target);
-        if (found.empty()) {
-          return InvalidArgumentError("LoRA target '" + target +
-                                      "' matches no linear layer of the encoder (try query, key, "
-                                      "value, dense, attention.output.dense)");
-        }
-        for (auto& [name, linear] : found) {
-          if (adapted.insert(name).second) linear->EnableLora(lora, gen);
-        }
-      }
+      FEDGE_ASSIGN_OR_RETURN(auto selected, bert_->SelectLoraTargets(options_.lora_targets));
+      for (auto& [name, linear] : selected) linear->EnableLora(lora, gen);
     }
     const int64_t hidden = bert_->options().hidden_size;
     const int64_t num_labels = static_cast<int64_t>(options_.labels.size());
@@ -77,17 +52,16 @@ class BertTextClassifier final : public TextClassifier {
     head_bias_.set_requires_grad(true);
 
     // Trainable order: encoder adapters in module order, then the head.
-    for (auto& item : bert_->named_modules("", /*include_self=*/false)) {
-      auto linear = std::dynamic_pointer_cast<LoraLinearImpl>(item.value());
-      if (!linear || !linear->has_lora()) continue;
-      lora_modules_.push_back(LoraLinear(linear));
+    for (auto& [name, linear] : bert_->Linears()) {
+      if (!linear->has_lora()) continue;
+      lora_modules_.push_back(linear);
       if (options_.lora_frozen_a) {
         linear->FreezeA(
-            FrozenLoraA(options_.init_seed, item.key(), linear->lora_A().size(0), linear->lora_A().size(1)));
+            FrozenLoraA(options_.init_seed, name, linear->lora_A().size(0), linear->lora_A().size(1)));
       } else {
-        trainable_.push_back({item.key() + ".lora_A", linear->lora_A()});
+        trainable_.push_back({name + ".lora_A", linear->lora_A()});
       }
-      trainable_.push_back({item.key() + ".lora_B", linear->lora_B()});
+      trainable_.push_back({name + ".lora_B", linear->lora_B()});
     }
     trainable_.push_back({"classifier.weight", head_weight_});
     trainable_.push_back({"classifier.bias", head_bias_});
@@ -96,7 +70,7 @@ class BertTextClassifier final : public TextClassifier {
   }
 
   const std::vector<std::string>& labels() const override { return options_.labels; }
-  int hidden_size() const override { return static_cast<int>(bert_->options().hidden_size); }
+  int dimensions() const override { return static_cast<int>(bert_->options().hidden_size); }
 
   TensorBundle ExportTrainable() const override {
     TensorBundle bundle;
@@ -137,7 +111,7 @@ class BertTextClassifier final : public TextClassifier {
       }
       sources.push_back(src);
     }
-    return CatchAll("ImportTrainable", [&]() -> Status {
+    return TorchCall("ImportTrainable", [&]() -> Status {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < trainable_.size(); ++i) {
         torch::Tensor& dst = trainable_[i].second;
@@ -153,19 +127,15 @@ class BertTextClassifier final : public TextClassifier {
     if (opt.steps <= 0 || opt.batch_size <= 0) {
       return InvalidArgumentError("Train: steps and batch_size must be positive");
     }
-    if (!(opt.learning_rate > 0) || opt.weight_decay < 0 || opt.max_grad_norm < 0 || opt.proximal_mu < 0) {
-      return InvalidArgumentError(
-          "Train: learning_rate must be > 0; weight_decay, max_grad_norm, "
-          "proximal_mu must be >= 0");
-    }
+    FEDGE_RETURN_IF_ERROR(ValidateLocalRound(opt, "Train"));
     FEDGE_RETURN_IF_ERROR(CheckLabels(data, "Train"));
-    return CatchAll("Train", [&]() -> StatusOr<TrainResult> { return TrainImpl(data, opt); });
+    return TorchCall("Train", [&]() -> StatusOr<TrainResult> { return TrainImpl(data, opt); });
   }
 
   StatusOr<EvalResult> Evaluate(const std::vector<Example>& data, int batch_size) override {
     if (batch_size <= 0) return InvalidArgumentError("Evaluate: batch_size must be positive");
     FEDGE_RETURN_IF_ERROR(CheckLabels(data, "Evaluate"));
-    return CatchAll("Evaluate", [&]() -> StatusOr<EvalResult> {
+    return TorchCall("Evaluate", [&]() -> StatusOr<EvalResult> {
       torch::set_num_threads(options_.num_threads);
       torch::InferenceMode guard;
       EvalResult r;
@@ -196,7 +166,7 @@ class BertTextClassifier final : public TextClassifier {
   }
 
   StatusOr<std::vector<Prediction>> Classify(const std::vector<std::string>& texts) override {
-    return CatchAll("Classify", [&]() -> StatusOr<std::vector<Prediction>> {
+    return TorchCall("Classify", [&]() -> StatusOr<std::vector<Prediction>> {
       torch::set_num_threads(options_.num_threads);
       torch::InferenceMode guard;
       std::vector<Prediction> out;
@@ -216,7 +186,7 @@ class BertTextClassifier final : public TextClassifier {
   }
 
   StatusOr<std::vector<std::vector<float>>> Embed(const std::vector<std::string>& texts) override {
-    return CatchAll("Embed", [&]() -> StatusOr<std::vector<std::vector<float>>> {
+    return TorchCall("Embed", [&]() -> StatusOr<std::vector<std::vector<float>>> {
       torch::set_num_threads(options_.num_threads);
       torch::InferenceMode guard;
       std::vector<std::vector<float>> out;
@@ -276,13 +246,13 @@ class BertTextClassifier final : public TextClassifier {
   StatusOr<TrainResult> TrainImpl(const std::vector<Example>& data, const TrainOptions& opt) {
     torch::set_num_threads(options_.num_threads);
     std::vector<torch::Tensor> params;
-    for (auto& [name, t] : trainable_) params.push_back(t);
-    // FedProx anchors to the parameters this round started from (the global model).
-    // Also the restore point if the loss diverges.
-    std::vector<torch::Tensor> anchor;
-    for (auto& p : params) anchor.push_back(p.detach().clone());
-    torch::optim::AdamW optimizer(
-        params, torch::optim::AdamWOptions(opt.learning_rate).weight_decay(opt.weight_decay));
+    std::vector<std::string> names;
+    for (auto& [name, t] : trainable_) {
+      params.push_back(t);
+      names.push_back(name);
+    }
+    LocalRound round(std::move(params), std::move(names), opt);
+    FEDGE_RETURN_IF_ERROR(round.Start());
 
     // Seeded epoch-wise sampling without replacement: every example is seen once
     // per pass; the permutation is redrawn for each pass.
@@ -317,25 +287,12 @@ class BertTextClassifier final : public TextClassifier {
       }
       torch::Tensor loss =
           torch::nn::functional::cross_entropy(Logits(texts), torch::tensor(labels, torch::kLong));
-      torch::Tensor objective = loss;
-      if (opt.proximal_mu > 0) {
-        torch::Tensor prox = torch::zeros({});
-        for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - anchor[i]).pow(2).sum();
-        objective = loss + 0.5 * opt.proximal_mu * prox;
-      }
-      const double l = loss.item<double>();
-      if (!std::isfinite(l)) {
+      StatusOr<double> l = round.Step(loss, step);
+      if (!l.ok()) {
         bert_->eval();
-        torch::NoGradGuard no_grad;
-        for (size_t i = 0; i < params.size(); ++i) params[i].copy_(anchor[i]);
-        return InternalError("Train: loss became non-finite at step " + std::to_string(step) +
-                             "; parameters restored to their values before Train (learning rate too high?)");
+        return l.status();
       }
-      optimizer.zero_grad();
-      objective.backward();
-      if (opt.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params, opt.max_grad_norm);
-      optimizer.step();
-      loss_sum += l;
+      loss_sum += *l;
       result.examples_seen += static_cast<int64_t>(batch);
       ++result.steps;
     }
@@ -396,7 +353,7 @@ StatusOr<std::unique_ptr<TextClassifier>> TextClassifier::Load(const ClassifierO
   }
   const std::string weights_path = (dir / "model.safetensors").string();
   FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Read(weights_path));
-  return CatchAll("Load", [&]() -> StatusOr<std::unique_ptr<TextClassifier>> {
+  return TorchCall("Load", [&]() -> StatusOr<std::unique_ptr<TextClassifier>> {
     torch::set_num_threads(options.num_threads);
     BertModel bert(bert_options);
     Status st = bert->LoadWeights(weights);

@@ -8,6 +8,7 @@
 #include "fedge/agent/peft_adapter.h"
 #include "fedge/agent/wordpiece_tokenizer.h"
 #include "fedge/file_util.h"
+#include "torch_call.h"
 
 namespace fedge::agent {
 namespace {
@@ -39,7 +40,7 @@ class BertTokenClassifierFacade final : public TokenClassifier {
   const std::vector<std::string>& labels() const override { return labels_; }
 
   StatusOr<std::vector<std::vector<TaggedToken>>> Tag(const std::vector<std::string>& texts) override {
-    try {
+    return TorchCall("Tag", [&]() -> StatusOr<std::vector<std::vector<TaggedToken>>> {
       torch::set_num_threads(options_.num_threads);
       torch::InferenceMode guard;
       std::vector<std::vector<TaggedToken>> out;
@@ -71,9 +72,7 @@ class BertTokenClassifierFacade final : public TokenClassifier {
         }
       }
       return out;
-    } catch (const c10::Error& e) {
-      return InternalError(std::string("Tag: libtorch: ") + e.what_without_backtrace());
-    }
+    });
   }
 
  private:

@@ -8,6 +8,8 @@
 
 #include "fedge/file_util.h"
 #include "fedge/log.h"
+#include "peft/lora_targets.h"
+#include "torch_call.h"
 
 namespace fedge::agent::llm {
 
@@ -254,8 +256,11 @@ void LlamaForCausalLmImpl::EnableLora(const std::vector<std::string>& targets,
   for (auto& p : parameters()) p.set_requires_grad(false);
   torch::Generator gen = at::detail::createCPUGenerator(seed);
   for (auto& [name, proj] : Projections()) {
-    std::string leaf = name.substr(name.rfind('.') + 1);
-    if (std::find(targets.begin(), targets.end(), leaf) != targets.end()) proj->EnableLora(options, gen);
+    const std::string& module = name;
+    if (std::any_of(targets.begin(), targets.end(),
+                    [&](const std::string& target) { return LoraTargetMatches(module, target); })) {
+      proj->EnableLora(options, gen);
+    }
   }
 }
 
@@ -271,15 +276,13 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
   FEDGE_ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfig::FromFile(dir + "/config.json"));
   FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(dir + "/model.safetensors"));
-  try {
+  return TorchCall("building the Llama model from " + dir, [&]() -> StatusOr<LlamaForCausalLm> {
     LlamaForCausalLm model(config);
     Status st = model->LoadWeights(file);
     if (!st.ok()) return st.WithContext(dir);
     model->eval();
     return model;
-  } catch (const c10::Error& e) {
-    return InternalError("building the Llama model from " + dir + ": " + e.what_without_backtrace());
-  }
+  });
 }
 
 Status SaveLlama(LlamaForCausalLm& model, const std::string& dir) {

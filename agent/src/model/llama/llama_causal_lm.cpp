@@ -7,9 +7,12 @@
 
 #include "fedge/agent/llm/causal_lm.h"
 #include "fedge/file_util.h"
+#include "llama/llama_data.h"
 #include "llm_internal/generate.h"
 #include "llm_internal/llama.h"
-#include "llama/llama_data.h"
+#include "peft/lora_targets.h"
+#include "torch_call.h"
+#include "train/local_step.h"
 
 namespace fedge::agent::llm {
 namespace {
@@ -58,23 +61,23 @@ class TorchCausalLm final : public CausalLm {
 
   Status EnableLora(const CausalLmLoraOptions& options) override {
     if (lora_enabled_) return FailedPreconditionError("LoRA is already enabled");
-    static const std::vector<std::string> kKnown = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                    "gate_proj", "up_proj", "down_proj"};
-    for (const std::string& t : options.targets) {
-      if (std::find(kKnown.begin(), kKnown.end(), t) == kKnown.end()) {
-        return InvalidArgumentError("LoRA target '" + t +
-                                    "' is not a Llama projection (q_proj, k_proj, v_proj, "
-                                    "o_proj, gate_proj, up_proj, down_proj)");
-      }
-    }
+    // PEFT's suffix rule (peft/lora_targets.h): "q_proj" and "self_attn.q_proj"
+    // both adapt every layer's query projection.
+    std::vector<std::string> names;
+    for (auto& [name, proj] : model_->Projections()) names.push_back(name);
+    Status matched =
+        MatchLoraTargets(names, options.targets,
+                         "Llama projections: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                         "down_proj, or a longer suffix such as self_attn.q_proj")
+            .status();
+    if (!matched.ok()) return matched;
     if (options.rank <= 0) return InvalidArgumentError("LoRA rank must be positive");
-    try {
+    FEDGE_RETURN_IF_ERROR(TorchCall("enable LoRA", [&]() -> Status {
       model_->EnableLora(options.targets,
                          {.rank = options.rank, .alpha = options.alpha, .dropout = options.dropout},
                          options.seed);
-    } catch (const c10::Error& e) {
-      return InternalError(std::string("enable LoRA: ") + e.what_without_backtrace());
-    }
+      return OkStatus();
+    }));
     lora_enabled_ = true;
     return OkStatus();
   }
@@ -115,66 +118,66 @@ class TorchCausalLm final : public CausalLm {
     if (data.empty()) return InvalidArgumentError("train: no examples");
     if (options.batch_size <= 0 || options.steps < 0)
       return InvalidArgumentError("train: bad steps or batch size");
-    CausalLmTrainResult result;
-    try {
-      SetMerged(false);
-      std::vector<torch::Tensor> params, anchors;
-      for (auto& p : model_->parameters()) {
-        if (p.requires_grad()) {
-          params.push_back(p);
-          anchors.push_back(p.detach().clone());
-        }
-      }
-      torch::optim::AdamW optimizer(
-          params, torch::optim::AdamWOptions(options.learning_rate).weight_decay(options.weight_decay));
-      std::mt19937_64 rng(options.seed);
-      uint64_t dropout_seed = options.seed;
-      for (auto& [name, proj] : model_->Projections()) proj->SeedDropout(++dropout_seed);
-      std::uniform_int_distribution<size_t> pick(0, data.size() - 1);
-      const int64_t eos = eos_.empty() ? -1 : eos_[0];
-      model_->train();
-      double total = 0;
-      for (int step = 0; step < options.steps; ++step) {
-        std::vector<PromptCompletion> batch_examples;
-        for (int i = 0; i < options.batch_size; ++i) batch_examples.push_back(data[pick(rng)]);
-        CausalLmBatch batch = MakeCausalLmBatch(tokenizer_, batch_examples, options.max_len, eos);
-        torch::Tensor loss = CausalLmLoss(model_->forward(batch.input_ids), batch.labels);
-        torch::Tensor objective = loss;
-        if (options.proximal_mu > 0) {
-          torch::Tensor prox = torch::zeros({});
-          for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - anchors[i]).pow(2).sum();
-          objective = loss + 0.5 * options.proximal_mu * prox;
-        }
-        optimizer.zero_grad();
-        objective.backward();
-        if (options.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params, options.max_grad_norm);
-        optimizer.step();
-        total += loss.item<double>();
-        result.tokens_trained +=
-            (batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>();
-        ++result.steps;
-      }
-      model_->eval();
-      result.mean_loss = result.steps > 0 ? total / result.steps : 0;
-    } catch (const c10::Error& e) {
-      model_->eval();
-      return InternalError(std::string("train: ") + e.what_without_backtrace());
-    }
-    return result;
+    TrainOptions round_options;
+    round_options.learning_rate = options.learning_rate;
+    round_options.weight_decay = options.weight_decay;
+    round_options.max_grad_norm = options.max_grad_norm;
+    round_options.proximal_mu = options.proximal_mu;
+    FEDGE_RETURN_IF_ERROR(ValidateLocalRound(round_options, "train"));
+    return TorchCall(
+        "train",
+        [&]() -> StatusOr<CausalLmTrainResult> {
+          CausalLmTrainResult result;
+          SetMerged(false);
+          std::vector<torch::Tensor> params;
+          std::vector<std::string> names;
+          for (auto& p : model_->named_parameters()) {
+            if (p.value().requires_grad()) {
+              params.push_back(p.value());
+              names.push_back(p.key());
+            }
+          }
+          LocalRound round(std::move(params), std::move(names), round_options);
+          FEDGE_RETURN_IF_ERROR(round.Start());
+          std::mt19937_64 rng(options.seed);
+          uint64_t dropout_seed = options.seed;
+          for (auto& [name, proj] : model_->Projections()) proj->SeedDropout(++dropout_seed);
+          std::uniform_int_distribution<size_t> pick(0, data.size() - 1);
+          const int64_t eos = eos_.empty() ? -1 : eos_[0];
+          model_->train();
+          double total = 0;
+          for (int step = 0; step < options.steps; ++step) {
+            std::vector<PromptCompletion> batch_examples;
+            for (int i = 0; i < options.batch_size; ++i) batch_examples.push_back(data[pick(rng)]);
+            CausalLmBatch batch = MakeCausalLmBatch(tokenizer_, batch_examples, options.max_len, eos);
+            torch::Tensor loss = CausalLmLoss(model_->forward(batch.input_ids), batch.labels);
+            StatusOr<double> l = round.Step(loss, step);
+            if (!l.ok()) {
+              model_->eval();
+              return l.status();
+            }
+            total += *l;
+            result.tokens_trained +=
+                (batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>();
+            ++result.steps;
+          }
+          model_->eval();
+          result.mean_loss = result.steps > 0 ? total / result.steps : 0;
+          return result;
+        },
+        [&] { model_->eval(); });
   }
 
   StatusOr<double> Loss(const std::vector<PromptCompletion>& examples, int max_len) override {
     if (examples.empty()) return InvalidArgumentError("loss: no examples");
-    try {
+    return TorchCall("loss", [&]() -> StatusOr<double> {
       torch::InferenceMode guard;
       CausalLmBatch batch = MakeCausalLmBatch(tokenizer_, examples, max_len, eos_.empty() ? -1 : eos_[0]);
       if ((batch.labels.narrow(1, 1, batch.labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>() == 0) {
         return InvalidArgumentError("loss: no completion tokens within max_len");
       }
       return CausalLmLoss(model_->forward(batch.input_ids), batch.labels).item<double>();
-    } catch (const c10::Error& e) {
-      return InternalError(std::string("loss: ") + e.what_without_backtrace());
-    }
+    });
   }
 
  private:

@@ -14,6 +14,7 @@
 #include "fedge/log.h"
 #include "llm_internal/generate.h"
 #include "llm_internal/llama.h"
+#include "torch_call.h"
 
 namespace fedge::agent::llm {
 namespace {
@@ -193,7 +194,7 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o,
   if (auto im_end = tok.TokenToId("<|im_end|>")) c.eos_token_ids.push_back(*im_end);
   report.parameters = c.NumParameters();
 
-  try {
+  Status trained = TorchCall("pretrain", [&]() -> Status {
     LlamaForCausalLm model(c);
     InitWeights(model, c.initializer_range, o.seed);
     std::vector<torch::Tensor> decay, no_decay;
@@ -276,9 +277,9 @@ StatusOr<PretrainReport> Pretrain(const PretrainOptions& o,
       FEDGE_ASSIGN_OR_RETURN(GenerationResult r, GenerateTokens(model, tok, prompt, c.eos_token_ids, gen));
       report.samples.emplace_back(lemma + ":", r.text);
     }
-  } catch (const c10::Error& e) {
-    return InternalError(std::string("pretrain: ") + e.what_without_backtrace());
-  }
+    return OkStatus();
+  });
+  if (!trained.ok()) return trained;
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
 }

@@ -161,8 +161,10 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   // The checkpoint tensors (fp32), for model.safetensors.
   TensorBundle ExportWeights();
 
-  // Attaches LoRA to every projection whose name (q_proj, k_proj, v_proj, o_proj,
-  // gate_proj, up_proj, down_proj) is in `targets`, freezing everything else.
+  // Attaches LoRA to every projection a target matches by PEFT's suffix rule
+  // (peft/lora_targets.h: "q_proj" or "self_attn.q_proj"), in module order,
+  // freezing everything else. Targets matching nothing are ignored here;
+  // CausalLm::EnableLora refuses them.
   void EnableLora(const std::vector<std::string>& targets, const fedge::agent::LoraOptions& options,
                   uint64_t seed);
   // All projections in HF order, with their module path ("model.layers.0.self_attn.q_proj").

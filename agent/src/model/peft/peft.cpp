@@ -9,6 +9,8 @@
 #include "fedge/agent/peft_adapter.h"
 #include "fedge/file_util.h"
 #include "fedge/safetensors.h"
+#include "peft/lora_targets.h"
+#include "shape_string.h"
 
 namespace fedge::agent {
 namespace {
@@ -22,22 +24,16 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-// The module a modules_to_save entry names, matched as peft does: the module's
-// qualified name equals the entry or ends with "." + entry.
+// The module a modules_to_save entry names, matched as peft does (the suffix
+// rule of LoRA targets, peft/lora_targets.h).
 bool InSavedModule(const std::string& tensor_name, const std::vector<std::string>& modules_to_save) {
   const size_t dot = tensor_name.rfind('.');
   if (dot == std::string::npos) return false;
   const std::string module = tensor_name.substr(0, dot);
   for (const std::string& m : modules_to_save) {
-    if (module == m || EndsWith(module, "." + m)) return true;
+    if (LoraTargetMatches(module, m)) return true;
   }
   return false;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
 }
 
 Status ValidateLoraTensors(const PeftAdapter& adapter) {

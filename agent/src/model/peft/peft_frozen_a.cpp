@@ -6,6 +6,7 @@
 #include "bert/bert.h"
 #include "fedge/agent/peft_adapter.h"
 #include "peft/lora.h"
+#include "torch_call.h"
 
 namespace fedge::agent {
 namespace {
@@ -25,12 +26,10 @@ StatusOr<int64_t> InFeatures(const BertOptions& o, const std::string& module) {
 // The job's A for `module` with rank `r`, as the TextClassifier derives it.
 StatusOr<NamedTensor> JobLoraA(const BertOptions& o, uint64_t seed, const std::string& module, int64_t r) {
   FEDGE_ASSIGN_OR_RETURN(int64_t in, InFeatures(o, module));
-  try {
+  return TorchCall("FrozenLoraA", [&]() -> StatusOr<NamedTensor> {
     torch::Tensor a = FrozenLoraA(seed, module, r, in).contiguous();
     return NamedTensor{module + ".lora_A", {r, in}, {a.data_ptr<float>(), a.data_ptr<float>() + a.numel()}};
-  } catch (const c10::Error& e) {
-    return InternalError(std::string("FrozenLoraA: ") + e.what_without_backtrace());
-  }
+  });
 }
 
 StatusOr<BertOptions> Options(const std::string& model_dir) {

@@ -109,7 +109,7 @@ class Agent {
   AgentSettings settings_;
   std::vector<Example> train_;
   std::vector<Example> eval_;
-  std::unique_ptr<TextClassifier> trainer_;
+  std::unique_ptr<TrainableModel> trainer_;
   std::unique_ptr<AgentMetrics> metrics_;
   std::unique_ptr<ServingModel> serving_;
   std::unique_ptr<StateStore> store_;

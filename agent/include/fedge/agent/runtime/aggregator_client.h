@@ -75,7 +75,7 @@ struct ClientOptions {
 // What the client works with; all pointers must outlive the client. `store`
 // may be null (nothing persisted).
 struct ClientDeps {
-  TextClassifier* trainer = nullptr;  // used only by the client's thread
+  TrainableModel* trainer = nullptr;  // used only by the client's thread
   ServingModel* serving = nullptr;
   StateStore* store = nullptr;
   AgentMetrics* metrics = nullptr;

@@ -72,7 +72,7 @@ class ApiTokenFile;
 class ServingModel;
 class StateStore;
 class AgentMetrics;
-class TextClassifier;
+class TrainableModel;
 
 // Steady-clock timestamps of one generation, taken on its thread: the source of
 // a response's "timings" and of the per-token metrics.
@@ -154,7 +154,7 @@ class InferenceApi {
   void StreamGeneration(const GenerationRequest& req, std::chrono::steady_clock::time_point arrived,
                         const RequestScheduler::GoneFn& gone, HttpStreamWriter& writer);
   // Runs `fn` alone on the model through the scheduler's queue.
-  Status UseModel(const std::function<Status(TextClassifier& model, int64_t version)>& fn,
+  Status UseModel(const std::function<Status(TrainableModel& model, int64_t version)>& fn,
                   const RequestScheduler::GoneFn& gone);
   // The HTTP answer to a scheduler or model error (429 with Retry-After, 499, ...).
   HttpResponse SchedulerError(const Status& st) const;

@@ -1,10 +1,10 @@
 // The agent's runtime model for causal-LM jobs (spec.model.family: llama):
-// a llm::CausalLm with LoRA behind the TextClassifier contract the aggregator
-// client and the serving model already drive, so the round protocol, codecs and
-// persistence are shared with BERT jobs. An Example's `text` is the prompt and
-// `completion` its continuation; Evaluate reports the held-out completion loss
-// (accuracy is meaningless here and left 0; the client does not report it).
-// Classify/Embed answer UNIMPLEMENTED; serving generates through lm().
+// a llm::CausalLm with LoRA as a TrainableModel (fedge/agent/model.h) the
+// aggregator client and the serving model drive like a BERT job's, so the round
+// protocol, codecs and persistence are shared. An Example's `text` is the prompt
+// and `completion` its continuation; Evaluate reports the held-out completion
+// loss (accuracy is meaningless here and left 0; the client does not report it).
+// Its one serving capability is Generator: it has no labels and no embeddings.
 #pragma once
 
 #include <memory>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "fedge/agent/llm/causal_lm.h"
-#include "fedge/agent/text_classifier.h"
+#include "fedge/agent/model.h"
 #include "fedge/status.h"
 
 namespace fedge::agent {
@@ -27,14 +27,12 @@ struct LlmModelOptions {
   std::string decode_weights;
 };
 
-class LlmModel : public TextClassifier {
+class LlmModel final : public TrainableModel, public Generator {
  public:
   // Loads the model and attaches fresh LoRA adapters (seeded by lora.seed, so
   // every agent starts identical). Errors name the file or the bad target.
   static StatusOr<std::unique_ptr<LlmModel>> Load(const LlmModelOptions& options);
 
-  const std::vector<std::string>& labels() const override { return labels_; }
-  int hidden_size() const override { return static_cast<int>(lm_->config().hidden_size); }
   TensorBundle ExportTrainable() const override { return lm_->ExportTrainable(); }
   Status ImportTrainable(const TensorBundle& bundle) override { return lm_->ImportTrainable(bundle); }
   // TrainOptions map onto CausalLmTrainOptions; examples_seen counts sampled
@@ -42,11 +40,10 @@ class LlmModel : public TextClassifier {
   StatusOr<TrainResult> Train(const std::vector<Example>& data, const TrainOptions& options) override;
   // mean_loss: completion-token cross entropy over all of `data`.
   StatusOr<EvalResult> Evaluate(const std::vector<Example>& data, int batch_size) override;
-  StatusOr<std::vector<Prediction>> Classify(const std::vector<std::string>& texts) override;
-  StatusOr<std::vector<std::vector<float>>> Embed(const std::vector<std::string>& texts) override;
   int CountTokens(const std::string& text) const override;
+  Generator* AsGenerator() override { return this; }
 
-  llm::CausalLm& lm() { return *lm_; }
+  llm::CausalLm& lm() override { return *lm_; }
   int max_seq_len() const { return max_seq_len_; }
 
  private:
@@ -54,7 +51,6 @@ class LlmModel : public TextClassifier {
       : lm_(std::move(lm)), max_seq_len_(max_seq_len) {}
   std::unique_ptr<llm::CausalLm> lm_;
   int max_seq_len_;
-  std::vector<std::string> labels_;  // none
 };
 
 // Reads JSONL lines {"prompt": "...", "completion": "..."} into Examples

@@ -10,7 +10,7 @@
 //    keep their place) are concatenated into one padded batch, up to
 //    `max_batch_size` inputs and `max_batch_tokens` padded tokens (inputs x
 //    the longest input, the shape the encoder pads to), and run as ONE call of
-//    TextClassifier::Classify / Embed on the published instance (one forward
+//    Classifier::Classify / Embedder::Embed on the published instance (one forward
 //    pass per 32 inputs, the model's own chunk). Each request gets back its
 //    own slice, in its own order. A request with more inputs than
 //    `max_batch_size` runs alone, whole. `max_batch_size` 1 turns batching
@@ -106,8 +106,8 @@ class RequestScheduler {
   using GoneFn = std::function<bool()>;
   // Runs on the scheduler thread with the model held, before the request joins
   // a batch; a non-OK status is the request's answer (e.g. a bad "dimensions").
-  using Precheck = std::function<Status(TextClassifier& model)>;
-  using ExclusiveFn = std::function<Status(TextClassifier& model, int64_t version)>;
+  using Precheck = std::function<Status(TrainableModel& model)>;
+  using ExclusiveFn = std::function<Status(TrainableModel& model, int64_t version)>;
 
   RequestScheduler(ServingModel* model, SchedulerOptions options, AgentMetrics* metrics = nullptr);
   ~RequestScheduler();

@@ -1,7 +1,8 @@
-// The serving side of the agent: the TextClassifier that HTTP requests use and
+// The serving side of the agent: the model (a TrainableModel whose capabilities,
+// fedge/agent/model.h, the HTTP layer asks for) that requests use and
 // that the aggregator client installs each new global adapter into.
 //
-// A TextClassifier is not thread-safe, so requests take turns on an instance.
+// A model is not thread-safe, so requests take turns on an instance.
 // Installing a new global must not wait behind them (an inference queue held
 // installs and /readyz for 11 s): requests run on a snapshot (shared_ptr) of
 // the published instance; Install imports the new adapter into a spare
@@ -31,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "fedge/agent/text_classifier.h"
+#include "fedge/agent/model.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"
 
@@ -42,12 +43,12 @@ class ServingModel {
   // Builds another instance like the constructor's (same base model, labels
   // and adapter layout); called by the constructor and, rarely, by Install,
   // never on a request's path.
-  using Factory = std::function<StatusOr<std::unique_ptr<TextClassifier>>()>;
+  using Factory = std::function<StatusOr<std::unique_ptr<TrainableModel>>()>;
 
   // `job` is the job key ("namespace/name"); it names the served model. With a
   // factory, builds the spare instance now (a model load); if that fails it
   // logs a warning and Install tries again when it needs one.
-  ServingModel(std::unique_ptr<TextClassifier> model, std::string job, Factory factory = nullptr);
+  ServingModel(std::unique_ptr<TrainableModel> model, std::string job, Factory factory = nullptr);
 
   // Imports `bundle` as global `version` and publishes it. On error the
   // previous adapter (and readiness) stays. Thread-safe; installs are
@@ -57,7 +58,7 @@ class ServingModel {
   // Runs `fn` with exclusive use of the published instance (requests take
   // turns on it). UNAVAILABLE before the first Install (the HTTP layer turns
   // that into 503). Thread-safe.
-  Status Use(const std::function<Status(TextClassifier& model, int64_t version)>& fn);
+  Status Use(const std::function<Status(TrainableModel& model, int64_t version)>& fn);
 
   // Lock-free: never waits for a request or an Install (for /readyz).
   bool ready() const { return version_.load(std::memory_order_acquire) != 0; }
@@ -65,6 +66,7 @@ class ServingModel {
   const std::string& job() const { return job_; }
   // "<job>@v<version>", the "model" field of responses.
   std::string ModelName(int64_t version) const;
+  // The Classifier's labels; empty for a model that is not one (a causal LM).
   // Immutable after construction; safe without the lock.
   const std::vector<std::string>& labels() const { return labels_; }
   // Instances the factory built so far (tests, metrics).
@@ -73,7 +75,7 @@ class ServingModel {
  private:
   struct Instance {
     std::mutex mu;  // held by the one request (or fallback Install) using `model`
-    std::unique_ptr<TextClassifier> model;
+    std::unique_ptr<TrainableModel> model;
     int64_t version = 0;  // fixed once published, except by the no-factory fallback (under mu)
   };
   std::shared_ptr<Instance> Published() const;

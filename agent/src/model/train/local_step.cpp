@@ -1,0 +1,76 @@
+#include "train/local_step.h"
+
+#include <cmath>
+
+#include "shape_string.h"
+
+namespace fedge::agent {
+
+Status ValidateLocalRound(const TrainOptions& o, const std::string& what) {
+  if (!(o.learning_rate > 0) || o.weight_decay < 0 || o.max_grad_norm < 0 || o.proximal_mu < 0) {
+    return InvalidArgumentError(what +
+                                ": learning_rate must be > 0; weight_decay, max_grad_norm, "
+                                "proximal_mu must be >= 0");
+  }
+  return OkStatus();
+}
+
+LocalRound::LocalRound(std::vector<torch::Tensor> params, std::vector<std::string> names,
+                       const TrainOptions& options)
+    : params_(std::move(params)), names_(std::move(names)), options_(options) {}
+
+Status LocalRound::Start() {
+  // SCAFFOLD (TrainOptions::step_correction): each step also moves by -lr (c - c_i).
+  if (options_.step_correction) {
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const std::string& name = i < names_.size() ? names_[i] : std::string("#") + std::to_string(i);
+      const NamedTensor* c = options_.step_correction->Find(name);
+      const torch::Tensor& t = params_[i];
+      if (c == nullptr || c->shape != t.sizes().vec() ||
+          static_cast<int64_t>(c->values.size()) != t.numel()) {
+        return InvalidArgumentError("Train: step_correction lacks tensor '" + name +
+                                    "' or has another shape" +
+                                    (c == nullptr ? "" : " (" + ShapeString(c->shape) + ")"));
+      }
+      correction_.push_back(torch::from_blob(const_cast<float*>(c->values.data()), t.sizes(), torch::kFloat)
+                                .mul(options_.learning_rate));
+    }
+  }
+  // FedProx anchors to the parameters this round started from (the global
+  // model); also the restore point if the loss diverges.
+  for (auto& p : params_) anchor_.push_back(p.detach().clone());
+  optimizer_ = std::make_unique<torch::optim::AdamW>(
+      params_, torch::optim::AdamWOptions(options_.learning_rate).weight_decay(options_.weight_decay));
+  return OkStatus();
+}
+
+StatusOr<double> LocalRound::Step(const torch::Tensor& loss, int step) {
+  torch::Tensor objective = loss;
+  if (options_.proximal_mu > 0) {
+    torch::Tensor prox = torch::zeros({});
+    for (size_t i = 0; i < params_.size(); ++i) prox = prox + (params_[i] - anchor_[i]).pow(2).sum();
+    objective = loss + 0.5 * options_.proximal_mu * prox;
+  }
+  const double l = loss.item<double>();
+  if (!std::isfinite(l)) {
+    Restore();
+    return InternalError("Train: loss became non-finite at step " + std::to_string(step) +
+                         "; parameters restored to their values before Train (learning rate too high?)");
+  }
+  optimizer_->zero_grad();
+  objective.backward();
+  if (options_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.max_grad_norm);
+  optimizer_->step();
+  if (!correction_.empty()) {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < params_.size(); ++i) params_[i].sub_(correction_[i]);
+  }
+  return l;
+}
+
+void LocalRound::Restore() {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size() && i < anchor_.size(); ++i) params_[i].copy_(anchor_[i]);
+}
+
+}  // namespace fedge::agent

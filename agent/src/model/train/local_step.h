@@ -1,0 +1,55 @@
+// The optimizer side of one local round, shared by every model family: AdamW
+// over the trainable tensors, FedProx's proximal term toward the values the
+// round started from, gradient-norm clipping, SCAFFOLD's step correction, and
+// a restore of the starting values when the loss turns non-finite. The family
+// (bert/, llama/) samples batches and computes the data loss; this file does
+// everything after.
+//
+// Internal (torch) header of fedge_agent_model.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "fedge/agent/model.h"
+#include "fedge/status.h"
+#include "fedge/tensor_bundle.h"
+
+namespace fedge::agent {
+
+// INVALID_ARGUMENT unless learning_rate > 0 and weight_decay, max_grad_norm,
+// proximal_mu >= 0 (`what` prefixes the message). Steps and batch size are the
+// family's to check (its sampler uses them).
+Status ValidateLocalRound(const TrainOptions& options, const std::string& what);
+
+class LocalRound {
+ public:
+  // `params` alias the model's trainable tensors (requires_grad); `names` are
+  // their exported names (for step_correction, which must then cover every one
+  // with the same shape: INVALID_ARGUMENT from Start otherwise).
+  LocalRound(std::vector<torch::Tensor> params, std::vector<std::string> names, const TrainOptions& options);
+
+  // Snapshots the anchor (FedProx's w_global and the restore point) and builds
+  // the optimizer with fresh state. Call once, before the first Step.
+  Status Start();
+
+  // One step on `loss` (the batch's data loss, a scalar with a graph). Returns
+  // its value; INTERNAL naming `step` if it is non-finite, after restoring the
+  // parameters to their values at Start (the optimizer does not step).
+  StatusOr<double> Step(const torch::Tensor& loss, int step);
+
+  // Puts the parameters back to their values at Start.
+  void Restore();
+
+ private:
+  std::vector<torch::Tensor> params_;
+  std::vector<std::string> names_;
+  TrainOptions options_;
+  std::vector<torch::Tensor> anchor_;
+  std::vector<torch::Tensor> correction_;  // lr x (c - c_i); empty: none
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+};
+
+}  // namespace fedge::agent
