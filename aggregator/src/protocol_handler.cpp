@@ -222,6 +222,33 @@ bool ProtocolHandler::NextChunk(GlobalStream* stream, v1::GlobalChunk* chunk) co
   return true;
 }
 
+bool ProtocolHandler::NextChunkWire(GlobalStream* stream, std::string* prefix, std::string_view* data) const {
+  const std::string& bytes = stream->global->encoded;
+  if (stream->started && stream->sent >= bytes.size()) return false;
+  stream->started = true;
+  const size_t offset = static_cast<size_t>(stream->sent);
+  const size_t n = std::min(stream->chunk_bytes, bytes.size() - offset);
+  v1::GlobalChunk head;  // every field but data (field 5, serialized last)
+  head.set_version(stream->global->version);
+  head.set_total_bytes(bytes.size());
+  head.set_checksum(stream->global->checksum);
+  head.set_offset(offset);
+  prefix->clear();
+  head.AppendToString(prefix);
+  // The data field's tag (field 5, length-delimited) and its varint length.
+  prefix->push_back(static_cast<char>((5 << 3) | 2));
+  for (uint64_t v = n;; v >>= 7) {
+    if (v < 0x80) {
+      prefix->push_back(static_cast<char>(v));
+      break;
+    }
+    prefix->push_back(static_cast<char>((v & 0x7f) | 0x80));
+  }
+  *data = std::string_view(bytes).substr(offset, n);
+  stream->sent += n;
+  return true;
+}
+
 void ProtocolHandler::CloseFetch(const GlobalStream& stream) { engine_->RecordBytesSent(stream.sent); }
 
 Status ProtocolHandler::FetchGlobal(const v1::FetchGlobalRequest& request,

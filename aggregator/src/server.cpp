@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <map>
@@ -36,7 +37,11 @@ grpc::Status ToGrpc(const Status& s) {
 //     stream_idle_timeout_ms is cancelled (CancelStalled, from the ticker);
 //   - upload bytes are counted as they arrive (ProtocolHandler,
 //     max_upload_buffer_bytes).
-class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
+//   - FetchGlobal is a raw method (ByteBuffer): the global's bytes go out as
+//     slices that reference the engine's encoded GlobalModel, never copied
+//     per fetch (ProtocolHandler::NextChunkWire).
+class AggregatorServer::Service final
+    : public v1::Aggregator::WithRawCallbackMethod_FetchGlobal<v1::Aggregator::CallbackService> {
  public:
   static constexpr int kUploadsPerAgent = 1;
   static constexpr int kFetchesPerAgent = 2;
@@ -49,7 +54,9 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
                                  v1::JoinResponse* response) override {
     auto* reactor = ctx->DefaultReactor();
     Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->Join(*request, response) : peer));
+    Status s = peer.ok() ? handler_->Join(*request, response) : peer;
+    if (s.ok()) response->set_max_task_wait_ms(static_cast<uint32_t>(MaxTaskWaitMs()));
+    reactor->Finish(ToGrpc(s));
     WakeParked();
     return reactor;
   }
@@ -60,12 +67,13 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
   grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* ctx, const v1::TaskRequest* request,
                                     v1::Task* response) override {
     auto* reactor = ctx->DefaultReactor();
+    get_task_calls_.fetch_add(1, std::memory_order_relaxed);
     Status peer = Peer(*ctx, request->header());
     if (!peer.ok()) {
       reactor->Finish(ToGrpc(peer));
       return reactor;
     }
-    const int64_t wait_ms = std::min<int64_t>(request->wait_ms(), kMaxTaskWaitMs);
+    const int64_t wait_ms = std::min<int64_t>(request->wait_ms(), MaxTaskWaitMs());
     const int64_t deadline_ms = NowMs() + wait_ms;
     while (true) {
       const uint64_t epoch = handler_->engine()->TaskEpoch();
@@ -143,9 +151,10 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
     std::lock_guard<std::mutex> lock(park_mu_);
     return parked_.size();
   }
+  uint64_t get_task_calls() const { return get_task_calls_.load(std::memory_order_relaxed); }
 
-  grpc::ServerWriteReactor<v1::GlobalChunk>* FetchGlobal(grpc::CallbackServerContext* ctx,
-                                                         const v1::FetchGlobalRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* FetchGlobal(grpc::CallbackServerContext* ctx,
+                                                          const grpc::ByteBuffer* request) override;
   grpc::ServerReadReactor<v1::UpdateChunk>* SubmitUpdate(grpc::CallbackServerContext* ctx,
                                                          v1::SubmitUpdateResponse* response) override;
 
@@ -162,6 +171,7 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
 
  private:
   static constexpr int64_t kMaxTaskWaitMs = 20'000;  // below agent_liveness_ms (>= 60 s)
+  int64_t MaxTaskWaitMs() const { return std::clamp<int64_t>(options_.max_task_wait_ms, 0, kMaxTaskWaitMs); }
 
   struct ParkedTask {
     grpc::ServerUnaryReactor* reactor;
@@ -217,6 +227,7 @@ class AggregatorServer::Service final : public v1::Aggregator::CallbackService {
   uint64_t woken_epoch_ = 0;        // guarded by park_mu_; epoch of the last full pass
   int64_t next_deadline_ms_ = 0;    // guarded by park_mu_; earliest parked deadline
   bool stopping_ = false;           // guarded by park_mu_; answer, never park
+  std::atomic<uint64_t> get_task_calls_{0};
 };
 
 bool AggregatorServer::Service::Park(ParkedTask task) {
@@ -319,15 +330,21 @@ class AggregatorServer::Service::Stream {
   bool cancelled_ = false;  // guarded by Service::mu_
 };
 
-class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteReactor<v1::GlobalChunk>,
+class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                                                       public Stream {
  public:
-  FetchReactor(Service* service, grpc::CallbackServerContext* ctx, const v1::FetchGlobalRequest& request)
+  FetchReactor(Service* service, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw_request)
       : Stream(service, ctx) {
     registered_ = service_->Register(this);
     if (!registered_) {
       Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                           "the aggregator has too many open streams; retry later"));
+      return;
+    }
+    v1::FetchGlobalRequest request;
+    if (!ParseRequest(raw_request, &request)) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "FetchGlobal: the request is not a FetchGlobalRequest message"));
       return;
     }
     if (Status s = service_->Peer(*ctx, request.header()); !s.ok()) {
@@ -358,7 +375,7 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
   void OnWriteDone(bool ok) override {
     Touch();
     if (!ok) {
-      stream_.sent = chunk_.offset();  // the last chunk did not go out
+      stream_.sent = last_offset_;  // the last chunk did not go out
       ReleaseSlot();
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the agent closed the FetchGlobal stream"));
       return;
@@ -380,17 +397,40 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
     service_->Release(agent_, /*upload=*/false);
   }
 
+  static bool ParseRequest(const grpc::ByteBuffer& raw, v1::FetchGlobalRequest* request) {
+    std::vector<grpc::Slice> slices;
+    if (!raw.Dump(&slices).ok()) return false;
+    std::string bytes;
+    for (const grpc::Slice& slice : slices)
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    return request->ParseFromString(bytes);
+  }
+
+  // The slice's reference to the GlobalModel its bytes live in.
+  static void DropGlobal(void* global) { delete static_cast<std::shared_ptr<const GlobalModel>*>(global); }
+
   void NextWrite() {
-    if (service_->handler_->NextChunk(&stream_, &chunk_)) {
-      StartWrite(&chunk_);
-    } else {
+    last_offset_ = stream_.sent;
+    std::string_view data;
+    if (!service_->handler_->NextChunkWire(&stream_, &prefix_, &data)) {
       ReleaseSlot();  // before the agent can see the end of the stream
       Finish(grpc::Status::OK);
+      return;
     }
+    grpc::Slice slices[2] = {
+        grpc::Slice(prefix_),
+        // No copy: the transport holds the GlobalModel until the bytes are sent.
+        grpc::Slice(const_cast<char*>(data.data()), data.size(), &DropGlobal,
+                    new std::shared_ptr<const GlobalModel>(stream_.global)),
+    };
+    chunk_ = grpc::ByteBuffer(slices, data.empty() ? 1 : 2);
+    StartWrite(&chunk_);
   }
 
   GlobalStream stream_;
-  v1::GlobalChunk chunk_;
+  std::string prefix_;
+  grpc::ByteBuffer chunk_;    // the write in flight
+  uint64_t last_offset_ = 0;  // offset of the chunk in flight
   bool opened_ = false;
 };
 
@@ -514,8 +554,8 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
   bool closed_ = false;  // CloseUpload ran or AppendUpload ended it
 };
 
-grpc::ServerWriteReactor<v1::GlobalChunk>* AggregatorServer::Service::FetchGlobal(
-    grpc::CallbackServerContext* ctx, const v1::FetchGlobalRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* AggregatorServer::Service::FetchGlobal(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) {
   return new FetchReactor(this, ctx, *request);
 }
 
@@ -675,6 +715,10 @@ AggregatorServer::~AggregatorServer() { Shutdown(std::chrono::seconds(2)); }
 int AggregatorServer::http_port() const { return http_ ? http_->port() : 0; }
 
 size_t AggregatorServer::open_streams() const { return service_->open_streams(); }
+
+size_t AggregatorServer::parked_tasks() const { return service_->parked_tasks(); }
+
+uint64_t AggregatorServer::get_task_calls() const { return service_->get_task_calls(); }
 
 Status AggregatorServer::Start() {
   grpc::ServerBuilder builder;

@@ -306,6 +306,40 @@ TEST_F(ProtocolHandlerTest, FetchGlobalStreamsChunksWithOffsetsAndChecksum) {
             StatusCode::kNotFound);
 }
 
+// The zero-copy form the gRPC service sends (issue 14, item 2): prefix +
+// data must be byte for byte the serialized chunk NextChunk makes. (Chunks
+// with multi-byte lengths go through the loopback tests: the agent's
+// FetchGlobal of a 5 MB global in UploadResumeTest.)
+TEST_F(ProtocolHandlerTest, FetchGlobalWireChunksAreTheSerializedChunkMessages) {
+  for (size_t chunk_bytes : {size_t{16}, kMaxChunkBytes}) {
+    SCOPED_TRACE("chunk_bytes " + std::to_string(chunk_bytes));
+    ProtocolOptions options;
+    options.chunk_bytes = chunk_bytes;
+    Make(options);
+    JoinAndInitialize();
+    ASSERT_EQ(GetTask("b").kind(), v1::TASK_KIND_TRAIN);
+    v1::FetchGlobalRequest req;
+    *req.mutable_header() = Header("b");
+    GlobalStream message_stream, wire_stream;
+    ASSERT_TRUE(handler_->OpenFetch(req, &message_stream).ok());
+    ASSERT_TRUE(handler_->OpenFetch(req, &wire_stream).ok());
+    int chunks = 0;
+    v1::GlobalChunk expected;
+    std::string prefix;
+    std::string_view data;
+    while (handler_->NextChunk(&message_stream, &expected)) {
+      ASSERT_TRUE(handler_->NextChunkWire(&wire_stream, &prefix, &data));
+      EXPECT_EQ(prefix + std::string(data), expected.SerializeAsString());
+      // The data is a view into the global's own bytes, not a copy.
+      EXPECT_EQ(data.data(), wire_stream.global->encoded.data() + expected.offset());
+      EXPECT_EQ(wire_stream.sent, message_stream.sent);
+      ++chunks;
+    }
+    EXPECT_FALSE(handler_->NextChunkWire(&wire_stream, &prefix, &data));
+    EXPECT_EQ(chunks, static_cast<int>((wire_stream.global->encoded.size() + chunk_bytes - 1) / chunk_bytes));
+  }
+}
+
 TEST_F(ProtocolHandlerTest, OversizeUpdateIsRejectedBeforeBuffering) {
   ProtocolOptions options;
   options.max_update_bytes = 512;  // the initial upload fits

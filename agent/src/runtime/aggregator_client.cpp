@@ -164,11 +164,16 @@ StatusOr<RunOutcome> AggregatorClient::Run() {
     if (session_.empty()) {
       st = Join();
     } else {
+      const auto asked = std::chrono::steady_clock::now();
+      const std::chrono::milliseconds wait = TaskWait();
       auto task = GetTask();
       st = task.status();
       if (st.ok()) {
         switch (task->kind()) {
           case v1::TASK_KIND_WAIT: {
+            // A long-poll the aggregator held (most of) its time: ask again
+            // at once. An early WAIT means it did not hold the call: poll.
+            if (wait.count() > 0 && std::chrono::steady_clock::now() - asked >= wait / 2) break;
             int ms = task->retry_after_ms() > 0 ? task->retry_after_ms() : 1000;
             ms = std::clamp(ms, 10, 60'000);
             log::Debug("waiting", {{"retry_after_ms", ms}, {"message", task->message()}});
@@ -305,6 +310,7 @@ Status AggregatorClient::Join() {
   }
   if (resp.session().empty()) return InternalError("aggregator answered Join without a session");
   session_ = resp.session();
+  server_task_wait_ = std::chrono::milliseconds(resp.max_task_wait_ms());
   log::Info("joined", {{"job", options_.job},
                        {"agent_id", options_.agent_id},
                        {"global_version", resp.global_version()},
@@ -312,12 +318,18 @@ Status AggregatorClient::Join() {
   return OkStatus();
 }
 
+std::chrono::milliseconds AggregatorClient::TaskWait() const {
+  return std::max(std::chrono::milliseconds(0), std::min(options_.task_wait, server_task_wait_));
+}
+
 StatusOr<v1::Task> AggregatorClient::GetTask() {
   v1::TaskRequest req;
   *req.mutable_header() = Header();
   req.set_held_version(held_.version);
+  const std::chrono::milliseconds wait = TaskWait();
+  if (wait.count() > 0) req.set_wait_ms(static_cast<uint32_t>(wait.count()));
   grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.deadlines.get_task));
+  ctx.set_deadline(DeadlineIn(options_.deadlines.get_task + wait));
   if (!BeginCall(&ctx)) return CancelledError("stopping");
   v1::Task task;
   grpc::Status gs = stub_->GetTask(&ctx, req, &task);

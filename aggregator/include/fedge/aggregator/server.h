@@ -55,7 +55,11 @@ struct ServerOptions {
   uint64_t grpc_memory_bytes = 1ull << 30;    // grpc::ResourceQuota: gRPC's own buffers
   int grpc_max_threads = 64;                  // grpc::ResourceQuota
   int64_t tick_interval_ms = 200;             // how often deadlines are checked
-  Clock* clock = nullptr;                     // null: SystemClock
+  // Longest GetTask long-poll held (TaskRequest.wait_ms is capped at it, and
+  // at 20 s); told to agents in JoinResponse.max_task_wait_ms. 0: every
+  // GetTask is answered at once (agents poll after retry_after_ms).
+  int64_t max_task_wait_ms = 20'000;
+  Clock* clock = nullptr;  // null: SystemClock
   // Overrides of the engine options derived from the spec (tests).
   int64_t round_timeout_ms = 0;         // 0: spec.rounds.timeoutSeconds
   int retry_after_ms = 0;               // 0: the engine's default (200 ms)
@@ -90,6 +94,9 @@ class AggregatorServer {
   const ProtocolHandler& protocol() const { return *handler_; }
   // Open SubmitUpdate + FetchGlobal streams.
   size_t open_streams() const;
+  // GetTask calls held (long-poll) now, and GetTask calls received since Start.
+  size_t parked_tasks() const;
+  uint64_t get_task_calls() const;
 
  private:
   class Service;

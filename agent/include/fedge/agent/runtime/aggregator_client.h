@@ -58,6 +58,12 @@ struct ClientOptions {
   std::string model_family = "bert";
   int eval_batch_size = 32;
   RpcDeadlines deadlines;
+  // GetTask long-poll (TaskRequest.wait_ms): how long the aggregator may hold
+  // a WAIT answer, capped at what it said it supports at Join
+  // (JoinResponse.max_task_wait_ms); the call's deadline is get_task + this.
+  // An aggregator that says 0 (or predates the field) is polled after
+  // Task.retry_after_ms, as is one that answers WAIT early. 0: always poll.
+  std::chrono::milliseconds task_wait{10'000};
   std::chrono::milliseconds backoff_initial{100};
   std::chrono::milliseconds backoff_max{10'000};
   uint64_t jitter_seed = 0;              // 0: from std::random_device
@@ -179,6 +185,10 @@ class AggregatorClient {
   StopSignal stop_;
   Backoff backoff_;
   std::string session_;  // empty: must (re)join
+  // JoinResponse.max_task_wait_ms of the session; 0: the aggregator does not hold GetTask.
+  std::chrono::milliseconds server_task_wait_{0};
+  // The long-poll this client asks for: min(options_.task_wait, server_task_wait_).
+  std::chrono::milliseconds TaskWait() const;
   Held held_;
   UpdateEncoder encoder_;  // codec, top-k, error-feedback residual (in the state dir)
   Status fatal_;
