@@ -309,6 +309,10 @@ uint64_t RoundEngine::TaskEpoch() const {
   std::string key = std::to_string(static_cast<int>(state_)) + "/" +
                     std::to_string(static_cast<int>(phase_)) + "/" + std::to_string(round_) + "/" +
                     std::to_string(global_ ? global_->version : 0) + "/" + initializer_;
+  // A secure-aggregation round moves through its own phases, and restarts (same round,
+  // new invitations) inside phase kTrain: both can turn a WAIT into a TRAIN.
+  if (secagg_) key += "/sa" + std::to_string(static_cast<int>(secagg_->phase()));
+  key += "/x" + std::to_string(train_.extensions);
   if (key != task_epoch_key_) {
     task_epoch_key_ = std::move(key);
     ++task_epoch_;
@@ -1104,7 +1108,7 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   size_t invite = static_cast<size_t>(std::ceil(static_cast<double>(k) * options_.over_selection - 1e-9));
   invite = std::clamp<size_t>(invite, k, n);
   const double sampling_rate = static_cast<double>(invite) / static_cast<double>(n);
-  if (PrivacyBudgetStopsLocked(sampling_rate, now)) return;
+  if (PrivacyBudgetStopsLocked(sampling_rate, invite, now)) return;
   train_ = TrainRound{};
   train_.target = k;
   train_.sampling_rate = sampling_rate;
@@ -1262,9 +1266,10 @@ void RoundEngine::AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle
                                     {"delta", options_.dp.delta}});
 }
 
-bool RoundEngine::PrivacyBudgetStopsLocked(double sampling_rate, int64_t now) {
+bool RoundEngine::PrivacyBudgetStopsLocked(double sampling_rate, size_t invited, int64_t now) {
   if (!options_.dp.enabled || !(options_.dp.target_epsilon > 0)) return false;
-  const double after = privacy_.EpsilonAfter(options_.dp.noise_multiplier, sampling_rate, options_.dp.delta);
+  const double sigma = PrivacyNoiseMultiplierAtWorstLocked(invited);
+  const double after = privacy_.EpsilonAfter(sigma, sampling_rate, options_.dp.delta);
   if (after <= options_.dp.target_epsilon) return false;
   privacy_exhausted_ = true;
   if (!history_.empty()) final_accuracy_ = history_.back().accuracy;
@@ -1273,8 +1278,13 @@ bool RoundEngine::PrivacyBudgetStopsLocked(double sampling_rate, int64_t now) {
   finished_at_ms_ = now;
   message_ = "privacy budget exhausted: round " + std::to_string(round_) + " would take epsilon to " +
              std::to_string(after) + " > targetEpsilon " + std::to_string(options_.dp.target_epsilon) +
-             " (delta " + std::to_string(options_.dp.delta) + "); the job ends after " +
-             std::to_string(round_ - 1) + " of " + std::to_string(options_.total_rounds) + " rounds";
+             " (delta " + std::to_string(options_.dp.delta) +
+             (sigma < options_.dp.noise_multiplier ? ", at noise multiplier " + std::to_string(sigma) +
+                                                         " if its dropouts are the most secure "
+                                                         "aggregation allows"
+                                                   : std::string()) +
+             "); the job ends after " + std::to_string(round_ - 1) + " of " +
+             std::to_string(options_.total_rounds) + " rounds";
   log::Warn("privacy budget exhausted; job ends early", {{"completed_rounds", round_ - 1},
                                                          {"epsilon", privacy_.Epsilon(options_.dp.delta)},
                                                          {"epsilon_after_next_round", after},

@@ -60,6 +60,29 @@ double RoundEngine::SecAggClipNormLocked() const {
   return bound > 0 ? bound : 1.0;
 }
 
+double RoundEngine::PrivacyNoiseMultiplierAtWorstLocked(size_t invited) const {
+  const double sigma = options_.dp.noise_multiplier;
+  if (!options_.dp.distributed || !options_.secagg.enabled) return sigma;
+  // Mirrors SecAggServer::CloseAdvertise (k, t of m advertisers). A published round has
+  // at least t + 1 survivors: each survivor's self-mask seed is rebuilt from t shares
+  // held by other survivors (an agent holds no share of its own secrets).
+  double worst = 1.0;
+  for (size_t m = 2; m <= invited; ++m) {
+    size_t k = m - 1;
+    const int neighbours = options_.secagg.neighbours;
+    if (neighbours > 0 && static_cast<size_t>(neighbours) < k) {
+      k = static_cast<size_t>(neighbours);
+      k += k % 2;
+      k = std::min(k, m - 1);
+    }
+    const size_t t =
+        options_.secagg.threshold > 0 ? static_cast<size_t>(options_.secagg.threshold) : k / 2 + 1;
+    if (t > k) continue;  // the round would fail, not publish
+    worst = std::min(worst, static_cast<double>(std::max<size_t>(t + 1, 2)) / static_cast<double>(m));
+  }
+  return sigma * std::sqrt(worst);
+}
+
 void RoundEngine::StartSecAggLocked(int64_t now) {
   secagg::SecAggServerOptions so;
   so.job = options_.job;
@@ -119,6 +142,11 @@ bool RoundEngine::TickSecAggLocked(int64_t now) {
   }
   const uint64_t bytes = secagg_->masked_bytes();
   const uint64_t raw = static_cast<uint64_t>(global_->bundle.NumElements()) * 4 * survivors.size();
+  for (auto it = current_.feedback_examples.begin(); it != current_.feedback_examples.end();) {
+    it = std::find(survivors.begin(), survivors.end(), it->first) == survivors.end()
+             ? current_.feedback_examples.erase(it)
+             : std::next(it);
+  }
   for (const std::string& id : survivors) {
     train_.answered.insert(id);
     auto agent = agents_.find(id);
@@ -188,11 +216,17 @@ StatusOr<std::optional<std::vector<secagg::EncryptedShare>>> RoundEngine::SecAgg
 }
 
 Status RoundEngine::SecAggSubmitMasked(const std::string& agent_id, int64_t round, uint64_t offset,
-                                       const std::string& data, uint64_t* received) {
+                                       const std::string& data, uint64_t* received,
+                                       int64_t feedback_examples) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixMs();
   FEDGE_RETURN_IF_ERROR(SecAggCallLocked(agent_id, round, now));
   Status st = secagg_->SubmitMasked(agent_id, offset, data, now, received);
+  if (st.ok() && feedback_examples > 0) {
+    // Informational, bounded as for plain updates; agents whose input does not reach the
+    // sum are dropped from it when the round unmasks (TickSecAggLocked).
+    current_.feedback_examples[agent_id] = std::min(feedback_examples, kMaxReportedFeedbackExamples);
+  }
   TickLocked(now);
   return st;
 }

@@ -74,7 +74,7 @@ Status ProtocolHandler::SecAggSubmitMasked(const v1::SecAggMaskedInput& request,
   }
   uint64_t received = 0;
   Status st = engine_->SecAggSubmitMasked(request.header().agent_id(), request.round(), request.offset(),
-                                          request.data(), &received);
+                                          request.data(), &received, request.feedback_examples());
   response->set_received_bytes(received);
   response->set_complete(st.ok() && request.total_bytes() > 0 && received == request.total_bytes());
   return st;

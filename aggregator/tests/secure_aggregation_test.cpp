@@ -70,6 +70,64 @@ class SecureAggregationRoundTest : public ::testing::Test {
     ASSERT_TRUE(engine_->SubmitUpdate(meta, SmallBundle(1, 1, 1, 1)).accepted);
   }
 
+  // Drives round `round` with every agent advertising and sharing, the first `maskers`
+  // submitting masked inputs (with feedback_examples[i]), the rest dropping before
+  // masking; the survivors then answer the unmask. Returns the engine's status.
+  EngineStatus MaskedRound(int64_t round, size_t maskers, const std::vector<int64_t>& feedback = {}) {
+    std::vector<secagg::SecAggClient> clients;
+    for (const std::string& id : ids_) {
+      EXPECT_EQ(engine_->GetTask(id, round).kind, TaskKind::kTrain);
+      clients.push_back(*secagg::SecAggClient::Create());
+    }
+    const size_t n = ids_.size();
+    for (size_t i = 0; i < n; ++i) {
+      EXPECT_TRUE(
+          engine_->SecAggAdvertise(ids_[i], round, clients[i].enc_public_key(), clients[i].mask_public_key())
+              .ok());
+    }
+    std::vector<std::vector<secagg::EncryptedShare>> shares(n);
+    for (size_t i = 0; i < n; ++i) {
+      auto roster = *engine_->SecAggAdvertise(ids_[i], round, clients[i].enc_public_key(),
+                                              clients[i].mask_public_key());
+      EXPECT_TRUE(roster.has_value());
+      if (!roster) return engine_->GetStatus();
+      shares[i] = *clients[i].ShareKeys(*roster);
+    }
+    for (size_t i = 0; i < n; ++i) EXPECT_TRUE(engine_->SecAggShareKeys(ids_[i], round, shares[i]).ok());
+    for (size_t i = 0; i < maskers; ++i) {
+      auto inbox = *engine_->SecAggShareKeys(ids_[i], round, shares[i]);
+      EXPECT_TRUE(clients[i].ReceiveShares(*inbox).ok());
+      uint64_t received = 0;
+      EXPECT_TRUE(engine_
+                      ->SecAggSubmitMasked(ids_[i], round, 0,
+                                           *clients[i].MaskInput(std::vector<double>(4, 0.1), 1.0), &received,
+                                           i < feedback.size() ? feedback[i] : 0)
+                      .ok());
+    }
+    if (maskers < n) clock_.AdvanceMs(1001);  // the masked phase's timeout (phase_timeout_ms 1000)
+    for (size_t i = 0; i < maskers; ++i) {
+      auto ask = engine_->SecAggUnmask(ids_[i], round, false, {});
+      EXPECT_TRUE(ask.ok() && ask->has_value()) << ask.status().ToString();
+      if (!ask.ok() || !ask->has_value()) break;
+      EXPECT_TRUE(engine_->SecAggUnmask(ids_[i], round, true, *clients[i].Unmask(**ask)).ok());
+    }
+    return engine_->GetStatus();
+  }
+  void EvaluateAll(int64_t round) {
+    const int64_t version = engine_->GetStatus().global_version;
+    for (const std::string& id : ids_) {
+      if (engine_->GetTask(id, version).kind != TaskKind::kEvaluate) continue;
+      EvalReport r;
+      r.agent_id = id;
+      r.round = round;
+      r.global_version = version;
+      r.num_examples = 10;
+      r.accuracy = 0.5;
+      r.loss = 1;
+      EXPECT_TRUE(engine_->ReportEvaluation(r).ok());
+    }
+  }
+
   FakeClock clock_;
   AggregatorMetrics metrics_;
   std::unique_ptr<RoundEngine> engine_;
@@ -216,6 +274,111 @@ TEST_F(SecureAggregationRoundTest, DistributedNoiseIsAccountedAtWhatTheSurvivors
   RdpAccountant nominal;
   ASSERT_TRUE(nominal.Compose(0.8, 1.0).ok());
   EXPECT_GT(st.privacy->epsilon, nominal.Epsilon(1e-5));  // the shortfall costs privacy
+}
+
+// Regression (issue 12 gap, session 11): TaskEpoch summarised state, phase, round and
+// global version only, so a secure-aggregation round moving through its phases, or
+// started over inside phase kTrain, left it unchanged, and a GetTask long-poll held
+// during them (an advertised agent told WAIT) sat out its 20 s after it could train.
+TEST_F(SecureAggregationRoundTest, TaskEpochMovesWithSecureAggregationPhasesAndRestarts) {
+  Start(3, SecAggOptionsFor(3));
+  auto c = *secagg::SecAggClient::Create();
+  ASSERT_EQ(engine_->GetTask(ids_[0], 1).kind, TaskKind::kTrain);
+  ASSERT_TRUE(engine_->SecAggAdvertise(ids_[0], 1, c.enc_public_key(), c.mask_public_key()).ok());
+  ASSERT_EQ(engine_->GetTask(ids_[0], 1).kind, TaskKind::kWait);  // "in progress": a long-poll parks here
+  const uint64_t parked_at = engine_->TaskEpoch();
+  clock_.AdvanceMs(10'001);  // the advertise deadline with one advertiser: the round starts over
+  engine_->Tick();
+  ASSERT_EQ(engine_->GetStatus().phase, Phase::kTrain);
+  ASSERT_EQ(engine_->GetStatus().round, 1);
+  EXPECT_EQ(engine_->GetTask(ids_[0], 1).kind, TaskKind::kTrain);  // the parked answer is stale
+  EXPECT_NE(engine_->TaskEpoch(), parked_at);
+
+  // The protocol's own phases move it too (advertise -> share once everyone advertised).
+  std::vector<secagg::SecAggClient> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(*secagg::SecAggClient::Create());
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(
+        engine_->SecAggAdvertise(ids_[i], 1, clients[i].enc_public_key(), clients[i].mask_public_key()).ok());
+  }
+  const uint64_t advertising = engine_->TaskEpoch();
+  ASSERT_TRUE(
+      engine_->SecAggAdvertise(ids_[2], 1, clients[2].enc_public_key(), clients[2].mask_public_key()).ok());
+  EXPECT_NE(engine_->TaskEpoch(), advertising);
+}
+
+// Gap of session 11: feedback example counts were not reported under secure
+// aggregation. They ride with the masked input, clamped like SubmitUpdate's, and only
+// agents whose input is in the unmasked sum keep theirs.
+TEST_F(SecureAggregationRoundTest, FeedbackExamplesOfTheSummedAgentsAreInTheRoundRecordClamped) {
+  EngineOptions o = SecAggOptionsFor(4);
+  o.secagg.phase_timeout_ms = 1000;
+  Start(4, o);
+  // a0: 7, a1: absurd (clamped), a2: none, a3: drops before masking (never reported).
+  EngineStatus st = MaskedRound(1, 3, {7, int64_t{1} << 40, 0});
+  ASSERT_EQ(st.phase, Phase::kEvaluate) << st.message;
+  EvaluateAll(1);
+  st = engine_->GetStatus();
+  ASSERT_EQ(st.rounds.size(), 1u) << st.message;
+  EXPECT_EQ(st.rounds[0].feedback_examples,
+            (std::map<std::string, int64_t>{{"a0", 7}, {"a1", kMaxReportedFeedbackExamples}}));
+}
+
+// Gap of session 11: the distributed-DP budget check assumed every advertiser survives,
+// so a round whose dropouts left less noise could end above targetEpsilon. The check now
+// accounts the next round at the worst the protocol allows (4 agents, threshold 2: 3 of 4
+// survivors, sigma * sqrt(3/4); 2 could not rebuild each other's self masks).
+class SecureAggregationBudgetTest : public SecureAggregationRoundTest {
+ protected:
+  EngineOptions Options(double target_epsilon, int rounds) {
+    EngineOptions o = SecAggOptionsFor(4);
+    o.total_rounds = rounds;
+    o.dp.enabled = true;
+    o.dp.distributed = true;
+    o.dp.clip_norm = 1;
+    o.dp.noise_multiplier = kSigma;
+    o.dp.delta = 1e-5;
+    o.dp.target_epsilon = target_epsilon;
+    o.secagg.phase_timeout_ms = 1000;
+    return o;
+  }
+  static double EpsilonOfRounds(std::vector<double> sigmas) {
+    RdpAccountant a;
+    for (double s : sigmas) EXPECT_TRUE(a.Compose(s, 1.0).ok());
+    return a.Epsilon(1e-5);
+  }
+  static constexpr double kSigma = 2.0;
+  const double worst_ = kSigma * std::sqrt(0.75);
+};
+
+TEST_F(SecureAggregationBudgetTest, ARoundWhoseWorstDropoutsCouldExceedTheTargetDoesNotStart) {
+  // Above one round at sigma, below one round at the worst dropouts: the old check ran
+  // it, and two dropouts then took epsilon past the target.
+  const double target = 0.5 * (EpsilonOfRounds({kSigma}) + EpsilonOfRounds({worst_}));
+  Start(4, Options(target, 3));
+  EngineStatus st = engine_->GetStatus();
+  EXPECT_EQ(JobStateName(st.state), "Succeeded") << st.message;
+  EXPECT_NE(st.message.find("privacy budget exhausted"), std::string::npos) << st.message;
+  EXPECT_NE(st.message.find("noise multiplier"), std::string::npos) << st.message;
+  EXPECT_TRUE(st.rounds.empty());
+  if (st.privacy) EXPECT_LE(st.privacy->epsilon, target);
+}
+
+TEST_F(SecureAggregationBudgetTest,
+       RoundsWithTheWorstDropoutsStayWithinTheTargetAndTheJobStopsBeforeExceeding) {
+  const double target = EpsilonOfRounds({worst_}) * 1.0001;  // room for one worst-case round
+  Start(4, Options(target, 3));
+  EngineStatus st = MaskedRound(1, 3);  // 3 of 4 survive: the least noise the protocol publishes
+  ASSERT_EQ(st.phase, Phase::kEvaluate) << st.message;
+  ASSERT_TRUE(st.privacy.has_value());
+  EXPECT_DOUBLE_EQ(st.privacy->epsilon, EpsilonOfRounds({worst_}));
+  EXPECT_LE(st.privacy->epsilon, target);
+  EvaluateAll(1);
+  st = engine_->GetStatus();
+  EXPECT_EQ(JobStateName(st.state), "Succeeded") << st.message;
+  EXPECT_NE(st.message.find("privacy budget exhausted"), std::string::npos) << st.message;
+  EXPECT_EQ(st.rounds.size(), 1u);
+  EXPECT_LE(st.privacy->epsilon, target);
 }
 
 TEST(SecureAggregationEngineTest, DistributedNoiseNeedsSecureAggregation) {

@@ -593,7 +593,8 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
 
   FEDGE_ASSIGN_OR_RETURN(TensorBundle delta, ComputeDelta(deps_.trainer->ExportTrainable(), held_.bundle));
   if (c.secure_aggregation().enabled()) {
-    return SubmitSecurely(task, delta, deps_.train_data->size(), result->steps, result->mean_loss);
+    return SubmitSecurely(task, delta, deps_.train_data->size(), result->steps, result->mean_loss,
+                          mixed.feedback_used);
   }
   UpdateCodecConfig cc;
   cc.encode = *encode;
@@ -647,7 +648,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
 }
 
 Status AggregatorClient::SubmitSecurely(const v1::Task& task, const TensorBundle& delta, int64_t num_examples,
-                                        int steps, double loss) {
+                                        int steps, double loss, int64_t feedback_examples) {
   SecAggHooks hooks;
   hooks.header = [this] { return Header(); };
   hooks.sleep = [this](std::chrono::milliseconds d) { return stop_.SleepFor(d); };
@@ -692,6 +693,7 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
     if (!result.ok())
       return result.status().WithContext("evaluating global v" + std::to_string(held_.version));
     eval = *result;
+  hooks.feedback_examples = feedback_examples;
   }
   v1::MetricsReport report;
   *report.mutable_header() = Header();
@@ -705,6 +707,7 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   (*report.mutable_values())["loss"] = eval.mean_loss;
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.report));
+                                                   {"feedback_examples", feedback_examples},
   if (!BeginCall(&ctx)) return CancelledError("stopping");
   v1::MetricsAck ack;
   grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);

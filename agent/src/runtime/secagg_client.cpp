@@ -160,6 +160,7 @@ StatusOr<SecAggReport> RunSecureAggregation(v1::Aggregator::Stub* stub, int64_t 
     piece.set_offset(offset);
     piece.set_total_bytes(masked->size());
     piece.set_data(masked->substr(offset, std::min<uint64_t>(hooks.chunk_bytes, masked->size() - offset)));
+    piece.set_feedback_examples(hooks.feedback_examples);
     v1::SecAggMaskedAck ack;
     Status st = Call(
         hooks,
@@ -173,6 +174,7 @@ StatusOr<SecAggReport> RunSecureAggregation(v1::Aggregator::Stub* stub, int64_t 
     FEDGE_RETURN_IF_ERROR(st);
     offset = std::max<uint64_t>(ack.received_bytes(), offset + piece.data().size());
   }
+  log::Info("masked input sent", {{"round", round}, {"bytes", masked->size()}});
 
   // unmask
   if (!proceed("unmask"))

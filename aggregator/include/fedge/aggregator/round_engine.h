@@ -387,8 +387,10 @@ class RoundEngine {
   StatusOr<std::optional<std::vector<secagg::EncryptedShare>>> SecAggShareKeys(
       const std::string& agent_id, int64_t round, std::vector<secagg::EncryptedShare> shares);
   Status SecAggSubmitMasked(const std::string& agent_id, int64_t round, uint64_t offset,
-                            const std::string& data, uint64_t* received);
+                            const std::string& data, uint64_t* received, int64_t feedback_examples = 0);
   // With `answer`, records the agent's revealed shares (once); otherwise asks who survived.
+  // `feedback_examples`: as UpdateMeta's, recorded (clamped) for the agents whose input
+  // ends up in the unmasked sum.
   StatusOr<std::optional<secagg::UnmaskAsk>> SecAggUnmask(const std::string& agent_id, int64_t round,
                                                           bool answer,
                                                           const std::vector<secagg::RevealedShare>& shares);
@@ -469,9 +471,10 @@ class RoundEngine {
   void FailLocked(const std::string& message);
   // DP: (sum + noise) / target in place of the strategy's mean; see DpOptions.
   void AddPrivacyNoiseLocked(const TensorBundle& global, TensorBundle* next, int updates);
-  // DP: true (and the job ended) when the next round, at `sampling_rate`, would take
-  // epsilon above options_.dp.target_epsilon.
-  bool PrivacyBudgetStopsLocked(double sampling_rate, int64_t now);
+  // DP: true (and the job ended) when the next round, at `sampling_rate` with `invited`
+  // agents, could take epsilon above options_.dp.target_epsilon (distributed mode: at the
+  // noise its worst allowed dropouts leave, PrivacyNoiseMultiplierAtWorstLocked).
+  bool PrivacyBudgetStopsLocked(double sampling_rate, size_t invited, int64_t now);
   Status PublishGlobalLocked(TensorBundle bundle, int64_t version);
   // Writes the current global as the checkpoint of `completed_round`, with
   // `pending` (a round aggregated but not yet evaluated) appended to the
@@ -490,6 +493,10 @@ class RoundEngine {
   void StartSecAggLocked(int64_t now);
   // Drives secagg_; true when the round closed or the job failed (state changed).
   bool TickSecAggLocked(int64_t now);
+  // Distributed DP: the smallest noise multiplier a round of `invited` agents can end
+  // with, sigma * sqrt(s / m) minimised over the advertiser counts m the protocol accepts
+  // and the fewest survivors s = threshold + 1 it can unmask; sigma otherwise.
+  double PrivacyNoiseMultiplierAtWorstLocked(size_t invited) const;
   // Common checks of the SecAgg RPCs; the agent's liveness is refreshed.
   Status SecAggCallLocked(const std::string& agent_id, int64_t round, int64_t now);
 

@@ -144,9 +144,10 @@ class AggregatorClient {
   Status DoInitialize(const fedge::v1::Task& task);
   Status DoTrain(const fedge::v1::Task& task);
   Status DoEvaluate(const fedge::v1::Task& task);
-  // TRAIN under secure aggregation: masks and submits `delta` (secagg_client.h).
+  // TRAIN under secure aggregation: masks and submits `delta` (secagg_client.h);
+  // `feedback_examples` is reported with the masked input.
   Status SubmitSecurely(const fedge::v1::Task& task, const TensorBundle& delta, int64_t num_examples,
-                        int steps, double loss);
+                        int steps, double loss, int64_t feedback_examples);
   Status DoDone(const fedge::v1::Task& task);
 
   // Makes `version` the held global: fetches it unless already held, then

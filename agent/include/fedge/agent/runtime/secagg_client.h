@@ -33,6 +33,7 @@ struct SecAggHooks {
   std::chrono::milliseconds call_deadline{30'000};
   size_t chunk_bytes = 4u << 20;  // masked input per SecAggSubmitMasked call
   uint64_t seed = 0;              // rounding (and noise) seed; 0: from the CSPRNG
+  int64_t feedback_examples = 0;  // reported with the masked input (informational)
 };
 
 struct SecAggReport {
