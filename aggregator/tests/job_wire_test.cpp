@@ -15,6 +15,7 @@ TEST(JobWireTest, EveryCompressionFieldSurvivesTheTrainingConfig) {
   c.codec = "int4";
   c.blockSize = 32;
   c.zstd = false;  // the default is true: a field the wire dropped would come back true
+  c.zstdLevel = 19;
   c.topKFraction = 0.25;
   c.errorFeedback = false;
   c.stochasticRounding = true;
@@ -24,6 +25,7 @@ TEST(JobWireTest, EveryCompressionFieldSurvivesTheTrainingConfig) {
   EXPECT_EQ(wire.update_codec(), "int4");
   EXPECT_EQ(wire.block_size(), 32);
   EXPECT_FALSE(wire.zstd());
+  EXPECT_EQ(wire.zstd_level(), 19);
   auto back = CompressionFromWire(wire);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(*back, c);

@@ -277,6 +277,12 @@ std::vector<JobSpecField> MakeTable() {
        .kind = K::kBool,
        .ref = FEDGE_FIELD(compression.zstd),
        .wire = "zstd"});
+  add({.path = "spec.compression.zstdLevel",
+       .kind = K::kInt,
+       .ref = FEDGE_FIELD(compression.zstdLevel),
+       .min = 1,
+       .max = 19,
+       .wire = "zstd_level"});
   // 0 or >= kMinTopkFraction: ValidateJobSpec and the CRD's CEL rule.
   add({.path = "spec.compression.topKFraction",
        .kind = K::kDouble,
@@ -420,6 +426,7 @@ StatusOr<EncodeOptions> EncodeOptionsFor(const CompressionSpec& c) {
   eo.codec = *codec;
   eo.block_size = c.blockSize;
   eo.zstd = c.zstd;
+  eo.zstd_level = c.zstdLevel;
   eo.topk_fraction = c.topKFraction;
   eo.stochastic_rounding = c.stochasticRounding;
   return eo;

@@ -288,6 +288,16 @@ TEST(JobSpecFieldsTest, CompressionCodecsAreTheEncodersCodecs) {
     ASSERT_TRUE(eo.ok()) << name;
     EXPECT_EQ(CodecName(eo->codec), name);
   }
+  // Every compression field reaches the encoder (zstdLevel: issue 11's one-field measure).
+  CompressionSpec c;
+  c.zstdLevel = 19;
+  c.blockSize = 16;
+  c.topKFraction = 0.5;
+  auto eo = EncodeOptionsFor(c);
+  ASSERT_TRUE(eo.ok());
+  EXPECT_EQ(eo->zstd_level, 19);
+  EXPECT_EQ(eo->block_size, 16);
+  EXPECT_EQ(eo->topk_fraction, 0.5);
   CompressionSpec bad;
   bad.codec = "int2";
   EXPECT_FALSE(EncodeOptionsFor(bad).ok());

@@ -108,6 +108,7 @@ struct CompressionSpec {
   std::string codec = "int8";  // fp32 | fp16 | bf16 | int8 | int4
   int blockSize = 64;
   bool zstd = true;
+  int zstdLevel = 3;  // 1 (fastest) .. 19 (smallest); used when zstd is on
   // Top-k sparsification: 0 = off (dense), else in [kMinTopkFraction = 1e-4, 1]:
   // per tensor the ceil(f * n) largest-magnitude entries travel.
   double topKFraction = 0.0;
