@@ -56,9 +56,11 @@ def configs(args):
     out = [("int8", "FedAvg, int8 blockwise + zstd + EF, no secure aggregation",
             {"compression": {"codec": "int8"}}),
            ("secagg", "FedAvg under secure aggregation (masked Z_2^16)", sa)]
-    out.append(("secagg-kill", "secure aggregation, %d of %d agents SIGKILLed after masking in round %d "
+    out.append(("secagg-kill", "secure aggregation, %d of %d agents SIGKILLed %s round %d "
                 "(`--allow-agent-failures`, %d rounds, round timeout %d s)" % (
-                    args.kill, args.agents, args.kill_round, args.kill_rounds or args.rounds, args.kill_timeout),
+                    args.kill, args.agents,
+                    "after masking in" if args.kill_at == "masked" else "%.0f s into training in" % args.kill_delay,
+                    args.kill_round, args.kill_rounds or args.rounds, args.kill_timeout),
         {"privacy": {"secureAggregation": {"enabled": True}},
          "rounds": {"timeoutSeconds": args.kill_timeout, "total": args.kill_rounds or args.rounds}}))
     for eps in (8, 4, 1):
@@ -78,14 +80,19 @@ def log(msg):
 
 
 MASKED = re.compile(r'msg="masked input sent" round=(\d+)')
+TRAIN = re.compile(r'msg="task" kind=train round=(\d+)')
 
 
 class Killer:
-    """SIGKILLs the first `count` agents that log "masked input sent" for `round`."""
+    """SIGKILLs the first `count` agents that log "masked input sent" (at="masked") or
+    their TRAIN task (at="train", `delay` seconds later: mid-training) for `round`."""
 
-    def __init__(self, run_dir, count, round_):
+    def __init__(self, run_dir, count, round_, at="masked", delay=0):
         self.logs = os.path.join(run_dir, "logs")
         self.count, self.round = count, round_
+        self.pattern = MASKED if at == "masked" else TRAIN
+        self.delay = delay
+        self.seen = {}  # agent -> time its line was seen
         self.killed = []  # (agent, t)
         self.offsets = {}
 
@@ -103,13 +110,17 @@ class Killer:
                 f.seek(self.offsets.get(agent, 0))
                 text = f.read()
                 self.offsets[agent] = f.tell()
-            if any(int(m.group(1)) == self.round for m in MASKED.finditer(text)):
+            if agent not in self.seen and any(int(m.group(1)) == self.round for m in self.pattern.finditer(text)):
+                self.seen[agent] = time.time()
+            if agent in self.seen and time.time() - self.seen[agent] >= self.delay:
                 pid = next((p for p, n in sampler.pids.items() if n == agent), None)
                 if pid is None:
                     continue
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append((agent, round(time.time() - sampler.start, 1)))
-                log("  SIGKILLed %s (pid %d) after its masked input of round %d" % (agent, pid, self.round))
+                log("  SIGKILLed %s (pid %d) in round %d (%s)" % (
+                    agent, pid, self.round, "after its masked input" if self.pattern is MASKED else
+                    "%.0f s after its TRAIN task" % self.delay))
 
 
 def run_config(args, name, desc, overrides, base, data_dir):
@@ -143,7 +154,7 @@ def run_config(args, name, desc, overrides, base, data_dir):
     killer = None
     if name == "secagg-kill":
         cmd.append("--allow-agent-failures")
-        killer = Killer(run_dir, args.kill, args.kill_round)
+        killer = Killer(run_dir, args.kill, args.kill_round, args.kill_at, args.kill_delay)
     if os.path.exists(paths["summaries"]):
         os.remove(paths["summaries"])
     log("%s: %s" % (name, " ".join(cmd)))
@@ -279,7 +290,13 @@ def main():
     p.add_argument("--kill-round", type=int, default=2)
     p.add_argument("--kill-timeout", type=int, default=300, help="secagg-kill: spec.rounds.timeoutSeconds")
     p.add_argument("--kill-rounds", type=int, default=0, help="secagg-kill: rounds (default --rounds)")
+    p.add_argument("--kill-at", choices=["masked", "train"], default="train",
+                   help="secagg-kill: kill right after the masked input (the sum is often unmasked within "
+                   "~50 ms of the last input, before a 0.5 s poll sees it) or --kill-delay s into training")
+    p.add_argument("--kill-delay", type=float, default=30)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="run nothing: write the table from the "
+                   "results earlier invocations saved in WORK/results/ (stopped runs included)")
     p.add_argument("--stop-at", default="", help="HH:MM (UTC): stop the running job then and report the "
                    "rounds it completed; later configurations are not started")
     args = p.parse_args()
@@ -304,17 +321,30 @@ def main():
         base = yaml.safe_load(f)
     ns = argparse.Namespace(work_dir=args.work_dir, render_only=False, fedge=args.fedge, agents=args.agents,
                             data_seed=7)
-    data_dir = run_experiment.ensure_data(ns, args.alpha, 7)
+    data_dir = "" if args.render_only else run_experiment.ensure_data(ns, args.alpha, 7)
     started = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
     results = []
     for name in wanted:
         if args.stop_at and time.time() > args.stop_at:
             break
         n, desc, overrides = next(c for c in table if c[0] == name)
+        saved = os.path.join(args.work_dir, "results", run_experiment.alpha_tag(args.alpha) + "-" + n + ".json")
+        if args.render_only:
+            if os.path.exists(saved):
+                with open(saved) as f:
+                    results.append(dict(json.load(f), desc=desc))
+            else:
+                results.append({"name": n, "desc": desc, "skipped": "not run"})
+            continue
         results.append(run_config(args, n, desc, overrides, base, data_dir))
+        os.makedirs(os.path.dirname(saved), exist_ok=True)
+        with open(saved, "w") as f:
+            json.dump(results[-1], f)
         pending = [{"name": c[0], "desc": c[1], "skipped": "not run: the invocation ended before it"}
                    for c in table if c[0] in wanted[len(results):]]
         write_doc(args, results + pending, started)
+    if args.render_only:
+        write_doc(args, results, started)
     log("wrote " + args.doc)
 
 
