@@ -194,6 +194,10 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
       c->mutable_secure_aggregation()->set_clip_norm(task.config.secagg_clip_norm);
       c->mutable_secure_aggregation()->set_max_weight(task.config.secagg_max_weight);
     }
+    if (task.kind == TaskKind::kTrain && task.config.scaffold_control) {
+      c->mutable_scaffold()->set_enabled(true);
+      c->mutable_scaffold()->set_control(*task.config.scaffold_control);
+    }
   }
   return OkStatus();
 }

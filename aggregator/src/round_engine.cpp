@@ -384,6 +384,7 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   t.config = options_.train;
   t.config.learning_rate = static_cast<float>(ScheduledLearningRate(
       options_.train.learning_rate, options_.learning_rate_schedule, round_, options_.total_rounds));
+  t.config.scaffold_control = strategy_->ServerControl();
   if (options_.secagg.enabled) {
     t.config.secure_aggregation = true;
     t.config.secagg_clip_norm = SecAggClipNormLocked();
@@ -1114,6 +1115,11 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   train_.sampling_rate = sampling_rate;
   train_.invited.insert(live.begin(), live.begin() + static_cast<std::ptrdiff_t>(invite));
   train_.deadline_ms = now + options_.round_timeout_ms;
+  // SCAFFOLD needs N and the K x eta of the task (as the float the agents receive).
+  strategy_->SetRoundContext(RoundContext{
+      static_cast<int64_t>(agents_.size()), options_.train.local_steps,
+      static_cast<double>(static_cast<float>(ScheduledLearningRate(
+          options_.train.learning_rate, options_.learning_rate_schedule, round_, options_.total_rounds)))});
   strategy_->Begin(global_->bundle);
   current_ = RoundRecord{};
   current_.round = round_;

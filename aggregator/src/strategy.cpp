@@ -138,6 +138,111 @@ class FedAvgMStrategy : public AggregationStrategy {
   TensorBundle v_;  // empty until the first round
 };
 
+// SCAFFOLD (Karimireddy et al. 2020, "SCAFFOLD: Stochastic Controlled Averaging for
+// Federated Learning", Algorithm 1 with option II control variates), server side.
+// Each agent keeps its control variate c_i (agent node state) and corrects every
+// local step by (c - c_i); after K local steps at learning rate eta it sets
+//   c_i+ = c_i - c + (x - y_i) / (K eta)
+// so  Delta c_i = c_i+ - c_i = -c - Delta y_i / (K eta),  with Delta y_i = y_i - x the
+// model delta it uploads. The server knows c, K and eta (it hands them out), so it
+// derives Delta c_i from Delta y_i exactly instead of receiving it: the second upload
+// of the paper costs no bytes here. With the round's participants S of N agents:
+//   x = x + sum_i n_i Delta y_i / sum_i n_i      (example-weighted, server lr 1, as FedAvg)
+//   c = c + (1/N) sum_{i in S} Delta c_i = (1 - |S|/N) c - sum_{i in S} Delta y_i / (N K eta)
+// (the paper's c update, unweighted). The equivalence needs every agent to run the
+// K steps at the eta of the task (the agent checks it) and to see the Delta y_i the
+// server folds in: a lossy codec's error feedback carries the difference into the
+// next round, as it does for the model. c is kept as float32 exactly as
+// checkpointed and handed out, so a restored aggregator continues bit-for-bit.
+class ScaffoldStrategy : public AggregationStrategy {
+ public:
+  explicit ScaffoldStrategy(std::string_view name) : name_(name), control_(std::make_shared<std::string>()) {}
+  std::string_view name() const override { return name_; }
+  void SetRoundContext(const RoundContext& context) override { context_ = context; }
+  void Begin(const TensorBundle& global) override {
+    weighted_.emplace(global);
+    plain_.emplace(global);
+    zeros_ = Zeros(global);
+  }
+  Status Add(const TensorBundle& delta, int64_t num_examples) override {
+    if (!weighted_) return FailedPreconditionError("strategy: Add before Begin");
+    // Both sums or neither: check with the plain sum first (weight 1 is always valid).
+    WeightedDeltaSum plain = *plain_;
+    FEDGE_RETURN_IF_ERROR(plain.Add(delta, 1.0));
+    FEDGE_RETURN_IF_ERROR(weighted_->Add(delta, static_cast<double>(num_examples)));
+    plain_ = std::move(plain);
+    return OkStatus();
+  }
+  int count() const override { return weighted_ ? weighted_->count() : 0; }
+  StatusOr<TensorBundle> Finish(const TensorBundle& global) override {
+    if (!weighted_) return FailedPreconditionError("strategy: Finish before Begin");
+    const double k_eta = static_cast<double>(context_.local_steps) * context_.learning_rate;
+    if (!(k_eta > 0) || context_.population < 1) {
+      return FailedPreconditionError(
+          "scaffold: the round context has no local steps, learning rate or agents");
+    }
+    const int64_t participants = plain_->count();
+    // More participants than agents (an agent that left after it answered):
+    // the paper's N is at least |S|.
+    const double n = static_cast<double>(std::max<int64_t>(context_.population, participants));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle out, weighted_->ApplyMean(global));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean_dy, plain_->ApplyMean(zeros_));
+    TensorBundle c = c_.tensors.empty() ? Zeros(global) : c_;
+    FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, c).WithContext("scaffold control variate"));
+    const double keep = 1.0 - static_cast<double>(participants) / n;
+    const double scale = static_cast<double>(participants) / (n * k_eta);  // sum = count * mean
+    for (NamedTensor& ct : c.tensors) {
+      const std::vector<float>& d = mean_dy.Find(ct.name)->values;
+      for (size_t i = 0; i < ct.values.size(); ++i) {
+        ct.values[i] =
+            static_cast<float>(keep * static_cast<double>(ct.values[i]) - scale * static_cast<double>(d[i]));
+      }
+    }
+    FEDGE_ASSIGN_OR_RETURN(std::shared_ptr<const std::string> encoded, Encode(c));
+    c_ = std::move(c);
+    control_ = std::move(encoded);
+    return out;
+  }
+  std::shared_ptr<const std::string> ServerControl() const override { return control_; }
+  TensorBundle SaveState() const override {
+    TensorBundle state;
+    for (const NamedTensor& t : c_.tensors)
+      state.tensors.push_back(NamedTensor{"c/" + t.name, t.shape, t.values});
+    return state;
+  }
+  Status RestoreState(const TensorBundle& state) override {
+    TensorBundle c;
+    for (const NamedTensor& t : state.tensors) {
+      if (t.name.rfind("c/", 0) != 0) {
+        return InvalidArgumentError("scaffold state: unexpected tensor \"" + t.name + "\"");
+      }
+      c.tensors.push_back(NamedTensor{t.name.substr(2), t.shape, t.values});
+    }
+    FEDGE_ASSIGN_OR_RETURN(std::shared_ptr<const std::string> encoded, Encode(c));
+    c_ = std::move(c);
+    control_ = std::move(encoded);
+    return OkStatus();
+  }
+
+ private:
+  static StatusOr<std::shared_ptr<const std::string>> Encode(const TensorBundle& c) {
+    if (c.tensors.empty()) return std::shared_ptr<const std::string>(std::make_shared<std::string>());
+    EncodeOptions eo;
+    eo.codec = Codec::kFp32;
+    eo.zstd = true;
+    FEDGE_ASSIGN_OR_RETURN(std::string bytes, EncodeBundle(c, eo));
+    return std::shared_ptr<const std::string>(std::make_shared<std::string>(std::move(bytes)));
+  }
+
+  std::string name_;
+  RoundContext context_;
+  std::optional<WeightedDeltaSum> weighted_;  // n_i Delta y_i: the model
+  std::optional<WeightedDeltaSum> plain_;     // Delta y_i: the control variate
+  TensorBundle zeros_;
+  TensorBundle c_;                              // empty until the first round
+  std::shared_ptr<const std::string> control_;  // Encode(c_); never null
+};
+
 // Server optimizers of Reddi et al. 2021 ("Adaptive Federated Optimization",
 // Algorithm 2). The pseudo-gradient is the example-weighted mean delta D:
 //   m = b1 m + (1 - b1) D
@@ -451,6 +556,8 @@ class NormBoundedStrategy : public AggregationStrategy {
     return inner_->Add(clipped, num_examples);
   }
   int count() const override { return inner_->count(); }
+  void SetRoundContext(const RoundContext& context) override { inner_->SetRoundContext(context); }
+  std::shared_ptr<const std::string> ServerControl() const override { return inner_->ServerControl(); }
   StatusOr<TensorBundle> Finish(const TensorBundle& global) override { return inner_->Finish(global); }
   bool NeedsAllUpdates() const override { return inner_->NeedsAllUpdates(); }
   int MaxUpdates() const override { return inner_->MaxUpdates(); }
@@ -471,6 +578,16 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeInner(const StrategySpec& spe
       return InvalidArgumentError("spec.strategy.serverMomentum: must be in [0, 1)");
     }
     return Ptr(std::make_unique<FedAvgMStrategy>(n, spec.serverMomentum));
+  }
+  if (n == "scaffold") {
+    // The server derives each Delta c_i from the update it folds in; an update
+    // scaled on the way (norm clipping) would make c disagree with the agents' c_i.
+    if (spec.clipNorm > 0 || spec.maxUpdateNorm > 0) {
+      return InvalidArgumentError(
+          "spec.strategy: scaffold does not compose with clipNorm or maxUpdateNorm (a clipped update "
+          "breaks the control variates); set both to 0");
+    }
+    return Ptr(std::make_unique<ScaffoldStrategy>(n));
   }
   if (n == "fedadam" || n == "fedyogi" || n == "fedadagrad") {
     if (!(spec.serverLearningRate > 0) || !(spec.beta1 >= 0 && spec.beta1 < 1) ||
@@ -500,9 +617,10 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeInner(const StrategySpec& spe
     return Ptr(std::make_unique<KrumStrategy>(n, spec.maxBufferedUpdates, spec.byzantineClients,
                                               n == "krum" ? 1 : spec.multiKrumM));
   }
-  return InvalidArgumentError("spec.strategy.name: unknown strategy \"" + n +
-                              "\" (known: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, median, "
-                              "trimmed-mean, krum, multi-krum)");
+  return InvalidArgumentError(
+      "spec.strategy.name: unknown strategy \"" + n +
+      "\" (known: fedavg, fedprox, fedavgm, scaffold, fedadam, fedyogi, fedadagrad, median, "
+      "trimmed-mean, krum, multi-krum)");
 }
 
 }  // namespace

@@ -6,12 +6,15 @@
 
 #include <cmath>
 
+#include "fedge/aggregator/checkpoint.h"
+
 #include "test_util.h"
 
 namespace fedge::aggregator {
 namespace {
 
 using testing::SmallBundle;
+using testing::TempDir;
 
 StrategySpec Spec(const std::string& name) {
   StrategySpec s;
@@ -324,6 +327,102 @@ TEST(FedAvgMTest, MomentumSurvivesACheckpointAndForeignStateIsRefused) {
   EXPECT_FALSE(Make(spec)->RestoreState(foreign).ok());
   spec.serverMomentum = 1.0;
   EXPECT_FALSE(MakeStrategy(spec).ok()) << "beta 1 never forgets: refused";
+}
+
+// SCAFFOLD (option II), N = 2 agents, K = 2 local steps, eta = 0.5 (K eta = 1),
+// x0 = (1, 2, 3), c0 = 0. By hand:
+// Round 1, both agents: dy1 = (0.25, -0.5, 0.75) n = 1, dy2 = (0.5, 0, -0.25) n = 3
+//   x1 = x0 + (1 dy1 + 3 dy2) / 4 = (1 + 1.75 / 4, 2 - 0.5 / 4, 3 + 0 / 4) = (1.4375, 1.875, 3)
+//   the agents' c_i = c_i - c - dy_i / (K eta):  c_1 = (-0.25, 0.5, -0.75), c_2 = (-0.5, 0, 0.25)
+//   c1 = mean(c_1, c_2) = (-0.375, 0.25, -0.25)
+// Round 2, agent 1 only (|S| = 1 of N = 2): dy1 = (0.125, 0.125, 0.125) n = 1
+//   x2 = x1 + dy1 = (1.5625, 2, 3.125)
+//   c_1 = (-0.25, 0.5, -0.75) - c1 - dy1 = (0, 0.125, -0.625), c_2 unchanged
+//   c2 = mean(c_1, c_2) = (-0.25, 0.0625, -0.1875)
+TensorBundle V3(float a, float b, float c) {
+  TensorBundle t;
+  t.tensors.push_back(NamedTensor{"w", {3}, {a, b, c}});
+  return t;
+}
+
+TensorBundle DecodedControl(const AggregationStrategy& s) {
+  std::shared_ptr<const std::string> c = s.ServerControl();
+  EXPECT_NE(c, nullptr);
+  if (c == nullptr || c->empty()) return {};
+  auto b = DecodeBundle(*c);
+  EXPECT_TRUE(b.ok()) << b.status().ToString();
+  return b.ok() ? *b : TensorBundle{};
+}
+
+TEST(ScaffoldTest, ControlVariatesByHandWithPartialParticipation) {
+  auto s = Make(Spec("scaffold"));
+  ASSERT_NE(s, nullptr);
+  ASSERT_NE(s->ServerControl(), nullptr) << "scaffold hands c out with every task";
+  EXPECT_TRUE(s->ServerControl()->empty()) << "c = 0 before the first round";
+  s->SetRoundContext(RoundContext{/*population=*/2, /*local_steps=*/2, /*learning_rate=*/0.5});
+  TensorBundle x1 = Round(*s, V3(1, 2, 3), {{V3(0.25f, -0.5f, 0.75f), 1}, {V3(0.5f, 0, -0.25f), 3}});
+  EXPECT_EQ(Vals(x1, "w"), (std::vector<float>{1.4375f, 1.875f, 3.0f}));
+  EXPECT_EQ(Vals(DecodedControl(*s), "w"), (std::vector<float>{-0.375f, 0.25f, -0.25f}));
+  TensorBundle x2 = Round(*s, x1, {{V3(0.125f, 0.125f, 0.125f), 1}});
+  EXPECT_EQ(Vals(x2, "w"), (std::vector<float>{1.5625f, 2.0f, 3.125f}));
+  EXPECT_EQ(Vals(DecodedControl(*s), "w"), (std::vector<float>{-0.25f, 0.0625f, -0.1875f}));
+  // Other strategies hand out no control variate.
+  EXPECT_EQ(Make(Spec("fedavg"))->ServerControl(), nullptr);
+  EXPECT_EQ(Make(Spec("fedavgm"))->ServerControl(), nullptr);
+}
+
+TEST(ScaffoldTest, ControlVariateSurvivesACheckpointAndForeignStateIsRefused) {
+  TempDir dir;
+  CheckpointStore store(dir.path());
+  auto a = Make(Spec("scaffold"));
+  a->SetRoundContext(RoundContext{2, 2, 0.5});
+  TensorBundle x1 = Round(*a, V3(1, 2, 3), {{V3(0.25f, -0.5f, 0.75f), 1}, {V3(0.5f, 0, -0.25f), 3}});
+  CheckpointData d;
+  d.job = "ns/demo";
+  d.completed_round = 1;
+  d.total_rounds = 2;
+  d.global_version = 2;
+  d.global_checksum = "abc";
+  d.global = x1;
+  d.strategy_state = a->SaveState();
+  ASSERT_TRUE(store.Save(d).ok());
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status().ToString();
+
+  // A restarted aggregator: the same c handed out, and round 2 as if never stopped.
+  auto b = Make(Spec("scaffold"));
+  ASSERT_TRUE(b->RestoreState((*loaded)->strategy_state).ok());
+  EXPECT_EQ(*b->ServerControl(), *a->ServerControl());
+  b->SetRoundContext(RoundContext{2, 2, 0.5});
+  TensorBundle x2 = Round(*b, (*loaded)->global, {{V3(0.125f, 0.125f, 0.125f), 1}});
+  EXPECT_EQ(Vals(x2, "w"), (std::vector<float>{1.5625f, 2.0f, 3.125f}));
+  EXPECT_EQ(Vals(DecodedControl(*b), "w"), (std::vector<float>{-0.25f, 0.0625f, -0.1875f}));
+
+  TensorBundle foreign;
+  foreign.tensors.push_back(NamedTensor{"v/w", {3}, {0, 0, 0}});
+  EXPECT_FALSE(Make(Spec("scaffold"))->RestoreState(foreign).ok());
+  EXPECT_FALSE(Make(Spec("fedavgm"))->RestoreState(a->SaveState()).ok()) << "c is not momentum";
+}
+
+TEST(ScaffoldTest, RefusesWhatBreaksTheControlVariates) {
+  StrategySpec spec = Spec("scaffold");
+  spec.clipNorm = 1;
+  auto clipped = MakeStrategy(spec);
+  ASSERT_FALSE(clipped.ok());
+  EXPECT_NE(clipped.status().message().find("clipNorm"), std::string::npos) << clipped.status().ToString();
+  spec.clipNorm = 0;
+  spec.maxUpdateNorm = 2;
+  EXPECT_FALSE(MakeStrategy(spec).ok());
+  AdapterSpec product;
+  product.aggregation = "product";
+  product.rank = 2;
+  EXPECT_FALSE(MakeStrategy(Spec("scaffold"), product).ok()) << "product re-factors the updates";
+  // No round context (K, eta, N): Finish fails and c stays 0.
+  auto s = Make(Spec("scaffold"));
+  s->Begin(V3(1, 2, 3));
+  ASSERT_TRUE(s->Add(V3(1, 1, 1), 1).ok());
+  EXPECT_EQ(s->Finish(V3(1, 2, 3)).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(s->ServerControl()->empty());
 }
 
 // Local learning-rate schedules, base 0.01, R = 5, by hand:

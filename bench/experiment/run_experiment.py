@@ -59,6 +59,13 @@ CONFIGS = [
     ("fedavgm-b05-cosine", "FedAvgM (server momentum 0.5, server lr 1), cosine local lr schedule, int8 + EF",
      {"strategy": {"name": "fedavgm", "serverMomentum": 0.5}, "rounds": {"learningRateSchedule": "cosine"},
       "compression": {"codec": "int8"}}),
+    # SCAFFOLD (option II control variates; aggregator/src/strategy.cpp): no extra upload,
+    # the aggregator derives each agent's control-variate change from its delta.
+    ("scaffold", "SCAFFOLD (control variates, server lr 1), int8 + EF",
+     {"strategy": {"name": "scaffold"}, "compression": {"codec": "int8"}}),
+    ("fedavgm-b05-constant", "FedAvgM (server momentum 0.5, server lr 1), constant local lr, int8 + EF (binaries of the cosine run)",
+     {"strategy": {"name": "fedavgm", "serverMomentum": 0.5}, "rounds": {"learningRateSchedule": "constant"},
+      "compression": {"codec": "int8"}}),
     ("fedavgm-b03", "FedAvgM (server momentum 0.3, server lr 1), int8 + EF",
      {"strategy": {"name": "fedavgm", "serverMomentum": 0.3}, "compression": {"codec": "int8"}}),
     # FedAdam with b1 = 0 and tau = 1 (>> sqrt(v) ~ 0.1 |mean delta| ~ 1e-3 here) is FedAvg

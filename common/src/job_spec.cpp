@@ -722,6 +722,22 @@ Status ValidateJobSpec(const JobSpec& spec) {
     }
     if (spec.rounds.mode == "async") v.Add(p, "needs spec.rounds.mode sync");
   }
+  if (st.name == "scaffold") {
+    // The aggregator derives each agent's control-variate change from its update
+    // (aggregator/src/strategy.cpp): the update must arrive as trained, in a
+    // synchronous round; the agents' step correction exists for the BERT classifier.
+    if (spec.rounds.mode == "async") v.Add("spec.strategy.name", "scaffold needs spec.rounds.mode sync");
+    if (st.clipNorm > 0 || st.maxUpdateNorm > 0) {
+      v.Add("spec.strategy.name",
+            "scaffold does not compose with spec.strategy.clipNorm or maxUpdateNorm (a clipped update "
+            "breaks the control variates): set both to 0");
+    }
+    if (spec.model.family != "bert" || spec.model.task != "sequence-classification") {
+      v.Add("spec.strategy.name",
+            "scaffold is implemented for model.family bert with task sequence-classification only, got " +
+                Quote(spec.model.family + "/" + spec.model.task));
+    }
+  }
   if (st.name == "krum" || st.name == "multi-krum") {
     // Krum's guarantee needs n > 2f + 2 updates per round.
     const int most = std::max(ag.minAgents, ag.replicas);

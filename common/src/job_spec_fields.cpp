@@ -196,7 +196,7 @@ std::vector<JobSpecField> MakeTable() {
   add({.path = "spec.strategy.name",
        .kind = K::kString,
        .ref = FEDGE_FIELD(strategy.name),
-       .one_of = {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median",
+       .one_of = {"fedavg", "fedprox", "fedavgm", "scaffold", "fedadam", "fedyogi", "fedadagrad", "median",
                   "trimmed-mean", "krum", "multi-krum"}});
   add({.path = "spec.strategy.proximalMu",
        .kind = K::kDouble,

@@ -374,7 +374,7 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{"LearningRateText", WithSpec("  rounds: {learningRate: fast}\n"),
                     "spec.rounds.learningRate: must be a finite number, got fast"},
         InvalidCase{"UnknownStrategy", WithSpec("  strategy: {name: sgd}\n"),
-                    "spec.strategy.name: must be one of fedavg, fedprox, fedavgm, fedadam"},
+                    "spec.strategy.name: must be one of fedavg, fedprox, fedavgm, scaffold, fedadam"},
         InvalidCase{"FedProxWithoutMu", WithSpec("  strategy: {name: fedprox}\n"),
                     "spec.strategy.proximalMu: must be > 0 for fedprox"},
         InvalidCase{"ZeroServerLearningRate",

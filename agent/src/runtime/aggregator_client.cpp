@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -98,7 +100,8 @@ AggregatorClient::AggregatorClient(std::shared_ptr<grpc::Channel> channel, Clien
       channel_(channel),
       stub_(v1::Aggregator::NewStub(channel)),
       backoff_(options_.backoff_initial, options_.backoff_max, MakeUniform(options_.jitter_seed)),
-      encoder_(deps_.store != nullptr ? deps_.store->ResidualPath() : "", options_.job) {
+      encoder_(deps_.store != nullptr ? deps_.store->ResidualPath() : "", options_.job),
+      scaffold_(deps_.store != nullptr ? deps_.store->ScaffoldControlPath() : "", options_.job) {
   if (deps_.trainer == nullptr || deps_.serving == nullptr || deps_.metrics == nullptr ||
       deps_.train_data == nullptr || deps_.eval_data == nullptr) {
     DieBecause("AggregatorClient needs trainer, serving, metrics, train_data and eval_data",
@@ -579,6 +582,25 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   to.max_grad_norm = c.max_grad_norm();
   to.proximal_mu = c.proximal_mu();
   to.seed = MixTrainingSeed(c.seed(), options_.agent_id, task.round());
+  // SCAFFOLD: correct every local step by c - c_i (c from the task, c_i from the node).
+  std::optional<TensorBundle> scaffold_c;
+  if (c.scaffold().enabled()) {
+    if (!c.scaffold().control().empty()) {
+      DecodeLimits limits;
+      limits.expected_layout = &held_.bundle;
+      auto decoded = DecodeBundle(c.scaffold().control(), limits);
+      if (!decoded.ok()) {
+        return decoded.status().WithContext("round " + std::to_string(task.round()) +
+                                            ": the task's SCAFFOLD control variate");
+      }
+      scaffold_c = std::move(*decoded);
+    }
+    const std::optional<TensorBundle>& c_i = scaffold_.Get(task.round());
+    FEDGE_ASSIGN_OR_RETURN(
+        TensorBundle correction,
+        ScaffoldCorrection(held_.bundle, scaffold_c ? &*scaffold_c : nullptr, c_i ? &*c_i : nullptr));
+    to.step_correction = std::make_shared<const TensorBundle>(std::move(correction));
+  }
   auto train_start = std::chrono::steady_clock::now();
   MixedTrainingSet mixed;
   if (deps_.training_set) mixed = deps_.training_set(*deps_.train_data, to.seed);
@@ -592,6 +614,20 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   }
 
   FEDGE_ASSIGN_OR_RETURN(TensorBundle delta, ComputeDelta(deps_.trainer->ExportTrainable(), held_.bundle));
+  std::optional<TensorBundle> next_c_i;
+  if (c.scaffold().enabled()) {
+    // The aggregator derives Delta c_i from the delta with the task's K and eta.
+    if (result->steps != to.steps) {
+      return InternalError("SCAFFOLD: the trainer ran " + std::to_string(result->steps) +
+                           " steps, the task asked for " + std::to_string(to.steps));
+    }
+    const std::optional<TensorBundle>& c_i = scaffold_.Get(task.round());
+    FEDGE_ASSIGN_OR_RETURN(
+        TensorBundle next,
+        ScaffoldNextControl(delta, scaffold_c ? &*scaffold_c : nullptr, c_i ? &*c_i : nullptr,
+                            static_cast<double>(to.steps) * to.learning_rate));
+    next_c_i = std::move(next);
+  }
   if (c.secure_aggregation().enabled()) {
     return SubmitSecurely(task, delta, deps_.train_data->size(), result->steps, result->mean_loss,
                           mixed.feedback_used);
@@ -620,6 +656,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   bool accepted = false;
   Status submitted = Submit(h, payload, &accepted);
   encoder_.Finish(accepted);  // keeps (and persists) the residual only if the update counted
+  if (accepted && next_c_i) scaffold_.Set(std::move(*next_c_i), task.round());
   FEDGE_RETURN_IF_ERROR(submitted);
 
   deps_.metrics->update_raw_bytes_total.Increment(static_cast<double>(delta.Fp32Bytes()));

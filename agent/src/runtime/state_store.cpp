@@ -22,6 +22,7 @@ StateStore::StateStore(std::string dir, std::string job, StateStoreOptions optio
 std::string StateStore::GlobalPath() const { return dir_ + "/global.safetensors"; }
 std::string StateStore::FeedbackPath() const { return dir_ + "/feedback.jsonl"; }
 std::string StateStore::ResidualPath() const { return dir_ + "/error-feedback.safetensors"; }
+std::string StateStore::ScaffoldControlPath() const { return dir_ + "/scaffold-control.safetensors"; }
 std::string StateStore::JobUidPath() const { return dir_ + "/job-uid.json"; }
 
 Status StateStore::SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum) {
@@ -101,7 +102,8 @@ StatusOr<JobUidBinding> StateStore::BindJobUid(const std::string& job_uid) {
   if (binding.previous_uid == job_uid) return binding;
   // Another run's (or an unattributable) state: remove it before anything
   // reads it. unlink(2) removes a symlink itself, never its target.
-  for (const std::string& path : {GlobalPath(), FeedbackPath(), ResidualPath(), ResidualPath() + ".json"}) {
+  for (const std::string& path :
+       {GlobalPath(), FeedbackPath(), ResidualPath(), ResidualPath() + ".json", ScaffoldControlPath()}) {
     if (::unlink(path.c_str()) == 0) {
       binding.discarded.push_back(path);
     } else if (errno != ENOENT) {

@@ -1,12 +1,15 @@
 #include "fedge/agent/runtime/update.h"
 
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
 #include "fedge/log.h"
+#include "fedge/safetensors.h"
 
 namespace fedge::agent {
 
@@ -144,6 +147,92 @@ void UpdateEncoder::LoadOnce(int64_t round) {
   }
   log::Info("error-feedback residual restored",
             {{"path", residual_path_}, {"round", round}, {"norm", feedback_.ResidualNorm()}});
+}
+
+StatusOr<TensorBundle> ScaffoldCorrection(const TensorBundle& layout, const TensorBundle* c,
+                                          const TensorBundle* c_i) {
+  if (c != nullptr)
+    FEDGE_RETURN_IF_ERROR(CheckSameLayout(layout, *c).WithContext("scaffold: server control c"));
+  if (c_i != nullptr) {
+    FEDGE_RETURN_IF_ERROR(CheckSameLayout(layout, *c_i).WithContext("scaffold: agent control c_i"));
+  }
+  TensorBundle out;
+  for (const NamedTensor& t : layout.tensors) {
+    NamedTensor d{t.name, t.shape, std::vector<float>(t.values.size(), 0.0f)};
+    const NamedTensor* ct = c != nullptr ? c->Find(t.name) : nullptr;
+    const NamedTensor* cit = c_i != nullptr ? c_i->Find(t.name) : nullptr;
+    for (size_t i = 0; i < d.values.size(); ++i) {
+      d.values[i] = (ct != nullptr ? ct->values[i] : 0.0f) - (cit != nullptr ? cit->values[i] : 0.0f);
+    }
+    out.tensors.push_back(std::move(d));
+  }
+  return out;
+}
+
+StatusOr<TensorBundle> ScaffoldNextControl(const TensorBundle& delta, const TensorBundle* c,
+                                           const TensorBundle* c_i, double k_eta) {
+  if (!(k_eta > 0)) return InvalidArgumentError("scaffold: local steps x learning rate must be > 0");
+  // c_i - c, then minus delta / (K eta): c_i+ = -(c - c_i) - delta / (K eta).
+  FEDGE_ASSIGN_OR_RETURN(TensorBundle out, ScaffoldCorrection(delta, c, c_i));
+  for (NamedTensor& t : out.tensors) {
+    const std::vector<float>& d = delta.Find(t.name)->values;
+    for (size_t i = 0; i < t.values.size(); ++i) {
+      t.values[i] = static_cast<float>(-static_cast<double>(t.values[i]) - static_cast<double>(d[i]) / k_eta);
+    }
+  }
+  return out;
+}
+
+ScaffoldControl::ScaffoldControl(std::string path, std::string job)
+    : path_(std::move(path)), job_(std::move(job)) {}
+
+const std::optional<TensorBundle>& ScaffoldControl::Get(int64_t round) {
+  if (loaded_ || path_.empty()) {
+    loaded_ = true;
+    return c_i_;
+  }
+  loaded_ = true;
+  if (!std::filesystem::exists(path_)) return c_i_;  // a fresh agent: c_i = 0
+  std::map<std::string, std::string> meta;
+  auto bundle = ReadSafetensorsBundle(path_, &meta);
+  std::string why;
+  if (!bundle.ok()) {
+    why = "unreadable: " + bundle.status().ToString();
+  } else if (meta["job"] != job_) {
+    why = "left by job " + meta["job"];
+  } else {
+    char* end = nullptr;
+    const long long left = std::strtoll(meta["round"].c_str(), &end, 10);
+    if (meta["round"].empty() || end == nullptr || *end != '\0') {
+      why = "no round in its metadata";
+    } else if (left >= round) {
+      why = "left by round " + std::to_string(left) + ", not before this round (a new run of the job)";
+    }
+  }
+  if (!why.empty()) {
+    log::Warn("discarding the SCAFFOLD control variate",
+              {{"path", path_}, {"round", round}, {"reason", why}});
+    return c_i_;
+  }
+  c_i_ = std::move(*bundle);
+  log::Info("SCAFFOLD control variate restored", {{"path", path_}, {"round", round}});
+  return c_i_;
+}
+
+void ScaffoldControl::Set(TensorBundle c_i, int64_t round) {
+  c_i_ = std::move(c_i);
+  loaded_ = true;
+  if (path_.empty()) return;
+  const std::string dir = std::filesystem::path(path_).parent_path().string();
+  Status st = dir.empty() ? OkStatus() : MakeDirs(dir);
+  if (st.ok()) {
+    auto bytes = SerializeSafetensors(*c_i_, {{"job", job_}, {"round", std::to_string(round)}});
+    st = bytes.ok() ? WriteFileAtomic(path_, *bytes) : bytes.status();
+  }
+  if (!st.ok()) {
+    log::Warn("cannot persist the SCAFFOLD control variate; it is kept in memory only",
+              {{"path", path_}, {"error", st.ToString()}});
+  }
 }
 
 }  // namespace fedge::agent

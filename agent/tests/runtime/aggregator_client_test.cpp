@@ -23,6 +23,7 @@
 #include "fedge/agent/runtime/tls_files.h"
 #include "fedge/agent/runtime/update.h"
 #include "fedge/http_server.h"
+#include "fedge/safetensors.h"
 #include "mounted_secret.h"
 #include "test_pki.h"
 
@@ -531,6 +532,47 @@ TEST_F(AggregatorClientTest, Int8UpdatesDecodeToTheDeltaWithinTheCodecError) {
   // the int8 step is <= 3.5/127.
   for (size_t i = 0; i < dw.size(); ++i) EXPECT_NEAR(dw[i], 0.25f * float(i + 1), 3.5 / 127) << i;
   EXPECT_LT(world_.updates[1].payload.size(), world_.updates[0].payload.size());
+}
+
+// SCAFFOLD: the task's c corrects every step (c_i = 0 on a fresh node) and the
+// agent keeps c_i+ = c_i - c - delta / (K eta) in its state dir. K = 7, eta = 0.25
+// (K eta = 1.75), c = 0.5 for every weight and -1 for every bias. The fake trains
+//   weight[i] += 0.25 (i + 1) - 1.75 * 0.5,  bias += -0.25 + 1.75 * 1 = 1.5
+// so c_i+ = -0.5 - (0.25 (i + 1) - 0.875) / 1.75 = -(i + 1) / 7 for the weights and
+// 1 - 1.5 / 1.75 = 1 / 7 for the biases. Nothing beyond the delta is uploaded.
+TEST_F(AggregatorClientTest, ScaffoldCorrectsTheStepsAndKeepsTheControlVariateInTheStateDir) {
+  world_.config.set_update_codec("fp32");
+  TensorBundle c = trainer_.ExportTrainable();
+  for (float& v : c.Find("classifier.weight")->values) v = 0.5f;
+  for (float& v : c.Find("classifier.bias")->values) v = -1.0f;
+  world_.config.mutable_scaffold()->set_enabled(true);
+  world_.config.mutable_scaffold()->set_control(*EncodeBundle(c, EncodeOptions{}));
+  Server server(&world_, "s", 0);
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  ASSERT_NE(trainer_.last_train.step_correction, nullptr);
+  EXPECT_EQ(trainer_.last_train.step_correction->Find("classifier.weight")->values,
+            c.Find("classifier.weight")->values);
+  EXPECT_EQ(trainer_.last_train.step_correction->Find("classifier.bias")->values,
+            c.Find("classifier.bias")->values);
+  auto delta = DecodeBundle(world_.updates[1].payload);
+  ASSERT_TRUE(delta.ok()) << delta.status().ToString();
+  EXPECT_EQ(delta->tensors.size(), 2u) << "the update holds the model delta only";
+  const auto& dw = delta->Find("classifier.weight")->values;
+  for (size_t i = 0; i < dw.size(); ++i) EXPECT_FLOAT_EQ(dw[i], 0.25f * float(i + 1) - 0.875f) << i;
+  for (float v : delta->Find("classifier.bias")->values) EXPECT_FLOAT_EQ(v, 1.5f);
+
+  std::map<std::string, std::string> meta;
+  auto c_i = ReadSafetensorsBundle((dir_ / "scaffold-control.safetensors").string(), &meta);
+  ASSERT_TRUE(c_i.ok()) << c_i.status().ToString();
+  EXPECT_EQ(meta["job"], "default/job");
+  EXPECT_EQ(meta["round"], "1");
+  const auto& ciw = c_i->Find("classifier.weight")->values;
+  for (size_t i = 0; i < ciw.size(); ++i) EXPECT_NEAR(ciw[i], -float(i + 1) / 7, 1e-6) << i;
+  for (float v : c_i->Find("classifier.bias")->values) EXPECT_NEAR(v, 1.0f / 7, 1e-6);
 }
 
 TEST_F(AggregatorClientTest, TopKInt4WithErrorFeedbackUploadsV2AndKeepsTheResidualInTheStateDir) {

@@ -246,5 +246,55 @@ TEST_F(UpdateEncoderTest, Int4WithStochasticRoundingIsReproducibleBySeed) {
   EXPECT_EQ(a.Encode(Delta(2), cfg, 2, 5).status().code(), StatusCode::kInvalidArgument);
 }
 
+// SCAFFOLD, the agent's side, on the numbers of the aggregator's
+// ScaffoldTest.ControlVariatesByHandWithPartialParticipation (K eta = 1):
+//   c = 0:     c_1 = -dy1 = (-0.25, 0.5, -0.75)
+//   c = c1 = (-0.375, 0.25, -0.25), dy1 = (0.125, 0.125, 0.125):
+//     correction c - c_1 = (-0.125, -0.25, 0.5)
+//     c_1+ = c_1 - c1 - dy1 = (0, 0.125, -0.625)
+TensorBundle V3(float a, float b, float c) {
+  TensorBundle t;
+  t.tensors.push_back(NamedTensor{"w", {3}, {a, b, c}});
+  return t;
+}
+
+TEST(ScaffoldAgentTest, CorrectionAndNextControlByHand) {
+  auto c_1 = ScaffoldNextControl(V3(0.25f, -0.5f, 0.75f), nullptr, nullptr, 1.0);
+  ASSERT_TRUE(c_1.ok()) << c_1.status().ToString();
+  EXPECT_EQ(c_1->Find("w")->values, (std::vector<float>{-0.25f, 0.5f, -0.75f}));
+  const TensorBundle c1 = V3(-0.375f, 0.25f, -0.25f);
+  auto correction = ScaffoldCorrection(c1, &c1, &*c_1);
+  ASSERT_TRUE(correction.ok());
+  EXPECT_EQ(correction->Find("w")->values, (std::vector<float>{-0.125f, -0.25f, 0.5f}));
+  auto next = ScaffoldNextControl(V3(0.125f, 0.125f, 0.125f), &c1, &*c_1, 1.0);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->Find("w")->values, (std::vector<float>{0.0f, 0.125f, -0.625f}));
+  // K eta = 4 divides the delta: c_i = -dy / 4.
+  auto quarter = ScaffoldNextControl(V3(1, -2, 4), nullptr, nullptr, 4.0);
+  ASSERT_TRUE(quarter.ok());
+  EXPECT_EQ(quarter->Find("w")->values, (std::vector<float>{-0.25f, 0.5f, -1.0f}));
+
+  EXPECT_FALSE(ScaffoldNextControl(V3(1, 1, 1), nullptr, nullptr, 0.0).ok());
+  TensorBundle other;
+  other.tensors.push_back(NamedTensor{"v", {3}, {0, 0, 0}});
+  EXPECT_FALSE(ScaffoldCorrection(V3(1, 1, 1), &other, nullptr).ok()) << "c of another layout";
+}
+
+TEST_F(UpdateEncoderTest, ScaffoldControlSurvivesARestartOnlyForTheSameJobAndALaterRound) {
+  const std::string path = (dir_ / "state" / "scaffold-control.safetensors").string();
+  {
+    ScaffoldControl fresh(path, kJob);
+    EXPECT_FALSE(fresh.Get(1).has_value()) << "a fresh agent starts at c_i = 0";
+    fresh.Set(V3(-0.25f, 0.5f, -0.75f), 1);
+  }
+  ScaffoldControl restarted(path, kJob);
+  ASSERT_TRUE(restarted.Get(2).has_value());
+  EXPECT_EQ(restarted.Get(2)->Find("w")->values, (std::vector<float>{-0.25f, 0.5f, -0.75f}));
+  EXPECT_FALSE(ScaffoldControl(path, "ns/other").Get(2).has_value()) << "another job's c_i";
+  EXPECT_FALSE(ScaffoldControl(path, kJob).Get(1).has_value()) << "a new run of the job starts again";
+  ASSERT_TRUE(WriteFileAtomic(path, "not safetensors").ok());
+  EXPECT_FALSE(ScaffoldControl(path, kJob).Get(2).has_value()) << "a corrupt file is discarded";
+}
+
 }  // namespace
 }  // namespace fedge::agent

@@ -90,6 +90,9 @@ struct TrainConfig {
   bool secure_aggregation = false;
   double secagg_clip_norm = 0;
   int64_t secagg_max_weight = 0;
+  // SCAFFOLD: the server control variate c (AggregationStrategy::ServerControl);
+  // null for other strategies, empty while c is 0.
+  std::shared_ptr<const std::string> scaffold_control;
 };
 
 // Secure aggregation (issue 12; secagg/include/fedge/secagg/protocol.h): the

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "fedge/job_spec.h"
@@ -15,6 +16,14 @@
 #include "fedge/tensor_bundle.h"
 
 namespace fedge::aggregator {
+
+// What the round engine knows about a round beyond its updates; set before
+// each Begin. Only SCAFFOLD reads it.
+struct RoundContext {
+  int64_t population = 0;    // agents in the job (N), participants or not
+  int64_t local_steps = 0;   // K of the round's training task
+  double learning_rate = 0;  // the local learning rate of the round's task (after the schedule)
+};
 
 class AggregationStrategy {
  public:
@@ -39,6 +48,14 @@ class AggregationStrategy {
   virtual bool NeedsAllUpdates() const { return false; }
   // Most updates accepted per round; 0: unbounded.
   virtual int MaxUpdates() const { return 0; }
+
+  // Called by the engine before each Begin with the round's context.
+  virtual void SetRoundContext(const RoundContext& /*context*/) {}
+  // SCAFFOLD: the server control variate c, encoded (EncodeBundle, fp32, zstd),
+  // handed to the agents with every training task; an empty string while c is
+  // still 0 (before the first Finish). nullptr for every other strategy: the
+  // task then carries no control variate.
+  virtual std::shared_ptr<const std::string> ServerControl() const { return nullptr; }
 
   // State that survives rounds (server-optimizer m, v, step), as tensors so
   // it is checkpointed exactly; empty for stateless strategies.

@@ -191,7 +191,8 @@ class AggregatorClient {
   // The long-poll this client asks for: min(options_.task_wait, server_task_wait_).
   std::chrono::milliseconds TaskWait() const;
   Held held_;
-  UpdateEncoder encoder_;  // codec, top-k, error-feedback residual (in the state dir)
+  UpdateEncoder encoder_;     // codec, top-k, error-feedback residual (in the state dir)
+  ScaffoldControl scaffold_;  // SCAFFOLD's c_i (in the state dir)
   Status fatal_;
 
   std::mutex call_mu_;

@@ -13,6 +13,9 @@
 //   error-feedback.safetensors (+ .json)
 //                        the update encoder's residual and the job/round that
 //                        left it (UpdateEncoder in update.h owns both files)
+//   scaffold-control.safetensors
+//                        SCAFFOLD's control variate c_i, with the job and round
+//                        that left it as metadata (ScaffoldControl in update.h)
 //   job-uid.json         {"job": "ns/name", "uid": ...}: the run of the job (the
 //                        FederatedTrainingJob's metadata.uid) the files above
 //                        belong to; written by BindJobUid
@@ -140,6 +143,7 @@ class StateStore {
   std::string GlobalPath() const;
   std::string FeedbackPath() const;
   std::string ResidualPath() const;
+  std::string ScaffoldControlPath() const;  // SCAFFOLD's c_i (ScaffoldControl in update.h)
   std::string JobUidPath() const;
 
  private:

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -87,6 +88,49 @@ class UpdateEncoder {
   bool loaded_ = false;
   bool pending_ = false;  // an Encode changed the residual; Finish decides
   int64_t pending_round_ = 0;
+};
+
+// SCAFFOLD (Karimireddy et al. 2020, option II), the agent's side. The local
+// optimizer is AdamW, whose step is not eta x gradient, so the correction is
+// applied to the step, not the gradient: after each optimizer step the
+// parameters move by -eta (c - c_i) (TrainOptions::step_correction). With SGD
+// the two are the same; with AdamW this keeps c_i in the units of what
+//   c_i+ = c_i - c + (global - trained) / (K eta) = c_i - c - delta / (K eta)
+// measures: the mean local step direction over eta, which is what c_i and c
+// then estimate.
+
+// c - c_i shaped like `layout` (a missing c or c_i counts as zeros).
+// INVALID_ARGUMENT if a present one differs from `layout` in names or shapes.
+StatusOr<TensorBundle> ScaffoldCorrection(const TensorBundle& layout, const TensorBundle* c,
+                                          const TensorBundle* c_i);
+
+// c_i+ as above from the round's delta (trained - global) and k_eta = K x eta.
+// INVALID_ARGUMENT if k_eta is not > 0 or a layout differs from the delta's.
+StatusOr<TensorBundle> ScaffoldNextControl(const TensorBundle& delta, const TensorBundle* c,
+                                           const TensorBundle* c_i, double k_eta);
+
+// The agent's control variate c_i, kept at `path` (safetensors with metadata
+// job and round) so it survives an agent restart. Used only by the same job at
+// a later round (as UpdateEncoder's residual): a file of another job or of a
+// round >= the current one is discarded, a missing one is c_i = 0, an
+// unreadable one is discarded with a warning. Not thread-safe.
+class ScaffoldControl {
+ public:
+  // `path` empty: c_i lives in memory only.
+  ScaffoldControl(std::string path, std::string job);
+
+  // c_i for `round`; nullopt: zeros (fresh agent or discarded file).
+  const std::optional<TensorBundle>& Get(int64_t round);
+
+  // Keeps c_i+ as of `round` (after the aggregator accepted that round's
+  // update) and persists it; a failed write is logged and c_i kept in memory.
+  void Set(TensorBundle c_i, int64_t round);
+
+ private:
+  const std::string path_;
+  const std::string job_;
+  std::optional<TensorBundle> c_i_;
+  bool loaded_ = false;
 };
 
 }  // namespace fedge::agent
