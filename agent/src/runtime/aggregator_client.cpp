@@ -693,6 +693,7 @@ Status AggregatorClient::SubmitSecurely(const v1::Task& task, const TensorBundle
   hooks.end_call = [this] { EndCall(); };
   hooks.before_phase = options_.secagg_before_phase;
   hooks.chunk_bytes = options_.chunk_bytes;
+  hooks.feedback_examples = feedback_examples;
   FEDGE_ASSIGN_OR_RETURN(SecAggReport report,
                          RunSecureAggregation(stub_.get(), task.round(), task.config().secure_aggregation(),
                                               delta, num_examples, hooks));
@@ -706,6 +707,7 @@ Status AggregatorClient::SubmitSecurely(const v1::Task& task, const TensorBundle
   log::Info("round trained (secure aggregation)", {{"round", task.round()},
                                                    {"steps", steps},
                                                    {"loss", loss},
+                                                   {"feedback_examples", feedback_examples},
                                                    {"masked_bytes", report.masked_bytes},
                                                    {"bytes_sent", report.bytes_sent},
                                                    {"raw_bytes", delta.Fp32Bytes()},
@@ -730,7 +732,6 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
     if (!result.ok())
       return result.status().WithContext("evaluating global v" + std::to_string(held_.version));
     eval = *result;
-  hooks.feedback_examples = feedback_examples;
   }
   v1::MetricsReport report;
   *report.mutable_header() = Header();
@@ -744,7 +745,6 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   (*report.mutable_values())["loss"] = eval.mean_loss;
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.report));
-                                                   {"feedback_examples", feedback_examples},
   if (!BeginCall(&ctx)) return CancelledError("stopping");
   v1::MetricsAck ack;
   grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);
