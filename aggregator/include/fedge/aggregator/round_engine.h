@@ -389,11 +389,11 @@ class RoundEngine {
                                                           const secagg::Bytes& mask_public_key);
   StatusOr<std::optional<std::vector<secagg::EncryptedShare>>> SecAggShareKeys(
       const std::string& agent_id, int64_t round, std::vector<secagg::EncryptedShare> shares);
+  // `feedback_examples`: as UpdateMeta's, recorded (clamped) for the agents whose input
+  // ends up in the unmasked sum.
   Status SecAggSubmitMasked(const std::string& agent_id, int64_t round, uint64_t offset,
                             const std::string& data, uint64_t* received, int64_t feedback_examples = 0);
   // With `answer`, records the agent's revealed shares (once); otherwise asks who survived.
-  // `feedback_examples`: as UpdateMeta's, recorded (clamped) for the agents whose input
-  // ends up in the unmasked sum.
   StatusOr<std::optional<secagg::UnmaskAsk>> SecAggUnmask(const std::string& agent_id, int64_t round,
                                                           bool answer,
                                                           const std::vector<secagg::RevealedShare>& shares);
@@ -493,13 +493,13 @@ class RoundEngine {
   static Status CheckSecAggOptions(const EngineOptions& options);
   // The L2 bound agents clip to before masking.
   double SecAggClipNormLocked() const;
-  void StartSecAggLocked(int64_t now);
-  // Drives secagg_; true when the round closed or the job failed (state changed).
-  bool TickSecAggLocked(int64_t now);
   // Distributed DP: the smallest noise multiplier a round of `invited` agents can end
   // with, sigma * sqrt(s / m) minimised over the advertiser counts m the protocol accepts
   // and the fewest survivors s = threshold + 1 it can unmask; sigma otherwise.
   double PrivacyNoiseMultiplierAtWorstLocked(size_t invited) const;
+  void StartSecAggLocked(int64_t now);
+  // Drives secagg_; true when the round closed or the job failed (state changed).
+  bool TickSecAggLocked(int64_t now);
   // Common checks of the SecAgg RPCs; the agent's liveness is refreshed.
   Status SecAggCallLocked(const std::string& agent_id, int64_t round, int64_t now);
 
