@@ -624,7 +624,10 @@ class Bench {
   }
   uint64_t model_bytes() const { return initial_.Fp32Bytes(); }
 
-  RunResult Run(int agents) {
+  // One run of `agents` against the aggregator binary `aggregator` (empty:
+  // the one given at construction).
+  RunResult Run(int agents, const std::string& aggregator = "") {
+    const std::string& binary = aggregator.empty() ? aggregator_ : aggregator;
     RunResult result;
     result.agents = agents;
     result.rounds = rounds_;
@@ -656,8 +659,8 @@ class Bench {
       std::string listen = "127.0.0.1:" + std::to_string(port),
                   http_addr = "127.0.0.1:" + std::to_string(http);
       std::string n = std::to_string(agents), config = dir + "/job.yaml";
-      execl(aggregator_.c_str(), aggregator_.c_str(), "--config", config.c_str(), "--listen", listen.c_str(),
-            "--http", http_addr.c_str(), "--expected-agents", n.c_str(), "--log-level", "warn",
+      execl(binary.c_str(), binary.c_str(), "--config", config.c_str(), "--listen", listen.c_str(), "--http",
+            http_addr.c_str(), "--expected-agents", n.c_str(), "--log-level", "warn",
             static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -1010,6 +1013,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool breakdown = true;
   int wait_ms = 10'000;
+  std::string compare;
+  app.add_option(
+      "--compare", compare,
+      "another fedge-aggregator binary (e.g. a build of the previous commit): every agent count runs "
+      "against both, alternating, and the ratios are printed");
   app.add_option("--wait-ms", wait_ms,
                  "GetTask long-poll the agents ask for (TaskRequest.wait_ms); 0: poll after retry_after_ms")
       ->capture_default_str();
@@ -1072,26 +1080,64 @@ int main(int argc, char** argv) {
       "%.1f\n",
       threads, channels, wait_ms > 0 ? ("long-poll " + std::to_string(wait_ms) + " ms").c_str() : "polling",
       std::thread::hardware_concurrency(), LoadAverage());
-  std::vector<RunResult> results;
-  for (int n : agent_counts) {
-    RunResult r = bench.Run(n);
-    if (!r.ok) {
-      std::fprintf(stderr, "run with %d agents failed: %s\n", n, r.error.c_str());
-      return 1;
-    }
+  if (!compare.empty() && !std::filesystem::exists(compare)) {
+    std::fprintf(stderr, "no aggregator binary at %s (--compare)\n", compare.c_str());
+    return 2;
+  }
+  auto print = [&](const char* label, const RunResult& r) {
+    const int n = r.agents;
     const double rpm = r.seconds > 0 ? 60.0 * r.rounds / r.seconds : 0;
     std::printf(
-        "agents %5d: %d rounds in %.1f s = %.2f rounds/min; %llu updates accepted, %llu rejected, %llu rpc "
+        "%sagents %5d: %d rounds in %.1f s = %.2f rounds/min; %llu updates accepted, %llu rejected, %llu rpc "
         "errors; %d connections, %.1f GetTask calls per agent per round; aggregator CPU %.2f s = %.3f ms per "
         "update; RSS "
         "after "
-        "init %.1f MiB, peak (VmHWM) %.1f MiB, growth %.1f MiB = %.1fx the fp32 model\n",
-        n, r.rounds, r.seconds, rpm, static_cast<unsigned long long>(r.updates),
+        "init %.1f MiB, peak (VmHWM) %.1f MiB, growth %.1f MiB = %.1fx the fp32 model = %.0f KB per "
+        "connection\n",
+        label, n, r.rounds, r.seconds, rpm, static_cast<unsigned long long>(r.updates),
         static_cast<unsigned long long>(r.rejected), static_cast<unsigned long long>(r.rpc_errors),
         r.channels, static_cast<double>(r.get_tasks) / n / r.rounds, r.cpu_seconds,
         r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0,
         r.baseline_rss_kib / 1024.0, r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
-        (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()));
+        (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()),
+        r.channels > 0 ? static_cast<double>(r.peak_kib - r.baseline_rss_kib) / r.channels : 0.0);
+  };
+  auto cpu_per_update = [](const RunResult& r) {
+    return r.updates ? r.cpu_seconds / static_cast<double>(r.updates) : 0.0;
+  };
+  std::vector<RunResult> results;
+  for (size_t i = 0; i < agent_counts.size(); ++i) {
+    const int n = agent_counts[i];
+    // With --compare the two binaries alternate which goes first, so that a
+    // change in the machine's load does not always favour the same one.
+    RunResult r, other;
+    const bool other_first = !compare.empty() && i % 2 == 1;
+    if (other_first) other = bench.Run(n, compare);
+    r = bench.Run(n);
+    if (!compare.empty() && !other_first) other = bench.Run(n, compare);
+    for (const RunResult* x : {&r, &other}) {
+      if (x == &other && compare.empty()) continue;
+      if (!x->ok) {
+        std::fprintf(stderr, "run with %d agents (%s) failed: %s\n", n,
+                     x == &r ? aggregator.c_str() : compare.c_str(), x->error.c_str());
+        return 1;
+      }
+    }
+    if (compare.empty()) {
+      print("", r);
+    } else {
+      print("this     ", r);
+      print("compared ", other);
+      const double rpm = r.seconds > 0 ? r.rounds / r.seconds : 0;
+      const double other_rpm = other.seconds > 0 ? other.rounds / other.seconds : 0;
+      std::printf(
+          "  ratio this/compared at %d agents: rounds/min %.2fx, aggregator CPU per update %.2fx, peak RSS "
+          "%.2fx (load average %.1f)\n",
+          n, other_rpm > 0 ? rpm / other_rpm : 0.0,
+          cpu_per_update(other) > 0 ? cpu_per_update(r) / cpu_per_update(other) : 0.0,
+          other.peak_kib > 0 ? static_cast<double>(r.peak_kib) / static_cast<double>(other.peak_kib) : 0.0,
+          LoadAverage());
+    }
     results.push_back(r);
   }
   std::printf("load average at the end: %.1f (aggregator and load generator share the machine)\n",
