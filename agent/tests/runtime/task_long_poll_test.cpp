@@ -60,8 +60,8 @@ class Agent {
     d.metrics = &metrics_;
     d.train_data = &train_;
     d.eval_data = &eval_;
-    client_ = std::make_unique<AggregatorClient>(AggregatorClient::Dial("127.0.0.1:" + std::to_string(port)),
-                                                 o, d);
+    client_ =
+        std::make_unique<AggregatorClient>(AggregatorClient::Dial("127.0.0.1:" + std::to_string(port)), o, d);
     run_ = std::async(std::launch::async, [this] { return client_->Run(); });
   }
   ~Agent() {
