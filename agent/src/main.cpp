@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
   app.add_option("--batch-gather-window-us", flags.batch_gather_window_us,
                  "microseconds the scheduler waits for more requests before a pass when clients were "
                  "concurrent (default 2000; never when one client is alone)");
+  app.add_option("--max-decode-batch", flags.max_decode_batch,
+                 "generations advanced together by one batched decode step (continuous batching; "
+                 "default 8, 1: one sequence at a time)");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
   app.add_option("--log-format", log_format, "logfmt | json");
   app.set_version_flag("--version",

@@ -1,6 +1,7 @@
-// Token sampling and the KV-cached decode loop.
+// Token sampling and the KV-cached decode loop, one sequence or many per step.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 
 #include "llm_internal/generate.h"
@@ -136,11 +137,10 @@ class StopScanner {
 
 }  // namespace
 
-StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeTokenizer& tokenizer,
-                                          const std::vector<int32_t>& prompt_ids,
-                                          const std::vector<int64_t>& eos_ids,
-                                          const GenerationOptions& options, const TextCallback& on_text) {
-  const LlamaConfig& config = model->config();
+namespace {
+
+Status CheckPrompt(const LlamaConfig& config, const std::vector<int32_t>& prompt_ids,
+                   const GenerationOptions& options) {
   if (prompt_ids.empty()) return InvalidArgumentError("generate: the prompt has no tokens");
   for (int32_t id : prompt_ids) {
     if (id < 0 || id >= config.vocab_size) {
@@ -155,61 +155,183 @@ StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeToke
                                 std::to_string(config.max_position_embeddings) + " — shorten it");
   }
   if (options.max_new_tokens < 0) return InvalidArgumentError("generate: max_new_tokens is negative");
+  return OkStatus();
+}
 
-  GenerationResult result;
-  result.prompt_tokens = prompt_len;
-  const int64_t capacity =
-      std::min<int64_t>(prompt_len + options.max_new_tokens, config.max_position_embeddings);
-  TokenSampler sampler(options.sampling);
-  StopScanner scanner(options.stop);
-  size_t emitted = 0;
-  auto emit = [&](size_t upto) {
-    if (on_text && upto > emitted) on_text(std::string_view(scanner.text()).substr(emitted, upto - emitted));
-    emitted = std::max(emitted, upto);
-  };
+// One sequence: its KV cache, sampler and stop-string scanner, and the per-token
+// logic of the decode loop (Accept), which GenerateTokens and the batched step share.
+class TorchGenerationSession final : public GenerationSession {
+ public:
+  TorchGenerationSession(LlamaForCausalLm& model, const BpeTokenizer& tokenizer,
+                         const std::vector<int64_t>& eos_ids, const GenerationOptions& options,
+                         TextCallback on_text, int64_t prompt_len)
+      : model_(model.get()),
+        tokenizer_(tokenizer),
+        eos_ids_(eos_ids),
+        options_(options),
+        on_text_(std::move(on_text)),
+        sampler_(options_.sampling),
+        scanner_(options_.stop) {
+    result_.prompt_tokens = prompt_len;
+    result_.finish_reason = FinishReason::kLength;
+  }
 
-  try {
-    torch::InferenceMode guard;
-    KvCache cache = KvCache::Allocate(config, 1, std::max<int64_t>(capacity, prompt_len));
+  bool done() const override { return done_; }
+  const GenerationResult& result() const override { return result_; }
+
+  // Prefills the prompt (under InferenceMode) and accepts its last logits row.
+  void Prefill(const std::vector<int32_t>& prompt_ids) {
+    const LlamaConfig& config = model_->config();
+    const int64_t prompt_len = result_.prompt_tokens;
+    const int64_t capacity =
+        std::min<int64_t>(prompt_len + options_.max_new_tokens, config.max_position_embeddings);
+    cache_ = KvCache::Allocate(config, 1, std::max<int64_t>(capacity, prompt_len));
     std::vector<int64_t> ids64(prompt_ids.begin(), prompt_ids.end());
     torch::Tensor logits =
-        model->forward(torch::tensor(ids64, torch::kLong).view({1, prompt_len}), &cache, true);
-    std::vector<float> row(static_cast<size_t>(config.vocab_size));
-    result.finish_reason = FinishReason::kLength;
-    for (int step = 0; step < options.max_new_tokens; ++step) {
-      if (options.cancelled && options.cancelled()) {
-        result.finish_reason = FinishReason::kCancelled;
-        break;
-      }
-      torch::Tensor last = logits.reshape({-1}).contiguous();
-      std::copy(last.data_ptr<float>(), last.data_ptr<float>() + config.vocab_size, row.begin());
-      const int32_t id = sampler.Sample(row);
-      if (options.stop_at_eos && std::find(eos_ids.begin(), eos_ids.end(), id) != eos_ids.end()) {
-        result.finish_reason = FinishReason::kStop;
-        break;
-      }
-      result.token_ids.push_back(id);
-      if (options.on_token) options.on_token(id);
-      // Special tokens (<|im_end|>, ...) are control, not text: skipped as
-      // tokenizers' decode(skip_special_tokens=True) and transformers pipelines do.
-      if (!tokenizer.IsSpecial(id) && scanner.Add(tokenizer.TokenBytes(id))) {
-        result.finish_reason = FinishReason::kStop;
-        break;
-      }
-      emit(scanner.FinalLength());
-      // The sequence may not outgrow the context: "length".
-      if (prompt_len + static_cast<int64_t>(result.token_ids.size()) >= config.max_position_embeddings) break;
-      if (step + 1 == options.max_new_tokens) break;
-      logits =
-          model->forward(torch::tensor({static_cast<int64_t>(id)}, torch::kLong).view({1, 1}), &cache, true);
+        model_->forward(torch::tensor(ids64, torch::kLong).view({1, prompt_len}), &cache_, true);
+    if (options_.max_new_tokens == 0) return Finish(FinishReason::kLength);
+    if (EndIfCancelled()) return;
+    Accept(logits.reshape({-1}).contiguous().data_ptr<float>());
+  }
+
+  // Before a step: a cancelled session ends here (polled once per step, as the
+  // one-sequence loop did before each decode step).
+  bool EndIfCancelled() {
+    if (done_ || !options_.cancelled || !options_.cancelled()) return false;
+    Finish(FinishReason::kCancelled);
+    return true;
+  }
+
+  int64_t next_token() const { return next_; }
+  KvCache* cache() { return &cache_; }
+  LlamaForCausalLmImpl* model() const { return model_; }
+
+  // The next token from one logits row (vocab_size floats): sampling, EOS, stop
+  // strings, streaming, max_new_tokens and the context limit. After it the
+  // session is done, or next_token() is the token the next step feeds.
+  void Accept(const float* logits) {
+    const LlamaConfig& config = model_->config();
+    row_.assign(logits, logits + config.vocab_size);
+    const int32_t id = sampler_.Sample(row_);
+    if (options_.stop_at_eos && std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end()) {
+      return Finish(FinishReason::kStop);
     }
+    result_.token_ids.push_back(id);
+    if (options_.on_token) options_.on_token(id);
+    // Special tokens (<|im_end|>, ...) are control, not text: skipped as
+    // tokenizers' decode(skip_special_tokens=True) and transformers pipelines do.
+    if (!tokenizer_.IsSpecial(id) && scanner_.Add(tokenizer_.TokenBytes(id)))
+      return Finish(FinishReason::kStop);
+    Emit(scanner_.FinalLength());
+    const auto generated = static_cast<int64_t>(result_.token_ids.size());
+    // The sequence may not outgrow the context: "length".
+    if (result_.prompt_tokens + generated >= config.max_position_embeddings ||
+        generated >= options_.max_new_tokens) {
+      return Finish(FinishReason::kLength);
+    }
+    next_ = id;
+  }
+
+  // Ends the session: flushes the text and releases the KV cache.
+  void Finish(FinishReason reason) {
+    if (done_) return;
+    result_.finish_reason = reason;
+    scanner_.Finish();
+    result_.text = scanner_.text();
+    Emit(result_.text.size());
+    done_ = true;
+    cache_ = KvCache();
+  }
+
+ private:
+  void Emit(size_t upto) {
+    if (on_text_ && upto > emitted_) {
+      on_text_(std::string_view(scanner_.text()).substr(emitted_, upto - emitted_));
+    }
+    emitted_ = std::max(emitted_, upto);
+  }
+
+  LlamaForCausalLmImpl* model_;
+  const BpeTokenizer& tokenizer_;
+  const std::vector<int64_t>& eos_ids_;
+  const GenerationOptions options_;
+  const TextCallback on_text_;
+  TokenSampler sampler_;
+  StopScanner scanner_;  // refers to options_.stop
+  GenerationResult result_;
+  KvCache cache_;
+  std::vector<float> row_;
+  size_t emitted_ = 0;
+  int64_t next_ = -1;
+  bool done_ = false;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<GenerationSession>> StartGenerationSession(
+    LlamaForCausalLm& model, const BpeTokenizer& tokenizer, const std::vector<int32_t>& prompt_ids,
+    const std::vector<int64_t>& eos_ids, const GenerationOptions& options, const TextCallback& on_text) {
+  FEDGE_RETURN_IF_ERROR(CheckPrompt(model->config(), prompt_ids, options));
+  auto session = std::make_unique<TorchGenerationSession>(model, tokenizer, eos_ids, options, on_text,
+                                                          static_cast<int64_t>(prompt_ids.size()));
+  try {
+    torch::InferenceMode guard;
+    session->Prefill(prompt_ids);
   } catch (const c10::Error& e) {
     return InternalError(std::string("generate: ") + e.what_without_backtrace());
   }
-  scanner.Finish();
-  result.text = scanner.text();
-  emit(result.text.size());
-  return result;
+  return std::unique_ptr<GenerationSession>(std::move(session));
+}
+
+Status StepGenerationSessions(LlamaForCausalLm& model, const std::vector<GenerationSession*>& sessions) {
+  std::vector<TorchGenerationSession*> active;
+  for (GenerationSession* s : sessions) {
+    auto* session = dynamic_cast<TorchGenerationSession*>(s);
+    if (session == nullptr || session->model() != model.get()) {
+      return InvalidArgumentError("generate: a session of another model was passed to this model's step");
+    }
+    if (!session->done() && !session->EndIfCancelled()) active.push_back(session);
+  }
+  if (active.empty()) return OkStatus();
+  try {
+    torch::InferenceMode guard;
+    const int64_t vocab = model->config().vocab_size;
+    if (active.size() == 1 || model->is_training()) {
+      // One sequence (or a model left in training mode): the single-sequence step.
+      for (TorchGenerationSession* session : active) {
+        torch::Tensor id = torch::full({1, 1}, session->next_token(), torch::kLong);
+        torch::Tensor logits =
+            model->forward(id, session->cache(), /*last_only=*/true).reshape({-1}).contiguous();
+        session->Accept(logits.data_ptr<float>());
+      }
+      return OkStatus();
+    }
+    std::vector<int64_t> tokens;
+    std::vector<KvCache*> caches;
+    for (TorchGenerationSession* session : active) {
+      tokens.push_back(session->next_token());
+      caches.push_back(session->cache());
+    }
+    torch::Tensor logits = model->DecodeStepBatch(tokens, caches).contiguous();
+    const float* rows = logits.data_ptr<float>();
+    for (size_t i = 0; i < active.size(); ++i) active[i]->Accept(rows + static_cast<int64_t>(i) * vocab);
+  } catch (const c10::Error& e) {
+    for (TorchGenerationSession* session : active) session->Finish(FinishReason::kCancelled);
+    return InternalError(std::string("generate: ") + e.what_without_backtrace());
+  }
+  return OkStatus();
+}
+
+StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeTokenizer& tokenizer,
+                                          const std::vector<int32_t>& prompt_ids,
+                                          const std::vector<int64_t>& eos_ids,
+                                          const GenerationOptions& options, const TextCallback& on_text) {
+  FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<GenerationSession> session,
+                         StartGenerationSession(model, tokenizer, prompt_ids, eos_ids, options, on_text));
+  while (!session->done()) {
+    FEDGE_RETURN_IF_ERROR(StepGenerationSessions(model, {session.get()}));
+  }
+  return session->result();
 }
 
 }  // namespace fedge::agent::llm

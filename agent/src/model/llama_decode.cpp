@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "llm_internal/llama.h"
 #include "llm_internal/llama_decode.h"
@@ -55,33 +56,37 @@ Isa& ActiveIsa() {
 }
 
 // --- plain C++ ---------------------------------------------------------------------
-void RowsF32Scalar(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* row = w + r * cols;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t c = 0;
-    for (; c + 8 <= cols; c += 8) {
-      for (int k = 0; k < 8; ++k) acc[k] += row[c + k] * x[c + k];
-    }
-    float sum = 0;
-    for (; c < cols; ++c) sum += row[c] * x[c];
-    for (float a : acc) sum += a;
-    y[r] = sum;
+float DotF32Scalar(const float* row, const float* x, int64_t cols) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    for (int k = 0; k < 8; ++k) acc[k] += row[c + k] * x[c + k];
   }
+  float sum = 0;
+  for (; c < cols; ++c) sum += row[c] * x[c];
+  for (float a : acc) sum += a;
+  return sum;
+}
+
+float DotInt8Scalar(const int8_t* row, const float* x, int64_t cols) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<float>(row[c + k]) * x[c + k];
+  }
+  float sum = 0;
+  for (; c < cols; ++c) sum += static_cast<float>(row[c]) * x[c];
+  for (float a : acc) sum += a;
+  return sum;
+}
+
+void RowsF32Scalar(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) y[r] = DotF32Scalar(w + r * cols, x, cols);
 }
 
 void RowsInt8Scalar(const Int8Matrix& m, const float* x, float* y, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const int8_t* row = m.q.data() + r * m.cols;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t c = 0;
-    for (; c + 8 <= m.cols; c += 8) {
-      for (int k = 0; k < 8; ++k) acc[k] += static_cast<float>(row[c + k]) * x[c + k];
-    }
-    float sum = 0;
-    for (; c < m.cols; ++c) sum += static_cast<float>(row[c]) * x[c];
-    for (float a : acc) sum += a;
-    y[r] = m.scale[static_cast<size_t>(r)] * sum;
+    y[r] = m.scale[static_cast<size_t>(r)] * DotInt8Scalar(m.q.data() + r * m.cols, x, m.cols);
   }
 }
 
@@ -95,6 +100,18 @@ __attribute__((target("avx2,fma"))) float Hsum256(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// The scalar tail of a row's dot product (columns [from, to)) added to `s`. One
+// out-of-line function for the single-row and the B-row kernels, so both compile
+// it the same way (contracted to FMA or not) and their sums stay bit-equal.
+__attribute__((noinline)) float TailF32(const float* w, const float* x, int64_t from, int64_t to, float s) {
+  for (int64_t c = from; c < to; ++c) s += w[c] * x[c];
+  return s;
+}
+__attribute__((noinline)) float TailInt8(const int8_t* q, const float* x, int64_t from, int64_t to, float s) {
+  for (int64_t c = from; c < to; ++c) s += static_cast<float>(q[c]) * x[c];
+  return s;
 }
 
 __attribute__((target("avx2,fma"))) void RowsF32Avx2(const float* w, int64_t cols, const float* x, float* y,
@@ -115,11 +132,10 @@ __attribute__((target("avx2,fma"))) void RowsF32Avx2(const float* w, int64_t col
       a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), xv, a2);
       a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), xv, a3);
     }
-    float s0 = Hsum256(a0), s1 = Hsum256(a1), s2 = Hsum256(a2), s3 = Hsum256(a3);
-    for (int64_t c = body; c < cols; ++c) {
-      s0 += w0[c] * x[c], s1 += w1[c] * x[c], s2 += w2[c] * x[c], s3 += w3[c] * x[c];
-    }
-    y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
+    y[r] = TailF32(w0, x, body, cols, Hsum256(a0));
+    y[r + 1] = TailF32(w1, x, body, cols, Hsum256(a1));
+    y[r + 2] = TailF32(w2, x, body, cols, Hsum256(a2));
+    y[r + 3] = TailF32(w3, x, body, cols, Hsum256(a3));
   }
   RowsF32Scalar(w, cols, x, y, r, r1);
 }
@@ -149,8 +165,7 @@ __attribute__((target("avx2,fma"))) void RowsInt8Avx2(const Int8Matrix& m, const
     float s[4] = {Hsum256(a0), Hsum256(a1), Hsum256(a2), Hsum256(a3)};
     const int8_t* rows[4] = {q0, q1, q2, q3};
     for (int k = 0; k < 4; ++k) {
-      for (int64_t c = body; c < cols; ++c) s[k] += static_cast<float>(rows[k][c]) * x[c];
-      y[r + k] = m.scale[static_cast<size_t>(r + k)] * s[k];
+      y[r + k] = m.scale[static_cast<size_t>(r + k)] * TailInt8(rows[k], x, body, cols, s[k]);
     }
   }
   RowsInt8Scalar(m, x, y, r, r1);
@@ -235,8 +250,7 @@ __attribute__((target("avx512f"))) void RowsInt8Avx512(const Int8Matrix& m, cons
                   _mm512_reduce_add_ps(a3)};
     const int8_t* rows[4] = {q0, q1, q2, q3};
     for (int k = 0; k < 4; ++k) {
-      for (int64_t c = body; c < cols; ++c) s[k] += static_cast<float>(rows[k][c]) * x[c];
-      y[r + k] = m.scale[static_cast<size_t>(r + k)] * s[k];
+      y[r + k] = m.scale[static_cast<size_t>(r + k)] * TailInt8(rows[k], x, body, cols, s[k]);
     }
   }
   RowsInt8Scalar(m, x, y, r, r1);
@@ -331,6 +345,221 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void RowsInt8Vnni(const I
           _mm512_loadu_ps(ls + c / 4), a0);
     }
     y[r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(a0) - qx.k);
+  }
+}
+
+// --- B-row kernels -----------------------------------------------------------------
+// y_i = W x_i for nb activation vectors (x_i = x + i * xs, y_i = y + i * ys): each
+// weight row is read once and dotted with every x_i, so a decode step of B sequences
+// streams the weights once instead of B times. Every (row, x_i) dot product is summed
+// in the order the single-row kernel of the same ISA uses (rows that kernel leaves to
+// its scalar remainder included), so a batched step equals B single steps exactly.
+struct XBatch {
+  const float* x;
+  int64_t xs;
+  float* y;
+  int64_t ys;
+  int nb;
+};
+
+void RowsF32BatchScalar(const float* w, int64_t cols, const XBatch& b, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int i = 0; i < b.nb; ++i) b.y[i * b.ys + r] = DotF32Scalar(w + r * cols, b.x + i * b.xs, cols);
+  }
+}
+
+void RowsInt8BatchScalar(const Int8Matrix& m, const XBatch& b, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = m.q.data() + r * m.cols;
+    for (int i = 0; i < b.nb; ++i) {
+      b.y[i * b.ys + r] = m.scale[static_cast<size_t>(r)] * DotInt8Scalar(row, b.x + i * b.xs, m.cols);
+    }
+  }
+}
+
+// The first row that a single-row kernel working in groups of 4 rows leaves to its
+// scalar remainder.
+int64_t GroupEnd(int64_t r0, int64_t r1) { return r0 + (r1 - r0) / 4 * 4; }
+
+template <int NB>
+__attribute__((target("avx2,fma"))) void RowsF32BatchAvx2(const float* w, int64_t cols, const float* x,
+                                                          int64_t xs, float* y, int64_t ys, int64_t r0,
+                                                          int64_t r1) {
+  const int64_t body = cols & ~int64_t{7};
+  const int64_t end = GroupEnd(r0, r1);
+  for (int64_t r = r0; r < end; ++r) {
+    const float* row = w + r * cols;
+    __m256 acc[NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < body; c += 8) {
+      const __m256 wv = _mm256_loadu_ps(row + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * xs + c), acc[i]);
+    }
+    for (int i = 0; i < NB; ++i) {
+      y[i * ys + r] = TailF32(row, x + i * xs, body, cols, Hsum256(acc[i]));
+    }
+  }
+  RowsF32BatchScalar(w, cols, XBatch{x, xs, y, ys, NB}, end, r1);
+}
+
+template <int NB>
+__attribute__((target("avx2,fma"))) void RowsInt8BatchAvx2(const Int8Matrix& m, const float* x, int64_t xs,
+                                                           float* y, int64_t ys, int64_t r0, int64_t r1) {
+  const int64_t cols = m.cols, body = cols & ~int64_t{7};
+  const int64_t end = GroupEnd(r0, r1);
+  for (int64_t r = r0; r < end; ++r) {
+    const int8_t* row = m.q.data() + r * cols;
+    __m256 acc[NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < body; c += 8) {
+      const __m256 wv = LoadInt8x8(row + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * xs + c), acc[i]);
+    }
+    for (int i = 0; i < NB; ++i) {
+      y[i * ys + r] =
+          m.scale[static_cast<size_t>(r)] * TailInt8(row, x + i * xs, body, cols, Hsum256(acc[i]));
+    }
+  }
+  RowsInt8BatchScalar(m, XBatch{x, xs, y, ys, NB}, end, r1);
+}
+
+template <int NB>
+__attribute__((target("avx512f"))) void RowsF32BatchAvx512(const float* w, int64_t cols, const float* x,
+                                                           int64_t xs, float* y, int64_t ys, int64_t r0,
+                                                           int64_t r1) {
+  const int64_t body = cols & ~int64_t{15};
+  const auto tail = static_cast<__mmask16>((1u << (cols - body)) - 1u);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = w + r * cols;
+    __m512 acc[NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < body; c += 16) {
+      const __m512 wv = _mm512_loadu_ps(row + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * xs + c), acc[i]);
+    }
+    if (tail != 0) {
+      const __m512 wv = _mm512_maskz_loadu_ps(tail, row + body);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) {
+        acc[i] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, x + i * xs + body), acc[i]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) y[i * ys + r] = _mm512_reduce_add_ps(acc[i]);
+  }
+}
+
+template <int NB>
+__attribute__((target("avx512f"))) void RowsInt8BatchAvx512(const Int8Matrix& m, const float* x, int64_t xs,
+                                                            float* y, int64_t ys, int64_t r0, int64_t r1) {
+  const int64_t cols = m.cols, body = cols & ~int64_t{15};
+  const int64_t end = GroupEnd(r0, r1);
+  for (int64_t r = r0; r < end; ++r) {
+    const int8_t* row = m.q.data() + r * cols;
+    __m512 acc[NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < body; c += 16) {
+      const __m512 wv = LoadInt8x16(row + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * xs + c), acc[i]);
+    }
+    for (int i = 0; i < NB; ++i) {
+      y[i * ys + r] = m.scale[static_cast<size_t>(r)] *
+                      TailInt8(row, x + i * xs, body, cols, _mm512_reduce_add_ps(acc[i]));
+    }
+  }
+  RowsInt8BatchScalar(m, XBatch{x, xs, y, ys, NB}, end, r1);
+}
+
+template <int NB>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RowsInt8BatchVnni(const Int8Matrix& m,
+                                                                              const QuantizedX* qx, float* y,
+                                                                              int64_t ys, int64_t r0,
+                                                                              int64_t r1) {
+  const int64_t cols = m.cols;
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = m.q.data() + r * cols;
+    __m512 acc[NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 64) {
+      const __m512i wv = LoadU8(row + c, bias);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) {
+        const __m512i xv = _mm512_loadu_si512(reinterpret_cast<const void*>(qx[i].q.data() + c));
+        const __m512 sv = _mm512_loadu_ps(qx[i].lane_scale.data() + c / 4);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv, xv)), sv, acc[i]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) {
+      y[i * ys + r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(acc[i]) - qx[i].k);
+    }
+  }
+}
+
+// One product of a batched Matvec on rows [r0, r1), NB of its activation vectors
+// starting at x / y (and qx, the quantized ones, on the int8 x int8 path).
+template <int NB>
+void RowsBatch(const Matvec& p, const QuantizedX* qx, const float* x, float* y, int64_t r0, int64_t r1) {
+  if (qx != nullptr) return RowsInt8BatchVnni<NB>(*p.q, qx, y, p.y_stride, r0, r1);
+  const bool int8 = p.q != nullptr;
+  switch (ActiveIsa()) {
+    case Isa::kAvx512Vnni:
+    case Isa::kAvx512:
+      if (int8) return RowsInt8BatchAvx512<NB>(*p.q, x, p.x_stride, y, p.y_stride, r0, r1);
+      return RowsF32BatchAvx512<NB>(p.w, p.cols, x, p.x_stride, y, p.y_stride, r0, r1);
+    case Isa::kAvx2:
+      if (int8) return RowsInt8BatchAvx2<NB>(*p.q, x, p.x_stride, y, p.y_stride, r0, r1);
+      return RowsF32BatchAvx2<NB>(p.w, p.cols, x, p.x_stride, y, p.y_stride, r0, r1);
+    case Isa::kScalar:
+      if (int8) return RowsInt8BatchScalar(*p.q, XBatch{x, p.x_stride, y, p.y_stride, NB}, r0, r1);
+      return RowsF32BatchScalar(p.w, p.cols, XBatch{x, p.x_stride, y, p.y_stride, NB}, r0, r1);
+  }
+}
+
+// Rows [r0, r1) of a product with p.batch > 1, its vectors in groups of up to 8.
+void MatvecRowsBatch(const Matvec& p, const QuantizedX* qx, int64_t r0, int64_t r1) {
+  for (int b0 = 0; b0 < p.batch; b0 += 8) {
+    const int nb = std::min(8, p.batch - b0);
+    const float* x = p.x + b0 * p.x_stride;
+    float* y = p.y + b0 * p.y_stride;
+    const QuantizedX* q = qx == nullptr ? nullptr : qx + b0;
+    switch (nb) {
+      case 1:
+        RowsBatch<1>(p, q, x, y, r0, r1);
+        break;
+      case 2:
+        RowsBatch<2>(p, q, x, y, r0, r1);
+        break;
+      case 3:
+        RowsBatch<3>(p, q, x, y, r0, r1);
+        break;
+      case 4:
+        RowsBatch<4>(p, q, x, y, r0, r1);
+        break;
+      case 5:
+        RowsBatch<5>(p, q, x, y, r0, r1);
+        break;
+      case 6:
+        RowsBatch<6>(p, q, x, y, r0, r1);
+        break;
+      case 7:
+        RowsBatch<7>(p, q, x, y, r0, r1);
+        break;
+      default:
+        RowsBatch<8>(p, q, x, y, r0, r1);
+        break;
+    }
   }
 }
 
@@ -435,23 +664,30 @@ void RunMatvecs(const Matvec* products, int count) {
   TORCH_CHECK(count > 0 && count <= 8, "RunMatvecs: 1..8 products");
   int64_t total = 0, weights = 0;
   for (int i = 0; i < count; ++i) {
+    TORCH_CHECK(products[i].batch >= 1, "RunMatvecs: batch must be >= 1");
     blocks[i] = (products[i].rows + kRowBlock - 1) / kRowBlock;
     total += blocks[i];
     weights += products[i].rows * products[i].cols;
   }
-  // int8 x int8 products: each distinct x quantized once, before the threads start.
+  // int8 x int8 products: each distinct x (all `batch` vectors of it) quantized
+  // once, before the threads start.
   const QuantizedX* qx[8] = {};
-  static thread_local QuantizedX quantized[8];
+  static thread_local std::vector<QuantizedX> quantized[8];
   if (ActiveIsa() == Isa::kAvx512Vnni) {
     for (int i = 0; i < count; ++i) {
       const Matvec& p = products[i];
       if (p.q == nullptr || p.cols % 64 != 0) continue;
       for (int j = 0; j < i && qx[i] == nullptr; ++j) {
-        if (qx[j] != nullptr && products[j].x == p.x && products[j].cols == p.cols) qx[i] = qx[j];
+        const Matvec& o = products[j];
+        if (qx[j] != nullptr && o.x == p.x && o.cols == p.cols && o.batch == p.batch &&
+            (p.batch == 1 || o.x_stride == p.x_stride)) {
+          qx[i] = qx[j];
+        }
       }
       if (qx[i] == nullptr) {
-        QuantizeX(p.x, p.cols, &quantized[i]);
-        qx[i] = &quantized[i];
+        quantized[i].resize(static_cast<size_t>(p.batch));
+        for (int b = 0; b < p.batch; ++b) QuantizeX(p.x + b * p.x_stride, p.cols, &quantized[i][b]);
+        qx[i] = quantized[i].data();
       }
     }
   }
@@ -464,7 +700,9 @@ void RunMatvecs(const Matvec* products, int count) {
       if (lo < hi) {
         const Matvec& p = products[i];
         const int64_t r0 = (lo - base) * kRowBlock, r1 = std::min(p.rows, (hi - base) * kRowBlock);
-        if (qx[i] != nullptr) {
+        if (p.batch > 1) {
+          MatvecRowsBatch(p, qx[i], r0, r1);
+        } else if (qx[i] != nullptr) {
           RowsInt8Vnni(*p.q, *qx[i], p.y, r0, r1);
         } else if (p.q != nullptr) {
           MatvecRowsInt8(*p.q, p.x, p.y, r0, r1);
@@ -495,6 +733,10 @@ std::string_view DecodeKernelName(DecodeKernel kernel) {
 // decode step at a time (the model is not thread-safe).
 struct LlamaDecodeState {
   std::vector<float> h, xn, q, k, v, attn, o, gate, up, lora_tmp, scores;
+  // DecodeStepBatch: the same, one row per sequence.
+  struct Batch {
+    std::vector<float> h, xn, q, k, v, attn, o, gate, up, scores;
+  } batch;
 
   // An int8 copy and the fp32 tensor state it was made from.
   struct Quantized {
@@ -522,6 +764,21 @@ void Refresh(LlamaDecodeState::Quantized& qz, const torch::Tensor& weight) {
   qz.m = decode::Int8Matrix::Quantize(w.data_ptr<float>(), w.size(0), w.size(1));
   qz.data = weight.data_ptr();
   qz.version = version;
+}
+
+// Brings every int8 copy up to date with its fp32 weight (7 per layer, then the head).
+void RefreshInt8(LlamaDecodeState& s, LlamaModelImpl& model, const torch::Tensor& head) {
+  const auto num_layers = static_cast<int64_t>(model.layers->size());
+  s.projections.resize(static_cast<size_t>(7 * num_layers));
+  for (int64_t l = 0; l < num_layers; ++l) {
+    auto& layer = model.layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(l));
+    LoraLinearImpl* projs[7] = {layer.self_attn->q_proj.get(), layer.self_attn->k_proj.get(),
+                                layer.self_attn->v_proj.get(), layer.self_attn->o_proj.get(),
+                                layer.mlp->gate_proj.get(),    layer.mlp->up_proj.get(),
+                                layer.mlp->down_proj.get()};
+    for (int i = 0; i < 7; ++i) Refresh(s.projections[static_cast<size_t>(7 * l + i)], projs[i]->weight());
+  }
+  Refresh(s.head, head);
 }
 
 void RmsNorm(const float* x, const LlamaRmsNormImpl& norm, int64_t n, float* out) {
@@ -580,6 +837,16 @@ decode::Matvec Product(LoraLinearImpl& p, const LlamaDecodeState::Quantized* qz,
   return m;
 }
 
+// `Product` over the rows of a decode step of `batch` sequences (x_b, y_b `stride` apart).
+decode::Matvec BatchProduct(LoraLinearImpl& p, const LlamaDecodeState::Quantized* qz, const float* x,
+                            int64_t x_stride, float* y, int64_t y_stride, int batch) {
+  decode::Matvec m = Product(p, qz, x, y);
+  m.batch = batch;
+  m.x_stride = x_stride;
+  m.y_stride = y_stride;
+  return m;
+}
+
 }  // namespace
 
 bool LlamaForCausalLmImpl::CanDecodeFast(const torch::Tensor& ids, const KvCache* cache) const {
@@ -618,18 +885,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
 
   const bool int8 = decode_kernel_ == DecodeKernel::kInt8;
   const auto num_layers = static_cast<int64_t>(model->layers->size());
-  if (int8) {
-    s.projections.resize(size(7 * num_layers));
-    for (int64_t l = 0; l < num_layers; ++l) {
-      auto& layer = model->layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(l));
-      LoraLinearImpl* projs[7] = {layer.self_attn->q_proj.get(), layer.self_attn->k_proj.get(),
-                                  layer.self_attn->v_proj.get(), layer.self_attn->o_proj.get(),
-                                  layer.mlp->gate_proj.get(),    layer.mlp->up_proj.get(),
-                                  layer.mlp->down_proj.get()};
-      for (int i = 0; i < 7; ++i) Refresh(s.projections[size(7 * l + i)], projs[i]->weight());
-    }
-    Refresh(s.head, lm_head_ ? lm_head_->weight() : model->embed_tokens->weight);
-  }
+  if (int8) RefreshInt8(s, *model, lm_head_ ? lm_head_->weight() : model->embed_tokens->weight);
   auto quantized = [&](int64_t l, int i) -> const LlamaDecodeState::Quantized* {
     return int8 ? &s.projections[size(7 * l + i)] : nullptr;
   };
@@ -715,6 +971,196 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
   }
   decode::RunMatvecs(&head, 1);
   if (lm_head_) FinishProjection(*lm_head_, s.xn.data(), head.y, s);
+  return logits;
+}
+
+// DecodeStepBatch: one decode step for B independent sequences (continuous
+// batching). Sequence i feeds tokens[i] at position caches[i]->length of its own
+// batch-1 KvCache (lengths and capacities may differ); every cache advances by one.
+// Returns logits [B, V]. Row i equals the single DecodeStep of sequence i bit for
+// bit (same kernels, same summation order); the projections, MLP and LM head run as
+// one B-row pass that reads each weight once per step instead of B times, attention
+// runs per sequence. Preconditions (c10::Error otherwise, nothing advanced): eval
+// mode without gradients, B >= 1 distinct caches of the fast path's layout (batch
+// 1, fp32, contiguous), tokens in the vocabulary, room in every cache. With
+// DecodeKernel::kTorch it runs B libtorch steps (the reference). Not thread-safe:
+// it uses the model's decode scratch, like DecodeStep.
+torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& tokens,
+                                                    const std::vector<KvCache*>& caches) {
+  const LlamaConfig& c = config_;
+  const auto batch = static_cast<int64_t>(tokens.size());
+  TORCH_CHECK(batch >= 1, "DecodeStepBatch: no sequences");
+  TORCH_CHECK(caches.size() == tokens.size(), "DecodeStepBatch: ", tokens.size(), " tokens for ",
+              caches.size(), " caches");
+  TORCH_CHECK(!is_training() && !torch::GradMode::is_enabled(),
+              "DecodeStepBatch: needs eval mode without gradients (torch::InferenceMode)");
+  for (int64_t i = 0; i < batch; ++i) {
+    const KvCache* cache = caches[static_cast<size_t>(i)];
+    const int64_t token = tokens[static_cast<size_t>(i)];
+    TORCH_CHECK(cache != nullptr, "DecodeStepBatch: sequence ", i, " has no cache");
+    for (int64_t j = 0; j < i; ++j) {
+      TORCH_CHECK(caches[static_cast<size_t>(j)] != cache, "DecodeStepBatch: sequences ", j, " and ", i,
+                  " share a cache");
+    }
+    TORCH_CHECK(CanDecodeFast(torch::zeros({1, 1}, torch::kLong), cache), "DecodeStepBatch: sequence ", i,
+                "'s cache is not a batch-1 fp32 contiguous KvCache");
+    TORCH_CHECK(token >= 0 && token < c.vocab_size, "token id ", token, " outside the vocabulary of ",
+                c.vocab_size);
+    TORCH_CHECK(cache->length + 1 <= cache->capacity, "KV cache of sequence ", i,
+                " full: ", cache->length + 1, " > ", cache->capacity);
+    TORCH_CHECK(cache->length < model->rotary().max_positions(), "position ", cache->length + 1,
+                " beyond max_position_embeddings ", model->rotary().max_positions());
+  }
+  if (decode_kernel_ == DecodeKernel::kTorch) {
+    // The reference: one libtorch step per sequence.
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < batch; ++i) {
+      torch::Tensor id = torch::full({1, 1}, tokens[static_cast<size_t>(i)], torch::kLong);
+      rows.push_back(forward(id, caches[static_cast<size_t>(i)], /*last_only=*/true).view({1, c.vocab_size}));
+    }
+    return torch::cat(rows, 0);
+  }
+  if (!decode_) decode_ = std::make_shared<LlamaDecodeState>();
+  LlamaDecodeState& s = *decode_;
+  LlamaDecodeState::Batch& sb = s.batch;
+  const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
+  const int64_t dim = c.head_dim, inter = c.intermediate_size, rep = heads / kv_heads;
+  const int64_t qdim = heads * dim, kvdim = kv_heads * dim, xdim = std::max(hidden, qdim);
+  const auto nb = static_cast<int>(batch);
+  int64_t max_cap = 0;
+  for (const KvCache* cache : caches) max_cap = std::max(max_cap, cache->capacity);
+  auto size = [](int64_t n) { return static_cast<size_t>(n); };
+  sb.h.resize(size(batch * hidden));
+  sb.xn.resize(size(batch * xdim));
+  sb.q.resize(size(batch * qdim));
+  sb.k.resize(size(batch * kvdim));
+  sb.v.resize(size(batch * kvdim));
+  sb.attn.resize(size(batch * qdim));
+  sb.o.resize(size(batch * hidden));
+  sb.gate.resize(size(batch * inter));
+  sb.up.resize(size(batch * inter));
+  sb.scores.resize(size(batch * heads * max_cap));
+
+  const bool int8 = decode_kernel_ == DecodeKernel::kInt8;
+  const auto num_layers = static_cast<int64_t>(model->layers->size());
+  if (int8) RefreshInt8(s, *model, lm_head_ ? lm_head_->weight() : model->embed_tokens->weight);
+  auto quantized = [&](int64_t l, int i) -> const LlamaDecodeState::Quantized* {
+    return int8 ? &s.projections[size(7 * l + i)] : nullptr;
+  };
+  // Per sequence: its embedding row, and the RoPE tables of its own position.
+  const float* embed = model->embed_tokens->weight.data_ptr<float>();
+  std::vector<torch::Tensor> cos_t(size(batch)), sin_t(size(batch));
+  for (int64_t i = 0; i < batch; ++i) {
+    const int64_t token = tokens[size(i)];
+    std::copy(embed + token * hidden, embed + (token + 1) * hidden, sb.h.data() + i * hidden);
+    std::tie(cos_t[size(i)], sin_t[size(i)]) = model->rotary().CosSin(caches[size(i)]->length, 1);
+  }
+  const float inv_sqrt_d = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+  // What FinishProjection adds (bias, unmerged adapter), row by row.
+  auto finish = [&](LoraLinearImpl& p, const float* x, int64_t x_stride, float* y, int64_t y_stride) {
+    for (int64_t i = 0; i < batch; ++i) FinishProjection(p, x + i * x_stride, y + i * y_stride, s);
+  };
+
+  for (int64_t l = 0; l < num_layers; ++l) {
+    auto& layer = model->layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(l));
+    LlamaAttentionImpl& attn = *layer.self_attn;
+    // --- attention: q/k/v for all rows in one pass, then attention per sequence ---
+    for (int64_t i = 0; i < batch; ++i) {
+      RmsNorm(sb.h.data() + i * hidden, layer.input_layernorm(), hidden, sb.xn.data() + i * xdim);
+    }
+    decode::Matvec qkv[3] = {
+        BatchProduct(*attn.q_proj, quantized(l, 0), sb.xn.data(), xdim, sb.q.data(), qdim, nb),
+        BatchProduct(*attn.k_proj, quantized(l, 1), sb.xn.data(), xdim, sb.k.data(), kvdim, nb),
+        BatchProduct(*attn.v_proj, quantized(l, 2), sb.xn.data(), xdim, sb.v.data(), kvdim, nb)};
+    decode::RunMatvecs(qkv, 3);
+    finish(*attn.q_proj, sb.xn.data(), xdim, sb.q.data(), qdim);
+    finish(*attn.k_proj, sb.xn.data(), xdim, sb.k.data(), kvdim);
+    finish(*attn.v_proj, sb.xn.data(), xdim, sb.v.data(), kvdim);
+    for (int64_t i = 0; i < batch; ++i) {
+      KvCache* cache = caches[size(i)];
+      const float* cos = cos_t[size(i)].data_ptr<float>();
+      const float* sin = sin_t[size(i)].data_ptr<float>();
+      const int64_t cap = cache->capacity, past = cache->length;
+      float* q = sb.q.data() + i * qdim;
+      float* k = sb.k.data() + i * kvdim;
+      float* v = sb.v.data() + i * kvdim;
+      for (int64_t hd = 0; hd < heads; ++hd) Rope(q + hd * dim, cos, sin, dim);
+      float* keys = cache->keys[size(l)].data_ptr<float>();
+      float* values = cache->values[size(l)].data_ptr<float>();
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        Rope(k + g * dim, cos, sin, dim);
+        std::copy_n(k + g * dim, dim, keys + (g * cap + past) * dim);
+        std::copy_n(v + g * dim, dim, values + (g * cap + past) * dim);
+      }
+    }
+    // One task per (sequence, query head); head hd reads key/value head hd / rep,
+    // positions 0..past of its own sequence.
+    at::parallel_for(0, batch * heads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i = t / heads, hd = t % heads, g = hd / rep;
+        const KvCache* cache = caches[size(i)];
+        const int64_t cap = cache->capacity, seq = cache->length + 1;
+        const float* keys = cache->keys[size(l)].data_ptr<float>();
+        const float* values = cache->values[size(l)].data_ptr<float>();
+        float* sc = sb.scores.data() + t * max_cap;
+        decode::MatvecRowsF32(keys + g * cap * dim, dim, sb.q.data() + i * qdim + hd * dim, sc, 0, seq);
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < seq; ++j) mx = std::max(mx, sc[j] *= inv_sqrt_d);
+        float total = 0;
+        for (int64_t j = 0; j < seq; ++j) total += sc[j] = std::exp(sc[j] - mx);
+        float* out = sb.attn.data() + i * qdim + hd * dim;
+        std::fill_n(out, dim, 0.0f);
+        const float* vg = values + g * cap * dim;
+        for (int64_t j = 0; j < seq; ++j) decode::Axpy(sc[j] / total, vg + j * dim, out, dim);
+      }
+    });
+    decode::Matvec o =
+        BatchProduct(*attn.o_proj, quantized(l, 3), sb.attn.data(), qdim, sb.o.data(), hidden, nb);
+    decode::RunMatvecs(&o, 1);
+    finish(*attn.o_proj, sb.attn.data(), qdim, sb.o.data(), hidden);
+    for (int64_t i = 0; i < batch * hidden; ++i) sb.h[size(i)] += sb.o[size(i)];
+    // --- SwiGLU MLP ---
+    LlamaMlpImpl& mlp = *layer.mlp;
+    for (int64_t i = 0; i < batch; ++i) {
+      RmsNorm(sb.h.data() + i * hidden, layer.post_attention_layernorm(), hidden, sb.xn.data() + i * xdim);
+    }
+    decode::Matvec gu[2] = {
+        BatchProduct(*mlp.gate_proj, quantized(l, 4), sb.xn.data(), xdim, sb.gate.data(), inter, nb),
+        BatchProduct(*mlp.up_proj, quantized(l, 5), sb.xn.data(), xdim, sb.up.data(), inter, nb)};
+    decode::RunMatvecs(gu, 2);
+    finish(*mlp.gate_proj, sb.xn.data(), xdim, sb.gate.data(), inter);
+    finish(*mlp.up_proj, sb.xn.data(), xdim, sb.up.data(), inter);
+    for (int64_t i = 0; i < batch * inter; ++i) {
+      const float g = sb.gate[size(i)];
+      sb.gate[size(i)] = g / (1.0f + std::exp(-g)) * sb.up[size(i)];
+    }
+    decode::Matvec down =
+        BatchProduct(*mlp.down_proj, quantized(l, 6), sb.gate.data(), inter, sb.o.data(), hidden, nb);
+    decode::RunMatvecs(&down, 1);
+    finish(*mlp.down_proj, sb.gate.data(), inter, sb.o.data(), hidden);
+    for (int64_t i = 0; i < batch * hidden; ++i) sb.h[size(i)] += sb.o[size(i)];
+  }
+  for (KvCache* cache : caches) ++cache->length;
+
+  for (int64_t i = 0; i < batch; ++i) {
+    RmsNorm(sb.h.data() + i * hidden, model->norm(), hidden, sb.xn.data() + i * xdim);
+  }
+  torch::Tensor logits = torch::empty({batch, c.vocab_size}, torch::kFloat);
+  decode::Matvec head;
+  head.rows = c.vocab_size;
+  head.cols = hidden;
+  head.x = sb.xn.data();
+  head.y = logits.data_ptr<float>();
+  head.batch = nb;
+  head.x_stride = xdim;
+  head.y_stride = c.vocab_size;
+  if (int8) {
+    head.q = &s.head.m;
+  } else {
+    head.w = (lm_head_ ? lm_head_->weight() : model->embed_tokens->weight).data_ptr<float>();
+  }
+  decode::RunMatvecs(&head, 1);
+  if (lm_head_) finish(*lm_head_, sb.xn.data(), xdim, head.y, c.vocab_size);
   return logits;
 }
 

@@ -111,6 +111,7 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
   s.scheduling.max_batch_tokens = flags.max_batch_tokens;
   s.scheduling.max_queued_requests = static_cast<size_t>(flags.max_queued_requests);
   s.scheduling.gather_window = std::chrono::microseconds(flags.batch_gather_window_us);
+  s.scheduling.max_decode_batch = flags.max_decode_batch;
   FEDGE_RETURN_IF_ERROR(ValidateSchedulerOptions(s.scheduling));
   // A Kubernetes uid is a UUID; anything else in it would end up in a file.
   if (flags.job_uid.size() > 128 ||
@@ -286,8 +287,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   // Handlers block while their request waits in the scheduler's queue, so the
   // worker pool holds every queued request, a full batch and a few cheap routes.
   HttpServerOptions http_options;
-  http_options.worker_threads =
-      static_cast<int>(settings.scheduling.max_queued_requests) + settings.scheduling.max_batch_size + 8;
+  http_options.worker_threads = static_cast<int>(settings.scheduling.max_queued_requests) +
+                                settings.scheduling.max_batch_size + settings.scheduling.max_decode_batch + 8;
   a->http_ = std::make_unique<HttpServer>(settings.http, http_options);
   a->api_->Register(*a->http_);
   FEDGE_RETURN_IF_ERROR(a->http_->Start());

@@ -435,62 +435,75 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    int64_t* version, GenerationTimes* times,
                                    const RequestScheduler::GoneFn& gone) {
   const std::string& route = GenerationRoute(req.endpoint);
-  Status st = UseModel(
-      [&](TrainableModel& model, int64_t v) -> Status {
-        Generator* lm = model.AsGenerator();
-        if (lm == nullptr) return NotCausalLm();
-        *version = v;
-        llm::GenerationOptions options = req.options;
-        std::string prompt = req.prompt;
-        if (req.endpoint == GenerationEndpoint::kChatCompletions) {
-          auto format = llm::DetectChatFormat(lm->lm().tokenizer());
-          if (!format) {
-            return UnimplementedError(
-                "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
-                "/v1/completions");
-          }
-          FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
-          options.stop.emplace_back(llm::ChatEndOfTurn(*format));
-        }
-        std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt);
-        const int64_t context = lm->lm().config().max_position_embeddings;
-        if (static_cast<int64_t>(ids.size()) >= context) {
-          return OutOfRangeError("the prompt has " + std::to_string(ids.size()) +
-                                 " tokens; this model's context is " + std::to_string(context) +
-                                 " tokens, including the completion: shorten it");
-        }
-        if (ids.empty()) return InvalidArgumentError("the prompt has no tokens");
-        if (dry_run) return OkStatus();
-        // Timestamps per token; the histograms are observed as tokens come, so a
-        // long stream shows in /metrics while it runs.
-        options.on_token = [this, times, &route](int32_t) {
-          auto now = std::chrono::steady_clock::now();
-          if (times->tokens == 0) {
-            times->first = now;
-            if (metrics_ != nullptr)
-              metrics_->ObserveTimeToFirstToken(route,
-                                                std::chrono::duration<double>(now - times->arrived).count());
-          } else if (metrics_ != nullptr) {
-            metrics_->ObserveInterTokenLatency(route,
-                                               std::chrono::duration<double>(now - times->last).count());
-          }
-          times->last = now;
-          ++times->tokens;
-        };
-        times->prompt_tokens = static_cast<int64_t>(ids.size());
-        times->ran = true;
-        times->started = std::chrono::steady_clock::now();
-        auto generated = lm->lm().GenerateFromIds(ids, options, on_text);
-        times->ended = std::chrono::steady_clock::now();
-        if (!generated.ok()) return generated.status();
-        *result = std::move(generated).value();
-        return OkStatus();
-      },
-      gone);
+  // `start` runs on the scheduler's decode loop thread with the model held; it
+  // writes `version` and `times` there, which this thread reads only after
+  // Generate returned (or, for `version`, after the relayed text that follows).
+  GenerationJob job;
+  job.start = [&](TrainableModel& model, int64_t v, const llm::TextCallback& relay,
+                  const std::function<bool()>& cancelled) -> StatusOr<GenerationStart> {
+    Generator* lm = model.AsGenerator();
+    if (lm == nullptr) return NotCausalLm();
+    *version = v;
+    llm::GenerationOptions options = req.options;
+    std::string prompt = req.prompt;
+    if (req.endpoint == GenerationEndpoint::kChatCompletions) {
+      auto format = llm::DetectChatFormat(lm->lm().tokenizer());
+      if (!format) {
+        return UnimplementedError(
+            "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
+            "/v1/completions");
+      }
+      FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
+      options.stop.emplace_back(llm::ChatEndOfTurn(*format));
+    }
+    std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt);
+    const int64_t context = lm->lm().config().max_position_embeddings;
+    if (static_cast<int64_t>(ids.size()) >= context) {
+      return OutOfRangeError("the prompt has " + std::to_string(ids.size()) +
+                             " tokens; this model's context is " + std::to_string(context) +
+                             " tokens, including the completion: shorten it");
+    }
+    if (ids.empty()) return InvalidArgumentError("the prompt has no tokens");
+    if (dry_run) return GenerationStart{};
+    // Timestamps per token; the histograms are observed as tokens come, so a
+    // long stream shows in /metrics while it runs.
+    options.on_token = [this, times, &route](int32_t) {
+      auto now = std::chrono::steady_clock::now();
+      if (times->tokens == 0) {
+        times->first = now;
+        if (metrics_ != nullptr)
+          metrics_->ObserveTimeToFirstToken(route,
+                                            std::chrono::duration<double>(now - times->arrived).count());
+      } else if (metrics_ != nullptr) {
+        metrics_->ObserveInterTokenLatency(route, std::chrono::duration<double>(now - times->last).count());
+      }
+      times->last = now;
+      ++times->tokens;
+    };
+    options.cancelled = cancelled;
+    times->prompt_tokens = static_cast<int64_t>(ids.size());
+    times->ran = true;
+    times->started = std::chrono::steady_clock::now();
+    llm::CausalLm* causal = &lm->lm();
+    GenerationStart out;
+    FEDGE_ASSIGN_OR_RETURN(out.session, causal->StartGeneration(ids, options, relay));
+    if (out.session->done()) times->ended = std::chrono::steady_clock::now();
+    out.step = [causal](const std::vector<llm::GenerationSession*>& sessions) {
+      return causal->StepGenerations(sessions);
+    };
+    return out;
+  };
+  job.on_text = on_text;
+  job.cancelled = req.options.cancelled;
+  auto generated = scheduler_->Generate(job, gone);
+  if (times->ran && times->ended == std::chrono::steady_clock::time_point{})
+    times->ended = std::chrono::steady_clock::now();
   // Tokens of a generation that was cancelled or failed midway were computed too.
   if (!dry_run && times->ran && metrics_ != nullptr)
     metrics_->CountTokens(route, times->prompt_tokens, times->tokens);
-  return st;
+  if (!generated.ok()) return generated.status();
+  if (!dry_run) *result = std::move(generated).value();
+  return OkStatus();
 }
 
 HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoint endpoint) {
@@ -570,7 +583,8 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   };
 
   GenerationRequest run = req;
-  // Polled before every decode step: a client gone mid-stream ends the generation.
+  // Polled on this thread while the sequence runs: a client gone mid-stream ends
+  // the generation at the next decode step.
   run.options.cancelled = [&] { return !open || writer.Closed(); };
   bool started = false;
   auto start = [&](int64_t version) {

@@ -3,6 +3,7 @@
 #include <prometheus/gauge.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "fedge/agent/runtime/metrics.h"
@@ -16,7 +17,7 @@ namespace fedge::agent {
 // `result`, which only the scheduler thread writes while the item is kRunning
 // and only the submitter reads once it is kDone.
 struct RequestScheduler::Item {
-  enum class Kind { kEncode, kExclusive };
+  enum class Kind { kEncode, kExclusive, kGenerate };
   // kQueued: in queue_. kRunning: in a pass another request's thread leads.
   // kLead: its own thread runs the pass (`batch`, itself first). kDone:
   // `status` (and `result`) are final.
@@ -32,6 +33,23 @@ struct RequestScheduler::Item {
   Status status;
   EncodeResult result;
   std::vector<std::shared_ptr<Item>> batch;  // kLead: the pass to run (written before kLead is set)
+
+  // kGenerate. `job` is fixed at submission. `pending_text` (guarded by mu_)
+  // is relayed from the decode loop to the submitter; `cancel` is set by the
+  // submitter and read by the loop; `generated` is written by the loop before
+  // kDone and read by the submitter after.
+  const GenerationJob* job = nullptr;
+  std::vector<std::string> pending_text;  // deltas in order, each relayed as its own call
+  std::atomic<bool> cancel{false};
+  llm::GenerationResult generated;
+};
+
+struct RequestScheduler::BatchOutcome {
+  std::vector<std::shared_ptr<Item>> running;   // joined the pass
+  std::vector<std::shared_ptr<Item>> deferred;  // over the token budget: back to the queue's front
+  std::vector<std::pair<std::shared_ptr<Item>, Status>> refused;
+  bool entered = false;  // the model was reached
+  int inputs = 0;
 };
 
 namespace {
@@ -61,6 +79,11 @@ Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   if (o.gather_window.count() < 0) {
     return InvalidArgumentError("--batch-gather-window-us must not be negative, got " +
                                 std::to_string(o.gather_window.count()));
+  }
+  if (o.max_decode_batch < 1) {
+    return InvalidArgumentError(
+        "--max-decode-batch must be at least 1 (1: one sequence per decode step), got " +
+        std::to_string(o.max_decode_batch));
   }
   if (o.poll_interval.count() < 1)
     return InvalidArgumentError("the scheduler's poll interval must be >= 1 ms");
@@ -92,6 +115,15 @@ void RequestScheduler::Stop() {
   {
     std::lock_guard<std::mutex> join(join_mu_);
     if (thread_.joinable()) thread_.join();
+    // No loop starts after thread_ ended; the running ones see stopping_.
+    std::vector<std::thread> loops;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& t : decode_threads_) loops.push_back(std::move(t.thread));
+    }
+    for (auto& t : loops) {
+      if (t.joinable()) t.join();
+    }
   }
   // Passes run on their leaders' threads and touch this object until they end.
   std::unique_lock<std::mutex> lock(mu_);
@@ -227,6 +259,21 @@ void RequestScheduler::Run() {
       }
     }
     if (stopping_) return;
+    if (queue_.front()->kind == Item::Kind::kGenerate) {
+      // A decode loop takes the generation requests off the queue itself.
+      size_t slot = 0;
+      while (slot < decode_threads_.size() && !decode_threads_[slot].ended) ++slot;
+      if (slot == decode_threads_.size()) {
+        decode_threads_.emplace_back();
+      } else if (decode_threads_[slot].thread.joinable()) {
+        decode_threads_[slot].thread.join();  // ended: it no longer needs mu_
+      }
+      decode_threads_[slot].ended = false;
+      ++passes_in_flight_;
+      busy_version_ = model_->version();
+      decode_threads_[slot].thread = std::thread([this, slot] { DecodeLoop(slot); });
+      continue;
+    }
     std::vector<std::shared_ptr<Item>> work;
     if (!TakeWork(lock, &work)) continue;
     std::shared_ptr<Item> lead = work.front();
@@ -271,11 +318,22 @@ bool RequestScheduler::TakeWork(std::unique_lock<std::mutex>& lock,
     });
     if (stopping_ || queue_.empty() || queue_.front()->kind != Item::Kind::kEncode) return false;
   }
-  // The head and the requests of its task behind it, in order, up to the
-  // input limit (the head always). Tokens are checked with the model held.
-  const EncodeTask task = queue_.front()->task;
+  TakeEncodeBatch(/*any_position=*/false, work);
+  return !work->empty();
+}
+
+void RequestScheduler::TakeEncodeBatch(bool any_position, std::vector<std::shared_ptr<Item>>* work) {
+  // The first encoder request and the requests of its task behind it, in
+  // order, up to the input limit (the first always). Tokens are checked with
+  // the model held.
+  auto first = queue_.begin();
+  if (any_position) {
+    while (first != queue_.end() && (*first)->kind != Item::Kind::kEncode) ++first;
+  }
+  if (first == queue_.end() || (*first)->kind != Item::Kind::kEncode) return;
+  const EncodeTask task = (*first)->task;
   int inputs = 0;
-  for (auto it = queue_.begin(); it != queue_.end();) {
+  for (auto it = first; it != queue_.end();) {
     const auto& item = *it;
     if (item->kind != Item::Kind::kEncode || item->task != task) {
       ++it;
@@ -290,124 +348,132 @@ bool RequestScheduler::TakeWork(std::unique_lock<std::mutex>& lock,
     if (inputs >= options_.max_batch_size) break;
   }
   SetQueueGauge();
-  return true;
 }
 
 void RequestScheduler::RunBatch(const std::vector<std::shared_ptr<Item>>& batch) {
   const auto start = std::chrono::steady_clock::now();
-  std::vector<std::shared_ptr<Item>> running;   // joined the pass
-  std::vector<std::shared_ptr<Item>> deferred;  // over the token budget: back to the queue's front
-  std::vector<std::pair<std::shared_ptr<Item>, Status>> refused;
-  bool entered = false;
-  int inputs = 0;
-  const EncodeTask task = batch.front()->task;
+  BatchOutcome out;
   Status st = model_->Use([&](TrainableModel& model, int64_t version) -> Status {
-    entered = true;
-    int longest = 0;
-    for (auto& item : batch) {
-      if (!deferred.empty()) {  // keep arrival order behind the first deferred one
-        deferred.push_back(item);
-        continue;
-      }
-      if (Gone(item->gone)) {
-        refused.emplace_back(item, ClientGone());
-        continue;
-      }
-      if (item->precheck) {
-        Status pre = item->precheck(model);
-        if (!pre.ok()) {
-          refused.emplace_back(item, std::move(pre));
-          continue;
-        }
-      }
-      const auto& texts = *item->texts;
-      std::vector<int> counts;
-      counts.reserve(texts.size());
-      Status too_long;
-      for (size_t i = 0; i < texts.size() && too_long.ok(); ++i) {
-        int n = model.CountTokens(texts[i]);
-        if (n > options_.max_input_tokens) {
-          too_long = OutOfRangeError("input " + std::to_string(i) + " has " + std::to_string(n) +
-                                     " tokens; this model accepts at most " +
-                                     std::to_string(options_.max_input_tokens));
-        }
-        counts.push_back(n);
-      }
-      if (!too_long.ok()) {
-        refused.emplace_back(item, std::move(too_long));
-        continue;
-      }
-      const int item_longest = *std::max_element(counts.begin(), counts.end());
-      const int next_inputs = inputs + static_cast<int>(texts.size());
-      const int next_longest = std::max(longest, item_longest);
-      if (!running.empty() && static_cast<int64_t>(next_inputs) * next_longest > options_.max_batch_tokens) {
-        deferred.push_back(item);
-        continue;
-      }
-      item->result.token_counts = std::move(counts);
-      item->result.version = version;
-      running.push_back(item);
-      inputs = next_inputs;
-      longest = next_longest;
-    }
-    if (running.empty()) return OkStatus();
-    std::vector<std::string> texts;
-    texts.reserve(static_cast<size_t>(inputs));
-    for (const auto& item : running) texts.insert(texts.end(), item->texts->begin(), item->texts->end());
-    size_t produced = 0;
-    if (task == EncodeTask::kClassify) {
-      FEDGE_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, ClassifyWith(model, texts));
-      produced = predictions.size();
-      if (produced == texts.size()) {
-        size_t at = 0;
-        for (const auto& item : running) {
-          auto first = predictions.begin() + static_cast<std::ptrdiff_t>(at);
-          at += item->texts->size();
-          item->result.predictions.assign(
-              std::make_move_iterator(first),
-              std::make_move_iterator(predictions.begin() + static_cast<std::ptrdiff_t>(at)));
-        }
-      }
-    } else {
-      FEDGE_ASSIGN_OR_RETURN(std::vector<std::vector<float>> vectors, EmbedWith(model, texts));
-      produced = vectors.size();
-      if (produced == texts.size()) {
-        size_t at = 0;
-        for (const auto& item : running) {
-          auto first = vectors.begin() + static_cast<std::ptrdiff_t>(at);
-          at += item->texts->size();
-          item->result.embeddings.assign(
-              std::make_move_iterator(first),
-              std::make_move_iterator(vectors.begin() + static_cast<std::ptrdiff_t>(at)));
-        }
-      }
-    }
-    if (produced != texts.size()) {
-      return InternalError("model returned " + std::to_string(produced) + " results for " +
-                           std::to_string(texts.size()) + " inputs");
-    }
-    return OkStatus();
+    return RunBatchOn(model, version, batch, &out);
   });
-
-  for (auto& [item, why] : refused) Finish(item, std::move(why));
+  CompleteBatch(batch, st, out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!entered) {
+  PassEnded(seconds, out.entered ? static_cast<int>(out.running.size()) : 0);
+}
+
+Status RequestScheduler::RunBatchOn(TrainableModel& model, int64_t version,
+                                    const std::vector<std::shared_ptr<Item>>& batch, BatchOutcome* out) {
+  out->entered = true;
+  auto& running = out->running;
+  auto& deferred = out->deferred;
+  auto& refused = out->refused;
+  int& inputs = out->inputs;
+  const EncodeTask task = batch.front()->task;
+  int longest = 0;
+  for (auto& item : batch) {
+    if (!deferred.empty()) {  // keep arrival order behind the first deferred one
+      deferred.push_back(item);
+      continue;
+    }
+    if (Gone(item->gone)) {
+      refused.emplace_back(item, ClientGone());
+      continue;
+    }
+    if (item->precheck) {
+      Status pre = item->precheck(model);
+      if (!pre.ok()) {
+        refused.emplace_back(item, std::move(pre));
+        continue;
+      }
+    }
+    const auto& texts = *item->texts;
+    std::vector<int> counts;
+    counts.reserve(texts.size());
+    Status too_long;
+    for (size_t i = 0; i < texts.size() && too_long.ok(); ++i) {
+      int n = model.CountTokens(texts[i]);
+      if (n > options_.max_input_tokens) {
+        too_long = OutOfRangeError("input " + std::to_string(i) + " has " + std::to_string(n) +
+                                   " tokens; this model accepts at most " +
+                                   std::to_string(options_.max_input_tokens));
+      }
+      counts.push_back(n);
+    }
+    if (!too_long.ok()) {
+      refused.emplace_back(item, std::move(too_long));
+      continue;
+    }
+    const int item_longest = *std::max_element(counts.begin(), counts.end());
+    const int next_inputs = inputs + static_cast<int>(texts.size());
+    const int next_longest = std::max(longest, item_longest);
+    if (!running.empty() && static_cast<int64_t>(next_inputs) * next_longest > options_.max_batch_tokens) {
+      deferred.push_back(item);
+      continue;
+    }
+    item->result.token_counts = std::move(counts);
+    item->result.version = version;
+    running.push_back(item);
+    inputs = next_inputs;
+    longest = next_longest;
+  }
+  if (running.empty()) return OkStatus();
+  std::vector<std::string> texts;
+  texts.reserve(static_cast<size_t>(inputs));
+  for (const auto& item : running) texts.insert(texts.end(), item->texts->begin(), item->texts->end());
+  size_t produced = 0;
+  if (task == EncodeTask::kClassify) {
+    FEDGE_ASSIGN_OR_RETURN(std::vector<Prediction> predictions, ClassifyWith(model, texts));
+    produced = predictions.size();
+    if (produced == texts.size()) {
+      size_t at = 0;
+      for (const auto& item : running) {
+        auto first = predictions.begin() + static_cast<std::ptrdiff_t>(at);
+        at += item->texts->size();
+        item->result.predictions.assign(
+            std::make_move_iterator(first),
+            std::make_move_iterator(predictions.begin() + static_cast<std::ptrdiff_t>(at)));
+      }
+    }
+  } else {
+    FEDGE_ASSIGN_OR_RETURN(std::vector<std::vector<float>> vectors, EmbedWith(model, texts));
+    produced = vectors.size();
+    if (produced == texts.size()) {
+      size_t at = 0;
+      for (const auto& item : running) {
+        auto first = vectors.begin() + static_cast<std::ptrdiff_t>(at);
+        at += item->texts->size();
+        item->result.embeddings.assign(
+            std::make_move_iterator(first),
+            std::make_move_iterator(vectors.begin() + static_cast<std::ptrdiff_t>(at)));
+      }
+    }
+  }
+  if (produced != texts.size()) {
+    return InternalError("model returned " + std::to_string(produced) + " results for " +
+                         std::to_string(texts.size()) + " inputs");
+  }
+  return OkStatus();
+}
+
+void RequestScheduler::CompleteBatch(const std::vector<std::shared_ptr<Item>>& batch, const Status& st,
+                                     BatchOutcome& out) {
+  for (auto& [item, why] : out.refused) Finish(item, std::move(why));
+  if (!out.entered) {
     // Nothing installed yet (or the model could not be reached): every request gets it.
     for (const auto& item : batch) Finish(item, st);
-    PassEnded(seconds, 0);
     return;
   }
-  const int requests = static_cast<int>(running.size());
-  for (auto& item : running) {
+  const int requests = static_cast<int>(out.running.size());
+  for (auto& item : out.running) {
     item->result.batch_requests = requests;
-    item->result.batch_inputs = inputs;
+    item->result.batch_inputs = out.inputs;
     Finish(item, st);
   }
-  if (metrics_ != nullptr && requests > 0) metrics_->ObserveBatch(requests, inputs);
-  if (!deferred.empty()) {
+  if (metrics_ != nullptr && requests > 0) metrics_->ObserveBatch(requests, out.inputs);
+  if (!out.deferred.empty()) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (auto it = deferred.rbegin(); it != deferred.rend(); ++it) {
+      for (auto it = out.deferred.rbegin(); it != out.deferred.rend(); ++it) {
         if (stopping_) {
           (*it)->state = Item::State::kDone;
           (*it)->status = UnavailableError("the agent is shutting down; the request did not run");
@@ -420,7 +486,192 @@ void RequestScheduler::RunBatch(const std::vector<std::shared_ptr<Item>>& batch)
     }
     done_cv_.notify_all();
   }
-  PassEnded(seconds, requests);
+}
+
+StatusOr<llm::GenerationResult> RequestScheduler::Generate(const GenerationJob& job, const GoneFn& gone) {
+  auto item = std::make_shared<Item>();
+  item->kind = Item::Kind::kGenerate;
+  item->job = &job;
+  item->gone = gone;
+  FEDGE_RETURN_IF_ERROR(Submit(item));
+  const bool poll = gone != nullptr || job.cancelled != nullptr;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    if (!item->pending_text.empty()) {
+      std::vector<std::string> deltas;
+      deltas.swap(item->pending_text);
+      lock.unlock();
+      bool stop = false;
+      for (const std::string& delta : deltas) {
+        // One call per delta (a stream sends token by token, as it did before
+        // the decode loop). A delta may show the client gone (a failed write):
+        // checked before the next one, as the one-sequence loop checked before
+        // each step.
+        if (job.on_text) job.on_text(delta);
+        if (!stop && !item->cancel.load()) stop = Gone(gone) || (job.cancelled && job.cancelled());
+      }
+      lock.lock();
+      if (stop) item->cancel.store(true);
+      continue;
+    }
+    if (item->state == Item::State::kDone) {
+      if (!item->status.ok()) return item->status;
+      return std::move(item->generated);
+    }
+    if (item->state == Item::State::kQueued && Gone(gone)) {
+      queue_.erase(std::find(queue_.begin(), queue_.end(), item));
+      SetQueueGauge();
+      item->state = Item::State::kDone;
+      item->status = ClientGone();
+      work_cv_.notify_all();
+      return item->status;
+    }
+    if (item->state == Item::State::kRunning && !item->cancel.load()) {
+      lock.unlock();
+      const bool stop = Gone(gone) || (job.cancelled && job.cancelled());
+      lock.lock();
+      if (stop) item->cancel.store(true);
+      if (!item->pending_text.empty() || item->state == Item::State::kDone) continue;
+    }
+    if (poll) {
+      done_cv_.wait_for(lock, options_.poll_interval);
+    } else {
+      done_cv_.wait(lock);
+    }
+  }
+}
+
+void RequestScheduler::DecodeLoop(size_t self) {
+  struct Sequence {
+    std::shared_ptr<Item> item;
+    std::unique_ptr<llm::GenerationSession> session;
+  };
+  std::vector<Sequence> active;
+  std::function<Status(const std::vector<llm::GenerationSession*>&)> step;
+  // The result of an ended sequence is its request's answer.
+  auto finish_sequence = [this](Sequence& seq) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      seq.item->generated = seq.session->result();
+      seq.item->state = Item::State::kDone;
+      seq.item->status = OkStatus();
+    }
+    done_cv_.notify_all();
+  };
+  bool entered = false;
+  Status st = model_->Use([&](TrainableModel& model, int64_t version) -> Status {
+    entered = true;
+    for (;;) {
+      std::vector<std::shared_ptr<Item>> admitted, encode;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) break;
+        // A newer global: this loop only finishes its sequences.
+        const bool current = model_->version() == version;
+        size_t room = static_cast<size_t>(options_.max_decode_batch) - active.size();
+        bool encoder_waits = false;
+        for (auto it = queue_.begin(); current && it != queue_.end();) {
+          const auto& item = *it;
+          if (item->kind == Item::Kind::kExclusive) break;  // it runs once this loop drained
+          if (item->kind == Item::Kind::kEncode) encoder_waits = true;
+          if (item->kind == Item::Kind::kGenerate && room > 0) {
+            item->state = Item::State::kRunning;
+            admitted.push_back(item);
+            it = queue_.erase(it);
+            --room;
+            continue;
+          }
+          ++it;
+        }
+        // One encoder batch per step: classify/embeddings are not starved.
+        if (encoder_waits) TakeEncodeBatch(/*any_position=*/true, &encode);
+        SetQueueGauge();
+        if (active.empty() && admitted.empty() && encode.empty()) break;
+      }
+      if (!encode.empty()) {
+        BatchOutcome out;
+        Status batch_st = RunBatchOn(model, version, encode, &out);
+        CompleteBatch(encode, batch_st, out);
+      }
+      for (auto& item : admitted) {
+        if (Gone(item->gone)) {
+          Finish(item, ClientGone());
+          continue;
+        }
+        llm::TextCallback relay;
+        if (item->job->on_text) {
+          relay = [this, raw = item.get()](std::string_view delta) {
+            {
+              std::lock_guard<std::mutex> lock(mu_);
+              raw->pending_text.emplace_back(delta);
+            }
+            done_cv_.notify_all();
+          };
+        }
+        auto cancelled = [raw = item.get()] { return raw->cancel.load(); };
+        StatusOr<GenerationStart> started = item->job->start(model, version, relay, cancelled);
+        if (!started.ok()) {
+          Finish(item, started.status());
+          continue;
+        }
+        Sequence seq{item, std::move(started->session)};
+        if (seq.session == nullptr) {
+          Finish(item, OkStatus());
+          continue;
+        }
+        if (!step) step = std::move(started->step);
+        if (seq.session->done()) {
+          finish_sequence(seq);
+        } else {
+          active.push_back(std::move(seq));
+        }
+      }
+      if (active.empty()) continue;
+      if (!step) {
+        for (auto& seq : active) Finish(seq.item, InternalError("a generation session came without a step"));
+        active.clear();
+        continue;
+      }
+      std::vector<llm::GenerationSession*> sessions;
+      sessions.reserve(active.size());
+      for (auto& seq : active) sessions.push_back(seq.session.get());
+      Status step_st = step(sessions);
+      if (!step_st.ok()) {
+        for (auto& seq : active) Finish(seq.item, step_st);
+        active.clear();
+        continue;
+      }
+      auto ended = std::stable_partition(active.begin(), active.end(),
+                                         [](const Sequence& seq) { return !seq.session->done(); });
+      for (auto it = ended; it != active.end(); ++it) finish_sequence(*it);
+      active.erase(ended, active.end());
+    }
+    return OkStatus();
+  });
+  // Stopping: sequences still active end without their answer.
+  for (auto& seq : active) {
+    Finish(seq.item, UnavailableError("the agent is shutting down; the generation was stopped"));
+  }
+  if (!entered) {
+    // Nothing installed (or the model unreachable): the queued generations get it.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if ((*it)->kind != Item::Kind::kGenerate) {
+          ++it;
+          continue;
+        }
+        (*it)->state = Item::State::kDone;
+        (*it)->status = st;
+        it = queue_.erase(it);
+      }
+      SetQueueGauge();
+    }
+    done_cv_.notify_all();
+  }
+  PassEnded(0, 0);
+  std::lock_guard<std::mutex> lock(mu_);
+  decode_threads_[self].ended = true;
 }
 
 }  // namespace fedge::agent

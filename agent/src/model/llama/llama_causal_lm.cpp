@@ -58,6 +58,15 @@ class TorchCausalLm final : public CausalLm {
     SetMerged(true);  // one GEMM per projection while serving
     return GenerateTokens(model_, tokenizer_, prompt_ids, eos_, options, on_text);
   }
+  StatusOr<std::unique_ptr<GenerationSession>> StartGeneration(const std::vector<int32_t>& prompt_ids,
+                                                               const GenerationOptions& options,
+                                                               const TextCallback& on_text) override {
+    SetMerged(true);
+    return StartGenerationSession(model_, tokenizer_, prompt_ids, eos_, options, on_text);
+  }
+  Status StepGenerations(const std::vector<GenerationSession*>& sessions) override {
+    return StepGenerationSessions(model_, sessions);
+  }
 
   Status EnableLora(const CausalLmLoraOptions& options) override {
     if (lora_enabled_) return FailedPreconditionError("LoRA is already enabled");

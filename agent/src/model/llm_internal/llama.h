@@ -146,6 +146,8 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   // the last position only ([B, 1, V]): what decoding needs. The decode step
   // (B = T = 1 with a cache, no grad, eval mode) runs decode_kernel().
   torch::Tensor forward(const torch::Tensor& ids, KvCache* cache = nullptr, bool last_only = false);
+  // One decode step of B sequences, batched (logits [B, V]); contract in llama_decode.cpp.
+  torch::Tensor DecodeStepBatch(const std::vector<int64_t>& tokens, const std::vector<KvCache*>& caches);
 
   // Selects the decode-step kernel (default kF32). Not thread-safe: the decode
   // state (scratch, int8 copies) belongs to this model, like the KV cache a caller

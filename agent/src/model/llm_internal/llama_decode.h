@@ -28,6 +28,12 @@ struct Int8Matrix {
 // One y = W x of a batch of products that share a thread split. Exactly one of
 // `w` (fp32, row-major, rows x cols) and `q` (int8) is set. `y` has `rows` floats;
 // `x` has `cols`. Neither may alias `y`.
+//
+// With batch B > 1 it is B products of the same weight, y_b = W x_b for b < B, x_b
+// at x + b * x_stride and y_b at y + b * y_stride (the rows of a decode step of B
+// sequences): each weight row is read once for all B vectors, and each y_b[r] is
+// summed in exactly the order of the batch-1 kernel of the same ISA, so the result
+// equals B separate products bit for bit.
 struct Matvec {
   const float* w = nullptr;
   const Int8Matrix* q = nullptr;
@@ -35,9 +41,12 @@ struct Matvec {
   int64_t cols = 0;
   const float* x = nullptr;
   float* y = nullptr;
+  int batch = 1;
+  int64_t x_stride = 0;  // floats between x_b and x_{b+1} (batch > 1)
+  int64_t y_stride = 0;  // floats between y_b and y_{b+1} (batch > 1)
 };
 
-// Runs every product (1..8), rows split across torch's intra-op threads
+// Runs every product (1..8; each may be batched), rows split across torch's intra-op threads
 // (at::parallel_for). On "avx512vnni", an int8 product with cols % 64 == 0 also
 // quantizes its x to int8 (blocks of 32, scale max|x|/127, as llama.cpp's Q8_0
 // activations) and runs int8 x int8 dot products; elsewhere int8 weights are

@@ -88,6 +88,13 @@ class CausalLm {
   virtual StatusOr<GenerationResult> GenerateFromIds(const std::vector<int32_t>& prompt_ids,
                                                      const GenerationOptions& options,
                                                      const TextCallback& on_text = nullptr) = 0;
+  // Continuous batching (generation.h): StartGeneration checks and prefills one
+  // sequence (GenerateFromIds' errors); StepGenerations advances this instance's
+  // unfinished sessions by one token with one batched decode step.
+  virtual StatusOr<std::unique_ptr<GenerationSession>> StartGeneration(
+      const std::vector<int32_t>& prompt_ids, const GenerationOptions& options,
+      const TextCallback& on_text = nullptr) = 0;
+  virtual Status StepGenerations(const std::vector<GenerationSession*>& sessions) = 0;
 
   // Mean next-token cross entropy over the completion tokens of `examples`
   // (each sequence is prompt + completion, truncated to `max_len` tokens).

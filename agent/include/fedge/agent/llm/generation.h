@@ -67,6 +67,25 @@ struct GenerationResult {
   int64_t prompt_tokens = 0;
 };
 
+// One sequence generated a token per step, so that the serving scheduler can
+// advance many of them with one batched decode step (continuous batching). Made by
+// CausalLm::StartGeneration (prompt checks, prefill, first token sampled) and
+// advanced by CausalLm::StepGenerations; a session behaves exactly like one
+// CausalLm::GenerateFromIds call with the same arguments (sampling, EOS, stop
+// strings, max_new_tokens, the context limit, GenerationOptions::cancelled polled
+// before each step, on_token, and the TextCallback given at the start). It holds
+// its own KV cache (released when it ends). Not thread-safe: a session is used by
+// one thread at a time, and only with the model instance that made it.
+class GenerationSession {
+ public:
+  virtual ~GenerationSession() = default;
+  // True once generation ended: result() is final and the text callback has
+  // received all of the text.
+  virtual bool done() const = 0;
+  // What has been generated so far (text only once done()).
+  virtual const GenerationResult& result() const = 0;
+};
+
 // Receives generated text as it becomes final: complete UTF-8 characters that can
 // no longer turn out to be part of a stop string. The concatenation of all deltas
 // equals GenerationResult::text.

@@ -58,6 +58,7 @@ struct AgentFlags {
   int max_batch_tokens = SchedulerOptions{}.max_batch_tokens;
   int64_t max_queued_requests = static_cast<int64_t>(SchedulerOptions{}.max_queued_requests);
   int64_t batch_gather_window_us = SchedulerOptions{}.gather_window.count();
+  int max_decode_batch = SchedulerOptions{}.max_decode_batch;  // --max-decode-batch
 };
 
 // Everything resolved: absolute choices, no defaults left to apply.

@@ -15,11 +15,27 @@
 //    own slice, in its own order. A request with more inputs than
 //    `max_batch_size` runs alone, whole. `max_batch_size` 1 turns batching
 //    off: one request per forward pass, as before the scheduler.
-//  - Exclusive work (generation) runs alone: its own thread runs its function
-//    on the model (a stream writes from its own HTTP worker). Generation is
-//    therefore still one sequence at a time; continuous batching of decode
-//    steps needs a batched decode step in the Llama model, which does not
-//    exist yet.
+//  - Generation is continuously batched. When a generation request reaches
+//    the head of the queue and the model is free, a decode loop starts on its
+//    own thread and holds the model while any sequence is active. Between two
+//    steps it (1) admits queued generation requests, oldest first, up to
+//    `max_decode_batch` active sequences: each is checked and prefilled alone
+//    (GenerationJob::start) and joins at the next step; (2) gives one encoder
+//    batch its turn if classify/embedding requests wait (so they are never
+//    starved by a stream of generations); then (3) runs ONE decode step for
+//    every active sequence (GenerationStart::step: CausalLm::StepGenerations,
+//    a batched decode step that reads the weights once for all of them).
+//    Finished and cancelled sequences leave after the step that ended them;
+//    the loop ends when none is left and none waits. Text produced on the loop
+//    thread is relayed to the request's own thread, which calls its
+//    `on_text` (a stream writes from its own HTTP worker, so a slow client
+//    never stalls the batch); `cancelled` and `gone` are polled there and end
+//    the sequence at the next step. A loop admits nothing once a newer global
+//    is published (its sequences finish on the old instance; the next
+//    generation starts a loop on the new one), nor past a queued exclusive
+//    request (which runs when the loop has drained).
+//  - Exclusive work runs alone: its own thread runs its function on the
+//    model.
 // One pass at a time per published global: the next pass starts when the
 // running one ends, or as soon as a new global is published (it runs on
 // another instance, ServingModel's hot swap; the running pass finishes on the
@@ -50,8 +66,9 @@
 // batch. UNAVAILABLE before a global model is installed, and after Stop().
 //
 // Thread safety: every public method is thread-safe. The scheduler owns one
-// thread; Stop() (also the destructor) refuses queued requests with
-// UNAVAILABLE, joins it and waits for the passes still running. `model` (and `metrics`,
+// thread, plus one per running decode loop; Stop() (also the destructor)
+// refuses queued requests with UNAVAILABLE, ends active generations (UNAVAILABLE),
+// joins the threads and waits for the passes still running. `model` (and `metrics`,
 // may be null) must outlive the scheduler.
 #pragma once
 
@@ -67,6 +84,7 @@
 #include <thread>
 #include <vector>
 
+#include "fedge/agent/llm/generation.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/status.h"
 
@@ -82,10 +100,11 @@ struct SchedulerOptions {
   std::chrono::microseconds gather_window{2000};
   int max_input_tokens = 512;                   // per input; longer: OUT_OF_RANGE
   std::chrono::milliseconds poll_interval{50};  // how often a waiter checks `gone`
+  int max_decode_batch = 8;                     // sequences per decode step; 1: one at a time
 };
 
-// Refuses options that cannot work (batch size or tokens < 1, negative
-// window); INVALID_ARGUMENT names the flag (--max-batch-size, ...).
+// Refuses options that cannot work (batch size, tokens or decode batch < 1,
+// negative window); INVALID_ARGUMENT names the flag (--max-batch-size, ...).
 Status ValidateSchedulerOptions(const SchedulerOptions& options);
 
 enum class EncodeTask { kClassify, kEmbed };
@@ -98,6 +117,35 @@ struct EncodeResult {
   std::vector<std::vector<float>> embeddings;  // kEmbed
   int batch_requests = 0;                      // requests in the forward pass that served this one
   int batch_inputs = 0;                        // inputs in it
+};
+
+// What a generation request's start hands the decode loop.
+struct GenerationStart {
+  // The sequence, prefilled (it may be done already). Null: nothing to
+  // generate; the request is answered OK at once (a stream's checks).
+  std::unique_ptr<llm::GenerationSession> session;
+  // Advances sessions of the model instance that made `session` by one token
+  // (CausalLm::StepGenerations). The loop calls the first one it gets for all
+  // its sequences: they all come from the instance the loop holds.
+  std::function<Status(const std::vector<llm::GenerationSession*>& sessions)> step;
+};
+
+// A generation request (RequestScheduler::Generate). The functions must stay
+// valid until Generate returns.
+struct GenerationJob {
+  // Runs on the decode loop's thread with the model held: checks the request
+  // and starts its sequence. `on_text` and `cancelled` are the loop's relays:
+  // the session must use them as its TextCallback and
+  // GenerationOptions::cancelled. A non-OK status is the request's answer.
+  std::function<StatusOr<GenerationStart>(TrainableModel& model, int64_t version,
+                                          const llm::TextCallback& on_text,
+                                          const std::function<bool()>& cancelled)>
+      start;
+  // Optional. Called on Generate's thread with the generated text, in order.
+  llm::TextCallback on_text;
+  // Optional. Polled on Generate's thread while the sequence runs (at least
+  // every poll_interval); true ends it at the next step (kCancelled).
+  std::function<bool()> cancelled;
 };
 
 class RequestScheduler {
@@ -123,6 +171,14 @@ class RequestScheduler {
   // turn comes. Returns fn's status, or the scheduler's own error (queue full,
   // client gone while queued, nothing installed, stopped) without running fn.
   Status RunExclusive(const ExclusiveFn& fn, const GoneFn& gone = nullptr);
+
+  // Generates in the decode loop (see the overview), blocking until the
+  // sequence ends; relays its text to job.on_text on this thread. Returns the
+  // session's result (empty when start returned no session), start's error,
+  // INTERNAL if a decode step failed, or the scheduler's own error (queue
+  // full, client gone while queued, nothing installed, stopped) without
+  // starting.
+  StatusOr<llm::GenerationResult> Generate(const GenerationJob& job, const GoneFn& gone = nullptr);
 
   void Stop();
 
@@ -152,6 +208,16 @@ class RequestScheduler {
   bool Leads(const std::shared_ptr<Item>& item);
   void Finish(const std::shared_ptr<Item>& item, Status st);
   void SetQueueGauge();  // with mu_ held
+  // With mu_ held: the encoder requests the head's (or, with `any_position`,
+  // the first queued encoder request's) batch takes off the queue.
+  void TakeEncodeBatch(bool any_position, std::vector<std::shared_ptr<Item>>* work);
+  // What one encoder pass did; RunBatchOn fills it, CompleteBatch answers it.
+  struct BatchOutcome;
+  Status RunBatchOn(TrainableModel& model, int64_t version, const std::vector<std::shared_ptr<Item>>& batch,
+                    BatchOutcome* out);
+  void CompleteBatch(const std::vector<std::shared_ptr<Item>>& batch, const Status& st, BatchOutcome& out);
+  // The body of a decode loop thread (`self` is its entry in decode_threads_).
+  void DecodeLoop(size_t self);
 
   ServingModel* const model_;
   const SchedulerOptions options_;
@@ -168,6 +234,13 @@ class RequestScheduler {
   int64_t busy_version_ = 0;                 // guarded by mu_: global published when the last pass began
   std::mutex join_mu_;                       // serialises joining thread_ (Stop and the destructor)
   std::thread thread_;
+  // Decode loop threads, index-stable (a slot is reused once its loop ended);
+  // guarded by mu_. `ended`: the loop will not touch this object again.
+  struct DecodeThread {
+    std::thread thread;
+    bool ended = false;
+  };
+  std::vector<DecodeThread> decode_threads_;
 };
 
 }  // namespace fedge::agent
