@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -62,18 +63,34 @@ Json Job() {
 int Reads(const FakeKubeClient& c) { return c.CountCalls("get") + c.CountCalls("list"); }
 
 // Counts the requests a controller makes through a real client (watches count once per
-// connection; Events are counted separately, as in the fake mode).
+// connection; Events are counted separately, as in the fake mode), and per verb and
+// resource the number of requests and their summed latency (the profile printed per size).
 class CountingClient : public KubeClient {
  public:
   explicit CountingClient(KubeClient* inner) : inner_(inner) {}
+
+  // Runs f, adding its latency to the verb's row.
+  template <typename F>
+  auto Timed(const std::string& verb, const Resource& r, F&& f) {
+    auto t0 = Steady::now();
+    auto out = f();
+    double ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
+    std::lock_guard<std::mutex> l(mu_);
+    auto& row = by_kind_[verb + " " + r.plural];
+    ++row.first;
+    row.second += ms;
+    return out;
+  }
+
+ public:
   StatusOr<Json> Get(const Resource& r, const std::string& ns, const std::string& name,
                      const std::string& sub) override {
     ++reads;
-    return inner_->Get(r, ns, name, sub);
+    return Timed("get", r, [&] { return inner_->Get(r, ns, name, sub); });
   }
   StatusOr<ListResult> List(const Resource& r, const std::string& ns, const ListOptions& o) override {
     ++reads;
-    return inner_->List(r, ns, o);
+    return Timed("list", r, [&] { return inner_->List(r, ns, o); });
   }
   Status Watch(const Resource& r, const std::string& ns, const WatchOptions& o,
                const std::function<void(const WatchEvent&)>& f, WatchCancel* c) override {
@@ -82,34 +99,57 @@ class CountingClient : public KubeClient {
   }
   StatusOr<Json> Create(const Resource& r, const std::string& ns, const Json& obj) override {
     (r.plural == "events" ? events : writes)++;
-    return inner_->Create(r, ns, obj);
+    return Timed("create", r, [&] { return inner_->Create(r, ns, obj); });
   }
   StatusOr<Json> Update(const Resource& r, const std::string& ns, const Json& obj,
                         const std::string& sub) override {
     ++writes;
-    return inner_->Update(r, ns, obj, sub);
+    return Timed("update", r, [&] { return inner_->Update(r, ns, obj, sub); });
   }
   StatusOr<Json> Apply(const Resource& r, const std::string& ns, const std::string& name, const Json& obj,
                        const ApplyOptions& o) override {
     ++writes;
-    return inner_->Apply(r, ns, name, obj, o);
+    return Timed(o.subresource.empty() ? "apply" : "apply-" + o.subresource, r,
+                 [&] { return inner_->Apply(r, ns, name, obj, o); });
   }
   StatusOr<Json> MergePatch(const Resource& r, const std::string& ns, const std::string& name,
                             const Json& patch, const std::string& sub) override {
     (r.plural == "events" ? events : writes)++;
-    return inner_->MergePatch(r, ns, name, patch, sub);
+    return Timed("patch", r, [&] { return inner_->MergePatch(r, ns, name, patch, sub); });
   }
   Status Delete(const Resource& r, const std::string& ns, const std::string& name,
                 const DeleteOptions& o) override {
     ++writes;
-    return inner_->Delete(r, ns, name, o);
+    return Timed("delete", r, [&] { return inner_->Delete(r, ns, name, o); });
   }
-  void Clear() { reads = writes = events = watches = 0; }
+  void Clear() {
+    reads = writes = events = watches = 0;
+    std::lock_guard<std::mutex> l(mu_);
+    by_kind_.clear();
+  }
+  // "create pods 101 x 12.3 ms, ..." sorted by request count, Events excluded.
+  std::string Profile() {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<std::pair<std::string, std::pair<int, double>>> rows(by_kind_.begin(), by_kind_.end());
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    std::string out;
+    char buf[160];
+    for (const auto& [kind, v] : rows) {
+      if (kind.find(" events") != std::string::npos) continue;
+      std::snprintf(buf, sizeof(buf), "%s%s %d x %.1f ms", out.empty() ? "" : ", ", kind.c_str(), v.first,
+                    v.second / v.first);
+      out += buf;
+    }
+    return out;
+  }
 
   std::atomic<int> reads{0}, writes{0}, events{0}, watches{0};
 
  private:
   KubeClient* inner_;
+  std::mutex mu_;
+  std::map<std::string, std::pair<int, double>> by_kind_;  // guarded by mu_: count, summed ms
 };
 
 // Runs fn(0..n-1) on up to `threads` threads (the bench's own setup and cleanup).
@@ -182,6 +222,7 @@ struct RunResult {
   double ms = 0;
   int64_t reconciles = 0, writing = 0;
   int reads = 0, writes = 0, steady_reads = 0, steady_writes = 0;
+  std::string profile;  // requests by verb and resource until every pod existed
 };
 
 double Median(std::vector<double> v) {
@@ -251,6 +292,7 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       r.ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
       r.reads = client.reads;
       r.writes = client.writes;
+      r.profile = client.Profile();
       Settle(ctl, std::chrono::milliseconds(500));
       r.reconciles = ctl.reconciles() - reconciles0;
       r.writing = ctl.writing_reconciles() - writing0;
@@ -296,6 +338,7 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
                 static_cast<long long>(mid.reconciles), static_cast<long long>(mid.writing), mid.reads,
                 mid.writes, mid.writing ? static_cast<double>(mid.reads + mid.writes) / mid.writing : 0.0,
                 mid.steady_writes);
+    std::printf("       requests (median run): %s\n", mid.profile.c_str());
     std::fflush(stdout);
   }
   std::printf(

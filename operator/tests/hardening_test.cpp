@@ -5,6 +5,7 @@
 // CheckpointFailing condition.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 #include "fedge/op/fake_kube_client.h"
@@ -105,7 +106,7 @@ class HardeningTest : public ::testing::Test {
   JobReconciler Reconciler(DesiredOptions desired = {}) {
     ReconcilerOptions o;
     o.desired = std::move(desired);
-    o.now = [] { return std::time_t{1'800'000'000}; };
+    o.clock = &wall_;
     return JobReconciler(&client_, &cache_, &events_, o);
   }
   void Reconcile(DesiredOptions desired = {}) {
@@ -131,6 +132,7 @@ class HardeningTest : public ::testing::Test {
   FakeKubeClient client_;
   ClientCache cache_{&client_};
   FakeClock clock_;
+  FakeClock wall_{1'800'000'000};  // the reconcilers' wall clock
   EventRecorder events_{&client_, &clock_};
   Json job_;
 };
@@ -224,7 +226,7 @@ TEST_F(HardeningTest, JobOutsideTheAllowedPrefixesFailsWithoutChildren) {
     ASSERT_TRUE(fresh.Create(res::kNodes, "", Node("edge-a")).ok());
     ASSERT_TRUE(fresh.Create(res::kJobs, "ml", Job(model, data)).ok());
     ReconcilerOptions o;
-    o.now = [] { return std::time_t{1'800'000'000}; };
+    o.clock = &wall_;
     JobReconciler r(&fresh, &cache, &events_, o);
     auto got = r.Reconcile("ml/wn");
     ASSERT_TRUE(got.ok()) << got.status().ToString();
@@ -255,6 +257,13 @@ TEST_F(HardeningTest, MovingThePathUnderAPrefixOrAllowingItResumesTheJob) {
   EXPECT_EQ(client_.Objects(res::kPods).size(), 3u);
 }
 
+// The mount of `path` in the agent container, or null.
+const Json* MountAt(const Json& pod, const std::string& path) {
+  for (const auto& m : pod["spec"]["containers"][0]["volumeMounts"])
+    if (m["mountPath"] == path) return &m;
+  return nullptr;
+}
+
 TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
   Reconcile();
@@ -263,44 +272,119 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   EXPECT_EQ(ArgAfter(cmd, "--model-dir"), "/var/lib/fedge/models/minilm");
   EXPECT_EQ(ArgAfter(cmd, "--data-dir"), "/var/lib/fedge/data/wordnet");
   EXPECT_EQ(ArgAfter(cmd, "--state-dir"), std::string(kStateMountPath) + "/ml/wn");
-  std::map<std::string, std::string> want = {{"model", "/var/lib/fedge/models/minilm"},
-                                             {"data", "/var/lib/fedge/data/wordnet"},
-                                             {"state", "/var/lib/fedge/state"}};
-  for (const auto& [kind, path] : want) {
-    const Json* v = Volume(pod, kind);
-    ASSERT_NE(v, nullptr) << kind;
-    std::string claim = (*v)["persistentVolumeClaim"]["claimName"];
-    EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], kind != "state");
-    Json pvc = Get(res::kPersistentVolumeClaims, claim);
-    EXPECT_EQ(pvc["spec"]["storageClassName"], "") << "never the default StorageClass";
-    Json pv = Get(res::kPersistentVolumes, pvc["spec"]["volumeName"], "");
-    EXPECT_EQ(pv["spec"]["local"]["path"], path);
-    EXPECT_EQ(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain") << "node files are never deleted";
-    EXPECT_EQ(pv["spec"]["claimRef"]["name"], claim);
-    EXPECT_EQ(pv["spec"]["claimRef"]["namespace"], "ml");
-    auto expr = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
-    EXPECT_EQ(expr["key"], "kubernetes.io/hostname");
-    EXPECT_EQ(expr["values"][0], "host-a") << "the node's hostname label, not its name";
-    EXPECT_FALSE(pv["metadata"].contains("ownerReferences"));
-    EXPECT_EQ(pv["metadata"]["labels"][kLabelJobNamespace], "ml");
-    EXPECT_EQ(pvc["metadata"]["ownerReferences"][0]["name"], "wn");
+  // One local volume for the three directories (all under /var/lib/fedge): each is a
+  // subPath of it, the model and data read-only.
+  const Json* v = Volume(pod, "node-dirs");
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], false) << "the state directory is written";
+  struct Want {
+    std::string mount_path, sub_path;
+    bool read_only;
+  };
+  for (const Want& w :
+       {Want{"/var/lib/fedge/models/minilm", "models/minilm", true},
+        Want{"/var/lib/fedge/data/wordnet", "data/wordnet", true}, Want{kStateMountPath, "state", false}}) {
+    const Json* m = MountAt(pod, w.mount_path);
+    ASSERT_NE(m, nullptr) << w.mount_path;
+    EXPECT_EQ((*m)["name"], "node-dirs");
+    EXPECT_EQ((*m)["subPath"], w.sub_path);
+    EXPECT_EQ((*m)["readOnly"], w.read_only) << w.mount_path;
   }
+  EXPECT_EQ(Volume(pod, "model"), nullptr);
+  std::string claim = (*v)["persistentVolumeClaim"]["claimName"];
+  Json pvc = Get(res::kPersistentVolumeClaims, claim);
+  EXPECT_EQ(pvc["spec"]["storageClassName"], "") << "never the default StorageClass";
+  Json pv = Get(res::kPersistentVolumes, pvc["spec"]["volumeName"], "");
+  EXPECT_EQ(pv["spec"]["local"]["path"], "/var/lib/fedge") << "the deepest directory holding all three";
+  EXPECT_EQ(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain") << "node files are never deleted";
+  EXPECT_EQ(pv["spec"]["claimRef"]["name"], claim);
+  EXPECT_EQ(pv["spec"]["claimRef"]["namespace"], "ml");
+  auto expr = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+  EXPECT_EQ(expr["key"], "kubernetes.io/hostname");
+  EXPECT_EQ(expr["values"][0], "host-a") << "the node's hostname label, not its name";
+  EXPECT_FALSE(pv["metadata"].contains("ownerReferences"));
+  EXPECT_EQ(pv["metadata"]["labels"][kLabelJobNamespace], "ml");
+  EXPECT_EQ(pvc["metadata"]["ownerReferences"][0]["name"], "wn");
   // edge-b has no hostname label: its name is used.
   Json pod_b = Get(res::kPods, "wn-agent-edge-b");
   Json pvc_b =
-      Get(res::kPersistentVolumeClaims, (*Volume(pod_b, "data"))["persistentVolumeClaim"]["claimName"]);
+      Get(res::kPersistentVolumeClaims, (*Volume(pod_b, "node-dirs"))["persistentVolumeClaim"]["claimName"]);
   Json pv_b = Get(res::kPersistentVolumes, pvc_b["spec"]["volumeName"], "");
   EXPECT_EQ(
       pv_b["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
       "edge-b");
-  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 6u);
+  // One volume and one claim per node (was three of each: issue 14, writes per agent).
+  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 2u);
+}
+
+TEST(NodeVolumeRootsTest, OneRootPerAllowedPrefixNeverTheirCommonParent) {
+  JobSpec spec;
+  spec.model.path = "/data/models/m/";
+  spec.data.path = "/var/lib/fedge/d";
+  DesiredOptions opts;
+  opts.allowed_host_path_prefixes = {"/var/lib/fedge", "/data"};
+  opts.node_state_dir = "/var/lib/fedge/state";
+  auto roots = AgentNodeVolumeRoots(spec, opts);
+  ASSERT_EQ(roots.size(), 2u);
+  EXPECT_EQ(roots[0].path, "/data/models/m") << "a lone directory is its own root";
+  EXPECT_TRUE(roots[0].read_only);
+  EXPECT_EQ(roots[0].volume_name, "node-dirs");
+  EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[0]), "");
+  EXPECT_EQ(roots[1].path, "/var/lib/fedge");
+  EXPECT_FALSE(roots[1].read_only);
+  EXPECT_EQ(roots[1].volume_name, "node-dirs-2");
+  ASSERT_EQ(roots[1].dirs.size(), 2u);
+  EXPECT_EQ(NodeVolumeSubPath(roots[1], roots[1].dirs[0]), "d");
+  EXPECT_EQ(NodeVolumeSubPath(roots[1], roots[1].dirs[1]), "state");
+  // A prefix and a deeper one: each directory goes with its longest prefix.
+  opts.allowed_host_path_prefixes = {"/var/lib/fedge", "/var/lib/fedge/d"};
+  spec.model.path = "/var/lib/fedge/m";
+  roots = AgentNodeVolumeRoots(spec, opts);
+  ASSERT_EQ(roots.size(), 2u);
+  EXPECT_EQ(roots[0].path, "/var/lib/fedge") << "model and state";
+  EXPECT_EQ(roots[1].path, "/var/lib/fedge/d");
+  // "/" allowed: one root, "/" itself when nothing deeper holds them all.
+  opts.allowed_host_path_prefixes = {"/"};
+  spec.model.path = "/opt/m";
+  roots = AgentNodeVolumeRoots(spec, opts);
+  ASSERT_EQ(roots.size(), 1u);
+  EXPECT_EQ(roots[0].path, "/");
+  EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[0]), "opt/m");
+}
+
+// Issue 11: the builders read the typed spec the planner parsed once, not the manifest's
+// JSON with defaults of their own.
+TEST(DesiredTypedSpecTest, BuildersReadTheTypedSpecNotTheJson) {
+  Json job = Job();
+  JobSpec spec = OperatorJobSpec(job);
+  EXPECT_EQ(spec.serving.port, 8080) << "the parser's default";
+  EXPECT_TRUE(spec.privacy.tls) << "absent privacy.tls: the cluster's default (TlsEnabled)";
+  spec.serving.port = 9123;
+  spec.serving.enabled = false;
+  spec.privacy.tls = false;
+  spec.model.path = "/var/lib/fedge/other-model";
+  Json pod = DesiredAgentPod(job, spec, "edge-a", DesiredOptions{});
+  auto cmd = Command(pod);
+  EXPECT_EQ(ArgAfter(cmd, "--http"), "0.0.0.0:9123");
+  EXPECT_EQ(ArgAfter(cmd, "--model-dir"), "/var/lib/fedge/other-model");
+  EXPECT_NE(std::find(cmd.begin(), cmd.end(), "--exit-when-done"), cmd.end());
+  EXPECT_EQ(std::find(cmd.begin(), cmd.end(), "--tls-cert"), cmd.end());
+  EXPECT_EQ(DesiredInferenceService(job, spec)["spec"]["ports"][0]["port"], 9123);
+  spec.agents.nodeSelector = {{"pool", "b"}};
+  spec.agents.maxAgents = 1;
+  std::vector<ObjectPtr> nodes;
+  for (const char* n : {"c", "b", "a"}) {
+    nodes.push_back(std::make_shared<const Json>(
+        Json{{"metadata", {{"name", n}, {"labels", {{"pool", std::string(n) == "a" ? "a" : "b"}}}}}}));
+  }
+  EXPECT_EQ(SelectNodes(spec.agents, nodes), (std::vector<std::string>{"b"}));
 }
 
 TEST_F(HardeningTest, VolumeNamesChangeWithThePathAndStayUniqueAcrossNamespaces) {
   Json a = Job(), b = Job();
   b["metadata"]["namespace"] = "other";
-  NodeVolume v{"data", "/var/lib/fedge/data", true};
-  NodeVolume w{"data", "/var/lib/fedge/data2", true};
+  NodeVolumeRoot v{"/var/lib/fedge", false, {}, "node-dirs"};
+  NodeVolumeRoot w{"/var/lib/fedge2", false, {}, "node-dirs"};
   EXPECT_NE(NodePersistentVolumeName(a, "edge-a", v), NodePersistentVolumeName(b, "edge-a", v));
   EXPECT_NE(NodePersistentVolumeName(a, "edge-a", v), NodePersistentVolumeName(a, "edge-a", w));
   EXPECT_NE(NodeVolumeClaimName(a, "edge-a", v), NodeVolumeClaimName(a, "edge-a", w));
@@ -311,7 +395,8 @@ TEST_F(HardeningTest, DeletingTheJobDeletesItsPersistentVolumeObjects) {
   ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
   Reconcile();
   // Another job's volume in another namespace with the same job name is not touched.
-  Json other = DesiredNodePersistentVolume(Job(), "edge-a", "edge-a", {"data", "/var/lib/fedge/x", true});
+  Json other = DesiredNodePersistentVolume(Job(), "edge-a", "edge-a",
+                                           NodeVolumeRoot{"/var/lib/fedge/x", true, {}, "x"});
   other["metadata"]["name"] = "someone-elses";
   other["metadata"]["labels"][kLabelJobNamespace] = "other";
   ASSERT_TRUE(client_.Create(res::kPersistentVolumes, "", other).ok());
@@ -401,7 +486,7 @@ TEST_F(HardeningTest, AgentsGetTheJobsInferenceTokenReadOnly) {
     ObjectCache* inner;
   } lagging(&cache_);
   ReconcilerOptions o;
-  o.now = [] { return std::time_t{1'800'000'000}; };
+  o.clock = &wall_;
   JobReconciler again(&client_, &lagging, &events_, o);
   ASSERT_TRUE(again.Reconcile("ml/wn").ok());
   EXPECT_EQ(Base64Decode(Get(res::kSecrets, "wn-inference-token")["data"]["token"]), token);

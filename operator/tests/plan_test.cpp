@@ -80,10 +80,9 @@ class World {
 
   FakeKubeClient client_;
   ClientCache cache_{&client_};
-  FakeClock clock_;
+  FakeClock clock_{kNow};
   EventRecorder events_{&client_, &clock_};
-  JobReconciler reconciler_{&client_, &cache_, &events_,
-                            ReconcilerOptions{DefaultImages(), [] { return kNow; }}};
+  JobReconciler reconciler_{&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), &clock_}};
 };
 
 std::vector<std::string> Describe(const Plan& p) {
@@ -269,7 +268,7 @@ TEST(PlanTest, Table) {
          EXPECT_EQ(Find(p, "patch federatedtrainingjobs/wn")->wave, Wave::kAfterStatus);
          int pvs = 0;
          for (const auto& a : p.actions) pvs += a.resource == &res::kPersistentVolumes;
-         EXPECT_EQ(pvs, 6) << "3 node directories x 2 nodes";
+         EXPECT_EQ(pvs, 2) << "1 node volume (model, data and state) x 2 nodes";
        }},
       {"aggregator succeeded: the job succeeds and requeues for cleanup",
        [](World& w) {
@@ -368,9 +367,9 @@ TEST(ApplyTest, OneWavesCreationsRunInParallelUpToTheConcurrency) {
     ASSERT_TRUE(client.Create(res::kNodes, "", Node("edge-" + std::to_string(i), true)).ok());
   ASSERT_TRUE(client.Create(res::kJobs, "ml", Job()).ok());
   ClientCache cache(&client);
-  FakeClock clock;
+  FakeClock clock{kNow};
   EventRecorder events(&client, &clock);
-  ReconcilerOptions opts{DefaultImages(), [] { return kNow; }};
+  ReconcilerOptions opts{DefaultImages(), &clock};
   opts.apply_concurrency = 4;
   JobReconciler reconciler(&client, &cache, &events, opts);
   auto t0 = std::chrono::steady_clock::now();

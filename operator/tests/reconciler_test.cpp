@@ -75,8 +75,16 @@ class ReconcilerTest : public ::testing::Test {
   FakeClock clock_;
   EventRecorder events_{&client_, &clock_};
   std::time_t now_ = 1'800'000'000;
-  JobReconciler reconciler_{&client_, &cache_, &events_,
-                            ReconcilerOptions{DefaultImages(), [this] { return now_; }}};
+  // The reconcilers' wall clock: reads now_, which tests move between passes.
+  class NowClock : public FakeClock {
+   public:
+    explicit NowClock(const std::time_t* t) : t_(t) {}
+    std::time_t WallNow() const override { return *t_; }
+
+   private:
+    const std::time_t* t_;
+  } wall_{&now_};
+  JobReconciler reconciler_{&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), &wall_}};
 };
 
 TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
@@ -96,9 +104,9 @@ TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
     }
   }
   // 4 secrets (credentials, inference token, one per agent), configmap, 2 services,
-  // aggregator + 2 agents, SA, role, binding, checkpoint claim + 3 node-volume claims per
+  // aggregator + 2 agents, SA, role, binding, checkpoint claim + 1 node-volume claim per
   // agent, 2 network policies
-  EXPECT_EQ(children, 22);
+  EXPECT_EQ(children, 18);
   std::set<std::string> nodes;
   for (const auto& p : Pods()) {
     if (p["metadata"]["labels"][kLabelRole] == "agent")
@@ -172,8 +180,7 @@ TEST_F(ReconcilerTest, RestartedOperatorCreatesNoDuplicates) {
   Reconcile();
   auto secret_before = *client_.Get(res::kSecrets, "ml", "wn-credentials");
   // A fresh reconciler (a restarted operator) over the same cluster.
-  JobReconciler again(&client_, &cache_, &events_,
-                      ReconcilerOptions{DefaultImages(), [this] { return now_; }});
+  JobReconciler again(&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), &wall_});
   ASSERT_TRUE(again.Reconcile("ml/wn").ok());
   EXPECT_EQ(Pods().size(), 3u);
   EXPECT_EQ(client_.Objects(res::kSecrets).size(), 4u);  // credentials, inference token, 2 agents
@@ -261,8 +268,7 @@ TEST_F(ReconcilerTest, StatusFromAStaleCacheDoesNotTakeBackTheRestartCount) {
   CreateJob(job);
   Reconcile();
   StaleJobCache stale(&client_);
-  JobReconciler behind(&client_, &stale, &events_,
-                       ReconcilerOptions{DefaultImages(), [this] { return now_; }});
+  JobReconciler behind(&client_, &stale, &events_, ReconcilerOptions{DefaultImages(), &wall_});
   Json before = GetJob();  // the job before the failure, from before its last status write too
   before["status"]["conditions"] = Json::array();
   stale.Freeze(before);
@@ -639,7 +645,7 @@ TEST_F(AgentCredentialsTest, WithoutTlsTheAgentSecretHoldsOnlyTheToken) {
 }
 
 TEST_F(AgentCredentialsTest, LifetimeComesFromTheOperatorsOption) {
-  ReconcilerOptions o{DefaultImages(), [this] { return now_; }};
+  ReconcilerOptions o{DefaultImages(), &wall_};
   o.agent_cert_lifetime_seconds = 90;
   JobReconciler short_lived(&client_, &cache_, &events_, o);
   CreateJob();

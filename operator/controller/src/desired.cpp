@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "fedge/op/fake_kube_client.h"
+#include "fedge/job_spec.h"
 #include "fedge/version.h"
 
 namespace fedge::op {
@@ -174,18 +174,16 @@ bool NodeReady(const Json& node) {
   return false;
 }
 
-std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPtr>& nodes) {
-  Json agents = Sub(Spec(job), "agents");
-  Json selector = Sub(agents, "nodeSelector");
-  int max_agents = agents.value("maxAgents", 0);
+std::vector<std::string> SelectNodes(const AgentsSpec& agents, const std::vector<ObjectPtr>& nodes) {
   std::vector<std::string> out;
   for (const auto& n : nodes) {
     const Json& meta = (*n)["metadata"];
     if (meta.contains("deletionTimestamp")) continue;
-    Json labels = meta.value("labels", Json::object());
+    const Json labels = meta.value("labels", Json::object());
     bool match = true;
-    for (auto it = selector.begin(); it != selector.end(); ++it) {
-      if (!labels.contains(it.key()) || labels[it.key()] != it.value()) {
+    for (const auto& [key, value] : agents.nodeSelector) {
+      auto it = labels.find(key);
+      if (it == labels.end() || !it->is_string() || it->get<std::string>() != value) {
         match = false;
         break;
       }
@@ -194,8 +192,12 @@ std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPt
     if (match && !Sub(*n, "spec").value("unschedulable", false)) out.push_back(meta.value("name", ""));
   }
   std::sort(out.begin(), out.end());
-  if (max_agents > 0 && static_cast<int>(out.size()) > max_agents) out.resize(max_agents);
+  if (agents.maxAgents > 0 && static_cast<int>(out.size()) > agents.maxAgents) out.resize(agents.maxAgents);
   return out;
+}
+
+std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPtr>& nodes) {
+  return SelectNodes(OperatorJobSpec(job).agents, nodes);
 }
 
 std::string Base64Encode(const std::string& in) {
@@ -334,8 +336,10 @@ Json DesiredAggregatorService(const Json& job) {
          })}}}};
 }
 
-Json DesiredInferenceService(const Json& job) {
-  int port = Sub(Spec(job), "serving").value("port", 8080);
+Json DesiredInferenceService(const Json& job) { return DesiredInferenceService(job, OperatorJobSpec(job)); }
+
+Json DesiredInferenceService(const Json& job, const JobSpec& spec) {
+  const int port = spec.serving.port;
   return {
       {"apiVersion", "v1"},
       {"kind", "Service"},
@@ -349,8 +353,12 @@ Json DesiredInferenceService(const Json& job) {
 }
 
 Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOptions& opts) {
-  const Json& spec = Spec(job);
-  Json agg = Sub(spec, "aggregator");
+  return DesiredAggregatorPod(job, OperatorJobSpec(job), expected_agents, opts);
+}
+
+Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_agents,
+                          const DesiredOptions& opts) {
+  Json agg = Sub(Spec(job), "aggregator");  // operator-only: resources
   std::string claim = CheckpointClaimName(job);
   Json ckpt_volume = {{"name", "checkpoints"}, {"emptyDir", Json::object()}};
   if (!claim.empty())
@@ -374,7 +382,7 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOpt
        Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
                     {{"name", "checkpoints"}, {"mountPath", kCheckpointMountPath}}})}};
-  if (TlsEnabled(job)) {
+  if (spec.privacy.tls) {
     // The serving certificate the operator issued for the Service's names, from the
     // Secret; agents must present a client certificate from the job CA (mutual TLS),
     // whose identity fedge-aggregator binds to the agent id they join as.
@@ -419,14 +427,17 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOpt
 }
 
 Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts) {
-  const Json& spec = Spec(job);
-  Json agents = Sub(spec, "agents");
-  Json serving = Sub(spec, "serving");
-  int port = serving.value("port", 8080);
-  int64_t toleration = agents.value("tolerationSeconds", static_cast<int64_t>(3600));
-  std::vector<NodeVolume> node_volumes = AgentNodeVolumes(job, opts);
-  const std::string& model_path = node_volumes[0].path;
-  const std::string& data_path = node_volumes[1].path;
+  return DesiredAgentPod(job, OperatorJobSpec(job), node, opts);
+}
+
+Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& node,
+                     const DesiredOptions& opts) {
+  const Json agents = Sub(Spec(job), "agents");  // operator-only: tolerationSeconds, resources
+  const int port = spec.serving.port;
+  const int64_t toleration = agents.value("tolerationSeconds", static_cast<int64_t>(3600));
+  const std::string& model_path = spec.model.path;
+  const std::string& data_path = spec.data.path;
+  const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(spec, opts);
   Json meta = Meta(job, AgentPodName(job, node), "agent");
   meta["annotations"] = {{kAnnotationNode, node}};
   Json container = {
@@ -461,10 +472,17 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
       {"volumeMounts",
        Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
-                    {{"name", "api-token"}, {"mountPath", kApiTokenMountPath}, {"readOnly", true}},
-                    {{"name", "data"}, {"mountPath", data_path}, {"readOnly", true}},
-                    {{"name", "model"}, {"mountPath", model_path}, {"readOnly", true}},
-                    {{"name", "state"}, {"mountPath", kStateMountPath}}})}};
+                    {{"name", "api-token"}, {"mountPath", kApiTokenMountPath}, {"readOnly", true}}})}};
+  // Node directories: a subPath of their root's volume each (AgentNodeVolumeRoots).
+  for (const auto& root : node_roots) {
+    for (const auto& dir : root.dirs) {
+      Json mount = {{"name", root.volume_name},
+                    {"mountPath", dir.kind == "state" ? std::string(kStateMountPath) : dir.path},
+                    {"readOnly", dir.read_only}};
+      if (std::string sub = NodeVolumeSubPath(root, dir); !sub.empty()) mount["subPath"] = sub;
+      container["volumeMounts"].push_back(mount);
+    }
+  }
   // The state directory is named after the job, so a job deleted and re-created
   // under the same name gets the same one: the uid tells the agent whether the
   // state in it is this job's (StateStore::BindJobUid). The API server always
@@ -476,9 +494,9 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
   }
   // Agents keep serving local inference with the final global after the job
   // (the job's purpose on the edge); only without serving do they exit when done.
-  if (!serving.value("enabled", true)) container["command"].push_back("--exit-when-done");
+  if (!spec.serving.enabled) container["command"].push_back("--exit-when-done");
   Json credential_items = Json::array({{{"key", "token"}, {"path", "token"}}});
-  if (TlsEnabled(job)) {
+  if (spec.privacy.tls) {
     container["command"].push_back("--tls-ca");
     container["command"].push_back(std::string(kSecretMountPath) + "/ca.crt");
     // The certificate names the Service; verify that name even where the address
@@ -511,10 +529,11 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
           {"defaultMode", 0440},
           {"items", Json::array({{{"key", "token"}, {"path", "token"}}})}}}},
        TmpVolume()});
-  for (const auto& v : node_volumes) {
-    volumes.push_back({{"name", v.kind},
-                       {"persistentVolumeClaim",
-                        {{"claimName", NodeVolumeClaimName(job, node, v)}, {"readOnly", v.read_only}}}});
+  for (const auto& root : node_roots) {
+    volumes.push_back(
+        {{"name", root.volume_name},
+         {"persistentVolumeClaim",
+          {{"claimName", NodeVolumeClaimName(job, node, root)}, {"readOnly", root.read_only}}}});
   }
   Json pod_spec = {{"restartPolicy", "Never"},
                    {"automountServiceAccountToken", false},
@@ -534,11 +553,69 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
   return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta}, {"spec", pod_spec}};
 }
 
-std::vector<NodeVolume> AgentNodeVolumes(const Json& job, const DesiredOptions& opts) {
-  const Json& spec = Spec(job);
-  return {{"model", Sub(spec, "model").value("path", ""), true},
-          {"data", Sub(spec, "data").value("path", ""), true},
+std::vector<NodeVolume> AgentNodeVolumes(const JobSpec& spec, const DesiredOptions& opts) {
+  return {{"model", spec.model.path, true},
+          {"data", spec.data.path, true},
           {"state", TrimSlash(opts.node_state_dir), false}};
+}
+
+namespace {
+// The deepest directory holding both normalized absolute paths.
+std::string CommonDir(const std::string& a, const std::string& b) {
+  auto below = [](const std::string& dir, const std::string& p) {
+    return dir == "/" || p == dir ||
+           (p.size() > dir.size() && p.compare(0, dir.size(), dir) == 0 && p[dir.size()] == '/');
+  };
+  std::string dir = a;
+  while (!below(dir, b)) {
+    size_t slash = dir.rfind('/');
+    dir = slash == 0 || slash == std::string::npos ? "/" : dir.substr(0, slash);
+  }
+  return dir;
+}
+
+// The longest allowed prefix `path` is equal to or below, or "" for none.
+std::string PrefixOf(const std::string& path, const std::vector<std::string>& prefixes) {
+  std::string best;
+  for (const auto& raw : prefixes) {
+    std::string prefix = TrimSlash(raw);
+    bool under = prefix == "/" || path == prefix ||
+                 (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
+                  path[prefix.size()] == '/');
+    if (under && prefix.size() > best.size()) best = prefix;
+  }
+  return best;
+}
+}  // namespace
+
+std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const DesiredOptions& opts) {
+  std::vector<NodeVolumeRoot> roots;
+  std::vector<std::string> root_prefix;  // root_prefix[i]: the allowed prefix of roots[i]
+  for (NodeVolume v : AgentNodeVolumes(spec, opts)) {
+    v.path = TrimSlash(v.path);
+    // Grouped by allowed prefix: a root never climbs above the prefix its directories
+    // share (two prefixes never make one volume of their common parent, say "/").
+    const std::string prefix = PrefixOf(v.path, opts.allowed_host_path_prefixes);
+    size_t i = 0;
+    while (i < roots.size() && (prefix.empty() || root_prefix[i] != prefix)) ++i;
+    if (i == roots.size()) {
+      NodeVolumeRoot r;
+      r.path = v.path;
+      r.volume_name = i == 0 ? "node-dirs" : "node-dirs-" + std::to_string(i + 1);
+      roots.push_back(std::move(r));
+      root_prefix.push_back(prefix);
+    }
+    roots[i].path = CommonDir(roots[i].path, v.path);
+    roots[i].read_only = roots[i].read_only && v.read_only;
+    roots[i].dirs.push_back(std::move(v));
+  }
+  return roots;
+}
+
+std::string NodeVolumeSubPath(const NodeVolumeRoot& root, const NodeVolume& dir) {
+  std::string p = TrimSlash(dir.path);
+  if (p == root.path) return "";
+  return p.substr(root.path == "/" ? 1 : root.path.size() + 1);
 }
 
 Status CheckHostPath(const std::string& field, const std::string& path,
@@ -571,21 +648,21 @@ Status CheckHostPath(const std::string& field, const std::string& path,
   return fail("is outside the allowed node directories");
 }
 
-Status CheckNodePaths(const Json& job, const DesiredOptions& opts) {
-  for (const auto& v : AgentNodeVolumes(job, opts)) {
+Status CheckNodePaths(const JobSpec& spec, const DesiredOptions& opts) {
+  for (const auto& v : AgentNodeVolumes(spec, opts)) {
     if (v.kind == "state") continue;  // the operator's own setting, checked at startup
     FEDGE_RETURN_IF_ERROR(CheckHostPath("spec." + v.kind + ".path", v.path, opts.allowed_host_path_prefixes));
   }
   return OkStatus();
 }
 
-std::string NodeVolumeClaimName(const Json& job, const std::string& node, const NodeVolume& v) {
-  return UniqueName(Name(job) + "-" + v.kind + "-" + node, node + "\n" + v.kind + "\n" + v.path);
+std::string NodeVolumeClaimName(const Json& job, const std::string& node, const NodeVolumeRoot& r) {
+  return UniqueName(Name(job) + "-node-" + node, node + "\n" + r.path);
 }
 
-std::string NodePersistentVolumeName(const Json& job, const std::string& node, const NodeVolume& v) {
-  return UniqueName("fedge-" + Ns(job) + "-" + Name(job) + "-" + v.kind + "-" + node,
-                    Ns(job) + "\n" + Name(job) + "\n" + node + "\n" + v.kind + "\n" + v.path);
+std::string NodePersistentVolumeName(const Json& job, const std::string& node, const NodeVolumeRoot& r) {
+  return UniqueName("fedge-" + Ns(job) + "-" + Name(job) + "-node-" + node,
+                    Ns(job) + "\n" + Name(job) + "\n" + node + "\n" + r.path);
 }
 
 std::string NodePersistentVolumeSelector(const Json& job) {
@@ -593,7 +670,7 @@ std::string NodePersistentVolumeSelector(const Json& job) {
 }
 
 Json DesiredNodePersistentVolume(const Json& job, const std::string& node, const std::string& hostname,
-                                 const NodeVolume& v) {
+                                 const NodeVolumeRoot& v) {
   Json labels = Labels(job, "node-volume");
   labels[kLabelJobNamespace] = Ns(job);
   return {{"apiVersion", "v1"},
@@ -619,7 +696,7 @@ Json DesiredNodePersistentVolume(const Json& job, const std::string& node, const
                                                                   {"values", {hostname}}}})}}})}}}}}}}};
 }
 
-Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const NodeVolume& v) {
+Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const NodeVolumeRoot& v) {
   Json meta = Meta(job, NodeVolumeClaimName(job, node, v), "node-volume");
   meta["annotations"] = {{kAnnotationNode, node}, {"fedge.io/path", v.path}};
   return {{"apiVersion", "v1"},
@@ -677,7 +754,11 @@ void AddMonitoringPeers(Json& from, const DesiredOptions& opts) {
 }  // namespace
 
 Json DesiredAgentNetworkPolicy(const Json& job, const DesiredOptions& opts) {
-  int port = Sub(Spec(job), "serving").value("port", 8080);
+  return DesiredAgentNetworkPolicy(job, OperatorJobSpec(job), opts);
+}
+
+Json DesiredAgentNetworkPolicy(const Json& job, const JobSpec& spec, const DesiredOptions& opts) {
+  const int port = spec.serving.port;
   Json from = Json::array({
       {{"podSelector", Json::object()}},  // the job's own namespace
       {{"namespaceSelector", Json::object()},
@@ -707,6 +788,11 @@ Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts)
         {"ingress",
          Json::array({{{"from", Json::array({agents})}, {"ports", Json::array({Port(kAggregatorGrpcPort)})}},
                       {{"from", http_from}, {"ports", Json::array({Port(kAggregatorHttpPort)})}}})}}}};
+}
+
+JobSpec OperatorJobSpec(const Json& job) {
+  auto parsed = ParseJobSpec(ManifestForParser(job).dump());
+  return parsed.ok() ? *std::move(parsed) : JobSpec{};
 }
 
 Json ManifestForParser(const Json& job) {

@@ -168,7 +168,7 @@ void Planner::Run() {
   }
   // Node directories: only under the operator's allowed prefixes (they become local
   // PersistentVolumes, which Pod Security does not check).
-  if (Status paths = CheckNodePaths(job, opts.desired); !paths.ok()) {
+  if (Status paths = CheckNodePaths(*parsed, opts.desired); !paths.ok()) {
     SetState(JobState::kFailed);
     Condition("Failed", "True", "HostPathNotAllowed", paths.message(), "Warning");
     return;  // wait for the spec (or the operator's flags) to change
@@ -326,8 +326,8 @@ void Planner::CheckpointCondition() {
 
 void Planner::Children() {
   const Json& job = o.job;
-  const bool tls = TlsEnabled(job);
-  std::vector<std::string> nodes = SelectNodes(job, o.nodes);
+  const bool tls = spec->privacy.tls;  // TlsEnabled: ManifestForParser states it
+  std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
   std::set<std::string> wanted(nodes.begin(), nodes.end());
   std::map<std::string, ObjectPtr> node_objects;
   for (const auto& n : o.nodes) node_objects[(*n)["metadata"].value("name", "")] = n;
@@ -382,7 +382,7 @@ void Planner::Children() {
   }
   ApplyIfChanged(res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(*spec)));
   if (opts.desired.network_policies) {
-    ApplyIfChanged(res::kNetworkPolicies, DesiredAgentNetworkPolicy(job, opts.desired));
+    ApplyIfChanged(res::kNetworkPolicies, DesiredAgentNetworkPolicy(job, *spec, opts.desired));
     ApplyIfChanged(res::kNetworkPolicies, DesiredAggregatorNetworkPolicy(job, opts.desired));
   }
   if (Json claim = DesiredCheckpointClaim(job); !claim.is_null()) {
@@ -390,7 +390,7 @@ void Planner::Children() {
   }
   ApplyIfChanged(res::kServices, DesiredAggregatorService(job));
   if (spec->serving.enabled) {
-    ApplyIfChanged(res::kServices, DesiredInferenceService(job));
+    ApplyIfChanged(res::kServices, DesiredInferenceService(job, *spec));
   } else if (o.Find(res::kServices, InferenceServiceName(job))) {
     Add(ActionKind::kDelete, Wave::kShared, res::kServices, InferenceServiceName(job));
   }
@@ -410,7 +410,7 @@ void Planner::Children() {
   if (!aggregator) {
     if (static_cast<int>(nodes.size()) >= min_agents) {
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AggregatorName(job));
-      a.object = DesiredAggregatorPod(job, static_cast<int>(nodes.size()), opts.desired);
+      a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), opts.desired);
       a.name = a.object["metadata"].value("name", a.name);
       a.starts_job = true;
     }
@@ -440,6 +440,7 @@ void Planner::Children() {
       Condition("Running", "False", "JobSucceeded", "the job finished");
     }
   }
+  const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(*spec, opts.desired);
   for (const auto& node : nodes) {
     auto it = agents.find(node);
     if (it == agents.end()) {
@@ -449,13 +450,13 @@ void Planner::Children() {
         hostname =
             (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
       }
-      for (const auto& v : AgentNodeVolumes(job, opts.desired)) {
-        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, v),
+      for (const auto& root : node_roots) {
+        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, root),
                        Wave::kPerNode);
-        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, v), Wave::kPerNode);
+        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, root), Wave::kPerNode);
       }
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AgentPodName(job, node));
-      a.object = DesiredAgentPod(job, node, opts.desired);
+      a.object = DesiredAgentPod(job, *spec, node, opts.desired);
       a.starts_job = true;
       continue;
     }

@@ -138,7 +138,7 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
   o.ns = ns;
   o.name = name;
   o.job = *job;
-  o.now = opts_.now();
+  o.now = opts_.clock->WallNow();
   o.nodes = cache_->List(res::kNodes, "");
   o.pods = cache_->List(res::kPods, ns, kLabelJob, name);
   for (const Resource* r :

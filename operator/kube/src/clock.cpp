@@ -5,7 +5,7 @@
 namespace fedge::op {
 
 std::string Clock::NowRfc3339() const {
-  std::time_t t = std::time(nullptr);
+  std::time_t t = WallNow();
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[32];
@@ -36,11 +36,22 @@ void FakeClock::WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_var
   waiters_.erase({&cv, lock.mutex()});
 }
 
+std::time_t FakeClock::WallNow() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return std::chrono::system_clock::to_time_t(wall_);
+}
+
+void FakeClock::SetWallNow(std::time_t t) {
+  std::lock_guard<std::mutex> l(mu_);
+  wall_ = std::chrono::system_clock::from_time_t(t);
+}
+
 void FakeClock::Advance(Duration d) {
   std::set<std::pair<std::condition_variable*, std::mutex*>> waiters;
   {
     std::lock_guard<std::mutex> l(mu_);
     now_ += d;
+    wall_ += std::chrono::duration_cast<std::chrono::system_clock::duration>(d);
     waiters = waiters_;
   }
   // Taking the waiter's mutex orders this notify after its wait began: no lost wake-up.

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "fedge/log.h"
+#include "fedge/op/backoff.h"
 
 namespace fedge::op {
 
@@ -143,17 +144,15 @@ void Informer::Apply(const WatchEvent& ev) {
   }
 }
 
-void Informer::SleepBackoff(std::chrono::milliseconds d) {
+void Informer::SleepBackoff(std::chrono::nanoseconds d) {
   std::unique_lock<std::mutex> l(mu_);
-  cv_.wait_for(l, d, [this] { return stop_.load(); });
+  const Clock::TimePoint until = opts_.clock->Now() + std::chrono::duration_cast<Clock::Duration>(d);
+  while (!stop_.load() && opts_.clock->Now() < until) opts_.clock->WaitUntil(l, cv_, until);
 }
 
 void Informer::Run() {
-  std::chrono::milliseconds backoff = opts_.backoff_initial;
-  auto jittered = [&](std::chrono::milliseconds d) {
-    std::uniform_real_distribution<double> u(0.5, 1.5);  // +-50% jitter
-    return std::chrono::milliseconds(static_cast<int64_t>(d.count() * u(rng_)));
-  };
+  // One backoff for list and watch failures, +-50% jitter; reset by a working watch.
+  Backoff backoff({opts_.backoff_initial, opts_.backoff_max, /*jitter=*/0.5}, rng_());
   bool need_list = true;
   while (!stop_.load()) {
     if (need_list) {
@@ -161,8 +160,7 @@ void Informer::Run() {
       if (!s.ok()) {
         if (stop_.load()) break;
         log::Warn("informer list failed", {{"resource", resource_.plural}, {"error", s.ToString()}});
-        SleepBackoff(jittered(backoff));
-        backoff = std::min(backoff * 2, opts_.backoff_max);
+        SleepBackoff(backoff.Next());
         continue;
       }
       need_list = false;
@@ -184,9 +182,9 @@ void Informer::Run() {
     if (stop_.load()) break;
     ++watch_restarts_;
     if (opts_.on_watch_restart) opts_.on_watch_restart();
-    if (got_event) backoff = opts_.backoff_initial;
+    if (got_event) backoff.Reset();
     if (s.ok()) {
-      backoff = opts_.backoff_initial;
+      backoff.Reset();
       continue;  // the server ended the stream; resume from last_rv_
     }
     if (IsGone(s)) {
@@ -195,11 +193,13 @@ void Informer::Run() {
       need_list = true;
       continue;
     }
-    log::Warn("watch failed, reconnecting", {{"resource", resource_.plural},
-                                             {"error", s.ToString()},
-                                             {"backoff_ms", static_cast<int64_t>(backoff.count())}});
-    SleepBackoff(jittered(backoff));
-    backoff = std::min(backoff * 2, opts_.backoff_max);
+    const std::chrono::nanoseconds delay = backoff.Next();
+    log::Warn("watch failed, reconnecting",
+              {{"resource", resource_.plural},
+               {"error", s.ToString()},
+               {"backoff_ms",
+                static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(delay).count())}});
+    SleepBackoff(delay);
   }
 }
 

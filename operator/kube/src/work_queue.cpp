@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fedge/op/backoff.h"
+
 namespace fedge::op {
 
 WorkQueue::WorkQueue(Clock* clock, RateLimitOptions opts)
@@ -46,8 +48,9 @@ void WorkQueue::AddAfter(const std::string& key, Clock::Duration delay) {
 Clock::Duration WorkQueue::NextDelay(const std::string& key) {
   std::lock_guard<std::mutex> l(mu_);
   int n = failures_[key]++;
-  double per_key = std::chrono::duration<double>(opts_.base_delay).count() * std::pow(2.0, n);
-  per_key = std::min(per_key, std::chrono::duration<double>(opts_.max_delay).count());
+  double per_key =
+      std::chrono::duration<double>(BackoffDelay({opts_.base_delay, opts_.max_delay, /*jitter=*/0}, n))
+          .count();
   // Token bucket: refill, then take a token; a negative balance is time to wait.
   Clock::TimePoint now = clock_->Now();
   double elapsed = std::chrono::duration<double>(now - last_refill_).count();

@@ -1,12 +1,21 @@
 // Desired children of a FederatedTrainingJob as pure functions of the job (and the
 // nodes that match it): sample-controller's newDeployment(foo), one function per child.
 // Nothing here talks to the API; the reconciler applies what these return.
+//
+// What a child depends on in the spec is read from the typed spec (fedge::JobSpec, as
+// OperatorJobSpec gives it: fedge::ParseJobSpec's defaults and limits, privacy.tls
+// resolved by TlsEnabled), never from the manifest's JSON with defaults of its own; the
+// job's JSON gives the metadata that names and owns the children and the operator-only
+// fields the parser checks but does not keep (spec.aggregator, spec.agents.tolerationSeconds,
+// spec.agents.resources). The overloads without a JobSpec parse one (tests); the planner
+// parses once per pass and passes it.
 #pragma once
 
 #include <map>
 #include <string>
 #include <vector>
 
+#include "fedge/job_spec.h"
 #include "fedge/op/informer.h"
 #include "fedge/op/kube_client.h"
 #include "fedge/status.h"
@@ -78,7 +87,9 @@ bool TlsEnabled(const Json& job);
 // ownerReference to the job with controller=true, blockOwnerDeletion=true.
 Json OwnerReference(const Json& job);
 
-// Nodes matching spec.agents.nodeSelector, sorted by name, capped by maxAgents.
+// Nodes matching spec.agents.nodeSelector, sorted by name, capped by maxAgents; cordoned
+// and deleted nodes are left out.
+std::vector<std::string> SelectNodes(const AgentsSpec& agents, const std::vector<ObjectPtr>& nodes);
 std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPtr>& nodes);
 // True when the node's Ready condition is True.
 bool NodeReady(const Json& node);
@@ -114,44 +125,72 @@ Json DesiredServiceAccount(const Json& job);
 Json DesiredRole(const Json& job);
 Json DesiredRoleBinding(const Json& job);
 Json DesiredAggregatorService(const Json& job);
+Json DesiredInferenceService(const Json& job, const JobSpec& spec);
 Json DesiredInferenceService(const Json& job);
 // With TLS the aggregator serves tls.crt and requires client certificates signed by the
 // job CA (--tls-client-ca); each agent presents its own (--tls-cert/--tls-key).
 // The aggregator and agent pods pass the `restricted` Pod Security level: non-root
 // (kRunAsId), read-only root filesystem with an emptyDir at /tmp, all capabilities
 // dropped, seccomp RuntimeDefault, no privilege escalation, no hostPath volumes.
+Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_agents,
+                          const DesiredOptions& opts);
 Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOptions& opts);
+Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& node,
+                     const DesiredOptions& opts);
 Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts);
 
 // --- Node directories (model, data, agent state) without hostPath volumes -------------
-// Pods at the restricted level may not mount hostPath. Each agent instead mounts one
-// PersistentVolumeClaim per node directory, pre-bound to a `local` PersistentVolume the
-// operator makes for exactly that (job, node, path), pinned to the node by node affinity
-// on kubernetes.io/hostname, reclaim policy Retain (node data is never deleted).
+// Pods at the restricted level may not mount hostPath. Each agent instead mounts its node
+// directories from a PersistentVolumeClaim pre-bound to a `local` PersistentVolume the
+// operator makes for exactly that (job, node, root directory), pinned to the node by node
+// affinity on kubernetes.io/hostname, reclaim policy Retain (node data is never deleted).
 // PersistentVolumes are cluster-scoped and outside Pod Security, so the operator is the
 // gate: it makes them only for paths under DesiredOptions::allowed_host_path_prefixes.
+//
+// One volume serves every directory under the same allowed prefix: its root is their
+// deepest common directory and each directory is a `subPath` mount (read-only for the
+// model and data). In the usual layout (all three under /var/lib/fedge) a node costs the
+// API one PersistentVolume and one claim, not three of each (issue 14: the API server's
+// cost per write was the operator's limit at 1,000 nodes). The root is mounted read-write
+// when the state directory is under it, so the kubelet's fsGroup pass makes that root
+// (and the model and data below it) group-owned by kRunAsId on the first mount, as it did
+// for the state root alone before; the container still sees only its three subPaths.
 struct NodeVolume {
-  std::string kind;  // "model", "data" or "state" (also the pod volume's name)
+  std::string kind;  // "model", "data" or "state"
   std::string path;  // on the node
   bool read_only = true;
 };
-// The agent's node volumes for `job` (model, data, state), in that order.
-std::vector<NodeVolume> AgentNodeVolumes(const Json& job, const DesiredOptions& opts);
+// The agent's node directories for `job` (model, data, state), in that order.
+std::vector<NodeVolume> AgentNodeVolumes(const JobSpec& spec, const DesiredOptions& opts);
+// A local volume's root and the directories mounted from it.
+struct NodeVolumeRoot {
+  std::string path;              // on the node, normalized: the PersistentVolume's local.path
+  bool read_only = true;         // every directory under it is read-only
+  std::vector<NodeVolume> dirs;  // in AgentNodeVolumes order
+  // The pod volume's name: "node-dirs", then "node-dirs-2"... in AgentNodeVolumeRoots order.
+  std::string volume_name;
+};
+// The roots for `job` on any node (the same on every node), in the order of their first
+// directory: one per allowed prefix holding a directory (a path outside every prefix,
+// which CheckNodePaths refuses first, gets its own).
+std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const DesiredOptions& opts);
+// `dir` relative to `root` ("" when equal): the subPath of a mount.
+std::string NodeVolumeSubPath(const NodeVolumeRoot& root, const NodeVolume& dir);
 // OK when `path` is absolute, has no empty, "." or ".." component, and is equal to or
 // below one of `prefixes`. Otherwise INVALID_ARGUMENT naming `field`, the path and the
 // prefixes (what to change).
 Status CheckHostPath(const std::string& field, const std::string& path,
                      const std::vector<std::string>& prefixes);
 // CheckHostPath for spec.model.path and spec.data.path.
-Status CheckNodePaths(const Json& job, const DesiredOptions& opts);
-// Deterministic names, unique per (namespace, job, node, kind, path): a changed path makes
+Status CheckNodePaths(const JobSpec& spec, const DesiredOptions& opts);
+// Deterministic names, unique per (namespace, job, node, root path): a changed root makes
 // new objects instead of an immutable-field update.
-std::string NodeVolumeClaimName(const Json& job, const std::string& node, const NodeVolume& v);
-std::string NodePersistentVolumeName(const Json& job, const std::string& node, const NodeVolume& v);
+std::string NodeVolumeClaimName(const Json& job, const std::string& node, const NodeVolumeRoot& r);
+std::string NodePersistentVolumeName(const Json& job, const std::string& node, const NodeVolumeRoot& r);
 // `hostname` is the node's kubernetes.io/hostname label (the node name when absent).
 Json DesiredNodePersistentVolume(const Json& job, const std::string& node, const std::string& hostname,
-                                 const NodeVolume& v);
-Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const NodeVolume& v);
+                                 const NodeVolumeRoot& r);
+Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const NodeVolumeRoot& r);
 // Label selector of every PersistentVolume made for a job (they carry no owner reference:
 // a cluster-scoped object cannot be owned by a namespaced one; the finalizer deletes them).
 std::string NodePersistentVolumeSelector(const Json& job);
@@ -177,6 +216,7 @@ Json DesiredApiTokenSecret(const Json& job, const std::string& token);
 // fedge.io/inference-client=true in any namespace, and the monitoring namespaces.
 // <job>-aggregator: the gRPC port admits only this job's agents; the HTTP port
 // (/metrics, /v1/status) the job's namespace and the monitoring namespaces.
+Json DesiredAgentNetworkPolicy(const Json& job, const JobSpec& spec, const DesiredOptions& opts);
 Json DesiredAgentNetworkPolicy(const Json& job, const DesiredOptions& opts);
 Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts);
 std::string AgentNetworkPolicyName(const Json& job);
@@ -185,6 +225,9 @@ std::string AgentNetworkPolicyName(const Json& job);
 // agents.resources) so the rest parses with fedge::ParseJobSpec, which is strict, and
 // states privacy.tls as TlsEnabled decides it (the parser's own default is false).
 Json ManifestForParser(const Json& job);
+// fedge::ParseJobSpec(ManifestForParser(job)): the typed spec the builders read. A job
+// that does not parse (the planner never builds children for one) gives JobSpec{}.
+JobSpec OperatorJobSpec(const Json& job);
 
 std::string Base64Encode(const std::string& in);
 std::string Base64Decode(const std::string& in);

@@ -72,9 +72,9 @@ class EventRecorder {
 struct ReconcilerOptions {
   // Images, pull policy, allowed node directories, network policies (desired.h).
   DesiredOptions desired;
-  // Wall-clock seconds since the epoch (deadlines and TTLs compare with API timestamps,
-  // certificates are issued and renewed by it).
-  std::function<std::time_t()> now = [] { return std::time(nullptr); };
+  // Its wall clock (Clock::WallNow) is the pass's `now`: deadlines and TTLs compare with
+  // API timestamps, certificates are issued and renewed by it.
+  Clock* clock = RealClock::Get();
   // Lifetime of each agent's client certificate (fedge-operator --agent-cert-lifetime).
   // A certificate is renewed once less than a third of it remains (pki.h RenewalTime):
   // the reconcile that issues it requeues for that moment.

@@ -1,9 +1,12 @@
-// Clock: time as the controller machinery sees it, injectable so tests of backoff, rate
-// limits, delayed requeues and leases advance time instead of sleeping.
+// Clock: the operator's one source of time, injectable so tests of backoff, rate limits,
+// delayed requeues, leases, deadlines, TTLs and certificate renewal set or advance time
+// instead of sleeping. Two readings: a monotonic one (Now: waits, queues, leases) and the
+// wall clock (WallNow: what API timestamps and certificates compare with).
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <ctime>
 #include <mutex>
 #include <set>
 #include <string>
@@ -21,8 +24,11 @@ class Clock {
   // passes on this clock. Spurious wake-ups are allowed; callers re-check.
   virtual void WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv,
                          TimePoint deadline) = 0;
-  // Wall-clock time for API timestamps (RFC 3339, UTC, seconds).
-  virtual std::string NowRfc3339() const;
+  // Wall-clock seconds since the epoch (deadlines and TTLs compare with API timestamps;
+  // certificates are issued and renewed by it).
+  virtual std::time_t WallNow() const { return std::time(nullptr); }
+  // WallNow for API timestamps (RFC 3339, UTC, seconds).
+  std::string NowRfc3339() const;
 };
 
 class RealClock : public Clock {
@@ -35,18 +41,25 @@ class RealClock : public Clock {
   static RealClock* Get();
 };
 
-// Time moves only through Advance(), which wakes every waiter so it re-checks.
+// Time moves only through Advance() (both readings), which wakes every waiter so it
+// re-checks, and SetWallNow() (the wall clock alone). The wall clock starts at
+// 2026-01-01T00:00:00Z.
 class FakeClock : public Clock {
  public:
+  FakeClock() = default;
+  explicit FakeClock(std::time_t wall_now) : wall_(std::chrono::system_clock::from_time_t(wall_now)) {}
   TimePoint Now() const override;
   void WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv,
                  TimePoint deadline) override;
   void Advance(Duration d);
-  std::string NowRfc3339() const override { return "2026-01-01T00:00:00Z"; }
+  std::time_t WallNow() const override;
+  void SetWallNow(std::time_t t);
 
  private:
   mutable std::mutex mu_;
-  TimePoint now_{std::chrono::hours(1000)};                             // guarded by mu_
+  TimePoint now_{std::chrono::hours(1000)};      // guarded by mu_
+  std::chrono::system_clock::time_point wall_ =  // guarded by mu_
+      std::chrono::system_clock::from_time_t(1767225600);
   std::set<std::pair<std::condition_variable*, std::mutex*>> waiters_;  // guarded by mu_
 };
 

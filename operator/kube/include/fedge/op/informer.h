@@ -35,8 +35,10 @@ struct InformerOptions {
   std::string ns;  // "" = all namespaces (or cluster-scoped)
   std::string label_selector;
   int64_t page_size = 500;
+  // Reconnect backoff (backoff.h), +-50% jitter.
   std::chrono::milliseconds backoff_initial{200};
   std::chrono::milliseconds backoff_max{30000};
+  Clock* clock = RealClock::Get();         // waits out the backoff
   int watch_timeout_seconds = 300;         // randomized up to 2x, like client-go
   uint64_t seed = 0;                       // 0: random
   std::function<void()> on_watch_restart;  // metrics hook; must not block
@@ -73,7 +75,7 @@ class Informer {
   void Run();
   Status ListAndReplace();
   void Apply(const WatchEvent& ev);
-  void SleepBackoff(std::chrono::milliseconds d);
+  void SleepBackoff(std::chrono::nanoseconds d);
 
   KubeClient* client_;
   Resource resource_;

@@ -1,5 +1,5 @@
 // KubeClient: the small slice of the Kubernetes API the operator needs, behind an
-// interface so reconcilers are unit-tested against FakeKubeClient (which records every
+// interface so reconcilers are unit-tested against FakeKubeClient (fedge_op_testing, which records every
 // call) and run against RestKubeClient (cpprestsdk) in production.
 //
 // Objects are nlohmann::json in the API's own JSON shape (like client-go's
