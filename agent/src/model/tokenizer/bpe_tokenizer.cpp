@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "fedge/file_util.h"
+#include "tokenizer/utf8.h"
 
 namespace fedge::agent::llm {
 namespace {
@@ -224,24 +225,6 @@ std::array<char32_t, 256> MakeByteToUnicode() {
 const std::array<char32_t, 256>& ByteTable() {
   static const std::array<char32_t, 256> table = MakeByteToUnicode();
   return table;
-}
-
-void AppendUtf8(char32_t c, std::string* out) {
-  if (c < 0x80) {
-    out->push_back(static_cast<char>(c));
-  } else if (c < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (c >> 6)));
-    out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
-  } else if (c < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (c >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (c >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (c & 0x3F)));
-  }
 }
 
 const std::string kPatternGpt2 =
