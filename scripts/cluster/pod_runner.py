@@ -125,6 +125,7 @@ class PodProc:
         self.deleting = False
         self.done = False
         self.synced_volumes = {}  # volume name -> (volume spec, directory, files written)
+        self.node_paths = {}  # volume name -> node path of its local/hostPath PersistentVolume
 
 
 class Runner:
@@ -217,22 +218,40 @@ class Runner:
             return per_node
         return path
 
-    def claim_path(self, pp, claim):
-        """A claim bound to a local or hostPath PersistentVolume is that node directory (as
-        the kubelet mounts it); any other claim is a directory of its own under the root."""
+    def claim_node_path(self, pp, claim):
+        """The node path of the local or hostPath PersistentVolume a claim is bound to, or None."""
         code, pvc = self.api.get(f"/api/v1/namespaces/{pp.ns}/persistentvolumeclaims/{claim}")
         volume = pvc.get("spec", {}).get("volumeName") if code == 200 else None
         if volume:
             code, pv = self.api.get(f"/api/v1/persistentvolumes/{volume}")
             src = pv.get("spec", {}) if code == 200 else {}
-            path = (src.get("local") or src.get("hostPath") or {}).get("path")
-            if path:
-                return self.host_path(pp.node, path)
+            return (src.get("local") or src.get("hostPath") or {}).get("path")
+        return None
+
+    def claim_path(self, pp, claim):
+        """A claim bound to a local or hostPath PersistentVolume is that node directory (as
+        the kubelet mounts it); any other claim is a directory of its own under the root."""
+        path = self.claim_node_path(pp, claim)
+        if path:
+            return self.host_path(pp.node, path)
         return os.path.join(self.root, "pvc", pp.ns, claim)
+
+    def mount_dir(self, pp, m, mounts):
+        """The directory a container's volumeMount shows: its volume's, or with a subPath the
+        directory below it (created when missing, as the kubelet does). Below a local
+        volume the subPath is a node path, mapped like any other (host_path)."""
+        sub = m.get("subPath", "")
+        if not sub:
+            return mounts[m["name"]]
+        root = pp.node_paths.get(m["name"])
+        d = self.host_path(pp.node, os.path.join(root, sub)) if root else os.path.join(mounts[m["name"]], sub)
+        os.makedirs(d, exist_ok=True)
+        return d
 
     def materialize_volumes(self, pp):
         base = os.path.join(self.root, "pods", pp.uid, "volumes")
         out = {}
+        pp.node_paths = {}
         for v in pp.pod["spec"].get("volumes", []):
             name = v["name"]
             d = os.path.join(base, name)
@@ -243,6 +262,9 @@ class Runner:
                 out[name] = d
                 continue
             if "persistentVolumeClaim" in v:
+                node_path = self.claim_node_path(pp, v["persistentVolumeClaim"]["claimName"])
+                if node_path:
+                    pp.node_paths[name] = node_path
                 d = self.claim_path(pp, v["persistentVolumeClaim"]["claimName"])
                 os.makedirs(d, exist_ok=True)
                 out[name] = d
@@ -397,7 +419,7 @@ class Runner:
             for m in sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
                 mp = m["mountPath"].rstrip("/")
                 if a == mp or a.startswith(mp + "/"):
-                    a = mounts[m["name"]] + a[len(mp):]
+                    a = self.mount_dir(pp, m, mounts) + a[len(mp):]
                     break
             # A pod's own loopback and wildcard addresses are its pod IP here: containers of
             # one pod share it, as they share a network namespace in a real pod.
