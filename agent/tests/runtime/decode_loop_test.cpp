@@ -366,6 +366,39 @@ TEST_F(DecodeLoopTest, StopEndsRunningGenerationsWithUnavailable) {
   EXPECT_EQ(f.get().status().code(), StatusCode::kUnavailable);
 }
 
+// Hot swap: a decode loop on the old global admits nothing once a new one is
+// published; a generation that arrives then starts on the new global while the
+// old loop's sequence keeps running on its instance.
+TEST_F(DecodeLoopTest, AGenerationAfterAnInstallRunsOnTheNewGlobalBesideTheOldLoop) {
+  auto model = std::make_unique<GatedClassifier>();
+  model_ = model.get();
+  FakeClassifier reference(TestLabels());
+  serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job", [] {
+    return StatusOr<std::unique_ptr<TrainableModel>>(std::unique_ptr<TrainableModel>(new GatedClassifier()));
+  });
+  ASSERT_TRUE(serving_->Install(reference.ExportTrainable(), 7).ok());
+  scheduler_ = std::make_unique<RequestScheduler>(serving_.get(), SchedulerOptions{}, &metrics_);
+  auto old_one = MakeRequest("o", -1);
+  auto fo = Submit(old_one.get());
+  ASSERT_TRUE(Eventually([&] { return log_.steps() >= 2; }));
+  ASSERT_TRUE(serving_->Install(reference.ExportTrainable(), 8).ok());
+  auto fresh = MakeRequest("n", 3);
+  int64_t fresh_version = 0;
+  auto start = fresh->job.start;
+  fresh->job.start = [&, start](TrainableModel& m, int64_t v, const llm::TextCallback& t,
+                                const std::function<bool()>& c) -> StatusOr<GenerationStart> {
+    fresh_version = v;
+    return start(m, 7, t, c);  // the fake's start insists on 7
+  };
+  auto got = Submit(fresh.get()).get();
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->text, Words("n", 3));
+  EXPECT_EQ(fresh_version, 8);
+  EXPECT_EQ(fo.wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "the old loop was stopped";
+  old_one->cancel = true;
+  EXPECT_TRUE(fo.get().ok());
+}
+
 TEST(DecodeLoopOptionsTest, RefusesMaxDecodeBatchBelowOneNamingTheFlag) {
   SchedulerOptions o;
   o.max_decode_batch = 0;
