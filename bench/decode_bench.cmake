@@ -1,4 +1,4 @@
-# fedge_bench_decode needs the libtorch agent model (llm_internal/llama.h).
+# fedge_bench_decode needs the libtorch agent model (llama/llama.h).
 # Added by the bench/CMakeLists.txt owner so the glob build stays green; owner: model engineer.
 if(NOT TARGET fedge_agent_model)
   set(FEDGE_BENCH_SKIP TRUE)

@@ -39,8 +39,8 @@
 #include "fedge/agent/llm/bpe_tokenizer.h"
 #include "fedge/agent/llm/pretrain.h"
 #include "fedge/version.h"
-#include "llm_internal/llama.h"
-#include "llm_internal/llama_decode.h"
+#include "llama/llama.h"
+#include "llama/llama_decode.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
 # fedge_bench_generate_batch drives the agent's RequestScheduler (runtime) over a
-# Llama written with llm_internal/llama.h (model internals).
+# Llama written with llama/llama.h (model internals).
 if(NOT TARGET fedge_agent_runtime)
   set(FEDGE_BENCH_SKIP TRUE)
 endif()

@@ -42,7 +42,7 @@
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/scheduler.h"
 #include "fedge/agent/runtime/serving_model.h"
-#include "llm_internal/llama.h"
+#include "llama/llama.h"
 
 namespace {
 

@@ -4,8 +4,8 @@
 // matrix-vector kernels it is built on must equal B single products.
 #include <gtest/gtest.h>
 
-#include "llm_internal/llama.h"
-#include "llm_internal/llama_decode.h"
+#include "llama/llama.h"
+#include "llama/llama_decode.h"
 
 namespace fedge::agent::llm {
 namespace {

@@ -9,8 +9,8 @@
 
 #include "fedge/agent/llm/causal_lm.h"
 #include "fedge/file_util.h"
-#include "llm_internal/llama.h"
-#include "llm_internal/llama_decode.h"
+#include "llama/llama.h"
+#include "llama/llama_decode.h"
 
 namespace fedge::agent::llm {
 namespace {

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
-#include "llm_internal/llama.h"
+#include "llama/llama.h"
 
 namespace fedge::agent::llm {
 namespace {

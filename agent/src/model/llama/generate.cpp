@@ -4,7 +4,8 @@
 #include <memory>
 #include <numeric>
 
-#include "llm_internal/generate.h"
+#include "llama/generate.h"
+#include "torch_call.h"
 
 namespace fedge::agent::llm {
 
@@ -165,7 +166,8 @@ class TorchGenerationSession final : public GenerationSession {
   TorchGenerationSession(LlamaForCausalLm& model, const BpeTokenizer& tokenizer,
                          const std::vector<int64_t>& eos_ids, const GenerationOptions& options,
                          TextCallback on_text, int64_t prompt_len)
-      : model_(model.get()),
+      : GenerationSession(model.get()),
+        model_(model.get()),
         tokenizer_(tokenizer),
         eos_ids_(eos_ids),
         options_(options),
@@ -204,7 +206,6 @@ class TorchGenerationSession final : public GenerationSession {
 
   int64_t next_token() const { return next_; }
   KvCache* cache() { return &cache_; }
-  LlamaForCausalLmImpl* model() const { return model_; }
 
   // The next token from one logits row (vocab_size floats): sampling, EOS, stop
   // strings, streaming, max_new_tokens and the context limit. After it the
@@ -274,52 +275,56 @@ StatusOr<std::unique_ptr<GenerationSession>> StartGenerationSession(
   FEDGE_RETURN_IF_ERROR(CheckPrompt(model->config(), prompt_ids, options));
   auto session = std::make_unique<TorchGenerationSession>(model, tokenizer, eos_ids, options, on_text,
                                                           static_cast<int64_t>(prompt_ids.size()));
-  try {
+  FEDGE_RETURN_IF_ERROR(TorchCall("generate", [&]() -> Status {
     torch::InferenceMode guard;
     session->Prefill(prompt_ids);
-  } catch (const c10::Error& e) {
-    return InternalError(std::string("generate: ") + e.what_without_backtrace());
-  }
+    return OkStatus();
+  }));
   return std::unique_ptr<GenerationSession>(std::move(session));
 }
 
 Status StepGenerationSessions(LlamaForCausalLm& model, const std::vector<GenerationSession*>& sessions) {
   std::vector<TorchGenerationSession*> active;
   for (GenerationSession* s : sessions) {
-    auto* session = dynamic_cast<TorchGenerationSession*>(s);
-    if (session == nullptr || session->model() != model.get()) {
+    // Only TorchGenerationSession records a model as its owner, so the owner
+    // check makes the downcast safe.
+    if (s == nullptr || s->owner() != model.get()) {
       return InvalidArgumentError("generate: a session of another model was passed to this model's step");
     }
+    auto* session = static_cast<TorchGenerationSession*>(s);
     if (!session->done() && !session->EndIfCancelled()) active.push_back(session);
   }
   if (active.empty()) return OkStatus();
-  try {
-    torch::InferenceMode guard;
-    const int64_t vocab = model->config().vocab_size;
-    if (active.size() == 1 || model->is_training()) {
-      // One sequence (or a model left in training mode): the single-sequence step.
-      for (TorchGenerationSession* session : active) {
-        torch::Tensor id = torch::full({1, 1}, session->next_token(), torch::kLong);
-        torch::Tensor logits =
-            model->forward(id, session->cache(), /*last_only=*/true).reshape({-1}).contiguous();
-        session->Accept(logits.data_ptr<float>());
-      }
-      return OkStatus();
-    }
-    std::vector<int64_t> tokens;
-    std::vector<KvCache*> caches;
-    for (TorchGenerationSession* session : active) {
-      tokens.push_back(session->next_token());
-      caches.push_back(session->cache());
-    }
-    torch::Tensor logits = model->DecodeStepBatch(tokens, caches).contiguous();
-    const float* rows = logits.data_ptr<float>();
-    for (size_t i = 0; i < active.size(); ++i) active[i]->Accept(rows + static_cast<int64_t>(i) * vocab);
-  } catch (const c10::Error& e) {
+  const auto cancel_all = [&] {
     for (TorchGenerationSession* session : active) session->Finish(FinishReason::kCancelled);
-    return InternalError(std::string("generate: ") + e.what_without_backtrace());
-  }
-  return OkStatus();
+  };
+  return TorchCall(
+      "generate",
+      [&]() -> Status {
+        torch::InferenceMode guard;
+        const int64_t vocab = model->config().vocab_size;
+        if (active.size() == 1 || model->is_training()) {
+          // One sequence (or a model left in training mode): the single-sequence step.
+          for (TorchGenerationSession* session : active) {
+            torch::Tensor id = torch::full({1, 1}, session->next_token(), torch::kLong);
+            torch::Tensor logits =
+                model->forward(id, session->cache(), /*last_only=*/true).reshape({-1}).contiguous();
+            session->Accept(logits.data_ptr<float>());
+          }
+          return OkStatus();
+        }
+        std::vector<int64_t> tokens;
+        std::vector<KvCache*> caches;
+        for (TorchGenerationSession* session : active) {
+          tokens.push_back(session->next_token());
+          caches.push_back(session->cache());
+        }
+        torch::Tensor logits = model->DecodeStepBatch(tokens, caches).contiguous();
+        const float* rows = logits.data_ptr<float>();
+        for (size_t i = 0; i < active.size(); ++i) active[i]->Accept(rows + static_cast<int64_t>(i) * vocab);
+        return OkStatus();
+      },
+      cancel_all);
 }
 
 StatusOr<GenerationResult> GenerateTokens(LlamaForCausalLm& model, const BpeTokenizer& tokenizer,

@@ -9,7 +9,7 @@
 #include "fedge/agent/llm/bpe_tokenizer.h"
 #include "fedge/agent/llm/generation.h"
 #include "fedge/status.h"
-#include "llm_internal/llama.h"
+#include "llama/llama.h"
 
 namespace fedge::agent::llm {
 

@@ -1,5 +1,5 @@
-// Llama-family decoder; see llm_internal/llama.h for the shape of the network.
-#include "llm_internal/llama.h"
+// Llama-family decoder; see llama/llama.h for the shape of the network.
+#include "llama/llama.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 

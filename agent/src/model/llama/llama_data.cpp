@@ -1,6 +1,6 @@
 #include "llama/llama_data.h"
 
-#include "llm_internal/llama.h"
+#include "llama/llama.h"
 
 namespace fedge::agent::llm {
 

@@ -25,8 +25,8 @@
 #include <limits>
 #include <tuple>
 
-#include "llm_internal/llama.h"
-#include "llm_internal/llama_decode.h"
+#include "llama/llama.h"
+#include "llama/llama_decode.h"
 
 namespace fedge::agent::llm {
 

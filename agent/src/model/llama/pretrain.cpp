@@ -12,8 +12,8 @@
 #include "fedge/agent/llm/bpe_trainer.h"
 #include "fedge/file_util.h"
 #include "fedge/log.h"
-#include "llm_internal/generate.h"
-#include "llm_internal/llama.h"
+#include "llama/generate.h"
+#include "llama/llama.h"
 #include "torch_call.h"
 
 namespace fedge::agent::llm {

@@ -84,6 +84,17 @@ class GenerationSession {
   virtual bool done() const = 0;
   // What has been generated so far (text only once done()).
   virtual const GenerationResult& result() const = 0;
+  // The model instance whose StepGenerations may advance this session (nullptr
+  // for sessions no model made, e.g. test fakes). A model checks it before it
+  // treats the session as its own.
+  const void* owner() const { return owner_; }
+
+ protected:
+  GenerationSession() = default;
+  explicit GenerationSession(const void* owner) : owner_(owner) {}
+
+ private:
+  const void* owner_ = nullptr;
 };
 
 // Receives generated text as it becomes final: complete UTF-8 characters that can
