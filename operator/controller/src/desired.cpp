@@ -111,6 +111,12 @@ std::string TrimSlash(std::string p) {
   return p;
 }
 
+// True when normalized absolute `path` is `dir` or below it ("/" holds everything).
+bool AtOrBelow(const std::string& dir, const std::string& path) {
+  return dir == "/" || path == dir ||
+         (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/');
+}
+
 std::string JoinPrefixes(const std::vector<std::string>& v) {
   std::string out;
   for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
@@ -562,12 +568,8 @@ std::vector<NodeVolume> AgentNodeVolumes(const JobSpec& spec, const DesiredOptio
 namespace {
 // The deepest directory holding both normalized absolute paths.
 std::string CommonDir(const std::string& a, const std::string& b) {
-  auto below = [](const std::string& dir, const std::string& p) {
-    return dir == "/" || p == dir ||
-           (p.size() > dir.size() && p.compare(0, dir.size(), dir) == 0 && p[dir.size()] == '/');
-  };
   std::string dir = a;
-  while (!below(dir, b)) {
+  while (!AtOrBelow(dir, b)) {
     size_t slash = dir.rfind('/');
     dir = slash == 0 || slash == std::string::npos ? "/" : dir.substr(0, slash);
   }
@@ -579,10 +581,7 @@ std::string PrefixOf(const std::string& path, const std::vector<std::string>& pr
   std::string best;
   for (const auto& raw : prefixes) {
     std::string prefix = TrimSlash(raw);
-    bool under = prefix == "/" || path == prefix ||
-                 (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
-                  path[prefix.size()] == '/');
-    if (under && prefix.size() > best.size()) best = prefix;
+    if (AtOrBelow(prefix, path) && prefix.size() > best.size()) best = prefix;
   }
   return best;
 }
@@ -639,11 +638,7 @@ Status CheckHostPath(const std::string& field, const std::string& path,
     pos = next + 1;
   }
   for (const auto& raw : prefixes) {
-    std::string prefix = TrimSlash(raw);
-    if (prefix == "/" || p == prefix ||
-        (p.size() > prefix.size() && p.compare(0, prefix.size(), prefix) == 0 && p[prefix.size()] == '/')) {
-      return OkStatus();
-    }
+    if (AtOrBelow(TrimSlash(raw), p)) return OkStatus();
   }
   return fail("is outside the allowed node directories");
 }
