@@ -272,22 +272,27 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   EXPECT_EQ(ArgAfter(cmd, "--model-dir"), "/var/lib/fedge/models/minilm");
   EXPECT_EQ(ArgAfter(cmd, "--data-dir"), "/var/lib/fedge/data/wordnet");
   EXPECT_EQ(ArgAfter(cmd, "--state-dir"), std::string(kStateMountPath) + "/ml/wn");
-  // One local volume for the three directories (all under /var/lib/fedge): each is a
-  // subPath of it, the model and data read-only.
+  // One read-only local volume for the model and data (both under /var/lib/fedge), each
+  // a subPath of it, and one read-write volume for the state directory: a kubelet chowns
+  // a read-write local volume to the pod's fsGroup, which must never reach the model
+  // and data files.
   const Json* v = Volume(pod, "node-dirs");
   ASSERT_NE(v, nullptr);
-  EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], false) << "the state directory is written";
+  EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], true) << "model and data are never written";
+  const Json* state = Volume(pod, "node-dirs-2");
+  ASSERT_NE(state, nullptr);
+  EXPECT_EQ((*state)["persistentVolumeClaim"]["readOnly"], false) << "the state directory is written";
   struct Want {
-    std::string mount_path, sub_path;
+    std::string mount_path, volume, sub_path;
     bool read_only;
   };
-  for (const Want& w :
-       {Want{"/var/lib/fedge/models/minilm", "models/minilm", true},
-        Want{"/var/lib/fedge/data/wordnet", "data/wordnet", true}, Want{kStateMountPath, "state", false}}) {
+  for (const Want& w : {Want{"/var/lib/fedge/models/minilm", "node-dirs", "models/minilm", true},
+                        Want{"/var/lib/fedge/data/wordnet", "node-dirs", "data/wordnet", true},
+                        Want{kStateMountPath, "node-dirs-2", "", false}}) {
     const Json* m = MountAt(pod, w.mount_path);
     ASSERT_NE(m, nullptr) << w.mount_path;
-    EXPECT_EQ((*m)["name"], "node-dirs");
-    EXPECT_EQ((*m)["subPath"], w.sub_path);
+    EXPECT_EQ((*m)["name"], w.volume);
+    EXPECT_EQ(m->value("subPath", ""), w.sub_path);
     EXPECT_EQ((*m)["readOnly"], w.read_only) << w.mount_path;
   }
   EXPECT_EQ(Volume(pod, "model"), nullptr);
@@ -295,7 +300,7 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   Json pvc = Get(res::kPersistentVolumeClaims, claim);
   EXPECT_EQ(pvc["spec"]["storageClassName"], "") << "never the default StorageClass";
   Json pv = Get(res::kPersistentVolumes, pvc["spec"]["volumeName"], "");
-  EXPECT_EQ(pv["spec"]["local"]["path"], "/var/lib/fedge") << "the deepest directory holding all three";
+  EXPECT_EQ(pv["spec"]["local"]["path"], "/var/lib/fedge") << "the deepest directory holding model and data";
   EXPECT_EQ(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain") << "node files are never deleted";
   EXPECT_EQ(pv["spec"]["claimRef"]["name"], claim);
   EXPECT_EQ(pv["spec"]["claimRef"]["namespace"], "ml");
@@ -313,8 +318,8 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   EXPECT_EQ(
       pv_b["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
       "edge-b");
-  // One volume and one claim per node (was three of each: issue 14, writes per agent).
-  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 2u);
+  // Two volumes and two claims per node (was three of each: issue 14, writes per agent).
+  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 4u);
 }
 
 TEST(NodeVolumeRootsTest, OneRootPerAllowedPrefixNeverTheirCommonParent) {
@@ -325,31 +330,35 @@ TEST(NodeVolumeRootsTest, OneRootPerAllowedPrefixNeverTheirCommonParent) {
   opts.allowed_host_path_prefixes = {"/var/lib/fedge", "/data"};
   opts.node_state_dir = "/var/lib/fedge/state";
   auto roots = AgentNodeVolumeRoots(spec, opts);
-  ASSERT_EQ(roots.size(), 2u);
+  ASSERT_EQ(roots.size(), 3u);
   EXPECT_EQ(roots[0].path, "/data/models/m") << "a lone directory is its own root";
   EXPECT_TRUE(roots[0].read_only);
   EXPECT_EQ(roots[0].volume_name, "node-dirs");
   EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[0]), "");
-  EXPECT_EQ(roots[1].path, "/var/lib/fedge");
-  EXPECT_FALSE(roots[1].read_only);
+  EXPECT_EQ(roots[1].path, "/var/lib/fedge/d");
+  EXPECT_TRUE(roots[1].read_only);
   EXPECT_EQ(roots[1].volume_name, "node-dirs-2");
-  ASSERT_EQ(roots[1].dirs.size(), 2u);
-  EXPECT_EQ(NodeVolumeSubPath(roots[1], roots[1].dirs[0]), "d");
-  EXPECT_EQ(NodeVolumeSubPath(roots[1], roots[1].dirs[1]), "state");
+  ASSERT_EQ(roots[2].dirs.size(), 1u);
+  EXPECT_EQ(roots[2].path, "/var/lib/fedge/state") << "the written directory never shares a volume";
+  EXPECT_FALSE(roots[2].read_only);
+  EXPECT_EQ(NodeVolumeSubPath(roots[2], roots[2].dirs[0]), "");
   // A prefix and a deeper one: each directory goes with its longest prefix.
   opts.allowed_host_path_prefixes = {"/var/lib/fedge", "/var/lib/fedge/d"};
   spec.model.path = "/var/lib/fedge/m";
   roots = AgentNodeVolumeRoots(spec, opts);
-  ASSERT_EQ(roots.size(), 2u);
-  EXPECT_EQ(roots[0].path, "/var/lib/fedge") << "model and state";
+  ASSERT_EQ(roots.size(), 3u);
+  EXPECT_EQ(roots[0].path, "/var/lib/fedge/m");
   EXPECT_EQ(roots[1].path, "/var/lib/fedge/d");
-  // "/" allowed: one root, "/" itself when nothing deeper holds them all.
+  EXPECT_EQ(roots[2].path, "/var/lib/fedge/state");
+  // "/" allowed: one read-only root, "/" itself when nothing deeper holds model and data.
   opts.allowed_host_path_prefixes = {"/"};
   spec.model.path = "/opt/m";
   roots = AgentNodeVolumeRoots(spec, opts);
-  ASSERT_EQ(roots.size(), 1u);
+  ASSERT_EQ(roots.size(), 2u);
   EXPECT_EQ(roots[0].path, "/");
+  EXPECT_TRUE(roots[0].read_only);
   EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[0]), "opt/m");
+  EXPECT_EQ(roots[1].path, "/var/lib/fedge/state");
 }
 
 // Issue 11: the builders read the typed spec the planner parsed once, not the manifest's

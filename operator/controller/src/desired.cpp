@@ -594,12 +594,20 @@ std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const Desi
     v.path = TrimSlash(v.path);
     // Grouped by allowed prefix: a root never climbs above the prefix its directories
     // share (two prefixes never make one volume of their common parent, say "/").
+    // And by access: read-only directories (model, data) never share a volume with the
+    // written state directory, because a real kubelet applies the pod's fsGroup
+    // (recursive chown, group-writable) to a local volume mounted read-write - that
+    // would hand the node's model and data files to the agents' group.
     const std::string prefix = PrefixOf(v.path, opts.allowed_host_path_prefixes);
     size_t i = 0;
-    while (i < roots.size() && (prefix.empty() || root_prefix[i] != prefix)) ++i;
+    while (i < roots.size() &&
+           (prefix.empty() || root_prefix[i] != prefix || roots[i].read_only != v.read_only)) {
+      ++i;
+    }
     if (i == roots.size()) {
       NodeVolumeRoot r;
       r.path = v.path;
+      r.read_only = v.read_only;
       r.volume_name = i == 0 ? "node-dirs" : "node-dirs-" + std::to_string(i + 1);
       roots.push_back(std::move(r));
       root_prefix.push_back(prefix);

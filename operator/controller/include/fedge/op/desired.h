@@ -171,7 +171,9 @@ struct NodeVolumeRoot {
   std::string volume_name;
 };
 // The roots for `job` on any node (the same on every node), in the order of their first
-// directory: one per allowed prefix holding a directory (a path outside every prefix,
+// directory: one per allowed prefix and access (read-only model and data apart from the
+// written state directory, which a kubelet chowns to the pod's fsGroup) holding a
+// directory (a path outside every prefix,
 // which CheckNodePaths refuses first, gets its own).
 std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const DesiredOptions& opts);
 // `dir` relative to `root` ("" when equal): the subPath of a mount.
