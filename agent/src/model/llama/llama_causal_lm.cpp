@@ -7,9 +7,9 @@
 
 #include "fedge/agent/llm/causal_lm.h"
 #include "fedge/file_util.h"
-#include "llama/llama_data.h"
 #include "llama/generate.h"
 #include "llama/llama.h"
+#include "llama/llama_data.h"
 #include "peft/lora_targets.h"
 #include "torch_call.h"
 #include "train/local_step.h"
