@@ -39,6 +39,9 @@ constexpr int64_t kBigElements = int64_t{1} << 22;  // a 16 MiB global
 
 JobSpec Spec(int rounds, int agents) {
   JobSpec spec;
+  // The simulated agents upload exact fp32 deltas; the aggregator refuses an upload
+  // in another codec than the job's (the default is int8).
+  spec.compression.codec = "fp32";
   spec.name = "loopback";
   spec.namespace_ = "ns";
   spec.rounds.total = rounds;

@@ -191,6 +191,9 @@ class LoraAgent {
 
 JobSpec Spec(const std::string& aggregation) {
   JobSpec spec;
+  // The simulated agents upload exact fp32 deltas; the aggregator refuses an upload
+  // in another codec than the job's (the default is int8).
+  spec.compression.codec = "fp32";
   spec.name = "lora";
   spec.namespace_ = "ns";
   spec.rounds.total = 2;

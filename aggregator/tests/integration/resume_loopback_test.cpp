@@ -113,6 +113,9 @@ std::string Encode(const TensorBundle& b) {
 
 TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
   JobSpec spec;
+  // The simulated agents upload exact fp32 deltas; the aggregator refuses an upload
+  // in another codec than the job's (the default is int8).
+  spec.compression.codec = "fp32";
   spec.name = "resume";
   spec.namespace_ = "ns";
   spec.rounds.total = 1;

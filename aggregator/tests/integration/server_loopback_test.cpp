@@ -27,6 +27,9 @@ constexpr char kJob[] = "ns/loopback";
 
 JobSpec Spec(int rounds) {
   JobSpec spec;
+  // The simulated agents upload exact fp32 deltas; the aggregator refuses an upload
+  // in another codec than the job's (the default is int8).
+  spec.compression.codec = "fp32";
   spec.name = "loopback";
   spec.namespace_ = "ns";
   spec.rounds.total = rounds;
