@@ -733,7 +733,7 @@ class OperatorClusterTest(unittest.TestCase):
         manifest = job_manifest("example", labels=labels, model=MODEL, data=data,
                                 agents={"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "example"},
                                         "minAgents": 2},
-                                rounds={"total": 7, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
+                                rounds={"total": 20, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
                                         "batchSize": 16, "learningRate": 0.003, "seed": 11},
                                 runPolicy={"backoffLimit": 2})  # cleanPodPolicy Running (the default)
         # No spec.privacy: the CRD's default, mutual TLS.
@@ -769,7 +769,8 @@ class OperatorClusterTest(unittest.TestCase):
                              "example-aggregator", *[f"example-agent-{n}" for n in NODES])
         self.wait_or_explain(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
                              "round 1 to complete", "example-aggregator", *[f"example-agent-{n}" for n in NODES])
-        # Renewal while the job runs: new certificates in the Secrets (a third of the 60 s
+        # Renewal while the job runs (20 rounds: with agents long-polling for tasks, 7 rounds
+        # ended before the first renewal): new certificates in the Secrets (a third of the 60 s
         # lifetime before expiry), picked up by the running agents (they look every 10 s),
         # which carry on over mutual TLS with them.
         wait_for(lambda: all(self.agent_cert("example", n)["serialNumber"] != first_serials[n]
