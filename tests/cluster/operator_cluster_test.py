@@ -789,9 +789,9 @@ class OperatorClusterTest(unittest.TestCase):
             self.job("example")), 400, "the job to finish")
         st = done["status"]
         self.assertEqual(st["state"], "Succeeded", json.dumps(st, indent=1))
-        self.assertEqual(st["roundsCompleted"], 7)
+        self.assertEqual(st["roundsCompleted"], 20)
         self.assertGreater(st["lastRound"]["accuracy"], 0.0)
-        self.assertGreaterEqual(st["globalModel"]["version"], 7)
+        self.assertGreaterEqual(st["globalModel"]["version"], 20)
         table = self.kubectl("get", "ftj", "example").stdout
         self.assertIn("Succeeded", table)
         self.assertIn(str(round(st["lastRound"]["accuracy"], 3))[:4], table)
