@@ -17,7 +17,7 @@ namespace {
 constexpr std::time_t kNow = 1'800'000'000;
 
 KeyPair Ca() {
-  auto ca = GenerateCa("wn-ca");
+  auto ca = GenerateCa("wn-ca", kNow);
   EXPECT_TRUE(ca.ok()) << ca.status().ToString();
   return ca.ok() ? *ca : KeyPair{};
 }
@@ -76,12 +76,34 @@ TEST(PkiTest, LongAgentIdGoesInTheUriNameWithAHashedCommonName) {
   EXPECT_NE(CommonName(long_a), CommonName(long_b));
   // The CA's and the serving certificate's names follow the same rule.
   std::string long_job = "fedge job " + std::string(63, 'n') + "/" + std::string(40, 'j');
-  auto big_ca = GenerateCa(long_job);
+  auto big_ca = GenerateCa(long_job, kNow);
   ASSERT_TRUE(big_ca.ok()) << big_ca.status().ToString();
   EXPECT_EQ(ReadCert(big_ca->cert_pem)->common_name, CommonName(long_job));
-  auto serving = IssueServingCert(*big_ca, std::string(80, 's'), {"svc.ns.svc"});
+  auto serving = IssueServingCert(*big_ca, std::string(80, 's'), {"svc.ns.svc"}, kNow);
   ASSERT_TRUE(serving.ok()) << serving.status().ToString();
   EXPECT_EQ(ReadCert(serving->cert_pem)->common_name.size(), 64u);
+}
+
+TEST(PkiTest, EveryCertificateIsDatedByTheTimeItIsGiven) {
+  // The caller's Clock dates every certificate (pki.h): none reads the time itself.
+  for (std::time_t now : {kNow, kNow + 10L * 365 * 24 * 3600}) {
+    auto ca = GenerateCa("wn-ca", now);
+    ASSERT_TRUE(ca.ok()) << ca.status().ToString();
+    EXPECT_EQ(ReadCert(ca->cert_pem)->not_before, now - kCertBackdateSeconds);
+    EXPECT_EQ(ReadCert(ca->cert_pem)->not_after, now + 3650L * 24 * 3600);
+    auto serving = IssueServingCert(*ca, "wn-aggregator", {"wn-aggregator.ml.svc"}, now);
+    ASSERT_TRUE(serving.ok()) << serving.status().ToString();
+    EXPECT_EQ(ReadCert(serving->cert_pem)->not_before, now - kCertBackdateSeconds);
+    EXPECT_EQ(ReadCert(serving->cert_pem)->not_after, now + 365L * 24 * 3600);
+    auto client = IssueClientCert(*ca, "edge-a", now, 3600);
+    ASSERT_TRUE(client.ok());
+    EXPECT_EQ(ReadCert(client->cert_pem)->not_after, now + 3600);
+  }
+}
+
+TEST(PkiTest, HexSha256IsTheStandardDigest) {
+  EXPECT_EQ(HexSha256(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(HexSha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(PkiTest, AgentIdsWithAnyCharacterRoundTripThroughTheUri) {

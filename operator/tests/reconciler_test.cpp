@@ -74,16 +74,9 @@ class ReconcilerTest : public ::testing::Test {
   ClientCache cache_{&client_};
   FakeClock clock_;
   EventRecorder events_{&client_, &clock_};
-  std::time_t now_ = 1'800'000'000;
-  // The reconcilers' wall clock: reads now_, which tests move between passes.
-  class NowClock : public FakeClock {
-   public:
-    explicit NowClock(const std::time_t* t) : t_(t) {}
-    std::time_t WallNow() const override { return *t_; }
-
-   private:
-    const std::time_t* t_;
-  } wall_{&now_};
+  // The reconcilers' clock (wall: 1'800'000'000): tests advance it between passes.
+  FakeClock wall_{1'800'000'000};
+  std::time_t now() const { return wall_.WallNow(); }
   JobReconciler reconciler_{&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), &wall_}};
 };
 
@@ -537,7 +530,7 @@ TEST_F(AgentCredentialsTest, EachAgentGetsItsOwnTokenAndAClientCertificateForIts
     CertInfo info = Cert(node);
     EXPECT_EQ(info.agent_id, node);
     EXPECT_EQ(info.common_name, node);
-    EXPECT_EQ(info.not_after, now_ + 24 * 3600);
+    EXPECT_EQ(info.not_after, now() + 24 * 3600);
     // Nothing of the job's Secret but the CA certificate: no CA key, no other token.
     EXPECT_EQ(secret["data"].size(), 4u);
     EXPECT_EQ(secret.dump().find(Base64Encode(job.ca_key)), std::string::npos);
@@ -546,7 +539,7 @@ TEST_F(AgentCredentialsTest, EachAgentGetsItsOwnTokenAndAClientCertificateForIts
             AgentCredentialsFromSecret(AgentSecret("edge-b")).tls_key);
   // Requeued for the renewal: when a third of the (backdated) lifetime remains.
   ASSERT_TRUE(r.requeue_after.has_value());
-  EXPECT_EQ(r.requeue_after->count(), RenewalTime(Cert("edge-a")) - now_);
+  EXPECT_EQ(r.requeue_after->count(), RenewalTime(Cert("edge-a")) - now());
   EXPECT_EQ(r.requeue_after->count(), 24 * 3600 - (24 * 3600 + kCertBackdateSeconds) / 3);
 }
 
@@ -555,24 +548,24 @@ TEST_F(AgentCredentialsTest, CertificatesAreRenewedOnceAThirdOfTheirLifetimeRema
   Reconcile();
   CertInfo first = Cert("edge-a");
   std::string first_key = AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key;
-  now_ = RenewalTime(first) - 1;
+  wall_.Advance(std::chrono::seconds(RenewalTime(first) - 1 - now()));
   client_.ClearCalls();
   auto r = Reconcile();
   EXPECT_EQ(client_.CountCalls("patch", "secrets") + client_.CountCalls("create", "secrets"), 0)
       << "not due yet: no write";
   ASSERT_TRUE(r.requeue_after.has_value());
   EXPECT_EQ(r.requeue_after->count(), 1);
-  now_ = RenewalTime(first);
+  wall_.Advance(std::chrono::seconds(1));  // at the renewal point
   r = Reconcile();
   CertInfo second = Cert("edge-a");
   EXPECT_NE(second.serial, first.serial);
-  EXPECT_EQ(second.not_after, now_ + 24 * 3600);
+  EXPECT_EQ(second.not_after, now() + 24 * 3600);
   EXPECT_GT(second.not_after, first.not_after);
   EXPECT_NE(AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key, first_key) << "a new key each time";
   // Still the same token and CA: only the certificate rotates.
   EXPECT_EQ(AgentCredentialsFromSecret(AgentSecret("edge-a")).token, JobCredentials().tokens.at("edge-a"));
   ASSERT_TRUE(r.requeue_after.has_value());
-  EXPECT_EQ(r.requeue_after->count(), RenewalTime(second) - now_);
+  EXPECT_EQ(r.requeue_after->count(), RenewalTime(second) - now());
   // And steady again.
   client_.ClearCalls();
   Reconcile();
@@ -582,11 +575,11 @@ TEST_F(AgentCredentialsTest, CertificatesAreRenewedOnceAThirdOfTheirLifetimeRema
 TEST_F(AgentCredentialsTest, ACertificateFromAnotherCaOrForAnotherNodeIsReplaced) {
   CreateJob();
   Reconcile();
-  auto other_ca = GenerateCa("someone else");
+  auto other_ca = GenerateCa("someone else", now());
   ASSERT_TRUE(other_ca.ok());
-  auto foreign = IssueClientCert(*other_ca, "edge-a", now_, 3600);
+  auto foreign = IssueClientCert(*other_ca, "edge-a", now(), 3600);
   ASSERT_TRUE(foreign.ok());
-  auto swapped = IssueClientCert({JobCredentials().ca_crt, JobCredentials().ca_key}, "edge-b", now_, 3600);
+  auto swapped = IssueClientCert({JobCredentials().ca_crt, JobCredentials().ca_key}, "edge-b", now(), 3600);
   ASSERT_TRUE(swapped.ok());
   for (const KeyPair& bad : {*foreign, *swapped}) {
     AgentCredentials c = AgentCredentialsFromSecret(AgentSecret("edge-a"));
@@ -644,6 +637,23 @@ TEST_F(AgentCredentialsTest, WithoutTlsTheAgentSecretHoldsOnlyTheToken) {
   EXPECT_FALSE(r.requeue_after.has_value()) << "nothing to renew";
 }
 
+TEST_F(AgentCredentialsTest, TheJobsCaAndServingCertificateAreDatedByTheOperatorsClock) {
+  // Regression (issue 11 part 3, one Clock): GenerateCa and IssueServingCert read
+  // std::time themselves, so only client certificates followed the operator's Clock.
+  wall_.Advance(std::chrono::hours(24 * 400));  // far from the real time and the start
+  CreateJob();
+  Reconcile();
+  Credentials job = JobCredentials();
+  auto ca = ReadCert(job.ca_crt);
+  auto serving = ReadCert(job.tls_crt);
+  ASSERT_TRUE(ca.ok() && serving.ok());
+  EXPECT_EQ(ca->not_before, now() - kCertBackdateSeconds);
+  EXPECT_EQ(ca->not_after, now() + 3650L * 24 * 3600);
+  EXPECT_EQ(serving->not_before, now() - kCertBackdateSeconds);
+  EXPECT_EQ(serving->not_after, now() + 365L * 24 * 3600);
+  EXPECT_TRUE(SignedBy(job.tls_crt, job.ca_crt));
+}
+
 TEST_F(AgentCredentialsTest, LifetimeComesFromTheOperatorsOption) {
   ReconcilerOptions o{DefaultImages(), &wall_};
   o.agent_cert_lifetime_seconds = 90;
@@ -651,10 +661,10 @@ TEST_F(AgentCredentialsTest, LifetimeComesFromTheOperatorsOption) {
   CreateJob();
   auto r = short_lived.Reconcile("ml/wn");
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(Cert("edge-a").not_after, now_ + 90);
+  EXPECT_EQ(Cert("edge-a").not_after, now() + 90);
   ASSERT_TRUE(r->requeue_after.has_value());
   // Backdated by a tenth of it (9 s), not the full 300 s: renewal still comes after issuance.
-  EXPECT_EQ(Cert("edge-a").not_before, now_ - 9);
+  EXPECT_EQ(Cert("edge-a").not_before, now() - 9);
   EXPECT_EQ(r->requeue_after->count(), 90 - (90 + 9) / 3);
 }
 
@@ -684,7 +694,7 @@ TEST_F(ReconcilerTest, ActiveDeadlineFailsTheJobAndRequeuesUntilThen) {
   auto r = Reconcile();
   ASSERT_TRUE(r.requeue_after.has_value());
   EXPECT_LE(r.requeue_after->count(), 100);
-  now_ += 101;
+  wall_.Advance(std::chrono::seconds(101));
   Reconcile();
   Json got = GetJob();
   EXPECT_EQ(got["status"]["state"], "Failed");
@@ -701,7 +711,7 @@ TEST_F(ReconcilerTest, TtlAfterFinishedDeletesTheJob) {
   auto r = Reconcile();
   ASSERT_TRUE(r.requeue_after.has_value());
   EXPECT_EQ(r.requeue_after->count(), 30);
-  now_ += 30;
+  wall_.Advance(std::chrono::seconds(30));
   Reconcile();  // deletion requested: the finalizer holds it
   Reconcile();  // finalizer removed
   EXPECT_TRUE(IsNotFound(client_.Get(res::kJobs, "ml", "wn").status()));

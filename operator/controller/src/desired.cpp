@@ -1,11 +1,11 @@
 #include "fedge/op/desired.h"
 
 #include <openssl/evp.h>
-#include <openssl/sha.h>
 
 #include <algorithm>
 
 #include "fedge/job_spec.h"
+#include "fedge/op/pki.h"
 #include "fedge/version.h"
 
 namespace fedge::op {
@@ -41,17 +41,7 @@ Json Sub(const Json& j, const char* key) {
   return (it == j.end() || !it->is_object()) ? Json::object() : *it;
 }
 
-std::string ShortHash(const std::string& s) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 4; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
-}
+std::string ShortHash(const std::string& s) { return HexSha256(s).substr(0, 8); }
 
 // Secret keys and pod names allow [-._a-z0-9]; node names already fit.
 std::string Sanitize(std::string s) {

@@ -152,9 +152,7 @@ std::string PercentDecode(const std::string& s) {
 
 std::string CommonName(const std::string& name) {
   if (name.size() <= kMaxCommonNameLength) return name;
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(name.data()), name.size(), md);
-  return name.substr(0, kMaxCommonNameLength - 17) + "~" + Hex(md, 8);
+  return name.substr(0, kMaxCommonNameLength - 17) + "~" + HexSha256(name).substr(0, 16);
 }
 
 std::string AgentUri(const std::string& agent_id) {
@@ -172,11 +170,11 @@ std::string AgentUri(const std::string& agent_id) {
   return out;
 }
 
-StatusOr<KeyPair> GenerateCa(const std::string& common_name) {
+StatusOr<KeyPair> GenerateCa(const std::string& common_name, std::time_t now) {
   PKey key = NewEcKey();
   if (!key) return InternalError("EC key generation failed");
-  FEDGE_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), CommonName(common_name), std::time(nullptr),
-                                            -kCertBackdateSeconds, 3650L * 24 * 3600));
+  FEDGE_ASSIGN_OR_RETURN(
+      Cert cert, NewCert(key.get(), CommonName(common_name), now, -kCertBackdateSeconds, 3650L * 24 * 3600));
   X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
   if (!AddExt(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE") ||
       !AddExt(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign") ||
@@ -187,12 +185,12 @@ StatusOr<KeyPair> GenerateCa(const std::string& common_name) {
 }
 
 StatusOr<KeyPair> IssueServingCert(const KeyPair& ca, const std::string& common_name,
-                                   const std::vector<std::string>& dns_names) {
+                                   const std::vector<std::string>& dns_names, std::time_t now) {
   FEDGE_ASSIGN_OR_RETURN(Ca signer, LoadCa(ca));
   PKey key = NewEcKey();
   if (!key) return InternalError("EC key generation failed");
-  FEDGE_ASSIGN_OR_RETURN(Cert cert, NewCert(key.get(), CommonName(common_name), std::time(nullptr),
-                                            -kCertBackdateSeconds, 365L * 24 * 3600));
+  FEDGE_ASSIGN_OR_RETURN(
+      Cert cert, NewCert(key.get(), CommonName(common_name), now, -kCertBackdateSeconds, 365L * 24 * 3600));
   X509_set_issuer_name(cert.get(), X509_get_subject_name(signer.cert.get()));
   std::string san;
   for (const auto& d : dns_names) san += (san.empty() ? "" : ",") + std::string("DNS:") + d;
@@ -288,13 +286,13 @@ std::time_t RenewalTime(const CertInfo& cert) {
 StatusOr<std::string> RandomToken() {
   unsigned char buf[32];
   if (RAND_bytes(buf, sizeof(buf)) != 1) return InternalError("RAND_bytes failed");
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char b : buf) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 15]);
-  }
-  return out;
+  return Hex(buf, sizeof(buf));
+}
+
+std::string HexSha256(std::string_view bytes) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), md);
+  return Hex(md, sizeof(md));
 }
 
 }  // namespace fedge::op

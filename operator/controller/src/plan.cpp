@@ -2,8 +2,6 @@
 // observed (plan.h). The writes it decides are executed by JobReconciler::Apply.
 #include "fedge/op/plan.h"
 
-#include <openssl/sha.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <set>
@@ -17,17 +15,7 @@ namespace {
 
 constexpr const char* kHashAnnotation = "fedge.io/applied-hash";
 
-std::string Sha(const std::string& s) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 12; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
-}
+std::string Sha(const std::string& s) { return HexSha256(s).substr(0, 24); }
 
 // First non-zero exit code of a terminated container, or 0.
 int PodExitCode(const Json& pod) {
@@ -666,15 +654,7 @@ std::string AgentCredentialsDigest(const std::string& node, const AgentCredentia
                                    const std::string& renew_at) {
   std::string all =
       node + "\n" + c.token + "\n" + c.ca_crt + "\n" + c.tls_crt + "\n" + c.tls_key + "\n" + renew_at;
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(all.data()), all.size(), md);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char b : md) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 15]);
-  }
-  return out;
+  return HexSha256(all);
 }
 
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options) {

@@ -78,7 +78,7 @@ void EventRecorder::Record(const Json& obj, const std::string& type, const std::
   std::string ns = meta.value("namespace", "default");
   std::string now = clock_->NowRfc3339();
   char suffix[32];
-  std::snprintf(suffix, sizeof(suffix), "%llx%04llx", static_cast<unsigned long long>(std::time(nullptr)),
+  std::snprintf(suffix, sizeof(suffix), "%llx%04llx", static_cast<unsigned long long>(clock_->WallNow()),
                 static_cast<unsigned long long>(seq_++ & 0xffff));
   Json ev = {{"apiVersion", "v1"},
              {"kind", "Event"},
@@ -353,12 +353,13 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
     return OkStatus();  // the cache was behind
   }
   if (!exists) {
-    FEDGE_ASSIGN_OR_RETURN(KeyPair ca, GenerateCa("fedge job " + run.ns + "/" + run.name));
+    FEDGE_ASSIGN_OR_RETURN(KeyPair ca, GenerateCa("fedge job " + run.ns + "/" + run.name, run.now));
     std::string svc = AggregatorName(job);
     FEDGE_ASSIGN_OR_RETURN(KeyPair tls,
                            IssueServingCert(ca, svc,
                                             {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc",
-                                             svc + "." + run.ns + ".svc.cluster.local"}));
+                                             svc + "." + run.ns + ".svc.cluster.local"},
+                                            run.now));
     creds.ca_crt = ca.cert_pem;
     creds.ca_key = ca.key_pem;
     creds.tls_crt = tls.cert_pem;

@@ -15,6 +15,7 @@
 #include "fedge.grpc.pb.h"
 #include "fedge/aggregator/peer_identity.h"
 #include "fedge/aggregator/server.h"
+#include "fedge/op/clock.h"
 #include "fedge/op/pki.h"
 
 namespace fedge::op {
@@ -23,6 +24,9 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr char kServiceName[] = "wn-aggregator.ml.svc";
+
+// Certificates here meet OpenSSL's real-time checks in a real handshake: the real clock.
+std::time_t WallNow() { return RealClock::Get()->WallNow(); }
 
 JobSpec Spec() {
   JobSpec spec;
@@ -87,16 +91,17 @@ grpc::Status Join(int port, const Client& c, const std::string& agent, const std
 class TlsWireTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto ca = GenerateCa("wn-ca");
+    auto ca = GenerateCa("wn-ca", WallNow());
     ASSERT_TRUE(ca.ok());
     ca_ = *ca;
     // Exactly the names the reconciler issues the serving certificate for.
     auto tls = IssueServingCert(
         ca_, "wn-aggregator",
-        {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc", "wn-aggregator.ml.svc.cluster.local"});
+        {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc", "wn-aggregator.ml.svc.cluster.local"},
+        WallNow());
     ASSERT_TRUE(tls.ok());
     serving_ = *tls;
-    auto other = GenerateCa("another-job-ca");
+    auto other = GenerateCa("another-job-ca", WallNow());
     ASSERT_TRUE(other.ok());
     other_ca_ = *other;
   }
@@ -165,7 +170,7 @@ TEST_F(TlsWireTest, MutualTlsRequiresAClientCertificateFromTheClientCa) {
   ASSERT_NE(server, nullptr);
   const int port = server->grpc_port();
   EXPECT_FALSE(Join(port, {ca_.cert_pem}, "edge-a").ok());  // no client certificate
-  auto foreign = IssueServingCert(other_ca_, "edge-b", {"edge-b"});
+  auto foreign = IssueServingCert(other_ca_, "edge-b", {"edge-b"}, WallNow());
   ASSERT_TRUE(foreign.ok());
   EXPECT_FALSE(Join(port, {ca_.cert_pem, kServiceName, foreign->cert_pem, foreign->key_pem}, "edge-b").ok());
   EXPECT_EQ(server->engine().GetStatus().agents_joined, 0);
@@ -228,7 +233,7 @@ class MutualTlsTest : public TlsWireTest {
   }
   // An agent's client configuration with its own certificate from the job CA.
   Client AgentClient(const std::string& agent_id, std::time_t lifetime = 24 * 3600) {
-    auto cert = IssueClientCert(ca_, agent_id, std::time(nullptr), lifetime);
+    auto cert = IssueClientCert(ca_, agent_id, WallNow(), lifetime);
     EXPECT_TRUE(cert.ok()) << cert.status().ToString();
     return {ca_.cert_pem, kServiceName, cert.ok() ? cert->cert_pem : "", cert.ok() ? cert->key_pem : ""};
   }
@@ -237,7 +242,7 @@ class MutualTlsTest : public TlsWireTest {
 TEST_F(MutualTlsTest, TheOperatorsCertificateIdentifiesTheAgentToTheAggregator) {
   // The contract between pki.h (writer) and peer_identity.h (reader).
   for (const std::string& id : std::vector<std::string>{"edge-a", std::string(253, 'n'), "a b,c/%"}) {
-    auto cert = IssueClientCert(ca_, id, std::time(nullptr), 3600);
+    auto cert = IssueClientCert(ca_, id, WallNow(), 3600);
     ASSERT_TRUE(cert.ok());
     auto got = aggregator::AgentIdFromCertificate(cert->cert_pem);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
@@ -245,7 +250,7 @@ TEST_F(MutualTlsTest, TheOperatorsCertificateIdentifiesTheAgentToTheAggregator) 
   }
   EXPECT_EQ(std::string(aggregator::kAgentUriPrefix), kAgentUriPrefix);
   // A certificate made elsewhere, without the URI name: its common name.
-  auto plain = IssueServingCert(ca_, "edge-x", {"edge-x"});
+  auto plain = IssueServingCert(ca_, "edge-x", {"edge-x"}, WallNow());
   ASSERT_TRUE(plain.ok());
   EXPECT_EQ(*aggregator::AgentIdFromCertificate(plain->cert_pem), "edge-x");
   EXPECT_FALSE(aggregator::AgentIdFromCertificate("not a certificate").ok());
@@ -388,7 +393,7 @@ TEST_F(MutualTlsTest, ExpiredCertificateFailsTheHandshake) {
   auto server = Start(Mtls());
   ASSERT_NE(server, nullptr);
   // Issued two hours ago for one hour: what a leftover certificate becomes.
-  auto old = IssueClientCert(ca_, "edge-a", std::time(nullptr) - 2 * 3600, 3600);
+  auto old = IssueClientCert(ca_, "edge-a", WallNow() - 2 * 3600, 3600);
   ASSERT_TRUE(old.ok());
   grpc::Status s =
       Join(server->grpc_port(), {ca_.cert_pem, kServiceName, old->cert_pem, old->key_pem}, "edge-a");

@@ -12,6 +12,7 @@
 
 #include <ctime>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fedge/status.h"
@@ -35,11 +36,18 @@ inline constexpr std::time_t kCertBackdateSeconds = 300;
 // subject) but shortened; what identifies the holder is in the subject alternative
 // names.
 
-// A self-signed CA (EC P-256, 10 years) with the given common name.
-StatusOr<KeyPair> GenerateCa(const std::string& common_name);
-// A serving certificate (EC P-256, 1 year) for `dns_names` signed by `ca`.
+// Every issuing function takes `now` (wall-clock seconds since the epoch) from the
+// caller's Clock (clock.h: Clock::WallNow), never reads the time itself, so lifetimes
+// and renewal are tested with a FakeClock.
+
+// A self-signed CA (EC P-256), valid from now - kCertBackdateSeconds to now + 10 years,
+// with the given common name.
+StatusOr<KeyPair> GenerateCa(const std::string& common_name, std::time_t now);
+// A serving certificate (EC P-256) for `dns_names` signed by `ca`, valid from
+// now - kCertBackdateSeconds to now + 1 year.
+// INVALID_ARGUMENT for an unreadable CA.
 StatusOr<KeyPair> IssueServingCert(const KeyPair& ca, const std::string& common_name,
-                                   const std::vector<std::string>& dns_names);
+                                   const std::vector<std::string>& dns_names, std::time_t now);
 
 // A client certificate (EC P-256, extendedKeyUsage clientAuth) for `agent_id`, valid
 // from now - min(kCertBackdateSeconds, lifetime_seconds / 10) to now + lifetime_seconds,
@@ -74,5 +82,9 @@ std::time_t RenewalTime(const CertInfo& cert);
 
 // 32 random bytes, hex-encoded (RAND_bytes).
 StatusOr<std::string> RandomToken();
+
+// Lowercase hex SHA-256 of `bytes` (64 digits): the operator's one digest (content hashes
+// in annotations, short name suffixes: callers take a prefix).
+std::string HexSha256(std::string_view bytes);
 
 }  // namespace fedge::op
