@@ -13,9 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "fedge/cli/http_get.h"
 #include "fedge/cli/io.h"
-#include "fedge/http_server.h"
 
 namespace fedge::cli {
 namespace {
@@ -360,25 +358,6 @@ TEST(RunSummaryTest, WritesPerAgentBytesAndBaselines) {
   EXPECT_DOUBLE_EQ(j["chance"].get<double>(), 0.04);
   EXPECT_EQ(j["centralized"], false);
   EXPECT_DOUBLE_EQ(j["wall_seconds"].get<double>(), 99.5);
-}
-
-TEST(HttpGetTest, FetchesFromFedgeHttpServer) {
-  HttpServer server("127.0.0.1:0");
-  server.Handle("GET", "/v1/status", [](const HttpRequest&) { return HttpResponse::Json(200, kStatus); });
-  ASSERT_TRUE(server.Start().ok());
-  auto r = HttpGet("127.0.0.1", server.port(), "/v1/status", 5s);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(r->status, 200);
-  EXPECT_EQ(r->body, kStatus);
-  auto missing = HttpGet("127.0.0.1", server.port(), "/nope", 5s);
-  ASSERT_TRUE(missing.ok());
-  EXPECT_EQ(missing->status, 404);
-  server.Stop();
-  auto port = PickFreePort();
-  ASSERT_TRUE(port.ok());
-  auto refused = HttpGet("127.0.0.1", *port, "/v1/status", 2s);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
 }
 
 TEST(QuickstartManifestTest, ParsesWithTheWordnetLabels) {
