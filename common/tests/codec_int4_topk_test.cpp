@@ -11,90 +11,30 @@
 #include <string>
 #include <vector>
 
+#include "bundle_test_util.h"
 #include "fedge/tensor_bundle.h"
 
 namespace fedge {
 namespace {
 
-constexpr size_t kHeader = 36;
-constexpr size_t kTrailer = 32;
-
-template <typename T>
-void Put(std::string* s, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i)
-    s->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
-}
-void PutF32(std::string* s, float f) { Put<uint32_t>(s, std::bit_cast<uint32_t>(f)); }
-void PutVarint(std::string* s, uint64_t v) {
-  while (v >= 0x80) {
-    s->push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  s->push_back(static_cast<char>(v));
-}
-
-std::string Unhex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i < hex.size(); i += 2)
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  return out;
-}
-
-void Reseal(std::string* enc) {
-  const std::string digest = Unhex(Sha256Hex(std::string_view(*enc).substr(0, enc->size() - kTrailer)));
-  enc->replace(enc->size() - kTrailer, kTrailer, digest);
-}
-
-// A sealed, uncompressed version-2 encoding.
-std::string AssembleV2(uint8_t codec, uint8_t flags, uint32_t block_size, uint32_t count,
-                       const std::string& body) {
-  std::string out = "FEDGEBN1";
-  Put<uint16_t>(&out, 2);
-  out.push_back(static_cast<char>(codec));
-  out.push_back(static_cast<char>(flags));
-  Put<uint32_t>(&out, block_size);
-  Put<uint32_t>(&out, count);
-  Put<uint64_t>(&out, body.size());
-  Put<uint64_t>(&out, body.size());
-  out += body;
-  out += std::string(kTrailer, '\0');
-  Reseal(&out);
-  return out;
-}
+using bundle_test::AssembleV2;
+using bundle_test::Decode;
+using bundle_test::Entry;
+using bundle_test::ExpectRejected;
+using bundle_test::kHeader;
+using bundle_test::kTrailer;
+using bundle_test::PutF32;
+using bundle_test::PutVarint;
 
 constexpr uint8_t kSparse = 0x02;
 
-// A table entry of a dense tensor, or of a sparse one when kept/index_bytes are given.
-std::string Entry(const std::string& name, const std::vector<uint64_t>& dims) {
-  std::string s;
-  Put<uint16_t>(&s, name.size());
-  s += name;
-  s.push_back(0);
-  s.push_back(static_cast<char>(dims.size()));
-  for (uint64_t d : dims) Put<uint64_t>(&s, d);
-  return s;
-}
+// A table entry of a sparse tensor: Entry, then its kept count and index section size.
 std::string SparseEntry(const std::string& name, const std::vector<uint64_t>& dims, uint64_t kept,
                         uint64_t index_bytes) {
   std::string s = Entry(name, dims);
   PutVarint(&s, kept);
   PutVarint(&s, index_bytes);
   return s;
-}
-
-void ExpectRejected(const std::string& enc, const std::string& reason, const DecodeLimits& limits = {}) {
-  auto d = DecodeBundle(enc, limits);
-  ASSERT_FALSE(d.ok()) << "accepted input that should fail with: " << reason;
-  EXPECT_TRUE(d.status().code() == StatusCode::kDataLoss || d.status().code() == StatusCode::kInvalidArgument)
-      << d.status().ToString();
-  EXPECT_NE(d.status().message().find(reason), std::string::npos)
-      << "message \"" << d.status().message() << "\" lacks \"" << reason << "\"";
-}
-
-TensorBundle Decode(const std::string& enc) {
-  auto d = DecodeBundle(enc);
-  EXPECT_TRUE(d.ok()) << d.status().ToString();
-  return d.ok() ? *d : TensorBundle{};
 }
 
 std::string Encode(const TensorBundle& b, const EncodeOptions& o) {

@@ -8,12 +8,14 @@
 #include <random>
 #include <string>
 
+#include "bundle_test_util.h"
 #include "fedge/tensor_bundle.h"
 
 namespace fedge {
 namespace {
 
-constexpr size_t kHeader = 36;
+using bundle_test::kHeader;
+using bundle_test::Reseal;
 
 TensorBundle OneTensor(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -37,14 +39,6 @@ std::vector<float> Reference(const std::vector<float>& values, uint32_t block) {
     }
   }
   return out;
-}
-
-// Replaces the trailer with the SHA-256 of everything before it.
-void Reseal(std::string* bytes) {
-  const std::string hex = Sha256Hex(std::string_view(*bytes).substr(0, bytes->size() - 32));
-  for (size_t i = 0; i < 32; ++i) {
-    (*bytes)[bytes->size() - 32 + i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
-  }
 }
 
 // Offsets in an uncompressed one-tensor bundle named "t" of rank 1: the

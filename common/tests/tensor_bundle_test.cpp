@@ -11,68 +11,22 @@
 #include <string>
 #include <vector>
 
+#include "bundle_test_util.h"
+
 namespace fedge {
 namespace {
 
-// Wire layout constants from docs/formats.md; the tests build hostile inputs by hand.
-constexpr size_t kHeader = 36;
-constexpr size_t kTrailer = 32;
-
-template <typename T>
-void Put(std::string* s, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i)
-    s->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF));
-}
-template <typename T>
-void Set(std::string* s, size_t off, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i)
-    (*s)[off + i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xFF);
-}
-void PutF32(std::string* s, float f) { Put<uint32_t>(s, std::bit_cast<uint32_t>(f)); }
-
-std::string Unhex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i < hex.size(); i += 2)
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  return out;
-}
-
-// Recomputes the SHA-256 trailer so a test reaches the checks behind the checksum.
-void Reseal(std::string* enc) {
-  const std::string digest = Unhex(Sha256Hex(std::string_view(*enc).substr(0, enc->size() - kTrailer)));
-  enc->replace(enc->size() - kTrailer, kTrailer, digest);
-}
-
-// Builds a sealed encoding from a header description and an uncompressed/stored body.
-std::string Assemble(uint8_t codec, uint8_t flags, uint32_t block_size, uint32_t count,
-                     const std::string& stored, uint64_t body_size) {
-  std::string out = "FEDGEBN1";
-  Put<uint16_t>(&out, 1);
-  out.push_back(static_cast<char>(codec));
-  out.push_back(static_cast<char>(flags));
-  Put<uint32_t>(&out, block_size);
-  Put<uint32_t>(&out, count);
-  Put<uint64_t>(&out, body_size);
-  Put<uint64_t>(&out, stored.size());
-  out += stored;
-  out += std::string(kTrailer, '\0');
-  Reseal(&out);
-  return out;
-}
-std::string AssemblePlain(uint8_t codec, uint32_t block_size, uint32_t count, const std::string& body) {
-  return Assemble(codec, 0, block_size, count, body, body.size());
-}
-
-// One table entry: name, dtype float32, rank, dims.
-std::string Entry(const std::string& name, const std::vector<uint64_t>& dims) {
-  std::string s;
-  Put<uint16_t>(&s, name.size());
-  s += name;
-  s.push_back(0);
-  s.push_back(static_cast<char>(dims.size()));
-  for (uint64_t d : dims) Put<uint64_t>(&s, d);
-  return s;
-}
+using bundle_test::Assemble;
+using bundle_test::AssemblePlain;
+using bundle_test::Decode;
+using bundle_test::Entry;
+using bundle_test::ExpectRejected;
+using bundle_test::kHeader;
+using bundle_test::kTrailer;
+using bundle_test::Put;
+using bundle_test::PutF32;
+using bundle_test::Reseal;
+using bundle_test::Set;
 
 TensorBundle RandomBundle(uint32_t seed, float stddev = 0.02f) {
   std::mt19937 rng(seed);
@@ -93,21 +47,6 @@ TensorBundle RandomBundle(uint32_t seed, float stddev = 0.02f) {
     b.tensors.push_back(std::move(t));
   }
   return b;
-}
-
-TensorBundle Decode(const std::string& enc) {
-  auto d = DecodeBundle(enc);
-  EXPECT_TRUE(d.ok()) << d.status().ToString();
-  return d.ok() ? *d : TensorBundle{};
-}
-
-void ExpectRejected(const std::string& enc, const std::string& reason, const DecodeLimits& limits = {}) {
-  auto d = DecodeBundle(enc, limits);
-  ASSERT_FALSE(d.ok()) << "accepted input that should fail with: " << reason;
-  EXPECT_TRUE(d.status().code() == StatusCode::kDataLoss || d.status().code() == StatusCode::kInvalidArgument)
-      << d.status().ToString();
-  EXPECT_NE(d.status().message().find(reason), std::string::npos)
-      << "message \"" << d.status().message() << "\" lacks \"" << reason << "\"";
 }
 
 std::string EncodeOk(const TensorBundle& b, Codec codec, bool zstd, int block_size = 64) {
