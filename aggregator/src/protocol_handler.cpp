@@ -130,7 +130,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
   // upload an update the round would take. (Declaring none is allowed; every
   // upload is still checked against the job's codec.)
   const auto& codecs = request.capabilities().codecs();
-  const std::string& job_codec = engine_->options().train.compression.codec;
+  const std::string& job_codec = engine_->options().train.spec->compression.codec;
   if (!codecs.empty() && std::find(codecs.begin(), codecs.end(), job_codec) == codecs.end()) {
     std::string offered;
     for (const std::string& c : codecs) offered += (offered.empty() ? "" : ", ") + c;
@@ -179,16 +179,11 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
   response->set_message(task.message);
   if (task.kind == TaskKind::kTrain || task.kind == TaskKind::kInitialize ||
       task.kind == TaskKind::kEvaluate) {
+    if (!task.config.spec) return InternalError("the engine handed out a task without the job spec");
     v1::TrainingConfig* c = response->mutable_config();
-    c->set_local_steps(task.config.local_steps);
-    c->set_batch_size(task.config.batch_size);
-    c->set_learning_rate(task.config.learning_rate);
-    c->set_weight_decay(task.config.weight_decay);
-    c->set_seed(task.config.seed);
-    c->set_max_seq_len(task.config.max_seq_len);
-    c->set_max_grad_norm(task.config.max_grad_norm);
-    c->set_proximal_mu(task.config.proximal_mu);
-    FEDGE_RETURN_IF_ERROR(CompressionToWire(task.config.compression, c));
+    // The spec's fields through the field table; then the round's own values.
+    FEDGE_RETURN_IF_ERROR(TrainingToWire(*task.config.spec, c));
+    if (task.config.learning_rate > 0) c->set_learning_rate(task.config.learning_rate);
     if (task.config.secure_aggregation) {
       c->mutable_secure_aggregation()->set_enabled(true);
       c->mutable_secure_aggregation()->set_clip_norm(task.config.secagg_clip_norm);
@@ -376,7 +371,7 @@ bool ProtocolHandler::AppendChunk(const v1::UpdateHeader& header, const std::str
       return false;
     }
     if (header.is_delta() && header.round() > 0) {
-      if (Status st = CheckBundleMatches(engine_->options().train.compression, *bh); !st.ok()) {
+      if (Status st = CheckBundleMatches(engine_->options().train.spec->compression, *bh); !st.ok()) {
         *rejection = Reject(header, "codec", st.message());
         buffer->resize(before);
         return false;

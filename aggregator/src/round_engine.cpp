@@ -50,16 +50,7 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.fraction = spec.rounds.fraction;
   o.round_timeout_ms = static_cast<int64_t>(spec.rounds.timeoutSeconds) * 1000;
   o.seed = spec.rounds.seed;
-  o.train.local_steps = spec.rounds.localSteps;
-  o.train.batch_size = spec.rounds.batchSize;
-  o.train.learning_rate = static_cast<float>(spec.rounds.learningRate);
-  o.learning_rate_schedule = spec.rounds.learningRateSchedule;
-  o.train.weight_decay = static_cast<float>(spec.rounds.weightDecay);
-  o.train.seed = spec.rounds.seed;
-  o.train.compression = spec.compression;
-  o.train.max_seq_len = spec.model.maxSeqLen;
-  o.train.max_grad_norm = static_cast<float>(spec.rounds.maxGradNorm);
-  o.train.proximal_mu = static_cast<float>(spec.strategy.proximalMu);
+  o.train.spec = std::make_shared<const JobSpec>(spec);
   o.strategy = spec.strategy;
   o.max_weight = static_cast<int64_t>(spec.rounds.localSteps) * spec.rounds.batchSize;
   if (spec.strategy.clipNorm == 0 && spec.strategy.maxUpdateNorm == 0) o.auto_clip_margin = kAutoClipMargin;
@@ -117,15 +108,19 @@ double FastL2Norm(const TensorBundle& bundle) {
 }
 
 double AutoClipNorm(const EngineOptions& options, int64_t elements) {
-  if (!(options.auto_clip_margin > 0) || elements <= 0) return 0;
-  return options.auto_clip_margin * static_cast<double>(options.train.learning_rate) *
-         static_cast<double>(std::max(1, options.train.local_steps)) *
-         std::sqrt(static_cast<double>(elements));
+  if (!(options.auto_clip_margin > 0) || elements <= 0 || !options.train.spec) return 0;
+  const RoundsSpec& rounds = options.train.spec->rounds;
+  return options.auto_clip_margin * rounds.learningRate *
+         static_cast<double>(std::max(1, rounds.localSteps)) * std::sqrt(static_cast<double>(elements));
 }
 
 StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options, Clock* clock,
                                                            CheckpointStore* checkpoints,
                                                            AggregatorMetrics* metrics) {
+  if (!options.train.spec) {
+    return InvalidArgumentError(
+        "no job spec in the engine options (train.spec); build them with EngineOptionsFromSpec");
+  }
   if (options.total_rounds < 1) return InvalidArgumentError("total rounds must be >= 1");
   if (options.expected_agents < 1) return InvalidArgumentError("expected agents must be >= 1");
   if (options.quorum < 0) return InvalidArgumentError("quorum must be >= 0");
@@ -382,8 +377,9 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   t.global_version = global_->version;
   t.global_checksum = global_->checksum;
   t.config = options_.train;
-  t.config.learning_rate = static_cast<float>(ScheduledLearningRate(
-      options_.train.learning_rate, options_.learning_rate_schedule, round_, options_.total_rounds));
+  const RoundsSpec& rounds = options_.train.spec->rounds;
+  t.config.learning_rate = static_cast<float>(
+      ScheduledLearningRate(rounds.learningRate, rounds.learningRateSchedule, round_, options_.total_rounds));
   t.config.scaffold_control = strategy_->ServerControl();
   if (options_.secagg.enabled) {
     t.config.secure_aggregation = true;
@@ -1116,10 +1112,11 @@ void RoundEngine::StartTrainLocked(int64_t now) {
   train_.invited.insert(live.begin(), live.begin() + static_cast<std::ptrdiff_t>(invite));
   train_.deadline_ms = now + options_.round_timeout_ms;
   // SCAFFOLD needs N and the K x eta of the task (as the float the agents receive).
-  strategy_->SetRoundContext(RoundContext{
-      static_cast<int64_t>(agents_.size()), options_.train.local_steps,
-      static_cast<double>(static_cast<float>(ScheduledLearningRate(
-          options_.train.learning_rate, options_.learning_rate_schedule, round_, options_.total_rounds)))});
+  const RoundsSpec& rounds = options_.train.spec->rounds;
+  strategy_->SetRoundContext(
+      RoundContext{static_cast<int64_t>(agents_.size()), rounds.localSteps,
+                   static_cast<double>(static_cast<float>(ScheduledLearningRate(
+                       rounds.learningRate, rounds.learningRateSchedule, round_, options_.total_rounds)))});
   strategy_->Begin(global_->bundle);
   current_ = RoundRecord{};
   current_.round = round_;

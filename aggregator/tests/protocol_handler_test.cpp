@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "fedge/job_spec_fields.h"
 #include "test_util.h"
 
 namespace fedge::aggregator {
@@ -241,6 +242,41 @@ TEST_F(ProtocolHandlerTest, DeltaInAnotherCodecThanTheJobsIsRefused) {
   ASSERT_TRUE(int8.ok());
   r = Submit(UpdateHeaderFor("a", *int8, 1, 1, true), *int8);
   EXPECT_TRUE(r.accepted()) << r.reason();
+}
+
+// Issue 11: the training fields went to the wire by hand (TrainConfig mirrored
+// v1.TrainingConfig). Now GetTask sends the spec through the field table, and the
+// agent's TrainingFromWire gets back what the job says, zeros included (maxGradNorm
+// 0 = no clipping, weightDecay 0), not its own defaults.
+TEST_F(ProtocolHandlerTest, TrainTaskCarriesTheJobsTrainingFields) {
+  Make(ProtocolOptions{}, [](JobSpec& spec) {
+    spec.rounds.localSteps = 3;
+    spec.rounds.batchSize = 5;
+    spec.rounds.learningRate = 0.5;
+    spec.rounds.weightDecay = 0;
+    spec.rounds.maxGradNorm = 0;
+    spec.rounds.seed = 77;
+    spec.model.maxSeqLen = 48;
+    spec.strategy.name = "fedprox";
+    spec.strategy.proximalMu = 0.25;
+    spec.compression.zstdLevel = 9;
+  });
+  JoinAndInitialize();
+  v1::Task task = GetTask("a");
+  ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+  auto got = TrainingFromWire(task.config());
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->rounds.localSteps, 3);
+  EXPECT_EQ(got->rounds.batchSize, 5);
+  EXPECT_EQ(got->rounds.learningRate, 0.5);
+  EXPECT_EQ(got->rounds.weightDecay, 0);
+  EXPECT_EQ(got->rounds.maxGradNorm, 0);
+  EXPECT_EQ(got->rounds.seed, 77u);
+  EXPECT_EQ(got->model.maxSeqLen, 48);
+  EXPECT_EQ(got->strategy.proximalMu, 0.25);
+  EXPECT_EQ(got->compression.codec, "fp32");
+  EXPECT_FALSE(got->compression.zstd);
+  EXPECT_EQ(got->compression.zstdLevel, 9);
 }
 
 TEST_F(ProtocolHandlerTest, JoinRefusesAnAgentThatDoesNotOfferTheJobsCodec) {

@@ -125,13 +125,14 @@ TEST_F(RoundEngineTest, WaitsForExpectedAgentsThenOneAgentInitializes) {
   EXPECT_EQ(t.global_version, 1);
   EXPECT_EQ(t.global_checksum, s.global_checksum);
   EXPECT_EQ(t.deadline_unix_ms, clock_.NowUnixMs() + kTimeoutMs);
-  EXPECT_EQ(t.config.local_steps, 7);
-  EXPECT_EQ(t.config.batch_size, 5);
+  ASSERT_NE(t.config.spec, nullptr);
+  EXPECT_EQ(t.config.spec->rounds.localSteps, 7);
+  EXPECT_EQ(t.config.spec->rounds.batchSize, 5);
   EXPECT_FLOAT_EQ(t.config.learning_rate, 0.25f);
-  EXPECT_EQ(t.config.compression.codec, "int8");
-  EXPECT_EQ(t.config.compression.blockSize, 32);
-  EXPECT_FLOAT_EQ(t.config.proximal_mu, 0.5f);
-  EXPECT_EQ(t.config.max_seq_len, 48);
+  EXPECT_EQ(t.config.spec->compression.codec, "int8");
+  EXPECT_EQ(t.config.spec->compression.blockSize, 32);
+  EXPECT_DOUBLE_EQ(t.config.spec->strategy.proximalMu, 0.5);
+  EXPECT_EQ(t.config.spec->model.maxSeqLen, 48);
 }
 
 TEST_F(RoundEngineTest, InitializerThatMissesItsDeadlineIsReplaced) {

@@ -7,6 +7,7 @@
 #include <google/protobuf/message.h>
 
 #include <algorithm>
+#include <map>
 
 namespace fedge {
 namespace {
@@ -44,7 +45,8 @@ std::vector<JobSpecField> MakeTable() {
        .kind = K::kInt,
        .ref = FEDGE_FIELD(model.maxSeqLen),
        .min = 2,
-       .max = 32768});
+       .max = 32768,
+       .wire = "max_seq_len"});
 
   add({.path = "spec.adapter.rank", .kind = K::kInt, .ref = FEDGE_FIELD(adapter.rank), .min = 1, .max = 256});
   add({.path = "spec.adapter.alpha",
@@ -140,18 +142,23 @@ std::vector<JobSpecField> MakeTable() {
        .kind = K::kInt,
        .ref = FEDGE_FIELD(rounds.localSteps),
        .min = 1,
-       .max = 1000000});
+       .max = 1000000,
+       .wire = "local_steps"});
   add({.path = "spec.rounds.batchSize",
        .kind = K::kInt,
        .ref = FEDGE_FIELD(rounds.batchSize),
        .min = 1,
-       .max = 65536});
+       .max = 65536,
+       .wire = "batch_size"});
+  // On the wire a TRAIN task carries the round's rate under learningRateSchedule
+  // (the aggregator's ScheduledLearningRate), so the schedule itself needs no field.
   add({.path = "spec.rounds.learningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(rounds.learningRate),
        .min = 0,
        .max = 10,
-       .exclusive_min = true});
+       .exclusive_min = true,
+       .wire = "learning_rate"});
   add({.path = "spec.rounds.learningRateSchedule",
        .kind = K::kString,
        .ref = FEDGE_FIELD(rounds.learningRateSchedule),
@@ -160,14 +167,20 @@ std::vector<JobSpecField> MakeTable() {
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(rounds.weightDecay),
        .min = 0,
-       .max = 1});
+       .max = 1,
+       .wire = "weight_decay"});
   add({.path = "spec.rounds.maxGradNorm",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(rounds.maxGradNorm),
-       .min = 0});
+       .min = 0,
+       .wire = "max_grad_norm"});
   // At most INT64_MAX (the CRD's int64), checked in ValidateJobSpec: a double bound
   // cannot say it exactly.
-  add({.path = "spec.rounds.seed", .kind = K::kUint64, .ref = FEDGE_FIELD(rounds.seed), .min = 0});
+  add({.path = "spec.rounds.seed",
+       .kind = K::kUint64,
+       .ref = FEDGE_FIELD(rounds.seed),
+       .min = 0,
+       .wire = "seed"});
   add({.path = "spec.rounds.overSelection",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(rounds.overSelection),
@@ -201,7 +214,8 @@ std::vector<JobSpecField> MakeTable() {
   add({.path = "spec.strategy.proximalMu",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.proximalMu),
-       .min = 0});
+       .min = 0,
+       .wire = "proximal_mu"});
   add({.path = "spec.strategy.serverLearningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.serverLearningRate),
@@ -456,12 +470,14 @@ namespace {
 
 using google::protobuf::FieldDescriptor;
 
-// The wire field of row `f` in `message`, checked against the row's kind.
-StatusOr<const FieldDescriptor*> WireField(const google::protobuf::Message& message, const JobSpecField& f) {
-  const FieldDescriptor* d = message.GetDescriptor()->FindFieldByName(std::string(f.wire));
+// The wire field of row `f` in `wire`, checked against the row's kind: strings,
+// bools, ints (int32), uint64s and doubles (double, or float: the wire narrows).
+StatusOr<const FieldDescriptor*> WireField(const google::protobuf::Descriptor& wire, const JobSpecField& f) {
+  const FieldDescriptor* d = wire.FindFieldByName(std::string(f.wire));
   if (d == nullptr || d->is_repeated()) {
-    return InternalError(std::string(f.path) + ": " + message.GetTypeName() + " has no field " +
-                         std::string(f.wire));
+    return InternalError(std::string(f.path) + ": " + wire.full_name() + " has no field " +
+                         std::string(f.wire) +
+                         "; name a field of the message in the row's wire (job_spec_fields.cpp)");
   }
   bool fits = false;
   switch (f.kind) {
@@ -474,54 +490,98 @@ StatusOr<const FieldDescriptor*> WireField(const google::protobuf::Message& mess
     case FieldKind::kInt:
       fits = d->cpp_type() == FieldDescriptor::CPPTYPE_INT32;
       break;
+    case FieldKind::kUint64:
+      fits = d->cpp_type() == FieldDescriptor::CPPTYPE_UINT64;
+      break;
     case FieldKind::kDouble:
-      fits = d->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE;
+      fits =
+          d->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE || d->cpp_type() == FieldDescriptor::CPPTYPE_FLOAT;
       break;
     default:
       break;
   }
-  if (!fits)
-    return InternalError(std::string(f.path) + ": wire field " + std::string(f.wire) + " has another type");
+  if (!fits) {
+    return InternalError(std::string(f.path) + ": wire field " + std::string(f.wire) + " has type " +
+                         d->cpp_type_name() + ", which cannot carry the row's value");
+  }
   return d;
+}
+
+// True when 0 (numbers) or "" (strings) is a value the row allows: then a zero on
+// the wire is taken as sent. Otherwise it can only mean "not sent".
+bool AdmitsZero(const JobSpecField& f) {
+  if (f.kind == FieldKind::kString) return f.one_of.empty() && !(f.min && *f.min > 0);
+  if (!f.min) return true;
+  return *f.min < 0 || (*f.min == 0 && !f.exclusive_min);
 }
 
 }  // namespace
 
-Status CompressionToWire(const CompressionSpec& compression, google::protobuf::Message* wire) {
-  JobSpec fields;
-  fields.compression = compression;
-  const auto* reflection = wire->GetReflection();
-  for (const JobSpecField& f : JobSpecFields()) {
+Status CheckWireFields(const std::vector<JobSpecField>& rows, const google::protobuf::Descriptor& wire) {
+  std::map<std::string_view, std::string_view> seen;  // wire field -> row
+  for (const JobSpecField& f : rows) {
     if (f.wire.empty()) continue;
-    FEDGE_ASSIGN_OR_RETURN(const FieldDescriptor* d, WireField(*wire, f));
-    const FieldRef ref = f.ref(fields);
-    if (auto* s = std::get_if<std::string*>(&ref)) reflection->SetString(wire, d, **s);
-    if (auto* b = std::get_if<bool*>(&ref)) reflection->SetBool(wire, d, **b);
-    if (auto* i = std::get_if<int*>(&ref)) reflection->SetInt32(wire, d, **i);
-    if (auto* x = std::get_if<double*>(&ref)) reflection->SetDouble(wire, d, **x);
+    if (f.ref == nullptr)
+      return InternalError(std::string(f.path) + ": names a wire field but has no member");
+    FEDGE_RETURN_IF_ERROR(WireField(wire, f).status());
+    if (auto [it, fresh] = seen.emplace(f.wire, f.path); !fresh) {
+      return InternalError(std::string(f.path) + ": wire field " + std::string(f.wire) + " is already " +
+                           std::string(it->second) + "'s");
+    }
   }
   return OkStatus();
 }
 
-StatusOr<CompressionSpec> CompressionFromWire(const google::protobuf::Message& wire) {
+Status TrainingToWire(const JobSpec& spec, google::protobuf::Message* wire) {
+  // Rows address a mutable JobSpec; this loop only reads through them (and a
+  // copy would copy every label and selector per task).
+  JobSpec& fields = const_cast<JobSpec&>(spec);
+  const auto* reflection = wire->GetReflection();
+  for (const JobSpecField& f : JobSpecFields()) {
+    if (f.wire.empty()) continue;
+    FEDGE_ASSIGN_OR_RETURN(const FieldDescriptor* d, WireField(*wire->GetDescriptor(), f));
+    const FieldRef ref = f.ref(fields);
+    if (auto* s = std::get_if<std::string*>(&ref)) reflection->SetString(wire, d, **s);
+    if (auto* b = std::get_if<bool*>(&ref)) reflection->SetBool(wire, d, **b);
+    if (auto* i = std::get_if<int*>(&ref)) reflection->SetInt32(wire, d, **i);
+    if (auto* u = std::get_if<uint64_t*>(&ref)) reflection->SetUInt64(wire, d, **u);
+    if (auto* x = std::get_if<double*>(&ref)) {
+      if (d->cpp_type() == FieldDescriptor::CPPTYPE_FLOAT) {
+        reflection->SetFloat(wire, d, static_cast<float>(**x));
+      } else {
+        reflection->SetDouble(wire, d, **x);
+      }
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<JobSpec> TrainingFromWire(const google::protobuf::Message& wire) {
   JobSpec spec;
   const auto* reflection = wire.GetReflection();
   for (const JobSpecField& f : JobSpecFields()) {
     if (f.wire.empty()) continue;
-    FEDGE_ASSIGN_OR_RETURN(const FieldDescriptor* d, WireField(wire, f));
+    FEDGE_ASSIGN_OR_RETURN(const FieldDescriptor* d, WireField(*wire.GetDescriptor(), f));
+    const bool take_zero = AdmitsZero(f);
     const FieldRef ref = f.ref(spec);
     if (auto* s = std::get_if<std::string*>(&ref)) {
-      if (std::string v = reflection->GetString(wire, d); !v.empty()) **s = std::move(v);
+      if (std::string v = reflection->GetString(wire, d); take_zero || !v.empty()) **s = std::move(v);
     }
     if (auto* b = std::get_if<bool*>(&ref)) **b = reflection->GetBool(wire, d);
     if (auto* i = std::get_if<int*>(&ref)) {
-      if (const int v = reflection->GetInt32(wire, d); v != 0) **i = v;
+      if (const int v = reflection->GetInt32(wire, d); take_zero || v != 0) **i = v;
+    }
+    if (auto* u = std::get_if<uint64_t*>(&ref)) {
+      if (const uint64_t v = reflection->GetUInt64(wire, d); take_zero || v != 0) **u = v;
     }
     if (auto* x = std::get_if<double*>(&ref)) {
-      if (const double v = reflection->GetDouble(wire, d); v != 0) **x = v;
+      const double v = d->cpp_type() == FieldDescriptor::CPPTYPE_FLOAT
+                           ? static_cast<double>(reflection->GetFloat(wire, d))
+                           : reflection->GetDouble(wire, d);
+      if (take_zero || v != 0) **x = v;
     }
   }
-  return spec.compression;
+  return spec;
 }
 
 }  // namespace fedge

@@ -534,10 +534,10 @@ Status AggregatorClient::DoInitialize(const v1::Task& task) {
   TensorBundle state = deps_.trainer->ExportTrainable();
   // The full state travels in fp32 whatever the job's codec (the aggregator
   // checks deltas only), zstd as the job says.
-  FEDGE_ASSIGN_OR_RETURN(CompressionSpec compression, CompressionFromWire(task.config()));
+  FEDGE_ASSIGN_OR_RETURN(JobSpec job, TrainingFromWire(task.config()));
   EncodeOptions eo;
   eo.codec = Codec::kFp32;
-  eo.zstd = compression.zstd;
+  eo.zstd = job.compression.zstd;
   FEDGE_ASSIGN_OR_RETURN(std::string payload, EncodeBundle(state, eo));
   v1::UpdateHeader h;
   *h.mutable_header() = Header();
@@ -564,7 +564,10 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   auto start = std::chrono::steady_clock::now();
   FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
   const v1::TrainingConfig& c = task.config();
-  FEDGE_ASSIGN_OR_RETURN(CompressionSpec compression, CompressionFromWire(c));
+  // The job's fields as the task carries them (rounds.learningRate: this
+  // round's rate); what the aggregator did not send keeps the spec's default.
+  FEDGE_ASSIGN_OR_RETURN(JobSpec job, TrainingFromWire(c));
+  const CompressionSpec& compression = job.compression;
   auto encode = EncodeOptionsFor(compression);
   if (!encode.ok()) {
     return FailedPreconditionError("round " + std::to_string(task.round()) + ": " +
@@ -575,13 +578,13 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
 
   TrainOptions to;
-  if (c.local_steps() > 0) to.steps = c.local_steps();
-  if (c.batch_size() > 0) to.batch_size = c.batch_size();
-  if (c.learning_rate() > 0) to.learning_rate = c.learning_rate();
-  to.weight_decay = c.weight_decay();
-  to.max_grad_norm = c.max_grad_norm();
-  to.proximal_mu = c.proximal_mu();
-  to.seed = MixTrainingSeed(c.seed(), options_.agent_id, task.round());
+  to.steps = job.rounds.localSteps;
+  to.batch_size = job.rounds.batchSize;
+  to.learning_rate = job.rounds.learningRate;
+  to.weight_decay = job.rounds.weightDecay;
+  to.max_grad_norm = job.rounds.maxGradNorm;
+  to.proximal_mu = job.strategy.proximalMu;
+  to.seed = MixTrainingSeed(job.rounds.seed, options_.agent_id, task.round());
   // SCAFFOLD: correct every local step by c - c_i (c from the task, c_i from the node).
   std::optional<TensorBundle> scaffold_c;
   if (c.scaffold().enabled()) {
@@ -635,8 +638,9 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   UpdateCodecConfig cc;
   cc.encode = *encode;
   cc.error_feedback = compression.errorFeedback;
-  auto encoded = encoder_.Encode(delta, cc, task.round(),
-                                 MixTrainingSeed(c.seed(), options_.agent_id + "/rounding", task.round()));
+  auto encoded =
+      encoder_.Encode(delta, cc, task.round(),
+                      MixTrainingSeed(job.rounds.seed, options_.agent_id + "/rounding", task.round()));
   if (!encoded.ok())
     return encoded.status().WithContext("encoding the update of round " + std::to_string(task.round()));
   const std::string& payload = encoded->payload;

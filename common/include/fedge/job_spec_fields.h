@@ -3,15 +3,17 @@
 // agent needs each round) its v1.TrainingConfig field. The table drives
 // ParseJobSpec (which keys exist, how each is read), ValidateJobSpec (every
 // per-field bound and enum), JobSpecToYaml (what is written, in which order)
-// and the spec -> wire mapping (fedge/job_wire.h). The CRD (crds/ and the
-// chart's copy) is checked against it field by field by
+// and the spec <-> wire mapping (TrainingToWire / TrainingFromWire below). The
+// CRD (crds/ and the chart's copy) is checked against it field by field by
 // common/tests/job_spec_fields_test.cpp; cross-field rules stay hand-written
 // in ValidateJobSpec and the CRD's CEL, and tests/cluster/spec_boundaries.json
 // checks those against the real API server.
 //
 // Adding a field: a member in job_spec.h, a row here (job_spec_fields.cpp), the
-// CRD property (the test names anything missing) and, if agents need it, a
-// v1.TrainingConfig field named in the row.
+// CRD property (the test names anything missing) and, if agents need it each
+// round, a v1.TrainingConfig field (proto/fedge.proto) named in the row: the
+// aggregator's GetTask then sends it and the agent's TrainingFromWire returns
+// it in the JobSpec, with no code in either; only its use on the agent is new.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +28,7 @@
 #include "fedge/tensor_bundle.h"
 
 namespace google::protobuf {
+class Descriptor;
 class Message;
 }  // namespace google::protobuf
 
@@ -84,14 +87,24 @@ StatusOr<EncodeOptions> EncodeOptionsFor(const CompressionSpec& compression);
 Status CheckBundleMatches(const CompressionSpec& compression, const BundleHeader& header);
 
 // The one mapping between the spec and the wire: copies every row with a
-// `wire` name (today the spec.compression rows) between a CompressionSpec and
-// `wire` (a v1.TrainingConfig; fields found by name through protobuf
-// reflection, so a new row needs no code here). CompressionFromWire starts
-// from CompressionSpec{}: a zero number or empty string keeps the default (an
-// aggregator that did not send the field), booleans are always taken. INTERNAL
-// if a named field is missing from the message or has another type (a table
-// and a proto of different versions).
-Status CompressionToWire(const CompressionSpec& compression, google::protobuf::Message* wire);
-StatusOr<CompressionSpec> CompressionFromWire(const google::protobuf::Message& wire);
+// `wire` name (spec.model.maxSeqLen, the training fields of spec.rounds,
+// spec.strategy.proximalMu, spec.compression) between a JobSpec and `wire` (a
+// v1.TrainingConfig), finding the fields by name through protobuf reflection,
+// so a new row needs no code here. Doubles may ride in float fields (narrowed).
+// TrainingFromWire starts from JobSpec{} (every other field keeps its
+// default): a 0 or "" that the row's bounds do not allow (localSteps 0, codec
+// "") keeps the default, as from an aggregator that did not send the field;
+// any other value is taken (weightDecay 0, maxGradNorm 0 = no clipping, seed
+// 0), booleans always. INTERNAL if a named field is missing from the message
+// or cannot carry the row's type (a table and a proto of different versions).
+// Thread-safe; `spec` is only read.
+Status TrainingToWire(const JobSpec& spec, google::protobuf::Message* wire);
+StatusOr<JobSpec> TrainingFromWire(const google::protobuf::Message& wire);
+
+// OK when every row of `rows` that names a wire field names a singular field of
+// `wire` able to carry the row's type, has a member, and no two rows name the
+// same field; INTERNAL naming the first row that does not. TrainingToWire and
+// TrainingFromWire apply the per-row part as they copy; tests check whole tables.
+Status CheckWireFields(const std::vector<JobSpecField>& rows, const google::protobuf::Descriptor& wire);
 
 }  // namespace fedge

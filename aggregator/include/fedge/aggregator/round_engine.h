@@ -72,19 +72,20 @@ enum class Phase { kIdle, kTrain, kEvaluate };
 std::string_view JobStateName(JobState state);  // "WaitingForAgents", ...
 std::string_view PhaseName(Phase phase);        // "idle" | "train" | "evaluate"
 
-// Hyper-parameters handed to agents with a TRAIN task (mirrors v1.TrainingConfig).
+// What a TRAIN, INITIALIZE or EVALUATE task hands the agent (v1.TrainingConfig).
 struct TrainConfig {
-  int local_steps = 0;
-  int batch_size = 0;
+  // The job's spec, shared and immutable: ProtocolHandler::GetTask copies every
+  // field the spec's field table names a TrainingConfig field of (training
+  // fields of spec.rounds, spec.model.maxSeqLen, spec.strategy.proximalMu,
+  // spec.compression) with TrainingToWire (fedge/job_spec_fields.h). Set by
+  // EngineOptionsFromSpec (RoundEngine::Create refuses null); null in WAIT and
+  // DONE tasks. Every delta upload must use its codec (ProtocolHandler::AppendChunk).
+  std::shared_ptr<const JobSpec> spec;
+  // Round-specific values the engine computes (0 / off in EngineOptions::train):
+  // the task's learning rate, spec.rounds.learningRate under
+  // spec.rounds.learningRateSchedule for the task's round (ScheduledLearningRate,
+  // strategy.h); sent in place of the spec's.
   float learning_rate = 0;
-  float weight_decay = 0;
-  uint64_t seed = 0;
-  int max_seq_len = 0;
-  float max_grad_norm = 0;
-  float proximal_mu = 0;
-  // spec.compression: on the wire through CompressionToWire (fedge/job_spec_fields.h);
-  // every delta upload must use its codec (ProtocolHandler::AppendChunk).
-  CompressionSpec compression;
   // Secure aggregation (SecAggOptions): the agent clips weight x delta to
   // secagg_clip_norm, weight = min(examples / secagg_max_weight, 1) (1 when 0).
   bool secure_aggregation = false;
@@ -169,10 +170,10 @@ struct EngineOptions {
   int async_buffer_size = 10;
   double staleness_exponent = 0.5;
   int max_staleness = 0;  // 0: any staleness accepted
+  // train.spec: the job's spec (required). TRAIN tasks of round r carry
+  // ScheduledLearningRate(spec.rounds.learningRate, spec.rounds.learningRateSchedule,
+  // r, total_rounds) (strategy.h) as train.learning_rate.
   TrainConfig train;
-  // spec.rounds.learningRateSchedule: TRAIN tasks of round r carry
-  // ScheduledLearningRate(train.learning_rate, schedule, r, total_rounds) (strategy.h).
-  std::string learning_rate_schedule = "constant";
   // Weight bound (issue 10, item 4): an update counts in FedAvg with
   // min(num_examples it reports, num_train_examples its agent declared at
   // Join, max_weight), an evaluation report likewise with the Join's

@@ -27,7 +27,7 @@ uint64_t HashAgentId(std::string_view agent_id);
 uint64_t MixTrainingSeed(uint64_t job_seed, std::string_view agent_id, int64_t round);
 
 // The update encoding a TRAIN task asks for: spec.compression of the job, read
-// from v1.TrainingConfig by CompressionFromWire and mapped by EncodeOptionsFor
+// from v1.TrainingConfig by TrainingFromWire and mapped by EncodeOptionsFor
 // (fedge/job_spec_fields.h).
 struct UpdateCodecConfig {
   EncodeOptions encode;  // the seed is set per round by UpdateEncoder::Encode
