@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <mutex>
+#include <utility>
 
 #include "fedge/http_server.h"
+#include "fedge/op/desired.h"
 #include "fedge/op/fake_kube_client.h"
 
 namespace fedge::op {
@@ -120,6 +123,161 @@ TEST_F(StatusReporterRunTest, AWriteThatNeverSucceedsIsTheExitError) {
   Status st = run.get();
   EXPECT_FALSE(st.ok());
   EXPECT_EQ(st.code(), StatusCode::kNotFound) << st.ToString();
+}
+
+// ---- ProgressWriter: one write, its retries and its conflicts, on a FakeClock ------------
+
+// The aggregator's /v1/status after `completed` rounds, as the reporter maps it.
+Json Progress(int64_t completed) {
+  Json rounds = Json::array();
+  for (int64_t r = 1; r <= completed; ++r) rounds.push_back({{"round", r}, {"participants", 2}});
+  return ProgressFromAggregator(
+      {{"round", completed}, {"rounds", rounds}, {"global_version", completed + 1}});
+}
+
+// A FakeKubeClient that runs `after_get` once, right after the next Get of the job: another
+// writer acting between a reader's read and its write.
+class RacingKubeClient : public FakeKubeClient {
+ public:
+  StatusOr<Json> Get(const Resource& r, const std::string& ns, const std::string& name,
+                     const std::string& subresource = "") override {
+    auto got = FakeKubeClient::Get(r, ns, name, subresource);
+    if (after_get) std::exchange(after_get, nullptr)();
+    return got;
+  }
+  std::function<void()> after_get;
+};
+
+class ProgressWriterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Json job = {{"apiVersion", "fedge.io/v1alpha1"},
+                {"kind", "FederatedTrainingJob"},
+                {"metadata", {{"name", "wn"}, {"namespace", "ml"}}},
+                {"spec", Json::object()}};
+    ASSERT_TRUE(client_.Create(res::kJobs, "ml", job).ok());
+  }
+  int64_t ReportedRound() {  // not through Get: reads are counted
+    return client_.Objects(res::kJobs)
+        .at(0)
+        .value("status", Json::object())
+        .value("roundsCompleted", int64_t{-1});
+  }
+  int Applies() { return client_.CountCalls("apply", "federatedtrainingjobs"); }
+  int Reads() { return client_.CountCalls("get", "federatedtrainingjobs"); }
+
+  RacingKubeClient client_;
+  FakeClock clock_;
+  const BackoffPolicy policy_{100ms, 1s, /*jitter=*/0};
+  ProgressWriter writer_{&client_, "ml", "wn", &clock_, policy_};
+};
+
+TEST_F(ProgressWriterTest, StatusLandsAfterNFailuresEachRetriedAfterItsBackoff) {
+  // A 503, a 500, a read that timed out (RestKubeClient's DeadlineExceeded) and a 429.
+  client_.FailNext("apply", "federatedtrainingjobs",
+                   KubeError("ServiceUnavailable", 503, "etcd leader changed"));
+  client_.FailNext("apply", "federatedtrainingjobs", KubeError("InternalError", 500, "storage error"));
+  client_.FailNext("get", "federatedtrainingjobs",
+                   DeadlineExceededError("Timeout: GET /apis/...: timed out"));
+  client_.FailNext("apply", "federatedtrainingjobs", KubeError("TooManyRequests", 429, "slow down"));
+  const int kFailures = 4;
+  writer_.Offer(Progress(3));
+  for (int i = 0; i < kFailures; ++i) {
+    SCOPED_TRACE("failure " + std::to_string(i + 1));
+    const int reads = Reads();
+    EXPECT_FALSE(writer_.WriteIfDue().ok());
+    EXPECT_EQ(Reads(), reads + 1) << "one attempt";
+    EXPECT_FALSE(writer_.last_error().ok());
+    // The operator's one backoff: 100, 200, 400, 800 ms.
+    const auto delay = std::chrono::duration_cast<Clock::Duration>(BackoffDelay(policy_, i));
+    EXPECT_EQ(writer_.next_attempt() - clock_.Now(), delay);
+    clock_.Advance(delay - 1ms);
+    EXPECT_TRUE(writer_.WriteIfDue().ok());
+    EXPECT_EQ(Reads(), reads + 1) << "retried before its backoff passed";
+    clock_.Advance(1ms);
+  }
+  EXPECT_EQ(ReportedRound(), -1);
+  EXPECT_TRUE(writer_.WriteIfDue().ok());
+  EXPECT_EQ(ReportedRound(), 3);
+  EXPECT_FALSE(writer_.pending());
+  EXPECT_TRUE(writer_.last_error().ok());
+  EXPECT_EQ(Applies(), 4) << "3 refused + the one that landed";
+  // Landing reset the backoff: the next failure waits the initial delay again.
+  client_.FailNext("apply", "federatedtrainingjobs", KubeError("ServiceUnavailable", 503, "away"));
+  writer_.Offer(Progress(4));
+  EXPECT_FALSE(writer_.WriteIfDue().ok());
+  EXPECT_EQ(writer_.next_attempt() - clock_.Now(), std::chrono::duration_cast<Clock::Duration>(100ms));
+}
+
+TEST_F(ProgressWriterTest, AConflictIsReReadAndReAppliedAtOnce) {
+  client_.FailNext("apply", "federatedtrainingjobs",
+                   KubeError("Conflict", 409, "the object has been modified; please apply your changes"));
+  writer_.Offer(Progress(2));
+  EXPECT_TRUE(writer_.WriteIfDue().ok()) << writer_.last_error().ToString();
+  EXPECT_EQ(ReportedRound(), 2);
+  EXPECT_EQ(Reads(), 2);
+  EXPECT_EQ(Applies(), 2);
+  // Recognised by the API's reason, not by the message's words: a 500 that says
+  // "Conflict" is an ordinary failure, retried after the backoff.
+  client_.FailNext("apply", "federatedtrainingjobs", KubeError("InternalError", 500, "Conflict in etcd"));
+  writer_.Offer(Progress(3));
+  EXPECT_FALSE(writer_.WriteIfDue().ok());
+  EXPECT_EQ(Applies(), 3);
+  EXPECT_GT(writer_.next_attempt(), clock_.Now());
+  // Conflicts without end: after kConflictRetries re-reads it backs off like any failure.
+  clock_.Advance(1s);
+  for (int i = 0; i <= ProgressWriter::kConflictRetries; ++i)
+    client_.FailNext("apply", "federatedtrainingjobs", KubeError("Conflict", 409, "modified"));
+  EXPECT_TRUE(IsConflict(writer_.WriteIfDue()));
+  EXPECT_EQ(Applies(), 4 + ProgressWriter::kConflictRetries);
+  EXPECT_GT(writer_.next_attempt(), clock_.Now());
+  EXPECT_EQ(ReportedRound(), 2);
+  clock_.Advance(1s);
+  EXPECT_TRUE(writer_.WriteIfDue().ok());
+  EXPECT_EQ(ReportedRound(), 3);
+}
+
+TEST_F(ProgressWriterTest, ACompletedRoundIsNeverDroppedFromStatus) {
+  // Progress offered while a write fails replaces it: the write that lands holds round 5.
+  client_.FailNext("apply", "federatedtrainingjobs", KubeError("ServiceUnavailable", 503, "away"));
+  writer_.Offer(Progress(4));
+  EXPECT_FALSE(writer_.WriteIfDue().ok());
+  writer_.Offer(Progress(5));
+  clock_.Advance(1s);
+  EXPECT_TRUE(writer_.WriteIfDue().ok());
+  EXPECT_EQ(ReportedRound(), 5);
+
+  // The replaced aggregator pod's reporter (`old`) still retries its round 6 while the new
+  // pod's reporter writes round 7 between old's read and old's apply. Old's apply carries
+  // the resourceVersion it read: refused (Conflict), re-read, and round 7 stays.
+  ProgressWriter old(&client_, "ml", "wn", &clock_, policy_);
+  ProgressWriter replacement(&client_, "ml", "wn", &clock_, policy_);
+  old.Offer(Progress(6));
+  client_.after_get = [&] {
+    replacement.Offer(Progress(7));
+    ASSERT_TRUE(replacement.WriteIfDue().ok());
+  };
+  EXPECT_TRUE(old.WriteIfDue().ok()) << old.last_error().ToString();
+  EXPECT_EQ(ReportedRound(), 7) << "an older reporter's progress overwrote a completed round";
+  EXPECT_FALSE(old.pending()) << "superseded, not retried forever";
+
+  // And a stale progress read before the status moved ahead is never applied at all.
+  const int applies = Applies();
+  old.Offer(Progress(6));
+  EXPECT_TRUE(old.WriteIfDue().ok());
+  EXPECT_EQ(Applies(), applies);
+  EXPECT_EQ(ReportedRound(), 7);
+}
+
+TEST_F(ProgressWriterTest, AWriteThatTimedOutButLandedIsNotWrittenAgain) {
+  writer_.Offer(Progress(2));
+  // The API server applied it, but the answer never came back.
+  Json patch = {{"metadata", {{"name", "wn"}, {"namespace", "ml"}}}, {"status", Progress(2)}};
+  ASSERT_TRUE(client_.Apply(res::kJobs, "ml", "wn", patch, {kReporterFieldManager, true, "status"}).ok());
+  const int applies = Applies();
+  EXPECT_TRUE(writer_.WriteIfDue().ok());
+  EXPECT_EQ(Applies(), applies);
+  EXPECT_FALSE(writer_.pending());
 }
 
 TEST(StatusReporterPrivacyTest, EpsilonSpentAndTheBudgetComeFromTheAggregator) {

@@ -1,6 +1,9 @@
 #include "fedge/op/status_reporter.h"
 
-#include <thread>
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
 
 #include "fedge/log.h"
 #include "fedge/op/desired.h"
@@ -61,55 +64,111 @@ Json ProgressFromAggregator(const Json& a) {
   return st;
 }
 
-Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const std::atomic<bool>& stop) {
-  Json last_applied;
-  Json pending;  // progress read but not yet written (the API server refused or was away)
-  bool seen = false;
-  auto last_ok = std::chrono::steady_clock::now();
-  Status last_error;  // of the latest apply; cleared by the next one that succeeds
-  auto apply = [&](const Json& progress) {
+ProgressWriter::ProgressWriter(KubeClient* client, std::string ns, std::string name, Clock* clock,
+                               BackoffPolicy backoff)
+    : client_(client), ns_(std::move(ns)), name_(std::move(name)), clock_(clock), backoff_(backoff) {}
+
+void ProgressWriter::Offer(Json progress) {
+  if (progress == written_) {
+    pending_ = Json();  // what an unwritten older progress would have changed is back
+    return;
+  }
+  pending_ = std::move(progress);
+}
+
+Status ProgressWriter::WriteIfDue() {
+  if (!pending() || clock_->Now() < next_attempt_) return OkStatus();
+  Status s = WriteOnce();
+  last_error_ = s;
+  if (s.ok()) {
+    backoff_.Reset();
+    next_attempt_ = Clock::TimePoint{};
+    return s;
+  }
+  auto delay = backoff_.Next();
+  next_attempt_ = clock_->Now() + std::chrono::duration_cast<Clock::Duration>(delay);
+  log::Warn("status write failed; retrying",
+            {{"error", s.ToString()},
+             {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}});
+  return s;
+}
+
+Status ProgressWriter::WriteOnce() {
+  for (int attempt = 0;; ++attempt) {
+    auto job = client_->Get(res::kJobs, ns_, name_);
+    if (!job.ok()) return job.status();
+    const Json status = job->value("status", Json::object());
+    bool covered = true;  // every field already as pending_ says
+    for (auto it = pending_.begin(); it != pending_.end() && covered; ++it)
+      covered = status.contains(it.key()) && status[it.key()] == it.value();
+    const int64_t shown = status.value("roundsCompleted", int64_t{0});
+    const int64_t ours = pending_.value("roundsCompleted", int64_t{0});
+    if (covered || shown > ours) {
+      if (!covered)
+        log::Info("status is ahead of this progress; not written",
+                  {{"rounds_completed", shown}, {"ours", ours}});
+      written_ = std::move(pending_);
+      pending_ = Json();
+      return OkStatus();
+    }
     Json patch = {{"apiVersion", "fedge.io/v1alpha1"},
                   {"kind", "FederatedTrainingJob"},
-                  {"metadata", {{"name", opts.name}, {"namespace", opts.ns}}},
-                  {"status", progress}};
-    auto s = client->Apply(res::kJobs, opts.ns, opts.name, patch, {kReporterFieldManager, true, "status"});
-    if (!s.ok()) {
-      last_error = s.status();
-      log::Warn("status apply failed", {{"error", s.status().ToString()}});
-      return false;
+                  {"metadata",
+                   {{"name", name_},
+                    {"namespace", ns_},
+                    // A precondition: what was read in this attempt is what is written over.
+                    {"resourceVersion", (*job)["metadata"].value("resourceVersion", "")}}},
+                  {"status", pending_}};
+    auto applied = client_->Apply(res::kJobs, ns_, name_, patch, {kReporterFieldManager, true, "status"});
+    if (applied.ok()) {
+      log::Info("status reported", {{"round", pending_.value("round", int64_t{0})}});
+      written_ = std::move(pending_);
+      pending_ = Json();
+      return OkStatus();
     }
-    last_error = OkStatus();
-    last_applied = progress;
-    pending = Json();
-    log::Info("status reported", {{"round", progress.value("round", int64_t{0})}});
-    return true;
-  };
-  while (!stop.load()) {
-    auto got = HttpGetJson("http://" + opts.aggregator_http + "/v1/status", std::chrono::seconds(2));
-    auto now = std::chrono::steady_clock::now();
-    if (got.ok()) {
-      seen = true;
-      last_ok = now;
-      Json progress = ProgressFromAggregator(*got);
-      if (progress != last_applied) {
-        pending = progress;
-        apply(progress);
-      }
-    } else if (seen && now - last_ok >= opts.gone_after) {
-      // The aggregator finished. Its last progress must still reach the job: an API server
-      // that is away now may be back in a moment, and exiting with an error would make the
-      // pod Failed and the operator recreate a finished aggregator.
-      auto give_up = now + opts.final_write_for;
-      while (!pending.is_null() && !stop.load() && std::chrono::steady_clock::now() < give_up) {
-        if (apply(pending)) break;
-        std::this_thread::sleep_for(opts.interval);
-      }
-      log::Info("aggregator gone; reporter exiting", {{"unwritten", !pending.is_null()}});
-      return pending.is_null() ? OkStatus() : last_error;
-    }
-    std::this_thread::sleep_for(opts.interval);
+    if (!IsConflict(applied.status()) || attempt >= kConflictRetries) return applied.status();
+    // The job moved between the read and the write: read it again.
   }
-  return pending.is_null() ? OkStatus() : last_error;
+}
+
+Status RunStatusReporter(KubeClient* client, const ReporterOptions& opts, const std::atomic<bool>& stop) {
+  Clock* clock = opts.clock ? opts.clock : RealClock::Get();
+  ProgressWriter writer(client, opts.ns, opts.name, clock, opts.write_backoff);
+  std::mutex mu;  // only for the clock's waits: nothing notifies, `stop` is re-read after each
+  std::condition_variable cv;
+  bool seen = false;
+  auto last_ok = clock->Now();
+  auto next_poll = clock->Now();
+  std::optional<Clock::TimePoint> give_up;  // set once the aggregator is gone
+  while (!stop.load()) {
+    if (!give_up && clock->Now() >= next_poll) {
+      auto got = HttpGetJson("http://" + opts.aggregator_http + "/v1/status", std::chrono::seconds(2));
+      auto now = clock->Now();
+      if (got.ok()) {
+        seen = true;
+        last_ok = now;
+        writer.Offer(ProgressFromAggregator(*got));
+      } else if (seen && now - last_ok >= opts.gone_after) {
+        // The aggregator finished. Its last progress must still reach the job: an API
+        // server that is away now may be back in a moment, and exiting with an error would
+        // make the pod Failed and the operator recreate a finished aggregator.
+        give_up = now + opts.final_write_for;
+      }
+      next_poll = now + opts.interval;
+    }
+    (void)writer.WriteIfDue();  // a failure is kept in last_error() and retried when due
+    const auto now = clock->Now();
+    if (give_up && (!writer.pending() || now >= *give_up)) break;
+    // Sleep until the next poll or the next write, at most one interval (to see `stop`).
+    auto wake = now + opts.interval;
+    if (!give_up) wake = std::min(wake, next_poll);
+    if (writer.pending()) wake = std::min(wake, std::max(now, writer.next_attempt()));
+    if (give_up) wake = std::min(wake, *give_up);
+    std::unique_lock<std::mutex> lock(mu);
+    clock->WaitUntil(lock, cv, wake);
+  }
+  if (give_up) log::Info("aggregator gone; reporter exiting", {{"unwritten", writer.pending()}});
+  return writer.pending() ? writer.last_error() : OkStatus();
 }
 
 }  // namespace fedge::op

@@ -78,9 +78,9 @@ Status FakeKubeClient::Record(const std::string& verb, const Resource& r, const 
   calls_.push_back({verb, r.plural, r.namespaced ? ns : "", name, sub, body});
   kinds_[r.plural] = r;
   auto it = failures_.find({verb, r.plural});
-  if (it != failures_.end()) {
-    Status s = it->second;
-    failures_.erase(it);
+  if (it != failures_.end() && !it->second.empty()) {
+    Status s = it->second.front();
+    it->second.pop_front();
     return s;
   }
   return OkStatus();
@@ -396,7 +396,7 @@ void FakeKubeClient::ClearCalls() {
 
 void FakeKubeClient::FailNext(const std::string& verb, const std::string& resource, Status s) {
   std::lock_guard<std::mutex> l(mu_);
-  failures_[{verb, resource}] = std::move(s);
+  failures_[{verb, resource}].push_back(std::move(s));
 }
 
 void FakeKubeClient::Compact() {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -47,7 +48,8 @@ class FakeKubeClient : public KubeClient {
   int CountCalls(const std::string& verb, const std::string& resource = "") const;
   int CountWrites() const;  // create + update + apply + patch + delete
   void ClearCalls();
-  // The next call with this verb on this resource plural fails with `s`.
+  // The next call with this verb on this resource plural fails with `s`. Failures queue:
+  // FailNext N times fails the next N such calls, in order.
   void FailNext(const std::string& verb, const std::string& resource, Status s);
   // Forgets events up to now: watches from an older resourceVersion get 410 Gone.
   void Compact();
@@ -74,15 +76,15 @@ class FakeKubeClient : public KubeClient {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<Key, Json> objects_;                                     // guarded by mu_
-  std::map<std::string, Resource> kinds_;                           // plural -> resource seen, guarded by mu_
-  std::vector<Event> events_;                                       // guarded by mu_
-  int64_t rv_ = 100;                                                // guarded by mu_
-  int64_t compacted_rv_ = 0;                                        // guarded by mu_
-  int64_t watch_epoch_ = 0;                                         // bumped by CloseWatches, guarded by mu_
-  int64_t uid_ = 0;                                                 // guarded by mu_
-  std::vector<FakeCall> calls_;                                     // guarded by mu_
-  std::map<std::pair<std::string, std::string>, Status> failures_;  // guarded by mu_
+  std::map<Key, Json> objects_;            // guarded by mu_
+  std::map<std::string, Resource> kinds_;  // plural -> resource seen, guarded by mu_
+  std::vector<Event> events_;              // guarded by mu_
+  int64_t rv_ = 100;                       // guarded by mu_
+  int64_t compacted_rv_ = 0;               // guarded by mu_
+  int64_t watch_epoch_ = 0;                // bumped by CloseWatches, guarded by mu_
+  int64_t uid_ = 0;                        // guarded by mu_
+  std::vector<FakeCall> calls_;            // guarded by mu_
+  std::map<std::pair<std::string, std::string>, std::deque<Status>> failures_;  // guarded by mu_
 };
 
 // Matches "k=v,k2!=v2,k3" label selectors (equality, inequality, existence).
