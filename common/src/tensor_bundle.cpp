@@ -300,7 +300,8 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
       values_sent += static_cast<uint64_t>(n);
       continue;
     }
-    const internal::TopKSelection& plan = topk[ti] = internal::SelectTopK(t.values, fraction);
+    topk[ti] = internal::SelectTopK(t.values, fraction);
+    const internal::TopKSelection& plan = topk[ti];
     PutVarint(&body, plan.kept.size());
     PutVarint(&body, plan.index_bytes.size());
     data_bytes += plan.index_bytes.size() + DataBytes(codec, block_size, plan.kept.size());
