@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "fedge/cli/io.h"
+#include "temp_dir.h"
 
 namespace fedge::cli {
 namespace {
@@ -37,22 +38,6 @@ JobSpec Job() {
   EXPECT_TRUE(spec.ok()) << spec.status().ToString();
   return *spec;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/fedge-run-test-XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 void WriteExecutable(const std::string& path, const std::string& text) {
   ASSERT_TRUE(WriteWholeFile(path, text).ok());

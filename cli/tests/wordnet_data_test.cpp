@@ -10,27 +10,12 @@
 #include <sstream>
 
 #include "fedge/cli/io.h"
+#include "temp_dir.h"
 
 namespace fedge::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/fedge-cli-test-XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string Read(const std::string& path) {
   auto text = ReadWholeFile(path);
