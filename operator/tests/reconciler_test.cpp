@@ -55,6 +55,13 @@ class ReconcilerTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? *r : ReconcileResult{};
   }
+  // Creates Job() with spec.runPolicy.<field> = value and runs the first pass.
+  ReconcileResult CreateJobWithRunPolicy(const std::string& field, const Json& value) {
+    Json job = Job();
+    job["spec"]["runPolicy"][field] = value;
+    CreateJob(job);
+    return Reconcile();
+  }
   Json GetJob(const std::string& name = "wn") { return *client_.Get(res::kJobs, "ml", name); }
   std::vector<Json> Pods() { return client_.Objects(res::kPods); }
   void SetPodPhase(const std::string& name, const std::string& phase, int exit_code = 0, bool ready = false) {
@@ -256,10 +263,7 @@ TEST_F(ReconcilerTest, StatusFromAStaleCacheDoesNotTakeBackTheRestartCount) {
   // Seen on the real API server: the pass that deleted a failed aggregator wrote restarts 1;
   // the next pass, still reading the job from before that write, recreated the pod and applied
   // its own status without restarts, and the count was gone.
-  Json job = Job();
-  job["spec"]["runPolicy"]["backoffLimit"] = 10;
-  CreateJob(job);
-  Reconcile();
+  CreateJobWithRunPolicy("backoffLimit", 10);
   StaleJobCache stale(&client_);
   JobReconciler behind(&client_, &stale, &events_, ReconcilerOptions{DefaultImages(), &wall_});
   Json before = GetJob();  // the job before the failure, from before its last status write too
@@ -294,10 +298,7 @@ TEST_F(ReconcilerTest, ARestartIsCountedWhenALaterStepOfThePassFails) {
   // Issue 11 part 3: HandleFailedPod deleted the failed aggregator and raised restarts in
   // memory; creating a missing agent pod then failed, Reconcile returned before WriteStatus
   // and the restart was never counted (backoffLimit could be overrun).
-  Json job = Job();
-  job["spec"]["runPolicy"]["backoffLimit"] = 5;
-  CreateJob(job);
-  Reconcile();
+  CreateJobWithRunPolicy("backoffLimit", 5);
   SetPodPhase("wn-aggregator", "Failed", 137);
   ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
   client_.FailNext("create", "pods", UnavailableError("the API server is away"));
@@ -401,10 +402,7 @@ TEST_F(ReconcilerTest, RunningPolicyDeletesAgentsOfAJobThatDoesNotServe) {
 }
 
 TEST_F(ReconcilerTest, AllPolicyDeletesServingAgentsToo) {
-  Json job = Job();
-  job["spec"]["runPolicy"]["cleanPodPolicy"] = "All";
-  CreateJob(job);
-  Reconcile();
+  CreateJobWithRunPolicy("cleanPodPolicy", "All");
   SetPodPhase("wn-agent-edge-a", "Running", 0, true);
   SetPodPhase("wn-aggregator", "Succeeded", 0);
   Reconcile();
@@ -688,10 +686,7 @@ TEST_F(ReconcilerTest, SuspendDeletesPodsAndResumeRecreatesThem) {
 }
 
 TEST_F(ReconcilerTest, ActiveDeadlineFailsTheJobAndRequeuesUntilThen) {
-  Json job = Job();
-  job["spec"]["runPolicy"]["activeDeadlineSeconds"] = 100;
-  CreateJob(job);
-  auto r = Reconcile();
+  auto r = CreateJobWithRunPolicy("activeDeadlineSeconds", 100);
   ASSERT_TRUE(r.requeue_after.has_value());
   EXPECT_LE(r.requeue_after->count(), 100);
   wall_.Advance(std::chrono::seconds(101));
@@ -702,10 +697,7 @@ TEST_F(ReconcilerTest, ActiveDeadlineFailsTheJobAndRequeuesUntilThen) {
 }
 
 TEST_F(ReconcilerTest, TtlAfterFinishedDeletesTheJob) {
-  Json job = Job();
-  job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] = 30;
-  CreateJob(job);
-  Reconcile();
+  CreateJobWithRunPolicy("ttlSecondsAfterFinished", 30);
   SetPodPhase("wn-aggregator", "Succeeded", 0);
   Reconcile();
   auto r = Reconcile();

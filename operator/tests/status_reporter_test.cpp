@@ -19,6 +19,14 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// The job ml/wn the reporter writes to (its spec does not matter here).
+Json Job() {
+  return {{"apiVersion", "fedge.io/v1alpha1"},
+          {"kind", "FederatedTrainingJob"},
+          {"metadata", {{"name", "wn"}, {"namespace", "ml"}}},
+          {"spec", Json::object()}};
+}
+
 // What the aggregator serves at /v1/status, changeable while the reporter runs.
 class FakeAggregatorStatus {
  public:
@@ -47,11 +55,7 @@ class FakeAggregatorStatus {
 class StatusReporterRunTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Json job = {{"apiVersion", "fedge.io/v1alpha1"},
-                {"kind", "FederatedTrainingJob"},
-                {"metadata", {{"name", "wn"}, {"namespace", "ml"}}},
-                {"spec", Json::object()}};
-    ASSERT_TRUE(client_.Create(res::kJobs, "ml", job).ok());
+    ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
     opts_.ns = "ml";
     opts_.name = "wn";
     opts_.aggregator_http = agg_.address();
@@ -150,13 +154,7 @@ class RacingKubeClient : public FakeKubeClient {
 
 class ProgressWriterTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    Json job = {{"apiVersion", "fedge.io/v1alpha1"},
-                {"kind", "FederatedTrainingJob"},
-                {"metadata", {{"name", "wn"}, {"namespace", "ml"}}},
-                {"spec", Json::object()}};
-    ASSERT_TRUE(client_.Create(res::kJobs, "ml", job).ok());
-  }
+  void SetUp() override { ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok()); }
   int64_t ReportedRound() {  // not through Get: reads are counted
     return client_.Objects(res::kJobs)
         .at(0)

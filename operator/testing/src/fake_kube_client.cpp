@@ -185,15 +185,7 @@ StatusOr<Json> FakeKubeClient::Create(const Resource& r, const std::string& ns, 
   Key k{r.plural, r.namespaced ? ns : "", name};
   if (objects_.count(k))
     return KubeError("AlreadyExists", 409, r.plural + " \"" + name + "\" already exists");
-  Json o = obj;
-  o["metadata"]["uid"] = "uid-" + std::to_string(++uid_);
-  o["metadata"]["generation"] = 1;
-  o["metadata"]["creationTimestamp"] = Now();
-  if (r.namespaced) o["metadata"]["namespace"] = ns;
-  o = Stamp(r, std::move(o));
-  objects_[k] = o;
-  Emit(r, ns, WatchEventType::kAdded, o);
-  return o;
+  return AddLocked(r, ns, k, obj);
 }
 
 StatusOr<Json> FakeKubeClient::Update(const Resource& r, const std::string& ns, const Json& obj,
@@ -204,12 +196,7 @@ StatusOr<Json> FakeKubeClient::Update(const Resource& r, const std::string& ns, 
   Key k{r.plural, r.namespaced ? ns : "", name};
   auto it = objects_.find(k);
   if (it == objects_.end()) return KubeError("NotFound", 404, r.plural + " \"" + name + "\" not found");
-  std::string want_rv = obj["metadata"].value("resourceVersion", "");
-  if (!want_rv.empty() && want_rv != it->second["metadata"].value("resourceVersion", "")) {
-    return KubeError(
-        "Conflict", 409,
-        "the object has been modified; please apply your changes to the latest version and try again");
-  }
+  FEDGE_RETURN_IF_ERROR(CheckResourceVersion(r, name, obj, it->second));
   Json o = it->second;
   if (sub == "status") {
     o["status"] = obj.value("status", Json::object());
@@ -224,15 +211,7 @@ StatusOr<Json> FakeKubeClient::Update(const Resource& r, const std::string& ns, 
     }
     if (spec_changed) o["metadata"]["generation"] = meta.value("generation", 1) + 1;
   }
-  o = Stamp(r, std::move(o));
-  if (o["metadata"].contains("deletionTimestamp") &&
-      o["metadata"].value("finalizers", Json::array()).empty()) {
-    RemoveLocked(r, k);
-    return o;
-  }
-  it->second = o;
-  Emit(r, ns, WatchEventType::kModified, o);
-  return o;
+  return ReplaceLocked(r, ns, k, std::move(o));
 }
 
 StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, const std::string& name,
@@ -247,25 +226,10 @@ StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, c
     Json o = obj;
     o.erase("status");
     o["metadata"]["name"] = name;
-    o["metadata"]["uid"] = "uid-" + std::to_string(++uid_);
-    o["metadata"]["generation"] = 1;
-    o["metadata"]["creationTimestamp"] = Now();
-    if (r.namespaced) o["metadata"]["namespace"] = ns;
-    o = Stamp(r, std::move(o));
-    objects_[k] = o;
-    Emit(r, ns, WatchEventType::kAdded, o);
-    return o;
+    return AddLocked(r, ns, k, std::move(o));
   }
   Json before = it->second;
-  // As the API server: a resourceVersion in an applied object is a precondition.
-  std::string want_rv = obj.value("metadata", Json::object()).value("resourceVersion", "");
-  if (!want_rv.empty() && want_rv != before["metadata"].value("resourceVersion", "")) {
-    return KubeError(
-        "Conflict", 409,
-        "Operation cannot be fulfilled on " + r.plural + " \"" + name +
-            "\": the object has been modified; please apply your changes to the latest version and "
-            "try again");
-  }
+  FEDGE_RETURN_IF_ERROR(CheckResourceVersion(r, name, obj, before));
   Json o = before;
   if (opts.subresource == "status") {
     if (obj.contains("status")) MergeInto(o["status"], obj["status"]);
@@ -279,15 +243,7 @@ StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, c
     }
   }
   if (o == before) return before;  // no-op apply: no new resourceVersion, no event
-  o = Stamp(r, std::move(o));
-  if (o["metadata"].contains("deletionTimestamp") &&
-      o["metadata"].value("finalizers", Json::array()).empty()) {
-    RemoveLocked(r, k);
-    return o;
-  }
-  it->second = o;
-  Emit(r, ns, WatchEventType::kModified, o);
-  return o;
+  return ReplaceLocked(r, ns, k, std::move(o));
 }
 
 StatusOr<Json> FakeKubeClient::MergePatch(const Resource& r, const std::string& ns, const std::string& name,
@@ -305,13 +261,39 @@ StatusOr<Json> FakeKubeClient::MergePatch(const Resource& r, const std::string& 
     p.erase("status");
     MergeInto(o, p);
   }
+  return ReplaceLocked(r, ns, k, std::move(o));
+}
+
+Status FakeKubeClient::CheckResourceVersion(const Resource& r, const std::string& name, const Json& obj,
+                                            const Json& current) {
+  // As the API server: a resourceVersion in a written object is a precondition.
+  std::string want_rv = obj.value("metadata", Json::object()).value("resourceVersion", "");
+  if (want_rv.empty() || want_rv == current["metadata"].value("resourceVersion", "")) return OkStatus();
+  return KubeError("Conflict", 409,
+                   "Operation cannot be fulfilled on " + r.plural + " \"" + name +
+                       "\": the object has been modified; please apply your changes to the latest version "
+                       "and try again");
+}
+
+Json FakeKubeClient::AddLocked(const Resource& r, const std::string& ns, const Key& k, Json o) {
+  o["metadata"]["uid"] = "uid-" + std::to_string(++uid_);
+  o["metadata"]["generation"] = 1;
+  o["metadata"]["creationTimestamp"] = Now();
+  if (r.namespaced) o["metadata"]["namespace"] = ns;
+  o = Stamp(r, std::move(o));
+  objects_[k] = o;
+  Emit(r, ns, WatchEventType::kAdded, o);
+  return o;
+}
+
+Json FakeKubeClient::ReplaceLocked(const Resource& r, const std::string& ns, const Key& k, Json o) {
   o = Stamp(r, std::move(o));
   if (o["metadata"].contains("deletionTimestamp") &&
       o["metadata"].value("finalizers", Json::array()).empty()) {
     RemoveLocked(r, k);
     return o;
   }
-  it->second = o;
+  objects_[k] = o;
   Emit(r, ns, WatchEventType::kModified, o);
   return o;
 }

@@ -88,6 +88,31 @@ grpc::Status Join(int port, const Client& c, const std::string& agent, const std
   return JoinOn(*Dial(port, c), agent, token);
 }
 
+// A tokens file laid out as the kubelet mounts a Secret: tokens -> ..data/tokens and
+// ..data -> ..vN, which Publish swaps atomically (the way the operator's token updates
+// reach a running aggregator). The directory goes with the object.
+class MountedTokens {
+ public:
+  MountedTokens(const std::string& tag, const std::string& tokens)
+      : dir_((std::filesystem::temp_directory_path() / (tag + "-" + std::to_string(::getpid()))).string()) {
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    Publish("..v1", tokens);
+    std::filesystem::create_symlink("..data/tokens", file());
+  }
+  ~MountedTokens() { std::filesystem::remove_all(dir_); }
+  void Publish(const std::string& version, const std::string& tokens) {
+    std::filesystem::create_directory(dir_ + "/" + version);
+    std::ofstream(dir_ + "/" + version + "/tokens") << tokens;
+    std::filesystem::create_symlink(version, dir_ + "/..tmp");
+    std::filesystem::rename(dir_ + "/..tmp", dir_ + "/..data");
+  }
+  std::string file() const { return dir_ + "/tokens"; }
+
+ private:
+  std::string dir_;
+};
+
 class TlsWireTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -116,6 +141,13 @@ class TlsWireTest : public ::testing::Test {
     EXPECT_TRUE(st.ok()) << st.ToString();
     return std::move(*server);
   }
+  // Reading `tokens`, which it looks at again once a second on clock_.
+  std::unique_ptr<aggregator::AggregatorServer> StartWithTokens(aggregator::ServerOptions o,
+                                                                const MountedTokens& tokens) {
+    o.tokens_file = tokens.file();
+    o.clock = &clock_;
+    return Start(std::move(o));
+  }
   aggregator::ServerOptions Tls() const {
     aggregator::ServerOptions o;
     o.tls_cert_pem = serving_.cert_pem;
@@ -124,6 +156,7 @@ class TlsWireTest : public ::testing::Test {
   }
 
   KeyPair ca_, serving_, other_ca_;
+  aggregator::FakeClock clock_;  // the servers' that StartWithTokens starts
 };
 
 TEST_F(TlsWireTest, AgentWithTheJobsCaJoins) {
@@ -189,38 +222,21 @@ TEST_F(TlsWireTest, HalfConfiguredTlsIsRejectedAtCreate) {
 // Tokens and TLS together, with the tokens file changing under the running
 // server the way a mounted Secret does when a node joins the selector.
 TEST_F(TlsWireTest, NodeJoiningLaterIsAdmittedOnceItsTokenReachesTheFile) {
-  namespace fs = std::filesystem;
-  std::string dir = (fs::temp_directory_path() / ("fedge-tls-" + std::to_string(::getpid()))).string();
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  auto publish = [&](const std::string& version, const std::string& text) {
-    fs::create_directory(dir + "/" + version);
-    std::ofstream(dir + "/" + version + "/tokens") << text;
-    fs::create_symlink(version, dir + "/..tmp");
-    fs::rename(dir + "/..tmp", dir + "/..data");
-  };
-  publish("..v1", "edge-a ta\n");
-  fs::create_symlink("..data/tokens", dir + "/tokens");
-  aggregator::ServerOptions o = Tls();
-  o.tokens_file = dir + "/tokens";
-  aggregator::FakeClock clock;
-  o.clock = &clock;
-  auto server = Start(o);
+  MountedTokens tokens("fedge-tls", "edge-a ta\n");
+  auto server = StartWithTokens(Tls(), tokens);
   ASSERT_NE(server, nullptr);
   const int port = server->grpc_port();
   EXPECT_TRUE(Join(port, {ca_.cert_pem}, "edge-a", "ta").ok());
   EXPECT_EQ(Join(port, {ca_.cert_pem}, "edge-a", "wrong").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   // Not listed yet: retryable, so fedge-agent backs off instead of exiting.
   EXPECT_EQ(Join(port, {ca_.cert_pem}, "edge-b", "tb").error_code(), grpc::StatusCode::UNAVAILABLE);
-  publish("..v2", "edge-a ta\nedge-b tb\n");
+  tokens.Publish("..v2", "edge-a ta\nedge-b tb\n");
   // The file is looked at again at most once a second.
   EXPECT_EQ(Join(port, {ca_.cert_pem}, "edge-b", "tb").error_code(), grpc::StatusCode::UNAVAILABLE);
-  clock.AdvanceMs(1000);
+  clock_.AdvanceMs(1000);
   grpc::Status s = Join(port, {ca_.cert_pem}, "edge-b", "tb");
   EXPECT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(server->engine().GetStatus().agents_joined, 2);
-  server.reset();
-  fs::remove_all(dir);
 }
 
 // ---- mutual TLS with the operator's per-agent client certificates (issue 10 item 8) ----
@@ -343,18 +359,8 @@ TEST_F(MutualTlsTest, ASessionIsUsableOnlyOverItsAgentsCertificate) {
 }
 
 TEST_F(MutualTlsTest, RevokedAgentCannotJoinWithItsLeftoverCertificate) {
-  namespace fs = std::filesystem;
-  std::string dir = (fs::temp_directory_path() / ("fedge-mtls-" + std::to_string(::getpid()))).string();
-  fs::remove_all(dir);
-  fs::create_directories(dir + "/..v1");
-  std::ofstream(dir + "/..v1/tokens") << "edge-a ta\nedge-b tb\n";
-  fs::create_symlink("..v1", dir + "/..data");
-  fs::create_symlink("..data/tokens", dir + "/tokens");
-  aggregator::ServerOptions o = Mtls();
-  o.tokens_file = dir + "/tokens";
-  aggregator::FakeClock clock;
-  o.clock = &clock;
-  auto server = Start(o);
+  MountedTokens tokens("fedge-mtls", "edge-a ta\nedge-b tb\n");
+  auto server = StartWithTokens(Mtls(), tokens);
   ASSERT_NE(server, nullptr);
   const int port = server->grpc_port();
   Client a = AgentClient("edge-a");
@@ -371,11 +377,8 @@ TEST_F(MutualTlsTest, RevokedAgentCannotJoinWithItsLeftoverCertificate) {
   };
   EXPECT_TRUE(get_task().ok());
   // The node leaves the selector: the operator removes its token (the kubelet swaps the file).
-  fs::create_directory(dir + "/..v2");
-  std::ofstream(dir + "/..v2/tokens") << "edge-b tb\n";
-  fs::create_symlink("..v2", dir + "/..tmp");
-  fs::rename(dir + "/..tmp", dir + "/..data");
-  clock.AdvanceMs(1000);
+  tokens.Publish("..v2", "edge-b tb\n");
+  clock_.AdvanceMs(1000);
   // Its live session ends (a node that ignores its pod's deletion keeps no say) ...
   grpc::Status in_session = get_task();
   EXPECT_EQ(in_session.error_code(), grpc::StatusCode::UNAUTHENTICATED) << in_session.error_message();
@@ -385,8 +388,6 @@ TEST_F(MutualTlsTest, RevokedAgentCannotJoinWithItsLeftoverCertificate) {
   EXPECT_FALSE(leftover.ok()) << "a valid certificate alone must not admit a revoked agent";
   EXPECT_EQ(leftover.error_code(), grpc::StatusCode::UNAVAILABLE) << leftover.error_message();
   EXPECT_TRUE(Join(port, AgentClient("edge-b"), "edge-b", "tb").ok());
-  server.reset();
-  fs::remove_all(dir);
 }
 
 TEST_F(MutualTlsTest, ExpiredCertificateFailsTheHandshake) {

@@ -70,6 +70,15 @@ class FakeKubeClient : public KubeClient {
                 const std::string& sub, const Json& body);
   Json Stamp(const Resource& r, Json obj);  // new rv; caller holds mu_
   void Emit(const Resource& r, const std::string& ns, WatchEventType t, const Json& obj);
+  // Conflict when `obj` names a resourceVersion other than `current`'s.
+  static Status CheckResourceVersion(const Resource& r, const std::string& name, const Json& obj,
+                                     const Json& current);
+  // A new object at `k` (uid, generation 1, creation time, resourceVersion; Added event).
+  // Caller holds mu_, as for every *Locked.
+  Json AddLocked(const Resource& r, const std::string& ns, const Key& k, Json o);
+  // The existing object at `k` becomes `o` (new resourceVersion; Modified event), or goes
+  // when it is being deleted and has no finalizers left.
+  Json ReplaceLocked(const Resource& r, const std::string& ns, const Key& k, Json o);
   void RemoveLocked(const Resource& r, const Key& k);
   Status DeleteLocked(const Resource& r, const std::string& ns, const std::string& name,
                       const DeleteOptions& opts);
