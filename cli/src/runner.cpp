@@ -122,6 +122,28 @@ class EmptyTargetsOnExit {
   std::string path_;
 };
 
+// SIGINT/SIGTERM: stops every child, saying which had to be killed.
+void StopOnSignal(int sig, Supervisor& sup) {
+  std::cerr << ::strsignal(sig) << ": stopping " << sup.running() << " process(es)\n";
+  for (const ChildExit& e : sup.TerminateAll(std::chrono::seconds(5))) {
+    if (e.signal == SIGKILL) std::cerr << "  " << e.name << " did not stop within 5 s: killed\n";
+  }
+}
+
+// After a succeeded job: lets every child leave on its own (--exit-when-done),
+// then stops stragglers.
+void LetChildrenLeave(Supervisor& sup) {
+  for (const ChildExit& e : sup.WaitAll(std::chrono::seconds(45))) {
+    if (!e.Succeeded()) std::cerr << "warning: " << DescribeChildFailure(e, 5);
+  }
+  if (sup.running() > 0) {
+    std::cerr << "warning: still running after the job succeeded, stopping: ";
+    for (const auto& n : sup.RunningNames()) std::cerr << n << " ";
+    std::cerr << "\n";
+    sup.TerminateAll(std::chrono::seconds(5));
+  }
+}
+
 // --serve: the job has succeeded; the agents serve inference with the final
 // global until the user stops them. A child that exits meanwhile is reported and
 // fails the run (exit 1): whoever relied on its endpoint needs to know.
@@ -137,10 +159,7 @@ int ServeUntilSignalled(const RunPlan& plan, Supervisor& sup, SignalScope& signa
   for (;;) {
     std::optional<ChildExit> exited = sup.Wait(std::chrono::seconds(1), signals.wake_fd());
     if (const int sig = g_signal.load(); sig != 0) {
-      std::cerr << ::strsignal(sig) << ": stopping " << sup.running() << " process(es)\n";
-      for (const ChildExit& e : sup.TerminateAll(std::chrono::seconds(5))) {
-        if (e.signal == SIGKILL) std::cerr << "  " << e.name << " did not stop within 5 s: killed\n";
-      }
+      StopOnSignal(sig, sup);
       return kExitOk;
     }
     if (exited) {
@@ -261,20 +280,19 @@ RunOutcome Supervise(const RunPlan& plan, bool quiet, Supervisor& sup, SignalSco
     std::optional<ChildExit> exited = sup.Wait(wait, signals.wake_fd());
     if (const int sig = g_signal.load(); sig != 0) {
       progress.Clear();
-      std::cerr << "\n" << ::strsignal(sig) << ": stopping " << sup.running() << " process(es)\n";
-      for (const ChildExit& e : sup.TerminateAll(std::chrono::seconds(5))) {
-        if (e.signal == SIGKILL) std::cerr << "  " << e.name << " did not stop within 5 s: killed\n";
-      }
+      std::cerr << "\n";
+      StopOnSignal(sig, sup);
       return ended(RunOutcome::End::kInterrupted);
     }
-    const bool agent_exited = exited && exited->name != "aggregator";
-    if (agent_exited && exited->Succeeded() && !plan.serve) {
-      // An agent run with --exit-when-done exits 0 as soon as it has been told DONE,
-      // which can be just before the next poll shows the job Succeeded. Not a failure:
-      // keep polling the aggregator, which decides how the job ended.
-      continue;
-    }
-    if (agent_exited && plan.allow_agent_failures) {
+    if (exited) {
+      const ExitVerdict verdict = JudgeChildExit(*exited, plan, last);
+      if (verdict == ExitVerdict::kExpected) continue;
+      if (verdict == ExitVerdict::kFatal) return fail(DescribeChildFailure(*exited));
+      if (verdict == ExitVerdict::kJobDone) {
+        last->state = "Succeeded";
+        break;
+      }
+      // ExitVerdict::kAgentLost
       outcome.failed_agents.push_back(
           {exited->name, exited->Describe(), Since(start), last ? last->round : 0});
       int agents_left = 0;
@@ -288,17 +306,6 @@ RunOutcome Supervise(const RunPlan& plan, bool quiet, Supervisor& sup, SignalSco
                 << " agents; the aggregator decides whether it can\n"
                 << std::flush;
       continue;
-    }
-    if (exited) {
-      // The aggregator with --exit-when-done lingers ~1 s after the job ends;
-      // if it left between two polls, a complete round history still counts.
-      const bool complete =
-          last && last->total_rounds > 0 && static_cast<int64_t>(last->rounds.size()) >= last->total_rounds;
-      if (!(exited->name == "aggregator" && exited->Succeeded() && complete)) {
-        return fail(DescribeChildFailure(*exited));
-      }
-      last->state = "Succeeded";
-      break;
     }
     if (std::chrono::steady_clock::now() - last_poll < kPollEvery) continue;
     last_poll = std::chrono::steady_clock::now();
@@ -326,18 +333,7 @@ RunOutcome Supervise(const RunPlan& plan, bool quiet, Supervisor& sup, SignalSco
   progress.Rounds(*last);
   progress.Clear();
 
-  // Let everyone leave on their own (--exit-when-done), then stop stragglers.
-  if (!plan.serve) {
-    for (const ChildExit& e : sup.WaitAll(std::chrono::seconds(45))) {
-      if (!e.Succeeded()) std::cerr << "warning: " << DescribeChildFailure(e, 5);
-    }
-  }
-  if (!plan.serve && sup.running() > 0) {
-    std::cerr << "warning: still running after the job succeeded, stopping: ";
-    for (const auto& n : sup.RunningNames()) std::cerr << n << " ";
-    std::cerr << "\n";
-    sup.TerminateAll(std::chrono::seconds(5));
-  }
+  if (!plan.serve) LetChildrenLeave(sup);
   return ended(RunOutcome::End::kSucceeded);
 }
 
@@ -396,6 +392,21 @@ int RunJob(const RunOptions& o) {
   std::cout << std::flush;
   if (report.exit_code != kExitOk || !plan.serve) return report.exit_code;
   return ServeUntilSignalled(plan, sup, signals);
+}
+
+ExitVerdict JudgeChildExit(const ChildExit& exit, const RunPlan& plan, const std::optional<JobStatus>& last) {
+  const bool agent = exit.name != "aggregator";
+  // An agent run with --exit-when-done exits 0 as soon as it has been told DONE,
+  // which can be just before the next poll shows the job Succeeded. Not a failure:
+  // keep polling the aggregator, which decides how the job ended.
+  if (agent && exit.Succeeded() && !plan.serve) return ExitVerdict::kExpected;
+  if (agent && plan.allow_agent_failures) return ExitVerdict::kAgentLost;
+  // The aggregator with --exit-when-done lingers ~1 s after the job ends; if it
+  // left between two polls, a complete round history still counts.
+  const bool complete =
+      last && last->total_rounds > 0 && static_cast<int64_t>(last->rounds.size()) >= last->total_rounds;
+  if (!agent && exit.Succeeded() && complete) return ExitVerdict::kJobDone;
+  return ExitVerdict::kFatal;
 }
 
 }  // namespace fedge::cli

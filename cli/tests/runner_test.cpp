@@ -370,6 +370,46 @@ TEST(GenerativeManifestTest, ParsesAsALlamaCausalLmJob) {
   EXPECT_TRUE(spec->model.labels.empty());
 }
 
+// The supervision's one decision: what a child's exit means while the job runs.
+TEST(JudgeChildExitTest, OnlyALeavingAgentOrAFinishedAggregatorIsNotFatal) {
+  ChildExit agent_ok{"agent-1", 10, 0, 0, ""};
+  ChildExit agent_died{"agent-1", 10, 7, 0, ""};
+  ChildExit agent_killed{"agent-1", 10, -1, 9, ""};
+  ChildExit aggregator_ok{"aggregator", 11, 0, 0, ""};
+  ChildExit aggregator_died{"aggregator", 11, 1, 0, ""};
+  JobStatus complete;
+  complete.total_rounds = 2;
+  complete.rounds.resize(2);
+  JobStatus halfway = complete;
+  halfway.rounds.resize(1);
+  RunPlan plain, serve, tolerant;
+  serve.serve = true;
+  tolerant.allow_agent_failures = true;
+  struct Row {
+    const char* name;
+    const ChildExit& exit;
+    const RunPlan& plan;
+    std::optional<JobStatus> last;
+    ExitVerdict want;
+  };
+  // clang-format off
+  const Row rows[] = {
+      {"agent told it is done",                  agent_ok,        plain,    halfway,      ExitVerdict::kExpected},
+      {"agent exits 0 while serving",            agent_ok,        serve,    complete,     ExitVerdict::kFatal},
+      {"agent dies",                             agent_died,      plain,    halfway,      ExitVerdict::kFatal},
+      {"agent dies, failures allowed",           agent_died,      tolerant, halfway,      ExitVerdict::kAgentLost},
+      {"agent killed, failures allowed",         agent_killed,    tolerant, std::nullopt, ExitVerdict::kAgentLost},
+      {"aggregator done, every round seen",      aggregator_ok,   plain,    complete,     ExitVerdict::kJobDone},
+      {"aggregator exits 0 with rounds missing", aggregator_ok,   plain,    halfway,      ExitVerdict::kFatal},
+      {"aggregator exits 0 before any status",   aggregator_ok,   plain,    std::nullopt, ExitVerdict::kFatal},
+      {"aggregator dies, failures allowed",      aggregator_died, tolerant, complete,     ExitVerdict::kFatal},
+  };
+  // clang-format on
+  for (const Row& row : rows) {
+    EXPECT_EQ(JudgeChildExit(row.exit, row.plan, row.last), row.want) << row.name;
+  }
+}
+
 // ---- RunJob with stand-in binaries ----
 
 class RunJobTest : public ::testing::Test {

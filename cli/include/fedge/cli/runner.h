@@ -8,6 +8,8 @@
 // and the report (run_report.h: pure, the result, the summary and the exit code).
 #pragma once
 
+#include <optional>
+
 #include "fedge/cli/run_plan.h"
 #include "fedge/cli/run_report.h"
 
@@ -21,5 +23,13 @@ namespace fedge::cli {
 // the kExit* codes. Installs SIGINT/SIGTERM handlers for its duration; not
 // reentrant (one run per process at a time).
 int RunJob(const RunOptions& options);
+
+// What a child's exit while the job runs means (the supervision's one decision,
+// pure). kExpected: an agent left with exit 0 after it was told the job is done
+// (not with --serve). kAgentLost: an agent ended otherwise and
+// plan.allow_agent_failures. kJobDone: the aggregator exited 0 and `last` (its
+// last /v1/status) holds every round. kFatal: anything else; the run fails.
+enum class ExitVerdict { kExpected, kAgentLost, kJobDone, kFatal };
+ExitVerdict JudgeChildExit(const ChildExit& exit, const RunPlan& plan, const std::optional<JobStatus>& last);
 
 }  // namespace fedge::cli
