@@ -183,7 +183,7 @@ TEST(RestrictedPodTest, EveryPodTheOperatorCreatesIsRestricted) {
 }
 
 TEST_F(HardeningTest, ReconciledPodsAndVolumesUseNoHostPath) {
-  client_.Create(res::kJobs, "ml", Job());
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
   Reconcile();
   auto pods = client_.Objects(res::kPods);
   ASSERT_EQ(pods.size(), 3u);

@@ -14,6 +14,14 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
+// An informer's options for namespace ml.
+InformerOptions InMl(int64_t page_size = 500) {
+  InformerOptions o;
+  o.ns = "ml";
+  o.page_size = page_size;
+  return o;
+}
+
 Json Pod(const std::string& name, const std::string& ns = "ml") {
   return {{"metadata", {{"name", name}, {"namespace", ns}, {"labels", {{"app", "x"}}}}}};
 }
@@ -43,7 +51,7 @@ struct Recorder {
 TEST(InformerTest, ListsThenWatchesIntoTheCache) {
   FakeKubeClient client;
   ASSERT_TRUE(client.Create(res::kPods, "ml", Pod("a")).ok());
-  Informer inf(&client, res::kPods, {.ns = "ml", .page_size = 1});
+  Informer inf(&client, res::kPods, InMl(/*page_size=*/1));
   Recorder rec;
   inf.AddHandlers(rec.Handlers());
   inf.Start();
@@ -64,7 +72,7 @@ TEST(InformerTest, ListsThenWatchesIntoTheCache) {
 
 TEST(InformerTest, ResumesAfterStreamEndsWithoutRelisting) {
   FakeKubeClient client;
-  Informer inf(&client, res::kPods, {.ns = "ml"});
+  Informer inf(&client, res::kPods, InMl());
   Recorder rec;
   inf.AddHandlers(rec.Handlers());
   inf.Start();
@@ -84,7 +92,7 @@ TEST(InformerTest, ResumesAfterStreamEndsWithoutRelisting) {
 TEST(InformerTest, RelistsOnGoneAndReportsMissedDeletes) {
   FakeKubeClient client;
   ASSERT_TRUE(client.Create(res::kPods, "ml", Pod("old")).ok());
-  Informer inf(&client, res::kPods, {.ns = "ml"});
+  Informer inf(&client, res::kPods, InMl());
   Recorder rec;
   inf.AddHandlers(rec.Handlers());
   inf.Start();

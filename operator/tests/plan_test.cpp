@@ -128,8 +128,12 @@ TEST(PlanTest, Table) {
        [](const Plan& p) {
          EXPECT_TRUE(p.status.contains("startTime"));
          for (const auto& a : p.actions) {
-           if (a.resource == &res::kPods) EXPECT_EQ(a.wave, Wave::kPods) << a.Describe();
-           if (a.resource == &res::kPersistentVolumes) EXPECT_EQ(a.wave, Wave::kPerNode) << a.Describe();
+           if (a.resource == &res::kPods) {
+             EXPECT_EQ(a.wave, Wave::kPods) << a.Describe();
+           }
+           if (a.resource == &res::kPersistentVolumes) {
+             EXPECT_EQ(a.wave, Wave::kPerNode) << a.Describe();
+           }
          }
          EXPECT_EQ(Find(p, "apply federatedtrainingjobs/wn")->wave, Wave::kJob);
          // Regression (the chart's namespaced RBAC on the real API server): a binding applied
@@ -303,7 +307,9 @@ TEST(PlanTest, Table) {
       EXPECT_TRUE(Has(got, want)) << "missing " << want << "; planned:" << all;
     for (const auto& nw : row.not_want)
       EXPECT_FALSE(Has(got, nw)) << "unexpected " << nw << "; planned:" << all;
-    if (row.want_count >= 0) EXPECT_EQ(static_cast<int>(got.size()), row.want_count) << "planned:" << all;
+    if (row.want_count >= 0) {
+      EXPECT_EQ(static_cast<int>(got.size()), row.want_count) << "planned:" << all;
+    }
     EXPECT_EQ(p.status.value("state", ""), row.state);
     if (row.restarts < 0)
       EXPECT_FALSE(p.status.contains("restarts"));
