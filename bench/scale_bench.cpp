@@ -783,6 +783,14 @@ class Bench {
     }
   }
 
+  // Counts a failed call; the first few are printed with their status.
+  void RpcError(const char* method, const SimAgent& agent, const grpc::Status& s) {
+    if (++rpc_errors_ <= 5) {
+      std::fprintf(stderr, "%s of %s failed: %d %s\n", method, agent.id.c_str(),
+                   static_cast<int>(s.error_code()), s.error_message().c_str());
+    }
+  }
+
   v1::RequestHeader Header(const SimAgent& agent) const {
     v1::RequestHeader h;
     h.set_protocol_version(1);
@@ -819,7 +827,7 @@ class Bench {
     writer->WritesDone();
     grpc::Status s = writer->Finish();
     if (!s.ok()) {
-      ++rpc_errors_;
+      RpcError("SubmitUpdate", agent, s);
       return false;
     }
     if (!response.accepted()) {
@@ -842,8 +850,12 @@ class Bench {
       got += chunk.data().size();
       total = chunk.total_bytes();
     }
-    if (!reader->Finish().ok() || got != total) {
-      ++rpc_errors_;
+    grpc::Status s = reader->Finish();
+    if (!s.ok() || got != total) {
+      RpcError("FetchGlobal", agent,
+               s.ok() ? grpc::Status(grpc::StatusCode::DATA_LOSS,
+                                     std::to_string(got) + " of " + std::to_string(total) + " bytes")
+                      : s);
       return false;
     }
     agent.held_version = version;
@@ -870,7 +882,7 @@ class Bench {
       v1::JoinResponse resp;
       grpc::Status s = stub.Join(&ctx, req, &resp);
       if (!s.ok()) {
-        ++rpc_errors_;
+        RpcError("Join", agent, s);
         return 500;
       }
       agent.session = resp.session();
@@ -916,7 +928,8 @@ class Bench {
         (*report.mutable_values())["accuracy"] = 0.5;
         (*report.mutable_values())["loss"] = 1.0;
         v1::MetricsAck ack;
-        if (!stub.ReportMetrics(&mctx, report, &ack).ok()) ++rpc_errors_;
+        if (grpc::Status s = stub.ReportMetrics(&mctx, report, &ack); !s.ok())
+          RpcError("ReportMetrics", agent, s);
         return 0;
       }
       case v1::TASK_KIND_DONE:
@@ -949,10 +962,7 @@ class Bench {
       SimAgent& a = agents_[static_cast<size_t>(index)];
       int delay_ms = 0;
       if (!s.ok()) {
-        if (++rpc_errors_ <= 3) {
-          std::fprintf(stderr, "GetTask of %s failed: %d %s\n", a.id.c_str(),
-                       static_cast<int>(s.error_code()), s.error_message().c_str());
-        }
+        RpcError("GetTask", a, s);
         if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) a.session.clear();
         delay_ms = 500;
       } else if (call->task.kind() == v1::TASK_KIND_WAIT) {

@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
   uint64_t max_upload_buffer_bytes = 512ull << 20;
   int64_t stream_idle_timeout_s = 120;
   int max_open_streams = 1024;
+  uint64_t grpc_memory_bytes = aggregator::ServerOptions{}.grpc_memory_bytes;
+  int grpc_stream_window_bytes = aggregator::ServerOptions{}.grpc_stream_window_bytes;
   bool exit_when_done = false, show_version = false;
 
   CLI::App app{
@@ -76,6 +78,16 @@ int main(int argc, char** argv) {
   app.add_option("--max-open-streams", max_open_streams,
                  "SubmitUpdate + FetchGlobal streams open at once; more are refused with RESOURCE_EXHAUSTED "
                  "(0: no limit)")
+      ->capture_default_str();
+  app.add_option("--grpc-memory-bytes", grpc_memory_bytes,
+                 "gRPC's own memory (grpc::ResourceQuota): TCP read buffers, HTTP/2 state and call "
+                 "arenas of every connection; near it gRPC frees idle connections' read buffers, and "
+                 "past it cancels streams (RESOURCE_EXHAUSTED) (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--grpc-stream-window-bytes", grpc_stream_window_bytes,
+                 "HTTP/2 flow-control window per stream (fixed): an upload moves at most this per round "
+                 "trip, and a connection buffers at most this per open stream (0: gRPC's 64 KiB)")
+      ->check(CLI::Range(0, 1 << 30))
       ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
@@ -143,6 +155,8 @@ int main(int argc, char** argv) {
   options.max_upload_buffer_bytes = max_upload_buffer_bytes;
   options.stream_idle_timeout_ms = stream_idle_timeout_s * 1000;
   options.max_open_streams = max_open_streams;
+  options.grpc_memory_bytes = grpc_memory_bytes;
+  options.grpc_stream_window_bytes = grpc_stream_window_bytes;
   auto server = aggregator::AggregatorServer::Create(*spec, options);
   if (!server.ok()) {
     log::Error("cannot start the aggregator", {{"error", server.status().ToString()}});

@@ -728,13 +728,20 @@ Status AggregatorServer::Start() {
   builder.SetMaxSendMessageSize(static_cast<int>(kMaxChunkBytes + (64 << 10)));
   // In-flight limits (issue 10, item 7): gRPC's own buffers and threads are
   // bounded by a quota, a connection carries at most a few streams at once,
-  // and dead or idle peers are found and dropped.
+  // and dead or idle peers are found and dropped. The quota is also what
+  // frees the spare read buffer every connection keeps (issue 14, item 2;
+  // ServerOptions::grpc_memory_bytes); the stream window is fixed so that
+  // memory pressure does not shrink it under uploads already in flight.
   grpc::ResourceQuota quota("fedge-aggregator");
   if (options_.grpc_memory_bytes > 0) quota.Resize(options_.grpc_memory_bytes);
   if (options_.grpc_max_threads > 0) quota.SetMaxThreads(options_.grpc_max_threads);
   builder.SetResourceQuota(quota);
   if (options_.max_streams_per_connection > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options_.max_streams_per_connection);
+  }
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  if (options_.grpc_stream_window_bytes > 0) {
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, options_.grpc_stream_window_bytes);
   }
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);

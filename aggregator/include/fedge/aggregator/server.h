@@ -52,9 +52,20 @@ struct ServerOptions {
   int max_streams_per_connection = 16;        // HTTP/2 MAX_CONCURRENT_STREAMS
   int64_t stream_header_timeout_ms = 10'000;  // a SubmitUpdate stream must send its header within
   int64_t stream_idle_timeout_ms = 120'000;   // a stream that moves no message this long is cancelled
-  uint64_t grpc_memory_bytes = 1ull << 30;    // grpc::ResourceQuota: gRPC's own buffers
-  int grpc_max_threads = 64;                  // grpc::ResourceQuota
-  int64_t tick_interval_ms = 200;             // how often deadlines are checked
+  // grpc::ResourceQuota over gRPC's own buffers (TCP read buffers, HTTP/2
+  // state) of every connection. gRPC 1.51 keeps a spare read buffer per
+  // connection sized by the largest burst it read (no upper bound; ~0.5 MB
+  // per connection after 83 KB uploads, 260 MiB at 834 connections); near
+  // this quota it reads into 8 KiB slices and frees idle connections' spare
+  // buffers, so the total stays about here whatever the connection count.
+  uint64_t grpc_memory_bytes = 128ull << 20;
+  // HTTP/2 flow-control window per stream, fixed: BDP probing is off, so the
+  // window does not follow memory pressure (with it on, a window shrunk under
+  // pressure reset uploads already in flight: RST_STREAM PROTOCOL_ERROR, 1-6
+  // per 30,000 uploads). An upload moves at most this per round trip.
+  int grpc_stream_window_bytes = 1 << 20;
+  int grpc_max_threads = 64;       // grpc::ResourceQuota
+  int64_t tick_interval_ms = 200;  // how often deadlines are checked
   // Longest GetTask long-poll held (TaskRequest.wait_ms is capped at it, and
   // at 20 s); told to agents in JoinResponse.max_task_wait_ms. 0: every
   // GetTask is answered at once (agents poll after retry_after_ms).
