@@ -45,6 +45,9 @@ CONFIGS = [
     ("topk1", "top-k 1%, int8 values + EF",
      {"compression": {"codec": "int8", "topKFraction": 0.01, "errorFeedback": True}}),
     ("centralized", "centralized reference (one agent, union of the shards, localSteps × agents)", {}),
+    # The reference at the sweep's local learning rate: is the limit itself higher there?
+    ("centralized-lr4e-3", "centralized, local lr 4e-3 (one agent, union of the shards, localSteps × agents)",
+     {"rounds": {"learningRate": 0.004}}),
     ("fedprox", "FedProx mu=0.01, int8 + EF",
      {"strategy": {"name": "fedprox", "proximalMu": 0.01}, "compression": {"codec": "int8"}}),
     ("fedavgm", "FedAvgM (server momentum 0.9, server lr 1), int8 + EF",
@@ -148,6 +151,12 @@ def merge(dst, src):
             dst[k] = v
 
 
+def is_centralized(name):
+    """A centralized run (`fedge run --centralized`): "centralized", the reference every Δ is
+    against, or a variant of it ("centralized-lr4e-3")."""
+    return name == "centralized" or name.startswith("centralized-")
+
+
 def alpha_tag(alpha):
     return "a" + str(alpha).replace(".", "")
 
@@ -183,9 +192,12 @@ def manifest_for(args, base, name, overrides, alpha, data_dir, seed):
     spec["rounds"]["quorum"] = 0  # every agent in every round: bytes comparable across runs
     # A shared, loaded machine must not turn a slow agent into a different experiment.
     spec["rounds"]["timeoutSeconds"] = max(spec["rounds"].get("timeoutSeconds", 0), 1800)
-    # Every configuration states its strategy against plain FedAvg, whatever the quickstart's
-    # default is (fedavgm since 2026-12-03): the codec rows stay FedAvg rows.
+    # Every configuration states its strategy and local learning rate against plain FedAvg at
+    # 2e-3, whatever the quickstart's defaults are (fedavgm since 2026-12-03, then scaffold
+    # at 4e-3 after the local learning-rate sweep): the codec rows stay FedAvg rows, and the
+    # manifests of earlier runs still match (--resume, --render-only).
     spec["strategy"] = {"name": "fedavg"}
+    spec["rounds"]["learningRate"] = 0.002
     merge(spec, overrides)
     return m
 
@@ -218,7 +230,7 @@ def run_one(args, name, desc, overrides, alpha, data_dir, base, seed):
            "--work-dir", os.path.join(args.work_dir, "runs", tag)]
     if args.bin_dir:
         cmd += ["--bin-dir", args.bin_dir]
-    if name == "centralized":
+    if is_centralized(name):
         cmd.append("--centralized")
     out_path = os.path.join(args.work_dir, "logs", tag + ".out")
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
@@ -271,7 +283,7 @@ def table(results, alphas):
             s = r["summary"]
             b = bytes_per_round(s)
             acc = s.get("final_accuracy")
-            central = r["name"] == "centralized"
+            central = is_centralized(r["name"])
             ratio = "%.1f×" % (fp32_bytes / b) if (fp32_bytes and b and not central) else "—"
             delta = "%+.1f" % (100 * (acc - fp32_acc)) if (acc is not None and fp32_acc is not None) else "—"
             lines.append("| %s | %s | %s | %s | %s | %s | %.0f%s |" % (
@@ -438,7 +450,7 @@ def gap_table(args, results):
             continue
         cm = mean(c["finals"])
         goal = 0.02 if alpha >= 0.5 else 0.05
-        rows = [g for g in groups if g["alpha"] == alpha and g["finals"] and g["name"] != "centralized"]
+        rows = [g for g in groups if g["alpha"] == alpha and g["finals"] and not is_centralized(g["name"])]
         if not rows:
             continue
         best = max(rows, key=lambda g: mean(g["finals"]))
@@ -570,7 +582,7 @@ def main():
         for name, desc, overrides in sorted((c for c in CONFIGS if c[0] in wanted),
                                             key=lambda c: wanted.index(c[0])):
             first = next((r for r in results if r["name"] == name and r["seed"] == seed), None)
-            if gap and name == "centralized" and first is not None:
+            if gap and is_centralized(name) and first is not None:
                 # The union of the shards and the test set depend on the seed, not on alpha.
                 results.append(dict(first, alpha=alpha, shared=True))
                 continue
