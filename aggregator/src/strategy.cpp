@@ -54,11 +54,50 @@ TensorBundle Zeros(const TensorBundle& layout) {
   return out;
 }
 
-// FedAvg; also the server side of FedProx, whose proximal term lives in the
-// agents' local objective (spec.strategy.proximalMu is sent with each task).
-class FedAvgStrategy : public AggregationStrategy {
+// A strategy's per-coordinate state (momentum, control variate), or zeros shaped
+// like `global` while it is empty (before the first round). INVALID_ARGUMENT,
+// with `what` as context, if the state's layout is not `global`'s.
+StatusOr<TensorBundle> StateOrZeros(const TensorBundle& state, const TensorBundle& global,
+                                    const std::string& what) {
+  TensorBundle out = state.tensors.empty() ? Zeros(global) : state;
+  FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, out).WithContext(what));
+  return out;
+}
+
+// Checkpoint names of strategy state: `state` holds `bundle`'s tensors as
+// prefix + name ("v/encoder.w").
+void AppendPrefixed(std::string_view prefix, const TensorBundle& bundle, TensorBundle* state) {
+  for (const NamedTensor& t : bundle.tensors)
+    state->tensors.push_back(NamedTensor{std::string(prefix) + t.name, t.shape, t.values});
+}
+
+// The reverse of AppendPrefixed for one tensor: if `t` is named prefix + name,
+// appends it to `out` as name and returns true; otherwise false.
+bool TakePrefixed(std::string_view prefix, const NamedTensor& t, TensorBundle* out) {
+  if (t.name.rfind(prefix, 0) != 0) return false;
+  out->tensors.push_back(NamedTensor{t.name.substr(prefix.size()), t.shape, t.values});
+  return true;
+}
+
+// The reverse of AppendPrefixed for a state of one bundle: INVALID_ARGUMENT,
+// with `what` as context, if a tensor is not named prefix + name.
+StatusOr<TensorBundle> TakeAllPrefixed(std::string_view prefix, const TensorBundle& state,
+                                       std::string_view what) {
+  TensorBundle out;
+  for (const NamedTensor& t : state.tensors) {
+    if (!TakePrefixed(prefix, t, &out)) {
+      return InvalidArgumentError(std::string(what) + ": unexpected tensor \"" + t.name + "\"");
+    }
+  }
+  return out;
+}
+
+// Base of the strategies that fold each update into the example-weighted sum
+// of the round's deltas as it arrives (FedAvg and the server optimizers on its
+// mean). Subclasses say what a round's sum does to the global model.
+class WeightedSumStrategy : public AggregationStrategy {
  public:
-  explicit FedAvgStrategy(std::string_view name) : name_(name) {}
+  explicit WeightedSumStrategy(std::string_view name) : name_(name) {}
   std::string_view name() const override { return name_; }
   void Begin(const TensorBundle& global) override { sum_.emplace(global); }
   Status Add(const TensorBundle& delta, int64_t num_examples) override {
@@ -68,12 +107,33 @@ class FedAvgStrategy : public AggregationStrategy {
   int count() const override { return sum_ ? sum_->count() : 0; }
   StatusOr<TensorBundle> Finish(const TensorBundle& global) override {
     if (!sum_) return FailedPreconditionError("strategy: Finish before Begin");
-    return sum_->ApplyMean(global);
+    return Step(global, *sum_);
+  }
+
+ protected:
+  // The new global model from `global` and the round's sum (Begin was called).
+  virtual StatusOr<TensorBundle> Step(const TensorBundle& global, const WeightedDeltaSum& sum) = 0;
+
+  // The example-weighted mean delta of the round, in `global`'s tensor order.
+  static StatusOr<TensorBundle> MeanDelta(const TensorBundle& global, const WeightedDeltaSum& sum) {
+    return sum.ApplyMean(Zeros(global));
   }
 
  private:
   std::string name_;
   std::optional<WeightedDeltaSum> sum_;
+};
+
+// FedAvg; also the server side of FedProx, whose proximal term lives in the
+// agents' local objective (spec.strategy.proximalMu is sent with each task).
+class FedAvgStrategy : public WeightedSumStrategy {
+ public:
+  using WeightedSumStrategy::WeightedSumStrategy;
+
+ protected:
+  StatusOr<TensorBundle> Step(const TensorBundle& global, const WeightedDeltaSum& sum) override {
+    return sum.ApplyMean(global);
+  }
 };
 
 // FedAvgM (Hsu, Qi, Brown 2019, "Measuring the Effects of Non-Identical Data Distribution
@@ -82,24 +142,23 @@ class FedAvgStrategy : public AggregationStrategy {
 //   v = beta v + D,   x = x + v
 // beta = 0 is FedAvg. v is kept as float32 exactly as checkpointed, so a restored
 // aggregator continues bit-for-bit.
-class FedAvgMStrategy : public AggregationStrategy {
+class FedAvgMStrategy : public WeightedSumStrategy {
  public:
-  FedAvgMStrategy(std::string_view name, double beta) : name_(name), beta_(beta) {}
-  std::string_view name() const override { return name_; }
-  void Begin(const TensorBundle& global) override {
-    sum_.emplace(global);
-    zeros_ = Zeros(global);
+  FedAvgMStrategy(std::string_view name, double beta) : WeightedSumStrategy(name), beta_(beta) {}
+  TensorBundle SaveState() const override {
+    TensorBundle state;
+    AppendPrefixed("v/", v_, &state);
+    return state;
   }
-  Status Add(const TensorBundle& delta, int64_t num_examples) override {
-    if (!sum_) return FailedPreconditionError("strategy: Add before Begin");
-    return sum_->Add(delta, static_cast<double>(num_examples));
+  Status RestoreState(const TensorBundle& state) override {
+    FEDGE_ASSIGN_OR_RETURN(v_, TakeAllPrefixed("v/", state, "momentum state"));
+    return OkStatus();
   }
-  int count() const override { return sum_ ? sum_->count() : 0; }
-  StatusOr<TensorBundle> Finish(const TensorBundle& global) override {
-    if (!sum_) return FailedPreconditionError("strategy: Finish before Begin");
-    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean, sum_->ApplyMean(zeros_));
-    TensorBundle v = v_.tensors.empty() ? Zeros(global) : v_;
-    FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, v).WithContext("momentum state"));
+
+ protected:
+  StatusOr<TensorBundle> Step(const TensorBundle& global, const WeightedDeltaSum& sum) override {
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean, MeanDelta(global, sum));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle v, StateOrZeros(v_, global, "momentum state"));
     TensorBundle out = global;
     for (NamedTensor& x : out.tensors) {
       const std::vector<float>& d = mean.Find(x.name)->values;
@@ -112,29 +171,9 @@ class FedAvgMStrategy : public AggregationStrategy {
     v_ = std::move(v);
     return out;
   }
-  TensorBundle SaveState() const override {
-    TensorBundle state;
-    for (const NamedTensor& t : v_.tensors)
-      state.tensors.push_back(NamedTensor{"v/" + t.name, t.shape, t.values});
-    return state;
-  }
-  Status RestoreState(const TensorBundle& state) override {
-    TensorBundle v;
-    for (const NamedTensor& t : state.tensors) {
-      if (t.name.rfind("v/", 0) != 0) {
-        return InvalidArgumentError("momentum state: unexpected tensor \"" + t.name + "\"");
-      }
-      v.tensors.push_back(NamedTensor{t.name.substr(2), t.shape, t.values});
-    }
-    v_ = std::move(v);
-    return OkStatus();
-  }
 
  private:
-  std::string name_;
   double beta_;
-  std::optional<WeightedDeltaSum> sum_;
-  TensorBundle zeros_;
   TensorBundle v_;  // empty until the first round
 };
 
@@ -154,28 +193,38 @@ class FedAvgMStrategy : public AggregationStrategy {
 // server folds in: a lossy codec's error feedback carries the difference into the
 // next round, as it does for the model. c is kept as float32 exactly as
 // checkpointed and handed out, so a restored aggregator continues bit-for-bit.
-class ScaffoldStrategy : public AggregationStrategy {
+class ScaffoldStrategy : public WeightedSumStrategy {
  public:
-  explicit ScaffoldStrategy(std::string_view name) : name_(name), control_(std::make_shared<std::string>()) {}
-  std::string_view name() const override { return name_; }
+  explicit ScaffoldStrategy(std::string_view name)
+      : WeightedSumStrategy(name), control_(std::make_shared<std::string>()) {}
   void SetRoundContext(const RoundContext& context) override { context_ = context; }
   void Begin(const TensorBundle& global) override {
-    weighted_.emplace(global);
+    WeightedSumStrategy::Begin(global);
     plain_.emplace(global);
-    zeros_ = Zeros(global);
   }
   Status Add(const TensorBundle& delta, int64_t num_examples) override {
-    if (!weighted_) return FailedPreconditionError("strategy: Add before Begin");
+    if (!plain_) return FailedPreconditionError("strategy: Add before Begin");
     // Both sums or neither: check with the plain sum first (weight 1 is always valid).
     WeightedDeltaSum plain = *plain_;
     FEDGE_RETURN_IF_ERROR(plain.Add(delta, 1.0));
-    FEDGE_RETURN_IF_ERROR(weighted_->Add(delta, static_cast<double>(num_examples)));
+    FEDGE_RETURN_IF_ERROR(WeightedSumStrategy::Add(delta, num_examples));
     plain_ = std::move(plain);
     return OkStatus();
   }
-  int count() const override { return weighted_ ? weighted_->count() : 0; }
-  StatusOr<TensorBundle> Finish(const TensorBundle& global) override {
-    if (!weighted_) return FailedPreconditionError("strategy: Finish before Begin");
+  std::shared_ptr<const std::string> ServerControl() const override { return control_; }
+  TensorBundle SaveState() const override {
+    TensorBundle state;
+    AppendPrefixed("c/", c_, &state);
+    return state;
+  }
+  Status RestoreState(const TensorBundle& state) override {
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle c, TakeAllPrefixed("c/", state, "scaffold state"));
+    return SetControl(std::move(c));
+  }
+
+ protected:
+  // `weighted` is n_i Delta y_i (the model); plain_ is Delta y_i (the control variate).
+  StatusOr<TensorBundle> Step(const TensorBundle& global, const WeightedDeltaSum& weighted) override {
     const double k_eta = static_cast<double>(context_.local_steps) * context_.learning_rate;
     if (!(k_eta > 0) || context_.population < 1) {
       return FailedPreconditionError(
@@ -185,10 +234,9 @@ class ScaffoldStrategy : public AggregationStrategy {
     // More participants than agents (an agent that left after it answered):
     // the paper's N is at least |S|.
     const double n = static_cast<double>(std::max<int64_t>(context_.population, participants));
-    FEDGE_ASSIGN_OR_RETURN(TensorBundle out, weighted_->ApplyMean(global));
-    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean_dy, plain_->ApplyMean(zeros_));
-    TensorBundle c = c_.tensors.empty() ? Zeros(global) : c_;
-    FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, c).WithContext("scaffold control variate"));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle out, weighted.ApplyMean(global));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean_dy, MeanDelta(global, *plain_));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle c, StateOrZeros(c_, global, "scaffold control variate"));
     const double keep = 1.0 - static_cast<double>(participants) / n;
     const double scale = static_cast<double>(participants) / (n * k_eta);  // sum = count * mean
     for (NamedTensor& ct : c.tensors) {
@@ -198,33 +246,19 @@ class ScaffoldStrategy : public AggregationStrategy {
             static_cast<float>(keep * static_cast<double>(ct.values[i]) - scale * static_cast<double>(d[i]));
       }
     }
-    FEDGE_ASSIGN_OR_RETURN(std::shared_ptr<const std::string> encoded, Encode(c));
-    c_ = std::move(c);
-    control_ = std::move(encoded);
+    FEDGE_RETURN_IF_ERROR(SetControl(std::move(c)));
     return out;
   }
-  std::shared_ptr<const std::string> ServerControl() const override { return control_; }
-  TensorBundle SaveState() const override {
-    TensorBundle state;
-    for (const NamedTensor& t : c_.tensors)
-      state.tensors.push_back(NamedTensor{"c/" + t.name, t.shape, t.values});
-    return state;
-  }
-  Status RestoreState(const TensorBundle& state) override {
-    TensorBundle c;
-    for (const NamedTensor& t : state.tensors) {
-      if (t.name.rfind("c/", 0) != 0) {
-        return InvalidArgumentError("scaffold state: unexpected tensor \"" + t.name + "\"");
-      }
-      c.tensors.push_back(NamedTensor{t.name.substr(2), t.shape, t.values});
-    }
+
+ private:
+  // c_ = c and control_ = Encode(c), or neither.
+  Status SetControl(TensorBundle c) {
     FEDGE_ASSIGN_OR_RETURN(std::shared_ptr<const std::string> encoded, Encode(c));
     c_ = std::move(c);
     control_ = std::move(encoded);
     return OkStatus();
   }
 
- private:
   static StatusOr<std::shared_ptr<const std::string>> Encode(const TensorBundle& c) {
     if (c.tensors.empty()) return std::shared_ptr<const std::string>(std::make_shared<std::string>());
     EncodeOptions eo;
@@ -234,11 +268,8 @@ class ScaffoldStrategy : public AggregationStrategy {
     return std::shared_ptr<const std::string>(std::make_shared<std::string>(std::move(bytes)));
   }
 
-  std::string name_;
   RoundContext context_;
-  std::optional<WeightedDeltaSum> weighted_;  // n_i Delta y_i: the model
-  std::optional<WeightedDeltaSum> plain_;     // Delta y_i: the control variate
-  TensorBundle zeros_;
+  std::optional<WeightedDeltaSum> plain_;       // Delta y_i: the control variate
   TensorBundle c_;                              // empty until the first round
   std::shared_ptr<const std::string> control_;  // Encode(c_); never null
 };
@@ -254,35 +285,57 @@ class ScaffoldStrategy : public AggregationStrategy {
 // and there is no bias correction (the paper has none). m and v are kept as
 // float32 exactly as checkpointed, and every step reads them back the same
 // way, so a restored aggregator continues bit-for-bit.
-class ServerOptimizerStrategy : public AggregationStrategy {
+class ServerOptimizerStrategy : public WeightedSumStrategy {
  public:
   enum class Variant { kAdagrad, kAdam, kYogi };
   ServerOptimizerStrategy(std::string_view name, Variant variant, const StrategySpec& spec)
-      : name_(name),
+      : WeightedSumStrategy(name),
         variant_(variant),
         eta_(spec.serverLearningRate),
         b1_(spec.beta1),
         b2_(spec.beta2),
         tau_(spec.tau) {}
 
-  std::string_view name() const override { return name_; }
-  void Begin(const TensorBundle& global) override {
-    sum_.emplace(global);
-    zeros_ = Zeros(global);
+  TensorBundle SaveState() const override {
+    TensorBundle state;
+    if (m_.tensors.empty()) return state;
+    AppendPrefixed("m/", m_, &state);
+    AppendPrefixed("v/", v_, &state);
+    // float32 holds integers exactly up to 2^24 rounds.
+    state.tensors.push_back(NamedTensor{"step", {1}, {static_cast<float>(step_)}});
+    return state;
   }
-  Status Add(const TensorBundle& delta, int64_t num_examples) override {
-    if (!sum_) return FailedPreconditionError("strategy: Add before Begin");
-    return sum_->Add(delta, static_cast<double>(num_examples));
-  }
-  int count() const override { return sum_ ? sum_->count() : 0; }
 
-  StatusOr<TensorBundle> Finish(const TensorBundle& global) override {
-    if (!sum_) return FailedPreconditionError("strategy: Finish before Begin");
-    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean, sum_->ApplyMean(zeros_));
-    TensorBundle m = m_.tensors.empty() ? Zeros(global) : m_;
-    TensorBundle v = v_.tensors.empty() ? Zeros(global) : v_;
-    FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, m).WithContext("optimizer state m"));
-    FEDGE_RETURN_IF_ERROR(CheckSameLayout(global, v).WithContext("optimizer state v"));
+  Status RestoreState(const TensorBundle& state) override {
+    if (state.tensors.empty()) {
+      m_ = {};
+      v_ = {};
+      step_ = 0;
+      return OkStatus();
+    }
+    TensorBundle m, v;
+    std::optional<int64_t> step;
+    for (const NamedTensor& t : state.tensors) {
+      if (TakePrefixed("m/", t, &m) || TakePrefixed("v/", t, &v)) continue;
+      if (t.name == "step" && t.values.size() == 1) {
+        step = static_cast<int64_t>(t.values[0]);
+      } else {
+        return InvalidArgumentError("optimizer state: unexpected tensor \"" + t.name + "\"");
+      }
+    }
+    if (!step) return InvalidArgumentError("optimizer state: no step");
+    FEDGE_RETURN_IF_ERROR(CheckSameLayout(m, v).WithContext("optimizer state: m and v differ"));
+    m_ = std::move(m);
+    v_ = std::move(v);
+    step_ = *step;
+    return OkStatus();
+  }
+
+ protected:
+  StatusOr<TensorBundle> Step(const TensorBundle& global, const WeightedDeltaSum& sum) override {
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle mean, MeanDelta(global, sum));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle m, StateOrZeros(m_, global, "optimizer state m"));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle v, StateOrZeros(v_, global, "optimizer state v"));
     TensorBundle out = global;
     for (size_t ti = 0; ti < out.tensors.size(); ++ti) {
       NamedTensor& x = out.tensors[ti];
@@ -321,52 +374,9 @@ class ServerOptimizerStrategy : public AggregationStrategy {
     return out;
   }
 
-  TensorBundle SaveState() const override {
-    TensorBundle state;
-    if (m_.tensors.empty()) return state;
-    for (const NamedTensor& t : m_.tensors)
-      state.tensors.push_back(NamedTensor{"m/" + t.name, t.shape, t.values});
-    for (const NamedTensor& t : v_.tensors)
-      state.tensors.push_back(NamedTensor{"v/" + t.name, t.shape, t.values});
-    // float32 holds integers exactly up to 2^24 rounds.
-    state.tensors.push_back(NamedTensor{"step", {1}, {static_cast<float>(step_)}});
-    return state;
-  }
-
-  Status RestoreState(const TensorBundle& state) override {
-    if (state.tensors.empty()) {
-      m_ = {};
-      v_ = {};
-      step_ = 0;
-      return OkStatus();
-    }
-    TensorBundle m, v;
-    std::optional<int64_t> step;
-    for (const NamedTensor& t : state.tensors) {
-      if (t.name.rfind("m/", 0) == 0) {
-        m.tensors.push_back(NamedTensor{t.name.substr(2), t.shape, t.values});
-      } else if (t.name.rfind("v/", 0) == 0) {
-        v.tensors.push_back(NamedTensor{t.name.substr(2), t.shape, t.values});
-      } else if (t.name == "step" && t.values.size() == 1) {
-        step = static_cast<int64_t>(t.values[0]);
-      } else {
-        return InvalidArgumentError("optimizer state: unexpected tensor \"" + t.name + "\"");
-      }
-    }
-    if (!step) return InvalidArgumentError("optimizer state: no step");
-    FEDGE_RETURN_IF_ERROR(CheckSameLayout(m, v).WithContext("optimizer state: m and v differ"));
-    m_ = std::move(m);
-    v_ = std::move(v);
-    step_ = *step;
-    return OkStatus();
-  }
-
  private:
-  std::string name_;
   Variant variant_;
   double eta_, b1_, b2_, tau_;
-  std::optional<WeightedDeltaSum> sum_;
-  TensorBundle zeros_;
   TensorBundle m_, v_;  // empty until the first Finish
   int64_t step_ = 0;
 };
