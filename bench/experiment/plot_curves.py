@@ -62,7 +62,7 @@ def gnuplot_script(table, data_path, out_png):
         lines.append("set title 'Dirichlet alpha = %s (mean over seeds, bars: min-max)'" % alpha)
         plots = []
         for name, _, nseeds, _ in rows:
-            # The reference black dashed; a centralized variant (e.g. centralized-lr4e-3) grey dotted.
+            # The reference black dashed; a centralized variant (e.g. centralized-lr4e-3) grey.
             style = "dashtype 2 lw 2 lc rgb 'black'" if name == "centralized" else \
                 "dashtype 3 lw 2 lc rgb 'gray40'" if name.startswith("centralized-") else "lw 2"
             plots.append("'%s' index %d using 1:2:3:4 with yerrorlines %s title '%s (%d seed%s)'" % (
