@@ -8,11 +8,13 @@
 #include <atomic>
 #include <cstdlib>
 #include <iostream>
+#include <string>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 
 #include "fedge/agent/runtime/agent.h"
+#include "fedge/file_util.h"
 #include "fedge/job_spec.h"
 #include "fedge/log.h"
 #include "fedge/version.h"
@@ -28,6 +30,22 @@ std::string Hostname() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `fedge-agent --make-state-dir ROOT NS/JOB`: the init container of the operator's
+  // agent pods. It alone mounts the node's state root, creates the job's directory
+  // there as the pod's user (no symbolic link followed) and exits; the agent container
+  // then mounts only that directory, never other jobs' state (docs/security.md).
+  if (argc >= 2 && std::string(argv[1]) == "--make-state-dir") {
+    if (argc != 4) {
+      std::cerr << "usage: fedge-agent --make-state-dir ROOT NAMESPACE/JOB\n";
+      return 2;
+    }
+    fedge::Status made = fedge::MakeDirsBeneath(argv[2], argv[3]);
+    if (!made.ok()) {
+      std::cerr << "fedge-agent --make-state-dir: " << made.ToString() << "\n";
+      return 1;
+    }
+    return 0;
+  }
   // Block the signals before any thread exists (libtorch, gRPC and cpprest start
   // their own), so only the sigwait thread below ever receives them.
   sigset_t signals;

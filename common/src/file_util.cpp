@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 namespace fedge {
 namespace {
@@ -48,6 +49,12 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
+  // Closes the held descriptor (if any) and holds `fd` instead.
+  void Reset(int fd) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+  int Release() { return std::exchange(fd_, -1); }
   // Closes now and reports the error (close can report deferred write errors).
   int Close() {
     const int rc = ::close(fd_);
@@ -164,6 +171,35 @@ Status MakeDirs(const std::string& path) {
     if (slash == std::string::npos) break;
   }
   return OkStatus();
+}
+
+Status MakeDirsBeneath(const std::string& root, const std::string& relative) {
+  Fd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() < 0) return ErrnoError("cannot open directory", root, errno);
+  std::string at = root;
+  size_t pos = 0;
+  while (true) {
+    const size_t slash = relative.find('/', pos);
+    const std::string name =
+        relative.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    if (name.empty() || name == "." || name == "..")
+      return InvalidArgumentError("cannot create " + root + "/" + relative + " beneath " + root +
+                                  ": the path must be names separated by single slashes (no \"" + name +
+                                  "\")");
+    at += "/" + name;
+    if (::mkdirat(dir.get(), name.c_str(), 0755) != 0 && errno != EEXIST)
+      return ErrnoError("cannot create directory", at, errno);
+    Fd next(::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (next.get() < 0) {
+      if (errno == ELOOP || errno == ENOTDIR)
+        return FailedPreconditionError("cannot create directory " + root + "/" + relative + ": " + at +
+                                       " is a symbolic link or not a directory; remove it");
+      return ErrnoError("cannot open directory", at, errno);
+    }
+    if (slash == std::string::npos) return OkStatus();
+    dir.Reset(next.Release());
+    pos = slash + 1;
+  }
 }
 
 }  // namespace fedge

@@ -92,6 +92,36 @@ TEST(FileUtilTest, MakeDirsCreatesNestedAndToleratesExisting) {
   EXPECT_FALSE(MakeDirs("").ok());
 }
 
+TEST(FileUtilTest, MakeDirsBeneathCreatesNestedAndToleratesExisting) {
+  const std::string root = MakeTempDir();
+  ASSERT_TRUE(MakeDirsBeneath(root, "ns/job").ok());
+  ASSERT_TRUE(MakeDirsBeneath(root, "ns/job").ok());
+  struct stat st;
+  ASSERT_EQ(::stat((root + "/ns/job").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  for (const char* bad : {"", "ns//job", "ns/../job", "./ns", "/ns", "ns/"}) {
+    Status s = MakeDirsBeneath(root, bad);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad << ": " << s.ToString();
+  }
+  EXPECT_EQ(MakeDirsBeneath(root + "/missing", "a").code(), StatusCode::kNotFound);
+}
+
+// Regression (agent state isolation): the operator's init container creates
+// <state root>/<ns>/<job> for an agent that then sees only that directory. A link
+// planted as <ns> by a former agent that could write the whole root must not send
+// the new job's directory into another job's state.
+TEST(FileUtilTest, MakeDirsBeneathRefusesSymbolicLinksInsteadOfFollowingThem) {
+  const std::string root = MakeTempDir();
+  ASSERT_TRUE(MakeDirs(root + "/other/victim").ok());
+  ASSERT_EQ(::symlink((root + "/other/victim").c_str(), (root + "/ns").c_str()), 0);
+  Status s = MakeDirsBeneath(root, "ns/job");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.ToString();
+  EXPECT_TRUE(ListDir(root + "/other/victim").empty()) << "created inside the link's target";
+  ASSERT_TRUE(WriteFileAtomic(root + "/file", "x").ok());
+  EXPECT_EQ(MakeDirsBeneath(root, "file/job").code(), StatusCode::kFailedPrecondition);
+}
+
 TEST(FileUtilTest, ConcurrentWritersLeaveOneCompleteVersion) {
   const std::string dir = MakeTempDir();
   const std::string path = dir + "/shared";

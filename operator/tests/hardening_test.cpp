@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include "fedge/op/fake_kube_client.h"
@@ -54,7 +55,9 @@ std::vector<std::string> RestrictedViolations(const Json& pod) {
         bad.push_back("volume " + v.value("name", "") + ": " + it.key());
     }
   }
-  for (const auto& c : spec.value("containers", Json::array())) {
+  Json containers = spec.value("containers", Json::array());
+  for (const auto& c : spec.value("initContainers", Json::array())) containers.push_back(c);
+  for (const auto& c : containers) {
     Json sc = c.value("securityContext", Json::object());
     std::string n = c.value("name", "");
     if (sc.value("privileged", false)) bad.push_back(n + ": privileged");
@@ -288,7 +291,7 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   };
   for (const Want& w : {Want{"/var/lib/fedge/models/minilm", "node-dirs", "models/minilm", true},
                         Want{"/var/lib/fedge/data/wordnet", "node-dirs", "data/wordnet", true},
-                        Want{kStateMountPath, "node-dirs-2", "", false}}) {
+                        Want{std::string(kStateMountPath) + "/ml/wn", "node-dirs-2", "ml/wn", false}}) {
     const Json* m = MountAt(pod, w.mount_path);
     ASSERT_NE(m, nullptr) << w.mount_path;
     EXPECT_EQ((*m)["name"], w.volume);
@@ -416,6 +419,79 @@ TEST_F(HardeningTest, DeletingTheJobDeletesItsPersistentVolumeObjects) {
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0]["metadata"]["name"], "someone-elses");
   EXPECT_TRUE(client_.Objects(res::kPersistentVolumeClaims).empty());
+}
+
+// Where each node-volume mount of `container` lands on the node (the bound
+// PersistentVolume's local.path joined with the mount's subPath) -> whether it is writable.
+std::map<std::string, bool> NodePathsOf(FakeKubeClient& client, const Json& pod, const Json& container) {
+  std::map<std::string, bool> out;
+  const std::string ns = pod["metadata"]["namespace"];
+  for (const auto& m : container.value("volumeMounts", Json::array())) {
+    const Json* v = Volume(pod, m["name"]);
+    if (v == nullptr || !v->contains("persistentVolumeClaim")) continue;
+    auto pvc = client.Get(res::kPersistentVolumeClaims, ns, (*v)["persistentVolumeClaim"]["claimName"]);
+    EXPECT_TRUE(pvc.ok()) << pvc.status().ToString();
+    if (!pvc.ok()) continue;
+    auto pv = client.Get(res::kPersistentVolumes, "", (*pvc)["spec"]["volumeName"]);
+    EXPECT_TRUE(pv.ok()) << pv.status().ToString();
+    if (!pv.ok()) continue;
+    std::string path = (*pv)["spec"]["local"]["path"];
+    if (std::string sub = m.value("subPath", ""); !sub.empty()) path += "/" + sub;
+    out[path] = !m.value("readOnly", false) && !(*v)["persistentVolumeClaim"].value("readOnly", false);
+  }
+  return out;
+}
+
+// Regression (docs/security.md): every agent pod mounted the node's whole state root
+// (--node-state-dir) read-write, so an agent container - a tenant's job on a shared
+// node - could read and rewrite other jobs' feedback logs, global models and residuals
+// there. Now the agent container's mounts reach only its own <ns>/<job> directory; the
+// state root is mounted only into the init container, whose command no job field sets.
+TEST_F(HardeningTest, AnAgentContainerCannotReachAnotherJobsStateDirectory) {
+  struct Key {
+    std::string ns, name, uid;
+  };
+  const std::vector<Key> jobs = {{"ml", "wn", "uid-1"}, {"ml", "other", "uid-2"}, {"team-b", "wn", "uid-3"}};
+  for (const Key& k : jobs) {
+    Json job = Job();
+    job["metadata"] = {{"name", k.name}, {"namespace", k.ns}, {"uid", k.uid}};
+    ASSERT_TRUE(client_.Create(res::kJobs, k.ns, job).ok());
+    auto r = Reconciler().Reconcile(k.ns + "/" + k.name);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  auto state_dir = [](const Key& k) { return "/var/lib/fedge/state/" + k.ns + "/" + k.name; };
+  // `mounted` gives access to `dir` when it is `dir` or one of its ancestors.
+  auto reaches = [](const std::string& mounted, const std::string& dir) {
+    return dir == mounted || dir.rfind(mounted + "/", 0) == 0;
+  };
+  for (const Key& k : jobs) {
+    Json pod = Get(res::kPods, k.name + "-agent-edge-a", k.ns);
+    ASSERT_EQ(pod["spec"]["containers"].size(), 1u);
+    const Json& agent = pod["spec"]["containers"][0];
+    const auto paths = NodePathsOf(client_, pod, agent);
+    std::vector<std::string> writable;
+    for (const auto& [path, rw] : paths)
+      if (rw) writable.push_back(path);
+    EXPECT_EQ(writable, std::vector<std::string>{state_dir(k)}) << k.ns << "/" << k.name;
+    for (const Key& other : jobs) {
+      if (other.ns == k.ns && other.name == k.name) continue;
+      for (const auto& [path, rw] : paths)
+        EXPECT_FALSE(reaches(path, state_dir(other)))
+            << k.ns << "/" << k.name << "'s agent mounts " << path << " ("
+            << (rw ? "read-write" : "read-only") << "), which holds " << state_dir(other);
+    }
+    EXPECT_EQ(ArgAfter(Command(pod), "--state-dir"),
+              std::string(kStateMountPath) + "/" + k.ns + "/" + k.name);
+    // The init container alone sees the root, and runs a fixed command on it.
+    ASSERT_EQ(pod["spec"]["initContainers"].size(), 1u);
+    const Json& init = pod["spec"]["initContainers"][0];
+    EXPECT_EQ(init["image"], agent["image"]);
+    EXPECT_EQ(init["command"],
+              Json({"fedge-agent", "--make-state-dir", kStateRootMountPath, k.ns + "/" + k.name}));
+    EXPECT_EQ(NodePathsOf(client_, pod, init), (std::map<std::string, bool>{{"/var/lib/fedge/state", true}}));
+    EXPECT_EQ(init["securityContext"], agent["securityContext"]);
+    EXPECT_TRUE(RestrictedViolations(pod).empty());
+  }
 }
 
 // Regression: the state directory is named after the job (<ns>/<name>), so a job deleted

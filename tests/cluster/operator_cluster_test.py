@@ -450,7 +450,17 @@ class OperatorClusterTest(unittest.TestCase):
         agent = next(k for k in kids if k["kind"] == "Pod" and k["metadata"]["labels"]["fedge.io/role"] == "agent")
         subpaths = {m["mountPath"]: m.get("subPath") for m in agent["spec"]["containers"][0]["volumeMounts"]}
         self.assertEqual(subpaths[NO_MODEL], "model")
-        self.assertEqual(subpaths["/var/lib/fedge/state"], None)
+        # The agent container sees only its job's state directory; the whole state root
+        # is mounted only into the init container that creates that directory (admitted
+        # at the restricted level like the rest).
+        self.assertEqual(subpaths["/var/lib/fedge/state/default/owned"], "default/owned")
+        self.assertNotIn("/var/lib/fedge/state", subpaths)
+        init = agent["spec"]["initContainers"]
+        self.assertEqual([c["name"] for c in init], ["state-dir"])
+        self.assertEqual(init[0]["command"], ["fedge-agent", "--make-state-dir", "/var/lib/fedge/state-root",
+                                              "default/owned"])
+        self.assertEqual([m.get("subPath") for m in init[0]["volumeMounts"]
+                          if m["mountPath"] == "/var/lib/fedge/state-root"], [None])
         wait_for(lambda: all(c.get("status", {}).get("phase") == "Bound"
                              for c in self.children("owned") if c["kind"] == "PersistentVolumeClaim"
                              and c["metadata"]["name"] != "owned-checkpoints"), 60, "node-volume claims bound")

@@ -361,6 +361,29 @@ def clear_agent_state(ns, job):
             shutil.rmtree(d)
 
 
+def plant_sibling_state(ns, job):
+    """Writes <disk>/state/<ns>/<job>/feedback.jsonl on every node as another job's agent
+    would have (uid 65532): the state an agent of a different job must not reach.
+    Returns the directories (the caller removes them)."""
+    dirs = []
+    for node in NODES:
+        d = os.path.join(node_disk(node), "state", ns, job)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "feedback.jsonl"), "w") as f:
+            f.write('{"text": "another tenant\'s feedback", "label": "noun.plant"}\n')
+        for path in (os.path.dirname(d), d, os.path.join(d, "feedback.jsonl")):
+            os.chown(path, POD_UID, POD_UID)
+        dirs.append(d)
+    return dirs
+
+
+def state_dirs_seen(pid, ns):
+    """The entries of /var/lib/fedge/state/<ns> as the container process `pid` sees it
+    (through /proc/<pid>/root, its mount namespace's root), sorted; None if absent."""
+    d = f"/proc/{pid}/root/var/lib/fedge/state/{ns}"
+    return sorted(os.listdir(d)) if os.path.isdir(d) else None
+
+
 def ensure_namespace(ns, restricted=True):
     if kubectl("get", "namespace", ns, check=False, quiet=True).returncode != 0:
         kubectl("create", "namespace", ns)

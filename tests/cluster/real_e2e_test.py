@@ -220,6 +220,9 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
     def test_2_apply_the_quickstart_and_wait_for_succeeded(self):
         rc.ensure_namespace(JOB_NS)
         rc.clear_agent_state(JOB_NS, JOB)
+        # Another job's state beside this one's on every node: its agents must not see it.
+        siblings = rc.plant_sibling_state(JOB_NS, "sibling-job")
+        self.addCleanup(lambda: [shutil.rmtree(d, ignore_errors=True) for d in siblings])
         t = time.time()
         kubectl("-n", JOB_NS, "apply", "-f", rc.quickstart_manifest(self.work))
         # The aggregator and one agent per node, running as containers on the nodes.
@@ -238,6 +241,18 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 log(f"{p['metadata']['name']}/{name}: containerd task {cid} pid {pid} {status} on {node}, uid {uid}")
                 self.assertEqual(int(uid), rc.POD_UID)
         rc.node_sh("ctr", rc.NODES[0], "tasks", "ls")
+        # Each agent container sees only its job's state directory (an init container made
+        # it, as uid 65532), not the node's state root nor the sibling job's directory.
+        for p in pods:
+            if p["metadata"]["labels"]["fedge.io/role"] != "agent":
+                continue
+            for node, name, cid, pid, status, uid in rc.container_on_node(p):
+                seen = rc.state_dirs_seen(pid, JOB_NS)
+                log(f"{p['metadata']['name']}/{name} on {node} sees /var/lib/fedge/state/{JOB_NS}: {seen}")
+                self.assertEqual(seen, [JOB], "an agent container sees other jobs' state on its node")
+                self.assertFalse(os.path.exists(f"/proc/{pid}/root/var/lib/fedge/state/{JOB_NS}/sibling-job"))
+                host = os.path.join(rc.node_disk(node), "state", JOB_NS, JOB)
+                self.assertEqual(os.stat(host).st_uid, rc.POD_UID, f"{host} is not owned by the agents' uid")
         # Agents start with the aggregator and retry until it listens: both must be in
         # within a minute or two (a stuck agent holds round 1 back for ever).
         took = rc.wait_agents_joined(JOB_NS, JOB, len(rc.NODES), timeout=120)

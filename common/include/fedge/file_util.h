@@ -23,6 +23,14 @@ Status WriteFileAtomic(const std::string& path, std::string_view bytes);
 // component exists and is not a directory.
 Status MakeDirs(const std::string& path);
 
+// mkdir -p of `relative` (names separated by '/', no "", "." or "..") inside the
+// existing directory `root`, never following a symbolic link below `root`: each
+// component is opened with O_NOFOLLOW, so a link planted in `root` by whoever could
+// write there cannot redirect the result into another directory. New directories get
+// 0755 & ~umask. OK if the directory already exists; INVALID_ARGUMENT for a bad
+// `relative`; FAILED_PRECONDITION if a component is a link or not a directory.
+Status MakeDirsBeneath(const std::string& root, const std::string& relative);
+
 namespace internal {
 // Test-only fault injection: called after each step of WriteFileAtomic with its
 // name ("open", "write" once per 1 MiB chunk, "fsync", "close", "rename",

@@ -436,6 +436,9 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
   const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(spec, opts);
   Json meta = Meta(job, AgentPodName(job, node), "agent");
   meta["annotations"] = {{kAnnotationNode, node}};
+  // The agent sees only its job's state directory, at the path it always had.
+  const std::string state_dir = std::string(kStateMountPath) + "/" + AgentStateSubPath(job);
+  Json init_container;  // "state-dir": creates that directory (AgentStateSubPath's contract)
   Json container = {
       {"name", "agent"},
       {"image", opts.images.agent},
@@ -458,7 +461,7 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
         "--http",
         "0.0.0.0:" + std::to_string(port),
         "--state-dir",
-        std::string(kStateMountPath) + "/" + Ns(job) + "/" + Name(job),
+        state_dir,
         "--api-token-file",
         std::string(kApiTokenMountPath) + "/token"}},
       // libraries that look for a home directory find a writable one
@@ -469,14 +472,31 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
        Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
                     {{"name", "api-token"}, {"mountPath", kApiTokenMountPath}, {"readOnly", true}}})}};
-  // Node directories: a subPath of their root's volume each (AgentNodeVolumeRoots).
+  // Node directories: a subPath of their root's volume each (AgentNodeVolumeRoots); of
+  // the state root only the job's own directory.
   for (const auto& root : node_roots) {
     for (const auto& dir : root.dirs) {
-      Json mount = {{"name", root.volume_name},
-                    {"mountPath", dir.kind == "state" ? std::string(kStateMountPath) : dir.path},
-                    {"readOnly", dir.read_only}};
-      if (std::string sub = NodeVolumeSubPath(root, dir); !sub.empty()) mount["subPath"] = sub;
-      container["volumeMounts"].push_back(mount);
+      std::string sub = NodeVolumeSubPath(root, dir);
+      if (dir.kind != "state") {
+        Json mount = {{"name", root.volume_name}, {"mountPath", dir.path}, {"readOnly", dir.read_only}};
+        if (!sub.empty()) mount["subPath"] = sub;
+        container["volumeMounts"].push_back(mount);
+        continue;
+      }
+      Json root_mount = {{"name", root.volume_name}, {"mountPath", kStateRootMountPath}, {"readOnly", false}};
+      if (!sub.empty()) root_mount["subPath"] = sub;
+      init_container = {
+          {"name", "state-dir"},
+          {"image", opts.images.agent},
+          {"command", {"fedge-agent", "--make-state-dir", kStateRootMountPath, AgentStateSubPath(job)}},
+          {"resources", Resources(agents)},
+          {"volumeMounts", Json::array({root_mount})}};
+      Harden(init_container, opts);
+      container["volumeMounts"].push_back(
+          {{"name", root.volume_name},
+           {"mountPath", state_dir},
+           {"readOnly", false},
+           {"subPath", (sub.empty() ? "" : sub + "/") + AgentStateSubPath(job)}});
     }
   }
   // The state directory is named after the job, so a job deleted and re-created
@@ -543,6 +563,7 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
                                                                       {"operator", "In"},
                                                                       {"values", {node}}}})}}})}}}}}}},
                    {"tolerations", toleration_list},
+                   {"initContainers", Json::array({init_container})},
                    {"containers", Json::array({container})},
                    {"volumes", volumes}};
   AddPullSecrets(pod_spec, opts);
@@ -608,6 +629,8 @@ std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const Desi
   }
   return roots;
 }
+
+std::string AgentStateSubPath(const Json& job) { return Ns(job) + "/" + Name(job); }
 
 std::string NodeVolumeSubPath(const NodeVolumeRoot& root, const NodeVolume& dir) {
   std::string p = TrimSlash(dir.path);

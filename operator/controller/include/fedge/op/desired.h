@@ -34,6 +34,8 @@ inline constexpr const char* kConfigMountPath = "/etc/fedge/job";
 inline constexpr const char* kSecretMountPath = "/etc/fedge/secret";
 inline constexpr const char* kCheckpointMountPath = "/var/lib/fedge/checkpoints";
 inline constexpr const char* kStateMountPath = "/var/lib/fedge/state";
+// Where the agent pod's init container (only) sees the node's whole state root.
+inline constexpr const char* kStateRootMountPath = "/var/lib/fedge/state-root";
 inline constexpr const char* kServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 inline constexpr const char* kApiTokenMountPath = "/etc/fedge/api";
@@ -155,6 +157,17 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
 // when the state directory is under it, so the kubelet's fsGroup pass makes that root
 // (and the model and data below it) group-owned by kRunAsId on the first mount, as it did
 // for the state root alone before; the container still sees only its three subPaths.
+//
+// The state root (--node-state-dir) holds every job's agent state on the node, one
+// directory <namespace>/<job> each. The agent container mounts only its job's directory
+// (a subPath of the state root's volume, AgentStateSubPath), so it cannot read or write
+// another job's feedback log, global model or residual. That directory must exist
+// before the container starts: a kubelet would otherwise create it root-owned, which the
+// agent (kRunAsId) cannot write. The pod's init container "state-dir" (the agent image,
+// the same restricted securityContext, a fixed command no job field reaches) mounts the
+// root at kStateRootMountPath and runs `fedge-agent --make-state-dir`, which creates it as
+// kRunAsId without following links. No object is added: the writes per agent stay the
+// same (issue 14 item 3).
 struct NodeVolume {
   std::string kind;  // "model", "data" or "state"
   std::string path;  // on the node
@@ -178,6 +191,8 @@ struct NodeVolumeRoot {
 std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const DesiredOptions& opts);
 // `dir` relative to `root` ("" when equal): the subPath of a mount.
 std::string NodeVolumeSubPath(const NodeVolumeRoot& root, const NodeVolume& dir);
+// The job's own state directory below the state root: "<namespace>/<job>".
+std::string AgentStateSubPath(const Json& job);
 // OK when `path` is absolute, has no empty, "." or ".." component, and is equal to or
 // below one of `prefixes`. Otherwise INVALID_ARGUMENT naming `field`, the path and the
 // prefixes (what to change).
