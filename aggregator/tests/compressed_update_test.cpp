@@ -9,12 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "fedge/aggregator/clock.h"
-#include "fedge/aggregator/metrics.h"
-#include "fedge/aggregator/protocol_handler.h"
-#include "fedge/aggregator/round_engine.h"
 #include "fedge/tensor_bundle.h"
-#include "test_util.h"
+#include "protocol_fixture.h"
 
 namespace fedge::aggregator {
 namespace {
@@ -27,79 +23,26 @@ TensorBundle Ramp(float scale) {
   return b;
 }
 
-class CompressedUpdateTest : public ::testing::Test {
+class CompressedUpdateTest : public testing::ProtocolFixture {
  protected:
   void SetUp() override {
-    JobSpec spec;
-    spec.name = "demo";
-    spec.namespace_ = "ns";
-    spec.rounds.total = 1;
-    // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
-    // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
-    spec.rounds.learningRate = 1.0;
+    JobSpec spec = testing::UnitStepJob("demo", /*rounds=*/1);
     spec.compression.codec = "int4";
     spec.compression.topKFraction = 0.1;
     spec.compression.errorFeedback = true;
     spec.compression.stochasticRounding = true;
-    auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
-    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
-    engine_ = std::move(*engine);
-    handler_ = std::make_unique<ProtocolHandler>(engine_.get(), &metrics_, ProtocolOptions{});
+    MakeHandler(spec, ProtocolOptions{});
   }
 
-  v1::RequestHeader Header(const std::string& agent) {
-    v1::RequestHeader h;
-    h.set_protocol_version(1);
-    h.set_job("ns/demo");
-    h.set_agent_id(agent);
-    h.set_session(sessions_[agent]);
-    return h;
-  }
+  void Join(const std::string& agent) { ASSERT_TRUE(JoinDeclaring(agent, Ramp(0)).ok()); }
 
-  void Join(const std::string& agent) {
-    v1::JoinRequest req;
-    *req.mutable_header() = Header(agent);
-    req.mutable_capabilities()->set_num_train_examples(100);
-    req.mutable_capabilities()->set_num_eval_examples(100);
-    testing::DeclareLayout(Ramp(0), req.mutable_capabilities());
-    v1::JoinResponse resp;
-    ASSERT_TRUE(handler_->Join(req, &resp).ok());
-    sessions_[agent] = resp.session();
-  }
-
-  v1::Task GetTask(const std::string& agent) {
-    v1::TaskRequest req;
-    *req.mutable_header() = Header(agent);
-    v1::Task task;
-    EXPECT_TRUE(handler_->GetTask(req, &task).ok());
-    return task;
-  }
-
+  // `data` as agent's update of `round` (base version = round), in one chunk.
   v1::SubmitUpdateResponse Submit(const std::string& agent, const std::string& data, int64_t round,
                                   uint64_t raw_bytes) {
-    v1::UpdateHeader h;
-    *h.mutable_header() = Header(agent);
-    h.set_round(round);
-    h.set_base_version(round);
-    h.set_num_examples(10);
-    h.set_total_bytes(data.size());
-    h.set_checksum(Sha256Hex(data));
-    h.set_is_delta(round > 0);
+    v1::UpdateHeader h = UpdateHeaderFor(agent, data, round, /*base=*/round, /*is_delta=*/round > 0);
     h.set_raw_bytes(raw_bytes);
-    v1::SubmitUpdateResponse response;
-    bool rejected = false;
-    EXPECT_TRUE(handler_->BeginUpdate(h, &response, &rejected).ok());
-    if (rejected) return response;
-    std::string buffer;
-    if (!handler_->AppendChunk(h, data, &buffer, &response)) return response;
-    return handler_->FinishUpdate(h, buffer);
+    return ProtocolFixture::Submit(h, data, /*chunk=*/data.size());
   }
-
-  FakeClock clock_;
-  AggregatorMetrics metrics_;
-  std::unique_ptr<RoundEngine> engine_;
-  std::unique_ptr<ProtocolHandler> handler_;
-  std::map<std::string, std::string> sessions_;
 };
 
 TEST_F(CompressedUpdateTest, TopKInt4UpdatesAreDecodedAggregatedAndCountedEncoded) {

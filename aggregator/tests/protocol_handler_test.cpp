@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "fedge/job_spec_fields.h"
+#include "protocol_fixture.h"
 #include "test_util.h"
 
 namespace fedge::aggregator {
@@ -12,71 +13,22 @@ namespace {
 
 using testing::SmallBundle;
 
-class ProtocolHandlerTest : public ::testing::Test {
+class ProtocolHandlerTest : public testing::ProtocolFixture {
  protected:
   void SetUp() override { Make(ProtocolOptions{}); }
 
   void Make(ProtocolOptions options, const std::function<void(JobSpec&)>& edit = nullptr) {
-    JobSpec spec;
-    spec.name = "demo";
-    spec.namespace_ = "ns";
-    spec.rounds.total = 1;
-    // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
-    // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
-    spec.rounds.learningRate = 1.0;
+    JobSpec spec = testing::UnitStepJob("demo", /*rounds=*/1);
     // The test's deltas are compared exactly: the job says fp32 (uncompressed), which
     // is what Encode() uploads; an upload in another codec is refused.
     spec.compression.codec = "fp32";
     spec.compression.zstd = false;
     if (edit) edit(spec);
-    auto engine = RoundEngine::Create(EngineOptionsFromSpec(spec, 2), &clock_, nullptr, &metrics_);
-    ASSERT_TRUE(engine.ok());
-    engine_ = std::move(*engine);
-    handler_ = std::make_unique<ProtocolHandler>(engine_.get(), &metrics_, std::move(options));
-  }
-
-  v1::RequestHeader Header(const std::string& agent, uint32_t version = 1) {
-    v1::RequestHeader h;
-    h.set_protocol_version(version);
-    h.set_job("ns/demo");
-    h.set_agent_id(agent);
-    h.set_session(sessions_[agent]);
-    return h;
+    MakeHandler(spec, std::move(options));
   }
 
   Status Join(const std::string& agent, const std::string& token = "") {
-    v1::JoinRequest req;
-    *req.mutable_header() = Header(agent);
-    req.set_token(token);
-    req.mutable_capabilities()->set_num_train_examples(100);
-    req.mutable_capabilities()->set_num_eval_examples(100);
-    testing::DeclareLayout(SmallBundle(0, 0, 0, 0), req.mutable_capabilities());
-    v1::JoinResponse resp;
-    Status s = handler_->Join(req, &resp);
-    if (s.ok()) sessions_[agent] = resp.session();
-    return s;
-  }
-
-  v1::Task GetTask(const std::string& agent) {
-    v1::TaskRequest req;
-    *req.mutable_header() = Header(agent);
-    v1::Task task;
-    EXPECT_TRUE(handler_->GetTask(req, &task).ok());
-    return task;
-  }
-
-  // Runs the SubmitUpdate steps the gRPC service runs, in `chunk`-byte pieces.
-  v1::SubmitUpdateResponse Submit(const v1::UpdateHeader& header, const std::string& data, size_t chunk = 5) {
-    v1::SubmitUpdateResponse response;
-    bool rejected = false;
-    Status s = handler_->BeginUpdate(header, &response, &rejected);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    if (rejected) return response;
-    std::string buffer;
-    for (size_t off = 0; off < data.size(); off += chunk) {
-      if (!handler_->AppendChunk(header, data.substr(off, chunk), &buffer, &response)) return response;
-    }
-    return handler_->FinishUpdate(header, buffer);
+    return JoinDeclaring(agent, SmallBundle(0, 0, 0, 0), token);
   }
 
   // One SubmitUpdate stream the way the service runs it, sending only
@@ -106,19 +58,6 @@ class ProtocolHandlerTest : public ::testing::Test {
     return status;
   }
 
-  v1::UpdateHeader UpdateHeaderFor(const std::string& agent, const std::string& data, int64_t round,
-                                   int64_t base, bool is_delta) {
-    v1::UpdateHeader h;
-    *h.mutable_header() = Header(agent);
-    h.set_round(round);
-    h.set_base_version(base);
-    h.set_num_examples(10);
-    h.set_total_bytes(data.size());
-    h.set_checksum(Sha256Hex(data));
-    h.set_is_delta(is_delta);
-    return h;
-  }
-
   static std::string Encode(const TensorBundle& b) {
     auto e = EncodeBundle(b, EncodeOptions{Codec::kFp32, 64, /*zstd=*/false, 3});
     EXPECT_TRUE(e.ok()) << e.status().ToString();
@@ -133,12 +72,6 @@ class ProtocolHandlerTest : public ::testing::Test {
     auto r = Submit(UpdateHeaderFor("a", init, 0, 0, false), init);
     ASSERT_TRUE(r.accepted()) << r.reason();
   }
-
-  FakeClock clock_;
-  AggregatorMetrics metrics_;
-  std::unique_ptr<RoundEngine> engine_;
-  std::unique_ptr<ProtocolHandler> handler_;
-  std::map<std::string, std::string> sessions_;
 };
 
 TEST_F(ProtocolHandlerTest, UnknownProtocolVersionIsRefusedNamingOurs) {

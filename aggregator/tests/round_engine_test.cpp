@@ -19,10 +19,7 @@ AgentInfo Info(const std::string& id, int64_t train, int64_t eval) {
 }
 
 EngineOptions Options(int total_rounds, int expected, int quorum = 0) {
-  JobSpec spec;
-  spec.name = "demo";
-  spec.namespace_ = "ns";
-  spec.rounds.total = total_rounds;
+  JobSpec spec = testing::TestJob("demo", total_rounds);
   spec.rounds.quorum = quorum;
   spec.rounds.timeoutSeconds = kTimeoutMs / 1000;
   spec.rounds.localSteps = 7;
@@ -45,6 +42,22 @@ class RoundEngineTest : public ::testing::Test {
 
   void JoinAll(const std::vector<std::string>& ids) {
     for (const auto& id : ids) sessions_[id] = engine_->Join(id, Info(id, 100, 100));
+  }
+
+  // Make(options), every agent of `ids` joined, and the global initialized to
+  // zeros by the first: round 1 is open for training.
+  void StartFromZeros(EngineOptions options, const std::vector<std::string>& ids,
+                      CheckpointStore* store = nullptr) {
+    Make(std::move(options), store);
+    JoinAll(ids);
+    Initialize(ids.front(), SmallBundle(0, 0, 0, 0));
+  }
+
+  // EXPECTs the engine in `phase` with global version `version`.
+  void ExpectPhaseAndVersion(Phase phase, int64_t version) {
+    EngineStatus s = engine_->GetStatus();
+    EXPECT_EQ(s.phase, phase);
+    EXPECT_EQ(s.global_version, version);
   }
 
   // Drives INITIALIZE with the first agent; the global becomes `initial`.
@@ -74,14 +87,12 @@ class RoundEngineTest : public ::testing::Test {
 
   Status Evaluate(const std::string& agent, int64_t round, int64_t version, double accuracy, int64_t n,
                   double loss = 0.5) {
-    EvalReport r;
-    r.agent_id = agent;
-    r.round = round;
-    r.global_version = version;
-    r.num_examples = n;
-    r.accuracy = accuracy;
-    r.loss = loss;
-    return engine_->ReportEvaluation(r);
+    return engine_->ReportEvaluation(EvalReport{.agent_id = agent,
+                                                .round = round,
+                                                .global_version = version,
+                                                .num_examples = n,
+                                                .accuracy = accuracy,
+                                                .loss = loss});
   }
 
   std::vector<float> Values(const std::string& name) {
@@ -153,9 +164,7 @@ TEST_F(RoundEngineTest, RoundAggregatesWithFedAvgAndWeightsEvaluation) {
   EXPECT_EQ(engine_->GetTask("a", 1).kind, TaskKind::kWait);  // answered, waiting for b
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(-1, 4, -1, 0), /*n=*/3, /*loss=*/1.0).accepted);
 
-  EngineStatus s = engine_->GetStatus();
-  EXPECT_EQ(s.phase, Phase::kEvaluate);
-  EXPECT_EQ(s.global_version, 2);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
   EXPECT_EQ(Values("a"), (std::vector<float>{0.5f, 5.0f}));
   EXPECT_EQ(Values("b"), (std::vector<float>{0.25f, 0.0f}));
 
@@ -168,7 +177,7 @@ TEST_F(RoundEngineTest, RoundAggregatesWithFedAvgAndWeightsEvaluation) {
   EXPECT_EQ(Evaluate("b", 1, 1, 1.0, 30).code(), StatusCode::kFailedPrecondition);  // wrong version
   ASSERT_TRUE(Evaluate("b", 1, 2, /*accuracy=*/1.0, /*n=*/30, /*loss=*/0.2).ok());
 
-  s = engine_->GetStatus();
+  EngineStatus s = engine_->GetStatus();
   ASSERT_EQ(s.rounds.size(), 1u);
   const RoundRecord& r = s.rounds[0];
   EXPECT_EQ(r.round, 1);
@@ -189,9 +198,7 @@ TEST_F(RoundEngineTest, RoundAggregatesWithFedAvgAndWeightsEvaluation) {
 }
 
 TEST_F(RoundEngineTest, DeadlineClosesRoundWithQuorumWhenOneAgentIsDead) {
-  Make(Options(1, 3, /*quorum=*/2));
-  JoinAll({"a", "b", "c"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 3, /*quorum=*/2), {"a", "b", "c"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(3, 3, 3, 3)).accepted);
   // "c" died; quorum is met but not everyone answered: wait for the deadline.
@@ -200,15 +207,13 @@ TEST_F(RoundEngineTest, DeadlineClosesRoundWithQuorumWhenOneAgentIsDead) {
   EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);
   clock_.AdvanceMs(1);
   engine_->Tick();
-  EngineStatus s = engine_->GetStatus();
-  EXPECT_EQ(s.phase, Phase::kEvaluate);
-  EXPECT_EQ(s.global_version, 2);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
   EXPECT_EQ(Values("a"), (std::vector<float>{2, 2}));
   // Evaluation also closes at its deadline without the dead agent.
   ASSERT_TRUE(Evaluate("a", 1, 2, 1.0, 5).ok());
   ASSERT_TRUE(Evaluate("b", 1, 2, 0.0, 5).ok());
   clock_.AdvanceMs(kTimeoutMs);
-  s = engine_->GetStatus();
+  EngineStatus s = engine_->GetStatus();
   EXPECT_EQ(s.state, JobState::kSucceeded);
   ASSERT_EQ(s.rounds.size(), 1u);
   EXPECT_EQ(s.rounds[0].participants, 2);
@@ -217,9 +222,7 @@ TEST_F(RoundEngineTest, DeadlineClosesRoundWithQuorumWhenOneAgentIsDead) {
 }
 
 TEST_F(RoundEngineTest, MissingQuorumExtendsDeadlineOnceThenFails) {
-  Make(Options(1, 3, /*quorum=*/2));
-  JoinAll({"a", "b", "c"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 3, /*quorum=*/2), {"a", "b", "c"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   clock_.AdvanceMs(kTimeoutMs);
   TaskInfo t = engine_->GetTask("b", 1);
@@ -233,42 +236,32 @@ TEST_F(RoundEngineTest, MissingQuorumExtendsDeadlineOnceThenFails) {
 }
 
 TEST_F(RoundEngineTest, QuorumReachedDuringExtensionClosesAtExtendedDeadline) {
-  Make(Options(1, 3, /*quorum=*/2));
-  JoinAll({"a", "b", "c"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 3, /*quorum=*/2), {"a", "b", "c"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   clock_.AdvanceMs(kTimeoutMs);
   engine_->Tick();
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);  // late for the first deadline: fine
   clock_.AdvanceMs(kTimeoutMs);
-  EngineStatus s = engine_->GetStatus();
-  EXPECT_EQ(s.phase, Phase::kEvaluate);
-  EXPECT_EQ(s.global_version, 2);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
 }
 
 TEST_F(RoundEngineTest, QuorumZeroClosesBelowQuorumAfterExtension) {
-  Make(Options(1, 3, /*quorum=*/0));
-  JoinAll({"a", "b", "c"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 3, /*quorum=*/0), {"a", "b", "c"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   clock_.AdvanceMs(kTimeoutMs);
   EXPECT_EQ(engine_->GetStatus().phase, Phase::kTrain);  // extended once
   clock_.AdvanceMs(kTimeoutMs);
-  EngineStatus s = engine_->GetStatus();
-  EXPECT_EQ(s.phase, Phase::kEvaluate);
-  EXPECT_EQ(s.global_version, 2);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
   clock_.AdvanceMs(kTimeoutMs);
-  s = engine_->GetStatus();
+  EngineStatus s = engine_->GetStatus();
   ASSERT_EQ(s.rounds.size(), 1u);
   EXPECT_EQ(s.rounds[0].close_reason, "below_quorum_after_extension");
   EXPECT_FALSE(s.rounds[0].accuracy.has_value());  // nobody evaluated
 }
 
 TEST_F(RoundEngineTest, LateUpdateForClosedRoundIsRejected) {
-  Make(Options(2, 2, /*quorum=*/1));
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(2, 2, /*quorum=*/1), {"a", "b"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   clock_.AdvanceMs(kTimeoutMs);
   engine_->Tick();
@@ -283,9 +276,7 @@ TEST_F(RoundEngineTest, LateUpdateForClosedRoundIsRejected) {
 }
 
 TEST_F(RoundEngineTest, StaleBaseVersionIsRejected) {
-  Make(Options(1, 1));
-  JoinAll({"a"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 1), {"a"});
   UpdateVerdict v = Submit("a", 1, /*base=*/0, SmallBundle(1, 1, 1, 1));
   EXPECT_FALSE(v.accepted);
   EXPECT_NE(v.reason.find("stale base version 0"), std::string::npos) << v.reason;
@@ -327,9 +318,7 @@ TEST_F(RoundEngineTest, NonFiniteUpdateIsRejected) {
 TEST_F(RoundEngineTest, NonParticipantAndDuplicateUpdatesAreRejected) {
   EngineOptions o = Options(1, 2);
   o.fraction = 0.5;  // one of two invited
-  Make(o);
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(o, {"a", "b"});
   std::string invited = engine_->GetTask("a", 1).kind == TaskKind::kTrain ? "a" : "b";
   std::string other = invited == "a" ? "b" : "a";
   EXPECT_EQ(engine_->GetTask(other, 1).kind, TaskKind::kWait);
@@ -356,9 +345,7 @@ TEST_F(RoundEngineTest, UnknownSessionIsRejectedWithRejoinAdvice) {
 }
 
 TEST_F(RoundEngineTest, SucceededJobHandsOutDone) {
-  Make(Options(1, 1));
-  JoinAll({"a"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 1), {"a"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   ASSERT_TRUE(Evaluate("a", 1, 2, 0.75, 4).ok());
   EngineStatus s = engine_->GetStatus();
@@ -373,9 +360,7 @@ TEST_F(RoundEngineTest, SucceededJobHandsOutDone) {
 }
 
 TEST_F(RoundEngineTest, AgentsWithoutDataAnswerWithoutWeight) {
-  Make(Options(1, 2));
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 2), {"a", "b"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(9, 9, 9, 9), /*n=*/0).accepted);
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1), /*n=*/5).accepted);
   EXPECT_EQ(Values("a"), (std::vector<float>{1, 1}));  // a's delta carried no weight
@@ -392,18 +377,14 @@ TEST_F(RoundEngineTest, RoundWithOnlyZeroWeightAnswersKeepsTheGlobal) {
   JoinAll({"a"});
   Initialize("a", SmallBundle(1, 2, 3, 4));
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(9, 9, 9, 9), /*n=*/0).accepted);
-  EngineStatus s = engine_->GetStatus();
-  EXPECT_EQ(s.phase, Phase::kEvaluate);
-  EXPECT_EQ(s.global_version, 2);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
   EXPECT_EQ(Values("a"), (std::vector<float>{1, 2}));
 }
 
 TEST_F(RoundEngineTest, DeadAgentsAreLeftOutOfLaterRounds) {
   EngineOptions o = Options(2, 2, /*quorum=*/1);
   o.agent_liveness_ms = kTimeoutMs + 5000;
-  Make(o);
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(o, {"a", "b"});
   // "b" never speaks again. Round 1 waits for it until the deadline.
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   clock_.AdvanceMs(kTimeoutMs);
@@ -419,9 +400,7 @@ TEST_F(RoundEngineTest, DeadAgentsAreLeftOutOfLaterRounds) {
 TEST_F(RoundEngineTest, CheckpointResumeContinuesFromLastCompletedRound) {
   testing::TempDir dir;
   CheckpointStore store(dir.path());
-  Make(Options(3, 2), &store);
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(3, 2), {"a", "b"}, &store);
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(3, 3, 3, 3)).accepted);
   ASSERT_TRUE(Evaluate("a", 1, 2, 0.5, 10).ok());
@@ -484,9 +463,7 @@ TEST_F(RoundEngineTest, OverSelectionClosesAtTargetAndLaterUploadsAreLate) {
   EngineOptions o = Options(1, 5);
   o.fraction = 0.4;        // target = ceil(5 x 0.4) = 2
   o.over_selection = 2.0;  // invite 4
-  Make(o);
-  JoinAll({"a", "b", "c", "d", "e"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(o, {"a", "b", "c", "d", "e"});
   std::vector<std::string> invited;
   for (const std::string id : {"a", "b", "c", "d", "e"}) {
     if (engine_->GetTask(id, 1).kind == TaskKind::kTrain) invited.push_back(id);
@@ -518,9 +495,7 @@ TEST_F(RoundEngineTest, OverSelectionDeadlineNeedsOnlyTheTarget) {
   EngineOptions o = Options(1, 4);
   o.fraction = 0.5;        // target 2
   o.over_selection = 1.5;  // invite 3
-  Make(o);
-  JoinAll({"a", "b", "c", "d"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(o, {"a", "b", "c", "d"});
   std::vector<std::string> invited;
   for (const std::string id : {"a", "b", "c", "d"}) {
     if (engine_->GetTask(id, 1).kind == TaskKind::kTrain) invited.push_back(id);
@@ -536,9 +511,7 @@ TEST_F(RoundEngineTest, OverSelectionDeadlineNeedsOnlyTheTarget) {
 }
 
 TEST_F(RoundEngineTest, ReplayOfAnOldRoundIsRejectedAsReplay) {
-  Make(Options(2, 1));
-  JoinAll({"a"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(2, 1), {"a"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
   ASSERT_TRUE(Evaluate("a", 1, 2, 0.5, 1).ok());
   ASSERT_EQ(engine_->GetStatus().round, 2);
@@ -556,9 +529,7 @@ TEST_F(RoundEngineTest, ReplayOfAnOldRoundIsRejectedAsReplay) {
 }
 
 TEST_F(RoundEngineTest, UpdateFromAnAgentThatNeverJoinedIsRejected) {
-  Make(Options(1, 1));
-  JoinAll({"a"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 1), {"a"});
   UpdateVerdict v = Submit("mallory", 1, 1, SmallBundle(5, 5, 5, 5));
   EXPECT_FALSE(v.accepted);
   EXPECT_EQ(v.reason_label, "unknown_agent");
@@ -590,9 +561,7 @@ EngineOptions AsyncOptions(int total_rounds, int expected, int buffer) {
 }
 
 TEST_F(RoundEngineTest, AsyncAggregatesEveryKUpdatesAndWeightsStaleOnesDown) {
-  Make(AsyncOptions(/*rounds=*/2, /*agents=*/3, /*K=*/2));
-  JoinAll({"a", "b", "c"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(AsyncOptions(/*rounds=*/2, /*agents=*/3, /*K=*/2), {"a", "b", "c"});
   // Everybody may train on version 1 at once; nobody is "not selected".
   for (const std::string id : {"a", "b", "c"}) {
     TaskInfo t = engine_->GetTask(id, 1);
@@ -633,9 +602,7 @@ TEST_F(RoundEngineTest, AsyncAggregatesEveryKUpdatesAndWeightsStaleOnesDown) {
 TEST_F(RoundEngineTest, AsyncRejectsReplaysTooStaleAndFutureUpdates) {
   EngineOptions o = AsyncOptions(5, 3, 1);
   o.max_staleness = 1;
-  Make(o);
-  JoinAll({"a", "b", "c"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(o, {"a", "b", "c"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), 1).accepted);  // -> v2
   EXPECT_EQ(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1), 1).reason_label, "replay");
   ASSERT_TRUE(Submit("b", 2, 2, SmallBundle(1, 1, 1, 1), 1).accepted);  // -> v3
@@ -652,9 +619,7 @@ TEST_F(RoundEngineTest, AsyncRejectsReplaysTooStaleAndFutureUpdates) {
 }
 
 TEST_F(RoundEngineTest, AsyncPartialBufferIsAggregatedAtTheTimeout) {
-  Make(AsyncOptions(3, 2, 2));
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(AsyncOptions(3, 2, 2), {"a", "b"});
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(2, 2, 2, 2), 1).accepted);
   clock_.AdvanceMs(kTimeoutMs - 1);
   engine_->Tick();
@@ -711,9 +676,7 @@ TEST_F(RoundEngineTest, UpdateAndEvaluationWeightsAreBoundedByTheJoinDeclaration
 }
 
 TEST_F(RoundEngineTest, UpdatesBeyondTheDefaultNormBoundAreScaledDownToIt) {
-  Make(Options(1, 2));  // bound: 2 x lr 0.25 x 7 steps x sqrt(4) = 7
-  JoinAll({"a", "b"});
-  Initialize("a", SmallBundle(0, 0, 0, 0));
+  StartFromZeros(Options(1, 2), {"a", "b"});  // bound: 2 x lr 0.25 x 7 steps x sqrt(4) = 7
   ASSERT_DOUBLE_EQ(AutoClipNorm(engine_->options(), 4), 7);
   ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(100, 0, 0, 0)).accepted);  // norm 100 -> 7
   ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(0, 1, 0, 0)).accepted);    // within

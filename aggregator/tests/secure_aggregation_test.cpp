@@ -17,10 +17,7 @@ namespace {
 using testing::SmallBundle;
 
 EngineOptions SecAggOptionsFor(int agents, const std::string& strategy = "fedavg") {
-  JobSpec spec;
-  spec.name = "sa";
-  spec.namespace_ = "ns";
-  spec.rounds.total = 1;
+  JobSpec spec = testing::TestJob("sa", /*rounds=*/1);
   spec.rounds.timeoutSeconds = 10;
   spec.rounds.localSteps = 2;
   spec.rounds.batchSize = 5;

@@ -13,10 +13,7 @@ namespace {
 using testing::SmallBundle;
 
 EngineOptions Options(const StrategySpec& strategy, int total_rounds, int agents) {
-  JobSpec spec;
-  spec.name = "opt";
-  spec.namespace_ = "ns";
-  spec.rounds.total = total_rounds;
+  JobSpec spec = testing::TestJob("opt", total_rounds);
   spec.rounds.timeoutSeconds = 10;
   spec.strategy = strategy;
   return EngineOptionsFromSpec(spec, agents);
@@ -41,6 +38,19 @@ class StrategyEngineTest : public ::testing::Test {
     meta.agent_id = "a";
     meta.is_delta = false;
     ASSERT_TRUE(e.SubmitUpdate(meta, initial).accepted);
+  }
+
+  // An engine for `strategy` (one round, agents a and b) with both joined, the
+  // global initialized to SmallBundle(1, 2, 3, 4) and round 1 open for training;
+  // null (and a failure) otherwise.
+  std::unique_ptr<RoundEngine> StartOneRound(const StrategySpec& strategy) {
+    auto e = Make(Options(strategy, 1, 2), nullptr);
+    if (e == nullptr) return nullptr;
+    JoinAll(*e);
+    Initialize(*e, SmallBundle(1, 2, 3, 4));
+    const TaskKind kind = e->GetTask("a", 1).kind;
+    EXPECT_EQ(kind, TaskKind::kTrain);
+    return kind == TaskKind::kTrain ? std::move(e) : nullptr;
   }
 
   static UpdateVerdict Submit(RoundEngine& e, const std::string& agent, int64_t round,
@@ -143,10 +153,7 @@ TEST_F(StrategyEngineTest, ServerOptimizerStateSurvivesRestartBitForBit) {
 // 4 rounds, by hand: 0.1 * (1 + cos(pi * (r - 1) / 4)) / 2 for r = 1..4 =
 // 0.1, 0.0853553, 0.05, 0.0146447.
 TEST_F(StrategyEngineTest, LearningRateScheduleReachesTrainTasksAcrossARestart) {
-  JobSpec spec;
-  spec.name = "lr";
-  spec.namespace_ = "ns";
-  spec.rounds.total = 4;
+  JobSpec spec = testing::TestJob("lr", /*rounds=*/4);
   spec.rounds.timeoutSeconds = 10;
   spec.rounds.learningRate = 0.1;
   spec.rounds.learningRateSchedule = "cosine";
@@ -187,13 +194,8 @@ TEST_F(StrategyEngineTest, LearningRateScheduleReachesTrainTasksAcrossARestart) 
 }
 
 TEST_F(StrategyEngineTest, UpdateBeyondNormBoundIsRejectedCountedAndLeavesGlobal) {
-  StrategySpec strategy;
-  strategy.name = "fedavg";
-  strategy.maxUpdateNorm = 4;
-  auto e = Make(Options(strategy, 1, 2), nullptr);
-  JoinAll(*e);
-  Initialize(*e, SmallBundle(1, 2, 3, 4));
-  ASSERT_EQ(e->GetTask("a", 1).kind, TaskKind::kTrain);
+  auto e = StartOneRound({.name = "fedavg", .maxUpdateNorm = 4});
+  ASSERT_NE(e, nullptr);
   UpdateVerdict v = Submit(*e, "a", 1, SmallBundle(3, 0, 0, 4), 10);  // norm 5
   EXPECT_FALSE(v.accepted);
   EXPECT_EQ(v.reason_label, "norm_bound");
@@ -210,13 +212,8 @@ TEST_F(StrategyEngineTest, UpdateBeyondNormBoundIsRejectedCountedAndLeavesGlobal
 }
 
 TEST_F(StrategyEngineTest, BufferingStrategyRefusesUpdatesPastItsBound) {
-  StrategySpec strategy;
-  strategy.name = "median";
-  strategy.maxBufferedUpdates = 1;
-  auto e = Make(Options(strategy, 1, 2), nullptr);
-  JoinAll(*e);
-  Initialize(*e, SmallBundle(1, 2, 3, 4));
-  ASSERT_EQ(e->GetTask("a", 1).kind, TaskKind::kTrain);
+  auto e = StartOneRound({.name = "median", .maxBufferedUpdates = 1});
+  ASSERT_NE(e, nullptr);
   ASSERT_TRUE(Submit(*e, "a", 1, SmallBundle(1, 1, 1, 1), 10).accepted);
   UpdateVerdict v = Submit(*e, "b", 1, SmallBundle(5, 5, 5, 5), 10);
   EXPECT_FALSE(v.accepted);

@@ -442,6 +442,16 @@ TEST(LearningRateScheduleTest, LinearAndCosineByHand) {
   EXPECT_DOUBLE_EQ(ScheduledLearningRate(0.01, "cosine", 3, 0), 0.01) << "no rounds: the base rate";
 }
 
+// FedAdam with beta2 0.99, tau 1000 and eta 2000: the large-tau settings below.
+StrategySpec LargeTauFedAdam(double beta1) {
+  StrategySpec spec = Spec("fedadam");
+  spec.beta1 = beta1;
+  spec.beta2 = 0.99;
+  spec.tau = 1000;
+  spec.serverLearningRate = 2000;
+  return spec;
+}
+
 // With tau far above sqrt(v) (here sqrt(v) = sqrt(1 - b2) |D| <= 0.37, tau = 1000) a server
 // optimizer's step is eta m / tau: FedAdam with b1 = 0 is FedAvg with server learning rate
 // eta / tau, and with b1 = beta and eta = tau / (1 - beta) it is FedAvgM (m / (1 - beta)
@@ -452,11 +462,7 @@ TEST(LearningRateScheduleTest, LinearAndCosineByHand) {
 //   x2 = x1 + 2000 / (sqrt(0.99 * 0.1225 + 0.01) + 1000) = 9.9968265; -2.9988299
 // FedAvg at server lr 2: x1 = (8, -5), x2 = (10, -3); the gap is the factor 1 / (1 + sqrt(v) / tau).
 TEST(ServerOptimizerTest, LargeTauWithoutMomentumIsFedAvgWithAServerLearningRate) {
-  StrategySpec spec = Spec("fedadam");
-  spec.beta1 = 0;
-  spec.beta2 = 0.99;
-  spec.tau = 1000;
-  spec.serverLearningRate = 2000;
+  StrategySpec spec = LargeTauFedAdam(/*beta1=*/0);
   auto s = Make(spec);
   ASSERT_NE(s, nullptr);
   TensorBundle x1 = Round(*s, W(1, 1), {{W(2, 0), 1}, {W(4, -4), 3}});
@@ -474,11 +480,7 @@ TEST(ServerOptimizerTest, LargeTauWithoutMomentumIsFedAvgWithAServerLearningRate
 //   m2 = 0.5 m1 + 0.5 D2 = (1.375, -0.25): x2 = 7.2477794; -2.4989429
 // FedAvgM beta 0.5 on the same rounds (ServerMomentumByHand): (4.5, -2), (7.25, -2.5).
 TEST(ServerOptimizerTest, LargeTauWithMomentumIsFedAvgM) {
-  StrategySpec spec = Spec("fedadam");
-  spec.beta1 = 0.5;
-  spec.beta2 = 0.99;
-  spec.tau = 1000;
-  spec.serverLearningRate = 2000;
+  StrategySpec spec = LargeTauFedAdam(/*beta1=*/0.5);
   auto adam = Make(spec);
   StrategySpec m = Spec("fedavgm");
   m.serverMomentum = 0.5;

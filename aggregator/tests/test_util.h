@@ -7,6 +7,7 @@
 #include <string>
 
 #include "fedge.pb.h"
+#include "fedge/job_spec.h"
 #include "fedge/tensor_bundle.h"
 
 namespace fedge::aggregator::testing {
@@ -17,6 +18,23 @@ inline TensorBundle SmallBundle(float a0, float a1, float b0, float b1) {
   bundle.tensors.push_back(NamedTensor{"a", {2}, {a0, a1}});
   bundle.tensors.push_back(NamedTensor{"b", {1, 2}, {b0, b1}});
   return bundle;
+}
+
+// A job "ns/<name>" of `rounds` rounds; every other field at its default.
+inline JobSpec TestJob(const std::string& name, int rounds) {
+  JobSpec spec;
+  spec.name = name;
+  spec.namespace_ = "ns";
+  spec.rounds.total = rounds;
+  return spec;
+}
+
+// TestJob at learning rate 1: the tests' deltas (whole units) are moves AdamW
+// could make, so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
+inline JobSpec UnitStepJob(const std::string& name, int rounds) {
+  JobSpec spec = TestJob(name, rounds);
+  spec.rounds.learningRate = 1.0;
+  return spec;
 }
 
 // Names and shapes of `bundle` as Join declares them (Capabilities.trainable_layout).

@@ -26,51 +26,18 @@
 #include "fedge.grpc.pb.h"
 #include "fedge/aggregator/server.h"
 #include "fedge/aggregator/tokens.h"
+#include "loopback.h"
 #include "sim_agent.h"
 
 namespace fedge::aggregator {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::Layout;
-using testing::SimAgent;
+using namespace testing;  // loopback.h and sim_agent.h
 
 constexpr int64_t kBigElements = int64_t{1} << 22;  // a 16 MiB global
 
-JobSpec Spec(int rounds, int agents) {
-  JobSpec spec;
-  // The simulated agents upload exact fp32 deltas; the aggregator refuses an upload
-  // in another codec than the job's (the default is int8).
-  spec.compression.codec = "fp32";
-  spec.name = "loopback";
-  spec.namespace_ = "ns";
-  spec.rounds.total = rounds;
-  // Learning rate 1: the tests' deltas (whole units) are moves AdamW could
-  // make, so the default norm bound leaves them alone.
-  spec.rounds.learningRate = 1.0;
-  spec.rounds.timeoutSeconds = 30;
-  spec.agents.minAgents = agents;
-  return spec;
-}
-
-ServerOptions LoopbackOptions() {
-  ServerOptions o;
-  o.grpc_address = "127.0.0.1:0";
-  o.http_address = "127.0.0.1:0";
-  o.retry_after_ms = 10;
-  o.tick_interval_ms = 20;
-  return o;
-}
-
-std::unique_ptr<AggregatorServer> StartServer(const JobSpec& spec,
-                                              ServerOptions options = LoopbackOptions()) {
-  auto server = AggregatorServer::Create(spec, std::move(options));
-  EXPECT_TRUE(server.ok()) << server.status().ToString();
-  if (!server.ok()) return nullptr;
-  Status started = (*server)->Start();
-  EXPECT_TRUE(started.ok()) << started.ToString();
-  return std::move(*server);
-}
+JobSpec Spec(int rounds, int agents) { return testing::LoopbackSpec("loopback", rounds, agents); }
 
 // --- 5: predictable sessions -------------------------------------------------
 
@@ -230,15 +197,6 @@ TEST(HostileLoopbackTest, SessionIdsAreUniqueHexOf128Bits) {
 }
 
 // --- 4: one agent steers the global ------------------------------------------
-
-// Runs the agents to completion on their own threads; EXPECTs success.
-void RunAll(const std::vector<SimAgent*>& agents) {
-  std::vector<std::thread> threads;
-  std::vector<char> ok(agents.size(), 0);
-  for (size_t i = 0; i < agents.size(); ++i) threads.emplace_back([&, i] { ok[i] = agents[i]->Run(); });
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < agents.size(); ++i) EXPECT_TRUE(ok[i]) << agents[i]->error();
-}
 
 // Regression (issue 10, item 4): FedAvg weighted each update by the agent's
 // self-reported num_examples, so one agent claiming n = 1e15 made the global

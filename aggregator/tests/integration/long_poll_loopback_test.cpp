@@ -11,6 +11,7 @@
 #include "../test_util.h"
 #include "fedge.grpc.pb.h"
 #include "fedge/aggregator/server.h"
+#include "loopback.h"
 #include "sim_agent.h"
 
 namespace fedge::aggregator {
@@ -18,26 +19,9 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::SimAgent;
+using testing::StartServer;
 
-JobSpec Spec() {
-  JobSpec spec;
-  spec.name = "loopback";
-  spec.namespace_ = "ns";
-  spec.rounds.total = 1;
-  spec.rounds.learningRate = 1.0;
-  spec.rounds.timeoutSeconds = 30;
-  spec.agents.minAgents = 2;
-  return spec;
-}
-
-ServerOptions Options() {
-  ServerOptions o;
-  o.grpc_address = "127.0.0.1:0";
-  o.http_address = "127.0.0.1:0";
-  o.retry_after_ms = 10;
-  o.tick_interval_ms = 20;
-  return o;
-}
+JobSpec Spec() { return testing::LoopbackSpec("loopback", /*rounds=*/1, /*min_agents=*/2); }
 
 struct Answer {
   grpc::Status status;
@@ -65,10 +49,9 @@ std::future<Answer> AskTask(SimAgent& agent, uint32_t wait_ms, std::chrono::mill
 // initializing: it would otherwise sit out its 20 s and the client would give
 // up after 10 s (DEADLINE_EXCEEDED).
 TEST(LongPollLoopbackTest, HeldWaitIsAnsweredWhenTheTaskChanges) {
-  auto server = AggregatorServer::Create(Spec(), Options());
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  SimAgent a("agent-0", 0, (*server)->grpc_port()), b("agent-1", 1, (*server)->grpc_port());
+  auto server = StartServer(Spec());
+  ASSERT_NE(server, nullptr);
+  SimAgent a("agent-0", 0, server->grpc_port()), b("agent-1", 1, server->grpc_port());
   ASSERT_TRUE(a.Join()) << a.error();
   std::future<Answer> held = AskTask(a, 20'000, 10s);
   // Not answered while the job still waits for agents (one of two joined).
@@ -77,49 +60,46 @@ TEST(LongPollLoopbackTest, HeldWaitIsAnsweredWhenTheTaskChanges) {
   Answer answer = held.get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.error_message();
   EXPECT_EQ(answer.task.kind(), v1::TASK_KIND_INITIALIZE);
-  (*server)->Shutdown(1s);
+  server->Shutdown(1s);
 }
 
 TEST(LongPollLoopbackTest, HeldWaitEndsWithWaitAfterItsTime) {
-  auto server = AggregatorServer::Create(Spec(), Options());
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  SimAgent a("agent-0", 0, (*server)->grpc_port());
+  auto server = StartServer(Spec());
+  ASSERT_NE(server, nullptr);
+  SimAgent a("agent-0", 0, server->grpc_port());
   ASSERT_TRUE(a.Join()) << a.error();
   Answer answer = AskTask(a, 400, 10s).get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.error_message();
   EXPECT_EQ(answer.task.kind(), v1::TASK_KIND_WAIT);
   EXPECT_GE(answer.took, 400ms);  // held for the wait, not answered at once
-  (*server)->Shutdown(1s);
+  server->Shutdown(1s);
 }
 
 // Agents that do not ask for a wait (wait_ms 0, every agent before this
 // field) still get their WAIT at once and poll: a held call would blow the
 // 2 s client deadline of this request.
 TEST(LongPollLoopbackTest, RequestsWithoutWaitAreAnsweredAtOnce) {
-  auto server = AggregatorServer::Create(Spec(), Options());
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  SimAgent a("agent-0", 0, (*server)->grpc_port());
+  auto server = StartServer(Spec());
+  ASSERT_NE(server, nullptr);
+  SimAgent a("agent-0", 0, server->grpc_port());
   ASSERT_TRUE(a.Join()) << a.error();
   Answer answer = AskTask(a, 0, 2s).get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.error_message();
   EXPECT_EQ(answer.task.kind(), v1::TASK_KIND_WAIT);
   EXPECT_EQ(answer.task.retry_after_ms(), 10);
-  (*server)->Shutdown(1s);
+  server->Shutdown(1s);
 }
 
 // Shutdown answers held calls (they would otherwise keep gRPC's shutdown
 // waiting for their reactors).
 TEST(LongPollLoopbackTest, ShutdownAnswersHeldCalls) {
-  auto server = AggregatorServer::Create(Spec(), Options());
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  SimAgent a("agent-0", 0, (*server)->grpc_port());
+  auto server = StartServer(Spec());
+  ASSERT_NE(server, nullptr);
+  SimAgent a("agent-0", 0, server->grpc_port());
   ASSERT_TRUE(a.Join()) << a.error();
   std::future<Answer> held = AskTask(a, 20'000, 15s);
   ASSERT_EQ(held.wait_for(300ms), std::future_status::timeout);  // held
-  (*server)->Shutdown(1s);
+  server->Shutdown(1s);
   Answer answer = held.get();
   ASSERT_TRUE(answer.status.ok()) << answer.status.error_message();
   EXPECT_EQ(answer.task.kind(), v1::TASK_KIND_WAIT);

@@ -14,59 +14,35 @@
 #include "../test_util.h"
 #include "fedge.grpc.pb.h"
 #include "fedge/aggregator/server.h"
+#include "loopback.h"
 #include "sim_agent.h"
 
 namespace fedge::aggregator {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::Layout;
-using testing::SimAgent;
+using namespace testing;  // loopback.h and sim_agent.h
 
 constexpr char kJob[] = "ns/loopback";
 
-JobSpec Spec(int rounds) {
-  JobSpec spec;
-  // The simulated agents upload exact fp32 deltas; the aggregator refuses an upload
-  // in another codec than the job's (the default is int8).
-  spec.compression.codec = "fp32";
-  spec.name = "loopback";
-  spec.namespace_ = "ns";
-  spec.rounds.total = rounds;
-  // Learning rate 1: the test's deltas (whole units) are moves AdamW could make,
-  // so the default norm bound (2 x lr x steps x sqrt(n)) leaves them alone.
-  spec.rounds.learningRate = 1.0;
-  spec.rounds.timeoutSeconds = 30;
-  spec.agents.minAgents = 3;
-  return spec;
-}
-
-ServerOptions LoopbackOptions(const std::string& checkpoint_dir = "") {
-  ServerOptions o;
-  o.grpc_address = "127.0.0.1:0";
-  o.http_address = "127.0.0.1:0";
-  o.checkpoint_dir = checkpoint_dir;
-  o.retry_after_ms = 10;
-  o.tick_interval_ms = 20;
-  return o;
-}
-
-// Runs the three agents to completion on their own threads; EXPECTs success.
-void RunAgents(std::vector<std::unique_ptr<SimAgent>>& agents, int64_t stop_after_round = 0) {
-  std::vector<std::thread> threads;
-  std::vector<char> ok(agents.size(), 0);
-  for (size_t i = 0; i < agents.size(); ++i) {
-    threads.emplace_back([&, i] { ok[i] = agents[i]->Run(stop_after_round); });
-  }
-  for (auto& t : threads) t.join();
-  for (size_t i = 0; i < agents.size(); ++i) EXPECT_TRUE(ok[i]) << agents[i]->error();
-}
+JobSpec Spec(int rounds) { return testing::LoopbackSpec("loopback", rounds, /*min_agents=*/3); }
 
 std::vector<std::unique_ptr<SimAgent>> MakeAgents(int port) {
   std::vector<std::unique_ptr<SimAgent>> agents;
   for (int i = 0; i < 3; ++i)
     agents.push_back(std::make_unique<SimAgent>("agent-" + std::to_string(i), i, port));
   return agents;
+}
+
+// A started server for `spec` with MakeAgents()' three agents run to DONE on it
+// (into *agents); null (and a test failure) if the server did not start.
+std::unique_ptr<AggregatorServer> RunThreeAgents(const JobSpec& spec,
+                                                 std::vector<std::unique_ptr<SimAgent>>* agents) {
+  auto server = StartServer(spec);
+  if (server == nullptr) return nullptr;
+  *agents = MakeAgents(server->grpc_port());
+  RunAll(*agents);
+  return server;
 }
 
 std::string HttpGet(int port, const std::string& path, int* status) {
@@ -81,26 +57,24 @@ constexpr double kRoundStep = (1 * 10 + 2 * 20 + 3 * 30) / 60.0;
 constexpr double kAccuracy = (0.5 * 10 + 0.6 * 20 + 0.7 * 30) / 60.0;
 
 TEST(ServerLoopbackTest, ThreeAgentsRunTwoRoundsOverGrpc) {
-  auto server = AggregatorServer::Create(Spec(2), LoopbackOptions());
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  auto agents = MakeAgents((*server)->grpc_port());
-  RunAgents(agents);
+  std::vector<std::unique_ptr<SimAgent>> agents;
+  auto server = RunThreeAgents(Spec(2), &agents);
+  ASSERT_NE(server, nullptr);
 
-  EngineStatus s = (*server)->engine().GetStatus();
+  EngineStatus s = server->engine().GetStatus();
   EXPECT_EQ(s.state, JobState::kSucceeded);
   EXPECT_EQ(s.global_version, 3);
   for (const auto& a : agents) {
     EXPECT_EQ(a->trained(), 2);
     EXPECT_EQ(a->final_version(), 3);
   }
-  auto global = (*server)->engine().Global(0);
+  auto global = server->engine().Global(0);
   ASSERT_TRUE(global.ok());
   for (float v : (*global)->bundle.Find("lora_b")->values) EXPECT_NEAR(v, 2 * kRoundStep, 1e-5);
-  EXPECT_TRUE((*server)->engine().AllAgentsDone());
+  EXPECT_TRUE(server->engine().AllAgentsDone());
 
   int code = 0;
-  std::string body = HttpGet((*server)->http_port(), "/v1/status", &code);
+  std::string body = HttpGet(server->http_port(), "/v1/status", &code);
   ASSERT_EQ(code, 200) << body;
   auto j = nlohmann::json::parse(body);
   EXPECT_EQ(j["job"], kJob);
@@ -124,13 +98,13 @@ TEST(ServerLoopbackTest, ThreeAgentsRunTwoRoundsOverGrpc) {
   }
   EXPECT_NEAR(j["final_accuracy"].get<double>(), kAccuracy, 1e-9);
 
-  std::string metrics = HttpGet((*server)->http_port(), "/metrics", &code);
+  std::string metrics = HttpGet(server->http_port(), "/metrics", &code);
   EXPECT_EQ(code, 200);
   EXPECT_NE(metrics.find("fedge_aggregator_rounds_completed_total 2"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("fedge_aggregator_updates_received_total 7"), std::string::npos);  // 1 init + 6
   EXPECT_NE(metrics.find("fedge_aggregator_global_version 3"), std::string::npos);
-  EXPECT_EQ(HttpGet((*server)->http_port(), "/healthz", &code), "ok\n");
-  HttpGet((*server)->http_port(), "/readyz", &code);
+  EXPECT_EQ(HttpGet(server->http_port(), "/healthz", &code), "ok\n");
+  HttpGet(server->http_port(), "/readyz", &code);
   EXPECT_EQ(code, 200);
 }
 
@@ -138,13 +112,11 @@ TEST(ServerLoopbackTest, AsyncModeRunsBufferedRoundsOverGrpc) {
   JobSpec spec = Spec(3);
   spec.rounds.mode = "async";
   spec.rounds.asyncBufferSize = 3;  // each agent gives one update per version: every version takes all three
-  auto server = AggregatorServer::Create(spec, LoopbackOptions());
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  auto agents = MakeAgents((*server)->grpc_port());
-  RunAgents(agents);
+  std::vector<std::unique_ptr<SimAgent>> agents;
+  auto server = RunThreeAgents(spec, &agents);
+  ASSERT_NE(server, nullptr);
 
-  EngineStatus s = (*server)->engine().GetStatus();
+  EngineStatus s = server->engine().GetStatus();
   EXPECT_EQ(s.state, JobState::kSucceeded);
   EXPECT_EQ(s.global_version, 4);
   ASSERT_EQ(s.rounds.size(), 3u);
@@ -156,7 +128,7 @@ TEST(ServerLoopbackTest, AsyncModeRunsBufferedRoundsOverGrpc) {
   EXPECT_FALSE(s.rounds[0].accuracy.has_value());
   EXPECT_NEAR(*s.final_accuracy, kAccuracy, 1e-9);
   for (const auto& a : agents) EXPECT_EQ(a->trained(), 3);
-  auto global = (*server)->engine().Global(0);
+  auto global = server->engine().Global(0);
   ASSERT_TRUE(global.ok());
   // Nobody is ever stale here (the buffer needs all three on the same version).
   for (float v : (*global)->bundle.Find("lora_b")->values) EXPECT_NEAR(v, 3 * kRoundStep, 1e-5);
@@ -167,17 +139,16 @@ TEST(ServerLoopbackTest, OversizeUpdateIsAnsweredBeforeItsDataArrives) {
   options.max_update_bytes = 1 << 20;
   JobSpec spec = Spec(1);
   spec.agents.minAgents = 1;
-  auto server = AggregatorServer::Create(spec, options);
-  ASSERT_TRUE(server.ok());
-  ASSERT_TRUE((*server)->Start().ok());
-  SimAgent agent("agent-0", 0, (*server)->grpc_port());
+  auto server = StartServer(spec, options);
+  ASSERT_NE(server, nullptr);
+  SimAgent agent("agent-0", 0, server->grpc_port());
   ASSERT_TRUE(agent.Join());
   grpc::Status status;
   v1::SubmitUpdateResponse r = agent.SubmitRaw(64ull << 20, &status);  // 64 MiB declared
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_FALSE(r.accepted());
   EXPECT_NE(r.reason().find("exceeds the limit"), std::string::npos) << r.reason();
-  EXPECT_EQ((*server)->metrics().updates_rejected("too_large"), 1);
+  EXPECT_EQ(server->metrics().updates_rejected("too_large"), 1);
 }
 
 TEST(ServerLoopbackTest, KillAndRestartPreservesHistoryAndGlobal) {
@@ -185,35 +156,33 @@ TEST(ServerLoopbackTest, KillAndRestartPreservesHistoryAndGlobal) {
   std::string old_session;
   RoundRecord round1;
   {
-    auto server = AggregatorServer::Create(Spec(2), LoopbackOptions(dir.path()));
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    ASSERT_TRUE((*server)->Start().ok());
-    auto agents = MakeAgents((*server)->grpc_port());
-    RunAgents(agents, /*stop_after_round=*/1);
-    EngineStatus s = (*server)->engine().GetStatus();
+    auto server = StartServer(Spec(2), LoopbackOptions(dir.path()));
+    ASSERT_NE(server, nullptr);
+    auto agents = MakeAgents(server->grpc_port());
+    RunAll(agents, /*stop_after_round=*/1);
+    EngineStatus s = server->engine().GetStatus();
     ASSERT_EQ(s.rounds.size(), 1u);
     EXPECT_EQ(s.round, 2);
     round1 = s.rounds[0];
     old_session = agents[0]->session();
-    (*server)->Shutdown(1s);
+    server->Shutdown(1s);
   }  // the first aggregator is gone
 
-  auto server = AggregatorServer::Create(Spec(2), LoopbackOptions(dir.path()));
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-  EngineStatus s = (*server)->engine().GetStatus();
+  auto server = StartServer(Spec(2), LoopbackOptions(dir.path()));
+  ASSERT_NE(server, nullptr);
+  EngineStatus s = server->engine().GetStatus();
   EXPECT_EQ(s.state, JobState::kWaitingForAgents);
   EXPECT_EQ(s.global_version, 2);
   ASSERT_EQ(s.rounds.size(), 1u);
 
-  auto agents = MakeAgents((*server)->grpc_port());
+  auto agents = MakeAgents(server->grpc_port());
   v1::Task task;
   grpc::Status stale = agents[0]->GetTaskWithSession(old_session, &task);
   EXPECT_EQ(stale.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_NE(stale.error_message().find("rejoin"), std::string::npos);
 
-  RunAgents(agents);
-  s = (*server)->engine().GetStatus();
+  RunAll(agents);
+  s = server->engine().GetStatus();
   EXPECT_EQ(s.state, JobState::kSucceeded);
   EXPECT_EQ(s.global_version, 3);
   ASSERT_EQ(s.rounds.size(), 2u);
@@ -222,7 +191,7 @@ TEST(ServerLoopbackTest, KillAndRestartPreservesHistoryAndGlobal) {
   EXPECT_EQ(s.rounds[0].bytes_up, round1.bytes_up);
   EXPECT_EQ(s.rounds[1].round, 2);
   for (const auto& a : agents) EXPECT_EQ(a->trained(), 1);  // only round 2 was left
-  auto global = (*server)->engine().Global(0);
+  auto global = server->engine().Global(0);
   ASSERT_TRUE(global.ok());
   for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_NEAR(v, 2 * kRoundStep, 1e-5);
 }
@@ -278,18 +247,17 @@ TEST(ServerLoopbackTest, AggregatorKilledDuringEvaluationResumesWithTheRoundsGlo
   std::string checksum;
   std::vector<float> values;
   {
-    auto server = AggregatorServer::Create(spec, LoopbackOptions(dir.path()));
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    ASSERT_TRUE((*server)->Start().ok());
+    auto server = StartServer(spec, LoopbackOptions(dir.path()));
+    ASSERT_NE(server, nullptr);
     HandDriven job;
-    job.Run((*server)->grpc_port());
-    EngineStatus s = (*server)->engine().GetStatus();
+    job.Run(server->grpc_port());
+    EngineStatus s = server->engine().GetStatus();
     ASSERT_EQ(s.phase, Phase::kEvaluate);  // nobody has evaluated yet
     ASSERT_EQ(s.global_version, 2);
     EXPECT_EQ(s.checkpoint.saved_version, 2);
     checksum = s.global_checksum;
-    values = (*(*server)->engine().Global(0))->bundle.tensors[0].values;
-    (*server)->Shutdown(1s);
+    values = (*server->engine().Global(0))->bundle.tensors[0].values;
+    server->Shutdown(1s);
   }  // killed while the agents evaluate
 
   auto server = AggregatorServer::Create(spec, LoopbackOptions(dir.path()));
@@ -311,17 +279,16 @@ TEST(ServerLoopbackTest, AggregatorKilledDuringEvaluationResumesWithTheRoundsGlo
 TEST(ServerLoopbackTest, CheckpointFailuresAreCountedAndShownInStatus) {
   testing::TempDir dir;
   const std::string blocked = dir.path() + "/checkpoints";
-  auto server = AggregatorServer::Create(Spec(1), LoopbackOptions(blocked));
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
+  auto server = StartServer(Spec(1), LoopbackOptions(blocked));
+  ASSERT_NE(server, nullptr);
   std::ofstream(blocked) << "a file where the checkpoint directory should be\n";
-  auto agents = MakeAgents((*server)->grpc_port());
-  RunAgents(agents);
-  EXPECT_EQ((*server)->engine().GetStatus().state, JobState::kSucceeded);
+  auto agents = MakeAgents(server->grpc_port());
+  RunAll(agents);
+  EXPECT_EQ(server->engine().GetStatus().state, JobState::kSucceeded);
   // Initial state, after aggregation, after evaluation: three attempts.
-  EXPECT_EQ((*server)->metrics().checkpoint_failures(), 3);
+  EXPECT_EQ(server->metrics().checkpoint_failures(), 3);
   int code = 0;
-  auto j = nlohmann::json::parse(HttpGet((*server)->http_port(), "/v1/status", &code));
+  auto j = nlohmann::json::parse(HttpGet(server->http_port(), "/v1/status", &code));
   ASSERT_EQ(code, 200);
   ASSERT_TRUE(j.contains("checkpoint")) << j.dump();
   EXPECT_EQ(j["checkpoint"]["ok"], false);
@@ -331,7 +298,7 @@ TEST(ServerLoopbackTest, CheckpointFailuresAreCountedAndShownInStatus) {
   EXPECT_EQ(j["checkpoint"]["failures_total"], 3);
   EXPECT_NE(j["checkpoint"]["last_error"].get<std::string>().find("checkpoints"), std::string::npos)
       << j["checkpoint"].dump();
-  std::string metrics = HttpGet((*server)->http_port(), "/metrics", &code);
+  std::string metrics = HttpGet(server->http_port(), "/metrics", &code);
   EXPECT_NE(metrics.find("fedge_aggregator_checkpoint_failures_total 3"), std::string::npos) << metrics;
 }
 

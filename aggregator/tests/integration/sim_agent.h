@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -19,16 +20,17 @@
 
 namespace fedge::aggregator::testing {
 
-// The trainable layout of the loopback jobs: "lora_a" [3], "lora_b" [2, 2].
-inline TensorBundle Layout(float value) {
+// The trainable layout of the loopback jobs: "lora_a" [a_size], "lora_b" [2, 2],
+// every value `value`.
+inline TensorBundle Layout(float value, int64_t a_size = 3) {
   TensorBundle b;
-  b.tensors.push_back(NamedTensor{"lora_a", {3}, std::vector<float>(3, value)});
+  b.tensors.push_back(NamedTensor{"lora_a", {a_size}, std::vector<float>(a_size, value)});
   b.tensors.push_back(NamedTensor{"lora_b", {2, 2}, std::vector<float>(4, value)});
   return b;
 }
 
 // Follows the protocol until DONE. "Training" adds (index + 1) to every
-// parameter unless set_delta() says otherwise.
+// parameter unless set_delta() or set_train() says otherwise.
 class SimAgent {
  public:
   SimAgent(std::string id, int index, int port, std::string job = "ns/loopback")
@@ -58,6 +60,12 @@ class SimAgent {
   // The state it uploads for INITIALIZE and the layout it declares at Join.
   void set_initial(TensorBundle initial) { initial_ = std::move(initial); }
   void set_declared_layout(TensorBundle layout) { declared_layout_ = std::move(layout); }
+  // (global the agent trained from) -> its trained state: the agent uploads
+  // trained - global for every TRAIN task. Overrides set_delta().
+  using TrainFn = std::function<TensorBundle(const TensorBundle& global)>;
+  void set_train(TrainFn train) { train_ = std::move(train); }
+  // The global this agent last trained from with set_train()'s function.
+  const TensorBundle& last_base() const { return last_base_; }
 
   // Runs until DONE (true) or, with stop_after_round > 0, until it reported
   // the evaluation of that round; false on a protocol failure (see error()).
@@ -88,7 +96,7 @@ class SimAgent {
         case v1::TASK_KIND_TRAIN: {
           TensorBundle global;
           if (!Fetch(task, &global)) return false;
-          const TensorBundle delta = delta_ ? *delta_ : Layout(static_cast<float>(index_ + 1));
+          const TensorBundle delta = Train(global);
           if (!Submit(task.round(), task.global_version(), delta, true)) return false;
           ++trained_;
           break;
@@ -139,6 +147,15 @@ class SimAgent {
   // RequestHeader, total_bytes and checksum are filled in here).
   v1::SubmitUpdateResponse SubmitBytes(v1::UpdateHeader header, const std::string& bytes,
                                        grpc::Status* status) {
+    return SubmitRange(std::move(header), bytes, 0, bytes.size(), 16 << 10, status);
+  }
+
+  // Streams bytes[offset, offset + send) of `bytes` in messages of `chunk`
+  // bytes under `header` (its RequestHeader, and the total_bytes and checksum
+  // of the whole of `bytes`, are filled in here), then half-closes: a range
+  // that stops short ends the stream as a dropped link does.
+  v1::SubmitUpdateResponse SubmitRange(v1::UpdateHeader header, const std::string& bytes, uint64_t offset,
+                                       uint64_t send, uint64_t chunk, grpc::Status* status) {
     v1::SubmitUpdateResponse response;
     grpc::ClientContext ctx;
     auto writer = stub_->SubmitUpdate(&ctx, &response);
@@ -148,11 +165,10 @@ class SimAgent {
     header.set_checksum(Sha256Hex(bytes));
     *first.mutable_header() = header;
     writer->Write(first);
-    constexpr size_t kChunk = 16 << 10;
-    for (size_t off = 0; off < bytes.size(); off += kChunk) {
-      v1::UpdateChunk c;
-      c.set_data(bytes.substr(off, kChunk));
-      if (!writer->Write(c)) break;
+    for (uint64_t at = offset; at < offset + send; at += chunk) {
+      v1::UpdateChunk data;
+      data.set_data(bytes.substr(at, std::min<uint64_t>(chunk, offset + send - at)));
+      if (!writer->Write(data)) break;  // the server answered early
     }
     writer->WritesDone();
     *status = writer->Finish();
@@ -224,6 +240,17 @@ class SimAgent {
   }
 
  private:
+  TensorBundle Train(const TensorBundle& global) {
+    if (!train_) return delta_ ? *delta_ : Layout(static_cast<float>(index_ + 1));
+    TensorBundle delta = train_(global);
+    for (NamedTensor& t : delta.tensors) {
+      const NamedTensor* g = global.Find(t.name);
+      for (size_t i = 0; i < t.values.size(); ++i) t.values[i] -= g->values[i];
+    }
+    last_base_ = global;
+    return delta;
+  }
+
   bool Fail(std::string message) {
     error_ = id_ + ": " + std::move(message);
     return false;
@@ -244,29 +271,16 @@ class SimAgent {
   bool SubmitOnce(int64_t round, int64_t base, const TensorBundle& bundle, bool is_delta, bool* retry) {
     auto encoded = EncodeBundle(bundle, EncodeOptions{Codec::kFp32, 64, /*zstd=*/true, 3});
     if (!encoded.ok()) return Fail("encode: " + encoded.status().ToString());
-    v1::SubmitUpdateResponse response;
-    grpc::ClientContext ctx;
-    auto writer = stub_->SubmitUpdate(&ctx, &response);
-    v1::UpdateChunk first;
-    v1::UpdateHeader* h = first.mutable_header();
-    *h->mutable_header() = Header();
-    h->set_round(round);
-    h->set_base_version(base);
-    h->set_num_examples(claimed_update_.value_or(examples()));
-    h->set_total_bytes(encoded->size());
-    h->set_checksum(Sha256Hex(*encoded));
-    h->set_train_loss(1.0);
-    h->set_is_delta(is_delta);
-    h->set_raw_bytes(bundle.Fp32Bytes());
-    writer->Write(first);
-    constexpr size_t kChunk = 16;  // several chunks even for a tiny bundle
-    for (size_t off = 0; off < encoded->size(); off += kChunk) {
-      v1::UpdateChunk c;
-      c.set_data(encoded->substr(off, kChunk));
-      if (!writer->Write(c)) break;
-    }
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
+    v1::UpdateHeader h;
+    h.set_round(round);
+    h.set_base_version(base);
+    h.set_num_examples(claimed_update_.value_or(examples()));
+    h.set_train_loss(1.0);
+    h.set_is_delta(is_delta);
+    h.set_raw_bytes(bundle.Fp32Bytes());
+    grpc::Status s;
+    // 16-byte messages: several chunks even for a tiny bundle.
+    v1::SubmitUpdateResponse response = SubmitRange(h, *encoded, 0, encoded->size(), /*chunk=*/16, &s);
     *retry = s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
              (s.ok() && response.reason_code() == "upload_busy");
     if (!s.ok()) return Fail("SubmitUpdate: " + s.error_message());
@@ -302,6 +316,8 @@ class SimAgent {
   std::optional<int64_t> claimed_join_, claimed_update_, claimed_eval_;
   std::optional<double> accuracy_;
   std::optional<TensorBundle> delta_;
+  TrainFn train_;
+  TensorBundle last_base_;
   TensorBundle initial_;
   TensorBundle declared_layout_;
   std::string error_;
