@@ -80,10 +80,11 @@ int main(int argc, char** argv) {
                  "SubmitUpdate + FetchGlobal streams open at once; more are refused with RESOURCE_EXHAUSTED "
                  "(0: no limit)")
       ->capture_default_str();
-  app.add_option("--grpc-memory-bytes", grpc_memory_bytes,
-                 "gRPC's own memory (grpc::ResourceQuota): TCP read buffers, HTTP/2 state and call "
-                 "arenas of every connection; near it gRPC frees idle connections' read buffers, and "
-                 "past it cancels streams (RESOURCE_EXHAUSTED) (0: no limit)")
+  app.add_option(
+         "--grpc-memory-bytes", grpc_memory_bytes,
+         "gRPC's own memory (grpc::ResourceQuota): TCP read buffers, HTTP/2 state and chunks not yet "
+         "handed over, of every connection; near it gRPC frees idle connections' read buffers, past it "
+         "it cancels streams (RESOURCE_EXHAUSTED) (0: --max-upload-buffer-bytes + 128 MiB)")
       ->capture_default_str();
   app.add_option("--grpc-stream-window-bytes", grpc_stream_window_bytes,
                  "HTTP/2 flow-control window per stream (fixed): an upload moves at most this per round "

@@ -605,6 +605,12 @@ void AggregatorServer::Service::CancelStalled() {
   for (Stream* s : streams_) s->CancelIfStalled(now);
 }
 
+uint64_t GrpcMemoryBytes(const ServerOptions& options) {
+  if (options.grpc_memory_bytes > 0) return options.grpc_memory_bytes;
+  if (options.max_upload_buffer_bytes == 0) return 0;
+  return options.max_upload_buffer_bytes + kGrpcBaseMemoryBytes;
+}
+
 std::string StatusJson(const EngineStatus& s) {
   nlohmann::json rounds = nlohmann::json::array();
   for (const RoundRecord& r : s.rounds) rounds.push_back(nlohmann::json::parse(RoundRecordToJson(r)));
@@ -733,7 +739,7 @@ Status AggregatorServer::Start() {
   // ServerOptions::grpc_memory_bytes); the stream window is fixed so that
   // memory pressure does not shrink it under uploads already in flight.
   grpc::ResourceQuota quota("fedge-aggregator");
-  if (options_.grpc_memory_bytes > 0) quota.Resize(options_.grpc_memory_bytes);
+  if (const uint64_t bytes = GrpcMemoryBytes(options_); bytes > 0) quota.Resize(bytes);
   if (options_.grpc_max_threads > 0) quota.SetMaxThreads(options_.grpc_max_threads);
   builder.SetResourceQuota(quota);
   if (options_.max_streams_per_connection > 0) {
@@ -798,6 +804,7 @@ Status AggregatorServer::Start() {
                                            : options_.tls_client_ca_pem.empty() ? "server"
                                                                                 : "mutual"},
                                    {"http_port", http_port()},
+                                   {"grpc_memory_bytes", static_cast<int64_t>(GrpcMemoryBytes(options_))},
                                    {"expected_agents", engine_->options().expected_agents},
                                    {"rounds", engine_->options().total_rounds}});
   return OkStatus();

@@ -53,12 +53,18 @@ struct ServerOptions {
   int64_t stream_header_timeout_ms = 10'000;  // a SubmitUpdate stream must send its header within
   int64_t stream_idle_timeout_ms = 120'000;   // a stream that moves no message this long is cancelled
   // grpc::ResourceQuota over gRPC's own buffers (TCP read buffers, HTTP/2
-  // state) of every connection. gRPC 1.51 keeps a spare read buffer per
-  // connection sized by the largest burst it read (no upper bound; ~0.5 MB
-  // per connection after 83 KB uploads, 260 MiB at 834 connections); near
-  // this quota it reads into 8 KiB slices and frees idle connections' spare
-  // buffers, so the total stays about here whatever the connection count.
-  uint64_t grpc_memory_bytes = 128ull << 20;
+  // state, messages not yet handed to a reactor) of every connection. gRPC
+  // 1.51 keeps a spare read buffer per connection sized by the largest burst
+  // it read (no upper bound; ~0.5 MB per connection after 83 KB uploads, 260
+  // MiB at 834 connections); near this quota it reads into 8 KiB slices and
+  // frees idle connections' spare buffers, so the total stays about here
+  // whatever the connection count. Past it gRPC cancels streams
+  // (RESOURCE_EXHAUSTED), so it must hold the uploads in flight: gRPC holds
+  // each chunk (<= 4 MiB) whole before the reactor sees it, and 160
+  // concurrent 4 MB uploads were cut with 128 MiB. 0: max_upload_buffer_bytes
+  // + kGrpcBaseMemoryBytes (the same budget again for chunks not yet
+  // delivered; no limit when max_upload_buffer_bytes is 0).
+  uint64_t grpc_memory_bytes = 0;
   // HTTP/2 flow-control window per stream, fixed: BDP probing is off, so the
   // window does not follow memory pressure (with it on, a window shrunk under
   // pressure reset uploads already in flight: RST_STREAM PROTOCOL_ERROR, 1-6
@@ -80,6 +86,11 @@ struct ServerOptions {
                      const secagg::RoundParams& params)>
       secagg_on_masked_input;
 };
+
+// What a grpc_memory_bytes of 0 adds to max_upload_buffer_bytes.
+inline constexpr uint64_t kGrpcBaseMemoryBytes = 128ull << 20;
+// The grpc::ResourceQuota size `options` ask for; 0: no limit.
+uint64_t GrpcMemoryBytes(const ServerOptions& options);
 
 // JSON for GET /v1/status (see README of the aggregator for the shape).
 std::string StatusJson(const EngineStatus& status);
