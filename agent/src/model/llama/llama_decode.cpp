@@ -24,6 +24,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "llama/llama.h"
 #include "llama/llama_decode.h"
@@ -55,20 +56,52 @@ Isa& ActiveIsa() {
   return isa;
 }
 
-// --- plain C++ ---------------------------------------------------------------------
-float DotF32Scalar(const float* row, const float* x, int64_t cols) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t c = 0;
-  for (; c + 8 <= cols; c += 8) {
-    for (int k = 0; k < 8; ++k) acc[k] += row[c + k] * x[c + k];
+// --- Shared shape ------------------------------------------------------------------
+// Every kernel computes y_i = W x_i for nb activation vectors (x_i = x + i * xs,
+// y_i = y + i * ys; nb = 1 for a single product) on rows [r0, r1), R weight rows a
+// pass: one vector takes R = 4 rows a pass (four independent accumulators hide the
+// FMA latency), a batch R = 1 row read once for all its NB vectors, so a decode step
+// of B sequences streams the weights once instead of B times. A (row, x_i) dot
+// product is summed in the same order for every R and NB (by the plain C++ kernel
+// for the rows past the last group of 4 where the vector kernel leaves them to it),
+// so a batched step equals B single steps bit for bit.
+struct XBatch {
+  const float* x;
+  int64_t xs;
+  float* y;
+  int64_t ys;
+  int nb;
+};
+
+// The weights of one product: fp32 rows, or int8 rows times one scale per row.
+template <typename W>
+struct Weights {
+  const W* w;
+  const float* scale;  // int8 only
+  int64_t cols;
+};
+
+Weights<float> F32Weights(const float* w, int64_t cols) { return {w, nullptr, cols}; }
+Weights<int8_t> Int8Weights(const Int8Matrix& m) { return {m.q.data(), m.scale.data(), m.cols}; }
+
+// Row r's output from its dot product `s`: int8 rows carry their scale.
+template <typename W>
+inline float Scaled(const Weights<W>& m, int64_t r, float s) {
+  if constexpr (std::is_same_v<W, int8_t>) {
+    return m.scale[static_cast<size_t>(r)] * s;
+  } else {
+    return s;
   }
-  float sum = 0;
-  for (; c < cols; ++c) sum += row[c] * x[c];
-  for (float a : acc) sum += a;
-  return sum;
 }
 
-float DotInt8Scalar(const int8_t* row, const float* x, int64_t cols) {
+// The first row that a kernel working in groups of 4 rows leaves to the plain C++
+// kernel (the vector kernels whose last columns end in a scalar tail).
+constexpr int kGroup = 4;
+int64_t GroupEnd(int64_t r0, int64_t r1) { return r0 + (r1 - r0) / kGroup * kGroup; }
+
+// --- plain C++ ---------------------------------------------------------------------
+template <typename W>
+float DotScalar(const W* row, const float* x, int64_t cols) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t c = 0;
   for (; c + 8 <= cols; c += 8) {
@@ -80,18 +113,24 @@ float DotInt8Scalar(const int8_t* row, const float* x, int64_t cols) {
   return sum;
 }
 
-void RowsF32Scalar(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) y[r] = DotF32Scalar(w + r * cols, x, cols);
-}
-
-void RowsInt8Scalar(const Int8Matrix& m, const float* x, float* y, int64_t r0, int64_t r1) {
+template <typename W>
+void RowsScalar(const Weights<W>& m, const XBatch& b, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    y[r] = m.scale[static_cast<size_t>(r)] * DotInt8Scalar(m.q.data() + r * m.cols, x, m.cols);
+    const W* row = m.w + r * m.cols;
+    for (int i = 0; i < b.nb; ++i) b.y[i * b.ys + r] = Scaled(m, r, DotScalar(row, b.x + i * b.xs, m.cols));
   }
 }
 
 void AxpyScalar(float a, const float* x, float* y, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
+}
+
+// The scalar tail of a row's dot product (columns [from, to)) added to `s`. Out of
+// line, so every vector kernel that calls it compiles it the same way.
+template <typename W>
+__attribute__((noinline)) float Tail(const W* w, const float* x, int64_t from, int64_t to, float s) {
+  for (int64_t c = from; c < to; ++c) s += static_cast<float>(w[c]) * x[c];
+  return s;
 }
 
 // --- AVX2 + FMA --------------------------------------------------------------------
@@ -102,73 +141,49 @@ __attribute__((target("avx2,fma"))) float Hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// The scalar tail of a row's dot product (columns [from, to)) added to `s`. One
-// out-of-line function for the single-row and the B-row kernels, so both compile
-// it the same way (contracted to FMA or not) and their sums stay bit-equal.
-__attribute__((noinline)) float TailF32(const float* w, const float* x, int64_t from, int64_t to, float s) {
-  for (int64_t c = from; c < to; ++c) s += w[c] * x[c];
-  return s;
-}
-__attribute__((noinline)) float TailInt8(const int8_t* q, const float* x, int64_t from, int64_t to, float s) {
-  for (int64_t c = from; c < to; ++c) s += static_cast<float>(q[c]) * x[c];
-  return s;
-}
-
-__attribute__((target("avx2,fma"))) void RowsF32Avx2(const float* w, int64_t cols, const float* x, float* y,
-                                                     int64_t r0, int64_t r1) {
-  const int64_t body = cols & ~int64_t{7};
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const float* w0 = w + r * cols;
-    const float* w1 = w0 + cols;
-    const float* w2 = w1 + cols;
-    const float* w3 = w2 + cols;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-           a3 = _mm256_setzero_ps();
-    for (int64_t c = 0; c < body; c += 8) {
-      __m256 xv = _mm256_loadu_ps(x + c);
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), xv, a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), xv, a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), xv, a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), xv, a3);
-    }
-    y[r] = TailF32(w0, x, body, cols, Hsum256(a0));
-    y[r + 1] = TailF32(w1, x, body, cols, Hsum256(a1));
-    y[r + 2] = TailF32(w2, x, body, cols, Hsum256(a2));
-    y[r + 3] = TailF32(w3, x, body, cols, Hsum256(a3));
-  }
-  RowsF32Scalar(w, cols, x, y, r, r1);
-}
-
-__attribute__((target("avx2,fma"))) __m256 LoadInt8x8(const int8_t* p) {
+__attribute__((target("avx2,fma"))) inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma"))) inline __m256 Load8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-__attribute__((target("avx2,fma"))) void RowsInt8Avx2(const Int8Matrix& m, const float* x, float* y,
-                                                      int64_t r0, int64_t r1) {
-  const int64_t cols = m.cols, body = cols & ~int64_t{7};
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const int8_t* q0 = m.q.data() + r * cols;
-    const int8_t* q1 = q0 + cols;
-    const int8_t* q2 = q1 + cols;
-    const int8_t* q3 = q2 + cols;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-           a3 = _mm256_setzero_ps();
-    for (int64_t c = 0; c < body; c += 8) {
-      __m256 xv = _mm256_loadu_ps(x + c);
-      a0 = _mm256_fmadd_ps(LoadInt8x8(q0 + c), xv, a0);
-      a1 = _mm256_fmadd_ps(LoadInt8x8(q1 + c), xv, a1);
-      a2 = _mm256_fmadd_ps(LoadInt8x8(q2 + c), xv, a2);
-      a3 = _mm256_fmadd_ps(LoadInt8x8(q3 + c), xv, a3);
+// Columns in steps of 8, the last cols % 8 by Tail; rows past the last group of 4
+// by RowsScalar.
+template <typename W, int R, int NB>
+__attribute__((target("avx2,fma"))) void RowsAvx2(const Weights<W>& m, const XBatch& b, int64_t r0,
+                                                  int64_t r1) {
+  static_assert(kGroup % R == 0);
+  const W* w = m.w;
+  const float* x = b.x;
+  float* y = b.y;
+  const int64_t cols = m.cols, body = cols & ~int64_t{7}, xs = b.xs, ys = b.ys;
+  const int64_t end = GroupEnd(r0, r1);
+  for (int64_t r = r0; r < end; r += R) {
+    const W* row = w + r * cols;
+    __m256 acc[R][NB];
+#pragma GCC unroll 8
+    for (int k = 0; k < R; ++k) {
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[k][i] = _mm256_setzero_ps();
     }
-    float s[4] = {Hsum256(a0), Hsum256(a1), Hsum256(a2), Hsum256(a3)};
-    const int8_t* rows[4] = {q0, q1, q2, q3};
-    for (int k = 0; k < 4; ++k) {
-      y[r + k] = m.scale[static_cast<size_t>(r + k)] * TailInt8(rows[k], x, body, cols, s[k]);
+    for (int64_t c = 0; c < body; c += 8) {
+      __m256 wv[R];
+#pragma GCC unroll 8
+      for (int k = 0; k < R; ++k) wv[k] = Load8(row + k * cols + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) {
+        const __m256 xv = _mm256_loadu_ps(x + i * xs + c);
+#pragma GCC unroll 8
+        for (int k = 0; k < R; ++k) acc[k][i] = _mm256_fmadd_ps(wv[k], xv, acc[k][i]);
+      }
+    }
+    for (int k = 0; k < R; ++k) {
+      for (int i = 0; i < NB; ++i) {
+        y[i * ys + r + k] =
+            Scaled(m, r + k, Tail(row + k * cols, x + i * xs, body, cols, Hsum256(acc[k][i])));
+      }
     }
   }
-  RowsInt8Scalar(m, x, y, r, r1);
+  RowsScalar(m, XBatch{x, xs, y, ys, NB}, end, r1);
 }
 
 __attribute__((target("avx2,fma"))) void AxpyAvx2(float a, const float* x, float* y, int64_t n) {
@@ -181,79 +196,69 @@ __attribute__((target("avx2,fma"))) void AxpyAvx2(float a, const float* x, float
 }
 
 // --- AVX-512 -----------------------------------------------------------------------
-__attribute__((target("avx512f"))) void RowsF32Avx512(const float* w, int64_t cols, const float* x, float* y,
-                                                      int64_t r0, int64_t r1) {
-  const int64_t body = cols & ~int64_t{15};
-  const auto tail = static_cast<__mmask16>((1u << (cols - body)) - 1u);
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const float* w0 = w + r * cols;
-    const float* w1 = w0 + cols;
-    const float* w2 = w1 + cols;
-    const float* w3 = w2 + cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-           a3 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < body; c += 16) {
-      __m512 xv = _mm512_loadu_ps(x + c);
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + c), xv, a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + c), xv, a1);
-      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + c), xv, a2);
-      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + c), xv, a3);
-    }
-    if (tail != 0) {
-      __m512 xv = _mm512_maskz_loadu_ps(tail, x + body);
-      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w0 + body), xv, a0);
-      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w1 + body), xv, a1);
-      a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w2 + body), xv, a2);
-      a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w3 + body), xv, a3);
-    }
-    y[r] = _mm512_reduce_add_ps(a0);
-    y[r + 1] = _mm512_reduce_add_ps(a1);
-    y[r + 2] = _mm512_reduce_add_ps(a2);
-    y[r + 3] = _mm512_reduce_add_ps(a3);
-  }
-  for (; r < r1; ++r) {
-    const float* w0 = w + r * cols;
-    __m512 a0 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < body; c += 16)
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + c), _mm512_loadu_ps(x + c), a0);
-    if (tail != 0) {
-      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w0 + body), _mm512_maskz_loadu_ps(tail, x + body), a0);
-    }
-    y[r] = _mm512_reduce_add_ps(a0);
-  }
-}
-
-__attribute__((target("avx512f"))) __m512 LoadInt8x16(const int8_t* p) {
+__attribute__((target("avx512f"))) inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 Load16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-__attribute__((target("avx512f"))) void RowsInt8Avx512(const Int8Matrix& m, const float* x, float* y,
-                                                       int64_t r0, int64_t r1) {
-  const int64_t cols = m.cols, body = cols & ~int64_t{15};
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const int8_t* q0 = m.q.data() + r * cols;
-    const int8_t* q1 = q0 + cols;
-    const int8_t* q2 = q1 + cols;
-    const int8_t* q3 = q2 + cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-           a3 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < body; c += 16) {
-      __m512 xv = _mm512_loadu_ps(x + c);
-      a0 = _mm512_fmadd_ps(LoadInt8x16(q0 + c), xv, a0);
-      a1 = _mm512_fmadd_ps(LoadInt8x16(q1 + c), xv, a1);
-      a2 = _mm512_fmadd_ps(LoadInt8x16(q2 + c), xv, a2);
-      a3 = _mm512_fmadd_ps(LoadInt8x16(q3 + c), xv, a3);
+// Columns in steps of 16. fp32 rows: the last cols % 16 by masked loads, every row
+// by this kernel (R = 1 past the last group). int8 rows: the last columns by Tail,
+// rows past the last group of 4 by RowsScalar.
+template <typename W, int R, int NB>
+__attribute__((target("avx512f"))) void RowsAvx512(const Weights<W>& m, const XBatch& b, int64_t r0,
+                                                   int64_t r1) {
+  static_assert(kGroup % R == 0);
+  constexpr bool kF32 = std::is_same_v<W, float>;
+  const W* w = m.w;
+  const float* x = b.x;
+  float* y = b.y;
+  const int64_t cols = m.cols, body = cols & ~int64_t{15}, xs = b.xs, ys = b.ys;
+  const auto tail = static_cast<__mmask16>((1u << (cols - body)) - 1u);
+  const int64_t end = kF32 ? r0 + (r1 - r0) / R * R : GroupEnd(r0, r1);
+  for (int64_t r = r0; r < end; r += R) {
+    const W* row = w + r * cols;
+    __m512 acc[R][NB];
+#pragma GCC unroll 8
+    for (int k = 0; k < R; ++k) {
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[k][i] = _mm512_setzero_ps();
     }
-    float s[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                  _mm512_reduce_add_ps(a3)};
-    const int8_t* rows[4] = {q0, q1, q2, q3};
-    for (int k = 0; k < 4; ++k) {
-      y[r + k] = m.scale[static_cast<size_t>(r + k)] * TailInt8(rows[k], x, body, cols, s[k]);
+    for (int64_t c = 0; c < body; c += 16) {
+      __m512 wv[R];
+#pragma GCC unroll 8
+      for (int k = 0; k < R; ++k) wv[k] = Load16(row + k * cols + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) {
+        const __m512 xv = _mm512_loadu_ps(x + i * xs + c);
+#pragma GCC unroll 8
+        for (int k = 0; k < R; ++k) acc[k][i] = _mm512_fmadd_ps(wv[k], xv, acc[k][i]);
+      }
+    }
+    if constexpr (kF32) {
+      if (tail != 0) {
+        __m512 wv[R];
+#pragma GCC unroll 8
+        for (int k = 0; k < R; ++k) wv[k] = _mm512_maskz_loadu_ps(tail, row + k * cols + body);
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; ++i) {
+          const __m512 xv = _mm512_maskz_loadu_ps(tail, x + i * xs + body);
+#pragma GCC unroll 8
+          for (int k = 0; k < R; ++k) acc[k][i] = _mm512_fmadd_ps(wv[k], xv, acc[k][i]);
+        }
+      }
+    }
+    for (int k = 0; k < R; ++k) {
+      for (int i = 0; i < NB; ++i) {
+        const float s = _mm512_reduce_add_ps(acc[k][i]);
+        y[i * ys + r + k] = kF32 ? s : Scaled(m, r + k, Tail(row + k * cols, x + i * xs, body, cols, s));
+      }
     }
   }
-  RowsInt8Scalar(m, x, y, r, r1);
+  if constexpr (!kF32) {
+    RowsScalar(m, XBatch{x, xs, y, ys, NB}, end, r1);
+  } else if constexpr (R > 1) {
+    RowsAvx512<W, 1, NB>(m, b, end, r1);
+  }
 }
 
 __attribute__((target("avx512f"))) void AxpyAvx512(float a, const float* x, float* y, int64_t n) {
@@ -306,229 +311,73 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m512i LoadU8(con
   return _mm512_xor_si512(_mm512_loadu_si512(reinterpret_cast<const void*>(p)), bias);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RowsInt8Vnni(const Int8Matrix& m,
-                                                                         const QuantizedX& qx, float* y,
-                                                                         int64_t r0, int64_t r1) {
-  const int64_t cols = m.cols;
-  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int8_t* xq = qx.q.data();
-  const float* ls = qx.lane_scale.data();
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const int8_t* q0 = m.q.data() + r * cols;
-    const int8_t* q1 = q0 + cols;
-    const int8_t* q2 = q1 + cols;
-    const int8_t* q3 = q2 + cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-           a3 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < cols; c += 64) {
-      const __m512i xv = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + c));
-      const __m512 sv = _mm512_loadu_ps(ls + c / 4);
-      const __m512i zero = _mm512_setzero_si512();
-      a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q0 + c, bias), xv)), sv, a0);
-      a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q1 + c, bias), xv)), sv, a1);
-      a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q2 + c, bias), xv)), sv, a2);
-      a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, LoadU8(q3 + c, bias), xv)), sv, a3);
-    }
-    y[r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(a0) - qx.k);
-    y[r + 1] = m.scale[static_cast<size_t>(r + 1)] * (_mm512_reduce_add_ps(a1) - qx.k);
-    y[r + 2] = m.scale[static_cast<size_t>(r + 2)] * (_mm512_reduce_add_ps(a2) - qx.k);
-    y[r + 3] = m.scale[static_cast<size_t>(r + 3)] * (_mm512_reduce_add_ps(a3) - qx.k);
-  }
-  for (; r < r1; ++r) {
-    const int8_t* q0 = m.q.data() + r * cols;
-    __m512 a0 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < cols; c += 64) {
-      const __m512i xv = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + c));
-      a0 = _mm512_fmadd_ps(
-          _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), LoadU8(q0 + c, bias), xv)),
-          _mm512_loadu_ps(ls + c / 4), a0);
-    }
-    y[r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(a0) - qx.k);
-  }
-}
-
-// --- B-row kernels -----------------------------------------------------------------
-// y_i = W x_i for nb activation vectors (x_i = x + i * xs, y_i = y + i * ys): each
-// weight row is read once and dotted with every x_i, so a decode step of B sequences
-// streams the weights once instead of B times. Every (row, x_i) dot product is summed
-// in the order the single-row kernel of the same ISA uses (rows that kernel leaves to
-// its scalar remainder included), so a batched step equals B single steps exactly.
-struct XBatch {
-  const float* x;
-  int64_t xs;
-  float* y;
-  int64_t ys;
-  int nb;
-};
-
-void RowsF32BatchScalar(const float* w, int64_t cols, const XBatch& b, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int i = 0; i < b.nb; ++i) b.y[i * b.ys + r] = DotF32Scalar(w + r * cols, b.x + i * b.xs, cols);
-  }
-}
-
-void RowsInt8BatchScalar(const Int8Matrix& m, const XBatch& b, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const int8_t* row = m.q.data() + r * m.cols;
-    for (int i = 0; i < b.nb; ++i) {
-      b.y[i * b.ys + r] = m.scale[static_cast<size_t>(r)] * DotInt8Scalar(row, b.x + i * b.xs, m.cols);
-    }
-  }
-}
-
-// The first row that a single-row kernel working in groups of 4 rows leaves to its
-// scalar remainder.
-int64_t GroupEnd(int64_t r0, int64_t r1) { return r0 + (r1 - r0) / 4 * 4; }
-
-template <int NB>
-__attribute__((target("avx2,fma"))) void RowsF32BatchAvx2(const float* w, int64_t cols, const float* x,
-                                                          int64_t xs, float* y, int64_t ys, int64_t r0,
-                                                          int64_t r1) {
-  const int64_t body = cols & ~int64_t{7};
-  const int64_t end = GroupEnd(r0, r1);
-  for (int64_t r = r0; r < end; ++r) {
-    const float* row = w + r * cols;
-    __m256 acc[NB];
-#pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < body; c += 8) {
-      const __m256 wv = _mm256_loadu_ps(row + c);
-#pragma GCC unroll 8
-      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * xs + c), acc[i]);
-    }
-    for (int i = 0; i < NB; ++i) {
-      y[i * ys + r] = TailF32(row, x + i * xs, body, cols, Hsum256(acc[i]));
-    }
-  }
-  RowsF32BatchScalar(w, cols, XBatch{x, xs, y, ys, NB}, end, r1);
-}
-
-template <int NB>
-__attribute__((target("avx2,fma"))) void RowsInt8BatchAvx2(const Int8Matrix& m, const float* x, int64_t xs,
-                                                           float* y, int64_t ys, int64_t r0, int64_t r1) {
-  const int64_t cols = m.cols, body = cols & ~int64_t{7};
-  const int64_t end = GroupEnd(r0, r1);
-  for (int64_t r = r0; r < end; ++r) {
-    const int8_t* row = m.q.data() + r * cols;
-    __m256 acc[NB];
-#pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < body; c += 8) {
-      const __m256 wv = LoadInt8x8(row + c);
-#pragma GCC unroll 8
-      for (int i = 0; i < NB; ++i) acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * xs + c), acc[i]);
-    }
-    for (int i = 0; i < NB; ++i) {
-      y[i * ys + r] =
-          m.scale[static_cast<size_t>(r)] * TailInt8(row, x + i * xs, body, cols, Hsum256(acc[i]));
-    }
-  }
-  RowsInt8BatchScalar(m, XBatch{x, xs, y, ys, NB}, end, r1);
-}
-
-template <int NB>
-__attribute__((target("avx512f"))) void RowsF32BatchAvx512(const float* w, int64_t cols, const float* x,
-                                                           int64_t xs, float* y, int64_t ys, int64_t r0,
-                                                           int64_t r1) {
-  const int64_t body = cols & ~int64_t{15};
-  const auto tail = static_cast<__mmask16>((1u << (cols - body)) - 1u);
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* row = w + r * cols;
-    __m512 acc[NB];
-#pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < body; c += 16) {
-      const __m512 wv = _mm512_loadu_ps(row + c);
-#pragma GCC unroll 8
-      for (int i = 0; i < NB; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * xs + c), acc[i]);
-    }
-    if (tail != 0) {
-      const __m512 wv = _mm512_maskz_loadu_ps(tail, row + body);
-#pragma GCC unroll 8
-      for (int i = 0; i < NB; ++i) {
-        acc[i] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, x + i * xs + body), acc[i]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) y[i * ys + r] = _mm512_reduce_add_ps(acc[i]);
-  }
-}
-
-template <int NB>
-__attribute__((target("avx512f"))) void RowsInt8BatchAvx512(const Int8Matrix& m, const float* x, int64_t xs,
-                                                            float* y, int64_t ys, int64_t r0, int64_t r1) {
-  const int64_t cols = m.cols, body = cols & ~int64_t{15};
-  const int64_t end = GroupEnd(r0, r1);
-  for (int64_t r = r0; r < end; ++r) {
-    const int8_t* row = m.q.data() + r * cols;
-    __m512 acc[NB];
-#pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < body; c += 16) {
-      const __m512 wv = LoadInt8x16(row + c);
-#pragma GCC unroll 8
-      for (int i = 0; i < NB; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + i * xs + c), acc[i]);
-    }
-    for (int i = 0; i < NB; ++i) {
-      y[i * ys + r] = m.scale[static_cast<size_t>(r)] *
-                      TailInt8(row, x + i * xs, body, cols, _mm512_reduce_add_ps(acc[i]));
-    }
-  }
-  RowsInt8BatchScalar(m, XBatch{x, xs, y, ys, NB}, end, r1);
-}
-
-template <int NB>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RowsInt8BatchVnni(const Int8Matrix& m,
-                                                                              const QuantizedX* qx, float* y,
-                                                                              int64_t ys, int64_t r0,
-                                                                              int64_t r1) {
+// NB quantized vectors qx[i], outputs at y + i * ys; every row by this kernel (R = 1
+// past the last group).
+template <int R, int NB>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void RowsVnni(const Int8Matrix& m,
+                                                                     const QuantizedX* qx, float* y,
+                                                                     int64_t ys, int64_t r0, int64_t r1) {
   const int64_t cols = m.cols;
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i zero = _mm512_setzero_si512();
-  for (int64_t r = r0; r < r1; ++r) {
+  const int64_t end = r0 + (r1 - r0) / R * R;
+  for (int64_t r = r0; r < end; r += R) {
     const int8_t* row = m.q.data() + r * cols;
-    __m512 acc[NB];
+    __m512 acc[R][NB];
 #pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) acc[i] = _mm512_setzero_ps();
+    for (int k = 0; k < R; ++k) {
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[k][i] = _mm512_setzero_ps();
+    }
     for (int64_t c = 0; c < cols; c += 64) {
-      const __m512i wv = LoadU8(row + c, bias);
+      __m512i wv[R];
+#pragma GCC unroll 8
+      for (int k = 0; k < R; ++k) wv[k] = LoadU8(row + k * cols + c, bias);
 #pragma GCC unroll 8
       for (int i = 0; i < NB; ++i) {
         const __m512i xv = _mm512_loadu_si512(reinterpret_cast<const void*>(qx[i].q.data() + c));
         const __m512 sv = _mm512_loadu_ps(qx[i].lane_scale.data() + c / 4);
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv, xv)), sv, acc[i]);
+#pragma GCC unroll 8
+        for (int k = 0; k < R; ++k) {
+          acc[k][i] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv[k], xv)), sv, acc[k][i]);
+        }
       }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) {
-      y[i * ys + r] = m.scale[static_cast<size_t>(r)] * (_mm512_reduce_add_ps(acc[i]) - qx[i].k);
+    for (int k = 0; k < R; ++k) {
+      for (int i = 0; i < NB; ++i) {
+        y[i * ys + r + k] = m.scale[static_cast<size_t>(r + k)] * (_mm512_reduce_add_ps(acc[k][i]) - qx[i].k);
+      }
     }
   }
+  if constexpr (R > 1) RowsVnni<1, NB>(m, qx, y, ys, end, r1);
 }
 
-// One product of a batched Matvec on rows [r0, r1), NB of its activation vectors
-// starting at x / y (and qx, the quantized ones, on the int8 x int8 path).
+// --- Dispatch ----------------------------------------------------------------------
+// One product on rows [r0, r1), NB of its vectors starting at x / y (and qx, the
+// quantized ones, on the int8 x int8 path).
 template <int NB>
-void RowsBatch(const Matvec& p, const QuantizedX* qx, const float* x, float* y, int64_t r0, int64_t r1) {
-  if (qx != nullptr) return RowsInt8BatchVnni<NB>(*p.q, qx, y, p.y_stride, r0, r1);
+void Rows(const Matvec& p, const QuantizedX* qx, const float* x, float* y, int64_t r0, int64_t r1) {
+  constexpr int R = NB == 1 ? kGroup : 1;
+  if (qx != nullptr) return RowsVnni<R, NB>(*p.q, qx, y, p.y_stride, r0, r1);
+  const XBatch b{x, p.x_stride, y, p.y_stride, NB};
   const bool int8 = p.q != nullptr;
   switch (ActiveIsa()) {
     case Isa::kAvx512Vnni:
     case Isa::kAvx512:
-      if (int8) return RowsInt8BatchAvx512<NB>(*p.q, x, p.x_stride, y, p.y_stride, r0, r1);
-      return RowsF32BatchAvx512<NB>(p.w, p.cols, x, p.x_stride, y, p.y_stride, r0, r1);
+      if (int8) return RowsAvx512<int8_t, R, NB>(Int8Weights(*p.q), b, r0, r1);
+      return RowsAvx512<float, R, NB>(F32Weights(p.w, p.cols), b, r0, r1);
     case Isa::kAvx2:
-      if (int8) return RowsInt8BatchAvx2<NB>(*p.q, x, p.x_stride, y, p.y_stride, r0, r1);
-      return RowsF32BatchAvx2<NB>(p.w, p.cols, x, p.x_stride, y, p.y_stride, r0, r1);
+      if (int8) return RowsAvx2<int8_t, R, NB>(Int8Weights(*p.q), b, r0, r1);
+      return RowsAvx2<float, R, NB>(F32Weights(p.w, p.cols), b, r0, r1);
     case Isa::kScalar:
-      if (int8) return RowsInt8BatchScalar(*p.q, XBatch{x, p.x_stride, y, p.y_stride, NB}, r0, r1);
-      return RowsF32BatchScalar(p.w, p.cols, XBatch{x, p.x_stride, y, p.y_stride, NB}, r0, r1);
+      if (int8) return RowsScalar(Int8Weights(*p.q), b, r0, r1);
+      return RowsScalar(F32Weights(p.w, p.cols), b, r0, r1);
   }
 }
 
-// Rows [r0, r1) of a product with p.batch > 1, its vectors in groups of up to 8.
-void MatvecRowsBatch(const Matvec& p, const QuantizedX* qx, int64_t r0, int64_t r1) {
+// Rows [r0, r1) of a product, its vectors in groups of up to 8.
+void MatvecRows(const Matvec& p, const QuantizedX* qx, int64_t r0, int64_t r1) {
   for (int b0 = 0; b0 < p.batch; b0 += 8) {
     const int nb = std::min(8, p.batch - b0);
     const float* x = p.x + b0 * p.x_stride;
@@ -536,28 +385,28 @@ void MatvecRowsBatch(const Matvec& p, const QuantizedX* qx, int64_t r0, int64_t 
     const QuantizedX* q = qx == nullptr ? nullptr : qx + b0;
     switch (nb) {
       case 1:
-        RowsBatch<1>(p, q, x, y, r0, r1);
+        Rows<1>(p, q, x, y, r0, r1);
         break;
       case 2:
-        RowsBatch<2>(p, q, x, y, r0, r1);
+        Rows<2>(p, q, x, y, r0, r1);
         break;
       case 3:
-        RowsBatch<3>(p, q, x, y, r0, r1);
+        Rows<3>(p, q, x, y, r0, r1);
         break;
       case 4:
-        RowsBatch<4>(p, q, x, y, r0, r1);
+        Rows<4>(p, q, x, y, r0, r1);
         break;
       case 5:
-        RowsBatch<5>(p, q, x, y, r0, r1);
+        Rows<5>(p, q, x, y, r0, r1);
         break;
       case 6:
-        RowsBatch<6>(p, q, x, y, r0, r1);
+        Rows<6>(p, q, x, y, r0, r1);
         break;
       case 7:
-        RowsBatch<7>(p, q, x, y, r0, r1);
+        Rows<7>(p, q, x, y, r0, r1);
         break;
       default:
-        RowsBatch<8>(p, q, x, y, r0, r1);
+        Rows<8>(p, q, x, y, r0, r1);
         break;
     }
   }
@@ -591,27 +440,17 @@ Int8Matrix Int8Matrix::Quantize(const float* w, int64_t rows, int64_t cols) {
 }
 
 void MatvecRowsF32(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  switch (ActiveIsa()) {
-    case Isa::kAvx512Vnni:
-    case Isa::kAvx512:
-      return RowsF32Avx512(w, cols, x, y, r0, r1);
-    case Isa::kAvx2:
-      return RowsF32Avx2(w, cols, x, y, r0, r1);
-    case Isa::kScalar:
-      return RowsF32Scalar(w, cols, x, y, r0, r1);
-  }
+  Matvec p;
+  p.w = w;
+  p.cols = cols;
+  Rows<1>(p, /*qx=*/nullptr, x, y, r0, r1);
 }
 
 void MatvecRowsInt8(const Int8Matrix& q, const float* x, float* y, int64_t r0, int64_t r1) {
-  switch (ActiveIsa()) {
-    case Isa::kAvx512Vnni:  // RunMatvecs takes the int8 x int8 path where it applies
-    case Isa::kAvx512:
-      return RowsInt8Avx512(q, x, y, r0, r1);
-    case Isa::kAvx2:
-      return RowsInt8Avx2(q, x, y, r0, r1);
-    case Isa::kScalar:
-      return RowsInt8Scalar(q, x, y, r0, r1);
-  }
+  Matvec p;  // RunMatvecs takes the int8 x int8 path where it applies
+  p.q = &q;
+  p.cols = q.cols;
+  Rows<1>(p, /*qx=*/nullptr, x, y, r0, r1);
 }
 
 void Axpy(float a, const float* x, float* y, int64_t n) {
@@ -700,15 +539,7 @@ void RunMatvecs(const Matvec* products, int count) {
       if (lo < hi) {
         const Matvec& p = products[i];
         const int64_t r0 = (lo - base) * kRowBlock, r1 = std::min(p.rows, (hi - base) * kRowBlock);
-        if (p.batch > 1) {
-          MatvecRowsBatch(p, qx[i], r0, r1);
-        } else if (qx[i] != nullptr) {
-          RowsInt8Vnni(*p.q, *qx[i], p.y, r0, r1);
-        } else if (p.q != nullptr) {
-          MatvecRowsInt8(*p.q, p.x, p.y, r0, r1);
-        } else {
-          MatvecRowsF32(p.w, p.cols, p.x, p.y, r0, r1);
-        }
+        MatvecRows(p, qx[i], r0, r1);
       }
       base += blocks[i];
     }
