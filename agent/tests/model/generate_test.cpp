@@ -8,17 +8,12 @@
 #include "fedge/agent/llm/causal_lm.h"
 #include "fedge/agent/llm/generation.h"
 #include "fedge/file_util.h"
+#include "test_util.h"
 
 namespace fedge::agent::llm {
 namespace {
 
 const std::string kGolden = FEDGE_GOLDEN_DIR;
-
-nlohmann::json ModelGolden(const std::string& name) {
-  auto text = ReadFile(kGolden + "/llm/llm_goldens.json");
-  EXPECT_TRUE(text.ok()) << text.status().ToString();
-  return nlohmann::json::parse(*text)["models"][name];
-}
 
 std::unique_ptr<CausalLm> LoadModel(const std::string& name) {
   auto lm = CausalLm::Load({.model_dir = kGolden + "/llm/" + name});
@@ -37,7 +32,7 @@ GenerationOptions Greedy(int max_new_tokens) {
 class GenerateGoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GenerateGoldenTest, GreedyIdsMatchTransformersGenerate) {
-  nlohmann::json golden = ModelGolden(GetParam());
+  nlohmann::json golden = testing::LlmModelGolden(GetParam());
   auto lm = LoadModel(GetParam());
   ASSERT_TRUE(lm);
   for (const auto& g : golden["greedy"]) {
@@ -94,7 +89,7 @@ TEST(GenerateTest, StopStringCutsTextAndStreamsTheSameText) {
 }
 
 TEST(GenerateTest, EosEndsWithStopAndIsNotReturned) {
-  nlohmann::json golden = ModelGolden("tiny_qwen2");
+  nlohmann::json golden = testing::LlmModelGolden("tiny_qwen2");
   auto lm = LoadModel("tiny_qwen2");
   ASSERT_TRUE(lm);
   ASSERT_EQ(lm->eos_token_ids(), (std::vector<int64_t>{2}));

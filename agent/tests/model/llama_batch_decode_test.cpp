@@ -6,56 +6,15 @@
 
 #include "llama/llama.h"
 #include "llama/llama_decode.h"
+#include "llama_test_util.h"
 
 namespace fedge::agent::llm {
 namespace {
 
-class IsaGuard {
- public:
-  IsaGuard() : saved_(decode::KernelIsa()) {}
-  ~IsaGuard() { decode::ForceKernelIsa(saved_); }
-
- private:
-  std::string saved_;
-};
-
-std::vector<std::string> AvailableIsas() {
-  IsaGuard guard;
-  std::vector<std::string> out;
-  for (const char* isa : {"scalar", "avx2", "avx512", "avx512vnni"}) {
-    if (decode::ForceKernelIsa(isa)) out.push_back(isa);
-  }
-  return out;
-}
-
-// Off the kernels' 4-row / 16-column steps (hidden 72, vocab 301), grouped-query
-// attention; `even` gives 64-column multiples so int8 takes the VNNI path.
-LlamaConfig TestConfig(bool even, bool tied, bool qkv_bias) {
-  LlamaConfig c;
-  c.vocab_size = even ? 320 : 301;
-  c.hidden_size = even ? 128 : 72;
-  c.intermediate_size = even ? 256 : 200;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = even ? 4 : 6;
-  c.num_key_value_heads = 2;
-  c.head_dim = even ? 32 : 12;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  c.qkv_bias = qkv_bias;
-  return c;
-}
-
-LlamaForCausalLm RandomModel(const LlamaConfig& c, uint64_t seed) {
-  torch::manual_seed(seed);
-  LlamaForCausalLm model(c);
-  torch::NoGradGuard no_grad;
-  for (auto& p : model->parameters()) p.normal_(0, 0.1);
-  for (auto& p : model->named_parameters()) {
-    if (p.key().find("norm") != std::string::npos) p.value().uniform_(0.8, 1.2);
-  }
-  model->eval();
-  return model;
-}
+using testing::AvailableIsas;
+using testing::DecodeTestConfig;
+using testing::IsaGuard;
+using testing::RandomModel;
 
 KvCache Clone(const KvCache& cache) {
   KvCache out = cache;
@@ -117,7 +76,7 @@ TEST(LlamaBatchDecodeTest, LogitsEqualSingleStepsForEveryBatchIsaAndKernel) {
   IsaGuard guard;
   for (bool even : {false, true}) {
     for (bool tied : {true, false}) {
-      LlamaForCausalLm model = RandomModel(TestConfig(even, tied, /*qkv_bias=*/!tied), 21);
+      LlamaForCausalLm model = RandomModel(DecodeTestConfig(even, tied, /*qkv_bias=*/!tied), 21);
       torch::InferenceMode mode;
       for (DecodeKernel kernel : {DecodeKernel::kF32, DecodeKernel::kInt8}) {
         model->set_decode_kernel(kernel);
@@ -135,7 +94,7 @@ TEST(LlamaBatchDecodeTest, LogitsEqualSingleStepsForEveryBatchIsaAndKernel) {
 }
 
 TEST(LlamaBatchDecodeTest, UnmergedAdapterAndTorchKernelMatchSingleSteps) {
-  LlamaForCausalLm model = RandomModel(TestConfig(/*even=*/false, /*tied=*/false, false), 5);
+  LlamaForCausalLm model = RandomModel(DecodeTestConfig(/*even=*/false, /*tied=*/false, false), 5);
   model->EnableLora({"q_proj", "v_proj", "gate_proj", "down_proj"}, {.rank = 4, .alpha = 8}, 5);
   {
     torch::NoGradGuard no_grad;
@@ -152,7 +111,7 @@ TEST(LlamaBatchDecodeTest, UnmergedAdapterAndTorchKernelMatchSingleSteps) {
 }
 
 TEST(LlamaBatchDecodeTest, RefusesBadBatchesWithoutAdvancing) {
-  LlamaForCausalLm model = RandomModel(TestConfig(false, true, false), 3);
+  LlamaForCausalLm model = RandomModel(DecodeTestConfig(false, true, false), 3);
   torch::InferenceMode mode;
   const LlamaConfig& c = model->config();
   KvCache a = KvCache::Allocate(c, 1, 4), b = KvCache::Allocate(c, 1, 1);

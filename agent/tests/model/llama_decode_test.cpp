@@ -11,57 +11,19 @@
 #include "fedge/file_util.h"
 #include "llama/llama.h"
 #include "llama/llama_decode.h"
+#include "llama_test_util.h"
 
 namespace fedge::agent::llm {
 namespace {
 
-// Restores auto-detected kernels when a test that forces an ISA ends.
-class IsaGuard {
- public:
-  IsaGuard() : saved_(decode::KernelIsa()) {}
-  ~IsaGuard() { decode::ForceKernelIsa(saved_); }
-
- private:
-  std::string saved_;
-};
-
-std::vector<std::string> AvailableIsas() {
-  IsaGuard guard;
-  std::vector<std::string> out;
-  for (const char* isa : {"scalar", "avx2", "avx512", "avx512vnni"}) {
-    if (decode::ForceKernelIsa(isa)) out.push_back(isa);
-  }
-  return out;
-}
+using testing::AvailableIsas;
+using testing::IsaGuard;
+using testing::RandomModel;
 
 // Shapes off the kernels' 4-row and 16-column steps (hidden 72, vocab 301), with
 // grouped-query attention and q/k/v biases (Qwen2).
 LlamaConfig OddConfig(bool tied, bool qkv_bias) {
-  LlamaConfig c;
-  c.vocab_size = 301;
-  c.hidden_size = 72;
-  c.intermediate_size = 200;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.head_dim = 12;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  c.qkv_bias = qkv_bias;
-  return c;
-}
-
-LlamaForCausalLm RandomModel(const LlamaConfig& c, uint64_t seed) {
-  torch::manual_seed(seed);
-  LlamaForCausalLm model(c);
-  torch::NoGradGuard no_grad;
-  for (auto& p : model->parameters()) p.normal_(0, 0.1);
-  // RMSNorm weights near 1 as in trained models.
-  for (auto& p : model->named_parameters()) {
-    if (p.key().find("norm") != std::string::npos) p.value().uniform_(0.8, 1.2);
-  }
-  model->eval();
-  return model;
+  return testing::DecodeTestConfig(/*even=*/false, tied, qkv_bias);
 }
 
 torch::Tensor Ids(int64_t n, int64_t vocab, uint64_t seed) {
@@ -223,9 +185,7 @@ TEST(LlamaDecodeTest, Int8ProductsAgreeOnEveryIsa) {
 
 TEST(LlamaDecodeTest, Int8DecodeStaysCloseToF32OnEveryIsa) {
   // The odd shape (dequantizing kernels) and one of 64-column multiples (VNNI).
-  LlamaConfig even = OddConfig(/*tied=*/true, /*qkv_bias=*/false);
-  even.hidden_size = 128, even.intermediate_size = 256, even.num_attention_heads = 4, even.head_dim = 32;
-  even.vocab_size = 320;
+  const LlamaConfig even = testing::DecodeTestConfig(/*even=*/true, /*tied=*/true, /*qkv_bias=*/false);
   IsaGuard guard;
   for (const LlamaConfig& config : {OddConfig(/*tied=*/true, /*qkv_bias=*/true), even}) {
     LlamaForCausalLm model = RandomModel(config, 13);

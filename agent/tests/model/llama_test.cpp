@@ -7,17 +7,12 @@
 
 #include "fedge/file_util.h"
 #include "llama/llama.h"
+#include "test_util.h"
 
 namespace fedge::agent::llm {
 namespace {
 
 const std::string kGolden = FEDGE_GOLDEN_DIR;
-
-nlohmann::json ModelGolden(const std::string& name) {
-  auto text = ReadFile(kGolden + "/llm/llm_goldens.json");
-  EXPECT_TRUE(text.ok()) << text.status().ToString();
-  return nlohmann::json::parse(*text)["models"][name];
-}
 
 torch::Tensor IdsTensor(const nlohmann::json& rows) {
   std::vector<std::vector<int64_t>> v = rows;
@@ -44,7 +39,7 @@ void ExpectClose(const torch::Tensor& got, const std::vector<float>& want) {
 class LlamaGoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(LlamaGoldenTest, LogitsAndMaskedLossMatchTransformers) {
-  nlohmann::json golden = ModelGolden(GetParam());
+  nlohmann::json golden = testing::LlmModelGolden(GetParam());
   auto model = LoadLlama(kGolden + "/" + golden["dir"].get<std::string>());
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   torch::InferenceMode guard;
@@ -63,7 +58,7 @@ TEST_P(LlamaGoldenTest, LogitsAndMaskedLossMatchTransformers) {
 }
 
 TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
-  nlohmann::json golden = ModelGolden(GetParam());
+  nlohmann::json golden = testing::LlmModelGolden(GetParam());
   auto model = LoadLlama(kGolden + "/" + golden["dir"].get<std::string>());
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   torch::InferenceMode guard;

@@ -22,20 +22,30 @@ StatusOr<std::unique_ptr<llm::CausalLm>> LoadTinyLlama() {
 }
 
 TEST(LoraTargetsTest, MatchesFullNamesAndDotSuffixesOnly) {
-  EXPECT_TRUE(LoraTargetMatches("model.layers.0.self_attn.q_proj", "q_proj"));
-  EXPECT_TRUE(LoraTargetMatches("model.layers.0.self_attn.q_proj", "self_attn.q_proj"));
-  EXPECT_TRUE(LoraTargetMatches("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj"));
-  EXPECT_FALSE(LoraTargetMatches("model.layers.0.self_attn.q_proj", "proj"));
-  EXPECT_FALSE(LoraTargetMatches("model.layers.0.self_attn.q_proj", "attn.q_proj"));
-  EXPECT_FALSE(LoraTargetMatches("model.layers.0.mlp.up_proj", "self_attn.q_proj"));
-  EXPECT_FALSE(LoraTargetMatches("q_proj", "self_attn.q_proj"));
-  EXPECT_FALSE(LoraTargetMatches("model.layers.0.self_attn.q_proj", ""));
-  // BERT-style names follow the same rule.
-  EXPECT_TRUE(LoraTargetMatches("encoder.layer.0.attention.self.value", "value"));
-  EXPECT_TRUE(LoraTargetMatches("encoder.layer.0.attention.self.value", "attention.self.value"));
-  EXPECT_TRUE(LoraTargetMatches("encoder.layer.1.attention.output.dense", "attention.output.dense"));
-  EXPECT_FALSE(LoraTargetMatches("encoder.layer.1.output.dense", "attention.output.dense"));
-  EXPECT_FALSE(LoraTargetMatches("encoder.layer.0.attention.self.value", "alue"));
+  struct Case {
+    const char* name;
+    const char* target;
+    bool matches;
+  };
+  const Case cases[] = {
+      {"model.layers.0.self_attn.q_proj", "q_proj", true},
+      {"model.layers.0.self_attn.q_proj", "self_attn.q_proj", true},
+      {"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj", true},
+      {"model.layers.0.self_attn.q_proj", "proj", false},
+      {"model.layers.0.self_attn.q_proj", "attn.q_proj", false},
+      {"model.layers.0.mlp.up_proj", "self_attn.q_proj", false},
+      {"q_proj", "self_attn.q_proj", false},
+      {"model.layers.0.self_attn.q_proj", "", false},
+      // BERT-style names follow the same rule.
+      {"encoder.layer.0.attention.self.value", "value", true},
+      {"encoder.layer.0.attention.self.value", "attention.self.value", true},
+      {"encoder.layer.1.attention.output.dense", "attention.output.dense", true},
+      {"encoder.layer.1.output.dense", "attention.output.dense", false},
+      {"encoder.layer.0.attention.self.value", "alue", false},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(LoraTargetMatches(c.name, c.target), c.matches) << c.name << " ~ \"" << c.target << "\"";
+  }
 }
 
 TEST(LoraTargetsTest, MatchListsEachModuleOnceTargetByTargetAndRefusesATargetMatchingNothing) {

@@ -40,4 +40,10 @@ inline nlohmann::json ReadGolden(const std::string& name) {
   return nlohmann::json::parse(ss.str());
 }
 
+// The transformers goldens of one tiny causal LM ("tiny_llama", "tiny_qwen2", ...)
+// from tests/golden/make_llm_goldens.py.
+inline nlohmann::json LlmModelGolden(const std::string& name) {
+  return ReadGolden("llm/llm_goldens.json")["models"][name];
+}
+
 }  // namespace fedge::agent::testing
