@@ -298,14 +298,20 @@ TEST(SecAggProtocolTest, MaskedInputsAreUniformAndIndividuallyUndecodable) {
   }
 }
 
-TEST(SecAggProtocolTest, AgentRefusesUnsafeUnmaskAsks) {
+// Round 1 of job "j" for agents a, b and c: 4 values clipped to norm 1.
+SecAggServerOptions ThreeInvited(int64_t advertise_deadline_ms) {
   SecAggServerOptions so;
   so.job = "j";
   so.round = 1;
   so.invited = {"a", "b", "c"};
   so.clip_norm = 1;
   so.values = 4;
-  so.advertise_deadline_ms = 1000;
+  so.advertise_deadline_ms = advertise_deadline_ms;
+  return so;
+}
+
+TEST(SecAggProtocolTest, AgentRefusesUnsafeUnmaskAsks) {
+  const SecAggServerOptions so = ThreeInvited(/*advertise_deadline_ms=*/1000);
   SecAggServer server(so);
   std::vector<SecAggClient> c;
   for (int i = 0; i < 3; ++i) {
@@ -326,13 +332,7 @@ TEST(SecAggProtocolTest, AgentRefusesUnsafeUnmaskAsks) {
 }
 
 TEST(SecAggProtocolTest, TooFewAdvertisersFailTheRoundWithAReason) {
-  SecAggServerOptions so;
-  so.job = "j";
-  so.round = 1;
-  so.invited = {"a", "b", "c"};
-  so.clip_norm = 1;
-  so.values = 4;
-  so.advertise_deadline_ms = 10;
+  const SecAggServerOptions so = ThreeInvited(/*advertise_deadline_ms=*/10);
   SecAggServer server(so);
   auto c = *SecAggClient::Create();
   ASSERT_TRUE(server.Advertise("a", c.enc_public_key(), c.mask_public_key(), 0).ok());
