@@ -137,6 +137,18 @@ void Declare(const TensorBundle& layout, v1::Capabilities* caps) {
 }
 
 // The two ways of talking to the aggregator the benchmark compares.
+// The evaluation every simulated agent reports for `task`: 10 examples, accuracy 0.5.
+v1::MetricsReport EvaluationReport(const std::string& session, const v1::Task& task) {
+  v1::MetricsReport req;
+  *req.mutable_header() = Header(session);
+  req.set_round(task.round());
+  req.set_global_version(task.global_version());
+  req.set_phase("evaluate");
+  req.set_num_examples(10);
+  (*req.mutable_values())["accuracy"] = 0.5;
+  return req;
+}
+
 struct Transport {
   virtual ~Transport() = default;
   virtual std::string Join(const TensorBundle& layout) = 0;
@@ -198,16 +210,9 @@ struct GrpcTransport : Transport {
     return writer->Finish().ok() && resp.accepted();
   }
   void Report(const std::string& session, const v1::Task& task) override {
-    v1::MetricsReport req;
-    *req.mutable_header() = Header(session);
-    req.set_round(task.round());
-    req.set_global_version(task.global_version());
-    req.set_phase("evaluate");
-    req.set_num_examples(10);
-    (*req.mutable_values())["accuracy"] = 0.5;
     v1::MetricsAck ack;
     grpc::ClientContext ctx;
-    if (!stub->ReportMetrics(&ctx, req, &ack).ok()) std::abort();
+    if (!stub->ReportMetrics(&ctx, EvaluationReport(session, task), &ack).ok()) std::abort();
   }
   std::unique_ptr<v1::Aggregator::Stub> stub;
 };
@@ -256,14 +261,7 @@ struct InProcessTransport : Transport {
     return handler->FinishUpdate(header, buffer).accepted();
   }
   void Report(const std::string& session, const v1::Task& task) override {
-    v1::MetricsReport req;
-    *req.mutable_header() = Header(session);
-    req.set_round(task.round());
-    req.set_global_version(task.global_version());
-    req.set_phase("evaluate");
-    req.set_num_examples(10);
-    (*req.mutable_values())["accuracy"] = 0.5;
-    if (!handler->ReportMetrics(req).ok()) std::abort();
+    if (!handler->ReportMetrics(EvaluationReport(session, task)).ok()) std::abort();
   }
   ProtocolHandler* handler;
 };

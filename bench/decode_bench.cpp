@@ -126,6 +126,18 @@ fedge::StatusOr<fedge::agent::llm::DecodeKernel> ParseKernel(const std::string& 
   return fedge::InvalidArgumentError("unknown kernel '" + name + "' (torch, f32, int8)");
 }
 
+// Switches `model`'s decode kernel to `name` (ParseKernel's names); false, with
+// the reason on stderr, for an unknown name.
+bool UseKernel(LlamaForCausalLm& model, const std::string& name) {
+  auto kernel = ParseKernel(name);
+  if (!kernel.ok()) {
+    std::cerr << kernel.status().ToString() << "\n";
+    return false;
+  }
+  model->set_decode_kernel(*kernel);
+  return true;
+}
+
 int Compare(const std::string& dir, int prompt, int tokens, int threads,
             const std::vector<std::string>& kernels, int runs) {
   auto model = fedge::agent::llm::LoadLlama(dir);
@@ -138,12 +150,7 @@ int Compare(const std::string& dir, int prompt, int tokens, int threads,
             << fedge::agent::llm::decode::KernelIsa() << "\n";
   for (int run = 0; run < runs; ++run) {
     for (const std::string& name : kernels) {
-      auto kernel = ParseKernel(name);
-      if (!kernel.ok()) {
-        std::cerr << kernel.status().ToString() << "\n";
-        return 2;
-      }
-      (*model)->set_decode_kernel(*kernel);
+      if (!UseKernel(*model, name)) return 2;
       TimePrefillDecode(*model, 16, 4, 1);  // warm-up (llama-bench runs one too); builds int8 copies
       PrefillDecode r = TimePrefillDecode(*model, prompt, tokens, 1000 + static_cast<uint64_t>(run));
       std::cout << "fedge," << name << "," << threads << "," << r.prefill << "," << r.decode << std::endl;
@@ -208,12 +215,7 @@ int PerplexityReport(const std::string& dir, uint64_t seed, int max_lines,
   std::cout << std::setprecision(4);
   double base = 0;
   for (const std::string& name : kernels) {
-    auto kernel = ParseKernel(name);
-    if (!kernel.ok()) {
-      std::cerr << kernel.status().ToString() << "\n";
-      return 2;
-    }
-    (*model)->set_decode_kernel(*kernel);
+    if (!UseKernel(*model, name)) return 2;
     int64_t n = 0;
     const double ppl = Perplexity(*model, *tok, *eos, heldout, &n);
     if (base == 0) base = ppl;

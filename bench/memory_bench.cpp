@@ -26,6 +26,7 @@
 
 #include <torch/torch.h>
 
+#include "bench_cli.h"
 #include "fedge/agent/text_classifier.h"
 #include "fedge/version.h"
 
@@ -143,36 +144,27 @@ int main(int argc, char** argv) {
   int steps = 5, threads = 1;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf(
-          "usage: %s [--model-dir DIR] [--steps N] [--threads N]\n"
-          "Peak RSS (VmHWM) of serving and LoRA training with MiniLM, each phase in its own\n"
-          "process, against the idle libtorch process and the model's weight bytes.\n"
-          "DIR defaults to $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2.\n",
-          argv[0]);
-      return 0;
-    }
-    if (arg == "--version") {
-      std::printf("fedge_bench_memory %s (%s)\n", fedge::Version(), fedge::GitRev());
+    if (fedge::bench::PrintedHelpOrVersion(
+            arg, argv[0], "fedge_bench_memory",
+            "[--model-dir DIR] [--steps N] [--threads N]\n"
+            "Peak RSS (VmHWM) of serving and LoRA training with MiniLM, each phase in its own\n"
+            "process, against the idle libtorch process and the model's weight bytes.\n"
+            "DIR defaults to $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2.\n")) {
       return 0;
     }
     if (arg == "--model-dir" && i + 1 < argc) {
       model_dir = argv[++i];
     } else if (arg == "--steps" && i + 1 < argc) {
-      steps = std::max(1, std::atoi(argv[++i]));
+      steps = fedge::bench::CountFlag(argv[++i]);
     } else if (arg == "--threads" && i + 1 < argc) {
-      threads = std::max(1, std::atoi(argv[++i]));
+      threads = fedge::bench::CountFlag(argv[++i]);
     } else if (arg == "--phase" && i + 1 < argc) {  // internal: run one phase
       phase = argv[++i];
     } else {
-      std::fprintf(stderr, "unknown argument '%s' (see --help)\n", arg.c_str());
-      return 2;
+      return fedge::bench::UnknownArgument(arg);
     }
   }
-  if (model_dir.empty()) {
-    const char* env = std::getenv("FEDGE_MODEL_DIR");
-    model_dir = env != nullptr ? env : ".fedge/models/all-MiniLM-L6-v2";
-  }
+  model_dir = fedge::bench::MiniLmDir(model_dir);
   if (!phase.empty()) return RunPhase(phase, model_dir, steps, threads);
 
   const std::string weights = model_dir + "/model.safetensors";

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cli.h"
 #include "bert/bert.h"
 #include "fedge/safetensors.h"
 #include "fedge/version.h"
@@ -69,32 +70,23 @@ int main(int argc, char** argv) {
   int iters = 10;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf(
-          "usage: %s [--model-dir DIR] [--iters N]\n"
-          "LoRA training-step and forward time of MiniLM vs this machine's GEMM rate.\n"
-          "DIR defaults to $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2; without it\n"
-          "the MiniLM shape is benchmarked with random weights (same cost).\n",
-          argv[0]);
-      return 0;
-    }
-    if (arg == "--version") {
-      std::printf("fedge_bench_train_step %s (%s)\n", fedge::Version(), fedge::GitRev());
+    if (fedge::bench::PrintedHelpOrVersion(
+            arg, argv[0], "fedge_bench_train_step",
+            "[--model-dir DIR] [--iters N]\n"
+            "LoRA training-step and forward time of MiniLM vs this machine's GEMM rate.\n"
+            "DIR defaults to $FEDGE_MODEL_DIR or .fedge/models/all-MiniLM-L6-v2; without it\n"
+            "the MiniLM shape is benchmarked with random weights (same cost).\n")) {
       return 0;
     }
     if (arg == "--model-dir" && i + 1 < argc) {
       model_dir = argv[++i];
     } else if (arg == "--iters" && i + 1 < argc) {
-      iters = std::max(1, std::atoi(argv[++i]));
+      iters = fedge::bench::CountFlag(argv[++i]);
     } else {
-      std::fprintf(stderr, "unknown argument '%s' (see --help)\n", arg.c_str());
-      return 2;
+      return fedge::bench::UnknownArgument(arg);
     }
   }
-  if (model_dir.empty()) {
-    const char* env = std::getenv("FEDGE_MODEL_DIR");
-    model_dir = env != nullptr ? env : ".fedge/models/all-MiniLM-L6-v2";
-  }
+  model_dir = fedge::bench::MiniLmDir(model_dir);
 
   BertOptions options;  // defaults are MiniLM-L6-H384's
   const bool have_model = std::filesystem::exists(model_dir + "/model.safetensors");
