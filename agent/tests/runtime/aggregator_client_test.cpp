@@ -25,6 +25,7 @@
 #include "fedge/http_server.h"
 #include "fedge/safetensors.h"
 #include "mounted_secret.h"
+#include "serving_test_util.h"
 #include "test_pki.h"
 
 namespace fedge::agent {
@@ -304,10 +305,7 @@ class Server {
 class AggregatorClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("fedge-client-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
+    dir_ = testing::TestDir("client-test");
     for (int i = 0; i < 10; ++i) train_.push_back({"text " + std::to_string(i), i % 3});
     for (int i = 0; i < 4; ++i) eval_.push_back({"eval " + std::to_string(i), i % 2 == 0 ? 2 : 1});
     world_.config.set_local_steps(7);
@@ -355,6 +353,15 @@ class AggregatorClientTest : public ::testing::Test {
       client.Stop();
     }
     return fut.get();
+  }
+
+  // One client with `chunk_bytes` against a fresh aggregator on world_, run to its
+  // end within the deadline; a failed run fails the test. World_ holds what it saw.
+  void RunClient(size_t chunk_bytes = 64) {
+    Server server(&world_, "s", 0);
+    auto client = MakeClient(server.port(), nullptr, nullptr, chunk_bytes);
+    auto outcome = RunWithDeadline(*client);
+    ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
   }
 
   std::filesystem::path dir_;
@@ -503,10 +510,7 @@ TEST_F(AggregatorClientTest, BrokenUploadStartsOverWhenTheAggregatorHoldsNothing
   world_.cut_upload_after = 32;
   world_.cuts_left = 1;
   world_.forget_partials = true;  // e.g. the aggregator restarted or evicted it
-  Server server(&world_, "s", 0);
-  auto client = MakeClient(server.port(), nullptr, nullptr, /*chunk_bytes=*/16);
-  auto outcome = RunWithDeadline(*client);
-  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(RunClient(/*chunk_bytes=*/16));
   std::lock_guard<std::mutex> lock(world_.mu);
   ASSERT_EQ(world_.updates.size(), 2u);
   EXPECT_EQ(world_.updates[0].header.offset(), 0u);
@@ -519,10 +523,7 @@ TEST_F(AggregatorClientTest, BrokenUploadStartsOverWhenTheAggregatorHoldsNothing
 
 TEST_F(AggregatorClientTest, Int8UpdatesDecodeToTheDeltaWithinTheCodecError) {
   world_.config.set_update_codec("int8");
-  Server server(&world_, "s", 0);
-  auto client = MakeClient(server.port());
-  auto outcome = RunWithDeadline(*client);
-  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(RunClient());
   std::lock_guard<std::mutex> lock(world_.mu);
   ASSERT_EQ(world_.updates.size(), 2u);
   auto delta = DecodeBundle(world_.updates[1].payload);
@@ -547,10 +548,7 @@ TEST_F(AggregatorClientTest, ScaffoldCorrectsTheStepsAndKeepsTheControlVariateIn
   for (float& v : c.Find("classifier.bias")->values) v = -1.0f;
   world_.config.mutable_scaffold()->set_enabled(true);
   world_.config.mutable_scaffold()->set_control(*EncodeBundle(c, EncodeOptions{}));
-  Server server(&world_, "s", 0);
-  auto client = MakeClient(server.port());
-  auto outcome = RunWithDeadline(*client);
-  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(RunClient());
   std::lock_guard<std::mutex> lock(world_.mu);
   ASSERT_EQ(world_.updates.size(), 2u);
   ASSERT_NE(trainer_.last_train.step_correction, nullptr);
@@ -579,10 +577,7 @@ TEST_F(AggregatorClientTest, TopKInt4WithErrorFeedbackUploadsV2AndKeepsTheResidu
   world_.config.set_update_codec("int4");
   world_.config.set_topk_fraction(0.25);
   world_.config.set_error_feedback(true);
-  Server server(&world_, "s", 0);
-  auto client = MakeClient(server.port());
-  auto outcome = RunWithDeadline(*client);
-  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(RunClient());
   std::lock_guard<std::mutex> lock(world_.mu);
   ASSERT_EQ(world_.updates.size(), 2u);
   const ReceivedUpdate& upd = world_.updates[1];

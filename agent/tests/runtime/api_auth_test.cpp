@@ -15,6 +15,7 @@
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "http_test_client.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
@@ -26,11 +27,9 @@ using testing::HttpCall;
 using testing::HttpReply;
 using testing::TestLabels;
 
+// An empty directory of its own for the running test.
 fs::path TestDir(const std::string& what) {
-  fs::path dir =
-      fs::temp_directory_path() / ("fedge-" + what + "-" + std::to_string(::getpid()) + "-" +
-                                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  fs::remove_all(dir);
+  fs::path dir = testing::TestDir(what);
   fs::create_directories(dir);
   return dir;
 }
@@ -99,9 +98,7 @@ class ApiAuthTest : public ::testing::Test {
     store_ = std::make_unique<StateStore>((dir_ / "state").string(), "ns/job");
     api_ = std::make_unique<InferenceApi>(serving_.get(), store_.get(), &metrics_, InferenceLimits{},
                                           tokens_.get());
-    server_ = std::make_unique<HttpServer>("127.0.0.1:0");
-    api_->Register(*server_);
-    ASSERT_TRUE(server_->Start().ok());
+    ASSERT_NO_FATAL_FAILURE(testing::StartApiServer(*api_, &server_));
     port_ = server_->port();
   }
   void TearDown() override {

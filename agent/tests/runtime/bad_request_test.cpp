@@ -14,6 +14,7 @@
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "http_test_client.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
@@ -37,9 +38,7 @@ class BadRequestTest : public ::testing::Test {
     dir_ = std::filesystem::temp_directory_path() / ("fedge-bad-request-" + std::to_string(::getpid()));
     store_ = std::make_unique<StateStore>(dir_.string(), "ns/job");
     api_ = std::make_unique<InferenceApi>(serving_.get(), store_.get(), &metrics_);
-    server_ = std::make_unique<HttpServer>("127.0.0.1:0");
-    api_->Register(*server_);
-    ASSERT_TRUE(server_->Start().ok());
+    ASSERT_NO_FATAL_FAILURE(testing::StartApiServer(*api_, &server_));
   }
   void TearDown() override {
     server_->Stop();

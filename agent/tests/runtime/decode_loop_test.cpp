@@ -16,59 +16,24 @@
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/scheduler.h"
 #include "fedge/agent/runtime/serving_model.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
+using testing::Eventually;
 using testing::FakeClassifier;
+using testing::kDeadline;
 using testing::TestLabels;
 
-constexpr auto kDeadline = std::chrono::seconds(10);
-
-template <typename Pred>
-bool Eventually(Pred pred) {
-  const auto end = std::chrono::steady_clock::now() + kDeadline;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::yield();
-  }
-  return pred();
-}
-
 // A classifier whose next Classify can be held inside the model.
-class GatedClassifier : public FakeClassifier {
+class GatedClassifier : public FakeClassifier, public testing::CallGate {
  public:
   GatedClassifier() : FakeClassifier(TestLabels()) {}
   StatusOr<std::vector<Prediction>> Classify(const std::vector<std::string>& texts) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (hold_) {
-      held_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [&] { return !hold_; });
-      held_ = false;
-    }
-    lock.unlock();
+    Pass();
     return FakeClassifier::Classify(texts);
   }
-  void HoldNextCall() {
-    std::lock_guard<std::mutex> lock(mu_);
-    hold_ = true;
-  }
-  bool WaitHeld() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, kDeadline, [&] { return held_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    hold_ = false;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool hold_ = false;
-  bool held_ = false;
 };
 
 // Generates "<name>0 <name>1 ..." one word per step: `tokens` words, or until

@@ -15,6 +15,7 @@
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "http_test_client.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
@@ -25,14 +26,6 @@ using testing::FakeClassifier;
 using testing::HttpCall;
 using testing::HttpReply;
 using testing::TestLabels;
-
-fs::path TestDir() {
-  fs::path dir =
-      fs::temp_directory_path() / ("fedge-feedback-" + std::to_string(::getpid()) + "-" +
-                                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  fs::remove_all(dir);
-  return dir;
-}
 
 mode_t ModeOf(const std::string& path) {
   struct stat st {};
@@ -52,7 +45,7 @@ class FeedbackLogTest : public ::testing::Test {
   // `labels` empty: a causal-LM job's model (no labels), whose feedback is a
   // prompt and a preferred completion.
   void Start(uint64_t max_bytes, bool enabled = true, std::vector<std::string> labels = TestLabels()) {
-    dir_ = TestDir();
+    dir_ = testing::TestDir("feedback");
     auto model = std::make_unique<FakeClassifier>(std::move(labels));
     serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job");
     StateStoreOptions options;
@@ -60,9 +53,7 @@ class FeedbackLogTest : public ::testing::Test {
     options.feedback_enabled = enabled;
     store_ = std::make_unique<StateStore>(dir_.string(), "ns/job", options);
     api_ = std::make_unique<InferenceApi>(serving_.get(), store_.get(), &metrics_);
-    server_ = std::make_unique<HttpServer>("127.0.0.1:0");
-    api_->Register(*server_);
-    ASSERT_TRUE(server_->Start().ok());
+    ASSERT_NO_FATAL_FAILURE(testing::StartApiServer(*api_, &server_));
   }
   void TearDown() override {
     if (server_) server_->Stop();

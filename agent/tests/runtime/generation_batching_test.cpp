@@ -13,37 +13,21 @@
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
 using nlohmann::json;
-
-const std::string kTinyLlama =
-    (std::filesystem::path(__FILE__).parent_path() / "../../../tests/golden/llm/tiny_llama").string();
-
-HttpRequest Post(const std::string& path, const std::string& body) {
-  HttpRequest r;
-  r.method = "POST";
-  r.path = path;
-  r.body = body;
-  return r;
-}
+using testing::Post;
+using testing::ServeLlm;
+using testing::TinyLlmOptions;
 
 TEST(GenerationBatchingTest, ConcurrentCompletionsShareDecodeStepsAndAnswerAsAlone) {
-  LlmModelOptions o;
-  o.model_dir = kTinyLlama;
-  o.lora.rank = 2;
-  o.lora.targets = {"q_proj", "v_proj"};
-  o.lora.seed = 3;
-  o.num_threads = 1;
-  auto model = LlmModel::Load(o);
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  TensorBundle global = (*model)->ExportTrainable();
-  ServingModel serving(std::move(*model), "ns/gen");
-  ASSERT_TRUE(serving.Install(global, 3).ok());
+  std::unique_ptr<ServingModel> serving = ServeLlm(TinyLlmOptions(), /*version=*/3);
+  ASSERT_NE(serving, nullptr);
   AgentMetrics metrics;
-  InferenceApi api(&serving, nullptr, &metrics);
+  InferenceApi api(serving.get(), nullptr, &metrics);
 
   const std::vector<std::string> bodies = {
       R"({"prompt": "dog:", "max_tokens": 12, "temperature": 0})",

@@ -18,25 +18,18 @@
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "http_test_client.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
 using nlohmann::json;
 using std::chrono::milliseconds;
+using testing::Post;
+using testing::RecordingWriter;
 
-const std::string kTinyLlama =
-    (std::filesystem::path(__FILE__).parent_path() / "../../../tests/golden/llm/tiny_llama").string();
 const std::string kChat = "/v1/chat/completions";
 const std::string kCompletions = "/v1/completions";
-
-HttpRequest Post(const std::string& path, const std::string& body) {
-  HttpRequest r;
-  r.method = "POST";
-  r.path = path;
-  r.body = body;
-  return r;
-}
 
 // One series of the registry: a counter's or gauge's value, or a histogram's
 // sample count. -1 when the series does not exist.
@@ -84,41 +77,14 @@ void ExpectConsistentTimings(const json& t, int64_t prompt_tokens, int64_t compl
   EXPECT_NEAR(t["predicted_per_second"].get<double>(), completion_tokens / predicted_ms * 1000, 1e-6);
 }
 
-// The "data: ..." payloads of a recorded stream.
-class RecordingWriter : public HttpStreamWriter {
- public:
-  bool Write(std::string_view data) override {
-    chunks.emplace_back(data);
-    return true;
-  }
-  bool Closed() const override { return false; }
-  std::vector<std::string> Events() const {
-    std::vector<std::string> out;
-    for (const auto& c : chunks) {
-      EXPECT_EQ(c.rfind("data: ", 0), 0u) << c;
-      out.push_back(c.substr(6, c.size() - 8));
-    }
-    return out;
-  }
-  std::vector<std::string> chunks;
-};
-
 class GenerationMetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    LlmModelOptions o;
-    o.model_dir = kTinyLlama;
-    o.lora.rank = 2;
-    o.lora.targets = {"q_proj", "v_proj"};
-    o.lora.seed = 3;
+    LlmModelOptions o = testing::TinyLlmOptions();
     o.max_seq_len = 64;
-    o.num_threads = 1;
-    auto model = LlmModel::Load(o);
-    ASSERT_TRUE(model.ok()) << model.status().ToString();
-    TensorBundle global = (*model)->ExportTrainable();
-    serving_ = std::make_unique<ServingModel>(std::move(*model), "ns/gen");
+    serving_ = testing::ServeLlm(o, /*version=*/4);
+    ASSERT_NE(serving_, nullptr);
     api_ = std::make_unique<InferenceApi>(serving_.get(), nullptr, &metrics_);
-    ASSERT_TRUE(serving_->Install(global, 4).ok());
   }
 
   AgentMetrics metrics_;

@@ -14,29 +14,20 @@
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
 using nlohmann::json;
 using testing::FakeClassifier;
+using testing::Post;
 using testing::TestLabels;
-
-HttpRequest Post(const std::string& path, const std::string& body) {
-  HttpRequest r;
-  r.method = "POST";
-  r.path = path;
-  r.body = body;
-  return r;
-}
 
 class InferenceApiTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("fedge-api-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
+    dir_ = testing::TestDir("api-test");
     auto model = std::make_unique<FakeClassifier>(TestLabels());
     fake_ = model.get();
     global_ = fake_->ExportTrainable();

@@ -13,41 +13,25 @@
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
 using nlohmann::json;
-
-const std::string kTinyLlama =
-    (std::filesystem::path(__FILE__).parent_path() / "../../../tests/golden/llm/tiny_llama").string();
-
-HttpRequest Post(const std::string& path, const std::string& body) {
-  HttpRequest r;
-  r.method = "POST";
-  r.path = path;
-  r.body = body;
-  return r;
-}
+using testing::Post;
 
 LlmModelOptions TinyOptions() {
-  LlmModelOptions o;
-  o.model_dir = kTinyLlama;
-  o.lora.rank = 2;
-  o.lora.targets = {"q_proj", "v_proj"};
-  o.lora.seed = 3;
+  LlmModelOptions o = testing::TinyLlmOptions();
   o.max_seq_len = 32;
-  o.num_threads = 1;
   return o;
 }
 
 class LlmServingTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto model = LlmModel::Load(TinyOptions());
-    ASSERT_TRUE(model.ok()) << model.status().ToString();
-    global_ = (*model)->ExportTrainable();
-    serving_ = std::make_unique<ServingModel>(std::move(*model), "ns/gen");
+    serving_ = testing::ServeLlm(TinyOptions(), /*version=*/-1, &global_);
+    ASSERT_NE(serving_, nullptr);
     api_ = std::make_unique<InferenceApi>(serving_.get(), nullptr, &metrics_);
   }
   void MakeReady() { ASSERT_TRUE(serving_->Install(global_, 2).ok()); }
@@ -76,7 +60,9 @@ TEST_F(LlmServingTest, CompletionHasOpenAiShapeAndHonoursMaxTokens) {
   EXPECT_LE(b["usage"]["completion_tokens"].get<int>(), 5);
   EXPECT_EQ(b["usage"]["total_tokens"].get<int>(),
             b["usage"]["prompt_tokens"].get<int>() + b["usage"]["completion_tokens"].get<int>());
-  if (reason == "length") EXPECT_EQ(b["usage"]["completion_tokens"].get<int>(), 5);
+  if (reason == "length") {
+    EXPECT_EQ(b["usage"]["completion_tokens"].get<int>(), 5);
+  }
 
   // Greedy decoding is deterministic; a seeded sample is reproducible.
   HttpResponse again = api_->Completions(

@@ -12,79 +12,23 @@
 #include "fedge/agent/runtime/inference_api.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/serving_model.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
 using nlohmann::json;
-
-const std::string kTinyLlama =
-    (std::filesystem::path(__FILE__).parent_path() / "../../../tests/golden/llm/tiny_llama").string();
-
-HttpRequest Post(const std::string& path, const std::string& body) {
-  HttpRequest r;
-  r.method = "POST";
-  r.path = path;
-  r.body = body;
-  return r;
-}
-
-// Records chunks. After `close_after` successful writes the client "leaves":
-// Closed() turns true (as the server's writer does once it saw the socket go)
-// and Write fails.
-class RecordingWriter : public HttpStreamWriter {
- public:
-  explicit RecordingWriter(int close_after = -1) : close_after_(close_after) {}
-  bool Write(std::string_view data) override {
-    if (gone()) {
-      ++writes_after_close;
-      return false;
-    }
-    chunks.emplace_back(data);
-    return true;
-  }
-  bool Closed() const override {
-    if (gone()) ++polls_after_close;
-    return gone();
-  }
-
-  // The "data: ..." payloads in order; fails the test on a malformed event.
-  std::vector<std::string> Events() const {
-    std::vector<std::string> out;
-    for (const auto& c : chunks) {
-      EXPECT_EQ(c.rfind("data: ", 0), 0u) << c;
-      EXPECT_GE(c.size(), 8u);
-      EXPECT_EQ(c.substr(c.size() - 2), "\n\n") << c;
-      out.push_back(c.substr(6, c.size() - 8));
-    }
-    return out;
-  }
-
-  std::vector<std::string> chunks;
-  int writes_after_close = 0;
-  mutable int polls_after_close = 0;
-
- private:
-  bool gone() const { return close_after_ >= 0 && static_cast<int>(chunks.size()) >= close_after_; }
-  int close_after_;
-};
+using testing::Post;
+using testing::RecordingWriter;
 
 class OpenAiStreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    LlmModelOptions o;
-    o.model_dir = kTinyLlama;
-    o.lora.rank = 2;
-    o.lora.targets = {"q_proj", "v_proj"};
-    o.lora.seed = 3;
+    LlmModelOptions o = testing::TinyLlmOptions();
     o.max_seq_len = 32;
-    o.num_threads = 1;
-    auto model = LlmModel::Load(o);
-    ASSERT_TRUE(model.ok()) << model.status().ToString();
-    TensorBundle global = (*model)->ExportTrainable();
-    serving_ = std::make_unique<ServingModel>(std::move(*model), "ns/gen");
+    serving_ = testing::ServeLlm(o, /*version=*/4);
+    ASSERT_NE(serving_, nullptr);
     api_ = std::make_unique<InferenceApi>(serving_.get(), nullptr, nullptr);
-    ASSERT_TRUE(serving_->Install(global, 4).ok());
   }
 
   // Runs a streamed request to the end (or until `writer`'s client leaves).

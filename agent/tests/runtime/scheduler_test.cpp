@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <future>
@@ -22,31 +23,21 @@
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/http_server.h"
 #include "http_test_client.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
 
 using nlohmann::json;
+using testing::Eventually;
 using testing::FakeClassifier;
 using testing::HttpCall;
 using testing::HttpReply;
+using testing::kDeadline;
 using testing::TestLabels;
 
-constexpr auto kDeadline = std::chrono::seconds(10);
-
-// Waits (without sleeping a fixed time) until `pred` holds or the deadline passes.
-template <typename Pred>
-bool Eventually(Pred pred) {
-  const auto end = std::chrono::steady_clock::now() + kDeadline;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::yield();
-  }
-  return pred();
-}
-
 // A FakeClassifier that records every batched call and can hold one on a gate.
-class RecordingClassifier : public FakeClassifier {
+class RecordingClassifier : public FakeClassifier, public testing::CallGate {
  public:
   RecordingClassifier() : FakeClassifier(TestLabels()) {}
 
@@ -59,42 +50,23 @@ class RecordingClassifier : public FakeClassifier {
     return FakeClassifier::Embed(texts);
   }
 
-  // The next call blocks inside the model until Release().
-  void HoldNextCall() {
-    std::lock_guard<std::mutex> lock(mu_);
-    hold_ = true;
-  }
-  bool WaitHeld() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, kDeadline, [&] { return held_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    hold_ = false;
-    cv_.notify_all();
-  }
   std::vector<std::vector<std::string>> calls() {
     std::lock_guard<std::mutex> lock(mu_);
     return calls_;
   }
 
  private:
+  // Records the call, then holds it if the gate is armed (HoldNextCall).
   void Record(const std::vector<std::string>& texts) {
-    std::unique_lock<std::mutex> lock(mu_);
-    calls_.push_back(texts);
-    if (hold_) {
-      held_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [&] { return !hold_; });
-      held_ = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      calls_.push_back(texts);
     }
+    Pass();
   }
 
   std::mutex mu_;
-  std::condition_variable cv_;
-  bool hold_ = false;  // guarded by mu_
-  bool held_ = false;  // guarded by mu_
-  std::vector<std::vector<std::string>> calls_;
+  std::vector<std::vector<std::string>> calls_;  // guarded by mu_
 };
 
 class SchedulerTest : public ::testing::Test {
@@ -117,6 +89,12 @@ class SchedulerTest : public ::testing::Test {
     return f;
   }
 
+  // Lets the request Occupy() holds finish; it must succeed.
+  void Release(std::future<StatusOr<EncodeResult>>& occupier) {
+    model_->Release();
+    ASSERT_TRUE(occupier.get().ok());
+  }
+
   std::future<StatusOr<EncodeResult>> Submit(const std::vector<std::string>* texts,
                                              RequestScheduler::GoneFn gone = nullptr,
                                              EncodeTask task = EncodeTask::kClassify) {
@@ -126,6 +104,25 @@ class SchedulerTest : public ::testing::Test {
 
   bool QueuedReaches(size_t n) {
     return Eventually([&] { return scheduler_->queued() == n; });
+  }
+
+  struct Request {
+    const std::vector<std::string>* texts;
+    RequestScheduler::GoneFn gone = nullptr;
+    EncodeTask task = EncodeTask::kClassify;
+  };
+
+  // Submits each request once the one before it is queued, so they queue in this
+  // order; one that is not queued within kDeadline fails the test.
+  template <size_t N>
+  std::array<std::future<StatusOr<EncodeResult>>, N> QueueInOrder(const Request (&requests)[N]) {
+    std::array<std::future<StatusOr<EncodeResult>>, N> out;
+    const size_t queued = scheduler_->queued();
+    for (size_t i = 0; i < N; ++i) {
+      out[i] = Submit(requests[i].texts, requests[i].gone, requests[i].task);
+      EXPECT_TRUE(QueuedReaches(queued + i + 1)) << "request " << i << " was not queued";
+    }
+    return out;
   }
 
   // The answer the model gives `texts` alone.
@@ -156,14 +153,8 @@ TEST_F(SchedulerTest, RequestsThatWaitTogetherRunAsOneBatchAndEachGetsItsOwnResu
   const std::vector<std::string> a = {"one", "one two three"};
   const std::vector<std::string> b = {"one two three four five six"};
   const std::vector<std::string> c = {"x y", "x y z w", "p q r s t u v w x"};
-  auto fa = Submit(&a);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto fb = Submit(&b);
-  ASSERT_TRUE(QueuedReaches(2));
-  auto fc = Submit(&c);
-  ASSERT_TRUE(QueuedReaches(3));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [fa, fb, fc] = QueueInOrder({{&a}, {&b}, {&c}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   auto ra = fa.get(), rb = fb.get(), rc = fc.get();
   ASSERT_TRUE(ra.ok() && rb.ok() && rc.ok());
 
@@ -186,14 +177,8 @@ TEST_F(SchedulerTest, MaxBatchSizeOneRunsEveryRequestAlone) {
   Start(o);
   auto occupier = Occupy();
   const std::vector<std::string> a = {"a"}, b = {"b b"}, c = {"c c c"};
-  auto fa = Submit(&a);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto fb = Submit(&b);
-  ASSERT_TRUE(QueuedReaches(2));
-  auto fc = Submit(&c);
-  ASSERT_TRUE(QueuedReaches(3));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [fa, fb, fc] = QueueInOrder({{&a}, {&b}, {&c}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   ASSERT_TRUE(fa.get().ok() && fb.get().ok() && fc.get().ok());
   auto calls = model_->calls();
   ASSERT_EQ(calls.size(), 4u);
@@ -208,14 +193,8 @@ TEST_F(SchedulerTest, BatchesStopAtMaxBatchSizeInputsAndATooLargeRequestRunsAlon
   Start(o);
   auto occupier = Occupy();
   const std::vector<std::string> a = {"a1", "a2"}, b = {"b1", "b2"}, big = {"c1", "c2", "c3", "c4", "c5"};
-  auto fa = Submit(&a);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto fb = Submit(&b);
-  ASSERT_TRUE(QueuedReaches(2));
-  auto fbig = Submit(&big);
-  ASSERT_TRUE(QueuedReaches(3));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [fa, fb, fbig] = QueueInOrder({{&a}, {&b}, {&big}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   ASSERT_TRUE(fa.get().ok() && fb.get().ok());
   auto rbig = fbig.get();
   ASSERT_TRUE(rbig.ok());
@@ -235,14 +214,8 @@ TEST_F(SchedulerTest, ARequestOverTheTokenBudgetWaitsForTheNextPassInOrder) {
   const std::vector<std::string> a = {"w", "w"};           // 2 x 3 = 6
   const std::vector<std::string> b = {"w w w w w w w w"};  // with a: 3 x 10 = 30 > 12
   const std::vector<std::string> c = {"w"};                // behind b: keeps its place
-  auto fa = Submit(&a);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto fb = Submit(&b);
-  ASSERT_TRUE(QueuedReaches(2));
-  auto fc = Submit(&c);
-  ASSERT_TRUE(QueuedReaches(3));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [fa, fb, fc] = QueueInOrder({{&a}, {&b}, {&c}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   ASSERT_TRUE(fa.get().ok() && fb.get().ok() && fc.get().ok());
   auto calls = model_->calls();
   ASSERT_EQ(calls.size(), 4u);
@@ -255,14 +228,8 @@ TEST_F(SchedulerTest, ClassifyAndEmbedRequestsAreBatchedSeparately) {
   Start({});
   auto occupier = Occupy();
   const std::vector<std::string> c1 = {"c one"}, e1 = {"e one two"}, c2 = {"c two three four"};
-  auto f1 = Submit(&c1);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto f2 = Submit(&e1, nullptr, EncodeTask::kEmbed);
-  ASSERT_TRUE(QueuedReaches(2));
-  auto f3 = Submit(&c2);
-  ASSERT_TRUE(QueuedReaches(3));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [f1, f2, f3] = QueueInOrder({{&c1}, {&e1, nullptr, EncodeTask::kEmbed}, {&c2}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   auto r1 = f1.get(), r2 = f2.get(), r3 = f3.get();
   ASSERT_TRUE(r1.ok() && r2.ok() && r3.ok());
   auto calls = model_->calls();
@@ -279,10 +246,7 @@ TEST_F(SchedulerTest, RefusesRequestsBeyondMaxQueuedRequestsAtOnce) {
   Start(o);
   auto occupier = Occupy();  // running: does not count
   const std::vector<std::string> t = {"t"};
-  auto f1 = Submit(&t);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto f2 = Submit(&t);
-  ASSERT_TRUE(QueuedReaches(2));
+  auto [f1, f2] = QueueInOrder({{&t}, {&t}});
   auto refused = scheduler_->Encode(EncodeTask::kClassify, t);  // returns without waiting for the model
   EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
   EXPECT_NE(refused.status().message().find("--max-queued-requests 2"), std::string::npos)
@@ -290,8 +254,7 @@ TEST_F(SchedulerTest, RefusesRequestsBeyondMaxQueuedRequestsAtOnce) {
   EXPECT_GE(scheduler_->retry_after_seconds(), 1);
   EXPECT_EQ(scheduler_->RunExclusive([](TrainableModel&, int64_t) { return OkStatus(); }).code(),
             StatusCode::kResourceExhausted);
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   EXPECT_TRUE(f1.get().ok());
   EXPECT_TRUE(f2.get().ok());
   EXPECT_EQ(model_->calls().size(), 2u);  // the occupier and one pass for both; the refused never ran
@@ -313,8 +276,7 @@ TEST_F(SchedulerTest, AClientThatLeavesWhileQueuedIsDroppedWithoutRunning) {
   auto rl = fl.get();  // returns while the model is still busy: the waiter noticed by itself
   EXPECT_EQ(rl.status().code(), StatusCode::kCancelled) << rl.status().ToString();
   EXPECT_EQ(scheduler_->queued(), 1u);
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   ASSERT_TRUE(fs.get().ok());
   for (const auto& call : model_->calls()) {
     EXPECT_EQ(std::count(call.begin(), call.end(), leaver[0]), 0) << "a dropped request reached the model";
@@ -328,12 +290,8 @@ TEST_F(SchedulerTest, AnInputOverTheTokenLimitFailsOnlyItsOwnRequest) {
   Start(o);
   auto occupier = Occupy();
   const std::vector<std::string> ok = {"fine"}, bad = {"short", "far too many words here"};
-  auto fok = Submit(&ok);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto fbad = Submit(&bad);
-  ASSERT_TRUE(QueuedReaches(2));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [fok, fbad] = QueueInOrder({{&ok}, {&bad}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   auto rbad = fbad.get();
   EXPECT_EQ(rbad.status().code(), StatusCode::kOutOfRange);
   EXPECT_NE(rbad.status().message().find("input 1 has 7 tokens"), std::string::npos)
@@ -365,8 +323,7 @@ TEST_F(SchedulerTest, ExclusiveWorkRunsAloneOnTheModel) {
   ASSERT_TRUE(QueuedReaches(2));
   auto fa = Submit(&after);
   ASSERT_TRUE(QueuedReaches(3));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   ASSERT_TRUE(fb.get().ok());
   Status x = fx.get();
   ASSERT_TRUE(x.ok()) << x.ToString();
@@ -392,12 +349,8 @@ TEST_F(SchedulerTest, TheGatherWindowCollectsConcurrentClientsButALoneClientNeve
   // Two concurrent requests share a pass...
   auto occupier = Occupy();
   const std::vector<std::string> a = {"a"}, b = {"b"};
-  auto fa = Submit(&a);
-  ASSERT_TRUE(QueuedReaches(1));
-  auto fb = Submit(&b);
-  ASSERT_TRUE(QueuedReaches(2));
-  model_->Release();
-  ASSERT_TRUE(occupier.get().ok());
+  auto [fa, fb] = QueueInOrder({{&a}, {&b}});
+  ASSERT_NO_FATAL_FAILURE(Release(occupier));
   ASSERT_TRUE(fa.get().ok() && fb.get().ok());
   // ...so the next request, arriving at an idle model, waits for a second one
   // (not the 30 s window: it ends when as many requests as last time queued).

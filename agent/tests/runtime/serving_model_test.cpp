@@ -15,6 +15,7 @@
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "http_test_client.h"
+#include "serving_test_util.h"
 
 namespace fedge::agent {
 namespace {
@@ -109,9 +110,7 @@ class ServingUnderLoadTest : public ::testing::Test {
     serving_ = std::make_unique<ServingModel>(std::move(model), "ns/job", factory);
     ASSERT_TRUE(serving_->Install(global_, 1).ok());
     api_ = std::make_unique<InferenceApi>(serving_.get(), nullptr, &metrics_);
-    server_ = std::make_unique<HttpServer>("127.0.0.1:0");
-    api_->Register(*server_);
-    ASSERT_TRUE(server_->Start().ok());
+    ASSERT_NO_FATAL_FAILURE(testing::StartApiServer(*api_, &server_));
     port_ = server_->port();
   }
   void TearDown() override {
@@ -141,7 +140,9 @@ TEST_F(ServingUnderLoadTest, ReadyzAnswersWhileARequestHoldsTheModel) {
   // The kubelet's default probe timeout is 1 s; allow 2 on a loaded machine.
   HttpReply ready = HttpCall(port_, "GET", "/readyz", "", {}, std::chrono::seconds(2));
   EXPECT_EQ(ready.status, 200) << ready.error;
-  if (ready.status == 200) EXPECT_EQ(json::parse(ready.body)["version"], 1);
+  if (ready.status == 200) {
+    EXPECT_EQ(json::parse(ready.body)["version"], 1);
+  }
   EXPECT_EQ(HttpCall(port_, "GET", "/healthz", "", {}, std::chrono::seconds(2)).status, 200);
   EXPECT_TRUE(serving_->ready());
 
