@@ -26,6 +26,10 @@ namespace {
 
 namespace v1 = fedge::v1;
 
+// One connection attempt's budget (TCP + TLS + HTTP/2 handshake): gRPC's
+// default, enough for a satellite or congested cellular link.
+constexpr int kConnectTimeoutMs = 20'000;
+
 std::chrono::system_clock::time_point DeadlineIn(std::chrono::milliseconds d) {
   return std::chrono::system_clock::now() + d;
 }
@@ -78,8 +82,14 @@ std::shared_ptr<grpc::Channel> AggregatorClient::Dial(const std::string& address
   // gRPC's own reconnect backoff (default up to 120 s) would otherwise keep the
   // channel failing fast long after the aggregator is back.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10'000);
+  // Despite its name, GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is the subchannel's
+  // minimum connect timeout: the time one attempt gets for TCP, TLS and the
+  // HTTP/2 settings exchange. It was 100 ms, so a link with more than ~50 ms
+  // of round trip (or a loaded host) never connected: every attempt was shut
+  // down ("tcp handshaker shutdown") and the next one too
+  // (UploadResumeTest.ConnectsOverALinkSlowerThanTheOldConnectTimeout).
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kConnectTimeoutMs);
   if (tls.root_ca_pem.empty()) {
     return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   }
@@ -490,14 +500,21 @@ Status AggregatorClient::Submit(const v1::UpdateHeader& header, const std::strin
       const bool resume = code == "incomplete" || code == "bad_offset" || code == "upload_busy";
       const bool restart = code == "unknown_upload" && offset > 0;
       if ((resume || restart) && attempt < attempts && !stop_.stopped()) {
+        const uint64_t previous = offset;
+        offset = restart ? 0 : std::min<uint64_t>(resp.resume_offset(), payload.size());
+        // The server's per-agent stream limit answers upload_busy without an
+        // offset (its old stream, cut by the link, is not closed yet): keep
+        // resuming from where we were; starting over would resend what the
+        // aggregator holds.
+        const bool kept = code == "upload_busy" && resp.resume_offset() == 0;
+        if (kept) offset = previous;
         log::Warn("upload interrupted; resuming", {{"round", h.round()},
                                                    {"upload_id", h.upload_id()},
                                                    {"reason", resp.reason()},
-                                                   {"offset", restart ? 0 : resp.resume_offset()},
+                                                   {"offset", offset},
                                                    {"attempt", attempt}});
         if (code == "upload_busy" && !stop_.SleepFor(backoff.Next())) return CancelledError("stopping");
-        offset = restart ? 0 : std::min<uint64_t>(resp.resume_offset(), payload.size());
-        if (offset > 0) deps_.metrics->upload_resumes_total.Increment();
+        if (offset > 0 && !kept) deps_.metrics->upload_resumes_total.Increment();
         continue;
       }
       log::Warn("update rejected",

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -19,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/channel.h>
 #include <prometheus/counter.h>
 
 #include "fake_classifier.h"
@@ -28,6 +31,7 @@
 #include "fedge/aggregator/server.h"
 #include "fedge/job_spec.h"
 #include "fedge/tensor_bundle.h"
+#include "test_pki.h"
 
 namespace fedge::agent {
 namespace {
@@ -35,13 +39,16 @@ namespace {
 using testing::FakeClassifier;
 using testing::TestLabels;
 
-// Forwards 127.0.0.1:port() to 127.0.0.1:upstream. The first connection is
-// reset (SO_LINGER 0) once `cut_after` bytes went from client to server and
-// `may_cut()` holds.
+// Forwards 127.0.0.1:port() to 127.0.0.1:upstream. The first connection on
+// which `cut_after` bytes went from client to server while `may_cut()` holds
+// is reset (SO_LINGER 0), once. (Not simply the first connection: a connection
+// attempt the client abandoned comes first and carries nothing.) `reply_delay`: server -> client bytes of
+// each connection are held until that long after it was accepted (a slow link's handshake).
 class CuttingProxy {
  public:
-  CuttingProxy(int upstream, uint64_t cut_after, std::function<bool()> may_cut)
-      : upstream_(upstream), cut_after_(cut_after), may_cut_(std::move(may_cut)) {
+  CuttingProxy(int upstream, uint64_t cut_after, std::function<bool()> may_cut,
+               std::chrono::milliseconds reply_delay = std::chrono::milliseconds(0))
+      : upstream_(upstream), cut_after_(cut_after), may_cut_(std::move(may_cut)), reply_delay_(reply_delay) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -65,6 +72,8 @@ class CuttingProxy {
   }
   int port() const { return port_; }
   int cuts() const { return cuts_; }
+  // Accept-order index of the connection that was cut; -1 before the cut.
+  int cut_index() const { return cut_index_; }
   // Client -> server bytes forwarded on each connection, in accept order.
   std::vector<uint64_t> upstream_bytes() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -99,7 +108,7 @@ class CuttingProxy {
   }
 
   void Pump(int client, int server, size_t index) {
-    const bool cut_this = index == 0;
+    const auto replies_from = std::chrono::steady_clock::now() + reply_delay_;
     char buf[64 * 1024];
     uint64_t up = 0;
     bool reset = false;
@@ -116,7 +125,11 @@ class CuttingProxy {
           break;
         }
         size_t send = static_cast<size_t>(n);
-        if (i == 0 && cut_this && up + send >= cut_after_ && may_cut_()) {
+        // The simulated link's latency, not a wait for a condition.
+        if (i == 1) std::this_thread::sleep_until(replies_from);
+        if (i == 0 && up + send >= cut_after_ && !cut_taken_.load() && may_cut_() &&
+            !cut_taken_.exchange(true)) {
+          cut_index_ = static_cast<int>(index);
           send = static_cast<size_t>(std::max<uint64_t>(cut_after_, up) - up);
           reset = true;
         }
@@ -150,10 +163,13 @@ class CuttingProxy {
   int upstream_;
   uint64_t cut_after_;
   std::function<bool()> may_cut_;
+  std::chrono::milliseconds reply_delay_;
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> cuts_{0};
+  std::atomic<bool> cut_taken_{false};
+  std::atomic<int> cut_index_{-1};
   std::thread accept_thread_;
   std::vector<std::thread> pumps_;  // touched by the accept thread only until join
   mutable std::mutex mu_;
@@ -207,7 +223,9 @@ TEST(UploadResumeTest, AnInitialUploadCutByTheLinkResumesAgainstTheRealAggregato
   AggregatorClient client(AggregatorClient::Dial("127.0.0.1:" + std::to_string(proxy.port())), o, d);
   auto fut = std::async(std::launch::async, [&] { return client.Run(); });
   if (fut.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    ADD_FAILURE() << "the job did not finish within 60 s";
+    ADD_FAILURE() << "the job did not finish within 60 s; the aggregator holds " << (*server)->open_streams()
+                  << " open streams and " << handler.partial_uploads() << " partial uploads ("
+                  << handler.partial_received_bytes() << " bytes)";
     client.Stop();
   }
   auto outcome = fut.get();
@@ -223,12 +241,51 @@ TEST(UploadResumeTest, AnInitialUploadCutByTheLinkResumesAgainstTheRealAggregato
   // Everything after the cut (the rest of the upload, the round, the evaluation)
   // crossed the link in less than one whole upload: nothing was sent twice.
   const std::vector<uint64_t> up = proxy.upstream_bytes();
-  ASSERT_GE(up.size(), 2u);
-  EXPECT_GE(up[0], 2u << 20);
-  EXPECT_LT(up[0], payload->size());
+  const int cut = proxy.cut_index();
+  ASSERT_GE(cut, 0);
+  ASSERT_GT(up.size(), static_cast<size_t>(cut) + 1);
+  EXPECT_GE(up[cut], 2u << 20);
+  EXPECT_LT(up[cut], payload->size());
   uint64_t after = 0;
-  for (size_t i = 1; i < up.size(); ++i) after += up[i];
+  for (size_t i = cut + 1; i < up.size(); ++i) after += up[i];
   EXPECT_LT(after, payload->size()) << "the upload was sent again from the start";
+  (*server)->Shutdown(std::chrono::milliseconds(500));
+}
+
+// Regression: Dial set GRPC_ARG_MIN_RECONNECT_BACKOFF_MS to 100 ms, which gRPC
+// uses as the minimum connect timeout: a connection attempt whose TCP + TLS
+// handshake took longer ("Handshake timed out") was abandoned and redone, each
+// time with a new full handshake, until the backoff-grown deadline covered the
+// link's latency. On a loaded host this test's first connection was abandoned
+// that way, and the upload test then cut the wrong connection (1 failure in
+// ~30 runs). Over a link that answers 400 ms late, one connection must do.
+TEST(UploadResumeTest, ConnectsOverASlowTlsLinkWithOneHandshake) {
+  testing::TestCert ca = testing::MakeCert("job-ca", nullptr);
+  testing::TestCert serving = testing::MakeCert("aggregator", &ca, "DNS:aggregator.ns.svc");
+  JobSpec spec;
+  spec.name = "slow-link";
+  spec.namespace_ = "default";
+  spec.agents.minAgents = 1;
+  aggregator::ServerOptions so;
+  so.grpc_address = "127.0.0.1:0";
+  so.http_address = "";
+  so.tls_cert_pem = serving.cert_pem;
+  so.tls_key_pem = serving.key_pem;
+  auto server = aggregator::AggregatorServer::Create(spec, so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->Start().ok());
+  // Every reply of the aggregator, its TLS ServerHello first, 400 ms late.
+  CuttingProxy proxy((*server)->grpc_port(), /*cut_after=*/UINT64_MAX, [] { return false; },
+                     /*reply_delay=*/std::chrono::milliseconds(400));
+  ChannelTls tls;
+  tls.root_ca_pem = ca.cert_pem;
+  tls.server_name = "aggregator.ns.svc";
+  auto channel = AggregatorClient::Dial("127.0.0.1:" + std::to_string(proxy.port()), tls);
+  EXPECT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(20)))
+      << "the channel never connected through a link that answers 400 ms late";
+  EXPECT_EQ(proxy.upstream_bytes().size(), 1u)
+      << "connection attempts were abandoned mid-handshake and redone";
+  channel.reset();
   (*server)->Shutdown(std::chrono::milliseconds(500));
 }
 
