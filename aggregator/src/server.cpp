@@ -160,6 +160,8 @@ class AggregatorServer::Service final
 
   // Cancels streams past their header or idle timeout. Called by the ticker.
   void CancelStalled();
+  // Cancels the upload streams holding `agent`'s upload slot.
+  void SupersedeUploadsOf(const std::string& agent);
   size_t open_streams() const {
     std::lock_guard<std::mutex> lock(mu_);
     return streams_.size();
@@ -300,6 +302,19 @@ class AggregatorServer::Service::Stream {
   Stream(Service* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) { Touch(); }
   virtual ~Stream() = default;
   void Touch() { last_ms_.store(NowMs()); }
+  // Called under Service::mu_: true when this is an upload stream holding
+  // `agent`'s upload slot.
+  bool HoldsUploadOf(const std::string& agent) const { return !slot_agent_.empty() && slot_agent_ == agent; }
+  // Called under Service::mu_: a newer upload stream of the same agent arrived,
+  // so this one is cancelled (what arrived is kept for the resume).
+  void Supersede() {
+    if (cancelled_) return;
+    cancelled_ = true;
+    service_->Refused("superseded");
+    log::Warn("upload stream superseded by a newer one of its agent",
+              {{"peer", ctx_->peer()}, {"agent", agent_}, {"idle_ms", NowMs() - last_ms_.load()}});
+    ctx_->TryCancel();
+  }
   // Called under Service::mu_.
   void CancelIfStalled(int64_t now) {
     if (cancelled_) return;
@@ -322,6 +337,7 @@ class AggregatorServer::Service::Stream {
   grpc::CallbackServerContext* const ctx_;
   std::atomic<bool> started_{false};  // the header (upload) or the first write (fetch) happened
   std::string agent_;                 // set once the session is checked; guarded by Service::mu_ for reads
+  std::string slot_agent_;            // guarded by Service::mu_; set while an upload holds its agent's slot
   bool registered_ = false;
   bool holds_slot_ = false;
 
@@ -366,6 +382,7 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
     {
       std::lock_guard<std::mutex> lock(service_->mu_);
       agent_ = agent;
+      slot_agent_ = agent;
     }
     holds_slot_ = true;
     started_ = true;
@@ -495,6 +512,10 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
   void ReleaseSlot() {
     if (!holds_slot_) return;
     holds_slot_ = false;
+    {
+      std::lock_guard<std::mutex> lock(service_->mu_);
+      slot_agent_.clear();
+    }
     service_->Release(agent_, /*upload=*/true);
   }
 
@@ -513,25 +534,32 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
     // The session first: a stranger must not take an agent's upload slot.
     if (Status s = service_->handler_->CheckHeader(header.header()); !s.ok()) {
       bool rejected = false;
-      service_->handler_->BeginUpdate(header, response_, &rejected);  // counts unknown_agent/session
+      // Only for its counting (unknown_agent/session); the answer is the header check's.
+      static_cast<void>(service_->handler_->BeginUpdate(header, response_, &rejected));
       End(ToGrpc(s));
       return;
     }
     const std::string& agent = header.header().agent_id();
     if (!service_->Acquire(agent, /*upload=*/true)) {
-      // Like a resume while the first stream still holds the upload.
+      // Like a resume while the first stream still holds the upload. An agent
+      // opens a new upload only when it believes the old one is dead, and a
+      // connection reset does not always reach the old stream's pending read
+      // (then it would hold the slot until the idle timeout): the older stream
+      // is cancelled, keeps what arrived, and the agent's retry resumes from it.
       response_->set_accepted(false);
       response_->set_round(header.round());
       response_->set_reason_code("upload_busy");
       response_->set_reason("agent \"" + agent +
                             "\" already has an upload stream open; one at a time - retry after it ends");
       service_->Refused("agent_busy");
+      service_->SupersedeUploadsOf(agent);
       End(grpc::Status::OK);
       return;
     }
     {
       std::lock_guard<std::mutex> lock(service_->mu_);
       agent_ = agent;
+      slot_agent_ = agent;
     }
     holds_slot_ = true;
     bool rejected = false;
@@ -597,6 +625,13 @@ void AggregatorServer::Service::Release(const std::string& agent, bool upload) {
   auto& slots = upload ? uploads_ : fetches_;
   auto it = slots.find(agent);
   if (it != slots.end() && --it->second <= 0) slots.erase(it);
+}
+
+void AggregatorServer::Service::SupersedeUploadsOf(const std::string& agent) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Stream* s : streams_) {
+    if (s->HoldsUploadOf(agent)) s->Supersede();
+  }
 }
 
 void AggregatorServer::Service::CancelStalled() {

@@ -54,6 +54,30 @@ class ResumeClient {
     return response;
   }
 
+  // Opens a SubmitUpdate stream, sends the header of `bytes` under `upload_id`
+  // and bytes[0, send), and leaves the stream open: a stream whose broken link
+  // never reached the server's pending read.
+  std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> OpenAndStall(
+      grpc::ClientContext* ctx, v1::SubmitUpdateResponse* response, const std::string& bytes, int64_t round,
+      int64_t base, const std::string& upload_id, uint64_t send) {
+    auto writer = agent_.stub()->SubmitUpdate(ctx, response);
+    v1::UpdateChunk first;
+    v1::UpdateHeader* h = first.mutable_header();
+    *h->mutable_header() = agent_.Header();
+    h->set_round(round);
+    h->set_base_version(base);
+    h->set_num_examples(5);
+    h->set_is_delta(true);
+    h->set_upload_id(upload_id);
+    h->set_total_bytes(bytes.size());
+    h->set_checksum(Sha256Hex(bytes));
+    EXPECT_TRUE(writer->Write(first));
+    v1::UpdateChunk data;
+    data.set_data(bytes.substr(0, send));
+    EXPECT_TRUE(writer->Write(data));
+    return writer;
+  }
+
   v1::UploadStatus Status(const std::string& upload_id) {
     v1::UploadStatusRequest req;
     *req.mutable_header() = agent_.Header();
@@ -113,6 +137,59 @@ TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
   EXPECT_EQ((*global)->version, 2);
   for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_FLOAT_EQ(v, 3.0f);
   EXPECT_EQ((*server)->metrics().updates_rejected("incomplete"), 1);
+}
+
+// Regression (issue 14 session 13): a connection reset did not always reach the
+// server's pending read of an upload stream, so the dead stream held the agent's
+// one upload slot and every resume got "upload_busy" until the idle timeout
+// (UploadResumeTest failed 3 in 200 runs). A newer upload stream of the same
+// agent now cancels the older one, which keeps what arrived for the resume.
+TEST(ResumeLoopbackTest, ANewerUploadOfTheAgentCancelsItsStalledStream) {
+  JobSpec spec = testing::LoopbackSpec("resume", /*rounds=*/1, /*min_agents=*/1);
+  ServerOptions options;
+  options.grpc_address = "127.0.0.1:0";
+  options.http_address = "";
+  options.retry_after_ms = 10;
+  options.stream_idle_timeout_ms = 120'000;  // far beyond the stalled stream's deadline below
+  auto server = AggregatorServer::Create(spec, options);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->Start().ok());
+
+  ResumeClient client((*server)->grpc_port());
+  ASSERT_TRUE(client.Join()) << client.error();
+  ASSERT_EQ(client.GetTask().kind(), v1::TASK_KIND_INITIALIZE);
+  std::string init = Encode(Layout(1));
+  ASSERT_TRUE(client.Submit(init, 0, 0, false, "", 0, init.size()).accepted());
+  v1::Task task = client.GetTask();
+  ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+  std::string delta = Encode(Layout(2));
+
+  grpc::ClientContext stalled_ctx;
+  stalled_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::SubmitUpdateResponse stalled_response;
+  auto stalled = client.OpenAndStall(&stalled_ctx, &stalled_response, delta, task.round(),
+                                     task.global_version(), "r1", 700);
+
+  // The agent's next attempt: refused while the old stream holds the slot, and
+  // the old stream is cancelled (before the fix it stayed open to its deadline).
+  v1::SubmitUpdateResponse busy = client.Submit(delta, task.round(), task.global_version(), true, "r1", 0, 0);
+  EXPECT_FALSE(busy.accepted());
+  EXPECT_EQ(busy.reason_code(), "upload_busy") << busy.reason();
+  grpc::Status old_end = stalled->Finish();
+  EXPECT_EQ(old_end.error_code(), grpc::StatusCode::CANCELLED) << old_end.error_message();
+  EXPECT_EQ((*server)->metrics().streams_refused("superseded"), 1);
+
+  // The resume continues from what the cancelled stream delivered.
+  v1::UploadStatus st = client.Status("r1");
+  const uint64_t offset = st.found() ? st.received_bytes() : 0;
+  EXPECT_LE(offset, 700u);
+  v1::SubmitUpdateResponse r =
+      client.Submit(delta, task.round(), task.global_version(), true, "r1", offset, delta.size() - offset);
+  EXPECT_TRUE(r.accepted()) << r.reason();
+  auto global = (*server)->engine().Global(0);
+  ASSERT_TRUE(global.ok());
+  EXPECT_EQ((*global)->version, 2);
+  for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_FLOAT_EQ(v, 3.0f);
 }
 
 }  // namespace
