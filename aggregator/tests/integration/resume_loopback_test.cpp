@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <memory>
+#include <thread>
 
 #include "../test_util.h"
 #include "fedge.grpc.pb.h"
@@ -99,23 +101,38 @@ std::string Encode(const TensorBundle& b) {
   return e.ok() ? *e : "";
 }
 
-TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
+// A one-agent job whose agent initialized the global and holds round 1's TRAIN task.
+struct ResumeJob {
+  std::unique_ptr<AggregatorServer> server;
+  std::unique_ptr<ResumeClient> client;
+  v1::Task task;
+};
+
+void StartResumeJob(const ServerOptions& base, ResumeJob* job) {
   JobSpec spec = testing::LoopbackSpec("resume", /*rounds=*/1, /*min_agents=*/1);
-  ServerOptions options;
+  ServerOptions options = base;
   options.grpc_address = "127.0.0.1:0";
   options.http_address = "";
   options.retry_after_ms = 10;
   auto server = AggregatorServer::Create(spec, options);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-
-  ResumeClient client((*server)->grpc_port());
+  job->server = std::move(*server);
+  ASSERT_TRUE(job->server->Start().ok());
+  job->client = std::make_unique<ResumeClient>(job->server->grpc_port());
+  ResumeClient& client = *job->client;
   ASSERT_TRUE(client.Join()) << client.error();
   ASSERT_EQ(client.GetTask().kind(), v1::TASK_KIND_INITIALIZE);
   std::string init = Encode(Layout(1));
   ASSERT_TRUE(client.Submit(init, 0, 0, false, "", 0, init.size()).accepted());
-  v1::Task task = client.GetTask();
-  ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+  job->task = client.GetTask();
+  ASSERT_EQ(job->task.kind(), v1::TASK_KIND_TRAIN);
+}
+
+TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
+  ResumeJob job;
+  ASSERT_NO_FATAL_FAILURE(StartResumeJob(ServerOptions{}, &job));
+  ResumeClient& client = *job.client;
+  const v1::Task& task = job.task;
 
   std::string delta = Encode(Layout(2));
   ASSERT_GT(delta.size(), 1000u);
@@ -126,17 +143,17 @@ TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
   ASSERT_TRUE(st.found()) << st.message();
   EXPECT_EQ(st.received_bytes(), 700u);
   EXPECT_EQ(st.total_bytes(), delta.size());
-  EXPECT_EQ((*server)->engine().GetStatus().global_version, 1);
+  EXPECT_EQ(job.server->engine().GetStatus().global_version, 1);
 
   r = client.Submit(delta, task.round(), task.global_version(), true, "r1", st.received_bytes(),
                     delta.size() - st.received_bytes());
   EXPECT_TRUE(r.accepted()) << r.reason();
   EXPECT_FALSE(client.Status("r1").found());
-  auto global = (*server)->engine().Global(0);
+  auto global = job.server->engine().Global(0);
   ASSERT_TRUE(global.ok());
   EXPECT_EQ((*global)->version, 2);
   for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_FLOAT_EQ(v, 3.0f);
-  EXPECT_EQ((*server)->metrics().updates_rejected("incomplete"), 1);
+  EXPECT_EQ(job.server->metrics().updates_rejected("incomplete"), 1);
 }
 
 // Regression (issue 14 session 13): a connection reset did not always reach the
@@ -145,23 +162,12 @@ TEST(ResumeLoopbackTest, BrokenUploadResumesFromTheHeldOffsetOverGrpc) {
 // (UploadResumeTest failed 3 in 200 runs). A newer upload stream of the same
 // agent now cancels the older one, which keeps what arrived for the resume.
 TEST(ResumeLoopbackTest, ANewerUploadOfTheAgentCancelsItsStalledStream) {
-  JobSpec spec = testing::LoopbackSpec("resume", /*rounds=*/1, /*min_agents=*/1);
   ServerOptions options;
-  options.grpc_address = "127.0.0.1:0";
-  options.http_address = "";
-  options.retry_after_ms = 10;
   options.stream_idle_timeout_ms = 120'000;  // far beyond the stalled stream's deadline below
-  auto server = AggregatorServer::Create(spec, options);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->Start().ok());
-
-  ResumeClient client((*server)->grpc_port());
-  ASSERT_TRUE(client.Join()) << client.error();
-  ASSERT_EQ(client.GetTask().kind(), v1::TASK_KIND_INITIALIZE);
-  std::string init = Encode(Layout(1));
-  ASSERT_TRUE(client.Submit(init, 0, 0, false, "", 0, init.size()).accepted());
-  v1::Task task = client.GetTask();
-  ASSERT_EQ(task.kind(), v1::TASK_KIND_TRAIN);
+  ResumeJob job;
+  ASSERT_NO_FATAL_FAILURE(StartResumeJob(options, &job));
+  ResumeClient& client = *job.client;
+  const v1::Task& task = job.task;
   std::string delta = Encode(Layout(2));
 
   grpc::ClientContext stalled_ctx;
@@ -169,6 +175,14 @@ TEST(ResumeLoopbackTest, ANewerUploadOfTheAgentCancelsItsStalledStream) {
   v1::SubmitUpdateResponse stalled_response;
   auto stalled = client.OpenAndStall(&stalled_ctx, &stalled_response, delta, task.round(),
                                      task.global_version(), "r1", 700);
+  // Until the server holds exactly the stalled stream's 700 bytes (its header
+  // took the slot, and the initial upload's stream, which may end after its
+  // answer, gave its bytes back): the streams are unordered otherwise.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (job.server->metrics().upload_buffer_bytes() != 700 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  ASSERT_EQ(job.server->metrics().upload_buffer_bytes(), 700);
 
   // The agent's next attempt: refused while the old stream holds the slot, and
   // the old stream is cancelled (before the fix it stayed open to its deadline).
@@ -177,7 +191,7 @@ TEST(ResumeLoopbackTest, ANewerUploadOfTheAgentCancelsItsStalledStream) {
   EXPECT_EQ(busy.reason_code(), "upload_busy") << busy.reason();
   grpc::Status old_end = stalled->Finish();
   EXPECT_EQ(old_end.error_code(), grpc::StatusCode::CANCELLED) << old_end.error_message();
-  EXPECT_EQ((*server)->metrics().streams_refused("superseded"), 1);
+  EXPECT_EQ(job.server->metrics().streams_refused("superseded"), 1);
 
   // The resume continues from what the cancelled stream delivered.
   v1::UploadStatus st = client.Status("r1");
@@ -186,7 +200,7 @@ TEST(ResumeLoopbackTest, ANewerUploadOfTheAgentCancelsItsStalledStream) {
   v1::SubmitUpdateResponse r =
       client.Submit(delta, task.round(), task.global_version(), true, "r1", offset, delta.size() - offset);
   EXPECT_TRUE(r.accepted()) << r.reason();
-  auto global = (*server)->engine().Global(0);
+  auto global = job.server->engine().Global(0);
   ASSERT_TRUE(global.ok());
   EXPECT_EQ((*global)->version, 2);
   for (float v : (*global)->bundle.Find("lora_a")->values) EXPECT_FLOAT_EQ(v, 3.0f);
