@@ -100,7 +100,7 @@ int RunPhase(const std::string& phase, const std::string& model_dir, int steps, 
     const std::vector<std::string> texts = Texts(static_cast<size_t>(kBatch) * 4);
     std::vector<Example> data;
     std::mt19937 rng(7);
-    for (const auto& t : texts) data.push_back({t, static_cast<int>(rng() % kLabels)});
+    for (const auto& t : texts) data.push_back({t, static_cast<int>(rng() % kLabels), ""});
     auto first = TextClassifier::Load(Options(model_dir, threads));
     if (!first.ok()) return Fail(first.status());
     std::unique_ptr<TextClassifier> second;

@@ -712,7 +712,7 @@ TEST_F(RoundEngineTest, RoundRecordCountsFeedbackExamplesPerAgentClamped) {
     meta.feedback_examples = n;
     ASSERT_TRUE(engine_->SubmitUpdate(meta, SmallBundle(0, 0, 0, 0)).accepted);
   }
-  for (const std::string& agent : {"a", "b", "c"}) ASSERT_TRUE(Evaluate(agent, 1, 2, 0.5, 10).ok());
+  for (const char* agent : {"a", "b", "c"}) ASSERT_TRUE(Evaluate(agent, 1, 2, 0.5, 10).ok());
   ASSERT_EQ(engine_->GetStatus().rounds.size(), 1u);
   const RoundRecord r = engine_->GetStatus().rounds[0];
   EXPECT_EQ(r.feedback_examples,

@@ -358,7 +358,9 @@ TEST_F(SecureAggregationBudgetTest, ARoundWhoseWorstDropoutsCouldExceedTheTarget
   EXPECT_NE(st.message.find("privacy budget exhausted"), std::string::npos) << st.message;
   EXPECT_NE(st.message.find("noise multiplier"), std::string::npos) << st.message;
   EXPECT_TRUE(st.rounds.empty());
-  if (st.privacy) EXPECT_LE(st.privacy->epsilon, target);
+  if (st.privacy) {
+    EXPECT_LE(st.privacy->epsilon, target);
+  }
 }
 
 TEST_F(SecureAggregationBudgetTest,
