@@ -97,7 +97,14 @@ AgentMetrics::AgentMetrics()
                         .Name("fedge_agent_inference_batch_inputs")
                         .Help("Inputs (texts) in one batched forward pass (classify, embeddings).")
                         .Register(*registry_)
-                        .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128})) {}
+                        .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128})),
+      decode_batch_sequences_(prometheus::BuildHistogram()
+                                  .Name("fedge_agent_decode_batch_sequences")
+                                  .Help("Sequences advanced together by one decode step of continuous "
+                                        "batching (generation; bounded by --max-decode-batch).")
+                                  .Register(*registry_)
+                                  .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64})) {
+}
 
 void AgentMetrics::ObserveInference(const std::string& endpoint, int http_code, double seconds) {
   requests_.Add({{"endpoint", endpoint}, {"code", std::to_string(http_code)}}).Increment();
@@ -146,6 +153,8 @@ void AgentMetrics::ObserveBatch(int requests, int inputs) {
   batch_requests_.Observe(requests);
   batch_inputs_.Observe(inputs);
 }
+
+void AgentMetrics::ObserveDecodeStep(int sequences) { decode_batch_sequences_.Observe(sequences); }
 
 prometheus::Gauge& AgentMetrics::RequestsInFlight(const std::string& endpoint) {
   return in_flight_.Add({{"endpoint", endpoint}});

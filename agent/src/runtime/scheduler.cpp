@@ -635,6 +635,7 @@ void RequestScheduler::DecodeLoop(size_t self) {
       std::vector<llm::GenerationSession*> sessions;
       sessions.reserve(active.size());
       for (auto& seq : active) sessions.push_back(seq.session.get());
+      if (metrics_ != nullptr) metrics_->ObserveDecodeStep(static_cast<int>(sessions.size()));
       Status step_st = step(sessions);
       if (!step_st.ok()) {
         for (auto& seq : active) Finish(seq.item, step_st);

@@ -12,6 +12,8 @@
 #include <future>
 #include <thread>
 
+#include <prometheus/registry.h>
+
 #include "fake_classifier.h"
 #include "fedge/agent/runtime/metrics.h"
 #include "fedge/agent/runtime/scheduler.h"
@@ -173,6 +175,17 @@ class DecodeLoopTest : public ::testing::Test {
   }
 
   const std::vector<std::string> occupier_ = {"occupier"};
+  // fedge_agent_decode_batch_sequences as the registry /metrics serves exports it.
+  prometheus::ClientMetric::Histogram DecodeBatchHistogram() const {
+    for (const auto& family : metrics_.registry()->Collect()) {
+      if (family.name == "fedge_agent_decode_batch_sequences" && !family.metric.empty()) {
+        return family.metric.front().histogram;
+      }
+    }
+    ADD_FAILURE() << "fedge_agent_decode_batch_sequences is not registered";
+    return {};
+  }
+
   AgentMetrics metrics_;
   GatedClassifier* model_ = nullptr;
   std::unique_ptr<ServingModel> serving_;
@@ -203,6 +216,14 @@ TEST_F(DecodeLoopTest, GenerationsQueuedTogetherShareEveryDecodeStep) {
   }
   // One step per token for all three; each leaves after its last token.
   EXPECT_EQ(log_.sizes(), (std::vector<int>{3, 3, 2, 1}));
+  // /metrics says the same: 4 decode steps advancing 9 sequences, 2 of them above 2.
+  const prometheus::ClientMetric::Histogram h = DecodeBatchHistogram();
+  EXPECT_EQ(h.sample_count, 4u);
+  EXPECT_DOUBLE_EQ(h.sample_sum, 9.0);
+  ASSERT_GE(h.bucket.size(), 3u);  // le 1, 2, 4, ...
+  EXPECT_EQ(h.bucket[0].cumulative_count, 1u);
+  EXPECT_EQ(h.bucket[1].cumulative_count, 2u);
+  EXPECT_EQ(h.bucket[2].cumulative_count, 4u);
 }
 
 TEST_F(DecodeLoopTest, MaxDecodeBatchBoundsAStepAndWaitingGenerationsJoinAsSequencesEnd) {

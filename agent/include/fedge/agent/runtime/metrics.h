@@ -68,6 +68,9 @@ class AgentMetrics {
   // One batched forward pass of the scheduler: how many requests and inputs
   // it served (histograms fedge_agent_inference_batch_requests / _inputs).
   void ObserveBatch(int requests, int inputs);
+  // One decode step of continuous batching (generation): how many sequences it
+  // advanced together (histogram fedge_agent_decode_batch_sequences).
+  void ObserveDecodeStep(int sequences);
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -79,6 +82,7 @@ class AgentMetrics {
   prometheus::Family<prometheus::Gauge>& in_flight_;
   prometheus::Histogram& batch_requests_;
   prometheus::Histogram& batch_inputs_;
+  prometheus::Histogram& decode_batch_sequences_;
 };
 
 }  // namespace fedge::agent
