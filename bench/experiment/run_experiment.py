@@ -69,6 +69,19 @@ CONFIGS = [
       "compression": {"codec": "int8"}}),
     ("scaffold-lr4e-3", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.004}, "compression": {"codec": "int8"}}),
+    # Logit-adjusted local loss for label skew (issue 14 item 1; Menon et al. 2021, FedLC): each
+    # agent adds tau log(pi_local(y) + 1e-6) to the logits while it trains (its own label prior).
+    ("scaffold-lr4e-3-la", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, logit-adjusted local loss "
+     "tau 1, int8 + EF",
+     {"strategy": {"name": "scaffold", "logitAdjustment": 1.0}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-la05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, logit-adjusted local loss "
+     "tau 0.5, int8 + EF",
+     {"strategy": {"name": "scaffold", "logitAdjustment": 0.5}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
+    # The same loss in the centralized run: its one agent's prior is the union's, which is not uniform.
+    ("centralized-la", "centralized, logit-adjusted loss tau 1 (one agent, union of the shards, localSteps × agents)",
+     {"strategy": {"logitAdjustment": 1.0}}),
     ("scaffold-lr8e-3", "SCAFFOLD (control variates, server lr 1), local lr 8e-3, int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.008}, "compression": {"codec": "int8"}}),
     ("scaffold-lr16e-3", "SCAFFOLD (control variates, server lr 1), local lr 1.6e-2, int8 + EF",

@@ -216,6 +216,12 @@ std::vector<JobSpecField> MakeTable() {
        .ref = FEDGE_FIELD(strategy.proximalMu),
        .min = 0,
        .wire = "proximal_mu"});
+  add({.path = "spec.strategy.logitAdjustment",
+       .kind = K::kDouble,
+       .ref = FEDGE_FIELD(strategy.logitAdjustment),
+       .min = 0,
+       .max = 10,
+       .wire = "logit_adjustment"});
   add({.path = "spec.strategy.serverLearningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.serverLearningRate),

@@ -35,6 +35,11 @@ StatusOr<TrainResult> LlmModel::Train(const std::vector<Example>& data, const Tr
         "the causal LM has no SCAFFOLD step correction (spec.strategy.name scaffold is for bert "
         "sequence-classification); use another strategy");
   }
+  if (options.logit_adjustment > 0) {
+    return InvalidArgumentError(
+        "the causal LM has no logit-adjusted loss (spec.strategy.logitAdjustment is for bert "
+        "sequence-classification); set it to 0");
+  }
   llm::CausalLmTrainOptions to;
   to.steps = options.steps;
   to.batch_size = options.batch_size;

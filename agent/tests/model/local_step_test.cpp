@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 
 namespace fedge::agent {
@@ -66,6 +67,71 @@ TEST(LocalRoundTest, ValidateRefusesNonPositiveLearningRateAndNegativeTerms) {
   EXPECT_EQ(ValidateLocalRound(o, "Train").code(), StatusCode::kInvalidArgument);
   o = TrainOptions{};
   o.proximal_mu = -1;
+  EXPECT_EQ(ValidateLocalRound(o, "Train").code(), StatusCode::kInvalidArgument);
+}
+
+// Logit adjustment, by hand: labels {0, 0, 0, 1} give pi = (0.75, 0.25); tau = 1 shifts
+// zero logits to (log 0.75, log 0.25) (+1e-6 inside each log), whose softmax is pi itself.
+TEST(LogitAdjustmentTest, ShiftAndLossMatchAHandComputedExample) {
+  torch::Tensor shift = LogitAdjustment({0, 0, 0, 1}, 3, 1.0);
+  ASSERT_EQ(shift.sizes().vec(), std::vector<int64_t>({3}));
+  EXPECT_NEAR(shift[0].item<float>(), std::log(0.75 + 1e-6), 1e-6);
+  EXPECT_NEAR(shift[1].item<float>(), std::log(0.25 + 1e-6), 1e-6);
+  EXPECT_NEAR(shift[2].item<float>(), std::log(1e-6), 1e-4);  // class 2 absent locally
+  EXPECT_NEAR(LogitAdjustment({0, 0, 0, 1}, 3, 2.0)[1].item<float>(), 2 * std::log(0.25 + 1e-6), 1e-5);
+
+  // Zero logits, two classes: plain cross-entropy is log 2 whatever the target; the
+  // adjusted one is -log pi(target): -log 0.25 = 1.3863 for the rare class, -log 0.75 =
+  // 0.2877 for the common one.
+  torch::Tensor logits = torch::zeros({2, 2});
+  torch::Tensor two = LogitAdjustment({0, 0, 0, 1}, 2, 1.0);
+  torch::Tensor per_target = torch::tensor({1, 0}, torch::kLong);
+  EXPECT_NEAR(LogitAdjustedCrossEntropy(logits, per_target, torch::Tensor()).item<float>(), std::log(2.0),
+              1e-6);
+  EXPECT_NEAR(LogitAdjustedCrossEntropy(logits.slice(0, 0, 1), per_target.slice(0, 0, 1), two).item<float>(),
+              -std::log(0.25), 1e-5);
+  EXPECT_NEAR(LogitAdjustedCrossEntropy(logits.slice(0, 1, 2), per_target.slice(0, 1, 2), two).item<float>(),
+              -std::log(0.75), 1e-5);
+  // Mean over the batch.
+  EXPECT_NEAR(LogitAdjustedCrossEntropy(logits, per_target, two).item<float>(),
+              (-std::log(0.25) - std::log(0.75)) / 2, 1e-5);
+}
+
+// The gradient with respect to the raw logits is softmax(logits + shift) - onehot: with
+// zero logits and pi = (0.75, 0.25), an example of the rare class pulls its logit up by
+// 0.75 (plain: 0.5) and an example of the common class pushes the rare logit down by only
+// 0.25 (plain: 0.5). A class absent locally is hardly pushed down at all.
+TEST(LogitAdjustmentTest, ASkewedLocalPriorMovesTheGradientTowardTheRareClass) {
+  auto grad = [](int64_t target, const torch::Tensor& shift, int64_t classes) {
+    torch::Tensor logits = torch::zeros({1, classes}).set_requires_grad(true);
+    LogitAdjustedCrossEntropy(logits, torch::tensor({target}, torch::kLong), shift).backward();
+    return logits.grad()[0].clone();
+  };
+  torch::Tensor shift = LogitAdjustment({0, 0, 0, 1}, 2, 1.0);
+  torch::Tensor rare_plain = grad(1, torch::Tensor(), 2), rare_adj = grad(1, shift, 2);
+  EXPECT_NEAR(rare_plain[1].item<float>(), -0.5f, 1e-6);
+  EXPECT_NEAR(rare_adj[1].item<float>(), -0.75f, 1e-5);
+  torch::Tensor common_plain = grad(0, torch::Tensor(), 2), common_adj = grad(0, shift, 2);
+  EXPECT_NEAR(common_plain[1].item<float>(), 0.5f, 1e-6);
+  EXPECT_NEAR(common_adj[1].item<float>(), 0.25f, 1e-5);
+  EXPECT_NEAR(common_adj[0].item<float>(), -0.25f, 1e-5);
+
+  torch::Tensor absent = grad(0, LogitAdjustment({0, 0, 0, 1}, 3, 1.0), 3);
+  EXPECT_LT(absent[2].item<float>(), 1e-5f);  // plain: 1/3
+  EXPECT_GT(absent[2].item<float>(), 0.0f);
+}
+
+TEST(LogitAdjustmentTest, ValidateLocalRoundRefusesANegativeOrNonFiniteTau) {
+  TrainOptions o;
+  o.logit_adjustment = 1.0;
+  EXPECT_TRUE(ValidateLocalRound(o, "Train").ok());
+  o.logit_adjustment = -0.5;
+  Status st = ValidateLocalRound(o, "Train");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("logit_adjustment"), std::string::npos) << st.message();
+  o.logit_adjustment = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(ValidateLocalRound(o, "Train").code(), StatusCode::kInvalidArgument);
+  o.logit_adjustment = std::numeric_limits<double>::infinity();
   EXPECT_EQ(ValidateLocalRound(o, "Train").code(), StatusCode::kInvalidArgument);
 }
 

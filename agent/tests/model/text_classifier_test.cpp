@@ -206,6 +206,52 @@ TEST(TextClassifierTest, ProximalTermKeepsParametersNearTheRoundStart) {
   EXPECT_LT(distance(prox->ExportTrainable()), 0.5 * distance(plain->ExportTrainable()));
 }
 
+// Logit adjustment (TrainOptions::logit_adjustment) on a shard holding only class 0:
+// plain cross-entropy learns "always class 0" (the raw probability of class 1 falls to
+// ~3e-4 from ~0.5); the adjusted loss sees class 1's prior (1e-6) in its logits already,
+// so its gradient pushing class 1 down is ~1e-6 of plain's. AdamW normalises each
+// coordinate's step, so a consistently signed tiny gradient still moves it (measured:
+// ~0.11 after 8 steps, not ~0.5), but class 1 keeps ~400x plain's probability.
+TEST(TextClassifierTest, LogitAdjustmentKeepsALocallyAbsentClassFromBeingPushedDown) {
+  FEDGE_REQUIRE_MODEL(dir);
+  std::vector<Example> animals;
+  for (const Example& e : TinyData()) {
+    if (e.label == 0) animals.push_back(e);
+  }
+  std::vector<std::string> texts;
+  for (const Example& e : TinyData()) texts.push_back(e.text);
+  TrainOptions t;
+  t.steps = 8;
+  t.batch_size = 6;
+  t.learning_rate = 5e-3;
+  t.seed = 7;
+  auto mean_p1 = [&](TextClassifier& c) {
+    auto p = c.Classify(texts);
+    EXPECT_TRUE(p.ok());
+    double s = 0;
+    for (const Prediction& x : *p) s += x.probabilities[1];
+    return s / static_cast<double>(p->size());
+  };
+  auto plain = MustLoad(Options(dir));
+  const double start = mean_p1(*plain);
+  auto r_plain = plain->Train(animals, t);
+  ASSERT_TRUE(r_plain.ok()) << r_plain.status().ToString();
+  auto adjusted = MustLoad(Options(dir));
+  t.logit_adjustment = 1.0;
+  auto r_adjusted = adjusted->Train(animals, t);
+  ASSERT_TRUE(r_adjusted.ok()) << r_adjusted.status().ToString();
+  const double p_plain = mean_p1(*plain), p_adjusted = mean_p1(*adjusted);
+  EXPECT_LT(p_plain, 0.01 * start) << "start " << start << " plain " << p_plain << " adjusted " << p_adjusted;
+  EXPECT_GT(p_adjusted, 50 * p_plain)
+      << "start " << start << " plain " << p_plain << " adjusted " << p_adjusted;
+  // The adjusted loss of a one-class shard is ~0 from the first step (class 1 is shifted
+  // by log(1e-6)); the plain loss starts at ~log 2.
+  EXPECT_LT(r_adjusted->mean_loss, 0.1);
+  EXPECT_GT(r_plain->mean_loss, r_adjusted->mean_loss);
+  t.logit_adjustment = -1;
+  EXPECT_EQ(adjusted->Train(animals, t).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(TextClassifierTest, TrainAndEvaluateRejectBadInput) {
   FEDGE_REQUIRE_MODEL(dir);
   auto c = MustLoad(Options(dir));

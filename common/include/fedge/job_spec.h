@@ -84,6 +84,12 @@ struct StrategySpec {
   std::string name = "fedavg";  // fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad |
                                 // median | trimmed-mean | krum | multi-krum
   double proximalMu = 0.0;
+  // Logit-adjusted local loss for label skew (Menon et al. 2021; FedLC, Zhang et al.
+  // 2022): during local training each agent adds logitAdjustment x log(pi(y) + 1e-6) to
+  // the classifier logits before the cross-entropy, pi = the label frequencies of its own
+  // training data (never sent). Evaluation and serving use the raw logits. 0: plain
+  // cross-entropy. BERT sequence classification only (other trainers refuse > 0).
+  double logitAdjustment = 0.0;
   // Server optimizers (fedadam, fedyogi, fedadagrad; Reddi et al. 2021).
   double serverLearningRate = 1e-2;  // eta
   double beta1 = 0.9;

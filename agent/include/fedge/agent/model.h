@@ -47,6 +47,11 @@ struct TrainOptions {
   double max_grad_norm = 1.0;  // 0: no clipping
   double proximal_mu = 0.0;    // FedProx: mu/2 * ||w - w_global||^2
   uint64_t seed = 0;           // batch sampling and dropout
+  // Logit-adjusted loss tau (spec.strategy.logitAdjustment): the training loss is the
+  // cross-entropy of logits + tau x log(pi(y) + 1e-6), pi = the label frequencies of the
+  // `data` passed to Train. Evaluation and inference use the raw logits. 0: plain
+  // cross-entropy. A trainer without it answers INVALID_ARGUMENT when it is > 0.
+  double logit_adjustment = 0.0;
   // SCAFFOLD's c - c_i (fedge/agent/runtime/update.h): after every optimizer
   // step each trainable tensor moves by -learning_rate x its tensor of this
   // bundle (same names and shapes as ExportTrainable). Null: no correction. A

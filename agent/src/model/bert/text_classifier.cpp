@@ -273,6 +273,15 @@ class BertTextClassifier final : public TextClassifier {
       lora_modules_[i]->SeedDropout(opt.seed * 0x9E3779B97F4A7C15ull + i + 1);
     }
 
+    // Logit adjustment: the prior of this agent's own training data (it stays here).
+    torch::Tensor shift;
+    if (opt.logit_adjustment > 0) {
+      std::vector<int64_t> all_labels;
+      all_labels.reserve(data.size());
+      for (const Example& ex : data) all_labels.push_back(ex.label);
+      shift = LogitAdjustment(all_labels, static_cast<int64_t>(options_.labels.size()), opt.logit_adjustment);
+    }
+
     const size_t batch = std::min(static_cast<size_t>(opt.batch_size), data.size());
     TrainResult result;
     double loss_sum = 0;
@@ -286,7 +295,7 @@ class BertTextClassifier final : public TextClassifier {
         labels.push_back(ex.label);
       }
       torch::Tensor loss =
-          torch::nn::functional::cross_entropy(Logits(texts), torch::tensor(labels, torch::kLong));
+          LogitAdjustedCrossEntropy(Logits(texts), torch::tensor(labels, torch::kLong), shift);
       StatusOr<double> l = round.Step(loss, step);
       if (!l.ok()) {
         bert_->eval();

@@ -7,12 +7,30 @@
 namespace fedge::agent {
 
 Status ValidateLocalRound(const TrainOptions& o, const std::string& what) {
-  if (!(o.learning_rate > 0) || o.weight_decay < 0 || o.max_grad_norm < 0 || o.proximal_mu < 0) {
+  if (!(o.learning_rate > 0) || o.weight_decay < 0 || o.max_grad_norm < 0 || o.proximal_mu < 0 ||
+      !(o.logit_adjustment >= 0) || !std::isfinite(o.logit_adjustment)) {
     return InvalidArgumentError(what +
                                 ": learning_rate must be > 0; weight_decay, max_grad_norm, "
-                                "proximal_mu must be >= 0");
+                                "proximal_mu, logit_adjustment must be >= 0 (and finite)");
   }
   return OkStatus();
+}
+
+torch::Tensor LogitAdjustment(const std::vector<int64_t>& labels, int64_t num_classes, double tau) {
+  std::vector<double> counts(static_cast<size_t>(num_classes), 0.0);
+  for (int64_t y : labels) counts[static_cast<size_t>(y)] += 1;
+  const double n = labels.empty() ? 1.0 : static_cast<double>(labels.size());
+  std::vector<float> shift(counts.size());
+  for (size_t k = 0; k < counts.size(); ++k) {
+    shift[k] = static_cast<float>(tau * std::log(counts[k] / n + kLogitAdjustmentEps));
+  }
+  return torch::tensor(shift, torch::kFloat);
+}
+
+torch::Tensor LogitAdjustedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& target,
+                                        const torch::Tensor& shift) {
+  if (!shift.defined()) return torch::nn::functional::cross_entropy(logits, target);
+  return torch::nn::functional::cross_entropy(logits + shift.unsqueeze(0), target);
 }
 
 LocalRound::LocalRound(std::vector<torch::Tensor> params, std::vector<std::string> names,

@@ -24,6 +24,21 @@ namespace fedge::agent {
 // family's to check (its sampler uses them).
 Status ValidateLocalRound(const TrainOptions& options, const std::string& what);
 
+// The logit-adjusted loss (TrainOptions::logit_adjustment; Menon et al. 2021,
+// FedLC): pi(y) + kLogitAdjustmentEps keeps a class absent from the local data
+// finite (its shift is tau x log(1e-6) ~ -13.8 tau: the local round then
+// hardly pushes that class down).
+inline constexpr double kLogitAdjustmentEps = 1e-6;
+
+// [num_classes] float: tau x log(count(y) / |labels| + eps), the shift added to
+// every row of the logits. Labels must be in [0, num_classes).
+torch::Tensor LogitAdjustment(const std::vector<int64_t>& labels, int64_t num_classes, double tau);
+
+// Mean cross-entropy of (logits [B, C] + shift [C]) against target [B]; an
+// undefined `shift` gives plain cross-entropy.
+torch::Tensor LogitAdjustedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& target,
+                                        const torch::Tensor& shift);
+
 class LocalRound {
  public:
   // `params` alias the model's trainable tensors (requires_grad); `names` are
