@@ -58,7 +58,10 @@ int main(int argc, char** argv) {
   app.add_option("--tokens-file", tokens_file,
                  "file of \"agent-id token\" lines; agents must present their token (re-read when "
                  "the file changes, e.g. a mounted Secret gaining a new node's token)");
-  app.add_option("--tls-cert", tls_cert, "PEM serving certificate (chain): serve agents over TLS");
+  app.add_option(
+      "--tls-cert", tls_cert,
+      "PEM serving certificate (chain): serve agents over TLS (re-read every 60 s with --tls-key and "
+      "--tls-client-ca: a renewed certificate is served without a restart)");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--tls-client-ca", tls_client_ca,
                  "PEM CA bundle: require agents to present a client certificate it signed (mutual TLS)");
@@ -153,6 +156,10 @@ int main(int argc, char** argv) {
     }
     *pem = std::move(*text);
   }
+  // Re-read while serving: the operator renews the serving certificate in its Secret.
+  options.tls_cert_file = tls_cert;
+  options.tls_key_file = tls_key;
+  options.tls_client_ca_file = tls_client_ca;
   options.grpc_address = listen;
   options.http_address = http;
   options.checkpoint_dir = checkpoint_dir;

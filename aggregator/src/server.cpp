@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <algorithm>
 #include <atomic>
@@ -715,6 +717,18 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   if (!options.tls_client_ca_pem.empty() && options.tls_cert_pem.empty()) {
     return InvalidArgumentError("a client CA (mutual TLS) needs a serving certificate and key too");
   }
+  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty() ||
+      !options.tls_client_ca_file.empty()) {
+    if (options.tls_cert_file.empty() != options.tls_cert_pem.empty() ||
+        options.tls_key_file.empty() != options.tls_key_pem.empty() ||
+        options.tls_client_ca_file.empty() != options.tls_client_ca_pem.empty()) {
+      return InvalidArgumentError(
+          "TLS files to re-read need the contents read from them at start: set each *_file with its *_pem");
+    }
+    if (options.tls_refresh_interval_s == 0) {
+      return InvalidArgumentError("tls_refresh_interval_s must be at least 1 second");
+    }
+  }
 
   EngineOptions engine_options = EngineOptionsFromSpec(spec, options.expected_agents);
   if (options.round_timeout_ms > 0) engine_options.round_timeout_ms = options.round_timeout_ms;
@@ -743,6 +757,23 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
 
 std::shared_ptr<grpc::ServerCredentials> AggregatorServer::ServerCredentials() const {
   if (options_.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+  if (!options_.tls_cert_file.empty()) {
+    // Re-read on an interval (gRPC's file watcher keeps the last good pair when
+    // a read fails): the serving certificate is renewed in place.
+    namespace gx = grpc::experimental;
+    auto provider = std::make_shared<gx::FileWatcherCertificateProvider>(
+        options_.tls_key_file, options_.tls_cert_file, options_.tls_client_ca_file,
+        options_.tls_refresh_interval_s);
+    gx::TlsServerCredentialsOptions tls(provider);
+    tls.watch_identity_key_cert_pairs();
+    if (options_.tls_client_ca_file.empty()) {
+      tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    } else {
+      tls.watch_root_certs();
+      tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    }
+    return gx::TlsServerCredentials(tls);
+  }
   grpc::SslServerCredentialsOptions ssl(options_.tls_client_ca_pem.empty()
                                             ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
                                             : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);

@@ -9,6 +9,8 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <thread>
 
 #include <unistd.h>
 
@@ -108,6 +110,32 @@ class MountedTokens {
     std::filesystem::rename(dir_ + "/..tmp", dir_ + "/..data");
   }
   std::string file() const { return dir_ + "/tokens"; }
+
+ private:
+  std::string dir_;
+};
+
+// A Secret mounted the way the kubelet mounts it: each key a symlink <key> ->
+// ..data/<key>, and ..data -> ..vN swapped atomically by Publish (how a renewed
+// certificate reaches a running aggregator). The directory goes with the object.
+class MountedSecret {
+ public:
+  using Files = std::map<std::string, std::string>;
+  MountedSecret(const std::string& tag, const Files& files)
+      : dir_((std::filesystem::temp_directory_path() / (tag + "-" + std::to_string(::getpid()))).string()) {
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    Publish("..v1", files);
+    for (const auto& [key, text] : files) std::filesystem::create_symlink("..data/" + key, file(key));
+  }
+  ~MountedSecret() { std::filesystem::remove_all(dir_); }
+  void Publish(const std::string& version, const Files& files) {
+    std::filesystem::create_directory(dir_ + "/" + version);
+    for (const auto& [key, text] : files) std::ofstream(dir_ + "/" + version + "/" + key) << text;
+    std::filesystem::create_symlink(version, dir_ + "/..tmp");
+    std::filesystem::rename(dir_ + "/..tmp", dir_ + "/..data");
+  }
+  std::string file(const std::string& key) const { return dir_ + "/" + key; }
 
  private:
   std::string dir_;
@@ -401,6 +429,54 @@ TEST_F(MutualTlsTest, ExpiredCertificateFailsTheHandshake) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
   EXPECT_EQ(server->engine().GetStatus().agents_joined, 0);
   EXPECT_TRUE(Join(server->grpc_port(), AgentClient("edge-a"), "edge-a").ok());
+}
+
+// Regression for a certificate nobody renewed: the serving certificate (one
+// year) was read once at start, so a year on every agent's handshake failed
+// while the job showed Running. The aggregator now re-reads its mounted files;
+// here it starts on an expired certificate and serves the renewed one, with
+// mutual TLS still required, without a restart.
+TEST_F(MutualTlsTest, ARenewedServingCertificateIsServedWithoutARestart) {
+  const std::vector<std::string> names = {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc",
+                                          "wn-aggregator.ml.svc.cluster.local"};
+  auto expired = IssueServingCert(ca_, "wn-aggregator", names, WallNow() - 400 * 24 * 3600);
+  ASSERT_TRUE(expired.ok());
+  MountedSecret mounted(
+      "fedge-tls-renew",
+      {{"tls.crt", expired->cert_pem}, {"tls.key", expired->key_pem}, {"ca.crt", ca_.cert_pem}});
+  aggregator::ServerOptions o;
+  o.tls_cert_pem = expired->cert_pem;
+  o.tls_key_pem = expired->key_pem;
+  o.tls_client_ca_pem = ca_.cert_pem;
+  o.tls_cert_file = mounted.file("tls.crt");
+  o.tls_key_file = mounted.file("tls.key");
+  o.tls_client_ca_file = mounted.file("ca.crt");
+  o.tls_refresh_interval_s = 1;
+  auto server = Start(o);
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  grpc::Status before = Join(port, AgentClient("edge-a"), "edge-a");
+  EXPECT_EQ(before.error_code(), grpc::StatusCode::UNAVAILABLE) << before.error_message();
+
+  // The operator writes the renewed certificate into the Secret; the kubelet swaps it in.
+  mounted.Publish("..v2",
+                  {{"tls.crt", serving_.cert_pem}, {"tls.key", serving_.key_pem}, {"ca.crt", ca_.cert_pem}});
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  grpc::Status after = Join(port, AgentClient("edge-a"), "edge-a");
+  while (!after.ok() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);  // the watcher's next read (1 s here)
+    after = Join(port, AgentClient("edge-a"), "edge-a");
+  }
+  EXPECT_TRUE(after.ok()) << after.error_message();
+  EXPECT_EQ(server->engine().GetStatus().agents_joined, 1);
+  // Still mutual TLS: no client certificate, no handshake.
+  EXPECT_FALSE(Join(port, {ca_.cert_pem}, "edge-b").ok());
+}
+
+TEST_F(TlsWireTest, TlsFilesWithoutTheirContentsAreRejectedAtCreate) {
+  aggregator::ServerOptions o = Tls();
+  o.tls_cert_file = "/nonexistent/tls.crt";  // no key file beside it
+  EXPECT_EQ(aggregator::AggregatorServer::Create(Spec(), o).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

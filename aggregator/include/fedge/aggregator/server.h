@@ -43,6 +43,15 @@ struct ServerOptions {
   std::string tls_cert_pem;
   std::string tls_key_pem;
   std::string tls_client_ca_pem;
+  // The files those PEM contents were read from (all "" or, for each PEM set,
+  // its file). Set: the listener re-reads them every tls_refresh_interval_s
+  // and serves what it finds, so a certificate the operator renews reaches new
+  // handshakes without a restart (the kubelet rewrites a mounted Secret in
+  // place). A file that cannot be read keeps what was served before.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  unsigned tls_refresh_interval_s = 60;
   uint64_t max_update_bytes = 256ull << 20;
   uint64_t max_partial_upload_bytes = 256ull << 20;  // interrupted uploads held for resumption
   // In-flight limits (issue 10, item 7); 0 disables each.
