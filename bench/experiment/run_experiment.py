@@ -82,6 +82,15 @@ CONFIGS = [
     # The same loss in the centralized run: its one agent's prior is the union's, which is not uniform.
     ("centralized-la", "centralized, logit-adjusted loss tau 1 (one agent, union of the shards, localSteps × agents)",
      {"strategy": {"logitAdjustment": 1.0}}),
+    # Each agent keeps its local AdamW state (moments, step count) from round to round
+    # (spec.rounds.optimizerState keep); the centralized run then keeps it across its rounds too.
+    ("scaffold-lr4e-3-keep", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW state kept "
+     "across rounds, int8 + EF",
+     {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.004, "optimizerState": "keep"},
+      "compression": {"codec": "int8"}}),
+    ("centralized-keep", "centralized, AdamW state kept across rounds (one agent, union of the shards, "
+     "localSteps × agents)",
+     {"rounds": {"optimizerState": "keep"}}),
     ("scaffold-lr8e-3", "SCAFFOLD (control variates, server lr 1), local lr 8e-3, int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.008}, "compression": {"codec": "int8"}}),
     ("scaffold-lr16e-3", "SCAFFOLD (control variates, server lr 1), local lr 1.6e-2, int8 + EF",

@@ -163,6 +163,11 @@ std::vector<JobSpecField> MakeTable() {
        .kind = K::kString,
        .ref = FEDGE_FIELD(rounds.learningRateSchedule),
        .one_of = {"constant", "linear", "cosine"}});
+  add({.path = "spec.rounds.optimizerState",
+       .kind = K::kString,
+       .ref = FEDGE_FIELD(rounds.optimizerState),
+       .one_of = {"fresh", "keep"},
+       .wire = "optimizer_state"});
   add({.path = "spec.rounds.weightDecay",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(rounds.weightDecay),

@@ -40,6 +40,11 @@ StatusOr<TrainResult> LlmModel::Train(const std::vector<Example>& data, const Tr
         "the causal LM has no logit-adjusted loss (spec.strategy.logitAdjustment is for bert "
         "sequence-classification); set it to 0");
   }
+  if (options.keep_optimizer_state) {
+    return InvalidArgumentError(
+        "the causal LM starts every local round with a fresh optimizer (spec.rounds.optimizerState keep "
+        "is for bert sequence-classification); use fresh");
+  }
   llm::CausalLmTrainOptions to;
   to.steps = options.steps;
   to.batch_size = options.batch_size;

@@ -135,5 +135,56 @@ TEST(LogitAdjustmentTest, ValidateLocalRoundRefusesANegativeOrNonFiniteTau) {
   EXPECT_EQ(ValidateLocalRound(o, "Train").code(), StatusCode::kInvalidArgument);
 }
 
+// spec.rounds.optimizerState keep: a round that continues the previous round's AdamW
+// (ReleaseOptimizer -> Start(kept)) takes the same steps as one round twice as long;
+// a fresh optimizer restarts the moments, and does not. The target moves between the
+// rounds (as the global does), so the kept first moment still points the old way.
+TEST(LocalRoundTest, AKeptOptimizerContinuesAsOneLongerRound) {
+  const torch::Tensor first_target = torch::tensor({1.0f, -1.0f});
+  const torch::Tensor second_target = torch::tensor({-1.0f, 1.0f});
+  TrainOptions o;
+  o.learning_rate = 0.05;
+  o.weight_decay = 0.01;
+  auto steps = [&](LocalRound& round, Toy& toy, const torch::Tensor& target) {
+    for (int step = 0; step < 5; ++step) ASSERT_TRUE(round.Step(toy.Loss(target), step).ok());
+  };
+  Toy one;
+  LocalRound long_round({one.w}, {"w"}, o);
+  ASSERT_TRUE(long_round.Start().ok());
+  steps(long_round, one, first_target);
+  steps(long_round, one, second_target);
+
+  Toy kept, fresh;
+  for (Toy* toy : {&kept, &fresh}) {
+    LocalRound first({toy->w}, {"w"}, o);
+    ASSERT_TRUE(first.Start().ok());
+    steps(first, *toy, first_target);
+    LocalRound second({toy->w}, {"w"}, o);
+    ASSERT_TRUE(second.Start(toy == &kept ? first.ReleaseOptimizer() : nullptr).ok());
+    steps(second, *toy, second_target);
+  }
+  EXPECT_TRUE(torch::equal(kept.w, one.w)) << kept.w << one.w;
+  // Fresh turns at once (about 5 x lr towards the new target); kept first brakes its momentum.
+  EXPECT_LT(fresh.w[0].item<float>(), kept.w[0].item<float>() - 0.05f) << fresh.w << kept.w;
+}
+
+// The kept optimizer takes the new round's learning rate (e.g. a schedule's).
+TEST(LocalRoundTest, AKeptOptimizerStepsAtTheNewRoundsLearningRate) {
+  const torch::Tensor target = torch::tensor({1.0f, -1.0f});
+  TrainOptions o;
+  o.learning_rate = 0.05;
+  o.weight_decay = 0;
+  Toy toy;
+  LocalRound first({toy.w}, {"w"}, o);
+  ASSERT_TRUE(first.Start().ok());
+  ASSERT_TRUE(first.Step(toy.Loss(target), 0).ok());
+  o.learning_rate = 1e-9;
+  LocalRound second({toy.w}, {"w"}, o);
+  ASSERT_TRUE(second.Start(first.ReleaseOptimizer()).ok());
+  torch::Tensor before = toy.w.detach().clone();
+  ASSERT_TRUE(second.Step(toy.Loss(target), 0).ok());
+  EXPECT_LT((toy.w - before).abs().max().item<float>(), 1e-7f);
+}
+
 }  // namespace
 }  // namespace fedge::agent

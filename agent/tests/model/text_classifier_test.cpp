@@ -252,6 +252,32 @@ TEST(TextClassifierTest, LogitAdjustmentKeepsALocallyAbsentClassFromBeingPushedD
   EXPECT_EQ(adjusted->Train(animals, t).status().code(), StatusCode::kInvalidArgument);
 }
 
+// spec.rounds.optimizerState keep: the second Train continues the first's AdamW. The
+// first call has no earlier state, so it trains exactly as fresh does; the second
+// differs from a fresh second round.
+TEST(TextClassifierTest, KeptOptimizerStateCarriesIntoTheNextTrainOnly) {
+  FEDGE_REQUIRE_MODEL(dir);
+  TrainOptions t;
+  t.steps = 4;
+  t.batch_size = 6;
+  t.learning_rate = 5e-3;
+  t.seed = 7;
+  auto fresh = MustLoad(Options(dir));
+  auto kept = MustLoad(Options(dir));
+  ASSERT_TRUE(fresh->Train(TinyData(), t).ok());
+  TrainOptions k = t;
+  k.keep_optimizer_state = true;
+  ASSERT_TRUE(kept->Train(TinyData(), k).ok());
+  EXPECT_EQ(MaxAbsDiff(fresh->ExportTrainable(), kept->ExportTrainable()), 0.0);
+  // The next round starts both from the same global, as an agent's does.
+  const TensorBundle global = fresh->ExportTrainable();
+  ASSERT_TRUE(kept->ImportTrainable(global).ok());
+  t.seed = k.seed = 8;
+  ASSERT_TRUE(fresh->Train(TinyData(), t).ok());
+  ASSERT_TRUE(kept->Train(TinyData(), k).ok());
+  EXPECT_GT(MaxAbsDiff(fresh->ExportTrainable(), kept->ExportTrainable()), 0.0);
+}
+
 TEST(TextClassifierTest, TrainAndEvaluateRejectBadInput) {
   FEDGE_REQUIRE_MODEL(dir);
   auto c = MustLoad(Options(dir));

@@ -62,6 +62,10 @@ struct RoundsSpec {
   // learningRate; "linear" uses learningRate * (1 - (r - 1) / R); "cosine"
   // learningRate * (1 + cos(pi (r - 1) / R)) / 2. Round 1 trains at learningRate in each.
   std::string learningRateSchedule = "constant";
+  // The local AdamW state (moments, step count) between rounds: "fresh" builds a new
+  // optimizer for every local round; "keep" lets each agent carry its own from its
+  // previous round into the next (in memory: a restarted agent starts fresh).
+  std::string optimizerState = "fresh";
   double weightDecay = 0.01;
   double maxGradNorm = 1.0;
   uint64_t seed = 42;  // at most INT64_MAX (the CRD's int64)

@@ -52,6 +52,11 @@ struct TrainOptions {
   // `data` passed to Train. Evaluation and inference use the raw logits. 0: plain
   // cross-entropy. A trainer without it answers INVALID_ARGUMENT when it is > 0.
   double logit_adjustment = 0.0;
+  // spec.rounds.optimizerState keep: the AdamW moments and step count of this
+  // trainer's previous Train call carry into this one (learning rate and weight
+  // decay are this call's). False, or no earlier successful call: fresh state.
+  // A trainer without it answers INVALID_ARGUMENT when it is true.
+  bool keep_optimizer_state = false;
   // SCAFFOLD's c - c_i (fedge/agent/runtime/update.h): after every optimizer
   // step each trainable tensor moves by -learning_rate x its tensor of this
   // bundle (same names and shapes as ExportTrainable). Null: no correction. A

@@ -252,7 +252,9 @@ class BertTextClassifier final : public TextClassifier {
       names.push_back(name);
     }
     LocalRound round(std::move(params), std::move(names), opt);
-    FEDGE_RETURN_IF_ERROR(round.Start());
+    // optimizerState keep: continue the previous round's AdamW; a failed round drops it.
+    std::unique_ptr<torch::optim::AdamW> kept = std::move(kept_optimizer_);
+    FEDGE_RETURN_IF_ERROR(round.Start(opt.keep_optimizer_state ? std::move(kept) : nullptr));
 
     // Seeded epoch-wise sampling without replacement: every example is seen once
     // per pass; the permutation is redrawn for each pass.
@@ -306,6 +308,7 @@ class BertTextClassifier final : public TextClassifier {
       ++result.steps;
     }
     bert_->eval();
+    if (opt.keep_optimizer_state) kept_optimizer_ = round.ReleaseOptimizer();
     result.mean_loss = loss_sum / result.steps;
     return result;
   }
@@ -318,6 +321,8 @@ class BertTextClassifier final : public TextClassifier {
   torch::Tensor head_bias_;    // [labels]
   // Exported names and the tensors they alias (LoRA factors, then the head).
   std::vector<std::pair<std::string, torch::Tensor>> trainable_;
+  // The last successful Train's AdamW over trainable_ (TrainOptions::keep_optimizer_state).
+  std::unique_ptr<torch::optim::AdamW> kept_optimizer_;
 };
 
 Status ValidateOptions(const ClassifierOptions& o) {

@@ -37,7 +37,7 @@ LocalRound::LocalRound(std::vector<torch::Tensor> params, std::vector<std::strin
                        const TrainOptions& options)
     : params_(std::move(params)), names_(std::move(names)), options_(options) {}
 
-Status LocalRound::Start() {
+Status LocalRound::Start(std::unique_ptr<torch::optim::AdamW> kept) {
   // SCAFFOLD (TrainOptions::step_correction): each step also moves by -lr (c - c_i).
   if (options_.step_correction) {
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -57,6 +57,15 @@ Status LocalRound::Start() {
   // FedProx anchors to the parameters this round started from (the global
   // model); also the restore point if the loss diverges.
   for (auto& p : params_) anchor_.push_back(p.detach().clone());
+  if (kept != nullptr) {
+    optimizer_ = std::move(kept);
+    for (auto& group : optimizer_->param_groups()) {
+      auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
+      o.lr(options_.learning_rate);
+      o.weight_decay(options_.weight_decay);
+    }
+    return OkStatus();
+  }
   optimizer_ = std::make_unique<torch::optim::AdamW>(
       params_, torch::optim::AdamWOptions(options_.learning_rate).weight_decay(options_.weight_decay));
   return OkStatus();

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,8 +48,14 @@ class LocalRound {
   LocalRound(std::vector<torch::Tensor> params, std::vector<std::string> names, const TrainOptions& options);
 
   // Snapshots the anchor (FedProx's w_global and the restore point) and builds
-  // the optimizer with fresh state. Call once, before the first Step.
-  Status Start();
+  // the optimizer with fresh state, or, when `kept` is not null, continues that
+  // optimizer (an earlier round's ReleaseOptimizer over the same `params`) with
+  // its moments and step count, at this round's learning rate and weight decay.
+  // Call once, before the first Step.
+  Status Start(std::unique_ptr<torch::optim::AdamW> kept = nullptr);
+
+  // The optimizer, for the next round's Start (TrainOptions::keep_optimizer_state).
+  std::unique_ptr<torch::optim::AdamW> ReleaseOptimizer() { return std::move(optimizer_); }
 
   // One step on `loss` (the batch's data loss, a scalar with a graph). Returns
   // its value; INTERNAL naming `step` if it is non-finite, after restoring the
