@@ -570,6 +570,39 @@ TEST_F(AgentCredentialsTest, CertificatesAreRenewedOnceAThirdOfTheirLifetimeRema
   EXPECT_EQ(client_.CountWrites(), 0);
 }
 
+// Regression: the serving certificate (one year) was issued once and never again, so a
+// year on every agent's handshake failed while the job showed Running.
+TEST_F(AgentCredentialsTest, TheServingCertificateIsRenewedFromTheSameCaOnceAThirdOfItsLifetimeRemains) {
+  CreateJob();
+  Reconcile();
+  const Credentials first = JobCredentials();
+  auto info = ReadCert(first.tls_crt);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  wall_.Advance(std::chrono::seconds(RenewalTime(*info) - 1 - now()));
+  Reconcile();  // the agents' day-long certificates are renewed; the serving one is not due
+  EXPECT_EQ(JobCredentials().tls_crt, first.tls_crt);
+  wall_.Advance(std::chrono::seconds(1));
+  Reconcile();
+  const Credentials renewed = JobCredentials();
+  ASSERT_NE(renewed.tls_crt, first.tls_crt);
+  auto second = ReadCert(renewed.tls_crt);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_NE(second->serial, info->serial);
+  EXPECT_EQ(second->not_after, now() + 365 * 24 * 3600);
+  EXPECT_TRUE(SignedBy(renewed.tls_crt, first.ca_crt)) << "the agents trust only the job CA";
+  EXPECT_TRUE(KeyMatchesCert(renewed.tls_crt, renewed.tls_key));
+  EXPECT_EQ(renewed.ca_crt, first.ca_crt);
+  EXPECT_EQ(renewed.ca_key, first.ca_key);
+  EXPECT_EQ(renewed.tokens, first.tokens);
+  bool event = false;
+  for (const auto& e : client_.Objects(res::kEvents)) event |= e["reason"] == "ServingCertificateRenewed";
+  EXPECT_TRUE(event);
+  // Steady again: nothing written until the next renewal.
+  client_.ClearCalls();
+  Reconcile();
+  EXPECT_EQ(client_.CountWrites(), 0);
+}
+
 TEST_F(AgentCredentialsTest, ACertificateFromAnotherCaOrForAnotherNodeIsReplaced) {
   CreateJob();
   Reconcile();

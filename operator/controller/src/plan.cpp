@@ -337,6 +337,11 @@ void Planner::Children() {
     creds_current = !creds.ca_crt.empty() && creds.tokens.size() == wanted.size() &&
                     std::all_of(creds.tokens.begin(), creds.tokens.end(),
                                 [&](const auto& t) { return wanted.count(t.first) > 0; });
+    std::time_t serving_renew_at = 0;
+    if (creds_current && tls) {
+      creds_current = ServingCertStale(creds, o.now, &serving_renew_at).empty();
+      if (creds_current) RequeueAfter(std::chrono::seconds(serving_renew_at - o.now));
+    }
   }
   if (!creds_current) {
     Action& a = Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
@@ -616,6 +621,18 @@ std::string Action::Describe() const {
       return "sync-api-token " + name;
   }
   return what + " " + (resource ? resource->plural : std::string("?")) + "/" + name;
+}
+
+std::string ServingCertStale(const Credentials& creds, std::time_t now, std::time_t* renew_at) {
+  *renew_at = 0;
+  if (creds.tls_crt.empty() || creds.tls_key.empty()) return "no serving certificate";
+  auto info = ReadCert(creds.tls_crt);
+  if (!info.ok()) return "serving certificate unreadable";
+  if (!SignedBy(creds.tls_crt, creds.ca_crt)) return "serving certificate not signed by the job CA";
+  if (!KeyMatchesCert(creds.tls_crt, creds.tls_key)) return "serving certificate does not match its key";
+  if (now >= RenewalTime(*info)) return "serving certificate due for renewal";
+  *renew_at = RenewalTime(*info);
+  return "";
 }
 
 std::string AgentCredentialsStale(const Json* secret, const std::string& node, const std::string& token,

@@ -348,22 +348,38 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
       if (!wanted.count(id)) return false;
     return true;
   };
-  if (exists && current(creds)) {
+  std::time_t serving_renew_at = 0;
+  const std::string serving_stale = exists ? ServingCertStale(creds, run.now, &serving_renew_at) : "";
+  if (exists && current(creds) && serving_stale.empty()) {
     out->creds = std::move(creds);
     return OkStatus();  // the cache was behind
   }
+  const std::string svc = AggregatorName(job);
+  auto issue_serving = [&](const KeyPair& ca) {
+    return IssueServingCert(
+        ca, svc,
+        {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc", svc + "." + run.ns + ".svc.cluster.local"},
+        run.now);
+  };
   if (!exists) {
     FEDGE_ASSIGN_OR_RETURN(KeyPair ca, GenerateCa("fedge job " + run.ns + "/" + run.name, run.now));
-    std::string svc = AggregatorName(job);
-    FEDGE_ASSIGN_OR_RETURN(KeyPair tls,
-                           IssueServingCert(ca, svc,
-                                            {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc",
-                                             svc + "." + run.ns + ".svc.cluster.local"},
-                                            run.now));
+    FEDGE_ASSIGN_OR_RETURN(KeyPair tls, issue_serving(ca));
     creds.ca_crt = ca.cert_pem;
     creds.ca_key = ca.key_pem;
     creds.tls_crt = tls.cert_pem;
     creds.tls_key = tls.key_pem;
+  } else if (!serving_stale.empty()) {
+    // Same CA (the agents trust it), new serving certificate; the aggregator re-reads
+    // its mounted files (--tls-cert), so no pod restarts.
+    auto tls = issue_serving(KeyPair{creds.ca_crt, creds.ca_key});
+    if (!tls.ok()) {
+      return tls.status().WithContext("renew the serving certificate (" + serving_stale +
+                                      ") from the job CA in Secret " + SecretName(job));
+    }
+    creds.tls_crt = tls->cert_pem;
+    creds.tls_key = tls->key_pem;
+    out->events.push_back({"Normal", "ServingCertificateRenewed",
+                           serving_stale + ": issued a new one for " + svc + " from the job CA"});
   }
   std::vector<std::string> revoked;
   for (auto it = creds.tokens.begin(); it != creds.tokens.end();) {

@@ -127,4 +127,11 @@ std::string AgentCredentialsStale(const Json* secret, const std::string& node, c
                                   const std::string& ca_crt, bool tls, std::time_t now,
                                   std::time_t* renew_at);
 
+// Why the job's serving certificate (in its credentials Secret) must be issued again
+// from the job's CA, or "" when it is current (then *renew_at is its renewal time):
+// missing, unreadable, not the CA's, not matching its key, or a third of its lifetime
+// left (RenewalTime). Without renewal it expired after a year while the job showed
+// Running and every agent's handshake failed. Pure.
+std::string ServingCertStale(const Credentials& creds, std::time_t now, std::time_t* renew_at);
+
 }  // namespace fedge::op
