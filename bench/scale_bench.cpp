@@ -391,8 +391,11 @@ double HandlerSecondsPerUpdate(const std::vector<std::string>& deltas, const Ten
   return cpu / (agents - 1);
 }
 
+// `deltas_zstd`: the updates with a zstd body whatever it saves (the encoder
+// before zstd_min_saving); `deltas_sent`: what the simulated agents send.
 void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>& deltas_zstd,
-                    const std::string& delta_plain, uint32_t block) {
+                    const std::vector<std::string>& deltas_sent, const std::string& delta_plain,
+                    uint32_t block) {
   const std::string& upload = deltas_zstd[0];
   const size_t n = static_cast<size_t>(initial.NumElements());
   auto decoded = DecodeBundle(upload);
@@ -524,6 +527,8 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
     g_sink = g_sink + sums[0][1];
   });
   const double handler = HandlerSecondsPerUpdate(deltas_zstd, initial, 400);
+  const double handler_sent = HandlerSecondsPerUpdate(deltas_sent, initial, 400);
+  const auto sent_header = InspectBundle(deltas_sent[0]);
   (void)trusted;
 
   std::printf(
@@ -541,6 +546,11 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
               "fused dequantize+accumulate kernel", us(fused));
   std::printf("  %-50s %8.1f us  (checksum, decode, checks, FedAvg, locks; no gRPC)\n",
               "ProtocolHandler upload -> accepted, in-process", us(handler));
+  std::printf("  %-50s %8.1f us  (the update the agents send: %.1f KB, body %s; %.2fx the zstd body's)\n",
+              "  same, the update as sent", us(handler_sent),
+              static_cast<double>(deltas_sent[0].size()) / 1024.0,
+              sent_header.ok() && sent_header->zstd ? "zstd" : "plain (zstd saved < zstd_min_saving)",
+              handler_sent / handler);
 
   // Bandwidth: the fused kernel against memcpy in this process, at the
   // update's size (cache-resident sums) and at a 4M-value model (DRAM).
@@ -594,7 +604,8 @@ struct RunResult {
 
 class Bench {
  public:
-  Bench(std::string aggregator, int rounds, int threads, int channels, int64_t values, int wait_ms)
+  Bench(std::string aggregator, int rounds, int threads, int channels, int64_t values, int wait_ms,
+        double zstd_min_saving)
       : aggregator_(std::move(aggregator)),
         rounds_(rounds),
         threads_(threads),
@@ -606,10 +617,13 @@ class Bench {
     initial_payload_.bytes = *init;
     initial_payload_.checksum = Sha256Hex(*init);
     initial_payload_.raw_bytes = initial_.Fp32Bytes();
-    // Blockwise int8 + zstd, the quickstart's codec.
+    // Blockwise int8 + zstd, the quickstart's codec (zstd kept only when it
+    // saves zstd_min_saving, as the agent's encoder does).
     for (uint32_t i = 0; i < 8; ++i) {
       TensorBundle delta = Random(values, 100 + i, 0.001f);
-      auto enc = EncodeBundle(delta, EncodeOptions{Codec::kInt8, 64, /*zstd=*/true, 3});
+      EncodeOptions eo{Codec::kInt8, 64, /*zstd=*/true, 3};
+      eo.zstd_min_saving = zstd_min_saving;
+      auto enc = EncodeBundle(delta, eo);
       if (!enc.ok()) std::abort();
       deltas_.push_back(Payload{*enc, Sha256Hex(*enc), delta.Fp32Bytes()});
     }
@@ -909,6 +923,7 @@ class Bench {
             baseline_ = ReadProc(pid_);
           }
         }
+        if (skip_fetch_) agent.held_version = task.global_version();
         if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version()))
           return 200;
         Submit(agent, stub, deltas_[static_cast<size_t>(index) % deltas_.size()], task.round(),
@@ -916,6 +931,7 @@ class Bench {
         return 0;
       }
       case v1::TASK_KIND_EVALUATE: {
+        if (skip_fetch_) agent.held_version = task.global_version();
         if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version()))
           return 200;
         grpc::ClientContext mctx;
@@ -980,6 +996,13 @@ class Bench {
   const std::string aggregator_;
   const int rounds_, threads_, channels_;
   const int wait_ms_;  // GetTask long-poll; 0: poll after retry_after_ms
+
+ public:
+  // Diagnostic: the agents never call FetchGlobal (they act as if they held
+  // every version), to measure what the global download costs the aggregator.
+  bool skip_fetch_ = false;
+
+ private:
   TensorBundle initial_;
   Payload initial_payload_;
   std::vector<Payload> deltas_;
@@ -1022,6 +1045,16 @@ int main(int argc, char** argv) {
   app.add_option("--memory-values", memory_values, "model values of the streaming-memory check")
       ->capture_default_str();
   bool breakdown = true;
+  bool skip_fetch = false;
+  app.add_flag(
+      "--skip-fetch", skip_fetch,
+      "diagnostic: agents never call FetchGlobal, to measure what the download costs (not a protocol "
+      "run: every agent trains on a global it never fetched)");
+  double zstd_min_saving = EncodeOptions{}.zstd_min_saving;
+  app.add_option("--zstd-min-saving", zstd_min_saving,
+                 "the agents' EncodeOptions::zstd_min_saving (0: a zstd body always, the encoder before "
+                 "issue 14 item 2)")
+      ->capture_default_str();
   int wait_ms = 10'000;
   std::string compare;
   app.add_option(
@@ -1075,15 +1108,26 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  Bench bench(aggregator, rounds, threads, channels, values, wait_ms);
-  std::printf("model: %lld values, %.1f KB fp32; update: int8+zstd %.1f KB on the wire\n",
-              static_cast<long long>(values), static_cast<double>(bench.model_bytes()) / 1024.0,
-              static_cast<double>(bench.update_bytes()) / 1024.0);
+  Bench bench(aggregator, rounds, threads, channels, values, wait_ms, zstd_min_saving);
+  bench.skip_fetch_ = skip_fetch;
+  if (skip_fetch) std::printf("diagnostic --skip-fetch: the agents never download the global\n");
+  std::printf(
+      "model: %lld values, %.1f KB fp32; update: int8 (zstd if it saves >= %.0f%%) %.1f KB on the wire\n",
+      static_cast<long long>(values), static_cast<double>(bench.model_bytes()) / 1024.0,
+      100.0 * zstd_min_saving, static_cast<double>(bench.update_bytes()) / 1024.0);
   if (breakdown) {
     auto plain =
         EncodeBundle(Random(values, 100, 0.001f), EncodeOptions{Codec::kInt8, 64, /*zstd=*/false, 3});
     if (!plain.ok()) std::abort();
-    PrintBreakdown(bench.initial(), bench.delta_bytes(), *plain, 64);
+    std::vector<std::string> always_zstd;  // the same deltas with a zstd body
+    for (uint32_t i = 0; i < 8; ++i) {
+      EncodeOptions eo{Codec::kInt8, 64, /*zstd=*/true, 3};
+      eo.zstd_min_saving = 0;
+      auto enc = EncodeBundle(Random(values, 100 + i, 0.001f), eo);
+      if (!enc.ok()) std::abort();
+      always_zstd.push_back(*enc);
+    }
+    PrintBreakdown(bench.initial(), always_zstd, bench.delta_bytes(), *plain, 64);
   }
   std::printf(
       "load generator: %d worker threads, %d channels, GetTask %s, %u cores on this machine, load average "

@@ -264,6 +264,7 @@ class ScaffoldStrategy : public WeightedSumStrategy {
     EncodeOptions eo;
     eo.codec = Codec::kFp32;
     eo.zstd = true;
+    eo.zstd_min_saving = 0;  // sent to every agent, like the global (EngineOptions::global_encoding)
     FEDGE_ASSIGN_OR_RETURN(std::string bytes, EncodeBundle(c, eo));
     return std::shared_ptr<const std::string>(std::make_shared<std::string>(std::move(bytes)));
   }

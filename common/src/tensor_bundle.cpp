@@ -255,6 +255,10 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
     return Invalid("topk_fraction " + std::to_string(fraction) + " is outside [" +
                    std::to_string(kMinTopkFraction) + ", 1]; 0 turns top-k off");
   }
+  if (!(options.zstd_min_saving >= 0.0 && options.zstd_min_saving < 1.0)) {
+    return Invalid("zstd_min_saving " + std::to_string(options.zstd_min_saving) +
+                   " is outside [0, 1); 0 keeps every zstd body");
+  }
   const bool sparse = fraction > 0.0;
   const DecodeLimits defaults;
   if (bundle.tensors.size() > defaults.max_tensors) {
@@ -328,10 +332,17 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
   }
 
   std::string stored;
-  if (options.zstd) {
+  bool zstd = options.zstd;
+  if (zstd) {
     FEDGE_ASSIGN_OR_RETURN(stored, internal::CompressBody(body, options.zstd_level));
+    // Not worth the reader's decompression: store the body plain.
+    const double saved = body.empty() ? 0.0 : 1.0 - static_cast<double>(stored.size()) / body.size();
+    if (options.zstd_min_saving > 0.0 && saved < options.zstd_min_saving) {
+      zstd = false;
+      stored.clear();
+    }
   }
-  const std::string& payload = options.zstd ? stored : body;
+  const std::string& payload = zstd ? stored : body;
 
   // Version 1 whenever it can express the bundle, so version-1 readers and
   // byte-exact fixtures keep working for the codecs they know.
@@ -341,7 +352,7 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
   out.append(kMagic, sizeof(kMagic));
   PutLe<uint16_t>(&out, needs_v2 ? kFormatVersionV2 : kFormatVersion);
   out.push_back(static_cast<char>(codec));
-  out.push_back(static_cast<char>((options.zstd ? kFlagZstd : 0) | (sparse ? kFlagSparse : 0)));
+  out.push_back(static_cast<char>((zstd ? kFlagZstd : 0) | (sparse ? kFlagSparse : 0)));
   PutLe<uint32_t>(&out, block_size);
   PutLe<uint32_t>(&out, static_cast<uint32_t>(bundle.tensors.size()));
   PutLe<uint64_t>(&out, body.size());

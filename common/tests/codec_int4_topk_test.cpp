@@ -47,6 +47,7 @@ EncodeOptions Options(Codec codec, bool zstd, double topk = 0, int block_size = 
   EncodeOptions o;
   o.codec = codec;
   o.zstd = zstd;
+  o.zstd_min_saving = 0;  // zstd means a zstd body here, whatever it saves
   o.topk_fraction = topk;
   o.block_size = block_size;
   return o;

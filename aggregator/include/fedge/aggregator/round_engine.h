@@ -188,8 +188,11 @@ struct EngineOptions {
   StrategySpec strategy;
   AdapterSpec adapter;  // LoRA aggregation mode and rank (lora_aggregation.h)
   // How the global is encoded for FetchGlobal: lossless, so every agent trains
-  // from exactly the aggregator's global.
-  EncodeOptions global_encoding{Codec::kFp32, 64, /*zstd=*/true, 3};
+  // from exactly the aggregator's global. zstd whatever it saves: the global
+  // is encoded once and sent to every agent, so each byte saved is saved N
+  // times (the agents decompress it, not the aggregator).
+  EncodeOptions global_encoding{
+      .codec = Codec::kFp32, .block_size = 64, .zstd = true, .zstd_level = 3, .zstd_min_saving = 0};
   DpOptions dp;
   SecAggOptions secagg;
 };
