@@ -432,7 +432,17 @@ def mean_curve(curves):
 def gap_table(args, results):
     """Markdown lines of the gap table and the verdicts against issue 14's goals."""
     groups = gap_groups(results, args.alphas)
-    central = {g["alpha"]: g for g in groups if g["name"] == "centralized" and g["finals"]}
+    # The limit is the best centralized run: of the centralized configurations made at every seed
+    # the reference ("centralized") ran at, the one with the highest seed-mean final accuracy.
+    central = {}
+    for alpha in args.alphas:
+        base = next((g for g in groups if g["alpha"] == alpha and g["name"] == "centralized" and g["finals"]), None)
+        if base is None:
+            continue
+        full = [g for g in groups if g["alpha"] == alpha and is_centralized(g["name"]) and g["finals"]
+                and set(base["seeds"]) <= set(g["seeds"])]
+        central[alpha] = max(full, key=lambda g: mean([f for f, s in zip(g["finals"], g["seeds"])
+                                                       if s in base["seeds"]]))
     lines = ["| α | configuration | seeds | final acc. mean | spread (min–max) | Δ vs centralized (points) "
              "| mean accuracy after rounds 1..%d | first round within 1 point |" % args.rounds,
              "|---|---|---|--:|--:|--:|---|--:|"]
@@ -456,13 +466,13 @@ def gap_table(args, results):
         cm = mean(c["finals"]) if c else None
         curve = mean_curve(g["curves"])
         within = "—"
-        if cm is not None and g["name"] != "centralized":
+        if cm is not None and g is not c:
             hit = [i + 1 for i, a in enumerate(curve) if a >= cm - 0.01]
             within = str(hit[0]) if hit else "not in %d" % len(curve)
         lines.append("| %s | %s%s | %s | %.4f | %s | %s | %s | %s |" % (
             g["alpha"], g["desc"], " ‡" if g["shared"] else "", ", ".join(str(x) for x in g["seeds"]), m,
             "%.4f–%.4f" % (min(g["finals"]), max(g["finals"])) if len(g["finals"]) > 1 else "(one seed)",
-            "%+.1f" % (100 * (m - cm)) if cm is not None and g["name"] != "centralized" else "—",
+            "%+.1f" % (100 * (m - cm)) if cm is not None and g is not c else "—",
             ", ".join("%.3f" % a for a in curve), within))
         if g["missing"]:
             notes.append("- α=%s %s: %s" % (g["alpha"], g["name"], "; ".join(g["missing"])))
@@ -473,13 +483,15 @@ def gap_table(args, results):
         cm = mean(c["finals"])
         goal = 0.02 if alpha >= 0.5 else 0.05
         rows = [g for g in groups if g["alpha"] == alpha and g["finals"] and not is_centralized(g["name"])]
+        # A goal is judged at the seeds the reference ran at: rows run at fewer are not candidates.
+        rows = [g for g in rows if set(c["seeds"]) <= set(g["seeds"])] or rows
         if not rows:
             continue
         best = max(rows, key=lambda g: mean(g["finals"]))
         m = mean(best["finals"])
-        verdict.append("- α=%s: best %s at %.4f (%d seed%s) vs centralized %.4f: %+.1f points; goal within %d "
+        verdict.append("- α=%s: best %s at %.4f (%d seed%s) vs %s %.4f: %+.1f points; goal within %d "
                        "points: %s." % (alpha, best["name"], m, len(best["finals"]),
-                                        "" if len(best["finals"]) == 1 else "s", cm, 100 * (m - cm),
+                                        "" if len(best["finals"]) == 1 else "s", c["name"], cm, 100 * (m - cm),
                                         round(goal * 100), "met" if m >= cm - goal else "not met"))
     for alpha, names in unrun.items():
         notes.append("- α=%s, no run made: %s." % (alpha, ", ".join(names)))
@@ -503,11 +515,11 @@ def write_gap_doc(args, results, started):
             "round (quorum 0), LoRA r=8 on query/value + classifier head, all-MiniLM-L6-v2, training seed 7. "
             "Accuracy is the example-weighted held-out accuracy of the global over every agent's test slice "
             "(2,000 examples) after each round (round records); mean and min–max over the seeds. Δ is "
-            "against the mean of the centralized reference over the seeds it ran at (its row lists them; "
-            "`fedge run --centralized`: "
-            "one agent on the union of the shards, localSteps × agents steps per round). \"First round "
-            "within 1 point\": the first round whose seed-mean accuracy is at least the centralized final "
-            "mean − 0.01." % (
+            "against the best centralized run (`fedge run --centralized`: one agent on the union of the "
+            "shards, localSteps × agents steps per round): of the centralized configurations run at every "
+            "seed the reference ran at, the highest seed-mean (its Δ is —; the verdicts name it). \"First "
+            "round within 1 point\": the first round whose seed-mean accuracy is at least that centralized "
+            "final mean − 0.01." % (
                 argv, "table written from the runs' summaries" if args.render_only else "started", started,
                 os.uname().nodename, args.version, args.agents,
                 ", ".join(str(a) for a in args.alphas), ", ".join(str(x) for x in args.data_seeds),
@@ -618,6 +630,8 @@ def main():
                        if n in wanted and not any(r["name"] == n and r["alpha"] == a and r["seed"] == s
                                                   for r in results)]
             (write_gap_doc if gap else write_doc)(args, results + pending, started)
+    # Once more with everything: a shared centralized copy appended last is in no write above.
+    (write_gap_doc if gap else write_doc)(args, results, started)
     log("wrote " + args.doc)
 
 
