@@ -14,8 +14,8 @@
 // writes of one more reconcile once nothing changes (must be 0). Nodes, jobs and pods it
 // created are deleted afterwards.
 //
-//   build/bench/fedge_bench_operator --kubeconfig /tmp/fedge-control-plane/kubeconfig \
-//       --nodes 1,10,100,1000 --runs 5
+//   build/bench/fedge_bench_operator --kubeconfig /tmp/fedge-control-plane/kubeconfig --nodes 1,10,100 --runs
+//   5
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -24,8 +24,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -58,6 +60,114 @@ Json Job() {
            {{"model", {{"path", "/var/lib/fedge/m"}, {"labels", {"a", "b"}}}},
             {"data", {{"path", "/var/lib/fedge/d"}}},
             {"agents", {{"nodeSelector", {{"fedge.io/edge", "true"}}}}}}}};
+}
+
+// The namespace of kubelets' node heartbeat Leases.
+constexpr const char* kNodeLeaseNs = "kube-node-lease";
+
+// Now as a Kubernetes MicroTime ("2026-12-04T03:45:05.123456Z").
+std::string MicroTime() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  long us = static_cast<long>(
+      std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[64];
+  std::snprintf(out, sizeof(out), "%s.%06ldZ", buf, us);
+  return out;
+}
+
+// What a kubelet registers: Ready, with a small edge device's capacity (4 CPUs, 8 GiB,
+// 110 pods), so the scheduler can bind the agent pods as it would on a real cluster.
+Json ReadyNodeStatus(const std::string& now) {
+  std::string seconds = now.substr(0, 19) + "Z";  // conditions carry metav1.Time
+  Json capacity = {{"cpu", "4"}, {"memory", "8Gi"}, {"pods", "110"}, {"ephemeral-storage", "64Gi"}};
+  return {{"capacity", capacity},
+          {"allocatable", capacity},
+          {"conditions", Json::array({{{"type", "Ready"},
+                                       {"status", "True"},
+                                       {"reason", "KubeletReady"},
+                                       {"message", "fedge_bench_operator"},
+                                       {"lastHeartbeatTime", seconds},
+                                       {"lastTransitionTime", seconds}}})}};
+}
+
+Json NodeLease(const std::string& node, const std::string& now) {
+  return {{"apiVersion", "coordination.k8s.io/v1"},
+          {"kind", "Lease"},
+          {"metadata", {{"name", node}, {"namespace", kNodeLeaseNs}}},
+          {"spec", {{"holderIdentity", node}, {"leaseDurationSeconds", 40}, {"renewTime", now}}}};
+}
+
+// Renews every bench node's Lease every 10 s, spread evenly over the interval, as
+// kubelets do (nodeLeaseDurationSeconds 40, renewal at a quarter of it): without it the
+// node lifecycle controller marks the nodes NotReady after its grace period and taints
+// them, and the scheduler stops placing pods. At 1,000 nodes this is 100 writes/s, the
+// background a real cluster of that size carries too.
+class NodeHeartbeats {
+ public:
+  NodeHeartbeats(KubeClient* api, std::string tag, int n)
+      : api_(api), tag_(std::move(tag)), n_(n), threads_n_(std::min(n, kThreads)) {
+    for (int t = 0; t < threads_n_; ++t) threads_.emplace_back([this, t] { Loop(t); });
+  }
+  ~NodeHeartbeats() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  static constexpr int kThreads = 4;
+  void Loop(int t) {
+    const auto period = std::chrono::microseconds(10'000'000);
+    auto next = Steady::now();
+    for (int i = t;; i += threads_n_) {
+      if (i >= n_) i = t;
+      next += period * threads_n_ / n_;
+      std::unique_lock<std::mutex> l(mu_);
+      if (cv_.wait_until(l, next, [this] { return stop_; })) return;
+      l.unlock();
+      api_->MergePatch(res::kLeases, kNodeLeaseNs, tag_ + "-node-" + std::to_string(i),
+                       {{"spec", {{"renewTime", MicroTime()}}}})
+          .ok();
+    }
+  }
+  KubeClient* api_;
+  const std::string tag_;
+  const int n_, threads_n_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // guarded by mu_
+  std::vector<std::thread> threads_;
+};
+
+// True once every node of `tag` is listed without the node.kubernetes.io/not-ready taint.
+bool WaitNodesSchedulable(KubeClient& api, const std::string& tag, int n, std::chrono::seconds timeout) {
+  ListOptions o;
+  o.label_selector = "fedge.io/bench=" + tag;
+  auto deadline = Steady::now() + timeout;
+  while (Steady::now() < deadline) {
+    auto l = api.List(res::kNodes, "", o);
+    int ready = 0;
+    if (l.ok()) {
+      for (const auto& node : l->items) {
+        bool tainted = false;
+        for (const auto& taint : node["spec"].value("taints", Json::array())) {
+          tainted = tainted || taint.value("key", "") == "node.kubernetes.io/not-ready";
+        }
+        ready += tainted ? 0 : 1;
+      }
+    }
+    if (ready >= n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // polls the API server
+  }
+  return false;
 }
 
 int Reads(const FakeKubeClient& c) { return c.CountCalls("get") + c.CountCalls("list"); }
@@ -182,9 +292,14 @@ class PodWatch {
       api_->Watch(
               res::kPods, "default", wo,
               [this](const WatchEvent& ev) {
-                if (ev.type != WatchEventType::kAdded) return;
+                if (ev.type != WatchEventType::kAdded && ev.type != WatchEventType::kModified) return;
                 std::lock_guard<std::mutex> l(mu_);
-                names_.insert(ev.object["metadata"].value("name", ""));
+                const std::string name = ev.object["metadata"].value("name", "");
+                names_.insert(name);
+                if (!ev.object["spec"].value("nodeName", "").empty() &&
+                    ev.object["metadata"]["labels"].value(kLabelRole, "") == "agent") {
+                  bound_.insert(name);
+                }
                 cv_.notify_all();
               },
               &cancel_)
@@ -199,6 +314,12 @@ class PodWatch {
     std::unique_lock<std::mutex> l(mu_);
     return cv_.wait_for(l, timeout, [&] { return names_.size() >= n; });
   }
+  // Until n agent pods have a spec.nodeName (the scheduler bound them; the aggregator's
+  // checkpoint claim stays unbound without a default StorageClass, so it is not counted).
+  bool WaitBound(size_t n, std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, timeout, [&] { return bound_.size() >= n; });
+  }
 
  private:
   KubeClient* api_;
@@ -206,6 +327,7 @@ class PodWatch {
   std::mutex mu_;
   std::condition_variable cv_;
   std::set<std::string> names_;  // guarded by mu_
+  std::set<std::string> bound_;  // guarded by mu_
   std::thread thread_;
 };
 
@@ -220,6 +342,7 @@ void Settle(JobController& ctl, std::chrono::milliseconds quiet) {
 
 struct RunResult {
   double ms = 0;
+  double bound_ms = -1;  // job created -> every pod bound to its node (ready nodes only)
   int64_t reconciles = 0, writing = 0;
   int reads = 0, writes = 0, steady_reads = 0, steady_writes = 0;
   std::string profile;  // requests by verb and resource until every pod existed
@@ -230,36 +353,55 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
-int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& sizes, int runs,
-                     int concurrency) {
+int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& sizes, int runs, int concurrency,
+                     bool ready_nodes, bool wait_bound) {
   auto cfg = LoadKubeConfig(kubeconfig);
   if (!cfg.ok()) {
     std::fprintf(stderr, "kubeconfig: %s\n", cfg.status().ToString().c_str());
     return 2;
   }
   RestKubeClient api(*cfg);
-  std::printf("real API server %s, %d run(s) per size, apply concurrency %d\n", cfg->server.c_str(), runs,
-              concurrency);
-  std::printf("%-6s %10s %10s %10s %10s %11s %9s %9s %13s %13s\n", "nodes", "p50_ms", "min_ms", "max_ms",
-              "reconciles", "creating", "reads", "writes", "req/creating", "steady_writes");
+  std::printf("real API server %s, %d run(s) per size, apply concurrency %d, %s\n", cfg->server.c_str(), runs,
+              concurrency,
+              ready_nodes ? "nodes Ready with capacity and a Lease renewed every 10 s (as kubelets)"
+                          : "bare Node objects (no status, no Lease: never schedulable)");
+  std::printf("%-6s %10s %10s %10s %10s %11s %9s %9s %13s %13s %10s\n", "nodes", "p50_ms", "min_ms", "max_ms",
+              "reconciles", "creating", "reads", "writes", "req/creating", "steady_writes", "bound_ms");
   std::fflush(stdout);
   for (int n : sizes) {
     const std::string tag = "bench-" + std::to_string(n);
     std::atomic<int> node_errors{0};
     ParallelFor(n, 16, [&](int i) {
+      const std::string name = tag + "-node-" + std::to_string(i);
       Json node = {
           {"apiVersion", "v1"},
           {"kind", "Node"},
           {"metadata",
-           {{"name", tag + "-node-" + std::to_string(i)},
-            {"labels",
-             {{"fedge.io/bench", tag}, {"kubernetes.io/hostname", tag + "-node-" + std::to_string(i)}}}}}};
+           {{"name", name}, {"labels", {{"fedge.io/bench", tag}, {"kubernetes.io/hostname", name}}}}}};
+      if (ready_nodes) node["status"] = ReadyNodeStatus(MicroTime());
       auto c = api.Create(res::kNodes, "", node);
       if (!c.ok() && !IsAlreadyExists(c.status())) {
         if (node_errors++ == 0) std::fprintf(stderr, "create node: %s\n", c.status().ToString().c_str());
       }
+      if (!ready_nodes) return;
+      auto l = api.Create(res::kLeases, kNodeLeaseNs, NodeLease(name, MicroTime()));
+      if (!l.ok() && !IsAlreadyExists(l.status())) {
+        if (node_errors++ == 0)
+          std::fprintf(stderr, "create node lease: %s\n", l.status().ToString().c_str());
+      }
     });
     if (node_errors > 0) return 1;
+    std::unique_ptr<NodeHeartbeats> heartbeats;
+    if (ready_nodes) {
+      heartbeats = std::make_unique<NodeHeartbeats>(&api, tag, n);
+      // A real edge node is Ready and untainted before a job selects it: wait until the
+      // node lifecycle controller has removed the not-ready taint the API server adds at
+      // registration (TaintNodesByCondition) from every node.
+      if (!WaitNodesSchedulable(api, tag, n, std::chrono::seconds(120))) {
+        std::printf("timeout: nodes still tainted not-ready after 120 s\n");
+        return 1;
+      }
+    }
     std::vector<RunResult> results;
     for (int run = 0; run < runs; ++run) {
       const std::string job_name = tag + "-r" + std::to_string(run);
@@ -293,6 +435,11 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       r.reads = client.reads;
       r.writes = client.writes;
       r.profile = client.Profile();
+      if (ready_nodes && wait_bound) {  // not the goal: how long until the scheduler placed them
+        r.bound_ms = pods.WaitBound(static_cast<size_t>(n), std::chrono::seconds(300))
+                         ? std::chrono::duration<double, std::milli>(Steady::now() - t0).count()
+                         : -1;
+      }
       Settle(ctl, std::chrono::milliseconds(500));
       r.reconciles = ctl.reconciles() - reconciles0;
       r.writing = ctl.writing_reconciles() - writing0;
@@ -324,8 +471,11 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
         });
       }
     }
-    ParallelFor(n, 16,
-                [&](int i) { api.Delete(res::kNodes, "", tag + "-node-" + std::to_string(i), {}).ok(); });
+    heartbeats.reset();
+    ParallelFor(n, 16, [&](int i) {
+      api.Delete(res::kNodes, "", tag + "-node-" + std::to_string(i), {}).ok();
+      if (ready_nodes) api.Delete(res::kLeases, kNodeLeaseNs, tag + "-node-" + std::to_string(i), {}).ok();
+    });
     std::vector<double> ms;
     for (const auto& r : results) ms.push_back(r.ms);
     // Counts from the median run.
@@ -333,11 +483,11 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
         *std::min_element(results.begin(), results.end(), [&](const auto& a, const auto& b) {
           return std::abs(a.ms - Median(ms)) < std::abs(b.ms - Median(ms));
         });
-    std::printf("%-6d %10.1f %10.1f %10.1f %10lld %11lld %9d %9d %13.1f %13d\n", n, Median(ms),
+    std::printf("%-6d %10.1f %10.1f %10.1f %10lld %11lld %9d %9d %13.1f %13d %10.1f\n", n, Median(ms),
                 *std::min_element(ms.begin(), ms.end()), *std::max_element(ms.begin(), ms.end()),
                 static_cast<long long>(mid.reconciles), static_cast<long long>(mid.writing), mid.reads,
                 mid.writes, mid.writing ? static_cast<double>(mid.reads + mid.writes) / mid.writing : 0.0,
-                mid.steady_writes);
+                mid.steady_writes, mid.bound_ms);
     std::printf("       requests (median run): %s\n", mid.profile.c_str());
     std::fflush(stdout);
   }
@@ -347,7 +497,8 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       "median run's. reconciles: passes until the controller went quiet; creating: passes that wrote\n"
       "something; reads/writes: the controller's requests until every pod existed (Events excluded;\n"
       "watches not counted); req/creating: (reads+writes)/creating; steady_writes: writes of one more\n"
-      "pass with nothing changed (must be 0).\n");
+      "pass with nothing changed (must be 0); bound_ms: job created -> the scheduler has bound every\n"
+      "agent pod to its node (--wait-bound with ready nodes, else -1; not part of the goal).\n");
   return 0;
 }
 
@@ -373,6 +524,7 @@ int main(int argc, char** argv) {
   std::string kubeconfig;
   std::vector<int> sizes = {1, 10, 100};
   int runs = 3, concurrency = ReconcilerOptions{}.apply_concurrency;
+  bool ready_nodes = true, wait_bound = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
@@ -384,12 +536,20 @@ int main(int argc, char** argv) {
       runs = std::atoi(argv[++i]);
     } else if (a == "--concurrency" && *v) {
       concurrency = std::atoi(argv[++i]);
+    } else if (a == "--nodes-kind" && (std::string(v) == "ready" || std::string(v) == "bare")) {
+      ready_nodes = std::string(argv[++i]) == "ready";
+    } else if (a == "--wait-bound") {
+      wait_bound = true;
     } else {
       std::printf(
           "usage: fedge_bench_operator [--kubeconfig PATH] [--nodes 1,10,100] [--runs 3] [--concurrency %d]\n"
           "  no --kubeconfig: in-process fake API server; with it: a real API server with the CRD.\n"
           "  --nodes: sizes; --runs: runs per size (p50 printed; real API server only);\n"
-          "  --concurrency: requests a reconcile wave may have in flight (1 = one after another)\n",
+          "  --concurrency: requests a reconcile wave may have in flight (1 = one after another)\n"
+          "  --nodes-kind ready|bare (real API server): ready (default) registers each Node as a\n"
+          "    kubelet would (Ready, capacity, a Lease renewed every 10 s) so the scheduler binds the\n"
+          "    pods; bare registers Node objects without status (the scheduler fails every pod)\n"
+          "  --wait-bound (ready nodes): also time until the scheduler has bound every agent pod\n",
           ReconcilerOptions{}.apply_concurrency);
       return a == "--help" ? 0 : 2;
     }
@@ -398,7 +558,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--nodes takes positive sizes separated by commas; --runs and --concurrency >= 1\n");
     return 2;
   }
-  if (!kubeconfig.empty()) return RealControlPlane(kubeconfig, sizes, runs, concurrency);
+  if (!kubeconfig.empty())
+    return RealControlPlane(kubeconfig, sizes, runs, concurrency, ready_nodes, wait_bound);
   std::printf("%-6s %12s %10s %14s %14s %16s %16s\n", "nodes", "to_pods_ms", "reconciles", "writes",
               "req/reconcile", "steady_req(inf)", "steady_req(api)");
   for (int n : sizes) {

@@ -11,7 +11,9 @@
 #
 # Environment: FEDGE_CP_DIR (default /tmp/fedge-cp-opbench; stopped afterwards only if
 # this script started it), BUILD (default build), SIZES (1,10,100), RUNS (5), BIG (1000;
-# empty skips it), CONCURRENCY (the operator's --apply-concurrency default when empty).
+# empty skips it), CONCURRENCY (the operator's --apply-concurrency default when empty),
+# NODES_KIND (ready: Nodes registered as kubelets do - Ready, capacity, Leases renewed -
+# the default; bare: Node objects without status, the figures before session 14).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 export FEDGE_CP_DIR="${FEDGE_CP_DIR:-/tmp/fedge-cp-opbench}"
@@ -43,6 +45,7 @@ run() {  # run <sizes> <runs>
   echo "== $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg), nodes $1, runs $2"
   local extra=()
   [[ -n "${CONCURRENCY:-}" ]] && extra=(--concurrency "$CONCURRENCY")
+  extra+=(--nodes-kind "${NODES_KIND:-ready}")
   nice -n 10 "$BENCH" --kubeconfig "$FEDGE_CP_DIR/kubeconfig" --nodes "$1" --runs "$2" "${extra[@]}"
   echo "== $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   local line="control plane CPU during it (s):"
