@@ -1111,10 +1111,10 @@ int main(int argc, char** argv) {
   Bench bench(aggregator, rounds, threads, channels, values, wait_ms, zstd_min_saving);
   bench.skip_fetch_ = skip_fetch;
   if (skip_fetch) std::printf("diagnostic --skip-fetch: the agents never download the global\n");
-  std::printf(
-      "model: %lld values, %.1f KB fp32; update: int8 (zstd if it saves >= %.0f%%) %.1f KB on the wire\n",
-      static_cast<long long>(values), static_cast<double>(bench.model_bytes()) / 1024.0,
-      100.0 * zstd_min_saving, static_cast<double>(bench.update_bytes()) / 1024.0);
+  std::printf("model: %lld values, %.1f KB fp32; update: int8, zstd %s%.0f%%, %.1f KB on the wire\n",
+              static_cast<long long>(values), static_cast<double>(bench.model_bytes()) / 1024.0,
+              zstd_min_saving > 0 ? "if it saves >= " : "always, --zstd-min-saving ", 100.0 * zstd_min_saving,
+              static_cast<double>(bench.update_bytes()) / 1024.0);
   if (breakdown) {
     auto plain =
         EncodeBundle(Random(values, 100, 0.001f), EncodeOptions{Codec::kInt8, 64, /*zstd=*/false, 3});
