@@ -126,8 +126,8 @@ class TrainableModel {
 
   // Runs `options.steps` AdamW steps (FedProx term, clipping) on batches sampled
   // (seeded) from `data`. The optimizer state is fresh for each call (one call =
-  // one local round) unless options.keep_optimizer_state. INVALID_ARGUMENT for empty data or bad options; INTERNAL
-  // if the loss turns non-finite (the parameters are restored first).
+  // one local round) unless options.keep_optimizer_state. INVALID_ARGUMENT for empty data or bad options;
+  // INTERNAL if the loss turns non-finite (the parameters are restored first).
   virtual StatusOr<TrainResult> Train(const std::vector<Example>& data, const TrainOptions& options) = 0;
   virtual StatusOr<EvalResult> Evaluate(const std::vector<Example>& data, int batch_size) = 0;
   // Number of tokens `text` encodes to, untruncated (with the model's special tokens).
