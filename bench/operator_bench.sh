@@ -25,6 +25,8 @@ BENCH="$BUILD/bench/fedge_bench_operator"
 [[ -x "$BENCH" ]] || { echo "build $BENCH first: ninja -C build fedge_bench_operator" >&2; exit 2; }
 
 started=0
+# Stop what this script started also when a run fails (set -e ends the script there).
+trap '[[ "$started" == 1 ]] && "$HERE/scripts/cluster/stop-control-plane.sh" >&2' EXIT
 if ! [[ -f "$FEDGE_CP_DIR/run/kube-apiserver.pid" ]] || ! kill -0 "$(cat "$FEDGE_CP_DIR/run/kube-apiserver.pid")" 2>/dev/null; then
   "$HERE/scripts/cluster/start-control-plane.sh" >&2
   started=1
@@ -55,5 +57,4 @@ run() {  # run <sizes> <runs>
   echo "$line"
 }
 run "$SIZES" "$RUNS"
-[[ -n "$BIG" ]] && run "$BIG" 1
-if [[ "$started" == 1 ]]; then "$HERE/scripts/cluster/stop-control-plane.sh" >&2; fi
+if [[ -n "$BIG" ]]; then run "$BIG" 1; fi
