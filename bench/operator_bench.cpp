@@ -374,8 +374,9 @@ void Settle(JobController& ctl, std::chrono::milliseconds quiet) {
 
 struct RunResult {
   double ms = 0;
-  double bound_ms = -1;    // job created -> every pod bound to its node (ready nodes only)
-  int watch_restarts = 0;  // the bench's pod watch resumed (the API server dropped it)
+  double bound_ms = -1;  // job created -> every pod bound to its node (ready nodes only)
+  int watch_restarts = 0;
+  int concurrency = 0;  // the bench's pod watch resumed (the API server dropped it)
   int64_t reconciles = 0, writing = 0;
   int reads = 0, writes = 0, steady_reads = 0, steady_writes = 0;
   std::string profile;  // requests by verb and resource until every pod existed
@@ -386,20 +387,23 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
-int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& sizes, int runs, int concurrency,
-                     bool ready_nodes, bool wait_bound) {
+int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& sizes, int runs,
+                     const std::vector<int>& concurrencies, bool ready_nodes, bool wait_bound) {
   auto cfg = LoadKubeConfig(kubeconfig);
   if (!cfg.ok()) {
     std::fprintf(stderr, "kubeconfig: %s\n", cfg.status().ToString().c_str());
     return 2;
   }
   RestKubeClient api(*cfg);
-  std::printf("real API server %s, %d run(s) per size, apply concurrency %d, %s\n", cfg->server.c_str(), runs,
-              concurrency,
+  std::string conc_list;
+  for (int c : concurrencies) conc_list += (conc_list.empty() ? "" : ",") + std::to_string(c);
+  std::printf("real API server %s, %d run(s) per size%s, apply concurrency %s, %s\n", cfg->server.c_str(),
+              runs, concurrencies.size() > 1 ? " and concurrency (interleaved)" : "", conc_list.c_str(),
               ready_nodes ? "nodes Ready with capacity and a Lease renewed every 10 s (as kubelets)"
                           : "bare Node objects (no status, no Lease: never schedulable)");
-  std::printf("%-6s %10s %10s %10s %10s %11s %9s %9s %13s %13s %10s\n", "nodes", "p50_ms", "min_ms", "max_ms",
-              "reconciles", "creating", "reads", "writes", "req/creating", "steady_writes", "bound_ms");
+  std::printf("%-6s %10s %10s %10s %10s %11s %9s %9s %13s %13s %10s %11s\n", "nodes", "p50_ms", "min_ms",
+              "max_ms", "reconciles", "creating", "reads", "writes", "req/creating", "steady_writes",
+              "bound_ms", "concurrency");
   std::fflush(stdout);
   for (int n : sizes) {
     const std::string tag = "bench-" + std::to_string(n);
@@ -436,8 +440,13 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       }
     }
     std::vector<RunResult> results;
-    for (int run = 0; run < runs; ++run) {
-      const std::string job_name = tag + "-r" + std::to_string(run);
+    // With several concurrencies the runs alternate between them (16, 32, 16, 32, ...), so
+    // each is measured on the same nodes and under the same background.
+    for (int run_index = 0; run_index < runs * static_cast<int>(concurrencies.size()); ++run_index) {
+      const int run = run_index / static_cast<int>(concurrencies.size());
+      const int concurrency = concurrencies[run_index % concurrencies.size()];
+      const std::string job_name = tag + "-r" + std::to_string(run) +
+                                   (concurrencies.size() > 1 ? "-c" + std::to_string(concurrency) : "");
       CountingClient client(&api);
       ControllerOptions opts;
       opts.workers = 2;
@@ -449,6 +458,7 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       }
       Settle(ctl, std::chrono::milliseconds(200));  // jobs left over from an earlier run
       RunResult r;
+      r.concurrency = concurrency;
       int64_t reconciles0 = ctl.reconciles(), writing0 = ctl.writing_reconciles();
       PodWatch pods(&api, job_name);
       client.Clear();
@@ -510,25 +520,42 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       api.Delete(res::kNodes, "", tag + "-node-" + std::to_string(i), {}).ok();
       if (ready_nodes) api.Delete(res::kLeases, kNodeLeaseNs, tag + "-node-" + std::to_string(i), {}).ok();
     });
-    std::vector<double> ms;
-    for (const auto& r : results) ms.push_back(r.ms);
-    // Counts from the median run.
-    const RunResult& mid =
-        *std::min_element(results.begin(), results.end(), [&](const auto& a, const auto& b) {
-          return std::abs(a.ms - Median(ms)) < std::abs(b.ms - Median(ms));
-        });
-    std::printf("%-6d %10.1f %10.1f %10.1f %10lld %11lld %9d %9d %13.1f %13d %10.1f\n", n, Median(ms),
-                *std::min_element(ms.begin(), ms.end()), *std::max_element(ms.begin(), ms.end()),
-                static_cast<long long>(mid.reconciles), static_cast<long long>(mid.writing), mid.reads,
-                mid.writes, mid.writing ? static_cast<double>(mid.reads + mid.writes) / mid.writing : 0.0,
-                mid.steady_writes, mid.bound_ms);
-    std::printf("       requests (median run): %s\n", mid.profile.c_str());
-    int restarts = 0;
-    for (const auto& r : results) restarts += r.watch_restarts;
-    if (restarts > 0) {
-      std::printf(
-          "       the bench's pod watch was resumed %d time(s) over the runs (the API server ended it)\n",
-          restarts);
+    for (int concurrency : concurrencies) {
+      std::vector<RunResult> mine;
+      for (const auto& r : results)
+        if (r.concurrency == concurrency) mine.push_back(r);
+      std::vector<double> ms;
+      for (const auto& r : mine) ms.push_back(r.ms);
+      // Counts from the median run.
+      const RunResult& mid = *std::min_element(mine.begin(), mine.end(), [&](const auto& a, const auto& b) {
+        return std::abs(a.ms - Median(ms)) < std::abs(b.ms - Median(ms));
+      });
+      std::printf("%-6d %10.1f %10.1f %10.1f %10lld %11lld %9d %9d %13.1f %13d %10.1f %11d\n", n, Median(ms),
+                  *std::min_element(ms.begin(), ms.end()), *std::max_element(ms.begin(), ms.end()),
+                  static_cast<long long>(mid.reconciles), static_cast<long long>(mid.writing), mid.reads,
+                  mid.writes, mid.writing ? static_cast<double>(mid.reads + mid.writes) / mid.writing : 0.0,
+                  mid.steady_writes, mid.bound_ms, concurrency);
+      std::printf("       requests (median run): %s\n", mid.profile.c_str());
+      int restarts = 0;
+      for (const auto& r : mine) restarts += r.watch_restarts;
+      if (restarts > 0) {
+        std::printf(
+            "       the bench's pod watch was resumed %d time(s) over the runs (the API server ended it)\n",
+            restarts);
+      }
+    }
+    if (concurrencies.size() > 1) {
+      std::printf("       p50 ratio to concurrency %d:", concurrencies[0]);
+      std::vector<double> base;
+      for (const auto& r : results)
+        if (r.concurrency == concurrencies[0]) base.push_back(r.ms);
+      for (size_t k = 1; k < concurrencies.size(); ++k) {
+        std::vector<double> ms;
+        for (const auto& r : results)
+          if (r.concurrency == concurrencies[k]) ms.push_back(r.ms);
+        std::printf(" %d: %.2f", concurrencies[k], Median(ms) / Median(base));
+      }
+      std::printf("\n");
     }
     std::fflush(stdout);
   }
@@ -564,7 +591,8 @@ int main(int argc, char** argv) {
   fedge::log::Init("bench", fedge::log::Level::kError);
   std::string kubeconfig;
   std::vector<int> sizes = {1, 10, 100};
-  int runs = 3, concurrency = ReconcilerOptions{}.apply_concurrency;
+  int runs = 3;
+  std::vector<int> concurrencies = {ReconcilerOptions{}.apply_concurrency};
   bool ready_nodes = true, wait_bound = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -576,17 +604,19 @@ int main(int argc, char** argv) {
     } else if (a == "--runs" && *v) {
       runs = std::atoi(argv[++i]);
     } else if (a == "--concurrency" && *v) {
-      concurrency = std::atoi(argv[++i]);
+      concurrencies = ParseSizes(argv[++i]);
     } else if (a == "--nodes-kind" && (std::string(v) == "ready" || std::string(v) == "bare")) {
       ready_nodes = std::string(argv[++i]) == "ready";
     } else if (a == "--wait-bound") {
       wait_bound = true;
     } else {
       std::printf(
-          "usage: fedge_bench_operator [--kubeconfig PATH] [--nodes 1,10,100] [--runs 3] [--concurrency %d]\n"
+          "usage: fedge_bench_operator [--kubeconfig PATH] [--nodes 1,10,100] [--runs 3] [--concurrency "
+          "%d[,C...]]\n"
           "  no --kubeconfig: in-process fake API server; with it: a real API server with the CRD.\n"
           "  --nodes: sizes; --runs: runs per size (p50 printed; real API server only);\n"
-          "  --concurrency: requests a reconcile wave may have in flight (1 = one after another)\n"
+          "  --concurrency: requests a reconcile wave may have in flight (1 = one after another); with\n"
+          "    several (real API server), the runs alternate between them and each gets its own row\n"
           "  --nodes-kind ready|bare (real API server): ready (default) registers each Node as a\n"
           "    kubelet would (Ready, capacity, a Lease renewed every 10 s) so the scheduler binds the\n"
           "    pods; bare registers Node objects without status (the scheduler fails every pod)\n"
@@ -595,12 +625,13 @@ int main(int argc, char** argv) {
       return a == "--help" ? 0 : 2;
     }
   }
-  if (sizes.empty() || runs < 1 || concurrency < 1) {
+  if (sizes.empty() || runs < 1 || concurrencies.empty()) {
     std::fprintf(stderr, "--nodes takes positive sizes separated by commas; --runs and --concurrency >= 1\n");
     return 2;
   }
   if (!kubeconfig.empty())
-    return RealControlPlane(kubeconfig, sizes, runs, concurrency, ready_nodes, wait_bound);
+    return RealControlPlane(kubeconfig, sizes, runs, concurrencies, ready_nodes, wait_bound);
+  const int concurrency = concurrencies.front();
   std::printf("%-6s %12s %10s %14s %14s %16s %16s\n", "nodes", "to_pods_ms", "reconciles", "writes",
               "req/reconcile", "steady_req(inf)", "steady_req(api)");
   for (int n : sizes) {
