@@ -91,6 +91,23 @@ CONFIGS = [
     ("centralized-keep", "centralized, AdamW state kept across rounds (one agent, union of the shards, "
      "localSteps × agents)",
      {"rounds": {"optimizerState": "keep"}}),
+    # Keep only AdamW's second moment and step count; the first moment (the agent's own
+    # last direction, its drift, which SCAFFOLD cancels) restarts from 0 every round
+    # (spec.rounds.optimizerState keep-second-moment).
+    ("scaffold-lr4e-3-keepv", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW second "
+     "moment kept across rounds (first moment zeroed), int8 + EF",
+     {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.004, "optimizerState": "keep-second-moment"},
+      "compression": {"codec": "int8"}}),
+    # Restricted softmax for locally absent classes (FedRS, Li & Zhan, KDD 2021): while an agent
+    # trains, the logits of classes with no example in its shard are multiplied by r = 0.5.
+    ("scaffold-lr4e-3-rs05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, restricted softmax "
+     "r 0.5 for locally absent classes, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedSoftmax": 0.5}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keepv-rs05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW second "
+     "moment kept across rounds, restricted softmax r 0.5, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedSoftmax": 0.5},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep-second-moment"}, "compression": {"codec": "int8"}}),
     ("scaffold-lr8e-3", "SCAFFOLD (control variates, server lr 1), local lr 8e-3, int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.008}, "compression": {"codec": "int8"}}),
     ("scaffold-lr16e-3", "SCAFFOLD (control variates, server lr 1), local lr 1.6e-2, int8 + EF",

@@ -166,7 +166,7 @@ std::vector<JobSpecField> MakeTable() {
   add({.path = "spec.rounds.optimizerState",
        .kind = K::kString,
        .ref = FEDGE_FIELD(rounds.optimizerState),
-       .one_of = {"fresh", "keep"},
+       .one_of = {"fresh", "keep", "keep-second-moment"},
        .wire = "optimizer_state"});
   add({.path = "spec.rounds.weightDecay",
        .kind = K::kDouble,
@@ -227,6 +227,13 @@ std::vector<JobSpecField> MakeTable() {
        .min = 0,
        .max = 10,
        .wire = "logit_adjustment"});
+  add({.path = "spec.strategy.restrictedSoftmax",
+       .kind = K::kDouble,
+       .ref = FEDGE_FIELD(strategy.restrictedSoftmax),
+       .min = 0,
+       .max = 1,
+       .exclusive_min = true,
+       .wire = "restricted_softmax"});
   add({.path = "spec.strategy.serverLearningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.serverLearningRate),

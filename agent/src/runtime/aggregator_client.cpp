@@ -602,7 +602,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   to.max_grad_norm = job.rounds.maxGradNorm;
   to.proximal_mu = job.strategy.proximalMu;
   to.logit_adjustment = job.strategy.logitAdjustment;
-  to.keep_optimizer_state = job.rounds.optimizerState == "keep";
+  ApplyTrainerSpec(job, to);  // rounds.optimizerState, strategy.restrictedSoftmax
   to.seed = MixTrainingSeed(job.rounds.seed, options_.agent_id, task.round());
   // SCAFFOLD: correct every local step by c - c_i (c from the task, c_i from the node).
   std::optional<TensorBundle> scaffold_c;

@@ -43,7 +43,12 @@ StatusOr<TrainResult> LlmModel::Train(const std::vector<Example>& data, const Tr
   if (options.keep_optimizer_state) {
     return InvalidArgumentError(
         "the causal LM starts every local round with a fresh optimizer (spec.rounds.optimizerState keep "
-        "is for bert sequence-classification); use fresh");
+        "and keep-second-moment are for bert sequence-classification); use fresh");
+  }
+  if (options.restricted_softmax != 1.0) {
+    return InvalidArgumentError(
+        "the causal LM has no restricted softmax (spec.strategy.restrictedSoftmax is for bert "
+        "sequence-classification); set it to 1");
   }
   llm::CausalLmTrainOptions to;
   to.steps = options.steps;

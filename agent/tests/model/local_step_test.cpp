@@ -186,5 +186,115 @@ TEST(LocalRoundTest, AKeptOptimizerStepsAtTheNewRoundsLearningRate) {
   EXPECT_LT((toy.w - before).abs().max().item<float>(), 1e-7f);
 }
 
+// The AdamW state of `optimizer` for its only parameter.
+torch::optim::AdamWParamState& OnlyState(torch::optim::AdamW& optimizer) {
+  EXPECT_EQ(optimizer.state().size(), 1u);
+  return static_cast<torch::optim::AdamWParamState&>(*optimizer.state().begin()->second);
+}
+
+// spec.rounds.optimizerState keep-second-moment, by hand: after a round of 5 steps the
+// next round's Start zeroes exp_avg and keeps exp_avg_sq and the step count; its first
+// step is then AdamW's with m = (1 - b1) g, v = b2 v_5 + (1 - b2) g^2, t = 6, computed
+// here from the kept v_5 and the toy's gradient 2 (w - target). `keep` (both moments)
+// fails the check: exp_avg is not 0 and the first step differs.
+TEST(LocalRoundTest, AKeptSecondMomentRoundZeroesOnlyTheFirstMoment) {
+  const torch::Tensor target = torch::tensor({1.0f, -1.0f});
+  const double lr = 0.05, wd = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  auto second_round = [&](bool keep_first_moment, torch::Tensor* m, torch::Tensor* v, int64_t* t,
+                          torch::Tensor* w_before, torch::Tensor* v_before, torch::Tensor* w_after) {
+    Toy toy;
+    TrainOptions o;
+    o.learning_rate = lr;
+    o.weight_decay = wd;
+    o.max_grad_norm = 0;
+    o.keep_optimizer_state = true;
+    o.keep_first_moment = keep_first_moment;
+    LocalRound first({toy.w}, {"w"}, o);
+    ASSERT_TRUE(first.Start().ok());
+    for (int step = 0; step < 5; ++step) ASSERT_TRUE(first.Step(toy.Loss(target), step).ok());
+    std::unique_ptr<torch::optim::AdamW> kept = first.ReleaseOptimizer();
+    const torch::Tensor m5 = OnlyState(*kept).exp_avg().clone();
+    *v_before = OnlyState(*kept).exp_avg_sq().clone();
+    ASSERT_EQ(OnlyState(*kept).step(), 5);
+    ASSERT_GT(m5.abs().min().item<float>(), 0.0f);
+    LocalRound second({toy.w}, {"w"}, o);
+    ASSERT_TRUE(second.Start(std::move(kept)).ok());
+    std::unique_ptr<torch::optim::AdamW> started = second.ReleaseOptimizer();
+    *m = OnlyState(*started).exp_avg().clone();
+    *v = OnlyState(*started).exp_avg_sq().clone();
+    *t = OnlyState(*started).step();
+    *w_before = toy.w.detach().clone();
+    o.keep_first_moment = true;  // step the optimizer as it stood after Start, unchanged
+    LocalRound stepper({toy.w}, {"w"}, o);
+    ASSERT_TRUE(stepper.Start(std::move(started)).ok());
+    ASSERT_TRUE(stepper.Step(toy.Loss(target), 0).ok());
+    *w_after = toy.w.detach().clone();
+  };
+  torch::Tensor m, v, w0, v5, w1;
+  int64_t t = 0;
+  second_round(/*keep_first_moment=*/false, &m, &v, &t, &w0, &v5, &w1);
+  EXPECT_TRUE(torch::equal(m, torch::zeros({2}))) << m;
+  EXPECT_TRUE(torch::equal(v, v5)) << v << v5;
+  EXPECT_EQ(t, 5);
+  // The first step of the round, by hand (float64 from the float32 state).
+  for (int i = 0; i < 2; ++i) {
+    const double w = w0[i].item<double>(), g = 2 * (w - target[i].item<double>());
+    const double m6 = (1 - b1) * g, v6 = b2 * v5[i].item<double>() + (1 - b2) * g * g;
+    const double m_hat = m6 / (1 - std::pow(b1, 6)), v_hat = v6 / (1 - std::pow(b2, 6));
+    const double expected = w * (1 - lr * wd) - lr * m_hat / (std::sqrt(v_hat) + eps);
+    EXPECT_NEAR(w1[i].item<double>(), expected, 1e-6) << "coordinate " << i;
+  }
+  // Negative check: keep (both moments) carries exp_avg, so the same checks fail.
+  torch::Tensor km, kv, kw0, kv5, kw1;
+  int64_t kt = 0;
+  second_round(/*keep_first_moment=*/true, &km, &kv, &kt, &kw0, &kv5, &kw1);
+  EXPECT_FALSE(torch::equal(km, torch::zeros({2}))) << km;
+  EXPECT_TRUE(torch::equal(kv, kv5));
+  EXPECT_EQ(kt, 5);
+  const double w = kw0[0].item<double>(), g = 2 * (w - target[0].item<double>());
+  const double m6 = (1 - b1) * g, v6 = b2 * kv5[0].item<double>() + (1 - b2) * g * g;
+  const double zeroed =
+      w * (1 - lr * wd) - lr * (m6 / (1 - std::pow(b1, 6))) / (std::sqrt(v6 / (1 - std::pow(b2, 6))) + eps);
+  EXPECT_GT(std::abs(kw1[0].item<double>() - zeroed), 1e-3) << "keep stepped as if its first moment were 0";
+}
+
+// The restricted softmax's factors, by hand: labels {0, 0, 2} of 4 classes with r = 0.5
+// give (1, 0.5, 1, 0.5); r = 1 is off (undefined: the logits pass unchanged).
+TEST(RestrictedSoftmaxTest, ScaleAndLossMatchAHandComputedExample) {
+  torch::Tensor scale = RestrictedSoftmaxScale({0, 0, 2}, 4, 0.5);
+  ASSERT_EQ(scale.sizes().vec(), std::vector<int64_t>({4}));
+  EXPECT_TRUE(torch::equal(scale, torch::tensor({1.0f, 0.5f, 1.0f, 0.5f})));
+  EXPECT_FALSE(RestrictedSoftmaxScale({0, 0, 2}, 4, 1.0).defined());
+  // Logits (2, 2) for classes (present 0, absent 1), target 0: plain cross-entropy is
+  // log 2; restricted at r = 0.5 the logits are (2, 1): log(1 + e^-1) = 0.31326.
+  torch::Tensor logits = torch::tensor({{2.0f, 2.0f}});
+  torch::Tensor target = torch::tensor({0}, torch::kLong);
+  torch::Tensor two = RestrictedSoftmaxScale({0}, 2, 0.5);
+  EXPECT_NEAR(LogitAdjustedCrossEntropy(RestrictLogits(logits, torch::Tensor()), target, torch::Tensor())
+                  .item<float>(),
+              std::log(2.0), 1e-6);
+  EXPECT_NEAR(LogitAdjustedCrossEntropy(RestrictLogits(logits, two), target, torch::Tensor()).item<float>(),
+              std::log(1 + std::exp(-1.0)), 1e-6);
+  // The gradient on the absent class's raw logit: plain softmax 0.5; restricted
+  // r x softmax((2, 1))[1] = 0.5 x 0.26894 = 0.13447.
+  torch::Tensor raw = logits.clone().set_requires_grad(true);
+  LogitAdjustedCrossEntropy(RestrictLogits(raw, two), target, torch::Tensor()).backward();
+  EXPECT_NEAR(raw.grad()[0][1].item<float>(), 0.5 / (1 + std::exp(1.0)), 1e-6);
+}
+
+TEST(RestrictedSoftmaxTest, ValidateLocalRoundRefusesRBeyondZeroToOne) {
+  TrainOptions o;
+  for (double r : {0.5, 1.0, 1e-3}) {
+    o.restricted_softmax = r;
+    EXPECT_TRUE(ValidateLocalRound(o, "Train").ok()) << r;
+  }
+  for (double r : {0.0, -0.5, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    o.restricted_softmax = r;
+    Status st = ValidateLocalRound(o, "Train");
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << r;
+    EXPECT_NE(st.message().find("restricted_softmax"), std::string::npos) << st.message();
+  }
+}
+
 }  // namespace
 }  // namespace fedge::agent

@@ -64,7 +64,9 @@ struct RoundsSpec {
   std::string learningRateSchedule = "constant";
   // The local AdamW state (moments, step count) between rounds: "fresh" builds a new
   // optimizer for every local round; "keep" lets each agent carry its own from its
-  // previous round into the next (in memory: a restarted agent starts fresh).
+  // previous round into the next (in memory: a restarted agent starts fresh);
+  // "keep-second-moment" carries the second moment and step count and zeroes the
+  // first moment at each round's start.
   std::string optimizerState = "fresh";
   double weightDecay = 0.01;
   double maxGradNorm = 1.0;
@@ -94,6 +96,12 @@ struct StrategySpec {
   // training data (never sent). Evaluation and serving use the raw logits. 0: plain
   // cross-entropy. BERT sequence classification only (other trainers refuse > 0).
   double logitAdjustment = 0.0;
+  // Restricted softmax (FedRS, Li & Zhan, KDD 2021): during local training each agent
+  // multiplies the logits of the classes with no example in its own training data by
+  // restrictedSoftmax in (0, 1], so its round does not push those classes' head rows
+  // down. Evaluation and serving use the raw logits. 1: off. BERT sequence
+  // classification only (other trainers refuse < 1).
+  double restrictedSoftmax = 1.0;
   // Server optimizers (fedadam, fedyogi, fedadagrad; Reddi et al. 2021).
   double serverLearningRate = 1e-2;  // eta
   double beta1 = 0.9;

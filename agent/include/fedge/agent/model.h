@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "fedge/job_spec.h"
 #include "fedge/status.h"
 #include "fedge/tensor_bundle.h"
 
@@ -57,12 +58,32 @@ struct TrainOptions {
   // decay are this call's). False, or no earlier successful call: fresh state.
   // A trainer without it answers INVALID_ARGUMENT when it is true.
   bool keep_optimizer_state = false;
+  // spec.rounds.optimizerState keep-second-moment (with keep_optimizer_state): the
+  // kept AdamW's first moment (exp_avg) is zeroed when the round starts; its second
+  // moment (exp_avg_sq) and step count carry on. True (keep): both moments carry.
+  bool keep_first_moment = true;
+  // Restricted softmax r (spec.strategy.restrictedSoftmax; FedRS, Li & Zhan 2021):
+  // while training, the logits of the classes with no example in the `data` passed
+  // to Train are multiplied by r in (0, 1], so a round does not push down the head
+  // rows of classes it never sees. Evaluation and inference use the raw logits.
+  // 1: off. A trainer without it answers INVALID_ARGUMENT when it is not 1.
+  double restricted_softmax = 1.0;
   // SCAFFOLD's c - c_i (fedge/agent/runtime/update.h): after every optimizer
   // step each trainable tensor moves by -learning_rate x its tensor of this
   // bundle (same names and shapes as ExportTrainable). Null: no correction. A
   // trainer without the hook answers INVALID_ARGUMENT when it is set.
   std::shared_ptr<const TensorBundle> step_correction;
 };
+
+// Copies the job's fields that only a trainer reads, spec.rounds.optimizerState
+// (keep_optimizer_state, keep_first_moment) and spec.strategy.restrictedSoftmax,
+// into `options`. The spec is a validated one (an unknown optimizerState is fresh).
+inline void ApplyTrainerSpec(const JobSpec& job, TrainOptions& options) {
+  options.keep_optimizer_state =
+      job.rounds.optimizerState == "keep" || job.rounds.optimizerState == "keep-second-moment";
+  options.keep_first_moment = job.rounds.optimizerState != "keep-second-moment";
+  options.restricted_softmax = job.strategy.restrictedSoftmax;
+}
 
 struct TrainResult {
   double mean_loss = 0;

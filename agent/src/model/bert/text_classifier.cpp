@@ -275,13 +275,16 @@ class BertTextClassifier final : public TextClassifier {
       lora_modules_[i]->SeedDropout(opt.seed * 0x9E3779B97F4A7C15ull + i + 1);
     }
 
-    // Logit adjustment: the prior of this agent's own training data (it stays here).
-    torch::Tensor shift;
-    if (opt.logit_adjustment > 0) {
+    // Logit adjustment and the restricted softmax: from the labels of this agent's
+    // own training data (they stay here).
+    torch::Tensor shift, scale;
+    if (opt.logit_adjustment > 0 || opt.restricted_softmax != 1.0) {
       std::vector<int64_t> all_labels;
       all_labels.reserve(data.size());
       for (const Example& ex : data) all_labels.push_back(ex.label);
-      shift = LogitAdjustment(all_labels, static_cast<int64_t>(options_.labels.size()), opt.logit_adjustment);
+      const auto classes = static_cast<int64_t>(options_.labels.size());
+      if (opt.logit_adjustment > 0) shift = LogitAdjustment(all_labels, classes, opt.logit_adjustment);
+      scale = RestrictedSoftmaxScale(all_labels, classes, opt.restricted_softmax);
     }
 
     const size_t batch = std::min(static_cast<size_t>(opt.batch_size), data.size());
@@ -296,8 +299,8 @@ class BertTextClassifier final : public TextClassifier {
         texts.push_back(ex.text);
         labels.push_back(ex.label);
       }
-      torch::Tensor loss =
-          LogitAdjustedCrossEntropy(Logits(texts), torch::tensor(labels, torch::kLong), shift);
+      torch::Tensor loss = LogitAdjustedCrossEntropy(RestrictLogits(Logits(texts), scale),
+                                                     torch::tensor(labels, torch::kLong), shift);
       StatusOr<double> l = round.Step(loss, step);
       if (!l.ok()) {
         bert_->eval();

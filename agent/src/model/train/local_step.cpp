@@ -13,6 +13,10 @@ Status ValidateLocalRound(const TrainOptions& o, const std::string& what) {
                                 ": learning_rate must be > 0; weight_decay, max_grad_norm, "
                                 "proximal_mu, logit_adjustment must be >= 0 (and finite)");
   }
+  if (!(o.restricted_softmax > 0 && o.restricted_softmax <= 1)) {
+    return InvalidArgumentError(what + ": restricted_softmax must be in (0, 1] (1: off), got " +
+                                std::to_string(o.restricted_softmax));
+  }
   return OkStatus();
 }
 
@@ -31,6 +35,18 @@ torch::Tensor LogitAdjustedCrossEntropy(const torch::Tensor& logits, const torch
                                         const torch::Tensor& shift) {
   if (!shift.defined()) return torch::nn::functional::cross_entropy(logits, target);
   return torch::nn::functional::cross_entropy(logits + shift.unsqueeze(0), target);
+}
+
+torch::Tensor RestrictedSoftmaxScale(const std::vector<int64_t>& labels, int64_t num_classes, double r) {
+  if (r == 1.0) return torch::Tensor();
+  std::vector<float> scale(static_cast<size_t>(num_classes), static_cast<float>(r));
+  for (int64_t y : labels) scale[static_cast<size_t>(y)] = 1.0f;
+  return torch::tensor(scale, torch::kFloat);
+}
+
+torch::Tensor RestrictLogits(const torch::Tensor& logits, const torch::Tensor& scale) {
+  if (!scale.defined()) return logits;
+  return logits * scale.unsqueeze(0);
 }
 
 LocalRound::LocalRound(std::vector<torch::Tensor> params, std::vector<std::string> names,
@@ -63,6 +79,13 @@ Status LocalRound::Start(std::unique_ptr<torch::optim::AdamW> kept) {
       auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
       o.lr(options_.learning_rate);
       o.weight_decay(options_.weight_decay);
+    }
+    // keep-second-moment: the first moment restarts from 0; exp_avg_sq and step carry on.
+    if (!options_.keep_first_moment) {
+      torch::NoGradGuard no_grad;
+      for (auto& [key, state] : optimizer_->state()) {
+        static_cast<torch::optim::AdamWParamState&>(*state).exp_avg().zero_();
+      }
     }
     return OkStatus();
   }

@@ -20,8 +20,9 @@
 
 namespace fedge::agent {
 
-// INVALID_ARGUMENT unless learning_rate > 0 and weight_decay, max_grad_norm,
-// proximal_mu >= 0 (`what` prefixes the message). Steps and batch size are the
+// INVALID_ARGUMENT unless learning_rate > 0, weight_decay, max_grad_norm,
+// proximal_mu, logit_adjustment >= 0 and restricted_softmax in (0, 1] (`what`
+// prefixes the message). Steps and batch size are the
 // family's to check (its sampler uses them).
 Status ValidateLocalRound(const TrainOptions& options, const std::string& what);
 
@@ -40,6 +41,15 @@ torch::Tensor LogitAdjustment(const std::vector<int64_t>& labels, int64_t num_cl
 torch::Tensor LogitAdjustedCrossEntropy(const torch::Tensor& logits, const torch::Tensor& target,
                                         const torch::Tensor& shift);
 
+// The restricted softmax's per-class factors (TrainOptions::restricted_softmax;
+// FedRS, Li & Zhan, KDD 2021): [num_classes] float, 1 for a class with at least one
+// example in `labels`, r for a class with none. Undefined when r == 1 (off). Labels
+// must be in [0, num_classes).
+torch::Tensor RestrictedSoftmaxScale(const std::vector<int64_t>& labels, int64_t num_classes, double r);
+
+// logits [B, C] x scale [C] (every row); an undefined `scale` returns `logits`.
+torch::Tensor RestrictLogits(const torch::Tensor& logits, const torch::Tensor& scale);
+
 class LocalRound {
  public:
   // `params` alias the model's trainable tensors (requires_grad); `names` are
@@ -50,8 +60,10 @@ class LocalRound {
   // Snapshots the anchor (FedProx's w_global and the restore point) and builds
   // the optimizer with fresh state, or, when `kept` is not null, continues that
   // optimizer (an earlier round's ReleaseOptimizer over the same `params`) with
-  // its moments and step count, at this round's learning rate and weight decay.
-  // Call once, before the first Step.
+  // its moments and step count, at this round's learning rate and weight decay;
+  // with TrainOptions::keep_first_moment false its first moments are zeroed
+  // (the second moments and the step count carry on). Call once, before the
+  // first Step.
   Status Start(std::unique_ptr<torch::optim::AdamW> kept = nullptr);
 
   // The optimizer, for the next round's Start (TrainOptions::keep_optimizer_state).
