@@ -596,8 +596,12 @@ struct RunResult {
   uint64_t updates = 0;
   uint64_t rejected = 0;
   uint64_t rpc_errors = 0;
-  uint64_t get_tasks = 0;  // GetTask calls of the whole run (join to done)
-  int channels = 0;        // gRPC channels (TCP connections) the agents used
+  uint64_t get_tasks = 0;     // GetTask calls of the whole run (join to done)
+  int channels = 0;           // gRPC channels (TCP connections) the agents used
+  std::string global_codec;   // spec.compression.globalCodec of the run
+  uint64_t global_bytes = 0;  // the encoded global of the last FetchGlobal (bytes on the wire)
+  // GetTask answers by kind: TRAIN, EVALUATE, WAIT, other (INITIALIZE, DONE).
+  uint64_t task_train = 0, task_evaluate = 0, task_wait = 0, task_other = 0;
   bool ok = false;
   std::string error;
 };
@@ -639,8 +643,9 @@ class Bench {
   uint64_t model_bytes() const { return initial_.Fp32Bytes(); }
 
   // One run of `agents` against the aggregator binary `aggregator` (empty:
-  // the one given at construction).
-  RunResult Run(int agents, const std::string& aggregator = "") {
+  // the one given at construction), the global sent in `global_codec`
+  // (spec.compression.globalCodec; empty: the spec's default).
+  RunResult Run(int agents, const std::string& aggregator = "", const std::string& global_codec = "") {
     const std::string& binary = aggregator.empty() ? aggregator_ : aggregator;
     RunResult result;
     result.agents = agents;
@@ -662,6 +667,8 @@ class Bench {
     spec.rounds.total = rounds_;
     spec.rounds.timeoutSeconds = 600;
     spec.strategy.maxBufferedUpdates = std::max(agents, 1000);
+    if (!global_codec.empty()) spec.compression.globalCodec = global_codec;
+    result.global_codec = spec.compression.globalCodec;
     if (auto parsed = ParseJobSpec(JobSpecToYaml(spec)); !parsed.ok()) {
       result.error = "bench job spec is invalid: " + parsed.status().ToString();
       return result;
@@ -718,7 +725,8 @@ class Bench {
       first_train_.reset();
       failed_ = false;
     }
-    updates_ = rejected_ = rpc_errors_ = get_tasks_ = 0;
+    updates_ = rejected_ = rpc_errors_ = get_tasks_ = global_bytes_ = 0;
+    task_train_ = task_evaluate_ = task_wait_ = task_other_ = 0;
     baseline_ = ProcStats{};
     pid_ = pid;
 
@@ -735,6 +743,11 @@ class Bench {
     result.updates = updates_;
     result.rejected = rejected_;
     result.rpc_errors = rpc_errors_;
+    result.global_bytes = global_bytes_;
+    result.task_train = task_train_;
+    result.task_evaluate = task_evaluate_;
+    result.task_wait = task_wait_;
+    result.task_other = task_other_;
     result.get_tasks = get_tasks_;
     result.baseline_rss_kib = baseline_.rss_kib;
     result.peak_kib = final_stats.hwm_kib;
@@ -873,6 +886,7 @@ class Bench {
       return false;
     }
     agent.held_version = version;
+    global_bytes_ = total;
     return true;
   }
 
@@ -982,8 +996,13 @@ class Bench {
         if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) a.session.clear();
         delay_ms = 500;
       } else if (call->task.kind() == v1::TASK_KIND_WAIT) {
+        ++task_wait_;
         delay_ms = wait_ms_ > 0 ? 0 : std::max(call->task.retry_after_ms(), 50);
       } else {
+        const v1::TaskKind kind = call->task.kind();
+        ++(kind == v1::TASK_KIND_TRAIN      ? task_train_
+           : kind == v1::TASK_KIND_EVALUATE ? task_evaluate_
+                                            : task_other_);
         a.task = call->task;
       }
       delete call;
@@ -1017,7 +1036,8 @@ class Bench {
   bool failed_ = false;                                      // guarded by mu_
   std::string error_;                                        // guarded by mu_
   ProcStats baseline_;
-  std::atomic<uint64_t> updates_{0}, rejected_{0}, rpc_errors_{0}, get_tasks_{0};
+  std::atomic<uint64_t> updates_{0}, rejected_{0}, rpc_errors_{0}, get_tasks_{0}, global_bytes_{0};
+  std::atomic<uint64_t> task_train_{0}, task_evaluate_{0}, task_wait_{0}, task_other_{0};
 };
 
 }  // namespace
@@ -1061,6 +1081,13 @@ int main(int argc, char** argv) {
       "--compare", compare,
       "another fedge-aggregator binary (e.g. a build of the previous commit): every agent count runs "
       "against both, alternating, and the ratios are printed");
+  std::string global_codec, compare_global_codec;
+  app.add_option(
+      "--global-codec", global_codec,
+      "spec.compression.globalCodec of the runs (fp32 | fp16 | bf16; default: the spec's default)");
+  app.add_option("--compare-global-codec", compare_global_codec,
+                 "also run every agent count with this spec.compression.globalCodec (same binaries), "
+                 "alternating, and print the ratios");
   app.add_option("--wait-ms", wait_ms,
                  "GetTask long-poll the agents ask for (TaskRequest.wait_ms); 0: poll after retry_after_ms")
       ->capture_default_str();
@@ -1143,18 +1170,27 @@ int main(int argc, char** argv) {
     const double rpm = r.seconds > 0 ? 60.0 * r.rounds / r.seconds : 0;
     std::printf(
         "%sagents %5d: %d rounds in %.1f s = %.2f rounds/min; %llu updates accepted, %llu rejected, %llu rpc "
-        "errors; %d connections, %.1f GetTask calls per agent per round; aggregator CPU %.2f s = %.3f ms per "
+        "errors; global %s %.1f KB; %d connections, %.1f GetTask calls per agent per round; aggregator CPU "
+        "%.2f s = %.3f ms per "
         "update; RSS "
         "after "
         "init %.1f MiB, peak (VmHWM) %.1f MiB, growth %.1f MiB = %.1fx the fp32 model = %.0f KB per "
         "connection\n",
         label, n, r.rounds, r.seconds, rpm, static_cast<unsigned long long>(r.updates),
         static_cast<unsigned long long>(r.rejected), static_cast<unsigned long long>(r.rpc_errors),
-        r.channels, static_cast<double>(r.get_tasks) / n / r.rounds, r.cpu_seconds,
+        r.global_codec.c_str(), static_cast<double>(r.global_bytes) / 1024.0, r.channels,
+        static_cast<double>(r.get_tasks) / n / r.rounds, r.cpu_seconds,
         r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0,
         r.baseline_rss_kib / 1024.0, r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
         (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()),
         r.channels > 0 ? static_cast<double>(r.peak_kib - r.baseline_rss_kib) / r.channels : 0.0);
+    const double per = static_cast<double>(n) * r.rounds;
+    std::printf(
+        "  GetTask answers per agent per round: TRAIN %.2f, EVALUATE %.2f, WAIT %.2f, INITIALIZE/DONE %.2f "
+        "(the "
+        "job's start and end, spread over %d rounds)\n",
+        static_cast<double>(r.task_train) / per, static_cast<double>(r.task_evaluate) / per,
+        static_cast<double>(r.task_wait) / per, static_cast<double>(r.task_other) / per, r.rounds);
   };
   auto cpu_per_update = [](const RunResult& r) {
     return r.updates ? r.cpu_seconds / static_cast<double>(r.updates) : 0.0;
@@ -1164,20 +1200,23 @@ int main(int argc, char** argv) {
     const int n = agent_counts[i];
     // With --compare the two binaries alternate which goes first, so that a
     // change in the machine's load does not always favour the same one.
+    // --compare-global-codec likewise, with this binary (or --compare's).
+    const bool comparing = !compare.empty() || !compare_global_codec.empty();
+    const std::string other_codec = compare_global_codec.empty() ? global_codec : compare_global_codec;
     RunResult r, other;
-    const bool other_first = !compare.empty() && i % 2 == 1;
-    if (other_first) other = bench.Run(n, compare);
-    r = bench.Run(n);
-    if (!compare.empty() && !other_first) other = bench.Run(n, compare);
+    const bool other_first = comparing && i % 2 == 1;
+    if (other_first) other = bench.Run(n, compare, other_codec);
+    r = bench.Run(n, "", global_codec);
+    if (comparing && !other_first) other = bench.Run(n, compare, other_codec);
     for (const RunResult* x : {&r, &other}) {
-      if (x == &other && compare.empty()) continue;
+      if (x == &other && !comparing) continue;
       if (!x->ok) {
         std::fprintf(stderr, "run with %d agents (%s) failed: %s\n", n,
-                     x == &r ? aggregator.c_str() : compare.c_str(), x->error.c_str());
+                     x == &r || compare.empty() ? aggregator.c_str() : compare.c_str(), x->error.c_str());
         return 1;
       }
     }
-    if (compare.empty()) {
+    if (!comparing) {
       print("", r);
     } else {
       print("this     ", r);

@@ -55,6 +55,9 @@ EngineOptions EngineOptionsFromSpec(const JobSpec& spec, int expected_agents) {
   o.max_weight = static_cast<int64_t>(spec.rounds.localSteps) * spec.rounds.batchSize;
   if (spec.strategy.clipNorm == 0 && spec.strategy.maxUpdateNorm == 0) o.auto_clip_margin = kAutoClipMargin;
   o.adapter = spec.adapter;
+  // The download's codec (spec.compression.globalCodec); the table allows fp32,
+  // fp16 and bf16 only, and the default stays fp32 if a name is unknown here.
+  if (auto codec = ParseCodec(spec.compression.globalCodec); codec.ok()) o.global_encoding.codec = *codec;
   o.over_selection = spec.rounds.overSelection;
   o.async = spec.rounds.mode == "async";
   o.async_buffer_size = spec.rounds.asyncBufferSize;
@@ -380,7 +383,7 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
   const RoundsSpec& rounds = options_.train.spec->rounds;
   t.config.learning_rate = static_cast<float>(
       ScheduledLearningRate(rounds.learningRate, rounds.learningRateSchedule, round_, options_.total_rounds));
-  t.config.scaffold_control = strategy_->ServerControl();
+  t.config.scaffold_control = SentControlLocked();
   if (options_.secagg.enabled) {
     t.config.secure_aggregation = true;
     t.config.secagg_clip_norm = SecAggClipNormLocked();
@@ -1306,13 +1309,50 @@ void RoundEngine::FailLocked(const std::string& message) {
 
 Status RoundEngine::PublishGlobalLocked(TensorBundle bundle, int64_t version) {
   auto model = std::make_shared<GlobalModel>();
-  FEDGE_ASSIGN_OR_RETURN(model->encoded, EncodeBundle(bundle, options_.global_encoding));
+  auto encoded = EncodeBundle(bundle, options_.global_encoding);
+  if (!encoded.ok() && options_.global_encoding.codec != Codec::kFp32) {
+    // A value outside the download codec's range (fp16: |x| >= 65520) would
+    // decode as Inf: this version goes out in fp32 (lossless), the next one is
+    // tried in the job's codec again.
+    EncodeOptions fp32 = options_.global_encoding;
+    fp32.codec = Codec::kFp32;
+    log::Warn("the global does not fit spec.compression.globalCodec; sending this version in fp32",
+              {{"global_version", version},
+               {"global_codec", CodecName(options_.global_encoding.codec)},
+               {"error", encoded.status().message()}});
+    encoded = EncodeBundle(bundle, fp32);
+  }
+  if (!encoded.ok()) return encoded.status();
+  model->encoded = std::move(encoded).value();
   model->checksum = Sha256Hex(model->encoded);
   model->version = version;
   model->bundle = std::move(bundle);
   global_ = std::move(model);
   if (metrics_) metrics_->SetGlobalVersion(version);
   return OkStatus();
+}
+
+std::shared_ptr<const std::string> RoundEngine::SentControlLocked() {
+  std::shared_ptr<const std::string> control = strategy_->ServerControl();
+  if (!control || control->empty() || options_.global_encoding.codec == Codec::kFp32) return control;
+  if (control == control_source_) return control_sent_;
+  control_source_ = control;
+  control_sent_ = control;  // fp32, unless it re-encodes below
+  auto c = DecodeBundle(*control);
+  if (!c.ok()) {
+    log::Error("cannot decode the SCAFFOLD control to re-encode it; sending it in fp32",
+               {{"error", c.status().ToString()}});
+    return control_sent_;
+  }
+  auto encoded = EncodeBundle(*c, options_.global_encoding);
+  if (!encoded.ok()) {
+    log::Warn(
+        "the SCAFFOLD control does not fit spec.compression.globalCodec; sending it in fp32",
+        {{"global_codec", CodecName(options_.global_encoding.codec)}, {"error", encoded.status().message()}});
+    return control_sent_;
+  }
+  control_sent_ = std::make_shared<const std::string>(std::move(encoded).value());
+  return control_sent_;
 }
 
 void RoundEngine::SaveCheckpointLocked(int64_t completed_round, const RoundRecord* pending) {

@@ -742,5 +742,149 @@ TEST_F(RoundEngineTest, TheGlobalKeepsItsZstdBodyWhateverItSaves) {
   EXPECT_EQ(decoded->tensors.size(), 2u);
 }
 
+// Issue 14, item 2: spec.compression.globalCodec fp16 halves the download.
+// The agents train from the global as they decoded it (fp16-rounded) and send
+// deltas against that; the engine keeps, aggregates and checkpoints its fp32
+// global, so two rounds give exactly fp32 start + mean delta + mean delta and
+// the rounding never accumulates. Fails if the engine aggregated onto the
+// global it sent (the rounded one) or checkpointed that.
+TEST_F(RoundEngineTest, AnFp16DownloadLeavesTheFp32GlobalExactOverTwoRounds) {
+  EngineOptions options = Options(2, 2);
+  ASSERT_EQ(options.global_encoding.codec, Codec::kFp32);  // the default
+  JobSpec spec = *options.train.spec;
+  spec.compression.globalCodec = "fp16";
+  options = EngineOptionsFromSpec(spec, 2);
+  ASSERT_EQ(options.global_encoding.codec, Codec::kFp16);
+  testing::TempDir dir;
+  CheckpointStore store(dir.path());
+  Make(std::move(options), &store);
+  JoinAll({"a", "b"});
+  // None of these is an fp16 value (fp16 has 11 significant bits).
+  const TensorBundle start = SmallBundle(0.1f, 1.0f / 3.0f, -0.7f, 2.0009766f + 1.0f / 4096.0f);
+  Initialize("a", start);
+
+  // Each agent adds its own step to the decoded global and sends the delta
+  // against what it decoded, as fedge-agent does (ComputeDelta(trained, held)).
+  const std::map<std::string, std::vector<float>> steps = {{"a", {0.25f, -0.125f, 0.0625f, 0.5f}},
+                                                           {"b", {0.75f, 0.375f, -0.1875f, 0.25f}}};
+  std::vector<float> expected = {0.1f, 1.0f / 3.0f, -0.7f, 2.0009766f + 1.0f / 4096.0f};
+  std::vector<float> from_sent_global =
+      expected;  // what aggregating onto the sent (rounded) global would give
+  for (int64_t round = 1; round <= 2; ++round) {
+    auto global = engine_->Global(0);
+    ASSERT_TRUE(global.ok());
+    auto header = InspectBundle((*global)->encoded);
+    ASSERT_TRUE(header.ok()) << header.status().ToString();
+    EXPECT_EQ(header->codec, Codec::kFp16) << "round " << round;
+    auto sent = DecodeBundle((*global)->encoded);
+    ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+    std::vector<float> held = sent->tensors[0].values;
+    held.insert(held.end(), sent->tensors[1].values.begin(), sent->tensors[1].values.end());
+    std::vector<float> mean(4);
+    for (const auto& [agent, step] : steps) {
+      TaskInfo t = engine_->GetTask(agent, round);
+      ASSERT_EQ(t.kind, TaskKind::kTrain) << agent << " round " << round;
+      std::vector<float> delta(4);
+      for (size_t i = 0; i < 4; ++i) {
+        const float trained = held[i] + step[i];
+        delta[i] = trained - held[i];
+        mean[i] += delta[i] / 2;  // two agents of equal weight; exact in these values
+      }
+      UpdateVerdict v =
+          Submit(agent, round, round, SmallBundle(delta[0], delta[1], delta[2], delta[3]), /*n=*/10);
+      ASSERT_TRUE(v.accepted) << v.reason;
+    }
+    for (size_t i = 0; i < 4; ++i) {
+      expected[i] = static_cast<float>(static_cast<double>(expected[i]) + static_cast<double>(mean[i]));
+      from_sent_global[i] = static_cast<float>(static_cast<double>(held[i]) + static_cast<double>(mean[i]));
+    }
+    ASSERT_TRUE(Evaluate("a", round, round + 1, 0.5, 10).ok());
+    ASSERT_TRUE(Evaluate("b", round, round + 1, 0.5, 10).ok());
+  }
+  EXPECT_EQ(engine_->GetStatus().state, JobState::kSucceeded);
+  std::vector<float> got = Values("a");
+  const std::vector<float> b = Values("b");
+  got.insert(got.end(), b.begin(), b.end());
+  EXPECT_EQ(got, expected);
+  // The test can tell: the rounded global would have given other values.
+  EXPECT_NE(expected, from_sent_global);
+  // The checkpoint holds the fp32 global, not the download.
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status().ToString();
+  std::vector<float> saved = (*loaded)->global.Find("a")->values;
+  const std::vector<float>& saved_b = (*loaded)->global.Find("b")->values;
+  saved.insert(saved.end(), saved_b.begin(), saved_b.end());
+  EXPECT_EQ(saved, expected);
+}
+
+// A global with a value fp16 cannot hold (|x| >= 65520) would decode as Inf:
+// that version goes out in fp32 (exact), and the next version that fits goes
+// out in fp16 again.
+TEST_F(RoundEngineTest, AGlobalOutsideTheFp16RangeIsSentInFp32ForThatVersion) {
+  JobSpec spec = *Options(1, 1).train.spec;
+  spec.compression.globalCodec = "fp16";
+  spec.rounds.learningRate = 40000;  // the default norm bound leaves the delta below alone
+  Make(EngineOptionsFromSpec(spec, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(70000.0f, 0.1f, -1.5f, 2.0f));
+  auto v1 = engine_->Global(0);
+  ASSERT_TRUE(v1.ok());
+  auto h1 = InspectBundle((*v1)->encoded);
+  ASSERT_TRUE(h1.ok());
+  EXPECT_EQ(h1->codec, Codec::kFp32);
+  auto d1 = DecodeBundle((*v1)->encoded);
+  ASSERT_TRUE(d1.ok());
+  EXPECT_EQ(d1->tensors[0].values, (std::vector<float>{70000.0f, 0.1f}));  // exact, finite
+
+  ASSERT_EQ(engine_->GetTask("a", 1).kind, TaskKind::kTrain);
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(-69999.0f, 0, 0, 0)).accepted);
+  auto v2 = engine_->Global(0);
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ((*v2)->version, 2);
+  auto h2 = InspectBundle((*v2)->encoded);
+  ASSERT_TRUE(h2.ok());
+  EXPECT_EQ(h2->codec, Codec::kFp16);
+  EXPECT_EQ((*v2)->bundle.Find("a")->values, (std::vector<float>{1.0f, 0.1f}));
+}
+
+// The SCAFFOLD control goes to every agent with each TRAIN task: with
+// globalCodec fp16 it is sent in fp16 too (the strategy keeps c in fp32),
+// re-encoded once per new control, not per task.
+TEST_F(RoundEngineTest, TheScaffoldControlIsSentInTheGlobalCodec) {
+  JobSpec spec = *Options(2, 1).train.spec;
+  spec.strategy.name = "scaffold";
+  spec.compression.globalCodec = "fp16";
+  Make(EngineOptionsFromSpec(spec, 1));
+  JoinAll({"a"});
+  Initialize("a", SmallBundle(0.5f, -0.5f, 0.25f, 1.0f));
+  TaskInfo t1 = engine_->GetTask("a", 1);
+  ASSERT_EQ(t1.kind, TaskKind::kTrain);
+  ASSERT_TRUE(t1.config.scaffold_control != nullptr);
+  EXPECT_TRUE(t1.config.scaffold_control->empty());  // c = 0 before the first round
+  const std::vector<float> delta = {0.1f, 0.2f, 0.3f, -0.7f};
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(delta[0], delta[1], delta[2], delta[3])).accepted);
+  ASSERT_TRUE(Evaluate("a", 1, 2, 0.5, 10).ok());
+  TaskInfo t2 = engine_->GetTask("a", 2);
+  ASSERT_EQ(t2.kind, TaskKind::kTrain);
+  ASSERT_TRUE(t2.config.scaffold_control != nullptr && !t2.config.scaffold_control->empty());
+  auto header = InspectBundle(*t2.config.scaffold_control);
+  ASSERT_TRUE(header.ok()) << header.status().ToString();
+  EXPECT_EQ(header->codec, Codec::kFp16);
+  auto c = DecodeBundle(*t2.config.scaffold_control);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  // One agent of one (keep = 0): c = -delta / (K x eta) = -delta / (7 x 0.25), in fp16.
+  std::vector<float> got = c->tensors[0].values;
+  got.insert(got.end(), c->tensors[1].values.begin(), c->tensors[1].values.end());
+  bool rounded = false;
+  for (size_t i = 0; i < 4; ++i) {
+    const float exact = static_cast<float>(-static_cast<double>(delta[i]) / 1.75);
+    EXPECT_NEAR(got[i], exact, std::abs(exact) / 2048) << i;
+    rounded = rounded || got[i] != exact;
+  }
+  EXPECT_TRUE(rounded) << "the control went out in full precision";
+  // Encoded once for this control: the next task carries the same bytes object.
+  EXPECT_EQ(engine_->GetTask("a", 2).config.scaffold_control, t2.config.scaffold_control);
+}
+
 }  // namespace
 }  // namespace fedge::aggregator

@@ -315,6 +315,12 @@ std::vector<JobSpecField> MakeTable() {
        .min = 1,
        .max = 19,
        .wire = "zstd_level"});
+  // The aggregator's download encoding (EngineOptionsFromSpec); agents read the
+  // codec from the bundle's header, so it is not on the wire.
+  add({.path = "spec.compression.globalCodec",
+       .kind = K::kString,
+       .ref = FEDGE_FIELD(compression.globalCodec),
+       .one_of = {"fp32", "fp16", "bf16"}});
   // 0 or >= kMinTopkFraction: ValidateJobSpec and the CRD's CEL rule.
   add({.path = "spec.compression.topKFraction",
        .kind = K::kDouble,

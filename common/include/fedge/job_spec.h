@@ -127,6 +127,13 @@ struct CompressionSpec {
   int blockSize = 64;
   bool zstd = true;
   int zstdLevel = 3;  // 1 (fastest) .. 19 (smallest); used when zstd is on
+  // How the aggregator sends the global model (and the SCAFFOLD control) to the
+  // agents: fp32 | fp16 | bf16. The aggregator keeps, aggregates, checkpoints and
+  // exports its global in fp32 whatever this says; agents train from (and compute
+  // their deltas against) the global as they decoded it. A global with a value
+  // outside the codec's range is sent in fp32 (logged). Aggregator only (not on the
+  // wire: the bundle's header names its codec).
+  std::string globalCodec = "fp32";
   // Top-k sparsification: 0 = off (dense), else in [kMinTopkFraction = 1e-4, 1]:
   // per tensor the ceil(f * n) largest-magnitude entries travel.
   double topKFraction = 0.0;

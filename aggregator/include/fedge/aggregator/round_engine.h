@@ -187,10 +187,15 @@ struct EngineOptions {
   double auto_clip_margin = 0;
   StrategySpec strategy;
   AdapterSpec adapter;  // LoRA aggregation mode and rank (lora_aggregation.h)
-  // How the global is encoded for FetchGlobal: lossless, so every agent trains
-  // from exactly the aggregator's global. zstd whatever it saves: the global
-  // is encoded once and sent to every agent, so each byte saved is saved N
-  // times (the agents decompress it, not the aggregator).
+  // How the global is encoded for FetchGlobal. fp32 is lossless; fp16 / bf16
+  // (spec.compression.globalCodec) halve the download: agents train from the
+  // global as they decoded it and send deltas against that, while the engine's
+  // global (GlobalModel::bundle: aggregation, checkpoints, export) stays fp32,
+  // so the rounding never accumulates. A version with a value the codec cannot
+  // hold (fp16: |x| >= 65520; bf16: rounds to Inf) is encoded in fp32 instead
+  // (logged). zstd whatever it saves: the global is encoded once and sent to
+  // every agent, so each byte saved is saved N times (the agents decompress
+  // it, not the aggregator).
   EncodeOptions global_encoding{
       .codec = Codec::kFp32, .block_size = 64, .zstd = true, .zstd_level = 3, .zstd_min_saving = 0};
   DpOptions dp;
@@ -244,8 +249,8 @@ struct TaskInfo {
 // FetchGlobal streams so they never hold the engine lock.
 struct GlobalModel {
   int64_t version = 0;
-  TensorBundle bundle;
-  std::string encoded;   // EncodeBundle(bundle, global_encoding)
+  TensorBundle bundle;   // fp32: what the engine aggregates, checkpoints and exports
+  std::string encoded;   // EncodeBundle(bundle, global_encoding), or fp32 if it does not fit
   std::string checksum;  // Sha256Hex(encoded)
 };
 
@@ -483,6 +488,10 @@ class RoundEngine {
   // noise its worst allowed dropouts leave, PrivacyNoiseMultiplierAtWorstLocked).
   bool PrivacyBudgetStopsLocked(double sampling_rate, size_t invited, int64_t now);
   Status PublishGlobalLocked(TensorBundle bundle, int64_t version);
+  // The strategy's SCAFFOLD control (AggregationStrategy::ServerControl, fp32)
+  // as TRAIN tasks carry it: in options_.global_encoding's codec (fp32 when it
+  // does not fit), re-encoded once per new control; the strategy's c stays fp32.
+  std::shared_ptr<const std::string> SentControlLocked();
   // Writes the current global as the checkpoint of `completed_round`, with
   // `pending` (a round aggregated but not yet evaluated) appended to the
   // history when set. Failures are counted, never fatal.
@@ -522,7 +531,11 @@ class RoundEngine {
   Phase phase_ = Phase::kIdle;                     // guarded by mu_
   int64_t round_ = 1;                              // guarded by mu_; next/current round
   std::shared_ptr<const GlobalModel> global_;      // guarded by mu_
-  std::string initializer_;                        // guarded by mu_
+  // SentControlLocked's cache: the strategy's encoded control it last saw and
+  // what is sent for it.
+  std::shared_ptr<const std::string> control_source_;  // guarded by mu_
+  std::shared_ptr<const std::string> control_sent_;    // guarded by mu_
+  std::string initializer_;                            // guarded by mu_
   // The layout a majority of the expected agents declared (null until they
   // do); the INITIALIZE upload must have it. Fixed once chosen.
   std::shared_ptr<const TensorBundle> expected_layout_;  // guarded by mu_
