@@ -104,6 +104,10 @@ CONFIGS = [
      "r 0.5 for locally absent classes, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedSoftmax": 0.5}, "rounds": {"learningRate": 0.004},
       "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-rs01", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, restricted softmax "
+     "r 0.1 for locally absent classes, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedSoftmax": 0.1}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
     ("scaffold-lr4e-3-keepv-rs05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW second "
      "moment kept across rounds, restricted softmax r 0.5, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedSoftmax": 0.5},
