@@ -194,14 +194,19 @@ torch::optim::AdamWParamState& OnlyState(torch::optim::AdamW& optimizer) {
 
 // spec.rounds.optimizerState keep-second-moment, by hand: after a round of 5 steps the
 // next round's Start zeroes exp_avg and keeps exp_avg_sq and the step count; its first
-// step is then AdamW's with m = (1 - b1) g, v = b2 v_5 + (1 - b2) g^2, t = 6, computed
-// here from the kept v_5 and the toy's gradient 2 (w - target). `keep` (both moments)
-// fails the check: exp_avg is not 0 and the first step differs.
+// step is then AdamW's with m = (1 - b1) g corrected as a fresh optimizer's first step
+// (by 1 - b1^1), v = b2 v_5 + (1 - b2) g^2 corrected by 1 - b2^6, and the decay lr x wd,
+// computed here from the kept v_5 and the toy's gradient 2 (w - target). `keep` (both
+// moments) fails the same checks: exp_avg is not 0 and the first step differs.
 TEST(LocalRoundTest, AKeptSecondMomentRoundZeroesOnlyTheFirstMoment) {
   const torch::Tensor target = torch::tensor({1.0f, -1.0f});
   const double lr = 0.05, wd = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8;
-  auto second_round = [&](bool keep_first_moment, torch::Tensor* m, torch::Tensor* v, int64_t* t,
-                          torch::Tensor* w_before, torch::Tensor* v_before, torch::Tensor* w_after) {
+  struct Seen {
+    torch::Tensor m, v, v5, w0, w1, w2;
+    int64_t t = 0;
+  };
+  auto second_round = [&](bool keep_first_moment) {
+    Seen seen;
     Toy toy;
     TrainOptions o;
     o.learning_rate = lr;
@@ -210,52 +215,43 @@ TEST(LocalRoundTest, AKeptSecondMomentRoundZeroesOnlyTheFirstMoment) {
     o.keep_optimizer_state = true;
     o.keep_first_moment = keep_first_moment;
     LocalRound first({toy.w}, {"w"}, o);
-    ASSERT_TRUE(first.Start().ok());
-    for (int step = 0; step < 5; ++step) ASSERT_TRUE(first.Step(toy.Loss(target), step).ok());
-    std::unique_ptr<torch::optim::AdamW> kept = first.ReleaseOptimizer();
-    const torch::Tensor m5 = OnlyState(*kept).exp_avg().clone();
-    *v_before = OnlyState(*kept).exp_avg_sq().clone();
-    ASSERT_EQ(OnlyState(*kept).step(), 5);
-    ASSERT_GT(m5.abs().min().item<float>(), 0.0f);
+    EXPECT_TRUE(first.Start().ok());
+    for (int step = 0; step < 5; ++step) EXPECT_TRUE(first.Step(toy.Loss(target), step).ok());
+    EXPECT_GT(OnlyState(first.optimizer()).exp_avg().abs().min().item<float>(), 0.0f);
+    EXPECT_EQ(OnlyState(first.optimizer()).step(), 5);
+    seen.v5 = OnlyState(first.optimizer()).exp_avg_sq().clone();
     LocalRound second({toy.w}, {"w"}, o);
-    ASSERT_TRUE(second.Start(std::move(kept)).ok());
-    std::unique_ptr<torch::optim::AdamW> started = second.ReleaseOptimizer();
-    *m = OnlyState(*started).exp_avg().clone();
-    *v = OnlyState(*started).exp_avg_sq().clone();
-    *t = OnlyState(*started).step();
-    *w_before = toy.w.detach().clone();
-    o.keep_first_moment = true;  // step the optimizer as it stood after Start, unchanged
-    LocalRound stepper({toy.w}, {"w"}, o);
-    ASSERT_TRUE(stepper.Start(std::move(started)).ok());
-    ASSERT_TRUE(stepper.Step(toy.Loss(target), 0).ok());
-    *w_after = toy.w.detach().clone();
+    EXPECT_TRUE(second.Start(first.ReleaseOptimizer()).ok());
+    seen.m = OnlyState(second.optimizer()).exp_avg().clone();
+    seen.v = OnlyState(second.optimizer()).exp_avg_sq().clone();
+    seen.t = OnlyState(second.optimizer()).step();
+    seen.w0 = toy.w.detach().clone();
+    EXPECT_TRUE(second.Step(toy.Loss(target), 0).ok());
+    seen.w1 = toy.w.detach().clone();
+    return seen;
   };
-  torch::Tensor m, v, w0, v5, w1;
-  int64_t t = 0;
-  second_round(/*keep_first_moment=*/false, &m, &v, &t, &w0, &v5, &w1);
-  EXPECT_TRUE(torch::equal(m, torch::zeros({2}))) << m;
-  EXPECT_TRUE(torch::equal(v, v5)) << v << v5;
-  EXPECT_EQ(t, 5);
-  // The first step of the round, by hand (float64 from the float32 state).
+  // AdamW's step from w with gradient g, first moment m_new (bias-corrected by c1) and
+  // second moment v_new (at step t).
+  auto adamw = [&](double w, double m_new, double c1, double v_new, int t) {
+    return w * (1 - lr * wd) - lr * (m_new / c1) / (std::sqrt(v_new / (1 - std::pow(b2, t))) + eps);
+  };
+  const Seen kv = second_round(/*keep_first_moment=*/false);
+  EXPECT_TRUE(torch::equal(kv.m, torch::zeros({2}))) << kv.m;
+  EXPECT_TRUE(torch::equal(kv.v, kv.v5)) << kv.v << kv.v5;
+  EXPECT_EQ(kv.t, 5);
   for (int i = 0; i < 2; ++i) {
-    const double w = w0[i].item<double>(), g = 2 * (w - target[i].item<double>());
-    const double m6 = (1 - b1) * g, v6 = b2 * v5[i].item<double>() + (1 - b2) * g * g;
-    const double m_hat = m6 / (1 - std::pow(b1, 6)), v_hat = v6 / (1 - std::pow(b2, 6));
-    const double expected = w * (1 - lr * wd) - lr * m_hat / (std::sqrt(v_hat) + eps);
-    EXPECT_NEAR(w1[i].item<double>(), expected, 1e-6) << "coordinate " << i;
+    const double w = kv.w0[i].item<double>(), g = 2 * (w - target[i].item<double>());
+    const double v6 = b2 * kv.v5[i].item<double>() + (1 - b2) * g * g;
+    EXPECT_NEAR(kv.w1[i].item<double>(), adamw(w, (1 - b1) * g, 1 - b1, v6, 6), 1e-6) << "coordinate " << i;
   }
   // Negative check: keep (both moments) carries exp_avg, so the same checks fail.
-  torch::Tensor km, kv, kw0, kv5, kw1;
-  int64_t kt = 0;
-  second_round(/*keep_first_moment=*/true, &km, &kv, &kt, &kw0, &kv5, &kw1);
-  EXPECT_FALSE(torch::equal(km, torch::zeros({2}))) << km;
-  EXPECT_TRUE(torch::equal(kv, kv5));
-  EXPECT_EQ(kt, 5);
-  const double w = kw0[0].item<double>(), g = 2 * (w - target[0].item<double>());
-  const double m6 = (1 - b1) * g, v6 = b2 * kv5[0].item<double>() + (1 - b2) * g * g;
-  const double zeroed =
-      w * (1 - lr * wd) - lr * (m6 / (1 - std::pow(b1, 6))) / (std::sqrt(v6 / (1 - std::pow(b2, 6))) + eps);
-  EXPECT_GT(std::abs(kw1[0].item<double>() - zeroed), 1e-3) << "keep stepped as if its first moment were 0";
+  const Seen k = second_round(/*keep_first_moment=*/true);
+  EXPECT_FALSE(torch::equal(k.m, torch::zeros({2}))) << k.m;
+  EXPECT_TRUE(torch::equal(k.v, k.v5));
+  const double w = k.w0[0].item<double>(), g = 2 * (w - target[0].item<double>());
+  const double v6 = b2 * k.v5[0].item<double>() + (1 - b2) * g * g;
+  EXPECT_GT(std::abs(k.w1[0].item<double>() - adamw(w, (1 - b1) * g, 1 - b1, v6, 6)), 1e-3)
+      << "keep stepped as if its first moment had restarted";
 }
 
 // The restricted softmax's factors, by hand: labels {0, 0, 2} of 4 classes with r = 0.5

@@ -59,8 +59,9 @@ struct TrainOptions {
   // A trainer without it answers INVALID_ARGUMENT when it is true.
   bool keep_optimizer_state = false;
   // spec.rounds.optimizerState keep-second-moment (with keep_optimizer_state): the
-  // kept AdamW's first moment (exp_avg) is zeroed when the round starts; its second
-  // moment (exp_avg_sq) and step count carry on. True (keep): both moments carry.
+  // kept AdamW's first moment (exp_avg) is zeroed when the round starts and is
+  // bias-corrected as a fresh optimizer's; its second moment (exp_avg_sq) and step
+  // count carry on. True (keep): both moments carry.
   bool keep_first_moment = true;
   // Restricted softmax r (spec.strategy.restrictedSoftmax; FedRS, Li & Zhan 2021):
   // while training, the logits of the classes with no example in the `data` passed

@@ -84,7 +84,9 @@ Status LocalRound::Start(std::unique_ptr<torch::optim::AdamW> kept) {
     if (!options_.keep_first_moment) {
       torch::NoGradGuard no_grad;
       for (auto& [key, state] : optimizer_->state()) {
-        static_cast<torch::optim::AdamWParamState&>(*state).exp_avg().zero_();
+        auto& s = static_cast<torch::optim::AdamWParamState&>(*state);
+        s.exp_avg().zero_();
+        first_moment_from_ = s.step();  // every tensor steps together
       }
     }
     return OkStatus();
@@ -107,10 +109,26 @@ StatusOr<double> LocalRound::Step(const torch::Tensor& loss, int step) {
     return InternalError("Train: loss became non-finite at step " + std::to_string(step) +
                          "; parameters restored to their values before Train (learning rate too high?)");
   }
+  // keep-second-moment: AdamW corrects m by 1 / (1 - b1^t) with t the kept step
+  // count; the restarted m needs 1 / (1 - b1^k), k this round's step. The ratio goes
+  // into the step's learning rate, and weight decay (applied as lr x wd) is divided
+  // by it, so the decay stays lr x wd.
+  if (first_moment_from_ >= 0) {
+    for (auto& group : optimizer_->param_groups()) {
+      auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
+      const double b1 = std::get<0>(o.betas());
+      const double t = static_cast<double>(first_moment_from_ + steps_taken_ + 1);
+      const double k = static_cast<double>(steps_taken_ + 1);
+      const double scale = (1 - std::pow(b1, t)) / (1 - std::pow(b1, k));
+      o.lr(options_.learning_rate * scale);
+      o.weight_decay(options_.weight_decay / scale);
+    }
+  }
   optimizer_->zero_grad();
   objective.backward();
   if (options_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.max_grad_norm);
   optimizer_->step();
+  ++steps_taken_;
   if (!correction_.empty()) {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < params_.size(); ++i) params_[i].sub_(correction_[i]);

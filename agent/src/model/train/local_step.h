@@ -62,12 +62,17 @@ class LocalRound {
   // optimizer (an earlier round's ReleaseOptimizer over the same `params`) with
   // its moments and step count, at this round's learning rate and weight decay;
   // with TrainOptions::keep_first_moment false its first moments are zeroed
-  // (the second moments and the step count carry on). Call once, before the
-  // first Step.
+  // and restart their bias correction (each Step rescales the learning rate so
+  // the first moment is corrected by 1 / (1 - b1^k) for the round's k-th step,
+  // as a fresh optimizer's is, while the second moment and the step count
+  // carry on). Call once, before the first Step.
   Status Start(std::unique_ptr<torch::optim::AdamW> kept = nullptr);
 
   // The optimizer, for the next round's Start (TrainOptions::keep_optimizer_state).
   std::unique_ptr<torch::optim::AdamW> ReleaseOptimizer() { return std::move(optimizer_); }
+
+  // The optimizer between Start and ReleaseOptimizer (for tests to read its state).
+  torch::optim::AdamW& optimizer() { return *optimizer_; }
 
   // One step on `loss` (the batch's data loss, a scalar with a graph). Returns
   // its value; INTERNAL naming `step` if it is non-finite, after restoring the
@@ -84,6 +89,10 @@ class LocalRound {
   std::vector<torch::Tensor> anchor_;
   std::vector<torch::Tensor> correction_;  // lr x (c - c_i); empty: none
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  // keep-second-moment: the step count the kept optimizer had at Start (-1: none),
+  // and the steps this round has taken.
+  int64_t first_moment_from_ = -1;
+  int64_t steps_taken_ = 0;
 };
 
 }  // namespace fedge::agent
