@@ -92,10 +92,10 @@ CONFIGS = [
      "localSteps × agents)",
      {"rounds": {"optimizerState": "keep"}}),
     # Keep only AdamW's second moment and step count; the first moment (the agent's own
-    # last direction, its drift, which SCAFFOLD cancels) restarts from 0 every round
-    # (spec.rounds.optimizerState keep-second-moment).
+    # last direction, its drift, which SCAFFOLD cancels) restarts from 0 every round, with
+    # a fresh optimizer's bias correction (spec.rounds.optimizerState keep-second-moment).
     ("scaffold-lr4e-3-keepv", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW second "
-     "moment kept across rounds (first moment zeroed), int8 + EF",
+     "moment kept across rounds (first moment restarted as fresh), int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.004, "optimizerState": "keep-second-moment"},
       "compression": {"codec": "int8"}}),
     # Restricted softmax for locally absent classes (FedRS, Li & Zhan, KDD 2021): while an agent
