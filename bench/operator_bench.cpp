@@ -407,6 +407,7 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
     std::fprintf(stderr, "kubeconfig: %s\n", cfg.status().ToString().c_str());
     return 2;
   }
+  if (!cfg->ca_pem.empty()) SkipSystemTrustStoreLoad();  // as fedge-operator does
   RestKubeClient api(*cfg);
   std::string conc_list;
   for (int c : concurrencies) conc_list += (conc_list.empty() ? "" : ",") + std::to_string(c);

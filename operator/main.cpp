@@ -184,6 +184,9 @@ int main(int argc, char** argv) {
     log::Error("no Kubernetes configuration", {{"error", cfg.status().ToString()}});
     return 1;
   }
+  // The API server's CA is the only one trusted; loading the system bundle into every
+  // new connection is wasted CPU (rest_kube_client.h).
+  if (!cfg->ca_pem.empty()) op::SkipSystemTrustStoreLoad();
   op::RestKubeClient client(*cfg);
 
   if (report->parsed()) {

@@ -5,9 +5,15 @@
 #include <cpprest/containerstream.h>
 #include <cpprest/http_client.h>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include <boost/asio/ssl.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string_view>
@@ -93,7 +99,28 @@ Status ErrorFromBody(int code, const std::string& body) {
   return KubeError(reason, code, message);
 }
 
+// A trust store holding the certificates of `pem` (none when it holds none: every
+// handshake then fails verification, as it should with an unreadable CA).
+X509_STORE* StoreOf(const std::string& pem) {
+  X509_STORE* store = X509_STORE_new();
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  int added = 0;
+  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    added += X509_STORE_add_cert(store, cert) == 1;
+    X509_free(cert);
+  }
+  ERR_clear_error();  // the end of the PEM data reads as an error
+  BIO_free(bio);
+  if (added == 0)
+    log::Error("kube TLS: the configured CA holds no certificate; every handshake will fail", {});
+  return store;
+}
+
 }  // namespace
+
+void SkipSystemTrustStoreLoad() {
+  if (std::getenv("SSL_CERT_FILE") == nullptr) setenv("SSL_CERT_FILE", "/dev/null", /*overwrite=*/0);
+}
 
 struct RestKubeClient::Impl {
   KubeConfig cfg;
@@ -108,7 +135,11 @@ struct RestKubeClient::Impl {
     c.set_ssl_context_callback([k](boost::asio::ssl::context& ctx) {
       // Runs inside cpprest's connect path: it must not throw past here.
       try {
-        if (!k.ca_pem.empty()) ctx.add_certificate_authority(boost::asio::buffer(k.ca_pem));
+        // With a CA configured, only that CA: cpprest has already loaded OpenSSL's default
+        // trust store (the system bundle) into this context, and adding the CA to it would
+        // also trust every public CA for the API server (client-go trusts the configured
+        // CA alone). The store is replaced by one holding the CA's certificates.
+        if (!k.ca_pem.empty()) SSL_CTX_set_cert_store(ctx.native_handle(), StoreOf(k.ca_pem));
         if (!k.client_cert_pem.empty()) {
           ctx.use_certificate_chain(boost::asio::buffer(k.client_cert_pem));
           ctx.use_private_key(boost::asio::buffer(k.client_key_pem), boost::asio::ssl::context::pem);
