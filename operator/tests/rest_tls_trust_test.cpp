@@ -18,6 +18,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "fedge/op/pki.h"
 #include "fedge/op/rest_kube_client.h"
@@ -71,30 +72,54 @@ class TlsTrustTest : public ::testing::Test {
     WriteFile(dir_ / "server.key", serving->key_pem);
     WriteFile(dir_ / "server-ca.pem", server_ca_pem_);
 
+    ASSERT_TRUE(StartServer({}));
+  }
+  // Starts `openssl s_server -www` with the serving certificate (and `extra` arguments)
+  // on a free loopback port, replacing a server this test started before.
+  bool StartServer(std::vector<std::string> extra) {
+    StopServer();
     port_ = FreePort();
-    const std::string accept = "127.0.0.1:" + std::to_string(port_);
-    const std::string cert = (dir_ / "server.pem").string(), key = (dir_ / "server.key").string();
-    const char* argv[] = {"openssl",    "s_server", "-quiet",    "-accept", accept.c_str(), "-cert",
-                          cert.c_str(), "-key",     key.c_str(), "-www",    nullptr};
-    ASSERT_EQ(posix_spawnp(&server_pid_, "openssl", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+    std::vector<std::string> args = {"openssl",
+                                     "s_server",
+                                     "-quiet",
+                                     "-accept",
+                                     "127.0.0.1:" + std::to_string(port_),
+                                     "-cert",
+                                     (dir_ / "server.pem").string(),
+                                     "-key",
+                                     (dir_ / "server.key").string(),
+                                     "-www"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawnp(&server_pid_, "openssl", nullptr, nullptr, argv.data(), environ) != 0) return false;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (!CanConnect(port_) && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    ASSERT_TRUE(CanConnect(port_)) << "openssl s_server did not listen on " << accept;
+    return CanConnect(port_);
   }
-  void TearDown() override {
-    unsetenv("SSL_CERT_FILE");
+  void StopServer() {
     if (server_pid_ > 0) {
       kill(server_pid_, SIGTERM);
       waitpid(server_pid_, nullptr, 0);
+      server_pid_ = -1;
     }
+  }
+  void TearDown() override {
+    unsetenv("SSL_CERT_FILE");
+    StopServer();
     fs::remove_all(dir_);
   }
   // One request; the status says whether the TLS handshake was refused.
-  Status GetWith(const std::string& ca_pem) {
+  Status GetWith(const std::string& ca_pem, const KeyPair* client_cert = nullptr) {
     KubeConfig cfg;
     cfg.server = "https://localhost:" + std::to_string(port_);
     cfg.ca_pem = ca_pem;
+    if (client_cert != nullptr) {
+      cfg.client_cert_pem = client_cert->cert_pem;
+      cfg.client_key_pem = client_cert->key_pem;
+    }
     RestClientOptions o;
     o.request_timeout = std::chrono::seconds(10);
     RestKubeClient client(cfg, o);
@@ -128,6 +153,25 @@ TEST_F(TlsTrustTest, TheConfiguredCaIsTrustedWithTheSystemBundleEmpty) {
   EXPECT_FALSE(HandshakeRefused(s)) << s.ToString();
   Status refused = GetWith(other_ca_pem_);
   EXPECT_TRUE(HandshakeRefused(refused)) << refused.ToString();
+}
+
+TEST_F(TlsTrustTest, TheClientCertificateIsPresentedFromMaterialDecodedOnce) {
+  // A server that requires a client certificate from its own client CA: refused without
+  // one, accepted with the kubeconfig's (the key and certificate are decoded once per
+  // client and shared by its connections; two requests open two connections here).
+  const std::time_t now = std::time(nullptr);
+  auto client_ca = GenerateCa("client-ca", now);
+  ASSERT_TRUE(client_ca.ok());
+  auto client = IssueClientCert(*client_ca, "fedge-operator", now, 3600);
+  ASSERT_TRUE(client.ok());
+  WriteFile(dir_ / "client-ca.pem", client_ca->cert_pem);
+  ASSERT_TRUE(StartServer({"-Verify", "1", "-CAfile", (dir_ / "client-ca.pem").string()}));
+  setenv("SSL_CERT_FILE", "/dev/null", 1);
+  Status without = GetWith(server_ca_pem_);
+  EXPECT_FALSE(without.ok());
+  Status with = GetWith(server_ca_pem_, &*client);
+  EXPECT_FALSE(HandshakeRefused(with)) << with.ToString();
+  EXPECT_NE(without.ToString(), with.ToString()) << "the client certificate made no difference";
 }
 
 TEST(SkipSystemTrustStoreLoadTest, PointsSslCertFileAtNothingUnlessItIsSet) {
