@@ -142,6 +142,7 @@ TEST(JobWireTest, ZeroSurvivesWhereTheRowAllowsIt) {
   sent.rounds.maxGradNorm = 0;
   sent.rounds.weightDecay = 0;
   sent.rounds.seed = 0;
+  sent.strategy.restrictedStep = 0;  // a field with presence: sent 0 is 0
   v1::TrainingConfig wire;
   ASSERT_TRUE(TrainingToWire(sent, &wire).ok());
   auto back = TrainingFromWire(wire);
@@ -149,6 +150,7 @@ TEST(JobWireTest, ZeroSurvivesWhereTheRowAllowsIt) {
   EXPECT_EQ(back->rounds.maxGradNorm, 0);
   EXPECT_EQ(back->rounds.weightDecay, 0);
   EXPECT_EQ(back->rounds.seed, 0u);
+  EXPECT_EQ(back->strategy.restrictedStep, 0);
 }
 
 // Fields an older aggregator does not send keep the spec's defaults where 0 is no
@@ -165,6 +167,9 @@ TEST(JobWireTest, MissingNumbersKeepTheDefaults) {
   EXPECT_EQ(spec->rounds.batchSize, RoundsSpec{}.batchSize);
   EXPECT_EQ(spec->rounds.learningRate, RoundsSpec{}.learningRate);
   EXPECT_EQ(spec->model.maxSeqLen, ModelSpec{}.maxSeqLen);
+  // restricted_step allows 0 (frozen rows) but defaults to 1: not sent is 1, not 0.
+  EXPECT_FALSE(wire.has_restricted_step());
+  EXPECT_EQ(spec->strategy.restrictedStep, 1.0);
 }
 
 // A row naming a field the message lacks, a field of another type, or a field

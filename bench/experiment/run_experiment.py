@@ -112,6 +112,26 @@ CONFIGS = [
      "moment kept across rounds, restricted softmax r 0.5, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedSoftmax": 0.5},
       "rounds": {"learningRate": 0.004, "optimizerState": "keep-second-moment"}, "compression": {"codec": "int8"}}),
+    # Restricted step (spec.strategy.restrictedStep): the change every local AdamW step makes
+    # to the head rows of classes with no example in the agent's shard (weight decay
+    # included) is multiplied by r - after AdamW's normalisation, which undid FedRS's
+    # scaled gradient. Fresh optimizer and kept state (the best rows at alpha 0.1 / 0.5).
+    ("scaffold-lr4e-3-rstep05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, restricted step "
+     "r 0.5 for locally absent classes' head rows, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.5}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-rstep01", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, restricted step "
+     "r 0.1 for locally absent classes' head rows, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.1}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keep-rstep05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW "
+     "state kept across rounds, restricted step r 0.5 for locally absent classes' head rows, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.5},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keep-rstep01", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW "
+     "state kept across rounds, restricted step r 0.1 for locally absent classes' head rows, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.1},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
     ("scaffold-lr8e-3", "SCAFFOLD (control variates, server lr 1), local lr 8e-3, int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.008}, "compression": {"codec": "int8"}}),
     ("scaffold-lr16e-3", "SCAFFOLD (control variates, server lr 1), local lr 1.6e-2, int8 + EF",

@@ -234,6 +234,12 @@ std::vector<JobSpecField> MakeTable() {
        .max = 1,
        .exclusive_min = true,
        .wire = "restricted_softmax"});
+  add({.path = "spec.strategy.restrictedStep",
+       .kind = K::kDouble,
+       .ref = FEDGE_FIELD(strategy.restrictedStep),
+       .min = 0,
+       .max = 1,
+       .wire = "restricted_step"});
   add({.path = "spec.strategy.serverLearningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.serverLearningRate),
@@ -586,6 +592,8 @@ StatusOr<JobSpec> TrainingFromWire(const google::protobuf::Message& wire) {
   for (const JobSpecField& f : JobSpecFields()) {
     if (f.wire.empty()) continue;
     FEDGE_ASSIGN_OR_RETURN(const FieldDescriptor* d, WireField(*wire.GetDescriptor(), f));
+    // A field with presence (proto3 `optional`) that was not sent keeps the default.
+    if (d->has_presence() && !reflection->HasField(wire, d)) continue;
     const bool take_zero = AdmitsZero(f);
     const FieldRef ref = f.ref(spec);
     if (auto* s = std::get_if<std::string*>(&ref)) {

@@ -50,6 +50,11 @@ StatusOr<TrainResult> LlmModel::Train(const std::vector<Example>& data, const Tr
         "the causal LM has no restricted softmax (spec.strategy.restrictedSoftmax is for bert "
         "sequence-classification); set it to 1");
   }
+  if (options.restricted_step != 1.0) {
+    return InvalidArgumentError(
+        "the causal LM has no classifier head to restrict (spec.strategy.restrictedStep is for bert "
+        "sequence-classification); set it to 1");
+  }
   llm::CausalLmTrainOptions to;
   to.steps = options.steps;
   to.batch_size = options.batch_size;

@@ -292,5 +292,84 @@ TEST(RestrictedSoftmaxTest, ValidateLocalRoundRefusesRBeyondZeroToOne) {
   }
 }
 
+// The restricted step (TrainOptions::restricted_step) by hand: a [2, 2] tensor W with
+// the linear loss sum(W * G), so every step's gradient is G and a fresh AdamW's
+// bias-corrected m / sqrt(v) is g / (|g| + eps) at every step. Row 0 has factor 1,
+// row 1 factor r = 0.5. AdamW's change at w is -lr wd w - lr g / (|g| + eps) (decay
+// and gradient step both scaled for row 1): W[1][0] = 1, g = 3, lr 0.1, wd 0.1 goes
+// 1 -> 1 + 0.5 (-0.01 - 0.1) = 0.945 -> 0.945 + 0.5 (-0.00945 - 0.1) = 0.890275, where
+// the unrestricted row would be at 0.89 -> 0.7811. Row 0 equals an unrestricted run's
+// bit for bit. With the scaling switched off (no ScaleRowSteps) row 1 takes the full
+// steps and the checks fail.
+TEST(RestrictedStepTest, AnAbsentRowMovesRTimesAsFarEveryStepWeightDecayIncluded) {
+  const double lr = 0.1, wd = 0.1, eps = 1e-8, r = 0.5;
+  const torch::Tensor g = torch::tensor({{1.0f, -2.0f}, {3.0f, -0.5f}});
+  auto run = [&](const torch::Tensor* rows) {
+    torch::Tensor w = torch::tensor({{0.5f, -0.5f}, {1.0f, 2.0f}}).set_requires_grad(true);
+    TrainOptions o;
+    o.learning_rate = lr;
+    o.weight_decay = wd;
+    o.max_grad_norm = 0;
+    LocalRound round({w}, {"head"}, o);
+    EXPECT_TRUE(round.Start().ok());
+    if (rows != nullptr) EXPECT_TRUE(round.ScaleRowSteps("head", *rows).ok());
+    for (int step = 0; step < 2; ++step) EXPECT_TRUE(round.Step((w * g).sum(), step).ok());
+    return w.detach().clone();
+  };
+  const torch::Tensor rows = torch::tensor({1.0f, static_cast<float>(r)});
+  const torch::Tensor restricted = run(&rows), full = run(nullptr);
+  auto by_hand = [&](double w, double gi, double factor) {
+    for (int step = 0; step < 2; ++step) w += factor * (-lr * wd * w - lr * gi / (std::abs(gi) + eps));
+    return w;
+  };
+  EXPECT_NEAR(by_hand(1.0, 3.0, r), 0.890275, 1e-9);
+  for (int j = 0; j < 2; ++j) {
+    const double w0 = j == 0 ? 1.0 : 2.0, gi = g[1][j].item<double>();
+    EXPECT_NEAR(restricted[1][j].item<double>(), by_hand(w0, gi, r), 1e-6) << "absent row, column " << j;
+    EXPECT_NEAR(full[1][j].item<double>(), by_hand(w0, gi, 1.0), 1e-6) << "unrestricted row, column " << j;
+  }
+  EXPECT_TRUE(torch::equal(restricted[0], full[0])) << restricted[0] << full[0];
+  // r = 0: the row stays exactly where the round started it.
+  const torch::Tensor frozen_rows = torch::tensor({1.0f, 0.0f});
+  const torch::Tensor frozen = run(&frozen_rows);
+  EXPECT_TRUE(torch::equal(frozen[1], torch::tensor({1.0f, 2.0f}))) << frozen[1];
+  EXPECT_TRUE(torch::equal(frozen[0], full[0]));
+}
+
+// A bias-like [C] tensor is scaled per entry; an unknown name or factors of another
+// length are refused.
+TEST(RestrictedStepTest, ScaleRowStepsChecksTheTensorAndTheFactors) {
+  torch::Tensor b = torch::zeros({3}).set_requires_grad(true);
+  TrainOptions o;
+  o.learning_rate = 0.1;
+  o.weight_decay = 0;
+  LocalRound round({b}, {"bias"}, o);
+  ASSERT_TRUE(round.Start().ok());
+  EXPECT_EQ(round.ScaleRowSteps("weight", torch::ones({3})).code(), StatusCode::kInvalidArgument);
+  Status st = round.ScaleRowSteps("bias", torch::ones({2}));
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("expected [3]"), std::string::npos) << st.message();
+  ASSERT_TRUE(round.ScaleRowSteps("bias", torch::tensor({1.0f, 0.25f, 0.0f})).ok());
+  ASSERT_TRUE(round.Step((b * torch::tensor({1.0f, 1.0f, 1.0f})).sum(), 0).ok());
+  // A fresh AdamW's first step is -lr sign(g) (g / (|g| + eps)).
+  EXPECT_NEAR(b[0].item<double>(), -0.1, 1e-6);
+  EXPECT_NEAR(b[1].item<double>(), -0.025, 1e-6);
+  EXPECT_EQ(b[2].item<float>(), 0.0f);
+}
+
+TEST(RestrictedStepTest, ValidateLocalRoundRefusesRBeyondZeroToOne) {
+  TrainOptions o;
+  for (double r : {0.0, 0.5, 1.0}) {
+    o.restricted_step = r;
+    EXPECT_TRUE(ValidateLocalRound(o, "Train").ok()) << r;
+  }
+  for (double r : {-0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    o.restricted_step = r;
+    Status st = ValidateLocalRound(o, "Train");
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << r;
+    EXPECT_NE(st.message().find("restricted_step must be in [0, 1]"), std::string::npos) << st.message();
+  }
+}
+
 }  // namespace
 }  // namespace fedge::agent

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -328,6 +329,70 @@ TEST(TextClassifierTest, RestrictedSoftmaxDoesNotHoldAnAbsentClassHeadRowBackUnd
   EXPECT_GT(moved_off, 0.1) << "the absent class's row must move at all for the comparison to mean anything";
   EXPECT_NEAR(moved_restricted / moved_off, 1.0, 0.1) << "r=0.5 " << moved_restricted << " r=1 " << moved_off;
   o.restricted_softmax = 0;
+  EXPECT_EQ(off->Train(animals, o).status().code(), StatusCode::kInvalidArgument);
+}
+
+// The restricted step (TrainOptions::restricted_step) on the same one-class shard: the
+// change every AdamW step makes to the absent class's head row (classifier.weight row
+// 1 and bias 1) is multiplied by r after AdamW has normalised it, so the row moves
+// about r times as far as with r = 1 (not exactly: from its restricted position its
+// later gradients differ a little, but AdamW's steps are ~lr per coordinate either
+// way; measured 2026-12-04: 0.6017 at r = 1, 0.3103 at r = 0.5 (0.516x), 0.0637 at
+// r = 0.1 (0.106x)), where the restricted softmax left it at 1.02x (test above). r = 0 leaves it
+// exactly where it started; r = 1 trains exactly as without. With the scaling
+// switched off in LocalRound the ratio is 1 and the test fails.
+TEST(TextClassifierTest, RestrictedStepMovesAnAbsentClassHeadRowRTimesAsFar) {
+  FEDGE_REQUIRE_MODEL(dir);
+  std::vector<Example> animals;
+  for (const Example& e : TinyData()) {
+    if (e.label == 0) animals.push_back(e);
+  }
+  TrainOptions t;
+  t.steps = 8;
+  t.batch_size = 6;
+  t.learning_rate = 5e-3;
+  t.seed = 7;
+  // How far the absent class's head row moved, and how far the present class's.
+  auto rows_moved = [&](double r) {
+    auto c = MustLoad(Options(dir));
+    const TensorBundle start = c->ExportTrainable();
+    TrainOptions o = t;
+    o.restricted_step = r;
+    auto trained = c->Train(animals, o);
+    EXPECT_TRUE(trained.ok()) << trained.status().ToString();
+    const TensorBundle end = c->ExportTrainable();
+    const NamedTensor* w0 = start.Find("classifier.weight");
+    const NamedTensor* w1 = end.Find("classifier.weight");
+    const NamedTensor* b0 = start.Find("classifier.bias");
+    const NamedTensor* b1 = end.Find("classifier.bias");
+    EXPECT_TRUE(w0 != nullptr && w1 != nullptr && b0 != nullptr && b1 != nullptr);
+    const size_t hidden = w0->values.size() / kLabels.size();
+    std::array<double, 2> d{};
+    for (size_t row = 0; row < 2; ++row) {
+      d[row] = std::pow(double(b1->values[row]) - b0->values[row], 2);
+      for (size_t i = row * hidden; i < (row + 1) * hidden; ++i) {
+        d[row] += std::pow(double(w1->values[i]) - w0->values[i], 2);
+      }
+      d[row] = std::sqrt(d[row]);
+    }
+    return d;
+  };
+  auto plain = MustLoad(Options(dir));
+  ASSERT_TRUE(plain->Train(animals, t).ok());
+  auto off = MustLoad(Options(dir));
+  TrainOptions o = t;
+  o.restricted_step = 1.0;
+  ASSERT_TRUE(off->Train(animals, o).ok());
+  EXPECT_EQ(MaxAbsDiff(plain->ExportTrainable(), off->ExportTrainable()), 0.0);
+  const auto full = rows_moved(1.0), half = rows_moved(0.5), tenth = rows_moved(0.1), frozen = rows_moved(0);
+  RecordProperty("absent_row_moved", std::to_string(full[1]) + " " + std::to_string(half[1]) + " " +
+                                         std::to_string(tenth[1]) + " " + std::to_string(frozen[1]));
+  EXPECT_GT(full[1], 0.1) << "the absent class's row must move at all for the comparison to mean anything";
+  EXPECT_NEAR(half[1] / full[1], 0.5, 0.05) << "r=0.5 " << half[1] << " r=1 " << full[1];
+  EXPECT_NEAR(tenth[1] / full[1], 0.1, 0.02) << "r=0.1 " << tenth[1] << " r=1 " << full[1];
+  EXPECT_EQ(frozen[1], 0.0);
+  EXPECT_GT(frozen[0], 0.1) << "the present class's row still trains";
+  o.restricted_step = 1.5;
   EXPECT_EQ(off->Train(animals, o).status().code(), StatusCode::kInvalidArgument);
 }
 

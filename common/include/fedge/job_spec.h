@@ -102,6 +102,13 @@ struct StrategySpec {
   // down. Evaluation and serving use the raw logits. 1: off. BERT sequence
   // classification only (other trainers refuse < 1).
   double restrictedSoftmax = 1.0;
+  // Restricted step: during local training each agent multiplies the change every
+  // optimizer step (AdamW's update, weight decay included) makes to the head rows of
+  // the classes with no example in its own training data by restrictedStep in
+  // [0, 1]; 0 leaves those rows where the round started them. Unlike
+  // restrictedSoftmax it acts after AdamW's per-coordinate normalisation. 1: off.
+  // BERT sequence classification only (other trainers refuse < 1).
+  double restrictedStep = 1.0;
   // Server optimizers (fedadam, fedyogi, fedadagrad; Reddi et al. 2021).
   double serverLearningRate = 1e-2;  // eta
   double beta1 = 0.9;

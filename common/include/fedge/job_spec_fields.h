@@ -95,8 +95,11 @@ Status CheckBundleMatches(const CompressionSpec& compression, const BundleHeader
 // default): a 0 or "" that the row's bounds do not allow (localSteps 0, codec
 // "") keeps the default, as from an aggregator that did not send the field;
 // any other value is taken (weightDecay 0, maxGradNorm 0 = no clipping, seed
-// 0), booleans always. INTERNAL if a named field is missing from the message
-// or cannot carry the row's type (a table and a proto of different versions).
+// 0), booleans always; a field with presence (proto3 `optional`, for a row whose
+// default is not 0 but which allows 0: restrictedStep) keeps the default when it
+// was not sent and is taken as sent otherwise. INTERNAL if a named field is
+// missing from the message or cannot carry the row's type (a table and a proto
+// of different versions).
 // Thread-safe; `spec` is only read.
 Status TrainingToWire(const JobSpec& spec, google::protobuf::Message* wire);
 StatusOr<JobSpec> TrainingFromWire(const google::protobuf::Message& wire);

@@ -69,6 +69,15 @@ struct TrainOptions {
   // rows of classes it never sees. Evaluation and inference use the raw logits.
   // 1: off. A trainer without it answers INVALID_ARGUMENT when it is not 1.
   double restricted_softmax = 1.0;
+  // Restricted step r (spec.strategy.restrictedStep): after every optimizer step the
+  // change that step made to a classifier-head row of a class with no example in
+  // the `data` passed to Train (AdamW's whole update: gradient step and weight
+  // decay) is multiplied by r in [0, 1]; 0 leaves those rows where Train found
+  // them. SCAFFOLD's step_correction is applied after it, unscaled. Unlike
+  // restricted_softmax it acts after AdamW's per-coordinate normalisation, which
+  // undoes a scaled gradient. 1: off. A trainer without it answers
+  // INVALID_ARGUMENT when it is not 1.
+  double restricted_step = 1.0;
   // SCAFFOLD's c - c_i (fedge/agent/runtime/update.h): after every optimizer
   // step each trainable tensor moves by -learning_rate x its tensor of this
   // bundle (same names and shapes as ExportTrainable). Null: no correction. A
@@ -77,13 +86,15 @@ struct TrainOptions {
 };
 
 // Copies the job's fields that only a trainer reads, spec.rounds.optimizerState
-// (keep_optimizer_state, keep_first_moment) and spec.strategy.restrictedSoftmax,
-// into `options`. The spec is a validated one (an unknown optimizerState is fresh).
+// (keep_optimizer_state, keep_first_moment), spec.strategy.restrictedSoftmax and
+// spec.strategy.restrictedStep, into `options`. The spec is a validated one (an
+// unknown optimizerState is fresh).
 inline void ApplyTrainerSpec(const JobSpec& job, TrainOptions& options) {
   options.keep_optimizer_state =
       job.rounds.optimizerState == "keep" || job.rounds.optimizerState == "keep-second-moment";
   options.keep_first_moment = job.rounds.optimizerState != "keep-second-moment";
   options.restricted_softmax = job.strategy.restrictedSoftmax;
+  options.restricted_step = job.strategy.restrictedStep;
 }
 
 struct TrainResult {

@@ -275,16 +275,22 @@ class BertTextClassifier final : public TextClassifier {
       lora_modules_[i]->SeedDropout(opt.seed * 0x9E3779B97F4A7C15ull + i + 1);
     }
 
-    // Logit adjustment and the restricted softmax: from the labels of this agent's
-    // own training data (they stay here).
+    // Logit adjustment, the restricted softmax and the restricted step: from the
+    // labels of this agent's own training data (they stay here).
     torch::Tensor shift, scale;
-    if (opt.logit_adjustment > 0 || opt.restricted_softmax != 1.0) {
+    if (opt.logit_adjustment > 0 || opt.restricted_softmax != 1.0 || opt.restricted_step != 1.0) {
       std::vector<int64_t> all_labels;
       all_labels.reserve(data.size());
       for (const Example& ex : data) all_labels.push_back(ex.label);
       const auto classes = static_cast<int64_t>(options_.labels.size());
       if (opt.logit_adjustment > 0) shift = LogitAdjustment(all_labels, classes, opt.logit_adjustment);
       scale = RestrictedSoftmaxScale(all_labels, classes, opt.restricted_softmax);
+      // The head's rows of absent classes (weight rows and bias entries) step r times as far.
+      if (opt.restricted_step != 1.0) {
+        const torch::Tensor rows = RestrictedSoftmaxScale(all_labels, classes, opt.restricted_step);
+        FEDGE_RETURN_IF_ERROR(round.ScaleRowSteps("classifier.weight", rows));
+        FEDGE_RETURN_IF_ERROR(round.ScaleRowSteps("classifier.bias", rows));
+      }
     }
 
     const size_t batch = std::min(static_cast<size_t>(opt.batch_size), data.size());

@@ -17,6 +17,10 @@ Status ValidateLocalRound(const TrainOptions& o, const std::string& what) {
     return InvalidArgumentError(what + ": restricted_softmax must be in (0, 1] (1: off), got " +
                                 std::to_string(o.restricted_softmax));
   }
+  if (!(o.restricted_step >= 0 && o.restricted_step <= 1)) {
+    return InvalidArgumentError(what + ": restricted_step must be in [0, 1] (1: off), got " +
+                                std::to_string(o.restricted_step));
+  }
   return OkStatus();
 }
 
@@ -96,6 +100,24 @@ Status LocalRound::Start(std::unique_ptr<torch::optim::AdamW> kept) {
   return OkStatus();
 }
 
+Status LocalRound::ScaleRowSteps(const std::string& name, const torch::Tensor& row_scale) {
+  for (size_t i = 0; i < params_.size() && i < names_.size(); ++i) {
+    if (names_[i] != name) continue;
+    const torch::Tensor& t = params_[i];
+    if (t.dim() < 1 || row_scale.dim() != 1 || row_scale.size(0) != t.size(0)) {
+      return InvalidArgumentError("Train: row step factors for '" + name + "' have shape " +
+                                  ShapeString(row_scale.sizes().vec()) + ", expected [" +
+                                  std::to_string(t.dim() < 1 ? 0 : t.size(0)) + "]");
+    }
+    std::vector<int64_t> shape(static_cast<size_t>(t.dim()), 1);
+    shape[0] = t.size(0);
+    torch::Tensor scale = row_scale.to(t.scalar_type()).reshape(shape).expand_as(t).contiguous();
+    row_steps_.push_back({i, scale, scale.ne(1)});
+    return OkStatus();
+  }
+  return InvalidArgumentError("Train: no trainable tensor '" + name + "' to scale the row steps of");
+}
+
 StatusOr<double> LocalRound::Step(const torch::Tensor& loss, int step) {
   torch::Tensor objective = loss;
   if (options_.proximal_mu > 0) {
@@ -127,8 +149,20 @@ StatusOr<double> LocalRound::Step(const torch::Tensor& loss, int step) {
   optimizer_->zero_grad();
   objective.backward();
   if (options_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.max_grad_norm);
+  // Restricted step: snapshot the restricted tensors, then scale the rows' change.
+  std::vector<torch::Tensor> before;
+  for (const RowSteps& r : row_steps_) before.push_back(params_[r.param].detach().clone());
   optimizer_->step();
   ++steps_taken_;
+  if (!row_steps_.empty()) {
+    torch::NoGradGuard no_grad;
+    for (size_t k = 0; k < row_steps_.size(); ++k) {
+      const RowSteps& r = row_steps_[k];
+      torch::Tensor& p = params_[r.param];
+      // Rows with factor 1 keep the optimizer's value bit for bit.
+      p.copy_(torch::where(r.restricted, before[k] + (p - before[k]) * r.scale, p));
+    }
+  }
   if (!correction_.empty()) {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < params_.size(); ++i) params_[i].sub_(correction_[i]);

@@ -21,7 +21,8 @@
 namespace fedge::agent {
 
 // INVALID_ARGUMENT unless learning_rate > 0, weight_decay, max_grad_norm,
-// proximal_mu, logit_adjustment >= 0 and restricted_softmax in (0, 1] (`what`
+// proximal_mu, logit_adjustment >= 0, restricted_softmax in (0, 1] and
+// restricted_step in [0, 1] (`what`
 // prefixes the message). Steps and batch size are the
 // family's to check (its sampler uses them).
 Status ValidateLocalRound(const TrainOptions& options, const std::string& what);
@@ -45,6 +46,8 @@ torch::Tensor LogitAdjustedCrossEntropy(const torch::Tensor& logits, const torch
 // FedRS, Li & Zhan, KDD 2021): [num_classes] float, 1 for a class with at least one
 // example in `labels`, r for a class with none. Undefined when r == 1 (off). Labels
 // must be in [0, num_classes).
+// The restricted step's row factors (TrainOptions::restricted_step) are the same
+// vector with r = restricted_step.
 torch::Tensor RestrictedSoftmaxScale(const std::vector<int64_t>& labels, int64_t num_classes, double r);
 
 // logits [B, C] x scale [C] (every row); an undefined `scale` returns `logits`.
@@ -74,6 +77,16 @@ class LocalRound {
   // The optimizer between Start and ReleaseOptimizer (for tests to read its state).
   torch::optim::AdamW& optimizer() { return *optimizer_; }
 
+  // Restricted step (TrainOptions::restricted_step): from now on, after each
+  // optimizer step, the change that step made to row k (first dimension) of the
+  // tensor named `name` is multiplied by row_scale[k] (AdamW's whole update:
+  // gradient step and decoupled weight decay); rows with factor 1 keep the
+  // optimizer's value exactly. The optimizer's moments are AdamW's own (they see
+  // the gradients, not the scaled steps). SCAFFOLD's correction comes after and
+  // is not scaled. INVALID_ARGUMENT if no tensor is named `name` or row_scale is
+  // not [rows]. Call after Start, before the first Step; once per tensor.
+  Status ScaleRowSteps(const std::string& name, const torch::Tensor& row_scale);
+
   // One step on `loss` (the batch's data loss, a scalar with a graph). Returns
   // its value; INTERNAL naming `step` if it is non-finite, after restoring the
   // parameters to their values at Start (the optimizer does not step).
@@ -93,6 +106,13 @@ class LocalRound {
   // and the steps this round has taken.
   int64_t first_moment_from_ = -1;
   int64_t steps_taken_ = 0;
+  // ScaleRowSteps: the tensor's index, its factors expanded to its shape, and
+  // where they are not 1.
+  struct RowSteps {
+    size_t param;
+    torch::Tensor scale, restricted;
+  };
+  std::vector<RowSteps> row_steps_;
 };
 
 }  // namespace fedge::agent
