@@ -299,7 +299,7 @@ TEST_F(DecodeLoopTest, ClassifyIsNotStarvedByGenerationsThatNeverEnd) {
   g2->cancel = true;
   EXPECT_TRUE(f1.get().ok());
   EXPECT_TRUE(f2.get().ok());
-  EXPECT_FALSE(model_->concurrent_use.load());
+  EXPECT_FALSE(model_->concurrent_use->load());
 }
 
 TEST_F(DecodeLoopTest, TheQueueBoundAndClientsThatLeaveWhileQueuedStillApply) {

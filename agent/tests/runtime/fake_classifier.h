@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -152,13 +153,18 @@ class FakeClassifier : public TextClassifier {
   // Runs inside ImportTrainable, after the layout check: lets a test hold an
   // install in the middle of importing a global.
   std::function<void()> on_import;
-  std::atomic<bool> concurrent_use{false};
+  // Set when two calls overlapped. Shared, so that it outlives the model: a
+  // ServingModel destroys an instance it retired once that instance's last
+  // request ends, and a test that watches instances across installs must keep
+  // this handle, not the model's address (reading a destroyed fake's flag was a
+  // use-after-free that failed the test at random).
+  const std::shared_ptr<std::atomic<bool>> concurrent_use = std::make_shared<std::atomic<bool>>(false);
 
  private:
   // Flags overlapping calls: the runtime promises one caller at a time.
   struct Guard {
     explicit Guard(const FakeClassifier* f) : f_(const_cast<FakeClassifier*>(f)) {
-      if (f_->in_use_.exchange(true)) f_->concurrent_use = true;
+      if (f_->in_use_.exchange(true)) f_->concurrent_use->store(true);
     }
     ~Guard() { f_->in_use_ = false; }
     FakeClassifier* f_;

@@ -215,7 +215,7 @@ TEST_F(InferenceApiTest, SwappingTheGlobalNeverFailsOrOverlapsRequests) {
   done = true;
   for (auto& c : clients) c.join();
   EXPECT_EQ(failures, 0);
-  EXPECT_FALSE(fake_->concurrent_use) << "a request and a swap used the model at the same time";
+  EXPECT_FALSE(fake_->concurrent_use->load()) << "a request and a swap used the model at the same time";
   EXPECT_EQ(serving_->version(), 200);
 }
 

@@ -333,7 +333,7 @@ TEST_F(SchedulerTest, ExclusiveWorkRunsAloneOnTheModel) {
   EXPECT_EQ(calls[1], (std::vector<std::string>{"before", "after"}));
   EXPECT_EQ(calls_when_exclusive_ran, 2u);
   EXPECT_EQ(calls[2], (std::vector<std::string>{"exclusive"}));
-  EXPECT_FALSE(model_->concurrent_use.load());
+  EXPECT_FALSE(model_->concurrent_use->load());
 }
 
 TEST_F(SchedulerTest, TheGatherWindowCollectsConcurrentClientsButALoneClientNeverWaitsForIt) {
