@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <set>
+#include <thread>
+#include <vector>
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -144,6 +147,68 @@ TEST(PkiTest, RenewalComesWhenAThirdOfTheLifetimeRemains) {
   EXPECT_EQ(info->not_before, kNow - 6);
   EXPECT_GT(RenewalTime(*info), kNow);
   EXPECT_LT(RenewalTime(*info), info->not_after);
+}
+
+// The operator decodes the job CA once per pass and issues every agent's certificate
+// from it, on several threads at once (reconciler.cpp, Run::JobCa).
+TEST(PkiTest, ADecodedCaIssuesFromManyThreadsWhatTheOneShotFunctionIssues) {
+  KeyPair ca_pair = Ca();
+  auto ca = CertificateAuthority::Load(ca_pair);
+  ASSERT_TRUE(ca.ok()) << ca.status().ToString();
+  constexpr int kThreads = 8, kEach = 4;
+  std::vector<std::vector<std::pair<KeyPair, CertInfo>>> issued(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        CertInfo info;
+        auto cert = ca->IssueClientCert("edge-" + std::to_string(t * kEach + i), kNow, 3600, &info);
+        ASSERT_TRUE(cert.ok()) << cert.status().ToString();
+        issued[t].push_back({*cert, info});
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> serials;
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_EQ(issued[t].size(), static_cast<size_t>(kEach));
+    for (int i = 0; i < kEach; ++i) {
+      const auto& [cert, info] = issued[t][i];
+      EXPECT_TRUE(SignedBy(cert.cert_pem, ca_pair.cert_pem));
+      EXPECT_TRUE(KeyMatchesCert(cert.cert_pem, cert.key_pem));
+      EXPECT_EQ(ExtendedKeyUsage(cert.cert_pem), static_cast<uint32_t>(XKU_SSL_CLIENT));
+      // What the reconciler takes instead of parsing the certificate it just made.
+      auto read = ReadCert(cert.cert_pem);
+      ASSERT_TRUE(read.ok());
+      EXPECT_EQ(info.agent_id, "edge-" + std::to_string(t * kEach + i));
+      EXPECT_EQ(info.agent_id, read->agent_id);
+      EXPECT_EQ(info.common_name, read->common_name);
+      EXPECT_EQ(info.not_before, read->not_before);
+      EXPECT_EQ(info.not_after, read->not_after);
+      EXPECT_EQ(info.serial, read->serial);
+      EXPECT_EQ(info.not_after, kNow + 3600);
+      serials.insert(info.serial);
+    }
+  }
+  EXPECT_EQ(serials.size(), static_cast<size_t>(kThreads * kEach)) << "a serial number repeated";
+
+  auto serving = ca->IssueServingCert("wn-aggregator", {"wn-aggregator.ml.svc"}, kNow);
+  ASSERT_TRUE(serving.ok());
+  EXPECT_TRUE(SignedBy(serving->cert_pem, ca_pair.cert_pem));
+  EXPECT_EQ(ExtendedKeyUsage(serving->cert_pem), static_cast<uint32_t>(XKU_SSL_SERVER));
+}
+
+TEST(PkiTest, ACaWhoseKeyIsNotItsCertificatesIsRefused) {
+  KeyPair a = Ca(), b = Ca();
+  auto mixed = CertificateAuthority::Load({a.cert_pem, b.key_pem});
+  EXPECT_EQ(mixed.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(mixed.status().message().find("not the CA certificate's key"), std::string::npos)
+      << mixed.status().ToString();
+  EXPECT_EQ(CertificateAuthority::Load({"garbage", a.key_pem}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(CertificateAuthority::Load({a.cert_pem, ""}).status().code(), StatusCode::kInvalidArgument);
+  // The one-shot functions check the same.
+  EXPECT_EQ(IssueClientCert({a.cert_pem, b.key_pem}, "edge-a", kNow, 3600).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace

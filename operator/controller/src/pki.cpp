@@ -99,19 +99,8 @@ StatusOr<KeyPair> Finish(X509* cert, EVP_PKEY* signer, EVP_PKEY* key) {
   return out;
 }
 
-struct Ca {
-  Cert cert;
-  PKey key;
-};
-
-StatusOr<Ca> LoadCa(const KeyPair& ca) {
-  Bio cbio(BIO_new_mem_buf(ca.cert_pem.data(), static_cast<int>(ca.cert_pem.size())));
-  Bio kbio(BIO_new_mem_buf(ca.key_pem.data(), static_cast<int>(ca.key_pem.size())));
-  Ca out{Cert(PEM_read_bio_X509(cbio.get(), nullptr, nullptr, nullptr)),
-         PKey(PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr))};
-  if (!out.cert || !out.key) return InvalidArgumentError("unreadable CA certificate or key");
-  return out;
-}
+// What ReadCert reports, from a decoded certificate.
+StatusOr<CertInfo> InfoOf(X509* cert);
 
 Cert ParseCert(const std::string& pem) {
   Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
@@ -184,9 +173,37 @@ StatusOr<KeyPair> GenerateCa(const std::string& common_name, std::time_t now) {
   return Finish(cert.get(), key.get(), key.get());
 }
 
+struct CertificateAuthority::Decoded {
+  Cert cert;
+  PKey key;
+};
+
+StatusOr<CertificateAuthority> CertificateAuthority::Load(const KeyPair& ca) {
+  Bio cbio(BIO_new_mem_buf(ca.cert_pem.data(), static_cast<int>(ca.cert_pem.size())));
+  Bio kbio(BIO_new_mem_buf(ca.key_pem.data(), static_cast<int>(ca.key_pem.size())));
+  auto d = std::make_shared<Decoded>();
+  d->cert = Cert(cbio ? PEM_read_bio_X509(cbio.get(), nullptr, nullptr, nullptr) : nullptr);
+  d->key = PKey(kbio ? PEM_read_bio_PrivateKey(kbio.get(), nullptr, nullptr, nullptr) : nullptr);
+  if (!d->cert || !d->key) return InvalidArgumentError("unreadable CA certificate or key");
+  if (X509_check_private_key(d->cert.get(), d->key.get()) != 1) {
+    return InvalidArgumentError("the CA key is not the CA certificate's key");
+  }
+  // Computes the certificate's cached extension data now, so that issuing threads only
+  // read it.
+  X509_check_purpose(d->cert.get(), -1, 0);
+  return CertificateAuthority(std::move(d));
+}
+
 StatusOr<KeyPair> IssueServingCert(const KeyPair& ca, const std::string& common_name,
                                    const std::vector<std::string>& dns_names, std::time_t now) {
-  FEDGE_ASSIGN_OR_RETURN(Ca signer, LoadCa(ca));
+  FEDGE_ASSIGN_OR_RETURN(CertificateAuthority signer, CertificateAuthority::Load(ca));
+  return signer.IssueServingCert(common_name, dns_names, now);
+}
+
+StatusOr<KeyPair> CertificateAuthority::IssueServingCert(const std::string& common_name,
+                                                         const std::vector<std::string>& dns_names,
+                                                         std::time_t now) const {
+  const Decoded& signer = *d_;
   PKey key = NewEcKey();
   if (!key) return InternalError("EC key generation failed");
   FEDGE_ASSIGN_OR_RETURN(
@@ -205,12 +222,18 @@ StatusOr<KeyPair> IssueServingCert(const KeyPair& ca, const std::string& common_
 
 StatusOr<KeyPair> IssueClientCert(const KeyPair& ca, const std::string& agent_id, std::time_t now,
                                   std::time_t lifetime_seconds) {
+  FEDGE_ASSIGN_OR_RETURN(CertificateAuthority signer, CertificateAuthority::Load(ca));
+  return signer.IssueClientCert(agent_id, now, lifetime_seconds);
+}
+
+StatusOr<KeyPair> CertificateAuthority::IssueClientCert(const std::string& agent_id, std::time_t now,
+                                                        std::time_t lifetime_seconds, CertInfo* info) const {
   if (agent_id.empty()) return InvalidArgumentError("a client certificate needs an agent id");
   if (lifetime_seconds < 60) {
     return InvalidArgumentError("client certificate lifetime " + std::to_string(lifetime_seconds) +
                                 " s is under the minimum of 60 s");
   }
-  FEDGE_ASSIGN_OR_RETURN(Ca signer, LoadCa(ca));
+  const Decoded& signer = *d_;
   PKey key = NewEcKey();
   if (!key) return InternalError("EC key generation failed");
   FEDGE_ASSIGN_OR_RETURN(Cert cert,
@@ -223,19 +246,29 @@ StatusOr<KeyPair> IssueClientCert(const KeyPair& ca, const std::string& agent_id
       !AddExt(cert.get(), signer.cert.get(), NID_subject_alt_name, "URI:" + AgentUri(agent_id))) {
     return InternalError("adding client-certificate extensions failed");
   }
-  return Finish(cert.get(), signer.key.get(), key.get());
+  FEDGE_ASSIGN_OR_RETURN(KeyPair out, Finish(cert.get(), signer.key.get(), key.get()));
+  if (info != nullptr) {
+    FEDGE_ASSIGN_OR_RETURN(*info, InfoOf(cert.get()));
+  }
+  return out;
 }
 
 StatusOr<CertInfo> ReadCert(const std::string& cert_pem) {
   Cert cert = ParseCert(cert_pem);
   if (!cert) return InvalidArgumentError("not a PEM certificate");
+  return InfoOf(cert.get());
+}
+
+namespace {
+
+StatusOr<CertInfo> InfoOf(X509* cert) {
   CertInfo info;
-  auto nb = ToTime(X509_get0_notBefore(cert.get()));
-  auto na = ToTime(X509_get0_notAfter(cert.get()));
+  auto nb = ToTime(X509_get0_notBefore(cert));
+  auto na = ToTime(X509_get0_notAfter(cert));
   if (!nb || !na) return InvalidArgumentError("certificate has an unreadable validity period");
   info.not_before = *nb;
   info.not_after = *na;
-  X509_NAME* subject = X509_get_subject_name(cert.get());
+  X509_NAME* subject = X509_get_subject_name(cert);
   int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
   if (idx >= 0) {
     unsigned char* utf8 = nullptr;
@@ -243,8 +276,7 @@ StatusOr<CertInfo> ReadCert(const std::string& cert_pem) {
     if (n >= 0) info.common_name.assign(reinterpret_cast<char*>(utf8), static_cast<size_t>(n));
     OPENSSL_free(utf8);
   }
-  auto* names =
-      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert.get(), NID_subject_alt_name, nullptr, nullptr));
+  auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
     const GENERAL_NAME* gn = sk_GENERAL_NAME_value(names, i);
     if (gn->type != GEN_URI) continue;
@@ -254,7 +286,7 @@ StatusOr<CertInfo> ReadCert(const std::string& cert_pem) {
       info.agent_id = PercentDecode(uri.substr(strlen(kAgentUriPrefix)));
   }
   GENERAL_NAMES_free(names);
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert.get()), nullptr);
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
   if (bn) {
     char* hex = BN_bn2hex(bn);
     if (hex) info.serial = hex;
@@ -263,6 +295,8 @@ StatusOr<CertInfo> ReadCert(const std::string& cert_pem) {
   }
   return info;
 }
+
+}  // namespace
 
 bool SignedBy(const std::string& cert_pem, const std::string& ca_cert_pem) {
   Cert cert = ParseCert(cert_pem);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -115,6 +117,21 @@ struct JobReconciler::Run {
   Json status;      // operator-owned fields to write
   std::vector<PlannedEvent> events;
   Credentials creds;  // the job's credentials, once known (cached or synced)
+
+  // The job CA decoded once per pass for the agent certificates of its wave (JobCa):
+  // decoding its key cost more than issuing a certificate. Keyed by the CA certificate,
+  // since the credentials wave may replace the credentials.
+  StatusOr<CertificateAuthority> JobCa() const {
+    std::lock_guard<std::mutex> lock(ca_mu);
+    if (!ca || ca_crt_decoded != creds.ca_crt) {
+      ca = CertificateAuthority::Load({creds.ca_crt, creds.ca_key});
+      ca_crt_decoded = creds.ca_crt;
+    }
+    return *ca;
+  }
+  mutable std::mutex ca_mu;
+  mutable std::optional<StatusOr<CertificateAuthority>> ca;
+  mutable std::string ca_crt_decoded;
 };
 
 // What one action did.
@@ -437,9 +454,10 @@ Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& no
   AgentCredentials want{token, "", "", ""};
   std::string renew;  // the certificate's renewal time, for the annotation
   if (tls) {
-    FEDGE_ASSIGN_OR_RETURN(KeyPair cert, IssueClientCert({run.creds.ca_crt, run.creds.ca_key}, node, run.now,
-                                                         opts_.agent_cert_lifetime_seconds));
-    FEDGE_ASSIGN_OR_RETURN(CertInfo info, ReadCert(cert.cert_pem));
+    FEDGE_ASSIGN_OR_RETURN(CertificateAuthority ca, run.JobCa());
+    CertInfo info;
+    FEDGE_ASSIGN_OR_RETURN(KeyPair cert,
+                           ca.IssueClientCert(node, run.now, opts_.agent_cert_lifetime_seconds, &info));
     want.ca_crt = run.creds.ca_crt;
     want.tls_crt = cert.cert_pem;
     want.tls_key = cert.key_pem;
