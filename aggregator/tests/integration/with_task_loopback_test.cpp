@@ -99,6 +99,8 @@ TEST(WithTaskLoopbackTest, ReportsWithGetTaskGiveTheRoundsAndMetricsOfReportMetr
     ASSERT_TRUE(o.loss.has_value());
     EXPECT_EQ(*n.loss, *o.loss);
     EXPECT_EQ(n.global_version, o.global_version);
+    EXPECT_GT(o.bytes_down, 0u);
+    EXPECT_EQ(n.bytes_down, o.bytes_down);
     EXPECT_EQ(n.close_reason, o.close_reason);
   }
   EXPECT_EQ(new_path.status.final_accuracy, old_path.status.final_accuracy);
