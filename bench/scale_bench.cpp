@@ -3,9 +3,7 @@
 //
 // Each simulated agent follows protocol v1 the way fedge-agent does (Join,
 // GetTask loop honouring retry_after_ms, FetchGlobal when its version is old,
-// SubmitUpdate, the evaluation report with its next GetTask when the
-// aggregator offers that at Join else ReportMetrics; --report-path rpc makes
-// it an older agent) but "trains" by sending one of a few
+// SubmitUpdate, ReportMetrics) but "trains" by sending one of a few
 // pre-encoded int8+zstd deltas of the quickstart's size (83,353 values, about
 // 85 KB on the wire). The agents are multiplexed over a small pool of worker
 // threads by a due-time queue (no thread per agent) and a few channels.
@@ -585,9 +583,7 @@ struct SimAgent {
   int64_t held_version = 0;
   int channel = 0;
   bool done = false;
-  std::optional<v1::Task> task;             // answered by AskTask, not yet acted on
-  bool task_reports = false;                // JoinResponse.task_reports, and the run lets it report that way
-  std::optional<v1::MetricsReport> report;  // rides on the next GetTask (TaskRequest.report)
+  std::optional<v1::Task> task;  // answered by AskTask, not yet acted on
 };
 
 struct RunResult {
@@ -600,13 +596,9 @@ struct RunResult {
   uint64_t updates = 0;
   uint64_t rejected = 0;
   uint64_t rpc_errors = 0;
-  uint64_t get_tasks = 0;       // GetTask calls of the whole run (join to done)
-  int channels = 0;             // gRPC channels (TCP connections) the agents used
-  std::string global_codec;     // spec.compression.globalCodec of the run
-  bool inline_reports = false;  // the agents were allowed to report with GetTask
-  // Calls of the run besides GetTask: FetchGlobal, SubmitUpdate, ReportMetrics,
-  // and the reports that rode on a GetTask.
-  uint64_t fetches = 0, submits = 0, report_calls = 0, reports_inline = 0;
+  uint64_t get_tasks = 0;     // GetTask calls of the whole run (join to done)
+  int channels = 0;           // gRPC channels (TCP connections) the agents used
+  std::string global_codec;   // spec.compression.globalCodec of the run
   uint64_t global_bytes = 0;  // the encoded global of the last FetchGlobal (bytes on the wire)
   // GetTask answers by kind: TRAIN, EVALUATE, WAIT, other (INITIALIZE, DONE).
   uint64_t task_train = 0, task_evaluate = 0, task_wait = 0, task_other = 0;
@@ -653,16 +645,10 @@ class Bench {
   // One run of `agents` against the aggregator binary `aggregator` (empty:
   // the one given at construction), the global sent in `global_codec`
   // (spec.compression.globalCodec; empty: the spec's default).
-  // `inline_reports`: an agent sends its evaluation report with its next
-  // GetTask when the aggregator offers it (JoinResponse.task_reports), as
-  // fedge-agent does; false: always ReportMetrics (an older agent).
-  RunResult Run(int agents, const std::string& aggregator = "", const std::string& global_codec = "",
-                bool inline_reports = true) {
+  RunResult Run(int agents, const std::string& aggregator = "", const std::string& global_codec = "") {
     const std::string& binary = aggregator.empty() ? aggregator_ : aggregator;
     RunResult result;
     result.agents = agents;
-    result.inline_reports = inline_reports;
-    inline_reports_ = inline_reports;
     result.rounds = rounds_;
     const std::string dir = (std::filesystem::temp_directory_path() /
                              ("fedge-scale-" + std::to_string(getpid()) + "-" + std::to_string(agents)))
@@ -740,7 +726,6 @@ class Bench {
       failed_ = false;
     }
     updates_ = rejected_ = rpc_errors_ = get_tasks_ = global_bytes_ = 0;
-    fetches_ = submits_ = report_calls_ = reports_inline_ = 0;
     task_train_ = task_evaluate_ = task_wait_ = task_other_ = 0;
     baseline_ = ProcStats{};
     pid_ = pid;
@@ -764,10 +749,6 @@ class Bench {
     result.task_wait = task_wait_;
     result.task_other = task_other_;
     result.get_tasks = get_tasks_;
-    result.fetches = fetches_;
-    result.submits = submits_;
-    result.report_calls = report_calls_;
-    result.reports_inline = reports_inline_;
     result.baseline_rss_kib = baseline_.rss_kib;
     result.peak_kib = final_stats.hwm_kib;
     result.cpu_seconds = final_stats.cpu_seconds - baseline_.cpu_seconds;
@@ -850,7 +831,6 @@ class Bench {
               bool is_delta) {
     grpc::ClientContext ctx;
     v1::SubmitUpdateResponse response;
-    ++submits_;
     auto writer = stub.SubmitUpdate(&ctx, &response);
     v1::UpdateChunk chunk;
     v1::UpdateHeader* h = chunk.mutable_header();
@@ -890,7 +870,6 @@ class Bench {
     v1::FetchGlobalRequest req;
     *req.mutable_header() = Header(agent);
     req.set_version(version);
-    ++fetches_;
     auto reader = stub.FetchGlobal(&ctx, req);
     v1::GlobalChunk chunk;
     uint64_t got = 0, total = 0;
@@ -935,15 +914,13 @@ class Bench {
         return 500;
       }
       agent.session = resp.session();
-      agent.task_reports = inline_reports_ && resp.task_reports();
-      agent.report.reset();
       return 0;
     }
     if (!agent.task) {
       AskTask(agent, index, stub);
       return -2;
     }
-    const v1::Task task = std::move(*agent.task);
+    const v1::Task task = *agent.task;
     agent.task.reset();
     switch (task.kind()) {
       case v1::TASK_KIND_WAIT:
@@ -971,21 +948,16 @@ class Bench {
         if (skip_fetch_) agent.held_version = task.global_version();
         if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version()))
           return 200;
+        grpc::ClientContext mctx;
         v1::MetricsReport report;
+        *report.mutable_header() = Header(agent);
         report.set_round(task.round());
         report.set_global_version(task.global_version());
         report.set_phase("evaluate");
         report.set_num_examples(20);
         (*report.mutable_values())["accuracy"] = 0.5;
         (*report.mutable_values())["loss"] = 1.0;
-        if (agent.task_reports) {
-          agent.report = std::move(report);  // with the next GetTask
-          return 0;
-        }
-        grpc::ClientContext mctx;
-        *report.mutable_header() = Header(agent);
         v1::MetricsAck ack;
-        ++report_calls_;
         if (grpc::Status s = stub.ReportMetrics(&mctx, report, &ack); !s.ok())
           RpcError("ReportMetrics", agent, s);
         return 0;
@@ -1011,11 +983,6 @@ class Bench {
     auto* call = new TaskCall;
     *call->request.mutable_header() = Header(agent);
     call->request.set_held_version(agent.held_version);
-    if (agent.report) {
-      *call->request.mutable_report() = std::move(*agent.report);
-      agent.report.reset();  // a refused or lost report counts as an RPC error, as ReportMetrics' did
-      ++reports_inline_;
-    }
     if (wait_ms_ > 0) {
       call->request.set_wait_ms(static_cast<uint32_t>(wait_ms_));
       call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(wait_ms_ + 30'000));
@@ -1036,7 +1003,7 @@ class Bench {
         ++(kind == v1::TASK_KIND_TRAIN      ? task_train_
            : kind == v1::TASK_KIND_EVALUATE ? task_evaluate_
                                             : task_other_);
-        a.task = std::move(call->task);
+        a.task = call->task;
       }
       delete call;
       std::lock_guard<std::mutex> lock(mu_);
@@ -1047,8 +1014,7 @@ class Bench {
 
   const std::string aggregator_;
   const int rounds_, threads_, channels_;
-  const int wait_ms_;           // GetTask long-poll; 0: poll after retry_after_ms
-  bool inline_reports_ = true;  // of the current run
+  const int wait_ms_;  // GetTask long-poll; 0: poll after retry_after_ms
 
  public:
   // Diagnostic: the agents never call FetchGlobal (they act as if they held
@@ -1072,7 +1038,6 @@ class Bench {
   ProcStats baseline_;
   std::atomic<uint64_t> updates_{0}, rejected_{0}, rpc_errors_{0}, get_tasks_{0}, global_bytes_{0};
   std::atomic<uint64_t> task_train_{0}, task_evaluate_{0}, task_wait_{0}, task_other_{0};
-  std::atomic<uint64_t> fetches_{0}, submits_{0}, report_calls_{0}, reports_inline_{0};
 };
 
 }  // namespace
@@ -1123,16 +1088,6 @@ int main(int argc, char** argv) {
   app.add_option("--compare-global-codec", compare_global_codec,
                  "also run every agent count with this spec.compression.globalCodec (same binaries), "
                  "alternating, and print the ratios");
-  std::string report_path = "inline", compare_report_path;
-  app.add_option("--report-path", report_path,
-                 "how the agents send evaluation reports: inline (with the next GetTask, when the aggregator "
-                 "offers it at Join, as fedge-agent does) | rpc (ReportMetrics, an older agent)")
-      ->check(CLI::IsMember({"inline", "rpc"}))
-      ->capture_default_str();
-  app.add_option("--compare-report-path", compare_report_path,
-                 "also run every agent count with this --report-path (same binaries), alternating, and print "
-                 "the ratios")
-      ->check(CLI::IsMember({"inline", "rpc"}));
   app.add_option("--wait-ms", wait_ms,
                  "GetTask long-poll the agents ask for (TaskRequest.wait_ms); 0: poll after retry_after_ms")
       ->capture_default_str();
@@ -1217,7 +1172,7 @@ int main(int argc, char** argv) {
         "%sagents %5d: %d rounds in %.1f s = %.2f rounds/min; %llu updates accepted, %llu rejected, %llu rpc "
         "errors; global %s %.1f KB; %d connections, %.1f GetTask calls per agent per round; aggregator CPU "
         "%.2f s = %.3f ms per "
-        "update; reports %s; RSS "
+        "update; RSS "
         "after "
         "init %.1f MiB, peak (VmHWM) %.1f MiB, growth %.1f MiB = %.1fx the fp32 model = %.0f KB per "
         "connection\n",
@@ -1226,8 +1181,7 @@ int main(int argc, char** argv) {
         r.global_codec.c_str(), static_cast<double>(r.global_bytes) / 1024.0, r.channels,
         static_cast<double>(r.get_tasks) / n / r.rounds, r.cpu_seconds,
         r.updates ? 1000.0 * r.cpu_seconds / static_cast<double>(r.updates) : 0.0,
-        r.reports_inline > 0 ? "with GetTask" : "by ReportMetrics", r.baseline_rss_kib / 1024.0,
-        r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
+        r.baseline_rss_kib / 1024.0, r.peak_kib / 1024.0, (r.peak_kib - r.baseline_rss_kib) / 1024.0,
         (r.peak_kib - r.baseline_rss_kib) * 1024.0 / static_cast<double>(bench.model_bytes()),
         r.channels > 0 ? static_cast<double>(r.peak_kib - r.baseline_rss_kib) / r.channels : 0.0);
     const double per = static_cast<double>(n) * r.rounds;
@@ -1237,13 +1191,6 @@ int main(int argc, char** argv) {
         "job's start and end, spread over %d rounds)\n",
         static_cast<double>(r.task_train) / per, static_cast<double>(r.task_evaluate) / per,
         static_cast<double>(r.task_wait) / per, static_cast<double>(r.task_other) / per, r.rounds);
-    std::printf(
-        "  RPCs per agent per round: %.2f in all = GetTask %.2f + FetchGlobal %.2f + SubmitUpdate %.2f + "
-        "ReportMetrics %.2f (reports with GetTask: %.2f)\n",
-        static_cast<double>(r.get_tasks + r.fetches + r.submits + r.report_calls) / per,
-        static_cast<double>(r.get_tasks) / per, static_cast<double>(r.fetches) / per,
-        static_cast<double>(r.submits) / per, static_cast<double>(r.report_calls) / per,
-        static_cast<double>(r.reports_inline) / per);
   };
   auto cpu_per_update = [](const RunResult& r) {
     return r.updates ? r.cpu_seconds / static_cast<double>(r.updates) : 0.0;
@@ -1254,16 +1201,13 @@ int main(int argc, char** argv) {
     // With --compare the two binaries alternate which goes first, so that a
     // change in the machine's load does not always favour the same one.
     // --compare-global-codec likewise, with this binary (or --compare's).
-    // --compare-report-path likewise.
-    const bool comparing = !compare.empty() || !compare_global_codec.empty() || !compare_report_path.empty();
+    const bool comparing = !compare.empty() || !compare_global_codec.empty();
     const std::string other_codec = compare_global_codec.empty() ? global_codec : compare_global_codec;
-    const bool inline_reports = report_path == "inline";
-    const bool other_inline = compare_report_path.empty() ? inline_reports : compare_report_path == "inline";
     RunResult r, other;
     const bool other_first = comparing && i % 2 == 1;
-    if (other_first) other = bench.Run(n, compare, other_codec, other_inline);
-    r = bench.Run(n, "", global_codec, inline_reports);
-    if (comparing && !other_first) other = bench.Run(n, compare, other_codec, other_inline);
+    if (other_first) other = bench.Run(n, compare, other_codec);
+    r = bench.Run(n, "", global_codec);
+    if (comparing && !other_first) other = bench.Run(n, compare, other_codec);
     for (const RunResult* x : {&r, &other}) {
       if (x == &other && !comparing) continue;
       if (!x->ok) {

@@ -148,32 +148,11 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
   auto global = engine_->Global(0);
   response->set_global_version(global.ok() ? (*global)->version : 0);
   response->set_total_rounds(engine_->options().total_rounds);
-  response->set_task_reports(true);
   return OkStatus();
 }
 
 Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* response) {
   FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
-  if (request.has_report()) {
-    if (Status s = RecordReport(request.header(), request.report()); !s.ok()) {
-      log::Warn("evaluation report refused", {{"agent", request.header().agent_id()},
-                                              {"round", request.report().round()},
-                                              {"error", s.message()}});
-      return Status(s.code(),
-                    "the evaluation report sent with GetTask was refused (nothing recorded, "
-                    "no task answered; ask again without it): " +
-                        s.message());
-    }
-  }
-  return AnswerChecked(request, response);
-}
-
-Status ProtocolHandler::AnswerTask(const v1::TaskRequest& request, v1::Task* response) {
-  FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
-  return AnswerChecked(request, response);
-}
-
-Status ProtocolHandler::AnswerChecked(const v1::TaskRequest& request, v1::Task* response) {
   TaskInfo task = engine_->GetTask(request.header().agent_id(), request.held_version());
   switch (task.kind) {
     case TaskKind::kWait:
@@ -737,16 +716,12 @@ Status ProtocolHandler::GetUploadStatus(const v1::UploadStatusRequest& request, 
 
 Status ProtocolHandler::ReportMetrics(const v1::MetricsReport& request) {
   FEDGE_RETURN_IF_ERROR(CheckHeader(request.header()));
-  return RecordReport(request.header(), request);
-}
-
-Status ProtocolHandler::RecordReport(const v1::RequestHeader& header, const v1::MetricsReport& request) {
   if (request.phase() != "evaluate") {
     return InvalidArgumentError("phase \"" + request.phase() +
                                 "\" is not reported to the aggregator; use \"evaluate\"");
   }
   EvalReport report;
-  report.agent_id = header.agent_id();
+  report.agent_id = request.header().agent_id();
   report.round = request.round();
   report.global_version = request.global_version();
   report.num_examples = request.num_examples();

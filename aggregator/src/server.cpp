@@ -77,12 +77,10 @@ class AggregatorServer::Service final
     }
     const int64_t wait_ms = std::min<int64_t>(request->wait_ms(), MaxTaskWaitMs());
     const int64_t deadline_ms = NowMs() + wait_ms;
-    for (bool first = true;; first = false) {
+    while (true) {
       const uint64_t epoch = handler_->engine()->TaskEpoch();
       response->Clear();
-      // The first answer records the request's evaluation report (if any);
-      // asking again must not record it twice.
-      Status s = first ? handler_->GetTask(*request, response) : handler_->AnswerTask(*request, response);
+      Status s = handler_->GetTask(*request, response);
       if (!s.ok() || response->kind() != v1::TASK_KIND_WAIT || wait_ms <= 0) {
         reactor->Finish(ToGrpc(s));
         break;
@@ -274,7 +272,7 @@ void AggregatorServer::Service::WakeParked(bool all) {
       // Ask again; still WAIT and time left: stay parked.
       const uint64_t asked_at = handler_->engine()->TaskEpoch();
       t.response->Clear();
-      Status s = handler_->AnswerTask(*t.request, t.response);  // its report was recorded when it came
+      Status s = handler_->GetTask(*t.request, t.response);
       if (s.ok() && t.response->kind() == v1::TASK_KIND_WAIT && now < t.deadline_ms) {
         t.epoch = asked_at;
         keep.push_back(t);

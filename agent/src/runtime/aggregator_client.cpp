@@ -324,13 +324,6 @@ Status AggregatorClient::Join() {
   if (resp.session().empty()) return InternalError("aggregator answered Join without a session");
   session_ = resp.session();
   server_task_wait_ = std::chrono::milliseconds(resp.max_task_wait_ms());
-  server_task_reports_ = resp.task_reports();
-  // A report for the old session's evaluation: the aggregator restarted or dropped us.
-  if (pending_report_) {
-    log::Warn("evaluation report dropped: the session it belonged to ended",
-              {{"round", pending_report_->round()}});
-    pending_report_.reset();
-  }
   log::Info("joined", {{"job", options_.job},
                        {"agent_id", options_.agent_id},
                        {"global_version", resp.global_version()},
@@ -348,30 +341,12 @@ StatusOr<v1::Task> AggregatorClient::GetTask() {
   req.set_held_version(held_.version);
   const std::chrono::milliseconds wait = TaskWait();
   if (wait.count() > 0) req.set_wait_ms(static_cast<uint32_t>(wait.count()));
-  if (pending_report_) *req.mutable_report() = *pending_report_;
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.get_task + wait));
   if (!BeginCall(&ctx)) return CancelledError("stopping");
   v1::Task task;
   grpc::Status gs = stub_->GetTask(&ctx, req, &task);
   EndCall();
-  if (pending_report_) {
-    // Answered: recorded. Refused (or the session is gone): ReportMetrics would
-    // have failed the same way; it is not sent again. Lost in transit: sent
-    // with the next call (a copy that did arrive is refused as already reported).
-    const grpc::StatusCode code = gs.error_code();
-    const bool in_transit = code == grpc::StatusCode::UNAVAILABLE ||
-                            code == grpc::StatusCode::DEADLINE_EXCEEDED ||
-                            code == grpc::StatusCode::CANCELLED;
-    if (gs.ok()) {
-      log::Info("evaluation reported", {{"round", pending_report_->round()}, {"with", "GetTask"}});
-      pending_report_.reset();
-    } else if (!in_transit) {
-      log::Warn("evaluation report refused",
-                {{"round", pending_report_->round()}, {"error", gs.error_message()}});
-      pending_report_.reset();
-    }
-  }
   if (!gs.ok()) return FromGrpc(gs, "GetTask");
   if (task.kind() != v1::TASK_KIND_WAIT) {
     log::Info("task", {{"kind", KindName(task.kind())},
@@ -791,19 +766,13 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   const bool has_accuracy = options_.model_family != "llama";
   if (has_accuracy) (*report.mutable_values())["accuracy"] = eval.accuracy;
   (*report.mutable_values())["loss"] = eval.mean_loss;
-  if (server_task_reports_) {
-    // Rides on the next GetTask (one call fewer per round); the header is that call's.
-    report.clear_header();
-    pending_report_ = std::move(report);
-  } else {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(DeadlineIn(options_.deadlines.report));
-    if (!BeginCall(&ctx)) return CancelledError("stopping");
-    v1::MetricsAck ack;
-    grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);
-    EndCall();
-    if (!gs.ok()) return FromGrpc(gs, "ReportMetrics round " + std::to_string(task.round()));
-  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.deadlines.report));
+  if (!BeginCall(&ctx)) return CancelledError("stopping");
+  v1::MetricsAck ack;
+  grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);
+  EndCall();
+  if (!gs.ok()) return FromGrpc(gs, "ReportMetrics round " + std::to_string(task.round()));
   if (eval.num_examples > 0 && has_accuracy) deps_.metrics->eval_accuracy.Set(eval.accuracy);
   log::Info("evaluated", {{"round", task.round()},
                           {"global_version", held_.version},

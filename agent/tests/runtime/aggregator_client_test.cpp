@@ -54,12 +54,6 @@ struct World {
   std::vector<v1::JoinRequest> joins;
   std::vector<ReceivedUpdate> updates;
   std::vector<v1::MetricsReport> reports;
-  // Evaluation reports with GetTask: offered at Join when set; the GetTask calls
-  // carrying one answer these codes first, in order (then the report is taken).
-  bool task_reports = false;
-  std::vector<grpc::StatusCode> refuse_task_reports;
-  std::vector<bool> get_task_had_report;  // per GetTask call
-  int report_metrics_calls = 0;
   std::vector<int64_t> fetched_versions;
   std::vector<std::string> peer_certs;  // the client certificate of each Join/GetTask ("" none)
   std::string codec = "fp32";
@@ -103,7 +97,6 @@ class FakeAggregator final : public v1::Aggregator::Service {
     resp->set_protocol_version(1);
     resp->set_global_version(w_->version);
     resp->set_total_rounds(1);
-    resp->set_task_reports(w_->task_reports);
     w_->cv.notify_all();
     return grpc::Status::OK;
   }
@@ -113,16 +106,6 @@ class FakeAggregator final : public v1::Aggregator::Service {
     RecordPeer(ctx);
     if (!sessions_.count(req->header().session())) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
-    }
-    w_->get_task_had_report.push_back(req->has_report());
-    if (req->has_report()) {
-      if (!w_->refuse_task_reports.empty()) {
-        const grpc::StatusCode code = w_->refuse_task_reports.front();
-        w_->refuse_task_reports.erase(w_->refuse_task_reports.begin());
-        return grpc::Status(code, "the evaluation report sent with GetTask was refused (scripted)");
-      }
-      w_->reports.push_back(req->report());
-      if (w_->phase == 2) w_->phase = 3;
     }
     if (w_->waits_left > 0) {
       --w_->waits_left;
@@ -276,7 +259,6 @@ class FakeAggregator final : public v1::Aggregator::Service {
   grpc::Status ReportMetrics(grpc::ServerContext*, const v1::MetricsReport* req, v1::MetricsAck*) override {
     std::lock_guard<std::mutex> lock(w_->mu);
     w_->reports.push_back(*req);
-    ++w_->report_metrics_calls;
     if (w_->phase == 2) w_->phase = 3;
     return grpc::Status::OK;
   }
@@ -710,47 +692,6 @@ TEST_F(AggregatorClientTest, ProtocolRefusalAtJoinIsFatalWithTheReason) {
   EXPECT_EQ(outcome.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(outcome.status().message().find("protocol v2"), std::string::npos) << outcome.status().message();
   server->Shutdown();
-}
-
-// Issue 14 item 2: against an aggregator that offers it at Join, the evaluation
-// report rides on the next GetTask (no ReportMetrics call), with the values
-// ReportMetrics would carry (RunsInitializeTrainEvaluateDone... checks those).
-TEST_F(AggregatorClientTest, TheEvaluationReportRidesOnTheNextGetTaskWhenTheAggregatorOffersIt) {
-  world_.codec = "fp32";
-  world_.config.set_update_codec("fp32");
-  world_.task_reports = true;
-  RunClient();
-  std::lock_guard<std::mutex> lock(world_.mu);
-  EXPECT_EQ(world_.report_metrics_calls, 0);
-  ASSERT_EQ(world_.reports.size(), 1u);
-  const v1::MetricsReport& report = world_.reports[0];
-  EXPECT_EQ(report.phase(), "evaluate");
-  EXPECT_EQ(report.round(), 1);
-  EXPECT_EQ(report.global_version(), 2);
-  EXPECT_EQ(report.num_examples(), 4);
-  EXPECT_DOUBLE_EQ(report.values().at("accuracy"), 0.5);
-  EXPECT_DOUBLE_EQ(report.values().at("loss"), 1.25);
-  EXPECT_EQ(std::count(world_.get_task_had_report.begin(), world_.get_task_had_report.end(), true), 1);
-  ASSERT_FALSE(world_.get_task_had_report.empty());
-  EXPECT_TRUE(world_.get_task_had_report.back());  // the call that got DONE carried it
-}
-
-// A report lost in transit (UNAVAILABLE) is sent again with the next GetTask;
-// one the aggregator refused is not (it would be refused forever): the agent
-// asks without it, is asked to evaluate again, and that report is taken.
-TEST_F(AggregatorClientTest, AReportWithGetTaskIsResentAfterATransitErrorButNotAfterARefusal) {
-  world_.codec = "fp32";
-  world_.config.set_update_codec("fp32");
-  world_.task_reports = true;
-  world_.refuse_task_reports = {grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::INVALID_ARGUMENT};
-  RunClient();
-  std::lock_guard<std::mutex> lock(world_.mu);
-  EXPECT_EQ(world_.report_metrics_calls, 0);
-  EXPECT_EQ(world_.reports.size(), 1u);
-  const std::vector<bool>& had = world_.get_task_had_report;
-  ASSERT_GE(had.size(), 5u);
-  // EVALUATE; report (UNAVAILABLE); again (INVALID_ARGUMENT); without it: EVALUATE; report: DONE.
-  EXPECT_EQ(std::vector<bool>(had.end() - 5, had.end()), (std::vector<bool>{false, true, true, false, true}));
 }
 
 TEST_F(AggregatorClientTest, GlobalWithAnotherLayoutIsFatal) {

@@ -13,7 +13,6 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "../test_util.h"
 #include "fedge.grpc.pb.h"
@@ -67,30 +66,6 @@ class SimAgent {
   void set_train(TrainFn train) { train_ = std::move(train); }
   // The global this agent last trained from with set_train()'s function.
   const TensorBundle& last_base() const { return last_base_; }
-  // Sends evaluation reports with the next GetTask (TaskRequest.report) when
-  // the aggregator offers it at Join, as fedge-agent does; else (the default,
-  // an older agent) with ReportMetrics.
-  void set_inline_reports(bool on) { inline_reports_ = on; }
-  // Hostile: at its first EVALUATE (with inline reports) the agent first sends
-  // each of `reports` with a GetTask (its round and global_version filled in
-  // where left 0); each call's status lands in refusals(). A call answered OK
-  // fails Run(): the aggregator took an invalid report.
-  void set_refused_reports(std::vector<v1::MetricsReport> reports) { refused_reports_ = std::move(reports); }
-  const std::vector<grpc::Status>& refusals() const { return refusals_; }
-  // Reports sent with a GetTask / by ReportMetrics.
-  int reports_with_get_task() const { return reports_with_get_task_; }
-  int report_calls() const { return report_calls_; }
-  // The report Run() would send for `task` (no header).
-  v1::MetricsReport MakeReport(const v1::Task& task) const {
-    v1::MetricsReport req;
-    req.set_round(task.round());
-    req.set_global_version(task.global_version());
-    req.set_phase("evaluate");
-    req.set_num_examples(claimed_eval_.value_or(examples()));
-    (*req.mutable_values())["accuracy"] = accuracy_.value_or(accuracy());
-    (*req.mutable_values())["loss"] = 1.0 - 0.1 * index_;
-    return req;
-  }
 
   // Runs until DONE (true) or, with stop_after_round > 0, until it reported
   // the evaluation of that round; false on a protocol failure (see error()).
@@ -101,16 +76,10 @@ class SimAgent {
       v1::TaskRequest req;
       *req.mutable_header() = Header();
       req.set_held_version(held_version_);
-      if (pending_report_) *req.mutable_report() = *pending_report_;
       v1::Task task;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
       grpc::Status s = stub_->GetTask(&ctx, req, &task);
-      if (pending_report_) {
-        pending_report_.reset();
-        if (!s.ok()) return Fail("GetTask with an evaluation report: " + s.error_message());
-        ++reports_with_get_task_;
-      }
       if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
         if (!Join()) return false;
         continue;
@@ -229,7 +198,6 @@ class SimAgent {
     grpc::Status s = stub_->Join(&ctx, req, &resp);
     if (!s.ok()) return Fail("Join: " + s.error_message());
     session_ = resp.session();
-    task_reports_ = resp.task_reports();
     return true;
   }
 
@@ -321,28 +289,16 @@ class SimAgent {
   }
 
   bool Report(const v1::Task& task) {
-    v1::MetricsReport req = MakeReport(task);
-    if (inline_reports_ && task_reports_) {
-      for (v1::MetricsReport bad : refused_reports_) {
-        if (bad.round() == 0) bad.set_round(task.round());
-        if (bad.global_version() == 0) bad.set_global_version(task.global_version());
-        v1::TaskRequest treq;
-        *treq.mutable_header() = Header();
-        treq.set_held_version(held_version_);
-        *treq.mutable_report() = bad;
-        v1::Task answer;
-        grpc::ClientContext ctx;
-        refusals_.push_back(stub_->GetTask(&ctx, treq, &answer));
-        if (refusals_.back().ok()) return Fail("GetTask took an invalid report: " + bad.ShortDebugString());
-      }
-      refused_reports_.clear();
-      pending_report_ = std::move(req);  // with the next GetTask
-      return true;
-    }
+    v1::MetricsReport req;
     *req.mutable_header() = Header();
+    req.set_round(task.round());
+    req.set_global_version(task.global_version());
+    req.set_phase("evaluate");
+    req.set_num_examples(claimed_eval_.value_or(examples()));
+    (*req.mutable_values())["accuracy"] = accuracy_.value_or(accuracy());
+    (*req.mutable_values())["loss"] = 1.0 - 0.1 * index_;
     v1::MetricsAck ack;
     grpc::ClientContext ctx;
-    ++report_calls_;
     grpc::Status s = stub_->ReportMetrics(&ctx, req, &ack);
     if (!s.ok()) return Fail("ReportMetrics: " + s.error_message());
     return true;
@@ -359,13 +315,6 @@ class SimAgent {
   int64_t final_version_ = 0;
   std::optional<int64_t> claimed_join_, claimed_update_, claimed_eval_;
   std::optional<double> accuracy_;
-  bool inline_reports_ = false;
-  bool task_reports_ = false;  // JoinResponse.task_reports
-  std::optional<v1::MetricsReport> pending_report_;
-  std::vector<v1::MetricsReport> refused_reports_;
-  std::vector<grpc::Status> refusals_;
-  int reports_with_get_task_ = 0;
-  int report_calls_ = 0;
   std::optional<TensorBundle> delta_;
   TrainFn train_;
   TensorBundle last_base_;

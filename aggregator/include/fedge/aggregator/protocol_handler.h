@@ -85,13 +85,8 @@ class ProtocolHandler {
   // UNAUTHENTICATED (token), INVALID_ARGUMENT (no agent id).
   Status Join(const v1::JoinRequest& request, v1::JoinResponse* response);
 
-  // Records request.report, if set, as ReportMetrics would (its errors, with
-  // the context that the report rode on GetTask: nothing is recorded and no
-  // task is answered), then answers like AnswerTask. Errors as CheckHeader.
+  // Errors as CheckHeader.
   Status GetTask(const v1::TaskRequest& request, v1::Task* response);
-  // The task for `request`, ignoring its report: for asking again on behalf
-  // of a held (long-polled) call whose report GetTask already recorded.
-  Status AnswerTask(const v1::TaskRequest& request, v1::Task* response);
 
   // Streams the requested global version in chunks of at most chunk_bytes,
   // each with version, total_bytes, checksum and offset. `write` returns false
@@ -168,9 +163,6 @@ class ProtocolHandler {
   // max_upload_buffer_bytes).
   uint64_t upload_buffer_bytes() const { return buffered_->load(); }
 
-  // Records an evaluation report (RoundEngine::ReportEvaluation). Errors as
-  // CheckHeader; INVALID_ARGUMENT (phase, values), FAILED_PRECONDITION (no
-  // such evaluation open, or the agent was not asked), ALREADY_EXISTS.
   Status ReportMetrics(const v1::MetricsReport& request);
 
   // Secure aggregation (RoundEngine::SecAgg*; definitions in secagg_handler.cpp).
@@ -187,10 +179,6 @@ class ProtocolHandler {
 
  private:
   Status CheckVersionAndJob(const v1::RequestHeader& header) const;
-  // `report` from the agent `header` names (already checked); its own header is not read.
-  Status RecordReport(const v1::RequestHeader& header, const v1::MetricsReport& report);
-  // AnswerTask after CheckHeader passed.
-  Status AnswerChecked(const v1::TaskRequest& request, v1::Task* response);
   v1::SubmitUpdateResponse Reject(const v1::UpdateHeader& header, std::string_view label, std::string reason);
   // A "layout" rejection; for an INITIALIZE upload the engine also asks another agent.
   v1::SubmitUpdateResponse RejectLayout(const v1::UpdateHeader& header, const std::string& what);

@@ -22,7 +22,6 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -191,11 +190,6 @@ class AggregatorClient {
   std::chrono::milliseconds server_task_wait_{0};
   // The long-poll this client asks for: min(options_.task_wait, server_task_wait_).
   std::chrono::milliseconds TaskWait() const;
-  // JoinResponse.task_reports of the session: evaluation reports ride on the next GetTask.
-  bool server_task_reports_ = false;
-  // An evaluation report waiting for the next GetTask (TaskRequest.report);
-  // kept while that call fails in transit, dropped once it is answered or refused.
-  std::optional<fedge::v1::MetricsReport> pending_report_;
   Held held_;
   UpdateEncoder encoder_;     // codec, top-k, error-feedback residual (in the state dir)
   ScaffoldControl scaffold_;  // SCAFFOLD's c_i (in the state dir)
