@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <set>
 
 #include "fedge/job_spec.h"
@@ -623,15 +625,62 @@ std::string Action::Describe() const {
   return what + " " + (resource ? resource->plural : std::string("?")) + "/" + name;
 }
 
+namespace {
+
+// What ServingCertStale finds out about a certificate, key and CA apart from the time.
+struct ServingCertFacts {
+  std::string problem;    // "" when readable, signed by the CA and matching the key
+  std::time_t renew = 0;  // RenewalTime, when readable
+};
+
+ServingCertFacts CheckServingCert(const Credentials& creds) {
+  ServingCertFacts f;
+  auto info = ReadCert(creds.tls_crt);
+  if (!info.ok()) {
+    f.problem = "serving certificate unreadable";
+  } else if (!SignedBy(creds.tls_crt, creds.ca_crt)) {
+    f.problem = "serving certificate not signed by the job CA";
+  } else if (!KeyMatchesCert(creds.tls_crt, creds.tls_key)) {
+    f.problem = "serving certificate does not match its key";
+  } else {
+    f.renew = RenewalTime(*info);
+  }
+  return f;
+}
+
+// CheckServingCert parses two certificates and decodes a private key (a few ms with
+// OpenSSL 3), and every pass of every job asked it about the same bytes: ~7% of the
+// operator's CPU in a 100-node run. The answer depends on the bytes alone, so it is
+// remembered by their digest (a handful per job over its life; the memo is emptied
+// past 4,096 entries).
+ServingCertFacts CheckServingCertMemo(const Credentials& creds) {
+  static std::mutex mu;
+  static std::map<std::string, ServingCertFacts> memo;
+  std::string bytes;
+  bytes.reserve(creds.tls_crt.size() + creds.tls_key.size() + creds.ca_crt.size() + 2);
+  bytes.append(creds.tls_crt).append(1, '\0').append(creds.tls_key).append(1, '\0').append(creds.ca_crt);
+  const std::string digest = HexSha256(bytes);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = memo.find(digest);
+    if (it != memo.end()) return it->second;
+  }
+  ServingCertFacts f = CheckServingCert(creds);
+  std::lock_guard<std::mutex> lock(mu);
+  if (memo.size() >= 4096) memo.clear();
+  memo.emplace(digest, f);
+  return f;
+}
+
+}  // namespace
+
 std::string ServingCertStale(const Credentials& creds, std::time_t now, std::time_t* renew_at) {
   *renew_at = 0;
   if (creds.tls_crt.empty() || creds.tls_key.empty()) return "no serving certificate";
-  auto info = ReadCert(creds.tls_crt);
-  if (!info.ok()) return "serving certificate unreadable";
-  if (!SignedBy(creds.tls_crt, creds.ca_crt)) return "serving certificate not signed by the job CA";
-  if (!KeyMatchesCert(creds.tls_crt, creds.tls_key)) return "serving certificate does not match its key";
-  if (now >= RenewalTime(*info)) return "serving certificate due for renewal";
-  *renew_at = RenewalTime(*info);
+  const ServingCertFacts f = CheckServingCertMemo(creds);
+  if (!f.problem.empty()) return f.problem;
+  if (now >= f.renew) return "serving certificate due for renewal";
+  *renew_at = f.renew;
   return "";
 }
 

@@ -65,7 +65,8 @@ std::vector<ObjectPtr> Informer::ListByLabel(const std::string& key, const std::
     auto lit = m.find("labels");
     if (lit == m.end() || !lit->is_object()) continue;
     auto vit = lit->find(key);
-    if (vit != lit->end() && vit->is_string() && vit->get<std::string>() == value) out.push_back(v);
+    if (vit != lit->end() && vit->is_string() && vit->get_ref<const std::string&>() == value)
+      out.push_back(v);
   }
   return out;
 }

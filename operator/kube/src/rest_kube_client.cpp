@@ -161,9 +161,7 @@ std::shared_ptr<const TlsMaterial> LoadTlsMaterial(const KubeConfig& k) {
 
 }  // namespace
 
-void SkipSystemTrustStoreLoad() {
-  if (std::getenv("SSL_CERT_FILE") == nullptr) setenv("SSL_CERT_FILE", "/dev/null", /*overwrite=*/0);
-}
+void SkipSystemTrustStoreLoad() { setenv("SSL_CERT_FILE", "/dev/null", /*overwrite=*/1); }
 
 struct RestKubeClient::Impl {
   KubeConfig cfg;

@@ -20,10 +20,12 @@ struct RestClientOptions {
 // cpprest gives every new connection its own SSL context and loads OpenSSL's default
 // trust store into it before that store is replaced: the system CA bundle, ~140
 // certificates and tens of milliseconds of CPU per connection with OpenSSL 3 (a fifth
-// of fedge_bench_operator's CPU). This points SSL_CERT_FILE at /dev/null unless it is
-// set, so that load reads nothing. Process-wide: call it once at start-up, before other
-// threads read the environment, in a process whose TLS peers all come with their own CA
-// (fedge-operator with a kubeconfig or in-cluster CA).
+// of fedge_bench_operator's CPU). This points SSL_CERT_FILE at /dev/null, also when it
+// was set (a bundle named there would be loaded per connection and then replaced all
+// the same: it was, on a machine that sets it, 13% of the bench's CPU), so that load
+// reads nothing. Process-wide: call it once at start-up, before other threads read the
+// environment, in a process whose TLS peers all come with their own CA (fedge-operator
+// with a kubeconfig or in-cluster CA).
 void SkipSystemTrustStoreLoad();
 
 class RestKubeClient : public KubeClient {
