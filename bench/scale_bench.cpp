@@ -362,8 +362,16 @@ double HandlerSecondsPerUpdate(const std::vector<std::string>& deltas, const Ten
   meta.is_delta = false;
   if (!(*engine)->SubmitUpdate(meta, initial).accepted) return -1;
   for (int i = 0; i < agents; ++i) (void)(*engine)->GetTask("a" + std::to_string(i), 1);  // all invited
+  // The transport checksum in the algorithm of each bundle's trailer, as an
+  // agent sends it (SHA-256: older agents; XXH3-128: agents of this aggregator).
   std::vector<std::string> checksums;
-  for (const std::string& d : deltas) checksums.push_back(Sha256Hex(d));
+  std::vector<v1::ChecksumAlgorithm> algorithms;
+  for (const std::string& d : deltas) {
+    const auto bh = InspectBundle(d);
+    const ChecksumAlgorithm a = bh.ok() ? bh->trailer : ChecksumAlgorithm::kSha256;
+    checksums.push_back(ChecksumHex(a, d));
+    algorithms.push_back(a == ChecksumAlgorithm::kXxh3_128 ? v1::CHECKSUM_XXH3_128 : v1::CHECKSUM_SHA256);
+  }
   double cpu = 0;
   for (int i = 0; i < agents - 1; ++i) {  // the last update would close the round
     const size_t which = static_cast<size_t>(i) % deltas.size();
@@ -377,6 +385,7 @@ double HandlerSecondsPerUpdate(const std::vector<std::string>& deltas, const Ten
     h.set_num_examples(100);
     h.set_total_bytes(deltas[which].size());
     h.set_checksum(checksums[which]);
+    h.set_checksum_algorithm(algorithms[which]);
     h.set_is_delta(true);
     v1::SubmitUpdateResponse response;
     bool rejected = false;
@@ -393,8 +402,10 @@ double HandlerSecondsPerUpdate(const std::vector<std::string>& deltas, const Ten
 
 // `deltas_zstd`: the updates with a zstd body whatever it saves (the encoder
 // before zstd_min_saving); `deltas_sent`: what the simulated agents send.
+// `deltas_sent_sha256`: the same as SHA-256 bundles (what older agents send).
 void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>& deltas_zstd,
-                    const std::vector<std::string>& deltas_sent, const std::string& delta_plain,
+                    const std::vector<std::string>& deltas_sent,
+                    const std::vector<std::string>& deltas_sent_sha256, const std::string& delta_plain,
                     uint32_t block) {
   const std::string& upload = deltas_zstd[0];
   const size_t n = static_cast<size_t>(initial.NumElements());
@@ -431,10 +442,21 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
   };
   std::vector<Row> rows;
   const std::string_view covered(upload.data(), upload.size() - 32);
-  rows.push_back(
-      {"checksums (transport + bundle trailer)",
-       TimePerCall(kIters, [&] { g_sink = g_sink + (Sha256Hex(upload)[0] + Sha256Hex(covered)[0]); }),
-       TimePerCall(kIters, [&] { g_sink = g_sink + ChecksumBundle(upload).trailer_matches; })});
+  // Before: one SHA-256 pass (ChecksumBundle of a SHA-256 upload, what older
+  // agents still send); after: one XXH3-128 pass over the same bundle with an
+  // XXH3-128 trailer (what agents send to an aggregator that offers it).
+  EncodeOptions fast_eo{Codec::kInt8, 64, /*zstd=*/true, 3};
+  fast_eo.zstd_min_saving = 0;
+  fast_eo.trailer = ChecksumAlgorithm::kXxh3_128;
+  const auto upload_fast = EncodeBundle(*decoded, fast_eo);
+  if (!upload_fast.ok() || !ChecksumBundle(*upload_fast, ChecksumAlgorithm::kXxh3_128).trailer_matches)
+    std::abort();
+  rows.push_back({"checksums (transport + bundle trailer, one pass)",
+                  TimePerCall(kIters, [&] { g_sink = g_sink + ChecksumBundle(upload).trailer_matches; }),
+                  TimePerCall(kIters, [&] {
+                    g_sink =
+                        g_sink + ChecksumBundle(*upload_fast, ChecksumAlgorithm::kXxh3_128).trailer_matches;
+                  })});
   // zstd: a decode of the zstd encoding minus one of the same bundle without
   // zstd (same code otherwise).
   DecodeLimits trusted;
@@ -528,6 +550,7 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
   });
   const double handler = HandlerSecondsPerUpdate(deltas_zstd, initial, 400);
   const double handler_sent = HandlerSecondsPerUpdate(deltas_sent, initial, 400);
+  const double handler_sent_sha = HandlerSecondsPerUpdate(deltas_sent_sha256, initial, 400);
   const auto sent_header = InspectBundle(deltas_sent[0]);
   (void)trusted;
 
@@ -551,6 +574,8 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
               static_cast<double>(deltas_sent[0].size()) / 1024.0,
               sent_header.ok() && sent_header->zstd ? "zstd" : "plain (zstd saved < zstd_min_saving)",
               handler_sent / handler);
+  std::printf("  %-50s %8.1f us  (SHA-256 transport checksum and trailer; %.2fx the XXH3-128 upload's)\n",
+              "  same, as an older agent sends it", us(handler_sent_sha), handler_sent_sha / handler_sent);
 
   // Bandwidth: the fused kernel against memcpy in this process, at the
   // update's size (cache-resident sums) and at a 4M-value model (DRAM).
@@ -572,9 +597,13 @@ void PrintBreakdown(const TensorBundle& initial, const std::vector<std::string>&
 
 // One pre-encoded update the simulated agents send.
 struct Payload {
-  std::string bytes;
+  std::string bytes;  // SHA-256 trailer and checksum (older agents, older aggregators)
   std::string checksum;
   uint64_t raw_bytes = 0;
+  // The same values with an XXH3-128 trailer and checksum: what an agent
+  // sends when JoinResponse.upload_checksum asks for it.
+  std::string fast_bytes;
+  std::string fast_checksum;
 };
 
 struct SimAgent {
@@ -583,6 +612,7 @@ struct SimAgent {
   int64_t held_version = 0;
   int channel = 0;
   bool done = false;
+  bool xxh3 = false;             // JoinResponse.upload_checksum
   std::optional<v1::Task> task;  // answered by AskTask, not yet acted on
 };
 
@@ -621,6 +651,12 @@ class Bench {
     initial_payload_.bytes = *init;
     initial_payload_.checksum = Sha256Hex(*init);
     initial_payload_.raw_bytes = initial_.Fp32Bytes();
+    EncodeOptions init_fast{Codec::kFp32, 64, /*zstd=*/true, 3};
+    init_fast.trailer = ChecksumAlgorithm::kXxh3_128;
+    auto init_x = EncodeBundle(initial_, init_fast);
+    if (!init_x.ok()) std::abort();
+    initial_payload_.fast_bytes = *init_x;
+    initial_payload_.fast_checksum = Xxh3_128Hex(*init_x);
     // Blockwise int8 + zstd, the quickstart's codec (zstd kept only when it
     // saves zstd_min_saving, as the agent's encoder does).
     for (uint32_t i = 0; i < 8; ++i) {
@@ -629,15 +665,24 @@ class Bench {
       eo.zstd_min_saving = zstd_min_saving;
       auto enc = EncodeBundle(delta, eo);
       if (!enc.ok()) std::abort();
-      deltas_.push_back(Payload{*enc, Sha256Hex(*enc), delta.Fp32Bytes()});
+      eo.trailer = ChecksumAlgorithm::kXxh3_128;
+      auto fast = EncodeBundle(delta, eo);
+      if (!fast.ok()) std::abort();
+      deltas_.push_back(Payload{*enc, Sha256Hex(*enc), delta.Fp32Bytes(), *fast, Xxh3_128Hex(*fast)});
     }
   }
 
   size_t update_bytes() const { return deltas_[0].bytes.size(); }
   const TensorBundle& initial() const { return initial_; }
-  std::vector<std::string> delta_bytes() const {
+  std::vector<std::string> delta_bytes_sha256() const {
     std::vector<std::string> out;
     for (const Payload& p : deltas_) out.push_back(p.bytes);
+    return out;
+  }
+  // What agents of this aggregator send (XXH3-128).
+  std::vector<std::string> delta_bytes() const {
+    std::vector<std::string> out;
+    for (const Payload& p : deltas_) out.push_back(p.fast_bytes);
     return out;
   }
   uint64_t model_bytes() const { return initial_.Fp32Bytes(); }
@@ -838,17 +883,19 @@ class Bench {
     h->set_round(round);
     h->set_base_version(base);
     h->set_num_examples(100);
-    h->set_total_bytes(p.bytes.size());
-    h->set_checksum(p.checksum);
+    const std::string& bytes = agent.xxh3 ? p.fast_bytes : p.bytes;
+    h->set_total_bytes(bytes.size());
+    h->set_checksum(agent.xxh3 ? p.fast_checksum : p.checksum);
+    h->set_checksum_algorithm(agent.xxh3 ? v1::CHECKSUM_XXH3_128 : v1::CHECKSUM_SHA256);
     h->set_train_loss(1.0);
     h->set_steps(20);
     h->set_is_delta(is_delta);
     h->set_raw_bytes(p.raw_bytes);
     writer->Write(chunk);
     constexpr size_t kChunk = 4u << 20;
-    for (size_t off = 0; off < p.bytes.size(); off += kChunk) {
+    for (size_t off = 0; off < bytes.size(); off += kChunk) {
       v1::UpdateChunk data;
-      data.set_data(p.bytes.substr(off, kChunk));
+      data.set_data(bytes.substr(off, kChunk));
       if (!writer->Write(data)) break;
     }
     writer->WritesDone();
@@ -914,6 +961,7 @@ class Bench {
         return 500;
       }
       agent.session = resp.session();
+      agent.xxh3 = resp.upload_checksum() == v1::CHECKSUM_XXH3_128;
       return 0;
     }
     if (!agent.task) {
@@ -1154,7 +1202,7 @@ int main(int argc, char** argv) {
       if (!enc.ok()) std::abort();
       always_zstd.push_back(*enc);
     }
-    PrintBreakdown(bench.initial(), always_zstd, bench.delta_bytes(), *plain, 64);
+    PrintBreakdown(bench.initial(), always_zstd, bench.delta_bytes(), bench.delta_bytes_sha256(), *plain, 64);
   }
   std::printf(
       "load generator: %d worker threads, %d channels, GetTask %s, %u cores on this machine, load average "

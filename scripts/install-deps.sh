@@ -9,6 +9,7 @@ PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libcpprest-dev prometheus-cpp-dev libssl-dev openssl
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libcli11-dev libzstd-dev
+  libxxhash-dev                             # common: XXH3-128 upload checksums (tensor_bundle.h)
   libgtest-dev libgmock-dev libbenchmark-dev
   libeigen3-dev                             # aggregator: SVD for LoRA product aggregation
   libboost-dev                              # common: Boost.Beast/Asio HTTP server (header-only)

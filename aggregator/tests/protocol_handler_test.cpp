@@ -365,6 +365,105 @@ TEST_F(ProtocolHandlerTest, CorruptUpdatesAreRejectedAndGlobalUnchanged) {
   EXPECT_TRUE(r.accepted()) << r.reason();
 }
 
+// Issue 14, item 2: uploads verified with XXH3-128 instead of SHA-256. The
+// aggregator asks for it at Join; an older agent's SHA-256 upload (every
+// other test here) is still accepted.
+TEST_F(ProtocolHandlerTest, JoinAsksForXxh3Uploads) {
+  v1::JoinRequest req;
+  *req.mutable_header() = Header("a");
+  req.mutable_capabilities()->set_num_train_examples(100);
+  fedge::aggregator::testing::DeclareLayout(SmallBundle(0, 0, 0, 0), req.mutable_capabilities());
+  v1::JoinResponse resp;
+  ASSERT_TRUE(handler_->Join(req, &resp).ok());
+  EXPECT_EQ(resp.upload_checksum(), v1::CHECKSUM_XXH3_128);
+}
+
+std::string EncodeXxh3(const TensorBundle& b) {
+  EncodeOptions eo{Codec::kFp32, 64, /*zstd=*/false, 3};
+  eo.trailer = ChecksumAlgorithm::kXxh3_128;
+  auto e = EncodeBundle(b, eo);
+  EXPECT_TRUE(e.ok()) << e.status().ToString();
+  return e.ok() ? *e : std::string();
+}
+
+v1::UpdateHeader Xxh3Header(v1::UpdateHeader h, const std::string& data) {
+  h.set_checksum(Xxh3_128Hex(data));
+  h.set_checksum_algorithm(v1::CHECKSUM_XXH3_128);
+  return h;
+}
+
+// The equivalent of CorruptUpdatesAreRejectedAndGlobalUnchanged for the fast
+// checksum: a flipped bit is refused as "checksum" (not as a decode error or
+// an accepted update), the global is unchanged, and the intact update goes in.
+TEST_F(ProtocolHandlerTest, CorruptXxh3UpdatesAreRejectedAndGlobalUnchanged) {
+  JoinAndInitialize();
+  const std::string data = EncodeXxh3(SmallBundle(1, 1, 1, 1));
+  const v1::UpdateHeader h = Xxh3Header(UpdateHeaderFor("a", data, 1, 1, true), data);
+  for (size_t at : {size_t{40}, data.size() / 2, data.size() - 1}) {  // payload ... trailer
+    std::string flipped = data;
+    flipped[at] ^= 0x40;
+    auto r = Submit(h, flipped);
+    EXPECT_FALSE(r.accepted()) << at;
+    EXPECT_NE(r.reason().find("checksum mismatch (xxh3-128)"), std::string::npos) << at << ": " << r.reason();
+  }
+  EXPECT_EQ(metrics_.updates_rejected("checksum"), 3);
+  // A SHA-256 checksum labelled XXH3-128 does not match.
+  v1::UpdateHeader mislabelled = h;
+  mislabelled.set_checksum(Sha256Hex(data));
+  EXPECT_FALSE(Submit(mislabelled, data).accepted());
+  EXPECT_EQ(metrics_.updates_rejected("checksum"), 4);
+  // A flipped xxh3 flag (header byte 11) is refused too: the header is
+  // inspected as it arrives, before the checksum.
+  std::string unflagged = data;
+  unflagged[11] ^= 0x04;
+  EXPECT_FALSE(Submit(h, unflagged).accepted());
+
+  auto g = engine_->Global(0);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->version, 1);
+  EXPECT_EQ((*g)->bundle.Find("a")->values, (std::vector<float>{1, 2}));
+
+  auto r = Submit(h, data);  // the intact update still goes in
+  EXPECT_TRUE(r.accepted()) << r.reason();
+}
+
+// An upload whose transport checksum matches (computed after the damage, e.g.
+// a sender bug between encoding and hashing) is still refused by the
+// bundle's XXH3-128 trailer.
+TEST_F(ProtocolHandlerTest, Xxh3UploadWithABadTrailerIsRefused) {
+  JoinAndInitialize();
+  std::string data = EncodeXxh3(SmallBundle(1, 1, 1, 1));
+  data[data.size() / 2] ^= 0x01;
+  auto r = Submit(Xxh3Header(UpdateHeaderFor("a", data, 1, 1, true), data), data);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("checksum mismatch: xxh3-128"), std::string::npos) << r.reason();
+  EXPECT_EQ(metrics_.updates_rejected("decode"), 1);
+}
+
+// Agents of both kinds in one round: an older agent's SHA-256 upload and a
+// new agent's XXH3-128 upload are both taken.
+TEST_F(ProtocolHandlerTest, Sha256AndXxh3UploadsAreBothAccepted) {
+  JoinAndInitialize();
+  const std::string sha = Encode(SmallBundle(1, 1, 1, 1));
+  auto r = Submit(UpdateHeaderFor("a", sha, 1, 1, true), sha);
+  EXPECT_TRUE(r.accepted()) << r.reason();
+  const std::string fast = EncodeXxh3(SmallBundle(3, 3, 3, 3));
+  r = Submit(Xxh3Header(UpdateHeaderFor("b", fast, 1, 1, true), fast), fast);
+  EXPECT_TRUE(r.accepted()) << r.reason();
+  EXPECT_EQ(metrics_.updates_rejected("checksum"), 0);
+}
+
+TEST_F(ProtocolHandlerTest, AnUnknownChecksumAlgorithmIsRefusedNamingTheKnownOnes) {
+  JoinAndInitialize();
+  const std::string data = Encode(SmallBundle(1, 1, 1, 1));
+  v1::UpdateHeader h = UpdateHeaderFor("a", data, 1, 1, true);
+  h.set_checksum_algorithm(static_cast<v1::ChecksumAlgorithm>(7));
+  auto r = Submit(h, data);
+  EXPECT_FALSE(r.accepted());
+  EXPECT_NE(r.reason().find("unknown checksum_algorithm 7"), std::string::npos) << r.reason();
+  EXPECT_NE(r.reason().find("xxh3-128"), std::string::npos);
+}
+
 TEST_F(ProtocolHandlerTest, ReportMetricsFeedsEvaluation) {
   JoinAndInitialize();
   for (const std::string agent : {"a", "b"}) {

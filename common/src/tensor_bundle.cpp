@@ -1,6 +1,6 @@
 // The tensor bundle wire format (docs/formats.md): the 36-byte header, the
 // tensor table, the checks of every declared size against DecodeLimits and
-// an expected layout, and the SHA-256 trailer. Each tensor's data section is
+// an expected layout, and the checksum trailer (SHA-256, or XXH3-128). Each tensor's data section is
 // written and read by the value codecs (tensor_codecs.cpp); the body's bytes
 // come from tensor_bundle_io.cpp (plain or zstd). How decoding stays bounded
 // by the bytes received: tensor_bundle_internal.h.
@@ -38,6 +38,7 @@ constexpr uint16_t kFormatVersion = 1;    // dense fp32, fp16, bf16, int8
 constexpr uint16_t kFormatVersionV2 = 2;  // adds int4 and top-k (sparse)
 constexpr uint8_t kFlagZstd = 0x01;
 constexpr uint8_t kFlagSparse = 0x02;  // version 2
+using internal::kFlagXxh3Trailer;      // 0x04, version 2
 constexpr uint8_t kDtypeFloat32 = 0;
 constexpr int kMaxBlockSize = 65536;
 
@@ -176,13 +177,15 @@ StatusOr<BundleHeader> ParseHeader(std::string_view bytes) {
     return Invalid("codec int4 needs format version 2, the header says " + std::to_string(header.version));
   }
   const auto flags = static_cast<uint8_t>(h[11]);
-  const uint8_t known = header.version >= kFormatVersionV2 ? (kFlagZstd | kFlagSparse) : kFlagZstd;
+  const uint8_t known =
+      header.version >= kFormatVersionV2 ? (kFlagZstd | kFlagSparse | kFlagXxh3Trailer) : kFlagZstd;
   if (flags & ~known) {
     return Invalid("unknown flag bits " + std::to_string(flags & ~known) + " for format version " +
                    std::to_string(header.version));
   }
   header.zstd = flags & kFlagZstd;
   header.sparse = flags & kFlagSparse;
+  header.trailer = (flags & kFlagXxh3Trailer) ? ChecksumAlgorithm::kXxh3_128 : ChecksumAlgorithm::kSha256;
   header.block_size = GetLe<uint32_t>(h + 12);
   if (IsBlockwiseCodec(header.codec) && (header.block_size < 1 || header.block_size > kMaxBlockSize)) {
     return Invalid(std::string(CodecName(header.codec)) + " block size " + std::to_string(header.block_size) +
@@ -346,20 +349,21 @@ StatusOr<std::string> EncodeBundle(const TensorBundle& bundle, const EncodeOptio
 
   // Version 1 whenever it can express the bundle, so version-1 readers and
   // byte-exact fixtures keep working for the codecs they know.
-  const bool needs_v2 = sparse || codec == Codec::kInt4;
+  const bool xxh3 = options.trailer == ChecksumAlgorithm::kXxh3_128;
+  const bool needs_v2 = sparse || codec == Codec::kInt4 || xxh3;
   std::string out;
   out.reserve(kHeaderBytes + payload.size() + kChecksumBytes);
   out.append(kMagic, sizeof(kMagic));
   PutLe<uint16_t>(&out, needs_v2 ? kFormatVersionV2 : kFormatVersion);
   out.push_back(static_cast<char>(codec));
-  out.push_back(static_cast<char>((zstd ? kFlagZstd : 0) | (sparse ? kFlagSparse : 0)));
+  out.push_back(
+      static_cast<char>((zstd ? kFlagZstd : 0) | (sparse ? kFlagSparse : 0) | (xxh3 ? kFlagXxh3Trailer : 0)));
   PutLe<uint32_t>(&out, block_size);
   PutLe<uint32_t>(&out, static_cast<uint32_t>(bundle.tensors.size()));
   PutLe<uint64_t>(&out, body.size());
   PutLe<uint64_t>(&out, payload.size());
   out += payload;
-  const auto digest = internal::Sha256(out);
-  out.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  out += internal::Trailer(options.trailer, out);
   if (report != nullptr) {
     report->raw_bytes = bundle.Fp32Bytes();
     report->encoded_bytes = out.size();
@@ -412,26 +416,28 @@ StatusOr<TensorBundle> DecodeBundle(std::string_view bytes, const DecodeLimits& 
   const uint64_t body_size = header.body_size;
   const uint64_t stored_size = header.stored_size;
   const uint64_t available = bytes.size() - kHeaderBytes;
-  if (stored_size > available || available - stored_size < kChecksumBytes) {
+  const size_t trailer_bytes = internal::TrailerBytes(header.trailer);
+  const std::string algorithm(ChecksumAlgorithmName(header.trailer));
+  if (stored_size > available || available - stored_size < trailer_bytes) {
     return Corrupt("truncated payload: header declares " + std::to_string(stored_size) +
-                   " stored bytes plus a 32-byte checksum, " + std::to_string(available) + " present");
+                   " stored bytes plus a " + std::to_string(trailer_bytes) + "-byte " + algorithm +
+                   " checksum, " + std::to_string(available) + " present");
   }
-  if (available - stored_size > kChecksumBytes) {
-    return Corrupt(std::to_string(available - stored_size - kChecksumBytes) +
+  if (available - stored_size > trailer_bytes) {
+    return Corrupt(std::to_string(available - stored_size - trailer_bytes) +
                    " trailing bytes after the checksum");
   }
-  // Here the layout is exact: header, stored_size bytes, a 32-byte trailer.
+  // Here the layout is exact: header, stored_size bytes, the trailer.
   const std::string_view covered = bytes.substr(0, kHeaderBytes + stored_size);
   bool trailer_matches;
   if (limits.checksums != nullptr && limits.checksums->data == bytes.data() &&
       limits.checksums->size == bytes.size()) {
     trailer_matches = limits.checksums->trailer_matches;  // hashed in the caller's pass
   } else {
-    const auto digest = internal::Sha256(covered);
-    trailer_matches = std::memcmp(digest.data(), bytes.data() + covered.size(), kChecksumBytes) == 0;
+    trailer_matches = internal::Trailer(header.trailer, covered) == bytes.substr(covered.size());
   }
   if (!trailer_matches) {
-    return Corrupt("checksum mismatch: SHA-256 of header and payload does not match the trailer");
+    return Corrupt("checksum mismatch: " + algorithm + " of header and payload does not match the trailer");
   }
 
   // Cap the body before decompressing: the largest body the limits permit

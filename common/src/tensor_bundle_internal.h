@@ -33,7 +33,15 @@ namespace fedge::internal {
 
 // Sizes the checksum pass needs (the rest of the layout: tensor_bundle.cpp).
 constexpr size_t kHeaderBytes = 36;
-constexpr size_t kChecksumBytes = 32;  // the SHA-256 trailer
+constexpr size_t kChecksumBytes = 32;     // the SHA-256 trailer (the longest)
+constexpr size_t kXxh3TrailerBytes = 16;  // the XXH3-128 trailer
+// Header byte 11 and its bits the checksum pass needs (ChecksumBundle reads
+// the trailer's algorithm before the header is validated).
+constexpr size_t kFlagsOffset = 11;
+constexpr uint8_t kFlagXxh3Trailer = 0x04;  // version 2: the trailer is XXH3-128
+inline size_t TrailerBytes(ChecksumAlgorithm a) {
+  return a == ChecksumAlgorithm::kXxh3_128 ? kXxh3TrailerBytes : kChecksumBytes;
+}
 
 // Every bundle error says it is one: "tensor bundle: <message>".
 inline Status BundleError(StatusCode code, std::string message) {
@@ -125,8 +133,13 @@ StatusOr<std::string> CompressBody(std::string_view body, int level);
 
 // SHA-256 through a per-thread context (thread-safe).
 std::array<unsigned char, 32> Sha256(std::string_view bytes);
+// XXH3-128 of `bytes` in canonical (big-endian) byte order.
+std::array<unsigned char, 16> Xxh3_128(std::string_view bytes);
+// The trailer of `covered` under `algorithm` (TrailerBytes(algorithm) bytes).
+std::string Trailer(ChecksumAlgorithm algorithm, std::string_view covered);
 // Lowercase hex of a digest.
 std::string HexDigest(const std::array<unsigned char, 32>& digest);
+std::string HexDigest(const std::array<unsigned char, 16>& digest);
 
 // ---- value codecs (tensor_codecs.cpp) ----
 

@@ -1,8 +1,9 @@
 // The bytes under the bundle format: the stored body read as a plain or zstd
-// byte source, zstd compression, and SHA-256 (the trailer and the transport
-// checksum, ChecksumBundle). Layout and values are tensor_bundle.cpp's and
+// byte source, zstd compression, and the checksums (SHA-256 and XXH3-128:
+// the trailer and the transport checksum, ChecksumBundle). Layout and values are tensor_bundle.cpp's and
 // tensor_codecs.cpp's.
 #include <openssl/evp.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include <array>
@@ -181,6 +182,40 @@ class Sha256Context {
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_, fork_;
 };
 
+// XXH3-128 streaming state, one per thread (its 576-byte state is allocated
+// once). Peek does not end the stream: XXH3_128bits_digest leaves it as is.
+class Xxh3Context {
+ public:
+  static Xxh3Context& ForThread() {
+    thread_local Xxh3Context ctx;
+    return ctx;
+  }
+  void Init() {
+    if (XXH3_128bits_reset(state_.get()) != XXH_OK) DieBecause("XXH3_128bits_reset", InternalError("xxhash"));
+  }
+  void Update(std::string_view bytes) {
+    if (XXH3_128bits_update(state_.get(), bytes.data(), bytes.size()) != XXH_OK) {
+      DieBecause("XXH3_128bits_update", InternalError("xxhash"));
+    }
+  }
+  std::array<unsigned char, 16> Peek() const { return Canonical(XXH3_128bits_digest(state_.get())); }
+  std::array<unsigned char, 16> Final() const { return Peek(); }
+
+  static std::array<unsigned char, 16> Canonical(XXH128_hash_t h) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, h);
+    std::array<unsigned char, 16> out{};
+    std::memcpy(out.data(), c.digest, out.size());
+    return out;
+  }
+
+ private:
+  Xxh3Context() : state_(XXH3_createState(), &XXH3_freeState) {
+    if (!state_) DieBecause("XXH3_createState failed", InternalError("out of memory"));
+  }
+  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state_;
+};
+
 }  // namespace
 
 StatusOr<std::unique_ptr<BodySource>> OpenBody(std::string_view stored, bool zstd, uint64_t body_size) {
@@ -221,44 +256,105 @@ std::array<unsigned char, 32> Sha256(std::string_view bytes) {
   return ctx.Final();
 }
 
-std::string HexDigest(const std::array<unsigned char, 32>& digest) {
+std::array<unsigned char, 16> Xxh3_128(std::string_view bytes) {
+  return Xxh3Context::Canonical(XXH3_128bits(bytes.data(), bytes.size()));
+}
+
+std::string Trailer(ChecksumAlgorithm algorithm, std::string_view covered) {
+  if (algorithm == ChecksumAlgorithm::kXxh3_128) {
+    const auto d = Xxh3_128(covered);
+    return std::string(reinterpret_cast<const char*>(d.data()), d.size());
+  }
+  const auto d = Sha256(covered);
+  return std::string(reinterpret_cast<const char*>(d.data()), d.size());
+}
+
+namespace {
+std::string Hex(const unsigned char* p, size_t n) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
-  out.reserve(64);
-  for (unsigned char c : digest) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
+  out.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(kHex[p[i] >> 4]);
+    out.push_back(kHex[p[i] & 15]);
   }
   return out;
+}
+}  // namespace
+
+std::string HexDigest(const std::array<unsigned char, 32>& digest) {
+  return Hex(digest.data(), digest.size());
+}
+std::string HexDigest(const std::array<unsigned char, 16>& digest) {
+  return Hex(digest.data(), digest.size());
 }
 
 }  // namespace internal
 
 using internal::HexDigest;
-using internal::kChecksumBytes;
 using internal::kHeaderBytes;
 using internal::Sha256;
 using internal::Sha256Context;
 
-std::string Sha256Hex(std::string_view bytes) { return HexDigest(Sha256(bytes)); }
+std::string_view ChecksumAlgorithmName(ChecksumAlgorithm algorithm) {
+  return algorithm == ChecksumAlgorithm::kXxh3_128 ? "xxh3-128" : "sha256";
+}
 
-BundleChecksums ChecksumBundle(std::string_view bytes) {
+std::string Sha256Hex(std::string_view bytes) { return HexDigest(Sha256(bytes)); }
+std::string Xxh3_128Hex(std::string_view bytes) { return HexDigest(internal::Xxh3_128(bytes)); }
+std::string ChecksumHex(ChecksumAlgorithm algorithm, std::string_view bytes) {
+  return algorithm == ChecksumAlgorithm::kXxh3_128 ? Xxh3_128Hex(bytes) : Sha256Hex(bytes);
+}
+
+namespace {
+// The trailer algorithm `bytes` declare (header byte 11), if it has a header.
+// Only a hint: DecodeBundle validates the header before it trusts the verdict.
+ChecksumAlgorithm DeclaredTrailer(std::string_view bytes) {
+  if (bytes.size() < kHeaderBytes) return ChecksumAlgorithm::kSha256;
+  return (static_cast<uint8_t>(bytes[internal::kFlagsOffset]) & internal::kFlagXxh3Trailer) != 0
+             ? ChecksumAlgorithm::kXxh3_128
+             : ChecksumAlgorithm::kSha256;
+}
+
+// One pass of `Ctx` over `bytes`: the digest of all of them into out->hex, and
+// out->trailer_matches from the digest of all but the last `trailer` bytes.
+template <typename Ctx>
+void OnePass(Ctx& ctx, std::string_view bytes, size_t trailer, BundleChecksums* out) {
+  ctx.Init();
+  if (bytes.size() < kHeaderBytes + trailer) {
+    ctx.Update(bytes);
+    out->hex = HexDigest(ctx.Final());
+    return;
+  }
+  const size_t covered = bytes.size() - trailer;
+  ctx.Update(bytes.substr(0, covered));
+  const auto digest = ctx.Peek();
+  out->trailer_matches = std::memcmp(digest.data(), bytes.data() + covered, trailer) == 0;
+  ctx.Update(bytes.substr(covered));
+  out->hex = HexDigest(ctx.Final());
+}
+}  // namespace
+
+BundleChecksums ChecksumBundle(std::string_view bytes, ChecksumAlgorithm transport) {
   BundleChecksums out;
+  out.algorithm = transport;
   out.size = bytes.size();
   out.data = bytes.data();
-  Sha256Context& ctx = Sha256Context::ForThread();
-  ctx.Init();
-  if (bytes.size() < kHeaderBytes + kChecksumBytes) {
-    ctx.Update(bytes);
-    out.sha256_hex = HexDigest(ctx.Final());
+  const ChecksumAlgorithm trailer = DeclaredTrailer(bytes);
+  const size_t trailer_bytes = internal::TrailerBytes(trailer);
+  if (trailer != transport) {  // an unusual pairing: two passes
+    out.hex = ChecksumHex(transport, bytes);
+    if (bytes.size() >= kHeaderBytes + trailer_bytes) {
+      const size_t covered = bytes.size() - trailer_bytes;
+      out.trailer_matches = internal::Trailer(trailer, bytes.substr(0, covered)) == bytes.substr(covered);
+    }
     return out;
   }
-  const size_t covered = bytes.size() - kChecksumBytes;
-  ctx.Update(bytes.substr(0, covered));
-  const auto trailer = ctx.Peek();
-  out.trailer_matches = std::memcmp(trailer.data(), bytes.data() + covered, kChecksumBytes) == 0;
-  ctx.Update(bytes.substr(covered));
-  out.sha256_hex = HexDigest(ctx.Final());
+  if (transport == ChecksumAlgorithm::kXxh3_128) {
+    OnePass(internal::Xxh3Context::ForThread(), bytes, trailer_bytes, &out);
+  } else {
+    OnePass(Sha256Context::ForThread(), bytes, trailer_bytes, &out);
+  }
   return out;
 }
 

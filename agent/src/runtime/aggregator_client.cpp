@@ -324,6 +324,10 @@ Status AggregatorClient::Join() {
   if (resp.session().empty()) return InternalError("aggregator answered Join without a session");
   session_ = resp.session();
   server_task_wait_ = std::chrono::milliseconds(resp.max_task_wait_ms());
+  // A value this agent does not know (a newer aggregator) falls back to
+  // SHA-256, which every aggregator verifies.
+  upload_checksum_ = resp.upload_checksum() == v1::CHECKSUM_XXH3_128 ? ChecksumAlgorithm::kXxh3_128
+                                                                     : ChecksumAlgorithm::kSha256;
   log::Info("joined", {{"job", options_.job},
                        {"agent_id", options_.agent_id},
                        {"global_version", resp.global_version()},
@@ -555,6 +559,7 @@ Status AggregatorClient::DoInitialize(const v1::Task& task) {
   EncodeOptions eo;
   eo.codec = Codec::kFp32;
   eo.zstd = job.compression.zstd;
+  eo.trailer = upload_checksum_;
   FEDGE_ASSIGN_OR_RETURN(std::string payload, EncodeBundle(state, eo));
   v1::UpdateHeader h;
   *h.mutable_header() = Header();
@@ -562,7 +567,9 @@ Status AggregatorClient::DoInitialize(const v1::Task& task) {
   h.set_base_version(0);
   h.set_num_examples(static_cast<int64_t>(deps_.train_data->size()));
   h.set_total_bytes(payload.size());
-  h.set_checksum(Sha256Hex(payload));
+  h.set_checksum(ChecksumHex(upload_checksum_, payload));
+  h.set_checksum_algorithm(upload_checksum_ == ChecksumAlgorithm::kXxh3_128 ? v1::CHECKSUM_XXH3_128
+                                                                            : v1::CHECKSUM_SHA256);
   h.set_is_delta(false);
   h.set_raw_bytes(state.Fp32Bytes());
   bool accepted = false;
@@ -656,6 +663,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   }
   UpdateCodecConfig cc;
   cc.encode = *encode;
+  cc.encode.trailer = upload_checksum_;
   cc.error_feedback = compression.errorFeedback;
   auto encoded =
       encoder_.Encode(delta, cc, task.round(),
@@ -670,7 +678,9 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   h.set_base_version(held_.version);
   h.set_num_examples(static_cast<int64_t>(deps_.train_data->size()));
   h.set_total_bytes(payload.size());
-  h.set_checksum(Sha256Hex(payload));
+  h.set_checksum(ChecksumHex(upload_checksum_, payload));
+  h.set_checksum_algorithm(upload_checksum_ == ChecksumAlgorithm::kXxh3_128 ? v1::CHECKSUM_XXH3_128
+                                                                            : v1::CHECKSUM_SHA256);
   h.set_train_loss(result->mean_loss);
   h.set_steps(result->steps);
   h.set_is_delta(true);

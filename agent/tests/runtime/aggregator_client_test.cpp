@@ -69,6 +69,8 @@ struct World {
   std::vector<uint64_t> stream_offsets;            // UpdateHeader.offset of every stream
   int status_queries = 0;
   v1::TrainingConfig config;
+  // JoinResponse.upload_checksum; SHA-256 is what an older aggregator answers.
+  v1::ChecksumAlgorithm upload_checksum = v1::CHECKSUM_SHA256;
 
   void SetGlobal(TensorBundle bundle) {
     global = std::move(bundle);
@@ -97,6 +99,7 @@ class FakeAggregator final : public v1::Aggregator::Service {
     resp->set_protocol_version(1);
     resp->set_global_version(w_->version);
     resp->set_total_rounds(1);
+    resp->set_upload_checksum(w_->upload_checksum);
     w_->cv.notify_all();
     return grpc::Status::OK;
   }
@@ -217,7 +220,10 @@ class FakeAggregator final : public v1::Aggregator::Service {
     w_->updates.push_back(u);
     w_->cv.notify_all();
     auto decoded = DecodeBundle(u.payload);
-    if (!decoded.ok() || Sha256Hex(u.payload) != u.header.checksum()) {
+    const ChecksumAlgorithm algorithm = u.header.checksum_algorithm() == v1::CHECKSUM_XXH3_128
+                                            ? ChecksumAlgorithm::kXxh3_128
+                                            : ChecksumAlgorithm::kSha256;
+    if (!decoded.ok() || ChecksumHex(algorithm, u.payload) != u.header.checksum()) {
       resp->set_accepted(false);
       resp->set_reason("bad payload");
       return grpc::Status::OK;
@@ -375,6 +381,28 @@ class AggregatorClientTest : public ::testing::Test {
   std::vector<Example> eval_;
 };
 
+// Issue 14, item 2: an aggregator that asks for XXH3-128 gets XXH3-128
+// uploads (header checksum and bundle trailer). One that does not (older
+// aggregators: RunsInitializeTrainEvaluateDoneAndServesTheFinalGlobal) gets
+// SHA-256.
+TEST_F(AggregatorClientTest, UploadsUseXxh3WhenTheAggregatorAsksForIt) {
+  world_.config.set_update_codec("int8");
+  world_.config.set_block_size(64);
+  world_.codec = "int8";
+  world_.upload_checksum = v1::CHECKSUM_XXH3_128;
+  RunClient();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.updates.size(), 2u);
+  for (const ReceivedUpdate& u : world_.updates) {  // INITIALIZE and TRAIN
+    EXPECT_EQ(u.header.checksum_algorithm(), v1::CHECKSUM_XXH3_128);
+    EXPECT_EQ(u.header.checksum(), Xxh3_128Hex(u.payload));
+    auto header = InspectBundle(u.payload);
+    ASSERT_TRUE(header.ok()) << header.status().ToString();
+    EXPECT_EQ(header->trailer, ChecksumAlgorithm::kXxh3_128);
+    EXPECT_TRUE(DecodeBundle(u.payload).ok());
+  }
+}
+
 TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlobal) {
   world_.codec = "fp32";
   world_.config.set_update_codec("fp32");
@@ -409,6 +437,7 @@ TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlo
   EXPECT_EQ(init.header.num_examples(), 10);
   EXPECT_EQ(init.header.total_bytes(), init.payload.size());
   EXPECT_EQ(init.header.checksum(), Sha256Hex(init.payload));
+  EXPECT_EQ(init.header.checksum_algorithm(), v1::CHECKSUM_SHA256);  // an older aggregator asks for nothing
   EXPECT_EQ(init.header.raw_bytes(), initial.Fp32Bytes());
   auto init_bundle = DecodeBundle(init.payload);
   ASSERT_TRUE(init_bundle.ok());

@@ -188,6 +188,9 @@ class AggregatorClient {
   std::string session_;  // empty: must (re)join
   // JoinResponse.max_task_wait_ms of the session; 0: the aggregator does not hold GetTask.
   std::chrono::milliseconds server_task_wait_{0};
+  // The checksum of this session's uploads (JoinResponse.upload_checksum):
+  // XXH3-128 when the aggregator asks for it, else SHA-256 (older aggregators).
+  ChecksumAlgorithm upload_checksum_ = ChecksumAlgorithm::kSha256;
   // The long-poll this client asks for: min(options_.task_wait, server_task_wait_).
   std::chrono::milliseconds TaskWait() const;
   Held held_;
