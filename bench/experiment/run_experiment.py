@@ -124,6 +124,10 @@ CONFIGS = [
      "r 0.1 for locally absent classes' head rows, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedStep": 0.1}, "rounds": {"learningRate": 0.004},
       "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-rstep0", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, restricted step "
+     "r 0 (locally absent classes' head rows not moved by the local optimizer), int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.0}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
     ("scaffold-lr4e-3-keep-rstep05", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW "
      "state kept across rounds, restricted step r 0.5 for locally absent classes' head rows, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedStep": 0.5},
