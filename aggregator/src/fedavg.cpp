@@ -71,14 +71,14 @@ Status WeightedDeltaSum::Add(const TensorBundle& delta, double weight) {
   return OkStatus();
 }
 
-StatusOr<TensorBundle> WeightedDeltaSum::ApplyMean(const TensorBundle& global) const {
+StatusOr<TensorBundle> WeightedDeltaSum::ApplyMean(const TensorBundle& global, double scale) const {
   if (count_ == 0) return FailedPreconditionError("no updates to average");
   FEDGE_RETURN_IF_ERROR(CheckLayout(layout_, index_, sums_, global));
   TensorBundle out = global;
   for (NamedTensor& t : out.tensors) {
     const std::vector<double>& sum = sums_[index_.at(t.name)];
     for (size_t i = 0; i < t.values.size(); ++i) {
-      t.values[i] = static_cast<float>(static_cast<double>(t.values[i]) + sum[i] / total_weight_);
+      t.values[i] = static_cast<float>(static_cast<double>(t.values[i]) + scale * (sum[i] / total_weight_));
     }
   }
   return out;

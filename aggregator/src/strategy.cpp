@@ -186,17 +186,18 @@ class FedAvgMStrategy : public WeightedSumStrategy {
 // model delta it uploads. The server knows c, K and eta (it hands them out), so it
 // derives Delta c_i from Delta y_i exactly instead of receiving it: the second upload
 // of the paper costs no bytes here. With the round's participants S of N agents:
-//   x = x + sum_i n_i Delta y_i / sum_i n_i      (example-weighted, server lr 1, as FedAvg)
+//   x = x + eta_g sum_i n_i Delta y_i / sum_i n_i   (example-weighted, as FedAvg at eta_g 1)
 //   c = c + (1/N) sum_{i in S} Delta c_i = (1 - |S|/N) c - sum_{i in S} Delta y_i / (N K eta)
-// (the paper's c update, unweighted). The equivalence needs every agent to run the
-// K steps at the eta of the task (the agent checks it) and to see the Delta y_i the
-// server folds in: a lossy codec's error feedback carries the difference into the
-// next round, as it does for the model. c is kept as float32 exactly as
+// (the paper's c update, unweighted; it does not depend on eta_g). eta_g is the paper's
+// global step size (spec.strategy.globalLearningRate, default 1). The equivalence needs
+// every agent to run the K steps at the eta of the task (the agent checks it) and to
+// see the Delta y_i the server folds in: a lossy codec's error feedback carries the
+// difference into the next round, as it does for the model. c is kept as float32 exactly as
 // checkpointed and handed out, so a restored aggregator continues bit-for-bit.
 class ScaffoldStrategy : public WeightedSumStrategy {
  public:
-  explicit ScaffoldStrategy(std::string_view name)
-      : WeightedSumStrategy(name), control_(std::make_shared<std::string>()) {}
+  ScaffoldStrategy(std::string_view name, double global_learning_rate)
+      : WeightedSumStrategy(name), eta_g_(global_learning_rate), control_(std::make_shared<std::string>()) {}
   void SetRoundContext(const RoundContext& context) override { context_ = context; }
   void Begin(const TensorBundle& global) override {
     WeightedSumStrategy::Begin(global);
@@ -234,7 +235,7 @@ class ScaffoldStrategy : public WeightedSumStrategy {
     // More participants than agents (an agent that left after it answered):
     // the paper's N is at least |S|.
     const double n = static_cast<double>(std::max<int64_t>(context_.population, participants));
-    FEDGE_ASSIGN_OR_RETURN(TensorBundle out, weighted.ApplyMean(global));
+    FEDGE_ASSIGN_OR_RETURN(TensorBundle out, weighted.ApplyMean(global, eta_g_));
     FEDGE_ASSIGN_OR_RETURN(TensorBundle mean_dy, MeanDelta(global, *plain_));
     FEDGE_ASSIGN_OR_RETURN(TensorBundle c, StateOrZeros(c_, global, "scaffold control variate"));
     const double keep = 1.0 - static_cast<double>(participants) / n;
@@ -269,6 +270,7 @@ class ScaffoldStrategy : public WeightedSumStrategy {
     return std::shared_ptr<const std::string>(std::make_shared<std::string>(std::move(bytes)));
   }
 
+  double eta_g_;  // global step size
   RoundContext context_;
   std::optional<WeightedDeltaSum> plain_;       // Delta y_i: the control variate
   TensorBundle c_;                              // empty until the first round
@@ -598,7 +600,10 @@ StatusOr<std::unique_ptr<AggregationStrategy>> MakeInner(const StrategySpec& spe
           "spec.strategy: scaffold does not compose with clipNorm or maxUpdateNorm (a clipped update "
           "breaks the control variates); set both to 0");
     }
-    return Ptr(std::make_unique<ScaffoldStrategy>(n));
+    if (!(spec.globalLearningRate > 0)) {
+      return InvalidArgumentError("spec.strategy.globalLearningRate: must be > 0");
+    }
+    return Ptr(std::make_unique<ScaffoldStrategy>(n, spec.globalLearningRate));
   }
   if (n == "fedadam" || n == "fedyogi" || n == "fedadagrad") {
     if (!(spec.serverLearningRate > 0) || !(spec.beta1 >= 0 && spec.beta1 < 1) ||

@@ -404,6 +404,39 @@ TEST(ScaffoldTest, ControlVariateSurvivesACheckpointAndForeignStateIsRefused) {
   EXPECT_FALSE(Make(Spec("fedavgm"))->RestoreState(a->SaveState()).ok()) << "c is not momentum";
 }
 
+// The same two rounds with the global step size eta_g = 1.5 (spec.strategy.globalLearningRate):
+// the global moves by 1.5 times the example-weighted mean delta, c exactly as at eta_g = 1.
+//   x1 = x0 + 1.5 (0.4375, -0.125, 0) = (1.65625, 1.8125, 3),   c1 = (-0.375, 0.25, -0.25)
+//   x2 = x1 + 1.5 (0.125, 0.125, 0.125) = (1.84375, 2, 3.1875), c2 = (-0.25, 0.0625, -0.1875)
+// Round 2 also runs on a strategy restored from round 1's checkpointed state (eta_g comes
+// from the spec, c from the checkpoint).
+TEST(ScaffoldTest, GlobalStepSizeScalesTheModelStepNotTheControlVariate) {
+  StrategySpec spec = Spec("scaffold");
+  spec.globalLearningRate = 1.5;
+  auto s = Make(spec);
+  ASSERT_NE(s, nullptr);
+  s->SetRoundContext(RoundContext{2, 2, 0.5});
+  TensorBundle x1 = Round(*s, V3(1, 2, 3), {{V3(0.25f, -0.5f, 0.75f), 1}, {V3(0.5f, 0, -0.25f), 3}});
+  EXPECT_EQ(Vals(x1, "w"), (std::vector<float>{1.65625f, 1.8125f, 3.0f}));
+  EXPECT_EQ(Vals(DecodedControl(*s), "w"), (std::vector<float>{-0.375f, 0.25f, -0.25f}));
+
+  auto restored = Make(spec);
+  ASSERT_TRUE(restored->RestoreState(s->SaveState()).ok());
+  for (AggregationStrategy* each : {s.get(), restored.get()}) {
+    each->SetRoundContext(RoundContext{2, 2, 0.5});
+    TensorBundle x2 = Round(*each, x1, {{V3(0.125f, 0.125f, 0.125f), 1}});
+    EXPECT_EQ(Vals(x2, "w"), (std::vector<float>{1.84375f, 2.0f, 3.1875f}));
+    EXPECT_EQ(Vals(DecodedControl(*each), "w"), (std::vector<float>{-0.25f, 0.0625f, -0.1875f}));
+  }
+
+  for (double bad : {0.0, -1.0}) {
+    spec.globalLearningRate = bad;
+    auto refused = MakeStrategy(spec);
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_NE(refused.status().message().find("globalLearningRate"), std::string::npos);
+  }
+}
+
 TEST(ScaffoldTest, RefusesWhatBreaksTheControlVariates) {
   StrategySpec spec = Spec("scaffold");
   spec.clipNorm = 1;

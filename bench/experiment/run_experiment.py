@@ -136,6 +136,34 @@ CONFIGS = [
      "state kept across rounds, restricted step r 0.1 for locally absent classes' head rows, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedStep": 0.1},
       "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    # Session 17 (issue 14 item 1, alpha 0.5): kept AdamW state changes the effective step
+    # size (no bias-corrected sign steps after round 1), so the local rate that suits it need
+    # not be fresh's 4e-3.
+    ("scaffold-lr3e-3-keep", "SCAFFOLD (control variates, server lr 1), local lr 3e-3, local AdamW state kept "
+     "across rounds, int8 + EF",
+     {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.003, "optimizerState": "keep"},
+      "compression": {"codec": "int8"}}),
+    ("scaffold-lr5e-3-keep", "SCAFFOLD (control variates, server lr 1), local lr 5e-3, local AdamW state kept "
+     "across rounds, int8 + EF",
+     {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.005, "optimizerState": "keep"},
+      "compression": {"codec": "int8"}}),
+    # SCAFFOLD's global step size eta_g > 1 (spec.strategy.globalLearningRate): the global moves
+    # by eta_g times the mean update; the control variates are as at 1.
+    ("scaffold-lr4e-3-keep-g125", "SCAFFOLD (control variates, server lr 1.25), local lr 4e-3, local AdamW "
+     "state kept across rounds, int8 + EF",
+     {"strategy": {"name": "scaffold", "globalLearningRate": 1.25},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keep-g15", "SCAFFOLD (control variates, server lr 1.5), local lr 4e-3, local AdamW "
+     "state kept across rounds, int8 + EF",
+     {"strategy": {"name": "scaffold", "globalLearningRate": 1.5},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keep-g2", "SCAFFOLD (control variates, server lr 2), local lr 4e-3, local AdamW "
+     "state kept across rounds, int8 + EF",
+     {"strategy": {"name": "scaffold", "globalLearningRate": 2.0},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-g15", "SCAFFOLD (control variates, server lr 1.5), local lr 4e-3, int8 + EF",
+     {"strategy": {"name": "scaffold", "globalLearningRate": 1.5}, "rounds": {"learningRate": 0.004},
+      "compression": {"codec": "int8"}}),
     ("scaffold-lr8e-3", "SCAFFOLD (control variates, server lr 1), local lr 8e-3, int8 + EF",
      {"strategy": {"name": "scaffold"}, "rounds": {"learningRate": 0.008}, "compression": {"codec": "int8"}}),
     ("scaffold-lr16e-3", "SCAFFOLD (control variates, server lr 1), local lr 1.6e-2, int8 + EF",

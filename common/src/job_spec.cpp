@@ -677,6 +677,12 @@ Status ValidateJobSpec(const JobSpec& spec) {
     v.Add("spec.strategy.proximalMu",
           "must be > 0 for fedprox (0 is plain fedavg), got " + Validator::Str(st.proximalMu));
   }
+  if (st.globalLearningRate != 1.0 && st.name != "scaffold") {
+    v.Add("spec.strategy.globalLearningRate",
+          "only scaffold takes a global step size (fedadam, fedyogi and fedadagrad have "
+          "serverLearningRate; the others step by the mean update), got " +
+              Validator::Str(st.globalLearningRate) + " with " + Quote(st.name));
+  }
   if (const DifferentialPrivacySpec& dp = spec.privacy.differentialPrivacy; dp.enabled) {
     const std::string p = "spec.privacy.differentialPrivacy";
     if (dp.mode == "distributed" && !spec.privacy.secureAggregation.enabled) {

@@ -240,6 +240,11 @@ std::vector<JobSpecField> MakeTable() {
        .min = 0,
        .max = 1,
        .wire = "restricted_step"});
+  add({.path = "spec.strategy.globalLearningRate",
+       .kind = K::kDouble,
+       .ref = FEDGE_FIELD(strategy.globalLearningRate),
+       .min = 0,
+       .exclusive_min = true});
   add({.path = "spec.strategy.serverLearningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.serverLearningRate),

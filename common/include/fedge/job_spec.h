@@ -109,6 +109,11 @@ struct StrategySpec {
   // restrictedSoftmax it acts after AdamW's per-coordinate normalisation. 1: off.
   // BERT sequence classification only (other trainers refuse < 1).
   double restrictedStep = 1.0;
+  // SCAFFOLD's global step size eta_g (Karimireddy et al. 2020): the new global is
+  // x + eta_g times the example-weighted mean delta; the control variate's update does
+  // not depend on it. 1: the plain mean. Only scaffold (the validator refuses != 1
+  // with other strategies).
+  double globalLearningRate = 1.0;
   // Server optimizers (fedadam, fedyogi, fedadagrad; Reddi et al. 2021).
   double serverLearningRate = 1e-2;  // eta
   double beta1 = 0.9;

@@ -25,10 +25,11 @@ class WeightedDeltaSum {
   // a value is not finite.
   Status Add(const TensorBundle& delta, double weight);
 
-  // Returns global + sum / total_weight, in `global`'s tensor order.
+  // Returns global + scale * (sum / total_weight), in `global`'s tensor order
+  // (scale 1: global + the mean, bit for bit as without it).
   // FAILED_PRECONDITION if nothing was added; INVALID_ARGUMENT if `global`'s
   // layout differs from the reference.
-  StatusOr<TensorBundle> ApplyMean(const TensorBundle& global) const;
+  StatusOr<TensorBundle> ApplyMean(const TensorBundle& global, double scale = 1.0) const;
 
   int count() const { return count_; }
   double total_weight() const { return total_weight_; }
