@@ -42,6 +42,14 @@ int main(int argc, char** argv) {
     fedge::Status made = fedge::MakeDirsBeneath(argv[2], argv[3]);
     if (!made.ok()) {
       std::cerr << "fedge-agent --make-state-dir: " << made.ToString() << "\n";
+      if (made.code() == fedge::StatusCode::kPermissionDenied) {
+        // The pod has no fsGroup: nothing changes the node directory's owner for it.
+        std::cerr << "fedge-agent --make-state-dir: the node's agent-state root (the operator's "
+                     "--node-state-dir, mounted here at "
+                  << argv[2] << ") must be writable by uid " << ::getuid()
+                  << "; on the node run: install -d -o " << ::getuid() << " -g " << ::getgid()
+                  << " -m 0750 <that directory>\n";
+      }
       return 1;
     }
     return 0;

@@ -172,6 +172,15 @@ TEST(RestrictedPodTest, EveryPodTheOperatorCreatesIsRestricted) {
           EXPECT_EQ(pod["spec"]["securityContext"]["runAsUser"], kRunAsId);
           EXPECT_EQ(pod["spec"]["securityContext"]["runAsGroup"], kRunAsId);
           EXPECT_EQ(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+          // Agents have no fsGroup, so every secret they mount must be readable by their
+          // user as "other"; the aggregator's stay 0440 through its fsGroup.
+          const bool agent = pod["metadata"]["labels"]["fedge.io/role"] == "agent";
+          EXPECT_EQ(pod["spec"]["securityContext"].contains("fsGroup"), !agent) << pod["metadata"]["name"];
+          for (const auto& v : pod["spec"]["volumes"]) {
+            if (v.contains("secret")) {
+              EXPECT_EQ(v["secret"]["defaultMode"], agent ? 0444 : 0440) << v["name"];
+            }
+          }
           // The read-only root filesystem leaves /tmp writable for every container.
           for (const auto& c : pod["spec"]["containers"]) {
             bool tmp = false;
@@ -275,23 +284,24 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   EXPECT_EQ(ArgAfter(cmd, "--model-dir"), "/var/lib/fedge/models/minilm");
   EXPECT_EQ(ArgAfter(cmd, "--data-dir"), "/var/lib/fedge/data/wordnet");
   EXPECT_EQ(ArgAfter(cmd, "--state-dir"), std::string(kStateMountPath) + "/ml/wn");
-  // One read-only local volume for the model and data (both under /var/lib/fedge), each
-  // a subPath of it, and one read-write volume for the state directory: a kubelet chowns
-  // a read-write local volume to the pod's fsGroup, which must never reach the model
-  // and data files.
+  // One local volume for the model, data and state directories (all under
+  // /var/lib/fedge), each a subPath of it with its own readOnly. The claim is mounted
+  // read-write for the state directory; the pod has no fsGroup, so no kubelet changes
+  // ownership of the model and data files in it.
   const Json* v = Volume(pod, "node-dirs");
   ASSERT_NE(v, nullptr);
-  EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], true) << "model and data are never written";
-  const Json* state = Volume(pod, "node-dirs-2");
-  ASSERT_NE(state, nullptr);
-  EXPECT_EQ((*state)["persistentVolumeClaim"]["readOnly"], false) << "the state directory is written";
+  EXPECT_EQ((*v)["persistentVolumeClaim"]["readOnly"], false) << "the state directory is written";
+  EXPECT_EQ(Volume(pod, "node-dirs-2"), nullptr) << "one volume for all three directories";
+  EXPECT_FALSE(pod["spec"]["securityContext"].contains("fsGroup"))
+      << "a kubelet would chown the read-write volume, model and data included";
+  EXPECT_FALSE(pod["spec"]["securityContext"].contains("fsGroupChangePolicy"));
   struct Want {
     std::string mount_path, volume, sub_path;
     bool read_only;
   };
   for (const Want& w : {Want{"/var/lib/fedge/models/minilm", "node-dirs", "models/minilm", true},
                         Want{"/var/lib/fedge/data/wordnet", "node-dirs", "data/wordnet", true},
-                        Want{std::string(kStateMountPath) + "/ml/wn", "node-dirs-2", "ml/wn", false}}) {
+                        Want{std::string(kStateMountPath) + "/ml/wn", "node-dirs", "state/ml/wn", false}}) {
     const Json* m = MountAt(pod, w.mount_path);
     ASSERT_NE(m, nullptr) << w.mount_path;
     EXPECT_EQ((*m)["name"], w.volume);
@@ -321,8 +331,11 @@ TEST_F(HardeningTest, AgentMountsNodeDirectoriesThroughPreBoundLocalVolumes) {
   EXPECT_EQ(
       pv_b["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
       "edge-b");
-  // Two volumes and two claims per node (was three of each: issue 14, writes per agent).
-  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 4u);
+  // One volume and one claim per node (was two of each, and three before that: issue 14,
+  // writes per agent).
+  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 2u);
+  EXPECT_EQ(client_.Objects(res::kPersistentVolumeClaims).size(), 3u)
+      << "one per node and the checkpoint claim";
 }
 
 TEST(NodeVolumeRootsTest, OneRootPerAllowedPrefixNeverTheirCommonParent) {
@@ -333,35 +346,39 @@ TEST(NodeVolumeRootsTest, OneRootPerAllowedPrefixNeverTheirCommonParent) {
   opts.allowed_host_path_prefixes = {"/var/lib/fedge", "/data"};
   opts.node_state_dir = "/var/lib/fedge/state";
   auto roots = AgentNodeVolumeRoots(spec, opts);
-  ASSERT_EQ(roots.size(), 3u);
+  ASSERT_EQ(roots.size(), 2u);
   EXPECT_EQ(roots[0].path, "/data/models/m") << "a lone directory is its own root";
   EXPECT_TRUE(roots[0].read_only);
   EXPECT_EQ(roots[0].volume_name, "node-dirs");
   EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[0]), "");
-  EXPECT_EQ(roots[1].path, "/var/lib/fedge/d");
-  EXPECT_TRUE(roots[1].read_only);
+  // The data and the written state directory share their prefix's volume (no fsGroup
+  // on agent pods: nothing chowns it), the volume read-write for the state.
+  EXPECT_EQ(roots[1].path, "/var/lib/fedge");
+  EXPECT_FALSE(roots[1].read_only);
   EXPECT_EQ(roots[1].volume_name, "node-dirs-2");
-  ASSERT_EQ(roots[2].dirs.size(), 1u);
-  EXPECT_EQ(roots[2].path, "/var/lib/fedge/state") << "the written directory never shares a volume";
-  EXPECT_FALSE(roots[2].read_only);
-  EXPECT_EQ(NodeVolumeSubPath(roots[2], roots[2].dirs[0]), "");
+  ASSERT_EQ(roots[1].dirs.size(), 2u);
+  EXPECT_TRUE(roots[1].dirs[0].read_only);
+  EXPECT_EQ(NodeVolumeSubPath(roots[1], roots[1].dirs[0]), "d");
+  EXPECT_FALSE(roots[1].dirs[1].read_only);
+  EXPECT_EQ(NodeVolumeSubPath(roots[1], roots[1].dirs[1]), "state");
   // A prefix and a deeper one: each directory goes with its longest prefix.
   opts.allowed_host_path_prefixes = {"/var/lib/fedge", "/var/lib/fedge/d"};
   spec.model.path = "/var/lib/fedge/m";
   roots = AgentNodeVolumeRoots(spec, opts);
-  ASSERT_EQ(roots.size(), 3u);
-  EXPECT_EQ(roots[0].path, "/var/lib/fedge/m");
+  ASSERT_EQ(roots.size(), 2u);
+  EXPECT_EQ(roots[0].path, "/var/lib/fedge") << "model and state, both under the shorter prefix";
+  EXPECT_EQ(roots[0].dirs.size(), 2u);
   EXPECT_EQ(roots[1].path, "/var/lib/fedge/d");
-  EXPECT_EQ(roots[2].path, "/var/lib/fedge/state");
-  // "/" allowed: one read-only root, "/" itself when nothing deeper holds model and data.
+  EXPECT_TRUE(roots[1].read_only);
+  // "/" allowed: one root, "/" itself when nothing deeper holds all three.
   opts.allowed_host_path_prefixes = {"/"};
   spec.model.path = "/opt/m";
   roots = AgentNodeVolumeRoots(spec, opts);
-  ASSERT_EQ(roots.size(), 2u);
+  ASSERT_EQ(roots.size(), 1u);
   EXPECT_EQ(roots[0].path, "/");
-  EXPECT_TRUE(roots[0].read_only);
+  EXPECT_FALSE(roots[0].read_only);
   EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[0]), "opt/m");
-  EXPECT_EQ(roots[1].path, "/var/lib/fedge/state");
+  EXPECT_EQ(NodeVolumeSubPath(roots[0], roots[0].dirs[2]), "var/lib/fedge/state");
 }
 
 // Issue 11: the builders read the typed spec the planner parsed once, not the manifest's
@@ -548,7 +565,8 @@ TEST_F(HardeningTest, AgentsGetTheJobsInferenceTokenReadOnly) {
     const Json* v = Volume(pod, "api-token");
     ASSERT_NE(v, nullptr);
     EXPECT_EQ((*v)["secret"]["secretName"], "wn-inference-token");
-    EXPECT_EQ((*v)["secret"]["defaultMode"], 0440);
+    // Readable by the pod's user without fsGroup (agent pods have none).
+    EXPECT_EQ((*v)["secret"]["defaultMode"], 0444);
     bool mounted_ro = false;
     for (const auto& m : pod["spec"]["containers"][0]["volumeMounts"])
       if (m["name"] == "api-token")

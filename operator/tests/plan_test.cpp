@@ -273,7 +273,7 @@ TEST(PlanTest, Table) {
          EXPECT_EQ(Find(p, "patch federatedtrainingjobs/wn")->wave, Wave::kAfterStatus);
          int pvs = 0;
          for (const auto& a : p.actions) pvs += a.resource == &res::kPersistentVolumes;
-         EXPECT_EQ(pvs, 4) << "2 node volumes (read-only model and data; state) x 2 nodes";
+         EXPECT_EQ(pvs, 2) << "1 node volume (model, data and state) x 2 nodes";
        }},
       {"aggregator succeeded: the job succeeds and requeues for cleanup",
        [](World& w) {

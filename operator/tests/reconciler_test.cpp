@@ -104,9 +104,9 @@ TEST_F(ReconcilerTest, CreatesEveryChildWithControllerOwnerReference) {
     }
   }
   // 4 secrets (credentials, inference token, one per agent), configmap, 2 services,
-  // aggregator + 2 agents, SA, role, binding, checkpoint claim + 2 node-volume claims per
-  // agent (read-only model and data; state), 2 network policies
-  EXPECT_EQ(children, 20);
+  // aggregator + 2 agents, SA, role, binding, checkpoint claim + 1 node-volume claim per
+  // agent (model, data and state), 2 network policies
+  EXPECT_EQ(children, 18);
   std::set<std::string> nodes;
   for (const auto& p : Pods()) {
     if (p["metadata"]["labels"][kLabelRole] == "agent")

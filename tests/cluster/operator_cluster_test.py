@@ -338,9 +338,8 @@ class OperatorClusterTest(unittest.TestCase):
     PODLESS = {"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "none"}}
     PODLESS_CHILDREN = 11
     # ... and with 3 nodes: + aggregator and 3 agents, + per agent its credentials Secret
-    # and 2 node-volume claims (model and data: subPaths of one read-only local volume;
-    # the state directory: a read-write one of its own).
-    FULL_CHILDREN = 24
+    # and 1 node-volume claim (model, data and the state root: subPaths of one local volume).
+    FULL_CHILDREN = 21
 
     # ---- tests ---------------------------------------------------------------------------
     def test_api_server_restart_keeps_the_operator_watching_and_reconciling(self):
@@ -437,30 +436,32 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertIn("fedge.io/cleanup", self.job("owned")["metadata"]["finalizers"])
         # The admission plugin admitted them in a restricted namespace: all 4 pods exist.
         self.assertEqual(len([k for k in kids if k["kind"] == "Pod"]), 4)
-        # Node directories: 2 local volumes per agent (model and data are subPaths of their
-        # common directory, read-only; the state directory has a read-write one of its own,
-        # so a kubelet's fsGroup pass never reaches model and data), each bound by the real
-        # PV controller to its pre-bound claim.
+        # Node directories: 1 local volume per agent (model, data and the state root are
+        # subPaths of their common directory; agent pods have no fsGroup, so no kubelet
+        # changes ownership in it), bound by the real PV controller to its pre-bound claim.
         pvs = self.node_volumes("owned")
-        self.assertEqual(len(pvs), 6)
-        self.assertEqual(sorted(pv["spec"]["local"]["path"] for pv in pvs),
-                         ["/var/lib/fedge/state"] * 3 + ["/var/lib/fedge/test"] * 3)
+        self.assertEqual(len(pvs), 3)
+        self.assertEqual(sorted(pv["spec"]["local"]["path"] for pv in pvs), ["/var/lib/fedge"] * 3)
         for pv in pvs:
             self.assertEqual(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain")
         agent = next(k for k in kids if k["kind"] == "Pod" and k["metadata"]["labels"]["fedge.io/role"] == "agent")
-        subpaths = {m["mountPath"]: m.get("subPath") for m in agent["spec"]["containers"][0]["volumeMounts"]}
-        self.assertEqual(subpaths[NO_MODEL], "model")
+        self.assertNotIn("fsGroup", agent["spec"]["securityContext"])
+        mounts = {m["mountPath"]: m for m in agent["spec"]["containers"][0]["volumeMounts"]}
+        subpaths = {p: m.get("subPath") for p, m in mounts.items()}
+        self.assertEqual(subpaths[NO_MODEL], "test/model")
+        self.assertTrue(mounts[NO_MODEL]["readOnly"])
         # The agent container sees only its job's state directory; the whole state root
         # is mounted only into the init container that creates that directory (admitted
         # at the restricted level like the rest).
-        self.assertEqual(subpaths["/var/lib/fedge/state/default/owned"], "default/owned")
+        self.assertEqual(subpaths["/var/lib/fedge/state/default/owned"], "state/default/owned")
+        self.assertFalse(mounts["/var/lib/fedge/state/default/owned"].get("readOnly", False))
         self.assertNotIn("/var/lib/fedge/state", subpaths)
         init = agent["spec"]["initContainers"]
         self.assertEqual([c["name"] for c in init], ["state-dir"])
         self.assertEqual(init[0]["command"], ["fedge-agent", "--make-state-dir", "/var/lib/fedge/state-root",
                                               "default/owned"])
         self.assertEqual([m.get("subPath") for m in init[0]["volumeMounts"]
-                          if m["mountPath"] == "/var/lib/fedge/state-root"], [None])
+                          if m["mountPath"] == "/var/lib/fedge/state-root"], ["state"])
         wait_for(lambda: all(c.get("status", {}).get("phase") == "Bound"
                              for c in self.children("owned") if c["kind"] == "PersistentVolumeClaim"
                              and c["metadata"]["name"] != "owned-checkpoints"), 60, "node-volume claims bound")
@@ -672,10 +673,10 @@ class OperatorClusterTest(unittest.TestCase):
                                     "persistentvolumeclaims,networkpolicies.networking.k8s.io", "-n", "fedge-jobs",
                                     "-l", "fedge.io/job=scoped")
                 return got["items"] if got else []
-            # 4 pods (admitted at restricted), 5 secrets, role + binding, 7 claims (checkpoint + two
-            # node volumes per agent), 2 policies
-            wait_for(lambda: len(kids()) >= 20, 90, "the job's children made with the namespaced RBAC")
-            self.assertEqual(len(self.get_json("pv", "-l", "fedge.io/job=scoped")["items"]), 6)
+            # 4 pods (admitted at restricted), 5 secrets, role + binding, 4 claims (checkpoint + one
+            # node volume per agent), 2 policies
+            wait_for(lambda: len(kids()) >= 17, 90, "the job's children made with the namespaced RBAC")
+            self.assertEqual(len(self.get_json("pv", "-l", "fedge.io/job=scoped")["items"]), 3)
             self.assertEqual((self.metric(port, "fedge_operator_reconcile_errors_total") or 0), 0,
                              open(os.path.join(self.tmp, "operator-rbac.log")).read()[-3000:])
             self.kubectl("delete", "ftj", "scoped", "-n", "fedge-jobs", "--wait=false")

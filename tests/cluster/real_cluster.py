@@ -283,10 +283,26 @@ def node_disk(node):
     return os.path.join(CLUSTER_DIR, "nodes", node, "disk")
 
 
+def model_data_owners(node):
+    """(uid, gid, mode) of every directory and file of the node's model and data: root's,
+    0755 / 0644 as placed. A kubelet applying a pod's fsGroup to a read-write volume
+    holding them would make them group 65532 and group-writable."""
+    disk = node_disk(node)
+    out = {}
+    for d in (os.path.join(disk, "models"), os.path.join(disk, "data")):
+        for dirpath, dirnames, filenames in os.walk(d):
+            for name in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
+                st = os.lstat(name)
+                out[name] = (st.st_uid, st.st_gid, st.st_mode & 0o7777)
+    return out
+
+
 def place_model_and_data(work):
     """What cluster-quickstart.yaml's header tells an admin to do on every node: the
     model, the node's own shard (`fedge data wordnet --agents 2`, shard i on node i+1),
-    the agents' state directory, all owned by uid/gid 65532. Returns the labels."""
+    the agents' state directory owned by uid/gid 65532; the model and data root-owned and
+    world-readable (the agents only read them; MODEL_DATA_MODE checks nothing changed
+    them). Returns the labels."""
     data = os.path.join(work, "shards")
     run([FEDGE, "data", "wordnet", "--agents", str(len(NODES)), "--alpha", "0.5", "--seed", "7", "--test-size", "200",
          "--max-train", "3000", "--out", data], max_lines=8)
@@ -306,10 +322,12 @@ def place_model_and_data(work):
             shutil.copyfile(os.path.join(data, f"agent-{i}", f), os.path.join(data_dir, f))
         os.makedirs(os.path.join(disk, "state"), exist_ok=True)
         os.chmod(os.path.join(disk, "state"), 0o750)
-        for d in ("models", "data", "state"):
-            for dirpath, dirnames, filenames in os.walk(os.path.join(disk, d)):
-                for name in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
-                    os.chown(name, POD_UID, POD_UID)
+        for dirpath, dirnames, filenames in os.walk(os.path.join(disk, "state")):
+            for name in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
+                os.chown(name, POD_UID, POD_UID)
+        for path, (uid, gid, mode) in model_data_owners(node).items():
+            os.chown(path, 0, 0)
+            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
         with open(os.path.join(data_dir, "train.jsonl")) as f:
             n = sum(1 for _ in f)
         log(f"{node}: /var/lib/fedge/{NODE_MODEL} (model), /var/lib/fedge/{NODE_DATA} (shard agent-{i}: {n} "

@@ -260,6 +260,15 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         kubectl("-n", JOB_NS, "get", "ftj")
         kubectl("-n", JOB_NS, "wait", "--for=condition=Succeeded", f"ftj/{JOB}", "--timeout=900s", timeout=960)
         TIMINGS["apply -> Succeeded"] = time.time() - t
+        # The node's model and data are in the same local volume as the state root, mounted
+        # read-write for it: no kubelet changed their owner or mode (with fsGroup on the
+        # agent pods it would have made them group 65532 and group-writable).
+        for node in rc.NODES:
+            owners = rc.model_data_owners(node)
+            self.assertGreater(len(owners), 4, node)
+            changed = {p: o for p, o in owners.items()
+                       if o != (0, 0, 0o755 if os.path.isdir(p) else 0o644)}
+            self.assertEqual(changed, {}, f"{node}: model or data files changed owner or mode")
         table = kubectl("-n", JOB_NS, "get", "ftj", JOB).stdout
         kubectl("-n", JOB_NS, "get", "ftj", JOB, "-o", "wide")
         job = kubectl_json("-n", JOB_NS, "get", "ftj", JOB)

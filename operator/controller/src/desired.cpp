@@ -57,15 +57,22 @@ Json Resources(const Json& spec_part) {
   return (it == spec_part.end() || !it->is_object()) ? Json::object() : *it;
 }
 
-// The restricted Pod Security level, pod part. fsGroup makes emptyDir, secret and local
-// volumes group-accessible to kRunAsId.
-Json PodSecurityContext() {
-  return {{"runAsNonRoot", true},
-          {"runAsUser", kRunAsId},
-          {"runAsGroup", kRunAsId},
-          {"fsGroup", kRunAsId},
-          {"fsGroupChangePolicy", "OnRootMismatch"},
-          {"seccompProfile", {{"type", "RuntimeDefault"}}}};
+// The restricted Pod Security level, pod part. With `fs_group` the kubelet makes the pod's
+// volumes group-accessible to kRunAsId (the aggregator's checkpoint claim, provisioned
+// root-owned). Agent pods go without: a kubelet applies fsGroup to a local volume
+// mounted read-write (recursive chown, group-writable), which must never reach the
+// node's model and data, and without it one volume can hold all three node directories
+// (AgentNodeVolumeRoots); their secrets are mode 0444 instead of 0440 through the group.
+Json PodSecurityContext(bool fs_group) {
+  Json context = {{"runAsNonRoot", true},
+                  {"runAsUser", kRunAsId},
+                  {"runAsGroup", kRunAsId},
+                  {"seccompProfile", {{"type", "RuntimeDefault"}}}};
+  if (fs_group) {
+    context["fsGroup"] = kRunAsId;
+    context["fsGroupChangePolicy"] = "OnRootMismatch";
+  }
+  return context;
 }
 
 // The restricted Pod Security level, container part, plus a read-only root filesystem.
@@ -402,7 +409,7 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
   Json pod_spec = {
       {"restartPolicy", "Never"},
       {"serviceAccountName", AggregatorName(job)},
-      {"securityContext", PodSecurityContext()},
+      {"securityContext", PodSecurityContext(/*fs_group=*/true)},
       {"containers", Json::array({aggregator, reporter})},
       {"volumes", Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
                                {{"name", "credentials"},
@@ -538,11 +545,11 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
       {{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
        {{"name", "credentials"},
         {"secret",
-         {{"secretName", AgentSecretName(job, node)}, {"defaultMode", 0440}, {"items", credential_items}}}},
+         {{"secretName", AgentSecretName(job, node)}, {"defaultMode", 0444}, {"items", credential_items}}}},
        {{"name", "api-token"},
         {"secret",
          {{"secretName", ApiTokenSecretName(job)},
-          {"defaultMode", 0440},
+          {"defaultMode", 0444},
           {"items", Json::array({{{"key", "token"}, {"path", "token"}}})}}}},
        TmpVolume()});
   for (const auto& root : node_roots) {
@@ -553,7 +560,7 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
   }
   Json pod_spec = {{"restartPolicy", "Never"},
                    {"automountServiceAccountToken", false},
-                   {"securityContext", PodSecurityContext()},
+                   {"securityContext", PodSecurityContext(/*fs_group=*/false)},
                    // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
                    {"affinity",
                     {{"nodeAffinity",
@@ -605,16 +612,12 @@ std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const Desi
     v.path = TrimSlash(v.path);
     // Grouped by allowed prefix: a root never climbs above the prefix its directories
     // share (two prefixes never make one volume of their common parent, say "/").
-    // And by access: read-only directories (model, data) never share a volume with the
-    // written state directory, because a real kubelet applies the pod's fsGroup
-    // (recursive chown, group-writable) to a local volume mounted read-write - that
-    // would hand the node's model and data files to the agents' group.
+    // Read-only and written directories share a volume: agent pods have no fsGroup, so
+    // no kubelet changes ownership in it, and each directory is its own subPath mount
+    // with its own readOnly.
     const std::string prefix = PrefixOf(v.path, opts.allowed_host_path_prefixes);
     size_t i = 0;
-    while (i < roots.size() &&
-           (prefix.empty() || root_prefix[i] != prefix || roots[i].read_only != v.read_only)) {
-      ++i;
-    }
+    while (i < roots.size() && (prefix.empty() || root_prefix[i] != prefix)) ++i;
     if (i == roots.size()) {
       NodeVolumeRoot r;
       r.path = v.path;

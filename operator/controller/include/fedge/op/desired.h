@@ -153,10 +153,12 @@ Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOpti
 // deepest common directory and each directory is a `subPath` mount (read-only for the
 // model and data). In the usual layout (all three under /var/lib/fedge) a node costs the
 // API one PersistentVolume and one claim, not three of each (issue 14: the API server's
-// cost per write was the operator's limit at 1,000 nodes). The root is mounted read-write
-// when the state directory is under it, so the kubelet's fsGroup pass makes that root
-// (and the model and data below it) group-owned by kRunAsId on the first mount, as it did
-// for the state root alone before; the container still sees only its three subPaths.
+// cost per write was the operator's limit at 1,000 nodes). The claim is mounted
+// read-write when the state directory is under its root. Agent pods have no fsGroup, so
+// no kubelet changes ownership of anything in it (with fsGroup a read-write local volume
+// is chowned group-writable, which is why read-only and written directories had two
+// volumes until session 17); the containers see only their subPaths, and the state root
+// must be writable by kRunAsId on the node beforehand (docs/operator.md, Security).
 //
 // The state root (--node-state-dir) holds every job's agent state on the node, one
 // directory <namespace>/<job> each. The agent container mounts only its job's directory
@@ -184,10 +186,9 @@ struct NodeVolumeRoot {
   std::string volume_name;
 };
 // The roots for `job` on any node (the same on every node), in the order of their first
-// directory: one per allowed prefix and access (read-only model and data apart from the
-// written state directory, which a kubelet chowns to the pod's fsGroup) holding a
-// directory (a path outside every prefix,
-// which CheckNodePaths refuses first, gets its own).
+// directory: one per allowed prefix holding a directory, read-only and written
+// directories together (a path outside every prefix, which CheckNodePaths refuses first,
+// gets its own).
 std::vector<NodeVolumeRoot> AgentNodeVolumeRoots(const JobSpec& spec, const DesiredOptions& opts);
 // `dir` relative to `root` ("" when equal): the subPath of a mount.
 std::string NodeVolumeSubPath(const NodeVolumeRoot& root, const NodeVolume& dir);
