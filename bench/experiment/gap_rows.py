@@ -17,7 +17,7 @@ groups = {}
 for f in sorted(glob.glob(os.path.join(sys.argv[1], 'summaries', '*.json'))):
     tag = os.path.basename(f)[:-5]
     m = re.match(r'a(\d+)-(.*?)(-s(\d+))?$', tag)
-    a = {'05': 0.5, '01': 0.1}[m.group(1)]
+    a = {'05': 0.5, '01': 0.1}.get(m.group(1)) or float(m.group(1))  # a100: alpha 100
     name = m.group(2); seed = int(m.group(4) or 7)
     s = json.load(open(f))
     groups.setdefault((a, name), []).append((seed, s['final_accuracy'], [r['accuracy'] for r in s['rounds']]))

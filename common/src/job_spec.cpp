@@ -677,6 +677,12 @@ Status ValidateJobSpec(const JobSpec& spec) {
     v.Add("spec.strategy.proximalMu",
           "must be > 0 for fedprox (0 is plain fedavg), got " + Validator::Str(st.proximalMu));
   }
+  if (st.restrictedStepBelow > 0 && !(st.restrictedStep < 1)) {
+    v.Add("spec.strategy.restrictedStepBelow",
+          "needs spec.strategy.restrictedStep < 1 (it widens the classes the restricted step acts on), got " +
+              Validator::Str(st.restrictedStepBelow) + " with restrictedStep " +
+              Validator::Str(st.restrictedStep));
+  }
   if (st.globalLearningRate != 1.0 && st.name != "scaffold") {
     v.Add("spec.strategy.globalLearningRate",
           "only scaffold takes a global step size (fedadam, fedyogi and fedadagrad have "

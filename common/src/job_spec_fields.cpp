@@ -240,6 +240,13 @@ std::vector<JobSpecField> MakeTable() {
        .min = 0,
        .max = 1,
        .wire = "restricted_step"});
+  add({.path = "spec.strategy.restrictedStepBelow",
+       .kind = K::kDouble,
+       .ref = FEDGE_FIELD(strategy.restrictedStepBelow),
+       .min = 0,
+       .max = 1,
+       .exclusive_max = true,
+       .wire = "restricted_step_below"});
   add({.path = "spec.strategy.globalLearningRate",
        .kind = K::kDouble,
        .ref = FEDGE_FIELD(strategy.globalLearningRate),

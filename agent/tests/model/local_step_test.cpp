@@ -338,6 +338,38 @@ TEST(RestrictedStepTest, AnAbsentRowMovesRTimesAsFarEveryStepWeightDecayIncluded
 
 // A bias-like [C] tensor is scaled per entry; an unknown name or factors of another
 // length are refused.
+// The restricted step's rows with a share threshold, by hand: 1,000 labels of 5 classes,
+// counts (995, 1, 4, 0, 0) with class 4 never seen; below = 0.002 allows at most 2 of
+// 1,000, so classes 1 (1), 3 and 4 (0) get r = 0.1, classes 0 (995) and 2 (4) get 1.
+// below = 0 is the absent classes only (RestrictedSoftmaxScale's vector); r = 1 is off.
+TEST(RestrictedStepTest, ClassesAtMostBelowTheShareCountAsAbsent) {
+  std::vector<int64_t> labels(995, 0);
+  labels.push_back(1);
+  for (int i = 0; i < 4; ++i) labels.push_back(2);
+  torch::Tensor rows = RestrictedStepRows(labels, 5, 0.1, 0.002);
+  EXPECT_TRUE(torch::equal(rows, torch::tensor({1.0f, 0.1f, 1.0f, 0.1f, 0.1f}))) << rows;
+  EXPECT_TRUE(
+      torch::equal(RestrictedStepRows(labels, 5, 0.1, 0.0), torch::tensor({1.0f, 1.0f, 1.0f, 0.1f, 0.1f})));
+  EXPECT_TRUE(torch::equal(RestrictedStepRows(labels, 5, 0.1, 0.0), RestrictedSoftmaxScale(labels, 5, 0.1)));
+  EXPECT_TRUE(
+      torch::equal(RestrictedStepRows(labels, 5, 0.1, 0.004), torch::tensor({1.0f, 0.1f, 0.1f, 0.1f, 0.1f})))
+      << "4 of 1,000 is at most 0.004";
+  EXPECT_FALSE(RestrictedStepRows(labels, 5, 1.0, 0.002).defined());
+  TrainOptions o;
+  o.restricted_step = 0.1;
+  for (double below : {0.0, 0.5, 0.999}) {
+    o.restricted_step_below = below;
+    EXPECT_TRUE(ValidateLocalRound(o, "t").ok()) << below;
+  }
+  for (double below : {-0.1, 1.0}) {
+    o.restricted_step_below = below;
+    Status st = ValidateLocalRound(o, "t");
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << below;
+    EXPECT_NE(st.message().find("restricted_step_below must be in [0, 1)"), std::string::npos)
+        << st.message();
+  }
+}
+
 TEST(RestrictedStepTest, ScaleRowStepsChecksTheTensorAndTheFactors) {
   torch::Tensor b = torch::zeros({3}).set_requires_grad(true);
   TrainOptions o;

@@ -109,6 +109,10 @@ struct StrategySpec {
   // restrictedSoftmax it acts after AdamW's per-coordinate normalisation. 1: off.
   // BERT sequence classification only (other trainers refuse < 1).
   double restrictedStep = 1.0;
+  // With restrictedStep < 1: the classes whose share of the agent's training examples
+  // is at most restrictedStepBelow in [0, 1) count as absent too (a class sampled about
+  // never in a round is pushed down as if absent). 0: only classes with no example.
+  double restrictedStepBelow = 0.0;
   // SCAFFOLD's global step size eta_g (Karimireddy et al. 2020): the new global is
   // x + eta_g times the example-weighted mean delta; the control variate's update does
   // not depend on it. 1: the plain mean. Only scaffold (the validator refuses != 1

@@ -78,6 +78,10 @@ struct TrainOptions {
   // undoes a scaled gradient. 1: off. A trainer without it answers
   // INVALID_ARGUMENT when it is not 1.
   double restricted_step = 1.0;
+  // With restricted_step < 1: a class whose share of the `data` passed to Train is at
+  // most restricted_step_below in [0, 1) counts as absent for the restricted step
+  // (spec.strategy.restrictedStepBelow). 0: only classes with no example.
+  double restricted_step_below = 0.0;
   // SCAFFOLD's c - c_i (fedge/agent/runtime/update.h): after every optimizer
   // step each trainable tensor moves by -learning_rate x its tensor of this
   // bundle (same names and shapes as ExportTrainable). Null: no correction. A
@@ -86,8 +90,8 @@ struct TrainOptions {
 };
 
 // Copies the job's fields that only a trainer reads, spec.rounds.optimizerState
-// (keep_optimizer_state, keep_first_moment), spec.strategy.restrictedSoftmax and
-// spec.strategy.restrictedStep, into `options`. The spec is a validated one (an
+// (keep_optimizer_state, keep_first_moment), spec.strategy.restrictedSoftmax,
+// spec.strategy.restrictedStep and restrictedStepBelow, into `options`. The spec is a validated one (an
 // unknown optimizerState is fresh).
 inline void ApplyTrainerSpec(const JobSpec& job, TrainOptions& options) {
   options.keep_optimizer_state =
@@ -95,6 +99,7 @@ inline void ApplyTrainerSpec(const JobSpec& job, TrainOptions& options) {
   options.keep_first_moment = job.rounds.optimizerState != "keep-second-moment";
   options.restricted_softmax = job.strategy.restrictedSoftmax;
   options.restricted_step = job.strategy.restrictedStep;
+  options.restricted_step_below = job.strategy.restrictedStepBelow;
 }
 
 struct TrainResult {

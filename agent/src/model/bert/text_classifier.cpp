@@ -285,9 +285,11 @@ class BertTextClassifier final : public TextClassifier {
       const auto classes = static_cast<int64_t>(options_.labels.size());
       if (opt.logit_adjustment > 0) shift = LogitAdjustment(all_labels, classes, opt.logit_adjustment);
       scale = RestrictedSoftmaxScale(all_labels, classes, opt.restricted_softmax);
-      // The head's rows of absent classes (weight rows and bias entries) step r times as far.
+      // The head's rows of absent classes (weight rows and bias entries; with
+      // restricted_step_below also of classes that rare) step r times as far.
       if (opt.restricted_step != 1.0) {
-        const torch::Tensor rows = RestrictedSoftmaxScale(all_labels, classes, opt.restricted_step);
+        const torch::Tensor rows =
+            RestrictedStepRows(all_labels, classes, opt.restricted_step, opt.restricted_step_below);
         FEDGE_RETURN_IF_ERROR(round.ScaleRowSteps("classifier.weight", rows));
         FEDGE_RETURN_IF_ERROR(round.ScaleRowSteps("classifier.bias", rows));
       }

@@ -21,6 +21,11 @@ Status ValidateLocalRound(const TrainOptions& o, const std::string& what) {
     return InvalidArgumentError(what + ": restricted_step must be in [0, 1] (1: off), got " +
                                 std::to_string(o.restricted_step));
   }
+  if (!(o.restricted_step_below >= 0 && o.restricted_step_below < 1)) {
+    return InvalidArgumentError(what +
+                                ": restricted_step_below must be in [0, 1) (0: absent classes only), got " +
+                                std::to_string(o.restricted_step_below));
+  }
   return OkStatus();
 }
 
@@ -46,6 +51,19 @@ torch::Tensor RestrictedSoftmaxScale(const std::vector<int64_t>& labels, int64_t
   std::vector<float> scale(static_cast<size_t>(num_classes), static_cast<float>(r));
   for (int64_t y : labels) scale[static_cast<size_t>(y)] = 1.0f;
   return torch::tensor(scale, torch::kFloat);
+}
+
+torch::Tensor RestrictedStepRows(const std::vector<int64_t>& labels, int64_t num_classes, double r,
+                                 double below) {
+  if (r == 1.0) return torch::Tensor();
+  std::vector<double> counts(static_cast<size_t>(num_classes), 0.0);
+  for (int64_t y : labels) counts[static_cast<size_t>(y)] += 1;
+  const double most = below * static_cast<double>(labels.size());
+  std::vector<float> rows(counts.size());
+  for (size_t k = 0; k < counts.size(); ++k) {
+    rows[k] = counts[k] <= most ? static_cast<float>(r) : 1.0f;  // most >= 0: count 0 always
+  }
+  return torch::tensor(rows, torch::kFloat);
 }
 
 torch::Tensor RestrictLogits(const torch::Tensor& logits, const torch::Tensor& scale) {

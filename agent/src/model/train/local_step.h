@@ -46,9 +46,14 @@ torch::Tensor LogitAdjustedCrossEntropy(const torch::Tensor& logits, const torch
 // FedRS, Li & Zhan, KDD 2021): [num_classes] float, 1 for a class with at least one
 // example in `labels`, r for a class with none. Undefined when r == 1 (off). Labels
 // must be in [0, num_classes).
-// The restricted step's row factors (TrainOptions::restricted_step) are the same
-// vector with r = restricted_step.
 torch::Tensor RestrictedSoftmaxScale(const std::vector<int64_t>& labels, int64_t num_classes, double r);
+
+// The restricted step's row factors (TrainOptions::restricted_step and
+// restricted_step_below): [num_classes] float, r for a class with no example in
+// `labels` or with at most below x labels.size() of them, 1 otherwise. With
+// below = 0 it is RestrictedSoftmaxScale's vector. Undefined when r == 1 (off).
+torch::Tensor RestrictedStepRows(const std::vector<int64_t>& labels, int64_t num_classes, double r,
+                                 double below);
 
 // logits [B, C] x scale [C] (every row); an undefined `scale` returns `logits`.
 torch::Tensor RestrictLogits(const torch::Tensor& logits, const torch::Tensor& scale);
