@@ -17,6 +17,7 @@
 //   build/bench/fedge_bench_operator --kubeconfig /tmp/fedge-control-plane/kubeconfig --nodes 1,10,100 --runs
 //   5
 #include <sys/resource.h>
+#include <unistd.h>
 #include <algorithm>
 #include <atomic>
 
@@ -24,6 +25,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -421,6 +423,14 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
   std::fflush(stdout);
   for (int n : sizes) {
     const std::string tag = "bench-" + std::to_string(n);
+    static const std::string invocation = [] {
+      char buf[16];
+      std::snprintf(
+          buf, sizeof(buf), "%05x",
+          static_cast<unsigned>((std::chrono::system_clock::now().time_since_epoch().count() ^ ::getpid()) &
+                                0xfffff));
+      return std::string(buf);
+    }();
     std::atomic<int> node_errors{0};
     ParallelFor(n, 16, [&](int i) {
       const std::string name = tag + "-node-" + std::to_string(i);
@@ -459,8 +469,12 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
     for (int run_index = 0; run_index < runs * static_cast<int>(concurrencies.size()); ++run_index) {
       const int run = run_index / static_cast<int>(concurrencies.size());
       const int concurrency = concurrencies[run_index % concurrencies.size()];
+      // A name of this invocation's own: the garbage collector removes a deleted job's
+      // Secrets and claims (and the PV controller its volumes) after the job is gone, and a
+      // later invocation's job of the same name would find them and write less.
       const std::string job_name = tag + "-r" + std::to_string(run) +
-                                   (concurrencies.size() > 1 ? "-c" + std::to_string(concurrency) : "");
+                                   (concurrencies.size() > 1 ? "-c" + std::to_string(concurrency) : "") +
+                                   "-" + invocation;
       CountingClient client(&api);
       ControllerOptions opts;
       opts.workers = 2;
