@@ -158,6 +158,14 @@ CONFIGS = [
      "state kept across rounds, restricted step r 0.1 for head rows of classes at most 0.5% of the shard, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedStep": 0.1, "restrictedStepBelow": 0.005},
       "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keep-st01b002", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW "
+     "state kept across rounds, restricted step r 0.1 for head rows of classes at most 0.2% of the shard, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.1, "restrictedStepBelow": 0.002},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
+    ("scaffold-lr4e-3-keep-st0b001", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, local AdamW "
+     "state kept across rounds, restricted step r 0 for head rows of classes at most 0.1% of the shard, int8 + EF",
+     {"strategy": {"name": "scaffold", "restrictedStep": 0.0, "restrictedStepBelow": 0.001},
+      "rounds": {"learningRate": 0.004, "optimizerState": "keep"}, "compression": {"codec": "int8"}}),
     ("scaffold-lr4e-3-st01b001", "SCAFFOLD (control variates, server lr 1), local lr 4e-3, restricted step "
      "r 0.1 for head rows of classes at most 0.1% of the shard, int8 + EF",
      {"strategy": {"name": "scaffold", "restrictedStep": 0.1, "restrictedStepBelow": 0.001},
