@@ -181,7 +181,7 @@ class RealChaosTest(unittest.TestCase):
 
             def replaced():
                 p = kubectl_json("-n", NS, "get", "pods", "-l", f"fedge.io/job={job},fedge.io/role=agent")["items"]
-                p = [x for x in p if x["spec"]["nodeName"] == node and x["metadata"]["uid"] != old_uid
+                p = [x for x in p if x["spec"].get("nodeName") == node and x["metadata"]["uid"] != old_uid
                      and x["status"].get("phase") == "Running"
                      and all(c.get("ready") for c in x["status"].get("containerStatuses", []))]
                 return p[0] if p else None
