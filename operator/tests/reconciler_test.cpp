@@ -772,6 +772,145 @@ TEST_F(ReconcilerTest, DeletingTheJobRunsTheFinalizerAndCollectsChildren) {
   EXPECT_TRUE(Reconcile().requeue_after == std::nullopt);
 }
 
+// Every object the job's children would be, by owner: "uid" of its controller reference,
+// or a node volume's fedge.io/job-uid annotation.
+std::map<std::string, int> ChildrenByOwner(FakeKubeClient& client) {
+  std::map<std::string, int> out;
+  for (const Resource* r :
+       {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kPods, &res::kServiceAccounts, &res::kRoles,
+        &res::kRoleBindings, &res::kPersistentVolumeClaims, &res::kNetworkPolicies,
+        &res::kPersistentVolumes}) {
+    for (const auto& o : client.Objects(*r)) {
+      std::string uid;
+      for (const auto& ref : o["metadata"].value("ownerReferences", Json::array()))
+        uid = ref.value("uid", "");
+      if (uid.empty()) uid = o["metadata"].value("annotations", Json::object()).value(kAnnotationJobUid, "");
+      ++out[uid];
+    }
+  }
+  return out;
+}
+
+// A job deleted and created again under the same name before the garbage collector has
+// removed the first one's children: the new job takes none of them over (their CA and
+// tokens are the old job's) and creates no pod until they are gone, then creates its own.
+TEST_F(ReconcilerTest, AJobReCreatedUnderTheSameNameWaitsForTheOldJobsChildren) {
+  const std::string old_uid = CreateJob()["metadata"]["uid"];
+  Reconcile();
+  const Json old_credentials = *client_.Get(res::kSecrets, "ml", "wn-credentials");
+  client_.SetGarbageCollection(false);
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  Reconcile();  // the finalizer: pods and node volumes go, then the job
+  ASSERT_TRUE(IsNotFound(client_.Get(res::kJobs, "ml", "wn").status()));
+  const int left = ChildrenByOwner(client_)[old_uid];
+  ASSERT_GT(left, 10) << "the old job's Secrets, claims, services... wait for the collector";
+
+  const std::string new_uid = CreateJob()["metadata"]["uid"];
+  ASSERT_NE(new_uid, old_uid);
+  ReconcileResult r = Reconcile();
+  EXPECT_TRUE(Pods().empty()) << "no pod may mount the old job's Secrets and claims";
+  EXPECT_EQ(ChildrenByOwner(client_)[old_uid], left) << "nothing of the old job is taken over";
+  EXPECT_EQ(client_.Get(res::kSecrets, "ml", "wn-credentials")->value("data", Json()),
+            old_credentials.value("data", Json()));
+  Json job = GetJob();
+  ASSERT_NE(Condition(job, "Created"), nullptr);
+  EXPECT_EQ(Condition(job, "Created")->value("status", ""), "False");
+  EXPECT_EQ(Condition(job, "Created")->value("reason", ""), "PreviousJobBeingDeleted");
+  EXPECT_NE(Condition(job, "Created")->value("message", "").find("configmaps/wn-config"), std::string::npos)
+      << Condition(job, "Created")->dump();
+  ASSERT_TRUE(r.requeue_after.has_value());
+  EXPECT_LE(r.requeue_after->count(), 5);
+
+  client_.CollectGarbage();
+  EXPECT_EQ(ChildrenByOwner(client_).count(old_uid), 0u);
+  Reconcile();
+  Reconcile();
+  auto owners = ChildrenByOwner(client_);
+  EXPECT_EQ(owners.size(), 1u) << "every child is the new job's";
+  EXPECT_EQ(owners[new_uid], 18 + 2) << "18 children and the 2 node volumes";
+  EXPECT_EQ(Pods().size(), 3u);
+  job = GetJob();
+  EXPECT_EQ(Condition(job, "Created")->value("status", ""), "True");
+  EXPECT_NE(client_.Get(res::kSecrets, "ml", "wn-credentials")->value("data", Json()),
+            old_credentials.value("data", Json()))
+      << "a CA of its own";
+}
+
+// Lists nothing of one resource: the pass plans to create what already exists.
+class BlindCache : public ObjectCache {
+ public:
+  BlindCache(KubeClient* client, const Resource& blind) : through_(client), blind_(blind.plural) {}
+  ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override {
+    return r.plural == blind_ ? nullptr : through_.Get(r, ns, name);
+  }
+  std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& key,
+                              const std::string& value) override {
+    if (r.plural == blind_) return {};
+    return through_.List(r, ns, key, value);
+  }
+
+ private:
+  ClientCache through_;
+  std::string blind_;
+};
+
+// A create that meets AlreadyExists counts as done only when the object is the job's own
+// (a cache behind the operator's earlier write); another job's stops the pass before its
+// pods, naming the object.
+TEST_F(ReconcilerTest, ACreateThatMeetsAnotherJobsObjectStopsThePassBeforeThePods) {
+  const std::string old_uid = CreateJob()["metadata"]["uid"];
+  Reconcile();
+  client_.SetGarbageCollection(false);
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  Reconcile();
+  const std::string new_uid = CreateJob()["metadata"]["uid"];
+  // Only the node-volume claims are left of the old job, and the cache cannot see them.
+  for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts,
+                            &res::kRoles, &res::kRoleBindings, &res::kNetworkPolicies}) {
+    for (const auto& o : client_.Objects(*r)) {
+      ASSERT_TRUE(
+          client_.Delete(*r, o["metadata"].value("namespace", ""), o["metadata"].value("name", "")).ok());
+    }
+  }
+  ASSERT_TRUE(
+      IsNotFound(client_.Get(res::kPersistentVolumeClaims, "ml", "wn-aggregator-checkpoints").status()) ||
+      client_.Delete(res::kPersistentVolumeClaims, "ml", "wn-aggregator-checkpoints").ok());
+  ASSERT_FALSE(client_.Objects(res::kPersistentVolumeClaims).empty());
+  BlindCache blind(&client_, res::kPersistentVolumeClaims);
+  JobReconciler reconciler{&client_, &blind, &events_, ReconcilerOptions{DefaultImages(), &wall_}};
+  auto r = reconciler.Reconcile("ml/wn");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("belongs to a deleted FederatedTrainingJob"), std::string::npos)
+      << r.status().ToString();
+  EXPECT_NE(r.status().message().find(old_uid), std::string::npos) << r.status().ToString();
+  EXPECT_TRUE(Pods().empty());
+
+  client_.CollectGarbage();
+  auto again = reconciler.Reconcile("ml/wn");  // the claims are created now, then the pods
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(Pods().size(), 3u);
+  for (const auto& pvc : client_.Objects(res::kPersistentVolumeClaims))
+    EXPECT_EQ(pvc["metadata"]["ownerReferences"][0].value("uid", ""), new_uid);
+}
+
+// The claim of a node whose pod exists is made again when it goes: the pod would wait for
+// it forever (before, volumes were made only with a missing pod).
+TEST_F(ReconcilerTest, AMissingNodeVolumeClaimIsMadeAgainWhileItsPodExists) {
+  CreateJob();
+  Reconcile();
+  auto claims = client_.Objects(res::kPersistentVolumeClaims);
+  std::string node_claim;
+  for (const auto& c : claims)
+    if (c["metadata"]["labels"].value(kLabelRole, "") == "node-volume") node_claim = c["metadata"]["name"];
+  ASSERT_FALSE(node_claim.empty());
+  ASSERT_TRUE(client_.Delete(res::kPersistentVolumeClaims, "ml", node_claim).ok());
+  const size_t pods = Pods().size();
+  Reconcile();
+  EXPECT_TRUE(client_.Get(res::kPersistentVolumeClaims, "ml", node_claim).ok());
+  EXPECT_EQ(Pods().size(), pods);
+}
+
 TEST_F(ReconcilerTest, TransientApiErrorIsReturnedForBackoff) {
   CreateJob();
   client_.FailNext("create", "pods", KubeError("ServiceUnavailable", 503, "etcd leader changed"));

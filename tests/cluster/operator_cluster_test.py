@@ -469,6 +469,46 @@ class OperatorClusterTest(unittest.TestCase):
         wait_for(lambda: not self.children("owned"), 60, "children of owned to be garbage-collected")
         wait_for(lambda: not self.node_volumes("owned"), 60, "the job's PersistentVolume objects deleted")
 
+    def test_a_job_recreated_under_the_same_name_gets_children_of_its_own(self):
+        """Deleted and applied again at once: the real garbage collector is still removing
+        the first job's Secrets and claims (and the PV controller releasing its volumes)
+        when the second one is reconciled. The second waits for them instead of taking them
+        over (before, its pods could mount claims the collector then removed, and were
+        never given new ones), then every child and node volume is its own."""
+        self.assertEqual(self.apply(job_manifest("again")).returncode, 0)
+        self.wait_children("again", self.FULL_CHILDREN)
+        first = self.job("again")["metadata"]["uid"]
+        wait_for(lambda: all(c.get("status", {}).get("phase") == "Bound"
+                             for c in self.children("again") if c["kind"] == "PersistentVolumeClaim"
+                             and c["metadata"]["name"] != "again-checkpoints"), 60, "node-volume claims bound")
+        self.delete_job("again")
+        self.assertEqual(self.apply(job_manifest("again")).returncode, 0)
+        second = self.job("again")["metadata"]["uid"]
+        self.assertNotEqual(first, second)
+
+        def own_and_bound():
+            kids = self.children("again")
+            owners = {r["uid"] for k in kids for r in k["metadata"].get("ownerReferences", [])}
+            pvs = self.node_volumes("again")
+            claims = [c for c in kids if c["kind"] == "PersistentVolumeClaim"
+                      and c["metadata"]["name"] != "again-checkpoints"]
+            return (len(kids) >= self.FULL_CHILDREN and owners == {second} and len(pvs) == 3
+                    and {pv["metadata"]["annotations"].get("fedge.io/job-uid") for pv in pvs} == {second}
+                    and len(claims) == 3 and all(c.get("status", {}).get("phase") == "Bound" for c in claims))
+        try:
+            wait_for(own_and_bound, 120, "the re-created job's own children, node volumes and bound claims")
+        except AssertionError as e:
+            kids = [(k["kind"], k["metadata"]["name"], [r["uid"] for r in k["metadata"].get("ownerReferences", [])],
+                     k.get("status", {}).get("phase")) for k in self.children("again")]
+            raise AssertionError(f"{e}\nfirst {first}, second {second}\nchildren: {kids}\n"
+                                 f"volumes: {[(pv['metadata']['name'], pv['metadata'].get('annotations')) for pv in self.node_volumes('again')]}\n"
+                                 f"job status: {json.dumps(self.job('again').get('status', {}))}") from None
+        created = self.condition("again", "Created")
+        self.assertEqual(created["status"], "True", created)
+        self.delete_job("again")
+        wait_for(lambda: not self.children("again") and not self.node_volumes("again"), 60,
+                 "children and volumes of again removed")
+
     def test_invalid_manifests_are_rejected_by_schema_or_condition(self):
         schema_cases = {
             "missing-model": ({"spec.model": None}, "spec.model"),

@@ -697,7 +697,10 @@ Json DesiredNodePersistentVolume(const Json& job, const std::string& node, const
           {"metadata",
            {{"name", NodePersistentVolumeName(job, node, v)},
             {"labels", labels},
-            {"annotations", {{kAnnotationNode, node}, {"fedge.io/path", v.path}}}}},
+            {"annotations",
+             {{kAnnotationNode, node},
+              {"fedge.io/path", v.path},
+              {kAnnotationJobUid, job["metadata"].value("uid", "")}}}}},
           {"spec",
            {{"capacity", {{"storage", "1Gi"}}},  // nominal: a local volume is the directory
             {"accessModes", {"ReadWriteOnce"}},

@@ -56,6 +56,9 @@ struct Planner {
   const Observed& o;
   const PlanOptions& opts;
   Plan plan;
+  // Names of children held by another job's objects (Observed::foreign) that this pass
+  // wanted: while any is left, no pod is created (Blocked).
+  std::set<std::string> waiting;
   int64_t generation = 0;
   std::string now_str;
   Json old_status;
@@ -88,8 +91,16 @@ struct Planner {
     plan.actions.push_back(std::move(a));
     return plan.actions.back();
   }
+  // True when `name` belongs to another job's object (a deleted job of this name whose
+  // children are not collected yet): nothing of ours is written under it meanwhile.
+  bool Blocked(const Resource& r, const std::string& name) {
+    if (!o.FindForeign(r, name)) return false;
+    waiting.insert(r.plural + "/" + name);
+    return true;
+  }
   void ApplyIfChanged(const Resource& r, Json desired, Wave wave = Wave::kShared) {
     std::string name = desired["metadata"].value("name", "");
+    if (Blocked(r, name)) return;
     std::string hash = Sha(desired.dump());
     ObjectPtr cur = o.Find(r, name);
     if (cur && (*cur)["metadata"].value("annotations", Json::object()).value(kHashAnnotation, "") == hash) {
@@ -100,7 +111,7 @@ struct Planner {
   }
   void CreateIfAbsent(const Resource& r, Json desired, Wave wave) {
     std::string name = desired["metadata"].value("name", "");
-    if (o.Find(r, name)) return;
+    if (Blocked(r, name) || o.Find(r, name)) return;
     Add(ActionKind::kCreate, wave, r, name).object = std::move(desired);
   }
   // only_active: spare finished pods; keep_agents: spare agent pods (serving).
@@ -334,6 +345,7 @@ void Planner::Children() {
   // every agent Secret against it. Otherwise only the agent Secrets that are stale.
   Credentials creds;
   bool creds_current = false;
+  const bool creds_blocked = Blocked(res::kSecrets, SecretName(job));
   if (ObjectPtr cached = o.Find(res::kSecrets, SecretName(job))) {
     creds = CredentialsFromSecret(*cached);
     creds_current = !creds.ca_crt.empty() && creds.tokens.size() == wanted.size() &&
@@ -345,11 +357,13 @@ void Planner::Children() {
       if (creds_current) RequeueAfter(std::chrono::seconds(serving_renew_at - o.now));
     }
   }
-  if (!creds_current) {
+  if (!creds_current && !creds_blocked) {
     Action& a = Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
     a.nodes = nodes;
   }
   for (const auto& node : nodes) {
+    // Without the job's own credentials there are no agent credentials to write.
+    if (Blocked(res::kSecrets, AgentSecretName(job, node)) || creds_blocked) continue;
     std::time_t renew_at = 0;
     if (creds_current) {
       ObjectPtr s = o.Find(res::kSecrets, AgentSecretName(job, node));
@@ -372,7 +386,7 @@ void Planner::Children() {
     if (wanted.count(node) || Terminating(*s)) continue;
     Add(ActionKind::kDelete, Wave::kShared, res::kSecrets, meta.value("name", ""));
   }
-  if (!o.Find(res::kSecrets, ApiTokenSecretName(job))) {
+  if (!Blocked(res::kSecrets, ApiTokenSecretName(job)) && !o.Find(res::kSecrets, ApiTokenSecretName(job))) {
     Add(ActionKind::kSyncApiToken, Wave::kShared, res::kSecrets, ApiTokenSecretName(job));
   }
   ApplyIfChanged(res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(*spec)));
@@ -390,6 +404,28 @@ void Planner::Children() {
     Add(ActionKind::kDelete, Wave::kShared, res::kServices, InferenceServiceName(job));
   }
 
+  // Every selected node's local volumes, whether or not its pod exists: a claim that went
+  // (deleted, or collected with a deleted job of the same name while this job's pod waited
+  // for it) is made again, else the pod would wait for it forever.
+  const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(*spec, opts.desired);
+  for (const auto& node : nodes) {
+    std::string hostname = node;
+    if (auto n = node_objects.find(node); n != node_objects.end()) {
+      hostname =
+          (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
+    }
+    for (const auto& root : node_roots) {
+      CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, root),
+                     Wave::kPerNode);
+      CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, root), Wave::kPerNode);
+    }
+  }
+  // A pod mounts Secrets, ConfigMaps and claims by name: none is created while any of
+  // those names (or its own) still holds a deleted job's object.
+  Blocked(res::kPods, AggregatorName(job));
+  for (const auto& node : nodes) Blocked(res::kPods, AgentPodName(job, node));
+  const bool create_pods = waiting.empty();
+
   // Pods.
   ObjectPtr aggregator;
   std::map<std::string, ObjectPtr> agents;  // node -> pod
@@ -403,7 +439,7 @@ void Planner::Children() {
   }
   const int min_agents = std::max(1, spec->agents.minAgents);
   if (!aggregator) {
-    if (static_cast<int>(nodes.size()) >= min_agents) {
+    if (static_cast<int>(nodes.size()) >= min_agents && create_pods) {
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AggregatorName(job));
       a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), opts.desired);
       a.name = a.object["metadata"].value("name", a.name);
@@ -435,21 +471,11 @@ void Planner::Children() {
       Condition("Running", "False", "JobSucceeded", "the job finished");
     }
   }
-  const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(*spec, opts.desired);
   for (const auto& node : nodes) {
     auto it = agents.find(node);
     if (it == agents.end()) {
-      // The node's local volumes first (a pod is created once its claims exist).
-      std::string hostname = node;
-      if (auto n = node_objects.find(node); n != node_objects.end()) {
-        hostname =
-            (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
-      }
-      for (const auto& root : node_roots) {
-        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, root),
-                       Wave::kPerNode);
-        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, root), Wave::kPerNode);
-      }
+      if (!create_pods) continue;
+      // Its volumes and claims are above (an earlier wave: a pod is created once they exist).
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AgentPodName(job, node));
       a.object = DesiredAgentPod(job, *spec, node, opts.desired);
       a.starts_job = true;
@@ -486,8 +512,24 @@ void Planner::Children() {
 
   if (Finished(State())) return;
 
-  Condition("Created", "True", "ChildrenCreated", "credentials, configuration, services and pods are created",
-            "Normal");
+  if (waiting.empty()) {
+    Condition("Created", "True", "ChildrenCreated",
+              "credentials, configuration, services and pods are created", "Normal");
+  } else {
+    std::vector<std::string> some(waiting.begin(), waiting.end());
+    const size_t n = some.size();
+    if (some.size() > 5) some.resize(5);
+    Condition("Created", "False", "PreviousJobBeingDeleted",
+              std::to_string(n) +
+                  " object(s) named as this job's children belong to a deleted FederatedTrainingJob of the "
+                  "same name (" +
+                  Join(some, ", ") + (n > some.size() ? ", ..." : "") +
+                  "); waiting for the garbage collector to remove them before creating pods",
+              "Normal");
+    // Their deletions requeue the job (owner references, the volumes' labels); this is the
+    // fallback.
+    RequeueAfter(std::chrono::seconds(5));
+  }
   bool agg_running = aggregator && PodPhaseOf(*aggregator) == PodPhase::kRunning;
   if (agg_running) {
     SetState(JobState::kRunning);
@@ -598,6 +640,54 @@ bool PodReady(const Json& pod) {
 ObjectPtr Observed::Find(const Resource& r, const std::string& obj_name) const {
   auto it = children.find({r.plural, obj_name});
   return it == children.end() ? nullptr : it->second;
+}
+
+ObjectPtr Observed::FindForeign(const Resource& r, const std::string& obj_name) const {
+  auto it = foreign.find({r.plural, obj_name});
+  return it == foreign.end() ? nullptr : it->second;
+}
+
+bool BelongsToAnotherJob(const Json& obj, const std::string& job_uid) {
+  if (job_uid.empty() || !obj.is_object()) return false;
+  auto meta = obj.find("metadata");
+  if (meta == obj.end() || !meta->is_object()) return false;
+  if (auto refs = meta->find("ownerReferences"); refs != meta->end() && refs->is_array()) {
+    for (const auto& ref : *refs) {
+      if (!ref.is_object() || !ref.value("controller", false)) continue;
+      if (ref.value("kind", "") != "FederatedTrainingJob") return false;
+      const std::string uid = ref.value("uid", "");
+      return !uid.empty() && uid != job_uid;
+    }
+  }
+  if (auto ann = meta->find("annotations"); ann != meta->end() && ann->is_object()) {
+    const std::string uid = ann->value(kAnnotationJobUid, "");
+    return !uid.empty() && uid != job_uid;
+  }
+  return false;
+}
+
+void SetAsideForeignChildren(Observed& o) {
+  const std::string uid =
+      o.job.is_object() && o.job.contains("metadata") ? o.job["metadata"].value("uid", "") : std::string();
+  if (uid.empty()) return;
+  std::vector<ObjectPtr> pods;
+  pods.reserve(o.pods.size());
+  for (auto& p : o.pods) {
+    if (BelongsToAnotherJob(*p, uid)) {
+      o.foreign[{res::kPods.plural, (*p)["metadata"].value("name", "")}] = std::move(p);
+    } else {
+      pods.push_back(std::move(p));
+    }
+  }
+  o.pods = std::move(pods);
+  for (auto it = o.children.begin(); it != o.children.end();) {
+    if (BelongsToAnotherJob(*it->second, uid)) {
+      o.foreign[it->first] = std::move(it->second);
+      it = o.children.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 std::string Action::Describe() const {
@@ -724,7 +814,9 @@ std::string AgentCredentialsDigest(const std::string& node, const AgentCredentia
 }
 
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options) {
-  Planner p(observed, options);
+  Observed own = observed;  // usually set aside already (JobReconciler::Observe)
+  SetAsideForeignChildren(own);
+  Planner p(own, options);
   p.Run();
   return std::move(p.plan);
 }

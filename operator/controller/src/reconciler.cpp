@@ -175,6 +175,7 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
       o.children[{res::kPersistentVolumeClaims.plural, claim}] = std::move(pvc);
     }
   }
+  SetAsideForeignChildren(o);
   return o;
 }
 
@@ -223,7 +224,10 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
       }
       case ActionKind::kCreate: {
         auto c = client_->Create(*a.resource, a.ns, a.object);
-        if (IsAlreadyExists(c.status())) break;  // the cache lags behind an earlier write
+        if (IsAlreadyExists(c.status())) {
+          o.status = CheckExisting(run, *a.resource, a.ns, a.name);
+          break;
+        }
         o.status = c.status().WithContext("create " + a.resource->plural + "/" + a.name);
         o.took_effect = c.ok();
         break;
@@ -260,6 +264,35 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
   }
   if (o.status.ok()) o.events.insert(o.events.end(), a.on_success.begin(), a.on_success.end());
   return o;
+}
+
+namespace {
+
+std::string JobUid(const Json& job) {
+  return job.contains("metadata") ? job["metadata"].value("uid", "") : std::string();
+}
+
+Status HeldByAnotherJob(const Resource& r, const std::string& name, const Json& obj) {
+  std::string uid;
+  for (const auto& ref : obj["metadata"].value("ownerReferences", Json::array()))
+    if (ref.value("controller", false)) uid = ref.value("uid", "");
+  if (uid.empty()) uid = obj["metadata"].value("annotations", Json::object()).value(kAnnotationJobUid, "");
+  return UnavailableError(r.plural + "/" + name +
+                          " belongs to a deleted FederatedTrainingJob of the same name (uid " + uid +
+                          "); waiting for the garbage collector to remove it");
+}
+
+}  // namespace
+
+Status JobReconciler::CheckExisting(const Run& run, const Resource& r, const std::string& ns,
+                                    const std::string& name) {
+  auto live = client_->Get(r, ns, name);
+  if (IsNotFound(live.status())) {
+    return UnavailableError(r.plural + "/" + name + " existed at create and is gone now; retrying");
+  }
+  if (!live.ok()) return live.status().WithContext("get " + r.plural + "/" + name + " after AlreadyExists");
+  if (BelongsToAnotherJob(*live, JobUid(run.job))) return HeldByAnotherJob(r, name, *live);
+  return OkStatus();  // ours: the cache lags behind an earlier write
 }
 
 StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan plan) {
@@ -353,6 +386,10 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
   Credentials creds;
   bool exists = false;
   auto live = client_->Get(res::kSecrets, run.ns, SecretName(job));
+  if (live.ok() && BelongsToAnotherJob(*live, JobUid(job))) {
+    // Its CA and tokens are the deleted job's: never taken over.
+    return HeldByAnotherJob(res::kSecrets, SecretName(job), *live);
+  }
   if (live.ok()) {
     creds = CredentialsFromSecret(*live);
     exists = !creds.ca_crt.empty();
@@ -414,8 +451,10 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
   Json desired = DesiredSecret(job, creds);
   if (!exists) {
     auto created = client_->Create(res::kSecrets, run.ns, desired);
-    if (IsAlreadyExists(created.status()))
+    if (IsAlreadyExists(created.status())) {
+      FEDGE_RETURN_IF_ERROR(CheckExisting(run, res::kSecrets, run.ns, SecretName(job)));
       return AbortedError("Conflict: secret created concurrently; retrying");
+    }
     FEDGE_RETURN_IF_ERROR(created.status().WithContext("create secret"));
   } else {
     desired["metadata"]["resourceVersion"] = (*live)["metadata"].value("resourceVersion", "");
@@ -443,6 +482,8 @@ Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& no
   }
   const std::string& token = tok->second;
   ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, name);
+  if (cached && BelongsToAnotherJob(*cached, JobUid(job)))
+    return HeldByAnotherJob(res::kSecrets, name, *cached);
   std::time_t renew_at = 0;
   // Why the Secret is (re)written, for the log; "" when it is current.
   std::string why =
@@ -475,7 +516,7 @@ Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& no
     // Created once; if it exists already the cache lags behind our own write, and the
     // watch event that updates the cache brings the job back here.
     auto c = client_->Create(res::kSecrets, run.ns, desired);
-    if (IsAlreadyExists(c.status())) return OkStatus();
+    if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name);
     if (!c.ok()) return c.status().WithContext("create secret " + name);
   } else {
     auto a = client_->Apply(res::kSecrets, run.ns, name, desired, {kFieldManager, true, ""});
@@ -492,11 +533,14 @@ Status JobReconciler::SyncApiToken(const Run& run) {
   // As with the credentials: never replace a token clients may already hold because the
   // cache lags; read the live object first.
   auto live = client_->Get(res::kSecrets, run.ns, name);
-  if (live.ok()) return OkStatus();
+  if (live.ok()) {
+    if (BelongsToAnotherJob(*live, JobUid(run.job))) return HeldByAnotherJob(res::kSecrets, name, *live);
+    return OkStatus();
+  }
   if (!IsNotFound(live.status())) return live.status();
   FEDGE_ASSIGN_OR_RETURN(std::string token, RandomToken());
   auto c = client_->Create(res::kSecrets, run.ns, DesiredApiTokenSecret(run.job, token));
-  if (IsAlreadyExists(c.status())) return OkStatus();
+  if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name);
   return c.status().WithContext("create secret " + name);
 }
 

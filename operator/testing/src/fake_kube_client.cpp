@@ -1,6 +1,7 @@
 #include "fedge/op/fake_kube_client.h"
 
 #include <algorithm>
+#include <set>
 #include <sstream>
 
 namespace fedge::op {
@@ -306,6 +307,7 @@ void FakeKubeClient::RemoveLocked(const Resource& r, const Key& k) {
   objects_.erase(it);
   gone["metadata"]["resourceVersion"] = std::to_string(++rv_);
   Emit(r, std::get<1>(k), WatchEventType::kDeleted, gone);
+  if (!gc_) return;
   // Garbage collection: dependents whose owner is gone go too.
   std::vector<std::pair<Resource, Key>> dependents;
   for (const auto& [dk, obj] : objects_) {
@@ -319,6 +321,27 @@ void FakeKubeClient::RemoveLocked(const Resource& r, const Key& k) {
   for (const auto& [dr, dk] : dependents) {
     DeleteLocked(dr, std::get<1>(dk), std::get<2>(dk), {}).ok();
   }
+}
+
+void FakeKubeClient::SetGarbageCollection(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gc_ = on;
+}
+
+void FakeKubeClient::CollectGarbage() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::set<std::string> uids;
+  for (const auto& [k, obj] : objects_) uids.insert(obj["metadata"].value("uid", ""));
+  std::vector<std::pair<Resource, Key>> orphans;
+  for (const auto& [k, obj] : objects_) {
+    for (const auto& ref : obj["metadata"].value("ownerReferences", Json::array())) {
+      if (ref.value("controller", false) && !uids.count(ref.value("uid", ""))) {
+        auto kit = kinds_.find(std::get<0>(k));
+        if (kit != kinds_.end()) orphans.push_back({kit->second, k});
+      }
+    }
+  }
+  for (const auto& [r, k] : orphans) DeleteLocked(r, std::get<1>(k), std::get<2>(k), {}).ok();
 }
 
 Status FakeKubeClient::DeleteLocked(const Resource& r, const std::string& ns, const std::string& name,

@@ -41,6 +41,8 @@ inline constexpr const char* kServiceAccountDir = "/var/run/secrets/kubernetes.i
 inline constexpr const char* kApiTokenMountPath = "/etc/fedge/api";
 inline constexpr const char* kTmpMountPath = "/tmp";
 inline constexpr const char* kLabelJobNamespace = "fedge.io/job-namespace";  // on cluster-scoped PVs
+// On cluster-scoped PVs (no owner reference): the uid of the job that made them.
+inline constexpr const char* kAnnotationJobUid = "fedge.io/job-uid";
 inline constexpr const char* kLabelInferenceClient = "fedge.io/inference-client";
 // uid/gid of every container the operator creates ("nonroot" in distroless images).
 inline constexpr int64_t kRunAsId = 65532;

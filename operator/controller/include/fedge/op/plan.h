@@ -52,9 +52,22 @@ struct Observed {
   // The job's other children by (plural, name): objects in its namespace labelled with the
   // job, its node PersistentVolumes, and a checkpoint claim named by the spec.
   std::map<std::pair<std::string, std::string>, ObjectPtr> children;
+  // Objects (pods included) under the names of the job's children that another
+  // FederatedTrainingJob controls: a deleted job of the same name whose children the
+  // garbage collector has not removed yet. Never adopted: each name is taken until its
+  // object goes (SetAsideForeignChildren fills this from `pods` and `children`).
+  std::map<std::pair<std::string, std::string>, ObjectPtr> foreign;
 
   ObjectPtr Find(const Resource& r, const std::string& name) const;
+  ObjectPtr FindForeign(const Resource& r, const std::string& name) const;
 };
+
+// Whether `obj` belongs to a FederatedTrainingJob other than the one whose uid is `job_uid`:
+// its controller owner reference names another uid, or (a node PersistentVolume, which has
+// no owner) its fedge.io/job-uid annotation does. False when either uid is unknown.
+bool BelongsToAnotherJob(const Json& obj, const std::string& job_uid);
+// Moves every pod and child of `o` that BelongsToAnotherJob into `o.foreign`. Idempotent.
+void SetAsideForeignChildren(Observed& o);
 
 struct PlanOptions {
   DesiredOptions desired;
@@ -62,7 +75,7 @@ struct PlanOptions {
 
 enum class ActionKind {
   kApply,       // server-side apply of `object` (field manager fedge-operator, force)
-  kCreate,      // create `object`; AlreadyExists counts as done
+  kCreate,      // create `object`; AlreadyExists counts as done if the object is this job's
   kDelete,      // delete resource/name with `del`; NotFound counts as done
   kMergePatch,  // JSON merge patch `object` on resource/name; NotFound counts as done
   // Computed by Apply:

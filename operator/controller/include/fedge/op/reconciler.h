@@ -119,6 +119,10 @@ class JobReconciler {
   // for renewal; asks for a requeue at the renewal time.
   Status SyncAgentCredentials(const Run& run, const std::string& node, Outcome* out);
   Status SyncApiToken(const Run& run);
+  // After a create met AlreadyExists: OK when the object is this job's (the cache lags
+  // behind an earlier write); Unavailable, naming it, while it belongs to another job (a
+  // deleted one of the same name, not yet collected), so the pass stops before its pods.
+  Status CheckExisting(const Run& run, const Resource& r, const std::string& ns, const std::string& name);
   // Writes the operator's status fields guarded by the resourceVersion the pass read; on a
   // conflict (the cache was behind) it keeps the pass's restart count and returns the conflict
   // so the controller requeues. Records the pass's events.

@@ -57,6 +57,10 @@ class FakeKubeClient : public KubeClient {
   void CloseWatches();
   // Objects of a resource, all namespaces.
   std::vector<Json> Objects(const Resource& r) const;
+  // Off: an owner's deletion leaves its dependents, as the real garbage collector does
+  // for a while; CollectGarbage then removes every object whose controller owner is gone.
+  void SetGarbageCollection(bool on);
+  void CollectGarbage();
   int64_t resource_version() const;
 
  private:
@@ -92,6 +96,7 @@ class FakeKubeClient : public KubeClient {
   int64_t compacted_rv_ = 0;               // guarded by mu_
   int64_t watch_epoch_ = 0;                // bumped by CloseWatches, guarded by mu_
   int64_t uid_ = 0;                        // guarded by mu_
+  bool gc_ = true;                         // guarded by mu_
   std::vector<FakeCall> calls_;            // guarded by mu_
   std::map<std::pair<std::string, std::string>, std::deque<Status>> failures_;  // guarded by mu_
 };
