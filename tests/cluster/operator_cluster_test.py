@@ -481,10 +481,34 @@ class OperatorClusterTest(unittest.TestCase):
         wait_for(lambda: all(c.get("status", {}).get("phase") == "Bound"
                              for c in self.children("again") if c["kind"] == "PersistentVolumeClaim"
                              and c["metadata"]["name"] != "again-checkpoints"), 60, "node-volume claims bound")
+        # A finalizer of the test's holds the first job's credentials Secret after the
+        # collector deletes it, so the second job meets it for certain.
+        held = self.get_json("secret", "again-credentials")
+        self.kubectl("patch", "secret", "again-credentials", "--type=merge",
+                     "-p", json.dumps({"metadata": {"finalizers": ["test.fedge.io/hold"]}}))
         self.delete_job("again")
         self.assertEqual(self.apply(job_manifest("again")).returncode, 0)
         second = self.job("again")["metadata"]["uid"]
         self.assertNotEqual(first, second)
+        try:
+            # Once the collector has removed the rest, the held Secret is what it waits for.
+            wait_for(lambda: (lambda c: c.get("reason") == "PreviousJobBeingDeleted"
+                              and c.get("message", "").startswith("1 object(s)")
+                              and "(secrets/again-credentials)" in c.get("message", ""))(
+                                  self.condition("again", "Created") or {}),
+                     60, "Created=False/PreviousJobBeingDeleted naming only the held Secret")
+            self.assertEqual(self.condition("again", "Created")["status"], "False")
+            time.sleep(3)  # passes go on meanwhile: still no pod of its own, the Secret not taken over
+            pods = [k for k in self.children("again") if k["kind"] == "Pod"
+                    and second in [r["uid"] for r in k["metadata"].get("ownerReferences", [])]]
+            self.assertEqual(pods, [])
+            now = self.get_json("secret", "again-credentials")
+            self.assertEqual([r["uid"] for r in now["metadata"]["ownerReferences"]], [first])
+            self.assertEqual(now["data"], held["data"])
+            self.assertIn("deletionTimestamp", now["metadata"])
+        finally:
+            self.kubectl("patch", "secret", "again-credentials", "--type=merge",
+                         "-p", json.dumps({"metadata": {"finalizers": None}}), check=False)
 
         def own_and_bound():
             kids = self.children("again")
