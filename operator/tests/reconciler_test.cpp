@@ -836,6 +836,35 @@ TEST_F(ReconcilerTest, AJobReCreatedUnderTheSameNameWaitsForTheOldJobsChildren) 
       << "a CA of its own";
 }
 
+// A checkpoint claim the spec names may be another job's (named to resume from its
+// checkpoint): it is used, not waited for.
+TEST_F(ReconcilerTest, ACheckpointClaimTheSpecNamesIsUsedWhoeverOwnsIt) {
+  Json claim = {{"apiVersion", "v1"},
+                {"kind", "PersistentVolumeClaim"},
+                {"metadata",
+                 {{"name", "earlier-checkpoints"},
+                  {"ownerReferences", Json::array({{{"apiVersion", "fedge.io/v1alpha1"},
+                                                    {"kind", "FederatedTrainingJob"},
+                                                    {"name", "earlier"},
+                                                    {"uid", "uid-of-an-earlier-job"},
+                                                    {"controller", true}}})}}},
+                {"spec", {{"accessModes", {"ReadWriteOnce"}}}}};
+  ASSERT_TRUE(client_.Create(res::kPersistentVolumeClaims, "ml", claim).ok());
+  ASSERT_TRUE(client_
+                  .MergePatch(res::kPersistentVolumeClaims, "ml", "earlier-checkpoints",
+                              {{"status", {{"phase", "Pending"}}}}, "status")
+                  .ok());
+  Json job = Job();
+  job["spec"]["aggregator"]["checkpoint"]["claimName"] = "earlier-checkpoints";
+  CreateJob(job);
+  Reconcile();
+  EXPECT_EQ(Pods().size(), 3u);
+  Json got = GetJob();
+  EXPECT_EQ(Condition(got, "Created")->value("status", ""), "True");
+  // The claim is seen as the job's: its missing storage class is reported.
+  EXPECT_EQ(Condition(got, "Running")->value("reason", ""), "CheckpointClaimUnbound");
+}
+
 // Lists nothing of one resource: the pass plans to create what already exists.
 class BlindCache : public ObjectCache {
  public:

@@ -670,6 +670,13 @@ void SetAsideForeignChildren(Observed& o) {
   const std::string uid =
       o.job.is_object() && o.job.contains("metadata") ? o.job["metadata"].value("uid", "") : std::string();
   if (uid.empty()) return;
+  // A checkpoint claim the spec names is the user's choice whoever made it (an earlier
+  // job's claim, named to resume from its checkpoint): never set aside.
+  std::string named_claim;
+  if (const Json* spec = o.job.contains("spec") ? &o.job["spec"] : nullptr; spec && spec->is_object()) {
+    const Json ckpt = spec->value("aggregator", Json::object()).value("checkpoint", Json::object());
+    if (ckpt.is_object()) named_claim = ckpt.value("claimName", "");
+  }
   std::vector<ObjectPtr> pods;
   pods.reserve(o.pods.size());
   for (auto& p : o.pods) {
@@ -681,7 +688,9 @@ void SetAsideForeignChildren(Observed& o) {
   }
   o.pods = std::move(pods);
   for (auto it = o.children.begin(); it != o.children.end();) {
-    if (BelongsToAnotherJob(*it->second, uid)) {
+    const bool named = !named_claim.empty() && it->first.first == res::kPersistentVolumeClaims.plural &&
+                       it->first.second == named_claim;
+    if (!named && BelongsToAnotherJob(*it->second, uid)) {
       o.foreign[it->first] = std::move(it->second);
       it = o.children.erase(it);
     } else {
