@@ -836,6 +836,75 @@ TEST_F(ReconcilerTest, AJobReCreatedUnderTheSameNameWaitsForTheOldJobsChildren) 
       << "a CA of its own";
 }
 
+std::vector<Json> EventsWithReason(FakeKubeClient& client, const std::string& reason) {
+  std::vector<Json> out;
+  for (const auto& e : client.Objects(res::kEvents))
+    if (e.value("reason", "") == reason) out.push_back(e);
+  return out;
+}
+
+// An object of the user's under a child's name (here the ConfigMap) is neither taken over
+// (a forced apply used to rewrite it and add the job as its owner, so deleting the job
+// deleted it) nor used: the pass stops before the pods, says so in Created and an event,
+// and goes on once it is renamed or deleted.
+TEST_F(ReconcilerTest, AnObjectTheOperatorDidNotCreateIsNeitherTakenOverNorDeleted) {
+  Json mine = {{"apiVersion", "v1"},
+               {"kind", "ConfigMap"},
+               {"metadata", {{"name", "wn-config"}}},
+               {"data", {{"mine", "yes"}}}};
+  ASSERT_TRUE(client_.Create(res::kConfigMaps, "ml", mine).ok());
+  CreateJob();
+  auto r = reconciler_.Reconcile("ml/wn");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("configmaps/wn-config exists and is not this job's"), std::string::npos)
+      << r.status().ToString();
+  Json cm = *client_.Get(res::kConfigMaps, "ml", "wn-config");
+  EXPECT_EQ(cm["data"], mine["data"]);
+  EXPECT_FALSE(cm["metadata"].contains("ownerReferences"));
+  EXPECT_TRUE(Pods().empty());
+  Json job = GetJob();
+  ASSERT_NE(Condition(job, "Created"), nullptr);
+  EXPECT_EQ(Condition(job, "Created")->value("reason", ""), "ChildConflict");
+  EXPECT_EQ(Condition(job, "Created")->value("status", ""), "False");
+  EXPECT_EQ(EventsWithReason(client_, "ChildConflict").size(), 1u);
+  r = reconciler_.Reconcile("ml/wn");  // the same conflict again: no second event
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(EventsWithReason(client_, "ChildConflict").size(), 1u);
+
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  Reconcile();
+  EXPECT_TRUE(client_.Get(res::kConfigMaps, "ml", "wn-config").ok())
+      << "deleting the job keeps the user's object";
+
+  CreateJob();
+  ASSERT_TRUE(client_.Delete(res::kConfigMaps, "ml", "wn-config").ok());
+  Reconcile();
+  EXPECT_EQ(Pods().size(), 3u);
+  EXPECT_EQ(Condition(GetJob(), "Created")->value("status", ""), "True");
+}
+
+// A job whose children's names collide with another job's (job "wn-agent-edge-a": its
+// credentials Secret is job wn's Secret for node edge-a) uses none of them.
+TEST_F(ReconcilerTest, AJobWhoseChildrensNamesCollideWithAnotherJobsTakesNothingOfIt) {
+  CreateJob();
+  Reconcile();
+  const Json theirs = *client_.Get(res::kSecrets, "ml", "wn-agent-edge-a-credentials");
+  Json job = Job();
+  job["metadata"]["name"] = "wn-agent-edge-a";
+  CreateJob(job);
+  auto r = reconciler_.Reconcile("ml/wn-agent-edge-a");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("secrets/wn-agent-edge-a-credentials is not this job's: it belongs to "
+                                      "FederatedTrainingJob wn"),
+            std::string::npos)
+      << r.status().ToString();
+  EXPECT_EQ(client_.Get(res::kSecrets, "ml", "wn-agent-edge-a-credentials")->value("data", Json()),
+            theirs.value("data", Json()));
+  for (const auto& p : Pods()) EXPECT_EQ(p["metadata"]["labels"].value(kLabelJob, ""), "wn");
+  EXPECT_EQ(Condition(GetJob("wn-agent-edge-a"), "Created")->value("reason", ""), "ChildConflict");
+}
+
 // A checkpoint claim the spec names may be another job's (named to resume from its
 // checkpoint): it is used, not waited for.
 TEST_F(ReconcilerTest, ACheckpointClaimTheSpecNamesIsUsedWhoeverOwnsIt) {
@@ -910,7 +979,7 @@ TEST_F(ReconcilerTest, ACreateThatMeetsAnotherJobsObjectStopsThePassBeforeThePod
   auto r = reconciler.Reconcile("ml/wn");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
-  EXPECT_NE(r.status().message().find("belongs to a deleted FederatedTrainingJob"), std::string::npos)
+  EXPECT_NE(r.status().message().find("it belongs to FederatedTrainingJob wn (uid"), std::string::npos)
       << r.status().ToString();
   EXPECT_NE(r.status().message().find(old_uid), std::string::npos) << r.status().ToString();
   EXPECT_TRUE(Pods().empty());

@@ -107,7 +107,12 @@ struct Planner {
       return;  // unchanged since we last applied it
     }
     desired["metadata"]["annotations"][kHashAnnotation] = hash;
-    Add(ActionKind::kApply, wave, r, name).object = std::move(desired);
+    Action& a = Add(ActionKind::kApply, wave, r, name);
+    a.object = std::move(desired);
+    // Not in the cache as the job's: Apply reads it first, so that an object of that name
+    // the operator did not make is refused rather than taken over by a forced apply (and
+    // deleted with the job).
+    a.verify_owner = !cur;
   }
   void CreateIfAbsent(const Resource& r, Json desired, Wave wave) {
     std::string name = desired["metadata"].value("name", "");
@@ -664,6 +669,33 @@ bool BelongsToAnotherJob(const Json& obj, const std::string& job_uid) {
     return !uid.empty() && uid != job_uid;
   }
   return false;
+}
+
+std::string NotTheJobs(const Json& obj, const Json& job) {
+  const Json job_meta = job.is_object() ? job.value("metadata", Json::object()) : Json::object();
+  const std::string uid = job_meta.value("uid", "");
+  if (uid.empty()) return "";
+  const Json meta = obj.is_object() ? obj.value("metadata", Json::object()) : Json::object();
+  for (const auto& ref : meta.value("ownerReferences", Json::array())) {
+    if (!ref.is_object() || !ref.value("controller", false)) continue;
+    if (ref.value("uid", "") == uid) return "";
+    if (ref.value("kind", "") == "FederatedTrainingJob") {
+      return "it belongs to FederatedTrainingJob " + ref.value("name", "") + " (uid " + ref.value("uid", "") +
+             ")";
+    }
+    return "it is controlled by " + ref.value("kind", "") + " " + ref.value("name", "");
+  }
+  const Json labels = meta.value("labels", Json::object());
+  if (obj.value("kind", "") == "PersistentVolume" && labels.is_object()) {
+    const std::string owner = meta.value("annotations", Json::object()).value(kAnnotationJobUid, "");
+    const bool named = labels.value(kLabelJob, "") == job_meta.value("name", "") &&
+                       labels.value(kLabelJobNamespace, "") == job_meta.value("namespace", "");
+    if (owner == uid || (owner.empty() && named)) return "";
+    if (!owner.empty()) {
+      return "it belongs to FederatedTrainingJob " + labels.value(kLabelJob, "") + " (uid " + owner + ")";
+    }
+  }
+  return "it has no controller owner reference";
 }
 
 void SetAsideForeignChildren(Observed& o) {

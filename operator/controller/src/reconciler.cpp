@@ -142,6 +142,7 @@ struct JobReconciler::Outcome {
   std::vector<PlannedEvent> events;
   Json result;                       // the API's answer to an apply (the job's new resourceVersion)
   std::optional<Credentials> creds;  // kSyncCredentials: the job's credentials as written
+  std::string conflict;              // an object under a child's name is not the job's (NotOurs)
 };
 
 JobReconciler::JobReconciler(KubeClient* client, ObjectCache* cache, EventRecorder* events,
@@ -208,11 +209,50 @@ void JobReconciler::RunWave(Run& run, const std::vector<const Action*>& actions,
   for (auto& t : threads) t.join();
 }
 
+namespace {
+
+// The status for an object found under a child's name that is not the job's (`why`, from
+// NotTheJobs); kept in *conflict (the first) for the job's Created condition.
+Status NotOurs(const Resource& r, const std::string& name, const std::string& why, std::string* conflict) {
+  const std::string what = r.plural + "/" + name;
+  Status s = OkStatus();
+  if (why.rfind("it belongs to FederatedTrainingJob", 0) == 0) {
+    // A deleted job of this name whose children are not collected yet (it goes), or a job
+    // whose children's names collide with this one's.
+    s = UnavailableError(
+        what + " is not this job's: " + why +
+        ". Waiting for it to go (a deleted job of the same name, until the garbage collector "
+        "removes it; a job whose children's names collide with this job's, until one is renamed)");
+  } else {
+    s = FailedPreconditionError(
+        what + " exists and is not this job's (" + why +
+        "): the operator does not take over objects it did not create. Rename or delete "
+        "it, or rename the job");
+  }
+  if (conflict && conflict->empty()) *conflict = s.message();
+  return s;
+}
+
+}  // namespace
+
 JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
   Outcome o;
   try {
     switch (a.kind) {
       case ActionKind::kApply: {
+        if (a.verify_owner) {
+          auto live = client_->Get(*a.resource, a.ns, a.name);
+          if (live.ok()) {
+            if (std::string why = NotTheJobs(*live, run.job); !why.empty()) {
+              o.status = NotOurs(*a.resource, a.name, why, &o.conflict);
+              break;
+            }
+          } else if (!IsNotFound(live.status())) {
+            o.status =
+                live.status().WithContext("get " + a.resource->plural + "/" + a.name + " before apply");
+            break;
+          }
+        }
         auto applied =
             client_->Apply(*a.resource, a.ns, a.name, a.object, {kFieldManager, /*force=*/true, ""});
         o.status = applied.status().WithContext("apply " + a.resource->plural + "/" + a.name);
@@ -225,7 +265,7 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
       case ActionKind::kCreate: {
         auto c = client_->Create(*a.resource, a.ns, a.object);
         if (IsAlreadyExists(c.status())) {
-          o.status = CheckExisting(run, *a.resource, a.ns, a.name);
+          o.status = CheckExisting(run, *a.resource, a.ns, a.name, &o);
           break;
         }
         o.status = c.status().WithContext("create " + a.resource->plural + "/" + a.name);
@@ -254,7 +294,7 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
         o.status = SyncAgentCredentials(run, a.node, &o);
         break;
       case ActionKind::kSyncApiToken:
-        o.status = SyncApiToken(run);
+        o.status = SyncApiToken(run, &o);
         break;
     }
   } catch (const std::exception& e) {
@@ -266,32 +306,15 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
   return o;
 }
 
-namespace {
-
-std::string JobUid(const Json& job) {
-  return job.contains("metadata") ? job["metadata"].value("uid", "") : std::string();
-}
-
-Status HeldByAnotherJob(const Resource& r, const std::string& name, const Json& obj) {
-  std::string uid;
-  for (const auto& ref : obj["metadata"].value("ownerReferences", Json::array()))
-    if (ref.value("controller", false)) uid = ref.value("uid", "");
-  if (uid.empty()) uid = obj["metadata"].value("annotations", Json::object()).value(kAnnotationJobUid, "");
-  return UnavailableError(r.plural + "/" + name +
-                          " belongs to a deleted FederatedTrainingJob of the same name (uid " + uid +
-                          "); waiting for the garbage collector to remove it");
-}
-
-}  // namespace
-
 Status JobReconciler::CheckExisting(const Run& run, const Resource& r, const std::string& ns,
-                                    const std::string& name) {
+                                    const std::string& name, Outcome* out) {
   auto live = client_->Get(r, ns, name);
   if (IsNotFound(live.status())) {
     return UnavailableError(r.plural + "/" + name + " existed at create and is gone now; retrying");
   }
   if (!live.ok()) return live.status().WithContext("get " + r.plural + "/" + name + " after AlreadyExists");
-  if (BelongsToAnotherJob(*live, JobUid(run.job))) return HeldByAnotherJob(r, name, *live);
+  if (std::string why = NotTheJobs(*live, run.job); !why.empty())
+    return NotOurs(r, name, why, &out->conflict);
   return OkStatus();  // ours: the cache lags behind an earlier write
 }
 
@@ -318,6 +341,7 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
   bool started = false;     // a pod was created
   Status failed = OkStatus();
   std::vector<PlannedEvent> action_events;
+  std::string conflict;  // the first object found under a child's name that is not the job's
   auto run_waves = [&](Wave from, Wave to) {
     for (int w = static_cast<int>(from); w <= static_cast<int>(to); ++w) {
       std::vector<const Action*> wave;
@@ -339,6 +363,7 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
           run.job["metadata"]["resourceVersion"] = o.result["metadata"].value("resourceVersion", "");
         }
         if (o.creds) run.creds = std::move(*o.creds);
+        if (!o.conflict.empty() && conflict.empty()) conflict = o.conflict;
         if (o.requeue_after) requeue_after(*o.requeue_after);
         action_events.insert(action_events.end(), o.events.begin(), o.events.end());
         if (!o.status.ok() && failed.ok()) failed = o.status;
@@ -346,6 +371,32 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
     }
   };
   run_waves(Wave::kJob, Wave::kPods);
+  if (!conflict.empty() && run.status.is_object()) {
+    // Said in the job's status (and an event when it changes), not only in the log. From
+    // the condition as stored, so that its lastTransitionTime holds while it stays False.
+    const Json old_conditions = run.old_status.value("conditions", Json::array());
+    const Json* before = FindCondition(old_conditions, "Created");
+    const bool changed =
+        !before || before->value("reason", "") != "ChildConflict" || before->value("message", "") != conflict;
+    Json& conditions = run.status["conditions"];
+    if (!conditions.is_array()) conditions = Json::array();
+    for (auto it = conditions.begin(); it != conditions.end(); ++it) {
+      if (it->value("type", "") != "Created") continue;
+      if (before) {
+        *it = *before;
+      } else {
+        conditions.erase(it);
+      }
+      break;
+    }
+    SetCondition(conditions, "Created", "False", "ChildConflict", conflict, run.generation,
+                 FormatTime(run.now));
+    if (changed) action_events.push_back({"Warning", "ChildConflict", conflict});
+    // The plan's own Created transition did not happen.
+    plan.events.erase(std::remove_if(plan.events.begin(), plan.events.end(),
+                                     [](const PlannedEvent& e) { return e.reason == "ChildrenCreated"; }),
+                      plan.events.end());
+  }
 
   // The status reflects what happened: restarts only for pods actually deleted, startTime
   // only once a pod was created.
@@ -386,9 +437,10 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
   Credentials creds;
   bool exists = false;
   auto live = client_->Get(res::kSecrets, run.ns, SecretName(job));
-  if (live.ok() && BelongsToAnotherJob(*live, JobUid(job))) {
-    // Its CA and tokens are the deleted job's: never taken over.
-    return HeldByAnotherJob(res::kSecrets, SecretName(job), *live);
+  if (live.ok()) {
+    // Another job's CA and tokens (or a Secret of the user's) are never taken over.
+    if (std::string why = NotTheJobs(*live, job); !why.empty())
+      return NotOurs(res::kSecrets, SecretName(job), why, &out->conflict);
   }
   if (live.ok()) {
     creds = CredentialsFromSecret(*live);
@@ -452,7 +504,7 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
   if (!exists) {
     auto created = client_->Create(res::kSecrets, run.ns, desired);
     if (IsAlreadyExists(created.status())) {
-      FEDGE_RETURN_IF_ERROR(CheckExisting(run, res::kSecrets, run.ns, SecretName(job)));
+      FEDGE_RETURN_IF_ERROR(CheckExisting(run, res::kSecrets, run.ns, SecretName(job), out));
       return AbortedError("Conflict: secret created concurrently; retrying");
     }
     FEDGE_RETURN_IF_ERROR(created.status().WithContext("create secret"));
@@ -482,8 +534,10 @@ Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& no
   }
   const std::string& token = tok->second;
   ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, name);
-  if (cached && BelongsToAnotherJob(*cached, JobUid(job)))
-    return HeldByAnotherJob(res::kSecrets, name, *cached);
+  if (cached) {
+    if (std::string why = NotTheJobs(*cached, job); !why.empty())
+      return NotOurs(res::kSecrets, name, why, &out->conflict);
+  }
   std::time_t renew_at = 0;
   // Why the Secret is (re)written, for the log; "" when it is current.
   std::string why =
@@ -516,7 +570,7 @@ Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& no
     // Created once; if it exists already the cache lags behind our own write, and the
     // watch event that updates the cache brings the job back here.
     auto c = client_->Create(res::kSecrets, run.ns, desired);
-    if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name);
+    if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name, out);
     if (!c.ok()) return c.status().WithContext("create secret " + name);
   } else {
     auto a = client_->Apply(res::kSecrets, run.ns, name, desired, {kFieldManager, true, ""});
@@ -528,19 +582,20 @@ Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& no
   return OkStatus();
 }
 
-Status JobReconciler::SyncApiToken(const Run& run) {
+Status JobReconciler::SyncApiToken(const Run& run, Outcome* out) {
   std::string name = ApiTokenSecretName(run.job);
   // As with the credentials: never replace a token clients may already hold because the
   // cache lags; read the live object first.
   auto live = client_->Get(res::kSecrets, run.ns, name);
   if (live.ok()) {
-    if (BelongsToAnotherJob(*live, JobUid(run.job))) return HeldByAnotherJob(res::kSecrets, name, *live);
+    if (std::string why = NotTheJobs(*live, run.job); !why.empty())
+      return NotOurs(res::kSecrets, name, why, &out->conflict);
     return OkStatus();
   }
   if (!IsNotFound(live.status())) return live.status();
   FEDGE_ASSIGN_OR_RETURN(std::string token, RandomToken());
   auto c = client_->Create(res::kSecrets, run.ns, DesiredApiTokenSecret(run.job, token));
-  if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name);
+  if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name, out);
   return c.status().WithContext("create secret " + name);
 }
 

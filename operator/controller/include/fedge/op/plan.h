@@ -66,6 +66,12 @@ struct Observed {
 // its controller owner reference names another uid, or (a node PersistentVolume, which has
 // no owner) its fedge.io/job-uid annotation does. False when either uid is unknown.
 bool BelongsToAnotherJob(const Json& obj, const std::string& job_uid);
+// Why `obj`, found under the name of one of `job`'s children, is not the job's own, or ""
+// when it is: its controller owner reference names the job's uid (a node PersistentVolume,
+// which has no owner: its fedge.io/job-uid annotation, or without one, as an operator
+// before that annotation made it, its fedge.io/job and job-namespace labels). "" also
+// when the job has no uid (nothing to compare).
+std::string NotTheJobs(const Json& obj, const Json& job);
 // Moves every pod and child of `o` that BelongsToAnotherJob into `o.foreign`. Idempotent.
 void SetAsideForeignChildren(Observed& o);
 
@@ -107,6 +113,8 @@ struct Action {
   bool counts_restart = false;     // deleting a failed pod: one restart when it happens
   bool starts_job = false;         // creating a pod: startTime when it happens
   bool takes_job_version = false;  // the job's own write: later writes use its resourceVersion
+  bool verify_owner = false;       // kApply: read the object first; one that is not the job's stops
+                                   // the pass (NotTheJobs) instead of being taken over
   std::vector<PlannedEvent> on_success;
 
   // "create pods/wn-aggregator", "sync-agent-credentials edge-a": for logs and test tables.

@@ -118,11 +118,14 @@ class JobReconciler {
   // name from the job CA, issued when missing, not matching the CA, token or key, or due
   // for renewal; asks for a requeue at the renewal time.
   Status SyncAgentCredentials(const Run& run, const std::string& node, Outcome* out);
-  Status SyncApiToken(const Run& run);
+  Status SyncApiToken(const Run& run, Outcome* out);
   // After a create met AlreadyExists: OK when the object is this job's (the cache lags
-  // behind an earlier write); Unavailable, naming it, while it belongs to another job (a
-  // deleted one of the same name, not yet collected), so the pass stops before its pods.
-  Status CheckExisting(const Run& run, const Resource& r, const std::string& ns, const std::string& name);
+  // behind an earlier write). Otherwise the pass stops before its pods, naming it:
+  // Unavailable while another FederatedTrainingJob owns it (a deleted one of the same name,
+  // not yet collected), FailedPrecondition when nothing of ours does (the operator never
+  // takes over an object it did not create); out->conflict is set for the Created condition.
+  Status CheckExisting(const Run& run, const Resource& r, const std::string& ns, const std::string& name,
+                       Outcome* out);
   // Writes the operator's status fields guarded by the resourceVersion the pass read; on a
   // conflict (the cache was behind) it keeps the pass's restart count and returns the conflict
   // so the controller requeues. Records the pass's events.
