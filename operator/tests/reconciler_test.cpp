@@ -237,6 +237,22 @@ TEST_F(ReconcilerTest, NodesJoiningAndLeavingTheSelectorGainAndLoseAgents) {
   Credentials c = CredentialsFromSecret(*client_.Get(res::kSecrets, "ml", "wn-credentials"));
   EXPECT_TRUE(c.tokens.count("edge-c"));
   EXPECT_EQ(GetJob()["status"]["agents"]["desired"], 2);
+  // The node volume and claim of the node that left go too; the others stay.
+  std::set<std::string> volume_nodes, claim_nodes;
+  for (const auto& pv : client_.Objects(res::kPersistentVolumes))
+    volume_nodes.insert(pv["metadata"]["annotations"].value(kAnnotationNode, ""));
+  for (const auto& pvc : client_.Objects(res::kPersistentVolumeClaims))
+    if (pvc["metadata"]["labels"].value(kLabelRole, "") == "node-volume")
+      claim_nodes.insert(pvc["metadata"]["annotations"].value(kAnnotationNode, ""));
+  EXPECT_EQ(volume_nodes, (std::set<std::string>{"edge-b", "edge-c"}));
+  EXPECT_EQ(claim_nodes, (std::set<std::string>{"edge-b", "edge-c"}));
+  // It comes back: an agent and volumes again.
+  a["metadata"]["labels"]["fedge.io/edge"] = "true";
+  a["metadata"].erase("resourceVersion");
+  ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
+  Reconcile();
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-a").ok());
+  EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 3u);
 }
 
 // A cache that serves the job as it was when frozen (an informer behind the API server);

@@ -783,6 +783,14 @@ class OperatorClusterTest(unittest.TestCase):
             wait_for(lambda: NODES[1] not in self.tokens("revoke"), 60, "its token removed from the tokens file")
             self.assertNotIn(old_token, (self.secret_data("revoke-credentials") or {}).get("tokens", b"").decode())
             wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[1]}") is None, 60, "its agent pod deleted")
+            # Its node volume and claim go once the pod is gone (the claim's and volume's
+            # protection finalizers order it); the other node keeps its own.
+            wait_for(lambda: [pv["metadata"]["annotations"]["fedge.io/node"] for pv in self.node_volumes("revoke")]
+                     == [NODES[0]], 60, "the leaving node's PersistentVolume deleted")
+            wait_for(lambda: sorted(c["metadata"]["annotations"].get("fedge.io/node", "") for c in self.children("revoke")
+                                    if c["kind"] == "PersistentVolumeClaim"
+                                    and c["metadata"]["labels"].get("fedge.io/role") == "node-volume") == [NODES[0]],
+                     60, "the leaving node's claim deleted")
             self.assertIsNotNone(self.agent_cert("revoke", NODES[0]), "the other agent keeps its own")
             events = self.get_json("events", "--field-selector", "involvedObject.name=revoke")
             self.assertIn("AgentTokenRevoked", {e["reason"] for e in events["items"]})

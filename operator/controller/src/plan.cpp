@@ -491,6 +491,19 @@ void Planner::Children() {
       HandleFailedPod(*it->second, /*aggregator=*/false);
     }
   }
+  // The node volumes of nodes that left go with their agents (the claim's protection holds
+  // it until the pod is gone, the volume's until the claim is; Retain keeps the files). A
+  // node that returns gets new ones.
+  for (const auto& [key, obj] : o.children) {
+    const bool pv = key.first == res::kPersistentVolumes.plural;
+    if (!pv && key.first != res::kPersistentVolumeClaims.plural) continue;
+    if (Role(*obj) != "node-volume" || Terminating(*obj)) continue;
+    const std::string node =
+        (*obj)["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "");
+    if (node.empty() || wanted.count(node)) continue;
+    Add(ActionKind::kDelete, Wave::kPods, pv ? res::kPersistentVolumes : res::kPersistentVolumeClaims,
+        key.second);
+  }
   for (const auto& [node, pod] : agents) {
     if (wanted.count(node) || Terminating(*pod)) continue;
     // The node left the selector (or the cluster): its agent goes.
