@@ -16,6 +16,9 @@
 //
 //   build/bench/fedge_bench_operator --kubeconfig /tmp/fedge-control-plane/kubeconfig --nodes 1,10,100 --runs
 //   5
+//
+// --pods-alone adds, after each run on the same nodes, the job's agent pods created
+// straight (no operator): the API server's floor for one pod per agent.
 #include <sys/resource.h>
 #include <unistd.h>
 #include <algorithm>
@@ -385,7 +388,8 @@ struct RunResult {
                       // watch resumed (the API server dropped it)
   int64_t reconciles = 0, writing = 0;
   int reads = 0, writes = 0, steady_reads = 0, steady_writes = 0;
-  std::string profile;  // requests by verb and resource until every pod existed
+  std::string profile;   // requests by verb and resource until every pod existed
+  double alone_ms = -1;  // --pods-alone: the same pods created straight, no operator
 };
 
 // CPU seconds (user + system) this process has used: the operator's reconciler, the
@@ -402,8 +406,41 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+// The API server's cost of the pods alone: the n agent pods as the operator makes them for
+// a job selecting the nodes of `tag` (not the aggregator's, which needs its ServiceAccount
+// to pass admission: one pod, not one per agent), created straight with
+// `concurrency` requests in flight (no Secrets, volumes, reads or reconciler), timed until
+// a watch has seen them all, then deleted: the floor of any design that creates one pod
+// per agent. Their owner reference is dropped (the job object does not exist).
+double PodsAloneMs(KubeClient& api, const std::string& name, const std::string& tag, int n, int concurrency) {
+  Json job = Job();
+  job["metadata"] = {{"name", name}, {"namespace", "default"}};
+  job["spec"]["agents"]["nodeSelector"] = {{"fedge.io/bench", tag}};
+  std::vector<Json> pods;
+  for (int i = 0; i < n; ++i)
+    pods.push_back(DesiredAgentPod(job, tag + "-node-" + std::to_string(i), DesiredOptions{}));
+  for (auto& p : pods) p["metadata"].erase("ownerReferences");
+  PodWatch watch(&api, name);
+  std::atomic<int> errors{0};
+  auto t0 = Steady::now();
+  ParallelFor(static_cast<int>(pods.size()), concurrency, [&](int i) {
+    auto c = api.Create(res::kPods, "default", pods[i]);
+    if (!c.ok() && errors++ == 0)
+      std::fprintf(stderr, "pods alone: create: %s\n", c.status().ToString().c_str());
+  });
+  const bool all = watch.WaitFor(pods.size(), std::chrono::seconds(300));
+  const double ms = std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
+  ParallelFor(static_cast<int>(pods.size()), 16, [&](int i) {
+    DeleteOptions d;
+    d.grace_period_seconds = 0;
+    api.Delete(res::kPods, "default", pods[i]["metadata"].value("name", ""), d).ok();
+  });
+  return all && errors == 0 ? ms : -1;
+}
+
 int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& sizes, int runs,
-                     const std::vector<int>& concurrencies, bool ready_nodes, bool wait_bound) {
+                     const std::vector<int>& concurrencies, bool ready_nodes, bool wait_bound,
+                     bool pods_alone) {
   auto cfg = LoadKubeConfig(kubeconfig);
   if (!cfg.ok()) {
     std::fprintf(stderr, "kubeconfig: %s\n", cfg.status().ToString().c_str());
@@ -525,7 +562,6 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       Settle(ctl, std::chrono::milliseconds(100));
       r.steady_reads = client.reads;
       r.steady_writes = client.writes;
-      results.push_back(r);
       // Clean up while the controller still runs (it removes its finalizer).
       api.Delete(res::kJobs, "default", job_name, {}).ok();
       auto d0 = Steady::now();
@@ -544,6 +580,9 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
           api.Delete(res::kPods, "default", listed->items[i]["metadata"].value("name", ""), d).ok();
         });
       }
+      // After each operator run, on the same nodes: the baseline of the same run.
+      if (pods_alone) r.alone_ms = PodsAloneMs(api, job_name + "-alone", tag, n, concurrency);
+      results.push_back(r);
     }
     heartbeats.reset();
     ParallelFor(n, 16, [&](int i) {
@@ -569,6 +608,20 @@ int RealControlPlane(const std::string& kubeconfig, const std::vector<int>& size
       std::printf(
           "       operator + bench process CPU until every pod existed (median run): %.0f ms = %.2f cores\n",
           mid.cpu_ms, mid.ms > 0 ? mid.cpu_ms / mid.ms : 0.0);
+      if (pods_alone) {
+        std::vector<double> alone;
+        for (const auto& r : mine)
+          if (r.alone_ms >= 0) alone.push_back(r.alone_ms);
+        if (alone.size() == mine.size()) {
+          std::printf(
+              "       the %d agent pods alone (created straight, %d in flight, no operator), after each run: "
+              "p50 %.1f ms (min %.1f, max %.1f) = %.2f of the operator's p50\n",
+              n, concurrency, Median(alone), *std::min_element(alone.begin(), alone.end()),
+              *std::max_element(alone.begin(), alone.end()), Median(alone) / Median(ms));
+        } else {
+          std::printf("       the pods alone: a run failed (see stderr)\n");
+        }
+      }
       int restarts = 0;
       for (const auto& r : mine) restarts += r.watch_restarts;
       if (restarts > 0) {
@@ -626,7 +679,7 @@ int main(int argc, char** argv) {
   std::vector<int> sizes = {1, 10, 100};
   int runs = 3;
   std::vector<int> concurrencies = {ReconcilerOptions{}.apply_concurrency};
-  bool ready_nodes = true, wait_bound = false;
+  bool ready_nodes = true, wait_bound = false, pods_alone = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
@@ -642,6 +695,8 @@ int main(int argc, char** argv) {
       ready_nodes = std::string(argv[++i]) == "ready";
     } else if (a == "--wait-bound") {
       wait_bound = true;
+    } else if (a == "--pods-alone") {
+      pods_alone = true;
     } else {
       std::printf(
           "usage: fedge_bench_operator [--kubeconfig PATH] [--nodes 1,10,100] [--runs 3] [--concurrency "
@@ -653,7 +708,10 @@ int main(int argc, char** argv) {
           "  --nodes-kind ready|bare (real API server): ready (default) registers each Node as a\n"
           "    kubelet would (Ready, capacity, a Lease renewed every 10 s) so the scheduler binds the\n"
           "    pods; bare registers Node objects without status (the scheduler fails every pod)\n"
-          "  --wait-bound (ready nodes): also time until the scheduler has bound every agent pod\n",
+          "  --wait-bound (ready nodes): also time until the scheduler has bound every agent pod\n"
+          "  --pods-alone (real API server): after each run, create the same N agent pods straight (no\n"
+          "    operator, Secrets or volumes; same concurrency) and time them: the floor of any design\n"
+          "    that makes one pod per agent, printed with its ratio to the operator's p50\n",
           ReconcilerOptions{}.apply_concurrency);
       return a == "--help" ? 0 : 2;
     }
@@ -663,7 +721,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!kubeconfig.empty())
-    return RealControlPlane(kubeconfig, sizes, runs, concurrencies, ready_nodes, wait_bound);
+    return RealControlPlane(kubeconfig, sizes, runs, concurrencies, ready_nodes, wait_bound, pods_alone);
   const int concurrency = concurrencies.front();
   std::printf("%-6s %12s %10s %14s %14s %16s %16s\n", "nodes", "to_pods_ms", "reconciles", "writes",
               "req/reconcile", "steady_req(inf)", "steady_req(api)");
