@@ -1008,8 +1008,9 @@ TEST_F(ReconcilerTest, ACreateThatMeetsAnotherJobsObjectStopsThePassBeforeThePod
     EXPECT_EQ(pvc["metadata"]["ownerReferences"][0].value("uid", ""), new_uid);
 }
 
-// The claim of a node whose pod exists is made again when it goes: the pod would wait for
-// it forever (before, volumes were made only with a missing pod).
+// The claim of a node whose pod exists is made again when it goes and the scheduler finds
+// the pod unschedulable: it would wait for it forever (before, volumes were made only with
+// a missing pod).
 TEST_F(ReconcilerTest, AMissingNodeVolumeClaimIsMadeAgainWhileItsPodExists) {
   CreateJob();
   Reconcile();
@@ -1020,6 +1021,19 @@ TEST_F(ReconcilerTest, AMissingNodeVolumeClaimIsMadeAgainWhileItsPodExists) {
   ASSERT_FALSE(node_claim.empty());
   ASSERT_TRUE(client_.Delete(res::kPersistentVolumeClaims, "ml", node_claim).ok());
   const size_t pods = Pods().size();
+  Reconcile();  // its pod has not been looked at by the scheduler: the cache may be behind
+  EXPECT_FALSE(client_.Get(res::kPersistentVolumeClaims, "ml", node_claim).ok());
+  Json unschedulable = {{"phase", "Pending"},
+                        {"conditions", Json::array({{{"type", "PodScheduled"},
+                                                     {"status", "False"},
+                                                     {"reason", "Unschedulable"},
+                                                     {"message", "persistentvolumeclaim not found"}}})}};
+  for (const auto& p : Pods()) {
+    ASSERT_TRUE(client_
+                    .MergePatch(res::kPods, "ml", p["metadata"].value("name", ""),
+                                {{"status", unschedulable}}, "status")
+                    .ok());
+  }
   Reconcile();
   EXPECT_TRUE(client_.Get(res::kPersistentVolumeClaims, "ml", node_claim).ok());
   EXPECT_EQ(Pods().size(), pods);

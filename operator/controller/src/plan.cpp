@@ -34,6 +34,19 @@ int PodExitCode(const Json& pod) {
 
 bool Terminating(const Json& obj) { return obj["metadata"].contains("deletionTimestamp"); }
 
+// A pending pod the scheduler could not place (condition PodScheduled False, reason
+// Unschedulable): e.g. one whose claim does not exist.
+bool Unschedulable(const Json& pod) {
+  if (PodPhaseOf(pod) != PodPhase::kPending) return false;
+  auto st = pod.find("status");
+  if (st == pod.end() || !st->is_object()) return false;
+  for (const auto& c : st->value("conditions", Json::array())) {
+    if (c.value("type", "") == "PodScheduled")
+      return c.value("status", "") == "False" && c.value("reason", "") == "Unschedulable";
+  }
+  return false;
+}
+
 std::vector<std::string> Finalizers(const Json& obj) {
   std::vector<std::string> out;
   for (const auto& f : obj["metadata"].value("finalizers", Json::array()))
@@ -409,28 +422,6 @@ void Planner::Children() {
     Add(ActionKind::kDelete, Wave::kShared, res::kServices, InferenceServiceName(job));
   }
 
-  // Every selected node's local volumes, whether or not its pod exists: a claim that went
-  // (deleted, or collected with a deleted job of the same name while this job's pod waited
-  // for it) is made again, else the pod would wait for it forever.
-  const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(*spec, opts.desired);
-  for (const auto& node : nodes) {
-    std::string hostname = node;
-    if (auto n = node_objects.find(node); n != node_objects.end()) {
-      hostname =
-          (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
-    }
-    for (const auto& root : node_roots) {
-      CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, root),
-                     Wave::kPerNode);
-      CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, root), Wave::kPerNode);
-    }
-  }
-  // A pod mounts Secrets, ConfigMaps and claims by name: none is created while any of
-  // those names (or its own) still holds a deleted job's object.
-  Blocked(res::kPods, AggregatorName(job));
-  for (const auto& node : nodes) Blocked(res::kPods, AgentPodName(job, node));
-  const bool create_pods = waiting.empty();
-
   // Pods.
   ObjectPtr aggregator;
   std::map<std::string, ObjectPtr> agents;  // node -> pod
@@ -442,6 +433,35 @@ void Planner::Children() {
     else if (role == "agent")
       agents[meta.value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
   }
+  // Every selected node's local volumes: for a node without its pod, and for one whose pod
+  // the scheduler could not place (a claim that went - deleted, or collected with a deleted
+  // job of the same name - leaves its pod unschedulable for good unless it is made again).
+  // Not for the other pods: a cache behind this pass's own creates would repeat them.
+  const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(*spec, opts.desired);
+  for (const auto& node : nodes) {
+    if (auto p = agents.find(node); p != agents.end() && !Unschedulable(*p->second)) continue;
+    std::string hostname = node;
+    if (auto n = node_objects.find(node); n != node_objects.end()) {
+      hostname =
+          (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
+    }
+    for (const auto& root : node_roots) {
+      // By name first: a pass over 1,000 present volumes builds no object.
+      if (!o.Find(res::kPersistentVolumes, NodePersistentVolumeName(job, node, root))) {
+        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, root),
+                       Wave::kPerNode);
+      }
+      if (!o.Find(res::kPersistentVolumeClaims, NodeVolumeClaimName(job, node, root))) {
+        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, root), Wave::kPerNode);
+      }
+    }
+  }
+  // A pod mounts Secrets, ConfigMaps and claims by name: none is created while any of
+  // those names (or its own) still holds a deleted job's object.
+  Blocked(res::kPods, AggregatorName(job));
+  for (const auto& node : nodes) Blocked(res::kPods, AgentPodName(job, node));
+  const bool create_pods = waiting.empty();
+
   const int min_agents = std::max(1, spec->agents.minAgents);
   if (!aggregator) {
     if (static_cast<int>(nodes.size()) >= min_agents && create_pods) {
