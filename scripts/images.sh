@@ -65,7 +65,7 @@ LOCK=${FEDGE_BUILD_LOCK:-/tmp/fedge-ninja.lock}
 copy_binaries() {
   local exe found
   for exe in fedge-operator fedge-aggregator fedge-agent; do
-    found=$(find "$BUILD" -maxdepth 3 -type f -perm -u+x -name "$exe" | head -1)
+    found=$(find "$BUILD" -maxdepth 3 -type f -perm -u+x -name "$exe" -print -quit)
     if [[ -n $found ]]; then cp "$found" "$BIN/$exe"; fi
   done
 }

@@ -69,7 +69,7 @@ go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
 UPSTREAM_MOD="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
 mapfile -t STAGING < <(sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$UPSTREAM_MOD")
 [[ ${#STAGING[@]} -gt 10 ]] || { log "could not read staging modules from $UPSTREAM_MOD"; exit 1; }
-ETCD_VERSION=$(sed -n 's#^\s*go\.etcd\.io/etcd/server/v3 \(v[0-9.]*\).*#\1#p' "$UPSTREAM_MOD" | head -1)
+ETCD_VERSION=$(sed -n 's#^\s*go\.etcd\.io/etcd/server/v3 \(v[0-9.]*\).*#\1#p' "$UPSTREAM_MOD" | awk 'NR == 1')
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 
 go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"

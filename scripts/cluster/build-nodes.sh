@@ -122,7 +122,9 @@ while read -r applet; do
   [[ "$applet" == busybox ]] && continue
   bb_args+=(--symlink "/bin/$applet:busybox")
 done < <(/bin/busybox --list)
-bb_version="$(/bin/busybox | head -1 | awk '{print $2}')"
+# awk reads to the end: `| head -1` under pipefail fails the script whenever busybox
+# gets SIGPIPE writing the rest of its help (it did, silently, on 2026-12-04).
+bb_version="$(/bin/busybox | awk 'NR == 1 {print $2}')"
 python3 "$HERE/oci-image.py" --name fedge.local/busybox:1.35 --out "$IMAGES/busybox.tar" \
   "${bb_args[@]}" --cmd /bin/sh \
   --label org.opencontainers.image.title=busybox \
