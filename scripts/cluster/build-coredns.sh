@@ -82,7 +82,9 @@ cpu() { awk 'NR==2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[
 build_cpu=$(( $(cpu "$OUT/.times1") - $(cpu "$OUT/.times0") ))
 rm -f "$OUT/.times0" "$OUT/.times1"
 mv "$OUT/bin/coredns.tmp" "$OUT/bin/coredns"
-"$OUT/bin/coredns" -plugins | grep -qw kubernetes || { log "built coredns lacks the kubernetes plugin"; exit 1; }
+# grep without -q reads to the end: -q exits at the match and, under pipefail, the
+# SIGPIPE coredns then gets writing the rest of the list would fail this check.
+"$OUT/bin/coredns" -plugins | grep -w kubernetes >/dev/null || { log "built coredns lacks the kubernetes plugin"; exit 1; }
 
 python3 "$HERE/oci-image.py" --name "fedge.local/coredns:${VERSION#v}" --out "$OUT/coredns.tar" \
   --add "$OUT/bin/coredns:/coredns:0755" --entrypoint /coredns \
