@@ -337,8 +337,13 @@ def manifest_for(args, base, name, overrides, alpha, data_dir, seed):
     # 2e-3, whatever the quickstart's defaults are (fedavgm since 2026-12-03, then scaffold
     # at 4e-3 after the local learning-rate sweep): the codec rows stay FedAvg rows, and the
     # manifests of earlier runs still match (--resume, --render-only).
+    # Likewise the local optimizer starts fresh every round unless a configuration keeps it:
+    # the quickstart keeps its AdamW state since 2026-12-04 (c143bf5), and without this every
+    # configuration that does not name optimizerState (the centralized reference among them)
+    # silently became its -keep variant.
     spec["strategy"] = {"name": "fedavg"}
     spec["rounds"]["learningRate"] = 0.002
+    spec["rounds"].pop("optimizerState", None)
     merge(spec, overrides)
     return m
 
