@@ -310,6 +310,86 @@ TEST_F(ReconcilerTest, StatusFromAStaleCacheDoesNotTakeBackTheRestartCount) {
   EXPECT_EQ(GetJob()["status"]["restarts"], 3);
 }
 
+// A cache whose pods stay as they were when frozen (a pod watch behind the API server);
+// everything else is read through.
+class PodsBehindCache : public ObjectCache {
+ public:
+  explicit PodsBehindCache(KubeClient* client) : through_(client) {}
+  void Freeze() {
+    pods_ = through_.List(res::kPods, "", "", "");
+    frozen_ = true;
+  }
+  void CatchUp() { frozen_ = false; }
+  ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override {
+    if (!frozen_ || r.plural != res::kPods.plural) return through_.Get(r, ns, name);
+    for (const auto& p : pods_)
+      if ((*p)["metadata"].value("name", "") == name && (*p)["metadata"].value("namespace", "") == ns)
+        return p;
+    return nullptr;
+  }
+  std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& key,
+                              const std::string& value) override {
+    if (!frozen_ || r.plural != res::kPods.plural) return through_.List(r, ns, key, value);
+    std::vector<ObjectPtr> out;
+    for (const auto& p : pods_) {
+      const Json& m = (*p)["metadata"];
+      if (!ns.empty() && m.value("namespace", "") != ns) continue;
+      if (!key.empty() && (!m.contains("labels") || m["labels"].value(key, "") != value)) continue;
+      out.push_back(p);
+    }
+    return out;
+  }
+
+ private:
+  ClientCache through_;
+  bool frozen_ = false;
+  std::vector<ObjectPtr> pods_;
+};
+
+TEST_F(ReconcilerTest, APassBeforeTheCacheShowsThePodsItCreatedDoesNotCreateThemAgain) {
+  // Seen at 1,000 nodes with 64 requests in flight: the pass after the creating one ran
+  // before the pod watch had delivered its pods, created 229 of them again (AlreadyExists)
+  // and read each back (GET) to check it was the job's.
+  CreateJob();
+  PodsBehindCache behind_cache(&client_);
+  behind_cache.Freeze();  // no pod yet, and the cache will not show the ones created now
+  JobReconciler behind(&client_, &behind_cache, &events_, ReconcilerOptions{DefaultImages(), &wall_});
+  ASSERT_TRUE(behind.Reconcile("ml/wn").ok());
+  ASSERT_EQ(Pods().size(), 3u);  // the aggregator and two agents
+  client_.ClearCalls();
+  auto r = behind.Reconcile("ml/wn");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(client_.CountCalls("create", "pods"), 0) << "the pods it created count as existing";
+  EXPECT_EQ(client_.CountCalls("get", "pods"), 0);
+  EXPECT_EQ(client_.CountWrites(), 0) << "nothing else to do either";
+  ASSERT_TRUE(r->requeue_after.has_value()) << "it looks again when they expire";
+  EXPECT_LE(*r->requeue_after, std::chrono::seconds(31));
+
+  // An agent pod deleted before the cache ever showed it is made again once its entry
+  // expires (the trade: until then it counts as there).
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
+  wall_.Advance(std::chrono::seconds(31));
+  behind_cache.CatchUp();  // the cache shows the two pods that are still there
+  client_.ClearCalls();
+  r = behind.Reconcile("ml/wn");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(client_.CountCalls("create", "pods"), 1);
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-b").ok());
+
+  // Once the informer has delivered it (Seen), a pod deleted before any pass looked is made
+  // again at once.
+  behind_cache.Freeze();
+  auto made = client_.Get(res::kPods, "ml", "wn-agent-edge-b");
+  ASSERT_TRUE(made.ok());
+  behind.Seen(res::kPods, *made);
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
+  behind_cache.CatchUp();
+  client_.ClearCalls();
+  ASSERT_TRUE(behind.Reconcile("ml/wn").ok());
+  EXPECT_EQ(client_.CountCalls("create", "pods"), 1);
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-b").ok());
+}
+
 TEST_F(ReconcilerTest, ARestartIsCountedWhenALaterStepOfThePassFails) {
   // Issue 11 part 3: HandleFailedPod deleted the failed aggregator and raised restarts in
   // memory; creating a missing agent pod then failed, Reconcile returned before WriteStatus

@@ -80,15 +80,16 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
   // labels name the job. Only a deletion matters (the job recreates a missing volume);
   // adds and binding updates are the operator's own doing and would only requeue no-ops.
   Informer* volumes = make(res::kPersistentVolumes, "", managed);
-  volumes->AddHandlers({[](const ObjectPtr&) {}, [](const ObjectPtr&, const ObjectPtr&) {},
-                        [this](const ObjectPtr& o) {
-                          Json labels = (*o)["metadata"].value("labels", Json::object());
-                          std::string ns = labels.value(kLabelJobNamespace, ""),
-                                      job = labels.value(kLabelJob, "");
-                          if (ns.empty() || job.empty() || (!opts_.ns.empty() && ns != opts_.ns)) return;
-                          queue_.Add(ns + "/" + job);
-                          UpdateDepth();
-                        }});
+  volumes->AddHandlers(
+      {[this](const ObjectPtr& o) { reconciler_->Seen(res::kPersistentVolumes, *o); },
+       [this](const ObjectPtr&, const ObjectPtr& n) { reconciler_->Seen(res::kPersistentVolumes, *n); },
+       [this](const ObjectPtr& o) {
+         Json labels = (*o)["metadata"].value("labels", Json::object());
+         std::string ns = labels.value(kLabelJobNamespace, ""), job = labels.value(kLabelJob, "");
+         if (ns.empty() || job.empty() || (!opts_.ns.empty() && ns != opts_.ns)) return;
+         queue_.Add(ns + "/" + job);
+         UpdateDepth();
+       }});
 
   auto key_of = [this](const ObjectPtr& o) {
     queue_.Add(ObjectKey(*o));
@@ -116,8 +117,15 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
                       },
                       key_of});
   for (Informer* inf : children) {
-    inf->AddHandlers({[this](const ObjectPtr& o) { EnqueueOwner(o); },
-                      [this](const ObjectPtr&, const ObjectPtr& n) { EnqueueOwner(n); },
+    const Resource& r = inf->resource();
+    inf->AddHandlers({[this, &r](const ObjectPtr& o) {
+                        reconciler_->Seen(r, *o);
+                        EnqueueOwner(o);
+                      },
+                      [this, &r](const ObjectPtr&, const ObjectPtr& n) {
+                        reconciler_->Seen(r, *n);
+                        EnqueueOwner(n);
+                      },
                       [this](const ObjectPtr& o) { EnqueueOwner(o); }});
   }
   auto node_changed = [this](const ObjectPtr& a, const ObjectPtr& b) {

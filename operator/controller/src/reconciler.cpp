@@ -140,7 +140,7 @@ struct JobReconciler::Outcome {
   bool took_effect = false;  // the object was created/deleted by this call (not already so)
   std::optional<std::chrono::seconds> requeue_after;
   std::vector<PlannedEvent> events;
-  Json result;                       // the API's answer to an apply (the job's new resourceVersion)
+  Json result;                       // the API's answer to an apply or create
   std::optional<Credentials> creds;  // kSyncCredentials: the job's credentials as written
   std::string conflict;              // an object under a child's name is not the job's (NotOurs)
 };
@@ -176,16 +176,112 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
       o.children[{res::kPersistentVolumeClaims.plural, claim}] = std::move(pvc);
     }
   }
+  AddUnseenCreates(o);
   SetAsideForeignChildren(o);
   return o;
+}
+
+namespace {
+
+std::string Uid(const Json& obj) {
+  auto m = obj.find("metadata");
+  return m != obj.end() && m->is_object() ? m->value("uid", "") : "";
+}
+
+}  // namespace
+
+void JobReconciler::AddUnseenCreates(Observed& o) {
+  const std::string key = o.ns + "/" + o.name;
+  const std::string job_uid = Uid(o.job);
+  const Clock::TimePoint now = opts_.clock->Now();
+  std::lock_guard<std::mutex> lock(unseen_mu_);
+  auto it = unseen_.find(key);
+  if (it == unseen_.end()) return;
+  if (it->second.job_uid != job_uid) {  // the job was deleted and made again under its name
+    unseen_.erase(it);
+    return;
+  }
+  auto& objects = it->second.objects;
+  for (auto e = objects.begin(); e != objects.end();) {
+    const auto& [plural, name] = e->first;
+    const ObjectPtr& created = e->second.first;
+    const bool pod = plural == res::kPods.plural;
+    ObjectPtr* slot = nullptr;
+    if (pod) {
+      for (auto& p : o.pods)
+        if ((*p)["metadata"].value("name", "") == name) slot = &p;
+    } else if (auto c = o.children.find(e->first); c != o.children.end()) {
+      slot = &c->second;
+    }
+    if ((slot && Uid(**slot) == Uid(*created)) || e->second.second <= now) {
+      e = objects.erase(e);  // the cache has caught up, or it never will
+      continue;
+    }
+    // Absent, or an older object of that name (ours was created after it was gone).
+    if (slot) {
+      *slot = created;
+    } else if (pod) {
+      o.pods.push_back(created);
+    } else {
+      o.children[e->first] = created;
+    }
+    const auto left =
+        std::chrono::duration_cast<std::chrono::seconds>(e->second.second - now) + std::chrono::seconds(1);
+    if (!o.unseen_creates_expire || left < *o.unseen_creates_expire) o.unseen_creates_expire = left;
+    ++e;
+  }
+  if (objects.empty()) unseen_.erase(it);
+}
+
+void JobReconciler::Seen(const Resource& r, const Json& obj) {
+  const std::string uid = Uid(obj);
+  if (uid.empty()) return;
+  const Json& meta = obj["metadata"];
+  const std::string name = meta.value("name", "");
+  std::lock_guard<std::mutex> lock(unseen_mu_);
+  for (auto it = unseen_.begin(); it != unseen_.end();) {
+    auto e = it->second.objects.find({r.plural, name});
+    if (e != it->second.objects.end() && Uid(*e->second.first) == uid) it->second.objects.erase(e);
+    if (it->second.objects.empty()) {
+      it = unseen_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void JobReconciler::RecordCreates(const Observed& o, const std::vector<const Action*>& wave,
+                                  const std::vector<Outcome>& out) {
+  if (cache_->Live()) return;
+  const Clock::TimePoint until = opts_.clock->Now() + opts_.unseen_create_ttl;
+  std::lock_guard<std::mutex> lock(unseen_mu_);
+  for (size_t i = 0; i < wave.size(); ++i) {
+    const Action& a = *wave[i];
+    if (!out[i].took_effect) continue;
+    if (a.kind == ActionKind::kCreate && out[i].result.is_object() && !Uid(out[i].result).empty()) {
+      UnseenCreates& u = unseen_[o.ns + "/" + o.name];
+      if (u.job_uid != Uid(o.job)) u = UnseenCreates{Uid(o.job), {}};
+      u.objects[{a.resource->plural, a.name}] = {std::make_shared<const Json>(out[i].result), until};
+    } else if (a.kind == ActionKind::kDelete) {
+      auto it = unseen_.find(o.ns + "/" + o.name);
+      if (it != unseen_.end()) it->second.objects.erase({a.resource->plural, a.name});
+    }
+  }
 }
 
 StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
   auto slash = key.find('/');
   if (slash == std::string::npos) return InvalidArgumentError("key must be namespace/name: " + key);
   std::optional<Observed> observed = Observe(key.substr(0, slash), key.substr(slash + 1));
-  if (!observed) return ReconcileResult{};  // gone: owner references take the children along
+  if (!observed) {
+    std::lock_guard<std::mutex> lock(unseen_mu_);
+    unseen_.erase(key);
+    return ReconcileResult{};  // gone: owner references take the children along
+  }
   Plan plan = PlanReconcile(*observed, PlanOptions{opts_.desired});
+  // Until the cache shows what an earlier pass created, or that entry expires.
+  if (const auto& d = observed->unseen_creates_expire; d && (!plan.requeue_after || *d < *plan.requeue_after))
+    plan.requeue_after = *d;
   return Apply(*observed, std::move(plan));
 }
 
@@ -270,6 +366,7 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
         }
         o.status = c.status().WithContext("create " + a.resource->plural + "/" + a.name);
         o.took_effect = c.ok();
+        if (c.ok()) o.result = std::move(*c);
         break;
       }
       case ActionKind::kDelete: {
@@ -354,6 +451,7 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
       }
       std::vector<Outcome> out;
       RunWave(run, wave, out);
+      RecordCreates(observed, wave, out);
       for (size_t i = 0; i < wave.size(); ++i) {
         const Action& a = *wave[i];
         Outcome& o = out[i];

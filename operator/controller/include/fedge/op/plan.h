@@ -57,6 +57,9 @@ struct Observed {
   // garbage collector has not removed yet. Never adopted: each name is taken until its
   // object goes (SetAsideForeignChildren fills this from `pods` and `children`).
   std::map<std::pair<std::string, std::string>, ObjectPtr> foreign;
+  // Set by the reconciler when `pods`/`children` hold objects it created that the cache has
+  // not shown yet: requeue by then (reconciler.h, created, not yet seen).
+  std::optional<std::chrono::seconds> unseen_creates_expire;
 
   ObjectPtr Find(const Resource& r, const std::string& name) const;
   ObjectPtr FindForeign(const Resource& r, const std::string& name) const;
