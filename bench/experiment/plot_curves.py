@@ -18,7 +18,9 @@ import sys
 import tempfile
 
 # Legend names for configurations whose name says too little.
-LABELS = {"int8": "fedavg (int8)"}
+LABELS = {"int8": "fedavg (int8)",
+          "scaffold-lr4e-3": "scaffold-lr4e-3 (quickstart default until c143bf5)",
+          "scaffold-lr4e-3-keep-st01b005": "scaffold-lr4e-3-keep-st01b005 (quickstart default)"}
 
 
 def curves(results):
