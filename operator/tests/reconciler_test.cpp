@@ -390,6 +390,21 @@ TEST_F(ReconcilerTest, APassBeforeTheCacheShowsThePodsItCreatedDoesNotCreateThem
   EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-b").ok());
 }
 
+TEST_F(ReconcilerTest, ACreateTheCacheShowedBeforeItsAnswerCameIsNotHeldAsUnseen) {
+  // The pod watch can deliver a created pod (Seen) before the create's answer reaches the
+  // pass; the entry recorded after that must not hold the pod as existing once it is gone.
+  CreateJob();
+  PodsBehindCache up_to_date(&client_);  // reads through, but not Live(): entries are kept
+  JobReconciler r(&client_, &up_to_date, &events_, ReconcilerOptions{DefaultImages(), &wall_});
+  ASSERT_TRUE(r.Reconcile("ml/wn").ok());
+  ASSERT_EQ(Pods().size(), 3u);
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-a", {}).ok());
+  client_.ClearCalls();
+  ASSERT_TRUE(r.Reconcile("ml/wn").ok());
+  EXPECT_EQ(client_.CountCalls("create", "pods"), 1) << "made again at once, not after the entry's 30 s";
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-a").ok());
+}
+
 TEST_F(ReconcilerTest, ARestartIsCountedWhenALaterStepOfThePassFails) {
   // Issue 11 part 3: HandleFailedPod deleted the failed aggregator and raised restarts in
   // memory; creating a missing agent pod then failed, Reconcile returned before WriteStatus

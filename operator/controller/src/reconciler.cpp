@@ -259,6 +259,11 @@ void JobReconciler::RecordCreates(const Observed& o, const std::vector<const Act
     const Action& a = *wave[i];
     if (!out[i].took_effect) continue;
     if (a.kind == ActionKind::kCreate && out[i].result.is_object() && !Uid(out[i].result).empty()) {
+      // The watch event may have come before the create's answer: the informer stores an
+      // object before its handlers run (Seen), so one found here was seen already.
+      if (ObjectPtr cached = cache_->Get(*a.resource, a.ns, a.name);
+          cached && Uid(*cached) == Uid(out[i].result))
+        continue;
       UnseenCreates& u = unseen_[o.ns + "/" + o.name];
       if (u.job_uid != Uid(o.job)) u = UnseenCreates{Uid(o.job), {}};
       u.objects[{a.resource->plural, a.name}] = {std::make_shared<const Json>(out[i].result), until};

@@ -152,7 +152,8 @@ class JobReconciler {
   // them. Observe adds them to what it read, so a pass that runs before the watch has
   // delivered the previous pass's creates does not create them again (at 1,000 nodes and 64
   // in flight, 229 pod creates met AlreadyExists and cost a GET each). An entry goes when the
-  // informer delivers the object (Seen), when a pass finds it in the cache with its uid,
+  // informer delivers the object (Seen; one the cache holds when the create's answer comes
+  // is not recorded), when a pass finds it in the cache with its uid,
   // when this reconciler deletes it, or after opts_.unseen_create_ttl: an object deleted
   // before its entry went (its watch event came before the create's answer and it was gone
   // by the next pass) counts as there until then, and the pass requeues for that moment.
