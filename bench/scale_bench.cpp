@@ -621,6 +621,7 @@ struct RunResult {
   int rounds = 0;
   double seconds = 0;  // first TRAIN handed out -> last DONE
   double cpu_seconds = 0;
+  double generator_cpu_seconds = 0;  // this process (the simulated agents) over the same window
   long baseline_rss_kib = 0;
   long peak_kib = 0;
   uint64_t updates = 0;
@@ -780,6 +781,7 @@ class Bench {
     for (auto& w : workers) w.join();
     const auto end = SteadyClock::now();
     ProcStats final_stats = ReadProc(pid);
+    const ProcStats generator_final = ReadProc(getpid());
     kill(pid, SIGTERM);
     int status = 0;
     waitpid(pid, &status, 0);
@@ -797,6 +799,7 @@ class Bench {
     result.baseline_rss_kib = baseline_.rss_kib;
     result.peak_kib = final_stats.hwm_kib;
     result.cpu_seconds = final_stats.cpu_seconds - baseline_.cpu_seconds;
+    result.generator_cpu_seconds = generator_final.cpu_seconds - generator_baseline_.cpu_seconds;
     if (first_train_) result.seconds = std::chrono::duration<double>(end - *first_train_).count();
     result.ok = !failed_ && remaining_ == 0;
     if (!result.ok && result.error.empty()) result.error = error_;
@@ -983,6 +986,7 @@ class Bench {
           if (!first_train_) {
             first_train_ = SteadyClock::now();
             baseline_ = ReadProc(pid_);
+            generator_baseline_ = ReadProc(getpid());
           }
         }
         if (skip_fetch_) agent.held_version = task.global_version();
@@ -1084,6 +1088,7 @@ class Bench {
   bool failed_ = false;                                      // guarded by mu_
   std::string error_;                                        // guarded by mu_
   ProcStats baseline_;
+  ProcStats generator_baseline_;  // this process at the first TRAIN
   std::atomic<uint64_t> updates_{0}, rejected_{0}, rpc_errors_{0}, get_tasks_{0}, global_bytes_{0};
   std::atomic<uint64_t> task_train_{0}, task_evaluate_{0}, task_wait_{0}, task_other_{0};
 };
@@ -1239,6 +1244,16 @@ int main(int argc, char** argv) {
         "job's start and end, spread over %d rounds)\n",
         static_cast<double>(r.task_train) / per, static_cast<double>(r.task_evaluate) / per,
         static_cast<double>(r.task_wait) / per, static_cast<double>(r.task_other) / per, r.rounds);
+    // rounds/min is the two processes sharing the machine: what the simulated
+    // agents cost here is CPU a real fleet spends on its own nodes.
+    const double cores = std::max(1U, std::thread::hardware_concurrency());
+    std::printf(
+        "  CPU over the rounds: aggregator %.2f s, load generator %.2f s (%.3f ms per update); together %.0f%% "
+        "of %.0f cores x %.1f s\n",
+        r.cpu_seconds, r.generator_cpu_seconds,
+        r.updates ? 1000.0 * r.generator_cpu_seconds / static_cast<double>(r.updates) : 0.0,
+        r.seconds > 0 ? 100.0 * (r.cpu_seconds + r.generator_cpu_seconds) / (cores * r.seconds) : 0.0, cores,
+        r.seconds);
   };
   auto cpu_per_update = [](const RunResult& r) {
     return r.updates ? r.cpu_seconds / static_cast<double>(r.updates) : 0.0;
