@@ -1248,7 +1248,8 @@ int main(int argc, char** argv) {
     // agents cost here is CPU a real fleet spends on its own nodes.
     const double cores = std::max(1U, std::thread::hardware_concurrency());
     std::printf(
-        "  CPU over the rounds: aggregator %.2f s, load generator %.2f s (%.3f ms per update); together %.0f%% "
+        "  CPU over the rounds: aggregator %.2f s, load generator %.2f s (%.3f ms per update); together "
+        "%.0f%% "
         "of %.0f cores x %.1f s\n",
         r.cpu_seconds, r.generator_cpu_seconds,
         r.updates ? 1000.0 * r.generator_cpu_seconds / static_cast<double>(r.updates) : 0.0,
