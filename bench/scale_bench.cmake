@@ -1,3 +1,4 @@
 # Drives the real fedge-aggregator binary (build it too) with simulated agents;
 # the streaming-memory check runs the aggregator library in-process.
-set(FEDGE_BENCH_LIBS fedge_aggregator fedge_proto gRPC::grpc++ CLI11::CLI11 Threads::Threads)
+# absl::synchronization: main() turns off absl's Mutex deadlock detection, as the aggregator does.
+set(FEDGE_BENCH_LIBS fedge_aggregator fedge_proto gRPC::grpc++ CLI11::CLI11 absl::synchronization Threads::Threads)
