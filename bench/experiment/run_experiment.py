@@ -20,6 +20,7 @@ reason, not a value.
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -328,9 +329,23 @@ def ensure_data(args, alpha, seed):
     return out
 
 
+JOB_NAME_MAX = 40  # fedge's limit on metadata.name (child Services are <job>-aggregator, <job>-inference)
+
+
+def job_name(tag):
+    """The job's metadata.name for a run tag: the tag itself when it fits fedge's 40-character
+    DNS-1123 label, else its first 33 characters and a hash of the whole tag (so two long
+    configurations never share a name)."""
+    tag = tag.replace("_", "-")
+    if len(tag) <= JOB_NAME_MAX:
+        return tag
+    digest = hashlib.sha1(tag.encode()).hexdigest()[:6]
+    return tag[:JOB_NAME_MAX - 7].rstrip("-") + "-" + digest
+
+
 def manifest_for(args, base, name, overrides, alpha, data_dir, seed):
     m = json.loads(json.dumps(base))
-    m["metadata"]["name"] = ("exp-%s-%s%s" % (alpha_tag(alpha), name, seed_tag(args, seed))).replace("_", "-")
+    m["metadata"]["name"] = job_name("exp-%s-%s%s" % (alpha_tag(alpha), name, seed_tag(args, seed)))
     spec = m["spec"]
     spec["model"]["path"] = os.path.abspath(args.model_dir)
     spec["data"]["path"] = data_dir
