@@ -20,7 +20,8 @@ import tempfile
 # Legend names for configurations whose name says too little.
 LABELS = {"int8": "fedavg (int8)",
           "scaffold-lr4e-3": "scaffold-lr4e-3 (quickstart default until c143bf5)",
-          "scaffold-lr4e-3-keep-st01b005": "scaffold-lr4e-3-keep-st01b005 (quickstart default)"}
+          "scaffold-lr4e-3-keep-st01b005": "scaffold-lr4e-3-keep-st01b005 (quickstart default, fp32 global)",
+          "scaffold-lr4e-3-keep-st01b005-g16": "scaffold-lr4e-3-keep-st01b005-g16 (quickstart default since c014b79)"}
 
 
 def curves(results):
@@ -48,7 +49,7 @@ def curves(results):
     return table
 
 
-def gnuplot_script(table, data_path, out_png):
+def gnuplot_script(table, data_path, out_png, references=()):
     alphas = sorted(table, reverse=True)
     lines = ["set terminal png size %d,440" % (560 * len(alphas)),
              "set output '%s'" % out_png,
@@ -70,6 +71,10 @@ def gnuplot_script(table, data_path, out_png):
             plots.append("'%s' index %d using 1:2:3:4 with yerrorlines %s title '%s (%d seed%s)'" % (
                 data_path, index, style, LABELS.get(name, name), nseeds, "" if nseeds == 1 else "s"))
             index += 1
+        # gnuplot's png terminal draws no dashes: the references differ by colour.
+        for i, (value, label) in enumerate(references):
+            plots.append("%g with lines lw 1 lc rgb '%s' title '%s'" % (
+                value, ("black", "gray55", "brown", "dark-green")[i % 4], label.replace("'", "")))
         lines.append("plot " + ", \\\n     ".join(plots))
     lines.append("unset multiplot")
     return "\n".join(lines) + "\n"
@@ -80,12 +85,23 @@ def main():
     p.add_argument("results", help="results.json written by run_experiment.py")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--configs", default="", help="comma-separated configuration names to draw (default: all)")
+    p.add_argument("--reference", action="append", default=[], metavar="VALUE:LABEL",
+                   help="a horizontal line at a measured accuracy named by LABEL (say where it was "
+                        "measured), e.g. a centralized mean from another run; repeatable")
     args = p.parse_args()
     gnuplot = shutil.which("gnuplot")
     if not gnuplot:
         print("plot_curves.py: needs gnuplot (Debian package gnuplot-nox: apt-get install gnuplot-nox); "
               "no PNG written", file=sys.stderr)
         return 3
+    references = []
+    for ref in args.reference:
+        value, _, label = ref.partition(":")
+        try:
+            references.append((float(value), label or value))
+        except ValueError:
+            print("plot_curves.py: --reference wants VALUE:LABEL, got %r" % ref, file=sys.stderr)
+            return 2
     with open(args.results) as f:
         results = json.load(f)
     if args.configs:
@@ -106,7 +122,7 @@ def main():
                     f.write("\n\n")
         script = os.path.join(tmp, "curves.gp")
         with open(script, "w") as f:
-            f.write(gnuplot_script(table, data, os.path.abspath(args.out)))
+            f.write(gnuplot_script(table, data, os.path.abspath(args.out), references))
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         rc = subprocess.run([gnuplot, script]).returncode
     if rc != 0:
