@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   int max_open_streams = 1024;
   uint64_t grpc_memory_bytes = aggregator::ServerOptions{}.grpc_memory_bytes;
   int grpc_stream_window_bytes = aggregator::ServerOptions{}.grpc_stream_window_bytes;
+  int grpc_threads = aggregator::ServerOptions{}.grpc_threads;
   bool exit_when_done = false, show_version = false;
 
   CLI::App app{
@@ -93,6 +94,11 @@ int main(int argc, char** argv) {
                  "HTTP/2 flow-control window per stream (fixed): an upload moves at most this per round "
                  "trip, and a connection buffers at most this per open stream (0: gRPC's 64 KiB)")
       ->check(CLI::Range(0, 1 << 30))
+      ->capture_default_str();
+  app.add_option("--grpc-threads", grpc_threads,
+                 "gRPC completion queues, each drained by one thread that also polls the sockets; one "
+                 "handles every call without a hand-off between threads")
+      ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
@@ -172,6 +178,7 @@ int main(int argc, char** argv) {
   options.max_open_streams = max_open_streams;
   options.grpc_memory_bytes = grpc_memory_bytes;
   options.grpc_stream_window_bytes = grpc_stream_window_bytes;
+  options.grpc_threads = grpc_threads;
   auto server = aggregator::AggregatorServer::Create(*spec, options);
   if (!server.ok()) {
     log::Error("cannot start the aggregator", {{"error", server.status().ToString()}});

@@ -28,9 +28,18 @@ grpc::Status ToGrpc(const Status& s) {
 }  // namespace
 
 // The gRPC adapter: moves messages between streams and the ProtocolHandler.
-// Every method uses gRPC's callback API, so a stream holds no thread while it
-// waits for its peer (issue 10, item 7: 200 half-open streams made 200
-// threads with the synchronous API). The in-flight limits live here:
+// Every method uses gRPC's async completion-queue API: ServerOptions::
+// grpc_threads completion queues (1 by default), each drained by one thread
+// that also polls the sockets, so a message is read, handled and answered on
+// one thread. gRPC 1.51's callback API ran the same work on two
+// CallbackAlternativeCQ threads handing each completion to the other through
+// futexes; on fedge's own messages the async API with one thread took 0.70x
+// of its server CPU per agent round (bench/grpc_api_bench.cpp,
+// aggregator/README.md "Session 22"). A call waiting for its peer holds no
+// thread (issue 10, item 7: 200 half-open streams made 200 threads with the
+// synchronous API): every call is a small state machine with at most one
+// operation in flight, whose completion tag is the call itself. The in-flight
+// limits live here:
 //   - at most max_open_streams SubmitUpdate + FetchGlobal streams at once;
 //   - per agent (after its session is checked) one SubmitUpdate and
 //     kFetchesPerAgent FetchGlobal streams;
@@ -42,8 +51,14 @@ grpc::Status ToGrpc(const Status& s) {
 //   - FetchGlobal is a raw method (ByteBuffer): the global's bytes go out as
 //     slices that reference the engine's encoded GlobalModel, never copied
 //     per fetch (ProtocolHandler::NextChunkWire).
-class AggregatorServer::Service final
-    : public v1::Aggregator::WithRawCallbackMethod_FetchGlobal<v1::Aggregator::CallbackService> {
+using AsyncAggregator = v1::Aggregator::WithAsyncMethod_Join<v1::Aggregator::WithAsyncMethod_GetTask<
+    v1::Aggregator::WithRawMethod_FetchGlobal<v1::Aggregator::WithAsyncMethod_SubmitUpdate<
+        v1::Aggregator::WithAsyncMethod_ReportMetrics<v1::Aggregator::WithAsyncMethod_GetUploadStatus<
+            v1::Aggregator::WithAsyncMethod_SecAggAdvertise<v1::Aggregator::WithAsyncMethod_SecAggShareKeys<
+                v1::Aggregator::WithAsyncMethod_SecAggSubmitMasked<
+                    v1::Aggregator::WithAsyncMethod_SecAggUnmask<v1::Aggregator::Service>>>>>>>>>>;
+
+class AggregatorServer::Service final : public AsyncAggregator {
  public:
   static constexpr int kUploadsPerAgent = 1;
   static constexpr int kFetchesPerAgent = 2;
@@ -52,97 +67,58 @@ class AggregatorServer::Service final
           std::shared_ptr<TokenFile> tokens)
       : handler_(handler), metrics_(metrics), options_(options), tokens_(std::move(tokens)) {}
 
-  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* request,
-                                 v1::JoinResponse* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    Status s = peer.ok() ? handler_->Join(*request, response) : peer;
-    if (s.ok()) response->set_max_task_wait_ms(static_cast<uint32_t>(MaxTaskWaitMs()));
-    reactor->Finish(ToGrpc(s));
-    WakeParked();
-    return reactor;
+  // A completion-queue tag: every call, with its one operation in flight.
+  class Call {
+   public:
+    virtual ~Call() = default;
+    // `ok`: the operation's outcome (false: the call broke, or the server is
+    // shutting down and it was never matched).
+    virtual void Proceed(bool ok) = 0;
+    // The queue is draining (StopPolling): `ok` was the call's last
+    // completion; release what it holds, start nothing, delete it.
+    virtual void Abandon() { delete this; }
+  };
+  template <class Request, class Response>
+  class UnaryCall;
+  class Stream;
+  class FetchCall;
+  class UploadCall;
+
+  // One queue per polling thread; before BuildAndStart.
+  void AddQueues(grpc::ServerBuilder* builder, int n);
+  // Requests the first calls and starts the polling threads; after BuildAndStart.
+  void StartPolling();
+  // After grpc::Server::Shutdown: no operation starts any more, the queues
+  // are drained (each call deleted with its last completion) and the threads joined.
+  void StopPolling();
+
+  // A queue with the lock that keeps operations from starting once it shuts down.
+  struct Queue {
+    std::unique_ptr<grpc::ServerCompletionQueue> cq;
+    std::mutex mu;
+    bool draining = false;  // guarded by mu
+    std::thread thread;
+  };
+  // Requests the next call of the method `Spawn` names on `q` (a matched call
+  // asks for its successor at once, so a method always has calls waiting).
+  template <class C>
+  void Spawn(Queue* q) {
+    new C(this, q);
+  }
+  template <class Request, class Response>
+  void SpawnUnary(Queue* q, typename UnaryCall<Request, Response>::RequestFn request,
+                  void (Service::*handle)(UnaryCall<Request, Response>*)) {
+    UnaryCall<Request, Response>::Spawn(this, q, request, handle);
   }
 
-  // A WAIT answer to a request with wait_ms > 0 is held (parked) until the
-  // engine's TaskEpoch moves or the wait ends (issue 14, item 2: 10,000
-  // agents polling every retry_after_ms were 50,000 calls a second).
-  grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* ctx, const v1::TaskRequest* request,
-                                    v1::Task* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    get_task_calls_.fetch_add(1, std::memory_order_relaxed);
-    Status peer = Peer(*ctx, request->header());
-    if (!peer.ok()) {
-      reactor->Finish(ToGrpc(peer));
-      return reactor;
-    }
-    const int64_t wait_ms = std::min<int64_t>(request->wait_ms(), MaxTaskWaitMs());
-    const int64_t deadline_ms = NowMs() + wait_ms;
-    while (true) {
-      const uint64_t epoch = handler_->engine()->TaskEpoch();
-      response->Clear();
-      Status s = handler_->GetTask(*request, response);
-      if (!s.ok() || response->kind() != v1::TASK_KIND_WAIT || wait_ms <= 0) {
-        reactor->Finish(ToGrpc(s));
-        break;
-      }
-      if (Park(ParkedTask{reactor, request, response, deadline_ms, epoch})) break;
-      // The epoch moved while this call was asking: ask again.
-    }
-    WakeParked();  // the call may have moved the engine (a deadline tick)
-    return reactor;
-  }
-
-  grpc::ServerUnaryReactor* GetUploadStatus(grpc::CallbackServerContext* ctx,
-                                            const v1::UploadStatusRequest* request,
-                                            v1::UploadStatus* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->GetUploadStatus(*request, response) : peer));
-    return reactor;
-  }
-
-  // Secure aggregation (secagg_handler.cpp): unary calls the agent repeats while a phase collects.
-  grpc::ServerUnaryReactor* SecAggAdvertise(grpc::CallbackServerContext* ctx,
-                                            const v1::SecAggAdvertiseRequest* request,
-                                            v1::SecAggRoster* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggAdvertise(*request, response) : peer));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* SecAggShareKeys(grpc::CallbackServerContext* ctx,
-                                            const v1::SecAggShareKeysRequest* request,
-                                            v1::SecAggInbox* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggShareKeys(*request, response) : peer));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* SecAggSubmitMasked(grpc::CallbackServerContext* ctx,
-                                               const v1::SecAggMaskedInput* request,
-                                               v1::SecAggMaskedAck* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggSubmitMasked(*request, response) : peer));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* SecAggUnmask(grpc::CallbackServerContext* ctx,
-                                         const v1::SecAggUnmaskRequest* request,
-                                         v1::SecAggUnmaskResponse* response) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->SecAggUnmask(*request, response) : peer));
-    return reactor;
-  }
-
-  grpc::ServerUnaryReactor* ReportMetrics(grpc::CallbackServerContext* ctx, const v1::MetricsReport* request,
-                                          v1::MetricsAck*) override {
-    auto* reactor = ctx->DefaultReactor();
-    Status peer = Peer(*ctx, request->header());
-    reactor->Finish(ToGrpc(peer.ok() ? handler_->ReportMetrics(*request) : peer));
-    WakeParked();
-    return reactor;
-  }
+  void Join(UnaryCall<v1::JoinRequest, v1::JoinResponse>* call);
+  void GetTask(UnaryCall<v1::TaskRequest, v1::Task>* call);
+  void GetUploadStatus(UnaryCall<v1::UploadStatusRequest, v1::UploadStatus>* call);
+  void SecAggAdvertise(UnaryCall<v1::SecAggAdvertiseRequest, v1::SecAggRoster>* call);
+  void SecAggShareKeys(UnaryCall<v1::SecAggShareKeysRequest, v1::SecAggInbox>* call);
+  void SecAggSubmitMasked(UnaryCall<v1::SecAggMaskedInput, v1::SecAggMaskedAck>* call);
+  void SecAggUnmask(UnaryCall<v1::SecAggUnmaskRequest, v1::SecAggUnmaskResponse>* call);
+  void ReportMetrics(UnaryCall<v1::MetricsReport, v1::MetricsAck>* call);
 
   // Answers the parked GetTask calls whose task may have changed (the
   // engine's TaskEpoch moved) or whose wait ended; `all`: every one (at
@@ -155,11 +131,6 @@ class AggregatorServer::Service final
   }
   uint64_t get_task_calls() const { return get_task_calls_.load(std::memory_order_relaxed); }
 
-  grpc::ServerWriteReactor<grpc::ByteBuffer>* FetchGlobal(grpc::CallbackServerContext* ctx,
-                                                          const grpc::ByteBuffer* request) override;
-  grpc::ServerReadReactor<v1::UpdateChunk>* SubmitUpdate(grpc::CallbackServerContext* ctx,
-                                                         v1::SubmitUpdateResponse* response) override;
-
   // Cancels streams past their header or idle timeout. Called by the ticker.
   void CancelStalled();
   // Cancels the upload streams holding `agent`'s upload slot.
@@ -169,17 +140,13 @@ class AggregatorServer::Service final
     return streams_.size();
   }
 
-  class Stream;
-  class FetchReactor;
-  class UploadReactor;
-
  private:
   static constexpr int64_t kMaxTaskWaitMs = 20'000;  // below agent_liveness_ms (>= 60 s)
   int64_t MaxTaskWaitMs() const { return std::clamp<int64_t>(options_.max_task_wait_ms, 0, kMaxTaskWaitMs); }
 
   struct ParkedTask {
-    grpc::ServerUnaryReactor* reactor;
-    const v1::TaskRequest* request;  // owned by gRPC until Finish
+    UnaryCall<v1::TaskRequest, v1::Task>* call;  // answered (Finish) exactly once
+    const v1::TaskRequest* request;              // the call's, until Finish
     v1::Task* response;
     int64_t deadline_ms;
     uint64_t epoch;  // TaskEpoch when the WAIT answer was made
@@ -232,12 +199,64 @@ class AggregatorServer::Service final
   int64_t next_deadline_ms_ = 0;    // guarded by park_mu_; earliest parked deadline
   bool stopping_ = false;           // guarded by park_mu_; answer, never park
   std::atomic<uint64_t> get_task_calls_{0};
+  std::vector<std::unique_ptr<Queue>> queues_;
+};
+
+// A unary call: requested ahead, handled by `Handle` on the polling thread
+// once matched (which may keep it, as GetTask's long-poll does, and answer it
+// later from another thread), deleted when its answer completes.
+template <class Request, class Response>
+class AggregatorServer::Service::UnaryCall final : public Call {
+ public:
+  // Service::Request<Method>, the new-call queue and the notification queue both `q`'s.
+  using RequestFn = void (*)(Service*, grpc::ServerContext*, Request*,
+                             grpc::ServerAsyncResponseWriter<Response>*, grpc::CompletionQueue*,
+                             grpc::ServerCompletionQueue*, void*);
+  using HandleFn = void (Service::*)(UnaryCall*);
+
+  static void Spawn(Service* service, Queue* q, RequestFn request, HandleFn handle) {
+    new UnaryCall(service, q, request, handle);
+  }
+
+  void Proceed(bool ok) override {
+    if (answered_ || !ok) {  // the answer completed, or never matched (shutdown)
+      delete this;
+      return;
+    }
+    Spawn(service_, q_, request_fn_, handle_);
+    (service_->*handle_)(this);
+  }
+
+  // Answers the call with response() (not sent unless `status` is OK). Once.
+  void Finish(const grpc::Status& status) {
+    answered_ = true;
+    writer_.Finish(response_, status, this);
+  }
+  const grpc::ServerContext& context() const { return ctx_; }
+  const Request& request() const { return request_; }
+  Response* response() { return &response_; }
+
+ private:
+  UnaryCall(Service* service, Queue* q, RequestFn request, HandleFn handle)
+      : service_(service), q_(q), request_fn_(request), handle_(handle), writer_(&ctx_) {
+    request_fn_(service_, &ctx_, &request_, &writer_, q_->cq.get(), q_->cq.get(), this);
+  }
+
+  Service* const service_;
+  Queue* const q_;
+  const RequestFn request_fn_;
+  const HandleFn handle_;
+  grpc::ServerContext ctx_;
+  Request request_;
+  Response response_;
+  grpc::ServerAsyncResponseWriter<Response> writer_;
+  bool answered_ = false;
 };
 
 bool AggregatorServer::Service::Park(ParkedTask task) {
   std::lock_guard<std::mutex> lock(park_mu_);
   if (stopping_) {
-    task.reactor->Finish(grpc::Status::OK);  // the WAIT answer already made
+    task.call->Finish(grpc::Status::OK);  // the WAIT answer already made
     return true;
   }
   // Under park_mu_: a WakeParked that starts after this sees the entry, and
@@ -279,11 +298,11 @@ void AggregatorServer::Service::WakeParked(bool all) {
         continue;
       }
       if (!s.ok()) {
-        t.reactor->Finish(ToGrpc(s));
+        t.call->Finish(ToGrpc(s));
         continue;
       }
     }
-    t.reactor->Finish(grpc::Status::OK);
+    t.call->Finish(grpc::Status::OK);
   }
   if (keep.empty()) return;
   bool again = false;
@@ -298,10 +317,79 @@ void AggregatorServer::Service::WakeParked(bool all) {
   if (again) WakeParked();  // the epoch moved during this pass
 }
 
+void AggregatorServer::Service::Join(UnaryCall<v1::JoinRequest, v1::JoinResponse>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  Status s = peer.ok() ? handler_->Join(call->request(), call->response()) : peer;
+  if (s.ok()) call->response()->set_max_task_wait_ms(static_cast<uint32_t>(MaxTaskWaitMs()));
+  call->Finish(ToGrpc(s));
+  WakeParked();
+}
+
+// A WAIT answer to a request with wait_ms > 0 is held (parked) until the
+// engine's TaskEpoch moves or the wait ends (issue 14, item 2: 10,000
+// agents polling every retry_after_ms were 50,000 calls a second).
+void AggregatorServer::Service::GetTask(UnaryCall<v1::TaskRequest, v1::Task>* call) {
+  get_task_calls_.fetch_add(1, std::memory_order_relaxed);
+  const v1::TaskRequest& request = call->request();
+  Status peer = Peer(call->context(), request.header());
+  if (!peer.ok()) {
+    call->Finish(ToGrpc(peer));
+    return;
+  }
+  const int64_t wait_ms = std::min<int64_t>(request.wait_ms(), MaxTaskWaitMs());
+  const int64_t deadline_ms = NowMs() + wait_ms;
+  while (true) {
+    const uint64_t epoch = handler_->engine()->TaskEpoch();
+    v1::Task* response = call->response();
+    response->Clear();
+    Status s = handler_->GetTask(request, response);
+    if (!s.ok() || response->kind() != v1::TASK_KIND_WAIT || wait_ms <= 0) {
+      call->Finish(ToGrpc(s));
+      break;
+    }
+    if (Park(ParkedTask{call, &request, response, deadline_ms, epoch})) break;
+    // The epoch moved while this call was asking: ask again.
+  }
+  WakeParked();  // the call may have moved the engine (a deadline tick)
+}
+
+void AggregatorServer::Service::GetUploadStatus(UnaryCall<v1::UploadStatusRequest, v1::UploadStatus>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  call->Finish(ToGrpc(peer.ok() ? handler_->GetUploadStatus(call->request(), call->response()) : peer));
+}
+
+// Secure aggregation (secagg_handler.cpp): unary calls the agent repeats while a phase collects.
+void AggregatorServer::Service::SecAggAdvertise(
+    UnaryCall<v1::SecAggAdvertiseRequest, v1::SecAggRoster>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  call->Finish(ToGrpc(peer.ok() ? handler_->SecAggAdvertise(call->request(), call->response()) : peer));
+}
+void AggregatorServer::Service::SecAggShareKeys(
+    UnaryCall<v1::SecAggShareKeysRequest, v1::SecAggInbox>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  call->Finish(ToGrpc(peer.ok() ? handler_->SecAggShareKeys(call->request(), call->response()) : peer));
+}
+void AggregatorServer::Service::SecAggSubmitMasked(
+    UnaryCall<v1::SecAggMaskedInput, v1::SecAggMaskedAck>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  call->Finish(ToGrpc(peer.ok() ? handler_->SecAggSubmitMasked(call->request(), call->response()) : peer));
+}
+void AggregatorServer::Service::SecAggUnmask(
+    UnaryCall<v1::SecAggUnmaskRequest, v1::SecAggUnmaskResponse>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  call->Finish(ToGrpc(peer.ok() ? handler_->SecAggUnmask(call->request(), call->response()) : peer));
+}
+
+void AggregatorServer::Service::ReportMetrics(UnaryCall<v1::MetricsReport, v1::MetricsAck>* call) {
+  Status peer = Peer(call->context(), call->request().header());
+  call->Finish(ToGrpc(peer.ok() ? handler_->ReportMetrics(call->request()) : peer));
+  WakeParked();
+}
+
 // What the stall watchdog needs of a stream.
 class AggregatorServer::Service::Stream {
  public:
-  Stream(Service* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) { Touch(); }
+  Stream(Service* service, grpc::ServerContext* ctx) : service_(service), ctx_(ctx) {}
   virtual ~Stream() = default;
   void Touch() { last_ms_.store(NowMs()); }
   // Called under Service::mu_: true when this is an upload stream holding
@@ -336,7 +424,7 @@ class AggregatorServer::Service::Stream {
 
  protected:
   Service* const service_;
-  grpc::CallbackServerContext* const ctx_;
+  grpc::ServerContext* const ctx_;
   std::atomic<bool> started_{false};  // the header (upload) or the first write (fetch) happened
   std::string agent_;                 // set once the session is checked; guarded by Service::mu_ for reads
   std::string slot_agent_;            // guarded by Service::mu_; set while an upload holds its agent's slot
@@ -348,37 +436,76 @@ class AggregatorServer::Service::Stream {
   bool cancelled_ = false;  // guarded by Service::mu_
 };
 
-class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
-                                                      public Stream {
+class AggregatorServer::Service::FetchCall final : public Call, public Stream {
  public:
-  FetchReactor(Service* service, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw_request)
-      : Stream(service, ctx) {
+  FetchCall(Service* service, Queue* q) : Stream(service, &ctx_), q_(q), writer_(&ctx_) {
+    service_->RequestFetchGlobal(&ctx_, &raw_request_, &writer_, q_->cq.get(), q_->cq.get(), this);
+  }
+
+  void Proceed(bool ok) override {
+    switch (state_) {
+      case State::kRequested:
+        if (!ok) {
+          delete this;  // never matched: the server is shutting down
+          return;
+        }
+        service_->Spawn<FetchCall>(q_);
+        Touch();
+        Open();
+        return;
+      case State::kWriting:
+        Touch();
+        if (!ok) {
+          stream_.sent = last_offset_;  // the last chunk did not go out
+          ReleaseSlot();
+          End(grpc::Status(grpc::StatusCode::CANCELLED, "the agent closed the FetchGlobal stream"));
+          return;
+        }
+        NextWrite();
+        return;
+      case State::kFinishing:
+        Abandon();
+        return;
+    }
+  }
+
+  void Abandon() override {
+    if (opened_) service_->handler_->CloseFetch(stream_);
+    ReleaseSlot();
+    if (registered_) service_->Unregister(this);
+    delete this;
+  }
+
+ private:
+  enum class State { kRequested, kWriting, kFinishing };
+
+  void Open() {
     registered_ = service_->Register(this);
     if (!registered_) {
-      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "the aggregator has too many open streams; retry later"));
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "the aggregator has too many open streams; retry later"));
       return;
     }
     v1::FetchGlobalRequest request;
-    if (!ParseRequest(raw_request, &request)) {
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "FetchGlobal: the request is not a FetchGlobalRequest message"));
+    if (!ParseRequest(raw_request_, &request)) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "FetchGlobal: the request is not a FetchGlobalRequest message"));
       return;
     }
-    if (Status s = service_->Peer(*ctx, request.header()); !s.ok()) {
-      Finish(ToGrpc(s));
+    if (Status s = service_->Peer(ctx_, request.header()); !s.ok()) {
+      End(ToGrpc(s));
       return;
     }
     if (Status s = service_->handler_->OpenFetch(request, &stream_); !s.ok()) {
-      Finish(ToGrpc(s));
+      End(ToGrpc(s));
       return;
     }
     opened_ = true;
     const std::string& agent = request.header().agent_id();
     if (!service_->Acquire(agent, /*upload=*/false)) {
-      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "agent \"" + agent + "\" already has " + std::to_string(kFetchesPerAgent) +
-                              " FetchGlobal streams open; finish them first"));
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "agent \"" + agent + "\" already has " + std::to_string(kFetchesPerAgent) +
+                           " FetchGlobal streams open; finish them first"));
       return;
     }
     {
@@ -391,25 +518,11 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
     NextWrite();
   }
 
-  void OnWriteDone(bool ok) override {
-    Touch();
-    if (!ok) {
-      stream_.sent = last_offset_;  // the last chunk did not go out
-      ReleaseSlot();
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the agent closed the FetchGlobal stream"));
-      return;
-    }
-    NextWrite();
+  void End(const grpc::Status& status) {
+    state_ = State::kFinishing;
+    writer_.Finish(status, this);
   }
 
-  void OnDone() override {
-    if (opened_) service_->handler_->CloseFetch(stream_);
-    ReleaseSlot();
-    if (registered_) service_->Unregister(this);
-    delete this;
-  }
-
- private:
   void ReleaseSlot() {
     if (!holds_slot_) return;
     holds_slot_ = false;
@@ -433,7 +546,7 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
     std::string_view data;
     if (!service_->handler_->NextChunkWire(&stream_, &prefix_, &data)) {
       ReleaseSlot();  // before the agent can see the end of the stream
-      Finish(grpc::Status::OK);
+      End(grpc::Status::OK);
       return;
     }
     grpc::Slice slices[2] = {
@@ -443,9 +556,15 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
                     new std::shared_ptr<const GlobalModel>(stream_.global)),
     };
     chunk_ = grpc::ByteBuffer(slices, data.empty() ? 1 : 2);
-    StartWrite(&chunk_);
+    state_ = State::kWriting;
+    writer_.Write(chunk_, this);
   }
 
+  Queue* const q_;
+  grpc::ServerContext ctx_;
+  grpc::ByteBuffer raw_request_;
+  grpc::ServerAsyncWriter<grpc::ByteBuffer> writer_;
+  State state_ = State::kRequested;
   GlobalStream stream_;
   std::string prefix_;
   grpc::ByteBuffer chunk_;    // the write in flight
@@ -453,33 +572,65 @@ class AggregatorServer::Service::FetchReactor final : public grpc::ServerWriteRe
   bool opened_ = false;
 };
 
-class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadReactor<v1::UpdateChunk>,
-                                                       public Stream {
+class AggregatorServer::Service::UploadCall final : public Call, public Stream {
  public:
-  UploadReactor(Service* service, grpc::CallbackServerContext* ctx, v1::SubmitUpdateResponse* response)
-      : Stream(service, ctx), response_(response) {
-    registered_ = service_->Register(this);
-    if (!registered_) {
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       "the aggregator has too many open streams; retry later"));
-      return;
-    }
-    StartRead(&chunk_);
+  UploadCall(Service* service, Queue* q) : Stream(service, &ctx_), q_(q), reader_(&ctx_) {
+    service_->RequestSubmitUpdate(&ctx_, &reader_, q_->cq.get(), q_->cq.get(), this);
   }
 
-  void OnReadDone(bool ok) override {
-    Touch();
+  void Proceed(bool ok) override {
+    switch (state_) {
+      case State::kRequested:
+        if (!ok) {
+          delete this;  // never matched: the server is shutting down
+          return;
+        }
+        service_->Spawn<UploadCall>(q_);
+        Touch();
+        registered_ = service_->Register(this);
+        if (!registered_) {
+          End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           "the aggregator has too many open streams; retry later"));
+          return;
+        }
+        Read();
+        return;
+      case State::kReading:
+        Touch();
+        OnRead(ok);
+        return;
+      case State::kFinishing:
+        Abandon();
+        return;
+    }
+  }
+
+  void Abandon() override {
+    if (opened_ && !closed_) service_->handler_->ReleaseUpload(&upload_);
+    ReleaseSlot();
+    if (registered_) service_->Unregister(this);
+    delete this;
+  }
+
+ private:
+  enum class State { kRequested, kReading, kFinishing };
+
+  void Read() {
+    state_ = State::kReading;
+    reader_.Read(&chunk_, this);
+  }
+
+  void OnRead(bool ok) {
     if (!started_) {
       OnHeader(ok);
       return;
     }
     if (!ok) {
       // WritesDone, or the stream broke: a named upload keeps what arrived.
-      *response_ = service_->handler_->CloseUpload(&upload_);
+      response_ = service_->handler_->CloseUpload(&upload_);
       closed_ = true;
-      Service* const service = service_;  // `this` may be gone once End returns
       End(grpc::Status::OK);
-      service->WakeParked();  // the update may have closed the round
+      service_->WakeParked();  // the update may have closed the round
       return;
     }
     if (chunk_.has_header()) {
@@ -488,28 +639,21 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
       return;
     }
     Status error;
-    if (!service_->handler_->AppendUpload(&upload_, chunk_.data(), response_, &error)) {
+    if (!service_->handler_->AppendUpload(&upload_, chunk_.data(), &response_, &error)) {
       closed_ = true;
       // Answering early ends the call; the agent's remaining writes fail.
       End(error.ok() ? grpc::Status::OK : ToGrpc(error));
       return;
     }
-    StartRead(&chunk_);
+    Read();
   }
 
-  void OnDone() override {
-    if (opened_ && !closed_) service_->handler_->ReleaseUpload(&upload_);
-    ReleaseSlot();
-    if (registered_) service_->Unregister(this);
-    delete this;
-  }
-
- private:
   // Gives the agent's upload slot back before the answer goes out: the agent
-  // may start its next upload as soon as it has the answer, before OnDone.
+  // may start its next upload as soon as it has the answer, before the call is done.
   void End(const grpc::Status& status) {
     ReleaseSlot();
-    Finish(status);
+    state_ = State::kFinishing;
+    reader_.Finish(response_, status, this);
   }
   void ReleaseSlot() {
     if (!holds_slot_) return;
@@ -529,7 +673,7 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
     }
     started_ = true;
     const v1::UpdateHeader& header = chunk_.header();
-    if (Status s = service_->Peer(*ctx_, header.header()); !s.ok()) {
+    if (Status s = service_->Peer(ctx_, header.header()); !s.ok()) {
       End(ToGrpc(s));
       return;
     }
@@ -537,7 +681,7 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
     if (Status s = service_->handler_->CheckHeader(header.header()); !s.ok()) {
       bool rejected = false;
       // Only for its counting (unknown_agent/session); the answer is the header check's.
-      static_cast<void>(service_->handler_->BeginUpdate(header, response_, &rejected));
+      static_cast<void>(service_->handler_->BeginUpdate(header, &response_, &rejected));
       End(ToGrpc(s));
       return;
     }
@@ -548,11 +692,11 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
       // connection reset does not always reach the old stream's pending read
       // (then it would hold the slot until the idle timeout): the older stream
       // is cancelled, keeps what arrived, and the agent's retry resumes from it.
-      response_->set_accepted(false);
-      response_->set_round(header.round());
-      response_->set_reason_code("upload_busy");
-      response_->set_reason("agent \"" + agent +
-                            "\" already has an upload stream open; one at a time - retry after it ends");
+      response_.set_accepted(false);
+      response_.set_round(header.round());
+      response_.set_reason_code("upload_busy");
+      response_.set_reason("agent \"" + agent +
+                           "\" already has an upload stream open; one at a time - retry after it ends");
       service_->Refused("agent_busy");
       service_->SupersedeUploadsOf(agent);
       End(grpc::Status::OK);
@@ -565,7 +709,7 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
     }
     holds_slot_ = true;
     bool rejected = false;
-    if (Status s = service_->handler_->OpenUpload(header, &upload_, response_, &rejected); !s.ok()) {
+    if (Status s = service_->handler_->OpenUpload(header, &upload_, &response_, &rejected); !s.ok()) {
       End(ToGrpc(s));
       return;
     }
@@ -574,24 +718,82 @@ class AggregatorServer::Service::UploadReactor final : public grpc::ServerReadRe
       return;
     }
     opened_ = true;
-    StartRead(&chunk_);
+    Read();
   }
 
-  v1::SubmitUpdateResponse* const response_;
+  Queue* const q_;
+  grpc::ServerContext ctx_;
+  grpc::ServerAsyncReader<v1::SubmitUpdateResponse, v1::UpdateChunk> reader_;
+  State state_ = State::kRequested;
+  v1::SubmitUpdateResponse response_;
   v1::UpdateChunk chunk_;
   UploadStream upload_;
   bool opened_ = false;  // OpenUpload succeeded
   bool closed_ = false;  // CloseUpload ran or AppendUpload ended it
 };
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* AggregatorServer::Service::FetchGlobal(
-    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) {
-  return new FetchReactor(this, ctx, *request);
+void AggregatorServer::Service::AddQueues(grpc::ServerBuilder* builder, int n) {
+  for (int i = 0; i < std::max(1, n); ++i) {
+    auto q = std::make_unique<Queue>();
+    q->cq = builder->AddCompletionQueue();
+    queues_.push_back(std::move(q));
+  }
 }
 
-grpc::ServerReadReactor<v1::UpdateChunk>* AggregatorServer::Service::SubmitUpdate(
-    grpc::CallbackServerContext* ctx, v1::SubmitUpdateResponse* response) {
-  return new UploadReactor(this, ctx, response);
+void AggregatorServer::Service::StartPolling() {
+  // Calls requested ahead per queue and method; a matched call requests its
+  // successor on the polling thread. Calls that arrive while that thread is
+  // busy wait in gRPC's pending queue (its limits are raised in Start).
+  constexpr int kCallsAhead = 32;
+  for (auto& owned : queues_) {
+    Queue* q = owned.get();
+    for (int i = 0; i < kCallsAhead; ++i) {
+      SpawnUnary(
+          q, [](Service* s, auto... a) { s->RequestJoin(a...); }, &Service::Join);
+      SpawnUnary(
+          q, [](Service* s, auto... a) { s->RequestGetTask(a...); }, &Service::GetTask);
+      SpawnUnary(
+          q, [](Service* s, auto... a) { s->RequestReportMetrics(a...); }, &Service::ReportMetrics);
+      Spawn<FetchCall>(q);
+      Spawn<UploadCall>(q);
+    }
+    // Rare methods: one call waiting each.
+    SpawnUnary(
+        q, [](Service* s, auto... a) { s->RequestGetUploadStatus(a...); }, &Service::GetUploadStatus);
+    SpawnUnary(
+        q, [](Service* s, auto... a) { s->RequestSecAggAdvertise(a...); }, &Service::SecAggAdvertise);
+    SpawnUnary(
+        q, [](Service* s, auto... a) { s->RequestSecAggShareKeys(a...); }, &Service::SecAggShareKeys);
+    SpawnUnary(
+        q, [](Service* s, auto... a) { s->RequestSecAggSubmitMasked(a...); }, &Service::SecAggSubmitMasked);
+    SpawnUnary(
+        q, [](Service* s, auto... a) { s->RequestSecAggUnmask(a...); }, &Service::SecAggUnmask);
+    q->thread = std::thread([q] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (q->cq->Next(&tag, &ok)) {
+        std::lock_guard<std::mutex> lock(q->mu);
+        if (q->draining) {
+          static_cast<Call*>(tag)->Abandon();  // its last operation: nothing may start now
+          continue;
+        }
+        static_cast<Call*>(tag)->Proceed(ok);
+      }
+    });
+  }
+}
+
+void AggregatorServer::Service::StopPolling() {
+  for (auto& q : queues_) {
+    {
+      std::lock_guard<std::mutex> lock(q->mu);
+      q->draining = true;
+    }
+    q->cq->Shutdown();
+  }
+  for (auto& q : queues_) {
+    if (q->thread.joinable()) q->thread.join();
+  }
 }
 
 bool AggregatorServer::Service::Register(Stream* stream) {
@@ -819,12 +1021,20 @@ Status AggregatorServer::Start() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 300'000);
+  // Calls that arrive while the polling threads are busy wait in gRPC's
+  // pending queue; its default limits (1,000 soft: older calls are refused
+  // past it; 3,000 hard) are below what 10,000 agents send when a round opens.
+  // The streams per connection bound it instead.
+  builder.AddChannelArgument("grpc.server.max_pending_requests", 1 << 20);
+  builder.AddChannelArgument("grpc.server.max_pending_requests_hard_limit", 1 << 20);
   builder.RegisterService(service_.get());
+  service_->AddQueues(&builder, options_.grpc_threads);
   grpc_server_ = builder.BuildAndStart();
   if (!grpc_server_ || grpc_port_ == 0) {
     grpc_server_.reset();
     return UnavailableError("cannot listen for gRPC on " + options_.grpc_address);
   }
+  service_->StartPolling();
 
   if (!options_.http_address.empty()) {
     http_ = std::make_unique<HttpServer>(options_.http_address);
@@ -841,6 +1051,7 @@ Status AggregatorServer::Start() {
     http_->HandleMetrics(metrics_->registry());
     if (Status s = http_->Start(); !s.ok()) {
       grpc_server_->Shutdown();
+      service_->StopPolling();
       grpc_server_.reset();
       http_.reset();
       return s;
@@ -891,6 +1102,7 @@ void AggregatorServer::Shutdown(std::chrono::milliseconds grace) {
   if (grpc_server_) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() + grace);
     grpc_server_->Wait();
+    service_->StopPolling();
   }
   if (http_) http_->Stop();
   if (started) log::Info("aggregator stopped", {{"job", engine_->options().job}});

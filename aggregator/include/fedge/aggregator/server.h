@@ -79,7 +79,11 @@ struct ServerOptions {
   // pressure reset uploads already in flight: RST_STREAM PROTOCOL_ERROR, 1-6
   // per 30,000 uploads). An upload moves at most this per round trip.
   int grpc_stream_window_bytes = 1 << 20;
-  int grpc_max_threads = 64;       // grpc::ResourceQuota
+  int grpc_max_threads = 64;  // grpc::ResourceQuota
+  // gRPC completion queues, each drained by one thread that also polls the
+  // sockets (server.cpp). One thread handles every call without handing it
+  // to another; more only help with cores to spare beside the agents' load.
+  int grpc_threads = 1;
   int64_t tick_interval_ms = 200;  // how often deadlines are checked
   // Longest GetTask long-poll held (TaskRequest.wait_ms is capped at it, and
   // at 20 s); told to agents in JoinResponse.max_task_wait_ms. 0: every
