@@ -96,8 +96,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 1 << 30))
       ->capture_default_str();
   app.add_option("--grpc-threads", grpc_threads,
-                 "gRPC completion queues, each drained by one thread that also polls the sockets; one "
-                 "handles every call without a hand-off between threads")
+                 "gRPC completion queues, each drained by one thread that also polls the sockets (1: the "
+                 "least CPU per update, at most one core's worth of calls)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_flag("--exit-when-done", exit_when_done,

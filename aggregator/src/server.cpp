@@ -29,13 +29,13 @@ grpc::Status ToGrpc(const Status& s) {
 
 // The gRPC adapter: moves messages between streams and the ProtocolHandler.
 // Every method uses gRPC's async completion-queue API: ServerOptions::
-// grpc_threads completion queues (1 by default), each drained by one thread
+// grpc_threads completion queues (2 by default), each drained by one thread
 // that also polls the sockets, so a message is read, handled and answered on
-// one thread. gRPC 1.51's callback API ran the same work on two
-// CallbackAlternativeCQ threads handing each completion to the other through
-// futexes; on fedge's own messages the async API with one thread took 0.70x
-// of its server CPU per agent round (bench/grpc_api_bench.cpp,
-// aggregator/README.md "Session 22"). A call waiting for its peer holds no
+// the thread whose queue it belongs to. gRPC 1.51's callback API ran the same
+// work on two CallbackAlternativeCQ threads handing completions to each other
+// through futexes (5.3 context switches per agent round against 1.1 with one
+// queue, 3.1 with two; bench/grpc_api_bench.cpp, aggregator/README.md
+// "Session 22"). A call waiting for its peer holds no
 // thread (issue 10, item 7: 200 half-open streams made 200 threads with the
 // synchronous API): every call is a small state machine with at most one
 // operation in flight, whose completion tag is the call itself. The in-flight

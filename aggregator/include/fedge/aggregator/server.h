@@ -82,8 +82,10 @@ struct ServerOptions {
   int grpc_max_threads = 64;  // grpc::ResourceQuota
   // gRPC completion queues, each drained by one thread that also polls the
   // sockets (server.cpp). One thread handles every call without handing it
-  // to another; more only help with cores to spare beside the agents' load.
-  int grpc_threads = 1;
+  // to another and takes the least CPU per update, but serves at most one
+  // core's worth; two kept fedge_bench_scale's rounds/min at the callback
+  // API's on two shared cores (aggregator/README.md, Session 22).
+  int grpc_threads = 2;
   int64_t tick_interval_ms = 200;  // how often deadlines are checked
   // Longest GetTask long-poll held (TaskRequest.wait_ms is capped at it, and
   // at 20 s); told to agents in JoinResponse.max_task_wait_ms. 0: every
