@@ -743,7 +743,7 @@ void AggregatorServer::Service::AddQueues(grpc::ServerBuilder* builder, int n) {
 void AggregatorServer::Service::StartPolling() {
   // Calls requested ahead per queue and method; a matched call requests its
   // successor on the polling thread. Calls that arrive while that thread is
-  // busy wait in gRPC's pending queue (its limits are raised in Start).
+  // busy wait in gRPC's pending queue (see Start).
   constexpr int kCallsAhead = 32;
   for (auto& owned : queues_) {
     Queue* q = owned.get();
@@ -1022,9 +1022,10 @@ Status AggregatorServer::Start() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 300'000);
   // Calls that arrive while the polling threads are busy wait in gRPC's
-  // pending queue; its default limits (1,000 soft: older calls are refused
-  // past it; 3,000 hard) are below what 10,000 agents send when a round opens.
-  // The streams per connection bound it instead.
+  // pending queue. Debian's gRPC 1.51 does not limit it (its library has no
+  // such argument); later releases refuse calls past these two (1,000 and
+  // 3,000 by default, below what 10,000 agents send when a round opens), so
+  // they are raised for a newer libgrpc: the streams per connection bound it.
   builder.AddChannelArgument("grpc.server.max_pending_requests", 1 << 20);
   builder.AddChannelArgument("grpc.server.max_pending_requests_hard_limit", 1 << 20);
   builder.RegisterService(service_.get());
