@@ -108,6 +108,29 @@ TEST(ServerLoopbackTest, ThreeAgentsRunTwoRoundsOverGrpc) {
   EXPECT_EQ(code, 200);
 }
 
+// The server's completion queues (ServerOptions::grpc_threads, default 2):
+// one queue serves every call on one thread; four spread them over threads
+// that poll the same sockets. Both run the same rounds to the same global.
+TEST(ServerLoopbackTest, OneOrFourCompletionQueuesServeTheSameRounds) {
+  for (int threads : {1, 4}) {
+    SCOPED_TRACE("grpc_threads " + std::to_string(threads));
+    ServerOptions options = LoopbackOptions();
+    options.grpc_threads = threads;
+    auto server = StartServer(Spec(2), options);
+    ASSERT_NE(server, nullptr);
+    auto agents = MakeAgents(server->grpc_port());
+    RunAll(agents);
+    EngineStatus s = server->engine().GetStatus();
+    EXPECT_EQ(s.state, JobState::kSucceeded);
+    EXPECT_EQ(s.global_version, 3);
+    for (const auto& a : agents) EXPECT_EQ(a->trained(), 2);
+    auto global = server->engine().Global(0);
+    ASSERT_TRUE(global.ok());
+    for (float v : (*global)->bundle.Find("lora_b")->values) EXPECT_NEAR(v, 2 * kRoundStep, 1e-5);
+    server->Shutdown(std::chrono::seconds(2));
+  }
+}
+
 TEST(ServerLoopbackTest, AsyncModeRunsBufferedRoundsOverGrpc) {
   JobSpec spec = Spec(3);
   spec.rounds.mode = "async";
