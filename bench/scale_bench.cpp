@@ -3,7 +3,7 @@
 //
 // Each simulated agent follows protocol v1 the way fedge-agent does (Join,
 // GetTask loop honouring retry_after_ms, FetchGlobal when its version is old,
-// SubmitUpdate, ReportMetrics) but "trains" by sending one of a few
+// SubmitUpdate, ReportMetrics or the evaluation with the next update) but "trains" by sending one of a few
 // pre-encoded int8+zstd deltas of the quickstart's size (83,353 values, about
 // 85 KB on the wire). The agents are multiplexed over a small pool of worker
 // threads by a due-time queue (no thread per agent) and a few channels.
@@ -877,7 +877,7 @@ class Bench {
   }
 
   bool Submit(SimAgent& agent, v1::Aggregator::Stub& stub, const Payload& p, int64_t round, int64_t base,
-              bool is_delta) {
+              bool is_delta, bool with_evaluation = false) {
     grpc::ClientContext ctx;
     v1::SubmitUpdateResponse response;
     auto writer = stub.SubmitUpdate(&ctx, &response);
@@ -895,6 +895,13 @@ class Bench {
     h->set_steps(20);
     h->set_is_delta(is_delta);
     h->set_raw_bytes(p.raw_bytes);
+    if (with_evaluation) {  // what the EVALUATE task's ReportMetrics would have said
+      v1::Evaluation* e = h->mutable_evaluation();
+      e->set_global_version(base);
+      e->set_num_examples(20);
+      (*e->mutable_values())["accuracy"] = 0.5;
+      (*e->mutable_values())["loss"] = 1.0;
+    }
     writer->Write(chunk);
     constexpr size_t kChunk = 4u << 20;
     for (size_t off = 0; off < bytes.size(); off += kChunk) {
@@ -953,6 +960,7 @@ class Bench {
       req.set_node_name("sim-node-" + std::to_string(index));
       req.mutable_capabilities()->set_num_train_examples(100);
       req.mutable_capabilities()->set_num_eval_examples(100);
+      req.mutable_capabilities()->set_evaluates_before_training(evaluate_before_training_);
       for (const NamedTensor& t : initial_.tensors) {
         v1::TensorShape* shape = req.mutable_capabilities()->add_trainable_layout();
         shape->set_name(t.name);
@@ -994,7 +1002,7 @@ class Bench {
         if (agent.held_version != task.global_version() && !Fetch(agent, stub, task.global_version()))
           return 200;
         Submit(agent, stub, deltas_[static_cast<size_t>(index) % deltas_.size()], task.round(),
-               task.global_version(), true);
+               task.global_version(), true, task.evaluate_global());
         return 0;
       }
       case v1::TASK_KIND_EVALUATE: {
@@ -1073,6 +1081,9 @@ class Bench {
   // Diagnostic: the agents never call FetchGlobal (they act as if they held
   // every version), to measure what the global download costs the aggregator.
   bool skip_fetch_ = false;
+  // Agents declare Capabilities.evaluates_before_training (false: the
+  // aggregator evaluates every round in a phase of its own).
+  bool evaluate_before_training_ = true;
 
  private:
   TensorBundle initial_;
@@ -1146,6 +1157,13 @@ int main(int argc, char** argv) {
   app.add_option("--compare-global-codec", compare_global_codec,
                  "also run every agent count with this spec.compression.globalCodec (same binaries), "
                  "alternating, and print the ratios");
+  bool evaluation_phase = false, compare_evaluation = false;
+  app.add_flag("--evaluation-phase", evaluation_phase,
+               "the agents do not declare Capabilities.evaluates_before_training, so the aggregator "
+               "evaluates every round in a phase of its own (EVALUATE tasks and ReportMetrics)");
+  app.add_flag("--compare-evaluation", compare_evaluation,
+               "also run every agent count with the other evaluation (phase vs with the next round's "
+               "updates; same binary), alternating, and print the ratios");
   app.add_option("--wait-ms", wait_ms,
                  "GetTask long-poll the agents ask for (TaskRequest.wait_ms); 0: poll after retry_after_ms")
       ->capture_default_str();
@@ -1219,6 +1237,12 @@ int main(int argc, char** argv) {
       "%.1f\n",
       threads, channels, wait_ms > 0 ? ("long-poll " + std::to_string(wait_ms) + " ms").c_str() : "polling",
       std::thread::hardware_concurrency(), LoadAverage());
+  auto evaluation_name = [](bool phase) {
+    return phase ? "a phase of its own (EVALUATE + ReportMetrics)" : "with the next round's updates";
+  };
+  std::printf("evaluation of each round's global: %s%s%s\n", evaluation_name(evaluation_phase),
+              compare_evaluation ? "; compared: " : "",
+              compare_evaluation ? evaluation_name(!evaluation_phase) : "");
   if (!compare.empty() && !std::filesystem::exists(compare)) {
     std::fprintf(stderr, "no aggregator binary at %s (--compare)\n", compare.c_str());
     return 2;
@@ -1270,13 +1294,18 @@ int main(int argc, char** argv) {
     // With --compare the two binaries alternate which goes first, so that a
     // change in the machine's load does not always favour the same one.
     // --compare-global-codec likewise, with this binary (or --compare's).
-    const bool comparing = !compare.empty() || !compare_global_codec.empty();
+    const bool comparing = !compare.empty() || !compare_global_codec.empty() || compare_evaluation;
     const std::string other_codec = compare_global_codec.empty() ? global_codec : compare_global_codec;
     RunResult r, other;
     const bool other_first = comparing && i % 2 == 1;
-    if (other_first) other = bench.Run(n, compare, other_codec);
+    auto run_other = [&] {
+      bench.evaluate_before_training_ = compare_evaluation ? evaluation_phase : !evaluation_phase;
+      other = bench.Run(n, compare, other_codec);
+    };
+    if (other_first) run_other();
+    bench.evaluate_before_training_ = !evaluation_phase;
     r = bench.Run(n, "", global_codec);
-    if (comparing && !other_first) other = bench.Run(n, compare, other_codec);
+    if (comparing && !other_first) run_other();
     for (const RunResult* x : {&r, &other}) {
       if (x == &other && !comparing) continue;
       if (!x->ok) {

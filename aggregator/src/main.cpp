@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   uint64_t grpc_memory_bytes = aggregator::ServerOptions{}.grpc_memory_bytes;
   int grpc_stream_window_bytes = aggregator::ServerOptions{}.grpc_stream_window_bytes;
   int grpc_threads = aggregator::ServerOptions{}.grpc_threads;
-  bool exit_when_done = false, show_version = false;
+  bool exit_when_done = false, show_version = false, blocking_evaluation = false;
 
   CLI::App app{
       "fedge-aggregator: runs the rounds of one FederatedTrainingJob and serves protocol v1 to agents"};
@@ -100,6 +100,11 @@ int main(int argc, char** argv) {
                  "least CPU per update, at most one core's worth of calls)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_flag("--blocking-evaluation", blocking_evaluation,
+               "evaluate every round's global in a phase of its own, all live agents reporting before the "
+               "next round starts; by default, when every agent can, a round's global is evaluated by the "
+               "next round's agents before they train and the results come with their updates (one barrier "
+               "and two calls per agent and round fewer; the last round is always a phase)");
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
@@ -170,6 +175,7 @@ int main(int argc, char** argv) {
   options.http_address = http;
   options.checkpoint_dir = checkpoint_dir;
   options.expected_agents = expected_agents;
+  options.blocking_evaluation = blocking_evaluation;
   options.tokens_file = tokens_file;
   options.max_partial_upload_bytes = max_partial_upload_bytes;
   options.max_update_bytes = max_update_bytes;

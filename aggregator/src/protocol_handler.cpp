@@ -24,6 +24,15 @@ UpdateMeta MetaFromHeader(const v1::UpdateHeader& header) {
   meta.steps = header.steps();
   meta.encoded_bytes = header.total_bytes();
   meta.feedback_examples = header.feedback_examples();
+  if (header.has_evaluation()) {
+    const v1::Evaluation& e = header.evaluation();
+    EvalReport report;
+    report.global_version = e.global_version();
+    report.num_examples = e.num_examples();
+    if (auto it = e.values().find("accuracy"); it != e.values().end()) report.accuracy = it->second;
+    if (auto it = e.values().find("loss"); it != e.values().end()) report.loss = it->second;
+    meta.evaluation = std::move(report);
+  }
   return meta;
 }
 
@@ -142,6 +151,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
   info.node_name = request.node_name();
   info.num_train_examples = request.capabilities().num_train_examples();
   info.num_eval_examples = request.capabilities().num_eval_examples();
+  info.evaluates_before_training = request.capabilities().evaluates_before_training();
   FEDGE_ASSIGN_OR_RETURN(info.layout, LayoutFromJoin(request.capabilities()));
   response->set_session(engine_->Join(agent, info));
   response->set_protocol_version(kProtocolVersion);
@@ -180,6 +190,7 @@ Status ProtocolHandler::GetTask(const v1::TaskRequest& request, v1::Task* respon
   response->set_deadline_unix_ms(task.deadline_unix_ms);
   response->set_retry_after_ms(task.retry_after_ms);
   response->set_message(task.message);
+  response->set_evaluate_global(task.evaluate_global);
   if (task.kind == TaskKind::kTrain || task.kind == TaskKind::kInitialize ||
       task.kind == TaskKind::kEvaluate) {
     if (!task.config.spec) return InternalError("the engine handed out a task without the job spec");

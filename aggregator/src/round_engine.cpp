@@ -86,6 +86,19 @@ int64_t ShapeElements(const TensorBundle& layout) {
   return n;
 }
 
+// What ReportMetrics and an update's evaluation must satisfy.
+Status CheckEvaluationValues(const EvalReport& report) {
+  // 0 examples: the agent has no held-out data; it answered, with no weight.
+  if (report.num_examples < 0) {
+    return InvalidArgumentError("num_examples must be >= 0, got " + std::to_string(report.num_examples));
+  }
+  if (report.accuracy && !(*report.accuracy >= 0 && *report.accuracy <= 1)) {
+    return InvalidArgumentError("accuracy must be in [0, 1], got " + std::to_string(*report.accuracy));
+  }
+  if (report.loss && !std::isfinite(*report.loss)) return InvalidArgumentError("loss must be finite");
+  return OkStatus();
+}
+
 }  // namespace
 
 std::string LayoutKey(const TensorBundle& layout) {
@@ -227,6 +240,16 @@ Status RoundEngine::Restore(CheckpointData data) {
     finished_at_ms_ = now;
   } else {
     state_ = JobState::kWaitingForAgents;
+    // The last completed round has no evaluation (it was to come with the next
+    // round's updates, or the aggregator died in its phase): the next round's
+    // agents that can evaluate before training are asked for it.
+    if (!history_.empty() && history_.back().round == data.completed_round &&
+        history_.back().evaluators == 0 && options_.evaluate_with_next_round && !options_.async &&
+        !options_.secagg.enabled && !options_.dp.enabled) {
+      pending_eval_ = EvalRound{};
+      pending_eval_round_ = data.completed_round;
+      pending_eval_version_ = global_->version;
+    }
   }
   log::Info("resumed from checkpoint", {{"completed_round", data.completed_round},
                                         {"next_round", round_},
@@ -254,6 +277,7 @@ std::string RoundEngine::Join(const std::string& agent_id, const AgentInfo& info
     agent.layout_key = LayoutKey(*layout);
     agent.layout = std::move(layout);
   }
+  agent.evaluates_before_training = info.evaluates_before_training;
   agent.last_seen_ms = now;
   agent.got_done = false;
   if (metrics_) metrics_->SetAgentsJoined(static_cast<int64_t>(agents_.size()));
@@ -413,6 +437,8 @@ TaskInfo RoundEngine::GetTask(const std::string& agent_id, int64_t held_version)
     }
     t.kind = TaskKind::kTrain;
     t.deadline_unix_ms = train_.deadline_ms;
+    t.evaluate_global = pending_eval_round_ > 0 && pending_eval_version_ == global_->version &&
+                        agent.evaluates_before_training && !pending_eval_.reported.count(agent_id);
     return t;
   }
   if (phase_ == Phase::kEvaluate) {
@@ -598,6 +624,11 @@ UpdateVerdict RoundEngine::PrecheckLocked(const UpdateMeta& meta) {
     return RejectLocked(meta, "bad_request",
                         "num_examples must be >= 0, got " + std::to_string(meta.num_examples));
   }
+  if (meta.evaluation) {
+    if (Status s = CheckEvaluationValues(*meta.evaluation); !s.ok()) {
+      return RejectLocked(meta, "bad_request", "the update's evaluation: " + s.message());
+    }
+  }
   if (options_.async) {
     if (phase_ == Phase::kEvaluate) {
       return RejectLocked(meta, "round_closed",
@@ -682,6 +713,22 @@ UpdateVerdict RoundEngine::SubmitUpdate(const UpdateMeta& meta, const TensorBund
   UpdateVerdict v = AddLocked(meta, bundle, norm);
   if (!v.accepted) return v;
   agent.last_accepted_round = meta.round;
+  if (meta.evaluation) {
+    // Round pending_eval_round_'s global, asked for by this round's TRAIN task.
+    // Another version (an agent that evaluated something else) is not counted.
+    if (pending_eval_round_ > 0 && meta.evaluation->global_version == pending_eval_version_ &&
+        !pending_eval_.reported.count(meta.agent_id)) {
+      EvalReport report = *meta.evaluation;
+      report.agent_id = meta.agent_id;
+      report.round = pending_eval_round_;
+      FoldEvaluationLocked(&pending_eval_, report);
+    } else {
+      log::Warn("evaluation with the update not counted: no evaluation of that version is pending",
+                {{"agent", meta.agent_id},
+                 {"global_version", meta.evaluation->global_version},
+                 {"pending_version", pending_eval_round_ > 0 ? pending_eval_version_ : 0}});
+    }
+  }
   log::Info("update accepted", {{"agent", meta.agent_id},
                                 {"round", meta.round},
                                 {"num_examples", meta.num_examples},
@@ -790,14 +837,13 @@ Status RoundEngine::ReportEvaluation(const EvalReport& report) {
     return AlreadyExistsError("agent " + report.agent_id + " already reported round " +
                               std::to_string(round_));
   }
-  // 0 examples: the agent has no held-out data; it answered, with no weight.
-  if (report.num_examples < 0) {
-    return InvalidArgumentError("num_examples must be >= 0, got " + std::to_string(report.num_examples));
-  }
-  if (report.accuracy && !(*report.accuracy >= 0 && *report.accuracy <= 1)) {
-    return InvalidArgumentError("accuracy must be in [0, 1], got " + std::to_string(*report.accuracy));
-  }
-  if (report.loss && !std::isfinite(*report.loss)) return InvalidArgumentError("loss must be finite");
+  FEDGE_RETURN_IF_ERROR(CheckEvaluationValues(report));
+  FoldEvaluationLocked(&eval_, report);
+  TickLocked(now);
+  return OkStatus();
+}
+
+void RoundEngine::FoldEvaluationLocked(EvalRound* eval, const EvalReport& report) {
   // The same bound as update weights: one agent cannot outvote the others'
   // held-out sets by claiming a huge one.
   auto agent = agents_.find(report.agent_id);
@@ -805,22 +851,61 @@ Status RoundEngine::ReportEvaluation(const EvalReport& report) {
                                              agent == agents_.end() ? 0 : agent->second.num_eval_examples);
   const double n = static_cast<double>(weight);
   if (report.accuracy) {
-    eval_.correct += *report.accuracy * n;
-    eval_.acc_examples += weight;
+    eval->correct += *report.accuracy * n;
+    eval->acc_examples += weight;
   }
   if (report.loss) {
-    eval_.loss_sum += *report.loss * n;
-    eval_.loss_examples += weight;
+    eval->loss_sum += *report.loss * n;
+    eval->loss_examples += weight;
   }
-  eval_.reported.insert(report.agent_id);
+  eval->reported.insert(report.agent_id);
   log::Info("evaluation reported", {{"agent", report.agent_id},
                                     {"round", report.round},
                                     {"num_examples", report.num_examples},
                                     {"weight", weight},
                                     {"accuracy", report.accuracy.value_or(NAN)},
-                                    {"loss", report.loss.value_or(NAN)}});
-  TickLocked(now);
-  return OkStatus();
+                                    {"loss", report.loss.value_or(NAN)},
+                                    {"with_update", eval != &eval_}});
+}
+
+bool RoundEngine::DefersEvaluationLocked(int64_t now) const {
+  if (!options_.evaluate_with_next_round || options_.async || options_.secagg.enabled || options_.dp.enabled)
+    return false;
+  // The last round's evaluation is the job's result: it has no next round.
+  if (round_ >= options_.total_rounds) return false;
+  // Only when the next round invites every live agent, so that every agent
+  // the phase would ask is asked (client sampling keeps the phase).
+  if (options_.fraction < 1.0) return false;
+  const std::vector<std::string> live = LiveAgentsLocked(now);
+  if (live.empty()) return false;
+  for (const std::string& id : live) {
+    auto it = agents_.find(id);
+    if (it == agents_.end() || !it->second.evaluates_before_training) return false;
+  }
+  return true;
+}
+
+void RoundEngine::ApplyPendingEvaluationLocked() {
+  if (pending_eval_round_ == 0) return;
+  const int64_t round = pending_eval_round_;
+  pending_eval_round_ = 0;
+  auto record = std::find_if(history_.begin(), history_.end(),
+                             [round](const RoundRecord& r) { return r.round == round; });
+  if (record == history_.end()) return;
+  if (pending_eval_.acc_examples > 0)
+    record->accuracy = pending_eval_.correct / static_cast<double>(pending_eval_.acc_examples);
+  if (pending_eval_.loss_examples > 0)
+    record->loss = pending_eval_.loss_sum / static_cast<double>(pending_eval_.loss_examples);
+  record->eval_examples = std::max(pending_eval_.acc_examples, pending_eval_.loss_examples);
+  record->evaluators = static_cast<int>(pending_eval_.reported.size());
+  if (metrics_) metrics_->SetRoundEvaluation(record->accuracy.value_or(NAN), record->loss.value_or(NAN));
+  log::Info("round evaluated with the next round's updates", {{"round", round},
+                                                              {"global_version", pending_eval_version_},
+                                                              {"evaluators", record->evaluators},
+                                                              {"accuracy", record->accuracy.value_or(NAN)},
+                                                              {"loss", record->loss.value_or(NAN)},
+                                                              {"eval_examples", record->eval_examples}});
+  pending_eval_ = EvalRound{};
 }
 
 StatusOr<std::shared_ptr<const GlobalModel>> RoundEngine::Global(int64_t version) const {
@@ -1140,6 +1225,9 @@ void RoundEngine::StartTrainLocked(int64_t now) {
 }
 
 void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
+  // The previous round's evaluation came with this round's updates: complete
+  // its record before this round's joins the history.
+  ApplyPendingEvaluationLocked();
   if (strategy_->count() == 0) {
     // Only zero-weight answers: the model carries over under the next version
     // so the round still completes like any other.
@@ -1179,6 +1267,21 @@ void RoundEngine::CloseTrainLocked(int64_t now, const std::string& reason) {
       StartAsyncLocked(now);
       return;
     }
+  }
+  if (DefersEvaluationLocked(now)) {
+    pending_eval_ = EvalRound{};
+    pending_eval_round_ = round_;
+    pending_eval_version_ = global_->version;
+    log::Info("round aggregated", {{"round", round_},
+                                   {"participants", current_.participants},
+                                   {"reason", reason},
+                                   {"global_version", global_->version},
+                                   {"train_loss", current_.train_loss.value_or(NAN)},
+                                   {"evaluation", "with the next round's updates"}});
+    // The record (without its evaluation yet) and the checkpoint; the next
+    // round starts on this Tick.
+    CompleteRoundLocked(now);
+    return;
   }
   // The new global goes to disk now, not after the evaluation: an aggregator
   // that dies while agents evaluate resumes with this round's model (its

@@ -938,6 +938,7 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   if (options.secagg_phase_timeout_ms > 0)
     engine_options.secagg.phase_timeout_ms = options.secagg_phase_timeout_ms;
   engine_options.secagg.on_masked_input = options.secagg_on_masked_input;
+  if (options.blocking_evaluation) engine_options.evaluate_with_next_round = false;
 
   std::optional<CheckpointData> resume;
   if (!options.checkpoint_dir.empty()) {

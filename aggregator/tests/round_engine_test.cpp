@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
+#include <set>
 
 #include "test_util.h"
 
@@ -884,6 +886,212 @@ TEST_F(RoundEngineTest, TheScaffoldControlIsSentInTheGlobalCodec) {
   EXPECT_TRUE(rounded) << "the control went out in full precision";
   // Encoded once for this control: the next task carries the same bytes object.
   EXPECT_EQ(engine_->GetTask("a", 2).config.scaffold_control, t2.config.scaffold_control);
+}
+
+// --- Evaluation with the next round's updates -------------------------------
+
+// Agents that evaluate before training when a TRAIN task asks (fedge-agent does).
+AgentInfo EvaluatingInfo(const std::string& id) {
+  AgentInfo info = Info(id, 100, 100);
+  info.evaluates_before_training = true;
+  return info;
+}
+
+EvalReport Evaluation(int64_t version, double accuracy, int64_t n, double loss) {
+  EvalReport report;
+  report.global_version = version;
+  report.num_examples = n;
+  report.accuracy = accuracy;
+  report.loss = loss;
+  return report;
+}
+
+class EvaluationWithUpdatesTest : public RoundEngineTest {
+ protected:
+  // Make(options), `ids` joined declaring evaluates_before_training (those in
+  // `phase_only` without it), the global initialized to zeros: round 1 open.
+  void Start(EngineOptions options, const std::vector<std::string>& ids,
+             const std::set<std::string>& phase_only = {}, CheckpointStore* store = nullptr) {
+    Make(std::move(options), store);
+    for (const std::string& id : ids)
+      sessions_[id] = engine_->Join(id, phase_only.count(id) ? Info(id, 100, 100) : EvaluatingInfo(id));
+    Initialize(ids.front(), SmallBundle(0, 0, 0, 0));
+  }
+
+  UpdateVerdict SubmitWith(const std::string& agent, int64_t round, int64_t base, const TensorBundle& delta,
+                           std::optional<EvalReport> evaluation, int64_t n = 10) {
+    UpdateMeta meta;
+    meta.agent_id = agent;
+    meta.round = round;
+    meta.base_version = base;
+    meta.num_examples = n;
+    meta.train_loss = 1.0;
+    meta.encoded_bytes = 100;
+    meta.raw_bytes = 400;
+    meta.evaluation = std::move(evaluation);
+    return engine_->SubmitUpdate(meta, delta);
+  }
+};
+
+TEST_F(EvaluationWithUpdatesTest, ARoundIsEvaluatedByTheNextRoundsAgentsBeforeTheyTrain) {
+  testing::TempDir dir;
+  CheckpointStore store(dir.path());
+  Start(Options(3, 2), {"a", "b"}, {}, &store);
+  // Round 1 has no earlier global to evaluate.
+  TaskInfo t1 = engine_->GetTask("a", 1);
+  ASSERT_EQ(t1.kind, TaskKind::kTrain);
+  EXPECT_FALSE(t1.evaluate_global);
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(3, 3, 3, 3)).accepted);
+
+  // No evaluate phase: round 1 is recorded without its evaluation and round 2
+  // trains at once, on version 2, asking for version 2's evaluation first.
+  ExpectPhaseAndVersion(Phase::kTrain, 2);
+  EngineStatus s = engine_->GetStatus();
+  EXPECT_EQ(s.round, 2);
+  ASSERT_EQ(s.rounds.size(), 1u);
+  EXPECT_FALSE(s.rounds[0].accuracy.has_value());
+  EXPECT_EQ(s.rounds[0].evaluators, 0);
+  EXPECT_EQ(metrics_.rounds_completed(), 1);
+  TaskInfo t = engine_->GetTask("a", 2);
+  ASSERT_EQ(t.kind, TaskKind::kTrain);
+  EXPECT_EQ(t.round, 2);
+  EXPECT_EQ(t.global_version, 2);
+  EXPECT_TRUE(t.evaluate_global);
+
+  // a claims 1000 held-out examples: counted as min(1000, 100 declared, 35 =
+  // localSteps x batchSize), as ReportMetrics would count them.
+  ASSERT_TRUE(SubmitWith("a", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.5, 1000, 1.0)).accepted);
+  EXPECT_TRUE(engine_->GetTask("b", 2).evaluate_global);
+  EXPECT_FALSE(engine_->GetStatus().rounds[0].accuracy.has_value());  // not before round 2 closes
+  ASSERT_TRUE(SubmitWith("b", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 1.0, 30, 0.2)).accepted);
+
+  // Round 2 closed: round 1's record has the evaluation; round 3 (the last)
+  // trains and asks for round 2's.
+  s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_DOUBLE_EQ(*s.rounds[0].accuracy, (0.5 * 35 + 1.0 * 30) / 65);
+  EXPECT_DOUBLE_EQ(*s.rounds[0].loss, (1.0 * 35 + 0.2 * 30) / 65);
+  EXPECT_EQ(s.rounds[0].eval_examples, 65);
+  EXPECT_EQ(s.rounds[0].evaluators, 2);
+  EXPECT_FALSE(s.rounds[1].accuracy.has_value());
+  EXPECT_EQ(s.round, 3);
+  EXPECT_EQ(s.phase, Phase::kTrain);
+  // The checkpoint of round 2 holds round 1's evaluation.
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->completed_round, 2);
+  ASSERT_EQ((*loaded)->history.size(), 2u);
+  EXPECT_DOUBLE_EQ(*(*loaded)->history[0].accuracy, (0.5 * 35 + 1.0 * 30) / 65);
+
+  TaskInfo t3 = engine_->GetTask("a", 3);
+  EXPECT_TRUE(t3.evaluate_global);
+  EXPECT_EQ(t3.global_version, 3);
+  ASSERT_TRUE(SubmitWith("a", 3, 3, SmallBundle(1, 1, 1, 1), Evaluation(3, 0.25, 10, 2.0)).accepted);
+  ASSERT_TRUE(SubmitWith("b", 3, 3, SmallBundle(1, 1, 1, 1), Evaluation(3, 0.75, 10, 1.0)).accepted);
+
+  // The last round is evaluated in a phase of its own: it is the job's result.
+  ExpectPhaseAndVersion(Phase::kEvaluate, 4);
+  s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_DOUBLE_EQ(*s.rounds[1].accuracy, 0.5);
+  EXPECT_EQ(engine_->GetTask("a", 4).kind, TaskKind::kEvaluate);
+  ASSERT_TRUE(Evaluate("a", 3, 4, 0.9, 10).ok());
+  ASSERT_TRUE(Evaluate("b", 3, 4, 0.7, 10).ok());
+  s = engine_->GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  ASSERT_EQ(s.rounds.size(), 3u);
+  EXPECT_DOUBLE_EQ(*s.final_accuracy, 0.8);
+  EXPECT_EQ(metrics_.rounds_completed(), 3);
+}
+
+TEST_F(EvaluationWithUpdatesTest, OneAgentThatCannotEvaluateBeforeTrainingKeepsThePhase) {
+  Start(Options(3, 2), {"a", "b"}, /*phase_only=*/{"b"});
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
+  EXPECT_EQ(engine_->GetTask("a", 2).kind, TaskKind::kEvaluate);
+}
+
+TEST_F(EvaluationWithUpdatesTest, BlockingEvaluationKeepsThePhase) {
+  EngineOptions o = Options(3, 2);
+  o.evaluate_with_next_round = false;  // fedge-aggregator --blocking-evaluation
+  Start(o, {"a", "b"});
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
+}
+
+TEST_F(EvaluationWithUpdatesTest, ClientSamplingKeepsThePhase) {
+  // Half the agents train each round: the phase asks every live agent, the
+  // next round would ask only half of them.
+  EngineOptions o = Options(3, 2);
+  o.fraction = 0.5;
+  Start(o, {"a", "b"});
+  const std::string invited = engine_->GetTask("a", 1).kind == TaskKind::kTrain ? "a" : "b";
+  ASSERT_TRUE(Submit(invited, 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ExpectPhaseAndVersion(Phase::kEvaluate, 2);
+}
+
+TEST_F(EvaluationWithUpdatesTest, AnUpdateWithANonsenseEvaluationIsRefusedBeforeItsBody) {
+  Start(Options(3, 2), {"a", "b"});
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  const std::string checksum = engine_->GetStatus().global_checksum;
+  UpdateMeta meta;
+  meta.agent_id = "a";
+  meta.round = 2;
+  meta.base_version = 2;
+  meta.num_examples = 10;
+  meta.evaluation = Evaluation(2, 1.5, 10, 1.0);
+  UpdateVerdict v = engine_->CheckUpdateHeader(meta);
+  EXPECT_EQ(v.reason_label, "bad_request");
+  EXPECT_NE(v.reason.find("the update's evaluation: accuracy must be in [0, 1]"), std::string::npos)
+      << v.reason;
+  v = SubmitWith("a", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.5, 10, NAN));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_NE(v.reason.find("loss must be finite"), std::string::npos) << v.reason;
+  v = SubmitWith("a", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.5, -1, 1.0));
+  EXPECT_FALSE(v.accepted);
+  EXPECT_NE(v.reason.find("num_examples must be >= 0"), std::string::npos) << v.reason;
+  EXPECT_EQ(engine_->GetStatus().global_checksum, checksum);  // nothing of them counted
+
+  // An evaluation of another version than the one asked for: the update
+  // counts, the evaluation does not.
+  ASSERT_TRUE(SubmitWith("a", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(1, 0.0, 30, 5.0)).accepted);
+  ASSERT_TRUE(SubmitWith("b", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.6, 30, 1.0)).accepted);
+  EngineStatus s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_EQ(s.rounds[0].evaluators, 1);
+  EXPECT_DOUBLE_EQ(*s.rounds[0].accuracy, 0.6);
+}
+
+TEST_F(EvaluationWithUpdatesTest, AResumedJobAsksTheNextRoundForTheEvaluationItsLastRoundLacks) {
+  testing::TempDir dir;
+  CheckpointStore store(dir.path());
+  Start(Options(3, 2), {"a", "b"}, {}, &store);
+  ASSERT_TRUE(Submit("a", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  ASSERT_TRUE(Submit("b", 1, 1, SmallBundle(1, 1, 1, 1)).accepted);
+  // Round 2 is in flight (one evaluation in) when the aggregator dies.
+  ASSERT_TRUE(SubmitWith("a", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.1, 10, 1.0)).accepted);
+  engine_.reset();
+
+  auto loaded = store.Load();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->completed_round, 1);
+  Make(Options(3, 2), &store);
+  ASSERT_TRUE(engine_->Restore(std::move(**loaded)).ok());
+  for (const std::string id : {"a", "b"}) sessions_[id] = engine_->Join(id, EvaluatingInfo(id));
+  TaskInfo t = engine_->GetTask("a", 2);
+  ASSERT_EQ(t.kind, TaskKind::kTrain);
+  EXPECT_EQ(t.round, 2);
+  EXPECT_TRUE(t.evaluate_global);
+  ASSERT_TRUE(SubmitWith("a", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.5, 10, 1.0)).accepted);
+  ASSERT_TRUE(SubmitWith("b", 2, 2, SmallBundle(1, 1, 1, 1), Evaluation(2, 0.7, 10, 1.0)).accepted);
+  EngineStatus s = engine_->GetStatus();
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_EQ(s.rounds[0].evaluators, 2);
+  EXPECT_DOUBLE_EQ(*s.rounds[0].accuracy, 0.6);
 }
 
 }  // namespace

@@ -283,6 +283,7 @@ Status AggregatorClient::Join() {
   for (const std::string& codec : CompressionCodecNames()) caps->add_codecs(codec);
   caps->set_num_train_examples(static_cast<int64_t>(deps_.train_data->size()));
   caps->set_num_eval_examples(static_cast<int64_t>(deps_.eval_data->size()));
+  caps->set_evaluates_before_training(true);
   caps->set_model_family(options_.model_family);
   caps->set_cpus(static_cast<int32_t>(std::thread::hardware_concurrency()));
   caps->set_memory_bytes(MemoryBytes());
@@ -598,6 +599,12 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
                                    encode.status().message() + ", which this agent does not offer");
   }
   const std::string& codec_name = compression.codec;
+  // The previous round's global, evaluated here instead of in an EVALUATE task
+  // of its own: the same work in the same order, the result with the update.
+  std::optional<v1::Evaluation> evaluation;
+  if (task.evaluate_global()) {
+    FEDGE_ASSIGN_OR_RETURN(evaluation, EvaluateHeld(task.round() - 1));
+  }
   Status imported = deps_.trainer->ImportTrainable(held_.bundle);
   if (!imported.ok()) return Fatal(imported.WithContext("loading global v" + std::to_string(held_.version)));
 
@@ -686,6 +693,7 @@ Status AggregatorClient::DoTrain(const v1::Task& task) {
   h.set_is_delta(true);
   h.set_raw_bytes(delta.Fp32Bytes());
   h.set_feedback_examples(mixed.feedback_used);
+  if (evaluation) *h.mutable_evaluation() = std::move(*evaluation);
   bool accepted = false;
   Status submitted = Submit(h, payload, &accepted);
   encoder_.Finish(accepted);  // keeps (and persists) the residual only if the update counted
@@ -753,9 +761,8 @@ Status AggregatorClient::SubmitSecurely(const v1::Task& task, const TensorBundle
   return OkStatus();
 }
 
-Status AggregatorClient::DoEvaluate(const v1::Task& task) {
+StatusOr<v1::Evaluation> AggregatorClient::EvaluateHeld(int64_t round) {
   auto start = std::chrono::steady_clock::now();
-  FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
   EvalResult eval;
   if (!deps_.eval_data->empty()) {
     Status imported = deps_.trainer->ImportTrainable(held_.bundle);
@@ -766,16 +773,33 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
       return result.status().WithContext("evaluating global v" + std::to_string(held_.version));
     eval = *result;
   }
+  v1::Evaluation out;
+  out.set_global_version(held_.version);
+  out.set_num_examples(eval.num_examples);
+  // A causal LM has no accuracy; its held-out loss is the figure.
+  const bool has_accuracy = options_.model_family != "llama";
+  if (has_accuracy) (*out.mutable_values())["accuracy"] = eval.accuracy;
+  (*out.mutable_values())["loss"] = eval.mean_loss;
+  if (eval.num_examples > 0 && has_accuracy) deps_.metrics->eval_accuracy.Set(eval.accuracy);
+  log::Info("evaluated", {{"round", round},
+                          {"global_version", held_.version},
+                          {"accuracy", eval.accuracy},
+                          {"loss", eval.mean_loss},
+                          {"examples", eval.num_examples},
+                          {"seconds", SecondsSince(start)}});
+  return out;
+}
+
+Status AggregatorClient::DoEvaluate(const v1::Task& task) {
+  FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
+  FEDGE_ASSIGN_OR_RETURN(v1::Evaluation eval, EvaluateHeld(task.round()));
   v1::MetricsReport report;
   *report.mutable_header() = Header();
   report.set_round(task.round());
-  report.set_global_version(held_.version);
+  report.set_global_version(eval.global_version());
   report.set_phase("evaluate");
-  report.set_num_examples(eval.num_examples);
-  // A causal LM has no accuracy; its held-out loss is the figure.
-  const bool has_accuracy = options_.model_family != "llama";
-  if (has_accuracy) (*report.mutable_values())["accuracy"] = eval.accuracy;
-  (*report.mutable_values())["loss"] = eval.mean_loss;
+  report.set_num_examples(eval.num_examples());
+  *report.mutable_values() = eval.values();
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.deadlines.report));
   if (!BeginCall(&ctx)) return CancelledError("stopping");
@@ -783,13 +807,6 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
   grpc::Status gs = stub_->ReportMetrics(&ctx, report, &ack);
   EndCall();
   if (!gs.ok()) return FromGrpc(gs, "ReportMetrics round " + std::to_string(task.round()));
-  if (eval.num_examples > 0 && has_accuracy) deps_.metrics->eval_accuracy.Set(eval.accuracy);
-  log::Info("evaluated", {{"round", task.round()},
-                          {"global_version", held_.version},
-                          {"accuracy", eval.accuracy},
-                          {"loss", eval.mean_loss},
-                          {"examples", eval.num_examples},
-                          {"seconds", SecondsSince(start)}});
   return OkStatus();
 }
 

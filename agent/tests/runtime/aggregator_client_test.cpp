@@ -69,6 +69,7 @@ struct World {
   std::vector<uint64_t> stream_offsets;            // UpdateHeader.offset of every stream
   int status_queries = 0;
   v1::TrainingConfig config;
+  bool evaluate_global = false;  // Task.evaluate_global of the TRAIN task
   // JoinResponse.upload_checksum; SHA-256 is what an older aggregator answers.
   v1::ChecksumAlgorithm upload_checksum = v1::CHECKSUM_SHA256;
 
@@ -126,6 +127,7 @@ class FakeAggregator final : public v1::Aggregator::Service {
       case 1:
         task->set_kind(v1::TASK_KIND_TRAIN);
         task->set_round(1);
+        task->set_evaluate_global(w_->evaluate_global);
         break;
       case 2:
         task->set_kind(v1::TASK_KIND_EVALUATE);
@@ -502,6 +504,39 @@ TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlo
   EXPECT_EQ(metrics_.bytes_sent_total.Value(), double(init.payload.size() + upd.payload.size()));
   EXPECT_GT(metrics_.bytes_received_total.Value(), 0);
   EXPECT_DOUBLE_EQ(metrics_.eval_accuracy.Value(), 0.5);
+}
+
+// A TRAIN task with evaluate_global: the agent evaluates the global it is
+// about to train from (v1) first, as an EVALUATE task would, and sends the
+// result in the update's header instead of a ReportMetrics call.
+TEST_F(AggregatorClientTest, ATrainTaskThatAsksForTheEvaluationGetsItWithTheUpdate) {
+  world_.evaluate_global = true;
+  FakeClassifier reference(TestLabels());  // what v1, the initial state, scores on the eval set
+  ASSERT_TRUE(reference.ImportTrainable(trainer_.ExportTrainable()).ok());
+  auto expected = reference.Evaluate(eval_, 8);
+  ASSERT_TRUE(expected.ok());
+  RunClient();
+
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.joins.size(), 1u);
+  EXPECT_TRUE(world_.joins[0].capabilities().evaluates_before_training());
+  ASSERT_EQ(world_.updates.size(), 2u);
+  EXPECT_FALSE(world_.updates[0].header.has_evaluation());  // INITIALIZE
+  const v1::UpdateHeader& h = world_.updates[1].header;
+  ASSERT_TRUE(h.has_evaluation());
+  EXPECT_EQ(h.evaluation().global_version(), 1);
+  EXPECT_EQ(h.evaluation().num_examples(), 4);
+  EXPECT_DOUBLE_EQ(h.evaluation().values().at("accuracy"), expected->accuracy);
+  EXPECT_DOUBLE_EQ(h.evaluation().values().at("loss"), expected->mean_loss);
+  // Of v1, before training (then v2, after it, for the EVALUATE task).
+  EXPECT_EQ(trainer_.trains_before_evaluate, (std::vector<int>{0, 1}));
+  // The training itself is what it is without the evaluation.
+  EXPECT_EQ(trainer_.last_train.steps, 7);
+  EXPECT_EQ(trainer_.last_train.seed, MixTrainingSeed(11, "agent-7", 1));
+  // Only the EVALUATE task of v2 was a ReportMetrics call.
+  ASSERT_EQ(world_.reports.size(), 1u);
+  EXPECT_EQ(world_.reports[0].global_version(), 2);
+  EXPECT_EQ(world_.fetched_versions, (std::vector<int64_t>{1, 2}));
 }
 
 TEST_F(AggregatorClientTest, BrokenUploadsResumeFromTheBytesTheAggregatorHeld) {

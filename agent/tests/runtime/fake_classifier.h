@@ -88,6 +88,7 @@ class FakeClassifier : public TextClassifier {
   }
   StatusOr<EvalResult> Evaluate(const std::vector<Example>& data, int batch_size) override {
     Guard g(this);
+    trains_before_evaluate.push_back(trains);
     const auto& b = state_.tensors[1].values;
     int pred = static_cast<int>(std::max_element(b.begin(), b.end()) - b.begin());
     EvalResult r;
@@ -145,6 +146,7 @@ class FakeClassifier : public TextClassifier {
   // Test observations (read after the runtime is done with the model).
   TrainOptions last_train;
   int trains = 0;
+  std::vector<int> trains_before_evaluate;  // `trains` at each Evaluate call
   int imports = 0;
   bool slow_classify = false;
   // Runs inside Classify while the model is in use (set before serving): lets a

@@ -131,6 +131,55 @@ TEST(ServerLoopbackTest, OneOrFourCompletionQueuesServeTheSameRounds) {
   }
 }
 
+// Agents that evaluate before training (as fedge-agent does): each round's
+// global is evaluated with the next round's updates, the last in a phase of its
+// own. The rounds, the global and every record's evaluation are those of the
+// evaluation phase (--blocking-evaluation), with a ReportMetrics per agent only
+// for the last round.
+TEST(ServerLoopbackTest, EvaluationWithTheNextRoundsUpdatesGivesThePhasesRecords) {
+  std::vector<nlohmann::json> runs;
+  for (bool blocking : {true, false}) {
+    SCOPED_TRACE(blocking ? "--blocking-evaluation" : "evaluation with the next round's updates");
+    ServerOptions options = LoopbackOptions();
+    options.blocking_evaluation = blocking;
+    auto server = StartServer(Spec(3), options);
+    ASSERT_NE(server, nullptr);
+    auto agents = MakeAgents(server->grpc_port());
+    for (auto& a : agents) a->set_evaluates_before_training(true);
+    RunAll(agents);
+    EngineStatus s = server->engine().GetStatus();
+    EXPECT_EQ(s.state, JobState::kSucceeded);
+    EXPECT_EQ(s.global_version, 4);
+    ASSERT_EQ(s.rounds.size(), 3u);
+    for (const RoundRecord& r : s.rounds) {
+      ASSERT_TRUE(r.accuracy.has_value()) << "round " << r.round;
+      EXPECT_NEAR(*r.accuracy, kAccuracy, 1e-9);
+      EXPECT_EQ(r.evaluators, 3);
+      EXPECT_EQ(r.eval_examples, 60);
+    }
+    EXPECT_NEAR(*s.final_accuracy, kAccuracy, 1e-9);
+    for (const auto& a : agents) {
+      EXPECT_EQ(a->trained(), 3);
+      EXPECT_EQ(a->reports(), blocking ? 3 : 1);
+      EXPECT_EQ(a->evaluations_with_update(), blocking ? 0 : 2);
+    }
+    auto global = server->engine().Global(0);
+    ASSERT_TRUE(global.ok());
+    for (float v : (*global)->bundle.Find("lora_b")->values) EXPECT_NEAR(v, 3 * kRoundStep, 1e-5);
+    int code = 0;
+    auto j = nlohmann::json::parse(HttpGet(server->http_port(), "/v1/status", &code));
+    ASSERT_EQ(code, 200);
+    for (auto& r : j["rounds"]) {  // what may differ between the runs
+      r.erase("seconds");
+      r.erase("bytes_down");
+    }
+    runs.push_back(j["rounds"]);
+    server->Shutdown(std::chrono::seconds(2));
+  }
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
 TEST(ServerLoopbackTest, AsyncModeRunsBufferedRoundsOverGrpc) {
   JobSpec spec = Spec(3);
   spec.rounds.mode = "async";

@@ -55,6 +55,12 @@ class SimAgent {
     claimed_eval_ = eval;
   }
   void set_accuracy(double accuracy) { accuracy_ = accuracy; }
+  // Declares Capabilities.evaluates_before_training: a TRAIN task with
+  // evaluate_global gets the evaluation (what Report would send) in the
+  // update's header.
+  void set_evaluates_before_training(bool on) { evaluates_before_training_ = on; }
+  int reports() const { return reports_; }  // ReportMetrics calls
+  int evaluations_with_update() const { return evaluations_with_update_; }
   // The delta this agent sends for every TRAIN task.
   void set_delta(TensorBundle delta) { delta_ = std::move(delta); }
   // The state it uploads for INITIALIZE and the layout it declares at Join.
@@ -97,7 +103,10 @@ class SimAgent {
           TensorBundle global;
           if (!Fetch(task, &global)) return false;
           const TensorBundle delta = Train(global);
+          evaluate_version_ = task.evaluate_global() ? task.global_version() : 0;
           if (!Submit(task.round(), task.global_version(), delta, true)) return false;
+          if (evaluate_version_ > 0) ++evaluations_with_update_;
+          evaluate_version_ = 0;
           ++trained_;
           break;
         }
@@ -192,6 +201,7 @@ class SimAgent {
     v1::Capabilities* caps = req.mutable_capabilities();
     caps->set_num_train_examples(claimed_join_.value_or(examples()));
     caps->set_num_eval_examples(claimed_eval_.value_or(examples()));
+    caps->set_evaluates_before_training(evaluates_before_training_);
     DeclareLayout(declared_layout_, caps);
     v1::JoinResponse resp;
     grpc::ClientContext ctx;
@@ -278,6 +288,13 @@ class SimAgent {
     h.set_train_loss(1.0);
     h.set_is_delta(is_delta);
     h.set_raw_bytes(bundle.Fp32Bytes());
+    if (evaluate_version_ > 0) {
+      v1::Evaluation* e = h.mutable_evaluation();
+      e->set_global_version(evaluate_version_);
+      e->set_num_examples(claimed_eval_.value_or(examples()));
+      (*e->mutable_values())["accuracy"] = accuracy_.value_or(accuracy());
+      (*e->mutable_values())["loss"] = 1.0 - 0.1 * index_;
+    }
     grpc::Status s;
     // 16-byte messages: several chunks even for a tiny bundle.
     v1::SubmitUpdateResponse response = SubmitRange(h, *encoded, 0, encoded->size(), /*chunk=*/16, &s);
@@ -301,6 +318,7 @@ class SimAgent {
     grpc::ClientContext ctx;
     grpc::Status s = stub_->ReportMetrics(&ctx, req, &ack);
     if (!s.ok()) return Fail("ReportMetrics: " + s.error_message());
+    ++reports_;
     return true;
   }
 
@@ -315,6 +333,10 @@ class SimAgent {
   int64_t final_version_ = 0;
   std::optional<int64_t> claimed_join_, claimed_update_, claimed_eval_;
   std::optional<double> accuracy_;
+  bool evaluates_before_training_ = false;
+  int64_t evaluate_version_ = 0;  // of the TRAIN task being submitted; 0: no evaluation asked
+  int reports_ = 0;
+  int evaluations_with_update_ = 0;
   std::optional<TensorBundle> delta_;
   TrainFn train_;
   TensorBundle last_base_;

@@ -27,6 +27,18 @@
 //     evaluate  every live agent evaluates the new version and reports; close
 //               when all reported or at the deadline
 //               -> round record, checkpoint (with the evaluation), next round
+//               Evaluated with the next round instead (evaluate_with_next_round,
+//               when every live agent declared evaluates_before_training, the
+//               rounds are synchronous, every live agent is invited, and neither
+//               secure aggregation nor differential privacy is on; never the
+//               last round): no evaluate phase. The round record is written
+//               without its evaluation and the next round starts at once; its
+//               TRAIN tasks ask each agent to evaluate the global before
+//               training (TaskInfo::evaluate_global), the results ride in the
+//               updates (UpdateMeta::evaluation), and the record gets them when
+//               that next round closes. Agents do the same work in the same
+//               order as with the phase; one barrier, one GetTask and one
+//               ReportMetrics per agent and round fewer.
 //   Succeeded         GetTask answers DONE
 //
 // Async mode (FedBuff, Nguyen et al. 2022): after INITIALIZE every agent that
@@ -200,6 +212,10 @@ struct EngineOptions {
       .codec = Codec::kFp32, .block_size = 64, .zstd = true, .zstd_level = 3, .zstd_min_saving = 0};
   DpOptions dp;
   SecAggOptions secagg;
+  // Evaluate a round's global with the next round's updates when the agents
+  // can (see the file comment); false: always an evaluate phase
+  // (fedge-aggregator --blocking-evaluation).
+  bool evaluate_with_next_round = true;
 };
 
 // Derives engine options from a job spec; expected_agents <= 0 means
@@ -226,6 +242,8 @@ struct AgentInfo {
   // Names and shapes of its trainable state (values unused); empty: not
   // declared (an agent older than this aggregator).
   TensorBundle layout;
+  // It evaluates before training when a TRAIN task asks (Capabilities.evaluates_before_training).
+  bool evaluates_before_training = false;
 };
 
 // A canonical text of the names and shapes of `layout` (order-free), for
@@ -243,6 +261,9 @@ struct TaskInfo {
   TrainConfig config;
   int retry_after_ms = 0;
   std::string message;
+  // TRAIN: evaluate the global (the previous round's) before training and send
+  // the result with the update (UpdateMeta::evaluation).
+  bool evaluate_global = false;
 };
 
 // One global model version, immutable once published; shared with in-flight
@@ -252,6 +273,16 @@ struct GlobalModel {
   TensorBundle bundle;   // fp32: what the engine aggregates, checkpoints and exports
   std::string encoded;   // EncodeBundle(bundle, global_encoding), or fp32 if it does not fit
   std::string checksum;  // Sha256Hex(encoded)
+};
+
+// An agent's evaluation of a global version (ReportMetrics, or with an update).
+struct EvalReport {
+  std::string agent_id;
+  int64_t round = 0;
+  int64_t global_version = 0;
+  int64_t num_examples = 0;
+  std::optional<double> accuracy;
+  std::optional<double> loss;
 };
 
 struct UpdateMeta {
@@ -265,6 +296,9 @@ struct UpdateMeta {
   uint64_t encoded_bytes = 0;
   uint64_t raw_bytes = 0;
   int64_t feedback_examples = 0;  // agent-reported; informational (RoundRecord.feedback_examples)
+  // The evaluation a TRAIN task's evaluate_global asked for (agent_id and round
+  // unused); checked with the header, folded in when the update is accepted.
+  std::optional<EvalReport> evaluation;
 };
 
 struct UpdateVerdict {
@@ -272,15 +306,6 @@ struct UpdateVerdict {
   std::string reason;        // human-readable: what was wrong and what to do
   std::string reason_label;  // metric label: "stale_base", "round_closed", ...
   int64_t round = 0;
-};
-
-struct EvalReport {
-  std::string agent_id;
-  int64_t round = 0;
-  int64_t global_version = 0;
-  int64_t num_examples = 0;
-  std::optional<double> accuracy;
-  std::optional<double> loss;
 };
 
 // How the checkpoints fare (for /v1/status and the operator's condition).
@@ -426,6 +451,7 @@ class RoundEngine {
     std::shared_ptr<const TensorBundle> layout;  // declared at Join; null if none
     int64_t last_seen_ms = 0;
     bool got_done = false;
+    bool evaluates_before_training = false;  // declared at Join
     // Replay defence; kept across re-joins.
     int64_t last_accepted_round = 0;  // sync: newest round with an accepted update
     int64_t last_base_version = 0;    // async: newest base version with an accepted update
@@ -458,6 +484,14 @@ class RoundEngine {
   void StartTrainLocked(int64_t now);
   void CloseTrainLocked(int64_t now, const std::string& reason);
   void CloseEvalLocked(int64_t now);
+  // True when the round closing now is evaluated with the next one (see the
+  // file comment and EngineOptions::evaluate_with_next_round).
+  bool DefersEvaluationLocked(int64_t now) const;
+  // Puts the evaluation collected with this round's updates into the record of
+  // the round before (history_), its metrics and log; no-op when none is pending.
+  void ApplyPendingEvaluationLocked();
+  // Adds one validated report to `eval` with its bounded weight.
+  void FoldEvaluationLocked(EvalRound* eval, const EvalReport& report);
   // Round record into history, metrics, checkpoint, round_ + 1, phase idle.
   void CompleteRoundLocked(int64_t now);
   void StartAsyncLocked(int64_t now);
@@ -544,20 +578,26 @@ class RoundEngine {
   int64_t initializer_deadline_ms_ = 0;                  // guarded by mu_
   TrainRound train_;                                     // guarded by mu_
   EvalRound eval_;                                       // guarded by mu_
-  RoundRecord current_;                                  // guarded by mu_; the open round
-  int64_t round_started_ms_ = 0;                         // guarded by mu_
-  std::vector<RoundRecord> history_;                     // guarded by mu_
-  std::optional<double> final_accuracy_;                 // guarded by mu_
-  std::optional<int64_t> finished_at_ms_;                // guarded by mu_
-  std::string message_;                                  // guarded by mu_
-  CheckpointHealth checkpoint_;                          // guarded by mu_
-  RdpAccountant privacy_;                                // guarded by mu_; options_.dp.enabled
-  int64_t privacy_rounds_ = 0;                           // guarded by mu_; rounds composed
-  bool privacy_exhausted_ = false;                       // guarded by mu_
-  std::mt19937_64 noise_rng_;                            // guarded by mu_; DP noise
-  std::unique_ptr<secagg::SecAggServer> secagg_;         // guarded by mu_; the open round's
-  int secagg_survivors_ = 0;                             // guarded by mu_; of the round aggregated last
-  int secagg_advertised_ = 0;                            // guarded by mu_; its key advertisers (m)
+  // The evaluation of round pending_eval_round_'s global (version
+  // pending_eval_version_) collected with the next round's updates; round 0:
+  // none pending.
+  EvalRound pending_eval_;                        // guarded by mu_
+  int64_t pending_eval_round_ = 0;                // guarded by mu_
+  int64_t pending_eval_version_ = 0;              // guarded by mu_
+  RoundRecord current_;                           // guarded by mu_; the open round
+  int64_t round_started_ms_ = 0;                  // guarded by mu_
+  std::vector<RoundRecord> history_;              // guarded by mu_
+  std::optional<double> final_accuracy_;          // guarded by mu_
+  std::optional<int64_t> finished_at_ms_;         // guarded by mu_
+  std::string message_;                           // guarded by mu_
+  CheckpointHealth checkpoint_;                   // guarded by mu_
+  RdpAccountant privacy_;                         // guarded by mu_; options_.dp.enabled
+  int64_t privacy_rounds_ = 0;                    // guarded by mu_; rounds composed
+  bool privacy_exhausted_ = false;                // guarded by mu_
+  std::mt19937_64 noise_rng_;                     // guarded by mu_; DP noise
+  std::unique_ptr<secagg::SecAggServer> secagg_;  // guarded by mu_; the open round's
+  int secagg_survivors_ = 0;                      // guarded by mu_; of the round aggregated last
+  int secagg_advertised_ = 0;                     // guarded by mu_; its key advertisers (m)
 };
 
 }  // namespace fedge::aggregator

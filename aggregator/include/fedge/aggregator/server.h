@@ -36,7 +36,10 @@ struct ServerOptions {
   std::string http_address = "0.0.0.0:8081";  // "": no HTTP listener
   std::string checkpoint_dir;                 // "": no checkpoints
   int expected_agents = 0;                    // 0: spec.agents.minAgents
-  std::string tokens_file;                    // "": no token check; re-read when it changes
+  // Always an evaluate phase per round, never with the next round's updates
+  // (EngineOptions::evaluate_with_next_round).
+  bool blocking_evaluation = false;
+  std::string tokens_file;  // "": no token check; re-read when it changes
   // TLS for the gRPC listener (PEM contents, not paths). Cert and key set: agents
   // must connect over TLS; plaintext connections fail their handshake. Client CA
   // set too: agents must also present a certificate signed by it (mutual TLS).

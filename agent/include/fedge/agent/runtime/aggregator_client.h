@@ -144,6 +144,9 @@ class AggregatorClient {
   Status DoInitialize(const fedge::v1::Task& task);
   Status DoTrain(const fedge::v1::Task& task);
   Status DoEvaluate(const fedge::v1::Task& task);
+  // Evaluates the held global on the eval data (nothing when there is none),
+  // as its metrics and log record it; `round`: the round of that global.
+  StatusOr<fedge::v1::Evaluation> EvaluateHeld(int64_t round);
   // TRAIN under secure aggregation: masks and submits `delta` (secagg_client.h);
   // `feedback_examples` is reported with the masked input.
   Status SubmitSecurely(const fedge::v1::Task& task, const TensorBundle& delta, int64_t num_examples,
