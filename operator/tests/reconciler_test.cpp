@@ -1173,6 +1173,20 @@ TEST(StatusReporterTest, MapsAggregatorStatusToBoundedProgress) {
   EXPECT_FALSE(st.contains("rounds"));
 }
 
+// While each round is evaluated with the next round's updates the last record
+// has no accuracy yet: the newest evaluated one is shown.
+TEST(StatusReporterTest, AccuracyIsTheNewestEvaluatedRounds) {
+  Json agg = Json::parse(R"({"state":"Running","round":3,"total_rounds":5,"global_version":3,"rounds":[
+      {"round":1,"participants":2,"loss":1.2,"accuracy":0.4,"train_loss":1.5},
+      {"round":2,"participants":2,"train_loss":1.1}]})");
+  Json st = ProgressFromAggregator(agg);
+  EXPECT_EQ(st["roundsCompleted"], 2);
+  EXPECT_DOUBLE_EQ(st["lastRound"]["accuracy"].get<double>(), 0.4);
+  EXPECT_DOUBLE_EQ(st["lastRound"]["loss"].get<double>(), 1.1);
+  agg["rounds"] = Json::array({{{"round", 1}, {"train_loss", 1.5}}});
+  EXPECT_FALSE(ProgressFromAggregator(agg)["lastRound"].contains("accuracy"));
+}
+
 TEST(DesiredTest, ManifestForParserDropsOperatorOnlyFields) {
   Json job = Job();
   job["spec"]["aggregator"] = {{"checkpoint", {{"enabled", true}}}};

@@ -28,7 +28,14 @@ Json ProgressFromAggregator(const Json& a) {
                            ? last["train_loss"]
                            : last.value("loss", Json());
     if (loss.is_number()) lr["loss"] = loss;
-    if (last.contains("accuracy") && last["accuracy"].is_number()) lr["accuracy"] = last["accuracy"];
+    // The newest evaluated round: the last one, or the one before it while the
+    // aggregator evaluates each round with the next round's updates.
+    for (auto r = rounds.rbegin(); r != rounds.rend(); ++r) {
+      if (r->contains("accuracy") && (*r)["accuracy"].is_number()) {
+        lr["accuracy"] = (*r)["accuracy"];
+        break;
+      }
+    }
     st["lastRound"] = lr;
     st["participants"] = last.value("participants", 0);
   }
