@@ -254,6 +254,35 @@ TEST(HostileLoopbackTest, AgentClaimingHugeExampleCountsMovesTheGlobalAtMostAsOn
   EXPECT_EQ(server->metrics().weights_clamped("evaluation", "above_cap"), 1);
 }
 
+// The same claims with the evaluation riding in the next round's update
+// (Capabilities.evaluates_before_training): bounded the same way.
+TEST(HostileLoopbackTest, AnEvaluationWithTheUpdateIsBoundedAsAReportIs) {
+  JobSpec spec = Spec(2, /*agents=*/3);
+  spec.rounds.localSteps = 2;
+  spec.rounds.batchSize = 10;  // weight cap 20
+  auto server = StartServer(spec);
+  ASSERT_NE(server, nullptr);
+  const int port = server->grpc_port();
+  SimAgent a("agent-a", 0, port), b("agent-b", 1, port), mallory("mallory", 2, port);
+  constexpr int64_t kClaim = 1'000'000'000'000'000;
+  mallory.set_claimed_examples(kClaim, kClaim, kClaim);
+  mallory.set_accuracy(0.0);
+  for (SimAgent* agent : {&a, &b, &mallory}) agent->set_evaluates_before_training(true);
+  RunAll({&a, &b, &mallory});
+
+  EngineStatus s = server->engine().GetStatus();
+  ASSERT_EQ(s.state, JobState::kSucceeded) << s.message;
+  ASSERT_EQ(s.rounds.size(), 2u);
+  EXPECT_EQ(mallory.evaluations_with_update(), 1);  // round 1's, with its round-2 update
+  EXPECT_EQ(mallory.reports(), 1);                  // round 2's (the last), in the phase
+  for (const RoundRecord& r : s.rounds) {
+    ASSERT_TRUE(r.accuracy.has_value()) << "round " << r.round;
+    EXPECT_NEAR(*r.accuracy, 0.34, 1e-9) << "round " << r.round;
+    EXPECT_EQ(r.eval_examples, 50);
+  }
+  EXPECT_EQ(server->metrics().weights_clamped("evaluation", "above_cap"), 2);
+}
+
 // --- 3: compressed-update bomb -----------------------------------------------
 
 int64_t ProcStatusKiB(const std::string& field) {
