@@ -109,6 +109,12 @@ std::string Fixed(std::optional<double> v, const char* fmt) {
 }
 }  // namespace
 
+size_t PrintableRounds(const JobStatus& s) {
+  if (s.rounds.empty() || s.state == "Succeeded" || s.state == "Failed") return s.rounds.size();
+  const RoundStatus& last = s.rounds.back();
+  return last.accuracy || last.loss ? s.rounds.size() : s.rounds.size() - 1;
+}
+
 std::string FormatRoundLine(const RoundStatus& r, int64_t total_rounds) {
   std::ostringstream out;
   out << "round " << r.round << "/" << total_rounds << "  participants " << r.participants << "  loss "

@@ -217,7 +217,7 @@ class Progress {
     status_shown_ = true;
   }
   void Rounds(const JobStatus& s) {
-    for (; rounds_printed_ < s.rounds.size(); ++rounds_printed_) {
+    for (const size_t printable = PrintableRounds(s); rounds_printed_ < printable; ++rounds_printed_) {
       Clear();
       std::cout << FormatRoundLine(s.rounds[rounds_printed_], s.total_rounds) << "\n" << std::flush;
     }

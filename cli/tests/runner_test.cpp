@@ -288,6 +288,25 @@ TEST(JobStatusTest, ParsesAggregatorStatus) {
   EXPECT_FALSE(ParseJobStatus("<html>").ok());
 }
 
+// A round evaluated with the next round's updates is printed once it has its
+// accuracy (or the job ended), not with "accuracy -".
+TEST(JobStatusTest, ARoundIsPrintedOnceEvaluated) {
+  JobStatus s;
+  s.state = "Running";
+  EXPECT_EQ(PrintableRounds(s), 0u);
+  s.rounds.resize(2);
+  s.rounds[0].accuracy = 0.5;
+  EXPECT_EQ(PrintableRounds(s), 1u);  // round 2 waits for its evaluation
+  s.rounds[1].loss = 2.0;             // a causal-LM job: held-out loss only
+  EXPECT_EQ(PrintableRounds(s), 2u);
+  s.rounds.resize(3);
+  EXPECT_EQ(PrintableRounds(s), 2u);
+  s.state = "Succeeded";
+  EXPECT_EQ(PrintableRounds(s), 3u);
+  s.state = "Failed";
+  EXPECT_EQ(PrintableRounds(s), 3u);
+}
+
 TEST(JobStatusTest, FormatsRoundLinePerAgent) {
   auto s = ParseJobStatus(kStatus);
   ASSERT_TRUE(s.ok());

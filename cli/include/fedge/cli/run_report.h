@@ -65,6 +65,12 @@ StatusOr<JobStatus> ParseJobStatus(const std::string& json);
 
 // "round 2/5  participants 4  loss 1.234  accuracy 0.456  up 123.4 KiB/agent  down 456.7 KiB/agent  12.3 s"
 std::string FormatRoundLine(const RoundStatus& round, int64_t total_rounds);
+
+// How many of `s.rounds` (from the first) can be printed now: all once the job
+// ended; while it runs, all but a last one without its evaluation yet (the
+// aggregator evaluates a round with the next round's updates, and the record
+// gets its accuracy when that round closes).
+size_t PrintableRounds(const JobStatus& s);
 // "[  12.3 s] Running: round 3/5, train; 4 agents joined"
 std::string FormatStatusLine(const JobStatus& status, double elapsed_seconds);
 // "123 B", "123.4 KiB", "1.2 MiB".
