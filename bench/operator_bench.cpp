@@ -239,6 +239,10 @@ class CountingClient : public KubeClient {
     ++writes;
     return Timed("delete", r, [&] { return inner_->Delete(r, ns, name, o); });
   }
+  StatusOr<Json> GetPath(const std::string& path) override {
+    ++reads;
+    return inner_->GetPath(path);
+  }
   void Clear() {
     reads = writes = events = watches = 0;
     std::lock_guard<std::mutex> l(mu_);

@@ -116,20 +116,10 @@ int main(int argc, char** argv) {
                  "namespace whose pods may scrape the job pods' HTTP ports through the job's NetworkPolicies "
                  "(repeat)");
   app.add_flag("--no-network-policy", no_network_policy, "create no per-job NetworkPolicies");
-  int64_t agent_cert_lifetime_s = 24 * 3600;
-  app.add_option("--agent-cert-lifetime", agent_cert_lifetime_s,
-                 "lifetime of each agent's client certificate (mutual TLS), e.g. 24h, 90m, 3600s; renewed "
-                 "when a third remains, which must exceed the kubelet's Secret propagation (1-2 min) plus "
-                 "the agent's 10 s check")
-      ->transform(CLI::AsNumberWithUnit(
-          std::map<std::string, int64_t>{{"s", 1}, {"m", 60}, {"h", 3600}, {"d", 86400}},
-          CLI::AsNumberWithUnit::DEFAULT, "SECONDS"))
-      ->check(CLI::Range(int64_t{60}, int64_t{366} * 86400))
-      ->capture_default_str();
   int apply_concurrency = op::ReconcilerOptions{}.apply_concurrency;
   app.add_option("--apply-concurrency", apply_concurrency,
                  "API requests one reconcile may have in flight at once (its independent writes: node "
-                 "volumes, agent Secrets, pods); 1 sends them one after another")
+                 "volumes, claims, pods); 1 sends them one after another")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
@@ -209,7 +199,6 @@ int main(int argc, char** argv) {
   co.workers = workers;
   co.registry = registry;
   co.reconciler.desired = desired;
-  co.reconciler.agent_cert_lifetime_seconds = static_cast<std::time_t>(agent_cert_lifetime_s);
   co.reconciler.apply_concurrency = apply_concurrency;
   op::JobController controller(&client, co);
 

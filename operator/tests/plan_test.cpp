@@ -68,6 +68,7 @@ class World {
     o.name = "wn";
     o.job = *client_.Get(res::kJobs, "ml", "wn");
     o.now = kNow;
+    o.issuer = *ReadIssuerKeys(client_);
     o.nodes = cache_.List(res::kNodes, "", "", "");
     o.pods = cache_.List(res::kPods, "ml", kLabelJob, "wn");
     for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts,
@@ -119,8 +120,8 @@ TEST(PlanTest, Table) {
       {"a new job: every child, pods last; startTime with the first pods",
        nullptr,
        nullptr,
-       {"apply federatedtrainingjobs/wn", "sync-credentials wn-credentials", "sync-agent-credentials edge-a",
-        "sync-agent-credentials edge-b", "sync-api-token wn-inference-token", "create pods/wn-aggregator",
+       {"apply federatedtrainingjobs/wn", "sync-credentials wn-credentials", "sync-trust wn-trust",
+        "apply serviceaccounts/wn-agent", "sync-api-token wn-inference-token", "create pods/wn-aggregator",
         "create pods/wn-agent-edge-a", "create pods/wn-agent-edge-b"},
        {"create pods/wn-agent-core-1"},
        -1,
@@ -141,8 +142,16 @@ TEST(PlanTest, Table) {
          // beside its Role failed the escalation check with NotFound.
          EXPECT_LT(static_cast<int>(Find(p, "apply roles/wn-aggregator")->wave),
                    static_cast<int>(Find(p, "apply rolebindings/wn-aggregator")->wave));
+         // The trust ConfigMap carries the CA the credentials sync makes; pods mount both
+         // and name the agents' ServiceAccount (the API server refuses them without it).
          EXPECT_LT(static_cast<int>(Find(p, "sync-credentials wn-credentials")->wave),
-                   static_cast<int>(Find(p, "sync-agent-credentials edge-a")->wave));
+                   static_cast<int>(Find(p, "sync-trust wn-trust")->wave));
+         EXPECT_LT(static_cast<int>(Find(p, "sync-trust wn-trust")->wave),
+                   static_cast<int>(Find(p, "create pods/wn-agent-edge-a")->wave));
+         EXPECT_LT(static_cast<int>(Find(p, "apply serviceaccounts/wn-agent")->wave),
+                   static_cast<int>(Find(p, "create pods/wn-agent-edge-a")->wave));
+         for (const auto& a : p.actions)
+           EXPECT_NE(a.resource->plural + a.name, "secretswn-agent-edge-a-credentials");
          EXPECT_TRUE(Find(p, "apply federatedtrainingjobs/wn")->takes_job_version);
        }},
       {"steady state: nothing to write",
@@ -241,7 +250,7 @@ TEST(PlanTest, Table) {
          ASSERT_FALSE(p.events.empty());
          EXPECT_EQ(p.events[0].reason, "InvalidSpec");
        }},
-      {"a node leaves the selector: its agent, token and Secret go",
+      {"a node leaves the selector: its agent goes, nothing of the job's credentials changes",
        [](World& w) {
          w.Reconcile();
          Json node = *w.client_.Get(res::kNodes, "", "edge-b");
@@ -249,9 +258,8 @@ TEST(PlanTest, Table) {
          ASSERT_TRUE(w.client_.Update(res::kNodes, "", node).ok());
        },
        nullptr,
-       {"delete pods/wn-agent-edge-b", "delete secrets/wn-agent-edge-b-credentials",
-        "sync-credentials wn-credentials"},
-       {"create pods/wn-agent-edge-a"},
+       {"delete pods/wn-agent-edge-b"},
+       {"create pods/wn-agent-edge-a", "sync-credentials wn-credentials", "sync-trust wn-trust"},
        -1,
        "Created",
        -1,

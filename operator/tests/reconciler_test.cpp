@@ -142,15 +142,13 @@ TEST_F(ReconcilerTest, AgentPodToleratesOfflineNodeAndIsPinned) {
   EXPECT_EQ((*svc)["spec"]["internalTrafficPolicy"], "Local");
 }
 
-TEST_F(ReconcilerTest, SecretHoldsCaSignedServingCertAndOneTokenPerAgent) {
+TEST_F(ReconcilerTest, SecretHoldsTheCaAndACaSignedServingCertificate) {
   CreateJob();
   Reconcile();
   auto secret = client_.Get(res::kSecrets, "ml", "wn-credentials");
   ASSERT_TRUE(secret.ok());
+  EXPECT_EQ((*secret)["data"].size(), 4u) << "no agent tokens: agents join with projected tokens";
   Credentials c = CredentialsFromSecret(*secret);
-  EXPECT_EQ(c.tokens.size(), 2u);
-  EXPECT_EQ(c.tokens.at("edge-a").size(), 64u);
-  EXPECT_NE(c.tokens.at("edge-a"), c.tokens.at("edge-b"));
   BIO* cb = BIO_new_mem_buf(c.ca_crt.data(), static_cast<int>(c.ca_crt.size()));
   X509* ca = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
   BIO* tb = BIO_new_mem_buf(c.tls_crt.data(), static_cast<int>(c.tls_crt.size()));
@@ -183,7 +181,7 @@ TEST_F(ReconcilerTest, RestartedOperatorCreatesNoDuplicates) {
   JobReconciler again(&client_, &cache_, &events_, ReconcilerOptions{DefaultImages(), &wall_});
   ASSERT_TRUE(again.Reconcile("ml/wn").ok());
   EXPECT_EQ(Pods().size(), 3u);
-  EXPECT_EQ(client_.Objects(res::kSecrets).size(), 4u);  // credentials, inference token, 2 agents
+  EXPECT_EQ(client_.Objects(res::kSecrets).size(), 2u);  // credentials, inference token
   EXPECT_EQ((*client_.Get(res::kSecrets, "ml", "wn-credentials"))["data"], secret_before["data"]);
 }
 
@@ -234,8 +232,6 @@ TEST_F(ReconcilerTest, NodesJoiningAndLeavingTheSelectorGainAndLoseAgents) {
   Reconcile();
   EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-c").ok());
   EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
-  Credentials c = CredentialsFromSecret(*client_.Get(res::kSecrets, "ml", "wn-credentials"));
-  EXPECT_TRUE(c.tokens.count("edge-c"));
   EXPECT_EQ(GetJob()["status"]["agents"]["desired"], 2);
   // The node volume and claim of the node that left go too; the others stay.
   std::set<std::string> volume_nodes, claim_nodes;
@@ -552,46 +548,76 @@ TEST(DesiredTest, AgentsKeepServingAfterTheJobUnlessServingIsOff) {
   EXPECT_TRUE(HasArg(Command(DesiredAggregatorPod(job, 2, DefaultImages())), "--exit-when-done"));
 }
 
-TEST(DesiredTest, MutualTlsByDefaultWithTheSecretsCertificatesOnBothSides) {
+// The agent pod's projected credentials volume: source kind -> its fields.
+std::map<std::string, Json> CredentialSources(const Json& pod) {
+  std::map<std::string, Json> out;
+  for (const auto& v : pod["spec"]["volumes"]) {
+    if (v["name"] != "credentials" || !v.contains("projected")) continue;
+    for (const auto& src : v["projected"]["sources"])
+      for (const auto& [kind, fields] : src.items()) out[kind] = fields;
+  }
+  return out;
+}
+
+TEST(DesiredTest, TlsByDefaultAndAgentsJoinWithProjectedTokens) {
   Json job = Job();  // no spec.privacy: the CRD's default, TLS on
-  Json agg_pod = DesiredAggregatorPod(job, 2, DefaultImages());
-  Json agent_pod = DesiredAgentPod(job, "edge-a", DefaultImages());
+  DesiredOptions opts = DefaultImages();
+  opts.agent_token_issuer = "https://issuer.example";
+  Json agg_pod = DesiredAggregatorPod(job, 2, opts);
+  Json agent_pod = DesiredAgentPod(job, "edge-a", opts);
   auto agg = Command(agg_pod);
   auto agent = Command(agent_pod);
   EXPECT_TRUE(HasArg(agg, "--tls-cert", std::string(kSecretMountPath) + "/tls.crt"));
   EXPECT_TRUE(HasArg(agg, "--tls-key", std::string(kSecretMountPath) + "/tls.key"));
-  // Client certificates from the job CA are required (mutual TLS).
-  EXPECT_TRUE(HasArg(agg, "--tls-client-ca", std::string(kSecretMountPath) + "/ca.crt"));
+  // Agents are verified by their tokens, not by client certificates.
+  EXPECT_FALSE(HasArg(agg, "--tls-client-ca"));
+  EXPECT_FALSE(HasArg(agg, "--tokens-file"));
+  EXPECT_TRUE(HasArg(agg, "--agent-token-jwks-file", std::string(kTrustMountPath) + "/jwks.json"));
+  EXPECT_TRUE(HasArg(agg, "--agent-token-issuer", "https://issuer.example"));
+  EXPECT_TRUE(HasArg(agg, "--agent-token-audience", "fedge.io/ml/wn"));
+  EXPECT_TRUE(HasArg(agg, "--agent-token-service-account", "ml/wn-agent"));
   EXPECT_TRUE(HasArg(agent, "--tls-ca", std::string(kSecretMountPath) + "/ca.crt"));
   EXPECT_TRUE(HasArg(agent, "--tls-server-name", "wn-aggregator.ml.svc"));
-  EXPECT_TRUE(HasArg(agent, "--tls-cert", std::string(kSecretMountPath) + "/tls.crt"));
-  EXPECT_TRUE(HasArg(agent, "--tls-key", std::string(kSecretMountPath) + "/tls.key"));
-  // The files the flags name are projected from the Secrets into each pod.
-  auto items = [](const Json& pod) {
-    std::map<std::string, std::set<std::string>> keys;  // secret -> paths
-    for (const auto& v : pod["spec"]["volumes"]) {
-      if (v.contains("secret"))
-        for (const auto& it : v["secret"]["items"]) keys[v["secret"]["secretName"]].insert(it["path"]);
-    }
-    return keys;
-  };
-  auto agg_items = items(agg_pod);
-  EXPECT_EQ(agg_items["wn-credentials"], (std::set<std::string>{"tokens", "ca.crt", "tls.crt", "tls.key"}));
-  // The agent's own Secret only: its token, the CA and its client certificate and key.
-  auto agent_items = items(agent_pod);
-  EXPECT_EQ(agent_items.count("wn-credentials"), 0u) << "agents never reference the job's Secret (CA key)";
-  EXPECT_EQ(agent_items["wn-agent-edge-a-credentials"],
-            (std::set<std::string>{"token", "ca.crt", "tls.crt", "tls.key"}));
+  EXPECT_TRUE(HasArg(agent, "--token-file", std::string(kSecretMountPath) + "/token"));
+  for (const char* flag : {"--tls-cert", "--tls-key"}) EXPECT_FALSE(HasArg(agent, flag)) << flag;
+  // The aggregator's Secret holds its serving certificate only; the keys come from the
+  // trust ConfigMap.
+  std::map<std::string, std::set<std::string>> agg_items;  // secret or configmap -> paths
+  for (const auto& v : agg_pod["spec"]["volumes"]) {
+    if (v.contains("secret"))
+      for (const auto& it : v["secret"]["items"]) agg_items[v["secret"]["secretName"]].insert(it["path"]);
+    if (v.contains("configMap") && v["configMap"].contains("items"))
+      for (const auto& it : v["configMap"]["items"]) agg_items[v["configMap"]["name"]].insert(it["path"]);
+  }
+  EXPECT_EQ(agg_items["wn-credentials"], (std::set<std::string>{"tls.crt", "tls.key"}));
+  EXPECT_EQ(agg_items["wn-trust"], (std::set<std::string>{"jwks.json"}));
+  // The agent: its own projected token (this job's audience, 10 minutes, renewed by the
+  // kubelet) and the CA from the trust ConfigMap; no Secret of its own, none of the job's.
+  EXPECT_EQ(agent_pod["spec"]["serviceAccountName"], "wn-agent");
+  EXPECT_EQ(agent_pod["spec"]["automountServiceAccountToken"], false);
+  auto sources = CredentialSources(agent_pod);
+  ASSERT_EQ(sources.size(), 2u) << agent_pod["spec"]["volumes"].dump();
+  EXPECT_EQ(sources["serviceAccountToken"],
+            (Json{{"audience", "fedge.io/ml/wn"}, {"expirationSeconds", 600}, {"path", "token"}}));
+  EXPECT_EQ(sources["configMap"]["name"], "wn-trust");
+  EXPECT_EQ(sources["configMap"]["items"], (Json::array({{{"key", "ca.crt"}, {"path", "ca.crt"}}})));
+  for (const auto& v : agent_pod["spec"]["volumes"]) {
+    if (!v.contains("secret")) continue;
+    EXPECT_EQ(v["secret"]["secretName"], "wn-inference-token") << "the inference API's token only";
+  }
 
-  // privacy.tls: false opts out: plaintext, the agent's Secret holds only its token.
+  // privacy.tls: false opts out: plaintext, the agent's volume holds only its token.
   job["spec"]["privacy"] = {{"tls", false}};
-  agg = Command(DesiredAggregatorPod(job, 2, DefaultImages()));
-  agent_pod = DesiredAgentPod(job, "edge-a", DefaultImages());
+  agg = Command(DesiredAggregatorPod(job, 2, opts));
+  agent_pod = DesiredAgentPod(job, "edge-a", opts);
   agent = Command(agent_pod);
   for (const char* flag : {"--tls-cert", "--tls-key", "--tls-client-ca"})
     EXPECT_FALSE(HasArg(agg, flag)) << flag;
+  EXPECT_TRUE(HasArg(agg, "--agent-token-audience", "fedge.io/ml/wn"))
+      << "tokens are checked without TLS too";
   for (const char* flag : {"--tls-ca", "--tls-cert", "--tls-key"}) EXPECT_FALSE(HasArg(agent, flag)) << flag;
-  EXPECT_EQ(items(agent_pod)["wn-agent-edge-a-credentials"], (std::set<std::string>{"token"}));
+  EXPECT_EQ(CredentialSources(agent_pod).size(), 1u);
+  EXPECT_TRUE(CredentialSources(agent_pod).count("serviceAccountToken"));
 }
 
 TEST(DesiredTest, TheConfigMapStatesTheTlsDefault) {
@@ -605,80 +631,114 @@ TEST(DesiredTest, TheConfigMapStatesTheTlsDefault) {
   EXPECT_TRUE(parsed->privacy.tls);
 }
 
-// ---- agent client certificates: issue, renew, revoke ---------------------------------------
+// ---- agent credentials: projected tokens, the trust ConfigMap, the job's certificates ----
 class AgentCredentialsTest : public ReconcilerTest {
  protected:
-  Json AgentSecret(const std::string& node) {
-    auto s = client_.Get(res::kSecrets, "ml", "wn-agent-" + node + "-credentials");
-    return s.ok() ? *s : Json();
-  }
   Credentials JobCredentials() {
     return CredentialsFromSecret(*client_.Get(res::kSecrets, "ml", "wn-credentials"));
   }
-  CertInfo Cert(const std::string& node) {
-    auto info = ReadCert(AgentCredentialsFromSecret(AgentSecret(node)).tls_crt);
-    EXPECT_TRUE(info.ok()) << info.status().ToString();
-    return info.ok() ? *info : CertInfo{};
+  Json Trust() {
+    auto cm = client_.Get(res::kConfigMaps, "ml", "wn-trust");
+    return cm.ok() ? (*cm)["data"] : Json();
   }
 };
 
-TEST_F(AgentCredentialsTest, EachAgentGetsItsOwnTokenAndAClientCertificateForItsNode) {
-  CreateJob();
-  auto r = Reconcile();
-  Credentials job = JobCredentials();
-  for (const std::string node : {"edge-a", "edge-b"}) {
-    Json secret = AgentSecret(node);
-    ASSERT_FALSE(secret.is_null()) << node;
-    EXPECT_EQ(secret["metadata"]["annotations"][kAnnotationNode], node);
-    EXPECT_EQ(secret["metadata"]["ownerReferences"][0]["kind"], "FederatedTrainingJob");
-    AgentCredentials c = AgentCredentialsFromSecret(secret);
-    EXPECT_EQ(c.token, job.tokens.at(node));
-    EXPECT_EQ(c.ca_crt, job.ca_crt);
-    EXPECT_TRUE(SignedBy(c.tls_crt, job.ca_crt));
-    EXPECT_TRUE(KeyMatchesCert(c.tls_crt, c.tls_key));
-    CertInfo info = Cert(node);
-    EXPECT_EQ(info.agent_id, node);
-    EXPECT_EQ(info.common_name, node);
-    EXPECT_EQ(info.not_after, now() + 24 * 3600);
-    // Nothing of the job's Secret but the CA certificate: no CA key, no other token.
-    EXPECT_EQ(secret["data"].size(), 4u);
-    EXPECT_EQ(secret.dump().find(Base64Encode(job.ca_key)), std::string::npos);
-  }
-  EXPECT_NE(AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key,
-            AgentCredentialsFromSecret(AgentSecret("edge-b")).tls_key);
-  // Requeued for the renewal: when a third of the (backdated) lifetime remains.
-  ASSERT_TRUE(r.requeue_after.has_value());
-  EXPECT_EQ(r.requeue_after->count(), RenewalTime(Cert("edge-a")) - now());
-  EXPECT_EQ(r.requeue_after->count(), 24 * 3600 - (24 * 3600 + kCertBackdateSeconds) / 3);
-}
-
-TEST_F(AgentCredentialsTest, CertificatesAreRenewedOnceAThirdOfTheirLifetimeRemains) {
+TEST_F(AgentCredentialsTest, AgentsGetAServiceAccountAndTheTrustConfigMapNoSecretOfTheirOwn) {
   CreateJob();
   Reconcile();
-  CertInfo first = Cert("edge-a");
-  std::string first_key = AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key;
-  wall_.Advance(std::chrono::seconds(RenewalTime(first) - 1 - now()));
+  auto sa = client_.Get(res::kServiceAccounts, "ml", "wn-agent");
+  ASSERT_TRUE(sa.ok()) << "the projected tokens name it; pods are refused without it";
+  EXPECT_EQ((*sa)["automountServiceAccountToken"], false);
+  EXPECT_EQ((*sa)["metadata"]["ownerReferences"][0]["kind"], "FederatedTrainingJob");
+  EXPECT_TRUE(client_.Get(res::kRoleBindings, "ml", "wn-agent").status().code() == StatusCode::kNotFound)
+      << "it is granted nothing";
+  // The trust ConfigMap: the job CA and the issuer's keys as the API server served them.
+  Json trust = Trust();
+  ASSERT_FALSE(trust.is_null());
+  EXPECT_EQ(trust["ca.crt"], JobCredentials().ca_crt);
+  auto jwks = client_.GetPath("/openid/v1/jwks");
+  ASSERT_TRUE(jwks.ok());
+  EXPECT_EQ(Json::parse(trust["jwks.json"].get<std::string>()), *jwks);
+  // The aggregator is told the issuer from the discovery document.
+  auto agg = client_.Get(res::kPods, "ml", "wn-aggregator");
+  ASSERT_TRUE(agg.ok());
+  EXPECT_TRUE(HasArg(Command(*agg), "--agent-token-issuer", kFakeIssuer));
+  // Two Secrets for the job whatever its size: none per agent.
+  std::set<std::string> secrets;
+  for (const auto& s : client_.Objects(res::kSecrets)) secrets.insert(s["metadata"]["name"]);
+  EXPECT_EQ(secrets, (std::set<std::string>{"wn-credentials", "wn-inference-token"}));
   client_.ClearCalls();
+  Reconcile();
+  EXPECT_EQ(client_.CountWrites(), 0) << "steady";
+}
+
+TEST_F(AgentCredentialsTest, AnAgentSecretOfAnOlderOperatorIsDeleted) {
+  CreateJob();
+  Reconcile();
+  // What operators before the projected tokens wrote per agent.
+  Json old = {{"apiVersion", "v1"},
+              {"kind", "Secret"},
+              {"metadata",
+               {{"name", "wn-agent-edge-a-credentials"},
+                {"namespace", "ml"},
+                {"labels", {{kLabelJob, "wn"}, {kLabelRole, "agent-credentials"}}},
+                {"annotations", {{kAnnotationNode, "edge-a"}}},
+                {"ownerReferences", Json::array({OwnerReference(GetJob())})}}},
+              {"data", {{"token", Base64Encode("t")}}}};
+  ASSERT_TRUE(client_.Create(res::kSecrets, "ml", old).ok());
+  Reconcile();
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kSecrets, "ml", "wn-agent-edge-a-credentials").status()));
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-a").ok()) << "its agent is not touched";
+}
+
+TEST_F(AgentCredentialsTest, WithoutTheIssuersKeysNoPodIsCreatedAndTheJobSaysWhy) {
+  client_.SetPath("/openid/v1/jwks", nullptr);  // an API server that does not serve them
+  CreateJob();
   auto r = Reconcile();
-  EXPECT_EQ(client_.CountCalls("patch", "secrets") + client_.CountCalls("create", "secrets"), 0)
-      << "not due yet: no write";
+  EXPECT_TRUE(Pods().empty()) << "an aggregator could verify no agent";
+  EXPECT_TRUE(IsNotFound(client_.Get(res::kConfigMaps, "ml", "wn-trust").status()));
+  const Json job = GetJob();
+  const Json* created = Condition(job, "Created");
+  ASSERT_NE(created, nullptr);
+  EXPECT_EQ(created->value("status", ""), "False");
+  EXPECT_EQ(created->value("reason", ""), "IssuerKeysUnavailable");
+  EXPECT_NE(created->value("message", "").find("/openid/v1/jwks"), std::string::npos) << created->dump();
   ASSERT_TRUE(r.requeue_after.has_value());
-  EXPECT_EQ(r.requeue_after->count(), 1);
-  wall_.Advance(std::chrono::seconds(1));  // at the renewal point
-  r = Reconcile();
-  CertInfo second = Cert("edge-a");
-  EXPECT_NE(second.serial, first.serial);
-  EXPECT_EQ(second.not_after, now() + 24 * 3600);
-  EXPECT_GT(second.not_after, first.not_after);
-  EXPECT_NE(AgentCredentialsFromSecret(AgentSecret("edge-a")).tls_key, first_key) << "a new key each time";
-  // Still the same token and CA: only the certificate rotates.
-  EXPECT_EQ(AgentCredentialsFromSecret(AgentSecret("edge-a")).token, JobCredentials().tokens.at("edge-a"));
-  ASSERT_TRUE(r.requeue_after.has_value());
-  EXPECT_EQ(r.requeue_after->count(), RenewalTime(second) - now());
-  // And steady again.
+  EXPECT_LE(r.requeue_after->count(), 10);
+  // Served again: the next pass after the retry interval creates everything.
+  client_.SetPath(
+      "/openid/v1/jwks",
+      Json::parse(R"({"keys": [{"kty": "EC", "kid": "k2", "crv": "P-256", "x": "AA", "y": "AA"}]})"));
+  wall_.Advance(std::chrono::seconds(6));
+  Reconcile();
+  EXPECT_EQ(Pods().size(), 3u);
+  EXPECT_EQ(Condition(GetJob(), "Created")->value("reason", ""), "ChildrenCreated");
+  EXPECT_EQ(Json::parse(Trust()["jwks.json"].get<std::string>())["keys"][0]["kid"], "k2");
+}
+
+TEST_F(AgentCredentialsTest, RotatedIssuerKeysReachTheTrustConfigMapWithinTheRefreshInterval) {
+  CreateJob();
+  Reconcile();
+  const std::string before = Trust()["jwks.json"];
+  const Json rotated =
+      Json::parse(R"({"keys": [{"kty": "EC", "kid": "new", "crv": "P-256", "x": "AA", "y": "AA"}]})");
+  client_.SetPath("/openid/v1/jwks", rotated);
+  wall_.Advance(std::chrono::seconds(60));
+  client_.ClearCalls();
+  Reconcile();
+  EXPECT_EQ(Trust()["jwks.json"], before) << "read again only after the refresh interval";
+  EXPECT_EQ(client_.CountCalls("get", "/openid/v1/jwks"), 0);
+  wall_.Advance(std::chrono::seconds(300));
+  Reconcile();
+  EXPECT_EQ(Json::parse(Trust()["jwks.json"].get<std::string>()), rotated);
+  EXPECT_EQ(Trust()["ca.crt"], JobCredentials().ca_crt);
+  // An API server that then fails keeps the keys in use: no pod or ConfigMap is touched.
+  client_.FailNext("get", "/openid/v1/jwks", KubeError("ServiceUnavailable", 503, "down"));
+  wall_.Advance(std::chrono::seconds(301));
   client_.ClearCalls();
   Reconcile();
   EXPECT_EQ(client_.CountWrites(), 0);
+  EXPECT_EQ(Condition(GetJob(), "Created")->value("reason", ""), "ChildrenCreated");
 }
 
 // Regression: the serving certificate (one year) was issued once and never again, so a
@@ -690,7 +750,7 @@ TEST_F(AgentCredentialsTest, TheServingCertificateIsRenewedFromTheSameCaOnceAThi
   auto info = ReadCert(first.tls_crt);
   ASSERT_TRUE(info.ok()) << info.status().ToString();
   wall_.Advance(std::chrono::seconds(RenewalTime(*info) - 1 - now()));
-  Reconcile();  // the agents' day-long certificates are renewed; the serving one is not due
+  Reconcile();
   EXPECT_EQ(JobCredentials().tls_crt, first.tls_crt);
   wall_.Advance(std::chrono::seconds(1));
   Reconcile();
@@ -704,7 +764,7 @@ TEST_F(AgentCredentialsTest, TheServingCertificateIsRenewedFromTheSameCaOnceAThi
   EXPECT_TRUE(KeyMatchesCert(renewed.tls_crt, renewed.tls_key));
   EXPECT_EQ(renewed.ca_crt, first.ca_crt);
   EXPECT_EQ(renewed.ca_key, first.ca_key);
-  EXPECT_EQ(renewed.tokens, first.tokens);
+  EXPECT_EQ(Trust()["ca.crt"], first.ca_crt);
   bool event = false;
   for (const auto& e : client_.Objects(res::kEvents)) event |= e["reason"] == "ServingCertificateRenewed";
   EXPECT_TRUE(event);
@@ -714,69 +774,16 @@ TEST_F(AgentCredentialsTest, TheServingCertificateIsRenewedFromTheSameCaOnceAThi
   EXPECT_EQ(client_.CountWrites(), 0);
 }
 
-TEST_F(AgentCredentialsTest, ACertificateFromAnotherCaOrForAnotherNodeIsReplaced) {
-  CreateJob();
-  Reconcile();
-  auto other_ca = GenerateCa("someone else", now());
-  ASSERT_TRUE(other_ca.ok());
-  auto foreign = IssueClientCert(*other_ca, "edge-a", now(), 3600);
-  ASSERT_TRUE(foreign.ok());
-  auto swapped = IssueClientCert({JobCredentials().ca_crt, JobCredentials().ca_key}, "edge-b", now(), 3600);
-  ASSERT_TRUE(swapped.ok());
-  for (const KeyPair& bad : {*foreign, *swapped}) {
-    AgentCredentials c = AgentCredentialsFromSecret(AgentSecret("edge-a"));
-    c.tls_crt = bad.cert_pem;
-    c.tls_key = bad.key_pem;
-    Json s = DesiredAgentSecret(GetJob(), "edge-a", c);
-    ASSERT_TRUE(client_.Apply(res::kSecrets, "ml", s["metadata"]["name"], s, {"someone", true, ""}).ok());
-    Reconcile();
-    c = AgentCredentialsFromSecret(AgentSecret("edge-a"));
-    EXPECT_TRUE(SignedBy(c.tls_crt, JobCredentials().ca_crt));
-    EXPECT_EQ(Cert("edge-a").agent_id, "edge-a");
-  }
-}
-
-TEST_F(AgentCredentialsTest, NodeLeavingTheSelectorLosesItsTokenAndCertificate) {
-  CreateJob();
-  Reconcile();
-  std::string old_token = JobCredentials().tokens.at("edge-a");
-  Json a = *client_.Get(res::kNodes, "", "edge-a");
-  a["metadata"]["labels"].erase("fedge.io/edge");
-  ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
-  Reconcile();
-  // Revoked: no Secret to mount, and the aggregator's tokens file no longer lists it.
-  EXPECT_TRUE(AgentSecret("edge-a").is_null());
-  EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
-  Credentials job = JobCredentials();
-  EXPECT_EQ(job.tokens.count("edge-a"), 0u);
-  EXPECT_EQ(job.tokens.count("edge-b"), 1u);
-  std::string tokens_file =
-      Base64Decode((*client_.Get(res::kSecrets, "ml", "wn-credentials"))["data"]["tokens"]);
-  EXPECT_EQ(tokens_file.find("edge-a"), std::string::npos) << tokens_file;
-  EXPECT_EQ(tokens_file.find(old_token), std::string::npos);
-  EXPECT_FALSE(AgentSecret("edge-b").is_null());
-  bool event = false;
-  for (const auto& e : client_.Objects(res::kEvents)) event |= e["reason"] == "AgentTokenRevoked";
-  EXPECT_TRUE(event);
-  // Back in the selector: a new token and a new certificate, not the revoked ones.
-  a = *client_.Get(res::kNodes, "", "edge-a");
-  a["metadata"]["labels"]["fedge.io/edge"] = "true";
-  ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
-  Reconcile();
-  EXPECT_NE(JobCredentials().tokens.at("edge-a"), old_token);
-  EXPECT_EQ(AgentCredentialsFromSecret(AgentSecret("edge-a")).token, JobCredentials().tokens.at("edge-a"));
-}
-
-TEST_F(AgentCredentialsTest, WithoutTlsTheAgentSecretHoldsOnlyTheToken) {
+TEST_F(AgentCredentialsTest, WithoutTlsTheTrustConfigMapHasOnlyTheKeys) {
   Json job = Job();
   job["spec"]["privacy"] = {{"tls", false}};
   CreateJob(job);
-  auto r = Reconcile();
-  Json secret = AgentSecret("edge-a");
-  ASSERT_FALSE(secret.is_null());
-  EXPECT_EQ(secret["data"].size(), 1u);
-  EXPECT_EQ(AgentCredentialsFromSecret(secret).token, JobCredentials().tokens.at("edge-a"));
-  EXPECT_FALSE(r.requeue_after.has_value()) << "nothing to renew";
+  Reconcile();
+  Json trust = Trust();
+  ASSERT_FALSE(trust.is_null());
+  EXPECT_FALSE(trust.contains("ca.crt"));
+  EXPECT_TRUE(trust.contains("jwks.json"));
+  EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-a").ok());
 }
 
 TEST_F(AgentCredentialsTest, TheJobsCaAndServingCertificateAreDatedByTheOperatorsClock) {
@@ -794,20 +801,6 @@ TEST_F(AgentCredentialsTest, TheJobsCaAndServingCertificateAreDatedByTheOperator
   EXPECT_EQ(serving->not_before, now() - kCertBackdateSeconds);
   EXPECT_EQ(serving->not_after, now() + 365L * 24 * 3600);
   EXPECT_TRUE(SignedBy(job.tls_crt, job.ca_crt));
-}
-
-TEST_F(AgentCredentialsTest, LifetimeComesFromTheOperatorsOption) {
-  ReconcilerOptions o{DefaultImages(), &wall_};
-  o.agent_cert_lifetime_seconds = 90;
-  JobReconciler short_lived(&client_, &cache_, &events_, o);
-  CreateJob();
-  auto r = short_lived.Reconcile("ml/wn");
-  ASSERT_TRUE(r.ok());
-  EXPECT_EQ(Cert("edge-a").not_after, now() + 90);
-  ASSERT_TRUE(r->requeue_after.has_value());
-  // Backdated by a tenth of it (9 s), not the full 300 s: renewal still comes after issuance.
-  EXPECT_EQ(Cert("edge-a").not_before, now() - 9);
-  EXPECT_EQ(r->requeue_after->count(), 90 - (90 + 9) / 3);
 }
 
 TEST_F(ReconcilerTest, SuspendDeletesPodsAndResumeRecreatesThem) {
@@ -995,25 +988,30 @@ TEST_F(ReconcilerTest, AnObjectTheOperatorDidNotCreateIsNeitherTakenOverNorDelet
   EXPECT_EQ(Condition(GetJob(), "Created")->value("status", ""), "True");
 }
 
-// A job whose children's names collide with another job's (job "wn-agent-edge-a": its
-// credentials Secret is job wn's Secret for node edge-a) uses none of them.
+// A job whose children's names collide with another job's objects (here job wn's
+// ConfigMap under the name of job "wn2"'s trust ConfigMap) uses none of them.
 TEST_F(ReconcilerTest, AJobWhoseChildrensNamesCollideWithAnotherJobsTakesNothingOfIt) {
   CreateJob();
   Reconcile();
-  const Json theirs = *client_.Get(res::kSecrets, "ml", "wn-agent-edge-a-credentials");
+  Json theirs = *client_.Get(res::kConfigMaps, "ml", "wn-trust");
+  theirs["metadata"] = {{"name", "wn2-trust"},
+                        {"namespace", "ml"},
+                        {"labels", theirs["metadata"]["labels"]},
+                        {"ownerReferences", theirs["metadata"]["ownerReferences"]}};
+  ASSERT_TRUE(client_.Create(res::kConfigMaps, "ml", theirs).ok());
   Json job = Job();
-  job["metadata"]["name"] = "wn-agent-edge-a";
+  job["metadata"]["name"] = "wn2";
   CreateJob(job);
-  auto r = reconciler_.Reconcile("ml/wn-agent-edge-a");
+  auto r = reconciler_.Reconcile("ml/wn2");
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("secrets/wn-agent-edge-a-credentials is not this job's: it belongs to "
+  EXPECT_NE(r.status().message().find("configmaps/wn2-trust is not this job's: it belongs to "
                                       "FederatedTrainingJob wn"),
             std::string::npos)
       << r.status().ToString();
-  EXPECT_EQ(client_.Get(res::kSecrets, "ml", "wn-agent-edge-a-credentials")->value("data", Json()),
+  EXPECT_EQ(client_.Get(res::kConfigMaps, "ml", "wn2-trust")->value("data", Json()),
             theirs.value("data", Json()));
   for (const auto& p : Pods()) EXPECT_EQ(p["metadata"]["labels"].value(kLabelJob, ""), "wn");
-  EXPECT_EQ(Condition(GetJob("wn-agent-edge-a"), "Created")->value("reason", ""), "ChildConflict");
+  EXPECT_EQ(Condition(GetJob("wn2"), "Created")->value("reason", ""), "ChildConflict");
 }
 
 // A checkpoint claim the spec names may be another job's (named to resume from its

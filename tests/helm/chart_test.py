@@ -258,10 +258,12 @@ class ChartTest(unittest.TestCase):
         self.assertTrue({"fedge_job", "component", "agent"} <= labels, "the dashboard's labels")
         self.assertEqual(by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"], "http")
 
-    def test_agent_certificate_lifetime_reaches_the_operator(self):
-        args = lambda d: by_kind(d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]  # noqa
-        self.assertIn("--agent-cert-lifetime=24h", args(render()))
-        self.assertIn("--agent-cert-lifetime=90m", args(render("agentCertificateLifetime=90m")))
+    def test_the_operator_may_read_the_service_account_issuer_keys(self):
+        """Aggregators verify agents' projected tokens with the keys the operator copies."""
+        for values in ((), ("watchNamespace=jobs",)):
+            rules = [r for cr in by_kind(render(*values), "ClusterRole") for r in cr["rules"]]
+            urls = {u for r in rules if "get" in r.get("verbs", []) for u in r.get("nonResourceURLs", [])}
+            self.assertEqual(urls, {"/.well-known/openid-configuration", "/openid/v1/jwks"}, values)
 
     def test_apply_concurrency_reaches_the_operator(self):
         args = lambda d: by_kind(d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]  # noqa

@@ -225,22 +225,13 @@ std::string Base64Decode(const std::string& in) {
 Credentials CredentialsFromSecret(const Json& secret) {
   Credentials c;
   Json data = Sub(secret, "data");
-  auto get = [&](const char* k) { return data.contains(k) ? Base64Decode(data[k].get<std::string>()) : ""; };
+  auto get = [&](const char* k) {
+    return data.contains(k) && data[k].is_string() ? Base64Decode(data[k].get<std::string>()) : "";
+  };
   c.ca_crt = get("ca.crt");
   c.ca_key = get("ca.key");
   c.tls_crt = get("tls.crt");
   c.tls_key = get("tls.key");
-  std::string tokens = get("tokens");
-  size_t pos = 0;
-  while (pos < tokens.size()) {
-    size_t nl = tokens.find('\n', pos);
-    std::string line = tokens.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? tokens.size() : nl + 1;
-    auto sp = line.find(' ');
-    if (sp != std::string::npos && !line.empty() && line[0] != '#') {
-      c.tokens[line.substr(0, sp)] = line.substr(sp + 1);
-    }
-  }
   return c;
 }
 
@@ -249,10 +240,6 @@ Json DesiredSecret(const Json& job, const Credentials& creds) {
                {"ca.key", Base64Encode(creds.ca_key)},
                {"tls.crt", Base64Encode(creds.tls_crt)},
                {"tls.key", Base64Encode(creds.tls_key)}};
-  // The aggregator's --tokens-file format: one "agent-id token" line per agent.
-  std::string tokens;
-  for (const auto& [id, tok] : creds.tokens) tokens += id + " " + tok + "\n";
-  data["tokens"] = Base64Encode(tokens);
   return {{"apiVersion", "v1"},
           {"kind", "Secret"},
           {"metadata", Meta(job, SecretName(job), "credentials")},
@@ -260,29 +247,26 @@ Json DesiredSecret(const Json& job, const Credentials& creds) {
           {"data", data}};
 }
 
-AgentCredentials AgentCredentialsFromSecret(const Json& secret) {
-  AgentCredentials c;
-  Json data = Sub(secret, "data");
-  auto get = [&](const char* k) {
-    return data.contains(k) && data[k].is_string() ? Base64Decode(data[k].get<std::string>()) : "";
-  };
-  c.token = get("token");
-  c.ca_crt = get("ca.crt");
-  c.tls_crt = get("tls.crt");
-  c.tls_key = get("tls.key");
-  return c;
+std::string AgentTokenAudience(const Json& job) { return "fedge.io/" + Ns(job) + "/" + Name(job); }
+
+std::string AgentServiceAccountName(const Json& job) { return Name(job) + "-agent"; }
+
+Json DesiredAgentServiceAccount(const Json& job) {
+  return {{"apiVersion", "v1"},
+          {"kind", "ServiceAccount"},
+          {"metadata", Meta(job, AgentServiceAccountName(job), "agent")},
+          {"automountServiceAccountToken", false}};
 }
 
-Json DesiredAgentSecret(const Json& job, const std::string& node, const AgentCredentials& creds) {
-  Json data = {{"token", Base64Encode(creds.token)}};
-  if (!creds.tls_crt.empty()) {
-    data["ca.crt"] = Base64Encode(creds.ca_crt);
-    data["tls.crt"] = Base64Encode(creds.tls_crt);
-    data["tls.key"] = Base64Encode(creds.tls_key);
-  }
-  Json meta = Meta(job, AgentSecretName(job, node), "agent-credentials");
-  meta["annotations"] = {{kAnnotationNode, node}};
-  return {{"apiVersion", "v1"}, {"kind", "Secret"}, {"metadata", meta}, {"type", "Opaque"}, {"data", data}};
+std::string TrustConfigMapName(const Json& job) { return Name(job) + "-trust"; }
+
+Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer) {
+  Json data = {{"jwks.json", issuer.jwks}};
+  if (!ca_crt.empty()) data["ca.crt"] = ca_crt;
+  return {{"apiVersion", "v1"},
+          {"kind", "ConfigMap"},
+          {"metadata", Meta(job, TrustConfigMapName(job), "trust")},
+          {"data", data}};
 }
 
 Json DesiredConfigMap(const Json& job, const std::string& manifest_yaml) {
@@ -371,11 +355,26 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
       {"name", "aggregator"},
       {"image", opts.images.aggregator},
       {"command",
-       {"fedge-aggregator", "--config", std::string(kConfigMountPath) + "/job.yaml", "--listen",
-        "0.0.0.0:" + std::to_string(kAggregatorGrpcPort), "--http",
-        "0.0.0.0:" + std::to_string(kAggregatorHttpPort), "--checkpoint-dir", kCheckpointMountPath,
-        "--expected-agents", std::to_string(expected_agents), "--tokens-file",
-        std::string(kSecretMountPath) + "/tokens", "--exit-when-done"}},
+       {"fedge-aggregator",
+        "--config",
+        std::string(kConfigMountPath) + "/job.yaml",
+        "--listen",
+        "0.0.0.0:" + std::to_string(kAggregatorGrpcPort),
+        "--http",
+        "0.0.0.0:" + std::to_string(kAggregatorHttpPort),
+        "--checkpoint-dir",
+        kCheckpointMountPath,
+        "--expected-agents",
+        std::to_string(expected_agents),
+        "--agent-token-jwks-file",
+        std::string(kTrustMountPath) + "/jwks.json",
+        "--agent-token-issuer",
+        opts.agent_token_issuer,
+        "--agent-token-audience",
+        AgentTokenAudience(job),
+        "--agent-token-service-account",
+        Ns(job) + "/" + AgentServiceAccountName(job),
+        "--exit-when-done"}},
       {"ports",
        Json::array({{{"name", "grpc"}, {"containerPort", kAggregatorGrpcPort}, {"protocol", "TCP"}},
                     {{"name", "http"}, {"containerPort", kAggregatorHttpPort}, {"protocol", "TCP"}}})},
@@ -384,13 +383,13 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
       {"volumeMounts",
        Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
                     {{"name", "credentials"}, {"mountPath", kSecretMountPath}, {"readOnly", true}},
+                    {{"name", "trust"}, {"mountPath", kTrustMountPath}, {"readOnly", true}},
                     {{"name", "checkpoints"}, {"mountPath", kCheckpointMountPath}}})}};
   if (spec.privacy.tls) {
     // The serving certificate the operator issued for the Service's names, from the
-    // Secret; agents must present a client certificate from the job CA (mutual TLS),
-    // whose identity fedge-aggregator binds to the agent id they join as.
-    for (const char* arg :
-         {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key", "--tls-client-ca", "/ca.crt"}) {
+    // Secret. Agents authenticate with their projected tokens (the flags above), not
+    // with client certificates.
+    for (const char* arg : {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key"}) {
       aggregator["command"].push_back(arg[0] == '/' ? std::string(kSecretMountPath) + arg : std::string(arg));
     }
   }
@@ -416,10 +415,12 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
                                 {"secret",
                                  {{"secretName", SecretName(job)},
                                   {"defaultMode", 0440},
-                                  {"items", Json::array({{{"key", "tokens"}, {"path", "tokens"}},
-                                                         {{"key", "ca.crt"}, {"path", "ca.crt"}},
-                                                         {{"key", "tls.crt"}, {"path", "tls.crt"}},
+                                  {"items", Json::array({{{"key", "tls.crt"}, {"path", "tls.crt"}},
                                                          {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
+                               {{"name", "trust"},
+                                {"configMap",
+                                 {{"name", TrustConfigMapName(job)},
+                                  {"items", Json::array({{{"key", "jwks.json"}, {"path", "jwks.json"}}})}}}},
                                ckpt_volume,
                                TmpVolume()})}};
   AddPullSecrets(pod_spec, opts);
@@ -518,7 +519,13 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
   // Agents keep serving local inference with the final global after the job
   // (the job's purpose on the edge); only without serving do they exit when done.
   if (!spec.serving.enabled) container["command"].push_back("--exit-when-done");
-  Json credential_items = Json::array({{{"key", "token"}, {"path", "token"}}});
+  // The agent's credentials: its projected service-account token (the kubelet requests
+  // it for this pod, on this node, and swaps in a renewed one before it expires; the agent
+  // re-reads it at each Join) and, with TLS, the job CA from the trust ConfigMap.
+  Json credential_sources = Json::array({{{"serviceAccountToken",
+                                           {{"audience", AgentTokenAudience(job)},
+                                            {"expirationSeconds", kAgentTokenExpirationSeconds},
+                                            {"path", "token"}}}}});
   if (spec.privacy.tls) {
     container["command"].push_back("--tls-ca");
     container["command"].push_back(std::string(kSecretMountPath) + "/ca.crt");
@@ -526,13 +533,9 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
     // was resolved to an IP.
     container["command"].push_back("--tls-server-name");
     container["command"].push_back(AggregatorName(job) + "." + Ns(job) + ".svc");
-    // This agent's own client certificate; the agent re-reads both files when the
-    // kubelet swaps in a rotated Secret.
-    for (const char* arg : {"--tls-cert", "/tls.crt", "--tls-key", "/tls.key"}) {
-      container["command"].push_back(arg[0] == '/' ? std::string(kSecretMountPath) + arg : std::string(arg));
-    }
-    for (const char* key : {"ca.crt", "tls.crt", "tls.key"})
-      credential_items.push_back({{"key", key}, {"path", key}});
+    credential_sources.push_back({{"configMap",
+                                   {{"name", TrustConfigMapName(job)},
+                                    {"items", Json::array({{{"key", "ca.crt"}, {"path", "ca.crt"}}})}}}});
   }
   Harden(container, opts);
   Json toleration_list = Json::array();
@@ -543,9 +546,7 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
   }
   Json volumes = Json::array(
       {{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-       {{"name", "credentials"},
-        {"secret",
-         {{"secretName", AgentSecretName(job, node)}, {"defaultMode", 0444}, {"items", credential_items}}}},
+       {{"name", "credentials"}, {"projected", {{"defaultMode", 0444}, {"sources", credential_sources}}}},
        {{"name", "api-token"},
         {"secret",
          {{"secretName", ApiTokenSecretName(job)},
@@ -559,6 +560,7 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
           {{"claimName", NodeVolumeClaimName(job, node, root)}, {"readOnly", root.read_only}}}});
   }
   Json pod_spec = {{"restartPolicy", "Never"},
+                   {"serviceAccountName", AgentServiceAccountName(job)},
                    {"automountServiceAccountToken", false},
                    {"securityContext", PodSecurityContext(/*fs_group=*/false)},
                    // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.

@@ -358,51 +358,39 @@ void Planner::Children() {
   // only namespaced rights (the chart's watchNamespace RBAC).
   ApplyIfChanged(res::kRoleBindings, DesiredRoleBinding(job), Wave::kPerNode);
 
-  // Credentials. The job's Secret holds exactly one token per selected node; when the
-  // cached copy does not, Apply syncs it (reading the live object first) and then checks
-  // every agent Secret against it. Otherwise only the agent Secrets that are stale.
+  // The agents' ServiceAccount: their projected tokens name it.
+  ApplyIfChanged(res::kServiceAccounts, DesiredAgentServiceAccount(job));
+
+  // Credentials: the job CA and the aggregator's serving certificate. Synced (reading the
+  // live object first) when the cached copy is missing or due; the trust ConfigMap after
+  // it, with the CA as synced.
   Credentials creds;
   bool creds_current = false;
   const bool creds_blocked = Blocked(res::kSecrets, SecretName(job));
   if (ObjectPtr cached = o.Find(res::kSecrets, SecretName(job))) {
     creds = CredentialsFromSecret(*cached);
-    creds_current = !creds.ca_crt.empty() && creds.tokens.size() == wanted.size() &&
-                    std::all_of(creds.tokens.begin(), creds.tokens.end(),
-                                [&](const auto& t) { return wanted.count(t.first) > 0; });
+    creds_current = !creds.ca_crt.empty();
     std::time_t serving_renew_at = 0;
     if (creds_current && tls) {
       creds_current = ServingCertStale(creds, o.now, &serving_renew_at).empty();
       if (creds_current) RequeueAfter(std::chrono::seconds(serving_renew_at - o.now));
     }
   }
-  if (!creds_current && !creds_blocked) {
-    Action& a = Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
-    a.nodes = nodes;
-  }
-  for (const auto& node : nodes) {
-    // Without the job's own credentials there are no agent credentials to write.
-    if (Blocked(res::kSecrets, AgentSecretName(job, node)) || creds_blocked) continue;
-    std::time_t renew_at = 0;
-    if (creds_current) {
-      ObjectPtr s = o.Find(res::kSecrets, AgentSecretName(job, node));
-      std::string why =
-          AgentCredentialsStale(s.get(), node, creds.tokens.at(node), creds.ca_crt, tls, o.now, &renew_at);
-      if (why.empty()) {
-        if (tls) RequeueAfter(std::chrono::seconds(renew_at - o.now));
-        continue;
-      }
+  if (!creds_current && !creds_blocked)
+    Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
+  if (!o.issuer.jwks.empty() && !creds_blocked && !Blocked(res::kConfigMaps, TrustConfigMapName(job))) {
+    ObjectPtr trust = o.Find(res::kConfigMaps, TrustConfigMapName(job));
+    const Json want = DesiredTrustConfigMap(job, tls ? creds.ca_crt : "", o.issuer);
+    if (!creds_current || !trust || trust->value("data", Json::object()) != want["data"]) {
+      Add(ActionKind::kSyncTrust, Wave::kPerNode, res::kConfigMaps, TrustConfigMapName(job));
     }
-    Add(ActionKind::kSyncAgentCredentials, Wave::kPerNode, res::kSecrets, AgentSecretName(job, node)).node =
-        node;
   }
-  // Agent Secrets of nodes that left the selector go (revocation, with the token).
+  // Agent Secrets (token and client certificate) of operators before the projected tokens:
+  // nothing mounts them any more.
   for (const auto& [key, s] : o.children) {
     if (key.first != res::kSecrets.plural) continue;
-    const Json& meta = (*s)["metadata"];
-    if (Role(*s) != "agent-credentials") continue;
-    std::string node = meta.value("annotations", Json::object()).value(kAnnotationNode, "");
-    if (wanted.count(node) || Terminating(*s)) continue;
-    Add(ActionKind::kDelete, Wave::kShared, res::kSecrets, meta.value("name", ""));
+    if (Role(*s) != "agent-credentials" || Terminating(*s)) continue;
+    Add(ActionKind::kDelete, Wave::kShared, res::kSecrets, (*s)["metadata"].value("name", ""));
   }
   if (!Blocked(res::kSecrets, ApiTokenSecretName(job)) && !o.Find(res::kSecrets, ApiTokenSecretName(job))) {
     Add(ActionKind::kSyncApiToken, Wave::kShared, res::kSecrets, ApiTokenSecretName(job));
@@ -460,13 +448,16 @@ void Planner::Children() {
   // those names (or its own) still holds a deleted job's object.
   Blocked(res::kPods, AggregatorName(job));
   for (const auto& node : nodes) Blocked(res::kPods, AgentPodName(job, node));
-  const bool create_pods = waiting.empty();
+  // Without the issuer's keys the aggregator could verify no agent's token.
+  const bool create_pods = waiting.empty() && !o.issuer.jwks.empty();
 
   const int min_agents = std::max(1, spec->agents.minAgents);
   if (!aggregator) {
     if (static_cast<int>(nodes.size()) >= min_agents && create_pods) {
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AggregatorName(job));
-      a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), opts.desired);
+      DesiredOptions desired = opts.desired;
+      if (!o.issuer.issuer.empty()) desired.agent_token_issuer = o.issuer.issuer;
+      a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), desired);
       a.name = a.object["metadata"].value("name", a.name);
       a.starts_job = true;
     }
@@ -550,7 +541,17 @@ void Planner::Children() {
 
   if (Finished(State())) return;
 
-  if (waiting.empty()) {
+  if (waiting.empty() && o.issuer.jwks.empty()) {
+    Condition("Created", "False", "IssuerKeysUnavailable",
+              "cannot read the cluster's service-account issuer keys, which the aggregator verifies the "
+              "agents' tokens with (" +
+                  (o.issuer_error.empty() ? std::string("not read yet") : o.issuer_error) +
+                  "). The operator needs get on the non-resource URLs /.well-known/openid-configuration and "
+                  "/openid/v1/jwks (the chart's ClusterRole grants it), and the API server a "
+                  "--service-account-issuer; no pod is created until then",
+              "Warning");
+    RequeueAfter(std::chrono::seconds(10));
+  } else if (waiting.empty()) {
     Condition("Created", "True", "ChildrenCreated",
               "credentials, configuration, services and pods are created", "Normal");
   } else {
@@ -781,8 +782,8 @@ std::string Action::Describe() const {
       break;
     case ActionKind::kSyncCredentials:
       return "sync-credentials " + name;
-    case ActionKind::kSyncAgentCredentials:
-      return "sync-agent-credentials " + node;
+    case ActionKind::kSyncTrust:
+      return "sync-trust " + name;
     case ActionKind::kSyncApiToken:
       return "sync-api-token " + name;
   }
@@ -846,45 +847,6 @@ std::string ServingCertStale(const Credentials& creds, std::time_t now, std::tim
   if (now >= f.renew) return "serving certificate due for renewal";
   *renew_at = f.renew;
   return "";
-}
-
-std::string AgentCredentialsStale(const Json* secret, const std::string& node, const std::string& token,
-                                  const std::string& ca_crt, bool tls, std::time_t now,
-                                  std::time_t* renew_at) {
-  *renew_at = 0;
-  if (!secret) return "missing";
-  AgentCredentials cur = AgentCredentialsFromSecret(*secret);
-  if (cur.token != token) return "token changed";
-  if (!tls) return cur.tls_crt.empty() ? "" : "TLS turned off";
-  // Fast path: the digest the operator wrote beside credentials it had just issued still
-  // matches them, so the certificate checks below passed for exactly these bytes; only the
-  // clock can have changed. (Parsing a private key costs ~1 ms in OpenSSL 3: at 1,000
-  // nodes every no-op pass spent a second on it.)
-  const Json annotations = (*secret)["metadata"].value("annotations", Json::object());
-  if (cur.ca_crt == ca_crt &&
-      annotations.value(kAnnotationCredentialsDigest, "") ==
-          AgentCredentialsDigest(node, cur, annotations.value(kAnnotationRenewAt, ""))) {
-    std::time_t at = std::atoll(annotations.value(kAnnotationRenewAt, "0").c_str());
-    if (at > 0) {
-      if (now >= at) return "due for renewal";
-      *renew_at = at;
-      return "";
-    }
-  }
-  if (cur.ca_crt != ca_crt || !SignedBy(cur.tls_crt, ca_crt)) return "not from the job CA";
-  if (!KeyMatchesCert(cur.tls_crt, cur.tls_key)) return "key does not match the certificate";
-  auto info = ReadCert(cur.tls_crt);
-  if (!info.ok() || info->agent_id != node) return "certificate names another agent";
-  if (now >= RenewalTime(*info)) return "due for renewal";
-  *renew_at = RenewalTime(*info);
-  return "";
-}
-
-std::string AgentCredentialsDigest(const std::string& node, const AgentCredentials& c,
-                                   const std::string& renew_at) {
-  std::string all =
-      node + "\n" + c.token + "\n" + c.ca_crt + "\n" + c.tls_crt + "\n" + c.tls_key + "\n" + renew_at;
-  return HexSha256(all);
 }
 
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options) {

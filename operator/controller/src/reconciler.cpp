@@ -117,21 +117,7 @@ struct JobReconciler::Run {
   Json status;      // operator-owned fields to write
   std::vector<PlannedEvent> events;
   Credentials creds;  // the job's credentials, once known (cached or synced)
-
-  // The job CA decoded once per pass for the agent certificates of its wave (JobCa):
-  // decoding its key cost more than issuing a certificate. Keyed by the CA certificate,
-  // since the credentials wave may replace the credentials.
-  StatusOr<CertificateAuthority> JobCa() const {
-    std::lock_guard<std::mutex> lock(ca_mu);
-    if (!ca || ca_crt_decoded != creds.ca_crt) {
-      ca = CertificateAuthority::Load({creds.ca_crt, creds.ca_key});
-      ca_crt_decoded = creds.ca_crt;
-    }
-    return *ca;
-  }
-  mutable std::mutex ca_mu;
-  mutable std::optional<StatusOr<CertificateAuthority>> ca;
-  mutable std::string ca_crt_decoded;
+  IssuerKeys issuer;  // Observed::issuer
 };
 
 // What one action did.
@@ -176,9 +162,55 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
       o.children[{res::kPersistentVolumeClaims.plural, claim}] = std::move(pvc);
     }
   }
+  std::tie(o.issuer, o.issuer_error) = Issuer();
   AddUnseenCreates(o);
   SetAsideForeignChildren(o);
   return o;
+}
+
+StatusOr<IssuerKeys> ReadIssuerKeys(KubeClient& client) {
+  IssuerKeys out;
+  auto discovery = client.GetPath("/.well-known/openid-configuration");
+  if (!discovery.ok()) return discovery.status().WithContext("GET /.well-known/openid-configuration");
+  if (!discovery->is_object() || !(*discovery)["issuer"].is_string() ||
+      (*discovery)["issuer"].get<std::string>().empty()) {
+    return FailedPreconditionError("GET /.well-known/openid-configuration: no issuer in the document");
+  }
+  out.issuer = (*discovery)["issuer"].get<std::string>();
+  auto jwks = client.GetPath("/openid/v1/jwks");
+  if (!jwks.ok()) return jwks.status().WithContext("GET /openid/v1/jwks");
+  if (!jwks->is_object() || !(*jwks)["keys"].is_array() || (*jwks)["keys"].empty()) {
+    return FailedPreconditionError("GET /openid/v1/jwks: no keys in the key set");
+  }
+  out.jwks = jwks->dump();
+  return out;
+}
+
+std::pair<IssuerKeys, std::string> JobReconciler::Issuer() {
+  const Clock::TimePoint now = opts_.clock->Now();
+  std::lock_guard<std::mutex> lock(issuer_mu_);
+  // Known keys are read again every few minutes (the API server's keys rotate rarely, and
+  // the kubelet carries a changed trust ConfigMap to the aggregators); after a failure,
+  // the next pass that asks tries again, at most every few seconds.
+  const auto ttl = issuer_.jwks.empty() ? std::chrono::seconds(5) : opts_.issuer_keys_ttl;
+  if (issuer_read_ && now - issuer_read_at_ < ttl) return {issuer_, issuer_error_};
+  issuer_read_ = true;
+  issuer_read_at_ = now;
+  auto keys = ReadIssuerKeys(*client_);
+  if (keys.ok()) {
+    if (keys->jwks != issuer_.jwks || keys->issuer != issuer_.issuer) {
+      log::Info("service-account issuer keys read",
+                {{"issuer", keys->issuer}, {"bytes", static_cast<int64_t>(keys->jwks.size())}});
+    }
+    issuer_ = std::move(*keys);
+    issuer_error_.clear();
+  } else {
+    // Keys read before stay in use: an API server that briefly refuses does not stop jobs.
+    issuer_error_ = keys.status().message();
+    log::Warn("cannot read the service-account issuer keys",
+              {{"error", issuer_error_}, {"have_keys", !issuer_.jwks.empty()}});
+  }
+  return {issuer_, issuer_.jwks.empty() ? issuer_error_ : ""};
 }
 
 namespace {
@@ -390,10 +422,10 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
         break;
       }
       case ActionKind::kSyncCredentials:
-        o.status = SyncCredentials(run, a.nodes, &o);
+        o.status = SyncCredentials(run, &o);
         break;
-      case ActionKind::kSyncAgentCredentials:
-        o.status = SyncAgentCredentials(run, a.node, &o);
+      case ActionKind::kSyncTrust:
+        o.status = SyncTrust(run, &o);
         break;
       case ActionKind::kSyncApiToken:
         o.status = SyncApiToken(run, &o);
@@ -433,6 +465,7 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
   // The job's credentials as cached; kSyncCredentials replaces them before the agents' wave.
   if (ObjectPtr s = observed.Find(res::kSecrets, SecretName(observed.job)))
     run.creds = CredentialsFromSecret(*s);
+  run.issuer = observed.issuer;
 
   std::optional<std::chrono::seconds> requeue = plan.requeue_after;
   auto requeue_after = [&](std::chrono::seconds d) {
@@ -532,16 +565,15 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
   return ReconcileResult{requeue, static_cast<int>(plan.actions.size())};
 }
 
-Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::string>& nodes, Outcome* out) {
+Status JobReconciler::SyncCredentials(const Run& run, Outcome* out) {
   const Json& job = run.job;
-  const std::set<std::string> wanted(nodes.begin(), nodes.end());
-  // Read the live secret: a lagging cache must never make us mint a second CA or
-  // replace a token an agent already holds.
+  // Read the live secret: a lagging cache must never make us mint a second CA, which
+  // the agents' mounted trust would not match.
   Credentials creds;
   bool exists = false;
   auto live = client_->Get(res::kSecrets, run.ns, SecretName(job));
   if (live.ok()) {
-    // Another job's CA and tokens (or a Secret of the user's) are never taken over.
+    // Another job's CA (or a Secret of the user's) are never taken over.
     if (std::string why = NotTheJobs(*live, job); !why.empty())
       return NotOurs(res::kSecrets, SecretName(job), why, &out->conflict);
   }
@@ -551,15 +583,9 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
   } else if (!IsNotFound(live.status())) {
     return live.status();
   }
-  auto current = [&](const Credentials& c) {
-    if (c.tokens.size() != wanted.size()) return false;
-    for (const auto& [id, tok] : c.tokens)
-      if (!wanted.count(id)) return false;
-    return true;
-  };
   std::time_t serving_renew_at = 0;
   const std::string serving_stale = exists ? ServingCertStale(creds, run.now, &serving_renew_at) : "";
-  if (exists && current(creds) && serving_stale.empty()) {
+  if (exists && serving_stale.empty()) {
     out->creds = std::move(creds);
     return OkStatus();  // the cache was behind
   }
@@ -590,19 +616,6 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
     out->events.push_back({"Normal", "ServingCertificateRenewed",
                            serving_stale + ": issued a new one for " + svc + " from the job CA"});
   }
-  std::vector<std::string> revoked;
-  for (auto it = creds.tokens.begin(); it != creds.tokens.end();) {
-    if (wanted.count(it->first)) {
-      ++it;
-      continue;
-    }
-    revoked.push_back(it->first);
-    it = creds.tokens.erase(it);
-  }
-  for (const auto& n : nodes) {
-    if (creds.tokens.count(n)) continue;
-    FEDGE_ASSIGN_OR_RETURN(creds.tokens[n], RandomToken());
-  }
   Json desired = DesiredSecret(job, creds);
   if (!exists) {
     auto created = client_->Create(res::kSecrets, run.ns, desired);
@@ -617,71 +630,38 @@ Status JobReconciler::SyncCredentials(const Run& run, const std::vector<std::str
     if (!applied.ok()) return applied.status().WithContext("apply secret");
   }
   out->creds = std::move(creds);
-  for (const auto& id : revoked) {
-    out->events.push_back({"Normal", "AgentTokenRevoked",
-                           "agent " + id +
-                               " left spec.agents.nodeSelector: its token was removed from the aggregator's "
-                               "tokens file, so its credentials can no longer join"});
-  }
   return OkStatus();
 }
 
-Status JobReconciler::SyncAgentCredentials(const Run& run, const std::string& node, Outcome* out) {
+Status JobReconciler::SyncTrust(const Run& run, Outcome* out) {
   const Json& job = run.job;
+  const std::string name = TrustConfigMapName(job);
+  if (run.issuer.jwks.empty())
+    return FailedPreconditionError("no service-account issuer keys to write to " + name);
   const bool tls = TlsEnabled(job);
-  const std::string name = AgentSecretName(job, node);
-  auto tok = run.creds.tokens.find(node);
-  if (tok == run.creds.tokens.end()) {
+  if (tls && run.creds.ca_crt.empty()) {
     // Only after a credentials sync that did not run (its wave failed first).
-    return FailedPreconditionError("no token for node " + node + " in " + SecretName(job) + "; retrying");
+    return FailedPreconditionError("no job CA in " + SecretName(job) + " for " + name + "; retrying");
   }
-  const std::string& token = tok->second;
-  ObjectPtr cached = cache_->Get(res::kSecrets, run.ns, name);
+  ObjectPtr cached = cache_->Get(res::kConfigMaps, run.ns, name);
   if (cached) {
     if (std::string why = NotTheJobs(*cached, job); !why.empty())
-      return NotOurs(res::kSecrets, name, why, &out->conflict);
-  }
-  std::time_t renew_at = 0;
-  // Why the Secret is (re)written, for the log; "" when it is current.
-  std::string why =
-      AgentCredentialsStale(cached.get(), node, token, run.creds.ca_crt, tls, run.now, &renew_at);
-  if (why.empty()) {
-    if (tls) out->requeue_after = std::chrono::seconds(renew_at - run.now);
-    return OkStatus();
-  }
-  AgentCredentials want{token, "", "", ""};
-  std::string renew;  // the certificate's renewal time, for the annotation
-  if (tls) {
-    FEDGE_ASSIGN_OR_RETURN(CertificateAuthority ca, run.JobCa());
-    CertInfo info;
-    FEDGE_ASSIGN_OR_RETURN(KeyPair cert,
-                           ca.IssueClientCert(node, run.now, opts_.agent_cert_lifetime_seconds, &info));
-    want.ca_crt = run.creds.ca_crt;
-    want.tls_crt = cert.cert_pem;
-    want.tls_key = cert.key_pem;
-    out->requeue_after = std::chrono::seconds(RenewalTime(info) - run.now);
-    renew = std::to_string(RenewalTime(info));
-  }
-  Json desired = DesiredAgentSecret(job, node, want);
-  if (tls) {
-    // Lets later passes trust these bytes without parsing them again (plan.h).
-    desired["metadata"]["annotations"][kAnnotationRenewAt] = renew;
-    desired["metadata"]["annotations"][kAnnotationCredentialsDigest] =
-        AgentCredentialsDigest(node, want, renew);
-  }
-  if (!cached) {
-    // Created once; if it exists already the cache lags behind our own write, and the
-    // watch event that updates the cache brings the job back here.
-    auto c = client_->Create(res::kSecrets, run.ns, desired);
-    if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name, out);
-    if (!c.ok()) return c.status().WithContext("create secret " + name);
+      return NotOurs(res::kConfigMaps, name, why, &out->conflict);
   } else {
-    auto a = client_->Apply(res::kSecrets, run.ns, name, desired, {kFieldManager, true, ""});
-    if (!a.ok()) return a.status().WithContext("apply secret " + name);
+    // Not in the cache as the job's: an object of that name the operator did not make is
+    // refused rather than taken over by a forced apply.
+    auto live = client_->Get(res::kConfigMaps, run.ns, name);
+    if (live.ok()) {
+      if (std::string why = NotTheJobs(*live, job); !why.empty())
+        return NotOurs(res::kConfigMaps, name, why, &out->conflict);
+    } else if (!IsNotFound(live.status())) {
+      return live.status().WithContext("get configmaps/" + name);
+    }
   }
+  Json desired = DesiredTrustConfigMap(job, tls ? run.creds.ca_crt : "", run.issuer);
+  auto a = client_->Apply(res::kConfigMaps, run.ns, name, desired, {kFieldManager, true, ""});
+  if (!a.ok()) return a.status().WithContext("apply configmaps/" + name);
   out->took_effect = true;
-  log::Debug("agent credentials written",
-             {{"job", run.ns + "/" + run.name}, {"node", node}, {"reason", why}, {"tls", tls}});
   return OkStatus();
 }
 

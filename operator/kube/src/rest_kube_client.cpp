@@ -260,6 +260,11 @@ StatusOr<Json> RestKubeClient::Get(const Resource& r, const std::string& ns, con
   return impl_->Do(http::methods::GET, path, nullptr, "");
 }
 
+StatusOr<Json> RestKubeClient::GetPath(const std::string& path) {
+  ++requests_;
+  return impl_->Do(http::methods::GET, path, nullptr, "");
+}
+
 StatusOr<ListResult> RestKubeClient::List(const Resource& r, const std::string& ns, const ListOptions& opts) {
   ++requests_;
   std::string q;

@@ -108,6 +108,43 @@ StatusOr<Json> FakeKubeClient::Get(const Resource& r, const std::string& ns, con
   return it->second;
 }
 
+StatusOr<Json> FakeKubeClient::GetPath(const std::string& path) {
+  std::lock_guard<std::mutex> l(mu_);
+  Resource r;
+  r.plural = path;
+  r.namespaced = false;
+  FEDGE_RETURN_IF_ERROR(Record("get", r, "", "", "", nullptr));
+  auto it = paths_.find(path);
+  if (it != paths_.end()) {
+    if (it->second.is_null()) return KubeError("NotFound", 404, "the server could not find " + path);
+    return it->second;
+  }
+  if (path == "/.well-known/openid-configuration") {
+    return Json{{"issuer", kFakeIssuer},
+                {"jwks_uri", std::string(kFakeIssuer) + "/openid/v1/jwks"},
+                {"response_types_supported", {"id_token"}},
+                {"subject_types_supported", {"public"}},
+                {"id_token_signing_alg_values_supported", {"RS256"}}};
+  }
+  if (path == "/openid/v1/jwks") {
+    // A public key's shape; no test signs with it.
+    return Json::parse(
+        R"({"keys": [{"use": "sig", "kty": "RSA", "kid": "fake-key", "alg": "RS256", "e": "AQAB", "n": ")" +
+        std::string(
+            "u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-"
+            "qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-"
+            "40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_"
+            "XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw") +
+        R"("}]})");
+  }
+  return KubeError("NotFound", 404, "the server could not find " + path);
+}
+
+void FakeKubeClient::SetPath(const std::string& path, Json body) {
+  std::lock_guard<std::mutex> l(mu_);
+  paths_[path] = std::move(body);
+}
+
 StatusOr<ListResult> FakeKubeClient::List(const Resource& r, const std::string& ns, const ListOptions& opts) {
   std::lock_guard<std::mutex> l(mu_);
   FEDGE_RETURN_IF_ERROR(Record("list", r, ns, "", "", nullptr));

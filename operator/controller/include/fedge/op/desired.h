@@ -39,6 +39,8 @@ inline constexpr const char* kStateRootMountPath = "/var/lib/fedge/state-root";
 inline constexpr const char* kServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 inline constexpr const char* kApiTokenMountPath = "/etc/fedge/api";
+// The trust ConfigMap in the aggregator pod (jwks.json).
+inline constexpr const char* kTrustMountPath = "/etc/fedge/trust";
 inline constexpr const char* kTmpMountPath = "/tmp";
 inline constexpr const char* kLabelJobNamespace = "fedge.io/job-namespace";  // on cluster-scoped PVs
 // On cluster-scoped PVs (no owner reference): the uid of the job that made them.
@@ -72,6 +74,10 @@ struct DesiredOptions {
   bool network_policies = true;
   // Namespaces whose pods may reach the job pods' HTTP ports (Prometheus).
   std::vector<std::string> monitoring_namespaces;
+  // The service-account issuer agents' tokens carry (IssuerKeys::issuer): the aggregator
+  // accepts tokens of this issuer only. Set per pass from the API server's discovery
+  // document; the default is the common in-cluster issuer.
+  std::string agent_token_issuer = "https://kubernetes.default.svc.cluster.local";
 };
 
 // Child names (deterministic: a restarted operator finds what it created).
@@ -80,7 +86,8 @@ std::string ConfigMapName(const Json& job);         // <job>-config
 std::string AggregatorName(const Json& job);        // <job>-aggregator (pod, service, SA, role)
 std::string InferenceServiceName(const Json& job);  // <job>-inference
 std::string AgentPodName(const Json& job, const std::string& node);
-// <agent pod name>-credentials: the one agent's token and client certificate.
+// <agent pod name>-credentials: the one agent's token and client certificate, written
+// by operators before the projected tokens. Deleted when found.
 std::string AgentSecretName(const Json& job, const std::string& node);
 
 // spec.privacy.tls. Absent counts as true, the CRD's default: in a cluster agents and
@@ -98,31 +105,42 @@ std::vector<std::string> SelectNodes(const Json& job, const std::vector<ObjectPt
 // True when the node's Ready condition is True.
 bool NodeReady(const Json& node);
 
-// The job's credentials Secret (<job>-credentials) before encoding: the per-job CA,
-// the aggregator's serving certificate, and every current agent's token (the
-// aggregator's --tokens-file). Mounted into the aggregator pod only.
+// The job's credentials Secret (<job>-credentials) before encoding: the per-job CA and
+// the aggregator's serving certificate. Mounted into the aggregator pod only. Agents hold
+// no Secret of their own: each authenticates with a projected service-account token
+// (AgentTokenAudience) that the aggregator verifies against the cluster's
+// service-account issuer keys (IssuerKeys, in the trust ConfigMap).
 struct Credentials {
   std::string ca_crt, ca_key, tls_crt, tls_key;
-  std::map<std::string, std::string> tokens;  // agent id -> token
 };
 // Parses a Secret read from the API (base64 data) back into Credentials.
 Credentials CredentialsFromSecret(const Json& secret);
 
 Json DesiredSecret(const Json& job, const Credentials& creds);
 
-// One agent's Secret (AgentSecretName), mounted into that agent's pod only: with the
-// kubelet's node authorizer a node can read the Secrets its pods reference, so no agent
-// pod references a Secret holding another agent's token or key, or the CA key.
-// tls_crt/tls_key/ca_crt are empty when TlsEnabled(job) is false.
-struct AgentCredentials {
-  std::string token;
-  std::string ca_crt;   // the job CA (verifies the aggregator)
-  std::string tls_crt;  // client certificate for the agent id (pki.h IssueClientCert)
-  std::string tls_key;
+// The cluster's service-account token issuer as the API server publishes it
+// (/.well-known/openid-configuration and /openid/v1/jwks): what the aggregator needs to
+// verify agents' projected tokens without calling the API server.
+struct IssuerKeys {
+  std::string issuer;  // "iss" of the tokens
+  std::string jwks;    // the JSON Web Key Set, as served
 };
-AgentCredentials AgentCredentialsFromSecret(const Json& secret);
-// Labelled role agent-credentials, annotated fedge.io/node, owned by the job.
-Json DesiredAgentSecret(const Json& job, const std::string& node, const AgentCredentials& creds);
+// The audience of the agents' projected tokens: "fedge.io/<namespace>/<job>". A token
+// made for one job's aggregator is refused by every other's.
+std::string AgentTokenAudience(const Json& job);
+// Lifetime the agents' projected tokens are requested with (the kubelet renews them at
+// 80%); also the longest a deleted agent pod's token stays usable, since the aggregator
+// verifies tokens offline.
+inline constexpr int64_t kAgentTokenExpirationSeconds = 600;
+// <job>-agent: the agents' ServiceAccount, which grants nothing (no RoleBinding) and
+// mounts no API token; it exists so the agents' projected tokens name it.
+std::string AgentServiceAccountName(const Json& job);
+Json DesiredAgentServiceAccount(const Json& job);
+// <job>-trust: public material both pods read. ca.crt (the job CA, with TLS: agents
+// verify the aggregator with it) and jwks.json (IssuerKeys::jwks: the aggregator verifies
+// agent tokens with it; the kubelet updates the mounted file when it changes).
+std::string TrustConfigMapName(const Json& job);
+Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer);
 Json DesiredConfigMap(const Json& job, const std::string& manifest_yaml);
 Json DesiredServiceAccount(const Json& job);
 // May get and patch only its own job's status (resourceNames).
@@ -131,8 +149,9 @@ Json DesiredRoleBinding(const Json& job);
 Json DesiredAggregatorService(const Json& job);
 Json DesiredInferenceService(const Json& job, const JobSpec& spec);
 Json DesiredInferenceService(const Json& job);
-// With TLS the aggregator serves tls.crt and requires client certificates signed by the
-// job CA (--tls-client-ca); each agent presents its own (--tls-cert/--tls-key).
+// With TLS the aggregator serves tls.crt and agents verify it with the job CA. Agents
+// join with their projected token (--token-file, re-read at each Join), which the
+// aggregator verifies against opts.agent_token_issuer and the trust ConfigMap's keys.
 // The aggregator and agent pods pass the `restricted` Pod Security level: non-root
 // (kRunAsId), read-only root filesystem with an emptyDir at /tmp, all capabilities
 // dropped, seccomp RuntimeDefault, no privilege escalation, no hostPath volumes.

@@ -60,6 +60,11 @@ struct Observed {
   // Set by the reconciler when `pods`/`children` hold objects it created that the cache has
   // not shown yet: requeue by then (reconciler.h, created, not yet seen).
   std::optional<std::chrono::seconds> unseen_creates_expire;
+  // The cluster's service-account issuer and its keys (the reconciler reads them from the
+  // API server and keeps them a few minutes). Empty jwks: not known; no pod is created,
+  // since the aggregator could verify no agent (issuer_error says why).
+  IssuerKeys issuer;
+  std::string issuer_error;
 
   ObjectPtr Find(const Resource& r, const std::string& name) const;
   ObjectPtr FindForeign(const Resource& r, const std::string& name) const;
@@ -88,13 +93,13 @@ enum class ActionKind {
   kDelete,      // delete resource/name with `del`; NotFound counts as done
   kMergePatch,  // JSON merge patch `object` on resource/name; NotFound counts as done
   // Computed by Apply:
-  kSyncCredentials,       // <job>-credentials: CA, serving cert, one token per node in `nodes`
-  kSyncAgentCredentials,  // <job>-agent-<node>: token and client certificate for `node`
-  kSyncApiToken,          // <job>-inference-token, made once
+  kSyncCredentials,  // <job>-credentials: CA and serving certificate
+  kSyncTrust,        // <job>-trust: the job CA (as synced) and Observed::issuer's keys
+  kSyncApiToken,     // <job>-inference-token, made once
 };
 
 // Waves run in this order; the actions of one wave run in parallel, so an object that
-// refers to another child goes in a later wave than it (agent Secrets after the job's
+// refers to another child goes in a later wave than it (the trust ConfigMap after the job's
 // credentials, a RoleBinding after its Role, pods after their Secrets and claims). A wave
 // with a failed action stops the pass before the next wave; the status is written after
 // kPods in any case, and kAfterStatus runs only when every earlier wave succeeded.
@@ -111,8 +116,6 @@ struct Action {
   std::string ns, name;
   Json object;
   DeleteOptions del;
-  std::string node;                // kSyncAgentCredentials
-  std::vector<std::string> nodes;  // kSyncCredentials
   bool counts_restart = false;     // deleting a failed pod: one restart when it happens
   bool starts_job = false;         // creating a pod: startTime when it happens
   bool takes_job_version = false;  // the job's own write: later writes use its resourceVersion
@@ -120,7 +123,7 @@ struct Action {
                                    // the pass (NotTheJobs) instead of being taken over
   std::vector<PlannedEvent> on_success;
 
-  // "create pods/wn-aggregator", "sync-agent-credentials edge-a": for logs and test tables.
+  // "create pods/wn-aggregator", "sync-trust wn-trust": for logs and test tables.
   std::string Describe() const;
 };
 
@@ -134,22 +137,6 @@ struct Plan {
 
 // Pure: the same Observed and options give the same Plan.
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options);
-
-// On an agent Secret the operator wrote: the renewal time of its certificate (seconds
-// since the epoch) and a digest binding it to the Secret's node, token, CA, certificate and
-// key. A Secret whose digest matches skips the certificate checks (AgentCredentialsStale).
-inline constexpr const char* kAnnotationRenewAt = "fedge.io/renew-at";
-inline constexpr const char* kAnnotationCredentialsDigest = "fedge.io/credentials-digest";
-std::string AgentCredentialsDigest(const std::string& node, const AgentCredentials& c,
-                                   const std::string& renew_at);
-
-// Why an agent Secret must be (re)written for `node` given the job's CA and the node's
-// token, or "" when it is current (then *renew_at is its certificate's renewal time, 0
-// without TLS). Pure: certificates are parsed and checked unless the Secret's digest
-// annotation vouches for them.
-std::string AgentCredentialsStale(const Json* secret, const std::string& node, const std::string& token,
-                                  const std::string& ca_crt, bool tls, std::time_t now,
-                                  std::time_t* renew_at);
 
 // Why the job's serving certificate (in its credentials Secret) must be issued again
 // from the job's CA, or "" when it is current (then *renew_at is its renewal time):

@@ -81,10 +81,9 @@ struct ReconcilerOptions {
   // Its wall clock (Clock::WallNow) is the pass's `now`: deadlines and TTLs compare with
   // API timestamps, certificates are issued and renewed by it.
   Clock* clock = RealClock::Get();
-  // Lifetime of each agent's client certificate (fedge-operator --agent-cert-lifetime).
-  // A certificate is renewed once less than a third of it remains (pki.h RenewalTime):
-  // the reconcile that issues it requeues for that moment.
-  std::time_t agent_cert_lifetime_seconds = 24 * 3600;
+  // How long the service-account issuer's keys read from the API server are used before
+  // they are read again (a rotated key reaches the trust ConfigMaps within this).
+  std::chrono::seconds issuer_keys_ttl{300};
   // Requests one wave of a pass may have in flight at once (plan.h: the writes of a wave
   // are independent). 1 runs them one after another. fedge-operator --apply-concurrency.
   int apply_concurrency = 16;
@@ -92,6 +91,11 @@ struct ReconcilerOptions {
   // shown it yet (see JobReconciler: created, not yet seen).
   std::chrono::seconds unseen_create_ttl{30};
 };
+
+// The cluster's service-account issuer (GET /.well-known/openid-configuration) and its
+// keys (GET /openid/v1/jwks, as served, re-serialized): what aggregators verify agents'
+// projected tokens with. An error names the request and what the operator needs.
+StatusOr<IssuerKeys> ReadIssuerKeys(KubeClient& client);
 
 struct ReconcileResult {
   std::optional<std::chrono::seconds> requeue_after;
@@ -123,15 +127,16 @@ class JobReconciler {
   void RunWave(Run& run, const std::vector<const Action*>& actions, std::vector<Outcome>& out);
   // One action; never throws (a bug becomes the action's INTERNAL status). Thread-safe.
   Outcome Execute(const Run& run, const Action& a);
-  // <job>-credentials: CA and serving certificate (made once), and exactly one token
-  // per selected node (a node that left the selector loses its token: the aggregator
-  // re-reads the tokens file, so that agent can no longer Join). Reads the live Secret
-  // first; leaves the credentials written in out->creds.
-  Status SyncCredentials(const Run& run, const std::vector<std::string>& nodes, Outcome* out);
-  // The node's agent Secret: its token and, with TLS, a client certificate for the node
-  // name from the job CA, issued when missing, not matching the CA, token or key, or due
-  // for renewal; asks for a requeue at the renewal time.
-  Status SyncAgentCredentials(const Run& run, const std::string& node, Outcome* out);
+  // <job>-credentials: CA (made once) and serving certificate (renewed when due). Reads
+  // the live Secret first; leaves the credentials written in out->creds.
+  Status SyncCredentials(const Run& run, Outcome* out);
+  // <job>-trust: the job CA as synced and the issuer's keys (the planner found it
+  // missing or different).
+  Status SyncTrust(const Run& run, Outcome* out);
+  // The service-account issuer and its keys (ReadIssuerKeys), read at most every
+  // opts_.issuer_keys_ttl (every 5 s while unknown); the error is "" once keys are known.
+  // Thread-safe.
+  std::pair<IssuerKeys, std::string> Issuer();
   Status SyncApiToken(const Run& run, Outcome* out);
   // After a create met AlreadyExists: OK when the object is this job's (the cache lags
   // behind an earlier write). Otherwise the pass stops before its pods, naming it:
@@ -176,6 +181,12 @@ class JobReconciler {
   ReconcilerOptions opts_;
   std::mutex unseen_mu_;
   std::map<std::string, UnseenCreates> unseen_;  // "namespace/name" of the job; guarded by unseen_mu_
+
+  std::mutex issuer_mu_;
+  IssuerKeys issuer_;                // guarded by issuer_mu_
+  std::string issuer_error_;         // guarded by issuer_mu_: the last read's error
+  bool issuer_read_ = false;         // guarded by issuer_mu_
+  Clock::TimePoint issuer_read_at_;  // guarded by issuer_mu_
 };
 
 // Sets or updates a metav1.Condition in `conditions` (a JSON array); keeps

@@ -156,6 +156,8 @@ class KubeClient {
                                     const Json& patch, const std::string& subresource = "") = 0;
   virtual Status Delete(const Resource& r, const std::string& ns, const std::string& name,
                         const DeleteOptions& opts = {}) = 0;
+  // GET of a non-resource path of the API server ("/openid/v1/jwks"): the JSON body.
+  virtual StatusOr<Json> GetPath(const std::string& path) = 0;
 };
 
 // Every page of a list; stops at the first error.

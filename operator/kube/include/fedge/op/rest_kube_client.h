@@ -49,6 +49,7 @@ class RestKubeClient : public KubeClient {
                 const DeleteOptions& opts) override;
 
   // Requests sent so far (for benchmarks: API requests per reconcile).
+  StatusOr<Json> GetPath(const std::string& path) override;
   int64_t requests() const { return requests_.load(); }
 
  private:

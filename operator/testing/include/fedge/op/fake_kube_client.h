@@ -41,8 +41,13 @@ class FakeKubeClient : public KubeClient {
                             const Json& patch, const std::string& subresource = "") override;
   Status Delete(const Resource& r, const std::string& ns, const std::string& name,
                 const DeleteOptions& opts = {}) override;
+  // Serves SetPath's bodies; by default an issuer discovery document and a one-key JWKS
+  // (kFakeIssuer). Recorded as verb "get" on resource `path` (FailNext("get", path, ...)).
+  StatusOr<Json> GetPath(const std::string& path) override;
 
   // --- test hooks (thread-safe) ---
+  // What GetPath(path) answers from now on; a null body answers NotFound.
+  void SetPath(const std::string& path, Json body);
   std::vector<FakeCall> Calls() const;
   // Calls with this verb (and resource plural, when non-empty), excluding reads by default.
   int CountCalls(const std::string& verb, const std::string& resource = "") const;
@@ -98,8 +103,12 @@ class FakeKubeClient : public KubeClient {
   int64_t uid_ = 0;                        // guarded by mu_
   bool gc_ = true;                         // guarded by mu_
   std::vector<FakeCall> calls_;            // guarded by mu_
+  std::map<std::string, Json> paths_;      // GetPath bodies, guarded by mu_
   std::map<std::pair<std::string, std::string>, std::deque<Status>> failures_;  // guarded by mu_
 };
+
+// The issuer the fake's default discovery document names.
+inline constexpr const char* kFakeIssuer = "https://kubernetes.default.svc.cluster.local";
 
 // Matches "k=v,k2!=v2,k3" label selectors (equality, inequality, existence).
 bool MatchesLabelSelector(const Json& labels, const std::string& selector);
