@@ -125,6 +125,7 @@ class PodProc:
         self.deleting = False
         self.done = False
         self.synced_volumes = {}  # volume name -> (volume spec, directory, files written)
+        self.tokens = {}  # projected token path -> (directory, serviceAccountToken source, renew at)
         self.node_paths = {}  # volume name -> node path of its local/hostPath PersistentVolume
 
 
@@ -280,23 +281,16 @@ class Runner:
             elif "projected" in v:
                 for src in v["projected"].get("sources", []):
                     if "serviceAccountToken" in src:
-                        sa = pp.pod["spec"].get("serviceAccountName", "default")
-                        code, tr = self.api.request(
-                            "POST", f"/api/v1/namespaces/{pp.ns}/serviceaccounts/{sa}/token",
-                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                             "spec": {"expirationSeconds": src["serviceAccountToken"].get("expirationSeconds", 3607),
-                                      "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pp.name,
-                                                         "uid": pp.uid}}})
-                        if code != 201:
-                            raise RuntimeError(f"token request for {sa}: {code} {tr}")
-                        self.write_file(d, src["serviceAccountToken"]["path"], tr["status"]["token"].encode())
+                        self.write_token(pp, d, src["serviceAccountToken"])
                     elif "configMap" in src:
                         code, cm = self.api.get(f"/api/v1/namespaces/{pp.ns}/configmaps/{src['configMap']['name']}")
                         if code == 200:
                             self.write_items(d, {k: val.encode() for k, val in cm.get("data", {}).items()},
                                              src["configMap"].get("items"))
-                        else:  # kube-root-ca.crt may lag: the cluster CA is the same file
+                        elif src["configMap"]["name"] == "kube-root-ca.crt":  # may lag: the cluster CA is the same file
                             self.write_file(d, "ca.crt", open(self.api.ca_file, "rb").read())
+                        else:  # as the kubelet: the pod waits for it
+                            raise RuntimeError(f"configmap {src['configMap']['name']} of volume {name} is not readable yet")
                     elif "downwardAPI" in src:
                         for item in src["downwardAPI"].get("items", []):
                             if item.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
@@ -304,6 +298,26 @@ class Runner:
             # emptyDir: the directory is enough
             out[name] = d
         return out
+
+    def write_token(self, pp, d, sat):
+        """A projected service-account token for the pod, as the kubelet requests it: bound to
+        the pod, for the source's audience; renewed by the sync loop at 80% of its lifetime."""
+        sa = pp.pod["spec"].get("serviceAccountName", "default")
+        expiration = sat.get("expirationSeconds", 3607)
+        spec = {"expirationSeconds": expiration,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pp.name, "uid": pp.uid}}
+        if sat.get("audience"):
+            spec["audiences"] = [sat["audience"]]
+        code, tr = self.api.request(
+            "POST", f"/api/v1/namespaces/{pp.ns}/serviceaccounts/{sa}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+        if code != 201:
+            raise RuntimeError(f"token request for {sa}: {code} {tr}")
+        # Replaced by rename, as the kubelet's atomic writer swaps it: a reader never sees half.
+        path = os.path.join(d, sat["path"])
+        self.write_file(d, sat["path"] + ".tmp", tr["status"]["token"].encode())
+        os.replace(path + ".tmp", path)
+        pp.tokens[path] = (d, sat, time.time() + 0.8 * expiration)
 
     def fetch_volume_files(self, pp, v):
         """The files (relative path -> bytes) a configMap or secret volume projects, or None."""
@@ -362,6 +376,14 @@ class Runner:
                         self.atomic_write(d, new)
                         pp.synced_volumes[name] = (v, d, new)
                         log("volume updated", pod=f"{pp.ns}/{pp.name}", volume=name)
+                for path, (d, sat, renew_at) in list(pp.tokens.items()):
+                    if time.time() < renew_at:
+                        continue
+                    try:
+                        self.write_token(pp, d, sat)
+                        log("token renewed", pod=f"{pp.ns}/{pp.name}", path=path)
+                    except Exception as e:
+                        log("token renewal failed", pod=pp.name, error=str(e))
 
     @staticmethod
     def write_file(d, rel, data):

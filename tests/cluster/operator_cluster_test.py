@@ -9,10 +9,11 @@ not been built.
 The namespace the jobs run in enforces the `restricted` Pod Security level
 (pod-security.kubernetes.io/enforce=restricted), so the API server's own admission
 plugin refuses any pod the operator makes that is not restricted-compliant. Jobs run
-over mutual TLS (the CRD's default): the pod runner runs the real binaries, so the
-example job's agents hand their operator-issued client certificates to a real
-fedge-aggregator that requires them, and the operator renews them every ~40 s
-(--agent-cert-lifetime 60s) while the job runs. A default
+over TLS (the CRD's default) and agents join with projected service-account tokens: the
+pod runner runs the real binaries and asks the real API server for each pod's token
+(TokenRequest, bound to the pod, the job's audience), so the example job's agents are
+verified by a real fedge-aggregator against the API server's real keys, which the
+operator copied into the job's trust ConfigMap. A default
 StorageClass (no provisioner, WaitForFirstConsumer) with a pool of pre-made volumes
 serves the aggregators' checkpoint claims, as static local volumes do on a real cluster.
 
@@ -45,7 +46,6 @@ CRD = os.path.join(ROOT, "crds", "fedge.io_federatedtrainingjobs.yaml")
 NODES = ["edge-0", "edge-1", "edge-2"]
 # The shortest lifetime the operator allows: certificates are renewed ~38 s after they
 # are issued, and the example job runs long enough for its agents to load the renewal.
-AGENT_CERT_LIFETIME = "60s"
 
 
 def control_plane_bin():
@@ -204,7 +204,7 @@ class OperatorClusterTest(unittest.TestCase):
         p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
                               "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}",
                               *[a for prefix in prefixes for a in ("--allowed-host-path-prefix", prefix)],
-                              "--monitoring-namespace", "monitoring", "--agent-cert-lifetime", AGENT_CERT_LIFETIME,
+                              "--monitoring-namespace", "monitoring",
                               *extra],
                              stdout=log, stderr=subprocess.STDOUT)
         p.http_port = port
@@ -314,32 +314,28 @@ class OperatorClusterTest(unittest.TestCase):
         got = self.get_json("secret", name)
         return {k: base64.b64decode(v) for k, v in got["data"].items()} if got else None
 
-    def agent_cert(self, job, node):
-        """The decoded client certificate in an agent's Secret (CPython's decoder), or None."""
-        data = self.secret_data(f"{job}-agent-{node}-credentials")
-        if not data or "tls.crt" not in data:
-            return None
-        path = os.path.join(self.tmp, f"cert-{job}-{node}.pem")
-        with open(path, "wb") as f:
-            f.write(data["tls.crt"])
-        return ssl._ssl._test_decode_cert(path)
+    def trust(self, job):
+        got = self.get_json("configmap", f"{job}-trust")
+        return got["data"] if got else None
 
-    def tokens(self, job):
-        data = self.secret_data(f"{job}-credentials") or {}
-        return dict(line.split(" ", 1) for line in data.get("tokens", b"").decode().splitlines() if line)
+    @staticmethod
+    def jwt_claims(token):
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
     def node_volumes(self, name):
         got = self.get_json("pv", "-l", f"fedge.io/job={name},fedge.io/job-namespace=default")
         return got["items"] if got else []
 
-    # A job whose selector matches no node: credentials + inference token, configuration,
-    # services, RBAC, network policies and the checkpoint claim (11 children) but no pods,
-    # so nothing churns while the control plane is disturbed.
+    # A job whose selector matches no node: credentials + inference token, configuration and
+    # trust ConfigMaps, services, the aggregator's and the agents' ServiceAccounts, Role and
+    # binding, network policies and the checkpoint claim (13 children) but no pods, so
+    # nothing churns while the control plane is disturbed.
     PODLESS = {"nodeSelector": {"fedge.io/edge": "true", "fedge.io/pool": "none"}}
-    PODLESS_CHILDREN = 11
-    # ... and with 3 nodes: + aggregator and 3 agents, + per agent its credentials Secret
-    # and 1 node-volume claim (model, data and the state root: subPaths of one local volume).
-    FULL_CHILDREN = 21
+    PODLESS_CHILDREN = 13
+    # ... and with 3 nodes: + aggregator and 3 agents, + per agent 1 node-volume claim
+    # (model, data and the state root: subPaths of one local volume). No Secret per agent.
+    FULL_CHILDREN = 20
 
     # ---- tests ---------------------------------------------------------------------------
     def test_api_server_restart_keeps_the_operator_watching_and_reconciling(self):
@@ -412,7 +408,7 @@ class OperatorClusterTest(unittest.TestCase):
         wait_for(lambda: (self.metric(standby.http_port, "fedge_operator_reconcile_total") or 0) >= 1, 60,
                  "the new leader to reconcile")
         self.assertEqual(self.uids("pair"), uids, "no duplicate or replaced children")
-        self.assertEqual(self.get_json("secret", "pair-credentials")["data"], secret, "no second CA or tokens")
+        self.assertEqual(self.get_json("secret", "pair-credentials")["data"], secret, "no second CA")
         self.__class__.operator = standby
         self.kubectl("delete", "configmap", "pair-config")
         wait_for(lambda: self.uids("pair").get(("ConfigMap", "pair-config")) not in
@@ -737,9 +733,10 @@ class OperatorClusterTest(unittest.TestCase):
                                     "persistentvolumeclaims,networkpolicies.networking.k8s.io", "-n", "fedge-jobs",
                                     "-l", "fedge.io/job=scoped")
                 return got["items"] if got else []
-            # 4 pods (admitted at restricted), 5 secrets, role + binding, 4 claims (checkpoint + one
+            # 4 pods (admitted at restricted; made only once the operator had read the issuer's keys
+            # through the chart's ClusterRole), 2 secrets, role + binding, 4 claims (checkpoint + one
             # node volume per agent), 2 policies
-            wait_for(lambda: len(kids()) >= 17, 90, "the job's children made with the namespaced RBAC")
+            wait_for(lambda: len(kids()) >= 14, 90, "the job's children made with the namespaced RBAC")
             self.assertEqual(len(self.get_json("pv", "-l", "fedge.io/job=scoped")["items"]), 3)
             self.assertEqual((self.metric(port, "fedge_operator_reconcile_errors_total") or 0), 0,
                              open(os.path.join(self.tmp, "operator-rbac.log")).read()[-3000:])
@@ -757,31 +754,49 @@ class OperatorClusterTest(unittest.TestCase):
             self.__class__.operator = self.start_operator()
             wait_for(lambda: self.readyz(self.operator) == "ok", 60, "the cluster-wide operator to lead again")
 
-    def test_node_leaving_the_selector_loses_its_token_and_certificate(self):
-        """Revocation (issue 10 item 8): the agent's Secret is deleted and its token leaves the
-        aggregator's tokens file, so its leftover certificate (short-lived) cannot join."""
+    def test_agents_get_projected_tokens_and_a_leaving_node_loses_its_agent(self):
+        """Agents hold no Secret of their own: each pod's projected token (the job's audience,
+        bound to the pod) is what the aggregator verifies, with the API server's keys the
+        operator copied into the trust ConfigMap. A node leaving the selector loses its pod,
+        so its token stops being renewed and is refused once it expires."""
         self.kubectl("label", "node", NODES[0], NODES[1], "fedge.io/pool=revoke", "--overwrite")
         try:
             self.assertEqual(self.apply(job_manifest("revoke", runPolicy={"backoffLimit": 1000},
                                                      agents={"nodeSelector": {"fedge.io/edge": "true",
                                                                               "fedge.io/pool": "revoke"}})).returncode, 0)
             self.assertTrue(self.job("revoke")["spec"]["privacy"]["tls"], "the CRD defaults privacy.tls to true")
-            certs = wait_for(lambda: (lambda c: c if all(c) else None)(
-                [self.agent_cert("revoke", n) for n in NODES[:2]]), 60, "both agents' certificates")
-            for node, cert in zip(NODES[:2], certs):
-                self.assertEqual(cert["subjectAltName"], (("URI", f"urn:fedge:agent:{node}"),))
-                self.assertEqual(dict(x[0] for x in cert["subject"])["commonName"], node)
-            self.assertEqual(set(self.tokens("revoke")), set(NODES[:2]))
+            trust = wait_for(lambda: self.trust("revoke"), 60, "the trust ConfigMap")
+            # The keys are the API server's own: what it serves to anyone allowed to read them.
+            served = json.loads(self.kubectl("get", "--raw", "/openid/v1/jwks").stdout)
+            self.assertEqual(json.loads(trust["jwks.json"]), served)
+            ca = base64.b64decode(self.get_json("secret", "revoke-credentials")["data"]["ca.crt"]).decode()
+            self.assertEqual(trust["ca.crt"], ca)
             pod = wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[0]}"), 60, "an agent pod")
+            self.assertEqual(pod["spec"]["serviceAccountName"], "revoke-agent")
             secrets = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
-            self.assertEqual(secrets, {f"revoke-agent-{NODES[0]}-credentials", "revoke-inference-token"},
-                             "an agent pod mounts its own credentials only")
-            old_token = self.tokens("revoke")[NODES[1]]
+            self.assertEqual(secrets, {"revoke-inference-token"}, "no credentials Secret per agent")
+            sources = [src for v in pod["spec"]["volumes"] if "projected" in v for src in v["projected"]["sources"]]
+            self.assertIn({"serviceAccountToken": {"audience": "fedge.io/default/revoke", "expirationSeconds": 600,
+                                                   "path": "token"}}, sources)
+            self.assertEqual([s["metadata"]["name"] for s in self.get_json("secret", "-l", "fedge.io/job=revoke")["items"]
+                              if s["metadata"]["labels"].get("fedge.io/role") == "agent-credentials"], [])
+            # A token the API server issues for the pod carries what the aggregator checks:
+            # the job's audience, the agents' ServiceAccount, the pod and (once scheduled) its node.
+            wait_for(lambda: (self.get_json("pod", f"revoke-agent-{NODES[0]}") or {}).get("spec", {}).get("nodeName"),
+                     60, "the agent pod scheduled")
+            token = self.kubectl("create", "token", "revoke-agent", "--audience", "fedge.io/default/revoke",
+                                 "--bound-object-kind", "Pod", "--bound-object-name", f"revoke-agent-{NODES[0]}",
+                                 "--duration", "600s").stdout.strip()
+            claims = self.jwt_claims(token)
+            self.assertEqual(claims["aud"], ["fedge.io/default/revoke"])
+            self.assertEqual(claims["kubernetes.io"]["serviceaccount"]["name"], "revoke-agent")
+            self.assertEqual(claims["kubernetes.io"]["pod"]["name"], f"revoke-agent-{NODES[0]}")
+            self.assertEqual(claims["kubernetes.io"]["node"]["name"], NODES[0], "the agent id the aggregator binds")
+            agg = wait_for(lambda: self.get_json("pod", "revoke-aggregator"), 60, "the aggregator pod")
+            cmd = agg["spec"]["containers"][0]["command"]
+            self.assertEqual(cmd[cmd.index("--agent-token-issuer") + 1], claims["iss"])
+            self.assertEqual(cmd[cmd.index("--agent-token-service-account") + 1], "default/revoke-agent")
             self.kubectl("label", "node", NODES[1], "fedge.io/pool-")
-            wait_for(lambda: self.get_json("secret", f"revoke-agent-{NODES[1]}-credentials") is None, 60,
-                     "the leaving node's credentials Secret deleted")
-            wait_for(lambda: NODES[1] not in self.tokens("revoke"), 60, "its token removed from the tokens file")
-            self.assertNotIn(old_token, (self.secret_data("revoke-credentials") or {}).get("tokens", b"").decode())
             wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[1]}") is None, 60, "its agent pod deleted")
             # Its node volume and claim go once the pod is gone (the claim's and volume's
             # protection finalizers order it); the other node keeps its own.
@@ -791,9 +806,6 @@ class OperatorClusterTest(unittest.TestCase):
                                     if c["kind"] == "PersistentVolumeClaim"
                                     and c["metadata"]["labels"].get("fedge.io/role") == "node-volume") == [NODES[0]],
                      60, "the leaving node's claim deleted")
-            self.assertIsNotNone(self.agent_cert("revoke", NODES[0]), "the other agent keeps its own")
-            events = self.get_json("events", "--field-selector", "involvedObject.name=revoke")
-            self.assertIn("AgentTokenRevoked", {e["reason"] for e in events["items"]})
         finally:
             self.kubectl("label", "node", *NODES, "fedge.io/pool-", check=False)
         self.delete_job("revoke")
@@ -819,23 +831,24 @@ class OperatorClusterTest(unittest.TestCase):
                                 rounds={"total": 20, "quorum": 1, "timeoutSeconds": 120, "localSteps": 15,
                                         "batchSize": 16, "learningRate": 0.003, "seed": 11},
                                 runPolicy={"backoffLimit": 2})  # cleanPodPolicy Running (the default)
-        # No spec.privacy: the CRD's default, mutual TLS.
+        # No spec.privacy: the CRD's default, TLS.
         manifest["spec"]["model"]["maxSeqLen"] = 32
         manifest["spec"]["adapter"] = {"rank": 4, "alpha": 8}
         self.assertEqual(self.apply(manifest).returncode, 0)
         agg = wait_for(lambda: (lambda p: p if p and p.get("status", {}).get("phase") == "Running" else None)(
             self.get_json("pod", "example-aggregator")), 120, "the aggregator to run")
-        # Mutual TLS: the aggregator requires client certificates from the job CA, each
-        # agent presents its own (the pod runner runs the real binaries: real handshakes).
+        # TLS, and agents verified by their projected tokens (the pod runner runs the real
+        # binaries with tokens the real API server issued for each pod: real verification).
         agg_cmd = agg["spec"]["containers"][0]["command"]
-        for flag in ("--tls-cert", "--tls-key", "--tls-client-ca"):
+        for flag in ("--tls-cert", "--tls-key", "--agent-token-jwks-file", "--agent-token-issuer",
+                     "--agent-token-audience", "--agent-token-service-account"):
             self.assertIn(flag, agg_cmd)
+        self.assertNotIn("--tls-client-ca", agg_cmd)
         for node in NODES[:2]:
             cmd = wait_for(lambda: self.get_json("pod", f"example-agent-{node}"), 60, "agent pod")["spec"][
                 "containers"][0]["command"]
-            for flag in ("--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name"):
+            for flag in ("--tls-ca", "--tls-server-name", "--token-file"):
                 self.assertIn(flag, cmd)
-        first_serials = {n: self.agent_cert("example", n)["serialNumber"] for n in NODES[:2]}
         agg_status = f"http://{agg['status']['podIP']}:9090/v1/status"
 
         def joined():
@@ -844,7 +857,7 @@ class OperatorClusterTest(unittest.TestCase):
                     return json.loads(r.read())["agents_joined"]
             except OSError:
                 return None
-        # Late joiner: its token reaches the running aggregator's mounted tokens file.
+        # Late joiner: its token is verified like the others' (nothing of the aggregator's changes).
         self.kubectl("label", "node", NODES[2], "fedge.io/pool=example", "--overwrite")
         late = wait_for(lambda: self.get_json("pod", f"example-agent-{NODES[2]}"), 60, "the late node's agent pod")
         late_uid = late["metadata"]["uid"]
@@ -852,16 +865,6 @@ class OperatorClusterTest(unittest.TestCase):
                              "example-aggregator", *[f"example-agent-{n}" for n in NODES])
         self.wait_or_explain(lambda: self.job("example").get("status", {}).get("roundsCompleted", 0) >= 1, 240,
                              "round 1 to complete", "example-aggregator", *[f"example-agent-{n}" for n in NODES])
-        # Renewal while the job runs (20 rounds: with agents long-polling for tasks, 7 rounds
-        # ended before the first renewal): new certificates in the Secrets (a third of the 60 s
-        # lifetime before expiry), picked up by the running agents (they look every 10 s),
-        # which carry on over mutual TLS with them.
-        wait_for(lambda: all(self.agent_cert("example", n)["serialNumber"] != first_serials[n]
-                             for n in NODES[:2]), 60, "the operator to renew the agents' certificates")
-        self.wait_or_explain(lambda: all("TLS credentials changed" in self.pod_logs(f"example-agent-{n}", lines=1000)
-                                         for n in NODES[:2]),
-                             60, "the running agents to load their renewed certificates",
-                             *[f"example-agent-{n}" for n in NODES[:2]])
         # Kill one agent mid-job: the operator recreates it within backoffLimit.
         old = self.get_json("pod", "example-agent-edge-1")["metadata"]["uid"]
         self.assertEqual(self.runner_post("/pods/default/example-agent-edge-1/kill")["killed"], 1)
