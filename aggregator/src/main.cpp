@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   using namespace std::chrono_literals;
 
   std::string config_path, checkpoint_dir, tokens_file, tls_cert, tls_key, tls_client_ca;
+  std::string agent_token_jwks_file, agent_token_issuer, agent_token_audience, agent_token_service_account;
   std::string listen = "0.0.0.0:7070", http = "0.0.0.0:8081";
   std::string log_level = "info", log_format = "logfmt";
   int expected_agents = 0;
@@ -59,6 +60,17 @@ int main(int argc, char** argv) {
   app.add_option("--tokens-file", tokens_file,
                  "file of \"agent-id token\" lines; agents must present their token (re-read when "
                  "the file changes, e.g. a mounted Secret gaining a new node's token)");
+  app.add_option("--agent-token-jwks-file", agent_token_jwks_file,
+                 "JWKS of the cluster's service-account issuer (GET /openid/v1/jwks): agents present their "
+                 "projected service-account token at Join, verified locally against these keys (re-read when "
+                 "the file changes); needs the other --agent-token-* flags; not with --tokens-file");
+  app.add_option("--agent-token-issuer", agent_token_issuer,
+                 "iss the agent tokens must carry (the API server's --service-account-issuer)");
+  app.add_option("--agent-token-audience", agent_token_audience,
+                 "audience the agent tokens must include (the projected volume's audience)");
+  app.add_option("--agent-token-service-account", agent_token_service_account,
+                 "NAMESPACE/NAME of the service account the agent pods run as; a token's node "
+                 "(kubernetes.io.node.name) must also be the agent id it joins as");
   app.add_option(
       "--tls-cert", tls_cert,
       "PEM serving certificate (chain): serve agents over TLS (re-read every 60 s with --tls-key and "
@@ -177,6 +189,10 @@ int main(int argc, char** argv) {
   options.expected_agents = expected_agents;
   options.blocking_evaluation = blocking_evaluation;
   options.tokens_file = tokens_file;
+  options.agent_token_jwks_file = agent_token_jwks_file;
+  options.agent_token_issuer = agent_token_issuer;
+  options.agent_token_audience = agent_token_audience;
+  options.agent_token_service_account = agent_token_service_account;
   options.max_partial_upload_bytes = max_partial_upload_bytes;
   options.max_update_bytes = max_update_bytes;
   options.max_upload_buffer_bytes = max_upload_buffer_bytes;

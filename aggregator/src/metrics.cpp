@@ -111,6 +111,10 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                           .Name("fedge_aggregator_streams_refused_total")
                           .Help("Streams refused or cancelled by the in-flight limits, by reason")
                           .Register(r);
+  joins_refused_ = &BuildCounter()
+                        .Name("fedge_aggregator_joins_refused_total")
+                        .Help("Joins refused for their credentials (token), by reason")
+                        .Register(r);
   checkpoint_failures_ = &BuildCounter()
                               .Name("fedge_aggregator_checkpoint_failures_total")
                               .Help("Checkpoint writes that failed (the job goes on without them)")
@@ -172,6 +176,12 @@ void AggregatorMetrics::CheckpointSaved(double unix_seconds) { checkpoint_last_s
 double AggregatorMetrics::checkpoint_failures() const { return checkpoint_failures_->Value(); }
 void AggregatorMetrics::StreamRefused(std::string_view reason) {
   streams_refused_->Add({{"reason", std::string(reason)}}).Increment();
+}
+void AggregatorMetrics::JoinRefused(std::string_view reason) {
+  joins_refused_->Add({{"reason", std::string(reason)}}).Increment();
+}
+double AggregatorMetrics::joins_refused(std::string_view reason) const {
+  return joins_refused_->Add({{"reason", std::string(reason)}}).Value();
 }
 double AggregatorMetrics::upload_buffer_bytes() const { return upload_buffer_bytes_->Value(); }
 double AggregatorMetrics::streams_refused(std::string_view reason) const {

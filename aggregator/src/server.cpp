@@ -899,6 +899,34 @@ std::string StatusJson(const EngineStatus& s) {
   return j.dump();
 }
 
+namespace {
+
+// The verifier the agent_token_* options ask for; null when none is set.
+StatusOr<std::shared_ptr<ServiceAccountTokenVerifier>> AgentTokenVerifier(const ServerOptions& options) {
+  const int set = !options.agent_token_jwks_file.empty() + !options.agent_token_issuer.empty() +
+                  !options.agent_token_audience.empty() + !options.agent_token_service_account.empty();
+  if (set == 0) return std::shared_ptr<ServiceAccountTokenVerifier>();
+  if (set != 4) {
+    return InvalidArgumentError(
+        "service-account tokens need all of --agent-token-jwks-file, --agent-token-issuer, "
+        "--agent-token-audience and --agent-token-service-account (or none of them)");
+  }
+  if (!options.tokens_file.empty()) {
+    return InvalidArgumentError(
+        "--tokens-file and --agent-token-* are two ways to check Join tokens; give one of them");
+  }
+  ServiceAccountTokenPolicy policy;
+  policy.issuer = options.agent_token_issuer;
+  policy.audience = options.agent_token_audience;
+  Status sa = ParseServiceAccountName(options.agent_token_service_account, &policy);
+  if (!sa.ok()) return sa.WithContext("--agent-token-service-account");
+  auto verifier = ServiceAccountTokenVerifier::Open(options.agent_token_jwks_file, policy, options.clock);
+  if (!verifier.ok()) return verifier.status().WithContext("--agent-token-jwks-file");
+  return std::shared_ptr<ServiceAccountTokenVerifier>(std::move(*verifier));
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSpec& spec,
                                                                      ServerOptions options) {
   std::unique_ptr<AggregatorServer> server(new AggregatorServer());
@@ -913,6 +941,7 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
     // Re-read when it changes: agents of nodes that join later get their tokens then.
     FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));
   }
+  FEDGE_ASSIGN_OR_RETURN(protocol.token_verifier, AgentTokenVerifier(options));
   if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
     return InvalidArgumentError("TLS needs both a certificate and its private key");
   }
@@ -1082,6 +1111,9 @@ Status AggregatorServer::Start() {
                                    {"tls", options_.tls_cert_pem.empty()        ? "off"
                                            : options_.tls_client_ca_pem.empty() ? "server"
                                                                                 : "mutual"},
+                                   {"join_tokens", !options_.agent_token_jwks_file.empty() ? "service_account"
+                                                   : !options_.tokens_file.empty()         ? "tokens_file"
+                                                                                           : "none"},
                                    {"http_port", http_port()},
                                    {"grpc_memory_bytes", static_cast<int64_t>(GrpcMemoryBytes(options_))},
                                    {"expected_agents", engine_->options().expected_agents},

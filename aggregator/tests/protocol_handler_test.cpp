@@ -4,7 +4,9 @@
 
 #include <cstring>
 
+#include "fedge/file_util.h"
 #include "fedge/job_spec_fields.h"
+#include "jwt_test_util.h"
 #include "protocol_fixture.h"
 #include "test_util.h"
 
@@ -106,6 +108,41 @@ TEST_F(ProtocolHandlerTest, TokensAreCheckedWhenConfigured) {
   EXPECT_EQ(Join("a", "").code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(Join("stranger", "good-token").code(), StatusCode::kUnauthenticated);
   EXPECT_TRUE(Join("a", "good-token").ok());
+}
+
+TEST_F(ProtocolHandlerTest, ServiceAccountTokensAreCheckedWhenConfiguredAndRefusalsCounted) {
+  testing::TempDir dir;
+  const testing::TestSigningKey key = testing::TestSigningKey::P256("k1");
+  const std::string jwks = dir.path() + "/jwks.json";
+  ASSERT_TRUE(WriteFileAtomic(jwks, testing::Jwks({&key})).ok());
+  ServiceAccountTokenPolicy policy;
+  policy.issuer = testing::kTestIssuer;
+  policy.audience = testing::kTestAudience;
+  ASSERT_TRUE(ParseServiceAccountName(testing::kTestServiceAccount, &policy).ok());
+  auto verifier = ServiceAccountTokenVerifier::Open(jwks, policy, &clock_);
+  ASSERT_TRUE(verifier.ok()) << verifier.status().ToString();
+  ProtocolOptions options;
+  options.token_verifier = std::move(*verifier);
+  options.tokens = {{"edge-3", "a-static-token"}};  // unused with a verifier
+  Make(options);
+  const int64_t now_s = clock_.NowUnixMs() / 1000;
+
+  EXPECT_EQ(Join("edge-3", "a-static-token").code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(metrics_.joins_refused("malformed"), 1);
+  Status other = Join("edge-3", key.Sign(testing::PodTokenClaims(now_s, "edge-4")));
+  EXPECT_EQ(other.code(), StatusCode::kPermissionDenied) << other.ToString();
+  EXPECT_NE(other.message().find("ns/demo"), std::string::npos) << other.ToString();
+  EXPECT_EQ(metrics_.joins_refused("node"), 1);
+  EXPECT_EQ(Join("edge-3", key.Sign(testing::PodTokenClaims(now_s - 700, "edge-3"))).code(),
+            StatusCode::kUnauthenticated);
+  EXPECT_EQ(metrics_.joins_refused("expired"), 1);
+  EXPECT_EQ(engine_->GetStatus().agents_joined, 0);
+
+  Status ok = Join("edge-3", key.Sign(testing::PodTokenClaims(now_s, "edge-3")));
+  EXPECT_TRUE(ok.ok()) << ok.ToString();
+  EXPECT_EQ(engine_->GetStatus().agents_joined, 1);
+  // The session, not the token, authenticates what follows.
+  EXPECT_EQ(GetTask("edge-3").kind(), v1::TASK_KIND_WAIT);
 }
 
 TEST_F(ProtocolHandlerTest, JoinRefusesMalformedTrainableLayouts) {

@@ -41,6 +41,9 @@ class AggregatorMetrics {
   // cancelled by the in-flight limits, by reason.
   void SetOpenStreams(int64_t n);
   void StreamRefused(std::string_view reason);
+  // A Join refused for its credentials; `reason` is a short label
+  // ("wrong_token", "expired", "signature", "node", ...).
+  void JoinRefused(std::string_view reason);
   // A checkpoint write failed / succeeded (at `unix_seconds`).
   void CheckpointFailed();
   void CheckpointSaved(double unix_seconds);
@@ -66,6 +69,7 @@ class AggregatorMetrics {
   double updates_clipped() const;
   double upload_buffer_bytes() const;
   double streams_refused(std::string_view reason) const;
+  double joins_refused(std::string_view reason) const;
   double checkpoint_failures() const;
 
  private:
@@ -89,6 +93,7 @@ class AggregatorMetrics {
   prometheus::Gauge* upload_buffer_bytes_;
   prometheus::Gauge* open_streams_;
   prometheus::Family<prometheus::Counter>* streams_refused_;
+  prometheus::Family<prometheus::Counter>* joins_refused_;
   prometheus::Counter* checkpoint_failures_;
   prometheus::Gauge* checkpoint_last_success_;
 };

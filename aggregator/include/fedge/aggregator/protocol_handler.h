@@ -17,6 +17,7 @@
 #include "fedge.pb.h"
 #include "fedge/aggregator/metrics.h"
 #include "fedge/aggregator/round_engine.h"
+#include "fedge/aggregator/service_account_token.h"
 #include "fedge/aggregator/tokens.h"
 #include "fedge/status.h"
 
@@ -33,6 +34,9 @@ struct ProtocolOptions {
   // Set: Join checks tokens here instead (re-read when the file changes, for
   // agents of nodes that join after the aggregator started); `tokens` is unused.
   std::shared_ptr<TokenFile> token_file;
+  // Set: Join verifies JoinRequest.token as a projected service-account token
+  // (service_account_token.h) instead; `tokens` and `token_file` are unused.
+  std::shared_ptr<ServiceAccountTokenVerifier> token_verifier;
   size_t chunk_bytes = kMaxChunkBytes;
   // Resumable uploads held at once, counted by their declared total_bytes
   // (memory is reserved up front). Past it the least recently used idle one
@@ -82,7 +86,11 @@ class ProtocolHandler {
   ProtocolHandler(RoundEngine* engine, AggregatorMetrics* metrics, ProtocolOptions options);
 
   // Errors: FAILED_PRECONDITION (protocol version), NOT_FOUND (job),
-  // UNAUTHENTICATED (token), INVALID_ARGUMENT (no agent id).
+  // UNAUTHENTICATED (token), INVALID_ARGUMENT (no agent id). With a
+  // token_verifier also PERMISSION_DENIED (a valid token of another node's
+  // pod) and UNAVAILABLE (a key the JWKS file does not hold yet: retry); with a
+  // token_file UNAVAILABLE for an agent not listed yet. Refusals are logged
+  // (never the token) and counted (AggregatorMetrics::JoinRefused).
   Status Join(const v1::JoinRequest& request, v1::JoinResponse* response);
 
   // Errors as CheckHeader.

@@ -40,6 +40,13 @@ struct ServerOptions {
   // (EngineOptions::evaluate_with_next_round).
   bool blocking_evaluation = false;
   std::string tokens_file;  // "": no token check; re-read when it changes
+  // Kubernetes projected service-account tokens as Join tokens instead
+  // (service_account_token.h): all four set, or none; not with tokens_file.
+  // The JWKS file is re-read when it changes.
+  std::string agent_token_jwks_file;
+  std::string agent_token_issuer;
+  std::string agent_token_audience;
+  std::string agent_token_service_account;  // NAMESPACE/NAME
   // TLS for the gRPC listener (PEM contents, not paths). Cert and key set: agents
   // must connect over TLS; plaintext connections fail their handshake. Client CA
   // set too: agents must also present a certificate signed by it (mutual TLS).
@@ -117,7 +124,8 @@ class AggregatorServer {
  public:
   // Builds the engine and, with a checkpoint dir, resumes from its newest
   // usable checkpoint. Fails (with a message naming the problem) on a bad
-  // tokens file, an unusable checkpoint dir or an unsupported spec.
+  // tokens file, an incomplete or conflicting agent_token_* set, a bad JWKS
+  // file, an unusable checkpoint dir or an unsupported spec.
   static StatusOr<std::unique_ptr<AggregatorServer>> Create(const JobSpec& spec, ServerOptions options);
   ~AggregatorServer();  // Shutdown with a 2 s grace
 
