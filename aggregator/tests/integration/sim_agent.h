@@ -41,6 +41,15 @@ class SimAgent {
             grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()))),
         initial_(Layout(0)),
         declared_layout_(Layout(0)) {}
+  // Over `channel` (e.g. TLS) instead of a plaintext one to 127.0.0.1.
+  SimAgent(std::string id, int index, const std::shared_ptr<grpc::Channel>& channel,
+           std::string job = "ns/loopback")
+      : id_(std::move(id)),
+        job_(std::move(job)),
+        index_(index),
+        stub_(v1::Aggregator::NewStub(channel)),
+        initial_(Layout(0)),
+        declared_layout_(Layout(0)) {}
 
   int64_t examples() const { return 10 * (index_ + 1); }
   double accuracy() const { return 0.5 + 0.1 * index_; }
@@ -55,6 +64,8 @@ class SimAgent {
     claimed_eval_ = eval;
   }
   void set_accuracy(double accuracy) { accuracy_ = accuracy; }
+  // JoinRequest.token (default: none).
+  void set_token(std::string token) { token_ = std::move(token); }
   // Declares Capabilities.evaluates_before_training: a TRAIN task with
   // evaluate_global gets the evaluation (what Report would send) in the
   // update's header.
@@ -198,6 +209,7 @@ class SimAgent {
     v1::JoinRequest req;
     *req.mutable_header() = Header();
     req.set_node_name("node-" + id_);
+    req.set_token(token_);
     v1::Capabilities* caps = req.mutable_capabilities();
     caps->set_num_train_examples(claimed_join_.value_or(examples()));
     caps->set_num_eval_examples(claimed_eval_.value_or(examples()));
@@ -342,6 +354,7 @@ class SimAgent {
   TensorBundle last_base_;
   TensorBundle initial_;
   TensorBundle declared_layout_;
+  std::string token_;
   std::string error_;
 };
 
