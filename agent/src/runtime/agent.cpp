@@ -26,13 +26,6 @@ std::string JoinPath(const std::string& dir, const std::string& file) {
   return (std::filesystem::path(dir) / file).string();
 }
 
-std::string Trim(std::string s) {
-  const char* ws = " \t\r\n";
-  s.erase(s.find_last_not_of(ws) + 1);
-  s.erase(0, s.find_first_not_of(ws) == std::string::npos ? s.size() : s.find_first_not_of(ws));
-  return s;
-}
-
 }  // namespace
 
 StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobSpec& spec,
@@ -58,10 +51,11 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
   }
   s.token = flags.token;
   if (!flags.token_file.empty()) {
-    auto token = ReadFile(flags.token_file);
+    // Read now to fail fast; the client reads it again before every Join.
+    auto token = ReadTokenFile(flags.token_file);
     if (!token.ok()) return InvalidArgumentError("--token-file: " + token.status().message());
-    s.token = Trim(*token);
-    if (s.token.empty()) return InvalidArgumentError("--token-file " + flags.token_file + " is empty");
+    s.token = std::move(*token);
+    s.token_file = flags.token_file;
   }
 
   std::string data_dir = flags.data_dir.empty() ? spec.data.path : flags.data_dir;
@@ -225,6 +219,7 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
   opts.agent_id = settings.agent_id;
   opts.node_name = settings.node_name;
   opts.token = settings.token;
+  opts.token_file = settings.token_file;
   opts.model_family = spec.model.family;
   ClientDeps deps;
   deps.trainer = a->trainer_.get();

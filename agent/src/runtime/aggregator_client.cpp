@@ -1,8 +1,11 @@
 #include "fedge/agent/runtime/aggregator_client.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <random>
@@ -273,11 +276,55 @@ bool AggregatorClient::WaitPolling(std::chrono::milliseconds delay, bool until_c
   return false;
 }
 
+StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    std::string why = "cannot read token file " + path + ": " + std::strerror(err);
+    return err == ENOENT ? NotFoundError(why) : UnavailableError(why);
+  }
+  // One byte past the limit tells a full file from an oversized one.
+  std::string text(kMaxTokenFileBytes + 1, '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return UnavailableError("cannot read token file " + path + ": " + std::strerror(err));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (got > kMaxTokenFileBytes) {
+    return InvalidArgumentError("token file " + path + " holds more than " +
+                                std::to_string(kMaxTokenFileBytes) + " bytes: it is not a token");
+  }
+  text.resize(got);
+  const char* ws = " \t\r\n";
+  const size_t first = text.find_first_not_of(ws);
+  if (first == std::string::npos) return InvalidArgumentError("token file " + path + " is empty");
+  return text.substr(first, text.find_last_not_of(ws) + 1 - first);
+}
+
 Status AggregatorClient::Join() {
   v1::JoinRequest req;
   session_.clear();
   *req.mutable_header() = Header();
   req.set_node_name(options_.node_name);
+  if (!options_.token_file.empty()) {
+    // The kubelet may have rotated the file since the last Join (a projected
+    // token lives 10 minutes); a failed read keeps the last token.
+    auto token = ReadTokenFile(options_.token_file);
+    if (token.ok()) {
+      options_.token = std::move(*token);
+    } else {
+      log::Warn("cannot re-read the token file; joining with the token read before",
+                {{"path", options_.token_file}, {"error", token.status().ToString()}});
+    }
+  }
   req.set_token(options_.token);
   auto* caps = req.mutable_capabilities();
   for (const std::string& codec : CompressionCodecNames()) caps->add_codecs(codec);

@@ -68,6 +68,7 @@ TEST(ResolveAgentSettingsTest, ReadsAndTrimsTheTokenFile) {
   auto s = ResolveAgentSettings(f, Spec(), "h", "");
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->token, "s3cret");
+  EXPECT_EQ(s->token_file, path.string());  // the client reads it again before every Join
   f.token = "also";
   EXPECT_EQ(ResolveAgentSettings(f, Spec(), "h", "").status().code(), StatusCode::kInvalidArgument);
   std::filesystem::remove(path);

@@ -338,6 +338,7 @@ class AggregatorClientTest : public ::testing::Test {
     o.agent_id = "agent-7";
     o.node_name = "node-7";
     o.token = "secret";
+    o.token_file = token_file_;
     o.backoff_initial = std::chrono::milliseconds(5);
     o.backoff_max = std::chrono::milliseconds(50);
     o.jitter_seed = 1;
@@ -373,6 +374,7 @@ class AggregatorClientTest : public ::testing::Test {
   }
 
   std::filesystem::path dir_;
+  std::string token_file_;  // ClientOptions::token_file of the clients MakeClient makes
   World world_;
   FakeClassifier trainer_{TestLabels()};
   FakeClassifier* serving_fake_ = nullptr;
@@ -682,6 +684,78 @@ TEST_F(AggregatorClientTest, RejoinsAndFinishesAfterTheAggregatorRestarts) {
   ASSERT_EQ(world_.joins.size(), 2u);
   EXPECT_EQ(world_.updates.back().header.header().session(), "b2");
   EXPECT_EQ(serving_->version(), 2);
+}
+
+// A projected service-account token is rotated in place by the kubelet (a
+// symlink swap) and lives 10 minutes: the client read --token-file once at
+// start, so an agent rejoining a restarted aggregator later presented an
+// expired token. Now every Join reads the file again.
+TEST_F(AggregatorClientTest, RejoinPresentsTheTokenTheFileHoldsNow) {
+  testing::MountedSecret mount("client-token-rotation");
+  mount.Publish({{"token", "  token-1\n"}});
+  token_file_ = mount.path("token");
+  world_.config.set_update_codec("fp32");
+  auto first = std::make_unique<Server>(&world_, "a", 0);
+  const int port = first->port();
+  auto client = MakeClient(port);
+  auto fut = std::async(std::launch::async, [&] { return client->Run(); });
+  {
+    std::unique_lock<std::mutex> lock(world_.mu);
+    ASSERT_TRUE(world_.cv.wait_for(lock, std::chrono::seconds(30), [&] { return world_.phase >= 1; }));
+  }
+  mount.Publish({{"token", "token-2\n"}});  // the kubelet's refresh
+  first->Shutdown();
+  Server second(&world_, "b", port);
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto outcome = fut.get();
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.joins.size(), 2u);
+  EXPECT_EQ(world_.joins[0].token(), "token-1");
+  EXPECT_EQ(world_.joins[1].token(), "token-2");
+}
+
+// A token file that cannot be read at a rejoin (gone, or not a token) does not
+// end the agent: it joins with the token it read last.
+TEST_F(AggregatorClientTest, RejoinKeepsTheLastTokenWhenTheFileCannotBeRead) {
+  testing::MountedSecret mount("client-token-broken");
+  mount.Publish({{"token", "token-1"}});
+  token_file_ = mount.path("token");
+  world_.config.set_update_codec("fp32");
+  auto first = std::make_unique<Server>(&world_, "a", 0);
+  const int port = first->port();
+  auto client = MakeClient(port);
+  auto fut = std::async(std::launch::async, [&] { return client->Run(); });
+  {
+    std::unique_lock<std::mutex> lock(world_.mu);
+    ASSERT_TRUE(world_.cv.wait_for(lock, std::chrono::seconds(30), [&] { return world_.phase >= 1; }));
+  }
+  mount.Publish({{"token", std::string(kMaxTokenFileBytes + 1, 't')}});
+  first->Shutdown();
+  Server second(&world_, "b", port);
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto outcome = fut.get();
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.joins.size(), 2u);
+  EXPECT_EQ(world_.joins[1].token(), "token-1");
+}
+
+TEST(ReadTokenFileTest, TrimsAndBoundsWhatItReads) {
+  testing::MountedSecret mount("read-token-file");
+  mount.Publish({{"ok", "\n eyJhbGciOiJSUzI1NiJ9.e30.c2ln \r\n"},
+                 {"blank", " \n\t"},
+                 {"big", std::string(kMaxTokenFileBytes + 1, 'x')},
+                 {"max", std::string(kMaxTokenFileBytes, 'x')}});
+  auto ok = ReadTokenFile(mount.path("ok"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(*ok, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
+  EXPECT_EQ(ReadTokenFile(mount.path("max"))->size(), kMaxTokenFileBytes);
+  EXPECT_EQ(ReadTokenFile(mount.path("blank")).status().code(), StatusCode::kInvalidArgument);
+  auto big = ReadTokenFile(mount.path("big"));
+  EXPECT_EQ(big.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(big.status().message().find(mount.path("big")), std::string::npos);
+  EXPECT_EQ(ReadTokenFile(mount.path("missing")).status().code(), StatusCode::kNotFound);
 }
 
 TEST_F(AggregatorClientTest, RetriesWhileTheAggregatorIsDownAndStopsPromptly) {

@@ -67,7 +67,8 @@ struct AgentSettings {
   std::string aggregator;
   std::string agent_id;
   std::string node_name;
-  std::string token;
+  std::string token;       // as read at start
+  std::string token_file;  // "": `token` for good; else re-read before every Join
   std::string train_path;
   std::string eval_path;
   std::string model_dir;

@@ -55,6 +55,11 @@ struct ClientOptions {
   std::string agent_id;
   std::string node_name;
   std::string token;  // bearer token for Join; may be empty
+  // Set: `token` is re-read from this file (ReadTokenFile) before every Join,
+  // since the kubelet rotates a projected service-account token in place and
+  // an agent that rejoins an hour later must not present an expired one. A
+  // read that fails keeps the token read last (or `token`), with a warning.
+  std::string token_file;
   std::string model_family = "bert";
   int eval_batch_size = 32;
   RpcDeadlines deadlines;
@@ -204,6 +209,14 @@ class AggregatorClient {
   std::mutex call_mu_;
   grpc::ClientContext* call_ = nullptr;  // guarded by call_mu_; the RPC in flight
 };
+
+// Largest Join token file read (a projected service-account token is ~1 KB).
+inline constexpr size_t kMaxTokenFileBytes = 16u << 10;
+
+// The token in `path`, surrounding whitespace trimmed. INVALID_ARGUMENT when
+// the file holds more than kMaxTokenFileBytes or only whitespace; NOT_FOUND
+// and other errno-derived codes when it cannot be read. Messages name the path.
+StatusOr<std::string> ReadTokenFile(const std::string& path);
 
 // gRPC status -> fedge Status (the codes are numerically identical).
 Status FromGrpc(const grpc::Status& status, std::string_view what);
