@@ -937,11 +937,12 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   protocol.max_update_bytes = options.max_update_bytes;
   protocol.max_partial_bytes = options.max_partial_upload_bytes;
   protocol.max_upload_buffer_bytes = options.max_upload_buffer_bytes;
+  // First: it also refuses --tokens-file with the --agent-token-* options.
+  FEDGE_ASSIGN_OR_RETURN(protocol.token_verifier, AgentTokenVerifier(options));
   if (!options.tokens_file.empty()) {
     // Re-read when it changes: agents of nodes that join later get their tokens then.
     FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));
   }
-  FEDGE_ASSIGN_OR_RETURN(protocol.token_verifier, AgentTokenVerifier(options));
   if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
     return InvalidArgumentError("TLS needs both a certificate and its private key");
   }
