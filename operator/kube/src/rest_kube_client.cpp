@@ -205,10 +205,11 @@ struct RestKubeClient::Impl {
     return cfg.token;
   }
 
-  http::http_request MakeRequest(const http::method& m, const std::string& path_query) const {
+  http::http_request MakeRequest(const http::method& m, const std::string& path_query,
+                                 const std::string& accept = "application/json") const {
     http::http_request req(m);
     req.set_request_uri(path_query);
-    req.headers().add("Accept", "application/json");
+    req.headers().add("Accept", accept);
     req.headers().add("User-Agent", opts.user_agent);
     std::string t = Token();
     if (!t.empty()) req.headers().add("Authorization", "Bearer " + t);
@@ -217,9 +218,9 @@ struct RestKubeClient::Impl {
 
   // One request/response; returns the parsed body of a 2xx response.
   StatusOr<Json> Do(const http::method& m, const std::string& path_query, const Json* body,
-                    const std::string& content_type) {
+                    const std::string& content_type, const std::string& accept = "application/json") {
     try {
-      auto req = MakeRequest(m, path_query);
+      auto req = MakeRequest(m, path_query, accept);
       if (body) req.set_body(body->dump(), content_type);
       http::http_response resp = http->request(req).get();
       std::string text = resp.extract_utf8string(true).get();
@@ -262,7 +263,9 @@ StatusOr<Json> RestKubeClient::Get(const Resource& r, const std::string& ns, con
 
 StatusOr<Json> RestKubeClient::GetPath(const std::string& path) {
   ++requests_;
-  return impl_->Do(http::methods::GET, path, nullptr, "");
+  // The API server answers /openid/v1/jwks only as application/jwk-set+json (406 for a
+  // request that accepts only application/json); both are JSON.
+  return impl_->Do(http::methods::GET, path, nullptr, "", "application/json, application/jwk-set+json");
 }
 
 StatusOr<ListResult> RestKubeClient::List(const Resource& r, const std::string& ns, const ListOptions& opts) {
