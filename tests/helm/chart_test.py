@@ -189,8 +189,10 @@ class ChartTest(unittest.TestCase):
             self.assertTrue(rules_cover(roles["ml"]["rules"], res), res)
         self.assertEqual([x for rule in roles[NAMESPACE]["rules"] for x in rule["resources"]], ["leases"])
         crole = by_kind(docs, "ClusterRole")[0]
-        granted = sorted(x for rule in crole["rules"] for x in rule["resources"])
+        granted = sorted(x for rule in crole["rules"] for x in rule.get("resources", []))
         self.assertEqual(granted, ["nodes", "persistentvolumes"], "only cluster-scoped objects cluster-wide")
+        # ... and the issuer's public keys (non-resource URLs, read-only).
+        self.assertEqual([r["verbs"] for r in crole["rules"] if "nonResourceURLs" in r], [["get"]])
         binding = next(b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "ml")
         self.assertEqual(binding["subjects"][0]["namespace"], NAMESPACE)
         args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
