@@ -61,6 +61,15 @@ if ! scripts/check-format.sh > "$BUILD/format.log" 2>&1; then
   [[ "${FEDGE_STRICT_FORMAT:-0}" == 1 ]] && exit 1
 fi
 
+# CI runs on a copy of a machine: a test cluster state left there (a run interrupted
+# while the real-node suites had their operator installed) would make those suites
+# refuse to install theirs. CI starts them from a fresh cluster, as a new machine would.
+CLUSTER_DIR="${FEDGE_CLUSTER_DIR:-/var/lib/fedge-cluster}"
+if [[ "${CI:-}" == true && -d "$CLUSTER_DIR" && -x scripts/cluster/stop-cluster.sh ]]; then
+  step "test cluster: removing the state left in $CLUSTER_DIR (CI starts from a fresh one)"
+  scripts/cluster/stop-cluster.sh --purge 2>&1 | tail -3 || echo "test cluster: stop-cluster.sh --purge failed; the real-node suites say what is left"
+fi
+
 step "tests"
 export FEDGE_MODEL_DIR="$ROOT/.fedge/models/all-MiniLM-L6-v2"
 cd "$BUILD"

@@ -421,7 +421,9 @@ def check_no_other_operator():
     if others or deployments:
         raise AssertionError(f"another fedge operator is installed (releases {others}, deployments "
                              f"{[d['metadata']['namespace'] + '/' + d['metadata']['name'] for d in deployments]}): "
-                             "uninstall it first; these tests install their own")
+                             "these tests install their own: uninstall it first (helm uninstall), or, if it was "
+                             "left by an interrupted run of these tests, start from a fresh test cluster with "
+                             f"{os.path.join(SCRIPTS, 'stop-cluster.sh')} --purge")
     crd = kubectl("get", "crd", "federatedtrainingjobs.fedge.io", check=False, quiet=True)
     if crd.returncode == 0:
         jobs = kubectl_json("get", "ftj", "-A")["items"]
