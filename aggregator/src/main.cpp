@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   uint64_t max_partial_upload_bytes = 256ull << 20;
   uint64_t max_upload_buffer_bytes = 512ull << 20;
   int64_t stream_idle_timeout_s = 120;
+  int64_t agent_session_grace_s = 3600;
   int max_open_streams = 1024;
   uint64_t grpc_memory_bytes = aggregator::ServerOptions{}.grpc_memory_bytes;
   int grpc_stream_window_bytes = aggregator::ServerOptions{}.grpc_stream_window_bytes;
@@ -71,6 +72,11 @@ int main(int argc, char** argv) {
   app.add_option("--agent-token-service-account", agent_token_service_account,
                  "NAMESPACE/NAME of the service account the agent pods run as; a token's node "
                  "(kubernetes.io.node.name) must also be the agent id it joins as");
+  app.add_option("--agent-session-grace-seconds", agent_session_grace_s,
+                 "with --agent-token-*: end an agent's session this long after the newest token it presented "
+                 "expired (agents send the token the kubelet renewed with every request; raise it for sites "
+                 "whose control plane may be unreachable longer than a token lives)")
+      ->capture_default_str();
   app.add_option(
       "--tls-cert", tls_cert,
       "PEM serving certificate (chain): serve agents over TLS (re-read every 60 s with --tls-key and "
@@ -193,6 +199,7 @@ int main(int argc, char** argv) {
   options.agent_token_issuer = agent_token_issuer;
   options.agent_token_audience = agent_token_audience;
   options.agent_token_service_account = agent_token_service_account;
+  options.agent_session_grace_s = agent_session_grace_s;
   options.max_partial_upload_bytes = max_partial_upload_bytes;
   options.max_update_bytes = max_update_bytes;
   options.max_upload_buffer_bytes = max_upload_buffer_bytes;

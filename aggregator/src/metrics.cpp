@@ -115,6 +115,12 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                         .Name("fedge_aggregator_joins_refused_total")
                         .Help("Joins refused for their credentials (token), by reason")
                         .Register(r);
+  sessions_ended_ = &BuildCounter()
+                         .Name("fedge_aggregator_sessions_ended_total")
+                         .Help(
+                             "Requests refused for their session's service-account token, by reason "
+                             "(token_expired ends the session; token_refused, other_pod: a renewal refused)")
+                         .Register(r);
   checkpoint_failures_ = &BuildCounter()
                               .Name("fedge_aggregator_checkpoint_failures_total")
                               .Help("Checkpoint writes that failed (the job goes on without them)")
@@ -179,6 +185,12 @@ void AggregatorMetrics::StreamRefused(std::string_view reason) {
 }
 void AggregatorMetrics::JoinRefused(std::string_view reason) {
   joins_refused_->Add({{"reason", std::string(reason)}}).Increment();
+}
+void AggregatorMetrics::SessionEnded(std::string_view reason) {
+  sessions_ended_->Add({{"reason", std::string(reason)}}).Increment();
+}
+double AggregatorMetrics::sessions_ended(std::string_view reason) const {
+  return sessions_ended_->Add({{"reason", std::string(reason)}}).Value();
 }
 double AggregatorMetrics::joins_refused(std::string_view reason) const {
   return joins_refused_->Add({{"reason", std::string(reason)}}).Value();

@@ -113,15 +113,80 @@ Status ProtocolHandler::CheckVersionAndJob(const v1::RequestHeader& header) cons
   return OkStatus();
 }
 
-Status ProtocolHandler::CheckHeader(const v1::RequestHeader& header) const {
+Status ProtocolHandler::CheckHeader(const v1::RequestHeader& header) {
   FEDGE_RETURN_IF_ERROR(CheckVersionAndJob(header));
-  return engine_->CheckSession(header.agent_id(), header.session());
+  FEDGE_RETURN_IF_ERROR(engine_->CheckSession(header.agent_id(), header.session()));
+  if (!options_.token_verifier) return OkStatus();
+  return CheckSessionToken(header);
+}
+
+Status ProtocolHandler::CheckSessionToken(const v1::RequestHeader& header) {
+  const std::string& agent = header.agent_id();
+  const int64_t now_s = options_.token_verifier->clock()->NowUnixMs() / 1000;
+  std::unique_lock<std::mutex> lock(credentials_mu_);
+  auto it = credentials_.find(agent);
+  if (it == credentials_.end() || it->second.session != header.session()) {
+    // The engine knows the session but no token established it (it cannot
+    // happen while both live in this process; refuse rather than assume).
+    return UnauthenticatedError("no token is on record for the session of agent \"" + agent + "\"; rejoin");
+  }
+  if (!header.token().empty() && header.token() != it->second.token) {
+    // A renewed token: verify it outside the lock (a signature check), then
+    // record it if the session is still the one it was presented for.
+    const std::string pod_uid = it->second.pod_uid;
+    lock.unlock();
+    std::string_view reason;
+    auto claims = options_.token_verifier->Verify(header.token(), agent, &reason);
+    if (!claims.ok() && claims.status().code() != StatusCode::kUnavailable) {
+      if (metrics_) metrics_->SessionEnded("token_refused");
+      log::Warn("renewed token refused",
+                {{"agent", agent}, {"reason", reason}, {"error", claims.status().message()}});
+      return Status(claims.status().code(), "the token presented in the session of agent \"" + agent +
+                                                "\" was refused: " + claims.status().message());
+    }
+    if (claims.ok() && claims->pod_uid != pod_uid) {
+      if (metrics_) metrics_->SessionEnded("other_pod");
+      log::Warn("renewed token refused: another pod", {{"agent", agent},
+                                                       {"pod", claims->pod_name},
+                                                       {"pod_uid", claims->pod_uid},
+                                                       {"session_pod_uid", pod_uid}});
+      return PermissionDeniedError("agent \"" + agent + "\" presented the token of pod " + claims->pod_name +
+                                   " (uid " + claims->pod_uid + ") in the session of pod uid " + pod_uid +
+                                   "; a new pod joins again");
+    }
+    lock.lock();
+    it = credentials_.find(agent);
+    if (it == credentials_.end() || it->second.session != header.session()) {
+      return UnauthenticatedError("the session of agent \"" + agent + "\" was replaced; rejoin");
+    }
+    // UNAVAILABLE: signed with a key the JWKS file does not hold yet; the
+    // session goes on with the token it has and the next request retries.
+    if (claims.ok() && claims->expires_unix_s > it->second.expires_unix_s) {
+      it->second.token = header.token();
+      it->second.expires_unix_s = claims->expires_unix_s;
+    }
+  }
+  if (now_s > it->second.expires_unix_s + options_.session_grace_s) {
+    const int64_t expired = it->second.expires_unix_s;
+    credentials_.erase(it);
+    lock.unlock();
+    if (metrics_) metrics_->SessionEnded("token_expired");
+    log::Warn("session ended: its token expired",
+              {{"agent", agent}, {"token_expired_unix_s", expired}, {"grace_s", options_.session_grace_s}});
+    return UnauthenticatedError("the newest token agent \"" + agent + "\" presented expired at unix " +
+                                std::to_string(expired) + ", more than " +
+                                std::to_string(options_.session_grace_s) +
+                                " s ago (--agent-session-grace-seconds); rejoin with a fresh token");
+  }
+  return OkStatus();
 }
 
 Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* response) {
   FEDGE_RETURN_IF_ERROR(CheckVersionAndJob(request.header()));
   const std::string& agent = request.header().agent_id();
   std::string node_name = request.node_name();
+  std::string pod_uid;
+  int64_t token_expires_unix_s = 0;
   if (options_.token_verifier) {
     // Size, then structure, then the signature, then the claims: the checks
     // cost the aggregator nothing until a token is shaped like one.
@@ -142,6 +207,8 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
                                        {"node", claims->node_name},
                                        {"token_expires_unix_s", claims->expires_unix_s}});
     node_name = claims->node_name;  // the issuer's word, not the agent's
+    pod_uid = claims->pod_uid;
+    token_expires_unix_s = claims->expires_unix_s;
   } else if (options_.token_file) {
     if (Status s = options_.token_file->Check(agent, request.token()); !s.ok()) {
       if (metrics_)
@@ -178,6 +245,14 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
   info.evaluates_before_training = request.capabilities().evaluates_before_training();
   FEDGE_ASSIGN_OR_RETURN(info.layout, LayoutFromJoin(request.capabilities()));
   response->set_session(engine_->Join(agent, info));
+  if (options_.token_verifier) {
+    std::lock_guard<std::mutex> lock(credentials_mu_);
+    SessionCredential& c = credentials_[agent];
+    c.session = response->session();
+    c.token = request.token();
+    c.pod_uid = pod_uid;
+    c.expires_unix_s = token_expires_unix_s;
+  }
   response->set_protocol_version(kProtocolVersion);
   auto global = engine_->Global(0);
   response->set_global_version(global.ok() ? (*global)->version : 0);

@@ -939,6 +939,11 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   protocol.max_upload_buffer_bytes = options.max_upload_buffer_bytes;
   // First: it also refuses --tokens-file with the --agent-token-* options.
   FEDGE_ASSIGN_OR_RETURN(protocol.token_verifier, AgentTokenVerifier(options));
+  if (options.agent_session_grace_s < 0) {
+    return InvalidArgumentError("--agent-session-grace-seconds must not be negative, got " +
+                                std::to_string(options.agent_session_grace_s));
+  }
+  protocol.session_grace_s = options.agent_session_grace_s;
   if (!options.tokens_file.empty()) {
     // Re-read when it changes: agents of nodes that join later get their tokens then.
     FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));

@@ -33,6 +33,21 @@ class ProtocolHandlerTest : public testing::ProtocolFixture {
     return JoinDeclaring(agent, SmallBundle(0, 0, 0, 0), token);
   }
 
+  // A verifier of the test issuer's tokens for ns1/job1-agent, trusting `key`.
+  std::shared_ptr<ServiceAccountTokenVerifier> Verifier(const testing::TestSigningKey& key) {
+    const std::string jwks = jwks_dir_.path() + "/jwks.json";
+    EXPECT_TRUE(WriteFileAtomic(jwks, testing::Jwks({&key})).ok());
+    ServiceAccountTokenPolicy policy;
+    policy.issuer = testing::kTestIssuer;
+    policy.audience = testing::kTestAudience;
+    EXPECT_TRUE(ParseServiceAccountName(testing::kTestServiceAccount, &policy).ok());
+    auto verifier = ServiceAccountTokenVerifier::Open(jwks, policy, &clock_);
+    EXPECT_TRUE(verifier.ok()) << verifier.status().ToString();
+    return verifier.ok() ? std::move(*verifier) : nullptr;
+  }
+
+  testing::TempDir jwks_dir_;
+
   // One SubmitUpdate stream the way the service runs it, sending only
   // data[0, send) (a stream cut short when send < data.size()).
   v1::SubmitUpdateResponse SubmitStream(const v1::UpdateHeader& header, const std::string& data, size_t send,
@@ -111,18 +126,10 @@ TEST_F(ProtocolHandlerTest, TokensAreCheckedWhenConfigured) {
 }
 
 TEST_F(ProtocolHandlerTest, ServiceAccountTokensAreCheckedWhenConfiguredAndRefusalsCounted) {
-  testing::TempDir dir;
   const testing::TestSigningKey key = testing::TestSigningKey::P256("k1");
-  const std::string jwks = dir.path() + "/jwks.json";
-  ASSERT_TRUE(WriteFileAtomic(jwks, testing::Jwks({&key})).ok());
-  ServiceAccountTokenPolicy policy;
-  policy.issuer = testing::kTestIssuer;
-  policy.audience = testing::kTestAudience;
-  ASSERT_TRUE(ParseServiceAccountName(testing::kTestServiceAccount, &policy).ok());
-  auto verifier = ServiceAccountTokenVerifier::Open(jwks, policy, &clock_);
-  ASSERT_TRUE(verifier.ok()) << verifier.status().ToString();
   ProtocolOptions options;
-  options.token_verifier = std::move(*verifier);
+  options.token_verifier = Verifier(key);
+  ASSERT_NE(options.token_verifier, nullptr);
   options.tokens = {{"edge-3", "a-static-token"}};  // unused with a verifier
   Make(options);
   const int64_t now_s = clock_.NowUnixMs() / 1000;
@@ -143,6 +150,71 @@ TEST_F(ProtocolHandlerTest, ServiceAccountTokensAreCheckedWhenConfiguredAndRefus
   EXPECT_EQ(engine_->GetStatus().agents_joined, 1);
   // The session, not the token, authenticates what follows.
   EXPECT_EQ(GetTask("edge-3").kind(), v1::TASK_KIND_WAIT);
+}
+
+// A copied session id (with the token it joined with) must not outlive the
+// token: the session ends session_grace_s after the newest token its agent
+// presented expired. A live agent sends the token the kubelet renewed in every
+// RequestHeader, which extends its session; a renewal must be a valid token of
+// the same pod.
+TEST_F(ProtocolHandlerTest, ASessionEndsWhenItsNewestTokenExpiresAndRenewalsMustBeTheSamePods) {
+  const testing::TestSigningKey key = testing::TestSigningKey::P256("k1");
+  ProtocolOptions options;
+  options.token_verifier = Verifier(key);
+  ASSERT_NE(options.token_verifier, nullptr);
+  options.session_grace_s = 120;
+  Make(options);
+  const int64_t t0 = clock_.NowUnixMs() / 1000;
+  auto token = [&](int64_t issued_s, const std::string& node) {
+    return key.Sign(testing::PodTokenClaims(issued_s, node));  // valid for 600 s
+  };
+  auto ask = [&](const std::string& agent, const std::string& presented) {
+    v1::TaskRequest req;
+    *req.mutable_header() = Header(agent);
+    req.mutable_header()->set_token(presented);
+    v1::Task task;
+    return handler_->GetTask(req, &task);
+  };
+
+  ASSERT_TRUE(Join("edge-1", token(t0, "edge-1")).ok());
+  ASSERT_TRUE(Join("edge-2", token(t0, "edge-2")).ok());
+  EXPECT_TRUE(ask("edge-1", "").ok());                   // an older agent sends none
+  EXPECT_TRUE(ask("edge-1", token(t0, "edge-1")).ok());  // the Join's token again
+
+  clock_.AdvanceMs(480'000);  // the kubelet renews at 80% of 600 s
+  EXPECT_TRUE(ask("edge-1", token(t0 + 480, "edge-1")).ok());
+
+  // Renewals that are not this pod's valid token fail the request (the
+  // session keeps the token it has).
+  Status other_node = ask("edge-1", token(t0 + 480, "edge-2"));
+  EXPECT_EQ(other_node.code(), StatusCode::kPermissionDenied) << other_node.ToString();
+  nlohmann::json other_pod = testing::PodTokenClaims(t0 + 480, "edge-1");
+  other_pod["kubernetes.io"]["pod"]["uid"] = "pod-uid-of-a-second-pod";
+  Status second_pod = ask("edge-1", key.Sign(other_pod));
+  EXPECT_EQ(second_pod.code(), StatusCode::kPermissionDenied) << second_pod.ToString();
+  EXPECT_NE(second_pod.message().find("pod-uid-of-a-second-pod"), std::string::npos) << second_pod.ToString();
+  EXPECT_EQ(ask("edge-1", "not.a.token").code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(metrics_.sessions_ended("token_refused"), 2);
+  EXPECT_EQ(metrics_.sessions_ended("other_pod"), 1);
+
+  // t0 + 600 + 120: edge-2's only token expired a grace ago; edge-1's renewal
+  // lives until t0 + 1080.
+  clock_.AdvanceMs(240'000 + 1000);
+  EXPECT_TRUE(ask("edge-1", "").ok());
+  Status expired = ask("edge-2", "");
+  EXPECT_EQ(expired.code(), StatusCode::kUnauthenticated) << expired.ToString();
+  EXPECT_NE(expired.message().find("rejoin"), std::string::npos) << expired.ToString();
+  EXPECT_EQ(metrics_.sessions_ended("token_expired"), 1);
+  // Presenting the same old token (a copy of what it joined with) changes nothing.
+  EXPECT_EQ(ask("edge-2", token(t0, "edge-2")).code(), StatusCode::kUnauthenticated);
+  // The agent rejoins with the token its file holds now.
+  ASSERT_TRUE(Join("edge-2", token(t0 + 700, "edge-2")).ok());
+  EXPECT_TRUE(ask("edge-2", "").ok());
+
+  // No renewal after t0 + 480: edge-1's session ends after t0 + 1080 + 120.
+  clock_.AdvanceMs((1201 - 721) * 1000);
+  EXPECT_EQ(ask("edge-1", "").code(), StatusCode::kUnauthenticated);
+  EXPECT_TRUE(ask("edge-2", "").ok());
 }
 
 TEST_F(ProtocolHandlerTest, JoinRefusesMalformedTrainableLayouts) {

@@ -163,7 +163,29 @@ v1::RequestHeader AggregatorClient::Header() const {
   h.set_job(options_.job);
   h.set_agent_id(options_.agent_id);
   h.set_session(session_);
+  if (!options_.token_file.empty() && !session_.empty()) h.set_token(CurrentToken(/*force=*/false));
   return h;
+}
+
+std::string AggregatorClient::CurrentToken(bool force) const {
+  std::lock_guard<std::mutex> lock(token_mu_);
+  if (token_.empty()) token_ = options_.token;
+  if (options_.token_file.empty()) return token_;
+  const auto now = std::chrono::steady_clock::now();
+  if (!force && token_read_.time_since_epoch().count() != 0 && now - token_read_ < options_.token_recheck) {
+    return token_;
+  }
+  token_read_ = now;
+  // The kubelet may have rotated the file since the last read (a projected
+  // token lives 10 minutes); a failed read keeps the last token.
+  auto token = ReadTokenFile(options_.token_file);
+  if (token.ok()) {
+    token_ = std::move(*token);
+  } else {
+    log::Warn("cannot re-read the token file; presenting the token read before",
+              {{"path", options_.token_file}, {"error", token.status().ToString()}});
+  }
+  return token_;
 }
 
 StatusOr<RunOutcome> AggregatorClient::Run() {
@@ -314,18 +336,7 @@ Status AggregatorClient::Join() {
   session_.clear();
   *req.mutable_header() = Header();
   req.set_node_name(options_.node_name);
-  if (!options_.token_file.empty()) {
-    // The kubelet may have rotated the file since the last Join (a projected
-    // token lives 10 minutes); a failed read keeps the last token.
-    auto token = ReadTokenFile(options_.token_file);
-    if (token.ok()) {
-      options_.token = std::move(*token);
-    } else {
-      log::Warn("cannot re-read the token file; joining with the token read before",
-                {{"path", options_.token_file}, {"error", token.status().ToString()}});
-    }
-  }
-  req.set_token(options_.token);
+  req.set_token(CurrentToken(/*force=*/true));
   auto* caps = req.mutable_capabilities();
   for (const std::string& codec : CompressionCodecNames()) caps->add_codecs(codec);
   caps->set_num_train_examples(static_cast<int64_t>(deps_.train_data->size()));
@@ -353,8 +364,16 @@ Status AggregatorClient::Join() {
       case StatusCode::kFailedPrecondition:
         return Fatal(st.WithContext("protocol mismatch (this agent speaks v" +
                                     std::to_string(kProtocolVersion) + ")"));
-      case StatusCode::kUnauthenticated:
+      case StatusCode::kUnauthenticated: {
+        // A projected token may be refused for a while and then not (expired
+        // and about to be renewed, a clock being corrected): retry, re-reading
+        // the file, before giving up. A static token would be refused forever.
+        const auto now = std::chrono::steady_clock::now();
+        if (!join_refused_since_) join_refused_since_ = now;
+        if (!options_.token_file.empty() && now - *join_refused_since_ < options_.join_refusal_retry)
+          return st;
         return Fatal(st.WithContext("the aggregator refused this agent's token (--token/--token-file)"));
+      }
       case StatusCode::kPermissionDenied:
         // Mutual TLS: the client certificate names another agent than --agent-id.
         return Fatal(st.WithContext("the aggregator refused this agent (--agent-id, --tls-cert)"));
@@ -371,6 +390,7 @@ Status AggregatorClient::Join() {
   }
   if (resp.session().empty()) return InternalError("aggregator answered Join without a session");
   session_ = resp.session();
+  join_refused_since_.reset();
   server_task_wait_ = std::chrono::milliseconds(resp.max_task_wait_ms());
   // A value this agent does not know (a newer aggregator) falls back to
   // SHA-256, which every aggregator verifies.

@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/grpcpp.h>
@@ -72,6 +74,12 @@ struct World {
   bool evaluate_global = false;  // Task.evaluate_global of the TRAIN task
   // JoinResponse.upload_checksum; SHA-256 is what an older aggregator answers.
   v1::ChecksumAlgorithm upload_checksum = v1::CHECKSUM_SHA256;
+  // Joins refused with UNAUTHENTICATED before one is accepted (their tokens
+  // recorded), and the RequestHeader.token of every GetTask.
+  int refuse_joins = 0;
+  std::vector<std::string> refused_join_tokens;
+  std::vector<std::string> task_tokens;
+  std::function<void(size_t)> on_task;  // called with the GetTask count, under mu
 
   void SetGlobal(TensorBundle bundle) {
     global = std::move(bundle);
@@ -93,6 +101,11 @@ class FakeAggregator final : public v1::Aggregator::Service {
     if (req->header().protocol_version() != 1) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this aggregator speaks protocol v1");
     }
+    if (w_->refuse_joins > 0) {
+      --w_->refuse_joins;
+      w_->refused_join_tokens.push_back(req->token());
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the token expired");
+    }
     w_->joins.push_back(*req);
     std::string session = prefix_ + std::to_string(w_->joins.size());
     sessions_.insert(session);
@@ -111,6 +124,8 @@ class FakeAggregator final : public v1::Aggregator::Service {
     if (!sessions_.count(req->header().session())) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown session");
     }
+    w_->task_tokens.push_back(req->header().token());
+    if (w_->on_task) w_->on_task(w_->task_tokens.size());
     if (w_->waits_left > 0) {
       --w_->waits_left;
       task->set_kind(v1::TASK_KIND_WAIT);
@@ -339,6 +354,8 @@ class AggregatorClientTest : public ::testing::Test {
     o.node_name = "node-7";
     o.token = "secret";
     o.token_file = token_file_;
+    o.token_recheck = token_recheck_;
+    o.join_refusal_retry = join_refusal_retry_;
     o.backoff_initial = std::chrono::milliseconds(5);
     o.backoff_max = std::chrono::milliseconds(50);
     o.jitter_seed = 1;
@@ -375,6 +392,8 @@ class AggregatorClientTest : public ::testing::Test {
 
   std::filesystem::path dir_;
   std::string token_file_;  // ClientOptions::token_file of the clients MakeClient makes
+  std::chrono::milliseconds token_recheck_{10'000};
+  std::chrono::milliseconds join_refusal_retry_{180'000};
   World world_;
   FakeClassifier trainer_{TestLabels()};
   FakeClassifier* serving_fake_ = nullptr;
@@ -713,6 +732,88 @@ TEST_F(AggregatorClientTest, RejoinPresentsTheTokenTheFileHoldsNow) {
   ASSERT_EQ(world_.joins.size(), 2u);
   EXPECT_EQ(world_.joins[0].token(), "token-1");
   EXPECT_EQ(world_.joins[1].token(), "token-2");
+}
+
+// Every request after Join carries the token the file holds (re-read every
+// token_recheck): the aggregator extends the session to a renewed token's
+// expiry, so a live agent's session never ends at the first token's.
+TEST_F(AggregatorClientTest, EveryRequestCarriesTheTokenTheFileHoldsNow) {
+  testing::MountedSecret mount("client-token-header");
+  mount.Publish({{"token", "token-1\n"}});
+  token_file_ = mount.path("token");
+  token_recheck_ = std::chrono::milliseconds(0);
+  world_.config.set_update_codec("fp32");
+  world_.waits_left = 4;
+  world_.on_task = [&](size_t n) {
+    if (n == 2) mount.Publish({{"token", "token-2\n"}});  // the kubelet's renewal
+  };
+  Server server(&world_, "a", 0);
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.joins.size(), 1u);
+  EXPECT_EQ(world_.joins[0].token(), "token-1");
+  EXPECT_TRUE(world_.joins[0].header().token().empty());  // Join has its own field
+  ASSERT_GE(world_.task_tokens.size(), 5u);
+  EXPECT_EQ(world_.task_tokens[0], "token-1");
+  EXPECT_EQ(world_.task_tokens[1], "token-1");
+  for (size_t i = 2; i < world_.task_tokens.size(); ++i) EXPECT_EQ(world_.task_tokens[i], "token-2") << i;
+  ASSERT_FALSE(world_.updates.empty());
+  EXPECT_EQ(world_.updates.back().header.header().token(), "token-2");
+}
+
+// A projected token refused at Join (expired before the kubelet renewed it, a
+// clock being corrected) is retried, re-reading the file, within
+// join_refusal_retry; past it, or with a static token, the refusal is fatal.
+TEST_F(AggregatorClientTest, AJoinRefusedForItsTokenIsRetriedWithTheRenewedFile) {
+  testing::MountedSecret mount("client-token-refused");
+  mount.Publish({{"token", "expired-token"}});
+  token_file_ = mount.path("token");
+  world_.config.set_update_codec("fp32");
+  world_.refuse_joins = 3;
+  Server server(&world_, "a", 0);
+  std::thread renew([&] {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(world_.mu);
+        if (world_.refused_join_tokens.size() >= 2) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    mount.Publish({{"token", "renewed-token"}});
+  });
+  auto client = MakeClient(server.port());
+  auto outcome = RunWithDeadline(*client);
+  renew.join();
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, RunOutcome::kDone);
+  std::lock_guard<std::mutex> lock(world_.mu);
+  ASSERT_EQ(world_.refused_join_tokens.size(), 3u);
+  EXPECT_EQ(world_.refused_join_tokens[0], "expired-token");
+  ASSERT_EQ(world_.joins.size(), 1u);
+  EXPECT_EQ(world_.joins[0].token(), "renewed-token");
+}
+
+TEST_F(AggregatorClientTest, AJoinRefusedForItsTokenIsFatalPastTheRetryWindowOrWithAStaticToken) {
+  for (bool with_file : {true, false}) {
+    SCOPED_TRACE(with_file ? "token file, no retry window" : "static token");
+    testing::MountedSecret mount("client-token-fatal");
+    mount.Publish({{"token", "token-1"}});
+    token_file_ = with_file ? mount.path("token") : "";
+    join_refusal_retry_ = std::chrono::milliseconds(0);
+    World world;
+    world.refuse_joins = 1000;
+    Server server(&world, "a", 0);
+    auto client = MakeClient(server.port());
+    auto outcome = RunWithDeadline(*client);
+    ASSERT_FALSE(outcome.ok());
+    EXPECT_EQ(outcome.status().code(), StatusCode::kUnauthenticated) << outcome.status().ToString();
+    EXPECT_NE(outcome.status().message().find("refused this agent's token"), std::string::npos)
+        << outcome.status().ToString();
+    std::lock_guard<std::mutex> lock(world.mu);
+    EXPECT_EQ(world.refused_join_tokens.size(), 1u);
+  }
 }
 
 // A token file that cannot be read at a rejoin (gone, or not a token) does not

@@ -44,6 +44,9 @@ class AggregatorMetrics {
   // A Join refused for its credentials; `reason` is a short label
   // ("wrong_token", "expired", "signature", "node", ...).
   void JoinRefused(std::string_view reason);
+  // A request refused because of its session's token: "token_expired" (the
+  // session ends), "token_refused", "other_pod" (a renewal refused).
+  void SessionEnded(std::string_view reason);
   // A checkpoint write failed / succeeded (at `unix_seconds`).
   void CheckpointFailed();
   void CheckpointSaved(double unix_seconds);
@@ -70,6 +73,7 @@ class AggregatorMetrics {
   double upload_buffer_bytes() const;
   double streams_refused(std::string_view reason) const;
   double joins_refused(std::string_view reason) const;
+  double sessions_ended(std::string_view reason) const;
   double checkpoint_failures() const;
 
  private:
@@ -94,6 +98,7 @@ class AggregatorMetrics {
   prometheus::Gauge* open_streams_;
   prometheus::Family<prometheus::Counter>* streams_refused_;
   prometheus::Family<prometheus::Counter>* joins_refused_;
+  prometheus::Family<prometheus::Counter>* sessions_ended_;
   prometheus::Counter* checkpoint_failures_;
   prometheus::Gauge* checkpoint_last_success_;
 };

@@ -37,6 +37,13 @@ struct ProtocolOptions {
   // Set: Join verifies JoinRequest.token as a projected service-account token
   // (service_account_token.h) instead; `tokens` and `token_file` are unused.
   std::shared_ptr<ServiceAccountTokenVerifier> token_verifier;
+  // With token_verifier: a session ends this long after the newest token its
+  // agent presented (at Join or in RequestHeader.token) expired. The kubelet
+  // renews a live pod's token well before expiry, so only a session whose
+  // token stopped being renewed ends: a copied session id and token, a pod
+  // that is gone, or a site whose control plane has been unreachable longer
+  // than the token's lifetime plus this grace (raise it for such sites).
+  int64_t session_grace_s = 3600;
   size_t chunk_bytes = kMaxChunkBytes;
   // Resumable uploads held at once, counted by their declared total_bytes
   // (memory is reserved up front). Past it the least recently used idle one
@@ -180,13 +187,19 @@ class ProtocolHandler {
   Status SecAggSubmitMasked(const v1::SecAggMaskedInput& request, v1::SecAggMaskedAck* response);
   Status SecAggUnmask(const v1::SecAggUnmaskRequest& request, v1::SecAggUnmaskResponse* response);
 
-  // Version, job and session of a non-Join request.
-  Status CheckHeader(const v1::RequestHeader& header) const;
+  // Version, job and session of a non-Join request; with a token_verifier
+  // also the session's credential: a RequestHeader.token other than the last
+  // one seen is verified (UNAUTHENTICATED / PERMISSION_DENIED as at Join, and
+  // PERMISSION_DENIED for another pod's token), and a session whose newest
+  // token expired more than session_grace_s ago is UNAUTHENTICATED (the agent
+  // rejoins with the token its file holds now).
+  Status CheckHeader(const v1::RequestHeader& header);
 
   RoundEngine* engine() const { return engine_; }
 
  private:
   Status CheckVersionAndJob(const v1::RequestHeader& header) const;
+  Status CheckSessionToken(const v1::RequestHeader& header);
   v1::SubmitUpdateResponse Reject(const v1::UpdateHeader& header, std::string_view label, std::string reason);
   // A "layout" rejection; for an INITIALIZE upload the engine also asks another agent.
   v1::SubmitUpdateResponse RejectLayout(const v1::UpdateHeader& header, const std::string& what);
@@ -199,6 +212,16 @@ class ProtocolHandler {
 
   // Shared with every PartialUpload, which may outlive a stream.
   const std::shared_ptr<std::atomic<uint64_t>> buffered_ = std::make_shared<std::atomic<uint64_t>>(0);
+
+  // What a token_verifier established for each agent's current session.
+  struct SessionCredential {
+    std::string session;
+    std::string token;  // the newest token presented (compared, never logged)
+    std::string pod_uid;
+    int64_t expires_unix_s = 0;
+  };
+  std::mutex credentials_mu_;
+  std::map<std::string, SessionCredential> credentials_;  // by agent id; guarded by credentials_mu_
 
   mutable std::mutex uploads_mu_;
   std::map<std::string, std::shared_ptr<PartialUpload>> uploads_;  // guarded by uploads_mu_

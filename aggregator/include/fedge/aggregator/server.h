@@ -47,6 +47,9 @@ struct ServerOptions {
   std::string agent_token_issuer;
   std::string agent_token_audience;
   std::string agent_token_service_account;  // NAMESPACE/NAME
+  // A session ends this long after the newest token its agent presented
+  // expired (ProtocolOptions::session_grace_s). Not negative.
+  int64_t agent_session_grace_s = 3600;
   // TLS for the gRPC listener (PEM contents, not paths). Cert and key set: agents
   // must connect over TLS; plaintext connections fail their handshake. Client CA
   // set too: agents must also present a certificate signed by it (mutual TLS).

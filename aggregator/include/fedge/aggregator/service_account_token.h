@@ -126,6 +126,7 @@ class ServiceAccountTokenVerifier {
   size_t usable_keys() const;
   int64_t reloads() const;  // successful re-reads after Open
   const std::string& path() const { return path_; }
+  const Clock* clock() const { return clock_; }
   const ServiceAccountTokenPolicy& policy() const { return policy_; }
 
  private:

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,14 @@ struct ClientOptions {
   // an agent that rejoins an hour later must not present an expired one. A
   // read that fails keeps the token read last (or `token`), with a warning.
   std::string token_file;
+  // With token_file: how often the file is re-read for RequestHeader.token,
+  // which every request carries (the aggregator extends the session to the
+  // renewed token's expiry; the kubelet renews at 80% of its lifetime).
+  std::chrono::milliseconds token_recheck{10'000};
+  // With token_file: UNAUTHENTICATED at Join is retried (re-reading the file)
+  // for this long before the agent gives up: an expired token the kubelet is
+  // about to renew, or a clock the node is still correcting. 0: never.
+  std::chrono::milliseconds join_refusal_retry{180'000};
   std::string model_family = "bert";
   int eval_batch_size = 32;
   RpcDeadlines deadlines;
@@ -173,6 +182,10 @@ class AggregatorClient {
   StatusOr<uint64_t> HeldBytes(const std::string& upload_id, uint64_t total_bytes);
 
   fedge::v1::RequestHeader Header() const;
+  // The token to present: options_.token, re-read from options_.token_file
+  // when `force` or token_recheck has passed since the last read (a failed
+  // read keeps the last token, with a warning).
+  std::string CurrentToken(bool force) const;
   // Registers `ctx` as the RPC Stop() cancels; returns false if already stopped.
   bool BeginCall(grpc::ClientContext* ctx);
   void EndCall();
@@ -208,6 +221,12 @@ class AggregatorClient {
 
   std::mutex call_mu_;
   grpc::ClientContext* call_ = nullptr;  // guarded by call_mu_; the RPC in flight
+
+  mutable std::mutex token_mu_;
+  mutable std::string token_;                                 // guarded by token_mu_
+  mutable std::chrono::steady_clock::time_point token_read_;  // guarded by token_mu_
+  // When the first of the Join refusals in a row came (join_refusal_retry).
+  std::optional<std::chrono::steady_clock::time_point> join_refused_since_;
 };
 
 // Largest Join token file read (a projected service-account token is ~1 KB).
