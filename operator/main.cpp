@@ -112,6 +112,13 @@ int main(int argc, char** argv) {
   app.add_option("--node-state-dir", desired.node_state_dir,
                  "each edge node's agent state directory (under an allowed prefix, writable by uid 65532)")
       ->capture_default_str();
+  app.add_option(
+         "--agent-session-grace-seconds", desired.agent_session_grace_s,
+         "how long an agent's session outlives the newest service-account token its pod presented "
+         "(passed to each job's aggregator; raise it for sites whose control plane may be unreachable "
+         "longer than a token's 10 minutes plus this)")
+      ->check(CLI::Range(int64_t{0}, int64_t{30} * 24 * 3600))
+      ->capture_default_str();
   app.add_option("--monitoring-namespace", desired.monitoring_namespaces,
                  "namespace whose pods may scrape the job pods' HTTP ports through the job's NetworkPolicies "
                  "(repeat)");

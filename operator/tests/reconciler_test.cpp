@@ -576,6 +576,9 @@ TEST(DesiredTest, TlsByDefaultAndAgentsJoinWithProjectedTokens) {
   EXPECT_TRUE(HasArg(agg, "--agent-token-issuer", "https://issuer.example"));
   EXPECT_TRUE(HasArg(agg, "--agent-token-audience", "fedge.io/ml/wn"));
   EXPECT_TRUE(HasArg(agg, "--agent-token-service-account", "ml/wn-agent"));
+  EXPECT_TRUE(HasArg(agg, "--agent-session-grace-seconds", "3600"));
+  opts.agent_session_grace_s = 86400;
+  EXPECT_TRUE(HasArg(Command(DesiredAggregatorPod(job, 2, opts)), "--agent-session-grace-seconds", "86400"));
   EXPECT_TRUE(HasArg(agent, "--tls-ca", std::string(kSecretMountPath) + "/ca.crt"));
   EXPECT_TRUE(HasArg(agent, "--tls-server-name", "wn-aggregator.ml.svc"));
   EXPECT_TRUE(HasArg(agent, "--token-file", std::string(kSecretMountPath) + "/token"));

@@ -272,11 +272,17 @@ class ChartTest(unittest.TestCase):
         self.assertIn("--apply-concurrency=16", args(render()))
         self.assertIn("--apply-concurrency=4", args(render("applyConcurrency=4")))
 
+    def test_agent_session_grace_reaches_the_operator(self):
+        args = lambda d: by_kind(d, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]  # noqa
+        self.assertIn("--agent-session-grace-seconds=3600", args(render()))
+        self.assertIn("--agent-session-grace-seconds=86400", args(render("agentSessionGraceSeconds=86400")))
+
     def test_schema_refuses_bad_values(self):
         for bad in ("image.pullPolicy=Sometimes", "bogusKey=1", "allowedHostPathPrefixes={relative/dir}",
                     "allowedHostPathPrefixes={/var/lib/../../etc}", "replicas=0", "podAntiAffinity=maybe",
                     "agentCertificateLifetime=1 day", "agentCertificateLifetime=0h",
-                    "applyConcurrency=0", "applyConcurrency=257"):
+                    "applyConcurrency=0", "applyConcurrency=257", "agentSessionGraceSeconds=-1",
+                    "agentSessionGraceSeconds=2592001"):
             with self.subTest(value=bad):
                 out = helm("template", RELEASE, CHART, "--set", bad, check=False)
                 self.assertNotEqual(out.returncode, 0, f"{bad} was accepted")

@@ -374,6 +374,8 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
         AgentTokenAudience(job),
         "--agent-token-service-account",
         Ns(job) + "/" + AgentServiceAccountName(job),
+        "--agent-session-grace-seconds",
+        std::to_string(opts.agent_session_grace_s),
         "--exit-when-done"}},
       {"ports",
        Json::array({{{"name", "grpc"}, {"containerPort", kAggregatorGrpcPort}, {"protocol", "TCP"}},

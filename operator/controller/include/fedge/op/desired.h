@@ -78,6 +78,10 @@ struct DesiredOptions {
   // accepts tokens of this issuer only. Set per pass from the API server's discovery
   // document; the default is the common in-cluster issuer.
   std::string agent_token_issuer = "https://kubernetes.default.svc.cluster.local";
+  // The aggregator's --agent-session-grace-seconds: an agent session ends this long after
+  // the newest token its pod presented expired (a site whose control plane is unreachable
+  // trains on for a token's 10 minutes plus this).
+  int64_t agent_session_grace_s = 3600;
 };
 
 // Child names (deterministic: a restarted operator finds what it created).
