@@ -298,6 +298,82 @@ TEST(PlanTest, Table) {
          EXPECT_TRUE(p.status.contains("completionTime"));
          EXPECT_EQ(FindCondition(p.status["conditions"], "Succeeded")->value("reason", ""), "JobSucceeded");
        }},
+      {"pods made from another template (an operator upgrade, a spec change) are replaced, not restarted",
+       [](World& w) {
+         w.Reconcile();
+         Json stale = {{"metadata", {{"annotations", {{kAnnotationPodTemplateHash, "0123456789abcdef"}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", "wn-agent-edge-a", stale, "").ok());
+         // An older operator's pod carries no hash at all.
+         Json none = {{"metadata", {{"annotations", {{kAnnotationPodTemplateHash, nullptr}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", "wn-aggregator", none, "").ok());
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a", "delete pods/wn-aggregator"},
+       {"delete pods/wn-agent-edge-b", "create pods/wn-agent-edge-a"},
+       2,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         for (const char* what : {"delete pods/wn-agent-edge-a", "delete pods/wn-aggregator"}) {
+           const Action* del = Find(p, what);
+           EXPECT_FALSE(del->counts_restart) << what;
+           EXPECT_FALSE(del->del.precondition_uid.empty()) << what;
+           ASSERT_EQ(del->on_success.size(), 1u) << what;
+           EXPECT_EQ(del->on_success[0].reason, "PodReplaced");
+         }
+         EXPECT_NE(Find(p, "delete pods/wn-agent-edge-a")->on_success[0].message.find("0123456789abcdef"),
+                   std::string::npos);
+         EXPECT_NE(Find(p, "delete pods/wn-aggregator")->on_success[0].message.find("older operator"),
+                   std::string::npos);
+       }},
+      {"without a checkpoint claim an outdated aggregator is kept (it would restart from round 0), and said "
+       "so",
+       [](World& w) {
+         Json off = {{"spec", {{"aggregator", {{"checkpoint", {{"enabled", false}}}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kJobs, "ml", "wn", off, "").ok());
+         w.Reconcile();
+         Json stale = {{"metadata", {{"annotations", {{kAnnotationPodTemplateHash, "0123456789abcdef"}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", "wn-aggregator", stale, "").ok());
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-aggregator"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Json* c = FindCondition(p.status["conditions"], "PodsOutdated");
+         ASSERT_NE(c, nullptr);
+         EXPECT_EQ(c->value("status", ""), "True");
+         EXPECT_EQ(c->value("reason", ""), "AggregatorKeptWithoutCheckpoint");
+       }},
+      {"a node joining changes no pod's template: only its agent is created",
+       [](World& w) {
+         w.Reconcile();
+         Json edge = {{"metadata", {{"labels", {{"fedge.io/edge", "true"}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kNodes, "", "core-1", edge, "").ok());
+       },
+       nullptr,
+       {"create pods/wn-agent-core-1"},
+       {"delete pods/wn-aggregator", "delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
+      {"a succeeded job's agents serve: an outdated one is not replaced",
+       [](World& w) {
+         w.Reconcile();
+         w.SetPodPhase("wn-aggregator", "Succeeded");
+         Json stale = {{"metadata", {{"annotations", {{kAnnotationPodTemplateHash, "0123456789abcdef"}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", "wn-agent-edge-a", stale, "").ok());
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a"},
+       -1,
+       "Succeeded",
+       -1,
+       nullptr},
   };
   for (const Row& row : rows) {
     SCOPED_TRACE(row.name);

@@ -559,6 +559,33 @@ std::map<std::string, Json> CredentialSources(const Json& pod) {
   return out;
 }
 
+// fedge.io/pod-template-hash: what makes a pod outdated (plan.cpp replaces it) and
+// what must not.
+TEST(DesiredTest, ThePodTemplateHashFollowsTheTemplateButNotTheNodeOrTheNodeCount) {
+  Json job = Job();
+  DesiredOptions opts = DefaultImages();
+  const std::string agg = PodTemplateHashOf(DesiredAggregatorPod(job, 2, opts));
+  const std::string agent = PodTemplateHashOf(DesiredAgentPod(job, "edge-a", opts));
+  EXPECT_EQ(agg.size(), 16u);
+  EXPECT_EQ(agent.size(), 16u);
+  EXPECT_NE(agg, agent);
+  EXPECT_EQ(PodTemplateHashOf(DesiredAggregatorPod(job, 7, opts)), agg);
+  EXPECT_EQ(PodTemplateHashOf(DesiredAgentPod(job, "edge-b", opts)), agent);
+  EXPECT_EQ(AgentPodTemplateHash(job, OperatorJobSpec(job), opts), agent);
+  EXPECT_EQ(AggregatorPodTemplateHash(job, OperatorJobSpec(job), opts), agg);
+
+  DesiredOptions upgraded = opts;
+  upgraded.images.agent = "fedge/agent:9.9.9";
+  upgraded.images.aggregator = "fedge/aggregator:9.9.9";
+  EXPECT_NE(PodTemplateHashOf(DesiredAgentPod(job, "edge-a", upgraded)), agent);
+  EXPECT_NE(PodTemplateHashOf(DesiredAggregatorPod(job, 2, upgraded)), agg);
+  Json plaintext = job;
+  plaintext["spec"]["privacy"]["tls"] = false;  // a spec change the pods must follow
+  EXPECT_NE(PodTemplateHashOf(DesiredAgentPod(plaintext, "edge-a", opts)), agent);
+  EXPECT_NE(PodTemplateHashOf(DesiredAggregatorPod(plaintext, 2, opts)), agg);
+  EXPECT_EQ(PodTemplateHashOf(Json::object()), "");
+}
+
 TEST(DesiredTest, TlsByDefaultAndAgentsJoinWithProjectedTokens) {
   Json job = Job();  // no spec.privacy: the CRD's default, TLS on
   DesiredOptions opts = DefaultImages();

@@ -343,8 +343,9 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOpt
   return DesiredAggregatorPod(job, OperatorJobSpec(job), expected_agents, opts);
 }
 
-Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_agents,
-                          const DesiredOptions& opts) {
+namespace {
+Json AggregatorPodWithoutHash(const Json& job, const JobSpec& spec, int expected_agents,
+                              const DesiredOptions& opts) {
   Json agg = Sub(Spec(job), "aggregator");  // operator-only: resources
   std::string claim = CheckpointClaimName(job);
   Json ckpt_volume = {{"name", "checkpoints"}, {"emptyDir", Json::object()}};
@@ -432,12 +433,8 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
           {"spec", pod_spec}};
 }
 
-Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts) {
-  return DesiredAgentPod(job, OperatorJobSpec(job), node, opts);
-}
-
-Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& node,
-                     const DesiredOptions& opts) {
+Json AgentPodWithoutHash(const Json& job, const JobSpec& spec, const std::string& node,
+                         const DesiredOptions& opts) {
   const Json agents = Sub(Spec(job), "agents");  // operator-only: tolerationSeconds, resources
   const int port = spec.serving.port;
   const int64_t toleration = agents.value("tolerationSeconds", static_cast<int64_t>(3600));
@@ -579,6 +576,44 @@ Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& no
                    {"volumes", volumes}};
   AddPullSecrets(pod_spec, opts);
   return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta}, {"spec", pod_spec}};
+}
+
+std::string SpecHash(const Json& pod) { return HexSha256(pod["spec"].dump()).substr(0, 16); }
+}  // namespace
+
+std::string AggregatorPodTemplateHash(const Json& job, const JobSpec& spec, const DesiredOptions& opts) {
+  return SpecHash(AggregatorPodWithoutHash(job, spec, /*expected_agents=*/0, opts));
+}
+
+std::string AgentPodTemplateHash(const Json& job, const JobSpec& spec, const DesiredOptions& opts) {
+  return SpecHash(AgentPodWithoutHash(job, spec, /*node=*/"", opts));
+}
+
+std::string PodTemplateHashOf(const Json& pod) {
+  auto meta = pod.find("metadata");
+  if (meta == pod.end() || !meta->is_object()) return "";
+  auto ann = meta->find("annotations");
+  if (ann == meta->end() || !ann->is_object()) return "";
+  auto it = ann->find(kAnnotationPodTemplateHash);
+  return it != ann->end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_agents,
+                          const DesiredOptions& opts) {
+  Json pod = AggregatorPodWithoutHash(job, spec, expected_agents, opts);
+  pod["metadata"]["annotations"][kAnnotationPodTemplateHash] = AggregatorPodTemplateHash(job, spec, opts);
+  return pod;
+}
+
+Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts) {
+  return DesiredAgentPod(job, OperatorJobSpec(job), node, opts);
+}
+
+Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& node,
+                     const DesiredOptions& opts) {
+  Json pod = AgentPodWithoutHash(job, spec, node, opts);
+  pod["metadata"]["annotations"][kAnnotationPodTemplateHash] = AgentPodTemplateHash(job, spec, opts);
+  return pod;
 }
 
 std::vector<NodeVolume> AgentNodeVolumes(const JobSpec& spec, const DesiredOptions& opts) {

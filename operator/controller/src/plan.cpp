@@ -147,6 +147,21 @@ struct Planner {
   void Finalize();
   void Children();
   void HandleFailedPod(const Json& pod, bool aggregator);
+  // Deletes `pod` (a running or pending one made from another template than the current
+  // one); the next pass creates it again from the current template.
+  void ReplaceOutdated(const Json& pod, const std::string& then) {
+    const Json& meta = pod["metadata"];
+    const std::string name = meta.value("name", "");
+    Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, name);
+    a.del.precondition_uid = meta.value("uid", "");
+    const std::string was = PodTemplateHashOf(pod);
+    a.on_success.push_back({"Normal", "PodReplaced",
+                            "pod " + name + " was made from " +
+                                (was.empty() ? std::string("a template without a hash (an older operator)")
+                                             : "template " + was) +
+                                " (an operator upgrade or a spec change): replaced" + then});
+  }
+  static bool Live(PodPhase phase) { return phase == PodPhase::kRunning || phase == PodPhase::kPending; }
   void CheckpointCondition();
 };
 
@@ -452,12 +467,12 @@ void Planner::Children() {
   const bool create_pods = waiting.empty() && !o.issuer.jwks.empty();
 
   const int min_agents = std::max(1, spec->agents.minAgents);
+  DesiredOptions agg_desired = opts.desired;
+  if (!o.issuer.issuer.empty()) agg_desired.agent_token_issuer = o.issuer.issuer;
   if (!aggregator) {
     if (static_cast<int>(nodes.size()) >= min_agents && create_pods) {
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AggregatorName(job));
-      DesiredOptions desired = opts.desired;
-      if (!o.issuer.issuer.empty()) desired.agent_token_issuer = o.issuer.issuer;
-      a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), desired);
+      a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), agg_desired);
       a.name = a.object["metadata"].value("name", a.name);
       a.starts_job = true;
     }
@@ -486,7 +501,21 @@ void Planner::Children() {
       }
       Condition("Running", "False", "JobSucceeded", "the job finished");
     }
+    if (Live(phase) && PodTemplateHashOf(*aggregator) != AggregatorPodTemplateHash(job, *spec, agg_desired)) {
+      if (CheckpointClaimName(job).empty()) {
+        // Without a checkpoint claim a new aggregator would start again from round 0.
+        Condition("PodsOutdated", "True", "AggregatorKeptWithoutCheckpoint",
+                  "the aggregator pod was made from an older template (an operator upgrade or a spec change) "
+                  "and is kept: without spec.aggregator.checkpoint a new one would restart the job from "
+                  "round 0; delete pod " +
+                      AggregatorName(job) + " to replace it anyway",
+                  "Warning");
+      } else {
+        ReplaceOutdated(*aggregator, "; the job resumes from its checkpoint");
+      }
+    }
   }
+  const std::string agent_hash = AgentPodTemplateHash(job, *spec, opts.desired);
   for (const auto& node : nodes) {
     auto it = agents.find(node);
     if (it == agents.end()) {
@@ -500,6 +529,9 @@ void Planner::Children() {
     if (!Terminating(*it->second) && PodPhaseOf(*it->second) == PodPhase::kFailed &&
         State() != JobState::kSucceeded) {
       HandleFailedPod(*it->second, /*aggregator=*/false);
+    } else if (!Terminating(*it->second) && Live(PodPhaseOf(*it->second)) &&
+               State() != JobState::kSucceeded && PodTemplateHashOf(*it->second) != agent_hash) {
+      ReplaceOutdated(*it->second, "; its agent rejoins the job");
     }
   }
   // The node volumes of nodes that left go with their agents (the claim's protection holds

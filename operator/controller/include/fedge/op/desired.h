@@ -25,6 +25,10 @@ namespace fedge::op {
 inline constexpr const char* kLabelJob = "fedge.io/job";
 inline constexpr const char* kLabelRole = "fedge.io/role";
 inline constexpr const char* kAnnotationNode = "fedge.io/node";
+// On aggregator and agent pods: PodTemplateHash of what they were made from. A pod whose
+// value differs from the current one (an operator upgrade, a spec change, a pod of an
+// operator before the annotation) is replaced (plan.cpp).
+inline constexpr const char* kAnnotationPodTemplateHash = "fedge.io/pod-template-hash";
 inline constexpr const char* kFinalizer = "fedge.io/cleanup";
 inline constexpr const char* kFieldManager = "fedge-operator";
 inline constexpr const char* kReporterFieldManager = "fedge-aggregator";
@@ -165,6 +169,14 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOpt
 Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& node,
                      const DesiredOptions& opts);
 Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts);
+// The fedge.io/pod-template-hash the pods above carry: 16 hex digits of the SHA-256 of
+// the pod spec, built for no particular node (agents) and with --expected-agents left
+// out (the aggregator), so neither a node's name nor the node count, which only gates
+// the first round, makes a pod outdated. Pure.
+std::string AggregatorPodTemplateHash(const Json& job, const JobSpec& spec, const DesiredOptions& opts);
+std::string AgentPodTemplateHash(const Json& job, const JobSpec& spec, const DesiredOptions& opts);
+// The annotation `pod` carries ("" without one).
+std::string PodTemplateHashOf(const Json& pod);
 
 // --- Node directories (model, data, agent state) without hostPath volumes -------------
 // Pods at the restricted level may not mount hostPath. Each agent instead mounts its node
