@@ -347,6 +347,20 @@ TEST(PlanTest, Table) {
          EXPECT_EQ(c->value("status", ""), "True");
          EXPECT_EQ(c->value("reason", ""), "AggregatorKeptWithoutCheckpoint");
        }},
+      {"no replacement while the pod could not be made again (the issuer's keys unknown)",
+       [](World& w) {
+         w.Reconcile();
+         Json stale = {{"metadata", {{"annotations", {{kAnnotationPodTemplateHash, "0123456789abcdef"}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", "wn-agent-edge-a", stale, "").ok());
+         ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", "wn-aggregator", stale, "").ok());
+       },
+       [](Observed& o) { o.issuer = IssuerKeys{}; },
+       {},
+       {"delete pods/wn-agent-edge-a", "delete pods/wn-aggregator"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
       {"a node joining changes no pod's template: only its agent is created",
        [](World& w) {
          w.Reconcile();

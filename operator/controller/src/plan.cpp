@@ -501,7 +501,10 @@ void Planner::Children() {
       }
       Condition("Running", "False", "JobSucceeded", "the job finished");
     }
-    if (Live(phase) && PodTemplateHashOf(*aggregator) != AggregatorPodTemplateHash(job, *spec, agg_desired)) {
+    // Only while the pod could be made again at once: not with the issuer unknown (the
+    // template names it) or a name still blocked.
+    if (create_pods && Live(phase) &&
+        PodTemplateHashOf(*aggregator) != AggregatorPodTemplateHash(job, *spec, agg_desired)) {
       if (CheckpointClaimName(job).empty()) {
         // Without a checkpoint claim a new aggregator would start again from round 0.
         Condition("PodsOutdated", "True", "AggregatorKeptWithoutCheckpoint",
@@ -529,7 +532,7 @@ void Planner::Children() {
     if (!Terminating(*it->second) && PodPhaseOf(*it->second) == PodPhase::kFailed &&
         State() != JobState::kSucceeded) {
       HandleFailedPod(*it->second, /*aggregator=*/false);
-    } else if (!Terminating(*it->second) && Live(PodPhaseOf(*it->second)) &&
+    } else if (create_pods && !Terminating(*it->second) && Live(PodPhaseOf(*it->second)) &&
                State() != JobState::kSucceeded && PodTemplateHashOf(*it->second) != agent_hash) {
       ReplaceOutdated(*it->second, "; its agent rejoins the job");
     }
