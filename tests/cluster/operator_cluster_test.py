@@ -813,40 +813,54 @@ class OperatorClusterTest(unittest.TestCase):
     def test_a_spec_change_replaces_the_pods_made_from_the_old_template(self):
         """Each pod carries fedge.io/pod-template-hash; a spec change that changes the
         pods' template (privacy.tls here; an operator upgrade with new images is the same)
-        makes the operator replace them (PodReplaced), and a pass with nothing changed
-        replaces nothing."""
-        self.assertEqual(self.apply(job_manifest("roll")).returncode, 0)
-        names = ["roll-aggregator"] + [f"roll-agent-{n}" for n in NODES]
-        before = {n: wait_for(lambda n=n: self.get_json("pod", n), 60, f"pod {n}") for n in names}
-        hashes = {n: p["metadata"]["annotations"].get("fedge.io/pod-template-hash", "") for n, p in before.items()}
-        for n, h in hashes.items():
-            self.assertRegex(h, r"^[0-9a-f]{16}$", n)
-        self.assertEqual(hashes[f"roll-agent-{NODES[0]}"], hashes[f"roll-agent-{NODES[1]}"],
-                         "the agents' template does not depend on the node")
-        # Nothing changed: a later pass (the job's resync, another change) keeps the pods.
-        self.kubectl("annotate", "ftj", "roll", "fedge.io/poke=1", "--overwrite")
-        time.sleep(3)
-        for n, p in before.items():
-            self.assertEqual(self.get_json("pod", n)["metadata"]["uid"], p["metadata"]["uid"], n)
+        makes the operator replace them (PodReplaced, not a restart), and passes with
+        nothing changed replace nothing. The agents go to two Node objects no pod runner
+        serves, so they stay Pending (a running agent without a model would fail and be
+        restarted, which is not what is tested); the aggregator runs."""
+        ghosts = ["roll-ghost-1", "roll-ghost-2"]
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Node",
+             "metadata": {"name": g, "labels": {"fedge.io/pool": "roll", "kubernetes.io/hostname": g}}}
+            for g in ghosts]}))
+        try:
+            self.assertEqual(self.apply(job_manifest("roll", agents={"nodeSelector": {"fedge.io/pool": "roll"}},
+                                                     runPolicy={"backoffLimit": 1000})).returncode, 0)
+            names = ["roll-aggregator"] + [f"roll-agent-{g}" for g in ghosts]
+            before = {n: wait_for(lambda n=n: self.get_json("pod", n), 60, f"pod {n}") for n in names}
+            hashes = {n: p["metadata"]["annotations"].get("fedge.io/pod-template-hash", "") for n, p in before.items()}
+            for n, h in hashes.items():
+                self.assertRegex(h, r"^[0-9a-f]{16}$", n)
+            self.assertEqual(hashes[names[1]], hashes[names[2]], "the agents' template does not depend on the node")
 
-        self.kubectl("patch", "ftj", "roll", "--type", "merge", "-p", '{"spec": {"privacy": {"tls": false}}}')
+            def replaced_events():
+                out = self.kubectl("get", "events", "--field-selector", "reason=PodReplaced", "-o", "json").stdout
+                return [e["message"] for e in json.loads(out)["items"] if "pod roll-" in e["message"]]
+            # Nothing changed: later passes (an edit outside the spec) replace nothing.
+            self.kubectl("annotate", "ftj", "roll", "fedge.io/poke=1", "--overwrite")
+            time.sleep(3)
+            self.assertEqual(replaced_events(), [])
+            for n in names[1:]:
+                self.assertEqual(self.get_json("pod", n)["metadata"]["uid"], before[n]["metadata"]["uid"], n)
 
-        def replaced(n):
-            pod = self.get_json("pod", n)
-            if not pod or pod["metadata"]["uid"] == before[n]["metadata"]["uid"] or pod["metadata"].get("deletionTimestamp"):
-                return None
-            return pod
-        after = {n: wait_for(lambda n=n: replaced(n), 90, f"pod {n} replaced") for n in names}
-        for n, pod in after.items():
-            self.assertNotEqual(pod["metadata"]["annotations"]["fedge.io/pod-template-hash"], hashes[n], n)
-            cmd = pod["spec"]["containers"][0]["command"]
-            self.assertFalse(any(a.startswith("--tls") for a in cmd), f"{n} still runs with TLS: {cmd}")
-        events = self.kubectl("get", "events", "--field-selector", "reason=PodReplaced", "-o", "json").stdout
-        replaced_msgs = [e["message"] for e in json.loads(events)["items"] if "roll-" in e["message"]]
-        for n in names:
-            self.assertTrue(any(m.startswith(f"pod {n} ") for m in replaced_msgs), (n, replaced_msgs))
-        self.assertEqual(self.job("roll")["status"].get("restarts", 0), 0, "a replacement is not a restart")
-        self.delete_job("roll")
+            self.kubectl("patch", "ftj", "roll", "--type", "merge", "-p", '{"spec": {"privacy": {"tls": false}}}')
+
+            def current(n):
+                pod = self.get_json("pod", n)
+                if not pod or pod["metadata"].get("deletionTimestamp"):
+                    return None
+                return pod if pod["metadata"]["annotations"].get("fedge.io/pod-template-hash") != hashes[n] else None
+            after = {n: wait_for(lambda n=n: current(n), 90, f"pod {n} made from the new template") for n in names}
+            for n, pod in after.items():
+                self.assertNotEqual(pod["metadata"]["uid"], before[n]["metadata"]["uid"], n)
+                cmd = pod["spec"]["containers"][0]["command"]
+                self.assertFalse(any(a.startswith("--tls") for a in cmd), f"{n} still runs with TLS: {cmd}")
+            msgs = replaced_events()
+            for n in names:
+                self.assertTrue(any(m.startswith(f"pod {n} ") for m in msgs), (n, msgs))
+            self.assertEqual(self.job("roll")["status"].get("restarts", 0), 0, "a replacement is not a restart")
+            self.delete_job("roll")
+        finally:
+            self.kubectl("delete", "node", *ghosts, "--ignore-not-found", check=False)
 
     @unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")) and os.path.exists(AGGREGATOR)
                          and os.path.exists(AGENT) and os.path.exists(FEDGE),
