@@ -11,6 +11,8 @@
 #include <cstring>
 #include <memory>
 
+#include "fedge/pki.h"
+
 namespace fedge::aggregator {
 namespace {
 
@@ -64,9 +66,9 @@ StatusOr<std::string> AgentIdFromCertificate(const std::string& cert_pem) {
     const ASN1_STRING* s = gn->d.uniformResourceIdentifier;
     std::string uri(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
                     static_cast<size_t>(ASN1_STRING_length(s)));
-    if (uri.rfind(kAgentUriPrefix, 0) != 0) continue;
+    if (uri.rfind(pki::kAgentUriPrefix, 0) != 0) continue;
     if (++uris > 1) return InvalidArgumentError("the client certificate names two agents (URI " + uri + ")");
-    if (!PercentDecode(uri.substr(std::strlen(kAgentUriPrefix)), &from_uri) || from_uri.empty()) {
+    if (!PercentDecode(uri.substr(std::strlen(pki::kAgentUriPrefix)), &from_uri) || from_uri.empty()) {
       return InvalidArgumentError("the client certificate's agent URI \"" + uri + "\" is malformed");
     }
   }
@@ -80,8 +82,8 @@ StatusOr<std::string> AgentIdFromCertificate(const std::string& cert_pem) {
     OPENSSL_free(utf8);
     if (!cn.empty()) return cn;
   }
-  return InvalidArgumentError("the client certificate names no agent (no " + std::string(kAgentUriPrefix) +
-                              " URI name and no common name)");
+  return InvalidArgumentError("the client certificate names no agent (no " +
+                              std::string(pki::kAgentUriPrefix) + " URI name and no common name)");
 }
 
 Status CheckPeerIdentity(const grpc::ServerContextBase& ctx, const std::string& claimed_agent_id) {

@@ -20,9 +20,10 @@ StatusOr<std::string> ReadWholeFile(const std::string& path) {
   return ss.str();
 }
 
-Status WriteWholeFile(const std::string& path, std::string_view bytes) {
+Status WriteWholeFile(const std::string& path, std::string_view bytes, unsigned mode) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ::unlink(tmp.c_str());  // a leftover of a killed run; O_EXCL: never write through another file
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode));
   if (fd < 0) return InternalError("cannot create " + tmp + ": " + std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "fedge/cli/io.h"
+#include "fedge/cli/run_pki.h"
 
 namespace fedge::cli {
 namespace fs = std::filesystem;
@@ -59,6 +60,7 @@ StatusOr<RunPlan> PlanRun(JobSpec spec, const RunOptions& o, const std::string& 
   plan.centralized = o.centralized;
   plan.serve = o.serve;
   plan.allow_agent_failures = o.allow_agent_failures;
+  plan.tls = spec.privacy.tls;
   int n = spec.agents.replicas > 0 ? spec.agents.replicas : spec.agents.minAgents;
   if (o.agents > 0) {
     n = o.agents;
@@ -196,6 +198,13 @@ std::vector<ChildSpec> BuildChildSpecs(const RunPlan& p) {
                   "--expected-agents", std::to_string(p.agents)},
                  logs + "aggregator.log"});
   if (!p.serve) out.back().argv.push_back("--exit-when-done");
+  const RunPkiPaths pki = PkiPaths(p);
+  if (p.tls) {
+    // Mutual TLS: the aggregator admits only certificates of the run's CA, and a
+    // Join only as the agent its certificate names.
+    out.back().argv.insert(out.back().argv.end(), {"--tls-cert", pki.aggregator_cert, "--tls-key",
+                                                   pki.aggregator_key, "--tls-client-ca", pki.ca_cert});
+  }
   for (int i = 0; i < p.agents; ++i) {
     const std::string id = AgentId(p, i);
     const std::string data = p.centralized ? p.data_dir + "/all" : p.data_dir + "/" + id;
@@ -207,6 +216,11 @@ std::vector<ChildSpec> BuildChildSpecs(const RunPlan& p) {
           p.host + ":" + std::to_string(http), "--state-dir", p.work_dir + "/" + id},
          logs + id + ".log"});
     if (!p.serve) out.back().argv.push_back("--exit-when-done");
+    if (p.tls) {
+      out.back().argv.insert(out.back().argv.end(),
+                             {"--tls-ca", pki.ca_cert, "--tls-server-name", kRunTlsServerName, "--tls-cert",
+                              pki.AgentCert(id), "--tls-key", pki.AgentKey(id)});
+    }
   }
   return out;
 }

@@ -226,6 +226,9 @@ std::string FormatRunBanner(const RunPlan& plan, const std::string& targets_path
       << "  model " << plan.model_dir << "\n  data  " << plan.data_dir << "\n  work  " << plan.work_dir
       << " (logs in " << plan.work_dir << "/logs)\n  aggregator status http://" << plan.host << ":"
       << plan.http_port << "/v1/status\n"
+      << "  grpc  " << plan.host << ":" << plan.grpc_port
+      << (plan.tls ? ", mutual TLS (a CA made for this run; certificates in " + plan.work_dir + "/pki)\n"
+                   : ", plaintext (privacy.tls: false)\n")
       << "  prometheus targets " << targets_path << "\n";
   return out.str();
 }

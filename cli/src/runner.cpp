@@ -12,12 +12,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <set>
 
 #include "fedge/cli/http_client.h"
 #include "fedge/cli/io.h"
+#include "fedge/cli/run_pki.h"
 #include "fedge/http_server.h"
 
 namespace fedge::cli {
@@ -94,7 +96,7 @@ Status PrepareWorkDir(const RunPlan& plan) {
   if (fs::exists(plan.work_dir + "/" + kWorkMarker, ec)) {
     // A fresh run starts a fresh job: an old aggregator checkpoint would make
     // the aggregator resume (or immediately finish) the previous job.
-    std::vector<std::string> owned = {"aggregator", "central"};
+    std::vector<std::string> owned = {"aggregator", "central", "pki"};
     for (int i = 0; i < std::max(plan.agents, plan.federated_agents) + 64; ++i) {
       owned.push_back("agent-" + std::to_string(i));
     }
@@ -354,6 +356,9 @@ int RunJob(const RunOptions& o) {
   if (!ports.ok()) return PrintError(ports.status(), kExitJobFailed);
   AssignPorts(*ports, &plan);
   if (Status s = PrepareWorkDir(plan); !s.ok()) return PrintError(s, kExitJobFailed);
+  if (plan.tls) {
+    if (Status s = WriteRunPki(plan, std::time(nullptr)); !s.ok()) return PrintError(s, kExitJobFailed);
+  }
   // Written before the children start, so Prometheus sees them come up (and
   // `up == 0` while a child is still loading is visible, not hidden). The work
   // copy stays as a record of where the children listened.

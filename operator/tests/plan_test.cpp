@@ -13,8 +13,8 @@
 
 #include "fedge/op/controller.h"
 #include "fedge/op/fake_kube_client.h"
-#include "fedge/op/pki.h"
 #include "fedge/op/reconciler.h"
+#include "fedge/pki.h"
 
 namespace fedge::op {
 namespace {
@@ -516,18 +516,18 @@ TEST(ControllerTest, AReconcileThatThrowsIsRequeuedAndTheWorkerLives) {
 // previous call's.
 TEST(ServingCertStaleTest, EachCaseIsFoundAndRememberedOnlyForTheSameBytes) {
   constexpr std::time_t kNow = 1'800'000'000;
-  auto ca = GenerateCa("job-ca", kNow);
-  auto other_ca = GenerateCa("other-ca", kNow);
+  auto ca = pki::GenerateCa("job-ca", kNow);
+  auto other_ca = pki::GenerateCa("other-ca", kNow);
   ASSERT_TRUE(ca.ok() && other_ca.ok());
-  auto serving = IssueServingCert(*ca, "wn-aggregator", {"wn-aggregator.ml.svc"}, kNow);
-  auto foreign = IssueServingCert(*other_ca, "wn-aggregator", {"wn-aggregator.ml.svc"}, kNow);
+  auto serving = pki::IssueServingCert(*ca, "wn-aggregator", {"wn-aggregator.ml.svc"}, kNow);
+  auto foreign = pki::IssueServingCert(*other_ca, "wn-aggregator", {"wn-aggregator.ml.svc"}, kNow);
   ASSERT_TRUE(serving.ok() && foreign.ok());
   Credentials good;
   good.ca_crt = ca->cert_pem;
   good.ca_key = ca->key_pem;
   good.tls_crt = serving->cert_pem;
   good.tls_key = serving->key_pem;
-  auto renew = RenewalTime(*ReadCert(serving->cert_pem));
+  auto renew = pki::RenewalTime(*pki::ReadCert(serving->cert_pem));
 
   for (int pass = 0; pass < 2; ++pass) {  // the second pass answers from the memo
     std::time_t at = -1;

@@ -10,8 +10,8 @@
 
 #include "fedge/job_spec.h"
 #include "fedge/op/fake_kube_client.h"
-#include "fedge/op/pki.h"
 #include "fedge/op/status_reporter.h"
+#include "fedge/pki.h"
 
 namespace fedge::op {
 namespace {
@@ -777,21 +777,21 @@ TEST_F(AgentCredentialsTest, TheServingCertificateIsRenewedFromTheSameCaOnceAThi
   CreateJob();
   Reconcile();
   const Credentials first = JobCredentials();
-  auto info = ReadCert(first.tls_crt);
+  auto info = pki::ReadCert(first.tls_crt);
   ASSERT_TRUE(info.ok()) << info.status().ToString();
-  wall_.Advance(std::chrono::seconds(RenewalTime(*info) - 1 - now()));
+  wall_.Advance(std::chrono::seconds(pki::RenewalTime(*info) - 1 - now()));
   Reconcile();
   EXPECT_EQ(JobCredentials().tls_crt, first.tls_crt);
   wall_.Advance(std::chrono::seconds(1));
   Reconcile();
   const Credentials renewed = JobCredentials();
   ASSERT_NE(renewed.tls_crt, first.tls_crt);
-  auto second = ReadCert(renewed.tls_crt);
+  auto second = pki::ReadCert(renewed.tls_crt);
   ASSERT_TRUE(second.ok()) << second.status().ToString();
   EXPECT_NE(second->serial, info->serial);
   EXPECT_EQ(second->not_after, now() + 365 * 24 * 3600);
-  EXPECT_TRUE(SignedBy(renewed.tls_crt, first.ca_crt)) << "the agents trust only the job CA";
-  EXPECT_TRUE(KeyMatchesCert(renewed.tls_crt, renewed.tls_key));
+  EXPECT_TRUE(pki::SignedBy(renewed.tls_crt, first.ca_crt)) << "the agents trust only the job CA";
+  EXPECT_TRUE(pki::KeyMatchesCert(renewed.tls_crt, renewed.tls_key));
   EXPECT_EQ(renewed.ca_crt, first.ca_crt);
   EXPECT_EQ(renewed.ca_key, first.ca_key);
   EXPECT_EQ(Trust()["ca.crt"], first.ca_crt);
@@ -823,14 +823,14 @@ TEST_F(AgentCredentialsTest, TheJobsCaAndServingCertificateAreDatedByTheOperator
   CreateJob();
   Reconcile();
   Credentials job = JobCredentials();
-  auto ca = ReadCert(job.ca_crt);
-  auto serving = ReadCert(job.tls_crt);
+  auto ca = pki::ReadCert(job.ca_crt);
+  auto serving = pki::ReadCert(job.tls_crt);
   ASSERT_TRUE(ca.ok() && serving.ok());
-  EXPECT_EQ(ca->not_before, now() - kCertBackdateSeconds);
+  EXPECT_EQ(ca->not_before, now() - pki::kCertBackdateSeconds);
   EXPECT_EQ(ca->not_after, now() + 3650L * 24 * 3600);
-  EXPECT_EQ(serving->not_before, now() - kCertBackdateSeconds);
+  EXPECT_EQ(serving->not_before, now() - pki::kCertBackdateSeconds);
   EXPECT_EQ(serving->not_after, now() + 365L * 24 * 3600);
-  EXPECT_TRUE(SignedBy(job.tls_crt, job.ca_crt));
+  EXPECT_TRUE(pki::SignedBy(job.tls_crt, job.ca_crt));
 }
 
 TEST_F(ReconcilerTest, SuspendDeletesPodsAndResumeRecreatesThem) {

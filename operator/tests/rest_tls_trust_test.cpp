@@ -20,8 +20,8 @@
 #include <thread>
 #include <vector>
 
-#include "fedge/op/pki.h"
 #include "fedge/op/rest_kube_client.h"
+#include "fedge/pki.h"
 
 extern char** environ;
 
@@ -61,10 +61,10 @@ class TlsTrustTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("fedge-tls-trust-" + std::to_string(getpid()));
     fs::create_directories(dir_);
     const std::time_t now = std::time(nullptr);
-    auto server_ca = GenerateCa("server-ca", now);
-    auto other_ca = GenerateCa("other-ca", now);
+    auto server_ca = pki::GenerateCa("server-ca", now);
+    auto other_ca = pki::GenerateCa("other-ca", now);
     ASSERT_TRUE(server_ca.ok() && other_ca.ok());
-    auto serving = IssueServingCert(*server_ca, "localhost", {"localhost"}, now);
+    auto serving = pki::IssueServingCert(*server_ca, "localhost", {"localhost"}, now);
     ASSERT_TRUE(serving.ok());
     server_ca_pem_ = server_ca->cert_pem;
     other_ca_pem_ = other_ca->cert_pem;
@@ -112,7 +112,7 @@ class TlsTrustTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
   // One request; the status says whether the TLS handshake was refused.
-  Status GetWith(const std::string& ca_pem, const KeyPair* client_cert = nullptr) {
+  Status GetWith(const std::string& ca_pem, const pki::KeyPair* client_cert = nullptr) {
     KubeConfig cfg;
     cfg.server = "https://localhost:" + std::to_string(port_);
     cfg.ca_pem = ca_pem;
@@ -160,9 +160,9 @@ TEST_F(TlsTrustTest, TheClientCertificateIsPresentedFromMaterialDecodedOnce) {
   // one, accepted with the kubeconfig's (the key and certificate are decoded once per
   // client and shared by its connections; two requests open two connections here).
   const std::time_t now = std::time(nullptr);
-  auto client_ca = GenerateCa("client-ca", now);
+  auto client_ca = pki::GenerateCa("client-ca", now);
   ASSERT_TRUE(client_ca.ok());
-  auto client = IssueClientCert(*client_ca, "fedge-operator", now, 3600);
+  auto client = pki::IssueClientCert(*client_ca, "fedge-operator", now, 3600);
   ASSERT_TRUE(client.ok());
   WriteFile(dir_ / "client-ca.pem", client_ca->cert_pem);
   ASSERT_TRUE(StartServer({"-Verify", "1", "-CAfile", (dir_ / "client-ca.pem").string()}));

@@ -1,4 +1,5 @@
-"""Agents that dial the aggregator over mutual TLS before it listens (real binaries).
+"""Mutual TLS between real binaries: agents that dial the aggregator before it listens,
+and `fedge run` with privacy.tls.
 
 On real nodes the operator creates the aggregator and the agents together, so agents
 start first and back off while nothing listens. With mutual TLS (the CRD's default)
@@ -13,12 +14,22 @@ Certificates are made with the openssl CLI the way the operator makes them: a jo
 a serving certificate for the Service name, one client certificate per agent naming it
 in the URI SAN urn:fedge:agent:<id>.
 
+`fedge run` with `privacy.tls: true` makes its own CA and certificates (WORK/pki); the
+second test checks what reaches the run's gRPC port: plaintext and a TLS client without
+a certificate of the run's CA are refused, a client with an agent's certificate gets
+HTTP/2.
+
 Run by ctest (label e2e) with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
 """
 import json
 import os
 import re
 import shutil
+import signal
+import socket
+import ssl
+import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -132,6 +143,88 @@ class MutualTlsDialTest(unittest.TestCase):
             self.assertEqual(a.wait(timeout=300), 0, self.log_tail(f"agent-{i}"))
         text = open(os.path.join(self.tmp, "aggregator.log")).read()
         self.assertIn('msg="job succeeded"', text, self.log_tail("aggregator"))
+
+    def test_fedge_run_with_privacy_tls_serves_grpc_only_over_mutual_tls(self):
+        job = os.path.join(self.tmp, "run-tls.yaml")
+        with open(self.job) as f:
+            text = f.read().replace("name: mtls-dial", "name: run-tls")
+        with open(job, "w") as f:
+            f.write(text + "  privacy:\n    tls: true\n")
+        work = os.path.join(self.tmp, "run-tls")
+        out_path = os.path.join(self.tmp, "run-tls.out")
+        out = open(out_path, "w")
+        self.addCleanup(out.close)
+        run = subprocess.Popen([FEDGE, "run", "-f", job, "--model-dir", MODEL, "--work-dir", work, "--serve",
+                                "--quiet"], stdout=out, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: run.poll() is None and run.kill())
+
+        def printed():
+            with open(out_path) as f:
+                return f.read()
+
+        wait_for(lambda: "serving the final global model" in printed(), 300, "the TLS run to succeed and serve",
+                 [("fedge run", run)])
+        banner = re.search(r"grpc  127\.0\.0\.1:(\d+), mutual TLS", printed())
+        self.assertIsNotNone(banner, printed())
+        port = int(banner.group(1))
+        pki = os.path.join(work, "pki")
+        self.assertEqual(stat.S_IMODE(os.stat(pki).st_mode), 0o700)
+        for key in ("aggregator.key", "agent-0.key", "agent-1.key"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(pki, key)).st_mode), 0o600, key)
+        self.assertFalse(os.path.exists(os.path.join(pki, "ca.key")))
+
+        settings_frame = 4  # HTTP/2 frame type of the server's first frame
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + bytes([settings_frame, 0]) + \
+            struct.pack(">I", 0)
+
+        def first_frame_type(sock):
+            sock.settimeout(10)
+            try:
+                sock.sendall(preface)
+                head = b""
+                while len(head) < 9:
+                    chunk = sock.recv(9 - len(head))
+                    if not chunk:
+                        return None
+                    head += chunk
+                return head[3]
+            except (ssl.SSLError, ConnectionError, socket.timeout):
+                return None
+
+        def tls_client(cert=None):
+            ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+            ctx.set_alpn_protocols(["h2"])
+            if cert:
+                ctx.load_cert_chain(os.path.join(pki, f"{cert}.crt"), os.path.join(pki, f"{cert}.key"))
+            return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                   server_hostname="localhost")
+
+        # An agent's certificate: the server's chain and name verify against the run's CA, h2 is served.
+        with tls_client("agent-0") as s:
+            self.assertEqual(s.selected_alpn_protocol(), "h2")
+            self.assertEqual(first_frame_type(s), settings_frame)
+        # Plaintext HTTP/2 gets no HTTP/2 answer.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            self.assertNotEqual(first_frame_type(s), settings_frame)
+        # TLS without a client certificate: refused (the alert arrives on the first read).
+        try:
+            with tls_client() as s:
+                self.assertNotEqual(first_frame_type(s), settings_frame)
+        except (ssl.SSLError, ConnectionError):
+            pass
+        # A certificate of another CA (this class's own PKI): refused in the handshake.
+        other = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+        other.load_cert_chain(os.path.join(self.pki, "agent-0.crt"), os.path.join(self.pki, "agent-0.key"))
+        other.set_alpn_protocols(["h2"])
+        try:
+            with other.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                   server_hostname="localhost") as s:
+                self.assertNotEqual(first_frame_type(s), settings_frame)
+        except (ssl.SSLError, ConnectionError):
+            pass
+
+        run.send_signal(signal.SIGINT)
+        self.assertEqual(run.wait(timeout=60), 0, printed())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "fedge/job_spec.h"
-#include "fedge/op/pki.h"
+#include "fedge/pki.h"
 #include "fedge/version.h"
 
 namespace fedge::op {
@@ -41,7 +41,7 @@ Json Sub(const Json& j, const char* key) {
   return (it == j.end() || !it->is_object()) ? Json::object() : *it;
 }
 
-std::string ShortHash(const std::string& s) { return HexSha256(s).substr(0, 8); }
+std::string ShortHash(const std::string& s) { return pki::HexSha256(s).substr(0, 8); }
 
 // Secret keys and pod names allow [-._a-z0-9]; node names already fit.
 std::string Sanitize(std::string s) {
@@ -578,7 +578,7 @@ Json AgentPodWithoutHash(const Json& job, const JobSpec& spec, const std::string
   return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta}, {"spec", pod_spec}};
 }
 
-std::string SpecHash(const Json& pod) { return HexSha256(pod["spec"].dump()).substr(0, 16); }
+std::string SpecHash(const Json& pod) { return pki::HexSha256(pod["spec"].dump()).substr(0, 16); }
 }  // namespace
 
 std::string AggregatorPodTemplateHash(const Json& job, const JobSpec& spec, const DesiredOptions& opts) {

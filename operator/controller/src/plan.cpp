@@ -9,15 +9,15 @@
 #include <set>
 
 #include "fedge/job_spec.h"
-#include "fedge/op/pki.h"
 #include "fedge/op/reconciler.h"
+#include "fedge/pki.h"
 
 namespace fedge::op {
 namespace {
 
 constexpr const char* kHashAnnotation = "fedge.io/applied-hash";
 
-std::string Sha(const std::string& s) { return HexSha256(s).substr(0, 24); }
+std::string Sha(const std::string& s) { return pki::HexSha256(s).substr(0, 24); }
 
 // First non-zero exit code of a terminated container, or 0.
 int PodExitCode(const Json& pod) {
@@ -830,20 +830,20 @@ namespace {
 // What ServingCertStale finds out about a certificate, key and CA apart from the time.
 struct ServingCertFacts {
   std::string problem;    // "" when readable, signed by the CA and matching the key
-  std::time_t renew = 0;  // RenewalTime, when readable
+  std::time_t renew = 0;  // pki::RenewalTime, when readable
 };
 
 ServingCertFacts CheckServingCert(const Credentials& creds) {
   ServingCertFacts f;
-  auto info = ReadCert(creds.tls_crt);
+  auto info = pki::ReadCert(creds.tls_crt);
   if (!info.ok()) {
     f.problem = "serving certificate unreadable";
-  } else if (!SignedBy(creds.tls_crt, creds.ca_crt)) {
+  } else if (!pki::SignedBy(creds.tls_crt, creds.ca_crt)) {
     f.problem = "serving certificate not signed by the job CA";
-  } else if (!KeyMatchesCert(creds.tls_crt, creds.tls_key)) {
+  } else if (!pki::KeyMatchesCert(creds.tls_crt, creds.tls_key)) {
     f.problem = "serving certificate does not match its key";
   } else {
-    f.renew = RenewalTime(*info);
+    f.renew = pki::RenewalTime(*info);
   }
   return f;
 }
@@ -859,7 +859,7 @@ ServingCertFacts CheckServingCertMemo(const Credentials& creds) {
   std::string bytes;
   bytes.reserve(creds.tls_crt.size() + creds.tls_key.size() + creds.ca_crt.size() + 2);
   bytes.append(creds.tls_crt).append(1, '\0').append(creds.tls_key).append(1, '\0').append(creds.ca_crt);
-  const std::string digest = HexSha256(bytes);
+  const std::string digest = pki::HexSha256(bytes);
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = memo.find(digest);

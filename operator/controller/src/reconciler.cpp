@@ -9,7 +9,7 @@
 
 #include "fedge/job_spec.h"
 #include "fedge/log.h"
-#include "fedge/op/pki.h"
+#include "fedge/pki.h"
 
 namespace fedge::op {
 
@@ -590,15 +590,15 @@ Status JobReconciler::SyncCredentials(const Run& run, Outcome* out) {
     return OkStatus();  // the cache was behind
   }
   const std::string svc = AggregatorName(job);
-  auto issue_serving = [&](const KeyPair& ca) {
-    return IssueServingCert(
+  auto issue_serving = [&](const pki::KeyPair& ca) {
+    return pki::IssueServingCert(
         ca, svc,
         {svc, svc + "." + run.ns, svc + "." + run.ns + ".svc", svc + "." + run.ns + ".svc.cluster.local"},
         run.now);
   };
   if (!exists) {
-    FEDGE_ASSIGN_OR_RETURN(KeyPair ca, GenerateCa("fedge job " + run.ns + "/" + run.name, run.now));
-    FEDGE_ASSIGN_OR_RETURN(KeyPair tls, issue_serving(ca));
+    FEDGE_ASSIGN_OR_RETURN(pki::KeyPair ca, pki::GenerateCa("fedge job " + run.ns + "/" + run.name, run.now));
+    FEDGE_ASSIGN_OR_RETURN(pki::KeyPair tls, issue_serving(ca));
     creds.ca_crt = ca.cert_pem;
     creds.ca_key = ca.key_pem;
     creds.tls_crt = tls.cert_pem;
@@ -606,7 +606,7 @@ Status JobReconciler::SyncCredentials(const Run& run, Outcome* out) {
   } else if (!serving_stale.empty()) {
     // Same CA (the agents trust it), new serving certificate; the aggregator re-reads
     // its mounted files (--tls-cert), so no pod restarts.
-    auto tls = issue_serving(KeyPair{creds.ca_crt, creds.ca_key});
+    auto tls = issue_serving(pki::KeyPair{creds.ca_crt, creds.ca_key});
     if (!tls.ok()) {
       return tls.status().WithContext("renew the serving certificate (" + serving_stale +
                                       ") from the job CA in Secret " + SecretName(job));
@@ -676,7 +676,7 @@ Status JobReconciler::SyncApiToken(const Run& run, Outcome* out) {
     return OkStatus();
   }
   if (!IsNotFound(live.status())) return live.status();
-  FEDGE_ASSIGN_OR_RETURN(std::string token, RandomToken());
+  FEDGE_ASSIGN_OR_RETURN(std::string token, pki::RandomToken());
   auto c = client_->Create(res::kSecrets, run.ns, DesiredApiTokenSecret(run.job, token));
   if (IsAlreadyExists(c.status())) return CheckExisting(run, res::kSecrets, run.ns, name, out);
   return c.status().WithContext("create secret " + name);

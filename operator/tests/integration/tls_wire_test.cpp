@@ -18,7 +18,7 @@
 #include "fedge/aggregator/peer_identity.h"
 #include "fedge/aggregator/server.h"
 #include "fedge/op/clock.h"
-#include "fedge/op/pki.h"
+#include "fedge/pki.h"
 
 namespace fedge::op {
 namespace {
@@ -144,17 +144,17 @@ class MountedSecret {
 class TlsWireTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto ca = GenerateCa("wn-ca", WallNow());
+    auto ca = pki::GenerateCa("wn-ca", WallNow());
     ASSERT_TRUE(ca.ok());
     ca_ = *ca;
     // Exactly the names the reconciler issues the serving certificate for.
-    auto tls = IssueServingCert(
+    auto tls = pki::IssueServingCert(
         ca_, "wn-aggregator",
         {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc", "wn-aggregator.ml.svc.cluster.local"},
         WallNow());
     ASSERT_TRUE(tls.ok());
     serving_ = *tls;
-    auto other = GenerateCa("another-job-ca", WallNow());
+    auto other = pki::GenerateCa("another-job-ca", WallNow());
     ASSERT_TRUE(other.ok());
     other_ca_ = *other;
   }
@@ -183,7 +183,7 @@ class TlsWireTest : public ::testing::Test {
     return o;
   }
 
-  KeyPair ca_, serving_, other_ca_;
+  pki::KeyPair ca_, serving_, other_ca_;
   aggregator::FakeClock clock_;  // the servers' that StartWithTokens starts
 };
 
@@ -231,7 +231,7 @@ TEST_F(TlsWireTest, MutualTlsRequiresAClientCertificateFromTheClientCa) {
   ASSERT_NE(server, nullptr);
   const int port = server->grpc_port();
   EXPECT_FALSE(Join(port, {ca_.cert_pem}, "edge-a").ok());  // no client certificate
-  auto foreign = IssueServingCert(other_ca_, "edge-b", {"edge-b"}, WallNow());
+  auto foreign = pki::IssueServingCert(other_ca_, "edge-b", {"edge-b"}, WallNow());
   ASSERT_TRUE(foreign.ok());
   EXPECT_FALSE(Join(port, {ca_.cert_pem, kServiceName, foreign->cert_pem, foreign->key_pem}, "edge-b").ok());
   EXPECT_EQ(server->engine().GetStatus().agents_joined, 0);
@@ -277,7 +277,7 @@ class MutualTlsTest : public TlsWireTest {
   }
   // An agent's client configuration with its own certificate from the job CA.
   Client AgentClient(const std::string& agent_id, std::time_t lifetime = 24 * 3600) {
-    auto cert = IssueClientCert(ca_, agent_id, WallNow(), lifetime);
+    auto cert = pki::IssueClientCert(ca_, agent_id, WallNow(), lifetime);
     EXPECT_TRUE(cert.ok()) << cert.status().ToString();
     return {ca_.cert_pem, kServiceName, cert.ok() ? cert->cert_pem : "", cert.ok() ? cert->key_pem : ""};
   }
@@ -286,15 +286,14 @@ class MutualTlsTest : public TlsWireTest {
 TEST_F(MutualTlsTest, TheOperatorsCertificateIdentifiesTheAgentToTheAggregator) {
   // The contract between pki.h (writer) and peer_identity.h (reader).
   for (const std::string& id : std::vector<std::string>{"edge-a", std::string(253, 'n'), "a b,c/%"}) {
-    auto cert = IssueClientCert(ca_, id, WallNow(), 3600);
+    auto cert = pki::IssueClientCert(ca_, id, WallNow(), 3600);
     ASSERT_TRUE(cert.ok());
     auto got = aggregator::AgentIdFromCertificate(cert->cert_pem);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
     EXPECT_EQ(*got, id);
   }
-  EXPECT_EQ(std::string(aggregator::kAgentUriPrefix), kAgentUriPrefix);
   // A certificate made elsewhere, without the URI name: its common name.
-  auto plain = IssueServingCert(ca_, "edge-x", {"edge-x"}, WallNow());
+  auto plain = pki::IssueServingCert(ca_, "edge-x", {"edge-x"}, WallNow());
   ASSERT_TRUE(plain.ok());
   EXPECT_EQ(*aggregator::AgentIdFromCertificate(plain->cert_pem), "edge-x");
   EXPECT_FALSE(aggregator::AgentIdFromCertificate("not a certificate").ok());
@@ -422,7 +421,7 @@ TEST_F(MutualTlsTest, ExpiredCertificateFailsTheHandshake) {
   auto server = Start(Mtls());
   ASSERT_NE(server, nullptr);
   // Issued two hours ago for one hour: what a leftover certificate becomes.
-  auto old = IssueClientCert(ca_, "edge-a", WallNow() - 2 * 3600, 3600);
+  auto old = pki::IssueClientCert(ca_, "edge-a", WallNow() - 2 * 3600, 3600);
   ASSERT_TRUE(old.ok());
   grpc::Status s =
       Join(server->grpc_port(), {ca_.cert_pem, kServiceName, old->cert_pem, old->key_pem}, "edge-a");
@@ -439,7 +438,7 @@ TEST_F(MutualTlsTest, ExpiredCertificateFailsTheHandshake) {
 TEST_F(MutualTlsTest, ARenewedServingCertificateIsServedWithoutARestart) {
   const std::vector<std::string> names = {"wn-aggregator", "wn-aggregator.ml", "wn-aggregator.ml.svc",
                                           "wn-aggregator.ml.svc.cluster.local"};
-  auto expired = IssueServingCert(ca_, "wn-aggregator", names, WallNow() - 400 * 24 * 3600);
+  auto expired = pki::IssueServingCert(ca_, "wn-aggregator", names, WallNow() - 400 * 24 * 3600);
   ASSERT_TRUE(expired.ok());
   MountedSecret mounted(
       "fedge-tls-renew",

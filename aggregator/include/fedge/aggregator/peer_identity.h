@@ -9,10 +9,11 @@
 // header, which must be the certificate's), so a stolen session id is useless
 // without that agent's key too.
 //
-// Identity in a certificate (the operator's pki.h writes it): the one URI subject
-// alternative name starting with kAgentUriPrefix, percent-decoded (ids of any length
-// and character); a certificate without such a name is identified by its subject
-// common name (certificates made elsewhere for `fedge-aggregator --tls-client-ca`).
+// Identity in a certificate (fedge/pki.h writes it, for the operator and `fedge run`):
+// the one URI subject alternative name starting with pki::kAgentUriPrefix,
+// percent-decoded (ids of any length and character); a certificate without such a name
+// is identified by its subject common name (certificates made elsewhere for
+// `fedge-aggregator --tls-client-ca`).
 #pragma once
 
 #include <string>
@@ -25,10 +26,8 @@ class ServerContextBase;
 
 namespace fedge::aggregator {
 
-inline constexpr const char* kAgentUriPrefix = "urn:fedge:agent:";  // = fedge::op::kAgentUriPrefix
-
 // The agent id a PEM certificate names. INVALID_ARGUMENT when it is unreadable, holds
-// two kAgentUriPrefix names, has a malformed percent escape in one, or names no one.
+// two pki::kAgentUriPrefix names, has a malformed percent escape in one, or names no one.
 StatusOr<std::string> AgentIdFromCertificate(const std::string& cert_pem);
 
 // OK when the verified client certificate of the call's connection names

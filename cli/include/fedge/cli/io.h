@@ -11,8 +11,9 @@ namespace fedge::cli {
 StatusOr<std::string> ReadWholeFile(const std::string& path);
 
 // Writes `bytes` to `path` via a temp file in the same directory and rename, so
-// readers see the old file or the new one, never a partial one.
-Status WriteWholeFile(const std::string& path, std::string_view bytes);
+// readers see the old file or the new one, never a partial one. The file is created
+// with `mode` (less the umask): 0600 for a private key.
+Status WriteWholeFile(const std::string& path, std::string_view bytes, unsigned mode = 0644);
 
 // mkdir -p.
 Status MakeDirectories(const std::string& path);

@@ -51,10 +51,13 @@ struct RunPlan {
   bool centralized = false;
   bool serve = false;                 // children keep serving after the job (no --exit-when-done)
   bool allow_agent_failures = false;  // a dead agent is reported, not fatal (RunOptions)
-  std::string work_dir;               // absolute
-  std::string data_dir;               // absolute; root with agent-<i>/ and all/
-  std::string model_dir;              // absolute
-  std::string config_path;            // work_dir/job.yaml
+  // spec.privacy.tls: gRPC over mutual TLS with credentials made for the run
+  // (run_pki.h); false (the local default): plaintext gRPC on 127.0.0.1.
+  bool tls = false;
+  std::string work_dir;     // absolute
+  std::string data_dir;     // absolute; root with agent-<i>/ and all/
+  std::string model_dir;    // absolute
+  std::string config_path;  // work_dir/job.yaml
   std::string aggregator_bin;
   std::string agent_bin;
   std::string host = "127.0.0.1";
@@ -92,7 +95,8 @@ StatusOr<std::string> FindBinary(const std::string& name, const std::string& bin
                                  const std::string& self_exe, const std::string& path_env);
 
 // The children's command lines, aggregator first, then the agents in order;
-// logs under work_dir/logs/<name>.log. Pure.
+// logs under work_dir/logs/<name>.log; with plan.tls, the TLS flags naming the
+// files of PkiPaths(plan) (written by WriteRunPki before the children start). Pure.
 std::vector<ChildSpec> BuildChildSpecs(const RunPlan& plan);
 
 // The label Prometheus's `job` gets for the local children (matches the

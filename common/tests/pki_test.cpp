@@ -1,7 +1,7 @@
 // The per-job PKI (pki.h): agent client certificates, their identity, lifetime and
 // renewal time, and common names over X.509's 64-character limit (issue 10 item 12:
 // such a name used to be dropped silently, leaving a certificate with an empty subject).
-#include "fedge/op/pki.h"
+#include "fedge/pki.h"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-namespace fedge::op {
+namespace fedge::pki {
 namespace {
 
 constexpr std::time_t kNow = 1'800'000'000;
@@ -212,4 +212,4 @@ TEST(PkiTest, ACaWhoseKeyIsNotItsCertificatesIsRefused) {
 }
 
 }  // namespace
-}  // namespace fedge::op
+}  // namespace fedge::pki

@@ -1,6 +1,7 @@
 // Per-job credentials made with OpenSSL: a CA, the aggregator's serving certificate
 // and each agent's short-lived client certificate signed by it, and random bearer
-// tokens for agents.
+// tokens for agents. The operator makes them for a job in a cluster; `fedge run` for
+// a job of local processes with privacy.tls (cli/src/run_pki.cpp).
 //
 // Agent identity in a client certificate (what fedge-aggregator binds a Join to,
 // aggregator/include/fedge/aggregator/peer_identity.h): a URI subject alternative
@@ -18,7 +19,7 @@
 
 #include "fedge/status.h"
 
-namespace fedge::op {
+namespace fedge::pki {
 
 struct KeyPair {
   std::string cert_pem;
@@ -112,4 +113,4 @@ StatusOr<std::string> RandomToken();
 // in annotations, short name suffixes: callers take a prefix).
 std::string HexSha256(std::string_view bytes);
 
-}  // namespace fedge::op
+}  // namespace fedge::pki

@@ -1,4 +1,4 @@
-#include "fedge/op/pki.h"
+#include "fedge/pki.h"
 
 #include <openssl/bio.h>
 #include <openssl/ec.h>
@@ -15,7 +15,7 @@
 #include <memory>
 #include <optional>
 
-namespace fedge::op {
+namespace fedge::pki {
 namespace {
 
 template <typename T, void (*F)(T*)>
@@ -329,4 +329,4 @@ std::string HexSha256(std::string_view bytes) {
   return Hex(md, sizeof(md));
 }
 
-}  // namespace fedge::op
+}  // namespace fedge::pki
