@@ -103,6 +103,24 @@ const Action* Find(const Plan& p, const std::string& what) {
   return nullptr;
 }
 
+// The job's aggregator exits 0: the next pass finds the job Succeeded.
+void Succeed(World& w) {
+  w.Reconcile();
+  w.SetPodPhase("wn-aggregator", "Succeeded");
+  w.Reconcile();
+}
+
+// `name` failed: its container started at `started` and ended at `finished`.
+void FailPodAt(World& w, const std::string& name, std::time_t started, std::time_t finished) {
+  Json st = {{"phase", "Failed"},
+             {"startTime", FormatTime(started)},
+             {"containerStatuses",
+              Json::array(
+                  {{{"name", "c"},
+                    {"state", {{"terminated", {{"exitCode", 2}, {"finishedAt", FormatTime(finished)}}}}}}})}};
+  ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
+}
+
 struct Row {
   std::string name;
   std::function<void(World&)> setup;     // after CreateJob
@@ -387,6 +405,114 @@ TEST(PlanTest, Table) {
        -1,
        "Succeeded",
        -1,
+       nullptr},
+      {"a succeeded job's serving agent that failed is deleted to be made again, not counted as a restart",
+       [](World& w) {
+         Succeed(w);
+         w.SetPodPhase("wn-agent-edge-a", "Failed");
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a"},
+       {"create pods/wn-aggregator", "delete pods/wn-agent-edge-b"},
+       1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         const Action* a = Find(p, "delete pods/wn-agent-edge-a");
+         ASSERT_NE(a, nullptr);
+         EXPECT_FALSE(a->del.precondition_uid.empty());
+         EXPECT_FALSE(a->counts_restart);
+         ASSERT_EQ(a->on_success.size(), 1u);
+         EXPECT_EQ(a->on_success[0].reason, "ServingAgentRestarted");
+       }},
+      {"a succeeded job's serving agent that failed seconds ago after a short run waits (a crash loop)",
+       [](World& w) {
+         Succeed(w);
+         FailPodAt(w, "wn-agent-edge-a", kNow - 40, kNow - 5);
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a"},
+       0,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), kServingCrashLoopDelaySeconds - 5);
+       }},
+      {"a succeeded job's serving agent that ran an hour is made again 10 s after it failed",
+       [](World& w) {
+         Succeed(w);
+         FailPodAt(w, "wn-agent-edge-a", kNow - 3600, kNow - kServingRestartDelaySeconds);
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a"},
+       {},
+       1,
+       "Succeeded",
+       -1,
+       nullptr},
+      {"a succeeded job's node whose agent pod is gone gets it back (its volumes hold the final global)",
+       [](World& w) {
+         Succeed(w);
+         ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-a").ok());
+       },
+       nullptr,
+       {"create pods/wn-agent-edge-a"},
+       {"create pods/wn-aggregator", "create pods/wn-agent-edge-b"},
+       1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         EXPECT_EQ(p.status["agents"].value("desired", 0), 2);
+         EXPECT_EQ(Find(p, "create pods/wn-agent-edge-a")
+                       ->object["metadata"]["annotations"]
+                       .value(kAnnotationNode, ""),
+                   "edge-a");
+       }},
+      {"a node that joins a succeeded job's selector gets no agent: no final global is on it",
+       [](World& w) {
+         Succeed(w);
+         ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-c", true)).ok());
+       },
+       nullptr,
+       {},
+       {"create pods/wn-agent-edge-c"},
+       0,
+       "Succeeded",
+       -1,
+       nullptr},
+      {"serving disabled: a succeeded job's failed or missing agent is not made again",
+       [](World& w) {
+         Json off = {{"spec", {{"serving", {{"enabled", false}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kJobs, "ml", "wn", off, "").ok());
+         Succeed(w);
+         w.SetPodPhase("wn-agent-edge-a", "Failed");
+         ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-b").ok());
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-b"},
+       -1,
+       "Succeeded",
+       -1,
+       nullptr},
+      {"a failed job's failed agent is not made again",
+       [](World& w) {
+         w.Reconcile();
+         w.SetPodPhase("wn-aggregator", "Failed");
+         w.Reconcile();  // restart 1 of backoffLimit 1
+         w.Reconcile();
+         w.SetPodPhase("wn-aggregator", "Failed");
+         w.Reconcile();  // backoffLimit reached: Failed
+         w.SetPodPhase("wn-agent-edge-a", "Failed");
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-a"},
+       -1,
+       "Failed",
+       1,
        nullptr},
   };
   for (const Row& row : rows) {

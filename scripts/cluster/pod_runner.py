@@ -403,7 +403,10 @@ class Runner:
                 self.write_file(d, k, val)
 
     def resolve_service(self, ns, host, port):
-        """Service DNS name -> (pod IP, target port) of a running backend, or None."""
+        """Service DNS name -> (pod IP, target port) of a running backend, None when it is no
+        Service, "wait" while a backend is yet to run, or a closed loopback port when every
+        backend has completed: a Service without endpoints refuses connections (as when a
+        finished job's serving agent is made again and its aggregator is gone)."""
         parts = host.split(".")
         if len(parts) > 1 and parts[1] != ns:
             ns = parts[1]
@@ -420,7 +423,10 @@ class Runner:
             return None
         label_sel = ",".join(f"{k}={v}" for k, v in sel.items())
         code, pods = self.api.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={urllib.parse.quote(label_sel)}")
-        for pod in pods.get("items", []) if code == 200 else []:
+        items = pods.get("items", []) if code == 200 else []
+        if items and all(p.get("status", {}).get("phase") == "Succeeded" for p in items):
+            return "127.0.0.1", 1  # (a Failed backend may be replaced: wait for it)
+        for pod in items:
             ip = pod.get("status", {}).get("podIP")
             if not ip or pod.get("status", {}).get("phase") != "Running":
                 continue

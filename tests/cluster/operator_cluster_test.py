@@ -300,7 +300,11 @@ class OperatorClusterTest(unittest.TestCase):
                     with open(os.path.join(d, f), errors="replace") as fh:
                         out.append(f"--- {name}/{f}\n" + "".join(fh.readlines()[-lines:]))
             if pod:
-                out.append(f"--- {name} phase={pod.get('status', {}).get('phase')} ip={pod.get('status', {}).get('podIP')}")
+                st = pod.get("status", {})
+                waiting = [f"{c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"
+                           for c in st.get("conditions", []) if c.get("status") != "True"]
+                out.append(f"--- {name} phase={st.get('phase')} ip={st.get('podIP')} "
+                           f"node={pod.get('spec', {}).get('nodeName')} {'; '.join(waiting)}")
         return "\n".join(out)
 
     def wait_or_explain(self, predicate, timeout, what, *pods):
@@ -956,6 +960,40 @@ class OperatorClusterTest(unittest.TestCase):
             urllib.request.urlopen(req, timeout=30)
         self.assertEqual(refused.exception.code, 401)
         self.assertIn(got["data"][0]["label"], labels)
+        # A serving agent that dies after the job (a crash, a node reboot) is made again and
+        # serves the final global its node keeps, with no aggregator left to join.
+        restarts = done["status"].get("restarts", 0)
+        old = agent["metadata"]["uid"]
+        self.assertEqual(self.runner_post(f"/pods/default/example-agent-{NODES[0]}/kill")["killed"], 1)
+        again = self.wait_or_explain(
+            lambda: (lambda p: p if p and p["metadata"]["uid"] != old and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+                else None)(self.get_json("pod", f"example-agent-{NODES[0]}")),
+            120, "the serving agent to be made again and ready after the job", f"example-agent-{NODES[0]}")
+        req = urllib.request.Request(f"http://{again['status']['podIP']}:8080/v1/classify", method="POST",
+                                     data=json.dumps({"input": ["a large dog", "an oak tree"]}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+
+        def classify():
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+        served_again = self.wait_or_explain(classify, 30, f"the new agent to answer at {again['status']['podIP']}",
+                                            f"example-agent-{NODES[0]}")
+        self.assertEqual(self.get_json("pod", f"example-agent-{NODES[0]}")["metadata"]["uid"],
+                         again["metadata"]["uid"], "the new agent must keep running, not be made again once more")
+        self.assertEqual([d["label"] for d in served_again["data"]], [d["label"] for d in got["data"]])
+        for before, after in zip(got["data"], served_again["data"]):
+            self.assertAlmostEqual(before["score"], after["score"], places=5)
+        events = json.loads(self.kubectl("get", "events", "--field-selector", "reason=ServingAgentRestarted",
+                                         "-o", "json").stdout)["items"]
+        mine = [e for e in events if f"example-agent-{NODES[0]}" in e.get("message", "")]
+        self.assertEqual(sum(e.get("count", 1) for e in mine), 1, mine)
+        after = self.job("example")["status"]
+        self.assertEqual(after["state"], "Succeeded")
+        self.assertEqual(after.get("restarts", 0), restarts, "a serving agent's restart is not the job's")
         self.delete_job("example")
         wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 60,
                  "the serving agents to go with the job")

@@ -169,16 +169,20 @@ class LocalJobTest(unittest.TestCase):
 
         agg = start_aggregator("first")
         agents, agent_ports = [], []
-        for i in range(2):
-            port = free_port()
-            agent_ports.append(port)
-            log = open(os.path.join(logs, f"agent-{i}.log"), "w")
+
+        def start_agent(i, tag):
+            log = open(os.path.join(logs, f"agent-{i}{tag}.log"), "w")
             open_logs.append(log)
-            agents.append(subprocess.Popen(
+            # --job-uid as the operator passes it: the state directory belongs to this run of the job.
+            return subprocess.Popen(
                 [AGENT, "--config", job, "--aggregator", f"127.0.0.1:{grpc_port}", "--agent-id", f"agent-{i}",
                  "--node-name", f"node-{i}", "--data-dir", os.path.join(self.data, f"agent-{i}"),
-                 "--model-dir", MODEL, "--http", f"127.0.0.1:{port}",
-                 "--state-dir", os.path.join(self.tmp, f"state-{i}")], stdout=log, stderr=subprocess.STDOUT))
+                 "--model-dir", MODEL, "--http", f"127.0.0.1:{agent_ports[i]}", "--job-uid", "e2e-restart-1",
+                 "--state-dir", os.path.join(self.tmp, f"state-{i}")], stdout=log, stderr=subprocess.STDOUT)
+
+        for i in range(2):
+            agent_ports.append(free_port())
+            agents.append(start_agent(i, ""))
         procs = [("aggregator", agg)] + [(f"agent-{i}", a) for i, a in enumerate(agents)]
         try:
             first = wait_for(lambda: (s := status(http_port)) and len(s.get("rounds", [])) >= 1 and s, 600,
@@ -237,6 +241,34 @@ class LocalJobTest(unittest.TestCase):
             self.assertTrue(os.path.exists(os.path.join(self.tmp, "state-0", "error-feedback.safetensors")))
             code, body = http("GET", f"http://127.0.0.1:{http_port}/metrics")
             self.assertIn("fedge_aggregator_rounds_completed_total", body)
+
+            # After the job: the aggregator goes (as its pod completes in a cluster) and agent-0
+            # crashes (a node reboot); its restart serves the final global kept on the node
+            # without an aggregator to join.
+            agg.send_signal(signal.SIGTERM)
+            self.assertEqual(agg.wait(timeout=30), 0)
+            agents[0].send_signal(signal.SIGKILL)
+            agents[0].wait()
+            agents[0] = start_agent(0, "-restarted")
+            procs[1] = ("agent-0 (restarted)", agents[0])
+            def restarted_ready():
+                try:
+                    return http("GET", base + "/readyz", timeout=5)[0] == 200
+                except (urllib.error.URLError, ConnectionError, socket.timeout):
+                    return False  # not listening yet
+
+            wait_for(restarted_ready, 120, "the restarted agent's readiness", [procs[1]])
+            code, body = http("POST", base + "/v1/classify", {"input": ["dog: a domesticated canine", "oak: a tree"]})
+            self.assertEqual(code, 200, body)
+            again = json.loads(body)
+            self.assertEqual([d["label"] for d in again["data"]], [d["label"] for d in result["data"]], again)
+            for before, after in zip(result["data"], again["data"]):
+                self.assertAlmostEqual(before["score"], after["score"], places=5)
+            with open(os.path.join(logs, "agent-0-restarted.log")) as f:
+                restarted_log = f.read()
+            self.assertIn("the job was done before this start", restarted_log)
+            self.assertNotIn('msg="joined"', restarted_log)
+            self.assertNotIn("aggregator unreachable", restarted_log, "it never looks for the aggregator")
         finally:
             for _, p in procs:
                 if p.poll() is None:

@@ -270,7 +270,10 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     if (st.ok()) {
       a->metrics_->global_version.Set(static_cast<double>(g.version));
       log::Info("serving the persisted global model",
-                {{"version", g.version}, {"path", a->store_->GlobalPath()}});
+                {{"version", g.version}, {"path", a->store_->GlobalPath()}, {"final", g.final}});
+      // Only with a bound job uid is a final global certainly this run's: a hand-started
+      // agent reusing a state directory for a new job of the same name must still join.
+      a->job_done_before_start_ = g.final && !settings.job_uid.empty();
       a->client_->Restore(std::move(g));
     } else {
       log::Warn("ignoring the persisted global model", {{"error", st.ToString()}});
@@ -322,6 +325,13 @@ void Agent::Stop() {
 }
 
 Status Agent::Run() {
+  if (job_done_before_start_) {
+    log::Info("the job was done before this start: serving its final global model without an aggregator",
+              {{"http", http_->address()}, {"job_uid", settings_.job_uid}});
+    if (!settings_.exit_when_done) stop_.Wait();
+    http_->Stop();
+    return OkStatus();
+  }
   auto outcome = client_->Run();
   Status result;
   if (!outcome.ok()) {

@@ -880,6 +880,12 @@ Status AggregatorClient::DoEvaluate(const v1::Task& task) {
 Status AggregatorClient::DoDone(const v1::Task& task) {
   if (task.global_version() > 0) {
     FEDGE_RETURN_IF_ERROR(EnsureGlobal(task.global_version(), task.global_checksum()));
+    // Marked final: an agent restarted after the job (its pod recreated on the node)
+    // serves it without looking for an aggregator that has gone (Agent::Run).
+    if (deps_.store != nullptr && held_.version == task.global_version()) {
+      Status saved = deps_.store->SaveGlobal(held_.bundle, held_.version, held_.checksum, /*final=*/true);
+      if (!saved.ok()) log::Warn("cannot mark the global model final", {{"error", saved.ToString()}});
+    }
   }
   log::Info("job done", {{"job", options_.job}, {"global_version", held_.version}});
   return OkStatus();

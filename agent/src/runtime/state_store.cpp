@@ -25,12 +25,14 @@ std::string StateStore::ResidualPath() const { return dir_ + "/error-feedback.sa
 std::string StateStore::ScaffoldControlPath() const { return dir_ + "/scaffold-control.safetensors"; }
 std::string StateStore::JobUidPath() const { return dir_ + "/job-uid.json"; }
 
-Status StateStore::SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum) {
+Status StateStore::SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum,
+                              bool final) {
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir_));
   std::map<std::string, std::string> metadata = {{"job", job_},
                                                  {"version", std::to_string(version)},
                                                  {"checksum", checksum},
                                                  {"format", "fedge-global"}};
+  if (final) metadata["final"] = "true";
   FEDGE_ASSIGN_OR_RETURN(std::string bytes, SerializeSafetensors(bundle, metadata));
   return WriteFileAtomic(GlobalPath(), bytes);
 }
@@ -45,6 +47,7 @@ StatusOr<std::optional<PersistedGlobal>> StateStore::LoadGlobal() const {
   PersistedGlobal g;
   g.bundle = std::move(bundle).value();
   g.checksum = metadata["checksum"];
+  g.final = metadata["final"] == "true";
   try {
     g.version = std::stoll(metadata["version"]);
   } catch (const std::exception&) {

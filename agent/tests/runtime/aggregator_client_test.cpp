@@ -518,6 +518,7 @@ TEST_F(AggregatorClientTest, RunsInitializeTrainEvaluateDoneAndServesTheFinalGlo
   ASSERT_TRUE(persisted->has_value());
   EXPECT_EQ((*persisted)->version, 2);
   EXPECT_EQ((*persisted)->checksum, world_.checksum);
+  EXPECT_TRUE((*persisted)->final) << "told DONE with v2: a restart after the job serves it without joining";
   EXPECT_EQ(metrics_.global_version.Value(), 2);
   EXPECT_EQ(metrics_.train_steps_total.Value(), 7);
   EXPECT_EQ(metrics_.rounds_participated_total.Value(), 1);

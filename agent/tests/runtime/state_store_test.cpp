@@ -86,6 +86,25 @@ TEST_F(StateStoreTest, SameUidKeepsTheGlobalAndTheFeedback) {
   EXPECT_EQ(RecordedUid(), kOldUid);
 }
 
+// The final global (the aggregator said DONE with it) is marked as such and read back so;
+// any later non-final save clears the mark.
+TEST_F(StateStoreTest, TheFinalGlobalIsMarkedAndReadBack) {
+  StateStore store(dir_.string(), kJob);
+  ASSERT_TRUE(store.SaveGlobal(Global(1.0f), 3, "sha-3").ok());
+  auto g = store.LoadGlobal();
+  ASSERT_TRUE(g.ok() && g->has_value());
+  EXPECT_FALSE((*g)->final);
+  ASSERT_TRUE(store.SaveGlobal(Global(1.0f), 3, "sha-3", /*final=*/true).ok());
+  g = StateStore(dir_.string(), kJob).LoadGlobal();
+  ASSERT_TRUE(g.ok() && g->has_value());
+  EXPECT_TRUE((*g)->final);
+  EXPECT_EQ((*g)->version, 3);
+  ASSERT_TRUE(store.SaveGlobal(Global(2.0f), 4, "sha-4").ok());
+  g = store.LoadGlobal();
+  ASSERT_TRUE(g.ok() && g->has_value());
+  EXPECT_FALSE((*g)->final);
+}
+
 // Regression: a job deleted and applied again under the same name got the same
 // --state-dir, and its agents served the deleted job's global model and held
 // its version, checksum and feedback as if they were the new job's.

@@ -146,6 +146,28 @@ struct Planner {
   void Run();
   void Finalize();
   void Children();
+  void KeepServing();
+  // The job's agent pods by the node they are for.
+  std::map<std::string, ObjectPtr> AgentPodsByNode() const {
+    std::map<std::string, ObjectPtr> agents;
+    for (const auto& p : o.pods) {
+      if (Role(*p) != "agent") continue;
+      agents[(*p)["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
+    }
+    return agents;
+  }
+  // status.agents: the selected nodes and how many have a ready agent.
+  void AgentsStatus(const std::vector<std::string>& nodes, const std::map<std::string, ObjectPtr>& agents) {
+    int ready = 0;
+    for (const auto& node : nodes) {
+      auto it = agents.find(node);
+      if (it != agents.end() && PodPhaseOf(*it->second) == PodPhase::kRunning && PodReady(*it->second))
+        ++ready;
+    }
+    plan.status["agents"] = {{"desired", static_cast<int>(nodes.size())},
+                             {"ready", ready},
+                             {"summary", std::to_string(ready) + "/" + std::to_string(nodes.size())}};
+  }
   void HandleFailedPod(const Json& pod, bool aggregator);
   // Deletes `pod` (a running or pending one made from another template than the current
   // one); the next pass creates it again from the current template.
@@ -233,8 +255,9 @@ void Planner::Run() {
         a.del = {"Foreground", job["metadata"].value("uid", ""), {}};
         return;
       }
-      plan.requeue_after = std::chrono::seconds(left);
+      RequeueAfter(std::chrono::seconds(left));
     }
+    if (serving && rp.cleanPodPolicy != "All") KeepServing();
     return;
   }
 
@@ -337,6 +360,70 @@ void Planner::HandleFailedPod(const Json& pod, bool aggregator) {
   }
 }
 
+namespace {
+
+// When a failed pod's container ended (0 when the pod does not say).
+std::time_t PodFinishedAt(const Json& pod) {
+  std::time_t latest = 0;
+  for (const auto& cs : pod.value("status", Json::object()).value("containerStatuses", Json::array())) {
+    const Json term = cs.value("state", Json::object()).value("terminated", Json::object());
+    if (auto t = ParseTime(term.value("finishedAt", "")); t && *t > latest) latest = *t;
+  }
+  return latest;
+}
+
+}  // namespace
+
+void Planner::KeepServing() {
+  // After success the agents are the job's inference service, each serving the final
+  // global its node keeps (an agent told DONE marks it final in its state directory; a
+  // new agent there serves it without an aggregator: Agent::Run). So a serving agent
+  // whose pod failed (its container crashed, the node rebooted, an eviction) is deleted
+  // and made again, and a node whose agent pod is gone gets one while its node volumes,
+  // made for its agent during the job, are still there. A node that joins the selector
+  // after the job gets none: no final global is on it (docs/operator.md).
+  const Json& job = o.job;
+  const std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
+  const std::map<std::string, ObjectPtr> agents = AgentPodsByNode();
+  const std::vector<NodeVolumeRoot> roots = AgentNodeVolumeRoots(*spec, opts.desired);
+  for (const auto& node : nodes) {
+    auto it = agents.find(node);
+    if (it != agents.end()) {
+      const Json& pod = *it->second;
+      if (Terminating(pod) || PodPhaseOf(pod) != PodPhase::kFailed) continue;
+      // A crash loop is slowed down: an agent that failed within a minute of starting is
+      // made again 5 minutes after it failed, any other 10 seconds after.
+      const std::time_t finished = PodFinishedAt(pod);
+      const auto started = ParseTime(pod.value("status", Json::object()).value("startTime", ""));
+      const bool quick = finished > 0 && started && finished - *started < kServingCrashLoopRunSeconds;
+      const std::time_t due =
+          finished + (quick ? kServingCrashLoopDelaySeconds : kServingRestartDelaySeconds);
+      if (finished > 0 && o.now < due) {
+        RequeueAfter(std::chrono::seconds(due - o.now));
+        continue;
+      }
+      const std::string name = pod["metadata"].value("name", "");
+      Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, name);
+      a.del.precondition_uid = pod["metadata"].value("uid", "");
+      a.on_success.push_back({"Warning", "ServingAgentRestarted",
+                              "serving agent pod " + name + " failed after the job succeeded (exit code " +
+                                  std::to_string(PodExitCode(pod)) +
+                                  "); it is made again and serves the final global model kept on node " +
+                                  node});
+      continue;
+    }
+    const bool had_agent =
+        !roots.empty() && std::all_of(roots.begin(), roots.end(), [&](const NodeVolumeRoot& r) {
+          ObjectPtr claim = o.Find(res::kPersistentVolumeClaims, NodeVolumeClaimName(job, node, r));
+          return claim && !Terminating(*claim);
+        });
+    if (!had_agent || Blocked(res::kPods, AgentPodName(job, node))) continue;
+    Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AgentPodName(job, node));
+    a.object = DesiredAgentPod(job, *spec, node, opts.desired);
+  }
+  AgentsStatus(nodes, agents);
+}
+
 void Planner::CheckpointCondition() {
   // status.checkpoint is applied by the aggregator pod's reporter from the aggregator's
   // /v1/status (status_reporter.h); the operator turns it into a condition.
@@ -427,15 +514,10 @@ void Planner::Children() {
 
   // Pods.
   ObjectPtr aggregator;
-  std::map<std::string, ObjectPtr> agents;  // node -> pod
   for (const auto& p : o.pods) {
-    const Json& meta = (*p)["metadata"];
-    std::string role = Role(*p);
-    if (role == "aggregator")
-      aggregator = p;
-    else if (role == "agent")
-      agents[meta.value("annotations", Json::object()).value(kAnnotationNode, "")] = p;
+    if (Role(*p) == "aggregator") aggregator = p;
   }
+  const std::map<std::string, ObjectPtr> agents = AgentPodsByNode();
   // Every selected node's local volumes: for a node without its pod, and for one whose pod
   // the scheduler could not place (a claim that went - deleted, or collected with a deleted
   // job of the same name - leaves its pod unschedulable for good unless it is made again).
@@ -565,14 +647,7 @@ void Planner::Children() {
   }
 
   // Agents and conditions.
-  int ready = 0;
-  for (const auto& node : nodes) {
-    auto it = agents.find(node);
-    if (it != agents.end() && PodPhaseOf(*it->second) == PodPhase::kRunning && PodReady(*it->second)) ++ready;
-  }
-  plan.status["agents"] = {{"desired", static_cast<int>(nodes.size())},
-                           {"ready", ready},
-                           {"summary", std::to_string(ready) + "/" + std::to_string(nodes.size())}};
+  AgentsStatus(nodes, agents);
 
   if (Finished(State())) return;
 

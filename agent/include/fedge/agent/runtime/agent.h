@@ -98,7 +98,14 @@ class Agent {
   // Runs the client loop. Returns OK after DONE with exit_when_done, after
   // DONE followed by Stop() (the agent keeps serving until then), or after
   // Stop(); a fatal client error otherwise. HTTP is stopped on return.
+  // An agent bound to a job uid whose state holds that run's final global
+  // (an earlier agent of this node was told DONE: this one is a restart after
+  // the job, e.g. the node rebooted) runs no client: it serves the final
+  // global until Stop() (or returns at once with exit_when_done).
   Status Run();
+
+  // True when Run will only serve the final global (see Run).
+  bool job_done_before_start() const { return job_done_before_start_; }
 
   // Thread-safe; idempotent. Ends Run promptly.
   void Stop();
@@ -120,6 +127,7 @@ class Agent {
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<AggregatorClient> client_;
   StopSignal stop_;
+  bool job_done_before_start_ = false;
 };
 
 }  // namespace fedge::agent

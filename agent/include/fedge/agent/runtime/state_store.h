@@ -1,6 +1,8 @@
 // The agent's state directory (--state-dir): the latest global adapter, so a
 // restarted agent serves at once, and the feedback log later rounds train on.
-//   global.safetensors   F32 tensors; metadata job, version, checksum
+//   global.safetensors   F32 tensors; metadata job, version, checksum, and
+//                        final "true" once the aggregator said the job is
+//                        done with this version (its final global)
 //   feedback.jsonl       one feedback example per line, oldest first:
 //                        {"text", "label", "ts_ms"} (classification) or
 //                        {"prompt", "completion", "ts_ms"} (causal-LM jobs);
@@ -38,6 +40,8 @@ struct PersistedGlobal {
   TensorBundle bundle;
   int64_t version = 0;
   std::string checksum;  // sha256 of the encoded bundle as the aggregator sent it
+  // The job's final global: the aggregator told the agent DONE with this version.
+  bool final = false;
 };
 
 // One feedback example posted to /v1/feedback.
@@ -104,8 +108,10 @@ class StateStore {
   // next call retries: the old uid stays recorded until the files are gone).
   StatusOr<JobUidBinding> BindJobUid(const std::string& job_uid);
 
-  // Writes global.safetensors atomically (WriteFileAtomic).
-  Status SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum);
+  // Writes global.safetensors atomically (WriteFileAtomic); `final` marks the
+  // job's last global (PersistedGlobal::final).
+  Status SaveGlobal(const TensorBundle& bundle, int64_t version, const std::string& checksum,
+                    bool final = false);
   // nullopt if there is no file or it belongs to another job; DATA_LOSS if it
   // exists but cannot be read.
   StatusOr<std::optional<PersistedGlobal>> LoadGlobal() const;

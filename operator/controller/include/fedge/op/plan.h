@@ -37,6 +37,13 @@ std::string_view JobStateName(JobState s);   // "" for kNone, else the CRD's spe
 JobState ParseJobState(std::string_view s);  // unknown text -> kNone
 inline bool Finished(JobState s) { return s == JobState::kSucceeded || s == JobState::kFailed; }
 
+// A succeeded job's serving agent whose pod failed is made again this long after it
+// failed; kServingCrashLoopDelaySeconds when it had run for less than
+// kServingCrashLoopRunSeconds (a crash loop).
+inline constexpr std::time_t kServingRestartDelaySeconds = 10;
+inline constexpr std::time_t kServingCrashLoopDelaySeconds = 300;
+inline constexpr std::time_t kServingCrashLoopRunSeconds = 60;
+
 // status.phase of a Pod (absent = Pending; text outside the API's set = Unknown).
 enum class PodPhase { kPending, kRunning, kSucceeded, kFailed, kUnknown };
 PodPhase PodPhaseOf(const Json& pod);
