@@ -110,6 +110,18 @@ void Succeed(World& w) {
   w.Reconcile();
 }
 
+// `name` runs and is ready.
+void SetRunningReady(World& w, const std::string& name) {
+  Json st = {{"phase", "Running"}, {"conditions", Json::array({{{"type", "Ready"}, {"status", "True"}}})}};
+  ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
+}
+
+// Gives `name` another template's hash (an older operator's).
+void Outdate(World& w, const std::string& name) {
+  Json stale = {{"metadata", {{"annotations", {{kAnnotationPodTemplateHash, "0123456789abcdef"}}}}}};
+  ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, stale, "").ok());
+}
+
 // `name` failed: its container started at `started` and ended at `finished`.
 void FailPodAt(World& w, const std::string& name, std::time_t started, std::time_t finished) {
   Json st = {{"phase", "Failed"},
@@ -392,6 +404,77 @@ TEST(PlanTest, Table) {
        "Created",
        -1,
        nullptr},
+      {"outdated agents that serve are replaced a quarter at a time, at least one",
+       [](World& w) {
+         w.Reconcile();
+         for (const char* pod : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+           SetRunningReady(w, pod);
+           Outdate(w, pod);
+         }
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a"},
+       {"delete pods/wn-agent-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Json* c = FindCondition(p.status["conditions"], "PodsOutdated");
+         ASSERT_NE(c, nullptr);
+         EXPECT_EQ(c->value("status", ""), "True");
+         EXPECT_EQ(c->value("reason", ""), "AgentsReplacedGradually");
+         EXPECT_NE(c->value("message", "").find("1 running agent pod(s)"), std::string::npos) << c->dump();
+       }},
+      {"an outdated agent that does not serve is replaced at once and counts against the share",
+       [](World& w) {
+         w.Reconcile();
+         Outdate(w, "wn-agent-edge-a");  // Pending
+         SetRunningReady(w, "wn-agent-edge-b");
+         Outdate(w, "wn-agent-edge-b");
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a"},
+       {"delete pods/wn-agent-edge-b"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
+      {"a serving outdated agent waits while another agent is unavailable",
+       [](World& w) {
+         w.Reconcile();
+         SetRunningReady(w, "wn-agent-edge-a");
+         Outdate(w, "wn-agent-edge-a");  // edge-b: current, but Pending
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
+      {"PodsOutdated is cleared once every pod is current",
+       [](World& w) {
+         w.Reconcile();
+         for (const char* pod : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+           SetRunningReady(w, pod);
+           Outdate(w, pod);
+         }
+         w.Reconcile();  // edge-a replaced; PodsOutdated=True
+         ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-b").ok());
+         w.Reconcile();  // both made again from the current template
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Json* c = FindCondition(p.status["conditions"], "PodsOutdated");
+         ASSERT_NE(c, nullptr);
+         EXPECT_EQ(c->value("status", ""), "False");
+         EXPECT_EQ(c->value("reason", ""), "PodsCurrent");
+       }},
       {"a succeeded job's agents serve: an outdated one is not replaced",
        [](World& w) {
          w.Reconcile();

@@ -513,6 +513,7 @@ void Planner::Children() {
   }
 
   // Pods.
+  bool aggregator_kept = false;  // outdated, but replacing it would lose the job's rounds
   ObjectPtr aggregator;
   for (const auto& p : o.pods) {
     if (Role(*p) == "aggregator") aggregator = p;
@@ -589,18 +590,25 @@ void Planner::Children() {
         PodTemplateHashOf(*aggregator) != AggregatorPodTemplateHash(job, *spec, agg_desired)) {
       if (CheckpointClaimName(job).empty()) {
         // Without a checkpoint claim a new aggregator would start again from round 0.
-        Condition("PodsOutdated", "True", "AggregatorKeptWithoutCheckpoint",
-                  "the aggregator pod was made from an older template (an operator upgrade or a spec change) "
-                  "and is kept: without spec.aggregator.checkpoint a new one would restart the job from "
-                  "round 0; delete pod " +
-                      AggregatorName(job) + " to replace it anyway",
-                  "Warning");
+        aggregator_kept = true;
       } else {
         ReplaceOutdated(*aggregator, "; the job resumes from its checkpoint");
       }
     }
   }
   const std::string agent_hash = AgentPodTemplateHash(job, *spec, opts.desired);
+  // Outdated agents that serve (running and ready) are replaced a share at a time, so a
+  // job keeps most of its agents through an operator upgrade or a spec change; outdated
+  // agents that do not serve anyway are replaced at once. Unavailable: a selected node
+  // whose agent is missing, not ready or going.
+  int unavailable = 0;
+  for (const auto& node : nodes) {
+    auto it = agents.find(node);
+    unavailable += it == agents.end() || Terminating(*it->second) ||
+                   PodPhaseOf(*it->second) != PodPhase::kRunning || !PodReady(*it->second);
+  }
+  const int budget = std::max(1, static_cast<int>(nodes.size()) * kAgentReplaceBudgetPercent / 100);
+  int agents_kept = 0;
   for (const auto& node : nodes) {
     auto it = agents.find(node);
     if (it == agents.end()) {
@@ -616,8 +624,34 @@ void Planner::Children() {
       HandleFailedPod(*it->second, /*aggregator=*/false);
     } else if (create_pods && !Terminating(*it->second) && Live(PodPhaseOf(*it->second)) &&
                State() != JobState::kSucceeded && PodTemplateHashOf(*it->second) != agent_hash) {
+      const bool serves = PodPhaseOf(*it->second) == PodPhase::kRunning && PodReady(*it->second);
+      if (serves && unavailable >= budget) {
+        ++agents_kept;  // replaced once fewer agents are unavailable
+        continue;
+      }
+      if (serves) ++unavailable;
       ReplaceOutdated(*it->second, "; its agent rejoins the job");
     }
+  }
+  if (aggregator_kept) {
+    Condition("PodsOutdated", "True", "AggregatorKeptWithoutCheckpoint",
+              "the aggregator pod was made from an older template (an operator upgrade or a spec change) "
+              "and is kept: without spec.aggregator.checkpoint a new one would restart the job from "
+              "round 0; delete pod " +
+                  AggregatorName(job) + " to replace it anyway",
+              "Warning");
+  } else if (agents_kept > 0) {
+    Condition("PodsOutdated", "True", "AgentsReplacedGradually",
+              std::to_string(agents_kept) +
+                  " running agent pod(s) made from an older template wait: at most " +
+                  std::to_string(budget) + " of " + std::to_string(nodes.size()) +
+                  " agents are unavailable at a time (" + std::to_string(kAgentReplaceBudgetPercent) +
+                  "%, at least 1)",
+              "Normal");
+  } else if (const Json* c = FindCondition(plan.status["conditions"], "PodsOutdated");
+             c && c->value("status", "") == "True") {
+    Condition("PodsOutdated", "False", "PodsCurrent", "every pod is made from the current template",
+              "Normal");
   }
   // The node volumes of nodes that left go with their agents (the claim's protection holds
   // it until the pod is gone, the volume's until the claim is; Retain keeps the files). A

@@ -37,6 +37,10 @@ std::string_view JobStateName(JobState s);   // "" for kNone, else the CRD's spe
 JobState ParseJobState(std::string_view s);  // unknown text -> kNone
 inline bool Finished(JobState s) { return s == JobState::kSucceeded || s == JobState::kFailed; }
 
+// Running job: at most this share of the selected nodes' agents (at least one) is
+// unavailable while outdated agents are replaced (an operator upgrade, a spec change).
+inline constexpr int kAgentReplaceBudgetPercent = 25;
+
 // A succeeded job's serving agent whose pod failed is made again this long after it
 // failed; kServingCrashLoopDelaySeconds when it had run for less than
 // kServingCrashLoopRunSeconds (a crash loop).
