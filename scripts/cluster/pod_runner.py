@@ -423,9 +423,12 @@ class Runner:
             return None
         label_sel = ",".join(f"{k}={v}" for k, v in sel.items())
         code, pods = self.api.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={urllib.parse.quote(label_sel)}")
-        items = pods.get("items", []) if code == 200 else []
+        # A backend being deleted is being replaced (its exit may read Succeeded): wait for the
+        # new one; a Failed backend may be replaced too.
+        items = [p for p in (pods.get("items", []) if code == 200 else [])
+                 if not p["metadata"].get("deletionTimestamp")]
         if items and all(p.get("status", {}).get("phase") == "Succeeded" for p in items):
-            return "127.0.0.1", 1  # (a Failed backend may be replaced: wait for it)
+            return "127.0.0.1", 1
         for pod in items:
             ip = pod.get("status", {}).get("podIP")
             if not ip or pod.get("status", {}).get("phase") != "Running":
@@ -494,7 +497,12 @@ class Runner:
         threading.Thread(target=self.run_pod, args=(pp,), daemon=True).start()
 
     def patch_status(self, pp, status):
-        code, body = self.api.merge_patch(f"/api/v1/namespaces/{pp.ns}/pods/{pp.name}/status", {"status": status})
+        # The uid in the patch makes it this pod's only: a pod deleted and made again under
+        # the same name (a replaced agent) must not get the old pod's last report.
+        code, body = self.api.merge_patch(f"/api/v1/namespaces/{pp.ns}/pods/{pp.name}/status",
+                                          {"metadata": {"uid": pp.uid}, "status": status})
+        if code in (409, 422):
+            return
         if code not in (200, 404):
             log("pod status patch failed", pod=pp.name, code=code, error=body.get("message", ""))
 

@@ -869,6 +869,62 @@ class OperatorClusterTest(unittest.TestCase):
     @unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")) and os.path.exists(AGGREGATOR)
                          and os.path.exists(AGENT) and os.path.exists(FEDGE),
                          "SKIP: needs fedge-aggregator, fedge-agent, fedge and the model (scripts/fetch-model.sh)")
+    def test_a_spec_change_replaces_serving_agents_a_share_at_a_time(self):
+        """Three running, ready agents made from an old template: the operator replaces them
+        so that at most one (25% of 3, at least 1) is unavailable at any time."""
+        data = os.path.join(self.tmp, "rolling-data")
+        out = subprocess.run([FEDGE, "data", "wordnet", "--agents", str(len(NODES)), "--alpha", "0.5", "--seed", "5",
+                              "--test-size", "50", "--max-train", "600", "--out", data],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for i, node in enumerate(NODES):
+            os.symlink(f"agent-{i}", os.path.join(data, node))
+        with open(os.path.join(data, "meta.json")) as f:
+            labels = json.load(f)["labels"]
+        manifest = job_manifest("rolling", labels=labels, model=MODEL, data=data,
+                                rounds={"total": 500, "quorum": 1, "timeoutSeconds": 60, "localSteps": 2,
+                                        "batchSize": 8, "learningRate": 0.003, "seed": 5},
+                                runPolicy={"backoffLimit": 5})
+        manifest["spec"]["model"]["maxSeqLen"] = 32
+        self.assertEqual(self.apply(manifest).returncode, 0)
+        names = [f"rolling-agent-{n}" for n in NODES]
+
+        def ready(pod):
+            return bool(pod) and not pod["metadata"].get("deletionTimestamp") and \
+                pod.get("status", {}).get("phase") == "Running" and \
+                any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+        def pods():
+            got = json.loads(self.kubectl("get", "pods", "-l", "fedge.io/job=rolling", "-o", "json").stdout)["items"]
+            return {p["metadata"]["name"]: p for p in got}
+        before = self.wait_or_explain(lambda: (lambda ps: ps if all(ready(ps.get(n)) for n in names) else None)(pods()),
+                                      180, "three ready agents", *names)
+        old_uids = {n: before[n]["metadata"]["uid"] for n in names}
+        self.kubectl("patch", "ftj", "rolling", "--type", "merge", "-p", '{"spec": {"privacy": {"tls": false}}}')
+        worst, deadline = 0, time.time() + 240
+        while time.time() < deadline:
+            ps = pods()
+            worst = max(worst, sum(not ready(ps.get(n)) for n in names))
+            if all(ready(ps.get(n)) and ps[n]["metadata"]["uid"] != old_uids[n] for n in names):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the agents were not all replaced in 240 s\n{self.pod_logs(*names)}")
+        self.assertEqual(worst, 1, "at most one of three agents unavailable at a time, and one was replaced")
+        cond = wait_for(lambda: next((c for c in self.job("rolling").get("status", {}).get("conditions", [])
+                                      if c["type"] == "PodsOutdated" and c["status"] == "False"), None),
+                        60, "PodsOutdated=False")
+        self.assertEqual(cond["reason"], "PodsCurrent")
+        waited = json.loads(self.kubectl("get", "events", "--field-selector", "reason=AgentsReplacedGradually",
+                                         "-o", "json").stdout)["items"]
+        self.assertTrue(waited, "serving agents waited for their share")
+        self.assertEqual(self.job("rolling")["status"].get("restarts", 0), 0)
+        self.delete_job("rolling")
+        wait_for(lambda: not [k for k in self.children("rolling") if k["kind"] == "Pod"], 60, "the pods to go")
+
+    @unittest.skipUnless(os.path.exists(os.path.join(MODEL, "model.safetensors")) and os.path.exists(AGGREGATOR)
+                         and os.path.exists(AGENT) and os.path.exists(FEDGE),
+                         "SKIP: needs fedge-aggregator, fedge-agent, fedge and the model (scripts/fetch-model.sh)")
     def test_example_job_runs_to_succeeded_and_survives_a_killed_agent(self):
         data = os.path.join(self.tmp, "data")
         out = subprocess.run([FEDGE, "data", "wordnet", "--agents", str(len(NODES)), "--alpha", "0.5", "--seed", "3",
