@@ -89,8 +89,8 @@ int main(int argc, char** argv) {
       "run",
       "Run a FederatedTrainingJob on this machine: starts fedge-aggregator and N fedge-agent processes\n"
       "on 127.0.0.1, prints each round's loss, accuracy and traffic, and the final accuracy against the\n"
-      "data's majority baseline and chance. gRPC between them is plaintext unless the manifest sets\n"
-      "spec.privacy.tls: true (mutual TLS with a CA made for the run, certificates in WORK/pki).");
+      "data's majority baseline and chance. gRPC between them is mutual TLS with a CA made for the run\n"
+      "(certificates in WORK/pki) unless the manifest sets spec.privacy.tls: false (plaintext).");
   run_cmd->add_option("-f,--file", run.manifest, "FederatedTrainingJob manifest (YAML or JSON)")->required();
   run_cmd->add_option("--summary", run.summary_path, "write a JSON summary of the run here");
   run_cmd->add_flag("--centralized", run.centralized,

@@ -82,6 +82,27 @@ TEST(RunTlsTest, PrivacyTlsGivesEveryChildTheRunsCredentialsAndPlaintextGivesNon
   }
 }
 
+// The same manifest runs the same way locally as in a cluster (CRD default true): a
+// manifest that does not mention privacy.tls gets mutual TLS; only false opts out.
+TEST(RunTlsTest, AManifestWithoutPrivacyTlsRunsMutualTlsAndFalseOptsOut) {
+  std::string job = kTlsJob;
+  const std::string line = "  privacy: {tls: true}\n";
+  job.erase(job.find(line), line.size());
+  for (const auto& [privacy, want] : std::vector<std::pair<std::string, bool>>{
+           {"", true}, {"  privacy: {}\n", true}, {"  privacy: {tls: false}\n", false}}) {
+    auto spec = ParseJobSpec(job + privacy);
+    ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+    RunOptions o;
+    o.work_dir = "/w";
+    auto plan = PlanRun(*spec, o, "/cwd");
+    ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+    EXPECT_EQ(plan->tls, want) << "privacy: [" << privacy << "]";
+    auto children = BuildChildSpecs(*plan);
+    ASSERT_FALSE(children.empty());
+    EXPECT_EQ(Values(children[0], {"--tls-client-ca"})[0], want ? "/w/pki/ca.crt" : "") << privacy;
+  }
+}
+
 TEST(RunTlsTest, WriteRunPkiMakesAPrivateDirectoryWhoseCertificatesNameEachChild) {
   TempDir tmp;
   const RunPlan p = TlsPlan(tmp.path());

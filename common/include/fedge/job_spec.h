@@ -190,7 +190,9 @@ struct SecureAggregationSpec {
 };
 
 struct PrivacySpec {
-  bool tls = false;
+  // Mutual TLS between agents and the aggregator: the CRD's default in a cluster, and
+  // `fedge run`'s (a CA made for the run). false: plaintext gRPC.
+  bool tls = true;
   DifferentialPrivacySpec differentialPrivacy;
   SecureAggregationSpec secureAggregation;
 
