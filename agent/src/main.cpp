@@ -54,6 +54,25 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  // `fedge-agent --remove-state-dir ROOT NS/JOB`: the operator's state-cleanup pod, run
+  // on each node after a job's agent pod is gone (the job deleted). It mounts the node's
+  // state root like the init container above and removes the job's directory (global
+  // models, feedback log, residuals) without following any link an agent left in it.
+  if (argc >= 2 && std::string(argv[1]) == "--remove-state-dir") {
+    if (argc != 4) {
+      std::cerr << "usage: fedge-agent --remove-state-dir ROOT NAMESPACE/JOB\n";
+      return 2;
+    }
+    int64_t removed = 0;
+    fedge::Status gone = fedge::RemoveBeneath(argv[2], argv[3], &removed);
+    if (!gone.ok()) {
+      std::cerr << "fedge-agent --remove-state-dir: " << gone.ToString() << "\n";
+      return 1;
+    }
+    std::cout << "fedge-agent --remove-state-dir: removed " << argv[2] << "/" << argv[3] << " (" << removed
+              << " entries)\n";
+    return 0;
+  }
   // Block the signals before any thread exists (libtorch, gRPC and cpprest start
   // their own), so only the sigwait thread below ever receives them.
   sigset_t signals;
@@ -67,6 +86,10 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string log_format = "logfmt";
   CLI::App app{"fedge-agent: federated fine-tuning and local inference on an edge node"};
+  app.footer(
+      "The operator's pods also run two single-purpose forms (first argument):\n"
+      "  fedge-agent --make-state-dir ROOT NAMESPACE/JOB    create the job's state directory below ROOT\n"
+      "  fedge-agent --remove-state-dir ROOT NAMESPACE/JOB  remove it (a deleted job), following no link");
   app.add_option("--config", flags.config, "FederatedTrainingJob manifest (YAML or JSON)")->required();
   app.add_option("--aggregator", flags.aggregator, "aggregator gRPC address HOST:PORT")->required();
   app.add_option("--agent-id", flags.agent_id, "agent id (default: hostname)");

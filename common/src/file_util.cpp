@@ -3,6 +3,7 @@
 // directory) so a crash or power loss leaves either the old or the new file.
 #include "fedge/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -12,7 +13,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <utility>
+#include <vector>
 
 namespace fedge {
 namespace {
@@ -173,19 +176,83 @@ Status MakeDirs(const std::string& path) {
   return OkStatus();
 }
 
+namespace {
+
+// The names of `relative` (for MakeDirsBeneath and RemoveBeneath), or INVALID_ARGUMENT
+// naming what `verb` would have done.
+StatusOr<std::vector<std::string>> NamesBeneath(const std::string& root, const std::string& relative,
+                                                const char* verb) {
+  std::vector<std::string> names;
+  for (size_t pos = 0;;) {
+    const size_t slash = relative.find('/', pos);
+    std::string name = relative.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    if (name.empty() || name == "." || name == "..")
+      return InvalidArgumentError(std::string("cannot ") + verb + " " + root + "/" + relative + " beneath " +
+                                  root + ": the path must be names separated by single slashes (no \"" +
+                                  name + "\")");
+    names.push_back(std::move(name));
+    if (slash == std::string::npos) return names;
+    pos = slash + 1;
+  }
+}
+
+// Empties the directory `name` in `parent` (already known to be a directory, not a
+// link) and removes it. `path` is its full path, for messages.
+Status RemoveTreeAt(int parent, const std::string& name, const std::string& path, int depth,
+                    int64_t* removed) {
+  if (depth > kRemoveBeneathMaxDepth)
+    return FailedPreconditionError("cannot remove " + path + ": nested deeper than " +
+                                   std::to_string(kRemoveBeneathMaxDepth) + " directories");
+  const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  Fd dir(::openat(parent, name.c_str(), flags));
+  if (dir.get() < 0 && errno == EACCES) {
+    // Ours without read permission (mode 0 or 0300): the owner may always chmod.
+    if (::fchmodat(parent, name.c_str(), 0700, 0) == 0) dir.Reset(::openat(parent, name.c_str(), flags));
+  }
+  if (dir.get() < 0) {
+    if (errno == ENOENT) return OkStatus();
+    return ErrnoError("cannot open directory", path, errno);
+  }
+  struct stat st {};
+  if (::fstat(dir.get(), &st) == 0 && (st.st_mode & 0700) != 0700) ::fchmod(dir.get(), 0700);
+  // readdir on its own descriptor: closedir closes it, `dir` stays ours.
+  DIR* listing = ::fdopendir(::dup(dir.get()));
+  if (!listing) return ErrnoError("cannot list directory", path, errno);
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(listing)) {
+    const std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  ::closedir(listing);
+  for (const std::string& n : names) {
+    struct stat est {};
+    if (::fstatat(dir.get(), n.c_str(), &est, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;
+      return ErrnoError("cannot stat", path + "/" + n, errno);
+    }
+    if (S_ISDIR(est.st_mode)) {
+      if (Status s = RemoveTreeAt(dir.get(), n, path + "/" + n, depth + 1, removed); !s.ok()) return s;
+      continue;
+    }
+    if (::unlinkat(dir.get(), n.c_str(), 0) != 0 && errno != ENOENT)
+      return ErrnoError("cannot remove", path + "/" + n, errno);
+    if (removed) ++*removed;
+  }
+  if (::unlinkat(parent, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+    return ErrnoError("cannot remove directory", path, errno);
+  if (removed) ++*removed;
+  return OkStatus();
+}
+
+}  // namespace
+
 Status MakeDirsBeneath(const std::string& root, const std::string& relative) {
+  auto names = NamesBeneath(root, relative, "create");
+  if (!names.ok()) return names.status();
   Fd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.get() < 0) return ErrnoError("cannot open directory", root, errno);
   std::string at = root;
-  size_t pos = 0;
-  while (true) {
-    const size_t slash = relative.find('/', pos);
-    const std::string name =
-        relative.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
-    if (name.empty() || name == "." || name == "..")
-      return InvalidArgumentError("cannot create " + root + "/" + relative + " beneath " + root +
-                                  ": the path must be names separated by single slashes (no \"" + name +
-                                  "\")");
+  for (const std::string& name : *names) {
     at += "/" + name;
     if (::mkdirat(dir.get(), name.c_str(), 0755) != 0 && errno != EEXIST)
       return ErrnoError("cannot create directory", at, errno);
@@ -196,10 +263,46 @@ Status MakeDirsBeneath(const std::string& root, const std::string& relative) {
                                        " is a symbolic link or not a directory; remove it");
       return ErrnoError("cannot open directory", at, errno);
     }
-    if (slash == std::string::npos) return OkStatus();
     dir.Reset(next.Release());
-    pos = slash + 1;
   }
+  return OkStatus();
+}
+
+Status RemoveBeneath(const std::string& root, const std::string& relative, int64_t* removed) {
+  if (removed) *removed = 0;
+  auto names = NamesBeneath(root, relative, "remove");  // nothing is touched for a bad path
+  if (!names.ok()) return names.status();
+  Fd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() < 0) return ErrnoError("cannot open directory", root, errno);
+  std::string at = root;
+  for (size_t i = 0; i < names->size(); ++i) {
+    const std::string& name = (*names)[i];
+    at += "/" + name;
+    struct stat st {};
+    if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) return OkStatus();  // nothing there: already removed
+      return ErrnoError("cannot stat", at, errno);
+    }
+    if (i + 1 == names->size()) {
+      if (S_ISDIR(st.st_mode)) return RemoveTreeAt(dir.get(), name, at, 1, removed);
+      // A link or a file where the directory was: remove that entry itself.
+      if (::unlinkat(dir.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+        return ErrnoError("cannot remove", at, errno);
+      if (removed) ++*removed;
+      return OkStatus();
+    }
+    Fd next(S_ISDIR(st.st_mode)
+                ? ::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                : -1);
+    if (next.get() < 0) {
+      if (!S_ISDIR(st.st_mode) || errno == ELOOP || errno == ENOTDIR)
+        return FailedPreconditionError("cannot remove " + root + "/" + relative + ": " + at +
+                                       " is a symbolic link or not a directory; nothing was removed");
+      return ErrnoError("cannot open directory", at, errno);
+    }
+    dir.Reset(next.Release());
+  }
+  return OkStatus();  // not reached: the last name returns above
 }
 
 }  // namespace fedge

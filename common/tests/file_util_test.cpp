@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -120,6 +121,107 @@ TEST(FileUtilTest, MakeDirsBeneathRefusesSymbolicLinksInsteadOfFollowingThem) {
   EXPECT_TRUE(ListDir(root + "/other/victim").empty()) << "created inside the link's target";
   ASSERT_TRUE(WriteFileAtomic(root + "/file", "x").ok());
   EXPECT_EQ(MakeDirsBeneath(root, "file/job").code(), StatusCode::kFailedPrecondition);
+}
+
+bool Exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// The cleanup of a deleted job's agent state (`fedge-agent --remove-state-dir`) runs
+// with every job's directory of the node mounted: links an agent left in its own
+// directory must be removed as links, never followed into another job's state.
+TEST(FileUtilTest, RemoveBeneathRemovesTheTreeButNeverWhatALinkInItPointsAt) {
+  const std::string root = MakeTempDir();
+  ASSERT_TRUE(MakeDirs(root + "/other/victim").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/other/victim/keep", "k").ok());
+  ASSERT_TRUE(MakeDirs(root + "/ns/sibling").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/ns/sibling/keep", "k").ok());
+  ASSERT_TRUE(MakeDirs(root + "/ns/job/sub/deeper").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/ns/job/global.safetensors", "g").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/ns/job/sub/deeper/feedback.jsonl", "f").ok());
+  ASSERT_EQ(::symlink((root + "/other/victim").c_str(), (root + "/ns/job/dir-link").c_str()), 0);
+  ASSERT_EQ(::symlink((root + "/other/victim/keep").c_str(), (root + "/ns/job/sub/file-link").c_str()), 0);
+  ASSERT_EQ(::symlink("/nonexistent", (root + "/ns/job/dangling").c_str()), 0);
+
+  int64_t removed = -1;
+  Status s = RemoveBeneath(root, "ns/job", &removed);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  // job, sub, deeper, global, feedback, dir-link, file-link, dangling
+  EXPECT_EQ(removed, 8);
+  EXPECT_FALSE(Exists(root + "/ns/job"));
+  EXPECT_TRUE(Exists(root + "/other/victim/keep")) << "followed a link";
+  EXPECT_TRUE(Exists(root + "/ns/sibling/keep")) << "removed a sibling job's state";
+  EXPECT_TRUE(Exists(root + "/ns")) << "the namespace directory stays (another job may be made in it)";
+
+  // Idempotent: a second cleanup (a pod made again) finds nothing and succeeds.
+  s = RemoveBeneath(root, "ns/job", &removed);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(removed, 0);
+  EXPECT_TRUE(RemoveBeneath(root, "absent/job").ok());
+
+  // The job's directory itself replaced by a link: the link goes, not its target.
+  ASSERT_EQ(::symlink((root + "/other/victim").c_str(), (root + "/ns/job").c_str()), 0);
+  ASSERT_TRUE(RemoveBeneath(root, "ns/job", &removed).ok());
+  EXPECT_EQ(removed, 1);
+  EXPECT_FALSE(Exists(root + "/ns/job"));
+  EXPECT_TRUE(Exists(root + "/other/victim/keep"));
+}
+
+TEST(FileUtilTest, RemoveBeneathRefusesALinkOnTheWayAndBadPaths) {
+  const std::string root = MakeTempDir();
+  ASSERT_TRUE(MakeDirs(root + "/other/job").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/other/job/keep", "k").ok());
+  ASSERT_EQ(::symlink((root + "/other").c_str(), (root + "/ns").c_str()), 0);
+  Status s = RemoveBeneath(root, "ns/job");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.ToString();
+  EXPECT_TRUE(Exists(root + "/other/job/keep"));
+  for (const char* bad : {"../other/job", "ns//job", "./job", "", "ns/job/"})
+    EXPECT_EQ(RemoveBeneath(root, bad).code(), StatusCode::kInvalidArgument) << bad;
+  EXPECT_TRUE(Exists(root + "/other/job/keep"));
+
+  std::string deep = "job";
+  for (int i = 0; i < kRemoveBeneathMaxDepth + 2; ++i) deep += "/d";
+  ASSERT_TRUE(MakeDirs(root + "/" + deep).ok());
+  s = RemoveBeneath(root, "job");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_NE(s.message().find("nested deeper"), std::string::npos) << s.ToString();
+}
+
+// An agent (uid 65532 in a cluster) may leave directories it cannot read or write
+// (chmod 0, 0500); the cleanup runs as the same user and must still empty them. As
+// root, the removal runs in a child that switched to another user, since root ignores
+// permissions.
+TEST(FileUtilTest, RemoveBeneathEmptiesDirectoriesItsOwnerLockedItselfOutOf) {
+  const std::string root = MakeTempDir();
+  ASSERT_TRUE(MakeDirs(root + "/ns/job/closed/inner").ok());
+  ASSERT_TRUE(MakeDirs(root + "/ns/job/readonly").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/ns/job/closed/inner/f", "x").ok());
+  ASSERT_TRUE(WriteFileAtomic(root + "/ns/job/readonly/f", "x").ok());
+  const uid_t user = ::geteuid() == 0 ? 65532 : ::geteuid();
+  if (::geteuid() == 0) {
+    for (const char* p : {"", "/ns", "/ns/job", "/ns/job/closed", "/ns/job/closed/inner",
+                          "/ns/job/closed/inner/f", "/ns/job/readonly", "/ns/job/readonly/f"})
+      ASSERT_EQ(::chown((root + p).c_str(), user, user), 0) << p;
+  }
+  ASSERT_EQ(::chmod((root + "/ns/job/readonly").c_str(), 0500), 0);
+  ASSERT_EQ(::chmod((root + "/ns/job/closed").c_str(), 0), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (::geteuid() == 0 && (::setgid(user) != 0 || ::setuid(user) != 0)) ::_exit(3);
+    Status s = RemoveBeneath(root, "ns/job");
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      ::_exit(1);
+    }
+    ::_exit(Exists(root + "/ns/job") ? 2 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: RemoveBeneath failed, 2: the directory is still there";
 }
 
 TEST(FileUtilTest, ConcurrentWritersLeaveOneCompleteVersion) {

@@ -133,6 +133,26 @@ void FailPodAt(World& w, const std::string& name, std::time_t started, std::time
   ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
 }
 
+// The agent pods are gone (deleted and collected).
+void DeleteAgents(World& w) {
+  for (const char* n : {"wn-agent-edge-a", "wn-agent-edge-b"})
+    ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", n).ok());
+}
+
+void SetNodeNotReady(World& w, const std::string& node) {
+  Json st = {{"conditions", Json::array({{{"type", "Ready"}, {"status", "Unknown"}}})}};
+  ASSERT_TRUE(w.client_.MergePatch(res::kNodes, "", node, {{"status", st}}, "status").ok());
+}
+
+// The state-cleanup pod the finalizer makes for `node`, as if an earlier pass had.
+void CreateCleanupPod(World& w, const std::string& node) {
+  const Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+  ASSERT_TRUE(
+      w.client_
+          .Create(res::kPods, "ml", DesiredStateCleanupPod(job, OperatorJobSpec(job), node, DesiredOptions{}))
+          .ok());
+}
+
 struct Row {
   std::string name;
   std::function<void(World&)> setup;     // after CreateJob
@@ -298,20 +318,179 @@ TEST(PlanTest, Table) {
          ASSERT_EQ(del->on_success.size(), 1u);
          EXPECT_EQ(del->on_success[0].reason, "AgentRemoved");
        }},
-      {"job being deleted: pods and node volumes go, then the finalizer, no status write",
+      {"job being deleted: pods go first; the node state waits for the agents to be gone",
        [](World& w) { w.Reconcile(); },
-       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = "2027-01-15T08:00:00Z"; },
-       {"delete pods/wn-aggregator", "patch federatedtrainingjobs/wn"},
-       {"create pods/wn-aggregator"},
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
+       {"delete pods/wn-aggregator", "delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       {"create pods/wn-aggregator", "patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-edge-a"},
+       3,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_FALSE(p.write_status);
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), 5);
+       }},
+      {"job being deleted, agents gone: a state-cleanup pod on each node that trained, the job held",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+       },
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
+       {"delete pods/wn-aggregator", "create pods/wn-state-cleanup-edge-a",
+        "create pods/wn-state-cleanup-edge-b"},
+       {"patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-core-1"},
+       3,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Action* a = Find(p, "create pods/wn-state-cleanup-edge-a");
+         EXPECT_EQ(a->wave, Wave::kPods);
+         const Json& pod = a->object;
+         EXPECT_EQ(pod["metadata"]["labels"][kLabelRole], kRoleStateCleanup);
+         const Json& spec = pod["spec"];
+         const Json& c = spec["containers"][0];
+         EXPECT_EQ(c["command"], Json({"fedge-agent", "--remove-state-dir", kStateRootMountPath, "ml/wn"}));
+         EXPECT_EQ(c["securityContext"]["runAsNonRoot"], true);
+         EXPECT_EQ(c["securityContext"]["readOnlyRootFilesystem"], true);
+         EXPECT_EQ(c["securityContext"]["capabilities"]["drop"], Json({"ALL"}));
+         EXPECT_EQ(spec["automountServiceAccountToken"], false);
+         EXPECT_EQ(spec["restartPolicy"], "Never");
+         EXPECT_EQ(spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                       ["nodeSelectorTerms"][0]["matchFields"][0]["values"],
+                   Json({"edge-a"}));
+         // Only the state root, mounted where the init container mounts it, through the
+         // agent's own node-volume claim (the one whose volume holds the state).
+         ASSERT_EQ(c["volumeMounts"][0]["mountPath"], kStateRootMountPath);
+         EXPECT_EQ(c["volumeMounts"][0]["subPath"], "state");
+         const Json agent = DesiredAgentPod(Job(), "edge-a", DesiredOptions{});
+         std::string agent_claim;
+         for (const auto& v : agent["spec"]["volumes"])
+           if (v.contains("persistentVolumeClaim")) agent_claim = v["persistentVolumeClaim"]["claimName"];
+         EXPECT_EQ(spec["volumes"][0]["persistentVolumeClaim"]["claimName"], agent_claim);
+         EXPECT_EQ(spec["volumes"].size(), 2u) << "the state root and /tmp, nothing else";
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), 5);
+       }},
+      {"job being deleted, every node's state removed: node volumes go, then the finalizer",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         for (const char* node : {"edge-a", "edge-b"}) {
+           CreateCleanupPod(w, node);
+           w.SetPodPhase(std::string("wn-state-cleanup-") + node, "Succeeded");
+         }
+       },
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
+       {"patch federatedtrainingjobs/wn", "delete pods/wn-aggregator"},
+       {"create pods/wn-state-cleanup-edge-a", "delete pods/wn-state-cleanup-edge-a"},
        -1,
        "Created",
        -1,
        [](const Plan& p) {
          EXPECT_FALSE(p.write_status);
-         EXPECT_EQ(Find(p, "patch federatedtrainingjobs/wn")->wave, Wave::kAfterStatus);
+         const Action* fin = Find(p, "patch federatedtrainingjobs/wn");
+         EXPECT_EQ(fin->wave, Wave::kAfterStatus);
+         ASSERT_EQ(fin->on_success.size(), 1u);
+         EXPECT_EQ(fin->on_success[0].reason, "NodeStateRemoved");
+         EXPECT_NE(fin->on_success[0].message.find("from 2 node(s)"), std::string::npos);
          int pvs = 0;
          for (const auto& a : p.actions) pvs += a.resource == &res::kPersistentVolumes;
          EXPECT_EQ(pvs, 2) << "1 node volume (model, data and state) x 2 nodes";
+       }},
+      {"a cleanup failed and another is not done by the deadline: the job goes, the event names both",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         CreateCleanupPod(w, "edge-a");
+         CreateCleanupPod(w, "edge-b");
+         Json st = {
+             {"phase", "Failed"},
+             {"containerStatuses",
+              Json::array({{{"name", "state-cleanup"},
+                            {"state",
+                             {{"terminated",
+                               {{"exitCode", 1}, {"message", "PERMISSION_DENIED: cannot remove x\n"}}}}}}})}};
+         ASSERT_TRUE(
+             w.client_.MergePatch(res::kPods, "ml", "wn-state-cleanup-edge-a", {{"status", st}}, "status")
+                 .ok());
+       },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow - kNodeStateCleanupTimeoutSeconds);
+       },
+       {"patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Action* fin = Find(p, "patch federatedtrainingjobs/wn");
+         ASSERT_EQ(fin->on_success.size(), 1u) << "nothing removed: no NodeStateRemoved";
+         EXPECT_EQ(fin->on_success[0].type, "Warning");
+         EXPECT_EQ(fin->on_success[0].reason, "NodeStateLeft");
+         const std::string& m = fin->on_success[0].message;
+         EXPECT_NE(m.find("edge-a (the cleanup pod failed: PERMISSION_DENIED: cannot remove x)"),
+                   std::string::npos)
+             << m;
+         EXPECT_NE(m.find("edge-b (not done 180 s after the deletion"), std::string::npos) << m;
+       }},
+      {"job being deleted with a node not Ready: cleanups only where they can run, the job held for them",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         SetNodeNotReady(w, "edge-b");
+       },
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
+       {"create pods/wn-state-cleanup-edge-a"},
+       {"create pods/wn-state-cleanup-edge-b", "patch federatedtrainingjobs/wn"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
+      {"job being deleted, its nodes gone or not Ready: named at once, the job not held for them",
+       [](World& w) {
+         w.Reconcile();
+         SetNodeNotReady(w, "edge-b");  // its agent pod stays Terminating: no kubelet confirms
+       },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+         o.nodes.erase(
+             std::remove_if(o.nodes.begin(), o.nodes.end(),
+                            [](const ObjectPtr& n) { return (*n)["metadata"]["name"] == "edge-a"; }),
+             o.nodes.end());
+       },
+       {"patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_FALSE(p.requeue_after.has_value());
+         const std::string& m = Find(p, "patch federatedtrainingjobs/wn")->on_success.at(0).message;
+         EXPECT_NE(m.find("edge-a (the node is no longer in the cluster); edge-b (the node is not Ready)"),
+                   std::string::npos)
+             << m;
+       }},
+      {"an agent pod that never goes (an unreachable node) holds the job only until the deadline",
+       [](World& w) { w.Reconcile(); },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow - kNodeStateCleanupTimeoutSeconds - 60);
+         for (auto& p : o.pods) {
+           Json copy = *p;
+           copy["metadata"]["deletionTimestamp"] = FormatTime(kNow - 200);
+           p = std::make_shared<const Json>(copy);
+         }
+       },
+       {"patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b",
+        "delete pods/wn-agent-edge-a"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const std::string& m = Find(p, "patch federatedtrainingjobs/wn")->on_success.at(0).message;
+         EXPECT_NE(m.find("left on edge-a (not done"), std::string::npos) << m;
+         EXPECT_NE(m.find("; edge-b (not done"), std::string::npos) << m;
        }},
       {"aggregator succeeded: the job succeeds and requeues for cleanup",
        [](World& w) {

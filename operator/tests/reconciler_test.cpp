@@ -895,14 +895,38 @@ TEST_F(ReconcilerTest, NotReadyNodeIsReportedAsDegraded) {
 }
 
 TEST_F(ReconcilerTest, DeletingTheJobRunsTheFinalizerAndCollectsChildren) {
+  client_.SetNow(FormatTime(now()));  // the deletion is requested now, not long ago
   CreateJob();
   Reconcile();
   ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
   EXPECT_TRUE(client_.Get(res::kJobs, "ml", "wn").ok()) << "finalizer must hold the job";
+  // Pass 1: the pods go; the node state waits for the agents to be gone.
+  ReconcileResult r = Reconcile();
+  EXPECT_TRUE(client_.Objects(res::kPods).empty());
+  ASSERT_TRUE(r.requeue_after.has_value());
+  EXPECT_EQ(r.requeue_after->count(), 5);
+  // Pass 2: one state-cleanup pod per node that trained; the job is held.
+  Reconcile();
+  ASSERT_TRUE(client_.Get(res::kJobs, "ml", "wn").ok());
+  std::vector<std::string> cleanups;
+  for (const auto& p : Pods()) cleanups.push_back(p["metadata"]["name"]);
+  EXPECT_EQ(cleanups, (std::vector<std::string>{"wn-state-cleanup-edge-a", "wn-state-cleanup-edge-b"}));
+  EXPECT_FALSE(client_.Objects(res::kPersistentVolumes).empty()) << "the claims must stay for the cleanup";
+  // A pass while they run changes nothing.
+  client_.ClearCalls();
+  Reconcile();
+  for (const auto& c : client_.Calls()) EXPECT_NE(c.verb, "create") << c.resource << "/" << c.name;
+  // Done on both nodes: the volumes and the finalizer go, then the job and its children.
+  SetPodPhase("wn-state-cleanup-edge-a", "Succeeded");
+  SetPodPhase("wn-state-cleanup-edge-b", "Succeeded");
   Reconcile();
   EXPECT_TRUE(IsNotFound(client_.Get(res::kJobs, "ml", "wn").status()));
   EXPECT_TRUE(client_.Objects(res::kPods).empty());
   EXPECT_TRUE(client_.Objects(res::kConfigMaps).empty());
+  EXPECT_TRUE(client_.Objects(res::kPersistentVolumes).empty());
+  int removed = 0;
+  for (const auto& e : client_.Objects(res::kEvents)) removed += e["reason"] == "NodeStateRemoved";
+  EXPECT_EQ(removed, 1);
   EXPECT_TRUE(Reconcile().requeue_after == std::nullopt);
 }
 

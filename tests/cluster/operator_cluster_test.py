@@ -327,6 +327,10 @@ class OperatorClusterTest(unittest.TestCase):
         payload = token.split(".")[1]
         return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
+    def node_state_dir(self, node, rel):
+        """<--node-state-dir>/<rel> on `node`, as the pod runner lays node paths out."""
+        return os.path.join(self.tmp, "runner", "nodes", node, "var/lib/fedge/state", rel)
+
     def node_volumes(self, name):
         got = self.get_json("pv", "-l", f"fedge.io/job={name},fedge.io/job-namespace=default")
         return got["items"] if got else []
@@ -465,9 +469,30 @@ class OperatorClusterTest(unittest.TestCase):
         wait_for(lambda: all(c.get("status", {}).get("phase") == "Bound"
                              for c in self.children("owned") if c["kind"] == "PersistentVolumeClaim"
                              and c["metadata"]["name"] != "owned-checkpoints"), 60, "node-volume claims bound")
+        # Each node's agent state for the job, as the agents leave it (a feedback log), with
+        # a link to another job's directory planted in it: the deletion removes the first
+        # and never follows the second.
+        states = {n: self.node_state_dir(n, "default/owned") for n in NODES}
+        wait_for(lambda: all(os.path.isdir(d) for d in states.values()), 60, "the agents' state directories")
+        for node, d in states.items():
+            with open(os.path.join(d, "feedback.jsonl"), "w") as f:
+                f.write('{"input": "a private request"}\n')
+            other = self.node_state_dir(node, "default/other-job")
+            os.makedirs(other, exist_ok=True)
+            with open(os.path.join(other, "keep"), "w") as f:
+                f.write("another job's state")
+            os.symlink(other, os.path.join(d, "link-to-other-job"))
         self.delete_job("owned")
-        wait_for(lambda: not self.children("owned"), 60, "children of owned to be garbage-collected")
+        wait_for(lambda: not self.children("owned"), 90, "children of owned to be garbage-collected")
         wait_for(lambda: not self.node_volumes("owned"), 60, "the job's PersistentVolume objects deleted")
+        for node, d in states.items():
+            self.assertFalse(os.path.lexists(d), f"the job's state is left on {node}: {d}")
+            self.assertTrue(os.path.exists(os.path.join(self.node_state_dir(node, "default/other-job"), "keep")),
+                            f"the cleanup followed a link on {node}")
+        events = json.loads(self.kubectl("get", "events", "--field-selector",
+                                         "involvedObject.name=owned,reason=NodeStateRemoved", "-o", "json").stdout)
+        self.assertEqual([e["message"] for e in events["items"]],
+                         [f"removed the job's agent state (default/owned in the state root) from {len(NODES)} node(s)"])
 
     def test_a_job_recreated_under_the_same_name_gets_children_of_its_own(self):
         """Deleted and applied again at once: the real garbage collector is still removing
@@ -1050,9 +1075,14 @@ class OperatorClusterTest(unittest.TestCase):
         after = self.job("example")["status"]
         self.assertEqual(after["state"], "Succeeded")
         self.assertEqual(after.get("restarts", 0), restarts, "a serving agent's restart is not the job's")
+        trained = [n for n in NODES if os.path.exists(self.node_state_dir(n, "default/example/global.safetensors"))]
+        self.assertTrue(trained, "no node holds the job's final global")
         self.delete_job("example")
-        wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 60,
-                 "the serving agents to go with the job")
+        wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 90,
+                 "the serving agents and the state cleanups to go with the job")
+        # The final global and the feedback log of the requests above go with the job.
+        wait_for(lambda: not any(os.path.lexists(self.node_state_dir(n, "default/example")) for n in NODES), 60,
+                 "the job's agent state to be removed from the nodes")
         self.kubectl("label", "node", *NODES, "fedge.io/pool-", check=False)
 
 

@@ -453,8 +453,27 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
     def test_5_delete_the_job_and_uninstall_leave_nothing_behind(self):
         storage_before = {n: set(os.listdir(os.path.join(rc.node_disk(n), "storage"))) for n in rc.NODES}
         ckpt_pv = kubectl_json("-n", JOB_NS, "get", "pvc", f"{JOB}-checkpoints")["spec"]["volumeName"]
+        # The job's agent state on each node (global, feedback log) goes with the job; a
+        # link an agent could have left in it, to another job's state, is not followed.
+        states = {n: os.path.join(rc.node_disk(n), "state", JOB_NS, JOB) for n in rc.NODES}
+        for n, d in states.items():
+            self.assertTrue(os.path.isfile(os.path.join(d, "global.safetensors")), f"{n}: no final global in {d}")
+        siblings = rc.plant_sibling_state(JOB_NS, "sibling-job")
+        self.addCleanup(lambda: [shutil.rmtree(d, ignore_errors=True) for d in siblings])
+        for d in states.values():
+            os.symlink("../sibling-job", os.path.join(d, "link-to-sibling"))
         # The finalizer needs the operator: delete the job before uninstalling it.
+        started = time.monotonic()
         kubectl("-n", JOB_NS, "delete", "ftj", JOB, "--wait=true", "--timeout=180s", timeout=240)
+        log(f"kubectl delete ftj {JOB} returned after {time.monotonic() - started:.1f} s")
+        for n, d in states.items():
+            self.assertFalse(os.path.lexists(d), f"{n}: the job's agent state is left: {os.listdir(d)}")
+        for d in siblings:
+            self.assertTrue(os.path.isfile(os.path.join(d, "feedback.jsonl")), f"the cleanup followed a link to {d}")
+        removed = [e["message"] for e in kubectl_json("-n", JOB_NS, "get", "events", "--field-selector",
+                                                      f"involvedObject.name={JOB},reason=NodeStateRemoved")["items"]]
+        log(f"NodeStateRemoved: {removed}")
+        self.assertEqual(len(removed), 1, removed)
         rc.helm("uninstall", rc.RELEASE, "-n", rc.RELEASE_NS, "--wait", "--timeout", "3m", timeout=240)
         kinds = "ftj,pods,services,endpointslices,deployments,replicasets,secrets,configmaps,serviceaccounts," \
                 "roles,rolebindings,networkpolicies,poddisruptionbudgets,persistentvolumeclaims,leases"

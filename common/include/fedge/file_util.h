@@ -1,6 +1,7 @@
 // Small filesystem helpers with Status errors.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,18 @@ Status MakeDirs(const std::string& path);
 // 0755 & ~umask. OK if the directory already exists; INVALID_ARGUMENT for a bad
 // `relative`; FAILED_PRECONDITION if a component is a link or not a directory.
 Status MakeDirsBeneath(const std::string& root, const std::string& relative);
+
+// rm -rf of `relative` (as for MakeDirsBeneath) inside the existing directory `root`,
+// never following a symbolic link: the components of `relative` are opened with
+// O_NOFOLLOW (a link among them is FAILED_PRECONDITION, nothing removed) and every entry
+// below is removed through its parent's descriptor, a link as the link itself, so a
+// link planted in the tree cannot make it remove anything outside. Directories whose
+// owner lacks permission are made 0700 first (the caller owns them). OK when `relative`
+// does not exist; `*removed` (if given) counts the entries removed, the top included.
+// Assumes nothing writes below `relative` meanwhile. Trees nested deeper than
+// kRemoveBeneathMaxDepth are FAILED_PRECONDITION (each level holds a descriptor).
+inline constexpr int kRemoveBeneathMaxDepth = 256;
+Status RemoveBeneath(const std::string& root, const std::string& relative, int64_t* removed = nullptr);
 
 namespace internal {
 // Test-only fault injection: called after each step of WriteFileAtomic with its

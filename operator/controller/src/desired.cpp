@@ -93,6 +93,15 @@ void Harden(Json& container, const DesiredOptions& opts) {
   container["volumeMounts"].push_back({{"name", "tmp"}, {"mountPath", kTmpMountPath}});
 }
 
+// Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
+Json PinnedTo(const std::string& node) {
+  Json term = {
+      {"matchFields", Json::array({{{"key", "metadata.name"}, {"operator", "In"}, {"values", {node}}}})}};
+  return {
+      {"nodeAffinity",
+       {{"requiredDuringSchedulingIgnoredDuringExecution", {{"nodeSelectorTerms", Json::array({term})}}}}}};
+}
+
 Json TmpVolume() { return {{"name", "tmp"}, {"emptyDir", {{"sizeLimit", "256Mi"}}}}; }
 
 void AddPullSecrets(Json& pod_spec, const DesiredOptions& opts) {
@@ -562,14 +571,7 @@ Json AgentPodWithoutHash(const Json& job, const JobSpec& spec, const std::string
                    {"serviceAccountName", AgentServiceAccountName(job)},
                    {"automountServiceAccountToken", false},
                    {"securityContext", PodSecurityContext(/*fs_group=*/false)},
-                   // Pinned like a DaemonSet pod: the scheduler binds it to exactly this node.
-                   {"affinity",
-                    {{"nodeAffinity",
-                      {{"requiredDuringSchedulingIgnoredDuringExecution",
-                        {{"nodeSelectorTerms",
-                          Json::array({{{"matchFields", Json::array({{{"key", "metadata.name"},
-                                                                      {"operator", "In"},
-                                                                      {"values", {node}}}})}}})}}}}}}},
+                   {"affinity", PinnedTo(node)},
                    {"tolerations", toleration_list},
                    {"initContainers", Json::array({init_container})},
                    {"containers", Json::array({container})},
@@ -768,6 +770,61 @@ Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const Node
             {"storageClassName", ""},  // never the default class: this claim binds one volume
             {"volumeName", NodePersistentVolumeName(job, node, v)},
             {"resources", {{"requests", {{"storage", "1Gi"}}}}}}}};
+}
+
+std::string StateCleanupPodName(const Json& job, const std::string& node) {
+  // "-state-cleanup-" cannot be read as "-agent-": no agent pod name is ever one of these.
+  std::string n = Name(job) + "-state-cleanup-" + Sanitize(node);
+  if (n.size() > 200) n = n.substr(0, 190) + "-" + ShortHash(node);
+  while (!n.empty() && (n.back() == '-' || n.back() == '.')) n.pop_back();
+  return n;
+}
+
+const NodeVolumeRoot* StateVolumeRoot(const std::vector<NodeVolumeRoot>& roots) {
+  for (const auto& root : roots)
+    for (const auto& dir : root.dirs)
+      if (dir.kind == "state") return &root;
+  return nullptr;
+}
+
+Json DesiredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
+                            const DesiredOptions& opts) {
+  const std::vector<NodeVolumeRoot> roots = AgentNodeVolumeRoots(spec, opts);
+  const NodeVolumeRoot* root = StateVolumeRoot(roots);
+  if (!root) return nullptr;
+  std::string sub;
+  for (const auto& dir : root->dirs)
+    if (dir.kind == "state") sub = NodeVolumeSubPath(*root, dir);
+  Json meta = Meta(job, StateCleanupPodName(job, node), kRoleStateCleanup);
+  meta["annotations"] = {{kAnnotationNode, node}};
+  Json root_mount = {{"name", root->volume_name}, {"mountPath", kStateRootMountPath}, {"readOnly", false}};
+  if (!sub.empty()) root_mount["subPath"] = sub;
+  Json container = {
+      {"name", "state-cleanup"},
+      {"image", opts.images.agent},
+      {"command", {"fedge-agent", "--remove-state-dir", kStateRootMountPath, AgentStateSubPath(job)}},
+      // The reason a removal failed reaches the pod's status, and from there the event.
+      {"terminationMessagePolicy", "FallbackToLogsOnError"},
+      // The agents' own (a namespace quota that admitted them admits this).
+      {"resources", Resources(Sub(Spec(job), "agents"))},
+      {"volumeMounts", Json::array({root_mount})}};
+  Harden(container, opts);
+  Json pod_spec = {
+      {"restartPolicy", "Never"},
+      {"automountServiceAccountToken", false},
+      {"securityContext", PodSecurityContext(/*fs_group=*/false)},
+      // A cleanup that hangs (a stuck filesystem) fails instead of holding the job.
+      {"activeDeadlineSeconds", kNodeStateCleanupTimeoutSeconds},
+      {"affinity", PinnedTo(node)},
+      // Whatever taints the node has now (cordoned, unreachable), the data is on it.
+      {"tolerations", Json::array({{{"operator", "Exists"}}})},
+      {"containers", Json::array({container})},
+      {"volumes",
+       Json::array({{{"name", root->volume_name},
+                     {"persistentVolumeClaim", {{"claimName", NodeVolumeClaimName(job, node, *root)}}}},
+                    TmpVolume()})}};
+  AddPullSecrets(pod_spec, opts);
+  return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta}, {"spec", pod_spec}};
 }
 
 std::string CheckpointClaimName(const Json& job) {

@@ -32,6 +32,27 @@ int PodExitCode(const Json& pod) {
   return 0;
 }
 
+// Why a failed pod failed, in a line: its container's termination message (with
+// FallbackToLogsOnError, the log's tail), else the pod's reason and message
+// (DeadlineExceeded), else its exit code.
+std::string PodFailureMessage(const Json& pod) {
+  const Json st = pod.value("status", Json::object());
+  std::string why;
+  for (const auto& cs : st.value("containerStatuses", Json::array())) {
+    const Json term = cs.value("state", Json::object()).value("terminated", Json::object());
+    if (term.empty()) continue;
+    why = term.value("message", "");
+    if (why.empty()) why = "exit code " + std::to_string(term.value("exitCode", 0));
+    break;
+  }
+  if (why.empty())
+    why = st.value("reason", "") + (st.contains("message") ? ": " + st.value("message", "") : "");
+  std::replace(why.begin(), why.end(), '\n', ' ');
+  while (!why.empty() && why.back() == ' ') why.pop_back();
+  if (why.size() > 300) why = why.substr(0, 297) + "...";
+  return why;
+}
+
 bool Terminating(const Json& obj) { return obj["metadata"].contains("deletionTimestamp"); }
 
 // A pending pod the scheduler could not place (condition PodScheduled False, reason
@@ -145,6 +166,9 @@ struct Planner {
 
   void Run();
   void Finalize();
+  // Runs the state-cleanup pods of a deleted job; false while any is due (requeued).
+  // `outcome` gets the events to record when the job goes.
+  bool RemoveNodeState(std::vector<PlannedEvent>& outcome);
   void Children();
   void KeepServing();
   // The job's agent pods by the node they are for.
@@ -316,10 +340,16 @@ void Planner::Finalize() {
   std::vector<std::string> fin = Finalizers(o.job);
   if (std::find(fin.begin(), fin.end(), kFinalizer) == fin.end()) return;
   // Pods first: agents on edge nodes must stop training before the credentials go.
-  DeletePods(/*only_active=*/false);
+  for (const auto& p : o.pods) {
+    if (Terminating(*p) || Role(*p) == kRoleStateCleanup) continue;
+    Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*p)["metadata"].value("name", ""));
+  }
+  // Then each node's agent state (desired.h, Node state removal).
+  std::vector<PlannedEvent> outcome;
+  if (!RemoveNodeState(outcome)) return;  // cleanups running: requeued
   // The node volumes' PersistentVolumes have no owner (cluster-scoped); their claims go
   // with the job through owner references, and the volume objects leave once released.
-  // Only the API objects: Retain keeps the node's files.
+  // Only the API objects: Retain keeps the node's directories (model and data too).
   for (const auto& [key, pv] : o.children) {
     if (key.first != res::kPersistentVolumes.plural) continue;
     const Json& meta = (*pv)["metadata"];
@@ -331,6 +361,100 @@ void Planner::Finalize() {
   Action& a = Add(ActionKind::kMergePatch, Wave::kAfterStatus, res::kJobs, o.name);
   a.object = {{"metadata",
                {{"finalizers", fin}, {"resourceVersion", o.job["metadata"].value("resourceVersion", "")}}}};
+  a.on_success = std::move(outcome);
+}
+
+bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
+  auto parsed = ParseJobSpec(ManifestForParser(o.job).dump());
+  const std::string dir = AgentStateSubPath(o.job);
+  std::vector<std::string> left;  // "node (why)"
+  int removed = 0;
+  std::vector<std::string> running;
+  const std::time_t deadline = ParseTime(o.job["metadata"].value("deletionTimestamp", "")).value_or(o.now) +
+                               kNodeStateCleanupTimeoutSeconds;
+  if (!parsed.ok()) {
+    // Without a spec there is no telling which claim holds the state (an invalid spec
+    // made no agents; a spec edited invalid after the job ran may have).
+    for (const auto& [key, obj] : o.children)
+      if (key.first == res::kPersistentVolumeClaims.plural && Role(*obj) == "node-volume")
+        left.push_back((*obj)["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "") +
+                       " (the spec does not parse: " + parsed.status().message() + ")");
+  } else {
+    const std::vector<NodeVolumeRoot> roots = AgentNodeVolumeRoots(*parsed, opts.desired);
+    const NodeVolumeRoot* root = StateVolumeRoot(roots);
+    const auto agents = AgentPodsByNode();
+    std::map<std::string, bool> ready;  // node -> Ready, for the nodes that exist
+    for (const auto& n : o.nodes) ready[(*n)["metadata"].value("name", "")] = NodeReady(*n);
+    for (const auto& [key, claim] : o.children) {
+      if (key.first != res::kPersistentVolumeClaims.plural || Role(*claim) != "node-volume") continue;
+      const std::string node =
+          (*claim)["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "");
+      if (node.empty() || !root || key.second != NodeVolumeClaimName(o.job, node, *root)) continue;
+      const std::string pod_name = StateCleanupPodName(o.job, node);
+      ObjectPtr pod;
+      for (const auto& p : o.pods)
+        if ((*p)["metadata"].value("name", "") == pod_name) pod = p;
+      if (pod) {
+        const PodPhase phase = PodPhaseOf(*pod);
+        if (phase == PodPhase::kSucceeded) {
+          ++removed;
+          continue;
+        }
+        if (phase == PodPhase::kFailed) {
+          std::string why = PodFailureMessage(*pod);
+          left.push_back(node + " (the cleanup pod failed" + (why.empty() ? "" : ": " + why) + ")");
+          continue;
+        }
+      }
+      // No pod runs on a node that is gone or unreachable now, and once the job is gone
+      // no claim is left to mount later: say so at once rather than hold the job.
+      if (auto r = ready.find(node); r == ready.end() || !r->second) {
+        left.push_back(node + (r == ready.end() ? " (the node is no longer in the cluster)"
+                                                : " (the node is not Ready)"));
+        continue;
+      }
+      if (pod) {
+        running.push_back(node);
+        continue;
+      }
+      if (agents.count(node)) {  // its agent may still write there
+        running.push_back(node);
+        continue;
+      }
+      if (Terminating(*claim)) {  // a foreground deletion took the claim first
+        left.push_back(node + " (its claim " + key.second + " is being deleted)");
+        continue;
+      }
+      if (o.now >= deadline) {
+        running.push_back(node);
+        continue;
+      }
+      Add(ActionKind::kCreate, Wave::kPods, res::kPods, pod_name).object =
+          DesiredStateCleanupPod(o.job, *parsed, node, opts.desired);
+      running.push_back(node);
+    }
+  }
+  if (!running.empty() && o.now < deadline) {
+    RequeueAfter(
+        std::min<std::chrono::seconds>(std::chrono::seconds(5), std::chrono::seconds(deadline - o.now)));
+    return false;
+  }
+  for (const auto& node : running)
+    left.push_back(node + " (not done " + std::to_string(kNodeStateCleanupTimeoutSeconds) +
+                   " s after the deletion: its agent pod is still terminating or the cleanup did not end)");
+  if (removed > 0)
+    outcome.push_back({"Normal", "NodeStateRemoved",
+                       "removed the job's agent state (" + dir + " in the state root) from " +
+                           std::to_string(removed) + " node(s)"});
+  if (!left.empty()) {
+    std::sort(left.begin(), left.end());
+    outcome.push_back(
+        {"Warning", "NodeStateLeft",
+         "the job's agent state (" + dir +
+             " in the operator's --node-state-dir; global models and the feedback log) is left on " +
+             Join(left, "; ") + ": remove it on those nodes by hand"});
+  }
+  return true;
 }
 
 void Planner::HandleFailedPod(const Json& pod, bool aggregator) {

@@ -560,7 +560,10 @@ StatusOr<ReconcileResult> JobReconciler::Apply(const Observed& observed, Plan pl
     RecordEvents(run);
     if (!failed.ok()) return failed;
   }
+  // Its events (the finalizer's outcome) are recorded after it: the pass's others are.
+  action_events.clear();
   run_waves(Wave::kAfterStatus, Wave::kAfterStatus);
+  for (const auto& e : action_events) events_->Record(run.job, e.type, e.reason, e.message);
   if (!failed.ok()) return failed;
   return ReconcileResult{requeue, static_cast<int>(plan.actions.size())};
 }

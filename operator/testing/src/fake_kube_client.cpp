@@ -16,8 +16,6 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   return out;
 }
 
-std::string Now() { return "2026-01-01T00:00:00Z"; }
-
 bool MatchesFieldSelector(const Json& obj, const std::string& selector) {
   for (const auto& term : Split(selector, ',')) {
     auto eq = term.find('=');
@@ -316,7 +314,7 @@ Status FakeKubeClient::CheckResourceVersion(const Resource& r, const std::string
 Json FakeKubeClient::AddLocked(const Resource& r, const std::string& ns, const Key& k, Json o) {
   o["metadata"]["uid"] = "uid-" + std::to_string(++uid_);
   o["metadata"]["generation"] = 1;
-  o["metadata"]["creationTimestamp"] = Now();
+  o["metadata"]["creationTimestamp"] = now_;
   if (r.namespaced) o["metadata"]["namespace"] = ns;
   o = Stamp(r, std::move(o));
   objects_[k] = o;
@@ -360,6 +358,11 @@ void FakeKubeClient::RemoveLocked(const Resource& r, const Key& k) {
   }
 }
 
+void FakeKubeClient::SetNow(std::string rfc3339) {
+  std::lock_guard<std::mutex> lock(mu_);
+  now_ = std::move(rfc3339);
+}
+
 void FakeKubeClient::SetGarbageCollection(bool on) {
   std::lock_guard<std::mutex> lock(mu_);
   gc_ = on;
@@ -391,7 +394,7 @@ Status FakeKubeClient::DeleteLocked(const Resource& r, const std::string& ns, co
   }
   if (!it->second["metadata"].value("finalizers", Json::array()).empty()) {
     if (!it->second["metadata"].contains("deletionTimestamp")) {
-      it->second["metadata"]["deletionTimestamp"] = Now();
+      it->second["metadata"]["deletionTimestamp"] = now_;
       it->second = Stamp(r, it->second);
       Emit(r, ns, WatchEventType::kModified, it->second);
     }

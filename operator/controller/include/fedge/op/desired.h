@@ -11,6 +11,7 @@
 // parses once per pass and passes it.
 #pragma once
 
+#include <ctime>
 #include <map>
 #include <string>
 #include <vector>
@@ -250,6 +251,27 @@ Json DesiredNodeVolumeClaim(const Json& job, const std::string& node, const Node
 // a cluster-scoped object cannot be owned by a namespaced one; the finalizer deletes them).
 std::string NodePersistentVolumeSelector(const Json& job);
 
+// --- Node state removal ------------------------------------------------------------
+// When the job is deleted, its agent state on each node that trained (<state root>/
+// <namespace>/<job>: the global models, the feedback log of inference requests, residuals)
+// is removed, not left on the node: the finalizer runs one pod per node holding the job's
+// state-root claim, once that node's agent pod is gone. The pod is the init container's
+// twin (the agent image, the restricted securityContext, only the state root mounted, a
+// fixed command no job field reaches: `fedge-agent --remove-state-dir`, which removes the
+// directory without following links), pinned to the node like the agent pod and
+// tolerating every taint (a cordoned or NotReady-tolerating node still holds the data).
+inline constexpr const char* kRoleStateCleanup = "state-cleanup";
+// How long after the deletion request the finalizer waits for every node's cleanup
+// before it lets the job go and reports the nodes whose state was left (event
+// NodeStateLeft): an unreachable node must not hold the job for ever.
+inline constexpr std::time_t kNodeStateCleanupTimeoutSeconds = 180;
+std::string StateCleanupPodName(const Json& job, const std::string& node);
+// The state root among `spec`'s node volume roots (the one holding the state
+// directory), or nullptr.
+const NodeVolumeRoot* StateVolumeRoot(const std::vector<NodeVolumeRoot>& roots);
+Json DesiredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
+                            const DesiredOptions& opts);
+
 // --- Aggregator checkpoints ----------------------------------------------------------
 // spec.aggregator.checkpoint: enabled (default true) keeps checkpoints on a
 // PersistentVolumeClaim so a replaced aggregator pod resumes: claimName names an existing
@@ -278,7 +300,7 @@ std::string AgentNetworkPolicyName(const Json& job);
 
 // Removes the operator-only fields (spec.aggregator, agents.tolerationSeconds,
 // agents.resources) so the rest parses with fedge::ParseJobSpec, which is strict, and
-// states privacy.tls as TlsEnabled decides it (the parser's own default is false).
+// states privacy.tls as TlsEnabled decides it (the parser's default, true, too).
 Json ManifestForParser(const Json& job);
 // fedge::ParseJobSpec(ManifestForParser(job)): the typed spec the builders read. A job
 // that does not parse (the planner never builds children for one) gives JobSpec{}.

@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -65,6 +66,9 @@ class FakeKubeClient : public KubeClient {
   // Off: an owner's deletion leaves its dependents, as the real garbage collector does
   // for a while; CollectGarbage then removes every object whose controller owner is gone.
   void SetGarbageCollection(bool on);
+  // The time the fake stamps creations and deletion requests with (RFC 3339; default
+  // 2026-01-01T00:00:00Z, a default FakeClock's wall time).
+  void SetNow(std::string rfc3339);
   void CollectGarbage();
   int64_t resource_version() const;
 
@@ -94,16 +98,17 @@ class FakeKubeClient : public KubeClient {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<Key, Json> objects_;            // guarded by mu_
-  std::map<std::string, Resource> kinds_;  // plural -> resource seen, guarded by mu_
-  std::vector<Event> events_;              // guarded by mu_
-  int64_t rv_ = 100;                       // guarded by mu_
-  int64_t compacted_rv_ = 0;               // guarded by mu_
-  int64_t watch_epoch_ = 0;                // bumped by CloseWatches, guarded by mu_
-  int64_t uid_ = 0;                        // guarded by mu_
-  bool gc_ = true;                         // guarded by mu_
-  std::vector<FakeCall> calls_;            // guarded by mu_
-  std::map<std::string, Json> paths_;      // GetPath bodies, guarded by mu_
+  std::map<Key, Json> objects_;               // guarded by mu_
+  std::map<std::string, Resource> kinds_;     // plural -> resource seen, guarded by mu_
+  std::vector<Event> events_;                 // guarded by mu_
+  int64_t rv_ = 100;                          // guarded by mu_
+  int64_t compacted_rv_ = 0;                  // guarded by mu_
+  int64_t watch_epoch_ = 0;                   // bumped by CloseWatches, guarded by mu_
+  int64_t uid_ = 0;                           // guarded by mu_
+  bool gc_ = true;                            // guarded by mu_
+  std::string now_ = "2026-01-01T00:00:00Z";  // guarded by mu_
+  std::vector<FakeCall> calls_;               // guarded by mu_
+  std::map<std::string, Json> paths_;         // GetPath bodies, guarded by mu_
   std::map<std::pair<std::string, std::string>, std::deque<Status>> failures_;  // guarded by mu_
 };
 
