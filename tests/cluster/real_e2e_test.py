@@ -467,7 +467,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         kubectl("-n", JOB_NS, "delete", "ftj", JOB, "--wait=true", "--timeout=180s", timeout=240)
         log(f"kubectl delete ftj {JOB} returned after {time.monotonic() - started:.1f} s")
         for n, d in states.items():
-            self.assertFalse(os.path.lexists(d), f"{n}: the job's agent state is left: {os.listdir(d)}")
+            self.assertFalse(os.path.lexists(d), f"{n}: the job's agent state is left in {d}")
         for d in siblings:
             self.assertTrue(os.path.isfile(os.path.join(d, "feedback.jsonl")), f"the cleanup followed a link to {d}")
         removed = [e["message"] for e in kubectl_json("-n", JOB_NS, "get", "events", "--field-selector",
