@@ -549,6 +549,24 @@ void ReadOperatorOnly(Reader& r, const YAML::Node& node, const std::string& pare
       r.Object(node, parent, key, &obj);  // e.g. a container's requests and limits, as in a Pod
       return;
     }
+    case FieldKind::kIntOrPercent: {
+      // As the API server reads an IntOrString: a number (unquoted) or a string, which
+      // must be a percentage.
+      const std::string& v = present.IsScalar() ? present.Scalar() : std::string();
+      const bool quoted = present.Tag() == "!";
+      const bool digits =
+          !v.empty() && v.size() <= 9 && v.find_first_not_of("0123456789") == std::string::npos;
+      const bool percent = v.size() >= 2 && v.size() <= 4 && v.back() == '%' && v[0] != '0' &&
+                           v.find_first_not_of("0123456789") == v.size() - 1;
+      if (present.IsScalar() && !quoted && digits && std::stoll(v) >= *f.min && std::stoll(v) <= *f.max)
+        return;
+      if (present.IsScalar() && percent && std::stoi(v) >= 1 && std::stoi(v) <= 100) return;
+      r.Error(path, "must be a number of agents from " + BoundText(f, *f.min) + " to " +
+                        BoundText(f, *f.max) +
+                        " or a percentage of the selected nodes from 1% to 100% (such as \"25%\"), got " +
+                        (present.IsScalar() ? (quoted ? Quote(v) : v) : Describe(present)));
+      return;
+    }
     default:
       r.Error(path, "internal error: no reader for this operator-only field");
   }

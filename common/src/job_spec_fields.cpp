@@ -116,6 +116,7 @@ std::vector<JobSpecField> MakeTable() {
   // Operator-only (operator/controller/src/desired.cpp reads them from the object).
   add({.path = "spec.agents.tolerationSeconds", .kind = K::kInt64, .min = 0, .max = 30 * 24 * 3600});
   add({.path = "spec.agents.resources", .kind = K::kObject});
+  add({.path = "spec.agents.maxUnavailable", .kind = K::kIntOrPercent, .min = 1, .max = 10000});
 
   add({.path = "spec.rounds.total",
        .kind = K::kInt,

@@ -80,7 +80,6 @@ const std::set<std::string> kBoundsByCel = {
 
 // Defaults that differ on purpose, or fields without one.
 const std::map<std::string, std::string> kDefaultExceptions = {
-    {"spec.privacy.tls", "true in a cluster (mutual TLS), false for fedge run's loopback processes"},
     {"spec.model.path", "required"},
     {"spec.data.path", "required"},
     {"spec.model.labels", "none: classification names its own"},
@@ -106,6 +105,8 @@ std::string ExpectedType(FieldKind kind) {
     case FieldKind::kStringMap:
     case FieldKind::kObject:
       return "object";
+    case FieldKind::kIntOrPercent:
+      return "";  // x-kubernetes-int-or-string: no type
   }
   return "?";
 }
@@ -133,7 +134,18 @@ TEST(JobSpecFieldsTest, TypesBoundsAndEnumsMatchTheCrd) {
     const JobSpecField* f = FindJobSpecField(path);
     if (f == nullptr) continue;  // reported by the test above
     SCOPED_TRACE(path);
-    EXPECT_EQ(s["type"].as<std::string>(), ExpectedType(f->kind));
+    EXPECT_EQ(s["type"] ? s["type"].as<std::string>() : "", ExpectedType(f->kind));
+    if (f->kind == FieldKind::kIntOrPercent) {
+      // An IntOrString whose CEL rule states both forms and the integer bounds.
+      EXPECT_TRUE(Flag(s, "x-kubernetes-int-or-string"));
+      const std::string rules = YAML::Dump(s["x-kubernetes-validations"]);
+      EXPECT_NE(rules.find("self >= " + std::to_string(static_cast<int>(*f->min))), std::string::npos)
+          << rules;
+      EXPECT_NE(rules.find("self <= " + std::to_string(static_cast<int>(*f->max))), std::string::npos)
+          << rules;
+      EXPECT_NE(rules.find("|100)%$"), std::string::npos) << rules;
+      continue;
+    }
     switch (f->kind) {
       case FieldKind::kInt:
         EXPECT_EQ(s["format"] ? s["format"].as<std::string>() : "", "int32");

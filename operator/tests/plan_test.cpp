@@ -604,6 +604,24 @@ TEST(PlanTest, Table) {
          EXPECT_EQ(c->value("reason", ""), "AgentsReplacedGradually");
          EXPECT_NE(c->value("message", "").find("1 running agent pod(s)"), std::string::npos) << c->dump();
        }},
+      {"spec.agents.maxUnavailable: 2 (or 100%) replaces both serving agents at once",
+       [](World& w) {
+         w.Reconcile();
+         for (const char* pod : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+           SetRunningReady(w, pod);
+           Outdate(w, pod);
+         }
+       },
+       [](Observed& o) { o.job["spec"]["agents"]["maxUnavailable"] = 2; },
+       {"delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       {},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Json* c = FindCondition(p.status["conditions"], "PodsOutdated");
+         EXPECT_TRUE(c == nullptr || c->value("reason", "") != "AgentsReplacedGradually");
+       }},
       {"an outdated agent that does not serve is replaced at once and counts against the share",
        [](World& w) {
          w.Reconcile();
@@ -808,6 +826,24 @@ TEST(PlanTest, Table) {
     EXPECT_EQ(Describe(again), got);
     EXPECT_EQ(again.status, p.status);
   }
+}
+
+TEST(PlanTest, MaxUnavailableIsANumberOrAShareOfTheNodesRoundedDownAtLeastOne) {
+  auto with = [](Json v) {
+    Json job = Job();
+    if (!v.is_null()) job["spec"]["agents"]["maxUnavailable"] = v;
+    return job;
+  };
+  EXPECT_EQ(AgentMaxUnavailable(with(nullptr), 100), 25) << "absent: the CRD's default, 25%";
+  EXPECT_EQ(AgentMaxUnavailable(with(nullptr), 3), 1) << "25% of 3 rounds down to 0: at least 1";
+  EXPECT_EQ(AgentMaxUnavailable(with("10%"), 1000), 100);
+  EXPECT_EQ(AgentMaxUnavailable(with("10%"), 19), 1);
+  EXPECT_EQ(AgentMaxUnavailable(with("100%"), 7), 7);
+  EXPECT_EQ(AgentMaxUnavailable(with(3), 1000), 3);
+  EXPECT_EQ(AgentMaxUnavailable(with(50), 3), 50) << "more than the nodes: all of them";
+  // Values the parser refuses (the planner never gets them): the default, never 0.
+  for (const Json& bad : {Json(0), Json(-4), Json("0%"), Json("x%"), Json("25"), Json(true)})
+    EXPECT_GE(AgentMaxUnavailable(with(bad), 100), 1) << bad.dump();
 }
 
 TEST(PlanTest, JobStatesAndPodPhasesRoundTrip) {

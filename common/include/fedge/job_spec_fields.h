@@ -34,7 +34,20 @@ class Message;
 
 namespace fedge {
 
-enum class FieldKind { kString, kInt, kInt64, kUint64, kDouble, kBool, kStringList, kStringMap, kObject };
+// kIntOrPercent: a Kubernetes IntOrString that is either an integer in [min, max] or a
+// percentage "N%" with N from 1 to 100 (operator-only rows).
+enum class FieldKind {
+  kString,
+  kInt,
+  kInt64,
+  kUint64,
+  kDouble,
+  kBool,
+  kStringList,
+  kStringMap,
+  kObject,
+  kIntOrPercent
+};
 
 // Where a row's value lives in a JobSpec.
 using FieldRef = std::variant<std::string*, int*, int64_t*, uint64_t*, double*, bool*,

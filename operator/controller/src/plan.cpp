@@ -3,6 +3,7 @@
 #include "fedge/op/plan.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -731,7 +732,7 @@ void Planner::Children() {
     unavailable += it == agents.end() || Terminating(*it->second) ||
                    PodPhaseOf(*it->second) != PodPhase::kRunning || !PodReady(*it->second);
   }
-  const int budget = std::max(1, static_cast<int>(nodes.size()) * kAgentReplaceBudgetPercent / 100);
+  const int budget = AgentMaxUnavailable(job, static_cast<int>(nodes.size()));
   int agents_kept = 0;
   for (const auto& node : nodes) {
     auto it = agents.find(node);
@@ -769,8 +770,7 @@ void Planner::Children() {
               std::to_string(agents_kept) +
                   " running agent pod(s) made from an older template wait: at most " +
                   std::to_string(budget) + " of " + std::to_string(nodes.size()) +
-                  " agents are unavailable at a time (" + std::to_string(kAgentReplaceBudgetPercent) +
-                  "%, at least 1)",
+                  " agents are unavailable at a time (spec.agents.maxUnavailable)",
               "Normal");
   } else if (const Json* c = FindCondition(plan.status["conditions"], "PodsOutdated");
              c && c->value("status", "") == "True") {
@@ -952,6 +952,26 @@ ObjectPtr Observed::Find(const Resource& r, const std::string& obj_name) const {
 ObjectPtr Observed::FindForeign(const Resource& r, const std::string& obj_name) const {
   auto it = foreign.find({r.plural, obj_name});
   return it == foreign.end() ? nullptr : it->second;
+}
+
+int AgentMaxUnavailable(const Json& job, int nodes) {
+  int share = kAgentReplaceBudgetPercent;
+  const Json* v = nullptr;
+  if (auto spec = job.find("spec"); spec != job.end() && spec->is_object()) {
+    if (auto agents = spec->find("agents"); agents != spec->end() && agents->is_object()) {
+      if (auto m = agents->find("maxUnavailable"); m != agents->end()) v = &*m;
+    }
+  }
+  if (v && v->is_number_integer())
+    return static_cast<int>(std::clamp<int64_t>(v->get<int64_t>(), 1, 1 << 30));
+  if (v && v->is_string()) {
+    const std::string s = v->get<std::string>();
+    int n = 0;
+    auto res = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (res.ec == std::errc() && res.ptr == s.data() + s.size() - 1 && s.back() == '%' && n >= 1 && n <= 100)
+      share = n;
+  }
+  return std::max(1, static_cast<int>(static_cast<int64_t>(nodes) * share / 100));
 }
 
 bool BelongsToAnotherJob(const Json& obj, const std::string& job_uid) {

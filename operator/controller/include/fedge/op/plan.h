@@ -37,9 +37,14 @@ std::string_view JobStateName(JobState s);   // "" for kNone, else the CRD's spe
 JobState ParseJobState(std::string_view s);  // unknown text -> kNone
 inline bool Finished(JobState s) { return s == JobState::kSucceeded || s == JobState::kFailed; }
 
-// Running job: at most this share of the selected nodes' agents (at least one) is
-// unavailable while outdated agents are replaced (an operator upgrade, a spec change).
+// Running job: at most spec.agents.maxUnavailable of the selected nodes (the CRD's
+// default: this share) have no serving agent while outdated agents are replaced (an
+// operator upgrade, a spec change).
 inline constexpr int kAgentReplaceBudgetPercent = 25;
+// spec.agents.maxUnavailable of `job` for `nodes` selected nodes, as a DaemonSet reads
+// its rolling update's: an integer as is, "N%" of the nodes rounded down; at least 1.
+// Absent (or not valid, which the parser refuses first): kAgentReplaceBudgetPercent%.
+int AgentMaxUnavailable(const Json& job, int nodes);
 
 // A succeeded job's serving agent whose pod failed is made again this long after it
 // failed; kServingCrashLoopDelaySeconds when it had run for less than
