@@ -34,6 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::fclose(f);
   }
   auto tok = fedge::agent::WordPieceTokenizer::FromVocabFile(VocabPath());
+  std::remove(VocabPath().c_str());  // read whole: no file is left behind in TMPDIR
   if (!tok.ok()) return 0;
   if (tok->vocab_size() < 4) fedge::fuzz::Fail("a vocabulary without the 4 special tokens loaded", "");
   for (const char* text : {"The dog barks at the Oak tree.", "federated learning on edge nodes",
