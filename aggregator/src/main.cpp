@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   uint64_t grpc_memory_bytes = aggregator::ServerOptions{}.grpc_memory_bytes;
   int grpc_stream_window_bytes = aggregator::ServerOptions{}.grpc_stream_window_bytes;
   int grpc_threads = aggregator::ServerOptions{}.grpc_threads;
-  bool exit_when_done = false, show_version = false, blocking_evaluation = false;
+  bool exit_when_done = false, show_version = false, blocking_evaluation = false, serve_final = false;
 
   CLI::App app{
       "fedge-aggregator: runs the rounds of one FederatedTrainingJob and serves protocol v1 to agents"};
@@ -125,10 +125,19 @@ int main(int argc, char** argv) {
                "and two calls per agent and round fewer; the last round is always a phase)");
   app.add_flag("--exit-when-done", exit_when_done,
                "exit once the job finished and every agent was told DONE (or after a grace period)");
+  app.add_flag("--serve-final", serve_final,
+               "the job has finished: hand the final global model in --checkpoint-dir to every agent that "
+               "joins (told DONE), train nothing, run until stopped (the operator runs this for nodes that "
+               "join a succeeded job)")
+      ->excludes("--exit-when-done");
   app.add_option("--log-level", log_level, "debug | info | warn | error")->capture_default_str();
   app.add_option("--log-format", log_format, "logfmt | json")->capture_default_str();
   app.add_flag("--version", show_version, "print the version and exit");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help: 0; a bad or conflicting flag: 2 (CLI11's own codes are 100+)
+  }
 
   if (show_version) {
     std::printf("fedge-aggregator %s (%s)\n", fedge::Version(), fedge::GitRev());
@@ -194,6 +203,7 @@ int main(int argc, char** argv) {
   options.checkpoint_dir = checkpoint_dir;
   options.expected_agents = expected_agents;
   options.blocking_evaluation = blocking_evaluation;
+  options.serve_final = serve_final;
   options.tokens_file = tokens_file;
   options.agent_token_jwks_file = agent_token_jwks_file;
   options.agent_token_issuer = agent_token_issuer;

@@ -258,6 +258,23 @@ Status RoundEngine::Restore(CheckpointData data) {
   return OkStatus();
 }
 
+Status RoundEngine::ServeFinal() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!global_) {
+    return FailedPreconditionError("no global model to serve: restore the job's checkpoint first");
+  }
+  pending_eval_ = EvalRound{};
+  pending_eval_round_ = 0;
+  phase_ = Phase::kIdle;
+  state_ = JobState::kSucceeded;
+  finished_at_ms_ = clock_->NowUnixMs();
+  message_ =
+      "the job finished; serving global version " + std::to_string(global_->version) + " to agents that join";
+  log::Info("serving the final global model",
+            {{"global_version", global_->version}, {"completed_round", checkpoint_.saved_round}});
+  return OkStatus();
+}
+
 std::string RoundEngine::Join(const std::string& agent_id, const AgentInfo& info) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = clock_->NowUnixMs();

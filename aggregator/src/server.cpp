@@ -983,7 +983,19 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
   FEDGE_ASSIGN_OR_RETURN(
       server->engine_,
       RoundEngine::Create(engine_options, options.clock, server->checkpoints_.get(), server->metrics_.get()));
+  if (options.serve_final) {
+    if (options.checkpoint_dir.empty()) {
+      return InvalidArgumentError("serving the final global model needs the job's checkpoint directory");
+    }
+    if (!resume) {
+      return FailedPreconditionError(
+          "no checkpoint in " + options.checkpoint_dir +
+          ": the final global model to serve is the job's checkpoint (was the job run "
+          "with spec.aggregator.checkpoint.enabled: false, or its volume replaced?)");
+    }
+  }
   if (resume) FEDGE_RETURN_IF_ERROR(server->engine_->Restore(std::move(*resume)));
+  if (options.serve_final) FEDGE_RETURN_IF_ERROR(server->engine_->ServeFinal());
 
   server->handler_ =
       std::make_unique<ProtocolHandler>(server->engine_.get(), server->metrics_.get(), protocol);

@@ -104,16 +104,34 @@ const Action* Find(const Plan& p, const std::string& what) {
 }
 
 // The job's aggregator exits 0: the next pass finds the job Succeeded.
-void Succeed(World& w) {
-  w.Reconcile();
-  w.SetPodPhase("wn-aggregator", "Succeeded");
-  w.Reconcile();
-}
-
 // `name` runs and is ready.
 void SetRunningReady(World& w, const std::string& name) {
   Json st = {{"phase", "Running"}, {"conditions", Json::array({{{"type", "Ready"}, {"status", "True"}}})}};
   ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
+}
+
+// `name` runs (since `started`) and is not ready.
+void SetRunningNotReady(World& w, const std::string& name, std::time_t started = kNow - 600) {
+  Json st = {{"phase", "Running"},
+             {"startTime", FormatTime(started)},
+             {"conditions", Json::array({{{"type", "Ready"}, {"status", "False"}}})}};
+  ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, {{"status", st}}, "status").ok());
+}
+
+// The job's aggregator exits 0: the next pass finds the job Succeeded; its agents serve.
+void Succeed(World& w) {
+  w.Reconcile();
+  w.SetPodPhase("wn-aggregator", "Succeeded");
+  for (const char* n : {"wn-agent-edge-a", "wn-agent-edge-b"}) SetRunningReady(w, n);
+  w.Reconcile();
+}
+
+// Succeed, then node edge-c joins the selector and the pass makes its agent and the
+// final-model pod.
+void LateNodeServed(World& w) {
+  Succeed(w);
+  ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-c", true)).ok());
+  w.Reconcile();
 }
 
 // Gives `name` another template's hash (an older operator's).
@@ -750,16 +768,200 @@ TEST(PlanTest, Table) {
                        .value(kAnnotationNode, ""),
                    "edge-a");
        }},
-      {"a node that joins a succeeded job's selector gets no agent: no final global is on it",
+      {"a node that joins a succeeded job's selector gets its volumes, an agent and the final-model pod",
        [](World& w) {
          Succeed(w);
          ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-c", true)).ok());
        },
        nullptr,
+       {"create pods/wn-agent-edge-c", "create pods/wn-aggregator-final"},
+       {"create pods/wn-aggregator", "create pods/wn-agent-edge-a", "create pods/wn-agent-edge-b"},
+       -1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         int volumes = 0, claims = 0;
+         for (const auto& a : p.actions) {
+           if (a.kind != ActionKind::kCreate || a.name.find("edge-c") == std::string::npos) continue;
+           if (a.resource == &res::kPersistentVolumes) ++volumes;
+           if (a.resource == &res::kPersistentVolumeClaims) ++claims;
+           if (a.resource != &res::kPods) EXPECT_EQ(a.wave, Wave::kPerNode) << a.Describe();
+         }
+         EXPECT_GE(volumes, 1);
+         EXPECT_EQ(volumes, claims);
+         const Action* final_pod = Find(p, "create pods/wn-aggregator-final");
+         ASSERT_NE(final_pod, nullptr);
+         // Made before the new agent: it finds the Service's backend when it starts.
+         EXPECT_LT(static_cast<int>(final_pod->wave),
+                   static_cast<int>(Find(p, "create pods/wn-agent-edge-c")->wave));
+         const Json& pod = final_pod->object;
+         // Found by the aggregator Service and allowed by its NetworkPolicy.
+         EXPECT_EQ(pod["metadata"]["labels"].value(kLabelRole, ""), "aggregator");
+         ASSERT_EQ(pod["spec"]["containers"].size(), 1u) << "no status reporter: the job's status is final";
+         const Json& cmd = pod["spec"]["containers"][0]["command"];
+         auto has = [&](const std::string& arg) {
+           return std::find(cmd.begin(), cmd.end(), arg) != cmd.end();
+         };
+         EXPECT_TRUE(has("--serve-final")) << cmd.dump();
+         EXPECT_FALSE(has("--exit-when-done")) << cmd.dump();
+         EXPECT_FALSE(has("--expected-agents")) << cmd.dump();
+         EXPECT_TRUE(has("--checkpoint-dir")) << cmd.dump();
+         EXPECT_TRUE(has("--agent-token-jwks-file")) << cmd.dump();
+         bool on_claim = false;
+         for (const auto& v : pod["spec"]["volumes"])
+           on_claim |=
+               v.value("name", "") == "checkpoints" &&
+               v.value("persistentVolumeClaim", Json::object()).value("claimName", "") == "wn-checkpoints";
+         EXPECT_TRUE(on_claim) << pod["spec"]["volumes"].dump();
+         ASSERT_EQ(final_pod->on_success.size(), 1u);
+         EXPECT_EQ(final_pod->on_success[0].reason, "FinalModelServed");
+         EXPECT_NE(final_pod->on_success[0].message.find("edge-c"), std::string::npos);
+         EXPECT_EQ(p.status["agents"].value("desired", 0), 3);
+       }},
+      {"the final-model pod is kept while the new node's agent starts, and not deleted as a running pod",
+       [](World& w) {
+         Succeed(w);
+         ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-c", true)).ok());
+         w.client_.SetNow(FormatTime(kNow - 5));
+         w.Reconcile();  // the agent (made 5 s ago) and the final-model pod
+         SetRunningReady(w, "wn-aggregator-final");
+       },
+       nullptr,
        {},
-       {"create pods/wn-agent-edge-c"},
+       {"delete pods/wn-aggregator-final", "create pods/wn-agent-edge-c"},
        0,
        "Succeeded",
+       -1,
+       nullptr},
+      {"every agent serves: the final-model pod goes once it has run 30 s",
+       [](World& w) {
+         LateNodeServed(w);
+         SetRunningReady(w, "wn-agent-edge-c");
+         SetRunningNotReady(w, "wn-aggregator-final", kNow - kFinalModelMinRunSeconds);
+       },
+       nullptr,
+       {"delete pods/wn-aggregator-final"},
+       {},
+       1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         EXPECT_FALSE(Find(p, "delete pods/wn-aggregator-final")->del.precondition_uid.empty());
+       }},
+      {"every agent serves, the final-model pod started 10 s ago: it stays 20 s more",
+       [](World& w) {
+         LateNodeServed(w);
+         SetRunningReady(w, "wn-agent-edge-c");
+         SetRunningNotReady(w, "wn-aggregator-final", kNow - 10);
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-aggregator-final"},
+       0,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), kFinalModelMinRunSeconds - 10);
+       }},
+      {"a serving agent running but not ready 20 s after its pod was made (its node lost the final "
+       "global) gets the final-model pod",
+       [](World& w) {
+         Succeed(w);  // the fake API server made the pods long before kNow
+         SetRunningNotReady(w, "wn-agent-edge-a");
+       },
+       nullptr,
+       {"create pods/wn-aggregator-final"},
+       {},
+       1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         EXPECT_NE(Find(p, "create pods/wn-aggregator-final")->on_success[0].message.find("edge-a"),
+                   std::string::npos);
+       }},
+      {"a serving agent made 5 s ago and not ready yet waits (it may hold the final global)",
+       [](World& w) {
+         Succeed(w);
+         ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-a").ok());
+         w.client_.SetNow(FormatTime(kNow - 5));
+         w.Reconcile();  // made again at kNow - 5
+         SetRunningNotReady(w, "wn-agent-edge-a", kNow - 4);
+       },
+       nullptr,
+       {},
+       {"create pods/wn-aggregator-final"},
+       0,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), kFinalModelWaitSeconds - 5);
+       }},
+      {"a failed final-model pod is made again no sooner than 5 minutes after, with its reason",
+       [](World& w) {
+         Succeed(w);
+         SetRunningNotReady(w, "wn-agent-edge-a");
+         w.Reconcile();  // the final-model pod
+         FailPodAt(w, "wn-aggregator-final", kNow - 10, kNow - kServingCrashLoopDelaySeconds);
+       },
+       nullptr,
+       {"delete pods/wn-aggregator-final"},
+       {"create pods/wn-aggregator-final"},
+       1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         const Action* a = Find(p, "delete pods/wn-aggregator-final");
+         ASSERT_EQ(a->on_success.size(), 1u);
+         EXPECT_EQ(a->on_success[0].type, "Warning");
+         EXPECT_EQ(a->on_success[0].reason, "FinalModelServerFailed");
+       }},
+      {"a failed final-model pod still needed waits before it is made again",
+       [](World& w) {
+         Succeed(w);
+         SetRunningNotReady(w, "wn-agent-edge-a");
+         w.Reconcile();
+         FailPodAt(w, "wn-aggregator-final", kNow - 70, kNow - 60);
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-aggregator-final"},
+       0,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_EQ(p.requeue_after->count(), kServingCrashLoopDelaySeconds - 60);
+       }},
+      {"without a checkpoint a node that joins a succeeded job's selector gets no agent: no final global "
+       "is kept anywhere",
+       [](World& w) {
+         Json off = {{"spec", {{"aggregator", {{"checkpoint", {{"enabled", false}}}}}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kJobs, "ml", "wn", off, "").ok());
+         Succeed(w);
+         SetRunningNotReady(w, "wn-agent-edge-a");
+         ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-c", true)).ok());
+       },
+       nullptr,
+       {},
+       {"create pods/wn-agent-edge-c", "create pods/wn-aggregator-final"},
+       0,
+       "Succeeded",
+       -1,
+       nullptr},
+      {"a running job deletes a final-model pod it finds (it would tell its agents DONE)",
+       [](World& w) {
+         w.Reconcile();
+         Json stray = DesiredFinalModelPod(*w.client_.Get(res::kJobs, "ml", "wn"),
+                                           OperatorJobSpec(*w.client_.Get(res::kJobs, "ml", "wn")), {});
+         ASSERT_TRUE(w.client_.Create(res::kPods, "ml", stray).ok());
+       },
+       nullptr,
+       {"delete pods/wn-aggregator-final"},
+       {"create pods/wn-aggregator"},
+       -1,
+       "Created",
        -1,
        nullptr},
       {"serving disabled: a succeeded job's failed or missing agent is not made again",

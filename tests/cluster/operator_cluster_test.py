@@ -44,6 +44,9 @@ MODEL = os.environ.get("FEDGE_MODEL_DIR", os.path.join(ROOT, ".fedge", "models",
 SCRIPTS = os.path.join(ROOT, "scripts", "cluster")
 CRD = os.path.join(ROOT, "crds", "fedge.io_federatedtrainingjobs.yaml")
 NODES = ["edge-0", "edge-1", "edge-2"]
+# A node outside every selector (the runner registers it without fedge.io/edge): the
+# example job's node that joins after the job succeeded.
+SPARE = "spare-0"
 # The shortest lifetime the operator allows: certificates are renewed ~38 s after they
 # are issued, and the example job runs long enough for its agents to load the renewal.
 
@@ -153,15 +156,16 @@ class OperatorClusterTest(unittest.TestCase):
         cls.runner_port_file = os.path.join(cls.tmp, "runner.port")
         cls.runner = subprocess.Popen(
             ["python3", os.path.join(SCRIPTS, "pod_runner.py"), "--kubeconfig", cls.kubeconfig,
-             "--nodes", str(len(NODES)), "--root", os.path.join(cls.tmp, "runner"),
+             "--nodes", str(len(NODES)), "--node", SPARE, "--root", os.path.join(cls.tmp, "runner"),
              "--bin-dir", os.path.dirname(AGGREGATOR), "--bin-dir", os.path.dirname(AGENT),
              "--bin-dir", os.path.dirname(OPERATOR), "--port-file", cls.runner_port_file, "--heartbeat", "3"],
             stdout=open(os.path.join(cls.tmp, "runner.log"), "w"), stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(cls.runner_port_file), 30, "the pod runner")
         with open(cls.runner_port_file) as f:
             cls.runner_port = int(f.read())
-        wait_for(lambda: cls.kubectl("get", "nodes", "-o", "name", check=False).stdout.count("node/") >= len(NODES),
+        wait_for(lambda: cls.kubectl("get", "nodes", "-o", "name", check=False).stdout.count("node/") >= len(NODES) + 1,
                  30, "edge nodes")
+        cls.kubectl("label", "node", SPARE, "fedge.io/edge-")  # before any operator runs
         cls.operators = []
         cls.operator = cls.start_operator()
 
@@ -958,6 +962,7 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         for i, node in enumerate(NODES):
             os.symlink(f"agent-{i}", os.path.join(data, node))  # each node's own shard
+        os.symlink("agent-0", os.path.join(data, SPARE))
         with open(os.path.join(data, "meta.json")) as f:
             labels = json.load(f)["labels"]
         # Two nodes match at first; the third joins the selector once the aggregator runs.
@@ -1077,12 +1082,48 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual(after.get("restarts", 0), restarts, "a serving agent's restart is not the job's")
         trained = [n for n in NODES if os.path.exists(self.node_state_dir(n, "default/example/global.safetensors"))]
         self.assertTrue(trained, "no node holds the job's final global")
+        # A node that joins the selector after the job gets an agent serving the final global:
+        # the operator hands it out from the job's checkpoint (pod example-aggregator-final)
+        # until that agent serves, then removes that pod.
+        self.kubectl("label", "node", SPARE, "fedge.io/edge=true", "fedge.io/pool=example", "--overwrite")
+        # Whatever happens below, the later tests must not find a fourth edge node.
+        self.addCleanup(self.kubectl, "label", "node", SPARE, "fedge.io/pool-", "fedge.io/edge-", check=False)
+        final_pod = wait_for(lambda: self.get_json("pod", "example-aggregator-final"), 60, "the final-model pod")
+        self.assertIn("--serve-final", final_pod["spec"]["containers"][0]["command"])
+        self.assertEqual([c["name"] for c in final_pod["spec"]["containers"]], ["aggregator"])
+        spare = self.wait_or_explain(
+            lambda: (lambda p: p if p and any(c["type"] == "Ready" and c["status"] == "True"
+                                              for c in p.get("status", {}).get("conditions", [])) else None)(
+                self.get_json("pod", f"example-agent-{SPARE}")),
+            180, "the new node's agent to be ready with the final global", f"example-agent-{SPARE}",
+            "example-aggregator-final")
+        self.wait_or_explain(lambda: os.path.exists(self.node_state_dir(SPARE, "default/example/global.safetensors")),
+                             30, "the new node to keep the final global it was given", f"example-agent-{SPARE}",
+                             "example-aggregator-final")
+        req = urllib.request.Request(f"http://{spare['status']['podIP']}:8080/v1/classify", method="POST",
+                                     data=json.dumps({"input": ["a large dog", "an oak tree"]}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        served_new = self.wait_or_explain(classify, 30, "the new node's agent to answer", f"example-agent-{SPARE}")
+        self.assertEqual([d["label"] for d in served_new["data"]], [d["label"] for d in got["data"]])
+        for before, new in zip(got["data"], served_new["data"]):
+            self.assertAlmostEqual(before["score"], new["score"], places=5,
+                                   msg="the new node must serve the same final global as the nodes that trained")
+        wait_for(lambda: self.get_json("pod", "example-aggregator-final") is None, 90,
+                 "the final-model pod to go once every agent serves")
+        events = json.loads(self.kubectl("get", "events", "--field-selector", "reason=FinalModelServed",
+                                         "-o", "json").stdout)["items"]
+        self.assertEqual(len(events), 1, events)
+        self.assertIn(SPARE, events[0]["message"])
+        after = wait_for(lambda: (lambda st: st if st.get("agents", {}).get("ready") == 4 else None)(
+            self.job("example")["status"]), 30, "status.agents to count the new node's agent")
+        self.assertEqual(after["state"], "Succeeded")
+        self.assertEqual(after["roundsCompleted"], 20, "serving the final global trains no round")
         self.delete_job("example")
         wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 90,
                  "the serving agents and the state cleanups to go with the job")
         # The final global and the feedback log of the requests above go with the job.
-        wait_for(lambda: not any(os.path.lexists(self.node_state_dir(n, "default/example")) for n in NODES), 60,
-                 "the job's agent state to be removed from the nodes")
+        wait_for(lambda: not any(os.path.lexists(self.node_state_dir(n, "default/example")) for n in NODES + [SPARE]),
+                 60, "the job's agent state to be removed from the nodes")
         self.kubectl("label", "node", *NODES, "fedge.io/pool-", check=False)
 
 

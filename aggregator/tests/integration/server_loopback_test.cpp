@@ -374,5 +374,64 @@ TEST(ServerLoopbackTest, CheckpointFailuresAreCountedAndShownInStatus) {
   EXPECT_NE(metrics.find("fedge_aggregator_checkpoint_failures_total 3"), std::string::npos) << metrics;
 }
 
+// A node that joins after the job finished gets the final global from an
+// aggregator started with serve_final on the job's checkpoint: DONE with the
+// checkpointed version, whose bytes it fetches; nothing is trained.
+TEST(ServerLoopbackTest, ServeFinalHandsTheCheckpointedGlobalToAnAgentThatJoinsLate) {
+  testing::TempDir dir;
+  {
+    auto server = StartServer(Spec(3), LoopbackOptions(dir.path()));
+    ASSERT_NE(server, nullptr);
+    auto agents = MakeAgents(server->grpc_port());
+    RunAll(agents, /*stop_after_round=*/1);
+    ASSERT_EQ(server->engine().GetStatus().rounds.size(), 1u);
+    server->Shutdown(1s);
+  }
+  ServerOptions options = LoopbackOptions(dir.path());
+  options.serve_final = true;
+  auto server = StartServer(Spec(3), options);
+  ASSERT_NE(server, nullptr);
+  EngineStatus s = server->engine().GetStatus();
+  EXPECT_EQ(s.state, JobState::kSucceeded);
+  EXPECT_EQ(s.global_version, 2);
+  auto checkpointed = server->engine().Global(0);
+  ASSERT_TRUE(checkpointed.ok());
+
+  // One agent alone (the job's minAgents is 3): it is not waited for, it is told DONE.
+  SimAgent late("agent-late", 7, server->grpc_port());
+  ASSERT_TRUE(late.Join()) << late.error();
+  v1::Task task;
+  ASSERT_TRUE(late.GetTask(&task).ok());
+  ASSERT_EQ(task.kind(), v1::TASK_KIND_DONE) << task.DebugString();
+  EXPECT_EQ(task.global_version(), 2);
+  TensorBundle global;
+  ASSERT_TRUE(late.Fetch(task, &global)) << late.error();  // checks the checksum
+  ASSERT_NE(global.Find("lora_a"), nullptr);
+  EXPECT_EQ(global.Find("lora_a")->values, (*checkpointed)->bundle.Find("lora_a")->values);
+  // Another late agent runs its whole loop: DONE at once, no training.
+  SimAgent other("agent-other", 8, server->grpc_port());
+  ASSERT_TRUE(other.Run()) << other.error();
+  EXPECT_EQ(other.final_version(), 2);
+  EXPECT_EQ(other.trained(), 0);
+  s = server->engine().GetStatus();
+  EXPECT_EQ(s.global_version, 2);
+  EXPECT_EQ(s.rounds.size(), 1u);
+}
+
+TEST(ServerLoopbackTest, ServeFinalWithoutACheckpointSaysWhy) {
+  testing::TempDir dir;
+  ServerOptions options = LoopbackOptions(dir.path());
+  options.serve_final = true;
+  auto server = AggregatorServer::Create(Spec(3), options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(server.status().message().find("no checkpoint in " + dir.path()), std::string::npos)
+      << server.status().ToString();
+  options.checkpoint_dir.clear();
+  server = AggregatorServer::Create(Spec(3), options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace fedge::aggregator

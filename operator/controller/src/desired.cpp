@@ -607,6 +607,31 @@ Json DesiredAggregatorPod(const Json& job, const JobSpec& spec, int expected_age
   return pod;
 }
 
+std::string FinalModelPodName(const Json& job) { return AggregatorName(job) + "-final"; }
+
+Json DesiredFinalModelPod(const Json& job, const JobSpec& spec, const DesiredOptions& opts) {
+  Json pod = AggregatorPodWithoutHash(job, spec, /*expected_agents=*/1, opts);
+  pod["metadata"]["name"] = FinalModelPodName(job);
+  Json& containers = pod["spec"]["containers"];
+  Json aggregator = containers[0];
+  // The aggregator alone: no rounds to report, and the status is the finished job's.
+  containers = Json::array({aggregator});
+  Json command = Json::array();
+  const Json& was = aggregator["command"];
+  for (size_t i = 0; i < was.size(); ++i) {
+    const std::string arg = was[i].get<std::string>();
+    if (arg == "--exit-when-done") continue;
+    if (arg == "--expected-agents") {
+      ++i;  // and its value: nobody is waited for
+      continue;
+    }
+    command.push_back(arg);
+  }
+  command.push_back("--serve-final");
+  containers[0]["command"] = command;
+  return pod;
+}
+
 Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts) {
   return DesiredAgentPod(job, OperatorJobSpec(job), node, opts);
 }

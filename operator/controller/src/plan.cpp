@@ -160,7 +160,10 @@ struct Planner {
       if (Terminating(*p)) continue;
       PodPhase phase = PodPhaseOf(*p);
       if (only_active && (phase == PodPhase::kSucceeded || phase == PodPhase::kFailed)) continue;
-      if (keep_agents && Role(*p) == "agent") continue;
+      // Serving: the agents, and the pod handing them the final global (KeepServing).
+      if (keep_agents &&
+          (Role(*p) == "agent" || (*p)["metadata"].value("name", "") == FinalModelPodName(o.job)))
+        continue;
       Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*p)["metadata"].value("name", ""));
     }
   }
@@ -172,6 +175,34 @@ struct Planner {
   bool RemoveNodeState(std::vector<PlannedEvent>& outcome);
   void Children();
   void KeepServing();
+  // Creates the missing local volumes and claims of `node`'s agent (wave kPerNode, before
+  // the pods).
+  std::map<std::string, std::string> hostnames;  // node name -> kubernetes.io/hostname label
+  void NodeVolumes(const std::string& node, const std::vector<NodeVolumeRoot>& roots) {
+    if (hostnames.empty()) {
+      for (const auto& n : o.nodes) {
+        const Json& meta = (*n)["metadata"];
+        const std::string name = meta.value("name", "");
+        hostnames[name] = meta.value("labels", Json::object()).value("kubernetes.io/hostname", name);
+      }
+    }
+    auto known = hostnames.find(node);
+    const std::string hostname = known != hostnames.end() ? known->second : node;
+    for (const auto& root : roots) {
+      // By name first: a pass over 1,000 present volumes builds no object.
+      if (!o.Find(res::kPersistentVolumes, NodePersistentVolumeName(o.job, node, root))) {
+        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(o.job, node, hostname, root),
+                       Wave::kPerNode);
+      }
+      if (!o.Find(res::kPersistentVolumeClaims, NodeVolumeClaimName(o.job, node, root))) {
+        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(o.job, node, root),
+                       Wave::kPerNode);
+      }
+    }
+  }
+  // The final-model pod (DesiredFinalModelPod) of a succeeded job: made when `wanted`,
+  // kept while `keep`, otherwise deleted once it has run kFinalModelMinRunSeconds.
+  void FinalModelPod(bool wanted, bool keep, const std::vector<std::string>& for_nodes);
   // The job's agent pods by the node they are for.
   std::map<std::string, ObjectPtr> AgentPodsByNode() const {
     std::map<std::string, ObjectPtr> agents;
@@ -505,17 +536,37 @@ void Planner::KeepServing() {
   // new agent there serves it without an aggregator: Agent::Run). So a serving agent
   // whose pod failed (its container crashed, the node rebooted, an eviction) is deleted
   // and made again, and a node whose agent pod is gone gets one while its node volumes,
-  // made for its agent during the job, are still there. A node that joins the selector
-  // after the job gets none: no final global is on it (docs/operator.md).
+  // made for its agent during the job, are still there. A node without the final global
+  // (one that joins the selector after the job, or lost its state directory) gets it from
+  // the final-model pod, an aggregator serving the job's checkpoint (FinalModelPod).
   const Json& job = o.job;
   const std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
   const std::map<std::string, ObjectPtr> agents = AgentPodsByNode();
   const std::vector<NodeVolumeRoot> roots = AgentNodeVolumeRoots(*spec, opts.desired);
+  const bool checkpointed = !CheckpointClaimName(job).empty();
+  bool final_wanted = false;  // a node waits for the final global
+  bool final_kept = false;    // a node may still: keep the final-model pod if it runs
+  std::vector<std::string> final_for;
   for (const auto& node : nodes) {
     auto it = agents.find(node);
     if (it != agents.end()) {
       const Json& pod = *it->second;
-      if (Terminating(pod) || PodPhaseOf(pod) != PodPhase::kFailed) continue;
+      if (Terminating(pod)) continue;
+      const PodPhase phase = PodPhaseOf(pod);
+      if (Live(phase) && !PodReady(pod)) {
+        // Not serving: starting (a node that keeps its final global turns ready within
+        // seconds), or waiting for a global it does not have.
+        final_kept = true;
+        const auto made = ParseTime(pod["metadata"].value("creationTimestamp", ""));
+        if (!made || o.now < *made + kFinalModelWaitSeconds) {
+          if (made) RequeueAfter(std::chrono::seconds(*made + kFinalModelWaitSeconds - o.now));
+        } else if (checkpointed) {
+          final_wanted = true;
+          final_for.push_back(node);
+        }
+        continue;
+      }
+      if (phase != PodPhase::kFailed) continue;
       // A crash loop is slowed down: an agent that failed within a minute of starting is
       // made again 5 minutes after it failed, any other 10 seconds after.
       const std::time_t finished = PodFinishedAt(pod);
@@ -537,16 +588,80 @@ void Planner::KeepServing() {
                                   node});
       continue;
     }
-    const bool had_agent =
-        !roots.empty() && std::all_of(roots.begin(), roots.end(), [&](const NodeVolumeRoot& r) {
-          ObjectPtr claim = o.Find(res::kPersistentVolumeClaims, NodeVolumeClaimName(job, node, r));
-          return claim && !Terminating(*claim);
-        });
-    if (!had_agent || Blocked(res::kPods, AgentPodName(job, node))) continue;
+    bool had_agent = !roots.empty(), claim_going = false;
+    for (const auto& r : roots) {
+      ObjectPtr claim = o.Find(res::kPersistentVolumeClaims, NodeVolumeClaimName(job, node, r));
+      had_agent = had_agent && claim;
+      claim_going = claim_going || (claim && Terminating(*claim));
+    }
+    if (claim_going) continue;  // made again once it has gone
+    // A node new to the job (its volumes are made as during the job) needs the final global:
+    // only the checkpoint still holds it.
+    if (!had_agent && !checkpointed) continue;
+    if (!had_agent) NodeVolumes(node, roots);
+    if (Blocked(res::kPods, AgentPodName(job, node))) continue;
     Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AgentPodName(job, node));
     a.object = DesiredAgentPod(job, *spec, node, opts.desired);
+    if (!had_agent) {
+      final_wanted = final_kept = true;
+      final_for.push_back(node);
+    }
   }
+  FinalModelPod(final_wanted, final_kept, final_for);
   AgentsStatus(nodes, agents);
+}
+
+void Planner::FinalModelPod(bool wanted, bool keep, const std::vector<std::string>& for_nodes) {
+  const Json& job = o.job;
+  const std::string name = FinalModelPodName(job);
+  ObjectPtr pod;
+  for (const auto& p : o.pods) {
+    if ((*p)["metadata"].value("name", "") == name) pod = p;
+  }
+  if (pod && Terminating(*pod)) return;
+  if (!pod) {
+    if (!wanted || Blocked(res::kPods, name)) return;
+    // Before the agent pods of the pass: an agent that starts finds the Service's backend
+    // made (a client that resolves the Service once, at start, would otherwise find none).
+    Action& a = Add(ActionKind::kCreate, Wave::kPerNode, res::kPods, name);
+    DesiredOptions agg_desired = opts.desired;
+    if (!o.issuer.issuer.empty()) agg_desired.agent_token_issuer = o.issuer.issuer;
+    a.object = DesiredFinalModelPod(job, *spec, agg_desired);
+    std::string nodes;
+    for (const auto& n : for_nodes) nodes += (nodes.empty() ? "" : ", ") + n;
+    a.on_success.push_back({"Normal", "FinalModelServed",
+                            "node(s) " + nodes + " have no final global model: pod " + name +
+                                " hands it out from the job's checkpoint (claim " + CheckpointClaimName(job) +
+                                ") until every agent serves"});
+    return;
+  }
+  const PodPhase phase = PodPhaseOf(*pod);
+  const Json& meta = (*pod)["metadata"];
+  if (phase == PodPhase::kFailed || phase == PodPhase::kSucceeded) {
+    // It runs until stopped: an exit is a failure (no checkpoint, a bad one) or a node
+    // that stopped it. Made again while needed, slowly.
+    const std::time_t finished = PodFinishedAt(*pod);
+    if (wanted && finished > 0 && o.now < finished + kServingCrashLoopDelaySeconds) {
+      RequeueAfter(std::chrono::seconds(finished + kServingCrashLoopDelaySeconds - o.now));
+      return;
+    }
+    Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, name);
+    a.del.precondition_uid = meta.value("uid", "");
+    if (phase == PodPhase::kFailed) {
+      a.on_success.push_back({"Warning", "FinalModelServerFailed",
+                              "pod " + name + " could not serve the job's final global model: " +
+                                  PodFailureMessage(*pod) + (wanted ? "; it is made again" : "")});
+    }
+    return;
+  }
+  if (keep || wanted) return;
+  const auto started = ParseTime(pod->value("status", Json::object()).value("startTime", ""));
+  if (phase == PodPhase::kRunning && started && o.now < *started + kFinalModelMinRunSeconds) {
+    RequeueAfter(std::chrono::seconds(*started + kFinalModelMinRunSeconds - o.now));
+    return;
+  }
+  Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, name);
+  a.del.precondition_uid = meta.value("uid", "");
 }
 
 void Planner::CheckpointCondition() {
@@ -575,8 +690,6 @@ void Planner::Children() {
   const bool tls = spec->privacy.tls;  // TlsEnabled: ManifestForParser states it
   std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
   std::set<std::string> wanted(nodes.begin(), nodes.end());
-  std::map<std::string, ObjectPtr> node_objects;
-  for (const auto& n : o.nodes) node_objects[(*n)["metadata"].value("name", "")] = n;
 
   ApplyIfChanged(res::kServiceAccounts, DesiredServiceAccount(job));
   ApplyIfChanged(res::kRoles, DesiredRole(job));
@@ -641,7 +754,14 @@ void Planner::Children() {
   bool aggregator_kept = false;  // outdated, but replacing it would lose the job's rounds
   ObjectPtr aggregator;
   for (const auto& p : o.pods) {
-    if (Role(*p) == "aggregator") aggregator = p;
+    if (Role(*p) != "aggregator") continue;
+    if ((*p)["metadata"].value("name", "") != FinalModelPodName(job)) {
+      aggregator = p;
+    } else if (!Terminating(*p)) {
+      // Only a finished job serves its final global (a job started again after a spec
+      // fix must not tell its agents DONE).
+      Add(ActionKind::kDelete, Wave::kPods, res::kPods, FinalModelPodName(job));
+    }
   }
   const std::map<std::string, ObjectPtr> agents = AgentPodsByNode();
   // Every selected node's local volumes: for a node without its pod, and for one whose pod
@@ -651,21 +771,7 @@ void Planner::Children() {
   const std::vector<NodeVolumeRoot> node_roots = AgentNodeVolumeRoots(*spec, opts.desired);
   for (const auto& node : nodes) {
     if (auto p = agents.find(node); p != agents.end() && !Unschedulable(*p->second)) continue;
-    std::string hostname = node;
-    if (auto n = node_objects.find(node); n != node_objects.end()) {
-      hostname =
-          (*n->second)["metadata"].value("labels", Json::object()).value("kubernetes.io/hostname", node);
-    }
-    for (const auto& root : node_roots) {
-      // By name first: a pass over 1,000 present volumes builds no object.
-      if (!o.Find(res::kPersistentVolumes, NodePersistentVolumeName(job, node, root))) {
-        CreateIfAbsent(res::kPersistentVolumes, DesiredNodePersistentVolume(job, node, hostname, root),
-                       Wave::kPerNode);
-      }
-      if (!o.Find(res::kPersistentVolumeClaims, NodeVolumeClaimName(job, node, root))) {
-        CreateIfAbsent(res::kPersistentVolumeClaims, DesiredNodeVolumeClaim(job, node, root), Wave::kPerNode);
-      }
-    }
+    NodeVolumes(node, node_roots);
   }
   // A pod mounts Secrets, ConfigMaps and claims by name: none is created while any of
   // those names (or its own) still holds a deleted job's object.

@@ -349,6 +349,12 @@ class RoundEngine {
   // if the checkpoint belongs to another job.
   Status Restore(CheckpointData data);
 
+  // Ends the job as it stands (after Restore): Succeeded, every agent that joins is
+  // told DONE with the current global, and nothing more is trained. For an aggregator
+  // started after its job finished, to hand the final global to agents that have none
+  // (nodes joining a succeeded job). FAILED_PRECONDITION without a global.
+  Status ServeFinal();
+
   // Registers an agent (a re-join replaces its session and what it
   // declared) and returns a new session id (NewSessionId: 128 bits from the
   // CSPRNG). Job and token checks are the caller's.

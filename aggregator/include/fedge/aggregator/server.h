@@ -39,6 +39,10 @@ struct ServerOptions {
   // Always an evaluate phase per round, never with the next round's updates
   // (EngineOptions::evaluate_with_next_round).
   bool blocking_evaluation = false;
+  // Serve the finished job's final global from the checkpoint in checkpoint_dir
+  // (RoundEngine::ServeFinal): every agent that joins is told DONE with it and
+  // nothing is trained. FAILED_PRECONDITION when there is no checkpoint.
+  bool serve_final = false;
   std::string tokens_file;  // "": no token check; re-read when it changes
   // Kubernetes projected service-account tokens as Join tokens instead
   // (service_account_token.h): all four set, or none; not with tokens_file.

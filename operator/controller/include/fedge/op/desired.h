@@ -170,6 +170,14 @@ Json DesiredAggregatorPod(const Json& job, int expected_agents, const DesiredOpt
 Json DesiredAgentPod(const Json& job, const JobSpec& spec, const std::string& node,
                      const DesiredOptions& opts);
 Json DesiredAgentPod(const Json& job, const std::string& node, const DesiredOptions& opts);
+// After a job succeeded, a node with no final global model (one that joined the selector
+// afterwards, or lost its state directory) gets it from this pod: the aggregator's
+// container alone, on the job's checkpoint claim, with --serve-final instead of
+// --exit-when-done (it tells every agent that joins DONE with the checkpointed global and
+// trains nothing). Labelled as the aggregator, so the aggregator Service and its
+// NetworkPolicy lead agents to it; the planner starts and stops it (KeepServing).
+std::string FinalModelPodName(const Json& job);  // <job>-aggregator-final
+Json DesiredFinalModelPod(const Json& job, const JobSpec& spec, const DesiredOptions& opts);
 // The fedge.io/pod-template-hash the pods above carry: 16 hex digits of the SHA-256 of
 // the pod spec, built for no particular node (agents) and with --expected-agents left
 // out (the aggregator), so neither a node's name nor the node count, which only gates

@@ -52,6 +52,14 @@ int AgentMaxUnavailable(const Json& job, int nodes);
 inline constexpr std::time_t kServingRestartDelaySeconds = 10;
 inline constexpr std::time_t kServingCrashLoopDelaySeconds = 300;
 inline constexpr std::time_t kServingCrashLoopRunSeconds = 60;
+// After success, the final-model pod (DesiredFinalModelPod) runs while a selected node
+// has no final global: at once for a node that joined the selector after the job (its
+// agent is made with it), and for a serving agent that is running but not ready this long
+// after its pod was made (its node lost its state directory). It goes once every agent is
+// ready, but not before it has run kFinalModelMinRunSeconds (an agent that turned ready
+// on a global of its own still joins and is told DONE with the final one).
+inline constexpr std::time_t kFinalModelWaitSeconds = 20;
+inline constexpr std::time_t kFinalModelMinRunSeconds = 30;
 
 // status.phase of a Pod (absent = Pending; text outside the API's set = Unknown).
 enum class PodPhase { kPending, kRunning, kSucceeded, kFailed, kUnknown };
