@@ -139,7 +139,11 @@ int main(int argc, char** argv) {
   report->add_option("--aggregator-http", agg_http, "the aggregator's HTTP address")->capture_default_str();
   report->add_option("--service-account-dir", sa_dir, "service-account token, CA and namespace")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help: 0; a bad or conflicting flag: 2 (CLI11's own codes are 100+)
+  }
   if (!(retry_period_s > 0 && retry_period_s < renew_deadline_s && renew_deadline_s < lease_duration_s)) {
     // The rule client-go enforces: otherwise a slow leader could still act after a standby took over.
     std::cerr << "fedge-operator: leader election needs 0 < retry period < renew deadline < lease duration\n";

@@ -141,7 +141,11 @@ int main(int argc, char** argv) {
   app.add_option("--log-format", log_format, "logfmt | json");
   app.set_version_flag("--version",
                        std::string("fedge-agent ") + fedge::Version() + " (" + fedge::GitRev() + ")");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help: 0; a bad or conflicting flag: 2 (CLI11's own codes are 100+)
+  }
 
   fedge::log::Level level;
   fedge::log::Format format;
