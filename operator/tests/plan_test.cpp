@@ -934,6 +934,38 @@ TEST(PlanTest, Table) {
          ASSERT_TRUE(p.requeue_after.has_value());
          EXPECT_EQ(p.requeue_after->count(), kServingCrashLoopDelaySeconds - 60);
        }},
+      {"a node that leaves a succeeded job's selector loses its serving agent; its volumes stay",
+       [](World& w) {
+         Succeed(w);
+         ASSERT_TRUE(w.client_.Delete(res::kNodes, "", "edge-b").ok());
+         ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-b", false)).ok());
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-b"},
+       {"delete pods/wn-agent-edge-a", "create pods/wn-aggregator-final"},
+       1,
+       "Succeeded",
+       -1,
+       [](const Plan& p) {
+         const Action* a = Find(p, "delete pods/wn-agent-edge-b");
+         EXPECT_FALSE(a->del.precondition_uid.empty());
+         ASSERT_EQ(a->on_success.size(), 1u);
+         EXPECT_EQ(a->on_success[0].reason, "AgentRemoved");
+         EXPECT_EQ(p.status["agents"].value("desired", 0), 1);
+       }},
+      {"a cordoned node keeps a succeeded job's serving agent",
+       [](World& w) {
+         Succeed(w);
+         Json cordon = {{"spec", {{"unschedulable", true}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kNodes, "", "edge-b", cordon, "").ok());
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-b"},
+       0,
+       "Succeeded",
+       -1,
+       nullptr},
       {"without a checkpoint a node that joins a succeeded job's selector gets no agent: no final global "
        "is kept anywhere",
        [](World& w) {

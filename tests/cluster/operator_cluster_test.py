@@ -1118,6 +1118,11 @@ class OperatorClusterTest(unittest.TestCase):
             self.job("example")["status"]), 30, "status.agents to count the new node's agent")
         self.assertEqual(after["state"], "Succeeded")
         self.assertEqual(after["roundsCompleted"], 20, "serving the final global trains no round")
+        # Relabelled out of the selector, the node loses its serving agent (as during the job);
+        # its volumes stay, so the job's deletion still removes its state below.
+        self.kubectl("label", "node", SPARE, "fedge.io/pool-")
+        wait_for(lambda: self.get_json("pod", f"example-agent-{SPARE}") is None, 60, "the left node's agent to go")
+        self.assertTrue(os.path.exists(self.node_state_dir(SPARE, "default/example/global.safetensors")))
         self.delete_job("example")
         wait_for(lambda: not [k for k in self.children("example") if k["kind"] == "Pod"], 90,
                  "the serving agents and the state cleanups to go with the job")

@@ -607,6 +607,29 @@ void Planner::KeepServing() {
       final_for.push_back(node);
     }
   }
+  // A node that no longer matches the selector (relabelled, or gone) loses its serving
+  // agent, as during the job. Its volumes stay (a node that returns serves its final
+  // global again; the job's deletion cleans its state). A cordoned node, or one past
+  // maxAgents, still matches: it keeps serving.
+  for (const auto& [node, pod] : agents) {
+    if (Terminating(*pod) || std::binary_search(nodes.begin(), nodes.end(), node)) continue;
+    const bool matches = std::any_of(o.nodes.begin(), o.nodes.end(), [&](const ObjectPtr& n) {
+      const Json& meta = (*n)["metadata"];
+      if (meta.value("name", "") != node || meta.contains("deletionTimestamp")) return false;
+      const Json labels = meta.value("labels", Json::object());
+      return std::all_of(
+          spec->agents.nodeSelector.begin(), spec->agents.nodeSelector.end(), [&](const auto& kv) {
+            auto it = labels.find(kv.first);
+            return it != labels.end() && it->is_string() && it->template get<std::string>() == kv.second;
+          });
+    });
+    if (matches) continue;
+    Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*pod)["metadata"].value("name", ""));
+    a.del.precondition_uid = (*pod)["metadata"].value("uid", "");
+    a.on_success.push_back(
+        {"Normal", "AgentRemoved",
+         "node " + node + " no longer matches spec.agents.nodeSelector: its serving agent goes"});
+  }
   FinalModelPod(final_wanted, final_kept, final_for);
   AgentsStatus(nodes, agents);
 }
