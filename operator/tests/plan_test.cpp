@@ -818,6 +818,31 @@ TEST(PlanTest, Table) {
          EXPECT_NE(final_pod->on_success[0].message.find("edge-c"), std::string::npos);
          EXPECT_EQ(p.status["agents"].value("desired", 0), 3);
        }},
+      {"a node joins a year after the job: the serving certificate is renewed and the trust ConfigMap "
+       "synced for the final-model pod",
+       [](World& w) {
+         Succeed(w);
+         ASSERT_TRUE(w.client_.Create(res::kNodes, "", Node("edge-c", true)).ok());
+         Json trust = *w.client_.Get(res::kConfigMaps, "ml", "wn-trust");
+         trust["data"]["jwks.json"] = R"({"keys":[]})";  // the API server's keys have changed since
+         ASSERT_TRUE(w.client_.Update(res::kConfigMaps, "ml", trust).ok());
+       },
+       [](Observed& o) { o.now += 366 * 24 * 3600; },
+       {"create pods/wn-aggregator-final", "sync-credentials wn-credentials", "sync-trust wn-trust"},
+       {},
+       -1,
+       "Succeeded",
+       -1,
+       nullptr},
+      {"a succeeded job with no final-model pod syncs no credentials",
+       [](World& w) { Succeed(w); },
+       [](Observed& o) { o.now += 366 * 24 * 3600; },
+       {},
+       {"sync-credentials wn-credentials", "sync-trust wn-trust"},
+       0,
+       "Succeeded",
+       -1,
+       nullptr},
       {"the final-model pod is kept while the new node's agent starts, and not deleted as a running pod",
        [](World& w) {
          Succeed(w);

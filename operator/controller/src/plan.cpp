@@ -174,6 +174,10 @@ struct Planner {
   // `outcome` gets the events to record when the job goes.
   bool RemoveNodeState(std::vector<PlannedEvent>& outcome);
   void Children();
+  // The job's credentials Secret (CA, the aggregator's serving certificate, renewed when
+  // due) and trust ConfigMap (the CA and the API server's current token keys): synced when
+  // missing or out of date.
+  void CredentialsAndTrust();
   void KeepServing();
   // Creates the missing local volumes and claims of `node`'s agent (wave kPerNode, before
   // the pods).
@@ -631,6 +635,15 @@ void Planner::KeepServing() {
          "node " + node + " no longer matches spec.agents.nodeSelector: its serving agent goes"});
   }
   FinalModelPod(final_wanted, final_kept, final_for);
+  // The final-model pod serves TLS with the job's serving certificate and checks tokens
+  // against the trust ConfigMap: a job may have succeeded long before a node joins (the
+  // certificate due, the API server's keys rotated).
+  const std::string final_name = FinalModelPodName(job);
+  if (final_wanted || std::any_of(o.pods.begin(), o.pods.end(), [&](const ObjectPtr& p) {
+        return (*p)["metadata"].value("name", "") == final_name && !Terminating(*p);
+      })) {
+    CredentialsAndTrust();
+  }
   AgentsStatus(nodes, agents);
 }
 
@@ -708,22 +721,9 @@ void Planner::CheckpointCondition() {
   }
 }
 
-void Planner::Children() {
+void Planner::CredentialsAndTrust() {
   const Json& job = o.job;
   const bool tls = spec->privacy.tls;  // TlsEnabled: ManifestForParser states it
-  std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
-  std::set<std::string> wanted(nodes.begin(), nodes.end());
-
-  ApplyIfChanged(res::kServiceAccounts, DesiredServiceAccount(job));
-  ApplyIfChanged(res::kRoles, DesiredRole(job));
-  // After its Role: the API server's RBAC escalation check evaluates the Role a binding
-  // names, so a binding written beside it fails with NotFound for an operator that holds
-  // only namespaced rights (the chart's watchNamespace RBAC).
-  ApplyIfChanged(res::kRoleBindings, DesiredRoleBinding(job), Wave::kPerNode);
-
-  // The agents' ServiceAccount: their projected tokens name it.
-  ApplyIfChanged(res::kServiceAccounts, DesiredAgentServiceAccount(job));
-
   // Credentials: the job CA and the aggregator's serving certificate. Synced (reading the
   // live object first) when the cached copy is missing or due; the trust ConfigMap after
   // it, with the CA as synced.
@@ -748,6 +748,24 @@ void Planner::Children() {
       Add(ActionKind::kSyncTrust, Wave::kPerNode, res::kConfigMaps, TrustConfigMapName(job));
     }
   }
+}
+
+void Planner::Children() {
+  const Json& job = o.job;
+  std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
+  std::set<std::string> wanted(nodes.begin(), nodes.end());
+
+  ApplyIfChanged(res::kServiceAccounts, DesiredServiceAccount(job));
+  ApplyIfChanged(res::kRoles, DesiredRole(job));
+  // After its Role: the API server's RBAC escalation check evaluates the Role a binding
+  // names, so a binding written beside it fails with NotFound for an operator that holds
+  // only namespaced rights (the chart's watchNamespace RBAC).
+  ApplyIfChanged(res::kRoleBindings, DesiredRoleBinding(job), Wave::kPerNode);
+
+  // The agents' ServiceAccount: their projected tokens name it.
+  ApplyIfChanged(res::kServiceAccounts, DesiredAgentServiceAccount(job));
+
+  CredentialsAndTrust();
   // Agent Secrets (token and client certificate) of operators before the projected tokens:
   // nothing mounts them any more.
   for (const auto& [key, s] : o.children) {
