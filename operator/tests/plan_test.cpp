@@ -336,6 +336,23 @@ TEST(PlanTest, Table) {
          ASSERT_EQ(del->on_success.size(), 1u);
          EXPECT_EQ(del->on_success[0].reason, "AgentRemoved");
        }},
+      {"a node cordoned during the job keeps its agent and volumes (as a DaemonSet's pod); a new node "
+       "cordoned before its agent gets none",
+       [](World& w) {
+         w.Reconcile();
+         Json cordon = {{"spec", {{"unschedulable", true}}}};
+         ASSERT_TRUE(w.client_.MergePatch(res::kNodes, "", "edge-b", cordon, "").ok());
+         Json edge_c = Node("edge-c", true);
+         edge_c["spec"] = cordon["spec"];
+         ASSERT_TRUE(w.client_.Create(res::kNodes, "", edge_c).ok());
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-b", "create pods/wn-agent-edge-c"},
+       0,
+       "Created",
+       -1,
+       nullptr},
       {"job being deleted: pods go first; the node state waits for the agents to be gone",
        [](World& w) { w.Reconcile(); },
        [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },

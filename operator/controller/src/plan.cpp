@@ -174,6 +174,28 @@ struct Planner {
   // `outcome` gets the events to record when the job goes.
   bool RemoveNodeState(std::vector<PlannedEvent>& outcome);
   void Children();
+  // The Node object named `node` when it exists, is not being deleted and carries every
+  // label of spec.agents.nodeSelector (cordoned or not, whatever maxAgents); else null.
+  ObjectPtr MatchingNode(const std::string& node) const {
+    for (const auto& n : o.nodes) {
+      const Json& meta = (*n)["metadata"];
+      if (meta.value("name", "") != node) continue;
+      if (meta.contains("deletionTimestamp")) return nullptr;
+      const Json labels = meta.value("labels", Json::object());
+      for (const auto& [key, value] : spec->agents.nodeSelector) {
+        auto it = labels.find(key);
+        if (it == labels.end() || !it->is_string() || it->get<std::string>() != value) return nullptr;
+      }
+      return n;
+    }
+    return nullptr;
+  }
+  // A node that matches the selector but is cordoned: its agent and volumes stay (as a
+  // DaemonSet's pod stays on a cordoned node); it gets no new agent.
+  bool Cordoned(const std::string& node) const {
+    ObjectPtr n = MatchingNode(node);
+    return n && n->value("spec", Json::object()).value("unschedulable", false);
+  }
   // The job's credentials Secret (CA, the aggregator's serving certificate, renewed when
   // due) and trust ConfigMap (the CA and the API server's current token keys): synced when
   // missing or out of date.
@@ -617,17 +639,7 @@ void Planner::KeepServing() {
   // maxAgents, still matches: it keeps serving.
   for (const auto& [node, pod] : agents) {
     if (Terminating(*pod) || std::binary_search(nodes.begin(), nodes.end(), node)) continue;
-    const bool matches = std::any_of(o.nodes.begin(), o.nodes.end(), [&](const ObjectPtr& n) {
-      const Json& meta = (*n)["metadata"];
-      if (meta.value("name", "") != node || meta.contains("deletionTimestamp")) return false;
-      const Json labels = meta.value("labels", Json::object());
-      return std::all_of(
-          spec->agents.nodeSelector.begin(), spec->agents.nodeSelector.end(), [&](const auto& kv) {
-            auto it = labels.find(kv.first);
-            return it != labels.end() && it->is_string() && it->template get<std::string>() == kv.second;
-          });
-    });
-    if (matches) continue;
+    if (MatchingNode(node)) continue;
     Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*pod)["metadata"].value("name", ""));
     a.del.precondition_uid = (*pod)["metadata"].value("uid", "");
     a.on_success.push_back(
@@ -933,12 +945,12 @@ void Planner::Children() {
     if (Role(*obj) != "node-volume" || Terminating(*obj)) continue;
     const std::string node =
         (*obj)["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "");
-    if (node.empty() || wanted.count(node)) continue;
+    if (node.empty() || wanted.count(node) || Cordoned(node)) continue;
     Add(ActionKind::kDelete, Wave::kPods, pv ? res::kPersistentVolumes : res::kPersistentVolumeClaims,
         key.second);
   }
   for (const auto& [node, pod] : agents) {
-    if (wanted.count(node) || Terminating(*pod)) continue;
+    if (wanted.count(node) || Terminating(*pod) || Cordoned(node)) continue;
     // The node left the selector (or the cluster): its agent goes.
     Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, (*pod)["metadata"].value("name", ""));
     a.on_success.push_back(
