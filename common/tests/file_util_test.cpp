@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,10 +19,45 @@
 namespace fedge {
 namespace {
 
+// Gives the owner every right on `dir` and the directories below it (tests leave
+// directories of mode 0 and 0500), without following links.
+void MakeRemovable(const std::string& dir) {
+  ::chmod(dir.c_str(), 0700);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    struct stat st;
+    if (n == "." || n == ".." || ::lstat((dir + "/" + n).c_str(), &st) != 0) continue;
+    if (S_ISDIR(st.st_mode)) MakeRemovable(dir + "/" + n);
+  }
+  ::closedir(d);
+}
+
+// The directories MakeTempDir made, removed when the test program ends (every run left
+// them in /tmp).
+class TempDirs : public ::testing::Environment {
+ public:
+  static std::vector<std::string>& Made() {
+    static std::vector<std::string> made;
+    return made;
+  }
+  void TearDown() override {
+    for (const auto& dir : Made()) {
+      MakeRemovable(dir);
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+      if (ec) std::fprintf(stderr, "cannot remove %s: %s\n", dir.c_str(), ec.message().c_str());
+    }
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kTempDirs = ::testing::AddGlobalTestEnvironment(new TempDirs);
+
 std::string MakeTempDir() {
   std::string tmpl = ::testing::TempDir() + "fedge_file_util_XXXXXX";
   char* dir = ::mkdtemp(tmpl.data());
   EXPECT_NE(dir, nullptr) << std::strerror(errno);
+  if (dir != nullptr) TempDirs::Made().push_back(tmpl);
   return tmpl;
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <random>
@@ -262,6 +263,9 @@ TEST(SafetensorsTest, WritesAndReadsFiles) {
   auto bad = SafetensorsFile::Read(dir + "/bad.safetensors");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find(dir + "/bad.safetensors"), std::string::npos);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);  // every run left one in /tmp
+  EXPECT_FALSE(ec) << ec.message();
 }
 
 TEST(SafetensorsTest, SurvivesRandomMutations) {
