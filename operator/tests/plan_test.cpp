@@ -97,6 +97,12 @@ bool Has(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
+// How many of the plan's actions are on resource `r`.
+int CountOn(const Plan& p, const Resource& r) {
+  return static_cast<int>(
+      std::count_if(p.actions.begin(), p.actions.end(), [&](const Action& a) { return a.resource == &r; }));
+}
+
 const Action* Find(const Plan& p, const std::string& what) {
   for (const auto& a : p.actions)
     if (a.Describe() == what) return &a;
@@ -469,20 +475,49 @@ TEST(PlanTest, Table) {
              << m;
          EXPECT_NE(m.find("edge-b (not done 180 s after the deletion"), std::string::npos) << m;
        }},
-      {"job being deleted with a node not Ready: cleanups only where they can run, the job held for them",
+      {"job being deleted with a node not Ready: its cleanup deferred (gated, owned by nothing, the claim "
+       "handed to it), the job held only for the cleanup that can run",
        [](World& w) {
          w.Reconcile();
          DeleteAgents(w);
          SetNodeNotReady(w, "edge-b");
        },
        [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
-       {"create pods/wn-state-cleanup-edge-a"},
-       {"create pods/wn-state-cleanup-edge-b", "patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
+       {"patch federatedtrainingjobs/wn"},
        -1,
        "Created",
        -1,
-       nullptr},
-      {"job being deleted, its nodes gone or not Ready: named at once, the job not held for them",
+       [](const Plan& p) {
+         const Json& now = Find(p, "create pods/wn-state-cleanup-edge-a")->object;
+         EXPECT_TRUE(now["metadata"].contains("ownerReferences"));
+         EXPECT_FALSE(now["spec"].contains("schedulingGates")) << "edge-a is Ready: its cleanup runs now";
+         const Action* later = Find(p, "create pods/wn-state-cleanup-edge-b");
+         const Json& pod = later->object;
+         EXPECT_EQ(later->wave, Wave::kPods);
+         EXPECT_FALSE(pod["metadata"].contains("ownerReferences")) << "it must outlive the job";
+         EXPECT_EQ(pod["metadata"]["labels"][kLabelStateCleanup], kStateCleanupDeferred);
+         EXPECT_EQ(pod["metadata"]["labels"][kLabelRole], kRoleStateCleanup);
+         EXPECT_FALSE(pod["metadata"]["annotations"].value(kAnnotationJobUid, "").empty());
+         EXPECT_EQ(pod["spec"]["schedulingGates"], Json::array({{{"name", kStateCleanupGate}}}));
+         EXPECT_EQ(pod["spec"]["containers"][0]["command"],
+                   Json({"fedge-agent", "--remove-state-dir", kStateRootMountPath, "ml/wn"}));
+         int claims = 0;
+         for (const auto& a : p.actions) {
+           if (a.resource != &res::kPersistentVolumeClaims) continue;
+           ++claims;
+           EXPECT_EQ(a.kind, ActionKind::kMergePatch);
+           EXPECT_EQ(a.name, pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]);
+           EXPECT_TRUE(a.object["metadata"]["ownerReferences"].is_null()) << a.object.dump();
+           EXPECT_EQ(a.object["metadata"]["annotations"][kAnnotationStateCleanupPod],
+                     "wn-state-cleanup-edge-b");
+           EXPECT_EQ(a.object["metadata"]["labels"][kLabelStateCleanup], kStateCleanupDeferred);
+         }
+         EXPECT_EQ(claims, 1) << "only edge-b's claim is handed over";
+       }},
+      {"job being deleted, its nodes gone or not Ready: cleanups deferred at once, the job not held for "
+       "them, "
+       "their volumes kept",
        [](World& w) {
          w.Reconcile();
          SetNodeNotReady(w, "edge-b");  // its agent pod stays Terminating: no kubelet confirms
@@ -494,17 +529,109 @@ TEST(PlanTest, Table) {
                             [](const ObjectPtr& n) { return (*n)["metadata"]["name"] == "edge-a"; }),
              o.nodes.end());
        },
+       {"patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-edge-a",
+        "create pods/wn-state-cleanup-edge-b"},
+       {},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_FALSE(p.requeue_after.has_value());
+         const Action* fin = Find(p, "patch federatedtrainingjobs/wn");
+         ASSERT_EQ(fin->on_success.size(), 1u) << "nothing left, nothing removed yet";
+         EXPECT_EQ(fin->on_success[0].reason, "NodeStateRemovalDeferred");
+         EXPECT_EQ(fin->on_success[0].type, "Normal");
+         const std::string& m = fin->on_success[0].message;
+         EXPECT_NE(m.find("edge-a (the node is no longer in the cluster); edge-b (the node is not Ready) is "
+                          "removed when the node is back"),
+                   std::string::npos)
+             << m;
+         for (const auto& a : p.actions)
+           if (a.resource == &res::kPersistentVolumeClaims) EXPECT_LT(a.wave, fin->wave);
+         EXPECT_EQ(CountOn(p, res::kPersistentVolumeClaims), 2);
+         EXPECT_EQ(CountOn(p, res::kPersistentVolumes), 0) << "the deferred cleanups mount them later";
+         for (const char* n : {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"})
+           EXPECT_TRUE(Find(p, n)->object["spec"].contains("schedulingGates")) << n;
+       }},
+      {"a deferred cleanup made by an earlier pass whose finalizer patch failed: only the claim is handed "
+       "over again, then the job goes",
+       [](World& w) {
+         w.Reconcile();
+         SetNodeNotReady(w, "edge-b");
+         DeleteAgents(w);
+         const Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+         ASSERT_TRUE(w.client_
+                         .Create(res::kPods, "ml",
+                                 DesiredDeferredStateCleanupPod(job, OperatorJobSpec(job), "edge-b",
+                                                                DesiredOptions{}))
+                         .ok());
+         CreateCleanupPod(w, "edge-a");
+         w.SetPodPhase("wn-state-cleanup-edge-a", "Succeeded");
+       },
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
+       {"patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b",
+        "patch pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_EQ(CountOn(p, res::kPersistentVolumeClaims), 1);
+         EXPECT_EQ(CountOn(p, res::kPersistentVolumes), 1)
+             << "edge-a's volume goes, edge-b's stays with its deferred cleanup";
+         const auto& ev = Find(p, "patch federatedtrainingjobs/wn")->on_success;
+         ASSERT_EQ(ev.size(), 2u);
+         EXPECT_EQ(ev[0].reason, "NodeStateRemovalDeferred");
+         EXPECT_EQ(ev[1].reason, "NodeStateRemoved");
+       }},
+      {"a foreground deletion took the claim of a node that is away: nothing to defer, the state is named "
+       "left",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         SetNodeNotReady(w, "edge-a");
+         SetNodeNotReady(w, "edge-b");
+       },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+         for (auto& [key, obj] : o.children) {
+           if (key.first != res::kPersistentVolumeClaims.plural) continue;
+           Json copy = *obj;
+           copy["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+           obj = std::make_shared<const Json>(copy);
+         }
+       },
        {"patch federatedtrainingjobs/wn"},
        {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
        -1,
        "Created",
        -1,
        [](const Plan& p) {
-         EXPECT_FALSE(p.requeue_after.has_value());
-         const std::string& m = Find(p, "patch federatedtrainingjobs/wn")->on_success.at(0).message;
-         EXPECT_NE(m.find("edge-a (the node is no longer in the cluster); edge-b (the node is not Ready)"),
-                   std::string::npos)
-             << m;
+         const auto& ev = Find(p, "patch federatedtrainingjobs/wn")->on_success;
+         ASSERT_EQ(ev.size(), 1u);
+         EXPECT_EQ(ev[0].reason, "NodeStateLeft");
+         EXPECT_NE(ev[0].message.find("edge-b (the node is not Ready; its claim "), std::string::npos)
+             << ev[0].message;
+       }},
+      {"a cleanup pod made while its node was Ready, not run when the node went away: made a deferred one",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         CreateCleanupPod(w, "edge-a");
+         CreateCleanupPod(w, "edge-b");
+         w.SetPodPhase("wn-state-cleanup-edge-a", "Succeeded");
+         SetNodeNotReady(w, "edge-b");
+       },
+       [](Observed& o) { o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow); },
+       {"patch pods/wn-state-cleanup-edge-b", "patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Json& patch = Find(p, "patch pods/wn-state-cleanup-edge-b")->object;
+         EXPECT_TRUE(patch["metadata"]["ownerReferences"].is_null());
+         EXPECT_EQ(patch["metadata"]["labels"][kLabelStateCleanup], kStateCleanupDeferred);
        }},
       {"an agent pod that never goes (an unreachable node) holds the job only until the deadline",
        [](World& w) { w.Reconcile(); },
@@ -1102,6 +1229,123 @@ TEST(PlanTest, Table) {
     EXPECT_EQ(Describe(again), got);
     EXPECT_EQ(again.status, p.status);
   }
+}
+
+// The record a deleted job left for a node that was away (desired.h), as the cache shows it.
+struct DeferredRecord {
+  ObjectPtr pod, claim, volume;
+  explicit DeferredRecord(const char* phase = nullptr, bool gated = true) {
+    Json job = Job();
+    job["metadata"]["uid"] = "job-uid-1";
+    Json p = DesiredDeferredStateCleanupPod(job, OperatorJobSpec(job), "edge-b", DesiredOptions{});
+    p["metadata"]["uid"] = "pod-uid-1";
+    if (!gated) p["spec"].erase("schedulingGates");
+    if (phase) p["status"] = {{"phase", phase}};
+    if (phase && std::string(phase) == "Failed")
+      p["status"]["containerStatuses"] = Json::array(
+          {{{"name", "state-cleanup"},
+            {"state",
+             {{"terminated", {{"exitCode", 1}, {"message", "EIO: cannot remove feedback.jsonl"}}}}}}});
+    pod = std::make_shared<const Json>(p);
+    const std::string claim_name = p["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    Json c = {{"apiVersion", "v1"},
+              {"kind", "PersistentVolumeClaim"},
+              {"metadata",
+               {{"name", claim_name},
+                {"namespace", "ml"},
+                {"uid", "claim-uid-1"},
+                {"labels", {{kLabelJob, "wn"}, {kLabelRole, "node-volume"}}},
+                {"annotations", {{kAnnotationNode, "edge-b"}}}}},
+              {"spec", {{"volumeName", "wn-pv-edge-b"}}}};
+    c.merge_patch(DeferStateClaimPatch(job, p["metadata"]["name"]));
+    claim = std::make_shared<const Json>(c);
+    volume = std::make_shared<const Json>(
+        Json{{"metadata", {{"name", "wn-pv-edge-b"}, {"uid", "pv-uid-1"}, {"labels", {{kLabelJob, "wn"}}}}}});
+  }
+};
+
+std::vector<std::string> Describe(const DeferredCleanupPlan& p) {
+  std::vector<std::string> out;
+  for (const auto& a : p.actions) out.push_back(a.Describe());
+  return out;
+}
+
+TEST(DeferredCleanupTest, TheGateIsLiftedOnlyOnceTheNodeIsReadyAndTheJobsAgentHasLeftIt) {
+  DeferredRecord r;
+  EXPECT_TRUE(DeferredStateCleanup(*r.pod));
+  EXPECT_TRUE(DeferredStateCleanup(*r.claim));
+  EXPECT_TRUE(PlanDeferredCleanup(r.pod, r.claim, r.volume, /*node_ready=*/false, false).actions.empty());
+  // The node is back but its kubelet has not stopped the agent yet: wait, and look again.
+  DeferredCleanupPlan waiting = PlanDeferredCleanup(r.pod, r.claim, r.volume, true, /*agent_on_node=*/true);
+  EXPECT_TRUE(waiting.actions.empty());
+  ASSERT_TRUE(waiting.requeue_after.has_value());
+  EXPECT_EQ(waiting.requeue_after->count(), 10);
+  DeferredCleanupPlan go = PlanDeferredCleanup(r.pod, r.claim, r.volume, true, false);
+  ASSERT_EQ(Describe(go), std::vector<std::string>({"patch pods/wn-state-cleanup-edge-b"}));
+  EXPECT_EQ(go.actions[0].ns, "ml");
+  EXPECT_TRUE(go.actions[0].object["spec"]["schedulingGates"].is_null());
+  // Lifted: scheduled and running, nothing to do until it ends.
+  DeferredRecord running("Running", /*gated=*/false);
+  EXPECT_TRUE(PlanDeferredCleanup(running.pod, running.claim, running.volume, true, false).actions.empty());
+}
+
+TEST(DeferredCleanupTest, AnEndedCleanupTakesItsVolumeClaimAndPodWithItInThatOrderAndSaysHowItWent) {
+  DeferredRecord ok("Succeeded", false);
+  DeferredCleanupPlan p = PlanDeferredCleanup(ok.pod, ok.claim, ok.volume, true, false);
+  const std::string claim = (*ok.claim)["metadata"]["name"];
+  ASSERT_EQ(Describe(p), std::vector<std::string>({"delete persistentvolumes/wn-pv-edge-b",
+                                                   "delete persistentvolumeclaims/" + claim,
+                                                   "delete pods/wn-state-cleanup-edge-b"}));
+  EXPECT_EQ(p.actions[0].del.precondition_uid, "pv-uid-1");
+  EXPECT_EQ(p.actions[1].del.precondition_uid, "claim-uid-1");
+  EXPECT_EQ(p.actions[2].del.precondition_uid, "pod-uid-1");
+  EXPECT_TRUE(p.actions[0].on_success.empty());
+  ASSERT_EQ(p.actions[1].on_success.size(), 1u) << "the event goes with the claim's deletion";
+  EXPECT_EQ(p.actions[1].on_success[0].reason, "NodeStateRemoved");
+  EXPECT_NE(p.actions[1].on_success[0].message.find("FederatedTrainingJob ml/wn from node edge-b"),
+            std::string::npos)
+      << p.actions[1].on_success[0].message;
+  EXPECT_EQ(p.about["metadata"]["name"], "wn-state-cleanup-edge-b");
+
+  DeferredRecord failed("Failed", false);
+  p = PlanDeferredCleanup(failed.pod, failed.claim, failed.volume, true, false);
+  ASSERT_EQ(p.actions.size(), 3u);
+  EXPECT_EQ(p.actions[1].on_success.at(0).type, "Warning");
+  EXPECT_EQ(p.actions[1].on_success.at(0).reason, "NodeStateLeft");
+  EXPECT_NE(p.actions[1].on_success.at(0).message.find("(EIO: cannot remove feedback.jsonl)"),
+            std::string::npos);
+
+  // A pass that deleted the claim and failed on the pod: only the pod is left to delete,
+  // and no second event.
+  Json going = *ok.claim;
+  going["metadata"]["deletionTimestamp"] = "2026-12-06T00:00:00Z";
+  p = PlanDeferredCleanup(ok.pod, std::make_shared<const Json>(going), ok.volume, true, false);
+  ASSERT_EQ(Describe(p), std::vector<std::string>({"delete pods/wn-state-cleanup-edge-b"}));
+  EXPECT_TRUE(p.actions[0].on_success.empty());
+  p = PlanDeferredCleanup(ok.pod, nullptr, nullptr, true, false);
+  ASSERT_EQ(Describe(p), std::vector<std::string>({"delete pods/wn-state-cleanup-edge-b"}));
+}
+
+TEST(DeferredCleanupTest, ACleanupPodDeletedBeforeItRanLeavesAWarningAndTheClaimAndVolumeGo) {
+  DeferredRecord r;
+  DeferredCleanupPlan p = PlanDeferredCleanup(nullptr, r.claim, r.volume, false, false);
+  ASSERT_EQ(p.actions.size(), 2u);
+  EXPECT_EQ(p.actions[0].resource, &res::kPersistentVolumes);
+  EXPECT_EQ(p.actions[1].resource, &res::kPersistentVolumeClaims);
+  EXPECT_EQ(p.actions[1].on_success.at(0).reason, "NodeStateLeft");
+  EXPECT_NE(p.actions[1].on_success.at(0).message.find("left on node edge-b"), std::string::npos);
+  EXPECT_EQ(p.about["kind"], "PersistentVolumeClaim");
+  // A volume that is not the job's is never deleted.
+  Json other = *r.volume;
+  other["metadata"]["labels"][kLabelJob] = "another";
+  p = PlanDeferredCleanup(nullptr, r.claim, std::make_shared<const Json>(other), false, false);
+  ASSERT_EQ(p.actions.size(), 1u);
+  EXPECT_EQ(p.actions[0].resource, &res::kPersistentVolumeClaims);
+  // A pod of that name that is not a record (a job's own cleanup pod) is not touched.
+  Json own = DesiredStateCleanupPod(Job(), OperatorJobSpec(Job()), "edge-b", DesiredOptions{});
+  own["status"] = {{"phase", "Succeeded"}};
+  EXPECT_TRUE(
+      PlanDeferredCleanup(std::make_shared<const Json>(own), nullptr, nullptr, true, false).actions.empty());
 }
 
 TEST(PlanTest, MaxUnavailableIsANumberOrAShareOfTheNodesRoundedDownAtLeastOne) {

@@ -23,8 +23,10 @@ No kubelet or container runtime can run here, so this harness:
 Python 3 standard library only.
 
 Control endpoint (127.0.0.1, port printed as "pod-runner ready control=PORT"):
-  POST /nodes/<node>/notready   stop heartbeats, report Ready=False
-  POST /nodes/<node>/ready      resume heartbeats
+  POST /nodes/<node>/notready   stop heartbeats, report Ready=False, and act on none of the
+                                node's pods (as a kubelet that is away: new pods wait, deleted
+                                ones keep running and stay Terminating)
+  POST /nodes/<node>/ready      resume heartbeats, then act on what changed meanwhile
   POST /pods/<ns>/<name>/kill   SIGKILL the pod's processes (the pod fails with 137)
   GET  /pods                    JSON of the pods this runner runs
 """
@@ -139,6 +141,7 @@ class Runner:
         self.not_ready = set()
         self.lock = threading.Lock()
         self.pods = {}  # uid -> PodProc
+        self.held = {}  # uid -> (event type, pod): the latest event for a pod of a NotReady node
         self.next_ip = 10
         # Another runner on this machine (a concurrent test run) must not hand out the same
         # pod IPs: their listeners would collide (EADDRINUSE). 127.0.x.x is left alone.
@@ -650,6 +653,9 @@ class Runner:
             return
         uid = pod["metadata"]["uid"]
         with self.lock:
+            if node in self.not_ready:
+                self.held[uid] = (etype, pod)  # seen when the node is back
+                return
             pp = self.pods.get(uid)
         if etype == "DELETED":
             if pp:
@@ -664,6 +670,17 @@ class Runner:
         phase = pod.get("status", {}).get("phase")
         if not pp and phase not in ("Succeeded", "Failed"):
             self.start_pod(pod)
+
+    def release_held(self, node):
+        """The node is back: act on the latest event of each pod held while it was away."""
+        with self.lock:
+            held = [(uid, ev) for uid, ev in self.held.items() if ev[1].get("spec", {}).get("nodeName") == node]
+            for uid, _ in held:
+                del self.held[uid]
+        for uid, (etype, pod) in held:
+            log("node back: acting on a held pod event", pod=f"{pod['metadata'].get('namespace')}/"
+                f"{pod['metadata']['name']}", event=etype)
+            self.handle_pod(etype, pod)
 
     def watch_pods(self):
         rv = ""
@@ -721,12 +738,15 @@ class Runner:
                 parts = self.path.strip("/").split("/")
                 if len(parts) == 3 and parts[0] == "nodes" and parts[1] in runner.nodes:
                     if parts[2] == "notready":
-                        runner.not_ready.add(parts[1])
+                        with runner.lock:
+                            runner.not_ready.add(parts[1])
                         runner.post_node_status(parts[1], False)
                     elif parts[2] == "ready":
-                        runner.not_ready.discard(parts[1])
+                        with runner.lock:
+                            runner.not_ready.discard(parts[1])
                         runner.post_node_status(parts[1], True)
                         runner.renew_lease(parts[1])
+                        runner.release_held(parts[1])
                     return self.reply(200, {"node": parts[1], "notReady": parts[1] in runner.not_ready})
                 if len(parts) == 4 and parts[0] == "pods" and parts[3] == "kill":
                     with runner.lock:

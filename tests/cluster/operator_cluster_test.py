@@ -642,6 +642,77 @@ class OperatorClusterTest(unittest.TestCase):
                  "Degraded to clear")
         self.delete_job("nodes")
 
+    def test_state_of_a_node_away_at_deletion_is_removed_when_it_comes_back(self):
+        """A node that is away when its job is deleted (NotReady: its kubelet acts on nothing)
+        does not hold the deletion, and its agent state is not left for ever: the job goes
+        at once, leaving its cleanup pod gated and owned by nothing with the node's claim;
+        once the node is back and the job's agent has left it, the operator lifts the gate,
+        the cleanup runs there, and the pod, the claim and the volume go."""
+        away = NODES[2]
+        self.assertEqual(self.apply(job_manifest("away", runPolicy={"backoffLimit": 1000})).returncode, 0)
+        states = {n: self.node_state_dir(n, "default/away") for n in NODES}
+        wait_for(lambda: all(os.path.isdir(d) for d in states.values()), 60, "the agents' state directories")
+        for d in states.values():
+            with open(os.path.join(d, "feedback.jsonl"), "w") as f:
+                f.write('{"input": "a private request"}\n')
+        self.runner_post(f"/nodes/{away}/notready")
+        self.addCleanup(self.runner_post, f"/nodes/{away}/ready")
+        wait_for(lambda: (self.condition("away", "Degraded") or {}).get("reason") == "NodeNotReady", 60,
+                 "the operator to see the node NotReady")
+        t = time.monotonic()
+        self.delete_job("away")
+        took = time.monotonic() - t
+        self.assertLess(took, 60, "the node that is away held the deletion")
+        pod_name = f"away-state-cleanup-{away}"
+        pod = self.get_json("pod", pod_name)
+        self.assertIsNotNone(pod, "no deferred cleanup pod")
+        self.assertNotIn("ownerReferences", pod["metadata"])
+        self.assertEqual(pod["metadata"]["labels"].get("fedge.io/state-cleanup"), "deferred")
+        self.assertEqual(pod["spec"].get("schedulingGates"), [{"name": "fedge.io/node-back"}])
+        self.assertNotIn("nodeName", pod["spec"], "scheduled while its node is away")
+        claim_name = pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        claim = self.get_json("pvc", claim_name)
+        self.assertIsNotNone(claim, "the node's claim went with the job")
+        self.assertNotIn("ownerReferences", claim["metadata"])
+        self.assertEqual(claim["metadata"]["annotations"].get("fedge.io/state-cleanup-pod"), pod_name)
+        pv_name = claim["spec"]["volumeName"]
+        self.assertIsNotNone(self.get_json("pv", pv_name))
+        for node, d in states.items():
+            if node != away:
+                self.assertFalse(os.path.lexists(d), f"the job's state is left on {node}: {d}")
+        self.assertTrue(os.path.isfile(os.path.join(states[away], "feedback.jsonl")))
+        events = wait_for(lambda: json.loads(self.kubectl(
+            "get", "events", "--field-selector", "involvedObject.name=away,reason=NodeStateRemovalDeferred",
+            "-o", "json").stdout)["items"], 30, "the NodeStateRemovalDeferred event")
+        self.assertEqual(len(events), 1, events)
+        self.assertIn(f"{away} (the node is not Ready) is removed when the node is back", events[0]["message"])
+        # Its agent pod is still there, Terminating: no kubelet confirmed it stopped.
+        def agents():
+            return [p for p in self.get_json("pods", "-l", "fedge.io/job=away")["items"]
+                    if p["metadata"]["labels"]["fedge.io/role"] == "agent"]
+        wait_for(lambda: {p["spec"].get("nodeName") for p in agents()} == {away}, 60,
+                 "the agents of the nodes that are there to go")
+        for p in agents():
+            self.assertIn("deletionTimestamp", p["metadata"], p["metadata"]["name"])
+        time.sleep(3)
+        self.assertEqual(self.get_json("pod", pod_name)["spec"].get("schedulingGates"),
+                         [{"name": "fedge.io/node-back"}], "the gate was lifted while the node was away")
+        t = time.monotonic()
+        self.runner_post(f"/nodes/{away}/ready")
+        wait_for(lambda: not os.path.lexists(states[away]), 90, f"the job's state removed from {away}")
+        wait_for(lambda: self.get_json("pod", pod_name) is None and self.get_json("pvc", claim_name) is None
+                 and self.get_json("pv", pv_name) is None, 60, "the cleanup pod, its claim and volume to go")
+        print(f"\n[node away] {away} back -> state removed and the record gone in {time.monotonic() - t:.1f} s",
+              flush=True)
+        events = wait_for(lambda: json.loads(self.kubectl(
+            "get", "events", "--field-selector", f"involvedObject.name={pod_name},reason=NodeStateRemoved",
+            "-o", "json").stdout)["items"], 30, "the NodeStateRemoved event")
+        self.assertEqual(len(events), 1, events)
+        self.assertIn(f"FederatedTrainingJob default/away from node {away}", events[0]["message"])
+        # The other nodes' cleanup pods were the job's: the garbage collector takes them.
+        wait_for(lambda: self.get_json("pods", "-l", "fedge.io/job=away")["items"] == [], 90,
+                 "every pod of the job to go")
+
     # ---- issue 10: pods, node directories, RBAC, token, network policies, checkpoints ----
     def test_restricted_namespace_refuses_a_host_path_pod(self):
         # The admission plugin is live: the pods the other tests see were checked by it.

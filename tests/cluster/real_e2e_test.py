@@ -21,7 +21,12 @@ through the node-local Service, Prometheus with in-cluster discovery, `helm unin
      kubernetes_sd_configs pointed at the API server with a ServiceAccount token: it
      discovers and scrapes the operator, aggregator and agent pods, and every query of
      deploy/grafana/fedge-dashboard.json returns data;
-  6. `kubectl delete ftj` + `helm uninstall` leave no fedge object, pod or volume.
+  6. a node that lost its state (the job's directory on its disk emptied, its serving
+     agent deleted): the operator makes the agent again and, since that agent has no
+     final global to serve, the pod <job>-aggregator-final, which hands it out from the
+     job's checkpoint through the aggregator Service (kube-proxy); the agent serves the
+     same answers as the other node's, and the final-model pod goes;
+  7. `kubectl delete ftj` + `helm uninstall` leave no fedge object, pod or volume.
 Timings are printed at the end (cluster start, images, helm install -> ready, apply ->
 Succeeded, total).
 
@@ -31,6 +36,7 @@ build-helm.sh, build-prometheus.sh), the fedge binaries or the model missing.
 Run: ctest -R integration_real_e2e --output-on-failure, or python3 real_e2e_test.py -v
 (FEDGE_KEEP_E2E=1 keeps the job, the release and Prometheus for a look afterwards).
 """
+import base64
 import json
 import os
 import re
@@ -41,6 +47,7 @@ import sys
 import time
 import unittest
 import urllib.parse
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_cluster as rc  # noqa: E402
@@ -183,7 +190,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
 
     def setUp(self):
         step = int(re.match(r"test_(\d+)_", self._testMethodName).group(1))
-        if step in (5, 6) and self.done_steps >= 2:
+        if step in (6, 7) and self.done_steps >= 2:
             return  # uninstall and the leftover check run once the job ran, whatever came between
         if self.done_steps < step - 1:
             self.skipTest(f"step {self.done_steps + 1} did not pass")
@@ -450,7 +457,95 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 "(no 'update rejected' in its log) and exposes the counter only after a first rejection")
         self.step_done()
 
-    def test_5_delete_the_job_and_uninstall_leave_nothing_behind(self):
+    def test_5_a_node_that_lost_its_state_gets_the_final_global_back(self):
+        """A serving agent whose node lost the job's state directory (a disk replaced, a
+        directory wiped) is made again with nothing to serve: 20 s after its pod was made,
+        still not ready, the operator starts <job>-aggregator-final on the job's checkpoint,
+        the agent reaches it through the aggregator Service (kube-proxy), is told DONE with
+        the final global and serves it. The pod runner of operator_cluster_test cannot
+        show this (it pins a Service's address when a pod starts): real nodes can."""
+        node, other = rc.NODES[0], rc.NODES[1]
+        name = f"{JOB}-agent-{node}"
+        final = f"{JOB}-aggregator-final"
+        token = kubectl("-n", JOB_NS, "get", "secret", f"{JOB}-inference-token", "-o",
+                        "jsonpath={.data.token}", quiet=True).stdout
+        token = base64.b64decode(token).decode().strip()
+        texts = ["oak: a deciduous tree of the genus Quercus", "violin: a bowed stringed instrument",
+                 "granite: a hard igneous rock"]
+
+        def classify(pod_ip):
+            req = urllib.request.Request(f"http://{pod_ip}:8080/v1/classify",
+                                         data=json.dumps({"input": texts}).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return [(d["label"], round(d["score"], 5)) for d in json.loads(r.read())["data"]]
+
+        def pod(n):
+            return kubectl_json("-n", JOB_NS, "get", "pod", n)
+        reference = classify(pod(f"{JOB}-agent-{other}")["status"]["podIP"])
+        old = pod(name)
+        self.assertEqual(classify(old["status"]["podIP"]), reference, "the two agents serve different globals")
+        state = os.path.join(rc.node_disk(node), "state", JOB_NS, JOB)
+        self.assertTrue(os.path.isfile(os.path.join(state, "global.safetensors")), state)
+        events_before = kubectl_json("-n", JOB_NS, "get", "events", "--field-selector",
+                                     f"involvedObject.name={JOB},reason=FinalModelServed")["items"]
+        self.assertEqual(events_before, [], "a final-model pod was made before any node needed one")
+        # The state is lost, then the agent's pod goes (a node reboot, an eviction, a user).
+        lost = sorted(os.listdir(state))
+        for entry in lost:
+            path = os.path.join(state, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+        log(f"{node}: emptied /var/lib/fedge/state/{JOB_NS}/{JOB} (was {lost}); deleting {name}")
+        t = time.monotonic()
+        kubectl("-n", JOB_NS, "delete", "pod", name, "--wait=true", "--timeout=120s", timeout=180)
+        seen_final = {}
+
+        def serving_again():
+            pods = {p["metadata"]["name"]: p for p in kubectl_json(
+                "-n", JOB_NS, "get", "pods", "-l", f"fedge.io/job={JOB}")["items"]}
+            if final in pods and "at" not in seen_final:
+                seen_final.update(at=time.monotonic() - t, pod=pods[final])
+            p = pods.get(name)
+            if not p or p["metadata"]["uid"] == old["metadata"]["uid"]:
+                return None
+            ready = p["status"].get("phase") == "Running" and all(
+                c.get("ready") for c in p["status"].get("containerStatuses", []))
+            return p if ready else None
+        try:
+            new = wait_for(serving_again, 240, f"{name} made again and serving", interval=1)
+        finally:
+            kubectl("-n", JOB_NS, "get", "pods", "-o", "wide", check=False)
+        took = time.monotonic() - t
+        self.assertIn("at", seen_final, f"{final} never appeared")
+        log(f"{name}: deleted -> made again and ready in {took:.1f} s; {final} seen after {seen_final['at']:.1f} s")
+        spec = seen_final["pod"]["spec"]
+        self.assertEqual(len(spec["containers"]), 1)
+        self.assertIn("--serve-final", spec["containers"][0].get("args", []) + spec["containers"][0].get("command", []))
+        self.assertEqual(seen_final["pod"]["metadata"]["labels"].get("fedge.io/role"), "aggregator")
+        # The new agent got the global from the final-model pod, not from anything left.
+        agent_log = kubectl("-n", JOB_NS, "logs", name, "-c", "agent", quiet=True).stdout
+        self.assertIn("job done", agent_log, agent_log[-3000:])
+        self.assertNotIn("the job was done before this start", agent_log, agent_log[-3000:])
+        wait_for(lambda: os.path.isfile(os.path.join(state, "global.safetensors")), 30,
+                 f"global.safetensors back in {state}")
+        self.assertEqual(classify(new["status"]["podIP"]), reference,
+                         "the agent serves a different model than the agents that trained")
+        events = [e["message"] for e in kubectl_json("-n", JOB_NS, "get", "events", "--field-selector",
+                                                     f"involvedObject.name={JOB},reason=FinalModelServed")["items"]]
+        log(f"FinalModelServed: {events}")
+        self.assertEqual(len(events), 1, events)
+        self.assertIn(node, events[0])
+        # Every agent serves: the final-model pod goes (after its 30 s minimum run).
+        wait_for(lambda: kubectl("-n", JOB_NS, "get", "pod", final, "--ignore-not-found", "-o", "name",
+                                 quiet=True).stdout.strip() == "", 120, f"{final} to go")
+        TIMINGS["lost state: agent deleted -> serving the final global"] = took
+        job = kubectl_json("-n", JOB_NS, "get", "ftj", JOB)
+        self.assertEqual(job["status"]["state"], "Succeeded")
+        self.assertEqual(job["status"]["roundsCompleted"], job["spec"]["rounds"]["total"])
+        self.step_done()
+
+    def test_6_delete_the_job_and_uninstall_leave_nothing_behind(self):
         storage_before = {n: set(os.listdir(os.path.join(rc.node_disk(n), "storage"))) for n in rc.NODES}
         ckpt_pv = kubectl_json("-n", JOB_NS, "get", "pvc", f"{JOB}-checkpoints")["spec"]["volumeName"]
         # The job's agent state on each node (global, feedback log) goes with the job; a
@@ -517,12 +612,12 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
             "`kubectl delete crd federatedtrainingjobs.fedge.io` removes it)")
         type(self).leftover_lease = [x for x in left if x.startswith("Lease ")]
 
-    def test_6_uninstall_leaves_no_lease(self):
+    def test_7_uninstall_leaves_no_lease(self):
         """Regression (fixed): the operator made its leader-election Lease itself, so
         `helm uninstall` left it behind, still naming a holder that was gone. The chart now
         makes the Lease (templates/lease.yaml) and the operator may only get and update it."""
         if getattr(self, "leftover_lease", None) is None:
-            self.skipTest("test_5 did not get to the leftovers")
+            self.skipTest("test_6 did not get to the leftovers")
         self.assertEqual(self.leftover_lease, [],
                          f"left after helm uninstall: {getattr(self, 'leftover_lease', None)}")
 

@@ -121,13 +121,19 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
     inf->AddHandlers({[this, &r](const ObjectPtr& o) {
                         reconciler_->Seen(r, *o);
                         EnqueueOwner(o);
+                        EnqueueDeferredCleanup(r, o);
                       },
                       [this, &r](const ObjectPtr&, const ObjectPtr& n) {
                         reconciler_->Seen(r, *n);
                         EnqueueOwner(n);
+                        EnqueueDeferredCleanup(r, n);
                       },
-                      [this](const ObjectPtr& o) { EnqueueOwner(o); }});
+                      [this, &r](const ObjectPtr& o) {
+                        EnqueueOwner(o);
+                        EnqueueDeferredCleanup(r, o);
+                      }});
   }
+  pods_ = pods;
   auto node_changed = [this](const ObjectPtr& a, const ObjectPtr& b) {
     // Only what selection and Degraded depend on: labels, readiness, schedulability.
     if ((*a)["metadata"].value("labels", Json::object()) !=
@@ -137,10 +143,14 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
             (*b).value("spec", Json::object()).value("unschedulable", false) ||
         (*a)["metadata"].contains("deletionTimestamp") != (*b)["metadata"].contains("deletionTimestamp")) {
       EnqueueAllJobs();
+      EnqueueDeferredCleanups();
     }
   };
-  nodes->AddHandlers({[this](const ObjectPtr&) { EnqueueAllJobs(); }, node_changed,
-                      [this](const ObjectPtr&) { EnqueueAllJobs(); }});
+  nodes->AddHandlers({[this](const ObjectPtr&) {
+                        EnqueueAllJobs();
+                        EnqueueDeferredCleanups();
+                      },
+                      node_changed, [this](const ObjectPtr&) { EnqueueAllJobs(); }});
 }
 
 JobController::~JobController() { Stop(); }
@@ -158,6 +168,26 @@ void JobController::EnqueueOwner(const ObjectPtr& obj) {
       return;
     }
   }
+}
+
+void JobController::EnqueueDeferredCleanup(const Resource& r, const ObjectPtr& obj) {
+  // (Informers keep their own copy of the Resource: compare by name.)
+  const bool is_pod = r.plural == res::kPods.plural;
+  if (!is_pod && r.plural != res::kPersistentVolumeClaims.plural) return;
+  if (!DeferredStateCleanup(*obj)) return;
+  const Json& meta = (*obj)["metadata"];
+  const std::string pod =
+      is_pod ? meta.value("name", "")
+             : meta.value("annotations", Json::object()).value(kAnnotationStateCleanupPod, "");
+  if (pod.empty()) return;
+  queue_.Add(std::string(kDeferredCleanupKeyPrefix) + meta.value("namespace", "") + "/" + pod);
+  UpdateDepth();
+}
+
+void JobController::EnqueueDeferredCleanups() {
+  if (!pods_) return;
+  for (const auto& p : pods_->ListByLabel(kLabelStateCleanup, kStateCleanupDeferred))
+    EnqueueDeferredCleanup(res::kPods, p);
 }
 
 void JobController::EnqueueAllJobs() {
@@ -201,6 +231,9 @@ StatusOr<ReconcileResult> JobController::GuardedReconcile(const std::string& key
   // an unexpected type, say). It must not end the worker thread or the process: the key is
   // requeued with backoff like any failure, and the log says what was thrown.
   try {
+    const std::string prefix = kDeferredCleanupKeyPrefix;
+    if (key.compare(0, prefix.size(), prefix) == 0)
+      return reconciler_->ReconcileDeferredCleanup(key.substr(prefix.size()));
     return reconciler_->Reconcile(key);
   } catch (const std::exception& e) {
     log::Error("reconcile threw; requeued with backoff", {{"job", key}, {"exception", e.what()}});

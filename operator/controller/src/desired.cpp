@@ -483,6 +483,15 @@ Json AgentPodWithoutHash(const Json& job, const JobSpec& spec, const std::string
       // libraries that look for a home directory find a writable one
       {"env", Json::array({{{"name", "HOME"}, {"value", kTmpMountPath}}})},
       {"ports", Json::array({{{"name", "http"}, {"containerPort", port}, {"protocol", "TCP"}}})},
+      // Ready once it has a global model to serve (/readyz: 503 before): the inference
+      // Service sends no client to an agent without one, and after the job an agent that
+      // stays not ready (its node lost the final global) gets the final-model pod
+      // (KeepServing). Generous timeouts: a training step may hold both cores.
+      {"readinessProbe",
+       {{"httpGet", {{"path", "/readyz"}, {"port", "http"}}},
+        {"periodSeconds", 5},
+        {"timeoutSeconds", 5},
+        {"failureThreshold", 3}}},
       {"resources", Resources(agents)},
       {"volumeMounts",
        Json::array({{{"name", "config"}, {"mountPath", kConfigMountPath}, {"readOnly", true}},
@@ -850,6 +859,35 @@ Json DesiredStateCleanupPod(const Json& job, const JobSpec& spec, const std::str
                     TmpVolume()})}};
   AddPullSecrets(pod_spec, opts);
   return {{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", meta}, {"spec", pod_spec}};
+}
+
+Json DesiredDeferredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
+                                    const DesiredOptions& opts) {
+  Json pod = DesiredStateCleanupPod(job, spec, node, opts);
+  if (pod.is_null()) return pod;
+  pod["metadata"].merge_patch(DeferStateCleanupPodPatch(job)["metadata"]);
+  // Not scheduled (not even onto the node, which it tolerates whatever its taints) until
+  // the operator sees the node back and the job's agent gone from it.
+  pod["spec"]["schedulingGates"] = Json::array({{{"name", kStateCleanupGate}}});
+  return pod;
+}
+
+Json DeferStateCleanupPodPatch(const Json& job) {
+  return {{"metadata",
+           {{"ownerReferences", nullptr},
+            {"labels", {{kLabelStateCleanup, kStateCleanupDeferred}}},
+            {"annotations", {{kAnnotationJobUid, job["metadata"].value("uid", "")}}}}}};
+}
+
+Json DeferStateClaimPatch(const Json& job, const std::string& pod_name) {
+  Json patch = DeferStateCleanupPodPatch(job);
+  patch["metadata"]["annotations"][kAnnotationStateCleanupPod] = pod_name;
+  return patch;
+}
+
+bool DeferredStateCleanup(const Json& obj) {
+  const Json meta = obj.is_object() ? obj.value("metadata", Json::object()) : Json::object();
+  return meta.value("labels", Json::object()).value(kLabelStateCleanup, "") == kStateCleanupDeferred;
 }
 
 std::string CheckpointClaimName(const Json& job) {

@@ -173,6 +173,13 @@ struct Planner {
   // Runs the state-cleanup pods of a deleted job; false while any is due (requeued).
   // `outcome` gets the events to record when the job goes.
   bool RemoveNodeState(std::vector<PlannedEvent>& outcome);
+  // For a node whose cleanup cannot run now (not Ready, or not in the cluster): plans the
+  // deferred record (desired.h) for the node's state-root `claim`; false when it cannot be
+  // left (the claim or the pod's name going or taken), and the state is reported left.
+  bool DeferNodeState(const std::string& node, const std::string& claim_name, const Json& claim,
+                      const ObjectPtr& pod, const JobSpec& parsed);
+  // The state-root claims left to a deferred cleanup: their volumes stay with them.
+  std::set<std::string> deferred_claims;
   void Children();
   // The Node object named `node` when it exists, is not being deleted and carries every
   // label of spec.agents.nodeSelector (cordoned or not, whatever maxAgents); else null.
@@ -413,6 +420,10 @@ void Planner::Finalize() {
     const Json& meta = (*pv)["metadata"];
     if (meta.value("labels", Json::object()).value(kLabelJobNamespace, "") != o.ns) continue;
     if (Terminating(*pv)) continue;
+    // A deferred cleanup mounts it later (its claim is no longer the job's).
+    const Json claim_ref = pv->value("spec", Json::object()).value("claimRef", Json::object());
+    if (claim_ref.value("namespace", "") == o.ns && deferred_claims.count(claim_ref.value("name", "")))
+      continue;
     Add(ActionKind::kDelete, Wave::kPods, res::kPersistentVolumes, meta.value("name", ""));
   }
   fin.erase(std::remove(fin.begin(), fin.end(), kFinalizer), fin.end());
@@ -425,7 +436,8 @@ void Planner::Finalize() {
 bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
   auto parsed = ParseJobSpec(ManifestForParser(o.job).dump());
   const std::string dir = AgentStateSubPath(o.job);
-  std::vector<std::string> left;  // "node (why)"
+  std::vector<std::string> left;      // "node (why)"
+  std::vector<std::string> deferred;  // "node (why)"
   int removed = 0;
   std::vector<std::string> running;
   const std::time_t deadline = ParseTime(o.job["metadata"].value("deletionTimestamp", "")).value_or(o.now) +
@@ -464,12 +476,27 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
           continue;
         }
       }
-      // No pod runs on a node that is gone or unreachable now, and once the job is gone
-      // no claim is left to mount later: say so at once rather than hold the job.
+      // No pod runs on a node that is gone or unreachable now: rather than hold the job,
+      // its cleanup is left to run when the node is back (desired.h, deferred state
+      // removal), unless a foreground deletion took the claim first.
       if (auto r = ready.find(node); r == ready.end() || !r->second) {
-        left.push_back(node + (r == ready.end() ? " (the node is no longer in the cluster)"
-                                                : " (the node is not Ready)"));
+        const std::string why =
+            r == ready.end() ? " (the node is no longer in the cluster" : " (the node is not Ready";
+        if (DeferNodeState(node, key.second, *claim, pod, *parsed)) {
+          deferred.push_back(node + why + ")");
+        } else {
+          left.push_back(node + why +
+                         (Terminating(*claim) ? "; its claim " + key.second + " is being deleted)" : ")"));
+        }
         continue;
+      }
+      if (pod && DeferredStateCleanup(*pod)) {
+        // Deferred by an earlier pass while the node was away: the record outlives the job
+        // and runs once the node is back (ReconcileDeferredCleanup); keep the claim with it.
+        if (DeferNodeState(node, key.second, *claim, pod, *parsed)) {
+          deferred.push_back(node + " (the node was away)");
+          continue;
+        }
       }
       if (pod) {
         running.push_back(node);
@@ -500,6 +527,14 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
   for (const auto& node : running)
     left.push_back(node + " (not done " + std::to_string(kNodeStateCleanupTimeoutSeconds) +
                    " s after the deletion: its agent pod is still terminating or the cleanup did not end)");
+  if (!deferred.empty()) {
+    std::sort(deferred.begin(), deferred.end());
+    outcome.push_back({"Normal", "NodeStateRemovalDeferred",
+                       "the job's agent state (" + dir + " in the state root) on " + Join(deferred, "; ") +
+                           " is removed when the node is back: its state-cleanup pod waits for it "
+                           "(kubectl get pods -l " +
+                           kLabelStateCleanup + "=" + kStateCleanupDeferred + ")"});
+  }
   if (removed > 0)
     outcome.push_back({"Normal", "NodeStateRemoved",
                        "removed the job's agent state (" + dir + " in the state root) from " +
@@ -512,6 +547,31 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
              " in the operator's --node-state-dir; global models and the feedback log) is left on " +
              Join(left, "; ") + ": remove it on those nodes by hand"});
   }
+  return true;
+}
+
+bool Planner::DeferNodeState(const std::string& node, const std::string& claim_name, const Json& claim,
+                             const ObjectPtr& pod, const JobSpec& parsed) {
+  if (Terminating(claim)) return false;
+  const std::string pod_name = StateCleanupPodName(o.job, node);
+  if (!pod) {
+    if (Blocked(res::kPods, pod_name)) return false;
+    Json want = DesiredDeferredStateCleanupPod(o.job, parsed, node, opts.desired);
+    if (want.is_null()) return false;
+    Add(ActionKind::kCreate, Wave::kPods, res::kPods, pod_name).object = std::move(want);
+  } else if (Terminating(*pod)) {
+    return false;
+  } else if (!DeferredStateCleanup(*pod)) {
+    // Made while the node was Ready, not run since: it runs when the node is back.
+    Add(ActionKind::kMergePatch, Wave::kPods, res::kPods, pod_name).object = DeferStateCleanupPodPatch(o.job);
+  }
+  const Json ann = claim["metadata"].value("annotations", Json::object());
+  if (!DeferredStateCleanup(claim) || ann.value(kAnnotationStateCleanupPod, "") != pod_name ||
+      claim["metadata"].contains("ownerReferences")) {
+    Add(ActionKind::kMergePatch, Wave::kPods, res::kPersistentVolumeClaims, claim_name).object =
+        DeferStateClaimPatch(o.job, pod_name);
+  }
+  deferred_claims.insert(claim_name);
   return true;
 }
 
@@ -1176,7 +1236,80 @@ std::string NotTheJobs(const Json& obj, const Json& job) {
       return "it belongs to FederatedTrainingJob " + labels.value(kLabelJob, "") + " (uid " + owner + ")";
     }
   }
+  if (DeferredStateCleanup(obj)) {  // a deleted job's record, owned by nothing (desired.h)
+    const std::string owner = meta.value("annotations", Json::object()).value(kAnnotationJobUid, "");
+    if (owner == uid) return "";
+    return "it is the deferred state cleanup of FederatedTrainingJob " + labels.value(kLabelJob, "") +
+           " (uid " + owner + ")";
+  }
   return "it has no controller owner reference";
+}
+
+DeferredCleanupPlan PlanDeferredCleanup(const ObjectPtr& pod, const ObjectPtr& claim, const ObjectPtr& volume,
+                                        bool node_ready, bool agent_on_node) {
+  DeferredCleanupPlan out;
+  auto add = [&](ActionKind kind, const Resource& r, const Json& obj) -> Action& {
+    Action a;
+    a.kind = kind;
+    a.wave = Wave::kPods;
+    a.resource = &r;
+    a.ns = r.namespaced ? obj["metadata"].value("namespace", "") : "";
+    a.name = obj["metadata"].value("name", "");
+    if (kind == ActionKind::kDelete) a.del.precondition_uid = obj["metadata"].value("uid", "");
+    out.actions.push_back(std::move(a));
+    return out.actions.back();
+  };
+  const bool pod_live = pod && !Terminating(*pod);
+  if (pod_live && !DeferredStateCleanup(*pod)) return out;  // not a record (its name reused)
+  const Json claim_meta = claim ? (*claim)["metadata"] : Json::object();
+  const std::string node = claim_meta.value("annotations", Json::object()).value(kAnnotationNode, "");
+  const Json labels =
+      pod ? (*pod)["metadata"].value("labels", Json::object()) : claim_meta.value("labels", Json::object());
+  const std::string job =
+      (pod ? (*pod)["metadata"] : claim_meta).value("namespace", "") + "/" + labels.value(kLabelJob, "");
+  PlannedEvent event;
+  if (pod_live) {
+    const PodPhase phase = PodPhaseOf(*pod);
+    if (phase != PodPhase::kSucceeded && phase != PodPhase::kFailed) {
+      const Json gates = (*pod)["spec"].value("schedulingGates", Json::array());
+      if (gates.empty()) return out;  // lifted: scheduled, running
+      if (!node_ready || agent_on_node) {
+        // Node events bring the next pass; an agent pod's deletion does not: look again.
+        if (node_ready) out.requeue_after = std::chrono::seconds(10);
+        return out;
+      }
+      add(ActionKind::kMergePatch, res::kPods, *pod).object = {{"spec", {{"schedulingGates", nullptr}}}};
+      return out;
+    }
+    if (phase == PodPhase::kSucceeded) {
+      event = {"Normal", "NodeStateRemoved",
+               "removed the agent state of the deleted FederatedTrainingJob " + job + " from node " + node +
+                   ", which was away when the job was deleted"};
+    } else {
+      const std::string why = PodFailureMessage(*pod);
+      event = {"Warning", "NodeStateLeft",
+               "the agent state of the deleted FederatedTrainingJob " + job +
+                   " could not be removed from node " + node + (why.empty() ? "" : " (" + why + ")") +
+                   ": remove it on that node by hand"};
+    }
+  } else {
+    event = {"Warning", "NodeStateLeft",
+             "the state-cleanup pod of the deleted FederatedTrainingJob " + job +
+                 " was deleted before it finished: its agent state is left on node " + node +
+                 "; remove it on that node by hand"};
+  }
+  out.about = pod ? *pod : (claim ? *claim : Json::object());
+  if (claim && !Terminating(*claim)) {
+    // The volume object only (Retain: the node's directories stay): it is made for the
+    // job's node volumes alone, and leaves once the claim has gone.
+    if (volume && !Terminating(*volume) &&
+        (*volume)["metadata"].value("labels", Json::object()).value(kLabelJob, "") ==
+            labels.value(kLabelJob, ""))
+      add(ActionKind::kDelete, res::kPersistentVolumes, *volume);
+    add(ActionKind::kDelete, res::kPersistentVolumeClaims, *claim).on_success.push_back(event);
+  }
+  if (pod_live) add(ActionKind::kDelete, res::kPods, *pod);
+  return out;
 }
 
 void SetAsideForeignChildren(Observed& o) {

@@ -322,6 +322,71 @@ StatusOr<ReconcileResult> JobReconciler::Reconcile(const std::string& key) {
   return Apply(*observed, std::move(plan));
 }
 
+StatusOr<ReconcileResult> JobReconciler::ReconcileDeferredCleanup(const std::string& key) {
+  auto slash = key.find('/');
+  if (slash == std::string::npos) return InvalidArgumentError("key must be namespace/name: " + key);
+  const std::string ns = key.substr(0, slash), pod_name = key.substr(slash + 1);
+  ObjectPtr pod = cache_->Get(res::kPods, ns, pod_name);
+  ObjectPtr claim;
+  for (auto& c : cache_->List(res::kPersistentVolumeClaims, ns, kLabelStateCleanup, kStateCleanupDeferred)) {
+    if ((*c)["metadata"].value("annotations", Json::object()).value(kAnnotationStateCleanupPod, "") ==
+        pod_name)
+      claim = c;
+  }
+  if (!pod && !claim) return ReconcileResult{};
+  const Json& meta = (claim ? *claim : *pod)["metadata"];
+  const std::string node_name = meta.value("annotations", Json::object()).value(kAnnotationNode, "");
+  const std::string job = meta.value("labels", Json::object()).value(kLabelJob, "");
+  // While its job is still there, its finalizer is making the record (the claim may show
+  // before the pod does): nothing is decided until the job has gone.
+  const std::string job_uid = meta.value("annotations", Json::object()).value(kAnnotationJobUid, "");
+  if (ObjectPtr j = cache_->Get(res::kJobs, ns, job); j && (*j)["metadata"].value("uid", "") == job_uid)
+    return ReconcileResult{std::chrono::seconds(5), 0};
+  if (!pod) {
+    // Not in the cache is not gone: a pod the cache has not shown yet must not be taken
+    // for one deleted before it ran.
+    auto live = client_->Get(res::kPods, ns, pod_name);
+    if (live.ok()) {
+      pod = std::make_shared<const Json>(std::move(*live));
+    } else if (!IsNotFound(live.status())) {
+      return live.status().WithContext("get pods/" + pod_name + " (deferred state cleanup)");
+    }
+  }
+  ObjectPtr volume;
+  if (claim) {
+    const std::string pv = (*claim).value("spec", Json::object()).value("volumeName", "");
+    if (!pv.empty()) volume = cache_->Get(res::kPersistentVolumes, "", pv);
+  }
+  ObjectPtr node = node_name.empty() ? nullptr : cache_->Get(res::kNodes, "", node_name);
+  const bool ready = node && !(*node)["metadata"].contains("deletionTimestamp") && NodeReady(*node);
+  bool agent = false;
+  for (const auto& p : cache_->List(res::kPods, ns, kLabelJob, job)) {
+    const Json& m = (*p)["metadata"];
+    if (m.value("labels", Json::object()).value(kLabelRole, "") != "agent") continue;
+    agent = agent || m.value("annotations", Json::object()).value(kAnnotationNode, "") == node_name ||
+            (*p).value("spec", Json::object()).value("nodeName", "") == node_name;
+  }
+  DeferredCleanupPlan plan = PlanDeferredCleanup(pod, claim, volume, ready, agent);
+  ReconcileResult result{plan.requeue_after, 0};
+  for (const Action& a : plan.actions) {
+    Status s;
+    if (a.kind == ActionKind::kDelete) {
+      s = client_->Delete(*a.resource, a.ns, a.name, a.del);
+      if (IsNotFound(s) || (IsConflict(s) && !a.del.precondition_uid.empty())) s = OkStatus();
+    } else {
+      s = client_->MergePatch(*a.resource, a.ns, a.name, a.object).status();
+      if (IsNotFound(s)) s = OkStatus();
+    }
+    if (!s.ok()) return s.WithContext(a.Describe() + " (deferred state cleanup of " + ns + "/" + job + ")");
+    ++result.actions;
+    if (a.kind == ActionKind::kMergePatch)
+      log::Info("deferred state cleanup: node back, pod released",
+                {{"job", ns + "/" + job}, {"node", node_name}, {"pod", a.name}});
+    for (const auto& e : a.on_success) events_->Record(plan.about, e.type, e.reason, e.message);
+  }
+  return result;
+}
+
 void JobReconciler::RunWave(Run& run, const std::vector<const Action*>& actions, std::vector<Outcome>& out) {
   out.assign(actions.size(), Outcome{});
   const size_t workers = std::min(actions.size(), static_cast<size_t>(std::max(1, opts_.apply_concurrency)));

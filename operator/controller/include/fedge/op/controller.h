@@ -62,6 +62,10 @@ class JobController {
   StatusOr<ReconcileResult> GuardedReconcile(const std::string& key);
   void EnqueueOwner(const ObjectPtr& obj);
   void EnqueueAllJobs();
+  // A deferred state cleanup's pod or claim (desired.h): its key (kDeferredCleanupKeyPrefix).
+  void EnqueueDeferredCleanup(const Resource& r, const ObjectPtr& obj);
+  // Every deferred state cleanup's pod in the cache (a node changed).
+  void EnqueueDeferredCleanups();
   void UpdateDepth();
 
   KubeClient* client_;
@@ -69,6 +73,7 @@ class JobController {
   WorkQueue queue_;
   std::vector<std::unique_ptr<Informer>> informers_;
   Informer* jobs_ = nullptr;
+  Informer* pods_ = nullptr;  // the job pods' informer (deferred state cleanups)
   InformerCache cache_;
   std::unique_ptr<EventRecorder> events_;
   std::unique_ptr<JobReconciler> reconciler_;

@@ -279,6 +279,28 @@ std::string StateCleanupPodName(const Json& job, const std::string& node);
 const NodeVolumeRoot* StateVolumeRoot(const std::vector<NodeVolumeRoot>& roots);
 Json DesiredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
                             const DesiredOptions& opts);
+// Deferred state removal: a node that is not Ready (or no longer in the cluster) when the
+// job is deleted cannot run its cleanup then, and its state must not stay for ever. The
+// finalizer leaves a record that outlives the job: the node's cleanup pod, made without an
+// owner and held by the scheduling gate kStateCleanupGate, and the node's state-root claim,
+// its owner reference removed (so neither is collected with the job). Both carry the label
+// kLabelStateCleanup=deferred and the job's uid; the claim names the pod
+// (kAnnotationStateCleanupPod). The operator lifts the gate once the node is Ready and no
+// agent pod of the job is left on it (JobReconciler::ReconcileDeferredCleanup), then
+// deletes the pod, the claim and its volume when the pod has ended, with an event on the
+// pod: NodeStateRemoved, or NodeStateLeft when it failed or was deleted before it ran.
+inline constexpr const char* kLabelStateCleanup = "fedge.io/state-cleanup";
+inline constexpr const char* kStateCleanupDeferred = "deferred";
+inline constexpr const char* kAnnotationStateCleanupPod = "fedge.io/state-cleanup-pod";
+inline constexpr const char* kStateCleanupGate = "fedge.io/node-back";
+Json DesiredDeferredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
+                                    const DesiredOptions& opts);
+// The merge patch that turns a cleanup pod the finalizer made earlier (owned by the job)
+// into a deferred one; and the one that hands the node's state-root claim to the record.
+Json DeferStateCleanupPodPatch(const Json& job);
+Json DeferStateClaimPatch(const Json& job, const std::string& pod_name);
+// True for a pod or claim of that record.
+bool DeferredStateCleanup(const Json& obj);
 
 // --- Aggregator checkpoints ----------------------------------------------------------
 // spec.aggregator.checkpoint: enabled (default true) keeps checkpoints on a

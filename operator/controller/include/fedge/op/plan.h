@@ -162,6 +162,25 @@ struct Plan {
 // Pure: the same Observed and options give the same Plan.
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options);
 
+// One pass over a deferred state cleanup (desired.h: the record a deleted job left for a
+// node that was away), from what the cache shows: its pod and claim (null when gone), the
+// claim's PersistentVolume, whether the node is in the cluster and Ready, and whether a
+// pod of the job's agent is still on it (its kubelet has not stopped it yet). Pure.
+//   - the pod gated: the gate is lifted once the node is Ready and no agent is left (the
+//     cleanup must not race an agent that still writes);
+//   - the pod ended (or deleted before it finished): the volume, the claim, then the pod are
+//     deleted, in that order (a pass that fails part way repeats the rest); the event
+//     (NodeStateRemoved, or Warning NodeStateLeft naming why) goes with the claim's
+//     deletion, about the pod (or the claim when the pod is gone);
+//   - otherwise (scheduled, running): nothing; the pod's next update brings the next pass.
+struct DeferredCleanupPlan {
+  std::vector<Action> actions;  // in order; each only after the one before succeeded
+  Json about;                   // the object the actions' events are about
+  std::optional<std::chrono::seconds> requeue_after;
+};
+DeferredCleanupPlan PlanDeferredCleanup(const ObjectPtr& pod, const ObjectPtr& claim, const ObjectPtr& volume,
+                                        bool node_ready, bool agent_on_node);
+
 // Why the job's serving certificate (in its credentials Secret) must be issued again
 // from the job's CA, or "" when it is current (then *renew_at is its renewal time):
 // missing, unreadable, not the CA's, not matching its key, or a third of its lifetime

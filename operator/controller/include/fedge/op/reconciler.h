@@ -97,6 +97,10 @@ struct ReconcilerOptions {
 // projected tokens with. An error names the request and what the operator needs.
 StatusOr<IssuerKeys> ReadIssuerKeys(KubeClient& client);
 
+// Work-queue keys of deferred state cleanups: this prefix, then "namespace/name" of the
+// pod (no job key has it: a namespace name has no ':').
+inline constexpr const char* kDeferredCleanupKeyPrefix = "state-cleanup:";
+
 struct ReconcileResult {
   std::optional<std::chrono::seconds> requeue_after;
   int actions = 0;  // writes the pass planned and ran (0 in a steady state)
@@ -109,6 +113,12 @@ class JobReconciler {
   // key is "namespace/name". Thread-safe for distinct keys (the work queue never runs
   // one key on two workers).
   StatusOr<ReconcileResult> Reconcile(const std::string& key);
+
+  // A deferred state cleanup (desired.h), key "namespace/name" of its pod: one
+  // PlanDeferredCleanup pass over what the cache shows, its writes run in order (an
+  // error stops them; the controller requeues), its events recorded. Thread-safe for
+  // distinct keys.
+  StatusOr<ReconcileResult> ReconcileDeferredCleanup(const std::string& key);
 
   // The cache now holds `obj` of resource `r` (the informer's add or update handler): an
   // object a pass created is no longer "created, not yet seen" (below). Never blocks on
