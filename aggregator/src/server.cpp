@@ -1124,18 +1124,21 @@ Status AggregatorServer::Start() {
       lock.lock();
     }
   });
-  log::Info("aggregator serving", {{"job", engine_->options().job},
-                                   {"grpc_port", grpc_port_},
-                                   {"tls", options_.tls_cert_pem.empty()        ? "off"
-                                           : options_.tls_client_ca_pem.empty() ? "server"
-                                                                                : "mutual"},
-                                   {"join_tokens", !options_.agent_token_jwks_file.empty() ? "service_account"
-                                                   : !options_.tokens_file.empty()         ? "tokens_file"
-                                                                                           : "none"},
-                                   {"http_port", http_port()},
-                                   {"grpc_memory_bytes", static_cast<int64_t>(GrpcMemoryBytes(options_))},
-                                   {"expected_agents", engine_->options().expected_agents},
-                                   {"rounds", engine_->options().total_rounds}});
+  log::Info("aggregator serving",
+            {{"job", engine_->options().job},
+             {"grpc_port", grpc_port_},
+             {"tls", options_.tls_cert_pem.empty()        ? "off"
+                     : options_.tls_client_ca_pem.empty() ? "server"
+                                                          : "mutual"},
+             {"join_tokens", !options_.agent_token_jwks_file.empty() ? "service_account"
+                             : !options_.tokens_file.empty()         ? "tokens_file"
+                                                                     : "none"},
+             {"http_port", http_port()},
+             {"grpc_memory_bytes", static_cast<int64_t>(GrpcMemoryBytes(options_))},
+             // Serving the final global trains nothing: no agent is waited for.
+             {"mode", options_.serve_final ? "serve-final" : "train"},
+             {"expected_agents", options_.serve_final ? 0 : engine_->options().expected_agents},
+             {"rounds", engine_->options().total_rounds}});
   return OkStatus();
 }
 
