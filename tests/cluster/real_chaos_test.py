@@ -20,6 +20,11 @@ the old one had completed (its log says "resumed from checkpoint", its /v1/statu
 the same round records). Printed per fault, and as the table in docs/operator.md: what the
 job did, rounds lost, when the broken part was back, when the next round completed.
 
+And one deletion fault (test_7): the kubelet of a node is SIGKILLed after its job
+succeeded and the job is deleted while the node is NotReady; the deletion must not wait
+for it, and once start-cluster.sh brings the kubelet back the node's agent state must be
+removed and the deferred cleanup (gated pod, claim, volume) gone.
+
 Exit status 77 (SKIPPED) like real_e2e_test.py. Run: ctest -R integration_real_chaos
 --output-on-failure, or python3 real_chaos_test.py -v [RealChaosTest.test_3_...].
 """
@@ -331,6 +336,74 @@ class RealChaosTest(unittest.TestCase):
             self.skipTest("test_5 did not finish")
         restarts, failed = self.apiserver_restarts
         self.assertEqual(restarts, 0, f"pods recreated after the API server restart; failed containers: {failed}")
+
+    def test_7_node_away_when_its_job_is_deleted_is_cleaned_when_back(self):
+        """A node whose kubelet is down when its job is deleted: the deletion is not held
+        for it, and its agent state (the feedback log of the inference requests it served,
+        the globals) is removed when it is back: the operator leaves a gated cleanup pod,
+        owned by nothing, holding the node's claim; the returning kubelet stops the agent it
+        was running, the operator lifts the gate, the pod runs on the node and the pod, the
+        claim and the volume go."""
+        job = "chaos-away"
+        rc.clear_agent_state(NS, job)
+        kubectl("-n", NS, "apply", "-f", "-", input=rc.job_manifest(job, total=3))
+        kubectl("-n", NS, "wait", "--for=condition=Succeeded", f"ftj/{job}", "--timeout=600s", timeout=660)
+        node = rc.NODES[1]
+        state = os.path.join(rc.node_disk(node), "state", NS, job)
+        self.assertTrue(os.path.isfile(os.path.join(state, "global.safetensors")), state)
+        pid = rc.node_sh("pid", node, "kubelet", quiet=True).stdout.strip()
+        log(f"$ kill -KILL {pid}   # kubelet of {node}")
+        os.kill(int(pid), signal.SIGKILL)
+        restarted = []
+
+        def restart():
+            if not restarted:
+                restarted.append(True)
+                run([os.path.join(rc.SCRIPTS, "start-cluster.sh")], timeout=600, max_lines=4)
+        self.addCleanup(restart)
+
+        def ready_status():
+            n = self.api.get(f"/api/v1/nodes/{node}")
+            return [c for c in n["status"]["conditions"] if c["type"] == "Ready"][0]["status"]
+        t = time.time()
+        wait_for(lambda: ready_status() != "True", 120, f"{node} NotReady", interval=1)
+        log(f"{node} NotReady {time.time() - t:.1f} s after its kubelet stopped")
+        # (A succeeded job reports no Degraded condition: give the operator's node watch a
+        # moment to deliver the change.)
+        time.sleep(5)
+        t = time.time()
+        kubectl("-n", NS, "delete", "ftj", job, "--wait=true", "--timeout=120s", timeout=180)
+        took = time.time() - t
+        log(f"kubectl delete ftj {job} returned after {took:.1f} s with {node} away")
+        self.assertLess(took, 120)
+        pod_name = f"{job}-state-cleanup-{node}"
+        pod = kubectl_json("-n", NS, "get", "pod", pod_name)
+        self.assertNotIn("ownerReferences", pod["metadata"])
+        self.assertEqual(pod["spec"].get("schedulingGates"), [{"name": "fedge.io/node-back"}])
+        claim_name = pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        pv_name = kubectl_json("-n", NS, "get", "pvc", claim_name)["spec"]["volumeName"]
+        self.assertTrue(os.path.isfile(os.path.join(state, "global.safetensors")), "removed while the node was away?")
+        kubectl("-n", NS, "get", "pods,pvc", "-o", "wide")
+        t = time.time()
+        restart()
+        wait_for(lambda: ready_status() == "True", 120, f"{node} Ready again", interval=1)
+        log(f"{node} Ready {time.time() - t:.1f} s after its kubelet was restarted")
+
+        def gone():
+            return (not os.path.lexists(state) and
+                    kubectl("-n", NS, "get", "pod", pod_name, "--ignore-not-found", "-o", "name", quiet=True).stdout == ""
+                    and kubectl("-n", NS, "get", "pvc", claim_name, "--ignore-not-found", "-o", "name",
+                                quiet=True).stdout == ""
+                    and kubectl("get", "pv", pv_name, "--ignore-not-found", "-o", "name", quiet=True).stdout == "")
+        try:
+            wait_for(gone, 240, f"the state on {node} removed and the cleanup pod, claim and volume gone", interval=2)
+        finally:
+            kubectl("-n", NS, "get", "pods,pvc", "-o", "wide", check=False)
+        log(f"{node}: state removed and the record gone {time.time() - t:.1f} s after its kubelet was restarted")
+        events = kubectl_json("-n", NS, "get", "events", "--field-selector",
+                              f"involvedObject.name={pod_name},reason=NodeStateRemoved")["items"]
+        self.assertEqual(len(events), 1, events)
+        log(f"NodeStateRemoved: {events[0]['message']}")
 
 
 if __name__ == "__main__":
