@@ -233,22 +233,39 @@ TEST_F(ReconcilerTest, NodesJoiningAndLeavingTheSelectorGainAndLoseAgents) {
   EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-c").ok());
   EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-agent-edge-a").status()));
   EXPECT_EQ(GetJob()["status"]["agents"]["desired"], 2);
-  // The node volume and claim of the node that left go too; the others stay.
-  std::set<std::string> volume_nodes, claim_nodes;
-  for (const auto& pv : client_.Objects(res::kPersistentVolumes))
-    volume_nodes.insert(pv["metadata"]["annotations"].value(kAnnotationNode, ""));
-  for (const auto& pvc : client_.Objects(res::kPersistentVolumeClaims))
-    if (pvc["metadata"]["labels"].value(kLabelRole, "") == "node-volume")
-      claim_nodes.insert(pvc["metadata"]["annotations"].value(kAnnotationNode, ""));
-  EXPECT_EQ(volume_nodes, (std::set<std::string>{"edge-b", "edge-c"}));
-  EXPECT_EQ(claim_nodes, (std::set<std::string>{"edge-b", "edge-c"}));
-  // It comes back: an agent and volumes again.
+  // The node volume and claim of the node that left stay: its state directory holds the
+  // job's data, which the job's deletion removes through them.
+  auto volume_nodes = [this] {
+    std::set<std::string> pvs, claims;
+    for (const auto& pv : client_.Objects(res::kPersistentVolumes))
+      pvs.insert(pv["metadata"]["annotations"].value(kAnnotationNode, ""));
+    for (const auto& pvc : client_.Objects(res::kPersistentVolumeClaims))
+      if (pvc["metadata"]["labels"].value(kLabelRole, "") == "node-volume")
+        claims.insert(pvc["metadata"]["annotations"].value(kAnnotationNode, ""));
+    EXPECT_EQ(pvs, claims);
+    return pvs;
+  };
+  EXPECT_EQ(volume_nodes(), (std::set<std::string>{"edge-a", "edge-b", "edge-c"}));
+  // It comes back: an agent on the volumes it had.
   a["metadata"]["labels"]["fedge.io/edge"] = "true";
   a["metadata"].erase("resourceVersion");
   ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
   Reconcile();
   EXPECT_TRUE(client_.Get(res::kPods, "ml", "wn-agent-edge-a").ok());
   EXPECT_EQ(client_.Objects(res::kPersistentVolumes).size(), 3u);
+  // It leaves again, and the job is deleted: its state is removed with the others'.
+  a = *client_.Get(res::kNodes, "", "edge-a");
+  a["metadata"]["labels"].erase("fedge.io/edge");
+  ASSERT_TRUE(client_.Update(res::kNodes, "", a).ok());
+  Reconcile();
+  client_.SetNow(FormatTime(now()));
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  Reconcile();  // the pods go
+  Reconcile();  // one state-cleanup pod per node that holds the job's state
+  std::vector<std::string> cleanups;
+  for (const auto& p : Pods()) cleanups.push_back(p["metadata"]["name"]);
+  EXPECT_EQ(cleanups, (std::vector<std::string>{"wn-state-cleanup-edge-a", "wn-state-cleanup-edge-b",
+                                                "wn-state-cleanup-edge-c"}));
 }
 
 // A cache that serves the job as it was when frozen (an informer behind the API server);

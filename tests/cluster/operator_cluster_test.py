@@ -862,7 +862,8 @@ class OperatorClusterTest(unittest.TestCase):
         """Agents hold no Secret of their own: each pod's projected token (the job's audience,
         bound to the pod) is what the aggregator verifies, with the API server's keys the
         operator copied into the trust ConfigMap. A node leaving the selector loses its pod,
-        so its token stops being renewed and is refused once it expires."""
+        so its token stops being renewed and is refused once it expires; its volumes stay, and
+        the job's deletion removes its state with the other node's."""
         self.kubectl("label", "node", NODES[0], NODES[1], "fedge.io/pool=revoke", "--overwrite")
         try:
             self.assertEqual(self.apply(job_manifest("revoke", runPolicy={"backoffLimit": 1000},
@@ -902,17 +903,24 @@ class OperatorClusterTest(unittest.TestCase):
             self.assertEqual(cmd[cmd.index("--agent-token-service-account") + 1], "default/revoke-agent")
             self.kubectl("label", "node", NODES[1], "fedge.io/pool-")
             wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[1]}") is None, 60, "its agent pod deleted")
-            # Its node volume and claim go once the pod is gone (the claim's and volume's
-            # protection finalizers order it); the other node keeps its own.
-            wait_for(lambda: [pv["metadata"]["annotations"]["fedge.io/node"] for pv in self.node_volumes("revoke")]
-                     == [NODES[0]], 60, "the leaving node's PersistentVolume deleted")
-            wait_for(lambda: sorted(c["metadata"]["annotations"].get("fedge.io/node", "") for c in self.children("revoke")
-                                    if c["kind"] == "PersistentVolumeClaim"
-                                    and c["metadata"]["labels"].get("fedge.io/role") == "node-volume") == [NODES[0]],
-                     60, "the leaving node's claim deleted")
+            # Its node volume and claim stay: its state directory holds the job's data,
+            # which the job's deletion removes through them.
+            states = {n: self.node_state_dir(n, "default/revoke") for n in NODES[:2]}
+            for d in states.values():  # what the agents leave (these fail early: no model here)
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, "feedback.jsonl"), "w") as f:
+                    f.write('{"input": "a private request"}\n')
+            time.sleep(3)  # passes after the agent pod went
+            self.assertEqual(sorted(pv["metadata"]["annotations"]["fedge.io/node"]
+                                    for pv in self.node_volumes("revoke")), NODES[:2])
+            self.assertEqual(sorted(c["metadata"]["annotations"].get("fedge.io/node", "")
+                                    for c in self.children("revoke") if c["kind"] == "PersistentVolumeClaim"
+                                    and c["metadata"]["labels"].get("fedge.io/role") == "node-volume"), NODES[:2])
         finally:
             self.kubectl("label", "node", *NODES, "fedge.io/pool-", check=False)
         self.delete_job("revoke")
+        for node, d in states.items():
+            self.assertFalse(os.path.lexists(d), f"the job's state is left on {node}: {d}")
 
     def test_a_spec_change_replaces_the_pods_made_from_the_old_template(self):
         """Each pod carries fedge.io/pod-template-hash; a spec change that changes the

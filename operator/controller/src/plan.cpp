@@ -996,19 +996,9 @@ void Planner::Children() {
     Condition("PodsOutdated", "False", "PodsCurrent", "every pod is made from the current template",
               "Normal");
   }
-  // The node volumes of nodes that left go with their agents (the claim's protection holds
-  // it until the pod is gone, the volume's until the claim is; Retain keeps the files). A
-  // node that returns gets new ones.
-  for (const auto& [key, obj] : o.children) {
-    const bool pv = key.first == res::kPersistentVolumes.plural;
-    if (!pv && key.first != res::kPersistentVolumeClaims.plural) continue;
-    if (Role(*obj) != "node-volume" || Terminating(*obj)) continue;
-    const std::string node =
-        (*obj)["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "");
-    if (node.empty() || wanted.count(node) || Cordoned(node)) continue;
-    Add(ActionKind::kDelete, Wave::kPods, pv ? res::kPersistentVolumes : res::kPersistentVolumeClaims,
-        key.second);
-  }
+  // The node volumes of nodes that left stay until the job is deleted: the node's state
+  // directory holds the job's data (its feedback log, the globals), and the finalizer
+  // removes it through them (a node that returns resumes from it).
   for (const auto& [node, pod] : agents) {
     if (wanted.count(node) || Terminating(*pod) || Cordoned(node)) continue;
     // The node left the selector (or the cluster): its agent goes.
