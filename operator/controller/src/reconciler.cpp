@@ -435,6 +435,7 @@ Status NotOurs(const Resource& r, const std::string& name, const std::string& wh
 
 JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
   Outcome o;
+  bool gone = false;  // a patch found nothing to patch: an earlier pass did it (its events too)
   try {
     switch (a.kind) {
       case ActionKind::kApply: {
@@ -481,7 +482,10 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
       }
       case ActionKind::kMergePatch: {
         auto s = client_->MergePatch(*a.resource, a.ns, a.name, a.object);
-        if (IsNotFound(s.status())) break;
+        // The finalizer's patch of a job already gone: a pass that ran on a cache behind the
+        // deletion (its events were recorded by the pass that removed the finalizer).
+        gone = IsNotFound(s.status());
+        if (gone) break;
         o.status = s.status().WithContext("patch " + a.resource->plural + "/" + a.name);
         o.took_effect = s.ok();
         break;
@@ -501,7 +505,7 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
     o.status = InternalError(a.Describe() + ": " + e.what());
     o.took_effect = false;
   }
-  if (o.status.ok()) o.events.insert(o.events.end(), a.on_success.begin(), a.on_success.end());
+  if (o.status.ok() && !gone) o.events.insert(o.events.end(), a.on_success.begin(), a.on_success.end());
   return o;
 }
 
