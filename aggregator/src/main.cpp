@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   uint64_t max_upload_buffer_bytes = 512ull << 20;
   int64_t stream_idle_timeout_s = 120;
   int64_t agent_session_grace_s = 3600;
+  std::string agent_revoked_pods_file;
   int max_open_streams = 1024;
   uint64_t grpc_memory_bytes = aggregator::ServerOptions{}.grpc_memory_bytes;
   int grpc_stream_window_bytes = aggregator::ServerOptions{}.grpc_stream_window_bytes;
@@ -77,6 +78,10 @@ int main(int argc, char** argv) {
                  "expired (agents send the token the kubelet renewed with every request; raise it for sites "
                  "whose control plane may be unreachable longer than a token lives)")
       ->capture_default_str();
+  app.add_option("--agent-revoked-pods-file", agent_revoked_pods_file,
+                 "with --agent-token-*: JSON list of agent pods (by uid) the operator saw deleted or ended; "
+                 "their tokens are refused and their sessions end (re-read when the file changes; a missing "
+                 "file lists none)");
   app.add_option(
       "--tls-cert", tls_cert,
       "PEM serving certificate (chain): serve agents over TLS (re-read every 60 s with --tls-key and "
@@ -210,6 +215,7 @@ int main(int argc, char** argv) {
   options.agent_token_audience = agent_token_audience;
   options.agent_token_service_account = agent_token_service_account;
   options.agent_session_grace_s = agent_session_grace_s;
+  options.agent_revoked_pods_file = agent_revoked_pods_file;
   options.max_partial_upload_bytes = max_partial_upload_bytes;
   options.max_update_bytes = max_update_bytes;
   options.max_upload_buffer_bytes = max_upload_buffer_bytes;

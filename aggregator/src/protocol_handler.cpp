@@ -80,6 +80,14 @@ StatusOr<TensorBundle> LayoutFromJoin(const v1::Capabilities& caps) {
   return layout;
 }
 
+// Why a revoked pod's token or session is refused (revoked_pods.h).
+std::string RevokedPodMessage(const std::string& agent, const std::string& pod, const std::string& uid) {
+  return "agent \"" + agent + "\" presented the token of pod " + (pod.empty() ? "" : pod + " ") + "(uid " +
+         uid +
+         "), which is being deleted or has ended (the operator revoked it); only the node's current agent "
+         "pod joins";
+}
+
 v1::SubmitUpdateResponse ToResponse(const UpdateVerdict& verdict) {
   v1::SubmitUpdateResponse r;
   r.set_accepted(verdict.accepted);
@@ -129,6 +137,24 @@ Status ProtocolHandler::CheckSessionToken(const v1::RequestHeader& header) {
     // The engine knows the session but no token established it (it cannot
     // happen while both live in this process; refuse rather than assume).
     return UnauthenticatedError("no token is on record for the session of agent \"" + agent + "\"; rejoin");
+  }
+  if (options_.revoked_pods) {
+    const std::string pod_uid = it->second.pod_uid;
+    lock.unlock();  // Revoked may re-read its file
+    if (options_.revoked_pods->Revoked(pod_uid)) {
+      lock.lock();
+      it = credentials_.find(agent);
+      if (it != credentials_.end() && it->second.pod_uid == pod_uid) credentials_.erase(it);
+      lock.unlock();
+      if (metrics_) metrics_->SessionEnded("pod_gone");
+      log::Warn("session ended: its pod is gone", {{"agent", agent}, {"pod_uid", pod_uid}});
+      return PermissionDeniedError(RevokedPodMessage(agent, "", pod_uid));
+    }
+    lock.lock();
+    it = credentials_.find(agent);
+    if (it == credentials_.end() || it->second.session != header.session()) {
+      return UnauthenticatedError("the session of agent \"" + agent + "\" was replaced; rejoin");
+    }
   }
   if (!header.token().empty() && header.token() != it->second.token) {
     // A renewed token: verify it outside the lock (a signature check), then
@@ -206,6 +232,12 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
                                        {"pod_uid", claims->pod_uid},
                                        {"node", claims->node_name},
                                        {"token_expires_unix_s", claims->expires_unix_s}});
+    if (options_.revoked_pods && options_.revoked_pods->Revoked(claims->pod_uid)) {
+      if (metrics_) metrics_->JoinRefused("pod_gone");
+      log::Warn("join refused: the token's pod is gone",
+                {{"agent", agent}, {"pod", claims->pod_name}, {"pod_uid", claims->pod_uid}});
+      return PermissionDeniedError(RevokedPodMessage(agent, claims->pod_name, claims->pod_uid));
+    }
     node_name = claims->node_name;  // the issuer's word, not the agent's
     pod_uid = claims->pod_uid;
     token_expires_unix_s = claims->expires_unix_s;

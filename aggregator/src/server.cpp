@@ -944,6 +944,16 @@ StatusOr<std::unique_ptr<AggregatorServer>> AggregatorServer::Create(const JobSp
                                 std::to_string(options.agent_session_grace_s));
   }
   protocol.session_grace_s = options.agent_session_grace_s;
+  if (!options.agent_revoked_pods_file.empty()) {
+    if (!protocol.token_verifier) {
+      return InvalidArgumentError(
+          "--agent-revoked-pods-file lists pods whose service-account tokens are refused; it needs the "
+          "--agent-token-* flags");
+    }
+    auto revoked = RevokedPods::Open(options.agent_revoked_pods_file, options.clock);
+    if (!revoked.ok()) return revoked.status().WithContext("--agent-revoked-pods-file");
+    protocol.revoked_pods = std::move(*revoked);
+  }
   if (!options.tokens_file.empty()) {
     // Re-read when it changes: agents of nodes that join later get their tokens then.
     FEDGE_ASSIGN_OR_RETURN(protocol.token_file, TokenFile::Open(options.tokens_file, options.clock));

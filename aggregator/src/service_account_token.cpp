@@ -490,17 +490,8 @@ Status ParseServiceAccountName(const std::string& text, ServiceAccountTokenPolic
   return OkStatus();
 }
 
-StatusOr<ServiceAccountTokenVerifier::FileId> ServiceAccountTokenVerifier::Stat(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    return UnavailableError("cannot stat JWKS file " + path + ": " + std::strerror(errno));
-  }
-  FileId id;
-  id.dev = st.st_dev;
-  id.ino = st.st_ino;
-  id.size = st.st_size;
-  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-  return id;
+StatusOr<FileId> ServiceAccountTokenVerifier::Stat(const std::string& path) {
+  return StatFileId(path, "JWKS file");
 }
 
 StatusOr<std::shared_ptr<const JsonWebKeySet>> ServiceAccountTokenVerifier::Load(const std::string& path,

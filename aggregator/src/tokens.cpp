@@ -64,18 +64,7 @@ std::string NewSessionId() {
   return id;
 }
 
-StatusOr<TokenFile::FileId> TokenFile::Stat(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    return UnavailableError("cannot stat tokens file " + path + ": " + std::strerror(errno));
-  }
-  FileId id;
-  id.dev = st.st_dev;
-  id.ino = st.st_ino;
-  id.size = st.st_size;
-  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-  return id;
-}
+StatusOr<FileId> TokenFile::Stat(const std::string& path) { return StatFileId(path, "tokens file"); }
 
 StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(std::string path, const Clock* clock,
                                                      int64_t min_recheck_ms) {

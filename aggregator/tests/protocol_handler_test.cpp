@@ -217,6 +217,71 @@ TEST_F(ProtocolHandlerTest, ASessionEndsWhenItsNewestTokenExpiresAndRenewalsMust
   EXPECT_TRUE(ask("edge-2", "").ok());
 }
 
+// The attack: a node's token and session id are copied off it, then its agent pod
+// is deleted (the node left the selector, or the pod was replaced). Verified
+// offline, the copy would keep working for the token's 10 minutes plus the
+// session grace (an hour by default); the operator's revoked-pods list ends it.
+TEST_F(ProtocolHandlerTest, ARevokedPodsTokensAndSessionsAreRefused) {
+  const testing::TestSigningKey key = testing::TestSigningKey::P256("k1");
+  const std::string revoked_path = jwks_dir_.path() + "/revoked-pods.json";
+  ProtocolOptions options;
+  options.token_verifier = Verifier(key);
+  ASSERT_NE(options.token_verifier, nullptr);
+  auto revoked = RevokedPods::Open(revoked_path, &clock_);  // not written yet: lists none
+  ASSERT_TRUE(revoked.ok()) << revoked.status().ToString();
+  options.revoked_pods = std::move(*revoked);
+  Make(options);
+  const int64_t t0 = clock_.NowUnixMs() / 1000;
+  auto token = [&](int64_t issued_s, const std::string& node) {
+    return key.Sign(testing::PodTokenClaims(issued_s, node));
+  };
+  auto ask = [&](const std::string& agent, const std::string& presented) {
+    v1::TaskRequest req;
+    *req.mutable_header() = Header(agent);
+    req.mutable_header()->set_token(presented);
+    v1::Task task;
+    return handler_->GetTask(req, &task);
+  };
+  const std::string stolen = token(t0, "edge-1");
+  ASSERT_TRUE(Join("edge-1", stolen).ok());
+  ASSERT_TRUE(Join("edge-2", token(t0, "edge-2")).ok());
+  EXPECT_TRUE(ask("edge-1", stolen).ok());
+
+  // edge-1's pod is deleted; the operator lists it (and an entry already past its
+  // `until`, which refuses nothing).
+  ASSERT_TRUE(WriteFileAtomic(revoked_path, R"({"pods": [
+      {"uid": "pod-uid-edge-1", "name": "job1-agent-edge-1", "node": "edge-1", "until": )" +
+                                                std::to_string(t0 + 4260) + R"(},
+      {"uid": "pod-uid-edge-2", "name": "job1-agent-edge-2", "node": "edge-2", "until": )" +
+                                                std::to_string(t0 - 1) + R"(}]})")
+                  .ok());
+  clock_.AdvanceMs(1000);  // the file is looked at again at most once a second
+  Status ended = ask("edge-1", stolen);
+  EXPECT_EQ(ended.code(), StatusCode::kPermissionDenied) << ended.ToString();
+  EXPECT_NE(ended.message().find("pod-uid-edge-1"), std::string::npos) << ended.ToString();
+  EXPECT_EQ(metrics_.sessions_ended("pod_gone"), 1);
+  // The session is gone, not just this request; and the stolen token joins no more.
+  EXPECT_EQ(ask("edge-1", stolen).code(), StatusCode::kUnauthenticated);
+  Status rejoin = Join("edge-1", stolen);
+  EXPECT_EQ(rejoin.code(), StatusCode::kPermissionDenied) << rejoin.ToString();
+  EXPECT_NE(rejoin.message().find("job1-agent-edge-1"), std::string::npos) << rejoin.ToString();
+  // A token the kubelet renewed for that same pod is no better.
+  EXPECT_EQ(Join("edge-1", token(t0 + 1, "edge-1")).code(), StatusCode::kPermissionDenied);
+  // The other node is untouched.
+  EXPECT_TRUE(ask("edge-2", "").ok());
+
+  // The pod made again on edge-1 is a new uid: it joins.
+  nlohmann::json fresh = testing::PodTokenClaims(t0 + 5, "edge-1");
+  fresh["kubernetes.io"]["pod"]["uid"] = "pod-uid-edge-1-second";
+  ASSERT_TRUE(Join("edge-1", key.Sign(fresh)).ok());
+  EXPECT_TRUE(ask("edge-1", "").ok());
+
+  // A broken rewrite keeps the list in force.
+  ASSERT_TRUE(WriteFileAtomic(revoked_path, R"({"pods": [{"uid": 7}]})").ok());
+  clock_.AdvanceMs(1000);
+  EXPECT_EQ(Join("edge-1", stolen).code(), StatusCode::kPermissionDenied);
+}
+
 TEST_F(ProtocolHandlerTest, JoinRefusesMalformedTrainableLayouts) {
   auto join = [&](const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors) {
     v1::JoinRequest req;

@@ -305,4 +305,18 @@ Status RemoveBeneath(const std::string& root, const std::string& relative, int64
   return OkStatus();  // not reached: the last name returns above
 }
 
+StatusOr<FileId> StatFileId(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return NotFoundError(what + " " + path + " does not exist");
+    return UnavailableError("cannot stat " + what + " " + path + ": " + std::strerror(errno));
+  }
+  FileId id;
+  id.dev = st.st_dev;
+  id.ino = st.st_ino;
+  id.size = st.st_size;
+  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  return id;
+}
+
 }  // namespace fedge

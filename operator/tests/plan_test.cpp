@@ -262,9 +262,10 @@ TEST(PlanTest, Table) {
          ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
        },
        nullptr,
-       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-b"},
+       // sync-trust: the failed agent's tokens are revoked (RevokedAgentPods).
+       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-b", "sync-trust wn-trust"},
        {},
-       2,
+       3,
        "Created",
        1,
        [](const Plan& p) {

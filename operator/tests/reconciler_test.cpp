@@ -637,7 +637,8 @@ TEST(DesiredTest, TlsByDefaultAndAgentsJoinWithProjectedTokens) {
       for (const auto& it : v["configMap"]["items"]) agg_items[v["configMap"]["name"]].insert(it["path"]);
   }
   EXPECT_EQ(agg_items["wn-credentials"], (std::set<std::string>{"tls.crt", "tls.key"}));
-  EXPECT_EQ(agg_items["wn-trust"], (std::set<std::string>{"jwks.json"}));
+  EXPECT_EQ(agg_items["wn-trust"], (std::set<std::string>{"jwks.json", "revoked-pods.json"}));
+  EXPECT_TRUE(HasArg(agg, "--agent-revoked-pods-file", std::string(kTrustMountPath) + "/revoked-pods.json"));
   // The agent: its own projected token (this job's audience, 10 minutes, renewed by the
   // kubelet) and the CA from the trust ConfigMap; no Secret of its own, none of the job's.
   EXPECT_EQ(agent_pod["spec"]["serviceAccountName"], "wn-agent");
@@ -717,6 +718,99 @@ TEST_F(AgentCredentialsTest, AgentsGetAServiceAccountAndTheTrustConfigMapNoSecre
   client_.ClearCalls();
   Reconcile();
   EXPECT_EQ(client_.CountWrites(), 0) << "steady";
+}
+
+// A node's token and session copied off it must stop working once its agent pod goes:
+// the aggregator verifies tokens offline, so the operator lists the pods that are being
+// deleted or have ended, and the aggregator refuses them (aggregator revoked_pods.h).
+TEST_F(AgentCredentialsTest, AgentPodsBeingDeletedOrEndedAreRevokedThroughTheTrustConfigMap) {
+  CreateJob();
+  Reconcile();
+  auto revoked = [&] { return Json::parse(Trust()["revoked-pods.json"].get<std::string>())["pods"]; };
+  EXPECT_EQ(revoked(), Json::array()) << "listed from the start: the aggregator mounts the key";
+
+  // edge-a's agent is being deleted (a finalizer holds it, as a kubelet holds a pod that
+  // is shutting down).
+  const std::string uid_a = (*client_.Get(res::kPods, "ml", "wn-agent-edge-a"))["metadata"]["uid"];
+  ASSERT_TRUE(client_
+                  .MergePatch(res::kPods, "ml", "wn-agent-edge-a",
+                              {{"metadata", {{"finalizers", Json::array({"test/hold"})}}}})
+                  .ok());
+  client_.SetNow(FormatTime(now()));
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-a").ok());
+  Reconcile();
+  ASSERT_EQ(revoked().size(), 1u) << Trust().dump();
+  EXPECT_EQ(revoked()[0]["uid"], uid_a);
+  EXPECT_EQ(revoked()[0]["name"], "wn-agent-edge-a");
+  EXPECT_EQ(revoked()[0]["node"], "edge-a");
+  // Until its last token (600 s) expired and a session it held ended (the grace, 3600 s).
+  const int64_t until_a = static_cast<int64_t>(now()) + 600 + 3600 + 60;
+  EXPECT_EQ(revoked()[0]["until"], until_a);
+  client_.ClearCalls();
+  wall_.Advance(std::chrono::seconds(30));
+  Reconcile();
+  EXPECT_EQ(client_.CountWrites(), 0) << "an entry keeps its until: steady";
+
+  // The pod goes and the node gets a new one: the old uid stays listed, the new one is not.
+  ASSERT_TRUE(
+      client_.MergePatch(res::kPods, "ml", "wn-agent-edge-a", {{"metadata", {{"finalizers", nullptr}}}})
+          .ok());
+  Reconcile();
+  Reconcile();
+  auto fresh = client_.Get(res::kPods, "ml", "wn-agent-edge-a");
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_NE((*fresh)["metadata"]["uid"], uid_a);
+  ASSERT_EQ(revoked().size(), 1u);
+  EXPECT_EQ(revoked()[0]["uid"], uid_a);
+
+  // edge-b's agent fails: it is listed from the pass that sees it ended.
+  const std::string uid_b = (*client_.Get(res::kPods, "ml", "wn-agent-edge-b"))["metadata"]["uid"];
+  SetPodPhase("wn-agent-edge-b", "Failed", 1);
+  Reconcile();
+  std::set<std::string> uids;
+  for (const auto& e : revoked()) uids.insert(e["uid"]);
+  EXPECT_EQ(uids, (std::set<std::string>{uid_a, uid_b}));
+
+  // A pod that went before any pass saw it terminating: the informer's delete handler
+  // remembers it for the job's next pass.
+  Reconcile();
+  const Json pod_b = *client_.Get(res::kPods, "ml", "wn-agent-edge-b");
+  ASSERT_NE(pod_b["metadata"]["uid"], uid_b) << "made again";
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-b").ok());
+  reconciler_.Gone(res::kPods, pod_b);
+  Reconcile();
+  uids.clear();
+  for (const auto& e : revoked()) uids.insert(e["uid"]);
+  EXPECT_EQ(uids, (std::set<std::string>{uid_a, uid_b, pod_b["metadata"]["uid"].get<std::string>()}));
+
+  // Past its until an entry is dropped (every token of that pod expired long ago).
+  wall_.Advance(std::chrono::seconds(until_a - static_cast<int64_t>(now())));
+  Reconcile();
+  ASSERT_EQ(revoked().size(), 2u) << Trust().dump();
+  EXPECT_NE(revoked()[0]["uid"], uid_a);
+  EXPECT_NE(revoked()[1]["uid"], uid_a);
+}
+
+TEST(RevokedAgentPodsTest, KeepsTheLatestEntriesWithinTheLimitAndIgnoresWhatItCannotRead) {
+  auto pod = [](const std::string& uid, std::time_t deleted) {
+    Json meta = {{"name", "wn-agent-" + uid}, {"uid", uid}, {"labels", {{kLabelRole, "agent"}}}};
+    if (deleted) meta["deletionTimestamp"] = FormatTime(deleted);
+    return std::make_shared<const Json>(Json{{"metadata", meta}});
+  };
+  const std::time_t now = 1'800'000'000;
+  std::vector<ObjectPtr> pods;
+  for (size_t i = 0; i < kMaxRevokedAgentPods + 2; ++i)
+    pods.push_back(pod("u" + std::to_string(10000 + i), now - static_cast<std::time_t>(i)));
+  pods.push_back(pod("running", 0));  // not being deleted: not listed
+  Json aggregator = *pod("agg", now);
+  aggregator["metadata"]["labels"][kLabelRole] = "aggregator";  // not an agent
+  pods.push_back(std::make_shared<const Json>(aggregator));
+  const Json doc = Json::parse(RevokedAgentPods("not json", pods, now, 3600));
+  ASSERT_EQ(doc["pods"].size(), kMaxRevokedAgentPods);
+  // The two deleted longest ago (the soonest to lapse) are the ones left out; sorted by uid.
+  EXPECT_EQ(doc["pods"].front()["uid"], "u10000");
+  EXPECT_EQ(doc["pods"].back()["uid"], "u" + std::to_string(10000 + kMaxRevokedAgentPods - 1));
+  EXPECT_EQ(RevokedAgentPods(doc.dump(), pods, now, 3600), doc.dump()) << "stable";
 }
 
 TEST_F(AgentCredentialsTest, AnAgentSecretOfAnOlderOperatorIsDeleted) {

@@ -901,8 +901,21 @@ class OperatorClusterTest(unittest.TestCase):
             cmd = agg["spec"]["containers"][0]["command"]
             self.assertEqual(cmd[cmd.index("--agent-token-issuer") + 1], claims["iss"])
             self.assertEqual(cmd[cmd.index("--agent-token-service-account") + 1], "default/revoke-agent")
+            self.assertEqual(cmd[cmd.index("--agent-revoked-pods-file") + 1], "/etc/fedge/trust/revoked-pods.json")
+            leaving = wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[1]}"), 60, "the other agent pod")
             self.kubectl("label", "node", NODES[1], "fedge.io/pool-")
             wait_for(lambda: self.get_json("pod", f"revoke-agent-{NODES[1]}") is None, 60, "its agent pod deleted")
+            # Its tokens are revoked at once: the aggregator, which verifies them offline,
+            # reads the pods the operator lists in the trust ConfigMap and refuses them.
+            def revoked():
+                return {e["uid"]: e for e in json.loads(self.trust("revoke")["revoked-pods.json"])["pods"]}
+            entry = wait_for(lambda: revoked().get(leaving["metadata"]["uid"]), 30, "the deleted agent pod revoked")
+            self.assertEqual((entry["name"], entry["node"]), (f"revoke-agent-{NODES[1]}", NODES[1]))
+            self.assertGreater(entry["until"], time.time() + 600 + 3600 - 120)
+            staying = self.get_json("pod", f"revoke-agent-{NODES[0]}")
+            if staying and "deletionTimestamp" not in staying["metadata"] and \
+                    staying.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                self.assertNotIn(staying["metadata"]["uid"], revoked(), "a live agent pod is not revoked")
             # Its node volume and claim stay: its state directory holds the job's data,
             # which the job's deletion removes through them.
             states = {n: self.node_state_dir(n, "default/revoke") for n in NODES[:2]}

@@ -28,12 +28,14 @@ removed and the deferred cleanup (gated pod, claim, volume) gone.
 Exit status 77 (SKIPPED) like real_e2e_test.py. Run: ctest -R integration_real_chaos
 --output-on-failure, or python3 real_chaos_test.py -v [RealChaosTest.test_3_...].
 """
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -174,6 +176,69 @@ class RealChaosTest(unittest.TestCase):
         pod = kubectl_json("-n", rc.RELEASE_NS, "get", "pod", rc.lease_holder_pod())
         return rc.metric_value(rc.metrics_text(f"http://{pod['status']['podIP']}:8081/metrics"), name)
 
+    # --- a stolen token --------------------------------------------------------------------
+    def read_pod_token(self, node, pod_uid):
+        """The pod's projected service-account token as the node's kubelet mounted it."""
+        pods = os.path.join(rc.CLUSTER_DIR, "nodes", node, "kubelet", "pods", pod_uid, "volumes",
+                            "kubernetes.io~projected")
+        out = rc.node_sh("exec", node, "sh", "-c", f"cat {pods}/*/token", quiet=True).stdout.strip()
+        self.assertEqual(out.count("."), 2, "a JWT read off the node")
+        return out
+
+    def stolen_token_is_refused(self, job, node, pod_uid, token, t0):
+        """The killed pod's token, copied off its node, after the operator revoked the pod:
+        seconds until the trust ConfigMap and then the aggregator's mounted copy listed it,
+        and a real fedge-agent run on the node with the copy must be refused at Join."""
+        def listed(text):
+            return text and pod_uid in {e["uid"] for e in json.loads(text)["pods"]}
+
+        def in_configmap():
+            cm = kubectl_json("-n", NS, "get", "configmap", f"{job}-trust")
+            return listed(cm["data"].get("revoked-pods.json"))
+        wait_for(in_configmap, 60, "the killed agent pod in revoked-pods.json", interval=0.5)
+        t_cm = time.time() - t0
+        agg = kubectl_json("-n", NS, "get", "pod", f"{job}-aggregator")
+        mounted = os.path.join(rc.CLUSTER_DIR, "nodes", agg["spec"]["nodeName"], "kubelet", "pods",
+                               agg["metadata"]["uid"], "volumes", "kubernetes.io~configmap", "trust",
+                               "revoked-pods.json")
+
+        def in_aggregator():
+            return listed(rc.node_sh("exec", agg["spec"]["nodeName"], "cat", mounted, check=False,
+                                     quiet=True).stdout)
+        wait_for(in_aggregator, 300, "the aggregator's mounted revoked-pods.json listing it", interval=1)
+        t_mounted = time.time() - t0
+        log(f"stolen token: pod {pod_uid} revoked in the ConfigMap {t_cm:.1f} s and in the aggregator's "
+            f"mounted file {t_mounted:.1f} s after the kill")
+        # The attacker runs the real agent on the node with the copy, as the node's agent.
+        d = tempfile.mkdtemp(prefix="stolen-", dir=self.work)
+        cfg = kubectl_json("-n", NS, "get", "configmap", f"{job}-config")["data"]["job.yaml"]
+        trust = kubectl_json("-n", NS, "get", "configmap", f"{job}-trust")["data"]
+        for name, text in (("job.yaml", cfg), ("token", token), ("ca.crt", trust["ca.crt"])):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        cmd = kubectl_json("-n", NS, "get", "pod", f"{job}-agent-{node}")["spec"]["containers"][0]["command"]
+        arg = {cmd[i]: cmd[i + 1] for i in range(1, len(cmd) - 1) if cmd[i].startswith("--")}
+        before = self.agg_metric(job, "fedge_aggregator_joins_refused_total", {"reason": "pod_gone"})
+        t_run = time.time()
+        p = rc.node_sh("exec", node, os.path.join(rc.BUILD, "agent", "fedge-agent"), "--config", f"{d}/job.yaml",
+                       "--aggregator", f"{agg['status']['podIP']}:7070", "--agent-id", node, "--node-name", node,
+                       "--token-file", f"{d}/token", "--tls-ca", f"{d}/ca.crt", "--tls-server-name",
+                       arg["--tls-server-name"], "--data-dir", arg["--data-dir"], "--model-dir", arg["--model-dir"],
+                       "--http", "127.0.0.1:18099", "--state-dir", f"{d}/state", "--exit-when-done",
+                       check=False, timeout=180, max_lines=6)
+        out = (p.stdout or "") + (p.stderr or "")
+        self.assertNotEqual(p.returncode, 0, f"the stolen token joined: {out[-2000:]}")
+        self.assertIn("revoked it", out, out[-2000:])
+        self.assertNotIn('msg="joined"', out)
+        after = self.agg_metric(job, "fedge_aggregator_joins_refused_total", {"reason": "pod_gone"})
+        self.assertEqual(after - before, 1, "one Join refused as pod_gone")
+        return (f"its token, read off the node, was revoked {t_cm:.1f} s (ConfigMap) / {t_mounted:.1f} s "
+                f"(aggregator's file) after the kill and refused at Join ({time.time() - t_run:.1f} s agent run)")
+
+    def agg_metric(self, job, name, labels):
+        ip = kubectl_json("-n", NS, "get", "pod", f"{job}-aggregator")["status"]["podIP"]
+        return rc.metric_value(rc.metrics_text(f"http://{ip}:9090/metrics"), name, labels) or 0
+
     # --- the faults ----------------------------------------------------------------------
     def test_1_agent_container_killed(self):
         node = rc.NODES[0]
@@ -182,6 +247,9 @@ class RealChaosTest(unittest.TestCase):
             pod = kubectl_json("-n", NS, "get", "pod", f"{job}-agent-{node}")
             cid = pod["status"]["containerStatuses"][0]["containerID"].replace("containerd://", "")
             old_uid = pod["metadata"]["uid"]
+            # An attacker on the node reads the agent's projected token off the kubelet's
+            # volume before the pod goes (the copy stays valid by its signature for 10 minutes).
+            stolen = self.read_pod_token(node, old_uid)
             rc.node_sh("ctr", node, "tasks", "kill", "-s", "SIGKILL", cid)
 
             def replaced():
@@ -197,8 +265,9 @@ class RealChaosTest(unittest.TestCase):
                     "--sort-by=.lastTimestamp", max_lines=8)
             st = kubectl_json("-n", NS, "get", "ftj", job)["status"]
             self.assertGreaterEqual(st.get("restarts", 0), 1)
+            revoked = self.stolen_token_is_refused(job, node, old_uid, stolen, t0)
             return (f"operator replaced the failed agent pod (restarts {st.get('restarts')}); the new agent "
-                    f"rejoined ({new['metadata']['name']} on {node})"), back
+                    f"rejoined ({new['metadata']['name']} on {node}); {revoked}"), back
 
         self.chaos("chaos-agent", 6, "agent container killed (SIGKILL via containerd)", inject, restarts=1)
 

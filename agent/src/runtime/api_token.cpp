@@ -64,19 +64,7 @@ std::string BearerToken(std::string_view authorization) {
   return std::string(TrimView(v.substr(kScheme.size())));
 }
 
-StatusOr<ApiTokenFile::FileId> ApiTokenFile::Stat(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return NotFoundError("API token file " + path + " does not exist");
-    return UnavailableError("cannot stat API token file " + path + ": " + std::strerror(errno));
-  }
-  FileId id;
-  id.dev = st.st_dev;
-  id.ino = st.st_ino;
-  id.size = st.st_size;
-  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-  return id;
-}
+StatusOr<FileId> ApiTokenFile::Stat(const std::string& path) { return StatFileId(path, "API token file"); }
 
 StatusOr<std::vector<std::string>> ApiTokenFile::Load(const std::string& path) {
   FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));

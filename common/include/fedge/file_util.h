@@ -1,6 +1,8 @@
 // Small filesystem helpers with Status errors.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -8,6 +10,21 @@
 #include "fedge/status.h"
 
 namespace fedge {
+
+// One version of a file that is re-read when it changes (tokens, keys, lists mounted
+// from Secrets and ConfigMaps): a kubelet updates those volumes by swapping a `..data`
+// symlink, so a new version is a new inode even when size and mtime match.
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  int64_t mtime_ns = 0;
+  bool operator==(const FileId&) const = default;
+};
+
+// stat() following symlinks. NOT_FOUND ("<what> <path> does not exist") when it does
+// not exist, UNAVAILABLE ("cannot stat <what> <path>: <errno text>") otherwise.
+StatusOr<FileId> StatFileId(const std::string& path, const std::string& what);
 
 // Reads the whole file. NOT_FOUND if it does not exist, FAILED_PRECONDITION for
 // a directory, other errno-derived codes otherwise; the message names the path.

@@ -129,6 +129,7 @@ JobController::JobController(KubeClient* client, ControllerOptions opts)
                         EnqueueDeferredCleanup(r, n);
                       },
                       [this, &r](const ObjectPtr& o) {
+                        reconciler_->Gone(r, *o);
                         EnqueueOwner(o);
                         EnqueueDeferredCleanup(r, o);
                       }});

@@ -269,8 +269,9 @@ Json DesiredAgentServiceAccount(const Json& job) {
 
 std::string TrustConfigMapName(const Json& job) { return Name(job) + "-trust"; }
 
-Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer) {
-  Json data = {{"jwks.json", issuer.jwks}};
+Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer,
+                           const std::string& revoked_pods) {
+  Json data = {{"jwks.json", issuer.jwks}, {kRevokedPodsKey, revoked_pods}};
   if (!ca_crt.empty()) data["ca.crt"] = ca_crt;
   return {{"apiVersion", "v1"},
           {"kind", "ConfigMap"},
@@ -378,6 +379,8 @@ Json AggregatorPodWithoutHash(const Json& job, const JobSpec& spec, int expected
         std::to_string(expected_agents),
         "--agent-token-jwks-file",
         std::string(kTrustMountPath) + "/jwks.json",
+        "--agent-revoked-pods-file",
+        std::string(kTrustMountPath) + "/" + kRevokedPodsKey,
         "--agent-token-issuer",
         opts.agent_token_issuer,
         "--agent-token-audience",
@@ -422,19 +425,21 @@ Json AggregatorPodWithoutHash(const Json& job, const JobSpec& spec, int expected
       {"serviceAccountName", AggregatorName(job)},
       {"securityContext", PodSecurityContext(/*fs_group=*/true)},
       {"containers", Json::array({aggregator, reporter})},
-      {"volumes", Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
-                               {{"name", "credentials"},
-                                {"secret",
-                                 {{"secretName", SecretName(job)},
-                                  {"defaultMode", 0440},
-                                  {"items", Json::array({{{"key", "tls.crt"}, {"path", "tls.crt"}},
-                                                         {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
-                               {{"name", "trust"},
-                                {"configMap",
-                                 {{"name", TrustConfigMapName(job)},
-                                  {"items", Json::array({{{"key", "jwks.json"}, {"path", "jwks.json"}}})}}}},
-                               ckpt_volume,
-                               TmpVolume()})}};
+      {"volumes",
+       Json::array({{{"name", "config"}, {"configMap", {{"name", ConfigMapName(job)}}}},
+                    {{"name", "credentials"},
+                     {"secret",
+                      {{"secretName", SecretName(job)},
+                       {"defaultMode", 0440},
+                       {"items", Json::array({{{"key", "tls.crt"}, {"path", "tls.crt"}},
+                                              {{"key", "tls.key"}, {"path", "tls.key"}}})}}}},
+                    {{"name", "trust"},
+                     {"configMap",
+                      {{"name", TrustConfigMapName(job)},
+                       {"items", Json::array({{{"key", "jwks.json"}, {"path", "jwks.json"}},
+                                              {{"key", kRevokedPodsKey}, {"path", kRevokedPodsKey}}})}}}},
+                    ckpt_volume,
+                    TmpVolume()})}};
   AddPullSecrets(pod_spec, opts);
   return {{"apiVersion", "v1"},
           {"kind", "Pod"},

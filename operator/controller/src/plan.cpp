@@ -815,9 +815,19 @@ void Planner::CredentialsAndTrust() {
     Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
   if (!o.issuer.jwks.empty() && !creds_blocked && !Blocked(res::kConfigMaps, TrustConfigMapName(job))) {
     ObjectPtr trust = o.Find(res::kConfigMaps, TrustConfigMapName(job));
-    const Json want = DesiredTrustConfigMap(job, tls ? creds.ca_crt : "", o.issuer);
+    std::string revoked_now;
+    if (trust) {
+      const Json data = trust->value("data", Json::object());
+      if (auto it = data.find(kRevokedPodsKey); it != data.end() && it->is_string()) revoked_now = *it;
+    }
+    std::vector<ObjectPtr> agents = o.pods;
+    agents.insert(agents.end(), o.gone_agent_pods.begin(), o.gone_agent_pods.end());
+    const std::string revoked =
+        RevokedAgentPods(revoked_now, agents, o.now, opts.desired.agent_session_grace_s);
+    const Json want = DesiredTrustConfigMap(job, tls ? creds.ca_crt : "", o.issuer, revoked);
     if (!creds_current || !trust || trust->value("data", Json::object()) != want["data"]) {
-      Add(ActionKind::kSyncTrust, Wave::kPerNode, res::kConfigMaps, TrustConfigMapName(job));
+      Add(ActionKind::kSyncTrust, Wave::kPerNode, res::kConfigMaps, TrustConfigMapName(job)).object = {
+          {kRevokedPodsKey, revoked}};
     }
   }
 }
@@ -1417,6 +1427,55 @@ std::string ServingCertStale(const Credentials& creds, std::time_t now, std::tim
   if (now >= f.renew) return "serving certificate due for renewal";
   *renew_at = f.renew;
   return "";
+}
+
+std::string RevokedAgentPods(const std::string& current, const std::vector<ObjectPtr>& pods, std::time_t now,
+                             int64_t session_grace_s) {
+  std::map<std::string, Json> by_uid;
+  Json doc = Json::parse(current, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_object() && doc.value("pods", Json()).is_array()) {
+    for (const Json& e : doc["pods"]) {
+      if (!e.is_object() || !e.value("uid", Json()).is_string() ||
+          !e.value("until", Json()).is_number_integer())
+        continue;
+      const std::string uid = e["uid"];
+      if (uid.empty() || e["until"].get<int64_t>() <= static_cast<int64_t>(now)) continue;
+      by_uid[uid] = e;
+    }
+  }
+  const int64_t keep_s = kAgentTokenExpirationSeconds + session_grace_s + 60;
+  for (const auto& p : pods) {
+    const Json& meta = (*p)["metadata"];
+    if (meta.value("labels", Json::object()).value(kLabelRole, "") != "agent") continue;
+    const std::string uid = meta.value("uid", "");
+    if (uid.empty() || by_uid.count(uid)) continue;
+    const PodPhase phase = PodPhaseOf(*p);
+    std::time_t from = 0;
+    if (auto deleted = ParseTime(meta.value("deletionTimestamp", ""))) {
+      from = *deleted;
+    } else if (phase == PodPhase::kSucceeded || phase == PodPhase::kFailed) {
+      from = now;
+    } else {
+      continue;
+    }
+    by_uid[uid] = {{"uid", uid},
+                   {"name", meta.value("name", "")},
+                   {"node", meta.value("annotations", Json::object()).value(kAnnotationNode, "")},
+                   {"until", static_cast<int64_t>(from) + keep_s}};
+  }
+  std::vector<Json> entries;
+  for (auto& [uid, e] : by_uid) entries.push_back(std::move(e));
+  if (entries.size() > kMaxRevokedAgentPods) {
+    // Keep the latest untils (stable: ties by uid).
+    std::stable_sort(entries.begin(), entries.end(), [](const Json& a, const Json& b) {
+      return a["until"].get<int64_t>() > b["until"].get<int64_t>();
+    });
+    entries.resize(kMaxRevokedAgentPods);
+    std::sort(entries.begin(), entries.end(), [](const Json& a, const Json& b) {
+      return a["uid"].get<std::string>() < b["uid"].get<std::string>();
+    });
+  }
+  return Json{{"pods", entries}}.dump();
 }
 
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options) {

@@ -145,6 +145,15 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
   o.now = opts_.clock->WallNow();
   o.nodes = cache_->List(res::kNodes, "");
   o.pods = cache_->List(res::kPods, ns, kLabelJob, name);
+  {
+    std::lock_guard<std::mutex> lock(gone_mu_);
+    if (auto it = gone_agent_pods_.find(ns + "/" + name); it != gone_agent_pods_.end()) {
+      auto& gone = it->second;
+      DropLapsedLocked(gone, o.now);
+      for (const auto& g : gone) o.gone_agent_pods.push_back(g.first);
+      if (gone.empty()) gone_agent_pods_.erase(it);
+    }
+  }
   for (const Resource* r :
        {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts, &res::kRoles,
         &res::kRoleBindings, &res::kPersistentVolumeClaims, &res::kNetworkPolicies}) {
@@ -280,6 +289,35 @@ void JobReconciler::Seen(const Resource& r, const Json& obj) {
       ++it;
     }
   }
+}
+
+void JobReconciler::DropLapsedLocked(std::vector<std::pair<ObjectPtr, std::time_t>>& gone,
+                                     std::time_t now) const {
+  // As long as RevokedAgentPods keeps an entry: every token of the pod has expired since.
+  const std::time_t keep = kAgentTokenExpirationSeconds + opts_.desired.agent_session_grace_s + 60;
+  gone.erase(std::remove_if(gone.begin(), gone.end(), [&](const auto& g) { return g.second + keep <= now; }),
+             gone.end());
+}
+
+void JobReconciler::Gone(const Resource& r, const Json& obj) {
+  if (r.plural != res::kPods.plural) return;
+  const Json& meta = obj["metadata"];
+  const Json labels = meta.value("labels", Json::object());
+  const std::string job = labels.value(kLabelJob, "");
+  if (job.empty() || labels.value(kLabelRole, "") != "agent" || Uid(obj).empty()) return;
+  const std::time_t now = opts_.clock->WallNow();
+  Json pod = {{"metadata",
+               {{"name", meta.value("name", "")},
+                {"uid", Uid(obj)},
+                {"labels", {{kLabelRole, "agent"}}},
+                {"annotations",
+                 {{kAnnotationNode, meta.value("annotations", Json::object()).value(kAnnotationNode, "")}}},
+                {"deletionTimestamp", meta.value("deletionTimestamp", FormatTime(now))}}}};
+  std::lock_guard<std::mutex> lock(gone_mu_);
+  auto& gone = gone_agent_pods_[meta.value("namespace", "") + "/" + job];
+  DropLapsedLocked(gone, now);
+  if (gone.size() >= kMaxRevokedAgentPods) gone.erase(gone.begin());
+  gone.emplace_back(std::make_shared<const Json>(std::move(pod)), now);
 }
 
 void JobReconciler::RecordCreates(const Observed& o, const std::vector<const Action*>& wave,
@@ -494,7 +532,7 @@ JobReconciler::Outcome JobReconciler::Execute(const Run& run, const Action& a) {
         o.status = SyncCredentials(run, &o);
         break;
       case ActionKind::kSyncTrust:
-        o.status = SyncTrust(run, &o);
+        o.status = SyncTrust(run, a.object.value(kRevokedPodsKey, std::string(kNoRevokedPods)), &o);
         break;
       case ActionKind::kSyncApiToken:
         o.status = SyncApiToken(run, &o);
@@ -705,7 +743,7 @@ Status JobReconciler::SyncCredentials(const Run& run, Outcome* out) {
   return OkStatus();
 }
 
-Status JobReconciler::SyncTrust(const Run& run, Outcome* out) {
+Status JobReconciler::SyncTrust(const Run& run, const std::string& revoked_pods, Outcome* out) {
   const Json& job = run.job;
   const std::string name = TrustConfigMapName(job);
   if (run.issuer.jwks.empty())
@@ -730,7 +768,7 @@ Status JobReconciler::SyncTrust(const Run& run, Outcome* out) {
       return live.status().WithContext("get configmaps/" + name);
     }
   }
-  Json desired = DesiredTrustConfigMap(job, tls ? run.creds.ca_crt : "", run.issuer);
+  Json desired = DesiredTrustConfigMap(job, tls ? run.creds.ca_crt : "", run.issuer, revoked_pods);
   auto a = client_->Apply(res::kConfigMaps, run.ns, name, desired, {kFieldManager, true, ""});
   if (!a.ok()) return a.status().WithContext("apply configmaps/" + name);
   out->took_effect = true;

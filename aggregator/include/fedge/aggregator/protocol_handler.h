@@ -16,6 +16,7 @@
 
 #include "fedge.pb.h"
 #include "fedge/aggregator/metrics.h"
+#include "fedge/aggregator/revoked_pods.h"
 #include "fedge/aggregator/round_engine.h"
 #include "fedge/aggregator/service_account_token.h"
 #include "fedge/aggregator/tokens.h"
@@ -44,6 +45,10 @@ struct ProtocolOptions {
   // that is gone, or a site whose control plane has been unreachable longer
   // than the token's lifetime plus this grace (raise it for such sites).
   int64_t session_grace_s = 3600;
+  // With token_verifier: pods the operator saw deleted or ended (revoked_pods.h).
+  // Their tokens are refused at Join and their sessions end at the next request,
+  // PERMISSION_DENIED, instead of a token's lifetime plus the grace later.
+  std::shared_ptr<RevokedPods> revoked_pods;
   size_t chunk_bytes = kMaxChunkBytes;
   // Resumable uploads held at once, counted by their declared total_bytes
   // (memory is reserved up front). Past it the least recently used idle one
@@ -192,7 +197,8 @@ class ProtocolHandler {
   // one seen is verified (UNAUTHENTICATED / PERMISSION_DENIED as at Join, and
   // PERMISSION_DENIED for another pod's token), and a session whose newest
   // token expired more than session_grace_s ago is UNAUTHENTICATED (the agent
-  // rejoins with the token its file holds now).
+  // rejoins with the token its file holds now). The session of a revoked pod
+  // ends, PERMISSION_DENIED.
   Status CheckHeader(const v1::RequestHeader& header);
 
   RoundEngine* engine() const { return engine_; }

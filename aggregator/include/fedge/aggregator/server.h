@@ -54,6 +54,8 @@ struct ServerOptions {
   // A session ends this long after the newest token its agent presented
   // expired (ProtocolOptions::session_grace_s). Not negative.
   int64_t agent_session_grace_s = 3600;
+  // With the agent_token_* options: pods whose tokens are refused (revoked_pods.h).
+  std::string agent_revoked_pods_file;
   // TLS for the gRPC listener (PEM contents, not paths). Cert and key set: agents
   // must connect over TLS; plaintext connections fail their handshake. Client CA
   // set too: agents must also present a certificate signed by it (mutual TLS).

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "fedge/aggregator/clock.h"
+#include "fedge/file_util.h"
 #include "fedge/status.h"
 
 namespace fedge::aggregator {
@@ -130,13 +131,6 @@ class ServiceAccountTokenVerifier {
   const ServiceAccountTokenPolicy& policy() const { return policy_; }
 
  private:
-  struct FileId {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = 0;
-    int64_t mtime_ns = 0;
-    bool operator==(const FileId&) const = default;
-  };
   ServiceAccountTokenVerifier(std::string path, ServiceAccountTokenPolicy policy, const Clock* clock,
                               int64_t min_recheck_ms)
       : path_(std::move(path)), policy_(std::move(policy)), clock_(clock), min_recheck_ms_(min_recheck_ms) {}

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "fedge/aggregator/clock.h"
+#include "fedge/file_util.h"
 #include "fedge/status.h"
 
 namespace fedge::aggregator {
@@ -76,13 +77,6 @@ class TokenFile {
   const std::string& path() const { return path_; }
 
  private:
-  struct FileId {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = 0;
-    int64_t mtime_ns = 0;
-    bool operator==(const FileId&) const = default;
-  };
   TokenFile(std::string path, const Clock* clock, int64_t min_recheck_ms)
       : path_(std::move(path)), clock_(clock), min_recheck_ms_(min_recheck_ms) {}
   static StatusOr<FileId> Stat(const std::string& path);

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fedge/file_util.h"
 #include "fedge/status.h"
 
 namespace fedge::agent {
@@ -52,13 +53,6 @@ class ApiTokenFile {
   const std::string& path() const { return path_; }
 
  private:
-  struct FileId {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = 0;
-    int64_t mtime_ns = 0;
-    bool operator==(const FileId&) const = default;
-  };
   ApiTokenFile(std::string path, std::chrono::milliseconds min_recheck)
       : path_(std::move(path)), min_recheck_(min_recheck) {}
   static StatusOr<FileId> Stat(const std::string& path);

@@ -146,10 +146,15 @@ inline constexpr int64_t kAgentTokenExpirationSeconds = 600;
 std::string AgentServiceAccountName(const Json& job);
 Json DesiredAgentServiceAccount(const Json& job);
 // <job>-trust: public material both pods read. ca.crt (the job CA, with TLS: agents
-// verify the aggregator with it) and jwks.json (IssuerKeys::jwks: the aggregator verifies
-// agent tokens with it; the kubelet updates the mounted file when it changes).
+// verify the aggregator with it), jwks.json (IssuerKeys::jwks: the aggregator verifies
+// agent tokens with it; the kubelet updates the mounted file when it changes) and
+// revoked-pods.json (the agent pods whose tokens the aggregator refuses: RevokedAgentPods
+// in plan.h; the format is aggregator/include/fedge/aggregator/revoked_pods.h's).
 std::string TrustConfigMapName(const Json& job);
-Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer);
+inline constexpr const char* kRevokedPodsKey = "revoked-pods.json";
+inline constexpr const char* kNoRevokedPods = "{\"pods\":[]}";
+Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer,
+                           const std::string& revoked_pods = kNoRevokedPods);
 Json DesiredConfigMap(const Json& job, const std::string& manifest_yaml);
 Json DesiredServiceAccount(const Json& job);
 // May get and patch only its own job's status (resourceNames).

@@ -66,6 +66,18 @@ enum class PodPhase { kPending, kRunning, kSucceeded, kFailed, kUnknown };
 PodPhase PodPhaseOf(const Json& pod);
 bool PodReady(const Json& pod);
 
+// revoked-pods.json for the trust ConfigMap (desired.h; the aggregator refuses the listed
+// pods' tokens and ends their sessions): the entries of `current` (the key's text now, ""
+// when absent or unreadable) not yet past their `until`, plus every agent pod in `pods`
+// that is being deleted or has ended, until its last token expired and a session it held
+// ended anyway: deletionTimestamp (or, for an ended pod, `now`) + kAgentTokenExpirationSeconds
+// + `session_grace_s` + a minute. An entry once written keeps its `until`, so a steady
+// state writes nothing. Sorted by uid; at most kMaxRevokedAgentPods, the latest `until`s
+// kept (the aggregator refuses a longer list).
+inline constexpr size_t kMaxRevokedAgentPods = 4096;
+std::string RevokedAgentPods(const std::string& current, const std::vector<ObjectPtr>& pods, std::time_t now,
+                             int64_t session_grace_s);
+
 // What one pass sees: the job and its children, copied (by pointer) out of the cache.
 struct Observed {
   std::string ns, name;
@@ -73,6 +85,9 @@ struct Observed {
   std::time_t now = 0;
   std::vector<ObjectPtr> nodes;  // every Node
   std::vector<ObjectPtr> pods;   // the job's pods (label fedge.io/job)
+  // The job's agent pods the cache dropped lately (JobReconciler::Gone), each with a
+  // deletionTimestamp: for RevokedAgentPods only; no other decision sees them.
+  std::vector<ObjectPtr> gone_agent_pods;
   // The job's other children by (plural, name): objects in its namespace labelled with the
   // job, its node PersistentVolumes, and a checkpoint claim named by the spec.
   std::map<std::pair<std::string, std::string>, ObjectPtr> children;

@@ -124,6 +124,10 @@ class JobReconciler {
   // object a pass created is no longer "created, not yet seen" (below). Never blocks on
   // the API; thread-safe.
   void Seen(const Resource& r, const Json& obj);
+  // The cache dropped `obj` of resource `r` (the informer's delete handler). An agent pod
+  // is remembered for its job's next passes (Observed::gone_agent_pods), so its tokens are
+  // revoked even when no pass saw it terminating. Never blocks on the API; thread-safe.
+  void Gone(const Resource& r, const Json& obj);
 
  private:
   struct Run;      // state of one Apply
@@ -140,9 +144,9 @@ class JobReconciler {
   // <job>-credentials: CA (made once) and serving certificate (renewed when due). Reads
   // the live Secret first; leaves the credentials written in out->creds.
   Status SyncCredentials(const Run& run, Outcome* out);
-  // <job>-trust: the job CA as synced and the issuer's keys (the planner found it
-  // missing or different).
-  Status SyncTrust(const Run& run, Outcome* out);
+  // <job>-trust: the job CA as synced, the issuer's keys and the planner's revoked-pods.json
+  // (the planner found it missing or different).
+  Status SyncTrust(const Run& run, const std::string& revoked_pods, Outcome* out);
   // The service-account issuer and its keys (ReadIssuerKeys), read at most every
   // opts_.issuer_keys_ttl (every 5 s while unknown); the error is "" once keys are known.
   // Thread-safe.
@@ -192,6 +196,13 @@ class JobReconciler {
   std::mutex unseen_mu_;
   std::map<std::string, UnseenCreates> unseen_;  // "namespace/name" of the job; guarded by unseen_mu_
 
+  // Agent pods the cache dropped, by "namespace/job", with when (wall seconds); kept for
+  // RevokedAgentPods' span and at most kMaxRevokedAgentPods per job.
+  void DropLapsedLocked(std::vector<std::pair<ObjectPtr, std::time_t>>& gone,
+                        std::time_t now) const;  // gone_mu_
+  std::mutex gone_mu_;
+  std::map<std::string, std::vector<std::pair<ObjectPtr, std::time_t>>>
+      gone_agent_pods_;  // guarded by gone_mu_
   std::mutex issuer_mu_;
   IssuerKeys issuer_;                // guarded by issuer_mu_
   std::string issuer_error_;         // guarded by issuer_mu_: the last read's error
