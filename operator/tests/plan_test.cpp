@@ -262,15 +262,22 @@ TEST(PlanTest, Table) {
          ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-b", {}).ok());
        },
        nullptr,
-       // sync-trust: the failed agent's tokens are revoked (RevokedAgentPods).
-       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-b", "sync-trust wn-trust"},
+       // sync-trust: the failed agent's tokens are revoked (RevokedAgentPods), and the
+       // aggregator pod's annotation changes so that its kubelet refreshes the mounted list.
+       {"delete pods/wn-agent-edge-a", "create pods/wn-agent-edge-b", "sync-trust wn-trust",
+        "patch pods/wn-aggregator"},
        {},
-       3,
+       4,
        "Created",
        1,
        [](const Plan& p) {
          EXPECT_TRUE(Find(p, "delete pods/wn-agent-edge-a")->counts_restart);
          EXPECT_TRUE(Find(p, "create pods/wn-agent-edge-b")->starts_job);
+         const Action* patch = Find(p, "patch pods/wn-aggregator");
+         EXPECT_GT(static_cast<int>(patch->wave), static_cast<int>(Find(p, "sync-trust wn-trust")->wave))
+             << "after the list is written";
+         EXPECT_EQ(patch->object["metadata"]["annotations"][kAnnotationRevokedPods].get<std::string>().size(),
+                   16u);
        }},
       {"failed aggregator at backoffLimit: kept, the job fails",
        [](World& w) {

@@ -728,6 +728,9 @@ TEST_F(AgentCredentialsTest, AgentPodsBeingDeletedOrEndedAreRevokedThroughTheTru
   Reconcile();
   auto revoked = [&] { return Json::parse(Trust()["revoked-pods.json"].get<std::string>())["pods"]; };
   EXPECT_EQ(revoked(), Json::array()) << "listed from the start: the aggregator mounts the key";
+  const std::string empty_hash =
+      (*client_.Get(res::kPods, "ml", "wn-aggregator"))["metadata"]["annotations"][kAnnotationRevokedPods];
+  EXPECT_EQ(empty_hash, pki::HexSha256(kNoRevokedPods).substr(0, 16)) << "made with it: no patch follows";
 
   // edge-a's agent is being deleted (a finalizer holds it, as a kubelet holds a pod that
   // is shutting down).
@@ -740,6 +743,13 @@ TEST_F(AgentCredentialsTest, AgentPodsBeingDeletedOrEndedAreRevokedThroughTheTru
   ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-a").ok());
   Reconcile();
   ASSERT_EQ(revoked().size(), 1u) << Trust().dump();
+  // The aggregator pod carries the list's hash: a change to it makes its kubelet sync the
+  // pod, which refreshes the mounted file at once rather than at the next periodic sync.
+  const auto agg_hash = [&] {
+    return (*client_.Get(res::kPods, "ml", "wn-aggregator"))["metadata"]["annotations"].value(
+        kAnnotationRevokedPods, "");
+  };
+  EXPECT_EQ(agg_hash(), pki::HexSha256(Trust()["revoked-pods.json"].get<std::string>()).substr(0, 16));
   EXPECT_EQ(revoked()[0]["uid"], uid_a);
   EXPECT_EQ(revoked()[0]["name"], "wn-agent-edge-a");
   EXPECT_EQ(revoked()[0]["node"], "edge-a");

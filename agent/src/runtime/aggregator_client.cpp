@@ -375,8 +375,10 @@ Status AggregatorClient::Join() {
         return Fatal(st.WithContext("the aggregator refused this agent's token (--token/--token-file)"));
       }
       case StatusCode::kPermissionDenied:
-        // Mutual TLS: the client certificate names another agent than --agent-id.
-        return Fatal(st.WithContext("the aggregator refused this agent (--agent-id, --tls-cert)"));
+        // Mutual TLS: the client certificate names another agent than --agent-id; or the
+        // token is another node's, or its pod's (revoked: the pod is being deleted).
+        return Fatal(
+            st.WithContext("the aggregator refused this agent (--agent-id with its token or --tls-cert)"));
       case StatusCode::kInvalidArgument:
         return Fatal(st);
       default:

@@ -258,6 +258,23 @@ struct Planner {
                              {"summary", std::to_string(ready) + "/" + std::to_string(nodes.size())}};
   }
   void HandleFailedPod(const Json& pod, bool aggregator);
+  // revoked-pods.json as this pass writes it (RevokedAgentPods over the trust ConfigMap's
+  // list, the job's pods and the ones the cache dropped), and its short hash.
+  const std::string& Revoked() {
+    if (!revoked_) {
+      std::string now_listed;
+      if (ObjectPtr trust = o.Find(res::kConfigMaps, TrustConfigMapName(o.job))) {
+        const Json data = trust->value("data", Json::object());
+        if (auto it = data.find(kRevokedPodsKey); it != data.end() && it->is_string()) now_listed = *it;
+      }
+      std::vector<ObjectPtr> agents = o.pods;
+      agents.insert(agents.end(), o.gone_agent_pods.begin(), o.gone_agent_pods.end());
+      revoked_ = RevokedAgentPods(now_listed, agents, o.now, opts.desired.agent_session_grace_s);
+    }
+    return *revoked_;
+  }
+  std::string RevokedHash() { return pki::HexSha256(Revoked()).substr(0, 16); }
+  std::optional<std::string> revoked_;
   // Deletes `pod` (a running or pending one made from another template than the current
   // one); the next pass creates it again from the current template.
   void ReplaceOutdated(const Json& pod, const std::string& then) {
@@ -735,6 +752,7 @@ void Planner::FinalModelPod(bool wanted, bool keep, const std::vector<std::strin
     DesiredOptions agg_desired = opts.desired;
     if (!o.issuer.issuer.empty()) agg_desired.agent_token_issuer = o.issuer.issuer;
     a.object = DesiredFinalModelPod(job, *spec, agg_desired);
+    a.object["metadata"]["annotations"][kAnnotationRevokedPods] = RevokedHash();
     std::string nodes;
     for (const auto& n : for_nodes) nodes += (nodes.empty() ? "" : ", ") + n;
     a.on_success.push_back({"Normal", "FinalModelServed",
@@ -815,19 +833,25 @@ void Planner::CredentialsAndTrust() {
     Add(ActionKind::kSyncCredentials, Wave::kShared, res::kSecrets, SecretName(job));
   if (!o.issuer.jwks.empty() && !creds_blocked && !Blocked(res::kConfigMaps, TrustConfigMapName(job))) {
     ObjectPtr trust = o.Find(res::kConfigMaps, TrustConfigMapName(job));
-    std::string revoked_now;
-    if (trust) {
-      const Json data = trust->value("data", Json::object());
-      if (auto it = data.find(kRevokedPodsKey); it != data.end() && it->is_string()) revoked_now = *it;
-    }
-    std::vector<ObjectPtr> agents = o.pods;
-    agents.insert(agents.end(), o.gone_agent_pods.begin(), o.gone_agent_pods.end());
-    const std::string revoked =
-        RevokedAgentPods(revoked_now, agents, o.now, opts.desired.agent_session_grace_s);
+    const std::string& revoked = Revoked();
     const Json want = DesiredTrustConfigMap(job, tls ? creds.ca_crt : "", o.issuer, revoked);
     if (!creds_current || !trust || trust->value("data", Json::object()) != want["data"]) {
       Add(ActionKind::kSyncTrust, Wave::kPerNode, res::kConfigMaps, TrustConfigMapName(job)).object = {
           {kRevokedPodsKey, revoked}};
+    }
+    // The kubelet refreshes a mounted ConfigMap on its periodic sync of the pod (about a
+    // minute, measured up to 75 s on the real nodes); a change to the pod makes it sync at
+    // once. So the aggregator (and the final-model pod) carry the list's hash.
+    const std::string hash = RevokedHash();
+    for (const auto& p : o.pods) {
+      const std::string name = (*p)["metadata"].value("name", "");
+      if ((name != AggregatorName(job) && name != FinalModelPodName(job)) || Terminating(*p)) continue;
+      const PodPhase phase = PodPhaseOf(*p);
+      if (phase == PodPhase::kSucceeded || phase == PodPhase::kFailed) continue;
+      if ((*p)["metadata"].value("annotations", Json::object()).value(kAnnotationRevokedPods, "") == hash)
+        continue;
+      Add(ActionKind::kMergePatch, Wave::kPods, res::kPods, name).object = {
+          {"metadata", {{"annotations", {{kAnnotationRevokedPods, hash}}}}}};
     }
   }
 }
@@ -910,6 +934,7 @@ void Planner::Children() {
     if (static_cast<int>(nodes.size()) >= min_agents && create_pods) {
       Action& a = Add(ActionKind::kCreate, Wave::kPods, res::kPods, AggregatorName(job));
       a.object = DesiredAggregatorPod(job, *spec, static_cast<int>(nodes.size()), agg_desired);
+      a.object["metadata"]["annotations"][kAnnotationRevokedPods] = RevokedHash();
       a.name = a.object["metadata"].value("name", a.name);
       a.starts_job = true;
     }

@@ -152,6 +152,9 @@ Json DesiredAgentServiceAccount(const Json& job);
 // in plan.h; the format is aggregator/include/fedge/aggregator/revoked_pods.h's).
 std::string TrustConfigMapName(const Json& job);
 inline constexpr const char* kRevokedPodsKey = "revoked-pods.json";
+// On the aggregator and final-model pods: the hash of the revoked-pods.json they should
+// see; changing it makes the kubelet sync the pod, and so refresh the mounted file, at once.
+inline constexpr const char* kAnnotationRevokedPods = "fedge.io/revoked-pods";
 inline constexpr const char* kNoRevokedPods = "{\"pods\":[]}";
 Json DesiredTrustConfigMap(const Json& job, const std::string& ca_crt, const IssuerKeys& issuer,
                            const std::string& revoked_pods = kNoRevokedPods);
