@@ -314,6 +314,14 @@ void JobReconciler::Gone(const Resource& r, const Json& obj) {
                  {{kAnnotationNode, meta.value("annotations", Json::object()).value(kAnnotationNode, "")}}},
                 {"deletionTimestamp", meta.value("deletionTimestamp", FormatTime(now))}}}};
   std::lock_guard<std::mutex> lock(gone_mu_);
+  if (now - gone_swept_ >= 60) {
+    // Jobs that were deleted are observed no more: their entries lapse here.
+    gone_swept_ = now;
+    for (auto it = gone_agent_pods_.begin(); it != gone_agent_pods_.end();) {
+      DropLapsedLocked(it->second, now);
+      it = it->second.empty() ? gone_agent_pods_.erase(it) : std::next(it);
+    }
+  }
   auto& gone = gone_agent_pods_[meta.value("namespace", "") + "/" + job];
   DropLapsedLocked(gone, now);
   if (gone.size() >= kMaxRevokedAgentPods) gone.erase(gone.begin());

@@ -201,6 +201,7 @@ class JobReconciler {
   void DropLapsedLocked(std::vector<std::pair<ObjectPtr, std::time_t>>& gone,
                         std::time_t now) const;  // gone_mu_
   std::mutex gone_mu_;
+  std::time_t gone_swept_ = 0;  // guarded by gone_mu_: when every job's list was last pruned
   std::map<std::string, std::vector<std::pair<ObjectPtr, std::time_t>>>
       gone_agent_pods_;  // guarded by gone_mu_
   std::mutex issuer_mu_;
