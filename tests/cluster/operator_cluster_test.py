@@ -21,6 +21,7 @@ Run by ctest (label integration; `python3 operator_cluster_test.py`, exit 77 = s
 with FEDGE_SOURCE_DIR and FEDGE_BINARY_DIR set.
 """
 import base64
+import hashlib
 import json
 import ssl
 import os
@@ -912,6 +913,13 @@ class OperatorClusterTest(unittest.TestCase):
             entry = wait_for(lambda: revoked().get(leaving["metadata"]["uid"]), 30, "the deleted agent pod revoked")
             self.assertEqual((entry["name"], entry["node"]), (f"revoke-agent-{NODES[1]}", NODES[1]))
             self.assertGreater(entry["until"], time.time() + 600 + 3600 - 120)
+            # The aggregator pod's annotation follows the list, so that its kubelet refreshes
+            # the mounted copy at once.
+            def annotated():
+                want = hashlib.sha256(self.trust("revoke")["revoked-pods.json"].encode()).hexdigest()[:16]
+                pod = self.get_json("pod", "revoke-aggregator") or {}
+                return pod.get("metadata", {}).get("annotations", {}).get("fedge.io/revoked-pods") == want
+            wait_for(annotated, 30, "the aggregator pod annotated with the list's hash")
             staying = self.get_json("pod", f"revoke-agent-{NODES[0]}")
             if staying and "deletionTimestamp" not in staying["metadata"] and \
                     staying.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
