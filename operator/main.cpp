@@ -123,6 +123,17 @@ int main(int argc, char** argv) {
                  "namespace whose pods may scrape the job pods' HTTP ports through the job's NetworkPolicies "
                  "(repeat)");
   app.add_flag("--no-network-policy", no_network_policy, "create no per-job NetworkPolicies");
+  bool no_agent_egress_policy = false;
+  app.add_flag("--no-agent-egress-policy", no_agent_egress_policy,
+               "let agent pods connect anywhere (by default their NetworkPolicy admits only the job's "
+               "aggregator and the cluster DNS)");
+  app.add_option("--dns-namespace", desired.dns_namespace,
+                 "namespace of the cluster DNS pods the agents' egress policy admits (port 53)")
+      ->capture_default_str();
+  std::string dns_pod_selector = "k8s-app=kube-dns";
+  app.add_option("--dns-pod-selector", dns_pod_selector,
+                 "labels of the cluster DNS pods, KEY=VALUE[,KEY=VALUE...]")
+      ->capture_default_str();
   int apply_concurrency = op::ReconcilerOptions{}.apply_concurrency;
   app.add_option("--apply-concurrency", apply_concurrency,
                  "API requests one reconcile may have in flight at once (its independent writes: node "
@@ -151,6 +162,13 @@ int main(int argc, char** argv) {
   }
 
   desired.network_policies = !no_network_policy;
+  desired.agent_egress_policy = !no_agent_egress_policy;
+  auto dns_labels = op::ParseLabelPairs(dns_pod_selector);
+  if (!dns_labels.ok()) {
+    std::cerr << "fedge-operator: --dns-pod-selector: " << dns_labels.status().message() << "\n";
+    return 2;
+  }
+  desired.dns_pod_labels = *std::move(dns_labels);
   for (const auto& p : desired.allowed_host_path_prefixes) {
     if (Status s = op::CheckHostPath("--allowed-host-path-prefix", p, {"/"}); !s.ok()) {
       std::cerr << "fedge-operator: " << s.message() << "\n";

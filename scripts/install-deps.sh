@@ -19,6 +19,7 @@ PACKAGES=(
   prometheus                                # tests/e2e/prometheus_test.py scrapes real endpoints
   containerd runc containernetworking-plugins  # scripts/cluster/start-cluster.sh: the real nodes' runtime and CNI
   iptables conntrack                        # kube-proxy (iptables mode) in each node's network namespace
+  ipset                                     # kube-router's NetworkPolicy controller on each node (start-cluster.sh)
   busybox-static                            # the test cluster's test/helper image (scripts/cluster/build-nodes.sh)
   python3 python3-pip unzip curl
   python3-yaml                              # tests/helm: parses helm template output

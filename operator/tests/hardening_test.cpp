@@ -603,7 +603,7 @@ TEST_F(HardeningTest, NetworkPoliciesAdmitOnlyTheJobsPeers) {
   Json agents = Get(res::kNetworkPolicies, "wn-agents");
   EXPECT_EQ(agents["spec"]["podSelector"]["matchLabels"][kLabelRole], "agent");
   EXPECT_EQ(agents["spec"]["podSelector"]["matchLabels"][kLabelJob], "wn");
-  EXPECT_EQ(agents["spec"]["policyTypes"], Json::array({"Ingress"}));
+  EXPECT_EQ(agents["spec"]["policyTypes"], Json::array({"Ingress", "Egress"}));
   ASSERT_EQ(agents["spec"]["ingress"].size(), 1u);
   Json rule = agents["spec"]["ingress"][0];
   EXPECT_EQ(rule["ports"], Json::array({{{"port", 8080}, {"protocol", "TCP"}}}));
@@ -613,6 +613,20 @@ TEST_F(HardeningTest, NetworkPoliciesAdmitOnlyTheJobsPeers) {
   EXPECT_EQ(from[1]["podSelector"]["matchLabels"][kLabelInferenceClient], "true");
   EXPECT_EQ(from[1]["namespaceSelector"], Json::object()) << "labelled clients in any namespace";
   EXPECT_EQ(from[2]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring");
+  // Out of an agent pod: its job's aggregator pods' gRPC port and the cluster DNS only,
+  // so the node's data cannot be sent anywhere else.
+  Json egress = agents["spec"]["egress"];
+  ASSERT_EQ(egress.size(), 2u) << egress.dump();
+  EXPECT_EQ(
+      egress[0]["to"],
+      Json::array({{{"podSelector", {{"matchLabels", {{kLabelJob, "wn"}, {kLabelRole, "aggregator"}}}}}}}));
+  EXPECT_EQ(egress[0]["ports"], Json::array({{{"port", kAggregatorGrpcPort}, {"protocol", "TCP"}}}));
+  EXPECT_EQ(egress[1]["to"],
+            Json::array(
+                {{{"namespaceSelector", {{"matchLabels", {{"kubernetes.io/metadata.name", "kube-system"}}}}},
+                  {"podSelector", {{"matchLabels", {{"k8s-app", "kube-dns"}}}}}}}));
+  EXPECT_EQ(egress[1]["ports"],
+            Json::array({{{"port", 53}, {"protocol", "UDP"}}, {{"port", 53}, {"protocol", "TCP"}}}));
 
   Json agg = Get(res::kNetworkPolicies, "wn-aggregator");
   EXPECT_EQ(agg["spec"]["podSelector"]["matchLabels"][kLabelRole], "aggregator");
@@ -625,6 +639,42 @@ TEST_F(HardeningTest, NetworkPoliciesAdmitOnlyTheJobsPeers) {
   Json http = agg["spec"]["ingress"][1];
   EXPECT_EQ(http["ports"][0]["port"], kAggregatorHttpPort);
   EXPECT_EQ(http["from"].size(), 2u);
+}
+
+TEST_F(HardeningTest, AgentEgressFollowsTheClustersDnsAndCanBeTurnedOff) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  DesiredOptions opts;
+  opts.dns_namespace = "dns";
+  opts.dns_pod_labels = {{"app", "coredns"}, {"tier", "node-cache"}};
+  Reconcile(opts);
+  Json agents = Get(res::kNetworkPolicies, "wn-agents");
+  EXPECT_EQ(
+      agents["spec"]["egress"][1]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+      "dns");
+  EXPECT_EQ(agents["spec"]["egress"][1]["to"][0]["podSelector"]["matchLabels"],
+            Json({{"app", "coredns"}, {"tier", "node-cache"}}));
+  // Off: the running job's policy loses its egress rules at the next pass (ingress stays).
+  opts.agent_egress_policy = false;
+  Reconcile(opts);
+  agents = Get(res::kNetworkPolicies, "wn-agents");
+  EXPECT_EQ(agents["spec"]["policyTypes"], Json::array({"Ingress"}));
+  EXPECT_FALSE(agents["spec"].contains("egress")) << agents.dump();
+  EXPECT_EQ(agents["spec"]["ingress"].size(), 1u);
+}
+
+TEST(ParseLabelPairsTest, KeyValuePairsOrAClearError) {
+  auto one = ParseLabelPairs("k8s-app=kube-dns");
+  ASSERT_TRUE(one.ok()) << one.status().message();
+  EXPECT_EQ(*one, (std::map<std::string, std::string>{{"k8s-app", "kube-dns"}}));
+  auto two = ParseLabelPairs("app=coredns,tier=node-cache");
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->size(), 2u);
+  EXPECT_EQ(two->at("tier"), "node-cache");
+  for (const char* bad : {"", "k8s-app", "=kube-dns", "k8s-app=", "a=b,", "a=b,,c=d"}) {
+    auto r = ParseLabelPairs(bad);
+    EXPECT_FALSE(r.ok()) << "'" << bad << "' accepted";
+    if (!r.ok()) EXPECT_NE(r.status().message().find("KEY=VALUE"), std::string::npos);
+  }
 }
 
 TEST_F(HardeningTest, NetworkPoliciesCanBeTurnedOff) {

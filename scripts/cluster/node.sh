@@ -8,7 +8,7 @@
 #   node.sh disk NODE                  host directory that NODE sees as /var/lib/fedge
 #   node.sh exec NODE CMD...           run CMD in NODE's network and mount namespaces
 #   node.sh ctr NODE ARGS...           ctr -n k8s.io against NODE's containerd
-#   node.sh pid NODE COMPONENT         pid of kubelet | kube-proxy | containerd on NODE
+#   node.sh pid NODE COMPONENT         pid of kubelet | kube-proxy | kube-router | containerd on NODE
 #   node.sh mem                        proportional memory (PSS, MiB) of every cluster
 #                                      process, by component, and the total
 set -euo pipefail
@@ -46,7 +46,7 @@ case "$cmd" in
     exec ctr --address "$(sock "$n")" -n k8s.io "$@" ;;
   pid)
     check_node "${1:-}"
-    case "${2:-}" in kubelet|kube-proxy|containerd) ;; *) die "component: kubelet, kube-proxy or containerd" ;; esac
+    case "${2:-}" in kubelet|kube-proxy|kube-router|containerd) ;; *) die "component: kubelet, kube-proxy, kube-router or containerd" ;; esac
     cat "$DIR/nodes/$1/run/$2.pid" ;;
   mem)
     # Every process of the cluster: the control plane's and provisioner's pid files, and
@@ -61,7 +61,7 @@ case "$cmd" in
                    [[ -d "$h" ]] && find "$h" -name cgroup.procs -exec cat {} +; done) | sort -un); do
         comm="$(cat "/proc/$p/comm" 2>/dev/null || true)"
         case "$comm" in
-          kubelet|kube-proxy|containerd) group[$p]="$n/$comm" ;;
+          kubelet|kube-proxy|kube-router|containerd) group[$p]="$n/$comm" ;;
           containerd-shim*) group[$p]="$n/shims" ;;
           *) group[$p]="$n/containers" ;;
         esac

@@ -12,6 +12,9 @@
 #                  image), kubelet (cgroup root /<name>, pod CIDR 10.42.<i>.0/24) and
 #                  kube-proxy (iptables mode); CNI bridge + host-local IPAM from Debian's
 #                  containernetworking-plugins; routes between the pod CIDRs;
+#   network policy kube-router's NetworkPolicy controller on each node (--run-firewall only,
+#                  as K3s embeds it): iptables + ipset in the node's network namespace, so
+#                  the policies fedge creates are enforced as on K3s;
 #   add-ons        CoreDNS (Deployment + Service kube-dns at 10.43.0.10, as K3s) and the
 #                  default StorageClass `local-path` served by local-path-provisioner.py.
 #
@@ -25,6 +28,8 @@
 #   FEDGE_CLUSTER_DIR        state directory (default /var/lib/fedge-cluster)
 #   FEDGE_CLUSTER_NODES      number of edge nodes, 1..9 (default 2)
 #   FEDGE_CLUSTER_DATASTORE  kine (default) or etcd
+#   FEDGE_CLUSTER_NETWORK_POLICY  kube-router (default, as K3s) or none (policies accepted,
+#                            not enforced, as under a CNI without policy support)
 set -euo pipefail
 
 T0=$(date +%s%3N)
@@ -32,6 +37,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 DIR="${FEDGE_CLUSTER_DIR:-/var/lib/fedge-cluster}"
 NODES="${FEDGE_CLUSTER_NODES:-2}"
 DATASTORE="${FEDGE_CLUSTER_DATASTORE:-kine}"
+NETWORK_POLICY="${FEDGE_CLUSTER_NETWORK_POLICY:-kube-router}"
+KUBE_ROUTER_VERSION="${FEDGE_KUBE_ROUTER_VERSION:-v2.1.0}"
 K8S_VERSION="${FEDGE_K8S_VERSION:-v1.36.3}"
 COREDNS_VERSION="${FEDGE_COREDNS_VERSION:-v1.15.0}"
 
@@ -52,6 +59,8 @@ die() { echo "[start-cluster] $*" >&2; exit "${2:-1}"; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, cgroups, mounts)"
 [[ "$NODES" =~ ^[1-9]$ ]] || die "FEDGE_CLUSTER_NODES=$NODES: expected 1..9"
+[[ "$NETWORK_POLICY" == kube-router || "$NETWORK_POLICY" == none ]] ||
+  die "FEDGE_CLUSTER_NETWORK_POLICY=$NETWORK_POLICY: expected kube-router or none"
 for tool in containerd containerd-shim-runc-v2 runc ctr iptables ip nsenter unshare findmnt openssl curl python3 busybox; do
   command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-deps.sh" 2
 done
@@ -78,6 +87,12 @@ if [[ "$DATASTORE" == kine ]]; then
   KINE_OUT="$(find_cache kine "${FEDGE_KINE_VERSION:-v0.17.5}" .complete)" ||
     die "kine not built: run scripts/cluster/build-kine.sh (or FEDGE_CLUSTER_DATASTORE=etcd)" 2
   KINE_BIN="$KINE_OUT/bin"
+fi
+KUBE_ROUTER=""
+if [[ "$NETWORK_POLICY" == kube-router ]]; then
+  KUBE_ROUTER="$(find_cache kube-router "$KUBE_ROUTER_VERSION" .complete)/bin/kube-router" ||
+    die "kube-router not built: run scripts/cluster/build-kube-router.sh (or FEDGE_CLUSTER_NETWORK_POLICY=none)" 2
+  command -v ipset >/dev/null || die "ipset not found (kube-router's policies): run scripts/install-deps.sh" 2
 fi
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   [[ -x "$BIN/$b" ]] || die "missing $BIN/$b" 2
@@ -242,6 +257,8 @@ EOF
 sign "$PKI/kube-proxy" "/CN=system:kube-proxy" clientAuth
 kubeconfig "$DIR/kube-proxy.kubeconfig" "$PKI/kube-proxy"
 sign "$PKI/local-path-provisioner" "/CN=fedge:local-path-provisioner" clientAuth
+sign "$PKI/kube-router" "/CN=fedge:kube-router" clientAuth
+kubeconfig "$DIR/kube-router.kubeconfig" "$PKI/kube-router"
 
 # --- nodes ------------------------------------------------------------------------------
 # The images every node needs: the sandbox (kubelet never pulls it: no registry), the test
@@ -462,6 +479,38 @@ for name, t in started.items():
 }
 wait_for "nodes Ready" 120 all_ready
 log "$NODES nodes Ready"
+
+# --- network policy: kube-router's controller on each node, as K3s's agent runs it --------
+# It needs its Node object (node IP) first. Its rules: KUBE-ROUTER-FORWARD/-INPUT/-OUTPUT
+# in the node's filter table, one KUBE-POD-FW chain per local pod, ipsets of the peers; a
+# pod that a policy selects gets a default drop. Traffic from the node itself (kubelet
+# probes, `node.sh exec`) passes, as on K3s.
+if [[ -n "$KUBE_ROUTER" ]]; then
+  kc apply -f "$HERE/manifests/kube-router-rbac.yaml" > "$DIR/logs/kube-router-rbac.log"
+  for i in $(seq 1 "$NODES"); do
+    name="$(node_name "$i")"; N="$DIR/nodes/$name"
+    if ! alive "$N/run/kube-router.pid"; then
+      log "$name: kube-router (network policy)"
+      setsid nsenter --net="/run/netns/$name" --mount="$NSDIR/$name.mnt" -- \
+        "$KUBE_ROUTER" --run-firewall=true --run-router=false --run-service-proxy=false \
+        --kubeconfig "$DIR/kube-router.kubeconfig" --hostname-override "$name" \
+        --service-cluster-ip-range "$SERVICE_CIDR" --enable-ipv4=true --enable-ipv6=false \
+        --health-port 20244 --metrics-port 0 --v=0 >> "$N/logs/kube-router.log" 2>&1 < /dev/null &
+      echo $! > "$N/run/kube-router.pid"
+    fi
+  done
+  netpol_ready() {  # every node's kube-router has made its chains (its first full sync)
+    local i
+    for i in $(seq 1 "$NODES"); do
+      if ! alive "$DIR/nodes/$(node_name "$i")/run/kube-router.pid"; then
+        tail -n 5 "$DIR/nodes/$(node_name "$i")/logs/kube-router.log" >&2
+        die "$(node_name "$i"): kube-router exited (log: $DIR/nodes/$(node_name "$i")/logs/kube-router.log)"
+      fi
+      in_node "$i" iptables -S KUBE-ROUTER-FORWARD >/dev/null 2>&1 || return 1
+    done
+  }
+  wait_for "kube-router's network policy chains" 60 netpol_ready
+fi
 # kubelet set vm.overcommit_memory=1, kernel.panic=10, kernel.panic_on_oops=1 ... on this
 # shared host when it started (once, at start-up); a kernel oops would then reboot the
 # machine. Put the host's own values back now; stop-cluster.sh does it again.
@@ -489,8 +538,8 @@ dns_ready() {
 }
 wait_for "CoreDNS" 120 dns_ready
 
-echo "$(date -u +%FT%TZ) nodes=$NODES datastore=$DATASTORE" > "$DIR/run/started"
-echo "cluster up in $(since) s: $NODES edge nodes, $DATASTORE datastore"
+echo "$(date -u +%FT%TZ) nodes=$NODES datastore=$DATASTORE network_policy=$NETWORK_POLICY" > "$DIR/run/started"
+echo "cluster up in $(since) s: $NODES edge nodes, $DATASTORE datastore, network policy: $NETWORK_POLICY"
 cat <<EOF
   export KUBECONFIG=$DIR/kubeconfig
   $KUBECTL get nodes -L fedge.io/edge

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tears down what start-cluster.sh set up, in this order: the local-path provisioner; on
-# every node the kubelet, every container process (the node's cgroup tree), kube-proxy,
+# every node the kubelet, every container process (the node's cgroup tree), kube-router, kube-proxy,
 # containerd and its shims (everything left in the node's network namespace); the node's
 # cgroups, mount namespace and network namespace; the control plane (kine/etcd, API server,
 # controller-manager, scheduler); the host routes, bridge fedge0 and the iptables rules
@@ -66,6 +66,7 @@ for N in "$DIR"/nodes/*/; do
     kill -KILL $pids 2>/dev/null
     sleep 0.3
   done
+  stop_pid "$N/run/kube-router.pid" "$name kube-router"
   stop_pid "$N/run/kube-proxy.pid" "$name kube-proxy"
   stop_pid "$N/run/containerd.pid" "$name containerd"
   if [[ -e "/run/netns/$name" ]]; then

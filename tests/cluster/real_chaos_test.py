@@ -216,7 +216,10 @@ class RealChaosTest(unittest.TestCase):
         t_mounted = time.time() - t0
         log(f"stolen token: pod {pod_uid} revoked in the ConfigMap {t_cm:.1f} s and in the aggregator's "
             f"mounted file {t_mounted:.1f} s after the kill")
-        # The attacker runs the real agent on the node with the copy, as the node's agent.
+        # The attacker runs the real agent with the copy, as the node's agent, from the
+        # aggregator's node: the job's NetworkPolicy (enforced on every node) lets only its
+        # agent pods and the aggregator's own node reach the gRPC port, so from another
+        # node's host network the copy would not even connect.
         d = tempfile.mkdtemp(prefix="stolen-", dir=self.work)
         cfg = kubectl_json("-n", NS, "get", "configmap", f"{job}-config")["data"]["job.yaml"]
         trust = kubectl_json("-n", NS, "get", "configmap", f"{job}-trust")["data"]
@@ -228,7 +231,8 @@ class RealChaosTest(unittest.TestCase):
         tls = ["--tls-ca", f"{d}/ca.crt", "--tls-server-name", arg["--tls-server-name"]] if "--tls-ca" in arg else []
         before = self.agg_metric(job, "fedge_aggregator_joins_refused_total", {"reason": "pod_gone"})
         t_run = time.time()
-        p = rc.node_sh("exec", node, os.path.join(rc.BUILD, "agent", "fedge-agent"), "--config", f"{d}/job.yaml",
+        p = rc.node_sh("exec", agg["spec"]["nodeName"], os.path.join(rc.BUILD, "agent", "fedge-agent"),
+                       "--config", f"{d}/job.yaml",
                        "--aggregator", f"{agg['status']['podIP']}:7070", "--agent-id", node, "--node-name", node,
                        "--token-file", f"{d}/token", *tls, "--data-dir", arg["--data-dir"], "--model-dir", arg["--model-dir"],
                        "--http", "127.0.0.1:18099", "--state-dir", f"{d}/state", "--exit-when-done",

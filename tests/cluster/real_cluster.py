@@ -8,6 +8,7 @@ aggregator's /v1/status.
 Everything a user would type is run through `run()`, which prints the command and its
 output, so the test log reads as the session a user would have had.
 """
+import ctypes
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import yaml
@@ -31,6 +33,7 @@ KINE_VERSION = os.environ.get("FEDGE_KINE_VERSION", "v0.17.5")
 COREDNS_VERSION = os.environ.get("FEDGE_COREDNS_VERSION", "v1.15.0")
 HELM_VERSION = os.environ.get("FEDGE_HELM_VERSION", "v4.3.2")
 PROMETHEUS_VERSION = os.environ.get("FEDGE_PROMETHEUS_VERSION", "v0.316.0")
+KUBE_ROUTER_VERSION = os.environ.get("FEDGE_KUBE_ROUTER_VERSION", "v2.1.0")
 MODEL = os.environ.get("FEDGE_MODEL_DIR", os.path.join(ROOT, ".fedge", "models", "all-MiniLM-L6-v2"))
 FEDGE = os.path.join(BUILD, "cli", "fedge")
 BINARIES = [os.path.join(BUILD, d, b) for d, b in (("operator", "fedge-operator"),
@@ -89,12 +92,16 @@ def missing_prerequisites():
         return "kine not built: run scripts/cluster/build-cluster.sh"
     if not cache_dir("coredns", COREDNS_VERSION, ".complete"):
         return "CoreDNS not built: run scripts/cluster/build-cluster.sh"
+    if (os.environ.get("FEDGE_CLUSTER_NETWORK_POLICY", "kube-router") == "kube-router"
+            and not cache_dir("kube-router", KUBE_ROUTER_VERSION, ".complete")):
+        return ("kube-router (the NetworkPolicy controller K3s embeds) not built: run "
+                "scripts/cluster/build-cluster.sh")
     if not cache_dir("helm", HELM_VERSION, ".complete"):
         return "helm not built: run scripts/cluster/build-helm.sh"
     if not cache_dir("prometheus", PROMETHEUS_VERSION, ".complete"):
         return ("Prometheus with Kubernetes discovery not built: run scripts/cluster/build-prometheus.sh "
                 "(Debian's package has no kubernetes_sd_configs)")
-    for tool in ("containerd", "runc", "ctr", "iptables", "readelf", "gcc"):
+    for tool in ("containerd", "runc", "ctr", "iptables", "ipset", "readelf", "gcc"):
         if not shutil.which(tool):
             return f"{tool} not installed: run scripts/install-deps.sh"
     for b in BINARIES + [FEDGE]:
@@ -202,17 +209,72 @@ class Api:
             return False
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+_POD_IP = re.compile(r"^10\.42\.([1-9])\.\d+$")
+
+
+def in_node_network(node, fn):
+    """fn() run on a thread that has joined `node`'s network namespace (setns is per
+    thread; the thread ends with the call), so its sockets leave from the node itself."""
+    out = {}
+
+    def body():
+        fd = os.open(f"/run/netns/{node}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {node}'s network namespace: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: B036 - re-raised on the caller's thread
+            out["error"] = e
+    t = threading.Thread(target=body, name=f"netns-{node}")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def urlopen_read(req, timeout):
+    """The body of an HTTP request (a URL or urllib.request.Request). A pod's address
+    (10.42.<i>.x) is asked from its node, fedge-edge-<i>: the job's NetworkPolicies
+    (enforced by kube-router on every node, as on K3s) let the pod's own node in, as they
+    do the kubelet's probes, and this host - outside the cluster - not."""
+    url = req.full_url if isinstance(req, urllib.request.Request) else req
+    host = urllib.parse.urlsplit(url).hostname or ""
+    m = _POD_IP.match(host)
+
+    def read():
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read()
+    return in_node_network(f"fedge-edge-{m.group(1)}", read) if m else read()
+
+
 def http_json(url, timeout=3):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return json.loads(r.read())
+        return json.loads(urlopen_read(url, timeout))
     except (OSError, ValueError):
         return None
 
 
 def metrics_text(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
+    return urlopen_read(url, timeout).decode()
+
+
+def policy_rejections(node, pod, ns):
+    """Packets the REJECT rules of kube-router's chain for `pod` refused on `node` (its
+    comment names the pod): 0 while no NetworkPolicy selects the pod."""
+    out = run([os.path.join(SCRIPTS, "node.sh"), "exec", node, "iptables-save", "-c", "-t", "filter"],
+              quiet=True).stdout
+    total = 0
+    for line in out.splitlines():
+        if "-j REJECT" in line and f"POD name:{pod} namespace: {ns}" in line:
+            total += int(re.match(r"^\[(\d+):\d+\]", line).group(1))
+    return total
 
 
 def metric_value(text, name, labels=None):

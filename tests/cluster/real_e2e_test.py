@@ -10,17 +10,21 @@ through the node-local Service, Prometheus with in-cluster discovery, `helm unin
      operator replicas Running and Ready, exactly one holds the Lease;
   3. `kubectl apply -f deploy/examples/cluster-quickstart.yaml` in another restricted
      namespace: the aggregator and one agent per node run as containers in the nodes'
-     containerd (uid 65532, seen in /proc); `kubectl wait --for=condition=Succeeded`;
-     `kubectl get ftj` shows the rounds and the accuracy;
+     containerd (uid 65532, seen in /proc); while it trains, with the job's
+     NetworkPolicies enforced on every node (kube-router, as K3s embeds it), pods of
+     another namespace on each node reach neither the aggregator nor the agents, a
+     labelled client there reaches the agents only, and a pod of the job's namespace the
+     aggregator's HTTP port but not its gRPC port; `kubectl wait
+     --for=condition=Succeeded`; `kubectl get ftj` shows the rounds and the accuracy;
   4. a busybox client pod (restricted, labelled fedge.io/inference-client=true) on each
      node calls `<job>-inference:8080/v1/classify` with the job's token: a label comes
      back, from the agent of the client's own node (internalTrafficPolicy: Local: only
      that agent's request counter moves); without the token: 401;
   5. Prometheus (upstream, scripts/cluster/build-prometheus.sh: Debian's is built without
-     Kubernetes discovery) runs on the host with deploy/prometheus/prometheus.yml, its
-     kubernetes_sd_configs pointed at the API server with a ServiceAccount token: it
-     discovers and scrapes the operator, aggregator and agent pods, and every query of
-     deploy/grafana/fedge-dashboard.json returns data;
+     Kubernetes discovery) runs as a pod in the `monitoring` namespace, as a user runs it
+     beside the chart, with deploy/prometheus/prometheus.yml (in-cluster discovery): it
+     discovers and scrapes the operator, aggregator and agent pods through the job's
+     NetworkPolicies, and every query of deploy/grafana/fedge-dashboard.json returns data;
   6. a node that lost its state (the job's directory on its disk emptied, its serving
      agent deleted): the operator makes the agent again and, since that agent has no
      final global to serve, the pod <job>-aggregator-final, which hands it out from the
@@ -41,8 +45,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import unittest
@@ -58,8 +60,8 @@ from prometheus_test import dashboard_targets, metric_names  # noqa: E402
 
 JOB = "quickstart"  # metadata.name in deploy/examples/cluster-quickstart.yaml
 JOB_NS = "fedge-e2e"
+OTHER_NS = "fedge-e2e-other"  # another tenant's namespace on the same nodes
 MONITORING_NS = "monitoring"  # the chart's default networkPolicy.monitoringNamespaces
-PROM_PORT = 19091
 TIMINGS = {}
 
 
@@ -67,7 +69,7 @@ class RealEndToEndTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.work = rc.new_workdir("fedge-real-e2e-")
-        cls.prom = None
+        cls.prom_api = None
         cls.started_here = False
         t_total = time.time()
         cls.t_total = t_total
@@ -85,9 +87,12 @@ class RealEndToEndTest(unittest.TestCase):
 
     @classmethod
     def _start_prometheus(cls):
-        """A ServiceAccount allowed to list and watch pods (what a Prometheus outside the
-        cluster gets), its token, and the shipped config with each kubernetes_sd block
-        pointed at the API server with it."""
+        """Prometheus as a user runs it beside the chart: a pod in the `monitoring`
+        namespace (the chart's networkPolicy.monitoringNamespaces, which the job's
+        NetworkPolicies let in), with a ServiceAccount allowed to list and watch pods and
+        the shipped deploy/prometheus/prometheus.yml unchanged but for a 2 s scrape
+        interval: its kubernetes_sd blocks use the in-cluster configuration. The image is
+        the upstream build (scripts/cluster/build-prometheus.sh) packed by oci-image.py."""
         rc.ensure_namespace(MONITORING_NS)
         rbac = f"""
 apiVersion: v1
@@ -107,65 +112,68 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-pro
 subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}}]
 """
         kubectl("apply", "-f", "-", input=rbac)
-        token = kubectl("-n", MONITORING_NS, "create", "token", "prometheus", "--duration=3h", quiet=True).stdout
         prom_dir = os.path.join(cls.work, "prometheus")
         os.makedirs(prom_dir)
-        token_file = os.path.join(prom_dir, "token")
-        with open(token_file, "w") as f:
-            f.write(token.strip())
-        os.chmod(token_file, 0o600)
         with open(os.path.join(rc.ROOT, "deploy", "prometheus", "prometheus.yml")) as f:
             text = f.read()
-        block = re.compile(r"^( *)kubernetes_sd_configs:\n\1  - role: pod\n", re.M)
-
-        def in_cluster(m):
-            i = m.group(1)
-            return (f"{i}kubernetes_sd_configs:\n{i}  - role: pod\n"
-                    f"{i}    api_server: {rc.Api().server}\n"
-                    f"{i}    tls_config: {{ca_file: {rc.Api().ca}}}\n"
-                    f"{i}    authorization: {{credentials_file: {token_file}}}\n")
-        text, n = block.subn(in_cluster, text)
-        assert n == 2, "expected the two kubernetes_sd blocks (fedge-pods, fedge-annotated) in prometheus.yml"
         text, n = re.subn(r"^(  scrape_interval:) \S+$", r"\1 2s", text, flags=re.M)
         assert n == 1
         cls.prom_config = os.path.join(prom_dir, "prometheus.yml")
         with open(cls.prom_config, "w") as f:
             f.write(text)
-        log("Prometheus config: deploy/prometheus/prometheus.yml with, in each kubernetes_sd_configs block:")
-        print("    " + "\n    ".join(l for l in text.splitlines() if "api_server" in l or "tls_config" in l
-                                      or "credentials_file" in l or "scrape_interval" in l))
         promtool = os.path.join(os.path.dirname(rc.prometheus_bin()), "promtool")
         run([promtool, "check", "config", cls.prom_config], max_lines=5)
-        log(f"$ prometheus --config.file {cls.prom_config} --web.listen-address 127.0.0.1:{PROM_PORT} ...")
-        cls.prom_log = open(os.path.join(prom_dir, "prometheus.log"), "w")
-        cls.prom = subprocess.Popen([rc.prometheus_bin(), "--config.file", cls.prom_config,
-                                     "--web.listen-address", f"127.0.0.1:{PROM_PORT}",
-                                     "--storage.tsdb.path", os.path.join(prom_dir, "tsdb")],
-                                    stdout=cls.prom_log, stderr=subprocess.STDOUT)
-        wait_for(lambda: rc.http_json(f"http://127.0.0.1:{PROM_PORT}/api/v1/status/buildinfo"), 60,
-                 "Prometheus to answer")
-        print("    " + json.dumps(rc.http_json(f"http://127.0.0.1:{PROM_PORT}/api/v1/status/buildinfo")["data"]))
+        r = run([rc.prometheus_bin(), "--version"], quiet=True)
+        version = (r.stdout + r.stderr).split()[2]  # "prometheus, version 3.16.0 (...)"
+        image = f"fedge.local/prometheus:{version}"
+        archive = os.path.join(prom_dir, "prometheus.tar")
+        run(["python3", os.path.join(rc.SCRIPTS, "oci-image.py"), "--name", image, "--out", archive,
+             "--add", f"{rc.prometheus_bin()}:/bin/prometheus:0755", "--dir", "/prometheus:0777",
+             "--entrypoint", "/bin/prometheus", "--user", "65534:65534"], max_lines=3)
+        rc.node_sh("import", archive, rc.NODES[0], timeout=600)
+        kubectl("-n", MONITORING_NS, "create", "configmap", "prometheus", f"--from-file={cls.prom_config}")
+        restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "prometheus", "labels": {"app.kubernetes.io/name": "prometheus"}},
+               "spec": {"serviceAccountName": "prometheus",
+                        "nodeSelector": {"kubernetes.io/hostname": rc.NODES[0]},
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                            "fsGroup": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{"name": "prometheus", "image": image, "imagePullPolicy": "Never",
+                                        "args": ["--config.file=/etc/prometheus/prometheus.yml",
+                                                 "--storage.tsdb.path=/prometheus",
+                                                 "--web.listen-address=:9090"],
+                                        "ports": [{"name": "web", "containerPort": 9090}],
+                                        "readinessProbe": {"httpGet": {"path": "/-/ready", "port": 9090},
+                                                           "periodSeconds": 2},
+                                        "securityContext": restricted,
+                                        "volumeMounts": [{"name": "config", "mountPath": "/etc/prometheus"},
+                                                         {"name": "data", "mountPath": "/prometheus"}]}],
+                        "volumes": [{"name": "config", "configMap": {"name": "prometheus"}},
+                                    {"name": "data", "emptyDir": {}}]}}
+        kubectl("-n", MONITORING_NS, "apply", "-f", "-", input=json.dumps(pod))
+        kubectl("-n", MONITORING_NS, "wait", "--for=condition=Ready", "pod/prometheus", "--timeout=120s",
+                timeout=150)
+        ip = kubectl_json("-n", MONITORING_NS, "get", "pod", "prometheus")["status"]["podIP"]
+        cls.prom_api = f"http://{ip}:9090/api/v1"
+        cls.prom_ip = ip
+        wait_for(lambda: rc.http_json(f"{cls.prom_api}/status/buildinfo"), 60, "Prometheus to answer")
+        print("    " + json.dumps(rc.http_json(f"{cls.prom_api}/status/buildinfo")["data"]))
 
     @classmethod
     def tearDownClass(cls):
         keep = os.environ.get("FEDGE_KEEP_E2E") == "1"
         try:
-            if cls.prom and not keep:
-                cls.prom.send_signal(signal.SIGTERM)
-                try:
-                    cls.prom.wait(30)
-                except subprocess.TimeoutExpired:
-                    cls.prom.kill()
-                    cls.prom.wait()
             if keep:
-                log(f"kept the job, the release, Prometheus (pid {cls.prom.pid if cls.prom else None}) and {cls.work}")
+                log(f"kept the job, the release, Prometheus (pod {MONITORING_NS}/prometheus) and {cls.work}")
                 return
             # Whatever a failed test left (the last test removes it all when it passes).
             if kubectl("get", "crd", "federatedtrainingjobs.fedge.io", check=False, quiet=True).returncode == 0:
                 kubectl("-n", JOB_NS, "delete", "ftj", "--all", "--wait=true", "--timeout=120s", check=False,
                         timeout=180, quiet=True)
             rc.helm("uninstall", rc.RELEASE, "-n", rc.RELEASE_NS, "--wait", check=False, quiet=True, timeout=300)
-            for ns in (JOB_NS, MONITORING_NS, rc.RELEASE_NS):
+            for ns in (JOB_NS, OTHER_NS, MONITORING_NS, rc.RELEASE_NS):
                 kubectl("delete", "namespace", ns, "--wait=true", "--timeout=180s", check=False, timeout=240,
                         quiet=True)
             kubectl("delete", "clusterrolebinding,clusterrole", "e2e-prometheus-pods", check=False, quiet=True)
@@ -230,6 +238,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         # Another job's state beside this one's on every node: its agents must not see it.
         siblings = rc.plant_sibling_state(JOB_NS, "sibling-job")
         self.addCleanup(lambda: [shutil.rmtree(d, ignore_errors=True) for d in siblings])
+        probes = self.start_probe_pods()
         t = time.time()
         kubectl("-n", JOB_NS, "apply", "-f", rc.quickstart_manifest(self.work))
         # The aggregator and one agent per node, running as containers on the nodes.
@@ -264,6 +273,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         # within a minute or two (a stuck agent holds round 1 back for ever).
         took = rc.wait_agents_joined(JOB_NS, JOB, len(rc.NODES), timeout=120)
         log(f"both agents joined {took:.1f} s after the aggregator started serving")
+        self.only_the_policies_peers_get_in(probes)
         kubectl("-n", JOB_NS, "get", "ftj")
         kubectl("-n", JOB_NS, "wait", "--for=condition=Succeeded", f"ftj/{JOB}", "--timeout=900s", timeout=960)
         TIMINGS["apply -> Succeeded"] = time.time() - t
@@ -301,6 +311,123 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         self.assertEqual(list(reconciles.values()), [0.0], "the standby replica reconciled")
         type(self).succeeded_at = time.time()
         self.step_done()
+
+    # --- the job's NetworkPolicies, enforced by kube-router on every node ----------------
+    def start_probe_pods(self):
+        """Idle busybox pods on each node from which the policy check connects: `other`
+        (another tenant's namespace, no label), `client` (that namespace, labelled
+        fedge.io/inference-client=true) and `neighbour` (the job's namespace, not an agent)."""
+        rc.ensure_namespace(OTHER_NS)
+        probes = {}
+        for i, node in enumerate(rc.NODES, start=1):
+            for kind, ns, labels in (("other", OTHER_NS, {}),
+                                     ("client", OTHER_NS, {"fedge.io/inference-client": "true"}),
+                                     ("neighbour", JOB_NS, {})):
+                name = f"probe-{kind}-{i}"
+                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+                       "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                                "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
+                                "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                                "containers": [{"name": "probe", "image": rc.BUSYBOX, "imagePullPolicy": "Never",
+                                                "command": ["sleep", "3600"],
+                                                "securityContext": {"allowPrivilegeEscalation": False,
+                                                                    "readOnlyRootFilesystem": True,
+                                                                    "capabilities": {"drop": ["ALL"]}}}]}}
+                kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(pod), quiet=True)
+                self.addCleanup(kubectl, "-n", ns, "delete", "pod", name, "--ignore-not-found", "--wait=false",
+                                check=False, quiet=True)
+                probes[(kind, node)] = (ns, name)
+        return probes
+
+    def only_the_policies_peers_get_in(self, probes):
+        """While the job runs: what each probe pod reaches. The aggregator's gRPC port is for
+        the job's agents only (they are training through it now), its HTTP port for the
+        job's namespace and `monitoring`; an agent's port for the job's namespace, labelled
+        clients in any namespace and `monitoring`; out of an agent, its aggregator's gRPC
+        port and DNS only; the operator's metrics for `monitoring` only (the chart's
+        policy). Each refusal is counted by the REJECT
+        rule kube-router made for the target pod on its node, so it is the policy that
+        refused, not a missing listener."""
+        for (kind, node), (ns, name) in probes.items():
+            kubectl("-n", ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s", timeout=90,
+                    quiet=True)
+        pods = kubectl_json("-n", JOB_NS, "get", "pods", "-l", f"fedge.io/job={JOB}")["items"]
+        agg = next(p for p in pods if p["metadata"]["labels"]["fedge.io/role"] == "aggregator")
+        agents = {p["spec"]["nodeName"]: p for p in pods if p["metadata"]["labels"]["fedge.io/role"] == "agent"}
+        svc = f"{JOB}-aggregator.{JOB_NS}.svc.cluster.local"
+
+        def reach(kind, node, url):
+            ns, name = probes[(kind, node)]
+            r = kubectl("-n", ns, "exec", name, "--", "timeout", "5", "wget", "-q", "-O", "-", url, check=False,
+                        quiet=True, timeout=60)
+            # A TLS gRPC port answers plain HTTP with garbage: connected, then an error.
+            return "refused" if "Connection refused" in r.stderr else (
+                "ok" if r.returncode == 0 else "connected")
+
+        operator = rc.operator_pods()[0]
+
+        def rejections():
+            out = {agg["metadata"]["name"]: rc.policy_rejections(agg["spec"]["nodeName"], agg["metadata"]["name"],
+                                                                 JOB_NS)}
+            for n, p in agents.items():
+                out[p["metadata"]["name"]] = rc.policy_rejections(n, p["metadata"]["name"], JOB_NS)
+            out["operator"] = rc.policy_rejections(operator["spec"]["nodeName"], operator["metadata"]["name"],
+                                                   rc.RELEASE_NS)
+            return out
+
+        before = rejections()
+        seen, want = {}, {}
+        for node in rc.NODES:
+            agent_url = f"http://{agents[node]['status']['podIP']}:8080/healthz"
+            for kind, target, url, expect in (
+                    ("neighbour", "aggregator http", f"http://{svc}:9090/healthz", "ok"),
+                    ("other", "aggregator http", f"http://{svc}:9090/healthz", "refused"),
+                    ("other", "aggregator grpc", f"http://{svc}:7070/", "refused"),
+                    ("neighbour", "aggregator grpc", f"http://{svc}:7070/", "refused"),
+                    ("client", "aggregator grpc", f"http://{svc}:7070/", "refused"),
+                    ("other", "agent http", agent_url, "refused"),
+                    ("client", "agent http", agent_url, "ok"),
+                    ("neighbour", "agent http", agent_url, "ok"),
+                    # the chart's policy: the operator's metrics for `monitoring` only
+                    ("other", "operator metrics", f"http://{operator['status']['podIP']}:8081/metrics", "refused"),
+                    ("client", "operator metrics", f"http://{operator['status']['podIP']}:8081/metrics", "refused"),
+                    # last: the aggregator still listened after all the refusals above
+                    ("neighbour", "aggregator http", f"http://{svc}:9090/healthz", "ok")):
+                key = f"{kind} on {node} -> {target}"
+                seen[key], want[key] = reach(kind, node, url), expect
+        # Out of an agent pod (its network namespace, entered through its container's pid):
+        # DNS and the aggregator only. The node's data has nowhere else to go - not the
+        # API server, not a pod that listens to anyone (Prometheus).
+        dns = "10.43.0.10"
+        for node, p in agents.items():
+            pid = next(c[3] for c in rc.container_on_node(p) if c[1] == "agent")
+
+            def from_agent(*cmd):
+                return run(["nsenter", "-t", pid, "-n", "busybox", "timeout", "5", *cmd], check=False, quiet=True)
+
+            def agent_reach(url):
+                r = from_agent("wget", "-q", "-O", "-", url)
+                return "refused" if "Connection refused" in r.stderr else ("ok" if r.returncode == 0 else "connected")
+            for target, result in (
+                    ("aggregator grpc", agent_reach(f"http://{svc}:7070/")),
+                    ("dns", "ok" if f"{JOB}-aggregator" in from_agent("nslookup", svc, dns).stdout else "failed"),
+                    ("prometheus", agent_reach(f"http://{self.prom_ip}:9090/-/ready")),
+                    ("api server", agent_reach("http://10.43.0.1:443/")),
+                    ("aggregator http", agent_reach(f"http://{svc}:9090/healthz"))):
+                key = f"agent on {node} -> {target}"
+                seen[key] = result
+                want[key] = {"aggregator grpc": "connected", "dns": "ok"}.get(target, "refused")
+        after = rejections()
+        log("NetworkPolicies (kube-router): " + "; ".join(f"{k}: {v}" for k, v in seen.items()))
+        log(f"REJECT counters of the job's pods before {before}, after {after}")
+        self.assertEqual(seen, want)
+        # aggregator: 2 nodes x (other http, other/neighbour/client grpc); each agent: 1 per
+        # node's "other" probe of its own node's agent.
+        self.assertGreaterEqual(after[agg["metadata"]["name"]] - before[agg["metadata"]["name"]], 8)
+        for n, p in agents.items():  # the other namespace's probe in, and 3 attempts out
+            self.assertGreaterEqual(after[p["metadata"]["name"]] - before[p["metadata"]["name"]], 4, n)
+        self.assertGreaterEqual(after["operator"] - before["operator"], 4)
 
     def test_3_client_pod_on_each_node_classifies_through_the_inference_service(self):
         agents = {p["spec"]["nodeName"]: p for p in kubectl_json("-n", JOB_NS, "get", "pods", "-l",
@@ -374,7 +501,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         self.step_done()
 
     def test_4_prometheus_discovers_the_pods_and_answers_every_dashboard_query(self):
-        base = f"http://127.0.0.1:{PROM_PORT}/api/v1"
+        base = self.prom_api
 
         def api(path, **params):
             url = f"{base}/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
@@ -478,8 +605,8 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                                          data=json.dumps({"input": texts}).encode(),
                                          headers={"Content-Type": "application/json",
                                                   "Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return [(d["label"], round(d["score"], 5)) for d in json.loads(r.read())["data"]]
+            body = rc.urlopen_read(req, timeout=30)  # from the pod's node: the policy lets it in
+            return [(d["label"], round(d["score"], 5)) for d in json.loads(body)["data"]]
 
         def pod(n):
             return kubectl_json("-n", JOB_NS, "get", "pod", n)

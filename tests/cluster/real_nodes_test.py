@@ -12,11 +12,14 @@ and checks what fedge's end-to-end tests rely on, the way a user would see it wi
   - a claim of the default StorageClass binds on the pod's node, the pod writes to it,
     and deleting the claim deletes the volume and its directory;
   - re-running start-cluster.sh leaves the running cluster alone;
+  - NetworkPolicies are enforced (kube-router's controller, as K3s embeds it): a policy
+    selecting a server lets only its peers in, from either node, while the server's own
+    node still reaches it; deleting the policy opens it again;
 then stops the cluster if it started it.
 
 Exit status 77 (ctest SKIP_RETURN_CODE) with the reason when the cluster cannot be run
 here: not root, or binaries not built (scripts/cluster/build-{control-plane,nodes,kine,
-coredns}.sh). Run by ctest (label integration) or directly: python3 real_nodes_test.py -v
+coredns,kube-router}.sh). Run by ctest (label integration) or directly: python3 real_nodes_test.py -v
 """
 import json
 import os
@@ -32,6 +35,8 @@ CLUSTER_DIR = os.environ.get("FEDGE_CLUSTER_DIR", "/var/lib/fedge-cluster")
 K8S_VERSION = os.environ.get("FEDGE_K8S_VERSION", "v1.36.3")
 KINE_VERSION = os.environ.get("FEDGE_KINE_VERSION", "v0.17.5")
 COREDNS_VERSION = os.environ.get("FEDGE_COREDNS_VERSION", "v1.15.0")
+KUBE_ROUTER_VERSION = os.environ.get("FEDGE_KUBE_ROUTER_VERSION", "v2.1.0")
+NETWORK_POLICY = os.environ.get("FEDGE_CLUSTER_NETWORK_POLICY", "kube-router")
 NODES = ["fedge-edge-1", "fedge-edge-2"]
 KUBECONFIG = os.path.join(CLUSTER_DIR, "kubeconfig")
 BUSYBOX = "fedge.local/busybox:1.35"
@@ -58,7 +63,9 @@ def missing_prerequisites():
         return "kine not built: run scripts/cluster/build-kine.sh"
     if not cache_dir("coredns", COREDNS_VERSION, ".complete"):
         return "CoreDNS not built: run scripts/cluster/build-coredns.sh"
-    for tool in ("containerd", "runc", "ctr", "iptables"):
+    if NETWORK_POLICY == "kube-router" and not cache_dir("kube-router", KUBE_ROUTER_VERSION, ".complete"):
+        return "kube-router not built: run scripts/cluster/build-kube-router.sh"
+    for tool in ("containerd", "runc", "ctr", "iptables", "ipset"):
         if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ["PATH"].split(":")):
             return f"{tool} not installed: run scripts/install-deps.sh"
     return None
@@ -324,7 +331,8 @@ class RealNodesTest(unittest.TestCase):
             pids, mtimes = {}, {}
             for node in NODES:
                 d = os.path.join(CLUSTER_DIR, "nodes", node)
-                for comp in ("containerd", "kubelet", "kube-proxy"):
+                for comp in ("containerd", "kubelet", "kube-proxy") + (
+                        ("kube-router",) if NETWORK_POLICY == "kube-router" else ()):
                     with open(os.path.join(d, "run", f"{comp}.pid")) as f:
                         pids[f"{node}/{comp}"] = f.read().strip()
                 for cfg in ("kube-proxy.yaml", "kubelet-config.yaml", "containerd/config.toml",
@@ -344,6 +352,59 @@ class RealNodesTest(unittest.TestCase):
         for name, pid in after[0].items():
             with open(f"/proc/{pid}/stat") as f:
                 self.assertNotEqual(f.read().split()[2], "Z", f"{name} ({pid}) has exited")
+
+    @unittest.skipUnless(NETWORK_POLICY == "kube-router", "FEDGE_CLUSTER_NETWORK_POLICY=none: not enforced")
+    def test_6_network_policies_are_enforced_as_on_k3s(self):
+        web = ["sh", "-c", "mkdir -p /tmp/www && echo np-server > /tmp/www/index.html && "
+               "exec httpd -f -p 8080 -h /tmp/www"]
+        idle = ["sleep", "3600"]
+        self.apply(pod("np-server", NODES[0], BUSYBOX, command=web, labels={"app": "np-server"}))
+        # A peer and a stranger on each node: the same node's bridge and the route between
+        # nodes are different paths through the node's FORWARD chain.
+        clients = {}
+        for i, node in enumerate(NODES, start=1):
+            clients[f"np-peer-{i}"] = node
+            self.apply(pod(f"np-peer-{i}", node, BUSYBOX, command=idle, labels={"np-role": "peer"}))
+            clients[f"np-stranger-{i}"] = node
+            self.apply(pod(f"np-stranger-{i}", node, BUSYBOX, command=idle))
+        self.wait_ready("np-server", *clients)
+        server_ip = kubectl_json("-n", self.ns, "get", "pod", "np-server")["status"]["podIP"]
+        url = f"http://{server_ip}:8080/"
+
+        def reaches(client):
+            r = self.exec_in(client, "timeout", "3", "wget", "-q", "-O", "-", url, check=False)
+            return r.returncode == 0 and r.stdout.strip() == "np-server"
+
+        def from_node(node):
+            r = subprocess.run([os.path.join(SCRIPTS, "node.sh"), "exec", node, "busybox", "timeout", "3", "wget",
+                                "-q", "-O", "-", url], capture_output=True, text=True, timeout=30)
+            return r.returncode == 0 and r.stdout.strip() == "np-server"
+
+        def everyone():
+            return {c: reaches(c) for c in clients}
+
+        # No policy selects the server yet: everyone gets in.
+        wait_for(lambda: all(everyone().values()), 30, "every client to reach the server before any policy")
+        policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                  "metadata": {"name": "np-server"},
+                  "spec": {"podSelector": {"matchLabels": {"app": "np-server"}}, "policyTypes": ["Ingress"],
+                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"np-role": "peer"}}}],
+                                        "ports": [{"port": 8080, "protocol": "TCP"}]}]}}
+        t0 = time.time()
+        self.apply(policy)
+        want = {c: c.startswith("np-peer-") for c in clients}
+        got = wait_for(lambda: (lambda e: e if e == want else None)(everyone()), 60,
+                       f"only the peers to reach the server (want {want})")
+        print(f"policy enforced {time.time() - t0:.1f} s after it was applied: {got}", flush=True)
+        self.assertTrue(from_node(NODES[0]), "the server's own node (kubelet probes) was cut off")
+        # A new pod with the peer label is let in, and a peer losing it is cut off: the
+        # controller follows pods, not just policies.
+        kubectl("-n", self.ns, "label", "pod", "np-stranger-2", "np-role=peer")
+        kubectl("-n", self.ns, "label", "pod", "np-peer-1", "np-role-")
+        want.update({"np-stranger-2": True, "np-peer-1": False})
+        wait_for(lambda: everyone() == want, 60, f"the relabelled pods to follow (want {want})")
+        kubectl("-n", self.ns, "delete", "networkpolicy", "np-server")
+        wait_for(lambda: all(everyone().values()), 60, "every client to reach the server once the policy is gone")
 
 
 if __name__ == "__main__":

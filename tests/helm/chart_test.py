@@ -260,6 +260,37 @@ class ChartTest(unittest.TestCase):
         self.assertTrue({"fedge_job", "component", "agent"} <= labels, "the dashboard's labels")
         self.assertEqual(by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"], "http")
 
+    def test_agent_egress_reaches_the_operator(self):
+        def command(*sets):
+            return by_kind(render(*sets), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+        c = command()
+        self.assertIn("--dns-namespace=kube-system", c)
+        self.assertIn("--dns-pod-selector=k8s-app=kube-dns", c)
+        self.assertNotIn("--no-agent-egress-policy", c)
+        c = command("networkPolicy.agentEgress.dnsNamespace=dns", "networkPolicy.agentEgress.dnsPodLabels.tier=dns",
+                    "networkPolicy.agentEgress.dnsPodLabels.app=coredns")
+        self.assertIn("--dns-namespace=dns", c)
+        self.assertIn("--dns-pod-selector=app=coredns,k8s-app=kube-dns,tier=dns", c)
+        c = command("networkPolicy.agentEgress.enabled=false")
+        self.assertIn("--no-agent-egress-policy", c)
+        self.assertFalse([a for a in c if a.startswith("--dns-")])
+
+    def test_only_the_monitoring_namespaces_reach_the_operator(self):
+        docs = render()
+        np = by_kind(docs, "NetworkPolicy")
+        self.assertEqual(len(np), 1)
+        pod_labels = by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+        sel = np[0]["spec"]["podSelector"]["matchLabels"]
+        self.assertTrue(sel and sel.items() <= pod_labels.items(), f"{sel} does not select the operator pods")
+        self.assertEqual(np[0]["spec"]["policyTypes"], ["Ingress"])
+        self.assertEqual(np[0]["spec"]["ingress"],
+                         [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                           "ports": [{"port": 8081, "protocol": "TCP"}]}])
+        # No monitoring namespace: nothing gets in (the kubelet's probes come from the node).
+        none = by_kind(render("networkPolicy.monitoringNamespaces={}"), "NetworkPolicy")
+        self.assertEqual(none[0]["spec"]["ingress"], [])
+        self.assertEqual(by_kind(render("networkPolicy.enabled=false"), "NetworkPolicy"), [])
+
     def test_the_operator_may_read_the_service_account_issuer_keys(self):
         """Aggregators verify agents' projected tokens with the keys the operator copies."""
         for values in ((), ("watchNamespace=jobs",)):

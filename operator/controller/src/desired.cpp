@@ -928,6 +928,23 @@ Json DesiredApiTokenSecret(const Json& job, const std::string& token) {
 
 std::string AgentNetworkPolicyName(const Json& job) { return Name(job) + "-agents"; }
 
+StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text) {
+  std::map<std::string, std::string> labels;
+  size_t at = 0;
+  while (true) {
+    size_t end = text.find(',', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string pair = text.substr(at, end - at);
+    const size_t eq = pair.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == pair.size()) {
+      return InvalidArgumentError("'" + pair + "' is not KEY=VALUE (e.g. k8s-app=kube-dns)");
+    }
+    labels[pair.substr(0, eq)] = pair.substr(eq + 1);
+    if (end == text.size()) return labels;
+    at = end + 1;
+  }
+}
+
 namespace {
 Json Port(int port) { return {{"port", port}, {"protocol", "TCP"}}; }
 // Peers in the monitoring namespaces (by the kubernetes.io/metadata.name label every
@@ -951,13 +968,30 @@ Json DesiredAgentNetworkPolicy(const Json& job, const JobSpec& spec, const Desir
        {"podSelector", {{"matchLabels", {{kLabelInferenceClient, "true"}}}}}},
   });
   AddMonitoringPeers(from, opts);
+  Json spec_json = {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}}}},
+                    {"policyTypes", {"Ingress"}},
+                    {"ingress", Json::array({{{"from", from}, {"ports", Json::array({Port(port)})}}})}};
+  if (opts.agent_egress_policy) {
+    // Out of the pod: the job's aggregator (also the final-model pod: same labels) and
+    // DNS, which resolves the aggregator Service's name. Services are matched after
+    // their translation to the endpoint pod, so peers are pods, not Service addresses.
+    Json dns_pods = Json::object();
+    for (const auto& [k, v] : opts.dns_pod_labels) dns_pods[k] = v;
+    spec_json["policyTypes"] = {"Ingress", "Egress"};
+    spec_json["egress"] = Json::array(
+        {{{"to", Json::array({{{"podSelector",
+                                {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}}}}}})},
+          {"ports", Json::array({Port(kAggregatorGrpcPort)})}},
+         {{"to", Json::array({{{"namespaceSelector",
+                                {{"matchLabels", {{"kubernetes.io/metadata.name", opts.dns_namespace}}}}},
+                               {"podSelector", {{"matchLabels", dns_pods}}}}})},
+          {"ports",
+           Json::array({{{"port", 53}, {"protocol", "UDP"}}, {{"port", 53}, {"protocol", "TCP"}}})}}});
+  }
   return {{"apiVersion", "networking.k8s.io/v1"},
           {"kind", "NetworkPolicy"},
           {"metadata", Meta(job, AgentNetworkPolicyName(job), "agent")},
-          {"spec",
-           {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}}}},
-            {"policyTypes", {"Ingress"}},
-            {"ingress", Json::array({{{"from", from}, {"ports", Json::array({Port(port)})}}})}}}};
+          {"spec", spec_json}};
 }
 
 Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts) {

@@ -79,6 +79,12 @@ struct DesiredOptions {
   bool network_policies = true;
   // Namespaces whose pods may reach the job pods' HTTP ports (Prometheus).
   std::vector<std::string> monitoring_namespaces;
+  // The agents' egress: with network_policies, an agent pod may connect to its job's
+  // aggregator pods (gRPC) and to the cluster DNS pods (port 53) only, so what a
+  // compromised agent reads on its node (the private data) has nowhere else to go.
+  bool agent_egress_policy = true;
+  std::string dns_namespace = "kube-system";
+  std::map<std::string, std::string> dns_pod_labels = {{"k8s-app", "kube-dns"}};
   // The service-account issuer agents' tokens carry (IssuerKeys::issuer): the aggregator
   // accepts tokens of this issuer only. Set per pass from the API server's discovery
   // document; the default is the common in-cluster issuer.
@@ -88,6 +94,10 @@ struct DesiredOptions {
   // trains on for a token's 10 minutes plus this).
   int64_t agent_session_grace_s = 3600;
 };
+
+// "k8s-app=kube-dns,tier=dns" -> its labels (the operator's --dns-pod-selector); keys and
+// values must be non-empty, at least one pair.
+StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text);
 
 // Child names (deterministic: a restarted operator finds what it created).
 std::string SecretName(const Json& job);            // <job>-credentials
