@@ -673,7 +673,9 @@ TEST(ParseLabelPairsTest, KeyValuePairsOrAClearError) {
   for (const char* bad : {"", "k8s-app", "=kube-dns", "k8s-app=", "a=b,", "a=b,,c=d"}) {
     auto r = ParseLabelPairs(bad);
     EXPECT_FALSE(r.ok()) << "'" << bad << "' accepted";
-    if (!r.ok()) EXPECT_NE(r.status().message().find("KEY=VALUE"), std::string::npos);
+    if (!r.ok()) {
+      EXPECT_NE(r.status().message().find("KEY=VALUE"), std::string::npos);
+    }
   }
 }
 

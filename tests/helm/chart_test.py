@@ -54,8 +54,8 @@ def helm(*args, check=True):
 
 def render(*sets):
     args = ["template", RELEASE, CHART, "--namespace", NAMESPACE]
-    for s in sets:
-        args += ["--set", s]
+    for s in sets:  # "json:KEY=JSON" for --set-json
+        args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
 
 
@@ -287,7 +287,7 @@ class ChartTest(unittest.TestCase):
                          [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
                            "ports": [{"port": 8081, "protocol": "TCP"}]}])
         # No monitoring namespace: nothing gets in (the kubelet's probes come from the node).
-        none = by_kind(render("networkPolicy.monitoringNamespaces={}"), "NetworkPolicy")
+        none = by_kind(render("json:networkPolicy.monitoringNamespaces=[]"), "NetworkPolicy")
         self.assertEqual(none[0]["spec"]["ingress"], [])
         self.assertEqual(by_kind(render("networkPolicy.enabled=false"), "NetworkPolicy"), [])
 

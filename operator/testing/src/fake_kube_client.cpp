@@ -72,6 +72,19 @@ void MergeInto(Json& target, const Json& patch) {
   }
 }
 
+// Server-side apply: the fields `before` (this manager's previous apply) set that `now`
+// no longer sets leave `target`. Maps recurse; anything else (lists included) is one field.
+void RemoveDropped(Json& target, const Json& before, const Json& now) {
+  if (!before.is_object() || !target.is_object()) return;
+  for (auto it = before.begin(); it != before.end(); ++it) {
+    if (!now.is_object() || !now.contains(it.key())) {
+      target.erase(it.key());
+    } else if (it.value().is_object() && target.contains(it.key())) {
+      RemoveDropped(target[it.key()], it.value(), now[it.key()]);
+    }
+  }
+}
+
 Status FakeKubeClient::Record(const std::string& verb, const Resource& r, const std::string& ns,
                               const std::string& name, const std::string& sub, const Json& body) {
   calls_.push_back({verb, r.plural, r.namespaced ? ns : "", name, sub, body});
@@ -262,6 +275,7 @@ StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, c
     Json o = obj;
     o.erase("status");
     o["metadata"]["name"] = name;
+    applied_[k][opts.field_manager] = o;
     return AddLocked(r, ns, k, std::move(o));
   }
   Json before = it->second;
@@ -272,6 +286,9 @@ StatusOr<Json> FakeKubeClient::Apply(const Resource& r, const std::string& ns, c
   } else {
     Json patch = obj;
     patch.erase("status");
+    Json& last = applied_[k][opts.field_manager];
+    RemoveDropped(o, last, patch);
+    last = patch;
     MergeInto(o, patch);
     // Apply sets lists it owns wholesale (finalizers, ownerReferences, ...).
     if (o.value("spec", Json()) != before.value("spec", Json())) {
@@ -340,6 +357,7 @@ void FakeKubeClient::RemoveLocked(const Resource& r, const Key& k) {
   Json gone = it->second;
   std::string uid = gone["metadata"].value("uid", "");
   objects_.erase(it);
+  applied_.erase(k);
   gone["metadata"]["resourceVersion"] = std::to_string(++rv_);
   Emit(r, std::get<1>(k), WatchEventType::kDeleted, gone);
   if (!gc_) return;

@@ -98,17 +98,20 @@ class FakeKubeClient : public KubeClient {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<Key, Json> objects_;               // guarded by mu_
-  std::map<std::string, Resource> kinds_;     // plural -> resource seen, guarded by mu_
-  std::vector<Event> events_;                 // guarded by mu_
-  int64_t rv_ = 100;                          // guarded by mu_
-  int64_t compacted_rv_ = 0;                  // guarded by mu_
-  int64_t watch_epoch_ = 0;                   // bumped by CloseWatches, guarded by mu_
-  int64_t uid_ = 0;                           // guarded by mu_
-  bool gc_ = true;                            // guarded by mu_
-  std::string now_ = "2026-01-01T00:00:00Z";  // guarded by mu_
-  std::vector<FakeCall> calls_;               // guarded by mu_
-  std::map<std::string, Json> paths_;         // GetPath bodies, guarded by mu_
+  std::map<Key, Json> objects_;  // guarded by mu_
+  // What each field manager last applied to an object (server-side apply's managed
+  // fields, one owner per field): a field it applied before and omits now is removed.
+  std::map<Key, std::map<std::string, Json>> applied_;  // guarded by mu_
+  std::map<std::string, Resource> kinds_;               // plural -> resource seen, guarded by mu_
+  std::vector<Event> events_;                           // guarded by mu_
+  int64_t rv_ = 100;                                    // guarded by mu_
+  int64_t compacted_rv_ = 0;                            // guarded by mu_
+  int64_t watch_epoch_ = 0;                             // bumped by CloseWatches, guarded by mu_
+  int64_t uid_ = 0;                                     // guarded by mu_
+  bool gc_ = true;                                      // guarded by mu_
+  std::string now_ = "2026-01-01T00:00:00Z";            // guarded by mu_
+  std::vector<FakeCall> calls_;                         // guarded by mu_
+  std::map<std::string, Json> paths_;                   // GetPath bodies, guarded by mu_
   std::map<std::pair<std::string, std::string>, std::deque<Status>> failures_;  // guarded by mu_
 };
 
