@@ -265,16 +265,29 @@ def metrics_text(url, timeout=5):
     return urlopen_read(url, timeout).decode()
 
 
-def policy_rejections(node, pod, ns):
-    """Packets the REJECT rules of kube-router's chain for `pod` refused on `node` (its
-    comment names the pod): 0 while no NetworkPolicy selects the pod."""
-    out = run([os.path.join(SCRIPTS, "node.sh"), "exec", node, "iptables-save", "-c", "-t", "filter"],
-              quiet=True).stdout
-    total = 0
-    for line in out.splitlines():
-        if "-j REJECT" in line and f"POD name:{pod} namespace: {ns}" in line:
-            total += int(re.match(r"^\[(\d+):\d+\]", line).group(1))
-    return total
+_CONNECT = """
+import socket, sys
+s = socket.socket()
+s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print("error", e.errno)
+"""
+
+
+def tcp_connect_from(pid, addr, timeout=3):
+    """open | refused | timeout: a TCP connection to HOST:PORT opened from the network
+    namespace of process `pid` (a container's), as that pod's own traffic."""
+    host, port = addr.rsplit(":", 1)
+    r = run(["nsenter", "-t", str(pid), "-n", "python3", "-c", _CONNECT, host, port, str(timeout)], check=False,
+            quiet=True, timeout=timeout + 30)
+    return r.stdout.strip() or f"nsenter failed: {r.stderr.strip()}"
 
 
 def metric_value(text, name, labels=None):
