@@ -158,6 +158,34 @@ void FailPodAt(World& w, const std::string& name, std::time_t started, std::time
 }
 
 // The agent pods are gone (deleted and collected).
+bool NodeVolume(const Json& obj) {
+  return obj["metadata"].value("labels", Json::object()).value(kLabelRole, "") == "node-volume";
+}
+
+// The job being deleted in the foreground: the garbage collector has deleted its claims
+// too (each waits for the pods that mount it).
+void DeletedInTheForeground(Observed& o) {
+  o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+  for (auto& [key, obj] : o.children) {
+    if (key.first != res::kPersistentVolumeClaims.plural) continue;
+    Json copy = *obj;
+    copy["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+    obj = std::make_shared<const Json>(copy);
+  }
+}
+
+// ... and the claims have gone since (the pods that mounted them went).
+void ClaimsGone(Observed& o) {
+  o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+  for (auto it = o.children.begin(); it != o.children.end();) {
+    if (it->first.first == res::kPersistentVolumeClaims.plural && NodeVolume(*it->second)) {
+      it = o.children.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void DeleteAgents(World& w) {
   for (const char* n : {"wn-agent-edge-a", "wn-agent-edge-b"})
     ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", n).ok());
@@ -600,15 +628,7 @@ TEST(PlanTest, Table) {
          SetNodeNotReady(w, "edge-a");
          SetNodeNotReady(w, "edge-b");
        },
-       [](Observed& o) {
-         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
-         for (auto& [key, obj] : o.children) {
-           if (key.first != res::kPersistentVolumeClaims.plural) continue;
-           Json copy = *obj;
-           copy["metadata"]["deletionTimestamp"] = FormatTime(kNow);
-           obj = std::make_shared<const Json>(copy);
-         }
-       },
+       DeletedInTheForeground,
        {"patch federatedtrainingjobs/wn"},
        {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
        -1,
@@ -620,6 +640,146 @@ TEST(PlanTest, Table) {
          EXPECT_EQ(ev[0].reason, "NodeStateLeft");
          EXPECT_NE(ev[0].message.find("edge-b (the node is not Ready; its claim "), std::string::npos)
              << ev[0].message;
+       }},
+      {"a foreground deletion's claims still going on Ready nodes (their agents' pods not gone yet): the job "
+       "waits for them, no cleanup pod is made for a claim that cannot be mounted",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+       },
+       DeletedInTheForeground,
+       {"delete pods/wn-aggregator"},
+       {"patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-edge-a",
+        "create pods/wn-state-cleanup-edge-b"},
+       1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_LE(p.requeue_after->count(), 5);
+       }},
+      {"claims a foreground deletion took are gone: each state volume they were bound to is freed for a new "
+       "claim of the same name, owned by nothing, with a gated cleanup pod (the record of a node that was "
+       "away); the job goes",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+       },
+       [](Observed& o) {
+         ClaimsGone(o);
+         for (auto& [key, obj] : o.children) {
+           if (key.first != res::kPersistentVolumes.plural) continue;
+           // One Released, one still Bound: the PersistentVolume controller has not seen its
+           // claim go yet (the uid in its claimRef says it was bound all the same).
+           Json copy = *obj;
+           copy["spec"]["claimRef"]["uid"] = "old-claim-uid";
+           copy["status"] = {
+               {"phase", key.second.find("edge-a") != std::string::npos ? "Released" : "Bound"}};
+           obj = std::make_shared<const Json>(copy);
+         }
+       },
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b",
+        "patch federatedtrainingjobs/wn"},
+       {},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_EQ(CountOn(p, res::kPersistentVolumeClaims), 2);
+         int freed = 0;
+         for (const auto& a : p.actions) {
+           if (a.resource == &res::kPersistentVolumes) {
+             ASSERT_EQ(a.kind, ActionKind::kMergePatch) << a.Describe() << ": the state volumes stay";
+             EXPECT_TRUE(a.object["spec"]["claimRef"]["uid"].is_null());
+             EXPECT_EQ(a.object["metadata"]["annotations"][kAnnotationStateCleanupCause],
+                       kStateCleanupCauseForeground);
+             ++freed;
+           }
+           if (a.resource == &res::kPersistentVolumeClaims) {
+             ASSERT_EQ(a.kind, ActionKind::kCreate);
+             EXPECT_FALSE(a.object["metadata"].contains("ownerReferences")) << a.object.dump();
+             EXPECT_TRUE(DeferredStateCleanup(a.object));
+             EXPECT_EQ(a.object["metadata"]["annotations"]
+                           .value(kAnnotationStateCleanupPod, "")
+                           .rfind("wn-state-cleanup-edge-", 0),
+                       0u);
+             EXPECT_FALSE(a.object["spec"].value("volumeName", "").empty());
+           }
+           if (a.Describe().rfind("create pods/wn-state-cleanup-", 0) == 0) {
+             EXPECT_FALSE(a.object["metadata"].contains("ownerReferences"));
+             EXPECT_EQ(a.object["spec"]["schedulingGates"][0]["name"], kStateCleanupGate);
+             EXPECT_EQ(a.object["metadata"]["annotations"][kAnnotationStateCleanupCause],
+                       kStateCleanupCauseForeground);
+           }
+         }
+         EXPECT_EQ(freed, 2);
+         const auto& ev = Find(p, "patch federatedtrainingjobs/wn")->on_success;
+         ASSERT_EQ(ev.size(), 1u);
+         EXPECT_EQ(ev[0].reason, "NodeStateRemovalDeferred");
+         EXPECT_NE(
+             ev[0].message.find("on edge-a, edge-b is removed once the job has gone: a foreground deletion"),
+             std::string::npos)
+             << ev[0].message;
+       }},
+      {"a record's claim made by an earlier pass, its pod not yet: the pod is made as the record's (gated, "
+       "owned "
+       "by nothing, the cause copied), never as one the job owns, and the volume is not freed again",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+       },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+         for (auto& [key, obj] : o.children) {
+           Json copy = *obj;
+           if (key.first == res::kPersistentVolumeClaims.plural && NodeVolume(*obj)) {
+             const std::string node = copy["metadata"]["annotations"][kAnnotationNode];
+             copy["metadata"].merge_patch(
+                 DeferStateClaimPatch(o.job, "wn-state-cleanup-" + node)["metadata"]);
+             copy["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+           } else if (key.first == res::kPersistentVolumes.plural) {
+             copy["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+           }
+           obj = std::make_shared<const Json>(copy);
+         }
+       },
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b",
+        "patch federatedtrainingjobs/wn"},
+       {},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         for (const auto& a : p.actions)
+           EXPECT_NE(a.resource, &res::kPersistentVolumes)
+               << a.Describe() << ": the volumes stay as they are";
+         for (const char* pod :
+              {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"}) {
+           const Json& obj = Find(p, pod)->object;
+           EXPECT_TRUE(DeferredStateCleanup(obj)) << pod;
+           EXPECT_FALSE(obj["metadata"].contains("ownerReferences")) << pod;
+           EXPECT_EQ(obj["metadata"]["annotations"][kAnnotationStateCleanupCause],
+                     kStateCleanupCauseForeground);
+         }
+         const auto& ev = Find(p, "patch federatedtrainingjobs/wn")->on_success;
+         ASSERT_EQ(ev.size(), 1u);
+         EXPECT_EQ(ev[0].reason, "NodeStateRemovalDeferred");
+       }},
+      {"a volume whose claim was never bound (gone before it bound) held no state: it goes with the others",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+       },
+       ClaimsGone,
+       {"patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         EXPECT_EQ(CountOn(p, res::kPersistentVolumeClaims), 0);
+         for (const auto& a : p.actions)
+           if (a.resource == &res::kPersistentVolumes) EXPECT_EQ(a.kind, ActionKind::kDelete) << a.Describe();
        }},
       {"a cleanup pod made while its node was Ready, not run when the node went away: made a deferred one",
        [](World& w) {
@@ -1332,6 +1492,22 @@ TEST(DeferredCleanupTest, AnEndedCleanupTakesItsVolumeClaimAndPodWithItInThatOrd
   EXPECT_TRUE(p.actions[0].on_success.empty());
   p = PlanDeferredCleanup(ok.pod, nullptr, nullptr, true, false);
   ASSERT_EQ(Describe(p), std::vector<std::string>({"delete pods/wn-state-cleanup-edge-b"}));
+}
+
+TEST(DeferredCleanupTest, TheEventSaysWhyTheCleanupWaitedForTheJobToGo) {
+  DeferredRecord away("Succeeded", false);
+  DeferredCleanupPlan p = PlanDeferredCleanup(away.pod, away.claim, away.volume, true, false);
+  ASSERT_EQ(p.actions.size(), 3u);
+  EXPECT_NE(p.actions[1].on_success.at(0).message.find("which was away when the job was deleted"),
+            std::string::npos)
+      << p.actions[1].on_success.at(0).message;
+  Json pod = *away.pod;
+  pod["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+  p = PlanDeferredCleanup(std::make_shared<const Json>(pod), away.claim, away.volume, true, false);
+  ASSERT_EQ(p.actions.size(), 3u);
+  const std::string& m = p.actions[1].on_success.at(0).message;
+  EXPECT_NE(m.find("from node edge-b, once the job had gone (a foreground deletion"), std::string::npos) << m;
+  EXPECT_EQ(m.find("away"), std::string::npos) << m;
 }
 
 TEST(DeferredCleanupTest, ACleanupPodDeletedBeforeItRanLeavesAWarningAndTheClaimAndVolumeGo) {

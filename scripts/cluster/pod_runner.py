@@ -223,10 +223,16 @@ class Runner:
         return path
 
     def claim_node_path(self, pp, claim):
-        """The node path of the local or hostPath PersistentVolume a claim is bound to, or None."""
+        """The node path of the local or hostPath PersistentVolume a claim is bound to, or None.
+        As the kubelet, a pod waits while such a claim is not bound yet, and cannot start on
+        one that is being deleted (RuntimeError: run_pod retries until its start timeout)."""
         code, pvc = self.api.get(f"/api/v1/namespaces/{pp.ns}/persistentvolumeclaims/{claim}")
         volume = pvc.get("spec", {}).get("volumeName") if code == 200 else None
         if volume:
+            if pvc.get("metadata", {}).get("deletionTimestamp"):
+                raise RuntimeError(f"persistentvolumeclaim {claim} is being deleted")
+            if pvc.get("status", {}).get("phase") != "Bound":
+                raise RuntimeError(f"persistentvolumeclaim {claim} is not bound")
             code, pv = self.api.get(f"/api/v1/persistentvolumes/{volume}")
             src = pv.get("spec", {}) if code == 200 else {}
             return (src.get("local") or src.get("hostPath") or {}).get("path")

@@ -890,6 +890,17 @@ Json DeferStateClaimPatch(const Json& job, const std::string& pod_name) {
   return patch;
 }
 
+Json DesiredStateRecordClaim(const Json& job, const std::string& node, const NodeVolumeRoot& r,
+                             const std::string& pod_name) {
+  Json claim = DesiredNodeVolumeClaim(job, node, r);
+  claim["metadata"].merge_patch(DeferStateClaimPatch(job, pod_name)["metadata"]);
+  return claim;
+}
+
+Json ReleasedVolumeRebindPatch() {
+  return {{"spec", {{"claimRef", {{"uid", nullptr}, {"resourceVersion", nullptr}}}}}};
+}
+
 bool DeferredStateCleanup(const Json& obj) {
   const Json meta = obj.is_object() ? obj.value("metadata", Json::object()) : Json::object();
   return meta.value("labels", Json::object()).value(kLabelStateCleanup, "") == kStateCleanupDeferred;

@@ -178,6 +178,13 @@ struct Planner {
   // left (the claim or the pod's name going or taken), and the state is reported left.
   bool DeferNodeState(const std::string& node, const std::string& claim_name, const Json& claim,
                       const ObjectPtr& pod, const JobSpec& parsed);
+  // For the state-root volumes whose claims a foreground deletion took (desired.h): plans
+  // each one's record (the volume freed for a new claim, the claim, the gated pod) and
+  // names the node in `deferred`, or in `running` while the job's old cleanup pod there
+  // is still going, or in `left` when the names are another job's.
+  void RetakeReleasedStateVolumes(const JobSpec& parsed, const NodeVolumeRoot& root,
+                                  std::vector<std::string>& deferred, std::vector<std::string>& running,
+                                  std::vector<std::string>& left);
   // The state-root claims left to a deferred cleanup: their volumes stay with them.
   std::set<std::string> deferred_claims;
   void Children();
@@ -455,6 +462,7 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
   const std::string dir = AgentStateSubPath(o.job);
   std::vector<std::string> left;      // "node (why)"
   std::vector<std::string> deferred;  // "node (why)"
+  std::vector<std::string> retaken;   // nodes whose claim a foreground deletion took
   int removed = 0;
   std::vector<std::string> running;
   const std::time_t deadline = ParseTime(o.job["metadata"].value("deletionTimestamp", "")).value_or(o.now) +
@@ -470,6 +478,14 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
     const std::vector<NodeVolumeRoot> roots = AgentNodeVolumeRoots(*parsed, opts.desired);
     const NodeVolumeRoot* root = StateVolumeRoot(roots);
     const auto agents = AgentPodsByNode();
+    auto note_record = [&](const std::string& node, const Json& claim) {
+      if (claim["metadata"].value("annotations", Json::object()).value(kAnnotationStateCleanupCause, "") ==
+          kStateCleanupCauseForeground) {
+        retaken.push_back(node);
+      } else {
+        deferred.push_back(node + " (the node was away)");
+      }
+    };
     std::map<std::string, bool> ready;  // node -> Ready, for the nodes that exist
     for (const auto& n : o.nodes) ready[(*n)["metadata"].value("name", "")] = NodeReady(*n);
     for (const auto& [key, claim] : o.children) {
@@ -511,7 +527,15 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
         // Deferred by an earlier pass while the node was away: the record outlives the job
         // and runs once the node is back (ReconcileDeferredCleanup); keep the claim with it.
         if (DeferNodeState(node, key.second, *claim, pod, *parsed)) {
-          deferred.push_back(node + " (the node was away)");
+          note_record(node, *claim);
+          continue;
+        }
+      }
+      if (!pod && DeferredStateCleanup(*claim) && !Terminating(*claim)) {
+        // A record's claim an earlier pass made (RetakeReleasedStateVolumes) without its pod
+        // yet: the pod comes with the record, never as one the job owns.
+        if (DeferNodeState(node, key.second, *claim, pod, *parsed)) {
+          note_record(node, *claim);
           continue;
         }
       }
@@ -523,8 +547,14 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
         running.push_back(node);
         continue;
       }
-      if (Terminating(*claim)) {  // a foreground deletion took the claim first
-        left.push_back(node + " (its claim " + key.second + " is being deleted)");
+      if (Terminating(*claim)) {
+        // A foreground deletion took the claim first: it goes once no pod uses it, and
+        // then its volume is claimed again for the cleanup (RetakeReleasedStateVolumes).
+        if (o.now < deadline) {
+          running.push_back(node);
+        } else {
+          left.push_back(node + " (its claim " + key.second + " is being deleted)");
+        }
         continue;
       }
       if (o.now >= deadline) {
@@ -535,6 +565,7 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
           DesiredStateCleanupPod(o.job, *parsed, node, opts.desired);
       running.push_back(node);
     }
+    if (root) RetakeReleasedStateVolumes(*parsed, *root, retaken, running, left);
   }
   if (!running.empty() && o.now < deadline) {
     RequeueAfter(
@@ -549,6 +580,15 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
     outcome.push_back({"Normal", "NodeStateRemovalDeferred",
                        "the job's agent state (" + dir + " in the state root) on " + Join(deferred, "; ") +
                            " is removed when the node is back: its state-cleanup pod waits for it "
+                           "(kubectl get pods -l " +
+                           kLabelStateCleanup + "=" + kStateCleanupDeferred + ")"});
+  }
+  if (!retaken.empty()) {
+    std::sort(retaken.begin(), retaken.end());
+    outcome.push_back({"Normal", "NodeStateRemovalDeferred",
+                       "the job's agent state (" + dir + " in the state root) on " + Join(retaken, ", ") +
+                           " is removed once the job has gone: a foreground deletion took the nodes' claims "
+                           "first, and each node's state-cleanup pod waits with a new claim for its volume "
                            "(kubectl get pods -l " +
                            kLabelStateCleanup + "=" + kStateCleanupDeferred + ")"});
   }
@@ -575,6 +615,9 @@ bool Planner::DeferNodeState(const std::string& node, const std::string& claim_n
     if (Blocked(res::kPods, pod_name)) return false;
     Json want = DesiredDeferredStateCleanupPod(o.job, parsed, node, opts.desired);
     if (want.is_null()) return false;
+    const std::string cause =
+        claim["metadata"].value("annotations", Json::object()).value(kAnnotationStateCleanupCause, "");
+    if (!cause.empty()) want["metadata"]["annotations"][kAnnotationStateCleanupCause] = cause;
     Add(ActionKind::kCreate, Wave::kPods, res::kPods, pod_name).object = std::move(want);
   } else if (Terminating(*pod)) {
     return false;
@@ -590,6 +633,58 @@ bool Planner::DeferNodeState(const std::string& node, const std::string& claim_n
   }
   deferred_claims.insert(claim_name);
   return true;
+}
+
+void Planner::RetakeReleasedStateVolumes(const JobSpec& parsed, const NodeVolumeRoot& root,
+                                         std::vector<std::string>& deferred,
+                                         std::vector<std::string>& running, std::vector<std::string>& left) {
+  for (const auto& [key, pv] : o.children) {
+    if (key.first != res::kPersistentVolumes.plural || Terminating(*pv)) continue;
+    const Json& meta = (*pv)["metadata"];
+    if (meta.value("labels", Json::object()).value(kLabelJobNamespace, "") != o.ns) continue;
+    const Json ann = meta.value("annotations", Json::object());
+    const std::string node = ann.value(kAnnotationNode, "");
+    if (node.empty() || key.second != NodePersistentVolumeName(o.job, node, root)) continue;
+    const std::string claim_name = NodeVolumeClaimName(o.job, node, root);
+    if (o.Find(res::kPersistentVolumeClaims, claim_name)) continue;  // RemoveNodeState has it
+    const Json ref = pv->value("spec", Json::object()).value("claimRef", Json::object());
+    if (ref.value("namespace", "") != o.ns || ref.value("name", "") != claim_name) continue;
+    // The claim the volume names by uid was bound to it (an agent could have written there)
+    // and has gone: the volume is Released, or still Bound until the PersistentVolume
+    // controller gets to it. A volume never bound (pre-bound by name only) held no state
+    // and goes with the others; one an earlier pass freed carries the cause.
+    const bool was_bound = !ref.value("uid", "").empty();
+    const bool freed = ann.value(kAnnotationStateCleanupCause, "") == kStateCleanupCauseForeground;
+    if (!was_bound && !freed) continue;
+    const std::string pod_name = StateCleanupPodName(o.job, node);
+    if (Blocked(res::kPersistentVolumeClaims, claim_name) || Blocked(res::kPods, pod_name)) {
+      left.push_back(node + " (its claim " + claim_name + " was deleted, and the name is another job's)");
+      continue;
+    }
+    ObjectPtr pod;
+    for (const auto& p : o.pods)
+      if ((*p)["metadata"].value("name", "") == pod_name) pod = p;
+    if (pod && !DeferredStateCleanup(*pod)) {
+      running.push_back(node);  // the job's cleanup pod made before the claim went: it goes too
+      continue;
+    }
+    if (was_bound || !freed) {
+      Action& a = Add(ActionKind::kMergePatch, Wave::kPods, res::kPersistentVolumes, key.second);
+      a.object = ReleasedVolumeRebindPatch();
+      a.object["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+    }
+    Json claim = DesiredStateRecordClaim(o.job, node, root, pod_name);
+    claim["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+    Add(ActionKind::kCreate, Wave::kPods, res::kPersistentVolumeClaims, claim_name).object = std::move(claim);
+    if (!pod) {
+      Json want = DesiredDeferredStateCleanupPod(o.job, parsed, node, opts.desired);
+      if (want.is_null()) continue;
+      want["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+      Add(ActionKind::kCreate, Wave::kPods, res::kPods, pod_name).object = std::move(want);
+    }
+    deferred_claims.insert(claim_name);
+    deferred.push_back(node);
+  }
 }
 
 void Planner::HandleFailedPod(const Json& pod, bool aggregator) {
@@ -1307,9 +1402,13 @@ DeferredCleanupPlan PlanDeferredCleanup(const ObjectPtr& pod, const ObjectPtr& c
       return out;
     }
     if (phase == PodPhase::kSucceeded) {
+      const bool foreground =
+          (*pod)["metadata"].value("annotations", Json::object()).value(kAnnotationStateCleanupCause, "") ==
+          kStateCleanupCauseForeground;
       event = {"Normal", "NodeStateRemoved",
                "removed the agent state of the deleted FederatedTrainingJob " + job + " from node " + node +
-                   ", which was away when the job was deleted"};
+                   (foreground ? ", once the job had gone (a foreground deletion had taken the node's claim)"
+                               : ", which was away when the job was deleted")};
     } else {
       const std::string why = PodFailureMessage(*pod);
       event = {"Warning", "NodeStateLeft",

@@ -319,6 +319,19 @@ Json DeferStateCleanupPodPatch(const Json& job);
 Json DeferStateClaimPatch(const Json& job, const std::string& pod_name);
 // True for a pod or claim of that record.
 bool DeferredStateCleanup(const Json& obj);
+// A foreground deletion (`kubectl delete --cascade=foreground`, Argo CD's default, the
+// operator's own ttlSecondsAfterFinished) makes the garbage collector delete the job's
+// children before the job, the node claims among them, so no cleanup pod can mount one.
+// Their volumes stay (Retain; no owner): once a node's state-root claim has gone (its
+// volume Released), the finalizer makes the record of that node as for a node that was
+// away, with a new claim of the same name bound to the same volume
+// (DesiredStateRecordClaim; ReleasedVolumeRebindPatch drops the old claim's uid from the
+// volume's claimRef so that the new one binds) and the pod annotated with the cause.
+inline constexpr const char* kAnnotationStateCleanupCause = "fedge.io/state-cleanup-cause";
+inline constexpr const char* kStateCleanupCauseForeground = "foreground-deletion";
+Json DesiredStateRecordClaim(const Json& job, const std::string& node, const NodeVolumeRoot& r,
+                             const std::string& pod_name);
+Json ReleasedVolumeRebindPatch();
 
 // --- Aggregator checkpoints ----------------------------------------------------------
 // spec.aggregator.checkpoint: enabled (default true) keeps checkpoints on a
