@@ -32,6 +32,10 @@ mounted copy, and a real fedge-agent run on the node with the copied token must 
 refused at Join (PERMISSION_DENIED, fedge_aggregator_joins_refused_total{reason="pod_gone"}),
 while the job goes on.
 
+And one more deletion (test_9): a succeeded job deleted in the foreground, whose garbage
+collector deletes the node claims before the job; every node's agent state must go all the
+same, with every pod, claim and volume of the job.
+
 Exit status 77 (SKIPPED) like real_e2e_test.py. Run: ctest -R integration_real_chaos
 --output-on-failure, or python3 real_chaos_test.py -v [RealChaosTest.test_3_...].
 """
@@ -511,6 +515,49 @@ class RealChaosTest(unittest.TestCase):
         finally:
             kubectl("-n", NS, "delete", "ftj", job, "--wait=true", "--timeout=180s", timeout=240, check=False)
             rc.clear_agent_state(NS, job)
+
+    def test_9_a_job_deleted_in_the_foreground_leaves_no_state_on_its_nodes(self):
+        """`kubectl delete --cascade=foreground` (Argo CD's default; the operator's own
+        ttlSecondsAfterFinished): the garbage collector deletes the job's children first,
+        the node claims the state cleanup mounts among them. The real kubelets, scheduler,
+        PersistentVolume controller and collector: every node's agent state must still go,
+        and with it every pod, claim and volume of the job."""
+        job = "chaos-foreground"
+        rc.clear_agent_state(NS, job)
+        kubectl("-n", NS, "apply", "-f", "-", input=rc.job_manifest(job, total=2))
+        kubectl("-n", NS, "wait", "--for=condition=Succeeded", f"ftj/{job}", "--timeout=600s", timeout=660)
+        states = {n: os.path.join(rc.node_disk(n), "state", NS, job) for n in rc.NODES}
+        for d in states.values():
+            self.assertTrue(os.path.isfile(os.path.join(d, "global.safetensors")), d)
+        t = time.time()
+        kubectl("-n", NS, "delete", "ftj", job, "--cascade=foreground", "--wait=true", "--timeout=180s", timeout=240)
+        took = time.time() - t
+        log(f"kubectl delete ftj {job} --cascade=foreground returned after {took:.1f} s")
+
+        def left():
+            items = kubectl_json("-n", NS, "get", "pods,pvc", "-l", f"fedge.io/job={job}")["items"]
+            items += kubectl_json("get", "pv", "-l", f"fedge.io/job={job},fedge.io/job-namespace={NS}")["items"]
+            return [n for n, d in states.items() if os.path.lexists(d)] + \
+                [f"{i['kind']}/{i['metadata']['name']}" for i in items]
+        try:
+            wait_for(lambda: not left(), 240, "every node's state, and every pod, claim and volume of the job, gone",
+                     interval=2)
+        finally:
+            kubectl("-n", NS, "get", "pods,pvc", "-o", "wide", check=False)
+        gone = time.time() - t
+        log(f"state removed from {len(states)} nodes and the job's objects gone {gone:.1f} s after the delete")
+        events = kubectl_json("-n", NS, "get", "events", "--field-selector", "reason=NodeStateRemoved")["items"]
+        records = [e for e in events if f"FederatedTrainingJob {NS}/{job} " in e["message"]
+                   and "foreground deletion" in e["message"]]
+        for e in records:
+            log(f"NodeStateRemoved on {e['involvedObject']['name']}: {e['message']}")
+        self.assertGreater(len(records), 0, "no node's cleanup waited for the job: the claims were not taken first")
+        ROWS.append({"fault": "job deleted in the foreground (`kubectl delete --cascade=foreground`)",
+                     "did": f"deleted in {took:.1f} s; {len(records)} of {len(states)} nodes' claims taken by the "
+                            f"garbage collector first, their volumes claimed again for the cleanup",
+                     "lost": "-", "back": "-", "next": "-",
+                     "job": f"state gone from {len(states)} nodes {gone:.1f} s after the delete"})
+
 
 if __name__ == "__main__":
     reason = rc.missing_prerequisites()
