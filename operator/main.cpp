@@ -127,6 +127,10 @@ int main(int argc, char** argv) {
   app.add_flag("--no-agent-egress-policy", no_agent_egress_policy,
                "let agent pods connect anywhere (by default their NetworkPolicy admits only the job's "
                "aggregator and the cluster DNS)");
+  bool no_aggregator_egress_policy = false;
+  app.add_flag("--no-aggregator-egress-policy", no_aggregator_egress_policy,
+               "let aggregator pods connect anywhere (by default their NetworkPolicy admits only the API "
+               "server's addresses, read from the `kubernetes` EndpointSlice in `default`)");
   app.add_option("--dns-namespace", desired.dns_namespace,
                  "namespace of the cluster DNS pods the agents' egress policy admits (port 53)")
       ->capture_default_str();
@@ -163,6 +167,7 @@ int main(int argc, char** argv) {
 
   desired.network_policies = !no_network_policy;
   desired.agent_egress_policy = !no_agent_egress_policy;
+  desired.aggregator_egress_policy = !no_aggregator_egress_policy;
   auto dns_labels = op::ParseLabelPairs(dns_pod_selector);
   if (!dns_labels.ok()) {
     std::cerr << "fedge-operator: --dns-pod-selector: " << dns_labels.status().message() << "\n";

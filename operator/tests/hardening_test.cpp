@@ -662,6 +662,148 @@ TEST_F(HardeningTest, AgentEgressFollowsTheClustersDnsAndCanBeTurnedOff) {
   EXPECT_EQ(agents["spec"]["ingress"].size(), 1u);
 }
 
+// Out of an aggregator pod: the API server only (its status reporter), by the addresses
+// its `kubernetes` EndpointSlice lists (a pod's packet to the Service carries them once
+// kube-proxy has translated it). Nothing else: a compromised aggregator, which holds every
+// agent's updates, has nowhere to send them.
+TEST_F(HardeningTest, AggregatorEgressIsTheApiServerOnly) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  Json agg = Get(res::kNetworkPolicies, "wn-aggregator");
+  EXPECT_EQ(agg["spec"]["policyTypes"], Json::array({"Ingress", "Egress"}));
+  EXPECT_EQ(agg["spec"]["egress"],
+            Json::array({{{"to", Json::array({{{"ipBlock", {{"cidr", "10.0.0.1/32"}}}}})},
+                          {"ports", Json::array({{{"port", 6443}, {"protocol", "TCP"}}})}}}))
+      << agg.dump();
+  EXPECT_EQ(agg["spec"]["ingress"].size(), 2u) << "ingress unchanged";
+
+  // An HA control plane (one API server not ready) moved to other addresses: the running
+  // job's policy follows at the next pass that reads them.
+  client_.SetPath(
+      kApiServerEndpointSlicePath,
+      {{"addressType", "IPv4"},
+       {"endpoints", Json::array({{{"addresses", {"192.168.1.12"}}},
+                                  {{"addresses", {"192.168.1.11"}}, {"conditions", {{"ready", true}}}},
+                                  {{"addresses", {"192.168.1.13"}}, {"conditions", {{"ready", false}}}}})},
+       {"ports", Json::array({{{"name", "https"}, {"port", 443}, {"protocol", "TCP"}}})}});
+  Reconcile();
+  agg = Get(res::kNetworkPolicies, "wn-aggregator");
+  EXPECT_EQ(agg["spec"]["egress"],
+            Json::array({{{"to", Json::array({{{"ipBlock", {{"cidr", "192.168.1.11/32"}}}},
+                                              {{"ipBlock", {{"cidr", "192.168.1.12/32"}}}}})},
+                          {"ports", Json::array({{{"port", 443}, {"protocol", "TCP"}}})}}}))
+      << agg.dump();
+  client_.SetPath(kApiServerEndpointSlicePath,
+                  {{"addressType", "IPv6"},
+                   {"endpoints", Json::array({{{"addresses", {"fd00::1"}}}})},
+                   {"ports", Json::array({{{"name", "https"}, {"port", 6443}}})}});
+  Reconcile();
+  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-aggregator")["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"],
+            "fd00::1/128");
+}
+
+TEST_F(HardeningTest, AggregatorEgressStaysOpenWhileTheApiServerIsUnknownAndKeepsWhatWasRead) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  // An operator not allowed to read the slice (or a cluster without one): the aggregator's
+  // status reporter must still reach the API server, so no egress rules at all.
+  client_.FailNext(
+      "get", kApiServerEndpointSlicePath,
+      KubeError("Forbidden", 403, "endpointslices.discovery.k8s.io \"kubernetes\" is forbidden"));
+  ReconcilerOptions o;
+  o.clock = &wall_;
+  o.api_server_endpoints_ttl = std::chrono::seconds(0);  // every pass reads
+  JobReconciler r(&client_, &cache_, &events_, o);
+  ASSERT_TRUE(r.Reconcile("ml/wn").ok());
+  Json agg = Get(res::kNetworkPolicies, "wn-aggregator");
+  EXPECT_EQ(agg["spec"]["policyTypes"], Json::array({"Ingress"})) << agg.dump();
+  EXPECT_FALSE(agg["spec"].contains("egress"));
+  EXPECT_EQ(client_.Objects(res::kPods).size(), 3u) << "the job goes on";
+  // Readable: the rules appear. Unreadable again: the addresses read before stay.
+  ASSERT_TRUE(r.Reconcile("ml/wn").ok());
+  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-aggregator")["spec"]["egress"].size(), 1u);
+  client_.FailNext("get", kApiServerEndpointSlicePath, KubeError("ServiceUnavailable", 503, "try again"));
+  ASSERT_TRUE(r.Reconcile("ml/wn").ok());
+  agg = Get(res::kNetworkPolicies, "wn-aggregator");
+  EXPECT_EQ(agg["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"], "10.0.0.1/32") << agg.dump();
+  // A slice that makes no sense is not used either.
+  client_.SetPath(kApiServerEndpointSlicePath, {{"endpoints", Json::array({{{"addresses", {"not-an-ip"}}}})},
+                                                {"ports", Json::array({{{"port", 6443}}})}});
+  ASSERT_TRUE(r.Reconcile("ml/wn").ok());
+  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-aggregator")["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"],
+            "10.0.0.1/32");
+}
+
+TEST_F(HardeningTest, AggregatorEgressCanBeTurnedOffAndThenTheSliceIsNotRead) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  ASSERT_TRUE(Get(res::kNetworkPolicies, "wn-aggregator")["spec"].contains("egress"));
+  DesiredOptions opts;
+  opts.aggregator_egress_policy = false;
+  client_.ClearCalls();
+  Reconcile(opts);
+  Json agg = Get(res::kNetworkPolicies, "wn-aggregator");
+  EXPECT_EQ(agg["spec"]["policyTypes"], Json::array({"Ingress"}));
+  EXPECT_FALSE(agg["spec"].contains("egress")) << agg.dump();
+  for (const auto& c : client_.Calls()) EXPECT_NE(c.resource, kApiServerEndpointSlicePath);
+  // The agents' rules are their own switch.
+  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-agents")["spec"]["egress"].size(), 2u);
+}
+
+TEST(ReadApiServerEndpointsTest, AFailedReadSaysWhatToDo) {
+  FakeKubeClient client;
+  auto ok = ReadApiServerEndpoints(client);
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_EQ(ok->size(), 1u);
+  client.FailNext("get", kApiServerEndpointSlicePath, KubeError("Forbidden", 403, "forbidden"));
+  auto denied = ReadApiServerEndpoints(client);
+  ASSERT_FALSE(denied.ok());
+  EXPECT_NE(denied.status().message().find("needs get on endpointslices"), std::string::npos)
+      << denied.status().message();
+  client.SetPath(kApiServerEndpointSlicePath, nullptr);
+  auto absent = ReadApiServerEndpoints(client);
+  ASSERT_FALSE(absent.ok());
+  EXPECT_NE(absent.status().message().find("lists no address for its API server"), std::string::npos)
+      << absent.status().message();
+}
+
+TEST(ParseApiServerEndpointsTest, ReadsTheSliceOrSaysWhatIsWrong) {
+  auto ok = ParseApiServerEndpoints(
+      {{"addressType", "IPv4"},
+       {"endpoints", Json::array({{{"addresses", {"10.77.0.1"}}}, {{"addresses", {"10.77.0.1"}}}})},
+       {"ports", Json::array({{{"name", "metrics"}, {"port", 9000}}, {{"name", "https"}, {"port", 6443}}})}});
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  ASSERT_EQ(ok->size(), 1u) << "duplicates go";
+  EXPECT_EQ((*ok)[0].ip, "10.77.0.1");
+  EXPECT_EQ((*ok)[0].port, 6443) << "the port named https";
+  struct Bad {
+    Json slice;
+    const char* says;
+  };
+  const Json port = Json::array({{{"name", "https"}, {"port", 6443}}});
+  for (const auto& [slice, says] : std::vector<Bad>{
+           {Json::array(), "not an object"},
+           {{{"endpoints", Json::array({{{"addresses", {"10.0.0.1"}}}})}}, "no TCP port"},
+           {{{"endpoints", Json::array({{{"addresses", {"10.0.0.1"}}}})},
+             {"ports", Json::array({{{"port", 70000}}})}},
+            "no TCP port"},
+           {{{"endpoints", Json::array()}, {"ports", port}}, "no ready address"},
+           {{{"endpoints", Json::array({{{"addresses", {"10.0.0.1"}}, {"conditions", {{"ready", false}}}}})},
+             {"ports", port}},
+            "no ready address"},
+           {{{"endpoints", Json::array({{{"addresses", {"10.0.0.1/8"}}}})}, {"ports", port}}, "not an IPv4"},
+           {{{"endpoints", Json::array({{{"addresses", {"fd00::1"}}}})}, {"ports", port}}, "not an IPv4"},
+           {{{"endpoints", Json::array({{{"addresses", {7}}}})}, {"ports", port}}, "not a string"},
+           {{{"addressType", "FQDN"},
+             {"endpoints", Json::array({{{"addresses", {"api.example"}}}})},
+             {"ports", port}},
+            "addressType FQDN"},
+       }) {
+    auto r = ParseApiServerEndpoints(slice);
+    ASSERT_FALSE(r.ok()) << slice.dump();
+    EXPECT_NE(r.status().message().find(says), std::string::npos) << r.status().message();
+  }
+}
+
 TEST(ParseLabelPairsTest, KeyValuePairsOrAClearError) {
   auto one = ParseLabelPairs("k8s-app=kube-dns");
   ASSERT_TRUE(one.ok()) << one.status().message();

@@ -69,6 +69,7 @@ class World {
     o.job = *client_.Get(res::kJobs, "ml", "wn");
     o.now = kNow;
     o.issuer = *ReadIssuerKeys(client_);
+    o.api_server_endpoints = *ReadApiServerEndpoints(client_);  // as the reconciler reads them
     o.nodes = cache_.List(res::kNodes, "", "", "");
     o.pods = cache_.List(res::kPods, "ml", kLabelJob, "wn");
     for (const Resource* r : {&res::kSecrets, &res::kConfigMaps, &res::kServices, &res::kServiceAccounts,

@@ -830,7 +830,33 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual(grpc["ports"], [{"port": 7070, "protocol": "TCP"}])
         self.assertEqual(grpc["from"], [{"podSelector": {"matchLabels": {"fedge.io/job": "netpol",
                                                                          "fedge.io/role": "agent"}}}])
+        # Out of the aggregator: the API server only, at the addresses this API server's own
+        # `kubernetes` EndpointSlice lists. This control plane listens on loopback, which
+        # an EndpointSlice may not hold, so it has none: the operator cannot know the
+        # address and leaves the aggregator's egress open (its status reporter must get
+        # through), saying why. real_e2e checks the rules on real nodes, where it has one.
+        want = self.api_server_egress()
+        self.assertEqual(agg["spec"].get("egress"), want)
+        self.assertEqual(agg["spec"]["policyTypes"], ["Ingress", "Egress"] if want else ["Ingress"])
+        if not want:
+            self.assertIn("cannot read the API server's endpoints", self.operator_log())
         self.delete_job("netpol")
+
+    def operator_log(self):
+        with open(os.path.join(self.tmp, f"operator-{len(self.operators) - 1}.log")) as f:
+            return f.read()
+
+    def api_server_egress(self):
+        """The aggregator's egress rules this API server's `kubernetes` EndpointSlice calls
+        for; None without one."""
+        eps = self.get_json("endpointslice", "kubernetes", "-n", "default")
+        if eps is None:
+            return None
+        port = next(p["port"] for p in eps["ports"] if p.get("name") == "https")
+        ips = sorted(a for e in eps["endpoints"] for a in e["addresses"]
+                     if e.get("conditions", {}).get("ready", True))
+        self.assertTrue(ips, eps)
+        return [{"to": [{"ipBlock": {"cidr": f"{ip}/32"}} for ip in ips], "ports": [{"port": port, "protocol": "TCP"}]}]
 
     def test_failed_aggregator_is_replaced_on_its_checkpoint_claim(self):
         # Agents fail here (no model on the node); a high backoffLimit keeps the job going.
@@ -882,6 +908,9 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual(can("update", "leases/rel-fedge-operator", "-n", "fedge-system"), "yes")
         self.assertEqual(can("update", "leases", "-n", "fedge-jobs"), "no", "the Lease in the release namespace only")
         self.assertEqual(can("create", "leases", "-n", "fedge-system"), "no", "the chart makes the Lease")
+        self.assertEqual(can("get", "endpointslices.discovery.k8s.io/kubernetes", "-n", "default"), "yes")
+        self.assertEqual(can("list", "endpointslices.discovery.k8s.io", "-n", "default"), "no", "that one slice only")
+        self.assertEqual(can("get", "endpointslices.discovery.k8s.io/kubernetes", "-n", "fedge-jobs"), "no")
         token = self.kubectl("create", "token", "rel-fedge-operator", "-n", "fedge-system").stdout.strip()
         with open(self.kubeconfig) as f:
             admin = yaml.safe_load(f)
@@ -920,6 +949,13 @@ class OperatorClusterTest(unittest.TestCase):
             self.assertEqual(len(self.get_json("pv", "-l", "fedge.io/job=scoped")["items"]), 3)
             self.assertEqual((self.metric(port, "fedge_operator_reconcile_errors_total") or 0), 0,
                              open(os.path.join(self.tmp, "operator-rbac.log")).read()[-3000:])
+            # The chart's Role in `default` lets it read where the API server listens (here the
+            # API server answers that there is no such slice, which it tells only a caller
+            # allowed to get it).
+            agg = self.get_json("networkpolicy", "scoped-aggregator", "-n", "fedge-jobs")
+            text = open(os.path.join(self.tmp, "operator-rbac.log")).read()
+            self.assertEqual(agg["spec"].get("egress"), self.api_server_egress(), text[-3000:])
+            self.assertNotIn("forbidden", "\n".join(l for l in text.splitlines() if "endpoints" in l).lower())
             self.kubectl("delete", "ftj", "scoped", "-n", "fedge-jobs", "--wait=false")
             wait_for(lambda: self.kubectl("get", "ftj", "scoped", "-n", "fedge-jobs", check=False).returncode != 0, 60,
                      "the job's finalizer to run under the namespaced RBAC")

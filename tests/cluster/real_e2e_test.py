@@ -345,7 +345,8 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         aggregator's gRPC port is for the job's agents only (they are training through it
         now), its HTTP port for the job's namespace and `monitoring`; an agent's port for
         the job's namespace, labelled clients in any namespace and `monitoring`; out of an
-        agent, its aggregator's gRPC port and DNS only; the operator's metrics for
+        agent, its aggregator's gRPC port and DNS only; out of the aggregator, the API
+        server only; the operator's metrics for
         `monitoring` only (the chart's policy). A connection is made from inside the pod's
         network namespace (entered through its container's pid), to the Service's address
         where there is one, as the pod's own traffic. kube-router refuses (REJECT) what no
@@ -365,6 +366,9 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 for key, (ns, name) in probes.items()}
         for node, p in agents.items():
             pids[("agent", node)] = next(c[3] for c in rc.container_on_node(p) if c[1] == "agent")
+        aggregator = next(p for p in pods if p["metadata"]["name"] == f"{JOB}-aggregator")
+        agg_node = aggregator["spec"]["nodeName"]
+        pids[("aggregator", agg_node)] = next(c[3] for c in rc.container_on_node(aggregator))
         # (from, target, port, expected); "open" = the TCP connection was accepted.
         table = []
         for node in rc.NODES:
@@ -390,6 +394,16 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 (("other", node), "operator metrics", f"{operator_ip}:8081", "denied"),
                 (("client", node), "operator metrics", f"{operator_ip}:8081", "denied"),
             ]
+        # Out of the aggregator: the API server only (its status reporter writes the job's
+        # status through it, by the Service's address), nothing else, not even DNS.
+        agent_ip = agents[agg_node]["status"]["podIP"]
+        table += [
+            (("aggregator", agg_node), "api server", "10.43.0.1:443", "open"),
+            (("aggregator", agg_node), "prometheus", f"{self.prom_ip}:9090", "denied"),
+            (("aggregator", agg_node), "agent http", f"{agent_ip}:8080", "denied"),
+            (("aggregator", agg_node), "dns", "10.43.0.10:53", "denied"),
+            (("other", agg_node), "dns", "10.43.0.10:53", "open"),
+        ]
         table.append((None, "prometheus -> operator metrics", f"{operator_ip}:8081", "open"))
         table.append((None, "prometheus -> aggregator http", f"{agg_ip}:9090", "open"))
         prom_pid = next(c[3] for c in rc.container_on_node(kubectl_json("-n", MONITORING_NS, "get", "pod",

@@ -162,9 +162,10 @@ class ChartTest(unittest.TestCase):
             self.assertTrue(rules_cover(crole[0]["rules"], res), res)
         self.assertFalse(rules_cover(crole[0]["rules"], "leases"), "the Lease is granted in one namespace only")
         roles = by_kind(docs, "Role")
-        self.assertEqual([(r["metadata"]["namespace"], [x for rule in r["rules"] for x in rule["resources"]])
-                          for r in roles], [(NAMESPACE, ["leases"])])
-        self.assertEqual(by_kind(docs, "RoleBinding")[0]["roleRef"]["name"], roles[0]["metadata"]["name"])
+        self.assertEqual(sorted((r["metadata"]["namespace"], [x for rule in r["rules"] for x in rule["resources"]])
+                                for r in roles), sorted([(NAMESPACE, ["leases"]), ("default", ["endpointslices"])]))
+        self.assertEqual(sorted(b["roleRef"]["name"] for b in by_kind(docs, "RoleBinding")),
+                         sorted(r["metadata"]["name"] for r in roles))
 
     def test_the_chart_owns_the_lease_and_the_operator_may_only_update_it(self):
         # helm uninstall left the operator-made Lease behind (real_e2e_test test_6).
@@ -184,7 +185,7 @@ class ChartTest(unittest.TestCase):
     def test_watch_namespace_grants_job_resources_through_a_role_there(self):
         docs = render("watchNamespace=ml")
         roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role")}
-        self.assertEqual(set(roles), {"ml", NAMESPACE})
+        self.assertEqual(set(roles), {"ml", NAMESPACE, "default"})
         for res in ("pods", "secrets", "roles", "rolebindings", "networkpolicies", "federatedtrainingjobs"):
             self.assertTrue(rules_cover(roles["ml"]["rules"], res), res)
         self.assertEqual([x for rule in roles[NAMESPACE]["rules"] for x in rule["resources"]], ["leases"])
@@ -274,6 +275,30 @@ class ChartTest(unittest.TestCase):
         c = command("networkPolicy.agentEgress.enabled=false")
         self.assertIn("--no-agent-egress-policy", c)
         self.assertFalse([a for a in c if a.startswith("--dns-")])
+
+    def test_the_operator_may_read_only_the_api_servers_endpoint_slice(self):
+        """The aggregators' egress names the API server's addresses, read from the one
+        EndpointSlice `kubernetes` in `default`: get on that object, nothing more."""
+        for values in ((), ("watchNamespace=jobs",)):
+            docs = render(*values)
+            roles = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "default"]
+            self.assertEqual(len(roles), 1, values)
+            self.assertEqual(roles[0]["rules"], [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                                                  "resourceNames": ["kubernetes"], "verbs": ["get"]}])
+            binding = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "default"]
+            self.assertEqual(binding[0]["roleRef"]["name"], roles[0]["metadata"]["name"])
+            self.assertEqual(binding[0]["subjects"][0]["namespace"], NAMESPACE)
+            for cr in by_kind(docs, "ClusterRole"):
+                self.assertFalse(rules_cover(cr["rules"], "endpointslices"), "not cluster-wide")
+            c = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+            self.assertNotIn("--no-aggregator-egress-policy", c)
+        for off in ("networkPolicy.aggregatorEgress.enabled=false", "networkPolicy.enabled=false"):
+            docs = render(off)
+            self.assertEqual([r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "default"], [], off)
+            c = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+            if off.startswith("networkPolicy.aggregatorEgress"):
+                self.assertIn("--no-aggregator-egress-policy", c)
+                self.assertIn("--dns-namespace=kube-system", c, "the agents' rules are their own switch")
 
     def test_only_the_monitoring_namespaces_reach_the_operator(self):
         docs = render()

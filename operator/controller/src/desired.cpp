@@ -1,5 +1,7 @@
 #include "fedge/op/desired.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -1009,16 +1011,70 @@ Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts)
   Json agents = {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "agent"}}}}}};
   Json http_from = Json::array({{{"podSelector", Json::object()}}});
   AddMonitoringPeers(http_from, opts);
-  return {
-      {"apiVersion", "networking.k8s.io/v1"},
-      {"kind", "NetworkPolicy"},
-      {"metadata", Meta(job, AggregatorName(job), "aggregator")},
-      {"spec",
-       {{"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}}}},
-        {"policyTypes", {"Ingress"}},
-        {"ingress",
-         Json::array({{{"from", Json::array({agents})}, {"ports", Json::array({Port(kAggregatorGrpcPort)})}},
-                      {{"from", http_from}, {"ports", Json::array({Port(kAggregatorHttpPort)})}}})}}}};
+  Json spec_json = {
+      {"podSelector", {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}}}},
+      {"policyTypes", {"Ingress"}},
+      {"ingress",
+       Json::array({{{"from", Json::array({agents})}, {"ports", Json::array({Port(kAggregatorGrpcPort)})}},
+                    {{"from", http_from}, {"ports", Json::array({Port(kAggregatorHttpPort)})}}})}};
+  if (opts.aggregator_egress_policy && !opts.api_server_endpoints.empty()) {
+    // Out of the pod: the API server only (the status reporter; agents come in, the
+    // aggregator connects to no one). Its addresses are not pods, so ipBlocks; the
+    // reporter reaches it by the `kubernetes` Service's IP, no DNS.
+    std::map<int, Json> to_by_port;
+    for (const auto& e : opts.api_server_endpoints) {
+      const bool v6 = e.ip.find(':') != std::string::npos;
+      to_by_port[e.port].push_back({{"ipBlock", {{"cidr", e.ip + (v6 ? "/128" : "/32")}}}});
+    }
+    Json egress = Json::array();
+    for (auto& [port, to] : to_by_port) egress.push_back({{"to", to}, {"ports", Json::array({Port(port)})}});
+    spec_json["policyTypes"] = {"Ingress", "Egress"};
+    spec_json["egress"] = std::move(egress);
+  }
+  return {{"apiVersion", "networking.k8s.io/v1"},
+          {"kind", "NetworkPolicy"},
+          {"metadata", Meta(job, AggregatorName(job), "aggregator")},
+          {"spec", spec_json}};
+}
+
+StatusOr<std::vector<ApiServerEndpoint>> ParseApiServerEndpoints(const Json& slice) {
+  const std::string what = "the `kubernetes` Service's EndpointSlice";
+  if (!slice.is_object()) return InvalidArgumentError(what + " is not an object");
+  const Json ports = slice.value("ports", Json::array());
+  int port = 0;
+  if (ports.is_array()) {
+    for (const auto& p : ports) {
+      if (!p.is_object() || !p.contains("port") || !p["port"].is_number_integer()) continue;
+      if (p.value("protocol", "TCP") != "TCP") continue;
+      // The API server's port is named https; a slice with one port may leave it unnamed.
+      if (port == 0 || p.value("name", "") == "https") port = p["port"].get<int>();
+    }
+  }
+  if (port < 1 || port > 65535) return InvalidArgumentError(what + " names no TCP port in 1..65535");
+  const std::string type = slice.value("addressType", "IPv4");
+  if (type != "IPv4" && type != "IPv6") return InvalidArgumentError(what + " has addressType " + type);
+  std::vector<ApiServerEndpoint> out;
+  const Json endpoints = slice.value("endpoints", Json::array());
+  for (const auto& e : endpoints.is_array() ? endpoints : Json::array()) {
+    if (!e.is_object()) continue;
+    const Json cond = e.value("conditions", Json::object());
+    if (cond.is_object() && cond.contains("ready") && cond["ready"].is_boolean() &&
+        !cond["ready"].get<bool>())
+      continue;
+    for (const auto& a : e.value("addresses", Json::array())) {
+      if (!a.is_string()) return InvalidArgumentError(what + " has an address that is not a string");
+      const std::string ip = a.get<std::string>();
+      unsigned char buf[sizeof(struct in6_addr)];
+      if (inet_pton(type == "IPv6" ? AF_INET6 : AF_INET, ip.c_str(), buf) != 1) {
+        return InvalidArgumentError(what + " has '" + ip + "', which is not an " + type + " address");
+      }
+      out.push_back({ip, port});
+    }
+  }
+  if (out.empty()) return InvalidArgumentError(what + " lists no ready address");
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 JobSpec OperatorJobSpec(const Json& job) {

@@ -980,7 +980,10 @@ void Planner::Children() {
   ApplyIfChanged(res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(*spec)));
   if (opts.desired.network_policies) {
     ApplyIfChanged(res::kNetworkPolicies, DesiredAgentNetworkPolicy(job, *spec, opts.desired));
-    ApplyIfChanged(res::kNetworkPolicies, DesiredAggregatorNetworkPolicy(job, opts.desired));
+    // The endpoints read before stay in use after a failed read; none known: egress open.
+    DesiredOptions policy_desired = opts.desired;
+    policy_desired.api_server_endpoints = o.api_server_endpoints;
+    ApplyIfChanged(res::kNetworkPolicies, DesiredAggregatorNetworkPolicy(job, policy_desired));
   }
   if (Json claim = DesiredCheckpointClaim(job); !claim.is_null()) {
     CreateIfAbsent(res::kPersistentVolumeClaims, std::move(claim), Wave::kShared);

@@ -172,6 +172,9 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
     }
   }
   std::tie(o.issuer, o.issuer_error) = Issuer();
+  if (opts_.desired.network_policies && opts_.desired.aggregator_egress_policy) {
+    std::tie(o.api_server_endpoints, o.api_server_error) = ApiServer();
+  }
   AddUnseenCreates(o);
   SetAsideForeignChildren(o);
   return o;
@@ -193,6 +196,54 @@ StatusOr<IssuerKeys> ReadIssuerKeys(KubeClient& client) {
   }
   out.jwks = jwks->dump();
   return out;
+}
+
+StatusOr<std::vector<ApiServerEndpoint>> ReadApiServerEndpoints(KubeClient& client) {
+  const std::string what = std::string("GET ") + kApiServerEndpointSlicePath;
+  auto slice = client.GetPath(kApiServerEndpointSlicePath);
+  if (!slice.ok()) {
+    const StatusCode code = slice.status().code();
+    const char* why = code == StatusCode::kPermissionDenied
+                          ? " (the operator needs get on endpointslices \"kubernetes\" in namespace default, "
+                            "as the chart's Role grants; until then the aggregators' egress stays open)"
+                      : code == StatusCode::kNotFound
+                          ? " (the cluster lists no address for its API server, e.g. one that listens on "
+                            "loopback only; the aggregators' egress stays open)"
+                          : " (the aggregators' egress stays open until it is read)";
+    return slice.status().WithContext(what + why);
+  }
+  auto endpoints = ParseApiServerEndpoints(*slice);
+  if (!endpoints.ok()) return endpoints.status().WithContext(what);
+  return endpoints;
+}
+
+std::pair<std::vector<ApiServerEndpoint>, std::string> JobReconciler::ApiServer() {
+  const Clock::TimePoint now = opts_.clock->Now();
+  std::lock_guard<std::mutex> lock(api_server_mu_);
+  if (api_server_read_ && now - api_server_read_at_ < opts_.api_server_endpoints_ttl) {
+    return {api_server_, api_server_error_};
+  }
+  api_server_read_ = true;
+  api_server_read_at_ = now;
+  auto endpoints = ReadApiServerEndpoints(*client_);
+  if (endpoints.ok()) {
+    if (*endpoints != api_server_ || !api_server_error_.empty()) {
+      std::string list;
+      for (const auto& e : *endpoints)
+        list += (list.empty() ? "" : ",") + e.ip + ":" + std::to_string(e.port);
+      log::Info("API server endpoints read (the aggregators' egress)", {{"endpoints", list}});
+    }
+    api_server_ = std::move(*endpoints);
+    api_server_error_.clear();
+  } else {
+    const std::string error = endpoints.status().message();
+    if (error != api_server_error_) {
+      log::Warn("cannot read the API server's endpoints",
+                {{"error", error}, {"have_endpoints", !api_server_.empty()}});
+    }
+    api_server_error_ = error;
+  }
+  return {api_server_, api_server_error_};
 }
 
 std::pair<IssuerKeys, std::string> JobReconciler::Issuer() {

@@ -137,6 +137,17 @@ StatusOr<Json> FakeKubeClient::GetPath(const std::string& path) {
                 {"subject_types_supported", {"public"}},
                 {"id_token_signing_alg_values_supported", {"RS256"}}};
   }
+  if (path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes") {
+    // What kube-apiserver's endpoint reconciler writes: one endpoint, port "https".
+    return Json{
+        {"apiVersion", "discovery.k8s.io/v1"},
+        {"kind", "EndpointSlice"},
+        {"metadata", {{"name", "kubernetes"}, {"namespace", "default"}}},
+        {"addressType", "IPv4"},
+        {"endpoints",
+         Json::array({{{"addresses", {std::string(kFakeApiServerIp)}}, {"conditions", {{"ready", true}}}}})},
+        {"ports", Json::array({{{"name", "https"}, {"port", kFakeApiServerPort}, {"protocol", "TCP"}}})}};
+  }
   if (path == "/openid/v1/jwks") {
     // A public key's shape; no test signs with it.
     return Json::parse(

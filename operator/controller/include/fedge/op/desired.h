@@ -14,6 +14,7 @@
 #include <ctime>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "fedge/job_spec.h"
@@ -61,6 +62,16 @@ struct Images {
 };
 Images DefaultImages();  // fedge/<component>:<fedge::Version()>
 
+// An address and port the cluster's API server listens on, as the `kubernetes` Service's
+// EndpointSlice gives it: what a pod's packet to the Service carries once kube-proxy has
+// translated it, so what a NetworkPolicy sees.
+struct ApiServerEndpoint {
+  std::string ip;  // IPv4 or IPv6, as inet_pton reads it
+  int port = 0;
+  bool operator==(const ApiServerEndpoint& o) const { return ip == o.ip && port == o.port; }
+  bool operator<(const ApiServerEndpoint& o) const { return std::tie(ip, port) < std::tie(o.ip, o.port); }
+};
+
 // Operator-wide settings of the children (flags of fedge-operator). Implicitly made from
 // Images so callers that only choose images stay short.
 struct DesiredOptions {
@@ -85,6 +96,12 @@ struct DesiredOptions {
   bool agent_egress_policy = true;
   std::string dns_namespace = "kube-system";
   std::map<std::string, std::string> dns_pod_labels = {{"k8s-app", "kube-dns"}};
+  // The aggregator's egress: with network_policies, an aggregator pod may connect to the
+  // API server only (its status reporter writes the job's status), at the addresses in
+  // api_server_endpoints; while those are unknown its egress stays open.
+  bool aggregator_egress_policy = true;
+  // Where the API server listens (ReadApiServerEndpoints; set per pass by the planner).
+  std::vector<ApiServerEndpoint> api_server_endpoints;
   // The service-account issuer agents' tokens carry (IssuerKeys::issuer): the aggregator
   // accepts tokens of this issuer only. Set per pass from the API server's discovery
   // document; the default is the common in-cluster issuer.
@@ -94,6 +111,12 @@ struct DesiredOptions {
   // trains on for a token's 10 minutes plus this).
   int64_t agent_session_grace_s = 3600;
 };
+
+// The `kubernetes` Service's EndpointSlice (discovery.k8s.io/v1, in `default`) -> the API
+// server's addresses and port, sorted, without duplicates; endpoints whose ready condition
+// is false are left out. InvalidArgument for a slice that is not one (no address, no port,
+// an address that is no IP, a port outside 1..65535).
+StatusOr<std::vector<ApiServerEndpoint>> ParseApiServerEndpoints(const Json& slice);
 
 // "k8s-app=kube-dns,tier=dns" -> its labels (the operator's --dns-pod-selector); keys and
 // values must be non-empty, at least one pair.

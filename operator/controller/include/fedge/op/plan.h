@@ -104,6 +104,11 @@ struct Observed {
   // since the aggregator could verify no agent (issuer_error says why).
   IssuerKeys issuer;
   std::string issuer_error;
+  // Where the API server listens (the reconciler reads it and keeps it a minute): the
+  // aggregator's egress. Empty: not known (api_server_error says why); the aggregator's
+  // egress stays open.
+  std::vector<ApiServerEndpoint> api_server_endpoints;
+  std::string api_server_error;
 
   ObjectPtr Find(const Resource& r, const std::string& name) const;
   ObjectPtr FindForeign(const Resource& r, const std::string& name) const;

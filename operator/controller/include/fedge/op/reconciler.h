@@ -84,6 +84,9 @@ struct ReconcilerOptions {
   // How long the service-account issuer's keys read from the API server are used before
   // they are read again (a rotated key reaches the trust ConfigMaps within this).
   std::chrono::seconds issuer_keys_ttl{300};
+  // How long the API server's endpoints (the aggregators' egress) are used before they are
+  // read again (a moved API server reaches the aggregators' NetworkPolicies within this).
+  std::chrono::seconds api_server_endpoints_ttl{60};
   // Requests one wave of a pass may have in flight at once (plan.h: the writes of a wave
   // are independent). 1 runs them one after another. fedge-operator --apply-concurrency.
   int apply_concurrency = 16;
@@ -96,6 +99,13 @@ struct ReconcilerOptions {
 // keys (GET /openid/v1/jwks, as served, re-serialized): what aggregators verify agents'
 // projected tokens with. An error names the request and what the operator needs.
 StatusOr<IssuerKeys> ReadIssuerKeys(KubeClient& client);
+
+// Where the API server listens: GET of the `kubernetes` Service's EndpointSlice in
+// `default` (kApiServerEndpointSlicePath), parsed by ParseApiServerEndpoints. An error
+// names the request and what the operator needs.
+inline constexpr const char* kApiServerEndpointSlicePath =
+    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes";
+StatusOr<std::vector<ApiServerEndpoint>> ReadApiServerEndpoints(KubeClient& client);
 
 // Work-queue keys of deferred state cleanups: this prefix, then "namespace/name" of the
 // pod (no job key has it: a namespace name has no ':').
@@ -151,6 +161,10 @@ class JobReconciler {
   // opts_.issuer_keys_ttl (every 5 s while unknown); the error is "" once keys are known.
   // Thread-safe.
   std::pair<IssuerKeys, std::string> Issuer();
+  // The API server's endpoints (ReadApiServerEndpoints), read at most every
+  // opts_.api_server_endpoints_ttl; after a failure the endpoints read before stay in use
+  // (none: the error says why). Thread-safe.
+  std::pair<std::vector<ApiServerEndpoint>, std::string> ApiServer();
   Status SyncApiToken(const Run& run, Outcome* out);
   // After a create met AlreadyExists: OK when the object is this job's (the cache lags
   // behind an earlier write). Otherwise the pass stops before its pods, naming it:
@@ -209,6 +223,11 @@ class JobReconciler {
   std::string issuer_error_;         // guarded by issuer_mu_: the last read's error
   bool issuer_read_ = false;         // guarded by issuer_mu_
   Clock::TimePoint issuer_read_at_;  // guarded by issuer_mu_
+  std::mutex api_server_mu_;
+  std::vector<ApiServerEndpoint> api_server_;  // guarded by api_server_mu_
+  std::string api_server_error_;               // guarded by api_server_mu_: the last read's error
+  bool api_server_read_ = false;               // guarded by api_server_mu_
+  Clock::TimePoint api_server_read_at_;        // guarded by api_server_mu_
 };
 
 // Sets or updates a metav1.Condition in `conditions` (a JSON array); keeps

@@ -43,7 +43,8 @@ class FakeKubeClient : public KubeClient {
   Status Delete(const Resource& r, const std::string& ns, const std::string& name,
                 const DeleteOptions& opts = {}) override;
   // Serves SetPath's bodies; by default an issuer discovery document and a one-key JWKS
-  // (kFakeIssuer). Recorded as verb "get" on resource `path` (FailNext("get", path, ...)).
+  // (kFakeIssuer), and the `kubernetes` EndpointSlice (kFakeApiServerIp). Recorded as verb "get" on resource
+  // `path` (FailNext("get", path, ...)).
   StatusOr<Json> GetPath(const std::string& path) override;
 
   // --- test hooks (thread-safe) ---
@@ -117,6 +118,9 @@ class FakeKubeClient : public KubeClient {
 
 // The issuer the fake's default discovery document names.
 inline constexpr const char* kFakeIssuer = "https://kubernetes.default.svc.cluster.local";
+// The API server's endpoint the fake's `kubernetes` EndpointSlice lists.
+inline constexpr const char* kFakeApiServerIp = "10.0.0.1";
+inline constexpr int kFakeApiServerPort = 6443;
 
 // Matches "k=v,k2!=v2,k3" label selectors (equality, inequality, existence).
 bool MatchesLabelSelector(const Json& labels, const std::string& selector);
