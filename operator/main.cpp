@@ -126,18 +126,20 @@ int main(int argc, char** argv) {
   bool no_agent_egress_policy = false;
   app.add_flag("--no-agent-egress-policy", no_agent_egress_policy,
                "let agent pods connect anywhere (by default their NetworkPolicy admits only the job's "
-               "aggregator and the cluster DNS)");
+               "aggregator)");
   bool no_aggregator_egress_policy = false;
   app.add_flag("--no-aggregator-egress-policy", no_aggregator_egress_policy,
                "let aggregator pods connect anywhere (by default their NetworkPolicy admits only the API "
                "server's addresses, read from the `kubernetes` EndpointSlice in `default`)");
-  app.add_option("--dns-namespace", desired.dns_namespace,
-                 "namespace of the cluster DNS pods the agents' egress policy admits (port 53)")
-      ->capture_default_str();
-  std::string dns_pod_selector = "k8s-app=kube-dns";
-  app.add_option("--dns-pod-selector", dns_pod_selector,
-                 "labels of the cluster DNS pods, KEY=VALUE[,KEY=VALUE...]")
-      ->capture_default_str();
+  // Agents once resolved the aggregator through the cluster DNS, which their egress
+  // admitted; they take its address from the service environment now.
+  std::string dns_namespace, dns_pod_selector;
+  CLI::Option* dns_namespace_opt = app.add_option(
+      "--dns-namespace", dns_namespace,
+      "ignored: agents need no DNS, their egress admits only their aggregator (kept so older command "
+      "lines still start)");
+  CLI::Option* dns_selector_opt =
+      app.add_option("--dns-pod-selector", dns_pod_selector, "ignored, as --dns-namespace");
   int apply_concurrency = op::ReconcilerOptions{}.apply_concurrency;
   app.add_option("--apply-concurrency", apply_concurrency,
                  "API requests one reconcile may have in flight at once (its independent writes: node "
@@ -168,12 +170,10 @@ int main(int argc, char** argv) {
   desired.network_policies = !no_network_policy;
   desired.agent_egress_policy = !no_agent_egress_policy;
   desired.aggregator_egress_policy = !no_aggregator_egress_policy;
-  auto dns_labels = op::ParseLabelPairs(dns_pod_selector);
-  if (!dns_labels.ok()) {
-    std::cerr << "fedge-operator: --dns-pod-selector: " << dns_labels.status().message() << "\n";
-    return 2;
+  if (dns_namespace_opt->count() + dns_selector_opt->count() > 0) {
+    std::cerr << "fedge-operator: --dns-namespace and --dns-pod-selector are ignored: agents need no DNS "
+                 "(their egress admits only their aggregator); drop them\n";
   }
-  desired.dns_pod_labels = *std::move(dns_labels);
   for (const auto& p : desired.allowed_host_path_prefixes) {
     if (Status s = op::CheckHostPath("--allowed-host-path-prefix", p, {"/"}); !s.ok()) {
       std::cerr << "fedge-operator: " << s.message() << "\n";

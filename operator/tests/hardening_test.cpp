@@ -613,20 +613,15 @@ TEST_F(HardeningTest, NetworkPoliciesAdmitOnlyTheJobsPeers) {
   EXPECT_EQ(from[1]["podSelector"]["matchLabels"][kLabelInferenceClient], "true");
   EXPECT_EQ(from[1]["namespaceSelector"], Json::object()) << "labelled clients in any namespace";
   EXPECT_EQ(from[2]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring");
-  // Out of an agent pod: its job's aggregator pods' gRPC port and the cluster DNS only,
-  // so the node's data cannot be sent anywhere else.
+  // Out of an agent pod: its job's aggregator pods' gRPC port only, not even DNS (a
+  // forwarding cluster DNS carries query names off the cluster), so the node's data
+  // cannot be sent anywhere else.
   Json egress = agents["spec"]["egress"];
-  ASSERT_EQ(egress.size(), 2u) << egress.dump();
+  ASSERT_EQ(egress.size(), 1u) << egress.dump();
   EXPECT_EQ(
       egress[0]["to"],
       Json::array({{{"podSelector", {{"matchLabels", {{kLabelJob, "wn"}, {kLabelRole, "aggregator"}}}}}}}));
   EXPECT_EQ(egress[0]["ports"], Json::array({{{"port", kAggregatorGrpcPort}, {"protocol", "TCP"}}}));
-  EXPECT_EQ(egress[1]["to"],
-            Json::array(
-                {{{"namespaceSelector", {{"matchLabels", {{"kubernetes.io/metadata.name", "kube-system"}}}}},
-                  {"podSelector", {{"matchLabels", {{"k8s-app", "kube-dns"}}}}}}}));
-  EXPECT_EQ(egress[1]["ports"],
-            Json::array({{{"port", 53}, {"protocol", "UDP"}}, {{"port", 53}, {"protocol", "TCP"}}}));
 
   Json agg = Get(res::kNetworkPolicies, "wn-aggregator");
   EXPECT_EQ(agg["spec"]["podSelector"]["matchLabels"][kLabelRole], "aggregator");
@@ -641,22 +636,29 @@ TEST_F(HardeningTest, NetworkPoliciesAdmitOnlyTheJobsPeers) {
   EXPECT_EQ(http["from"].size(), 2u);
 }
 
-TEST_F(HardeningTest, AgentEgressFollowsTheClustersDnsAndCanBeTurnedOff) {
+// Agents need no DNS: the aggregator Service's address comes from the kubelet's service
+// environment, and its certificate's name is verified apart from the address.
+TEST_F(HardeningTest, AgentsReachTheAggregatorWithoutDnsAndTheirEgressCanBeTurnedOff) {
   ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
-  DesiredOptions opts;
-  opts.dns_namespace = "dns";
-  opts.dns_pod_labels = {{"app", "coredns"}, {"tier", "node-cache"}};
-  Reconcile(opts);
-  Json agents = Get(res::kNetworkPolicies, "wn-agents");
-  EXPECT_EQ(
-      agents["spec"]["egress"][1]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-      "dns");
-  EXPECT_EQ(agents["spec"]["egress"][1]["to"][0]["podSelector"]["matchLabels"],
-            Json({{"app", "coredns"}, {"tier", "node-cache"}}));
+  Reconcile();
+  Json pod = Get(res::kPods, "wn-agent-edge-a");
+  EXPECT_EQ(pod["spec"]["enableServiceLinks"], true);
+  const Json cmd = pod["spec"]["containers"][0]["command"];
+  auto arg = [&](const std::string& flag) {
+    for (size_t i = 0; i + 1 < cmd.size(); ++i)
+      if (cmd[i] == flag) return cmd[i + 1].get<std::string>();
+    return std::string();
+  };
+  EXPECT_EQ(arg("--aggregator"), "$(WN_AGGREGATOR_SERVICE_HOST):7070") << cmd.dump();
+  EXPECT_EQ(arg("--tls-server-name"), "wn-aggregator.ml.svc");
+  Json with_dashes = Job();
+  with_dashes["metadata"]["name"] = "word-net.v2";
+  EXPECT_EQ(AggregatorServiceHostVar(with_dashes), "WORD_NET_V2_AGGREGATOR_SERVICE_HOST");
   // Off: the running job's policy loses its egress rules at the next pass (ingress stays).
+  DesiredOptions opts;
   opts.agent_egress_policy = false;
   Reconcile(opts);
-  agents = Get(res::kNetworkPolicies, "wn-agents");
+  Json agents = Get(res::kNetworkPolicies, "wn-agents");
   EXPECT_EQ(agents["spec"]["policyTypes"], Json::array({"Ingress"}));
   EXPECT_FALSE(agents["spec"].contains("egress")) << agents.dump();
   EXPECT_EQ(agents["spec"]["ingress"].size(), 1u);
@@ -746,7 +748,7 @@ TEST_F(HardeningTest, AggregatorEgressCanBeTurnedOffAndThenTheSliceIsNotRead) {
   EXPECT_FALSE(agg["spec"].contains("egress")) << agg.dump();
   for (const auto& c : client_.Calls()) EXPECT_NE(c.resource, kApiServerEndpointSlicePath);
   // The agents' rules are their own switch.
-  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-agents")["spec"]["egress"].size(), 2u);
+  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-agents")["spec"]["egress"].size(), 1u);
 }
 
 TEST(ReadApiServerEndpointsTest, AFailedReadSaysWhatToDo) {
@@ -801,23 +803,6 @@ TEST(ParseApiServerEndpointsTest, ReadsTheSliceOrSaysWhatIsWrong) {
     auto r = ParseApiServerEndpoints(slice);
     ASSERT_FALSE(r.ok()) << slice.dump();
     EXPECT_NE(r.status().message().find(says), std::string::npos) << r.status().message();
-  }
-}
-
-TEST(ParseLabelPairsTest, KeyValuePairsOrAClearError) {
-  auto one = ParseLabelPairs("k8s-app=kube-dns");
-  ASSERT_TRUE(one.ok()) << one.status().message();
-  EXPECT_EQ(*one, (std::map<std::string, std::string>{{"k8s-app", "kube-dns"}}));
-  auto two = ParseLabelPairs("app=coredns,tier=node-cache");
-  ASSERT_TRUE(two.ok());
-  EXPECT_EQ(two->size(), 2u);
-  EXPECT_EQ(two->at("tier"), "node-cache");
-  for (const char* bad : {"", "k8s-app", "=kube-dns", "k8s-app=", "a=b,", "a=b,,c=d"}) {
-    auto r = ParseLabelPairs(bad);
-    EXPECT_FALSE(r.ok()) << "'" << bad << "' accepted";
-    if (!r.ok()) {
-      EXPECT_NE(r.status().message().find("KEY=VALUE"), std::string::npos);
-    }
   }
 }
 

@@ -967,6 +967,39 @@ TEST(PlanTest, Table) {
        "Created",
        -1,
        nullptr},
+      {"agents older than the aggregator Service (made again under a new address) are all replaced at once",
+       [](World& w) {
+         w.Reconcile();
+         for (const char* pod : {"wn-agent-edge-a", "wn-agent-edge-b"}) SetRunningReady(w, pod);
+         ASSERT_TRUE(w.client_.Delete(res::kServices, "ml", "wn-aggregator").ok());
+         w.client_.SetNow(FormatTime(kNow + 60));
+         w.Reconcile();  // the Service again, a minute later
+       },
+       nullptr,
+       {"delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       {"delete pods/wn-aggregator"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         bool said = false;
+         for (const auto& a : p.actions)
+           for (const auto& e : a.on_success)
+             said = said || e.message.find("older than Service wn-aggregator") != std::string::npos;
+         EXPECT_TRUE(said) << "the PodReplaced event says why";
+       }},
+      {"agents made with the Service are not older than it",
+       [](World& w) {
+         w.Reconcile();
+         for (const char* pod : {"wn-agent-edge-a", "wn-agent-edge-b"}) SetRunningReady(w, pod);
+       },
+       nullptr,
+       {},
+       {"delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
       {"a serving outdated agent waits while another agent is unavailable",
        [](World& w) {
          w.Reconcile();

@@ -451,10 +451,37 @@ class Runner:
             return ip, tport
         return "wait"
 
+    def service_env(self, ns):
+        """The kubelet's service environment of a pod in `ns`: <NAME>_SERVICE_HOST (the
+        ClusterIP) of each Service there with one, and the Service of each address."""
+        code, svcs = self.api.get(f"/api/v1/namespaces/{ns}/services")
+        env, by_ip = {}, {}
+        for svc in (svcs.get("items", []) if code == 200 else []):
+            ip = svc.get("spec", {}).get("clusterIP")
+            if not ip or ip == "None":
+                continue
+            name = svc["metadata"]["name"]
+            env[name.upper().replace("-", "_").replace(".", "_") + "_SERVICE_HOST"] = ip
+            by_ip[ip] = name
+        return env, by_ip
+
     def rewrite_args(self, pp, container, args, mounts):
         out = []
         svc_re = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9-]+)*):(\d+)$")
+        # $(VAR) from the service environment, as the kubelet expands it (an unknown one is
+        # left as written); the variables are read when the container starts.
+        env, by_ip = self.service_env(pp.ns) if pp.pod["spec"].get("enableServiceLinks", True) else ({}, {})
         for a in args:
+            a = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda v: env.get(v.group(1), v.group(0)), a)
+            # A Service's address -> a running backend, as kube-proxy translates it.
+            ipm = re.match(r"^(\d+\.\d+\.\d+\.\d+):(\d+)$", a)
+            if ipm and ipm.group(1) in by_ip:
+                r = self.resolve_service(pp.ns, by_ip[ipm.group(1)], ipm.group(2))
+                if r == "wait":
+                    raise TimeoutError(f"service {by_ip[ipm.group(1)]} has no running backend yet")
+                if r:
+                    out.append(f"{r[0]}:{r[1]}")
+                    continue
             # Mount paths -> the directories that hold the volume's files.
             for m in sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
                 mp = m["mountPath"].rstrip("/")

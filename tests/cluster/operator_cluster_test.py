@@ -817,14 +817,11 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertIn({"namespaceSelector": {}, "podSelector": {"matchLabels": {"fedge.io/inference-client": "true"}}},
                       peers)
         self.assertIn({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}, peers)
-        # Egress as the API server stored it: the job's aggregator and the cluster DNS only.
+        # Egress as the API server stored it: the job's aggregator only, no DNS.
         self.assertEqual(agents["spec"]["policyTypes"], ["Ingress", "Egress"])
         self.assertEqual(agents["spec"]["egress"], [
             {"to": [{"podSelector": {"matchLabels": {"fedge.io/job": "netpol", "fedge.io/role": "aggregator"}}}],
-             "ports": [{"port": 7070, "protocol": "TCP"}]},
-            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}])
+             "ports": [{"port": 7070, "protocol": "TCP"}]}])
         agg = self.get_json("networkpolicy", "netpol-aggregator")
         grpc = agg["spec"]["ingress"][0]
         self.assertEqual(grpc["ports"], [{"port": 7070, "protocol": "TCP"}])

@@ -345,7 +345,7 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         aggregator's gRPC port is for the job's agents only (they are training through it
         now), its HTTP port for the job's namespace and `monitoring`; an agent's port for
         the job's namespace, labelled clients in any namespace and `monitoring`; out of an
-        agent, its aggregator's gRPC port and DNS only; out of the aggregator, the API
+        agent, its aggregator's gRPC port only (no DNS); out of the aggregator, the API
         server only; the operator's metrics for
         `monitoring` only (the chart's policy). A connection is made from inside the pod's
         network namespace (entered through its container's pid), to the Service's address
@@ -390,6 +390,9 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
                 (("other", node), "prometheus", f"{self.prom_ip}:9090", "open"),
                 (("agent", node), "api server", "10.43.0.1:443", "denied"),
                 (("other", node), "api server", "10.43.0.1:443", "open"),
+                # not even DNS: a forwarding cluster DNS carries query names off the cluster
+                (("agent", node), "dns", "10.43.0.10:53", "denied"),
+                (("other", node), "dns", "10.43.0.10:53", "open"),
                 # the chart's policy: the operator's metrics for `monitoring` only
                 (("other", node), "operator metrics", f"{operator_ip}:8081", "denied"),
                 (("client", node), "operator metrics", f"{operator_ip}:8081", "denied"),
@@ -402,7 +405,6 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
             (("aggregator", agg_node), "prometheus", f"{self.prom_ip}:9090", "denied"),
             (("aggregator", agg_node), "agent http", f"{agent_ip}:8080", "denied"),
             (("aggregator", agg_node), "dns", "10.43.0.10:53", "denied"),
-            (("other", agg_node), "dns", "10.43.0.10:53", "open"),
         ]
         table.append((None, "prometheus -> operator metrics", f"{operator_ip}:8081", "open"))
         table.append((None, "prometheus -> aggregator http", f"{agg_ip}:9090", "open"))
@@ -424,11 +426,19 @@ subjects: [{{kind: ServiceAccount, name: prometheus, namespace: {MONITORING_NS}}
         log(f"NetworkPolicies (kube-router), held {time.time() - t0:.1f} s after the agents joined: "
             + "; ".join(f"{k}: {v}" for k, v in last.items()))
         self.assertTrue(held)
-        # DNS out of each agent: the aggregator's name resolves through kube-dns.
+        # No DNS out of an agent, over UDP either, while another namespace's pod on the same
+        # node resolves the aggregator's name; the agents reached their aggregator by the
+        # address the kubelet put in their environment.
+        name = f"{JOB}-aggregator.{JOB_NS}.svc.cluster.local"
         for node in rc.NODES:
-            r = run(["nsenter", "-t", pids[("agent", node)], "-n", "busybox", "timeout", "5", "nslookup",
-                     f"{JOB}-aggregator.{JOB_NS}.svc.cluster.local", "10.43.0.10"], check=False, quiet=True)
-            self.assertIn(agg_ip, r.stdout, f"DNS from the agent on {node}: {r.stdout} {r.stderr}")
+            other = run(["nsenter", "-t", pids[("other", node)], "-n", "busybox", "timeout", "5", "nslookup",
+                         name, "10.43.0.10"], check=False, quiet=True)
+            self.assertIn(agg_ip, other.stdout, f"DNS from another namespace's pod on {node}: {other.stdout}")
+            agent = run(["nsenter", "-t", pids[("agent", node)], "-n", "busybox", "timeout", "5", "nslookup",
+                         name, "10.43.0.10"], check=False, quiet=True)
+            self.assertNotIn(agg_ip, agent.stdout, f"DNS from the agent on {node}: {agent.stdout}")
+            cmd = open(f"/proc/{pids[('agent', node)]}/cmdline", "rb").read().split(b"\0")
+            self.assertIn(f"{agg_ip}:7070".encode(), cmd, f"the agent on {node} was not given the Service's address")
 
     def test_3_client_pod_on_each_node_classifies_through_the_inference_service(self):
         agents = {p["spec"]["nodeName"]: p for p in kubectl_json("-n", JOB_NS, "get", "pods", "-l",

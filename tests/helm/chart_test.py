@@ -265,16 +265,13 @@ class ChartTest(unittest.TestCase):
         def command(*sets):
             return by_kind(render(*sets), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
         c = command()
-        self.assertIn("--dns-namespace=kube-system", c)
-        self.assertIn("--dns-pod-selector=k8s-app=kube-dns", c)
         self.assertNotIn("--no-agent-egress-policy", c)
-        c = command("networkPolicy.agentEgress.dnsNamespace=dns", "networkPolicy.agentEgress.dnsPodLabels.tier=dns",
-                    "networkPolicy.agentEgress.dnsPodLabels.app=coredns")
-        self.assertIn("--dns-namespace=dns", c)
-        self.assertIn("--dns-pod-selector=app=coredns,k8s-app=kube-dns,tier=dns", c)
+        self.assertFalse([a for a in c if a.startswith("--dns-")], "agents need no DNS")
+        # An older values file that still names the DNS pods installs; they are not used.
+        c = command("networkPolicy.agentEgress.dnsNamespace=dns", "networkPolicy.agentEgress.dnsPodLabels.tier=dns")
+        self.assertFalse([a for a in c if a.startswith("--dns-")])
         c = command("networkPolicy.agentEgress.enabled=false")
         self.assertIn("--no-agent-egress-policy", c)
-        self.assertFalse([a for a in c if a.startswith("--dns-")])
 
     def test_the_operator_may_read_only_the_api_servers_endpoint_slice(self):
         """The aggregators' egress names the API server's addresses, read from the one
@@ -298,7 +295,7 @@ class ChartTest(unittest.TestCase):
             c = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
             if off.startswith("networkPolicy.aggregatorEgress"):
                 self.assertIn("--no-aggregator-egress-policy", c)
-                self.assertIn("--dns-namespace=kube-system", c, "the agents' rules are their own switch")
+                self.assertNotIn("--no-agent-egress-policy", c, "the agents' rules are their own switch")
 
     def test_only_the_monitoring_namespaces_reach_the_operator(self):
         docs = render()

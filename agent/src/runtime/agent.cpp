@@ -33,12 +33,24 @@ StatusOr<AgentSettings> ResolveAgentSettings(const AgentFlags& flags, const JobS
   AgentSettings s;
   s.spec = spec;
   if (flags.aggregator.empty()) return InvalidArgumentError("--aggregator HOST:PORT is required");
+  if (flags.aggregator.find("$(") != std::string::npos) {
+    // The operator passes the aggregator Service's address through the kubelet's service
+    // environment ($(<SERVICE>_SERVICE_HOST)); left as is, that Service did not exist when
+    // the container started.
+    return FailedPreconditionError("--aggregator: \"" + flags.aggregator +
+                                   "\" was not expanded: the aggregator Service did not exist when this "
+                                   "container started (the operator makes it again and replaces the pod)");
+  }
   std::string host;
   int port = 0;
   Status addr = SplitHostPort(flags.aggregator, &host, &port);
   if (!addr.ok() || port == 0)
     return InvalidArgumentError("--aggregator: \"" + flags.aggregator + "\" is not HOST:PORT");
   s.aggregator = flags.aggregator;
+  // An IPv6 Service address arrives bare (fd00::a:7070): the port is after the last colon.
+  if (host.find(':') != std::string::npos && host.front() != '[') {
+    s.aggregator = "[" + host + "]:" + std::to_string(port);
+  }
 
   s.agent_id = flags.agent_id.empty() ? hostname : flags.agent_id;
   if (s.agent_id.empty()) return InvalidArgumentError("--agent-id is empty and the hostname is unknown");

@@ -36,6 +36,25 @@ TEST(ResolveAgentSettingsTest, FillsDefaultsFromTheSpecHostAndEnvironment) {
   EXPECT_EQ(ResolveAgentSettings(f, Spec(), "host-1", "")->node_name, "host-1");
 }
 
+// The operator passes the aggregator Service's address as $(<SERVICE>_SERVICE_HOST):7070,
+// which the kubelet expands from the service environment.
+TEST(ResolveAgentSettingsTest, AServiceAddressTheKubeletExpandedIsUsedAndOneItDidNotIsRefused) {
+  AgentFlags f;
+  f.aggregator = "10.43.12.7:7070";
+  ASSERT_TRUE(ResolveAgentSettings(f, Spec(), "h", "").ok());
+  EXPECT_EQ(ResolveAgentSettings(f, Spec(), "h", "")->aggregator, "10.43.12.7:7070");
+  f.aggregator = "fd00:10:43::7:7070";  // an IPv6 Service address, bare
+  ASSERT_TRUE(ResolveAgentSettings(f, Spec(), "h", "").ok());
+  EXPECT_EQ(ResolveAgentSettings(f, Spec(), "h", "")->aggregator, "[fd00:10:43::7]:7070");
+  f.aggregator = "[fd00::7]:7070";
+  EXPECT_EQ(ResolveAgentSettings(f, Spec(), "h", "")->aggregator, "[fd00::7]:7070");
+  f.aggregator = "$(WN_AGGREGATOR_SERVICE_HOST):7070";  // no such Service at container start
+  auto s = ResolveAgentSettings(f, Spec(), "h", "");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.status().message().find("was not expanded"), std::string::npos) << s.status().message();
+}
+
 TEST(ResolveAgentSettingsTest, FlagsWinOverDefaults) {
   AgentFlags f;
   f.aggregator = "127.0.0.1:7000";

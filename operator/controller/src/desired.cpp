@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cctype>
 
 #include "fedge/job_spec.h"
 #include "fedge/pki.h"
@@ -470,7 +471,7 @@ Json AgentPodWithoutHash(const Json& job, const JobSpec& spec, const std::string
         "--config",
         std::string(kConfigMountPath) + "/job.yaml",
         "--aggregator",
-        AggregatorName(job) + "." + Ns(job) + ".svc:" + std::to_string(kAggregatorGrpcPort),
+        "$(" + AggregatorServiceHostVar(job) + "):" + std::to_string(kAggregatorGrpcPort),
         "--agent-id",
         node,
         "--node-name",
@@ -584,6 +585,9 @@ Json AgentPodWithoutHash(const Json& job, const JobSpec& spec, const std::string
           {{"claimName", NodeVolumeClaimName(job, node, root)}, {"readOnly", root.read_only}}}});
   }
   Json pod_spec = {{"restartPolicy", "Never"},
+                   // The aggregator's address comes from the service environment (the
+                   // Kubernetes default, relied on): the agent needs no DNS.
+                   {"enableServiceLinks", true},
                    {"serviceAccountName", AgentServiceAccountName(job)},
                    {"automountServiceAccountToken", false},
                    {"securityContext", PodSecurityContext(/*fs_group=*/false)},
@@ -941,21 +945,11 @@ Json DesiredApiTokenSecret(const Json& job, const std::string& token) {
 
 std::string AgentNetworkPolicyName(const Json& job) { return Name(job) + "-agents"; }
 
-StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text) {
-  std::map<std::string, std::string> labels;
-  size_t at = 0;
-  while (true) {
-    size_t end = text.find(',', at);
-    if (end == std::string::npos) end = text.size();
-    const std::string pair = text.substr(at, end - at);
-    const size_t eq = pair.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == pair.size()) {
-      return InvalidArgumentError("'" + pair + "' is not KEY=VALUE (e.g. k8s-app=kube-dns)");
-    }
-    labels[pair.substr(0, eq)] = pair.substr(eq + 1);
-    if (end == text.size()) return labels;
-    at = end + 1;
-  }
+std::string AggregatorServiceHostVar(const Json& job) {
+  std::string var = AggregatorName(job);
+  for (char& c : var)
+    c = c == '-' || c == '.' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return var + "_SERVICE_HOST";
 }
 
 namespace {
@@ -985,21 +979,16 @@ Json DesiredAgentNetworkPolicy(const Json& job, const JobSpec& spec, const Desir
                     {"policyTypes", {"Ingress"}},
                     {"ingress", Json::array({{{"from", from}, {"ports", Json::array({Port(port)})}}})}};
   if (opts.agent_egress_policy) {
-    // Out of the pod: the job's aggregator (also the final-model pod: same labels) and
-    // DNS, which resolves the aggregator Service's name. Services are matched after
-    // their translation to the endpoint pod, so peers are pods, not Service addresses.
-    Json dns_pods = Json::object();
-    for (const auto& [k, v] : opts.dns_pod_labels) dns_pods[k] = v;
+    // Out of the pod: the job's aggregator (also the final-model pod: same labels), and
+    // nothing else, not DNS: a cluster DNS that forwards upstream would carry whatever an
+    // agent puts in a query name off the cluster. Agents get the aggregator Service's
+    // address from the service environment. Services are matched after their translation
+    // to the endpoint pod, so peers are pods, not Service addresses.
     spec_json["policyTypes"] = {"Ingress", "Egress"};
     spec_json["egress"] = Json::array(
         {{{"to", Json::array({{{"podSelector",
                                 {{"matchLabels", {{kLabelJob, Name(job)}, {kLabelRole, "aggregator"}}}}}}})},
-          {"ports", Json::array({Port(kAggregatorGrpcPort)})}},
-         {{"to", Json::array({{{"namespaceSelector",
-                                {{"matchLabels", {{"kubernetes.io/metadata.name", opts.dns_namespace}}}}},
-                               {"podSelector", {{"matchLabels", dns_pods}}}}})},
-          {"ports",
-           Json::array({{{"port", 53}, {"protocol", "UDP"}}, {{"port", 53}, {"protocol", "TCP"}}})}}});
+          {"ports", Json::array({Port(kAggregatorGrpcPort)})}}});
   }
   return {{"apiVersion", "networking.k8s.io/v1"},
           {"kind", "NetworkPolicy"},

@@ -284,17 +284,22 @@ struct Planner {
   std::optional<std::string> revoked_;
   // Deletes `pod` (a running or pending one made from another template than the current
   // one); the next pass creates it again from the current template.
-  void ReplaceOutdated(const Json& pod, const std::string& then) {
+  // `why`: what made it outdated, when not its template.
+  void ReplaceOutdated(const Json& pod, const std::string& then, const std::string& why = "") {
     const Json& meta = pod["metadata"];
     const std::string name = meta.value("name", "");
     Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, name);
     a.del.precondition_uid = meta.value("uid", "");
     const std::string was = PodTemplateHashOf(pod);
-    a.on_success.push_back({"Normal", "PodReplaced",
-                            "pod " + name + " was made from " +
-                                (was.empty() ? std::string("a template without a hash (an older operator)")
-                                             : "template " + was) +
-                                " (an operator upgrade or a spec change): replaced" + then});
+    a.on_success.push_back(
+        {"Normal", "PodReplaced",
+         "pod " + name +
+             (!why.empty() ? " " + why
+                           : " was made from " +
+                                 (was.empty() ? std::string("a template without a hash (an older operator)")
+                                              : "template " + was) +
+                                 " (an operator upgrade or a spec change)") +
+             ": replaced" + then});
   }
   static bool Live(PodPhase phase) { return phase == PodPhase::kRunning || phase == PodPhase::kPending; }
   void CheckpointCondition();
@@ -1074,6 +1079,17 @@ void Planner::Children() {
     }
   }
   const std::string agent_hash = AgentPodTemplateHash(job, *spec, opts.desired);
+  // An agent takes the aggregator Service's address from the service environment when it
+  // starts: one older than the Service (deleted and made again, under a new address)
+  // holds an address nothing answers at.
+  std::string service_created;
+  if (ObjectPtr svc = o.Find(res::kServices, AggregatorName(job)); svc && !Terminating(*svc)) {
+    service_created = (*svc)["metadata"].value("creationTimestamp", "");
+  }
+  auto older_than_service = [&](const Json& pod) {
+    const std::string created = pod["metadata"].value("creationTimestamp", "");
+    return !service_created.empty() && !created.empty() && created < service_created;  // RFC 3339, UTC
+  };
   // Outdated agents that serve (running and ready) are replaced a share at a time, so a
   // job keeps most of its agents through an operator upgrade or a spec change; outdated
   // agents that do not serve anyway are replaced at once. Unavailable: a selected node
@@ -1100,14 +1116,19 @@ void Planner::Children() {
         State() != JobState::kSucceeded) {
       HandleFailedPod(*it->second, /*aggregator=*/false);
     } else if (create_pods && !Terminating(*it->second) && Live(PodPhaseOf(*it->second)) &&
-               State() != JobState::kSucceeded && PodTemplateHashOf(*it->second) != agent_hash) {
+               State() != JobState::kSucceeded &&
+               (PodTemplateHashOf(*it->second) != agent_hash || older_than_service(*it->second))) {
       const bool serves = PodPhaseOf(*it->second) == PodPhase::kRunning && PodReady(*it->second);
-      if (serves && unavailable >= budget) {
+      const bool stale_address = PodTemplateHashOf(*it->second) == agent_hash;
+      if (serves && unavailable >= budget && !stale_address) {
         ++agents_kept;  // replaced once fewer agents are unavailable
         continue;
       }
       if (serves) ++unavailable;
-      ReplaceOutdated(*it->second, "; its agent rejoins the job");
+      ReplaceOutdated(*it->second, "; its agent rejoins the job",
+                      stale_address ? "is older than Service " + AggregatorName(job) +
+                                          " (made again under a new address, which the agent reads at start)"
+                                    : "");
     }
   }
   if (aggregator_kept) {

@@ -91,11 +91,9 @@ struct DesiredOptions {
   // Namespaces whose pods may reach the job pods' HTTP ports (Prometheus).
   std::vector<std::string> monitoring_namespaces;
   // The agents' egress: with network_policies, an agent pod may connect to its job's
-  // aggregator pods (gRPC) and to the cluster DNS pods (port 53) only, so what a
-  // compromised agent reads on its node (the private data) has nowhere else to go.
+  // aggregator pods (gRPC) only, so what a compromised agent reads on its node (the
+  // private data) has nowhere else to go (no DNS either: agents need none).
   bool agent_egress_policy = true;
-  std::string dns_namespace = "kube-system";
-  std::map<std::string, std::string> dns_pod_labels = {{"k8s-app", "kube-dns"}};
   // The aggregator's egress: with network_policies, an aggregator pod may connect to the
   // API server only (its status reporter writes the job's status), at the addresses in
   // api_server_endpoints; while those are unknown its egress stays open.
@@ -112,15 +110,15 @@ struct DesiredOptions {
   int64_t agent_session_grace_s = 3600;
 };
 
+// The variable of the service environment (enableServiceLinks) that holds the aggregator
+// Service's address in the job's pods: "WN_AGGREGATOR_SERVICE_HOST" for job "wn".
+std::string AggregatorServiceHostVar(const Json& job);
+
 // The `kubernetes` Service's EndpointSlice (discovery.k8s.io/v1, in `default`) -> the API
 // server's addresses and port, sorted, without duplicates; endpoints whose ready condition
 // is false are left out. InvalidArgument for a slice that is not one (no address, no port,
 // an address that is no IP, a port outside 1..65535).
 StatusOr<std::vector<ApiServerEndpoint>> ParseApiServerEndpoints(const Json& slice);
-
-// "k8s-app=kube-dns,tier=dns" -> its labels (the operator's --dns-pod-selector); keys and
-// values must be non-empty, at least one pair.
-StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text);
 
 // Child names (deterministic: a restarted operator finds what it created).
 std::string SecretName(const Json& job);            // <job>-credentials
