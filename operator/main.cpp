@@ -131,15 +131,16 @@ int main(int argc, char** argv) {
   app.add_flag("--no-aggregator-egress-policy", no_aggregator_egress_policy,
                "let aggregator pods connect anywhere (by default their NetworkPolicy admits only the API "
                "server's addresses, read from the `kubernetes` EndpointSlice in `default`)");
-  // Agents once resolved the aggregator through the cluster DNS, which their egress
-  // admitted; they take its address from the service environment now.
-  std::string dns_namespace, dns_pod_selector;
-  CLI::Option* dns_namespace_opt = app.add_option(
-      "--dns-namespace", dns_namespace,
-      "ignored: agents need no DNS, their egress admits only their aggregator (kept so older command "
-      "lines still start)");
-  CLI::Option* dns_selector_opt =
-      app.add_option("--dns-pod-selector", dns_pod_selector, "ignored, as --dns-namespace");
+  // Agents made by an operator before session 33 resolve the aggregator's name; until they
+  // are replaced, <job>-agents-dns lets them (only them) query these DNS pods.
+  app.add_option("--dns-namespace", desired.dns_namespace,
+                 "namespace of the cluster DNS pods that agent pods made by an older operator (which "
+                 "resolve the aggregator by name) may query until they are replaced (port 53)")
+      ->capture_default_str();
+  std::string dns_pod_selector = "k8s-app=kube-dns";
+  app.add_option("--dns-pod-selector", dns_pod_selector,
+                 "labels of those cluster DNS pods, KEY=VALUE[,KEY=VALUE...]")
+      ->capture_default_str();
   int apply_concurrency = op::ReconcilerOptions{}.apply_concurrency;
   app.add_option("--apply-concurrency", apply_concurrency,
                  "API requests one reconcile may have in flight at once (its independent writes: node "
@@ -170,10 +171,12 @@ int main(int argc, char** argv) {
   desired.network_policies = !no_network_policy;
   desired.agent_egress_policy = !no_agent_egress_policy;
   desired.aggregator_egress_policy = !no_aggregator_egress_policy;
-  if (dns_namespace_opt->count() + dns_selector_opt->count() > 0) {
-    std::cerr << "fedge-operator: --dns-namespace and --dns-pod-selector are ignored: agents need no DNS "
-                 "(their egress admits only their aggregator); drop them\n";
+  auto dns_labels = op::ParseLabelPairs(dns_pod_selector);
+  if (!dns_labels.ok()) {
+    std::cerr << "fedge-operator: --dns-pod-selector: " << dns_labels.status().message() << "\n";
+    return 2;
   }
+  desired.dns_pod_labels = *std::move(dns_labels);
   for (const auto& p : desired.allowed_host_path_prefixes) {
     if (Status s = op::CheckHostPath("--allowed-host-path-prefix", p, {"/"}); !s.ok()) {
       std::cerr << "fedge-operator: " << s.message() << "\n";

@@ -664,6 +664,84 @@ TEST_F(HardeningTest, AgentsReachTheAggregatorWithoutDnsAndTheirEgressCanBeTurne
   EXPECT_EQ(agents["spec"]["ingress"].size(), 1u);
 }
 
+// After an upgrade from an operator before session 33, its agent pods still resolve the
+// aggregator Service's name, which <job>-agents no longer admits. Until they are replaced,
+// those pods, and only those, may query the cluster DNS.
+TEST_F(HardeningTest, AgentsAnOlderOperatorMadeMayQueryDnsUntilReplaced) {
+  ASSERT_TRUE(client_.Create(res::kJobs, "ml", Job()).ok());
+  Reconcile();
+  EXPECT_FALSE(client_.Get(res::kNetworkPolicies, "ml", "wn-agents-dns").ok()) << "none for a new job";
+  Json pod = Get(res::kPods, "wn-agent-edge-a");
+  EXPECT_FALSE(AgentResolvesAggregatorByName(pod));
+  Json containers = pod["spec"]["containers"];
+  for (auto& c : containers)
+    for (size_t i = 0; i + 1 < c["command"].size(); ++i)
+      if (c["command"][i] == "--aggregator") c["command"][i + 1] = "wn-aggregator.ml.svc:7070";
+  ASSERT_TRUE(
+      client_.MergePatch(res::kPods, "ml", "wn-agent-edge-a", {{"spec", {{"containers", containers}}}}, "")
+          .ok());
+  EXPECT_TRUE(AgentResolvesAggregatorByName(Get(res::kPods, "wn-agent-edge-a")));
+
+  DesiredOptions opts;
+  opts.dns_namespace = "dns";
+  opts.dns_pod_labels = {{"app", "coredns"}};
+  Reconcile(opts);
+  EXPECT_EQ(
+      Get(res::kPods, "wn-agent-edge-a")["metadata"]["labels"].value(kLabelResolvesAggregatorByName, ""),
+      "true");
+  EXPECT_FALSE(
+      Get(res::kPods, "wn-agent-edge-b")["metadata"]["labels"].contains(kLabelResolvesAggregatorByName))
+      << "this operator's agents get no DNS";
+  Json dns = Get(res::kNetworkPolicies, "wn-agents-dns");
+  EXPECT_EQ(dns["spec"]["podSelector"]["matchLabels"],
+            Json({{kLabelJob, "wn"}, {kLabelRole, "agent"}, {kLabelResolvesAggregatorByName, "true"}}));
+  EXPECT_EQ(dns["spec"]["policyTypes"], Json::array({"Egress"})) << "adds egress, takes no ingress away";
+  EXPECT_FALSE(dns["spec"].contains("ingress"));
+  EXPECT_EQ(dns["spec"]["egress"],
+            Json::array({{{"to", Json::array({{{"namespaceSelector",
+                                                {{"matchLabels", {{"kubernetes.io/metadata.name", "dns"}}}}},
+                                               {"podSelector", {{"matchLabels", {{"app", "coredns"}}}}}}})},
+                          {"ports", Json::array({{{"port", 53}, {"protocol", "UDP"}},
+                                                 {{"port", 53}, {"protocol", "TCP"}}})}}}))
+      << dns.dump();
+  EXPECT_EQ(dns["metadata"]["ownerReferences"][0]["kind"], "FederatedTrainingJob")
+      << "collected with the job";
+  ASSERT_EQ(Get(res::kNetworkPolicies, "wn-agents")["spec"]["egress"].size(), 1u)
+      << "the job's agents: no DNS";
+
+  // With the agents' egress open there is nothing to add; on again, it is back.
+  opts.agent_egress_policy = false;
+  Reconcile(opts);
+  EXPECT_FALSE(client_.Get(res::kNetworkPolicies, "ml", "wn-agents-dns").ok());
+  Reconcile();
+  EXPECT_EQ(Get(res::kNetworkPolicies, "wn-agents-dns")["spec"]["egress"][0]["to"][0]["namespaceSelector"]
+                                                       ["matchLabels"]["kubernetes.io/metadata.name"],
+            "kube-system")
+      << "the defaults: K3s, kubeadm";
+
+  // The last such pod gone (replaced): the policy goes, the new pod takes the address.
+  ASSERT_TRUE(client_.Delete(res::kPods, "ml", "wn-agent-edge-a").ok());
+  Reconcile();
+  EXPECT_FALSE(client_.Get(res::kNetworkPolicies, "ml", "wn-agents-dns").ok());
+  EXPECT_FALSE(AgentResolvesAggregatorByName(Get(res::kPods, "wn-agent-edge-a")));
+}
+
+TEST(ParseLabelPairsTest, ReadsTheDnsPodSelector) {
+  auto one = ParseLabelPairs("k8s-app=kube-dns");
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(*one, (std::map<std::string, std::string>{{"k8s-app", "kube-dns"}}));
+  auto two = ParseLabelPairs("tier=dns,app=coredns");
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(*two, (std::map<std::string, std::string>{{"app", "coredns"}, {"tier", "dns"}}));
+  for (const char* bad : {"", "k8s-app", "=x", "k=", "a=b,", "a=b,,c=d"}) {
+    auto got = ParseLabelPairs(bad);
+    EXPECT_FALSE(got.ok()) << bad;
+    if (!got.ok()) {
+      EXPECT_NE(got.status().message().find("KEY=VALUE"), std::string::npos) << bad;
+    }
+  }
+}
+
 // Out of an aggregator pod: the API server only (its status reporter), by the addresses
 // its `kubernetes` EndpointSlice lists (a pod's packet to the Service carries them once
 // kube-proxy has translated it). Nothing else: a compromised aggregator, which holds every

@@ -147,6 +147,21 @@ void Outdate(World& w, const std::string& name) {
   ASSERT_TRUE(w.client_.MergePatch(res::kPods, "ml", name, stale, "").ok());
 }
 
+// `name` resolves the aggregator by name, as the agent pods of an operator before session
+// 33 did.
+void ResolveByName(World& w, const std::string& name) {
+  auto pod = w.client_.Get(res::kPods, "ml", name);
+  ASSERT_TRUE(pod.ok());
+  Json containers = (*pod)["spec"]["containers"];
+  for (auto& c : containers) {
+    Json& cmd = c["command"];
+    for (size_t i = 0; i + 1 < cmd.size(); ++i)
+      if (cmd[i] == "--aggregator") cmd[i + 1] = "wn-aggregator.ml.svc:7070";
+  }
+  ASSERT_TRUE(
+      w.client_.MergePatch(res::kPods, "ml", name, {{"spec", {{"containers", containers}}}}, "").ok());
+}
+
 // `name` failed: its container started at `started` and ended at `finished`.
 void FailPodAt(World& w, const std::string& name, std::time_t started, std::time_t finished) {
   Json st = {{"phase", "Failed"},
@@ -996,6 +1011,45 @@ TEST(PlanTest, Table) {
        nullptr,
        {},
        {"delete pods/wn-agent-edge-a", "delete pods/wn-agent-edge-b"},
+       -1,
+       "Created",
+       -1,
+       nullptr},
+      {"agents an older operator made resolve the aggregator by name: labelled, and DNS for them alone "
+       "before <job>-agents drops it; replaced a share at a time as before",
+       [](World& w) {
+         w.Reconcile();
+         for (const char* pod : {"wn-agent-edge-a", "wn-agent-edge-b"}) {
+           SetRunningReady(w, pod);
+           Outdate(w, pod);
+           ResolveByName(w, pod);
+         }
+       },
+       nullptr,
+       {"patch pods/wn-agent-edge-a", "patch pods/wn-agent-edge-b", "apply networkpolicies/wn-agents-dns",
+        "delete pods/wn-agent-edge-a"},
+       {"delete pods/wn-agent-edge-b", "delete networkpolicies/wn-agents-dns"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         for (const char* what : {"patch pods/wn-agent-edge-a", "patch pods/wn-agent-edge-b",
+                                  "apply networkpolicies/wn-agents-dns"})
+           EXPECT_EQ(Find(p, what)->wave, Wave::kJob) << what << ": the first wave, before <job>-agents";
+         EXPECT_EQ(Find(p, "patch pods/wn-agent-edge-b")->object["metadata"]["labels"],
+                   Json({{kLabelResolvesAggregatorByName, "true"}}));
+       }},
+      {"the DNS policy goes with the last agent that resolves by name",
+       [](World& w) {
+         w.Reconcile();
+         ResolveByName(w, "wn-agent-edge-a");
+         w.Reconcile();
+         ASSERT_TRUE(w.client_.Get(res::kNetworkPolicies, "ml", "wn-agents-dns").ok());
+         ASSERT_TRUE(w.client_.Delete(res::kPods, "ml", "wn-agent-edge-a").ok());
+       },
+       nullptr,
+       {"delete networkpolicies/wn-agents-dns", "create pods/wn-agent-edge-a"},
+       {"patch pods/wn-agent-edge-b", "apply networkpolicies/wn-agents-dns"},
        -1,
        "Created",
        -1,

@@ -266,12 +266,15 @@ class ChartTest(unittest.TestCase):
             return by_kind(render(*sets), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
         c = command()
         self.assertNotIn("--no-agent-egress-policy", c)
-        self.assertFalse([a for a in c if a.startswith("--dns-")], "agents need no DNS")
-        # An older values file that still names the DNS pods installs; they are not used.
-        c = command("networkPolicy.agentEgress.dnsNamespace=dns", "networkPolicy.agentEgress.dnsPodLabels.tier=dns")
-        self.assertFalse([a for a in c if a.startswith("--dns-")])
-        c = command("networkPolicy.agentEgress.enabled=false")
+        self.assertFalse([a for a in c if a.startswith("--dns-")], "the operator's defaults (K3s, kubeadm)")
+        # The DNS pods that agents an older operator made may query until they are replaced.
+        c = command("networkPolicy.agentEgress.dnsNamespace=dns", "networkPolicy.agentEgress.dnsPodLabels.tier=dns",
+                    "networkPolicy.agentEgress.dnsPodLabels.app=coredns")
+        self.assertIn("--dns-namespace=dns", c)
+        self.assertIn("--dns-pod-selector=app=coredns,tier=dns", c)
+        c = command("networkPolicy.agentEgress.enabled=false", "networkPolicy.agentEgress.dnsNamespace=dns")
         self.assertIn("--no-agent-egress-policy", c)
+        self.assertFalse([a for a in c if a.startswith("--dns-")])
 
     def test_the_operator_may_read_only_the_api_servers_endpoint_slice(self):
         """The aggregators' egress names the API server's addresses, read from the one

@@ -96,3 +96,12 @@ seccompProfile:
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/* A label map as KEY=VALUE,KEY=VALUE (sorted by key), for --dns-pod-selector. */}}
+{{- define "fedge.labelPairs" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

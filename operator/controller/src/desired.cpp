@@ -945,6 +945,59 @@ Json DesiredApiTokenSecret(const Json& job, const std::string& token) {
 
 std::string AgentNetworkPolicyName(const Json& job) { return Name(job) + "-agents"; }
 
+StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text) {
+  std::map<std::string, std::string> labels;
+  size_t at = 0;
+  while (true) {
+    size_t end = text.find(',', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string pair = text.substr(at, end - at);
+    const size_t eq = pair.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == pair.size()) {
+      return InvalidArgumentError("'" + pair + "' is not KEY=VALUE (e.g. k8s-app=kube-dns)");
+    }
+    labels[pair.substr(0, eq)] = pair.substr(eq + 1);
+    if (end == text.size()) return labels;
+    at = end + 1;
+  }
+}
+
+bool AgentResolvesAggregatorByName(const Json& pod) {
+  const Json containers = pod.value("spec", Json::object()).value("containers", Json::array());
+  for (const auto& c : containers) {
+    if (!c.is_object() || c.value("name", "") != "agent") continue;
+    const Json cmd = c.value("command", Json::array());
+    for (size_t i = 0; i + 1 < cmd.size(); ++i) {
+      if (cmd[i] != "--aggregator" || !cmd[i + 1].is_string()) continue;
+      // This operator's pods pass $(<JOB>_AGGREGATOR_SERVICE_HOST):7070, an address.
+      return cmd[i + 1].get<std::string>().rfind("$(", 0) != 0;
+    }
+  }
+  return false;
+}
+
+std::string AgentDnsNetworkPolicyName(const Json& job) { return Name(job) + "-agents-dns"; }
+
+Json DesiredAgentDnsNetworkPolicy(const Json& job, const DesiredOptions& opts) {
+  Json dns_pods = Json::object();
+  for (const auto& [k, v] : opts.dns_pod_labels) dns_pods[k] = v;
+  return {{"apiVersion", "networking.k8s.io/v1"},
+          {"kind", "NetworkPolicy"},
+          {"metadata", Meta(job, AgentDnsNetworkPolicyName(job), "agent")},
+          {"spec",
+           {{"podSelector",
+             {{"matchLabels",
+               {{kLabelJob, Name(job)}, {kLabelRole, "agent"}, {kLabelResolvesAggregatorByName, "true"}}}}},
+            {"policyTypes", {"Egress"}},
+            {"egress",
+             Json::array({{{"to", Json::array({{{"namespaceSelector",
+                                                 {{"matchLabels",
+                                                   {{"kubernetes.io/metadata.name", opts.dns_namespace}}}}},
+                                                {"podSelector", {{"matchLabels", dns_pods}}}}})},
+                           {"ports", Json::array({{{"port", 53}, {"protocol", "UDP"}},
+                                                  {{"port", 53}, {"protocol", "TCP"}}})}}})}}}};
+}
+
 std::string AggregatorServiceHostVar(const Json& job) {
   std::string var = AggregatorName(job);
   for (char& c : var)

@@ -303,6 +303,7 @@ struct Planner {
   }
   static bool Live(PodPhase phase) { return phase == PodPhase::kRunning || phase == PodPhase::kPending; }
   void CheckpointCondition();
+  void AgentsResolvingByName();
 };
 
 void Planner::Run() {
@@ -956,6 +957,33 @@ void Planner::CredentialsAndTrust() {
   }
 }
 
+// Agent pods an operator before session 33 made resolve the aggregator Service's name,
+// which <job>-agents no longer lets them do: until they are replaced (a share at a time),
+// they are labelled and <job>-agents-dns lets them, and only them, reach the cluster DNS.
+// Both in the first wave, before <job>-agents drops DNS in a later one.
+void Planner::AgentsResolvingByName() {
+  const Json& job = o.job;
+  bool any = false;
+  if (opts.desired.agent_egress_policy) {  // otherwise their egress is open
+    for (const auto& p : o.pods) {
+      if (Role(*p) != "agent" || Terminating(*p) || !Live(PodPhaseOf(*p)) ||
+          !AgentResolvesAggregatorByName(*p))
+        continue;
+      any = true;
+      const Json labels = (*p)["metadata"].value("labels", Json::object());
+      if (labels.value(kLabelResolvesAggregatorByName, "") == "true") continue;
+      Add(ActionKind::kMergePatch, Wave::kJob, res::kPods, (*p)["metadata"].value("name", "")).object = {
+          {"metadata", {{"labels", {{kLabelResolvesAggregatorByName, "true"}}}}}};
+    }
+  }
+  if (any) {
+    ApplyIfChanged(res::kNetworkPolicies, DesiredAgentDnsNetworkPolicy(job, opts.desired), Wave::kJob);
+  } else if (ObjectPtr dns = o.Find(res::kNetworkPolicies, AgentDnsNetworkPolicyName(job));
+             dns && !Terminating(*dns)) {
+    Add(ActionKind::kDelete, Wave::kShared, res::kNetworkPolicies, AgentDnsNetworkPolicyName(job));
+  }
+}
+
 void Planner::Children() {
   const Json& job = o.job;
   std::vector<std::string> nodes = SelectNodes(spec->agents, o.nodes);
@@ -984,6 +1012,7 @@ void Planner::Children() {
   }
   ApplyIfChanged(res::kConfigMaps, DesiredConfigMap(job, JobSpecToYaml(*spec)));
   if (opts.desired.network_policies) {
+    AgentsResolvingByName();
     ApplyIfChanged(res::kNetworkPolicies, DesiredAgentNetworkPolicy(job, *spec, opts.desired));
     // The endpoints read before stay in use after a failed read; none known: egress open.
     DesiredOptions policy_desired = opts.desired;

@@ -94,6 +94,11 @@ struct DesiredOptions {
   // aggregator pods (gRPC) only, so what a compromised agent reads on its node (the
   // private data) has nowhere else to go (no DNS either: agents need none).
   bool agent_egress_policy = true;
+  // The cluster DNS pods that agent pods made by an operator before session 33 (which
+  // resolve the aggregator Service by name) may query until they are replaced
+  // (DesiredAgentDnsNetworkPolicy).
+  std::string dns_namespace = "kube-system";
+  std::map<std::string, std::string> dns_pod_labels = {{"k8s-app", "kube-dns"}};
   // The aggregator's egress: with network_policies, an aggregator pod may connect to the
   // API server only (its status reporter writes the job's status), at the addresses in
   // api_server_endpoints; while those are unknown its egress stays open.
@@ -113,6 +118,10 @@ struct DesiredOptions {
 // The variable of the service environment (enableServiceLinks) that holds the aggregator
 // Service's address in the job's pods: "WN_AGGREGATOR_SERVICE_HOST" for job "wn".
 std::string AggregatorServiceHostVar(const Json& job);
+
+// "k8s-app=kube-dns,tier=dns" -> its labels (the operator's --dns-pod-selector); keys and
+// values must be non-empty, at least one pair.
+StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text);
 
 // The `kubernetes` Service's EndpointSlice (discovery.k8s.io/v1, in `default`) -> the API
 // server's addresses and port, sorted, without duplicates; endpoints whose ready condition
@@ -379,6 +388,17 @@ Json DesiredAgentNetworkPolicy(const Json& job, const JobSpec& spec, const Desir
 Json DesiredAgentNetworkPolicy(const Json& job, const DesiredOptions& opts);
 Json DesiredAggregatorNetworkPolicy(const Json& job, const DesiredOptions& opts);
 std::string AgentNetworkPolicyName(const Json& job);
+
+// Agent pods made by an operator before session 33 pass `--aggregator
+// <job>-aggregator.<ns>.svc:7070` and resolve that name; <job>-agents admits no DNS now.
+// Until they are replaced (a share at a time) the operator labels them
+// kLabelResolvesAggregatorByName=true and <job>-agents-dns lets the pods so labelled
+// query the cluster DNS (opts.dns_namespace, opts.dns_pod_labels, port 53); the policy
+// is deleted once no such pod is left.
+inline constexpr const char* kLabelResolvesAggregatorByName = "fedge.io/resolves-aggregator-by-name";
+bool AgentResolvesAggregatorByName(const Json& pod);
+std::string AgentDnsNetworkPolicyName(const Json& job);
+Json DesiredAgentDnsNetworkPolicy(const Json& job, const DesiredOptions& opts);
 
 // Removes the operator-only fields (spec.aggregator, agents.tolerationSeconds,
 // agents.resources) so the rest parses with fedge::ParseJobSpec, which is strict, and
