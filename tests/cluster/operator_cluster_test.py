@@ -839,6 +839,62 @@ class OperatorClusterTest(unittest.TestCase):
             self.assertIn("cannot read the API server's endpoints", self.operator_log())
         self.delete_job("netpol")
 
+    def test_agents_an_older_operator_made_may_query_dns_until_replaced(self):
+        """An agent pod an operator before session 33 made resolves the aggregator by name,
+        which the job's agent policy no longer admits: the operator labels it and keeps
+        <job>-agents-dns for it alone, then deletes that policy once the pod is gone. Here
+        on a real API server (label patch, policy, deletion); the pod is made by hand as
+        that operator made it, on a cordoned Node object (kept, not replaced, and run by no
+        one); the job's other agent, on a second Node object, is this operator's."""
+        ghosts = ["dnsold-ghost-1", "dnsold-ghost-2"]
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Node",
+             "metadata": {"name": g, "labels": {"fedge.io/pool": "dnsold", "kubernetes.io/hostname": g}},
+             "spec": {"unschedulable": g == ghosts[1]}} for g in ghosts]}))
+        try:
+            self.assertEqual(self.apply(job_manifest("dnsold", agents={"nodeSelector": {"fedge.io/pool": "dnsold"}},
+                                                     runPolicy={"backoffLimit": 1000})).returncode, 0)
+            current = wait_for(lambda: self.get_json("pod", f"dnsold-agent-{ghosts[0]}"), 60, "the agent pod")
+            cmd = current["spec"]["containers"][0]["command"]
+            self.assertEqual(cmd[cmd.index("--aggregator") + 1], "$(DNSOLD_AGGREGATOR_SERVICE_HOST):7070")
+            # The pod the older operator made for the (since cordoned) second node.
+            old = json.loads(json.dumps(current).replace(ghosts[0], ghosts[1]))
+            old.pop("status", None)
+            for k in ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"):
+                old["metadata"].pop(k, None)
+            old_cmd = old["spec"]["containers"][0]["command"]
+            old_cmd[old_cmd.index("--aggregator") + 1] = "dnsold-aggregator.default.svc:7070"
+            self.kubectl("create", "-f", "-", stdin=json.dumps(old))
+
+            def dns_policy():
+                return self.get_json("networkpolicy", "dnsold-agents-dns")
+            policy = wait_for(dns_policy, 30, "policy dnsold-agents-dns")
+            self.assertEqual(policy["spec"]["podSelector"]["matchLabels"],
+                             {"fedge.io/job": "dnsold", "fedge.io/role": "agent",
+                              "fedge.io/resolves-aggregator-by-name": "true"})
+            self.assertEqual(policy["spec"]["policyTypes"], ["Egress"])
+            self.assertEqual(policy["spec"]["egress"], [
+                {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                 "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}])
+            labelled = wait_for(lambda: (lambda p: p if p and p["metadata"]["labels"].get(
+                "fedge.io/resolves-aggregator-by-name") == "true" else None)(
+                self.get_json("pod", f"dnsold-agent-{ghosts[1]}")), 30, "the old pod labelled")
+            self.assertNotIn("fedge.io/resolves-aggregator-by-name",
+                             self.get_json("pod", f"dnsold-agent-{ghosts[0]}")["metadata"]["labels"],
+                             "this operator's agents get no DNS")
+            # The API server's label selector picks the old pod alone.
+            picked = self.get_json("pods", "-l", "fedge.io/job=dnsold,fedge.io/resolves-aggregator-by-name=true")
+            self.assertEqual([p["metadata"]["uid"] for p in picked["items"]], [labelled["metadata"]["uid"]])
+            agents = self.get_json("networkpolicy", "dnsold-agents")
+            self.assertEqual(len(agents["spec"]["egress"]), 1, "the job's agents: no DNS")
+            # Gone (replaced, or its node left): the policy goes with it.
+            self.kubectl("delete", "pod", f"dnsold-agent-{ghosts[1]}", "--wait=false")
+            wait_for(lambda: dns_policy() is None, 30, "policy dnsold-agents-dns deleted")
+            self.delete_job("dnsold")
+        finally:
+            self.kubectl("delete", "node", *ghosts, "--ignore-not-found", check=False)
+
     def final_model_served_events(self):
         items = json.loads(self.kubectl("get", "events", "--field-selector", "reason=FinalModelServed",
                                         "-o", "json").stdout)["items"]
