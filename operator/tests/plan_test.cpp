@@ -636,8 +636,8 @@ TEST(PlanTest, Table) {
          EXPECT_EQ(ev[0].reason, "NodeStateRemovalDeferred");
          EXPECT_EQ(ev[1].reason, "NodeStateRemoved");
        }},
-      {"a foreground deletion took the claim of a node that is away: nothing to defer, the state is named "
-       "left",
+      {"a foreground deletion took the claim of a node that is away (it goes only once the node is back, "
+       "after the job): the record gets a claim and a volume of its own for the node's directory",
        [](World& w) {
          w.Reconcile();
          DeleteAgents(w);
@@ -645,17 +645,126 @@ TEST(PlanTest, Table) {
          SetNodeNotReady(w, "edge-b");
        },
        DeletedInTheForeground,
-       {"patch federatedtrainingjobs/wn"},
-       {"create pods/wn-state-cleanup-edge-a", "create pods/wn-state-cleanup-edge-b"},
+       {"patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-edge-a",
+        "create pods/wn-state-cleanup-edge-b"},
+       {},
        -1,
        "Created",
        -1,
        [](const Plan& p) {
+         for (const std::string node : {"edge-a", "edge-b"}) {
+           const Json* pv = nullptr;
+           const Json* claim = nullptr;
+           bool old_pv_deleted = false;
+           for (const auto& a : p.actions) {
+             if (a.kind == ActionKind::kCreate && a.name.rfind("fedge-ml-wn-record-" + node + "-", 0) == 0)
+               pv = &a.object;
+             if (a.kind == ActionKind::kCreate && a.name.rfind("wn-record-" + node + "-", 0) == 0)
+               claim = &a.object;
+             if (a.kind == ActionKind::kDelete && a.name.rfind("fedge-ml-wn-node-" + node + "-", 0) == 0)
+               old_pv_deleted = true;
+           }
+           ASSERT_NE(pv, nullptr) << node;
+           ASSERT_NE(claim, nullptr) << node;
+           EXPECT_TRUE(old_pv_deleted) << node << ": the job's volume goes with its claim, as every other";
+           const Json& pod = Find(p, "create pods/wn-state-cleanup-" + node)->object;
+           const std::string claim_name = (*claim)["metadata"]["name"];
+           const std::string pv_name = (*pv)["metadata"]["name"];
+           EXPECT_EQ(pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], claim_name);
+           EXPECT_EQ(pod["spec"]["schedulingGates"], Json::array({{{"name", kStateCleanupGate}}}));
+           EXPECT_FALSE(pod["metadata"].contains("ownerReferences"));
+           EXPECT_EQ(pod["metadata"]["annotations"][kAnnotationStateCleanupCause],
+                     kStateCleanupCauseForeground);
+           EXPECT_FALSE((*claim)["metadata"].contains("ownerReferences"));
+           EXPECT_EQ((*claim)["metadata"]["labels"][kLabelStateCleanup], kStateCleanupDeferred);
+           EXPECT_EQ((*claim)["metadata"]["annotations"][kAnnotationStateCleanupPod],
+                     "wn-state-cleanup-" + node);
+           EXPECT_EQ((*claim)["spec"]["volumeName"], pv_name);
+           EXPECT_EQ((*pv)["spec"]["claimRef"], Json({{"namespace", "ml"}, {"name", claim_name}}));
+           EXPECT_EQ((*pv)["spec"]["local"]["path"], "/var/lib/fedge") << "the job's volume's directory";
+           EXPECT_EQ((*pv)["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+           EXPECT_EQ((*pv)["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+                          ["key"],
+                     "kubernetes.io/hostname");
+           EXPECT_EQ((*pv)["metadata"]["labels"][kLabelStateCleanup], kStateCleanupDeferred);
+           EXPECT_EQ((*pv)["metadata"]["labels"][kLabelJob], "wn")
+               << "PlanDeferredCleanup deletes it at the end";
+         }
          const auto& ev = Find(p, "patch federatedtrainingjobs/wn")->on_success;
          ASSERT_EQ(ev.size(), 1u);
-         EXPECT_EQ(ev[0].reason, "NodeStateLeft");
-         EXPECT_NE(ev[0].message.find("edge-b (the node is not Ready; its claim "), std::string::npos)
+         EXPECT_EQ(ev[0].reason, "NodeStateRemovalDeferred");
+         EXPECT_NE(ev[0].message.find(
+                       "edge-b (the node is not Ready; a foreground deletion took its claim, the record "
+                       "has its own)"),
+                   std::string::npos)
              << ev[0].message;
+       }},
+      {"a record of its own made while the node was away is kept as it is, back or not, its volume not "
+       "deleted with the job's nor the job's volume taken again",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         const Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+         const JobSpec spec = OperatorJobSpec(job);
+         const auto roots = AgentNodeVolumeRoots(spec, DesiredOptions{});
+         const NodeVolumeRoot& root = *StateVolumeRoot(roots);
+         const std::string pod = StateCleanupPodName(job, "edge-a");
+         auto job_pv =
+             w.client_.Get(res::kPersistentVolumes, "", NodePersistentVolumeName(job, "edge-a", root));
+         ASSERT_TRUE(job_pv.ok());
+         ASSERT_TRUE(
+             w.client_.Create(res::kPersistentVolumes, "", StateRecordVolume(job, *job_pv, "edge-a", root))
+                 .ok());
+         ASSERT_TRUE(w.client_
+                         .Create(res::kPersistentVolumeClaims, "ml",
+                                 DesiredOwnStateRecordClaim(job, "edge-a", root, pod))
+                         .ok());
+         ASSERT_TRUE(w.client_
+                         .Create(res::kPods, "ml",
+                                 DesiredDeferredStateCleanupPod(job, spec, "edge-a", DesiredOptions{},
+                                                                StateRecordClaimName(job, "edge-a", root)))
+                         .ok());
+         SetNodeNotReady(w, "edge-b");  // gets its record now (above); edge-a's is kept
+         // edge-a is back (Ready), and its old claim already gone: its volume Released.
+         ASSERT_TRUE(
+             w.client_.Delete(res::kPersistentVolumeClaims, "ml", NodeVolumeClaimName(job, "edge-a", root))
+                 .ok());
+         Json released = {{"spec", {{"claimRef", {{"uid", "old-claim-uid"}}}}}};
+         ASSERT_TRUE(w.client_
+                         .MergePatch(res::kPersistentVolumes, "",
+                                     NodePersistentVolumeName(job, "edge-a", root), released, "")
+                         .ok());
+       },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+         for (auto& [key, obj] : o.children) {  // the collector takes the job's claims, not the record's
+           if (key.first != res::kPersistentVolumeClaims.plural || DeferredStateCleanup(*obj)) continue;
+           Json copy = *obj;
+           copy["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+           obj = std::make_shared<const Json>(copy);
+         }
+       },
+       {"patch federatedtrainingjobs/wn"},
+       {"create pods/wn-state-cleanup-edge-a"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         for (const auto& a : p.actions) {
+           EXPECT_FALSE(a.resource == &res::kPersistentVolumes && a.kind == ActionKind::kDelete &&
+                        a.name.rfind("fedge-ml-wn-record-edge-a-", 0) == 0)
+               << "the record's own volume goes with the record";
+           EXPECT_FALSE(a.resource == &res::kPersistentVolumeClaims && a.kind == ActionKind::kCreate &&
+                        a.name.rfind("wn-node-edge-a", 0) == 0)
+               << "the job's volume of edge-a taken again beside the record: " << a.Describe();
+           EXPECT_FALSE(a.resource == &res::kPersistentVolumes && a.kind == ActionKind::kMergePatch)
+               << a.Describe();
+         }
+         bool job_pv_deleted = false;
+         for (const auto& a : p.actions)
+           job_pv_deleted = job_pv_deleted || (a.kind == ActionKind::kDelete &&
+                                               a.name.rfind("fedge-ml-wn-node-edge-a-", 0) == 0);
+         EXPECT_TRUE(job_pv_deleted);
        }},
       {"a foreground deletion's claims still going on Ready nodes (their agents' pods not gone yet): the job "
        "waits for them, no cleanup pod is made for a claim that cannot be mounted",

@@ -781,6 +781,109 @@ class OperatorClusterTest(unittest.TestCase):
         self.assertEqual([e["message"] for e in left if "default/fg" in e["message"] or
                           e["involvedObject"]["name"] == "fg"], [])
 
+    def test_a_foreground_deletion_with_a_node_away_removes_its_state_when_it_is_back(self):
+        """A foreground deletion while a node is away: the collector deletes that node's
+        claim too, but the claim goes only once the node's kubelet is back and has stopped
+        the agent, after the job has gone, so no record can take it over. The record gets a
+        claim and a volume of its own for the node's directory; the operator's finalizer is
+        done at once, the other nodes are cleaned, and once the node is back (and the job
+        gone) its state is removed and the record, the old claim and both volumes go."""
+        away = NODES[2]
+        self.assertEqual(self.apply(job_manifest("fgaway", runPolicy={"backoffLimit": 1000})).returncode, 0)
+        states = self.agent_state_written("fgaway")
+        self.runner_post(f"/nodes/{away}/notready")
+        self.addCleanup(self.runner_post, f"/nodes/{away}/ready")
+        wait_for(lambda: (self.condition("fgaway", "Degraded") or {}).get("reason") == "NodeNotReady", 60,
+                 "the operator to see the node NotReady")
+        time.sleep(max(0.0, self.crd_served + 45 - time.monotonic()))  # the collector watches the kind
+        # Which comes first, the collector deleting the node's claim or the finalizer taking
+        # it over for the record (the collector then leaves it: no owner), is a race; the
+        # operator is held (SIGSTOP) until the collector has taken it, the case tested here.
+        # Its agent ran when the node went away: the kubelet being away, its pod is deleted
+        # but stays, and holds the node's claim. (Here the agents fail at once, having no
+        # model, and the operator makes them again; a pod that has ended would be deleted
+        # outright. So the node's newest agent pod, not scheduled while the node is away,
+        # is bound to it as the scheduler had before the node went.)
+        live = [p for p in self.operators if p.poll() is None]
+        claim_of_away = next(c["metadata"]["name"] for c in self.get_json("pvc", "-l", "fedge.io/job=fgaway")["items"]
+                             if c["metadata"].get("annotations", {}).get("fedge.io/node") == away)
+
+        def agent_on_away():
+            return next((p for p in self.get_json("pods", "-l", "fedge.io/job=fgaway,fedge.io/role=agent")["items"]
+                         if p["metadata"].get("annotations", {}).get("fedge.io/node") == away
+                         and "deletionTimestamp" not in p["metadata"]
+                         and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")), None)
+        t = time.monotonic()
+        try:
+            while True:
+                wait_for(agent_on_away, 60, f"an agent pod for {away}")
+                for p in live:
+                    os.kill(p.pid, signal.SIGSTOP)
+                held = agent_on_away()
+                if held:
+                    break
+                for p in live:
+                    os.kill(p.pid, signal.SIGCONT)
+            if not held["spec"].get("nodeName"):
+                binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": held["metadata"]["name"]},
+                           "target": {"apiVersion": "v1", "kind": "Node", "name": away}}
+                self.kubectl("create", "--raw", f"/api/v1/namespaces/default/pods/{held['metadata']['name']}/binding",
+                             "-f", "-", stdin=json.dumps(binding))
+            self.assertEqual(self.kubectl("delete", "ftj", "fgaway", "--cascade=foreground", "--wait=false").returncode,
+                             0)
+            wait_for(lambda: "deletionTimestamp" in (self.get_json("pvc", claim_of_away) or {}).get("metadata", {}), 60,
+                     "the collector to delete the claim of the node that is away")
+        finally:
+            for p in live:
+                os.kill(p.pid, signal.SIGCONT)
+        # The operator's finalizer is done at once. The job itself stays until the node is
+        # back: the collector deletes an owner only once its blocking dependents are gone,
+        # and the agent pod on the node that is away goes only when its kubelet stops it.
+        wait_for(lambda: "fedge.io/cleanup" not in (self.job("fgaway").get("metadata", {}).get("finalizers") or []),
+                 120, "the operator's finalizer to finish")
+        done = time.monotonic() - t
+        for node, d in states.items():
+            if node != away:
+                wait_for(lambda d=d: not os.path.lexists(d), 90, f"the job's state removed from {node}")
+        self.assertTrue(os.path.isfile(os.path.join(states[away], "feedback.jsonl")), "removed while away")
+        pod_name = f"fgaway-state-cleanup-{away}"
+        pod = self.get_json("pod", pod_name)
+        self.assertIsNotNone(pod, "no record for the node that is away")
+        self.assertNotIn("ownerReferences", pod["metadata"])
+        self.assertEqual(pod["spec"].get("schedulingGates"), [{"name": "fedge.io/node-back"}])
+        claim_name = pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        self.assertTrue(claim_name.startswith(f"fgaway-record-{away}-"), claim_name)
+        claim = self.get_json("pvc", claim_name)
+        self.assertIsNotNone(claim, "the record's claim")
+        self.assertNotIn("ownerReferences", claim["metadata"])
+        self.assertNotIn("deletionTimestamp", claim["metadata"])
+        self.assertEqual(claim["metadata"]["annotations"].get("fedge.io/state-cleanup-cause"), "foreground-deletion")
+        pv = self.get_json("pv", claim["spec"]["volumeName"])
+        self.assertEqual(pv["spec"]["claimRef"]["name"], claim_name)
+        old = self.get_json("pvc", claim_of_away)
+        self.assertIn("deletionTimestamp", old["metadata"], "the node's claim, held by the agent pod the away "
+                      "kubelet has not stopped")
+        self.assertEqual(pv["spec"]["local"]["path"],
+                         self.get_json("pv", old["spec"]["volumeName"])["spec"]["local"]["path"], "the same directory")
+        print(f"\n[foreground, node away] the operator's finalizer done {done:.1f} s after the deletion "
+              f"(the operator held for part of it)", flush=True)
+        t = time.monotonic()
+        self.runner_post(f"/nodes/{away}/ready")
+        wait_for(lambda: self.kubectl("get", "ftj", "fgaway", check=False).returncode != 0, 90, "job fgaway deleted")
+        wait_for(lambda: not os.path.lexists(states[away]), 90, f"the job's state removed from {away}")
+        wait_for(lambda: self.get_json("pods", "-l", "fedge.io/job=fgaway")["items"] == []
+                 and self.get_json("pvc", "-l", "fedge.io/job=fgaway")["items"] == []
+                 and self.node_volumes("fgaway") == [], 90, "every pod, claim and volume of the job to go")
+        print(f"[foreground, node away] {away} back -> state removed and everything gone in "
+              f"{time.monotonic() - t:.1f} s", flush=True)
+        events = wait_for(lambda: json.loads(self.kubectl(
+            "get", "events", "--field-selector", f"involvedObject.name={pod_name},reason=NodeStateRemoved",
+            "-o", "json").stdout)["items"], 30, "the NodeStateRemoved event")
+        self.assertEqual(len(events), 1, events)
+        left = json.loads(self.kubectl("get", "events", "--field-selector", "reason=NodeStateLeft",
+                                       "-o", "json").stdout)["items"]
+        self.assertEqual([e["message"] for e in left if "fgaway" in e["message"]], [])
+
     # ---- issue 10: pods, node directories, RBAC, token, network policies, checkpoints ----
     def test_restricted_namespace_refuses_a_host_path_pod(self):
         # The admission plugin is live: the pods the other tests see were checked by it.

@@ -873,9 +873,13 @@ Json DesiredStateCleanupPod(const Json& job, const JobSpec& spec, const std::str
 }
 
 Json DesiredDeferredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
-                                    const DesiredOptions& opts) {
+                                    const DesiredOptions& opts, const std::string& claim_name) {
   Json pod = DesiredStateCleanupPod(job, spec, node, opts);
   if (pod.is_null()) return pod;
+  if (!claim_name.empty()) {
+    for (auto& v : pod["spec"]["volumes"])
+      if (v.contains("persistentVolumeClaim")) v["persistentVolumeClaim"]["claimName"] = claim_name;
+  }
   pod["metadata"].merge_patch(DeferStateCleanupPodPatch(job)["metadata"]);
   // Not scheduled (not even onto the node, which it tolerates whatever its taints) until
   // the operator sees the node back and the job's agent gone from it.
@@ -900,6 +904,45 @@ Json DesiredStateRecordClaim(const Json& job, const std::string& node, const Nod
                              const std::string& pod_name) {
   Json claim = DesiredNodeVolumeClaim(job, node, r);
   claim["metadata"].merge_patch(DeferStateClaimPatch(job, pod_name)["metadata"]);
+  return claim;
+}
+
+std::string StateRecordClaimName(const Json& job, const std::string& node, const NodeVolumeRoot& r) {
+  return UniqueName(Name(job) + "-record-" + node, "record\n" + node + "\n" + r.path);
+}
+
+std::string StateRecordVolumeName(const Json& job, const std::string& node, const NodeVolumeRoot& r) {
+  return UniqueName("fedge-" + Ns(job) + "-" + Name(job) + "-record-" + node,
+                    "record\n" + Ns(job) + "\n" + Name(job) + "\n" + node + "\n" + r.path);
+}
+
+Json StateRecordVolume(const Json& job, const Json& volume, const std::string& node,
+                       const NodeVolumeRoot& r) {
+  const Json& from = volume.value("spec", Json::object());
+  Json spec = Json::object();
+  for (const char* k : {"capacity", "accessModes", "persistentVolumeReclaimPolicy", "storageClassName",
+                        "volumeMode", "local", "nodeAffinity"})
+    if (from.contains(k)) spec[k] = from[k];
+  spec["persistentVolumeReclaimPolicy"] = "Retain";  // the object only: the directory stays
+  spec["claimRef"] = {{"namespace", Ns(job)}, {"name", StateRecordClaimName(job, node, r)}};
+  const Json meta = volume.value("metadata", Json::object());
+  Json labels = meta.value("labels", Json::object());
+  labels[kLabelStateCleanup] = kStateCleanupDeferred;
+  Json annotations = meta.value("annotations", Json::object());
+  annotations[kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+  return {{"apiVersion", "v1"},
+          {"kind", "PersistentVolume"},
+          {"metadata",
+           {{"name", StateRecordVolumeName(job, node, r)}, {"labels", labels}, {"annotations", annotations}}},
+          {"spec", spec}};
+}
+
+Json DesiredOwnStateRecordClaim(const Json& job, const std::string& node, const NodeVolumeRoot& r,
+                                const std::string& pod_name) {
+  Json claim = DesiredStateRecordClaim(job, node, r, pod_name);
+  claim["metadata"]["name"] = StateRecordClaimName(job, node, r);
+  claim["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+  claim["spec"]["volumeName"] = StateRecordVolumeName(job, node, r);
   return claim;
 }
 

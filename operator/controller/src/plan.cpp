@@ -178,6 +178,12 @@ struct Planner {
   // left (the claim or the pod's name going or taken), and the state is reported left.
   bool DeferNodeState(const std::string& node, const std::string& claim_name, const Json& claim,
                       const ObjectPtr& pod, const JobSpec& parsed);
+  // For a node that is away whose state-root claim a foreground deletion took (it goes
+  // only once the node is back, after the job): plans a record with a claim and volume of
+  // its own (desired.h, StateRecordVolume); false when it cannot (the names taken or
+  // going, no volume of the job's to copy, a cleanup pod on the old claim).
+  bool DeferWithOwnClaim(const std::string& node, const NodeVolumeRoot& root, const ObjectPtr& pod,
+                         const JobSpec& parsed);
   // For the state-root volumes whose claims a foreground deletion took (desired.h): plans
   // each one's record (the volume freed for a new claim, the claim, the gated pod) and
   // names the node in `deferred`, or in `running` while the job's old cleanup pod there
@@ -449,7 +455,7 @@ void Planner::Finalize() {
     if (key.first != res::kPersistentVolumes.plural) continue;
     const Json& meta = (*pv)["metadata"];
     if (meta.value("labels", Json::object()).value(kLabelJobNamespace, "") != o.ns) continue;
-    if (Terminating(*pv)) continue;
+    if (Terminating(*pv) || DeferredStateCleanup(*pv)) continue;  // a record's own volume
     // A deferred cleanup mounts it later (its claim is no longer the job's).
     const Json claim_ref = pv->value("spec", Json::object()).value("claimRef", Json::object());
     if (claim_ref.value("namespace", "") == o.ns && deferred_claims.count(claim_ref.value("name", "")))
@@ -515,6 +521,13 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
           continue;
         }
       }
+      if (Terminating(*claim) &&
+          o.Find(res::kPersistentVolumeClaims, StateRecordClaimName(o.job, node, *root)) &&
+          DeferWithOwnClaim(node, *root, pod, *parsed)) {
+        // Made while the node was away (below): it stays the node's record, back or not.
+        deferred.push_back(node + " (the node was away; a foreground deletion took its claim)");
+        continue;
+      }
       // No pod runs on a node that is gone or unreachable now: rather than hold the job,
       // its cleanup is left to run when the node is back (desired.h, deferred state
       // removal), unless a foreground deletion took the claim first.
@@ -523,6 +536,8 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
             r == ready.end() ? " (the node is no longer in the cluster" : " (the node is not Ready";
         if (DeferNodeState(node, key.second, *claim, pod, *parsed)) {
           deferred.push_back(node + why + ")");
+        } else if (Terminating(*claim) && DeferWithOwnClaim(node, *root, pod, *parsed)) {
+          deferred.push_back(node + why + "; a foreground deletion took its claim, the record has its own)");
         } else {
           left.push_back(node + why +
                          (Terminating(*claim) ? "; its claim " + key.second + " is being deleted)" : ")"));
@@ -641,6 +656,49 @@ bool Planner::DeferNodeState(const std::string& node, const std::string& claim_n
   return true;
 }
 
+bool Planner::DeferWithOwnClaim(const std::string& node, const NodeVolumeRoot& root, const ObjectPtr& pod,
+                                const JobSpec& parsed) {
+  const std::string pod_name = StateCleanupPodName(o.job, node);
+  const std::string claim_name = StateRecordClaimName(o.job, node, root);
+  const std::string pv_name = StateRecordVolumeName(o.job, node, root);
+  if (Blocked(res::kPods, pod_name) || Blocked(res::kPersistentVolumeClaims, claim_name) ||
+      Blocked(res::kPersistentVolumes, pv_name))
+    return false;
+  if (pod) {
+    // A cleanup pod made earlier mounts the claim the collector took: it can never start.
+    if (Terminating(*pod) || !DeferredStateCleanup(*pod)) return false;
+    bool mounts_own = false;
+    for (const auto& v : (*pod)["spec"].value("volumes", Json::array()))
+      mounts_own =
+          mounts_own || v.value("persistentVolumeClaim", Json::object()).value("claimName", "") == claim_name;
+    if (!mounts_own) return false;
+  }
+  if (ObjectPtr pv = o.Find(res::kPersistentVolumes, pv_name); !pv) {
+    // The node's directory as the job's volume for it names it (also for a node no longer
+    // in the cluster, whose hostname label is gone).
+    ObjectPtr job_pv = o.Find(res::kPersistentVolumes, NodePersistentVolumeName(o.job, node, root));
+    if (!job_pv) return false;
+    Add(ActionKind::kCreate, Wave::kPods, res::kPersistentVolumes, pv_name).object =
+        StateRecordVolume(o.job, *job_pv, node, root);
+  } else if (Terminating(*pv)) {
+    return false;
+  }
+  if (ObjectPtr claim = o.Find(res::kPersistentVolumeClaims, claim_name); !claim) {
+    Add(ActionKind::kCreate, Wave::kPods, res::kPersistentVolumeClaims, claim_name).object =
+        DesiredOwnStateRecordClaim(o.job, node, root, pod_name);
+  } else if (Terminating(*claim)) {
+    return false;
+  }
+  if (!pod) {
+    Json want = DesiredDeferredStateCleanupPod(o.job, parsed, node, opts.desired, claim_name);
+    if (want.is_null()) return false;
+    want["metadata"]["annotations"][kAnnotationStateCleanupCause] = kStateCleanupCauseForeground;
+    Add(ActionKind::kCreate, Wave::kPods, res::kPods, pod_name).object = std::move(want);
+  }
+  deferred_claims.insert(claim_name);
+  return true;
+}
+
 void Planner::RetakeReleasedStateVolumes(const JobSpec& parsed, const NodeVolumeRoot& root,
                                          std::vector<std::string>& deferred,
                                          std::vector<std::string>& running, std::vector<std::string>& left) {
@@ -653,6 +711,9 @@ void Planner::RetakeReleasedStateVolumes(const JobSpec& parsed, const NodeVolume
     if (node.empty() || key.second != NodePersistentVolumeName(o.job, node, root)) continue;
     const std::string claim_name = NodeVolumeClaimName(o.job, node, root);
     if (o.Find(res::kPersistentVolumeClaims, claim_name)) continue;  // RemoveNodeState has it
+    // The node's record has a claim and volume of its own (DeferWithOwnClaim): this volume
+    // goes with the others.
+    if (o.Find(res::kPersistentVolumeClaims, StateRecordClaimName(o.job, node, root))) continue;
     const Json ref = pv->value("spec", Json::object()).value("claimRef", Json::object());
     if (ref.value("namespace", "") != o.ns || ref.value("name", "") != claim_name) continue;
     // The claim the volume names by uid was bound to it (an agent could have written there)

@@ -434,11 +434,16 @@ StatusOr<ReconcileResult> JobReconciler::ReconcileDeferredCleanup(const std::str
   const Json& meta = (claim ? *claim : *pod)["metadata"];
   const std::string node_name = meta.value("annotations", Json::object()).value(kAnnotationNode, "");
   const std::string job = meta.value("labels", Json::object()).value(kLabelJob, "");
-  // While its job is still there, its finalizer is making the record (the claim may show
-  // before the pod does): nothing is decided until the job has gone.
+  // While its job's finalizer is still there, it is making the record (the claim may show
+  // before the pod does): nothing is decided until it is done. A job the garbage collector
+  // still holds once the finalizer is done (a foreground deletion waits for the agent pod
+  // of a node that is away) does not hold the other nodes' records.
   const std::string job_uid = meta.value("annotations", Json::object()).value(kAnnotationJobUid, "");
-  if (ObjectPtr j = cache_->Get(res::kJobs, ns, job); j && (*j)["metadata"].value("uid", "") == job_uid)
-    return ReconcileResult{std::chrono::seconds(5), 0};
+  if (ObjectPtr j = cache_->Get(res::kJobs, ns, job); j && (*j)["metadata"].value("uid", "") == job_uid) {
+    const Json fin = (*j)["metadata"].value("finalizers", Json::array());
+    if (std::find(fin.begin(), fin.end(), kFinalizer) != fin.end())
+      return ReconcileResult{std::chrono::seconds(5), 0};
+  }
   if (!pod) {
     // Not in the cache is not gone: a pod the cache has not shown yet must not be taken
     // for one deleted before it ran.

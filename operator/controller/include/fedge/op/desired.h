@@ -341,8 +341,9 @@ inline constexpr const char* kLabelStateCleanup = "fedge.io/state-cleanup";
 inline constexpr const char* kStateCleanupDeferred = "deferred";
 inline constexpr const char* kAnnotationStateCleanupPod = "fedge.io/state-cleanup-pod";
 inline constexpr const char* kStateCleanupGate = "fedge.io/node-back";
+// `claim_name`: the state-root claim it mounts; "" for the node's (NodeVolumeClaimName).
 Json DesiredDeferredStateCleanupPod(const Json& job, const JobSpec& spec, const std::string& node,
-                                    const DesiredOptions& opts);
+                                    const DesiredOptions& opts, const std::string& claim_name = "");
 // The merge patch that turns a cleanup pod the finalizer made earlier (owned by the job)
 // into a deferred one; and the one that hands the node's state-root claim to the record.
 Json DeferStateCleanupPodPatch(const Json& job);
@@ -362,6 +363,19 @@ inline constexpr const char* kStateCleanupCauseForeground = "foreground-deletion
 Json DesiredStateRecordClaim(const Json& job, const std::string& node, const NodeVolumeRoot& r,
                              const std::string& pod_name);
 Json ReleasedVolumeRebindPatch();
+// A foreground deletion that took the state-root claim of a node that is away: that claim
+// goes only once the node's kubelet is back and has stopped the agent (the pod still uses
+// it), after the job has gone, so no record can take it over. The record gets its own: a
+// second volume for the same node directory (StateRecordVolume: the job's volume for that
+// node copied, the record's label added, pre-bound to the record's claim), a claim of its
+// own name (DesiredOwnStateRecordClaim) and the gated pod mounting it
+// (DesiredDeferredStateCleanupPod with `claim_name`). The job's volume goes with the old
+// claim, as every other.
+std::string StateRecordClaimName(const Json& job, const std::string& node, const NodeVolumeRoot& r);
+std::string StateRecordVolumeName(const Json& job, const std::string& node, const NodeVolumeRoot& r);
+Json StateRecordVolume(const Json& job, const Json& volume, const std::string& node, const NodeVolumeRoot& r);
+Json DesiredOwnStateRecordClaim(const Json& job, const std::string& node, const NodeVolumeRoot& r,
+                                const std::string& pod_name);
 
 // --- Aggregator checkpoints ----------------------------------------------------------
 // spec.aggregator.checkpoint: enabled (default true) keeps checkpoints on a
