@@ -1703,7 +1703,9 @@ TEST(DeferredCleanupTest, TheEventSaysWhyTheCleanupWaitedForTheJobToGo) {
   p = PlanDeferredCleanup(std::make_shared<const Json>(pod), away.claim, away.volume, true, false);
   ASSERT_EQ(p.actions.size(), 3u);
   const std::string& m = p.actions[1].on_success.at(0).message;
-  EXPECT_NE(m.find("from node edge-b, once the job had gone (a foreground deletion"), std::string::npos) << m;
+  EXPECT_NE(m.find("from node edge-b, once the job's deletion was done (a foreground deletion"),
+            std::string::npos)
+      << m;
   EXPECT_EQ(m.find("away"), std::string::npos) << m;
 }
 

@@ -1519,10 +1519,12 @@ DeferredCleanupPlan PlanDeferredCleanup(const ObjectPtr& pod, const ObjectPtr& c
       const bool foreground =
           (*pod)["metadata"].value("annotations", Json::object()).value(kAnnotationStateCleanupCause, "") ==
           kStateCleanupCauseForeground;
-      event = {"Normal", "NodeStateRemoved",
-               "removed the agent state of the deleted FederatedTrainingJob " + job + " from node " + node +
-                   (foreground ? ", once the job had gone (a foreground deletion had taken the node's claim)"
-                               : ", which was away when the job was deleted")};
+      event = {
+          "Normal", "NodeStateRemoved",
+          "removed the agent state of the deleted FederatedTrainingJob " + job + " from node " + node +
+              (foreground
+                   ? ", once the job's deletion was done (a foreground deletion had taken the node's claim)"
+                   : ", which was away when the job was deleted")};
     } else {
       const std::string why = PodFailureMessage(*pod);
       event = {"Warning", "NodeStateLeft",
