@@ -177,6 +177,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   desired.dns_pod_labels = *std::move(dns_labels);
+  // Each goes into the jobs' policies: a bad one would fail every pass that writes them.
+  Status namespaces = op::CheckNamespaceName("--dns-namespace", desired.dns_namespace);
+  for (const auto& ns : desired.monitoring_namespaces)
+    if (namespaces.ok()) namespaces = op::CheckNamespaceName("--monitoring-namespace", ns);
+  if (!namespaces.ok()) {
+    std::cerr << "fedge-operator: " << namespaces.message() << "\n";
+    return 2;
+  }
   for (const auto& p : desired.allowed_host_path_prefixes) {
     if (Status s = op::CheckHostPath("--allowed-host-path-prefix", p, {"/"}); !s.ok()) {
       std::cerr << "fedge-operator: " << s.message() << "\n";

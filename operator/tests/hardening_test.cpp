@@ -733,12 +733,32 @@ TEST(ParseLabelPairsTest, ReadsTheDnsPodSelector) {
   auto two = ParseLabelPairs("tier=dns,app=coredns");
   ASSERT_TRUE(two.ok());
   EXPECT_EQ(*two, (std::map<std::string, std::string>{{"app", "coredns"}, {"tier", "dns"}}));
-  for (const char* bad : {"", "k8s-app", "=x", "k=", "a=b,", "a=b,,c=d"}) {
+  auto prefixed = ParseLabelPairs("app.kubernetes.io/name=core-dns_1.x");
+  ASSERT_TRUE(prefixed.ok()) << prefixed.status().ToString();
+  EXPECT_EQ(prefixed->at("app.kubernetes.io/name"), "core-dns_1.x");
+  // Each would make the API server refuse every policy the operator writes with it.
+  for (const char* bad : {"", "k8s-app", "=x", "k=", "a=b,", "a=b,,c=d", "k8s app=dns", "app=kube dns",
+                          "-app=dns", "app=dns-", "Example.COM/app=dns", "/app=dns", "a/b/c=d", "app=x,y"}) {
     auto got = ParseLabelPairs(bad);
     EXPECT_FALSE(got.ok()) << bad;
     if (!got.ok()) {
       EXPECT_NE(got.status().message().find("KEY=VALUE"), std::string::npos) << bad;
     }
+  }
+  EXPECT_FALSE(ParseLabelPairs(std::string(64, 'a') + "=dns").ok());
+  EXPECT_FALSE(ParseLabelPairs("app=" + std::string(64, 'a')).ok());
+  EXPECT_TRUE(ParseLabelPairs("app=" + std::string(63, 'a')).ok());
+}
+
+TEST(CheckNamespaceNameTest, OnlyANamespacesNameGoesIntoAPolicy) {
+  for (const char* good : {"kube-system", "monitoring", "a", "ns-1"})
+    EXPECT_TRUE(CheckNamespaceName("--dns-namespace", good).ok()) << good;
+  for (const std::string& bad : std::vector<std::string>{"", "Kube-System", "kube_system", "-dns", "dns-",
+                                                         "kube.system", std::string(64, 'a')}) {
+    Status s = CheckNamespaceName("--dns-namespace", bad);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--dns-namespace '" + bad + "' is not a namespace name"), std::string::npos)
+        << s.message();
   }
 }
 

@@ -988,6 +988,47 @@ Json DesiredApiTokenSecret(const Json& job, const std::string& token) {
 
 std::string AgentNetworkPolicyName(const Json& job) { return Name(job) + "-agents"; }
 
+namespace {
+
+// A label value, or a key's name part: at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends.
+bool IsLabelName(const std::string& s) {
+  auto alnum = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+  if (s.empty() || s.size() > 63 || !alnum(s.front()) || !alnum(s.back())) return false;
+  return std::all_of(s.begin(), s.end(),
+                     [&](char c) { return alnum(c) || c == '-' || c == '_' || c == '.'; });
+}
+
+// A DNS-1123 label: at most 63 of [a-z0-9-], alphanumeric at both ends.
+bool IsDnsLabel(const std::string& s) {
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (s.empty() || s.size() > 63 || !alnum(s.front()) || !alnum(s.back())) return false;
+  return std::all_of(s.begin(), s.end(), [&](char c) { return alnum(c) || c == '-'; });
+}
+
+// [prefix/]name, the prefix a DNS subdomain (dot-separated DNS labels, at most 253).
+bool IsLabelKey(const std::string& key) {
+  const size_t slash = key.find('/');
+  if (slash == std::string::npos) return IsLabelName(key);
+  const std::string prefix = key.substr(0, slash);
+  if (prefix.empty() || prefix.size() > 253) return false;
+  for (size_t at = 0;;) {
+    const size_t dot = prefix.find('.', at);
+    if (!IsDnsLabel(prefix.substr(at, dot == std::string::npos ? std::string::npos : dot - at))) return false;
+    if (dot == std::string::npos) break;
+    at = dot + 1;
+  }
+  return IsLabelName(key.substr(slash + 1));
+}
+
+}  // namespace
+
+Status CheckNamespaceName(const std::string& flag, const std::string& name) {
+  if (IsDnsLabel(name)) return OkStatus();
+  return InvalidArgumentError(flag + " '" + name +
+                              "' is not a namespace name (lower-case letters, digits and '-', at most 63, "
+                              "a letter or digit at both ends)");
+}
+
 StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text) {
   std::map<std::string, std::string> labels;
   size_t at = 0;
@@ -998,6 +1039,12 @@ StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& 
     const size_t eq = pair.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == pair.size()) {
       return InvalidArgumentError("'" + pair + "' is not KEY=VALUE (e.g. k8s-app=kube-dns)");
+    }
+    if (!IsLabelKey(pair.substr(0, eq)) || !IsLabelName(pair.substr(eq + 1))) {
+      return InvalidArgumentError("'" + pair +
+                                  "' is not a Kubernetes label KEY=VALUE (a name and value of at most 63 of "
+                                  "letters, digits, '-', '_' and '.', alphanumeric at both ends; a key may "
+                                  "have a DNS prefix/)");
     }
     labels[pair.substr(0, eq)] = pair.substr(eq + 1);
     if (end == text.size()) return labels;

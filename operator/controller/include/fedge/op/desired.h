@@ -119,9 +119,12 @@ struct DesiredOptions {
 // Service's address in the job's pods: "WN_AGGREGATOR_SERVICE_HOST" for job "wn".
 std::string AggregatorServiceHostVar(const Json& job);
 
-// "k8s-app=kube-dns,tier=dns" -> its labels (the operator's --dns-pod-selector); keys and
-// values must be non-empty, at least one pair.
+// "k8s-app=kube-dns,tier=dns" -> its labels (the operator's --dns-pod-selector): at least
+// one pair, each a valid Kubernetes label key and a non-empty label value.
 StatusOr<std::map<std::string, std::string>> ParseLabelPairs(const std::string& text);
+// OK when `name` can be a namespace's name (a DNS-1123 label); else INVALID_ARGUMENT naming
+// `flag`.
+Status CheckNamespaceName(const std::string& flag, const std::string& name);
 
 // The `kubernetes` Service's EndpointSlice (discovery.k8s.io/v1, in `default`) -> the API
 // server's addresses and port, sorted, without duplicates; endpoints whose ready condition
