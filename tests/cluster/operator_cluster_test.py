@@ -695,11 +695,13 @@ class OperatorClusterTest(unittest.TestCase):
             "-o", "json").stdout)["items"], 30, "the NodeStateRemovalDeferred event")
         self.assertEqual(len(events), 1, events)
         self.assertIn(f"{away} (the node is not Ready) is removed when the node is back", events[0]["message"])
-        # Its agent pod is still there, Terminating: no kubelet confirmed it stopped.
+        # Its agent pod is still there, Terminating: no kubelet confirmed it stopped. (Unless
+        # the node went away between two of its agent's runs: the agents here fail at once,
+        # having no model; a pod that has ended, or one not scheduled, is deleted outright.)
         def agents():
             return [p for p in self.get_json("pods", "-l", "fedge.io/job=away")["items"]
                     if p["metadata"]["labels"]["fedge.io/role"] == "agent"]
-        wait_for(lambda: {p["spec"].get("nodeName") for p in agents()} == {away}, 60,
+        wait_for(lambda: {p["spec"].get("nodeName") for p in agents()} <= {away}, 60,
                  "the agents of the nodes that are there to go")
         for p in agents():
             self.assertIn("deletionTimestamp", p["metadata"], p["metadata"]["name"])
