@@ -25,8 +25,10 @@ Python 3 standard library only.
 Control endpoint (127.0.0.1, port printed as "pod-runner ready control=PORT"):
   POST /nodes/<node>/notready   stop heartbeats, report Ready=False, and act on none of the
                                 node's pods (as a kubelet that is away: new pods wait, deleted
-                                ones keep running and stay Terminating)
-  POST /nodes/<node>/ready      resume heartbeats, then act on what changed meanwhile
+                                ones keep running and stay Terminating, and a pod whose
+                                processes end meanwhile is not reported as ended)
+  POST /nodes/<node>/ready      resume heartbeats, report what the node's pods did meanwhile,
+                                then act on what changed
   POST /pods/<ns>/<name>/kill   SIGKILL the pod's processes (the pod fails with 137)
   GET  /pods                    JSON of the pods this runner runs
 """
@@ -142,6 +144,10 @@ class Runner:
         self.lock = threading.Lock()
         self.pods = {}  # uid -> PodProc
         self.held = {}  # uid -> (event type, pod): the latest event for a pod of a NotReady node
+        # uid -> (PodProc, status): the latest status of a pod of a NotReady node, whose
+        # process may still end meanwhile; reported when the node is back, as a kubelet
+        # that was cut off reports then.
+        self.unreported = {}
         self.next_ip = 10
         # Another runner on this machine (a concurrent test run) must not hand out the same
         # pod IPs: their listeners would collide (EADDRINUSE). 127.0.x.x is left alone.
@@ -533,6 +539,10 @@ class Runner:
         threading.Thread(target=self.run_pod, args=(pp,), daemon=True).start()
 
     def patch_status(self, pp, status):
+        with self.lock:
+            if pp.node in self.not_ready:
+                self.unreported[pp.uid] = (pp, status)
+                return
         # The uid in the patch makes it this pod's only: a pod deleted and made again under
         # the same name (a replaced agent) must not get the old pod's last report.
         code, body = self.api.merge_patch(f"/api/v1/namespaces/{pp.ns}/pods/{pp.name}/status",
@@ -705,7 +715,14 @@ class Runner:
             self.start_pod(pod)
 
     def release_held(self, node):
-        """The node is back: act on the latest event of each pod held while it was away."""
+        """The node is back: report what its pods did while it was away, then act on the
+        latest event of each pod held meanwhile."""
+        with self.lock:
+            unreported = [v for uid, v in self.unreported.items() if v[0].node == node]
+            for pp, _ in unreported:
+                del self.unreported[pp.uid]
+        for pp, status in unreported:
+            self.patch_status(pp, status)
         with self.lock:
             held = [(uid, ev) for uid, ev in self.held.items() if ev[1].get("spec", {}).get("nodeName") == node]
             for uid, _ in held:

@@ -780,7 +780,7 @@ class OperatorClusterTest(unittest.TestCase):
         print(f"[foreground] {len(records)} of {len(NODES)} nodes' claims taken by the collector first", flush=True)
         left = json.loads(self.kubectl("get", "events", "--field-selector", "reason=NodeStateLeft",
                                        "-o", "json").stdout)["items"]
-        self.assertEqual([e["message"] for e in left if "default/fg" in e["message"] or
+        self.assertEqual([e["message"] for e in left if "default/fg " in e["message"] or
                           e["involvedObject"]["name"] == "fg"], [])
 
     def test_a_foreground_deletion_with_a_node_away_removes_its_state_when_it_is_back(self):
@@ -831,6 +831,8 @@ class OperatorClusterTest(unittest.TestCase):
                            "target": {"apiVersion": "v1", "kind": "Node", "name": away}}
                 self.kubectl("create", "--raw", f"/api/v1/namespaces/default/pods/{held['metadata']['name']}/binding",
                              "-f", "-", stdin=json.dumps(binding))
+            bound = self.get_json("pod", held["metadata"]["name"])
+            self.assertEqual((bound or {}).get("spec", {}).get("nodeName"), away, "the agent pod bound to the node")
             self.assertEqual(self.kubectl("delete", "ftj", "fgaway", "--cascade=foreground", "--wait=false").returncode,
                              0)
             wait_for(lambda: "deletionTimestamp" in (self.get_json("pvc", claim_of_away) or {}).get("metadata", {}), 60,
@@ -863,6 +865,9 @@ class OperatorClusterTest(unittest.TestCase):
         pv = self.get_json("pv", claim["spec"]["volumeName"])
         self.assertEqual(pv["spec"]["claimRef"]["name"], claim_name)
         old = self.get_json("pvc", claim_of_away)
+        pod_held = self.get_json("pod", held["metadata"]["name"])
+        self.assertIsNotNone(old, "the node's claim went: the agent pod that held it is "
+                             f"{json.dumps((pod_held or {}).get('status', 'gone'))[:1500]}")
         self.assertIn("deletionTimestamp", old["metadata"], "the node's claim, held by the agent pod the away "
                       "kubelet has not stopped")
         self.assertEqual(pv["spec"]["local"]["path"],
