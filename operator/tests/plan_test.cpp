@@ -766,6 +766,42 @@ TEST(PlanTest, Table) {
                                                a.name.rfind("fedge-ml-wn-node-edge-a-", 0) == 0);
          EXPECT_TRUE(job_pv_deleted);
        }},
+      {"a record made on the node's claim just before the collector took it can never start: it is deleted "
+       "as observed and the job waits to make it again with a claim of its own",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+         SetNodeNotReady(w, "edge-a");
+         SetNodeNotReady(w, "edge-b");
+         const Json job = *w.client_.Get(res::kJobs, "ml", "wn");
+         // edge-b's record as the away-node path makes it: the node's claim taken, the pod
+         // gated on it; the collector's delete of the claim landed just after.
+         ASSERT_TRUE(w.client_
+                         .Create(res::kPods, "ml",
+                                 DesiredDeferredStateCleanupPod(job, OperatorJobSpec(job), "edge-b",
+                                                                DesiredOptions{}))
+                         .ok());
+         const auto roots = AgentNodeVolumeRoots(OperatorJobSpec(job), DesiredOptions{});
+         ASSERT_TRUE(w.client_
+                         .MergePatch(res::kPersistentVolumeClaims, "ml",
+                                     NodeVolumeClaimName(job, "edge-b", *StateVolumeRoot(roots)),
+                                     DeferStateClaimPatch(job, StateCleanupPodName(job, "edge-b")))
+                         .ok());
+       },
+       DeletedInTheForeground,
+       {"delete pods/wn-state-cleanup-edge-b", "create pods/wn-state-cleanup-edge-a"},
+       {"patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         const Action* del = Find(p, "delete pods/wn-state-cleanup-edge-b");
+         EXPECT_FALSE(del->del.precondition_uid.empty()) << "the pod as observed, not one made since";
+         for (const auto& a : p.actions)
+           EXPECT_FALSE(a.kind == ActionKind::kCreate && a.name.rfind("wn-record-edge-b-", 0) == 0)
+               << "its own claim comes with the pod, in a later pass: " << a.Describe();
+         EXPECT_TRUE(p.requeue_after.has_value());
+       }},
       {"a foreground deletion's claims still going on Ready nodes (their agents' pods not gone yet): the job "
        "waits for them, no cleanup pod is made for a claim that cannot be mounted",
        [](World& w) {

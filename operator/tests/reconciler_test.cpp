@@ -323,28 +323,28 @@ TEST_F(ReconcilerTest, StatusFromAStaleCacheDoesNotTakeBackTheRestartCount) {
   EXPECT_EQ(GetJob()["status"]["restarts"], 3);
 }
 
-// A cache whose pods stay as they were when frozen (a pod watch behind the API server);
-// everything else is read through.
-class PodsBehindCache : public ObjectCache {
+// A cache whose objects of one kind (pods unless told) stay as they were when frozen (a
+// watch behind the API server); everything else is read through.
+class ObjectsBehindCache : public ObjectCache {
  public:
-  explicit PodsBehindCache(KubeClient* client) : through_(client) {}
+  explicit ObjectsBehindCache(KubeClient* client, const Resource& r = res::kPods) : through_(client), r_(r) {}
   void Freeze() {
-    pods_ = through_.List(res::kPods, "", "", "");
+    frozen_objects_ = through_.List(r_, "", "", "");
     frozen_ = true;
   }
   void CatchUp() { frozen_ = false; }
   ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override {
-    if (!frozen_ || r.plural != res::kPods.plural) return through_.Get(r, ns, name);
-    for (const auto& p : pods_)
+    if (!frozen_ || r.plural != r_.plural) return through_.Get(r, ns, name);
+    for (const auto& p : frozen_objects_)
       if ((*p)["metadata"].value("name", "") == name && (*p)["metadata"].value("namespace", "") == ns)
         return p;
     return nullptr;
   }
   std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& key,
                               const std::string& value) override {
-    if (!frozen_ || r.plural != res::kPods.plural) return through_.List(r, ns, key, value);
+    if (!frozen_ || r.plural != r_.plural) return through_.List(r, ns, key, value);
     std::vector<ObjectPtr> out;
-    for (const auto& p : pods_) {
+    for (const auto& p : frozen_objects_) {
       const Json& m = (*p)["metadata"];
       if (!ns.empty() && m.value("namespace", "") != ns) continue;
       if (!key.empty() && (!m.contains("labels") || m["labels"].value(key, "") != value)) continue;
@@ -355,8 +355,9 @@ class PodsBehindCache : public ObjectCache {
 
  private:
   ClientCache through_;
+  const Resource& r_;
   bool frozen_ = false;
-  std::vector<ObjectPtr> pods_;
+  std::vector<ObjectPtr> frozen_objects_;
 };
 
 TEST_F(ReconcilerTest, APassBeforeTheCacheShowsThePodsItCreatedDoesNotCreateThemAgain) {
@@ -364,7 +365,7 @@ TEST_F(ReconcilerTest, APassBeforeTheCacheShowsThePodsItCreatedDoesNotCreateThem
   // before the pod watch had delivered its pods, created 229 of them again (AlreadyExists)
   // and read each back (GET) to check it was the job's.
   CreateJob();
-  PodsBehindCache behind_cache(&client_);
+  ObjectsBehindCache behind_cache(&client_);
   behind_cache.Freeze();  // no pod yet, and the cache will not show the ones created now
   JobReconciler behind(&client_, &behind_cache, &events_, ReconcilerOptions{DefaultImages(), &wall_});
   ASSERT_TRUE(behind.Reconcile("ml/wn").ok());
@@ -407,7 +408,7 @@ TEST_F(ReconcilerTest, ACreateTheCacheShowedBeforeItsAnswerCameIsNotHeldAsUnseen
   // The pod watch can deliver a created pod (Seen) before the create's answer reaches the
   // pass; the entry recorded after that must not hold the pod as existing once it is gone.
   CreateJob();
-  PodsBehindCache up_to_date(&client_);  // reads through, but not Live(): entries are kept
+  ObjectsBehindCache up_to_date(&client_);  // reads through, but not Live(): entries are kept
   JobReconciler r(&client_, &up_to_date, &events_, ReconcilerOptions{DefaultImages(), &wall_});
   ASSERT_TRUE(r.Reconcile("ml/wn").ok());
   ASSERT_EQ(Pods().size(), 3u);
@@ -1049,6 +1050,69 @@ TEST_F(ReconcilerTest, DeletingTheJobRunsTheFinalizerAndCollectsChildren) {
   for (const auto& e : client_.Objects(res::kEvents)) removed += e["reason"] == "NodeStateRemoved";
   EXPECT_EQ(removed, 1);
   EXPECT_TRUE(Reconcile().requeue_after == std::nullopt);
+}
+
+// Seen on the real API server (operator_cluster, CI): a foreground deletion while a node
+// is away. The garbage collector deleted that node's claim (it stays while the agent pod the
+// away kubelet has not stopped uses it); a pass on a cache from before that took the claim
+// for the node's record and made the record's pod mount it, a claim about to go. The patch
+// that takes the claim is conditional on the claim as observed and comes a wave before the
+// pod: it fails, no pod is made, and the next pass gives the record a claim of its own.
+TEST_F(ReconcilerTest, APassBehindTheCollectorDoesNotMakeTheRecordOnAClaimItDeleted) {
+  client_.SetNow(FormatTime(now()));
+  CreateJob();
+  Reconcile();
+  Json not_ready = {{"status", {{"conditions", Json::array({{{"type", "Ready"}, {"status", "Unknown"}}})}}}};
+  ASSERT_TRUE(client_.MergePatch(res::kNodes, "", "edge-b", not_ready, "status").ok());
+  Reconcile();
+  std::string claim;
+  for (const auto& c : client_.Objects(res::kPersistentVolumeClaims))
+    if (c["metadata"].value("annotations", Json::object()).value(kAnnotationNode, "") == "edge-b")
+      claim = c["metadata"]["name"];
+  ASSERT_FALSE(claim.empty());
+  // What keeps both on the real API server: the agent pod on the away node is never
+  // confirmed gone, and pvc-protection holds the claim it uses.
+  Json held = {{"metadata", {{"finalizers", Json::array({"test.fedge.io/kubelet-away"})}}}};
+  ASSERT_TRUE(client_.MergePatch(res::kPods, "ml", "wn-agent-edge-b", held).ok());
+  Json protect = {{"metadata", {{"finalizers", Json::array({"kubernetes.io/pvc-protection"})}}}};
+  ASSERT_TRUE(client_.MergePatch(res::kPersistentVolumeClaims, "ml", claim, protect).ok());
+  client_.SetGarbageCollection(false);
+
+  ObjectsBehindCache behind_cache(&client_, res::kPersistentVolumeClaims);
+  JobReconciler behind(&client_, &behind_cache, &events_, ReconcilerOptions{DefaultImages(), &wall_});
+  behind_cache.Freeze();  // the claims before the collector's deletion
+  ASSERT_TRUE(client_.Delete(res::kJobs, "ml", "wn").ok());
+  ASSERT_TRUE(client_.Delete(res::kPersistentVolumeClaims, "ml", claim).ok());  // the collector
+  const Json deleted = *client_.Get(res::kPersistentVolumeClaims, "ml", claim);
+  ASSERT_TRUE(deleted["metadata"].contains("deletionTimestamp"));
+  bool conflicted = false;
+  for (int i = 0; i < 4; ++i) {
+    auto r = behind.Reconcile("ml/wn");
+    if (!r.ok()) {
+      EXPECT_NE(r.status().ToString().find("Conflict"), std::string::npos) << r.status().ToString();
+      conflicted = true;
+    }
+    EXPECT_TRUE(IsNotFound(client_.Get(res::kPods, "ml", "wn-state-cleanup-edge-b").status()))
+        << "a record's pod on the claim the collector deleted (pass " << i << ")";
+  }
+  EXPECT_TRUE(conflicted) << "the stale pass tried nothing";
+  EXPECT_EQ(
+      client_.Get(res::kPersistentVolumeClaims, "ml", claim)->value("metadata", Json())["ownerReferences"],
+      deleted["metadata"]["ownerReferences"])
+      << "the claim the collector deleted is left as it is";
+
+  behind_cache.CatchUp();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(behind.Reconcile("ml/wn").ok());
+  auto record = client_.Get(res::kPods, "ml", "wn-state-cleanup-edge-b");
+  ASSERT_TRUE(record.ok()) << "no record for the node that is away";
+  std::string mounted;
+  for (const auto& v : (*record)["spec"]["volumes"])
+    if (v.contains("persistentVolumeClaim")) mounted = v["persistentVolumeClaim"]["claimName"];
+  EXPECT_EQ(mounted.rfind("wn-record-edge-b-", 0), 0u) << mounted;
+  auto own = client_.Get(res::kPersistentVolumeClaims, "ml", mounted);
+  ASSERT_TRUE(own.ok());
+  EXPECT_FALSE((*own)["metadata"].contains("deletionTimestamp"));
+  EXPECT_FALSE((*own)["metadata"].contains("ownerReferences"));
 }
 
 // Every object the job's children would be, by owner: "uid" of its controller reference,

@@ -184,6 +184,11 @@ struct Planner {
   // going, no volume of the job's to copy, a cleanup pod on the old claim).
   bool DeferWithOwnClaim(const std::string& node, const NodeVolumeRoot& root, const ObjectPtr& pod,
                          const JobSpec& parsed);
+  // For a node that is away: its record pod made on the node's claim, which the collector
+  // deleted since (its delete landed just after the take-over): never scheduled, it could
+  // never start, so it is deleted (the pod as observed), and a later pass makes the record
+  // again with a claim of its own. True while that is under way: the finalizer waits.
+  bool RemakeRecordOnTakenClaim(const Json& claim, const ObjectPtr& pod);
   // For the state-root volumes whose claims a foreground deletion took (desired.h): plans
   // each one's record (the volume freed for a new claim, the claim, the gated pod) and
   // names the node in `deferred`, or in `running` while the job's old cleanup pod there
@@ -536,6 +541,8 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
             r == ready.end() ? " (the node is no longer in the cluster" : " (the node is not Ready";
         if (DeferNodeState(node, key.second, *claim, pod, *parsed)) {
           deferred.push_back(node + why + ")");
+        } else if (Terminating(*claim) && RemakeRecordOnTakenClaim(*claim, pod)) {
+          running.push_back(node);
         } else if (Terminating(*claim) && DeferWithOwnClaim(node, *root, pod, *parsed)) {
           deferred.push_back(node + why + "; a foreground deletion took its claim, the record has its own)");
         } else {
@@ -649,10 +656,44 @@ bool Planner::DeferNodeState(const std::string& node, const std::string& claim_n
   const Json ann = claim["metadata"].value("annotations", Json::object());
   if (!DeferredStateCleanup(claim) || ann.value(kAnnotationStateCleanupPod, "") != pod_name ||
       claim["metadata"].contains("ownerReferences")) {
-    Add(ActionKind::kMergePatch, Wave::kPods, res::kPersistentVolumeClaims, claim_name).object =
-        DeferStateClaimPatch(o.job, pod_name);
+    // Taken from the job before the record's pod is made (a wave earlier), and only as
+    // observed: a claim the garbage collector deleted meanwhile (a foreground deletion; a
+    // pass on a cache behind it) fails the patch and the pass, so that the next one sees
+    // it going and gives the record a claim of its own (DeferWithOwnClaim) rather than
+    // make a pod that mounts a claim about to go.
+    Json patch = DeferStateClaimPatch(o.job, pod_name);
+    if (std::string rv = claim["metadata"].value("resourceVersion", ""); !rv.empty())
+      patch["metadata"]["resourceVersion"] = rv;
+    Add(ActionKind::kMergePatch, Wave::kPerNode, res::kPersistentVolumeClaims, claim_name).object =
+        std::move(patch);
   }
   deferred_claims.insert(claim_name);
+  return true;
+}
+
+bool Planner::RemakeRecordOnTakenClaim(const Json& claim, const ObjectPtr& pod) {
+  if (!pod || !DeferredStateCleanup(*pod) || !DeferredStateCleanup(claim)) return false;
+  const std::string pod_name = (*pod)["metadata"].value("name", "");
+  // Taken for this pod (DeferNodeState): not a claim of the job's the collector took before
+  // any record (the pod would not mount it), nor one a record was given since.
+  if (claim["metadata"].value("annotations", Json::object()).value(kAnnotationStateCleanupPod, "") !=
+      pod_name)
+    return false;
+  const Json& spec = (*pod)["spec"];
+  bool on_claim = false;
+  for (const auto& v : spec.value("volumes", Json::array()))
+    on_claim = on_claim || v.value("persistentVolumeClaim", Json::object()).value("claimName", "") ==
+                               claim["metadata"].value("name", "");
+  // Never scheduled, and still gated: its gate is lifted only once the node is Ready and
+  // the job's finalizer is done, so it cannot have started behind this pass's view.
+  bool gated = false;
+  for (const auto& g : spec.value("schedulingGates", Json::array()))
+    gated = gated || g.value("name", "") == kStateCleanupGate;
+  if (!on_claim || !gated || !spec.value("nodeName", "").empty()) return false;
+  if (!Terminating(*pod)) {
+    Action& a = Add(ActionKind::kDelete, Wave::kPods, res::kPods, pod_name);
+    a.del.precondition_uid = (*pod)["metadata"].value("uid", "");
+  }
   return true;
 }
 

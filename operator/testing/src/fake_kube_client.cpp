@@ -317,6 +317,7 @@ StatusOr<Json> FakeKubeClient::MergePatch(const Resource& r, const std::string& 
   Key k{r.plural, r.namespaced ? ns : "", name};
   auto it = objects_.find(k);
   if (it == objects_.end()) return KubeError("NotFound", 404, r.plural + " \"" + name + "\" not found");
+  FEDGE_RETURN_IF_ERROR(CheckResourceVersion(r, name, patch, it->second));
   Json o = it->second;
   if (sub == "status") {
     if (patch.contains("status")) MergeInto(o["status"], patch["status"]);
