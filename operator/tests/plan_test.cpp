@@ -819,6 +819,29 @@ TEST(PlanTest, Table) {
          ASSERT_TRUE(p.requeue_after.has_value());
          EXPECT_LE(p.requeue_after->count(), 5);
        }},
+      {"a foreground deletion the collector has not got to the claims in yet, the agents gone: no cleanup "
+       "pod "
+       "the job owns (the collector would delete it mid-removal), the job waits for the claims to go",
+       [](World& w) {
+         w.Reconcile();
+         DeleteAgents(w);
+       },
+       [](Observed& o) {
+         o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+         o.job["metadata"]["finalizers"] = Json::array({kFinalizer, "foregroundDeletion"});
+       },
+       {},
+       {"patch federatedtrainingjobs/wn", "create pods/wn-state-cleanup-edge-a",
+        "create pods/wn-state-cleanup-edge-b"},
+       -1,
+       "Created",
+       -1,
+       [](const Plan& p) {
+         ASSERT_TRUE(p.requeue_after.has_value());
+         EXPECT_LE(p.requeue_after->count(), 5);
+         for (const auto& a : p.actions)
+           EXPECT_FALSE(a.kind == ActionKind::kCreate && a.resource == &res::kPods) << a.Describe();
+       }},
       {"claims a foreground deletion took are gone: each state volume they were bound to is freed for a new "
        "claim of the same name, owned by nothing, with a gated cleanup pod (the record of a node that was "
        "away); the job goes",

@@ -56,6 +56,15 @@ std::string PodFailureMessage(const Json& pod) {
 
 bool Terminating(const Json& obj) { return obj["metadata"].contains("deletionTimestamp"); }
 
+// Deleted with propagationPolicy=Foreground: until the collector has deleted every
+// dependent, any new one the job owns is deleted too.
+bool DeletingDependents(const Json& obj) {
+  if (!Terminating(obj)) return false;
+  for (const auto& f : obj["metadata"].value("finalizers", Json::array()))
+    if (f.is_string() && f.get<std::string>() == "foregroundDeletion") return true;
+  return false;
+}
+
 // A pending pod the scheduler could not place (condition PodScheduled False, reason
 // Unschedulable): e.g. one whose claim does not exist.
 bool Unschedulable(const Json& pod) {
@@ -586,6 +595,14 @@ bool Planner::RemoveNodeState(std::vector<PlannedEvent>& outcome) {
         continue;
       }
       if (o.now >= deadline) {
+        running.push_back(node);
+        continue;
+      }
+      if (DeletingDependents(o.job)) {
+        // A foreground deletion the collector has not got to this claim in yet: it will
+        // (it deletes every dependent), and it would delete a cleanup pod the job owns too,
+        // killing it mid-removal (seen in operator_cluster: exit code 143). Wait for the
+        // claim to go, then the record takes its volume (RetakeReleasedStateVolumes).
         running.push_back(node);
         continue;
       }
