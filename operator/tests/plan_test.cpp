@@ -182,6 +182,7 @@ bool NodeVolume(const Json& obj) {
 // too (each waits for the pods that mount it).
 void DeletedInTheForeground(Observed& o) {
   o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+  o.job["metadata"]["finalizers"] = Json::array({kFinalizer, "foregroundDeletion"});
   for (auto& [key, obj] : o.children) {
     if (key.first != res::kPersistentVolumeClaims.plural) continue;
     Json copy = *obj;
@@ -193,6 +194,7 @@ void DeletedInTheForeground(Observed& o) {
 // ... and the claims have gone since (the pods that mounted them went).
 void ClaimsGone(Observed& o) {
   o.job["metadata"]["deletionTimestamp"] = FormatTime(kNow);
+  o.job["metadata"]["finalizers"] = Json::array({kFinalizer, "foregroundDeletion"});
   for (auto it = o.children.begin(); it != o.children.end();) {
     if (it->first.first == res::kPersistentVolumeClaims.plural && NodeVolume(*it->second)) {
       it = o.children.erase(it);
