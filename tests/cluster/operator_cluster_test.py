@@ -157,12 +157,13 @@ class OperatorClusterTest(unittest.TestCase):
                                      "hostPath": {"path": path}}})
         cls.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes}))
         cls.runner_port_file = os.path.join(cls.tmp, "runner.port")
-        cls.runner = subprocess.Popen(
-            ["python3", os.path.join(SCRIPTS, "pod_runner.py"), "--kubeconfig", cls.kubeconfig,
-             "--nodes", str(len(NODES)), "--node", SPARE, "--root", os.path.join(cls.tmp, "runner"),
-             "--bin-dir", os.path.dirname(AGGREGATOR), "--bin-dir", os.path.dirname(AGENT),
-             "--bin-dir", os.path.dirname(OPERATOR), "--port-file", cls.runner_port_file, "--heartbeat", "3"],
-            stdout=open(os.path.join(cls.tmp, "runner.log"), "w"), stderr=subprocess.STDOUT)
+        with open(os.path.join(cls.tmp, "runner.log"), "w") as log:  # the child keeps its own copy
+            cls.runner = subprocess.Popen(
+                ["python3", os.path.join(SCRIPTS, "pod_runner.py"), "--kubeconfig", cls.kubeconfig,
+                 "--nodes", str(len(NODES)), "--node", SPARE, "--root", os.path.join(cls.tmp, "runner"),
+                 "--bin-dir", os.path.dirname(AGGREGATOR), "--bin-dir", os.path.dirname(AGENT),
+                 "--bin-dir", os.path.dirname(OPERATOR), "--port-file", cls.runner_port_file, "--heartbeat", "3"],
+                stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(cls.runner_port_file), 30, "the pod runner")
         with open(cls.runner_port_file) as f:
             cls.runner_port = int(f.read())
@@ -206,14 +207,14 @@ class OperatorClusterTest(unittest.TestCase):
     @classmethod
     def start_operator(cls, *extra):
         port = free_port()
-        log = open(os.path.join(cls.tmp, f"operator-{len(cls.operators)}.log"), "w")
         prefixes = ["/var/lib/fedge", cls.tmp, os.path.dirname(os.path.abspath(MODEL))]
-        p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
-                              "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}",
-                              *[a for prefix in prefixes for a in ("--allowed-host-path-prefix", prefix)],
-                              "--monitoring-namespace", "monitoring",
-                              *extra],
-                             stdout=log, stderr=subprocess.STDOUT)
+        with open(os.path.join(cls.tmp, f"operator-{len(cls.operators)}.log"), "w") as log:
+            p = subprocess.Popen([OPERATOR, "--kubeconfig", cls.kubeconfig, "--leader-elect",
+                                  "--leader-election-namespace", "default", "--http", f"127.0.0.1:{port}",
+                                  *[a for prefix in prefixes for a in ("--allowed-host-path-prefix", prefix)],
+                                  "--monitoring-namespace", "monitoring",
+                                  *extra],
+                                 stdout=log, stderr=subprocess.STDOUT)
         p.http_port = port
         cls.operators.append(p)
         wait_for(lambda: cls.http_get(port, "/healthz")[0] == 200, 30, "operator /healthz")
