@@ -84,8 +84,8 @@ StatusOr<TensorBundle> LayoutFromJoin(const v1::Capabilities& caps) {
 std::string RevokedPodMessage(const std::string& agent, const std::string& pod, const std::string& uid) {
   return "agent \"" + agent + "\" presented the token of pod " + (pod.empty() ? "" : pod + " ") + "(uid " +
          uid +
-         "), which is being deleted or has ended (the operator revoked it); only the node's current agent "
-         "pod joins";
+         "), which is being deleted, has ended or was gone before the operator began watching (the "
+         "operator revoked it); only the node's current agent pod joins";
 }
 
 v1::SubmitUpdateResponse ToResponse(const UpdateVerdict& verdict) {
@@ -140,8 +140,9 @@ Status ProtocolHandler::CheckSessionToken(const v1::RequestHeader& header) {
   }
   if (options_.revoked_pods) {
     const std::string pod_uid = it->second.pod_uid;
+    const int64_t issued = it->second.issued_unix_s;
     lock.unlock();  // Revoked may re-read its file
-    if (options_.revoked_pods->Revoked(pod_uid)) {
+    if (options_.revoked_pods->Revoked(pod_uid, issued)) {
       lock.lock();
       it = credentials_.find(agent);
       if (it != credentials_.end() && it->second.pod_uid == pod_uid) credentials_.erase(it);
@@ -213,6 +214,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
   std::string node_name = request.node_name();
   std::string pod_uid;
   int64_t token_expires_unix_s = 0;
+  int64_t token_issued_unix_s = 0;
   if (options_.token_verifier) {
     // Size, then structure, then the signature, then the claims: the checks
     // cost the aggregator nothing until a token is shaped like one.
@@ -232,7 +234,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
                                        {"pod_uid", claims->pod_uid},
                                        {"node", claims->node_name},
                                        {"token_expires_unix_s", claims->expires_unix_s}});
-    if (options_.revoked_pods && options_.revoked_pods->Revoked(claims->pod_uid)) {
+    if (options_.revoked_pods && options_.revoked_pods->Revoked(claims->pod_uid, claims->issued_unix_s)) {
       if (metrics_) metrics_->JoinRefused("pod_gone");
       log::Warn("join refused: the token's pod is gone",
                 {{"agent", agent}, {"pod", claims->pod_name}, {"pod_uid", claims->pod_uid}});
@@ -241,6 +243,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
     node_name = claims->node_name;  // the issuer's word, not the agent's
     pod_uid = claims->pod_uid;
     token_expires_unix_s = claims->expires_unix_s;
+    token_issued_unix_s = claims->issued_unix_s;
   } else if (options_.token_file) {
     if (Status s = options_.token_file->Check(agent, request.token()); !s.ok()) {
       if (metrics_)
@@ -284,6 +287,7 @@ Status ProtocolHandler::Join(const v1::JoinRequest& request, v1::JoinResponse* r
     c.token = request.token();
     c.pod_uid = pod_uid;
     c.expires_unix_s = token_expires_unix_s;
+    c.issued_unix_s = token_issued_unix_s;
   }
   response->set_protocol_version(kProtocolVersion);
   auto global = engine_->Global(0);

@@ -471,6 +471,7 @@ StatusOr<ServiceAccountClaims> JsonWebKeySet::Verify(std::string_view token,
                         ": an agent may join only as its own node (--agent-id)");
     }
     out.expires_unix_s = *exp;
+    if (const json* iat = Member(claims, "iat")) out.issued_unix_s = NumericDate(iat).value_or(0);
     why = "";
     return out;
   } catch (const std::exception& e) {

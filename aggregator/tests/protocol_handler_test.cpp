@@ -46,6 +46,19 @@ class ProtocolHandlerTest : public testing::ProtocolFixture {
     return verifier.ok() ? std::move(*verifier) : nullptr;
   }
 
+  // A handler verifying `key`'s tokens and refusing the pods that revoked_path() lists
+  // (the file is not written yet: it lists none).
+  void MakeWithRevokedPods(const testing::TestSigningKey& key) {
+    ProtocolOptions options;
+    options.token_verifier = Verifier(key);
+    ASSERT_NE(options.token_verifier, nullptr);
+    auto revoked = RevokedPods::Open(revoked_path(), &clock_);
+    ASSERT_TRUE(revoked.ok()) << revoked.status().ToString();
+    options.revoked_pods = std::move(*revoked);
+    Make(options);
+  }
+  std::string revoked_path() const { return jwks_dir_.path() + "/revoked-pods.json"; }
+
   testing::TempDir jwks_dir_;
 
   // One SubmitUpdate stream the way the service runs it, sending only
@@ -223,14 +236,8 @@ TEST_F(ProtocolHandlerTest, ASessionEndsWhenItsNewestTokenExpiresAndRenewalsMust
 // session grace (an hour by default); the operator's revoked-pods list ends it.
 TEST_F(ProtocolHandlerTest, ARevokedPodsTokensAndSessionsAreRefused) {
   const testing::TestSigningKey key = testing::TestSigningKey::P256("k1");
-  const std::string revoked_path = jwks_dir_.path() + "/revoked-pods.json";
-  ProtocolOptions options;
-  options.token_verifier = Verifier(key);
-  ASSERT_NE(options.token_verifier, nullptr);
-  auto revoked = RevokedPods::Open(revoked_path, &clock_);  // not written yet: lists none
-  ASSERT_TRUE(revoked.ok()) << revoked.status().ToString();
-  options.revoked_pods = std::move(*revoked);
-  Make(options);
+  const std::string revoked_path = this->revoked_path();
+  ASSERT_NO_FATAL_FAILURE(MakeWithRevokedPods(key));
   const int64_t t0 = clock_.NowUnixMs() / 1000;
   auto token = [&](int64_t issued_s, const std::string& node) {
     return key.Sign(testing::PodTokenClaims(issued_s, node));
@@ -280,6 +287,48 @@ TEST_F(ProtocolHandlerTest, ARevokedPodsTokensAndSessionsAreRefused) {
   ASSERT_TRUE(WriteFileAtomic(revoked_path, R"({"pods": [{"uid": 7}]})").ok());
   clock_.AdvanceMs(1000);
   EXPECT_EQ(Join("edge-1", stolen).code(), StatusCode::kPermissionDenied);
+}
+
+// The same attack when the pod is deleted while no operator runs: no operator saw it go,
+// so no entry names it. The operator that starts later writes when its cache listed the
+// pods (watchedSince) and which were live then (livePods): a token issued before that for
+// any other pod is refused, and a session it began ends.
+TEST_F(ProtocolHandlerTest, ATokenOfAPodGoneBeforeTheOperatorWatchedIsRefused) {
+  const testing::TestSigningKey key = testing::TestSigningKey::P256("k1");
+  const std::string revoked_path = this->revoked_path();
+  ASSERT_NO_FATAL_FAILURE(MakeWithRevokedPods(key));
+  const int64_t t0 = clock_.NowUnixMs() / 1000;
+  auto ask = [&](const std::string& agent) {
+    v1::TaskRequest req;
+    *req.mutable_header() = Header(agent);
+    v1::Task task;
+    return handler_->GetTask(req, &task);
+  };
+  const std::string stolen = key.Sign(testing::PodTokenClaims(t0, "edge-1"));
+  ASSERT_TRUE(Join("edge-1", stolen).ok());
+  ASSERT_TRUE(Join("edge-2", key.Sign(testing::PodTokenClaims(t0, "edge-2"))).ok());
+
+  // edge-1's pod went while no operator ran; the new operator listed at t0 + 30 and saw
+  // only edge-2's pod.
+  ASSERT_TRUE(WriteFileAtomic(revoked_path, R"({"pods": [], "watchedSince": )" + std::to_string(t0 + 30) +
+                                                R"(, "livePods": ["pod-uid-edge-2"]})")
+                  .ok());
+  clock_.AdvanceMs(31000);
+  Status ended = ask("edge-1");
+  EXPECT_EQ(ended.code(), StatusCode::kPermissionDenied) << ended.ToString();
+  EXPECT_NE(ended.message().find("before the operator began watching"), std::string::npos)
+      << ended.ToString();
+  EXPECT_EQ(metrics_.sessions_ended("pod_gone"), 1);
+  Status rejoin = Join("edge-1", stolen);
+  EXPECT_EQ(rejoin.code(), StatusCode::kPermissionDenied) << rejoin.ToString();
+  EXPECT_TRUE(ask("edge-2").ok()) << "live when the operator listed: untouched";
+  EXPECT_TRUE(Join("edge-2", key.Sign(testing::PodTokenClaims(t0 + 1, "edge-2"))).ok());
+
+  // The node's new pod, made after the operator began watching, joins.
+  nlohmann::json fresh = testing::PodTokenClaims(t0 + 31, "edge-1");
+  fresh["kubernetes.io"]["pod"]["uid"] = "pod-uid-edge-1-second";
+  ASSERT_TRUE(Join("edge-1", key.Sign(fresh)).ok());
+  EXPECT_TRUE(ask("edge-1").ok());
 }
 
 TEST_F(ProtocolHandlerTest, JoinRefusesMalformedTrainableLayouts) {

@@ -16,17 +16,44 @@ std::string Entry(const std::string& uid, int64_t until) {
 }
 
 TEST(RevokedPodsTest, ParsesTheUidsNotYetPastTheirUntil) {
-  auto uids = ParseRevokedPods(R"({"pods": [)" + Entry("a", 100) + "," + Entry("b", 50) + "]}", 60);
-  ASSERT_TRUE(uids.ok()) << uids.status().ToString();
-  EXPECT_EQ(*uids, (std::set<std::string>{"a"}));
-  EXPECT_TRUE(ParseRevokedPods(R"({"pods": []})", 0)->empty());
+  auto list = ParseRevokedPods(R"({"pods": [)" + Entry("a", 100) + "," + Entry("b", 50) + "]}", 60);
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  EXPECT_EQ(list->uids, (std::set<std::string>{"a"}));
+  EXPECT_EQ(list->watched_since_unix_s, 0);
+  EXPECT_TRUE(ParseRevokedPods(R"({"pods": []})", 0)->uids.empty());
+}
+
+// The attack: a node's token is copied off it, and its pod is deleted while no operator
+// runs. The operator that starts later never saw that pod, so no `pods` entry names it;
+// watchedSince and livePods still refuse it.
+TEST(RevokedPodsTest, ATokenFromBeforeTheOperatorWatchedIsRefusedUnlessItsPodWasLiveThen) {
+  auto list = ParseRevokedPods(
+      R"({"pods": [)" + Entry("deleted-seen", 900) + R"(], "watchedSince": 500, "livePods": ["live"]})", 600);
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  EXPECT_EQ(list->watched_since_unix_s, 500);
+  EXPECT_TRUE(list->Refuses("gone-unseen", 400)) << "issued before the watch, its pod not live then";
+  EXPECT_TRUE(list->Refuses("gone-unseen", 499));
+  EXPECT_FALSE(list->Refuses("live", 400)) << "its pod was live when the operator listed";
+  EXPECT_FALSE(list->Refuses("made-later", 500)) << "a pod made after the watch began";
+  EXPECT_FALSE(list->Refuses("made-later", 550));
+  EXPECT_TRUE(list->Refuses("deleted-seen", 550)) << "listed: refused whatever its iat";
+  EXPECT_FALSE(list->Refuses("gone-unseen", 0)) << "no iat: judged by the list alone";
+  // Without watchedSince nothing is refused by its iat.
+  auto plain = ParseRevokedPods(R"({"pods": []})", 600);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->Refuses("gone-unseen", 400));
 }
 
 TEST(RevokedPodsTest, RefusesMalformedOrOversizedLists) {
   for (const std::string bad :
        {"", "[]", "{", R"({"pods": {}})", R"({"pods": [1]})", R"({"pods": [{"until": 5}]})",
         R"({"pods": [{"uid": "", "until": 5}]})", R"({"pods": [{"uid": "a"}]})",
-        R"({"pods": [{"uid": "a", "until": "5"}]})", R"({"pods": [{"uid": "a", "until": 5.5}]})"}) {
+        R"({"pods": [{"uid": "a", "until": "5"}]})", R"({"pods": [{"uid": "a", "until": 5.5}]})",
+        R"({"pods": [], "watchedSince": 5})", R"({"pods": [], "watchedSince": 0, "livePods": []})",
+        R"({"pods": [], "watchedSince": "5", "livePods": []})",
+        R"({"pods": [], "watchedSince": 5, "livePods": {}})",
+        R"({"pods": [], "watchedSince": 5, "livePods": [""]})",
+        R"({"pods": [], "watchedSince": 5, "livePods": [7]})"}) {
     auto r = ParseRevokedPods(bad, 0);
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
   }
@@ -34,6 +61,11 @@ TEST(RevokedPodsTest, RefusesMalformedOrOversizedLists) {
   for (size_t i = 0; i <= kMaxRevokedPods; ++i) many += (i ? "," : "") + Entry("u" + std::to_string(i), 9);
   many += "]}";
   EXPECT_NE(ParseRevokedPods(many, 0).status().message().find("entries"), std::string::npos);
+  std::string live = R"({"pods": [], "watchedSince": 5, "livePods": [)";
+  for (size_t i = 0; i <= kMaxLivePods; ++i)
+    live += std::string(i ? "," : "") + "\"u" + std::to_string(i) + "\"";
+  live += "]}";
+  EXPECT_NE(ParseRevokedPods(live, 0).status().message().find("livePods"), std::string::npos);
   EXPECT_NE(ParseRevokedPods(std::string(kMaxRevokedPodsBytes + 1, ' '), 0).status().message().find("bytes"),
             std::string::npos);
 }
@@ -67,30 +99,30 @@ TEST(RevokedPodsTest, FollowsTheMountedFileAndKeepsTheListWhenAChangeIsBroken) {
   auto r = RevokedPods::Open(cm.path(), &clock);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   RevokedPods& revoked = **r;
-  EXPECT_FALSE(revoked.Revoked("a"));
+  EXPECT_FALSE(revoked.Revoked("a", 0));
 
   cm.Publish(R"({"pods": [)" + Entry("a", now + 10) + "]}");
-  EXPECT_FALSE(revoked.Revoked("a"));  // not looked at within the second
+  EXPECT_FALSE(revoked.Revoked("a", 0));  // not looked at within the second
   clock.AdvanceMs(1000);
-  EXPECT_TRUE(revoked.Revoked("a"));
+  EXPECT_TRUE(revoked.Revoked("a", 0));
   EXPECT_EQ(revoked.reloads(), 1);
 
   cm.Publish(R"({"pods": [)" + Entry("a", now + 10) + "," + Entry("b", now + 20) + "]}");
   EXPECT_TRUE(revoked.Refresh());
-  EXPECT_TRUE(revoked.Revoked("b"));
+  EXPECT_TRUE(revoked.Revoked("b", 0));
   EXPECT_EQ(revoked.size(), 2u);
 
   cm.Publish("{\"pods\": [trunc");  // broken: both stay refused
   EXPECT_FALSE(revoked.Refresh());
-  EXPECT_TRUE(revoked.Revoked("a"));
-  EXPECT_TRUE(revoked.Revoked("b"));
+  EXPECT_TRUE(revoked.Revoked("a", 0));
+  EXPECT_TRUE(revoked.Revoked("b", 0));
 
   // Entries lapse at their `until` without a rewrite.
   clock.AdvanceMs(11'000);
-  EXPECT_FALSE(revoked.Revoked("a"));
-  EXPECT_TRUE(revoked.Revoked("b"));
+  EXPECT_FALSE(revoked.Revoked("a", 0));
+  EXPECT_TRUE(revoked.Revoked("b", 0));
   clock.AdvanceMs(10'000);
-  EXPECT_FALSE(revoked.Revoked("b"));
+  EXPECT_FALSE(revoked.Revoked("b", 0));
 }
 
 TEST(RevokedPodsTest, AnInvalidFileAtStartIsAnError) {

@@ -51,11 +51,19 @@ struct Recorder {
 TEST(InformerTest, ListsThenWatchesIntoTheCache) {
   FakeKubeClient client;
   ASSERT_TRUE(client.Create(res::kPods, "ml", Pod("a")).ok());
-  Informer inf(&client, res::kPods, InMl(/*page_size=*/1));
+  FakeClock clock;  // no failure here, so no backoff waits on it
+  clock.SetWallNow(1'800'000'000);
+  InformerOptions opts = InMl(/*page_size=*/1);
+  opts.clock = &clock;
+  Informer inf(&client, res::kPods, opts);
   Recorder rec;
   inf.AddHandlers(rec.Handlers());
+  EXPECT_EQ(inf.synced_at(), 0);
   inf.Start();
   ASSERT_TRUE(inf.WaitForSync(seconds(5)));
+  // When the first list was in: what the reconciler's revoked-pods.json calls watchedSince.
+  EXPECT_EQ(inf.synced_at(), 1'800'000'000);
+  clock.SetWallNow(1'800'000'100);
   EXPECT_TRUE(rec.WaitFor("add ml/a"));
   ASSERT_TRUE(client.Create(res::kPods, "ml", Pod("b")).ok());
   EXPECT_TRUE(rec.WaitFor("add ml/b"));
@@ -67,6 +75,7 @@ TEST(InformerTest, ListsThenWatchesIntoTheCache) {
   ASSERT_NE(inf.Get("ml/a"), nullptr);
   EXPECT_EQ((*inf.Get("ml/a"))["metadata"]["labels"]["v"], "2");
   EXPECT_EQ(inf.ListByLabel("app", "x").size(), 1u);
+  EXPECT_EQ(inf.synced_at(), 1'800'000'000) << "the first list's, not moved by the watch";
   inf.Stop();
 }
 

@@ -824,6 +824,58 @@ TEST(RevokedAgentPodsTest, KeepsTheLatestEntriesWithinTheLimitAndIgnoresWhatItCa
   EXPECT_EQ(RevokedAgentPods(doc.dump(), pods, now, 3600), doc.dump()) << "stable";
 }
 
+// A pod deleted while no operator ran is in no entry: nothing saw it go. The pods live
+// when this operator's cache first listed them are written with that time, and the
+// aggregator refuses a token issued before it to any other pod (revoked_pods.h).
+TEST(RevokedAgentPodsTest, WritesThePodsLiveWhenTheWatchBeganAndOnlyThose) {
+  const std::time_t since = 1'800'000'000;
+  auto pod = [](const std::string& uid, std::time_t created, const std::string& phase = "Running") {
+    Json meta = {{"name", "wn-agent-" + uid}, {"uid", uid}, {"labels", {{kLabelRole, "agent"}}}};
+    if (created) meta["creationTimestamp"] = FormatTime(created);
+    return std::make_shared<const Json>(Json{{"metadata", meta}, {"status", {{"phase", phase}}}});
+  };
+  Json deleting = *pod("deleting", since - 100);
+  deleting["metadata"]["deletionTimestamp"] = FormatTime(since + 5);
+  Json aggregator = *pod("agg", since - 100);
+  aggregator["metadata"]["labels"][kLabelRole] = "aggregator";
+  const std::vector<ObjectPtr> pods = {pod("before", since - 100),
+                                       pod("at", since),
+                                       pod("no-time", 0),
+                                       pod("pending", since - 50, "Pending"),
+                                       pod("after", since + 1),
+                                       pod("failed", since - 100, "Failed"),
+                                       std::make_shared<const Json>(deleting),
+                                       std::make_shared<const Json>(aggregator)};
+  const Json doc = Json::parse(RevokedAgentPods("", pods, since + 10, 3600, since));
+  EXPECT_EQ(doc["watchedSince"], static_cast<int64_t>(since));
+  EXPECT_EQ(doc["livePods"], Json::array({"before", "no-time", "pending"}))
+      << "live and made before; a pod made in that second or later has only tokens the aggregator does "
+         "not judge by livePods";
+  std::set<std::string> listed;
+  for (const auto& e : doc["pods"]) listed.insert(e["uid"]);
+  EXPECT_EQ(listed, (std::set<std::string>{"deleting", "failed"})) << "these are refused by their entries";
+  // Steady: the same pods and time write the same text; a later pass after "before" went
+  // moves it from livePods to the entries.
+  EXPECT_EQ(RevokedAgentPods(doc.dump(), pods, since + 20, 3600, since), doc.dump());
+  std::vector<ObjectPtr> later = pods;
+  Json gone = *pods[0];
+  gone["metadata"]["deletionTimestamp"] = FormatTime(since + 30);
+  later[0] = std::make_shared<const Json>(gone);
+  const Json next = Json::parse(RevokedAgentPods(doc.dump(), later, since + 30, 3600, since));
+  EXPECT_EQ(next["livePods"], Json::array({"no-time", "pending"}));
+  EXPECT_EQ(next["pods"].size(), 3u);
+  // No known watch (a cache that remembers nothing): neither field, or those written.
+  EXPECT_FALSE(Json::parse(RevokedAgentPods("", pods, since + 10, 3600)).contains("watchedSince"));
+  EXPECT_EQ(RevokedAgentPods(doc.dump(), pods, since + 20, 3600), doc.dump());
+  // More live pods than the aggregator accepts: left out, never truncated (a live pod
+  // missing from livePods would be refused).
+  std::vector<ObjectPtr> many;
+  for (size_t i = 0; i <= kMaxLiveAgentPods; ++i) many.push_back(pod("u" + std::to_string(i), since - 1));
+  const Json big = Json::parse(RevokedAgentPods("", many, since + 10, 3600, since));
+  EXPECT_FALSE(big.contains("watchedSince"));
+  EXPECT_FALSE(big.contains("livePods"));
+}
+
 TEST_F(AgentCredentialsTest, AnAgentSecretOfAnOlderOperatorIsDeleted) {
   CreateJob();
   Reconcile();

@@ -10,6 +10,11 @@ ObjectPtr InformerCache::Get(const Resource& r, const std::string& ns, const std
   return it->second->Get(r.namespaced && !ns.empty() ? ns + "/" + name : name);
 }
 
+std::time_t InformerCache::PodsWatchedSince() const {
+  auto it = informers_.find(res::kPods.plural);
+  return it == informers_.end() ? 0 : it->second->synced_at();
+}
+
 std::vector<ObjectPtr> InformerCache::List(const Resource& r, const std::string& ns,
                                            const std::string& label_key, const std::string& label_value) {
   auto it = informers_.find(r.plural);

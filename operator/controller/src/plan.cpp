@@ -296,7 +296,8 @@ struct Planner {
       }
       std::vector<ObjectPtr> agents = o.pods;
       agents.insert(agents.end(), o.gone_agent_pods.begin(), o.gone_agent_pods.end());
-      revoked_ = RevokedAgentPods(now_listed, agents, o.now, opts.desired.agent_session_grace_s);
+      revoked_ = RevokedAgentPods(now_listed, agents, o.now, opts.desired.agent_session_grace_s,
+                                  o.pods_watched_since);
     }
     return *revoked_;
   }
@@ -1728,7 +1729,7 @@ std::string ServingCertStale(const Credentials& creds, std::time_t now, std::tim
 }
 
 std::string RevokedAgentPods(const std::string& current, const std::vector<ObjectPtr>& pods, std::time_t now,
-                             int64_t session_grace_s) {
+                             int64_t session_grace_s, std::time_t watched_since) {
   std::map<std::string, Json> by_uid;
   Json doc = Json::parse(current, nullptr, /*allow_exceptions=*/false);
   if (doc.is_object() && doc.value("pods", Json()).is_array()) {
@@ -1773,7 +1774,33 @@ std::string RevokedAgentPods(const std::string& current, const std::vector<Objec
       return a["uid"].get<std::string>() < b["uid"].get<std::string>();
     });
   }
-  return Json{{"pods", entries}}.dump();
+  Json doc_out = {{"pods", entries}};
+  if (watched_since <= 0 && doc.is_object() && doc.value("watchedSince", Json()).is_number_integer() &&
+      doc.value("livePods", Json()).is_array()) {
+    // A pass that knows no watch (ClientCache) keeps what an operator that did wrote.
+    doc_out["watchedSince"] = doc["watchedSince"];
+    doc_out["livePods"] = doc["livePods"];
+  } else if (watched_since > 0) {
+    std::set<std::string> live;
+    for (const auto& p : pods) {
+      const Json& meta = (*p)["metadata"];
+      if (meta.value("labels", Json::object()).value(kLabelRole, "") != "agent") continue;
+      const std::string uid = meta.value("uid", "");
+      if (uid.empty() || meta.contains("deletionTimestamp") || by_uid.count(uid)) continue;
+      const PodPhase phase = PodPhaseOf(*p);
+      if (phase == PodPhase::kSucceeded || phase == PodPhase::kFailed) continue;
+      // Made in the second the watch began or later: its tokens are all issued then or
+      // later, which the aggregator does not judge by livePods (iat < watchedSince).
+      auto created = ParseTime(meta.value("creationTimestamp", ""));
+      if (created && *created >= watched_since) continue;
+      live.insert(uid);
+    }
+    if (live.size() <= kMaxLiveAgentPods) {
+      doc_out["watchedSince"] = static_cast<int64_t>(watched_since);
+      doc_out["livePods"] = live;
+    }
+  }
+  return doc_out.dump();
 }
 
 Plan PlanReconcile(const Observed& observed, const PlanOptions& options) {

@@ -145,6 +145,7 @@ std::optional<Observed> JobReconciler::Observe(const std::string& ns, const std:
   o.now = opts_.clock->WallNow();
   o.nodes = cache_->List(res::kNodes, "");
   o.pods = cache_->List(res::kPods, ns, kLabelJob, name);
+  o.pods_watched_since = cache_->PodsWatchedSince();
   {
     std::lock_guard<std::mutex> lock(gone_mu_);
     if (auto it = gone_agent_pods_.find(ns + "/" + name); it != gone_agent_pods_.end()) {

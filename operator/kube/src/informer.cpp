@@ -111,6 +111,7 @@ Status Informer::ListAndReplace() {
         h.on_update(o, n);
     }
   }
+  if (!synced_.load()) synced_at_.store(opts_.clock->WallNow());  // before HasSynced says so
   if (!synced_.exchange(true)) {
     std::lock_guard<std::mutex> l(mu_);
     cv_.notify_all();

@@ -225,6 +225,7 @@ class ProtocolHandler {
     std::string token;  // the newest token presented (compared, never logged)
     std::string pod_uid;
     int64_t expires_unix_s = 0;
+    int64_t issued_unix_s = 0;  // the iat of the token the session began with (RevokedPods)
   };
   std::mutex credentials_mu_;
   std::map<std::string, SessionCredential> credentials_;  // by agent id; guarded by credentials_mu_

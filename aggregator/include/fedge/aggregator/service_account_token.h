@@ -63,6 +63,7 @@ struct ServiceAccountClaims {
   std::string pod_uid;
   std::string node_name;
   int64_t expires_unix_s = 0;
+  int64_t issued_unix_s = 0;  // iat; 0 when the token has none
 };
 
 // A parsed JWKS: the public keys tokens may be signed with. Immutable; share it

@@ -35,6 +35,7 @@ class InformerCache : public ObjectCache {
   ObjectPtr Get(const Resource& r, const std::string& ns, const std::string& name) override;
   std::vector<ObjectPtr> List(const Resource& r, const std::string& ns, const std::string& label_key,
                               const std::string& label_value) override;
+  std::time_t PodsWatchedSince() const override;
 
  private:
   std::map<std::string, Informer*> informers_;  // immutable after construction

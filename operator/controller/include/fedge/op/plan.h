@@ -74,9 +74,16 @@ bool PodReady(const Json& pod);
 // + `session_grace_s` + a minute. An entry once written keeps its `until`, so a steady
 // state writes nothing. Sorted by uid; at most kMaxRevokedAgentPods, the latest `until`s
 // kept (the aggregator refuses a longer list).
+// With `watched_since` (ObjectCache::PodsWatchedSince; 0: unknown) it also writes
+// "watchedSince" and "livePods": the agent pods in `pods` made before that second (or of
+// no known creation time) and neither being deleted nor ended. The aggregator refuses a token
+// issued before watchedSince to any other pod: one deleted while no operator ran, which
+// no entry names. Only a new watchedSince (an operator start) or a listed pod going
+// changes them. Left out with more than kMaxLiveAgentPods such pods.
 inline constexpr size_t kMaxRevokedAgentPods = 4096;
+inline constexpr size_t kMaxLiveAgentPods = 8192;  // aggregator's kMaxLivePods
 std::string RevokedAgentPods(const std::string& current, const std::vector<ObjectPtr>& pods, std::time_t now,
-                             int64_t session_grace_s);
+                             int64_t session_grace_s, std::time_t watched_since = 0);
 
 // What one pass sees: the job and its children, copied (by pointer) out of the cache.
 struct Observed {
@@ -88,6 +95,8 @@ struct Observed {
   // The job's agent pods the cache dropped lately (JobReconciler::Gone), each with a
   // deletionTimestamp: for RevokedAgentPods only; no other decision sees them.
   std::vector<ObjectPtr> gone_agent_pods;
+  // ObjectCache::PodsWatchedSince: for RevokedAgentPods.
+  std::time_t pods_watched_since = 0;
   // The job's other children by (plural, name): objects in its namespace labelled with the
   // job, its node PersistentVolumes, and a checkpoint claim named by the spec.
   std::map<std::pair<std::string, std::string>, ObjectPtr> children;

@@ -46,6 +46,9 @@ class ObjectCache {
                                       const std::string& label_value = "") = 0;
   // True when every read is live (never behind the reconciler's own writes).
   virtual bool Live() const { return false; }
+  // The wall time from which every pod that went was seen going (Informer::synced_at of the
+  // pods), 0 when no such time is known (a cache that remembers nothing).
+  virtual std::time_t PodsWatchedSince() const { return 0; }
 };
 
 // Reads straight from the API on every call (no watch): for tests and the benchmark's

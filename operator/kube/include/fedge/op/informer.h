@@ -59,6 +59,10 @@ class Informer {
   void Stop();
   // True once the first list has been delivered to the cache and handlers.
   bool HasSynced() const { return synced_.load(); }
+  // The wall time (opts.clock) just after the first list returned, 0 before: every object
+  // that went after it reaches on_delete (by the watch, or by a re-list's difference), and
+  // one that went before it never does.
+  std::time_t synced_at() const { return synced_at_.load(); }
   bool WaitForSync(std::chrono::milliseconds timeout);
 
   ObjectPtr Get(const std::string& key) const;
@@ -86,6 +90,7 @@ class Informer {
   std::map<std::string, ObjectPtr> store_;  // guarded by mu_
   std::string last_rv_;                     // watch thread only
   std::atomic<bool> synced_{false};
+  std::atomic<std::time_t> synced_at_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> watch_restarts_{0};
   std::atomic<int64_t> relists_{0};
