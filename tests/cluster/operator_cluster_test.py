@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -1229,6 +1230,65 @@ class OperatorClusterTest(unittest.TestCase):
         self.delete_job("revoke")
         for node, d in states.items():
             self.assertFalse(os.path.lexists(d), f"the job's state is left on {node}: {d}")
+
+    def test_an_agent_pod_deleted_while_no_operator_ran_is_refused_by_its_tokens_age(self):
+        """A pod deleted while no operator runs is in no revoked-pods entry: nothing saw it go,
+        and the aggregator verifies tokens offline. The operator that starts next writes when
+        its pod cache listed (watchedSince) and which agent pods were live then (livePods);
+        the aggregator refuses a token issued before watchedSince to any other pod
+        (aggregator revoked_pods.h). Here a token bound to the pod is taken, the pod deleted
+        with no operator running, and the new operator's list must leave that pod out while
+        the token predates the watch."""
+        self.assertEqual(self.apply(job_manifest("unseen", runPolicy={"backoffLimit": 1000})).returncode, 0)
+        wait_for(lambda: self.trust("unseen"), 60, "the trust ConfigMap")
+
+        def agents():
+            got = self.get_json("pod", "-l", "fedge.io/job=unseen,fedge.io/role=agent") or {"items": []}
+            return {p["metadata"]["name"]: p for p in got["items"]}
+        wait_for(lambda: len(agents()) == len(NODES), 60, "an agent pod per node")
+        for p in self.operators:  # a standby would watch the pod go: none runs from here
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.operators:
+            p.wait(30)
+        # Agents fail here (no model) and the operator makes them again, so one may have
+        # been between the two when the operator stopped: take one that is there.
+        name, victim = wait_for(lambda: next(iter(sorted(agents().items())), None), 30, "an agent pod")
+        token = self.kubectl("create", "token", "unseen-agent", "--audience", "fedge.io/default/unseen",
+                             "--bound-object-kind", "Pod", "--bound-object-name", name,
+                             "--duration", "600s").stdout.strip()
+        claims = self.jwt_claims(token)
+        uid = victim["metadata"]["uid"]
+        self.assertEqual(claims["kubernetes.io"]["pod"]["uid"], uid)
+        self.kubectl("delete", "pod", name, "--wait=false")
+        wait_for(lambda: name not in agents(), 60, f"{name} gone")
+        before = {p["metadata"]["uid"] for p in agents().values()}  # none is made while no operator runs
+        time.sleep(1)  # the watch begins a second after the token was issued at the latest
+        started = int(time.time())
+        self.__class__.operator = self.start_operator()
+
+        def written():
+            doc = json.loads(self.trust("unseen")["revoked-pods.json"])
+            return doc if doc.get("watchedSince", 0) >= started else None
+        doc = wait_for(written, 60, "the new operator's watchedSince in revoked-pods.json")
+        print(f"\nunseen: watchedSince {doc['watchedSince']} written {time.time() - started:.1f} s after the "
+              f"operator was started; the deleted pod's token iat {claims['iat']}; livePods {len(doc['livePods'])} "
+              f"of {len(before)} agent pods left; {len(doc['pods'])} entries", file=sys.stderr)
+        self.assertLessEqual(doc["watchedSince"], time.time())
+        self.assertLess(claims["iat"], doc["watchedSince"], "the token predates the new operator's watch")
+        self.assertNotIn(uid, doc["livePods"], "the deleted pod was not live when the new operator listed")
+        self.assertNotIn(uid, {e["uid"] for e in doc["pods"]}, "no operator saw it go: no entry names it")
+        self.assertLessEqual(set(doc["livePods"]), before,
+                             "only pods live when it listed (and made before that second) are in livePods")
+
+        # The aggregator pod's annotation follows the list, so that its kubelet refreshes
+        # the mounted copy at once.
+        def annotated():
+            want = hashlib.sha256(self.trust("unseen")["revoked-pods.json"].encode()).hexdigest()[:16]
+            pod = self.get_json("pod", "unseen-aggregator") or {}
+            return pod.get("metadata", {}).get("annotations", {}).get("fedge.io/revoked-pods") == want
+        wait_for(annotated, 30, "the aggregator pod annotated with the list's hash")
+        self.delete_job("unseen")
 
     def test_a_spec_change_replaces_the_pods_made_from_the_old_template(self):
         """Each pod carries fedge.io/pod-template-hash; a spec change that changes the

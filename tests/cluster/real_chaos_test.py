@@ -39,6 +39,7 @@ same, with every pod, claim and volume of the job.
 Exit status 77 (SKIPPED) like real_e2e_test.py. Run: ctest -R integration_real_chaos
 --output-on-failure, or python3 real_chaos_test.py -v [RealChaosTest.test_3_...].
 """
+import base64
 import json
 import os
 import re
@@ -196,17 +197,19 @@ class RealChaosTest(unittest.TestCase):
         self.assertEqual(out.count("."), 2, "a JWT read off the node")
         return out
 
-    def stolen_token_is_refused(self, job, node, pod_uid, token, t0):
+    def stolen_token_is_refused(self, job, node, pod_uid, token, t0, listed=None):
         """The killed pod's token, copied off its node, after the operator revoked the pod:
-        seconds until the trust ConfigMap and then the aggregator's mounted copy listed it,
-        and a real fedge-agent run on the node with the copy must be refused at Join."""
-        def listed(text):
-            return text and pod_uid in {e["uid"] for e in json.loads(text)["pods"]}
+        seconds until the trust ConfigMap and then the aggregator's mounted copy listed it
+        (`listed(text)`; by default an entry names the pod), and a real fedge-agent run on
+        the node with the copy must be refused at Join."""
+        if listed is None:
+            def listed(text):
+                return text and pod_uid in {e["uid"] for e in json.loads(text)["pods"]}
 
         def in_configmap():
             cm = kubectl_json("-n", NS, "get", "configmap", f"{job}-trust")
             return listed(cm["data"].get("revoked-pods.json"))
-        wait_for(in_configmap, 60, "the killed agent pod in revoked-pods.json", interval=0.5)
+        wait_for(in_configmap, 120, "the killed agent pod in revoked-pods.json", interval=0.5)
         t_cm = time.time() - t0
         agg = kubectl_json("-n", NS, "get", "pod", f"{job}-aggregator")
         mounted = os.path.join(rc.CLUSTER_DIR, "nodes", agg["spec"]["nodeName"], "kubelet", "pods",
@@ -230,7 +233,9 @@ class RealChaosTest(unittest.TestCase):
         for name, text in (("job.yaml", cfg), ("token", token), ("ca.crt", trust.get("ca.crt", ""))):
             with open(os.path.join(d, name), "w") as f:
                 f.write(text)
-        cmd = kubectl_json("-n", NS, "get", "pod", f"{job}-agent-{node}")["spec"]["containers"][0]["command"]
+        agent = wait_for(lambda: kubectl("-n", NS, "get", "pod", f"{job}-agent-{node}", "-o", "json", check=False,
+                                         quiet=True).stdout, 120, f"the agent pod of {node} made again")
+        cmd = json.loads(agent)["spec"]["containers"][0]["command"]
         arg = {cmd[i]: cmd[i + 1] for i in range(1, len(cmd) - 1) if cmd[i].startswith("--")}
         tls = ["--tls-ca", f"{d}/ca.crt", "--tls-server-name", arg["--tls-server-name"]] if "--tls-ca" in arg else []
         before = self.agg_metric(job, "fedge_aggregator_joins_refused_total", {"reason": "pod_gone"})
@@ -496,7 +501,10 @@ class RealChaosTest(unittest.TestCase):
         """An attacker on a node reads its agent's projected token off the kubelet's volume;
         then the agent pod is deleted (replaced, or its node left the selector). By its
         signature the copy stays valid for up to 10 minutes, but the operator revokes the
-        pod and a real fedge-agent run on the node with the copy is refused at Join."""
+        pod and a real fedge-agent run on the node with the copy is refused at Join. Then
+        the same on another node with the operator scaled to 0 while the pod is deleted:
+        nothing sees it go, and the operator started next refuses it by the token's age
+        (revoked-pods.json's watchedSince and livePods)."""
         job, node = "chaos-token", rc.NODES[0]
         rc.clear_agent_state(NS, job)
         kubectl("-n", NS, "apply", "-f", "-", input=rc.job_manifest(job, total=60))
@@ -512,6 +520,41 @@ class RealChaosTest(unittest.TestCase):
             self.assertEqual(st["state"], "Running", "the job goes on")
             ROWS.append({"fault": "agent pod deleted, its token copied off the node", "did": did, "lost": "-",
                          "back": "-", "next": "-", "job": f"Running, {st.get('roundsCompleted')}/60 rounds"})
+
+            # The same while no operator runs: nothing sees the pod go, so no entry names it.
+            # The operator that starts next writes when its informer listed (watchedSince)
+            # and the agent pods live then (livePods); the copy, issued before, is refused.
+            node = rc.NODES[1]
+            pod = kubectl_json("-n", NS, "get", "pod", f"{job}-agent-{node}")
+            old_uid = pod["metadata"]["uid"]
+            stolen = self.read_pod_token(node, old_uid)
+            selector = f"app.kubernetes.io/instance={rc.RELEASE},app.kubernetes.io/component=operator"
+            deployments = kubectl_json("-n", rc.RELEASE_NS, "get", "deployments", "-l", selector)["items"]
+            self.assertEqual(len(deployments), 1, "the chart's operator Deployment")
+            name, replicas = deployments[0]["metadata"]["name"], deployments[0]["spec"]["replicas"]
+            kubectl("-n", rc.RELEASE_NS, "scale", "deployment", name, "--replicas=0")
+            try:
+                wait_for(lambda: not rc.operator_pods(), 120, "no operator pod left", interval=0.5)
+                t0 = time.time()
+                kubectl("-n", NS, "delete", "pod", f"{job}-agent-{node}", "--wait=true", "--timeout=120s",
+                        timeout=150)
+                time.sleep(1)  # the next watch begins at least a second after the token was issued
+                started = int(time.time())
+            finally:
+                kubectl("-n", rc.RELEASE_NS, "scale", "deployment", name, f"--replicas={replicas}")
+            issued = json.loads(base64.urlsafe_b64decode(stolen.split(".")[1] + "==="))["iat"]
+            self.assertLess(issued, started)
+
+            def unseen(text):
+                doc = json.loads(text) if text else {}
+                return doc.get("watchedSince", 0) >= started and old_uid not in doc.get("livePods", [old_uid]) \
+                    and old_uid not in {e["uid"] for e in doc.get("pods", [])}
+            did = self.stolen_token_is_refused(job, node, old_uid, stolen, t0, listed=unseen)
+            st = kubectl_json("-n", NS, "get", "ftj", job)["status"]
+            self.assertEqual(st["state"], "Running", "the job goes on")
+            ROWS.append({"fault": "agent pod deleted while no operator ran, its token copied off the node",
+                         "did": did, "lost": "-", "back": "-", "next": "-",
+                         "job": f"Running, {st.get('roundsCompleted')}/60 rounds"})
         finally:
             kubectl("-n", NS, "delete", "ftj", job, "--wait=true", "--timeout=180s", timeout=240, check=False)
             rc.clear_agent_state(NS, job)
