@@ -25,6 +25,18 @@ Outputs (tests/golden/llm/):
   llm_goldens.json            per model: input_ids [B, T], logits [B, T, V], labels
                               (prompt positions -100), loss, greedy generation ids.
 
+  --only rope (merged into llm_goldens.json, the other entries left as they are):
+  tiny_llama32/               a tiny Llama with Llama 3.1/3.2's rope_scaling (rope_type
+                              llama3) whose thresholds fall inside its frequencies, and
+                              its inv_freq as transformers computes it.
+
+  --only nfc:
+  tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
+  nfc_ids.json                {"cases": [{"text", "ids"}]} encoded by `tokenizers`
+  nfc_conformance.json        [[source, NFC, NFD], ...]: Unicode's NormalizationTest.txt
+                              (Debian's unicode-data, /usr/share/unicode) columns 1-3,
+                              the lines whose code points Python's unicodedata knows
+
 The tokenizers are trained here on WordNet glosses (Debian's wordnet-base), so the
 files are small and reproducible from the corpus the project uses anyway.
 """
@@ -158,6 +170,21 @@ def tolist(t):
     return [float(f"{x:.9g}") for x in t.reshape(-1).tolist()]
 
 
+def greedy_golden(model, tok, prompt, p_ids, name):
+    """16 greedy tokens after p_ids as transformers' generate() picks them."""
+    import torch
+    with torch.no_grad():
+        g = model.generate(torch.tensor([p_ids]), do_sample=False, max_new_tokens=16,
+                           min_new_tokens=16, eos_token_id=None, pad_token_id=0,
+                           return_dict_in_generate=True, output_scores=True)
+    new_ids = g.sequences[0, len(p_ids):].tolist()
+    # Greedy ids are only a fair golden when the top two logits are far apart.
+    margin = min(float((s[0].topk(2).values[0] - s[0].topk(2).values[1])) for s in g.scores)
+    assert margin > 1e-3, (name, prompt, margin)
+    return {"prompt": prompt, "prompt_ids": p_ids, "ids": new_ids, "min_margin": margin,
+            "text": tok.decode(new_ids)}
+
+
 def make_models(lines):
     import shutil
 
@@ -205,19 +232,8 @@ def make_models(lines):
         with torch.no_grad():
             out = model(input_ids=input_ids, labels=labels)
         # The expected loss as fedge computes it (mean over unmasked next-token targets).
-        gen = []
-        for prompt in ["cat:", "bank: a"]:
-            p_ids = tok.encode(prompt).ids
-            with torch.no_grad():
-                g = model.generate(torch.tensor([p_ids]), do_sample=False, max_new_tokens=16,
-                                   min_new_tokens=16, eos_token_id=None, pad_token_id=0,
-                                   return_dict_in_generate=True, output_scores=True)
-            new_ids = g.sequences[0, len(p_ids):].tolist()
-            # Greedy ids are only a fair golden when the top two logits are far apart.
-            margin = min(float((s[0].topk(2).values[0] - s[0].topk(2).values[1])) for s in g.scores)
-            assert margin > 1e-3, (name, prompt, margin)
-            gen.append({"prompt": prompt, "prompt_ids": p_ids, "ids": new_ids, "min_margin": margin,
-                        "text": tok.decode(new_ids)})
+        gen = [greedy_golden(model, tok, prompt, tok.encode(prompt).ids, name)
+               for prompt in ["cat:", "bank: a"]]
         goldens[name] = {
             "dir": f"llm/{name}",
             "input_ids": input_ids.tolist(),
@@ -231,9 +247,118 @@ def make_models(lines):
     return goldens
 
 
+NFC_CASES = [
+    "e\u0301", "cafe\u0301 re\u0301sume\u0301", "A\u030a \u212b \u00c5",  # Angstrom sign
+    "\u1100\u1161\u11a8 \u1100\u1161 \ud55c\uad6d\uc5b4",  # Hangul jamo -> syllables
+    "a\u0323\u0302 a\u0302\u0323", "\u1e0b\u0323 d\u0307\u0323",  # canonical order
+    "\u0958 \u0915\u093c", "\u2126 \u00c5", "\u0344 \u0308\u0301",  # exclusions
+    "o\u0308\u0304 \u022b", "\u1fc1 \u00a8\u0342", "e\u0301<|im_end|>\u0301",
+    "Cre\u0300me Bru\u0302le\u0301e", "n\u0303an\u0303a", "\u0041\u030a\u0301",
+    "\u0b47\u0b3e \u0b4b", "\u00e9\u0301 e\u0301\u0301", "\u0301 leading mark",
+]
+
+
+def make_nfc(lines):
+    import bz2
+    import unicodedata
+
+    from tokenizers import Tokenizer, normalizers
+    src = os.path.join(OUT, "tok_qwen2", "tokenizer.json")
+    tok = Tokenizer.from_file(src)
+    tok.normalizer = normalizers.NFC()
+    d = os.path.join(OUT, "tok_qwen2_nfc")
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    cases = [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids}
+             for t in NFC_CASES + HAND_CASES + lines[30000:30020]]
+    import tokenizers
+    with open(os.path.join(OUT, "nfc_ids.json"), "w") as f:
+        json.dump({"generator": f"tokenizers {tokenizers.__version__}", "cases": cases}, f,
+                  ensure_ascii=False, indent=0)
+
+    rows, dropped = [], 0
+    with bz2.open("/usr/share/unicode/NormalizationTest.txt.bz2", "rt", encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#")[0].strip()
+            if not line or line.startswith("@"):
+                continue
+            cols = ["".join(chr(int(x, 16)) for x in c.split()) for c in line.split(";")[:5]]
+            if any(unicodedata.category(ch) == "Cn" for c in cols for ch in c):
+                dropped += 1
+                continue
+            assert unicodedata.normalize("NFC", cols[0]) == cols[1], line
+            rows.append(cols[:3])
+    with open(os.path.join(OUT, "nfc_conformance.json"), "w") as f:
+        json.dump({"generator": f"NormalizationTest.txt (Debian unicode-data), lines whose code points "
+                                f"unicodedata {unicodedata.unidata_version} knows; {dropped} dropped",
+                   "rows": rows}, f, ensure_ascii=False, separators=(",", ":"))
+    print("nfc: cases", len(cases), "conformance rows", len(rows), "dropped", dropped)
+
+
+def make_rope_model():
+    """tiny_llama32: rope_type llama3 with the band edges among its 8 frequencies."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from tokenizers import Tokenizer
+
+    # theta 10000, head_dim 16: wavelengths 6.3, 19.9, 62.8, 199, ... With an original
+    # context of 64, low_freq_factor 1 and high_freq_factor 4, 6.3 is kept, 19.9 and
+    # 62.8 are interpolated and the rest divided by 8.
+    config = LlamaConfig(
+        vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        initializer_range=0.3, bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    torch.manual_seed(4321)
+    model = LlamaForCausalLM(config).eval()
+    d = os.path.join(OUT, "tiny_llama32")
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True)
+    shutil.copy(os.path.join(OUT, "tok_llama3", "tokenizer.json"), os.path.join(d, "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    # Long enough (48 tokens, positions past the table's interpolated band) that the
+    # low frequencies turn far enough to matter.
+    text = " ".join(wordnet_lines(40))
+    ids = tok.encode(text).ids[:48]
+    input_ids = torch.tensor([ids])
+    labels = input_ids.clone()
+    labels[:, :3] = -100
+    with torch.no_grad():
+        out = model(input_ids=input_ids, labels=labels)
+        plain_config = LlamaConfig(**{**config.to_dict(), "rope_scaling": None, "rope_parameters": {
+            "rope_type": "default", "rope_theta": 10000.0}})
+        assert plain_config.rope_parameters["rope_type"] == "default"
+        unscaled = LlamaForCausalLM(plain_config).eval()
+        unscaled.load_state_dict(model.state_dict(), strict=False)
+        plain = unscaled(input_ids=input_ids).logits
+    inv_freq = model.model.rotary_emb.inv_freq
+    # Greedy generation from a 40-token prompt, so the new tokens sit past the
+    # original context's band (positions 40..55).
+    p_ids = tok.encode(" ".join(wordnet_lines(60)[40:50])).ids[:40]
+    gen = [greedy_golden(model, tok, tok.decode(p_ids), p_ids, "tiny_llama32")]
+    import transformers
+    return {
+        "dir": "llm/tiny_llama32",
+        "generator": f"transformers {transformers.__version__}, torch {torch.__version__}",
+        "input_ids": input_ids.tolist(),
+        "labels": labels.tolist(),
+        "logits_shape": list(out.logits.shape),
+        "logits": tolist(out.logits),
+        "loss": float(out.loss),
+        "inv_freq": tolist(inv_freq),
+        "greedy": gen,
+        "max_abs_logit_change_from_scaling": float((out.logits - plain).abs().max()),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -243,6 +368,17 @@ def main():
                   "tokenizers": make_tokenizers(lines)}
         with open(os.path.join(OUT, "bpe_ids.json"), "w") as f:
             json.dump(result, f, ensure_ascii=False, indent=0)
+    if args.only == "nfc":
+        make_nfc(lines)
+    if args.only == "rope":
+        path = os.path.join(OUT, "llm_goldens.json")
+        with open(path) as f:
+            result = json.load(f)
+        result["models"]["tiny_llama32"] = make_rope_model()
+        print("tiny_llama32 scaling changes the logits by up to",
+              result["models"]["tiny_llama32"]["max_abs_logit_change_from_scaling"])
+        with open(path, "w") as f:
+            json.dump(result, f)
     if args.only in (None, "models"):
         import torch
         import transformers

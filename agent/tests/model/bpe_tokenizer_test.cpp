@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fedge/file_util.h"
+#include "tokenizer/unicode_normalize.h"
 
 namespace fedge::agent::llm {
 namespace {
@@ -66,6 +67,56 @@ TEST_P(BpeGoldenTest, DecodesArbitraryIdsLossilyLikeTokenizers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, BpeGoldenTest, ::testing::Values("gpt2", "qwen2", "llama3", "smollm2"));
+
+// Qwen2.5's tokenizer.json has {"normalizer": {"type": "NFC"}}: decomposed accents,
+// Hangul jamo, marks out of canonical order and composition exclusions encode as
+// `tokenizers` encodes them (tok_qwen2 with the normalizer set; nfc_ids.json).
+TEST(BpeTokenizerTest, NfcNormalizerEncodesLikeTokenizers) {
+  auto text = ReadFile(kGolden + "/llm/nfc_ids.json");
+  ASSERT_TRUE(text.ok());
+  nlohmann::json golden = nlohmann::json::parse(*text);
+  BpeTokenizer tok = LoadTokenizer("qwen2_nfc");
+  BpeTokenizer plain = LoadTokenizer("qwen2");
+  ASSERT_GE(golden["cases"].size(), 100u);
+  int differs_without_nfc = 0;
+  for (const auto& c : golden["cases"]) {
+    std::string t = c["text"];
+    std::vector<int32_t> want = c["ids"];
+    EXPECT_EQ(tok.Encode(t), want) << "text: \"" << t << "\"";
+    if (plain.Encode(t) != want) ++differs_without_nfc;
+  }
+  // The normalizer matters for these cases: without it they encode differently.
+  EXPECT_GE(differs_without_nfc, 15);
+}
+
+// Unicode's conformance file (NormalizationTest.txt, every line whose code points
+// the generating unicodedata knows): NFC(source) = NFC(NFC) = NFC(NFD) = NFC.
+TEST(NfcNormalizeTest, PassesUnicodesNormalizationTest) {
+  auto text = ReadFile(kGolden + "/llm/nfc_conformance.json");
+  ASSERT_TRUE(text.ok());
+  nlohmann::json golden = nlohmann::json::parse(*text);
+  ASSERT_GE(golden["rows"].size(), 18000u);
+  int failures = 0;
+  for (const auto& row : golden["rows"]) {
+    const std::string source = row[0], nfc = row[1], nfd = row[2];
+    for (const std::string& in : {source, nfc, nfd}) {
+      std::string got = NfcNormalize(in);
+      if (got != nfc && ++failures <= 10)
+        ADD_FAILURE() << "NFC of " << nlohmann::json(in).dump() << " is " << nlohmann::json(got).dump()
+                      << ", want " << nlohmann::json(nfc).dump();
+    }
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+TEST(NfcNormalizeTest, InvalidUtf8PassesThroughAndBlocksComposition) {
+  EXPECT_EQ(NfcNormalize("plain ascii"), "plain ascii");
+  EXPECT_EQ(NfcNormalize("e\xCC\x81"), "\xC3\xA9");                         // e + U+0301 -> U+00E9
+  EXPECT_EQ(NfcNormalize("e\xFF\xCC\x81"), "e\xFF\xCC\x81");                // a stray byte between them
+  EXPECT_EQ(NfcNormalize("\xE2\x84"), "\xE2\x84");                          // truncated U+212B
+  EXPECT_EQ(NfcNormalize("\xED\xA0\x80\xC0\xAF"), "\xED\xA0\x80\xC0\xAF");  // surrogate, overlong
+  EXPECT_EQ(NfcNormalize("\xE2\x84\xAB"), "\xC3\x85");                      // Angstrom sign -> U+00C5
+}
 
 TEST(BpeTokenizerTest, SpecialTokensMatchFirstAndDecodeVerbatim) {
   BpeTokenizer tok = LoadTokenizer("qwen2");
@@ -140,6 +191,12 @@ TEST(BpeTokenizerTest, RejectsUnsupportedComponentsByName) {
   k["model"]["merges"][0] = "only-one-token";
   auto bad_merge = BpeTokenizer::FromJson(k.dump());
   EXPECT_EQ(bad_merge.status().code(), StatusCode::kInvalidArgument);
+
+  nlohmann::json n = nlohmann::json::parse(*text);
+  n["normalizer"] = {{"type", "NFKC"}};
+  auto nfkc = BpeTokenizer::FromJson(n.dump());
+  EXPECT_EQ(nfkc.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(nfkc.status().message().find("normalizer NFKC"), std::string::npos) << nfkc.status().message();
 
   EXPECT_EQ(BpeTokenizer::Load("/nonexistent/tokenizer.json").status().code(), StatusCode::kNotFound);
 }

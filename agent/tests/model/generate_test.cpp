@@ -47,7 +47,8 @@ TEST_P(GenerateGoldenTest, GreedyIdsMatchTransformersGenerate) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, GenerateGoldenTest, ::testing::Values("tiny_llama", "tiny_qwen2"));
+INSTANTIATE_TEST_SUITE_P(Models, GenerateGoldenTest,
+                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32"));
 
 TEST(GenerateTest, SamplingIsDeterministicPerSeed) {
   auto lm = LoadModel("tiny_llama");

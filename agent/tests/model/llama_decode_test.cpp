@@ -74,7 +74,8 @@ TEST(LlamaDecodeTest, DecodeStepMatchesTransformersGoldens) {
   auto text = ReadFile(std::string(FEDGE_GOLDEN_DIR) + "/llm/llm_goldens.json");
   ASSERT_TRUE(text.ok()) << text.status().ToString();
   nlohmann::json goldens = nlohmann::json::parse(*text)["models"];
-  for (const std::string name : {"tiny_llama", "tiny_qwen2"}) {
+  // tiny_llama32: Llama 3.1/3.2's llama3 rope scaling, 48 positions.
+  for (const std::string name : {"tiny_llama", "tiny_qwen2", "tiny_llama32"}) {
     const nlohmann::json& g = goldens[name];
     auto model = LoadLlama(std::string(FEDGE_GOLDEN_DIR) + "/" + g["dir"].get<std::string>());
     ASSERT_TRUE(model.ok()) << model.status().ToString();
@@ -88,7 +89,9 @@ TEST(LlamaDecodeTest, DecodeStepMatchesTransformersGoldens) {
       torch::Tensor got = DecodeAll(*model, ids, 1).view({len, vocab});
       torch::Tensor expected =
           torch::from_blob(want.data() + b * len * vocab, {len, vocab}, torch::kFloat).clone();
-      torch::Tensor excess = (got - expected).abs() - (1e-4 * expected.abs() + 1e-5);
+      // The fused kernels sum in another order: up to 2.3e-5 apart on tiny_llama32 (48
+      // positions); a position or rotary error is of order 1e-1.
+      torch::Tensor excess = (got - expected).abs() - (1e-4 * expected.abs() + 1e-4);
       EXPECT_LE(excess.max().item<float>(), 0.0f) << name << " row " << b;
     }
   }

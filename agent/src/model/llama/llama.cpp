@@ -3,6 +3,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -36,22 +37,52 @@ torch::Tensor LlamaRmsNormImpl::forward(const torch::Tensor& x) {
 }
 
 // --- Rotary position embedding (Su et al. 2021), rotate-half form ------------------
-LlamaRotaryImpl::LlamaRotaryImpl(int64_t head_dim, double theta, int64_t max_positions) {
-  // inv_freq_i = theta^(-2i/d), computed in float32 as transformers does.
+namespace {
+
+// inv_freq_i = theta^(-2i/d), then scaled; float32 throughout, as transformers does.
+torch::Tensor RotaryInvFreq(int64_t head_dim, double theta, const RopeScaling& r) {
   torch::Tensor exponent =
       torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(head_dim);
   torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat), exponent);
-  torch::Tensor positions = torch::arange(max_positions, torch::kInt64).to(torch::kFloat);
+  if (r.rope_type == "linear") return inv_freq / r.factor;
+  if (r.rope_type != "llama3") return inv_freq;
+  // Llama 3.1: wavelengths beyond the pretraining context / low_freq_factor are
+  // stretched by factor, those under context / high_freq_factor kept, and the band
+  // between interpolated by how many wavelengths the pretraining context held.
+  const double context = static_cast<double>(r.original_max_position_embeddings);
+  const double low_freq_wavelen = context / r.low_freq_factor;
+  const double high_freq_wavelen = context / r.high_freq_factor;
+  torch::Tensor wavelen = 2 * M_PI / inv_freq;
+  torch::Tensor scaled = torch::where(wavelen > low_freq_wavelen, inv_freq / r.factor, inv_freq);
+  torch::Tensor smooth = (context / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  torch::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+  torch::Tensor medium = wavelen.ge(high_freq_wavelen).logical_and(wavelen.le(low_freq_wavelen));
+  return torch::where(medium, smoothed, scaled);
+}
+
+std::pair<torch::Tensor, torch::Tensor> RotaryCosSin(const torch::Tensor& inv_freq, int64_t start,
+                                                     int64_t length) {
+  torch::Tensor positions = torch::arange(start, start + length, torch::kInt64).to(torch::kFloat);
   torch::Tensor freqs = torch::outer(positions, inv_freq);
   torch::Tensor emb = torch::cat({freqs, freqs}, -1);
-  cos_ = register_buffer("cos", emb.cos());
-  sin_ = register_buffer("sin", emb.sin());
+  return {emb.cos(), emb.sin()};
+}
+
+}  // namespace
+
+LlamaRotaryImpl::LlamaRotaryImpl(int64_t head_dim, double theta, const RopeScaling& scaling,
+                                 int64_t max_positions)
+    : inv_freq_(RotaryInvFreq(head_dim, theta, scaling)), max_positions_(max_positions) {
+  auto [cos, sin] = RotaryCosSin(inv_freq_, 0, std::min(max_positions, kRotaryTablePositions));
+  cos_ = register_buffer("cos", cos);
+  sin_ = register_buffer("sin", sin);
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaRotaryImpl::CosSin(int64_t start, int64_t length) {
-  TORCH_CHECK(start + length <= cos_.size(0), "position ", start + length, " beyond max_position_embeddings ",
-              cos_.size(0));
-  return {cos_.narrow(0, start, length), sin_.narrow(0, start, length)};
+  TORCH_CHECK(start >= 0 && length >= 0 && start + length <= max_positions_, "position ", start + length,
+              " beyond max_position_embeddings ", max_positions_);
+  if (start + length <= cos_.size(0)) return {cos_.narrow(0, start, length), sin_.narrow(0, start, length)};
+  return RotaryCosSin(inv_freq_, start, length);
 }
 
 namespace {
@@ -142,7 +173,8 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers->push_back(LlamaDecoderLayer(c));
   norm_ = register_module("norm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
-  rotary_ = register_module("rotary_emb", LlamaRotary(c.head_dim, c.rope_theta, c.max_position_embeddings));
+  rotary_ = register_module("rotary_emb",
+                            LlamaRotary(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings));
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) {

@@ -51,15 +51,24 @@ class LlamaRmsNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaRmsNorm);
 
-// cos/sin tables of the rotary embedding, cat(freqs, freqs) layout (rotate-half).
+// cos/sin of the rotary embedding, cat(freqs, freqs) layout (rotate-half). The
+// first kRotaryTablePositions positions are tabulated; later ones (Llama 3.2 allows
+// 131072, a 64 MiB table) are computed when asked for. Nothing is mutated after
+// construction, so concurrent decoders may share one.
 class LlamaRotaryImpl : public torch::nn::Module {
  public:
-  LlamaRotaryImpl(int64_t head_dim, double theta, int64_t max_positions);
-  // [T, head_dim] tables for positions start .. start+T-1.
+  static constexpr int64_t kRotaryTablePositions = 8192;
+
+  LlamaRotaryImpl(int64_t head_dim, double theta, const RopeScaling& scaling, int64_t max_positions);
+  // [T, head_dim] cos and sin for positions start .. start+T-1.
   std::pair<torch::Tensor, torch::Tensor> CosSin(int64_t start, int64_t length);
-  int64_t max_positions() const { return cos_.size(0); }
+  int64_t max_positions() const { return max_positions_; }
+  // [head_dim / 2] float32: the scaled inverse frequencies, as transformers' inv_freq.
+  const torch::Tensor& inv_freq() const { return inv_freq_; }
 
  private:
+  torch::Tensor inv_freq_;
+  int64_t max_positions_;
   torch::Tensor cos_;
   torch::Tensor sin_;
 };

@@ -5,6 +5,43 @@
 #include "fedge/file_util.h"
 
 namespace fedge::agent::llm {
+namespace {
+
+// rope_scaling / rope_parameters: {"rope_type" (or the older "type"), "factor", ...}.
+StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, int64_t max_position_embeddings) {
+  RopeScaling r;
+  if (!j.is_object()) return InvalidArgumentError("config.json: rope_scaling must be an object");
+  r.rope_type = j.value("rope_type", j.value("type", std::string("default")));
+  if (j.value("partial_rotary_factor", 1.0) != 1.0) {
+    return InvalidArgumentError("config.json: partial_rotary_factor " + j["partial_rotary_factor"].dump() +
+                                " is not implemented (the rotary embedding covers the whole head)");
+  }
+  if (r.rope_type == "default") return r;
+  if (r.rope_type != "linear" && r.rope_type != "llama3") {
+    return InvalidArgumentError("config.json: rope_type \"" + r.rope_type +
+                                "\" is not implemented (default, linear and llama3 are)");
+  }
+  r.factor = j.at("factor").get<double>();
+  if (!(r.factor >= 1.0 && r.factor <= 1024.0)) {
+    return InvalidArgumentError("config.json: rope scaling factor must be in [1, 1024], got " +
+                                j["factor"].dump());
+  }
+  if (r.rope_type == "linear") return r;
+  r.low_freq_factor = j.at("low_freq_factor").get<double>();
+  r.high_freq_factor = j.at("high_freq_factor").get<double>();
+  r.original_max_position_embeddings = j.value("original_max_position_embeddings", max_position_embeddings);
+  if (!(r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor)) {
+    return InvalidArgumentError(
+        "config.json: llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor");
+  }
+  if (r.original_max_position_embeddings <= 0) {
+    return InvalidArgumentError(
+        "config.json: llama3 rope scaling needs a positive original_max_position_embeddings");
+  }
+  return r;
+}
+
+}  // namespace
 
 StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
   using nlohmann::json;
@@ -36,6 +73,8 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
       return InvalidArgumentError("config.json: head_dim must be positive and even (rotary pairs)");
     }
     c.max_position_embeddings = j.value("max_position_embeddings", int64_t{2048});
+    if (c.max_position_embeddings <= 0)
+      return InvalidArgumentError("config.json: max_position_embeddings must be positive");
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
     c.initializer_range = j.value("initializer_range", 0.02);
     c.tie_word_embeddings = j.value("tie_word_embeddings", false);
@@ -43,19 +82,19 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     c.mlp_bias = j.value("mlp_bias", false);
     c.qkv_bias = c.model_type == "qwen2";
 
-    // rope: transformers < 5 writes rope_theta/rope_scaling, >= 5 rope_parameters.
-    const json* rope_scaling = nullptr;
+    // rope: transformers < 5 writes rope_theta/rope_scaling, >= 5 rope_parameters
+    // (rope_theta inside it).
+    const json* rope = nullptr;
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-      const json& rp = j["rope_parameters"];
-      c.rope_theta = rp.value("rope_theta", 10000.0);
-      if (rp.value("rope_type", std::string("default")) != "default") rope_scaling = &rp;
+      rope = &j["rope_parameters"];
+      c.rope_theta = rope->value("rope_theta", 10000.0);
     } else {
       c.rope_theta = j.value("rope_theta", 10000.0);
-      if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) rope_scaling = &j["rope_scaling"];
+      if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) rope = &j["rope_scaling"];
     }
-    if (rope_scaling != nullptr) {
-      return InvalidArgumentError("config.json: rope scaling " + rope_scaling->dump() +
-                                  " is not implemented; only the default rotary embedding is");
+    if (!(c.rope_theta > 1.0)) return InvalidArgumentError("config.json: rope_theta must be greater than 1");
+    if (rope != nullptr) {
+      FEDGE_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*rope, c.max_position_embeddings));
     }
     if (j.value("use_sliding_window", false)) {
       return InvalidArgumentError("config.json: sliding-window attention is not implemented");
@@ -97,6 +136,15 @@ std::string LlamaConfig::ToJson() const {
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
+  if (rope_scaling.rope_type != "default") {
+    nlohmann::json r = {{"rope_type", rope_scaling.rope_type}, {"factor", rope_scaling.factor}};
+    if (rope_scaling.rope_type == "llama3") {
+      r["low_freq_factor"] = rope_scaling.low_freq_factor;
+      r["high_freq_factor"] = rope_scaling.high_freq_factor;
+      r["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+    }
+    j["rope_scaling"] = r;
+  }
   j["hidden_act"] = "silu";
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["initializer_range"] = initializer_range;

@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "fedge/file_util.h"
+#include "tokenizer/unicode_normalize.h"
 #include "tokenizer/utf8.h"
 
 namespace fedge::agent::llm {
@@ -296,6 +297,7 @@ struct BpeTokenizer::Impl {
   std::vector<AddedToken> added;
   std::vector<PreTokStep> steps;
   bool ignore_merges = false;
+  bool nfc = false;  // normalizer {"type": "NFC"}: applied to each span between added tokens
   std::array<int32_t, 256> byte_id{};  // id of each single-byte token, -1 if absent
   std::unordered_map<char32_t, uint8_t> unicode_to_byte;
 
@@ -340,7 +342,7 @@ struct BpeTokenizer::Impl {
 
   void EncodeSpan(std::string_view text, std::vector<int32_t>* ids) const {
     if (text.empty()) return;
-    std::vector<std::string> pieces{std::string(text)};
+    std::vector<std::string> pieces{nfc ? NfcNormalize(text) : std::string(text)};
     for (const PreTokStep& step : steps) pieces = ApplyStep(step, pieces);
     for (const std::string& piece : pieces) {
       if (!piece.empty()) EncodeWord(piece, ids);
@@ -455,9 +457,11 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
     }
 
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-      return UnimplementedError("tokenizer.json: normalizer " +
-                                j["normalizer"].value("type", std::string("?")) +
-                                " is not supported (only null)");
+      std::string type = j["normalizer"].is_object() ? j["normalizer"].value("type", std::string("?")) : "?";
+      if (type != "NFC") {
+        return UnimplementedError("tokenizer.json: normalizer " + type + " is not supported (null or NFC)");
+      }
+      impl->nfc = true;
     }
     auto parse_step = [&](const json& p, std::vector<PreTokStep>* steps) -> Status {
       std::string type = p.value("type", std::string());

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "fedge/file_util.h"
+#include "tokenizer/unicode_normalize.h"
 #include "tokenizer/utf8.h"
 
 namespace fedge::agent {
@@ -134,15 +135,7 @@ std::u32string DecodeUtf8(std::string_view s) {
 
 // NFD of one code point with nonspacing marks removed, appended to `out`.
 void AppendStripped(char32_t c, std::u32string* out) {
-  constexpr char32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
-  constexpr char32_t kVCount = 21, kTCount = 28, kSCount = 11172;
-  if (c >= kSBase && c < kSBase + kSCount) {
-    char32_t s = c - kSBase;
-    out->push_back(kLBase + s / (kVCount * kTCount));
-    out->push_back(kVBase + (s % (kVCount * kTCount)) / kTCount);
-    if (s % kTCount != 0) out->push_back(kTBase + s % kTCount);
-    return;
-  }
+  if (AppendHangulJamo(c, out)) return;
   if (const CodeMapping* m = FindMapping(kDecomposeStripMarks, c)) {
     for (char32_t d : m->out) {
       if (d == 0) break;

@@ -32,7 +32,8 @@ namespace fedge::agent::llm {
 class BpeTokenizer {
  public:
   // Parses tokenizer.json text. Supported: model.type "BPE" (merges as "a b" strings
-  // or [a, b] pairs, ignore_merges), normalizer null, pre_tokenizer ByteLevel /
+  // or [a, b] pairs, ignore_merges), normalizer null or NFC (applied to the text
+  // between added tokens, which match on the raw text), pre_tokenizer ByteLevel /
   // Split(GPT-2 | Llama-3 | Qwen2 regex, Isolated) / Digits / Sequence of these,
   // decoder ByteLevel. Anything else is UNIMPLEMENTED naming the component, so a
   // tokenizer is never silently misread.

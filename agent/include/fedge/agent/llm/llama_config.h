@@ -11,6 +11,19 @@
 
 namespace fedge::agent::llm {
 
+// How the rotary embedding's frequencies are scaled for a context longer than the
+// one the model was pretrained on (transformers' rope_type). "default" leaves them;
+// "linear" divides every frequency by factor; "llama3" (Llama 3.1 / 3.2) divides
+// the low frequencies (wavelength > original / low_freq_factor) by factor, keeps
+// the high ones (wavelength < original / high_freq_factor) and interpolates between.
+struct RopeScaling {
+  std::string rope_type = "default";  // "default" | "linear" | "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;                  // llama3
+  double high_freq_factor = 4.0;                 // llama3
+  int64_t original_max_position_embeddings = 0;  // llama3
+};
+
 struct LlamaConfig {
   std::string model_type = "llama";  // "llama" | "qwen2"
   int64_t vocab_size = 32000;
@@ -23,6 +36,7 @@ struct LlamaConfig {
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v/o biases (Llama's attention_bias)
   bool qkv_bias = false;        // q/k/v biases only (Qwen2)
@@ -32,8 +46,9 @@ struct LlamaConfig {
   double initializer_range = 0.02;
 
   // Parses a Hugging Face config.json. Accepts rope_theta at the top level or in
-  // rope_parameters (transformers >= 5). INVALID_ARGUMENT for another architecture,
-  // an activation other than silu, rope scaling (not implemented), sliding-window
+  // rope_parameters (transformers >= 5), with rope_type default, linear or llama3.
+  // INVALID_ARGUMENT for another architecture, an activation other than silu, another
+  // rope_type (dynamic, yarn, longrope) or a partial rotary factor, sliding-window
   // attention, or sizes that do not divide.
   static StatusOr<LlamaConfig> FromJson(std::string_view json_text);
   static StatusOr<LlamaConfig> FromFile(const std::string& path);
