@@ -30,6 +30,10 @@ Outputs (tests/golden/llm/):
                               llama3) whose thresholds fall inside its frequencies, and
                               its inv_freq as transformers computes it.
 
+  --only qwen3 (merged likewise; after --only nfc):
+  tiny_qwen3/                 a tiny Qwen3 (per-head q/k RMSNorm, head_dim 16 with hidden
+                              32 and 4 heads, tied) with tok_qwen2_nfc
+
   --only nfc:
   tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
   nfc_ids.json                {"cases": [{"text", "ids"}]} encoded by `tokenizers`
@@ -185,13 +189,41 @@ def greedy_golden(model, tok, prompt, p_ids, name):
             "text": tok.decode(new_ids)}
 
 
-def make_models(lines):
+def save_and_golden(model, name, tok_name, texts):
+    """Saves `model` as llm/<name>/ with tok_<tok_name>'s tokenizer.json; returns its
+    goldens: logits and masked loss of the first 10 tokens of `texts`, greedy ids."""
     import shutil
 
     import torch
-    from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
     from tokenizers import Tokenizer
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True)
+    shutil.copy(os.path.join(OUT, tok_name, "tokenizer.json"), os.path.join(d, "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    enc = [tok.encode(t).ids[:10] for t in texts]
+    n = min(len(e) for e in enc)
+    input_ids = torch.tensor([e[:n] for e in enc])
+    labels = input_ids.clone()
+    labels[:, :3] = -100
+    with torch.no_grad():
+        out = model(input_ids=input_ids, labels=labels)
+    # The expected loss as fedge computes it (mean over unmasked next-token targets).
+    gen = [greedy_golden(model, tok, prompt, tok.encode(prompt).ids, name) for prompt in ["cat:", "bank: a"]]
+    return {
+        "dir": f"llm/{name}",
+        "input_ids": input_ids.tolist(),
+        "labels": labels.tolist(),
+        "logits_shape": list(out.logits.shape),
+        "logits": tolist(out.logits),
+        "loss": float(out.loss),
+        "greedy": gen,
+    }
+
+
+def make_models(lines):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     goldens = {}
     specs = {
@@ -217,33 +249,10 @@ def make_models(lines):
                 for n, p in model.named_parameters():
                     if "norm" in n:
                         p.add_(0.1 * torch.randn_like(p))
-        d = os.path.join(OUT, name)
-        os.makedirs(d, exist_ok=True)
-        model.save_pretrained(d, safe_serialization=True)
-        shutil.copy(os.path.join(OUT, tok_name, "tokenizer.json"), os.path.join(d, "tokenizer.json"))
-        tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
-
-        texts = ["dog: a member of the genus Canis", "run: move fast by using one's feet"]
-        enc = [tok.encode(t).ids[:10] for t in texts]
-        n = min(len(e) for e in enc)
-        input_ids = torch.tensor([e[:n] for e in enc])
-        labels = input_ids.clone()
-        labels[:, :3] = -100
-        with torch.no_grad():
-            out = model(input_ids=input_ids, labels=labels)
-        # The expected loss as fedge computes it (mean over unmasked next-token targets).
-        gen = [greedy_golden(model, tok, prompt, tok.encode(prompt).ids, name)
-               for prompt in ["cat:", "bank: a"]]
-        goldens[name] = {
-            "dir": f"llm/{name}",
-            "input_ids": input_ids.tolist(),
-            "labels": labels.tolist(),
-            "logits_shape": list(out.logits.shape),
-            "logits": tolist(out.logits),
-            "loss": float(out.loss),
-            "greedy": gen,
-        }
-        print(name, "params", sum(p.numel() for p in model.parameters()), "loss", float(out.loss))
+        goldens[name] = save_and_golden(model, name, tok_name, [
+            "dog: a member of the genus Canis", "run: move fast by using one's feet"])
+        out_loss = goldens[name]["loss"]
+        print(name, "params", sum(p.numel() for p in model.parameters()), "loss", out_loss)
     return goldens
 
 
@@ -356,9 +365,33 @@ def make_rope_model():
     }
 
 
+def make_qwen3_model():
+    """tiny_qwen3: per-head q/k RMSNorm (perturbed), head_dim apart from hidden / heads,
+    tied, Qwen2.5's NFC tokenizer layout."""
+    import torch
+    import transformers
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, attention_bias=False,
+        use_sliding_window=False, initializer_range=0.3, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(2468)
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    golden = save_and_golden(model, "tiny_qwen3", "tok_qwen2_nfc", [
+        "dog: a member of the genus Canis", "cafe\u0301: a small re\u0301staurant"])
+    golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    return golden
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -370,21 +403,30 @@ def main():
             json.dump(result, f, ensure_ascii=False, indent=0)
     if args.only == "nfc":
         make_nfc(lines)
-    if args.only == "rope":
+    if args.only in ("rope", "qwen3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:
             result = json.load(f)
-        result["models"]["tiny_llama32"] = make_rope_model()
-        print("tiny_llama32 scaling changes the logits by up to",
-              result["models"]["tiny_llama32"]["max_abs_logit_change_from_scaling"])
+        if args.only == "rope":
+            result["models"]["tiny_llama32"] = make_rope_model()
+            print("tiny_llama32 scaling changes the logits by up to",
+                  result["models"]["tiny_llama32"]["max_abs_logit_change_from_scaling"])
+        else:
+            result["models"]["tiny_qwen3"] = make_qwen3_model()
         with open(path, "w") as f:
             json.dump(result, f)
     if args.only in (None, "models"):
         import torch
         import transformers
-        result = {"generator": f"transformers {transformers.__version__}, torch {torch.__version__}",
-                  "models": make_models(lines)}
-        with open(os.path.join(OUT, "llm_goldens.json"), "w") as f:
+        # The entries --only rope / qwen3 added (each with its own generator) stay.
+        path = os.path.join(OUT, "llm_goldens.json")
+        result = {"models": {}}
+        if os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)
+        result["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+        result["models"].update(make_models(lines))
+        with open(path, "w") as f:
             json.dump(result, f)
 
 

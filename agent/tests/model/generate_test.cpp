@@ -48,7 +48,7 @@ TEST_P(GenerateGoldenTest, GreedyIdsMatchTransformersGenerate) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GenerateGoldenTest,
-                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32"));
+                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3"));
 
 TEST(GenerateTest, SamplingIsDeterministicPerSeed) {
   auto lm = LoadModel("tiny_llama");

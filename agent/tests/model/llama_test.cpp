@@ -80,7 +80,7 @@ TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
 // tiny_llama32 carries Llama 3.1/3.2's rope_type llama3 (its band edges inside the
 // model's frequencies); its logits differ from the unscaled model's by up to 12.
 INSTANTIATE_TEST_SUITE_P(Models, LlamaGoldenTest,
-                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32"));
+                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3"));
 
 TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   nlohmann::json golden = testing::LlmModelGolden("tiny_llama32");
@@ -161,7 +161,7 @@ TEST(LlamaTest, ConfigReadsBothRopeLayoutsAndTheScalingsItImplements) {
 }
 
 TEST(LlamaTest, NumParametersCountsTheModel) {
-  for (const char* name : {"tiny_llama", "tiny_qwen2"}) {
+  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3"}) {
     auto model = LoadLlama(kGolden + "/llm/" + name);
     ASSERT_TRUE(model.ok());
     int64_t n = 0;

@@ -105,6 +105,10 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
   k_proj = register_module("k_proj", Projection(c.hidden_size, kv_heads_ * head_dim_));
   v_proj = register_module("v_proj", Projection(c.hidden_size, kv_heads_ * head_dim_));
   o_proj = register_module("o_proj", Projection(heads_ * head_dim_, c.hidden_size));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps));
+    k_norm = register_module("k_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps));
+  }
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -114,6 +118,10 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   torch::Tensor q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);
   torch::Tensor k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   torch::Tensor v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  if (q_norm) {
+    q = q_norm(q);
+    k = k_norm(k);
+  }
   q = ApplyRotary(q, cos, sin);
   k = ApplyRotary(k, cos, sin);
   if (cache_k != nullptr) {
@@ -221,6 +229,10 @@ std::vector<std::string> LlamaForCausalLmImpl::CheckpointNames() const {
       names.push_back(p + "self_attn." + proj + ".weight");
       bool is_qkv = std::string_view(proj) != "o_proj";
       if (c.attention_bias || (c.qkv_bias && is_qkv)) names.push_back(p + "self_attn." + proj + ".bias");
+    }
+    if (c.qk_norm) {
+      names.push_back(p + "self_attn.q_norm.weight");
+      names.push_back(p + "self_attn.k_norm.weight");
     }
     for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
       names.push_back(p + "mlp." + proj + ".weight");

@@ -83,6 +83,8 @@ class LlamaAttentionImpl : public torch::nn::Module {
                         torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past);
 
   fedge::agent::LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  // Qwen3: RMSNorm over each head's queries / keys before the rotary; null otherwise.
+  LlamaRmsNorm q_norm{nullptr}, k_norm{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;

@@ -49,9 +49,9 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
   try {
     json j = json::parse(json_text);
     c.model_type = j.value("model_type", std::string());
-    if (c.model_type != "llama" && c.model_type != "qwen2") {
+    if (c.model_type != "llama" && c.model_type != "qwen2" && c.model_type != "qwen3") {
       return InvalidArgumentError("config.json: model_type \"" + c.model_type +
-                                  "\" is not a supported decoder (llama, qwen2)");
+                                  "\" is not a supported decoder (llama, qwen2, qwen3)");
     }
     std::string act = j.value("hidden_act", std::string("silu"));
     if (act != "silu")
@@ -81,6 +81,7 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     c.attention_bias = j.value("attention_bias", false);
     c.mlp_bias = j.value("mlp_bias", false);
     c.qkv_bias = c.model_type == "qwen2";
+    c.qk_norm = c.model_type == "qwen3";
 
     // rope: transformers < 5 writes rope_theta/rope_scaling, >= 5 rope_parameters
     // (rope_theta inside it).
@@ -98,6 +99,14 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     }
     if (j.value("use_sliding_window", false)) {
       return InvalidArgumentError("config.json: sliding-window attention is not implemented");
+    }
+    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+      for (const json& t : j["layer_types"]) {
+        if (t != "full_attention") {
+          return InvalidArgumentError("config.json: layer_types " + t.dump() +
+                                      " is not implemented (full_attention only)");
+        }
+      }
     }
     if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
       c.bos_token_id = j["bos_token_id"];
@@ -123,8 +132,10 @@ StatusOr<LlamaConfig> LlamaConfig::FromFile(const std::string& path) {
 
 std::string LlamaConfig::ToJson() const {
   nlohmann::json j;
-  bool qwen = model_type == "qwen2";
-  j["architectures"] = {qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+  bool qwen = model_type == "qwen2" || model_type == "qwen3";
+  j["architectures"] = {model_type == "qwen2"   ? "Qwen2ForCausalLM"
+                        : model_type == "qwen3" ? "Qwen3ForCausalLM"
+                                                : "LlamaForCausalLM"};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -149,12 +160,9 @@ std::string LlamaConfig::ToJson() const {
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["initializer_range"] = initializer_range;
   j["torch_dtype"] = "float32";
-  if (!qwen) {
-    j["attention_bias"] = attention_bias;
-    j["mlp_bias"] = mlp_bias;
-  } else {
-    j["use_sliding_window"] = false;
-  }
+  if (model_type != "qwen2") j["attention_bias"] = attention_bias;
+  if (!qwen) j["mlp_bias"] = mlp_bias;
+  if (qwen) j["use_sliding_window"] = false;
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
@@ -169,7 +177,7 @@ int64_t LlamaConfig::NumParameters() const {
   else if (qkv_bias)
     attn += q + 2 * kv;
   int64_t mlp = 3 * h * intermediate_size + (mlp_bias ? 2 * intermediate_size + h : 0);
-  int64_t layer = attn + mlp + 2 * h;
+  int64_t layer = attn + mlp + 2 * h + (qk_norm ? 2 * head_dim : 0);
   int64_t embed = vocab_size * h;
   return embed + num_hidden_layers * layer + h + (tie_word_embeddings ? 0 : embed);
 }

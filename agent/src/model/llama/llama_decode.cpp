@@ -621,6 +621,14 @@ void RmsNorm(const float* x, const LlamaRmsNormImpl& norm, int64_t n, float* out
   for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
 }
 
+// Qwen3's per-head RMSNorm of the queries and keys, in place; nothing for other models.
+void NormalizeHeads(const LlamaAttentionImpl& attn, float* q, int64_t heads, float* k, int64_t kv_heads,
+                    int64_t dim) {
+  if (!attn.q_norm) return;
+  for (int64_t hd = 0; hd < heads; ++hd) RmsNorm(q + hd * dim, *attn.q_norm, dim, q + hd * dim);
+  for (int64_t g = 0; g < kv_heads; ++g) RmsNorm(k + g * dim, *attn.k_norm, dim, k + g * dim);
+}
+
 // Rotate-half RoPE of one head in place: x*cos + rotate_half(x)*sin.
 void Rope(float* x, const float* cos, const float* sin, int64_t dim) {
   const int64_t half = dim / 2;
@@ -741,6 +749,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
     FinishProjection(*attn.q_proj, s.xn.data(), s.q.data(), s);
     FinishProjection(*attn.k_proj, s.xn.data(), s.k.data(), s);
     FinishProjection(*attn.v_proj, s.xn.data(), s.v.data(), s);
+    NormalizeHeads(attn, s.q.data(), heads, s.k.data(), kv_heads, dim);
     for (int64_t hd = 0; hd < heads; ++hd) Rope(s.q.data() + hd * dim, cos, sin, dim);
     float* keys = cache->keys[size(l)].data_ptr<float>();
     float* values = cache->values[size(l)].data_ptr<float>();
@@ -915,6 +924,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
       float* q = sb.q.data() + i * qdim;
       float* k = sb.k.data() + i * kvdim;
       float* v = sb.v.data() + i * kvdim;
+      NormalizeHeads(attn, q, heads, k, kv_heads, dim);
       for (int64_t hd = 0; hd < heads; ++hd) Rope(q + hd * dim, cos, sin, dim);
       float* keys = cache->keys[size(l)].data_ptr<float>();
       float* values = cache->values[size(l)].data_ptr<float>();

@@ -1,5 +1,5 @@
 // The hyper-parameters of a Llama-family decoder (LlamaForCausalLM,
-// Qwen2ForCausalLM), read from and written as a Hugging Face config.json.
+// Qwen2ForCausalLM, Qwen3ForCausalLM), read from and written as a Hugging Face config.json.
 // Torch-free so the CLI and the runtime can inspect a model directory cheaply.
 #pragma once
 
@@ -25,7 +25,7 @@ struct RopeScaling {
 };
 
 struct LlamaConfig {
-  std::string model_type = "llama";  // "llama" | "qwen2"
+  std::string model_type = "llama";  // "llama" | "qwen2" | "qwen3"
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;
   int64_t intermediate_size = 11008;
@@ -41,6 +41,7 @@ struct LlamaConfig {
   bool attention_bias = false;  // q/k/v/o biases (Llama's attention_bias)
   bool qkv_bias = false;        // q/k/v biases only (Qwen2)
   bool mlp_bias = false;
+  bool qk_norm = false;       // per-head RMSNorm of queries and keys before the rotary (Qwen3)
   int64_t bos_token_id = -1;  // -1: none
   std::vector<int64_t> eos_token_ids;
   double initializer_range = 0.02;
@@ -53,7 +54,8 @@ struct LlamaConfig {
   static StatusOr<LlamaConfig> FromJson(std::string_view json_text);
   static StatusOr<LlamaConfig> FromFile(const std::string& path);
 
-  // config.json that transformers loads as LlamaForCausalLM / Qwen2ForCausalLM.
+  // config.json that transformers loads as LlamaForCausalLM / Qwen2ForCausalLM /
+  // Qwen3ForCausalLM.
   std::string ToJson() const;
 
   // Parameter count of the model this config describes (tied head counted once).
