@@ -217,6 +217,19 @@ void TokenizerSeeds() {
     std::string s(t, std::strlen(t + 1) + 1);
     Write("bpe_encode", "text_" + std::to_string(i++), s);
   }
+
+  // NFC: decomposed accents, Hangul jamo, marks out of order, exclusions, singletons,
+  // a mark after a stray byte, a leading mark, an added token.
+  const char* nfc_texts[] = {
+      "cafe\xcc\x81 re\xcc\x81sume\xcc\x81 A\xcc\x8a \xe2\x84\xab",
+      "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8 \xed\x95\x9c\xea\xb5\xad\xec\x96\xb4",
+      "a\xcc\xa3\xcc\x82 a\xcc\x82\xcc\xa3 \xe1\xb8\x8b\xcc\xa3",
+      "\xe0\xa5\x98 \xe0\xa4\x95\xe0\xa4\xbc \xcd\x84 \xe2\x84\xa6",
+      "e\xff\xcc\x81 \xcc\x81leading \xed\xa0\x80 \xc3",
+      "e\xcc\x81<|im_end|>\xcc\x81 plain ascii",
+  };
+  i = 0;
+  for (const char* t : nfc_texts) Write("bpe_nfc", "text_" + std::to_string(i++), t);
 }
 
 void WordPieceSeeds() {

@@ -33,6 +33,7 @@ Outputs (tests/golden/llm/):
   --only qwen3 (merged likewise; after --only nfc):
   tiny_qwen3/                 a tiny Qwen3 (per-head q/k RMSNorm, head_dim 16 with hidden
                               32 and 4 heads, tied) with tok_qwen2_nfc
+  tiny_qwen3_sharded/         its weights saved with max_shard_size 100KB (shards + index)
 
   --only nfc:
   tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
@@ -367,7 +368,9 @@ def make_rope_model():
 
 def make_qwen3_model():
     """tiny_qwen3: per-head q/k RMSNorm (perturbed), head_dim apart from hidden / heads,
-    tied, Qwen2.5's NFC tokenizer layout."""
+    tied, Qwen2.5's NFC tokenizer layout; and tiny_qwen3_sharded, the same in shards."""
+    import shutil
+
     import torch
     import transformers
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -386,6 +389,12 @@ def make_qwen3_model():
     golden = save_and_golden(model, "tiny_qwen3", "tok_qwen2_nfc", [
         "dog: a member of the genus Canis", "cafe\u0301: a small re\u0301staurant"])
     golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    # The same weights as save_pretrained shards them (model-0000N-of-0000M.safetensors
+    # and model.safetensors.index.json), as Llama 3.2 3B and Qwen3 1.7B ship.
+    sharded = os.path.join(OUT, "tiny_qwen3_sharded")
+    shutil.rmtree(sharded, ignore_errors=True)
+    model.save_pretrained(sharded, safe_serialization=True, max_shard_size="100KB")
+    golden["sharded_dir"] = "llm/tiny_qwen3_sharded"
     return golden
 
 

@@ -172,6 +172,64 @@ TEST(LlamaTest, NumParametersCountsTheModel) {
   }
 }
 
+// Llama 3.2 3B and Qwen3 1.7B ship as model-0000N-of-0000M.safetensors with
+// model.safetensors.index.json (tiny_qwen3_sharded: transformers' save_pretrained with
+// max_shard_size 100KB, two shards).
+TEST(LlamaTest, ShardedCheckpointLoadsLikeTheSingleFile) {
+  nlohmann::json golden = testing::LlmModelGolden("tiny_qwen3");
+  const std::string sharded = kGolden + "/" + golden["sharded_dir"].get<std::string>();
+  ASSERT_FALSE(std::filesystem::exists(sharded + "/model.safetensors"));
+  auto model = LoadLlama(sharded);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode guard;
+  ExpectClose((*model)->forward(IdsTensor(golden["input_ids"])), golden["logits"].get<std::vector<float>>());
+}
+
+TEST(LlamaTest, BrokenShardIndexSaysWhatIsWrong) {
+  const std::string src = kGolden + "/llm/tiny_qwen3_sharded";
+  const std::string dir = ::testing::TempDir() + "/llama_shards";
+  auto fresh_copy = [&] {
+    std::filesystem::remove_all(dir);
+    std::filesystem::copy(src, dir);
+  };
+  auto index = [&] {
+    auto text = ReadFile(dir + "/model.safetensors.index.json");
+    EXPECT_TRUE(text.ok());
+    return nlohmann::json::parse(*text);
+  };
+  auto write_index = [&](const nlohmann::json& j) {
+    ASSERT_TRUE(WriteFileAtomic(dir + "/model.safetensors.index.json", j.dump()).ok());
+  };
+
+  fresh_copy();  // a shard gone
+  std::filesystem::remove(dir + "/model-00002-of-00002.safetensors");
+  auto missing = LoadLlama(dir);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find("model-00002-of-00002.safetensors"), std::string::npos);
+
+  fresh_copy();  // a shard outside the directory
+  nlohmann::json j = index();
+  j["weight_map"]["model.norm.weight"] = "../../etc/passwd";
+  write_index(j);
+  auto outside = LoadLlama(dir);
+  EXPECT_EQ(outside.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(outside.status().message().find("not a file name in the model directory"), std::string::npos);
+
+  fresh_copy();  // the index names only the first shard: the second's tensors are missing
+  j = index();
+  for (auto& [tensor, file] : j["weight_map"].items()) file = "model-00001-of-00002.safetensors";
+  write_index(j);
+  auto lacking = LoadLlama(dir);
+  EXPECT_EQ(lacking.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(lacking.status().message().find("none of the 1 shards"), std::string::npos)
+      << lacking.status().message();
+
+  fresh_copy();  // not JSON
+  ASSERT_TRUE(WriteFileAtomic(dir + "/model.safetensors.index.json", "{\"weight_map\": [").ok());
+  EXPECT_EQ(LoadLlama(dir).status().code(), StatusCode::kDataLoss);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(LlamaTest, SaveThenLoadRoundTripsExactly) {
   auto model = LoadLlama(kGolden + "/llm/tiny_qwen2");
   ASSERT_TRUE(model.ok());

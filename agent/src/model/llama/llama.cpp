@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
 #include "fedge/log.h"
@@ -247,11 +248,19 @@ std::vector<std::string> LlamaForCausalLmImpl::CheckpointNames() const {
 }
 
 Status LlamaForCausalLmImpl::LoadWeights(const SafetensorsFile& file) {
+  for (const std::string& name : CheckpointNames()) {
+    if (file.Find(name) == nullptr) return DataLossError("model.safetensors lacks tensor '" + name + "'");
+  }
+  std::set<std::string> loaded;
+  return LoadWeightsFrom(file, &loaded);
+}
+
+Status LlamaForCausalLmImpl::LoadWeightsFrom(const SafetensorsFile& file, std::set<std::string>* loaded) {
   auto params = named_parameters(/*recurse=*/true);
   torch::NoGradGuard no_grad;
   for (const std::string& name : CheckpointNames()) {
     const StTensorView* view = file.Find(name);
-    if (view == nullptr) return DataLossError("model.safetensors lacks tensor '" + name + "'");
+    if (view == nullptr) continue;
     torch::Tensor* param = params.find(name);
     if (param == nullptr) return InternalError("model has no parameter " + name);
     if (std::vector<int64_t>(param->sizes().begin(), param->sizes().end()) != view->shape) {
@@ -261,6 +270,7 @@ Status LlamaForCausalLmImpl::LoadWeights(const SafetensorsFile& file) {
     }
     FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
     param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
+    loaded->insert(name);
   }
   return OkStatus();
 }
@@ -317,16 +327,65 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
 }
 
+namespace {
+
+// The shard files of a checkpoint split by save_pretrained(max_shard_size=...):
+// model.safetensors.index.json's {"weight_map": {tensor: file}}, each file named once,
+// in order. A file name must be a plain name in the directory.
+StatusOr<std::vector<std::string>> ShardFiles(const std::string& index_path) {
+  FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
+  std::vector<std::string> files;
+  try {
+    nlohmann::json j = nlohmann::json::parse(text);
+    const nlohmann::json& map = j.at("weight_map");
+    if (!map.is_object()) return DataLossError(index_path + ": weight_map is not an object");
+    std::set<std::string> seen;
+    for (const auto& [tensor, file] : map.items()) {
+      const std::string name = file.get<std::string>();
+      if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+        return DataLossError(index_path + ": tensor '" + tensor + "' is in '" + name +
+                             "', not a file name in the model directory");
+      }
+      if (seen.insert(name).second) files.push_back(name);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return DataLossError(index_path + ": " + e.what());
+  }
+  if (files.empty()) return DataLossError(index_path + ": weight_map names no file");
+  return files;
+}
+
+}  // namespace
+
 StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
   FEDGE_ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfig::FromFile(dir + "/config.json"));
-  FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(dir + "/model.safetensors"));
-  return TorchCall("building the Llama model from " + dir, [&]() -> StatusOr<LlamaForCausalLm> {
-    LlamaForCausalLm model(config);
-    Status st = model->LoadWeights(file);
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  const bool sharded = !std::filesystem::exists(single) && std::filesystem::exists(index);
+  std::vector<std::string> files = {"model.safetensors"};
+  if (sharded) {
+    FEDGE_ASSIGN_OR_RETURN(files, ShardFiles(index));
+  }
+  FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model,
+                         TorchCall("building the Llama model from " + dir,
+                                   [&]() -> StatusOr<LlamaForCausalLm> { return LlamaForCausalLm(config); }));
+  // One shard in memory at a time: its bytes are freed before the next is read.
+  std::set<std::string> loaded;
+  for (const std::string& name : files) {
+    FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(dir + "/" + name));
+    Status st =
+        TorchCall("loading " + name, [&]() -> Status { return model->LoadWeightsFrom(file, &loaded); });
     if (!st.ok()) return st.WithContext(dir);
-    model->eval();
-    return model;
-  });
+  }
+  for (const std::string& name : model->CheckpointNames()) {
+    if (loaded.count(name) == 0) {
+      return DataLossError(sharded ? "none of the " + std::to_string(files.size()) + " shards in " + index +
+                                         " holds tensor '" + name + "'"
+                                   : "model.safetensors lacks tensor '" + name + "'")
+          .WithContext(dir);
+    }
+  }
+  model->eval();
+  return model;
 }
 
 Status SaveLlama(LlamaForCausalLm& model, const std::string& dir) {

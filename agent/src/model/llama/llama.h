@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -171,6 +172,9 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   // Copies the checkpoint's tensors into the parameters. DATA_LOSS names a missing
   // tensor or a shape mismatch. Tensors the model does not use are ignored.
   Status LoadWeights(const SafetensorsFile& file);
+  // One shard of a checkpoint: copies the tensors of CheckpointNames() that `file`
+  // holds and adds their names to *loaded. DATA_LOSS for a shape mismatch.
+  Status LoadWeightsFrom(const SafetensorsFile& file, std::set<std::string>* loaded);
   // The checkpoint tensors (fp32), for model.safetensors.
   TensorBundle ExportWeights();
 
@@ -205,7 +209,8 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 
 constexpr int64_t kIgnoreIndex = -100;
 
-// Loads config.json + model.safetensors from a Hugging Face directory.
+// Loads config.json + model.safetensors from a Hugging Face directory, or the shards
+// model.safetensors.index.json names (one shard in memory at a time).
 StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir);
 
 // Writes config.json and model.safetensors (fp32) into `dir` (created if needed).
