@@ -22,7 +22,8 @@ using fedge::fuzz::Fail;
 namespace {
 
 const llm::BpeTokenizer& Load(const char* name) {
-  auto tok = llm::BpeTokenizer::Load(std::string(FEDGE_SOURCE_DIR) + "/tests/golden/llm/" + name + "/tokenizer.json");
+  auto tok = llm::BpeTokenizer::Load(std::string(FEDGE_SOURCE_DIR) + "/tests/golden/llm/" + name +
+                                     "/tokenizer.json");
   if (!tok.ok()) Fail("cannot load a tokenizer", tok.status().ToString());
   return *new llm::BpeTokenizer(std::move(*tok));  // lives for the process
 }

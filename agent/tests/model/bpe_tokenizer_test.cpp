@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -116,6 +117,28 @@ TEST(NfcNormalizeTest, InvalidUtf8PassesThroughAndBlocksComposition) {
   EXPECT_EQ(NfcNormalize("\xE2\x84"), "\xE2\x84");                          // truncated U+212B
   EXPECT_EQ(NfcNormalize("\xED\xA0\x80\xC0\xAF"), "\xED\xA0\x80\xC0\xAF");  // surrogate, overlong
   EXPECT_EQ(NfcNormalize("\xE2\x84\xAB"), "\xC3\x85");                      // Angstrom sign -> U+00C5
+}
+
+// The attack: a single word of a repeated syllable. Merging rescanned the word once
+// per merge: a 16 KiB prompt (the inference API's cap) took 0.54 s on the thread that
+// holds the model, 64 KiB 8.8 s, and 1 MiB (a training line; those are not capped)
+// would take about 40 minutes. With the heap 1 MiB takes about 0.15 s
+// (bench/tokenizer_bench.cpp measures it); the bound below is 100x that, there only to
+// tell O(n log n) from O(n^2).
+TEST(BpeTokenizerTest, AMebibyteWordOfOneSyllableEncodesWithoutQuadraticTime) {
+  BpeTokenizer tok = LoadTokenizer("llama3");
+  const std::vector<int32_t> one = tok.Encode("ation");
+  std::string text;
+  while (text.size() < (1u << 20)) text += "ation";
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<int32_t> ids = tok.Encode(text);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(seconds, 15.0);
+  std::string bytes;
+  for (int32_t id : ids) bytes += tok.TokenBytes(id);
+  EXPECT_EQ(bytes, text);
+  // Merged like any word: far fewer ids than bytes.
+  EXPECT_LT(ids.size(), text.size() / 2) << "one syllable is " << one.size() << " ids";
 }
 
 TEST(BpeTokenizerTest, SpecialTokensMatchFirstAndDecodeVerbatim) {

@@ -1,0 +1,113 @@
+// Byte-level BPE encoding speed (the agent tokenizes every /v1/completions and
+// /v1/chat/completions prompt, on the thread that holds the model):
+//   1. ordinary text: WordNet glosses (Debian's wordnet-base) through each golden
+//      tokenizer, MB/s;
+//   2. hostile text: a single long "word" (a repeated syllable, a run of one letter,
+//      of digits, of spaces, of newlines, of an added token's first byte, decomposed
+//      accents) at n and 4n bytes. The ratio t(4n) / t(n) is the figure: about 4 for
+//      O(n log n), 16 for quadratic. The inference API caps a prompt at 16 KiB
+//      (--max-kib 16); training lines are not capped (the default, 4096).
+//
+//   fedge_bench_tokenizer [--golden-dir tests/golden/llm] [--max-kib 4096]   (from the repo root)
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fedge/agent/llm/bpe_tokenizer.h"
+
+namespace {
+
+using fedge::agent::llm::BpeTokenizer;
+
+double Seconds(const std::function<void()>& fn) {
+  auto t0 = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string WordNetGlosses(size_t max_bytes) {
+  std::string out;
+  for (const char* part : {"noun", "verb", "adj", "adv"}) {
+    std::ifstream in(std::string("/usr/share/wordnet/data.") + part);
+    std::string line;
+    while (std::getline(in, line) && out.size() < max_bytes) {
+      auto bar = line.find(" | ");
+      if (line.rfind("  ", 0) == 0 || bar == std::string::npos) continue;
+      out += line.substr(bar + 3);
+      out += '\n';
+    }
+  }
+  return out;
+}
+
+std::string Repeat(const std::string& unit, size_t bytes) {
+  std::string s;
+  s.reserve(bytes + unit.size());
+  while (s.size() < bytes) s += unit;
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string golden = "tests/golden/llm";
+  size_t max_kib = 4096;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--golden-dir") == 0) golden = argv[i + 1];
+    if (std::strcmp(argv[i], "--max-kib") == 0) max_kib = std::strtoul(argv[i + 1], nullptr, 10);
+  }
+  const char* names[] = {"gpt2", "llama3", "qwen2", "smollm2", "qwen2_nfc"};
+  std::vector<BpeTokenizer> toks;
+  for (const char* name : names) {
+    auto tok = BpeTokenizer::Load(golden + "/tok_" + name + "/tokenizer.json");
+    if (!tok.ok()) {
+      std::fprintf(stderr, "%s\n", tok.status().ToString().c_str());
+      return 1;
+    }
+    toks.push_back(std::move(*tok));
+  }
+
+  const std::string glosses = WordNetGlosses(4u << 20);
+  if (glosses.empty()) {
+    std::fprintf(stderr, "no WordNet glosses under /usr/share/wordnet (apt install wordnet-base)\n");
+    return 1;
+  }
+  std::printf("ordinary text: %.1f MiB of WordNet glosses\n", glosses.size() / 1048576.0);
+  std::printf("%-10s %10s %10s\n", "tokenizer", "ids", "MB/s");
+  for (size_t t = 0; t < toks.size(); ++t) {
+    size_t ids = 0;
+    double s = Seconds([&] { ids = toks[t].Encode(glosses).size(); });
+    std::printf("%-10s %10zu %10.1f\n", names[t], ids, glosses.size() / s / 1e6);
+  }
+
+  struct Hostile {
+    const char* what;
+    std::string unit;
+  };
+  const Hostile hostile[] = {
+      {"syllable", "ation"}, {"one letter", "e"}, {"digits", "1234567890"}, {"spaces", " "},
+      {"newlines", "\n"},    {"'<' bytes", "<"},  {"accents", "e\xcc\x81"}, {"punctuation", "!?"},
+  };
+  const size_t big = max_kib * 1024, small = big / 4;
+  std::printf("\nhostile text: one word of n bytes vs 4n (n = %zu KiB); ratio ~4 is n log n, 16 quadratic\n",
+              small / 1024);
+  std::printf("%-10s %-12s %10s %10s %8s\n", "tokenizer", "input", "t(n) ms", "t(4n) ms", "ratio");
+  double worst = 0;
+  for (size_t t = 0; t < toks.size(); ++t) {
+    for (const Hostile& h : hostile) {
+      const std::string a = Repeat(h.unit, small), b = Repeat(h.unit, big);
+      double ta = Seconds([&] { toks[t].Encode(a); });
+      double tb = Seconds([&] { toks[t].Encode(b); });
+      worst = std::max(worst, tb);
+      std::printf("%-10s %-12s %10.1f %10.1f %8.1f\n", names[t], h.what, ta * 1e3, tb * 1e3, tb / ta);
+    }
+  }
+  std::printf("\nslowest hostile %zu KiB request: %.2f s\n", max_kib, worst);
+  return 0;
+}
