@@ -122,7 +122,7 @@ TEST(NfcNormalizeTest, InvalidUtf8PassesThroughAndBlocksComposition) {
 // The attack: a single word of a repeated syllable. Merging rescanned the word once
 // per merge: a 16 KiB prompt (the inference API's cap) took 0.54 s on the thread that
 // holds the model, 64 KiB 8.8 s, and 1 MiB (a training line; those are not capped)
-// would take about 40 minutes. With the heap 1 MiB takes about 0.15 s
+// would take ~38 minutes by the n^2 law. With the heap 1 MiB takes about 0.15 s
 // (bench/tokenizer_bench.cpp measures it); the bound below is 100x that, there only to
 // tell O(n log n) from O(n^2).
 TEST(BpeTokenizerTest, AMebibyteWordOfOneSyllableEncodesWithoutQuadraticTime) {

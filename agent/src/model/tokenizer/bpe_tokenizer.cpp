@@ -336,7 +336,7 @@ struct BpeTokenizer::Impl {
   // candidate pairs over a linked list keeps this O(n log n) in the word's length:
   // rescanning the word for each merge was quadratic: a 16 KiB prompt (the inference
   // API's cap) of one repeated syllable took 0.54 s on the thread that holds the model
-  // (1.5 ms now), and a 1 MiB word in a training line (uncapped) about 40 minutes.
+  // (1.5 ms now), and a 1 MiB word in a training line (uncapped) ~38 minutes by the n^2 law.
   void MergeSymbols(std::vector<int32_t>* syms) const {
     const size_t n = syms->size();
     if (n < 2) return;
