@@ -410,6 +410,13 @@ std::vector<JobSpecField> MakeTable() {
        .kind = K::kString,
        .ref = FEDGE_FIELD(serving.decodeWeights),
        .one_of = {"float32", "int8"}});
+  // 1 MiB: a prompt for a long-context model (Llama 3.2 reads 131,072 positions) fits,
+  // and one tokenizes in ~0.15 s (bench/tokenizer_bench.cpp); the HTTP body cap is 4 MiB.
+  add({.path = "spec.serving.maxInputBytes",
+       .kind = K::kInt,
+       .ref = FEDGE_FIELD(serving.maxInputBytes),
+       .min = 256,
+       .max = 1048576});
 
   add({.path = "spec.feedback.enabled", .kind = K::kBool, .ref = FEDGE_FIELD(feedback.enabled)});
   add({.path = "spec.feedback.maxExamples",

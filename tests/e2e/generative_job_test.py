@@ -53,6 +53,8 @@ spec:
     seed: 5
   compression:
     codec: int8
+  serving:
+    maxInputBytes: 2048
 """
 
 
@@ -154,6 +156,11 @@ class GenerativeJobTest(unittest.TestCase):
             self.assertIn("prompt", json.loads(body)["error"]["message"])
             code, body = http("POST", urls[0] + "/v1/completions", {"prompt": "x:", "temperature": -1})
             self.assertEqual(code, 400, body)
+            # spec.serving.maxInputBytes reaches the agents (the default is 16 KiB).
+            code, body = http("POST", urls[0] + "/v1/completions", {"prompt": "x" * 3000, "max_tokens": 1})
+            self.assertEqual(code, 400, body)
+            self.assertEqual(json.loads(body)["error"]["code"], "input_too_long", body)
+            self.assertIn("at most 2048", json.loads(body)["error"]["message"])
             code, body = http("POST", urls[0] + "/v1/classify", {"input": "dog: a canine"})
             self.assertEqual(code, 400, body)
             self.assertIn("causal-lm", json.loads(body)["error"]["message"])

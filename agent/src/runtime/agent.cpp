@@ -292,8 +292,10 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     }
   }
 
-  a->api_ = std::make_unique<InferenceApi>(a->serving_.get(), a->store_.get(), a->metrics_.get(),
-                                           InferenceLimits{}, a->api_tokens_.get(), settings.scheduling);
+  InferenceLimits limits;
+  limits.max_input_chars = static_cast<size_t>(settings.spec.serving.maxInputBytes);
+  a->api_ = std::make_unique<InferenceApi>(a->serving_.get(), a->store_.get(), a->metrics_.get(), limits,
+                                           a->api_tokens_.get(), settings.scheduling);
   // Handlers block while their request waits in the scheduler's queue, so the
   // worker pool holds every queued request, a full batch and a few cheap routes.
   HttpServerOptions http_options;

@@ -215,6 +215,9 @@ struct ServingSpec {
   // Weights the decode step reads (llama only: CausalLmOptions::decode_weights):
   // "float32" | "int8".
   std::string decodeWeights = "float32";
+  // Bytes of one input string the inference API takes (a prompt, all chat messages
+  // together, one embeddings/classify input), checked before tokenizing.
+  int maxInputBytes = 16384;
 
   bool operator==(const ServingSpec&) const = default;
 };
