@@ -20,11 +20,21 @@
 // (--kernels torch,f32,int8), and prints one CSV row per measurement:
 //   engine,weights,threads,prefill_tps,decode_tps
 //
+// --prefill-memory N prefills N random ids into a one-layer random model with Llama
+// 3.2 1B's attention shape (hidden 2048, 32 query heads and 8 key/value heads of 64)
+// twice, each in a forked process so each peak RSS is its own: the whole prompt at
+// once (prefill chunk 0, as before session 38), then in chunks of
+// LlamaForCausalLmImpl::kPrefillChunk. Printed: peak RSS above the loaded model,
+// seconds, and the ratios; the last-position logits of the two must agree (1e-3).
+//
 // --perplexity scores held-out WordNet lines (the 1% fedge-pretrain --seed S never
 // trained on: same reader, same shuffle) token by token through the decode step of
 // each kernel, and prints each kernel's perplexity and its difference to f32's.
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -250,6 +260,95 @@ void Report(const std::string& name, LlamaForCausalLm& model, double bandwidth, 
 
 }  // namespace
 
+// One prefill in this process: peak RSS growth (MiB), seconds and the last logits.
+struct PrefillRun {
+  double rss_mib = 0, seconds = 0;
+  float logits[8] = {};
+};
+
+double MaxRssMib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+PrefillRun PrefillOnce(int64_t tokens, int64_t chunk) {
+  LlamaConfig c;
+  c.vocab_size = 1000;
+  c.hidden_size = 2048;
+  c.intermediate_size = 2048;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 32;
+  c.num_key_value_heads = 8;
+  c.head_dim = 64;
+  c.max_position_embeddings = tokens;
+  c.tie_word_embeddings = true;
+  torch::manual_seed(5);
+  LlamaForCausalLm model(c);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : model->parameters()) p.normal_(0, 0.02);
+  }
+  model->eval();
+  model->set_prefill_chunk(chunk);
+  torch::InferenceMode mode;
+  torch::Tensor ids = torch::randint(c.vocab_size, {1, tokens}, torch::kLong);
+  KvCache cache = KvCache::Allocate(c, 1, tokens);
+  const double before = MaxRssMib();
+  auto t0 = Clock::now();
+  torch::Tensor logits = model->forward(ids, &cache, /*last_only=*/true).reshape({-1});
+  PrefillRun r;
+  r.seconds = Seconds(t0, Clock::now());
+  r.rss_mib = MaxRssMib() - before;
+  for (int i = 0; i < 8; ++i) r.logits[i] = logits[i].item<float>();
+  return r;
+}
+
+// Runs PrefillOnce in a child process and reads its result through a pipe.
+bool PrefillInChild(int64_t tokens, int64_t chunk, PrefillRun* out) {
+  int fds[2];
+  if (pipe(fds) != 0) return false;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    PrefillRun r = PrefillOnce(tokens, chunk);
+    bool ok = write(fds[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
+    _exit(ok ? 0 : 1);
+  }
+  close(fds[1]);
+  bool ok = read(fds[0], out, sizeof *out) == static_cast<ssize_t>(sizeof *out);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+int PrefillMemoryReport(int64_t tokens) {
+  const int64_t chunk = fedge::agent::llm::LlamaForCausalLmImpl::kPrefillChunk;
+  std::cout << "prefill of " << tokens << " tokens, one layer with Llama 3.2 1B's attention (32 x 64 query, "
+            << "8 x 64 key/value heads), each in its own process\n";
+  PrefillRun whole, chunked;
+  if (!PrefillInChild(tokens, 0, &whole) || !PrefillInChild(tokens, chunk, &chunked)) {
+    std::cerr << "a prefill child failed\n";
+    return 1;
+  }
+  std::cout << std::fixed << std::setprecision(2) << "  at once:          peak RSS +" << whole.rss_mib
+            << " MiB, " << whole.seconds << " s\n";
+  std::cout << "  chunks of " << chunk << ":  peak RSS +" << chunked.rss_mib << " MiB, " << chunked.seconds
+            << " s\n";
+  std::cout << "  chunked / at once: memory " << chunked.rss_mib / whole.rss_mib << "x, time "
+            << chunked.seconds / whole.seconds << "x\n";
+  for (int i = 0; i < 8; ++i) {
+    if (std::abs(whole.logits[i] - chunked.logits[i]) > 1e-3f) {
+      std::cerr << "last-position logit " << i << " differs: " << whole.logits[i] << " vs "
+                << chunked.logits[i] << "\n";
+      return 1;
+    }
+  }
+  std::cout << "  last-position logits agree within 1e-3\n";
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"decode_bench: batch-1 decode tokens/s vs the memory-bandwidth bound"};
   app.set_version_flag("--version", std::string("decode_bench ") + fedge::Version());
@@ -281,7 +380,11 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--runs", runs, "--compare: measurements per kernel, interleaved")->capture_default_str();
+  int64_t prefill_memory = 0;
+  app.add_option("--prefill-memory", prefill_memory,
+                 "prefill this many tokens at once and in chunks (one process each): peak RSS and time");
   CLI11_PARSE(app, argc, argv);
+  if (prefill_memory > 0) return PrefillMemoryReport(prefill_memory);
   std::cout << std::fixed << std::setprecision(1);
   if (perplexity) return PerplexityReport(model_dir, split_seed, max_lines, kernels);
   if (compare) return Compare(model_dir, prompt_tokens, tokens, threads, kernels, runs);

@@ -98,6 +98,28 @@ TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   EXPECT_NEAR(want.back(), std::pow(10000.0, -14.0 / 16) / 8, 1e-9);
 }
 
+// A prefill longer than the chunk runs chunk by chunk (48 tokens in chunks of 16, of
+// 5 with a last chunk of 3): the same last-position logits as transformers' forward,
+// and the cache holds every position.
+TEST(LlamaTest, ChunkedPrefillGivesTheWholePromptsLogits) {
+  nlohmann::json golden = testing::LlmModelGolden("tiny_llama32");
+  auto model = LoadLlama(kGolden + "/" + golden["dir"].get<std::string>());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode guard;
+  torch::Tensor ids = IdsTensor(golden["input_ids"]);
+  const int64_t len = ids.size(1), vocab = (*model)->config().vocab_size;
+  std::vector<float> want = golden["logits"];
+  std::vector<float> last(want.end() - vocab, want.end());
+  for (int64_t chunk : {16, 5, 0}) {
+    (*model)->set_prefill_chunk(chunk);
+    KvCache cache = KvCache::Allocate((*model)->config(), 1, len);
+    torch::Tensor logits = (*model)->forward(ids, &cache, /*last_only=*/true);
+    EXPECT_EQ(cache.length, len) << "chunk " << chunk;
+    ExpectClose(logits, last);
+  }
+  (*model)->set_prefill_chunk(LlamaForCausalLmImpl::kPrefillChunk);
+}
+
 TEST(LlamaTest, RotaryPositionsPastTheTableAreComputedAsTheTableWould) {
   const int64_t table = LlamaRotaryImpl::kRotaryTablePositions;
   LlamaRotary rotary(16, 500000.0, RopeScaling{}, table + 1000);

@@ -215,6 +215,14 @@ torch::Tensor LlamaForCausalLmImpl::forward(const torch::Tensor& ids, KvCache* c
   if (decode_kernel_ != DecodeKernel::kTorch && CanDecodeFast(ids, cache)) {
     return DecodeStep(ids.item<int64_t>(), cache);
   }
+  const int64_t t = ids.size(1);
+  if (cache != nullptr && last_only && prefill_chunk_ > 0 && t > prefill_chunk_) {
+    torch::Tensor logits;
+    for (int64_t start = 0; start < t; start += prefill_chunk_) {
+      logits = forward(ids.narrow(1, start, std::min(prefill_chunk_, t - start)), cache, /*last_only=*/true);
+    }
+    return logits;
+  }
   torch::Tensor h = model(ids, cache);
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   if (lm_head_) return lm_head_(h);

@@ -156,7 +156,10 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   // ids [B, T] -> logits [B, T, V]. With a cache, positions continue from
   // cache->length and the cache advances by T. `last_only` computes the head for
   // the last position only ([B, 1, V]): what decoding needs. The decode step
-  // (B = T = 1 with a cache, no grad, eval mode) runs decode_kernel().
+  // (B = T = 1 with a cache, no grad, eval mode) runs decode_kernel(). A prefill
+  // (a cache and `last_only`) longer than prefill_chunk() runs chunk by chunk: the
+  // attention scores of T tokens at once are heads x T x T floats (4k tokens of a
+  // 32-head model: 2 GiB per layer), of a chunk heads x chunk x T.
   torch::Tensor forward(const torch::Tensor& ids, KvCache* cache = nullptr, bool last_only = false);
   // One decode step of B sequences, batched (logits [B, V]); contract in llama_decode.cpp.
   torch::Tensor DecodeStepBatch(const std::vector<int64_t>& tokens, const std::vector<KvCache*>& caches);
@@ -166,6 +169,10 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   // passes; one generation at a time per model, as before.
   void set_decode_kernel(DecodeKernel kernel) { decode_kernel_ = kernel; }
   DecodeKernel decode_kernel() const { return decode_kernel_; }
+  // Prefill chunk in tokens (default kPrefillChunk); 0 prefills a prompt at once.
+  static constexpr int64_t kPrefillChunk = 256;
+  void set_prefill_chunk(int64_t tokens) { prefill_chunk_ = tokens; }
+  int64_t prefill_chunk() const { return prefill_chunk_; }
 
   // Names of the tensors a Hugging Face checkpoint of this config holds.
   std::vector<std::string> CheckpointNames() const;
@@ -198,6 +205,7 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   LlamaConfig config_;
   fedge::agent::LoraLinear lm_head_{nullptr};  // absent when tied
   DecodeKernel decode_kernel_ = DecodeKernel::kF32;
+  int64_t prefill_chunk_ = kPrefillChunk;
   std::shared_ptr<LlamaDecodeState> decode_;  // built on the first fast decode step
 };
 TORCH_MODULE(LlamaForCausalLm);
