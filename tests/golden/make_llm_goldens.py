@@ -35,6 +35,24 @@ Outputs (tests/golden/llm/):
                               32 and 4 heads, tied) with tok_qwen2_nfc
   tiny_qwen3_sharded/         its weights saved with max_shard_size 100KB (shards + index)
 
+  --only spm (SentencePiece-style BPE: byte_fallback, U+2581 word markers):
+  tok_llama2/                 Llama 2 / TinyLlama / Mistral v0.1 as shipped: normalizer
+                              Prepend + Replace, no pre_tokenizer, decoder Replace +
+                              ByteFallback + Fuse + Strip, post_processor "<s> $A"
+  tok_llama2_metaspace/       the same vocabulary as transformers >= 4.40 converts it
+                              (legacy=False): Metaspace(prepend_scheme first, split false),
+                              plus ChatML added tokens
+  tok_metaspace_split/        Metaspace(always, split true) with a Metaspace decoder, as
+                              older conversions
+  tok_gemma/                  Gemma's layout: normalizer Replace only, no Strip
+  spm_ids.json                bpe_ids.json's layout, plus per case "special_ids"
+                              (add_special_tokens=True) and, for texts without added
+                              tokens, "continuation_ids": the ids with the first word's
+                              marker not prepended (the tokenizer with Prepend removed /
+                              prepend_scheme never)
+  The vocabulary is a SentencePiece BPE model (pip sentencepiece, byte_fallback, 1000
+  pieces) trained on WordNet glosses, read with transformers' SentencePieceExtractor.
+
   --only nfc:
   tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
   nfc_ids.json                {"cases": [{"text", "ids"}]} encoded by `tokenizers`
@@ -306,6 +324,90 @@ def make_nfc(lines):
     print("nfc: cases", len(cases), "conformance rows", len(rows), "dropped", dropped)
 
 
+SPM_CASES = [
+    " Paris", "  two leading", "new\nline", "\u2581already marked", "end ",
+    "\u00a0nbsp", "mixed 中文 and 🙂", "<s>after bos", "a</s>b", "<|im_start|>user\nhi<|im_end|>\n",
+    "tab\there", "x" * 40, "\u2581\u2581", "caf\u00e9 na\u00efve", "\ufffd replacement",
+]
+
+
+def make_spm(lines):
+    import tokenizers
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
+    import tempfile
+    work = tempfile.mkdtemp()
+    corpus = os.path.join(work, "corpus.txt")
+    with open(corpus, "w") as f:
+        for line in lines[:20000]:
+            f.write(line + "\n")
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(work, "sp"), vocab_size=1000, model_type="bpe",
+        byte_fallback=True, character_coverage=0.9995, split_digits=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, minloglevel=2)
+    vocab, _, merges = SentencePieceExtractor(os.path.join(work, "sp.model")).extract()
+    sp_decoder = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+
+    def build(kind, prepend=True):
+        tok = Tokenizer(models.BPE(vocab=dict(vocab), merges=list(merges), unk_token="<unk>",
+                                   fuse_unk=True, byte_fallback=True))
+        if kind in ("llama2", "gemma"):
+            seq = [normalizers.Prepend("\u2581")] if kind == "llama2" and prepend else []
+            seq.append(normalizers.Replace(" ", "\u2581"))
+            tok.normalizer = normalizers.Sequence(seq) if kind == "llama2" else seq[0]
+            tok.decoder = decoders.Sequence(sp_decoder + ([decoders.Strip(" ", 1, 0)] if kind == "llama2" else []))
+        else:
+            scheme = ("first" if kind == "llama2_metaspace" else "always") if prepend else "never"
+            tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme,
+                                                         split=(kind == "metaspace_split"))
+            tok.decoder = (decoders.Sequence(sp_decoder + [decoders.Strip(" ", 1, 0)])
+                           if kind == "llama2_metaspace" else decoders.Metaspace(prepend_scheme=scheme))
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", 1)])
+        tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("<unk>", "<s>", "</s>")])
+        if kind == "llama2_metaspace":
+            tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                    for t in ("<|im_start|>", "<|im_end|>")])
+        return tok
+
+    added = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    cases = SPM_CASES + HAND_CASES + lines[30000:30060]
+    result = {}
+    rng = random.Random(2)
+    for kind in ["llama2", "llama2_metaspace", "metaspace_split", "gemma"]:
+        d = os.path.join(OUT, f"tok_{kind}")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "tokenizer.json")
+        build(kind).save(path)
+        tok = Tokenizer.from_file(path)
+        plain = build(kind, prepend=False)
+        entries = []
+        for text in cases:
+            ids = tok.encode(text, add_special_tokens=False).ids
+            e = {"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
+                 "special_ids": tok.encode(text, add_special_tokens=True).ids}
+            if not any(a in text for a in added):
+                e["continuation_ids"] = plain.encode(text, add_special_tokens=False).ids
+            entries.append(e)
+        size = tok.get_vocab_size()
+        decode_cases = []
+        for n in range(40):
+            # Half the sequences are byte tokens (ids 3..258) around a word: their runs
+            # are often not valid UTF-8 (one U+FFFD per byte).
+            pool = (lambda: rng.randrange(3, 259)) if n % 2 else (lambda: rng.randrange(size))
+            ids = [pool() for _ in range(rng.randrange(1, 8))]
+            decode_cases.append({"ids": ids, "text": tok.decode(ids, skip_special_tokens=False),
+                                 "skip_special": tok.decode(ids, skip_special_tokens=True)})
+        result[kind] = {"tokenizer": f"llm/tok_{kind}/tokenizer.json", "cases": entries,
+                        "decode_cases": decode_cases}
+    with open(os.path.join(OUT, "spm_ids.json"), "w") as f:
+        json.dump({"generator": f"tokenizers {tokenizers.__version__}, sentencepiece {spm.__version__}",
+                   "tokenizers": result}, f, ensure_ascii=False, indent=0)
+    print("spm:", {k: len(v["cases"]) for k, v in result.items()})
+
+
 def make_rope_model():
     """tiny_llama32: rope_type llama3 with the band edges among its 8 frequencies."""
     import shutil
@@ -400,7 +502,7 @@ def make_qwen3_model():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -412,6 +514,8 @@ def main():
             json.dump(result, f, ensure_ascii=False, indent=0)
     if args.only == "nfc":
         make_nfc(lines)
+    if args.only == "spm":
+        make_spm(lines)
     if args.only in ("rope", "qwen3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:

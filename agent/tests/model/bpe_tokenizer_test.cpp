@@ -1,11 +1,14 @@
-// Byte-level BPE against goldens from Hugging Face `tokenizers`
-// (tests/golden/make_llm_goldens.py: four tokenizers trained on WordNet glosses with
-// the GPT-2 ByteLevel regex, the Qwen2 Split regex, the Llama-3 Split regex, and
-// SmolLM2's Digits + ByteLevel).
+// BPE against goldens from Hugging Face `tokenizers` (tests/golden/make_llm_goldens.py):
+// four byte-level tokenizers trained on WordNet glosses with the GPT-2 ByteLevel regex,
+// the Qwen2 Split regex, the Llama-3 Split regex, and SmolLM2's Digits + ByteLevel
+// (bpe_ids.json); and a SentencePiece BPE vocabulary (byte_fallback) in the four
+// layouts Llama 2 / TinyLlama / Mistral / Gemma ship (spm_ids.json).
 #include "fedge/agent/llm/bpe_tokenizer.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -20,10 +23,12 @@ namespace {
 
 const std::string kGolden = FEDGE_GOLDEN_DIR;
 
-nlohmann::json ReadGolden() {
-  auto text = ReadFile(kGolden + "/llm/bpe_ids.json");
+// `param` is "<golden file>/<tokenizer>": "bpe_ids/gpt2", "spm_ids/llama2".
+nlohmann::json ReadGolden(const std::string& param) {
+  const std::string file = param.substr(0, param.find('/'));
+  auto text = ReadFile(kGolden + "/llm/" + file + ".json");
   EXPECT_TRUE(text.ok()) << text.status().ToString();
-  return nlohmann::json::parse(*text);
+  return nlohmann::json::parse(*text)["tokenizers"][param.substr(param.find('/') + 1)];
 }
 
 BpeTokenizer LoadTokenizer(const std::string& name) {
@@ -32,11 +37,15 @@ BpeTokenizer LoadTokenizer(const std::string& name) {
   return *tok;
 }
 
-class BpeGoldenTest : public ::testing::TestWithParam<std::string> {};
+class BpeGoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  nlohmann::json golden_ = ReadGolden(GetParam());
+  BpeTokenizer tok_ = LoadTokenizer(GetParam().substr(GetParam().find('/') + 1));
+};
 
 TEST_P(BpeGoldenTest, EncodesLikeTokenizers) {
-  nlohmann::json golden = ReadGolden()["tokenizers"][GetParam()];
-  BpeTokenizer tok = LoadTokenizer(GetParam());
+  const nlohmann::json& golden = golden_;
+  const BpeTokenizer& tok = tok_;
   ASSERT_GE(golden["cases"].size(), 100u);
   int failures = 0;
   for (const auto& c : golden["cases"]) {
@@ -49,8 +58,8 @@ TEST_P(BpeGoldenTest, EncodesLikeTokenizers) {
 }
 
 TEST_P(BpeGoldenTest, DecodesToTheOriginalText) {
-  nlohmann::json golden = ReadGolden()["tokenizers"][GetParam()];
-  BpeTokenizer tok = LoadTokenizer(GetParam());
+  const nlohmann::json& golden = golden_;
+  const BpeTokenizer& tok = tok_;
   for (const auto& c : golden["cases"]) {
     std::vector<int32_t> ids = c["ids"];
     EXPECT_EQ(tok.Decode(ids), c["decoded"].get<std::string>());
@@ -58,8 +67,8 @@ TEST_P(BpeGoldenTest, DecodesToTheOriginalText) {
 }
 
 TEST_P(BpeGoldenTest, DecodesArbitraryIdsLossilyLikeTokenizers) {
-  nlohmann::json golden = ReadGolden()["tokenizers"][GetParam()];
-  BpeTokenizer tok = LoadTokenizer(GetParam());
+  const nlohmann::json& golden = golden_;
+  const BpeTokenizer& tok = tok_;
   for (const auto& c : golden["decode_cases"]) {
     std::vector<int32_t> ids = c["ids"];
     EXPECT_EQ(tok.Decode(ids), c["text"].get<std::string>()) << c["ids"].dump();
@@ -67,7 +76,66 @@ TEST_P(BpeGoldenTest, DecodesArbitraryIdsLossilyLikeTokenizers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, BpeGoldenTest, ::testing::Values("gpt2", "qwen2", "llama3", "smollm2"));
+// add_special_tokens=True: the post_processor's BOS first (the golden texts that
+// spell it themselves are left out: Encode does not double it, tokenizers does).
+TEST_P(BpeGoldenTest, AddsThePostProcessorsPrefixLikeTokenizers) {
+  int checked = 0;
+  for (const auto& c : golden_["cases"]) {
+    if (!c.contains("special_ids")) continue;
+    std::vector<int32_t> want = c["special_ids"], plain = c["ids"];
+    const auto& prefix = tok_.SequencePrefix();
+    if (plain.size() >= prefix.size() && std::equal(prefix.begin(), prefix.end(), plain.begin())) continue;
+    EXPECT_EQ(tok_.Encode(c["text"].get<std::string>(), {.add_special_tokens = true}), want) << c["text"];
+    ++checked;
+  }
+  if (GetParam().rfind("spm_ids/", 0) == 0) {
+    EXPECT_GE(checked, 100);
+    EXPECT_EQ(tok_.SequencePrefix(), std::vector<int32_t>{1});
+  } else {
+    EXPECT_TRUE(tok_.SequencePrefix().empty());  // these byte-level files have none
+  }
+}
+
+// A completion encoded after its prompt: no word marker is prepended to its first
+// word; the golden is the same tokenizer with the Prepend normalizer removed or
+// prepend_scheme "never". Byte-level tokenizers encode the same either way.
+TEST_P(BpeGoldenTest, ContinuationDoesNotPrependTheWordMarker) {
+  int checked = 0, differs = 0;
+  for (const auto& c : golden_["cases"]) {
+    const std::string text = c["text"];
+    std::vector<int32_t> want = c.contains("continuation_ids") ? c["continuation_ids"] : c["ids"];
+    if (!c.contains("continuation_ids") && GetParam().rfind("spm_ids/", 0) == 0) continue;
+    EXPECT_EQ(tok_.Encode(text, {.continuation = true}), want) << text;
+    differs += want != c["ids"].get<std::vector<int32_t>>();
+    ++checked;
+  }
+  EXPECT_GE(checked, 100);
+  // The marker matters: a Llama 2 completion " Paris" encodes as "\u2581\u2581Paris"
+  // without this.
+  if (GetParam().rfind("spm_ids/", 0) == 0 && GetParam() != "spm_ids/gemma") EXPECT_GE(differs, 50);
+}
+
+// Streaming: the concatenated TokenBytes are the text, with the marker prepended to
+// the first word read as a space.
+TEST_P(BpeGoldenTest, TokenBytesConcatenateToTheText) {
+  for (const auto& c : golden_["cases"]) {
+    const std::string text = c["text"];
+    if (c["decoded"].get<std::string>() != text || text.find('<') != std::string::npos) continue;
+    std::string bytes;
+    for (int32_t id : c["ids"].get<std::vector<int32_t>>()) bytes += tok_.TokenBytes(id);
+    if (bytes != text) EXPECT_EQ(bytes, " " + text) << GetParam();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokenizers, BpeGoldenTest,
+                         ::testing::Values("bpe_ids/gpt2", "bpe_ids/qwen2", "bpe_ids/llama3",
+                                           "bpe_ids/smollm2", "spm_ids/llama2", "spm_ids/llama2_metaspace",
+                                           "spm_ids/metaspace_split", "spm_ids/gemma"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           return name;
+                         });
 
 // Qwen2.5's tokenizer.json has {"normalizer": {"type": "NFC"}}: decomposed accents,
 // Hangul jamo, marks out of canonical order and composition exclusions encode as

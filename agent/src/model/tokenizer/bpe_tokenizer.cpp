@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <unordered_map>
@@ -246,6 +247,61 @@ struct PreTokStep {
   bool add_prefix_space = false;       // kByteLevel
 };
 
+// SentencePiece's word marker, U+2581 LOWER ONE EIGHTH BLOCK.
+const char kMetaspace[] = "\xE2\x96\x81";
+
+void ReplaceAll(std::string* s, const std::string& from, const std::string& to) {
+  if (from.empty()) return;
+  std::string out;
+  size_t i = 0;
+  for (size_t hit; (hit = s->find(from, i)) != std::string::npos; i = hit + from.size()) {
+    out.append(*s, i, hit - i);
+    out += to;
+  }
+  if (i == 0) return;
+  out.append(*s, i, std::string::npos);
+  *s = std::move(out);
+}
+
+// The byte a "<0xXX>" token stands for (ByteFallback), or -1.
+int FallbackByte(const std::string& token) {
+  if (token.size() != 6 || token.compare(0, 3, "<0x") != 0 || token[5] != '>') return -1;
+  int v = 0;
+  for (size_t k = 3; k < 5; ++k) {
+    char c = token[k];
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                   : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+struct NormalizerStep {
+  enum Type { kNfc, kPrepend, kReplace } type;
+  std::string text;     // kPrepend: what is prepended; kReplace: the pattern
+  std::string content;  // kReplace: its replacement
+};
+
+enum class PrependScheme { kAlways, kFirst, kNever };
+
+struct MetaspaceStep {
+  bool enabled = false;
+  std::string replacement = kMetaspace;
+  PrependScheme scheme = PrependScheme::kAlways;
+  bool split = true;
+};
+
+struct DecoderStep {
+  enum Type { kReplace, kByteFallback, kFuse, kStrip, kMetaspace } type;
+  std::string text;            // kReplace: pattern; kStrip: the character; kMetaspace: replacement
+  std::string content;         // kReplace: replacement
+  size_t start = 0, stop = 0;  // kStrip
+  PrependScheme scheme = PrependScheme::kAlways;  // kMetaspace
+};
+
 struct AddedToken {
   std::string content;
   int32_t id;
@@ -297,11 +353,21 @@ struct BpeTokenizer::Impl {
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (a,b) -> (rank, merged id)
   std::vector<AddedToken> added;
   std::array<bool, 256> added_first_byte{};  // bytes an added token starts with
-  std::vector<PreTokStep> steps;
+  std::vector<PreTokStep> steps;             // byte-level: ends with ByteLevel
   bool ignore_merges = false;
-  bool nfc = false;  // normalizer {"type": "NFC"}: applied to each span between added tokens
-  std::array<int32_t, 256> byte_id{};  // id of each single-byte token, -1 if absent
+  std::vector<NormalizerStep> normalizers;  // applied to each span between added tokens
+  // Byte-level (a ByteLevel pre-tokenizer) or SentencePiece-style (characters).
+  bool byte_level = true;
+  MetaspaceStep metaspace;  // SentencePiece-style pre-tokenizer, if any
+  bool byte_fallback = false;
+  int32_t unk_id = -1;  // model.unk_token's id, -1 if none
+  bool fuse_unk = false;
+  std::array<int32_t, 256> byte_id{};  // byte-level: id of each single-byte token, -1 if absent
   std::unordered_map<char32_t, uint8_t> unicode_to_byte;
+  std::unordered_map<char32_t, int32_t> char_id;  // SentencePiece-style: one-character tokens
+  std::array<int32_t, 256> fallback_id{};         // ids of <0x00>..<0xFF>, -1 if absent
+  std::vector<DecoderStep> decoders;              // SentencePiece-style decoder chain
+  std::vector<int32_t> prefix;                    // post_processor: special tokens before $A
 
   static uint64_t PairKey(int32_t a, int32_t b) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
@@ -387,7 +453,26 @@ struct BpeTokenizer::Impl {
     id.resize(out);
   }
 
+  // A character the vocabulary lacks: its bytes as <0xXX> tokens if all exist
+  // (byte_fallback), else the unknown token, consecutive ones fused into one
+  // (fuse_unk), else nothing (as tokenizers' BPE::merge_word).
+  void AddUnknown(std::string_view bytes, std::vector<int32_t>* syms, bool* pending_unk) const {
+    if (byte_fallback) {
+      bool all = true;
+      for (unsigned char b : bytes) all = all && fallback_id[b] >= 0;
+      if (all) {
+        for (unsigned char b : bytes) syms->push_back(fallback_id[b]);
+        *pending_unk = false;
+        return;
+      }
+    }
+    if (unk_id < 0) return;
+    if (!(fuse_unk && *pending_unk)) syms->push_back(unk_id);
+    *pending_unk = true;
+  }
+
   void EncodeWord(const std::string& bytes, std::vector<int32_t>* ids) const {
+    if (!byte_level) return EncodeCharacters(bytes, ids);
     std::string mapped;
     for (unsigned char b : bytes) AppendUtf8(ByteTable()[b], &mapped);
     if (ignore_merges) {
@@ -398,20 +483,169 @@ struct BpeTokenizer::Impl {
     }
     std::vector<int32_t> syms;
     syms.reserve(bytes.size());
+    bool pending_unk = false;
     for (unsigned char b : bytes) {
-      if (byte_id[b] >= 0) syms.push_back(byte_id[b]);  // absent bytes: no unk token, dropped
+      if (byte_id[b] >= 0) {
+        syms.push_back(byte_id[b]);
+        pending_unk = false;
+      } else {
+        AddUnknown({}, &syms, &pending_unk);  // unk token if any, else dropped
+      }
     }
     MergeSymbols(&syms);
     ids->insert(ids->end(), syms.begin(), syms.end());
   }
 
-  void EncodeSpan(std::string_view text, std::vector<int32_t>* ids) const {
+  // SentencePiece-style: the word's characters are the initial symbols. A byte that
+  // is not valid UTF-8 is a character no vocabulary has (so <0xXX> or unknown).
+  void EncodeCharacters(const std::string& word, std::vector<int32_t>* ids) const {
+    if (ignore_merges) {
+      if (auto it = vocab.find(word); it != vocab.end()) {
+        ids->push_back(it->second);
+        return;
+      }
+    }
+    std::vector<int32_t> syms;
+    syms.reserve(word.size());
+    bool pending_unk = false;
+    size_t i = 0;
+    while (i < word.size()) {
+      const int r = ScanUtf8Char(word, i);
+      const size_t len = r > 0 ? static_cast<size_t>(r) : 1;
+      auto it = char_id.end();
+      if (r > 0) {
+        auto b = static_cast<uint8_t>(word[i]);
+        char32_t c = r == 1 ? b : r == 2 ? (b & 0x1F) : r == 3 ? (b & 0x0F) : (b & 0x07);
+        for (int k = 1; k < r; ++k) c = (c << 6) | (static_cast<uint8_t>(word[i + k]) & 0x3F);
+        it = char_id.find(c);
+      }
+      if (it != char_id.end()) {
+        syms.push_back(it->second);
+        pending_unk = false;
+      } else {
+        AddUnknown(std::string_view(word).substr(i, len), &syms, &pending_unk);
+      }
+      i += len;
+    }
+    MergeSymbols(&syms);
+    ids->insert(ids->end(), syms.begin(), syms.end());
+  }
+
+  // `at_start`: the span begins the text. Prepend and Metaspace "always" mark every
+  // span, "first" only the one at the start; none marks the first span of a
+  // continuation.
+  void EncodeSpan(std::string_view text, bool at_start, bool continuation, std::vector<int32_t>* ids) const {
+    const bool mark_any = !(at_start && continuation);
     if (text.empty()) return;
-    std::vector<std::string> pieces{nfc ? NfcNormalize(text) : std::string(text)};
+    std::string s(text);
+    for (const NormalizerStep& n : normalizers) {
+      if (n.type == NormalizerStep::kNfc) {
+        s = NfcNormalize(s);
+      } else if (n.type == NormalizerStep::kPrepend) {
+        if (mark_any && !s.empty()) s.insert(0, n.text);
+      } else {
+        ReplaceAll(&s, n.text, n.content);
+      }
+    }
+    if (metaspace.enabled) {
+      ReplaceAll(&s, " ", metaspace.replacement);
+      const bool starts = s.compare(0, metaspace.replacement.size(), metaspace.replacement) == 0;
+      if (!starts && mark_any &&
+          (metaspace.scheme == PrependScheme::kAlways ||
+           (metaspace.scheme == PrependScheme::kFirst && at_start))) {
+        s.insert(0, metaspace.replacement);
+      }
+      if (!metaspace.split) return EncodeCharacters(s, ids);
+      // Split before each marker (MergedWithNext): "a\u2581\u2581b" -> "a", "\u2581", "\u2581b".
+      const std::string& m = metaspace.replacement;
+      size_t begin = 0;
+      for (size_t hit = s.find(m, 1); hit != std::string::npos; hit = s.find(m, hit + m.size())) {
+        if (hit > begin) EncodeCharacters(s.substr(begin, hit - begin), ids);
+        begin = hit;
+      }
+      if (begin < s.size()) EncodeCharacters(s.substr(begin), ids);
+      return;
+    }
+    std::vector<std::string> pieces{std::move(s)};
     for (const PreTokStep& step : steps) pieces = ApplyStep(step, pieces);
     for (const std::string& piece : pieces) {
       if (!piece.empty()) EncodeWord(piece, ids);
     }
+  }
+
+  // tokenizers' decoder chain over the token strings (SentencePiece-style).
+  std::string DecodeTokens(std::vector<std::string> tokens) const {
+    for (const DecoderStep& d : decoders) {
+      switch (d.type) {
+        case DecoderStep::kReplace:
+          for (std::string& t : tokens) ReplaceAll(&t, d.text, d.content);
+          break;
+        case DecoderStep::kMetaspace:
+          // The first token loses every marker (the prepended one), the others read
+          // them as spaces.
+          for (size_t k = 0; k < tokens.size(); ++k) {
+            ReplaceAll(&tokens[k], d.text, k == 0 && d.scheme != PrependScheme::kNever ? "" : " ");
+          }
+          break;
+        case DecoderStep::kByteFallback: {
+          // A run of <0xXX> tokens is its bytes if they are valid UTF-8, else one
+          // U+FFFD per byte.
+          std::vector<std::string> out;
+          std::string run;
+          size_t run_len = 0;
+          auto flush = [&] {
+            if (run_len == 0) return;
+            if (ValidUtf8(run)) {
+              out.push_back(run);
+            } else {
+              for (size_t k = 0; k < run_len; ++k) out.emplace_back("\xEF\xBF\xBD");
+            }
+            run.clear();
+            run_len = 0;
+          };
+          for (std::string& t : tokens) {
+            int b = FallbackByte(t);
+            if (b >= 0) {
+              run.push_back(static_cast<char>(b));
+              ++run_len;
+            } else {
+              flush();
+              out.push_back(std::move(t));
+            }
+          }
+          flush();
+          tokens = std::move(out);
+          break;
+        }
+        case DecoderStep::kFuse: {
+          std::string all;
+          for (const std::string& t : tokens) all += t;
+          tokens.assign(1, std::move(all));
+          break;
+        }
+        case DecoderStep::kStrip:
+          for (std::string& t : tokens) {
+            size_t a = 0, n = d.text.size();
+            for (size_t k = 0; k < d.start && t.compare(a, n, d.text) == 0; ++k) a += n;
+            size_t b = t.size();
+            for (size_t k = 0; k < d.stop && b >= a + n && t.compare(b - n, n, d.text) == 0; ++k) b -= n;
+            t = t.substr(a, b - a);
+          }
+          break;
+      }
+    }
+    std::string out;
+    for (const std::string& t : tokens) out += t;
+    return out;
+  }
+
+  static bool ValidUtf8(std::string_view s) {
+    for (size_t i = 0; i < s.size();) {
+      int r = ScanUtf8Char(s, i);
+      if (r <= 0) return false;
+      i += static_cast<size_t>(r);
+    }
+    return true;
   }
 };
 
@@ -430,9 +664,8 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
         return UnimplementedError(std::string("tokenizer.json: model.") + key + " is not supported");
       }
     }
-    if (model.value("byte_fallback", false)) {
-      return UnimplementedError("tokenizer.json: byte_fallback BPE (SentencePiece-style) is not supported");
-    }
+    impl->byte_fallback = model.value("byte_fallback", false);
+    impl->fuse_unk = model.value("fuse_unk", false);
     impl->ignore_merges = model.value("ignore_merges", false);
 
     // Ids index a table holding one string per id (32 bytes each), so an id must be an
@@ -487,6 +720,21 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
     for (const AddedToken& a : added) impl->added_first_byte[static_cast<unsigned char>(a.content[0])] = true;
     impl->added = std::move(added);
 
+    if (model.contains("unk_token") && !model["unk_token"].is_null()) {
+      const std::string unk = model["unk_token"].get<std::string>();
+      auto it = impl->vocab.find(unk);
+      if (it == impl->vocab.end()) {
+        return InvalidArgumentError("tokenizer.json: model.unk_token \"" + unk + "\" is not in the vocab");
+      }
+      impl->unk_id = it->second;
+    }
+    impl->fallback_id.fill(-1);
+    for (const auto& [token, id] : impl->vocab) {
+      if (int b = FallbackByte(token); b >= 0) impl->fallback_id[static_cast<size_t>(b)] = id;
+      if (int r = ScanUtf8Char(token, 0); !token.empty() && r > 0 && static_cast<size_t>(r) == token.size()) {
+        impl->char_id[DecodeCodePoints(token)[0].c] = id;
+      }
+    }
     const auto& table = ByteTable();
     for (int b = 0; b < 256; ++b) {
       impl->unicode_to_byte[table[b]] = static_cast<uint8_t>(b);
@@ -522,13 +770,63 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       impl->merges.emplace(Impl::PairKey(ia->second, ib->second), std::make_pair(rank++, im->second));
     }
 
-    if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-      std::string type = j["normalizer"].is_object() ? j["normalizer"].value("type", std::string("?")) : "?";
-      if (type != "NFC") {
-        return UnimplementedError("tokenizer.json: normalizer " + type + " is not supported (null or NFC)");
+    // A Replace's pattern: {"String": s} (a {"Regex": r} is not supported).
+    auto string_pattern = [](const json& p, const char* what, std::string* out) -> Status {
+      const json& pat = p.at("pattern");
+      if (!pat.is_object() || !pat.contains("String") || !pat["String"].is_string() ||
+          pat["String"].get<std::string>().empty()) {
+        return UnimplementedError(std::string("tokenizer.json: ") + what + " Replace pattern " + pat.dump() +
+                                  " is not supported (only a non-empty {\"String\": ...})");
       }
-      impl->nfc = true;
+      *out = pat["String"].get<std::string>();
+      return OkStatus();
+    };
+    auto parse_normalizer = [&](const json& n) -> Status {
+      std::string type = n.is_object() ? n.value("type", std::string("?")) : "?";
+      NormalizerStep step{};
+      if (type == "NFC") {
+        step.type = NormalizerStep::kNfc;
+      } else if (type == "Prepend") {
+        step.type = NormalizerStep::kPrepend;
+        step.text = n.at("prepend").get<std::string>();
+      } else if (type == "Replace") {
+        step.type = NormalizerStep::kReplace;
+        FEDGE_RETURN_IF_ERROR(string_pattern(n, "normalizer", &step.text));
+        step.content = n.at("content").get<std::string>();
+      } else {
+        return UnimplementedError("tokenizer.json: normalizer " + type +
+                                  " is not supported (null, NFC, Prepend, Replace or a Sequence of these)");
+      }
+      impl->normalizers.push_back(std::move(step));
+      return OkStatus();
+    };
+    if (j.contains("normalizer") && !j["normalizer"].is_null()) {
+      const json& n = j["normalizer"];
+      if (n.is_object() && n.value("type", std::string()) == "Sequence") {
+        for (const json& each : n.at("normalizers")) FEDGE_RETURN_IF_ERROR(parse_normalizer(each));
+      } else {
+        FEDGE_RETURN_IF_ERROR(parse_normalizer(n));
+      }
     }
+    auto parse_scheme = [](const json& p, PrependScheme* out) -> Status {
+      std::string scheme = p.contains("prepend_scheme") && p["prepend_scheme"].is_string()
+                               ? p["prepend_scheme"].get<std::string>()
+                               : (p.value("add_prefix_space", true) ? "always" : "never");
+      if (scheme == "always")
+        *out = PrependScheme::kAlways;
+      else if (scheme == "first")
+        *out = PrependScheme::kFirst;
+      else if (scheme == "never")
+        *out = PrependScheme::kNever;
+      else
+        return UnimplementedError("tokenizer.json: Metaspace prepend_scheme " + scheme + " is not supported");
+      return OkStatus();
+    };
+    auto replacement = [](const json& p, std::string* out) -> Status {
+      *out = p.value("replacement", std::string(kMetaspace));
+      if (out->empty()) return InvalidArgumentError("tokenizer.json: Metaspace replacement is empty");
+      return OkStatus();
+    };
     auto parse_step = [&](const json& p, std::vector<PreTokStep>* steps) -> Status {
       std::string type = p.value("type", std::string());
       PreTokStep step{};
@@ -557,6 +855,13 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
         else
           return UnimplementedError("tokenizer.json: Split pattern " + pat.dump() +
                                     " is not one of the GPT-2, Llama-3 or Qwen2 regexes");
+      } else if (type == "Metaspace") {
+        MetaspaceStep& m = impl->metaspace;
+        m.enabled = true;
+        FEDGE_RETURN_IF_ERROR(replacement(p, &m.replacement));
+        FEDGE_RETURN_IF_ERROR(parse_scheme(p, &m.scheme));
+        m.split = p.value("split", true);
+        return OkStatus();
       } else {
         return UnimplementedError("tokenizer.json: pre_tokenizer " + type + " is not supported");
       }
@@ -564,22 +869,110 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       return OkStatus();
     };
     const json& pre = j.value("pre_tokenizer", json());
-    if (pre.is_null()) {
-      return UnimplementedError("tokenizer.json: no pre_tokenizer; byte-level BPE needs a ByteLevel step");
+    if (!pre.is_null()) {
+      if (pre.value("type", std::string()) == "Sequence") {
+        for (const json& p : pre.at("pretokenizers")) FEDGE_RETURN_IF_ERROR(parse_step(p, &impl->steps));
+      } else {
+        FEDGE_RETURN_IF_ERROR(parse_step(pre, &impl->steps));
+      }
     }
-    if (pre.value("type", std::string()) == "Sequence") {
-      for (const json& p : pre.at("pretokenizers")) FEDGE_RETURN_IF_ERROR(parse_step(p, &impl->steps));
-    } else {
-      FEDGE_RETURN_IF_ERROR(parse_step(pre, &impl->steps));
+    // Byte-level: the steps end with ByteLevel. SentencePiece-style: a Metaspace step
+    // alone, or no pre-tokenizer (the normalizer writes the markers).
+    impl->byte_level = !impl->steps.empty();
+    if (impl->byte_level && impl->steps.back().type != PreTokStep::kByteLevel) {
+      return UnimplementedError("tokenizer.json: a Split/Digits pre_tokenizer must be followed by ByteLevel");
     }
-    if (impl->steps.empty() || impl->steps.back().type != PreTokStep::kByteLevel) {
-      return UnimplementedError("tokenizer.json: the pre_tokenizer must end with ByteLevel");
+    if (impl->byte_level && impl->metaspace.enabled) {
+      return UnimplementedError(
+          "tokenizer.json: Metaspace combined with other pre_tokenizers is not supported");
     }
+    if (impl->byte_level && impl->byte_fallback) {
+      return UnimplementedError(
+          "tokenizer.json: byte_fallback with a ByteLevel pre_tokenizer is not supported");
+    }
+
     const json& dec = j.value("decoder", json());
-    if (!dec.is_null() && dec.value("type", std::string()) != "ByteLevel") {
-      return UnimplementedError("tokenizer.json: decoder " + dec.value("type", std::string()) +
-                                " is not supported");
+    const std::string dec_type = dec.is_object() ? dec.value("type", std::string("?")) : "null";
+    if (impl->byte_level) {
+      if (!dec.is_null() && dec_type != "ByteLevel") {
+        return UnimplementedError("tokenizer.json: decoder " + dec_type +
+                                  " is not supported with a ByteLevel pre_tokenizer (only ByteLevel)");
+      }
+    } else {
+      auto parse_decoder = [&](const json& d) -> Status {
+        std::string type = d.is_object() ? d.value("type", std::string("?")) : "?";
+        DecoderStep step{};
+        if (type == "Replace") {
+          step.type = DecoderStep::kReplace;
+          FEDGE_RETURN_IF_ERROR(string_pattern(d, "decoder", &step.text));
+          step.content = d.at("content").get<std::string>();
+        } else if (type == "ByteFallback") {
+          step.type = DecoderStep::kByteFallback;
+        } else if (type == "Fuse") {
+          step.type = DecoderStep::kFuse;
+        } else if (type == "Strip") {
+          step.type = DecoderStep::kStrip;
+          step.text = d.at("content").get<std::string>();
+          const int64_t start = d.value("start", int64_t{0}), stop = d.value("stop", int64_t{0});
+          if (step.text.empty() || start < 0 || stop < 0 || start > 64 || stop > 64) {
+            return InvalidArgumentError(
+                "tokenizer.json: decoder Strip needs a character and start/stop in [0, 64]");
+          }
+          step.start = static_cast<size_t>(start);
+          step.stop = static_cast<size_t>(stop);
+        } else if (type == "Metaspace") {
+          step.type = DecoderStep::kMetaspace;
+          FEDGE_RETURN_IF_ERROR(replacement(d, &step.text));
+          FEDGE_RETURN_IF_ERROR(parse_scheme(d, &step.scheme));
+        } else {
+          return UnimplementedError("tokenizer.json: decoder " + type +
+                                    " is not supported without a ByteLevel pre_tokenizer (Metaspace, or a "
+                                    "Sequence of Replace, ByteFallback, Fuse and Strip)");
+        }
+        impl->decoders.push_back(std::move(step));
+        return OkStatus();
+      };
+      if (dec.is_null()) {
+        return UnimplementedError(
+            "tokenizer.json: a tokenizer without a ByteLevel pre_tokenizer needs a decoder");
+      }
+      if (dec_type == "Sequence") {
+        for (const json& d : dec.at("decoders")) FEDGE_RETURN_IF_ERROR(parse_decoder(d));
+      } else {
+        FEDGE_RETURN_IF_ERROR(parse_decoder(dec));
+      }
     }
+
+    // post_processor: the special tokens TemplateProcessing's "single" puts before $A.
+    std::function<Status(const json&)> parse_post = [&](const json& p) -> Status {
+      if (p.is_null()) return OkStatus();
+      std::string type = p.is_object() ? p.value("type", std::string("?")) : "?";
+      if (type == "ByteLevel") return OkStatus();  // offsets only
+      if (type == "Sequence") {
+        for (const json& each : p.at("processors")) FEDGE_RETURN_IF_ERROR(parse_post(each));
+        return OkStatus();
+      }
+      if (type != "TemplateProcessing") {
+        return UnimplementedError("tokenizer.json: post_processor " + type +
+                                  " is not supported (null, ByteLevel, TemplateProcessing or a Sequence)");
+      }
+      for (const json& piece : p.at("single")) {
+        if (piece.contains("Sequence")) break;
+        const std::string name = piece.at("SpecialToken").at("id").get<std::string>();
+        const json& ids = p.at("special_tokens").at(name).at("ids");
+        for (const json& id : ids) {
+          int32_t v = 0;
+          FEDGE_RETURN_IF_ERROR(read_id(id, name, &v));
+          if (v > max_id) {
+            return InvalidArgumentError("tokenizer.json: post_processor token " + name + " id " +
+                                        std::to_string(v) + " is not in the vocab");
+          }
+          impl->prefix.push_back(v);
+        }
+      }
+      return OkStatus();
+    };
+    FEDGE_RETURN_IF_ERROR(parse_post(j.value("post_processor", json())));
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError(std::string("tokenizer.json: ") + e.what());
   }
@@ -593,9 +986,10 @@ StatusOr<BpeTokenizer> BpeTokenizer::Load(const std::string& path) {
   return tok;
 }
 
-std::vector<int32_t> BpeTokenizer::Encode(std::string_view text) const {
+std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, const EncodeOptions& options) const {
   std::vector<int32_t> ids;
   const Impl& m = *impl_;
+  if (options.add_special_tokens) ids = m.prefix;
   size_t start = 0;  // beginning of the span not yet encoded
   size_t i = 0;
   while (i < text.size()) {
@@ -618,7 +1012,7 @@ std::vector<int32_t> BpeTokenizer::Encode(std::string_view text) const {
     if (hit->lstrip) {
       while (span_end > start && IsWhiteSpace(static_cast<unsigned char>(text[span_end - 1]))) --span_end;
     }
-    m.EncodeSpan(text.substr(start, span_end - start), &ids);
+    m.EncodeSpan(text.substr(start, span_end - start), start == 0, options.continuation, &ids);
     ids.push_back(hit->id);
     i += hit->content.size();
     if (hit->rstrip) {
@@ -626,14 +1020,34 @@ std::vector<int32_t> BpeTokenizer::Encode(std::string_view text) const {
     }
     start = i;
   }
-  m.EncodeSpan(text.substr(start), &ids);
+  m.EncodeSpan(text.substr(start), start == 0, options.continuation, &ids);
+  // The text spelled the prefix itself (a chat template's BOS): not twice.
+  const size_t p = options.add_special_tokens ? m.prefix.size() : 0;
+  if (p > 0 && ids.size() >= 2 * p && std::equal(m.prefix.begin(), m.prefix.end(), ids.begin() + p)) {
+    ids.erase(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(p));
+  }
   return ids;
 }
+
+const std::vector<int32_t>& BpeTokenizer::SequencePrefix() const { return impl_->prefix; }
 
 std::string BpeTokenizer::TokenBytes(int32_t id) const {
   const Impl& m = *impl_;
   if (id < 0 || static_cast<size_t>(id) >= m.id_to_token.size()) return {};
   const std::string& token = m.id_to_token[static_cast<size_t>(id)];
+  if (!m.byte_level) {
+    // The decoder's per-token steps: markers as spaces, <0xXX> as its byte (Strip
+    // and the Metaspace decoder's first-token rule depend on the sequence: Decode's).
+    std::string out = token;
+    for (const DecoderStep& d : m.decoders) {
+      if (d.type == DecoderStep::kReplace) ReplaceAll(&out, d.text, d.content);
+      if (d.type == DecoderStep::kMetaspace) ReplaceAll(&out, d.text, " ");
+      if (d.type == DecoderStep::kByteFallback) {
+        if (int b = FallbackByte(out); b >= 0) out.assign(1, static_cast<char>(b));
+      }
+    }
+    return out;
+  }
   // As tokenizers' ByteLevel decoder: a token whose characters are all byte stand-ins
   // becomes those bytes; any other token (an added token like "<|im_end|>") its own text.
   std::string bytes;
@@ -646,6 +1060,19 @@ std::string BpeTokenizer::TokenBytes(int32_t id) const {
 }
 
 std::string BpeTokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
+  const Impl& m = *impl_;
+  if (!m.byte_level) {
+    std::vector<std::string> tokens;
+    for (int32_t id : ids) {
+      if (id < 0 || static_cast<size_t>(id) >= m.id_to_token.size()) continue;
+      if (skip_special && IsSpecial(id)) continue;
+      const std::string& token = m.id_to_token[static_cast<size_t>(id)];
+      if (!token.empty()) tokens.push_back(token);  // empty: an id no token has
+    }
+    std::string out;
+    AppendUtf8Lossy(m.DecodeTokens(std::move(tokens)), &out);
+    return out;
+  }
   std::string bytes;
   for (int32_t id : ids) {
     if (skip_special && IsSpecial(id)) continue;

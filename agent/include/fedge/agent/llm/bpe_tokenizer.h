@@ -1,8 +1,15 @@
-// Byte-level BPE tokenizer read from a Hugging Face tokenizer.json (GPT-2, Llama-3,
-// Qwen2, SmolLM2 style), producing the same ids as the `tokenizers` library.
+// BPE tokenizer read from a Hugging Face tokenizer.json, producing the same ids as the
+// `tokenizers` library, in its two layouts:
+//   byte-level (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2): every byte maps to a stand-in
+//     character, so every input encodes;
+//   SentencePiece-style (Llama 2, TinyLlama, Mistral, Phi-3, Gemma): spaces become
+//     U+2581 (a Prepend/Replace normalizer or a Metaspace pre-tokenizer), words are
+//     split into characters, and a character missing from the vocabulary becomes its
+//     UTF-8 bytes as <0xXX> tokens (byte_fallback) or the unknown token.
 //
 // Pipeline (encode): added/special tokens are matched first (leftmost-longest) and
-// map straight to their ids; every other span goes through the pre-tokenizer
+// map straight to their ids; every other span goes through the normalizer and the
+// pre-tokenizer
 // (Split with the GPT-2 or the Llama-3/Qwen2 regex, Digits, ByteLevel), each piece's
 // bytes are mapped through GPT-2's byte-to-unicode table, and BPE merges (lowest rank
 // first, leftmost on ties) turn the piece into vocabulary tokens.
@@ -29,27 +36,50 @@
 
 namespace fedge::agent::llm {
 
+// How Encode treats the text's position in a sequence.
+struct EncodeOptions {
+  // Prepends the post_processor's leading special tokens (Llama's BOS: <s>,
+  // <|begin_of_text|>), as `tokenizers`' add_special_tokens does, unless the text's
+  // ids already begin with them (a chat template that writes the BOS itself).
+  bool add_special_tokens = false;
+  // The text continues a sequence (a completion after its prompt): the word-start
+  // marker a SentencePiece-style tokenizer prepends to a sequence's first word
+  // (Prepend normalizer, Metaspace prepend_scheme) is not prepended to the first span.
+  // Byte-level tokenizers encode the same either way.
+  bool continuation = false;
+};
+
 class BpeTokenizer {
  public:
   // Parses tokenizer.json text. Supported: model.type "BPE" (merges as "a b" strings
-  // or [a, b] pairs, ignore_merges), normalizer null or NFC (applied to the text
-  // between added tokens, which match on the raw text), pre_tokenizer ByteLevel /
-  // Split(GPT-2 | Llama-3 | Qwen2 regex, Isolated) / Digits / Sequence of these,
-  // decoder ByteLevel. Anything else is UNIMPLEMENTED naming the component, so a
-  // tokenizer is never silently misread.
+  // or [a, b] pairs, ignore_merges, unk_token with fuse_unk, byte_fallback);
+  // normalizer null, NFC, Prepend, Replace (string pattern) or a Sequence of these
+  // (applied to the text between added tokens, which match on the raw text);
+  // pre_tokenizer ByteLevel / Split(GPT-2 | Llama-3 | Qwen2 regex, Isolated) / Digits /
+  // Sequence of these ending in ByteLevel, or Metaspace, or null (SentencePiece-style);
+  // decoder ByteLevel, Metaspace, or a Sequence of Replace / ByteFallback / Fuse /
+  // Strip; post_processor null, ByteLevel, TemplateProcessing or a Sequence of these.
+  // Anything else is UNIMPLEMENTED naming the component, so a tokenizer is never
+  // silently misread.
   static StatusOr<BpeTokenizer> FromJson(std::string_view json_text);
   // Reads `path` (a tokenizer.json) and parses it; NOT_FOUND if missing.
   static StatusOr<BpeTokenizer> Load(const std::string& path);
 
-  // Token ids of `text` (no BOS/EOS is added: chat templates and callers add them).
-  // Total: every byte sequence encodes (byte-level BPE has no unknown bytes).
-  std::vector<int32_t> Encode(std::string_view text) const;
+  // Token ids of `text`; with default options as `tokenizers`' encode(text,
+  // add_special_tokens=False). Total: every byte sequence encodes (bytes a
+  // SentencePiece-style vocabulary cannot spell become <0xXX> or the unknown token).
+  std::vector<int32_t> Encode(std::string_view text, const EncodeOptions& options = {}) const;
 
-  // UTF-8 text of `ids`; unknown ids are skipped, special tokens are dropped when
-  // `skip_special` is set.
+  // The special tokens the post_processor puts before a sequence (BOS), may be empty.
+  const std::vector<int32_t>& SequencePrefix() const;
+
+  // UTF-8 text of `ids` as `tokenizers`' decode; unknown ids are skipped, special
+  // tokens are dropped when `skip_special` is set.
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
 
-  // Raw bytes a single token stands for (empty for unknown ids).
+  // Raw bytes a single token stands for (empty for unknown ids), for streaming:
+  // concatenated they are the text, with a SentencePiece word marker as a space
+  // (including a leading one, which Decode strips) and <0xXX> as its byte.
   std::string TokenBytes(int32_t id) const;
 
   // Id of a vocabulary or added token given by its tokenizer.json spelling.
