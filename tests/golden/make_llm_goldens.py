@@ -53,6 +53,11 @@ Outputs (tests/golden/llm/):
   The vocabulary is a SentencePiece BPE model (pip sentencepiece, byte_fallback, 1000
   pieces) trained on WordNet glosses, read with transformers' SentencePieceExtractor.
 
+  --only mistral (merged likewise; after --only spm):
+  tiny_mistral/               a tiny Mistral (sliding_window 32 < 128 positions) with
+                              tok_llama2; greedy goldens from BOS + prompt with the text
+                              a completion appends, and prompt/completion losses
+
   --only nfc:
   tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
   nfc_ids.json                {"cases": [{"text", "ids"}]} encoded by `tokenizers`
@@ -500,9 +505,68 @@ def make_qwen3_model():
     return golden
 
 
+def make_mistral_model():
+    """tiny_mistral: MistralForCausalLM (sliding_window 32 under 128 positions) with
+    tok_llama2, the SentencePiece layout Mistral v0.1 and TinyLlama ship. Its greedy
+    goldens start from the prompt with BOS; a prompt/completion loss golden checks
+    the training encoding (BOS + prompt + the completion as a continuation + EOS)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        sliding_window=32, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        initializer_range=0.3, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    torch.manual_seed(1357)
+    model = MistralForCausalLM(config).eval()
+    golden = save_and_golden(model, "tiny_mistral", "tok_llama2", [
+        "dog: a member of the genus Canis", "caf\u00e9 \u4e2d: a small \U0001f642 restaurant"])
+    golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    tok = Tokenizer.from_file(os.path.join(OUT, "tiny_mistral", "tokenizer.json"))
+    for g in golden["greedy"]:
+        # What a completion appends to its prompt's text: each token's bytes (the word
+        # marker a space, <0xXX> its byte, special tokens none) made valid UTF-8 with
+        # Python's maximal-subpart U+FFFD rule, which fedge's stream follows. tokenizers'
+        # decode(prompt + new) differs only where a byte run is not valid UTF-8 (it
+        # writes one U+FFFD per byte there) and in the leading space decode(new) strips.
+        raw = b""
+        for i in g["ids"]:
+            t = tok.id_to_token(i)
+            if i in (0, 1, 2):
+                continue
+            raw += (bytes([int(t[3:5], 16)]) if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+                    else t.replace("\u2581", " ").encode())
+        g["appended_text"] = raw.decode("utf-8", errors="replace")
+        full = tok.decode(g["prompt_ids"] + g["ids"], skip_special_tokens=True)
+        head = tok.decode(g["prompt_ids"], skip_special_tokens=True)
+        assert full.startswith(head)
+        g["appended_text_tokenizers"] = full[len(head):]
+    # Training encoding: transformers' loss on BOS + prompt + completion + EOS with the
+    # prompt masked, the completion's ids from the tokenizer without the Prepend step.
+    plain = Tokenizer.from_file(os.path.join(OUT, "tiny_mistral", "tokenizer.json"))
+    from tokenizers import normalizers
+    plain.normalizer = normalizers.Replace(" ", "\u2581")
+    examples = [["bank:", " sloping land beside a body of water"], ["run", ": move fast"]]
+    losses = []
+    for prompt, completion in examples:
+        p_ids = tok.encode(prompt, add_special_tokens=True).ids
+        c_ids = plain.encode(completion, add_special_tokens=False).ids + [2]
+        ids = torch.tensor([p_ids + c_ids])
+        labels = ids.clone()
+        labels[0, :len(p_ids)] = -100
+        with torch.no_grad():
+            losses.append({"prompt": prompt, "completion": completion, "ids": ids[0].tolist(),
+                           "loss": float(model(input_ids=ids, labels=labels).loss)})
+    golden["completion_losses"] = losses
+    return golden
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -516,7 +580,7 @@ def main():
         make_nfc(lines)
     if args.only == "spm":
         make_spm(lines)
-    if args.only in ("rope", "qwen3"):
+    if args.only in ("rope", "qwen3", "mistral"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:
             result = json.load(f)
@@ -524,6 +588,8 @@ def main():
             result["models"]["tiny_llama32"] = make_rope_model()
             print("tiny_llama32 scaling changes the logits by up to",
                   result["models"]["tiny_llama32"]["max_abs_logit_change_from_scaling"])
+        elif args.only == "mistral":
+            result["models"]["tiny_mistral"] = make_mistral_model()
         else:
             result["models"]["tiny_qwen3"] = make_qwen3_model()
         with open(path, "w") as f:

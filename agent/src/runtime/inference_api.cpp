@@ -456,7 +456,9 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
     }
-    std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt);
+    // With the BOS a Llama-family tokenizer's post_processor adds (not twice when a
+    // chat template wrote it), as transformers and llama.cpp encode a prompt.
+    std::vector<int32_t> ids = lm->lm().tokenizer().Encode(prompt, {.add_special_tokens = true});
     const int64_t context = lm->lm().config().max_position_embeddings;
     if (static_cast<int64_t>(ids.size()) >= context) {
       return OutOfRangeError("the prompt has " + std::to_string(ids.size()) +

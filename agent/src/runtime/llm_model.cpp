@@ -81,7 +81,7 @@ StatusOr<EvalResult> LlmModel::Evaluate(const std::vector<Example>& data, int /*
 }
 
 int LlmModel::CountTokens(const std::string& text) const {
-  return static_cast<int>(lm_->tokenizer().Encode(text).size());
+  return static_cast<int>(lm_->tokenizer().Encode(text, {.add_special_tokens = true}).size());
 }
 
 StatusOr<std::vector<Example>> LoadPromptCompletions(const std::string& path) {

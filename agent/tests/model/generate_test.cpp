@@ -37,18 +37,41 @@ TEST_P(GenerateGoldenTest, GreedyIdsMatchTransformersGenerate) {
   ASSERT_TRUE(lm);
   for (const auto& g : golden["greedy"]) {
     std::vector<int32_t> prompt = g["prompt_ids"];
-    EXPECT_EQ(lm->tokenizer().Encode(g["prompt"].get<std::string>()), prompt);
+    // transformers encodes with add_special_tokens: tiny_mistral's BOS.
+    EXPECT_EQ(lm->tokenizer().Encode(g["prompt"].get<std::string>(), {.add_special_tokens = true}), prompt);
     auto result = lm->GenerateFromIds(prompt, Greedy(16));
     ASSERT_TRUE(result.ok()) << result.status().ToString();
     EXPECT_EQ(result->token_ids, g["ids"].get<std::vector<int32_t>>()) << g["prompt"];
     EXPECT_EQ(result->finish_reason, FinishReason::kLength);
-    EXPECT_EQ(result->text, g["text"].get<std::string>());
+    // The text a completion appends to its prompt: for a SentencePiece tokenizer with
+    // its first word's space, which tokenizers' decode(new ids) strips.
+    EXPECT_EQ(result->text, g.value("appended_text", g["text"].get<std::string>()));
     EXPECT_EQ(result->prompt_tokens, static_cast<int64_t>(prompt.size()));
+    // Generate(text) encodes with the BOS: the same continuation.
+    auto from_text = lm->Generate(g["prompt"].get<std::string>(), Greedy(16));
+    ASSERT_TRUE(from_text.ok());
+    EXPECT_EQ(from_text->token_ids, result->token_ids);
+  }
+}
+
+// A SentencePiece-style model trains on BOS + prompt + completion + EOS, the
+// completion encoded as a continuation (" sloping land" keeps one word marker, not
+// two): transformers' masked loss on those ids.
+TEST(GenerateTest, CompletionLossEncodesLikeTheJoinedText) {
+  nlohmann::json golden = testing::LlmModelGolden("tiny_mistral");
+  auto lm = LoadModel("tiny_mistral");
+  ASSERT_TRUE(lm);
+  ASSERT_EQ(golden["completion_losses"].size(), 2u);
+  for (const auto& c : golden["completion_losses"]) {
+    auto loss = lm->Loss({{c["prompt"].get<std::string>(), c["completion"].get<std::string>()}});
+    ASSERT_TRUE(loss.ok()) << loss.status().ToString();
+    EXPECT_NEAR(*loss, c["loss"].get<double>(), 1e-4 * c["loss"].get<double>()) << c["prompt"];
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GenerateGoldenTest,
-                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3"));
+                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3",
+                                           "tiny_mistral"));
 
 TEST(GenerateTest, SamplingIsDeterministicPerSeed) {
   auto lm = LoadModel("tiny_llama");

@@ -52,7 +52,7 @@ std::vector<Case> Cases(CausalLm& lm) {
 }
 
 TEST(GenerationSessionTest, SessionsSteppedTogetherEqualOneGenerationEach) {
-  for (const std::string name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3"}) {
+  for (const std::string name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral"}) {
     auto lm = LoadModel(name);
     ASSERT_TRUE(lm);
     std::vector<Case> cases = Cases(*lm);
@@ -71,8 +71,8 @@ TEST(GenerationSessionTest, SessionsSteppedTogetherEqualOneGenerationEach) {
     for (int step = 0; step < 64; ++step) {
       if (static_cast<size_t>(step) < cases.size()) {
         const size_t i = static_cast<size_t>(step);
-        auto s = lm->StartGeneration(lm->tokenizer().Encode(cases[i].prompt), cases[i].options,
-                                     [&, i](std::string_view d) { streamed[i] += d; });
+        auto s = lm->StartGeneration(lm->tokenizer().Encode(cases[i].prompt, {.add_special_tokens = true}),
+                                     cases[i].options, [&, i](std::string_view d) { streamed[i] += d; });
         ASSERT_TRUE(s.ok()) << s.status().ToString();
         sessions[i] = std::move(*s);
       }

@@ -80,7 +80,8 @@ TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
 // tiny_llama32 carries Llama 3.1/3.2's rope_type llama3 (its band edges inside the
 // model's frequencies); its logits differ from the unscaled model's by up to 12.
 INSTANTIATE_TEST_SUITE_P(Models, LlamaGoldenTest,
-                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3"));
+                         ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3",
+                                           "tiny_mistral"));
 
 TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   nlohmann::json golden = testing::LlmModelGolden("tiny_llama32");
@@ -182,8 +183,31 @@ TEST(LlamaTest, ConfigReadsBothRopeLayoutsAndTheScalingsItImplements) {
   EXPECT_EQ(LlamaConfig::FromJson(R"({"model_type":"bert"})").status().code(), StatusCode::kInvalidArgument);
 }
 
+// Mistral v0.1 (sliding_window 4096, 32768 positions): within the window sliding
+// attention is full attention, so the context is capped there; null means none.
+TEST(LlamaTest, MistralSlidingWindowCapsTheContext) {
+  const std::string base =
+      R"({"model_type":"mistral","vocab_size":10,"hidden_size":8,"intermediate_size":16,)"
+      R"("num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32768,)";
+  auto v01 = LlamaConfig::FromJson(base + R"("sliding_window":4096})");
+  ASSERT_TRUE(v01.ok()) << v01.status().ToString();
+  EXPECT_EQ(v01->max_position_embeddings, 4096);
+  auto v03 = LlamaConfig::FromJson(base + R"("sliding_window":null})");
+  ASSERT_TRUE(v03.ok());
+  EXPECT_EQ(v03->max_position_embeddings, 32768);
+  for (const char* bad : {R"("sliding_window":0})", R"("sliding_window":-5})", R"("sliding_window":"4k"})"}) {
+    auto c = LlamaConfig::FromJson(base + bad);
+    EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(c.status().message().find("sliding_window"), std::string::npos);
+  }
+  auto round_trip = LlamaConfig::FromJson(v01->ToJson());
+  ASSERT_TRUE(round_trip.ok());
+  EXPECT_EQ(round_trip->max_position_embeddings, 4096);
+  EXPECT_EQ(round_trip->model_type, "mistral");
+}
+
 TEST(LlamaTest, NumParametersCountsTheModel) {
-  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3"}) {
+  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3", "tiny_mistral"}) {
     auto model = LoadLlama(kGolden + "/llm/" + name);
     ASSERT_TRUE(model.ok());
     int64_t n = 0;

@@ -49,7 +49,7 @@ class TorchCausalLm final : public CausalLm {
 
   StatusOr<GenerationResult> Generate(std::string_view prompt, const GenerationOptions& options,
                                       const TextCallback& on_text) override {
-    return GenerateFromIds(tokenizer_.Encode(prompt), options, on_text);
+    return GenerateFromIds(tokenizer_.Encode(prompt, {.add_special_tokens = true}), options, on_text);
   }
 
   StatusOr<GenerationResult> GenerateFromIds(const std::vector<int32_t>& prompt_ids,

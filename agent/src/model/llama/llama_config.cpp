@@ -1,5 +1,6 @@
 #include "fedge/agent/llm/llama_config.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
@@ -49,9 +50,10 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
   try {
     json j = json::parse(json_text);
     c.model_type = j.value("model_type", std::string());
-    if (c.model_type != "llama" && c.model_type != "qwen2" && c.model_type != "qwen3") {
+    if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
+        c.model_type != "qwen3") {
       return InvalidArgumentError("config.json: model_type \"" + c.model_type +
-                                  "\" is not a supported decoder (llama, qwen2, qwen3)");
+                                  "\" is not a supported decoder (llama, mistral, qwen2, qwen3)");
     }
     std::string act = j.value("hidden_act", std::string("silu"));
     if (act != "silu")
@@ -97,6 +99,16 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     if (rope != nullptr) {
       FEDGE_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*rope, c.max_position_embeddings));
     }
+    // Mistral v0.1's sliding_window W: within W tokens a sliding window is full
+    // attention, so the context is capped at W rather than attention changed. v0.2 and
+    // later have none.
+    if (c.model_type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+      const json& w = j["sliding_window"];
+      if (!w.is_number_integer() || w.get<int64_t>() <= 0) {
+        return InvalidArgumentError("config.json: sliding_window must be a positive integer or null");
+      }
+      c.max_position_embeddings = std::min(c.max_position_embeddings, w.get<int64_t>());
+    }
     if (j.value("use_sliding_window", false)) {
       return InvalidArgumentError("config.json: sliding-window attention is not implemented");
     }
@@ -133,9 +145,10 @@ StatusOr<LlamaConfig> LlamaConfig::FromFile(const std::string& path) {
 std::string LlamaConfig::ToJson() const {
   nlohmann::json j;
   bool qwen = model_type == "qwen2" || model_type == "qwen3";
-  j["architectures"] = {model_type == "qwen2"   ? "Qwen2ForCausalLM"
-                        : model_type == "qwen3" ? "Qwen3ForCausalLM"
-                                                : "LlamaForCausalLM"};
+  j["architectures"] = {model_type == "qwen2"     ? "Qwen2ForCausalLM"
+                        : model_type == "qwen3"   ? "Qwen3ForCausalLM"
+                        : model_type == "mistral" ? "MistralForCausalLM"
+                                                  : "LlamaForCausalLM"};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -163,6 +176,7 @@ std::string LlamaConfig::ToJson() const {
   if (model_type != "qwen2") j["attention_bias"] = attention_bias;
   if (!qwen) j["mlp_bias"] = mlp_bias;
   if (qwen) j["use_sliding_window"] = false;
+  if (model_type == "mistral") j["sliding_window"] = nullptr;  // the cap is max_position_embeddings
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;

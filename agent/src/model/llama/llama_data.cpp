@@ -9,11 +9,16 @@ CausalLmBatch MakeCausalLmBatch(const BpeTokenizer& tokenizer, const std::vector
   std::vector<std::vector<int64_t>> ids(examples.size()), labels(examples.size());
   int64_t longest = 1;
   for (size_t i = 0; i < examples.size(); ++i) {
-    for (int32_t id : tokenizer.Encode(examples[i].prompt)) {
+    // The prompt begins the sequence (with the tokenizer's BOS, if it has one) and the
+    // completion continues it: a SentencePiece-style tokenizer marks the completion's
+    // first word only if the completion starts with a space, as in the joined text.
+    const std::string& prompt = examples[i].prompt;
+    for (int32_t id : tokenizer.Encode(prompt, {.add_special_tokens = true})) {
       ids[i].push_back(id);
       labels[i].push_back(kIgnoreIndex);
     }
-    std::vector<int32_t> completion = tokenizer.Encode(examples[i].completion);
+    std::vector<int32_t> completion =
+        tokenizer.Encode(examples[i].completion, {.continuation = !prompt.empty()});
     if (eos_id >= 0) completion.push_back(static_cast<int32_t>(eos_id));
     for (int32_t id : completion) {
       ids[i].push_back(id);

@@ -15,7 +15,8 @@ struct CausalLmBatch {
   torch::Tensor labels;     // [B, T] int64: the ids, -100 on prompt and padding positions
 };
 
-// Encodes each example as ids(prompt) + ids(completion) (+ `eos_id` if >= 0),
+// Encodes each example as the tokenizer's BOS (if its post_processor adds one) +
+// ids(prompt) + ids(completion, as a continuation) (+ `eos_id` if >= 0),
 // truncated to `max_len`, and right-pads to the longest. Right padding needs no
 // attention mask: under the causal mask real positions never see later padding.
 CausalLmBatch MakeCausalLmBatch(const BpeTokenizer& tokenizer, const std::vector<PromptCompletion>& examples,

@@ -81,8 +81,9 @@ class CausalLm {
   virtual const BpeTokenizer& tokenizer() const = 0;
   virtual const std::vector<int64_t>& eos_token_ids() const = 0;
 
-  // Continues `prompt` (encoded as is: no BOS is added; chat templates carry their
-  // own markers). INVALID_ARGUMENT for an empty prompt or one that fills the context.
+  // Continues `prompt`, encoded with the tokenizer's BOS (its post_processor's prefix,
+  // unless the prompt spells it, as a Llama 3 chat template does). INVALID_ARGUMENT
+  // for an empty prompt or one that fills the context.
   virtual StatusOr<GenerationResult> Generate(std::string_view prompt, const GenerationOptions& options,
                                               const TextCallback& on_text = nullptr) = 0;
   virtual StatusOr<GenerationResult> GenerateFromIds(const std::vector<int32_t>& prompt_ids,

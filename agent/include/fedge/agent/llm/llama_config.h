@@ -25,7 +25,7 @@ struct RopeScaling {
 };
 
 struct LlamaConfig {
-  std::string model_type = "llama";  // "llama" | "qwen2" | "qwen3"
+  std::string model_type = "llama";  // "llama" | "mistral" | "qwen2" | "qwen3"
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;
   int64_t intermediate_size = 11008;
