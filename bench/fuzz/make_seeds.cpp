@@ -230,6 +230,24 @@ void TokenizerSeeds() {
   };
   i = 0;
   for (const char* t : nfc_texts) Write("bpe_nfc", "text_" + std::to_string(i++), t);
+
+  // SentencePiece-style: the first byte picks the layout (0..3). Spaces in runs and at
+  // the ends, characters the vocabulary lacks (byte fallback), stray bytes, a marker
+  // spelled in the text, added tokens.
+  const char* spm_texts[] = {
+      "\x00Hello world  two  spaces ",
+      "\x01 leading space and \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x99\x82",
+      "\x02split\xe2\x96\x81\xe2\x96\x81on markers",
+      "\x03"
+      "caf\xc3\xa9 \xff\xfe stray \xc3",
+      "\x01<|im_start|>user\nhi<|im_end|>\n<s> after",
+      "\x00</s>x<unk>y",
+  };
+  i = 0;
+  for (const char* t : spm_texts) {
+    std::string s(t, std::strlen(t + 1) + 1);
+    Write("bpe_spm", "text_" + std::to_string(i++), s);
+  }
 }
 
 void WordPieceSeeds() {

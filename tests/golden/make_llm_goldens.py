@@ -58,6 +58,11 @@ Outputs (tests/golden/llm/):
                               tok_llama2; greedy goldens from BOS + prompt with the text
                               a completion appends, and prompt/completion losses
 
+  --only chat:
+  chat_templates.json         the Zephyr (TinyLlama chat), Llama 2 chat and Mistral
+                              Instruct v0.2 Jinja templates rendered by jinja2 as
+                              transformers does, for a few conversations
+
   --only nfc:
   tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
   nfc_ids.json                {"cases": [{"text", "ids"}]} encoded by `tokenizers`
@@ -505,6 +510,67 @@ def make_qwen3_model():
     return golden
 
 
+# The chat templates as the models' tokenizer_config.json ship them.
+CHAT_TEMPLATES = {
+    "zephyr": (  # TinyLlama/TinyLlama-1.1B-Chat-v1.0
+        "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+        "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}"
+        "\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+        "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
+        "{% endfor %}"),
+    "llama2": (  # meta-llama/Llama-2-7b-chat-hf
+        "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+        "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}"
+        "{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
+        "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
+        "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+        "{% endfor %}"),
+    "mistral": (  # mistralai/Mistral-7B-Instruct-v0.2
+        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"),
+}
+
+
+def make_chat():
+    """chat_templates.json: each template rendered by Jinja as transformers renders it
+    (trim_blocks, lstrip_blocks; bos <s>, eos </s>) for a few conversations."""
+    import jinja2
+    import jinja2.sandbox
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(msg):
+        raise ValueError(msg)
+    env.globals["raise_exception"] = raise_exception
+    conversations = [
+        [{"role": "user", "content": "Define dog."}],
+        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Define dog."},
+         {"role": "assistant", "content": "A canine."}, {"role": "user", "content": "And cat?"}],
+        [{"role": "user", "content": "  padded\n"}, {"role": "assistant", "content": " x "},
+         {"role": "user", "content": "y"}],
+    ]
+    out = {}
+    for name, template in CHAT_TEMPLATES.items():
+        t = env.from_string(template)
+        cases = []
+        for conv in conversations:
+            if name == "mistral" and conv[0]["role"] == "system":
+                continue  # its template raises on a system message
+            for gen in (True, False):
+                cases.append({"messages": conv, "add_generation_prompt": gen,
+                              "text": t.render(messages=conv, add_generation_prompt=gen,
+                                               bos_token="<s>", eos_token="</s>")})
+        out[name] = {"template": template, "cases": cases}
+    with open(os.path.join(OUT, "chat_templates.json"), "w") as f:
+        json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out}, f, ensure_ascii=False, indent=1)
+    print("chat:", {k: len(v["cases"]) for k, v in out.items()})
+
+
 def make_mistral_model():
     """tiny_mistral: MistralForCausalLM (sliding_window 32 under 128 positions) with
     tok_llama2, the SentencePiece layout Mistral v0.1 and TinyLlama ship. Its greedy
@@ -566,7 +632,7 @@ def make_mistral_model():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "chat"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -580,6 +646,8 @@ def main():
         make_nfc(lines)
     if args.only == "spm":
         make_spm(lines)
+    if args.only == "chat":
+        make_chat()
     if args.only in ("rope", "qwen3", "mistral"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:

@@ -447,14 +447,15 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
     llm::GenerationOptions options = req.options;
     std::string prompt = req.prompt;
     if (req.endpoint == GenerationEndpoint::kChatCompletions) {
-      auto format = llm::DetectChatFormat(lm->lm().tokenizer());
+      auto format = lm->lm().chat_format();
       if (!format) {
         return UnimplementedError(
-            "this model's tokenizer has no chat markers (<|im_start|> or <|start_header_id|>); use "
-            "/v1/completions");
+            "this model has no chat template fedge knows (ChatML, Llama 3, Zephyr, Llama 2 or Mistral "
+            "[INST], from tokenizer_config.json or its marker tokens): use /v1/completions");
       }
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
+      options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();
     }
     // With the BOS a Llama-family tokenizer's post_processor adds (not twice when a
     // chat template wrote it), as transformers and llama.cpp encode a prompt.

@@ -1,8 +1,16 @@
 // Chat templates against the strings the models' Jinja templates produce
-// (transformers' apply_chat_template for Qwen2.5 / Llama 3 without a default system).
+// (transformers' apply_chat_template for Qwen2.5 / Llama 3 without a default system;
+// for Zephyr / Llama 2 / Mistral, tests/golden/llm/chat_templates.json: the shipped
+// templates rendered by jinja2 as transformers renders them).
 #include "fedge/agent/llm/chat_template.h"
 
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "fedge/file_util.h"
 
 namespace fedge::agent::llm {
 namespace {
@@ -43,6 +51,83 @@ TEST(ChatTemplateTest, DetectsFormatFromSpecialTokens) {
   auto tok = BpeTokenizer::Load(std::string(FEDGE_GOLDEN_DIR) + "/llm/tok_qwen2/tokenizer.json");
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ(DetectChatFormat(*tok), ChatFormat::kChatMl);
+}
+
+nlohmann::json ChatGoldens() {
+  auto text = ReadFile(std::string(FEDGE_GOLDEN_DIR) + "/llm/chat_templates.json");
+  EXPECT_TRUE(text.ok()) << text.status().ToString();
+  return nlohmann::json::parse(*text)["formats"];
+}
+
+TEST(ChatTemplateTest, ZephyrLlama2AndMistralMatchTheirJinjaTemplates) {
+  auto tok = BpeTokenizer::Load(std::string(FEDGE_GOLDEN_DIR) + "/llm/tok_llama2/tokenizer.json");
+  ASSERT_TRUE(tok.ok());
+  EXPECT_EQ(DetectChatFormat(*tok), std::nullopt);  // no marker tokens: a base model
+  const std::vector<std::pair<std::string, ChatFormat>> formats = {
+      {"zephyr", ChatFormat::kZephyr}, {"llama2", ChatFormat::kLlama2}, {"mistral", ChatFormat::kMistral}};
+  nlohmann::json goldens = ChatGoldens();
+  int checked = 0;
+  for (const auto& [name, format] : formats) {
+    const nlohmann::json& g = goldens[name];
+    EXPECT_EQ(DetectChatFormat(*tok, g["template"].get<std::string>()), format) << name;
+    for (const auto& c : g["cases"]) {
+      std::vector<ChatMessage> messages;
+      for (const auto& m : c["messages"]) messages.push_back({m["role"], m["content"]});
+      auto text = ApplyChatTemplate(format, messages, c["add_generation_prompt"].get<bool>());
+      ASSERT_TRUE(text.ok()) << text.status().ToString();
+      EXPECT_EQ(*text, c["text"].get<std::string>()) << name << " " << c["messages"].dump();
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 16);
+  EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
+}
+
+// The [INST] templates raise on roles out of turn; fedge says which message.
+TEST(ChatTemplateTest, InstFormatsRefuseRolesOutOfTurn) {
+  for (ChatFormat format : {ChatFormat::kLlama2, ChatFormat::kMistral}) {
+    for (const std::vector<ChatMessage>& bad :
+         std::vector<std::vector<ChatMessage>>{{{"assistant", "first"}},
+                                               {{"user", "a"}, {"user", "b"}},
+                                               {{"system", "s"}, {"system", "t"}, {"user", "u"}},
+                                               {{"user", "a"}, {"tool", "b"}}}) {
+      auto text = ApplyChatTemplate(format, bad);
+      ASSERT_FALSE(text.ok());
+      EXPECT_EQ(text.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(text.status().message().find("alternate"), std::string::npos) << text.status().message();
+    }
+  }
+  // Mistral's template refuses a system message; fedge puts it before the first user's.
+  auto with_system = ApplyChatTemplate(ChatFormat::kMistral, {{"system", "Be brief."}, {"user", "Hi"}});
+  ASSERT_TRUE(with_system.ok());
+  EXPECT_EQ(*with_system, "<s>[INST] Be brief.\n\nHi [/INST]");
+}
+
+// tokenizer_config.json's chat_template (a string or named list), chat_template.jinja,
+// chat_template.json; a directory with none is a base model.
+TEST(ChatTemplateTest, ReadsTheTemplateWhereTransformersWritesIt) {
+  const auto dir = std::filesystem::temp_directory_path() / ("fedge-chat-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) { std::ofstream(dir / name) << text; };
+  auto read = [&] { return ReadChatTemplate(dir.string()); };
+  ASSERT_TRUE(read().ok());
+  EXPECT_EQ(*read(), "");
+  write("chat_template.json", R"({"chat_template": "{{ '[INST] ' }}"})");
+  EXPECT_EQ(*read(), "{{ '[INST] ' }}");
+  write("chat_template.jinja", "{{ '<|user|>' }}");
+  EXPECT_EQ(*read(), "{{ '<|user|>' }}");
+  write("tokenizer_config.json", R"({"chat_template": [{"name": "tool_use", "template": "x"},
+                                                       {"name": "default", "template": "<<SYS>> [INST]"}]})");
+  EXPECT_EQ(*read(), "<<SYS>> [INST]");
+  write("tokenizer_config.json", R"({"chat_template": "<|im_start|>"})");
+  EXPECT_EQ(*read(), "<|im_start|>");
+  write("tokenizer_config.json", R"({"chat_template": 7})");
+  EXPECT_EQ(read().status().code(), StatusCode::kInvalidArgument);
+  write("tokenizer_config.json", "{not json");
+  EXPECT_EQ(read().status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(read().status().message().find("tokenizer_config.json"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

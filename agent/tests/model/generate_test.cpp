@@ -54,6 +54,31 @@ TEST_P(GenerateGoldenTest, GreedyIdsMatchTransformersGenerate) {
   }
 }
 
+// A chat reply starts without the space its first SentencePiece word carries (Llama 2's
+// " Hello" after [/INST]), as tokenizers' decode strips it; only that one space goes.
+TEST(GenerateTest, StripLeadingSpaceDropsTheFirstWordsMarker) {
+  auto lm = LoadModel("tiny_mistral");
+  ASSERT_TRUE(lm);
+  EXPECT_TRUE(lm->tokenizer().StripsLeadingSpace());
+  EXPECT_FALSE(LoadModel("tiny_llama")->tokenizer().StripsLeadingSpace());  // byte-level
+  int found = 0;
+  for (const char* prompt : {"dog:", "cat:", "bank: a", "run", "The", "a b c", "x:", "tree"}) {
+    auto plain = lm->Generate(prompt, Greedy(6));
+    ASSERT_TRUE(plain.ok());
+    if (plain->text.empty() || plain->text[0] != ' ') continue;
+    GenerationOptions o = Greedy(6);
+    o.strip_leading_space = true;
+    std::string streamed;
+    auto stripped = lm->Generate(prompt, o, [&](std::string_view d) { streamed += d; });
+    ASSERT_TRUE(stripped.ok());
+    EXPECT_EQ(stripped->token_ids, plain->token_ids);
+    EXPECT_EQ(stripped->text, plain->text.substr(1)) << prompt;
+    EXPECT_EQ(streamed, stripped->text);
+    ++found;
+  }
+  EXPECT_GE(found, 1) << "no prompt's greedy continuation starts with a word marker";
+}
+
 // A SentencePiece-style model trains on BOS + prompt + completion + EOS, the
 // completion encoded as a continuation (" sloping land" keeps one word marker, not
 // two): transformers' masked loss on those ids.

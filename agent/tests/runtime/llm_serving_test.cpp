@@ -106,6 +106,69 @@ TEST_F(LlmServingTest, ClassifyAndEmbeddingsOnACausalLmJobAre400) {
   EXPECT_EQ(api_->Embeddings(Post("/v1/embeddings", R"({"input": "dog"})")).status, 400);
 }
 
+// A SentencePiece-style chat model (tiny_mistral's weights and Llama 2 tokenizer with
+// Llama 2 chat's template in tokenizer_config.json, as meta-llama/Llama-2-7b-chat-hf
+// ships it): /v1/chat/completions renders [INST] turns, encodes them with one BOS, and
+// replies without its first word's space; a base model without a template says why.
+TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
+  namespace fs = std::filesystem;
+  const fs::path golden = fs::path(testing::TinyLlamaDir()).parent_path() / "tiny_mistral";
+  const fs::path dir = fs::temp_directory_path() / ("fedge-llama2-chat-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::copy(golden, dir);
+  LlmModelOptions o = testing::TinyLlmOptions();
+  o.model_dir = dir.string();
+  {
+    auto base = testing::ServeLlm(o, 1);
+    ASSERT_NE(base, nullptr);
+    InferenceApi api(base.get(), nullptr, nullptr);
+    HttpResponse r = api.ChatCompletions(
+        Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})"));
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_EQ(json::parse(r.body)["error"]["code"], "unsupported_for_model") << r.body;
+    EXPECT_NE(r.body.find("no chat template"), std::string::npos) << r.body;
+  }
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{% if messages[0]['role'] == 'system' %})"
+      << R"({{ bos_token + '[INST] <<SYS>>\n' }}{% endif %}"})";
+  auto serving = testing::ServeLlm(o, 1);
+  ASSERT_NE(serving, nullptr);
+  InferenceApi api(serving.get(), nullptr, nullptr);
+  // A second instance as the reference (its adapters start at B = 0, as the served one's).
+  auto lm = LlmModel::Load(o);
+  ASSERT_TRUE(lm.ok()) << lm.status().ToString();
+  ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kLlama2);
+
+  int leading_space = 0;
+  // tiny_mistral's sliding_window caps its context at 32 tokens: short turns, no system.
+  for (const char* user : {"Define dog.", "hi", "What is a bank?", "x", "tree", "cat"}) {
+    const std::string body = std::string(R"({"messages": [{"role": "user", "content": ")") + user +
+                             R"("}], "max_tokens": 4, "temperature": 0})";
+    HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body));
+    ASSERT_EQ(r.status, 200) << r.body;
+    json b = json::parse(r.body);
+    // The same prompt as text: Generate adds the BOS the template also writes, once.
+    const std::string prompt = std::string("<s>[INST] ") + user + " [/INST]";
+    const std::vector<int32_t> ids = (*lm)->lm().tokenizer().Encode(prompt, {.add_special_tokens = true});
+    ASSERT_EQ(ids[0], 1);
+    ASSERT_NE(ids[1], 1);
+    EXPECT_EQ(b["usage"]["prompt_tokens"].get<size_t>(), ids.size());
+    llm::GenerationOptions greedy;
+    greedy.max_new_tokens = 4;
+    greedy.sampling.temperature = 0;
+    auto want = (*lm)->lm().Generate(prompt, greedy);
+    ASSERT_TRUE(want.ok());
+    std::string text = want->text;
+    if (!text.empty() && text[0] == ' ') {
+      text.erase(0, 1);
+      ++leading_space;
+    }
+    EXPECT_EQ(b["choices"][0]["message"]["content"], text) << user;
+  }
+  EXPECT_GE(leading_space, 1) << "no reply began with a word marker: the strip went untested";
+  fs::remove_all(dir);
+}
+
 TEST(LlmServingBertTest, CompletionsOnAClassificationJobAre400) {
   auto serving = std::make_unique<ServingModel>(
       std::make_unique<testing::FakeClassifier>(testing::TestLabels()), "ns/cls");

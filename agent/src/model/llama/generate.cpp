@@ -221,8 +221,13 @@ class TorchGenerationSession final : public GenerationSession {
     if (options_.on_token) options_.on_token(id);
     // Special tokens (<|im_end|>, ...) are control, not text: skipped as
     // tokenizers' decode(skip_special_tokens=True) and transformers pipelines do.
-    if (!tokenizer_.IsSpecial(id) && scanner_.Add(tokenizer_.TokenBytes(id)))
-      return Finish(FinishReason::kStop);
+    if (!tokenizer_.IsSpecial(id)) {
+      std::string bytes = tokenizer_.TokenBytes(id);
+      if (at_text_start_ && options_.strip_leading_space && !bytes.empty() && bytes[0] == ' ')
+        bytes.erase(0, 1);
+      at_text_start_ = at_text_start_ && bytes.empty();
+      if (scanner_.Add(bytes)) return Finish(FinishReason::kStop);
+    }
     Emit(scanner_.FinalLength());
     const auto generated = static_cast<int64_t>(result_.token_ids.size());
     // The sequence may not outgrow the context: "length".
@@ -265,6 +270,7 @@ class TorchGenerationSession final : public GenerationSession {
   size_t emitted_ = 0;
   int64_t next_ = -1;
   bool done_ = false;
+  bool at_text_start_ = true;  // no text emitted yet (strip_leading_space)
 };
 
 }  // namespace

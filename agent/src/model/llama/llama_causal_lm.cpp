@@ -40,11 +40,16 @@ StatusOr<std::vector<int64_t>> ReadGenerationEos(const std::string& dir) {
 
 class TorchCausalLm final : public CausalLm {
  public:
-  TorchCausalLm(LlamaForCausalLm model, BpeTokenizer tokenizer, std::vector<int64_t> eos)
-      : model_(std::move(model)), tokenizer_(std::move(tokenizer)), eos_(std::move(eos)) {}
+  TorchCausalLm(LlamaForCausalLm model, BpeTokenizer tokenizer, std::vector<int64_t> eos,
+                std::optional<ChatFormat> chat_format)
+      : model_(std::move(model)),
+        tokenizer_(std::move(tokenizer)),
+        eos_(std::move(eos)),
+        chat_format_(chat_format) {}
 
   const LlamaConfig& config() const override { return model_->config(); }
   const BpeTokenizer& tokenizer() const override { return tokenizer_; }
+  std::optional<ChatFormat> chat_format() const override { return chat_format_; }
   const std::vector<int64_t>& eos_token_ids() const override { return eos_; }
 
   StatusOr<GenerationResult> Generate(std::string_view prompt, const GenerationOptions& options,
@@ -207,6 +212,7 @@ class TorchCausalLm final : public CausalLm {
   LlamaForCausalLm model_;
   BpeTokenizer tokenizer_;
   std::vector<int64_t> eos_;
+  std::optional<ChatFormat> chat_format_;
   bool lora_enabled_ = false;
   bool merged_ = false;
 };
@@ -237,8 +243,10 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
   for (int64_t id : model->config().eos_token_ids) {
     if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
   }
+  FEDGE_ASSIGN_OR_RETURN(std::string chat_template, ReadChatTemplate(options.model_dir));
+  const std::optional<ChatFormat> chat_format = DetectChatFormat(tokenizer, chat_template);
   return std::unique_ptr<CausalLm>(
-      std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos)));
+      std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos), chat_format));
 }
 
 }  // namespace fedge::agent::llm

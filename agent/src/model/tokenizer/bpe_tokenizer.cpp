@@ -1031,6 +1031,14 @@ std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, const EncodeOpt
 
 const std::vector<int32_t>& BpeTokenizer::SequencePrefix() const { return impl_->prefix; }
 
+bool BpeTokenizer::StripsLeadingSpace() const {
+  for (const DecoderStep& d : impl_->decoders) {
+    if (d.type == DecoderStep::kStrip && d.text == " " && d.start > 0) return true;
+    if (d.type == DecoderStep::kMetaspace && d.scheme != PrependScheme::kNever) return true;
+  }
+  return false;
+}
+
 std::string BpeTokenizer::TokenBytes(int32_t id) const {
   const Impl& m = *impl_;
   if (id < 0 || static_cast<size_t>(id) >= m.id_to_token.size()) return {};

@@ -73,6 +73,10 @@ class BpeTokenizer {
   // The special tokens the post_processor puts before a sequence (BOS), may be empty.
   const std::vector<int32_t>& SequencePrefix() const;
 
+  // Whether Decode drops a leading space (a Strip decoder, or Metaspace's first-token
+  // rule): what a text that starts a reply should do with its first word's marker.
+  bool StripsLeadingSpace() const;
+
   // UTF-8 text of `ids` as `tokenizers`' decode; unknown ids are skipped, special
   // tokens are dropped when `skip_special` is set.
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special = false) const;

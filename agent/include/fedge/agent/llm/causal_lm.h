@@ -11,11 +11,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "fedge/agent/llm/bpe_tokenizer.h"
+#include "fedge/agent/llm/chat_template.h"
 #include "fedge/agent/llm/generation.h"
 #include "fedge/agent/llm/llama_config.h"
 #include "fedge/status.h"
@@ -79,6 +81,9 @@ class CausalLm {
 
   virtual const LlamaConfig& config() const = 0;
   virtual const BpeTokenizer& tokenizer() const = 0;
+  // The chat format of the model directory's chat template (DetectChatFormat);
+  // nullopt for a model without one (a base model).
+  virtual std::optional<ChatFormat> chat_format() const = 0;
   virtual const std::vector<int64_t>& eos_token_ids() const = 0;
 
   // Continues `prompt`, encoded with the tokenizer's BOS (its post_processor's prefix,

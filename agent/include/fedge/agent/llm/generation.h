@@ -47,6 +47,10 @@ struct GenerationOptions {
   std::vector<std::string> stop;
   // End at the model's EOS token(s) (config.json / generation_config.json).
   bool stop_at_eos = true;
+  // Drop one space at the start of the text: a chat reply's first SentencePiece word
+  // carries its word marker (" Hello" after Llama 2's [/INST]), which tokenizers'
+  // decode strips (BpeTokenizer::StripsLeadingSpace).
+  bool strip_leading_space = false;
   // Optional. Polled before each decode step; once it returns true generation ends
   // there with FinishReason::kCancelled (e.g. the client of a stream went away).
   // Called on the generating thread.
