@@ -1,4 +1,6 @@
-// Byte-level BPE encoding speed (the agent tokenizes every /v1/completions and
+// BPE encoding speed, byte-level and SentencePiece-style (llama2: Prepend + Replace,
+// llama2_metaspace: Metaspace; both treat a whole span between added tokens as one
+// word, so ordinary text merges through the heap path) (the agent tokenizes every /v1/completions and
 // /v1/chat/completions prompt, on the thread that holds the model):
 //   1. ordinary text: WordNet glosses (Debian's wordnet-base) through each golden
 //      tokenizer, MB/s;
@@ -62,7 +64,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--golden-dir") == 0) golden = argv[i + 1];
     if (std::strcmp(argv[i], "--max-kib") == 0) max_kib = std::strtoul(argv[i + 1], nullptr, 10);
   }
-  const char* names[] = {"gpt2", "llama3", "qwen2", "smollm2", "qwen2_nfc"};
+  const char* names[] = {"gpt2", "llama3", "qwen2", "smollm2", "qwen2_nfc", "llama2", "llama2_metaspace"};
   std::vector<BpeTokenizer> toks;
   for (const char* name : names) {
     auto tok = BpeTokenizer::Load(golden + "/tok_" + name + "/tokenizer.json");

@@ -185,7 +185,8 @@ std::string ShrinkTokenizer(const std::string& path, size_t keep) {
     // Single code point tokens are the byte alphabet.
     const std::string& tok = it.key();
     const size_t cps = std::count_if(tok.begin(), tok.end(), [](char c) { return (c & 0xC0) != 0x80; });
-    if (cps == 1 || used.count(tok)) vocab[tok] = it.value();
+    // and "<...>" tokens the special and <0xXX> byte-fallback ones a tokenizer needs.
+    if (cps == 1 || used.count(tok) || tok[0] == '<') vocab[tok] = it.value();
   }
   model["vocab"] = vocab;
   model["merges"] = merges;
@@ -193,7 +194,8 @@ std::string ShrinkTokenizer(const std::string& path, size_t keep) {
 }
 
 void TokenizerSeeds() {
-  for (const char* name : {"tok_gpt2", "tok_llama3", "tok_qwen2", "tok_smollm2"}) {
+  for (const char* name : {"tok_gpt2", "tok_llama3", "tok_qwen2", "tok_smollm2", "tok_llama2",
+                           "tok_llama2_metaspace", "tok_metaspace_split", "tok_gemma"}) {
     Write("bpe_json", std::string(name) + "_shrunk.json",
           ShrinkTokenizer(kRoot + "/tests/golden/llm/" + name + "/tokenizer.json", 40));
   }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -290,6 +291,99 @@ TEST(BpeTokenizerTest, RejectsUnsupportedComponentsByName) {
   EXPECT_NE(nfkc.status().message().find("normalizer NFKC"), std::string::npos) << nfkc.status().message();
 
   EXPECT_EQ(BpeTokenizer::Load("/nonexistent/tokenizer.json").status().code(), StatusCode::kNotFound);
+}
+
+// A SentencePiece-style span is one BPE word; fedge merges it word by word (8x faster
+// on WordNet text, fedge_bench_tokenizer) when no vocabulary token has a marker after
+// another character. A token like "q\u2581z" makes the split unsafe and turns it off:
+// the ids of a long text must be the same either way.
+TEST(BpeTokenizerTest, SentencePieceWordSplitGivesTheWholeSpansIds) {
+  std::string text;
+  const nlohmann::json golden = ReadGolden("spm_ids/llama2");
+  for (const auto& c : golden["cases"]) text += c["text"].get<std::string>() + " ";
+  ASSERT_GT(text.size(), 6000u);
+  for (const char* name : {"tok_llama2", "tok_llama2_metaspace", "tok_gemma"}) {
+    auto json_text = ReadFile(kGolden + "/llm/" + name + "/tokenizer.json");
+    ASSERT_TRUE(json_text.ok());
+    nlohmann::json j = nlohmann::json::parse(*json_text);
+    auto split = BpeTokenizer::FromJson(j.dump());
+    j["model"]["vocab"]["q\u2581z"] = 5000;  // unused by any merge: changes no id
+    auto whole = BpeTokenizer::FromJson(j.dump());
+    ASSERT_TRUE(split.ok() && whole.ok());
+    for (const EncodeOptions& o : {EncodeOptions{}, EncodeOptions{.continuation = true}}) {
+      const std::vector<int32_t> a = split->Encode(text, o), b = whole->Encode(text, o);
+      EXPECT_GT(a.size(), 1000u);
+      EXPECT_EQ(a, b) << name;
+    }
+  }
+}
+
+// SentencePiece-style components fedge does not read, or that a hostile
+// tokenizer.json would use to blow a prompt up, are refused by name.
+TEST(BpeTokenizerTest, RejectsUnsupportedOrHostileSentencePieceComponents) {
+  auto text = ReadFile(kGolden + "/llm/tok_llama2/tokenizer.json");
+  ASSERT_TRUE(text.ok());
+  const nlohmann::json base = nlohmann::json::parse(*text);
+  ASSERT_TRUE(BpeTokenizer::FromJson(base.dump()).ok());
+  struct Case {
+    std::function<void(nlohmann::json&)> edit;
+    StatusCode code;
+    std::string says;
+  };
+  const std::string megabyte(1 << 20, 'x');
+  const std::vector<Case> cases = {
+      {[](auto& j) {
+         j["normalizer"]["normalizers"][1]["pattern"] = {{"Regex", "\\s+"}};
+       },
+       StatusCode::kUnimplemented, "normalizer Replace pattern"},
+      {[&](auto& j) { j["normalizer"]["normalizers"][1]["content"] = megabyte; },
+       StatusCode::kInvalidArgument, "normalizer Replace content is 1048576 bytes; at most 16"},
+      {[&](auto& j) { j["normalizer"]["normalizers"][0]["prepend"] = megabyte; },
+       StatusCode::kInvalidArgument, "normalizer Prepend is 1048576 bytes"},
+      {[](auto& j) {
+         j["normalizer"] = {{"type", "Lowercase"}};
+       },
+       StatusCode::kUnimplemented, "normalizer Lowercase"},
+      {[](auto& j) {
+         j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "ab"}};
+       },
+       StatusCode::kInvalidArgument, "one character"},
+      {[](auto& j) {
+         j["pre_tokenizer"] = {{"type", "Metaspace"}, {"prepend_scheme", "sometimes"}};
+       },
+       StatusCode::kUnimplemented, "prepend_scheme sometimes"},
+      {[](auto& j) {
+         j["pre_tokenizer"] = {{"type", "ByteLevel"}};
+       },
+       StatusCode::kUnimplemented, "byte_fallback with a ByteLevel"},
+      {[](auto& j) {
+         j["pre_tokenizer"] = {{"type", "Digits"}};
+       },
+       StatusCode::kUnimplemented, "must be followed by ByteLevel"},
+      {[](auto& j) { j["decoder"] = nullptr; }, StatusCode::kUnimplemented, "needs a decoder"},
+      {[](auto& j) {
+         j["decoder"] = {{"type", "WordPiece"}};
+       },
+       StatusCode::kUnimplemented, "decoder WordPiece"},
+      {[](auto& j) { j["decoder"]["decoders"][3]["start"] = 1000000; }, StatusCode::kInvalidArgument,
+       "Strip needs"},
+      {[](auto& j) { j["model"]["unk_token"] = "<nope>"; }, StatusCode::kInvalidArgument,
+       "unk_token \"<nope>\" is not in the vocab"},
+      {[](auto& j) {
+         j["post_processor"] = {{"type", "RobertaProcessing"}};
+       },
+       StatusCode::kUnimplemented, "post_processor RobertaProcessing"},
+      {[](auto& j) { j["post_processor"]["special_tokens"]["<s>"]["ids"] = {5000000}; },
+       StatusCode::kInvalidArgument, "is not an integer in"},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json j = base;
+    c.edit(j);
+    auto tok = BpeTokenizer::FromJson(j.dump());
+    ASSERT_FALSE(tok.ok()) << c.says;
+    EXPECT_EQ(tok.status().code(), c.code) << tok.status().ToString();
+    EXPECT_NE(tok.status().message().find(c.says), std::string::npos) << tok.status().message();
+  }
 }
 
 // Regression (bench/fuzz/fuzz_bpe_json; reproducers in bench/fuzz/crashes/bpe_json/):

@@ -166,6 +166,13 @@ TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
     EXPECT_EQ(b["choices"][0]["message"]["content"], text) << user;
   }
   EXPECT_GE(leading_space, 1) << "no reply began with a word marker: the strip went untested";
+  // Llama 2's template raises on roles out of turn: a 400 that names the message.
+  HttpResponse r = api.ChatCompletions(
+      Post("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})"));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("alternate user/assistant"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("message 1 is"), std::string::npos) << r.body;
   fs::remove_all(dir);
 }
 

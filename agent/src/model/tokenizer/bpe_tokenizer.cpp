@@ -367,7 +367,12 @@ struct BpeTokenizer::Impl {
   std::unordered_map<char32_t, int32_t> char_id;  // SentencePiece-style: one-character tokens
   std::array<int32_t, 256> fallback_id{};         // ids of <0x00>..<0xFF>, -1 if absent
   std::vector<DecoderStep> decoders;              // SentencePiece-style decoder chain
-  std::vector<int32_t> prefix;                    // post_processor: special tokens before $A
+  // SentencePiece-style: a span is one BPE word, so merging ran over the whole span.
+  // When no vocabulary token has this marker after another character, no merge can
+  // cross the start of a marked word: the span is merged word by word (the same ids;
+  // SentencePiece itself splits there), short words taking the fast path.
+  std::string word_marker;
+  std::vector<int32_t> prefix;  // post_processor: special tokens before $A
 
   static uint64_t PairKey(int32_t a, int32_t b) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
@@ -531,6 +536,20 @@ struct BpeTokenizer::Impl {
     ids->insert(ids->end(), syms.begin(), syms.end());
   }
 
+  // Splits before each marker that follows another character ("\u2581the\u2581\u2581cat"
+  // -> "\u2581the", "\u2581\u2581cat") when word_marker allows it, else one word.
+  void EncodeMarkedWords(const std::string& s, std::vector<int32_t>* ids) const {
+    const std::string& m = word_marker;
+    if (m.empty()) return EncodeCharacters(s, ids);
+    size_t begin = 0;
+    for (size_t hit = s.find(m, 1); hit != std::string::npos; hit = s.find(m, hit + m.size())) {
+      if (hit >= m.size() && s.compare(hit - m.size(), m.size(), m) == 0) continue;  // after a marker
+      EncodeCharacters(s.substr(begin, hit - begin), ids);
+      begin = hit;
+    }
+    EncodeCharacters(s.substr(begin), ids);
+  }
+
   // `at_start`: the span begins the text. Prepend and Metaspace "always" mark every
   // span, "first" only the one at the start; none marks the first span of a
   // continuation.
@@ -555,7 +574,7 @@ struct BpeTokenizer::Impl {
            (metaspace.scheme == PrependScheme::kFirst && at_start))) {
         s.insert(0, metaspace.replacement);
       }
-      if (!metaspace.split) return EncodeCharacters(s, ids);
+      if (!metaspace.split) return EncodeMarkedWords(s, ids);
       // Split before each marker (MergedWithNext): "a\u2581\u2581b" -> "a", "\u2581", "\u2581b".
       const std::string& m = metaspace.replacement;
       size_t begin = 0;
@@ -566,6 +585,7 @@ struct BpeTokenizer::Impl {
       if (begin < s.size()) EncodeCharacters(s.substr(begin), ids);
       return;
     }
+    if (!byte_level) return EncodeMarkedWords(s, ids);
     std::vector<std::string> pieces{std::move(s)};
     for (const PreTokStep& step : steps) pieces = ApplyStep(step, pieces);
     for (const std::string& piece : pieces) {
@@ -770,16 +790,27 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       impl->merges.emplace(Impl::PairKey(ia->second, ib->second), std::make_pair(rank++, im->second));
     }
 
+    // Normalizer and decoder strings are a few bytes in every real tokenizer ("\u2581",
+    // " "). Bounded, so a hostile tokenizer.json cannot make each space of a 16 KiB
+    // prompt a megabyte (Replace) and the prompt gigabytes.
+    constexpr size_t kMaxPiece = 16;
+    auto short_string = [](const json& v, const std::string& what, std::string* out) -> Status {
+      *out = v.get<std::string>();
+      if (out->size() > kMaxPiece) {
+        return InvalidArgumentError("tokenizer.json: " + what + " is " + std::to_string(out->size()) +
+                                    " bytes; at most " + std::to_string(kMaxPiece) + " are supported");
+      }
+      return OkStatus();
+    };
     // A Replace's pattern: {"String": s} (a {"Regex": r} is not supported).
-    auto string_pattern = [](const json& p, const char* what, std::string* out) -> Status {
+    auto string_pattern = [&](const json& p, const char* what, std::string* out) -> Status {
       const json& pat = p.at("pattern");
       if (!pat.is_object() || !pat.contains("String") || !pat["String"].is_string() ||
           pat["String"].get<std::string>().empty()) {
         return UnimplementedError(std::string("tokenizer.json: ") + what + " Replace pattern " + pat.dump() +
                                   " is not supported (only a non-empty {\"String\": ...})");
       }
-      *out = pat["String"].get<std::string>();
-      return OkStatus();
+      return short_string(pat["String"], std::string(what) + " Replace pattern", out);
     };
     auto parse_normalizer = [&](const json& n) -> Status {
       std::string type = n.is_object() ? n.value("type", std::string("?")) : "?";
@@ -788,11 +819,11 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
         step.type = NormalizerStep::kNfc;
       } else if (type == "Prepend") {
         step.type = NormalizerStep::kPrepend;
-        step.text = n.at("prepend").get<std::string>();
+        FEDGE_RETURN_IF_ERROR(short_string(n.at("prepend"), "normalizer Prepend", &step.text));
       } else if (type == "Replace") {
         step.type = NormalizerStep::kReplace;
         FEDGE_RETURN_IF_ERROR(string_pattern(n, "normalizer", &step.text));
-        step.content = n.at("content").get<std::string>();
+        FEDGE_RETURN_IF_ERROR(short_string(n.at("content"), "normalizer Replace content", &step.content));
       } else {
         return UnimplementedError("tokenizer.json: normalizer " + type +
                                   " is not supported (null, NFC, Prepend, Replace or a Sequence of these)");
@@ -824,7 +855,10 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
     };
     auto replacement = [](const json& p, std::string* out) -> Status {
       *out = p.value("replacement", std::string(kMetaspace));
-      if (out->empty()) return InvalidArgumentError("tokenizer.json: Metaspace replacement is empty");
+      const int r = out->empty() ? 0 : ScanUtf8Char(*out, 0);
+      if (r <= 0 || static_cast<size_t>(r) != out->size()) {
+        return InvalidArgumentError("tokenizer.json: Metaspace replacement must be one character");
+      }
       return OkStatus();
     };
     auto parse_step = [&](const json& p, std::vector<PreTokStep>* steps) -> Status {
@@ -905,14 +939,14 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
         if (type == "Replace") {
           step.type = DecoderStep::kReplace;
           FEDGE_RETURN_IF_ERROR(string_pattern(d, "decoder", &step.text));
-          step.content = d.at("content").get<std::string>();
+          FEDGE_RETURN_IF_ERROR(short_string(d.at("content"), "decoder Replace content", &step.content));
         } else if (type == "ByteFallback") {
           step.type = DecoderStep::kByteFallback;
         } else if (type == "Fuse") {
           step.type = DecoderStep::kFuse;
         } else if (type == "Strip") {
           step.type = DecoderStep::kStrip;
-          step.text = d.at("content").get<std::string>();
+          FEDGE_RETURN_IF_ERROR(short_string(d.at("content"), "decoder Strip content", &step.text));
           const int64_t start = d.value("start", int64_t{0}), stop = d.value("stop", int64_t{0});
           if (step.text.empty() || start < 0 || stop < 0 || start > 64 || stop > 64) {
             return InvalidArgumentError(
@@ -973,6 +1007,29 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       return OkStatus();
     };
     FEDGE_RETURN_IF_ERROR(parse_post(j.value("post_processor", json())));
+
+    // The word marker the span is written with (Metaspace without split, or a
+    // Replace(" " -> marker) normalizer), if splitting at it cannot change the ids.
+    if (!impl->byte_level && !impl->ignore_merges) {
+      std::string marker;
+      if (impl->metaspace.enabled && !impl->metaspace.split) marker = impl->metaspace.replacement;
+      for (const NormalizerStep& n : impl->normalizers) {
+        if (!impl->metaspace.enabled && n.type == NormalizerStep::kReplace && n.text == " ")
+          marker = n.content;
+      }
+      const int r = marker.empty() ? 0 : ScanUtf8Char(marker, 0);
+      bool safe = r > 0 && static_cast<size_t>(r) == marker.size() &&
+                  impl->char_id.count(DecodeCodePoints(marker)[0].c) > 0;
+      for (auto it = impl->vocab.begin(); safe && it != impl->vocab.end(); ++it) {
+        const std::string& t = it->first;
+        for (size_t hit = t.find(marker, 1); safe && hit != std::string::npos;
+             hit = t.find(marker, hit + 1)) {
+          // A marker inside a token is fine only after another marker ("\u2581\u2581").
+          safe = hit >= marker.size() && t.compare(hit - marker.size(), marker.size(), marker) == 0;
+        }
+      }
+      if (safe) impl->word_marker = marker;
+    }
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError(std::string("tokenizer.json: ") + e.what());
   }
