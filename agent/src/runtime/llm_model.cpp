@@ -23,6 +23,16 @@ StatusOr<std::unique_ptr<LlmModel>> LlmModel::Load(const LlmModelOptions& option
   lo.num_threads = options.num_threads;
   lo.decode_weights = options.decode_weights;
   FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<llm::CausalLm> lm, llm::CausalLm::Load(lo));
+  // Training past the model's context would run positions it never saw (and, for
+  // Mistral v0.1 past its sliding window, attention that is not the model's).
+  const int64_t context = lm->config().max_position_embeddings;
+  if (options.max_seq_len > context) {
+    return InvalidArgumentError("spec.model.maxSeqLen " + std::to_string(options.max_seq_len) +
+                                " exceeds the model's context of " + std::to_string(context) +
+                                " tokens (config.json max_position_embeddings, or Mistral's sliding_window): "
+                                "lower it to " +
+                                std::to_string(context) + " or less");
+  }
   Status st = lm->EnableLora(options.lora);
   if (!st.ok()) return st.WithContext("spec.adapter");
   return std::unique_ptr<LlmModel>(new LlmModel(std::move(lm), options.max_seq_len));

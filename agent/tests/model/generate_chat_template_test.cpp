@@ -80,6 +80,9 @@ TEST(ChatTemplateTest, ZephyrLlama2AndMistralMatchTheirJinjaTemplates) {
     }
   }
   EXPECT_EQ(checked, 16);
+  // Phi-3's template has Zephyr's role markers but ends turns with <|end|>.
+  EXPECT_EQ(DetectChatFormat(*tok, "{{'<|user|>\n' + message['content'] + '<|end|>\n' + '<|assistant|>\n'}}"),
+            std::nullopt);
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
 }
 

@@ -118,6 +118,16 @@ TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
   fs::copy(golden, dir);
   LlmModelOptions o = testing::TinyLlmOptions();
   o.model_dir = dir.string();
+  // Its sliding_window (32) caps the context: a longer maxSeqLen would train on
+  // attention that is not Mistral's, and is refused naming the field.
+  o.max_seq_len = 33;
+  auto too_long = LlmModel::Load(o);
+  ASSERT_FALSE(too_long.ok());
+  EXPECT_EQ(too_long.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(too_long.status().message().find("spec.model.maxSeqLen 33 exceeds the model's context of 32"),
+            std::string::npos)
+      << too_long.status().message();
+  o.max_seq_len = 32;
   {
     auto base = testing::ServeLlm(o, 1);
     ASSERT_NE(base, nullptr);

@@ -39,7 +39,9 @@ Status CheckAlternation(const std::vector<ChatMessage>& turns, std::string_view 
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::string_view chat_template) {
   if (Has(chat_template, "<|im_start|>")) return ChatFormat::kChatMl;
   if (Has(chat_template, "<|start_header_id|>")) return ChatFormat::kLlama3;
-  if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>")) return ChatFormat::kZephyr;
+  // Phi-3's turns look like Zephyr's but end with <|end|>, not </s>: not rendered as Zephyr.
+  if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>") && !Has(chat_template, "<|end|>"))
+    return ChatFormat::kZephyr;
   if (Has(chat_template, "[INST]") && Has(chat_template, "<<SYS>>")) return ChatFormat::kLlama2;
   if (Has(chat_template, "[INST]")) return ChatFormat::kMistral;
   if (tokenizer.TokenToId("<|im_start|>") && tokenizer.TokenToId("<|im_end|>")) return ChatFormat::kChatMl;
