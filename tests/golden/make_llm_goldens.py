@@ -58,6 +58,10 @@ Outputs (tests/golden/llm/):
                               tok_llama2; greedy goldens from BOS + prompt with the text
                               a completion appends, and prompt/completion losses
 
+  --only phi3 (merged likewise; after --only spm):
+  tiny_phi3/                  a tiny Phi-3 (fused qkv_proj / gate_up_proj, GQA,
+                              sliding_window 96 < 128 positions) with tok_llama2
+
   --only chat:
   chat_templates.json         the Zephyr (TinyLlama chat), Llama 2 chat and Mistral
                               Instruct v0.2 Jinja templates rendered by jinja2 as
@@ -518,6 +522,12 @@ CHAT_TEMPLATES = {
         "\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
         "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
         "{% endfor %}"),
+    "phi3": (  # microsoft/Phi-3-mini-4k-instruct (eos_token <|endoftext|>)
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + "
+        "'<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
+        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}"
+        "{% endif %}"),
     "llama2": (  # meta-llama/Llama-2-7b-chat-hf
         "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
         "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}"
@@ -563,12 +573,62 @@ def make_chat():
                 continue  # its template raises on a system message
             for gen in (True, False):
                 cases.append({"messages": conv, "add_generation_prompt": gen,
-                              "text": t.render(messages=conv, add_generation_prompt=gen,
-                                               bos_token="<s>", eos_token="</s>")})
+                              "text": t.render(messages=conv, add_generation_prompt=gen, bos_token="<s>",
+                                               eos_token="<|endoftext|>" if name == "phi3" else "</s>")})
         out[name] = {"template": template, "cases": cases}
     with open(os.path.join(OUT, "chat_templates.json"), "w") as f:
         json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out}, f, ensure_ascii=False, indent=1)
     print("chat:", {k: len(v["cases"]) for k, v in out.items()})
+
+
+def add_appended_text(golden, tok):
+    """For a SentencePiece-style model's greedy goldens: the text fedge's stream
+    appends to the prompt (see below), and tokenizers' own decode for reference."""
+    for g in golden["greedy"]:
+        # What a completion appends to its prompt's text: each token's bytes (the word
+        # marker a space, <0xXX> its byte, special tokens none) made valid UTF-8 with
+        # Python's maximal-subpart U+FFFD rule, which fedge's stream follows. tokenizers'
+        # decode(prompt + new) differs only where a byte run is not valid UTF-8 (it
+        # writes one U+FFFD per byte there) and in the leading space decode(new) strips.
+        raw = b""
+        for i in g["ids"]:
+            t = tok.id_to_token(i)
+            if i in (0, 1, 2):
+                continue
+            raw += (bytes([int(t[3:5], 16)]) if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+                    else t.replace("\u2581", " ").encode())
+        g["appended_text"] = raw.decode("utf-8", errors="replace")
+        full = tok.decode(g["prompt_ids"] + g["ids"], skip_special_tokens=True)
+        head = tok.decode(g["prompt_ids"], skip_special_tokens=True)
+        assert full.startswith(head)
+        g["appended_text_tokenizers"] = full[len(head):]
+
+
+def make_phi3_model():
+    """tiny_phi3: Phi3ForCausalLM (fused qkv_proj and gate_up_proj, grouped-query
+    attention, sliding_window 96 under 128 positions) with tok_llama2."""
+    import torch
+    import transformers
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    config = Phi3Config(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        original_max_position_embeddings=128, sliding_window=96, rms_norm_eps=1e-5,
+        rope_theta=10000.0, tie_word_embeddings=False, initializer_range=0.3,
+        bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    torch.manual_seed(2024)
+    model = Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    golden = save_and_golden(model, "tiny_phi3", "tok_llama2", [
+        "dog: a member of the genus Canis", "run: move fast by using one's feet"])
+    golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    from tokenizers import Tokenizer
+    add_appended_text(golden, Tokenizer.from_file(os.path.join(OUT, "tiny_phi3", "tokenizer.json")))
+    return golden
 
 
 def make_mistral_model():
@@ -592,24 +652,7 @@ def make_mistral_model():
         "dog: a member of the genus Canis", "caf\u00e9 \u4e2d: a small \U0001f642 restaurant"])
     golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
     tok = Tokenizer.from_file(os.path.join(OUT, "tiny_mistral", "tokenizer.json"))
-    for g in golden["greedy"]:
-        # What a completion appends to its prompt's text: each token's bytes (the word
-        # marker a space, <0xXX> its byte, special tokens none) made valid UTF-8 with
-        # Python's maximal-subpart U+FFFD rule, which fedge's stream follows. tokenizers'
-        # decode(prompt + new) differs only where a byte run is not valid UTF-8 (it
-        # writes one U+FFFD per byte there) and in the leading space decode(new) strips.
-        raw = b""
-        for i in g["ids"]:
-            t = tok.id_to_token(i)
-            if i in (0, 1, 2):
-                continue
-            raw += (bytes([int(t[3:5], 16)]) if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
-                    else t.replace("\u2581", " ").encode())
-        g["appended_text"] = raw.decode("utf-8", errors="replace")
-        full = tok.decode(g["prompt_ids"] + g["ids"], skip_special_tokens=True)
-        head = tok.decode(g["prompt_ids"], skip_special_tokens=True)
-        assert full.startswith(head)
-        g["appended_text_tokenizers"] = full[len(head):]
+    add_appended_text(golden, tok)
     # Training encoding: transformers' loss on BOS + prompt + completion + EOS with the
     # prompt masked, the completion's ids from the tokenizer without the Prepend step.
     plain = Tokenizer.from_file(os.path.join(OUT, "tiny_mistral", "tokenizer.json"))
@@ -632,7 +675,7 @@ def make_mistral_model():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "chat"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "chat"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -648,7 +691,7 @@ def main():
         make_spm(lines)
     if args.only == "chat":
         make_chat()
-    if args.only in ("rope", "qwen3", "mistral"):
+    if args.only in ("rope", "qwen3", "mistral", "phi3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:
             result = json.load(f)
@@ -658,6 +701,8 @@ def main():
                   result["models"]["tiny_llama32"]["max_abs_logit_change_from_scaling"])
         elif args.only == "mistral":
             result["models"]["tiny_mistral"] = make_mistral_model()
+        elif args.only == "phi3":
+            result["models"]["tiny_phi3"] = make_phi3_model()
         else:
             result["models"]["tiny_qwen3"] = make_qwen3_model()
         with open(path, "w") as f:

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "fedge/agent/llm/llama_config.h"
 #include "fedge/agent/peft_adapter.h"
 #include "fedge/job_spec.h"
 #include "fedge/safetensors.h"
@@ -31,6 +32,18 @@ int main(int argc, char** argv) {
   if (!spec.ok()) {
     std::cerr << "fedge-export-adapter: " << spec.status().ToString() << "\n";
     return 2;
+  }
+  if (spec->model.family == "llama") {
+    // Phi-3's PEFT modules are the fused qkv_proj and gate_up_proj, which fedge loads
+    // split and adapts part by part: those adapters have no PEFT spelling.
+    const std::string dir = model_dir.empty() ? spec->model.path : model_dir;
+    auto config = fedge::agent::llm::LlamaConfig::FromFile(dir + "/config.json");
+    if (config.ok() && config->fused_projections) {
+      std::cerr << "fedge-export-adapter: " << dir
+                << " is a Phi-3 model: PEFT adapts its fused qkv_proj/gate_up_proj, fedge the split "
+                   "q/k/v and gate/up projections; such an adapter has no PEFT form\n";
+      return 2;
+    }
   }
   const std::string state_file = std::filesystem::is_directory(state)
                                      ? (std::filesystem::path(state) / "global.safetensors").string()

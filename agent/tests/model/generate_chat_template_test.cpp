@@ -63,8 +63,10 @@ TEST(ChatTemplateTest, ZephyrLlama2AndMistralMatchTheirJinjaTemplates) {
   auto tok = BpeTokenizer::Load(std::string(FEDGE_GOLDEN_DIR) + "/llm/tok_llama2/tokenizer.json");
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ(DetectChatFormat(*tok), std::nullopt);  // no marker tokens: a base model
-  const std::vector<std::pair<std::string, ChatFormat>> formats = {
-      {"zephyr", ChatFormat::kZephyr}, {"llama2", ChatFormat::kLlama2}, {"mistral", ChatFormat::kMistral}};
+  const std::vector<std::pair<std::string, ChatFormat>> formats = {{"zephyr", ChatFormat::kZephyr},
+                                                                   {"phi3", ChatFormat::kPhi3},
+                                                                   {"llama2", ChatFormat::kLlama2},
+                                                                   {"mistral", ChatFormat::kMistral}};
   nlohmann::json goldens = ChatGoldens();
   int checked = 0;
   for (const auto& [name, format] : formats) {
@@ -79,10 +81,8 @@ TEST(ChatTemplateTest, ZephyrLlama2AndMistralMatchTheirJinjaTemplates) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 16);
-  // Phi-3's template has Zephyr's role markers but ends turns with <|end|>.
-  EXPECT_EQ(DetectChatFormat(*tok, "{{'<|user|>\n' + message['content'] + '<|end|>\n' + '<|assistant|>\n'}}"),
-            std::nullopt);
+  EXPECT_EQ(checked, 22);
+  EXPECT_EQ(ChatEndOfTurn(ChatFormat::kPhi3), "<|end|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
 }
 

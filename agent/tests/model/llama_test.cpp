@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
@@ -81,7 +82,7 @@ TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
 // model's frequencies); its logits differ from the unscaled model's by up to 12.
 INSTANTIATE_TEST_SUITE_P(Models, LlamaGoldenTest,
                          ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3",
-                                           "tiny_mistral"));
+                                           "tiny_mistral", "tiny_phi3"));
 
 TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   nlohmann::json golden = testing::LlmModelGolden("tiny_llama32");
@@ -183,6 +184,34 @@ TEST(LlamaTest, ConfigReadsBothRopeLayoutsAndTheScalingsItImplements) {
   EXPECT_EQ(LlamaConfig::FromJson(R"({"model_type":"bert"})").status().code(), StatusCode::kInvalidArgument);
 }
 
+// Phi-3 ships q/k/v stacked in self_attn.qkv_proj and gate/up in mlp.gate_up_proj;
+// they load split (tiny_phi3's logits above), and a fused tensor of the wrong shape is
+// DATA_LOSS naming it.
+TEST(LlamaTest, Phi3FusedProjectionsLoadSplitOrSayWhatIsWrong) {
+  namespace fs = std::filesystem;
+  auto model = LoadLlama(kGolden + "/llm/tiny_phi3");
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_TRUE((*model)->config().fused_projections);
+  EXPECT_EQ((*model)->config().max_position_embeddings, 96);  // sliding_window
+  EXPECT_EQ(SaveLlama(*model, "/nonexistent").code(), StatusCode::kUnimplemented);
+  const fs::path dir = fs::temp_directory_path() / ("fedge-phi3-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::copy(kGolden + "/llm/tiny_phi3", dir);
+  auto text = ReadFile((dir / "config.json").string());
+  ASSERT_TRUE(text.ok());
+  nlohmann::json config = nlohmann::json::parse(*text);
+  config["num_key_value_heads"] = 4;  // qkv_proj would need 96 rows; it has 64
+  std::ofstream(dir / "config.json") << config.dump();
+  auto bad = LoadLlama(dir.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find(
+                "self_attn.qkv_proj.weight' has shape [64, 32], config.json implies [96, 32]"),
+            std::string::npos)
+      << bad.status().message();
+  fs::remove_all(dir);
+}
+
 // Mistral v0.1 (sliding_window 4096, 32768 positions): within the window sliding
 // attention is full attention, so the context is capped there; null means none.
 TEST(LlamaTest, MistralSlidingWindowCapsTheContext) {
@@ -207,7 +236,8 @@ TEST(LlamaTest, MistralSlidingWindowCapsTheContext) {
 }
 
 TEST(LlamaTest, NumParametersCountsTheModel) {
-  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3", "tiny_mistral"}) {
+  for (const char* name :
+       {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3", "tiny_mistral", "tiny_phi3"}) {
     auto model = LoadLlama(kGolden + "/llm/" + name);
     ASSERT_TRUE(model.ok());
     int64_t n = 0;

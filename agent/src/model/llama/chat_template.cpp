@@ -39,9 +39,9 @@ Status CheckAlternation(const std::vector<ChatMessage>& turns, std::string_view 
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::string_view chat_template) {
   if (Has(chat_template, "<|im_start|>")) return ChatFormat::kChatMl;
   if (Has(chat_template, "<|start_header_id|>")) return ChatFormat::kLlama3;
-  // Phi-3's turns look like Zephyr's but end with <|end|>, not </s>: not rendered as Zephyr.
-  if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>") && !Has(chat_template, "<|end|>"))
-    return ChatFormat::kZephyr;
+  // Phi-3's turns look like Zephyr's but end with <|end|>, not </s>.
+  if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>"))
+    return Has(chat_template, "<|end|>") ? ChatFormat::kPhi3 : ChatFormat::kZephyr;
   if (Has(chat_template, "[INST]") && Has(chat_template, "<<SYS>>")) return ChatFormat::kLlama2;
   if (Has(chat_template, "[INST]")) return ChatFormat::kMistral;
   if (tokenizer.TokenToId("<|im_start|>") && tokenizer.TokenToId("<|im_end|>")) return ChatFormat::kChatMl;
@@ -85,6 +85,8 @@ std::string_view ChatEndOfTurn(ChatFormat format) {
       return "<|im_end|>";
     case ChatFormat::kLlama3:
       return "<|eot_id|>";
+    case ChatFormat::kPhi3:
+      return "<|end|>";
     default:
       return "</s>";
   }
@@ -129,15 +131,17 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
       out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
     } else if (format == ChatFormat::kLlama3) {
       out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
-    } else {  // Zephyr: other roles are skipped, as its template does
+    } else {  // Zephyr, Phi-3: other roles are skipped, as their templates do
       if (m.role == "system" || m.role == "user" || m.role == "assistant")
-        out += "<|" + m.role + "|>\n" + m.content + "</s>\n";
+        out += "<|" + m.role + "|>\n" + m.content + (format == ChatFormat::kPhi3 ? "<|end|>\n" : "</s>\n");
     }
   }
   if (add_generation_prompt) {
     out += format == ChatFormat::kChatMl   ? "<|im_start|>assistant\n"
            : format == ChatFormat::kLlama3 ? "<|start_header_id|>assistant<|end_header_id|>\n\n"
                                            : "<|assistant|>\n";
+  } else if (format == ChatFormat::kPhi3) {
+    out += "<|endoftext|>";
   }
   return out;
 }

@@ -266,6 +266,7 @@ Status LlamaForCausalLmImpl::LoadWeights(const SafetensorsFile& file) {
 Status LlamaForCausalLmImpl::LoadWeightsFrom(const SafetensorsFile& file, std::set<std::string>* loaded) {
   auto params = named_parameters(/*recurse=*/true);
   torch::NoGradGuard no_grad;
+  if (config_.fused_projections) FEDGE_RETURN_IF_ERROR(LoadFusedFrom(file, params, loaded));
   for (const std::string& name : CheckpointNames()) {
     const StTensorView* view = file.Find(name);
     if (view == nullptr) continue;
@@ -279,6 +280,49 @@ Status LlamaForCausalLmImpl::LoadWeightsFrom(const SafetensorsFile& file, std::s
     FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
     param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
     loaded->insert(name);
+  }
+  return OkStatus();
+}
+
+// Phi-3: self_attn.qkv_proj.weight [(H + 2 KV) * D, h] is q, k, v stacked by rows, and
+// mlp.gate_up_proj.weight [2 I, h] is gate then up (Phi3MLP chunks its output in two).
+Status LlamaForCausalLmImpl::LoadFusedFrom(const SafetensorsFile& file,
+                                           torch::OrderedDict<std::string, torch::Tensor>& params,
+                                           std::set<std::string>* loaded) {
+  const LlamaConfig& c = config_;
+  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::pair<std::string, std::vector<std::pair<std::string, int64_t>>> fused[] = {
+        {p + "self_attn.qkv_proj.weight",
+         {{p + "self_attn.q_proj.weight", q},
+          {p + "self_attn.k_proj.weight", kv},
+          {p + "self_attn.v_proj.weight", kv}}},
+        {p + "mlp.gate_up_proj.weight",
+         {{p + "mlp.gate_proj.weight", c.intermediate_size},
+          {p + "mlp.up_proj.weight", c.intermediate_size}}}};
+    for (const auto& [name, parts] : fused) {
+      const StTensorView* view = file.Find(name);
+      if (view == nullptr) continue;
+      int64_t rows = 0;
+      for (const auto& part : parts) rows += part.second;
+      const std::vector<int64_t> want = {rows, c.hidden_size};
+      if (view->shape != want) {
+        return DataLossError("model.safetensors tensor '" + name + "' has shape " +
+                             c10::str(c10::IntArrayRef(view->shape)) + ", config.json implies " +
+                             c10::str(c10::IntArrayRef(want)));
+      }
+      FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
+      torch::Tensor all = torch::from_blob(values.data(), {rows, c.hidden_size}, torch::kFloat);
+      int64_t at = 0;
+      for (const auto& [part, n] : parts) {
+        torch::Tensor* param = params.find(part);
+        if (param == nullptr) return InternalError("model has no parameter " + part);
+        param->copy_(all.narrow(0, at, n));
+        at += n;
+        loaded->insert(part);
+      }
+    }
   }
   return OkStatus();
 }
@@ -397,6 +441,9 @@ StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
 }
 
 Status SaveLlama(LlamaForCausalLm& model, const std::string& dir) {
+  if (model->config().fused_projections) {
+    return UnimplementedError("saving a Phi-3 model: its fused qkv_proj/gate_up_proj are held split");
+  }
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir));
   FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", model->config().ToJson()));
   FEDGE_ASSIGN_OR_RETURN(std::string bytes, SerializeSafetensors(model->ExportWeights(), {{"format", "pt"}}));

@@ -182,6 +182,9 @@ class LlamaForCausalLmImpl : public torch::nn::Module {
   // One shard of a checkpoint: copies the tensors of CheckpointNames() that `file`
   // holds and adds their names to *loaded. DATA_LOSS for a shape mismatch.
   Status LoadWeightsFrom(const SafetensorsFile& file, std::set<std::string>* loaded);
+  // Phi-3's fused projections in `file`, split into their parts (fused_projections).
+  Status LoadFusedFrom(const SafetensorsFile& file, torch::OrderedDict<std::string, torch::Tensor>& params,
+                       std::set<std::string>* loaded);
   // The checkpoint tensors (fp32), for model.safetensors.
   TensorBundle ExportWeights();
 

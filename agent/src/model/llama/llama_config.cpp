@@ -50,10 +50,10 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
   try {
     json j = json::parse(json_text);
     c.model_type = j.value("model_type", std::string());
-    if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
-        c.model_type != "qwen3") {
+    if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "phi3" &&
+        c.model_type != "qwen2" && c.model_type != "qwen3") {
       return InvalidArgumentError("config.json: model_type \"" + c.model_type +
-                                  "\" is not a supported decoder (llama, mistral, qwen2, qwen3)");
+                                  "\" is not a supported decoder (llama, mistral, phi3, qwen2, qwen3)");
     }
     std::string act = j.value("hidden_act", std::string("silu"));
     if (act != "silu")
@@ -84,6 +84,13 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     c.mlp_bias = j.value("mlp_bias", false);
     c.qkv_bias = c.model_type == "qwen2";
     c.qk_norm = c.model_type == "qwen3";
+    c.fused_projections = c.model_type == "phi3";
+    if (j.contains("partial_rotary_factor") && j["partial_rotary_factor"].is_number() &&
+        j["partial_rotary_factor"].get<double>() !=
+            1.0) {  // transformers 4 writes it at the top (Phi-4-mini)
+      return InvalidArgumentError("config.json: partial_rotary_factor " + j["partial_rotary_factor"].dump() +
+                                  " is not implemented (the rotary embedding covers the whole head)");
+    }
 
     // rope: transformers < 5 writes rope_theta/rope_scaling, >= 5 rope_parameters
     // (rope_theta inside it).
@@ -99,10 +106,11 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     if (rope != nullptr) {
       FEDGE_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*rope, c.max_position_embeddings));
     }
-    // Mistral v0.1's sliding_window W: within W tokens a sliding window is full
-    // attention, so the context is capped at W rather than attention changed. v0.2 and
-    // later have none.
-    if (c.model_type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    // Mistral v0.1's and Phi-3's sliding_window W: within W tokens a sliding window is
+    // full attention, so the context is capped at W rather than attention changed.
+    // Mistral v0.2 and later have none.
+    if ((c.model_type == "mistral" || c.model_type == "phi3") && j.contains("sliding_window") &&
+        !j["sliding_window"].is_null()) {
       const json& w = j["sliding_window"];
       if (!w.is_number_integer() || w.get<int64_t>() <= 0) {
         return InvalidArgumentError("config.json: sliding_window must be a positive integer or null");
@@ -148,6 +156,7 @@ std::string LlamaConfig::ToJson() const {
   j["architectures"] = {model_type == "qwen2"     ? "Qwen2ForCausalLM"
                         : model_type == "qwen3"   ? "Qwen3ForCausalLM"
                         : model_type == "mistral" ? "MistralForCausalLM"
+                        : model_type == "phi3"    ? "Phi3ForCausalLM"
                                                   : "LlamaForCausalLM"};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
@@ -176,7 +185,8 @@ std::string LlamaConfig::ToJson() const {
   if (model_type != "qwen2") j["attention_bias"] = attention_bias;
   if (!qwen) j["mlp_bias"] = mlp_bias;
   if (qwen) j["use_sliding_window"] = false;
-  if (model_type == "mistral") j["sliding_window"] = nullptr;  // the cap is max_position_embeddings
+  if (model_type == "mistral" || model_type == "phi3")
+    j["sliding_window"] = nullptr;  // the cap is max_position_embeddings
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;

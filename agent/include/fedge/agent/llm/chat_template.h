@@ -9,6 +9,9 @@
 //     <|start_header_id|>assistant<|end_header_id|>\n\n       (generation prompt)
 //   Zephyr (TinyLlama-1.1B-Chat):
 //     <|system|>\n{content}</s>\n<|user|>\n{content}</s>\n<|assistant|>\n
+//   Phi-3 (Phi-3/3.5-mini-instruct): Zephyr's turns ended by <|end|>
+//     <|system|>\n{content}<|end|>\n<|user|>\n{content}<|end|>\n<|assistant|>\n
+//     (without the generation prompt the text ends with <|endoftext|>)
 //   Llama 2 chat:
 //     <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST]
 //   Mistral Instruct (v0.1/v0.2):
@@ -34,7 +37,7 @@ struct ChatMessage {
   std::string content;
 };
 
-enum class ChatFormat { kChatMl, kLlama3, kZephyr, kLlama2, kMistral };
+enum class ChatFormat { kChatMl, kLlama3, kZephyr, kPhi3, kLlama2, kMistral };
 
 // The format of a model directory's Jinja chat template (`chat_template`, the
 // tokenizer_config.json field or the chat_template.jinja file), recognised by its

@@ -25,7 +25,7 @@ struct RopeScaling {
 };
 
 struct LlamaConfig {
-  std::string model_type = "llama";  // "llama" | "mistral" | "qwen2" | "qwen3"
+  std::string model_type = "llama";  // "llama" | "mistral" | "phi3" | "qwen2" | "qwen3"
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;
   int64_t intermediate_size = 11008;
@@ -41,7 +41,10 @@ struct LlamaConfig {
   bool attention_bias = false;  // q/k/v/o biases (Llama's attention_bias)
   bool qkv_bias = false;        // q/k/v biases only (Qwen2)
   bool mlp_bias = false;
-  bool qk_norm = false;       // per-head RMSNorm of queries and keys before the rotary (Qwen3)
+  bool qk_norm = false;  // per-head RMSNorm of queries and keys before the rotary (Qwen3)
+  // Phi-3: the checkpoint holds self_attn.qkv_proj (q, k, v stacked) and mlp.gate_up_proj
+  // (gate, up); they are split into the separate projections on load.
+  bool fused_projections = false;
   int64_t bos_token_id = -1;  // -1: none
   std::vector<int64_t> eos_token_ids;
   double initializer_range = 0.02;
