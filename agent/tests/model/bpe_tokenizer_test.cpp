@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -316,6 +318,45 @@ TEST(BpeTokenizerTest, SentencePieceWordSplitGivesTheWholeSpansIds) {
       EXPECT_EQ(a, b) << name;
     }
   }
+}
+
+// transformers' Llama/Gemma tokenizer classes take the BOS from tokenizer_config.json's
+// add_bos_token, not from tokenizer.json's post_processor (Phi-3 turns it off); the
+// other classes (Llama 3's PreTrainedTokenizerFast, Qwen2TokenizerFast) keep the file's.
+TEST(BpeTokenizerTest, TokenizerConfigAddBosTokenGovernsLlamaClasses) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("fedge-tokcfg-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto tok = BpeTokenizer::Load(kGolden + "/llm/tok_llama2/tokenizer.json");
+  ASSERT_TRUE(tok.ok());
+  ASSERT_EQ(tok->SequencePrefix(), std::vector<int32_t>{1});
+  auto apply = [&](const std::string& config) {
+    std::ofstream(dir / "tokenizer_config.json") << config;
+    return ApplyTokenizerConfig(*tok, dir.string());
+  };
+  auto none = ApplyTokenizerConfig(*tok, dir.string());  // no file: unchanged
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->SequencePrefix(), std::vector<int32_t>{1});
+  auto off = apply(R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": false, "bos_token": "<s>"})");
+  ASSERT_TRUE(off.ok()) << off.status().ToString();
+  EXPECT_TRUE(off->SequencePrefix().empty());
+  EXPECT_EQ(off->Encode("hi", {.add_special_tokens = true}), tok->Encode("hi"));
+  EXPECT_EQ(tok->SequencePrefix(), std::vector<int32_t>{1});  // the original is untouched
+  auto other = apply(R"({"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": false})");
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->SequencePrefix(), std::vector<int32_t>{1});
+  auto eos_as_bos = apply(
+      R"({"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": true, "bos_token": {"content": "</s>"}})");
+  ASSERT_TRUE(eos_as_bos.ok());
+  EXPECT_EQ(eos_as_bos->SequencePrefix(), std::vector<int32_t>{2});
+  auto missing =
+      apply(R"({"tokenizer_class": "GemmaTokenizer", "add_bos_token": true, "bos_token": "<bos>"})");
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("\"<bos>\" is not a token"), std::string::npos)
+      << missing.status().message();
+  EXPECT_EQ(apply("{oops").status().code(), StatusCode::kInvalidArgument);
+  fs::remove_all(dir);
 }
 
 // SentencePiece-style components fedge does not read, or that a hostile

@@ -233,7 +233,8 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
   if (options.num_threads > 0) torch::set_num_threads(options.num_threads);
   FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model, LoadLlama(options.model_dir));
   model->set_decode_kernel(weights == "int8" ? DecodeKernel::kInt8 : DecodeKernel::kF32);
-  FEDGE_ASSIGN_OR_RETURN(BpeTokenizer tokenizer, BpeTokenizer::Load(options.model_dir + "/tokenizer.json"));
+  FEDGE_ASSIGN_OR_RETURN(BpeTokenizer loaded, BpeTokenizer::Load(options.model_dir + "/tokenizer.json"));
+  FEDGE_ASSIGN_OR_RETURN(BpeTokenizer tokenizer, ApplyTokenizerConfig(loaded, options.model_dir));
   if (tokenizer.vocab_size() > model->config().vocab_size) {
     return InvalidArgumentError(
         options.model_dir + ": tokenizer.json has " + std::to_string(tokenizer.vocab_size()) +

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -1046,7 +1047,7 @@ StatusOr<BpeTokenizer> BpeTokenizer::Load(const std::string& path) {
 std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, const EncodeOptions& options) const {
   std::vector<int32_t> ids;
   const Impl& m = *impl_;
-  if (options.add_special_tokens) ids = m.prefix;
+  if (options.add_special_tokens) ids = prefix_;
   size_t start = 0;  // beginning of the span not yet encoded
   size_t i = 0;
   while (i < text.size()) {
@@ -1079,14 +1080,23 @@ std::vector<int32_t> BpeTokenizer::Encode(std::string_view text, const EncodeOpt
   }
   m.EncodeSpan(text.substr(start), start == 0, options.continuation, &ids);
   // The text spelled the prefix itself (a chat template's BOS): not twice.
-  const size_t p = options.add_special_tokens ? m.prefix.size() : 0;
-  if (p > 0 && ids.size() >= 2 * p && std::equal(m.prefix.begin(), m.prefix.end(), ids.begin() + p)) {
+  const size_t p = options.add_special_tokens ? prefix_.size() : 0;
+  if (p > 0 && ids.size() >= 2 * p && std::equal(prefix_.begin(), prefix_.end(), ids.begin() + p)) {
     ids.erase(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(p));
   }
   return ids;
 }
 
-const std::vector<int32_t>& BpeTokenizer::SequencePrefix() const { return impl_->prefix; }
+BpeTokenizer::BpeTokenizer(std::shared_ptr<const Impl> impl)
+    : impl_(std::move(impl)), prefix_(impl_->prefix) {}
+
+const std::vector<int32_t>& BpeTokenizer::SequencePrefix() const { return prefix_; }
+
+BpeTokenizer BpeTokenizer::WithSequencePrefix(std::vector<int32_t> prefix) const {
+  BpeTokenizer copy = *this;
+  copy.prefix_ = std::move(prefix);
+  return copy;
+}
 
 bool BpeTokenizer::StripsLeadingSpace() const {
   for (const DecoderStep& d : impl_->decoders) {
@@ -1168,6 +1178,35 @@ bool BpeTokenizer::IsSpecial(int32_t id) const {
 }
 
 int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_to_token.size()); }
+
+StatusOr<BpeTokenizer> ApplyTokenizerConfig(const BpeTokenizer& tokenizer, const std::string& dir) {
+  const std::string path = dir + "/tokenizer_config.json";
+  if (!std::filesystem::exists(path)) return tokenizer;
+  FEDGE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return InvalidArgumentError(path + ": not a JSON object");
+  static const char* kRebuilding[] = {"LlamaTokenizer",         "LlamaTokenizerFast", "CodeLlamaTokenizer",
+                                      "CodeLlamaTokenizerFast", "GemmaTokenizer",     "GemmaTokenizerFast"};
+  const std::string cls = j.contains("tokenizer_class") && j["tokenizer_class"].is_string()
+                              ? j["tokenizer_class"].get<std::string>()
+                              : std::string();
+  if (std::find(std::begin(kRebuilding), std::end(kRebuilding), cls) == std::end(kRebuilding) ||
+      !j.contains("add_bos_token") || !j["add_bos_token"].is_boolean()) {
+    return tokenizer;
+  }
+  if (!j["add_bos_token"].get<bool>()) return tokenizer.WithSequencePrefix({});
+  const nlohmann::json& bos = j.value("bos_token", nlohmann::json());
+  const std::string name = bos.is_string() ? bos.get<std::string>()
+                           : bos.is_object() && bos.contains("content") && bos["content"].is_string()
+                               ? bos["content"].get<std::string>()
+                               : std::string();
+  auto id = name.empty() ? std::nullopt : tokenizer.TokenToId(name);
+  if (!id) {
+    return InvalidArgumentError(path + ": add_bos_token is true but bos_token " + bos.dump() +
+                                " is not a token of tokenizer.json");
+  }
+  return tokenizer.WithSequencePrefix({*id});
+}
 
 char32_t ByteToUnicode(uint8_t byte) { return ByteTable()[byte]; }
 

@@ -72,6 +72,10 @@ class BpeTokenizer {
 
   // The special tokens the post_processor puts before a sequence (BOS), may be empty.
   const std::vector<int32_t>& SequencePrefix() const;
+  // This tokenizer (sharing its tables) with another SequencePrefix: transformers'
+  // Llama and Gemma tokenizer classes rebuild the post_processor from
+  // tokenizer_config.json's add_bos_token (ApplyTokenizerConfig).
+  BpeTokenizer WithSequencePrefix(std::vector<int32_t> prefix) const;
 
   // Whether Decode drops a leading space (a Strip decoder, or Metaspace's first-token
   // rule): what a text that starts a reply should do with its first word's marker.
@@ -98,9 +102,18 @@ class BpeTokenizer {
   struct Impl;
 
  private:
-  explicit BpeTokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  explicit BpeTokenizer(std::shared_ptr<const Impl> impl);
   std::shared_ptr<const Impl> impl_;
+  std::vector<int32_t> prefix_;  // the post_processor's, unless WithSequencePrefix replaced it
 };
+
+// The BOS as transformers sets it for a model directory `dir`: its Llama and Gemma
+// tokenizer classes (tokenizer_config.json "tokenizer_class" LlamaTokenizer[Fast],
+// CodeLlamaTokenizer[Fast], GemmaTokenizer[Fast]) rebuild tokenizer.json's
+// post_processor from "add_bos_token" (with "bos_token"); other classes keep it.
+// `tokenizer` unchanged without such a file; INVALID_ARGUMENT for a file that is not
+// JSON or a bos_token the tokenizer lacks.
+StatusOr<BpeTokenizer> ApplyTokenizerConfig(const BpeTokenizer& tokenizer, const std::string& dir);
 
 // Appends `bytes` to `out` as valid UTF-8, replacing each maximal invalid subpart
 // with U+FFFD (the Unicode / WHATWG / Rust from_utf8_lossy policy).
