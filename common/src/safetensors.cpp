@@ -334,12 +334,11 @@ StatusOr<std::vector<float>> SafetensorsFile::ToFloat32(const StTensorView& tens
   return out;
 }
 
-StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
+StatusOr<std::string> SerializeSafetensors(const std::vector<RawTensor>& tensors,
                                            const std::map<std::string, std::string>& metadata) {
-  std::vector<const NamedTensor*> sorted;
-  for (const NamedTensor& t : bundle.tensors) sorted.push_back(&t);
-  std::sort(sorted.begin(), sorted.end(),
-            [](const NamedTensor* a, const NamedTensor* b) { return a->name < b->name; });
+  std::vector<const RawTensor*> sorted;
+  for (const RawTensor& t : tensors) sorted.push_back(&t);
+  std::sort(sorted.begin(), sorted.end(), [](const RawTensor* a, const RawTensor* b) { return a->name < b->name; });
   std::string header = "{";
   uint64_t offset = 0;
   try {
@@ -347,21 +346,23 @@ StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
       header += "\"__metadata__\":" + json(metadata).dump();
     }
     for (size_t i = 0; i < sorted.size(); ++i) {
-      const NamedTensor& t = *sorted[i];
+      const RawTensor& t = *sorted[i];
       if (t.name.empty()) return StError("empty tensor name");
       if (t.name == "__metadata__") return StError("tensor name \"__metadata__\" is reserved");
       if (i > 0 && sorted[i - 1]->name == t.name) return StError("duplicate tensor name " + Quote(t.name));
-      const int64_t n = t.NumElements();
-      if (n < 0 || static_cast<uint64_t>(n) != t.values.size()) {
-        return StError("tensor " + Quote(t.name) + " has " + std::to_string(t.values.size()) +
-                       " values, which does not match its shape");
+      int64_t n = 1;
+      for (int64_t d : t.shape) n = d < 0 ? -1 : n * d;
+      if (n < 0 || static_cast<uint64_t>(n) * StDTypeSize(t.dtype) != t.bytes.size()) {
+        return StError("tensor " + Quote(t.name) + " has " + std::to_string(t.bytes.size()) + " bytes of " +
+                       std::string(StDTypeName(t.dtype)) + ", which does not match its shape");
       }
       if (header.size() > 1) header += ",";
       json shape = json::array();
       for (int64_t d : t.shape) shape.push_back(d);
-      const uint64_t end = offset + 4 * t.values.size();
-      header += json(t.name).dump() + ":{\"dtype\":\"F32\",\"shape\":" + shape.dump() +
-                ",\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
+      const uint64_t end = offset + t.bytes.size();
+      header += json(t.name).dump() + ":{\"dtype\":\"" + std::string(StDTypeName(t.dtype)) +
+                "\",\"shape\":" + shape.dump() + ",\"data_offsets\":[" + std::to_string(offset) + "," +
+                std::to_string(end) + "]}";
       offset = end;
     }
   } catch (const json::exception& e) {
@@ -375,13 +376,25 @@ StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
   for (int i = 0; i < 8; ++i)
     out.push_back(static_cast<char>((static_cast<uint64_t>(header.size()) >> (8 * i)) & 0xFF));
   out += header;
-  for (const NamedTensor* t : sorted) {
-    for (float f : t->values) {
-      const uint32_t bits = std::bit_cast<uint32_t>(f);
-      for (int b = 0; b < 4; ++b) out.push_back(static_cast<char>((bits >> (8 * b)) & 0xFF));
-    }
-  }
+  for (const RawTensor* t : sorted) out.append(t->bytes);
   return out;
+}
+
+StatusOr<std::string> SerializeSafetensors(const TensorBundle& bundle,
+                                           const std::map<std::string, std::string>& metadata) {
+  static_assert(std::endian::native == std::endian::little, "safetensors bytes are little-endian");
+  std::vector<RawTensor> raw;
+  raw.reserve(bundle.tensors.size());
+  for (const NamedTensor& t : bundle.tensors) {
+    const int64_t n = t.NumElements();
+    if (n < 0 || static_cast<uint64_t>(n) != t.values.size()) {
+      return StError("tensor " + Quote(t.name) + " has " + std::to_string(t.values.size()) +
+                     " values, which does not match its shape");
+    }
+    raw.push_back({t.name, StDType::kF32, t.shape,
+                   std::string_view(reinterpret_cast<const char*>(t.values.data()), 4 * t.values.size())});
+  }
+  return SerializeSafetensors(raw, metadata);
 }
 
 Status WriteSafetensorsFile(const std::string& path, const TensorBundle& bundle,

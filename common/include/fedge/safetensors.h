@@ -63,6 +63,20 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// One tensor's little-endian bytes in `dtype`, for SerializeSafetensors.
+struct RawTensor {
+  std::string name;
+  StDType dtype = StDType::kF32;
+  std::vector<int64_t> shape;
+  std::string_view bytes;
+};
+
+// Serializes tensors of any dtype (sorted by name; header padded as below).
+// INVALID_ARGUMENT for empty, duplicate or "__metadata__" names and a byte count that
+// does not match the shape and dtype.
+StatusOr<std::string> SerializeSafetensors(const std::vector<RawTensor>& tensors,
+                                           const std::map<std::string, std::string>& metadata = {});
+
 // Serializes `bundle` as F32 tensors (sorted by name, as the Python library does;
 // header padded with spaces to a multiple of 8 bytes). INVALID_ARGUMENT for
 // empty, duplicate, "__metadata__" or non-UTF-8 names and value/shape mismatches.

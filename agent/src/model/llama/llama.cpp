@@ -96,16 +96,33 @@ torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& cos, cons
   return x * cos + RotateHalf(x) * sin;
 }
 
-LoraLinear Projection(int64_t in, int64_t out) { return LoraLinear(in, out); }
+}  // namespace
+
+torch::ScalarType TorchDtype(WeightDtype dtype) {
+  switch (dtype) {
+    case WeightDtype::kFloat32:
+      return torch::kFloat;
+    case WeightDtype::kBFloat16:
+      return torch::kBFloat16;
+    case WeightDtype::kFloat16:
+      return torch::kHalf;
+  }
+  return torch::kFloat;
+}
+
+namespace {
+LoraLinear Projection(const LlamaConfig& c, int64_t in, int64_t out) {
+  return LoraLinear(in, out, TorchDtype(c.weight_dtype));
+}
 }  // namespace
 
 // --- Grouped-query causal self-attention (Ainslie et al. 2023) ---------------------
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
     : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
-  q_proj = register_module("q_proj", Projection(c.hidden_size, heads_ * head_dim_));
-  k_proj = register_module("k_proj", Projection(c.hidden_size, kv_heads_ * head_dim_));
-  v_proj = register_module("v_proj", Projection(c.hidden_size, kv_heads_ * head_dim_));
-  o_proj = register_module("o_proj", Projection(heads_ * head_dim_, c.hidden_size));
+  q_proj = register_module("q_proj", Projection(c, c.hidden_size, heads_ * head_dim_));
+  k_proj = register_module("k_proj", Projection(c, c.hidden_size, kv_heads_ * head_dim_));
+  v_proj = register_module("v_proj", Projection(c, c.hidden_size, kv_heads_ * head_dim_));
+  o_proj = register_module("o_proj", Projection(c, heads_ * head_dim_, c.hidden_size));
   if (c.qk_norm) {
     q_norm = register_module("q_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps));
     k_norm = register_module("k_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps));
@@ -151,9 +168,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
 
 // --- SwiGLU feed-forward (Shazeer 2020) -------------------------------------------
 LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c) {
-  gate_proj = register_module("gate_proj", Projection(c.hidden_size, c.intermediate_size));
-  up_proj = register_module("up_proj", Projection(c.hidden_size, c.intermediate_size));
-  down_proj = register_module("down_proj", Projection(c.intermediate_size, c.hidden_size));
+  gate_proj = register_module("gate_proj", Projection(c, c.hidden_size, c.intermediate_size));
+  up_proj = register_module("up_proj", Projection(c, c.hidden_size, c.intermediate_size));
+  down_proj = register_module("down_proj", Projection(c, c.intermediate_size, c.hidden_size));
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
@@ -178,7 +195,12 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch
 
 // --- Decoder stack -----------------------------------------------------------------
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  torch::nn::EmbeddingOptions embed(c.vocab_size, c.hidden_size);
+  // A 16-bit table is left uninitialised for the checkpoint to fill.
+  if (c.weight_dtype != WeightDtype::kFloat32) {
+    embed._weight(torch::empty({c.vocab_size, c.hidden_size}, torch::dtype(TorchDtype(c.weight_dtype))));
+  }
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(embed));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers->push_back(LlamaDecoderLayer(c));
   norm_ = register_module("norm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
@@ -193,7 +215,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) 
     TORCH_CHECK(past + t <= cache->capacity, "KV cache full: ", past + t, " > ", cache->capacity);
   }
   auto [cos, sin] = rotary_->CosSin(past, t);
-  torch::Tensor h = embed_tokens(ids);
+  torch::Tensor h = embed_tokens(ids).to(torch::kFloat);  // no copy when the table is fp32
   for (size_t l = 0; l < layers->size(); ++l) {
     torch::Tensor* k = cache != nullptr ? &cache->keys[l] : nullptr;
     torch::Tensor* v = cache != nullptr ? &cache->values[l] : nullptr;
@@ -206,7 +228,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) 
 // --- Causal LM head ----------------------------------------------------------------
 LlamaForCausalLmImpl::LlamaForCausalLmImpl(const LlamaConfig& c) : config_(c) {
   model = register_module("model", LlamaModel(c));
-  if (!c.tie_word_embeddings) lm_head_ = register_module("lm_head", LoraLinear(c.hidden_size, c.vocab_size));
+  if (!c.tie_word_embeddings) lm_head_ = register_module("lm_head", Projection(c, c.hidden_size, c.vocab_size));
   // Base weights are frozen; EnableLora or a pretraining loop decides what trains.
   for (auto& p : parameters()) p.set_requires_grad(false);
 }
@@ -226,7 +248,9 @@ torch::Tensor LlamaForCausalLmImpl::forward(const torch::Tensor& ids, KvCache* c
   torch::Tensor h = model(ids, cache);
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
   if (lm_head_) return lm_head_(h);
-  return torch::matmul(h, model->embed_tokens->weight.t());
+  const torch::Tensor& table = model->embed_tokens->weight;
+  if (table.scalar_type() == torch::kFloat) return torch::matmul(h, table.t());
+  return fedge::agent::FrozenLinear(h, table);
 }
 
 std::vector<std::string> LlamaForCausalLmImpl::CheckpointNames() const {
@@ -277,8 +301,17 @@ Status LlamaForCausalLmImpl::LoadWeightsFrom(const SafetensorsFile& file, std::s
                            c10::str(c10::IntArrayRef(view->shape)) + ", config.json implies " +
                            c10::str(param->sizes()));
     }
-    FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
-    param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
+    // A tensor stored as the parameter's own 16-bit dtype is copied as it is; any
+    // other goes through float32 (exact when widening, rounded to nearest when a
+    // float32 tensor is held in 16 bits).
+    const torch::ScalarType held = param->scalar_type();
+    if ((view->dtype == StDType::kBF16 && held == torch::kBFloat16) ||
+        (view->dtype == StDType::kF16 && held == torch::kHalf)) {
+      param->copy_(torch::from_blob(const_cast<char*>(view->data.data()), param->sizes(), held));
+    } else {
+      FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
+      param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
+    }
     loaded->insert(name);
   }
   return OkStatus();
@@ -409,8 +442,9 @@ StatusOr<std::vector<std::string>> ShardFiles(const std::string& index_path) {
 
 }  // namespace
 
-StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
+StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir, std::string_view weight_dtype) {
   FEDGE_ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfig::FromFile(dir + "/config.json"));
+  FEDGE_ASSIGN_OR_RETURN(config.weight_dtype, ResolveWeightDtype(weight_dtype, config));
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   const bool sharded = !std::filesystem::exists(single) && std::filesystem::exists(index);
   std::vector<std::string> files = {"model.safetensors"};
@@ -440,13 +474,33 @@ StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir) {
   return model;
 }
 
-Status SaveLlama(LlamaForCausalLm& model, const std::string& dir) {
+Status SaveLlama(LlamaForCausalLm& model, const std::string& dir, WeightDtype dtype) {
   if (model->config().fused_projections) {
     return UnimplementedError("saving a Phi-3 model: its fused qkv_proj/gate_up_proj are held split");
   }
   FEDGE_RETURN_IF_ERROR(MakeDirs(dir));
-  FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", model->config().ToJson()));
-  FEDGE_ASSIGN_OR_RETURN(std::string bytes, SerializeSafetensors(model->ExportWeights(), {{"format", "pt"}}));
+  LlamaConfig config = model->config();
+  config.dtype = std::string(WeightDtypeName(dtype));
+  FEDGE_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", config.ToJson()));
+  std::string bytes;
+  if (dtype == WeightDtype::kFloat32) {
+    FEDGE_ASSIGN_OR_RETURN(bytes, SerializeSafetensors(model->ExportWeights(), {{"format", "pt"}}));
+  } else {
+    // Every tensor rounded to the 16-bit dtype (to nearest even), as
+    // save_pretrained writes a model cast to it.
+    const torch::ScalarType held = TorchDtype(dtype);
+    auto params = model->named_parameters(/*recurse=*/true);
+    std::vector<torch::Tensor> keep;
+    std::vector<RawTensor> raw;
+    for (const std::string& name : model->CheckpointNames()) {
+      torch::Tensor t = params[name].detach().to(held).contiguous();
+      keep.push_back(t);
+      raw.push_back({name, dtype == WeightDtype::kBFloat16 ? StDType::kBF16 : StDType::kF16,
+                     std::vector<int64_t>(t.sizes().begin(), t.sizes().end()),
+                     std::string_view(static_cast<const char*>(t.data_ptr()), t.nbytes())});
+    }
+    FEDGE_ASSIGN_OR_RETURN(bytes, SerializeSafetensors(raw, {{"format", "pt"}}));
+  }
   return WriteFileAtomic(dir + "/model.safetensors", bytes);
 }
 

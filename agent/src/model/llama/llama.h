@@ -221,10 +221,17 @@ torch::Tensor CausalLmLoss(const torch::Tensor& logits, const torch::Tensor& lab
 constexpr int64_t kIgnoreIndex = -100;
 
 // Loads config.json + model.safetensors from a Hugging Face directory, or the shards
-// model.safetensors.index.json names (one shard in memory at a time).
-StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir);
+// model.safetensors.index.json names (one shard in memory at a time). The frozen
+// weights are held as `weight_dtype` says (ResolveWeightDtype: "auto", "float32",
+// "bfloat16", "float16"); INVALID_ARGUMENT for another name.
+StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir, std::string_view weight_dtype = "float32");
 
-// Writes config.json and model.safetensors (fp32) into `dir` (created if needed).
-Status SaveLlama(LlamaForCausalLm& model, const std::string& dir);
+// The torch dtype of a WeightDtype.
+torch::ScalarType TorchDtype(WeightDtype dtype);
+
+// Writes config.json and model.safetensors into `dir` (created if needed), the
+// tensors in `dtype` (16 bits: rounded to nearest even) and config.json's
+// torch_dtype naming it.
+Status SaveLlama(LlamaForCausalLm& model, const std::string& dir, WeightDtype dtype = WeightDtype::kFloat32);
 
 }  // namespace fedge::agent::llm

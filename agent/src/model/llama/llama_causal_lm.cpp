@@ -230,8 +230,13 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
                                 "' are not supported: use f32 or int8 (option decode_weights or "
                                 "FEDGE_DECODE_WEIGHTS)");
   }
+  std::string weight_dtype = options.weight_dtype;
+  if (weight_dtype.empty()) {
+    const char* env = std::getenv("FEDGE_WEIGHT_DTYPE");
+    weight_dtype = env != nullptr && *env != '\0' ? env : "auto";
+  }
   if (options.num_threads > 0) torch::set_num_threads(options.num_threads);
-  FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model, LoadLlama(options.model_dir));
+  FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model, LoadLlama(options.model_dir, weight_dtype));
   model->set_decode_kernel(weights == "int8" ? DecodeKernel::kInt8 : DecodeKernel::kF32);
   FEDGE_ASSIGN_OR_RETURN(BpeTokenizer loaded, BpeTokenizer::Load(options.model_dir + "/tokenizer.json"));
   FEDGE_ASSIGN_OR_RETURN(BpeTokenizer tokenizer, ApplyTokenizerConfig(loaded, options.model_dir));

@@ -44,6 +44,31 @@ StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, int64_t max_posi
 
 }  // namespace
 
+std::string_view WeightDtypeName(WeightDtype dtype) {
+  switch (dtype) {
+    case WeightDtype::kFloat32:
+      return "float32";
+    case WeightDtype::kBFloat16:
+      return "bfloat16";
+    case WeightDtype::kFloat16:
+      return "float16";
+  }
+  return "float32";
+}
+
+StatusOr<WeightDtype> ResolveWeightDtype(std::string_view name, const LlamaConfig& config) {
+  if (name == "auto") {
+    if (config.dtype == "bfloat16") return WeightDtype::kBFloat16;
+    if (config.dtype == "float16") return WeightDtype::kFloat16;
+    return WeightDtype::kFloat32;
+  }
+  if (name == "float32" || name == "float") return WeightDtype::kFloat32;
+  if (name == "bfloat16" || name == "bf16") return WeightDtype::kBFloat16;
+  if (name == "float16" || name == "half" || name == "fp16") return WeightDtype::kFloat16;
+  return InvalidArgumentError("weight dtype '" + std::string(name) +
+                              "' is not supported: use auto, float32, bfloat16 or float16");
+}
+
 StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
   using nlohmann::json;
   LlamaConfig c;
@@ -58,6 +83,9 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     std::string act = j.value("hidden_act", std::string("silu"));
     if (act != "silu")
       return InvalidArgumentError("config.json: hidden_act " + act + " is not supported (silu)");
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (c.dtype.empty() && j.contains(key) && j[key].is_string()) c.dtype = j[key].get<std::string>();
+    }
     c.vocab_size = j.at("vocab_size").get<int64_t>();
     c.hidden_size = j.at("hidden_size").get<int64_t>();
     c.intermediate_size = j.at("intermediate_size").get<int64_t>();
@@ -181,7 +209,7 @@ std::string LlamaConfig::ToJson() const {
   j["hidden_act"] = "silu";
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["initializer_range"] = initializer_range;
-  j["torch_dtype"] = "float32";
+  j["torch_dtype"] = dtype.empty() ? "float32" : dtype;
   if (model_type != "qwen2") j["attention_bias"] = attention_bias;
   if (!qwen) j["mlp_bias"] = mlp_bias;
   if (qwen) j["use_sliding_window"] = false;

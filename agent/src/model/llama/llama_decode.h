@@ -26,7 +26,9 @@ struct Int8Matrix {
 };
 
 // One y = W x of a batch of products that share a thread split. Exactly one of
-// `w` (fp32, row-major, rows x cols) and `q` (int8) is set. `y` has `rows` floats;
+// `w` (fp32, row-major, rows x cols), `bf16` / `f16` (the same layout in 16 bits,
+// widened to fp32 as they are read: with cols % 16 == 0 the result equals the fp32
+// kernel's on the widened matrix bit for bit) and `q` (int8) is set. `y` has `rows` floats;
 // `x` has `cols`. Neither may alias `y`.
 //
 // With batch B > 1 it is B products of the same weight, y_b = W x_b for b < B, x_b
@@ -36,6 +38,8 @@ struct Int8Matrix {
 // equals B separate products bit for bit.
 struct Matvec {
   const float* w = nullptr;
+  const uint16_t* bf16 = nullptr;
+  const uint16_t* f16 = nullptr;
   const Int8Matrix* q = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;

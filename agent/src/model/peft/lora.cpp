@@ -2,15 +2,24 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace fedge::agent {
 
-LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features)
+LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, torch::ScalarType weight_dtype)
     : in_features_(in_features),
       out_features_(out_features),
       dropout_generator_(at::detail::createCPUGenerator(0)) {
-  weight_ = register_parameter("weight", torch::zeros({out_features, in_features}),
+  TORCH_CHECK(weight_dtype == torch::kFloat || weight_dtype == torch::kBFloat16 || weight_dtype == torch::kHalf,
+              "LoraLinear: weight dtype must be float32, bfloat16 or float16");
+  // A 16-bit weight is left uninitialised: only a checkpoint gives it values, and
+  // untouched pages cost no memory until then.
+  weight_ = register_parameter("weight",
+                               weight_dtype == torch::kFloat
+                                   ? torch::zeros({out_features, in_features})
+                                   : torch::empty({out_features, in_features}, torch::dtype(weight_dtype)),
                                /*requires_grad=*/false);
   bias_ = register_parameter("bias", torch::zeros({out_features}), /*requires_grad=*/false);
 }
@@ -54,7 +63,7 @@ torch::Tensor FrozenLoraA(uint64_t seed, std::string_view layer, int64_t rank, i
 }
 
 void LoraLinearImpl::Merge() {
-  if (!has_lora() || merged()) return;
+  if (!has_lora() || merged() || weight_.scalar_type() != torch::kFloat) return;
   torch::NoGradGuard no_grad;
   merged_weight_backup_ = weight_.clone();
   weight_.add_(torch::mm(lora_B_, lora_A_), scaling_);
@@ -69,8 +78,66 @@ void LoraLinearImpl::Unmerge() {
 
 void LoraLinearImpl::SeedDropout(uint64_t seed) { dropout_generator_ = at::detail::createCPUGenerator(seed); }
 
+namespace {
+
+// Rows of a [rows, cols] weight widened at a time: at most `elements`, at least one.
+int64_t BlockRows(int64_t elements, int64_t cols) { return std::max<int64_t>(1, elements / std::max<int64_t>(cols, 1)); }
+
+// x [..., in] times W^T, W [out, in] 16-bit: widened a block of rows at a time.
+torch::Tensor WidenedMatmul(const torch::Tensor& x, const torch::Tensor& w, int64_t elements) {
+  const int64_t rows = w.size(0), block = BlockRows(elements, w.size(1));
+  if (rows <= block) return torch::matmul(x, w.to(torch::kFloat).t());
+  std::vector<torch::Tensor> parts;
+  for (int64_t r = 0; r < rows; r += block) {
+    parts.push_back(torch::matmul(x, w.narrow(0, r, std::min(block, rows - r)).to(torch::kFloat).t()));
+  }
+  return torch::cat(parts, -1);
+}
+
+// g [..., out] times W, the gradient of x.
+torch::Tensor WidenedMatmulTransposed(const torch::Tensor& g, const torch::Tensor& w, int64_t elements) {
+  const int64_t rows = w.size(0), block = BlockRows(elements, w.size(1));
+  if (rows <= block) return torch::matmul(g, w.to(torch::kFloat));
+  torch::Tensor out;
+  for (int64_t r = 0; r < rows; r += block) {
+    const int64_t n = std::min(block, rows - r);
+    torch::Tensor part = torch::matmul(g.narrow(-1, r, n), w.narrow(0, r, n).to(torch::kFloat));
+    out = out.defined() ? out.add_(part) : part;
+  }
+  return out;
+}
+
+// Autograd keeps the 16-bit weight for backward, not a widened fp32 copy.
+class WidenedLinearFunction : public torch::autograd::Function<WidenedLinearFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, int64_t elements) {
+    ctx->save_for_backward({w});
+    ctx->saved_data["elements"] = elements;
+    return WidenedMatmul(x, w, elements);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grad) {
+    const torch::Tensor w = ctx->get_saved_variables()[0];
+    const int64_t elements = ctx->saved_data["elements"].toInt();
+    return {WidenedMatmulTransposed(grad[0], w, elements), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor FrozenLinear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                           int64_t widen_block) {
+  if (weight.scalar_type() == torch::kFloat) return torch::linear(x, weight, bias);
+  TORCH_CHECK(!weight.requires_grad(), "FrozenLinear: a 16-bit weight must be frozen");
+  torch::Tensor y = x.requires_grad() && torch::GradMode::is_enabled()
+                        ? WidenedLinearFunction::apply(x, weight, widen_block)
+                        : WidenedMatmul(x, weight, widen_block);
+  return bias.defined() ? y + bias : y;
+}
+
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = torch::linear(x, weight_, bias_);
+  torch::Tensor y = FrozenLinear(x, weight_, bias_);
   if (!has_lora() || merged()) return y;
   torch::Tensor h = x;
   if (is_training() && dropout_ > 0) {

@@ -2,7 +2,8 @@
 // torch-free interface so serving and CLI code compile without libtorch headers.
 //
 // Loads a Hugging Face directory: config.json (LlamaForCausalLM or
-// Qwen2ForCausalLM), model.safetensors (F32/F16/BF16, run in fp32), tokenizer.json
+// Qwen2ForCausalLM), model.safetensors (F32/F16/BF16, held as weight_dtype says,
+// computed in fp32), tokenizer.json
 // (byte-level BPE) and optionally generation_config.json (eos_token_id).
 //
 // Thread safety: not thread-safe; serve one request at a time per instance (the
@@ -34,6 +35,12 @@ struct CausalLmOptions {
   // docs/models.md has speed and perplexity). "" takes the environment variable
   // FEDGE_DECODE_WEIGHTS, else "f32". Load fails with INVALID_ARGUMENT for another value.
   std::string decode_weights;
+  // How the frozen weights are held: "auto" (the checkpoint's own dtype as its
+  // config.json declares it: bfloat16 / float16 checkpoints stay 16-bit, half the
+  // memory of float32, with unchanged results), "float32", "bfloat16" or "float16"
+  // (ResolveWeightDtype). "" takes FEDGE_WEIGHT_DTYPE, else "auto". Compute is
+  // float32 either way; a 16-bit model keeps LoRA adapters unmerged.
+  std::string weight_dtype;
 };
 
 // One prompt/completion pair for the causal-LM loss: only completion tokens are

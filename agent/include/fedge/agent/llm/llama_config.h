@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fedge/status.h"
@@ -23,6 +24,24 @@ struct RopeScaling {
   double high_freq_factor = 4.0;                 // llama3
   int64_t original_max_position_embeddings = 0;  // llama3
 };
+
+// How the frozen weights (projections, embedding, LM head) are held in memory.
+// Norms, biases and adapters are always float32, and all arithmetic is float32: a
+// 16-bit weight is widened where it is read, so a bf16 checkpoint held in bf16
+// computes exactly what it computes widened to fp32 on load, in half the memory.
+enum class WeightDtype { kFloat32, kBFloat16, kFloat16 };
+
+// "float32", "bfloat16", "float16".
+std::string_view WeightDtypeName(WeightDtype dtype);
+
+struct LlamaConfig;
+
+// The storage for a model: "float32", "bfloat16" or "float16" as named (also
+// transformers' aliases "float", "bf16", "half", "fp16"), or "auto": config.json's
+// own dtype (`dtype`, or `torch_dtype` before transformers 5) when it is bfloat16 or
+// float16, float32 otherwise — what transformers' dtype="auto" loads.
+// INVALID_ARGUMENT for another name.
+StatusOr<WeightDtype> ResolveWeightDtype(std::string_view name, const LlamaConfig& config);
 
 struct LlamaConfig {
   std::string model_type = "llama";  // "llama" | "mistral" | "phi3" | "qwen2" | "qwen3"
@@ -48,6 +67,12 @@ struct LlamaConfig {
   int64_t bos_token_id = -1;  // -1: none
   std::vector<int64_t> eos_token_ids;
   double initializer_range = 0.02;
+  // config.json's `dtype` (or `torch_dtype`): the dtype the checkpoint was saved in
+  // as its author declared it ("bfloat16", "float16", "float32"); "" if absent.
+  std::string dtype;
+  // How this process holds the frozen weights (not written to config.json, whose
+  // tensors fedge always saves as float32): set by LoadLlama.
+  WeightDtype weight_dtype = WeightDtype::kFloat32;
 
   // Parses a Hugging Face config.json. Accepts rope_theta at the top level or in
   // rope_parameters (transformers >= 5), with rope_type default, linear or llama3.
