@@ -338,7 +338,8 @@ StatusOr<std::string> SerializeSafetensors(const std::vector<RawTensor>& tensors
                                            const std::map<std::string, std::string>& metadata) {
   std::vector<const RawTensor*> sorted;
   for (const RawTensor& t : tensors) sorted.push_back(&t);
-  std::sort(sorted.begin(), sorted.end(), [](const RawTensor* a, const RawTensor* b) { return a->name < b->name; });
+  std::sort(sorted.begin(), sorted.end(),
+            [](const RawTensor* a, const RawTensor* b) { return a->name < b->name; });
   std::string header = "{";
   uint64_t offset = 0;
   try {

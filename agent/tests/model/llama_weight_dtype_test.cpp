@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 
@@ -66,7 +67,9 @@ torch::Tensor DecodeAll(LlamaForCausalLm& model, const torch::Tensor& ids, int64
   return torch::cat(rows, 1);
 }
 
-double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
 
 int64_t ParameterBytes(LlamaForCausalLm& model) {
   int64_t n = 0;
@@ -80,7 +83,8 @@ TEST(LlamaWeightDtypeTest, SixteenBitWeightsComputeWhatTheirWideningComputes) {
     for (bool even : {true, false}) {
       for (bool tied : {true, false}) {
         SCOPED_TRACE(std::string(WeightDtypeName(dtype)) + (even ? " even" : " odd") + (tied ? " tied" : ""));
-        auto [wide, narrow] = TwinModels(testing::DecodeTestConfig(even, tied, /*qkv_bias=*/!tied), dtype, 17);
+        auto [wide, narrow] =
+            TwinModels(testing::DecodeTestConfig(even, tied, /*qkv_bias=*/!tied), dtype, 17);
         // Half the bytes, less the fp32 norms and biases.
         EXPECT_LT(ParameterBytes(narrow), 0.52 * ParameterBytes(wide));
         torch::InferenceMode mode;
@@ -235,7 +239,8 @@ TEST(LlamaWeightDtypeTest, CheckpointsLoadInTheirOwnDtypeOrAsAsked) {
     EXPECT_LE(MaxAbsDiff(DecodeAll(*held, ids, 2), DecodeAll(*widened, ids, 2)), 1e-5);
   }
   // An fp32 checkpoint stays fp32 under auto; bfloat16 can be asked for (rounded).
-  [[maybe_unused]] auto [wide, unused] = TwinModels(testing::DecodeTestConfig(true, true, false), WeightDtype::kBFloat16, 3);
+  [[maybe_unused]] auto [wide, unused] =
+      TwinModels(testing::DecodeTestConfig(true, true, false), WeightDtype::kBFloat16, 3);
   ASSERT_TRUE(SaveLlama(wide, root + "/f32").ok());
   auto f32 = LoadLlama(root + "/f32", "auto");
   ASSERT_TRUE(f32.ok());
@@ -248,6 +253,74 @@ TEST(LlamaWeightDtypeTest, CheckpointsLoadInTheirOwnDtypeOrAsAsked) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("auto, float32, bfloat16 or float16"), std::string::npos);
+}
+
+const void* QProjData(LlamaForCausalLm& m) {
+  return m->model->layers->at<LlamaDecoderLayerImpl>(0).self_attn->q_proj->weight().data_ptr();
+}
+
+// Loads of one 16-bit checkpoint in a process share its frozen weights (the agent's
+// trainer and serving instances); training one leaves the others' results alone.
+// fp32 loads (merged into for serving) and a rewritten checkpoint get their own.
+TEST(LlamaWeightDtypeTest, SixteenBitLoadsOfOneCheckpointShareTheirWeights) {
+  const std::string dir = ::testing::TempDir() + "/weight_dtype_share";
+  std::filesystem::remove_all(dir);
+  [[maybe_unused]] auto [wide, narrow] =
+      TwinModels(testing::DecodeTestConfig(true, /*tied=*/true, false), WeightDtype::kBFloat16, 41);
+  ASSERT_TRUE(SaveLlama(narrow, dir, WeightDtype::kBFloat16).ok());
+  auto first = LoadLlama(dir, "auto");
+  auto second = LoadLlama(dir, "auto");
+  auto private_f32 = LoadLlama(dir, "float32");
+  ASSERT_TRUE(first.ok() && second.ok() && private_f32.ok());
+  EXPECT_EQ(QProjData(*first), QProjData(*second));
+  EXPECT_EQ((*first)->model->embed_tokens->weight.data_ptr(),
+            (*second)->model->embed_tokens->weight.data_ptr());
+  EXPECT_NE(QProjData(*first), QProjData(*private_f32));
+  // Norms are fp32 and private.
+  EXPECT_NE((*first)->model->norm().weight().data_ptr(), (*second)->model->norm().weight().data_ptr());
+
+  torch::Tensor ids = Ids(10, narrow->config().vocab_size, 6);
+  torch::Tensor before;
+  {
+    torch::InferenceMode mode;
+    before = (*second)->forward(ids);
+  }
+  // Train an adapter on the first for a few steps, merging in between as serving does.
+  (*first)->EnableLora({"q_proj", "down_proj"}, {.rank = 2, .alpha = 4}, 1);
+  (*first)->train();
+  std::vector<torch::Tensor> trainable;
+  for (auto& p : (*first)->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.5));
+  torch::Tensor labels = ids.clone();
+  for (int step = 0; step < 3; ++step) {
+    sgd.zero_grad();
+    CausalLmLoss((*first)->forward(ids), labels).backward();
+    sgd.step();
+    for (auto& [name, proj] : (*first)->Projections()) proj->Merge();
+  }
+  {
+    torch::InferenceMode mode;
+    EXPECT_TRUE(torch::equal((*second)->forward(ids), before));
+    (*first)->eval();
+    EXPECT_GT(MaxAbsDiff((*first)->forward(ids), before), 1e-4);  // the adapter did train
+  }
+  // The source may go: a later load shares with the one still alive.
+  const void* shared = QProjData(*second);
+  first = StatusOr<LlamaForCausalLm>(InternalError("dropped"));
+  auto third = LoadLlama(dir, "bfloat16");
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(QProjData(*third), shared);
+  // A rewritten checkpoint is another model.
+  std::filesystem::remove(dir + "/model.safetensors");
+  ASSERT_TRUE(SaveLlama(wide, dir, WeightDtype::kBFloat16).ok());
+  std::filesystem::last_write_time(
+      dir + "/model.safetensors",
+      std::filesystem::last_write_time(dir + "/model.safetensors") + std::chrono::seconds(5));
+  auto rewritten = LoadLlama(dir, "bfloat16");
+  ASSERT_TRUE(rewritten.ok());
+  EXPECT_NE(QProjData(*rewritten), shared);
 }
 
 // CausalLm: weight_dtype, else FEDGE_WEIGHT_DTYPE, else auto.

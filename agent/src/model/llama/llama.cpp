@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
@@ -228,7 +231,8 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) 
 // --- Causal LM head ----------------------------------------------------------------
 LlamaForCausalLmImpl::LlamaForCausalLmImpl(const LlamaConfig& c) : config_(c) {
   model = register_module("model", LlamaModel(c));
-  if (!c.tie_word_embeddings) lm_head_ = register_module("lm_head", Projection(c, c.hidden_size, c.vocab_size));
+  if (!c.tie_word_embeddings)
+    lm_head_ = register_module("lm_head", Projection(c, c.hidden_size, c.vocab_size));
   // Base weights are frozen; EnableLora or a pretraining loop decides what trains.
   for (auto& p : parameters()) p.set_requires_grad(false);
 }
@@ -440,6 +444,75 @@ StatusOr<std::vector<std::string>> ShardFiles(const std::string& index_path) {
   return files;
 }
 
+// Frozen 16-bit weights already loaded in this process, so that a second LoadLlama of
+// the same checkpoint (the agent's trainer, its serving instance and the spare)
+// holds one copy instead of three. A 16-bit weight is never written after loading
+// (LoRA is never merged into it, and FrozenLinear refuses to train it), so sharing
+// its storage is safe; fp32 weights are merged into for serving and stay private.
+// The key is the directory, the dtype and every file's size and modification time.
+class SharedWeights {
+ public:
+  static SharedWeights& Get() {
+    static SharedWeights* shared = new SharedWeights;  // never destroyed: no exit-order issues
+    return *shared;
+  }
+  // Any live model of `key` (every one holds the same storage), forgetting dead ones.
+  std::shared_ptr<LlamaForCausalLmImpl> Find(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(key);
+    if (it == models_.end()) return nullptr;
+    std::shared_ptr<LlamaForCausalLmImpl> live;
+    auto& list = it->second;
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [&](const std::weak_ptr<LlamaForCausalLmImpl>& w) {
+                                std::shared_ptr<LlamaForCausalLmImpl> m = w.lock();
+                                if (m && !live) live = m;
+                                return !m;
+                              }),
+               list.end());
+    if (list.empty()) models_.erase(it);
+    return live;
+  }
+  void Add(const std::string& key, const std::shared_ptr<LlamaForCausalLmImpl>& model) {
+    std::lock_guard<std::mutex> lock(mu_);
+    models_[key].push_back(model);
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::vector<std::weak_ptr<LlamaForCausalLmImpl>>> models_;
+};
+
+std::string SharedWeightsKey(const std::string& dir, const std::vector<std::string>& files,
+                             WeightDtype dtype) {
+  std::error_code ec;
+  std::string key =
+      std::filesystem::weakly_canonical(dir, ec).string() + "|" + std::string(WeightDtypeName(dtype));
+  for (const std::string& name : files) {
+    const std::filesystem::path path = std::filesystem::path(dir) / name;
+    const auto size = std::filesystem::file_size(path, ec);
+    const auto mtime = std::filesystem::last_write_time(path, ec).time_since_epoch().count();
+    key += "|" + name + ":" + std::to_string(size) + ":" + std::to_string(mtime);
+  }
+  return key;
+}
+
+// Points `model`'s 16-bit weights at `from`'s storage and copies the rest (fp32
+// norms and biases, small). Both come from the same checkpoint and config.
+void ShareFrozenWeights(LlamaForCausalLmImpl& model, LlamaForCausalLmImpl& from) {
+  torch::NoGradGuard no_grad;
+  auto source = from.named_parameters(/*recurse=*/true);
+  for (auto& p : model.named_parameters(/*recurse=*/true)) {
+    const torch::Tensor* src = source.find(p.key());
+    TORCH_CHECK(src != nullptr, "shared weights lack ", p.key());
+    if (p.value().scalar_type() == torch::kFloat) {
+      p.value().copy_(*src);
+    } else {
+      p.value().set_data(*src);
+    }
+  }
+}
+
 }  // namespace
 
 StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir, std::string_view weight_dtype) {
@@ -454,6 +527,22 @@ StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir, std::string_view we
   FEDGE_ASSIGN_OR_RETURN(LlamaForCausalLm model,
                          TorchCall("building the Llama model from " + dir,
                                    [&]() -> StatusOr<LlamaForCausalLm> { return LlamaForCausalLm(config); }));
+  std::string shared_key;
+  if (config.weight_dtype != WeightDtype::kFloat32) {
+    std::vector<std::string> key_files = files;
+    key_files.push_back("config.json");
+    if (sharded) key_files.push_back("model.safetensors.index.json");
+    shared_key = SharedWeightsKey(dir, key_files, config.weight_dtype);
+    if (std::shared_ptr<LlamaForCausalLmImpl> loaded = SharedWeights::Get().Find(shared_key)) {
+      FEDGE_RETURN_IF_ERROR(TorchCall("sharing the weights of " + dir, [&]() -> Status {
+        ShareFrozenWeights(*model, *loaded);
+        return OkStatus();
+      }));
+      model->eval();
+      SharedWeights::Get().Add(shared_key, model.ptr());
+      return model;
+    }
+  }
   // One shard in memory at a time: its bytes are freed before the next is read.
   std::set<std::string> loaded;
   for (const std::string& name : files) {
@@ -471,6 +560,7 @@ StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir, std::string_view we
     }
   }
   model->eval();
+  if (!shared_key.empty()) SharedWeights::Get().Add(shared_key, model.ptr());
   return model;
 }
 

@@ -172,7 +172,7 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const c10::Half* p)
 // by RowsScalar.
 template <typename W, int R, int NB>
 __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights<W>& m, const XBatch& b, int64_t r0,
-                                                  int64_t r1) {
+                                                       int64_t r1) {
   static_assert(kGroup % R == 0);
   const W* w = m.w;
   const float* x = b.x;

@@ -12,8 +12,9 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, torch:
     : in_features_(in_features),
       out_features_(out_features),
       dropout_generator_(at::detail::createCPUGenerator(0)) {
-  TORCH_CHECK(weight_dtype == torch::kFloat || weight_dtype == torch::kBFloat16 || weight_dtype == torch::kHalf,
-              "LoraLinear: weight dtype must be float32, bfloat16 or float16");
+  TORCH_CHECK(
+      weight_dtype == torch::kFloat || weight_dtype == torch::kBFloat16 || weight_dtype == torch::kHalf,
+      "LoraLinear: weight dtype must be float32, bfloat16 or float16");
   // A 16-bit weight is left uninitialised: only a checkpoint gives it values, and
   // untouched pages cost no memory until then.
   weight_ = register_parameter("weight",
@@ -81,7 +82,9 @@ void LoraLinearImpl::SeedDropout(uint64_t seed) { dropout_generator_ = at::detai
 namespace {
 
 // Rows of a [rows, cols] weight widened at a time: at most `elements`, at least one.
-int64_t BlockRows(int64_t elements, int64_t cols) { return std::max<int64_t>(1, elements / std::max<int64_t>(cols, 1)); }
+int64_t BlockRows(int64_t elements, int64_t cols) {
+  return std::max<int64_t>(1, elements / std::max<int64_t>(cols, 1));
+}
 
 // x [..., in] times W^T, W [out, in] 16-bit: widened a block of rows at a time.
 torch::Tensor WidenedMatmul(const torch::Tensor& x, const torch::Tensor& w, int64_t elements) {
