@@ -27,6 +27,12 @@
 // LlamaForCausalLmImpl::kPrefillChunk. Printed: peak RSS above the loaded model,
 // seconds, and the ratios; the last-position logits of the two must agree (1e-3).
 //
+// --weight-dtypes saves one random bf16 checkpoint and loads it held as float32 (as
+// fedge did before weight_dtype) and as bfloat16, 1 and 3 instances per process (3:
+// the agent's trainer and two serving instances), one forked process per run:
+// parameter bytes, peak RSS, decode and prefill tokens/s and a LoRA step's seconds,
+// with ratios against float32 measured in the same invocation.
+//
 // --perplexity scores held-out WordNet lines (the 1% fedge-pretrain --seed S never
 // trained on: same reader, same shuffle) token by token through the decode step of
 // each kernel, and prints each kernel's perplexity and its difference to f32's.
@@ -36,6 +42,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +50,9 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "fedge/agent/llm/bpe_tokenizer.h"
@@ -349,6 +358,166 @@ int PrefillMemoryReport(int64_t tokens) {
   return 0;
 }
 
+// --- --weight-dtypes: the same checkpoint held in float32 and in bfloat16 -----------
+struct DtypeRun {
+  double rss_mib = 0;        // peak RSS of the whole child
+  double load_seconds = 0;   // every instance loaded
+  double decode_tps = 0;     // instance 0, batch-1 greedy decode
+  double prefill_tps = 0;    // instance 0, a 128-token prompt
+  double train_seconds = 0;  // instance 0, one LoRA step (forward + backward), median of 3
+  int64_t weight_bytes = 0;  // parameter bytes of one instance (shared ones counted once)
+};
+
+// One child: `instances` loads of `dir` held as `dtype`, like an agent's trainer
+// (instance 0: LoRA on every projection, timed steps) and serving instances (LoRA
+// enabled and merged, as CausalLm does before generating: fp32 keeps a copy of each
+// merged weight to unmerge exactly; 16-bit never merges).
+DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instances, int tokens) {
+  using fedge::agent::llm::CausalLmLoss;
+  DtypeRun r;
+  auto t0 = Clock::now();
+  std::vector<LlamaForCausalLm> models;
+  for (int i = 0; i < instances; ++i) {
+    auto m = fedge::agent::llm::LoadLlama(dir, dtype);
+    if (!m.ok()) {
+      std::cerr << m.status().ToString() << "\n";
+      _exit(2);
+    }
+    models.push_back(*m);
+  }
+  r.load_seconds = Seconds(t0, Clock::now());
+  std::set<const void*> seen;
+  for (const auto& p : models[0]->parameters()) {
+    if (seen.insert(p.data_ptr()).second) r.weight_bytes += static_cast<int64_t>(p.nbytes());
+  }
+  const std::vector<std::string> all = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                        "gate_proj", "up_proj", "down_proj"};
+  for (int i = 1; i < instances; ++i) {
+    models[static_cast<size_t>(i)]->EnableLora(all, {.rank = 8, .alpha = 16}, 1);
+    for (auto& [name, proj] : models[static_cast<size_t>(i)]->Projections()) proj->Merge();
+    (void)DecodeTokensPerSecond(models[static_cast<size_t>(i)], 4);
+  }
+  LlamaForCausalLm& trainer = models[0];
+  r.decode_tps = DecodeTokensPerSecond(trainer, tokens).wall;
+  r.prefill_tps = TimePrefillDecode(trainer, 128, 1, 7).prefill;
+  trainer->EnableLora(all, {.rank = 8, .alpha = 16}, 1);
+  trainer->train();
+  const LlamaConfig& c = trainer->config();
+  torch::Tensor ids =
+      torch::randint(0, c.vocab_size, {4, 64}, at::detail::createCPUGenerator(3), torch::kLong);
+  std::vector<double> steps;
+  for (int step = 0; step < 3; ++step) {
+    auto s0 = Clock::now();
+    CausalLmLoss(trainer->forward(ids), ids).backward();
+    steps.push_back(Seconds(s0, Clock::now()));
+  }
+  std::sort(steps.begin(), steps.end());
+  r.train_seconds = steps[1];
+  r.rss_mib = MaxRssMib();
+  return r;
+}
+
+bool DtypeInChild(const std::string& dir, const std::string& dtype, int instances, int tokens,
+                  DtypeRun* out) {
+  int fds[2];
+  if (pipe(fds) != 0) return false;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    DtypeRun r = DtypeOnce(dir, dtype, instances, tokens);
+    bool ok = write(fds[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
+    _exit(ok ? 0 : 1);
+  }
+  close(fds[1]);
+  bool ok = read(fds[0], out, sizeof *out) == static_cast<ssize_t>(sizeof *out);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
+  using fedge::agent::llm::WeightDtype;
+  torch::set_num_threads(threads);
+  const std::string dir = "/tmp/fedge-bench-dtype-" + std::to_string(getpid());
+  {
+    torch::manual_seed(11);
+    LlamaForCausalLm model(c);
+    torch::NoGradGuard g;
+    for (auto& p : model->parameters()) p.normal_(0, 0.02);
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("norm") != std::string::npos) p.value().fill_(1.0);
+    }
+    fedge::Status st = fedge::agent::llm::SaveLlama(model, dir, WeightDtype::kBFloat16);
+    if (!st.ok()) {
+      std::cerr << st.ToString() << "\n";
+      return 1;
+    }
+  }
+  std::cout << "one bfloat16 checkpoint (" << c.NumParameters() / 1e6 << "M parameters: hidden "
+            << c.hidden_size << ", " << c.num_hidden_layers << " layers, SwiGLU " << c.intermediate_size
+            << ", vocab " << c.vocab_size
+            << ", tied) held as float32 (widened on load, as before) and as bfloat16; " << threads
+            << " thread(s), " << runs << " run(s) each, interleaved, one process per run\n";
+  std::cout << "instances: 1 = a serving process; 3 = the agent (trainer + published + spare serving "
+               "instance, adapters merged as CausalLm serves)\n\n";
+  const std::vector<std::string> dtypes = {"float32", "bfloat16"};
+  std::map<std::pair<std::string, int>, std::vector<DtypeRun>> results;
+  for (int run = 0; run < runs; ++run) {
+    for (int instances : {1, 3}) {
+      for (const std::string& dtype : dtypes) {
+        DtypeRun r;
+        if (!DtypeInChild(dir, dtype, instances, tokens, &r)) {
+          std::cerr << "child " << dtype << " x" << instances << " failed\n";
+          return 1;
+        }
+        results[{dtype, instances}].push_back(r);
+      }
+    }
+  }
+  std::filesystem::remove_all(dir);
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::cout << std::setw(9) << "dtype" << std::setw(10) << "instances" << std::setw(14) << "weights_MiB"
+            << std::setw(14) << "peak_rss_MiB" << std::setw(8) << "ratio" << std::setw(12) << "decode_tps"
+            << std::setw(8) << "ratio" << std::setw(13) << "prefill_tps" << std::setw(8) << "ratio"
+            << std::setw(13) << "train_step_s" << std::setw(8) << "ratio" << std::setw(9) << "load_s"
+            << "\n";
+  for (int instances : {1, 3}) {
+    std::map<std::string, std::array<double, 6>> m;
+    for (const std::string& dtype : dtypes) {
+      const auto& rs = results[{dtype, instances}];
+      auto field = [&](auto get) {
+        std::vector<double> v;
+        for (const DtypeRun& r : rs) v.push_back(get(r));
+        return median(v);
+      };
+      m[dtype] = {field([](const DtypeRun& r) { return static_cast<double>(r.weight_bytes) / 1048576.0; }),
+                  field([](const DtypeRun& r) { return r.rss_mib; }),
+                  field([](const DtypeRun& r) { return r.decode_tps; }),
+                  field([](const DtypeRun& r) { return r.prefill_tps; }),
+                  field([](const DtypeRun& r) { return r.train_seconds; }),
+                  field([](const DtypeRun& r) { return r.load_seconds; })};
+    }
+    for (const std::string& dtype : dtypes) {
+      const auto& v = m[dtype];
+      const auto& base = m["float32"];
+      std::cout << std::setw(9) << dtype << std::setw(10) << instances << std::setw(14) << v[0]
+                << std::setw(14) << v[1] << std::setw(8) << std::setprecision(2) << v[1] / base[1]
+                << std::setprecision(1) << std::setw(12) << v[2] << std::setw(8) << std::setprecision(2)
+                << v[2] / base[2] << std::setprecision(1) << std::setw(13) << v[3] << std::setw(8)
+                << std::setprecision(2) << v[3] / base[3] << std::setw(13) << std::setprecision(3) << v[4]
+                << std::setw(8) << std::setprecision(2) << v[4] / base[4] << std::setw(9) << v[5]
+                << std::setprecision(1) << "\n";
+    }
+  }
+  std::cout << "(ratio: against float32 with the same instances, medians of the runs; weights_MiB: one "
+               "instance's parameters, shared storage once)\n";
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"decode_bench: batch-1 decode tokens/s vs the memory-bandwidth bound"};
   app.set_version_flag("--version", std::string("decode_bench ") + fedge::Version());
@@ -380,11 +549,30 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--runs", runs, "--compare: measurements per kernel, interleaved")->capture_default_str();
+  bool weight_dtypes = false;
+  app.add_flag(
+      "--weight-dtypes", weight_dtypes,
+      "a random bf16 checkpoint of the --hidden/--layers/--intermediate/--vocab shape held as float32 "
+      "and as bfloat16 (1 and 3 instances, one process per run): peak RSS, decode, prefill, LoRA step");
   int64_t prefill_memory = 0;
   app.add_option("--prefill-memory", prefill_memory,
                  "prefill this many tokens at once and in chunks (one process each): peak RSS and time");
   CLI11_PARSE(app, argc, argv);
   if (prefill_memory > 0) return PrefillMemoryReport(prefill_memory);
+  if (weight_dtypes) {
+    LlamaConfig c;
+    c.vocab_size = vocab;
+    c.hidden_size = hidden;
+    c.intermediate_size = intermediate;
+    c.num_hidden_layers = layers;
+    c.num_attention_heads = hidden / 64;
+    c.num_key_value_heads = std::max<int64_t>(1, hidden / 192);
+    c.head_dim = 64;
+    c.max_position_embeddings = 1024;
+    c.tie_word_embeddings = true;
+    std::cout << std::fixed << std::setprecision(1);
+    return WeightDtypeReport(c, tokens, threads, runs);
+  }
   std::cout << std::fixed << std::setprecision(1);
   if (perplexity) return PerplexityReport(model_dir, split_seed, max_lines, kernels);
   if (compare) return Compare(model_dir, prompt_tokens, tokens, threads, kernels, runs);

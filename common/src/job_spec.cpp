@@ -655,6 +655,11 @@ Status ValidateJobSpec(const JobSpec& spec) {
                                           Quote(spec.strategy.name) + "; use factors or frozen-a with it");
   }
 
+  if ((m.dtype == "bfloat16" || m.dtype == "float16") && m.family != "llama") {
+    v.Add("spec.model.dtype", Quote(m.dtype) +
+                                  " applies to generative (llama) models only; bert models hold float32 "
+                                  "weights (use auto or float32)");
+  }
   if (spec.serving.decodeWeights != "float32" && m.family != "llama") {
     v.Add("spec.serving.decodeWeights", Quote(spec.serving.decodeWeights) +
                                             " applies to generative (llama) models only; bert models serve "

@@ -48,6 +48,12 @@ std::vector<JobSpecField> MakeTable() {
        .max = 32768,
        .wire = "max_seq_len"});
 
+  // 16-bit for llama only (ValidateJobSpec, CEL).
+  add({.path = "spec.model.dtype",
+       .kind = K::kString,
+       .ref = FEDGE_FIELD(model.dtype),
+       .one_of = {"auto", "float32", "bfloat16", "float16"}});
+
   add({.path = "spec.adapter.rank", .kind = K::kInt, .ref = FEDGE_FIELD(adapter.rank), .min = 1, .max = 256});
   add({.path = "spec.adapter.alpha",
        .kind = K::kDouble,

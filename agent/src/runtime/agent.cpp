@@ -167,6 +167,8 @@ StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentSettings& settings) {
     lo.lora.seed = spec.rounds.seed;
     lo.max_seq_len = spec.model.maxSeqLen;
     lo.num_threads = settings.threads;
+    // The spec decides how the weights are held, not FEDGE_WEIGHT_DTYPE.
+    lo.weight_dtype = spec.model.dtype;
     FEDGE_ASSIGN_OR_RETURN(a->trainer_, LlmModel::Load(lo));
     // Serving only decodes: the spec decides its weights (default float32), not
     // FEDGE_DECODE_WEIGHTS.

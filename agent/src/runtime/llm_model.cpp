@@ -22,6 +22,7 @@ StatusOr<std::unique_ptr<LlmModel>> LlmModel::Load(const LlmModelOptions& option
   lo.model_dir = options.model_dir;
   lo.num_threads = options.num_threads;
   lo.decode_weights = options.decode_weights;
+  lo.weight_dtype = options.weight_dtype;
   FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<llm::CausalLm> lm, llm::CausalLm::Load(lo));
   // Training past the model's context would run positions it never saw (and, for
   // Mistral v0.1 past its sliding window, attention that is not the model's).

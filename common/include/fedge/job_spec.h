@@ -18,6 +18,9 @@ struct ModelSpec {
   std::string task = "sequence-classification";
   std::vector<std::string> labels;  // class names, index = label id
   int maxSeqLen = 64;
+  // How agents hold the frozen base weights: auto (the checkpoint's own dtype, from
+  // its config.json) | float32 | bfloat16 | float16; 16-bit for llama only.
+  std::string dtype = "auto";
 
   bool operator==(const ModelSpec&) const = default;
 };

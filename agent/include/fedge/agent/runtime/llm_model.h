@@ -25,6 +25,9 @@ struct LlmModelOptions {
   // Weights of the decode step: "f32" | "int8" (llm::CausalLmOptions::decode_weights;
   // spec.serving.decodeWeights). Empty: FEDGE_DECODE_WEIGHTS, else f32.
   std::string decode_weights;
+  // How the frozen weights are held (llm::CausalLmOptions::weight_dtype;
+  // spec.model.dtype): auto | float32 | bfloat16 | float16. Empty: FEDGE_WEIGHT_DTYPE, else auto.
+  std::string weight_dtype;
 };
 
 class LlmModel final : public TrainableModel, public Generator {
