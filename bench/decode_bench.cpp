@@ -372,9 +372,10 @@ struct DtypeRun {
 // (instance 0: LoRA on every projection, timed steps) and serving instances (LoRA
 // enabled and merged, as CausalLm does before generating: fp32 keeps a copy of each
 // merged weight to unmerge exactly; 16-bit never merges).
-DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instances, int tokens) {
+DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instances, int tokens, int threads) {
   using fedge::agent::llm::CausalLmLoss;
   DtypeRun r;
+  torch::set_num_threads(threads);
   auto t0 = Clock::now();
   std::vector<LlamaForCausalLm> models;
   for (int i = 0; i < instances; ++i) {
@@ -417,14 +418,14 @@ DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instanc
   return r;
 }
 
-bool DtypeInChild(const std::string& dir, const std::string& dtype, int instances, int tokens,
+bool DtypeInChild(const std::string& dir, const std::string& dtype, int instances, int tokens, int threads,
                   DtypeRun* out) {
   int fds[2];
   if (pipe(fds) != 0) return false;
   pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
-    DtypeRun r = DtypeOnce(dir, dtype, instances, tokens);
+    DtypeRun r = DtypeOnce(dir, dtype, instances, tokens, threads);
     bool ok = write(fds[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
     _exit(ok ? 0 : 1);
   }
@@ -438,9 +439,12 @@ bool DtypeInChild(const std::string& dir, const std::string& dtype, int instance
 
 int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
   using fedge::agent::llm::WeightDtype;
-  torch::set_num_threads(threads);
   const std::string dir = "/tmp/fedge-bench-dtype-" + std::to_string(getpid());
-  {
+  // The checkpoint is made in a child too: a parent that ran torch's intra-op
+  // threads would leave every later forked child hanging on them.
+  const pid_t maker = fork();
+  if (maker == 0) {
+    torch::set_num_threads(1);
     torch::manual_seed(11);
     LlamaForCausalLm model(c);
     torch::NoGradGuard g;
@@ -449,10 +453,14 @@ int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
       if (p.key().find("norm") != std::string::npos) p.value().fill_(1.0);
     }
     fedge::Status st = fedge::agent::llm::SaveLlama(model, dir, WeightDtype::kBFloat16);
-    if (!st.ok()) {
-      std::cerr << st.ToString() << "\n";
-      return 1;
-    }
+    if (!st.ok()) std::cerr << st.ToString() << "\n";
+    _exit(st.ok() ? 0 : 1);
+  }
+  int made = 0;
+  waitpid(maker, &made, 0);
+  if (!WIFEXITED(made) || WEXITSTATUS(made) != 0) {
+    std::cerr << "writing the checkpoint failed\n";
+    return 1;
   }
   std::cout << "one bfloat16 checkpoint (" << c.NumParameters() / 1e6 << "M parameters: hidden "
             << c.hidden_size << ", " << c.num_hidden_layers << " layers, SwiGLU " << c.intermediate_size
@@ -467,7 +475,7 @@ int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
     for (int instances : {1, 3}) {
       for (const std::string& dtype : dtypes) {
         DtypeRun r;
-        if (!DtypeInChild(dir, dtype, instances, tokens, &r)) {
+        if (!DtypeInChild(dir, dtype, instances, tokens, threads, &r)) {
           std::cerr << "child " << dtype << " x" << instances << " failed\n";
           return 1;
         }

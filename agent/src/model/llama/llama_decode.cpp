@@ -256,6 +256,13 @@ __attribute__((target("avx512f"))) void RowsAvx512(const Weights<W>& m, const XB
     }
     for (int64_t c = 0; c < body; c += 16) {
       __m512 wv[R];
+      if constexpr (!kInt8) {
+        // The same columns of the next R rows: a row of a decoder is a few KiB, too
+        // short a stream for the hardware prefetcher to ramp up on by itself.
+#pragma GCC unroll 8
+        for (int k = 0; k < R; ++k)
+          _mm_prefetch(reinterpret_cast<const char*>(row + (R + k) * cols + c), _MM_HINT_T0);
+      }
 #pragma GCC unroll 8
       for (int k = 0; k < R; ++k) wv[k] = Load16(row + k * cols + c);
 #pragma GCC unroll 8
