@@ -62,6 +62,12 @@ Outputs (tests/golden/llm/):
   tiny_phi3/                  a tiny Phi-3 (fused qkv_proj / gate_up_proj, GQA,
                               sliding_window 96 < 128 positions) with tok_llama2
 
+  --only gemma3 (merged likewise; after --only spm):
+  tiny_gemma3/                a tiny Gemma 3 (gemma3_text: (1 + w) norms, scaled embeddings,
+                              sandwich norms, GeGLU, sliding_window 6 on two of three
+                              layers with a local rope base) with tok_gemma; "long": the
+                              logits of 20 tokens, past the window
+
   --only chat:
   chat_templates.json         the Zephyr (TinyLlama chat), Llama 2 chat and Mistral
                               Instruct v0.2 Jinja templates rendered by jinja2 as
@@ -544,12 +550,53 @@ CHAT_TEMPLATES = {
         "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
         "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
         "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"),
+    "gemma": (  # google/gemma-3-1b-it and the other gemma-3-*-it (bos_token <bos>)
+        "{{ bos_token }}\n"
+        "{%- if messages[0]['role'] == 'system' -%}\n"
+        "    {%- if messages[0]['content'] is string -%}\n"
+        "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+        "    {%- else -%}\n"
+        "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+        "    {%- endif -%}\n"
+        "    {%- set loop_messages = messages[1:] -%}\n"
+        "{%- else -%}\n"
+        "    {%- set first_user_prefix = \"\" -%}\n"
+        "    {%- set loop_messages = messages -%}\n"
+        "{%- endif -%}\n"
+        "{%- for message in loop_messages -%}\n"
+        "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+        "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+        "    {%- endif -%}\n"
+        "    {%- if (message['role'] == 'assistant') -%}\n"
+        "        {%- set role = \"model\" -%}\n"
+        "    {%- else -%}\n"
+        "        {%- set role = message['role'] -%}\n"
+        "    {%- endif -%}\n"
+        "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+        "    {%- if message['content'] is string -%}\n"
+        "        {{ message['content'] | trim }}\n"
+        "    {%- elif message['content'] is iterable -%}\n"
+        "        {%- for item in message['content'] -%}\n"
+        "            {%- if item['type'] == 'image' -%}\n"
+        "                {{ '<start_of_image>' }}\n"
+        "            {%- elif item['type'] == 'text' -%}\n"
+        "                {{ item['text'] | trim }}\n"
+        "            {%- endif -%}\n"
+        "        {%- endfor -%}\n"
+        "    {%- else -%}\n"
+        "        {{ raise_exception(\"Invalid content type\") }}\n"
+        "    {%- endif -%}\n"
+        "    {{ '<end_of_turn>\n' }}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}\n"
+        "    {{'<start_of_turn>model\n'}}\n"
+        "{%- endif -%}\n"),
 }
 
 
 def make_chat():
     """chat_templates.json: each template rendered by Jinja as transformers renders it
-    (trim_blocks, lstrip_blocks; bos <s>, eos </s>) for a few conversations."""
+    (trim_blocks, lstrip_blocks; bos <s>, eos </s>; Gemma's bos <bos>) for a few conversations."""
     import jinja2
     import jinja2.sandbox
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -564,17 +611,26 @@ def make_chat():
         [{"role": "user", "content": "  padded\n"}, {"role": "assistant", "content": " x "},
          {"role": "user", "content": "y"}],
     ]
+    # Gemma's `| trim` is Python's str.strip(): Unicode whitespace (NBSP, U+3000, U+0085,
+    # U+001F) goes, U+200B stays; the system text is not trimmed; a lone system message
+    # is dropped.
+    gemma_only = [
+        [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "\u00a0\u3000hi\u200b\u0085\x1f"},
+         {"role": "assistant", "content": "\nHello.\n"}, {"role": "user", "content": ""}],
+        [{"role": "system", "content": "Only a system message."}],
+    ]
     out = {}
     for name, template in CHAT_TEMPLATES.items():
         t = env.from_string(template)
         cases = []
-        for conv in conversations:
+        for conv in conversations + (gemma_only if name == "gemma" else []):
             if name == "mistral" and conv[0]["role"] == "system":
                 continue  # its template raises on a system message
             for gen in (True, False):
                 cases.append({"messages": conv, "add_generation_prompt": gen,
-                              "text": t.render(messages=conv, add_generation_prompt=gen, bos_token="<s>",
-                                               eos_token="<|endoftext|>" if name == "phi3" else "</s>")})
+                              "text": t.render(messages=conv, add_generation_prompt=gen,
+                                               bos_token="<bos>" if name == "gemma" else "<s>",
+                                               eos_token={"phi3": "<|endoftext|>", "gemma": "<eos>"}.get(name, "</s>"))})
         out[name] = {"template": template, "cases": cases}
     with open(os.path.join(OUT, "chat_templates.json"), "w") as f:
         json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out}, f, ensure_ascii=False, indent=1)
@@ -673,9 +729,49 @@ def make_mistral_model():
     return golden
 
 
+def make_gemma3_model():
+    """tiny_gemma3: Gemma3ForCausalLM (gemma3_text, as Gemma 3 270M / 1B ship): (1 + w)
+    RMSNorms (perturbed from 0), embeddings scaled by sqrt(hidden), q/k norms, the four
+    sandwich norms, GeGLU (gelu tanh), query_pre_attn_scalar apart from head_dim,
+    sliding_window 6 on layers 0 and 1 of 3 (layer 2 full) with its own rope base,
+    tied, with tok_gemma. The prompts run past the window, so the greedy goldens test it."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        query_pre_attn_scalar=24, sliding_window=6,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.3,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(3579)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    golden = save_and_golden(model, "tiny_gemma3", "tok_gemma", [
+        "dog: a member of the genus Canis that has been domesticated",
+        "run: move fast by using one's feet, with one foot off the ground"])
+    golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    add_appended_text(golden, Tokenizer.from_file(os.path.join(OUT, "tiny_gemma3", "tokenizer.json")))
+    # Positions past the window: logits of a 20-token sequence (the window is 6).
+    tok = Tokenizer.from_file(os.path.join(OUT, "tiny_gemma3", "tokenizer.json"))
+    ids = tok.encode("bank: sloping land beside a body of water, especially a river").ids[:20]
+    assert len(ids) == 20, len(ids)
+    with torch.no_grad():
+        golden["long"] = {"input_ids": ids, "logits": tolist(model(input_ids=torch.tensor([ids])).logits)}
+    return golden
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "chat"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "gemma3", "chat"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -691,7 +787,7 @@ def main():
         make_spm(lines)
     if args.only == "chat":
         make_chat()
-    if args.only in ("rope", "qwen3", "mistral", "phi3"):
+    if args.only in ("rope", "qwen3", "mistral", "phi3", "gemma3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:
             result = json.load(f)
@@ -703,6 +799,8 @@ def main():
             result["models"]["tiny_mistral"] = make_mistral_model()
         elif args.only == "phi3":
             result["models"]["tiny_phi3"] = make_phi3_model()
+        elif args.only == "gemma3":
+            result["models"]["tiny_gemma3"] = make_gemma3_model()
         else:
             result["models"]["tiny_qwen3"] = make_qwen3_model()
         with open(path, "w") as f:

@@ -450,8 +450,8 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       auto format = lm->lm().chat_format();
       if (!format) {
         return UnimplementedError(
-            "this model has no chat template fedge knows (ChatML, Llama 3, Zephyr, Llama 2 or Mistral "
-            "[INST], from tokenizer_config.json or its marker tokens): use /v1/completions");
+            "this model has no chat template fedge knows (ChatML, Llama 3, Zephyr, Phi-3, Llama 2, Mistral "
+            "[INST] or Gemma, from tokenizer_config.json or its marker tokens): use /v1/completions");
       }
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));

@@ -1,7 +1,7 @@
 // Chat templates against the strings the models' Jinja templates produce
 // (transformers' apply_chat_template for Qwen2.5 / Llama 3 without a default system;
-// for Zephyr / Llama 2 / Mistral, tests/golden/llm/chat_templates.json: the shipped
-// templates rendered by jinja2 as transformers renders them).
+// for Zephyr / Phi-3 / Llama 2 / Mistral / Gemma 3, tests/golden/llm/chat_templates.json:
+// the shipped templates rendered by jinja2 as transformers renders them).
 #include "fedge/agent/llm/chat_template.h"
 
 #include <gtest/gtest.h>
@@ -59,14 +59,15 @@ nlohmann::json ChatGoldens() {
   return nlohmann::json::parse(*text)["formats"];
 }
 
-TEST(ChatTemplateTest, ZephyrLlama2AndMistralMatchTheirJinjaTemplates) {
+TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
   auto tok = BpeTokenizer::Load(std::string(FEDGE_GOLDEN_DIR) + "/llm/tok_llama2/tokenizer.json");
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ(DetectChatFormat(*tok), std::nullopt);  // no marker tokens: a base model
   const std::vector<std::pair<std::string, ChatFormat>> formats = {{"zephyr", ChatFormat::kZephyr},
                                                                    {"phi3", ChatFormat::kPhi3},
                                                                    {"llama2", ChatFormat::kLlama2},
-                                                                   {"mistral", ChatFormat::kMistral}};
+                                                                   {"mistral", ChatFormat::kMistral},
+                                                                   {"gemma", ChatFormat::kGemma}};
   nlohmann::json goldens = ChatGoldens();
   int checked = 0;
   for (const auto& [name, format] : formats) {
@@ -81,14 +82,54 @@ TEST(ChatTemplateTest, ZephyrLlama2AndMistralMatchTheirJinjaTemplates) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 22);
+  EXPECT_EQ(checked, 32);
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kPhi3), "<|end|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
+  EXPECT_EQ(ChatEndOfTurn(ChatFormat::kGemma), "<end_of_turn>");
 }
 
-// The [INST] templates raise on roles out of turn; fedge says which message.
-TEST(ChatTemplateTest, InstFormatsRefuseRolesOutOfTurn) {
-  for (ChatFormat format : {ChatFormat::kLlama2, ChatFormat::kMistral}) {
+// A Gemma directory without a chat template still chats when its tokenizer has
+// both turn markers (as Gemma 3's does: ids 105 and 106); one alone is not enough.
+TEST(ChatTemplateTest, DetectsGemmaFromItsTurnTokens) {
+  auto text = ReadFile(std::string(FEDGE_GOLDEN_DIR) + "/llm/tok_gemma/tokenizer.json");
+  ASSERT_TRUE(text.ok());
+  nlohmann::json j = nlohmann::json::parse(*text);
+  auto add = [&j](const std::string& token) {
+    const int id = static_cast<int>(j["model"]["vocab"].size());
+    j["model"]["vocab"][token] = id;
+    j["added_tokens"].push_back({{"id", id},
+                                 {"content", token},
+                                 {"single_word", false},
+                                 {"lstrip", false},
+                                 {"rstrip", false},
+                                 {"normalized", false},
+                                 {"special", true}});
+  };
+  add("<start_of_turn>");
+  auto one = BpeTokenizer::FromJson(j.dump());
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  EXPECT_EQ(DetectChatFormat(*one), std::nullopt);
+  add("<end_of_turn>");
+  auto both = BpeTokenizer::FromJson(j.dump());
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  EXPECT_EQ(DetectChatFormat(*both), ChatFormat::kGemma);
+  EXPECT_EQ(DetectChatFormat(*both, "{{ '<|im_start|>' }}"), ChatFormat::kChatMl);  // the template wins
+}
+
+// Python's str.strip() (Llama 2's .strip(), Gemma's | trim) removes Unicode
+// whitespace too, not only ASCII's.
+TEST(ChatTemplateTest, StripsUnicodeWhitespaceAsPythonDoes) {
+  auto llama2 = ApplyChatTemplate(ChatFormat::kLlama2, {{"user", "\u00a0\u2003hi\u3000\n"}});
+  ASSERT_TRUE(llama2.ok());
+  EXPECT_EQ(*llama2, "<s>[INST] hi [/INST]");
+  auto gemma = ApplyChatTemplate(ChatFormat::kGemma, {{"user", "\u200bhi\u0085"}});
+  ASSERT_TRUE(gemma.ok());
+  EXPECT_EQ(*gemma, "<bos><start_of_turn>user\n\u200bhi<end_of_turn>\n<start_of_turn>model\n");
+}
+
+// The [INST] and Gemma templates raise on roles out of turn; fedge says which message.
+TEST(ChatTemplateTest, AlternatingFormatsRefuseRolesOutOfTurn) {
+  for (ChatFormat format : {ChatFormat::kLlama2, ChatFormat::kMistral, ChatFormat::kGemma}) {
     for (const std::vector<ChatMessage>& bad :
          std::vector<std::vector<ChatMessage>>{{{"assistant", "first"}},
                                                {{"user", "a"}, {"user", "b"}},
@@ -104,6 +145,11 @@ TEST(ChatTemplateTest, InstFormatsRefuseRolesOutOfTurn) {
   auto with_system = ApplyChatTemplate(ChatFormat::kMistral, {{"system", "Be brief."}, {"user", "Hi"}});
   ASSERT_TRUE(with_system.ok());
   EXPECT_EQ(*with_system, "<s>[INST] Be brief.\n\nHi [/INST]");
+  // Gemma's default system message opens the first user turn like a system message.
+  auto with_default = ApplyChatTemplate(ChatFormat::kGemma, {{"user", "Hi"}}, /*add_generation_prompt=*/true,
+                                        /*default_system=*/"Be brief.");
+  ASSERT_TRUE(with_default.ok());
+  EXPECT_EQ(*with_default, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
 }
 
 // tokenizer_config.json's chat_template (a string or named list), chat_template.jinja,

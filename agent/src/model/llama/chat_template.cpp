@@ -1,5 +1,6 @@
 #include "fedge/agent/llm/chat_template.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -12,15 +13,53 @@ bool Has(std::string_view text, std::string_view marker) {
   return text.find(marker) != std::string_view::npos;
 }
 
-// Python's str.strip(): the Llama 2 template strips each message.
-std::string Strip(std::string_view s) {
-  const char* ws = " \t\n\r\f\v";
-  const size_t a = s.find_first_not_of(ws);
-  if (a == std::string_view::npos) return {};
-  return std::string(s.substr(a, s.find_last_not_of(ws) - a + 1));
+// The code points Python's str.isspace() accepts.
+bool IsPythonSpace(char32_t c) {
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+         c == 0x3000;
 }
 
-// [INST] formats: a user message, then assistant and user in turn.
+// The code point of the UTF-8 sequence s[i, i + n), or U+FFFD (not a space) for a
+// malformed one.
+char32_t DecodeUtf8(std::string_view s, size_t i, size_t n) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  if (n == 1) return b(0) < 0x80 ? b(0) : 0xfffd;
+  if (n > 4) return 0xfffd;
+  const unsigned char lead_bits[] = {0, 0, 0x1f, 0x0f, 0x07};
+  char32_t c = b(0) & lead_bits[n];
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xc0) != 0x80) return 0xfffd;
+    c = (c << 6) | (b(k) & 0x3f);
+  }
+  return c;
+}
+
+// The byte length of the UTF-8 sequence that starts with `lead` (1 for a stray byte).
+size_t Utf8Length(unsigned char lead) { return lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1; }
+
+// Python's str.strip() (and Jinja's `| trim`) of UTF-8 text: Llama 2's template
+// strips each message, Gemma's trims each. Unicode whitespace (U+00A0, U+3000, ...)
+// goes too; U+200B and the like stay.
+std::string Strip(std::string_view s) {
+  size_t begin = 0;
+  while (begin < s.size()) {
+    const size_t n = std::min(Utf8Length(static_cast<unsigned char>(s[begin])), s.size() - begin);
+    if (!IsPythonSpace(DecodeUtf8(s, begin, n))) break;
+    begin += n;
+  }
+  size_t end = s.size();
+  while (end > begin) {
+    size_t start = end - 1;  // back over continuation bytes to the sequence's first
+    while (start > begin && end - start < 4 && (static_cast<unsigned char>(s[start]) & 0xc0) == 0x80) --start;
+    if (start + Utf8Length(static_cast<unsigned char>(s[start])) != end) start = end - 1;
+    if (!IsPythonSpace(DecodeUtf8(s, start, end - start))) break;
+    end = start;
+  }
+  return std::string(s.substr(begin, end - begin));
+}
+
+// [INST] formats and Gemma: a user message, then assistant and user in turn.
 Status CheckAlternation(const std::vector<ChatMessage>& turns, std::string_view name) {
   for (size_t i = 0; i < turns.size(); ++i) {
     if ((turns[i].role == "user") != (i % 2 == 0) ||
@@ -42,11 +81,14 @@ std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::s
   // Phi-3's turns look like Zephyr's but end with <|end|>, not </s>.
   if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>"))
     return Has(chat_template, "<|end|>") ? ChatFormat::kPhi3 : ChatFormat::kZephyr;
+  if (Has(chat_template, "<start_of_turn>")) return ChatFormat::kGemma;
   if (Has(chat_template, "[INST]") && Has(chat_template, "<<SYS>>")) return ChatFormat::kLlama2;
   if (Has(chat_template, "[INST]")) return ChatFormat::kMistral;
   if (tokenizer.TokenToId("<|im_start|>") && tokenizer.TokenToId("<|im_end|>")) return ChatFormat::kChatMl;
   if (tokenizer.TokenToId("<|start_header_id|>") && tokenizer.TokenToId("<|eot_id|>"))
     return ChatFormat::kLlama3;
+  if (tokenizer.TokenToId("<start_of_turn>") && tokenizer.TokenToId("<end_of_turn>"))
+    return ChatFormat::kGemma;
   return std::nullopt;
 }
 
@@ -87,9 +129,14 @@ std::string_view ChatEndOfTurn(ChatFormat format) {
       return "<|eot_id|>";
     case ChatFormat::kPhi3:
       return "<|end|>";
-    default:
+    case ChatFormat::kGemma:
+      return "<end_of_turn>";
+    case ChatFormat::kZephyr:
+    case ChatFormat::kLlama2:
+    case ChatFormat::kMistral:
       return "</s>";
   }
+  return "</s>";
 }
 
 StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
@@ -102,6 +149,25 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
     if (m.role.empty()) return InvalidArgumentError("chat template: a message has no role");
   }
   std::string out;
+  if (format == ChatFormat::kGemma) {
+    // No system turn: the system text, untrimmed, opens the first user turn (and is
+    // dropped when there is none, as the template drops it).
+    std::optional<std::string> system;
+    std::vector<ChatMessage> turns = all;
+    if (!turns.empty() && turns.front().role == "system") {
+      system = turns.front().content;
+      turns.erase(turns.begin());
+    }
+    FEDGE_RETURN_IF_ERROR(CheckAlternation(turns, "Gemma"));
+    out = "<bos>";
+    for (size_t i = 0; i < turns.size(); ++i) {
+      out += turns[i].role == "assistant" ? "<start_of_turn>model\n" : "<start_of_turn>user\n";
+      if (i == 0 && system) out += *system + "\n\n";
+      out += Strip(turns[i].content) + "<end_of_turn>\n";
+    }
+    if (add_generation_prompt) out += "<start_of_turn>model\n";
+    return out;
+  }
   if (format == ChatFormat::kLlama2 || format == ChatFormat::kMistral) {
     std::string system;
     std::vector<ChatMessage> turns = all;

@@ -31,13 +31,16 @@ KvCache KvCache::Allocate(const LlamaConfig& config, int64_t batch, int64_t capa
 }
 
 // --- RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight ----------
-LlamaRmsNormImpl::LlamaRmsNormImpl(int64_t dim, double eps) : eps_(eps) {
-  weight_ = register_parameter("weight", torch::ones({dim}), /*requires_grad=*/false);
+LlamaRmsNormImpl::LlamaRmsNormImpl(int64_t dim, double eps, bool unit_offset)
+    : eps_(eps), unit_offset_(unit_offset) {
+  weight_ = register_parameter("weight", unit_offset ? torch::zeros({dim}) : torch::ones({dim}),
+                               /*requires_grad=*/false);
 }
 
 torch::Tensor LlamaRmsNormImpl::forward(const torch::Tensor& x) {
   torch::Tensor variance = x.pow(2).mean(-1, /*keepdim=*/true);
-  return weight_ * (x * torch::rsqrt(variance + eps_));
+  // Gemma: (1 + w) in float32, as transformers' Gemma3RMSNorm computes it.
+  return (unit_offset_ ? 1.0 + weight_ : weight_) * (x * torch::rsqrt(variance + eps_));
 }
 
 // --- Rotary position embedding (Su et al. 2021), rotate-half form ------------------
@@ -120,15 +123,23 @@ LoraLinear Projection(const LlamaConfig& c, int64_t in, int64_t out) {
 }  // namespace
 
 // --- Grouped-query causal self-attention (Ainslie et al. 2023) ---------------------
-LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
-    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer)
+    : heads_(c.num_attention_heads),
+      kv_heads_(c.num_key_value_heads),
+      head_dim_(c.head_dim),
+      sliding_window_(c.IsSlidingLayer(layer) ? c.sliding_window : 0),
+      // transformers' scaling, a Python float (double) applied to fp32 scores.
+      scale_(
+          static_cast<float>(1.0 / std::sqrt(c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar
+                                                                         : static_cast<double>(c.head_dim)))),
+      softcap_(c.attn_logit_softcapping) {
   q_proj = register_module("q_proj", Projection(c, c.hidden_size, heads_ * head_dim_));
   k_proj = register_module("k_proj", Projection(c, c.hidden_size, kv_heads_ * head_dim_));
   v_proj = register_module("v_proj", Projection(c, c.hidden_size, kv_heads_ * head_dim_));
   o_proj = register_module("o_proj", Projection(c, heads_ * head_dim_, c.hidden_size));
   if (c.qk_norm) {
-    q_norm = register_module("q_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps));
-    k_norm = register_module("k_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps));
+    q_norm = register_module("q_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps, c.norm_unit_offset));
+    k_norm = register_module("k_norm", LlamaRmsNorm(head_dim_, c.rms_norm_eps, c.norm_unit_offset));
   }
 }
 
@@ -155,11 +166,14 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // Query heads g*rep .. g*rep+rep-1 share key/value head g: fold them into the row
   // dimension instead of copying keys and values rep times.
   torch::Tensor qg = q.reshape({b, kv_heads_, rep * t, head_dim_});
-  torch::Tensor scores =
-      torch::matmul(qg, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  if (t > 1) {
-    // Query i (absolute position past+i) sees keys 0..past+i.
+  torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * static_cast<double>(scale_);
+  if (softcap_ > 0) scores = torch::tanh(scores / softcap_) * softcap_;
+  const bool windowed = sliding_window_ > 0 && s > sliding_window_;
+  if (t > 1 || windowed) {
+    // Query i (absolute position past+i) sees keys 0..past+i, or with a sliding
+    // window W only keys past+i-W+1 .. past+i.
     torch::Tensor mask = torch::ones({t, s}, torch::kBool).triu(past + 1);
+    if (windowed) mask = mask.logical_or(torch::ones({t, s}, torch::kBool).tril(past - sliding_window_));
     scores = scores.view({b, kv_heads_, rep, t, s})
                  .masked_fill(mask, -std::numeric_limits<float>::infinity())
                  .view({b, kv_heads_, rep * t, s});
@@ -170,34 +184,46 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
 }
 
 // --- SwiGLU feed-forward (Shazeer 2020) -------------------------------------------
-LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c) {
+LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c) : gelu_tanh_(c.hidden_act == "gelu_pytorch_tanh") {
   gate_proj = register_module("gate_proj", Projection(c, c.hidden_size, c.intermediate_size));
   up_proj = register_module("up_proj", Projection(c, c.hidden_size, c.intermediate_size));
   down_proj = register_module("down_proj", Projection(c, c.intermediate_size, c.hidden_size));
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  torch::Tensor gate = gate_proj(x);
+  gate = gelu_tanh_ ? torch::gelu(gate, "tanh") : torch::silu(gate);
+  return down_proj(gate * up_proj(x));
 }
 
 // --- Pre-norm decoder layer --------------------------------------------------------
-LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
-  self_attn = register_module("self_attn", LlamaAttention(c));
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t layer) {
+  auto norm = [&] { return LlamaRmsNorm(c.hidden_size, c.rms_norm_eps, c.norm_unit_offset); };
+  self_attn = register_module("self_attn", LlamaAttention(c, layer));
   mlp = register_module("mlp", LlamaMlp(c));
-  input_layernorm_ = register_module("input_layernorm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
-  post_attention_layernorm_ =
-      register_module("post_attention_layernorm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
+  input_layernorm_ = register_module("input_layernorm", norm());
+  post_attention_layernorm_ = register_module("post_attention_layernorm", norm());
+  if (c.sandwich_norms) {
+    pre_feedforward_layernorm_ = register_module("pre_feedforward_layernorm", norm());
+    post_feedforward_layernorm_ = register_module("post_feedforward_layernorm", norm());
+  }
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                              const torch::Tensor& sin, torch::Tensor* cache_k,
                                              torch::Tensor* cache_v, int64_t past) {
+  if (pre_feedforward_layernorm_) {
+    torch::Tensor h =
+        x + post_attention_layernorm_(self_attn(input_layernorm_(x), cos, sin, cache_k, cache_v, past));
+    return h + post_feedforward_layernorm_(mlp(pre_feedforward_layernorm_(h)));
+  }
   torch::Tensor h = x + self_attn(input_layernorm_(x), cos, sin, cache_k, cache_v, past);
   return h + mlp(post_attention_layernorm_(h));
 }
 
 // --- Decoder stack -----------------------------------------------------------------
-LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c)
+    : config_(c), embed_scale_(static_cast<float>(c.embed_scale)) {
   torch::nn::EmbeddingOptions embed(c.vocab_size, c.hidden_size);
   // A 16-bit table is left uninitialised for the checkpoint to fill.
   if (c.weight_dtype != WeightDtype::kFloat32) {
@@ -205,10 +231,16 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
   }
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(embed));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers->push_back(LlamaDecoderLayer(c));
-  norm_ = register_module("norm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers->push_back(LlamaDecoderLayer(c, l));
+  norm_ = register_module("norm", LlamaRmsNorm(c.hidden_size, c.rms_norm_eps, c.norm_unit_offset));
   rotary_ = register_module("rotary_emb",
                             LlamaRotary(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings));
+  if (std::find(c.sliding_layers.begin(), c.sliding_layers.end(), true) != c.sliding_layers.end() &&
+      c.sliding_window > 0) {
+    rotary_local_ = register_module(
+        "rotary_emb_local",
+        LlamaRotary(c.head_dim, c.rope_local_theta, RopeScaling{}, c.max_position_embeddings));
+  }
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) {
@@ -218,11 +250,17 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& ids, KvCache* cache) 
     TORCH_CHECK(past + t <= cache->capacity, "KV cache full: ", past + t, " > ", cache->capacity);
   }
   auto [cos, sin] = rotary_->CosSin(past, t);
+  torch::Tensor cos_local, sin_local;
+  if (rotary_local_) std::tie(cos_local, sin_local) = rotary_local_->CosSin(past, t);
   torch::Tensor h = embed_tokens(ids).to(torch::kFloat);  // no copy when the table is fp32
+  // Gemma: times sqrt(hidden) as a float32 scalar, as transformers' embed_scale.
+  if (embed_scale_ != 1.0f) h = h * torch::scalar_tensor(embed_scale_, torch::kFloat);
   for (size_t l = 0; l < layers->size(); ++l) {
     torch::Tensor* k = cache != nullptr ? &cache->keys[l] : nullptr;
     torch::Tensor* v = cache != nullptr ? &cache->values[l] : nullptr;
-    h = layers->at<LlamaDecoderLayerImpl>(l).forward(h, cos, sin, k, v, past);
+    const bool local = rotary_local_ && config_.IsSlidingLayer(static_cast<int64_t>(l));
+    h = layers->at<LlamaDecoderLayerImpl>(l).forward(h, local ? cos_local : cos, local ? sin_local : sin, k,
+                                                     v, past);
   }
   if (cache != nullptr) cache->length = past + t;
   return norm_(h);
@@ -251,10 +289,16 @@ torch::Tensor LlamaForCausalLmImpl::forward(const torch::Tensor& ids, KvCache* c
   }
   torch::Tensor h = model(ids, cache);
   if (last_only) h = h.narrow(1, h.size(1) - 1, 1);
-  if (lm_head_) return lm_head_(h);
-  const torch::Tensor& table = model->embed_tokens->weight;
-  if (table.scalar_type() == torch::kFloat) return torch::matmul(h, table.t());
-  return fedge::agent::FrozenLinear(h, table);
+  torch::Tensor logits;
+  if (lm_head_) {
+    logits = lm_head_(h);
+  } else {
+    const torch::Tensor& table = model->embed_tokens->weight;
+    logits = table.scalar_type() == torch::kFloat ? torch::matmul(h, table.t())
+                                                  : fedge::agent::FrozenLinear(h, table);
+  }
+  const double cap = config_.final_logit_softcapping;
+  return cap > 0 ? torch::tanh(logits / cap) * cap : logits;
 }
 
 std::vector<std::string> LlamaForCausalLmImpl::CheckpointNames() const {
@@ -277,6 +321,10 @@ std::vector<std::string> LlamaForCausalLmImpl::CheckpointNames() const {
     }
     names.push_back(p + "input_layernorm.weight");
     names.push_back(p + "post_attention_layernorm.weight");
+    if (c.sandwich_norms) {
+      names.push_back(p + "pre_feedforward_layernorm.weight");
+      names.push_back(p + "post_feedforward_layernorm.weight");
+    }
   }
   names.push_back("model.norm.weight");
   if (!c.tie_word_embeddings) names.push_back("lm_head.weight");

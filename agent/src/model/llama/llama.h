@@ -6,6 +6,12 @@
 //                    h += SwiGLU(RMSNorm(h))         (down(silu(gate(x)) * up(x)))
 //   logits = lm_head(RMSNorm(h))                    (lm_head = embed^T when tied)
 //
+// Gemma 3 (gemma3_text) is the same network with: embeddings times sqrt(hidden);
+// RMSNorms scaling by (1 + weight); per-head q/k norms (as Qwen3); sandwich norms
+// (h += RMSNorm(Attention(RMSNorm(h))), h += RMSNorm(MLP(RMSNorm(h)))); GeGLU
+// (gelu-tanh instead of silu); scores scaled by query_pre_attn_scalar^-1/2; and
+// sliding-window attention with its own rotary base on most layers.
+//
 // Module and parameter names follow Hugging Face ("model.layers.3.self_attn.q_proj.weight",
 // "model.norm.weight", "lm_head.weight"), so model.safetensors maps onto
 // named_parameters() one to one. Every projection is a LoraLinear (lora.h), so
@@ -39,16 +45,20 @@ struct KvCache {
   static KvCache Allocate(const LlamaConfig& config, int64_t batch, int64_t capacity);
 };
 
+// x / sqrt(mean(x^2) + eps) * weight, or * (1 + weight) with `unit_offset` (Gemma,
+// whose checkpoint holds weight - 1).
 class LlamaRmsNormImpl : public torch::nn::Module {
  public:
-  LlamaRmsNormImpl(int64_t dim, double eps);
+  LlamaRmsNormImpl(int64_t dim, double eps, bool unit_offset = false);
   torch::Tensor forward(const torch::Tensor& x);
   const torch::Tensor& weight() const { return weight_; }
   double eps() const { return eps_; }
+  bool unit_offset() const { return unit_offset_; }
 
  private:
   torch::Tensor weight_;
   double eps_;
+  bool unit_offset_;
 };
 TORCH_MODULE(LlamaRmsNorm);
 
@@ -77,7 +87,7 @@ TORCH_MODULE(LlamaRotary);
 
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
-  explicit LlamaAttentionImpl(const LlamaConfig& config);
+  LlamaAttentionImpl(const LlamaConfig& config, int64_t layer);
   // x [B, T, H]; cos/sin [T, D]; with a cache, keys/values of these T positions are
   // written at cache->length onwards and attention covers the whole prefix.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -86,9 +96,16 @@ class LlamaAttentionImpl : public torch::nn::Module {
   fedge::agent::LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   // Qwen3: RMSNorm over each head's queries / keys before the rotary; null otherwise.
   LlamaRmsNorm q_norm{nullptr}, k_norm{nullptr};
+  // 0: the whole prefix; else a query at p sees keys p - window + 1 .. p.
+  int64_t sliding_window() const { return sliding_window_; }
+  float scale() const { return scale_; }       // multiplies q . k
+  double softcap() const { return softcap_; }  // 0: none
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
+  int64_t sliding_window_ = 0;
+  float scale_;
+  double softcap_ = 0;
 };
 TORCH_MODULE(LlamaAttention);
 
@@ -96,25 +113,35 @@ class LlamaMlpImpl : public torch::nn::Module {
  public:
   explicit LlamaMlpImpl(const LlamaConfig& config);
   torch::Tensor forward(const torch::Tensor& x);
+  bool gelu_tanh() const { return gelu_tanh_; }  // GeGLU (Gemma) instead of SwiGLU
 
   fedge::agent::LoraLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  bool gelu_tanh_ = false;
 };
 TORCH_MODULE(LlamaMlp);
 
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
+  LlamaDecoderLayerImpl(const LlamaConfig& config, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past);
 
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};
   LlamaRmsNormImpl& input_layernorm() { return *input_layernorm_; }
+  // Llama: the MLP's input norm. With sandwich norms (Gemma): the attention output's.
   LlamaRmsNormImpl& post_attention_layernorm() { return *post_attention_layernorm_; }
+  bool sandwich_norms() const { return static_cast<bool>(pre_feedforward_layernorm_); }
+  // Sandwich norms only: the MLP's input and output norms.
+  LlamaRmsNormImpl& pre_feedforward_layernorm() { return *pre_feedforward_layernorm_; }
+  LlamaRmsNormImpl& post_feedforward_layernorm() { return *post_feedforward_layernorm_; }
 
  private:
   LlamaRmsNorm input_layernorm_{nullptr};
   LlamaRmsNorm post_attention_layernorm_{nullptr};
+  LlamaRmsNorm pre_feedforward_layernorm_{nullptr}, post_feedforward_layernorm_{nullptr};
 };
 TORCH_MODULE(LlamaDecoderLayer);
 
@@ -129,10 +156,18 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   LlamaRmsNormImpl& norm() { return *norm_; }
   LlamaRotaryImpl& rotary() { return *rotary_; }
+  // The rotary of layer `layer`: the sliding layers' own base, or rotary().
+  LlamaRotaryImpl& rotary(int64_t layer) {
+    return rotary_local_ && config_.IsSlidingLayer(layer) ? *rotary_local_ : *rotary_;
+  }
+  float embed_scale() const { return embed_scale_; }  // 1 but for Gemma
 
  private:
+  LlamaConfig config_;
   LlamaRmsNorm norm_{nullptr};
   LlamaRotary rotary_{nullptr};
+  LlamaRotary rotary_local_{nullptr};  // sliding layers (Gemma 3); null otherwise
+  float embed_scale_ = 1.0f;
 };
 TORCH_MODULE(LlamaModel);
 

@@ -251,6 +251,15 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
   }
   FEDGE_ASSIGN_OR_RETURN(std::string chat_template, ReadChatTemplate(options.model_dir));
   const std::optional<ChatFormat> chat_format = DetectChatFormat(tokenizer, chat_template);
+  // A chat model's end-of-turn token (Gemma's <end_of_turn>, Phi-3's <|end|>) ends
+  // generation even when generation_config.json does not list it: as a special
+  // token it is never decoded into text, so the chat endpoint's stop string would
+  // not see it.
+  if (chat_format) {
+    if (auto end = tokenizer.TokenToId(std::string(ChatEndOfTurn(*chat_format)))) {
+      if (std::find(eos.begin(), eos.end(), *end) == eos.end()) eos.push_back(*end);
+    }
+  }
   return std::unique_ptr<CausalLm>(
       std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos), chat_format));
 }

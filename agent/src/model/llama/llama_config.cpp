@@ -1,6 +1,7 @@
 #include "fedge/agent/llm/llama_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "fedge/file_util.h"
@@ -42,6 +43,72 @@ StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, int64_t max_posi
   return r;
 }
 
+// Optional number: null or absent -> 0.
+StatusOr<double> OptionalPositive(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key) || j[key].is_null()) return 0.0;
+  if (!j[key].is_number() || !(j[key].get<double>() > 0)) {
+    return InvalidArgumentError(std::string("config.json: ") + key + " must be a positive number or null");
+  }
+  return j[key].get<double>();
+}
+
+// Gemma 3's own fields (gemma3_text): (1 + w) norms, scaled embeddings, sandwich
+// norms, the attention scale, softcapping and the sliding-window layers.
+Status ParseGemma(const nlohmann::json& j, LlamaConfig& c) {
+  c.norm_unit_offset = true;
+  c.sandwich_norms = true;
+  // transformers keeps the scale as a float32 tensor: sqrt rounded to float.
+  c.embed_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+  c.query_pre_attn_scalar = j.value("query_pre_attn_scalar", 256.0);
+  if (!(c.query_pre_attn_scalar > 0)) {
+    return InvalidArgumentError("config.json: query_pre_attn_scalar must be positive");
+  }
+  FEDGE_ASSIGN_OR_RETURN(c.attn_logit_softcapping, OptionalPositive(j, "attn_logit_softcapping"));
+  FEDGE_ASSIGN_OR_RETURN(c.final_logit_softcapping, OptionalPositive(j, "final_logit_softcapping"));
+  if (j.value("use_bidirectional_attention", false)) {
+    return InvalidArgumentError(
+        "config.json: use_bidirectional_attention (an embedding model such as EmbeddingGemma) is not a "
+        "causal LM");
+  }
+  if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    if (!j["sliding_window"].is_number_integer() || j["sliding_window"].get<int64_t>() <= 0) {
+      return InvalidArgumentError("config.json: sliding_window must be a positive integer or null");
+    }
+    c.sliding_window = j["sliding_window"].get<int64_t>();
+  } else if (!j.contains("sliding_window")) {
+    c.sliding_window = 4096;  // Gemma3TextConfig's default
+  }
+  c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), false);
+  if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const nlohmann::json& types = j["layer_types"];
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_hidden_layers) {
+      return InvalidArgumentError("config.json: layer_types must list one type per layer (" +
+                                  std::to_string(c.num_hidden_layers) + ")");
+    }
+    for (size_t l = 0; l < types.size(); ++l) {
+      if (types[l] == "sliding_attention") {
+        c.sliding_layers[l] = true;
+      } else if (types[l] != "full_attention") {
+        return InvalidArgumentError("config.json: layer_types " + types[l].dump() +
+                                    " is not implemented (full_attention, sliding_attention)");
+      }
+    }
+  } else {
+    // Before layer_types: every sliding_window_pattern-th layer is full.
+    const nlohmann::json& pattern = j.contains("sliding_window_pattern")    ? j["sliding_window_pattern"]
+                                    : j.contains("_sliding_window_pattern") ? j["_sliding_window_pattern"]
+                                                                            : nlohmann::json(6);
+    if (!pattern.is_number_integer() || pattern.get<int64_t>() <= 0) {
+      return InvalidArgumentError("config.json: sliding_window_pattern must be a positive integer");
+    }
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      c.sliding_layers[static_cast<size_t>(l)] = (l + 1) % pattern.get<int64_t>() != 0;
+    }
+  }
+  if (c.sliding_window == 0) c.sliding_layers.assign(c.sliding_layers.size(), false);
+  return OkStatus();
+}
+
 }  // namespace
 
 std::string_view WeightDtypeName(WeightDtype dtype) {
@@ -76,13 +143,29 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     json j = json::parse(json_text);
     c.model_type = j.value("model_type", std::string());
     if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "phi3" &&
-        c.model_type != "qwen2" && c.model_type != "qwen3") {
+        c.model_type != "qwen2" && c.model_type != "qwen3" && c.model_type != "gemma3_text") {
+      std::string hint;
+      if (c.model_type == "gemma3") {
+        hint =
+            " (Gemma 3 4B and larger are image-text models; the text-only Gemma 3 270M and 1B are "
+            "gemma3_text)";
+      }
       return InvalidArgumentError("config.json: model_type \"" + c.model_type +
-                                  "\" is not a supported decoder (llama, mistral, phi3, qwen2, qwen3)");
+                                  "\" is not a supported decoder (llama, mistral, phi3, qwen2, qwen3, "
+                                  "gemma3_text)" +
+                                  hint);
     }
-    std::string act = j.value("hidden_act", std::string("silu"));
-    if (act != "silu")
-      return InvalidArgumentError("config.json: hidden_act " + act + " is not supported (silu)");
+    const bool gemma = c.model_type == "gemma3_text";
+    // Gemma names it hidden_activation (its hidden_act, where present, is ignored).
+    const char* act_key = gemma && j.contains("hidden_activation") ? "hidden_activation" : "hidden_act";
+    c.hidden_act = j.contains(act_key) && j[act_key].is_string() ? j[act_key].get<std::string>()
+                   : gemma                                       ? "gelu_pytorch_tanh"
+                                                                 : "silu";
+    const char* want_act = gemma ? "gelu_pytorch_tanh" : "silu";
+    if (c.hidden_act != want_act) {
+      return InvalidArgumentError("config.json: " + std::string(act_key) + " " + c.hidden_act +
+                                  " is not supported for " + c.model_type + " (" + want_act + ")");
+    }
     for (const char* key : {"dtype", "torch_dtype"}) {
       if (c.dtype.empty() && j.contains(key) && j[key].is_string()) c.dtype = j[key].get<std::string>();
     }
@@ -107,11 +190,11 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
       return InvalidArgumentError("config.json: max_position_embeddings must be positive");
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
     c.initializer_range = j.value("initializer_range", 0.02);
-    c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+    c.tie_word_embeddings = j.value("tie_word_embeddings", gemma);  // Gemma's default is tied
     c.attention_bias = j.value("attention_bias", false);
     c.mlp_bias = j.value("mlp_bias", false);
     c.qkv_bias = c.model_type == "qwen2";
-    c.qk_norm = c.model_type == "qwen3";
+    c.qk_norm = c.model_type == "qwen3" || gemma;
     c.fused_projections = c.model_type == "phi3";
     if (j.contains("partial_rotary_factor") && j["partial_rotary_factor"].is_number() &&
         j["partial_rotary_factor"].get<double>() !=
@@ -121,19 +204,38 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     }
 
     // rope: transformers < 5 writes rope_theta/rope_scaling, >= 5 rope_parameters
-    // (rope_theta inside it).
+    // (rope_theta inside it). Gemma 3: rope_parameters has one entry per layer type
+    // (full_attention, sliding_attention); before transformers 5, rope_theta and
+    // rope_scaling are the full layers' and rope_local_base_freq the sliding ones'.
     const json* rope = nullptr;
+    const double default_theta = gemma ? 1000000.0 : 10000.0;
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
       rope = &j["rope_parameters"];
-      c.rope_theta = rope->value("rope_theta", 10000.0);
+      if (gemma && (rope->contains("full_attention") || rope->contains("sliding_attention"))) {
+        const json* local = rope->contains("sliding_attention") ? &(*rope)["sliding_attention"] : nullptr;
+        rope = rope->contains("full_attention") ? &(*rope)["full_attention"] : nullptr;
+        if (local != nullptr) {
+          if (!local->is_object() || local->value("rope_type", std::string("default")) != "default") {
+            return InvalidArgumentError(
+                "config.json: rope_parameters.sliding_attention must be a default rope (no scaling)");
+          }
+          c.rope_local_theta = local->value("rope_theta", c.rope_local_theta);
+        }
+      }
+      c.rope_theta = rope != nullptr ? rope->value("rope_theta", default_theta) : default_theta;
     } else {
-      c.rope_theta = j.value("rope_theta", 10000.0);
+      c.rope_theta = j.value("rope_theta", default_theta);
       if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) rope = &j["rope_scaling"];
+      if (gemma) c.rope_local_theta = j.value("rope_local_base_freq", c.rope_local_theta);
     }
     if (!(c.rope_theta > 1.0)) return InvalidArgumentError("config.json: rope_theta must be greater than 1");
+    if (!(c.rope_local_theta > 1.0)) {
+      return InvalidArgumentError("config.json: the sliding layers' rope_theta must be greater than 1");
+    }
     if (rope != nullptr) {
       FEDGE_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*rope, c.max_position_embeddings));
     }
+    if (gemma) FEDGE_RETURN_IF_ERROR(ParseGemma(j, c));
     // Mistral v0.1's and Phi-3's sliding_window W: within W tokens a sliding window is
     // full attention, so the context is capped at W rather than attention changed.
     // Mistral v0.2 and later have none.
@@ -146,9 +248,10 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
       c.max_position_embeddings = std::min(c.max_position_embeddings, w.get<int64_t>());
     }
     if (j.value("use_sliding_window", false)) {
-      return InvalidArgumentError("config.json: sliding-window attention is not implemented");
+      return InvalidArgumentError("config.json: sliding-window attention is not implemented for " +
+                                  c.model_type);
     }
-    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+    if (!gemma && j.contains("layer_types") && j["layer_types"].is_array()) {
       for (const json& t : j["layer_types"]) {
         if (t != "full_attention") {
           return InvalidArgumentError("config.json: layer_types " + t.dump() +
@@ -181,11 +284,12 @@ StatusOr<LlamaConfig> LlamaConfig::FromFile(const std::string& path) {
 std::string LlamaConfig::ToJson() const {
   nlohmann::json j;
   bool qwen = model_type == "qwen2" || model_type == "qwen3";
-  j["architectures"] = {model_type == "qwen2"     ? "Qwen2ForCausalLM"
-                        : model_type == "qwen3"   ? "Qwen3ForCausalLM"
-                        : model_type == "mistral" ? "MistralForCausalLM"
-                        : model_type == "phi3"    ? "Phi3ForCausalLM"
-                                                  : "LlamaForCausalLM"};
+  j["architectures"] = {model_type == "qwen2"         ? "Qwen2ForCausalLM"
+                        : model_type == "qwen3"       ? "Qwen3ForCausalLM"
+                        : model_type == "mistral"     ? "MistralForCausalLM"
+                        : model_type == "phi3"        ? "Phi3ForCausalLM"
+                        : model_type == "gemma3_text" ? "Gemma3ForCausalLM"
+                                                      : "LlamaForCausalLM"};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -206,12 +310,38 @@ std::string LlamaConfig::ToJson() const {
     }
     j["rope_scaling"] = r;
   }
-  j["hidden_act"] = "silu";
+  if (model_type == "gemma3_text") {
+    j["hidden_activation"] = hidden_act;
+    // transformers types it int (its strict config refuses 256.0).
+    if (query_pre_attn_scalar == std::floor(query_pre_attn_scalar) && query_pre_attn_scalar < 1e15) {
+      j["query_pre_attn_scalar"] = static_cast<int64_t>(query_pre_attn_scalar);
+    } else {
+      j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+    }
+    j["sliding_window"] = sliding_window > 0 ? nlohmann::json(sliding_window) : nlohmann::json(nullptr);
+    nlohmann::json types = nlohmann::json::array();
+    for (int64_t l = 0; l < num_hidden_layers; ++l)
+      types.push_back(IsSlidingLayer(l) ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
+    j["attn_logit_softcapping"] =
+        attn_logit_softcapping > 0 ? nlohmann::json(attn_logit_softcapping) : nlohmann::json(nullptr);
+    j["final_logit_softcapping"] =
+        final_logit_softcapping > 0 ? nlohmann::json(final_logit_softcapping) : nlohmann::json(nullptr);
+    // transformers >= 5 reads rope_parameters, earlier versions the top-level keys.
+    nlohmann::json full = {{"rope_type", "default"}, {"rope_theta", rope_theta}};
+    if (j.contains("rope_scaling")) full.update(j["rope_scaling"]);
+    j["rope_parameters"] = {
+        {"full_attention", full},
+        {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", rope_local_theta}}}};
+    j["rope_local_base_freq"] = rope_local_theta;
+  } else {
+    j["hidden_act"] = "silu";
+  }
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["initializer_range"] = initializer_range;
   j["torch_dtype"] = dtype.empty() ? "float32" : dtype;
   if (model_type != "qwen2") j["attention_bias"] = attention_bias;
-  if (!qwen) j["mlp_bias"] = mlp_bias;
+  if (!qwen && model_type != "gemma3_text") j["mlp_bias"] = mlp_bias;
   if (qwen) j["use_sliding_window"] = false;
   if (model_type == "mistral" || model_type == "phi3")
     j["sliding_window"] = nullptr;  // the cap is max_position_embeddings
@@ -229,7 +359,7 @@ int64_t LlamaConfig::NumParameters() const {
   else if (qkv_bias)
     attn += q + 2 * kv;
   int64_t mlp = 3 * h * intermediate_size + (mlp_bias ? 2 * intermediate_size + h : 0);
-  int64_t layer = attn + mlp + 2 * h + (qk_norm ? 2 * head_dim : 0);
+  int64_t layer = attn + mlp + (sandwich_norms ? 4 : 2) * h + (qk_norm ? 2 * head_dim : 0);
   int64_t embed = vocab_size * h;
   return embed + num_hidden_layers * layer + h + (tie_word_embeddings ? 0 : embed);
 }

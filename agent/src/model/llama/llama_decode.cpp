@@ -662,7 +662,71 @@ void RmsNorm(const float* x, const LlamaRmsNormImpl& norm, int64_t n, float* out
   const auto variance = static_cast<float>(acc / static_cast<double>(n));
   const float inv = 1.0f / std::sqrt(variance + static_cast<float>(norm.eps()));
   const float* w = norm.weight().data_ptr<float>();
+  if (norm.unit_offset()) {  // Gemma: (1 + w)
+    for (int64_t i = 0; i < n; ++i) out[i] = (1.0f + w[i]) * (x[i] * inv);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+// The MLP's gate activation times up, into gate: SwiGLU, or GeGLU with torch's
+// tanh-approximated GELU (Gemma).
+void GatedActivation(bool gelu_tanh, float* gate, const float* up, int64_t n) {
+  if (gelu_tanh) {
+    constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+    constexpr float kKappa = 0.044715f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = gate[i];
+      gate[i] = 0.5f * x * (1.0f + std::tanh(kBeta * (x + kKappa * x * x * x))) * up[i];
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+// One query head's attention over cached positions [first, seq) of key/value head
+// `kv_head` (keys/values [kv_heads, cap, dim]): scores q . k times `scale`, softcapped
+// when `softcap` > 0, softmax, the weighted sum of values into `out`. `scores` has
+// room for seq floats.
+void AttendHead(const float* keys, const float* values, int64_t cap, int64_t dim, int64_t kv_head,
+                const float* q, int64_t first, int64_t seq, float scale, float softcap, float* scores,
+                float* out) {
+  const float* kg = keys + kv_head * cap * dim;
+  const int64_t n = seq - first;
+  decode::MatvecRowsF32(kg + first * dim, dim, q, scores, 0, n);
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    float v = scores[i] * scale;
+    if (softcap > 0) v = std::tanh(v / softcap) * softcap;
+    mx = std::max(mx, scores[i] = v);
+  }
+  float total = 0;
+  for (int64_t i = 0; i < n; ++i) total += scores[i] = std::exp(scores[i] - mx);
+  std::fill_n(out, dim, 0.0f);
+  const float* vg = values + (kv_head * cap + first) * dim;
+  for (int64_t i = 0; i < n; ++i) decode::Axpy(scores[i] / total, vg + i * dim, out, dim);
+}
+
+// The first cached position a query at `seq - 1` sees in `attn`'s layer.
+int64_t FirstVisible(const LlamaAttentionImpl& attn, int64_t seq) {
+  const int64_t w = attn.sliding_window();
+  return w > 0 && seq > w ? seq - w : 0;
+}
+
+// Gemma's embedding scale on one row.
+void ScaleRow(float* h, int64_t n, float scale) {
+  if (scale == 1.0f) return;
+  for (int64_t i = 0; i < n; ++i) h[i] *= scale;
+}
+
+// logits -> cap * tanh(logits / cap); nothing when cap is 0.
+void SoftcapLogits(float* logits, int64_t n, double cap) {
+  if (!(cap > 0)) return;
+  const auto c = static_cast<float>(cap);
+  for (int64_t i = 0; i < n; ++i) logits[i] = std::tanh(logits[i] / c) * c;
 }
 
 // Qwen3's per-head RMSNorm of the queries and keys, in place; nothing for other models.
@@ -815,14 +879,24 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
 
   float* h = s.h.data();
   EmbeddingRow(model->embed_tokens->weight, token, h);
-  auto [cos_t, sin_t] = model->rotary().CosSin(past, 1);
-  const float* cos = cos_t.data_ptr<float>();
-  const float* sin = sin_t.data_ptr<float>();
-  const float inv_sqrt_d = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+  ScaleRow(h, hidden, model->embed_scale());
+  // Per layer the rotary of its kind (Gemma's sliding layers have their own base).
+  std::vector<torch::Tensor> cos_t(size(num_layers)), sin_t(size(num_layers));
+  for (int64_t l = 0; l < num_layers; ++l) {
+    LlamaRotaryImpl& rotary = model->rotary(l);
+    if (l > 0 && &rotary == &model->rotary(l - 1)) {
+      cos_t[size(l)] = cos_t[size(l - 1)];
+      sin_t[size(l)] = sin_t[size(l - 1)];
+    } else {
+      std::tie(cos_t[size(l)], sin_t[size(l)]) = rotary.CosSin(past, 1);
+    }
+  }
 
   for (int64_t l = 0; l < num_layers; ++l) {
     auto& layer = model->layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(l));
     LlamaAttentionImpl& attn = *layer.self_attn;
+    const float* cos = cos_t[size(l)].data_ptr<float>();
+    const float* sin = sin_t[size(l)].data_ptr<float>();
     // --- attention ---
     RmsNorm(h, layer.input_layernorm(), hidden, s.xn.data());
     decode::Matvec qkv[3] = {Product(*attn.q_proj, quantized(l, 0), s.xn.data(), s.q.data()),
@@ -841,41 +915,34 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
       std::copy_n(s.k.data() + g * dim, dim, keys + (g * cap + past) * dim);
       std::copy_n(s.v.data() + g * dim, dim, values + (g * cap + past) * dim);
     }
-    // Query head hd reads key/value head hd / rep, positions 0..past.
+    // Query head hd reads key/value head hd / rep, positions first..past.
+    const int64_t first = FirstVisible(attn, seq);
+    const float scale = attn.scale(), softcap = static_cast<float>(attn.softcap());
     at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
       for (int64_t hd = h0; hd < h1; ++hd) {
-        const int64_t g = hd / rep;
-        float* sc = s.scores.data() + hd * cap;
-        decode::MatvecRowsF32(keys + g * cap * dim, dim, s.q.data() + hd * dim, sc, 0, seq);
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < seq; ++i) mx = std::max(mx, sc[i] *= inv_sqrt_d);
-        float total = 0;
-        for (int64_t i = 0; i < seq; ++i) total += sc[i] = std::exp(sc[i] - mx);
-        float* out = s.attn.data() + hd * dim;
-        std::fill_n(out, dim, 0.0f);
-        const float* vg = values + g * cap * dim;
-        for (int64_t i = 0; i < seq; ++i) decode::Axpy(sc[i] / total, vg + i * dim, out, dim);
+        AttendHead(keys, values, cap, dim, hd / rep, s.q.data() + hd * dim, first, seq, scale, softcap,
+                   s.scores.data() + hd * cap, s.attn.data() + hd * dim);
       }
     });
     decode::Matvec o = Product(*attn.o_proj, quantized(l, 3), s.attn.data(), s.o.data());
     decode::RunMatvecs(&o, 1);
     FinishProjection(*attn.o_proj, s.attn.data(), s.o.data(), s);
+    if (layer.sandwich_norms()) RmsNorm(s.o.data(), layer.post_attention_layernorm(), hidden, s.o.data());
     for (int64_t i = 0; i < hidden; ++i) h[i] += s.o[size(i)];
-    // --- SwiGLU MLP ---
+    // --- SwiGLU / GeGLU MLP ---
     LlamaMlpImpl& mlp = *layer.mlp;
-    RmsNorm(h, layer.post_attention_layernorm(), hidden, s.xn.data());
+    RmsNorm(h, layer.sandwich_norms() ? layer.pre_feedforward_layernorm() : layer.post_attention_layernorm(),
+            hidden, s.xn.data());
     decode::Matvec gu[2] = {Product(*mlp.gate_proj, quantized(l, 4), s.xn.data(), s.gate.data()),
                             Product(*mlp.up_proj, quantized(l, 5), s.xn.data(), s.up.data())};
     decode::RunMatvecs(gu, 2);
     FinishProjection(*mlp.gate_proj, s.xn.data(), s.gate.data(), s);
     FinishProjection(*mlp.up_proj, s.xn.data(), s.up.data(), s);
-    for (int64_t i = 0; i < inter; ++i) {
-      const float g = s.gate[size(i)];
-      s.gate[size(i)] = g / (1.0f + std::exp(-g)) * s.up[size(i)];
-    }
+    GatedActivation(mlp.gelu_tanh(), s.gate.data(), s.up.data(), inter);
     decode::Matvec down = Product(*mlp.down_proj, quantized(l, 6), s.gate.data(), s.o.data());
     decode::RunMatvecs(&down, 1);
     FinishProjection(*mlp.down_proj, s.gate.data(), s.o.data(), s);
+    if (layer.sandwich_norms()) RmsNorm(s.o.data(), layer.post_feedforward_layernorm(), hidden, s.o.data());
     for (int64_t i = 0; i < hidden; ++i) h[i] += s.o[size(i)];
   }
   cache->length = seq;
@@ -894,6 +961,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
   }
   decode::RunMatvecs(&head, 1);
   if (lm_head_) FinishProjection(*lm_head_, s.xn.data(), head.y, s);
+  SoftcapLogits(head.y, c.vocab_size, c.final_logit_softcapping);
   return logits;
 }
 
@@ -970,14 +1038,23 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
   auto quantized = [&](int64_t l, int i) -> const LlamaDecodeState::Quantized* {
     return int8 ? &s.projections[size(7 * l + i)] : nullptr;
   };
-  // Per sequence: its embedding row, and the RoPE tables of its own position.
-  std::vector<torch::Tensor> cos_t(size(batch)), sin_t(size(batch));
+  // Per sequence: its embedding row, and the RoPE tables of its own position (and,
+  // for Gemma's sliding layers, of their own base: index batch + i).
+  std::vector<torch::Tensor> cos_t(size(2 * batch)), sin_t(size(2 * batch));
+  LlamaRotaryImpl* local_rotary = nullptr;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    if (&model->rotary(l) != &model->rotary()) local_rotary = &model->rotary(l);
+  }
   for (int64_t i = 0; i < batch; ++i) {
     const int64_t token = tokens[size(i)];
     EmbeddingRow(model->embed_tokens->weight, token, sb.h.data() + i * hidden);
+    ScaleRow(sb.h.data() + i * hidden, hidden, model->embed_scale());
     std::tie(cos_t[size(i)], sin_t[size(i)]) = model->rotary().CosSin(caches[size(i)]->length, 1);
+    if (local_rotary != nullptr) {
+      std::tie(cos_t[size(batch + i)], sin_t[size(batch + i)]) =
+          local_rotary->CosSin(caches[size(i)]->length, 1);
+    }
   }
-  const float inv_sqrt_d = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
   // What FinishProjection adds (bias, unmerged adapter), row by row.
   auto finish = [&](LoraLinearImpl& p, const float* x, int64_t x_stride, float* y, int64_t y_stride) {
     for (int64_t i = 0; i < batch; ++i) FinishProjection(p, x + i * x_stride, y + i * y_stride, s);
@@ -986,6 +1063,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
   for (int64_t l = 0; l < num_layers; ++l) {
     auto& layer = model->layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(l));
     LlamaAttentionImpl& attn = *layer.self_attn;
+    const int64_t rope_row = &model->rotary(l) != &model->rotary() ? batch : 0;
     // --- attention: q/k/v for all rows in one pass, then attention per sequence ---
     for (int64_t i = 0; i < batch; ++i) {
       RmsNorm(sb.h.data() + i * hidden, layer.input_layernorm(), hidden, sb.xn.data() + i * xdim);
@@ -1000,8 +1078,8 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
     finish(*attn.v_proj, sb.xn.data(), xdim, sb.v.data(), kvdim);
     for (int64_t i = 0; i < batch; ++i) {
       KvCache* cache = caches[size(i)];
-      const float* cos = cos_t[size(i)].data_ptr<float>();
-      const float* sin = sin_t[size(i)].data_ptr<float>();
+      const float* cos = cos_t[size(rope_row + i)].data_ptr<float>();
+      const float* sin = sin_t[size(rope_row + i)].data_ptr<float>();
       const int64_t cap = cache->capacity, past = cache->length;
       float* q = sb.q.data() + i * qdim;
       float* k = sb.k.data() + i * kvdim;
@@ -1017,35 +1095,35 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
       }
     }
     // One task per (sequence, query head); head hd reads key/value head hd / rep,
-    // positions 0..past of its own sequence.
+    // positions first..past of its own sequence.
+    const float scale = attn.scale(), softcap = static_cast<float>(attn.softcap());
     at::parallel_for(0, batch * heads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t i = t / heads, hd = t % heads, g = hd / rep;
+        const int64_t i = t / heads, hd = t % heads;
         const KvCache* cache = caches[size(i)];
-        const int64_t cap = cache->capacity, seq = cache->length + 1;
-        const float* keys = cache->keys[size(l)].data_ptr<float>();
-        const float* values = cache->values[size(l)].data_ptr<float>();
-        float* sc = sb.scores.data() + t * max_cap;
-        decode::MatvecRowsF32(keys + g * cap * dim, dim, sb.q.data() + i * qdim + hd * dim, sc, 0, seq);
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < seq; ++j) mx = std::max(mx, sc[j] *= inv_sqrt_d);
-        float total = 0;
-        for (int64_t j = 0; j < seq; ++j) total += sc[j] = std::exp(sc[j] - mx);
-        float* out = sb.attn.data() + i * qdim + hd * dim;
-        std::fill_n(out, dim, 0.0f);
-        const float* vg = values + g * cap * dim;
-        for (int64_t j = 0; j < seq; ++j) decode::Axpy(sc[j] / total, vg + j * dim, out, dim);
+        const int64_t seq = cache->length + 1;
+        AttendHead(cache->keys[size(l)].data_ptr<float>(), cache->values[size(l)].data_ptr<float>(),
+                   cache->capacity, dim, hd / rep, sb.q.data() + i * qdim + hd * dim, FirstVisible(attn, seq),
+                   seq, scale, softcap, sb.scores.data() + t * max_cap, sb.attn.data() + i * qdim + hd * dim);
       }
     });
     decode::Matvec o =
         BatchProduct(*attn.o_proj, quantized(l, 3), sb.attn.data(), qdim, sb.o.data(), hidden, nb);
     decode::RunMatvecs(&o, 1);
     finish(*attn.o_proj, sb.attn.data(), qdim, sb.o.data(), hidden);
+    if (layer.sandwich_norms()) {
+      for (int64_t i = 0; i < batch; ++i) {
+        float* o_i = sb.o.data() + i * hidden;
+        RmsNorm(o_i, layer.post_attention_layernorm(), hidden, o_i);
+      }
+    }
     for (int64_t i = 0; i < batch * hidden; ++i) sb.h[size(i)] += sb.o[size(i)];
-    // --- SwiGLU MLP ---
+    // --- SwiGLU / GeGLU MLP ---
     LlamaMlpImpl& mlp = *layer.mlp;
+    LlamaRmsNormImpl& mlp_norm =
+        layer.sandwich_norms() ? layer.pre_feedforward_layernorm() : layer.post_attention_layernorm();
     for (int64_t i = 0; i < batch; ++i) {
-      RmsNorm(sb.h.data() + i * hidden, layer.post_attention_layernorm(), hidden, sb.xn.data() + i * xdim);
+      RmsNorm(sb.h.data() + i * hidden, mlp_norm, hidden, sb.xn.data() + i * xdim);
     }
     decode::Matvec gu[2] = {
         BatchProduct(*mlp.gate_proj, quantized(l, 4), sb.xn.data(), xdim, sb.gate.data(), inter, nb),
@@ -1053,14 +1131,17 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
     decode::RunMatvecs(gu, 2);
     finish(*mlp.gate_proj, sb.xn.data(), xdim, sb.gate.data(), inter);
     finish(*mlp.up_proj, sb.xn.data(), xdim, sb.up.data(), inter);
-    for (int64_t i = 0; i < batch * inter; ++i) {
-      const float g = sb.gate[size(i)];
-      sb.gate[size(i)] = g / (1.0f + std::exp(-g)) * sb.up[size(i)];
-    }
+    GatedActivation(mlp.gelu_tanh(), sb.gate.data(), sb.up.data(), batch * inter);
     decode::Matvec down =
         BatchProduct(*mlp.down_proj, quantized(l, 6), sb.gate.data(), inter, sb.o.data(), hidden, nb);
     decode::RunMatvecs(&down, 1);
     finish(*mlp.down_proj, sb.gate.data(), inter, sb.o.data(), hidden);
+    if (layer.sandwich_norms()) {
+      for (int64_t i = 0; i < batch; ++i) {
+        float* o_i = sb.o.data() + i * hidden;
+        RmsNorm(o_i, layer.post_feedforward_layernorm(), hidden, o_i);
+      }
+    }
     for (int64_t i = 0; i < batch * hidden; ++i) sb.h[size(i)] += sb.o[size(i)];
   }
   for (KvCache* cache : caches) ++cache->length;
@@ -1084,6 +1165,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
   }
   decode::RunMatvecs(&head, 1);
   if (lm_head_) finish(*lm_head_, sb.xn.data(), xdim, head.y, c.vocab_size);
+  SoftcapLogits(head.y, batch * c.vocab_size, c.final_logit_softcapping);
   return logits;
 }
 

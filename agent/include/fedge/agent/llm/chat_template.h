@@ -20,6 +20,11 @@
 //     message, separated by a blank line.
 //   The last two have no separate generation prompt (the text ends with [/INST]) and
 //   need the roles to alternate user/assistant after the system message.
+//   Gemma (Gemma 3 instruction-tuned):
+//     <bos><start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n{assistant}<end_of_turn>\n
+//     <start_of_turn>model\n                                (generation prompt)
+//     No system turn: the system text opens the first user turn; contents are trimmed
+//     (Python's strip), the system text is not; the roles alternate like [INST]'s.
 #pragma once
 
 #include <optional>
@@ -37,12 +42,13 @@ struct ChatMessage {
   std::string content;
 };
 
-enum class ChatFormat { kChatMl, kLlama3, kZephyr, kPhi3, kLlama2, kMistral };
+enum class ChatFormat { kChatMl, kLlama3, kZephyr, kPhi3, kLlama2, kMistral, kGemma };
 
 // The format of a model directory's Jinja chat template (`chat_template`, the
 // tokenizer_config.json field or the chat_template.jinja file), recognised by its
-// markers, else the format whose marker tokens the tokenizer has (<|im_start|> or
-// <|start_header_id|>); nullopt if none (a base model: /v1/completions only).
+// markers, else the format whose marker tokens the tokenizer has (<|im_start|>,
+// <|start_header_id|>, or <start_of_turn> with <end_of_turn>); nullopt if none (a base
+// model: /v1/completions only).
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer,
                                            std::string_view chat_template = "");
 
@@ -55,8 +61,8 @@ StatusOr<std::string> ReadChatTemplate(const std::string& dir);
 // Renders `messages`. With `add_generation_prompt` the text ends with the opening
 // of an assistant turn, ready for generation. `default_system` is inserted as the
 // first message when the conversation has no system message and it is non-empty.
-// INVALID_ARGUMENT for an empty role, and for Llama 2 / Mistral a conversation whose
-// roles do not alternate user/assistant from a user message (the templates raise).
+// INVALID_ARGUMENT for an empty role, and for Llama 2 / Mistral / Gemma a conversation
+// whose roles do not alternate user/assistant from a user message (the templates raise).
 StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
                                         bool add_generation_prompt = true,
                                         std::string_view default_system = "");

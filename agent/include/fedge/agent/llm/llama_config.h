@@ -1,5 +1,6 @@
 // The hyper-parameters of a Llama-family decoder (LlamaForCausalLM,
-// Qwen2ForCausalLM, Qwen3ForCausalLM), read from and written as a Hugging Face config.json.
+// Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, Phi3ForCausalLM,
+// Gemma3ForCausalLM), read from and written as a Hugging Face config.json.
 // Torch-free so the CLI and the runtime can inspect a model directory cheaply.
 #pragma once
 
@@ -44,7 +45,8 @@ struct LlamaConfig;
 StatusOr<WeightDtype> ResolveWeightDtype(std::string_view name, const LlamaConfig& config);
 
 struct LlamaConfig {
-  std::string model_type = "llama";  // "llama" | "mistral" | "phi3" | "qwen2" | "qwen3"
+  // "llama" | "mistral" | "phi3" | "qwen2" | "qwen3" | "gemma3_text"
+  std::string model_type = "llama";
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;
   int64_t intermediate_size = 11008;
@@ -64,7 +66,25 @@ struct LlamaConfig {
   // Phi-3: the checkpoint holds self_attn.qkv_proj (q, k, v stacked) and mlp.gate_up_proj
   // (gate, up); they are split into the separate projections on load.
   bool fused_projections = false;
-  int64_t bos_token_id = -1;  // -1: none
+  // --- Gemma 3 (gemma3_text); the defaults are Llama's ---
+  std::string hidden_act = "silu";  // the MLP's gate activation: "silu" | "gelu_pytorch_tanh"
+  bool norm_unit_offset = false;    // every RMSNorm scales by (1 + weight), not weight
+  double embed_scale = 1.0;         // embeddings are multiplied by it (Gemma: sqrt(hidden_size))
+  // post_attention_layernorm normalizes the attention's output before the residual
+  // add, and pre_feedforward_layernorm / post_feedforward_layernorm surround the MLP
+  // (Gemma 2/3); otherwise post_attention_layernorm is the MLP's input norm.
+  bool sandwich_norms = false;
+  double query_pre_attn_scalar = 0;  // attention scores scaled by its -1/2 power; 0: head_dim
+  // Sliding-window attention: on the layers sliding_layers marks, a query at
+  // position p sees keys p - sliding_window + 1 .. p (transformers' sliding mask),
+  // with rope_local_theta's plain rotary; the other layers attend to the whole
+  // prefix with rope_theta and rope_scaling. Empty: every layer is full.
+  int64_t sliding_window = 0;
+  std::vector<bool> sliding_layers;
+  double rope_local_theta = 10000.0;
+  double attn_logit_softcapping = 0;   // scores -> cap * tanh(scores / cap); 0: none
+  double final_logit_softcapping = 0;  // the same on the logits
+  int64_t bos_token_id = -1;           // -1: none
   std::vector<int64_t> eos_token_ids;
   double initializer_range = 0.02;
   // config.json's `dtype` (or `torch_dtype`): the dtype the checkpoint was saved in
@@ -75,19 +95,25 @@ struct LlamaConfig {
   WeightDtype weight_dtype = WeightDtype::kFloat32;
 
   // Parses a Hugging Face config.json. Accepts rope_theta at the top level or in
-  // rope_parameters (transformers >= 5), with rope_type default, linear or llama3.
-  // INVALID_ARGUMENT for another architecture, an activation other than silu, another
-  // rope_type (dynamic, yarn, longrope) or a partial rotary factor, sliding-window
-  // attention, or sizes that do not divide.
+  // rope_parameters (transformers >= 5; for Gemma 3 one entry per layer type), with
+  // rope_type default, linear or llama3. INVALID_ARGUMENT for another architecture,
+  // an activation other than silu (gelu_pytorch_tanh for Gemma), another rope_type
+  // (dynamic, yarn, longrope) or a partial rotary factor, sliding-window attention
+  // outside Gemma 3 (Mistral v0.1's and Phi-3's cap the context instead), or sizes
+  // that do not divide.
   static StatusOr<LlamaConfig> FromJson(std::string_view json_text);
   static StatusOr<LlamaConfig> FromFile(const std::string& path);
 
-  // config.json that transformers loads as LlamaForCausalLM / Qwen2ForCausalLM /
-  // Qwen3ForCausalLM.
+  // config.json that transformers loads as the model_type's *ForCausalLM.
   std::string ToJson() const;
 
   // Parameter count of the model this config describes (tied head counted once).
   int64_t NumParameters() const;
+  // Whether layer `layer` attends through the sliding window.
+  bool IsSlidingLayer(int64_t layer) const {
+    return sliding_window > 0 && layer >= 0 && static_cast<size_t>(layer) < sliding_layers.size() &&
+           sliding_layers[static_cast<size_t>(layer)];
+  }
 };
 
 }  // namespace fedge::agent::llm

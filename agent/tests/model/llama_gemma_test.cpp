@@ -1,0 +1,257 @@
+// Gemma 3 (gemma3_text) on the Llama engine, against transformers' Gemma3ForCausalLM
+// (tests/golden/make_llm_goldens.py --only gemma3: tiny_gemma3 has a sliding window
+// of 6 on layers 0 and 1 and a full layer 2). The generic goldens (logits, loss,
+// greedy, decode kernels) run it in llama_test.cpp, generate_test.cpp and
+// llama_decode_test.cpp; here: positions past the window, the config forms, the
+// decode kernels and batching past the window, saving, 16-bit holding and LoRA.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "fedge/file_util.h"
+#include "llama/llama.h"
+#include "llama_test_util.h"
+#include "test_util.h"
+
+namespace fedge::agent::llm {
+namespace {
+
+const std::string kGemmaDir = std::string(FEDGE_GOLDEN_DIR) + "/llm/tiny_gemma3";
+
+struct LongGolden {
+  torch::Tensor ids;     // [1, 20]
+  torch::Tensor logits;  // [20, V]
+};
+
+LongGolden ReadLong() {
+  nlohmann::json g = fedge::agent::testing::LlmModelGolden("tiny_gemma3")["long"];
+  std::vector<int64_t> ids = g["input_ids"];
+  std::vector<float> logits = g["logits"];
+  const auto n = static_cast<int64_t>(ids.size());
+  return {torch::tensor(ids, torch::kLong).view({1, n}),
+          torch::tensor(logits, torch::kFloat).view({n, static_cast<int64_t>(logits.size()) / n})};
+}
+
+// max over elements of |got - want| - (1e-4 |want| + 1e-4): <= 0 when close.
+float Excess(const torch::Tensor& got, const torch::Tensor& want) {
+  return ((got.reshape(want.sizes()) - want).abs() - (1e-4 * want.abs() + 1e-4)).max().item<float>();
+}
+
+// Every position's logits, decoded one token at a time after `prefill` tokens.
+torch::Tensor DecodeAll(LlamaForCausalLm& model, const torch::Tensor& ids, int64_t prefill) {
+  KvCache cache = KvCache::Allocate(model->config(), 1, ids.size(1));
+  std::vector<torch::Tensor> rows = {model->forward(ids.narrow(1, 0, prefill), &cache)};
+  for (int64_t t = prefill; t < ids.size(1); ++t) {
+    rows.push_back(model->forward(ids.narrow(1, t, 1), &cache, /*last_only=*/true));
+  }
+  return torch::cat(rows, 1).view({ids.size(1), -1});
+}
+
+TEST(GemmaTest, ConfigReadsGemmasFields) {
+  auto config = LlamaConfig::FromFile(kGemmaDir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const LlamaConfig& c = *config;
+  EXPECT_EQ(c.model_type, "gemma3_text");
+  EXPECT_EQ(c.hidden_act, "gelu_pytorch_tanh");
+  EXPECT_TRUE(c.norm_unit_offset && c.sandwich_norms && c.qk_norm && c.tie_word_embeddings);
+  EXPECT_FLOAT_EQ(static_cast<float>(c.embed_scale), std::sqrt(32.0f));
+  EXPECT_EQ(c.query_pre_attn_scalar, 24);
+  EXPECT_EQ(c.sliding_window, 6);
+  EXPECT_EQ(c.sliding_layers, (std::vector<bool>{true, true, false}));
+  EXPECT_EQ(c.rope_theta, 1000000.0);
+  EXPECT_EQ(c.rope_local_theta, 10000.0);
+  EXPECT_EQ(c.attn_logit_softcapping, 0);
+  // 3 layers: 4 norms of 32, q/k norms of 16, attention 32x64 + 2 x 32x32 + 64x32, MLP 3 x 32x64.
+  EXPECT_EQ(c.NumParameters(), 1000 * 32 + 3 * (4 * 32 + 2 * 16 + 2048 + 2 * 1024 + 2048 + 3 * 2048) + 32);
+}
+
+// What Gemma 3 1B's config.json looked like before transformers 5 (rope_theta,
+// rope_local_base_freq, sliding_window_pattern, no layer_types) reads as the same model.
+TEST(GemmaTest, ConfigReadsTheTransformers4Form) {
+  nlohmann::json j = nlohmann::json::parse(*ReadFile(kGemmaDir + "/config.json"));
+  j.erase("rope_parameters");
+  j.erase("layer_types");
+  j.erase("_sliding_window_pattern");
+  j["rope_theta"] = 500000.0;
+  j["rope_local_base_freq"] = 20000.0;
+  j["sliding_window_pattern"] = 3;
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  j["final_logit_softcapping"] = 30.0;
+  auto c = LlamaConfig::FromJson(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->sliding_layers, (std::vector<bool>{true, true, false}));
+  EXPECT_EQ(c->rope_theta, 500000.0);
+  EXPECT_EQ(c->rope_local_theta, 20000.0);
+  EXPECT_EQ(c->rope_scaling.rope_type, "linear");
+  EXPECT_EQ(c->final_logit_softcapping, 30.0);
+  // Its own ToJson reads back as the same configuration.
+  auto again = LlamaConfig::FromJson(c->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->sliding_layers, c->sliding_layers);
+  EXPECT_EQ(again->rope_theta, 500000.0);
+  EXPECT_EQ(again->rope_local_theta, 20000.0);
+  EXPECT_EQ(again->rope_scaling.rope_type, "linear");
+  EXPECT_EQ(again->rope_scaling.factor, 8.0);
+  EXPECT_EQ(again->final_logit_softcapping, 30.0);
+  EXPECT_EQ(again->query_pre_attn_scalar, 24);
+  // transformers' strict config takes only an integer there (it refuses 24.0).
+  EXPECT_TRUE(nlohmann::json::parse(c->ToJson())["query_pre_attn_scalar"].is_number_integer());
+  EXPECT_EQ(again->sliding_window, 6);
+}
+
+TEST(GemmaTest, ConfigRefusesWhatItCannotRun) {
+  const nlohmann::json base = nlohmann::json::parse(*ReadFile(kGemmaDir + "/config.json"));
+  auto refused = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& says) {
+    nlohmann::json j = base;
+    edit(j);
+    auto c = LlamaConfig::FromJson(j.dump());
+    ASSERT_FALSE(c.ok()) << j.dump();
+    EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(c.status().message().find(says), std::string::npos) << c.status().message();
+  };
+  refused([](nlohmann::json& j) { j["model_type"] = "gemma3"; }, "image-text");
+  refused([](nlohmann::json& j) { j["use_bidirectional_attention"] = true; }, "not a causal LM");
+  refused([](nlohmann::json& j) { j["hidden_activation"] = "silu"; }, "gelu_pytorch_tanh");
+  refused([](nlohmann::json& j) { j["layer_types"][1] = "chunked_attention"; }, "chunked_attention");
+  refused([](nlohmann::json& j) { j["layer_types"].erase(0); }, "one type per layer");
+  refused([](nlohmann::json& j) { j["sliding_window"] = 0; }, "sliding_window");
+  refused([](nlohmann::json& j) { j["rope_parameters"]["sliding_attention"]["rope_type"] = "linear"; },
+          "sliding_attention");
+  refused([](nlohmann::json& j) { j["attn_logit_softcapping"] = -1; }, "attn_logit_softcapping");
+}
+
+// 20 tokens through a window of 6: the batched forward, a prefill of 3 and then one
+// token at a time on every decode kernel, and a chunked prefill, all give
+// transformers' logits. With a window wider than the sequence the same weights give
+// other logits past position 6 and the same before it, so the golden sees the window.
+TEST(GemmaTest, PositionsPastTheSlidingWindowMatchTransformers) {
+  testing::IsaGuard isa_guard;
+  LongGolden golden = ReadLong();
+  auto model = LoadLlama(kGemmaDir);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode mode;
+  const int64_t n = golden.ids.size(1), w = (*model)->config().sliding_window;
+  EXPECT_LE(Excess((*model)->forward(golden.ids), golden.logits), 0.0f);
+
+  (*model)->set_decode_kernel(DecodeKernel::kTorch);
+  EXPECT_LE(Excess(DecodeAll(*model, golden.ids, 3), golden.logits), 0.0f) << "torch";
+  (*model)->set_decode_kernel(DecodeKernel::kF32);
+  for (const std::string& isa : testing::AvailableIsas()) {
+    ASSERT_TRUE(decode::ForceKernelIsa(isa));
+    EXPECT_LE(Excess(DecodeAll(*model, golden.ids, 3), golden.logits), 0.0f) << isa;
+  }
+  (*model)->set_prefill_chunk(4);
+  KvCache cache = KvCache::Allocate((*model)->config(), 1, n);
+  torch::Tensor last = (*model)->forward(golden.ids, &cache, /*last_only=*/true);
+  EXPECT_LE(Excess(last, golden.logits.narrow(0, n - 1, 1)), 0.0f) << "chunked prefill";
+
+  LlamaConfig unwindowed = (*model)->config();
+  unwindowed.sliding_window = 1000;  // the sliding layers keep their rotary, the window never binds
+  LlamaForCausalLm full(unwindowed);
+  {
+    torch::NoGradGuard no_grad;
+    auto from = (*model)->named_parameters();
+    for (auto& p : full->named_parameters()) p.value().copy_(from[p.key()]);
+  }
+  full->eval();
+  torch::Tensor logits = full->forward(golden.ids).view({n, -1});
+  EXPECT_LE(Excess(logits.narrow(0, 0, w), golden.logits.narrow(0, 0, w)), 0.0f);
+  EXPECT_GT((logits.narrow(0, w, n - w) - golden.logits.narrow(0, w, n - w)).abs().max().item<float>(), 1e-2);
+}
+
+// Continuous batching of sequences on either side of the window: each row equals its
+// own single decode step bit for bit, on fp32 and int8 weights.
+TEST(GemmaTest, BatchedDecodeAcrossTheWindowEqualsSingleSteps) {
+  LongGolden golden = ReadLong();
+  auto model = LoadLlama(kGemmaDir);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode mode;
+  for (DecodeKernel kernel : {DecodeKernel::kF32, DecodeKernel::kInt8}) {
+    (*model)->set_decode_kernel(kernel);
+    // Prefixes of 3 (inside the window) and 12 (past it), then 4 steps each.
+    std::vector<int64_t> prefix = {3, 12};
+    std::vector<KvCache> single, batched;
+    for (int64_t p : prefix) {
+      for (auto* caches : {&single, &batched}) {
+        caches->push_back(KvCache::Allocate((*model)->config(), 1, 20));
+        (*model)->forward(golden.ids.narrow(1, 0, p), &caches->back(), /*last_only=*/true);
+      }
+    }
+    for (int step = 0; step < 4; ++step) {
+      std::vector<int64_t> tokens = {golden.ids[0][prefix[0] + step].item<int64_t>(),
+                                     golden.ids[0][prefix[1] + step].item<int64_t>()};
+      torch::Tensor rows = (*model)->DecodeStepBatch(tokens, {&batched[0], &batched[1]});
+      for (size_t i = 0; i < 2; ++i) {
+        torch::Tensor one = (*model)->forward(torch::full({1, 1}, tokens[i], torch::kLong), &single[i],
+                                              /*last_only=*/true);
+        EXPECT_TRUE(torch::equal(rows[static_cast<int64_t>(i)], one.view({-1})))
+            << DecodeKernelName(kernel) << " sequence " << i << " step " << step;
+      }
+    }
+    if (kernel == DecodeKernel::kF32) {
+      // ... and the fp32 rows are transformers' logits at those positions.
+      EXPECT_LE(Excess(DecodeAll(*model, golden.ids, 12), golden.logits), 0.0f);
+    }
+  }
+}
+
+// SaveLlama writes a Gemma 3 checkpoint (the sandwich norms, the (1 + w) weights as
+// stored) that loads back to the same logits, in fp32 and in bf16; bf16 held as bf16
+// computes what its widening to fp32 computes.
+TEST(GemmaTest, SavesAndLoadsInFp32AndBf16) {
+  auto model = LoadLlama(kGemmaDir);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  LongGolden golden = ReadLong();
+  const std::string dir = ::testing::TempDir() + "/gemma_save";
+  ASSERT_TRUE(SaveLlama(*model, dir).ok());
+  auto again = LoadLlama(dir);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ((*again)->CheckpointNames(), (*model)->CheckpointNames());
+  torch::InferenceMode mode;
+  EXPECT_TRUE(torch::equal((*model)->forward(golden.ids), (*again)->forward(golden.ids)));
+
+  const std::string bf16_dir = ::testing::TempDir() + "/gemma_save_bf16";
+  ASSERT_TRUE(SaveLlama(*model, bf16_dir, WeightDtype::kBFloat16).ok());
+  auto held = LoadLlama(bf16_dir, "auto");
+  auto widened = LoadLlama(bf16_dir, "float32");
+  ASSERT_TRUE(held.ok() && widened.ok());
+  EXPECT_EQ((*held)->model->embed_tokens->weight.scalar_type(), torch::kBFloat16);
+  torch::Tensor a = (*held)->forward(golden.ids), b = (*widened)->forward(golden.ids);
+  EXPECT_LE((a - b).abs().max().item<float>(), 1e-5);
+  EXPECT_TRUE(torch::equal(DecodeAll(*held, golden.ids, 3), DecodeAll(*widened, golden.ids, 3)));
+  // Rounding to bf16 moved the logits, but not far.
+  EXPECT_GT((a.view(golden.logits.sizes()) - golden.logits).abs().max().item<float>(), 1e-5);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(bf16_dir);
+}
+
+// LoRA on Gemma's projections trains: the loss falls over a few SGD steps on a
+// sequence longer than the window, and only the adapters move.
+TEST(GemmaTest, LoraTrainsPastTheWindow) {
+  auto model = LoadLlama(kGemmaDir);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  LongGolden golden = ReadLong();
+  (*model)->EnableLora({"q_proj", "v_proj", "gate_proj", "down_proj"}, {.rank = 4, .alpha = 8}, 7);
+  (*model)->train();
+  std::vector<torch::Tensor> trainable;
+  for (auto& p : (*model)->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  ASSERT_EQ(trainable.size(), 3u * 4 * 2);  // 3 layers x 4 targets x (A, B)
+  torch::Tensor embed = (*model)->model->embed_tokens->weight.clone();
+  torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.05));
+  double first = 0, last = 0;
+  for (int step = 0; step < 8; ++step) {
+    sgd.zero_grad();
+    torch::Tensor loss = CausalLmLoss((*model)->forward(golden.ids), golden.ids);
+    loss.backward();
+    sgd.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, first - 0.05) << first << " -> " << last;
+  EXPECT_TRUE(torch::equal(embed, (*model)->model->embed_tokens->weight));
+}
+
+}  // namespace
+}  // namespace fedge::agent::llm
