@@ -68,6 +68,11 @@ Outputs (tests/golden/llm/):
                               layers with a local rope base) with tok_gemma; "long": the
                               logits of 20 tokens, past the window
 
+  --only gemma2 (likewise):
+  tiny_gemma2/                a tiny Gemma 2 (no q/k norms, one rotary, window 6 on
+                              alternate layers, attention / final logit softcapping 2 / 3,
+                              which bind) with tok_gemma; "long" as tiny_gemma3's
+
   --only chat:
   chat_templates.json         the Zephyr (TinyLlama chat), Llama 2 chat and Mistral
                               Instruct v0.2 Jinja templates rendered by jinja2 as
@@ -769,9 +774,53 @@ def make_gemma3_model():
     return golden
 
 
+def make_gemma2_model():
+    """tiny_gemma2: Gemma2ForCausalLM: Gemma 3's network without q/k norms, one rotary
+    for every layer, sliding_window 6 on alternate layers (0 and 2 of 4), and logit
+    softcapping tight enough to bind (attention 2, final 3), with tok_gemma."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        query_pre_attn_scalar=20, sliding_window=6, attn_logit_softcapping=2.0,
+        final_logit_softcapping=3.0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.3,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(8642)
+    model = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    golden = save_and_golden(model, "tiny_gemma2", "tok_gemma", [
+        "dog: a member of the genus Canis that has been domesticated",
+        "run: move fast by using one's feet, with one foot off the ground"])
+    golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    add_appended_text(golden, Tokenizer.from_file(os.path.join(OUT, "tiny_gemma2", "tokenizer.json")))
+    tok = Tokenizer.from_file(os.path.join(OUT, "tiny_gemma2", "tokenizer.json"))
+    ids = tok.encode("bank: sloping land beside a body of water, especially a river").ids[:20]
+    assert len(ids) == 20, len(ids)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits
+        # The caps bind: without them the logits move.
+        model.config.final_logit_softcapping = None
+        model.config.attn_logit_softcapping = None
+        for layer in model.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        uncapped = model(input_ids=torch.tensor([ids])).logits
+    golden["long"] = {"input_ids": ids, "logits": tolist(logits),
+                      "max_abs_change_without_caps": float((logits - uncapped).abs().max())}
+    assert golden["long"]["max_abs_change_without_caps"] > 0.1, golden["long"]["max_abs_change_without_caps"]
+    return golden
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "gemma3", "chat"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "gemma2", "gemma3", "chat"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -787,7 +836,7 @@ def main():
         make_spm(lines)
     if args.only == "chat":
         make_chat()
-    if args.only in ("rope", "qwen3", "mistral", "phi3", "gemma3"):
+    if args.only in ("rope", "qwen3", "mistral", "phi3", "gemma2", "gemma3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:
             result = json.load(f)
@@ -799,6 +848,8 @@ def main():
             result["models"]["tiny_mistral"] = make_mistral_model()
         elif args.only == "phi3":
             result["models"]["tiny_phi3"] = make_phi3_model()
+        elif args.only == "gemma2":
+            result["models"]["tiny_gemma2"] = make_gemma2_model()
         elif args.only == "gemma3":
             result["models"]["tiny_gemma3"] = make_gemma3_model()
         else:

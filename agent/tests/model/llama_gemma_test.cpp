@@ -1,7 +1,9 @@
-// Gemma 3 (gemma3_text) on the Llama engine, against transformers' Gemma3ForCausalLM
-// (tests/golden/make_llm_goldens.py --only gemma3: tiny_gemma3 has a sliding window
-// of 6 on layers 0 and 1 and a full layer 2). The generic goldens (logits, loss,
-// greedy, decode kernels) run it in llama_test.cpp, generate_test.cpp and
+// Gemma 3 (gemma3_text) and Gemma 2 on the Llama engine, against transformers'
+// Gemma3ForCausalLM / Gemma2ForCausalLM (tests/golden/make_llm_goldens.py --only
+// gemma3 / gemma2: tiny_gemma3 has a sliding window of 6 on layers 0 and 1 and a full
+// layer 2, with its own rope base; tiny_gemma2 the window on layers 0 and 2 of 4 and
+// attention / final logit softcapping that binds). The generic goldens (logits, loss,
+// greedy, decode kernels) run them in llama_test.cpp, generate_test.cpp and
 // llama_decode_test.cpp; here: positions past the window, the config forms, the
 // decode kernels and batching past the window, saving, 16-bit holding and LoRA.
 #include <gtest/gtest.h>
@@ -18,14 +20,17 @@ namespace fedge::agent::llm {
 namespace {
 
 const std::string kGemmaDir = std::string(FEDGE_GOLDEN_DIR) + "/llm/tiny_gemma3";
+const std::string kGemma2Dir = std::string(FEDGE_GOLDEN_DIR) + "/llm/tiny_gemma2";
+
+std::string DirOf(const std::string& name) { return std::string(FEDGE_GOLDEN_DIR) + "/llm/" + name; }
 
 struct LongGolden {
   torch::Tensor ids;     // [1, 20]
   torch::Tensor logits;  // [20, V]
 };
 
-LongGolden ReadLong() {
-  nlohmann::json g = fedge::agent::testing::LlmModelGolden("tiny_gemma3")["long"];
+LongGolden ReadLong(const std::string& name = "tiny_gemma3") {
+  nlohmann::json g = fedge::agent::testing::LlmModelGolden(name)["long"];
   std::vector<int64_t> ids = g["input_ids"];
   std::vector<float> logits = g["logits"];
   const auto n = static_cast<int64_t>(ids.size());
@@ -125,10 +130,12 @@ TEST(GemmaTest, ConfigRefusesWhatItCannotRun) {
 // token at a time on every decode kernel, and a chunked prefill, all give
 // transformers' logits. With a window wider than the sequence the same weights give
 // other logits past position 6 and the same before it, so the golden sees the window.
-TEST(GemmaTest, PositionsPastTheSlidingWindowMatchTransformers) {
+class GemmaModelTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GemmaModelTest, PositionsPastTheSlidingWindowMatchTransformers) {
   testing::IsaGuard isa_guard;
-  LongGolden golden = ReadLong();
-  auto model = LoadLlama(kGemmaDir);
+  LongGolden golden = ReadLong(GetParam());
+  auto model = LoadLlama(DirOf(GetParam()));
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   torch::InferenceMode mode;
   const int64_t n = golden.ids.size(1), w = (*model)->config().sliding_window;
@@ -162,9 +169,9 @@ TEST(GemmaTest, PositionsPastTheSlidingWindowMatchTransformers) {
 
 // Continuous batching of sequences on either side of the window: each row equals its
 // own single decode step bit for bit, on fp32 and int8 weights.
-TEST(GemmaTest, BatchedDecodeAcrossTheWindowEqualsSingleSteps) {
-  LongGolden golden = ReadLong();
-  auto model = LoadLlama(kGemmaDir);
+TEST_P(GemmaModelTest, BatchedDecodeAcrossTheWindowEqualsSingleSteps) {
+  LongGolden golden = ReadLong(GetParam());
+  auto model = LoadLlama(DirOf(GetParam()));
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   torch::InferenceMode mode;
   for (DecodeKernel kernel : {DecodeKernel::kF32, DecodeKernel::kInt8}) {
@@ -199,11 +206,11 @@ TEST(GemmaTest, BatchedDecodeAcrossTheWindowEqualsSingleSteps) {
 // SaveLlama writes a Gemma 3 checkpoint (the sandwich norms, the (1 + w) weights as
 // stored) that loads back to the same logits, in fp32 and in bf16; bf16 held as bf16
 // computes what its widening to fp32 computes.
-TEST(GemmaTest, SavesAndLoadsInFp32AndBf16) {
-  auto model = LoadLlama(kGemmaDir);
+TEST_P(GemmaModelTest, SavesAndLoadsInFp32AndBf16) {
+  auto model = LoadLlama(DirOf(GetParam()));
   ASSERT_TRUE(model.ok()) << model.status().ToString();
-  LongGolden golden = ReadLong();
-  const std::string dir = ::testing::TempDir() + "/gemma_save";
+  LongGolden golden = ReadLong(GetParam());
+  const std::string dir = ::testing::TempDir() + "/" + GetParam() + "_save";
   ASSERT_TRUE(SaveLlama(*model, dir).ok());
   auto again = LoadLlama(dir);
   ASSERT_TRUE(again.ok()) << again.status().ToString();
@@ -211,7 +218,7 @@ TEST(GemmaTest, SavesAndLoadsInFp32AndBf16) {
   torch::InferenceMode mode;
   EXPECT_TRUE(torch::equal((*model)->forward(golden.ids), (*again)->forward(golden.ids)));
 
-  const std::string bf16_dir = ::testing::TempDir() + "/gemma_save_bf16";
+  const std::string bf16_dir = dir + "_bf16";
   ASSERT_TRUE(SaveLlama(*model, bf16_dir, WeightDtype::kBFloat16).ok());
   auto held = LoadLlama(bf16_dir, "auto");
   auto widened = LoadLlama(bf16_dir, "float32");
@@ -228,17 +235,18 @@ TEST(GemmaTest, SavesAndLoadsInFp32AndBf16) {
 
 // LoRA on Gemma's projections trains: the loss falls over a few SGD steps on a
 // sequence longer than the window, and only the adapters move.
-TEST(GemmaTest, LoraTrainsPastTheWindow) {
-  auto model = LoadLlama(kGemmaDir);
+TEST_P(GemmaModelTest, LoraTrainsPastTheWindow) {
+  auto model = LoadLlama(DirOf(GetParam()));
   ASSERT_TRUE(model.ok()) << model.status().ToString();
-  LongGolden golden = ReadLong();
+  LongGolden golden = ReadLong(GetParam());
   (*model)->EnableLora({"q_proj", "v_proj", "gate_proj", "down_proj"}, {.rank = 4, .alpha = 8}, 7);
   (*model)->train();
   std::vector<torch::Tensor> trainable;
   for (auto& p : (*model)->parameters()) {
     if (p.requires_grad()) trainable.push_back(p);
   }
-  ASSERT_EQ(trainable.size(), 3u * 4 * 2);  // 3 layers x 4 targets x (A, B)
+  // layers x 4 targets x (A, B)
+  ASSERT_EQ(trainable.size(), static_cast<size_t>((*model)->config().num_hidden_layers * 4 * 2));
   torch::Tensor embed = (*model)->model->embed_tokens->weight.clone();
   torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.05));
   double first = 0, last = 0;
@@ -251,6 +259,62 @@ TEST(GemmaTest, LoraTrainsPastTheWindow) {
   }
   EXPECT_LT(last, first - 0.05) << first << " -> " << last;
   EXPECT_TRUE(torch::equal(embed, (*model)->model->embed_tokens->weight));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GemmaModelTest, ::testing::Values("tiny_gemma3", "tiny_gemma2"));
+
+TEST(GemmaTest, Gemma2ReadsItsCapsAndOneRotary) {
+  auto config = LlamaConfig::FromFile(kGemma2Dir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->model_type, "gemma2");
+  EXPECT_FALSE(config->qk_norm);
+  EXPECT_TRUE(config->norm_unit_offset && config->sandwich_norms);
+  EXPECT_EQ(config->sliding_layers, (std::vector<bool>{true, false, true, false}));
+  EXPECT_EQ(config->rope_local_theta, 0);  // the sliding layers share the one rotary
+  EXPECT_EQ(config->attn_logit_softcapping, 2.0);
+  EXPECT_EQ(config->final_logit_softcapping, 3.0);
+  // Absent caps are Gemma 2's defaults (50, 30), null ones none; without layer_types
+  // the layers alternate, sliding first.
+  nlohmann::json j = nlohmann::json::parse(*ReadFile(kGemma2Dir + "/config.json"));
+  j.erase("attn_logit_softcapping");
+  j["final_logit_softcapping"] = nullptr;
+  j.erase("layer_types");
+  auto c = LlamaConfig::FromJson(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->attn_logit_softcapping, 50.0);
+  EXPECT_EQ(c->final_logit_softcapping, 0.0);
+  EXPECT_EQ(c->sliding_layers, (std::vector<bool>{true, false, true, false}));
+  auto again = LlamaConfig::FromJson(config->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->attn_logit_softcapping, 2.0);
+  EXPECT_EQ(again->final_logit_softcapping, 3.0);
+  EXPECT_EQ(again->rope_local_theta, 0);
+  EXPECT_EQ(again->sliding_layers, config->sliding_layers);
+}
+
+// tiny_gemma2's caps bind (the golden moves by over 0.1 without them): with them
+// dropped the same weights give other logits; the caps bound every logit.
+TEST(GemmaTest, Gemma2SoftcappingBinds) {
+  LongGolden golden = ReadLong("tiny_gemma2");
+  auto model = LoadLlama(kGemma2Dir);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode mode;
+  torch::Tensor capped = (*model)->forward(golden.ids).view(golden.logits.sizes());
+  EXPECT_LE(Excess(capped, golden.logits), 0.0f);
+  EXPECT_LT(capped.abs().max().item<float>(), 3.0f);
+  LlamaConfig uncapped_config = (*model)->config();
+  uncapped_config.attn_logit_softcapping = 0;
+  uncapped_config.final_logit_softcapping = 0;
+  LlamaForCausalLm uncapped(uncapped_config);
+  {
+    torch::NoGradGuard no_grad;
+    auto from = (*model)->named_parameters();
+    for (auto& p : uncapped->named_parameters()) p.value().copy_(from[p.key()]);
+  }
+  uncapped->eval();
+  EXPECT_GT(
+      (uncapped->forward(golden.ids).view(golden.logits.sizes()) - golden.logits).abs().max().item<float>(),
+      0.1f);
 }
 
 }  // namespace

@@ -82,7 +82,7 @@ TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
 // model's frequencies); its logits differ from the unscaled model's by up to 12.
 INSTANTIATE_TEST_SUITE_P(Models, LlamaGoldenTest,
                          ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3",
-                                           "tiny_mistral", "tiny_phi3", "tiny_gemma3"));
+                                           "tiny_mistral", "tiny_phi3", "tiny_gemma3", "tiny_gemma2"));
 
 TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   nlohmann::json golden = testing::LlmModelGolden("tiny_llama32");
@@ -237,7 +237,7 @@ TEST(LlamaTest, MistralSlidingWindowCapsTheContext) {
 
 TEST(LlamaTest, NumParametersCountsTheModel) {
   for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3", "tiny_mistral",
-                           "tiny_phi3", "tiny_gemma3"}) {
+                           "tiny_phi3", "tiny_gemma3", "tiny_gemma2"}) {
     auto model = LoadLlama(kGolden + "/llm/" + name);
     ASSERT_TRUE(model.ok());
     int64_t n = 0;

@@ -236,7 +236,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c)
   rotary_ = register_module("rotary_emb",
                             LlamaRotary(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings));
   if (std::find(c.sliding_layers.begin(), c.sliding_layers.end(), true) != c.sliding_layers.end() &&
-      c.sliding_window > 0) {
+      c.sliding_window > 0 && c.rope_local_theta > 0) {
     rotary_local_ = register_module(
         "rotary_emb_local",
         LlamaRotary(c.head_dim, c.rope_local_theta, RopeScaling{}, c.max_position_embeddings));

@@ -43,17 +43,19 @@ StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, int64_t max_posi
   return r;
 }
 
-// Optional number: null or absent -> 0.
-StatusOr<double> OptionalPositive(const nlohmann::json& j, const char* key) {
-  if (!j.contains(key) || j[key].is_null()) return 0.0;
+// Optional positive number: absent -> `absent`, null -> 0.
+StatusOr<double> OptionalPositive(const nlohmann::json& j, const char* key, double absent) {
+  if (!j.contains(key)) return absent;
+  if (j[key].is_null()) return 0.0;
   if (!j[key].is_number() || !(j[key].get<double>() > 0)) {
     return InvalidArgumentError(std::string("config.json: ") + key + " must be a positive number or null");
   }
   return j[key].get<double>();
 }
 
-// Gemma 3's own fields (gemma3_text): (1 + w) norms, scaled embeddings, sandwich
-// norms, the attention scale, softcapping and the sliding-window layers.
+// Gemma 2's and 3's own fields (gemma2, gemma3_text): (1 + w) norms, scaled
+// embeddings, sandwich norms, the attention scale, softcapping and the sliding-window
+// layers.
 Status ParseGemma(const nlohmann::json& j, LlamaConfig& c) {
   c.norm_unit_offset = true;
   c.sandwich_norms = true;
@@ -63,9 +65,14 @@ Status ParseGemma(const nlohmann::json& j, LlamaConfig& c) {
   if (!(c.query_pre_attn_scalar > 0)) {
     return InvalidArgumentError("config.json: query_pre_attn_scalar must be positive");
   }
-  FEDGE_ASSIGN_OR_RETURN(c.attn_logit_softcapping, OptionalPositive(j, "attn_logit_softcapping"));
-  FEDGE_ASSIGN_OR_RETURN(c.final_logit_softcapping, OptionalPositive(j, "final_logit_softcapping"));
-  if (j.value("use_bidirectional_attention", false)) {
+  // Absent, Gemma 2's caps are its config class's defaults (50, 30); null is none.
+  const bool gemma2 = c.model_type == "gemma2";
+  FEDGE_ASSIGN_OR_RETURN(c.attn_logit_softcapping,
+                         OptionalPositive(j, "attn_logit_softcapping", gemma2 ? 50.0 : 0.0));
+  FEDGE_ASSIGN_OR_RETURN(c.final_logit_softcapping,
+                         OptionalPositive(j, "final_logit_softcapping", gemma2 ? 30.0 : 0.0));
+  const auto bidirectional = j.find("use_bidirectional_attention");  // null in Gemma 2's config
+  if (bidirectional != j.end() && bidirectional->is_boolean() && bidirectional->get<bool>()) {
     return InvalidArgumentError(
         "config.json: use_bidirectional_attention (an embedding model such as EmbeddingGemma) is not a "
         "causal LM");
@@ -94,10 +101,11 @@ Status ParseGemma(const nlohmann::json& j, LlamaConfig& c) {
       }
     }
   } else {
-    // Before layer_types: every sliding_window_pattern-th layer is full.
+    // Before layer_types: every sliding_window_pattern-th layer is full (Gemma 3: 6;
+    // Gemma 2 alternates).
     const nlohmann::json& pattern = j.contains("sliding_window_pattern")    ? j["sliding_window_pattern"]
                                     : j.contains("_sliding_window_pattern") ? j["_sliding_window_pattern"]
-                                                                            : nlohmann::json(6);
+                                                                            : nlohmann::json(gemma2 ? 2 : 6);
     if (!pattern.is_number_integer() || pattern.get<int64_t>() <= 0) {
       return InvalidArgumentError("config.json: sliding_window_pattern must be a positive integer");
     }
@@ -143,7 +151,8 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     json j = json::parse(json_text);
     c.model_type = j.value("model_type", std::string());
     if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "phi3" &&
-        c.model_type != "qwen2" && c.model_type != "qwen3" && c.model_type != "gemma3_text") {
+        c.model_type != "qwen2" && c.model_type != "qwen3" && c.model_type != "gemma2" &&
+        c.model_type != "gemma3_text") {
       std::string hint;
       if (c.model_type == "gemma3") {
         hint =
@@ -152,10 +161,11 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
       }
       return InvalidArgumentError("config.json: model_type \"" + c.model_type +
                                   "\" is not a supported decoder (llama, mistral, phi3, qwen2, qwen3, "
-                                  "gemma3_text)" +
+                                  "gemma2, gemma3_text)" +
                                   hint);
     }
-    const bool gemma = c.model_type == "gemma3_text";
+    const bool gemma3 = c.model_type == "gemma3_text";
+    const bool gemma = gemma3 || c.model_type == "gemma2";
     // Gemma names it hidden_activation (its hidden_act, where present, is ignored).
     const char* act_key = gemma && j.contains("hidden_activation") ? "hidden_activation" : "hidden_act";
     c.hidden_act = j.contains(act_key) && j[act_key].is_string() ? j[act_key].get<std::string>()
@@ -194,7 +204,7 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     c.attention_bias = j.value("attention_bias", false);
     c.mlp_bias = j.value("mlp_bias", false);
     c.qkv_bias = c.model_type == "qwen2";
-    c.qk_norm = c.model_type == "qwen3" || gemma;
+    c.qk_norm = c.model_type == "qwen3" || gemma3;
     c.fused_projections = c.model_type == "phi3";
     if (j.contains("partial_rotary_factor") && j["partial_rotary_factor"].is_number() &&
         j["partial_rotary_factor"].get<double>() !=
@@ -208,10 +218,11 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     // (full_attention, sliding_attention); before transformers 5, rope_theta and
     // rope_scaling are the full layers' and rope_local_base_freq the sliding ones'.
     const json* rope = nullptr;
-    const double default_theta = gemma ? 1000000.0 : 10000.0;
+    const double default_theta = gemma3 ? 1000000.0 : 10000.0;
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
       rope = &j["rope_parameters"];
-      if (gemma && (rope->contains("full_attention") || rope->contains("sliding_attention"))) {
+      if (gemma3 && (rope->contains("full_attention") || rope->contains("sliding_attention"))) {
+        c.rope_local_theta = 10000.0;
         const json* local = rope->contains("sliding_attention") ? &(*rope)["sliding_attention"] : nullptr;
         rope = rope->contains("full_attention") ? &(*rope)["full_attention"] : nullptr;
         if (local != nullptr) {
@@ -226,10 +237,10 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
     } else {
       c.rope_theta = j.value("rope_theta", default_theta);
       if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) rope = &j["rope_scaling"];
-      if (gemma) c.rope_local_theta = j.value("rope_local_base_freq", c.rope_local_theta);
+      if (gemma3) c.rope_local_theta = j.value("rope_local_base_freq", 10000.0);
     }
     if (!(c.rope_theta > 1.0)) return InvalidArgumentError("config.json: rope_theta must be greater than 1");
-    if (!(c.rope_local_theta > 1.0)) {
+    if (c.rope_local_theta != 0 && !(c.rope_local_theta > 1.0)) {
       return InvalidArgumentError("config.json: the sliding layers' rope_theta must be greater than 1");
     }
     if (rope != nullptr) {
@@ -288,6 +299,7 @@ std::string LlamaConfig::ToJson() const {
                         : model_type == "qwen3"       ? "Qwen3ForCausalLM"
                         : model_type == "mistral"     ? "MistralForCausalLM"
                         : model_type == "phi3"        ? "Phi3ForCausalLM"
+                        : model_type == "gemma2"      ? "Gemma2ForCausalLM"
                         : model_type == "gemma3_text" ? "Gemma3ForCausalLM"
                                                       : "LlamaForCausalLM"};
   j["model_type"] = model_type;
@@ -310,7 +322,8 @@ std::string LlamaConfig::ToJson() const {
     }
     j["rope_scaling"] = r;
   }
-  if (model_type == "gemma3_text") {
+  const bool gemma = model_type == "gemma2" || model_type == "gemma3_text";
+  if (gemma) {
     j["hidden_activation"] = hidden_act;
     // transformers types it int (its strict config refuses 256.0).
     if (query_pre_attn_scalar == std::floor(query_pre_attn_scalar) && query_pre_attn_scalar < 1e15) {
@@ -330,10 +343,14 @@ std::string LlamaConfig::ToJson() const {
     // transformers >= 5 reads rope_parameters, earlier versions the top-level keys.
     nlohmann::json full = {{"rope_type", "default"}, {"rope_theta", rope_theta}};
     if (j.contains("rope_scaling")) full.update(j["rope_scaling"]);
-    j["rope_parameters"] = {
-        {"full_attention", full},
-        {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", rope_local_theta}}}};
-    j["rope_local_base_freq"] = rope_local_theta;
+    if (model_type == "gemma3_text") {
+      const double local = rope_local_theta > 0 ? rope_local_theta : rope_theta;
+      j["rope_parameters"] = {{"full_attention", full},
+                              {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", local}}}};
+      j["rope_local_base_freq"] = local;
+    } else {  // Gemma 2: one rotary for every layer
+      j["rope_parameters"] = full;
+    }
   } else {
     j["hidden_act"] = "silu";
   }
@@ -341,7 +358,7 @@ std::string LlamaConfig::ToJson() const {
   j["initializer_range"] = initializer_range;
   j["torch_dtype"] = dtype.empty() ? "float32" : dtype;
   if (model_type != "qwen2") j["attention_bias"] = attention_bias;
-  if (!qwen && model_type != "gemma3_text") j["mlp_bias"] = mlp_bias;
+  if (!qwen && !gemma) j["mlp_bias"] = mlp_bias;
   if (qwen) j["use_sliding_window"] = false;
   if (model_type == "mistral" || model_type == "phi3")
     j["sliding_window"] = nullptr;  // the cap is max_position_embeddings

@@ -1,6 +1,6 @@
 // The hyper-parameters of a Llama-family decoder (LlamaForCausalLM,
 // Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, Phi3ForCausalLM,
-// Gemma3ForCausalLM), read from and written as a Hugging Face config.json.
+// Gemma2ForCausalLM, Gemma3ForCausalLM), read from and written as a Hugging Face config.json.
 // Torch-free so the CLI and the runtime can inspect a model directory cheaply.
 #pragma once
 
@@ -45,7 +45,7 @@ struct LlamaConfig;
 StatusOr<WeightDtype> ResolveWeightDtype(std::string_view name, const LlamaConfig& config);
 
 struct LlamaConfig {
-  // "llama" | "mistral" | "phi3" | "qwen2" | "qwen3" | "gemma3_text"
+  // "llama" | "mistral" | "phi3" | "qwen2" | "qwen3" | "gemma2" | "gemma3_text"
   std::string model_type = "llama";
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;
@@ -66,7 +66,7 @@ struct LlamaConfig {
   // Phi-3: the checkpoint holds self_attn.qkv_proj (q, k, v stacked) and mlp.gate_up_proj
   // (gate, up); they are split into the separate projections on load.
   bool fused_projections = false;
-  // --- Gemma 3 (gemma3_text); the defaults are Llama's ---
+  // --- Gemma 2 and 3 (gemma2, gemma3_text); the defaults are Llama's ---
   std::string hidden_act = "silu";  // the MLP's gate activation: "silu" | "gelu_pytorch_tanh"
   bool norm_unit_offset = false;    // every RMSNorm scales by (1 + weight), not weight
   double embed_scale = 1.0;         // embeddings are multiplied by it (Gemma: sqrt(hidden_size))
@@ -77,11 +77,12 @@ struct LlamaConfig {
   double query_pre_attn_scalar = 0;  // attention scores scaled by its -1/2 power; 0: head_dim
   // Sliding-window attention: on the layers sliding_layers marks, a query at
   // position p sees keys p - sliding_window + 1 .. p (transformers' sliding mask),
-  // with rope_local_theta's plain rotary; the other layers attend to the whole
-  // prefix with rope_theta and rope_scaling. Empty: every layer is full.
+  // with rope_local_theta's plain rotary (Gemma 3; 0: the full layers' rotary, as
+  // Gemma 2); the other layers attend to the whole prefix with rope_theta and
+  // rope_scaling. Empty: every layer is full.
   int64_t sliding_window = 0;
   std::vector<bool> sliding_layers;
-  double rope_local_theta = 10000.0;
+  double rope_local_theta = 0;
   double attn_logit_softcapping = 0;   // scores -> cap * tanh(scores / cap); 0: none
   double final_logit_softcapping = 0;  // the same on the logits
   int64_t bos_token_id = -1;           // -1: none
