@@ -31,7 +31,10 @@
 // fedge did before weight_dtype) and as bfloat16, 1 and 3 instances per process (3:
 // the agent's trainer and two serving instances), one forked process per run:
 // parameter bytes, peak RSS, decode and prefill tokens/s and a LoRA step's seconds,
-// with ratios against float32 measured in the same invocation.
+// with ratios against float32 measured in the same invocation; and both ways of
+// loading (read: each file read whole and copied, FEDGE_MMAP=0; map: mapped, the
+// tensors in their stored dtype aliasing the mapping): the peak RSS at load, the
+// anonymous RSS and the PSS at the end.
 //
 // --perplexity scores held-out WordNet lines (the 1% fedge-pretrain --seed S never
 // trained on: same reader, same shuffle) token by token through the decode step of
@@ -48,6 +51,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -281,6 +285,16 @@ double MaxRssMib() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;
 }
 
+// The kB figure of the line starting with `key` in a /proc file (0 if absent).
+double ProcKib(const char* path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) return std::strtod(line.c_str() + key.size(), nullptr);
+  }
+  return 0;
+}
+
 PrefillRun PrefillOnce(int64_t tokens, int64_t chunk) {
   LlamaConfig c;
   c.vocab_size = 1000;
@@ -361,6 +375,9 @@ int PrefillMemoryReport(int64_t tokens) {
 // --- --weight-dtypes: the same checkpoint held in float32 and in bfloat16 -----------
 struct DtypeRun {
   double rss_mib = 0;        // peak RSS of the whole child
+  double load_rss_mib = 0;   // peak RSS when every instance has loaded (the load's peak)
+  double anon_mib = 0;       // RssAnon at the end: memory that is the process's alone
+  double pss_mib = 0;        // Pss at the end: mapped file pages split among their mappers
   double load_seconds = 0;   // every instance loaded
   double decode_tps = 0;     // instance 0, batch-1 greedy decode
   double prefill_tps = 0;    // instance 0, a 128-token prompt
@@ -372,9 +389,11 @@ struct DtypeRun {
 // (instance 0: LoRA on every projection, timed steps) and serving instances (LoRA
 // enabled and merged, as CausalLm does before generating: fp32 keeps a copy of each
 // merged weight to unmerge exactly; 16-bit never merges).
-DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instances, int tokens, int threads) {
+DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, bool map, int instances, int tokens,
+                   int threads) {
   using fedge::agent::llm::CausalLmLoss;
   DtypeRun r;
+  setenv("FEDGE_MMAP", map ? "1" : "0", 1);
   torch::set_num_threads(threads);
   auto t0 = Clock::now();
   std::vector<LlamaForCausalLm> models;
@@ -387,6 +406,7 @@ DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instanc
     models.push_back(*m);
   }
   r.load_seconds = Seconds(t0, Clock::now());
+  r.load_rss_mib = MaxRssMib();
   std::set<const void*> seen;
   for (const auto& p : models[0]->parameters()) {
     if (seen.insert(p.data_ptr()).second) r.weight_bytes += static_cast<int64_t>(p.nbytes());
@@ -415,17 +435,19 @@ DtypeRun DtypeOnce(const std::string& dir, const std::string& dtype, int instanc
   std::sort(steps.begin(), steps.end());
   r.train_seconds = steps[1];
   r.rss_mib = MaxRssMib();
+  r.anon_mib = ProcKib("/proc/self/status", "RssAnon:") / 1024.0;
+  r.pss_mib = ProcKib("/proc/self/smaps_rollup", "Pss:") / 1024.0;
   return r;
 }
 
-bool DtypeInChild(const std::string& dir, const std::string& dtype, int instances, int tokens, int threads,
-                  DtypeRun* out) {
+bool DtypeInChild(const std::string& dir, const std::string& dtype, bool map, int instances, int tokens,
+                  int threads, DtypeRun* out) {
   int fds[2];
   if (pipe(fds) != 0) return false;
   pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
-    DtypeRun r = DtypeOnce(dir, dtype, instances, tokens, threads);
+    DtypeRun r = DtypeOnce(dir, dtype, map, instances, tokens, threads);
     bool ok = write(fds[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
     _exit(ok ? 0 : 1);
   }
@@ -470,16 +492,21 @@ int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
   std::cout << "instances: 1 = a serving process; 3 = the agent (trainer + published + spare serving "
                "instance, adapters merged as CausalLm serves)\n\n";
   const std::vector<std::string> dtypes = {"float32", "bfloat16"};
-  std::map<std::pair<std::string, int>, std::vector<DtypeRun>> results;
+  // read: each shard read whole and every tensor copied (FEDGE_MMAP=0, before
+  // session 41); map: shards mapped, tensors in their stored dtype aliasing the mapping.
+  const std::vector<std::string> loads = {"read", "map"};
+  std::map<std::tuple<std::string, std::string, int>, std::vector<DtypeRun>> results;
   for (int run = 0; run < runs; ++run) {
     for (int instances : {1, 3}) {
-      for (const std::string& dtype : dtypes) {
-        DtypeRun r;
-        if (!DtypeInChild(dir, dtype, instances, tokens, threads, &r)) {
-          std::cerr << "child " << dtype << " x" << instances << " failed\n";
-          return 1;
+      for (const std::string& load : loads) {
+        for (const std::string& dtype : dtypes) {
+          DtypeRun r;
+          if (!DtypeInChild(dir, dtype, load == "map", instances, tokens, threads, &r)) {
+            std::cerr << "child " << dtype << " " << load << " x" << instances << " failed\n";
+            return 1;
+          }
+          results[{dtype, load, instances}].push_back(r);
         }
-        results[{dtype, instances}].push_back(r);
       }
     }
   }
@@ -488,41 +515,62 @@ int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  std::cout << std::setw(9) << "dtype" << std::setw(10) << "instances" << std::setw(14) << "weights_MiB"
-            << std::setw(14) << "peak_rss_MiB" << std::setw(8) << "ratio" << std::setw(12) << "decode_tps"
-            << std::setw(8) << "ratio" << std::setw(13) << "prefill_tps" << std::setw(8) << "ratio"
-            << std::setw(13) << "train_step_s" << std::setw(8) << "ratio" << std::setw(9) << "load_s"
+  std::cout << std::setw(9) << "dtype" << std::setw(6) << "load" << std::setw(10) << "instances"
+            << std::setw(12) << "weights_MiB" << std::setw(14) << "load_peak_MiB" << std::setw(8) << "ratio"
+            << std::setw(14) << "peak_rss_MiB" << std::setw(8) << "ratio" << std::setw(10) << "anon_MiB"
+            << std::setw(8) << "ratio" << std::setw(9) << "pss_MiB" << std::setw(11) << "decode_tps"
+            << std::setw(8) << "ratio" << std::setw(12) << "prefill_tps" << std::setw(8) << "ratio"
+            << std::setw(13) << "train_step_s" << std::setw(8) << "ratio" << std::setw(8) << "load_s"
             << "\n";
   for (int instances : {1, 3}) {
-    std::map<std::string, std::array<double, 6>> m;
-    for (const std::string& dtype : dtypes) {
-      const auto& rs = results[{dtype, instances}];
-      auto field = [&](auto get) {
-        std::vector<double> v;
-        for (const DtypeRun& r : rs) v.push_back(get(r));
-        return median(v);
-      };
-      m[dtype] = {field([](const DtypeRun& r) { return static_cast<double>(r.weight_bytes) / 1048576.0; }),
-                  field([](const DtypeRun& r) { return r.rss_mib; }),
-                  field([](const DtypeRun& r) { return r.decode_tps; }),
-                  field([](const DtypeRun& r) { return r.prefill_tps; }),
-                  field([](const DtypeRun& r) { return r.train_seconds; }),
-                  field([](const DtypeRun& r) { return r.load_seconds; })};
+    std::map<std::pair<std::string, std::string>, std::array<double, 10>> m;
+    for (const std::string& load : loads) {
+      for (const std::string& dtype : dtypes) {
+        const auto& rs = results[{dtype, load, instances}];
+        auto field = [&](auto get) {
+          std::vector<double> v;
+          for (const DtypeRun& r : rs) v.push_back(get(r));
+          return median(v);
+        };
+        m[{dtype, load}] = {
+            field([](const DtypeRun& r) { return static_cast<double>(r.weight_bytes) / 1048576.0; }),
+            field([](const DtypeRun& r) { return r.load_rss_mib; }),
+            field([](const DtypeRun& r) { return r.rss_mib; }),
+            field([](const DtypeRun& r) { return r.anon_mib; }),
+            field([](const DtypeRun& r) { return r.pss_mib; }),
+            field([](const DtypeRun& r) { return r.decode_tps; }),
+            field([](const DtypeRun& r) { return r.prefill_tps; }),
+            field([](const DtypeRun& r) { return r.train_seconds; }),
+            field([](const DtypeRun& r) { return r.load_seconds; }),
+            0.0};
+      }
     }
-    for (const std::string& dtype : dtypes) {
-      const auto& v = m[dtype];
-      const auto& base = m["float32"];
-      std::cout << std::setw(9) << dtype << std::setw(10) << instances << std::setw(14) << v[0]
-                << std::setw(14) << v[1] << std::setw(8) << std::setprecision(2) << v[1] / base[1]
-                << std::setprecision(1) << std::setw(12) << v[2] << std::setw(8) << std::setprecision(2)
-                << v[2] / base[2] << std::setprecision(1) << std::setw(13) << v[3] << std::setw(8)
-                << std::setprecision(2) << v[3] / base[3] << std::setw(13) << std::setprecision(3) << v[4]
-                << std::setw(8) << std::setprecision(2) << v[4] / base[4] << std::setw(9) << v[5]
-                << std::setprecision(1) << "\n";
+    const auto& base = m[{"float32", "read"}];
+    for (const std::string& load : loads) {
+      for (const std::string& dtype : dtypes) {
+        const auto& v = m[{dtype, load}];
+        auto ratio = [&](int i) {
+          return base[static_cast<size_t>(i)] > 0 ? v[static_cast<size_t>(i)] / base[static_cast<size_t>(i)]
+                                                  : 0.0;
+        };
+        std::cout << std::fixed << std::setw(9) << dtype << std::setw(6) << load << std::setw(10) << instances
+                  << std::setprecision(1) << std::setw(12) << v[0] << std::setw(14) << v[1]
+                  << std::setprecision(2) << std::setw(8) << ratio(1) << std::setprecision(1) << std::setw(14)
+                  << v[2] << std::setprecision(2) << std::setw(8) << ratio(2) << std::setprecision(1)
+                  << std::setw(10) << v[3] << std::setprecision(2) << std::setw(8) << ratio(3)
+                  << std::setprecision(1) << std::setw(9) << v[4] << std::setw(11) << v[5]
+                  << std::setprecision(2) << std::setw(8) << ratio(5) << std::setprecision(1) << std::setw(12)
+                  << v[6] << std::setprecision(2) << std::setw(8) << ratio(6) << std::setprecision(3)
+                  << std::setw(13) << v[7] << std::setprecision(2) << std::setw(8) << ratio(7) << std::setw(8)
+                  << v[8] << "\n";
+        std::cout.unsetf(std::ios::fixed);
+      }
     }
   }
-  std::cout << "(ratio: against float32 with the same instances, medians of the runs; weights_MiB: one "
-               "instance's parameters, shared storage once)\n";
+  std::cout << "(ratio: against float32 read whole with the same instances, medians of the runs; "
+               "weights_MiB: one instance's parameters, shared storage once; load_peak: peak RSS once "
+               "every instance has loaded; anon: RssAnon at the end, the pages no other process or "
+               "file can back; pss: proportional set size at the end)\n";
   return 0;
 }
 

@@ -5,6 +5,11 @@
 // silently resolve, are rejected here because they make a file ambiguous.
 #include "fedge/safetensors.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -88,51 +93,37 @@ size_t StDTypeSize(StDType dtype) {
   return 0;
 }
 
-void SafetensorsFile::AdoptViewsFrom(const SafetensorsFile& other) {
-  // Views are re-derived as offsets: a moved std::string may have a new buffer
-  // (small-string optimisation), and a copy always has one.
-  tensors_ = other.tensors_;
-  for (StTensorView& t : tensors_) {
-    const size_t offset = static_cast<size_t>(t.data.data() - other.bytes_.data());
-    t.data = std::string_view(bytes_.data() + offset, t.data.size());
-  }
-}
-
-SafetensorsFile::SafetensorsFile(const SafetensorsFile& other)
-    : bytes_(other.bytes_), metadata_(other.metadata_) {
-  AdoptViewsFrom(other);
-}
-
-SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept { *this = std::move(other); }
-
-SafetensorsFile& SafetensorsFile::operator=(const SafetensorsFile& other) {
-  if (this != &other) {
-    bytes_ = other.bytes_;
-    metadata_ = other.metadata_;
-    AdoptViewsFrom(other);
-  }
-  return *this;
-}
-
-SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
-  if (this == &other) return *this;
-  std::vector<size_t> offsets;
-  offsets.reserve(other.tensors_.size());
-  for (const StTensorView& t : other.tensors_)
-    offsets.push_back(static_cast<size_t>(t.data.data() - other.bytes_.data()));
-  bytes_ = std::move(other.bytes_);
-  metadata_ = std::move(other.metadata_);
-  tensors_ = std::move(other.tensors_);
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    tensors_[i].data = std::string_view(bytes_.data() + offsets[i], tensors_[i].data.size());
-  }
-  other.bytes_.clear();
-  other.tensors_.clear();
-  other.metadata_.clear();
-  return *this;
-}
-
 StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
+  auto holder = std::make_shared<const std::string>(std::move(bytes));
+  return ParseBuffer(std::shared_ptr<const char>(holder, holder->data()), holder->size());
+}
+
+StatusOr<SafetensorsFile> SafetensorsFile::Map(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Read(path);  // Read says why (NOT_FOUND, PERMISSION_DENIED, ...)
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 8) {
+    ::close(fd);
+    return Read(path);
+  }
+  const auto size = static_cast<size_t>(st.st_size);
+  // Writable and private: a tensor that aliases the mapping may be written in place
+  // (copy-on-write pages of this process), never the file.
+  void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (base == MAP_FAILED) return Read(path);
+  std::shared_ptr<const char> buffer(static_cast<const char*>(base),
+                                     [size](const char* p) { ::munmap(const_cast<char*>(p), size); });
+  auto file = ParseBuffer(std::move(buffer), size);
+  if (!file.ok()) return file.status().WithContext(path);
+  file->mapped_ = true;
+  return file;
+}
+
+StatusOr<SafetensorsFile> SafetensorsFile::ParseBuffer(std::shared_ptr<const char> buffer, size_t size) {
+  const std::string_view bytes(buffer.get(), size);
   if (bytes.size() < 8) {
     return StError("file of " + std::to_string(bytes.size()) +
                    " bytes is shorter than the 8-byte header size");
@@ -266,8 +257,8 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
                    std::to_string(data_size) + " (trailing bytes)");
   }
 
-  file.bytes_ = std::move(bytes);
-  const char* data = file.bytes_.data() + 8 + n;
+  file.buffer_ = std::move(buffer);
+  const char* data = bytes.data() + 8 + n;
   for (Entry& e : entries) {
     e.view.data = std::string_view(data + e.begin, e.end - e.begin);
     file.tensors_.push_back(std::move(e.view));

@@ -268,6 +268,51 @@ TEST(SafetensorsTest, WritesAndReadsFiles) {
   EXPECT_FALSE(ec) << ec.message();
 }
 
+// Map gives Read's tensors and errors; the mapping outlives the file object through
+// buffer(), and writing through it (copy-on-write) leaves the file as it was.
+TEST(SafetensorsTest, MapsWhatReadReads) {
+  std::string dir = ::testing::TempDir() + "fedge_st_map_XXXXXX";
+  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  TensorBundle b;
+  b.tensors.push_back({"w", {2, 3}, {1, 2, 3, 4, 5, 6}});
+  b.tensors.push_back({"b", {3}, {-1, 0.5f, 7}});
+  const std::string path = dir + "/m.safetensors";
+  ASSERT_TRUE(WriteSafetensorsFile(path, b, {{"k", "v"}}).ok());
+  auto read = SafetensorsFile::Read(path);
+  auto mapped = SafetensorsFile::Map(path);
+  ASSERT_TRUE(read.ok() && mapped.ok()) << mapped.status().ToString();
+  EXPECT_TRUE(mapped->mapped());
+  EXPECT_FALSE(read->mapped());
+  EXPECT_EQ(mapped->metadata(), read->metadata());
+  for (const char* name : {"w", "b"}) {
+    EXPECT_EQ(*SafetensorsFile::ToFloat32(*mapped->Find(name)),
+              *SafetensorsFile::ToFloat32(*read->Find(name)));
+  }
+  std::shared_ptr<const char> keep = mapped->buffer();
+  auto* w = const_cast<char*>(mapped->Find("w")->data.data());
+  mapped = SafetensorsFile::Parse("");  // the file object is gone, the mapping is not
+  std::memset(w, 0, 4);                 // copy-on-write: this process's page only
+  float first = 1;
+  std::memcpy(&first, w, 4);
+  EXPECT_EQ(first, 0.0f);
+  keep.reset();
+  EXPECT_EQ(*SafetensorsFile::ToFloat32(*SafetensorsFile::Map(path)->Find("w")),
+            (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  // The errors are Read's, with the path.
+  EXPECT_EQ(SafetensorsFile::Map(dir + "/none.safetensors").status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/bad.safetensors", "garbage!!").ok());
+  auto bad = SafetensorsFile::Map(dir + "/bad.safetensors");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find(dir + "/bad.safetensors"), std::string::npos);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/empty.safetensors", "").ok());
+  EXPECT_EQ(SafetensorsFile::Map(dir + "/empty.safetensors").status().code(), StatusCode::kInvalidArgument);
+  std::string truncated = *ReadFile(path);
+  truncated.resize(truncated.size() - 4);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/short.safetensors", truncated).ok());
+  EXPECT_EQ(SafetensorsFile::Map(dir + "/short.safetensors").status().code(), StatusCode::kInvalidArgument);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(SafetensorsTest, SurvivesRandomMutations) {
   TensorBundle b;
   b.tensors.push_back({"layer.0.w", {3, 4}, std::vector<float>(12, 0.5f)});

@@ -2,6 +2,7 @@
 // (random-initialised tiny configs from tests/golden/make_llm_goldens.py).
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -316,6 +317,46 @@ TEST(LlamaTest, SaveThenLoadRoundTripsExactly) {
   torch::Tensor ids = torch::tensor({{5, 9, 200, 17}}, torch::kLong);
   torch::InferenceMode guard;
   EXPECT_TRUE(torch::equal((*model)->forward(ids), (*again)->forward(ids)));
+  std::filesystem::remove_all(dir);
+}
+
+// Whether `p` lies in a mapping of `file` (/proc/self/maps).
+bool InMappingOf(const void* p, const std::string& file) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(maps, line)) {
+    if (line.size() < file.size() || line.compare(line.size() - file.size(), file.size(), file) != 0)
+      continue;
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2 && addr >= lo && addr < hi) return true;
+  }
+  return false;
+}
+
+// LoadLlama maps model.safetensors and the fp32 parameters alias the mapping (no
+// copy); writing one in place (a LoRA merge) copies the page for that model only:
+// another load of the file and the file itself keep the weights.
+TEST(LlamaTest, LoadedWeightsAliasTheMappedFileCopyOnWrite) {
+  const std::string dir = ::testing::TempDir() + "/llama_mapped";
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(kGolden + "/llm/tiny_llama", dir);
+  const std::string file = std::filesystem::canonical(dir + "/model.safetensors").string();
+  auto a = LoadLlama(dir);
+  auto b = LoadLlama(dir);
+  ASSERT_TRUE(a.ok() && b.ok());
+  fedge::agent::LoraLinearImpl& q = *(*a)->Projections()[0].second;
+  EXPECT_TRUE(InMappingOf(q.weight().data_ptr(), file));
+  EXPECT_TRUE(InMappingOf((*a)->model->embed_tokens->weight.data_ptr(), file));
+  torch::Tensor ids = torch::tensor({{5, 9, 200, 17}}, torch::kLong);
+  torch::InferenceMode guard;
+  torch::Tensor before = (*b)->forward(ids);
+  q.weight().add_(1.0f);
+  EXPECT_FALSE(torch::equal((*a)->forward(ids), before));
+  EXPECT_TRUE(torch::equal((*b)->forward(ids), before));
+  auto c = LoadLlama(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(torch::equal((*c)->forward(ids), before));
   std::filesystem::remove_all(dir);
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,18 +38,31 @@ class SafetensorsFile {
  public:
   // Parses and validates a whole file held in memory; the file keeps the bytes.
   static StatusOr<SafetensorsFile> Parse(std::string bytes);
+  // Reads the file whole, then Parse.
   static StatusOr<SafetensorsFile> Read(const std::string& path);
+  // Maps the file (private, copy-on-write: nothing written through the mapping
+  // reaches the file) instead of reading it: pages are read from the page cache as
+  // tensors are touched, and processes mapping one file share them. For files
+  // nobody truncates while they are mapped, such as a model directory: a page past
+  // a truncated end raises SIGBUS when touched. Validation is Parse's. A file that
+  // cannot be mapped (empty, not a regular file) is read instead.
+  static StatusOr<SafetensorsFile> Map(const std::string& path);
 
-  // Copies and moves re-point every tensor view at the new owner's bytes.
-  SafetensorsFile(const SafetensorsFile& other);
-  SafetensorsFile(SafetensorsFile&& other) noexcept;
-  SafetensorsFile& operator=(const SafetensorsFile& other);
-  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
+  // Copies share the (immutable) bytes; views stay valid in every copy.
+  SafetensorsFile(const SafetensorsFile& other) = default;
+  SafetensorsFile(SafetensorsFile&& other) noexcept = default;
+  SafetensorsFile& operator=(const SafetensorsFile& other) = default;
+  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept = default;
   ~SafetensorsFile() = default;
 
   const std::vector<StTensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const StTensorView* Find(std::string_view name) const;
+  // Whether the bytes are a mapping of the file (Map) rather than held in memory.
+  bool mapped() const { return mapped_; }
+  // Keeps the bytes every view points into alive: a tensor that aliases a view
+  // (no copy) holds one.
+  std::shared_ptr<const char> buffer() const { return buffer_; }
 
   // Converts a F32/F16/BF16/F64 tensor to float32 values. INVALID_ARGUMENT for
   // other dtypes and for F64 values outside float32's range.
@@ -56,9 +70,11 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
-  void AdoptViewsFrom(const SafetensorsFile& other);
+  // Validates `size` bytes at `buffer` and points the views into them.
+  static StatusOr<SafetensorsFile> ParseBuffer(std::shared_ptr<const char> buffer, size_t size);
 
-  std::string bytes_;
+  std::shared_ptr<const char> buffer_;
+  bool mapped_ = false;
   std::vector<StTensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };

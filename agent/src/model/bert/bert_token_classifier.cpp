@@ -45,7 +45,7 @@ StatusOr<std::shared_ptr<BertTokenClassifierImpl>> BertTokenClassifierImpl::Load
   if (!num_labels.ok()) return num_labels.status().WithContext(config_path);
   if (*num_labels <= 0) return InvalidArgumentError(config_path + ": num_labels must be positive");
   const std::string weights_path = (fs::path(dir) / "model.safetensors").string();
-  FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Read(weights_path));
+  FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Map(weights_path));
   return TorchCall("BertTokenClassifier::Load", [&]() -> StatusOr<std::shared_ptr<BertTokenClassifierImpl>> {
     auto model = std::make_shared<BertTokenClassifierImpl>(*options, *num_labels);
     Status st = model->bert_->LoadWeights(weights);

@@ -377,7 +377,7 @@ StatusOr<std::unique_ptr<TextClassifier>> TextClassifier::Load(const ClassifierO
         " tokens but config.json says vocab_size " + std::to_string(bert_options.vocab_size));
   }
   const std::string weights_path = (dir / "model.safetensors").string();
-  FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Read(weights_path));
+  FEDGE_ASSIGN_OR_RETURN(SafetensorsFile weights, SafetensorsFile::Map(weights_path));
   return TorchCall("Load", [&]() -> StatusOr<std::unique_ptr<TextClassifier>> {
     torch::set_num_threads(options.num_threads);
     BertModel bert(bert_options);

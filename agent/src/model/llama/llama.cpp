@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -353,13 +354,23 @@ Status LlamaForCausalLmImpl::LoadWeightsFrom(const SafetensorsFile& file, std::s
                            c10::str(c10::IntArrayRef(view->shape)) + ", config.json implies " +
                            c10::str(param->sizes()));
     }
-    // A tensor stored as the parameter's own 16-bit dtype is copied as it is; any
-    // other goes through float32 (exact when widening, rounded to nearest when a
-    // float32 tensor is held in 16 bits).
+    // A tensor stored in the parameter's own dtype is taken as it is: from a mapped
+    // file the parameter aliases the mapping (no copy; its pages come from the page
+    // cache, shared with every other mapping of the file, and a write, such as a
+    // LoRA merge into an fp32 weight, copies only the pages it touches), otherwise it
+    // is copied. Any other dtype goes through float32 (exact when widening, rounded
+    // to nearest when a float32 tensor is held in 16 bits).
     const torch::ScalarType held = param->scalar_type();
-    if ((view->dtype == StDType::kBF16 && held == torch::kBFloat16) ||
-        (view->dtype == StDType::kF16 && held == torch::kHalf)) {
-      param->copy_(torch::from_blob(const_cast<char*>(view->data.data()), param->sizes(), held));
+    const bool same = (view->dtype == StDType::kF32 && held == torch::kFloat) ||
+                      (view->dtype == StDType::kBF16 && held == torch::kBFloat16) ||
+                      (view->dtype == StDType::kF16 && held == torch::kHalf);
+    auto* bytes = const_cast<char*>(view->data.data());
+    if (same && file.mapped() && reinterpret_cast<uintptr_t>(bytes) % StDTypeSize(view->dtype) == 0) {
+      std::shared_ptr<const char> mapping = file.buffer();
+      param->set_data(torch::from_blob(
+          bytes, param->sizes(), [mapping](void*) {}, torch::TensorOptions().dtype(held)));
+    } else if (same) {
+      param->copy_(torch::from_blob(bytes, param->sizes(), held));
     } else {
       FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
       param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
@@ -591,10 +602,17 @@ StatusOr<LlamaForCausalLm> LoadLlama(const std::string& dir, std::string_view we
       return model;
     }
   }
-  // One shard in memory at a time: its bytes are freed before the next is read.
+  // Each shard is mapped, not read: the tensors held in their stored dtype alias
+  // the mapping, and the pages of the others are only read while converted.
+  // FEDGE_MMAP=0 reads each shard whole and copies every tensor (before session 41;
+  // for a filesystem where a mapping is unwelcome).
+  const char* mmap_env = std::getenv("FEDGE_MMAP");
+  const bool map = mmap_env == nullptr || std::string_view(mmap_env) != "0";
   std::set<std::string> loaded;
   for (const std::string& name : files) {
-    FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(dir + "/" + name));
+    const std::string path = dir + "/" + name;
+    FEDGE_ASSIGN_OR_RETURN(SafetensorsFile file,
+                           map ? SafetensorsFile::Map(path) : SafetensorsFile::Read(path));
     Status st =
         TorchCall("loading " + name, [&]() -> Status { return model->LoadWeightsFrom(file, &loaded); });
     if (!st.ok()) return st.WithContext(dir);
