@@ -74,9 +74,9 @@ Outputs (tests/golden/llm/):
                               which bind) with tok_gemma; "long" as tiny_gemma3's
 
   --only chat:
-  chat_templates.json         the Zephyr (TinyLlama chat), Llama 2 chat and Mistral
-                              Instruct v0.2 Jinja templates rendered by jinja2 as
-                              transformers does, for a few conversations
+  chat_templates.json         the Zephyr (TinyLlama chat), Phi-3, Llama 2 chat, Mistral
+                              Instruct v0.2 and Gemma 3 (-it) Jinja templates rendered by
+                              jinja2 as transformers does, for a few conversations
 
   --only nfc:
   tok_qwen2_nfc/tokenizer.json  tok_qwen2 with Qwen2.5's {"type": "NFC"} normalizer
