@@ -11,6 +11,15 @@
 //      (--max-kib 16); training lines are not capped (the default, 4096).
 //
 //   fedge_bench_tokenizer [--golden-dir tests/golden/llm] [--max-kib 4096]   (from the repo root)
+//
+// --load PATH times loading a tokenizer.json as large as a real model's (Gemma 3's
+// 262,144 pieces: bench/tokenizer/make_large_vocab.py writes one), in a forked child
+// so its peak RSS is its own: seconds, peak RSS over an empty child's, and the glosses'
+// encoding MB/s through it; then exits.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -57,13 +66,83 @@ std::string Repeat(const std::string& unit, size_t bytes) {
 
 }  // namespace
 
+// Peak RSS (MiB) of this process so far.
+double PeakRssMib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+// --load: one child loads `path` (or nothing, the baseline) and reports through a pipe.
+struct LoadRun {
+  double seconds = 0, load_peak_mib = 0, peak_mib = 0, encode_mbs = 0;
+  size_t vocab = 0, ids = 0;
+  bool ok = false;
+};
+
+LoadRun LoadInChild(const std::string& path, const std::string& glosses) {
+  LoadRun r;
+  int fds[2];
+  if (pipe(fds) != 0) return r;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    LoadRun c;
+    if (path.empty()) {
+      c.ok = true;
+    } else {
+      fedge::StatusOr<BpeTokenizer> tok = fedge::InternalError("not loaded");
+      c.seconds = Seconds([&] { tok = BpeTokenizer::Load(path); });
+      c.load_peak_mib = PeakRssMib();
+      if (tok.ok()) {
+        c.ok = true;
+        c.vocab = static_cast<size_t>(tok->vocab_size());
+        const double s = Seconds([&] { c.ids = tok->Encode(glosses).size(); });
+        c.encode_mbs = static_cast<double>(glosses.size()) / s / 1e6;
+      } else {
+        std::fprintf(stderr, "%s\n", tok.status().ToString().c_str());
+      }
+    }
+    c.peak_mib = PeakRssMib();
+    const bool wrote = write(fds[1], &c, sizeof c) == static_cast<ssize_t>(sizeof c);
+    _exit(wrote ? 0 : 1);
+  }
+  close(fds[1]);
+  if (read(fds[0], &r, sizeof r) != static_cast<ssize_t>(sizeof r)) r.ok = false;
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return r;
+}
+
+int LoadReport(const std::vector<std::string>& paths) {
+  const std::string glosses = WordNetGlosses(4u << 20);
+  const LoadRun empty = LoadInChild("", glosses);
+  std::printf("%-44s %8s %9s %14s %14s %10s\n", "tokenizer.json", "pieces", "load_s", "load_peak_MiB",
+              "peak_rss_MiB", "MB/s");
+  for (const std::string& path : paths) {
+    const LoadRun r = LoadInChild(path, glosses);
+    if (!r.ok) return 1;
+    std::printf("%-44s %8zu %9.3f %14.1f %14.1f %10.1f\n", path.c_str(), r.vocab, r.seconds,
+                r.load_peak_mib - empty.peak_mib, r.peak_mib - empty.peak_mib, r.encode_mbs);
+  }
+  std::printf(
+      "(load_peak / peak_rss: after loading / after encoding too, over a child that loads nothing, "
+      "%.1f MiB; MB/s: %.1f MiB of WordNet glosses encoded at once)\n",
+      empty.peak_mib, glosses.size() / 1048576.0);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string golden = "tests/golden/llm";
   size_t max_kib = 4096;
+  std::vector<std::string> load;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--golden-dir") == 0) golden = argv[i + 1];
     if (std::strcmp(argv[i], "--max-kib") == 0) max_kib = std::strtoul(argv[i + 1], nullptr, 10);
+    if (std::strcmp(argv[i], "--load") == 0) load.emplace_back(argv[i + 1]);
   }
+  if (!load.empty()) return LoadReport(load);
   const char* names[] = {"gpt2", "llama3", "qwen2", "smollm2", "qwen2_nfc", "llama2", "llama2_metaspace"};
   std::vector<BpeTokenizer> toks;
   for (const char* name : names) {
