@@ -73,6 +73,10 @@ Outputs (tests/golden/llm/):
                               alternate layers, attention / final logit softcapping 2 / 3,
                               which bind) with tok_gemma; "long" as tiny_gemma3's
 
+  --only long (after the models): "long" entries for tiny_mistral (48 tokens, window
+                              32) and tiny_phi3 (112 tokens, window 96), computed from the
+                              committed directories
+
   --only chat:
   chat_templates.json         the Zephyr (TinyLlama chat), Phi-3, Llama 2 chat, Mistral
                               Instruct v0.2 and Gemma 3 (-it) Jinja templates rendered by
@@ -818,9 +822,33 @@ def make_gemma2_model():
     return golden
 
 
+def add_long_goldens():
+    """"long" for tiny_mistral (window 32) and tiny_phi3 (window 96): the logits of a
+    sequence past the window, from the committed directories as transformers loads
+    them (the models are not regenerated)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+    path = os.path.join(OUT, "llm_goldens.json")
+    with open(path) as f:
+        result = json.load(f)
+    text = " ".join(wordnet_lines()[1000:1040])
+    for name, n in (("tiny_mistral", 48), ("tiny_phi3", 112)):
+        d = os.path.join(OUT, name)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        ids = Tokenizer.from_file(os.path.join(d, "tokenizer.json")).encode(text).ids[:n]
+        assert len(ids) == n, (name, len(ids))
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits
+        result["models"][name]["long"] = {"input_ids": ids, "logits": tolist(logits)}
+        print(name, "window", model.config.sliding_window, "positions", n)
+    with open(path, "w") as f:
+        json.dump(result, f)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "gemma2", "gemma3", "chat"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "gemma2", "gemma3", "long", "chat"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -836,6 +864,8 @@ def main():
         make_spm(lines)
     if args.only == "chat":
         make_chat()
+    if args.only == "long":
+        add_long_goldens()
     if args.only in ("rope", "qwen3", "mistral", "phi3", "gemma2", "gemma3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:

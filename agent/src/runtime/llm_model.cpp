@@ -24,13 +24,12 @@ StatusOr<std::unique_ptr<LlmModel>> LlmModel::Load(const LlmModelOptions& option
   lo.decode_weights = options.decode_weights;
   lo.weight_dtype = options.weight_dtype;
   FEDGE_ASSIGN_OR_RETURN(std::unique_ptr<llm::CausalLm> lm, llm::CausalLm::Load(lo));
-  // Training past the model's context would run positions it never saw (and, for
-  // Mistral v0.1 past its sliding window, attention that is not the model's).
+  // Training past the model's context would run positions it never saw.
   const int64_t context = lm->config().max_position_embeddings;
   if (options.max_seq_len > context) {
     return InvalidArgumentError("spec.model.maxSeqLen " + std::to_string(options.max_seq_len) +
                                 " exceeds the model's context of " + std::to_string(context) +
-                                " tokens (config.json max_position_embeddings, or Mistral's sliding_window): "
+                                " tokens (config.json max_position_embeddings): "
                                 "lower it to " +
                                 std::to_string(context) + " or less");
   }

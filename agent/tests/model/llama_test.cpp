@@ -193,7 +193,8 @@ TEST(LlamaTest, Phi3FusedProjectionsLoadSplitOrSayWhatIsWrong) {
   auto model = LoadLlama(kGolden + "/llm/tiny_phi3");
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   EXPECT_TRUE((*model)->config().fused_projections);
-  EXPECT_EQ((*model)->config().max_position_embeddings, 96);  // sliding_window
+  EXPECT_EQ((*model)->config().max_position_embeddings, 128);
+  EXPECT_EQ((*model)->config().sliding_window, 96);
   EXPECT_EQ(SaveLlama(*model, "/nonexistent").code(), StatusCode::kUnimplemented);
   const fs::path dir = fs::temp_directory_path() / ("fedge-phi3-" + std::to_string(::getpid()));
   fs::remove_all(dir);
@@ -213,18 +214,22 @@ TEST(LlamaTest, Phi3FusedProjectionsLoadSplitOrSayWhatIsWrong) {
   fs::remove_all(dir);
 }
 
-// Mistral v0.1 (sliding_window 4096, 32768 positions): within the window sliding
-// attention is full attention, so the context is capped there; null means none.
-TEST(LlamaTest, MistralSlidingWindowCapsTheContext) {
+// Mistral v0.1 (sliding_window 4096, 32768 positions): every layer attends through
+// the window and the context stays 32768 (until session 41 it was capped at the
+// window); null means none.
+TEST(LlamaTest, MistralSlidingWindowIsSlidingAttention) {
   const std::string base =
       R"({"model_type":"mistral","vocab_size":10,"hidden_size":8,"intermediate_size":16,)"
-      R"("num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32768,)";
+      R"("num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32768,)";
   auto v01 = LlamaConfig::FromJson(base + R"("sliding_window":4096})");
   ASSERT_TRUE(v01.ok()) << v01.status().ToString();
-  EXPECT_EQ(v01->max_position_embeddings, 4096);
+  EXPECT_EQ(v01->max_position_embeddings, 32768);
+  EXPECT_EQ(v01->sliding_window, 4096);
+  EXPECT_TRUE(v01->IsSlidingLayer(0) && v01->IsSlidingLayer(1));
   auto v03 = LlamaConfig::FromJson(base + R"("sliding_window":null})");
   ASSERT_TRUE(v03.ok());
   EXPECT_EQ(v03->max_position_embeddings, 32768);
+  EXPECT_FALSE(v03->IsSlidingLayer(0));
   for (const char* bad : {R"("sliding_window":0})", R"("sliding_window":-5})", R"("sliding_window":"4k"})"}) {
     auto c = LlamaConfig::FromJson(base + bad);
     EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument) << bad;
@@ -232,8 +237,9 @@ TEST(LlamaTest, MistralSlidingWindowCapsTheContext) {
   }
   auto round_trip = LlamaConfig::FromJson(v01->ToJson());
   ASSERT_TRUE(round_trip.ok());
-  EXPECT_EQ(round_trip->max_position_embeddings, 4096);
-  EXPECT_EQ(round_trip->model_type, "mistral");
+  EXPECT_EQ(round_trip->max_position_embeddings, 32768);
+  EXPECT_EQ(round_trip->sliding_window, 4096);
+  EXPECT_EQ(round_trip->sliding_layers, v01->sliding_layers);
 }
 
 TEST(LlamaTest, NumParametersCountsTheModel) {

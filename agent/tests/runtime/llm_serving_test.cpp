@@ -118,16 +118,16 @@ TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
   fs::copy(golden, dir);
   LlmModelOptions o = testing::TinyLlmOptions();
   o.model_dir = dir.string();
-  // Its sliding_window (32) caps the context: a longer maxSeqLen would train on
-  // attention that is not Mistral's, and is refused naming the field.
-  o.max_seq_len = 33;
+  // Its context is max_position_embeddings (128; its sliding_window of 32 is sliding
+  // attention, no longer a cap): a longer maxSeqLen is refused naming the field.
+  o.max_seq_len = 129;
   auto too_long = LlmModel::Load(o);
   ASSERT_FALSE(too_long.ok());
   EXPECT_EQ(too_long.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(too_long.status().message().find("spec.model.maxSeqLen 33 exceeds the model's context of 32"),
+  EXPECT_NE(too_long.status().message().find("spec.model.maxSeqLen 129 exceeds the model's context of 128"),
             std::string::npos)
       << too_long.status().message();
-  o.max_seq_len = 32;
+  o.max_seq_len = 48;
   {
     auto base = testing::ServeLlm(o, 1);
     ASSERT_NE(base, nullptr);
@@ -150,7 +150,7 @@ TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
   ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kLlama2);
 
   int leading_space = 0;
-  // tiny_mistral's sliding_window caps its context at 32 tokens: short turns, no system.
+  // Short turns, no system: prompt and reply stay within 48 tokens (maxSeqLen).
   for (const char* user : {"Define dog.", "hi", "What is a bank?", "x", "tree", "cat"}) {
     const std::string body = std::string(R"({"messages": [{"role": "user", "content": ")") + user +
                              R"("}], "max_tokens": 4, "temperature": 0})";

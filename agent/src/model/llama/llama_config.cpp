@@ -247,16 +247,17 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
       FEDGE_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*rope, c.max_position_embeddings));
     }
     if (gemma) FEDGE_RETURN_IF_ERROR(ParseGemma(j, c));
-    // Mistral v0.1's and Phi-3's sliding_window W: within W tokens a sliding window is
-    // full attention, so the context is capped at W rather than attention changed.
-    // Mistral v0.2 and later have none.
+    // Mistral v0.1's and Phi-3's sliding_window W: every layer attends to the last W
+    // positions (as Gemma's sliding layers, with the one rotary). Until session 41 the
+    // context was capped at W instead. Mistral v0.2 and later have none.
     if ((c.model_type == "mistral" || c.model_type == "phi3") && j.contains("sliding_window") &&
         !j["sliding_window"].is_null()) {
       const json& w = j["sliding_window"];
       if (!w.is_number_integer() || w.get<int64_t>() <= 0) {
         return InvalidArgumentError("config.json: sliding_window must be a positive integer or null");
       }
-      c.max_position_embeddings = std::min(c.max_position_embeddings, w.get<int64_t>());
+      c.sliding_window = w.get<int64_t>();
+      c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), true);
     }
     if (j.value("use_sliding_window", false)) {
       return InvalidArgumentError("config.json: sliding-window attention is not implemented for " +
@@ -360,8 +361,9 @@ std::string LlamaConfig::ToJson() const {
   if (model_type != "qwen2") j["attention_bias"] = attention_bias;
   if (!qwen && !gemma) j["mlp_bias"] = mlp_bias;
   if (qwen) j["use_sliding_window"] = false;
-  if (model_type == "mistral" || model_type == "phi3")
-    j["sliding_window"] = nullptr;  // the cap is max_position_embeddings
+  if (model_type == "mistral" || model_type == "phi3") {
+    j["sliding_window"] = sliding_window > 0 ? nlohmann::json(sliding_window) : nlohmann::json(nullptr);
+  }
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;

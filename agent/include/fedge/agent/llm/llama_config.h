@@ -75,7 +75,8 @@ struct LlamaConfig {
   // (Gemma 2/3); otherwise post_attention_layernorm is the MLP's input norm.
   bool sandwich_norms = false;
   double query_pre_attn_scalar = 0;  // attention scores scaled by its -1/2 power; 0: head_dim
-  // Sliding-window attention: on the layers sliding_layers marks, a query at
+  // Sliding-window attention (Gemma 2/3; every layer of Mistral v0.1 and Phi-3): on
+  // the layers sliding_layers marks, a query at
   // position p sees keys p - sliding_window + 1 .. p (transformers' sliding mask),
   // with rope_local_theta's plain rotary (Gemma 3; 0: the full layers' rotary, as
   // Gemma 2); the other layers attend to the whole prefix with rope_theta and
@@ -99,9 +100,8 @@ struct LlamaConfig {
   // rope_parameters (transformers >= 5; for Gemma 3 one entry per layer type), with
   // rope_type default, linear or llama3. INVALID_ARGUMENT for another architecture,
   // an activation other than silu (gelu_pytorch_tanh for Gemma), another rope_type
-  // (dynamic, yarn, longrope) or a partial rotary factor, sliding-window attention
-  // outside Gemma 3 (Mistral v0.1's and Phi-3's cap the context instead), or sizes
-  // that do not divide.
+  // (dynamic, yarn, longrope) or a partial rotary factor, Qwen2's
+  // use_sliding_window, or sizes that do not divide.
   static StatusOr<LlamaConfig> FromJson(std::string_view json_text);
   static StatusOr<LlamaConfig> FromFile(const std::string& path);
 
