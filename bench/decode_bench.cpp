@@ -459,7 +459,7 @@ bool DtypeInChild(const std::string& dir, const std::string& dtype, bool map, in
   return ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
+int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs, bool fp32_checkpoint) {
   using fedge::agent::llm::WeightDtype;
   const std::string dir = "/tmp/fedge-bench-dtype-" + std::to_string(getpid());
   // The checkpoint is made in a child too: a parent that ran torch's intra-op
@@ -474,7 +474,8 @@ int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
     for (auto& p : model->named_parameters()) {
       if (p.key().find("norm") != std::string::npos) p.value().fill_(1.0);
     }
-    fedge::Status st = fedge::agent::llm::SaveLlama(model, dir, WeightDtype::kBFloat16);
+    fedge::Status st = fedge::agent::llm::SaveLlama(
+        model, dir, fp32_checkpoint ? WeightDtype::kFloat32 : WeightDtype::kBFloat16);
     if (!st.ok()) std::cerr << st.ToString() << "\n";
     _exit(st.ok() ? 0 : 1);
   }
@@ -484,11 +485,11 @@ int WeightDtypeReport(const LlamaConfig& c, int tokens, int threads, int runs) {
     std::cerr << "writing the checkpoint failed\n";
     return 1;
   }
-  std::cout << "one bfloat16 checkpoint (" << c.NumParameters() / 1e6 << "M parameters: hidden "
-            << c.hidden_size << ", " << c.num_hidden_layers << " layers, SwiGLU " << c.intermediate_size
-            << ", vocab " << c.vocab_size
-            << ", tied) held as float32 (widened on load, as before) and as bfloat16; " << threads
-            << " thread(s), " << runs << " run(s) each, interleaved, one process per run\n";
+  std::cout << "one " << (fp32_checkpoint ? "float32" : "bfloat16") << " checkpoint ("
+            << c.NumParameters() / 1e6 << "M parameters: hidden " << c.hidden_size << ", "
+            << c.num_hidden_layers << " layers, SwiGLU " << c.intermediate_size << ", vocab " << c.vocab_size
+            << ", tied) held as float32 and as bfloat16; " << threads << " thread(s), " << runs
+            << " run(s) each, interleaved, one process per run\n";
   std::cout << "instances: 1 = a serving process; 3 = the agent (trainer + published + spare serving "
                "instance, adapters merged as CausalLm serves)\n\n";
   const std::vector<std::string> dtypes = {"float32", "bfloat16"};
@@ -610,6 +611,10 @@ int main(int argc, char** argv) {
       "--weight-dtypes", weight_dtypes,
       "a random bf16 checkpoint of the --hidden/--layers/--intermediate/--vocab shape held as float32 "
       "and as bfloat16 (1 and 3 instances, one process per run): peak RSS, decode, prefill, LoRA step");
+  std::string checkpoint_dtype = "bfloat16";
+  app.add_option("--checkpoint-dtype", checkpoint_dtype, "--weight-dtypes: the checkpoint's dtype")
+      ->check(CLI::IsMember({"bfloat16", "float32"}))
+      ->capture_default_str();
   int64_t prefill_memory = 0;
   app.add_option("--prefill-memory", prefill_memory,
                  "prefill this many tokens at once and in chunks (one process each): peak RSS and time");
@@ -627,7 +632,7 @@ int main(int argc, char** argv) {
     c.max_position_embeddings = 1024;
     c.tie_word_embeddings = true;
     std::cout << std::fixed << std::setprecision(1);
-    return WeightDtypeReport(c, tokens, threads, runs);
+    return WeightDtypeReport(c, tokens, threads, runs, checkpoint_dtype == "float32");
   }
   std::cout << std::fixed << std::setprecision(1);
   if (perplexity) return PerplexityReport(model_dir, split_seed, max_lines, kernels);

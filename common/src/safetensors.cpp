@@ -122,6 +122,14 @@ StatusOr<SafetensorsFile> SafetensorsFile::Map(const std::string& path) {
   return file;
 }
 
+void SafetensorsFile::Evict(const StTensorView& view) const {
+  if (!mapped_ || view.data.empty()) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(view.data.data());
+  const uintptr_t first = (begin + page - 1) / page * page, last = (begin + view.data.size()) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 StatusOr<SafetensorsFile> SafetensorsFile::ParseBuffer(std::shared_ptr<const char> buffer, size_t size) {
   const std::string_view bytes(buffer.get(), size);
   if (bytes.size() < 8) {

@@ -298,6 +298,17 @@ TEST(SafetensorsTest, MapsWhatReadReads) {
   keep.reset();
   EXPECT_EQ(*SafetensorsFile::ToFloat32(*SafetensorsFile::Map(path)->Find("w")),
             (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  // Evict drops the pages wholly inside a view: written pages read the file again.
+  TensorBundle big;
+  big.tensors.push_back({"x", {4096}, std::vector<float>(4096, 2.5f)});
+  ASSERT_TRUE(WriteSafetensorsFile(dir + "/big.safetensors", big, {}).ok());
+  auto x = SafetensorsFile::Map(dir + "/big.safetensors");
+  ASSERT_TRUE(x.ok());
+  auto* xs = reinterpret_cast<float*>(const_cast<char*>(x->Find("x")->data.data()));
+  std::fill(xs, xs + 4096, -1.0f);
+  x->Evict(*x->Find("x"));
+  EXPECT_EQ(xs[2048], 2.5f);  // the middle page: wholly inside, read from the file again
+  EXPECT_EQ(xs[0], -1.0f);    // the first page is shared with the header: kept
   // The errors are Read's, with the path.
   EXPECT_EQ(SafetensorsFile::Map(dir + "/none.safetensors").status().code(), StatusCode::kNotFound);
   ASSERT_TRUE(WriteFileAtomic(dir + "/bad.safetensors", "garbage!!").ok());

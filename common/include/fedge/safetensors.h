@@ -63,6 +63,11 @@ class SafetensorsFile {
   // Keeps the bytes every view points into alive: a tensor that aliases a view
   // (no copy) holds one.
   std::shared_ptr<const char> buffer() const { return buffer_; }
+  // A mapped file only: drops this process's pages that lie wholly inside `view`
+  // (madvise MADV_DONTNEED), for a tensor that was converted and will not be read
+  // again while another tensor keeps the mapping alive. Reading them again reads
+  // the file again (and loses anything written through them). Nothing otherwise.
+  void Evict(const StTensorView& view) const;
 
   // Converts a F32/F16/BF16/F64 tensor to float32 values. INVALID_ARGUMENT for
   // other dtypes and for F64 values outside float32's range.

@@ -369,11 +369,15 @@ Status LlamaForCausalLmImpl::LoadWeightsFrom(const SafetensorsFile& file, std::s
       std::shared_ptr<const char> mapping = file.buffer();
       param->set_data(torch::from_blob(
           bytes, param->sizes(), [mapping](void*) {}, torch::TensorOptions().dtype(held)));
-    } else if (same) {
-      param->copy_(torch::from_blob(bytes, param->sizes(), held));
     } else {
-      FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
-      param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
+      if (same) {
+        param->copy_(torch::from_blob(bytes, param->sizes(), held));
+      } else {
+        FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
+        param->copy_(torch::from_blob(values.data(), param->sizes(), torch::kFloat));
+      }
+      // Copied: its pages of a mapping another tensor keeps alive are not needed.
+      file.Evict(*view);
     }
     loaded->insert(name);
   }
@@ -409,6 +413,7 @@ Status LlamaForCausalLmImpl::LoadFusedFrom(const SafetensorsFile& file,
                              c10::str(c10::IntArrayRef(want)));
       }
       FEDGE_ASSIGN_OR_RETURN(std::vector<float> values, SafetensorsFile::ToFloat32(*view));
+      file.Evict(*view);
       torch::Tensor all = torch::from_blob(values.data(), {rows, c.hidden_size}, torch::kFloat);
       int64_t at = 0;
       for (const auto& [part, n] : parts) {
