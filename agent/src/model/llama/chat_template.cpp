@@ -39,7 +39,7 @@ char32_t DecodeUtf8(std::string_view s, size_t i, size_t n) {
 size_t Utf8Length(unsigned char lead) { return lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1; }
 
 // Python's str.strip() (and Jinja's `| trim`) of UTF-8 text: Llama 2's template
-// strips each message, Gemma's trims each. Unicode whitespace (U+00A0, U+3000, ...)
+// strips each message, Llama 3's and Gemma's trim each. Unicode whitespace (U+00A0, U+3000, ...)
 // goes too; U+200B and the like stay.
 std::string Strip(std::string_view s) {
   size_t begin = 0;
@@ -196,7 +196,7 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
     if (format == ChatFormat::kChatMl) {
       out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
     } else if (format == ChatFormat::kLlama3) {
-      out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
+      out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + Strip(m.content) + "<|eot_id|>";
     } else {  // Zephyr, Phi-3: other roles are skipped, as their templates do
       if (m.role == "system" || m.role == "user" || m.role == "assistant")
         out += "<|" + m.role + "|>\n" + m.content + (format == ChatFormat::kPhi3 ? "<|end|>\n" : "</s>\n");
