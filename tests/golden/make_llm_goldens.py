@@ -631,18 +631,50 @@ def make_chat():
          {"role": "assistant", "content": "\nHello.\n"}, {"role": "user", "content": ""}],
         [{"role": "system", "content": "Only a system message."}],
     ]
+    # Llama 3.1 / 3.2 and Qwen3 as their model directories ship them (templates/): Meta's
+    # 3.2 template (strftime_now; rendered here on a fixed day, as transformers renders
+    # it on that day), 3.1's (a fixed "26 Jul 2024"), Qwen3's (thinking). Rendered with
+    # tools=None, as transformers passes it.
+    from datetime import datetime
+    env.globals["strftime_now"] = lambda fmt: datetime(2026, 12, 7).strftime(fmt)
+    templates = dict(CHAT_TEMPLATES)
+    for name in ("llama3_1", "llama3_2", "qwen3"):
+        with open(os.path.join(OUT, "templates", name + ".jinja")) as f:
+            templates[name] = f.read()
+    llama31_only = [
+        [{"role": "system", "content": "  Spaced system.\n"}, {"role": "user", "content": " hi "}],
+    ]
+    # History turns lose their reasoning; the last assistant turn after the last user
+    # message gets a think block, empty if it had none; a system message later on is a turn.
+    qwen3_only = [
+        [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "<think>\nweighing it\n</think>\n\nA1"},
+         {"role": "user", "content": "Q2"}],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "<think>r</think>\n\n\nA\n"}],
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+         {"role": "system", "content": "mid"}, {"role": "user", "content": "Q2"}],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a</think>b</think>c"}],
+    ]
+    extra = {"gemma": gemma_only, "llama3_1": llama31_only, "llama3_2": llama31_only, "qwen3": qwen3_only}
     out = {}
-    for name, template in CHAT_TEMPLATES.items():
+    for name, template in templates.items():
         t = env.from_string(template)
         cases = []
-        for conv in conversations + (gemma_only if name == "gemma" else []):
+        for conv in conversations + extra.get(name, []):
             if name == "mistral" and conv[0]["role"] == "system":
                 continue  # its template raises on a system message
             for gen in (True, False):
-                cases.append({"messages": conv, "add_generation_prompt": gen,
-                              "text": t.render(messages=conv, add_generation_prompt=gen,
-                                               bos_token="<bos>" if name == "gemma" else "<s>",
-                                               eos_token={"phi3": "<|endoftext|>", "gemma": "<eos>"}.get(name, "</s>"))})
+                for thinking in ((True, False) if name == "qwen3" and gen else (None,)):
+                    kwargs = {} if thinking is None else {"enable_thinking": thinking}
+                    bos = {"gemma": "<bos>", "llama3_1": "<|begin_of_text|>", "llama3_2": "<|begin_of_text|>",
+                           "qwen3": ""}.get(name, "<s>")
+                    eos = {"phi3": "<|endoftext|>", "gemma": "<eos>", "llama3_1": "<|eot_id|>", "llama3_2": "<|eot_id|>",
+                           "qwen3": "<|im_end|>"}.get(name, "</s>")
+                    case = {"messages": conv, "add_generation_prompt": gen,
+                            "text": t.render(messages=conv, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
+                                             tools=None, **kwargs)}
+                    case.update(kwargs)
+                    cases.append(case)
         out[name] = {"template": template, "cases": cases}
     with open(os.path.join(OUT, "chat_templates.json"), "w") as f:
         json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out}, f, ensure_ascii=False, indent=1)

@@ -450,10 +450,13 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       auto format = lm->lm().chat_format();
       if (!format) {
         return UnimplementedError(
-            "this model has no chat template fedge knows (ChatML, Llama 3, Zephyr, Phi-3, Llama 2, Mistral "
-            "[INST] or Gemma, from tokenizer_config.json or its marker tokens): use /v1/completions");
+            "this model has no chat template fedge knows (ChatML, Qwen3, Llama 3, 3.1 or 3.2, Zephyr, Phi-3, "
+            "Llama 2, Mistral [INST] or Gemma, from tokenizer_config.json or its marker tokens): use "
+            "/v1/completions");
       }
-      FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages));
+      llm::ChatTemplateOptions chat_options;
+      chat_options.enable_thinking = req.enable_thinking;
+      FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages, chat_options));
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
       options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();
     }

@@ -282,6 +282,30 @@ bool RefuseUnsupported(const Json& body, GenerationEndpoint endpoint, ApiErrorIn
   return true;
 }
 
+// chat_template_kwargs: {"enable_thinking": bool}; other template variables are
+// refused by name (fedge renders known formats, not the Jinja template).
+bool ParseChatTemplateKwargs(const Json& body, GenerationRequest* req, ApiErrorInfo* error) {
+  if (!Has(body, "chat_template_kwargs")) return true;
+  const Json& kwargs = body["chat_template_kwargs"];
+  if (!kwargs.is_object()) {
+    return Fail(error, "'chat_template_kwargs' must be an object", "chat_template_kwargs", "invalid_type");
+  }
+  for (const auto& [key, value] : kwargs.items()) {
+    if (key != "enable_thinking") {
+      return Fail(error,
+                  "'chat_template_kwargs." + (key.size() > 64 ? key.substr(0, 64) + "..." : key) +
+                      "' is not supported: only enable_thinking (Qwen3's thinking switch) is",
+                  "chat_template_kwargs", "unsupported_parameter");
+    }
+    if (!value.is_boolean()) {
+      return Fail(error, "'chat_template_kwargs.enable_thinking' must be true or false",
+                  "chat_template_kwargs", "invalid_type");
+    }
+    req->enable_thinking = value.get<bool>();
+  }
+  return true;
+}
+
 bool ParseMessages(const Json& body, const InferenceLimits& limits, std::vector<llm::ChatMessage>* out,
                    ApiErrorInfo* error) {
   if (!Has(body, "messages") || !body["messages"].is_array() || body["messages"].empty()) {
@@ -463,7 +487,7 @@ std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, G
     std::set<std::string> s = kCommon;
     s.insert({"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
               "parallel_tool_calls", "functions", "function_call", "response_format", "modalities", "audio",
-              "prediction", "web_search_options", "reasoning_effort", "verbosity"});
+              "prediction", "web_search_options", "reasoning_effort", "verbosity", "chat_template_kwargs"});
     return s;
   }();
   const bool chat = endpoint == GenerationEndpoint::kChatCompletions;
@@ -473,7 +497,7 @@ std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, G
     return std::nullopt;
   GenerationRequest req;
   req.endpoint = endpoint;
-  if (chat ? !ParseMessages(body, limits, &req.messages, error)
+  if (chat ? !ParseMessages(body, limits, &req.messages, error) || !ParseChatTemplateKwargs(body, &req, error)
            : !ParsePrompt(body, limits, &req.prompt, error))
     return std::nullopt;
   if (!RefuseUnsupported(body, endpoint, error)) return std::nullopt;

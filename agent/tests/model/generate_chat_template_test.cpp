@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -63,11 +64,10 @@ TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
   auto tok = BpeTokenizer::Load(std::string(FEDGE_GOLDEN_DIR) + "/llm/tok_llama2/tokenizer.json");
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ(DetectChatFormat(*tok), std::nullopt);  // no marker tokens: a base model
-  const std::vector<std::pair<std::string, ChatFormat>> formats = {{"zephyr", ChatFormat::kZephyr},
-                                                                   {"phi3", ChatFormat::kPhi3},
-                                                                   {"llama2", ChatFormat::kLlama2},
-                                                                   {"mistral", ChatFormat::kMistral},
-                                                                   {"gemma", ChatFormat::kGemma}};
+  const std::vector<std::pair<std::string, ChatFormat>> formats = {
+      {"zephyr", ChatFormat::kZephyr},    {"phi3", ChatFormat::kPhi3},   {"llama2", ChatFormat::kLlama2},
+      {"mistral", ChatFormat::kMistral},  {"gemma", ChatFormat::kGemma}, {"llama3_1", ChatFormat::kLlama31},
+      {"llama3_2", ChatFormat::kLlama32}, {"qwen3", ChatFormat::kQwen3}};
   nlohmann::json goldens = ChatGoldens();
   int checked = 0;
   for (const auto& [name, format] : formats) {
@@ -76,16 +76,43 @@ TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
     for (const auto& c : g["cases"]) {
       std::vector<ChatMessage> messages;
       for (const auto& m : c["messages"]) messages.push_back({m["role"], m["content"]});
-      auto text = ApplyChatTemplate(format, messages, c["add_generation_prompt"].get<bool>());
+      ChatTemplateOptions options;
+      options.add_generation_prompt = c["add_generation_prompt"].get<bool>();
+      options.enable_thinking = c.value("enable_thinking", true);
+      if (name == "llama3_2") options.date_string = "07 Dec 2026";  // the day the golden was rendered on
+      auto text = ApplyChatTemplate(format, messages, options);
       ASSERT_TRUE(text.ok()) << text.status().ToString();
       EXPECT_EQ(*text, c["text"].get<std::string>()) << name << " " << c["messages"].dump();
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 32);
+  EXPECT_EQ(checked, 72);
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kPhi3), "<|end|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kGemma), "<end_of_turn>");
+  EXPECT_EQ(ChatEndOfTurn(ChatFormat::kLlama32), "<|eot_id|>");
+  EXPECT_EQ(ChatEndOfTurn(ChatFormat::kQwen3), "<|im_end|>");
+}
+
+// Llama 3.2's template prints today's date (transformers' strftime_now); 3.1's a
+// fixed one; both take date_string.
+TEST(ChatTemplateTest, Llama32DatesItsSystemTurnToday) {
+  char today[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(today, sizeof today, "%d %b %Y", &tm);
+  auto text = ApplyChatTemplate(ChatFormat::kLlama32, {{"user", "hi"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_NE(text->find(std::string("\nToday Date: ") + today + "\n\n<|eot_id|>"), std::string::npos) << *text;
+  auto fixed = ApplyChatTemplate(ChatFormat::kLlama31, {{"user", "hi"}});
+  ASSERT_TRUE(fixed.ok());
+  EXPECT_NE(fixed->find("\nToday Date: 26 Jul 2024\n\n<|eot_id|>"), std::string::npos) << *fixed;
+  ChatTemplateOptions options;
+  options.date_string = "01 Jan 2030";
+  auto given = ApplyChatTemplate(ChatFormat::kLlama32, {{"user", "hi"}}, options);
+  ASSERT_TRUE(given.ok());
+  EXPECT_NE(given->find("\nToday Date: 01 Jan 2030\n\n"), std::string::npos) << *given;
 }
 
 // A Gemma directory without a chat template still chats when its tokenizer has

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -112,10 +113,7 @@ TEST_F(LlmServingTest, ClassifyAndEmbeddingsOnACausalLmJobAre400) {
 // replies without its first word's space; a base model without a template says why.
 TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
   namespace fs = std::filesystem;
-  const fs::path golden = fs::path(testing::TinyLlamaDir()).parent_path() / "tiny_mistral";
-  const fs::path dir = fs::temp_directory_path() / ("fedge-llama2-chat-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::copy(golden, dir);
+  const fs::path dir = testing::CopyGoldenModel("tiny_mistral");
   LlmModelOptions o = testing::TinyLlmOptions();
   o.model_dir = dir.string();
   // Its context is max_position_embeddings (128; its sliding_window of 32 is sliding
@@ -183,6 +181,53 @@ TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
   EXPECT_EQ(r.status, 400) << r.body;
   EXPECT_NE(r.body.find("alternate user/assistant"), std::string::npos) << r.body;
   EXPECT_NE(r.body.find("message 1 is"), std::string::npos) << r.body;
+  fs::remove_all(dir);
+}
+
+// Qwen3 with its shipped template (tiny_qwen3's weights and byte-level tokenizer):
+// the format is recognised from the template, and chat_template_kwargs.enable_thinking
+// false (vLLM's request field) ends the prompt with Qwen3's empty think block, as its
+// template renders it; other template variables are refused by name.
+TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
+  namespace fs = std::filesystem;
+  const fs::path dir = testing::CopyGoldenModel("tiny_qwen3");
+  std::ifstream template_file(fs::path(testing::TinyLlamaDir()).parent_path() / "templates" / "qwen3.jinja");
+  std::stringstream template_text;
+  template_text << template_file.rdbuf();
+  ASSERT_FALSE(template_text.str().empty());
+  std::ofstream(dir / "tokenizer_config.json")
+      << json{{"eos_token", "<|im_end|>"}, {"chat_template", template_text.str()}}.dump();
+  LlmModelOptions o = testing::TinyLlmOptions();
+  o.model_dir = dir.string();
+  o.max_seq_len = 64;
+  auto serving = testing::ServeLlm(o, 1);
+  ASSERT_NE(serving, nullptr);
+  InferenceApi api(serving.get(), nullptr, nullptr);
+  auto lm = LlmModel::Load(o);
+  ASSERT_TRUE(lm.ok()) << lm.status().ToString();
+  ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kQwen3);
+  const std::string turn = "<|im_start|>user\nDefine dog.<|im_end|>\n<|im_start|>assistant\n";
+  for (const auto& [kwargs, prompt] : std::vector<std::pair<std::string, std::string>>{
+           {"", turn},
+           {R"(, "chat_template_kwargs": {"enable_thinking": true})", turn},
+           {R"(, "chat_template_kwargs": {"enable_thinking": false})", turn + "<think>\n\n</think>\n\n"}}) {
+    HttpResponse r = api.ChatCompletions(Post(
+        "/v1/chat/completions",
+        R"({"messages": [{"role": "user", "content": "Define dog."}], "max_tokens": 2, "temperature": 0)" +
+            kwargs + "}"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const size_t want = (*lm)->lm().tokenizer().Encode(prompt, {.add_special_tokens = true}).size();
+    EXPECT_EQ(json::parse(r.body)["usage"]["prompt_tokens"].get<size_t>(), want) << kwargs;
+  }
+  for (const char* bad :
+       {R"("chat_template_kwargs": {"tools": []})", R"("chat_template_kwargs": {"enable_thinking": 0})",
+        R"("chat_template_kwargs": "no")"}) {
+    HttpResponse r = api.ChatCompletions(
+        Post("/v1/chat/completions",
+             std::string(R"({"messages": [{"role": "user", "content": "x"}], )") + bad + "}"));
+    EXPECT_EQ(r.status, 400) << bad << " " << r.body;
+    EXPECT_EQ(json::parse(r.body)["error"]["param"], "chat_template_kwargs") << r.body;
+  }
   fs::remove_all(dir);
 }
 

@@ -99,6 +99,14 @@ inline std::string TinyLlamaDir() {
   return (std::filesystem::path(__FILE__).parent_path() / "../../../tests/golden/llm/tiny_llama").string();
 }
 
+// A writable copy of golden model `name` (tests/golden/llm/<name>) in TestDir(name),
+// for a test that adds files (a tokenizer_config.json) to it.
+inline std::filesystem::path CopyGoldenModel(const std::string& name) {
+  const std::filesystem::path dir = TestDir(name);
+  std::filesystem::copy(std::filesystem::path(TinyLlamaDir()).parent_path() / name, dir);
+  return dir;
+}
+
 // The tiny Llama with a rank-2 LoRA on q_proj and v_proj (seed 3), one thread;
 // max_seq_len left at its default.
 inline LlmModelOptions TinyLlmOptions() {

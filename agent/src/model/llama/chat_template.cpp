@@ -1,6 +1,8 @@
 #include "fedge/agent/llm/chat_template.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -73,11 +75,122 @@ Status CheckAlternation(const std::vector<ChatMessage>& turns, std::string_view 
   return OkStatus();
 }
 
+// Today in UTC as strftime's "%d %b %Y" in the C locale ("07 Dec 2026"), as Llama
+// 3.2's template prints it through transformers' strftime_now.
+std::string TodayUtc() {
+  static const char* const kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%02d %s %04d", tm.tm_mday, kMonths[tm.tm_mon % 12], tm.tm_year + 1900);
+  return buf;
+}
+
+std::string Llama3Turn(std::string_view role, std::string_view content) {
+  return "<|start_header_id|>" + std::string(role) + "<|end_header_id|>\n\n" + std::string(content) +
+         "<|eot_id|>";
+}
+
+// Llama 3.1 / 3.3 / 3.2 Instruct without tools: the system turn is always written.
+std::string RenderLlama31(ChatFormat format, const std::vector<ChatMessage>& all,
+                          const ChatTemplateOptions& options) {
+  std::string system;
+  size_t first = 0;
+  if (!all.empty() && all.front().role == "system") {
+    system = Strip(all.front().content);
+    first = 1;
+  }
+  const std::string date = !options.date_string.empty()     ? options.date_string
+                           : format == ChatFormat::kLlama32 ? TodayUtc()
+                                                            : "26 Jul 2024";
+  std::string out =
+      "<|begin_of_text|>" +
+      Llama3Turn("system", "Cutting Knowledge Date: December 2023\nToday Date: " + date + "\n\n" + system);
+  for (size_t i = first; i < all.size(); ++i) {
+    const ChatMessage& m = all[i];
+    // Tool results are ipython turns, untrimmed.
+    out += m.role == "tool" || m.role == "ipython" ? Llama3Turn("ipython", m.content)
+                                                   : Llama3Turn(m.role, Strip(m.content));
+  }
+  if (options.add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return out;
+}
+
+bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+bool EndsWith(std::string_view s, std::string_view p) {
+  return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
+}
+
+// Python's str.strip / lstrip / rstrip of one character.
+std::string_view LStrip(std::string_view s, char c) {
+  while (!s.empty() && s.front() == c) s.remove_prefix(1);
+  return s;
+}
+std::string_view RStrip(std::string_view s, char c) {
+  while (!s.empty() && s.back() == c) s.remove_suffix(1);
+  return s;
+}
+
+// Qwen3's template without tools (a "tool" role is refused before this by the API).
+std::string RenderQwen3(const std::vector<ChatMessage>& all, const ChatTemplateOptions& options) {
+  std::string out;
+  if (!all.empty() && all.front().role == "system")
+    out = "<|im_start|>system\n" + all.front().content + "<|im_end|>\n";
+  // The last user message that is not a wrapped tool response.
+  size_t last_query = all.empty() ? 0 : all.size() - 1;
+  for (size_t k = all.size(); k-- > 0;) {
+    const std::string& c = all[k].content;
+    if (all[k].role == "user" && !(StartsWith(c, "<tool_response>") && EndsWith(c, "</tool_response>"))) {
+      last_query = k;
+      break;
+    }
+  }
+  for (size_t i = 0; i < all.size(); ++i) {
+    const ChatMessage& m = all[i];
+    if (m.role == "user" || (m.role == "system" && i != 0)) {
+      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      std::string_view content = m.content, reasoning;
+      if (const size_t close = content.find("</think>"); close != std::string_view::npos) {
+        // The answer after the last </think>; the reasoning before the first one,
+        // after the last <think> there.
+        std::string_view before = RStrip(content.substr(0, close), '\n');
+        if (const size_t open = before.rfind("<think>"); open != std::string_view::npos)
+          before = before.substr(open + 7);
+        reasoning = LStrip(before, '\n');
+        content = LStrip(content.substr(content.rfind("</think>") + 8), '\n');
+      }
+      out += "<|im_start|>assistant\n";
+      if (i > last_query && (i + 1 == all.size() || !reasoning.empty())) {
+        out += "<think>\n" + std::string(LStrip(RStrip(reasoning, '\n'), '\n')) + "\n</think>\n\n" +
+               std::string(LStrip(content, '\n'));
+      } else {
+        out += content;
+      }
+      out += "<|im_end|>\n";
+    }  // other roles: the template writes nothing
+  }
+  if (options.add_generation_prompt) {
+    out += "<|im_start|>assistant\n";
+    if (!options.enable_thinking) out += "<think>\n\n</think>\n\n";
+  }
+  return out;
+}
+
 }  // namespace
 
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::string_view chat_template) {
-  if (Has(chat_template, "<|im_start|>")) return ChatFormat::kChatMl;
-  if (Has(chat_template, "<|start_header_id|>")) return ChatFormat::kLlama3;
+  // Qwen3's template writes the think block its enable_thinking switch controls.
+  if (Has(chat_template, "<|im_start|>"))
+    return Has(chat_template, "<think>") && Has(chat_template, "enable_thinking") ? ChatFormat::kQwen3
+                                                                                  : ChatFormat::kChatMl;
+  // Llama 3.1 / 3.3 and 3.2 open with a dated system turn; 3.2's date is today's.
+  if (Has(chat_template, "<|start_header_id|>")) {
+    if (!Has(chat_template, "Cutting Knowledge Date")) return ChatFormat::kLlama3;
+    return Has(chat_template, "strftime_now") ? ChatFormat::kLlama32 : ChatFormat::kLlama31;
+  }
   // Phi-3's turns look like Zephyr's but end with <|end|>, not </s>.
   if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>"))
     return Has(chat_template, "<|end|>") ? ChatFormat::kPhi3 : ChatFormat::kZephyr;
@@ -124,8 +237,11 @@ StatusOr<std::string> ReadChatTemplate(const std::string& dir) {
 std::string_view ChatEndOfTurn(ChatFormat format) {
   switch (format) {
     case ChatFormat::kChatMl:
+    case ChatFormat::kQwen3:
       return "<|im_end|>";
     case ChatFormat::kLlama3:
+    case ChatFormat::kLlama31:
+    case ChatFormat::kLlama32:
       return "<|eot_id|>";
     case ChatFormat::kPhi3:
       return "<|end|>";
@@ -139,11 +255,46 @@ std::string_view ChatEndOfTurn(ChatFormat format) {
   return "</s>";
 }
 
+std::string_view ChatFormatName(ChatFormat format) {
+  switch (format) {
+    case ChatFormat::kChatMl:
+      return "ChatML";
+    case ChatFormat::kLlama3:
+      return "Llama 3";
+    case ChatFormat::kZephyr:
+      return "Zephyr";
+    case ChatFormat::kPhi3:
+      return "Phi-3";
+    case ChatFormat::kLlama2:
+      return "Llama 2";
+    case ChatFormat::kMistral:
+      return "Mistral";
+    case ChatFormat::kGemma:
+      return "Gemma";
+    case ChatFormat::kLlama31:
+      return "Llama 3.1";
+    case ChatFormat::kLlama32:
+      return "Llama 3.2";
+    case ChatFormat::kQwen3:
+      return "Qwen3";
+  }
+  return "?";
+}
+
 StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
                                         bool add_generation_prompt, std::string_view default_system) {
+  ChatTemplateOptions options;
+  options.add_generation_prompt = add_generation_prompt;
+  options.default_system = std::string(default_system);
+  return ApplyChatTemplate(format, messages, options);
+}
+
+StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
+                                        const ChatTemplateOptions& options) {
+  const bool add_generation_prompt = options.add_generation_prompt;
   std::vector<ChatMessage> all;
   bool has_system = !messages.empty() && messages.front().role == "system";
-  if (!has_system && !default_system.empty()) all.push_back({"system", std::string(default_system)});
+  if (!has_system && !options.default_system.empty()) all.push_back({"system", options.default_system});
   all.insert(all.end(), messages.begin(), messages.end());
   for (const ChatMessage& m : all) {
     if (m.role.empty()) return InvalidArgumentError("chat template: a message has no role");
@@ -191,6 +342,9 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
     }
     return out;  // the generation prompt is the closing [/INST]
   }
+  if (format == ChatFormat::kLlama31 || format == ChatFormat::kLlama32)
+    return RenderLlama31(format, all, options);
+  if (format == ChatFormat::kQwen3) return RenderQwen3(all, options);
   if (format == ChatFormat::kLlama3) out = "<|begin_of_text|>";
   for (const ChatMessage& m : all) {
     if (format == ChatFormat::kChatMl) {

@@ -7,6 +7,16 @@
 //   Llama 3:
 //     <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>
 //     <|start_header_id|>assistant<|end_header_id|>\n\n       (generation prompt)
+//     Contents are trimmed (Python's strip).
+//   Llama 3.1 / 3.3 and Llama 3.2 Instruct: Llama 3 behind a system turn that is
+//     always there (the system message, trimmed, after it; tool messages as ipython):
+//     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge
+//     Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>...
+//     {date}: 3.1's template fixes "26 Jul 2024"; 3.2's prints today's ("07 Dec 2026").
+//   Qwen3: ChatML, where an assistant turn before the last user message loses its
+//     <think>...</think> reasoning, one after it is written <think>\n{reasoning}\n</think>\n\n
+//     {answer} (reasoning empty if it had none), and enable_thinking=false follows the
+//     generation prompt with an empty <think>\n\n</think>\n\n (the model answers directly).
 //   Zephyr (TinyLlama-1.1B-Chat):
 //     <|system|>\n{content}</s>\n<|user|>\n{content}</s>\n<|assistant|>\n
 //   Phi-3 (Phi-3/3.5-mini-instruct): Zephyr's turns ended by <|end|>
@@ -42,7 +52,33 @@ struct ChatMessage {
   std::string content;
 };
 
-enum class ChatFormat { kChatMl, kLlama3, kZephyr, kPhi3, kLlama2, kMistral, kGemma };
+enum class ChatFormat {
+  kChatMl,
+  kLlama3,
+  kZephyr,
+  kPhi3,
+  kLlama2,
+  kMistral,
+  kGemma,
+  kLlama31,
+  kLlama32,
+  kQwen3
+};
+
+// What a template takes besides the messages (transformers' apply_chat_template
+// arguments and the template variables fedge knows).
+struct ChatTemplateOptions {
+  // The text ends with the opening of an assistant turn, ready for generation.
+  bool add_generation_prompt = true;
+  // Inserted as the first message when the conversation has no system message.
+  std::string default_system;
+  // Qwen3's enable_thinking: false writes an empty think block after the generation
+  // prompt. Other formats have no such switch and ignore it.
+  bool enable_thinking = true;
+  // Llama 3.1 / 3.2's "Today Date" (date_string); empty: 3.1's "26 Jul 2024", 3.2's
+  // today in UTC ("%d %b %Y").
+  std::string date_string;
+};
 
 // The format of a model directory's Jinja chat template (`chat_template`, the
 // tokenizer_config.json field or the chat_template.jinja file), recognised by its
@@ -64,8 +100,13 @@ StatusOr<std::string> ReadChatTemplate(const std::string& dir);
 // INVALID_ARGUMENT for an empty role, and for Llama 2 / Mistral / Gemma a conversation
 // whose roles do not alternate user/assistant from a user message (the templates raise).
 StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
+                                        const ChatTemplateOptions& options);
+StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,
                                         bool add_generation_prompt = true,
                                         std::string_view default_system = "");
+
+// The format's name in messages and docs ("ChatML", "Llama 3.2", "Qwen3", ...).
+std::string_view ChatFormatName(ChatFormat format);
 
 // The text that ends an assistant turn in `format` (a stop string for generation).
 std::string_view ChatEndOfTurn(ChatFormat format);

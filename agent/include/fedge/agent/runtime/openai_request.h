@@ -85,6 +85,9 @@ struct GenerationRequest {
   bool seed_given = false;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a final usage chunk
+  // chat_template_kwargs (vLLM's and SGLang's extension): enable_thinking, Qwen3's
+  // switch; formats without one ignore it, as their templates would.
+  bool enable_thinking = true;
 };
 std::optional<GenerationRequest> ParseGenerationRequest(std::string_view body, GenerationEndpoint endpoint,
                                                         const InferenceLimits& limits, ApiErrorInfo* error);
