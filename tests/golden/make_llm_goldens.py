@@ -631,14 +631,15 @@ def make_chat():
          {"role": "assistant", "content": "\nHello.\n"}, {"role": "user", "content": ""}],
         [{"role": "system", "content": "Only a system message."}],
     ]
-    # Llama 3.1 / 3.2 and Qwen3 as their model directories ship them (templates/): Meta's
+    # Llama 3.1 / 3.2, Qwen3, Qwen2 and Qwen2.5 as their model directories ship them
+    # (templates/; the Qwen2 and 2.5 ones write a default system message): Meta's
     # 3.2 template (strftime_now; rendered here on a fixed day, as transformers renders
     # it on that day), 3.1's (a fixed "26 Jul 2024"), Qwen3's (thinking). Rendered with
     # tools=None, as transformers passes it.
     from datetime import datetime
     env.globals["strftime_now"] = lambda fmt: datetime(2026, 12, 7).strftime(fmt)
     templates = dict(CHAT_TEMPLATES)
-    for name in ("llama3_1", "llama3_2", "qwen3"):
+    for name in ("llama3_1", "llama3_2", "qwen3", "qwen2", "qwen2_5"):
         with open(os.path.join(OUT, "templates", name + ".jinja")) as f:
             templates[name] = f.read()
     llama31_only = [
@@ -666,10 +667,11 @@ def make_chat():
             for gen in (True, False):
                 for thinking in ((True, False) if name == "qwen3" and gen else (None,)):
                     kwargs = {} if thinking is None else {"enable_thinking": thinking}
-                    bos = {"gemma": "<bos>", "llama3_1": "<|begin_of_text|>", "llama3_2": "<|begin_of_text|>",
-                           "qwen3": ""}.get(name, "<s>")
-                    eos = {"phi3": "<|endoftext|>", "gemma": "<eos>", "llama3_1": "<|eot_id|>", "llama3_2": "<|eot_id|>",
-                           "qwen3": "<|im_end|>"}.get(name, "</s>")
+                    qwen = name.startswith("qwen")
+                    bos = {"gemma": "<bos>", "llama3_1": "<|begin_of_text|>", "llama3_2": "<|begin_of_text|>"}.get(
+                        name, "" if qwen else "<s>")
+                    eos = {"phi3": "<|endoftext|>", "gemma": "<eos>", "llama3_1": "<|eot_id|>", "llama3_2": "<|eot_id|>"}.get(
+                        name, "<|im_end|>" if qwen else "</s>")
                     case = {"messages": conv, "add_generation_prompt": gen,
                             "text": t.render(messages=conv, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
                                              tools=None, **kwargs)}

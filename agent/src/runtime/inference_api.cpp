@@ -456,6 +456,7 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       }
       llm::ChatTemplateOptions chat_options;
       chat_options.enable_thinking = req.enable_thinking;
+      chat_options.default_system = lm->lm().chat_default_system();
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages, chat_options));
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
       options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();

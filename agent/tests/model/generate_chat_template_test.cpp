@@ -67,7 +67,8 @@ TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
   const std::vector<std::pair<std::string, ChatFormat>> formats = {
       {"zephyr", ChatFormat::kZephyr},    {"phi3", ChatFormat::kPhi3},   {"llama2", ChatFormat::kLlama2},
       {"mistral", ChatFormat::kMistral},  {"gemma", ChatFormat::kGemma}, {"llama3_1", ChatFormat::kLlama31},
-      {"llama3_2", ChatFormat::kLlama32}, {"qwen3", ChatFormat::kQwen3}};
+      {"llama3_2", ChatFormat::kLlama32}, {"qwen3", ChatFormat::kQwen3}, {"qwen2", ChatFormat::kChatMl},
+      {"qwen2_5", ChatFormat::kChatMl}};
   nlohmann::json goldens = ChatGoldens();
   int checked = 0;
   for (const auto& [name, format] : formats) {
@@ -80,18 +81,39 @@ TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
       options.add_generation_prompt = c["add_generation_prompt"].get<bool>();
       options.enable_thinking = c.value("enable_thinking", true);
       if (name == "llama3_2") options.date_string = "07 Dec 2026";  // the day the golden was rendered on
+      options.default_system = ChatDefaultSystem(format, g["template"].get<std::string>());
       auto text = ApplyChatTemplate(format, messages, options);
       ASSERT_TRUE(text.ok()) << text.status().ToString();
       EXPECT_EQ(*text, c["text"].get<std::string>()) << name << " " << c["messages"].dump();
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 72);
+  EXPECT_EQ(checked, 84);
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kPhi3), "<|end|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kGemma), "<end_of_turn>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kLlama32), "<|eot_id|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kQwen3), "<|im_end|>");
+}
+
+// The default system message a ChatML template writes, read from the template's
+// literal; none where the template concatenates or has none.
+TEST(ChatTemplateTest, DefaultSystemIsTheTemplatesLiteral) {
+  nlohmann::json goldens = ChatGoldens();
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, goldens["qwen2"]["template"].get<std::string>()),
+            "You are a helpful assistant.");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, goldens["qwen2_5"]["template"].get<std::string>()),
+            "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kQwen3, goldens["qwen3"]["template"].get<std::string>()), "");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, goldens["qwen3"]["template"].get<std::string>()), "");
+  // A real newline in the literal, an escape other than \n, a Jinja expression.
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, "{{ '<|im_start|>system\nBe kind.<|im_end|>\n' }}"),
+            "Be kind.");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, "{{ '<|im_start|>system\\nTwo\\nlines<|im_end|>' }}"),
+            "Two\nlines");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, "{{ '<|im_start|>system\\nTab\\there<|im_end|>' }}"), "");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kChatMl, "{{ '<|im_start|>system\\n{{ x }}<|im_end|>' }}"), "");
+  EXPECT_EQ(ChatDefaultSystem(ChatFormat::kLlama3, goldens["qwen2"]["template"].get<std::string>()), "");
 }
 
 // Llama 3.2's template prints today's date (transformers' strftime_now); 3.1's a

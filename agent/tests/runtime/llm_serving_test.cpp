@@ -184,27 +184,42 @@ TEST(LlmServingSentencePieceTest, ChatUsesTheDirectorysTemplate) {
   fs::remove_all(dir);
 }
 
+// A copy of golden model `golden` whose tokenizer_config.json holds the chat template
+// tests/golden/llm/templates/<jinja>, served (as job "ns/gen", version 1) and loaded a
+// second time as the reference; the copy is removed at the end.
+struct ChatModel {
+  std::filesystem::path dir;
+  std::unique_ptr<ServingModel> serving;
+  StatusOr<std::unique_ptr<LlmModel>> lm = InternalError("not loaded");
+
+  ChatModel(const std::string& golden, const std::string& jinja, int64_t max_seq_len) {
+    dir = testing::CopyGoldenModel(golden);
+    std::ifstream file(std::filesystem::path(testing::TinyLlamaDir()).parent_path() / "templates" / jinja);
+    std::stringstream text;
+    text << file.rdbuf();
+    EXPECT_FALSE(text.str().empty()) << jinja;
+    std::ofstream(dir / "tokenizer_config.json")
+        << json{{"eos_token", "<|im_end|>"}, {"chat_template", text.str()}}.dump();
+    LlmModelOptions o = testing::TinyLlmOptions();
+    o.model_dir = dir.string();
+    o.max_seq_len = max_seq_len;
+    serving = testing::ServeLlm(o, 1);
+    lm = LlmModel::Load(o);
+    EXPECT_TRUE(lm.ok()) << lm.status().ToString();
+  }
+  ~ChatModel() { std::filesystem::remove_all(dir); }
+};
+
 // Qwen3 with its shipped template (tiny_qwen3's weights and byte-level tokenizer):
 // the format is recognised from the template, and chat_template_kwargs.enable_thinking
 // false (vLLM's request field) ends the prompt with Qwen3's empty think block, as its
 // template renders it; other template variables are refused by name.
 TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
-  namespace fs = std::filesystem;
-  const fs::path dir = testing::CopyGoldenModel("tiny_qwen3");
-  std::ifstream template_file(fs::path(testing::TinyLlamaDir()).parent_path() / "templates" / "qwen3.jinja");
-  std::stringstream template_text;
-  template_text << template_file.rdbuf();
-  ASSERT_FALSE(template_text.str().empty());
-  std::ofstream(dir / "tokenizer_config.json")
-      << json{{"eos_token", "<|im_end|>"}, {"chat_template", template_text.str()}}.dump();
-  LlmModelOptions o = testing::TinyLlmOptions();
-  o.model_dir = dir.string();
-  o.max_seq_len = 64;
-  auto serving = testing::ServeLlm(o, 1);
-  ASSERT_NE(serving, nullptr);
-  InferenceApi api(serving.get(), nullptr, nullptr);
-  auto lm = LlmModel::Load(o);
-  ASSERT_TRUE(lm.ok()) << lm.status().ToString();
+  ChatModel m("tiny_qwen3", "qwen3.jinja", 64);
+  ASSERT_NE(m.serving, nullptr);
+  InferenceApi api(m.serving.get(), nullptr, nullptr);
+  auto& lm = m.lm;
+  ASSERT_TRUE(lm.ok());
   ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kQwen3);
   const std::string turn = "<|im_start|>user\nDefine dog.<|im_end|>\n<|im_start|>assistant\n";
   for (const auto& [kwargs, prompt] : std::vector<std::pair<std::string, std::string>>{
@@ -228,7 +243,34 @@ TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
     EXPECT_EQ(r.status, 400) << bad << " " << r.body;
     EXPECT_EQ(json::parse(r.body)["error"]["param"], "chat_template_kwargs") << r.body;
   }
-  fs::remove_all(dir);
+}
+
+// Qwen2.5's template writes "You are Qwen, created by Alibaba Cloud. ..." when the
+// conversation has no system message: served, the prompt has it (and a given system
+// message replaces it), as transformers renders it.
+TEST(LlmServingQwen3Test, Qwen25WritesItsDefaultSystemMessage) {
+  ChatModel m("tiny_qwen2", "qwen2_5.jinja", 96);
+  ASSERT_NE(m.serving, nullptr);
+  InferenceApi api(m.serving.get(), nullptr, nullptr);
+  auto& lm = m.lm;
+  ASSERT_TRUE(lm.ok());
+  ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kChatMl);
+  EXPECT_EQ((*lm)->lm().chat_default_system(),
+            "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+  const std::string turn = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+  for (const auto& [messages, prompt] : std::vector<std::pair<std::string, std::string>>{
+           {R"([{"role": "user", "content": "hi"}])",
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+            "assistant.<|im_end|>\n" +
+                turn},
+           {R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])",
+            "<|im_start|>system\nBe brief.<|im_end|>\n" + turn}}) {
+    HttpResponse r = api.ChatCompletions(
+        Post("/v1/chat/completions", R"({"max_tokens": 2, "temperature": 0, "messages": )" + messages + "}"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const size_t want = (*lm)->lm().tokenizer().Encode(prompt, {.add_special_tokens = true}).size();
+    EXPECT_EQ(json::parse(r.body)["usage"]["prompt_tokens"].get<size_t>(), want) << messages;
+  }
 }
 
 TEST(LlmServingBertTest, CompletionsOnAClassificationJobAre400) {

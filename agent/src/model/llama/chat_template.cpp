@@ -205,6 +205,43 @@ std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::s
   return std::nullopt;
 }
 
+std::string ChatDefaultSystem(ChatFormat format, std::string_view chat_template) {
+  if (format != ChatFormat::kChatMl) return "";
+  // '<|im_start|>system\n{text}<|im_end|>\n' inside one string literal (the newline
+  // written as \n or as itself): {text} holds no quote, Jinja or concatenation; \n is
+  // the only escape read (others: not a default).
+  static constexpr std::string_view kOpen = "<|im_start|>system", kClose = "<|im_end|>";
+  for (size_t at = chat_template.find(kOpen); at != std::string_view::npos;
+       at = chat_template.find(kOpen, at + 1)) {
+    size_t begin = at + kOpen.size();
+    if (chat_template.substr(begin, 2) == "\\n") {
+      begin += 2;
+    } else if (chat_template.substr(begin, 1) == "\n") {
+      begin += 1;
+    } else {
+      continue;
+    }
+    const size_t end = chat_template.find(kClose, begin);
+    if (end == std::string_view::npos) break;
+    const std::string_view text = chat_template.substr(begin, end - begin);
+    if (text.empty() || text.find_first_of("'\"{}+") != std::string_view::npos) continue;
+    std::string out;
+    bool literal = true;
+    for (size_t i = 0; i < text.size() && literal; ++i) {
+      if (text[i] != '\\') {
+        out += text[i];
+      } else if (i + 1 < text.size() && text[i + 1] == 'n') {
+        out += '\n';
+        ++i;
+      } else {
+        literal = false;
+      }
+    }
+    if (literal) return out;
+  }
+  return "";
+}
+
 StatusOr<std::string> ReadChatTemplate(const std::string& dir) {
   auto field = [](const std::string& path, const nlohmann::json& j) -> StatusOr<std::string> {
     if (!j.is_object() || !j.contains("chat_template") || j["chat_template"].is_null()) return std::string();

@@ -91,6 +91,10 @@ class CausalLm {
   // The chat format of the model directory's chat template (DetectChatFormat);
   // nullopt for a model without one (a base model).
   virtual std::optional<ChatFormat> chat_format() const = 0;
+  // The system message the chat template writes when a conversation has none
+  // (ChatDefaultSystem: Qwen2.5's "You are Qwen, created by Alibaba Cloud. ..."); empty
+  // if it writes none.
+  virtual const std::string& chat_default_system() const = 0;
   virtual const std::vector<int64_t>& eos_token_ids() const = 0;
 
   // Continues `prompt`, encoded with the tokenizer's BOS (its post_processor's prefix,

@@ -88,6 +88,12 @@ struct ChatTemplateOptions {
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer,
                                            std::string_view chat_template = "");
 
+// The system message a ChatML template writes when the conversation has none, as one
+// literal string (Qwen2's '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n',
+// Qwen2.5's "You are Qwen, created by Alibaba Cloud. ...", SmolLM2's); empty if it has
+// no such literal, and for the other formats (Llama 3.1's dated turn is the format's own).
+std::string ChatDefaultSystem(ChatFormat format, std::string_view chat_template);
+
 // The chat template of model directory `dir`: tokenizer_config.json's "chat_template"
 // (a string, or the "default" entry of a list of {name, template}), else
 // chat_template.jinja, else chat_template.json's "chat_template"; empty if none.
