@@ -20,7 +20,8 @@
 // --load PATH times loading a tokenizer.json as large as a real model's (Gemma 3's
 // 262,144 pieces: bench/tokenizer/make_large_vocab.py writes one), in a forked child
 // so its peak RSS is its own: seconds, peak RSS over an empty child's, and the glosses'
-// encoding MB/s through it; then exits.
+// encoding MB/s through it; then exits. --instances N loads it N times in the child
+// (an agent's trainer, serving and spare instances each load the model directory).
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -78,14 +79,25 @@ double PeakRssMib() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;
 }
 
+// Resident set now (VmRSS), MiB: what a loaded tokenizer keeps once the JSON
+// document it was parsed from is freed.
+double RssMib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
+  }
+  return 0;
+}
+
 // --load: one child loads `path` (or nothing, the baseline) and reports through a pipe.
 struct LoadRun {
-  double seconds = 0, load_peak_mib = 0, peak_mib = 0, encode_mbs = 0;
+  double seconds = 0, load_peak_mib = 0, loaded_mib = 0, peak_mib = 0, encode_mbs = 0;
   size_t vocab = 0, ids = 0;
   bool ok = false;
 };
 
-LoadRun LoadInChild(const std::string& path, const std::string& glosses) {
+LoadRun LoadInChild(const std::string& path, const std::string& glosses, int instances) {
   LoadRun r;
   int fds[2];
   if (pipe(fds) != 0) return r;
@@ -95,10 +107,16 @@ LoadRun LoadInChild(const std::string& path, const std::string& glosses) {
     LoadRun c;
     if (path.empty()) {
       c.ok = true;
+      c.loaded_mib = RssMib();
     } else {
       fedge::StatusOr<BpeTokenizer> tok = fedge::InternalError("not loaded");
-      c.seconds = Seconds([&] { tok = BpeTokenizer::Load(path); });
+      std::vector<BpeTokenizer> more;  // the agent's other instances (trainer, serving, spare)
+      c.seconds = Seconds([&] {
+        tok = BpeTokenizer::Load(path);
+        for (int k = 1; k < instances && tok.ok(); ++k) more.push_back(*BpeTokenizer::Load(path));
+      });
       c.load_peak_mib = PeakRssMib();
+      c.loaded_mib = RssMib();
       if (tok.ok()) {
         c.ok = true;
         c.vocab = static_cast<size_t>(tok->vocab_size());
@@ -120,19 +138,21 @@ LoadRun LoadInChild(const std::string& path, const std::string& glosses) {
   return r;
 }
 
-int LoadReport(const std::vector<std::string>& paths) {
+int LoadReport(const std::vector<std::string>& paths, int instances) {
   const std::string glosses = WordNetGlosses(4u << 20);
-  const LoadRun empty = LoadInChild("", glosses);
-  std::printf("%-44s %8s %9s %14s %14s %10s\n", "tokenizer.json", "pieces", "load_s", "load_peak_MiB",
-              "peak_rss_MiB", "MB/s");
+  const LoadRun empty = LoadInChild("", glosses, instances);
+  std::printf("%-44s %8s %9s %14s %11s %14s %10s\n", "tokenizer.json", "pieces", "load_s", "load_peak_MiB",
+              "loaded_MiB", "peak_rss_MiB", "MB/s");
   for (const std::string& path : paths) {
-    const LoadRun r = LoadInChild(path, glosses);
+    const LoadRun r = LoadInChild(path, glosses, instances);
     if (!r.ok) return 1;
-    std::printf("%-44s %8zu %9.3f %14.1f %14.1f %10.1f\n", path.c_str(), r.vocab, r.seconds,
-                r.load_peak_mib - empty.peak_mib, r.peak_mib - empty.peak_mib, r.encode_mbs);
+    std::printf("%-44s %8zu %9.3f %14.1f %11.1f %14.1f %10.1f\n", path.c_str(), r.vocab, r.seconds,
+                r.load_peak_mib - empty.peak_mib, r.loaded_mib - empty.loaded_mib,
+                r.peak_mib - empty.peak_mib, r.encode_mbs);
   }
   std::printf(
-      "(load_peak / peak_rss: after loading / after encoding too, over a child that loads nothing, "
+      "(load_peak / peak_rss: peak after loading / after encoding too; loaded: resident after loading, the "
+      "JSON freed; all over a child that loads nothing, "
       "%.1f MiB; MB/s: %.1f MiB of WordNet glosses encoded at once)\n",
       empty.peak_mib, glosses.size() / 1048576.0);
   return 0;
@@ -143,13 +163,15 @@ int main(int argc, char** argv) {
   size_t max_kib = 4096;
   std::vector<std::string> load;
   std::string real;
+  int instances = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--instances") == 0) instances = std::max(1, std::atoi(argv[i + 1]));
     if (std::strcmp(argv[i], "--real") == 0) real = argv[i + 1];
     if (std::strcmp(argv[i], "--golden-dir") == 0) golden = argv[i + 1];
     if (std::strcmp(argv[i], "--max-kib") == 0) max_kib = std::strtoul(argv[i + 1], nullptr, 10);
     if (std::strcmp(argv[i], "--load") == 0) load.emplace_back(argv[i + 1]);
   }
-  if (!load.empty()) return LoadReport(load);
+  if (!load.empty()) return LoadReport(load, instances);
   std::vector<std::string> names = {"gpt2",      "llama3", "qwen2",           "smollm2",
                                     "qwen2_nfc", "llama2", "llama2_metaspace"};
   if (!real.empty()) names = {"gemma3", "llama3_1", "qwen3", "llama2"};

@@ -6,6 +6,7 @@
 #include "fedge/agent/llm/bpe_tokenizer.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -210,6 +211,42 @@ TEST(BpeTokenizerTest, AMebibyteWordOfOneSyllableEncodesWithoutQuadraticTime) {
   EXPECT_EQ(bytes, text);
   // Merged like any word: far fewer ids than bytes.
   EXPECT_LT(ids.size(), text.size() / 2) << "one syllable is " << one.size() << " ids";
+}
+
+// Loads of one file share their tables while one is alive; a rewritten or replaced
+// file is read again.
+TEST(BpeTokenizerTest, LoadsOfOneFileShareTablesUntilTheFileChanges) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("fedge-tok-share-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path path = dir / "tokenizer.json";
+  fs::copy_file(kGolden + "/llm/tok_gpt2/tokenizer.json", path);
+  auto a = BpeTokenizer::Load(path.string());
+  auto b = BpeTokenizer::Load(path.string());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(a->SharesTablesWith(*b));
+  EXPECT_EQ(a->Encode("hello world"), b->Encode("hello world"));
+  // Another tokenizer written over it (new size and mtime): read again.
+  auto other_text = ReadFile(kGolden + "/llm/tok_llama3/tokenizer.json");
+  ASSERT_TRUE(other_text.ok());
+  { std::ofstream(path, std::ios::trunc) << *other_text; }
+  auto c = BpeTokenizer::Load(path.string());
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->SharesTablesWith(*a));
+  auto want = BpeTokenizer::FromJson(*other_text);
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ(c->Encode("I'm 12345 here"), want->Encode("I'm 12345 here"));
+  // Replaced by rename with the same bytes (a new inode): read again.
+  fs::copy_file(kGolden + "/llm/tok_llama3/tokenizer.json", dir / "next.json");
+  fs::rename(dir / "next.json", path);
+  auto d = BpeTokenizer::Load(path.string());
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->SharesTablesWith(*c));
+  // A file that does not parse is an error every time, never a cached success.
+  { std::ofstream(path, std::ios::trunc) << "{ not json"; }
+  EXPECT_FALSE(BpeTokenizer::Load(path.string()).ok());
+  fs::remove_all(dir);
 }
 
 TEST(BpeTokenizerTest, SpecialTokensMatchFirstAndDecodeVerbatim) {
