@@ -15,6 +15,7 @@
 #include "fedge/agent/runtime/api_token.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/reasoning.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "fedge/agent/runtime/state_store.h"
 #include "fedge/agent/text_classifier.h"
@@ -433,7 +434,7 @@ Status InferenceApi::UseModel(const std::function<Status(TrainableModel& model, 
 Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    const llm::TextCallback& on_text, llm::GenerationResult* result,
                                    int64_t* version, GenerationTimes* times,
-                                   const RequestScheduler::GoneFn& gone) {
+                                   const RequestScheduler::GoneFn& gone, bool* reasoning) {
   const std::string& route = GenerationRoute(req.endpoint);
   // `start` runs on the scheduler's decode loop thread with the model held; it
   // writes `version` and `times` there, which this thread reads only after
@@ -458,6 +459,7 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       chat_options.enable_thinking = req.enable_thinking;
       chat_options.default_system = lm->lm().chat_default_system();
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages, chat_options));
+      if (reasoning != nullptr) *reasoning = *format == llm::ChatFormat::kQwen3;
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
       options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();
     }
@@ -523,8 +525,9 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   GenerationTimes times;
   times.arrived = arrived;
   // A stream's checks run before its 200 goes out, so a bad request still gets its status.
-  Status st =
-      RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times, request.client_gone);
+  bool reasoning = false;
+  Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times,
+                            request.client_gone, &reasoning);
   if (st.code() == StatusCode::kResourceExhausted || st.code() == StatusCode::kCancelled)
     return SchedulerError(st);
   if (!st.ok()) return ErrorResponse(ErrorInfo(st));
@@ -538,6 +541,12 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   Json choice = {{"index", 0}};
   if (chat) {
     choice["message"] = {{"role", "assistant"}, {"content", result.text}, {"refusal", nullptr}};
+    if (reasoning) {  // vLLM's and DeepSeek's field; null when the reply did not think
+      ReasoningSplitter::Parts parts = ReasoningSplitter::Split(result.text);
+      choice["message"]["content"] = parts.content;
+      choice["message"]["reasoning_content"] =
+          parts.reasoning.empty() ? Json(nullptr) : Json(parts.reasoning);
+    }
   } else {
     choice["text"] = result.text;
   }
@@ -577,10 +586,12 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
     if (timings) c["timings"] = *timings;
     send(Dump(c));
   };
-  auto text_choice = [&](std::string_view text, const Json& finish_reason) {
+  auto text_choice = [&](std::string_view text, const Json& finish_reason, std::string_view reasoning = {}) {
     Json choice = {{"index", 0}};
     if (chat) {
-      choice["delta"] = text.empty() ? Json::object() : Json{{"content", text}};
+      choice["delta"] = Json::object();
+      if (!reasoning.empty()) choice["delta"]["reasoning_content"] = reasoning;
+      if (!text.empty()) choice["delta"]["content"] = text;
     } else {
       choice["text"] = text;
     }
@@ -612,13 +623,25 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   times.arrived = arrived;
   // RunGeneration sets `version` before generating, so every chunk names the global
   // that produced it.
+  // A thinking model's reply is split as it streams (ReasoningSplitter holds back a
+  // piece that may begin a tag); `reasoning` is set before the first piece arrives.
+  bool reasoning = false;
+  ReasoningSplitter splitter;
+  auto emit = [&](const ReasoningSplitter::Parts& parts) {
+    if (!parts.reasoning.empty() || !parts.content.empty())
+      chunk(text_choice(parts.content, nullptr, parts.reasoning), std::nullopt, std::nullopt);
+  };
   Status st = RunGeneration(
       run, /*dry_run=*/false,
       [&](std::string_view delta) {
         start(version);
-        chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);
+        if (reasoning) {
+          emit(splitter.Feed(delta));
+        } else {
+          chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);
+        }
       },
-      &result, &version, &times, gone);
+      &result, &version, &times, gone, &reasoning);
   if (st.code() == StatusCode::kCancelled) return;  // left while queued: nobody is reading
   if (!st.ok()) {
     // The 200 and perhaps some text went out already: the error is one event.
@@ -627,6 +650,7 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   }
   if (result.finish_reason == llm::FinishReason::kCancelled || !open) return;  // nobody is reading
   start(version);
+  if (reasoning) emit(splitter.Finish());
   const Json timings = TimingsJson(times);
   chunk(text_choice("", std::string(llm::FinishReasonName(result.finish_reason))), std::nullopt, timings);
   if (req.include_usage) chunk(std::nullopt, Usage(result), timings);

@@ -13,6 +13,7 @@
 #include "fedge/agent/runtime/inference_api.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
+#include "fedge/agent/runtime/reasoning.h"
 #include "fedge/agent/runtime/serving_model.h"
 #include "serving_test_util.h"
 
@@ -233,6 +234,25 @@ TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
     ASSERT_EQ(r.status, 200) << r.body;
     const size_t want = (*lm)->lm().tokenizer().Encode(prompt, {.add_special_tokens = true}).size();
     EXPECT_EQ(json::parse(r.body)["usage"]["prompt_tokens"].get<size_t>(), want) << kwargs;
+  }
+  // A thinking format's reply carries reasoning_content (null when the reply did not
+  // open <think>), and content + reasoning are the generated text split at the tags.
+  {
+    HttpResponse r = api.ChatCompletions(Post(
+        "/v1/chat/completions",
+        R"({"messages": [{"role": "user", "content": "Define dog."}], "max_tokens": 6, "temperature": 0})"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json message = json::parse(r.body)["choices"][0]["message"];
+    ASSERT_TRUE(message.contains("reasoning_content")) << r.body;
+    llm::GenerationOptions greedy;
+    greedy.max_new_tokens = 6;
+    greedy.sampling.temperature = 0;
+    greedy.stop = {"<|im_end|>"};
+    auto want = (*lm)->lm().Generate(turn, greedy);
+    ASSERT_TRUE(want.ok());
+    const ReasoningSplitter::Parts parts = ReasoningSplitter::Split(want->text);
+    EXPECT_EQ(message["content"], parts.content);
+    EXPECT_EQ(message["reasoning_content"], parts.reasoning.empty() ? json(nullptr) : json(parts.reasoning));
   }
   for (const char* bad :
        {R"("chat_template_kwargs": {"tools": []})", R"("chat_template_kwargs": {"enable_thinking": 0})",

@@ -1,0 +1,65 @@
+#include "fedge/agent/runtime/reasoning.h"
+
+#include <algorithm>
+
+namespace fedge::agent {
+namespace {
+
+constexpr std::string_view kOpen = "<think>";
+constexpr std::string_view kClose = "</think>";
+
+// The length of the longest suffix of `s` that is a proper prefix of `tag`.
+size_t PartialTagAtEnd(std::string_view s, std::string_view tag) {
+  for (size_t n = std::min(s.size(), tag.size() - 1); n > 0; --n) {
+    if (s.substr(s.size() - n) == tag.substr(0, n)) return n;
+  }
+  return 0;
+}
+
+}  // namespace
+
+ReasoningSplitter::Parts ReasoningSplitter::Feed(std::string_view delta) {
+  Parts out;
+  held_.append(delta);
+  if (state_ == State::kStart) {
+    if (held_.size() < kOpen.size() && kOpen.substr(0, held_.size()) == held_) return out;  // maybe <think>
+    if (held_.compare(0, kOpen.size(), kOpen) == 0) {
+      state_ = State::kReasoning;
+      held_.erase(0, kOpen.size());
+    } else {
+      state_ = State::kContent;
+    }
+  }
+  if (state_ == State::kReasoning) {
+    if (const size_t close = held_.find(kClose); close != std::string::npos) {
+      out.reasoning = held_.substr(0, close);
+      held_.erase(0, close + kClose.size());
+      state_ = State::kContent;
+    } else {
+      const size_t keep = PartialTagAtEnd(held_, kClose);
+      out.reasoning = held_.substr(0, held_.size() - keep);
+      held_.erase(0, held_.size() - keep);
+      return out;
+    }
+  }
+  out.content += held_;  // kContent
+  held_.clear();
+  return out;
+}
+
+ReasoningSplitter::Parts ReasoningSplitter::Finish() {
+  Parts out;
+  // An unfinished <think> or </think> is text: content before any reasoning began,
+  // reasoning inside it (a reply cut off while thinking).
+  (state_ == State::kReasoning ? out.reasoning : out.content) = std::move(held_);
+  held_.clear();
+  return out;
+}
+
+ReasoningSplitter::Parts ReasoningSplitter::Split(std::string_view text) {
+  ReasoningSplitter s;
+  Parts a = s.Feed(text), b = s.Finish();
+  return {a.reasoning + b.reasoning, a.content + b.content};
+}
+
+}  // namespace fedge::agent
