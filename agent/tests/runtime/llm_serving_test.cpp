@@ -253,6 +253,24 @@ TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
     const ReasoningSplitter::Parts parts = ReasoningSplitter::Split(want->text);
     EXPECT_EQ(message["content"], parts.content);
     EXPECT_EQ(message["reasoning_content"], parts.reasoning.empty() ? json(nullptr) : json(parts.reasoning));
+    // Streamed: the deltas add up to the same reasoning and content.
+    HttpResponse streamed = api.ChatCompletions(
+        Post("/v1/chat/completions",
+             R"({"messages": [{"role": "user", "content": "Define dog."}], "max_tokens": 6, "temperature": 0,
+            "stream": true})"));
+    ASSERT_EQ(streamed.status, 200) << streamed.body;
+    ASSERT_TRUE(streamed.stream);
+    testing::RecordingWriter writer;
+    streamed.stream(writer);
+    std::string content, reasoning;
+    for (const std::string& event : writer.Events()) {
+      if (event == "[DONE]") continue;
+      const json delta = json::parse(event)["choices"][0]["delta"];
+      if (delta.contains("content")) content += delta["content"].get<std::string>();
+      if (delta.contains("reasoning_content")) reasoning += delta["reasoning_content"].get<std::string>();
+    }
+    EXPECT_EQ(content, parts.content);
+    EXPECT_EQ(reasoning, parts.reasoning);
   }
   for (const char* bad :
        {R"("chat_template_kwargs": {"tools": []})", R"("chat_template_kwargs": {"enable_thinking": 0})",
