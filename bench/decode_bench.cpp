@@ -27,6 +27,13 @@
 // LlamaForCausalLmImpl::kPrefillChunk. Printed: peak RSS above the loaded model,
 // seconds, and the ratios; the last-position logits of the two must agree (1e-3).
 //
+// --sliding-cache N: the KV cache bytes of one session of Gemma 3 1B's shape with its
+// sliding layers as rings of their window (KvCache::Allocate) and with a slot per
+// position (before session 43), at 2k/8k/32k positions; then one session of N
+// positions on six layers in Gemma 3's pattern (prefill, 64 fused decode steps) per
+// layout, each in a forked process: cache MiB, peak RSS, prefill seconds, decode
+// tokens/s, the ratios; the last logits of the two must agree (1e-3).
+//
 // --weight-dtypes saves one random bf16 checkpoint and loads it held as float32 (as
 // fedge did before weight_dtype) and as bfloat16, 1 and 3 instances per process (3:
 // the agent's trainer and two serving instances), one forked process per run:
@@ -327,14 +334,16 @@ PrefillRun PrefillOnce(int64_t tokens, int64_t chunk) {
   return r;
 }
 
-// Runs PrefillOnce in a child process and reads its result through a pipe.
-bool PrefillInChild(int64_t tokens, int64_t chunk, PrefillRun* out) {
+// Runs `fn` in a forked child and reads the trivially copyable result it returns
+// through a pipe (a peak RSS of its own).
+template <typename Run, typename Fn>
+bool RunInChild(Fn fn, Run* out) {
   int fds[2];
   if (pipe(fds) != 0) return false;
   pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
-    PrefillRun r = PrefillOnce(tokens, chunk);
+    Run r = fn();
     bool ok = write(fds[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r);
     _exit(ok ? 0 : 1);
   }
@@ -344,6 +353,10 @@ bool PrefillInChild(int64_t tokens, int64_t chunk, PrefillRun* out) {
   int status = 0;
   waitpid(pid, &status, 0);
   return ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+bool PrefillInChild(int64_t tokens, int64_t chunk, PrefillRun* out) {
+  return RunInChild([&] { return PrefillOnce(tokens, chunk); }, out);
 }
 
 int PrefillMemoryReport(int64_t tokens) {
@@ -365,6 +378,122 @@ int PrefillMemoryReport(int64_t tokens) {
     if (std::abs(whole.logits[i] - chunked.logits[i]) > 1e-3f) {
       std::cerr << "last-position logit " << i << " differs: " << whole.logits[i] << " vs "
                 << chunked.logits[i] << "\n";
+      return 1;
+    }
+  }
+  std::cout << "  last-position logits agree within 1e-3\n";
+  return 0;
+}
+
+// --- --sliding-cache: a sliding layer's ring against a slot per position ------------
+
+// Gemma 3 1B's attention (4 x 256 query heads, 1 x 256 key/value head, window 512,
+// five sliding layers in six) on `layers` layers, with a narrow MLP (the cache is
+// what is measured).
+LlamaConfig Gemma3AttentionConfig(int64_t layers, int64_t positions) {
+  LlamaConfig c;
+  c.vocab_size = 1000;
+  c.hidden_size = 1152;
+  c.intermediate_size = 256;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 1;
+  c.head_dim = 256;
+  c.max_position_embeddings = positions;
+  c.tie_word_embeddings = true;
+  c.sliding_window = 512;
+  c.sliding_layers.assign(static_cast<size_t>(layers), false);
+  for (int64_t l = 0; l < layers; ++l) c.sliding_layers[static_cast<size_t>(l)] = (l + 1) % 6 != 0;
+  return c;
+}
+
+// The layout before session 43: every layer a slot per position (the window only
+// masked), which the attention still computes with when nothing wraps.
+KvCache SlotPerPosition(const LlamaConfig& c, int64_t capacity) {
+  KvCache cache;
+  cache.capacity = capacity;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    cache.keys.push_back(torch::zeros({1, c.num_key_value_heads, capacity, c.head_dim}));
+    cache.values.push_back(torch::zeros({1, c.num_key_value_heads, capacity, c.head_dim}));
+  }
+  return cache;
+}
+
+struct SlidingRun {
+  double cache_mib = 0, rss_mib = 0, prefill_s = 0, decode_tps = 0;
+  float logits[8] = {};
+};
+
+// One session of `positions` positions (all but 64 prefilled, 64 decoded by the
+// fused fp32 step) with the ring (KvCache::Allocate) or a slot per position.
+SlidingRun SlidingOnce(int64_t layers, int64_t positions, bool ring) {
+  LlamaConfig c = Gemma3AttentionConfig(layers, positions);
+  torch::manual_seed(7);
+  LlamaForCausalLm model(c);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : model->parameters()) p.normal_(0, 0.02);
+  }
+  model->eval();
+  torch::InferenceMode mode;
+  const int64_t decode = 64, prompt = positions - decode;
+  torch::Tensor ids = torch::randint(c.vocab_size, {1, positions}, torch::kLong);
+  const double before = MaxRssMib();
+  KvCache cache = ring ? KvCache::Allocate(c, 1, positions) : SlotPerPosition(c, positions);
+  SlidingRun r;
+  r.cache_mib = static_cast<double>(cache.bytes()) / (1 << 20);
+  auto t0 = Clock::now();
+  torch::Tensor logits = model->forward(ids.narrow(1, 0, prompt), &cache, /*last_only=*/true);
+  auto t1 = Clock::now();
+  for (int64_t t = prompt; t < positions; ++t) logits = model->forward(ids.narrow(1, t, 1), &cache, true);
+  auto t2 = Clock::now();
+  r.prefill_s = Seconds(t0, t1);
+  r.decode_tps = static_cast<double>(decode) / Seconds(t1, t2);
+  r.rss_mib = MaxRssMib() - before;
+  logits = logits.reshape({-1});
+  for (int i = 0; i < 8; ++i) r.logits[i] = logits[i].item<float>();
+  return r;
+}
+
+bool SlidingInChild(int64_t layers, int64_t positions, bool ring, SlidingRun* out) {
+  return RunInChild([&] { return SlidingOnce(layers, positions, ring); }, out);
+}
+
+int SlidingCacheReport(int64_t positions) {
+  std::cout << std::fixed << std::setprecision(1);
+  std::cout << "KV cache of one session, Gemma 3 1B's 26 layers (22 sliding of 512, 4 full; 1 x 256 "
+               "key/value head, fp32), allocated:\n";
+  for (int64_t n : {int64_t{2048}, int64_t{8192}, int64_t{32768}}) {
+    const LlamaConfig c = Gemma3AttentionConfig(26, n);
+    const double ring = static_cast<double>(KvCache::Allocate(c, 1, n).bytes()) / (1 << 20);
+    const double full = static_cast<double>(SlotPerPosition(c, n).bytes()) / (1 << 20);
+    std::cout << "  " << n << " positions: slot per position " << full << " MiB, ring " << ring << " MiB ("
+              << std::setprecision(3) << ring / full << "x)" << std::setprecision(1) << "\n";
+  }
+  const int64_t layers = 6;
+  std::cout << "one session of " << positions << " positions (" << positions - 64
+            << " prefilled in chunks of 256, 64 decoded), " << layers
+            << " layers in Gemma 3's pattern, each layout in its own process:\n";
+  SlidingRun full, ring;
+  if (!SlidingInChild(layers, positions, false, &full) || !SlidingInChild(layers, positions, true, &ring)) {
+    std::cerr << "a child failed\n";
+    return 1;
+  }
+  for (const auto& [name, r] :
+       {std::pair<const char*, SlidingRun&>{"slot per position", full}, {"ring", ring}}) {
+    std::cout << "  " << name << ": cache " << r.cache_mib << " MiB, peak RSS +" << r.rss_mib
+              << " MiB, prefill " << std::setprecision(2) << r.prefill_s << " s, decode " << r.decode_tps
+              << " tokens/s\n"
+              << std::setprecision(1);
+  }
+  std::cout << std::setprecision(3) << "  ring / slot per position: cache " << ring.cache_mib / full.cache_mib
+            << "x, peak RSS " << ring.rss_mib / full.rss_mib << "x, prefill "
+            << ring.prefill_s / full.prefill_s << "x, decode tokens/s " << ring.decode_tps / full.decode_tps
+            << "x\n";
+  for (int i = 0; i < 8; ++i) {
+    if (std::abs(full.logits[i] - ring.logits[i]) > 1e-3f) {
+      std::cerr << "last-position logit " << i << " differs: " << full.logits[i] << " vs " << ring.logits[i]
+                << "\n";
       return 1;
     }
   }
@@ -618,8 +747,13 @@ int main(int argc, char** argv) {
   int64_t prefill_memory = 0;
   app.add_option("--prefill-memory", prefill_memory,
                  "prefill this many tokens at once and in chunks (one process each): peak RSS and time");
+  int64_t sliding_cache = 0;
+  app.add_option("--sliding-cache", sliding_cache,
+                 "one session of this many positions on Gemma 3's attention, sliding layers as a ring "
+                 "and as a slot per position (one process each): cache bytes, peak RSS, time");
   CLI11_PARSE(app, argc, argv);
   if (prefill_memory > 0) return PrefillMemoryReport(prefill_memory);
+  if (sliding_cache > 0) return SlidingCacheReport(sliding_cache);
   if (weight_dtypes) {
     LlamaConfig c;
     c.vocab_size = vocab;

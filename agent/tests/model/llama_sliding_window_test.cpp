@@ -207,6 +207,55 @@ TEST_P(SlidingWindowTest, BatchedDecodeAcrossTheWindowEqualsSingleSteps) {
   }
 }
 
+// A sliding layer's cache is a ring of W slots (a full layer has one per position):
+// the cache is sized so, and however the prompt is cut into prefill chunks (shorter
+// than W, W, longer, in one piece) and then decoded, by libtorch or the fused
+// kernel, every position gets transformers' logits. The chunks that cross the
+// ring's end are the ones that read wrapped slots.
+TEST_P(SlidingWindowTest, SlidingLayersKeepARingOfTheirWindow) {
+  LongGolden golden = ReadLong(GetParam());
+  auto model = LoadLlama(DirOf(GetParam()));
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  torch::InferenceMode mode;
+  const LlamaConfig& c = (*model)->config();
+  const int64_t n = golden.ids.size(1), w = c.sliding_window;
+  ASSERT_GT(n, w + 3);
+
+  KvCache cache = KvCache::Allocate(c, 1, n);
+  int64_t want_bytes = 0, sliding = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const int64_t slots = c.IsSlidingLayer(l) ? w : n;
+    sliding += c.IsSlidingLayer(l) ? 1 : 0;
+    EXPECT_EQ(cache.slots(static_cast<size_t>(l)), slots) << "layer " << l;
+    EXPECT_EQ(cache.values[static_cast<size_t>(l)].size(2), slots) << "layer " << l;
+    want_bytes += 2 * slots * c.num_key_value_heads * c.head_dim * 4;
+  }
+  EXPECT_GT(sliding, 0);
+  EXPECT_EQ(cache.bytes(), want_bytes);
+  // Shorter than the window: every layer has a slot per position.
+  KvCache small = KvCache::Allocate(c, 1, w - 1);
+  for (size_t l = 0; l < small.keys.size(); ++l) EXPECT_EQ(small.slots(l), w - 1);
+
+  const int64_t prompt = n - 3;
+  for (DecodeKernel kernel : {DecodeKernel::kTorch, DecodeKernel::kF32}) {
+    (*model)->set_decode_kernel(kernel);
+    for (int64_t chunk : {int64_t{2}, w - 1, w, w + 1, int64_t{0}}) {
+      (*model)->set_prefill_chunk(chunk);  // 0: the prompt in one piece
+      KvCache ring = KvCache::Allocate(c, 1, n);
+      std::vector<torch::Tensor> rows = {
+          (*model)->forward(golden.ids.narrow(1, 0, prompt), &ring, /*last_only=*/true)};
+      for (int64_t t = prompt; t < n - 1; ++t) {
+        rows.push_back((*model)->forward(golden.ids.narrow(1, t, 1), &ring, /*last_only=*/true));
+      }
+      EXPECT_EQ(ring.length, n - 1);
+      EXPECT_LE(Excess(torch::cat(rows, 1).view({-1, golden.logits.size(1)}),
+                       golden.logits.narrow(0, prompt - 1, n - prompt)),
+                0.0f)
+          << DecodeKernelName(kernel) << ", prefill chunk " << chunk;
+    }
+  }
+}
+
 // SaveLlama writes a Gemma 3 checkpoint (the sandwich norms, the (1 + w) weights as
 // stored) that loads back to the same logits, in fp32 and in bf16; bf16 held as bf16
 // computes what its widening to fp32 computes.

@@ -25,10 +25,19 @@ KvCache KvCache::Allocate(const LlamaConfig& config, int64_t batch, int64_t capa
   KvCache cache;
   cache.capacity = capacity;
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    cache.keys.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, config.head_dim}));
-    cache.values.push_back(torch::zeros({batch, config.num_key_value_heads, capacity, config.head_dim}));
+    const int64_t slots = config.IsSlidingLayer(l) ? std::min(capacity, config.sliding_window) : capacity;
+    cache.keys.push_back(torch::zeros({batch, config.num_key_value_heads, slots, config.head_dim}));
+    cache.values.push_back(torch::zeros({batch, config.num_key_value_heads, slots, config.head_dim}));
   }
   return cache;
+}
+
+int64_t KvCache::bytes() const {
+  int64_t total = 0;
+  for (const auto* side : {&keys, &values}) {
+    for (const torch::Tensor& t : *side) total += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  return total;
 }
 
 // --- RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight ----------
@@ -157,7 +166,24 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   }
   q = ApplyRotary(q, cos, sin);
   k = ApplyRotary(k, cos, sin);
-  if (cache_k != nullptr) {
+  int64_t first = 0;  // absolute position of k's first row
+  if (cache_k != nullptr && past + t > cache_k->size(2)) {
+    // A sliding layer's ring (KvCache): it holds the last W positions, slot p % W.
+    // Attention reads the W - 1 positions before this chunk from it and the chunk's
+    // own keys; the chunk's last min(T, W) positions are written over the oldest.
+    const int64_t w = cache_k->size(2);
+    TORCH_CHECK(sliding_window_ > 0 && w >= sliding_window_, "KV cache of ", w,
+                " slots cannot hold positions ", past, "..", past + t - 1, " of a layer with window ",
+                sliding_window_);
+    first = std::max<int64_t>(0, past - sliding_window_ + 1);
+    torch::Tensor old_slots = torch::arange(first, past, torch::kLong).remainder(w);
+    k = torch::cat({cache_k->index_select(2, old_slots), k}, 2);
+    v = torch::cat({cache_v->index_select(2, old_slots), v}, 2);
+    const int64_t kept = std::min(t, w);
+    torch::Tensor new_slots = torch::arange(past + t - kept, past + t, torch::kLong).remainder(w);
+    cache_k->index_copy_(2, new_slots, k.narrow(2, k.size(2) - kept, kept));
+    cache_v->index_copy_(2, new_slots, v.narrow(2, v.size(2) - kept, kept));
+  } else if (cache_k != nullptr) {
     cache_k->narrow(2, past, t).copy_(k);
     cache_v->narrow(2, past, t).copy_(v);
     k = cache_k->narrow(2, 0, past + t);
@@ -169,12 +195,14 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   torch::Tensor qg = q.reshape({b, kv_heads_, rep * t, head_dim_});
   torch::Tensor scores = torch::matmul(qg, k.transpose(-1, -2)) * static_cast<double>(scale_);
   if (softcap_ > 0) scores = torch::tanh(scores / softcap_) * softcap_;
-  const bool windowed = sliding_window_ > 0 && s > sliding_window_;
+  const bool windowed = sliding_window_ > 0 && first + s > sliding_window_;
   if (t > 1 || windowed) {
     // Query i (absolute position past+i) sees keys 0..past+i, or with a sliding
-    // window W only keys past+i-W+1 .. past+i.
-    torch::Tensor mask = torch::ones({t, s}, torch::kBool).triu(past + 1);
-    if (windowed) mask = mask.logical_or(torch::ones({t, s}, torch::kBool).tril(past - sliding_window_));
+    // window W only keys past+i-W+1 .. past+i; key j is position first+j.
+    torch::Tensor mask = torch::ones({t, s}, torch::kBool).triu(past - first + 1);
+    if (windowed) {
+      mask = mask.logical_or(torch::ones({t, s}, torch::kBool).tril(past - first - sliding_window_));
+    }
     scores = scores.view({b, kv_heads_, rep, t, s})
                  .masked_fill(mask, -std::numeric_limits<float>::infinity())
                  .view({b, kv_heads_, rep * t, s});

@@ -34,13 +34,21 @@
 
 namespace fedge::agent::llm {
 
-// Per-layer key/value cache for incremental decoding. Tensors are preallocated to
-// `capacity` positions: [batch, kv_heads, capacity, head_dim].
+// Per-layer key/value cache for incremental decoding, preallocated for `capacity`
+// positions. Layer l's tensors are [batch, kv_heads, slots(l), head_dim] and hold
+// position p at slot p % slots(l): a full-attention layer has a slot per position
+// (slots = capacity); a sliding layer of window W keeps only the last W positions
+// (slots = min(capacity, W)), a ring its keys overwrite once the sequence passes W
+// (Gemma 3 1B at 8k positions: 22 of its 26 layers hold 512).
 struct KvCache {
   std::vector<torch::Tensor> keys;
   std::vector<torch::Tensor> values;
   int64_t length = 0;  // positions filled
   int64_t capacity = 0;
+
+  int64_t slots(size_t layer) const { return keys[layer].size(2); }
+  // Bytes the keys and values hold.
+  int64_t bytes() const;
 
   static KvCache Allocate(const LlamaConfig& config, int64_t batch, int64_t capacity);
 };
@@ -88,8 +96,9 @@ TORCH_MODULE(LlamaRotary);
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   LlamaAttentionImpl(const LlamaConfig& config, int64_t layer);
-  // x [B, T, H]; cos/sin [T, D]; with a cache, keys/values of these T positions are
-  // written at cache->length onwards and attention covers the whole prefix.
+  // x [B, T, H]; cos/sin [T, D]; with a cache (this layer's tensors of a KvCache),
+  // keys/values of these T positions are written at `past` onwards (slot p % slots)
+  // and attention covers the whole prefix, or the window of a sliding layer.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         torch::Tensor* cache_k, torch::Tensor* cache_v, int64_t past);
 

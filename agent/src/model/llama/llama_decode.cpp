@@ -687,15 +687,15 @@ void GatedActivation(bool gelu_tanh, float* gate, const float* up, int64_t n) {
   }
 }
 
-// One query head's attention over cached positions [first, seq) of key/value head
-// `kv_head` (keys/values [kv_heads, cap, dim]): scores q . k times `scale`, softcapped
-// when `softcap` > 0, softmax, the weighted sum of values into `out`. `scores` has
-// room for seq floats.
-void AttendHead(const float* keys, const float* values, int64_t cap, int64_t dim, int64_t kv_head,
-                const float* q, int64_t first, int64_t seq, float scale, float softcap, float* scores,
+// One query head's attention over cache slots [first, end) of key/value head
+// `kv_head` (keys/values [kv_heads, slots, dim]): scores q . k times `scale`,
+// softcapped when `softcap` > 0, softmax, the weighted sum of values into `out`.
+// `scores` has room for end - first floats.
+void AttendHead(const float* keys, const float* values, int64_t slots, int64_t dim, int64_t kv_head,
+                const float* q, int64_t first, int64_t end, float scale, float softcap, float* scores,
                 float* out) {
-  const float* kg = keys + kv_head * cap * dim;
-  const int64_t n = seq - first;
+  const float* kg = keys + kv_head * slots * dim;
+  const int64_t n = end - first;
   decode::MatvecRowsF32(kg + first * dim, dim, q, scores, 0, n);
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) {
@@ -706,14 +706,21 @@ void AttendHead(const float* keys, const float* values, int64_t cap, int64_t dim
   float total = 0;
   for (int64_t i = 0; i < n; ++i) total += scores[i] = std::exp(scores[i] - mx);
   std::fill_n(out, dim, 0.0f);
-  const float* vg = values + (kv_head * cap + first) * dim;
+  const float* vg = values + (kv_head * slots + first) * dim;
   for (int64_t i = 0; i < n; ++i) decode::Axpy(scores[i] / total, vg + i * dim, out, dim);
 }
 
-// The first cached position a query at `seq - 1` sees in `attn`'s layer.
-int64_t FirstVisible(const LlamaAttentionImpl& attn, int64_t seq) {
+// The cached slots [first, end) a query at position seq - 1 sees in `attn`'s layer,
+// whose cache tensors have `slots` slots (KvCache: position p at slot p % slots).
+// Once a sliding layer's ring has wrapped, its W slots are exactly the last W
+// positions, in slot order; the sum over them is the same up to rounding.
+struct Visible {
+  int64_t first, end;
+};
+Visible VisibleSlots(const LlamaAttentionImpl& attn, int64_t seq, int64_t slots) {
+  if (seq > slots) return {0, slots};
   const int64_t w = attn.sliding_window();
-  return w > 0 && seq > w ? seq - w : 0;
+  return {w > 0 && seq > w ? seq - w : 0, seq};
 }
 
 // Gemma's embedding scale on one row.
@@ -857,7 +864,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
   LlamaDecodeState& s = *decode_;
   const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
   const int64_t dim = c.head_dim, inter = c.intermediate_size, rep = heads / kv_heads;
-  const int64_t cap = cache->capacity, seq = past + 1;
+  const int64_t seq = past + 1;
   auto size = [](int64_t n) { return static_cast<size_t>(n); };
   s.h.resize(size(hidden));
   s.xn.resize(size(std::max(hidden, heads * dim)));
@@ -868,7 +875,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
   s.o.resize(size(hidden));
   s.gate.resize(size(inter));
   s.up.resize(size(inter));
-  s.scores.resize(size(heads * cap));
+  s.scores.resize(size(heads * cache->capacity));
 
   const bool int8 = decode_kernel_ == DecodeKernel::kInt8;
   const auto num_layers = static_cast<int64_t>(model->layers->size());
@@ -910,18 +917,20 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStep(int64_t token, KvCache* cache) {
     for (int64_t hd = 0; hd < heads; ++hd) Rope(s.q.data() + hd * dim, cos, sin, dim);
     float* keys = cache->keys[size(l)].data_ptr<float>();
     float* values = cache->values[size(l)].data_ptr<float>();
+    const int64_t slots = cache->slots(size(l)), slot = past % slots;
     for (int64_t g = 0; g < kv_heads; ++g) {
       Rope(s.k.data() + g * dim, cos, sin, dim);
-      std::copy_n(s.k.data() + g * dim, dim, keys + (g * cap + past) * dim);
-      std::copy_n(s.v.data() + g * dim, dim, values + (g * cap + past) * dim);
+      std::copy_n(s.k.data() + g * dim, dim, keys + (g * slots + slot) * dim);
+      std::copy_n(s.v.data() + g * dim, dim, values + (g * slots + slot) * dim);
     }
-    // Query head hd reads key/value head hd / rep, positions first..past.
-    const int64_t first = FirstVisible(attn, seq);
+    // Query head hd reads key/value head hd / rep, the slots it sees.
+    const Visible vis = VisibleSlots(attn, seq, slots);
     const float scale = attn.scale(), softcap = static_cast<float>(attn.softcap());
+    const int64_t stride = cache->capacity;
     at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
       for (int64_t hd = h0; hd < h1; ++hd) {
-        AttendHead(keys, values, cap, dim, hd / rep, s.q.data() + hd * dim, first, seq, scale, softcap,
-                   s.scores.data() + hd * cap, s.attn.data() + hd * dim);
+        AttendHead(keys, values, slots, dim, hd / rep, s.q.data() + hd * dim, vis.first, vis.end, scale,
+                   softcap, s.scores.data() + hd * stride, s.attn.data() + hd * dim);
       }
     });
     decode::Matvec o = Product(*attn.o_proj, quantized(l, 3), s.attn.data(), s.o.data());
@@ -1080,7 +1089,7 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
       KvCache* cache = caches[size(i)];
       const float* cos = cos_t[size(rope_row + i)].data_ptr<float>();
       const float* sin = sin_t[size(rope_row + i)].data_ptr<float>();
-      const int64_t cap = cache->capacity, past = cache->length;
+      const int64_t slots = cache->slots(size(l)), slot = cache->length % slots;
       float* q = sb.q.data() + i * qdim;
       float* k = sb.k.data() + i * kvdim;
       float* v = sb.v.data() + i * kvdim;
@@ -1090,8 +1099,8 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
       float* values = cache->values[size(l)].data_ptr<float>();
       for (int64_t g = 0; g < kv_heads; ++g) {
         Rope(k + g * dim, cos, sin, dim);
-        std::copy_n(k + g * dim, dim, keys + (g * cap + past) * dim);
-        std::copy_n(v + g * dim, dim, values + (g * cap + past) * dim);
+        std::copy_n(k + g * dim, dim, keys + (g * slots + slot) * dim);
+        std::copy_n(v + g * dim, dim, values + (g * slots + slot) * dim);
       }
     }
     // One task per (sequence, query head); head hd reads key/value head hd / rep,
@@ -1101,10 +1110,11 @@ torch::Tensor LlamaForCausalLmImpl::DecodeStepBatch(const std::vector<int64_t>& 
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = t / heads, hd = t % heads;
         const KvCache* cache = caches[size(i)];
-        const int64_t seq = cache->length + 1;
-        AttendHead(cache->keys[size(l)].data_ptr<float>(), cache->values[size(l)].data_ptr<float>(),
-                   cache->capacity, dim, hd / rep, sb.q.data() + i * qdim + hd * dim, FirstVisible(attn, seq),
-                   seq, scale, softcap, sb.scores.data() + t * max_cap, sb.attn.data() + i * qdim + hd * dim);
+        const int64_t slots = cache->slots(size(l));
+        const Visible vis = VisibleSlots(attn, cache->length + 1, slots);
+        AttendHead(cache->keys[size(l)].data_ptr<float>(), cache->values[size(l)].data_ptr<float>(), slots,
+                   dim, hd / rep, sb.q.data() + i * qdim + hd * dim, vis.first, vis.end, scale, softcap,
+                   sb.scores.data() + t * max_cap, sb.attn.data() + i * qdim + hd * dim);
       }
     });
     decode::Matvec o =
