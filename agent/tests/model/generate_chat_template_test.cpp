@@ -65,10 +65,18 @@ TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ(DetectChatFormat(*tok), std::nullopt);  // no marker tokens: a base model
   const std::vector<std::pair<std::string, ChatFormat>> formats = {
-      {"zephyr", ChatFormat::kZephyr},    {"phi3", ChatFormat::kPhi3},   {"llama2", ChatFormat::kLlama2},
-      {"mistral", ChatFormat::kMistral},  {"gemma", ChatFormat::kGemma}, {"llama3_1", ChatFormat::kLlama31},
-      {"llama3_2", ChatFormat::kLlama32}, {"qwen3", ChatFormat::kQwen3}, {"qwen2", ChatFormat::kChatMl},
-      {"qwen2_5", ChatFormat::kChatMl}};
+      {"zephyr", ChatFormat::kZephyr},
+      {"phi3", ChatFormat::kPhi3},
+      {"llama2", ChatFormat::kLlama2},
+      {"mistral", ChatFormat::kMistral},
+      {"gemma", ChatFormat::kGemma},
+      {"llama3_1", ChatFormat::kLlama31},
+      {"llama3_2", ChatFormat::kLlama32},
+      {"qwen3", ChatFormat::kQwen3},
+      {"qwen2", ChatFormat::kChatMl},
+      {"qwen2_5", ChatFormat::kChatMl},
+      {"deepseek_v3", ChatFormat::kDeepSeekV3},
+      {"deepseek_r1_distill", ChatFormat::kDeepSeekR1}};
   nlohmann::json goldens = ChatGoldens();
   int checked = 0;
   for (const auto& [name, format] : formats) {
@@ -88,12 +96,17 @@ TEST(ChatTemplateTest, ShippedTemplatesMatchTheirJinjaRendering) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 84);
+  EXPECT_EQ(checked, 104);
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kPhi3), "<|end|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kZephyr), "</s>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kGemma), "<end_of_turn>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kLlama32), "<|eot_id|>");
   EXPECT_EQ(ChatEndOfTurn(ChatFormat::kQwen3), "<|im_end|>");
+  EXPECT_EQ(ChatEndOfTurn(ChatFormat::kDeepSeekR1), "<｜end▁of▁sentence｜>");
+  EXPECT_EQ(ChatReplyThinks(ChatFormat::kQwen3), ChatReasoning::kOpensWithTag);
+  EXPECT_EQ(ChatReplyThinks(ChatFormat::kDeepSeekR1), ChatReasoning::kStartsInside);
+  EXPECT_EQ(ChatReplyThinks(ChatFormat::kDeepSeekV3), ChatReasoning::kNone);
+  EXPECT_EQ(ChatReplyThinks(ChatFormat::kChatMl), ChatReasoning::kNone);
 }
 
 // The default system message a ChatML template writes, read from the template's

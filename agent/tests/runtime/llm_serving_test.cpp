@@ -211,6 +211,26 @@ struct ChatModel {
   ~ChatModel() { std::filesystem::remove_all(dir); }
 };
 
+// The reasoning_content and content deltas of a streamed chat reply to `body`, joined.
+ReasoningSplitter::Parts StreamedReply(InferenceApi& api, const std::string& body) {
+  HttpResponse streamed = api.ChatCompletions(Post("/v1/chat/completions", body));
+  EXPECT_EQ(streamed.status, 200) << streamed.body;
+  ReasoningSplitter::Parts out;
+  if (!streamed.stream) {
+    ADD_FAILURE() << "not a stream: " << streamed.body;
+    return out;
+  }
+  testing::RecordingWriter writer;
+  streamed.stream(writer);
+  for (const std::string& event : writer.Events()) {
+    if (event == "[DONE]") continue;
+    const json delta = json::parse(event)["choices"][0]["delta"];
+    if (delta.contains("content")) out.content += delta["content"].get<std::string>();
+    if (delta.contains("reasoning_content")) out.reasoning += delta["reasoning_content"].get<std::string>();
+  }
+  return out;
+}
+
 // Qwen3 with its shipped template (tiny_qwen3's weights and byte-level tokenizer):
 // the format is recognised from the template, and chat_template_kwargs.enable_thinking
 // false (vLLM's request field) ends the prompt with Qwen3's empty think block, as its
@@ -254,23 +274,11 @@ TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
     EXPECT_EQ(message["content"], parts.content);
     EXPECT_EQ(message["reasoning_content"], parts.reasoning.empty() ? json(nullptr) : json(parts.reasoning));
     // Streamed: the deltas add up to the same reasoning and content.
-    HttpResponse streamed = api.ChatCompletions(
-        Post("/v1/chat/completions",
-             R"({"messages": [{"role": "user", "content": "Define dog."}], "max_tokens": 6, "temperature": 0,
-            "stream": true})"));
-    ASSERT_EQ(streamed.status, 200) << streamed.body;
-    ASSERT_TRUE(streamed.stream);
-    testing::RecordingWriter writer;
-    streamed.stream(writer);
-    std::string content, reasoning;
-    for (const std::string& event : writer.Events()) {
-      if (event == "[DONE]") continue;
-      const json delta = json::parse(event)["choices"][0]["delta"];
-      if (delta.contains("content")) content += delta["content"].get<std::string>();
-      if (delta.contains("reasoning_content")) reasoning += delta["reasoning_content"].get<std::string>();
-    }
-    EXPECT_EQ(content, parts.content);
-    EXPECT_EQ(reasoning, parts.reasoning);
+    const ReasoningSplitter::Parts streamed = StreamedReply(
+        api, R"({"messages": [{"role": "user", "content": "Define dog."}], "max_tokens": 6, "temperature": 0,
+            "stream": true})");
+    EXPECT_EQ(streamed.content, parts.content);
+    EXPECT_EQ(streamed.reasoning, parts.reasoning);
   }
   for (const char* bad :
        {R"("chat_template_kwargs": {"tools": []})", R"("chat_template_kwargs": {"enable_thinking": 0})",
@@ -281,6 +289,47 @@ TEST(LlmServingQwen3Test, EnableThinkingFalseWritesTheEmptyThinkBlock) {
     EXPECT_EQ(r.status, 400) << bad << " " << r.body;
     EXPECT_EQ(json::parse(r.body)["error"]["param"], "chat_template_kwargs") << r.body;
   }
+}
+
+// DeepSeek-R1-Distill's template (tiny_qwen2 with it, as R1-Distill-Qwen is Qwen2.5
+// with DeepSeek's template): the prompt is DeepSeek's and opens <think>, so the whole
+// reply is reasoning up to its </think>; non-streamed and streamed split alike.
+TEST(LlmServingQwen3Test, DeepSeekR1RepliesAreReasoningUntilTheyCloseIt) {
+  ChatModel m("tiny_qwen2", "deepseek_r1_distill.jinja", 96);
+  ASSERT_NE(m.serving, nullptr);
+  InferenceApi api(m.serving.get(), nullptr, nullptr);
+  auto& lm = m.lm;
+  ASSERT_TRUE(lm.ok());
+  ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kDeepSeekR1);
+  const std::string body =
+      R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Define dog."},
+                       {"role": "assistant", "content": "<think>hm</think>A canine."},
+                       {"role": "user", "content": "And cat?"}], "max_tokens": 6, "temperature": 0)";
+  const std::string prompt =
+      "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Define dog.<｜Assistant｜>A canine.<｜end▁of▁sentence｜>"
+      "<｜User｜>And cat?<｜Assistant｜><think>\n";
+  HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body + "}"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json reply = json::parse(r.body);
+  EXPECT_EQ(reply["usage"]["prompt_tokens"].get<size_t>(),
+            (*lm)->lm().tokenizer().Encode(prompt, {.add_special_tokens = true}).size());
+  llm::GenerationOptions greedy;
+  greedy.max_new_tokens = 6;
+  greedy.sampling.temperature = 0;
+  greedy.stop = {"<｜end▁of▁sentence｜>"};
+  auto want = (*lm)->lm().Generate(prompt, greedy);
+  ASSERT_TRUE(want.ok());
+  ASSERT_FALSE(want->text.empty());
+  const auto parts = ReasoningSplitter::Split(want->text, llm::ChatReasoning::kStartsInside);
+  // The tiny model never writes </think>: all it says is reasoning.
+  if (want->text.find("</think>") == std::string::npos) EXPECT_EQ(parts.reasoning, want->text);
+  const json message = reply["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning_content"], json(parts.reasoning)) << r.body;
+  EXPECT_EQ(message["content"], parts.content) << r.body;
+
+  const ReasoningSplitter::Parts streamed = StreamedReply(api, body + R"(, "stream": true})");
+  EXPECT_EQ(streamed.reasoning, parts.reasoning);
+  EXPECT_EQ(streamed.content, parts.content);
 }
 
 // Qwen2.5's template writes "You are Qwen, created by Alibaba Cloud. ..." when the

@@ -1,5 +1,5 @@
-// ReasoningSplitter: the reply of a thinking model (Qwen3) split into reasoning and
-// answer, the same whether it arrives at once or in pieces of any size.
+// ReasoningSplitter: the reply of a thinking model (Qwen3, DeepSeek-R1) split into
+// reasoning and answer, the same whether it arrives at once or in pieces of any size.
 #include "fedge/agent/runtime/reasoning.h"
 
 #include <gtest/gtest.h>
@@ -37,6 +37,32 @@ TEST(ReasoningSplitterTest, SplitsAtTheTagsAsVllmsQwen3ParserDoes) {
   EXPECT_EQ(parts.content, "b</think>c");
 }
 
+// DeepSeek-R1: the generation prompt opened <think>, so the reply starts inside the
+// reasoning, as vLLM's deepseek_r1 parser reads it.
+TEST(ReasoningSplitterTest, DeepSeekR1RepliesStartInsideTheReasoning) {
+  constexpr auto kInside = llm::ChatReasoning::kStartsInside;
+  auto parts = ReasoningSplitter::Split("A dog is a canine.\n</think>\n\nA domestic canine.", kInside);
+  EXPECT_EQ(parts.reasoning, "A dog is a canine.\n");
+  EXPECT_EQ(parts.content, "\n\nA domestic canine.");
+  // A <think> the model writes anyway is dropped.
+  parts = ReasoningSplitter::Split("<think>\nr</think>A", kInside);
+  EXPECT_EQ(parts.reasoning, "\nr");
+  EXPECT_EQ(parts.content, "A");
+  // Never closed (cut off, or a model that skips it): all reasoning, no answer.
+  parts = ReasoningSplitter::Split("still thinking </thi", kInside);
+  EXPECT_EQ(parts.reasoning, "still thinking </thi");
+  EXPECT_EQ(parts.content, "");
+  parts = ReasoningSplitter::Split("<thi", kInside);
+  EXPECT_EQ(parts.reasoning, "<thi");
+  // Only the first </think> ends it; later tags are answer text.
+  parts = ReasoningSplitter::Split("a</think>b<think>c</think>d", kInside);
+  EXPECT_EQ(parts.reasoning, "a");
+  EXPECT_EQ(parts.content, "b<think>c</think>d");
+  parts = ReasoningSplitter::Split("</think>answer", kInside);
+  EXPECT_EQ(parts.reasoning, "");
+  EXPECT_EQ(parts.content, "answer");
+}
+
 TEST(ReasoningSplitterTest, PiecesOfAnySizeGiveWhatTheWholeGives) {
   const std::vector<std::string> replies = {"<think>\nA dog is a canine.\n</think>\n\nA domestic canine.",
                                             "A domestic canine.",
@@ -45,29 +71,33 @@ TEST(ReasoningSplitterTest, PiecesOfAnySizeGiveWhatTheWholeGives) {
                                             "<think>x</thi",
                                             "</think>answer",
                                             "<think>a</think>b</think>c",
-                                            "<think>\n<</</t</th</thi</think>>\n"};
+                                            "<think>\n<</</t</th</thi</think>>\n",
+                                            "r</think>\n\nA",
+                                            "<",
+                                            "no tags at all"};
   std::mt19937 rng(7);
-  for (const std::string& reply : replies) {
-    const auto whole = ReasoningSplitter::Split(reply);
-    for (int trial = 0; trial < 200; ++trial) {
-      ReasoningSplitter s;
-      std::string reasoning, content;
-      size_t i = 0;
-      while (i < reply.size()) {
-        const size_t n = std::uniform_int_distribution<size_t>(0, 4)(rng);
-        auto parts = s.Feed(std::string_view(reply).substr(i, n));
-        // Nothing of a tag is ever emitted as text of the other kind.
-        reasoning += parts.reasoning;
-        content += parts.content;
-        i += n;
+  for (const auto mode : {llm::ChatReasoning::kOpensWithTag, llm::ChatReasoning::kStartsInside})
+    for (const std::string& reply : replies) {
+      const auto whole = ReasoningSplitter::Split(reply, mode);
+      for (int trial = 0; trial < 200; ++trial) {
+        ReasoningSplitter s(mode);
+        std::string reasoning, content;
+        size_t i = 0;
+        while (i < reply.size()) {
+          const size_t n = std::uniform_int_distribution<size_t>(0, 4)(rng);
+          auto parts = s.Feed(std::string_view(reply).substr(i, n));
+          // Nothing of a tag is ever emitted as text of the other kind.
+          reasoning += parts.reasoning;
+          content += parts.content;
+          i += n;
+        }
+        auto rest = s.Finish();
+        reasoning += rest.reasoning;
+        content += rest.content;
+        ASSERT_EQ(reasoning, whole.reasoning) << reply;
+        ASSERT_EQ(content, whole.content) << reply;
       }
-      auto rest = s.Finish();
-      reasoning += rest.reasoning;
-      content += rest.content;
-      ASSERT_EQ(reasoning, whole.reasoning) << reply;
-      ASSERT_EQ(content, whole.content) << reply;
     }
-  }
 }
 
 }  // namespace

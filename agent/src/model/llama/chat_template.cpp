@@ -179,6 +179,40 @@ std::string RenderQwen3(const std::vector<ChatMessage>& all, const ChatTemplateO
   return out;
 }
 
+constexpr std::string_view kDeepSeekBos = "<｜begin▁of▁sentence｜>";
+constexpr std::string_view kDeepSeekEos = "<｜end▁of▁sentence｜>";
+
+// DeepSeek V3's and R1-Distill's templates without tools (a "tool" role is refused
+// before this by the API; other roles write nothing, as there).
+std::string RenderDeepSeek(ChatFormat format, const std::vector<ChatMessage>& all,
+                           const ChatTemplateOptions& options) {
+  const bool r1 = format == ChatFormat::kDeepSeekR1;
+  std::string system;
+  bool first_system = true;
+  for (const ChatMessage& m : all) {
+    if (m.role != "system") continue;
+    if (r1) {
+      system = m.content;  // R1: the last one
+    } else {
+      system += (first_system ? "" : "\n\n") + m.content;
+      first_system = false;
+    }
+  }
+  std::string out = std::string(kDeepSeekBos) + system;
+  for (const ChatMessage& m : all) {
+    if (m.role == "user") {
+      out += "<｜User｜>" + m.content;
+    } else if (m.role == "assistant") {
+      std::string_view content = m.content;
+      if (const size_t close = content.rfind("</think>"); r1 && close != std::string_view::npos)
+        content.remove_prefix(close + 8);  // Python's split('</think>')[-1]
+      out += "<｜Assistant｜>" + std::string(content) + std::string(kDeepSeekEos);
+    }
+  }
+  if (options.add_generation_prompt) out += r1 ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>";
+  return out;
+}
+
 }  // namespace
 
 std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::string_view chat_template) {
@@ -195,6 +229,9 @@ std::optional<ChatFormat> DetectChatFormat(const BpeTokenizer& tokenizer, std::s
   if (Has(chat_template, "<|user|>") && Has(chat_template, "<|assistant|>"))
     return Has(chat_template, "<|end|>") ? ChatFormat::kPhi3 : ChatFormat::kZephyr;
   if (Has(chat_template, "<start_of_turn>")) return ChatFormat::kGemma;
+  // DeepSeek: R1's generation prompt opens the reasoning.
+  if (Has(chat_template, "<｜User｜>") && Has(chat_template, "<｜Assistant｜>"))
+    return Has(chat_template, "<｜Assistant｜><think>") ? ChatFormat::kDeepSeekR1 : ChatFormat::kDeepSeekV3;
   if (Has(chat_template, "[INST]") && Has(chat_template, "<<SYS>>")) return ChatFormat::kLlama2;
   if (Has(chat_template, "[INST]")) return ChatFormat::kMistral;
   if (tokenizer.TokenToId("<|im_start|>") && tokenizer.TokenToId("<|im_end|>")) return ChatFormat::kChatMl;
@@ -288,8 +325,17 @@ std::string_view ChatEndOfTurn(ChatFormat format) {
     case ChatFormat::kLlama2:
     case ChatFormat::kMistral:
       return "</s>";
+    case ChatFormat::kDeepSeekV3:
+    case ChatFormat::kDeepSeekR1:
+      return kDeepSeekEos;
   }
   return "</s>";
+}
+
+ChatReasoning ChatReplyThinks(ChatFormat format) {
+  return format == ChatFormat::kQwen3        ? ChatReasoning::kOpensWithTag
+         : format == ChatFormat::kDeepSeekR1 ? ChatReasoning::kStartsInside
+                                             : ChatReasoning::kNone;
 }
 
 std::string_view ChatFormatName(ChatFormat format) {
@@ -314,6 +360,10 @@ std::string_view ChatFormatName(ChatFormat format) {
       return "Llama 3.2";
     case ChatFormat::kQwen3:
       return "Qwen3";
+    case ChatFormat::kDeepSeekV3:
+      return "DeepSeek V3";
+    case ChatFormat::kDeepSeekR1:
+      return "DeepSeek-R1";
   }
   return "?";
 }
@@ -382,6 +432,8 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
   if (format == ChatFormat::kLlama31 || format == ChatFormat::kLlama32)
     return RenderLlama31(format, all, options);
   if (format == ChatFormat::kQwen3) return RenderQwen3(all, options);
+  if (format == ChatFormat::kDeepSeekV3 || format == ChatFormat::kDeepSeekR1)
+    return RenderDeepSeek(format, all, options);
   if (format == ChatFormat::kLlama3) out = "<|begin_of_text|>";
   for (const ChatMessage& m : all) {
     if (format == ChatFormat::kChatMl) {

@@ -28,7 +28,16 @@
 //     <s>[INST] {user} [/INST]{assistant}</s>[INST] {user} [/INST]
 //     Its template refuses a system message; fedge puts one before the first user
 //     message, separated by a blank line.
-//   The last two have no separate generation prompt (the text ends with [/INST]) and
+//   DeepSeek V3:
+//     <｜begin▁of▁sentence｜>{system}<｜User｜>{user}<｜Assistant｜>{assistant}<｜end▁of▁sentence｜>
+//     <｜Assistant｜>                                       (generation prompt)
+//     Every system message, wherever it is, joins the text after the BOS (a blank line
+//     between two); nothing else is trimmed or rewritten.
+//   DeepSeek-R1 (the R1-Distill Qwen and Llama models): DeepSeek V3's turns with the
+//     last system message alone, an assistant turn's text after its last </think>, and
+//     the generation prompt <｜Assistant｜><think>\n: the reply starts inside its
+//     reasoning (ChatReplyThinks).
+//   The [INST] formats have no separate generation prompt (the text ends with [/INST]) and
 //   need the roles to alternate user/assistant after the system message.
 //   Gemma (Gemma 3 instruction-tuned):
 //     <bos><start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n{assistant}<end_of_turn>\n
@@ -62,7 +71,9 @@ enum class ChatFormat {
   kGemma,
   kLlama31,
   kLlama32,
-  kQwen3
+  kQwen3,
+  kDeepSeekV3,
+  kDeepSeekR1
 };
 
 // What a template takes besides the messages (transformers' apply_chat_template
@@ -113,6 +124,12 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
 
 // The format's name in messages and docs ("ChatML", "Llama 3.2", "Qwen3", ...).
 std::string_view ChatFormatName(ChatFormat format);
+
+// How a reply in `format` carries reasoning: kNone, kOpensWithTag (Qwen3: a reply
+// that thinks opens with <think>), or kStartsInside (DeepSeek-R1: the generation
+// prompt opened <think>, the reply's reasoning runs to its </think>).
+enum class ChatReasoning { kNone, kOpensWithTag, kStartsInside };
+ChatReasoning ChatReplyThinks(ChatFormat format);
 
 // The text that ends an assistant turn in `format` (a stop string for generation).
 std::string_view ChatEndOfTurn(ChatFormat format);

@@ -62,6 +62,7 @@
 #include <optional>
 #include <string>
 
+#include "fedge/agent/llm/chat_template.h"
 #include "fedge/agent/runtime/openai_request.h"
 #include "fedge/agent/runtime/scheduler.h"
 #include "fedge/http_server.h"
@@ -147,11 +148,12 @@ class InferenceApi {
   // `*version` the global that answered. Unless `dry_run`, fills `*times` (whose
   // `arrived` the caller set) and records the per-token metrics as tokens come.
   // `gone` (may be null) drops the request from the queue if its client leaves.
-  // `*reasoning` (when given) is set to whether the model's chat format thinks
-  // (Qwen3): its chat reply is then split into reasoning_content and content.
+  // `*reasoning` (when given) is set to how the model's chat format thinks (Qwen3,
+  // DeepSeek-R1; kNone otherwise): its chat reply is then split into
+  // reasoning_content and content.
   Status RunGeneration(const GenerationRequest& req, bool dry_run, const llm::TextCallback& on_text,
                        llm::GenerationResult* result, int64_t* version, GenerationTimes* times,
-                       const RequestScheduler::GoneFn& gone, bool* reasoning = nullptr);
+                       const RequestScheduler::GoneFn& gone, llm::ChatReasoning* reasoning = nullptr);
   // The SSE producer for a streamed generation that arrived at `arrived`.
   void StreamGeneration(const GenerationRequest& req, std::chrono::steady_clock::time_point arrived,
                         const RequestScheduler::GoneFn& gone, HttpStreamWriter& writer);
