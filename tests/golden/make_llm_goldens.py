@@ -691,8 +691,50 @@ def make_chat():
                     case.update(kwargs)
                     cases.append(case)
         out[name] = {"template": template, "cases": cases}
+    # Tools (Qwen2.5's and Qwen3's Hermes format), rendered with transformers' tojson
+    # (json.dumps, ensure_ascii=False) and the calls' arguments as objects, as vLLM
+    # passes them; the key order is the request's.
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.filters["tojson"] = tojson
+    tools = [
+        {"type": "function", "function": {
+            "name": "get_weather", "description": "Weather in a city (Zürich, 東京) \"now\"\n",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                            "unit": {"type": "string", "enum": ["c", "f"]}},
+                           "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+    ]
+    call = lambda name, args: {"id": "call_1", "type": "function", "function": {"name": name, "arguments": args}}
+    tool_conversations = [
+        ([{"role": "user", "content": "Weather in Paris?"}], tools),
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+          {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "Paris", "unit": "c"})]},
+          {"role": "tool", "content": "{\"temp\": 21.5}"}, {"role": "tool", "content": "sunny"}], tools),
+        ([{"role": "user", "content": "Time and weather?"},
+          {"role": "assistant", "content": "Checking.",
+           "tool_calls": [call("get_time", {}), call("get_weather", {"city": "Zürich", "n": [1, 2.5, None, True]})]},
+          {"role": "tool", "content": "12:00"}, {"role": "user", "content": "Thanks"}], tools),
+        ([{"role": "user", "content": "Q"},
+          {"role": "assistant", "content": "<think>\nplan\n</think>\n\n",
+           "tool_calls": [call("get_time", {})]},
+          {"role": "tool", "content": "12:00"}], tools),
+        # History with calls but no tools offered now.
+        ([{"role": "user", "content": "Q"},
+          {"role": "assistant", "content": "", "tool_calls": [call("get_time", {})]},
+          {"role": "tool", "content": "12:00"}], None),
+    ]
+    tool_cases = {}
+    for name in ("qwen2_5", "qwen3"):
+        t = env.from_string(templates[name])
+        tool_cases[name] = [
+            {"messages": conv, "tools": offered, "add_generation_prompt": gen,
+             "text": t.render(messages=conv, tools=offered, add_generation_prompt=gen, bos_token="",
+                              eos_token="<|im_end|>")}
+            for conv, offered in tool_conversations for gen in (True, False)]
     with open(os.path.join(OUT, "chat_templates.json"), "w") as f:
-        json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out}, f, ensure_ascii=False, indent=1)
+        json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out, "tool_cases": tool_cases}, f,
+                  ensure_ascii=False, indent=1)
     print("chat:", {k: len(v["cases"]) for k, v in out.items()})
 
 

@@ -133,11 +133,74 @@ std::string_view RStrip(std::string_view s, char c) {
   return s;
 }
 
-// Qwen3's template without tools (a "tool" role is refused before this by the API).
+// Qwen2.5's and Qwen3's tools (Hermes): the list after the system message, a call,
+// and a tool message in the user turn it shares with its neighbours.
+constexpr std::string_view kToolsIntro =
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\n<tools>";
+constexpr std::string_view kToolsOutro =
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call><|im_end|>\n";
+
+// The system turn that lists `tools`, after `system` (and a blank line) when there is one.
+std::string ToolsSystemTurn(const std::vector<ChatMessage>& all, const std::vector<std::string>& tools) {
+  std::string out = "<|im_start|>system\n";
+  if (!all.empty() && all.front().role == "system") out += all.front().content + "\n\n";
+  out += kToolsIntro;
+  for (const std::string& tool : tools) out += "\n" + tool;
+  return out += kToolsOutro;
+}
+
+std::string ToolCallText(const ChatToolCall& call) {
+  return "<tool_call>\n{\"name\": \"" + call.name + "\", \"arguments\": " + call.arguments +
+         "}\n</tool_call>";
+}
+
+// all[i] is a tool message: its response block, opening the user turn after a
+// non-tool message and closing it before one.
+std::string ToolResponse(const std::vector<ChatMessage>& all, size_t i) {
+  std::string out;
+  if (i == 0 || all[i - 1].role != "tool") out += "<|im_start|>user";
+  out += "\n<tool_response>\n" + all[i].content + "\n</tool_response>";
+  if (i + 1 == all.size() || all[i + 1].role != "tool") out += "<|im_end|>\n";
+  return out;
+}
+
+// ChatML as Qwen2.5's template writes it (its tools included; plain ChatML when a
+// conversation has none).
+std::string RenderChatMl(const std::vector<ChatMessage>& all, const ChatTemplateOptions& options) {
+  std::string out;
+  size_t first = 0;
+  if (!options.tools.empty()) {
+    out = ToolsSystemTurn(all, options.tools);
+    first = !all.empty() && all.front().role == "system" ? 1 : 0;
+  }
+  for (size_t i = first; i < all.size(); ++i) {
+    const ChatMessage& m = all[i];
+    if (m.role == "tool") {
+      out += ToolResponse(all, i);
+    } else if (m.role == "assistant" && !m.tool_calls.empty()) {
+      out += "<|im_start|>assistant";
+      if (!m.content.empty()) out += "\n" + m.content;
+      for (const ChatToolCall& call : m.tool_calls) out += "\n" + ToolCallText(call);
+      out += "<|im_end|>\n";
+    } else {
+      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    }
+  }
+  if (options.add_generation_prompt) out += "<|im_start|>assistant\n";
+  return out;
+}
+
+// Qwen3's template (tool calls as Qwen2.5's; arguments as tojson writes them).
 std::string RenderQwen3(const std::vector<ChatMessage>& all, const ChatTemplateOptions& options) {
   std::string out;
-  if (!all.empty() && all.front().role == "system")
+  if (!options.tools.empty()) {
+    out = ToolsSystemTurn(all, options.tools);
+  } else if (!all.empty() && all.front().role == "system") {
     out = "<|im_start|>system\n" + all.front().content + "<|im_end|>\n";
+  }
   // The last user message that is not a wrapped tool response.
   size_t last_query = all.empty() ? 0 : all.size() - 1;
   for (size_t k = all.size(); k-- > 0;) {
@@ -169,7 +232,13 @@ std::string RenderQwen3(const std::vector<ChatMessage>& all, const ChatTemplateO
       } else {
         out += content;
       }
+      for (size_t k = 0; k < m.tool_calls.size(); ++k) {
+        if (k > 0 || !content.empty()) out += "\n";
+        out += ToolCallText(m.tool_calls[k]);
+      }
       out += "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      out += ToolResponse(all, i);
     }  // other roles: the template writes nothing
   }
   if (options.add_generation_prompt) {
@@ -434,11 +503,10 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
   if (format == ChatFormat::kQwen3) return RenderQwen3(all, options);
   if (format == ChatFormat::kDeepSeekV3 || format == ChatFormat::kDeepSeekR1)
     return RenderDeepSeek(format, all, options);
+  if (format == ChatFormat::kChatMl) return RenderChatMl(all, options);
   if (format == ChatFormat::kLlama3) out = "<|begin_of_text|>";
   for (const ChatMessage& m : all) {
-    if (format == ChatFormat::kChatMl) {
-      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-    } else if (format == ChatFormat::kLlama3) {
+    if (format == ChatFormat::kLlama3) {
       out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + Strip(m.content) + "<|eot_id|>";
     } else {  // Zephyr, Phi-3: other roles are skipped, as their templates do
       if (m.role == "system" || m.role == "user" || m.role == "assistant")
@@ -446,9 +514,8 @@ StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<Cha
     }
   }
   if (add_generation_prompt) {
-    out += format == ChatFormat::kChatMl   ? "<|im_start|>assistant\n"
-           : format == ChatFormat::kLlama3 ? "<|start_header_id|>assistant<|end_header_id|>\n\n"
-                                           : "<|assistant|>\n";
+    out += format == ChatFormat::kLlama3 ? "<|start_header_id|>assistant<|end_header_id|>\n\n"
+                                         : "<|assistant|>\n";
   } else if (format == ChatFormat::kPhi3) {
     out += "<|endoftext|>";
   }

@@ -13,6 +13,11 @@
 //     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge
 //     Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>...
 //     {date}: 3.1's template fixes "26 Jul 2024"; 3.2's prints today's ("07 Dec 2026").
+//   Tools (Qwen2.5's ChatML and Qwen3, tool_calls.h): the system turn lists them
+//     after the system message ("# Tools ... <tools>\n{tool}\n...</tools> ..."); an
+//     assistant turn's calls follow its text as <tool_call>\n{"name": ..., "arguments":
+//     ...}\n</tool_call>; consecutive tool messages share one user turn of
+//     \n<tool_response>\n{content}\n</tool_response> blocks.
 //   Qwen3: ChatML, where an assistant turn before the last user message loses its
 //     <think>...</think> reasoning, one after it is written <think>\n{reasoning}\n</think>\n\n
 //     {answer} (reasoning empty if it had none), and enable_thinking=false follows the
@@ -56,9 +61,16 @@
 
 namespace fedge::agent::llm {
 
+// A call an assistant turn made (Qwen2.5's and Qwen3's Hermes format, tool_calls.h).
+struct ChatToolCall {
+  std::string name;
+  std::string arguments;  // JSON, as the template's tojson writes it (PythonJsonDumps)
+};
+
 struct ChatMessage {
-  std::string role;  // "system" | "user" | "assistant" (others are passed through)
+  std::string role;  // "system" | "user" | "assistant" | "tool" (others are passed through)
   std::string content;
+  std::vector<ChatToolCall> tool_calls = {};  // assistant turns of formats that take tools
 };
 
 enum class ChatFormat {
@@ -89,6 +101,10 @@ struct ChatTemplateOptions {
   // Llama 3.1 / 3.2's "Today Date" (date_string); empty: 3.1's "26 Jul 2024", 3.2's
   // today in UTC ("%d %b %Y").
   std::string date_string;
+  // The tools offered, each as the template's tojson writes it (PythonJsonDumps of
+  // {"type": "function", "function": {...}}): Qwen2.5's and Qwen3's system turn lists
+  // them (ChatTakesTools); other formats have no tools.
+  std::vector<std::string> tools;
 };
 
 // The format of a model directory's Jinja chat template (`chat_template`, the
