@@ -9,8 +9,9 @@ Two real jobs on loopback, each one fedge-aggregator and one fedge-agent:
   - a generative job on a tiny Llama pretrained here with fedge-pretrain (as
     generative_job_test.py builds it): models, chat.completions and completions,
     streamed and not, max_tokens / max_completion_tokens, stop, seed, text content
-    parts, and the 400s for what is not implemented (n > 1, logprobs, tools,
-    tool_choice, response_format, embeddings on a causal LM);
+    parts, and the 400s for what is not implemented (n > 1, logprobs, a required
+    tool_choice, tools on a model without a tool format, response_format,
+    embeddings on a causal LM);
   - a MiniLM job: models and embeddings in the default (base64), float and base64
     encodings, each compared with the float output of a plain HTTP /v1/embeddings;
     dimensions, token arrays and generation on a classifier refused with 400s.
@@ -346,7 +347,8 @@ class OpenAiGenerativeTest(unittest.TestCase):
             (dict(n=2), "n"),
             (dict(logprobs=True), "logprobs"),
             (dict(logprobs=True, top_logprobs=2), "logprobs"),
-            (dict(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]), "tools"),
+            (dict(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+                  tool_choice="required"), "tool_choice"),
             (dict(tool_choice="auto"), "tool_choice"),
             (dict(response_format={"type": "json_object"}), "response_format"),
             (dict(presence_penalty=0.5), "presence_penalty"),
@@ -363,6 +365,13 @@ class OpenAiGenerativeTest(unittest.TestCase):
                     self.assertEqual(e.param, param)
                     self.assertEqual(e.type, "invalid_request_error")
                     self.assertTrue(e.message)
+        # fedge's own ChatML template has no tool format: tools are refused for this model.
+        for stream in (False, True):
+            with self.subTest(tools=True, stream=stream):
+                with self.assertRaises(openai.BadRequestError) as ctx:
+                    self.chat(stream=stream, tools=[{"type": "function", "function": {"name": "get_weather"}}])
+                self.assertEqual(ctx.exception.code, "unsupported_for_model")
+                self.assertIn("tool", ctx.exception.message)
         for kw, param in [(dict(logprobs=2), "logprobs"), (dict(echo=True), "echo"), (dict(n=3), "n"),
                           (dict(best_of=2), "best_of"), (dict(suffix="!"), "suffix")]:
             with self.subTest(kw=kw):

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedge/agent/llm/chat_template.h"
+#include "fedge/agent/llm/tool_calls.h"
 #include "fedge/agent/runtime/api_token.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
@@ -156,6 +157,20 @@ std::string ResponseId(const char* prefix) {
   std::string id(prefix);
   for (int i = 0; i < 24; ++i) id += kHex[rng() & 15];
   return id;
+}
+
+// OpenAI's tool_calls: [{"id": "call_...", "type": "function", "function": {"name",
+// "arguments"}}], with each call's "index" in a stream's delta.
+Json ToolCallsJson(const std::vector<llm::ChatToolCall>& calls, bool indexed) {
+  Json out = Json::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    Json call = {{"id", ResponseId("call_")},
+                 {"type", "function"},
+                 {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
+    if (indexed) call["index"] = i;
+    out.push_back(std::move(call));
+  }
+  return out;
 }
 
 Json TimingsJson(const GenerationTimes& times) {
@@ -434,7 +449,7 @@ Status InferenceApi::UseModel(const std::function<Status(TrainableModel& model, 
 Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                    const llm::TextCallback& on_text, llm::GenerationResult* result,
                                    int64_t* version, GenerationTimes* times,
-                                   const RequestScheduler::GoneFn& gone, llm::ChatReasoning* reasoning) {
+                                   const RequestScheduler::GoneFn& gone, ChatReplyReading* reading) {
   const std::string& route = GenerationRoute(req.endpoint);
   // `start` runs on the scheduler's decode loop thread with the model held; it
   // writes `version` and `times` there, which this thread reads only after
@@ -456,11 +471,25 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
             "marker tokens): use "
             "/v1/completions");
       }
+      const bool uses_tools =
+          !req.tools.empty() ||
+          std::any_of(req.messages.begin(), req.messages.end(),
+                      [](const llm::ChatMessage& m) { return m.role == "tool" || !m.tool_calls.empty(); });
+      if (uses_tools && !lm->lm().chat_takes_tools()) {
+        return UnimplementedError(
+            "this model's chat template (" + std::string(llm::ChatFormatName(*format)) +
+            ") has no tool calling fedge knows (Qwen2.5's and Qwen3's Hermes <tool_call> "
+            "format): remove 'tools', tool messages and tool_calls");
+      }
       llm::ChatTemplateOptions chat_options;
       chat_options.enable_thinking = req.enable_thinking;
       chat_options.default_system = lm->lm().chat_default_system();
+      if (!req.tool_choice_none) chat_options.tools = req.tools;
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages, chat_options));
-      if (reasoning != nullptr) *reasoning = llm::ChatReplyThinks(*format);
+      if (reading != nullptr) {
+        reading->reasoning = llm::ChatReplyThinks(*format);
+        reading->tool_calls = !chat_options.tools.empty();
+      }
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
       options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();
     }
@@ -526,9 +555,9 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   GenerationTimes times;
   times.arrived = arrived;
   // A stream's checks run before its 200 goes out, so a bad request still gets its status.
-  llm::ChatReasoning reasoning = llm::ChatReasoning::kNone;
+  ChatReplyReading reading;
   Status st = RunGeneration(*req, /*dry_run=*/req->stream, nullptr, &result, &version, &times,
-                            request.client_gone, &reasoning);
+                            request.client_gone, &reading);
   if (st.code() == StatusCode::kResourceExhausted || st.code() == StatusCode::kCancelled)
     return SchedulerError(st);
   if (!st.ok()) return ErrorResponse(ErrorInfo(st));
@@ -540,20 +569,25 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   }
   const bool chat = endpoint == GenerationEndpoint::kChatCompletions;
   Json choice = {{"index", 0}};
+  std::string finish_reason(llm::FinishReasonName(result.finish_reason));
   if (chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", result.text}, {"refusal", nullptr}};
-    if (reasoning !=
-        llm::ChatReasoning::kNone) {  // vLLM's and DeepSeek's field; null when the reply did not think
-      ReasoningSplitter::Parts parts = ReasoningSplitter::Split(result.text, reasoning);
-      choice["message"]["content"] = parts.content;
+    const ChatReplyParts reply = ReadChatReply(result.text, reading.reasoning, reading.tool_calls);
+    choice["message"] = {{"role", "assistant"}, {"content", reply.content}, {"refusal", nullptr}};
+    if (reading.reasoning != llm::ChatReasoning::kNone) {
+      // vLLM's and DeepSeek's field; null when the reply did not think.
       choice["message"]["reasoning_content"] =
-          parts.reasoning.empty() ? Json(nullptr) : Json(parts.reasoning);
+          reply.reasoning.empty() ? Json(nullptr) : Json(reply.reasoning);
+    }
+    if (!reply.calls.empty()) {
+      choice["message"]["content"] = reply.content.empty() ? Json(nullptr) : Json(reply.content);
+      choice["message"]["tool_calls"] = ToolCallsJson(reply.calls, /*indexed=*/false);
+      finish_reason = "tool_calls";
     }
   } else {
     choice["text"] = result.text;
   }
   choice["logprobs"] = nullptr;
-  choice["finish_reason"] = std::string(llm::FinishReasonName(result.finish_reason));
+  choice["finish_reason"] = finish_reason;
   Json out = {{"id", ResponseId(chat ? "chatcmpl-" : "cmpl-")},
               {"object", chat ? "chat.completion" : "text_completion"},
               {"created", NowSeconds()},
@@ -627,9 +661,16 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   // that produced it.
   // A thinking model's reply is split as it streams (ReasoningSplitter holds back a
   // piece that may begin a tag); `reasoning` is set before the first piece arrives.
-  llm::ChatReasoning reasoning = llm::ChatReasoning::kNone;
+  // With tools offered, the content then passes a ToolCallStream, which holds it from
+  // the first <tool_call> on and reads the calls at the end.
+  ChatReplyReading reading;
   std::optional<ReasoningSplitter> splitter;
-  auto emit = [&](const ReasoningSplitter::Parts& parts) {
+  std::optional<ToolCallStream> tool_stream;
+  auto emit = [&](ReasoningSplitter::Parts parts) {
+    if (reading.tool_calls) {
+      if (!tool_stream) tool_stream.emplace();
+      parts.content = tool_stream->Feed(parts.content);
+    }
     if (!parts.reasoning.empty() || !parts.content.empty())
       chunk(text_choice(parts.content, nullptr, parts.reasoning), std::nullopt, std::nullopt);
   };
@@ -637,14 +678,16 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
       run, /*dry_run=*/false,
       [&](std::string_view delta) {
         start(version);
-        if (reasoning != llm::ChatReasoning::kNone) {
-          if (!splitter) splitter.emplace(reasoning);
+        if (reading.reasoning != llm::ChatReasoning::kNone) {
+          if (!splitter) splitter.emplace(reading.reasoning);
           emit(splitter->Feed(delta));
+        } else if (reading.tool_calls) {
+          emit({"", std::string(delta)});
         } else {
           chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);
         }
       },
-      &result, &version, &times, gone, &reasoning);
+      &result, &version, &times, gone, &reading);
   if (st.code() == StatusCode::kCancelled) return;  // left while queued: nobody is reading
   if (!st.ok()) {
     // The 200 and perhaps some text went out already: the error is one event.
@@ -654,8 +697,22 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   if (result.finish_reason == llm::FinishReason::kCancelled || !open) return;  // nobody is reading
   start(version);
   if (splitter) emit(splitter->Finish());
+  std::string finish_reason(llm::FinishReasonName(result.finish_reason));
+  if (tool_stream) {
+    llm::ParsedToolCalls calls = tool_stream->Finish();
+    if (calls.called) {
+      Json choice = {{"index", 0},
+                     {"delta", {{"tool_calls", ToolCallsJson(calls.calls, /*indexed=*/true)}}},
+                     {"logprobs", nullptr},
+                     {"finish_reason", nullptr}};
+      chunk(choice, std::nullopt, std::nullopt);
+      finish_reason = "tool_calls";
+    } else if (!calls.content.empty()) {
+      chunk(text_choice(calls.content, nullptr), std::nullopt, std::nullopt);
+    }
+  }
   const Json timings = TimingsJson(times);
-  chunk(text_choice("", std::string(llm::FinishReasonName(result.finish_reason))), std::nullopt, timings);
+  chunk(text_choice("", finish_reason), std::nullopt, timings);
   if (req.include_usage) chunk(std::nullopt, Usage(result), timings);
   send("[DONE]");
 }

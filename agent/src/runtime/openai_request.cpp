@@ -1,5 +1,7 @@
 #include "fedge/agent/runtime/openai_request.h"
 
+#include "fedge/agent/llm/tool_calls.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -241,19 +243,12 @@ bool RefuseUnsupported(const Json& body, GenerationEndpoint endpoint, ApiErrorIn
     return false;
   if (!RefuseUnlessOff(body, "top_logprobs", IsZero, "'top_logprobs' is not supported by this server", error))
     return false;
-  const char* no_tools =
-      "tool and function calling is not supported by this server (the model has no tool-call format); "
-      "remove '%s'";
-  auto tools_message = [&](const char* key) {
-    std::string m(no_tools);
-    return m.replace(m.find("%s"), 2, key);
-  };
-  for (const char* key : {"tools", "functions"}) {
-    if (!RefuseUnlessOff(body, key, IsEmpty, tools_message(key), error)) return false;
-  }
-  auto is_none = [](const Json& v) { return v.is_string() && v.get<std::string>() == "none"; };
-  for (const char* key : {"tool_choice", "function_call"}) {
-    if (!RefuseUnlessOff(body, key, is_none, tools_message(key), error)) return false;
+  // The legacy function-calling fields: 'tools' and 'tool_choice' replaced them.
+  for (const char* key : {"functions", "function_call"}) {
+    if (!RefuseUnlessOff(
+            body, key, IsEmpty,
+            std::string("'") + key + "' (legacy function calling) is not supported: send 'tools'", error))
+      return false;
   }
   if (Has(body, "response_format")) {
     const Json& rf = body["response_format"];
@@ -306,6 +301,109 @@ bool ParseChatTemplateKwargs(const Json& body, GenerationRequest* req, ApiErrorI
   return true;
 }
 
+// A function name as OpenAI takes it: 1-64 of a-z, A-Z, 0-9, '_' and '-'.
+bool IsFunctionName(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+std::string Clip(const std::string& s) { return s.size() > 64 ? s.substr(0, 64) + "..." : s; }
+
+// tools: [{"type": "function", "function": {"name", "description"?, "parameters"?,
+// "strict"?}}], each kept as the template's tojson writes it (key order as sent);
+// tool_choice "auto" or "none" (no tools in the prompt, nothing read as a call);
+// parallel_tool_calls a boolean (the format allows several calls either way).
+bool ParseTools(const Json& body, GenerationRequest* req, ApiErrorInfo* error) {
+  if (Has(body, "tool_choice")) {
+    const Json& choice = body["tool_choice"];
+    if (!choice.is_string() || (choice != "auto" && choice != "none")) {
+      return Fail(error,
+                  "'tool_choice' " +
+                      (choice.is_string() ? "'" + Clip(choice.get<std::string>()) + "'"
+                                          : choice.dump().substr(0, 64)) +
+                      " is not supported: only \"auto\" and \"none\" (a required or named call needs "
+                      "constrained decoding, which this server does not have)",
+                  "tool_choice", "unsupported_parameter");
+    }
+    req->tool_choice_none = choice == "none";
+    if (!req->tool_choice_none && !Has(body, "tools")) {
+      return Fail(error, "'tool_choice' is only allowed when 'tools' are given", "tool_choice",
+                  "invalid_value");
+    }
+  }
+  if (Has(body, "parallel_tool_calls") && !body["parallel_tool_calls"].is_boolean())
+    return Fail(error, "'parallel_tool_calls' must be true or false", "parallel_tool_calls", "invalid_type");
+  if (!Has(body, "tools")) return true;
+  const Json& tools = body["tools"];
+  if (!tools.is_array())
+    return Fail(error, "'tools' must be an array of function tools", "tools", "invalid_type");
+  constexpr size_t kMaxTools = 128;
+  if (tools.size() > kMaxTools) {
+    return Fail(
+        error, "'tools' has " + std::to_string(tools.size()) + " tools; at most " + std::to_string(kMaxTools),
+        "tools", "invalid_value");
+  }
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const Json& t = tools[i];
+    const std::string where = "'tools[" + std::to_string(i) + "]";
+    if (!t.is_object() || !t.contains("type") || t["type"] != "function" || !t.contains("function") ||
+        !t["function"].is_object()) {
+      return Fail(error, where + "' must be {\"type\": \"function\", \"function\": {\"name\": ...}}", "tools",
+                  "invalid_value");
+    }
+    const Json& f = t["function"];
+    if (!f.contains("name") || !f["name"].is_string() || !IsFunctionName(f["name"].get<std::string>())) {
+      return Fail(error, where + ".function.name' must be 1-64 characters of a-z, A-Z, 0-9, _ and -", "tools",
+                  "invalid_value");
+    }
+    if (f.contains("description") && !f["description"].is_string())
+      return Fail(error, where + ".function.description' must be a string", "tools", "invalid_type");
+    if (f.contains("parameters") && !f["parameters"].is_object())
+      return Fail(error, where + ".function.parameters' must be a JSON Schema object", "tools",
+                  "invalid_type");
+    req->tools.push_back(llm::PythonJsonDumps(t));
+  }
+  return true;
+}
+
+// An assistant message's tool_calls: [{"id", "type": "function", "function": {"name",
+// "arguments": a JSON object as a string}}] (arguments rewritten as tojson writes them).
+bool ParseToolCallsField(const Json& m, const std::string& where, llm::ChatMessage* out,
+                         ApiErrorInfo* error) {
+  const Json& calls = m["tool_calls"];
+  if (!calls.is_array())
+    return Fail(error, "'" + where + ".tool_calls' must be an array", "messages", "invalid_message");
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const Json& c = calls[k];
+    const std::string cwhere = "'" + where + ".tool_calls[" + std::to_string(k) + "]";
+    if (!c.is_object() || !c.contains("function") || !c["function"].is_object() ||
+        (c.contains("type") && c["type"] != "function")) {
+      return Fail(error,
+                  cwhere + "' must be {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}",
+                  "messages", "invalid_message");
+    }
+    const Json& f = c["function"];
+    if (!f.contains("name") || !f["name"].is_string() || !IsFunctionName(f["name"].get<std::string>())) {
+      return Fail(error, cwhere + ".function.name' must be 1-64 characters of a-z, A-Z, 0-9, _ and -",
+                  "messages", "invalid_message");
+    }
+    Json arguments = Json::object();
+    if (f.contains("arguments")) {
+      if (!f["arguments"].is_string())
+        return Fail(error, cwhere + ".function.arguments' must be a string of JSON", "messages",
+                    "invalid_message");
+      arguments = Json::parse(f["arguments"].get<std::string>(), nullptr, /*allow_exceptions=*/false);
+      if (arguments.is_discarded()) {
+        return Fail(error, cwhere + ".function.arguments' is not JSON", "messages", "invalid_message");
+      }
+    }
+    out->tool_calls.push_back({f["name"].get<std::string>(), llm::PythonJsonDumps(arguments)});
+  }
+  return true;
+}
+
 bool ParseMessages(const Json& body, const InferenceLimits& limits, std::vector<llm::ChatMessage>* out,
                    ApiErrorInfo* error) {
   if (!Has(body, "messages") || !body["messages"].is_array() || body["messages"].empty()) {
@@ -322,27 +420,38 @@ bool ParseMessages(const Json& body, const InferenceLimits& limits, std::vector<
                   "invalid_message");
     }
     std::string role = m["role"].get<std::string>();
-    if (role == "tool" || role == "function") {
-      return Fail(error,
-                  "'" + where + "' has role '" + role + "': tool and function calling is not supported",
+    if (role == "function") {
+      return Fail(error, "'" + where + "' has role 'function' (legacy function calling): send role 'tool'",
                   "messages", "unsupported_parameter");
     }
     if (role == "developer") role = "system";  // OpenAI's newer name for the system prompt
-    if (role != "system" && role != "user" && role != "assistant") {
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
       return Fail(error,
-                  "'" + where + ".role' must be one of system, developer, user, assistant (got '" +
+                  "'" + where + ".role' must be one of system, developer, user, assistant, tool (got '" +
                       (role.size() > 32 ? role.substr(0, 32) + "..." : role) + "')",
                   "messages", "invalid_message");
     }
-    if (Has(m, "tool_calls") || Has(m, "function_call")) {
-      return Fail(error, "'" + where + "' carries tool calls: tool and function calling is not supported",
+    if (Has(m, "function_call")) {
+      return Fail(error, "'" + where + "' carries a function_call (legacy function calling): send tool_calls",
                   "messages", "unsupported_parameter");
     }
-    if (!Has(m, "content")) {
+    llm::ChatMessage message{role, ""};
+    if (Has(m, "tool_calls")) {
+      if (role != "assistant")
+        return Fail(error, "'" + where + "' has tool_calls but is not an assistant message", "messages",
+                    "invalid_message");
+      if (!ParseToolCallsField(m, where, &message, error)) return false;
+    }
+    if (role == "tool" && Has(m, "tool_call_id") && !m["tool_call_id"].is_string())
+      return Fail(error, "'" + where + ".tool_call_id' must be a string", "messages", "invalid_message");
+    // An assistant message that calls tools may have no content (null).
+    const bool may_be_empty =
+        !message.tool_calls.empty() && (!m.contains("content") || m["content"].is_null());
+    if (!may_be_empty && !Has(m, "content")) {
       return Fail(error, "'" + where + ".content' is required: a string or an array of text parts",
                   "messages", "invalid_message");
     }
-    const Json& content = m["content"];
+    const Json& content = may_be_empty ? Json("") : m["content"];
     std::string text;
     if (content.is_string()) {
       text = content.get<std::string>();
@@ -371,7 +480,10 @@ bool ParseMessages(const Json& body, const InferenceLimits& limits, std::vector<
                   "invalid_message");
     }
     chars += text.size();
-    out->push_back({role, std::move(text)});
+    for (const llm::ChatToolCall& call : message.tool_calls)
+      chars += call.name.size() + call.arguments.size();
+    message.content = std::move(text);
+    out->push_back(std::move(message));
   }
   if (chars > limits.max_input_chars) {
     return Fail(error,
@@ -497,7 +609,8 @@ std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, G
     return std::nullopt;
   GenerationRequest req;
   req.endpoint = endpoint;
-  if (chat ? !ParseMessages(body, limits, &req.messages, error) || !ParseChatTemplateKwargs(body, &req, error)
+  if (chat ? !ParseMessages(body, limits, &req.messages, error) ||
+                 !ParseChatTemplateKwargs(body, &req, error) || !ParseTools(body, &req, error)
            : !ParsePrompt(body, limits, &req.prompt, error))
     return std::nullopt;
   if (!RefuseUnsupported(body, endpoint, error)) return std::nullopt;

@@ -65,4 +65,50 @@ ReasoningSplitter::Parts ReasoningSplitter::Split(std::string_view text, llm::Ch
   return {a.reasoning + b.reasoning, a.content + b.content};
 }
 
+std::string ToolCallStream::Feed(std::string_view delta) {
+  static constexpr std::string_view kCall = "<tool_call>";
+  held_.append(delta);
+  if (in_call_) return "";
+  if (const size_t at = held_.find(kCall); at != std::string::npos) {
+    std::string out = held_.substr(0, at);
+    held_.erase(0, at);
+    in_call_ = true;
+    return out;
+  }
+  const size_t keep = PartialTagAtEnd(held_, kCall);
+  std::string out = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  return out;
+}
+
+llm::ParsedToolCalls ToolCallStream::Finish() {
+  llm::ParsedToolCalls out;
+  if (in_call_) {
+    out = llm::ParseToolCalls(held_);  // content "" when called (the text starts at the tag)
+  } else {
+    out.content = held_;
+  }
+  held_.clear();
+  return out;
+}
+
+ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, bool tool_calls) {
+  ChatReplyParts out;
+  if (mode != llm::ChatReasoning::kNone) {
+    ReasoningSplitter::Parts parts = ReasoningSplitter::Split(text, mode);
+    out.reasoning = std::move(parts.reasoning);
+    out.content = std::move(parts.content);
+  } else {
+    out.content = std::string(text);
+  }
+  if (tool_calls) {
+    llm::ParsedToolCalls calls = llm::ParseToolCalls(out.content);
+    if (calls.called) {
+      out.content = std::move(calls.content);
+      out.calls = std::move(calls.calls);
+    }
+  }
+  return out;
+}
+
 }  // namespace fedge::agent

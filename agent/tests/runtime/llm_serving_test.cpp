@@ -193,8 +193,16 @@ struct ChatModel {
   std::unique_ptr<ServingModel> serving;
   StatusOr<std::unique_ptr<LlmModel>> lm = InternalError("not loaded");
 
-  ChatModel(const std::string& golden, const std::string& jinja, int64_t max_seq_len) {
+  // `context` > 0: config.json's max_position_embeddings rewritten to it (a random
+  // model's rotary covers any length).
+  ChatModel(const std::string& golden, const std::string& jinja, int64_t max_seq_len, int64_t context = 0) {
     dir = testing::CopyGoldenModel(golden);
+    if (context > 0) {
+      std::ifstream in(dir / "config.json");
+      json config = json::parse(in);
+      config["max_position_embeddings"] = context;
+      std::ofstream(dir / "config.json") << config.dump();
+    }
     std::ifstream file(std::filesystem::path(testing::TinyLlamaDir()).parent_path() / "templates" / jinja);
     std::stringstream text;
     text << file.rdbuf();
@@ -330,6 +338,60 @@ TEST(LlmServingQwen3Test, DeepSeekR1RepliesAreReasoningUntilTheyCloseIt) {
   const ReasoningSplitter::Parts streamed = StreamedReply(api, body + R"(, "stream": true})");
   EXPECT_EQ(streamed.reasoning, parts.reasoning);
   EXPECT_EQ(streamed.content, parts.content);
+}
+
+// Tools served on Qwen2.5's template: the prompt carries them (and the conversation's
+// calls and tool responses) as the template renders them, "tool_choice": "none" leaves
+// them out, and a model whose template has no tool format refuses them.
+TEST(LlmServingQwen3Test, ToolsReachThePromptAsQwen25RendersThem) {
+  ChatModel m("tiny_qwen2", "qwen2_5.jinja", 1024, /*context=*/1024);
+  ASSERT_NE(m.serving, nullptr);
+  InferenceApi api(m.serving.get(), nullptr, nullptr);
+  auto& lm = m.lm;
+  ASSERT_TRUE(lm.ok());
+  ASSERT_TRUE((*lm)->lm().chat_takes_tools());
+  const std::string tools = R"([{"type": "function", "function": {"name": "get_time", "description": "Now",
+                                 "parameters": {"type": "object", "properties": {}}}}])";
+  const std::string messages = R"([{"role": "user", "content": "Time?"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+       "function": {"name": "get_time", "arguments": "{\"tz\":\"UTC\"}"}}]},
+      {"role": "tool", "tool_call_id": "c", "content": "12:00"}])";
+  const std::vector<llm::ChatMessage> conversation = {
+      {"user", "Time?"}, {"assistant", "", {{"get_time", R"({"tz": "UTC"})"}}}, {"tool", "12:00"}};
+  for (const char* choice : {"auto", "none"}) {
+    HttpResponse r = api.ChatCompletions(
+        Post("/v1/chat/completions", R"({"max_tokens": 3, "temperature": 0, "tool_choice": ")" +
+                                         std::string(choice) + R"(", "tools": )" + tools +
+                                         R"(, "messages": )" + messages + "}"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    llm::ChatTemplateOptions options;
+    options.default_system = (*lm)->lm().chat_default_system();
+    if (std::string(choice) == "auto") {
+      options.tools = {R"({"type": "function", "function": {"name": "get_time", "description": "Now", )"
+                       R"("parameters": {"type": "object", "properties": {}}}})"};
+    }
+    auto prompt = llm::ApplyChatTemplate(llm::ChatFormat::kChatMl, conversation, options);
+    ASSERT_TRUE(prompt.ok());
+    EXPECT_NE(prompt->find("<tool_response>\n12:00\n</tool_response>"), std::string::npos);
+    EXPECT_EQ(prompt->find("# Tools") != std::string::npos, std::string(choice) == "auto");
+    const json reply = json::parse(r.body);
+    EXPECT_EQ(reply["usage"]["prompt_tokens"].get<size_t>(),
+              (*lm)->lm().tokenizer().Encode(*prompt, {.add_special_tokens = true}).size())
+        << choice;
+    // The tiny model writes no call: its reply is content.
+    EXPECT_FALSE(reply["choices"][0]["message"].contains("tool_calls")) << r.body;
+    EXPECT_NE(reply["choices"][0]["finish_reason"], "tool_calls");
+  }
+  ChatModel plain("tiny_qwen2", "qwen2.jinja", 96);
+  ASSERT_NE(plain.serving, nullptr);
+  InferenceApi plain_api(plain.serving.get(), nullptr, nullptr);
+  for (const std::string& body :
+       {R"({"tools": )" + tools + R"(, "messages": [{"role": "user", "content": "x"}]})",
+        R"({"messages": )" + messages + "}"}) {
+    HttpResponse r = plain_api.ChatCompletions(Post("/v1/chat/completions", body));
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_EQ(json::parse(r.body)["error"]["code"], "unsupported_for_model") << r.body;
+  }
 }
 
 // Qwen2.5's template writes "You are Qwen, created by Alibaba Cloud. ..." when the

@@ -64,9 +64,17 @@ TEST(OpenAiRequestTest, ContentAsTextPartsIsJoinedAndDeveloperIsSystem) {
   EXPECT_EQ(e.code, "unsupported_content");
   EXPECT_NE(e.message.find("messages[0].content[1]"), std::string::npos) << e.message;
   EXPECT_NE(e.message.find("image_url"), std::string::npos) << e.message;
-  for (const char* bad : {R"({"messages": [{"role": "tool", "content": "42", "tool_call_id": "t"}]})",
+  for (const char* bad : {R"({"messages": [{"role": "function", "content": "42", "name": "f"}]})",
+                          R"({"messages": [{"role": "tool", "content": "42", "tool_call_id": 7}]})",
+                          R"({"messages": [{"role": "user", "content": "x",
+                               "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f"}}]}]})",
                           R"({"messages": [{"role": "assistant", "content": null,
                                "tool_calls": [{"id": "t", "type": "function"}]}]})",
+                          R"({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "t",
+                               "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]})",
+                          R"({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "t",
+                               "type": "function", "function": {"name": "no spaces", "arguments": "{}"}}]}]})",
+                          R"({"messages": [{"role": "assistant", "content": null}]})",
                           R"({"messages": [{"role": "wizard", "content": "x"}]})",
                           R"({"messages": [{"role": "user", "content": null}]})",
                           R"({"messages": [{"role": "user", "content": [{"type": "text"}]}]})"}) {
@@ -76,10 +84,66 @@ TEST(OpenAiRequestTest, ContentAsTextPartsIsJoinedAndDeveloperIsSystem) {
   }
 }
 
+// tools are kept as the chat template's tojson writes them (key order as sent), tool
+// messages and assistant tool_calls are read (arguments re-written the same way), and
+// malformed tools are refused naming 'tools'.
+TEST(OpenAiRequestTest, ToolsAndToolMessagesAreRead) {
+  ApiErrorInfo e;
+  auto req = Chat(
+      R"({"messages": [{"role": "user", "content": "Weather?"},
+                       {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"days\":[1,2]}"}}]},
+                       {"role": "tool", "tool_call_id": "c1", "content": "21C"}],
+          "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+                     "properties": {"city": {"type": "string"}}}, "description": "Weather"}}],
+          "tool_choice": "auto", "parallel_tool_calls": false})",
+      &e);
+  ASSERT_TRUE(req.has_value()) << e.message;
+  ASSERT_EQ(req->tools.size(), 1u);
+  EXPECT_EQ(
+      req->tools[0],
+      "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": "
+      "\"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}, \"description\": \"Weather\"}}");
+  EXPECT_FALSE(req->tool_choice_none);
+  ASSERT_EQ(req->messages.size(), 3u);
+  EXPECT_EQ(req->messages[1].content, "");
+  ASSERT_EQ(req->messages[1].tool_calls.size(), 1u);
+  EXPECT_EQ(req->messages[1].tool_calls[0].name, "get_weather");
+  EXPECT_EQ(req->messages[1].tool_calls[0].arguments, "{\"city\": \"Paris\", \"days\": [1, 2]}");
+  EXPECT_EQ(req->messages[2].role, "tool");
+  EXPECT_EQ(req->messages[2].content, "21C");
+  req = Chat(R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none",
+                  "tools": [{"type": "function", "function": {"name": "f"}}]})",
+             &e);
+  ASSERT_TRUE(req.has_value()) << e.message;
+  EXPECT_TRUE(req->tool_choice_none);
+  // tool_choice "auto" without tools is refused as OpenAI refuses it; "none" is harmless.
+  EXPECT_FALSE(Chat(R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", &e));
+  EXPECT_EQ(e.param, "tool_choice");
+  EXPECT_TRUE(Chat(R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none"})", &e))
+      << e.message;
+  std::string many = "[";
+  for (int i = 0; i < 129; ++i)
+    many += std::string(i ? "," : "") + R"({"type": "function", "function": {"name": "f"}})";
+  many += "]";
+  for (const std::string& tools :
+       {std::string(R"({"type": "function"})"), std::string(R"([{"type": "retrieval"}])"),
+        std::string(R"([{"type": "function", "function": {}}])"),
+        std::string(R"([{"type": "function", "function": {"name": "has space"}}])"),
+        std::string(R"([{"type": "function", "function": {"name": "f", "parameters": "{}"}}])"),
+        std::string(R"([{"type": "function", "function": {"name": "f", "description": 3}}])"), many}) {
+    EXPECT_FALSE(Chat(R"({"messages": [{"role": "user", "content": "x"}], "tools": )" + tools + "}", &e))
+        << tools;
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "tools") << tools;
+  }
+}
+
 TEST(OpenAiRequestTest, UnsupportedFeaturesAreRefusedNamingTheField) {
   const std::pair<const char*, const char*> chat_cases[] = {
-      {R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tools"},
-      {R"("tool_choice": "auto")", "tool_choice"},
+      {R"("tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}])",
+       "tool_choice"},
+      {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
       {R"("functions": [{"name": "f"}])", "functions"},
       {R"("function_call": "auto")", "function_call"},
       {R"("response_format": {"type": "json_object"})", "response_format"},

@@ -102,3 +102,83 @@ TEST(ReasoningSplitterTest, PiecesOfAnySizeGiveWhatTheWholeGives) {
 
 }  // namespace
 }  // namespace fedge::agent
+
+namespace fedge::agent {
+namespace {
+
+// Tool calls read out of a whole reply, after its reasoning: the content is the text
+// before the first call; without tools offered the tags are text.
+TEST(ChatReplyTest, ReadsToolCallsAfterTheReasoning) {
+  const std::string reply =
+      "<think>\nplan\n</think>\n\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\":\"UTC\"}}\n"
+      "</tool_call>";
+  ChatReplyParts parts = ReadChatReply(reply, llm::ChatReasoning::kOpensWithTag, /*tool_calls=*/true);
+  EXPECT_EQ(parts.reasoning, "\nplan\n");
+  EXPECT_EQ(parts.content, "\n\n");
+  ASSERT_EQ(parts.calls.size(), 1u);
+  EXPECT_EQ(parts.calls[0].name, "get_time");
+  EXPECT_EQ(parts.calls[0].arguments, "{\"tz\": \"UTC\"}");
+  parts = ReadChatReply(reply, llm::ChatReasoning::kOpensWithTag, /*tool_calls=*/false);
+  EXPECT_TRUE(parts.calls.empty());
+  EXPECT_EQ(parts.content, reply.substr(reply.find("</think>") + 8));
+  // A <tool_call> inside the reasoning is reasoning, not a call.
+  parts = ReadChatReply("<think><tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call></think>done",
+                        llm::ChatReasoning::kOpensWithTag, true);
+  EXPECT_TRUE(parts.calls.empty());
+  EXPECT_EQ(parts.content, "done");
+  parts = ReadChatReply("plain answer", llm::ChatReasoning::kNone, true);
+  EXPECT_TRUE(parts.calls.empty());
+  EXPECT_EQ(parts.content, "plain answer");
+}
+
+// Streamed in pieces of any size through the splitter and ToolCallStream, a reply
+// gives what ReadChatReply gives for the whole: the content that went out, the
+// reasoning, and the calls read at the end (or the held text, sent as content).
+TEST(ChatReplyTest, StreamedToolCallsEqualTheWholeReply) {
+  const std::vector<std::string> replies = {
+      "Checking.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n"
+      "{\"name\": \"b\", \"arguments\": {}}\n</tool_call>",
+      "<think>r</think>\n\n<tool_call>{\"name\": \"a\", \"arguments\": []}</tool_call>",
+      "no call <tool_ca",
+      "<tool_call>{broken</tool_call> so this is text",
+      "<think>r</think><tool_call>{\"name\": \"a\", \"arguments\": {}}",
+      "<<tool_call<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"};
+  std::mt19937 rng(11);
+  for (const auto mode : {llm::ChatReasoning::kNone, llm::ChatReasoning::kOpensWithTag}) {
+    for (const std::string& reply : replies) {
+      const ChatReplyParts whole = ReadChatReply(reply, mode, true);
+      for (int trial = 0; trial < 100; ++trial) {
+        ReasoningSplitter splitter(mode);
+        ToolCallStream tools;
+        std::string reasoning, content;
+        auto take = [&](ReasoningSplitter::Parts p) {
+          reasoning += p.reasoning;
+          content += tools.Feed(p.content);
+        };
+        for (size_t i = 0; i < reply.size();) {
+          const size_t n = std::uniform_int_distribution<size_t>(1, 5)(rng);
+          const std::string_view piece = std::string_view(reply).substr(i, n);
+          if (mode == llm::ChatReasoning::kNone) {
+            content += tools.Feed(piece);
+          } else {
+            take(splitter.Feed(piece));
+          }
+          i += n;
+        }
+        if (mode != llm::ChatReasoning::kNone) take(splitter.Finish());
+        llm::ParsedToolCalls end = tools.Finish();
+        if (!end.called) content += end.content;
+        ASSERT_EQ(reasoning, whole.reasoning) << reply;
+        ASSERT_EQ(content, whole.content) << reply;
+        ASSERT_EQ(end.calls.size(), whole.calls.size()) << reply;
+        for (size_t k = 0; k < end.calls.size(); ++k) {
+          EXPECT_EQ(end.calls[k].name, whole.calls[k].name);
+          EXPECT_EQ(end.calls[k].arguments, whole.calls[k].arguments);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fedge::agent

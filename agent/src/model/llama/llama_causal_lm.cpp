@@ -6,6 +6,7 @@
 #include <random>
 
 #include "fedge/agent/llm/causal_lm.h"
+#include "fedge/agent/llm/tool_calls.h"
 #include "fedge/file_util.h"
 #include "llama/generate.h"
 #include "llama/llama.h"
@@ -41,17 +42,19 @@ StatusOr<std::vector<int64_t>> ReadGenerationEos(const std::string& dir) {
 class TorchCausalLm final : public CausalLm {
  public:
   TorchCausalLm(LlamaForCausalLm model, BpeTokenizer tokenizer, std::vector<int64_t> eos,
-                std::optional<ChatFormat> chat_format, std::string chat_default_system)
+                std::optional<ChatFormat> chat_format, std::string chat_default_system, bool chat_takes_tools)
       : model_(std::move(model)),
         tokenizer_(std::move(tokenizer)),
         eos_(std::move(eos)),
         chat_format_(chat_format),
-        chat_default_system_(std::move(chat_default_system)) {}
+        chat_default_system_(std::move(chat_default_system)),
+        chat_takes_tools_(chat_takes_tools) {}
 
   const LlamaConfig& config() const override { return model_->config(); }
   const BpeTokenizer& tokenizer() const override { return tokenizer_; }
   std::optional<ChatFormat> chat_format() const override { return chat_format_; }
   const std::string& chat_default_system() const override { return chat_default_system_; }
+  bool chat_takes_tools() const override { return chat_takes_tools_; }
   const std::vector<int64_t>& eos_token_ids() const override { return eos_; }
 
   StatusOr<GenerationResult> Generate(std::string_view prompt, const GenerationOptions& options,
@@ -216,6 +219,7 @@ class TorchCausalLm final : public CausalLm {
   std::vector<int64_t> eos_;
   std::optional<ChatFormat> chat_format_;
   std::string chat_default_system_;
+  bool chat_takes_tools_ = false;
   bool lora_enabled_ = false;
   bool merged_ = false;
 };
@@ -265,7 +269,8 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
   }
   return std::unique_ptr<CausalLm>(
       std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos), chat_format,
-                                      chat_format ? ChatDefaultSystem(*chat_format, chat_template) : ""));
+                                      chat_format ? ChatDefaultSystem(*chat_format, chat_template) : "",
+                                      chat_format && ChatTakesTools(*chat_format, chat_template)));
 }
 
 }  // namespace fedge::agent::llm

@@ -95,6 +95,8 @@ class CausalLm {
   // (ChatDefaultSystem: Qwen2.5's "You are Qwen, created by Alibaba Cloud. ..."); empty
   // if it writes none.
   virtual const std::string& chat_default_system() const = 0;
+  // Whether the chat template takes tools (ChatTakesTools: Qwen2.5's, Qwen3's).
+  virtual bool chat_takes_tools() const = 0;
   virtual const std::vector<int64_t>& eos_token_ids() const = 0;
 
   // Continues `prompt`, encoded with the tokenizer's BOS (its post_processor's prefix,

@@ -148,12 +148,17 @@ class InferenceApi {
   // `*version` the global that answered. Unless `dry_run`, fills `*times` (whose
   // `arrived` the caller set) and records the per-token metrics as tokens come.
   // `gone` (may be null) drops the request from the queue if its client leaves.
-  // `*reasoning` (when given) is set to how the model's chat format thinks (Qwen3,
-  // DeepSeek-R1; kNone otherwise): its chat reply is then split into
-  // reasoning_content and content.
+  // `*reading` (when given) is set to how the chat reply is read: the way the
+  // model's chat format thinks (Qwen3, DeepSeek-R1; kNone otherwise: the reply is
+  // split into reasoning_content and content), and whether tool calls are read out
+  // of it (tools offered, tool_choice not "none").
+  struct ChatReplyReading {
+    llm::ChatReasoning reasoning = llm::ChatReasoning::kNone;
+    bool tool_calls = false;
+  };
   Status RunGeneration(const GenerationRequest& req, bool dry_run, const llm::TextCallback& on_text,
                        llm::GenerationResult* result, int64_t* version, GenerationTimes* times,
-                       const RequestScheduler::GoneFn& gone, llm::ChatReasoning* reasoning = nullptr);
+                       const RequestScheduler::GoneFn& gone, ChatReplyReading* reading = nullptr);
   // The SSE producer for a streamed generation that arrived at `arrived`.
   void StreamGeneration(const GenerationRequest& req, std::chrono::steady_clock::time_point arrived,
                         const RequestScheduler::GoneFn& gone, HttpStreamWriter& writer);

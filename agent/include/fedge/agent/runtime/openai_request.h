@@ -4,11 +4,12 @@
 //
 // The policy, one place for all of it:
 //  - A field this server implements is validated and used.
-//  - A field it knows but does not implement (tools, logprobs, response_format
-//    other than text, n > 1, penalties, ...) is refused with a 400 naming the
-//    field, unless it carries the value that means "off" (tools: [], logprobs:
-//    false, n: 1, ...): a client must never get an answer that silently ignored
-//    what it asked for.
+//  - A field it knows but does not implement (logprobs, response_format other
+//    than text, n > 1, penalties, a required tool_choice, ...) is refused with a
+//    400 naming the field, unless it carries the value that means "off"
+//    (logprobs: false, n: 1, ...): a client must never get an answer that
+//    silently ignored what it asked for. Tools are parsed here; whether the
+//    model's chat template takes them is decided where the model is known.
 //  - Purely informational fields (user, metadata, store, service_tier, ...) are
 //    accepted and ignored.
 //  - Any other field is refused as OpenAI does ("unrecognized request argument").
@@ -88,6 +89,10 @@ struct GenerationRequest {
   // chat_template_kwargs (vLLM's and SGLang's extension): enable_thinking, Qwen3's
   // switch; formats without one ignore it, as their templates would.
   bool enable_thinking = true;
+  // tools (function tools, each as the chat template's tojson writes it) and
+  // tool_choice "none" (the tools are left out of the prompt and no call is read).
+  std::vector<std::string> tools;
+  bool tool_choice_none = false;
 };
 std::optional<GenerationRequest> ParseGenerationRequest(std::string_view body, GenerationEndpoint endpoint,
                                                         const InferenceLimits& limits, ApiErrorInfo* error);

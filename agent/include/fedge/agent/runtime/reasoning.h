@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "fedge/agent/llm/chat_template.h"
+#include "fedge/agent/llm/tool_calls.h"
 
 namespace fedge::agent {
 
@@ -38,5 +39,31 @@ class ReasoningSplitter {
   State state_ = State::kStart;
   std::string held_;
 };
+
+// A chat reply's tool calls (Hermes <tool_call> blocks, llm::ParseToolCalls) as it
+// streams: text before the first <tool_call> goes out as content (a piece that may
+// begin the tag is held); from the tag on everything is held, and read at the end
+// as the calls, or, if it is not readable as calls, sent as content after all.
+class ToolCallStream {
+ public:
+  // The content that can go out now.
+  std::string Feed(std::string_view delta);
+  // At the end: the calls (content empty), or the held text as content.
+  llm::ParsedToolCalls Finish();
+
+ private:
+  std::string held_;
+  bool in_call_ = false;
+};
+
+// A whole chat reply read as a request asks: the reasoning split off as `mode` says
+// (kNone: none), then, with `tool_calls`, the calls read out of the rest (the content
+// is then the text before the first call). What the streamed pieces add up to.
+struct ChatReplyParts {
+  std::string reasoning;
+  std::string content;
+  std::vector<llm::ChatToolCall> calls;  // empty: no call (content is the whole answer)
+};
+ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, bool tool_calls);
 
 }  // namespace fedge::agent
