@@ -315,7 +315,8 @@ std::string Clip(const std::string& s) { return s.size() > 64 ? s.substr(0, 64) 
 // "strict"?}}], each kept as the template's tojson writes it (key order as sent);
 // tool_choice "auto" or "none" (no tools in the prompt, nothing read as a call);
 // parallel_tool_calls a boolean (the format allows several calls either way).
-bool ParseTools(const Json& body, GenerationRequest* req, ApiErrorInfo* error) {
+bool ParseTools(const Json& body, const InferenceLimits& limits, GenerationRequest* req,
+                ApiErrorInfo* error) {
   if (Has(body, "tool_choice")) {
     const Json& choice = body["tool_choice"];
     if (!choice.is_string() || (choice != "auto" && choice != "none")) {
@@ -364,6 +365,20 @@ bool ParseTools(const Json& body, GenerationRequest* req, ApiErrorInfo* error) {
       return Fail(error, where + ".function.parameters' must be a JSON Schema object", "tools",
                   "invalid_type");
     req->tools.push_back(llm::PythonJsonDumps(t));
+  }
+  // The tools are prompt text too: they count against the same bound as the messages
+  // (tokenized on the thread that holds the model).
+  size_t chars = 0;
+  for (const std::string& tool : req->tools) chars += tool.size();
+  for (const llm::ChatMessage& m : req->messages) {
+    chars += m.content.size();
+    for (const llm::ChatToolCall& call : m.tool_calls) chars += call.name.size() + call.arguments.size();
+  }
+  if (chars > limits.max_input_chars) {
+    return Fail(error,
+                "'messages' and 'tools' have " + std::to_string(chars) + " bytes of text; at most " +
+                    std::to_string(limits.max_input_chars),
+                "tools", "input_too_long");
   }
   return true;
 }
@@ -610,7 +625,7 @@ std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, G
   GenerationRequest req;
   req.endpoint = endpoint;
   if (chat ? !ParseMessages(body, limits, &req.messages, error) ||
-                 !ParseChatTemplateKwargs(body, &req, error) || !ParseTools(body, &req, error)
+                 !ParseChatTemplateKwargs(body, &req, error) || !ParseTools(body, limits, &req, error)
            : !ParsePrompt(body, limits, &req.prompt, error))
     return std::nullopt;
   if (!RefuseUnsupported(body, endpoint, error)) return std::nullopt;

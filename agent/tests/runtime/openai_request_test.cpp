@@ -117,6 +117,16 @@ TEST(OpenAiRequestTest, ToolsAndToolMessagesAreRead) {
              &e);
   ASSERT_TRUE(req.has_value()) << e.message;
   EXPECT_TRUE(req->tool_choice_none);
+  // Tools are prompt text: with the messages they stay within max_input_chars.
+  InferenceLimits small;
+  small.max_input_chars = 100;
+  EXPECT_FALSE(ParseGenerationRequest(
+      R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f",
+          "description": ")" +
+          std::string(90, 'd') + R"("}}]})",
+      GenerationEndpoint::kChatCompletions, small, &e));
+  EXPECT_EQ(e.code, "input_too_long");
+  EXPECT_EQ(e.param, "tools");
   // tool_choice "auto" without tools is refused as OpenAI refuses it; "none" is harmless.
   EXPECT_FALSE(Chat(R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", &e));
   EXPECT_EQ(e.param, "tool_choice");
