@@ -1,0 +1,112 @@
+// Fuzz target: a chat completion request body from untrusted bytes (any pod that
+// reaches the agent's port sends one) through ParseGenerationRequest, the rendering
+// of what it accepted in the chat formats (the tool formats with its tools), and the
+// same bytes read as a model's reply (ReadChatReply: reasoning and Hermes tool calls).
+// Properties: a parsed request's tools and call arguments are JSON; ParseToolCalls'
+// content is the text before the first <tool_call> and every call's arguments parse;
+// a reply streamed through ReasoningSplitter + ToolCallStream in pieces (sizes from
+// the input) adds up to ReadChatReply of the whole.
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fedge/agent/llm/chat_template.h"
+#include "fedge/agent/llm/tool_calls.h"
+#include "fedge/agent/runtime/openai_request.h"
+#include "fedge/agent/runtime/reasoning.h"
+#include "fuzz_util.h"
+
+using fedge::fuzz::Fail;
+namespace llm = fedge::agent::llm;
+
+namespace {
+
+bool IsJson(const std::string& s) { return !nlohmann::json::parse(s, nullptr, false).is_discarded(); }
+
+void CheckRequest(std::string_view bytes) {
+  fedge::agent::ApiErrorInfo error;
+  auto req = fedge::agent::ParseGenerationRequest(bytes, fedge::agent::GenerationEndpoint::kChatCompletions,
+                                                  fedge::agent::InferenceLimits{}, &error);
+  if (!req) {
+    if (error.status < 400 || error.message.empty())
+      Fail("a refused request without a 4xx and a message", "");
+    return;
+  }
+  for (const std::string& tool : req->tools) {
+    if (!IsJson(tool)) Fail("a tool is not JSON", tool);
+  }
+  for (const llm::ChatMessage& m : req->messages) {
+    for (const llm::ChatToolCall& call : m.tool_calls) {
+      if (!IsJson(call.arguments)) Fail("a call's arguments are not JSON", call.arguments);
+    }
+  }
+  for (llm::ChatFormat format :
+       {llm::ChatFormat::kChatMl, llm::ChatFormat::kQwen3, llm::ChatFormat::kDeepSeekR1,
+        llm::ChatFormat::kLlama32, llm::ChatFormat::kGemma}) {
+    llm::ChatTemplateOptions options;
+    options.enable_thinking = req->enable_thinking;
+    options.date_string = "07 Dec 2026";
+    if (format == llm::ChatFormat::kChatMl || format == llm::ChatFormat::kQwen3) options.tools = req->tools;
+    (void)llm::ApplyChatTemplate(format, req->messages, options);
+  }
+}
+
+void CheckReply(std::string_view text, uint64_t seed) {
+  const llm::ParsedToolCalls calls = llm::ParseToolCalls(text);
+  const size_t first = text.find("<tool_call>");
+  if (calls.called) {
+    if (calls.calls.empty()) Fail("called without calls", std::string(text));
+    if (calls.content != text.substr(0, first)) Fail("content is not the text before the first call", "");
+    for (const llm::ChatToolCall& call : calls.calls) {
+      if (!IsJson(call.arguments)) Fail("parsed arguments are not JSON", call.arguments);
+    }
+  } else if (calls.content != text) {
+    Fail("not called, but the content is not the whole reply", "");
+  }
+  for (auto mode :
+       {llm::ChatReasoning::kNone, llm::ChatReasoning::kOpensWithTag, llm::ChatReasoning::kStartsInside}) {
+    const fedge::agent::ChatReplyParts whole = fedge::agent::ReadChatReply(text, mode, true);
+    fedge::agent::ReasoningSplitter splitter(mode);
+    fedge::agent::ToolCallStream tools;
+    std::string reasoning, content;
+    auto take = [&](fedge::agent::ReasoningSplitter::Parts p) {
+      reasoning += p.reasoning;
+      content += tools.Feed(p.content);
+    };
+    uint64_t s = seed;
+    for (size_t i = 0; i < text.size();) {
+      s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+      const size_t n = 1 + (s >> 60);
+      const std::string_view piece = text.substr(i, n);
+      if (mode == llm::ChatReasoning::kNone) {
+        content += tools.Feed(piece);
+      } else {
+        take(splitter.Feed(piece));
+      }
+      i += n;
+    }
+    if (mode != llm::ChatReasoning::kNone) take(splitter.Finish());
+    const llm::ParsedToolCalls end = tools.Finish();
+    if (!end.called) content += end.content;
+    if (reasoning != whole.reasoning) Fail("streamed reasoning differs from the whole reply's", reasoning);
+    if (content != whole.content) Fail("streamed content differs from the whole reply's", content);
+    if (end.calls.size() != whole.calls.size()) Fail("streamed calls differ from the whole reply's", "");
+    for (size_t k = 0; k < end.calls.size(); ++k) {
+      if (end.calls[k].name != whole.calls[k].name || end.calls[k].arguments != whole.calls[k].arguments)
+        Fail("a streamed call differs from the whole reply's", end.calls[k].name);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  CheckRequest(bytes);
+  uint64_t seed = 0;
+  for (size_t i = 0; i < std::min<size_t>(size, 8); ++i) seed = seed * 131 + data[i];
+  CheckReply(bytes, seed);
+  return 0;
+}
