@@ -504,3 +504,50 @@ TEST(BpeTokenizerTest, RejectsIdsOutsideTheIdTableInsteadOfWritingOrAllocatingTh
 
 }  // namespace
 }  // namespace fedge::agent::llm
+
+namespace fedge::agent::llm {
+namespace {
+
+// model.vocab and model.merges are read as the parser meets them (not kept in the
+// document): the tables are the same in any key order, with merges as "a b" or
+// [a, b], and a malformed entry is refused naming what is wrong.
+TEST(BpeTokenizerTest, VocabAndMergesReadWhileParsingInAnyOrder) {
+  auto make = [](const std::string& model) {
+    return R"({"added_tokens": [], "pre_tokenizer": {"type": "ByteLevel", "use_regex": false},
+               "decoder": {"type": "ByteLevel"}, "model": )" +
+           model + "}";
+  };
+  const std::string vocab = R"("vocab": {"a": 0, "b": 1, "ab": 2, "abb": 3, "x": 4, "extra": {"y": 5}})";
+  const std::string vocab_ok = R"("vocab": {"a": 0, "b": 1, "ab": 2, "abb": 3, "x": 4})";
+  std::vector<std::vector<int32_t>> got;
+  for (const std::string& model :
+       {"{" + vocab_ok + R"(, "merges": ["a b", "ab b"]})",
+        R"({"merges": ["a b", "ab b"], )" + vocab_ok + "}",
+        "{" + vocab_ok + R"(, "merges": [["a", "b"], ["ab", "b"]]})",
+        R"({"type": "BPE", "merges": [["a", "b"], "ab b"], "dropout": null, )" + vocab_ok + "}"}) {
+    auto tok = BpeTokenizer::FromJson(make(model));
+    ASSERT_TRUE(tok.ok()) << model << ": " << tok.status().ToString();
+    got.push_back(tok->Encode("abbxab"));
+  }
+  for (const auto& ids : got) EXPECT_EQ(ids, (std::vector<int32_t>{3, 4, 2}));
+  for (const auto& [model, says] : std::vector<std::pair<std::string, std::string>>{
+           {"{" + vocab + R"(, "merges": []})", "id of token \"extra\" is not an integer"},
+           {"{" + vocab_ok + R"(, "merges": [["a", "b", "c"]]})", "neither \"a b\" nor [a, b]"},
+           {"{" + vocab_ok + R"(, "merges": [["a", 1]]})", "neither \"a b\" nor [a, b]"},
+           {"{" + vocab_ok + R"(, "merges": [{"a": "b"}]})", "neither \"a b\" nor [a, b]"},
+           {"{" + vocab_ok + R"(, "merges": [7]})", "neither \"a b\" nor [a, b]"},
+           {"{" + vocab_ok + R"(, "merges": ["a  b"]})", "not two tokens separated by a space"},
+           {R"({"merges": ["a q"], )" + vocab_ok + "}", "merge (a, q) uses a token missing"},
+           {"{" + vocab_ok + "}", "model.merges is missing"},
+           {R"({"merges": []})", "model.vocab is missing"},
+           {R"({"vocab": ["a"], "merges": []})", "model.vocab must be an object"},
+           {"{" + vocab_ok + R"(, "merges": {"a": "b"}})", "model.merges must be an array"}}) {
+    auto tok = BpeTokenizer::FromJson(make(model));
+    ASSERT_FALSE(tok.ok()) << model;
+    EXPECT_EQ(tok.status().code(), StatusCode::kInvalidArgument) << tok.status().ToString();
+    EXPECT_NE(tok.status().message().find(says), std::string::npos) << tok.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace fedge::agent::llm

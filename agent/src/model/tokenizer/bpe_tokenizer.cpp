@@ -801,25 +801,210 @@ struct BpeTokenizer::Impl {
   }
 };
 
+// Reads model.vocab and model.merges of a tokenizer.json into `impl` as nlohmann's
+// parser meets them (its parser callback), and drops them from the document. The
+// first error is kept (later entries are skipped) and returned by status().
+class BpeTokenizer::VocabMergesReader {
+ public:
+  using json = nlohmann::json;
+  using ReadId = std::function<Status(const json&, const std::string&, int32_t*)>;
+
+  VocabMergesReader(Impl* impl, ReadId read_id) : impl_(impl), read_id_(std::move(read_id)) {}
+
+  json::parser_callback_t Callback() {
+    return [this](int /*depth*/, json::parse_event_t event, json& parsed) { return On(event, parsed); };
+  }
+  const Status& status() const { return status_; }
+  bool saw_vocab() const { return saw_vocab_; }
+  bool saw_merges() const { return saw_merges_; }
+
+  // After the parse: the merges met before the vocab was complete are resolved, and
+  // the merge table is built at its final size (no rehashing left behind).
+  Status ResolvePending() {
+    if (!vocab_done_) BuildVocab();
+    for (auto& [a, b] : pending_) {
+      if (!status_.ok()) break;
+      Resolve(a, b);
+    }
+    pending_.clear();
+    if (!status_.ok()) return status_;
+    for (size_t r = 0; r < merges_.size(); ++r) {
+      const auto& [a, b, merged] = merges_[r];
+      impl_->merges.emplace(Impl::PairKey(a, b), std::make_pair(static_cast<int32_t>(r), merged));
+    }
+    merges_ = {};
+    return status_;
+  }
+
+ private:
+  enum class Where { kOther, kVocab, kMerges, kMergePair };
+
+  // The container the parser is in, as (kind, the key that led to it).
+  Where Here() const {
+    const size_t n = stack_.size();
+    if (n == 3 && stack_[1] == "model") {
+      if (stack_[2] == "vocab") return Where::kVocab;
+      if (stack_[2] == "merges") return Where::kMerges;
+    }
+    if (n == 4 && stack_[1] == "model" && stack_[2] == "merges") return Where::kMergePair;
+    return Where::kOther;
+  }
+
+  bool On(json::parse_event_t event, json& parsed) {
+    using E = json::parse_event_t;
+    switch (event) {
+      case E::key:
+        key_ = parsed.get<std::string>();
+        return true;
+      case E::object_start:
+      case E::array_start: {
+        const Where where = Here();
+        if (where == Where::kMerges && event == E::array_start) pair_.clear();
+        stack_.push_back(where == Where::kOther && !stack_.empty() && in_object_.back() ? key_
+                                                                                        : std::string());
+        in_object_.push_back(event == E::object_start);
+        if (stack_.size() == 3 && stack_[1] == "model") {
+          if (stack_[2] == "vocab") {
+            if (event == E::object_start)
+              saw_vocab_ = true;
+            else
+              Fail(InvalidArgumentError("tokenizer.json: model.vocab must be an object {token: id}"));
+          }
+          if (stack_[2] == "merges") {
+            if (event == E::array_start)
+              saw_merges_ = true;
+            else
+              Fail(InvalidArgumentError("tokenizer.json: model.merges must be an array"));
+          }
+        }
+        if (where == Where::kVocab) entry_key_ = key_;  // an id that is an object or an array
+        return true;
+      }
+      case E::object_end:
+      case E::array_end: {
+        const Where closing =
+            stack_.size() == 3 && stack_[1] == "model" && stack_[2] == "vocab"    ? Where::kVocab
+            : stack_.size() == 4 && stack_[1] == "model" && stack_[2] == "merges" ? Where::kMergePair
+                                                                                  : Where::kOther;
+        const bool vocab_entry = stack_.size() == 4 && stack_[1] == "model" && stack_[2] == "vocab";
+        stack_.pop_back();
+        in_object_.pop_back();
+        if (closing == Where::kVocab) BuildVocab();
+        if (vocab_entry) {  // an id that is an object or an array
+          Fail(InvalidArgumentError("tokenizer.json: id of token \"" + entry_key_.substr(0, 64) +
+                                    "\" is not an integer"));
+          return false;
+        }
+        if (closing == Where::kMergePair) {
+          if (pair_.size() != 2 || event != E::array_end) {
+            Fail(InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [a, b]"));
+          } else {
+            Merge(std::move(pair_[0]), std::move(pair_[1]));
+          }
+          return false;  // not kept in the document
+        }
+        return true;
+      }
+      case E::value: {
+        const Where where = Here();
+        if (where == Where::kVocab) {
+          int32_t id = 0;
+          if (status_.ok()) {
+            if (Status st = read_id_(parsed, key_, &id); !st.ok()) {
+              Fail(std::move(st));
+            } else {
+              vocab_.push_back({vocab_text_.size(), key_.size(), id});
+              vocab_text_ += key_;
+            }
+          }
+          return false;
+        }
+        if (where == Where::kMerges) {
+          if (!parsed.is_string()) {
+            Fail(InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [a, b]: " +
+                                      parsed.dump().substr(0, 64)));
+            return false;
+          }
+          const std::string& m = parsed.get_ref<const std::string&>();
+          const size_t sp = m.find(' ');
+          if (sp == std::string::npos || m.find(' ', sp + 1) != std::string::npos) {
+            Fail(InvalidArgumentError("tokenizer.json: merge \"" + m.substr(0, 64) +
+                                      "\" is not two tokens separated by a space"));
+            return false;
+          }
+          Merge(m.substr(0, sp), m.substr(sp + 1));
+          return false;
+        }
+        if (where == Where::kMergePair) {
+          if (!parsed.is_string()) {
+            Fail(InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [a, b]"));
+          } else {
+            pair_.push_back(parsed.get<std::string>());
+          }
+          return false;
+        }
+        return true;
+      }
+      default:
+        return true;
+    }
+  }
+
+  // The vocab map built at its final size once the vocab is read.
+  void BuildVocab() {
+    vocab_done_ = true;
+    for (const VocabEntry& e : vocab_) impl_->vocab[vocab_text_.substr(e.offset, e.size)] = e.id;
+    vocab_ = {};
+    vocab_text_ = {};
+  }
+
+  void Fail(Status st) {
+    if (status_.ok()) status_ = std::move(st);
+  }
+
+  void Merge(std::string a, std::string b) {
+    if (!status_.ok()) return;
+    if (vocab_done_) {
+      Resolve(a, b);
+    } else {
+      pending_.emplace_back(std::move(a), std::move(b));
+    }
+  }
+
+  void Resolve(const std::string& a, const std::string& b) {
+    auto ia = impl_->vocab.find(a), ib = impl_->vocab.find(b), im = impl_->vocab.find(a + b);
+    if (ia == impl_->vocab.end() || ib == impl_->vocab.end() || im == impl_->vocab.end()) {
+      return Fail(InvalidArgumentError("tokenizer.json: merge (" + a + ", " + b +
+                                       ") uses a token missing from the vocab"));
+    }
+    merges_.push_back({ia->second, ib->second, im->second});
+  }
+
+  Impl* impl_;
+  ReadId read_id_;
+  Status status_;
+  std::vector<std::string> stack_;  // per open container: the key that led to it ("" in arrays)
+  std::vector<bool> in_object_;     // per open container: an object (else an array)
+  std::string key_;                 // the last key read
+  std::string entry_key_;           // the vocab key whose value is a container
+  std::vector<std::string> pair_;   // the [a, b] merge being read
+  // Until the vocab is complete, its tokens in one buffer (not a heap string each,
+  // whose scattered remains would keep pages of the final tables from being trimmed).
+  struct VocabEntry {
+    size_t offset, size;
+    int32_t id;
+  };
+  std::vector<VocabEntry> vocab_;
+  std::string vocab_text_;
+  std::vector<std::pair<std::string, std::string>> pending_;  // merges met before that
+  std::vector<std::array<int32_t, 3>> merges_;                // (a, b, merged) in rank order
+  bool saw_vocab_ = false, saw_merges_ = false, vocab_done_ = false;
+};
+
 StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
   using nlohmann::json;
   auto impl = std::make_shared<Impl>();
   try {
-    json j = json::parse(json_text);
-    const json& model = j.at("model");
-    if (model.value("type", std::string("BPE")) != "BPE") {
-      return UnimplementedError("tokenizer.json: model.type " + model.value("type", std::string()) +
-                                " is not supported (only byte-level BPE)");
-    }
-    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty()) {
-        return UnimplementedError(std::string("tokenizer.json: model.") + key + " is not supported");
-      }
-    }
-    impl->byte_fallback = model.value("byte_fallback", false);
-    impl->fuse_unk = model.value("fuse_unk", false);
-    impl->ignore_merges = model.value("ignore_merges", false);
-
     // Ids index a table holding one string per id (32 bytes each), so an id must be an
     // integer in [0, max(2^20, size of the JSON)]: a real vocabulary is dense, its largest
     // id below its entry count and so below the file's size. Without the bound a few
@@ -840,13 +1025,31 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       return OkStatus();
     };
 
-    int32_t max_id = -1;
-    for (const auto& [token, id] : model.at("vocab").items()) {
-      int32_t v = 0;
-      FEDGE_RETURN_IF_ERROR(read_id(id, token, &v));
-      impl->vocab[token] = v;
-      max_id = std::max(max_id, v);
+    // model.vocab and model.merges (nearly all of the file: Gemma 3's hold 262,144
+    // tokens and 514,906 merges) are read into the tables as the parser meets them and
+    // left out of the document, whose nodes would cost ~7x the file (session 43:
+    // Gemma 3's load peaked at 216 MiB).
+    VocabMergesReader reader(impl.get(), read_id);
+    json j = json::parse(json_text, reader.Callback());
+    FEDGE_RETURN_IF_ERROR(reader.status());
+    if (!reader.saw_vocab()) return InvalidArgumentError("tokenizer.json: model.vocab is missing");
+    if (!reader.saw_merges()) return InvalidArgumentError("tokenizer.json: model.merges is missing");
+    const json& model = j.at("model");
+    if (model.value("type", std::string("BPE")) != "BPE") {
+      return UnimplementedError("tokenizer.json: model.type " + model.value("type", std::string()) +
+                                " is not supported (only byte-level BPE)");
     }
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+      if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty()) {
+        return UnimplementedError(std::string("tokenizer.json: model.") + key + " is not supported");
+      }
+    }
+    impl->byte_fallback = model.value("byte_fallback", false);
+    impl->fuse_unk = model.value("fuse_unk", false);
+    impl->ignore_merges = model.value("ignore_merges", false);
+
+    int32_t max_id = -1;
+    for (const auto& [token, id] : impl->vocab) max_id = std::max(max_id, id);
     std::vector<AddedToken> added;
     if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
       for (const json& t : j["added_tokens"]) {
@@ -899,31 +1102,9 @@ StatusOr<BpeTokenizer> BpeTokenizer::FromJson(std::string_view json_text) {
       impl->byte_id[b] = it == impl->vocab.end() ? -1 : it->second;
     }
 
-    int32_t rank = 0;
-    for (const json& m : model.at("merges")) {
-      std::string a, b;
-      if (m.is_string()) {
-        std::string s = m.get<std::string>();
-        size_t sp = s.find(' ');
-        if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-          return InvalidArgumentError("tokenizer.json: merge \"" + s +
-                                      "\" is not two tokens separated by a space");
-        }
-        a = s.substr(0, sp);
-        b = s.substr(sp + 1);
-      } else if (m.is_array() && m.size() == 2) {
-        a = m[0].get<std::string>();
-        b = m[1].get<std::string>();
-      } else {
-        return InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [a, b]: " + m.dump());
-      }
-      auto ia = impl->vocab.find(a), ib = impl->vocab.find(b), im = impl->vocab.find(a + b);
-      if (ia == impl->vocab.end() || ib == impl->vocab.end() || im == impl->vocab.end()) {
-        return InvalidArgumentError("tokenizer.json: merge (" + a + ", " + b +
-                                    ") uses a token missing from the vocab");
-      }
-      impl->merges.emplace(Impl::PairKey(ia->second, ib->second), std::make_pair(rank++, im->second));
-    }
+    // Merges met before the vocab was complete (a file that orders model.merges
+    // first) are resolved now.
+    FEDGE_RETURN_IF_ERROR(reader.ResolvePending());
 
     // Normalizer and decoder strings are a few bytes in every real tokenizer ("\u2581",
     // " "). Bounded, so a hostile tokenizer.json cannot make each space of a 16 KiB

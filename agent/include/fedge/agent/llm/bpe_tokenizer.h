@@ -105,6 +105,7 @@ class BpeTokenizer {
   int32_t vocab_size() const;
 
   struct Impl;
+  class VocabMergesReader;  // FromJson's reader of model.vocab / model.merges
 
  private:
   explicit BpeTokenizer(std::shared_ptr<const Impl> impl);
