@@ -25,9 +25,23 @@ constexpr double kAtol = 1e-5;
 
 std::string Golden(const std::string& rel) { return std::string(FEDGE_GOLDEN_DIR) + "/" + rel; }
 
+// The scratch directories FreshDir handed out, removed when the test binary exits
+// (each run used to leave five under /tmp).
+struct ScratchDirs {
+  std::vector<std::string> dirs;
+  ~ScratchDirs() {
+    for (const std::string& dir : dirs) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+};
+
 std::string FreshDir(const std::string& name) {
+  static ScratchDirs scratch;
   std::string dir = ::testing::TempDir() + "/peft_" + name + "_" + std::to_string(::getpid());
   std::filesystem::remove_all(dir);
+  scratch.dirs.push_back(dir);
   return dir;
 }
 
