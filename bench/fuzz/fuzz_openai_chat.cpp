@@ -1,11 +1,11 @@
 // Fuzz target: a chat completion request body from untrusted bytes (any pod that
 // reaches the agent's port sends one) through ParseGenerationRequest, the rendering
 // of what it accepted in the chat formats (the tool formats with its tools), and the
-// same bytes read as a model's reply (ReadChatReply: reasoning and Hermes tool calls).
-// Properties: a parsed request's tools and call arguments are JSON; ParseToolCalls'
-// content is the text before the first <tool_call> and every call's arguments parse;
-// a reply streamed through ReasoningSplitter + ToolCallStream in pieces (sizes from
-// the input) adds up to ReadChatReply of the whole.
+// same bytes read as a model's reply (ReadChatReply: reasoning, and Hermes or Llama
+// JSON tool calls). Properties: a parsed request's tools and call arguments are JSON;
+// ParseToolCalls' content is the text before the first <tool_call> (Llama: empty) and
+// every call's arguments parse; a reply streamed through ReasoningSplitter +
+// ToolCallStream in pieces (sizes from the input) adds up to ReadChatReply of the whole.
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -48,14 +48,15 @@ void CheckRequest(std::string_view bytes) {
     llm::ChatTemplateOptions options;
     options.enable_thinking = req->enable_thinking;
     options.date_string = "07 Dec 2026";
-    if (format == llm::ChatFormat::kChatMl || format == llm::ChatFormat::kQwen3) options.tools = req->tools;
+    if (format != llm::ChatFormat::kDeepSeekR1 && format != llm::ChatFormat::kGemma)
+      options.tools = req->tools;
     (void)llm::ApplyChatTemplate(format, req->messages, options);
   }
 }
 
-void CheckReply(std::string_view text, uint64_t seed) {
-  const llm::ParsedToolCalls calls = llm::ParseToolCalls(text);
-  const size_t first = text.find("<tool_call>");
+void CheckReply(std::string_view text, llm::ChatToolFormat format, uint64_t seed) {
+  const llm::ParsedToolCalls calls = llm::ParseToolCalls(text, format);
+  const size_t first = format == llm::ChatToolFormat::kHermes ? text.find("<tool_call>") : 0;
   if (calls.called) {
     if (calls.calls.empty()) Fail("called without calls", std::string(text));
     if (calls.content != text.substr(0, first)) Fail("content is not the text before the first call", "");
@@ -67,9 +68,9 @@ void CheckReply(std::string_view text, uint64_t seed) {
   }
   for (auto mode :
        {llm::ChatReasoning::kNone, llm::ChatReasoning::kOpensWithTag, llm::ChatReasoning::kStartsInside}) {
-    const fedge::agent::ChatReplyParts whole = fedge::agent::ReadChatReply(text, mode, true);
+    const fedge::agent::ChatReplyParts whole = fedge::agent::ReadChatReply(text, mode, format);
     fedge::agent::ReasoningSplitter splitter(mode);
-    fedge::agent::ToolCallStream tools;
+    fedge::agent::ToolCallStream tools(format);
     std::string reasoning, content;
     auto take = [&](fedge::agent::ReasoningSplitter::Parts p) {
       reasoning += p.reasoning;
@@ -107,6 +108,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckRequest(bytes);
   uint64_t seed = 0;
   for (size_t i = 0; i < std::min<size_t>(size, 8); ++i) seed = seed * 131 + data[i];
-  CheckReply(bytes, seed);
+  CheckReply(bytes, llm::ChatToolFormat::kHermes, seed);
+  CheckReply(bytes, llm::ChatToolFormat::kLlama3Json, seed);
   return 0;
 }

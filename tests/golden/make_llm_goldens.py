@@ -691,7 +691,7 @@ def make_chat():
                     case.update(kwargs)
                     cases.append(case)
         out[name] = {"template": template, "cases": cases}
-    # Tools (Qwen2.5's and Qwen3's Hermes format), rendered with transformers' tojson
+    # Tools (Qwen2.5's and Qwen3's Hermes format, Llama 3.1's and 3.2's JSON), rendered with transformers' tojson
     # (json.dumps, ensure_ascii=False) and the calls' arguments as objects, as vLLM
     # passes them; the key order is the request's.
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
@@ -724,14 +724,28 @@ def make_chat():
           {"role": "assistant", "content": "", "tool_calls": [call("get_time", {})]},
           {"role": "tool", "content": "12:00"}], None),
     ]
+    # Llama 3.1 / 3.2 (Meta's JSON format): one call per assistant message (the
+    # templates raise on two), tool results as ipython turns, the tools in the first
+    # message after the system message; a system message and a tool result with
+    # spaces around them, a first message that is not a user's.
+    llama_conversations = [(c, o) for c, o in tool_conversations
+                           if all(len(m.get("tool_calls", [])) <= 1 for m in c)] + [
+        ([{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "  Weather?\n"},
+          {"role": "assistant", "content": "ignored", "tool_calls": [call("get_weather", {"city": "Zürich"})]},
+          {"role": "tool", "content": " {\"temp\": \"21 °C\"}\n"},
+          {"role": "assistant", "content": "It is 21 °C."}, {"role": "user", "content": "Time?"}], tools),
+        ([{"role": "assistant", "content": " Hello. "}, {"role": "user", "content": "Time?"}], tools[1:]),
+    ]
     tool_cases = {}
-    for name in ("qwen2_5", "qwen3"):
+    for name in ("qwen2_5", "qwen3", "llama3_1", "llama3_2"):
         t = env.from_string(templates[name])
+        llama = name.startswith("llama")
         tool_cases[name] = [
             {"messages": conv, "tools": offered, "add_generation_prompt": gen,
-             "text": t.render(messages=conv, tools=offered, add_generation_prompt=gen, bos_token="",
-                              eos_token="<|im_end|>")}
-            for conv, offered in tool_conversations for gen in (True, False)]
+             "text": t.render(messages=conv, tools=offered, add_generation_prompt=gen,
+                              bos_token="<|begin_of_text|>" if llama else "",
+                              eos_token="<|eot_id|>" if llama else "<|im_end|>")}
+            for conv, offered in (llama_conversations if llama else tool_conversations) for gen in (True, False)]
     with open(os.path.join(OUT, "chat_templates.json"), "w") as f:
         json.dump({"generator": f"jinja2 {jinja2.__version__}", "formats": out, "tool_cases": tool_cases}, f,
                   ensure_ascii=False, indent=1)

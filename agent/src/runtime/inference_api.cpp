@@ -475,11 +475,12 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
           !req.tools.empty() ||
           std::any_of(req.messages.begin(), req.messages.end(),
                       [](const llm::ChatMessage& m) { return m.role == "tool" || !m.tool_calls.empty(); });
-      if (uses_tools && !lm->lm().chat_takes_tools()) {
+      const llm::ChatToolFormat tool_format = lm->lm().chat_tool_format();
+      if (uses_tools && tool_format == llm::ChatToolFormat::kNone) {
         return UnimplementedError(
             "this model's chat template (" + std::string(llm::ChatFormatName(*format)) +
             ") has no tool calling fedge knows (Qwen2.5's and Qwen3's Hermes <tool_call> "
-            "format): remove 'tools', tool messages and tool_calls");
+            "format, Llama 3.1 / 3.2's JSON): remove 'tools', tool messages and tool_calls");
       }
       llm::ChatTemplateOptions chat_options;
       chat_options.enable_thinking = req.enable_thinking;
@@ -488,7 +489,7 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
       FEDGE_ASSIGN_OR_RETURN(prompt, llm::ApplyChatTemplate(*format, req.messages, chat_options));
       if (reading != nullptr) {
         reading->reasoning = llm::ChatReplyThinks(*format);
-        reading->tool_calls = !chat_options.tools.empty();
+        reading->tools = chat_options.tools.empty() ? llm::ChatToolFormat::kNone : tool_format;
       }
       options.stop.emplace_back(llm::ChatEndOfTurn(*format));
       options.strip_leading_space = lm->lm().tokenizer().StripsLeadingSpace();
@@ -571,7 +572,7 @@ HttpResponse InferenceApi::Generate(const HttpRequest& request, GenerationEndpoi
   Json choice = {{"index", 0}};
   std::string finish_reason(llm::FinishReasonName(result.finish_reason));
   if (chat) {
-    const ChatReplyParts reply = ReadChatReply(result.text, reading.reasoning, reading.tool_calls);
+    const ChatReplyParts reply = ReadChatReply(result.text, reading.reasoning, reading.tools);
     choice["message"] = {{"role", "assistant"}, {"content", reply.content}, {"refusal", nullptr}};
     if (reading.reasoning != llm::ChatReasoning::kNone) {
       // vLLM's and DeepSeek's field; null when the reply did not think.
@@ -662,13 +663,14 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
   // A thinking model's reply is split as it streams (ReasoningSplitter holds back a
   // piece that may begin a tag); `reasoning` is set before the first piece arrives.
   // With tools offered, the content then passes a ToolCallStream, which holds it from
-  // the first <tool_call> on and reads the calls at the end.
+  // the first <tool_call> on (Llama: a reply that opens with "{") and reads the calls
+  // at the end.
   ChatReplyReading reading;
   std::optional<ReasoningSplitter> splitter;
   std::optional<ToolCallStream> tool_stream;
   auto emit = [&](ReasoningSplitter::Parts parts) {
-    if (reading.tool_calls) {
-      if (!tool_stream) tool_stream.emplace();
+    if (reading.tools != llm::ChatToolFormat::kNone) {
+      if (!tool_stream) tool_stream.emplace(reading.tools);
       parts.content = tool_stream->Feed(parts.content);
     }
     if (!parts.reasoning.empty() || !parts.content.empty())
@@ -681,7 +683,7 @@ void InferenceApi::StreamGeneration(const GenerationRequest& req,
         if (reading.reasoning != llm::ChatReasoning::kNone) {
           if (!splitter) splitter.emplace(reading.reasoning);
           emit(splitter->Feed(delta));
-        } else if (reading.tool_calls) {
+        } else if (reading.tools != llm::ChatToolFormat::kNone) {
           emit({"", std::string(delta)});
         } else {
           chunk(text_choice(delta, nullptr), std::nullopt, std::nullopt);

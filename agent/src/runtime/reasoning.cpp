@@ -1,6 +1,7 @@
 #include "fedge/agent/runtime/reasoning.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace fedge::agent {
 namespace {
@@ -67,8 +68,20 @@ ReasoningSplitter::Parts ReasoningSplitter::Split(std::string_view text, llm::Ch
 
 std::string ToolCallStream::Feed(std::string_view delta) {
   static constexpr std::string_view kCall = "<tool_call>";
+  if (content_) return std::string(delta);
   held_.append(delta);
   if (in_call_) return "";
+  if (format_ == llm::ChatToolFormat::kLlama3Json) {
+    // JSON whitespace is held until the first character tells a call from content.
+    const size_t at = held_.find_first_not_of(" \n\r\t");
+    if (at == std::string::npos) return "";
+    if (held_[at] == '{') {
+      in_call_ = true;
+      return "";
+    }
+    content_ = true;
+    return std::exchange(held_, {});
+  }
   if (const size_t at = held_.find(kCall); at != std::string::npos) {
     std::string out = held_.substr(0, at);
     held_.erase(0, at);
@@ -84,7 +97,7 @@ std::string ToolCallStream::Feed(std::string_view delta) {
 llm::ParsedToolCalls ToolCallStream::Finish() {
   llm::ParsedToolCalls out;
   if (in_call_) {
-    out = llm::ParseToolCalls(held_);  // content "" when called (the text starts at the tag)
+    out = llm::ParseToolCalls(held_, format_);  // content "" when called (the text starts at the call)
   } else {
     out.content = held_;
   }
@@ -92,7 +105,7 @@ llm::ParsedToolCalls ToolCallStream::Finish() {
   return out;
 }
 
-ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, bool tool_calls) {
+ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, llm::ChatToolFormat tools) {
   ChatReplyParts out;
   if (mode != llm::ChatReasoning::kNone) {
     ReasoningSplitter::Parts parts = ReasoningSplitter::Split(text, mode);
@@ -101,8 +114,8 @@ ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, boo
   } else {
     out.content = std::string(text);
   }
-  if (tool_calls) {
-    llm::ParsedToolCalls calls = llm::ParseToolCalls(out.content);
+  if (tools != llm::ChatToolFormat::kNone) {
+    llm::ParsedToolCalls calls = llm::ParseToolCalls(out.content, tools);
     if (calls.called) {
       out.content = std::move(calls.content);
       out.calls = std::move(calls.calls);

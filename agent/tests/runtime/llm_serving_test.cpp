@@ -349,7 +349,7 @@ TEST(LlmServingQwen3Test, ToolsReachThePromptAsQwen25RendersThem) {
   InferenceApi api(m.serving.get(), nullptr, nullptr);
   auto& lm = m.lm;
   ASSERT_TRUE(lm.ok());
-  ASSERT_TRUE((*lm)->lm().chat_takes_tools());
+  ASSERT_EQ((*lm)->lm().chat_tool_format(), llm::ChatToolFormat::kHermes);
   const std::string tools = R"([{"type": "function", "function": {"name": "get_time", "description": "Now",
                                  "parameters": {"type": "object", "properties": {}}}}])";
   const std::string messages = R"([{"role": "user", "content": "Time?"},
@@ -392,6 +392,166 @@ TEST(LlmServingQwen3Test, ToolsReachThePromptAsQwen25RendersThem) {
     EXPECT_EQ(r.status, 400) << r.body;
     EXPECT_EQ(json::parse(r.body)["error"]["code"], "unsupported_for_model") << r.body;
   }
+}
+
+// Tools served on Meta's Llama 3.2 template (tiny_llama32's weights): the prompt lists
+// them in the first user turn and carries the conversation's call and tool result as
+// the template renders them ("tool_choice": "none" leaves the tools out); the reply,
+// streamed or not, is read for a JSON call; what the template raises on (two calls in
+// one assistant message, tools with no message to carry them) is a 400 that says so.
+TEST(LlmServingQwen3Test, ToolsReachThePromptAsLlama32RendersThem) {
+  ChatModel m("tiny_llama32", "llama3_2.jinja", 2048, /*context=*/2048);
+  ASSERT_NE(m.serving, nullptr);
+  InferenceApi api(m.serving.get(), nullptr, nullptr);
+  auto& lm = m.lm;
+  ASSERT_TRUE(lm.ok());
+  ASSERT_EQ((*lm)->lm().chat_format(), llm::ChatFormat::kLlama32);
+  ASSERT_EQ((*lm)->lm().chat_tool_format(), llm::ChatToolFormat::kLlama3Json);
+  const std::string tools = R"([{"type": "function", "function": {"name": "get_time", "description": "Now",
+                                 "parameters": {"type": "object", "properties": {}}}}])";
+  const std::string messages =
+      R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Time?"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+       "function": {"name": "get_time", "arguments": "{\"tz\":\"UTC\"}"}}]},
+      {"role": "tool", "tool_call_id": "c", "content": "12:00"}])";
+  const std::vector<llm::ChatMessage> conversation = {{"system", "Be brief."},
+                                                      {"user", "Time?"},
+                                                      {"assistant", "", {{"get_time", R"({"tz": "UTC"})"}}},
+                                                      {"tool", "12:00"}};
+  for (const char* choice : {"auto", "none"}) {
+    const std::string body = R"({"max_tokens": 4, "temperature": 0, "tool_choice": ")" + std::string(choice) +
+                             R"(", "tools": )" + tools + R"(, "messages": )" + messages;
+    HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body + "}"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    llm::ChatTemplateOptions options;
+    if (std::string(choice) == "auto") {
+      options.tools = {R"({"type": "function", "function": {"name": "get_time", "description": "Now", )"
+                       R"("parameters": {"type": "object", "properties": {}}}})"};
+    }
+    auto prompt = llm::ApplyChatTemplate(llm::ChatFormat::kLlama32, conversation, options);
+    ASSERT_TRUE(prompt.ok());
+    EXPECT_NE(prompt->find("{\"name\": \"get_time\", \"parameters\": {\"tz\": \"UTC\"}}<|eot_id|>"
+                           "<|start_header_id|>ipython<|end_header_id|>\n\n\"12:00\"<|eot_id|>"),
+              std::string::npos)
+        << *prompt;
+    EXPECT_EQ(prompt->find("Environment: ipython\n") != std::string::npos, std::string(choice) == "auto");
+    EXPECT_EQ(prompt->find("        \"name\": \"get_time\",\n") != std::string::npos,
+              std::string(choice) == "auto");
+    const json reply = json::parse(r.body);
+    EXPECT_EQ(reply["usage"]["prompt_tokens"].get<size_t>(),
+              (*lm)->lm().tokenizer().Encode(*prompt, {.add_special_tokens = true}).size())
+        << choice;
+    // The tiny model writes no call: its reply is content, streamed the same.
+    const json message = reply["choices"][0]["message"];
+    EXPECT_FALSE(message.contains("tool_calls")) << r.body;
+    const ChatReplyParts read = ReadChatReply(message["content"].get<std::string>(),
+                                              llm::ChatReasoning::kNone, llm::ChatToolFormat::kLlama3Json);
+    EXPECT_TRUE(read.calls.empty());
+    EXPECT_EQ(StreamedReply(api, body + R"(, "stream": true})").content, message["content"]);
+  }
+  for (const auto& [body, says] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"tools": )" + tools + R"(, "messages": [{"role": "user", "content": "Time?"},
+              {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+                {"id": "b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+              {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}]})",
+            "makes 2 tool calls"},
+           {R"({"tools": )" + tools + R"(, "messages": [{"role": "system", "content": "S"}]})",
+            "first message after the system message"}}) {
+    HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body));
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_NE(json::parse(r.body)["error"]["message"].get<std::string>().find(says), std::string::npos)
+        << r.body;
+  }
+}
+
+// A model that writes a call: a tiny model with a LoRA adapter trained (as an agent
+// trains one) to answer the tools prompt with a call in its template's format,
+// installed as the global adapter. Served, the reply is a tool call, streamed or not:
+// the reply path from the model's own text, not a pure function's input. Llama 3.2's
+// JSON on tiny_llama32, Qwen2.5's Hermes block on tiny_qwen2.
+void ExpectTrainedModelCallsTheTool(const std::string& golden, const std::string& jinja,
+                                    const std::string& call) {
+  SCOPED_TRACE(jinja);
+  ChatModel m(golden, jinja, 96, /*context=*/2048);
+  LlmModelOptions o = testing::TinyLlmOptions();
+  o.model_dir = m.dir.string();
+  o.max_seq_len = 1024;
+  o.lora.rank = 8;
+  o.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  auto trainer = LlmModel::Load(o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status().ToString();
+  const llm::CausalLm& lm = (*trainer)->lm();
+  ASSERT_TRUE(lm.chat_format().has_value());
+  ASSERT_NE(lm.chat_tool_format(), llm::ChatToolFormat::kNone);
+  const std::string tool =
+      R"({"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}})";
+  llm::ChatTemplateOptions options;
+  options.tools = {tool};
+  options.default_system = lm.chat_default_system();
+  auto prompt = llm::ApplyChatTemplate(*lm.chat_format(), {{"user", "Time?"}}, options);
+  ASSERT_TRUE(prompt.ok());
+  TrainOptions train;
+  train.steps = 60;
+  train.batch_size = 1;
+  train.learning_rate = 2e-2;
+  train.weight_decay = 0;
+  auto trained = (*trainer)->Train({{*prompt, -1, call}}, train);
+  ASSERT_TRUE(trained.ok()) << trained.status().ToString();
+  std::unique_ptr<ServingModel> serving = testing::ServeLlm(o, -1);
+  ASSERT_NE(serving, nullptr);
+  ASSERT_TRUE(serving->Install((*trainer)->ExportTrainable(), 2).ok());
+  InferenceApi api(serving.get(), nullptr, nullptr);
+  const std::string body = R"({"max_tokens": 100, "temperature": 0, "tools": [)" + tool +
+                           R"(], "messages": [{"role": "user", "content": "Time?"}])";
+  HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body + "}"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json choice = json::parse(r.body)["choices"][0];
+  ASSERT_TRUE(choice["message"].contains("tool_calls")) << "loss " << trained->mean_loss << ": " << r.body;
+  EXPECT_EQ(choice["finish_reason"], "tool_calls");
+  EXPECT_TRUE(choice["message"]["content"].is_null());
+  ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u);
+  const json& called = choice["message"]["tool_calls"][0];
+  EXPECT_EQ(called["type"], "function");
+  EXPECT_EQ(called["id"].get<std::string>().rfind("call_", 0), 0u);
+  EXPECT_EQ(called["function"]["name"], "get_time");
+  EXPECT_EQ(json::parse(called["function"]["arguments"].get<std::string>()), json({{"tz", "UTC"}}));
+  // Streamed: no content, one tool_calls chunk with its index, then "tool_calls".
+  HttpResponse streamed = api.ChatCompletions(Post("/v1/chat/completions", body + R"(, "stream": true})"));
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  ASSERT_TRUE(streamed.stream);
+  testing::RecordingWriter writer;
+  streamed.stream(writer);
+  std::string content, finish;
+  json calls = json::array();
+  for (const std::string& event : writer.Events()) {
+    if (event == "[DONE]") continue;
+    const json c = json::parse(event)["choices"][0];
+    if (c["delta"].contains("content")) content += c["delta"]["content"].get<std::string>();
+    if (c["delta"].contains("tool_calls"))
+      calls.insert(calls.end(), c["delta"]["tool_calls"].begin(), c["delta"]["tool_calls"].end());
+    if (!c["finish_reason"].is_null()) finish = c["finish_reason"].get<std::string>();
+  }
+  EXPECT_EQ(content, "");
+  EXPECT_EQ(finish, "tool_calls");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0]["index"], 0);
+  EXPECT_EQ(calls[0]["function"]["name"], "get_time");
+  EXPECT_EQ(calls[0]["function"]["arguments"], called["function"]["arguments"]);
+  // "tool_choice": "none" leaves the tools out of the prompt: no call is read.
+  r = api.ChatCompletions(
+      Post("/v1/chat/completions", R"({"max_tokens": 100, "temperature": 0, "tool_choice": "none",
+      "tools": [)" + tool + R"(], "messages": [{"role": "user", "content": "Time?"}]})"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_FALSE(json::parse(r.body)["choices"][0]["message"].contains("tool_calls")) << r.body;
+}
+
+TEST(LlmServingQwen3Test, AModelTrainedToCallAToolAnswersWithToolCalls) {
+  ExpectTrainedModelCallsTheTool("tiny_llama32", "llama3_2.jinja",
+                                 R"({"name": "get_time", "parameters": {"tz": "UTC"}})");
+  ExpectTrainedModelCallsTheTool(
+      "tiny_qwen2", "qwen2_5.jinja",
+      "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"UTC\"}}\n</tool_call>");
 }
 
 // Qwen2.5's template writes "You are Qwen, created by Alibaba Cloud. ..." when the

@@ -112,21 +112,22 @@ TEST(ChatReplyTest, ReadsToolCallsAfterTheReasoning) {
   const std::string reply =
       "<think>\nplan\n</think>\n\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\":\"UTC\"}}\n"
       "</tool_call>";
-  ChatReplyParts parts = ReadChatReply(reply, llm::ChatReasoning::kOpensWithTag, /*tool_calls=*/true);
+  ChatReplyParts parts =
+      ReadChatReply(reply, llm::ChatReasoning::kOpensWithTag, llm::ChatToolFormat::kHermes);
   EXPECT_EQ(parts.reasoning, "\nplan\n");
   EXPECT_EQ(parts.content, "\n\n");
   ASSERT_EQ(parts.calls.size(), 1u);
   EXPECT_EQ(parts.calls[0].name, "get_time");
   EXPECT_EQ(parts.calls[0].arguments, "{\"tz\": \"UTC\"}");
-  parts = ReadChatReply(reply, llm::ChatReasoning::kOpensWithTag, /*tool_calls=*/false);
+  parts = ReadChatReply(reply, llm::ChatReasoning::kOpensWithTag, llm::ChatToolFormat::kNone);
   EXPECT_TRUE(parts.calls.empty());
   EXPECT_EQ(parts.content, reply.substr(reply.find("</think>") + 8));
   // A <tool_call> inside the reasoning is reasoning, not a call.
   parts = ReadChatReply("<think><tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call></think>done",
-                        llm::ChatReasoning::kOpensWithTag, true);
+                        llm::ChatReasoning::kOpensWithTag, llm::ChatToolFormat::kHermes);
   EXPECT_TRUE(parts.calls.empty());
   EXPECT_EQ(parts.content, "done");
-  parts = ReadChatReply("plain answer", llm::ChatReasoning::kNone, true);
+  parts = ReadChatReply("plain answer", llm::ChatReasoning::kNone, llm::ChatToolFormat::kHermes);
   EXPECT_TRUE(parts.calls.empty());
   EXPECT_EQ(parts.content, "plain answer");
 }
@@ -135,21 +136,32 @@ TEST(ChatReplyTest, ReadsToolCallsAfterTheReasoning) {
 // gives what ReadChatReply gives for the whole: the content that went out, the
 // reasoning, and the calls read at the end (or the held text, sent as content).
 TEST(ChatReplyTest, StreamedToolCallsEqualTheWholeReply) {
-  const std::vector<std::string> replies = {
-      "Checking.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n"
-      "{\"name\": \"b\", \"arguments\": {}}\n</tool_call>",
-      "<think>r</think>\n\n<tool_call>{\"name\": \"a\", \"arguments\": []}</tool_call>",
-      "no call <tool_ca",
-      "<tool_call>{broken</tool_call> so this is text",
-      "<think>r</think><tool_call>{\"name\": \"a\", \"arguments\": {}}",
-      "<<tool_call<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"};
+  using Format = llm::ChatToolFormat;
+  const std::vector<std::pair<Format, std::string>> replies = {
+      {Format::kHermes,
+       "Checking.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n"
+       "{\"name\": \"b\", \"arguments\": {}}\n</tool_call>"},
+      {Format::kHermes, "<think>r</think>\n\n<tool_call>{\"name\": \"a\", \"arguments\": []}</tool_call>"},
+      {Format::kHermes, "no call <tool_ca"},
+      {Format::kHermes, "<tool_call>{broken</tool_call> so this is text"},
+      {Format::kHermes, "<think>r</think><tool_call>{\"name\": \"a\", \"arguments\": {}}"},
+      {Format::kHermes, "<<tool_call<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"},
+      // Llama 3.1 / 3.2: a reply that opens with "{" is held and read whole.
+      {Format::kLlama3Json, "{\"name\": \"a\", \"parameters\": {\"x\": \"}\"}}"},
+      {Format::kLlama3Json,
+       " \n{\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"arguments\": [1]}\n"},
+      {Format::kLlama3Json, "{\"name\": \"a\", \"parameters\": {}} and then text"},
+      {Format::kLlama3Json, "<think>r</think>{\"name\": \"a\", \"parameters\": {}}"},
+      {Format::kLlama3Json, "  The answer is {\"name\": \"a\", \"parameters\": {}}"},
+      {Format::kLlama3Json, "\n\n"},
+      {Format::kLlama3Json, "{\"name\": \"a\", \"parameters\": {\"cut"}};
   std::mt19937 rng(11);
   for (const auto mode : {llm::ChatReasoning::kNone, llm::ChatReasoning::kOpensWithTag}) {
-    for (const std::string& reply : replies) {
-      const ChatReplyParts whole = ReadChatReply(reply, mode, true);
+    for (const auto& [format, reply] : replies) {
+      const ChatReplyParts whole = ReadChatReply(reply, mode, format);
       for (int trial = 0; trial < 100; ++trial) {
         ReasoningSplitter splitter(mode);
-        ToolCallStream tools;
+        ToolCallStream tools(format);
         std::string reasoning, content;
         auto take = [&](ReasoningSplitter::Parts p) {
           reasoning += p.reasoning;

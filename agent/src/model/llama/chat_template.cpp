@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "fedge/agent/llm/tool_calls.h"
 #include "fedge/file_util.h"
 
 namespace fedge::agent::llm {
@@ -93,9 +94,15 @@ std::string Llama3Turn(std::string_view role, std::string_view content) {
          "<|eot_id|>";
 }
 
-// Llama 3.1 / 3.3 / 3.2 Instruct without tools: the system turn is always written.
-std::string RenderLlama31(ChatFormat format, const std::vector<ChatMessage>& all,
-                          const ChatTemplateOptions& options) {
+// Llama 3.1 / 3.3 / 3.2 Instruct: the system turn is always written; with tools it
+// says so, and the first message after it lists them (tools_in_user_message, the
+// templates' default).
+StatusOr<std::string> RenderLlama31(ChatFormat format, const std::vector<ChatMessage>& all,
+                                    const ChatTemplateOptions& options) {
+  static constexpr std::string_view kFormatAsked =
+      "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+      "value}.Do not use variables.\n\n";
+  const bool tools = !options.tools.empty();
   std::string system;
   size_t first = 0;
   if (!all.empty() && all.front().role == "system") {
@@ -105,14 +112,46 @@ std::string RenderLlama31(ChatFormat format, const std::vector<ChatMessage>& all
   const std::string date = !options.date_string.empty()     ? options.date_string
                            : format == ChatFormat::kLlama32 ? TodayUtc()
                                                             : "26 Jul 2024";
-  std::string out =
-      "<|begin_of_text|>" +
-      Llama3Turn("system", "Cutting Knowledge Date: December 2023\nToday Date: " + date + "\n\n" + system);
+  std::string out = "<|begin_of_text|>" +
+                    Llama3Turn("system", std::string(tools ? "Environment: ipython\n" : "") +
+                                             "Cutting Knowledge Date: December 2023\nToday Date: " + date +
+                                             "\n\n" + system);
+  if (tools) {
+    if (first == all.size()) {
+      return InvalidArgumentError(std::string(ChatFormatName(format)) +
+                                  " chat template: tools go in the first message after the system message, "
+                                  "and there is none (the template raises)");
+    }
+    std::string turn =
+        "Given the following functions, please respond with a JSON for a function call with its proper "
+        "arguments that best answers the given prompt.\n\n" +
+        std::string(kFormatAsked);
+    for (const std::string& tool : options.tools) {
+      const auto json = nlohmann::ordered_json::parse(tool, nullptr, /*allow_exceptions=*/false);
+      if (json.is_discarded()) return InvalidArgumentError("chat template: a tool is not JSON");
+      turn += PythonJsonDumps(json, /*indent=*/4) + "\n\n";
+    }
+    out += Llama3Turn("user", turn + Strip(all[first].content));
+    ++first;
+  }
   for (size_t i = first; i < all.size(); ++i) {
     const ChatMessage& m = all[i];
-    // Tool results are ipython turns, untrimmed.
-    out += m.role == "tool" || m.role == "ipython" ? Llama3Turn("ipython", m.content)
-                                                   : Llama3Turn(m.role, Strip(m.content));
+    if (m.role == "tool" || m.role == "ipython") {
+      // The content is a string, which Jinja's `iterable` test passes: tojson quotes it.
+      out += Llama3Turn("ipython", PythonJsonDumps(m.content));
+    } else if (!m.tool_calls.empty()) {
+      if (m.tool_calls.size() != 1) {
+        return InvalidArgumentError(std::string(ChatFormatName(format)) + " chat template: message " +
+                                    std::to_string(i) + " makes " + std::to_string(m.tool_calls.size()) +
+                                    " tool calls; this model takes one per assistant message (the template "
+                                    "raises): send them as separate assistant messages");
+      }
+      const ChatToolCall& call = m.tool_calls.front();
+      out += Llama3Turn("assistant",
+                        "{\"name\": \"" + call.name + "\", \"parameters\": " + call.arguments + "}");
+    } else {
+      out += Llama3Turn(m.role, Strip(m.content));
+    }
   }
   if (options.add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
   return out;

@@ -42,19 +42,20 @@ StatusOr<std::vector<int64_t>> ReadGenerationEos(const std::string& dir) {
 class TorchCausalLm final : public CausalLm {
  public:
   TorchCausalLm(LlamaForCausalLm model, BpeTokenizer tokenizer, std::vector<int64_t> eos,
-                std::optional<ChatFormat> chat_format, std::string chat_default_system, bool chat_takes_tools)
+                std::optional<ChatFormat> chat_format, std::string chat_default_system,
+                ChatToolFormat chat_tool_format)
       : model_(std::move(model)),
         tokenizer_(std::move(tokenizer)),
         eos_(std::move(eos)),
         chat_format_(chat_format),
         chat_default_system_(std::move(chat_default_system)),
-        chat_takes_tools_(chat_takes_tools) {}
+        chat_tool_format_(chat_tool_format) {}
 
   const LlamaConfig& config() const override { return model_->config(); }
   const BpeTokenizer& tokenizer() const override { return tokenizer_; }
   std::optional<ChatFormat> chat_format() const override { return chat_format_; }
   const std::string& chat_default_system() const override { return chat_default_system_; }
-  bool chat_takes_tools() const override { return chat_takes_tools_; }
+  ChatToolFormat chat_tool_format() const override { return chat_tool_format_; }
   const std::vector<int64_t>& eos_token_ids() const override { return eos_; }
 
   StatusOr<GenerationResult> Generate(std::string_view prompt, const GenerationOptions& options,
@@ -219,7 +220,7 @@ class TorchCausalLm final : public CausalLm {
   std::vector<int64_t> eos_;
   std::optional<ChatFormat> chat_format_;
   std::string chat_default_system_;
-  bool chat_takes_tools_ = false;
+  ChatToolFormat chat_tool_format_ = ChatToolFormat::kNone;
   bool lora_enabled_ = false;
   bool merged_ = false;
 };
@@ -267,10 +268,10 @@ StatusOr<std::unique_ptr<CausalLm>> CausalLm::Load(const CausalLmOptions& option
       if (std::find(eos.begin(), eos.end(), *end) == eos.end()) eos.push_back(*end);
     }
   }
-  return std::unique_ptr<CausalLm>(
-      std::make_unique<TorchCausalLm>(std::move(model), std::move(tokenizer), std::move(eos), chat_format,
-                                      chat_format ? ChatDefaultSystem(*chat_format, chat_template) : "",
-                                      chat_format && ChatTakesTools(*chat_format, chat_template)));
+  return std::unique_ptr<CausalLm>(std::make_unique<TorchCausalLm>(
+      std::move(model), std::move(tokenizer), std::move(eos), chat_format,
+      chat_format ? ChatDefaultSystem(*chat_format, chat_template) : "",
+      chat_format ? ChatToolCalling(*chat_format, chat_template) : ChatToolFormat::kNone));
 }
 
 }  // namespace fedge::agent::llm

@@ -95,8 +95,9 @@ class CausalLm {
   // (ChatDefaultSystem: Qwen2.5's "You are Qwen, created by Alibaba Cloud. ..."); empty
   // if it writes none.
   virtual const std::string& chat_default_system() const = 0;
-  // Whether the chat template takes tools (ChatTakesTools: Qwen2.5's, Qwen3's).
-  virtual bool chat_takes_tools() const = 0;
+  // How the chat template takes tools (ChatToolCalling: Qwen2.5's and Qwen3's Hermes
+  // format, Llama 3.1 / 3.2's JSON; kNone: it takes none).
+  virtual ChatToolFormat chat_tool_format() const = 0;
   virtual const std::vector<int64_t>& eos_token_ids() const = 0;
 
   // Continues `prompt`, encoded with the tokenizer's BOS (its post_processor's prefix,

@@ -13,6 +13,11 @@
 //     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge
 //     Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>...
 //     {date}: 3.1's template fixes "26 Jul 2024"; 3.2's prints today's ("07 Dec 2026").
+//   Tools (Llama 3.1 / 3.2): "Environment: ipython\n" opens the system turn, the first
+//     message after the system message becomes a user turn that lists the tools (the
+//     template's instructions, each tool as tojson(indent=4) writes it) before its text,
+//     an assistant turn's one call is {"name": "...", "parameters": {...}} instead of its
+//     text, and a tool message is an ipython turn of its content as a JSON string.
 //   Tools (Qwen2.5's ChatML and Qwen3, tool_calls.h): the system turn lists them
 //     after the system message ("# Tools ... <tools>\n{tool}\n...</tools> ..."); an
 //     assistant turn's calls follow its text as <tool_call>\n{"name": ..., "arguments":
@@ -61,7 +66,8 @@
 
 namespace fedge::agent::llm {
 
-// A call an assistant turn made (Qwen2.5's and Qwen3's Hermes format, tool_calls.h).
+// A call an assistant turn made (tool_calls.h: Qwen2.5's and Qwen3's Hermes format,
+// Llama 3.1 / 3.2's JSON).
 struct ChatToolCall {
   std::string name;
   std::string arguments;  // JSON, as the template's tojson writes it (PythonJsonDumps)
@@ -103,7 +109,8 @@ struct ChatTemplateOptions {
   std::string date_string;
   // The tools offered, each as the template's tojson writes it (PythonJsonDumps of
   // {"type": "function", "function": {...}}): Qwen2.5's and Qwen3's system turn lists
-  // them (ChatTakesTools); other formats have no tools.
+  // them, Llama 3.1 / 3.2's first user turn (indented, as tojson(indent=4) writes
+  // them) (ChatToolCalling); other formats have no tools.
   std::vector<std::string> tools;
 };
 
@@ -146,6 +153,11 @@ std::string_view ChatFormatName(ChatFormat format);
 // prompt opened <think>, the reply's reasoning runs to its </think>).
 enum class ChatReasoning { kNone, kOpensWithTag, kStartsInside };
 ChatReasoning ChatReplyThinks(ChatFormat format);
+
+// How a format's model calls tools (tool_calls.h): kNone, kHermes (Qwen2.5, Qwen3:
+// <tool_call>{"name", "arguments"}</tool_call> blocks after any text), kLlama3Json
+// (Llama 3.1 / 3.3 / 3.2: the whole reply is {"name", "parameters"} JSON).
+enum class ChatToolFormat { kNone, kHermes, kLlama3Json };
 
 // The text that ends an assistant turn in `format` (a stop string for generation).
 std::string_view ChatEndOfTurn(ChatFormat format);

@@ -154,7 +154,7 @@ class InferenceApi {
   // of it (tools offered, tool_choice not "none").
   struct ChatReplyReading {
     llm::ChatReasoning reasoning = llm::ChatReasoning::kNone;
-    bool tool_calls = false;
+    llm::ChatToolFormat tools = llm::ChatToolFormat::kNone;  // kNone: no tools offered
   };
   Status RunGeneration(const GenerationRequest& req, bool dry_run, const llm::TextCallback& on_text,
                        llm::GenerationResult* result, int64_t* version, GenerationTimes* times,

@@ -40,30 +40,35 @@ class ReasoningSplitter {
   std::string held_;
 };
 
-// A chat reply's tool calls (Hermes <tool_call> blocks, llm::ParseToolCalls) as it
-// streams: text before the first <tool_call> goes out as content (a piece that may
-// begin the tag is held); from the tag on everything is held, and read at the end
-// as the calls, or, if it is not readable as calls, sent as content after all.
+// A chat reply's tool calls (llm::ParseToolCalls) as it streams. Hermes: text before
+// the first <tool_call> goes out as content (a piece that may begin the tag is held);
+// from the tag on everything is held. Llama 3.1 / 3.2: a reply whose first
+// non-whitespace character is "{" is held whole, any other goes out as it comes. What
+// is held is read at the end as the calls, or, if it is not readable as calls, sent as
+// content after all.
 class ToolCallStream {
  public:
+  explicit ToolCallStream(llm::ChatToolFormat format = llm::ChatToolFormat::kHermes) : format_(format) {}
   // The content that can go out now.
   std::string Feed(std::string_view delta);
   // At the end: the calls (content empty), or the held text as content.
   llm::ParsedToolCalls Finish();
 
  private:
+  llm::ChatToolFormat format_;
   std::string held_;
   bool in_call_ = false;
+  bool content_ = false;  // Llama: the reply began with something other than a call
 };
 
 // A whole chat reply read as a request asks: the reasoning split off as `mode` says
-// (kNone: none), then, with `tool_calls`, the calls read out of the rest (the content
-// is then the text before the first call). What the streamed pieces add up to.
+// (kNone: none), then, with a `tools` format, the calls read out of the rest (the
+// content is then the text before the first call). What the streamed pieces add up to.
 struct ChatReplyParts {
   std::string reasoning;
   std::string content;
   std::vector<llm::ChatToolCall> calls;  // empty: no call (content is the whole answer)
 };
-ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, bool tool_calls);
+ChatReplyParts ReadChatReply(std::string_view text, llm::ChatReasoning mode, llm::ChatToolFormat tools);
 
 }  // namespace fedge::agent
