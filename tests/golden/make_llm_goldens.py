@@ -802,6 +802,39 @@ def make_phi3_model():
     return golden
 
 
+def make_longrope_model():
+    """tiny_phi3_longrope: Phi3ForCausalLM with Phi-3.5-mini's rope_type longrope
+    (short_factor up to original_max_position_embeddings 32, the attention factor from
+    max_position_embeddings 256 / 32) with tok_llama2."""
+    import torch
+    import transformers
+    from transformers import Phi3Config, Phi3ForCausalLM
+    from tokenizers import Tokenizer
+
+    config = Phi3Config(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        original_max_position_embeddings=32, sliding_window=None, rms_norm_eps=1e-5,
+        rope_scaling={"type": "longrope", "short_factor": [1.0, 1.3, 2.1, 3.7],
+                      "long_factor": [1.0, 2.5, 7.0, 15.0]},
+        rope_theta=10000.0, tie_word_embeddings=False, initializer_range=0.3,
+        bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    torch.manual_seed(2026)
+    model = Phi3ForCausalLM(config).eval()
+    assert model.config.rope_parameters["rope_type"] == "longrope", model.config.rope_parameters
+    golden = save_and_golden(model, "tiny_phi3_longrope", "tok_llama2", [
+        "dog: a member of the genus Canis", "run: move fast by using one's feet"])
+    # Every position below 32: the short factors (fedge's context ends at 32; at the
+    # crossing Phi3ForCausalLM recomputes its whole cache with the long factors).
+    tok = Tokenizer.from_file(os.path.join(OUT, "tiny_phi3_longrope", "tokenizer.json"))
+    add_appended_text(golden, tok)
+    rotary = model.model.rotary_emb
+    golden["inv_freq"] = tolist(rotary.original_inv_freq)
+    golden["attention_factor"] = float(rotary.attention_scaling)
+    golden["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    return golden
+
+
 def make_mistral_model():
     """tiny_mistral: MistralForCausalLM (sliding_window 32 under 128 positions) with
     tok_llama2, the SentencePiece layout Mistral v0.1 and TinyLlama ship. Its greedy
@@ -954,7 +987,7 @@ def add_long_goldens():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "gemma2", "gemma3", "long", "chat"], default=None)
+    ap.add_argument("--only", choices=["tokenizers", "models", "rope", "nfc", "qwen3", "spm", "mistral", "phi3", "longrope", "gemma2", "gemma3", "long", "chat"], default=None)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     lines = wordnet_lines()
@@ -972,7 +1005,7 @@ def main():
         make_chat()
     if args.only == "long":
         add_long_goldens()
-    if args.only in ("rope", "qwen3", "mistral", "phi3", "gemma2", "gemma3"):
+    if args.only in ("rope", "qwen3", "mistral", "phi3", "longrope", "gemma2", "gemma3"):
         path = os.path.join(OUT, "llm_goldens.json")
         with open(path) as f:
             result = json.load(f)
@@ -984,6 +1017,8 @@ def main():
             result["models"]["tiny_mistral"] = make_mistral_model()
         elif args.only == "phi3":
             result["models"]["tiny_phi3"] = make_phi3_model()
+        elif args.only == "longrope":
+            result["models"]["tiny_phi3_longrope"] = make_longrope_model()
         elif args.only == "gemma2":
             result["models"]["tiny_gemma2"] = make_gemma2_model()
         elif args.only == "gemma3":

@@ -96,7 +96,8 @@ TEST(GenerateTest, CompletionLossEncodesLikeTheJoinedText) {
 
 INSTANTIATE_TEST_SUITE_P(Models, GenerateGoldenTest,
                          ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3",
-                                           "tiny_mistral", "tiny_phi3", "tiny_gemma3", "tiny_gemma2"));
+                                           "tiny_mistral", "tiny_phi3", "tiny_phi3_longrope", "tiny_gemma3",
+                                           "tiny_gemma2"));
 
 TEST(GenerateTest, SamplingIsDeterministicPerSeed) {
   auto lm = LoadModel("tiny_llama");

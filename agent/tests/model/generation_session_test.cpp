@@ -53,7 +53,7 @@ std::vector<Case> Cases(CausalLm& lm) {
 
 TEST(GenerationSessionTest, SessionsSteppedTogetherEqualOneGenerationEach) {
   for (const std::string name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral", "tiny_phi3",
-                                 "tiny_gemma3", "tiny_gemma2"}) {
+                                 "tiny_phi3_longrope", "tiny_gemma3", "tiny_gemma2"}) {
     auto lm = LoadModel(name);
     ASSERT_TRUE(lm);
     std::vector<Case> cases = Cases(*lm);

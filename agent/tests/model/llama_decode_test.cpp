@@ -76,7 +76,7 @@ TEST(LlamaDecodeTest, DecodeStepMatchesTransformersGoldens) {
   nlohmann::json goldens = nlohmann::json::parse(*text)["models"];
   // tiny_llama32: Llama 3.1/3.2's llama3 rope scaling, 48 positions; tiny_qwen3: q/k norms.
   for (const std::string name : {"tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3", "tiny_mistral",
-                                 "tiny_phi3", "tiny_gemma3", "tiny_gemma2"}) {
+                                 "tiny_phi3", "tiny_phi3_longrope", "tiny_gemma3", "tiny_gemma2"}) {
     const nlohmann::json& g = goldens[name];
     auto model = LoadLlama(std::string(FEDGE_GOLDEN_DIR) + "/" + g["dir"].get<std::string>());
     ASSERT_TRUE(model.ok()) << model.status().ToString();

@@ -83,7 +83,8 @@ TEST_P(LlamaGoldenTest, KvCacheDecodingMatchesFullForward) {
 // model's frequencies); its logits differ from the unscaled model's by up to 12.
 INSTANTIATE_TEST_SUITE_P(Models, LlamaGoldenTest,
                          ::testing::Values("tiny_llama", "tiny_qwen2", "tiny_llama32", "tiny_qwen3",
-                                           "tiny_mistral", "tiny_phi3", "tiny_gemma3", "tiny_gemma2"));
+                                           "tiny_mistral", "tiny_phi3", "tiny_phi3_longrope", "tiny_gemma3",
+                                           "tiny_gemma2"));
 
 TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   nlohmann::json golden = testing::LlmModelGolden("tiny_llama32");
@@ -99,6 +100,70 @@ TEST(LlamaTest, Llama3RopeScalingGivesTransformersInvFreq) {
   // The band: the first frequency kept, the last divided by factor 8, one between.
   EXPECT_EQ(want.front(), 1.0f);
   EXPECT_NEAR(want.back(), std::pow(10000.0, -14.0 / 16) / 8, 1e-9);
+}
+
+// Phi-3.5-mini's longrope (tiny_phi3_longrope: original context 32, 256 positions):
+// the short factors' frequencies and the attention factor as transformers computes
+// them, the context capped at 32; the config as transformers 4 writes it (rope_scaling
+// "type", the original context at the top) gives the same model; malformed factor
+// lists are refused by name. Its logits, cached decoding and greedy ids are in the
+// golden suites above (GenerateGoldenTest, LlamaDecodeTest).
+TEST(LlamaTest, LongRopeGivesTransformersFrequenciesAndAttentionFactor) {
+  nlohmann::json golden = testing::LlmModelGolden("tiny_phi3_longrope");
+  const std::string dir = kGolden + "/" + golden["dir"].get<std::string>();
+  auto model = LoadLlama(dir);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const RopeScaling& r = (*model)->config().rope_scaling;
+  EXPECT_EQ(r.rope_type, "longrope");
+  EXPECT_EQ(r.original_max_position_embeddings, 32);
+  EXPECT_DOUBLE_EQ(r.attention_factor, golden["attention_factor"].get<double>());
+  std::vector<float> want = golden["inv_freq"];
+  torch::Tensor got = (*model)->model->rotary().inv_freq();
+  ASSERT_EQ(got.numel(), static_cast<int64_t>(want.size()));
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_EQ(got[static_cast<int64_t>(i)].item<float>(), want[i]) << "frequency " << i;
+  // cos and sin carry the attention factor; the context ends at the original one.
+  auto [cos, sin] = (*model)->model->rotary().CosSin(31, 1);
+  EXPECT_NEAR(cos[0][0].item<float>(), static_cast<float>(r.attention_factor) * std::cos(31.0f), 1e-5);
+  EXPECT_NEAR(sin[0][3].item<float>(), static_cast<float>(r.attention_factor) * std::sin(31.0f * want[3]),
+              1e-6);
+  EXPECT_EQ((*model)->config().max_position_embeddings, 32);
+
+  auto text = ReadFile(dir + "/config.json");
+  ASSERT_TRUE(text.ok());
+  nlohmann::json v5 = nlohmann::json::parse(*text);
+  nlohmann::json v4 = v5;
+  v4.erase("rope_parameters");
+  v4["rope_theta"] = 10000.0;
+  v4["rope_scaling"] = {{"type", "longrope"},
+                        {"short_factor", v5["rope_parameters"]["short_factor"]},
+                        {"long_factor", v5["rope_parameters"]["long_factor"]}};
+  auto old = LlamaConfig::FromJson(v4.dump());
+  ASSERT_TRUE(old.ok()) << old.status().ToString();
+  EXPECT_EQ(old->rope_scaling.short_factor, r.short_factor);
+  EXPECT_EQ(old->rope_scaling.long_factor, r.long_factor);
+  EXPECT_EQ(old->rope_scaling.original_max_position_embeddings, 32);
+  EXPECT_DOUBLE_EQ(old->rope_scaling.attention_factor, r.attention_factor);
+  EXPECT_EQ(old->max_position_embeddings, 32);
+  // Saved and read back: the same scaling.
+  auto round_trip = LlamaConfig::FromJson(old->ToJson());
+  ASSERT_TRUE(round_trip.ok()) << round_trip.status().ToString();
+  EXPECT_EQ(round_trip->rope_scaling.long_factor, r.long_factor);
+  EXPECT_DOUBLE_EQ(round_trip->rope_scaling.attention_factor, r.attention_factor);
+  EXPECT_EQ(round_trip->rope_scaling.original_max_position_embeddings, 32);
+  EXPECT_EQ(round_trip->max_position_embeddings, 32);
+  for (const auto& [key, value, says] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"short_factor", {1.0, 2.0}, "short_factor: a list of head_dim / 2 = 4"},
+           {"long_factor", nullptr, "long_factor: a list"},
+           {"long_factor", {1.0, 2.0, -1.0, 3.0}, "every factor must be a positive number"},
+           {"attention_factor", 0, "attention_factor must be a positive number"},
+           {"original_max_position_embeddings", -5, "original_max_position_embeddings must be a positive"}}) {
+    nlohmann::json bad = v5;
+    bad["rope_parameters"][key] = value;
+    auto refused = LlamaConfig::FromJson(bad.dump());
+    ASSERT_FALSE(refused.ok()) << key;
+    EXPECT_NE(refused.status().message().find(says), std::string::npos) << refused.status().message();
+  }
 }
 
 // A prefill longer than the chunk runs chunk by chunk (48 tokens in chunks of 16, of

@@ -56,8 +56,18 @@ torch::Tensor LlamaRmsNormImpl::forward(const torch::Tensor& x) {
 // --- Rotary position embedding (Su et al. 2021), rotate-half form ------------------
 namespace {
 
+// longrope: inv_freq_i = 1 / (factors_i * theta^(2i/d)), float32 as transformers
+// computes it.
+torch::Tensor LongRopeInvFreq(int64_t head_dim, double theta, const std::vector<double>& factors) {
+  torch::Tensor exponent =
+      torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(head_dim);
+  torch::Tensor ext = torch::tensor(factors, torch::kDouble).to(torch::kFloat);
+  return 1.0 / (ext * torch::pow(torch::tensor(theta, torch::kFloat), exponent));
+}
+
 // inv_freq_i = theta^(-2i/d), then scaled; float32 throughout, as transformers does.
 torch::Tensor RotaryInvFreq(int64_t head_dim, double theta, const RopeScaling& r) {
+  if (r.rope_type == "longrope") return LongRopeInvFreq(head_dim, theta, r.short_factor);
   torch::Tensor exponent =
       torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(head_dim);
   torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat), exponent);
@@ -90,16 +100,31 @@ std::pair<torch::Tensor, torch::Tensor> RotaryCosSin(const torch::Tensor& inv_fr
 LlamaRotaryImpl::LlamaRotaryImpl(int64_t head_dim, double theta, const RopeScaling& scaling,
                                  int64_t max_positions)
     : inv_freq_(RotaryInvFreq(head_dim, theta, scaling)), max_positions_(max_positions) {
-  auto [cos, sin] = RotaryCosSin(inv_freq_, 0, std::min(max_positions, kRotaryTablePositions));
+  if (scaling.rope_type == "longrope") {
+    // The context is capped at original_max_position_embeddings (LlamaConfig): every
+    // position turns by the short factors.
+    TORCH_CHECK(static_cast<int64_t>(scaling.short_factor.size()) == head_dim / 2,
+                "longrope needs head_dim / 2 short factors");
+    TORCH_CHECK(max_positions <= scaling.original_max_position_embeddings,
+                "longrope past original_max_position_embeddings is not implemented");
+    attention_factor_ = scaling.attention_factor;
+  }
+  auto [cos, sin] = Compute(0, std::min(max_positions, kRotaryTablePositions));
   cos_ = register_buffer("cos", cos);
   sin_ = register_buffer("sin", sin);
+}
+
+std::pair<torch::Tensor, torch::Tensor> LlamaRotaryImpl::Compute(int64_t start, int64_t length) const {
+  auto [cos, sin] = RotaryCosSin(inv_freq_, start, length);
+  if (attention_factor_ == 1.0) return {cos, sin};
+  return {cos * static_cast<float>(attention_factor_), sin * static_cast<float>(attention_factor_)};
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaRotaryImpl::CosSin(int64_t start, int64_t length) {
   TORCH_CHECK(start >= 0 && length >= 0 && start + length <= max_positions_, "position ", start + length,
               " beyond max_position_embeddings ", max_positions_);
   if (start + length <= cos_.size(0)) return {cos_.narrow(0, start, length), sin_.narrow(0, start, length)};
-  return RotaryCosSin(inv_freq_, start, length);
+  return Compute(start, length);
 }
 
 namespace {

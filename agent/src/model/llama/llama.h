@@ -82,11 +82,17 @@ class LlamaRotaryImpl : public torch::nn::Module {
   // [T, head_dim] cos and sin for positions start .. start+T-1.
   std::pair<torch::Tensor, torch::Tensor> CosSin(int64_t start, int64_t length);
   int64_t max_positions() const { return max_positions_; }
-  // [head_dim / 2] float32: the scaled inverse frequencies, as transformers' inv_freq.
+  // [head_dim / 2] float32: the scaled inverse frequencies, as transformers' inv_freq
+  // (longrope: the short factors').
   const torch::Tensor& inv_freq() const { return inv_freq_; }
 
  private:
+  // cos and sin for positions start .. start+length-1, times the attention factor
+  // (longrope's; 1 for the other rope types).
+  std::pair<torch::Tensor, torch::Tensor> Compute(int64_t start, int64_t length) const;
+
   torch::Tensor inv_freq_;
+  double attention_factor_ = 1.0;
   int64_t max_positions_;
   torch::Tensor cos_;
   torch::Tensor sin_;

@@ -9,8 +9,60 @@
 namespace fedge::agent::llm {
 namespace {
 
+// longrope's factor lists: one positive number per rotary frequency.
+StatusOr<std::vector<double>> LongRopeFactors(const nlohmann::json& j, const char* key, int64_t head_dim) {
+  if (!j.contains(key) || !j[key].is_array() || j[key].size() != static_cast<size_t>(head_dim / 2)) {
+    return InvalidArgumentError(std::string("config.json: longrope rope scaling needs ") + key +
+                                ": a list of head_dim / 2 = " + std::to_string(head_dim / 2) + " numbers");
+  }
+  std::vector<double> out;
+  for (const nlohmann::json& f : j[key]) {
+    if (!f.is_number() || !(f.get<double>() > 0.0) || !std::isfinite(f.get<double>()))
+      return InvalidArgumentError(std::string("config.json: longrope ") + key + " holds " + f.dump() +
+                                  ": every factor must be a positive number");
+    out.push_back(f.get<double>());
+  }
+  return out;
+}
+
+// Phi-3's longrope: the factor lists, the original context (in the rope object, or at
+// the config's top level as transformers 4 writes it) and the attention factor.
+Status ParseLongRope(const nlohmann::json& j, const nlohmann::json& config, int64_t max_position_embeddings,
+                     int64_t head_dim, RopeScaling& r) {
+  FEDGE_ASSIGN_OR_RETURN(r.short_factor, LongRopeFactors(j, "short_factor", head_dim));
+  FEDGE_ASSIGN_OR_RETURN(r.long_factor, LongRopeFactors(j, "long_factor", head_dim));
+  const nlohmann::json& original = j.contains("original_max_position_embeddings")
+                                       ? j["original_max_position_embeddings"]
+                                       : config.value("original_max_position_embeddings", nlohmann::json());
+  if (!original.is_null() && (!original.is_number_integer() || original.get<int64_t>() <= 0)) {
+    return InvalidArgumentError("config.json: original_max_position_embeddings must be a positive integer");
+  }
+  r.original_max_position_embeddings = original.is_null() ? max_position_embeddings : original.get<int64_t>();
+  if (j.contains("factor") && !j["factor"].is_null()) {
+    if (!j["factor"].is_number() || !(j["factor"].get<double>() > 0.0))
+      return InvalidArgumentError("config.json: longrope factor must be a positive number");
+    r.factor = j["factor"].get<double>();
+  } else {
+    r.factor = static_cast<double>(max_position_embeddings) /
+               static_cast<double>(r.original_max_position_embeddings);
+  }
+  if (j.contains("attention_factor") && !j["attention_factor"].is_null()) {
+    if (!j["attention_factor"].is_number() || !(j["attention_factor"].get<double>() > 0.0))
+      return InvalidArgumentError("config.json: longrope attention_factor must be a positive number");
+    r.attention_factor = j["attention_factor"].get<double>();
+  } else {
+    r.attention_factor =
+        r.factor <= 1.0
+            ? 1.0
+            : std::sqrt(1.0 + std::log(r.factor) /
+                                  std::log(static_cast<double>(r.original_max_position_embeddings)));
+  }
+  return OkStatus();
+}
+
 // rope_scaling / rope_parameters: {"rope_type" (or the older "type"), "factor", ...}.
-StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, int64_t max_position_embeddings) {
+StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, const nlohmann::json& config,
+                                       int64_t max_position_embeddings, int64_t head_dim) {
   RopeScaling r;
   if (!j.is_object()) return InvalidArgumentError("config.json: rope_scaling must be an object");
   r.rope_type = j.value("rope_type", j.value("type", std::string("default")));
@@ -19,9 +71,13 @@ StatusOr<RopeScaling> ParseRopeScaling(const nlohmann::json& j, int64_t max_posi
                                 " is not implemented (the rotary embedding covers the whole head)");
   }
   if (r.rope_type == "default") return r;
+  if (r.rope_type == "longrope") {
+    FEDGE_RETURN_IF_ERROR(ParseLongRope(j, config, max_position_embeddings, head_dim, r));
+    return r;
+  }
   if (r.rope_type != "linear" && r.rope_type != "llama3") {
     return InvalidArgumentError("config.json: rope_type \"" + r.rope_type +
-                                "\" is not implemented (default, linear and llama3 are)");
+                                "\" is not implemented (default, linear, llama3 and longrope are)");
   }
   r.factor = j.at("factor").get<double>();
   if (!(r.factor >= 1.0 && r.factor <= 1024.0)) {
@@ -244,7 +300,16 @@ StatusOr<LlamaConfig> LlamaConfig::FromJson(std::string_view json_text) {
       return InvalidArgumentError("config.json: the sliding layers' rope_theta must be greater than 1");
     }
     if (rope != nullptr) {
-      FEDGE_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*rope, c.max_position_embeddings));
+      FEDGE_ASSIGN_OR_RETURN(c.rope_scaling,
+                             ParseRopeScaling(*rope, j, c.max_position_embeddings, c.head_dim));
+      // longrope: past original_max_position_embeddings transformers turns every
+      // position, those in the cache too, by the long factors (Phi3ForCausalLM
+      // recomputes its cache at the crossing). fedge's cache keeps its keys, so the
+      // context ends there: every position is a short-factor one, as transformers
+      // computes it below the crossing.
+      if (c.rope_scaling.rope_type == "longrope")
+        c.max_position_embeddings =
+            std::min(c.max_position_embeddings, c.rope_scaling.original_max_position_embeddings);
     }
     if (gemma) FEDGE_RETURN_IF_ERROR(ParseGemma(j, c));
     // Mistral v0.1's and Phi-3's sliding_window W: every layer attends to the last W
@@ -320,6 +385,12 @@ std::string LlamaConfig::ToJson() const {
       r["low_freq_factor"] = rope_scaling.low_freq_factor;
       r["high_freq_factor"] = rope_scaling.high_freq_factor;
       r["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+    }
+    if (rope_scaling.rope_type == "longrope") {
+      r["short_factor"] = rope_scaling.short_factor;
+      r["long_factor"] = rope_scaling.long_factor;
+      r["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+      r["attention_factor"] = rope_scaling.attention_factor;
     }
     j["rope_scaling"] = r;
   }

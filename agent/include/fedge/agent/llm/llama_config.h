@@ -18,12 +18,21 @@ namespace fedge::agent::llm {
 // "linear" divides every frequency by factor; "llama3" (Llama 3.1 / 3.2) divides
 // the low frequencies (wavelength > original / low_freq_factor) by factor, keeps
 // the high ones (wavelength < original / high_freq_factor) and interpolates between.
+// "longrope" (Phi-3.5-mini, Phi-3-*-128k) divides frequency i by short_factor[i] and
+// scales cos and sin by attention_factor; the context is capped at
+// original_max_position_embeddings (max_position_embeddings is lowered to it), where
+// transformers would turn to long_factor and recompute the whole cache.
 struct RopeScaling {
-  std::string rope_type = "default";  // "default" | "linear" | "llama3"
+  std::string rope_type = "default";  // "default" | "linear" | "llama3" | "longrope"
   double factor = 1.0;
   double low_freq_factor = 1.0;                  // llama3
   double high_freq_factor = 4.0;                 // llama3
-  int64_t original_max_position_embeddings = 0;  // llama3
+  int64_t original_max_position_embeddings = 0;  // llama3, longrope
+  std::vector<double> short_factor;              // longrope: head_dim / 2 each
+  std::vector<double> long_factor;
+  // longrope: the given attention_factor, else sqrt(1 + ln(factor) / ln(original))
+  // with factor max_position_embeddings / original (1 when that is <= 1).
+  double attention_factor = 1.0;
 };
 
 // How the frozen weights (projections, embedding, LM head) are held in memory.
@@ -98,9 +107,10 @@ struct LlamaConfig {
 
   // Parses a Hugging Face config.json. Accepts rope_theta at the top level or in
   // rope_parameters (transformers >= 5; for Gemma 3 one entry per layer type), with
-  // rope_type default, linear or llama3. INVALID_ARGUMENT for another architecture,
+  // rope_type default, linear, llama3 or longrope (the context then capped at
+  // original_max_position_embeddings). INVALID_ARGUMENT for another architecture,
   // an activation other than silu (gelu_pytorch_tanh for Gemma), another rope_type
-  // (dynamic, yarn, longrope) or a partial rotary factor, Qwen2's
+  // (dynamic, yarn), malformed longrope factor lists or a partial rotary factor, Qwen2's
   // use_sliding_window, or sizes that do not divide.
   static StatusOr<LlamaConfig> FromJson(std::string_view json_text);
   static StatusOr<LlamaConfig> FromFile(const std::string& path);
