@@ -22,12 +22,18 @@
 // so its peak RSS is its own: seconds, peak RSS over an empty child's, and the glosses'
 // encoding MB/s through it; then exits. --instances N loads it N times in the child
 // (an agent's trainer, serving and spare instances each load the model directory).
+//
+// --json-mask DIR times JSON mode's per-token mask (JsonConstraint::Mask: every token
+// of the vocabulary checked against the JSON automaton) on the real tokenizers, in
+// several states of a reply, against the passes sampling makes over the same logits
+// anyway (argmax for greedy; exp and sum for a temperature draw), in this process.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -37,10 +43,12 @@
 #include <vector>
 
 #include "fedge/agent/llm/bpe_tokenizer.h"
+#include "fedge/agent/llm/json_grammar.h"
 
 namespace {
 
 using fedge::agent::llm::BpeTokenizer;
+namespace llm = fedge::agent::llm;
 
 double Seconds(const std::function<void()>& fn) {
   auto t0 = std::chrono::steady_clock::now();
@@ -158,6 +166,78 @@ int LoadReport(const std::vector<std::string>& paths, int instances) {
   return 0;
 }
 
+// JSON mode's mask on each real tokenizer (--json-mask).
+int JsonMaskReport(const std::string& dir) {
+  struct State {
+    const char* what;
+    std::string text;  // the reply so far
+  };
+  const State states[] = {{"start", ""},
+                          {"after '{'", "{"},
+                          {"in a string", R"({"description": "a small dog with long)"},
+                          {"after ':'", R"({"name": "rex", "age":)"},
+                          {"in a number", R"({"weight": 12)"},
+                          {"closed", R"({"a": [1, 2]})"}};
+  std::printf("JSON mode: JsonConstraint::Mask per sampled token, mean of 30 calls\n");
+  std::printf("%-10s %8s %-13s %9s %9s %9s %9s %7s\n", "tokenizer", "vocab", "state", "allowed", "mask ms",
+              "argmax ms", "softmax ms", "mask/sm");
+  for (const char* name : {"llama3_1", "qwen3", "gemma3", "llama2"}) {
+    auto tok = BpeTokenizer::Load(dir + "/" + name + "/tokenizer.json");
+    if (!tok.ok()) {
+      std::fprintf(stderr, "%s\n", tok.status().ToString().c_str());
+      return 1;
+    }
+    const std::vector<std::string>* table = nullptr;
+    const double build = Seconds([&] { table = &tok->TextBytesTable(); });
+    const auto vocab = static_cast<int64_t>(table->size());
+    std::printf("%-10s %8lld table of token bytes built in %.1f ms\n", name, static_cast<long long>(vocab),
+                build * 1e3);
+    std::vector<float> logits(static_cast<size_t>(vocab));
+    for (size_t i = 0; i < logits.size(); ++i)
+      logits[i] = static_cast<float>((i * 2654435761u) % 1000) / 100.0f;
+    for (const State& s : states) {
+      // The state: fed as one token of its whole text (the automaton sees bytes).
+      std::vector<std::string> one = *table;
+      one.push_back(s.text);
+      llm::JsonConstraint fed(&one, {});
+      fed.Accept(static_cast<int32_t>(vocab));
+      int64_t allowed = 0;
+      std::vector<float> row;
+      const int reps = 30;
+      const double mask = Seconds([&] {
+                            for (int r = 0; r < reps; ++r) {
+                              row = logits;
+                              allowed = fed.Mask(row.data(), vocab);
+                            }
+                          }) /
+                          reps;
+      volatile float sink = 0;
+      const double argmax =
+          Seconds([&] {
+            for (int r = 0; r < reps; ++r) {
+              row = logits;
+              sink = static_cast<float>(std::max_element(row.begin(), row.end()) - row.begin());
+            }
+          }) /
+          reps;
+      const double softmax = Seconds([&] {
+                               for (int r = 0; r < reps; ++r) {
+                                 row = logits;
+                                 float sum = 0;
+                                 for (float& v : row) sum += (v = std::exp(v - 10.0f));
+                                 sink = sum;
+                               }
+                             }) /
+                             reps;
+      (void)sink;
+      std::printf("%-10s %8lld %-13s %9lld %9.2f %9.3f %9.3f %7.1f\n", name, static_cast<long long>(vocab),
+                  s.what, static_cast<long long>(allowed), mask * 1e3, argmax * 1e3, softmax * 1e3,
+                  mask / softmax);
+    }
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string golden = "tests/golden/llm";
   size_t max_kib = 4096;
@@ -170,6 +250,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--golden-dir") == 0) golden = argv[i + 1];
     if (std::strcmp(argv[i], "--max-kib") == 0) max_kib = std::strtoul(argv[i + 1], nullptr, 10);
     if (std::strcmp(argv[i], "--load") == 0) load.emplace_back(argv[i + 1]);
+    if (std::strcmp(argv[i], "--json-mask") == 0) return JsonMaskReport(argv[i + 1]);
   }
   if (!load.empty()) return LoadReport(load, instances);
   std::vector<std::string> names = {"gpt2",      "llama3", "qwen2",           "smollm2",

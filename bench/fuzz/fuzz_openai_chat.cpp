@@ -6,6 +6,7 @@
 // ParseToolCalls' content is the text before the first <tool_call> (Llama: empty) and
 // every call's arguments parse; a reply streamed through ReasoningSplitter +
 // ToolCallStream in pieces (sizes from the input) adds up to ReadChatReply of the whole.
+#include <algorithm>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "fedge/agent/llm/chat_template.h"
+#include "fedge/agent/llm/json_grammar.h"
 #include "fedge/agent/llm/tool_calls.h"
 #include "fedge/agent/runtime/openai_request.h"
 #include "fedge/agent/runtime/reasoning.h"
@@ -108,6 +110,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckRequest(bytes);
   uint64_t seed = 0;
   for (size_t i = 0; i < std::min<size_t>(size, 8); ++i) seed = seed * 131 + data[i];
+  // JSON mode's automaton: what it takes as a whole object nlohmann parses as one
+  // (unless a number is beyond double's range, or a string holds bytes >= 0x80,
+  // whose UTF-8 the automaton leaves to the tokenizer).
+  llm::JsonPrefix prefix;
+  if (prefix.FeedAll(bytes) && prefix.Complete() &&
+      std::all_of(bytes.begin(), bytes.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    try {
+      if (!nlohmann::json::parse(bytes).is_object())
+        Fail("JSON mode completed a non-object", std::string(bytes));
+    } catch (const nlohmann::json::out_of_range&) {
+    } catch (const nlohmann::json::exception&) {
+      Fail("JSON mode completed text nlohmann refuses", std::string(bytes));
+    }
+  }
   CheckReply(bytes, llm::ChatToolFormat::kHermes, seed);
   CheckReply(bytes, llm::ChatToolFormat::kLlama3Json, seed);
   return 0;

@@ -10,8 +10,8 @@ Two real jobs on loopback, each one fedge-aggregator and one fedge-agent:
     generative_job_test.py builds it): models, chat.completions and completions,
     streamed and not, max_tokens / max_completion_tokens, stop, seed, text content
     parts, and the 400s for what is not implemented (n > 1, logprobs, a required
-    tool_choice, tools on a model without a tool format, response_format,
-    embeddings on a causal LM);
+    tool_choice, tools on a model without a tool format, response_format json_schema,
+    embeddings on a causal LM), and JSON mode (response_format json_object);
   - a MiniLM job: models and embeddings in the default (base64), float and base64
     encodings, each compared with the float output of a plain HTTP /v1/embeddings;
     dimensions, token arrays and generation on a classifier refused with 400s.
@@ -279,6 +279,20 @@ class OpenAiGenerativeTest(unittest.TestCase):
         self.assertTrue(all(c.usage is None for c in chunks))
         self.assertIsNotNone(chunks[-1].choices[0].finish_reason)
 
+    def test_json_mode_replies_are_json_objects(self):
+        # response_format json_object: every token keeps the reply a JSON object's
+        # prefix; one the model ends by itself parses as an object. Streamed the same.
+        for seed in range(1, 5):
+            kw = dict(response_format={"type": "json_object"}, max_completion_tokens=40, temperature=1.0, seed=seed)
+            r = self.chat(**kw)
+            text = r.choices[0].message.content
+            self.assertTrue(text.lstrip().startswith("{"), text)
+            if r.choices[0].finish_reason == "stop":
+                self.assertIsInstance(json.loads(text), dict)
+            streamed = "".join(c.choices[0].delta.content or "" for c in self.chat(stream=True, **kw) if c.choices)
+            self.assertEqual(streamed, text)
+        print(f"\nJSON-mode reply to 'dog' (seed 1, <= 40 tokens): {self.chat(response_format={'type': 'json_object'}, max_completion_tokens=40, temperature=1.0, seed=1).choices[0].message.content!r}")
+
     def test_content_as_text_parts_seed_and_system_messages(self):
         plain = self.chat(max_completion_tokens=12)
         parts = self.chat(max_completion_tokens=12, messages=[{"role": "user", "content": [{"type": "text", "text": "dog"}]}])
@@ -350,7 +364,8 @@ class OpenAiGenerativeTest(unittest.TestCase):
             (dict(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
                   tool_choice="required"), "tool_choice"),
             (dict(tool_choice="auto"), "tool_choice"),
-            (dict(response_format={"type": "json_object"}), "response_format"),
+            (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+             "response_format"),
             (dict(presence_penalty=0.5), "presence_penalty"),
             (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]),
              "messages"),

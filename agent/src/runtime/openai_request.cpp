@@ -255,12 +255,12 @@ bool RefuseUnsupported(const Json& body, GenerationEndpoint endpoint, ApiErrorIn
     std::string type = rf.is_object() && rf.contains("type") && rf["type"].is_string()
                            ? rf["type"].get<std::string>()
                            : std::string();
-    if (type != "text") {
+    if (type != "text" && type != "json_object") {  // json_object: JSON mode (ParseGenerationRequest)
       return Fail(error,
                   "'response_format' " +
                       (type.empty() ? std::string("must be an object with a 'type'") : "'" + type + "'") +
-                      " is not supported by this server: only {\"type\": \"text\"} (structured output is not "
-                      "implemented)",
+                      " is not supported by this server: {\"type\": \"text\"} or {\"type\": \"json_object\"} "
+                      "(json_schema needs schema-constrained decoding, not implemented)",
                   "response_format", "unsupported_parameter");
     }
   }
@@ -629,6 +629,9 @@ std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, G
            : !ParsePrompt(body, limits, &req.prompt, error))
     return std::nullopt;
   if (!RefuseUnsupported(body, endpoint, error)) return std::nullopt;
+  // JSON mode: the reply is constrained to a JSON object (RefuseUnsupported checked
+  // the field's shape).
+  req.options.json_object = Has(body, "response_format") && body["response_format"]["type"] == "json_object";
   std::optional<int> max_tokens, max_completion_tokens;
   if (!ParseMaxTokens(body, "max_tokens", limits, &max_tokens, error)) return std::nullopt;
   if (chat && !ParseMaxTokens(body, "max_completion_tokens", limits, &max_completion_tokens, error))

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fake_classifier.h"
+#include "fedge/agent/llm/json_grammar.h"
 #include "fedge/agent/runtime/inference_api.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
@@ -465,6 +466,16 @@ TEST(LlmServingQwen3Test, ToolsReachThePromptAsLlama32RendersThem) {
   }
 }
 
+// Training options that fit a tiny model's LoRA to one example (60 steps).
+TrainOptions FitOneExample() {
+  TrainOptions train;
+  train.steps = 60;
+  train.batch_size = 1;
+  train.learning_rate = 2e-2;
+  train.weight_decay = 0;
+  return train;
+}
+
 // A model that writes a call: a tiny model with a LoRA adapter trained (as an agent
 // trains one) to answer the tools prompt with a call in its template's format,
 // installed as the global adapter. Served, the reply is a tool call, streamed or not:
@@ -491,11 +502,7 @@ void ExpectTrainedModelCallsTheTool(const std::string& golden, const std::string
   options.default_system = lm.chat_default_system();
   auto prompt = llm::ApplyChatTemplate(*lm.chat_format(), {{"user", "Time?"}}, options);
   ASSERT_TRUE(prompt.ok());
-  TrainOptions train;
-  train.steps = 60;
-  train.batch_size = 1;
-  train.learning_rate = 2e-2;
-  train.weight_decay = 0;
+  const TrainOptions train = FitOneExample();
   auto trained = (*trainer)->Train({{*prompt, -1, call}}, train);
   ASSERT_TRUE(trained.ok()) << trained.status().ToString();
   std::unique_ptr<ServingModel> serving = testing::ServeLlm(o, -1);
@@ -552,6 +559,79 @@ TEST(LlmServingQwen3Test, AModelTrainedToCallAToolAnswersWithToolCalls) {
   ExpectTrainedModelCallsTheTool(
       "tiny_qwen2", "qwen2_5.jinja",
       "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"UTC\"}}\n</tool_call>");
+}
+
+// JSON mode (response_format json_object) served: a random tiny model's replies,
+// sampled, are prefixes of a JSON object (without it they are not), and one that ends
+// by itself is a whole object; a model trained to answer with an object answers with
+// it and ends there, streamed the same; DeepSeek-R1's reply (reasoning first) refuses it.
+TEST(LlmServingQwen3Test, JsonModeRepliesAreJsonObjects) {
+  ChatModel m("tiny_qwen2", "qwen2_5.jinja", 96, /*context=*/1024);
+  LlmModelOptions o = testing::TinyLlmOptions();
+  o.model_dir = m.dir.string();
+  o.max_seq_len = 512;
+  o.lora.rank = 8;
+  o.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  std::unique_ptr<ServingModel> random = testing::ServeLlm(o, 1);
+  ASSERT_NE(random, nullptr);
+  InferenceApi random_api(random.get(), nullptr, nullptr);
+  auto body = [](int seed, bool json_mode) {
+    return R"({"max_tokens": 48, "temperature": 1.0, "seed": )" + std::to_string(seed) +
+           (json_mode ? R"(, "response_format": {"type": "json_object"})" : "") +
+           R"(, "messages": [{"role": "user", "content": "Answer in JSON."}]})";
+  };
+  int plain_not_json = 0;
+  for (int seed = 1; seed <= 8; ++seed) {
+    HttpResponse r = random_api.ChatCompletions(Post("/v1/chat/completions", body(seed, true)));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json choice = json::parse(r.body)["choices"][0];
+    const std::string text = choice["message"]["content"].get<std::string>();
+    llm::JsonPrefix prefix;
+    EXPECT_TRUE(prefix.FeedAll(text)) << seed << ": " << text;
+    EXPECT_EQ(
+        text.substr(
+            text.find_first_not_of(" \t\r\n") == std::string::npos ? 0 : text.find_first_not_of(" \t\r\n"),
+            1),
+        "{")
+        << text;
+    if (choice["finish_reason"] == "stop") EXPECT_TRUE(json::parse(text).is_object()) << text;
+    HttpResponse plain = random_api.ChatCompletions(Post("/v1/chat/completions", body(seed, false)));
+    ASSERT_EQ(plain.status, 200) << plain.body;
+    llm::JsonPrefix plain_prefix;
+    if (!plain_prefix.FeedAll(json::parse(plain.body)["choices"][0]["message"]["content"].get<std::string>()))
+      ++plain_not_json;
+  }
+  EXPECT_GT(plain_not_json, 0);  // the constraint is what makes the replies JSON
+
+  auto trainer = LlmModel::Load(o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status().ToString();
+  llm::ChatTemplateOptions options;
+  options.default_system = (*trainer)->lm().chat_default_system();
+  auto prompt = llm::ApplyChatTemplate(llm::ChatFormat::kChatMl, {{"user", "Answer in JSON."}}, options);
+  ASSERT_TRUE(prompt.ok());
+  const TrainOptions train = FitOneExample();
+  const std::string answer = R"({"answer": 42, "unit": "m"})";
+  ASSERT_TRUE((*trainer)->Train({{*prompt, -1, answer}}, train).ok());
+  std::unique_ptr<ServingModel> serving = testing::ServeLlm(o, -1);
+  ASSERT_NE(serving, nullptr);
+  ASSERT_TRUE(serving->Install((*trainer)->ExportTrainable(), 2).ok());
+  InferenceApi api(serving.get(), nullptr, nullptr);
+  const std::string trained_body =
+      R"({"max_tokens": 64, "temperature": 0, "response_format": {"type": "json_object"},
+          "messages": [{"role": "user", "content": "Answer in JSON."}])";
+  HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", trained_body + "}"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json choice = json::parse(r.body)["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "stop") << r.body;
+  EXPECT_EQ(json::parse(choice["message"]["content"].get<std::string>()), json::parse(answer)) << r.body;
+  EXPECT_EQ(StreamedReply(api, trained_body + R"(, "stream": true})").content, choice["message"]["content"]);
+
+  ChatModel r1("tiny_qwen2", "deepseek_r1_distill.jinja", 96);
+  ASSERT_NE(r1.serving, nullptr);
+  InferenceApi r1_api(r1.serving.get(), nullptr, nullptr);
+  r = r1_api.ChatCompletions(Post("/v1/chat/completions", body(1, true)));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_EQ(json::parse(r.body)["error"]["code"], "unsupported_for_model") << r.body;
 }
 
 // Qwen2.5's template writes "You are Qwen, created by Alibaba Cloud. ..." when the

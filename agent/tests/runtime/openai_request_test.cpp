@@ -156,7 +156,6 @@ TEST(OpenAiRequestTest, UnsupportedFeaturesAreRefusedNamingTheField) {
       {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
       {R"("functions": [{"name": "f"}])", "functions"},
       {R"("function_call": "auto")", "function_call"},
-      {R"("response_format": {"type": "json_object"})", "response_format"},
       {R"("response_format": {"type": "json_schema", "json_schema": {"name": "x"}})", "response_format"},
       {R"("logprobs": true)", "logprobs"},
       {R"("top_logprobs": 3)", "top_logprobs"},
@@ -204,6 +203,11 @@ TEST(OpenAiRequestTest, OffValuesOfUnsupportedFeaturesAreAccepted) {
                     "metadata": {"k": "v"}, "store": false, "model": "anything"})",
                 &e);
   ASSERT_TRUE(r) << e.message;
+  EXPECT_FALSE(r->options.json_object);
+  // JSON mode is served (json_grammar.h): the generation options carry it.
+  auto json_mode = Chat(std::string("{") + kHi + R"(, "response_format": {"type": "json_object"}})", &e);
+  ASSERT_TRUE(json_mode) << e.message;
+  EXPECT_TRUE(json_mode->options.json_object);
   auto c = Completion(
       R"({"prompt": ["one prompt"], "echo": false, "best_of": 1, "logprobs": null, "suffix": ""})", &e);
   ASSERT_TRUE(c) << e.message;

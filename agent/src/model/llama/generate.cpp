@@ -3,7 +3,9 @@
 #include <cmath>
 #include <memory>
 #include <numeric>
+#include <optional>
 
+#include "fedge/agent/llm/json_grammar.h"
 #include "llama/generate.h"
 #include "torch_call.h"
 
@@ -176,6 +178,9 @@ class TorchGenerationSession final : public GenerationSession {
         scanner_(options_.stop) {
     result_.prompt_tokens = prompt_len;
     result_.finish_reason = FinishReason::kLength;
+    if (options_.json_object) {
+      json_.emplace(&tokenizer_.TextBytesTable(), options_.stop_at_eos ? eos_ids_ : std::vector<int64_t>{});
+    }
   }
 
   bool done() const override { return done_; }
@@ -213,11 +218,15 @@ class TorchGenerationSession final : public GenerationSession {
   void Accept(const float* logits) {
     const LlamaConfig& config = model_->config();
     row_.assign(logits, logits + config.vocab_size);
+    // JSON mode: nothing may follow (no token continues the object, or it is closed
+    // and no EOS may end it): the reply ends here.
+    if (json_ && json_->Mask(row_.data(), config.vocab_size) == 0) return Finish(FinishReason::kStop);
     const int32_t id = sampler_.Sample(row_);
     if (options_.stop_at_eos && std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end()) {
       return Finish(FinishReason::kStop);
     }
     result_.token_ids.push_back(id);
+    if (json_) json_->Accept(id);
     if (options_.on_token) options_.on_token(id);
     // Special tokens (<|im_end|>, ...) are control, not text: skipped as
     // tokenizers' decode(skip_special_tokens=True) and transformers pipelines do.
@@ -263,7 +272,8 @@ class TorchGenerationSession final : public GenerationSession {
   const GenerationOptions options_;
   const TextCallback on_text_;
   TokenSampler sampler_;
-  StopScanner scanner_;  // refers to options_.stop
+  StopScanner scanner_;                 // refers to options_.stop
+  std::optional<JsonConstraint> json_;  // JSON mode
   GenerationResult result_;
   KvCache cache_;
   std::vector<float> row_;

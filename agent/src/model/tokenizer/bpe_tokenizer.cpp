@@ -490,6 +490,9 @@ struct BpeTokenizer::Impl {
   std::string word_marker;
   std::unordered_set<std::string> joins_marker;  // characters some token has before a word_marker
   std::vector<int32_t> prefix;                   // post_processor: special tokens before $A
+  // TextBytesTable(), built on first use.
+  mutable std::once_flag text_bytes_once;
+  mutable std::vector<std::string> text_bytes;
 
   static uint64_t PairKey(int32_t a, int32_t b) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
@@ -1470,6 +1473,17 @@ bool BpeTokenizer::StripsLeadingSpace() const {
     if (d.type == DecoderStep::kMetaspace && d.scheme != PrependScheme::kNever) return true;
   }
   return false;
+}
+
+const std::vector<std::string>& BpeTokenizer::TextBytesTable() const {
+  const Impl& m = *impl_;
+  std::call_once(m.text_bytes_once, [&] {
+    m.text_bytes.resize(m.id_to_token.size());
+    for (size_t id = 0; id < m.id_to_token.size(); ++id) {
+      if (!IsSpecial(static_cast<int32_t>(id))) m.text_bytes[id] = TokenBytes(static_cast<int32_t>(id));
+    }
+  });
+  return m.text_bytes;
 }
 
 std::string BpeTokenizer::TokenBytes(int32_t id) const {

@@ -94,6 +94,9 @@ class BpeTokenizer {
   // concatenated they are the text, with a SentencePiece word marker as a space
   // (including a leading one, which Decode strips) and <0xXX> as its byte.
   std::string TokenBytes(int32_t id) const;
+  // TokenBytes of every id, special tokens empty (generated text leaves them out):
+  // built on first use, once per loaded tokenizer (copies share it). Thread-safe.
+  const std::vector<std::string>& TextBytesTable() const;
 
   // Id of a vocabulary or added token given by its tokenizer.json spelling.
   std::optional<int32_t> TokenToId(std::string_view token) const;

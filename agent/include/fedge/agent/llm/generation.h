@@ -51,6 +51,11 @@ struct GenerationOptions {
   // carries its word marker (" Hello" after Llama 2's [/INST]), which tokenizers'
   // decode strips (BpeTokenizer::StripsLeadingSpace).
   bool strip_leading_space = false;
+  // JSON mode (response_format {"type": "json_object"}): each token is sampled from
+  // those that keep the text a prefix of a JSON object, and generation may end (EOS)
+  // only once the object is closed (JsonConstraint, json_grammar.h). A reply cut by
+  // max_new_tokens or the context is an unfinished object.
+  bool json_object = false;
   // Optional. Polled before each decode step; once it returns true generation ends
   // there with FinishReason::kCancelled (e.g. the client of a stream went away).
   // Called on the generating thread.

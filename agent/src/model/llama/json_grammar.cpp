@@ -1,0 +1,232 @@
+#include "fedge/agent/llm/json_grammar.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace fedge::agent::llm {
+namespace {
+
+bool IsSpace(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool IsDigit(unsigned char c) { return c >= '0' && c <= '9'; }
+bool IsHex(unsigned char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+}  // namespace
+
+bool JsonPrefix::Space() { return ++space_run_ <= 2 + 4 * depth_; }
+
+void JsonPrefix::ValueEnded() { state_ = depth_ == 0 ? State::kDone : State::kCommaOrEnd; }
+
+bool JsonPrefix::FeedAfterValue(unsigned char c) {
+  ValueEnded();
+  return Feed(c);
+}
+
+bool JsonPrefix::StartValue(unsigned char c) {
+  switch (c) {
+    case '{':
+    case '[':
+      if (depth_ == kMaxDepth) return false;
+      stack_[static_cast<size_t>(depth_++)] = static_cast<char>(c);
+      state_ = c == '{' ? State::kKeyOrEnd : State::kValueOrEnd;
+      return true;
+    case '"':
+      string_is_key_ = false;
+      state_ = State::kString;
+      return true;
+    case '-':
+      state_ = State::kMinus;
+      return true;
+    case '0':
+      state_ = State::kZero;
+      return true;
+    case 't':
+    case 'f':
+    case 'n':
+      literal_ = c == 't' ? "true" : c == 'f' ? "false" : "null";
+      literal_at_ = 1;
+      state_ = State::kLiteral;
+      return true;
+    default:
+      if (c >= '1' && c <= '9') {
+        state_ = State::kDigits;
+        return true;
+      }
+      return false;
+  }
+}
+
+bool JsonPrefix::Feed(unsigned char c) {
+  const bool in_token = state_ == State::kString || state_ == State::kEscape || state_ == State::kUnicode;
+  if (!in_token && !IsSpace(c)) space_run_ = 0;
+  switch (state_) {
+    case State::kStart:
+      if (IsSpace(c)) return Space();
+      if (c != '{') return false;  // the top-level value is an object
+      return StartValue(c);
+    case State::kDone:
+      return false;
+    case State::kValue:
+      if (IsSpace(c)) return Space();
+      return StartValue(c);
+    case State::kValueOrEnd:
+      if (IsSpace(c)) return Space();
+      if (c == ']') {
+        --depth_;
+        ValueEnded();
+        return true;
+      }
+      return StartValue(c);
+    case State::kKeyOrEnd:
+    case State::kKey:
+      if (IsSpace(c)) return Space();
+      if (c == '}' && state_ == State::kKeyOrEnd) {
+        --depth_;
+        ValueEnded();
+        return true;
+      }
+      if (c != '"') return false;
+      string_is_key_ = true;
+      state_ = State::kString;
+      return true;
+    case State::kColon:
+      if (IsSpace(c)) return Space();
+      if (c != ':') return false;
+      state_ = State::kValue;
+      return true;
+    case State::kCommaOrEnd: {
+      if (IsSpace(c)) return Space();
+      const char open = stack_[static_cast<size_t>(depth_ - 1)];
+      if (c == ',') {
+        state_ = open == '{' ? State::kKey : State::kValue;
+        return true;
+      }
+      if ((c == '}' && open == '{') || (c == ']' && open == '[')) {
+        --depth_;
+        ValueEnded();
+        return true;
+      }
+      return false;
+    }
+    case State::kString:
+      if (c == '"') {
+        if (string_is_key_) {
+          state_ = State::kColon;
+        } else {
+          ValueEnded();
+        }
+        return true;
+      }
+      if (c == '\\') {
+        state_ = State::kEscape;
+        return true;
+      }
+      return c >= 0x20;  // control characters must be escaped; UTF-8 bytes pass
+    case State::kEscape:
+      if (c == 'u') {
+        hex_left_ = 4;
+        state_ = State::kUnicode;
+        return true;
+      }
+      if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
+        state_ = State::kString;
+        return true;
+      }
+      return false;
+    case State::kUnicode:
+      if (!IsHex(c)) return false;
+      if (--hex_left_ == 0) state_ = State::kString;
+      return true;
+    case State::kMinus:
+      if (c == '0') {
+        state_ = State::kZero;
+        return true;
+      }
+      if (c >= '1' && c <= '9') {
+        state_ = State::kDigits;
+        return true;
+      }
+      return false;
+    case State::kZero:
+    case State::kDigits:
+      if (IsDigit(c) && state_ == State::kDigits) return true;
+      if (c == '.') {
+        state_ = State::kDot;
+        return true;
+      }
+      if (c == 'e' || c == 'E') {
+        state_ = State::kExponent;
+        return true;
+      }
+      return FeedAfterValue(c);
+    case State::kDot:
+      if (!IsDigit(c)) return false;
+      state_ = State::kFraction;
+      return true;
+    case State::kFraction:
+      if (IsDigit(c)) return true;
+      if (c == 'e' || c == 'E') {
+        state_ = State::kExponent;
+        return true;
+      }
+      return FeedAfterValue(c);
+    case State::kExponent:
+      if (c == '+' || c == '-') {
+        state_ = State::kExponentSign;
+        return true;
+      }
+      [[fallthrough]];
+    case State::kExponentSign:
+      if (!IsDigit(c)) return false;
+      state_ = State::kExponentDigits;
+      return true;
+    case State::kExponentDigits:
+      if (IsDigit(c)) return true;
+      return FeedAfterValue(c);
+    case State::kLiteral:
+      if (c != static_cast<unsigned char>(literal_[literal_at_])) return false;
+      if (literal_[++literal_at_] == '\0') ValueEnded();
+      return true;
+  }
+  return false;
+}
+
+bool JsonPrefix::FeedAll(std::string_view bytes) {
+  for (const char c : bytes) {
+    if (!Feed(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+JsonConstraint::JsonConstraint(const std::vector<std::string>* token_bytes, std::vector<int64_t> end_ids)
+    : token_bytes_(token_bytes), end_ids_(std::move(end_ids)) {}
+
+int64_t JsonConstraint::Mask(float* logits, int64_t vocab_size) const {
+  constexpr float kOff = -std::numeric_limits<float>::infinity();
+  const bool complete = prefix_.Complete();
+  int64_t allowed = 0;
+  for (int64_t id = 0; id < vocab_size; ++id) {
+    bool ok;
+    if (std::find(end_ids_.begin(), end_ids_.end(), id) != end_ids_.end()) {
+      ok = complete;  // the reply may end only with the object closed
+    } else if (complete || static_cast<size_t>(id) >= token_bytes_->size() ||
+               (*token_bytes_)[static_cast<size_t>(id)].empty()) {
+      ok = false;  // after the object nothing but the end; special and unknown ids never
+    } else {
+      JsonPrefix next = prefix_;
+      ok = next.FeedAll((*token_bytes_)[static_cast<size_t>(id)]);
+    }
+    if (ok) {
+      ++allowed;
+    } else {
+      logits[id] = kOff;
+    }
+  }
+  return allowed;
+}
+
+void JsonConstraint::Accept(int32_t id) {
+  if (static_cast<size_t>(id) < token_bytes_->size())
+    prefix_.FeedAll((*token_bytes_)[static_cast<size_t>(id)]);
+}
+
+}  // namespace fedge::agent::llm
