@@ -482,8 +482,9 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
             ") has no tool calling fedge knows (Qwen2.5's and Qwen3's Hermes <tool_call> "
             "format, Llama 3.1 / 3.2's JSON): remove 'tools', tool messages and tool_calls");
       }
-      if (req.options.json_object && llm::ChatReplyThinks(*format) == llm::ChatReasoning::kStartsInside) {
-        return UnimplementedError("'response_format' json_object: this model's reply (" +
+      if ((req.options.json_object || req.options.json_schema) &&
+          llm::ChatReplyThinks(*format) == llm::ChatReasoning::kStartsInside) {
+        return UnimplementedError("'response_format' json_object / json_schema: this model's reply (" +
                                   std::string(llm::ChatFormatName(*format)) +
                                   ") starts inside its reasoning, which JSON mode would constrain too: send "
                                   "{\"type\": \"text\"}");

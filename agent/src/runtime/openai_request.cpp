@@ -1,5 +1,6 @@
 #include "fedge/agent/runtime/openai_request.h"
 
+#include "fedge/agent/llm/json_schema.h"
 #include "fedge/agent/llm/tool_calls.h"
 
 #include <algorithm>
@@ -211,6 +212,62 @@ bool ParseStreaming(const Json& body, GenerationRequest* req, ApiErrorInfo* erro
 }
 
 // The feature fields neither endpoint implements: refused unless off.
+// response_format (RefuseUnsupported checked its type): json_object is JSON mode;
+// json_schema {"name", "schema"?, "strict"?, "description"?} compiles the schema
+// (json_schema.h), or takes any object without one.
+bool ParseResponseFormat(const Json& body, llm::GenerationOptions* options, ApiErrorInfo* error) {
+  if (!Has(body, "response_format")) return true;
+  const Json& rf = body["response_format"];
+  const std::string type = rf["type"].get<std::string>();
+  for (const auto& [key, value] : rf.items()) {
+    if (key != "type" && !(type == "json_schema" && key == "json_schema"))
+      return Fail(error, "'response_format." + key + "' is not a field of a " + type + " response format",
+                  "response_format." + key, "unknown_parameter");
+  }
+  if (type == "json_object") options->json_object = true;
+  if (type != "json_schema") return true;
+  if (!rf.contains("json_schema") || !rf["json_schema"].is_object())
+    return Fail(error, "'response_format.json_schema' must be an object {\"name\", \"schema\"}",
+                "response_format.json_schema", "invalid_type");
+  const Json& js = rf["json_schema"];
+  for (const auto& [key, value] : js.items()) {
+    if (key != "name" && key != "schema" && key != "strict" && key != "description")
+      return Fail(error,
+                  "'response_format.json_schema." + key +
+                      "' is not a field of a JSON schema format (name, schema, strict, description)",
+                  "response_format.json_schema." + key, "unknown_parameter");
+  }
+  const bool name_ok = js.contains("name") && js["name"].is_string() &&
+                       !js["name"].get<std::string>().empty() && js["name"].get<std::string>().size() <= 64 &&
+                       [&] {
+                         for (char c : js["name"].get<std::string>())
+                           if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-')
+                             return false;
+                         return true;
+                       }();
+  if (!name_ok)
+    return Fail(error, "'response_format.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'",
+                "response_format.json_schema.name", "invalid_value");
+  if (Has(js, "strict") && !js["strict"].is_boolean())
+    return Fail(error, "'response_format.json_schema.strict' must be a boolean",
+                "response_format.json_schema.strict", "invalid_type");
+  if (Has(js, "description") && !js["description"].is_string())
+    return Fail(error, "'response_format.json_schema.description' must be a string",
+                "response_format.json_schema.description", "invalid_type");
+  // No schema: any object (OpenAI's field is optional).
+  const std::string schema = Has(js, "schema") ? js["schema"].dump() : std::string(R"({"type": "object"})");
+  auto compiled = llm::CompileJsonSchema(schema);
+  if (!compiled.ok()) {
+    const bool unsupported = compiled.status().code() == StatusCode::kUnimplemented;
+    return Fail(error,
+                "invalid schema for response_format '" + js["name"].get<std::string>() +
+                    "': " + compiled.status().message(),
+                "response_format.json_schema.schema", unsupported ? "unsupported_value" : "invalid_value");
+  }
+  options->json_schema = std::move(compiled).value();
+  return true;
+}
+
 bool RefuseUnsupported(const Json& body, GenerationEndpoint endpoint, ApiErrorInfo* error) {
   auto n_is_one = [](const Json& v) { return v.is_number_integer() && v.get<int64_t>() == 1; };
   if (!RefuseUnlessOff(body, "n", n_is_one,
@@ -255,12 +312,13 @@ bool RefuseUnsupported(const Json& body, GenerationEndpoint endpoint, ApiErrorIn
     std::string type = rf.is_object() && rf.contains("type") && rf["type"].is_string()
                            ? rf["type"].get<std::string>()
                            : std::string();
-    if (type != "text" && type != "json_object") {  // json_object: JSON mode (ParseGenerationRequest)
+    // json_object and json_schema: read by ParseResponseFormat.
+    if (type != "text" && type != "json_object" && type != "json_schema") {
       return Fail(error,
                   "'response_format' " +
                       (type.empty() ? std::string("must be an object with a 'type'") : "'" + type + "'") +
-                      " is not supported by this server: {\"type\": \"text\"} or {\"type\": \"json_object\"} "
-                      "(json_schema needs schema-constrained decoding, not implemented)",
+                      " is not supported by this server: its type is \"text\", \"json_object\" or "
+                      "\"json_schema\"",
                   "response_format", "unsupported_parameter");
     }
   }
@@ -629,9 +687,7 @@ std::optional<GenerationRequest> ParseGenerationRequest(std::string_view text, G
            : !ParsePrompt(body, limits, &req.prompt, error))
     return std::nullopt;
   if (!RefuseUnsupported(body, endpoint, error)) return std::nullopt;
-  // JSON mode: the reply is constrained to a JSON object (RefuseUnsupported checked
-  // the field's shape).
-  req.options.json_object = Has(body, "response_format") && body["response_format"]["type"] == "json_object";
+  if (chat && !ParseResponseFormat(body, &req.options, error)) return std::nullopt;
   std::optional<int> max_tokens, max_completion_tokens;
   if (!ParseMaxTokens(body, "max_tokens", limits, &max_tokens, error)) return std::nullopt;
   if (chat && !ParseMaxTokens(body, "max_completion_tokens", limits, &max_completion_tokens, error))

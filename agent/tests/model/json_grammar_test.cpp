@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "random_json.h"
+
 namespace fedge::agent::llm {
 namespace {
 
@@ -79,67 +81,21 @@ TEST(JsonGrammarTest, AcceptsPrefixesOfObjectsAndCompletesOnlyAtTheEnd) {
   EXPECT_FALSE(Feed(deep + "[").first);
 }
 
-nlohmann::json RandomValue(std::mt19937& rng, int depth) {
-  std::uniform_int_distribution<int> kind(0, depth > 3 ? 4 : 6);
-  switch (kind(rng)) {
-    case 0:
-      return nullptr;
-    case 1:
-      return rng() % 2 == 0;
-    case 2:
-      return static_cast<int64_t>(rng() % 2000) - 1000;
-    case 3:
-      return std::ldexp(static_cast<double>(rng() % 100000) - 50000, -static_cast<int>(rng() % 20));
-    case 4: {
-      std::string s;
-      static const char* const kPieces[] = {"a", "\"", "\\", "\n", "\x01", "/", "\xc3\xa9", " ", "\u6771"};
-      for (int i = 0, n = static_cast<int>(rng() % 6); i < n; ++i) s += kPieces[rng() % 9];
-      return s;
-    }
-    case 5: {
-      nlohmann::json a = nlohmann::json::array();
-      for (int i = 0, n = static_cast<int>(rng() % 4); i < n; ++i) a.push_back(RandomValue(rng, depth + 1));
-      return a;
-    }
-    default: {
-      nlohmann::json o = nlohmann::json::object();
-      for (int i = 0, n = static_cast<int>(rng() % 4); i < n; ++i)
-        o["k" + std::to_string(rng() % 5)] = RandomValue(rng, depth + 1);
-      return o;
-    }
-  }
-}
-
 TEST(JsonGrammarTest, AgreesWithNlohmannOnRandomObjectsAndEditsOfThem) {
   std::mt19937 rng(7);
-  // No whitespace: the automaton bounds runs of it, nlohmann does not.
-  const std::string alphabet = "{}[]\",:0123456789-+.eEtrufalsn\\/ab";
+  const std::string alphabet = kJsonEditAlphabet;
   int edited_valid = 0, edited_invalid = 0;
   for (int trial = 0; trial < 3000; ++trial) {
     nlohmann::json obj = nlohmann::json::object();
     for (int i = 0, n = static_cast<int>(rng() % 4); i < n; ++i)
-      obj["k" + std::to_string(i)] = RandomValue(rng, 1);
+      obj["k" + std::to_string(i)] = RandomJsonValue(rng, 1);
     // ASCII (non-ASCII text as \u escapes), so that an edit cannot split a UTF-8
     // sequence: nlohmann checks UTF-8, which the automaton leaves to the tokenizer.
     const std::string doc = obj.dump(rng() % 2 == 0 ? -1 : 2, ' ', /*ensure_ascii=*/true);
     for (size_t n = 0; n < doc.size(); ++n) ASSERT_TRUE(Feed(doc.substr(0, n)).first) << doc << " at " << n;
     ASSERT_EQ(Feed(doc), std::make_pair(true, true)) << doc;
     // One to three random edits.
-    std::string edited = doc;
-    for (int e = 0, n = 1 + static_cast<int>(rng() % 3); e < n; ++e) {
-      const size_t at = rng() % (edited.size() + 1);
-      const char c = alphabet[rng() % alphabet.size()];
-      switch (rng() % 3) {
-        case 0:
-          edited.insert(at, 1, c);
-          break;
-        case 1:
-          if (at < edited.size()) edited.erase(at, 1);
-          break;
-        default:
-          if (at < edited.size()) edited[at] = c;
-      }
-    }
+    const std::string edited = RandomEdits(rng, doc, alphabet);
     bool want;
     try {
       want = nlohmann::json::parse(edited).is_object();

@@ -178,8 +178,11 @@ class TorchGenerationSession final : public GenerationSession {
         scanner_(options_.stop) {
     result_.prompt_tokens = prompt_len;
     result_.finish_reason = FinishReason::kLength;
-    if (options_.json_object) {
-      json_.emplace(&tokenizer_.TextBytesTable(), options_.stop_at_eos ? eos_ids_ : std::vector<int64_t>{});
+    const std::vector<int64_t> end_ids = options_.stop_at_eos ? eos_ids_ : std::vector<int64_t>{};
+    if (options_.json_schema) {
+      json_.emplace(&tokenizer_.TextBytesTable(), end_ids, options_.json_schema);
+    } else if (options_.json_object) {
+      json_.emplace(&tokenizer_.TextBytesTable(), end_ids);
     }
   }
 

@@ -200,9 +200,16 @@ bool JsonPrefix::FeedAll(std::string_view bytes) {
 JsonConstraint::JsonConstraint(const std::vector<std::string>* token_bytes, std::vector<int64_t> end_ids)
     : token_bytes_(token_bytes), end_ids_(std::move(end_ids)) {}
 
-int64_t JsonConstraint::Mask(float* logits, int64_t vocab_size) const {
+JsonConstraint::JsonConstraint(const std::vector<std::string>* token_bytes, std::vector<int64_t> end_ids,
+                               std::shared_ptr<const JsonSchema> schema)
+    : token_bytes_(token_bytes), end_ids_(std::move(end_ids)) {
+  schema_prefix_.emplace(schema);
+  scratch_.emplace(std::move(schema));
+}
+
+template <typename Fits>
+int64_t JsonConstraint::MaskWith(float* logits, int64_t vocab_size, bool complete, const Fits& fits) const {
   constexpr float kOff = -std::numeric_limits<float>::infinity();
-  const bool complete = prefix_.Complete();
   int64_t allowed = 0;
   for (int64_t id = 0; id < vocab_size; ++id) {
     bool ok;
@@ -212,8 +219,7 @@ int64_t JsonConstraint::Mask(float* logits, int64_t vocab_size) const {
                (*token_bytes_)[static_cast<size_t>(id)].empty()) {
       ok = false;  // after the object nothing but the end; special and unknown ids never
     } else {
-      JsonPrefix next = prefix_;
-      ok = next.FeedAll((*token_bytes_)[static_cast<size_t>(id)]);
+      ok = fits((*token_bytes_)[static_cast<size_t>(id)]);
     }
     if (ok) {
       ++allowed;
@@ -224,9 +230,27 @@ int64_t JsonConstraint::Mask(float* logits, int64_t vocab_size) const {
   return allowed;
 }
 
+int64_t JsonConstraint::Mask(float* logits, int64_t vocab_size) const {
+  if (schema_prefix_) {
+    return MaskWith(logits, vocab_size, schema_prefix_->Complete(), [this](const std::string& bytes) {
+      schema_prefix_->CopyTo(&*scratch_);
+      return scratch_->FeedAll(bytes);
+    });
+  }
+  return MaskWith(logits, vocab_size, prefix_.Complete(), [this](const std::string& bytes) {
+    JsonPrefix next = prefix_;
+    return next.FeedAll(bytes);
+  });
+}
+
 void JsonConstraint::Accept(int32_t id) {
-  if (static_cast<size_t>(id) < token_bytes_->size())
-    prefix_.FeedAll((*token_bytes_)[static_cast<size_t>(id)]);
+  if (static_cast<size_t>(id) >= token_bytes_->size()) return;
+  const std::string& bytes = (*token_bytes_)[static_cast<size_t>(id)];
+  if (schema_prefix_) {
+    schema_prefix_->FeedAll(bytes);
+  } else {
+    prefix_.FeedAll(bytes);
+  }
 }
 
 }  // namespace fedge::agent::llm

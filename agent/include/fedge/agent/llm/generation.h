@@ -3,12 +3,15 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace fedge::agent::llm {
+
+class JsonSchema;  // json_schema.h
 
 struct SamplingOptions {
   double temperature = 1.0;  // <= 0: greedy (argmax; the lowest id on ties)
@@ -56,6 +59,10 @@ struct GenerationOptions {
   // only once the object is closed (JsonConstraint, json_grammar.h). A reply cut by
   // max_new_tokens or the context is an unfinished object.
   bool json_object = false;
+  // Structured outputs (response_format {"type": "json_schema"}): as JSON mode, with
+  // the object one this compiled schema accepts (CompileJsonSchema, json_schema.h).
+  // Takes precedence over json_object.
+  std::shared_ptr<const JsonSchema> json_schema;
   // Optional. Polled before each decode step; once it returns true generation ends
   // there with FinishReason::kCancelled (e.g. the client of a stream went away).
   // Called on the generating thread.

@@ -12,9 +12,13 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "fedge/agent/llm/json_schema.h"
 
 namespace fedge::agent::llm {
 
@@ -75,22 +79,30 @@ class JsonPrefix {
 
 // The constraint over a vocabulary: `token_bytes[id]` is the text token `id` stands
 // for (BpeTokenizer::TokenBytes; empty for special and unknown ids, which are never
-// allowed), `end_ids` the end-of-sequence ids.
+// allowed), `end_ids` the end-of-sequence ids. The reply is any JSON object
+// (JsonPrefix), or with a schema one the schema accepts (JsonSchemaPrefix).
 class JsonConstraint {
  public:
   JsonConstraint(const std::vector<std::string>* token_bytes, std::vector<int64_t> end_ids);
+  JsonConstraint(const std::vector<std::string>* token_bytes, std::vector<int64_t> end_ids,
+                 std::shared_ptr<const JsonSchema> schema);
 
   // Sets logits[id] to -infinity for every token the reply may not continue with.
   // Returns how many remain allowed (0: nothing can follow; the caller ends).
   int64_t Mask(float* logits, int64_t vocab_size) const;
   // The sampled token: its bytes are fed (an end id changes nothing).
   void Accept(int32_t id);
-  bool Complete() const { return prefix_.Complete(); }
+  bool Complete() const { return schema_prefix_ ? schema_prefix_->Complete() : prefix_.Complete(); }
 
  private:
+  template <typename Fits>
+  int64_t MaskWith(float* logits, int64_t vocab_size, bool complete, const Fits& fits) const;
+
   const std::vector<std::string>* token_bytes_;
   std::vector<int64_t> end_ids_;
   JsonPrefix prefix_;
+  std::optional<JsonSchemaPrefix> schema_prefix_;
+  mutable std::optional<JsonSchemaPrefix> scratch_;  // Mask's copy, kept for its storage
 };
 
 }  // namespace fedge::agent::llm

@@ -1,0 +1,858 @@
+#include "fedge/agent/llm/json_schema.h"
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "fedge/agent/llm/json_grammar.h"
+
+namespace fedge::agent::llm {
+namespace {
+
+using Json = nlohmann::json;
+using Frame = JsonSchemaPrefix::Frame;
+using Alternative = JsonSchemaPrefix::Alternative;
+
+constexpr uint32_t kUnbounded = std::numeric_limits<uint32_t>::max();
+constexpr uint16_t kCountMax = std::numeric_limits<uint16_t>::max();  // counts saturate here
+
+enum class Kind : uint8_t { kAnyOf, kObject, kArray, kString, kNumber, kInteger, kLiterals };
+
+struct Property {
+  std::string key;  // as json.dumps writes it, quotes included
+  uint32_t node = 0;
+  bool required = false;
+};
+
+struct Node {
+  Kind kind = Kind::kAnyOf;
+  std::vector<uint32_t> options;     // kAnyOf (one option: an alias, as $ref makes)
+  std::vector<Property> properties;  // kObject, in the schema's order
+  // kObject: next_required[i] is the first required property at or after i
+  // (properties.size() if none); one entry per property and one past the end.
+  std::vector<uint32_t> next_required;
+  int64_t additional = -1;  // kObject listing no properties: the values' node; -1 takes no key
+  uint32_t items = 0;       // kArray
+  uint32_t min_items = 0, max_items = kUnbounded;
+  uint32_t min_length = 0, max_length = kUnbounded;  // kString, in characters
+  std::vector<std::string> literals;                 // kLiterals: JSON texts, sorted
+};
+
+bool IsSpace(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool IsDigit(unsigned char c) { return c >= '0' && c <= '9'; }
+bool IsHex(unsigned char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+}  // namespace
+
+class JsonSchema {
+ public:
+  std::vector<Node> nodes;
+  uint32_t root = 0;
+  uint32_t any_string = 0;  // keys of objects that list no properties
+};
+
+namespace {
+
+const std::set<std::string>& Annotations() {
+  static const std::set<std::string> k = {"title",    "description", "default",  "examples",
+                                          "$schema",  "$id",         "$comment", "deprecated",
+                                          "readOnly", "writeOnly",   "$defs",    "definitions"};
+  return k;
+}
+
+const std::set<std::string>& Constraints() {
+  static const std::set<std::string> k = {"type",      "properties", "required", "additionalProperties",
+                                          "items",     "minItems",   "maxItems", "minLength",
+                                          "maxLength", "enum",       "const",    "anyOf",
+                                          "allOf",     "$ref"};
+  return k;
+}
+
+// A key of a JSON pointer (RFC 6901): '~' as "~0", '/' as "~1".
+std::string PointerKey(const std::string& key) {
+  std::string out;
+  for (char c : key) {
+    if (c == '~') {
+      out += "~0";
+    } else if (c == '/') {
+      out += "~1";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string Dumps(const Json& value) { return value.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+class Compiler {
+ public:
+  Compiler(const Json& doc, const JsonSchemaLimits& limits, JsonSchema* out)
+      : doc_(doc), limits_(limits), out_(out) {}
+
+  Status Run() {
+    // Node 0 is the root (an alias of what the document compiles to), so "#" can be
+    // referred to before it is built.
+    out_->nodes.emplace_back();
+    Node any_string;
+    any_string.kind = Kind::kString;
+    FEDGE_ASSIGN_OR_RETURN(out_->any_string, Add(std::move(any_string)));
+    FEDGE_ASSIGN_OR_RETURN(uint32_t root, Compile(doc_, "#"));
+    out_->nodes[0].options = {root};
+    // OpenAI's structured outputs take an object at the root; so does this server
+    // (a reply that is a bare number could never be known to have ended).
+    uint32_t r = root;
+    for (int hops = 0; out_->nodes[r].kind == Kind::kAnyOf && out_->nodes[r].options.size() == 1 && hops < 64;
+         ++hops)
+      r = out_->nodes[r].options[0];
+    if (out_->nodes[r].kind != Kind::kObject)
+      return InvalidArgumentError(
+          "the schema's root must be an object ({\"type\": \"object\", ...}), as "
+          "OpenAI's structured outputs require");
+    out_->root = 0;
+    return OkStatus();
+  }
+
+ private:
+  StatusOr<uint32_t> Add(Node node) {
+    if (out_->nodes.size() >= limits_.max_nodes)
+      return InvalidArgumentError("the schema is too large: more than " + std::to_string(limits_.max_nodes) +
+                                  " types, properties and enums");
+    out_->nodes.push_back(std::move(node));
+    return static_cast<uint32_t>(out_->nodes.size() - 1);
+  }
+
+  // Any JSON value (true, or a schema with no constraint), built once.
+  StatusOr<uint32_t> Any() {
+    if (any_ >= 0) return static_cast<uint32_t>(any_);
+    FEDGE_ASSIGN_OR_RETURN(uint32_t any, Add(Node{}));
+    any_ = any;
+    Node object;
+    object.kind = Kind::kObject;
+    object.additional = any;
+    object.next_required = {0};
+    Node array;
+    array.kind = Kind::kArray;
+    array.items = any;
+    Node number;
+    number.kind = Kind::kNumber;
+    Node literals;
+    literals.kind = Kind::kLiterals;
+    literals.literals = {"false", "null", "true"};
+    std::vector<uint32_t> options = {out_->any_string};
+    for (Node* n : {&object, &array, &number, &literals}) {
+      FEDGE_ASSIGN_OR_RETURN(uint32_t id, Add(std::move(*n)));
+      options.push_back(id);
+    }
+    out_->nodes[any].options = std::move(options);
+    return any;
+  }
+
+  Status Count(const Json& s, const char* key, const std::string& where, uint32_t* out) {
+    if (!s.contains(key)) return OkStatus();
+    const Json& v = s[key];
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+      return InvalidArgumentError(std::string("'") + key + "' at " + where +
+                                  " must be a non-negative integer");
+    *out = static_cast<uint32_t>(std::min<uint64_t>(v.get<uint64_t>(), kUnbounded));
+    return OkStatus();
+  }
+
+  StatusOr<uint32_t> Ref(const Json& ref, const std::string& where) {
+    if (!ref.is_string()) return InvalidArgumentError("'$ref' at " + where + " must be a string");
+    const auto name = ref.get<std::string>();
+    if (name == "#") return 0u;
+    if (auto it = refs_.find(name); it != refs_.end()) return it->second;
+    const Json* target = nullptr;
+    for (const char* defs : {"#/$defs/", "#/definitions/"}) {
+      const std::string prefix = defs;
+      if (name.compare(0, prefix.size(), prefix) != 0) continue;
+      std::string key;
+      for (size_t i = prefix.size(); i < name.size(); ++i) {  // RFC 6901 unescaping
+        if (name[i] == '~' && i + 1 < name.size() && (name[i + 1] == '0' || name[i + 1] == '1')) {
+          key += name[++i] == '0' ? '~' : '/';
+        } else if (name[i] == '/') {
+          return UnimplementedError("'$ref' " + name + " at " + where +
+                                    " is not supported: refer to a schema in '$defs' (#/$defs/Name)");
+        } else {
+          key += name[i];
+        }
+      }
+      const std::string section = prefix.substr(2, prefix.size() - 3);
+      if (doc_.is_object() && doc_.contains(section) && doc_[section].is_object() &&
+          doc_[section].contains(key))
+        target = &doc_[section][key];
+    }
+    if (target == nullptr)
+      return InvalidArgumentError("'$ref' " + name + " at " + where +
+                                  " names no schema: fedge resolves \"#\", \"#/$defs/Name\" and "
+                                  "\"#/definitions/Name\" within the schema");
+    FEDGE_ASSIGN_OR_RETURN(uint32_t alias, Add(Node{}));
+    refs_[name] = alias;  // before compiling it: the schema may refer to itself
+    FEDGE_ASSIGN_OR_RETURN(uint32_t id, Compile(*target, name));
+    out_->nodes[alias].options = {id};
+    return alias;
+  }
+
+  StatusOr<uint32_t> Compile(const Json& s, const std::string& where) {
+    if (s.is_boolean()) {
+      if (s.get<bool>()) return Any();
+      return InvalidArgumentError("the schema at " + where + " is false: it accepts nothing");
+    }
+    if (!s.is_object()) return InvalidArgumentError("the schema at " + where + " must be an object");
+    std::vector<std::string> constraints;
+    for (const auto& [key, value] : s.items()) {
+      if (Constraints().count(key) != 0) {
+        constraints.push_back(key);
+      } else if (Annotations().count(key) == 0) {
+        return UnimplementedError(
+            "'" + key + "' at " + where +
+            " is not supported: fedge holds replies to type, properties, required, additionalProperties, "
+            "items, minItems, maxItems, minLength, maxLength, enum, const, anyOf and $ref");
+      }
+    }
+    auto only = [&](const char* keyword) -> Status {
+      for (const std::string& k : constraints) {
+        if (k != keyword)
+          return UnimplementedError("'" + k + "' beside '" + keyword + "' at " + where +
+                                    " is not supported: put the constraints in the schema it names");
+      }
+      return OkStatus();
+    };
+    if (s.contains("$ref")) {
+      FEDGE_RETURN_IF_ERROR(only("$ref"));
+      return Ref(s["$ref"], where);
+    }
+    if (s.contains("allOf")) {
+      FEDGE_RETURN_IF_ERROR(only("allOf"));
+      if (!s["allOf"].is_array() || s["allOf"].size() != 1)
+        return UnimplementedError("'allOf' at " + where + " is supported with one schema only");
+      return Compile(s["allOf"][0], where + "/allOf/0");
+    }
+    if (s.contains("anyOf")) {
+      FEDGE_RETURN_IF_ERROR(only("anyOf"));
+      const Json& list = s["anyOf"];
+      if (!list.is_array() || list.empty())
+        return InvalidArgumentError("'anyOf' at " + where + " must be a non-empty array of schemas");
+      Node node;
+      for (size_t i = 0; i < list.size(); ++i) {
+        FEDGE_ASSIGN_OR_RETURN(uint32_t id, Compile(list[i], where + "/anyOf/" + std::to_string(i)));
+        node.options.push_back(id);
+      }
+      return Add(std::move(node));
+    }
+    std::vector<std::string> types;
+    if (s.contains("type")) {
+      const Json& t = s["type"];
+      if (t.is_string()) {
+        types.push_back(t.get<std::string>());
+      } else if (t.is_array() && !t.empty() &&
+                 std::all_of(t.begin(), t.end(), [](const Json& x) { return x.is_string(); })) {
+        for (const Json& x : t) types.push_back(x.get<std::string>());
+      } else {
+        return InvalidArgumentError("'type' at " + where +
+                                    " must be a type name or a non-empty array of them");
+      }
+      for (const std::string& t : types) {
+        static const std::set<std::string> kTypes = {"object",  "array",   "string", "number",
+                                                     "integer", "boolean", "null"};
+        if (kTypes.count(t) == 0)
+          return InvalidArgumentError("'type' at " + where + " names '" + t +
+                                      "', which is not a JSON Schema type (object, array, string, number, "
+                                      "integer, boolean, null)");
+      }
+    }
+    if (s.contains("enum") || s.contains("const")) return Literals(s, types, where);
+    if (types.empty()) {
+      for (const char* k : {"properties", "required", "additionalProperties"})
+        if (s.contains(k)) types = {"object"};
+      for (const char* k : {"items", "minItems", "maxItems"})
+        if (types.empty() && s.contains(k)) types = {"array"};
+      for (const char* k : {"minLength", "maxLength"})
+        if (types.empty() && s.contains(k)) types = {"string"};
+      if (types.empty()) return Any();
+    }
+    if (types.size() == 1) return Typed(s, types[0], where);
+    Node node;
+    for (const std::string& t : types) {
+      FEDGE_ASSIGN_OR_RETURN(uint32_t id, Typed(s, t, where));
+      node.options.push_back(id);
+    }
+    return Add(std::move(node));
+  }
+
+  StatusOr<uint32_t> Literals(const Json& s, const std::vector<std::string>& types,
+                              const std::string& where) {
+    std::vector<Json> values;
+    if (s.contains("enum")) {
+      if (!s["enum"].is_array() || s["enum"].empty())
+        return InvalidArgumentError("'enum' at " + where + " must be a non-empty array");
+      values.assign(s["enum"].begin(), s["enum"].end());
+    }
+    if (s.contains("const")) {
+      if (!values.empty() && std::find(values.begin(), values.end(), s["const"]) == values.end())
+        return InvalidArgumentError("'const' at " + where + " is not one of its 'enum' values: nothing fits");
+      values = {s["const"]};
+    }
+    auto of_type = [&](const Json& v) {
+      if (types.empty()) return true;
+      for (const std::string& t : types) {
+        if ((t == "object" && v.is_object()) || (t == "array" && v.is_array()) ||
+            (t == "string" && v.is_string()) || (t == "number" && v.is_number()) ||
+            (t == "integer" && (v.is_number_integer() || v.is_number_unsigned())) ||
+            (t == "boolean" && v.is_boolean()) || (t == "null" && v.is_null()))
+          return true;
+      }
+      return false;
+    };
+    Node node;
+    node.kind = Kind::kLiterals;
+    for (const Json& v : values) {
+      if (of_type(v)) node.literals.push_back(Dumps(v));
+    }
+    if (node.literals.empty())
+      return InvalidArgumentError("no 'enum' or 'const' value at " + where +
+                                  " is of its 'type': nothing fits");
+    std::sort(node.literals.begin(), node.literals.end());
+    node.literals.erase(std::unique(node.literals.begin(), node.literals.end()), node.literals.end());
+    if (node.literals.size() > limits_.max_enum_values)
+      return InvalidArgumentError("'enum' at " + where + " has more than " +
+                                  std::to_string(limits_.max_enum_values) + " values");
+    return Add(std::move(node));
+  }
+
+  StatusOr<uint32_t> Typed(const Json& s, const std::string& type, const std::string& where) {
+    Node node;
+    if (type == "boolean" || type == "null") {
+      node.kind = Kind::kLiterals;
+      node.literals =
+          type == "null" ? std::vector<std::string>{"null"} : std::vector<std::string>{"false", "true"};
+    } else if (type == "number" || type == "integer") {
+      node.kind = type == "number" ? Kind::kNumber : Kind::kInteger;
+    } else if (type == "string") {
+      node.kind = Kind::kString;
+      FEDGE_RETURN_IF_ERROR(Count(s, "minLength", where, &node.min_length));
+      FEDGE_RETURN_IF_ERROR(Count(s, "maxLength", where, &node.max_length));
+      if (node.min_length > node.max_length)
+        return InvalidArgumentError("'minLength' at " + where + " is above 'maxLength': nothing fits");
+      if (node.min_length > kCountMax - 1)
+        return InvalidArgumentError("'minLength' at " + where + " is above " + std::to_string(kCountMax - 1));
+      if (node.max_length >= kCountMax) node.max_length = kUnbounded;
+    } else if (type == "array") {
+      node.kind = Kind::kArray;
+      FEDGE_RETURN_IF_ERROR(Count(s, "minItems", where, &node.min_items));
+      FEDGE_RETURN_IF_ERROR(Count(s, "maxItems", where, &node.max_items));
+      if (node.min_items > node.max_items)
+        return InvalidArgumentError("'minItems' at " + where + " is above 'maxItems': nothing fits");
+      if (node.min_items > kCountMax - 1)
+        return InvalidArgumentError("'minItems' at " + where + " is above " + std::to_string(kCountMax - 1));
+      if (node.max_items >= kCountMax) node.max_items = kUnbounded;
+      if (s.contains("items")) {
+        if (s["items"].is_array())
+          return UnimplementedError("'items' at " + where + " is an array (tuple validation): not supported");
+        FEDGE_ASSIGN_OR_RETURN(node.items, Compile(s["items"], where + "/items"));
+      } else {
+        FEDGE_ASSIGN_OR_RETURN(node.items, Any());
+      }
+    } else {  // object
+      node.kind = Kind::kObject;
+      if (s.contains("properties")) {
+        const Json& props = s["properties"];
+        if (!props.is_object())
+          return InvalidArgumentError("'properties' at " + where + " must be an object of schemas");
+        if (props.size() > limits_.max_properties)
+          return InvalidArgumentError("'properties' at " + where + " has more than " +
+                                      std::to_string(limits_.max_properties) + " properties");
+        for (const auto& [key, value] : props.items()) {
+          Property p;
+          p.key = Dumps(Json(key));
+          FEDGE_ASSIGN_OR_RETURN(p.node, Compile(value, where + "/properties/" + PointerKey(key)));
+          node.properties.push_back(std::move(p));
+        }
+        // nlohmann's object sorts keys; the schema's order is the text's.
+        OrderAsWritten(props, &node.properties);
+      }
+      if (s.contains("required")) {
+        const Json& req = s["required"];
+        if (!req.is_array())
+          return InvalidArgumentError("'required' at " + where + " must be an array of names");
+        for (const Json& name : req) {
+          if (!name.is_string()) return InvalidArgumentError("'required' at " + where + " must hold names");
+          const std::string key = Dumps(name);
+          auto it = std::find_if(node.properties.begin(), node.properties.end(),
+                                 [&](const Property& p) { return p.key == key; });
+          if (it == node.properties.end())
+            return UnimplementedError("'required' at " + where + " names '" + name.get<std::string>() +
+                                      "', which 'properties' does not list: list it (fedge writes only the "
+                                      "listed properties)");
+          it->required = true;
+        }
+      }
+      if (s.contains("additionalProperties")) {
+        const Json& ap = s["additionalProperties"];
+        if (!(ap.is_boolean() && !ap.get<bool>())) {
+          FEDGE_ASSIGN_OR_RETURN(uint32_t id, Compile(ap, where + "/additionalProperties"));
+          node.additional = id;
+        }
+      } else if (node.properties.empty()) {
+        FEDGE_ASSIGN_OR_RETURN(uint32_t id, Any());
+        node.additional = id;
+      }
+      if (!node.properties.empty()) node.additional = -1;
+      node.next_required.assign(node.properties.size() + 1, static_cast<uint32_t>(node.properties.size()));
+      for (size_t i = node.properties.size(); i-- > 0;)
+        node.next_required[i] =
+            node.properties[i].required ? static_cast<uint32_t>(i) : node.next_required[i + 1];
+    }
+    return Add(std::move(node));
+  }
+
+  // nlohmann::json (std::map) iterates keys sorted; the order a strict-mode reply
+  // follows is the order the schema's text lists them in, which ordered_json keeps.
+  void OrderAsWritten(const Json& props, std::vector<Property>* properties) {
+    auto it = order_.find(&props);
+    if (it == order_.end()) return;
+    std::vector<Property> ordered;
+    for (const std::string& key : it->second) {
+      const std::string dumped = Dumps(Json(key));
+      for (Property& p : *properties) {
+        if (p.key == dumped) ordered.push_back(std::move(p));
+      }
+    }
+    *properties = std::move(ordered);
+  }
+
+ public:
+  // The key order of every "properties" object, read from the text with
+  // ordered_json (the pointer is the same value's address in doc_).
+  std::map<const Json*, std::vector<std::string>> order_;
+
+ private:
+  const Json& doc_;
+  const JsonSchemaLimits& limits_;
+  JsonSchema* out_;
+  std::map<std::string, uint32_t> refs_;
+  int64_t any_ = -1;
+};
+
+// Records, for each "properties" object in `doc`, its keys in the order of
+// `ordered` (the same document parsed keeping order).
+void RecordOrder(const Json& doc, const nlohmann::ordered_json& ordered,
+                 std::map<const Json*, std::vector<std::string>>* order, int depth) {
+  if (depth > 256) return;
+  if (doc.is_object()) {
+    for (const auto& [key, value] : ordered.items()) {
+      if (!doc.contains(key)) continue;
+      const Json& child = doc[key];
+      if (key == "properties" && child.is_object()) {
+        std::vector<std::string>& keys = (*order)[&child];
+        for (const auto& [k, v] : value.items()) keys.push_back(k);
+      }
+      RecordOrder(child, value, order, depth + 1);
+    }
+  } else if (doc.is_array()) {
+    for (size_t i = 0; i < doc.size() && i < ordered.size(); ++i)
+      RecordOrder(doc[i], ordered[i], order, depth + 1);
+  }
+}
+
+// --- the automaton ------------------------------------------------------------------
+
+enum State : uint8_t {
+  kRootValue,
+  kRootDone,
+  kObjKeyOrEnd,    // after '{'
+  kObjKey,         // after ','
+  kObjKeyBytes,    // inside a listed key: b the first candidate, c its bytes matched
+  kObjFreeKey,     // a key string (any name) is open above this frame
+  kObjColon,       // after a key
+  kObjValue,       // after ':'
+  kObjCommaOrEnd,  // after a value
+  kArrValueOrEnd,  // after '['
+  kArrValue,       // after ','
+  kArrCommaOrEnd,  // after a value
+  kStr,
+  kStrEscape,
+  kStrUnicode,
+  kNumMinus,
+  kNumZero,
+  kNumDigits,
+  kNumDot,
+  kNumFraction,
+  kNumExponent,
+  kNumExponentSign,
+  kNumExponentDigits,
+  kLiteral,  // a the first candidate literal, b its bytes matched
+};
+
+constexpr size_t kMaxFrames = JsonPrefix::kMaxDepth + 2;  // the root, containers, one scalar
+
+struct Stack {
+  uint16_t size = 0;
+  uint8_t depth = 0;
+  uint8_t space_run = 0;
+  std::array<Frame, kMaxFrames> f;
+  Frame& top() { return f[size - 1u]; }
+};
+
+bool SameFrames(const Frame* x, const Frame* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (x[i].node != y[i].node || x[i].state != y[i].state || x[i].hex_left != y[i].hex_left ||
+        x[i].a != y[i].a || x[i].b != y[i].b || x[i].c != y[i].c)
+      return false;
+  }
+  return true;
+}
+
+uint16_t Inc(uint16_t v) { return v == kCountMax ? v : static_cast<uint16_t>(v + 1); }
+
+// Steps one stack over one byte; every stack it can become is emitted into `out`.
+class Stepper {
+ public:
+  Stepper(const JsonSchema& schema, std::vector<Frame>* frames, std::vector<Alternative>* alternatives)
+      : nodes_(schema.nodes), any_string_(schema.any_string), frames_(frames), alternatives_(alternatives) {}
+
+  void Step(Stack& st, unsigned char c) {
+    Frame& t = st.top();
+    const Node& n = nodes_[t.node];
+    const bool ws = IsSpace(c);
+    switch (static_cast<State>(t.state)) {
+      case kRootValue:
+        if (ws) return Space(st);
+        return StartValue(st, t.node, c, 0);
+      case kRootDone:
+        return;
+      case kObjKeyOrEnd:
+      case kObjKey:
+        if (ws) return Space(st);
+        if (c == '}' && t.state == kObjKeyOrEnd && n.next_required[t.a] == n.properties.size())
+          return Close(st);
+        if (c != '"') return;
+        if (!n.properties.empty()) {
+          if (t.a >= n.properties.size()) return;
+          t.state = kObjKeyBytes;
+          t.b = t.a;
+          t.c = 1;
+          return Emit(st);
+        }
+        if (n.additional < 0) return;
+        t.state = kObjFreeKey;
+        return Push(st, Frame{any_string_, kStr, 0, 0, 0, 0});
+      case kObjKeyBytes: {
+        // Candidates: the properties from t.a up to the first required one.
+        const size_t end = std::min<size_t>(n.next_required[t.a] + 1u, n.properties.size());
+        const std::string& matched = n.properties[t.b].key;
+        for (size_t j = t.b; j < end; ++j) {
+          const std::string& key = n.properties[j].key;
+          if (key.size() > t.c && key[t.c] == static_cast<char>(c) &&
+              key.compare(0, t.c, matched, 0, t.c) == 0) {
+            t.b = static_cast<uint16_t>(j);
+            ++t.c;
+            if (t.c == key.size()) {
+              t.state = kObjColon;
+              t.a = static_cast<uint16_t>(j + 1);
+            }
+            return Emit(st);
+          }
+        }
+        return;
+      }
+      case kObjFreeKey:
+        return;  // a string frame is above it
+      case kObjColon:
+        if (ws) return Space(st);
+        if (c != ':') return;
+        t.state = kObjValue;
+        return Emit(st);
+      case kObjValue:
+        if (ws) return Space(st);
+        return StartValue(
+            st, n.properties.empty() ? static_cast<uint32_t>(n.additional) : n.properties[t.b].node, c, 0);
+      case kObjCommaOrEnd:
+        if (ws) return Space(st);
+        if (c == ',' && (n.properties.empty() || t.a < n.properties.size())) {
+          t.state = kObjKey;
+          return Emit(st);
+        }
+        if (c == '}' && n.next_required[t.a] == n.properties.size()) return Close(st);
+        return;
+      case kArrValueOrEnd:
+        if (ws) return Space(st);
+        if (c == ']' && n.min_items == 0) return Close(st);
+        if (n.max_items == 0) return;
+        t.state = kArrValue;
+        return StartValue(st, n.items, c, 0);
+      case kArrValue:
+        if (ws) return Space(st);
+        return StartValue(st, n.items, c, 0);
+      case kArrCommaOrEnd:
+        if (ws) return Space(st);
+        if (c == ',' && t.a < n.max_items) {
+          t.state = kArrValue;
+          return Emit(st);
+        }
+        if (c == ']' && t.a >= n.min_items) return Close(st);
+        return;
+      case kStr:
+        if (c == '"') {
+          if (t.b < n.min_length) return;
+          return EndValue(st);
+        }
+        if (c < 0x20) return;  // control characters must be escaped
+        if (c == '\\') {
+          t.state = kStrEscape;
+        } else if ((c & 0xC0) == 0x80) {
+          return Emit(st);  // a UTF-8 continuation byte: the same character
+        }
+        if (t.b >= n.max_length) return;
+        t.b = Inc(t.b);
+        return Emit(st);
+      case kStrEscape:
+        if (c == 'u') {
+          t.hex_left = 4;
+          t.state = kStrUnicode;
+          return Emit(st);
+        }
+        if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
+          t.state = kStr;
+          return Emit(st);
+        }
+        return;
+      case kStrUnicode:
+        if (!IsHex(c)) return;
+        if (--t.hex_left == 0) t.state = kStr;
+        return Emit(st);
+      case kNumMinus:
+        if (c == '0' || (c >= '1' && c <= '9')) {
+          t.state = c == '0' ? kNumZero : kNumDigits;
+          return Emit(st);
+        }
+        return;
+      case kNumZero:
+      case kNumDigits:
+        if (IsDigit(c) && t.state == kNumDigits) return Emit(st);
+        if (n.kind == Kind::kNumber && (c == '.' || c == 'e' || c == 'E')) {
+          t.state = c == '.' ? kNumDot : kNumExponent;
+          return Emit(st);
+        }
+        return EndValueAndFeed(st, c);
+      case kNumDot:
+        if (!IsDigit(c)) return;
+        t.state = kNumFraction;
+        return Emit(st);
+      case kNumFraction:
+        if (IsDigit(c)) return Emit(st);
+        if (c == 'e' || c == 'E') {
+          t.state = kNumExponent;
+          return Emit(st);
+        }
+        return EndValueAndFeed(st, c);
+      case kNumExponent:
+        if (c == '+' || c == '-') {
+          t.state = kNumExponentSign;
+          return Emit(st);
+        }
+        [[fallthrough]];
+      case kNumExponentSign:
+        if (!IsDigit(c)) return;
+        t.state = kNumExponentDigits;
+        return Emit(st);
+      case kNumExponentDigits:
+        if (IsDigit(c)) return Emit(st);
+        return EndValueAndFeed(st, c);
+      case kLiteral: {
+        const int64_t j = NextLiteral(n, t.a, t.b, c);
+        if (j >= 0) {
+          t.a = static_cast<uint16_t>(j);
+          ++t.b;
+          return Emit(st);
+        }
+        if (n.literals[t.a].size() != t.b) return;
+        return EndValueAndFeed(st, c);  // a whole literal, ended by what follows it
+      }
+    }
+  }
+
+ private:
+  // The first literal after `from` (the first with the `matched` bytes so far) that
+  // continues with c; -1 if none. The literals are sorted, so the ones sharing a
+  // prefix are adjacent.
+  static int64_t NextLiteral(const Node& n, size_t from, size_t matched, unsigned char c) {
+    const std::string& prefix = n.literals[from];
+    for (size_t j = from; j < n.literals.size(); ++j) {
+      const std::string& lit = n.literals[j];
+      if (lit.compare(0, matched, prefix, 0, matched) != 0) break;
+      if (lit.size() > matched && static_cast<unsigned char>(lit[matched]) >= c) {
+        return static_cast<unsigned char>(lit[matched]) == c ? static_cast<int64_t>(j) : -1;
+      }
+    }
+    return -1;
+  }
+
+  void Emit(const Stack& st) {
+    if (alternatives_->size() >= JsonSchemaPrefix::kMaxAlternatives) return;
+    for (const Alternative& alt : *alternatives_) {
+      if (alt.size == st.size && alt.depth == st.depth && alt.space_run == st.space_run &&
+          SameFrames(frames_->data() + alt.begin, st.f.data(), st.size))
+        return;
+    }
+    Alternative alt;
+    alt.begin = static_cast<uint32_t>(frames_->size());
+    alt.size = st.size;
+    alt.depth = st.depth;
+    alt.space_run = st.space_run;
+    frames_->insert(frames_->end(), st.f.begin(), st.f.begin() + st.size);
+    alternatives_->push_back(alt);
+  }
+
+  void Space(Stack& st) {
+    if (++st.space_run > 2 + 4 * st.depth) return;
+    Emit(st);
+  }
+
+  void Push(Stack& st, const Frame& frame) {
+    if (st.size == kMaxFrames) return;
+    st.f[st.size++] = frame;
+    Emit(st);
+  }
+
+  // The value on top ended: pop it; the frame below takes note.
+  void Pop(Stack& st) {
+    --st.size;
+    Frame& p = st.top();
+    switch (p.state) {
+      case kRootValue:
+        p.state = kRootDone;
+        break;
+      case kObjValue:
+        p.state = kObjCommaOrEnd;
+        break;
+      case kObjFreeKey:
+        p.state = kObjColon;
+        break;
+      case kArrValue:
+        p.state = kArrCommaOrEnd;
+        p.a = Inc(p.a);
+        break;
+      default:
+        break;
+    }
+  }
+  void EndValue(Stack& st) {
+    Pop(st);
+    Emit(st);
+  }
+  void EndValueAndFeed(Stack& st, unsigned char c) {
+    Pop(st);
+    Step(st, c);
+  }
+  void Close(Stack& st) {
+    --st.depth;
+    EndValue(st);
+  }
+
+  void StartValue(Stack& st, uint32_t node, unsigned char c, int expansions) {
+    const Node& n = nodes_[node];
+    switch (n.kind) {
+      case Kind::kAnyOf:
+        // Each reading that can start with c; a schema that only refers to itself
+        // ({"$ref": "#/$defs/A"} for A) is cut off here.
+        if (expansions > 16) return;
+        for (size_t i = 0; i < n.options.size(); ++i) {
+          if (i + 1 == n.options.size()) return StartValue(st, n.options[i], c, expansions + 1);
+          Stack copy = st;
+          StartValue(copy, n.options[i], c, expansions + 1);
+        }
+        return;
+      case Kind::kObject:
+      case Kind::kArray:
+        if (c != (n.kind == Kind::kObject ? '{' : '[') || st.depth == JsonPrefix::kMaxDepth) return;
+        ++st.depth;
+        return Push(st, Frame{node, n.kind == Kind::kObject ? kObjKeyOrEnd : kArrValueOrEnd, 0, 0, 0, 0});
+      case Kind::kString:
+        if (c != '"') return;
+        return Push(st, Frame{node, kStr, 0, 0, 0, 0});
+      case Kind::kNumber:
+      case Kind::kInteger:
+        if (c == '-') return Push(st, Frame{node, kNumMinus, 0, 0, 0, 0});
+        if (c == '0') return Push(st, Frame{node, kNumZero, 0, 0, 0, 0});
+        if (c >= '1' && c <= '9') return Push(st, Frame{node, kNumDigits, 0, 0, 0, 0});
+        return;
+      case Kind::kLiterals:
+        for (size_t j = 0; j < n.literals.size(); ++j) {
+          if (static_cast<unsigned char>(n.literals[j][0]) == c)
+            return Push(st, Frame{node, kLiteral, 0, static_cast<uint16_t>(j), 1, 0});
+        }
+        return;
+    }
+  }
+
+  const std::vector<Node>& nodes_;
+  uint32_t any_string_;
+  std::vector<Frame>* frames_;
+  std::vector<Alternative>* alternatives_;
+};
+
+}  // namespace
+
+StatusOr<std::shared_ptr<const JsonSchema>> CompileJsonSchema(std::string_view text,
+                                                              const JsonSchemaLimits& limits) {
+  Json doc = Json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded()) return InvalidArgumentError("the schema is not valid JSON");
+  const auto ordered = nlohmann::ordered_json::parse(text.begin(), text.end(), nullptr, false);
+  auto schema = std::make_shared<JsonSchema>();
+  Compiler compiler(doc, limits, schema.get());
+  RecordOrder(doc, ordered, &compiler.order_, 0);
+  FEDGE_RETURN_IF_ERROR(compiler.Run());
+  return std::shared_ptr<const JsonSchema>(std::move(schema));
+}
+
+JsonSchemaPrefix::JsonSchemaPrefix(std::shared_ptr<const JsonSchema> schema) : schema_(std::move(schema)) {
+  Frame root;
+  root.node = schema_->root;
+  root.state = kRootValue;
+  frames_.push_back(root);
+  alternatives_.push_back(Alternative{0, 1, 0, 0});
+}
+
+bool JsonSchemaPrefix::Feed(unsigned char c) {
+  next_frames_.clear();
+  next_alternatives_.clear();
+  Stepper stepper(*schema_, &next_frames_, &next_alternatives_);
+  Stack st;
+  for (const Alternative& alt : alternatives_) {
+    st.size = alt.size;
+    st.depth = alt.depth;
+    st.space_run = IsSpace(c) ? alt.space_run : 0;
+    std::copy(frames_.begin() + alt.begin, frames_.begin() + alt.begin + alt.size, st.f.begin());
+    stepper.Step(st, c);
+  }
+  frames_.swap(next_frames_);
+  alternatives_.swap(next_alternatives_);
+  return !alternatives_.empty();
+}
+
+bool JsonSchemaPrefix::FeedAll(std::string_view bytes) {
+  for (const char c : bytes) {
+    if (!Feed(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+bool JsonSchemaPrefix::Complete() const {
+  return std::any_of(alternatives_.begin(), alternatives_.end(), [&](const Alternative& alt) {
+    return alt.size == 1 && frames_[alt.begin].state == kRootDone;
+  });
+}
+
+void JsonSchemaPrefix::CopyTo(JsonSchemaPrefix* out) const {
+  if (out->schema_ != schema_) out->schema_ = schema_;
+  out->frames_ = frames_;
+  out->alternatives_ = alternatives_;
+}
+
+}  // namespace fedge::agent::llm

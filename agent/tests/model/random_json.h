@@ -1,0 +1,68 @@
+// Random JSON for the automata's tests (json_grammar_test, json_schema_test).
+#pragma once
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+namespace fedge::agent::llm {
+
+// A value nesting below `depth` (deeper ones are scalars or strings); strings mix
+// quotes, backslashes, control characters, '/', and 2- and 3-byte UTF-8.
+inline nlohmann::json RandomJsonValue(std::mt19937& rng, int depth) {
+  std::uniform_int_distribution<int> kind(0, depth > 3 ? 4 : 6);
+  switch (kind(rng)) {
+    case 0:
+      return nullptr;
+    case 1:
+      return rng() % 2 == 0;
+    case 2:
+      return static_cast<int64_t>(rng() % 2000) - 1000;
+    case 3:
+      return std::ldexp(static_cast<double>(rng() % 100000) - 50000, -static_cast<int>(rng() % 20));
+    case 4: {
+      std::string s;
+      static const char* const kPieces[] = {"a", "\"", "\\", "\n", "\x01", "/", "\xc3\xa9", " ", "\u6771"};
+      for (int i = 0, n = static_cast<int>(rng() % 6); i < n; ++i) s += kPieces[rng() % 9];
+      return s;
+    }
+    case 5: {
+      nlohmann::json a = nlohmann::json::array();
+      for (int i = 0, n = static_cast<int>(rng() % 4); i < n; ++i)
+        a.push_back(RandomJsonValue(rng, depth + 1));
+      return a;
+    }
+    default: {
+      nlohmann::json o = nlohmann::json::object();
+      for (int i = 0, n = static_cast<int>(rng() % 4); i < n; ++i)
+        o["k" + std::to_string(rng() % 5)] = RandomJsonValue(rng, depth + 1);
+      return o;
+    }
+  }
+}
+
+// Bytes for RandomEdits. No whitespace: the automata bound runs of it, nlohmann
+// does not.
+inline constexpr char kJsonEditAlphabet[] = "{}[]\",:0123456789-+.eEtrufalsn\\/ab";
+
+// One to three insertions, deletions or replacements of alphabet bytes.
+inline std::string RandomEdits(std::mt19937& rng, std::string text, const std::string& alphabet) {
+  for (int e = 0, n = 1 + static_cast<int>(rng() % 3); e < n; ++e) {
+    const size_t at = rng() % (text.size() + 1);
+    const char c = alphabet[rng() % alphabet.size()];
+    switch (rng() % 3) {
+      case 0:
+        text.insert(at, 1, c);
+        break;
+      case 1:
+        if (at < text.size()) text.erase(at, 1);
+        break;
+      default:
+        if (at < text.size()) text[at] = c;
+    }
+  }
+  return text;
+}
+
+}  // namespace fedge::agent::llm
