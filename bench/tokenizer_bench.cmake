@@ -7,7 +7,8 @@ else()
     add_library(fedge_bench_tokenizer_code STATIC
       ${PROJECT_SOURCE_DIR}/agent/src/model/tokenizer/bpe_tokenizer.cpp
       ${PROJECT_SOURCE_DIR}/agent/src/model/tokenizer/unicode_normalize.cpp
-      ${PROJECT_SOURCE_DIR}/agent/src/model/llama/json_grammar.cpp)
+      ${PROJECT_SOURCE_DIR}/agent/src/model/llama/json_grammar.cpp
+      ${PROJECT_SOURCE_DIR}/agent/src/model/llama/json_schema.cpp)
     target_include_directories(fedge_bench_tokenizer_code
       PUBLIC ${PROJECT_SOURCE_DIR}/agent/include PRIVATE ${PROJECT_SOURCE_DIR}/agent/src/model)
     target_link_libraries(fedge_bench_tokenizer_code PUBLIC fedge_common PRIVATE fedge_warnings nlohmann_json::nlohmann_json)

@@ -81,6 +81,16 @@ TEST(JsonGrammarTest, AcceptsPrefixesOfObjectsAndCompletesOnlyAtTheEnd) {
   EXPECT_FALSE(Feed(deep + "[").first);
 }
 
+// Strings hold well-formed UTF-8 only (RFC 3629), split across tokens or not.
+TEST(JsonGrammarTest, StringsHoldWellFormedUtf8) {
+  for (const char* ok :
+       {"\xc3\xa9", "\xe6\x9d\xb1", "\xf0\x9f\x98\x80", "\xed\x9f\xbf", "\xf4\x8f\xbf\xbf", "\xe0\xa0\x80"})
+    EXPECT_EQ(Feed(std::string("{\"") + ok + "\":1}"), std::make_pair(true, true)) << ok;
+  for (const char* bad : {"\x80", "\xc3", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80",
+                          "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff", "\xc3\xa9\xa9"})
+    EXPECT_FALSE(Feed(std::string("{\"") + bad + "\":1}").first) << bad;
+}
+
 TEST(JsonGrammarTest, AgreesWithNlohmannOnRandomObjectsAndEditsOfThem) {
   std::mt19937 rng(7);
   const std::string alphabet = kJsonEditAlphabet;

@@ -287,6 +287,9 @@ TEST(JsonSchemaTest, LiteralsStringsAndArraysKeepTheirBounds) {
         << str;
   for (const char* str : {"x", "wxyz", "\xc3\xa9\xe6\x9d\xb1\xc3\xa9\xc3\xa9", "", "\\n\\n\\n\\n"})
     EXPECT_FALSE(Feed(s, std::string(R"({"e":1,"s":")") + str + R"(","l":[1]})").second) << str;
+  // A run of continuation bytes is not a character: it cannot outrun maxLength.
+  EXPECT_FALSE(Feed(s, std::string(R"({"e":1,"s":"x)") + std::string(40, '\x80')).first);
+  EXPECT_FALSE(Feed(s, std::string(R"({"e":1,"s":"x\xc3\xa9\xa9)")).first);
   EXPECT_FALSE(Feed(s, R"({"e":1,"s":"xy","l":[]})").first);       // minItems
   EXPECT_FALSE(Feed(s, R"({"e":1,"s":"xy","l":[1,2,3]})").first);  // maxItems
   EXPECT_EQ(Feed(s, R"({"e":1,"s":"xy","l":[1,2]})"), std::make_pair(true, true));

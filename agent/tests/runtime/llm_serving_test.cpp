@@ -5,12 +5,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "fake_classifier.h"
 #include "fedge/agent/llm/json_grammar.h"
+#include "fedge/agent/llm/json_schema.h"
 #include "fedge/agent/runtime/inference_api.h"
 #include "fedge/agent/runtime/llm_model.h"
 #include "fedge/agent/runtime/metrics.h"
@@ -625,6 +627,28 @@ TEST(LlmServingQwen3Test, JsonModeRepliesAreJsonObjects) {
   EXPECT_EQ(choice["finish_reason"], "stop") << r.body;
   EXPECT_EQ(json::parse(choice["message"]["content"].get<std::string>()), json::parse(answer)) << r.body;
   EXPECT_EQ(StreamedReply(api, trained_body + R"(, "stream": true})").content, choice["message"]["content"]);
+  // The same model held to a schema that its answer does not fit ("unit" must be
+  // "km" or "mi", and come first): the reply fits the schema, not the training.
+  const std::string schema_body =
+      R"({"max_tokens": 64, "temperature": 0, "messages": [{"role": "user", "content": "Answer in JSON."}],
+          "response_format": {"type": "json_schema", "json_schema": {"name": "Answer", "strict": true, "schema":
+          {"type": "object", "properties": {"unit": {"enum": ["km", "mi"]}, "answer": {"type": "integer"}},
+           "required": ["unit", "answer"], "additionalProperties": false}}}})";
+  r = api.ChatCompletions(Post("/v1/chat/completions", schema_body));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json fitted = json::parse(r.body)["choices"][0];
+  const std::string fitted_text = fitted["message"]["content"].get<std::string>();
+  if (fitted["finish_reason"] == "stop") {
+    const nlohmann::ordered_json v = nlohmann::ordered_json::parse(fitted_text);
+    ASSERT_EQ(v.size(), 2u) << fitted_text;
+    EXPECT_EQ(v.begin().key(), "unit") << fitted_text;
+    EXPECT_TRUE(v["unit"] == "km" || v["unit"] == "mi") << fitted_text;
+    EXPECT_TRUE(v["answer"].is_number_integer()) << fitted_text;
+  } else {
+    ADD_FAILURE() << "the schema's reply did not end in 64 tokens: " << fitted_text;
+  }
+  std::cout << "trained answer " << choice["message"]["content"] << "; held to the schema: " << fitted_text
+            << "\n";
 
   ChatModel r1("tiny_qwen2", "deepseek_r1_distill.jinja", 96);
   ASSERT_NE(r1.serving, nullptr);
@@ -632,6 +656,59 @@ TEST(LlmServingQwen3Test, JsonModeRepliesAreJsonObjects) {
   r = r1_api.ChatCompletions(Post("/v1/chat/completions", body(1, true)));
   EXPECT_EQ(r.status, 400) << r.body;
   EXPECT_EQ(json::parse(r.body)["error"]["code"], "unsupported_for_model") << r.body;
+}
+
+// Structured outputs served: a random tiny model's sampled replies under a schema
+// are prefixes of what the schema accepts (by the automaton, and those that end parse
+// and fit: the enum's values, a boolean, a bounded string), while JSON mode's replies
+// are not held to it; a bad schema is a 400.
+TEST(LlmServingQwen3Test, JsonSchemaRepliesFitTheSchema) {
+  ChatModel m("tiny_qwen2", "qwen2_5.jinja", 96, /*context=*/1024);
+  ASSERT_NE(m.serving, nullptr);
+  InferenceApi api(m.serving.get(), nullptr, nullptr);
+  const std::string schema =
+      R"({"type": "object", "properties": {"s": {"enum": ["sun", "rain"]}, "w": {"type": "boolean"},
+          "n": {"type": "string", "maxLength": 3}}, "required": ["s", "w", "n"], "additionalProperties": false})";
+  auto compiled = llm::CompileJsonSchema(schema);
+  ASSERT_TRUE(compiled.ok());
+  int ended = 0, json_mode_outside = 0;
+  for (int seed = 1; seed <= 8; ++seed) {
+    auto body = [&](const std::string& format) {
+      return R"({"max_tokens": 120, "temperature": 1.0, "seed": )" + std::to_string(seed) +
+             R"(, "response_format": )" + format +
+             R"(, "messages": [{"role": "user", "content": "Weather?"}]})";
+    };
+    HttpResponse r = api.ChatCompletions(
+        Post("/v1/chat/completions",
+             body(R"({"type": "json_schema", "json_schema": {"name": "W", "schema": )" + schema + "}}")));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json choice = json::parse(r.body)["choices"][0];
+    const std::string text = choice["message"]["content"].get<std::string>();
+    llm::JsonSchemaPrefix prefix(*compiled);
+    EXPECT_TRUE(prefix.FeedAll(text)) << seed << ": " << text;
+    if (choice["finish_reason"] == "stop") {
+      ++ended;
+      const json v = json::parse(text);
+      EXPECT_TRUE(v["s"] == "sun" || v["s"] == "rain") << text;
+      EXPECT_TRUE(v["w"].is_boolean()) << text;
+      EXPECT_LE(v["n"].get<std::string>().size(), 12u) << text;
+    }
+    HttpResponse plain =
+        api.ChatCompletions(Post("/v1/chat/completions", body(R"({"type": "json_object"})")));
+    ASSERT_EQ(plain.status, 200) << plain.body;
+    llm::JsonSchemaPrefix plain_prefix(*compiled);
+    if (!plain_prefix.FeedAll(json::parse(plain.body)["choices"][0]["message"]["content"].get<std::string>()))
+      ++json_mode_outside;
+  }
+  std::cout << ended << " of 8 schema-held replies ended within 120 tokens\n";
+  EXPECT_GT(ended, 0);              // whole replies were checked, not only prefixes
+  EXPECT_GT(json_mode_outside, 0);  // the schema is what holds them to it
+  HttpResponse bad = api.ChatCompletions(
+      Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "response_format":
+      {"type": "json_schema", "json_schema": {"name": "W", "schema": {"type": "object", "properties":
+      {"n": {"type": "number", "minimum": 0}}}}}})"));
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_EQ(json::parse(bad.body)["error"]["param"], "response_format.json_schema.schema") << bad.body;
 }
 
 // Qwen2.5's template writes "You are Qwen, created by Alibaba Cloud. ..." when the

@@ -156,7 +156,7 @@ TEST(OpenAiRequestTest, UnsupportedFeaturesAreRefusedNamingTheField) {
       {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
       {R"("functions": [{"name": "f"}])", "functions"},
       {R"("function_call": "auto")", "function_call"},
-      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "x"}})", "response_format"},
+      {R"("response_format": {"type": "grammar", "grammar": "root ::= x"})", "response_format"},
       {R"("logprobs": true)", "logprobs"},
       {R"("top_logprobs": 3)", "top_logprobs"},
       {R"("n": 2)", "n"},
@@ -192,6 +192,56 @@ TEST(OpenAiRequestTest, UnsupportedFeaturesAreRefusedNamingTheField) {
   EXPECT_FALSE(Chat(std::string("{") + kHi + R"(, "mirostat": 2})", &e));
   EXPECT_EQ(e.param, "mirostat");
   EXPECT_EQ(e.code, "unknown_parameter");
+}
+
+// Structured outputs: a json_schema format is compiled into the generation options;
+// a malformed one, or one with a keyword fedge cannot hold the reply to, is refused
+// naming the field and the schema's place.
+TEST(OpenAiRequestTest, JsonSchemaFormatsAreCompiledOrRefusedByName) {
+  ApiErrorInfo e;
+  auto format = [](const std::string& rf) {
+    return std::string("{") + kHi + R"(, "response_format": )" + rf + "}";
+  };
+  auto ok = Chat(format(R"({"type": "json_schema", "json_schema": {"name": "Event", "strict": true,
+      "description": "d", "schema": {"type": "object", "properties": {"a": {"type": "integer"}},
+      "required": ["a"], "additionalProperties": false}}})"),
+                 &e);
+  ASSERT_TRUE(ok) << e.message;
+  EXPECT_NE(ok->options.json_schema, nullptr);
+  EXPECT_FALSE(ok->options.json_object);
+  auto no_schema = Chat(format(R"({"type": "json_schema", "json_schema": {"name": "any"}})"), &e);
+  ASSERT_TRUE(no_schema) << e.message;
+  EXPECT_NE(no_schema->options.json_schema, nullptr);  // any object
+  const struct {
+    std::string rf, param, code, says;
+  } refused[] = {
+      {R"({"type": "json_schema"})", "response_format.json_schema", "invalid_type", "must be an object"},
+      {R"({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}})",
+       "response_format.json_schema.name", "invalid_value", "1 to 64"},
+      {R"({"type": "json_schema", "json_schema": {"name": "a b"}})", "response_format.json_schema.name",
+       "invalid_value", "1 to 64"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}})",
+       "response_format.json_schema.strict", "invalid_type", "boolean"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "format": 1}})",
+       "response_format.json_schema.format", "unknown_parameter", "not a field"},
+      {R"({"type": "json_object", "json_schema": {"name": "x"}})", "response_format.json_schema",
+       "unknown_parameter", "not a field of a json_object"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties":
+          {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}})",
+       "response_format.json_schema.schema", "unsupported_value",
+       "invalid schema for response_format 'x': 'pattern' at #/properties/zip is not supported"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}})",
+       "response_format.json_schema.schema", "invalid_value", "root must be an object"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "required": ["a"]}}})",
+       "response_format.json_schema.schema", "unsupported_value", "'properties' does not list"},
+  };
+  for (const auto& c : refused) {
+    EXPECT_FALSE(Chat(format(c.rf), &e)) << c.rf;
+    EXPECT_EQ(e.status, 400) << c.rf;
+    EXPECT_EQ(e.param, c.param) << c.rf;
+    EXPECT_EQ(e.code, c.code) << c.rf;
+    EXPECT_NE(e.message.find(c.says), std::string::npos) << e.message;
+  }
 }
 
 TEST(OpenAiRequestTest, OffValuesOfUnsupportedFeaturesAreAccepted) {

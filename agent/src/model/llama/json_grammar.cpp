@@ -12,6 +12,43 @@ bool IsHex(unsigned char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c 
 
 }  // namespace
 
+int Utf8Next(uint16_t* state, unsigned char c) {
+  const int left = *state & 3;
+  if (left > 0) {
+    unsigned lo = 0x80, hi = 0xBF;
+    switch (*state >> 2) {
+      case 1:  // after E0: no overlong 3-byte form
+        lo = 0xA0;
+        break;
+      case 2:  // after ED: no surrogate
+        hi = 0x9F;
+        break;
+      case 3:  // after F0: no overlong 4-byte form
+        lo = 0x90;
+        break;
+      case 4:  // after F4: nothing past U+10FFFF
+        hi = 0x8F;
+        break;
+      default:
+        break;
+    }
+    if (c < lo || c > hi) return -1;
+    *state = static_cast<uint16_t>(left - 1);
+    return 0;
+  }
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    *state = 1;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    *state = static_cast<uint16_t>(2 | ((c == 0xE0 ? 1 : c == 0xED ? 2 : 0) << 2));
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    *state = static_cast<uint16_t>(3 | ((c == 0xF0 ? 3 : c == 0xF4 ? 4 : 0) << 2));
+  } else {
+    return -1;  // a stray continuation byte, C0, C1, F5-FF
+  }
+  return 1;
+}
+
 bool JsonPrefix::Space() { return ++space_run_ <= 2 + 4 * depth_; }
 
 void JsonPrefix::ValueEnded() { state_ = depth_ == 0 ? State::kDone : State::kCommaOrEnd; }
@@ -108,6 +145,7 @@ bool JsonPrefix::Feed(unsigned char c) {
       return false;
     }
     case State::kString:
+      if (utf8_ != 0) return Utf8Next(&utf8_, c) == 0;  // inside a character
       if (c == '"') {
         if (string_is_key_) {
           state_ = State::kColon;
@@ -120,7 +158,7 @@ bool JsonPrefix::Feed(unsigned char c) {
         state_ = State::kEscape;
         return true;
       }
-      return c >= 0x20;  // control characters must be escaped; UTF-8 bytes pass
+      return c >= 0x20 && Utf8Next(&utf8_, c) > 0;  // control characters must be escaped
     case State::kEscape:
       if (c == 'u') {
         hex_left_ = 4;

@@ -598,6 +598,10 @@ class Stepper {
         if (c == ']' && t.a >= n.min_items) return Close(st);
         return;
       case kStr:
+        if (t.c != 0) {  // inside a UTF-8 character (c holds Utf8Next's state)
+          if (Utf8Next(&t.c, c) != 0) return;
+          return Emit(st);
+        }
         if (c == '"') {
           if (t.b < n.min_length) return;
           return EndValue(st);
@@ -605,8 +609,8 @@ class Stepper {
         if (c < 0x20) return;  // control characters must be escaped
         if (c == '\\') {
           t.state = kStrEscape;
-        } else if ((c & 0xC0) == 0x80) {
-          return Emit(st);  // a UTF-8 continuation byte: the same character
+        } else if (Utf8Next(&t.c, c) < 0) {
+          return;
         }
         if (t.b >= n.max_length) return;
         t.b = Inc(t.b);

@@ -22,6 +22,12 @@
 
 namespace fedge::agent::llm {
 
+// UTF-8 inside JSON strings (RFC 3629: no overlong forms, surrogates or code points
+// past U+10FFFF). `state` (0 between characters) packs the continuation bytes still
+// due and, before the second byte, the lead's narrower range. Returns -1 for a byte
+// that cannot come next, 0 for a continuation byte, 1 for the start of a character.
+int Utf8Next(uint16_t* state, unsigned char c);
+
 class JsonPrefix {
  public:
   // Objects and arrays nest at most this deep; a deeper one is refused.
@@ -70,6 +76,7 @@ class JsonPrefix {
   State state_ = State::kStart;
   bool string_is_key_ = false;
   uint8_t hex_left_ = 0;
+  uint16_t utf8_ = 0;       // Utf8Next's state inside a string
   uint8_t literal_at_ = 0;  // bytes of literal_ matched
   const char* literal_ = nullptr;
   int depth_ = 0;

@@ -79,7 +79,7 @@ class JsonSchemaPrefix {
     uint8_t hex_left = 0;
     uint16_t a = 0;  // object: next property; array: items so far; literal: candidate
     uint16_t b = 0;  // object: property being keyed; literal: bytes matched; string: chars
-    uint16_t c = 0;  // object: key bytes matched
+    uint16_t c = 0;  // object: key bytes matched; string: Utf8Next's state
   };
   // One reading of the bytes so far: frames_[begin, begin + size).
   struct Alternative {
