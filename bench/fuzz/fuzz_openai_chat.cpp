@@ -6,15 +6,19 @@
 // ParseToolCalls' content is the text before the first <tool_call> (Llama: empty) and
 // every call's arguments parse; a reply streamed through ReasoningSplitter +
 // ToolCallStream in pieces (sizes from the input) adds up to ReadChatReply of the whole.
+// Requests with a json_schema format compile what they send. The bytes fed to JSON
+// mode's and structured outputs' automata, when complete, are objects nlohmann parses.
 #include <algorithm>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "fedge/agent/llm/chat_template.h"
 #include "fedge/agent/llm/json_grammar.h"
+#include "fedge/agent/llm/json_schema.h"
 #include "fedge/agent/llm/tool_calls.h"
 #include "fedge/agent/runtime/openai_request.h"
 #include "fedge/agent/runtime/reasoning.h"
@@ -110,18 +114,41 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckRequest(bytes);
   uint64_t seed = 0;
   for (size_t i = 0; i < std::min<size_t>(size, 8); ++i) seed = seed * 131 + data[i];
-  // JSON mode's automaton: what it takes as a whole object nlohmann parses as one
-  // (unless a number is beyond double's range, or a string holds bytes >= 0x80,
-  // whose UTF-8 the automaton leaves to the tokenizer).
-  llm::JsonPrefix prefix;
-  if (prefix.FeedAll(bytes) && prefix.Complete() &&
-      std::all_of(bytes.begin(), bytes.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+  // JSON mode's automaton, and structured outputs' over a schema with every kind of
+  // node: what they take as a whole object nlohmann parses as one (unless a number
+  // is beyond double's range); the schema's, as one the schema's types allow.
+  static const std::shared_ptr<const llm::JsonSchema> kSchema = [] {
+    auto s = llm::CompileJsonSchema(
+        R"({"$defs": {"N": {"type": "object", "properties": {"k": {"type": "array", "items": {"$ref": "#/$defs/N"},
+            "maxItems": 3}, "v": {"anyOf": [{"type": "string", "maxLength": 4}, {"type": "null"}]}},
+            "required": ["v"]}},
+            "type": "object", "properties": {"e": {"enum": ["a", "ab", 1, 10, true]}, "n": {"type": "number"},
+            "i": {"type": "integer"}, "t": {"$ref": "#/$defs/N"}, "m": {"additionalProperties": {"type": "boolean"}}},
+            "required": ["e"]})");
+    if (!s.ok()) Fail("the fuzz schema does not compile", s.status().message());
+    return *s;
+  }();
+  auto parses_as_object = [&](const char* who) {
     try {
-      if (!nlohmann::json::parse(bytes).is_object())
-        Fail("JSON mode completed a non-object", std::string(bytes));
+      const auto v = nlohmann::json::parse(bytes);
+      if (!v.is_object()) Fail((std::string(who) + " completed a non-object").c_str(), std::string(bytes));
+      return std::optional<nlohmann::json>(v);
     } catch (const nlohmann::json::out_of_range&) {
     } catch (const nlohmann::json::exception&) {
-      Fail("JSON mode completed text nlohmann refuses", std::string(bytes));
+      Fail((std::string(who) + " completed text nlohmann refuses").c_str(), std::string(bytes));
+    }
+    return std::optional<nlohmann::json>();
+  };
+  llm::JsonPrefix prefix;
+  if (prefix.FeedAll(bytes) && prefix.Complete()) parses_as_object("JSON mode");
+  llm::JsonSchemaPrefix schema_prefix(kSchema);
+  if (schema_prefix.FeedAll(bytes) && schema_prefix.Complete()) {
+    if (auto v = parses_as_object("the schema's automaton")) {
+      if (!v->contains("e") ||
+          !((*v)["e"] == "a" || (*v)["e"] == "ab" || (*v)["e"] == 1 || (*v)["e"] == 10 || (*v)["e"] == true))
+        Fail("the schema's automaton completed an object without its required enum", std::string(bytes));
+      if (v->contains("i") && !(*v)["i"].is_number_integer() && !(*v)["i"].is_number_unsigned())
+        Fail("the schema's automaton completed a non-integer 'i'", std::string(bytes));
     }
   }
   CheckReply(bytes, llm::ChatToolFormat::kHermes, seed);

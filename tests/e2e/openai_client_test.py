@@ -10,8 +10,9 @@ Two real jobs on loopback, each one fedge-aggregator and one fedge-agent:
     generative_job_test.py builds it): models, chat.completions and completions,
     streamed and not, max_tokens / max_completion_tokens, stop, seed, text content
     parts, and the 400s for what is not implemented (n > 1, logprobs, a required
-    tool_choice, tools on a model without a tool format, response_format json_schema,
-    embeddings on a causal LM), and JSON mode (response_format json_object);
+    tool_choice, tools on a model without a tool format, a json_schema with a keyword
+    fedge cannot hold the reply to, embeddings on a causal LM), JSON mode
+    (response_format json_object), and structured outputs (parse() into a pydantic model);
   - a MiniLM job: models and embeddings in the default (base64), float and base64
     encodings, each compared with the float output of a plain HTTP /v1/embeddings;
     dimensions, token arrays and generation on a classifier refused with 400s.
@@ -293,6 +294,46 @@ class OpenAiGenerativeTest(unittest.TestCase):
             self.assertEqual(streamed, text)
         print(f"\nJSON-mode reply to 'dog' (seed 1, <= 40 tokens): {self.chat(response_format={'type': 'json_object'}, max_completion_tokens=40, temperature=1.0, seed=1).choices[0].message.content!r}")
 
+    def test_structured_outputs_parse_into_a_pydantic_model(self):
+        # client.chat.completions.parse(response_format=<pydantic model>): the client
+        # sends the model's strict JSON schema ($defs, $ref, enums, an Optional, a
+        # bounded list) and validates the reply into the model. Every field is
+        # bounded, so each sampled reply ends, and every one must parse.
+        import typing
+        import pydantic
+
+        class Place(pydantic.BaseModel):
+            city: typing.Literal["Oslo", "Lima"]
+            floors: typing.Annotated[typing.List[typing.Literal[1, 2]], pydantic.Field(max_length=3)]
+
+        class Weather(pydantic.BaseModel):
+            sky: typing.Literal["clear", "cloudy", "rain"]
+            windy: bool
+            place: Place
+            note: typing.Optional[typing.Literal["cold", "warm"]]
+
+        seen = set()
+        for seed in range(1, 7):
+            r = self.client.chat.completions.parse(model=self.model_id, messages=[{"role": "user", "content": "dog"}],
+                                                   response_format=Weather, max_completion_tokens=200,
+                                                   temperature=1.0, seed=seed)
+            choice = r.choices[0]
+            self.assertEqual(choice.finish_reason, "stop", choice.message.content)
+            self.assertIsInstance(choice.message.parsed, Weather, choice.message.content)
+            self.assertLessEqual(len(choice.message.parsed.place.floors), 3)
+            seen.add(choice.message.parsed.sky)
+            if seed == 1:
+                print(f"\nstructured reply to 'dog' (seed 1): {choice.message.content!r} -> {choice.message.parsed!r}")
+        self.assertGreater(len(seen), 1)  # sampled, not one fixed answer
+        # Streamed, the same text.
+        fmt = {"type": "json_schema", "json_schema": {"name": "Weather", "strict": True,
+                                                     "schema": openai.lib._pydantic.to_strict_json_schema(Weather)}}
+        kw = dict(response_format=fmt, max_completion_tokens=200, temperature=1.0, seed=3)
+        whole = self.chat(**kw).choices[0].message.content
+        streamed = "".join(c.choices[0].delta.content or "" for c in self.chat(stream=True, **kw) if c.choices)
+        self.assertEqual(streamed, whole)
+        Weather.model_validate_json(whole)
+
     def test_content_as_text_parts_seed_and_system_messages(self):
         plain = self.chat(max_completion_tokens=12)
         parts = self.chat(max_completion_tokens=12, messages=[{"role": "user", "content": [{"type": "text", "text": "dog"}]}])
@@ -364,8 +405,9 @@ class OpenAiGenerativeTest(unittest.TestCase):
             (dict(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
                   tool_choice="required"), "tool_choice"),
             (dict(tool_choice="auto"), "tool_choice"),
-            (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-             "response_format"),
+            (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}}),
+             "response_format.json_schema.schema"),
             (dict(presence_penalty=0.5), "presence_penalty"),
             (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]),
              "messages"),

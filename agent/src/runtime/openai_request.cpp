@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -27,10 +28,42 @@ bool Fail(ApiErrorInfo* error, std::string message, std::string param, std::stri
   return false;
 }
 
+// Arrays and objects in a request nest at most this deep. What is nested is dumped
+// (a tool's parameters into the prompt) or compiled (a response format's schema) by
+// recursive walks, which a body of 4 MB of '[' would take past the thread's stack.
+constexpr int kMaxRequestDepth = 64;
+
+// Whether `v`, itself `depth` levels in, holds arrays or objects deeper than
+// kMaxRequestDepth (walked with a stack of its own, not recursion).
+bool NestsTooDeep(const Json& v, int depth) {
+  std::vector<std::pair<const Json*, int>> todo = {{&v, depth}};
+  while (!todo.empty()) {
+    const auto [x, d] = todo.back();
+    todo.pop_back();
+    if (!x->is_structured()) continue;
+    if (d > kMaxRequestDepth) return true;
+    for (const Json& child : *x) todo.emplace_back(&child, d + 1);
+  }
+  return false;
+}
+
+// The top-level field within which `body` nests too deep, or nullopt.
+std::optional<std::string> TooDeep(const Json& body) {
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    if (NestsTooDeep(*it, 2)) return it.key();
+  }
+  return std::nullopt;
+}
+
 bool ParseObject(std::string_view text, Json* body, ApiErrorInfo* error) {
   *body = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (body->is_discarded()) return Fail(error, "request body is not valid JSON", "", "invalid_json");
   if (!body->is_object()) return Fail(error, "request body must be a JSON object", "", "invalid_json");
+  if (auto field = TooDeep(*body))
+    return Fail(error,
+                "'" + *field + "' nests arrays and objects too deep: at most " +
+                    std::to_string(kMaxRequestDepth) + " levels in a request",
+                *field, "invalid_value");
   return true;
 }
 
@@ -470,6 +503,12 @@ bool ParseToolCallsField(const Json& m, const std::string& where, llm::ChatMessa
       arguments = Json::parse(f["arguments"].get<std::string>(), nullptr, /*allow_exceptions=*/false);
       if (arguments.is_discarded()) {
         return Fail(error, cwhere + ".function.arguments' is not JSON", "messages", "invalid_message");
+      }
+      if (NestsTooDeep(arguments, 1)) {
+        return Fail(error,
+                    cwhere + ".function.arguments' nests arrays and objects too deep: at most " +
+                        std::to_string(kMaxRequestDepth) + " levels",
+                    "messages", "invalid_message");
       }
     }
     out->tool_calls.push_back({f["name"].get<std::string>(), llm::PythonJsonDumps(arguments)});

@@ -24,11 +24,11 @@ std::pair<bool, bool> Feed(std::string_view text) {
 
 TEST(JsonGrammarTest, AcceptsPrefixesOfObjectsAndCompletesOnlyAtTheEnd) {
   for (const std::string doc : {
-           R"({})",
-           R"( { "a" : 1 })",
+           R"({})", R"( { "a" : 1 })",
            "{\"a\":[1,-0.5e+3,2E-2,0,true,false,null,\"x\\n\\u00e9\\\"\"],\"b\":{\"c\":{}},\"d\":[]}",
            "{\"\xc3\xa9\\u12aF\": \"\xe6\x9d\xb1\\/\\b\\f\\r\\t\\\\\"}",
            R"({"n": [[[[]]], {"k": [{}]}], "z": -12.75})",
+           "\n  {\n      \"a\": [\n\t\t\t1\n\t],\n  \"b\": 2\n}",  // indents to 2 + 4 x depth
        }) {
     for (size_t n = 0; n < doc.size(); ++n) {
       auto [ok, complete] = Feed(doc.substr(0, n));
@@ -67,11 +67,17 @@ TEST(JsonGrammarTest, AcceptsPrefixesOfObjectsAndCompletesOnlyAtTheEnd) {
            "{} {}",
            "{}x",
            "{\"a\":1}}",
-           // Whitespace is bounded: none after the object, 2 before it, 2 + 4 x depth between.
+           // Whitespace is bounded (JsonWhitespace): none after the object; between
+           // tokens one space, or a newline and an indent of 2 + 4 x depth at most.
            "{} ",
-           "   {}",
-           "{\"a\":       1}",
-           "{\"a\":[           1]}",
+           "  {}",
+           "\n   {}",
+           "{\"a\":  1}",
+           "{\"a\":\t1}",
+           "{\"a\":\r\n1}",
+           "{\"a\": \n1}",
+           "{\"a\":\n       1}",
+           "{\"a\":[\n           1]}",
        }) {
     EXPECT_FALSE(Feed(bad).second) << bad;
   }
@@ -108,7 +114,7 @@ TEST(JsonGrammarTest, AgreesWithNlohmannOnRandomObjectsAndEditsOfThem) {
     const std::string edited = RandomEdits(rng, doc, alphabet);
     bool want;
     try {
-      want = nlohmann::json::parse(edited).is_object();
+      want = nlohmann::json::parse(edited).is_object() && WhitespaceFits(edited);
     } catch (const nlohmann::json::out_of_range&) {
       continue;  // a number out of double's range (2.2E649...): valid JSON text, beyond nlohmann
     } catch (const nlohmann::json::parse_error&) {

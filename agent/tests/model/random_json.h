@@ -65,4 +65,44 @@ inline std::string RandomEdits(std::mt19937& rng, std::string text, const std::s
   return text;
 }
 
+// Whether every run of whitespace outside strings in `text` (a JSON text, or not)
+// has a form JsonWhitespace allows at its depth (open brackets before it): one
+// space, or '\n' and at most 2 + 4 x depth spaces and tabs; and none after the text
+// closes. Written apart from the automata, as their reference.
+inline bool WhitespaceFits(const std::string& text) {
+  int depth = 0;
+  bool in_string = false, escaped = false, closed = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == ' ' || c == '\n' || c == '\t' || c == '\r') {
+      size_t end = i;
+      while (end < text.size() &&
+             (text[end] == ' ' || text[end] == '\n' || text[end] == '\t' || text[end] == '\r'))
+        ++end;
+      const std::string run = text.substr(i, end - i);
+      if (closed) return false;
+      const bool one_space = run == " ";
+      const bool indent = run[0] == '\n' && run.size() - 1 <= static_cast<size_t>(2 + 4 * depth) &&
+                          run.find_first_not_of(" \t", 1) == std::string::npos;
+      if (!one_space && !indent) return false;
+      i = end - 1;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    if (c == '{' || c == '[') ++depth;
+    if ((c == '}' || c == ']') && --depth == 0) closed = true;
+  }
+  return true;
+}
+
 }  // namespace fedge::agent::llm

@@ -244,6 +244,53 @@ TEST(OpenAiRequestTest, JsonSchemaFormatsAreCompiledOrRefusedByName) {
   }
 }
 
+// The attack: JSON nested 100,000 deep where the request is dumped or compiled
+// (a tool's parameters, a response format's schema) would overflow the stack of a
+// recursive walk. Refused as too deep, naming the field; 64 levels pass.
+TEST(OpenAiRequestTest, DeeplyNestedToolsAndSchemasAreRefused) {
+  const int kDeep = 100000;
+  const std::string arrays = std::string(kDeep, '[') + std::string(kDeep, ']');
+  std::string schema;
+  for (int i = 0; i < kDeep; ++i) schema += R"({"type": "object", "properties": {"a": )";
+  schema += "{}";
+  for (int i = 0; i < kDeep; ++i) schema += "}}";
+  const struct {
+    std::string field, param;
+  } cases[] = {
+      {R"("tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": )" +
+           arrays + "}}}]",
+       "tools"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+          "properties": {"a": {"enum": [)" +
+           arrays + "]}}}}}",
+       "response_format"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": )" + schema +
+           "}}",
+       "response_format"},
+      {R"("messages": [{"role": "user", "content": [{"type": "text", "text": "x", "y": )" + arrays + "}]}]",
+       "messages"},
+      // A string of JSON inside the request: an earlier call's arguments.
+      {R"("messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"id": "c",
+          "type": "function", "function": {"name": "f", "arguments": ")" +
+           arrays + R"("}}]}])",
+       "messages"},
+  };
+  for (const auto& c : cases) {
+    ApiErrorInfo e;
+    EXPECT_FALSE(Chat(std::string("{") + kHi + ", " + c.field + "}", &e)) << c.param;
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, c.param);
+    EXPECT_NE(e.message.find("too deep"), std::string::npos) << e.message;
+  }
+  ApiErrorInfo e;
+  EXPECT_TRUE(Chat(
+      std::string("{") + kHi + R"(, "metadata": )" + std::string(63, '[') + std::string(63, ']') + "}", &e))
+      << e.message;
+  EXPECT_FALSE(Chat(
+      std::string("{") + kHi + R"(, "metadata": )" + std::string(64, '[') + std::string(64, ']') + "}", &e));
+  EXPECT_EQ(e.param, "metadata");
+}
+
 TEST(OpenAiRequestTest, OffValuesOfUnsupportedFeaturesAreAccepted) {
   ApiErrorInfo e;
   auto r = Chat(std::string("{") + kHi +

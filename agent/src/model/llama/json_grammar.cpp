@@ -49,7 +49,24 @@ int Utf8Next(uint16_t* state, unsigned char c) {
   return 1;
 }
 
-bool JsonPrefix::Space() { return ++space_run_ <= 2 + 4 * depth_; }
+bool JsonWhitespace(uint8_t* run, unsigned char c, int depth) {
+  constexpr uint8_t kOneSpace = 255;
+  if (*run == 0) {
+    if (c == ' ') {
+      *run = kOneSpace;
+    } else if (c == '\n') {
+      *run = 1;
+    } else {
+      return false;
+    }
+    return true;
+  }
+  if (*run == kOneSpace || (c != ' ' && c != '\t') || *run - 1 >= 2 + 4 * depth) return false;
+  ++*run;
+  return true;
+}
+
+bool JsonPrefix::Space(unsigned char c) { return JsonWhitespace(&space_run_, c, depth_); }
 
 void JsonPrefix::ValueEnded() { state_ = depth_ == 0 ? State::kDone : State::kCommaOrEnd; }
 
@@ -97,16 +114,16 @@ bool JsonPrefix::Feed(unsigned char c) {
   if (!in_token && !IsSpace(c)) space_run_ = 0;
   switch (state_) {
     case State::kStart:
-      if (IsSpace(c)) return Space();
+      if (IsSpace(c)) return Space(c);
       if (c != '{') return false;  // the top-level value is an object
       return StartValue(c);
     case State::kDone:
       return false;
     case State::kValue:
-      if (IsSpace(c)) return Space();
+      if (IsSpace(c)) return Space(c);
       return StartValue(c);
     case State::kValueOrEnd:
-      if (IsSpace(c)) return Space();
+      if (IsSpace(c)) return Space(c);
       if (c == ']') {
         --depth_;
         ValueEnded();
@@ -115,7 +132,7 @@ bool JsonPrefix::Feed(unsigned char c) {
       return StartValue(c);
     case State::kKeyOrEnd:
     case State::kKey:
-      if (IsSpace(c)) return Space();
+      if (IsSpace(c)) return Space(c);
       if (c == '}' && state_ == State::kKeyOrEnd) {
         --depth_;
         ValueEnded();
@@ -126,12 +143,12 @@ bool JsonPrefix::Feed(unsigned char c) {
       state_ = State::kString;
       return true;
     case State::kColon:
-      if (IsSpace(c)) return Space();
+      if (IsSpace(c)) return Space(c);
       if (c != ':') return false;
       state_ = State::kValue;
       return true;
     case State::kCommaOrEnd: {
-      if (IsSpace(c)) return Space();
+      if (IsSpace(c)) return Space(c);
       const char open = stack_[static_cast<size_t>(depth_ - 1)];
       if (c == ',') {
         state_ = open == '{' ? State::kKey : State::kValue;

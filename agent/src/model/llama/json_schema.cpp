@@ -522,13 +522,13 @@ class Stepper {
     const bool ws = IsSpace(c);
     switch (static_cast<State>(t.state)) {
       case kRootValue:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         return StartValue(st, t.node, c, 0);
       case kRootDone:
         return;
       case kObjKeyOrEnd:
       case kObjKey:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         if (c == '}' && t.state == kObjKeyOrEnd && n.next_required[t.a] == n.properties.size())
           return Close(st);
         if (c != '"') return;
@@ -564,16 +564,16 @@ class Stepper {
       case kObjFreeKey:
         return;  // a string frame is above it
       case kObjColon:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         if (c != ':') return;
         t.state = kObjValue;
         return Emit(st);
       case kObjValue:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         return StartValue(
             st, n.properties.empty() ? static_cast<uint32_t>(n.additional) : n.properties[t.b].node, c, 0);
       case kObjCommaOrEnd:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         if (c == ',' && (n.properties.empty() || t.a < n.properties.size())) {
           t.state = kObjKey;
           return Emit(st);
@@ -581,16 +581,16 @@ class Stepper {
         if (c == '}' && n.next_required[t.a] == n.properties.size()) return Close(st);
         return;
       case kArrValueOrEnd:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         if (c == ']' && n.min_items == 0) return Close(st);
         if (n.max_items == 0) return;
         t.state = kArrValue;
         return StartValue(st, n.items, c, 0);
       case kArrValue:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         return StartValue(st, n.items, c, 0);
       case kArrCommaOrEnd:
-        if (ws) return Space(st);
+        if (ws) return Space(st, c);
         if (c == ',' && t.a < n.max_items) {
           t.state = kArrValue;
           return Emit(st);
@@ -713,9 +713,8 @@ class Stepper {
     alternatives_->push_back(alt);
   }
 
-  void Space(Stack& st) {
-    if (++st.space_run > 2 + 4 * st.depth) return;
-    Emit(st);
+  void Space(Stack& st, unsigned char c) {
+    if (JsonWhitespace(&st.space_run, c, st.depth)) Emit(st);
   }
 
   void Push(Stack& st, const Frame& frame) {

@@ -1,10 +1,8 @@
 // JSON mode (OpenAI's response_format {"type": "json_object"}): generation
 // constrained so that the reply is a JSON object. JsonPrefix is a byte-level
 // pushdown automaton that accepts exactly the prefixes of JSON texts (RFC 8259)
-// whose top-level value is an object, with whitespace between tokens bounded: at
-// most 2 + 4 x depth bytes in a row (pretty-printing fits; a model that would pad
-// with whitespace forever, as a small model given a free hand does, cannot), at most
-// 2 before the object and none after it. JsonConstraint masks,
+// whose top-level value is an object, with whitespace between tokens bounded
+// (JsonWhitespace) and none after the object. JsonConstraint masks,
 // before each token is sampled, every token whose bytes would leave that language, and
 // every end-of-sequence token until the object is closed (then only those remain).
 // Torch-free.
@@ -27,6 +25,13 @@ namespace fedge::agent::llm {
 // due and, before the second byte, the lead's narrower range. Returns -1 for a byte
 // that cannot come next, 0 for a continuation byte, 1 for the start of a character.
 int Utf8Next(uint16_t* state, unsigned char c);
+
+// Whitespace between JSON tokens, as llama.cpp's json.gbnf bounds it: nothing, one
+// space, or a newline and an indent of spaces and tabs, here at most 2 + 4 x depth
+// (json.dumps' and JSON.stringify's pretty-printing fit; a model that would pad with
+// whitespace, as a small model given a free hand does, cannot). `run` (0 after a
+// non-whitespace byte) is the state; false for a byte the run cannot take.
+bool JsonWhitespace(uint8_t* run, unsigned char c, int depth);
 
 class JsonPrefix {
  public:
@@ -64,8 +69,8 @@ class JsonPrefix {
     kLiteral,         // inside true / false / null
     kDone,            // the top-level object closed (nothing may follow)
   };
-  // Whitespace between tokens: the run so far, bounded by depth.
-  bool Space();
+  // Whitespace between tokens (JsonWhitespace).
+  bool Space(unsigned char c);
   // After a value ended (a string, number, literal, object or array closed): where
   // the enclosing container, or the top level, goes next.
   void ValueEnded();
@@ -80,7 +85,7 @@ class JsonPrefix {
   uint8_t literal_at_ = 0;  // bytes of literal_ matched
   const char* literal_ = nullptr;
   int depth_ = 0;
-  int space_run_ = 0;
+  uint8_t space_run_ = 0;                // JsonWhitespace's state
   std::array<char, kMaxDepth> stack_{};  // '{' or '['
 };
 

@@ -86,7 +86,7 @@ class JsonSchemaPrefix {
     uint32_t begin = 0;
     uint16_t size = 0;
     uint8_t depth = 0;      // open objects and arrays
-    uint8_t space_run = 0;  // whitespace bytes in a row
+    uint8_t space_run = 0;  // JsonWhitespace's state
   };
 
  private:
