@@ -26,7 +26,8 @@
 // --json-mask DIR times JSON mode's per-token mask (JsonConstraint::Mask: every token
 // of the vocabulary checked against the JSON automaton) on the real tokenizers, in
 // several states of a reply, against the passes sampling makes over the same logits
-// anyway (argmax for greedy; exp and sum for a temperature draw), in this process.
+// anyway (argmax for greedy; exp and sum for a temperature draw), in this process;
+// and structured outputs' mask (a schema's automaton) in the same states.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,6 +45,7 @@
 
 #include "fedge/agent/llm/bpe_tokenizer.h"
 #include "fedge/agent/llm/json_grammar.h"
+#include "fedge/agent/llm/json_schema.h"
 
 namespace {
 
@@ -177,10 +179,20 @@ int JsonMaskReport(const std::string& dir) {
                           {"in a string", R"({"description": "a small dog with long)"},
                           {"after ':'", R"({"name": "rex", "age":)"},
                           {"in a number", R"({"weight": 12)"},
+                          {"in an enum", R"({"sky": "cl)"},
                           {"closed", R"({"a": [1, 2]})"}};
-  std::printf("JSON mode: JsonConstraint::Mask per sampled token, mean of 30 calls\n");
-  std::printf("%-10s %8s %-13s %9s %9s %9s %9s %7s\n", "tokenizer", "vocab", "state", "allowed", "mask ms",
-              "argmax ms", "softmax ms", "mask/sm");
+  // Structured outputs: every state above is a prefix of what this schema accepts.
+  auto schema = llm::CompileJsonSchema(R"({"type": "object", "properties": {"name": {"type": "string"},
+      "description": {"type": "string", "maxLength": 200}, "age": {"type": "integer"}, "weight": {"type": "number"},
+      "sky": {"enum": ["clear", "cloudy", "rain"]}, "a": {"type": "array", "items": {"type": "integer"}}},
+      "additionalProperties": false})");
+  if (!schema.ok()) {
+    std::fprintf(stderr, "%s\n", schema.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("JSON mode and structured outputs: JsonConstraint::Mask per sampled token, mean of 30 calls\n");
+  std::printf("%-10s %8s %-13s %9s %9s %9s %9s %9s %9s %7s %7s\n", "tokenizer", "vocab", "state", "allowed",
+              "mask ms", "argmax ms", "softmax ms", "sch allow", "schema ms", "mask/sm", "sch/mask");
   for (const char* name : {"llama3_1", "qwen3", "gemma3", "llama2"}) {
     auto tok = BpeTokenizer::Load(dir + "/" + name + "/tokenizer.json");
     if (!tok.ok()) {
@@ -201,6 +213,8 @@ int JsonMaskReport(const std::string& dir) {
       one.push_back(s.text);
       llm::JsonConstraint fed(&one, {});
       fed.Accept(static_cast<int32_t>(vocab));
+      llm::JsonConstraint schema_fed(&one, {}, *schema);
+      schema_fed.Accept(static_cast<int32_t>(vocab));
       int64_t allowed = 0;
       std::vector<float> row;
       const int reps = 30;
@@ -211,6 +225,18 @@ int JsonMaskReport(const std::string& dir) {
                             }
                           }) /
                           reps;
+      int64_t schema_allowed = 0;
+      const double schema_mask = Seconds([&] {
+                                   for (int r = 0; r < reps; ++r) {
+                                     row = logits;
+                                     schema_allowed = schema_fed.Mask(row.data(), vocab);
+                                   }
+                                 }) /
+                                 reps;
+      if (schema_allowed == 0 && std::string(s.what) != "closed") {
+        std::fprintf(stderr, "the schema allows no token after %s\n", s.text.c_str());
+        return 1;
+      }
       volatile float sink = 0;
       const double argmax =
           Seconds([&] {
@@ -230,9 +256,10 @@ int JsonMaskReport(const std::string& dir) {
                              }) /
                              reps;
       (void)sink;
-      std::printf("%-10s %8lld %-13s %9lld %9.2f %9.3f %9.3f %7.1f\n", name, static_cast<long long>(vocab),
-                  s.what, static_cast<long long>(allowed), mask * 1e3, argmax * 1e3, softmax * 1e3,
-                  mask / softmax);
+      std::printf("%-10s %8lld %-13s %9lld %9.2f %9.3f %9.3f %9lld %9.2f %7.1f %7.2f\n", name,
+                  static_cast<long long>(vocab), s.what, static_cast<long long>(allowed), mask * 1e3,
+                  argmax * 1e3, softmax * 1e3, static_cast<long long>(schema_allowed), schema_mask * 1e3,
+                  mask / softmax, schema_mask / mask);
     }
   }
   return 0;

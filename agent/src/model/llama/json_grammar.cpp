@@ -1,6 +1,7 @@
 #include "fedge/agent/llm/json_grammar.h"
 
 #include <algorithm>
+#include <array>
 #include <limits>
 
 namespace fedge::agent::llm {
@@ -265,6 +266,15 @@ JsonConstraint::JsonConstraint(const std::vector<std::string>* token_bytes, std:
 template <typename Fits>
 int64_t JsonConstraint::MaskWith(float* logits, int64_t vocab_size, bool complete, const Fits& fits) const {
   constexpr float kOff = -std::numeric_limits<float>::infinity();
+  // Most tokens are refused at their first byte: which first bytes can be taken is
+  // found once (256 feeds), and only tokens starting with one are fed whole.
+  std::array<bool, 256> first{};
+  if (!complete) {
+    for (int b = 0; b < 256; ++b) {
+      const char byte = static_cast<char>(b);
+      first[static_cast<size_t>(b)] = fits(std::string_view(&byte, 1));
+    }
+  }
   int64_t allowed = 0;
   for (int64_t id = 0; id < vocab_size; ++id) {
     bool ok;
@@ -274,7 +284,8 @@ int64_t JsonConstraint::MaskWith(float* logits, int64_t vocab_size, bool complet
                (*token_bytes_)[static_cast<size_t>(id)].empty()) {
       ok = false;  // after the object nothing but the end; special and unknown ids never
     } else {
-      ok = fits((*token_bytes_)[static_cast<size_t>(id)]);
+      const std::string& bytes = (*token_bytes_)[static_cast<size_t>(id)];
+      ok = first[static_cast<unsigned char>(bytes[0])] && (bytes.size() == 1 || fits(bytes));
     }
     if (ok) {
       ++allowed;
@@ -287,12 +298,12 @@ int64_t JsonConstraint::MaskWith(float* logits, int64_t vocab_size, bool complet
 
 int64_t JsonConstraint::Mask(float* logits, int64_t vocab_size) const {
   if (schema_prefix_) {
-    return MaskWith(logits, vocab_size, schema_prefix_->Complete(), [this](const std::string& bytes) {
+    return MaskWith(logits, vocab_size, schema_prefix_->Complete(), [this](std::string_view bytes) {
       schema_prefix_->CopyTo(&*scratch_);
       return scratch_->FeedAll(bytes);
     });
   }
-  return MaskWith(logits, vocab_size, prefix_.Complete(), [this](const std::string& bytes) {
+  return MaskWith(logits, vocab_size, prefix_.Complete(), [this](std::string_view bytes) {
     JsonPrefix next = prefix_;
     return next.FeedAll(bytes);
   });

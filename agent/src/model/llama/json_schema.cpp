@@ -822,7 +822,48 @@ JsonSchemaPrefix::JsonSchemaPrefix(std::shared_ptr<const JsonSchema> schema) : s
   alternatives_.push_back(Alternative{0, 1, 0, 0});
 }
 
+namespace {
+
+// The common bytes, taken in place when one reading is open: a string's ordinary
+// characters, a number's digits, a literal's next byte. Exactly what Stepper::Step
+// does with them; false leaves the byte to it.
+bool StepInPlace(const Node& n, Frame& t, unsigned char c) {
+  switch (t.state) {
+    case kStr: {
+      if (t.c == 0 && (c < 0x20 || c == '"' || c == '\\')) return false;
+      uint16_t utf8 = t.c;
+      const int r = Utf8Next(&utf8, c);
+      if (r < 0 || (r > 0 && t.b >= n.max_length)) return false;
+      if (r > 0) t.b = Inc(t.b);
+      t.c = utf8;
+      return true;
+    }
+    case kNumDigits:
+    case kNumFraction:
+    case kNumExponentDigits:
+      return IsDigit(c);
+    case kLiteral: {
+      const std::string& lit = n.literals[t.a];
+      if (lit.size() <= t.b || static_cast<unsigned char>(lit[t.b]) != c) return false;
+      ++t.b;  // the same candidate goes on (the first with these bytes stays the first)
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
 bool JsonSchemaPrefix::Feed(unsigned char c) {
+  if (alternatives_.size() == 1) {
+    Alternative& alt = alternatives_[0];
+    Frame& top = frames_[alt.begin + alt.size - 1u];
+    if (StepInPlace(schema_->nodes[top.node], top, c)) {
+      if (!IsSpace(c)) alt.space_run = 0;
+      return true;
+    }
+  }
   next_frames_.clear();
   next_alternatives_.clear();
   Stepper stepper(*schema_, &next_frames_, &next_alternatives_);
