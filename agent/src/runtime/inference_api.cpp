@@ -1,5 +1,7 @@
 #include "fedge/agent/runtime/inference_api.h"
 
+#include "fedge/agent/llm/json_schema.h"
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -488,6 +490,20 @@ Status InferenceApi::RunGeneration(const GenerationRequest& req, bool dry_run,
                                   std::string(llm::ChatFormatName(*format)) +
                                   ") starts inside its reasoning, which JSON mode would constrain too: send "
                                   "{\"type\": \"text\"}");
+      }
+      if (req.tool_choice_required) {
+        // The reply is one call, decoded under the tools' schemas in the model's format.
+        if (llm::ChatReplyThinks(*format) == llm::ChatReasoning::kStartsInside) {
+          return UnimplementedError(
+              "a required tool call: this model's reply (" + std::string(llm::ChatFormatName(*format)) +
+              ") starts inside its reasoning, which the call's constraint would hold too: "
+              "send 'tool_choice': \"auto\"");
+        }
+        const bool hermes = tool_format == llm::ChatToolFormat::kHermes;
+        FEDGE_ASSIGN_OR_RETURN(
+            options.json_schema,
+            llm::CompileToolCallSchema(req.tool_schemas, hermes ? "arguments" : "parameters",
+                                       hermes ? "<tool_call>\n" : "", hermes ? "\n</tool_call>" : ""));
       }
       llm::ChatTemplateOptions chat_options;
       chat_options.enable_thinking = req.enable_thinking;

@@ -410,16 +410,22 @@ bool ParseTools(const Json& body, const InferenceLimits& limits, GenerationReque
                 ApiErrorInfo* error) {
   if (Has(body, "tool_choice")) {
     const Json& choice = body["tool_choice"];
-    if (!choice.is_string() || (choice != "auto" && choice != "none")) {
+    const bool named = choice.is_object() && choice.size() == 2 && choice.contains("type") &&
+                       choice["type"] == "function" && choice.contains("function") &&
+                       choice["function"].is_object() && choice["function"].size() == 1 &&
+                       choice["function"].contains("name") && choice["function"]["name"].is_string();
+    if (!named && (!choice.is_string() || (choice != "auto" && choice != "none" && choice != "required"))) {
       return Fail(error,
                   "'tool_choice' " +
                       (choice.is_string() ? "'" + Clip(choice.get<std::string>()) + "'"
                                           : choice.dump().substr(0, 64)) +
-                      " is not supported: only \"auto\" and \"none\" (a required or named call needs "
-                      "constrained decoding, which this server does not have)",
+                      " is not supported: \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                      "\"function\": {\"name\": ...}}",
                   "tool_choice", "unsupported_parameter");
     }
     req->tool_choice_none = choice == "none";
+    req->tool_choice_required = named || choice == "required";
+    if (named) req->tool_choice_name = choice["function"]["name"].get<std::string>();
     if (!req->tool_choice_none && !Has(body, "tools")) {
       return Fail(error, "'tool_choice' is only allowed when 'tools' are given", "tool_choice",
                   "invalid_value");
@@ -455,7 +461,38 @@ bool ParseTools(const Json& body, const InferenceLimits& limits, GenerationReque
     if (f.contains("parameters") && !f["parameters"].is_object())
       return Fail(error, where + ".function.parameters' must be a JSON Schema object", "tools",
                   "invalid_type");
+    if (f.contains("strict") && !f["strict"].is_null() && !f["strict"].is_boolean())
+      return Fail(error, where + ".function.strict' must be a boolean", "tools", "invalid_type");
     req->tools.push_back(llm::PythonJsonDumps(t));
+    req->tool_schemas.push_back(
+        {f["name"].get<std::string>(), f.contains("parameters") ? f["parameters"].dump() : "",
+         f.contains("strict") && f["strict"].is_boolean() && f["strict"].get<bool>()});
+  }
+  if (!req->tool_choice_name.empty()) {
+    auto it = std::find_if(req->tool_schemas.begin(), req->tool_schemas.end(),
+                           [&](const llm::ToolSchema& t) { return t.name == req->tool_choice_name; });
+    if (it == req->tool_schemas.end())
+      return Fail(error,
+                  "'tool_choice' names '" + Clip(req->tool_choice_name) + "', which 'tools' does not hold",
+                  "tool_choice", "invalid_value");
+    req->tool_schemas = {*it};
+  }
+  if (req->tool_choice_required && req->tool_schemas.empty())
+    return Fail(error, "'tool_choice' \"required\" needs at least one tool in 'tools'", "tool_choice",
+                "invalid_value");
+  // A required call is decoded under the tools' schemas: a strict tool promises its
+  // arguments fit, so a schema fedge cannot hold them to is refused here.
+  for (size_t i = 0; req->tool_choice_required && i < req->tool_schemas.size(); ++i) {
+    const llm::ToolSchema& t = req->tool_schemas[i];
+    if (!t.strict || t.parameters.empty()) continue;
+    auto compiled = llm::CompileJsonSchema(t.parameters);
+    if (!compiled.ok())
+      return Fail(
+          error,
+          "tool '" + t.name +
+              "' is strict and its parameters cannot be held to: " + compiled.status().message(),
+          "tools",
+          compiled.status().code() == StatusCode::kUnimplemented ? "unsupported_value" : "invalid_value");
   }
   // The tools are prompt text too: they count against the same bound as the messages
   // (tokenized on the thread that holds the model).

@@ -368,6 +368,54 @@ TEST(JsonSchemaTest, RefusesWhatItCannotHoldByNameAndPlace) {
             "ok");
 }
 
+// tool_choice "required" / a named function: a call to one of the tools, its
+// arguments held to that tool's parameters, between the format's wrapper bytes.
+TEST(JsonSchemaTest, ToolCallSchemasHoldACallToOneOfTheTools) {
+  const std::vector<ToolSchema> tools = {
+      {"get_time",
+       R"({"type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"]})", true},
+      {"add", R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+          "required": ["a", "b"]})",
+       false},
+      {"ping", "", false},                                                              // no parameters
+      {"find", R"({"type": "object", "properties": {"q": {"pattern": "x"}}})", false},  // not compilable
+  };
+  auto hermes = CompileToolCallSchema(tools, "arguments", "<tool_call>\n", "\n</tool_call>");
+  ASSERT_TRUE(hermes.ok()) << hermes.status().message();
+  for (const std::string call :
+       {R"({"name": "get_time", "arguments": {"tz": "CET"}})",
+        R"({"name": "add", "arguments": {"a": 1, "b": -2}})", R"({"name": "ping", "arguments": {}})",
+        R"({"name": "find", "arguments": {"q": [1], "z": null}})"}) {
+    const std::string text = "<tool_call>\n" + call + "\n</tool_call>";
+    JsonSchemaPrefix p(*hermes);
+    for (size_t i = 0; i < text.size(); ++i) {
+      ASSERT_TRUE(p.Feed(static_cast<unsigned char>(text[i]))) << text << " at " << i;
+      ASSERT_EQ(p.Complete(), i + 1 == text.size()) << text << " at " << i;
+    }
+  }
+  for (const std::string text : {
+           std::string(R"({"name": "ping", "arguments": {}})"),                  // no wrapper
+           std::string("<tool_call>\n{\"name\": \"pong\", \"arguments\": {}}"),  // no such tool
+           std::string("<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"PST\"}}"),  // schema
+           std::string("<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}"),  // required b
+           std::string("<tool_call>\n{\"arguments\": {}, \"name\": \"ping\"}"),         // name first
+           std::string("<tool_call>\n{\"name\": \"ping\", \"arguments\": []}"),         // an object
+           std::string("<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call> "),
+       })
+    EXPECT_FALSE(Feed(*hermes, text).second) << text;
+  // Llama 3's JSON: "parameters", no wrapper.
+  auto llama = CompileToolCallSchema({tools[0]}, "parameters", "", "");
+  ASSERT_TRUE(llama.ok());
+  EXPECT_EQ(Feed(*llama, R"({"name": "get_time", "parameters": {"tz": "UTC"}})"), std::make_pair(true, true));
+  EXPECT_FALSE(Feed(*llama, R"({"name": "add")").first);  // not the named tool
+  // A strict tool whose schema fedge cannot hold the arguments to is refused by name.
+  auto strict = CompileToolCallSchema({{"find", tools[3].parameters, true}}, "arguments", "", "");
+  ASSERT_FALSE(strict.ok());
+  EXPECT_EQ(strict.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(std::string(strict.status().message()).find("tool 'find' (strict): 'pattern'"), std::string::npos)
+      << strict.status().message();
+}
+
 TEST(JsonSchemaTest, ConstraintMasksTokensTheSchemaRefuses) {
   const std::vector<std::string> vocab = {"{",  "}",  "\"ok\"",   ":",  "true", "false", "1",
                                           "\"", "ok", "{\"ok\":", "tr", " ",    "",      "ue"};

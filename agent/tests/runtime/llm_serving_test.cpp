@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -561,6 +562,72 @@ TEST(LlmServingQwen3Test, AModelTrainedToCallAToolAnswersWithToolCalls) {
   ExpectTrainedModelCallsTheTool(
       "tiny_qwen2", "qwen2_5.jinja",
       "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"UTC\"}}\n</tool_call>");
+}
+
+// tool_choice "required" and a named function, served in both tool formats: every
+// sampled reply of a random tiny model is one call to one of the tools (the named
+// one), with arguments that fit its parameters; left to "auto" the same model
+// mostly writes text.
+TEST(LlmServingQwen3Test, RequiredToolChoiceAlwaysCallsATool) {
+  for (const auto& [golden, jinja] : std::vector<std::pair<std::string, std::string>>{
+           {"tiny_llama32", "llama3_2.jinja"}, {"tiny_qwen2", "qwen2_5.jinja"}}) {
+    SCOPED_TRACE(jinja);
+    ChatModel m(golden, jinja, 96, /*context=*/2048);
+    ASSERT_NE(m.serving, nullptr);
+    InferenceApi api(m.serving.get(), nullptr, nullptr);
+    const std::string tools =
+        R"([{"type": "function", "function": {"name": "get_time", "strict": true, "parameters": {"type": "object",
+            "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"], "additionalProperties": false}}},
+            {"type": "function", "function": {"name": "light", "parameters": {"type": "object",
+            "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}}])";
+    auto body = [&](int seed, const std::string& choice) {
+      return R"({"max_tokens": 200, "temperature": 1.0, "seed": )" + std::to_string(seed) +
+             R"(, "tool_choice": )" + choice + R"(, "tools": )" + tools +
+             R"(, "messages": [{"role": "user", "content": "Time?"}]})";
+    };
+    std::set<std::string> names;
+    int auto_text = 0;
+    for (int seed = 1; seed <= 6; ++seed) {
+      for (const std::string choice :
+           {std::string(R"("required")"),
+            std::string(R"({"type": "function", "function": {"name": "light"}})")}) {
+        HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body(seed, choice)));
+        ASSERT_EQ(r.status, 200) << r.body;
+        const json c = json::parse(r.body)["choices"][0];
+        ASSERT_EQ(c["finish_reason"], "tool_calls") << r.body;
+        ASSERT_EQ(c["message"]["tool_calls"].size(), 1u) << r.body;
+        EXPECT_TRUE(c["message"]["content"].is_null()) << r.body;
+        const json& f = c["message"]["tool_calls"][0]["function"];
+        const json args = json::parse(f["arguments"].get<std::string>());
+        if (f["name"] == "get_time") {
+          EXPECT_TRUE(args == json({{"tz", "UTC"}}) || args == json({{"tz", "CET"}})) << args.dump();
+        } else {
+          ASSERT_EQ(f["name"], "light") << r.body;
+          EXPECT_TRUE(args.size() == 1 && args["on"].is_boolean()) << args.dump();
+        }
+        if (choice[0] == '{') EXPECT_EQ(f["name"], "light");
+        names.insert(f["name"].get<std::string>());
+      }
+      HttpResponse r = api.ChatCompletions(Post("/v1/chat/completions", body(seed, R"("auto")")));
+      ASSERT_EQ(r.status, 200) << r.body;
+      if (!json::parse(r.body)["choices"][0]["message"].contains("tool_calls")) ++auto_text;
+    }
+    EXPECT_EQ(names.size(), 2u);  // "required" chose either tool
+    EXPECT_GT(auto_text, 0);      // the constraint is what makes them calls
+    // A named tool that is not offered, a strict tool fedge cannot hold, and
+    // "required" on a model whose reply starts inside its reasoning are 400s.
+    HttpResponse bad = api.ChatCompletions(
+        Post("/v1/chat/completions", body(1, R"({"type": "function", "function": {"name": "nope"}})")));
+    EXPECT_EQ(bad.status, 400) << bad.body;
+    EXPECT_EQ(json::parse(bad.body)["error"]["param"], "tool_choice");
+  }
+  ChatModel r1("tiny_qwen2", "deepseek_r1_distill.jinja", 96);
+  ASSERT_NE(r1.serving, nullptr);
+  InferenceApi r1_api(r1.serving.get(), nullptr, nullptr);
+  HttpResponse r = r1_api.ChatCompletions(Post("/v1/chat/completions",
+                                               R"({"tool_choice": "required", "tools": [{"type": "function",
+      "function": {"name": "f"}}], "messages": [{"role": "user", "content": "x"}]})"));
+  EXPECT_EQ(r.status, 400) << r.body;
 }
 
 // JSON mode (response_format json_object) served: a random tiny model's replies,

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstring>
 
 namespace fedge::agent {
@@ -151,9 +153,8 @@ TEST(OpenAiRequestTest, ToolsAndToolMessagesAreRead) {
 
 TEST(OpenAiRequestTest, UnsupportedFeaturesAreRefusedNamingTheField) {
   const std::pair<const char*, const char*> chat_cases[] = {
-      {R"("tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}])",
-       "tool_choice"},
-      {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
+      {R"("tool_choice": "any", "tools": [{"type": "function", "function": {"name": "f"}}])", "tool_choice"},
+      {R"("tool_choice": {"type": "function", "function": {"name": "f", "x": 1}})", "tool_choice"},
       {R"("functions": [{"name": "f"}])", "functions"},
       {R"("function_call": "auto")", "function_call"},
       {R"("response_format": {"type": "grammar", "grammar": "root ::= x"})", "response_format"},
@@ -289,6 +290,42 @@ TEST(OpenAiRequestTest, DeeplyNestedToolsAndSchemasAreRefused) {
   EXPECT_FALSE(Chat(
       std::string("{") + kHi + R"(, "metadata": )" + std::string(64, '[') + std::string(64, ']') + "}", &e));
   EXPECT_EQ(e.param, "metadata");
+}
+
+// tool_choice "required" and a named function: the tools' schemas are kept for the
+// call's constraint (narrowed to the named tool); what cannot be honoured is a 400.
+TEST(OpenAiRequestTest, RequiredAndNamedToolChoicesKeepTheToolsSchemas) {
+  ApiErrorInfo e;
+  const std::string tools =
+      R"("tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+                   {"type": "function", "function": {"name": "g", "strict": true, "parameters":
+                    {"type": "object", "properties": {"q": {"type": "string", "pattern": "x"}}}}}])";
+  auto chat = [&](const std::string& rest) { return Chat(std::string("{") + kHi + ", " + rest + "}", &e); };
+  auto named = chat(tools + R"(, "tool_choice": {"type": "function", "function": {"name": "f"}})");
+  ASSERT_TRUE(named) << e.message;
+  EXPECT_TRUE(named->tool_choice_required);
+  EXPECT_EQ(named->tool_choice_name, "f");
+  ASSERT_EQ(named->tool_schemas.size(), 1u);
+  EXPECT_EQ(named->tool_schemas[0].name, "f");
+  EXPECT_EQ(nlohmann::json::parse(named->tool_schemas[0].parameters), nlohmann::json({{"type", "object"}}));
+  EXPECT_EQ(named->tools.size(), 2u);  // the prompt still lists both
+  // "auto" with a strict tool fedge cannot hold: served (nothing is constrained).
+  auto automatic = chat(tools);
+  ASSERT_TRUE(automatic) << e.message;
+  EXPECT_FALSE(automatic->tool_choice_required);
+  // "required" with it: refused, naming the tool and the keyword.
+  EXPECT_FALSE(chat(tools + R"(, "tool_choice": "required")"));
+  EXPECT_EQ(e.param, "tools");
+  EXPECT_EQ(e.code, "unsupported_value");
+  EXPECT_NE(e.message.find("tool 'g' is strict"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("'pattern'"), std::string::npos) << e.message;
+  EXPECT_FALSE(chat(tools + R"(, "tool_choice": {"type": "function", "function": {"name": "h"}})"));
+  EXPECT_EQ(e.param, "tool_choice");
+  EXPECT_NE(e.message.find("'h'"), std::string::npos);
+  EXPECT_FALSE(chat(R"("tools": [], "tool_choice": "required")"));
+  EXPECT_EQ(e.param, "tool_choice");
+  EXPECT_FALSE(chat(R"("tool_choice": "required")"));
+  EXPECT_EQ(e.param, "tool_choice");
 }
 
 TEST(OpenAiRequestTest, OffValuesOfUnsupportedFeaturesAreAccepted) {

@@ -50,9 +50,16 @@ bool IsHex(unsigned char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c 
 
 class JsonSchema {
  public:
+  JsonSchema() {
+    Node any_string;
+    any_string.kind = Kind::kString;
+    nodes.push_back(std::move(any_string));
+  }
   std::vector<Node> nodes;
   uint32_t root = 0;
-  uint32_t any_string = 0;  // keys of objects that list no properties
+  uint32_t any_string = 0;    // node 0: keys of objects that list no properties
+  int64_t any = -1;           // the node of any JSON value, once built
+  std::string before, after;  // bytes the value comes between
 };
 
 namespace {
@@ -94,30 +101,15 @@ class Compiler {
   Compiler(const Json& doc, const JsonSchemaLimits& limits, JsonSchema* out)
       : doc_(doc), limits_(limits), out_(out) {}
 
-  Status Run() {
-    // Node 0 is the root (an alias of what the document compiles to), so "#" can be
-    // referred to before it is built.
-    out_->nodes.emplace_back();
-    Node any_string;
-    any_string.kind = Kind::kString;
-    FEDGE_ASSIGN_OR_RETURN(out_->any_string, Add(std::move(any_string)));
+  // Compiles the document. Its node is an alias, made first so that "#" can be
+  // referred to before it is built.
+  StatusOr<uint32_t> CompileDocument() {
+    FEDGE_ASSIGN_OR_RETURN(root_alias_, Add(Node{}));
     FEDGE_ASSIGN_OR_RETURN(uint32_t root, Compile(doc_, "#"));
-    out_->nodes[0].options = {root};
-    // OpenAI's structured outputs take an object at the root; so does this server
-    // (a reply that is a bare number could never be known to have ended).
-    uint32_t r = root;
-    for (int hops = 0; out_->nodes[r].kind == Kind::kAnyOf && out_->nodes[r].options.size() == 1 && hops < 64;
-         ++hops)
-      r = out_->nodes[r].options[0];
-    if (out_->nodes[r].kind != Kind::kObject)
-      return InvalidArgumentError(
-          "the schema's root must be an object ({\"type\": \"object\", ...}), as "
-          "OpenAI's structured outputs require");
-    out_->root = 0;
-    return OkStatus();
+    out_->nodes[root_alias_].options = {root};
+    return root_alias_;
   }
 
- private:
   StatusOr<uint32_t> Add(Node node) {
     if (out_->nodes.size() >= limits_.max_nodes)
       return InvalidArgumentError("the schema is too large: more than " + std::to_string(limits_.max_nodes) +
@@ -126,11 +118,12 @@ class Compiler {
     return static_cast<uint32_t>(out_->nodes.size() - 1);
   }
 
+ private:
   // Any JSON value (true, or a schema with no constraint), built once.
   StatusOr<uint32_t> Any() {
-    if (any_ >= 0) return static_cast<uint32_t>(any_);
+    if (out_->any >= 0) return static_cast<uint32_t>(out_->any);
     FEDGE_ASSIGN_OR_RETURN(uint32_t any, Add(Node{}));
-    any_ = any;
+    out_->any = any;
     Node object;
     object.kind = Kind::kObject;
     object.additional = any;
@@ -165,7 +158,7 @@ class Compiler {
   StatusOr<uint32_t> Ref(const Json& ref, const std::string& where) {
     if (!ref.is_string()) return InvalidArgumentError("'$ref' at " + where + " must be a string");
     const auto name = ref.get<std::string>();
-    if (name == "#") return 0u;
+    if (name == "#") return root_alias_;
     if (auto it = refs_.find(name); it != refs_.end()) return it->second;
     const Json* target = nullptr;
     for (const char* defs : {"#/$defs/", "#/definitions/"}) {
@@ -436,7 +429,7 @@ class Compiler {
   const JsonSchemaLimits& limits_;
   JsonSchema* out_;
   std::map<std::string, uint32_t> refs_;
-  int64_t any_ = -1;
+  uint32_t root_alias_ = 0;
 };
 
 // Records, for each "properties" object in `doc`, its keys in the order of
@@ -463,7 +456,9 @@ void RecordOrder(const Json& doc, const nlohmann::ordered_json& ordered,
 // --- the automaton ------------------------------------------------------------------
 
 enum State : uint8_t {
+  kRootBefore,  // matching the schema's `before` bytes (a: bytes matched)
   kRootValue,
+  kRootAfter,  // matching its `after` bytes (a: bytes matched)
   kRootDone,
   kObjKeyOrEnd,    // after '{'
   kObjKey,         // after ','
@@ -514,7 +509,11 @@ uint16_t Inc(uint16_t v) { return v == kCountMax ? v : static_cast<uint16_t>(v +
 class Stepper {
  public:
   Stepper(const JsonSchema& schema, std::vector<Frame>* frames, std::vector<Alternative>* alternatives)
-      : nodes_(schema.nodes), any_string_(schema.any_string), frames_(frames), alternatives_(alternatives) {}
+      : schema_(schema),
+        nodes_(schema.nodes),
+        any_string_(schema.any_string),
+        frames_(frames),
+        alternatives_(alternatives) {}
 
   void Step(Stack& st, unsigned char c) {
     Frame& t = st.top();
@@ -524,6 +523,16 @@ class Stepper {
       case kRootValue:
         if (ws) return Space(st, c);
         return StartValue(st, t.node, c, 0);
+      case kRootBefore:
+      case kRootAfter: {
+        const std::string& bytes = t.state == kRootBefore ? schema_.before : schema_.after;
+        if (static_cast<unsigned char>(bytes[t.a]) != c) return;
+        if (++t.a == bytes.size()) {
+          t.state = t.state == kRootBefore ? kRootValue : kRootDone;
+          t.a = 0;
+        }
+        return Emit(st);
+      }
       case kRootDone:
         return;
       case kObjKeyOrEnd:
@@ -729,7 +738,7 @@ class Stepper {
     Frame& p = st.top();
     switch (p.state) {
       case kRootValue:
-        p.state = kRootDone;
+        p.state = schema_.after.empty() ? kRootDone : kRootAfter;
         break;
       case kObjValue:
         p.state = kObjCommaOrEnd;
@@ -794,6 +803,7 @@ class Stepper {
     }
   }
 
+  const JsonSchema& schema_;
   const std::vector<Node>& nodes_;
   uint32_t any_string_;
   std::vector<Frame>* frames_;
@@ -802,22 +812,92 @@ class Stepper {
 
 }  // namespace
 
-StatusOr<std::shared_ptr<const JsonSchema>> CompileJsonSchema(std::string_view text,
-                                                              const JsonSchemaLimits& limits) {
+namespace {
+
+// Whether every value `node` accepts is an object (the root's requirement).
+bool OnlyObjects(const JsonSchema& schema, uint32_t node, int depth) {
+  const Node& n = schema.nodes[node];
+  if (n.kind == Kind::kObject) return true;
+  if (n.kind != Kind::kAnyOf || depth > 32) return false;
+  return std::all_of(n.options.begin(), n.options.end(),
+                     [&](uint32_t option) { return OnlyObjects(schema, option, depth + 1); });
+}
+
+// `text` compiled into `schema` (which other documents may share); the node of its root.
+StatusOr<uint32_t> CompileDocument(std::string_view text, const JsonSchemaLimits& limits,
+                                   JsonSchema* schema) {
   Json doc = Json::parse(text.begin(), text.end(), nullptr, false);
   if (doc.is_discarded()) return InvalidArgumentError("the schema is not valid JSON");
   const auto ordered = nlohmann::ordered_json::parse(text.begin(), text.end(), nullptr, false);
-  auto schema = std::make_shared<JsonSchema>();
-  Compiler compiler(doc, limits, schema.get());
+  Compiler compiler(doc, limits, schema);
   RecordOrder(doc, ordered, &compiler.order_, 0);
-  FEDGE_RETURN_IF_ERROR(compiler.Run());
+  FEDGE_ASSIGN_OR_RETURN(uint32_t root, compiler.CompileDocument());
+  // OpenAI's structured outputs take an object at the root; so does this server (a
+  // reply that is a bare number could never be known to have ended).
+  if (!OnlyObjects(*schema, root, 0))
+    return InvalidArgumentError(
+        "the schema's root must be an object ({\"type\": \"object\", ...}), as OpenAI's structured outputs "
+        "require");
+  return root;
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<const JsonSchema>> CompileJsonSchema(std::string_view text,
+                                                              const JsonSchemaLimits& limits) {
+  auto schema = std::make_shared<JsonSchema>();
+  FEDGE_ASSIGN_OR_RETURN(schema->root, CompileDocument(text, limits, schema.get()));
+  return std::shared_ptr<const JsonSchema>(std::move(schema));
+}
+
+StatusOr<std::shared_ptr<const JsonSchema>> CompileToolCallSchema(const std::vector<ToolSchema>& tools,
+                                                                  std::string_view arguments_key,
+                                                                  std::string before, std::string after,
+                                                                  const JsonSchemaLimits& limits) {
+  if (tools.empty()) return InvalidArgumentError("a tool call needs a tool to call");
+  auto schema = std::make_shared<JsonSchema>();
+  schema->before = std::move(before);
+  schema->after = std::move(after);
+  Node calls;  // anyOf: one call object per tool
+  for (const ToolSchema& tool : tools) {
+    const size_t mark = schema->nodes.size();
+    StatusOr<uint32_t> arguments = tool.parameters.empty()
+                                       ? StatusOr<uint32_t>(UnimplementedError("no parameters"))
+                                       : CompileDocument(tool.parameters, limits, schema.get());
+    if (!arguments.ok()) {
+      if (tool.strict && !tool.parameters.empty())
+        return Status(arguments.status().code(),
+                      "tool '" + tool.name + "' (strict): " + std::string(arguments.status().message()));
+      // Not strict: what fedge cannot hold the arguments to, any object holds.
+      schema->nodes.resize(std::max(mark, size_t{1}));
+      if (schema->any >= static_cast<int64_t>(schema->nodes.size())) schema->any = -1;
+      arguments = CompileDocument(R"({"type": "object"})", limits, schema.get());
+      if (!arguments.ok()) return arguments.status();
+    }
+    Node name;
+    name.kind = Kind::kLiterals;
+    name.literals = {Dumps(Json(tool.name))};
+    Node call;
+    call.kind = Kind::kObject;
+    call.properties.push_back(Property{"\"name\"", static_cast<uint32_t>(schema->nodes.size()), true});
+    schema->nodes.push_back(std::move(name));
+    call.properties.push_back(Property{Dumps(Json(std::string(arguments_key))), *arguments, true});
+    call.next_required = {0, 1, 2};
+    if (schema->nodes.size() >= limits.max_nodes)
+      return InvalidArgumentError("the tools' schemas are too large: more than " +
+                                  std::to_string(limits.max_nodes) + " types, properties and enums");
+    calls.options.push_back(static_cast<uint32_t>(schema->nodes.size()));
+    schema->nodes.push_back(std::move(call));
+  }
+  schema->root = static_cast<uint32_t>(schema->nodes.size());
+  schema->nodes.push_back(std::move(calls));
   return std::shared_ptr<const JsonSchema>(std::move(schema));
 }
 
 JsonSchemaPrefix::JsonSchemaPrefix(std::shared_ptr<const JsonSchema> schema) : schema_(std::move(schema)) {
   Frame root;
   root.node = schema_->root;
-  root.state = kRootValue;
+  root.state = schema_->before.empty() ? kRootValue : kRootBefore;
   frames_.push_back(root);
   alternatives_.push_back(Alternative{0, 1, 0, 0});
 }

@@ -56,6 +56,22 @@ struct JsonSchemaLimits {
 StatusOr<std::shared_ptr<const JsonSchema>> CompileJsonSchema(std::string_view schema,
                                                               const JsonSchemaLimits& limits = {});
 
+// A tool call for tool_choice "required" or a named function: the object
+// {"name": <a tool's name>, <arguments_key>: <its arguments>} between `before` and
+// `after` (Hermes: "<tool_call>\n" and "\n</tool_call>"; Llama 3's JSON: nothing).
+// The arguments are held to the tool's `parameters` schema; where it is empty, or
+// cannot be compiled and the tool is not strict, to any object. A strict tool's
+// schema that cannot be compiled is an error naming the tool.
+struct ToolSchema {
+  std::string name;
+  std::string parameters;  // JSON text; empty: none given
+  bool strict = false;
+};
+StatusOr<std::shared_ptr<const JsonSchema>> CompileToolCallSchema(const std::vector<ToolSchema>& tools,
+                                                                  std::string_view arguments_key,
+                                                                  std::string before, std::string after,
+                                                                  const JsonSchemaLimits& limits = {});
+
 class JsonSchemaPrefix {
  public:
   static constexpr size_t kMaxAlternatives = 16;

@@ -26,6 +26,7 @@
 
 #include "fedge/agent/llm/chat_template.h"
 #include "fedge/agent/llm/generation.h"
+#include "fedge/agent/llm/json_schema.h"
 
 namespace fedge::agent {
 
@@ -93,6 +94,13 @@ struct GenerationRequest {
   // tool_choice "none" (the tools are left out of the prompt and no call is read).
   std::vector<std::string> tools;
   bool tool_choice_none = false;
+  // tool_choice "required" or {"type": "function", "function": {"name"}}: the reply
+  // is one call (to the named tool), decoded under a tool-call schema built from
+  // `tool_schemas` (json_schema.h's CompileToolCallSchema) once the model's tool
+  // format is known.
+  bool tool_choice_required = false;
+  std::string tool_choice_name;  // non-empty: the one tool it may call
+  std::vector<llm::ToolSchema> tool_schemas;
 };
 std::optional<GenerationRequest> ParseGenerationRequest(std::string_view body, GenerationEndpoint endpoint,
                                                         const InferenceLimits& limits, ApiErrorInfo* error);
