@@ -132,15 +132,7 @@ TEST(JsonGrammarTest, ConstraintMasksTokensThatLeaveJsonAndEndsOnlyWhenClosed) {
   const std::vector<std::string> vocab = {"", "{", "}", "\"a\"", ":", "1", " ", "x", "{\"", "\":1}", "[", ""};
   const int64_t eos = 11;  // special: no text
   JsonConstraint c(&vocab, {eos});
-  auto allowed = [&] {
-    std::vector<float> logits(vocab.size(), 0.0f);
-    const int64_t n = c.Mask(logits.data(), static_cast<int64_t>(logits.size()));
-    std::vector<int> out;
-    for (size_t i = 0; i < logits.size(); ++i)
-      if (!std::isinf(logits[i])) out.push_back(static_cast<int>(i));
-    EXPECT_EQ(n, static_cast<int64_t>(out.size()));
-    return out;
-  };
+  auto allowed = [&] { return AllowedTokens(c, vocab.size()); };
   EXPECT_EQ(allowed(), (std::vector<int>{1, 6, 8}));  // '{', ' ', '{"'
   c.Accept(8);                                        // {"
   // Inside a key: any text that does not close it early ("a" would), or closes it

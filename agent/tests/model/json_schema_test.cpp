@@ -422,15 +422,7 @@ TEST(JsonSchemaTest, ConstraintMasksTokensTheSchemaRefuses) {
   const int64_t eos = 12;
   JsonConstraint c(&vocab, {eos}, Compile(R"({"type": "object", "properties": {"ok": {"type": "boolean"}},
       "required": ["ok"]})"));
-  auto allowed = [&] {
-    std::vector<float> logits(vocab.size(), 0.0f);
-    const int64_t n = c.Mask(logits.data(), static_cast<int64_t>(logits.size()));
-    std::vector<int> out;
-    for (size_t i = 0; i < logits.size(); ++i)
-      if (!std::isinf(logits[i])) out.push_back(static_cast<int>(i));
-    EXPECT_EQ(n, static_cast<int64_t>(out.size()));
-    return out;
-  };
+  auto allowed = [&] { return AllowedTokens(c, vocab.size()); };
   EXPECT_EQ(allowed(), (std::vector<int>{0, 9, 11}));  // '{', '{"ok":', ' '
   c.Accept(0);
   EXPECT_EQ(allowed(), (std::vector<int>{2, 7, 11}));  // the one key, whole or begun; not '}' (required)

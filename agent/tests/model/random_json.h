@@ -1,10 +1,13 @@
-// Random JSON for the automata's tests (json_grammar_test, json_schema_test).
+// Random JSON and helpers for the automata's tests (json_grammar_test, json_schema_test).
 #pragma once
 
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
 
 namespace fedge::agent::llm {
 
@@ -103,6 +106,19 @@ inline bool WhitespaceFits(const std::string& text) {
     if ((c == '}' || c == ']') && --depth == 0) closed = true;
   }
   return true;
+}
+
+// The ids a constraint leaves allowed over a vocabulary of `size` (and a check that
+// Mask counts them).
+template <typename Constraint>
+std::vector<int> AllowedTokens(const Constraint& c, size_t size) {
+  std::vector<float> logits(size, 0.0f);
+  const int64_t n = c.Mask(logits.data(), static_cast<int64_t>(logits.size()));
+  std::vector<int> out;
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (!std::isinf(logits[i])) out.push_back(static_cast<int>(i));
+  EXPECT_EQ(n, static_cast<int64_t>(out.size()));
+  return out;
 }
 
 }  // namespace fedge::agent::llm

@@ -155,6 +155,22 @@ class Compiler {
     return OkStatus();
   }
 
+  // A minimum and maximum count (minLength / maxLength, minItems / maxItems): the
+  // minimum within what the automaton counts, a maximum past it unbounded.
+  Status Bounds(const Json& s, const char* min_key, const char* max_key, const std::string& where,
+                uint32_t* min, uint32_t* max) {
+    FEDGE_RETURN_IF_ERROR(Count(s, min_key, where, min));
+    FEDGE_RETURN_IF_ERROR(Count(s, max_key, where, max));
+    if (*min > *max)
+      return InvalidArgumentError(std::string("'") + min_key + "' at " + where + " is above '" + max_key +
+                                  "': nothing fits");
+    if (*min > kCountMax - 1u)
+      return InvalidArgumentError(std::string("'") + min_key + "' at " + where + " is above " +
+                                  std::to_string(kCountMax - 1));
+    if (*max >= kCountMax) *max = kUnbounded;
+    return OkStatus();
+  }
+
   StatusOr<uint32_t> Ref(const Json& ref, const std::string& where) {
     if (!ref.is_string()) return InvalidArgumentError("'$ref' at " + where + " must be a string");
     const auto name = ref.get<std::string>();
@@ -328,22 +344,10 @@ class Compiler {
       node.kind = type == "number" ? Kind::kNumber : Kind::kInteger;
     } else if (type == "string") {
       node.kind = Kind::kString;
-      FEDGE_RETURN_IF_ERROR(Count(s, "minLength", where, &node.min_length));
-      FEDGE_RETURN_IF_ERROR(Count(s, "maxLength", where, &node.max_length));
-      if (node.min_length > node.max_length)
-        return InvalidArgumentError("'minLength' at " + where + " is above 'maxLength': nothing fits");
-      if (node.min_length > kCountMax - 1)
-        return InvalidArgumentError("'minLength' at " + where + " is above " + std::to_string(kCountMax - 1));
-      if (node.max_length >= kCountMax) node.max_length = kUnbounded;
+      FEDGE_RETURN_IF_ERROR(Bounds(s, "minLength", "maxLength", where, &node.min_length, &node.max_length));
     } else if (type == "array") {
       node.kind = Kind::kArray;
-      FEDGE_RETURN_IF_ERROR(Count(s, "minItems", where, &node.min_items));
-      FEDGE_RETURN_IF_ERROR(Count(s, "maxItems", where, &node.max_items));
-      if (node.min_items > node.max_items)
-        return InvalidArgumentError("'minItems' at " + where + " is above 'maxItems': nothing fits");
-      if (node.min_items > kCountMax - 1)
-        return InvalidArgumentError("'minItems' at " + where + " is above " + std::to_string(kCountMax - 1));
-      if (node.max_items >= kCountMax) node.max_items = kUnbounded;
+      FEDGE_RETURN_IF_ERROR(Bounds(s, "minItems", "maxItems", where, &node.min_items, &node.max_items));
       if (s.contains("items")) {
         if (s["items"].is_array())
           return UnimplementedError("'items' at " + where + " is an array (tuple validation): not supported");
