@@ -362,6 +362,18 @@ TEST(JsonSchemaTest, RefusesWhatItCannotHoldByNameAndPlace) {
     big += (i ? ",\"p" : "\"p") + std::to_string(i) + "\": {\"type\": \"integer\"}";
   big += "}}";
   EXPECT_NE(error(big).find("more than"), std::string::npos);
+  // A chain of 2,000 $defs, each referring to the next, is refused by depth, not
+  // followed to the end by recursion; 40 are compiled.
+  auto chain = [](int n) {
+    std::string defs;
+    for (int i = 0; i < n; ++i)
+      defs +=
+          (i ? ", \"d" : "\"d") + std::to_string(i) + "\": {\"type\": \"object\", \"properties\": {\"x\": " +
+          (i + 1 < n ? "{\"$ref\": \"#/$defs/d" + std::to_string(i + 1) + "\"}" : std::string("{}")) + "}}";
+    return R"({"$defs": {)" + defs + R"(}, "$ref": "#/$defs/d0"})";
+  };
+  EXPECT_NE(error(chain(2000)).find("nests deeper than 128"), std::string::npos);
+  EXPECT_EQ(error(chain(40)), "ok");
   // Annotations are fine.
   EXPECT_EQ(error(R"({"type": "object", "title": "T", "description": "d", "$schema": "x",
       "properties": {"a": {"type": "integer", "title": "A", "default": 1, "examples": [1]}}})"),

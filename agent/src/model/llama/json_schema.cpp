@@ -207,7 +207,21 @@ class Compiler {
     return alias;
   }
 
+  // Schemas nest at most this deep, counting each $ref followed (a chain of $defs
+  // is as deep as its length): the compiler recurses.
+  static constexpr int kMaxDepth = 128;
+
   StatusOr<uint32_t> Compile(const Json& s, const std::string& where) {
+    if (depth_ >= kMaxDepth)
+      return InvalidArgumentError("the schema nests deeper than " + std::to_string(kMaxDepth) +
+                                  " levels at " + where + " (each $ref followed counts)");
+    ++depth_;
+    StatusOr<uint32_t> node = CompileAt(s, where);
+    --depth_;
+    return node;
+  }
+
+  StatusOr<uint32_t> CompileAt(const Json& s, const std::string& where) {
     if (s.is_boolean()) {
       if (s.get<bool>()) return Any();
       return InvalidArgumentError("the schema at " + where + " is false: it accepts nothing");
@@ -434,6 +448,7 @@ class Compiler {
   JsonSchema* out_;
   std::map<std::string, uint32_t> refs_;
   uint32_t root_alias_ = 0;
+  int depth_ = 0;
 };
 
 // Records, for each "properties" object in `doc`, its keys in the order of
