@@ -428,6 +428,61 @@ TEST(JsonSchemaTest, ToolCallSchemasHoldACallToOneOfTheTools) {
       << strict.status().message();
 }
 
+// The mask's shortcuts (first bytes judged once, pairs of first bytes judged once
+// where few first bytes fit) leave exactly the tokens that feeding each one whole
+// leaves, in every state of random replies, for JSON mode and for a schema.
+TEST(JsonSchemaTest, TheMaskEqualsFeedingEveryTokenWhole) {
+  std::mt19937 rng(3);
+  // Tokens of 1 to 4 bytes from JSON's structural bytes, letters, digits, spaces,
+  // a newline and UTF-8 pieces; the last id is an end id with no text.
+  const std::vector<std::string> pieces = {"{", "}", "[", "]", "\"", ":", ",", " ",  "\n",   "a",    "e",
+                                           "1", "0", "-", ".", "t",  "r", "u", "\\", "\xc3", "\xa9", "n"};
+  std::vector<std::string> vocab;
+  for (int i = 0; i < 1200; ++i) {
+    std::string t;
+    for (int k = 0, n = 1 + static_cast<int>(rng() % 4); k < n; ++k) t += pieces[rng() % pieces.size()];
+    vocab.push_back(t);
+  }
+  vocab.push_back("");
+  const int64_t eos = static_cast<int64_t>(vocab.size()) - 1;
+  const auto schema = Compile(kSchemas[0]);
+  const nlohmann::json s = nlohmann::json::parse(kSchemas[0]);
+  int checked = 0, string_states = 0;
+  for (int trial = 0; trial < 16; ++trial) {
+    const Ordered v = Generate(rng, s, s, 0);
+    const std::string doc = v.dump(trial % 2 == 0 ? -1 : 2, ' ', false);
+    for (size_t cut = 0; cut <= doc.size(); cut += 1 + rng() % 5) {
+      const std::string prefix = doc.substr(0, cut);
+      std::vector<std::string> with_prefix = vocab;
+      with_prefix.push_back(prefix);  // the state: fed as one token
+      for (const bool use_schema : {false, true}) {
+        JsonConstraint c =
+            use_schema ? JsonConstraint(&with_prefix, {eos}, schema) : JsonConstraint(&with_prefix, {eos});
+        c.Accept(static_cast<int32_t>(vocab.size()));
+        std::vector<int> want;
+        for (size_t id = 0; id < vocab.size(); ++id) {
+          bool ok;
+          if (static_cast<int64_t>(id) == eos) {
+            ok = c.Complete();
+          } else if (use_schema) {
+            JsonSchemaPrefix p(schema);
+            ok = !c.Complete() && p.FeedAll(prefix + vocab[id]);
+          } else {
+            JsonPrefix p;
+            ok = !c.Complete() && p.FeedAll(prefix + vocab[id]);
+          }
+          if (ok) want.push_back(static_cast<int>(id));
+        }
+        ASSERT_EQ(AllowedTokens(c, vocab.size()), want) << (use_schema ? "schema " : "json mode ") << prefix;
+        ++checked;
+        if (want.size() > vocab.size() / 2) ++string_states;
+      }
+    }
+  }
+  EXPECT_GT(checked, 200);
+  EXPECT_GT(string_states, 10);  // states where most tokens fit (inside strings) were among them
+}
+
 TEST(JsonSchemaTest, ConstraintMasksTokensTheSchemaRefuses) {
   const std::vector<std::string> vocab = {"{",  "}",  "\"ok\"",   ":",  "true", "false", "1",
                                           "\"", "ok", "{\"ok\":", "tr", " ",    "",      "ue"};

@@ -267,14 +267,28 @@ template <typename Fits>
 int64_t JsonConstraint::MaskWith(float* logits, int64_t vocab_size, bool complete, const Fits& fits) const {
   constexpr float kOff = -std::numeric_limits<float>::infinity();
   // Most tokens are refused at their first byte: which first bytes can be taken is
-  // found once (256 feeds), and only tokens starting with one are fed whole.
+  // found once (256 feeds). Many of the rest (" word" after a value) are refused at
+  // their second: each pair of first bytes met is judged once, when first met. Only
+  // tokens whose first two bytes fit are fed whole.
+  // Inside a string nearly every byte fits and the pairs would only cost: they are
+  // judged only where at most half the first bytes fit.
   std::array<bool, 256> first{};
+  int first_fit = 0;
   if (!complete) {
     for (int b = 0; b < 256; ++b) {
       const char byte = static_cast<char>(b);
       first[static_cast<size_t>(b)] = fits(std::string_view(&byte, 1));
+      first_fit += first[static_cast<size_t>(b)] ? 1 : 0;
     }
   }
+  const bool judge_pairs = first_fit <= 128;
+  if (judge_pairs) pairs_.assign(size_t{1} << 16, 0);  // 0 not yet judged, 1 fits, 2 does not
+  auto pair_fits = [&](const std::string& bytes) {
+    uint8_t& verdict =
+        pairs_[static_cast<unsigned char>(bytes[0]) << 8 | static_cast<unsigned char>(bytes[1])];
+    if (verdict == 0) verdict = fits(std::string_view(bytes.data(), 2)) ? 1 : 2;
+    return verdict == 1;
+  };
   int64_t allowed = 0;
   for (int64_t id = 0; id < vocab_size; ++id) {
     bool ok;
@@ -285,7 +299,9 @@ int64_t JsonConstraint::MaskWith(float* logits, int64_t vocab_size, bool complet
       ok = false;  // after the object nothing but the end; special and unknown ids never
     } else {
       const std::string& bytes = (*token_bytes_)[static_cast<size_t>(id)];
-      ok = first[static_cast<unsigned char>(bytes[0])] && (bytes.size() == 1 || fits(bytes));
+      ok = first[static_cast<unsigned char>(bytes[0])] &&
+           (bytes.size() == 1 ||
+            (judge_pairs ? pair_fits(bytes) && (bytes.size() == 2 || fits(bytes)) : fits(bytes)));
     }
     if (ok) {
       ++allowed;

@@ -115,6 +115,7 @@ class JsonConstraint {
   JsonPrefix prefix_;
   std::optional<JsonSchemaPrefix> schema_prefix_;
   mutable std::optional<JsonSchemaPrefix> scratch_;  // Mask's copy, kept for its storage
+  mutable std::vector<uint8_t> pairs_;               // Mask's verdicts on two-byte prefixes
 };
 
 }  // namespace fedge::agent::llm
