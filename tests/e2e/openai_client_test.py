@@ -9,8 +9,8 @@ Two real jobs on loopback, each one fedge-aggregator and one fedge-agent:
   - a generative job on a tiny Llama pretrained here with fedge-pretrain (as
     generative_job_test.py builds it): models, chat.completions and completions,
     streamed and not, max_tokens / max_completion_tokens, stop, seed, text content
-    parts, and the 400s for what is not implemented (n > 1, logprobs, a required
-    tool_choice, tools on a model without a tool format, a json_schema with a keyword
+    parts, and the 400s for what is not implemented (n > 1, logprobs, a tool_choice
+    naming a tool not given, tools on a model without a tool format, a json_schema with a keyword
     fedge cannot hold the reply to, embeddings on a causal LM), JSON mode
     (response_format json_object), and structured outputs (parse() into a pydantic model);
   - a MiniLM job: models and embeddings in the default (base64), float and base64
@@ -403,7 +403,7 @@ class OpenAiGenerativeTest(unittest.TestCase):
             (dict(logprobs=True), "logprobs"),
             (dict(logprobs=True, top_logprobs=2), "logprobs"),
             (dict(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
-                  tool_choice="required"), "tool_choice"),
+                  tool_choice={"type": "function", "function": {"name": "get_time"}}), "tool_choice"),
             (dict(tool_choice="auto"), "tool_choice"),
             (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
                 "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}}),
