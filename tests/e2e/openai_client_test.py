@@ -406,7 +406,7 @@ class OpenAiGenerativeTest(unittest.TestCase):
                   tool_choice={"type": "function", "function": {"name": "get_time"}}), "tool_choice"),
             (dict(tool_choice="auto"), "tool_choice"),
             (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
-                "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}}),
+                "type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}}}),
              "response_format.json_schema.schema"),
             (dict(presence_penalty=0.5), "presence_penalty"),
             (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]),

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
 #include <limits>
 #include <map>
 #include <set>
@@ -28,6 +29,13 @@ struct Property {
   bool required = false;
 };
 
+// The regular expression's DFA over bytes: next[state * 128 + byte] (kDead: none).
+struct AsciiDfa {
+  static constexpr uint16_t kDead = 0xFFFF;
+  std::vector<uint16_t> next;
+  std::vector<bool> accept;
+};
+
 struct Node {
   Kind kind = Kind::kAnyOf;
   std::vector<uint32_t> options;     // kAnyOf (one option: an alias, as $ref makes)
@@ -39,7 +47,8 @@ struct Node {
   uint32_t items = 0;       // kArray
   uint32_t min_items = 0, max_items = kUnbounded;
   uint32_t min_length = 0, max_length = kUnbounded;  // kString, in characters
-  std::vector<std::string> literals;                 // kLiterals: JSON texts, sorted
+  int32_t dfa = -1;                   // kString with a format or pattern: JsonSchema::dfas[dfa] (no escapes)
+  std::vector<std::string> literals;  // kLiterals: JSON texts, sorted
 };
 
 bool IsSpace(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
@@ -57,12 +66,336 @@ class JsonSchema {
   }
   std::vector<Node> nodes;
   uint32_t root = 0;
-  uint32_t any_string = 0;    // node 0: keys of objects that list no properties
-  int64_t any = -1;           // the node of any JSON value, once built
-  std::string before, after;  // bytes the value comes between
+  uint32_t any_string = 0;     // node 0: keys of objects that list no properties
+  int64_t any = -1;            // the node of any JSON value, once built
+  std::vector<AsciiDfa> dfas;  // formats and patterns
+  std::string before, after;   // bytes the value comes between
 };
 
 namespace {
+
+// --- ASCII regular expressions, for "format" and "pattern" -------------------------
+//
+// A subset of ECMA-262 regular expressions over printable ASCII, compiled to a DFA:
+// literals, '.', classes [a-z0-9_] and [^...], \d \w \s (\s is the space alone), escapes
+// of metacharacters, groups (...) and (?:...), '|', and the quantifiers ? * + {n}
+// {n,} {n,m}. A string held to one is written without escapes, so '"', '\' and
+// control characters are never in it.
+
+struct Regex {
+  enum Kind { kSet, kCat, kAlt, kRep } kind = kSet;
+  std::bitset<128> set;
+  std::vector<Regex> parts;
+  int min = 0, max = -1;  // kRep; max -1: no bound
+};
+
+// Bytes a string without escapes may hold: printable ASCII but '"' and '\'.
+std::bitset<128> Printable() {
+  std::bitset<128> b;
+  for (int c = 0x20; c < 0x7f; ++c) b.set(static_cast<size_t>(c));
+  b.reset('"');
+  b.reset('\\');
+  return b;
+}
+
+class RegexParser {
+ public:
+  explicit RegexParser(std::string_view text) : text_(text) {}
+
+  StatusOr<Regex> Parse() {
+    FEDGE_ASSIGN_OR_RETURN(Regex r, Alternation(0));
+    if (at_ != text_.size()) return Error("unbalanced ')'");
+    return r;
+  }
+
+ private:
+  Status Error(const std::string& what) const {
+    return UnimplementedError("the regular expression '" + std::string(text_.substr(0, 80)) + "' at byte " +
+                              std::to_string(at_) + ": " + what);
+  }
+  bool More() const { return at_ < text_.size(); }
+
+  StatusOr<Regex> Alternation(int depth) {
+    if (depth > 32) return Error("groups nest too deep");
+    Regex alt;
+    alt.kind = Regex::kAlt;
+    for (;;) {
+      Regex cat;
+      cat.kind = Regex::kCat;
+      while (More() && text_[at_] != '|' && text_[at_] != ')') {
+        FEDGE_ASSIGN_OR_RETURN(Regex atom, Atom(depth));
+        FEDGE_ASSIGN_OR_RETURN(Regex rep, Quantified(std::move(atom)));
+        cat.parts.push_back(std::move(rep));
+      }
+      alt.parts.push_back(std::move(cat));
+      if (!More() || text_[at_] != '|') break;
+      ++at_;
+    }
+    return alt;
+  }
+
+  StatusOr<Regex> Quantified(Regex atom) {
+    if (!More()) return atom;
+    int min = -2, max = -1;
+    const char q = text_[at_];
+    if (q == '?') {
+      min = 0, max = 1;
+    } else if (q == '*') {
+      min = 0;
+    } else if (q == '+') {
+      min = 1;
+    } else if (q == '{') {
+      size_t end = text_.find('}', at_);
+      if (end == std::string_view::npos) return Error("'{' without '}'");
+      const std::string body(text_.substr(at_ + 1, end - at_ - 1));
+      const size_t comma = body.find(',');
+      auto number = [](const std::string& digits) {
+        return !digits.empty() && digits.size() <= 4 &&
+                       std::all_of(digits.begin(), digits.end(), [](char d) { return d >= '0' && d <= '9'; })
+                   ? std::stoi(digits)
+                   : -1;
+      };
+      min = number(body.substr(0, comma));
+      max = comma == std::string::npos ? min : comma + 1 == body.size() ? -1 : number(body.substr(comma + 1));
+      if (min < 0 || (comma != std::string::npos && comma + 1 != body.size() && max < 0) ||
+          (max >= 0 && max < min) || min > 64 || max > 64)
+        return Error("a repetition {n,m} with 0 <= n <= m <= 64");
+      at_ = end;
+    } else {
+      return atom;
+    }
+    ++at_;
+    if (More() && (text_[at_] == '?' || text_[at_] == '+')) return Error("lazy or possessive quantifiers");
+    Regex rep;
+    rep.kind = Regex::kRep;
+    rep.min = min;
+    rep.max = max;
+    rep.parts.push_back(std::move(atom));
+    return rep;
+  }
+
+  // An escape after '\' (at_ on the escaped byte), as a set.
+  StatusOr<std::bitset<128>> Escape() {
+    if (!More()) return Error("a trailing '\\'");
+    const char e = text_[at_++];
+    std::bitset<128> b;
+    if (e == 'd' || e == 'w') {
+      for (char c = '0'; c <= '9'; ++c) b.set(static_cast<size_t>(c));
+      if (e == 'w') {
+        for (char c = 'a'; c <= 'z'; ++c) b.set(static_cast<size_t>(c));
+        for (char c = 'A'; c <= 'Z'; ++c) b.set(static_cast<size_t>(c));
+        b.set('_');
+      }
+    } else if (e == 's') {
+      b.set(' ');
+    } else if (std::string_view(".^$|?*+()[]{}/-\\").find(e) != std::string_view::npos) {
+      b.set(static_cast<size_t>(static_cast<unsigned char>(e)));
+    } else {
+      return Error(std::string("the escape '\\") + e + "'");
+    }
+    return b;
+  }
+
+  StatusOr<Regex> Atom(int depth) {
+    const char c = text_[at_++];
+    Regex atom;
+    if (c == '(') {
+      if (text_.substr(at_, 2) == "?:")
+        at_ += 2;
+      else if (More() && text_[at_] == '?')
+        return Error("lookaround and named groups");
+      FEDGE_ASSIGN_OR_RETURN(atom, Alternation(depth + 1));
+      if (!More() || text_[at_] != ')') return Error("'(' without ')'");
+      ++at_;
+      return atom;
+    }
+    if (c == '[') {
+      const bool negate = More() && text_[at_] == '^';
+      if (negate) ++at_;
+      std::bitset<128> set;
+      bool first = true;
+      while (More() && (text_[at_] != ']' || first)) {
+        first = false;
+        std::bitset<128> item;
+        int lo = static_cast<unsigned char>(text_[at_++]);
+        if (lo == '\\') {
+          FEDGE_ASSIGN_OR_RETURN(item, Escape());
+          set |= item;
+          continue;
+        }
+        int hi = lo;
+        if (at_ + 1 < text_.size() && text_[at_] == '-' && text_[at_ + 1] != ']') {
+          hi = static_cast<unsigned char>(text_[at_ + 1]);
+          at_ += 2;
+          if (hi == '\\') return Error("an escape closing a range");
+        }
+        if (lo > hi || hi > 127) return Error("a range outside ASCII or backwards");
+        for (int x = lo; x <= hi; ++x) set.set(static_cast<size_t>(x));
+      }
+      if (!More()) return Error("'[' without ']'");
+      ++at_;
+      atom.set = negate ? ~set : set;
+    } else if (c == '\\') {
+      FEDGE_ASSIGN_OR_RETURN(atom.set, Escape());
+    } else if (c == '.') {
+      atom.set = Printable();
+    } else if (std::string_view("^$)|?*+{}").find(c) != std::string_view::npos) {
+      return Error(std::string("'") + c + "' here (anchors only at the two ends)");
+    } else if (static_cast<unsigned char>(c) >= 0x80) {
+      return Error("non-ASCII characters");
+    } else {
+      atom.set.set(static_cast<size_t>(c));
+    }
+    atom.set &= Printable();
+    return atom;
+  }
+
+  std::string_view text_;
+  size_t at_ = 0;
+};
+
+class NfaBuilder {
+ public:
+  int New() {
+    edges_.emplace_back();
+    eps_.emplace_back();
+    return static_cast<int>(edges_.size() - 1);
+  }
+  // The state reached from `from` by `r`; false past the state budget.
+  bool Build(const Regex& r, int from, int* to) {
+    if (edges_.size() > 20000) return false;
+    switch (r.kind) {
+      case Regex::kSet:
+        *to = New();
+        edges_[static_cast<size_t>(from)].push_back({r.set, *to});
+        return true;
+      case Regex::kCat: {
+        int at = from;
+        for (const Regex& p : r.parts)
+          if (!Build(p, at, &at)) return false;
+        *to = at;
+        return true;
+      }
+      case Regex::kAlt: {
+        const int end = New();
+        for (const Regex& p : r.parts) {
+          const int start = New();
+          eps_[static_cast<size_t>(from)].push_back(start);
+          int out;
+          if (!Build(p, start, &out)) return false;
+          eps_[static_cast<size_t>(out)].push_back(end);
+        }
+        *to = end;
+        return true;
+      }
+      case Regex::kRep: {
+        int at = from;
+        for (int i = 0; i < r.min; ++i)
+          if (!Build(r.parts[0], at, &at)) return false;
+        const int end = New();
+        eps_[static_cast<size_t>(at)].push_back(end);
+        if (r.max < 0) {
+          int out;
+          if (!Build(r.parts[0], end, &out)) return false;
+          eps_[static_cast<size_t>(out)].push_back(end);
+        } else {
+          for (int i = r.min; i < r.max; ++i) {
+            int out;
+            if (!Build(r.parts[0], at, &out)) return false;
+            eps_[static_cast<size_t>(out)].push_back(end);
+            at = out;
+          }
+        }
+        *to = end;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Subset construction from `start` with `accept` the final state.
+  StatusOr<AsciiDfa> Determinize(int start, int accept) const {
+    auto closure = [&](std::vector<int> set) {
+      std::vector<int> todo = set;
+      while (!todo.empty()) {
+        const int s = todo.back();
+        todo.pop_back();
+        for (int e : eps_[static_cast<size_t>(s)]) {
+          if (std::find(set.begin(), set.end(), e) == set.end()) {
+            set.push_back(e);
+            todo.push_back(e);
+          }
+        }
+      }
+      std::sort(set.begin(), set.end());
+      return set;
+    };
+    AsciiDfa dfa;
+    std::map<std::vector<int>, uint16_t> ids;
+    std::vector<std::vector<int>> sets = {closure({start})};
+    ids[sets[0]] = 0;
+    for (size_t i = 0; i < sets.size(); ++i) {
+      dfa.accept.push_back(std::binary_search(sets[i].begin(), sets[i].end(), accept));
+      dfa.next.resize((i + 1) * 128, AsciiDfa::kDead);
+      for (int c = 0; c < 128; ++c) {
+        std::vector<int> moved;
+        for (int s : sets[i])
+          for (const auto& [set, to] : edges_[static_cast<size_t>(s)])
+            if (set.test(static_cast<size_t>(c))) moved.push_back(to);
+        if (moved.empty()) continue;
+        std::vector<int> target = closure(moved);
+        auto it = ids.find(target);
+        if (it == ids.end()) {
+          if (sets.size() >= 4096)
+            return UnimplementedError("the regular expression needs more than 4,096 states");
+          it = ids.emplace(target, static_cast<uint16_t>(sets.size())).first;
+          sets.push_back(target);
+        }
+        dfa.next[i * 128 + static_cast<size_t>(c)] = it->second;
+      }
+    }
+    return dfa;
+  }
+
+ private:
+  std::vector<std::vector<std::pair<std::bitset<128>, int>>> edges_;
+  std::vector<std::vector<int>> eps_;
+};
+
+// `pattern` (JSON Schema: found anywhere in the string unless anchored with ^ and $).
+StatusOr<AsciiDfa> CompileRegex(std::string pattern) {
+  const bool head = !pattern.empty() && pattern.front() == '^';
+  const bool tail = pattern.size() > (head ? 1u : 0u) && pattern.back() == '$' &&
+                    (pattern.size() < 2 || pattern[pattern.size() - 2] != '\\');
+  std::string body = pattern.substr(head ? 1 : 0, pattern.size() - (head ? 1 : 0) - (tail ? 1 : 0));
+  body = (head ? "" : ".*") + std::string("(?:") + body + ")" + (tail ? "" : ".*");
+  FEDGE_ASSIGN_OR_RETURN(Regex r, RegexParser(body).Parse());
+  NfaBuilder nfa;
+  const int start = nfa.New();
+  int end;
+  if (!nfa.Build(r, start, &end))
+    return UnimplementedError("the regular expression '" + pattern + "' is too large");
+  return nfa.Determinize(start, end);
+}
+
+// The formats fedge writes (RFC 3339's, as OpenAI's structured outputs list them).
+const char* FormatRegex(const std::string& format) {
+  static const std::map<std::string, const char*> k = {
+      {"date", "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"},
+      {"time",
+       "^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+       "$"},
+      {"date-time",
+       "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)"
+       "(\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"},
+      {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
+      {"ipv4",
+       "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+       "$"},
+  };
+  auto it = k.find(format);
+  return it == k.end() ? nullptr : it->second;
+}
 
 const std::set<std::string>& Annotations() {
   static const std::set<std::string> k = {"title",    "description", "default",  "examples",
@@ -75,7 +408,7 @@ const std::set<std::string>& Constraints() {
   static const std::set<std::string> k = {"type",      "properties", "required", "additionalProperties",
                                           "items",     "minItems",   "maxItems", "minLength",
                                           "maxLength", "enum",       "const",    "anyOf",
-                                          "allOf",     "$ref"};
+                                          "allOf",     "$ref",       "format",   "pattern"};
   return k;
 }
 
@@ -168,6 +501,37 @@ class Compiler {
       return InvalidArgumentError(std::string("'") + min_key + "' at " + where + " is above " +
                                   std::to_string(kCountMax - 1));
     if (*max >= kCountMax) *max = kUnbounded;
+    return OkStatus();
+  }
+
+  // A string's "format" or "pattern", as a DFA its bytes follow.
+  Status Shape(const Json& s, const std::string& where, Node* node) {
+    if (s.contains("format") && s.contains("pattern"))
+      return UnimplementedError("'format' and 'pattern' together at " + where +
+                                " are not supported: use one");
+    std::string regex;
+    if (s.contains("format")) {
+      if (!s["format"].is_string()) return InvalidArgumentError("'format' at " + where + " must be a string");
+      const char* r = FormatRegex(s["format"].get<std::string>());
+      if (r == nullptr)
+        return UnimplementedError("'format' '" + s["format"].get<std::string>() + "' at " + where +
+                                  " is not supported: fedge writes date, time, date-time, uuid and ipv4");
+      regex = r;
+    } else if (s.contains("pattern")) {
+      if (!s["pattern"].is_string())
+        return InvalidArgumentError("'pattern' at " + where + " must be a string");
+      regex = s["pattern"].get<std::string>();
+    } else {
+      return OkStatus();
+    }
+    auto dfa = CompileRegex(regex);
+    if (!dfa.ok())
+      return Status(dfa.status().code(), std::string(s.contains("format") ? "'format'" : "'pattern'") +
+                                             " at " + where + ": " + dfa.status().message());
+    if (out_->dfas.size() >= 64)
+      return InvalidArgumentError("the schema has more than 64 formats and patterns");
+    node->dfa = static_cast<int32_t>(out_->dfas.size());
+    out_->dfas.push_back(std::move(dfa).value());
     return OkStatus();
   }
 
@@ -295,7 +659,7 @@ class Compiler {
         if (s.contains(k)) types = {"object"};
       for (const char* k : {"items", "minItems", "maxItems"})
         if (types.empty() && s.contains(k)) types = {"array"};
-      for (const char* k : {"minLength", "maxLength"})
+      for (const char* k : {"minLength", "maxLength", "format", "pattern"})
         if (types.empty() && s.contains(k)) types = {"string"};
       if (types.empty()) return Any();
     }
@@ -359,6 +723,7 @@ class Compiler {
     } else if (type == "string") {
       node.kind = Kind::kString;
       FEDGE_RETURN_IF_ERROR(Bounds(s, "minLength", "maxLength", where, &node.min_length, &node.max_length));
+      FEDGE_RETURN_IF_ERROR(Shape(s, where, &node));
     } else if (type == "array") {
       node.kind = Kind::kArray;
       FEDGE_RETURN_IF_ERROR(Bounds(s, "minItems", "maxItems", where, &node.min_items, &node.max_items));
@@ -626,6 +991,17 @@ class Stepper {
         if (c == ']' && t.a >= n.min_items) return Close(st);
         return;
       case kStr:
+        if (n.dfa >= 0) {  // a format or pattern: c holds the DFA's state
+          const AsciiDfa& dfa = schema_.dfas[static_cast<size_t>(n.dfa)];
+          if (c == '"') {
+            if (!dfa.accept[t.c] || t.b < n.min_length) return;
+            return EndValue(st);
+          }
+          if (c >= 0x80 || dfa.next[t.c * 128u + c] == AsciiDfa::kDead || t.b >= n.max_length) return;
+          t.c = dfa.next[t.c * 128u + c];
+          t.b = Inc(t.b);
+          return Emit(st);
+        }
         if (t.c != 0) {  // inside a UTF-8 character (c holds Utf8Next's state)
           if (Utf8Next(&t.c, c) != 0) return;
           return Emit(st);
@@ -926,9 +1302,17 @@ namespace {
 // The common bytes, taken in place when one reading is open: a string's ordinary
 // characters, a number's digits, a literal's next byte. Exactly what Stepper::Step
 // does with them; false leaves the byte to it.
-bool StepInPlace(const Node& n, Frame& t, unsigned char c) {
+bool StepInPlace(const JsonSchema& schema, const Node& n, Frame& t, unsigned char c) {
   switch (t.state) {
     case kStr: {
+      if (n.dfa >= 0) {
+        const AsciiDfa& dfa = schema.dfas[static_cast<size_t>(n.dfa)];
+        if (c == '"' || c >= 0x80 || dfa.next[t.c * 128u + c] == AsciiDfa::kDead || t.b >= n.max_length)
+          return false;
+        t.c = dfa.next[t.c * 128u + c];
+        t.b = Inc(t.b);
+        return true;
+      }
       if (t.c == 0 && (c < 0x20 || c == '"' || c == '\\')) return false;
       uint16_t utf8 = t.c;
       const int r = Utf8Next(&utf8, c);
@@ -958,7 +1342,7 @@ bool JsonSchemaPrefix::Feed(unsigned char c) {
   if (alternatives_.size() == 1) {
     Alternative& alt = alternatives_[0];
     Frame& top = frames_[alt.begin + alt.size - 1u];
-    if (StepInPlace(schema_->nodes[top.node], top, c)) {
+    if (StepInPlace(*schema_, schema_->nodes[top.node], top, c)) {
       if (!IsSpace(c)) alt.space_run = 0;
       return true;
     }

@@ -9,10 +9,12 @@
 // What a schema may say (the subset pydantic and OpenAI's strict mode write):
 //   type (a name or a list of names), properties, required, additionalProperties
 //   (false, true or a schema), items, minItems, maxItems, minLength, maxLength,
-//   enum, const, anyOf, allOf of one schema, $ref to "#", "#/$defs/..." or
-//   "#/definitions/..." (recursion allowed), and annotations (title, description,
-//   default, examples, $schema, $id, $comment, deprecated, readOnly, writeOnly).
-// Any other keyword (pattern, format, minimum, oneOf, ...) is refused by name and
+//   format (date, time, date-time, uuid, ipv4), pattern (an ASCII regular
+//   expression: classes, groups, alternation, quantifiers), enum, const, anyOf,
+//   allOf of one schema, $ref to "#", "#/$defs/..." or "#/definitions/..."
+//   (recursion allowed), and annotations (title, description, default, examples,
+//   $schema, $id, $comment, deprecated, readOnly, writeOnly).
+// Any other keyword (minimum, multipleOf, oneOf, uniqueItems, ...) is refused by name and
 // place: it would be a constraint the reply is not held to. The root must be an
 // object, as OpenAI's structured outputs require.
 //
@@ -26,6 +28,8 @@
 //     the additionalProperties schema (any JSON value if absent or true).
 //   - enum and const values are written as json.dumps writes them ("1.0" is not 1).
 //   - "integer" is written without a fraction or exponent.
+//   - A string with a format or pattern is written in printable ASCII without
+//     escapes.
 //   - Objects and arrays nest at most JsonPrefix::kMaxDepth deep; where anyOf
 //     leaves more than kMaxAlternatives readings of the bytes so far open at once,
 //     the rest are dropped.
