@@ -365,6 +365,12 @@ TEST(JsonSchemaTest, FormatsAndPatternsHoldStringsToTheirShape) {
     EXPECT_NE(std::string(r.status().message()).find("fedge writes date, time, date-time, uuid and ipv4"),
               std::string::npos);
   }
+  // A pattern whose DFA would have 2^30 states is refused within a bounded work.
+  for (const char* hostile : {"^(a|b)*a(a|b){30}$", "((a{64}){64}){64}", "^(a|b|c)*a(a|b|c){12}$"}) {
+    auto r = CompileJsonSchema(std::string(R"({"type": "object", "properties": {"v": {"pattern": ")") +
+                               hostile + "\"}}}");
+    EXPECT_FALSE(r.ok()) << hostile;
+  }
   for (const char* bad : {"(?=a)", "a{1,99}", "\\p{L}", "a*?", "[a-\\d]", "(a", "é", "a^b"}) {
     auto r = CompileJsonSchema(std::string(R"({"type": "object", "properties": {"v": {"pattern": )") +
                                nlohmann::json(bad).dump() + "}}}");

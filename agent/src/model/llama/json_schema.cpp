@@ -263,7 +263,7 @@ class NfaBuilder {
   }
   // The state reached from `from` by `r`; false past the state budget.
   bool Build(const Regex& r, int from, int* to) {
-    if (edges_.size() > 20000) return false;
+    if (edges_.size() > 4000) return false;
     switch (r.kind) {
       case Regex::kSet:
         *to = New();
@@ -313,20 +313,24 @@ class NfaBuilder {
     return false;
   }
 
-  // Subset construction from `start` with `accept` the final state.
+  // Subset construction from `start` with `accept` the final state. The work (NFA
+  // states visited) is bounded, so a hostile pattern costs a bounded time to refuse.
   StatusOr<AsciiDfa> Determinize(int start, int accept) const {
+    constexpr size_t kMaxWork = 4'000'000;
+    size_t work = 0;
+    std::vector<char> mark(edges_.size(), 0);
     auto closure = [&](std::vector<int> set) {
-      std::vector<int> todo = set;
-      while (!todo.empty()) {
-        const int s = todo.back();
-        todo.pop_back();
-        for (int e : eps_[static_cast<size_t>(s)]) {
-          if (std::find(set.begin(), set.end(), e) == set.end()) {
+      for (int s : set) mark[static_cast<size_t>(s)] = 1;
+      for (size_t i = 0; i < set.size(); ++i) {
+        for (int e : eps_[static_cast<size_t>(set[i])]) {
+          if (!mark[static_cast<size_t>(e)]) {
+            mark[static_cast<size_t>(e)] = 1;
             set.push_back(e);
-            todo.push_back(e);
           }
         }
       }
+      for (int s : set) mark[static_cast<size_t>(s)] = 0;
+      work += set.size();
       std::sort(set.begin(), set.end());
       return set;
     };
@@ -341,7 +345,13 @@ class NfaBuilder {
         std::vector<int> moved;
         for (int s : sets[i])
           for (const auto& [set, to] : edges_[static_cast<size_t>(s)])
-            if (set.test(static_cast<size_t>(c))) moved.push_back(to);
+            if (set.test(static_cast<size_t>(c)) && !mark[static_cast<size_t>(to)]) {
+              mark[static_cast<size_t>(to)] = 1;
+              moved.push_back(to);
+            }
+        for (int m : moved) mark[static_cast<size_t>(m)] = 0;
+        work += sets[i].size();
+        if (work > kMaxWork) return UnimplementedError("the regular expression is too complex to compile");
         if (moved.empty()) continue;
         std::vector<int> target = closure(moved);
         auto it = ids.find(target);
